@@ -1,0 +1,3 @@
+//! The embedded log (work in progress).
+
+pub mod record;

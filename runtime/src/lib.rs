@@ -1,0 +1,1 @@
+//! The Sluice runtime (work in progress).
