@@ -1,3 +1,61 @@
-//! The embedded log (work in progress).
+//! The embedded log: partitioned, append-only, transactional topics with consumer groups —
+//! the single source of truth of a Sluice worker, usable on its own as a single-node Kafka.
+//!
+//! Sources append records to topics, queries and sinks read them back; exactly-once work
+//! commits its outputs, state changes and input positions in one log transaction. On disk
+//! each partition is a folder of segments whose batches are byte-compatible with Kafka's
+//! RecordBatch v2, so the same bytes can later be served to Kafka clients.
+//!
+//! ```text
+//!  Producer ──batch──► Log ──► Topic ──► Partition ──► Segment (.log + .index + .timeindex)
+//!   (idempotent,        │                   │  producer state, open/aborted transactions,
+//!    transactional)     │                   │  HW / LSO / leader epoch, group-commit fsync
+//!                       ├─ TxnCoordinator ──┴─► markers; state in __transaction_state
+//!                       ├─ GroupCoordinator ──► assignments; offsets in __consumer_offsets
+//!                       └─ housekeeping: retention, compaction, timeouts, interval fsync
+//!  Consumer ◄─fetch(read_committed | read_uncommitted)── Partition
+//! ```
+//!
+//! # Layout
+//!
+//! - [`record`]: the record type.
+//! - [`varint`], [`compression`], [`batch`]: the RecordBatch v2 codec.
+//! - [`partitioner`]: Kafka's murmur2 key partitioner and the sticky partitioner.
+//! - [`config`]: topic and log configuration.
+//! - [`segment`](crate::segment) (private): segment files and their indexes.
+//! - [`partition`]: append, fetch, offsets, retention, compaction of one partition.
+//! - `producer_state` (private): idempotence and transaction bookkeeping per partition.
+//! - [`txn`]: the transaction coordinator's state machine.
+//! - [`group`]: the consumer-group coordinator's state machine and assignors.
+//! - [`offsets`]: committed group offsets.
+//! - [`log`](crate::log): the data directory as a whole ([`Log`]).
+//! - [`producer`], [`consumer`]: the client APIs.
+//! - [`error`]: the error type, [`LogError`].
 
+pub mod batch;
+pub mod compression;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod group;
+pub mod log;
+pub mod offsets;
+pub mod partition;
+pub mod partitioner;
+pub mod producer;
+mod producer_state;
 pub mod record;
+mod segment;
+pub mod txn;
+pub mod varint;
+
+pub use crate::compression::Compression;
+pub use crate::config::{FsyncPolicy, LogOptions, TopicConfig};
+pub use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use crate::error::{LogError, Result};
+pub use crate::group::{Assignor, TopicPartition};
+pub use crate::log::{GroupInfo, Log, ResetTo, TopicDescription};
+pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
+pub use crate::producer::{Producer, ProducerConfig};
+pub use crate::producer_state::AbortedTxn;
+pub use crate::record::{Header, Record, StoredRecord};

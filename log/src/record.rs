@@ -27,7 +27,12 @@ pub struct Record {
 impl Record {
     /// A record with a value only, stamped `timestamp`.
     pub fn from_value(value: impl Into<Bytes>, timestamp: i64) -> Self {
-        Record { key: None, value: Some(value.into()), headers: Vec::new(), timestamp }
+        Record {
+            key: None,
+            value: Some(value.into()),
+            headers: Vec::new(),
+            timestamp,
+        }
     }
 
     /// A record with a key and a value, stamped `timestamp`.

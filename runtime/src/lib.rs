@@ -1,1 +1,15 @@
-//! The Sluice runtime (work in progress).
+//! The Sluice runtime: the `sluice` command-line tool and, later, the worker that runs
+//! pipelines (sources, SQL queries, sinks) over the embedded log.
+//!
+//! ```text
+//!  sluice ─► cli::Cli (clap) ─► cli::{topics, produce, consume, groups, bench}
+//!                                   └──────────► sluice_log::Log (the data directory)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
+//! - [`output`]: tables and the one-line error format.
+
+pub mod cli;
+pub mod output;

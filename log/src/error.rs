@@ -1,0 +1,224 @@
+//! The log's error type: what went wrong, where (topic, partition, offset, path) and whose fault.
+
+use std::path::PathBuf;
+
+use crate::batch::BatchError;
+use crate::config::ConfigError;
+use crate::group::GroupError;
+
+/// Result alias for the log.
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Everything the embedded log can fail with.
+///
+/// Variants fall in three kinds, told apart by [`LogError::is_retryable`] and
+/// [`LogError::is_user_error`]: mistakes in a request (unknown topic, bad config, a record too
+/// large), conditions a client waits out or retries (a full disk may free up, a rebalance
+/// finishes), and corruption or bugs.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("open", "write", ...).
+        op: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "data directory {path} is in use by another process (lock file {path}/.lock); stop it or pass another --data-dir"
+    )]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The topic does not exist.
+    #[error("unknown topic '{0}' (create it first, or enable auto-create)")]
+    UnknownTopic(String),
+    /// The topic already exists.
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    /// The topic name is not allowed.
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopicName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The partition does not exist.
+    #[error("unknown partition {topic}-{partition} (topic has {partitions} partitions)")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Asked partition.
+        partition: u32,
+        /// How many the topic has.
+        partitions: u32,
+    },
+    /// A request to change partitions that is not allowed (shrinking, zero).
+    #[error("topic '{topic}': {reason}")]
+    InvalidPartitions {
+        /// Topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// A bad topic or log configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A record batch larger than `max.message.bytes`.
+    #[error("record batch of {size} bytes for {topic}-{partition} exceeds max.message.bytes={max}")]
+    MessageTooLarge {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Size of the batch.
+        size: usize,
+        /// The topic's limit.
+        max: u32,
+    },
+    /// A record that the topic cannot take (no key on a compacted topic, ...).
+    #[error("invalid record for {topic}-{partition}: {reason}")]
+    InvalidRecord {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A fetch or seek outside the partition's offsets.
+    #[error(
+        "offset {offset} is out of range for {topic}-{partition} (log start {log_start}, log end {log_end})"
+    )]
+    OffsetOutOfRange {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Asked offset.
+        offset: i64,
+        /// First offset still held.
+        log_start: i64,
+        /// Next offset to be written.
+        log_end: i64,
+    },
+    /// A malformed or corrupt record batch.
+    #[error("{topic}-{partition}: {source}")]
+    Batch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// What was wrong with it.
+        source: BatchError,
+    },
+    /// Corrupt data found on disk.
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Byte position in the file.
+        position: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// An idempotent producer skipped sequence numbers.
+    #[error(
+        "out-of-order sequence for producer {producer_id} on {topic}-{partition}: expected {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Producer id.
+        producer_id: i64,
+        /// Expected first sequence.
+        expected: i32,
+        /// Received first sequence.
+        got: i32,
+    },
+    /// A producer whose epoch has been superseded by a newer instance (zombie fencing).
+    #[error(
+        "producer {producer_id} with epoch {epoch} is fenced: a newer instance has epoch {current_epoch}"
+    )]
+    ProducerFenced {
+        /// Producer id.
+        producer_id: i64,
+        /// The fenced epoch.
+        epoch: i16,
+        /// The current epoch.
+        current_epoch: i16,
+    },
+    /// A transactional call in the wrong state.
+    #[error("transaction '{transactional_id}': {reason}")]
+    InvalidTxnState {
+        /// Transactional id.
+        transactional_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The transaction ran longer than its timeout and was aborted.
+    #[error("transaction '{0}' timed out and was aborted")]
+    TxnTimedOut(String),
+    /// Consumer-group protocol errors.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// A consumer has no committed offset and `auto.offset.reset = none`.
+    #[error(
+        "no committed offset for group '{group}' on {topic}-{partition} and auto.offset.reset=none"
+    )]
+    NoOffset {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// An API call that makes no sense in the caller's state (subscribe without a group id...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The log has been closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    /// Builds an [`LogError::Io`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True for failures a caller may retry as is (I/O: a full disk may free up).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Io { .. })
+    }
+
+    /// True when the request itself was wrong and retrying cannot help.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            LogError::UnknownTopic(_)
+                | LogError::TopicExists(_)
+                | LogError::InvalidTopicName { .. }
+                | LogError::UnknownPartition { .. }
+                | LogError::InvalidPartitions { .. }
+                | LogError::Config(_)
+                | LogError::MessageTooLarge { .. }
+                | LogError::InvalidRecord { .. }
+                | LogError::OffsetOutOfRange { .. }
+                | LogError::NoOffset { .. }
+        )
+    }
+}

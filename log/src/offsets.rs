@@ -1,0 +1,123 @@
+//! Committed consumer-group offsets: the records of the compacted `__consumer_offsets` topic
+//! and the in-memory view built from them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::group::TopicPartition;
+
+/// Name of the internal offsets topic.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// A committed position of a group on one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// The next offset the group will read.
+    pub offset: i64,
+    /// Free-form metadata given with the commit.
+    #[serde(default)]
+    pub metadata: String,
+    /// When it was committed (ms).
+    pub commit_timestamp: i64,
+}
+
+/// The key of an offset record: readable JSON, so `sluice consume __consumer_offsets` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OffsetKey {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl OffsetKey {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Every group's committed offsets, plus offsets written inside open transactions, which
+/// become visible only when their transaction commits.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetStore {
+    committed: BTreeMap<String, BTreeMap<TopicPartition, CommittedOffset>>,
+    pending: HashMap<i64, Vec<(String, TopicPartition, CommittedOffset)>>,
+}
+
+impl OffsetStore {
+    /// Applies one record of the offsets topic (replay or a fresh commit); `None` value is a
+    /// tombstone. Records that do not parse are skipped with a warning: they cannot be
+    /// offsets Sluice wrote.
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Ok(k) = serde_json::from_slice::<OffsetKey>(key) else {
+            tracing::warn!("Skipped an unreadable record in __consumer_offsets.");
+            return;
+        };
+        let tp = TopicPartition {
+            topic: k.topic,
+            partition: k.partition,
+        };
+        match value.map(serde_json::from_slice::<CommittedOffset>) {
+            Some(Ok(v)) => {
+                self.committed.entry(k.group).or_default().insert(tp, v);
+            }
+            Some(Err(_)) => tracing::warn!(group = %k.group, "Skipped an unreadable offset value."),
+            None => {
+                if let Some(g) = self.committed.get_mut(&k.group) {
+                    g.remove(&tp);
+                    if g.is_empty() {
+                        self.committed.remove(&k.group);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets a committed offset directly.
+    pub fn set(&mut self, group: &str, tp: TopicPartition, v: CommittedOffset) {
+        self.committed
+            .entry(group.to_string())
+            .or_default()
+            .insert(tp, v);
+    }
+
+    /// Holds offsets written in a producer's open transaction.
+    pub fn add_pending(
+        &mut self,
+        producer_id: i64,
+        group: &str,
+        tp: TopicPartition,
+        v: CommittedOffset,
+    ) {
+        self.pending
+            .entry(producer_id)
+            .or_default()
+            .push((group.to_string(), tp, v));
+    }
+
+    /// Makes a producer's pending offsets visible (commit) or drops them (abort).
+    pub fn end_txn(&mut self, producer_id: i64, commit: bool) {
+        if let Some(list) = self.pending.remove(&producer_id) {
+            if commit {
+                for (g, tp, v) in list {
+                    self.set(&g, tp, v);
+                }
+            }
+        }
+    }
+
+    /// The committed offset of a group on a partition.
+    pub fn get(&self, group: &str, tp: &TopicPartition) -> Option<&CommittedOffset> {
+        self.committed.get(group)?.get(tp)
+    }
+
+    /// All committed offsets of a group.
+    pub fn group(&self, group: &str) -> Option<&BTreeMap<TopicPartition, CommittedOffset>> {
+        self.committed.get(group)
+    }
+
+    /// Groups with committed offsets.
+    pub fn groups(&self) -> impl Iterator<Item = &String> {
+        self.committed.keys()
+    }
+}

@@ -1,0 +1,353 @@
+//! The producer: batches records per partition, picks partitions like Kafka's default
+//! partitioner, numbers batches for idempotence and, with a transactional id, writes
+//! transactions.
+//!
+//! A producer is used from one thread (`&mut self`); make one per thread. `send` only buffers
+//! until a partition's batch reaches `batch_size`; `flush` (or a transaction commit) appends
+//! what is left. An append returns once the batch is in the log and as durable as the log's
+//! fsync policy promises.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::batch::{BatchBuilder, BatchOptions};
+use crate::compression::Compression;
+use crate::error::{LogError, Result};
+use crate::group::TopicPartition;
+use crate::log::{Log, Topic};
+use crate::offsets::{CommittedOffset, OFFSETS_TOPIC};
+use crate::partition::AppendInfo;
+use crate::partitioner::{StickyPartitioner, partition_for_key};
+use crate::record::{Record, now_ms};
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Compression of each batch. Default none.
+    pub compression: Compression,
+    /// A partition's batch is appended when it reaches this many (uncompressed) bytes.
+    /// Default 64 KiB.
+    pub batch_size: usize,
+    /// Number batches with a producer id and sequences so a retried batch is not appended
+    /// twice. Default on; always on for transactional producers.
+    pub idempotent: bool,
+    /// How long a transaction may stay open before the log aborts it. Default 60 s.
+    pub transaction_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            compression: Compression::None,
+            batch_size: 64 * 1024,
+            idempotent: true,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+type Key = (Arc<str>, u32);
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    base_sequence: i32,
+}
+
+/// Writes records to the log. See the module docs.
+pub struct Producer {
+    log: Log,
+    config: ProducerConfig,
+    producer_id: i64,
+    epoch: i16,
+    transactional_id: Option<String>,
+    in_txn: bool,
+    txn_partitions: BTreeSet<(String, u32)>,
+    sequences: HashMap<Key, i32>,
+    open: HashMap<Key, OpenBatch>,
+    topics: HashMap<String, (Arc<Topic>, StickyPartitioner)>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("producer_id", &self.producer_id)
+            .field("epoch", &self.epoch)
+            .field("transactional_id", &self.transactional_id)
+            .field("open_batches", &self.open.len())
+            .finish()
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(
+        log: Log,
+        config: ProducerConfig,
+        transactional_id: Option<String>,
+    ) -> Result<Producer> {
+        let (producer_id, epoch) = match &transactional_id {
+            Some(id) => log.txn_init(id, config.transaction_timeout)?,
+            None if config.idempotent => (log.allocate_producer_id()?, 0),
+            None => (-1, -1),
+        };
+        Ok(Producer {
+            log,
+            config,
+            producer_id,
+            epoch,
+            transactional_id,
+            in_txn: false,
+            txn_partitions: BTreeSet::new(),
+            sequences: HashMap::new(),
+            open: HashMap::new(),
+            topics: HashMap::new(),
+        })
+    }
+
+    /// The producer id (-1 when not idempotent).
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    /// The producer epoch.
+    pub fn epoch(&self) -> i16 {
+        self.epoch
+    }
+
+    fn topic(&mut self, name: &str) -> Result<&mut (Arc<Topic>, StickyPartitioner)> {
+        if !self.topics.contains_key(name) {
+            let t = self.log.topic_or_create(name)?;
+            self.topics
+                .insert(name.to_string(), (t, StickyPartitioner::default()));
+        }
+        self.topics
+            .get_mut(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.into()))
+    }
+
+    /// Buffers a record, choosing its partition: murmur2 of the key, or sticky round robin for
+    /// records without a key. Returns the append of a batch this send completed, if any.
+    pub fn send(&mut self, topic: &str, record: Record) -> Result<Option<AppendInfo>> {
+        let (t, sticky) = self.topic(topic)?;
+        let n = t.partition_count();
+        let partition = match &record.key {
+            Some(k) => partition_for_key(k, n),
+            None => sticky.partition(n),
+        };
+        self.send_to(topic, partition, record)
+    }
+
+    /// Buffers a record for an explicit partition.
+    pub fn send_to(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: Record,
+    ) -> Result<Option<AppendInfo>> {
+        let t = Arc::clone(&self.topic(topic)?.0);
+        if partition >= t.partition_count() {
+            return Err(LogError::UnknownPartition {
+                topic: topic.into(),
+                partition,
+                partitions: t.partition_count(),
+            });
+        }
+        if self.transactional_id.is_some() && !self.in_txn {
+            return Err(
+                self.txn_state_error("send outside a transaction: call begin_transaction first")
+            );
+        }
+        let key: Key = (Arc::from(t.name()), partition);
+        let size = record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len())
+            + record
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+            + 16;
+        let mut completed = None;
+        if self.open.get(&key).is_some_and(|b| {
+            !b.builder.is_empty() && b.builder.estimated_size() + size > self.config.batch_size
+        }) {
+            completed = self.flush_partition(&key)?;
+        }
+        if !self.open.contains_key(&key) {
+            if let Some(id) = &self.transactional_id {
+                let tp = (topic.to_string(), partition);
+                if !self.txn_partitions.contains(&tp) {
+                    self.log.txn_add_partitions(
+                        id,
+                        self.producer_id,
+                        self.epoch,
+                        std::slice::from_ref(&tp),
+                    )?;
+                    self.txn_partitions.insert(tp);
+                }
+            }
+            let base_sequence = if self.producer_id >= 0 {
+                *self.sequences.get(&key).unwrap_or(&0)
+            } else {
+                -1
+            };
+            let builder = BatchBuilder::new(BatchOptions {
+                compression: self.config.compression,
+                producer_id: self.producer_id,
+                producer_epoch: self.epoch,
+                base_sequence,
+                transactional: self.transactional_id.is_some(),
+                partition_leader_epoch: -1,
+            });
+            self.open.insert(
+                key.clone(),
+                OpenBatch {
+                    builder,
+                    base_sequence,
+                },
+            );
+        }
+        if let Some(b) = self.open.get_mut(&key) {
+            b.builder.push(&record).map_err(|source| LogError::Batch {
+                topic: topic.to_string(),
+                partition,
+                source,
+            })?;
+        }
+        Ok(completed)
+    }
+
+    fn flush_partition(&mut self, key: &Key) -> Result<Option<AppendInfo>> {
+        let Some(open) = self.open.remove(key) else {
+            return Ok(None);
+        };
+        if open.builder.is_empty() {
+            return Ok(None);
+        }
+        let count = open.builder.record_count() as i32;
+        let batch = open.builder.build().map_err(|source| LogError::Batch {
+            topic: key.0.to_string(),
+            partition: key.1,
+            source,
+        })?;
+        let info = self.log.append(&key.0, key.1, batch)?;
+        if self.producer_id >= 0 {
+            self.sequences.insert(
+                key.clone(),
+                open.base_sequence.wrapping_add(count) & i32::MAX,
+            );
+        }
+        if let Some((_, sticky)) = self.topics.get_mut(&*key.0) {
+            sticky.on_new_batch();
+        }
+        Ok(Some(info))
+    }
+
+    /// Appends every buffered batch. On error, the batches not yet appended stay buffered.
+    pub fn flush(&mut self) -> Result<Vec<(Arc<str>, u32, AppendInfo)>> {
+        let keys: Vec<Key> = self.open.keys().cloned().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(info) = self.flush_partition(&k)? {
+                out.push((k.0.clone(), k.1, info));
+            }
+        }
+        Ok(out)
+    }
+
+    fn txn_state_error(&self, reason: &str) -> LogError {
+        LogError::InvalidTxnState {
+            transactional_id: self.transactional_id.clone().unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+
+    fn txn_id(&self) -> Result<String> {
+        self.transactional_id
+            .clone()
+            .ok_or_else(|| self.txn_state_error("not a transactional producer"))
+    }
+
+    /// Starts a transaction.
+    pub fn begin_transaction(&mut self) -> Result<()> {
+        self.txn_id()?;
+        if self.in_txn {
+            return Err(self.txn_state_error("a transaction is already open"));
+        }
+        self.in_txn = true;
+        self.txn_partitions.clear();
+        Ok(())
+    }
+
+    /// Commits a group's consumed offsets as part of the transaction (consume-transform-produce).
+    pub fn send_offsets_to_transaction(
+        &mut self,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        let id = self.txn_id()?;
+        if !self.in_txn {
+            return Err(self.txn_state_error("send_offsets_to_transaction outside a transaction"));
+        }
+        let p = self.log.offsets_partition(group);
+        let ts = now_ms();
+        let values: Vec<(TopicPartition, CommittedOffset)> = offsets
+            .iter()
+            .map(|(tp, o)| {
+                (
+                    tp.clone(),
+                    CommittedOffset {
+                        offset: *o,
+                        metadata: String::new(),
+                        commit_timestamp: ts,
+                    },
+                )
+            })
+            .collect();
+        let records: Vec<Record> = values
+            .iter()
+            .map(|(tp, v)| Log::offset_record(group, tp, Some(v)))
+            .collect();
+        let tp = (OFFSETS_TOPIC.to_string(), p);
+        if !self.txn_partitions.contains(&tp) {
+            self.log.txn_add_partitions(
+                &id,
+                self.producer_id,
+                self.epoch,
+                std::slice::from_ref(&tp),
+            )?;
+            self.txn_partitions.insert(tp);
+        }
+        for r in records {
+            self.send_to(OFFSETS_TOPIC, p, r)?;
+        }
+        self.flush_partition(&(Arc::from(OFFSETS_TOPIC), p))?;
+        self.log.txn_add_offsets(self.producer_id, group, &values);
+        Ok(())
+    }
+
+    /// Flushes and commits the open transaction: all its records and offsets become visible
+    /// to read_committed readers at once.
+    pub fn commit_transaction(&mut self) -> Result<()> {
+        let id = self.txn_id()?;
+        if !self.in_txn {
+            return Err(self.txn_state_error("commit without an open transaction"));
+        }
+        self.flush()?;
+        self.log.txn_end(&id, self.producer_id, self.epoch, true)?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// Drops buffered records and aborts the open transaction.
+    pub fn abort_transaction(&mut self) -> Result<()> {
+        let id = self.txn_id()?;
+        if !self.in_txn {
+            return Err(self.txn_state_error("abort without an open transaction"));
+        }
+        // Unsent batches never consumed their sequence numbers (they are taken at flush).
+        self.open.clear();
+        self.log.txn_end(&id, self.producer_id, self.epoch, false)?;
+        self.in_txn = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! One segment of a partition: a `.log` file of record batches named by its base offset, with
+//! a sparse offset index and a time index.
+//!
+//! ```text
+//! 00000000000000042000.log        batches, byte-compatible with Kafka RecordBatch v2
+//! 00000000000000042000.index      (offset - base: u32, file position: u32) every index.interval.bytes
+//! 00000000000000042000.timeindex  (max timestamp so far: i64, offset - base: u32), same cadence
+//! ```
+//!
+//! Indexes live in memory and are written to their files when the segment is closed (rolled)
+//! or the log shuts down cleanly. They are a cache of the `.log` file: whenever an index file is
+//! missing, torn or inconsistent it is rebuilt by scanning batch headers, so a crash never
+//! needs them.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{BATCH_HEADER_LEN, BatchHeader, verify_crc};
+use crate::error::{LogError, Result};
+
+/// The file name stem of a segment: its base offset, zero-padded to 20 digits like Kafka's.
+pub(crate) fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// A batch found while scanning a segment on open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchPosition {
+    pub header: BatchHeader,
+}
+
+/// An open segment. The active segment (the last of a partition) takes appends; the others
+/// are immutable until retention deletes them or compaction replaces them whole.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    dir: PathBuf,
+    /// Shared with readers so a fetch can read outside the partition lock; a reader holding it
+    /// across a deletion still reads the unlinked file, never a reused one.
+    file: Arc<File>,
+    size: u64,
+    next_offset: i64,
+    index: Vec<(u32, u32)>,
+    time_index: Vec<(i64, u32)>,
+    bytes_since_index: u64,
+    max_timestamp: i64,
+    /// Max timestamp of the first batch: `segment.ms` counts from it, as in Kafka.
+    first_batch_timestamp: Option<i64>,
+    index_interval: u64,
+}
+
+impl Segment {
+    fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
+        let stem = file_stem(base_offset);
+        (
+            dir.join(format!("{stem}.log")),
+            dir.join(format!("{stem}.index")),
+            dir.join(format!("{stem}.timeindex")),
+        )
+    }
+
+    /// Path of the `.log` file.
+    pub fn log_path(&self) -> PathBuf {
+        Self::paths(&self.dir, self.base_offset).0
+    }
+
+    /// Creates an empty segment.
+    pub fn create(dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
+        let (log, _, _) = Self::paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log)
+            .map_err(|e| LogError::io("create segment", &log, e))?;
+        Ok(Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            first_batch_timestamp: None,
+            index_interval: u64::from(index_interval),
+        })
+    }
+
+    /// Opens an existing segment.
+    ///
+    /// With `validate`, every batch is read whole and its CRC checked, and the file is
+    /// truncated at the first batch that is torn, corrupt or out of order (crash recovery of
+    /// the segments after the recovery point). Without it, indexes are loaded from their files
+    /// when they are consistent and rebuilt from batch headers otherwise.
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u32,
+        validate: bool,
+    ) -> Result<(Segment, Vec<BatchPosition>)> {
+        let (log, _, _) = Self::paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log)
+            .map_err(|e| LogError::io("open segment", &log, e))?;
+        let file_size = file
+            .metadata()
+            .map_err(|e| LogError::io("stat segment", &log, e))?
+            .len();
+        let mut seg = Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            first_batch_timestamp: None,
+            index_interval: u64::from(index_interval),
+        };
+        // Batch headers are always scanned: the partition rebuilds producer and transaction
+        // state from them. Reading 61 bytes per batch is cheap next to the data itself.
+        let mut batches = Vec::new();
+        let mut pos = 0u64;
+        let mut expected = base_offset;
+        let mut truncate_reason = None;
+        let mut header_buf = [0u8; BATCH_HEADER_LEN];
+        let mut whole = Vec::new();
+        while pos < file_size {
+            if file_size - pos < BATCH_HEADER_LEN as u64 {
+                truncate_reason = Some("torn batch header at the end".to_string());
+                break;
+            }
+            seg.file
+                .read_exact_at(&mut header_buf, pos)
+                .map_err(|e| LogError::io("read segment", &log, e))?;
+            let header = match BatchHeader::parse(&header_buf) {
+                Ok(h) => h,
+                Err(e) => {
+                    truncate_reason = Some(e.to_string());
+                    break;
+                }
+            };
+            let total = header.total_size() as u64;
+            if pos + total > file_size {
+                truncate_reason = Some(format!("torn batch of {total} bytes at the end"));
+                break;
+            }
+            if header.base_offset < expected {
+                truncate_reason = Some(format!(
+                    "batch at offset {} after offset {}",
+                    header.base_offset,
+                    expected - 1
+                ));
+                break;
+            }
+            if validate {
+                whole.resize(total as usize, 0);
+                seg.file
+                    .read_exact_at(&mut whole, pos)
+                    .map_err(|e| LogError::io("read segment", &log, e))?;
+                if let Err(e) = verify_crc(&whole) {
+                    truncate_reason = Some(e.to_string());
+                    break;
+                }
+            }
+            seg.track(&header, pos);
+            batches.push(BatchPosition { header });
+            expected = header.next_offset();
+            pos += total;
+        }
+        if let Some(reason) = truncate_reason {
+            if !validate {
+                return Err(LogError::Corrupt {
+                    path: log,
+                    position: pos,
+                    reason,
+                });
+            }
+            tracing::warn!(
+                path = %log.display(),
+                position = pos,
+                dropped_bytes = file_size - pos,
+                %reason,
+                "Truncating the torn or corrupt tail of a segment after an unclean shutdown."
+            );
+            seg.file
+                .set_len(pos)
+                .map_err(|e| LogError::io("truncate segment", &log, e))?;
+            seg.file
+                .sync_all()
+                .map_err(|e| LogError::io("fsync segment", &log, e))?;
+        }
+        seg.size = pos;
+        if !validate {
+            seg.load_index_files();
+        }
+        Ok((seg, batches))
+    }
+
+    /// Updates in-memory indexes and counters for a batch written at `pos`.
+    fn track(&mut self, header: &BatchHeader, pos: u64) {
+        let rel = (header.last_offset() - self.base_offset) as u32;
+        if self.first_batch_timestamp.is_none() {
+            self.first_batch_timestamp = Some(header.max_timestamp);
+        }
+        if self.index.is_empty() || self.bytes_since_index >= self.index_interval {
+            self.index
+                .push(((header.base_offset - self.base_offset) as u32, pos as u32));
+            if header.max_timestamp > self.time_index.last().map_or(i64::MIN, |t| t.0) {
+                self.time_index.push((header.max_timestamp, rel));
+            }
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += header.total_size() as u64;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        self.next_offset = header.next_offset();
+    }
+
+    /// Replaces the scanned indexes with the persisted ones when those are consistent with
+    /// the file, which keeps index cadence stable across restarts.
+    fn load_index_files(&mut self) {
+        let (log, idx, tidx) = Self::paths(&self.dir, self.base_offset);
+        let Ok(raw) = std::fs::read(&idx) else { return };
+        let Ok(traw) = std::fs::read(&tidx) else {
+            return;
+        };
+        if raw.len() % 8 != 0 || traw.len() % 12 != 0 {
+            tracing::info!(path = %log.display(), "Rebuilt a torn segment index.");
+            return;
+        }
+        let index: Vec<(u32, u32)> = raw
+            .chunks_exact(8)
+            .map(|c| {
+                (
+                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+                    u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+                )
+            })
+            .collect();
+        let ok = index.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            && index
+                .last()
+                .is_none_or(|e| u64::from(e.1) < self.size.max(1));
+        if ok && !index.is_empty() {
+            self.index = index;
+            self.time_index = traw
+                .chunks_exact(12)
+                .map(|c| {
+                    let mut ts = [0u8; 8];
+                    ts.copy_from_slice(&c[..8]);
+                    (
+                        i64::from_be_bytes(ts),
+                        u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
+                    )
+                })
+                .collect();
+        }
+    }
+
+    /// Writes the in-memory indexes to their files (on roll and clean shutdown).
+    pub fn write_index_files(&self) -> Result<()> {
+        let (_, idx, tidx) = Self::paths(&self.dir, self.base_offset);
+        let mut buf = Vec::with_capacity(self.index.len() * 8);
+        for (rel, pos) in &self.index {
+            buf.extend_from_slice(&rel.to_be_bytes());
+            buf.extend_from_slice(&pos.to_be_bytes());
+        }
+        write_file(&idx, &buf)?;
+        buf.clear();
+        for (ts, rel) in &self.time_index {
+            buf.extend_from_slice(&ts.to_be_bytes());
+            buf.extend_from_slice(&rel.to_be_bytes());
+        }
+        write_file(&tidx, &buf)
+    }
+
+    /// Appends one batch whose base offset has been set; returns its file position.
+    pub fn append(&mut self, batch: &[u8], header: &BatchHeader) -> Result<u64> {
+        let pos = self.size;
+        if let Err(e) = self.file.write_all_at(batch, pos) {
+            // A partial write (full disk) leaves garbage past `size`; cut it so the next
+            // append and a restart both see a clean tail.
+            let _ = self.file.set_len(pos);
+            return Err(LogError::io("append to segment", self.log_path(), e));
+        }
+        self.size += batch.len() as u64;
+        self.track(header, pos);
+        Ok(pos)
+    }
+
+    /// Forces the segment's data to disk.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io("fsync segment", self.log_path(), e))
+    }
+
+    /// A handle readers can use without holding the partition lock.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Bytes in the `.log` file.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The offset after the last batch.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// The largest record timestamp in the segment (-1 when empty).
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    /// Max timestamp of the first batch, if any.
+    pub fn first_batch_timestamp(&self) -> Option<i64> {
+        self.first_batch_timestamp
+    }
+
+    /// A file position at or before the batch holding `offset` (index floor lookup).
+    pub fn lookup(&self, offset: i64) -> u64 {
+        let rel = (offset - self.base_offset).max(0) as u32;
+        match self.index.partition_point(|e| e.0 <= rel) {
+            0 => 0,
+            i => u64::from(self.index[i - 1].1),
+        }
+    }
+
+    /// A file position at or before the first batch whose max timestamp is at least `ts`.
+    pub fn lookup_time(&self, ts: i64) -> u64 {
+        match self.time_index.partition_point(|e| e.0 < ts) {
+            0 => 0,
+            i => self.lookup(self.base_offset + i64::from(self.time_index[i - 1].1) + 1),
+        }
+    }
+
+    /// Reads the batch header at `pos`, if a whole header is there.
+    pub fn header_at(&self, pos: u64) -> Result<Option<BatchHeader>> {
+        if pos + BATCH_HEADER_LEN as u64 > self.size {
+            return Ok(None);
+        }
+        let mut buf = [0u8; BATCH_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| LogError::io("read segment", self.log_path(), e))?;
+        BatchHeader::parse(&buf)
+            .map(Some)
+            .map_err(|e| LogError::Corrupt {
+                path: self.log_path(),
+                position: pos,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The position of the first batch whose last offset is at least `offset`, scanning
+    /// forward from `pos`; `None` when no batch in this segment reaches it.
+    pub fn seek_from(&self, mut pos: u64, offset: i64) -> Result<Option<(u64, BatchHeader)>> {
+        while let Some(h) = self.header_at(pos)? {
+            if h.last_offset() >= offset {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.total_size() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Removes the segment's files.
+    pub fn delete_files(&self) {
+        let (log, idx, tidx) = Self::paths(&self.dir, self.base_offset);
+        for p in [log, idx, tidx] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %p.display(), error = %e, "Could not delete a segment file.");
+                }
+            }
+        }
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so readers see the old or
+/// the new content, never half of it.
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
+    f.write_all(data)
+        .map_err(|e| LogError::io("write", &tmp, e))?;
+    f.sync_data().map_err(|e| LogError::io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| LogError::io("rename", path, e))
+}

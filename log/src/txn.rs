@@ -1,0 +1,423 @@
+//! The transaction coordinator's state machine: producer ids and epochs per transactional id,
+//! the partitions each open transaction touched, and the two-phase end of a transaction.
+//!
+//! ```text
+//!  init ──► Empty ──add partitions──► Ongoing ──end(commit)──► PrepareCommit ─markers─► CompleteCommit
+//!                                        │      └─end(abort)/timeout─► PrepareAbort ─markers─► CompleteAbort
+//!                                        └── init by a newer instance: epoch+1, abort (zombie fencing)
+//! ```
+//!
+//! Pure: every method takes the time and returns what the shell must persist (a
+//! [`TxnRecord`] for `__transaction_state`) and which markers to write. The decision of a
+//! transaction is the durable `Prepare*` record; markers and `Complete*` follow and are redone
+//! after a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A partition a transaction wrote to: (topic, partition).
+pub type TxnPartition = (String, u32);
+
+/// Where a transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// No transaction open.
+    Empty,
+    /// Records are being written.
+    Ongoing,
+    /// Decided to commit; markers are being written.
+    PrepareCommit,
+    /// Decided to abort; markers are being written.
+    PrepareAbort,
+    /// Committed.
+    CompleteCommit,
+    /// Aborted.
+    CompleteAbort,
+}
+
+/// The persisted state of one transactional id (the value in `__transaction_state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    /// The user's transactional id.
+    pub transactional_id: String,
+    /// Producer id owned by it.
+    pub producer_id: i64,
+    /// Current epoch; a newer instance bumps it.
+    pub epoch: i16,
+    /// State.
+    pub status: TxnStatus,
+    /// Partitions written by the open transaction.
+    pub partitions: BTreeSet<TxnPartition>,
+    /// Timeout of the open transaction.
+    pub timeout_ms: u64,
+    /// When the open transaction started (ms).
+    pub started_ms: i64,
+}
+
+/// Errors of the transaction protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    /// Unknown transactional id (init was not called).
+    #[error("transactional id '{0}' is unknown: call init first")]
+    Unknown(String),
+    /// A newer producer instance exists.
+    #[error("producer epoch {epoch} of '{id}' is fenced by epoch {current}")]
+    Fenced {
+        /// Transactional id.
+        id: String,
+        /// Fenced epoch.
+        epoch: i16,
+        /// Current epoch.
+        current: i16,
+    },
+    /// The call is not valid in the current state.
+    #[error("transaction '{id}' is {status:?}: {reason}")]
+    InvalidState {
+        /// Transactional id.
+        id: String,
+        /// Current status.
+        status: TxnStatus,
+        /// What was attempted.
+        reason: &'static str,
+    },
+}
+
+/// What ending a transaction requires from the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndPlan {
+    /// Persist this (the Prepare record) before writing any marker.
+    pub prepare: TxnRecord,
+    /// Write a marker to each of these.
+    pub partitions: BTreeSet<TxnPartition>,
+    /// Commit or abort markers.
+    pub commit: bool,
+    /// Producer id and epoch for the markers.
+    pub producer_id: i64,
+    /// Epoch of the markers.
+    pub epoch: i16,
+}
+
+/// All transactional ids of one log.
+#[derive(Debug, Default)]
+pub struct TxnCoordinator {
+    txns: BTreeMap<String, TxnRecord>,
+}
+
+impl TxnCoordinator {
+    /// Loads a record replayed from `__transaction_state` (the latest per id wins).
+    pub fn load(&mut self, rec: TxnRecord) {
+        self.txns.insert(rec.transactional_id.clone(), rec);
+    }
+
+    /// Records not yet complete after a replay: the shell finishes them (Prepare* as decided,
+    /// Ongoing as aborted, since no producer survives a restart of an embedded log).
+    pub fn unfinished(&self) -> Vec<TxnRecord> {
+        self.txns
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.status,
+                    TxnStatus::Ongoing | TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The record of an id.
+    pub fn get(&self, id: &str) -> Option<&TxnRecord> {
+        self.txns.get(id)
+    }
+
+    /// The status of the transaction (if any) owned by a producer id.
+    pub fn status_of_producer(&self, producer_id: i64) -> Option<TxnStatus> {
+        self.txns
+            .values()
+            .find(|r| r.producer_id == producer_id)
+            .map(|r| r.status)
+    }
+
+    /// Starts a producer instance. Returns the new record (persist it) and, when a previous
+    /// instance left a transaction open, the plan to abort it first under the new epoch.
+    ///
+    /// `new_producer_id` is called when the id is new or its epoch is exhausted.
+    pub fn init(
+        &mut self,
+        id: &str,
+        timeout_ms: u64,
+        new_producer_id: impl FnOnce() -> i64,
+    ) -> Result<(TxnRecord, Option<EndPlan>), TxnError> {
+        let rec = match self.txns.get(id) {
+            None => TxnRecord {
+                transactional_id: id.to_string(),
+                producer_id: new_producer_id(),
+                epoch: 0,
+                status: TxnStatus::Empty,
+                partitions: BTreeSet::new(),
+                timeout_ms,
+                started_ms: 0,
+            },
+            Some(old) => {
+                if matches!(
+                    old.status,
+                    TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+                ) {
+                    return Err(TxnError::InvalidState {
+                        id: id.into(),
+                        status: old.status,
+                        reason: "a previous transaction is still completing; retry",
+                    });
+                }
+                let (producer_id, epoch) = if old.epoch == i16::MAX {
+                    (new_producer_id(), 0)
+                } else {
+                    (old.producer_id, old.epoch + 1)
+                };
+                let mut rec = old.clone();
+                rec.producer_id = producer_id;
+                rec.epoch = epoch;
+                rec.timeout_ms = timeout_ms;
+                rec
+            }
+        };
+        let abort = if rec.status == TxnStatus::Ongoing {
+            let old_pid = self.txns.get(id).map_or(rec.producer_id, |o| o.producer_id);
+            let mut prepare = rec.clone();
+            prepare.status = TxnStatus::PrepareAbort;
+            // Markers carry the new epoch when the producer id is unchanged, so the old
+            // instance's appends are refused from then on.
+            let epoch = if old_pid == rec.producer_id {
+                rec.epoch
+            } else {
+                i16::MAX
+            };
+            Some(EndPlan {
+                partitions: rec.partitions.clone(),
+                prepare,
+                commit: false,
+                producer_id: old_pid,
+                epoch,
+            })
+        } else {
+            None
+        };
+        let mut fresh = rec;
+        fresh.status = TxnStatus::Empty;
+        fresh.partitions.clear();
+        self.txns.insert(id.to_string(), fresh.clone());
+        Ok((fresh, abort))
+    }
+
+    fn check(&self, id: &str, producer_id: i64, epoch: i16) -> Result<&TxnRecord, TxnError> {
+        let rec = self
+            .txns
+            .get(id)
+            .ok_or_else(|| TxnError::Unknown(id.into()))?;
+        if rec.producer_id != producer_id || epoch < rec.epoch {
+            return Err(TxnError::Fenced {
+                id: id.into(),
+                epoch,
+                current: rec.epoch,
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Adds partitions to the open transaction (opening it if needed). Returns the record to
+    /// persist when something changed — it must be durable before the producer writes there.
+    pub fn add_partitions(
+        &mut self,
+        now_ms: i64,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TxnPartition],
+    ) -> Result<Option<TxnRecord>, TxnError> {
+        let rec = self.check(id, producer_id, epoch)?;
+        if matches!(
+            rec.status,
+            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+        ) {
+            return Err(TxnError::InvalidState {
+                id: id.into(),
+                status: rec.status,
+                reason: "cannot add partitions while the transaction is completing",
+            });
+        }
+        if rec.status == TxnStatus::Ongoing && partitions.iter().all(|p| rec.partitions.contains(p))
+        {
+            return Ok(None);
+        }
+        let mut rec = rec.clone();
+        if rec.status != TxnStatus::Ongoing {
+            rec.status = TxnStatus::Ongoing;
+            rec.started_ms = now_ms;
+            rec.partitions.clear();
+        }
+        rec.partitions.extend(partitions.iter().cloned());
+        self.txns.insert(id.into(), rec.clone());
+        Ok(Some(rec))
+    }
+
+    /// Decides the end of a transaction. `None` when nothing was written (commit of an empty
+    /// transaction is a no-op).
+    pub fn end(
+        &mut self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<Option<EndPlan>, TxnError> {
+        let rec = self.check(id, producer_id, epoch)?;
+        match rec.status {
+            TxnStatus::Ongoing => {}
+            TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort => {
+                return Ok(None);
+            }
+            status => {
+                return Err(TxnError::InvalidState {
+                    id: id.into(),
+                    status,
+                    reason: "the transaction is already completing",
+                });
+            }
+        }
+        let mut prepare = rec.clone();
+        prepare.status = if commit {
+            TxnStatus::PrepareCommit
+        } else {
+            TxnStatus::PrepareAbort
+        };
+        self.txns.insert(id.into(), prepare.clone());
+        Ok(Some(EndPlan {
+            partitions: prepare.partitions.clone(),
+            producer_id: prepare.producer_id,
+            epoch: prepare.epoch,
+            prepare,
+            commit,
+        }))
+    }
+
+    /// Marks a planned end as done; returns the record to persist.
+    pub fn complete(&mut self, id: &str, commit: bool) -> Option<TxnRecord> {
+        let rec = self.txns.get_mut(id)?;
+        rec.status = if commit {
+            TxnStatus::CompleteCommit
+        } else {
+            TxnStatus::CompleteAbort
+        };
+        rec.partitions.clear();
+        Some(rec.clone())
+    }
+
+    /// Transactions open longer than their timeout: each gets its epoch bumped (fencing the
+    /// producer) and is planned for abort.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(String, EndPlan)> {
+        let mut out = Vec::new();
+        for rec in self.txns.values_mut() {
+            if rec.status == TxnStatus::Ongoing
+                && now_ms - rec.started_ms > rec.timeout_ms as i64
+                && rec.epoch < i16::MAX
+            {
+                rec.epoch += 1;
+                rec.status = TxnStatus::PrepareAbort;
+                out.push((
+                    rec.transactional_id.clone(),
+                    EndPlan {
+                        prepare: rec.clone(),
+                        partitions: rec.partitions.clone(),
+                        commit: false,
+                        producer_id: rec.producer_id,
+                        epoch: rec.epoch,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// All records (for describe).
+    pub fn list(&self) -> Vec<TxnRecord> {
+        self.txns.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(t: &str, p: u32) -> TxnPartition {
+        (t.to_string(), p)
+    }
+
+    #[test]
+    fn commit_flow() {
+        let mut c = TxnCoordinator::default();
+        let (rec, abort) = c.init("t1", 1000, || 7).unwrap();
+        assert_eq!((rec.producer_id, rec.epoch, abort), (7, 0, None));
+        let r = c
+            .add_partitions(10, "t1", 7, 0, &[tp("a", 0)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, TxnStatus::Ongoing);
+        assert_eq!(
+            c.add_partitions(11, "t1", 7, 0, &[tp("a", 0)]).unwrap(),
+            None
+        );
+        let plan = c.end("t1", 7, 0, true).unwrap().unwrap();
+        assert_eq!(plan.prepare.status, TxnStatus::PrepareCommit);
+        assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(
+            c.complete("t1", true).unwrap().status,
+            TxnStatus::CompleteCommit
+        );
+        assert_eq!(c.end("t1", 7, 0, true).unwrap(), None);
+    }
+
+    #[test]
+    fn newer_instance_fences_and_aborts() {
+        let mut c = TxnCoordinator::default();
+        c.init("t1", 1000, || 7).unwrap();
+        c.add_partitions(10, "t1", 7, 0, &[tp("a", 0), tp("b", 1)])
+            .unwrap();
+        let (rec, abort) = c.init("t1", 1000, || 8).unwrap();
+        assert_eq!((rec.producer_id, rec.epoch), (7, 1));
+        let abort = abort.unwrap();
+        assert!(!abort.commit);
+        assert_eq!(abort.epoch, 1);
+        assert_eq!(abort.partitions.len(), 2);
+        let err = c.add_partitions(20, "t1", 7, 0, &[tp("a", 0)]).unwrap_err();
+        assert!(matches!(err, TxnError::Fenced { current: 1, .. }));
+        assert!(matches!(
+            c.end("t1", 7, 0, true),
+            Err(TxnError::Fenced { .. })
+        ));
+    }
+
+    #[test]
+    fn timeout_bumps_epoch_and_aborts() {
+        let mut c = TxnCoordinator::default();
+        c.init("t1", 100, || 3).unwrap();
+        c.add_partitions(1000, "t1", 3, 0, &[tp("a", 0)]).unwrap();
+        assert!(c.expire(1050).is_empty());
+        let expired = c.expire(1101);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].1.epoch, 1);
+        assert!(matches!(
+            c.end("t1", 3, 0, true),
+            Err(TxnError::Fenced { .. })
+        ));
+    }
+
+    #[test]
+    fn unfinished_after_replay() {
+        let mut c = TxnCoordinator::default();
+        let (mut rec, _) = c.init("t1", 100, || 3).unwrap();
+        rec.status = TxnStatus::PrepareCommit;
+        rec.partitions.insert(tp("a", 0));
+        let mut c2 = TxnCoordinator::default();
+        c2.load(rec);
+        assert_eq!(c2.unfinished().len(), 1);
+    }
+}

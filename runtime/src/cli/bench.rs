@@ -1,0 +1,316 @@
+//! `sluice bench`: throughput and latency of the log, printed in the shape of Kafka's perf
+//! tools, each beside the machine's raw sequential disk speed measured in the same run.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use sluice_log::{
+    Compression, ConsumerConfig, FsyncPolicy, Log, LogOptions, OffsetReset, ProducerConfig, Record,
+    TopicPartition,
+};
+
+use super::CliError;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Produce records as fast as possible (use the global --fsync always|never).
+    Produce(BenchArgs),
+    /// Write records (untimed), then consume them as fast as possible.
+    Consume(BenchArgs),
+}
+
+/// Common benchmark arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Number of records.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub records: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub batch_size: usize,
+    /// Batch compression: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// Scratch folder for the benchmark's log (removed at the end). Default: a fresh folder
+    /// under $TMPDIR or /var/tmp.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl BenchArgs {
+    fn scratch(&self) -> Result<Scratch, CliError> {
+        let base = self.dir.clone().unwrap_or_else(|| {
+            std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        });
+        let dir = base.join(format!("sluice-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::io(format!("create {}", dir.display()), e))?;
+        Ok(Scratch(dir))
+    }
+
+    fn payload(&self) -> Bytes {
+        // Printable, varied bytes (like Kafka's perf tool) so compression has real work.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        Bytes::from(
+            (0..self.record_size)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    b'A' + (seed % 26) as u8
+                })
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    fn open(&self, dir: &Path, options: &LogOptions) -> Result<Log, CliError> {
+        let log = Log::open(dir.join("log"), options.clone())?;
+        let max = (self.batch_size * 2 + self.record_size + 1024).to_string();
+        log.create_topic("bench", 1, &[("max.message.bytes".into(), max)])?;
+        Ok(log)
+    }
+
+    fn producer_config(&self) -> Result<ProducerConfig, CliError> {
+        let compression: Compression = self
+            .compression
+            .parse()
+            .map_err(|e| CliError::Usage(format!("--compression: {e}")))?;
+        Ok(ProducerConfig {
+            compression,
+            batch_size: self.batch_size,
+            ..ProducerConfig::default()
+        })
+    }
+}
+
+impl BenchCommand {
+    /// Runs it. The benchmark uses its own scratch log, never `--data-dir`.
+    pub fn run(self, _data_dir: &Path, options: LogOptions) -> Result<(), CliError> {
+        match self {
+            BenchCommand::Produce(a) => bench_produce(&a, &options),
+            BenchCommand::Consume(a) => bench_consume(&a, &options),
+        }
+    }
+}
+
+fn mb(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+fn bench_produce(a: &BenchArgs, options: &LogOptions) -> Result<(), CliError> {
+    let scratch = a.scratch()?;
+    let log = a.open(&scratch.0, options)?;
+    let mut producer = log.producer(a.producer_config()?)?;
+    let payload = a.payload();
+    let mut latencies_us: Vec<u32> = Vec::with_capacity(a.records as usize);
+    let mut pending: Vec<Instant> = Vec::with_capacity(a.batch_size / a.record_size.max(1) + 1);
+    eprintln!(
+        "Producing {} records of {} bytes (fsync {})...",
+        a.records, a.record_size, options.fsync
+    );
+    let start = Instant::now();
+    for _ in 0..a.records {
+        let sent = Instant::now();
+        let record = Record {
+            key: None,
+            value: Some(payload.clone()),
+            headers: Vec::new(),
+            timestamp: sluice_log::record::now_ms(),
+        };
+        if producer.send_to("bench", 0, record)?.is_some() {
+            // The send completed the previous batch; this record opened the next one.
+            let acked = Instant::now();
+            latencies_us.extend(pending.drain(..).map(|t| (acked - t).as_micros() as u32));
+        }
+        pending.push(sent);
+    }
+    producer.flush()?;
+    let acked = Instant::now();
+    latencies_us.extend(pending.drain(..).map(|t| (acked - t).as_micros() as u32));
+    let elapsed = start.elapsed().as_secs_f64();
+    let bytes = a.records as f64 * a.record_size as f64;
+    latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies_us.len() as f64 * p) as usize).min(latencies_us.len() - 1);
+        f64::from(latencies_us[i]) / 1000.0
+    };
+    let avg = latencies_us.iter().map(|&l| f64::from(l)).sum::<f64>()
+        / latencies_us.len().max(1) as f64
+        / 1000.0;
+    let on_disk = log.describe_topic("bench")?.partitions[0].size_bytes;
+    log.close()?;
+    drop(log);
+    let raw = raw_write_speed(
+        &scratch.0,
+        on_disk.max(bytes as u64),
+        a.batch_size,
+        options.fsync == FsyncPolicy::Always,
+    )?;
+    let ours = mb(bytes) / elapsed;
+    println!(
+        "raw sequential write: {:.1} MB/sec ({} fsync per {} KiB write); sluice wrote {:.1} MB/sec on disk, ratio {:.2}",
+        raw,
+        if options.fsync == FsyncPolicy::Always {
+            "one"
+        } else {
+            "no"
+        },
+        a.batch_size / 1024,
+        mb(on_disk as f64) / elapsed,
+        (mb(on_disk as f64) / elapsed) / raw
+    );
+    println!(
+        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th.",
+        a.records,
+        a.records as f64 / elapsed,
+        ours,
+        avg,
+        pct(1.0),
+        pct(0.5),
+        pct(0.95),
+        pct(0.99),
+        pct(0.999)
+    );
+    Ok(())
+}
+
+fn raw_write_speed(
+    dir: &Path,
+    total: u64,
+    chunk: usize,
+    fsync_each: bool,
+) -> Result<f64, CliError> {
+    let path = dir.join("raw-write");
+    let mut f = File::create(&path).map_err(|e| CliError::io("create raw-write file", e))?;
+    let buf = vec![b'x'; chunk.max(4096)];
+    let start = Instant::now();
+    let mut written = 0u64;
+    while written < total {
+        let n = (total - written).min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])
+            .map_err(|e| CliError::io("write raw-write file", e))?;
+        if fsync_each {
+            f.sync_data()
+                .map_err(|e| CliError::io("fsync raw-write file", e))?;
+        }
+        written += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(mb(written as f64) / secs.max(1e-9))
+}
+
+fn bench_consume(a: &BenchArgs, options: &LogOptions) -> Result<(), CliError> {
+    let scratch = a.scratch()?;
+    let log = a.open(&scratch.0, options)?;
+    let mut producer = log.producer(a.producer_config()?)?;
+    let payload = a.payload();
+    eprintln!(
+        "Writing {} records of {} bytes (untimed)...",
+        a.records, a.record_size
+    );
+    for _ in 0..a.records {
+        producer.send_to(
+            "bench",
+            0,
+            Record {
+                key: None,
+                value: Some(payload.clone()),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            },
+        )?;
+    }
+    producer.flush()?;
+    drop(producer);
+    let mut consumer = log.consumer(ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        max_poll_records: 1 << 20,
+        fetch_max_bytes: 8 << 20,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign(&[TopicPartition {
+        topic: "bench".into(),
+        partition: 0,
+    }])?;
+    eprintln!("Consuming...");
+    let start = Instant::now();
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < a.records {
+        let records = consumer.poll(Duration::from_secs(5))?;
+        if records.is_empty() {
+            return Err(CliError::Usage(format!(
+                "consumer stalled after {count} of {} records",
+                a.records
+            )));
+        }
+        count += records.len() as u64;
+        bytes += records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+            .sum::<u64>();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(consumer);
+    let raw = raw_read_speed(&log.dir().join("topics/bench/0"))?;
+    log.close()?;
+    let ours = mb(bytes as f64) / elapsed;
+    println!(
+        "raw sequential read: {raw:.1} MB/sec (segment files, page cache); ratio {:.2}",
+        ours / raw
+    );
+    println!(
+        "{count} records consumed, {:.1} records/sec ({ours:.2} MB/sec) in {elapsed:.2} s.",
+        count as f64 / elapsed
+    );
+    Ok(())
+}
+
+fn raw_read_speed(dir: &Path) -> Result<f64, CliError> {
+    let mut buf = vec![0u8; 8 << 20];
+    let mut total = 0u64;
+    let start = Instant::now();
+    for entry in std::fs::read_dir(dir).map_err(|e| CliError::io("list segments", e))? {
+        let path = entry.map_err(|e| CliError::io("list segments", e))?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let mut f = File::open(&path).map_err(|e| CliError::io("open segment", e))?;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|e| CliError::io("read segment", e))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    Ok(mb(total as f64)
+        / start
+            .elapsed()
+            .as_secs_f64()
+            .max(Duration::from_nanos(1).as_secs_f64()))
+}

@@ -1,0 +1,180 @@
+//! `sluice consume`: print records of a topic, alone or as a group member.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use sluice_log::{ConsumerConfig, Isolation, Log, OffsetReset, OffsetSpec, TopicPartition};
+
+use super::CliError;
+
+/// Arguments of `sluice consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    pub topic: String,
+    /// Start at the earliest offset (else only records written from now on, or the group's
+    /// committed offsets).
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Read as a member of this consumer group and commit its offsets at the end.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Read only this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Start offset with --partition: a number, earliest or latest.
+    #[arg(long, requires = "partition")]
+    pub offset: Option<String>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Print the key before the value (tab-separated; "null" when absent).
+    #[arg(long)]
+    pub print_key: bool,
+    /// Print "Partition:P" first.
+    #[arg(long)]
+    pub print_partition: bool,
+    /// Print "Offset:O" first.
+    #[arg(long)]
+    pub print_offset: bool,
+    /// Print "CreateTime:MS" first.
+    #[arg(long)]
+    pub print_timestamp: bool,
+    /// read_committed (default) or read_uncommitted.
+    #[arg(long, default_value = "read_committed")]
+    pub isolation: String,
+    /// Keep waiting for new records at the end of the log instead of exiting.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+impl ConsumeArgs {
+    /// Runs it.
+    pub fn run(self, log: &Log) -> Result<(), CliError> {
+        let isolation: Isolation = self
+            .isolation
+            .parse()
+            .map_err(|e| CliError::Usage(format!("--isolation: {e}")))?;
+        let topic = log.topic(&self.topic)?;
+        if self.group.is_some() && self.partition.is_some() {
+            return Err(CliError::Usage(
+                "--group and --partition cannot be combined: a group assigns partitions itself"
+                    .into(),
+            ));
+        }
+        let config = ConsumerConfig {
+            group: self.group.clone(),
+            isolation,
+            auto_offset_reset: if self.from_beginning {
+                OffsetReset::Earliest
+            } else {
+                OffsetReset::Latest
+            },
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = log.consumer(config);
+        if self.group.is_some() {
+            consumer.subscribe(&[&self.topic])?;
+        } else {
+            let parts: Vec<TopicPartition> = match self.partition {
+                Some(p) => vec![TopicPartition {
+                    topic: self.topic.clone(),
+                    partition: p,
+                }],
+                None => (0..topic.partition_count())
+                    .map(|p| TopicPartition {
+                        topic: self.topic.clone(),
+                        partition: p,
+                    })
+                    .collect(),
+            };
+            consumer.assign(&parts)?;
+            for tp in &parts {
+                let spec = match self.offset.as_deref() {
+                    Some("earliest") => OffsetSpec::Earliest,
+                    Some("latest") => OffsetSpec::Latest,
+                    Some(n) => {
+                        let o: i64 = n.parse().map_err(|_| {
+                            CliError::Usage(format!(
+                                "--offset: '{n}' is not a number, earliest or latest"
+                            ))
+                        })?;
+                        log.partition(&tp.topic, tp.partition)?
+                            .fetch(o, 1, isolation)?;
+                        consumer.seek(tp, o);
+                        continue;
+                    }
+                    None if self.from_beginning => OffsetSpec::Earliest,
+                    None => OffsetSpec::Latest,
+                };
+                consumer.seek_to(tp, spec)?;
+            }
+        }
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut count = 0u64;
+        let max = self.max_messages.unwrap_or(u64::MAX);
+        'outer: while count < max {
+            let records = consumer.poll(Duration::from_millis(200))?;
+            if records.is_empty() {
+                let caught_up = consumer.lag()?.iter().all(|(_, lag)| *lag == 0);
+                if caught_up && !self.follow {
+                    break;
+                }
+                continue;
+            }
+            for r in records {
+                let mut line = String::new();
+                if self.print_timestamp {
+                    line.push_str(&format!("CreateTime:{}\t", r.timestamp));
+                }
+                if self.print_partition {
+                    line.push_str(&format!("Partition:{}\t", r.partition));
+                }
+                if self.print_offset {
+                    line.push_str(&format!("Offset:{}\t", r.offset));
+                }
+                if self.print_key {
+                    line.push_str(
+                        &r.key
+                            .as_ref()
+                            .map_or("null".into(), |k| String::from_utf8_lossy(k).into_owned()),
+                    );
+                    line.push('\t');
+                }
+                line.push_str(
+                    &r.value
+                        .as_ref()
+                        .map_or("null".into(), |v| String::from_utf8_lossy(v).into_owned()),
+                );
+                line.push('\n');
+                if let Err(e) = out.write_all(line.as_bytes()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        break 'outer;
+                    }
+                    return Err(CliError::io("write stdout", e));
+                }
+                count += 1;
+                if count >= max {
+                    // Commit only what was printed.
+                    consumer.seek(
+                        &TopicPartition {
+                            topic: r.topic.to_string(),
+                            partition: r.partition,
+                        },
+                        r.offset + 1,
+                    );
+                    break 'outer;
+                }
+            }
+        }
+        let _ = out.flush();
+        if self.group.is_some() {
+            consumer.commit()?;
+        }
+        consumer.close()?;
+        eprintln!("Consumed {count} record(s).");
+        Ok(())
+    }
+}

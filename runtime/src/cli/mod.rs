@@ -1,0 +1,117 @@
+//! The command line: `sluice <command>`, one submodule per command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sluice_log::{FsyncPolicy, Log, LogOptions};
+
+pub mod bench;
+pub mod consume;
+pub mod groups;
+pub mod produce;
+pub mod topics;
+
+/// A command failed; the message is printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the log.
+    #[error(transparent)]
+    Log(#[from] sluice_log::LogError),
+    /// Reading input or writing output.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Bad arguments or input.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        CliError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Sluice: stream processing and connectors on an embedded, Kafka-compatible log.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The data directory (created if missing). Only one process may own it at a time.
+    #[arg(long, global = true, default_value = "./data", env = "SLUICE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// When appends are fsynced: always (group commit), interval[:MILLIS] or never.
+    #[arg(long, global = true, default_value = "interval:1000")]
+    pub fsync: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Write lines from stdin or a file to a topic, one record per line.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
+    /// List and describe consumer groups, and reset their offsets.
+    #[command(subcommand)]
+    Groups(groups::GroupsCommand),
+    /// Measure the log's throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> Result<(), CliError> {
+        let fsync: FsyncPolicy =
+            self.fsync
+                .parse()
+                .map_err(|e: sluice_log::config::ConfigError| {
+                    CliError::Usage(format!("--fsync: {e}"))
+                })?;
+        let options = LogOptions {
+            fsync,
+            ..LogOptions::default()
+        };
+        match self.command {
+            Command::Bench(cmd) => cmd.run(&self.data_dir, options),
+            cmd => {
+                let log = Log::open(&self.data_dir, options)?;
+                let result = match cmd {
+                    Command::Topics(c) => c.run(&log),
+                    Command::Produce(a) => a.run(&log),
+                    Command::Consume(a) => a.run(&log),
+                    Command::Groups(c) => c.run(&log),
+                    Command::Bench(_) => Ok(()),
+                };
+                let closed = log.close();
+                result?;
+                closed?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses `KEY=VALUE` arguments.
+pub fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    pairs
+        .iter()
+        .map(|p| {
+            sluice_log::config::parse_pair(p).map_err(|e| CliError::Usage(format!("--config: {e}")))
+        })
+        .collect()
+}
