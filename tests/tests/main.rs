@@ -1,1 +1,9 @@
-//! End-to-end tests (work in progress).
+//! End-to-end tests across the Sluice crates: one test binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod common;
+mod log_crash;
+mod log_groups;
+mod log_topics;
+mod log_txn;
