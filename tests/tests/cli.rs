@@ -1,1 +1,395 @@
-//! (tests to come)
+//! The `sluice` command line, run as a real process: topics, produce, consume, groups, bench,
+//! help and errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `sluice` binary built beside this test binary (target/<profile>/sluice).
+fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build) first",
+        bin.display()
+    );
+    bin
+}
+
+fn sluice(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.arg("--data-dir").arg(data).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = sluice(data, args, stdin);
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its stderr, which must be one `error:` line.
+fn fails(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = sluice(data, args, stdin);
+    assert!(!out.status.success(), "sluice {args:?} should have failed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error:"), "{err}");
+    err
+}
+
+#[test]
+fn topics_lifecycle() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let out = ok(
+        d,
+        &[
+            "topics",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=60000",
+        ],
+        None,
+    );
+    assert!(
+        out.contains("Created topic orders with 3 partition(s)"),
+        "{out}"
+    );
+    let list = ok(d, &["topics", "list"], None);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("orders") && l.split_whitespace().nth(1) == Some("3")),
+        "{list}"
+    );
+    assert!(
+        !list.contains("__consumer_offsets"),
+        "internal topics hidden by default: {list}"
+    );
+    assert!(ok(d, &["topics", "list", "--all"], None).contains("__consumer_offsets"));
+    let desc = ok(d, &["topics", "describe", "orders"], None);
+    assert!(
+        desc.contains("Config overrides: retention.ms=60000"),
+        "{desc}"
+    );
+    assert!(
+        desc.contains("segment.bytes") && desc.contains("default"),
+        "{desc}"
+    );
+    assert!(ok(d, &["topics", "alter", "orders", "--partitions", "5"], None).contains("now has 5"));
+    let err = fails(d, &["topics", "alter", "orders", "--partitions", "2"], None);
+    assert!(err.contains("partitions can only grow"), "{err}");
+    let err = fails(d, &["topics", "create", "orders"], None);
+    assert!(err.contains("already exists"), "{err}");
+    ok(d, &["topics", "create", "orders", "--if-not-exists"], None);
+    let err = fails(
+        d,
+        &["topics", "create", "bad", "--config", "retention.ms=soon"],
+        None,
+    );
+    assert!(err.contains("retention.ms"), "{err}");
+    let err = fails(d, &["topics", "create", "bad name"], None);
+    assert!(err.contains("invalid topic name"), "{err}");
+    ok(d, &["topics", "delete", "orders"], None);
+    let err = fails(d, &["topics", "describe", "orders"], None);
+    assert!(err.contains("unknown topic 'orders'"), "{err}");
+}
+
+#[test]
+fn produce_and_consume_with_keys_partitions_and_offsets() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    ok(d, &["topics", "create", "t", "--partitions", "2"], None);
+    let input = "k1:v1\nk2:v2\nk1:v3\nk3:v4\n";
+    let out = sluice(
+        d,
+        &[
+            "produce",
+            "t",
+            "--key-separator",
+            ":",
+            "--compression",
+            "zstd",
+        ],
+        Some(input),
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Produced 4 record(s)"));
+    let all = ok(
+        d,
+        &[
+            "consume",
+            "t",
+            "--from-beginning",
+            "--print-key",
+            "--print-partition",
+            "--print-offset",
+        ],
+        None,
+    );
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 4, "{all}");
+    // Same key, same partition, in order.
+    let k1: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("\tk1\t"))
+        .copied()
+        .collect();
+    assert_eq!(k1.len(), 2);
+    assert_eq!(k1[0].split('\t').next(), k1[1].split('\t').next());
+    assert!(k1[0].ends_with("\tv1") && k1[1].ends_with("\tv3"), "{k1:?}");
+    // Without --from-beginning a fresh reader starts at the end.
+    assert_eq!(ok(d, &["consume", "t"], None), "");
+    // Explicit partition and offset.
+    let p = k1[0]
+        .split('\t')
+        .next()
+        .unwrap()
+        .trim_start_matches("Partition:")
+        .to_string();
+    let one = ok(
+        d,
+        &[
+            "consume",
+            "t",
+            "--partition",
+            &p,
+            "--offset",
+            "1",
+            "--print-offset",
+        ],
+        None,
+    );
+    assert!(one.starts_with("Offset:1\t"), "{one}");
+    let two = ok(
+        d,
+        &["consume", "t", "--from-beginning", "--max-messages", "2"],
+        None,
+    );
+    assert_eq!(two.lines().count(), 2);
+    // From a file, to an explicit partition.
+    let f = d.join("input.txt");
+    std::fs::write(&f, "a\nb\nc\n").unwrap();
+    ok(
+        d,
+        &[
+            "produce",
+            "t",
+            "--partition",
+            "1",
+            "--file",
+            f.to_str().unwrap(),
+        ],
+        None,
+    );
+    let p1 = ok(
+        d,
+        &["consume", "t", "--partition", "1", "--offset", "earliest"],
+        None,
+    );
+    assert!(p1.ends_with("a\nb\nc\n"), "{p1}");
+    let ts = ok(
+        d,
+        &[
+            "consume",
+            "t",
+            "--from-beginning",
+            "--max-messages",
+            "1",
+            "--print-timestamp",
+        ],
+        None,
+    );
+    assert!(ts.starts_with("CreateTime:"), "{ts}");
+}
+
+#[test]
+fn produce_errors_name_the_line() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    ok(
+        d,
+        &["topics", "create", "t", "--config", "max.message.bytes=200"],
+        None,
+    );
+    let err = fails(
+        d,
+        &["produce", "t", "--key-separator", ":"],
+        Some("a:1\nno separator here\n"),
+    );
+    assert!(
+        err.contains("stdin line 2") && err.contains("no key separator"),
+        "{err}"
+    );
+    let big = "x".repeat(500);
+    let err = fails(d, &["produce", "t"], Some(&format!("ok\n{big}\n")));
+    assert!(
+        err.contains("line 2") && err.contains("max.message.bytes=200"),
+        "{err}"
+    );
+    let err = fails(d, &["produce", "missing"], Some("x\n"));
+    assert!(err.contains("unknown topic 'missing'"), "{err}");
+    let err = fails(d, &["produce", "t", "--compression", "brotli"], Some("x\n"));
+    assert!(err.contains("brotli"), "{err}");
+}
+
+#[test]
+fn groups_commit_describe_lag_and_reset() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    ok(d, &["topics", "create", "t", "--partitions", "2"], None);
+    ok(d, &["produce", "t"], Some("1\n2\n3\n4\n5\n6\n"));
+    let first = ok(
+        d,
+        &[
+            "consume",
+            "t",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--max-messages",
+            "4",
+        ],
+        None,
+    );
+    assert_eq!(first.lines().count(), 4);
+    let desc = ok(d, &["groups", "describe", "g"], None);
+    let lag: i64 = desc
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(4).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(lag, 2, "{desc}");
+    let rest = ok(d, &["consume", "t", "--group", "g"], None);
+    assert_eq!(
+        rest.lines().count(),
+        2,
+        "the group resumes where it committed: {rest}"
+    );
+    assert!(ok(d, &["groups", "list"], None).contains("g "));
+    let reset = ok(
+        d,
+        &[
+            "groups",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-earliest",
+        ],
+        None,
+    );
+    assert!(reset.contains("NEW-OFFSET"), "{reset}");
+    let again = ok(d, &["consume", "t", "--group", "g"], None);
+    assert_eq!(again.lines().count(), 6);
+    ok(
+        d,
+        &[
+            "groups",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-offset",
+            "1",
+        ],
+        None,
+    );
+    assert_eq!(
+        ok(d, &["consume", "t", "--group", "g"], None)
+            .lines()
+            .count(),
+        5,
+        "offset 1 on partition 0 (all six records), clamped to 0 on the empty partition 1"
+    );
+    let err = fails(d, &["groups", "describe", "nope"], None);
+    assert!(err.contains("unknown group"), "{err}");
+}
+
+#[test]
+fn a_second_process_cannot_open_the_data_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let log = sluice_log::Log::open(d.path(), sluice_log::LogOptions::default()).unwrap();
+    let err = fails(d.path(), &["topics", "list"], None);
+    assert!(err.contains("in use by another process"), "{err}");
+    log.close().unwrap();
+    ok(d.path(), &["topics", "list"], None);
+}
+
+#[test]
+fn every_command_has_help() {
+    let d = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["topics", "--help"],
+        vec!["topics", "create", "--help"],
+        vec!["topics", "alter", "--help"],
+        vec!["produce", "--help"],
+        vec!["consume", "--help"],
+        vec!["groups", "reset-offsets", "--help"],
+        vec!["bench", "produce", "--help"],
+    ] {
+        let out = ok(d.path(), &args, None);
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn bench_prints_kafka_shaped_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let scratch = d.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let s = scratch.to_str().unwrap();
+    let out = ok(
+        d.path(),
+        &["bench", "produce", "--records", "20000", "--dir", s],
+        None,
+    );
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("20000 records sent, "), "{out}");
+    assert!(
+        last.contains("records/sec") && last.contains("ms 99.9th."),
+        "{out}"
+    );
+    assert!(out.contains("raw sequential write:"), "{out}");
+    let out = ok(
+        d.path(),
+        &["bench", "consume", "--records", "20000", "--dir", s],
+        None,
+    );
+    assert!(
+        out.contains("20000 records consumed") && out.contains("raw sequential read:"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "bench removes its scratch log"
+    );
+}
