@@ -97,8 +97,8 @@ pub struct TopicConfig {
     /// `segment.bytes`: the active segment is rolled when it would grow past this. Default
     /// 1 GiB, at least 1 KiB.
     pub segment_bytes: u64,
-    /// `segment.ms`: the active segment is rolled when its first record is older. Default
-    /// 7 days.
+    /// `segment.ms`: the active segment is rolled when a batch's timestamp is this far past
+    /// the segment's first batch (record time, as in Kafka). Default 7 days.
     pub segment_ms: i64,
     /// `cleanup.policy`: `delete`, `compact` or `delete,compact`. Default `delete`.
     pub cleanup_policy: CleanupPolicy,
@@ -133,7 +133,7 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str, &str)] = &[
     (
         "segment.ms",
         "604800000",
-        "roll the active segment when its first record is this old",
+        "roll when a batch is this far (record time) past the segment's first",
     ),
     (
         "cleanup.policy",

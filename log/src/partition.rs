@@ -397,9 +397,11 @@ impl Partition {
     fn maybe_roll(&self, st: &mut State, header: &BatchHeader, len: usize) -> Result<()> {
         let active = st.active();
         let too_big = active.size() > 0 && active.size() + len as u64 > st.config.segment_bytes;
-        let too_old = active.first_batch_timestamp().is_some_and(|first| {
-            header.max_timestamp.max(now_ms()) - first >= st.config.segment_ms
-        });
+        // As in Kafka, age is measured in record time (this batch against the segment's first
+        // batch), so replaying old data does not roll a segment per batch.
+        let too_old = active
+            .first_batch_timestamp()
+            .is_some_and(|first| header.max_timestamp - first >= st.config.segment_ms);
         // Index entries hold offsets and positions relative to the segment as u32.
         let overflow = header.last_offset() - active.base_offset > i64::from(u32::MAX)
             || active.size() + len as u64 > u64::from(u32::MAX);

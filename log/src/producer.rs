@@ -47,11 +47,18 @@ impl Default for ProducerConfig {
     }
 }
 
-type Key = (Arc<str>, u32);
-
 struct OpenBatch {
     builder: BatchBuilder,
     base_sequence: i32,
+}
+
+/// Per-topic producer state, indexed by partition so the hot path does one map lookup.
+struct TopicState {
+    topic: Arc<Topic>,
+    name: Arc<str>,
+    sticky: StickyPartitioner,
+    open: Vec<Option<OpenBatch>>,
+    sequences: Vec<i32>,
 }
 
 /// Writes records to the log. See the module docs.
@@ -63,9 +70,7 @@ pub struct Producer {
     transactional_id: Option<String>,
     in_txn: bool,
     txn_partitions: BTreeSet<(String, u32)>,
-    sequences: HashMap<Key, i32>,
-    open: HashMap<Key, OpenBatch>,
-    topics: HashMap<String, (Arc<Topic>, StickyPartitioner)>,
+    topics: HashMap<String, TopicState>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -74,9 +79,19 @@ impl std::fmt::Debug for Producer {
             .field("producer_id", &self.producer_id)
             .field("epoch", &self.epoch)
             .field("transactional_id", &self.transactional_id)
-            .field("open_batches", &self.open.len())
             .finish()
     }
+}
+
+fn record_size(record: &Record) -> usize {
+    record.key.as_ref().map_or(0, |k| k.len())
+        + record.value.as_ref().map_or(0, |v| v.len())
+        + record
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
+        + 16
 }
 
 impl Producer {
@@ -98,8 +113,6 @@ impl Producer {
             transactional_id,
             in_txn: false,
             txn_partitions: BTreeSet::new(),
-            sequences: HashMap::new(),
-            open: HashMap::new(),
             topics: HashMap::new(),
         })
     }
@@ -114,11 +127,17 @@ impl Producer {
         self.epoch
     }
 
-    fn topic(&mut self, name: &str) -> Result<&mut (Arc<Topic>, StickyPartitioner)> {
+    fn topic_state(&mut self, name: &str) -> Result<&mut TopicState> {
         if !self.topics.contains_key(name) {
-            let t = self.log.topic_or_create(name)?;
-            self.topics
-                .insert(name.to_string(), (t, StickyPartitioner::default()));
+            let topic = self.log.topic_or_create(name)?;
+            let state = TopicState {
+                name: Arc::from(topic.name()),
+                topic,
+                sticky: StickyPartitioner::default(),
+                open: Vec::new(),
+                sequences: Vec::new(),
+            };
+            self.topics.insert(name.to_string(), state);
         }
         self.topics
             .get_mut(name)
@@ -128,11 +147,11 @@ impl Producer {
     /// Buffers a record, choosing its partition: murmur2 of the key, or sticky round robin for
     /// records without a key. Returns the append of a batch this send completed, if any.
     pub fn send(&mut self, topic: &str, record: Record) -> Result<Option<AppendInfo>> {
-        let (t, sticky) = self.topic(topic)?;
-        let n = t.partition_count();
+        let state = self.topic_state(topic)?;
+        let n = state.topic.partition_count();
         let partition = match &record.key {
             Some(k) => partition_for_key(k, n),
-            None => sticky.partition(n),
+            None => state.sticky.partition(n),
         };
         self.send_to(topic, partition, record)
     }
@@ -144,35 +163,37 @@ impl Producer {
         partition: u32,
         record: Record,
     ) -> Result<Option<AppendInfo>> {
-        let t = Arc::clone(&self.topic(topic)?.0);
-        if partition >= t.partition_count() {
-            return Err(LogError::UnknownPartition {
-                topic: topic.into(),
-                partition,
-                partitions: t.partition_count(),
-            });
-        }
         if self.transactional_id.is_some() && !self.in_txn {
             return Err(
                 self.txn_state_error("send outside a transaction: call begin_transaction first")
             );
         }
-        let key: Key = (Arc::from(t.name()), partition);
-        let size = record.key.as_ref().map_or(0, |k| k.len())
-            + record.value.as_ref().map_or(0, |v| v.len())
-            + record
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>()
-            + 16;
-        let mut completed = None;
-        if self.open.get(&key).is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.estimated_size() + size > self.config.batch_size
-        }) {
-            completed = self.flush_partition(&key)?;
+        let batch_size = self.config.batch_size;
+        let state = self.topic_state(topic)?;
+        let n = state.topic.partition_count();
+        if partition >= n {
+            return Err(LogError::UnknownPartition {
+                topic: topic.into(),
+                partition,
+                partitions: n,
+            });
         }
-        if !self.open.contains_key(&key) {
+        let p = partition as usize;
+        if state.open.len() < n as usize {
+            state.open.resize_with(n as usize, || None);
+            state.sequences.resize(n as usize, 0);
+        }
+        let size = record_size(&record);
+        let full = state.open[p].as_ref().is_some_and(|b| {
+            !b.builder.is_empty() && b.builder.estimated_size() + size > batch_size
+        });
+        let completed = if full {
+            self.flush_partition(topic, partition)?
+        } else {
+            None
+        };
+        let needs_batch = self.topics.get(topic).is_some_and(|s| s.open[p].is_none());
+        if needs_batch {
             if let Some(id) = &self.transactional_id {
                 let tp = (topic.to_string(), partition);
                 if !self.txn_partitions.contains(&tp) {
@@ -185,39 +206,45 @@ impl Producer {
                     self.txn_partitions.insert(tp);
                 }
             }
-            let base_sequence = if self.producer_id >= 0 {
-                *self.sequences.get(&key).unwrap_or(&0)
+        }
+        let (producer_id, epoch, compression) =
+            (self.producer_id, self.epoch, self.config.compression);
+        let transactional = self.transactional_id.is_some();
+        let state = self.topic_state(topic)?;
+        let open = state.open[p].get_or_insert_with(|| {
+            let base_sequence = if producer_id >= 0 {
+                state.sequences[p]
             } else {
                 -1
             };
-            let builder = BatchBuilder::new(BatchOptions {
-                compression: self.config.compression,
-                producer_id: self.producer_id,
-                producer_epoch: self.epoch,
-                base_sequence,
-                transactional: self.transactional_id.is_some(),
-                partition_leader_epoch: -1,
-            });
-            self.open.insert(
-                key.clone(),
-                OpenBatch {
-                    builder,
+            OpenBatch {
+                builder: BatchBuilder::new(BatchOptions {
+                    compression,
+                    producer_id,
+                    producer_epoch: epoch,
                     base_sequence,
-                },
-            );
-        }
-        if let Some(b) = self.open.get_mut(&key) {
-            b.builder.push(&record).map_err(|source| LogError::Batch {
+                    transactional,
+                    partition_leader_epoch: -1,
+                }),
+                base_sequence,
+            }
+        });
+        open.builder
+            .push(&record)
+            .map_err(|source| LogError::Batch {
                 topic: topic.to_string(),
                 partition,
                 source,
             })?;
-        }
         Ok(completed)
     }
 
-    fn flush_partition(&mut self, key: &Key) -> Result<Option<AppendInfo>> {
-        let Some(open) = self.open.remove(key) else {
+    fn flush_partition(&mut self, topic: &str, partition: u32) -> Result<Option<AppendInfo>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Ok(None);
+        };
+        let p = partition as usize;
+        let Some(open) = state.open.get_mut(p).and_then(Option::take) else {
             return Ok(None);
         };
         if open.builder.is_empty() {
@@ -225,30 +252,35 @@ impl Producer {
         }
         let count = open.builder.record_count() as i32;
         let batch = open.builder.build().map_err(|source| LogError::Batch {
-            topic: key.0.to_string(),
-            partition: key.1,
+            topic: topic.to_string(),
+            partition,
             source,
         })?;
-        let info = self.log.append(&key.0, key.1, batch)?;
-        if self.producer_id >= 0 {
-            self.sequences.insert(
-                key.clone(),
-                open.base_sequence.wrapping_add(count) & i32::MAX,
-            );
-        }
-        if let Some((_, sticky)) = self.topics.get_mut(&*key.0) {
-            sticky.on_new_batch();
+        let name = Arc::clone(&state.name);
+        let info = self.log.append(&name, partition, batch)?;
+        if let Some(state) = self.topics.get_mut(topic) {
+            if self.producer_id >= 0 {
+                state.sequences[p] = open.base_sequence.wrapping_add(count) & i32::MAX;
+            }
+            state.sticky.on_new_batch();
         }
         Ok(Some(info))
     }
 
     /// Appends every buffered batch. On error, the batches not yet appended stay buffered.
     pub fn flush(&mut self) -> Result<Vec<(Arc<str>, u32, AppendInfo)>> {
-        let keys: Vec<Key> = self.open.keys().cloned().collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(info) = self.flush_partition(&k)? {
-                out.push((k.0.clone(), k.1, info));
+        let mut pending = Vec::new();
+        for (name, state) in &self.topics {
+            for (p, open) in state.open.iter().enumerate() {
+                if open.is_some() {
+                    pending.push((name.clone(), Arc::clone(&state.name), p as u32));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (name, arc, p) in pending {
+            if let Some(info) = self.flush_partition(&name, p)? {
+                out.push((arc, p, info));
             }
         }
         Ok(out)
@@ -320,7 +352,7 @@ impl Producer {
         for r in records {
             self.send_to(OFFSETS_TOPIC, p, r)?;
         }
-        self.flush_partition(&(Arc::from(OFFSETS_TOPIC), p))?;
+        self.flush_partition(OFFSETS_TOPIC, p)?;
         self.log.txn_add_offsets(self.producer_id, group, &values);
         Ok(())
     }
@@ -345,7 +377,9 @@ impl Producer {
             return Err(self.txn_state_error("abort without an open transaction"));
         }
         // Unsent batches never consumed their sequence numbers (they are taken at flush).
-        self.open.clear();
+        for state in self.topics.values_mut() {
+            state.open.iter_mut().for_each(|b| *b = None);
+        }
         self.log.txn_end(&id, self.producer_id, self.epoch, false)?;
         self.in_txn = false;
         Ok(())
