@@ -287,15 +287,26 @@ impl Segment {
     /// Appends one batch whose base offset has been set; returns its file position.
     pub fn append(&mut self, batch: &[u8], header: &BatchHeader) -> Result<u64> {
         let pos = self.size;
-        if let Err(e) = self.file.write_all_at(batch, pos) {
+        self.append_many(batch, std::slice::from_ref(header))?;
+        Ok(pos)
+    }
+
+    /// Appends consecutive batches (their bytes concatenated in `buf`) with one write.
+    pub fn append_many(&mut self, buf: &[u8], headers: &[BatchHeader]) -> Result<()> {
+        let pos = self.size;
+        if let Err(e) = self.file.write_all_at(buf, pos) {
             // A partial write (full disk) leaves garbage past `size`; cut it so the next
             // append and a restart both see a clean tail.
             let _ = self.file.set_len(pos);
             return Err(LogError::io("append to segment", self.log_path(), e));
         }
-        self.size += batch.len() as u64;
-        self.track(header, pos);
-        Ok(pos)
+        let mut at = pos;
+        for h in headers {
+            self.track(h, at);
+            at += h.total_size() as u64;
+        }
+        self.size += buf.len() as u64;
+        Ok(())
     }
 
     /// Forces the segment's data to disk.

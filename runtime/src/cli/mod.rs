@@ -50,6 +50,9 @@ pub struct Cli {
     /// When appends are fsynced: always (group commit), interval[:MILLIS] or never.
     #[arg(long, global = true, default_value = "interval:1000")]
     pub fsync: String,
+    /// Create unknown topics on first write (with one partition) instead of failing.
+    #[arg(long, global = true)]
+    pub auto_create_topics: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

@@ -35,7 +35,7 @@ impl ProduceArgs {
             .compression
             .parse()
             .map_err(|e| CliError::Usage(format!("--compression: {e}")))?;
-        let topic = log.topic(&self.topic)?;
+        let topic = log.topic_or_create(&self.topic)?;
         let max = topic.config().max_message_bytes as usize;
         let input: Box<dyn BufRead> = match &self.file {
             Some(f) => Box::new(BufReader::new(
