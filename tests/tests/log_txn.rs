@@ -695,3 +695,69 @@ fn a_crash_with_a_transaction_open_leaves_no_transaction_blocking_readers() {
         ["again", "behind", "committed"]
     );
 }
+
+#[test]
+fn a_fenced_instance_cannot_flush_buffered_records_into_a_partition_it_never_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 1, &[]).unwrap();
+    let mut old = log
+        .transactional_producer("tx", ProducerConfig::default())
+        .unwrap();
+    old.begin_transaction().unwrap();
+    // Added to the transaction, but only buffered: no data in the partition yet.
+    old.send_to("t", 0, rec("k", "zombie", 1)).unwrap();
+    let _new = log
+        .transactional_producer("tx", ProducerConfig::default())
+        .unwrap();
+    assert!(matches!(
+        old.commit_transaction(),
+        Err(LogError::ProducerFenced { .. })
+    ));
+    // The zombie's batch must not have opened a transaction nobody will ever end.
+    assert_eq!(lso(&log, "t", 0), hw(&log, "t", 0));
+    assert!(values(&log, "t", 0, Isolation::ReadUncommitted).is_empty());
+}
+
+#[test]
+fn a_timed_out_producer_cannot_flush_buffered_records_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), manual_housekeeping()).unwrap();
+    log.create_topic("t", 1, &[]).unwrap();
+    let mut p = log
+        .transactional_producer("slow", txn_config(Duration::from_millis(50)))
+        .unwrap();
+    p.begin_transaction().unwrap();
+    p.send_to("t", 0, rec("k", "late", 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    log.run_housekeeping().unwrap();
+    assert!(matches!(
+        p.commit_transaction(),
+        Err(LogError::ProducerFenced { .. })
+    ));
+    assert_eq!(lso(&log, "t", 0), hw(&log, "t", 0));
+    assert!(values(&log, "t", 0, Isolation::ReadUncommitted).is_empty());
+}
+
+#[test]
+fn idempotent_duplicates_and_sequences_are_remembered_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 1, &[]).unwrap();
+    let pid = log.producer(ProducerConfig::default()).unwrap().producer_id();
+    let batch = idempotent_batch(pid, 0, 0, &["a", "b"]);
+    log.append("t", 0, batch.clone()).unwrap();
+    log.close().unwrap();
+
+    let log = open(dir.path());
+    let again = log.append("t", 0, batch).unwrap();
+    assert_eq!((again.base_offset, again.last_offset, again.duplicate), (0, 1, true));
+    assert!(matches!(
+        log.append("t", 0, idempotent_batch(pid, 0, 3, &["gap"])),
+        Err(LogError::OutOfOrderSequence { expected: 2, .. })
+    ));
+    let next = log
+        .append("t", 0, idempotent_batch(pid, 0, 2, &["c"]))
+        .unwrap();
+    assert_eq!((next.base_offset, next.duplicate), (2, false));
+}
