@@ -37,9 +37,7 @@ fn config(group: &str) -> ConsumerConfig {
 /// Writes `n` records per partition with values `p<partition>-<i>`.
 fn produce(log: &Log, topic: &str, partitions: u32, n: usize) {
     for p in 0..partitions {
-        let recs: Vec<_> = (0..n)
-            .map(|i| rec("k", &format!("p{p}-{i}"), 1))
-            .collect();
+        let recs: Vec<_> = (0..n).map(|i| rec("k", &format!("p{p}-{i}"), 1)).collect();
         log.append_records(topic, p, &recs).unwrap();
     }
 }
@@ -182,9 +180,7 @@ fn a_closing_member_frees_its_partitions_for_the_other() {
     let mut c2 = log.consumer(config("g"));
     c1.subscribe(&["t"]).unwrap();
     c2.subscribe(&["t"]).unwrap();
-    poll_until(&mut [&mut c1, &mut c2], |a| {
-        a.iter().all(|s| s.len() == 2)
-    });
+    poll_until(&mut [&mut c1, &mut c2], |a| a.iter().all(|s| s.len() == 2));
     // c2 read and committed its share before closing.
     produce(&log, "t", 4, 5);
     let mut got2 = poll_until(&mut [&mut c2], |_| true);
@@ -208,7 +204,10 @@ fn a_closing_member_frees_its_partitions_for_the_other() {
         got1.extend(c1.poll(Duration::from_millis(50)).unwrap());
     }
     let extra = c1.poll(Duration::from_millis(20)).unwrap();
-    assert!(extra.is_empty(), "c1 re-read c2's committed records: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "c1 re-read c2's committed records: {extra:?}"
+    );
     assert!(got1.iter().all(|r| !owned2.contains(&tp("t", r.partition))));
 }
 
@@ -231,9 +230,7 @@ fn a_member_that_stops_polling_expires_and_the_other_takes_over() {
     });
     c1.subscribe(&["t"]).unwrap();
     c2.subscribe(&["t"]).unwrap();
-    poll_until(&mut [&mut c1, &mut c2], |a| {
-        a.iter().all(|s| s.len() == 1)
-    });
+    poll_until(&mut [&mut c1, &mut c2], |a| a.iter().all(|s| s.len() == 1));
     let start = Instant::now();
     // Only c1 polls now.
     poll_until(&mut [&mut c1], |a| a[0].len() == 2);
@@ -246,9 +243,7 @@ fn a_member_that_stops_polling_expires_and_the_other_takes_over() {
     assert_eq!(d.members.len(), 1);
     // c2 still believes it owns a partition until it polls: then it rejoins as a new member
     // and gets a share again without ever overlapping c1.
-    poll_until(&mut [&mut c2, &mut c1], |a| {
-        a.iter().all(|s| s.len() == 1)
-    });
+    poll_until(&mut [&mut c2, &mut c1], |a| a.iter().all(|s| s.len() == 1));
     assert_eq!(
         log.describe_group("g")
             .unwrap()
@@ -337,7 +332,10 @@ fn auto_offset_reset_earliest_latest_and_none() {
     let mut earliest = log.consumer(config("e"));
     earliest.subscribe(&["t"]).unwrap();
     let got = earliest.poll(Duration::from_millis(100)).unwrap();
-    assert_eq!(got.iter().map(value).collect::<Vec<_>>(), ["p0-0", "p0-1", "p0-2"]);
+    assert_eq!(
+        got.iter().map(value).collect::<Vec<_>>(),
+        ["p0-0", "p0-1", "p0-2"]
+    );
 
     let mut latest = log.consumer(ConsumerConfig {
         auto_offset_reset: OffsetReset::Latest,
@@ -446,10 +444,18 @@ fn describe_group_reports_lag_per_partition() {
     c.subscribe(&["t"]).unwrap();
     produce_one(&log, 2, 3);
     let info = log.describe_group("g").unwrap();
-    let p2 = info.partitions.iter().find(|l| l.tp.partition == 2).unwrap();
+    let p2 = info
+        .partitions
+        .iter()
+        .find(|l| l.tp.partition == 2)
+        .unwrap();
     assert_eq!((p2.committed, p2.log_end, p2.lag), (None, 3, 3));
     assert!(info.partitions.iter().all(|l| l.member.is_some()));
-    let p0 = info.partitions.iter().find(|l| l.tp.partition == 0).unwrap();
+    let p0 = info
+        .partitions
+        .iter()
+        .find(|l| l.tp.partition == 0)
+        .unwrap();
     assert_eq!(p0.lag, 4);
 
     // An open transaction: lag is measured to the last stable offset.
@@ -460,11 +466,19 @@ fn describe_group_reports_lag_per_partition() {
     txp.send_to("t", 1, rec("k", "open", 1)).unwrap();
     txp.flush().unwrap();
     let info = log.describe_group("g").unwrap();
-    let p1 = info.partitions.iter().find(|l| l.tp.partition == 1).unwrap();
+    let p1 = info
+        .partitions
+        .iter()
+        .find(|l| l.tp.partition == 1)
+        .unwrap();
     assert_eq!((p1.log_end, p1.lag), (4, 0));
     txp.commit_transaction().unwrap();
     let info = log.describe_group("g").unwrap();
-    let p1 = info.partitions.iter().find(|l| l.tp.partition == 1).unwrap();
+    let p1 = info
+        .partitions
+        .iter()
+        .find(|l| l.tp.partition == 1)
+        .unwrap();
     // The record and its commit marker.
     assert_eq!((p1.log_end, p1.lag), (6, 2));
 }

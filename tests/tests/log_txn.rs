@@ -46,7 +46,10 @@ fn read(log: &Log, topic: &str, partition: u32, isolation: Isolation) -> Vec<(i6
         }
         let (records, next) = decode_fetch(&r, isolation).unwrap();
         for s in records {
-            let v = s.record.value.map(|v| String::from_utf8_lossy(&v).into_owned());
+            let v = s
+                .record
+                .value
+                .map(|v| String::from_utf8_lossy(&v).into_owned());
             out.push((s.offset, v.unwrap_or_default()));
         }
         assert!(next > offset, "fetch must make progress");
@@ -122,7 +125,10 @@ fn lso(log: &Log, topic: &str, partition: u32) -> i64 {
 }
 
 fn hw(log: &Log, topic: &str, partition: u32) -> i64 {
-    log.partition(topic, partition).unwrap().info().high_watermark
+    log.partition(topic, partition)
+        .unwrap()
+        .info()
+        .high_watermark
 }
 
 #[test]
@@ -130,7 +136,10 @@ fn appending_the_same_idempotent_batch_twice_returns_the_original_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("t", 1, &[]).unwrap();
-    let pid = log.producer(ProducerConfig::default()).unwrap().producer_id();
+    let pid = log
+        .producer(ProducerConfig::default())
+        .unwrap()
+        .producer_id();
     assert!(pid >= 0);
 
     let first = idempotent_batch(pid, 0, 0, &["a", "b", "c"]);
@@ -142,9 +151,15 @@ fn appending_the_same_idempotent_batch_twice_returns_the_original_offsets() {
 
     // Retries of the latest and of an earlier (still remembered) batch.
     let again = log.append("t", 0, second).unwrap();
-    assert_eq!((again.base_offset, again.last_offset, again.duplicate), (3, 3, true));
+    assert_eq!(
+        (again.base_offset, again.last_offset, again.duplicate),
+        (3, 3, true)
+    );
     let again = log.append("t", 0, first).unwrap();
-    assert_eq!((again.base_offset, again.last_offset, again.duplicate), (0, 2, true));
+    assert_eq!(
+        (again.base_offset, again.last_offset, again.duplicate),
+        (0, 2, true)
+    );
 
     assert_eq!(log.partition("t", 0).unwrap().info().log_end_offset, 4);
     assert_eq!(
@@ -158,7 +173,10 @@ fn a_sequence_gap_is_out_of_order_and_names_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("seq", 2, &[]).unwrap();
-    let pid = log.producer(ProducerConfig::default()).unwrap().producer_id();
+    let pid = log
+        .producer(ProducerConfig::default())
+        .unwrap()
+        .producer_id();
     log.append("seq", 1, idempotent_batch(pid, 0, 0, &["a", "b"]))
         .unwrap();
     let err = log
@@ -203,7 +221,10 @@ fn an_older_producer_epoch_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("t", 1, &[]).unwrap();
-    let pid = log.producer(ProducerConfig::default()).unwrap().producer_id();
+    let pid = log
+        .producer(ProducerConfig::default())
+        .unwrap()
+        .producer_id();
     log.append("t", 0, idempotent_batch(pid, 0, 0, &["a"]))
         .unwrap();
     // A newer epoch restarts its sequences at 0.
@@ -236,14 +257,21 @@ fn a_committed_transaction_over_two_topics_becomes_visible_at_once() {
     p.begin_transaction().unwrap();
     for t in &all {
         for i in 0..3 {
-            p.send_to(&t.topic, t.partition, rec("k", &format!("{}{}-{i}", t.topic, t.partition), 1))
-                .unwrap();
+            p.send_to(
+                &t.topic,
+                t.partition,
+                rec("k", &format!("{}{}-{i}", t.topic, t.partition), 1),
+            )
+            .unwrap();
         }
     }
     p.flush().unwrap();
     // Written but not committed: invisible to read_committed, visible to read_uncommitted.
     assert!(consume_all(&log, Isolation::ReadCommitted, &all).is_empty());
-    assert_eq!(consume_all(&log, Isolation::ReadUncommitted, &all).len(), 12);
+    assert_eq!(
+        consume_all(&log, Isolation::ReadUncommitted, &all).len(),
+        12
+    );
     for t in &all {
         assert_eq!(lso(&log, &t.topic, t.partition), 0);
         assert_eq!(hw(&log, &t.topic, t.partition), 3);
@@ -289,7 +317,10 @@ fn an_aborted_transaction_is_invisible_to_read_committed_only() {
         ["doomed", "doomed", "doomed"]
     );
     for t in &all {
-        assert_eq!(lso(&log, &t.topic, t.partition), hw(&log, &t.topic, t.partition));
+        assert_eq!(
+            lso(&log, &t.topic, t.partition),
+            hw(&log, &t.topic, t.partition)
+        );
     }
     // The producer goes on: the next transaction commits normally after the aborted one.
     p.begin_transaction().unwrap();
@@ -307,7 +338,8 @@ fn read_committed_stops_at_the_last_stable_offset_of_an_open_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("t", 1, &[]).unwrap();
-    log.append_records("t", 0, &[rec("k", "before", 1)]).unwrap();
+    log.append_records("t", 0, &[rec("k", "before", 1)])
+        .unwrap();
     let mut txp = log
         .transactional_producer("tx", ProducerConfig::default())
         .unwrap();
@@ -346,7 +378,10 @@ fn read_committed_stops_at_the_last_stable_offset_of_an_open_transaction() {
         0,
         "nothing at or above the LSO is served to read_committed"
     );
-    assert_eq!(consume_all(&log, Isolation::ReadCommitted, &[tp("t", 0)]), ["before"]);
+    assert_eq!(
+        consume_all(&log, Isolation::ReadCommitted, &[tp("t", 0)]),
+        ["before"]
+    );
 
     txp.commit_transaction().unwrap();
     let info = log.partition("t", 0).unwrap().info();
@@ -547,7 +582,10 @@ fn write_mixed_history(log: &Log) -> (i64, i16) {
 }
 
 fn check_mixed_history(log: &Log, pid: i64, epoch: i16) {
-    assert_eq!(values(log, "t", 0, Isolation::ReadCommitted), ["c0", "plain"]);
+    assert_eq!(
+        values(log, "t", 0, Isolation::ReadCommitted),
+        ["c0", "plain"]
+    );
     assert_eq!(values(log, "t", 1, Isolation::ReadCommitted), ["c1"]);
     assert_eq!(
         values(log, "t", 0, Isolation::ReadUncommitted),
@@ -586,7 +624,12 @@ fn transactions_offsets_and_ids_survive_close_and_reopen() {
     p.commit_transaction().unwrap();
     assert_eq!(values(&log, "t", 1, Isolation::ReadCommitted), ["c1", "c2"]);
     // A plain producer gets an id that was never handed out before.
-    assert!(log.producer(ProducerConfig::default()).unwrap().producer_id() != pid);
+    assert!(
+        log.producer(ProducerConfig::default())
+            .unwrap()
+            .producer_id()
+            != pid
+    );
 }
 
 #[test]
@@ -607,7 +650,8 @@ fn a_transaction_left_open_at_close_is_aborted_on_reopen() {
         p.flush().unwrap();
         // Dropped without commit or abort.
     }
-    log.append_records("t", 0, &[rec("k", "behind", 1)]).unwrap();
+    log.append_records("t", 0, &[rec("k", "behind", 1)])
+        .unwrap();
     assert_eq!(lso(&log, "t", 0), 1);
     log.close().unwrap();
 
@@ -615,7 +659,10 @@ fn a_transaction_left_open_at_close_is_aborted_on_reopen() {
     for p in 0..2 {
         assert_eq!(lso(&log, "t", p), hw(&log, "t", p), "partition {p}");
     }
-    assert_eq!(values(&log, "t", 0, Isolation::ReadCommitted), ["behind", "old"]);
+    assert_eq!(
+        values(&log, "t", 0, Isolation::ReadCommitted),
+        ["behind", "old"]
+    );
     assert!(values(&log, "t", 1, Isolation::ReadCommitted).is_empty());
     assert_eq!(
         consume_all(&log, Isolation::ReadCommitted, &[tp("t", 0), tp("t", 1)]),
@@ -641,7 +688,10 @@ fn a_transaction_left_open_at_close_is_aborted_on_reopen() {
     // And the abort itself survives another reopen.
     let log = open(dir.path());
     assert_eq!(values(&log, "t", 1, Isolation::ReadCommitted), ["new"]);
-    assert_eq!(values(&log, "t", 0, Isolation::ReadCommitted), ["behind", "old"]);
+    assert_eq!(
+        values(&log, "t", 0, Isolation::ReadCommitted),
+        ["behind", "old"]
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -671,7 +721,8 @@ fn a_crash_with_a_transaction_open_leaves_no_transaction_blocking_readers() {
     p.begin_transaction().unwrap();
     p.send_to("t", 0, rec("k", "open", 1)).unwrap();
     p.flush().unwrap();
-    log.append_records("t", 0, &[rec("k", "behind", 1)]).unwrap();
+    log.append_records("t", 0, &[rec("k", "behind", 1)])
+        .unwrap();
     log.sync_all().unwrap();
     // A snapshot of the directory while the log is open is what a crash leaves behind.
     let crashed = tempfile::tempdir().unwrap();
@@ -744,14 +795,20 @@ fn idempotent_duplicates_and_sequences_are_remembered_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("t", 1, &[]).unwrap();
-    let pid = log.producer(ProducerConfig::default()).unwrap().producer_id();
+    let pid = log
+        .producer(ProducerConfig::default())
+        .unwrap()
+        .producer_id();
     let batch = idempotent_batch(pid, 0, 0, &["a", "b"]);
     log.append("t", 0, batch.clone()).unwrap();
     log.close().unwrap();
 
     let log = open(dir.path());
     let again = log.append("t", 0, batch).unwrap();
-    assert_eq!((again.base_offset, again.last_offset, again.duplicate), (0, 1, true));
+    assert_eq!(
+        (again.base_offset, again.last_offset, again.duplicate),
+        (0, 1, true)
+    );
     assert!(matches!(
         log.append("t", 0, idempotent_batch(pid, 0, 3, &["gap"])),
         Err(LogError::OutOfOrderSequence { expected: 2, .. })
