@@ -102,7 +102,9 @@ fn a_single_subscriber_gets_every_partition() {
     assert_eq!(d.description.unwrap().members.len(), 1);
 }
 
-fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32]) {
+/// Two members share 4 partitions of 25 records; with `auto_commit` the consumers never
+/// commit themselves and rely on the commit of revoked partitions.
+fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32], auto_commit: bool) {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.create_topic("t", 4, &[]).unwrap();
@@ -110,6 +112,8 @@ fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32]) {
     let cfg = ConsumerConfig {
         assignor,
         max_poll_records: 7,
+        enable_auto_commit: auto_commit,
+        auto_commit_interval: Duration::from_secs(60),
         ..config("g")
     };
     let mut c1 = log.consumer(cfg.clone());
@@ -120,7 +124,9 @@ fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32]) {
         for r in c1.poll(Duration::from_millis(50)).unwrap() {
             seen.push((r.partition, r.offset));
         }
-        c1.commit().unwrap();
+        if !auto_commit {
+            c1.commit().unwrap();
+        }
     }
     assert!(!seen.is_empty());
     let mut c2 = log.consumer(cfg);
@@ -136,7 +142,9 @@ fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32]) {
                 );
                 seen.push((r.partition, r.offset));
             }
-            c.commit().unwrap();
+            if !auto_commit {
+                c.commit().unwrap();
+            }
         }
         assert_disjoint(&[&c1, &c2]);
         if seen.len() >= 100 && *c1.assignment() == first && *c2.assignment() == second {
@@ -153,22 +161,37 @@ fn split_between_two(assignor: Assignor, first: &[u32], second: &[u32]) {
     let unique: BTreeSet<(u32, i64)> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "a record was read twice");
     assert_eq!(unique.len(), 100);
+    if auto_commit {
+        // Closing commits the final positions.
+        c1.close().unwrap();
+        c2.close().unwrap();
+    }
     for p in 0..4 {
         assert_eq!(log.committed("g", &tp("t", p)), Some(25));
     }
     let d = log.describe_group("g").unwrap();
-    assert_eq!(d.state, sluice_log::group::GroupState::Stable);
+    let expected = if auto_commit {
+        sluice_log::group::GroupState::Empty
+    } else {
+        sluice_log::group::GroupState::Stable
+    };
+    assert_eq!(d.state, expected);
 }
 
 #[test]
 fn a_second_member_splits_partitions_by_range_and_all_records_are_read_once() {
     // Member ids sort in join order: the first member gets the first range.
-    split_between_two(Assignor::Range, &[0, 1], &[2, 3]);
+    split_between_two(Assignor::Range, &[0, 1], &[2, 3], false);
 }
 
 #[test]
 fn a_second_member_splits_partitions_round_robin_and_all_records_are_read_once() {
-    split_between_two(Assignor::RoundRobin, &[0, 2], &[1, 3]);
+    split_between_two(Assignor::RoundRobin, &[0, 2], &[1, 3], false);
+}
+
+#[test]
+fn auto_commit_on_revocation_hands_partitions_over_without_rereading() {
+    split_between_two(Assignor::Range, &[0, 1], &[2, 3], true);
 }
 
 #[test]
