@@ -696,7 +696,8 @@ impl Partition {
         Ok(())
     }
 
-    /// Appends a transaction marker for `producer_id` if it has an open transaction here.
+    /// Appends a transaction marker for `producer_id` if it has an open transaction here;
+    /// otherwise only raises the producer's epoch to `epoch`, fencing older instances.
     /// Returns the marker's offset, or `None` when there was nothing to end.
     pub fn append_marker(
         &self,
@@ -717,6 +718,8 @@ impl Partition {
                 }
             }
             if !st.producers.has_open_txn(producer_id) {
+                // Nothing to end, but a zombie must not open a transaction here later.
+                st.producers.fence(producer_id, epoch);
                 return Ok(None);
             }
             let kind = if commit {

@@ -170,7 +170,18 @@ impl ProducerStates {
         }
     }
 
-    /// Raises a producer's epoch without a marker (fencing through the coordinator).
+    /// Raises a producer's epoch without a marker (fencing through the coordinator): a
+    /// transaction ended by a newer instance or a timeout may include partitions the old
+    /// instance has not written yet, and its buffered batches must be refused there too.
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        let entry = self.producers.entry(producer_id).or_default();
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+    }
+
+    /// The latest epoch seen for a producer, if it wrote here.
     pub fn current_epoch(&self, producer_id: i64) -> Option<i16> {
         self.producers.get(&producer_id).map(|e| e.epoch)
     }
