@@ -704,7 +704,9 @@ impl Log {
             for p in t.partitions.read().iter() {
                 for pid in p.open_transactions() {
                     tracing::warn!(topic = %t.name, partition = p.id(), producer_id = pid, "Aborting an orphaned open transaction.");
-                    p.append_marker(pid, i16::MAX, false, 0)?;
+                    // The producer's own epoch: aborting must not fence its id for good.
+                    let epoch = p.producer_epoch(pid).unwrap_or(0);
+                    p.append_marker(pid, epoch, false, 0)?;
                 }
             }
         }

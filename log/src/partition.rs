@@ -735,6 +735,11 @@ impl Partition {
         Ok(Some(offset))
     }
 
+    /// The latest epoch seen here for a producer id.
+    pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.state.lock().producers.current_epoch(producer_id)
+    }
+
     /// Producer ids with a transaction open in this partition.
     pub fn open_transactions(&self) -> Vec<i64> {
         self.state.lock().producers.open_txn_producers()
