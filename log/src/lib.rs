@@ -31,12 +31,14 @@
 //! - [`log`](crate::log): the data directory as a whole ([`Log`]).
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
+//! - [`fault`]: fault-injection points for crash tests.
 
 pub mod batch;
 pub mod compression;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod fault;
 pub mod group;
 pub mod log;
 pub mod offsets;

@@ -731,6 +731,7 @@ impl Log {
     /// go only where the producer still has a transaction open.
     fn execute_end(&self, id: &str, plan: &EndPlan) -> Result<()> {
         self.write_txn_record(&plan.prepare)?;
+        crate::fault::point("txn-after-prepare");
         for (topic, partition) in &plan.partitions {
             match self.partition(topic, *partition) {
                 Ok(p) => {
@@ -741,6 +742,7 @@ impl Log {
                 Err(e) => return Err(e),
             }
         }
+        crate::fault::point("txn-after-markers");
         self.inner
             .offsets
             .lock()

@@ -216,3 +216,141 @@ fn kill_9_during_writes_loses_no_acknowledged_record() {
     );
     assert!(records > 0);
 }
+
+const TXN_CHILD_DIR: &str = "SLUICE_TXN_CHILD_DIR";
+
+/// The child of the fault-point test: writes one transaction with records and group offsets
+/// and ends it (commit, or abort with `SLUICE_TXN_ABORT=1`); `SLUICE_FAULT` makes it crash
+/// midway. Does nothing unless started by the parent test.
+#[test]
+fn txn_fault_child() {
+    let Ok(dir) = std::env::var(TXN_CHILD_DIR) else {
+        return;
+    };
+    let log = Log::open(&dir, options()).unwrap();
+    log.create_topic("tx-out", 2, &[]).unwrap();
+    log.create_topic("tx-in", 1, &[]).unwrap();
+    let mut p = log
+        .transactional_producer("fault-app", ProducerConfig::default())
+        .unwrap();
+    p.begin_transaction().unwrap();
+    for i in 0..10 {
+        p.send(
+            "tx-out",
+            Record::with_key(format!("k{i}"), format!("v{i}"), 1_000 + i),
+        )
+        .unwrap();
+    }
+    let tp = TopicPartition {
+        topic: "tx-in".into(),
+        partition: 0,
+    };
+    p.send_offsets_to_transaction("g", &[(tp, 42)]).unwrap();
+    if std::env::var("SLUICE_TXN_ABORT").is_ok() {
+        p.abort_transaction().unwrap();
+    } else {
+        p.commit_transaction().unwrap();
+    }
+    panic!("the fault point should have stopped the process");
+}
+
+fn committed_records(log: &Log) -> usize {
+    let mut consumer = log.consumer(ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    let tps: Vec<TopicPartition> = (0..2)
+        .map(|p| TopicPartition {
+            topic: "tx-out".into(),
+            partition: p,
+        })
+        .collect();
+    consumer.assign(&tps).unwrap();
+    let mut n = 0;
+    loop {
+        let got = consumer.poll(Duration::from_millis(50)).unwrap();
+        if got.is_empty() {
+            return n;
+        }
+        n += got.len();
+    }
+}
+
+#[test]
+fn a_decided_transaction_completes_after_a_crash_at_each_fault_point() {
+    let exe = std::env::current_exe().unwrap();
+    for point in ["txn-after-prepare", "txn-after-markers"] {
+        for abort in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "log_crash::txn_fault_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(TXN_CHILD_DIR, dir.path())
+            .env("SLUICE_FAULT", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            if abort {
+                cmd.env("SLUICE_TXN_ABORT", "1");
+            }
+            let status = cmd.status().unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(6),
+                "{point}: the child must abort at the fault point, got {status}"
+            );
+            let log = Log::open(dir.path(), options()).unwrap();
+            let expected = if abort { 0 } else { 10 };
+            assert_eq!(
+                committed_records(&log),
+                expected,
+                "{point} abort={abort}: records"
+            );
+            let tp = TopicPartition {
+                topic: "tx-in".into(),
+                partition: 0,
+            };
+            let offset = log.committed("g", &tp);
+            assert_eq!(
+                offset,
+                if abort { None } else { Some(42) },
+                "{point} abort={abort}: offsets"
+            );
+            for p in 0..2 {
+                let info = log.partition("tx-out", p).unwrap().info();
+                assert_eq!(
+                    info.last_stable_offset, info.log_end_offset,
+                    "{point}: nothing left open"
+                );
+            }
+            let status = log
+                .transactions()
+                .into_iter()
+                .find(|t| t.transactional_id == "fault-app");
+            let want = if abort {
+                sluice_log::txn::TxnStatus::CompleteAbort
+            } else {
+                sluice_log::txn::TxnStatus::CompleteCommit
+            };
+            assert_eq!(
+                status.map(|s| s.status),
+                Some(want),
+                "{point} abort={abort}"
+            );
+            // The application restarts: a new instance works.
+            let mut p = log
+                .transactional_producer("fault-app", ProducerConfig::default())
+                .unwrap();
+            p.begin_transaction().unwrap();
+            p.send("tx-out", Record::with_key("after", "restart", 5_000))
+                .unwrap();
+            p.commit_transaction().unwrap();
+            assert_eq!(committed_records(&log), expected + 1);
+            log.close().unwrap();
+        }
+    }
+}
