@@ -130,11 +130,44 @@ impl Producer {
     pub fn send(&mut self, topic: &str, record: Record) -> Result<Option<AppendInfo>> {
         let (t, sticky) = self.topic(topic)?;
         let n = t.partition_count();
+        let name: Arc<str> = Arc::from(t.name());
         let partition = match &record.key {
             Some(k) => partition_for_key(k, n),
-            None => sticky.partition(n),
+            None => {
+                let p = sticky.partition(n);
+                // A keyless record that would overflow the sticky partition's batch closes
+                // it and goes to the next partition, as in Kafka (abort-on-new-batch).
+                let key: Key = (name, p);
+                if self.batch_full_for(&key, &record) {
+                    let completed = self.flush_partition(&key)?;
+                    let p = self.topic(topic)?.1.partition(n);
+                    return self.send_to(topic, p, record).map(|c| c.or(completed));
+                }
+                p
+            }
         };
         self.send_to(topic, partition, record)
+    }
+
+    /// Uncompressed bytes a record adds to a batch, roughly.
+    fn record_size(record: &Record) -> usize {
+        record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len())
+            + record
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+            + 16
+    }
+
+    /// Whether the open batch of `key` has records and `record` would take it past
+    /// `batch_size`.
+    fn batch_full_for(&self, key: &Key, record: &Record) -> bool {
+        self.open.get(key).is_some_and(|b| {
+            !b.builder.is_empty()
+                && b.builder.estimated_size() + Self::record_size(record) > self.config.batch_size
+        })
     }
 
     /// Buffers a record for an explicit partition.
@@ -158,18 +191,8 @@ impl Producer {
             );
         }
         let key: Key = (Arc::from(t.name()), partition);
-        let size = record.key.as_ref().map_or(0, |k| k.len())
-            + record.value.as_ref().map_or(0, |v| v.len())
-            + record
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>()
-            + 16;
         let mut completed = None;
-        if self.open.get(&key).is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.estimated_size() + size > self.config.batch_size
-        }) {
+        if self.batch_full_for(&key, &record) {
             completed = self.flush_partition(&key)?;
         }
         if !self.open.contains_key(&key) {
