@@ -489,9 +489,11 @@ impl Log {
 
     // ----- data -----
 
-    /// Appends a raw record batch (built with [`BatchBuilder`]) to a partition.
+    /// Appends a raw record batch (built with [`BatchBuilder`]) to a partition; an unknown
+    /// topic is created first when [`LogOptions::auto_create_topics`] is on.
     pub fn append(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<AppendInfo> {
         self.check_open()?;
+        self.topic_or_create(topic)?;
         let info = self.partition(topic, partition)?.append(batch)?;
         self.notify_appended();
         Ok(info)

@@ -146,6 +146,9 @@ struct State {
     dirty: bool,
     /// Offset below which the log has been compacted since open.
     cleaned_up_to: i64,
+    /// Timestamp of the oldest tombstone the last compaction kept: once it passes
+    /// `delete.retention.ms`, the clean part is compacted again to drop it.
+    oldest_kept_tombstone: Option<i64>,
 }
 
 impl State {
@@ -215,6 +218,9 @@ pub struct Partition {
     stats: [AtomicU64; 3],
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// Held for a whole compaction pass: two cleaners at once (housekeeping and an explicit
+    /// call) would write the same `.cleaned` file and swap segments under each other.
+    cleaner: Mutex<()>,
 }
 
 impl Partition {
@@ -286,6 +292,7 @@ impl Partition {
             producers,
             dirty: false,
             cleaned_up_to: log_start_offset,
+            oldest_kept_tombstone: None,
         };
         Ok(Partition {
             topic,
@@ -300,6 +307,7 @@ impl Partition {
                 syncing: false,
             }),
             synced: Condvar::new(),
+            cleaner: Mutex::new(()),
         })
     }
 
@@ -622,8 +630,9 @@ impl Partition {
         let first = active
             .first_batch_timestamp()
             .or(group.headers.first().map(|(_, h)| h.max_timestamp));
-        let too_old =
-            first.is_some_and(|first| header.max_timestamp - first >= st.config.segment_ms);
+        let too_old = first.is_some_and(|first| {
+            first >= 0 && header.max_timestamp - first >= st.config.segment_ms
+        });
         // Index entries hold offsets and positions relative to the segment as u32.
         let overflow = header.last_offset() - active.base_offset > i64::from(u32::MAX)
             || size + len as u64 > u64::from(u32::MAX);
@@ -929,7 +938,8 @@ impl Partition {
     /// Runs beside producers: the closed segments it reads never change, and the state lock
     /// is taken only to pick them and to swap each rewritten file in.
     pub fn compact(&self, now: i64) -> Result<CompactionStats> {
-        let (segs, delete_retention_ms, interval, cleaned_up_to) = {
+        let _cleaner = self.cleaner.lock();
+        let (segs, delete_retention_ms, interval, cleaned_up_to, oldest_tombstone) = {
             let st = self.state.lock();
             if !st.config.cleanup_policy.compact {
                 return Ok(CompactionStats::default());
@@ -946,12 +956,15 @@ impl Partition {
                 st.config.delete_retention_ms,
                 st.config.index_interval_bytes,
                 st.cleaned_up_to,
+                st.oldest_kept_tombstone,
             )
         };
         let Some(dirty_end) = segs.last().map(|s| s.3) else {
             return Ok(CompactionStats::default());
         };
-        if dirty_end <= cleaned_up_to {
+        let tombstone_horizon = now - delete_retention_ms;
+        let tombstones_expired = oldest_tombstone.is_some_and(|ts| ts < tombstone_horizon);
+        if dirty_end <= cleaned_up_to && !tombstones_expired {
             return Ok(CompactionStats::default());
         }
         // Pass 1: the latest offset of every key among committed records.
@@ -973,7 +986,7 @@ impl Partition {
         }
         // Pass 2: rewrite each segment with the survivors.
         let mut stats = CompactionStats::default();
-        let tombstone_horizon = now - delete_retention_ms;
+        let mut oldest_kept_tombstone: Option<i64> = None;
         for (base, file, path, _) in &segs {
             let cleaned = PathBuf::from(format!("{}.cleaned", path.display()));
             let mut out: Vec<u8> = Vec::new();
@@ -997,17 +1010,23 @@ impl Partition {
                     })
                     .collect();
                 removed += (records.len() - keep.len()) as u64;
+                for r in keep.iter().filter(|r| r.record.value.is_none()) {
+                    let ts = r.record.timestamp;
+                    oldest_kept_tombstone = Some(oldest_kept_tombstone.map_or(ts, |o| o.min(ts)));
+                }
                 if keep.len() == records.len() {
                     out.extend_from_slice(buf);
                 } else if keep.is_empty() && h.producer_id < 0 {
                     // Nothing left and no producer state to preserve: drop the batch.
-                } else if keep.is_empty() {
-                    // Keep the batch so the producer's last sequence survives a restart.
-                    out.extend_from_slice(buf);
-                    removed -= records.len() as u64;
                 } else {
+                    // Survivors only; with none, an empty batch keeps the producer's offsets
+                    // and last sequence so they survive a restart (as Kafka's cleaner does).
                     let mut b = BatchBuilder::new(BatchOptions {
-                        compression: h.compression(),
+                        compression: if keep.is_empty() {
+                            crate::compression::Compression::None
+                        } else {
+                            h.compression()
+                        },
                         producer_id: h.producer_id,
                         producer_epoch: h.producer_epoch,
                         base_sequence: h.base_sequence,
@@ -1054,7 +1073,11 @@ impl Partition {
             stats.segments += 1;
             stats.records_removed += removed;
         }
-        self.state.lock().cleaned_up_to = dirty_end;
+        {
+            let mut st = self.state.lock();
+            st.cleaned_up_to = dirty_end;
+            st.oldest_kept_tombstone = oldest_kept_tombstone;
+        }
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic, partition = self.id, segments = stats.segments,

@@ -147,11 +147,30 @@ impl Producer {
     /// Buffers a record, choosing its partition: murmur2 of the key, or sticky round robin for
     /// records without a key. Returns the append of a batch this send completed, if any.
     pub fn send(&mut self, topic: &str, record: Record) -> Result<Option<AppendInfo>> {
+        let batch_size = self.config.batch_size;
         let state = self.topic_state(topic)?;
         let n = state.topic.partition_count();
         let partition = match &record.key {
             Some(k) => partition_for_key(k, n),
-            None => state.sticky.partition(n),
+            None => {
+                let p = state.sticky.partition(n);
+                // A keyless record that would overflow the sticky partition's batch closes
+                // it and goes to the next partition, as in Kafka (abort-on-new-batch).
+                let full = state
+                    .open
+                    .get(p as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|b| {
+                        !b.builder.is_empty()
+                            && b.builder.estimated_size() + record_size(&record) > batch_size
+                    });
+                if full {
+                    let completed = self.flush_partition(topic, p)?;
+                    let p = self.topic_state(topic)?.sticky.partition(n);
+                    return self.send_to(topic, p, record).map(|c| c.or(completed));
+                }
+                p
+            }
         };
         self.send_to(topic, partition, record)
     }

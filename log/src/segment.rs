@@ -32,6 +32,15 @@ pub(crate) struct BatchPosition {
     pub header: BatchHeader,
 }
 
+/// Where a batch was found by the scan on open, relative to the segment's base offset.
+#[derive(Debug, Clone, Copy)]
+struct ScannedBatch {
+    rel_base: u32,
+    pos: u32,
+    rel_last: u32,
+    max_timestamp: i64,
+}
+
 /// An open segment. The active segment (the last of a partition) takes appends; the others
 /// are immutable until retention deletes them or compaction replaces them whole.
 #[derive(Debug)]
@@ -135,6 +144,9 @@ impl Segment {
         let mut truncate_reason = None;
         let mut header_buf = [0u8; BATCH_HEADER_LEN];
         let mut whole = Vec::new();
+        // (offset - base, position, last offset - base, max timestamp) of every batch: what
+        // persisted index entries are checked against.
+        let mut scanned: Vec<ScannedBatch> = Vec::new();
         while pos < file_size {
             if file_size - pos < BATCH_HEADER_LEN as u64 {
                 truncate_reason = Some("torn batch header at the end".to_string());
@@ -174,6 +186,12 @@ impl Segment {
                 }
             }
             seg.track(&header, pos);
+            scanned.push(ScannedBatch {
+                rel_base: (header.base_offset - base_offset) as u32,
+                pos: pos as u32,
+                rel_last: (header.last_offset() - base_offset) as u32,
+                max_timestamp: header.max_timestamp,
+            });
             batches.push(BatchPosition { header });
             expected = header.next_offset();
             pos += total;
@@ -202,7 +220,7 @@ impl Segment {
         }
         seg.size = pos;
         if !validate {
-            seg.load_index_files();
+            seg.load_index_files(&scanned);
         }
         Ok((seg, batches))
     }
@@ -227,8 +245,10 @@ impl Segment {
     }
 
     /// Replaces the scanned indexes with the persisted ones when those are consistent with
-    /// the file, which keeps index cadence stable across restarts.
-    fn load_index_files(&mut self) {
+    /// the file, which keeps index cadence stable across restarts. Every persisted entry must
+    /// name a batch found by the scan (an offset entry its start, a time entry its last offset
+    /// and max timestamp); otherwise the scanned indexes are kept.
+    fn load_index_files(&mut self, scanned: &[ScannedBatch]) {
         let (log, idx, tidx) = Self::paths(&self.dir, self.base_offset);
         let Ok(raw) = std::fs::read(&idx) else { return };
         let Ok(traw) = std::fs::read(&tidx) else {
@@ -251,19 +271,36 @@ impl Segment {
             && index
                 .last()
                 .is_none_or(|e| u64::from(e.1) < self.size.max(1));
-        if ok && !index.is_empty() {
+        let ok = ok
+            && index.iter().all(|&(rel, pos)| {
+                scanned
+                    .binary_search_by_key(&rel, |b| b.rel_base)
+                    .is_ok_and(|i| scanned[i].pos == pos)
+            });
+        let time_index: Vec<(i64, u32)> = traw
+            .chunks_exact(12)
+            .map(|c| {
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&c[..8]);
+                (
+                    i64::from_be_bytes(ts),
+                    u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
+                )
+            })
+            .collect();
+        let time_ok = time_index
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            && time_index.iter().all(|&(ts, rel)| {
+                scanned
+                    .binary_search_by_key(&rel, |b| b.rel_last)
+                    .is_ok_and(|i| scanned[i].max_timestamp == ts)
+            });
+        if ok && time_ok && !index.is_empty() {
             self.index = index;
-            self.time_index = traw
-                .chunks_exact(12)
-                .map(|c| {
-                    let mut ts = [0u8; 8];
-                    ts.copy_from_slice(&c[..8]);
-                    (
-                        i64::from_be_bytes(ts),
-                        u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
-                    )
-                })
-                .collect();
+            self.time_index = time_index;
+        } else if !raw.is_empty() {
+            tracing::info!(path = %log.display(), "Rebuilt an inconsistent segment index.");
         }
     }
 
