@@ -14,11 +14,12 @@ as_root() {
 }
 
 apt_missing=()
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# bindgen needs libclang.so itself (libclang-dev), not only libclang-cpp.
+if [ -z "${LIBCLANG_PATH:-}" ] && ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then
     apt_missing+=(libclang-dev)
 fi
 if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ]; then
-    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
         apt_missing+=(postgresql postgresql-contrib)
     fi
 fi
