@@ -222,17 +222,21 @@ impl Consumer {
         self.positions.insert(tp.clone(), offset);
     }
 
+    /// The end of a partition as this consumer sees it (the last stable offset for
+    /// read_committed).
+    fn end_offset(&self, tp: &TopicPartition) -> Result<i64> {
+        let end = self.log.list_offset(
+            &tp.topic,
+            tp.partition,
+            OffsetSpec::Latest,
+            self.config.isolation,
+        )?;
+        Ok(end.unwrap_or(0))
+    }
+
     /// Moves a partition to its earliest / latest / by-timestamp offset.
     pub fn seek_to(&mut self, tp: &TopicPartition, spec: OffsetSpec) -> Result<()> {
-        let end = self
-            .log
-            .list_offset(
-                &tp.topic,
-                tp.partition,
-                OffsetSpec::Latest,
-                self.config.isolation,
-            )?
-            .unwrap_or(0);
+        let end = self.end_offset(tp)?;
         let o = self
             .log
             .list_offset(&tp.topic, tp.partition, spec, self.config.isolation)?
@@ -530,15 +534,7 @@ impl Consumer {
     pub fn lag(&self) -> Result<Vec<(TopicPartition, i64)>> {
         let mut out = Vec::new();
         for tp in &self.assigned {
-            let end = self
-                .log
-                .list_offset(
-                    &tp.topic,
-                    tp.partition,
-                    OffsetSpec::Latest,
-                    self.config.isolation,
-                )?
-                .unwrap_or(0);
+            let end = self.end_offset(tp)?;
             let pos = self.positions.get(tp).copied().unwrap_or(end);
             out.push((tp.clone(), (end - pos).max(0)));
         }

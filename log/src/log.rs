@@ -879,6 +879,33 @@ impl Log {
         }
     }
 
+    /// The offsets of a commit and the `__consumer_offsets` records that store them.
+    pub(crate) fn offset_commit(
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> (Vec<(TopicPartition, CommittedOffset)>, Vec<Record>) {
+        let commit_timestamp = now_ms();
+        let values: Vec<(TopicPartition, CommittedOffset)> = offsets
+            .iter()
+            .map(|(tp, offset)| {
+                let metadata = String::new();
+                (
+                    tp.clone(),
+                    CommittedOffset {
+                        offset: *offset,
+                        metadata,
+                        commit_timestamp,
+                    },
+                )
+            })
+            .collect();
+        let records = values
+            .iter()
+            .map(|(tp, v)| Self::offset_record(group, tp, Some(v)))
+            .collect();
+        (values, records)
+    }
+
     /// Commits offsets for a group. With `member`, the commit must come from a current member
     /// owning those partitions; without, the group must have no active members.
     pub fn commit_offsets(
@@ -898,24 +925,7 @@ impl Log {
             member.map_or(0, |m| m.1),
             &tps,
         )?;
-        let ts = now_ms();
-        let values: Vec<(TopicPartition, CommittedOffset)> = offsets
-            .iter()
-            .map(|(tp, o)| {
-                (
-                    tp.clone(),
-                    CommittedOffset {
-                        offset: *o,
-                        metadata: String::new(),
-                        commit_timestamp: ts,
-                    },
-                )
-            })
-            .collect();
-        let records: Vec<Record> = values
-            .iter()
-            .map(|(tp, v)| Self::offset_record(group, tp, Some(v)))
-            .collect();
+        let (values, records) = Self::offset_commit(group, offsets);
         self.append_records(OFFSETS_TOPIC, self.offsets_partition(group), &records)?;
         let mut store = self.inner.offsets.lock();
         for (tp, v) in values {

@@ -16,10 +16,10 @@ use crate::compression::Compression;
 use crate::error::{LogError, Result};
 use crate::group::TopicPartition;
 use crate::log::{Log, Topic};
-use crate::offsets::{CommittedOffset, OFFSETS_TOPIC};
+use crate::offsets::OFFSETS_TOPIC;
 use crate::partition::AppendInfo;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
-use crate::record::{Record, now_ms};
+use crate::record::Record;
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -340,24 +340,7 @@ impl Producer {
             return Err(self.txn_state_error("send_offsets_to_transaction outside a transaction"));
         }
         let p = self.log.offsets_partition(group);
-        let ts = now_ms();
-        let values: Vec<(TopicPartition, CommittedOffset)> = offsets
-            .iter()
-            .map(|(tp, o)| {
-                (
-                    tp.clone(),
-                    CommittedOffset {
-                        offset: *o,
-                        metadata: String::new(),
-                        commit_timestamp: ts,
-                    },
-                )
-            })
-            .collect();
-        let records: Vec<Record> = values
-            .iter()
-            .map(|(tp, v)| Log::offset_record(group, tp, Some(v)))
-            .collect();
+        let (values, records) = Log::offset_commit(group, offsets);
         let tp = (OFFSETS_TOPIC.to_string(), p);
         if !self.txn_partitions.contains(&tp) {
             self.log.txn_add_partitions(

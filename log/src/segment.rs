@@ -76,17 +76,8 @@ impl Segment {
         Self::paths(&self.dir, self.base_offset).0
     }
 
-    /// Creates an empty segment.
-    pub fn create(dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
-        let (log, _, _) = Self::paths(dir, base_offset);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&log)
-            .map_err(|e| LogError::io("create segment", &log, e))?;
-        Ok(Segment {
+    fn empty(dir: &Path, base_offset: i64, file: File, index_interval: u32) -> Segment {
+        Segment {
             base_offset,
             dir: dir.to_path_buf(),
             file: Arc::new(file),
@@ -98,7 +89,20 @@ impl Segment {
             max_timestamp: -1,
             first_batch_timestamp: None,
             index_interval: u64::from(index_interval),
-        })
+        }
+    }
+
+    /// Creates an empty segment.
+    pub fn create(dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
+        let (log, _, _) = Self::paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log)
+            .map_err(|e| LogError::io("create segment", &log, e))?;
+        Ok(Segment::empty(dir, base_offset, file, index_interval))
     }
 
     /// Opens an existing segment.
@@ -123,19 +127,7 @@ impl Segment {
             .metadata()
             .map_err(|e| LogError::io("stat segment", &log, e))?
             .len();
-        let mut seg = Segment {
-            base_offset,
-            dir: dir.to_path_buf(),
-            file: Arc::new(file),
-            size: 0,
-            next_offset: base_offset,
-            index: Vec::new(),
-            time_index: Vec::new(),
-            bytes_since_index: 0,
-            max_timestamp: -1,
-            first_batch_timestamp: None,
-            index_interval: u64::from(index_interval),
-        };
+        let mut seg = Segment::empty(dir, base_offset, file, index_interval);
         // Batch headers are always scanned: the partition rebuilds producer and transaction
         // state from them. Reading 61 bytes per batch is cheap next to the data itself.
         let mut batches = Vec::new();
