@@ -393,3 +393,36 @@ fn bench_prints_kafka_shaped_lines() {
         "bench removes its scratch log"
     );
 }
+
+#[test]
+fn a_group_reading_in_small_steps_sees_every_record_exactly_once() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    ok(d, &["topics", "create", "t", "--partitions", "3"], None);
+    let input: String = (0..30).map(|i| format!("k{i}:v{i}\n")).collect();
+    ok(d, &["produce", "t", "--key-separator", ":"], Some(&input));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let out = ok(
+            d,
+            &[
+                "consume",
+                "t",
+                "--group",
+                "g",
+                "--from-beginning",
+                "--max-messages",
+                "4",
+            ],
+            None,
+        );
+        seen.extend(out.lines().map(str::to_string));
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+    want.sort();
+    assert_eq!(
+        seen, want,
+        "each record once across runs of --max-messages 4"
+    );
+}

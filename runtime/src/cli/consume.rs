@@ -1,5 +1,6 @@
 //! `sluice consume`: print records of a topic, alone or as a group member.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -115,6 +116,9 @@ impl ConsumeArgs {
         let mut out = std::io::BufWriter::new(stdout.lock());
         let mut count = 0u64;
         let max = self.max_messages.unwrap_or(u64::MAX);
+        // What was printed, per partition: the group commits exactly this, never records a
+        // poll returned beyond --max-messages.
+        let mut printed: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         'outer: while count < max {
             let records = consumer.poll(Duration::from_millis(200))?;
             if records.is_empty() {
@@ -156,22 +160,20 @@ impl ConsumeArgs {
                     return Err(CliError::io("write stdout", e));
                 }
                 count += 1;
+                let tp = TopicPartition {
+                    topic: r.topic.to_string(),
+                    partition: r.partition,
+                };
+                printed.insert(tp, r.offset + 1);
                 if count >= max {
-                    // Commit only what was printed.
-                    consumer.seek(
-                        &TopicPartition {
-                            topic: r.topic.to_string(),
-                            partition: r.partition,
-                        },
-                        r.offset + 1,
-                    );
                     break 'outer;
                 }
             }
         }
         let _ = out.flush();
         if self.group.is_some() {
-            consumer.commit()?;
+            let offsets: Vec<(TopicPartition, i64)> = printed.into_iter().collect();
+            consumer.commit_offsets(&offsets)?;
         }
         consumer.close()?;
         eprintln!("Consumed {count} record(s).");
