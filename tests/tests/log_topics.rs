@@ -1256,7 +1256,9 @@ fn batches_over_max_message_bytes_are_rejected() {
     log.create_topic("t", 2, &[]).unwrap();
     assert_eq!(log.topic("t").unwrap().config().max_message_bytes, 1 << 20);
     let big = Record::from_value(vec![7u8; (1 << 20) + 1], 1);
-    let err = log.append_records("t", 1, &[big.clone()]).unwrap_err();
+    let err = log
+        .append_records("t", 1, std::slice::from_ref(&big))
+        .unwrap_err();
     match &err {
         LogError::MessageTooLarge {
             topic,
