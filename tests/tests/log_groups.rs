@@ -566,3 +566,33 @@ fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
     vals.sort();
     assert_eq!(vals, ["p0-4", "p1-4"]);
 }
+
+/// The library example of README.md, kept compiling and passing.
+#[test]
+fn readme_library_example() -> Result<(), sluice_log::LogError> {
+    use sluice_log::{ConsumerConfig, Log, LogOptions, OffsetReset, ProducerConfig, Record};
+    let dir = tempfile::tempdir().unwrap();
+
+    let log = Log::open(dir.path(), LogOptions::default())?;
+    log.create_topic("events", 3, &[])?;
+    let mut producer = log.producer(ProducerConfig::default())?;
+    producer.send(
+        "events",
+        Record::with_key("user-1", "clicked", 1_700_000_000_000),
+    )?;
+    producer.flush()?;
+
+    let mut consumer = log.consumer(ConsumerConfig {
+        group: Some("analytics".into()),
+        auto_offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    consumer.subscribe(&["events"])?;
+    let records = consumer.poll(std::time::Duration::from_secs(1))?;
+    for r in &records {
+        println!("{}-{}@{}: {:?}", r.topic, r.partition, r.offset, r.value);
+    }
+    consumer.commit()?;
+    assert_eq!(records.len(), 1);
+    Ok(())
+}
