@@ -1,17 +1,46 @@
 //! Sluice's KSQL-like streaming SQL.
 //!
 //! Statements such as `CREATE STREAM ... WITH (topic = ...)`, `CREATE TABLE ... AS SELECT`
-//! and `SELECT ... EMIT CHANGES` are parsed with `sqlparser`, planned (with DataFusion where a
-//! batch plan fits) and cut at stateful nodes into a dataflow of streaming operators. Stateless
-//! work runs as DataFusion physical expressions over Arrow batches; windows, aggregates and
-//! joins are operators that keep their state in `sluice-state`.
+//! and `SELECT ... EMIT CHANGES` are parsed here, planned (with DataFusion where a batch plan
+//! fits) and cut at stateful nodes into a dataflow of streaming operators. Stateless work runs
+//! as DataFusion physical expressions over Arrow batches; windows, aggregates and joins are
+//! operators that keep their state in `sluice-state`.
 //!
 //! ```text
+//!  text ─► parser ─► ast::Statement ─► planner ─► dataflow of operators
 //!  topic ─► decode ─► Arrow batch ─► filter / project ─► stateful operator ─► encode ─► topic
 //!                                    (DataFusion exprs)    (sluice-state)
 //! ```
 //!
 //! # Layout
 //!
-//! Nothing is implemented yet; the streaming-SQL work brings the parser, the catalog, the
-//! planner and one file per operator under `operators/`.
+//! - [`catalog`]: declared streams and tables, kept in the log.
+//! - [`engine`]: runs statements (what `sluice sql` calls).
+//! - [`ast`]: the statements of the dialect (standard SQL parts are `sqlparser` ASTs).
+//! - [`parser`]: text to statements, with line and column in every error.
+//! - [`format`]: JSON / DELIMITED / RAW records to Arrow batches and back.
+//! - [`planner`]: DataFusion logical plans of queries, cut into operators.
+//! - [`operators`]: streaming operators, one file each.
+//! - [`types`]: SQL column types and their Arrow types.
+//! - [`error`]: the error type, [`SqlError`].
+//!
+//! The catalog, stateful operators (aggregates, windows, joins) and the query runtime follow.
+
+pub mod ast;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod operators;
+pub mod parser;
+pub mod planner;
+pub mod types;
+
+pub use crate::error::{Result, SqlError};
+pub use crate::parser::{parse, parse_one};
+pub use datafusion::arrow::array::RecordBatch;
+
+/// Renders batches as a text table.
+pub fn pretty(batches: &[RecordBatch]) -> Result<String> {
+    Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string())
+}

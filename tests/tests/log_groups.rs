@@ -569,7 +569,7 @@ fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
 
 /// The library example of README.md, kept compiling and passing.
 #[test]
-fn readme_library_example() -> Result<(), sluice_log::LogError> {
+fn readme_library_example() -> Result<(), LogError> {
     use sluice_log::{ConsumerConfig, Log, LogOptions, OffsetReset, ProducerConfig, Record};
     let dir = tempfile::tempdir().unwrap();
 
@@ -588,7 +588,7 @@ fn readme_library_example() -> Result<(), sluice_log::LogError> {
         ..ConsumerConfig::default()
     });
     consumer.subscribe(&["events"])?;
-    let records = consumer.poll(std::time::Duration::from_secs(1))?;
+    let records = consumer.poll(Duration::from_secs(1))?;
     for r in &records {
         println!("{}-{}@{}: {:?}", r.topic, r.partition, r.offset, r.value);
     }

@@ -1,0 +1,496 @@
+//! The catalog: declared streams and tables, kept in the compacted log topic
+//! `__sluice_catalog` as the statements that created them (like ksqlDB's command topic), so
+//! it survives restarts and every worker reading the log sees the same catalog.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use sluice_log::{Isolation, Log, LogError, OffsetSpec, Record};
+
+use crate::ast::{ColumnDef, Properties, PropertyValue, SourceKind, Statement};
+use crate::error::{Result, SqlError};
+use crate::format::{Format, RecordDecoder};
+use crate::planner::SourceTable;
+use crate::types::arrow_type;
+
+/// The topic holding the catalog.
+pub const CATALOG_TOPIC: &str = "__sluice_catalog";
+
+/// A declared stream or table.
+#[derive(Debug, Clone)]
+pub struct SourceDef {
+    /// Name (lower case unless quoted).
+    pub name: String,
+    /// Stream or table.
+    pub kind: SourceKind,
+    /// Columns: name, Arrow type, is key.
+    pub columns: Vec<(String, DataType, bool)>,
+    /// The topic holding its records.
+    pub topic: String,
+    /// Value format.
+    pub format: Format,
+    /// Column holding event time (else the record timestamp).
+    pub timestamp: Option<String>,
+    /// Format of a VARCHAR timestamp column (chrono syntax), if it is text.
+    pub timestamp_format: Option<String>,
+    /// The statement that created it, as stored in the catalog topic.
+    pub statement: String,
+}
+
+impl SourceDef {
+    /// A decoder for its records.
+    pub fn decoder(&self) -> Result<RecordDecoder> {
+        RecordDecoder::new(self.format, &self.columns)
+    }
+
+    /// Its name and Arrow schema, for planning.
+    pub fn table(&self) -> Result<SourceTable> {
+        let schema: SchemaRef = Arc::clone(self.decoder()?.schema());
+        Ok(SourceTable {
+            name: self.name.clone(),
+            schema,
+        })
+    }
+}
+
+const KNOWN_PROPERTIES: &[&str] = &[
+    "topic",
+    "kafka_topic",
+    "format",
+    "value_format",
+    "partitions",
+    "timestamp",
+    "timestamp_format",
+];
+
+fn property<'a>(props: &'a Properties, names: &[&str]) -> Option<&'a PropertyValue> {
+    names.iter().find_map(|n| props.get(*n))
+}
+
+/// Builds a definition from `CREATE STREAM|TABLE name (cols) WITH (...)`.
+pub fn source_def(
+    kind: SourceKind,
+    name: &str,
+    columns: &[ColumnDef],
+    properties: &Properties,
+    statement: &str,
+) -> Result<SourceDef> {
+    if let Some(unknown) = properties
+        .keys()
+        .find(|k| !KNOWN_PROPERTIES.contains(&k.as_str()))
+    {
+        return Err(SqlError::Invalid(format!(
+            "{kind} {name}: unknown property '{unknown}' (known: {})",
+            KNOWN_PROPERTIES.join(", ")
+        )));
+    }
+    let topic = property(properties, &["topic", "kafka_topic"])
+        .map(|v| v.as_str().to_string())
+        .ok_or_else(|| {
+            SqlError::Invalid(format!("{kind} {name}: WITH (topic = '...') is required"))
+        })?;
+    let format = match property(properties, &["format", "value_format"]) {
+        Some(v) => v.as_str().parse()?,
+        None => Format::Json,
+    };
+    let mut cols = Vec::with_capacity(columns.len());
+    for c in columns {
+        if cols
+            .iter()
+            .any(|(n, _, _): &(String, DataType, bool)| *n == c.name)
+        {
+            return Err(SqlError::Invalid(format!(
+                "{kind} {name}: column {} is declared twice",
+                c.name
+            )));
+        }
+        cols.push((c.name.clone(), arrow_type(&c.data_type)?, c.key));
+    }
+    if kind == SourceKind::Table && !cols.iter().any(|c| c.2) {
+        return Err(SqlError::Invalid(format!(
+            "table {name} needs a PRIMARY KEY column"
+        )));
+    }
+    if cols.iter().filter(|c| c.2).count() > 1 {
+        return Err(SqlError::Invalid(format!(
+            "{kind} {name}: only one key column is supported"
+        )));
+    }
+    let timestamp = property(properties, &["timestamp"]).map(|v| v.as_str().to_lowercase());
+    if let Some(ts) = &timestamp {
+        match cols.iter().find(|c| &c.0 == ts) {
+            None => {
+                return Err(SqlError::Unknown {
+                    kind: "column",
+                    name: format!("{ts} (the timestamp of {name})"),
+                });
+            }
+            Some((_, t, _))
+                if !matches!(
+                    t,
+                    DataType::Int64 | DataType::Timestamp(..) | DataType::Utf8
+                ) =>
+            {
+                return Err(SqlError::Invalid(format!(
+                    "{kind} {name}: timestamp column {ts} must be BIGINT (ms), TIMESTAMP or VARCHAR with timestamp_format"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let def = SourceDef {
+        name: name.to_string(),
+        kind,
+        columns: cols,
+        topic,
+        format,
+        timestamp,
+        timestamp_format: property(properties, &["timestamp_format"])
+            .map(|v| v.as_str().to_string()),
+        statement: statement.trim().to_string(),
+    };
+    def.decoder()?;
+    Ok(def)
+}
+
+/// The catalog of one log.
+#[derive(Debug)]
+pub struct Catalog {
+    log: Log,
+    sources: BTreeMap<String, SourceDef>,
+}
+
+impl Catalog {
+    /// Loads the catalog from the log (creating its topic on first use).
+    pub fn open(log: &Log) -> Result<Catalog> {
+        match log.create_topic(
+            CATALOG_TOPIC,
+            1,
+            &[("cleanup.policy".into(), "compact".into())],
+        ) {
+            Ok(()) | Err(LogError::TopicExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut catalog = Catalog {
+            log: log.clone(),
+            sources: BTreeMap::new(),
+        };
+        let end = log
+            .list_offset(
+                CATALOG_TOPIC,
+                0,
+                OffsetSpec::Latest,
+                Isolation::ReadCommitted,
+            )?
+            .unwrap_or(0);
+        let mut offset = log
+            .list_offset(
+                CATALOG_TOPIC,
+                0,
+                OffsetSpec::Earliest,
+                Isolation::ReadCommitted,
+            )?
+            .unwrap_or(0);
+        while offset < end {
+            let fetched = log.fetch(CATALOG_TOPIC, 0, offset, 1 << 20, Isolation::ReadCommitted)?;
+            if fetched.data.is_empty() {
+                break;
+            }
+            let (records, next) =
+                sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted).map_err(
+                    |source| LogError::Batch {
+                        topic: CATALOG_TOPIC.into(),
+                        partition: 0,
+                        source,
+                    },
+                )?;
+            for r in records {
+                let Some(key) = r.record.key else { continue };
+                let name = String::from_utf8_lossy(&key).into_owned();
+                match r.record.value {
+                    None => {
+                        catalog.sources.remove(&name);
+                    }
+                    Some(v) => match catalog.replay(&String::from_utf8_lossy(&v)) {
+                        Ok(def) => {
+                            catalog.sources.insert(def.name.clone(), def);
+                        }
+                        Err(e) => {
+                            tracing::error!(source = %name, error = %e, "A catalog entry no longer parses; it is skipped.")
+                        }
+                    },
+                }
+            }
+            offset = next.max(offset + 1);
+        }
+        Ok(catalog)
+    }
+
+    fn replay(&self, statement: &str) -> Result<SourceDef> {
+        match crate::parse_one(statement)? {
+            Statement::CreateSource {
+                kind,
+                name,
+                columns,
+                properties,
+                ..
+            } => source_def(kind, &name, &columns, &properties, statement),
+            other => Err(SqlError::Invalid(format!(
+                "not a CREATE statement: {other:?}"
+            ))),
+        }
+    }
+
+    /// A stream or table by name.
+    pub fn get(&self, name: &str) -> Result<&SourceDef> {
+        self.sources.get(name).ok_or_else(|| SqlError::Unknown {
+            kind: "stream or table",
+            name: name.into(),
+        })
+    }
+
+    /// All definitions, by name.
+    pub fn sources(&self) -> impl Iterator<Item = &SourceDef> {
+        self.sources.values()
+    }
+
+    /// Sources as planning tables.
+    pub fn tables(&self) -> Result<Vec<SourceTable>> {
+        self.sources.values().map(SourceDef::table).collect()
+    }
+
+    /// Adds a definition (creating its topic with `partitions` if it does not exist) and
+    /// records it in the catalog topic. Returns false when it existed and `if_not_exists`.
+    pub fn create(
+        &mut self,
+        def: SourceDef,
+        partitions: Option<u32>,
+        if_not_exists: bool,
+        or_replace: bool,
+    ) -> Result<bool> {
+        if let Some(existing) = self.sources.get(&def.name) {
+            if if_not_exists {
+                return Ok(false);
+            }
+            if !or_replace {
+                return Err(SqlError::Exists {
+                    kind: if existing.kind == SourceKind::Stream {
+                        "stream"
+                    } else {
+                        "table"
+                    },
+                    name: def.name,
+                });
+            }
+        }
+        match self.log.topic(&def.topic) {
+            Ok(t) => {
+                if let Some(p) = partitions {
+                    if p != t.partition_count() {
+                        return Err(SqlError::Invalid(format!(
+                            "topic {} exists with {} partitions, the statement asks for {p}",
+                            def.topic,
+                            t.partition_count()
+                        )));
+                    }
+                }
+            }
+            Err(LogError::UnknownTopic(_)) => {
+                let p = partitions.ok_or_else(|| {
+                    SqlError::Invalid(format!(
+                        "topic {} does not exist: create it, or give WITH (partitions = N) to have it created",
+                        def.topic
+                    ))
+                })?;
+                self.log.create_topic(&def.topic, p, &[])?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.log.append_records(
+            CATALOG_TOPIC,
+            0,
+            &[Record {
+                key: Some(Bytes::from(def.name.clone())),
+                value: Some(Bytes::from(def.statement.clone())),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            }],
+        )?;
+        self.sources.insert(def.name.clone(), def);
+        Ok(true)
+    }
+
+    /// Removes a definition (and its topic with `delete_topic`).
+    pub fn drop_source(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        if_exists: bool,
+        delete_topic: bool,
+    ) -> Result<bool> {
+        let Some(def) = self.sources.get(name) else {
+            return if if_exists {
+                Ok(false)
+            } else {
+                Err(SqlError::Unknown {
+                    kind: if kind == SourceKind::Stream {
+                        "stream"
+                    } else {
+                        "table"
+                    },
+                    name: name.into(),
+                })
+            };
+        };
+        if def.kind != kind {
+            return Err(SqlError::Invalid(format!(
+                "{name} is a {}, not a {kind}",
+                def.kind
+            )));
+        }
+        let topic = def.topic.clone();
+        self.log.append_records(
+            CATALOG_TOPIC,
+            0,
+            &[Record {
+                key: Some(Bytes::from(name.to_string())),
+                value: None,
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            }],
+        )?;
+        self.sources.remove(name);
+        if delete_topic {
+            self.log.delete_topic(&topic)?;
+        }
+        Ok(true)
+    }
+}
+
+/// Reads `partitions` from properties, if given.
+pub fn partitions_property(properties: &Properties) -> Result<Option<u32>> {
+    match properties.get("partitions") {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                SqlError::Invalid(format!(
+                    "partitions must be a positive whole number, got '{}'",
+                    v.as_str()
+                ))
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(catalog: &mut Catalog, sql: &str) -> Result<bool> {
+        let Statement::CreateSource {
+            kind,
+            name,
+            columns,
+            properties,
+            if_not_exists,
+            or_replace,
+        } = crate::parse_one(sql)?
+        else {
+            panic!()
+        };
+        let def = source_def(kind, &name, &columns, &properties, sql)?;
+        catalog.create(
+            def,
+            partitions_property(&properties)?,
+            if_not_exists,
+            or_replace,
+        )
+    }
+
+    #[test]
+    fn create_persists_across_reopen_and_drop_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        let mut c = Catalog::open(&log).unwrap();
+        create(&mut c, "CREATE STREAM rides (id VARCHAR KEY, zone VARCHAR, fare DOUBLE) WITH (topic='rides', partitions=3)").unwrap();
+        create(&mut c, "CREATE TABLE zones (zone VARCHAR PRIMARY KEY, name VARCHAR) WITH (topic='zones', partitions=1, format='DELIMITED')").unwrap();
+        assert_eq!(log.topic("rides").unwrap().partition_count(), 3);
+        let e = create(
+            &mut c,
+            "CREATE STREAM rides (id VARCHAR) WITH (topic='x', partitions=1)",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert!(
+            !create(
+                &mut c,
+                "CREATE STREAM IF NOT EXISTS rides (id VARCHAR) WITH (topic='x', partitions=1)"
+            )
+            .unwrap()
+        );
+        drop(c);
+        let mut c = Catalog::open(&log).unwrap();
+        assert_eq!(c.get("zones").unwrap().format, Format::Delimited);
+        assert_eq!(c.get("rides").unwrap().columns.len(), 3);
+        assert!(
+            c.drop_source(SourceKind::Stream, "zones", false, false)
+                .unwrap_err()
+                .to_string()
+                .contains("is a table")
+        );
+        c.drop_source(SourceKind::Table, "zones", false, true)
+            .unwrap();
+        assert!(log.topic("zones").is_err());
+        let c = Catalog::open(&log).unwrap();
+        assert!(c.get("zones").is_err());
+        assert_eq!(c.tables().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_definitions_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        let mut c = Catalog::open(&log).unwrap();
+        let cases = [
+            (
+                "CREATE STREAM s (a INT) WITH (partitions=1)",
+                "topic = '...') is required",
+            ),
+            ("CREATE STREAM s (a INT) WITH (topic='s')", "does not exist"),
+            (
+                "CREATE STREAM s (a INT) WITH (topic='s', partitions=1, colour='red')",
+                "unknown property 'colour'",
+            ),
+            (
+                "CREATE STREAM s (a INT) WITH (topic='s', partitions=1, format='XML')",
+                "unknown format",
+            ),
+            (
+                "CREATE TABLE s (a INT) WITH (topic='s', partitions=1)",
+                "PRIMARY KEY",
+            ),
+            (
+                "CREATE STREAM s (a INT, a INT) WITH (topic='s', partitions=1)",
+                "declared twice",
+            ),
+            (
+                "CREATE STREAM s (a INT) WITH (topic='s', partitions=1, timestamp='b')",
+                "unknown column 'b",
+            ),
+            (
+                "CREATE STREAM s (a INT) WITH (topic='s', partitions=0)",
+                "positive whole number",
+            ),
+        ];
+        for (sql, want) in cases {
+            let e = create(&mut c, sql).unwrap_err().to_string();
+            assert!(e.contains(want), "{sql}: {e}");
+        }
+    }
+}

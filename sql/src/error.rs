@@ -1,0 +1,69 @@
+//! The SQL layer's error type: what was wrong and where (line and column of the statement).
+
+/// Everything parsing, planning and running SQL can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The text is not valid SQL of our dialect.
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// What was expected or found.
+        message: String,
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+    },
+    /// A stream, table or query that does not exist.
+    #[error("unknown {kind} '{name}'")]
+    Unknown {
+        /// "stream", "table", "stream or table", "query", "column", "function".
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A name already taken.
+    #[error("{kind} '{name}' already exists")]
+    Exists {
+        /// "stream" or "table".
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A statement that is valid SQL but not something Sluice can do, or a bad property.
+    #[error("{0}")]
+    Invalid(String),
+    /// Planning or evaluation failed in DataFusion (type mismatch, unknown function, ...).
+    #[error("{0}")]
+    Plan(String),
+    /// From the embedded log.
+    #[error(transparent)]
+    Log(#[from] sluice_log::LogError),
+}
+
+impl SqlError {
+    /// A syntax error at a 1-based position.
+    pub fn syntax(message: impl Into<String>, line: u64, column: u64) -> Self {
+        SqlError::Syntax {
+            message: message.into(),
+            line,
+            column,
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for SqlError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        // DataFusion prefixes its messages with the error kind ("Error during planning: ...");
+        // keep the message, which already names the column, function or type.
+        SqlError::Plan(e.to_string())
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for SqlError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        SqlError::Plan(e.to_string())
+    }
+}
+
+/// Result alias for the SQL layer.
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;

@@ -1,0 +1,526 @@
+//! Record formats: decoding topic records into Arrow batches and encoding batches back.
+//!
+//! A source's Arrow schema is its declared columns plus `rowtime` (the record timestamp, ms).
+//! Key columns are read from the record key (its text, cast to the column type); the other
+//! columns from the value in the source's format:
+//!
+//! - `JSON`: one object per record; fields are matched by name, unknown fields ignored,
+//!   missing ones NULL.
+//! - `DELIMITED`: comma-separated values in declared column order (double quotes for values
+//!   with commas).
+//! - `RAW`: the whole value as the only value column (VARCHAR or BYTES).
+//!
+//! A record that does not decode is not dropped: it is returned as [`Rejected`] with the
+//! reason, for the dead-letter topic, and the rest of the batch decodes normally.
+
+use std::io::Write;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::{Result, SqlError};
+
+/// Name of the record-timestamp column every source has.
+pub const ROWTIME: &str = "rowtime";
+
+/// How a topic's record values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per record.
+    Json,
+    /// Comma-separated values.
+    Delimited,
+    /// The value as is, one column.
+    Raw,
+}
+
+impl FromStr for Format {
+    type Err = SqlError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "JSON" => Ok(Format::Json),
+            "DELIMITED" | "CSV" => Ok(Format::Delimited),
+            "RAW" | "KAFKA" => Ok(Format::Raw),
+            other => Err(SqlError::Invalid(format!(
+                "unknown format '{other}' (use JSON, DELIMITED or RAW)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Json => "JSON",
+            Format::Delimited => "DELIMITED",
+            Format::Raw => "RAW",
+        })
+    }
+}
+
+/// A record to decode.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value (`None` is a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// Record timestamp (ms).
+    pub timestamp: i64,
+}
+
+/// A record that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its index in the input slice.
+    pub index: usize,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of decoding a slice of records.
+#[derive(Debug)]
+pub struct Decoded {
+    /// One row per accepted record, in input order.
+    pub batch: RecordBatch,
+    /// Input index of each row of `batch`.
+    pub rows: Vec<usize>,
+    /// Records that did not decode.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Decodes records of one source into Arrow batches.
+#[derive(Debug, Clone)]
+pub struct RecordDecoder {
+    format: Format,
+    /// Declared columns plus rowtime.
+    schema: SchemaRef,
+    /// The value columns only (what the value format holds).
+    value_schema: SchemaRef,
+    /// Index in `schema` of each key column.
+    key_columns: Vec<usize>,
+}
+
+const STRICT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: datafusion::arrow::util::display::FormatOptions::new(),
+};
+
+impl RecordDecoder {
+    /// A decoder for `columns` (name, type, is key) in `format`.
+    pub fn new(format: Format, columns: &[(String, DataType, bool)]) -> Result<Self> {
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, t, _)| Field::new(n, t.clone(), true))
+            .collect();
+        if columns.iter().any(|c| c.0 == ROWTIME) {
+            return Err(SqlError::Invalid(format!(
+                "'{ROWTIME}' is the record timestamp; choose another column name"
+            )));
+        }
+        fields.push(Field::new(ROWTIME, DataType::Int64, false));
+        let value_fields: Vec<Field> = columns
+            .iter()
+            .filter(|c| !c.2)
+            .map(|(n, t, _)| Field::new(n, t.clone(), true))
+            .collect();
+        if format == Format::Raw
+            && !(value_fields.len() == 1
+                && matches!(
+                    value_fields[0].data_type(),
+                    DataType::Utf8 | DataType::Binary
+                ))
+        {
+            return Err(SqlError::Invalid(
+                "format RAW needs exactly one value column, of type VARCHAR or BYTES".into(),
+            ));
+        }
+        Ok(RecordDecoder {
+            format,
+            schema: Arc::new(Schema::new(fields)),
+            value_schema: Arc::new(Schema::new(value_fields)),
+            key_columns: columns
+                .iter()
+                .enumerate()
+                .filter(|c| c.1.2)
+                .map(|c| c.0)
+                .collect(),
+        })
+    }
+
+    /// The Arrow schema of decoded batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `records`; tombstones (records without a value) are rejected with that reason,
+    /// the caller decides what a tombstone means for its source.
+    pub fn decode(&self, records: &[Input<'_>]) -> Result<Decoded> {
+        let indices: Vec<usize> = (0..records.len()).collect();
+        match self.decode_rows(records, &indices) {
+            Ok(batch) => Ok(Decoded {
+                batch,
+                rows: indices,
+                rejected: Vec::new(),
+            }),
+            Err(_) => {
+                // Find the bad records one by one; the good ones still make one batch.
+                let mut good = Vec::new();
+                let mut rows = Vec::new();
+                let mut rejected = Vec::new();
+                for i in 0..records.len() {
+                    match self.decode_rows(records, &[i]) {
+                        Ok(b) => {
+                            good.push(b);
+                            rows.push(i);
+                        }
+                        Err(e) => rejected.push(Rejected {
+                            index: i,
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                let batch = concat_batches(&self.schema, &good)?;
+                Ok(Decoded {
+                    batch,
+                    rows,
+                    rejected,
+                })
+            }
+        }
+    }
+
+    fn decode_rows(&self, records: &[Input<'_>], rows: &[usize]) -> Result<RecordBatch> {
+        let values = self.decode_values(records, rows)?;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        let mut next_value = 0;
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            if field.name() == ROWTIME && i == self.schema.fields().len() - 1 {
+                columns.push(Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|&r| records[r].timestamp),
+                )));
+            } else if self.key_columns.contains(&i) {
+                let keys: StringArray = rows
+                    .iter()
+                    .map(|&r| {
+                        records[r]
+                            .key
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                    })
+                    .collect();
+                let cast = cast_with_options(&keys, field.data_type(), &STRICT)
+                    .map_err(|e| SqlError::Invalid(format!("key column {}: {e}", field.name())))?;
+                columns.push(cast);
+            } else {
+                columns.push(Arc::clone(values.column(next_value)));
+                next_value += 1;
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    fn decode_values(&self, records: &[Input<'_>], rows: &[usize]) -> Result<RecordBatch> {
+        for &r in rows {
+            if records[r].value.is_none() {
+                return Err(SqlError::Invalid(
+                    "the record has no value (a tombstone)".into(),
+                ));
+            }
+        }
+        let value = |r: usize| records[r].value.unwrap_or_default();
+        match self.format {
+            Format::Json => {
+                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.value_schema))
+                    .with_batch_size(rows.len().max(1))
+                    .with_coerce_primitive(true)
+                    .build_decoder()?;
+                for &r in rows {
+                    let v = value(r);
+                    let first = v.iter().find(|b| !b.is_ascii_whitespace());
+                    if first != Some(&b'{') {
+                        return Err(SqlError::Invalid("the value is not a JSON object".into()));
+                    }
+                    let used = decoder.decode(v)?;
+                    if used < v.len() {
+                        return Err(SqlError::Invalid(format!("bad JSON at byte {used}")));
+                    }
+                    // A newline ends the value, so a truncated object cannot merge with the next.
+                    decoder.decode(b"\n")?;
+                }
+                match decoder.flush()? {
+                    Some(b) if b.num_rows() == rows.len() => Ok(b),
+                    Some(b) => Err(SqlError::Invalid(format!(
+                        "expected {} JSON objects, decoded {}",
+                        rows.len(),
+                        b.num_rows()
+                    ))),
+                    None => Ok(RecordBatch::new_empty(Arc::clone(&self.value_schema))),
+                }
+            }
+            Format::Delimited => {
+                let n = self.value_schema.fields().len();
+                let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n];
+                for &r in rows {
+                    let text = std::str::from_utf8(value(r))
+                        .map_err(|e| SqlError::Invalid(format!("not UTF-8: {e}")))?;
+                    let fields = split_delimited(text.trim_end_matches(['\r', '\n']));
+                    if fields.len() != n {
+                        return Err(SqlError::Invalid(format!(
+                            "expected {n} values, found {}",
+                            fields.len()
+                        )));
+                    }
+                    for (c, f) in cols.iter_mut().zip(fields) {
+                        c.push(if f.is_empty() { None } else { Some(f) });
+                    }
+                }
+                let arrays = cols
+                    .into_iter()
+                    .zip(self.value_schema.fields())
+                    .map(|(c, f)| {
+                        let s = StringArray::from(c);
+                        cast_with_options(&s, f.data_type(), &STRICT)
+                            .map_err(|e| SqlError::Invalid(format!("column {}: {e}", f.name())))
+                    })
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                Ok(RecordBatch::try_new(
+                    Arc::clone(&self.value_schema),
+                    arrays,
+                )?)
+            }
+            Format::Raw => {
+                let array: ArrayRef = match self.value_schema.field(0).data_type() {
+                    DataType::Utf8 => Arc::new(
+                        rows.iter()
+                            .map(|&r| std::str::from_utf8(value(r)).map(Some))
+                            .collect::<Result<StringArray, _>>()
+                            .map_err(|e| SqlError::Invalid(format!("not UTF-8: {e}")))?,
+                    ),
+                    _ => Arc::new(BinaryArray::from_iter(rows.iter().map(|&r| Some(value(r))))),
+                };
+                Ok(RecordBatch::try_new(
+                    Arc::clone(&self.value_schema),
+                    vec![array],
+                )?)
+            }
+        }
+    }
+}
+
+/// Splits one delimited line at commas outside double quotes; `""` inside quotes is a quote.
+fn split_delimited(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Encodes each row of `batch` as a record value in `format`; key columns are left to the
+/// caller (they become the record key).
+pub fn encode_values(format: Format, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    match format {
+        Format::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+                w.write(batch)?;
+                w.finish()?;
+            }
+            let rows: Vec<Vec<u8>> = buf
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect();
+            if rows.len() != batch.num_rows() {
+                return Err(SqlError::Plan(format!(
+                    "encoded {} rows of {}",
+                    rows.len(),
+                    batch.num_rows()
+                )));
+            }
+            Ok(rows)
+        }
+        Format::Delimited => {
+            let mut out = vec![Vec::new(); batch.num_rows()];
+            let formatters = batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    datafusion::arrow::util::display::ArrayFormatter::try_new(
+                        c.as_ref(),
+                        &Default::default(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (row, line) in out.iter_mut().enumerate() {
+                for (i, f) in formatters.iter().enumerate() {
+                    if i > 0 {
+                        line.push(b',');
+                    }
+                    if batch.column(i).is_valid(row) {
+                        let v = f.value(row).to_string();
+                        if v.contains([',', '"', '\n']) {
+                            write!(line, "\"{}\"", v.replace('"', "\"\""))
+                                .map_err(|e| SqlError::Plan(e.to_string()))?;
+                        } else {
+                            line.extend_from_slice(v.as_bytes());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Format::Raw => {
+            if batch.num_columns() != 1 {
+                return Err(SqlError::Invalid(format!(
+                    "format RAW writes one column, the query produces {}",
+                    batch.num_columns()
+                )));
+            }
+            let f = datafusion::arrow::util::display::ArrayFormatter::try_new(
+                batch.column(0).as_ref(),
+                &Default::default(),
+            )?;
+            Ok((0..batch.num_rows())
+                .map(|r| f.value(r).to_string().into_bytes())
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, AsArray, Float64Array};
+    use datafusion::arrow::datatypes::Int32Type;
+
+    use super::*;
+
+    fn cols() -> Vec<(String, DataType, bool)> {
+        vec![
+            ("id".into(), DataType::Utf8, true),
+            ("zone".into(), DataType::Utf8, false),
+            ("fare".into(), DataType::Float64, false),
+            ("seats".into(), DataType::Int32, false),
+        ]
+    }
+
+    fn input<'a>(key: &'a str, value: &'a str, ts: i64) -> Input<'a> {
+        Input {
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            timestamp: ts,
+        }
+    }
+
+    #[test]
+    fn json_decodes_with_key_and_rowtime_and_rejects_bad_records() {
+        let d = RecordDecoder::new(Format::Json, &cols()).unwrap();
+        let recs = [
+            input(
+                "r1",
+                r#"{"zone":"a","fare":12.5,"seats":2,"extra":true}"#,
+                10,
+            ),
+            input("r2", r#"{"zone":"b","fare":"oops","seats":1}"#, 11),
+            input("r3", r#"not json"#, 12),
+            input("r4", r#"{"zone":"c"}"#, 13),
+            Input {
+                key: Some(b"r5"),
+                value: None,
+                timestamp: 14,
+            },
+        ];
+        let out = d.decode(&recs).unwrap();
+        assert_eq!(out.rows, vec![0, 3]);
+        assert_eq!(
+            out.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+        assert!(out.rejected[2].reason.contains("tombstone"));
+        let b = &out.batch;
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.column(0).as_string::<i32>().value(1), "r4");
+        let fare = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(fare.value(0), 12.5);
+        assert!(fare.is_null(1));
+        assert_eq!(
+            b.column(4)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(1),
+            13
+        );
+    }
+
+    #[test]
+    fn delimited_and_raw() {
+        let d = RecordDecoder::new(Format::Delimited, &cols()).unwrap();
+        let out = d
+            .decode(&[
+                input("k", "\"a, b\",3.5,4", 1),
+                input("k", "x,notanumber,1", 2),
+                input("k", "x,1", 3),
+            ])
+            .unwrap();
+        assert_eq!(out.rows, vec![0]);
+        assert_eq!(out.batch.column(1).as_string::<i32>().value(0), "a, b");
+        assert_eq!(out.batch.column(3).as_primitive::<Int32Type>().value(0), 4);
+        assert!(
+            out.rejected[1].reason.contains("expected 3 values"),
+            "{:?}",
+            out.rejected
+        );
+
+        let raw =
+            RecordDecoder::new(Format::Raw, &[("line".into(), DataType::Utf8, false)]).unwrap();
+        let out = raw.decode(&[input("k", "hello, world", 5)]).unwrap();
+        assert_eq!(
+            out.batch.column(0).as_string::<i32>().value(0),
+            "hello, world"
+        );
+        assert!(RecordDecoder::new(Format::Raw, &cols()).is_err());
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let d = RecordDecoder::new(Format::Json, &cols()).unwrap();
+        let out = d
+            .decode(&[input("r1", r#"{"zone":"a,\"q\"","fare":1.5,"seats":2}"#, 1)])
+            .unwrap();
+        let values = out.batch.project(&[1, 2, 3]).unwrap();
+        let json = encode_values(Format::Json, &values).unwrap();
+        assert_eq!(
+            String::from_utf8(json[0].clone()).unwrap(),
+            r#"{"zone":"a,\"q\"","fare":1.5,"seats":2}"#
+        );
+        let csv = encode_values(Format::Delimited, &values).unwrap();
+        assert_eq!(
+            String::from_utf8(csv[0].clone()).unwrap(),
+            "\"a,\"\"q\"\"\",1.5,2"
+        );
+        let d2 = RecordDecoder::new(Format::Delimited, &cols()).unwrap();
+        let back = d2
+            .decode(&[Input {
+                key: Some(b"r1"),
+                value: Some(&csv[0]),
+                timestamp: 1,
+            }])
+            .unwrap();
+        assert_eq!(back.batch.column(1).as_string::<i32>().value(0), "a,\"q\"");
+    }
+}

@@ -1,0 +1,1025 @@
+//! The parser of Sluice's KSQL-like dialect.
+//!
+//! The text is tokenized once by `sqlparser`; KSQL's own clauses (`CREATE STREAM`, `WITH (...)`
+//! properties, `WINDOW TUMBLING (...)`, `EMIT CHANGES`, `SHOW`, `TERMINATE`, ...) are parsed
+//! here from the tokens, and what is standard SQL (SELECT bodies, expressions, types) is handed
+//! to `sqlparser` as tokens, so every error keeps the line and column of the original text.
+//!
+//! Unquoted identifiers are folded to lower case (as DataFusion and PostgreSQL do); quoted
+//! ones keep their case.
+
+use std::time::Duration;
+
+use datafusion::sql::sqlparser::ast::Expr;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
+
+use crate::ast::{
+    ColumnDef, Emit, Properties, PropertyValue, Select, ShowWhat, SourceKind, Statement,
+    WindowKind, WindowSpec,
+};
+use crate::error::{Result, SqlError};
+
+/// Parses one or more `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::syntax(e.message.clone(), e.location.line, e.location.column))?;
+    let mut statements = Vec::new();
+    let mut current = Vec::new();
+    let mut depth = 0i32;
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::SemiColon if depth <= 0 => {
+                if !current.is_empty() {
+                    statements.push(parse_tokens(std::mem::take(&mut current))?);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        current.push(t);
+    }
+    if !current.is_empty() {
+        statements.push(parse_tokens(current)?);
+    }
+    Ok(statements)
+}
+
+/// Parses exactly one statement.
+pub fn parse_one(sql: &str) -> Result<Statement> {
+    let mut all = parse(sql)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        0 => Err(SqlError::syntax(
+            "expected a statement, found nothing",
+            1,
+            1,
+        )),
+        n => Err(SqlError::Invalid(format!(
+            "expected one statement, found {n}"
+        ))),
+    }
+}
+
+/// Converts a `sqlparser` error, whose message ends with "at Line: L, Column: C".
+fn parser_error(e: ParserError, fallback: Location) -> SqlError {
+    let msg = e.to_string();
+    let number_after = |label: &str| -> Option<u64> {
+        let i = msg.rfind(label)? + label.len();
+        msg[i..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
+    let (line, column) = match (number_after("Line: "), number_after("Column: ")) {
+        (Some(l), Some(c)) if l > 0 => (l, c),
+        _ => (fallback.line, fallback.column),
+    };
+    let message = match msg.rfind(" at Line: ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    let message = message.trim_start_matches("sql parser error: ").to_string();
+    SqlError::syntax(message, line, column)
+}
+
+/// A cursor over the tokens of one statement.
+struct Cursor {
+    tokens: Vec<TokenWithSpan>,
+    pos: usize,
+}
+
+fn is_word(t: &Token, word: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+fn describe(t: &Token) -> String {
+    match t {
+        Token::EOF => "the end of the statement".into(),
+        other => format!("'{other}'"),
+    }
+}
+
+impl Cursor {
+    fn new(tokens: Vec<TokenWithSpan>) -> Self {
+        Cursor { tokens, pos: 0 }
+    }
+
+    fn peek(&self) -> &Token {
+        self.tokens.get(self.pos).map_or(&Token::EOF, |t| &t.token)
+    }
+
+    fn peek_at(&self, n: usize) -> &Token {
+        self.tokens
+            .get(self.pos + n)
+            .map_or(&Token::EOF, |t| &t.token)
+    }
+
+    /// Where the next token starts (or where the statement ends).
+    fn location(&self) -> Location {
+        match self.tokens.get(self.pos) {
+            Some(t) => t.span.start,
+            None => self
+                .tokens
+                .last()
+                .map_or(Location::new(1, 1), |t| t.span.end),
+        }
+    }
+
+    fn error(&self, expected: &str) -> SqlError {
+        let loc = self.location();
+        SqlError::syntax(
+            format!("expected {expected}, found {}", describe(self.peek())),
+            loc.line,
+            loc.column,
+        )
+    }
+
+    fn next(&mut self) -> Token {
+        let t = self.peek().clone();
+        self.pos += 1;
+        t
+    }
+
+    fn at_word(&self, word: &str) -> bool {
+        is_word(self.peek(), word)
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        if self.at_word(word) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_words(&mut self, words: &[&str]) -> bool {
+        if words
+            .iter()
+            .enumerate()
+            .all(|(i, w)| is_word(self.peek_at(i), w))
+        {
+            self.pos += words.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_word(&mut self, word: &str) -> Result<()> {
+        if self.eat_word(word) {
+            Ok(())
+        } else {
+            Err(self.error(word))
+        }
+    }
+
+    fn eat(&mut self, token: &Token) -> bool {
+        if self.peek() == token {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, token: &Token) -> Result<()> {
+        if self.eat(token) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("'{token}'")))
+        }
+    }
+
+    /// An identifier: unquoted ones are lower-cased.
+    fn ident(&mut self, what: &str) -> Result<String> {
+        match self.peek().clone() {
+            Token::Word(w) => {
+                self.pos += 1;
+                Ok(if w.quote_style.is_some() {
+                    w.value
+                } else {
+                    w.value.to_lowercase()
+                })
+            }
+            _ => Err(self.error(what)),
+        }
+    }
+
+    fn expect_end(&self) -> Result<()> {
+        if self.pos >= self.tokens.len() {
+            Ok(())
+        } else {
+            Err(self.error("the end of the statement"))
+        }
+    }
+
+    /// The remaining tokens.
+    fn rest(&mut self) -> Vec<TokenWithSpan> {
+        let rest = self.tokens.split_off(self.pos.min(self.tokens.len()));
+        self.pos = self.tokens.len();
+        rest
+    }
+
+    /// Tokens inside the parenthesis that starts here, split at top-level commas; the cursor
+    /// moves past the closing parenthesis.
+    fn parenthesized_list(&mut self) -> Result<Vec<Vec<TokenWithSpan>>> {
+        self.list(false)
+    }
+
+    /// Like [`Cursor::parenthesized_list`], for column definitions: commas inside `<...>`
+    /// (as in `MAP<VARCHAR, INT>`) do not split.
+    fn type_list(&mut self) -> Result<Vec<Vec<TokenWithSpan>>> {
+        self.list(true)
+    }
+
+    fn list(&mut self, angles: bool) -> Result<Vec<Vec<TokenWithSpan>>> {
+        self.expect(&Token::LParen)?;
+        let mut items = vec![Vec::new()];
+        let mut depth = 0;
+        let mut angle = 0i32;
+        loop {
+            let Some(t) = self.tokens.get(self.pos).cloned() else {
+                return Err(self.error("')'"));
+            };
+            self.pos += 1;
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::Lt if angles => angle += 1,
+                Token::Gt if angles => angle -= 1,
+                Token::ShiftRight if angles => angle -= 2,
+                Token::Comma if depth == 0 && angle <= 0 => {
+                    items.push(Vec::new());
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(last) = items.last_mut() {
+                last.push(t);
+            }
+        }
+        if items.len() == 1 && items[0].is_empty() {
+            items.clear();
+        }
+        Ok(items)
+    }
+}
+
+fn sql_parser(tokens: Vec<TokenWithSpan>) -> Parser<'static> {
+    static DIALECT: GenericDialect = GenericDialect {};
+    Parser::new(&DIALECT).with_tokens_with_locations(tokens)
+}
+
+/// Where `tokens` end: errors at the end of input have no position of their own.
+fn end_of(tokens: &[TokenWithSpan], at: Location) -> Location {
+    tokens.last().map_or(at, |t| t.span.end)
+}
+
+/// Parses all of `tokens` as a standard SQL query (SELECT ...).
+fn parse_query(
+    tokens: Vec<TokenWithSpan>,
+    at: Location,
+) -> Result<Box<datafusion::sql::sqlparser::ast::Query>> {
+    let at = end_of(&tokens, at);
+    let mut p = sql_parser(tokens);
+    let q = p.parse_query().map_err(|e| parser_error(e, at))?;
+    let next = p.peek_token();
+    if next.token != Token::EOF {
+        return Err(SqlError::syntax(
+            format!(
+                "expected the end of the query, found {}",
+                describe(&next.token)
+            ),
+            next.span.start.line,
+            next.span.start.column,
+        ));
+    }
+    Ok(q)
+}
+
+/// Parses all of `tokens` as one expression.
+fn parse_expr(tokens: Vec<TokenWithSpan>, at: Location) -> Result<Expr> {
+    let at = end_of(&tokens, at);
+    let mut p = sql_parser(tokens);
+    let e = p.parse_expr().map_err(|e| parser_error(e, at))?;
+    let next = p.peek_token();
+    if next.token != Token::EOF {
+        return Err(SqlError::syntax(
+            format!(
+                "expected the end of the expression, found {}",
+                describe(&next.token)
+            ),
+            next.span.start.line,
+            next.span.start.column,
+        ));
+    }
+    Ok(e)
+}
+
+fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    let mut c = Cursor::new(tokens);
+    let stmt = if c.at_word("CREATE") {
+        parse_create(&mut c)?
+    } else if c.at_word("SELECT") || c.at_word("WITH") || c.peek() == &Token::LParen {
+        let at = c.location();
+        Statement::Select(parse_select(c.rest(), at)?)
+    } else if c.eat_word("INSERT") {
+        parse_insert(&mut c)?
+    } else if c.eat_word("SHOW") || c.eat_word("LIST") {
+        let what = if c.eat_word("STREAMS") {
+            ShowWhat::Streams
+        } else if c.eat_word("TABLES") {
+            ShowWhat::Tables
+        } else if c.eat_word("QUERIES") {
+            ShowWhat::Queries
+        } else if c.eat_word("TOPICS") {
+            ShowWhat::Topics
+        } else {
+            return Err(c.error("STREAMS, TABLES, QUERIES or TOPICS"));
+        };
+        Statement::Show(what)
+    } else if c.eat_word("DESCRIBE") {
+        let extended = c.eat_word("EXTENDED");
+        Statement::Describe {
+            name: c.ident("a stream or table name")?,
+            extended,
+        }
+    } else if c.eat_word("DROP") {
+        let kind = parse_kind(&mut c)?;
+        let if_exists = c.eat_words(&["IF", "EXISTS"]);
+        let name = c.ident("a name")?;
+        let delete_topic = c.eat_words(&["DELETE", "TOPIC"]);
+        Statement::Drop {
+            kind,
+            name,
+            if_exists,
+            delete_topic,
+        }
+    } else if c.eat_word("TERMINATE") {
+        if c.eat_word("ALL") {
+            Statement::Terminate { query_id: None }
+        } else {
+            Statement::Terminate {
+                query_id: Some(c.ident("a query id or ALL")?),
+            }
+        }
+    } else if c.eat_word("EXPLAIN") {
+        Statement::Explain(Box::new(parse_tokens(c.rest())?))
+    } else {
+        return Err(c.error(
+            "a statement (CREATE, INSERT, SELECT, SHOW, DESCRIBE, DROP, TERMINATE or EXPLAIN)",
+        ));
+    };
+    c.expect_end()?;
+    Ok(stmt)
+}
+
+fn parse_kind(c: &mut Cursor) -> Result<SourceKind> {
+    if c.eat_word("STREAM") {
+        Ok(SourceKind::Stream)
+    } else if c.eat_word("TABLE") {
+        Ok(SourceKind::Table)
+    } else {
+        Err(c.error("STREAM or TABLE"))
+    }
+}
+
+fn parse_create(c: &mut Cursor) -> Result<Statement> {
+    c.expect_word("CREATE")?;
+    let or_replace = c.eat_words(&["OR", "REPLACE"]);
+    let kind = parse_kind(c)?;
+    let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
+    let name = c.ident("a name")?;
+    let columns = if c.peek() == &Token::LParen {
+        parse_columns(c, kind)?
+    } else {
+        Vec::new()
+    };
+    let properties = if c.eat_word("WITH") {
+        parse_properties(c)?
+    } else {
+        Properties::new()
+    };
+    if c.eat_word("AS") {
+        if !columns.is_empty() {
+            return Err(SqlError::Invalid(format!(
+                "{kind} {name}: declare columns or AS SELECT, not both (the query decides the columns)"
+            )));
+        }
+        let at = c.location();
+        let select = parse_select(c.rest(), at)?;
+        return Ok(Statement::CreateAs {
+            kind,
+            name,
+            properties,
+            select,
+            if_not_exists,
+            or_replace,
+        });
+    }
+    if columns.is_empty() {
+        return Err(c.error("a column list '(...)' or AS SELECT"));
+    }
+    Ok(Statement::CreateSource {
+        kind,
+        name,
+        columns,
+        properties,
+        if_not_exists,
+        or_replace,
+    })
+}
+
+fn parse_columns(c: &mut Cursor, kind: SourceKind) -> Result<Vec<ColumnDef>> {
+    let at = c.location();
+    let items = c.type_list()?;
+    if items.is_empty() {
+        return Err(SqlError::syntax(
+            "a column list needs at least one column",
+            at.line,
+            at.column,
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let start = item.first().map_or(at, |t| t.span.start);
+        let mut col = Cursor::new(item);
+        let name = col.ident("a column name")?;
+        let mut tokens = col.rest();
+        // Trailing KEY / PRIMARY KEY are ours; the rest is a SQL type.
+        let mut key = false;
+        let n = tokens.len();
+        if n >= 2
+            && is_word(&tokens[n - 2].token, "PRIMARY")
+            && is_word(&tokens[n - 1].token, "KEY")
+        {
+            tokens.truncate(n - 2);
+            key = true;
+            if kind == SourceKind::Stream {
+                return Err(SqlError::syntax(
+                    format!("column {name}: streams declare their key with KEY, not PRIMARY KEY"),
+                    start.line,
+                    start.column,
+                ));
+            }
+        } else if n >= 1 && is_word(&tokens[n - 1].token, "KEY") {
+            tokens.truncate(n - 1);
+            key = true;
+            if kind == SourceKind::Table {
+                return Err(SqlError::syntax(
+                    format!("column {name}: tables declare their key with PRIMARY KEY"),
+                    start.line,
+                    start.column,
+                ));
+            }
+        }
+        if tokens.is_empty() {
+            return Err(SqlError::syntax(
+                format!("column {name} needs a type"),
+                start.line,
+                start.column,
+            ));
+        }
+        let mut p = sql_parser(angle_bracket_maps(tokens));
+        let data_type = p.parse_data_type().map_err(|e| parser_error(e, start))?;
+        let next = p.peek_token();
+        if next.token != Token::EOF {
+            return Err(SqlError::syntax(
+                format!(
+                    "column {name}: unexpected {} after the type",
+                    describe(&next.token)
+                ),
+                next.span.start.line,
+                next.span.start.column,
+            ));
+        }
+        out.push(ColumnDef {
+            name,
+            data_type,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// Rewrites ksqlDB's `MAP<K, V>` to the `MAP(K, V)` that sqlparser's generic dialect reads
+/// (it reads `ARRAY<T>` and `STRUCT<...>` as they are). In a type, `>>` is two closings.
+fn angle_bracket_maps(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if t.token == Token::ShiftRight {
+            out.push(TokenWithSpan::new(Token::Gt, t.span));
+            out.push(TokenWithSpan::new(Token::Gt, t.span));
+        } else {
+            out.push(t);
+        }
+    }
+    let mut open = Vec::new();
+    for i in 0..out.len() {
+        match out[i].token {
+            Token::Lt => open.push(i),
+            Token::Gt => {
+                if let Some(o) = open.pop() {
+                    if o > 0 && is_word(&out[o - 1].token, "MAP") {
+                        out[o].token = Token::LParen;
+                        out[i].token = Token::RParen;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn parse_properties(c: &mut Cursor) -> Result<Properties> {
+    let at = c.location();
+    let mut props = Properties::new();
+    for item in c.parenthesized_list()? {
+        let start = item.first().map_or(at, |t| t.span.start);
+        let mut p = Cursor::new(item);
+        let key = p.ident("a property name")?;
+        p.expect(&Token::Eq)?;
+        let value = match p.next() {
+            Token::SingleQuotedString(s) => PropertyValue::String(s),
+            Token::Number(n, _) => PropertyValue::Number(n),
+            Token::Word(w) => PropertyValue::Word(w.value),
+            _ => {
+                p.pos -= 1;
+                return Err(p.error("a property value ('text', a number or a word)"));
+            }
+        };
+        p.expect_end()?;
+        if props.insert(key.clone(), value).is_some() {
+            return Err(SqlError::syntax(
+                format!("property {key} given twice"),
+                start.line,
+                start.column,
+            ));
+        }
+    }
+    Ok(props)
+}
+
+fn parse_insert(c: &mut Cursor) -> Result<Statement> {
+    c.expect_word("INTO")?;
+    let target = c.ident("a stream name")?;
+    let mut columns = Vec::new();
+    // `(a, b) VALUES` names columns; `(SELECT ...)` is a query.
+    if c.peek() == &Token::LParen && !is_word(c.peek_at(1), "SELECT") {
+        for item in c.parenthesized_list()? {
+            let mut col = Cursor::new(item);
+            columns.push(col.ident("a column name")?);
+            col.expect_end()?;
+        }
+    }
+    if c.eat_word("VALUES") {
+        let mut rows = Vec::new();
+        loop {
+            let at = c.location();
+            let row = c
+                .parenthesized_list()?
+                .into_iter()
+                .map(|tokens| {
+                    let start = tokens.first().map_or(at, |t| t.span.start);
+                    parse_expr(tokens, start)
+                })
+                .collect::<Result<Vec<Expr>>>()?;
+            rows.push(row);
+            if !c.eat(&Token::Comma) {
+                break;
+            }
+        }
+        return Ok(Statement::InsertValues {
+            target,
+            columns,
+            rows,
+        });
+    }
+    if !columns.is_empty() {
+        return Err(c.error("VALUES after a column list"));
+    }
+    let at = c.location();
+    Ok(Statement::InsertSelect {
+        target,
+        select: parse_select(c.rest(), at)?,
+    })
+}
+
+/// Takes `WINDOW ...` and `EMIT ...` out of a SELECT's tokens and parses the rest as SQL.
+fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> {
+    let mut window = None;
+    let mut emit = None;
+    let mut depth = 0i32;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            t if depth == 0 && is_word(t, "WINDOW") => {
+                let next = tokens.get(i + 1).map(|t| &t.token);
+                if next.is_some_and(|t| {
+                    ["TUMBLING", "HOPPING", "SESSION"]
+                        .iter()
+                        .any(|w| is_word(t, w))
+                }) {
+                    if window.is_some() {
+                        let s = tokens[i].span.start;
+                        return Err(SqlError::syntax(
+                            "only one WINDOW clause is allowed",
+                            s.line,
+                            s.column,
+                        ));
+                    }
+                    let end = matching_paren_end(&tokens, i + 2)?;
+                    let clause: Vec<TokenWithSpan> = tokens.drain(i..end).collect();
+                    window = Some(parse_window(clause)?);
+                    continue;
+                }
+            }
+            t if depth == 0 && is_word(t, "EMIT") => {
+                let next = tokens.get(i + 1).map(|t| &t.token);
+                let kind = match next {
+                    Some(t) if is_word(t, "CHANGES") => Emit::Changes,
+                    Some(t) if is_word(t, "FINAL") => Emit::Final,
+                    _ => {
+                        let s = tokens[i].span.end;
+                        return Err(SqlError::syntax(
+                            "expected CHANGES or FINAL after EMIT",
+                            s.line,
+                            s.column,
+                        ));
+                    }
+                };
+                emit = Some(kind);
+                tokens.drain(i..i + 2);
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let query = parse_query(tokens, at)?;
+    Ok(Select {
+        query,
+        window,
+        emit,
+    })
+}
+
+/// Index just past the parenthesis group starting at `open`.
+fn matching_paren_end(tokens: &[TokenWithSpan], open: usize) -> Result<usize> {
+    let Some(first) = tokens.get(open) else {
+        let s = tokens.last().map_or(Span::empty().end, |t| t.span.end);
+        return Err(SqlError::syntax(
+            "expected '(' after the window kind",
+            s.line,
+            s.column,
+        ));
+    };
+    if first.token != Token::LParen {
+        let s = first.span.start;
+        return Err(SqlError::syntax(
+            format!(
+                "expected '(' after the window kind, found {}",
+                describe(&first.token)
+            ),
+            s.line,
+            s.column,
+        ));
+    }
+    let mut depth = 0;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    let s = first.span.start;
+    Err(SqlError::syntax(
+        "unclosed '(' in the WINDOW clause",
+        s.line,
+        s.column,
+    ))
+}
+
+fn parse_window(clause: Vec<TokenWithSpan>) -> Result<WindowSpec> {
+    let mut c = Cursor::new(clause);
+    c.expect_word("WINDOW")?;
+    let kind_word = if c.eat_word("TUMBLING") {
+        "TUMBLING"
+    } else if c.eat_word("HOPPING") {
+        "HOPPING"
+    } else {
+        c.expect_word("SESSION")?;
+        "SESSION"
+    };
+    let mut size = None;
+    let mut advance = None;
+    let mut gap = None;
+    let mut grace = None;
+    let mut retention = None;
+    for item in c.parenthesized_list()? {
+        let mut p = Cursor::new(item);
+        if p.eat_word("SIZE") {
+            size = Some(parse_duration(&mut p)?);
+        } else if p.eat_words(&["ADVANCE", "BY"]) {
+            advance = Some(parse_duration(&mut p)?);
+        } else if p.eat_words(&["GRACE", "PERIOD"]) {
+            grace = Some(parse_duration(&mut p)?);
+        } else if p.eat_word("RETENTION") {
+            retention = Some(parse_duration(&mut p)?);
+        } else if kind_word == "SESSION" && matches!(p.peek(), Token::Number(..)) {
+            gap = Some(parse_duration(&mut p)?);
+        } else {
+            return Err(p.error(match kind_word {
+                "SESSION" => "a gap (e.g. 5 MINUTES), GRACE PERIOD or RETENTION",
+                "HOPPING" => "SIZE, ADVANCE BY, GRACE PERIOD or RETENTION",
+                _ => "SIZE, GRACE PERIOD or RETENTION",
+            }));
+        }
+        p.expect_end()?;
+    }
+    let missing = |what: &str| SqlError::Invalid(format!("{kind_word} window needs {what}"));
+    let kind = match kind_word {
+        "TUMBLING" => WindowKind::Tumbling {
+            size: size.ok_or_else(|| missing("SIZE"))?,
+        },
+        "HOPPING" => {
+            let size = size.ok_or_else(|| missing("SIZE"))?;
+            let advance = advance.ok_or_else(|| missing("ADVANCE BY"))?;
+            if advance > size || advance.is_zero() {
+                return Err(SqlError::Invalid(format!(
+                    "HOPPING window: ADVANCE BY ({advance:?}) must be more than zero and at most SIZE ({size:?})"
+                )));
+            }
+            WindowKind::Hopping { size, advance }
+        }
+        _ => WindowKind::Session {
+            gap: gap.ok_or_else(|| missing("a gap, e.g. SESSION (5 MINUTES)"))?,
+        },
+    };
+    if let WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } = kind {
+        if size.is_zero() {
+            return Err(SqlError::Invalid(format!(
+                "{kind_word} window: SIZE must be more than zero"
+            )));
+        }
+    }
+    Ok(WindowSpec {
+        kind,
+        grace,
+        retention,
+    })
+}
+
+/// `N UNIT` with UNIT one of MILLISECOND(S), SECOND(S), MINUTE(S), HOUR(S), DAY(S).
+fn parse_duration(c: &mut Cursor) -> Result<Duration> {
+    let at = c.location();
+    let Token::Number(n, _) = c.next() else {
+        c.pos -= 1;
+        return Err(c.error("a duration such as 5 MINUTES"));
+    };
+    let n: u64 = n.parse().map_err(|_| {
+        SqlError::syntax(format!("'{n}' is not a whole number"), at.line, at.column)
+    })?;
+    let unit = match c.next() {
+        Token::Word(w) => w.value.to_ascii_uppercase(),
+        _ => {
+            c.pos -= 1;
+            return Err(c.error("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)"));
+        }
+    };
+    let ms = match unit.trim_end_matches('S') {
+        "MILLISECOND" => 1,
+        "SECOND" => 1_000,
+        "MINUTE" => 60_000,
+        "HOUR" => 3_600_000,
+        "DAY" => 86_400_000,
+        _ => {
+            c.pos -= 1;
+            return Err(c.error("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)"));
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(sql: &str) -> (String, u64, u64) {
+        match parse(sql) {
+            Err(SqlError::Syntax {
+                message,
+                line,
+                column,
+            }) => (message, line, column),
+            other => panic!("expected a syntax error for {sql:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_stream_with_columns_key_and_properties() {
+        let s = parse_one(
+            "CREATE STREAM Rides (ride_id BIGINT KEY, zone VARCHAR, fare DOUBLE, ts TIMESTAMP)\n\
+             WITH (topic='rides', format=JSON, partitions=3, timestamp='ts');",
+        )
+        .unwrap();
+        let Statement::CreateSource {
+            kind,
+            name,
+            columns,
+            properties,
+            ..
+        } = s
+        else {
+            panic!("{s:?}")
+        };
+        assert_eq!(kind, SourceKind::Stream);
+        assert_eq!(name, "rides");
+        assert_eq!(columns.len(), 4);
+        assert!(columns[0].key && !columns[1].key);
+        assert_eq!(columns[2].data_type.to_string(), "DOUBLE");
+        assert_eq!(properties["topic"], PropertyValue::String("rides".into()));
+        assert_eq!(properties["format"].as_str(), "JSON");
+        assert_eq!(properties["partitions"].as_str(), "3");
+    }
+
+    #[test]
+    fn create_table_needs_primary_key_spelling() {
+        let s = parse_one("CREATE TABLE users (id VARCHAR PRIMARY KEY, name VARCHAR) WITH (topic='u', format='JSON')").unwrap();
+        assert!(
+            matches!(s, Statement::CreateSource { kind: SourceKind::Table, ref columns, .. } if columns[0].key)
+        );
+        let (msg, line, col) = err("CREATE TABLE users (id VARCHAR KEY) WITH (topic='u')");
+        assert!(msg.contains("PRIMARY KEY"), "{msg}");
+        assert_eq!((line, col), (1, 21));
+    }
+
+    #[test]
+    fn windowed_aggregate_with_grace_retention_and_emit() {
+        let s = parse_one(
+            "CREATE TABLE surge AS SELECT zone, COUNT(*) AS rides FROM rides \
+             WINDOW HOPPING (SIZE 5 MINUTES, ADVANCE BY 1 MINUTE, GRACE PERIOD 30 SECONDS, RETENTION 2 HOURS) \
+             WHERE fare > 0 GROUP BY zone HAVING COUNT(*) > 2 EMIT FINAL",
+        )
+        .unwrap();
+        let Statement::CreateAs { select, .. } = s else {
+            panic!()
+        };
+        assert_eq!(
+            select.window,
+            Some(WindowSpec {
+                kind: WindowKind::Hopping {
+                    size: Duration::from_secs(300),
+                    advance: Duration::from_secs(60)
+                },
+                grace: Some(Duration::from_secs(30)),
+                retention: Some(Duration::from_secs(7200)),
+            })
+        );
+        assert_eq!(select.emit, Some(Emit::Final));
+        let q = select.query.to_string();
+        assert!(
+            q.contains("WHERE fare > 0") && q.contains("GROUP BY zone") && !q.contains("WINDOW"),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn push_query_with_limit_and_session_window() {
+        let s = parse_one("SELECT user_id, COUNT(*) FROM clicks WINDOW SESSION (5 MINUTES) GROUP BY user_id EMIT CHANGES LIMIT 10").unwrap();
+        let Statement::Select(select) = s else {
+            panic!()
+        };
+        assert_eq!(select.emit, Some(Emit::Changes));
+        assert!(
+            matches!(select.window.unwrap().kind, WindowKind::Session { gap } if gap == Duration::from_secs(300))
+        );
+        assert!(select.query.to_string().ends_with("LIMIT 10"));
+    }
+
+    #[test]
+    fn pull_query_and_management_statements() {
+        assert!(matches!(
+            parse_one("SELECT * FROM users WHERE id = 'a'").unwrap(),
+            Statement::Select(Select { emit: None, .. })
+        ));
+        assert_eq!(
+            parse_one("show streams").unwrap(),
+            Statement::Show(ShowWhat::Streams)
+        );
+        assert_eq!(
+            parse_one("LIST TOPICS").unwrap(),
+            Statement::Show(ShowWhat::Topics)
+        );
+        assert_eq!(
+            parse_one("DESCRIBE EXTENDED Rides").unwrap(),
+            Statement::Describe {
+                name: "rides".into(),
+                extended: true
+            }
+        );
+        assert_eq!(
+            parse_one("DROP TABLE IF EXISTS surge DELETE TOPIC").unwrap(),
+            Statement::Drop {
+                kind: SourceKind::Table,
+                name: "surge".into(),
+                if_exists: true,
+                delete_topic: true
+            }
+        );
+        assert_eq!(
+            parse_one("TERMINATE ctas_surge_1").unwrap(),
+            Statement::Terminate {
+                query_id: Some("ctas_surge_1".into())
+            }
+        );
+        assert_eq!(
+            parse_one("TERMINATE ALL").unwrap(),
+            Statement::Terminate { query_id: None }
+        );
+        assert!(matches!(
+            parse_one("EXPLAIN SELECT * FROM x EMIT CHANGES").unwrap(),
+            Statement::Explain(_)
+        ));
+    }
+
+    #[test]
+    fn insert_values_and_insert_select() {
+        let s = parse_one("INSERT INTO rides (ride_id, zone) VALUES (1, 'a'), (2, UPPER('b'))")
+            .unwrap();
+        let Statement::InsertValues {
+            target,
+            columns,
+            rows,
+        } = s
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (target.as_str(), columns.len(), rows.len(), rows[1].len()),
+            ("rides", 2, 2, 2)
+        );
+        let s =
+            parse_one("INSERT INTO big SELECT * FROM rides WHERE fare > 50 EMIT CHANGES").unwrap();
+        assert!(matches!(s, Statement::InsertSelect { .. }));
+    }
+
+    #[test]
+    fn several_statements_and_semicolons_inside_strings() {
+        let all = parse("SHOW TABLES; SELECT 'a;b' FROM t EMIT CHANGES;\n\n;SHOW QUERIES").unwrap();
+        assert_eq!(all.len(), 3);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let (msg, line, col) = err("SELECT * FROM t\nWHERE a >");
+        assert_eq!(line, 2, "{msg}");
+        assert!(col >= 9, "{msg} at {col}");
+        let (msg, line, col) = err("CREATE STREAM s (a INT) WITH (topic 'x')");
+        assert!(msg.contains("'='"), "{msg}");
+        assert_eq!((line, col), (1, 37));
+        let (msg, ..) =
+            err("SELECT a FROM t WINDOW TUMBLING (SIZE 5 FORTNIGHTS) GROUP BY a EMIT CHANGES");
+        assert!(msg.contains("time unit"), "{msg}");
+        let (msg, ..) = err("SELECT a FROM t EMIT SOMETIMES");
+        assert!(msg.contains("CHANGES or FINAL"), "{msg}");
+        let (msg, ..) = err("FROBNICATE everything");
+        assert!(msg.contains("expected a statement"), "{msg}");
+        let (msg, ..) = err("SELECT 'unterminated FROM t");
+        assert!(msg.to_lowercase().contains("unterminated"), "{msg}");
+    }
+
+    #[test]
+    fn window_validation() {
+        assert!(
+            matches!(parse("SELECT a FROM t WINDOW HOPPING (SIZE 1 MINUTE) GROUP BY a EMIT CHANGES"), Err(SqlError::Invalid(m)) if m.contains("ADVANCE BY"))
+        );
+        assert!(
+            matches!(parse("SELECT a FROM t WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 2 MINUTES) GROUP BY a EMIT CHANGES"), Err(SqlError::Invalid(m)) if m.contains("at most SIZE"))
+        );
+        assert!(matches!(
+            parse("SELECT a FROM t WINDOW TUMBLING (SIZE 0 SECONDS) GROUP BY a EMIT CHANGES"),
+            Err(SqlError::Invalid(_))
+        ));
+    }
+}

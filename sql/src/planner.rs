@@ -1,0 +1,80 @@
+//! Planning: a SELECT over declared sources becomes a DataFusion logical plan (name
+//! resolution, type checking and coercion, optimization), which is then cut into streaming
+//! operators.
+//!
+//! DataFusion plans against empty tables that have the sources' schemas; it never runs the
+//! plan. What it gives us is a checked, optimized tree whose stateless parts (filters,
+//! projections) become physical expressions evaluated batch by batch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::empty::EmptyTable;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
+
+use crate::error::{Result, SqlError};
+use crate::operators::stateless::Stateless;
+
+/// A stream or table a query can read: its name and Arrow schema (declared columns plus
+/// `rowtime`).
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    /// Name, as queries write it (lower case unless quoted).
+    pub name: String,
+    /// Arrow schema of its decoded batches.
+    pub schema: SchemaRef,
+}
+
+/// A planning context: the sources a query may name.
+pub struct Planner {
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Planner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("session", &self.ctx.session_id())
+            .finish()
+    }
+}
+
+impl Planner {
+    /// A planner that knows `sources`.
+    pub fn new(sources: &[SourceTable]) -> Result<Planner> {
+        // Plain Utf8 for VARCHAR: decoded batches and the formats use it, and a query's
+        // output types must match what its sink encodes.
+        let config = datafusion::prelude::SessionConfig::new()
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
+        let ctx = SessionContext::new_with_config(config);
+        for s in sources {
+            ctx.register_table(
+                s.name.as_str(),
+                Arc::new(EmptyTable::new(Arc::clone(&s.schema))),
+            )?;
+        }
+        Ok(Planner { ctx })
+    }
+
+    /// The analyzed and optimized logical plan of a query.
+    pub fn logical_plan(&self, query: &Query) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(
+            SqlStatement::Query(Box::new(query.clone())),
+        ));
+        // Planning only resolves tables registered in memory: nothing here awaits IO, so a
+        // local executor is enough and the planner stays usable outside a tokio runtime.
+        let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
+        Ok(state.optimize(&plan)?)
+    }
+
+    /// Plans a query without state (filters and projections over one source).
+    pub fn stateless(&self, query: &Query) -> Result<Stateless> {
+        let plan = self.logical_plan(query)?;
+        Stateless::from_plan(&self.ctx.state(), &plan).map_err(|e| match e {
+            SqlError::Invalid(m) => SqlError::Invalid(format!("{m} (in: {query})")),
+            other => other,
+        })
+    }
+}
