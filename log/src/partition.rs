@@ -698,11 +698,14 @@ impl Partition {
 
     /// Fsyncs if anything was appended since the last fsync (the interval policy's timer).
     pub fn sync_if_dirty(&self) -> Result<()> {
-        if self.state.lock().dirty {
-            let end = self.state.lock().leo();
-            self.wait_durable(end)?;
-        }
-        Ok(())
+        let end = {
+            let st = self.state.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.leo()
+        };
+        self.wait_durable(end)
     }
 
     /// Appends a transaction marker for `producer_id` if it has an open transaction here;

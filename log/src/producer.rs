@@ -61,6 +61,20 @@ struct TopicState {
     sequences: Vec<i32>,
 }
 
+impl TopicState {
+    /// Whether `record` would take the open batch of `partition` past `batch_size` (an
+    /// empty batch always takes one record, however large).
+    fn batch_full(&self, partition: u32, record: &Record, batch_size: usize) -> bool {
+        self.open
+            .get(partition as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|b| {
+                !b.builder.is_empty()
+                    && b.builder.estimated_size() + record_size(record) > batch_size
+            })
+    }
+}
+
 /// Writes records to the log. See the module docs.
 pub struct Producer {
     log: Log,
@@ -156,14 +170,7 @@ impl Producer {
                 let p = state.sticky.partition(n);
                 // A keyless record that would overflow the sticky partition's batch closes
                 // it and goes to the next partition, as in Kafka (abort-on-new-batch).
-                let full = state
-                    .open
-                    .get(p as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|b| {
-                        !b.builder.is_empty()
-                            && b.builder.estimated_size() + record_size(&record) > batch_size
-                    });
+                let full = state.batch_full(p, &record, batch_size);
                 if full {
                     let completed = self.flush_partition(topic, p)?;
                     let p = self.topic_state(topic)?.sticky.partition(n);
@@ -202,10 +209,7 @@ impl Producer {
             state.open.resize_with(n as usize, || None);
             state.sequences.resize(n as usize, 0);
         }
-        let size = record_size(&record);
-        let full = state.open[p].as_ref().is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.estimated_size() + size > batch_size
-        });
+        let full = state.batch_full(partition, &record, batch_size);
         let completed = if full {
             self.flush_partition(topic, partition)?
         } else {
