@@ -424,9 +424,12 @@ fn evaluate_row(
         out[i] = datafusion::arrow::compute::cast_with_options(
             &value,
             &columns[i].1,
-            &datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() },
+            &datafusion::arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            },
         )
-            .map_err(|e| SqlError::Invalid(format!("column {name}: {e}")))?;
+        .map_err(|e| SqlError::Invalid(format!("column {name}: {e}")))?;
     }
     let schema = Arc::new(Schema::new(
         columns

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod consume;
 pub mod groups;
 pub mod produce;
+pub mod sql;
 pub mod topics;
 
 /// A command failed; the message is printed as one line.
@@ -71,6 +72,8 @@ pub enum Command {
     /// List and describe consumer groups, and reset their offsets.
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
+    /// Run SQL: an interactive shell, or a script with `-e` / `-f`.
+    Sql(sql::SqlArgs),
     /// Measure the log's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -98,6 +101,7 @@ impl Cli {
                     Command::Produce(a) => a.run(&log),
                     Command::Consume(a) => a.run(&log),
                     Command::Groups(c) => c.run(&log),
+                    Command::Sql(a) => a.run(&log),
                     Command::Bench(_) => Ok(()),
                 };
                 let closed = log.close();

@@ -1,5 +1,3 @@
-//! NOT COMPILED YET: the `sluice sql` command (runtime/src/cli/sql.rs) waiting for
-//! sluice-sql to rejoin the workspace; move it back and add `Sql(sql::SqlArgs)` to cli/mod.rs.
 //! `sluice sql`: the SQL shell, or a script with `-e` / `-f`.
 
 use std::io::Write;
