@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sluice_log::{Isolation, Log, LogError, OffsetSpec, Record};
 
 use crate::ast::{ColumnDef, Properties, PropertyValue, SourceKind, Statement};
@@ -43,6 +46,52 @@ impl SourceDef {
     /// A decoder for its records.
     pub fn decoder(&self) -> Result<RecordDecoder> {
         RecordDecoder::new(self.format, &self.columns)
+    }
+
+    /// The records for the rows of `batch` (columns by name; the key column becomes the
+    /// record key as text, `rowtime` is left out, missing columns are NULL).
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<(Option<Bytes>, Vec<u8>)>> {
+        let n = batch.num_rows();
+        let mut value_fields = Vec::new();
+        let mut value_cols: Vec<ArrayRef> = Vec::new();
+        let mut key = None;
+        for (name, t, is_key) in &self.columns {
+            let col = match batch.schema().index_of(name) {
+                Ok(i) => {
+                    let c = batch.column(i);
+                    if c.data_type() == t {
+                        Arc::clone(c)
+                    } else {
+                        cast(c, t).map_err(|e| {
+                            SqlError::Invalid(format!("column {name} of {}: {e}", self.name))
+                        })?
+                    }
+                }
+                Err(_) => new_null_array(t, n),
+            };
+            if *is_key {
+                key = Some(col);
+            } else {
+                value_fields.push(Field::new(name, t.clone(), true));
+                value_cols.push(col);
+            }
+        }
+        let values = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(value_fields)),
+            value_cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let encoded = crate::format::encode_values(self.format, &values)?;
+        let keys: Vec<Option<Bytes>> = match key {
+            None => vec![None; n],
+            Some(k) => {
+                let f = ArrayFormatter::try_new(k.as_ref(), &FormatOptions::default())?;
+                (0..n)
+                    .map(|i| k.is_valid(i).then(|| Bytes::from(f.value(i).to_string())))
+                    .collect()
+            }
+        };
+        Ok(keys.into_iter().zip(encoded).collect())
     }
 
     /// Its name and Arrow schema, for planning.
@@ -160,7 +209,22 @@ pub fn source_def(
 pub struct Catalog {
     log: Log,
     sources: BTreeMap<String, SourceDef>,
+    queries: BTreeMap<String, QueryDef>,
 }
+
+/// A persistent query as recorded in the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryDef {
+    /// Its id (`CSAS_RIDES_BY_ZONE_1`), what TERMINATE takes.
+    pub id: String,
+    /// The stream or table it writes.
+    pub sink: String,
+    /// The statement as written (`CREATE ... AS SELECT` or `INSERT INTO ... SELECT`).
+    pub statement: String,
+}
+
+/// Catalog-topic keys of queries start with this (source names cannot contain ':').
+const QUERY_KEY_PREFIX: &str = "query:";
 
 impl Catalog {
     /// Loads the catalog from the log (creating its topic on first use).
@@ -176,6 +240,7 @@ impl Catalog {
         let mut catalog = Catalog {
             log: log.clone(),
             sources: BTreeMap::new(),
+            queries: BTreeMap::new(),
         };
         let end = log
             .list_offset(
@@ -209,6 +274,22 @@ impl Catalog {
             for r in records {
                 let Some(key) = r.record.key else { continue };
                 let name = String::from_utf8_lossy(&key).into_owned();
+                if let Some(id) = name.strip_prefix(QUERY_KEY_PREFIX) {
+                    match r.record.value {
+                        None => {
+                            catalog.queries.remove(id);
+                        }
+                        Some(v) => match catalog.replay_query(id, &String::from_utf8_lossy(&v)) {
+                            Ok(q) => {
+                                catalog.queries.insert(q.id.clone(), q);
+                            }
+                            Err(e) => {
+                                tracing::error!(query = %id, error = %e, "A catalog query no longer parses; it is skipped.")
+                            }
+                        },
+                    }
+                    continue;
+                }
                 match r.record.value {
                     None => {
                         catalog.sources.remove(&name);
@@ -241,6 +322,77 @@ impl Catalog {
                 "not a CREATE statement: {other:?}"
             ))),
         }
+    }
+
+    fn replay_query(&self, id: &str, statement: &str) -> Result<QueryDef> {
+        match crate::parse_one(statement)? {
+            Statement::CreateAs { name, .. } => Ok(QueryDef {
+                id: id.to_string(),
+                sink: name,
+                statement: statement.to_string(),
+            }),
+            Statement::InsertSelect { target, .. } => Ok(QueryDef {
+                id: id.to_string(),
+                sink: target,
+                statement: statement.to_string(),
+            }),
+            other => Err(SqlError::Invalid(format!(
+                "not a persistent query: {other:?}"
+            ))),
+        }
+    }
+
+    /// Persistent queries, by id.
+    pub fn queries(&self) -> impl Iterator<Item = &QueryDef> {
+        self.queries.values()
+    }
+
+    /// A new query id for a query writing `sink`: `CSAS_`/`CTAS_`/`INSERTQUERY_` + name +
+    /// a number never used before in this catalog.
+    pub fn next_query_id(&self, prefix: &str, sink: &str) -> String {
+        let n = self
+            .queries
+            .keys()
+            .filter_map(|k| k.rsplit('_').next()?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
+        format!("{prefix}_{}_{n}", sink.to_uppercase())
+    }
+
+    /// Records a persistent query.
+    pub fn add_query(&mut self, q: QueryDef) -> Result<()> {
+        self.put(&format!("{QUERY_KEY_PREFIX}{}", q.id), Some(&q.statement))?;
+        self.queries.insert(q.id.clone(), q);
+        Ok(())
+    }
+
+    /// Forgets a persistent query (TERMINATE).
+    pub fn remove_query(&mut self, id: &str) -> Result<QueryDef> {
+        let q = self
+            .queries
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SqlError::Unknown {
+                kind: "query",
+                name: id.into(),
+            })?;
+        self.put(&format!("{QUERY_KEY_PREFIX}{id}"), None)?;
+        self.queries.remove(id);
+        Ok(q)
+    }
+
+    fn put(&self, key: &str, value: Option<&str>) -> Result<()> {
+        self.log.append_records(
+            CATALOG_TOPIC,
+            0,
+            &[Record {
+                key: Some(Bytes::from(key.to_string())),
+                value: value.map(|v| Bytes::from(v.to_string())),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            }],
+        )?;
+        Ok(())
     }
 
     /// A stream or table by name.
@@ -308,16 +460,7 @@ impl Catalog {
             }
             Err(e) => return Err(e.into()),
         }
-        self.log.append_records(
-            CATALOG_TOPIC,
-            0,
-            &[Record {
-                key: Some(Bytes::from(def.name.clone())),
-                value: Some(Bytes::from(def.statement.clone())),
-                headers: Vec::new(),
-                timestamp: sluice_log::record::now_ms(),
-            }],
-        )?;
+        self.put(&def.name, Some(&def.statement))?;
         self.sources.insert(def.name.clone(), def);
         Ok(true)
     }
@@ -350,23 +493,60 @@ impl Catalog {
                 def.kind
             )));
         }
+        if let Some(q) = self.queries.values().find(|q| q.sink == name) {
+            return Err(SqlError::Invalid(format!(
+                "cannot drop {name}: query {} writes into it; TERMINATE {} first",
+                q.id, q.id
+            )));
+        }
         let topic = def.topic.clone();
-        self.log.append_records(
-            CATALOG_TOPIC,
-            0,
-            &[Record {
-                key: Some(Bytes::from(name.to_string())),
-                value: None,
-                headers: Vec::new(),
-                timestamp: sluice_log::record::now_ms(),
-            }],
-        )?;
+        self.put(name, None)?;
         self.sources.remove(name);
         if delete_topic {
             self.log.delete_topic(&topic)?;
         }
         Ok(true)
     }
+}
+
+/// The `CREATE STREAM|TABLE` statement declaring a query's output, stored in the catalog
+/// for the derived source so it replays like a declared one.
+pub fn derived_statement(
+    kind: SourceKind,
+    name: &str,
+    columns: &[(String, DataType, bool)],
+    topic: &str,
+    format: Format,
+) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|(n, t, key)| {
+            let simple = !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !n.starts_with(|c: char| c.is_ascii_digit());
+            let ident = if simple {
+                n.clone()
+            } else {
+                format!("\"{}\"", n.replace('"', "\"\""))
+            };
+            let key = match (key, kind) {
+                (false, _) => "",
+                (true, SourceKind::Stream) => " KEY",
+                (true, SourceKind::Table) => " PRIMARY KEY",
+            };
+            format!("{ident} {}{key}", crate::types::sql_name(t))
+        })
+        .collect();
+    format!(
+        "CREATE {} {name} ({}) WITH (topic = '{}', format = '{format}')",
+        match kind {
+            SourceKind::Stream => "STREAM",
+            SourceKind::Table => "TABLE",
+        },
+        cols.join(", "),
+        topic.replace('\'', "''")
+    )
 }
 
 /// Reads `partitions` from properties, if given.

@@ -1,10 +1,11 @@
 //! The statement engine: runs parsed statements against the catalog and the log. It is what
 //! `sluice sql` and the REST API call.
 //!
-//! Today it runs the catalog statements (CREATE/DROP/SHOW/DESCRIBE), `INSERT ... VALUES`, and
-//! push queries made of filters and projections (`SELECT ... EMIT CHANGES [LIMIT n]`), which
-//! stream their results from the source topic as records arrive. Aggregates, windows, joins,
-//! pull queries and persistent queries come with the stateful operators.
+//! It runs the catalog statements (CREATE/DROP/SHOW/DESCRIBE), `INSERT ... VALUES`, push
+//! queries (`SELECT ... EMIT CHANGES [LIMIT n]`, state in memory), pull queries (`SELECT` on
+//! a table: its latest row per key, read from the log), and persistent queries (`CREATE ...
+//! AS SELECT`, `INSERT INTO ... SELECT`), which [`QueryManager`] runs as tasks until
+//! `TERMINATE`; they are recorded in the catalog and restart with the engine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +20,14 @@ use sluice_log::{
 };
 
 use crate::ast::{ShowWhat, SourceKind, Statement};
-use crate::catalog::{Catalog, partitions_property, source_def};
+use crate::catalog::{Catalog, QueryDef, derived_statement, partitions_property, source_def};
 use crate::error::{Result, SqlError};
-use crate::format::{Input, RecordDecoder, encode_values};
-use crate::operators::stateless::Stateless;
+use crate::format::Input;
 use crate::planner::Planner;
+use crate::query::{Dataflow, compile, output_columns};
+use crate::runner::{QueryManager, RunnerConfig};
 use crate::types::sql_name;
+use sluice_state::{StateConfig, StateEnv};
 
 /// What a statement returns.
 #[derive(Debug)]
@@ -37,20 +40,152 @@ pub enum Output {
     Push(Box<PushQuery>),
 }
 
+/// How an engine keeps state and runs persistent queries.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where query state lives, and its memory budget. Default: `<log dir>/state`.
+    pub state: Option<StateConfig>,
+    /// Commit interval and poll size of persistent queries.
+    pub runner: RunnerConfig,
+    /// Start the catalog's persistent queries on open (a worker does; a tool reading the
+    /// catalog may not).
+    pub start_queries: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            state: None,
+            runner: RunnerConfig::default(),
+            start_queries: true,
+        }
+    }
+}
+
 /// Runs statements.
 #[derive(Debug)]
 pub struct Engine {
     log: Log,
     catalog: Catalog,
+    queries: QueryManager,
 }
 
 impl Engine {
-    /// An engine over `log`, loading the catalog from it.
+    /// An engine over `log`, loading the catalog from it and starting its persistent
+    /// queries.
     pub fn open(log: &Log) -> Result<Engine> {
-        Ok(Engine {
+        Self::open_with(log, EngineConfig::default())
+    }
+
+    /// An engine with explicit configuration.
+    pub fn open_with(log: &Log, config: EngineConfig) -> Result<Engine> {
+        let state = config
+            .state
+            .unwrap_or_else(|| StateConfig::new(log.dir().join("state")));
+        let env =
+            StateEnv::new(state).map_err(|e| SqlError::Invalid(format!("query state: {e}")))?;
+        let mut engine = Engine {
             log: log.clone(),
             catalog: Catalog::open(log)?,
-        })
+            queries: QueryManager::new(log, env, config.runner),
+        };
+        if config.start_queries {
+            let defs: Vec<QueryDef> = engine.catalog.queries().cloned().collect();
+            for def in defs {
+                if let Err(e) = engine.start_query(&def) {
+                    tracing::error!(query = %def.id, error = %e, "A persistent query could not start.");
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Stops the persistent queries (each commits its current epoch first).
+    pub fn shutdown(&mut self) {
+        self.queries.stop_all();
+    }
+
+    /// Waits until every persistent query has committed positions at the end of its
+    /// source (read_committed); false on timeout. For tests, benchmarks and scripts that
+    /// must see a query's results.
+    pub fn wait_caught_up(&self, timeout: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut behind = false;
+            for q in self.catalog.queries() {
+                let Some(stats) = self.queries.stats(&q.id) else {
+                    continue;
+                };
+                if stats.error.lock().is_some() {
+                    behind = true;
+                    continue;
+                }
+                let select = match crate::parse_one(&q.statement)? {
+                    Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => {
+                        select
+                    }
+                    _ => continue,
+                };
+                let source = compile(&self.catalog, &select)?.source;
+                let topic = self.log.topic(&source.topic)?;
+                let group = crate::runner::query_group(&q.id);
+                for p in 0..topic.partition_count() {
+                    let end = self
+                        .log
+                        .list_offset(
+                            &source.topic,
+                            p,
+                            sluice_log::OffsetSpec::Latest,
+                            sluice_log::Isolation::ReadCommitted,
+                        )?
+                        .unwrap_or(0);
+                    let start = self
+                        .log
+                        .list_offset(
+                            &source.topic,
+                            p,
+                            sluice_log::OffsetSpec::Earliest,
+                            sluice_log::Isolation::ReadCommitted,
+                        )?
+                        .unwrap_or(0);
+                    let tp = TopicPartition {
+                        topic: source.topic.clone(),
+                        partition: p,
+                    };
+                    let committed = self.log.committed(&group, &tp).unwrap_or(start);
+                    // The last records may be transaction markers, which are never "read".
+                    if committed < end && has_data(&self.log, &tp, committed, end)? {
+                        behind = true;
+                    }
+                }
+            }
+            if !behind {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The running queries.
+    pub fn queries(&self) -> &QueryManager {
+        &self.queries
+    }
+
+    fn start_query(&mut self, def: &QueryDef) -> Result<()> {
+        let select = match crate::parse_one(&def.statement)? {
+            Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => select,
+            other => {
+                return Err(SqlError::Invalid(format!(
+                    "not a persistent query: {other:?}"
+                )));
+            }
+        };
+        let compiled = compile(&self.catalog, &select)?;
+        let sink = self.catalog.get(&def.sink)?.clone();
+        self.queries.start(def, compiled, sink)
     }
 
     /// The catalog.
@@ -72,50 +207,311 @@ impl Engine {
 
     fn run(&mut self, statement: Statement, text: &str) -> Result<Output> {
         match statement {
-            Statement::CreateSource { kind, name, columns, properties, if_not_exists, or_replace } => {
+            Statement::CreateSource {
+                kind,
+                name,
+                columns,
+                properties,
+                if_not_exists,
+                or_replace,
+            } => {
                 let def = source_def(kind, &name, &columns, &properties, text)?;
                 let topic = def.topic.clone();
-                let created = self.catalog.create(def, partitions_property(&properties)?, if_not_exists, or_replace)?;
+                let created = self.catalog.create(
+                    def,
+                    partitions_property(&properties)?,
+                    if_not_exists,
+                    or_replace,
+                )?;
                 Ok(Output::Message(if created {
                     format!("{} {name} created on topic {topic}.", capitalized(kind))
                 } else {
                     format!("{} {name} already exists.", capitalized(kind))
                 }))
             }
-            Statement::Drop { kind, name, if_exists, delete_topic } => {
-                let dropped = self.catalog.drop_source(kind, &name, if_exists, delete_topic)?;
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            } => {
+                let dropped = self
+                    .catalog
+                    .drop_source(kind, &name, if_exists, delete_topic)?;
                 Ok(Output::Message(if dropped {
-                    format!("{} {name} dropped{}.", capitalized(kind), if delete_topic { " with its topic" } else { "" })
+                    format!(
+                        "{} {name} dropped{}.",
+                        capitalized(kind),
+                        if delete_topic { " with its topic" } else { "" }
+                    )
                 } else {
                     format!("{} {name} does not exist.", capitalized(kind))
                 }))
             }
             Statement::Show(what) => self.show(what),
             Statement::Describe { name, extended } => self.describe(&name, extended),
-            Statement::InsertValues { target, columns, rows } => self.insert_values(&target, &columns, &rows),
+            Statement::InsertValues {
+                target,
+                columns,
+                rows,
+            } => self.insert_values(&target, &columns, &rows),
             Statement::Select(select) => {
-                if select.window.is_some() {
-                    return Err(SqlError::Invalid("windowed queries need the stateful operators (not available yet)".into()));
-                }
                 if select.emit.is_none() {
-                    return Err(SqlError::Invalid(
-                        "pull queries (SELECT without EMIT CHANGES) need a materialized table (not available yet); add EMIT CHANGES for a push query".into(),
-                    ));
+                    return self.pull_query(&select);
                 }
-                self.push_query(&select.query).map(|q| Output::Push(Box::new(q)))
+                self.push_query(&select).map(|q| Output::Push(Box::new(q)))
             }
             Statement::Explain(inner) => match *inner {
-                Statement::Select(select) | Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => {
+                Statement::Select(select)
+                | Statement::CreateAs { select, .. }
+                | Statement::InsertSelect { select, .. } => {
                     let planner = Planner::new(&self.catalog.tables()?)?;
                     let plan = planner.logical_plan(&select.query)?;
                     Ok(Output::Message(format!("{}", plan.display_indent())))
                 }
-                other => Err(SqlError::Invalid(format!("EXPLAIN works on queries, not {other:?}"))),
+                other => Err(SqlError::Invalid(format!(
+                    "EXPLAIN works on queries, not {other:?}"
+                ))),
             },
-            Statement::CreateAs { .. } | Statement::InsertSelect { .. } | Statement::Terminate { .. } => Err(SqlError::Invalid(
-                "persistent queries (CREATE ... AS SELECT, INSERT INTO ... SELECT, TERMINATE) need the query runtime (not available yet)".into(),
-            )),
+            Statement::CreateAs {
+                kind,
+                name,
+                properties,
+                select,
+                if_not_exists,
+                or_replace,
+            } => self.create_as(
+                kind,
+                &name,
+                &properties,
+                &select,
+                if_not_exists,
+                or_replace,
+                text,
+            ),
+            Statement::InsertSelect { target, select } => {
+                self.insert_select(&target, &select, text)
+            }
+            Statement::Terminate { query_id } => {
+                let ids: Vec<String> = match query_id {
+                    None => self.catalog.queries().map(|q| q.id.clone()).collect(),
+                    Some(id) => vec![
+                        self.catalog
+                            .queries()
+                            .find(|q| q.id.eq_ignore_ascii_case(&id))
+                            .map(|q| q.id.clone())
+                            .ok_or(SqlError::Unknown {
+                                kind: "query",
+                                name: id,
+                            })?,
+                    ],
+                };
+                for id in &ids {
+                    self.queries.stop(id);
+                    self.catalog.remove_query(id)?;
+                    self.drop_query_state(id)?;
+                }
+                Ok(Output::Message(match ids.len() {
+                    0 => "No queries to terminate.".to_string(),
+                    _ => format!("Terminated {}.", ids.join(", ")),
+                }))
+            }
         }
+    }
+
+    /// Removes a terminated query's stores and changelog topic.
+    fn drop_query_state(&mut self, id: &str) -> Result<()> {
+        let name = id.to_lowercase();
+        let changelog = format!("{name}-changelog");
+        if let Ok(t) = self.log.topic(&changelog) {
+            for p in 0..t.partition_count() {
+                let _ = self
+                    .queries
+                    .env()
+                    .destroy(&sluice_state::StoreId::new(&name, p));
+            }
+            self.log.delete_topic(&changelog)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_as(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        properties: &crate::ast::Properties,
+        select: &crate::ast::Select,
+        if_not_exists: bool,
+        or_replace: bool,
+        text: &str,
+    ) -> Result<Output> {
+        if self.catalog.get(name).is_ok() && if_not_exists {
+            return Ok(Output::Message(format!(
+                "{} {name} already exists.",
+                capitalized(kind)
+            )));
+        }
+        if or_replace {
+            return Err(SqlError::Invalid(
+                "CREATE OR REPLACE ... AS SELECT is not supported; TERMINATE the query and DROP the result first".into(),
+            ));
+        }
+        let compiled = compile(&self.catalog, select)?;
+        if compiled.limit().is_some() {
+            return Err(SqlError::Invalid(
+                "LIMIT is for push queries, not persistent ones".into(),
+            ));
+        }
+        match (kind, compiled.is_aggregate()) {
+            (SourceKind::Stream, true) => {
+                return Err(SqlError::Invalid(format!(
+                    "an aggregate's result is a table: CREATE TABLE {name} AS SELECT ..."
+                )));
+            }
+            (SourceKind::Table, false) if compiled.source.kind == SourceKind::Stream => {
+                return Err(SqlError::Invalid(format!(
+                    "a table needs GROUP BY over a stream (or CREATE STREAM {name} AS SELECT ...)"
+                )));
+            }
+            _ => {}
+        }
+        let key = output_key(&compiled, select);
+        if kind == SourceKind::Table && key.is_none() {
+            return Err(SqlError::Invalid(format!(
+                "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
+            )));
+        }
+        let columns = output_columns(compiled.schema(), key.as_deref())?;
+        for k in properties.keys() {
+            if ![
+                "topic",
+                "kafka_topic",
+                "format",
+                "value_format",
+                "partitions",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(SqlError::Invalid(format!(
+                    "{name}: unknown property '{k}' (known: topic, format, partitions)"
+                )));
+            }
+        }
+        let prop = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| properties.get(*n))
+                .map(|v| v.as_str().to_string())
+        };
+        let topic = prop(&["topic", "kafka_topic"]).unwrap_or_else(|| name.to_string());
+        let format = match prop(&["format", "value_format"]) {
+            Some(f) => f.parse()?,
+            None => compiled.source.format,
+        };
+        let statement = derived_statement(kind, name, &columns, &topic, format);
+        let def = match crate::parse_one(&statement)? {
+            Statement::CreateSource {
+                columns,
+                properties,
+                ..
+            } => source_def(kind, name, &columns, &properties, &statement)?,
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "internal error: derived statement parsed as {other:?}"
+                )));
+            }
+        };
+        let partitions = match partitions_property(properties)? {
+            Some(p) => Some(p),
+            None if self.log.topic(&topic).is_ok() => None,
+            None => Some(self.log.topic(&compiled.source.topic)?.partition_count()),
+        };
+        self.catalog.create(def, partitions, false, false)?;
+        let id = self.catalog.next_query_id(
+            if kind == SourceKind::Stream {
+                "CSAS"
+            } else {
+                "CTAS"
+            },
+            name,
+        );
+        let q = QueryDef {
+            id: id.clone(),
+            sink: name.to_string(),
+            statement: text.trim().to_string(),
+        };
+        self.catalog.add_query(q.clone())?;
+        self.start_query(&q)?;
+        Ok(Output::Message(format!(
+            "{} {name} created on topic {topic}; query {id} is running.",
+            capitalized(kind)
+        )))
+    }
+
+    fn insert_select(
+        &mut self,
+        target: &str,
+        select: &crate::ast::Select,
+        text: &str,
+    ) -> Result<Output> {
+        let def = self.catalog.get(target)?.clone();
+        if def.kind != SourceKind::Stream {
+            return Err(SqlError::Invalid(format!(
+                "INSERT INTO ... SELECT writes streams; {target} is a table"
+            )));
+        }
+        let compiled = compile(&self.catalog, select)?;
+        if compiled.is_aggregate() {
+            return Err(SqlError::Invalid(
+                "INSERT INTO ... SELECT cannot aggregate; use CREATE TABLE ... AS SELECT".into(),
+            ));
+        }
+        if compiled.source.name == def.name {
+            return Err(SqlError::Invalid(format!(
+                "a query cannot read and write {target}"
+            )));
+        }
+        for f in compiled.schema().fields() {
+            if f.name() == crate::format::ROWTIME {
+                continue;
+            }
+            match def.columns.iter().find(|c| &c.0 == f.name()) {
+                None => {
+                    return Err(SqlError::Invalid(format!(
+                        "column {} of the query is not a column of {target} (columns: {})",
+                        f.name(),
+                        def.columns
+                            .iter()
+                            .map(|c| c.0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                Some((_, t, _))
+                    if !datafusion::arrow::compute::can_cast_types(f.data_type(), t) =>
+                {
+                    return Err(SqlError::Invalid(format!(
+                        "column {}: the query gives {}, {target} declares {}",
+                        f.name(),
+                        sql_name(f.data_type()),
+                        sql_name(t)
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let id = self.catalog.next_query_id("INSERTQUERY", target);
+        let q = QueryDef {
+            id: id.clone(),
+            sink: target.to_string(),
+            statement: text.trim().to_string(),
+        };
+        self.catalog.add_query(q.clone())?;
+        self.start_query(&q)?;
+        Ok(Output::Message(format!(
+            "Query {id} is running, inserting into {target}."
+        )))
     }
 
     fn show(&self, what: ShowWhat) -> Result<Output> {
@@ -142,12 +538,39 @@ impl Engine {
                     vec![t, n.to_string()]
                 })
                 .collect(),
-            ShowWhat::Queries => Vec::new(),
+            ShowWhat::Queries => self
+                .catalog
+                .queries()
+                .map(|q| {
+                    let (status, counts) = match self.queries.stats(&q.id) {
+                        None => ("NOT RUNNING".to_string(), String::new()),
+                        Some(s) => (
+                            match s.error.lock().clone() {
+                                Some(e) => format!("ERROR: {e}"),
+                                None => "RUNNING".into(),
+                            },
+                            format!(
+                                "in {} / out {} / rejected {}",
+                                s.records_in.load(std::sync::atomic::Ordering::Relaxed),
+                                s.records_out.load(std::sync::atomic::Ordering::Relaxed),
+                                s.rejected.load(std::sync::atomic::Ordering::Relaxed)
+                            ),
+                        ),
+                    };
+                    vec![
+                        q.id.clone(),
+                        status,
+                        q.sink.clone(),
+                        counts,
+                        q.statement.clone(),
+                    ]
+                })
+                .collect(),
         };
         let header: &[&str] = match what {
             ShowWhat::Streams | ShowWhat::Tables => &["name", "topic", "format"],
             ShowWhat::Topics => &["topic", "partitions"],
-            ShowWhat::Queries => &["query_id", "status", "sql"],
+            ShowWhat::Queries => &["query_id", "status", "sink", "records", "sql"],
         };
         Ok(Output::Rows(vec![string_batch(header, rows)?]))
     }
@@ -221,10 +644,6 @@ impl Engine {
         }
         let planner = Planner::new(&[])?;
         let mut producer = self.log.producer(ProducerConfig::default())?;
-        let key_col = def.columns.iter().position(|c| c.2);
-        let value_cols: Vec<usize> = (0..def.columns.len())
-            .filter(|i| Some(*i) != key_col)
-            .collect();
         for row in rows {
             if row.len() != names.len() {
                 return Err(SqlError::Invalid(format!(
@@ -234,30 +653,17 @@ impl Engine {
                 )));
             }
             let batch = evaluate_row(&planner, &def.columns, &names, row)?;
-            let values = encode_values(def.format, &batch.project(&value_cols)?)?;
-            let key = match key_col {
-                Some(k) => {
-                    let f = datafusion::arrow::util::display::ArrayFormatter::try_new(
-                        batch.column(k).as_ref(),
-                        &Default::default(),
-                    )?;
-                    batch
-                        .column(k)
-                        .is_valid(0)
-                        .then(|| Bytes::from(f.value(0).to_string()))
-                }
-                None => None,
-            };
-            let value = values.into_iter().next().map(Bytes::from);
-            producer.send(
-                &def.topic,
-                Record {
-                    key,
-                    value,
-                    headers: Vec::new(),
-                    timestamp: sluice_log::record::now_ms(),
-                },
-            )?;
+            for (key, value) in def.encode(&batch)? {
+                producer.send(
+                    &def.topic,
+                    Record {
+                        key,
+                        value: Some(Bytes::from(value)),
+                        headers: Vec::new(),
+                        timestamp: sluice_log::record::now_ms(),
+                    },
+                )?;
+            }
         }
         producer.flush()?;
         Ok(Output::Message(format!(
@@ -266,11 +672,9 @@ impl Engine {
         )))
     }
 
-    fn push_query(&self, query: &Query) -> Result<PushQuery> {
-        let planner = Planner::new(&self.catalog.tables()?)?;
-        let op = planner.stateless(query)?;
-        let def = self.catalog.get(op.source())?;
-        let topic = self.log.topic(&def.topic)?;
+    fn push_query(&self, select: &crate::ast::Select) -> Result<PushQuery> {
+        let compiled = compile(&self.catalog, select)?;
+        let topic = self.log.topic(&compiled.source.topic)?;
         let mut consumer = self.log.consumer(ConsumerConfig {
             auto_offset_reset: OffsetReset::Earliest,
             max_poll_records: 4096,
@@ -278,44 +682,220 @@ impl Engine {
         });
         let parts: Vec<TopicPartition> = (0..topic.partition_count())
             .map(|p| TopicPartition {
-                topic: def.topic.clone(),
+                topic: compiled.source.topic.clone(),
                 partition: p,
             })
             .collect();
         consumer.assign(&parts)?;
         Ok(PushQuery {
-            decoder: def.decoder()?,
-            remaining: op.limit(),
-            op,
+            flow: Dataflow::open(compiled, None)?,
             consumer,
             rejected: 0,
         })
     }
+
+    /// A pull query: the table's current rows (latest value per key, read committed from
+    /// its topic), filtered and projected.
+    fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
+        let compiled = compile(&self.catalog, select)?;
+        if compiled.source.kind != SourceKind::Table {
+            return Err(SqlError::Invalid(format!(
+                "{} is a stream: a SELECT on a stream is a push query, add EMIT CHANGES",
+                compiled.source.name
+            )));
+        }
+        if compiled.is_aggregate() {
+            return Err(SqlError::Invalid(
+                "pull queries read a table's rows; aggregate in a CREATE TABLE ... AS SELECT and pull from it".into(),
+            ));
+        }
+        let def = &compiled.source;
+        let windowed = def
+            .columns
+            .iter()
+            .any(|c| c.0 == crate::operators::window::WINDOWSTART);
+        let topic = self.log.topic(&def.topic)?;
+        // Latest record per key (per key and window for windowed tables), in log order.
+        let mut latest: std::collections::HashMap<Vec<u8>, (u64, sluice_log::ConsumerRecord)> =
+            Default::default();
+        let mut seq = 0u64;
+        let reader = crate::query::SourceReader::new(def)?;
+        for p in 0..topic.partition_count() {
+            let end = self
+                .log
+                .list_offset(
+                    &def.topic,
+                    p,
+                    sluice_log::OffsetSpec::Latest,
+                    sluice_log::Isolation::ReadCommitted,
+                )?
+                .unwrap_or(0);
+            let mut consumer = self.log.consumer(ConsumerConfig {
+                auto_offset_reset: OffsetReset::Earliest,
+                max_poll_records: 8192,
+                ..ConsumerConfig::default()
+            });
+            consumer.assign(&[TopicPartition {
+                topic: def.topic.clone(),
+                partition: p,
+            }])?;
+            let mut pos = self
+                .log
+                .list_offset(
+                    &def.topic,
+                    p,
+                    sluice_log::OffsetSpec::Earliest,
+                    sluice_log::Isolation::ReadCommitted,
+                )?
+                .unwrap_or(0);
+            while pos < end {
+                let records = consumer.poll(Duration::from_millis(100))?;
+                if records.is_empty() {
+                    break;
+                }
+                for r in records {
+                    pos = r.offset + 1;
+                    let Some(key) = r.key.clone() else { continue };
+                    let mut k = key.to_vec();
+                    if windowed {
+                        if let Some(v) = &r.value {
+                            let rows = reader.read(&[Input {
+                                key: Some(&key),
+                                value: Some(v),
+                                timestamp: r.timestamp,
+                            }])?;
+                            if let Ok(i) = rows
+                                .batch
+                                .schema()
+                                .index_of(crate::operators::window::WINDOWSTART)
+                            {
+                                if let Some(a) =
+                                    rows.batch
+                                        .column(i)
+                                        .as_any()
+                                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                                {
+                                    if !a.is_empty() {
+                                        k.extend_from_slice(&a.value(0).to_be_bytes());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if r.value.is_none() && !windowed {
+                        latest.remove(&k);
+                    } else {
+                        seq += 1;
+                        latest.insert(k, (seq, r));
+                    }
+                    if pos >= end {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<(u64, sluice_log::ConsumerRecord)> = latest
+            .into_values()
+            .filter(|(_, r)| r.value.is_some())
+            .collect();
+        rows.sort_by_key(|(s, _)| *s);
+        let inputs: Vec<Input<'_>> = rows
+            .iter()
+            .map(|(_, r)| Input {
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                timestamp: r.timestamp,
+            })
+            .collect();
+        let mut flow = Dataflow::open(compiled, None)?;
+        let step = flow.process(&inputs)?;
+        Ok(Output::Rows(vec![rows_only(step)?]))
+    }
+}
+
+/// The column of a query's output that becomes the record key: the source's key column
+/// passed through under its name (stateless), or the single GROUP BY column (aggregates).
+fn output_key(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> Option<String> {
+    let schema = q.schema();
+    if q.is_aggregate() {
+        let SetExpr::Select(body) = select.query.body.as_ref() else {
+            return None;
+        };
+        let datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) = &body.group_by
+        else {
+            return None;
+        };
+        let [group] = exprs.as_slice() else {
+            return None;
+        };
+        // The key is the selected column that is the grouping expression: the column itself,
+        // or an expression selected under an alias (`UPPER(zone) AS z ... GROUP BY UPPER(zone)`).
+        let name = body.projection.iter().find_map(|item| match item {
+            SelectItem::UnnamedExpr(e @ Expr::Identifier(i)) if e == group => Some(i.value.clone()),
+            SelectItem::ExprWithAlias { expr, alias } if expr == group => Some(alias.value.clone()),
+            _ => None,
+        })?;
+        return schema.index_of(&name).ok().map(|_| name);
+    }
+    let key = q.source.columns.iter().find(|c| c.2)?.0.clone();
+    schema.index_of(&key).ok().map(|_| key)
+}
+
+/// True when `[from, to)` of a partition holds a committed data record (not only markers
+/// or aborted records).
+fn has_data(log: &Log, tp: &TopicPartition, from: i64, to: i64) -> Result<bool> {
+    let fetched = log.fetch(
+        &tp.topic,
+        tp.partition,
+        from,
+        1 << 16,
+        sluice_log::Isolation::ReadCommitted,
+    )?;
+    let (records, _) =
+        sluice_log::consumer::decode_fetch(&fetched, sluice_log::Isolation::ReadCommitted)
+            .map_err(|source| sluice_log::LogError::Batch {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                source,
+            })?;
+    Ok(records.iter().any(|r| r.offset >= from && r.offset < to))
+}
+
+/// The rows of a step that are not deletions.
+fn rows_only(step: crate::query::Step) -> Result<RecordBatch> {
+    if !step.deleted.iter().any(|d| *d) {
+        return Ok(step.batch);
+    }
+    let keep: Vec<u32> = (0..step.deleted.len() as u32)
+        .filter(|&i| !step.deleted[i as usize])
+        .collect();
+    Ok(datafusion::arrow::compute::take_record_batch(
+        &step.batch,
+        &datafusion::arrow::array::UInt32Array::from(keep),
+    )?)
 }
 
 /// A running push query over one source.
 #[derive(Debug)]
 pub struct PushQuery {
-    op: Stateless,
-    decoder: RecordDecoder,
+    flow: Dataflow,
     consumer: Consumer,
-    remaining: Option<usize>,
     rejected: u64,
 }
 
 impl PushQuery {
     /// The schema of its rows.
     pub fn schema(&self) -> &SchemaRef {
-        self.op.schema()
+        self.flow.schema()
     }
 
     /// True once LIMIT rows were returned.
     pub fn done(&self) -> bool {
-        self.remaining == Some(0)
+        self.flow.done()
     }
 
-    /// Records of the source that did not decode (skipped; a persistent query sends them to
-    /// its dead-letter topic).
+    /// Records of the source that did not decode or came too late (skipped; a persistent
+    /// query sends them to its dead-letter topic).
     pub fn rejected(&self) -> u64 {
         self.rejected
     }
@@ -337,15 +917,16 @@ impl PushQuery {
                 timestamp: r.timestamp,
             })
             .collect();
-        let decoded = self.decoder.decode(&inputs)?;
-        self.rejected += decoded.rejected.len() as u64;
-        let mut out = self.op.process(&decoded.batch)?;
-        if let Some(rem) = self.remaining.as_mut() {
-            let n = out.num_rows().min(*rem);
-            out = out.slice(0, n);
-            *rem -= n;
-        }
-        Ok((out.num_rows() > 0).then_some(out))
+        let step = self.flow.process(&inputs)?;
+        self.rejected += step.rejected.len() as u64;
+        let rows = rows_only(step)?;
+        Ok((rows.num_rows() > 0).then_some(rows))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.queries.stop_all();
     }
 }
 

@@ -53,9 +53,21 @@ impl SqlError {
 
 impl From<datafusion::error::DataFusionError> for SqlError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        // DataFusion prefixes its messages with the error kind ("Error during planning: ...");
-        // keep the message, which already names the column, function or type.
-        SqlError::Plan(e.to_string())
+        // DataFusion wraps errors in contexts ("type_coercion caused by ...") and prefixes
+        // the kind ("Error during planning: "); the root message names the column, function
+        // or type.
+        let root = e.find_root().to_string();
+        let mut msg = root.as_str();
+        for prefix in [
+            "Error during planning: ",
+            "Schema error: ",
+            "Arrow error: ",
+            "Execution error: ",
+            "This feature is not implemented: ",
+        ] {
+            msg = msg.strip_prefix(prefix).unwrap_or(msg);
+        }
+        SqlError::Plan(msg.trim().to_string())
     }
 }
 

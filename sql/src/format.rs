@@ -156,6 +156,13 @@ impl RecordDecoder {
         &self.schema
     }
 
+    /// The name of the key column, if there is one.
+    pub fn key_column(&self) -> Option<&str> {
+        self.key_columns
+            .first()
+            .map(|&i| self.schema.field(i).name().as_str())
+    }
+
     /// Decodes `records`; tombstones (records without a value) are rejected with that reason,
     /// the caller decides what a tombstone means for its source.
     pub fn decode(&self, records: &[Input<'_>]) -> Result<Decoded> {

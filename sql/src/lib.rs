@@ -31,9 +31,12 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod functions;
 pub mod operators;
 pub mod parser;
 pub mod planner;
+pub mod query;
+pub mod runner;
 pub mod types;
 
 pub use crate::error::{Result, SqlError};

@@ -670,12 +670,47 @@ fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> 
         }
         i += 1;
     }
-    let query = parse_query(tokens, at)?;
+    let query = parse_query(rewrite_field_arrows(tokens), at)?;
     Ok(Select {
         query,
         window,
         emit,
     })
+}
+
+/// Rewrites ksqlDB's struct field access `address->city` to `address['city']`, which
+/// DataFusion reads as a field access.
+fn rewrite_field_arrows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(t) = iter.next() {
+        if t.token != Token::Arrow {
+            out.push(t);
+            continue;
+        }
+        while iter
+            .peek()
+            .is_some_and(|n| matches!(n.token, Token::Whitespace(_)))
+        {
+            iter.next();
+        }
+        match iter.peek().map(|n| &n.token) {
+            Some(Token::Word(w)) => {
+                let field = if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_lowercase()
+                };
+                let span = t.span;
+                iter.next();
+                out.push(TokenWithSpan::new(Token::LBracket, span));
+                out.push(TokenWithSpan::new(Token::SingleQuotedString(field), span));
+                out.push(TokenWithSpan::new(Token::RBracket, span));
+            }
+            _ => out.push(t),
+        }
+    }
+    out
 }
 
 /// Index just past the parenthesis group starting at `open`.

@@ -48,6 +48,9 @@ impl Planner {
         let config = datafusion::prelude::SessionConfig::new()
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
         let ctx = SessionContext::new_with_config(config);
+        for f in crate::functions::streaming_aggregates() {
+            ctx.register_udaf(f);
+        }
         for s in sources {
             ctx.register_table(
                 s.name.as_str(),
@@ -67,6 +70,24 @@ impl Planner {
         // local executor is enough and the planner stays usable outside a tokio runtime.
         let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
         Ok(state.optimize(&plan)?)
+    }
+
+    /// The analyzed (type-checked, coerced) but not optimized logical plan: its shape is
+    /// the query's, which the stateful operators are cut from.
+    pub fn analyzed_plan(&self, query: &Query) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(
+            SqlStatement::Query(Box::new(query.clone())),
+        ));
+        let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
+        Ok(state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})?)
+    }
+
+    /// The session state (for building physical expressions).
+    pub fn state(&self) -> datafusion::execution::SessionState {
+        self.ctx.state()
     }
 
     /// Plans a query without state (filters and projections over one source).

@@ -7,3 +7,6 @@ mod log_crash;
 mod log_groups;
 mod log_topics;
 mod log_txn;
+mod sql_cases;
+mod sql_differential;
+mod sql_queries;

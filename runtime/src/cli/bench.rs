@@ -22,6 +22,9 @@ pub enum BenchCommand {
     Produce(BenchArgs),
     /// Write records (untimed), then consume them as fast as possible.
     Consume(BenchArgs),
+    /// Nexmark queries q0, q1, q2, q5, q7 as persistent SQL queries, beside DataFusion's
+    /// batch evaluation of the same query.
+    Nexmark(super::nexmark::NexmarkArgs),
 }
 
 /// Common benchmark arguments.
@@ -107,6 +110,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Produce(a) => bench_produce(&a, &options),
             BenchCommand::Consume(a) => bench_consume(&a, &options),
+            BenchCommand::Nexmark(a) => a.run(options),
         }
     }
 }

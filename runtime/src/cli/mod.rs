@@ -8,6 +8,7 @@ use sluice_log::{FsyncPolicy, Log, LogOptions};
 pub mod bench;
 pub mod consume;
 pub mod groups;
+pub mod nexmark;
 pub mod produce;
 pub mod sql;
 pub mod topics;

@@ -1,10 +1,16 @@
-//! The stateless operator: an optional filter and a projection, both DataFusion physical
-//! expressions, applied to each Arrow batch as it arrives.
+//! The stateless operator: filters and projections, DataFusion physical expressions,
+//! applied to each Arrow batch as it arrives.
+//!
+//! It is built from the stateless top of a plan: any chain of projections and filters (the
+//! optimizer may stack projections, e.g. for common subexpressions) with at most one LIMIT,
+//! down to a scan or a stateful node.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use datafusion::arrow::compute::{and_kleene, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -12,14 +18,22 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{Result, SqlError};
 
-/// Filter + projection over one source.
+/// One step of the chain.
+#[derive(Debug, Clone)]
+enum Stage {
+    /// Keep rows for which the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Compute these columns, giving a batch of this schema.
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+/// Filters and projections over one input.
 #[derive(Debug, Clone)]
 pub struct Stateless {
     /// Source columns the plan reads, if it reads a subset (projection pushed into the scan).
     scan_projection: Option<Vec<usize>>,
-    filter: Option<Arc<dyn PhysicalExpr>>,
-    /// `None` when the output is the (filtered) scan itself.
-    projection: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Applied first to last.
+    stages: Vec<Stage>,
     schema: SchemaRef,
     /// The source the query reads.
     source: String,
@@ -32,73 +46,94 @@ fn not_stateless(what: &str) -> SqlError {
 }
 
 impl Stateless {
-    /// Builds the operator from an optimized logical plan of the shape
-    /// `[Limit] [Projection] [Filter] TableScan`.
+    /// Builds the operator from an optimized logical plan made of projections, filters and a
+    /// LIMIT over a `TableScan`.
     pub fn from_plan(state: &SessionState, plan: &LogicalPlan) -> Result<Stateless> {
-        let mut node = plan;
-        let mut limit = None;
-        if let LogicalPlan::Limit(l) = node {
-            limit = match l.get_fetch_type()? {
-                datafusion::logical_expr::logical_plan::FetchType::Literal(n) => n,
-                _ => return Err(SqlError::Invalid("LIMIT must be a number".into())),
-            };
-            node = &l.input;
-        }
-        let schema: SchemaRef = Arc::clone(plan.schema().inner());
-        let mut projection = None;
-        if let LogicalPlan::Projection(p) = node {
-            let input_schema = p.input.schema();
-            projection = Some(
-                p.expr
-                    .iter()
-                    .map(|e| state.create_physical_expr(e.clone(), input_schema))
-                    .collect::<datafusion::error::Result<Vec<_>>>()?,
-            );
-            node = &p.input;
-        }
-        // The optimizer may push the limit below the projection.
-        if let LogicalPlan::Limit(l) = node {
-            if limit.is_some() {
-                return Err(SqlError::Invalid("only one LIMIT is supported".into()));
-            }
-            limit = match l.get_fetch_type()? {
-                datafusion::logical_expr::logical_plan::FetchType::Literal(n) => n,
-                _ => return Err(SqlError::Invalid("LIMIT must be a number".into())),
-            };
-            node = &l.input;
-        }
-        let mut filter = None;
-        if let LogicalPlan::Filter(f) = node {
-            filter = Some(state.create_physical_expr(f.predicate.clone(), f.input.schema())?);
-            node = &f.input;
-        }
-        while let LogicalPlan::SubqueryAlias(a) = node {
-            node = &a.input;
-        }
+        let (mut op, node) =
+            Self::from_plan_until(state, plan, |n| matches!(n, LogicalPlan::TableScan(_)))?;
         let LogicalPlan::TableScan(scan) = node else {
-            return Err(match node {
-                LogicalPlan::Aggregate(_) => not_stateless("GROUP BY / an aggregate"),
-                LogicalPlan::Join(_) => not_stateless("a join"),
-                LogicalPlan::Window(_) => not_stateless("a window function"),
-                LogicalPlan::Sort(_) => {
-                    SqlError::Invalid("ORDER BY is not supported on streams".into())
-                }
-                other => SqlError::Invalid(format!("unsupported query shape: {}", other.display())),
-            });
+            return Err(SqlError::Plan("internal error: not a scan".into()));
         };
         if !scan.filters.is_empty() {
             return Err(SqlError::Plan(
                 "internal error: a filter was pushed into the scan".into(),
             ));
         }
-        Ok(Stateless {
-            scan_projection: scan.projection.clone(),
-            filter,
-            projection,
-            schema,
-            source: scan.table_name.table().to_string(),
-            limit,
-        })
+        op.scan_projection = scan.projection.clone();
+        op.source = scan.table_name.table().to_string();
+        Ok(op)
+    }
+
+    /// Builds the operator from the stateless top of a plan (projections, filters, one
+    /// LIMIT) down to the first node for which `bottom` holds (a scan, an aggregate), which
+    /// it returns; the operator's input is that node's output.
+    pub fn from_plan_until<'p>(
+        state: &SessionState,
+        plan: &'p LogicalPlan,
+        bottom: impl Fn(&LogicalPlan) -> bool,
+    ) -> Result<(Stateless, &'p LogicalPlan)> {
+        let mut node = plan;
+        let mut limit = None;
+        let mut stages = Vec::new();
+        loop {
+            match node {
+                LogicalPlan::Limit(l) => {
+                    if limit.is_some() {
+                        return Err(SqlError::Invalid("only one LIMIT is supported".into()));
+                    }
+                    limit = match l.get_fetch_type()? {
+                        datafusion::logical_expr::logical_plan::FetchType::Literal(n) => n,
+                        _ => return Err(SqlError::Invalid("LIMIT must be a number".into())),
+                    };
+                    if !stages.is_empty() && stages.iter().any(|s| matches!(s, Stage::Filter(_))) {
+                        return Err(SqlError::Invalid("LIMIT must come last".into()));
+                    }
+                    node = &l.input;
+                }
+                LogicalPlan::Projection(p) => {
+                    let input_schema = p.input.schema();
+                    let exprs = p
+                        .expr
+                        .iter()
+                        .map(|e| state.create_physical_expr(e.clone(), input_schema))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    stages.push(Stage::Project(exprs, Arc::clone(p.schema.inner())));
+                    node = &p.input;
+                }
+                LogicalPlan::Filter(f) => {
+                    stages.push(Stage::Filter(
+                        state.create_physical_expr(f.predicate.clone(), f.input.schema())?,
+                    ));
+                    node = &f.input;
+                }
+                LogicalPlan::SubqueryAlias(a) => node = &a.input,
+                _ => break,
+            }
+        }
+        if !bottom(node) {
+            return Err(match node {
+                LogicalPlan::Aggregate(_) => not_stateless("GROUP BY / an aggregate"),
+                LogicalPlan::Join(_) => SqlError::Invalid("joins are not supported yet".into()),
+                LogicalPlan::Window(_) => SqlError::Invalid(
+                    "window functions (OVER) are not supported; use WINDOW TUMBLING/HOPPING/SESSION with GROUP BY".into(),
+                ),
+                LogicalPlan::Sort(_) => {
+                    SqlError::Invalid("ORDER BY is not supported on streams".into())
+                }
+                other => SqlError::Invalid(format!("unsupported query shape: {}", other.display())),
+            });
+        }
+        stages.reverse();
+        Ok((
+            Stateless {
+                scan_projection: None,
+                stages,
+                schema: Arc::clone(plan.schema().inner()),
+                source: String::new(),
+                limit,
+            },
+            node,
+        ))
     }
 
     /// The output schema.
@@ -116,54 +151,120 @@ impl Stateless {
         self.limit
     }
 
-    /// Applies the filter and the projection to one batch of the source.
+    /// Applies the filters and projections to one batch of the input.
     pub fn process(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let batch = match &self.scan_projection {
-            Some(cols) => batch.project(cols)?,
-            None => batch.clone(),
-        };
-        let batch = match &self.filter {
-            Some(f) => {
-                let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
-                if mask.data_type() != &DataType::Boolean {
-                    return Err(SqlError::Plan(format!(
-                        "WHERE must be a boolean, got {}",
-                        mask.data_type()
-                    )));
+        Ok(self.process_indexed(batch)?.0)
+    }
+
+    /// Like [`process`](Stateless::process), also returning which input row each output
+    /// row came from when a filter dropped some (`None`: all, in order).
+    pub fn process_indexed(&self, batch: &RecordBatch) -> Result<(RecordBatch, Option<Vec<u32>>)> {
+        let mut batch = self.scan(batch)?;
+        let mut selected: Option<Vec<u32>> = None;
+        for stage in &self.stages {
+            match stage {
+                Stage::Filter(f) => {
+                    let mask = mask(f, &batch)?;
+                    let keep: Vec<u32> = (0..mask.len() as u32)
+                        .filter(|&i| mask.is_valid(i as usize) && mask.value(i as usize))
+                        .collect();
+                    if keep.len() != batch.num_rows() {
+                        batch = take_record_batch(&batch, &UInt32Array::from(keep.clone()))?;
+                    }
+                    selected = Some(match selected {
+                        None => keep,
+                        Some(prev) => keep.iter().map(|&i| prev[i as usize]).collect(),
+                    });
                 }
-                // SQL NULL in a predicate does not pass (arrow's filter treats null as false).
-                filter_record_batch(&batch, mask.as_boolean())?
-            }
-            None => batch,
-        };
-        match &self.projection {
-            None => Ok(RecordBatch::try_new(
-                Arc::clone(&self.schema),
-                batch.columns().to_vec(),
-            )?),
-            Some(exprs) => {
-                let columns = exprs
-                    .iter()
-                    .map(|e| {
-                        e.evaluate(&batch)
-                            .and_then(|v| v.into_array(batch.num_rows()))
-                    })
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                let columns = columns
-                    .into_iter()
-                    .zip(self.schema.fields())
-                    .map(|(c, f)| {
-                        if c.data_type() == f.data_type() {
-                            Ok(c)
-                        } else {
-                            datafusion::arrow::compute::cast(&c, f.data_type())
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+                Stage::Project(exprs, schema) => batch = project(exprs, schema, &batch)?,
             }
         }
+        Ok((self.finish(batch)?, selected))
     }
+
+    /// Every row projected, and which rows pass the filters (`None`: no filter): what a
+    /// table's aggregate needs to delete groups that stop passing HAVING. Fails where a
+    /// projection fails on a row the filters would have dropped.
+    pub fn process_all(&self, batch: &RecordBatch) -> Result<(RecordBatch, Option<Vec<u32>>)> {
+        let mut batch = self.scan(batch)?;
+        let mut passing: Option<BooleanArray> = None;
+        for stage in &self.stages {
+            match stage {
+                Stage::Filter(f) => {
+                    let m = mask(f, &batch)?;
+                    passing = Some(match passing {
+                        None => m,
+                        Some(p) => and_kleene(&p, &m)?,
+                    });
+                }
+                Stage::Project(exprs, schema) => batch = project(exprs, schema, &batch)?,
+            }
+        }
+        let selected = passing.map(|m| {
+            (0..m.len() as u32)
+                .filter(|&i| m.is_valid(i as usize) && m.value(i as usize))
+                .collect()
+        });
+        Ok((self.finish(batch)?, selected))
+    }
+
+    fn scan(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        Ok(match &self.scan_projection {
+            Some(cols) => batch.project(cols)?,
+            None => batch.clone(),
+        })
+    }
+
+    /// The batch under the output schema (names and qualifiers as planned).
+    fn finish(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+}
+
+/// A filter's result as a boolean mask (SQL NULL is not true).
+fn mask(f: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = f.evaluate(batch)?.into_array(batch.num_rows())?;
+    if mask.data_type() != &DataType::Boolean {
+        return Err(SqlError::Plan(format!(
+            "WHERE must be a boolean, got {}",
+            mask.data_type()
+        )));
+    }
+    Ok(mask.as_boolean().clone())
+}
+
+fn project(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
+    let columns = exprs
+        .iter()
+        .map(|e| {
+            e.evaluate(batch)
+                .and_then(|v| v.into_array(batch.num_rows()))
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                datafusion::arrow::compute::cast(&c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,854 @@
+//! Queries compiled for running: which source they read, how its records become rows with
+//! event times, and the operators in between.
+//!
+//! ```text
+//!  records ─► SourceReader (decode, event time) ─► Dataflow: Stateless | Aggregate ─► rows
+//!     └─ undecodable / no timestamp / too late ─► rejected (the task's dead-letter topic)
+//! ```
+//!
+//! Push queries (`sluice sql`) run a [`Dataflow`] with memory-only state; persistent queries
+//! ([`crate::runner`]) open it with stores and run it inside log transactions.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, GroupByExpr, Ident, SelectItem, SetExpr, TableFactor,
+};
+use sluice_log::Log;
+use sluice_state::StateEnv;
+
+use crate::ast::{Emit, Select, SourceKind};
+use crate::catalog::{Catalog, SourceDef};
+use crate::error::{Result, SqlError};
+use crate::format::{Input, ROWTIME, RecordDecoder};
+use crate::operators::aggregate::{Aggregate, AggregatePlan};
+use crate::operators::stateless::Stateless;
+use crate::operators::window::{WINDOWEND, WINDOWSTART, Windows, with_window_columns};
+use crate::planner::{Planner, SourceTable};
+
+/// Decodes a source's records into batches whose `rowtime` column is the event time: the
+/// declared `timestamp` column, or the record timestamp.
+#[derive(Debug, Clone)]
+pub struct SourceReader {
+    decoder: RecordDecoder,
+    /// Index of the timestamp column and its text format, if declared.
+    timestamp: Option<(usize, String, Option<String>)>,
+}
+
+/// Decoded rows with event times, and the records that could not become rows.
+#[derive(Debug)]
+pub struct Rows {
+    /// Rows in the source's schema; `rowtime` holds the event time.
+    pub batch: RecordBatch,
+    /// Index of the input record of each row.
+    pub records: Vec<usize>,
+    /// Input records that were rejected, with the reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+impl Rows {
+    /// Event time of each row.
+    pub fn times(&self) -> &[i64] {
+        let rowtime = self.batch.num_columns() - 1;
+        self.batch
+            .column(rowtime)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .values()
+    }
+}
+
+impl SourceReader {
+    /// A reader for `def`.
+    pub fn new(def: &SourceDef) -> Result<SourceReader> {
+        let decoder = def.decoder()?;
+        let timestamp = match &def.timestamp {
+            None => None,
+            Some(col) => {
+                let i = def
+                    .columns
+                    .iter()
+                    .position(|c| &c.0 == col)
+                    .ok_or_else(|| SqlError::Unknown {
+                        kind: "column",
+                        name: col.clone(),
+                    })?;
+                Some((i, col.clone(), def.timestamp_format.clone()))
+            }
+        };
+        Ok(SourceReader { decoder, timestamp })
+    }
+
+    /// The schema of decoded batches.
+    pub fn schema(&self) -> &SchemaRef {
+        self.decoder.schema()
+    }
+
+    /// The source's key column, if it declares one.
+    pub fn key_column(&self) -> Option<&str> {
+        self.decoder.key_column()
+    }
+
+    /// Decodes records; a record that does not decode, or has no usable event time, is
+    /// rejected with the reason.
+    pub fn read(&self, records: &[Input<'_>]) -> Result<Rows> {
+        let decoded = self.decoder.decode(records)?;
+        let mut rejected: Vec<(usize, String)> = decoded
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.reason.clone()))
+            .collect();
+        let Some((col, name, format)) = &self.timestamp else {
+            return Ok(Rows {
+                batch: decoded.batch,
+                records: decoded.rows,
+                rejected,
+            });
+        };
+        let times = event_times(decoded.batch.column(*col), format.as_deref());
+        let keep: Vec<bool> = times.iter().map(|t| t.is_ok()).collect();
+        let mut records = Vec::with_capacity(decoded.rows.len());
+        let mut values = Vec::with_capacity(decoded.rows.len());
+        for (i, t) in times.into_iter().enumerate() {
+            match t {
+                Ok(t) => {
+                    records.push(decoded.rows[i]);
+                    values.push(t);
+                }
+                Err(e) => rejected.push((decoded.rows[i], format!("timestamp column {name}: {e}"))),
+            }
+        }
+        let mask = datafusion::arrow::array::BooleanArray::from(keep);
+        let batch = filter_record_batch(&decoded.batch, &mask)?;
+        let mut columns = batch.columns().to_vec();
+        let last = columns.len() - 1;
+        columns[last] = Arc::new(Int64Array::from(values));
+        rejected.sort_by_key(|r| r.0);
+        Ok(Rows {
+            batch: RecordBatch::try_new(Arc::clone(batch.schema_ref()), columns)?,
+            records,
+            rejected,
+        })
+    }
+}
+
+/// Event time in ms of each value of a timestamp column.
+fn event_times(col: &ArrayRef, format: Option<&str>) -> Vec<Result<i64, String>> {
+    let null = || Err("NULL".to_string());
+    match col.data_type() {
+        DataType::Int64 => {
+            let a = col.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            (0..a.len())
+                .map(|i| {
+                    if a.is_valid(i) {
+                        Ok(a.value(i))
+                    } else {
+                        null()
+                    }
+                })
+                .collect()
+        }
+        DataType::Timestamp(_, _) => {
+            match cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)) {
+                Ok(c) => {
+                    let a =
+                        c.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+                    (0..a.len())
+                        .map(|i| {
+                            if a.is_valid(i) {
+                                Ok(a.value(i))
+                            } else {
+                                null()
+                            }
+                        })
+                        .collect()
+                }
+                Err(e) => vec![Err(e.to_string()); col.len()],
+            }
+        }
+        DataType::Utf8 => {
+            let a = col.as_string::<i32>();
+            (0..a.len())
+                .map(|i| {
+                    if !a.is_valid(i) {
+                        return null();
+                    }
+                    parse_time(a.value(i), format)
+                })
+                .collect()
+        }
+        other => vec![Err(format!("type {other} cannot be a timestamp")); col.len()],
+    }
+}
+
+/// Parses text as a time: with a chrono `format`, or ISO 8601 / RFC 3339 (UTC unless an
+/// offset is given).
+pub fn parse_time(text: &str, format: Option<&str>) -> Result<i64, String> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    match format {
+        Some(f) => {
+            if let Ok(t) = DateTime::parse_from_str(text, f) {
+                return Ok(t.timestamp_millis());
+            }
+            if let Ok(t) = NaiveDateTime::parse_from_str(text, f) {
+                return Ok(t.and_utc().timestamp_millis());
+            }
+            NaiveDate::parse_from_str(text, f)
+                .map(|d| {
+                    d.and_hms_opt(0, 0, 0)
+                        .map_or(0, |t| t.and_utc().timestamp_millis())
+                })
+                .map_err(|e| format!("'{text}' does not match format '{f}': {e}"))
+        }
+        None => {
+            if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+                return Ok(t.timestamp_millis());
+            }
+            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+                if let Ok(t) = NaiveDateTime::parse_from_str(text, f) {
+                    return Ok(t.and_utc().timestamp_millis());
+                }
+            }
+            Err(format!(
+                "'{text}' is not an ISO 8601 time (give timestamp_format)"
+            ))
+        }
+    }
+}
+
+/// What a query runs.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Filters and projections.
+    Stateless(Stateless),
+    /// GROUP BY, windowed or not.
+    Aggregate(Box<AggregatePlan>),
+}
+
+/// A query ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledQuery {
+    /// The source it reads.
+    pub source: SourceDef,
+    /// Its operators.
+    pub stage: Stage,
+    /// `EMIT CHANGES | FINAL` as written.
+    pub emit: Option<Emit>,
+    /// The schema the operators read (the source's, plus window columns if windowed).
+    pub scan_schema: SchemaRef,
+}
+
+impl CompiledQuery {
+    /// Output schema.
+    pub fn schema(&self) -> &SchemaRef {
+        match &self.stage {
+            Stage::Stateless(s) => s.schema(),
+            Stage::Aggregate(a) => a.schema(),
+        }
+    }
+
+    /// `LIMIT n`.
+    pub fn limit(&self) -> Option<usize> {
+        match &self.stage {
+            Stage::Stateless(s) => s.limit(),
+            Stage::Aggregate(a) => a.limit(),
+        }
+    }
+
+    /// True for GROUP BY queries (their output is a table).
+    pub fn is_aggregate(&self) -> bool {
+        matches!(self.stage, Stage::Aggregate(_))
+    }
+
+    /// The window clause, if any.
+    pub fn windows(&self) -> Option<&Windows> {
+        match &self.stage {
+            Stage::Aggregate(a) => a.windows(),
+            Stage::Stateless(_) => None,
+        }
+    }
+}
+
+/// The one stream or table a query reads, from its FROM clause.
+fn source_name(select: &Select) -> Result<String> {
+    let SetExpr::Select(body) = select.query.body.as_ref() else {
+        return Err(SqlError::Invalid(
+            "UNION, INTERSECT and EXCEPT are not supported in streaming queries".into(),
+        ));
+    };
+    if body.from.len() != 1 || !body.from[0].joins.is_empty() {
+        return Err(SqlError::Invalid(if body.from.is_empty() {
+            "a query needs FROM a stream or table".into()
+        } else {
+            "joins are not supported yet: a query reads one stream or table".to_string()
+        }));
+    }
+    match &body.from[0].relation {
+        TableFactor::Table { name, .. } => Ok(name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| i.value.clone())
+            .unwrap_or_default()),
+        _ => Err(SqlError::Invalid(
+            "FROM must name a stream or table (subqueries are not supported)".into(),
+        )),
+    }
+}
+
+/// Compiles a SELECT against the catalog.
+pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
+    let name = source_name(select)?;
+    let source = catalog.get(&name)?.clone();
+    let mut query = select.query.clone();
+    // `*` means the declared columns, as in ksqlDB: not ROWTIME (select it by name).
+    if let SetExpr::Select(body) = query.body.as_mut() {
+        let mut items = Vec::with_capacity(body.projection.len());
+        for item in body.projection.drain(..) {
+            match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    items.extend(source.columns.iter().map(|(name, _, _)| {
+                        SelectItem::UnnamedExpr(SqlExpr::Identifier(Ident::with_quote('"', name)))
+                    }))
+                }
+                other => items.push(other),
+            }
+        }
+        body.projection = items;
+    }
+    let windows = select.window.as_ref().map(Windows::new);
+    if windows.is_some() {
+        let SetExpr::Select(body) = query.body.as_mut() else {
+            return Err(SqlError::Plan("internal error: not a SELECT".into()));
+        };
+        match &mut body.group_by {
+            GroupByExpr::Expressions(exprs, _) if !exprs.is_empty() => {
+                exprs.push(SqlExpr::Identifier(Ident::new(WINDOWSTART)));
+                exprs.push(SqlExpr::Identifier(Ident::new(WINDOWEND)));
+            }
+            _ => {
+                return Err(SqlError::Invalid(
+                    "a WINDOW needs GROUP BY (e.g. GROUP BY zone)".into(),
+                ));
+            }
+        }
+    }
+    let reader = SourceReader::new(&source)?;
+    let scan_schema = match windows {
+        Some(_) => with_window_columns(reader.schema()),
+        None => Arc::clone(reader.schema()),
+    };
+    let mut tables = catalog.tables()?;
+    for t in &mut tables {
+        if t.name == source.name {
+            *t = SourceTable {
+                name: t.name.clone(),
+                schema: Arc::clone(&scan_schema),
+            };
+        }
+    }
+    let planner = Planner::new(&tables)?;
+    let analyzed = planner.analyzed_plan(&query)?;
+    let has_aggregate = analyzed
+        .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))
+        .unwrap_or(false);
+    let stage = if has_aggregate {
+        if select.emit == Some(Emit::Final) && windows.is_none() {
+            return Err(SqlError::Invalid(
+                "EMIT FINAL needs a WINDOW: without one, a group's result is never final".into(),
+            ));
+        }
+        Stage::Aggregate(Box::new(AggregatePlan::from_plan(
+            &planner.state(),
+            &analyzed,
+            windows,
+            select.emit.unwrap_or(Emit::Changes),
+            source.kind == SourceKind::Table,
+        )?))
+    } else {
+        if windows.is_some() {
+            return Err(SqlError::Invalid(
+                "a WINDOW needs an aggregate (GROUP BY with COUNT, SUM, ...)".into(),
+            ));
+        }
+        if select.emit == Some(Emit::Final) {
+            return Err(SqlError::Invalid(
+                "EMIT FINAL needs a windowed aggregate".into(),
+            ));
+        }
+        Stage::Stateless(planner.stateless(&query)?)
+    };
+    if let (Stage::Aggregate(_), SourceKind::Table, true) = (&stage, source.kind, windows.is_some())
+    {
+        return Err(SqlError::Invalid(format!(
+            "{} is a table: windows aggregate streams",
+            source.name
+        )));
+    }
+    Ok(CompiledQuery {
+        source,
+        stage,
+        emit: select.emit,
+        scan_schema,
+    })
+}
+
+/// What a running query emits for one batch of records.
+#[derive(Debug)]
+pub struct Step {
+    /// Output rows.
+    pub batch: RecordBatch,
+    /// Record timestamp of each output row.
+    pub timestamps: Vec<i64>,
+    /// Input records rejected (undecodable, no event time, too late), with the reason.
+    pub rejected: Vec<(usize, String)>,
+    /// Per output row: it deletes its key (a table's query: the row left its group,
+    /// stopped passing the filter, or was deleted upstream); only its key column matters.
+    pub deleted: Vec<bool>,
+}
+
+impl Step {
+    fn empty(schema: &SchemaRef) -> Step {
+        Step {
+            batch: RecordBatch::new_empty(Arc::clone(schema)),
+            timestamps: Vec::new(),
+            rejected: Vec::new(),
+            deleted: Vec::new(),
+        }
+    }
+
+    /// A step rejecting one record.
+    pub fn rejecting(schema: &SchemaRef, index: usize, reason: String) -> Step {
+        let mut s = Step::empty(schema);
+        s.rejected.push((index, reason));
+        s
+    }
+
+    /// Appends another step's results (its record indices shifted by `offset`).
+    fn extend(&mut self, other: Step, offset: usize) -> Result<()> {
+        let schema = self.batch.schema();
+        self.batch =
+            datafusion::arrow::compute::concat_batches(&schema, [&self.batch, &other.batch])?;
+        self.timestamps.extend(other.timestamps);
+        self.rejected
+            .extend(other.rejected.into_iter().map(|(i, r)| (i + offset, r)));
+        self.deleted.extend(other.deleted);
+        Ok(())
+    }
+}
+
+/// The latest row per key of a table input, so an aggregate can retract it when the key is
+/// updated or deleted: a store (persistent queries) or a map (push queries).
+#[derive(Debug)]
+enum TableRows {
+    Memory(std::collections::HashMap<Vec<u8>, (bytes::Bytes, i64)>),
+    Stores(Vec<sluice_state::KvStore>),
+}
+
+impl TableRows {
+    fn index(stores: &[sluice_state::KvStore], key: &[u8]) -> usize {
+        sluice_log::partitioner::partition_for_key(key, stores.len() as u32) as usize
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<(bytes::Bytes, i64)>> {
+        match self {
+            TableRows::Memory(m) => Ok(m.get(key).cloned()),
+            TableRows::Stores(s) => {
+                let v = s[Self::index(s, key)]
+                    .get(key)
+                    .map_err(|e| SqlError::Invalid(format!("table state: {e}")))?;
+                Ok(v.and_then(|v| {
+                    (v.len() >= 8).then(|| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(&v[..8]);
+                        (v.slice(8..), i64::from_le_bytes(a))
+                    })
+                }))
+            }
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: Option<(&[u8], i64)>) {
+        match self {
+            TableRows::Memory(m) => match value {
+                Some((v, ts)) => {
+                    m.insert(key.to_vec(), (bytes::Bytes::copy_from_slice(v), ts));
+                }
+                None => {
+                    m.remove(key);
+                }
+            },
+            TableRows::Stores(s) => {
+                let i = Self::index(s, key);
+                match value {
+                    Some((v, ts)) => {
+                        let mut b = ts.to_le_bytes().to_vec();
+                        b.extend_from_slice(v);
+                        s[i].put(key, &b);
+                    }
+                    None => s[i].delete(key),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Running {
+    Stateless(Stateless),
+    Aggregate(Box<Aggregate>, Option<TableRows>),
+}
+
+/// A compiled query with its state, fed records batch by batch.
+#[derive(Debug)]
+pub struct Dataflow {
+    query: CompiledQuery,
+    reader: SourceReader,
+    op: Running,
+    remaining: Option<usize>,
+}
+
+impl Dataflow {
+    /// Opens a query's operators: with `state` (env, log, store name prefix) its stores are
+    /// opened and restored; without, state lives in memory.
+    pub fn open(query: CompiledQuery, state: Option<(&StateEnv, &Log, &str)>) -> Result<Dataflow> {
+        let reader = SourceReader::new(&query.source)?;
+        let op = match &query.stage {
+            Stage::Stateless(s) => Running::Stateless(s.clone()),
+            Stage::Aggregate(a) => {
+                let partitions = match state {
+                    Some((_, log, _)) => log.topic(&query.source.topic)?.partition_count(),
+                    None => 1,
+                };
+                let rows = match (query.source.kind, state) {
+                    (SourceKind::Stream, _) => None,
+                    (SourceKind::Table, None) => Some(TableRows::Memory(Default::default())),
+                    (SourceKind::Table, Some((env, log, name))) => {
+                        let store = format!("{name}-source");
+                        let changelog = format!("{store}-changelog");
+                        let stores = (0..partitions)
+                            .map(|p| {
+                                let mut s = env
+                                    .open_kv(
+                                        sluice_state::StoreId::new(&store, p),
+                                        sluice_state::ChangelogTopic::new(
+                                            &changelog, p, partitions,
+                                        ),
+                                    )
+                                    .map_err(|e| {
+                                        SqlError::Invalid(format!("table state of {name}: {e}"))
+                                    })?;
+                                sluice_state::StateStore::restore(&mut s, log).map_err(|e| {
+                                    SqlError::Invalid(format!("table state of {name}: {e}"))
+                                })?;
+                                Ok(s)
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Some(TableRows::Stores(stores))
+                    }
+                };
+                Running::Aggregate(
+                    Box::new(Aggregate::open(
+                        (**a).clone(),
+                        Arc::clone(&query.scan_schema),
+                        state.map(|(env, log, name)| (env, log, name, partitions)),
+                    )?),
+                    rows,
+                )
+            }
+        };
+        Ok(Dataflow {
+            remaining: query.limit(),
+            query,
+            reader,
+            op,
+        })
+    }
+
+    /// The compiled query.
+    pub fn query(&self) -> &CompiledQuery {
+        &self.query
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> &SchemaRef {
+        self.query.schema()
+    }
+
+    /// True once LIMIT rows were emitted.
+    pub fn done(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    /// Runs records through the query.
+    pub fn process(&mut self, records: &[Input<'_>]) -> Result<Step> {
+        let table = self.query.source.kind == SourceKind::Table;
+        let mut step = match &mut self.op {
+            Running::Aggregate(a, Some(rows)) => {
+                // A table: each record replaces its key's row; retract the old one first.
+                let mut step = Step::empty(self.query.schema());
+                for (i, r) in records.iter().enumerate() {
+                    let s = table_update(&self.reader, a, rows, r)?;
+                    step.extend(s, i)?;
+                }
+                step
+            }
+            Running::Aggregate(a, None) => {
+                let rows = self.reader.read(records)?;
+                let e = a.process(&rows.batch, rows.times(), 1)?;
+                let times = rows.times();
+                let mut rejected = rows.rejected.clone();
+                for i in e.late {
+                    rejected.push((
+                        rows.records[i],
+                        format!(
+                            "late: event time {} is past its window's end plus the grace period (stream time {})",
+                            times[i],
+                            a.stream_time()
+                        ),
+                    ));
+                }
+                Step {
+                    batch: e.batch,
+                    timestamps: e.timestamps,
+                    rejected,
+                    deleted: e.deleted,
+                }
+            }
+            Running::Stateless(s) if table => table_stateless(&self.reader, s, records)?,
+            Running::Stateless(s) => {
+                let rows = self.reader.read(records)?;
+                let (out, selected) = s.process_indexed(&rows.batch)?;
+                let times = rows.times();
+                let timestamps: Vec<i64> = match selected {
+                    None => times.to_vec(),
+                    Some(sel) => sel.iter().map(|&i| times[i as usize]).collect(),
+                };
+                Step {
+                    deleted: vec![false; out.num_rows()],
+                    batch: out,
+                    timestamps,
+                    rejected: rows.rejected,
+                }
+            }
+        };
+        if let Some(rem) = self.remaining.as_mut() {
+            // LIMIT counts rows, not deletions.
+            let mut n = 0;
+            let mut rows = 0;
+            while n < step.deleted.len() && rows < *rem {
+                if !step.deleted[n] {
+                    rows += 1;
+                }
+                n += 1;
+            }
+            step.batch = step.batch.slice(0, n);
+            step.timestamps.truncate(n);
+            step.deleted.truncate(n);
+            *rem -= rows;
+        }
+        step.rejected.sort_by_key(|r| r.0);
+        Ok(step)
+    }
+
+    /// Moves cached state into the stores before an epoch commit.
+    pub fn flush(&mut self) -> Result<()> {
+        match &mut self.op {
+            Running::Aggregate(a, _) => a.flush(),
+            Running::Stateless(_) => Ok(()),
+        }
+    }
+
+    /// The state stores (empty for stateless queries).
+    pub fn stores_mut(&mut self) -> Vec<&mut dyn sluice_state::StateStore> {
+        match &mut self.op {
+            Running::Aggregate(a, rows) => {
+                let mut v = a.stores_mut();
+                if let Some(TableRows::Stores(s)) = rows {
+                    v.extend(s.iter_mut().map(|s| s as &mut dyn sluice_state::StateStore));
+                }
+                v
+            }
+            Running::Stateless(_) => Vec::new(),
+        }
+    }
+
+    /// Drops uncommitted state after an aborted epoch.
+    pub fn abort(&mut self) -> Result<()> {
+        match &mut self.op {
+            Running::Aggregate(a, rows) => {
+                if let Some(TableRows::Stores(s)) = rows {
+                    for s in s.iter_mut() {
+                        sluice_state::StateStore::abort(s);
+                    }
+                }
+                a.abort()
+            }
+            Running::Stateless(_) => Ok(()),
+        }
+    }
+}
+
+/// A stateless query over a table, in record order: rows passing the filter are updates,
+/// rows failing it and tombstones delete their key.
+fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>]) -> Result<Step> {
+    let schema = Arc::clone(op.schema());
+    let mut values = Vec::with_capacity(records.len());
+    let mut index = Vec::with_capacity(records.len());
+    let mut tombstones: Vec<(usize, &[u8], i64)> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match (r.value, r.key) {
+            (None, Some(k)) => tombstones.push((i, k, r.timestamp)),
+            _ => {
+                values.push(*r);
+                index.push(i);
+            }
+        }
+    }
+    let rows = reader.read(&values)?;
+    let times = rows.times();
+    let (all, selected) = op.process_indexed(&rows.batch)?;
+    // (input record, batch 0 row | batch 1 row, deleted, timestamp)
+    let mut order: Vec<(usize, (usize, usize), bool, i64)> = Vec::new();
+    match &selected {
+        None => {
+            for row in 0..all.num_rows() {
+                order.push((index[rows.records[row]], (0, row), false, times[row]));
+            }
+        }
+        Some(sel) => {
+            for (out_row, &row) in sel.iter().enumerate() {
+                let row = row as usize;
+                order.push((index[rows.records[row]], (0, out_row), false, times[row]));
+            }
+            // Rows failing the filter delete their key downstream.
+            for row in 0..rows.batch.num_rows() {
+                if sel.binary_search(&(row as u32)).is_err() {
+                    let i = index[rows.records[row]];
+                    if let Some(k) = records[i].key {
+                        tombstones.push((i, k, times[row]));
+                    }
+                }
+            }
+        }
+    }
+    // Tombstones become rows holding only the key, in the output's key column (the
+    // source's key, passed through under its name).
+    let key_col = reader.key_column().and_then(|k| schema.index_of(k).ok());
+    let mut tomb_columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), tombstones.len()))
+        .collect();
+    if let Some(k) = key_col {
+        let keys = datafusion::arrow::array::StringArray::from_iter(
+            tombstones
+                .iter()
+                .map(|(_, k, _)| Some(String::from_utf8_lossy(k).into_owned())),
+        );
+        tomb_columns[k] = cast(&keys, schema.field(k).data_type())?;
+    }
+    let tombs = RecordBatch::try_new_with_options(
+        Arc::clone(&schema),
+        tomb_columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(tombstones.len())),
+    )?;
+    for (j, (i, _, ts)) in tombstones.iter().enumerate() {
+        order.push((*i, (1, j), true, *ts));
+    }
+    order.sort_by_key(|o| o.0);
+    let indices: Vec<(usize, usize)> = order.iter().map(|o| o.1).collect();
+    let batch = datafusion::arrow::compute::interleave_record_batch(&[&all, &tombs], &indices)?;
+    Ok(Step {
+        batch,
+        timestamps: order.iter().map(|o| o.3).collect(),
+        deleted: order.iter().map(|o| o.2).collect(),
+        rejected: rows
+            .rejected
+            .iter()
+            .map(|(i, r)| (index[*i], r.clone()))
+            .collect(),
+    })
+}
+
+/// One record of a table input through an aggregate: retract the key's previous row, add
+/// the new one (none for a tombstone), remember it.
+fn table_update(
+    reader: &SourceReader,
+    agg: &mut Aggregate,
+    rows: &mut TableRows,
+    r: &Input<'_>,
+) -> Result<Step> {
+    let schema = Arc::clone(agg.plan().schema());
+    let Some(key) = r.key else {
+        return Ok(Step::rejecting(
+            &schema,
+            0,
+            "a table record needs a key".into(),
+        ));
+    };
+    // Decode the new row first: a bad record must not retract the old one.
+    let new = match r.value {
+        None => None,
+        Some(_) => {
+            let decoded = reader.read(std::slice::from_ref(r))?;
+            if let Some((_, reason)) = decoded.rejected.into_iter().next() {
+                return Ok(Step::rejecting(&schema, 0, reason));
+            }
+            Some(decoded.batch)
+        }
+    };
+    let mut step = Step::empty(&schema);
+    if let Some((old, old_ts)) = rows.get(key)? {
+        let old_input = Input {
+            key: Some(key),
+            value: Some(&old),
+            timestamp: old_ts,
+        };
+        let decoded = reader.read(std::slice::from_ref(&old_input))?;
+        // Retractions are stamped with the record that caused them.
+        let times = vec![r.timestamp; decoded.batch.num_rows()];
+        let e = agg.process(&decoded.batch, &times, -1)?;
+        step.extend(emitted(e), 0)?;
+    }
+    match new {
+        Some(batch) => {
+            let times = vec![r.timestamp; batch.num_rows()];
+            let e = agg.process(&batch, &times, 1)?;
+            step.extend(emitted(e), 0)?;
+            rows.put(key, r.value.map(|v| (v, r.timestamp)));
+        }
+        None => rows.put(key, None),
+    }
+    Ok(step)
+}
+
+fn emitted(e: crate::operators::aggregate::Emitted) -> Step {
+    Step {
+        batch: e.batch,
+        timestamps: e.timestamps,
+        rejected: Vec::new(),
+        deleted: e.deleted,
+    }
+}
+
+/// The columns a derived stream or table declares for a query's output: its fields, with
+/// `key` naming the one that becomes the record key.
+pub fn output_columns(schema: &Schema, key: Option<&str>) -> Result<Vec<(String, DataType, bool)>> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != ROWTIME)
+        .map(|f| {
+            Ok((
+                f.name().clone(),
+                f.data_type().clone(),
+                Some(f.name().as_str()) == key,
+            ))
+        })
+        .collect()
+}
