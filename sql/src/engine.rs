@@ -110,49 +110,45 @@ impl Engine {
     /// must see a query's results.
     pub fn wait_caught_up(&self, timeout: Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
+        // (query id, its group, its source topic), planned once.
+        let mut watched = Vec::new();
+        for q in self.catalog.queries() {
+            let select = match crate::parse_one(&q.statement)? {
+                Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => {
+                    select
+                }
+                _ => continue,
+            };
+            let source = compile(&self.catalog, &select)?.source;
+            watched.push((
+                q.id.clone(),
+                crate::runner::query_group(&q.id),
+                source.topic,
+            ));
+        }
         loop {
             let mut behind = false;
-            for q in self.catalog.queries() {
-                let Some(stats) = self.queries.stats(&q.id) else {
+            for (id, group, topic) in &watched {
+                let Some(stats) = self.queries.stats(id) else {
                     continue;
                 };
                 if stats.error.lock().is_some() {
                     behind = true;
                     continue;
                 }
-                let select = match crate::parse_one(&q.statement)? {
-                    Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => {
-                        select
-                    }
-                    _ => continue,
-                };
-                let source = compile(&self.catalog, &select)?.source;
-                let topic = self.log.topic(&source.topic)?;
-                let group = crate::runner::query_group(&q.id);
-                for p in 0..topic.partition_count() {
-                    let end = self
-                        .log
-                        .list_offset(
-                            &source.topic,
-                            p,
-                            sluice_log::OffsetSpec::Latest,
-                            sluice_log::Isolation::ReadCommitted,
-                        )?
-                        .unwrap_or(0);
-                    let start = self
-                        .log
-                        .list_offset(
-                            &source.topic,
-                            p,
-                            sluice_log::OffsetSpec::Earliest,
-                            sluice_log::Isolation::ReadCommitted,
-                        )?
-                        .unwrap_or(0);
+                for p in 0..self.log.topic(topic)?.partition_count() {
+                    let offset = |spec| {
+                        self.log
+                            .list_offset(topic, p, spec, sluice_log::Isolation::ReadCommitted)
+                            .map(|o| o.unwrap_or(0))
+                    };
+                    let end = offset(sluice_log::OffsetSpec::Latest)?;
+                    let start = offset(sluice_log::OffsetSpec::Earliest)?;
                     let tp = TopicPartition {
-                        topic: source.topic.clone(),
+                        topic: topic.clone(),
                         partition: p,
                     };
-                    let committed = self.log.committed(&group, &tp).unwrap_or(start);
+                    let committed = self.log.committed(group, &tp).unwrap_or(start);
                     // The last records may be transaction markers, which are never "read".
                     if committed < end && has_data(&self.log, &tp, committed, end)? {
                         behind = true;

@@ -67,7 +67,13 @@ impl From<datafusion::error::DataFusionError> for SqlError {
         ] {
             msg = msg.strip_prefix(prefix).unwrap_or(msg);
         }
-        SqlError::Plan(msg.trim().to_string())
+        // One line: DataFusion puts hints ("Valid fields are ...") on lines of their own.
+        let one_line: Vec<&str> = msg
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        SqlError::Plan(one_line.join(" "))
     }
 }
 

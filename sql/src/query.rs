@@ -818,9 +818,19 @@ fn table_update(
     match new {
         Some(batch) => {
             let times = vec![r.timestamp; batch.num_rows()];
-            let e = agg.process(&batch, &times, 1)?;
-            step.extend(emitted(e), 0)?;
-            rows.put(key, r.value.map(|v| (v, r.timestamp)));
+            match agg.process(&batch, &times, 1) {
+                Ok(e) => {
+                    step.extend(emitted(e), 0)?;
+                    rows.put(key, r.value.map(|v| (v, r.timestamp)));
+                }
+                // The new row cannot be evaluated (its old one is already retracted): the
+                // key counts as deleted and the record is a dead letter.
+                Err(SqlError::Plan(e)) => {
+                    rows.put(key, None);
+                    step.rejected.push((0, e));
+                }
+                Err(e) => return Err(e),
+            }
         }
         None => rows.put(key, None),
     }

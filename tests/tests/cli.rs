@@ -426,3 +426,58 @@ fn a_group_reading_in_small_steps_sees_every_record_exactly_once() {
         "each record once across runs of --max-messages 4"
     );
 }
+
+#[test]
+fn sql_scripts_create_insert_query_and_persist() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let out = ok(
+        d,
+        &[
+            "sql",
+            "-e",
+            "CREATE STREAM rides (id VARCHAR KEY, zone VARCHAR, fare DOUBLE) WITH (topic='rides', partitions=1);
+             INSERT INTO rides (id, zone, fare) VALUES ('r1', 'airport', 30.5), ('r2', 'harbor', 8.0);
+             CREATE TABLE zones AS SELECT zone, COUNT(*) AS n FROM rides GROUP BY zone;
+             SELECT id, fare * 2 AS twice FROM rides WHERE fare > 10 EMIT CHANGES LIMIT 1;",
+        ],
+        None,
+    );
+    assert!(out.contains("Stream rides created"), "{out}");
+    assert!(out.contains("query CTAS_ZONES_0 is running"), "{out}");
+    assert!(out.contains("| r1 | 61.0  |"), "{out}");
+    // The catalog and the query survive; a script file runs the same way, and the table
+    // answers a pull query once the query has caught up.
+    let script = d.join("q.sql");
+    std::fs::write(&script, "SHOW QUERIES;\nSHOW TABLES;\n").unwrap();
+    let out = ok(d, &["sql", "-f", script.to_str().unwrap()], None);
+    assert!(
+        out.contains("CTAS_ZONES_0") && out.contains("zones"),
+        "{out}"
+    );
+    let mut pulled = String::new();
+    for _ in 0..50 {
+        pulled = ok(
+            d,
+            &[
+                "sql",
+                "-e",
+                "SELECT zone, n FROM zones WHERE zone = 'airport';",
+            ],
+            None,
+        );
+        if pulled.contains("| airport | 1 |") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(pulled.contains("| airport | 1 |"), "{pulled}");
+    let err = fails(d, &["sql", "-e", "SELECT * FROM\n rides WHERE"], None);
+    assert!(err.contains("line 2"), "{err}");
+    let err = fails(
+        d,
+        &["sql", "-e", "SELECT nope FROM rides EMIT CHANGES;"],
+        None,
+    );
+    assert!(err.contains("nope"), "{err}");
+}

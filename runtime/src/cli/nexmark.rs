@@ -146,7 +146,12 @@ impl NexmarkArgs {
             &log,
             EngineConfig {
                 state: Some(sluice_state::StateConfig::new(dir.join("state"))),
-                runner: RunnerConfig::default(),
+                // Kafka Streams' exactly-once default; the run ends at the first commit
+                // after the last event, so a long interval would blur short runs.
+                runner: RunnerConfig {
+                    commit_interval: Duration::from_millis(100),
+                    ..RunnerConfig::default()
+                },
                 start_queries: true,
             },
         )

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use sluice_log::Log;
-use sluice_sql::engine::{Engine, Output};
+use sluice_sql::engine::{Engine, EngineConfig, Output};
+use sluice_sql::runner::RunnerConfig;
 
 use super::CliError;
 
@@ -26,6 +27,20 @@ pub struct SqlArgs {
     /// Run the statements of this file and exit.
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
+    /// After the statements, keep running the persistent queries until Ctrl-C. Without it
+    /// a script waits (up to 30 s) until they have processed what their topics hold, and
+    /// they resume on the next start.
+    #[arg(long)]
+    pub serve: bool,
+    /// How often persistent queries commit (results become visible), in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+    /// RocksDB block cache shared by all query state, in MiB.
+    #[arg(long, default_value_t = (sluice_state::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
+    pub block_cache_mb: u64,
+    /// RocksDB write-buffer budget shared by all query state, in MiB.
+    #[arg(long, default_value_t = (sluice_state::DEFAULT_WRITE_BUFFER_BYTES >> 20) as u64)]
+    pub write_buffer_mb: u64,
 }
 
 fn sql_err(e: sluice_sql::SqlError) -> CliError {
@@ -35,7 +50,21 @@ fn sql_err(e: sluice_sql::SqlError) -> CliError {
 impl SqlArgs {
     /// Runs it.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let mut engine = Engine::open(log).map_err(sql_err)?;
+        let mut state = sluice_state::StateConfig::new(log.dir().join("state"));
+        state.block_cache_bytes = (self.block_cache_mb as usize) << 20;
+        state.write_buffer_bytes = (self.write_buffer_mb as usize) << 20;
+        let mut engine = Engine::open_with(
+            log,
+            EngineConfig {
+                state: Some(state),
+                runner: RunnerConfig {
+                    commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
+                    ..RunnerConfig::default()
+                },
+                start_queries: true,
+            },
+        )
+        .map_err(sql_err)?;
         let interrupted = Arc::new(AtomicBool::new(false));
         {
             let flag = Arc::clone(&interrupted);
@@ -43,16 +72,69 @@ impl SqlArgs {
             // killing the process, so the data directory is closed cleanly.
             let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
         }
-        if let Some(sql) = self.execute {
-            return run_script(&mut engine, &sql, &interrupted);
+        let script = match (&self.execute, &self.file) {
+            (Some(sql), _) => Some(run_script(&mut engine, sql, &interrupted)),
+            (None, Some(f)) => {
+                let sql = std::fs::read_to_string(f)
+                    .map_err(|e| CliError::io(format!("read {}", f.display()), e))?;
+                Some(
+                    run_script(&mut engine, &sql, &interrupted)
+                        .map_err(|e| CliError::Usage(format!("{}: {e}", f.display()))),
+                )
+            }
+            (None, None) => None,
+        };
+        match script {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(())) if !self.serve => {
+                // A script's persistent queries process what is already in their topics
+                // before it exits, so its results are there for the next command.
+                let caught_up = engine
+                    .wait_caught_up(Duration::from_secs(SCRIPT_CATCH_UP_SECS))
+                    .map_err(sql_err)?;
+                if !caught_up {
+                    eprintln!(
+                        "note: persistent queries had not caught up after {SCRIPT_CATCH_UP_SECS} s; they resume on the next start (or run `sluice sql --serve`)"
+                    );
+                }
+            }
+            Some(Ok(())) => serve(&engine, &interrupted),
+            None => shell(&mut engine, &interrupted)?,
         }
-        if let Some(f) = self.file {
-            let sql = std::fs::read_to_string(&f)
-                .map_err(|e| CliError::io(format!("read {}", f.display()), e))?;
-            return run_script(&mut engine, &sql, &interrupted)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", f.display())));
+        engine.shutdown();
+        Ok(())
+    }
+}
+
+/// How long a script waits for its persistent queries to process their input before exiting.
+const SCRIPT_CATCH_UP_SECS: u64 = 30;
+
+/// Runs the persistent queries until Ctrl-C, printing their counters now and then.
+fn serve(engine: &Engine, interrupted: &AtomicBool) {
+    interrupted.store(false, Ordering::SeqCst);
+    eprintln!("Running the persistent queries; Ctrl-C stops them.");
+    let mut last = std::time::Instant::now();
+    while !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() >= Duration::from_secs(10) {
+            last = std::time::Instant::now();
+            for q in engine.catalog().queries() {
+                if let Some(s) = engine.queries().stats(&q.id) {
+                    eprintln!(
+                        "{}: in {} / out {} / rejected {}{}",
+                        q.id,
+                        s.records_in.load(Ordering::Relaxed),
+                        s.records_out.load(Ordering::Relaxed),
+                        s.rejected.load(Ordering::Relaxed),
+                        s.error
+                            .lock()
+                            .as_deref()
+                            .map(|e| format!(" / ERROR: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
         }
-        shell(&mut engine, &interrupted)
     }
 }
 

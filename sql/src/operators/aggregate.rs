@@ -504,7 +504,19 @@ impl Aggregate {
 
     /// Processes one decoded batch of the input (`times`: event time per row) and returns
     /// what it emits. `sign` is 1 for new rows, -1 to retract rows (table updates).
+    ///
+    /// When an expression fails on some row (a division by zero), the error comes before
+    /// any group changed and the stream time is put back, so the caller can retry row by row.
     pub fn process(&mut self, batch: &RecordBatch, times: &[i64], sign: i64) -> Result<Emitted> {
+        let saved = (self.stream_time, self.closed_before);
+        let result = self.process_inner(batch, times, sign);
+        if let Err(SqlError::Plan(_)) = &result {
+            (self.stream_time, self.closed_before) = saved;
+        }
+        result
+    }
+
+    fn process_inner(&mut self, batch: &RecordBatch, times: &[i64], sign: i64) -> Result<Emitted> {
         let (expanded, src_rows, late) = match self.plan.windows {
             Some(w) => {
                 let mut st = self.stream_time;
