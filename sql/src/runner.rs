@@ -183,6 +183,63 @@ impl Drop for QueryManager {
     }
 }
 
+/// Orders records of several partitions by timestamp before they are processed, like Kafka
+/// Streams' partition group: each round takes the buffered record with the smallest timestamp,
+/// and stops when a partition that still has unread records has none buffered (its next
+/// record might be earlier), so a partition read ahead of another cannot make the other's
+/// records look late. Each partition's own order is kept.
+#[derive(Debug, Default)]
+struct Merger {
+    buffers: BTreeMap<u32, std::collections::VecDeque<sluice_log::ConsumerRecord>>,
+    buffered: usize,
+}
+
+/// Records buffered beyond which the merger processes even while a partition is missing
+/// (bounded memory beats perfect order).
+const MERGE_BUFFER_LIMIT: usize = 200_000;
+
+impl Merger {
+    fn add(&mut self, records: Vec<sluice_log::ConsumerRecord>) {
+        self.buffered += records.len();
+        for r in records {
+            self.buffers.entry(r.partition).or_default().push_back(r);
+        }
+    }
+
+    /// Up to `max` records in timestamp order; `behind`: partitions with unread records.
+    fn take(&mut self, max: usize, behind: &[u32]) -> Vec<sluice_log::ConsumerRecord> {
+        let mut out = Vec::new();
+        if self.buffers.len() <= 1 && behind.is_empty() {
+            // One partition: its order is the order.
+            for b in self.buffers.values_mut() {
+                let n = b.len().min(max);
+                out.extend(b.drain(..n));
+            }
+            self.buffered -= out.len();
+            return out;
+        }
+        while out.len() < max {
+            let waiting = behind
+                .iter()
+                .any(|p| self.buffers.get(p).is_none_or(|b| b.is_empty()));
+            if waiting && self.buffered < MERGE_BUFFER_LIMIT {
+                break;
+            }
+            let next = self
+                .buffers
+                .iter()
+                .filter_map(|(p, b)| b.front().map(|r| (r.timestamp, *p)))
+                .min();
+            let Some((_, p)) = next else { break };
+            if let Some(r) = self.buffers.get_mut(&p).and_then(|b| b.pop_front()) {
+                self.buffered -= 1;
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
 struct Task {
     id: String,
     log: Log,
@@ -247,12 +304,24 @@ impl Task {
         )?;
         *self.stats.error.lock() = None;
         let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut merger = Merger::default();
         let mut open = false;
         let mut epoch_start = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping && !flow.done() {
-                let records = consumer.poll(Duration::from_millis(50))?;
+                merger.add(consumer.poll(Duration::from_millis(50))?);
+                let behind: Vec<u32> = if partitions > 1 {
+                    consumer
+                        .lag()?
+                        .into_iter()
+                        .filter(|(_, lag)| *lag > 0)
+                        .map(|(tp, _)| tp.partition)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let records = merger.take(self.config.max_poll_records, &behind);
                 if !records.is_empty() {
                     if !open {
                         producer.begin_transaction()?;
