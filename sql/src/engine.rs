@@ -261,9 +261,7 @@ impl Engine {
                 Statement::Select(select)
                 | Statement::CreateAs { select, .. }
                 | Statement::InsertSelect { select, .. } => {
-                    let planner = Planner::new(&self.catalog.tables()?)?;
-                    let plan = planner.logical_plan(&select.query)?;
-                    Ok(Output::Message(format!("{}", plan.display_indent())))
+                    Ok(Output::Message(compile(&self.catalog, &select)?.explain()))
                 }
                 other => Err(SqlError::Invalid(format!(
                     "EXPLAIN works on queries, not {other:?}"
@@ -1162,6 +1160,13 @@ mod tests {
             .unwrap();
         assert!(
             matches!(&out[0], Output::Message(m) if m.contains("Filter") && m.contains("TableScan: s")),
+            "{out:?}"
+        );
+        let out = e
+            .execute("EXPLAIN SELECT a, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 5 SECONDS) GROUP BY a EMIT FINAL")
+            .unwrap();
+        assert!(
+            matches!(&out[0], Output::Message(m) if m.contains("TUMBLING 60000 ms, grace 5000 ms") && m.contains("EMIT FINAL") && m.contains("Aggregate")),
             "{out:?}"
         );
     }

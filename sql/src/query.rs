@@ -240,6 +240,8 @@ pub struct CompiledQuery {
     pub emit: Option<Emit>,
     /// The schema the operators read (the source's, plus window columns if windowed).
     pub scan_schema: SchemaRef,
+    /// The logical plan the operators were cut from, for EXPLAIN.
+    pub plan_text: String,
 }
 
 impl CompiledQuery {
@@ -262,6 +264,50 @@ impl CompiledQuery {
     /// True for GROUP BY queries (their output is a table).
     pub fn is_aggregate(&self) -> bool {
         matches!(self.stage, Stage::Aggregate(_))
+    }
+
+    /// What runs, for EXPLAIN: the source, the operators, the logical plan.
+    pub fn explain(&self) -> String {
+        let s = &self.source;
+        let mut out = format!(
+            "Source: {} {} (topic {}, {}, event time {})\n",
+            s.kind,
+            s.name,
+            s.topic,
+            s.format,
+            s.timestamp.as_deref().unwrap_or("= record timestamp")
+        );
+        match &self.stage {
+            Stage::Stateless(_) => {
+                out.push_str("Operators: decode -> filters and projections -> encode\n")
+            }
+            Stage::Aggregate(a) => {
+                let window = match a.windows() {
+                    None => "no window".to_string(),
+                    Some(w) if w.session => format!(
+                        "SESSION gap {} ms, grace {} ms, retention {} ms",
+                        w.size, w.grace, w.retention
+                    ),
+                    Some(w) if w.size == w.advance => format!(
+                        "TUMBLING {} ms, grace {} ms, retention {} ms",
+                        w.size, w.grace, w.retention
+                    ),
+                    Some(w) => format!(
+                        "HOPPING {} ms every {} ms, grace {} ms, retention {} ms",
+                        w.size, w.advance, w.grace, w.retention
+                    ),
+                };
+                out.push_str(&format!(
+                    "Operators: decode -> filters and projections -> aggregate ({} group column(s), {window}, EMIT {}{}) -> HAVING and projection -> encode\n",
+                    a.group_column_count(),
+                    if self.emit == Some(Emit::Final) { "FINAL" } else { "CHANGES" },
+                    if s.kind == SourceKind::Table { ", retracting replaced rows" } else { "" },
+                ));
+            }
+        }
+        out.push_str("Logical plan:\n");
+        out.push_str(&self.plan_text);
+        out
     }
 
     /// The window clause, if any.
@@ -394,6 +440,7 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         stage,
         emit: select.emit,
         scan_schema,
+        plan_text: analyzed.display_indent().to_string(),
     })
 }
 
