@@ -14,17 +14,20 @@
 //!
 //! # Layout
 //!
-//! - [`catalog`]: declared streams and tables, kept in the log.
-//! - [`engine`]: runs statements (what `sluice sql` calls).
+//! - [`engine`]: runs statements (what `sluice sql` calls): catalog statements, INSERT, push
+//!   and pull queries, and persistent queries through [`runner`].
+//! - [`catalog`]: declared streams and tables and the persistent queries, kept in the log.
+//! - [`query`]: compiles a SELECT against the catalog (DataFusion plans it, operators are cut
+//!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
+//! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
+//! - [`operators`]: the streaming operators, one file each (stateless, window, aggregate).
+//! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning.
 //! - [`ast`]: the statements of the dialect (standard SQL parts are `sqlparser` ASTs).
 //! - [`parser`]: text to statements, with line and column in every error.
 //! - [`format`]: JSON / DELIMITED / RAW records to Arrow batches and back.
-//! - [`planner`]: DataFusion logical plans of queries, cut into operators.
-//! - [`operators`]: streaming operators, one file each.
+//! - [`planner`]: DataFusion planning against the sources' schemas.
 //! - [`types`]: SQL column types and their Arrow types.
 //! - [`error`]: the error type, [`SqlError`].
-//!
-//! The catalog, stateful operators (aggregates, windows, joins) and the query runtime follow.
 
 pub mod ast;
 pub mod catalog;

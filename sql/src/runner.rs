@@ -129,6 +129,7 @@ impl QueryManager {
             dlq,
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
+            reported_rejected: AtomicU64::new(0),
         };
         let thread = std::thread::Builder::new()
             .name(format!("query-{}", def.id))
@@ -250,6 +251,8 @@ struct Task {
     dlq: String,
     stop: Arc<AtomicBool>,
     stats: Arc<QueryStats>,
+    /// Rejections already reported in the log (one warning per epoch, not per record).
+    reported_rejected: AtomicU64,
 }
 
 impl Task {
@@ -419,7 +422,7 @@ impl Task {
         for (i, reason) in step.rejected {
             let r = &records[record_offset.unwrap_or(0) + i];
             let source = format!("{}/{}/{}", r.topic, r.partition, r.offset);
-            tracing::warn!(query = %self.id, record = %source, reason = %reason, "Record rejected to the dead-letter topic.");
+            tracing::debug!(query = %self.id, record = %source, reason = %reason, "Record rejected to the dead-letter topic.");
             producer.send_to(
                 &self.dlq,
                 0,
@@ -492,6 +495,16 @@ impl Task {
                 .map_err(|e| SqlError::Invalid(format!("query {}: state commit: {e}", self.id)))?;
         }
         self.stats.epochs.fetch_add(1, Ordering::Relaxed);
+        let rejected = self.stats.rejected.load(Ordering::Relaxed);
+        let before = self.reported_rejected.swap(rejected, Ordering::Relaxed);
+        if rejected > before {
+            tracing::warn!(
+                query = %self.id,
+                records = rejected - before,
+                topic = %self.dlq,
+                "Records were rejected to the dead-letter topic; its sluice.error headers say why."
+            );
+        }
         Ok(())
     }
 }
