@@ -481,3 +481,18 @@ fn sql_scripts_create_insert_query_and_persist() {
     );
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn sql_shell_reads_multi_line_statements_from_stdin() {
+    let d = tempfile::tempdir().unwrap();
+    let out = ok(
+        d.path(),
+        &["sql"],
+        Some(
+            "CREATE STREAM s (id VARCHAR KEY, v INT)\n  WITH (topic='s', partitions=1);\nINSERT INTO s VALUES ('a', 1);\nSHOW\nSTREAMS;\nSELECT nope FROM s EMIT CHANGES;\nDESCRIBE s;\n",
+        ),
+    );
+    assert!(out.contains("Stream s created"), "{out}");
+    assert!(out.contains("| s    | s     | JSON   |"), "{out}");
+    assert!(out.contains("| v       | INT     |"), "{out}");
+}
