@@ -57,7 +57,7 @@ pub struct AggregatePlan {
     window_pos: Option<(usize, usize)>,
     key_types: Vec<DataType>,
     args: Vec<Arc<dyn PhysicalExpr>>,
-    specs: Vec<AggSpec>,
+    specs: Arc<Vec<AggSpec>>,
     agg_schema: SchemaRef,
     post: Stateless,
     windows: Option<Windows>,
@@ -196,7 +196,7 @@ impl AggregatePlan {
             window_pos,
             key_types,
             args,
-            specs,
+            specs: Arc::new(specs),
             agg_schema: Arc::clone(agg.schema.inner()),
             post,
             windows,
@@ -282,11 +282,41 @@ pub struct Aggregate {
     plan: AggregatePlan,
     converter: RowConverter,
     stores: Stores,
-    cache: HashMap<(i64, i64, Vec<u8>), Entry>,
+    /// Groups by [`cache_key`]: window start and end, then the group key.
+    cache: HashMap<Vec<u8>, Entry>,
+    /// Cache keys written since the last flush.
+    dirty: Vec<Vec<u8>>,
+    /// Reused to build cache keys without allocating.
+    scratch: Vec<u8>,
+    /// Stream time minus retention at the last expiry.
+    expired_to: i64,
     stream_time: i64,
     /// Window stores: windows starting before this were emitted (FINAL) or expired.
     closed_before: i64,
     scan_schema: SchemaRef,
+}
+
+/// The cache key of a group: window start and end (big-endian), then the group key.
+fn cache_key(buf: &mut Vec<u8>, start: i64, end: i64, key: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&start.to_be_bytes());
+    buf.extend_from_slice(&end.to_be_bytes());
+    buf.extend_from_slice(key);
+}
+
+/// The parts of a [`cache_key`].
+fn split_cache_key(ck: &[u8]) -> (i64, i64, &[u8]) {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&ck[..8]);
+    let start = i64::from_be_bytes(a);
+    a.copy_from_slice(&ck[8..16]);
+    (start, i64::from_be_bytes(a), &ck[16..])
+}
+
+fn owned_cache_key(start: i64, end: i64, key: &[u8]) -> Vec<u8> {
+    let mut ck = Vec::with_capacity(16 + key.len());
+    cache_key(&mut ck, start, end, key);
+    ck
 }
 
 /// Meta key of a key-value store (group keys are stored with prefix 1).
@@ -369,6 +399,9 @@ impl Aggregate {
             converter,
             stores,
             cache: HashMap::new(),
+            dirty: Vec::new(),
+            scratch: Vec::new(),
+            expired_to: i64::MIN,
             stream_time: i64::MIN,
             closed_before: i64::MIN,
             scan_schema,
@@ -472,14 +505,16 @@ impl Aggregate {
                 .collect::<Result<_>>()?,
             max_ts: i64::MIN,
             rows: 0,
-            dirty: true,
+            dirty: false,
         })
     }
 
-    /// The cached entry of (window, key), loading it from the store or creating it.
+    /// The cached entry of (window, key), loading it from the store or creating it, marked
+    /// dirty (every caller updates it).
     fn entry(&mut self, start: i64, end: i64, key: &[u8]) -> Result<&mut Entry> {
-        let ck = (start, end, key.to_vec());
-        if !self.cache.contains_key(&ck) {
+        let mut ck = std::mem::take(&mut self.scratch);
+        cache_key(&mut ck, start, end, key);
+        if !self.cache.contains_key(ck.as_slice()) {
             let i = self.store_index(key);
             let stored = match &self.stores {
                 Stores::Memory | Stores::Session(_) => None,
@@ -497,9 +532,19 @@ impl Aggregate {
             };
             self.cache.insert(ck.clone(), e);
         }
-        self.cache
-            .get_mut(&ck)
-            .ok_or_else(|| SqlError::Plan("internal error: cache entry vanished".into()))
+        let track = !matches!(self.stores, Stores::Memory);
+        let e = self
+            .cache
+            .get_mut(ck.as_slice())
+            .ok_or_else(|| SqlError::Plan("internal error: cache entry vanished".into()))?;
+        if !e.dirty {
+            e.dirty = true;
+            if track {
+                self.dirty.push(ck.clone());
+            }
+        }
+        self.scratch = ck;
+        Ok(e)
     }
 
     /// Processes one decoded batch of the input (`times`: event time per row) and returns
@@ -565,6 +610,7 @@ impl Aggregate {
         let mut out = Vec::new();
         let emit_changes = self.plan.emit == Emit::Changes;
         let windowed = self.plan.windows.is_some();
+        let specs = Arc::clone(&self.plan.specs);
         for r in 0..n {
             let src = selected.as_ref().map_or(r, |s| s[r] as usize);
             let ts = times[src_rows[src] as usize];
@@ -587,7 +633,6 @@ impl Aggregate {
                 (Some(s), Some(e)) => (s.value(r), e.value(r)),
                 _ => (0, 0),
             };
-            let specs = self.plan.specs.clone();
             let e = self.entry(start, end, &key)?;
             for ((spec, acc), v) in specs.iter().zip(e.accs.iter_mut()).zip(&values) {
                 spec.update(acc, v, sign)?;
@@ -595,7 +640,6 @@ impl Aggregate {
             }
             e.max_ts = e.max_ts.max(ts);
             e.rows += sign;
-            e.dirty = true;
             if e.rows <= 0 && !windowed {
                 // The group lost its last row (a table input deleted or moved it).
                 let e = e.clone();
@@ -626,7 +670,7 @@ impl Aggregate {
 
     /// Forgets an unwindowed group.
     fn delete_group(&mut self, key: &[u8]) -> Result<()> {
-        self.cache.remove(&(0, 0, key.to_vec()));
+        self.cache.remove(owned_cache_key(0, 0, key).as_slice());
         let i = self.store_index(key);
         if let Stores::Kv(s) = &mut self.stores {
             let mut k = Vec::with_capacity(key.len() + 1);
@@ -676,12 +720,11 @@ impl Aggregate {
             _ => self
                 .cache
                 .iter()
-                .filter(|((s, e, k), _)| {
-                    k.as_slice() == key
-                        && *e >= ts.saturating_sub(gap)
-                        && *s <= ts.saturating_add(gap)
+                .filter_map(|(ck, v)| {
+                    let (s, e, k) = split_cache_key(ck);
+                    (k == key && e >= ts.saturating_sub(gap) && s <= ts.saturating_add(gap))
+                        .then(|| (s, e, v.clone()))
                 })
-                .map(|((s, e, _), v)| (*s, *e, v.clone()))
                 .collect(),
         };
         let mut start = ts;
@@ -700,7 +743,7 @@ impl Aggregate {
                     .remove(key, *s, *e)
                     .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?,
                 _ => {
-                    self.cache.remove(&(*s, *e, key.to_vec()));
+                    self.cache.remove(owned_cache_key(*s, *e, key).as_slice());
                 }
             }
         }
@@ -718,7 +761,7 @@ impl Aggregate {
             }
             _ => {
                 self.cache
-                    .insert((start, end, key.to_vec()), merged.clone());
+                    .insert(owned_cache_key(start, end, key), merged.clone());
             }
         }
         Ok(Some(self.result(key.to_vec(), start, end, &merged)?))
@@ -730,10 +773,15 @@ impl Aggregate {
             return Ok(());
         }
         let mut writes = Vec::new();
-        for ((start, _, key), e) in self.cache.iter_mut() {
+        for ck in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.cache.get_mut(ck.as_slice()) else {
+                continue;
+            };
             if e.dirty {
                 e.dirty = false;
-                writes.push((*start, key.clone(), Self::encode_entry(e)?));
+                let bytes = Self::encode_entry(e)?;
+                let (start, _, key) = split_cache_key(&ck);
+                writes.push((start, key.to_vec(), bytes));
             }
         }
         for (start, key, bytes) in writes {
@@ -799,9 +847,10 @@ impl Aggregate {
                     }
                 }
                 _ => {
-                    for ((s, e, k), v) in &self.cache {
-                        if *e <= bound {
-                            closed.push((0, Bytes::from(k.clone()), *s, *e, v.clone()));
+                    for (ck, v) in &self.cache {
+                        let (s, e, k) = split_cache_key(ck);
+                        if e <= bound {
+                            closed.push((0, Bytes::copy_from_slice(k), s, e, v.clone()));
                         }
                     }
                 }
@@ -814,7 +863,7 @@ impl Aggregate {
                         .remove(&key, s, e)
                         .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?,
                     _ => {
-                        self.cache.remove(&(s, e, key.to_vec()));
+                        self.cache.remove(owned_cache_key(s, e, &key).as_slice());
                     }
                 }
             }
@@ -843,9 +892,10 @@ impl Aggregate {
                 }
             }
             _ => {
-                for ((s, _, k), v) in &self.cache {
-                    if *s >= self.closed_before && *s <= bound {
-                        closed.push((0, *s, Bytes::from(k.clone()), v.clone()));
+                for (ck, v) in &self.cache {
+                    let (s, _, k) = split_cache_key(ck);
+                    if s >= self.closed_before && s <= bound {
+                        closed.push((0, s, Bytes::copy_from_slice(k), v.clone()));
                     }
                 }
             }
@@ -853,7 +903,8 @@ impl Aggregate {
         closed.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
         for (i, start, key, entry) in closed {
             out.push(self.result(key.to_vec(), start, start + w.size, &entry)?);
-            self.cache.remove(&(start, start + w.size, key.to_vec()));
+            self.cache
+                .remove(owned_cache_key(start, start + w.size, &key).as_slice());
             if let Stores::Window(st) = &mut self.stores {
                 st[i].delete(&key, start);
             }
@@ -871,12 +922,16 @@ impl Aggregate {
             return Ok(());
         }
         let before = self.stream_time.saturating_sub(w.retention);
-        self.cache.retain(|(s, e, _), _| {
-            if w.session {
-                *e >= before
-            } else {
-                *s >= before
-            }
+        // Expiry scans the cache and the stores: do it when the bound moved by a sixteenth of
+        // the retention (or a second), which bounds the extra state kept to that much.
+        let step = (w.retention / 16).max(1000);
+        if self.expired_to != i64::MIN && before < self.expired_to.saturating_add(step) {
+            return Ok(());
+        }
+        self.expired_to = before;
+        self.cache.retain(|ck, _| {
+            let (s, e, _) = split_cache_key(ck);
+            if w.session { e >= before } else { s >= before }
         });
         match &mut self.stores {
             Stores::Window(st) => {
@@ -1002,6 +1057,8 @@ impl Aggregate {
             s.abort();
         }
         self.cache.clear();
+        self.dirty.clear();
+        self.expired_to = i64::MIN;
         self.stream_time = i64::MIN;
         self.closed_before = i64::MIN;
         self.load_meta()
