@@ -793,14 +793,7 @@ impl Engine {
             .filter(|(_, r)| r.value.is_some())
             .collect();
         rows.sort_by_key(|(s, _)| *s);
-        let inputs: Vec<Input<'_>> = rows
-            .iter()
-            .map(|(_, r)| Input {
-                key: r.key.as_deref(),
-                value: r.value.as_deref(),
-                timestamp: r.timestamp,
-            })
-            .collect();
+        let inputs: Vec<Input<'_>> = rows.iter().map(|(_, r)| Input::from(r)).collect();
         let mut flow = Dataflow::open(compiled, None)?;
         let step = flow.process(&inputs)?;
         Ok(Output::Rows(vec![rows_only(step)?]))
@@ -903,14 +896,7 @@ impl PushQuery {
         if records.is_empty() {
             return Ok(None);
         }
-        let inputs: Vec<Input<'_>> = records
-            .iter()
-            .map(|r| Input {
-                key: r.key.as_deref(),
-                value: r.value.as_deref(),
-                timestamp: r.timestamp,
-            })
-            .collect();
+        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
         let step = self.flow.process(&inputs)?;
         self.rejected += step.rejected.len() as u64;
         let rows = rows_only(step)?;

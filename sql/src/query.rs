@@ -139,35 +139,28 @@ impl SourceReader {
 /// Event time in ms of each value of a timestamp column.
 fn event_times(col: &ArrayRef, format: Option<&str>) -> Vec<Result<i64, String>> {
     let null = || Err("NULL".to_string());
-    match col.data_type() {
-        DataType::Int64 => {
-            let a = col.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            (0..a.len())
-                .map(|i| {
-                    if a.is_valid(i) {
-                        Ok(a.value(i))
-                    } else {
-                        null()
-                    }
-                })
-                .collect()
-        }
-        DataType::Timestamp(_, _) => {
-            match cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)) {
-                Ok(c) => {
-                    let a =
-                        c.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
-                    (0..a.len())
-                        .map(|i| {
-                            if a.is_valid(i) {
-                                Ok(a.value(i))
-                            } else {
-                                null()
-                            }
-                        })
-                        .collect()
+    let millis = |a: &Int64Array| -> Vec<Result<i64, String>> {
+        (0..a.len())
+            .map(|i| {
+                if a.is_valid(i) {
+                    Ok(a.value(i))
+                } else {
+                    null()
                 }
-                Err(e) => vec![Err(e.to_string()); col.len()],
+            })
+            .collect()
+    };
+    match col.data_type() {
+        DataType::Int64 | DataType::Timestamp(_, _) => {
+            // Any timestamp unit becomes milliseconds, then plain integers.
+            let ms = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                .and_then(|c| cast(&c, &DataType::Int64));
+            match (col.data_type(), ms) {
+                (DataType::Int64, _) => {
+                    millis(col.as_primitive::<datafusion::arrow::datatypes::Int64Type>())
+                }
+                (_, Ok(c)) => millis(c.as_primitive::<datafusion::arrow::datatypes::Int64Type>()),
+                (_, Err(e)) => vec![Err(e.to_string()); col.len()],
             }
         }
         DataType::Utf8 => {

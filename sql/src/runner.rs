@@ -334,14 +334,7 @@ impl Task {
                     self.stats
                         .records_in
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    let inputs: Vec<Input<'_>> = records
-                        .iter()
-                        .map(|r| Input {
-                            key: r.key.as_deref(),
-                            value: r.value.as_deref(),
-                            timestamp: r.timestamp,
-                        })
-                        .collect();
+                    let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
                     let step = match flow.process(&inputs) {
                         Ok(step) => vec![(step, None)],
                         // An expression failed on some record (a division by zero, a bad

@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use sluice_log::{Log, LogOptions, Record};
+use sluice_log::{ConsumerRecord, Isolation, Log, LogOptions, OffsetSpec, Record};
 
 /// Opens a log in `dir` with default options.
 pub fn open(dir: &Path) -> Log {
@@ -18,4 +20,43 @@ pub fn rec(key: &str, value: &str, ts: i64) -> Record {
         headers: Vec::new(),
         timestamp: ts,
     }
+}
+
+/// Every committed record of a topic, partition by partition, each in offset order; empty
+/// when the topic does not exist.
+pub fn read_committed(log: &Log, topic: &str) -> Vec<ConsumerRecord> {
+    let Ok(t) = log.topic(topic) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in 0..t.partition_count() {
+        let end = log
+            .list_offset(topic, p, OffsetSpec::Latest, Isolation::ReadCommitted)
+            .unwrap()
+            .unwrap_or(0);
+        let mut c = log.consumer(sluice_log::ConsumerConfig {
+            auto_offset_reset: sluice_log::OffsetReset::Earliest,
+            max_poll_records: 100_000,
+            ..Default::default()
+        });
+        c.assign(&[sluice_log::TopicPartition {
+            topic: topic.to_string(),
+            partition: p,
+        }])
+        .unwrap();
+        let mut pos = 0;
+        while pos < end {
+            let rs = c.poll(Duration::from_millis(100)).unwrap();
+            if rs.is_empty() {
+                break;
+            }
+            for r in rs {
+                pos = r.offset + 1;
+                if r.offset < end {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
 }

@@ -33,7 +33,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_log::{Isolation, Log, LogOptions, OffsetSpec, ProducerConfig, Record};
+use sluice_log::{Log, LogOptions, ProducerConfig, Record};
 use sluice_sql::engine::{Engine, EngineConfig, Output};
 use sluice_sql::runner::RunnerConfig;
 
@@ -160,42 +160,6 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
-fn read_topic(log: &Log, topic: &str) -> Vec<sluice_log::ConsumerRecord> {
-    let Ok(t) = log.topic(topic) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for p in 0..t.partition_count() {
-        let end = log
-            .list_offset(topic, p, OffsetSpec::Latest, Isolation::ReadCommitted)
-            .unwrap()
-            .unwrap_or(0);
-        let mut c = log.consumer(sluice_log::ConsumerConfig {
-            auto_offset_reset: sluice_log::OffsetReset::Earliest,
-            ..Default::default()
-        });
-        c.assign(&[sluice_log::TopicPartition {
-            topic: topic.to_string(),
-            partition: p,
-        }])
-        .unwrap();
-        let mut pos = 0;
-        while pos < end {
-            let rs = c.poll(Duration::from_millis(100)).unwrap();
-            if rs.is_empty() {
-                break;
-            }
-            for r in rs {
-                pos = r.offset + 1;
-                if r.offset < end {
-                    out.push(r);
-                }
-            }
-        }
-    }
-    out
-}
-
 fn text(b: &Option<Bytes>) -> String {
     b.as_ref()
         .map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned())
@@ -318,7 +282,7 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
             Some(t) => (t, true),
             None => (arg.as_str(), false),
         };
-        let mut got = read_topic(log, topic);
+        let mut got = crate::common::read_committed(log, topic);
         let mut expected = expected.clone();
         if any_order {
             got.sort_by_key(|r| (r.timestamp, text(&r.key)));
@@ -350,7 +314,7 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         }
     }
     for (topic, expected) in &case.dlqs {
-        let got = read_topic(log, topic);
+        let got = crate::common::read_committed(log, topic);
         let reasons: Vec<String> = got
             .iter()
             .map(|r| {

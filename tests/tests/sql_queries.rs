@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_log::{Isolation, Log, LogOptions, OffsetSpec, ProducerConfig, Record};
+use sluice_log::{Log, LogOptions, ProducerConfig, Record};
 use sluice_sql::engine::{Engine, EngineConfig};
 use sluice_sql::runner::RunnerConfig;
 
@@ -62,39 +62,6 @@ fn produce(log: &Log, from: u64, to: u64) {
     p.flush().unwrap();
 }
 
-fn read(log: &Log, topic: &str) -> Vec<sluice_log::ConsumerRecord> {
-    let t = log.topic(topic).unwrap();
-    let mut out = Vec::new();
-    for p in 0..t.partition_count() {
-        let end = log
-            .list_offset(topic, p, OffsetSpec::Latest, Isolation::ReadCommitted)
-            .unwrap()
-            .unwrap_or(0);
-        let mut c = log.consumer(sluice_log::ConsumerConfig {
-            auto_offset_reset: sluice_log::OffsetReset::Earliest,
-            max_poll_records: 100_000,
-            ..Default::default()
-        });
-        c.assign(&[sluice_log::TopicPartition {
-            topic: topic.into(),
-            partition: p,
-        }])
-        .unwrap();
-        let mut pos = 0;
-        while pos < end {
-            let rs = c.poll(Duration::from_millis(100)).unwrap();
-            if rs.is_empty() {
-                break;
-            }
-            for r in rs {
-                pos = r.offset + 1;
-                out.push(r);
-            }
-        }
-    }
-    out
-}
-
 fn json(r: &sluice_log::ConsumerRecord) -> serde_json::Value {
     serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
 }
@@ -102,7 +69,7 @@ fn json(r: &sluice_log::ConsumerRecord) -> serde_json::Value {
 /// Checks every output against the first `n` input records.
 fn verify(log: &Log, n: u64) {
     // copy: every input record exactly once; per input partition in order.
-    let copy = read(log, "copy");
+    let copy = crate::common::read_committed(log, "copy");
     let mut seen: Vec<u64> = copy
         .iter()
         .map(|r| json(r)["v"].as_u64().unwrap())
@@ -122,7 +89,7 @@ fn verify(log: &Log, n: u64) {
     // sums: per key, updates count 1, 2, 3, ... with running totals: nothing lost, nothing
     // applied twice.
     let mut per_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for r in read(log, "sums") {
+    for r in crate::common::read_committed(log, "sums") {
         let v = json(&r);
         per_key
             .entry(String::from_utf8(r.key.unwrap().to_vec()).unwrap())
@@ -158,7 +125,7 @@ fn verify(log: &Log, n: u64) {
     let stream_time = (n as i64 - 1) * 10;
     let closed = (0..).take_while(|w| w * 1000 + 1000 <= stream_time).count() as u64;
     let mut windows: BTreeMap<(String, i64), u64> = BTreeMap::new();
-    for r in read(log, "windows") {
+    for r in crate::common::read_committed(log, "windows") {
         let v = json(&r);
         let key = (
             String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
