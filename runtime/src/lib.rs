@@ -2,13 +2,15 @@
 //! pipelines (sources, SQL queries, sinks) over the embedded log.
 //!
 //! ```text
-//!  sluice ─► cli::Cli (clap) ─► cli::{topics, produce, consume, groups, bench}
-//!                                   └──────────► sluice_log::Log (the data directory)
+//!  sluice ─► cli::Cli (clap) ─► cli::{topics, produce, consume, groups, bench} ─► sluice_log::Log
+//!                            └► cli::sql (shell, scripts) ─► sluice_sql::engine::Engine
+//!                                                              (catalog, queries, state)
 //! ```
 //!
 //! # Layout
 //!
-//! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
+//! - [`cli`]: one file per command (`sql` is the SQL shell, `nexmark` the SQL benchmark);
+//!   `main.rs` only parses and dispatches.
 //! - [`output`]: tables and the one-line error format.
 
 pub mod cli;
