@@ -1,13 +1,83 @@
 //! Connectors: sources that write records into Sluice topics and sinks that read topics and
 //! write out to external systems.
 //!
-//! A connector is a documented serde config that builds a task; the task body is one plain
-//! `async fn` loop that selects between its work and the shutdown signal. Sources write
-//! through the log's transactional producer together with their own position (file offset,
-//! Postgres LSN); sinks read committed records and write idempotently, committing their group
-//! offset only after the external write is durable.
+//! ```text
+//!  files ─► Source::poll ─► records + position ─┐ one log transaction     ┌─► topic
+//!                                               └────────────────────────┴─► __sluice_source_positions
+//!  topic ─► (worker, read_committed) ─► Sink::write ─► Sink::flush (durable) ─► commit group offsets
+//! ```
+//!
+//! A connector is a documented serde config that builds a task. The worker (in
+//! `sluice-runtime`) drives it: for a source it writes the records a poll returns together with
+//! the position after them in one log transaction, so a restart resumes exactly after the last
+//! committed records; for a sink it commits the group offsets only after `flush` made the
+//! written records durable, and sinks write idempotently (deterministic names), so a replay
+//! after a crash rewrites identical output.
 //!
 //! # Layout
 //!
-//! Nothing is implemented yet; the worker work brings the `Source` and `Sink` contracts and one
-//! folder per connector: `file`, `http`, `s3`, later `postgres_cdc`, `hdfs`, `elasticsearch`.
+//! - [`file`]: the file source (tail files matching a glob: lines, JSON lines, CSV with a
+//!   header) and the file sink (JSON lines, rolled by size or record count).
+//! - [`error`]: the error type, [`ConnectorError`].
+//!
+//! The HTTP and object-store connectors follow with the worker's REST API.
+
+pub mod error;
+pub mod file;
+
+use std::time::Duration;
+
+use sluice_log::{ConsumerRecord, Record};
+
+pub use crate::error::{ConnectorError, Result};
+
+/// What one poll of a source produced.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// Records for the topic, in order.
+    pub records: Vec<Record>,
+    /// Input that could not become a record: where it was and why (dead letters).
+    pub rejected: Vec<Rejected>,
+    /// The position after everything above, to store with it; `None` when nothing was read.
+    pub position: Option<Vec<u8>>,
+}
+
+/// Input a source could not turn into a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Where it came from (`file:line`).
+    pub origin: String,
+    /// The raw input.
+    pub raw: Vec<u8>,
+    /// Why.
+    pub reason: String,
+}
+
+/// A source of records.
+///
+/// Contract: `open` is called once with the position committed last (`None` on the first
+/// start); after it, the records of each `poll` must continue exactly after that position.
+/// The position a poll returns must describe the input consumed by that poll and every one
+/// before it, so that opening with it resumes without gaps or repeats. `poll` may return an
+/// empty batch (nothing new) after waiting at most `timeout`.
+pub trait Source: Send {
+    /// Restores the committed position.
+    fn open(&mut self, position: Option<&[u8]>) -> Result<()>;
+
+    /// Reads up to `max` records.
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch>;
+}
+
+/// A sink of records.
+///
+/// Contract: `write` receives committed records of one topic in offset order per partition,
+/// possibly again after a restart (from the last committed offsets); writing the same records
+/// again must leave the same output (idempotence). After `flush` returns, everything written
+/// is durable; only then are the offsets committed.
+pub trait Sink: Send {
+    /// Writes records (may buffer).
+    fn write(&mut self, records: &[ConsumerRecord]) -> Result<()>;
+
+    /// Makes everything written so far durable.
+    fn flush(&mut self) -> Result<()>;
+}
