@@ -335,6 +335,45 @@ pub struct FileSinkConfig {
     /// Bytes per file before rolling to the next (default 64 MiB).
     #[serde(default = "default_roll_bytes")]
     pub roll_bytes: u64,
+    /// `value` (default): each record's value as a line (tombstones skipped); `envelope`:
+    /// a JSON object per record with `topic`, `partition`, `offset`, `timestamp`, `key` and
+    /// `value` (parsed when it is JSON; `null` for a tombstone).
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+/// What the file sink writes per record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkFormat {
+    /// The value.
+    #[default]
+    Value,
+    /// The record with its coordinates, as JSON.
+    Envelope,
+}
+
+/// A record's line in `format` (`None`: nothing to write).
+fn line(format: SinkFormat, r: &ConsumerRecord) -> Option<Vec<u8>> {
+    match format {
+        SinkFormat::Value => r.value.as_ref().map(|v| v.to_vec()),
+        SinkFormat::Envelope => {
+            let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+            let value = match &r.value {
+                None => serde_json::Value::Null,
+                Some(v) => serde_json::from_slice(v).unwrap_or_else(|_| serde_json::Value::String(text(v))),
+            };
+            let v = serde_json::json!({
+                "topic": &*r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp,
+                "key": r.key.as_ref().map(text),
+                "value": value,
+            });
+            serde_json::to_vec(&v).ok()
+        }
+    }
 }
 
 fn default_roll_records() -> u64 {
@@ -454,8 +493,8 @@ impl FileSink {
 impl Sink for FileSink {
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<()> {
         for r in records {
-            let Some(value) = &r.value else {
-                // A tombstone has no line.
+            let Some(value) = line(self.config.format, r) else {
+                // A tombstone has no value line.
                 continue;
             };
             let k = (r.topic.to_string(), r.partition);
@@ -489,7 +528,7 @@ impl Sink for FileSink {
             }
             if let Some(f) = self.open.get_mut(&k) {
                 f.file
-                    .write_all(value)
+                    .write_all(&value)
                     .and_then(|()| f.file.write_all(b"\n"))
                     .map_err(|e| ConnectorError::io("write", &f.path, e))?;
                 f.records += 1;
@@ -651,6 +690,7 @@ mod tests {
             path: "out".into(),
             roll_records: 3,
             roll_bytes: 1 << 20,
+            format: SinkFormat::Envelope,
         };
         let all: Vec<ConsumerRecord> = (0..8).map(|i| rec(i, &format!("v{i}"))).collect();
         let clean = tempfile::tempdir().unwrap();

@@ -15,3 +15,5 @@
 
 pub mod cli;
 pub mod output;
+pub mod pipeline;
+pub mod worker;

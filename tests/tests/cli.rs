@@ -496,3 +496,63 @@ fn sql_shell_reads_multi_line_statements_from_stdin() {
     assert!(out.contains("| s    | s     | JSON   |"), "{out}");
     assert!(out.contains("| v       | INT     |"), "{out}");
 }
+
+#[test]
+fn pipelines_validate_names_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let default = repo.join("pipelines/default.toml");
+    let out = ok(d, &["pipelines", "validate", default.to_str().unwrap()], None);
+    assert!(out.contains("ok:") && out.contains("pipeline default: 1 topic(s), 1 source(s), 1 sink(s), 2 SQL statement(s)"), "{out}");
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "[[topics]]\nname = \"t\"\npartitons = 3\n").unwrap();
+    let err = fails(d, &["pipelines", "validate", bad.to_str().unwrap()], None);
+    assert!(err.contains("bad.toml:3:1") && err.contains("partitons"), "{err}");
+}
+
+#[test]
+fn run_deploys_the_default_pipeline_and_stops_on_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    // The default pipeline, with its paths pointing into the repository and the output here.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(repo.join("pipelines/default.toml"))
+        .unwrap()
+        .replace("../examples", &repo.join("examples").to_string_lossy())
+        .replace("../out/zone_fares", &d.join("out").to_string_lossy());
+    std::fs::create_dir(d.join("pipelines")).unwrap();
+    std::fs::write(d.join("pipelines/default.toml"), text).unwrap();
+    let child = Command::new(sluice_bin())
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .args(["run", "--pipelines"])
+        .arg(d.join("pipelines"))
+        .args(["--progress-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let lines = |d: &Path| -> usize {
+        std::fs::read_dir(d.join("out"))
+            .map(|es| {
+                es.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    // 24 rides, one table update each.
+    while lines(d) < 24 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Deployed pipeline default") && err.contains("Stopping"), "{err}");
+    assert!(err.contains("source ride-files in 24 out 24"), "{err}");
+    assert_eq!(lines(d), 24);
+}

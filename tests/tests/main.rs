@@ -10,3 +10,4 @@ mod log_txn;
 mod sql_cases;
 mod sql_differential;
 mod sql_queries;
+mod worker;

@@ -9,7 +9,9 @@ pub mod bench;
 pub mod consume;
 pub mod groups;
 pub mod nexmark;
+pub mod pipelines;
 pub mod produce;
+pub mod run;
 pub mod sql;
 pub mod topics;
 
@@ -75,6 +77,11 @@ pub enum Command {
     Groups(groups::GroupsCommand),
     /// Run SQL: an interactive shell, or a script with `-e` / `-f`.
     Sql(sql::SqlArgs),
+    /// Run the worker: deploy every pipeline file of a folder and run it until Ctrl-C.
+    Run(run::RunArgs),
+    /// Check pipeline files.
+    #[command(subcommand)]
+    Pipelines(pipelines::PipelinesCommand),
     /// Measure the log's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -95,6 +102,7 @@ impl Cli {
         };
         match self.command {
             Command::Bench(cmd) => cmd.run(&self.data_dir, options),
+            Command::Pipelines(cmd) => cmd.run(),
             cmd => {
                 let log = Log::open(&self.data_dir, options)?;
                 let result = match cmd {
@@ -103,6 +111,8 @@ impl Cli {
                     Command::Consume(a) => a.run(&log),
                     Command::Groups(c) => c.run(&log),
                     Command::Sql(a) => a.run(&log),
+                    Command::Run(a) => a.run(&log),
+                    Command::Pipelines(_) => Ok(()),
                     Command::Bench(_) => Ok(()),
                 };
                 let closed = log.close();

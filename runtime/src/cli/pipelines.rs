@@ -1,0 +1,52 @@
+//! `sluice pipelines validate FILE...`: checks pipeline files without running them.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::CliError;
+
+/// Pipeline file commands.
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// Check pipeline files: TOML syntax, known keys, names, connector settings and SQL
+    /// syntax. Every error names the file, line and key.
+    Validate {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+impl PipelinesCommand {
+    /// Runs it (needs no data directory).
+    pub fn run(self) -> Result<(), CliError> {
+        match self {
+            PipelinesCommand::Validate { files } => {
+                let mut failed = Vec::new();
+                for f in &files {
+                    match crate::pipeline::load(f) {
+                        Ok(p) => println!(
+                            "ok: {} (pipeline {}: {} topic(s), {} source(s), {} sink(s), {} SQL statement(s))",
+                            f.display(),
+                            p.name,
+                            p.config.topics.len(),
+                            p.config.sources.len(),
+                            p.config.sinks.len(),
+                            p.config
+                                .sql
+                                .as_deref()
+                                .map_or(0, |s| sluice_sql::parse(s).map_or(0, |v| v.len()))
+                        ),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                match failed.len() {
+                    0 => Ok(()),
+                    1 => Err(CliError::Usage(failed.remove(0))),
+                    _ => Err(CliError::Usage(failed.join("; "))),
+                }
+            }
+        }
+    }
+}

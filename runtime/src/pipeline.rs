@@ -1,0 +1,302 @@
+//! Pipeline files: a TOML file per pipeline declaring its topics, sources, SQL and sinks.
+//!
+//! ```toml
+//! name = "rides"                      # default: the file name without .toml
+//! sql = """                            # top-level keys come before the first [[table]]
+//! CREATE STREAM IF NOT EXISTS rides (...) WITH (topic = 'rides');
+//! CREATE TABLE IF NOT EXISTS zone_fares AS SELECT ...;
+//! """
+//!
+//! [[topics]]
+//! name = "rides"
+//! partitions = 3
+//! config = { "retention.ms" = "604800000" }
+//!
+//! [[sources]]
+//! name = "rides-file"
+//! topic = "rides"
+//! file = { path = "data/*.jsonl", format = "json", key-field = "zone" }
+//!
+//! [[sinks]]
+//! name = "fares-out"
+//! topic = "zone_fares"
+//! file = { path = "out/zone_fares" }
+//! ```
+//!
+//! Every key is documented on its field below; unknown keys are errors, reported with the
+//! file, line and key. `${VAR}` anywhere in a value is replaced by the environment variable
+//! (an unset one is an error), before parsing, so secrets stay out of the files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_connectors::file::{FileSinkConfig, FileSourceConfig};
+use toml::Spanned;
+
+/// A pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineConfig {
+    /// The pipeline's name (letters, digits, `-`, `_`); default: the file name without
+    /// `.toml`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Topics created when the pipeline deploys (existing ones are kept as they are).
+    #[serde(default)]
+    pub topics: Vec<TopicSpec>,
+    /// Sources writing into topics.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    /// SQL statements run when the pipeline deploys, in order. Use `CREATE ... IF NOT
+    /// EXISTS` so a redeploy keeps the streams, tables and queries it made.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Sinks reading topics.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// A topic to create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: Spanned<String>,
+    /// Partitions (default 1).
+    #[serde(default = "one")]
+    pub partitions: u32,
+    /// Topic configuration (`retention.ms`, `cleanup.policy`, ... as `sluice topics create
+    /// --config`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A source: a name, the topic it writes, and exactly one connector table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceSpec {
+    /// Unique in the pipeline; its stored position is keyed by it.
+    pub name: Spanned<String>,
+    /// The topic its records go to.
+    pub topic: String,
+    /// Tail files: `{ path, format = "lines"|"json"|"csv", key-field, max-line-bytes }`.
+    #[serde(default)]
+    pub file: Option<FileSourceConfig>,
+}
+
+/// A sink: a name, the topic it reads, and exactly one connector table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SinkSpec {
+    /// Unique in the pipeline; its consumer group is `sluice-sink-<pipeline>-<name>`.
+    pub name: Spanned<String>,
+    /// The topic it reads (committed records only).
+    pub topic: String,
+    /// Write JSON lines files: `{ path, roll-records, roll-bytes }`.
+    #[serde(default)]
+    pub file: Option<FileSinkConfig>,
+}
+
+/// A pipeline file that parsed and validated.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Its name.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What it declares.
+    pub config: PipelineConfig,
+}
+
+impl Pipeline {
+    /// The folder relative paths in the file are resolved against.
+    pub fn base(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Replaces `${VAR}` with the environment's value; names the line of an unset variable.
+fn expand_env(text: &str, file: &Path) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        let var = &after[..end];
+        match std::env::var(var) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => {
+                let (line, col) = line_col(text, text.len() - rest.len() + i);
+                return Err(format!(
+                    "{}:{line}:{col}: environment variable {var} is not set",
+                    file.display()
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads and validates a pipeline file; the error names the file, line and key.
+pub fn load(path: &Path) -> Result<Pipeline, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = expand_env(&raw, path)?;
+    let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let (l, c) = line_col(&text, s.start);
+                format!(":{l}:{c}")
+            })
+            .unwrap_or_default();
+        format!("{}{at}: {}", path.display(), e.message().trim())
+    })?;
+    let at = |s: std::ops::Range<usize>| {
+        let (l, c) = line_col(&text, s.start);
+        format!("{}:{l}:{c}", path.display())
+    };
+    let name = match &config.name {
+        Some(n) => n.get_ref().clone(),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let valid_name = |n: &str| {
+        !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !valid_name(&name) {
+        let place = config.name.as_ref().map_or_else(|| path.display().to_string(), |n| at(n.span()));
+        return Err(format!(
+            "{place}: pipeline name '{name}' must be letters, digits, '-' or '_'"
+        ));
+    }
+    for t in &config.topics {
+        if t.partitions == 0 {
+            return Err(format!("{}: topics.partitions must be at least 1", at(t.name.span())));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &config.sources {
+        if !valid_name(s.name.get_ref()) || !seen.insert(format!("source {}", s.name.get_ref())) {
+            return Err(format!(
+                "{}: sources.name '{}' must be unique and made of letters, digits, '-' or '_'",
+                at(s.name.span()),
+                s.name.get_ref()
+            ));
+        }
+        if s.file.is_none() {
+            return Err(format!(
+                "{}: source {} needs a connector table: file = {{ path = ... }}",
+                at(s.name.span()),
+                s.name.get_ref()
+            ));
+        }
+    }
+    for s in &config.sinks {
+        if !valid_name(s.name.get_ref()) || !seen.insert(format!("sink {}", s.name.get_ref())) {
+            return Err(format!(
+                "{}: sinks.name '{}' must be unique and made of letters, digits, '-' or '_'",
+                at(s.name.span()),
+                s.name.get_ref()
+            ));
+        }
+        if s.file.is_none() {
+            return Err(format!(
+                "{}: sink {} needs a connector table: file = {{ path = ... }}",
+                at(s.name.span()),
+                s.name.get_ref()
+            ));
+        }
+    }
+    if let Some(sql) = &config.sql {
+        sluice_sql::parse(sql).map_err(|e| format!("{}: sql: {e}", path.display()))?;
+    }
+    Ok(Pipeline {
+        name,
+        path: path.to_path_buf(),
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_full_pipeline_parses_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "rides.toml",
+            r#"
+sql = "CREATE STREAM IF NOT EXISTS rides (zone VARCHAR KEY) WITH (topic = 'rides');"
+
+[[topics]]
+name = "rides"
+partitions = 3
+
+[[sources]]
+name = "in"
+topic = "rides"
+file = { path = "in/*.jsonl", format = "json", key-field = "zone" }
+
+[[sinks]]
+name = "out"
+topic = "rides"
+file = { path = "out" }
+"#,
+        );
+        let p = load(&p).unwrap();
+        assert_eq!(p.name, "rides");
+        assert_eq!(p.config.topics[0].partitions, 3);
+        assert_eq!(p.config.sinks[0].file.as_ref().unwrap().roll_records, 100_000);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "bad.toml",
+            "[[sources]]\nname = \"in\"\ntopic = \"t\"\nfile = { path = \"x\", colour = \"red\" }\n",
+        );
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("bad.toml:4:") && e.contains("colour"), "{e}");
+        let p = write(dir.path(), "bad2.toml", "[[sinks]]\nname = \"out\"\ntopic = \"t\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("bad2.toml:2:") && e.contains("connector table"), "{e}");
+        let p = write(dir.path(), "bad3.toml", "sql = \"SELEC 1\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("bad3.toml: sql: syntax error"), "{e}");
+        let p = write(dir.path(), "bad4.toml", "[[topics]]\nname = \"${SLUICE_TEST_UNSET_VAR}\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("bad4.toml:2:") && e.contains("SLUICE_TEST_UNSET_VAR"), "{e}");
+    }
+}
