@@ -361,7 +361,9 @@ fn line(format: SinkFormat, r: &ConsumerRecord) -> Option<Vec<u8>> {
             let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
             let value = match &r.value {
                 None => serde_json::Value::Null,
-                Some(v) => serde_json::from_slice(v).unwrap_or_else(|_| serde_json::Value::String(text(v))),
+                Some(v) => {
+                    serde_json::from_slice(v).unwrap_or_else(|_| serde_json::Value::String(text(v)))
+                }
             };
             let v = serde_json::json!({
                 "topic": &*r.topic,

@@ -183,17 +183,25 @@ pub fn load(path: &Path) -> Result<Pipeline, String> {
             .unwrap_or_default(),
     };
     let valid_name = |n: &str| {
-        !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if !valid_name(&name) {
-        let place = config.name.as_ref().map_or_else(|| path.display().to_string(), |n| at(n.span()));
+        let place = config
+            .name
+            .as_ref()
+            .map_or_else(|| path.display().to_string(), |n| at(n.span()));
         return Err(format!(
             "{place}: pipeline name '{name}' must be letters, digits, '-' or '_'"
         ));
     }
     for t in &config.topics {
         if t.partitions == 0 {
-            return Err(format!("{}: topics.partitions must be at least 1", at(t.name.span())));
+            return Err(format!(
+                "{}: topics.partitions must be at least 1",
+                at(t.name.span())
+            ));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -276,7 +284,10 @@ file = { path = "out" }
         let p = load(&p).unwrap();
         assert_eq!(p.name, "rides");
         assert_eq!(p.config.topics[0].partitions, 3);
-        assert_eq!(p.config.sinks[0].file.as_ref().unwrap().roll_records, 100_000);
+        assert_eq!(
+            p.config.sinks[0].file.as_ref().unwrap().roll_records,
+            100_000
+        );
     }
 
     #[test]
@@ -289,14 +300,28 @@ file = { path = "out" }
         );
         let e = load(&p).unwrap_err();
         assert!(e.contains("bad.toml:4:") && e.contains("colour"), "{e}");
-        let p = write(dir.path(), "bad2.toml", "[[sinks]]\nname = \"out\"\ntopic = \"t\"\n");
+        let p = write(
+            dir.path(),
+            "bad2.toml",
+            "[[sinks]]\nname = \"out\"\ntopic = \"t\"\n",
+        );
         let e = load(&p).unwrap_err();
-        assert!(e.contains("bad2.toml:2:") && e.contains("connector table"), "{e}");
+        assert!(
+            e.contains("bad2.toml:2:") && e.contains("connector table"),
+            "{e}"
+        );
         let p = write(dir.path(), "bad3.toml", "sql = \"SELEC 1\"\n");
         let e = load(&p).unwrap_err();
         assert!(e.contains("bad3.toml: sql: syntax error"), "{e}");
-        let p = write(dir.path(), "bad4.toml", "[[topics]]\nname = \"${SLUICE_TEST_UNSET_VAR}\"\n");
+        let p = write(
+            dir.path(),
+            "bad4.toml",
+            "[[topics]]\nname = \"${SLUICE_TEST_UNSET_VAR}\"\n",
+        );
         let e = load(&p).unwrap_err();
-        assert!(e.contains("bad4.toml:2:") && e.contains("SLUICE_TEST_UNSET_VAR"), "{e}");
+        assert!(
+            e.contains("bad4.toml:2:") && e.contains("SLUICE_TEST_UNSET_VAR"),
+            "{e}"
+        );
     }
 }

@@ -63,8 +63,23 @@ pub struct Task {
 pub struct Deployed {
     /// Pipeline name.
     pub name: String,
+    /// The file it came from.
+    pub path: std::path::PathBuf,
     /// Its tasks.
     pub tasks: Vec<Task>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Deployed {
+    /// Stops its tasks (each commits what it has) and waits for them.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in &mut self.tasks {
+            if let Some(h) = t.thread.take() {
+                let _ = h.join();
+            }
+        }
+    }
 }
 
 /// The worker.
@@ -72,7 +87,6 @@ pub struct Deployed {
 pub struct Worker {
     log: Log,
     engine: Engine,
-    stop: Arc<AtomicBool>,
     pipelines: Vec<Deployed>,
 }
 
@@ -82,7 +96,6 @@ impl Worker {
         Worker {
             log: log.clone(),
             engine,
-            stop: Arc::new(AtomicBool::new(false)),
             pipelines: Vec::new(),
         }
     }
@@ -97,13 +110,33 @@ impl Worker {
         &self.engine
     }
 
-    /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks.
+    /// Stops the pipeline deployed from `path`, if any (its topics, SQL objects, positions
+    /// and offsets stay, so deploying it again resumes).
+    pub fn undeploy(&mut self, path: &std::path::Path) -> Option<String> {
+        let i = self.pipelines.iter().position(|d| d.path == path)?;
+        let mut d = self.pipelines.remove(i);
+        d.stop();
+        Some(d.name)
+    }
+
+    /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks. A
+    /// pipeline of the same name from another file is refused.
     pub fn deploy(&mut self, p: &Pipeline) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
+        if let Some(d) = self.pipelines.iter().find(|d| d.name == p.name) {
+            return Err(err(&format!("the name is taken by {}", d.path.display())));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
         for t in &p.config.topics {
-            let config: Vec<(String, String)> =
-                t.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            match self.log.create_topic(t.name.get_ref(), t.partitions, &config) {
+            let config: Vec<(String, String)> = t
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            match self
+                .log
+                .create_topic(t.name.get_ref(), t.partitions, &config)
+            {
                 Ok(()) | Err(LogError::TopicExists(_)) => {}
                 Err(e) => return Err(err(&e)),
             }
@@ -126,49 +159,63 @@ impl Worker {
         let mut tasks = Vec::new();
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
-            self.log.topic(&s.topic).map_err(|e| err(&format!("source {name}: {e}")))?;
+            self.log
+                .topic(&s.topic)
+                .map_err(|e| err(&format!("source {name}: {e}")))?;
             let Some(file) = &s.file else { continue };
-            let source = FileSource::new(file.clone(), p.base()).map_err(|e| err(&format!("source {name}: {e}")))?;
+            let source = FileSource::new(file.clone(), p.base())
+                .map_err(|e| err(&format!("source {name}: {e}")))?;
             let ctx = SourceTask {
                 log: self.log.clone(),
                 key: format!("{}/{name}", p.name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
-                stop: Arc::clone(&self.stop),
+                stop: Arc::clone(&stop),
                 status: Arc::new(TaskStatus::default()),
             };
-            tasks.push(spawn(format!("source {name}"), Arc::clone(&ctx.status), Box::new(move || ctx.run_with_retries(Box::new(source)))));
+            tasks.push(spawn(
+                format!("source {name}"),
+                Arc::clone(&ctx.status),
+                Box::new(move || ctx.run_with_retries(Box::new(source))),
+            ));
         }
         for s in &p.config.sinks {
             let name = s.name.get_ref().clone();
-            self.log.topic(&s.topic).map_err(|e| err(&format!("sink {name}: {e}")))?;
+            self.log
+                .topic(&s.topic)
+                .map_err(|e| err(&format!("sink {name}: {e}")))?;
             let Some(file) = &s.file else { continue };
-            let sink = FileSink::new(file.clone(), p.base()).map_err(|e| err(&format!("sink {name}: {e}")))?;
+            let sink = FileSink::new(file.clone(), p.base())
+                .map_err(|e| err(&format!("sink {name}: {e}")))?;
             let ctx = SinkTask {
                 log: self.log.clone(),
                 group: format!("sluice-sink-{}-{name}", p.name),
                 topic: s.topic.clone(),
-                stop: Arc::clone(&self.stop),
+                stop: Arc::clone(&stop),
                 status: Arc::new(TaskStatus::default()),
             };
-            tasks.push(spawn(format!("sink {name}"), Arc::clone(&ctx.status), Box::new(move || ctx.run_with_retries(Box::new(sink)))));
+            tasks.push(spawn(
+                format!("sink {name}"),
+                Arc::clone(&ctx.status),
+                Box::new(move || ctx.run_with_retries(Box::new(sink))),
+            ));
         }
         self.pipelines.push(Deployed {
             name: p.name.clone(),
+            path: p.path.clone(),
             tasks,
+            stop,
         });
         Ok(())
     }
 
     /// Stops every task (each commits what it has) and the persistent queries.
     pub fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        for p in &self.pipelines {
+            p.stop.store(true, Ordering::SeqCst);
+        }
         for p in &mut self.pipelines {
-            for t in &mut p.tasks {
-                if let Some(h) = t.thread.take() {
-                    let _ = h.join();
-                }
-            }
+            p.stop();
         }
         self.engine.shutdown();
     }
@@ -193,7 +240,12 @@ fn spawn(name: String, status: Arc<TaskStatus>, body: Box<dyn FnOnce() + Send>) 
 }
 
 /// Runs `attempt` until it returns Ok or `stop` is set, backing off after failures.
-fn with_retries(stop: &AtomicBool, status: &TaskStatus, what: &str, mut attempt: impl FnMut() -> Result<(), String>) {
+fn with_retries(
+    stop: &AtomicBool,
+    status: &TaskStatus,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<(), String>,
+) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(Ordering::SeqCst) {
         match attempt() {
@@ -225,14 +277,21 @@ struct SourceTask {
 impl SourceTask {
     fn run_with_retries(self, mut source: Box<dyn Source>) {
         let status = Arc::clone(&self.status);
-        with_retries(&self.stop, &status, &self.key.clone(), || self.run(source.as_mut()));
+        with_retries(&self.stop, &status, &self.key.clone(), || {
+            self.run(source.as_mut())
+        });
     }
 
     /// The position committed last for this source.
     fn committed_position(&self) -> Result<Option<Bytes>, String> {
         let end = self
             .log
-            .list_offset(POSITIONS_TOPIC, 0, OffsetSpec::Latest, Isolation::ReadCommitted)
+            .list_offset(
+                POSITIONS_TOPIC,
+                0,
+                OffsetSpec::Latest,
+                Isolation::ReadCommitted,
+            )
             .map_err(|e| e.to_string())?
             .unwrap_or(0);
         let mut consumer = self.log.consumer(ConsumerConfig {
@@ -249,7 +308,9 @@ impl SourceTask {
         let mut last = None;
         let mut pos = 0;
         while pos < end {
-            let records = consumer.poll(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+            let records = consumer
+                .poll(Duration::from_millis(100))
+                .map_err(|e| e.to_string())?;
             if records.is_empty() {
                 break;
             }
@@ -265,17 +326,24 @@ impl SourceTask {
 
     fn run(&self, source: &mut dyn Source) -> Result<(), String> {
         let position = self.committed_position()?;
-        source.open(position.as_deref()).map_err(|e| e.to_string())?;
+        source
+            .open(position.as_deref())
+            .map_err(|e| e.to_string())?;
         let mut producer = self
             .log
-            .transactional_producer(&format!("sluice-source-{}", self.key), ProducerConfig::default())
+            .transactional_producer(
+                &format!("sluice-source-{}", self.key),
+                ProducerConfig::default(),
+            )
             .map_err(|e| e.to_string())?;
         *self.status.error.lock() = None;
         while !self.stop.load(Ordering::SeqCst) {
             let batch = source
                 .poll(10_000, Duration::from_millis(200))
                 .map_err(|e| e.to_string())?;
-            let Some(position) = batch.position else { continue };
+            let Some(position) = batch.position else {
+                continue;
+            };
             producer.begin_transaction().map_err(|e| e.to_string())?;
             let n = batch.records.len() as u64;
             for r in batch.records {
@@ -316,7 +384,9 @@ impl SourceTask {
                 )
                 .map_err(|e| e.to_string())?;
             producer.commit_transaction().map_err(|e| e.to_string())?;
-            self.status.records_in.fetch_add(n + rejected, Ordering::Relaxed);
+            self.status
+                .records_in
+                .fetch_add(n + rejected, Ordering::Relaxed);
             self.status.records_out.fetch_add(n, Ordering::Relaxed);
             self.status.rejected.fetch_add(rejected, Ordering::Relaxed);
             if rejected > 0 {
@@ -341,11 +411,17 @@ const SINK_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 impl SinkTask {
     fn run_with_retries(self, mut sink: Box<dyn Sink>) {
         let status = Arc::clone(&self.status);
-        with_retries(&self.stop, &status, &self.group.clone(), || self.run(sink.as_mut()));
+        with_retries(&self.stop, &status, &self.group.clone(), || {
+            self.run(sink.as_mut())
+        });
     }
 
     fn run(&self, sink: &mut dyn Sink) -> Result<(), String> {
-        let partitions = self.log.topic(&self.topic).map_err(|e| e.to_string())?.partition_count();
+        let partitions = self
+            .log
+            .topic(&self.topic)
+            .map_err(|e| e.to_string())?
+            .partition_count();
         let mut consumer = self.log.consumer(ConsumerConfig {
             group: Some(self.group.clone()),
             isolation: Isolation::ReadCommitted,
@@ -368,11 +444,17 @@ impl SinkTask {
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping {
-                let records = consumer.poll(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+                let records = consumer
+                    .poll(Duration::from_millis(100))
+                    .map_err(|e| e.to_string())?;
                 if !records.is_empty() {
                     sink.write(&records).map_err(|e| e.to_string())?;
-                    self.status.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    self.status.records_out.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    self.status
+                        .records_in
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    self.status
+                        .records_out
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
                     for r in &records {
                         positions.insert(
                             TopicPartition {
@@ -391,7 +473,9 @@ impl SinkTask {
                 sink.flush().map_err(|e| e.to_string())?;
                 let offsets: Vec<(TopicPartition, i64)> =
                     positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
-                consumer.commit_offsets(&offsets).map_err(|e| e.to_string())?;
+                consumer
+                    .commit_offsets(&offsets)
+                    .map_err(|e| e.to_string())?;
                 pending = false;
                 last_commit = Instant::now();
             }

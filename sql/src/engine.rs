@@ -341,6 +341,23 @@ impl Engine {
         text: &str,
     ) -> Result<Output> {
         if self.catalog.get(name).is_ok() && if_not_exists {
+            // Re-running the same statement (a redeployed pipeline) keeps the query; a
+            // different query under the same name is not silently ignored.
+            let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            if let Some(q) = self.catalog.queries().find(|q| q.sink == name) {
+                if squash(&q.statement) != squash(text) {
+                    return Err(SqlError::Invalid(format!(
+                        "{name} exists and query {} writes it with a different statement; to change it, TERMINATE {} and DROP {} {name} first",
+                        q.id,
+                        q.id,
+                        if kind == SourceKind::Stream {
+                            "STREAM"
+                        } else {
+                            "TABLE"
+                        }
+                    )));
+                }
+            }
             return Ok(Output::Message(format!(
                 "{} {name} already exists.",
                 capitalized(kind)

@@ -503,16 +503,29 @@ fn pipelines_validate_names_file_line_and_key() {
     let d = d.path();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let default = repo.join("pipelines/default.toml");
-    let out = ok(d, &["pipelines", "validate", default.to_str().unwrap()], None);
-    assert!(out.contains("ok:") && out.contains("pipeline default: 1 topic(s), 1 source(s), 1 sink(s), 2 SQL statement(s)"), "{out}");
+    let out = ok(
+        d,
+        &["pipelines", "validate", default.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.contains("ok:")
+            && out.contains(
+                "pipeline default: 1 topic(s), 1 source(s), 1 sink(s), 2 SQL statement(s)"
+            ),
+        "{out}"
+    );
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "[[topics]]\nname = \"t\"\npartitons = 3\n").unwrap();
     let err = fails(d, &["pipelines", "validate", bad.to_str().unwrap()], None);
-    assert!(err.contains("bad.toml:3:1") && err.contains("partitons"), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1") && err.contains("partitons"),
+        "{err}"
+    );
 }
 
 #[test]
-fn run_deploys_the_default_pipeline_and_stops_on_ctrl_c() {
+fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     // The default pipeline, with its paths pointing into the repository and the output here.
@@ -537,22 +550,70 @@ fn run_deploys_the_default_pipeline_and_stops_on_ctrl_c() {
     let lines = |d: &Path| -> usize {
         std::fs::read_dir(d.join("out"))
             .map(|es| {
-                es.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
-                    .sum()
+                es.map(|e| {
+                    std::fs::read_to_string(e.unwrap().path())
+                        .unwrap()
+                        .lines()
+                        .count()
+                })
+                .sum()
             })
             .unwrap_or(0)
     };
     // 24 rides, one table update each.
     while lines(d) < 24 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no output after 60 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    // A new file in the folder deploys; removing it stops that pipeline.
+    std::fs::write(d.join("notes.txt"), "hello\nworld\n").unwrap();
+    std::fs::write(
+        d.join("pipelines/echo.toml"),
+        format!(
+            "[[topics]]\nname = \"notes\"\n\n[[sources]]\nname = \"notes-in\"\ntopic = \"notes\"\nfile = {{ path = \"{}\" }}\n\n[[sinks]]\nname = \"notes-out\"\ntopic = \"notes\"\nfile = {{ path = \"{}\" }}\n",
+            d.join("notes.txt").display(),
+            d.join("echo").display()
+        ),
+    )
+    .unwrap();
+    let echoed = |d: &Path| -> String {
+        std::fs::read_dir(d.join("echo"))
+            .map(|es| {
+                es.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while echoed(d) != "hello\nworld\n" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "echo: {:?}",
+            echoed(d)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::remove_file(d.join("pipelines/echo.toml")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("Deployed pipeline default") && err.contains("Stopping"), "{err}");
+    assert!(
+        err.contains("Deployed pipeline default") && err.contains("Stopping"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Deployed pipeline echo") && err.contains("Stopped pipeline echo"),
+        "{err}"
+    );
     assert!(err.contains("source ride-files in 24 out 24"), "{err}");
     assert_eq!(lines(d), 24);
 }

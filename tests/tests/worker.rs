@@ -33,14 +33,21 @@ file = { path = "out", format = "envelope", roll-records = 4 }
 "#;
 
 fn append(path: &Path, lines: &[String]) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     for l in lines {
         writeln!(f, "{l}").unwrap();
     }
 }
 
 fn order(i: usize) -> String {
-    format!(r#"{{"id": "o{i}", "customer": "c{}", "amount": {i}}}"#, i % 3)
+    format!(
+        r#"{{"id": "o{i}", "customer": "c{}", "amount": {i}}}"#,
+        i % 3
+    )
 }
 
 /// Latest (n, total) per customer in the sink's files, and how many lines they hold.
@@ -57,14 +64,21 @@ fn sink_state(dir: &Path) -> (std::collections::BTreeMap<String, (u64, f64)>, us
         for l in std::fs::read_to_string(&f).unwrap().lines() {
             lines += 1;
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            rows.push((v["partition"].as_u64().unwrap(), v["offset"].as_u64().unwrap(), v));
+            rows.push((
+                v["partition"].as_u64().unwrap(),
+                v["offset"].as_u64().unwrap(),
+                v,
+            ));
         }
     }
     rows.sort_by_key(|r| (r.0, r.1));
     for (_, _, v) in rows {
         latest.insert(
             v["key"].as_str().unwrap().to_string(),
-            (v["value"]["n"].as_u64().unwrap(), v["value"]["total"].as_f64().unwrap()),
+            (
+                v["value"]["n"].as_u64().unwrap(),
+                v["value"]["total"].as_f64().unwrap(),
+            ),
         );
     }
     (latest, lines)
@@ -83,14 +97,18 @@ fn expected(n: usize) -> std::collections::BTreeMap<String, (u64, f64)> {
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn deploy(log: &Log, file: &Path) -> Worker {
     let mut w = Worker::new(log, Engine::open(log).unwrap());
-    w.deploy(&sluice_runtime::pipeline::load(file).unwrap()).unwrap();
+    w.deploy(&sluice_runtime::pipeline::load(file).unwrap())
+        .unwrap();
     w
 }
 
@@ -108,22 +126,41 @@ fn a_pipeline_moves_files_through_sql_to_files_across_a_restart() {
     let log = Log::open(base.join("data"), LogOptions::default()).unwrap();
     {
         let w = deploy(&log, &file);
-        wait_for("the first 10 orders in the sink", || sink_state(&base.join("out")).0 == expected(10));
+        wait_for("the first 10 orders in the sink", || {
+            sink_state(&base.join("out")).0 == expected(10)
+        });
         let dead = crate::common::read_committed(&log, "orders.dlq");
         assert_eq!(dead.len(), 1);
-        let reason = dead[0].headers.iter().find(|h| h.key == "sluice.error").unwrap();
+        let reason = dead[0]
+            .headers
+            .iter()
+            .find(|h| h.key == "sluice.error")
+            .unwrap();
         assert!(String::from_utf8_lossy(reason.value.as_ref().unwrap()).contains("not JSON"));
-        let origin = dead[0].headers.iter().find(|h| h.key == "sluice.source").unwrap();
+        let origin = dead[0]
+            .headers
+            .iter()
+            .find(|h| h.key == "sluice.source")
+            .unwrap();
         assert!(String::from_utf8_lossy(origin.value.as_ref().unwrap()).ends_with("a.jsonl:4"));
         drop(w);
     }
     // More input while stopped; the restarted worker reads only what is new.
     append(&input, &(10..20).map(order).collect::<Vec<_>>());
     let w = deploy(&log, &file);
-    wait_for("all 20 orders in the sink", || sink_state(&base.join("out")).0 == expected(20));
+    wait_for("all 20 orders in the sink", || {
+        sink_state(&base.join("out")).0 == expected(20)
+    });
     drop(w);
-    assert_eq!(crate::common::read_committed(&log, "orders").len(), 20, "no order read twice");
+    assert_eq!(
+        crate::common::read_committed(&log, "orders").len(),
+        20,
+        "no order read twice"
+    );
     let (_, sink_lines) = sink_state(&base.join("out"));
-    assert_eq!(sink_lines, 20, "one sink line per table update, none repeated");
+    assert_eq!(
+        sink_lines, 20,
+        "one sink line per table update, none repeated"
+    );
     log.close().unwrap();
 }

@@ -1,10 +1,11 @@
-//! `sluice run`: the worker. Deploys every pipeline file of a folder and runs it until
-//! Ctrl-C (or SIGTERM), printing progress.
+//! `sluice run`: the worker. Deploys every pipeline file of a folder, follows the folder
+//! (new, changed and removed files) and runs until Ctrl-C (or SIGTERM), printing progress.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
 use sluice_log::Log;
@@ -12,6 +13,9 @@ use sluice_sql::engine::Engine;
 
 use super::CliError;
 use crate::worker::Worker;
+
+/// How often the pipelines folder is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Arguments of `sluice run`.
 #[derive(Debug, Args)]
@@ -24,39 +28,77 @@ pub struct RunArgs {
     pub progress_secs: u64,
 }
 
+/// The pipeline files of a folder with their modification times.
+fn scan(dir: &std::path::Path) -> Result<BTreeMap<PathBuf, Option<SystemTime>>, CliError> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| CliError::io(format!("read {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| {
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, modified)
+        })
+        .collect())
+}
+
+/// Deploys (or redeploys) one file; a broken file is reported and never stops the others.
+fn deploy(worker: &mut Worker, f: &std::path::Path) {
+    let was = worker.undeploy(f);
+    match crate::pipeline::load(f).and_then(|p| worker.deploy(&p).map(|()| p)) {
+        Ok(p) => eprintln!(
+            "{} pipeline {} from {}.",
+            if was.is_some() {
+                "Redeployed"
+            } else {
+                "Deployed"
+            },
+            p.name,
+            f.display()
+        ),
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
+
 impl RunArgs {
     /// Runs the worker until interrupted.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.pipelines)
-            .map_err(|e| CliError::io(format!("read {}", self.pipelines.display()), e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
+        let mut files = scan(&self.pipelines)?;
         let engine = Engine::open(log).map_err(|e| CliError::Usage(e.to_string()))?;
         let mut worker = Worker::new(log, engine);
-        for f in &files {
-            // A broken file never stops the others.
-            match crate::pipeline::load(f).and_then(|p| worker.deploy(&p).map(|()| p)) {
-                Ok(p) => eprintln!("Deployed pipeline {} from {}.", p.name, f.display()),
-                Err(e) => eprintln!("error: {e}"),
-            }
-        }
-        if worker.pipelines().is_empty() {
-            return Err(CliError::Usage(format!(
-                "no pipeline deployed from {}",
-                self.pipelines.display()
-            )));
+        for f in files.keys() {
+            deploy(&mut worker, f);
         }
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = Arc::clone(&stop);
             let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
         }
-        eprintln!("Running; Ctrl-C stops the worker.");
+        eprintln!(
+            "Running; watching {} for pipeline files; Ctrl-C stops the worker.",
+            self.pipelines.display()
+        );
         let mut last = Instant::now();
+        let mut last_scan = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
+            if last_scan.elapsed() >= WATCH_INTERVAL {
+                last_scan = Instant::now();
+                // Polling the folder: new files deploy, changed ones redeploy (positions,
+                // offsets and SQL objects are kept), removed ones stop (topics are kept).
+                if let Ok(now) = scan(&self.pipelines) {
+                    for (f, modified) in &now {
+                        if files.get(f) != Some(modified) {
+                            deploy(&mut worker, f);
+                        }
+                    }
+                    for f in files.keys().filter(|f| !now.contains_key(*f)) {
+                        if let Some(name) = worker.undeploy(f) {
+                            eprintln!("Stopped pipeline {name}: {} was removed.", f.display());
+                        }
+                    }
+                    files = now;
+                }
+            }
             if last.elapsed() >= Duration::from_secs(self.progress_secs.max(1)) {
                 last = Instant::now();
                 print_progress(&worker);
@@ -88,7 +130,10 @@ fn print_progress(worker: &Worker) {
                     s.error
                         .lock()
                         .as_deref()
-                        .map(|e| format!(" ERROR (restarts {}): {e}", s.restarts.load(Ordering::Relaxed)))
+                        .map(|e| format!(
+                            " ERROR (restarts {}): {e}",
+                            s.restarts.load(Ordering::Relaxed)
+                        ))
                         .unwrap_or_default()
                 )
             })
