@@ -686,6 +686,46 @@ mod tests {
     }
 
     #[test]
+    fn the_file_source_meets_the_source_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        let path = dir.path().join("in/a.txt");
+        crate::conformance::source_resumes_exactly_after_its_position(
+            &|| Box::new(source(dir.path(), FileFormat::Lines, None)),
+            &|lines| {
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                for l in lines {
+                    writeln!(f, "{l}").unwrap();
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn the_file_sink_meets_the_sink_contract() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let config = FileSinkConfig {
+            path: "out".into(),
+            roll_records: 3,
+            roll_bytes: 1 << 20,
+            format: SinkFormat::Envelope,
+        };
+        crate::conformance::sink_replays_are_idempotent(
+            &|i| Box::new(FileSink::new(config.clone(), dirs[i].path()).unwrap()),
+            &|i| {
+                files(&dirs[i].path().join("out"))
+                    .into_iter()
+                    .map(|(name, text)| format!("{name}\n{text}"))
+                    .collect()
+            },
+        );
+    }
+
+    #[test]
     fn a_replay_after_a_crash_rewrites_identical_files() {
         let dir = tempfile::tempdir().unwrap();
         let config = FileSinkConfig {

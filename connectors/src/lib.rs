@@ -18,10 +18,12 @@
 //!
 //! - [`file`]: the file source (tail files matching a glob: lines, JSON lines, CSV with a
 //!   header) and the file sink (JSON lines, rolled by size or record count).
+//! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
 //!
 //! The HTTP and object-store connectors follow with the worker's REST API.
 
+pub mod conformance;
 pub mod error;
 pub mod file;
 
