@@ -19,7 +19,6 @@
 //! transaction. The stream time (largest event time seen) is stored with the state, so a
 //! restarted query closes windows exactly where it left off.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -62,6 +61,9 @@ pub struct AggregatePlan {
     post: Stateless,
     windows: Option<Windows>,
     emit: Emit,
+    /// Input columns anything reads (`None`: all); the others are not copied when rows are
+    /// expanded into their windows.
+    used_columns: Option<Vec<usize>>,
 }
 
 fn unalias(e: &Expr) -> &Expr {
@@ -190,7 +192,25 @@ impl AggregatePlan {
                 retractable: input_is_table,
             });
         }
+        let used_columns = match pre.input_columns() {
+            Some(cols) => Some(cols),
+            None => {
+                // The pre stage only filters: the group keys and arguments read the input.
+                let mut cols = std::collections::BTreeSet::new();
+                for e in group.iter().chain(&args) {
+                    cols.extend(
+                        datafusion::physical_expr::utils::collect_columns(e)
+                            .iter()
+                            .map(|c| c.index()),
+                    );
+                }
+                pre.filter_columns(&mut cols);
+                Some(cols)
+            }
+        }
+        .map(|c| c.into_iter().collect());
         Ok(AggregatePlan {
+            used_columns,
             pre,
             group,
             window_pos,
@@ -282,8 +302,12 @@ pub struct Aggregate {
     plan: AggregatePlan,
     converter: RowConverter,
     stores: Stores,
-    /// Groups by [`cache_key`]: window start and end, then the group key.
-    cache: HashMap<Vec<u8>, Entry>,
+    /// Groups by [`cache_key`]: window start and end, then the group key. (DataFusion's
+    /// hashbrown map with a fast hasher: this is the per-row lookup.)
+    cache: datafusion::common::HashMap<Vec<u8>, Entry>,
+    /// Window stores: no window starting after this is stored yet, so looking one up can be
+    /// skipped (most new windows are newer than everything flushed).
+    stored_max_start: i64,
     /// Cache keys written since the last flush.
     dirty: Vec<Vec<u8>>,
     /// Reused to build cache keys without allocating.
@@ -398,7 +422,8 @@ impl Aggregate {
             plan,
             converter,
             stores,
-            cache: HashMap::new(),
+            cache: datafusion::common::HashMap::default(),
+            stored_max_start: i64::MAX,
             dirty: Vec::new(),
             scratch: Vec::new(),
             expired_to: i64::MIN,
@@ -407,6 +432,8 @@ impl Aggregate {
             scan_schema,
         };
         agg.load_meta()?;
+        // Every stored window started at or before the stream time they were stored at.
+        agg.stored_max_start = agg.stream_time;
         Ok(agg)
     }
 
@@ -524,6 +551,7 @@ impl Aggregate {
                     k.extend_from_slice(key);
                     s[i].get(&k).map_err(|e| self.state_err(e))?
                 }
+                Stores::Window(_) if start > self.stored_max_start => None,
                 Stores::Window(s) => s[i].get(key, start).map_err(|e| self.state_err(e))?,
             };
             let e = match stored {
@@ -562,6 +590,37 @@ impl Aggregate {
     }
 
     fn process_inner(&mut self, batch: &RecordBatch, times: &[i64], sign: i64) -> Result<Emitted> {
+        // Columns nothing reads become null arrays: expansion copies every column once per
+        // window, and wide unread text (URLs, payloads) would dominate.
+        let slim;
+        let batch = match (&self.plan.used_columns, self.plan.windows) {
+            (Some(used), Some(_)) if used.len() < batch.num_columns() => {
+                let columns: Vec<ArrayRef> = batch
+                    .columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if used.binary_search(&i).is_ok() {
+                            Arc::clone(c)
+                        } else {
+                            datafusion::arrow::array::new_null_array(c.data_type(), c.len())
+                        }
+                    })
+                    .collect();
+                slim = RecordBatch::try_new_with_options(
+                    batch.schema(),
+                    columns,
+                    &datafusion::arrow::array::RecordBatchOptions::new()
+                        .with_row_count(Some(batch.num_rows())),
+                );
+                match &slim {
+                    Ok(b) => b,
+                    // A column declared NOT NULL cannot be nulled; keep the batch as it is.
+                    Err(_) => batch,
+                }
+            }
+            _ => batch,
+        };
         let (expanded, src_rows, late) = match self.plan.windows {
             Some(w) => {
                 let mut st = self.stream_time;
@@ -614,15 +673,13 @@ impl Aggregate {
         for r in 0..n {
             let src = selected.as_ref().map_or(r, |s| s[r] as usize);
             let ts = times[src_rows[src] as usize];
-            let key: Vec<u8> = rows
-                .as_ref()
-                .map_or_else(Vec::new, |rs| rs.row(r).as_ref().to_vec());
+            let key: &[u8] = rows.as_ref().map_or(&[], |rs| rs.row(r).data());
             let values: Vec<ScalarValue> = args
                 .iter()
                 .map(|a| ScalarValue::try_from_array(a.as_ref(), r))
                 .collect::<datafusion::error::Result<_>>()?;
             if self.plan.windows.is_some_and(|w| w.session) {
-                if let Some(o) = self.session_update(&key, ts, &values, sign)? {
+                if let Some(o) = self.session_update(key, ts, &values, sign)? {
                     if emit_changes {
                         out.push(o);
                     }
@@ -633,7 +690,7 @@ impl Aggregate {
                 (Some(s), Some(e)) => (s.value(r), e.value(r)),
                 _ => (0, 0),
             };
-            let e = self.entry(start, end, &key)?;
+            let e = self.entry(start, end, key)?;
             for ((spec, acc), v) in specs.iter().zip(e.accs.iter_mut()).zip(&values) {
                 spec.update(acc, v, sign)?;
                 spec.compact(acc);
@@ -643,15 +700,15 @@ impl Aggregate {
             if e.rows <= 0 && !windowed {
                 // The group lost its last row (a table input deleted or moved it).
                 let e = e.clone();
-                let mut o = self.result(key.clone(), start, end, &e)?;
+                let mut o = self.result(key.to_vec(), start, end, &e)?;
                 o.deleted = true;
-                self.delete_group(&key)?;
+                self.delete_group(key)?;
                 out.push(o);
                 continue;
             }
             if emit_changes {
                 let e = e.clone();
-                out.push(self.result(key, start, end, &e)?);
+                out.push(self.result(key.to_vec(), start, end, &e)?);
             }
         }
         self.flush_cache()?;
@@ -793,9 +850,11 @@ impl Aggregate {
                     k.extend_from_slice(&key);
                     s[i].put(&k, &bytes);
                 }
-                Stores::Window(s) => s[i]
-                    .put(&key, start, &bytes)
-                    .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?,
+                Stores::Window(s) => {
+                    s[i].put(&key, start, &bytes)
+                        .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?;
+                    self.stored_max_start = self.stored_max_start.max(start);
+                }
                 _ => {}
             }
         }
@@ -1059,8 +1118,11 @@ impl Aggregate {
         self.cache.clear();
         self.dirty.clear();
         self.expired_to = i64::MIN;
+        self.stored_max_start = i64::MAX;
         self.stream_time = i64::MIN;
         self.closed_before = i64::MIN;
-        self.load_meta()
+        self.load_meta()?;
+        self.stored_max_start = self.stream_time;
+        Ok(())
     }
 }

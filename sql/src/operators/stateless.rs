@@ -151,6 +151,46 @@ impl Stateless {
         self.limit
     }
 
+    /// The input columns the operator reads, when known: the columns of its filters up to
+    /// and including its first projection. `None` when it passes its input through (no
+    /// projection), so whoever reads its output decides.
+    pub fn input_columns(&self) -> Option<std::collections::BTreeSet<usize>> {
+        let mut cols = std::collections::BTreeSet::new();
+        let mut add = |e: &Arc<dyn PhysicalExpr>| {
+            cols.extend(
+                datafusion::physical_expr::utils::collect_columns(e)
+                    .iter()
+                    .map(|c| c.index()),
+            )
+        };
+        for stage in &self.stages {
+            match stage {
+                Stage::Filter(f) => add(f),
+                Stage::Project(exprs, _) => {
+                    exprs.iter().for_each(&mut add);
+                    return Some(match &self.scan_projection {
+                        Some(p) => cols.iter().filter_map(|&c| p.get(c).copied()).collect(),
+                        None => cols,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds the input columns its filters read (for an operator without projection).
+    pub fn filter_columns(&self, cols: &mut std::collections::BTreeSet<usize>) {
+        for stage in &self.stages {
+            if let Stage::Filter(f) = stage {
+                cols.extend(
+                    datafusion::physical_expr::utils::collect_columns(f)
+                        .iter()
+                        .map(|c| c.index()),
+                );
+            }
+        }
+    }
+
     /// Applies the filters and projections to one batch of the input.
     pub fn process(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         Ok(self.process_indexed(batch)?.0)
