@@ -536,7 +536,7 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
         .replace("../out/zone_fares", &d.join("out").to_string_lossy());
     std::fs::create_dir(d.join("pipelines")).unwrap();
     std::fs::write(d.join("pipelines/default.toml"), text).unwrap();
-    let child = Command::new(sluice_bin())
+    let mut child = Command::new(sluice_bin())
         .arg("--data-dir")
         .arg(d.join("data"))
         .args(["run", "--pipelines"])
@@ -546,6 +546,23 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // stderr is collected as it comes, so the test can wait for a message.
+    let err_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let err_text = std::sync::Arc::clone(&err_text);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut t = err_text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        })
+    };
     let start = std::time::Instant::now();
     let lines = |d: &Path| -> usize {
         std::fs::read_dir(d.join("out"))
@@ -596,16 +613,23 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::fs::remove_file(d.join("pipelines/echo.toml")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    while !err_text.lock().unwrap().contains("Stopped pipeline echo") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "echo never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let status = Command::new("kill")
         .arg("-INT")
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let exit = child.wait().unwrap();
+    reader.join().unwrap();
+    let err = err_text.lock().unwrap().clone();
+    assert!(exit.success(), "{err}");
     assert!(
         err.contains("Deployed pipeline default") && err.contains("Stopping"),
         "{err}"

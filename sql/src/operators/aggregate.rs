@@ -692,7 +692,11 @@ impl Aggregate {
             };
             let e = self.entry(start, end, key)?;
             for ((spec, acc), v) in specs.iter().zip(e.accs.iter_mut()).zip(&values) {
-                spec.update(acc, v, sign)?;
+                // Earlier rows of the batch already changed their groups: this must not look
+                // like an expression error, which the task retries row by row.
+                spec.update(acc, v, sign).map_err(|e| {
+                    SqlError::Invalid(format!("aggregate update failed (the query stops): {e}"))
+                })?;
                 spec.compact(acc);
             }
             e.max_ts = e.max_ts.max(ts);
