@@ -97,7 +97,7 @@ pub struct SinkSpec {
     pub name: Spanned<String>,
     /// The topic it reads (committed records only).
     pub topic: String,
-    /// Write JSON lines files: `{ path, roll-records, roll-bytes }`.
+    /// Write JSON lines files: `{ path, format = "value"|"envelope", roll-records, roll-bytes }`.
     #[serde(default)]
     pub file: Option<FileSinkConfig>,
 }

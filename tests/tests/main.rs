@@ -7,6 +7,7 @@ mod log_crash;
 mod log_groups;
 mod log_topics;
 mod log_txn;
+mod pipeline_reference;
 mod sql_cases;
 mod sql_differential;
 mod sql_queries;

@@ -16,12 +16,21 @@ pub enum PipelinesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the reference of every pipeline file key (docs/pipeline-reference.md).
+    Reference,
 }
+
+/// The generated key reference, kept in sync with the config structs by a test.
+const REFERENCE: &str = include_str!("../../../docs/pipeline-reference.md");
 
 impl PipelinesCommand {
     /// Runs it (needs no data directory).
     pub fn run(self) -> Result<(), CliError> {
         match self {
+            PipelinesCommand::Reference => {
+                print!("{REFERENCE}");
+                Ok(())
+            }
             PipelinesCommand::Validate { files } => {
                 let mut failed = Vec::new();
                 for f in &files {

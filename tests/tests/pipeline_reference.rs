@@ -1,0 +1,130 @@
+//! The pipeline key reference (`docs/pipeline-reference.md`) is generated from the doc
+//! comments of the config structs and kept in sync here: when a field is added, renamed or
+//! re-documented this test fails; `SLUICE_BLESS=1` rewrites the page.
+
+use std::path::Path;
+
+/// (section heading, source file, struct, TOML path prefix)
+const SECTIONS: &[(&str, &str, &str, &str)] = &[
+    ("Top level", "runtime/src/pipeline.rs", "PipelineConfig", ""),
+    (
+        "[[topics]]",
+        "runtime/src/pipeline.rs",
+        "TopicSpec",
+        "topics[].",
+    ),
+    (
+        "[[sources]]",
+        "runtime/src/pipeline.rs",
+        "SourceSpec",
+        "sources[].",
+    ),
+    (
+        "sources[].file",
+        "connectors/src/file.rs",
+        "FileSourceConfig",
+        "sources[].file.",
+    ),
+    (
+        "[[sinks]]",
+        "runtime/src/pipeline.rs",
+        "SinkSpec",
+        "sinks[].",
+    ),
+    (
+        "sinks[].file",
+        "connectors/src/file.rs",
+        "FileSinkConfig",
+        "sinks[].file.",
+    ),
+];
+
+/// The TOML shape of a Rust field type.
+fn toml_type(rust: &str) -> String {
+    let t = rust.trim().trim_end_matches(',');
+    if let Some(inner) = t.strip_prefix("Option<").and_then(|r| r.strip_suffix('>')) {
+        return format!("{} (optional)", toml_type(inner));
+    }
+    if t.starts_with("Vec<") {
+        return "array of tables".into();
+    }
+    if t.starts_with("BTreeMap<") {
+        return "table of strings".into();
+    }
+    match t {
+        "String" | "Spanned<String>" => "string".into(),
+        "u32" | "u64" | "usize" => "integer".into(),
+        "bool" => "boolean".into(),
+        "FileFormat" => "string: `lines`, `json`, `csv`".into(),
+        "SinkFormat" => "string: `value`, `envelope`".into(),
+        "FileSourceConfig" | "FileSinkConfig" => "table".into(),
+        other => other.into(),
+    }
+}
+
+fn kebab(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// The reference page, from the structs' fields and doc comments.
+fn generate(repo: &Path) -> String {
+    let mut out = String::from(
+        "# Pipeline file reference\n\n\
+         Generated from the doc comments of the config structs by\n\
+         `tests/tests/pipeline_reference.rs` (`SLUICE_BLESS=1` regenerates it). Unknown keys are\n\
+         errors. See the README's \"Pipelines and the worker\" for an example.\n",
+    );
+    for (heading, file, name, prefix) in SECTIONS {
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        let start = text
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("{name} not found in {file}"));
+        let body = &text[start..];
+        let body = &body[body.find('{').unwrap() + 1..body.find("\n}").unwrap()];
+        out.push_str(&format!(
+            "\n## {heading}\n\n| key | type | meaning |\n|---|---|---|\n"
+        ));
+        let mut doc: Vec<String> = Vec::new();
+        for line in body.lines().map(str::trim) {
+            if let Some(d) = line.strip_prefix("///") {
+                doc.push(d.trim().to_string());
+            } else if let Some(field) = line.strip_prefix("pub ") {
+                let (fname, ty) = field.split_once(':').unwrap();
+                out.push_str(&format!(
+                    "| `{prefix}{}` | {} | {} |\n",
+                    kebab(fname.trim()),
+                    toml_type(ty),
+                    doc.join(" ").replace('|', "\\|")
+                ));
+                doc.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_reference_page_matches_the_config_structs() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let page = repo.join("docs/pipeline-reference.md");
+    let generated = generate(repo);
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::create_dir_all(page.parent().unwrap()).unwrap();
+        std::fs::write(&page, &generated).unwrap();
+    }
+    let current = std::fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        current == generated,
+        "docs/pipeline-reference.md is out of date: run SLUICE_BLESS=1 cargo nextest run -E 'test(reference_page)'"
+    );
+    // Every documented key exists: a file using them all parses.
+    for key in [
+        "partitions",
+        "key-field",
+        "max-line-bytes",
+        "roll-records",
+        "roll-bytes",
+    ] {
+        assert!(generated.contains(key), "{key}");
+    }
+}
