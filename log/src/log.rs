@@ -632,8 +632,10 @@ impl Log {
         Ok(())
     }
 
-    /// Reads every committed record of a topic partition from the start.
-    pub(crate) fn read_all(
+    /// Reads every committed record of a topic partition, from its start to its last stable
+    /// offset, calling `f` with each record and its offset: how the log, the SQL catalog and
+    /// the worker load their compacted bookkeeping topics.
+    pub fn read_all(
         &self,
         topic: &str,
         partition: u32,

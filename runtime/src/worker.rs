@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use sluice_connectors::file::{FileSink, FileSource};
 use sluice_connectors::{Sink, Source};
 use sluice_log::{
-    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, OffsetSpec, ProducerConfig,
-    Record, TopicPartition,
+    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, ProducerConfig, Record,
+    TopicPartition,
 };
 use sluice_sql::engine::Engine;
 
@@ -284,43 +284,14 @@ impl SourceTask {
 
     /// The position committed last for this source.
     fn committed_position(&self) -> Result<Option<Bytes>, String> {
-        let end = self
-            .log
-            .list_offset(
-                POSITIONS_TOPIC,
-                0,
-                OffsetSpec::Latest,
-                Isolation::ReadCommitted,
-            )
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
-        let mut consumer = self.log.consumer(ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
-            max_poll_records: 10_000,
-            ..ConsumerConfig::default()
-        });
-        consumer
-            .assign(&[TopicPartition {
-                topic: POSITIONS_TOPIC.into(),
-                partition: 0,
-            }])
-            .map_err(|e| e.to_string())?;
         let mut last = None;
-        let mut pos = 0;
-        while pos < end {
-            let records = consumer
-                .poll(Duration::from_millis(100))
-                .map_err(|e| e.to_string())?;
-            if records.is_empty() {
-                break;
-            }
-            for r in records {
-                pos = r.offset + 1;
+        self.log
+            .read_all(POSITIONS_TOPIC, 0, |_, r| {
                 if r.key.as_deref() == Some(self.key.as_bytes()) {
                     last = r.value;
                 }
-            }
-        }
+            })
+            .map_err(|e| e.to_string())?;
         Ok(last)
     }
 

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions,
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use sluice_log::{Isolation, Log, LogError, OffsetSpec, Record};
+use sluice_log::{Log, LogError, Record};
 
 use crate::ast::{ColumnDef, Properties, PropertyValue, SourceKind, Statement};
 use crate::error::{Result, SqlError};
@@ -242,69 +242,40 @@ impl Catalog {
             sources: BTreeMap::new(),
             queries: BTreeMap::new(),
         };
-        let end = log
-            .list_offset(
-                CATALOG_TOPIC,
-                0,
-                OffsetSpec::Latest,
-                Isolation::ReadCommitted,
-            )?
-            .unwrap_or(0);
-        let mut offset = log
-            .list_offset(
-                CATALOG_TOPIC,
-                0,
-                OffsetSpec::Earliest,
-                Isolation::ReadCommitted,
-            )?
-            .unwrap_or(0);
-        while offset < end {
-            let fetched = log.fetch(CATALOG_TOPIC, 0, offset, 1 << 20, Isolation::ReadCommitted)?;
-            if fetched.data.is_empty() {
-                break;
-            }
-            let (records, next) =
-                sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted).map_err(
-                    |source| LogError::Batch {
-                        topic: CATALOG_TOPIC.into(),
-                        partition: 0,
-                        source,
-                    },
-                )?;
-            for r in records {
-                let Some(key) = r.record.key else { continue };
-                let name = String::from_utf8_lossy(&key).into_owned();
-                if let Some(id) = name.strip_prefix(QUERY_KEY_PREFIX) {
-                    match r.record.value {
-                        None => {
-                            catalog.queries.remove(id);
-                        }
-                        Some(v) => match catalog.replay_query(id, &String::from_utf8_lossy(&v)) {
-                            Ok(q) => {
-                                catalog.queries.insert(q.id.clone(), q);
-                            }
-                            Err(e) => {
-                                tracing::error!(query = %id, error = %e, "A catalog query no longer parses; it is skipped.")
-                            }
-                        },
-                    }
-                    continue;
-                }
-                match r.record.value {
+        let mut records = Vec::new();
+        log.read_all(CATALOG_TOPIC, 0, |_, r| records.push(r))?;
+        for r in records {
+            let Some(key) = r.key else { continue };
+            let name = String::from_utf8_lossy(&key).into_owned();
+            if let Some(id) = name.strip_prefix(QUERY_KEY_PREFIX) {
+                match r.value {
                     None => {
-                        catalog.sources.remove(&name);
+                        catalog.queries.remove(id);
                     }
-                    Some(v) => match catalog.replay(&String::from_utf8_lossy(&v)) {
-                        Ok(def) => {
-                            catalog.sources.insert(def.name.clone(), def);
+                    Some(v) => match catalog.replay_query(id, &String::from_utf8_lossy(&v)) {
+                        Ok(q) => {
+                            catalog.queries.insert(q.id.clone(), q);
                         }
                         Err(e) => {
-                            tracing::error!(source = %name, error = %e, "A catalog entry no longer parses; it is skipped.")
+                            tracing::error!(query = %id, error = %e, "A catalog query no longer parses; it is skipped.")
                         }
                     },
                 }
+                continue;
             }
-            offset = next.max(offset + 1);
+            match r.value {
+                None => {
+                    catalog.sources.remove(&name);
+                }
+                Some(v) => match catalog.replay(&String::from_utf8_lossy(&v)) {
+                    Ok(def) => {
+                        catalog.sources.insert(def.name.clone(), def);
+                    }
+                    Err(e) => {
+                        tracing::error!(source = %name, error = %e, "A catalog entry no longer parses; it is skipped.")
+                    }
+                },
+            }
         }
         Ok(catalog)
     }

@@ -727,85 +727,45 @@ impl Engine {
             .any(|c| c.0 == crate::operators::window::WINDOWSTART);
         let topic = self.log.topic(&def.topic)?;
         // Latest record per key (per key and window for windowed tables), in log order.
-        let mut latest: std::collections::HashMap<Vec<u8>, (u64, sluice_log::ConsumerRecord)> =
-            Default::default();
+        let mut latest: std::collections::HashMap<Vec<u8>, (u64, Record)> = Default::default();
         let mut seq = 0u64;
         let reader = crate::query::SourceReader::new(def)?;
         for p in 0..topic.partition_count() {
-            let end = self
-                .log
-                .list_offset(
-                    &def.topic,
-                    p,
-                    sluice_log::OffsetSpec::Latest,
-                    sluice_log::Isolation::ReadCommitted,
-                )?
-                .unwrap_or(0);
-            let mut consumer = self.log.consumer(ConsumerConfig {
-                auto_offset_reset: OffsetReset::Earliest,
-                max_poll_records: 8192,
-                ..ConsumerConfig::default()
-            });
-            consumer.assign(&[TopicPartition {
-                topic: def.topic.clone(),
-                partition: p,
-            }])?;
-            let mut pos = self
-                .log
-                .list_offset(
-                    &def.topic,
-                    p,
-                    sluice_log::OffsetSpec::Earliest,
-                    sluice_log::Isolation::ReadCommitted,
-                )?
-                .unwrap_or(0);
-            while pos < end {
-                let records = consumer.poll(Duration::from_millis(100))?;
-                if records.is_empty() {
-                    break;
-                }
-                for r in records {
-                    pos = r.offset + 1;
-                    let Some(key) = r.key.clone() else { continue };
-                    let mut k = key.to_vec();
-                    if windowed {
-                        if let Some(v) = &r.value {
-                            let rows = reader.read(&[Input {
-                                key: Some(&key),
-                                value: Some(v),
-                                timestamp: r.timestamp,
-                            }])?;
-                            if let Ok(i) = rows
+            let mut records = Vec::new();
+            self.log.read_all(&def.topic, p, |_, r| records.push(r))?;
+            for r in records {
+                let Some(key) = r.key.clone() else { continue };
+                let mut k = key.to_vec();
+                if windowed {
+                    if r.value.is_some() {
+                        let rows = reader.read(&[Input::from(&r)])?;
+                        if let Ok(i) = rows
+                            .batch
+                            .schema()
+                            .index_of(crate::operators::window::WINDOWSTART)
+                        {
+                            if let Some(a) = rows
                                 .batch
-                                .schema()
-                                .index_of(crate::operators::window::WINDOWSTART)
+                                .column(i)
+                                .as_any()
+                                .downcast_ref::<datafusion::arrow::array::Int64Array>()
                             {
-                                if let Some(a) =
-                                    rows.batch
-                                        .column(i)
-                                        .as_any()
-                                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                                {
-                                    if !a.is_empty() {
-                                        k.extend_from_slice(&a.value(0).to_be_bytes());
-                                    }
+                                if !a.is_empty() {
+                                    k.extend_from_slice(&a.value(0).to_be_bytes());
                                 }
                             }
                         }
                     }
-                    if r.value.is_none() && !windowed {
-                        latest.remove(&k);
-                    } else {
-                        seq += 1;
-                        latest.insert(k, (seq, r));
-                    }
-                    if pos >= end {
-                        break;
-                    }
+                }
+                if r.value.is_none() && !windowed {
+                    latest.remove(&k);
+                } else {
+                    seq += 1;
+                    latest.insert(k, (seq, r));
                 }
             }
         }
-        let mut rows: Vec<(u64, sluice_log::ConsumerRecord)> = latest
+        let mut rows: Vec<(u64, Record)> = latest
             .into_values()
             .filter(|(_, r)| r.value.is_some())
             .collect();

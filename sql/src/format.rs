@@ -72,6 +72,16 @@ pub struct Input<'a> {
     pub timestamp: i64,
 }
 
+impl<'a> From<&'a sluice_log::Record> for Input<'a> {
+    fn from(r: &'a sluice_log::Record) -> Self {
+        Input {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            timestamp: r.timestamp,
+        }
+    }
+}
+
 impl<'a> From<&'a sluice_log::ConsumerRecord> for Input<'a> {
     fn from(r: &'a sluice_log::ConsumerRecord) -> Self {
         Input {
