@@ -204,36 +204,31 @@ pub fn load(path: &Path) -> Result<Pipeline, String> {
             ));
         }
     }
+    // Sources and sinks: a unique simple name and exactly one connector table.
     let mut seen = std::collections::BTreeSet::new();
-    for s in &config.sources {
-        if !valid_name(s.name.get_ref()) || !seen.insert(format!("source {}", s.name.get_ref())) {
+    let tasks = config
+        .sources
+        .iter()
+        .map(|s| ("sources", "source", &s.name, s.file.is_some()))
+        .chain(
+            config
+                .sinks
+                .iter()
+                .map(|s| ("sinks", "sink", &s.name, s.file.is_some())),
+        );
+    for (section, kind, name, has_connector) in tasks {
+        if !valid_name(name.get_ref()) || !seen.insert(format!("{kind} {}", name.get_ref())) {
             return Err(format!(
-                "{}: sources.name '{}' must be unique and made of letters, digits, '-' or '_'",
-                at(s.name.span()),
-                s.name.get_ref()
+                "{}: {section}.name '{}' must be unique and made of letters, digits, '-' or '_'",
+                at(name.span()),
+                name.get_ref()
             ));
         }
-        if s.file.is_none() {
+        if !has_connector {
             return Err(format!(
-                "{}: source {} needs a connector table: file = {{ path = ... }}",
-                at(s.name.span()),
-                s.name.get_ref()
-            ));
-        }
-    }
-    for s in &config.sinks {
-        if !valid_name(s.name.get_ref()) || !seen.insert(format!("sink {}", s.name.get_ref())) {
-            return Err(format!(
-                "{}: sinks.name '{}' must be unique and made of letters, digits, '-' or '_'",
-                at(s.name.span()),
-                s.name.get_ref()
-            ));
-        }
-        if s.file.is_none() {
-            return Err(format!(
-                "{}: sink {} needs a connector table: file = {{ path = ... }}",
-                at(s.name.span()),
-                s.name.get_ref()
+                "{}: {kind} {} needs a connector table: file = {{ path = ... }}",
+                at(name.span()),
+                name.get_ref()
             ));
         }
     }
