@@ -23,7 +23,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_log::{ConsumerRecord, Record};
 
-use crate::{ConnectorError, Rejected, Result, Sink, Source, SourceBatch};
+use crate::config::Interval;
+use crate::{ConnectorError, Durable, Rejected, Result, Sink, Source, SourceBatch};
 
 /// How a file's lines become records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -335,6 +336,11 @@ pub struct FileSinkConfig {
     /// Bytes per file before rolling to the next (default 64 MiB).
     #[serde(default = "default_roll_bytes")]
     pub roll_bytes: u64,
+    /// Roll by record time: a file holds records of one interval of this length (aligned to
+    /// the epoch, e.g. `"1h"` makes hourly files); a record of a later interval starts the
+    /// next file. Default: no time rolling.
+    #[serde(default)]
+    pub roll_interval: Option<Interval>,
     /// `value` (default): each record's value as a line (tombstones skipped); `envelope`:
     /// a JSON object per record with `topic`, `partition`, `offset`, `timestamp`, `key` and
     /// `value` (parsed when it is JSON; `null` for a tombstone).
@@ -354,7 +360,7 @@ pub enum SinkFormat {
 }
 
 /// A record's line in `format` (`None`: nothing to write).
-fn line(format: SinkFormat, r: &ConsumerRecord) -> Option<Vec<u8>> {
+pub fn line(format: SinkFormat, r: &ConsumerRecord) -> Option<Vec<u8>> {
     match format {
         SinkFormat::Value => r.value.as_ref().map(|v| v.to_vec()),
         SinkFormat::Envelope => {
@@ -392,22 +398,36 @@ struct OpenFile {
     file: File,
     records: u64,
     bytes: u64,
+    /// The record-time interval the file holds (with `roll-interval`).
+    bucket: i64,
+    /// The offset after the last record written into it.
+    next: i64,
 }
 
 /// Writes records as lines, one file series per partition.
+///
+/// Next to each file `<name>` a hidden `.<name>.offsets` lists the flush points
+/// (`next-offset bytes bucket` per line): a restart resumes at a committed offset, which is
+/// always a flush point, and cuts the file back to that point's length. (Offsets cannot be
+/// counted from lines: transaction markers and compaction leave gaps.)
 #[derive(Debug)]
 pub struct FileSink {
     config: FileSinkConfig,
     dir: PathBuf,
-    open: BTreeMap<(String, u32), OpenFile>,
+    open: BTreeMap<u32, OpenFile>,
+    durable: Durable,
+    written: Durable,
 }
 
 impl FileSink {
     /// A sink for `config`, with a relative folder resolved against `base`.
     pub fn new(config: FileSinkConfig, base: &Path) -> Result<FileSink> {
-        if config.roll_records == 0 || config.roll_bytes == 0 {
+        if config.roll_records == 0
+            || config.roll_bytes == 0
+            || config.roll_interval.is_some_and(|i| i.as_millis() == 0)
+        {
             return Err(ConnectorError::Config(
-                "roll-records and roll-bytes must be positive".into(),
+                "roll-records, roll-bytes and roll-interval must be positive".into(),
             ));
         }
         let dir = base.join(&config.path);
@@ -416,6 +436,8 @@ impl FileSink {
             config,
             dir,
             open: BTreeMap::new(),
+            durable: Durable::new(),
+            written: Durable::new(),
         })
     }
 
@@ -423,11 +445,42 @@ impl FileSink {
         format!("{topic}-{partition}-{first:020}.jsonl")
     }
 
-    /// The file to write offset `offset` of a partition into, resuming a file series after a
-    /// restart: the file holding earlier offsets is cut back to them.
-    fn resume(&self, topic: &str, partition: u32, offset: i64) -> Result<OpenFile> {
-        let prefix = format!("{topic}-{partition}-");
-        let mut latest: Option<(i64, PathBuf)> = None;
+    fn index_path(path: &Path) -> PathBuf {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.offsets"))
+    }
+
+    fn bucket(&self, timestamp: i64) -> i64 {
+        match self.config.roll_interval {
+            Some(i) => timestamp.div_euclid(i.as_millis()),
+            None => 0,
+        }
+    }
+
+    fn create(&self, topic: &str, r: &ConsumerRecord) -> Result<OpenFile> {
+        let path = self.dir.join(Self::file_name(topic, r.partition, r.offset));
+        let file = File::create(&path).map_err(|e| ConnectorError::io("create", &path, e))?;
+        let index = Self::index_path(&path);
+        let _ = std::fs::remove_file(&index);
+        Ok(OpenFile {
+            path,
+            file,
+            records: 0,
+            bytes: 0,
+            bucket: self.bucket(r.timestamp),
+            next: r.offset,
+        })
+    }
+
+    /// The file to write record `r` (the first after a restart) into: the file holding the
+    /// flush point at its offset is cut back to it; files after it hold only records that
+    /// were never committed and are removed (the replay writes them again).
+    fn resume(&self, topic: &str, r: &ConsumerRecord) -> Result<OpenFile> {
+        let prefix = format!("{topic}-{}-", r.partition);
+        let mut holding: Option<(i64, PathBuf)> = None;
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| ConnectorError::io("list", &self.dir, e))?;
         for e in entries {
@@ -440,116 +493,126 @@ impl FileSink {
             else {
                 continue;
             };
-            if first <= offset && latest.as_ref().is_none_or(|(f, _)| first > *f) {
-                latest = Some((first, e.path()));
+            if first >= r.offset {
+                let path = e.path();
+                std::fs::remove_file(&path).map_err(|e| ConnectorError::io("remove", &path, e))?;
+                let _ = std::fs::remove_file(Self::index_path(&path));
+            } else if holding.as_ref().is_none_or(|(f, _)| first > *f) {
+                holding = Some((first, e.path()));
             }
         }
-        if let Some((first, path)) = latest {
-            // Keep the lines before `offset`; what follows was written but never committed.
-            let keep = (offset - first) as u64;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| ConnectorError::io("open", &path, e))?;
-            let mut reader = BufReader::new(&file);
-            let mut bytes = 0u64;
-            let mut line = Vec::new();
-            let mut lines = 0;
-            while lines < keep {
-                line.clear();
-                let n = reader
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| ConnectorError::io("read", &path, e))?;
-                if n == 0 {
-                    break;
-                }
-                bytes += n as u64;
-                lines += 1;
-            }
-            if lines == keep && lines < self.config.roll_records && bytes < self.config.roll_bytes {
+        if let Some((_, path)) = holding {
+            let index = Self::index_path(&path);
+            let points = std::fs::read_to_string(&index).unwrap_or_default();
+            // The committed offset is a flush point; the first record after it may come
+            // later (gaps), so the point is the last one at or before that record.
+            let point = points
+                .lines()
+                .filter_map(|l| {
+                    let mut it = l.split(' ').map(|n| n.parse::<i64>().ok());
+                    Some((it.next()??, it.next()??, it.next()??))
+                })
+                .filter(|(next, _, _)| *next <= r.offset)
+                .max_by_key(|(next, _, _)| *next)
+                .map(|(_, bytes, bucket)| (bytes, bucket));
+            if let Some((bytes, bucket)) = point {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| ConnectorError::io("open", &path, e))?;
+                let bytes = bytes as u64;
                 file.set_len(bytes)
                     .map_err(|e| ConnectorError::io("truncate", &path, e))?;
                 let mut file = file;
                 file.seek(SeekFrom::End(0))
                     .map_err(|e| ConnectorError::io("seek", &path, e))?;
+                let records = std::fs::read(&path)
+                    .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
+                    .map_err(|e| ConnectorError::io("read", &path, e))?;
                 return Ok(OpenFile {
                     path,
                     file,
-                    records: lines,
+                    records,
                     bytes,
+                    bucket,
+                    next: r.offset,
                 });
             }
         }
-        let path = self.dir.join(Self::file_name(topic, partition, offset));
-        let file = File::create(&path).map_err(|e| ConnectorError::io("create", &path, e))?;
-        Ok(OpenFile {
-            path,
-            file,
-            records: 0,
-            bytes: 0,
-        })
+        self.create(topic, r)
     }
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, records: &[ConsumerRecord]) -> Result<()> {
+    fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {
         for r in records {
+            if !self.open.contains_key(&r.partition) {
+                let f = self.resume(&r.topic, r)?;
+                self.open.insert(r.partition, f);
+            }
+            self.written.insert(r.partition, r.offset + 1);
             let Some(value) = line(self.config.format, r) else {
                 // A tombstone has no value line.
                 continue;
             };
-            let k = (r.topic.to_string(), r.partition);
-            if !self.open.contains_key(&k) {
-                let f = self.resume(&r.topic, r.partition, r.offset)?;
-                self.open.insert(k.clone(), f);
-            }
-            let roll = self.open.get(&k).is_some_and(|f| {
-                f.records >= self.config.roll_records || f.bytes >= self.config.roll_bytes
+            let bucket = self.bucket(r.timestamp);
+            let roll = self.open.get(&r.partition).is_some_and(|f| {
+                f.records > 0
+                    && (f.records >= self.config.roll_records
+                        || f.bytes >= self.config.roll_bytes
+                        || f.bucket != bucket)
             });
             if roll {
-                if let Some(f) = self.open.remove(&k) {
+                if let Some(f) = self.open.remove(&r.partition) {
                     f.file
                         .sync_data()
                         .map_err(|e| ConnectorError::io("fsync", &f.path, e))?;
                 }
-                let path = self
-                    .dir
-                    .join(Self::file_name(&r.topic, r.partition, r.offset));
-                let file =
-                    File::create(&path).map_err(|e| ConnectorError::io("create", &path, e))?;
-                self.open.insert(
-                    k.clone(),
-                    OpenFile {
-                        path,
-                        file,
-                        records: 0,
-                        bytes: 0,
-                    },
-                );
+                let f = self.create(&r.topic, r)?;
+                self.open.insert(r.partition, f);
             }
-            if let Some(f) = self.open.get_mut(&k) {
+            if let Some(f) = self.open.get_mut(&r.partition) {
                 f.file
                     .write_all(&value)
                     .and_then(|()| f.file.write_all(b"\n"))
                     .map_err(|e| ConnectorError::io("write", &f.path, e))?;
                 f.records += 1;
                 f.bytes += value.len() as u64 + 1;
+                f.bucket = bucket;
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        for f in self.open.values() {
+    fn flush(&mut self) -> Result<Durable> {
+        for (partition, f) in &mut self.open {
+            let Some(&next) = self.written.get(partition) else {
+                continue;
+            };
+            if next == f.next && self.durable.get(partition) == Some(&next) {
+                continue;
+            }
             f.file
                 .sync_data()
                 .map_err(|e| ConnectorError::io("fsync", &f.path, e))?;
+            // Record the flush point so a restart from `next` can cut the file back to it.
+            let index = Self::index_path(&f.path);
+            let mut points = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&index)
+                .map_err(|e| ConnectorError::io("open", &index, e))?;
+            writeln!(points, "{next} {} {}", f.bytes, f.bucket)
+                .and_then(|()| points.sync_data())
+                .map_err(|e| ConnectorError::io("write", &index, e))?;
+            f.next = next;
         }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| ConnectorError::io("fsync", &self.dir, e))?;
-        Ok(())
+        self.durable = self.written.clone();
+        Ok(self.durable.clone())
     }
 }
 
@@ -675,6 +738,7 @@ mod tests {
     fn files(dir: &Path) -> BTreeMap<String, String> {
         std::fs::read_dir(dir)
             .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
             .map(|e| {
                 let e = e.unwrap();
                 (
@@ -707,11 +771,12 @@ mod tests {
 
     #[test]
     fn the_file_sink_meets_the_sink_contract() {
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
         let config = FileSinkConfig {
             path: "out".into(),
             roll_records: 3,
             roll_bytes: 1 << 20,
+            roll_interval: None,
             format: SinkFormat::Envelope,
         };
         crate::conformance::sink_replays_are_idempotent(
@@ -719,7 +784,11 @@ mod tests {
             &|i| {
                 files(&dirs[i].path().join("out"))
                     .into_iter()
-                    .map(|(name, text)| format!("{name}\n{text}"))
+                    .flat_map(|(name, text)| {
+                        text.lines()
+                            .map(|l| (name.clone(), l.to_string()))
+                            .collect::<Vec<_>>()
+                    })
                     .collect()
             },
         );
@@ -732,16 +801,21 @@ mod tests {
             path: "out".into(),
             roll_records: 3,
             roll_bytes: 1 << 20,
+            roll_interval: None,
             format: SinkFormat::Envelope,
         };
-        let all: Vec<ConsumerRecord> = (0..8).map(|i| rec(i, &format!("v{i}"))).collect();
+        // Offsets with gaps, as transaction markers leave them.
+        let all: Vec<ConsumerRecord> = (0..8).map(|i| rec(i * 2, &format!("v{i}"))).collect();
         let clean = tempfile::tempdir().unwrap();
         let mut s = FileSink::new(config.clone(), clean.path()).unwrap();
         s.write(&all).unwrap();
-        s.flush().unwrap();
-        // Crash after writing everything but committing only offset 4: replay from 4.
+        assert_eq!(s.flush().unwrap(), Durable::from([(0, 15)]));
+        // Crash after writing everything but committing only the flush point at offset 8:
+        // replay from 8.
         let mut s = FileSink::new(config.clone(), dir.path()).unwrap();
-        s.write(&all).unwrap();
+        s.write(&all[..4]).unwrap();
+        assert_eq!(s.flush().unwrap(), Durable::from([(0, 7)]));
+        s.write(&all[4..]).unwrap();
         drop(s);
         let mut s = FileSink::new(config, dir.path()).unwrap();
         s.write(&all[4..]).unwrap();

@@ -18,14 +18,20 @@
 //!
 //! - [`file`]: the file source (tail files matching a glob: lines, JSON lines, CSV with a
 //!   header) and the file sink (JSON lines, rolled by size or record count).
+//! - [`config`]: config value types shared by connectors (durations).
 //! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
-//!
-//! The HTTP and object-store connectors follow with the worker's REST API.
+//! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
+//!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
+//! - [`objstore`]: the object-store sink (s3://, gs://, az://, file://, memory://; JSON lines
+//!   or Parquet; partitioned paths; deterministic names).
 
+pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod file;
+pub mod http_poll;
+pub mod objstore;
 
 use std::time::Duration;
 
@@ -70,16 +76,26 @@ pub trait Source: Send {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch>;
 }
 
+/// What a sink has made durable: per partition of its topic, the offset of the first record
+/// whose output is not durable yet (every record before it is written for good, or was
+/// rejected). The worker commits exactly these offsets.
+pub type Durable = std::collections::BTreeMap<u32, i64>;
+
 /// A sink of records.
 ///
-/// Contract: `write` receives committed records of one topic in offset order per partition,
-/// possibly again after a restart (from the last committed offsets); writing the same records
-/// again must leave the same output (idempotence). After `flush` returns, everything written
-/// is durable; only then are the offsets committed.
+/// Contract: `write` receives committed records of one topic in offset order per partition
+/// (offsets may have gaps: transaction markers and compaction take offsets), possibly again
+/// after a restart, starting at offsets a `flush` returned. Writing the same records again
+/// from such an offset must leave the same records in the output, none twice (idempotence:
+/// boundaries and names are decided by offsets and record contents, never by the clock,
+/// except where a `flush` returned the boundary). Records the sink cannot write in its format
+/// are returned from `write` (the worker sends them to the dead-letter topic), never dropped.
+/// `flush` returns the offsets up to which the output is durable; a sink that buffers whole
+/// objects may return less than it was given.
 pub trait Sink: Send {
-    /// Writes records (may buffer).
-    fn write(&mut self, records: &[ConsumerRecord]) -> Result<()>;
+    /// Writes records (may buffer); returns those it cannot write, with the reason.
+    fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>>;
 
-    /// Makes everything written so far durable.
-    fn flush(&mut self) -> Result<()>;
+    /// Makes output durable where the sink's boundaries allow, and says how far it is.
+    fn flush(&mut self) -> Result<Durable>;
 }

@@ -1,0 +1,1 @@
+//! The HTTP polling source (being written).
