@@ -21,6 +21,8 @@
 //! - [`config`]: config value types shared by connectors (durations).
 //! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
+//! - [`http_ingest`]: the HTTP ingest source: requests handed over by the worker's
+//!   `POST /ingest/{topic}` endpoint, answered once their records are committed.
 //! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
 //!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
 //! - [`objstore`]: the object-store sink (s3://, gs://, az://, file://, memory://; JSON lines
@@ -30,6 +32,7 @@ pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod file;
+pub mod http_ingest;
 pub mod http_poll;
 pub mod objstore;
 
@@ -74,6 +77,11 @@ pub trait Source: Send {
 
     /// Reads up to `max` records.
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch>;
+
+    /// The batches polled so far are committed (records and position, in one log
+    /// transaction). A source that acknowledges its input upstream (HTTP ingest answers its
+    /// clients) does it here, never earlier.
+    fn committed(&mut self) {}
 }
 
 /// What a sink has made durable: per partition of its topic, the offset of the first record

@@ -13,7 +13,9 @@
 //!   `main.rs` only parses and dispatches.
 //! - [`output`]: tables and the one-line error format.
 
+pub mod api;
 pub mod cli;
+pub mod deployer;
 pub mod output;
 pub mod pipeline;
 pub mod worker;

@@ -31,11 +31,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sluice_connectors::file::{FileSinkConfig, FileSourceConfig};
+use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
+use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
+use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
+use sluice_connectors::{ConnectorError, Sink, Source};
 use toml::Spanned;
 
 /// A pipeline file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PipelineConfig {
     /// The pipeline's name (letters, digits, `-`, `_`); default: the file name without
@@ -58,7 +61,7 @@ pub struct PipelineConfig {
 }
 
 /// A topic to create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TopicSpec {
     /// Topic name.
@@ -77,7 +80,7 @@ fn one() -> u32 {
 }
 
 /// A source: a name, the topic it writes, and exactly one connector table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SourceSpec {
     /// Unique in the pipeline; its stored position is keyed by it.
@@ -87,10 +90,26 @@ pub struct SourceSpec {
     /// Tail files: `{ path, format = "lines"|"json"|"csv", key-field, max-line-bytes }`.
     #[serde(default)]
     pub file: Option<FileSourceConfig>,
+    /// Accept records over HTTP at the worker's `POST /ingest/<topic>`:
+    /// `{ key-field, token, max-body-bytes, idempotency-keys }`.
+    #[serde(default)]
+    pub http: Option<HttpIngestConfig>,
+    /// Poll a URL: `{ url, interval, json-path, key-field, headers, timeout,
+    /// max-body-bytes }`.
+    #[serde(default)]
+    pub http_poll: Option<HttpPollSourceConfig>,
+}
+
+impl SourceSpec {
+    fn connectors(&self) -> usize {
+        usize::from(self.file.is_some())
+            + usize::from(self.http.is_some())
+            + usize::from(self.http_poll.is_some())
+    }
 }
 
 /// A sink: a name, the topic it reads, and exactly one connector table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SinkSpec {
     /// Unique in the pipeline; its consumer group is `sluice-sink-<pipeline>-<name>`.
@@ -102,8 +121,41 @@ pub struct SinkSpec {
     pub file: Option<FileSinkConfig>,
 }
 
+impl SinkSpec {
+    fn connectors(&self) -> usize {
+        usize::from(self.file.is_some())
+    }
+}
+
+/// Builds a source's connector. An HTTP ingest source also returns the handle the worker's
+/// endpoint submits to.
+pub fn build_source(
+    s: &SourceSpec,
+    base: &Path,
+) -> Result<(Box<dyn Source>, Option<IngestHandle>), ConnectorError> {
+    if let Some(c) = &s.file {
+        return Ok((Box::new(FileSource::new(c.clone(), base)?), None));
+    }
+    if let Some(c) = &s.http_poll {
+        return Ok((Box::new(HttpPollSource::new(c.clone())?), None));
+    }
+    if let Some(c) = &s.http {
+        let (source, handle) = IngestSource::new(&s.topic, c.clone())?;
+        return Ok((Box::new(source), Some(handle)));
+    }
+    Err(ConnectorError::Config("no connector table".into()))
+}
+
+/// Builds a sink's connector.
+pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorError> {
+    if let Some(c) = &s.file {
+        return Ok(Box::new(FileSink::new(c.clone(), base)?));
+    }
+    Err(ConnectorError::Config("no connector table".into()))
+}
+
 /// A pipeline file that parsed and validated.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pipeline {
     /// Its name.
     pub name: String,
@@ -160,7 +212,12 @@ fn expand_env(text: &str, file: &Path) -> Result<String, String> {
 /// Reads and validates a pipeline file; the error names the file, line and key.
 pub fn load(path: &Path) -> Result<Pipeline, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = expand_env(&raw, path)?;
+    parse(&raw, path)
+}
+
+/// Validates a pipeline file's text, as if read from `path`.
+pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
+    let text = expand_env(raw, path)?;
     let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
         let at = e
             .span()
@@ -209,14 +266,14 @@ pub fn load(path: &Path) -> Result<Pipeline, String> {
     let tasks = config
         .sources
         .iter()
-        .map(|s| ("sources", "source", &s.name, s.file.is_some()))
+        .map(|s| ("sources", "source", &s.name, s.connectors()))
         .chain(
             config
                 .sinks
                 .iter()
-                .map(|s| ("sinks", "sink", &s.name, s.file.is_some())),
+                .map(|s| ("sinks", "sink", &s.name, s.connectors())),
         );
-    for (section, kind, name, has_connector) in tasks {
+    for (section, kind, name, connectors) in tasks {
         if !valid_name(name.get_ref()) || !seen.insert(format!("{kind} {}", name.get_ref())) {
             return Err(format!(
                 "{}: {section}.name '{}' must be unique and made of letters, digits, '-' or '_'",
@@ -224,9 +281,9 @@ pub fn load(path: &Path) -> Result<Pipeline, String> {
                 name.get_ref()
             ));
         }
-        if !has_connector {
+        if connectors != 1 {
             return Err(format!(
-                "{}: {kind} {} needs a connector table: file = {{ path = ... }}",
+                "{}: {kind} {} needs exactly one connector table (e.g. file = {{ path = ... }}), it has {connectors}",
                 at(name.span()),
                 name.get_ref()
             ));

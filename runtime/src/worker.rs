@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_connectors::file::{FileSink, FileSource};
-use sluice_connectors::{Sink, Source};
+use sluice_connectors::http_ingest::IngestHandle;
+use sluice_connectors::{Rejected, Sink, Source};
 use sluice_log::{
     ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, ProducerConfig, Record,
     TopicPartition,
@@ -40,12 +40,45 @@ pub struct TaskStatus {
     pub records_in: AtomicU64,
     /// Records written (sources: to the topic; sinks: outside).
     pub records_out: AtomicU64,
+    /// Bytes read (record values and keys).
+    pub bytes_in: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub rejected: AtomicU64,
+    /// Commits (source transactions; sink flush + offset commits).
+    pub commits: AtomicU64,
+    /// Time spent committing, in microseconds.
+    pub commit_micros: AtomicU64,
     /// Restarts after failures.
     pub restarts: AtomicU64,
     /// The last error, while it is being retried.
     pub error: Mutex<Option<String>>,
+    /// Set once the task's loop has ended (stopped or paused).
+    pub stopped: AtomicBool,
+}
+
+impl TaskStatus {
+    /// `running`, `retrying` (failed; restarting with backoff) or `stopped`.
+    pub fn state(&self) -> &'static str {
+        if self.stopped.load(Ordering::Relaxed) {
+            "stopped"
+        } else if self.error.lock().is_some() {
+            "retrying"
+        } else {
+            "running"
+        }
+    }
+
+    fn committed(&self, started: Instant) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+fn record_bytes(key: Option<&Bytes>, value: Option<&Bytes>) -> u64 {
+    (key.map_or(0, |k| k.len()) + value.map_or(0, |v| v.len())) as u64
 }
 
 /// One running task.
@@ -65,20 +98,29 @@ pub struct Deployed {
     pub name: String,
     /// The file it came from.
     pub path: std::path::PathBuf,
-    /// Its tasks.
+    /// Its tasks (none while paused).
     pub tasks: Vec<Task>,
+    /// Paused by the API: its tasks are stopped until resumed.
+    pub paused: bool,
+    pipeline: Pipeline,
     stop: Arc<AtomicBool>,
 }
 
 impl Deployed {
     /// Stops its tasks (each commits what it has) and waits for them.
-    fn stop(&mut self) {
+    fn stop(&mut self, ingest: &IngestRoutes) {
+        ingest.lock().retain(|_, (p, _)| *p != self.name);
         self.stop.store(true, Ordering::SeqCst);
         for t in &mut self.tasks {
             if let Some(h) = t.thread.take() {
                 let _ = h.join();
             }
         }
+    }
+
+    /// The pipeline it runs.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
 }
 
@@ -88,7 +130,11 @@ pub struct Worker {
     log: Log,
     engine: Engine,
     pipelines: Vec<Deployed>,
+    ingest: IngestRoutes,
 }
+
+/// The HTTP ingest sources by topic: the pipeline and the handle requests go to.
+pub type IngestRoutes = Arc<Mutex<BTreeMap<String, (String, IngestHandle)>>>;
 
 impl Worker {
     /// A worker over `log`, with `engine` running the SQL.
@@ -97,6 +143,7 @@ impl Worker {
             log: log.clone(),
             engine,
             pipelines: Vec::new(),
+            ingest: IngestRoutes::default(),
         }
     }
 
@@ -110,12 +157,27 @@ impl Worker {
         &self.engine
     }
 
+    /// The deployed pipeline named `name`.
+    pub fn pipeline(&self, name: &str) -> Option<&Deployed> {
+        self.pipelines.iter().find(|d| d.name == name)
+    }
+
+    /// The SQL engine, to run statements.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
     /// Stops the pipeline deployed from `path`, if any (its topics, SQL objects, positions
     /// and offsets stay, so deploying it again resumes).
     pub fn undeploy(&mut self, path: &std::path::Path) -> Option<String> {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
-        d.stop();
+        d.stop(&self.ingest);
         Some(d.name)
     }
 
@@ -126,7 +188,6 @@ impl Worker {
         if let Some(d) = self.pipelines.iter().find(|d| d.name == p.name) {
             return Err(err(&format!("the name is taken by {}", d.path.display())));
         }
-        let stop = Arc::new(AtomicBool::new(false));
         for t in &p.config.topics {
             let config: Vec<(String, String)> = t
                 .config
@@ -156,27 +217,52 @@ impl Worker {
         if let Some(sql) = &p.config.sql {
             self.engine.execute(sql).map_err(|e| err(&e))?;
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = self.start_tasks(p, &stop)?;
+        self.pipelines.push(Deployed {
+            name: p.name.clone(),
+            path: p.path.clone(),
+            tasks,
+            paused: false,
+            pipeline: p.clone(),
+            stop,
+        });
+        Ok(())
+    }
+
+    fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, String> {
+        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
+        let dlq = format!("{}.dlq", p.name);
         let mut tasks = Vec::new();
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
             self.log
                 .topic(&s.topic)
                 .map_err(|e| err(&format!("source {name}: {e}")))?;
-            let Some(file) = &s.file else { continue };
-            let source = FileSource::new(file.clone(), p.base())
+            let (source, ingest) = crate::pipeline::build_source(s, p.base())
                 .map_err(|e| err(&format!("source {name}: {e}")))?;
+            if let Some(handle) = ingest {
+                let mut routes = self.ingest.lock();
+                if routes.contains_key(&s.topic) {
+                    return Err(err(&format!(
+                        "source {name}: another HTTP source already ingests into topic '{}'",
+                        s.topic
+                    )));
+                }
+                routes.insert(s.topic.clone(), (p.name.clone(), handle));
+            }
             let ctx = SourceTask {
                 log: self.log.clone(),
                 key: format!("{}/{name}", p.name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
-                stop: Arc::clone(&stop),
+                stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
             tasks.push(spawn(
                 format!("source {name}"),
                 Arc::clone(&ctx.status),
-                Box::new(move || ctx.run_with_retries(Box::new(source))),
+                Box::new(move || ctx.run_with_retries(source)),
             ));
         }
         for s in &p.config.sinks {
@@ -184,28 +270,67 @@ impl Worker {
             self.log
                 .topic(&s.topic)
                 .map_err(|e| err(&format!("sink {name}: {e}")))?;
-            let Some(file) = &s.file else { continue };
-            let sink = FileSink::new(file.clone(), p.base())
+            let sink = crate::pipeline::build_sink(s, p.base())
                 .map_err(|e| err(&format!("sink {name}: {e}")))?;
             let ctx = SinkTask {
                 log: self.log.clone(),
                 group: format!("sluice-sink-{}-{name}", p.name),
                 topic: s.topic.clone(),
-                stop: Arc::clone(&stop),
+                dlq: dlq.clone(),
+                stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
             tasks.push(spawn(
                 format!("sink {name}"),
                 Arc::clone(&ctx.status),
-                Box::new(move || ctx.run_with_retries(Box::new(sink))),
+                Box::new(move || ctx.run_with_retries(sink)),
             ));
         }
-        self.pipelines.push(Deployed {
-            name: p.name.clone(),
-            path: p.path.clone(),
-            tasks,
-            stop,
-        });
+        Ok(tasks)
+    }
+
+    /// The HTTP ingest routes (for the API).
+    pub fn ingest_routes(&self) -> IngestRoutes {
+        Arc::clone(&self.ingest)
+    }
+
+    fn find(&mut self, name: &str) -> Result<&mut Deployed, String> {
+        self.pipelines
+            .iter_mut()
+            .find(|d| d.name == name)
+            .ok_or_else(|| format!("no pipeline named '{name}' is deployed"))
+    }
+
+    /// Stops a pipeline's sources and sinks (they commit what they have) until
+    /// [`Worker::resume`]; its SQL queries keep running.
+    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+        let ingest = Arc::clone(&self.ingest);
+        let d = self.find(name)?;
+        d.stop(&ingest);
+        d.tasks.clear();
+        d.paused = true;
+        Ok(())
+    }
+
+    /// Starts a paused pipeline's tasks again, from their committed positions.
+    pub fn resume(&mut self, name: &str) -> Result<(), String> {
+        self.restart(name)
+    }
+
+    /// Stops and starts a pipeline's tasks (they resume from their committed positions;
+    /// restart counts and errors start afresh).
+    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+        let ingest = Arc::clone(&self.ingest);
+        let d = self.find(name)?;
+        d.stop(&ingest);
+        d.tasks.clear();
+        let pipeline = d.pipeline.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = self.start_tasks(&pipeline, &stop)?;
+        let d = self.find(name)?;
+        d.tasks = tasks;
+        d.stop = stop;
+        d.paused = false;
         Ok(())
     }
 
@@ -215,7 +340,7 @@ impl Worker {
             p.stop.store(true, Ordering::SeqCst);
         }
         for p in &mut self.pipelines {
-            p.stop();
+            p.stop(&self.ingest);
         }
         self.engine.shutdown();
     }
@@ -228,9 +353,13 @@ impl Drop for Worker {
 }
 
 fn spawn(name: String, status: Arc<TaskStatus>, body: Box<dyn FnOnce() + Send>) -> Task {
+    let done = Arc::clone(&status);
     let thread = std::thread::Builder::new()
         .name(name.clone())
-        .spawn(body)
+        .spawn(move || {
+            body();
+            done.stopped.store(true, Ordering::SeqCst);
+        })
         .ok();
     Task {
         name,
@@ -261,6 +390,25 @@ fn with_retries(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// The dead-letter record for rejected input: the raw bytes, with why and where in headers.
+fn dead_letter(r: Rejected) -> Record {
+    Record {
+        key: None,
+        value: Some(Bytes::from(r.raw)),
+        headers: vec![
+            Header {
+                key: "sluice.error".into(),
+                value: Some(Bytes::from(r.reason)),
+            },
+            Header {
+                key: "sluice.source".into(),
+                value: Some(Bytes::from(r.origin)),
+            },
+        ],
+        timestamp: sluice_log::record::now_ms(),
     }
 }
 
@@ -316,31 +464,20 @@ impl SourceTask {
                 continue;
             };
             producer.begin_transaction().map_err(|e| e.to_string())?;
+            let started = Instant::now();
             let n = batch.records.len() as u64;
+            let bytes: u64 = batch
+                .records
+                .iter()
+                .map(|r| record_bytes(r.key.as_ref(), r.value.as_ref()))
+                .sum();
             for r in batch.records {
                 producer.send(&self.topic, r).map_err(|e| e.to_string())?;
             }
             let rejected = batch.rejected.len() as u64;
             for r in batch.rejected {
                 producer
-                    .send(
-                        &self.dlq,
-                        Record {
-                            key: None,
-                            value: Some(Bytes::from(r.raw)),
-                            headers: vec![
-                                Header {
-                                    key: "sluice.error".into(),
-                                    value: Some(Bytes::from(r.reason)),
-                                },
-                                Header {
-                                    key: "sluice.source".into(),
-                                    value: Some(Bytes::from(r.origin)),
-                                },
-                            ],
-                            timestamp: sluice_log::record::now_ms(),
-                        },
-                    )
+                    .send(&self.dlq, dead_letter(r))
                     .map_err(|e| e.to_string())?;
             }
             producer
@@ -355,6 +492,10 @@ impl SourceTask {
                 )
                 .map_err(|e| e.to_string())?;
             producer.commit_transaction().map_err(|e| e.to_string())?;
+            source.committed();
+            self.status.committed(started);
+            self.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+            self.status.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             self.status
                 .records_in
                 .fetch_add(n + rejected, Ordering::Relaxed);
@@ -372,6 +513,7 @@ struct SinkTask {
     log: Log,
     group: String,
     topic: String,
+    dlq: String,
     stop: Arc<AtomicBool>,
     status: Arc<TaskStatus>,
 }
@@ -385,6 +527,24 @@ impl SinkTask {
         with_retries(&self.stop, &status, &self.group.clone(), || {
             self.run(sink.as_mut())
         });
+    }
+
+    /// Sends records the sink could not write to the dead-letter topic, durably, before the
+    /// offsets that pass them are committed (a crash in between may repeat a dead letter,
+    /// never lose one).
+    fn dead_letters(&self, rejected: &[Rejected]) -> Result<(), String> {
+        let mut producer = self
+            .log
+            .producer(ProducerConfig::default())
+            .map_err(|e| e.to_string())?;
+        for r in rejected {
+            producer
+                .send(&self.dlq, dead_letter(r.clone()))
+                .map_err(|e| e.to_string())?;
+        }
+        producer.flush().map_err(|e| e.to_string())?;
+        tracing::warn!(sink = %self.group, records = rejected.len(), topic = %self.dlq, "Records the sink cannot write went to the dead-letter topic; their sluice.error headers say why.");
+        Ok(())
     }
 
     fn run(&self, sink: &mut dyn Sink) -> Result<(), String> {
@@ -409,9 +569,9 @@ impl SinkTask {
             .collect();
         consumer.assign(&tps).map_err(|e| e.to_string())?;
         *self.status.error.lock() = None;
-        let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut committed = sluice_connectors::Durable::new();
         let mut last_commit = Instant::now();
-        let mut pending = false;
+        let mut written = sluice_connectors::Durable::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping {
@@ -419,35 +579,53 @@ impl SinkTask {
                     .poll(Duration::from_millis(100))
                     .map_err(|e| e.to_string())?;
                 if !records.is_empty() {
-                    sink.write(&records).map_err(|e| e.to_string())?;
-                    self.status
-                        .records_in
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    let rejected = sink.write(&records).map_err(|e| e.to_string())?;
+                    let n = records.len() as u64;
+                    let bytes: u64 = records
+                        .iter()
+                        .map(|r| record_bytes(r.key.as_ref(), r.value.as_ref()))
+                        .sum();
+                    self.status.records_in.fetch_add(n, Ordering::Relaxed);
+                    self.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                    self.status.bytes_out.fetch_add(bytes, Ordering::Relaxed);
                     self.status
                         .records_out
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    for r in &records {
-                        positions.insert(
-                            TopicPartition {
-                                topic: self.topic.clone(),
-                                partition: r.partition,
-                            },
-                            r.offset + 1,
-                        );
+                        .fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
+                    if !rejected.is_empty() {
+                        self.dead_letters(&rejected)?;
                     }
-                    pending = true;
+                    for r in &records {
+                        written.insert(r.partition, r.offset + 1);
+                    }
                 }
             }
-            if pending && (stopping || last_commit.elapsed() >= SINK_COMMIT_INTERVAL) {
+            // Flushed until the sink's output is durable up to what it was given (a sink
+            // holding whole objects back reports less, and is asked again).
+            if written != committed && (stopping || last_commit.elapsed() >= SINK_COMMIT_INTERVAL) {
                 // Durable first, then the offsets: a crash in between replays, and the sink
-                // rewrites the same output.
-                sink.flush().map_err(|e| e.to_string())?;
-                let offsets: Vec<(TopicPartition, i64)> =
-                    positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
-                consumer
-                    .commit_offsets(&offsets)
-                    .map_err(|e| e.to_string())?;
-                pending = false;
+                // rewrites the same output. The sink says how far its output is durable.
+                let started = Instant::now();
+                let durable = sink.flush().map_err(|e| e.to_string())?;
+                let offsets: Vec<(TopicPartition, i64)> = durable
+                    .iter()
+                    .filter(|(p, o)| committed.get(*p) != Some(*o))
+                    .map(|(p, o)| {
+                        (
+                            TopicPartition {
+                                topic: self.topic.clone(),
+                                partition: *p,
+                            },
+                            *o,
+                        )
+                    })
+                    .collect();
+                if !offsets.is_empty() {
+                    consumer
+                        .commit_offsets(&offsets)
+                        .map_err(|e| e.to_string())?;
+                    committed.extend(durable);
+                    self.status.committed(started);
+                }
                 last_commit = Instant::now();
             }
             if stopping {

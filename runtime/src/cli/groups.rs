@@ -41,51 +41,12 @@ impl GroupsCommand {
     pub fn run(self, log: &Log) -> Result<(), CliError> {
         match self {
             GroupsCommand::List => {
-                let rows: Vec<Vec<String>> = log
-                    .list_groups()
-                    .into_iter()
-                    .map(|(g, s, n)| vec![g, format!("{s:?}"), n.to_string()])
-                    .collect();
-                print!("{}", table(&["GROUP", "STATE", "MEMBERS"], &rows));
+                super::views::print_groups(&crate::api::log::groups_json(log));
             }
             GroupsCommand::Describe { group } => {
-                let info = log
-                    .describe_group(&group)
+                let v = crate::api::log::group_json(log, &group)
                     .ok_or_else(|| CliError::Usage(format!("unknown group '{group}'")))?;
-                println!(
-                    "Group: {}  State: {:?}  Members: {}",
-                    info.group,
-                    info.state,
-                    info.description.as_ref().map_or(0, |d| d.members.len())
-                );
-                let rows: Vec<Vec<String>> = info
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.tp.topic.clone(),
-                            p.tp.partition.to_string(),
-                            p.committed.map_or("-".into(), |c| c.to_string()),
-                            p.log_end.to_string(),
-                            p.lag.to_string(),
-                            p.member.clone().unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "TOPIC",
-                            "PARTITION",
-                            "CURRENT-OFFSET",
-                            "LOG-END-OFFSET",
-                            "LAG",
-                            "MEMBER"
-                        ],
-                        &rows
-                    )
-                );
+                super::views::print_group(&v);
             }
             GroupsCommand::ResetOffsets {
                 group,

@@ -11,9 +11,11 @@ pub mod groups;
 pub mod nexmark;
 pub mod pipelines;
 pub mod produce;
+pub mod remote;
 pub mod run;
 pub mod sql;
 pub mod topics;
+pub mod views;
 
 /// A command failed; the message is printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +106,24 @@ impl Cli {
             Command::Bench(cmd) => cmd.run(&self.data_dir, options),
             Command::Pipelines(cmd) => cmd.run(),
             cmd => {
-                let log = Log::open(&self.data_dir, options)?;
+                let log = match Log::open(&self.data_dir, options) {
+                    Ok(log) => log,
+                    Err(e @ sluice_log::LogError::DataDirLocked { .. }) => {
+                        // A worker owns the directory: ask its API instead.
+                        return match remote::Remote::find(&self.data_dir) {
+                            Some(r) => r.run(cmd),
+                            None => Err(e.into()),
+                        };
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let result = match cmd {
                     Command::Topics(c) => c.run(&log),
                     Command::Produce(a) => a.run(&log),
                     Command::Consume(a) => a.run(&log),
                     Command::Groups(c) => c.run(&log),
                     Command::Sql(a) => a.run(&log),
-                    Command::Run(a) => a.run(&log),
+                    Command::Run(a) => a.run(&log, &self.data_dir),
                     Command::Pipelines(_) => Ok(()),
                     Command::Bench(_) => Ok(()),
                 };

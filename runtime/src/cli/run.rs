@@ -1,21 +1,30 @@
 //! `sluice run`: the worker. Deploys every pipeline file of a folder, follows the folder
-//! (new, changed and removed files) and runs until Ctrl-C (or SIGTERM), printing progress.
+//! (new, changed and removed files: inotify through `notify`, with polling as the fallback),
+//! serves the REST API and metrics, and runs until Ctrl-C (or SIGTERM), printing progress.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use parking_lot::Mutex;
 use sluice_log::Log;
 use sluice_sql::engine::Engine;
 
 use super::CliError;
+use crate::api::{ApiState, serve};
+use crate::deployer::Deployer;
 use crate::worker::Worker;
 
-/// How often the pipelines folder is checked for changes.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the folder is scanned when file events are unavailable (and as a safety net).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it is scanned anyway while a watcher reports events.
+const WATCHED_RESCAN: Duration = Duration::from_secs(10);
+
+/// The file in the data directory that tells CLI commands which worker owns it.
+pub const WORKER_FILE: &str = "worker.json";
 
 /// Arguments of `sluice run`.
 #[derive(Debug, Args)]
@@ -23,96 +32,117 @@ pub struct RunArgs {
     /// The folder of pipeline files (`*.toml`).
     #[arg(long, default_value = "pipelines")]
     pub pipelines: PathBuf,
+    /// Where the REST API and `/metrics` listen (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// A bearer token every API request (except `/health`) must carry.
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
 }
 
-/// The pipeline files of a folder with their modification times.
-fn scan(dir: &std::path::Path) -> Result<BTreeMap<PathBuf, Option<SystemTime>>, CliError> {
-    Ok(std::fs::read_dir(dir)
-        .map_err(|e| CliError::io(format!("read {}", dir.display()), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .map(|p| {
-            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            (p, modified)
-        })
-        .collect())
-}
-
-/// Deploys (or redeploys) one file; a broken file is reported and never stops the others.
-fn deploy(worker: &mut Worker, f: &std::path::Path) {
-    let was = worker.undeploy(f);
-    match crate::pipeline::load(f).and_then(|p| worker.deploy(&p).map(|()| p)) {
-        Ok(p) => eprintln!(
-            "{} pipeline {} from {}.",
-            if was.is_some() {
-                "Redeployed"
-            } else {
-                "Deployed"
-            },
-            p.name,
-            f.display()
-        ),
-        Err(e) => eprintln!("error: {e}"),
-    }
+/// Watches `dir` for changes; `None` when the platform's notification fails (then the
+/// folder is polled).
+fn watch(dir: &Path, changed: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if e.is_ok() {
+            changed.store(true, Ordering::SeqCst);
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "File notifications unavailable; polling the pipelines folder."))
+    .ok()?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, "File notifications unavailable; polling the pipelines folder."))
+        .ok()?;
+    Some(w)
 }
 
 impl RunArgs {
     /// Runs the worker until interrupted.
-    pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let mut files = scan(&self.pipelines)?;
+    pub fn run(self, log: &Log, data_dir: &Path) -> Result<(), CliError> {
+        if !self.pipelines.is_dir() {
+            return Err(CliError::Usage(format!(
+                "the pipelines folder {} does not exist (pass --pipelines DIR)",
+                self.pipelines.display()
+            )));
+        }
         let engine = Engine::open(log).map_err(|e| CliError::Usage(e.to_string()))?;
-        let mut worker = Worker::new(log, engine);
-        for f in files.keys() {
-            deploy(&mut worker, f);
+        let worker = Worker::new(log, engine);
+        let ingest = worker.ingest_routes();
+        let deployer = Arc::new(Mutex::new(Deployer::new(worker, &self.pipelines)));
+        let server = serve(
+            self.listen,
+            ApiState {
+                deployer: Arc::clone(&deployer),
+                log: log.clone(),
+                ingest,
+                token: self.token.as_deref().map(Arc::from),
+            },
+        )
+        .map_err(CliError::Usage)?;
+        let api = format!("http://{}", server.addr);
+        let worker_file = data_dir.join(WORKER_FILE);
+        std::fs::write(
+            &worker_file,
+            serde_json::json!({ "api": api, "pid": std::process::id() }).to_string(),
+        )
+        .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
+        for line in deployer.lock().sync().map_err(CliError::Usage)? {
+            eprintln!("{line}");
         }
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = Arc::clone(&stop);
             let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
         }
+        let changed = Arc::new(AtomicBool::new(false));
+        let watcher = watch(&self.pipelines, Arc::clone(&changed));
+        let rescan = if watcher.is_some() {
+            WATCHED_RESCAN
+        } else {
+            POLL_INTERVAL
+        };
         eprintln!(
-            "Running; watching {} for pipeline files; Ctrl-C stops the worker.",
+            "Running; watching {} for pipeline files; API on {api} (GET /pipelines, /metrics); Ctrl-C stops the worker.",
             self.pipelines.display()
         );
         let mut last = Instant::now();
         let mut last_scan = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
-            if last_scan.elapsed() >= WATCH_INTERVAL {
+            // Events come in bursts while an editor writes; the 100 ms tick debounces them.
+            if changed.swap(false, Ordering::SeqCst) || last_scan.elapsed() >= rescan {
                 last_scan = Instant::now();
-                // Polling the folder: new files deploy, changed ones redeploy (positions,
-                // offsets and SQL objects are kept), removed ones stop (topics are kept).
-                if let Ok(now) = scan(&self.pipelines) {
-                    for (f, modified) in &now {
-                        if files.get(f) != Some(modified) {
-                            deploy(&mut worker, f);
-                        }
-                    }
-                    for f in files.keys().filter(|f| !now.contains_key(*f)) {
-                        if let Some(name) = worker.undeploy(f) {
-                            eprintln!("Stopped pipeline {name}: {} was removed.", f.display());
-                        }
-                    }
-                    files = now;
+                match deployer.lock().sync() {
+                    Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
+                    Err(e) => eprintln!("error: {e}"),
                 }
             }
             if last.elapsed() >= Duration::from_secs(self.progress_secs.max(1)) {
                 last = Instant::now();
-                print_progress(&worker);
+                print_progress(&deployer.lock().worker);
             }
         }
         eprintln!("Stopping: tasks commit what they have.");
-        print_progress(&worker);
-        worker.shutdown();
+        drop(watcher);
+        drop(server);
+        let _ = std::fs::remove_file(&worker_file);
+        let mut d = deployer.lock();
+        print_progress(&d.worker);
+        d.worker.shutdown();
         Ok(())
     }
 }
 
 fn print_progress(worker: &Worker) {
     for p in worker.pipelines() {
+        if p.paused {
+            eprintln!("pipeline {}: paused", p.name);
+            continue;
+        }
         let tasks: Vec<String> = p
             .tasks
             .iter()

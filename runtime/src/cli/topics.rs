@@ -4,7 +4,6 @@ use clap::Subcommand;
 use sluice_log::Log;
 
 use super::{CliError, parse_pairs};
-use crate::output::table;
 
 /// Topic commands.
 #[derive(Debug, Subcommand)]
@@ -70,101 +69,10 @@ impl TopicsCommand {
                 println!("Created topic {name} with {partitions} partition(s).");
             }
             TopicsCommand::List { all } => {
-                let rows: Vec<Vec<String>> = log
-                    .topic_names()
-                    .into_iter()
-                    .filter(|n| all || !n.starts_with("__"))
-                    .filter_map(|n| log.describe_topic(&n).ok())
-                    .map(|d| {
-                        let records: i64 = d
-                            .partitions
-                            .iter()
-                            .map(|p| p.log_end_offset - p.log_start_offset)
-                            .sum();
-                        let bytes: u64 = d.partitions.iter().map(|p| p.size_bytes).sum();
-                        vec![
-                            d.name,
-                            d.partitions.len().to_string(),
-                            records.to_string(),
-                            bytes.to_string(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], &rows)
-                );
+                super::views::print_topics(&crate::api::log::topics_json(log, all));
             }
             TopicsCommand::Describe { name } => {
-                let d = log.describe_topic(&name)?;
-                println!(
-                    "Topic: {}  Partitions: {}{}",
-                    d.name,
-                    d.partitions.len(),
-                    if d.internal { "  (internal)" } else { "" }
-                );
-                let overrides: Vec<String> = d
-                    .config
-                    .iter()
-                    .filter(|c| c.2)
-                    .map(|c| format!("{}={}", c.0, c.1))
-                    .collect();
-                println!(
-                    "Config overrides: {}",
-                    if overrides.is_empty() {
-                        "none".into()
-                    } else {
-                        overrides.join(", ")
-                    }
-                );
-                let rows: Vec<Vec<String>> = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.partition.to_string(),
-                            p.log_start_offset.to_string(),
-                            p.log_end_offset.to_string(),
-                            p.high_watermark.to_string(),
-                            p.last_stable_offset.to_string(),
-                            p.leader_epoch.to_string(),
-                            p.segments.to_string(),
-                            p.size_bytes.to_string(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "PARTITION",
-                            "LOG-START",
-                            "LOG-END",
-                            "HIGH-WATERMARK",
-                            "LAST-STABLE",
-                            "LEADER-EPOCH",
-                            "SEGMENTS",
-                            "BYTES"
-                        ],
-                        &rows
-                    )
-                );
-                let rows: Vec<Vec<String>> = d
-                    .config
-                    .iter()
-                    .map(|(k, v, set)| {
-                        vec![
-                            k.to_string(),
-                            v.clone(),
-                            if *set {
-                                "topic".into()
-                            } else {
-                                "default".into()
-                            },
-                        ]
-                    })
-                    .collect();
-                print!("{}", table(&["CONFIG", "VALUE", "SOURCE"], &rows));
+                super::views::print_topic(&crate::api::log::topic_json(log, &name)?);
             }
             TopicsCommand::Alter {
                 name,

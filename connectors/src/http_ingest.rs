@@ -1,0 +1,391 @@
+//! The HTTP ingest source: the worker's `POST /ingest/{topic}` endpoint hands each request
+//! body to this source through an [`IngestHandle`]; the source turns it into records, and the
+//! request is answered only after the log transaction holding them committed.
+//!
+//! ```text
+//!  client ─► POST /ingest/rides ─► IngestHandle::submit ─► (bounded queue) ─► IngestSource::poll
+//!     ▲                                                                         │ txn{records, position}
+//!     └──── 200 {accepted, rejected} ◄── reply ◄── Source::committed ◄──────────┘
+//! ```
+//!
+//! Bodies are `application/json` (one object or an array of them) or
+//! `application/x-ndjson` (one JSON value per line; bad lines become dead letters). A
+//! request may carry an `Idempotency-Key`: the keys of the last `idempotency-keys` accepted
+//! requests are part of the source's committed position, so a client retrying a request
+//! whose answer it lost gets `duplicate: true` and nothing is written twice, across worker
+//! restarts too.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_log::Record;
+
+use crate::{ConnectorError, Rejected, Result, Source, SourceBatch};
+
+/// The HTTP ingest source's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpIngestConfig {
+    /// For JSON objects: the field whose value becomes the record key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// A token clients must send as `Authorization: Bearer <token>` (use `${VAR}`); default:
+    /// none (the worker's API token, if set, still applies).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The largest request body accepted, in bytes; larger ones get 413 (default 16 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How many of the latest accepted `Idempotency-Key`s are remembered (default 1000).
+    #[serde(default = "default_idempotency_keys")]
+    pub idempotency_keys: usize,
+}
+
+fn default_max_body_bytes() -> usize {
+    16 << 20
+}
+
+fn default_idempotency_keys() -> usize {
+    1000
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestAck {
+    /// Records written (committed) to the topic.
+    pub accepted: usize,
+    /// Lines sent to the dead-letter topic.
+    pub rejected: usize,
+    /// The request's idempotency key was seen before: nothing was written again.
+    pub duplicate: bool,
+}
+
+/// Why a request was refused before anything was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not what its content type says (answered 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The source's queue is full (answered 503; retry later).
+    #[error("the ingest queue of topic '{0}' is full; retry later")]
+    Busy(String),
+    /// The source stopped or its transaction failed before committing (answered 503; retry
+    /// with the same idempotency key).
+    #[error("the records of this request were not committed; retry the request")]
+    NotCommitted,
+}
+
+/// A request waiting for its records to commit.
+#[derive(Debug)]
+struct Request {
+    body: Bytes,
+    ndjson: bool,
+    key: Option<String>,
+    reply: SyncSender<Result<IngestAck, IngestError>>,
+}
+
+/// The endpoint's side: submits request bodies to the source.
+#[derive(Debug, Clone)]
+pub struct IngestHandle {
+    topic: String,
+    config: HttpIngestConfig,
+    queue: SyncSender<Request>,
+}
+
+impl IngestHandle {
+    /// The source's settings (token, body limit).
+    pub fn config(&self) -> &HttpIngestConfig {
+        &self.config
+    }
+
+    /// Hands a body over; the returned receiver yields the answer once its records committed
+    /// (or why not). `ndjson`: one JSON value per line; otherwise one JSON document.
+    pub fn submit(
+        &self,
+        body: Bytes,
+        ndjson: bool,
+        key: Option<String>,
+    ) -> Result<Receiver<Result<IngestAck, IngestError>>, IngestError> {
+        if !ndjson {
+            // A document that does not parse is the client's to fix: refuse it whole.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
+        }
+        let (reply, answer) = sync_channel(1);
+        let request = Request {
+            body,
+            ndjson,
+            key,
+            reply,
+        };
+        match self.queue.try_send(request) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(IngestError::Busy(self.topic.clone())),
+            Err(TrySendError::Disconnected(_)) => Err(IngestError::NotCommitted),
+        }
+    }
+}
+
+/// The source the worker's ingest task polls.
+#[derive(Debug)]
+pub struct IngestSource {
+    topic: String,
+    config: HttpIngestConfig,
+    queue: Receiver<Request>,
+    /// Accepted idempotency keys, oldest first (the committed position plus what is polled).
+    keys: VecDeque<String>,
+    /// Requests whose records are in polled, not yet committed batches.
+    waiting: Vec<(SyncSender<Result<IngestAck, IngestError>>, IngestAck)>,
+    /// A request taken from the queue that did not fit the last batch.
+    held: Option<Request>,
+}
+
+/// Requests waiting in the queue before new ones get 503.
+const QUEUE: usize = 64;
+
+impl IngestSource {
+    /// A source for `topic` and the handle the endpoint submits to.
+    pub fn new(topic: &str, config: HttpIngestConfig) -> Result<(IngestSource, IngestHandle)> {
+        if config.max_body_bytes == 0 {
+            return Err(ConnectorError::Config(
+                "max-body-bytes must be positive".into(),
+            ));
+        }
+        let (tx, rx) = sync_channel(QUEUE);
+        Ok((
+            IngestSource {
+                topic: topic.to_string(),
+                config: config.clone(),
+                queue: rx,
+                keys: VecDeque::new(),
+                waiting: Vec::new(),
+                held: None,
+            },
+            IngestHandle {
+                topic: topic.to_string(),
+                config,
+                queue: tx,
+            },
+        ))
+    }
+
+    /// Turns one request into records and dead letters.
+    fn records(&self, r: &Request, id: usize, batch: &mut SourceBatch) -> IngestAck {
+        let mut ack = IngestAck {
+            accepted: 0,
+            rejected: 0,
+            duplicate: false,
+        };
+        let values: Vec<(usize, std::result::Result<serde_json::Value, String>, &[u8])> =
+            if r.ndjson {
+                r.body
+                    .split(|b| *b == b'\n')
+                    .enumerate()
+                    .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
+                    .map(|(i, l)| {
+                        let v = serde_json::from_slice(l).map_err(|e| format!("not JSON: {e}"));
+                        (i + 1, v, l)
+                    })
+                    .collect()
+            } else {
+                match serde_json::from_slice::<serde_json::Value>(&r.body) {
+                    Ok(serde_json::Value::Array(items)) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (i + 1, Ok(v), &[][..]))
+                        .collect(),
+                    Ok(v) => vec![(1, Ok(v), &[][..])],
+                    Err(e) => vec![(1, Err(format!("not JSON: {e}")), &r.body[..])],
+                }
+            };
+        let now = sluice_log::record::now_ms();
+        for (n, v, raw) in values {
+            let origin = format!("POST /ingest/{} request {id} item {n}", self.topic);
+            match v {
+                Ok(v) => {
+                    let key = self.config.key_field.as_ref().and_then(|f| match v.get(f) {
+                        Some(serde_json::Value::String(s)) => Some(Bytes::from(s.clone())),
+                        Some(serde_json::Value::Null) | None => None,
+                        Some(other) => Some(Bytes::from(other.to_string())),
+                    });
+                    batch.records.push(Record {
+                        key,
+                        value: Some(Bytes::from(v.to_string())),
+                        headers: Vec::new(),
+                        timestamp: now,
+                    });
+                    ack.accepted += 1;
+                }
+                Err(reason) => {
+                    batch.rejected.push(Rejected {
+                        origin,
+                        raw: raw.to_vec(),
+                        reason,
+                    });
+                    ack.rejected += 1;
+                }
+            }
+        }
+        ack
+    }
+
+    fn position(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "keys": self.keys })).unwrap_or_default()
+    }
+}
+
+impl Source for IngestSource {
+    fn open(&mut self, position: Option<&[u8]>) -> Result<()> {
+        // Requests of batches that never committed are answered "not committed" (their
+        // senders drop); clients retry them.
+        self.waiting.clear();
+        self.keys.clear();
+        if let Some(p) = position {
+            let v: serde_json::Value =
+                serde_json::from_slice(p).map_err(|e| ConnectorError::Position(e.to_string()))?;
+            for k in v["keys"].as_array().into_iter().flatten() {
+                if let Some(k) = k.as_str() {
+                    self.keys.push_back(k.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch> {
+        let mut batch = SourceBatch::default();
+        let mut id = 0;
+        let mut wait = timeout;
+        loop {
+            let request = match self.held.take() {
+                Some(r) => r,
+                None => match self.queue.recv_timeout(wait) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            // After the first request, take only what is already queued.
+            wait = Duration::ZERO;
+            if let Some(k) = &request.key {
+                if self.keys.contains(k) {
+                    let _ = request.reply.send(Ok(IngestAck {
+                        accepted: 0,
+                        rejected: 0,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+            }
+            if !batch.records.is_empty() && batch.records.len() >= max {
+                self.held = Some(request);
+                break;
+            }
+            id += 1;
+            let ack = self.records(&request, id, &mut batch);
+            if let Some(k) = request.key {
+                self.keys.push_back(k);
+                while self.keys.len() > self.config.idempotency_keys {
+                    self.keys.pop_front();
+                }
+            }
+            self.waiting.push((request.reply, ack));
+        }
+        if !self.waiting.is_empty() {
+            batch.position = Some(self.position());
+        }
+        Ok(batch)
+    }
+
+    fn committed(&mut self) {
+        for (reply, ack) in self.waiting.drain(..) {
+            let _ = reply.send(Ok(ack));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> HttpIngestConfig {
+        HttpIngestConfig {
+            key_field: Some("id".into()),
+            token: None,
+            max_body_bytes: 1 << 20,
+            idempotency_keys: 2,
+        }
+    }
+
+    #[test]
+    fn requests_are_answered_only_after_commit() {
+        let (mut s, h) = IngestSource::new("t", config()).unwrap();
+        s.open(None).unwrap();
+        let answer = h
+            .submit(
+                Bytes::from("{\"id\": 1}\nnope\n{\"id\": \"b\"}\n"),
+                true,
+                None,
+            )
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert_eq!(b.records.len(), 2);
+        assert_eq!(b.records[1].key.as_deref(), Some(&b"b"[..]));
+        assert_eq!(b.rejected.len(), 1);
+        assert!(b.rejected[0].origin.ends_with("item 2"), "{:?}", b.rejected);
+        assert!(answer.try_recv().is_err(), "no answer before the commit");
+        s.committed();
+        assert_eq!(
+            answer.recv().unwrap().unwrap(),
+            IngestAck {
+                accepted: 2,
+                rejected: 1,
+                duplicate: false
+            }
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_survive_a_restart_and_uncommitted_requests_are_refused() {
+        let (mut s, h) = IngestSource::new("t", config()).unwrap();
+        s.open(None).unwrap();
+        let a = h
+            .submit(
+                Bytes::from("[{\"id\": 1}, {\"id\": 2}]"),
+                false,
+                Some("k1".into()),
+            )
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert_eq!(b.records.len(), 2);
+        s.committed();
+        assert!(!a.recv().unwrap().unwrap().duplicate);
+        let pos = b.position.unwrap();
+        // An uncommitted request: the task restarts before its commit.
+        let lost = h
+            .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
+            .unwrap();
+        s.poll(100, Duration::from_millis(100)).unwrap();
+        s.open(Some(&pos)).unwrap();
+        assert!(lost.recv().is_err(), "the client learns it must retry");
+        let again = h
+            .submit(Bytes::from("{\"id\": 1}"), false, Some("k1".into()))
+            .unwrap();
+        let retry = h
+            .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert_eq!(b.records.len(), 1, "k1 was committed, k2 was not");
+        assert!(again.recv().unwrap().unwrap().duplicate);
+        s.committed();
+        assert_eq!(retry.recv().unwrap().unwrap().accepted, 1);
+        assert!(matches!(
+            h.submit(Bytes::from("{oops"), false, None),
+            Err(IngestError::BadRequest(m)) if m.contains("not JSON")
+        ));
+    }
+}

@@ -1,0 +1,84 @@
+//! `POST /ingest/{topic}`: hands the body to the topic's HTTP ingest source and answers once
+//! its records are committed (2xx means durable). Errors: 401 (token), 404 (no HTTP source
+//! for the topic), 413 (body over the source's `max-body-bytes`), 400 (not JSON), 503 (queue
+//! full or not committed: retry, with the same `Idempotency-Key`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+use sluice_connectors::http_ingest::IngestError;
+
+use super::{ApiError, ApiState, bearer_is, blocking};
+
+/// How long a request waits for its commit before it is answered 503.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn ingest(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let Some((_, handle)) = state.ingest.lock().get(&topic).cloned() else {
+        return Err(ApiError::not_found(format!(
+            "no HTTP source ingests into topic '{topic}' (declare one: [[sources]] http = {{ }})"
+        )));
+    };
+    let source_token = handle.config().token.clone();
+    let allowed = match (&source_token, &state.token) {
+        (None, None) => true,
+        (s, a) => {
+            s.as_deref().is_some_and(|t| bearer_is(&headers, t))
+                || a.as_deref().is_some_and(|t| bearer_is(&headers, t))
+        }
+    };
+    if !allowed {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+        ));
+    }
+    let limit = handle.config().max_body_bytes;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than this source's max-body-bytes ({limit})"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("ndjson") || t.contains("jsonlines"));
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let answer = handle.submit(body, ndjson, key).map_err(ingest_error)?;
+    blocking(move || match answer.recv_timeout(COMMIT_WAIT) {
+        Ok(Ok(ack)) => Ok(Json(json!(ack))),
+        Ok(Err(e)) => Err(ingest_error(e)),
+        Err(_) => Err(ingest_error(IngestError::NotCommitted)),
+    })
+    .await
+}
+
+fn ingest_error(e: IngestError) -> ApiError {
+    match e {
+        IngestError::BadRequest(m) => ApiError::bad_request(m),
+        e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

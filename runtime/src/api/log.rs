@@ -1,0 +1,310 @@
+//! Topics (list, describe, create, delete), records (read a partition, produce) and consumer
+//! groups with lag. The JSON documents here are also what the CLI renders, locally or
+//! fetched from a worker (see `cli::remote`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_log::{
+    ConsumerConfig, Isolation, Log, LogError, OffsetReset, ProducerConfig, Record, TopicPartition,
+};
+
+use super::{ApiError, ApiState, blocking};
+
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => ApiError::not_found(e),
+        LogError::TopicExists(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+        LogError::MessageTooLarge { .. } => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        e if e.is_user_error() => ApiError::bad_request(e),
+        e if e.is_retryable() => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        e => ApiError::internal(e),
+    }
+}
+
+/// Every topic with partitions, records and bytes (`all`: internal ones too).
+pub fn topics_json(log: &Log, all: bool) -> Value {
+    let topics: Vec<Value> = log
+        .topic_names()
+        .into_iter()
+        .filter(|n| all || !n.starts_with("__"))
+        .filter_map(|n| log.describe_topic(&n).ok())
+        .map(|d| {
+            let records: i64 = d
+                .partitions
+                .iter()
+                .map(|p| p.log_end_offset - p.log_start_offset)
+                .sum();
+            let bytes: u64 = d.partitions.iter().map(|p| p.size_bytes).sum();
+            json!({ "name": d.name, "partitions": d.partitions.len(), "records": records, "bytes": bytes })
+        })
+        .collect();
+    json!({ "topics": topics })
+}
+
+/// One topic: its partitions' offsets and sizes, and its config.
+pub fn topic_json(log: &Log, name: &str) -> Result<Value, LogError> {
+    let d = log.describe_topic(name)?;
+    let partitions: Vec<Value> = d
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "log_start_offset": p.log_start_offset,
+                "log_end_offset": p.log_end_offset,
+                "high_watermark": p.high_watermark,
+                "last_stable_offset": p.last_stable_offset,
+                "leader_epoch": p.leader_epoch,
+                "segments": p.segments,
+                "size_bytes": p.size_bytes,
+            })
+        })
+        .collect();
+    let config: BTreeMap<&str, Value> = d
+        .config
+        .iter()
+        .map(|(k, v, set)| (*k, json!({ "value": v, "overridden": set })))
+        .collect();
+    Ok(
+        json!({ "name": d.name, "internal": d.internal, "partitions": partitions, "config": config }),
+    )
+}
+
+/// Every consumer group with its state and members.
+pub fn groups_json(log: &Log) -> Value {
+    let groups: Vec<Value> = log
+        .list_groups()
+        .into_iter()
+        .map(|(g, s, n)| json!({ "group": g, "state": format!("{s:?}"), "members": n }))
+        .collect();
+    json!({ "groups": groups })
+}
+
+/// One group: committed offsets, log end and lag per partition.
+pub fn group_json(log: &Log, group: &str) -> Option<Value> {
+    let info = log.describe_group(group)?;
+    let partitions: Vec<Value> = info
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "topic": p.tp.topic,
+                "partition": p.tp.partition,
+                "committed": p.committed,
+                "log_end": p.log_end,
+                "lag": p.lag,
+                "member": p.member,
+            })
+        })
+        .collect();
+    Some(json!({
+        "group": info.group,
+        "state": format!("{:?}", info.state),
+        "members": info.description.as_ref().map_or(0, |d| d.members.len()),
+        "partitions": partitions,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TopicsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn topics(
+    State(state): State<ApiState>,
+    Query(q): Query<TopicsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || Ok(Json(topics_json(&state.log, q.all)))).await
+}
+
+pub async fn describe_topic(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || topic_json(&state.log, &name).map(Json).map_err(log_error)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    name: String,
+    #[serde(default = "one")]
+    partitions: u32,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub async fn create_topic(
+    State(state): State<ApiState>,
+    Json(c): Json<CreateTopic>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    blocking(move || {
+        let config: Vec<(String, String)> = c.config.into_iter().collect();
+        state
+            .log
+            .create_topic(&c.name, c.partitions, &config)
+            .map_err(log_error)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(topic_json(&state.log, &c.name).map_err(log_error)?),
+        ))
+    })
+    .await
+}
+
+pub async fn delete_topic(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        state.log.delete_topic(&name).map_err(log_error)?;
+        Ok(Json(json!({ "message": format!("Deleted topic {name}.") })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RecordsQuery {
+    #[serde(default)]
+    partition: u32,
+    #[serde(default)]
+    offset: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// A record as JSON: value and key as text (lossy UTF-8), with its coordinates.
+pub fn record_json(r: &sluice_log::ConsumerRecord) -> Value {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    json!({
+        "partition": r.partition,
+        "offset": r.offset,
+        "timestamp": r.timestamp,
+        "key": r.key.as_ref().map(text),
+        "value": r.value.as_ref().map(text),
+    })
+}
+
+/// Committed records of one partition from `offset` (at most `limit`).
+pub async fn read_records(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let tp = TopicPartition {
+            topic: name.clone(),
+            partition: q.partition,
+        };
+        let end = state
+            .log
+            .describe_topic(&name)
+            .map_err(log_error)?
+            .partitions
+            .get(q.partition as usize)
+            .map(|p| p.last_stable_offset)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("topic {name} has no partition {}", q.partition))
+            })?;
+        let mut consumer = state.log.consumer(ConsumerConfig {
+            isolation: Isolation::ReadCommitted,
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: q.limit.clamp(1, 10_000),
+            ..ConsumerConfig::default()
+        });
+        consumer
+            .assign(std::slice::from_ref(&tp))
+            .map_err(log_error)?;
+        consumer.seek(&tp, q.offset);
+        let mut out = Vec::new();
+        let mut next = q.offset;
+        while out.len() < q.limit && next < end {
+            let records = consumer
+                .poll(Duration::from_millis(50))
+                .map_err(log_error)?;
+            if records.is_empty() {
+                break;
+            }
+            for r in records.iter().take(q.limit - out.len()) {
+                next = r.offset + 1;
+                out.push(record_json(r));
+            }
+        }
+        Ok(Json(json!({ "records": out, "next_offset": next })))
+    })
+    .await
+}
+
+/// Produces records: an NDJSON body of `{"key": ..., "value": ...}` objects (value a string
+/// or any JSON, written as its text), answered after the records are written.
+pub async fn produce(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        state.log.topic(&name).map_err(log_error)?;
+        let mut records = Vec::new();
+        for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_request(format!("line {}: not JSON: {e}", i + 1)))?;
+            let text = |v: &Value| match v {
+                Value::Null => None,
+                Value::String(s) => Some(Bytes::from(s.clone())),
+                other => Some(Bytes::from(other.to_string())),
+            };
+            records.push(Record {
+                key: text(&v["key"]),
+                value: text(&v["value"]),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            });
+        }
+        let mut producer = state
+            .log
+            .producer(ProducerConfig::default())
+            .map_err(log_error)?;
+        let n = records.len();
+        for r in records {
+            producer.send(&name, r).map_err(log_error)?;
+        }
+        producer.flush().map_err(log_error)?;
+        Ok(Json(json!({ "produced": n })))
+    })
+    .await
+}
+
+pub async fn groups(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    blocking(move || Ok(Json(groups_json(&state.log)))).await
+}
+
+pub async fn describe_group(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        group_json(&state.log, &group)
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found(format!("unknown group '{group}'")))
+    })
+    .await
+}

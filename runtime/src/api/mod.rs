@@ -1,0 +1,242 @@
+//! The worker's REST API and metrics, served on a loopback address by `sluice run --listen`.
+//!
+//! ```text
+//!  client ─► axum router ─► auth (optional bearer token) ─► handlers
+//!                              pipelines.rs: list, status, deploy (PUT TOML), delete, pause, resume, restart
+//!                              log.rs:       topics, records, consumer groups with lag
+//!                              sql.rs:       statements (JSON), push queries (server-sent events)
+//!                              ingest.rs:    POST /ingest/{topic} (HTTP sources)
+//!                              metrics.rs:   GET /metrics (Prometheus text)
+//! ```
+//!
+//! Handlers that touch the worker run on tokio's blocking pool: deploying or stopping a
+//! pipeline joins task threads, which must not stall the async workers. The API is described
+//! in `docs/openapi.yaml`, served at `GET /openapi.yaml`.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use sluice_log::Log;
+
+use crate::deployer::Deployer;
+use crate::worker::IngestRoutes;
+
+mod ingest;
+pub mod log;
+pub mod metrics;
+mod pipelines;
+mod sql;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The worker and its pipelines folder.
+    pub deployer: Arc<Mutex<Deployer>>,
+    /// The log (read without taking the deployer's lock).
+    pub log: Log,
+    /// HTTP ingest sources by topic.
+    pub ingest: IngestRoutes,
+    /// The bearer token every request but `/health` must carry, if set.
+    pub token: Option<Arc<str>>,
+}
+
+/// A JSON error answer: `{"error": "..."}` with a status.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl ApiError {
+    fn bad_request(e: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, e.to_string())
+    }
+
+    fn not_found(e: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, e.to_string())
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// Runs `f` on the blocking pool (worker operations join threads and take locks).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// True when the request carries `Authorization: Bearer <token>`.
+fn bearer_is(req: &axum::http::HeaderMap, token: &str) -> bool {
+    req.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    // Health is open (load balancers); ingest checks its source's own token too.
+    let open = path == "/health" || path.starts_with("/ingest/");
+    match &state.token {
+        Some(t) if !open && !bearer_is(req.headers(), t) => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../../docs/openapi.yaml"),
+    )
+}
+
+async fn health(State(state): State<ApiState>) -> impl IntoResponse {
+    blocking(move || {
+        let d = state.deployer.lock();
+        let tasks: Vec<_> = d
+            .worker
+            .pipelines()
+            .iter()
+            .flat_map(|p| p.tasks.iter())
+            .collect();
+        let failing = tasks
+            .iter()
+            .filter(|t| t.status.state() == "retrying")
+            .count();
+        Ok(axum::Json(serde_json::json!({
+            "status": if failing == 0 { "ok" } else { "degraded" },
+            "pipelines": d.worker.pipelines().len(),
+            "tasks": tasks.len(),
+            "failing_tasks": failing,
+            "broken_files": d.errors().len(),
+        })))
+    })
+    .await
+}
+
+/// The router over `state`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.yaml", get(openapi))
+        .route("/metrics", get(metrics::metrics))
+        .route("/pipelines", get(pipelines::list))
+        .route(
+            "/pipelines/{name}",
+            get(pipelines::status)
+                .put(pipelines::put)
+                .delete(pipelines::delete),
+        )
+        .route("/pipelines/{name}/{action}", post(pipelines::action))
+        .route("/topics", get(log::topics).post(log::create_topic))
+        .route(
+            "/topics/{name}",
+            get(log::describe_topic).delete(log::delete_topic),
+        )
+        .route(
+            "/topics/{name}/records",
+            get(log::read_records).post(log::produce),
+        )
+        .route("/groups", get(log::groups))
+        .route("/groups/{group}", get(log::describe_group))
+        .route("/sql", post(sql::statements))
+        .route("/query", post(sql::push_query))
+        .route("/ingest/{topic}", post(ingest::ingest))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// A running API server; dropping it stops the server.
+#[derive(Debug)]
+pub struct ApiServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Binds `listen` and serves the API on its own small tokio runtime.
+pub fn serve(listen: SocketAddr, state: ApiState) -> Result<ApiServer, String> {
+    let std_listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e} (choose another --listen)"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-api")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let thread = std::thread::Builder::new()
+        .name("sluice-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "The API listener failed.");
+                        return;
+                    }
+                };
+                // On stop the server is dropped rather than drained: push-query streams
+                // never end by themselves.
+                tokio::select! {
+                    served = axum::serve(listener, app).into_future() => {
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "The API server failed.");
+                        }
+                    }
+                    _ = stopped => {}
+                }
+            });
+            // Open streams (push queries) must not hold the process.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(ApiServer {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

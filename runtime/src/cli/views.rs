@@ -1,0 +1,146 @@
+//! Tables for the JSON documents of `api::log` (topics, groups): the CLI renders them the
+//! same way whether it read the log itself or asked a running worker's API.
+
+use serde_json::Value;
+
+use crate::output::table;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn rows(v: &Value, list: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    v[list]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| columns.iter().map(|c| s(&i[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `sluice topics list`.
+pub fn print_topics(v: &Value) {
+    let rows = rows(v, "topics", &["name", "partitions", "records", "bytes"]);
+    print!(
+        "{}",
+        table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], &rows)
+    );
+}
+
+/// `sluice topics describe`.
+pub fn print_topic(v: &Value) {
+    let partitions = v["partitions"].as_array().map_or(0, Vec::len);
+    println!(
+        "Topic: {}  Partitions: {partitions}{}",
+        s(&v["name"]),
+        if v["internal"] == Value::Bool(true) {
+            "  (internal)"
+        } else {
+            ""
+        }
+    );
+    let config = v["config"].as_object().cloned().unwrap_or_default();
+    let overrides: Vec<String> = config
+        .iter()
+        .filter(|(_, c)| c["overridden"] == Value::Bool(true))
+        .map(|(k, c)| format!("{k}={}", s(&c["value"])))
+        .collect();
+    println!(
+        "Config overrides: {}",
+        if overrides.is_empty() {
+            "none".into()
+        } else {
+            overrides.join(", ")
+        }
+    );
+    let columns = [
+        "partition",
+        "log_start_offset",
+        "log_end_offset",
+        "high_watermark",
+        "last_stable_offset",
+        "leader_epoch",
+        "segments",
+        "size_bytes",
+    ];
+    print!(
+        "{}",
+        table(
+            &[
+                "PARTITION",
+                "LOG-START",
+                "LOG-END",
+                "HIGH-WATERMARK",
+                "LAST-STABLE",
+                "LEADER-EPOCH",
+                "SEGMENTS",
+                "BYTES"
+            ],
+            &rows(v, "partitions", &columns)
+        )
+    );
+    let config_rows: Vec<Vec<String>> = config
+        .iter()
+        .map(|(k, c)| {
+            vec![
+                k.clone(),
+                s(&c["value"]),
+                if c["overridden"] == Value::Bool(true) {
+                    "topic".into()
+                } else {
+                    "default".into()
+                },
+            ]
+        })
+        .collect();
+    print!("{}", table(&["CONFIG", "VALUE", "SOURCE"], &config_rows));
+}
+
+/// `sluice groups list`.
+pub fn print_groups(v: &Value) {
+    let rows = rows(v, "groups", &["group", "state", "members"]);
+    print!("{}", table(&["GROUP", "STATE", "MEMBERS"], &rows));
+}
+
+/// `sluice groups describe`.
+pub fn print_group(v: &Value) {
+    println!(
+        "Group: {}  State: {}  Members: {}",
+        s(&v["group"]),
+        s(&v["state"]),
+        s(&v["members"])
+    );
+    let rows = rows(
+        v,
+        "partitions",
+        &[
+            "topic",
+            "partition",
+            "committed",
+            "log_end",
+            "lag",
+            "member",
+        ],
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "CURRENT-OFFSET",
+                "LOG-END-OFFSET",
+                "LAG",
+                "MEMBER"
+            ],
+            &rows
+        )
+    );
+}

@@ -1,0 +1,159 @@
+//! The pipelines folder and the worker together: the run loop (on file changes) and the REST
+//! API (deploy, delete) both change pipelines through a [`Deployer`], which keeps the folder
+//! and the deployed pipelines in step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::worker::Worker;
+
+/// The worker and the folder it deploys from.
+#[derive(Debug)]
+pub struct Deployer {
+    /// The worker.
+    pub worker: Worker,
+    dir: PathBuf,
+    /// Each pipeline file seen, with the modification time last acted on.
+    files: BTreeMap<PathBuf, Option<SystemTime>>,
+    /// The last load or deploy error per file (shown in status until the file is fixed).
+    errors: BTreeMap<PathBuf, String>,
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl Deployer {
+    /// A deployer of the `*.toml` files in `dir` (nothing is deployed before [`Self::sync`]).
+    pub fn new(worker: Worker, dir: &Path) -> Deployer {
+        Deployer {
+            worker,
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Files that failed to load or deploy, with the error.
+    pub fn errors(&self) -> &BTreeMap<PathBuf, String> {
+        &self.errors
+    }
+
+    /// Brings the worker in line with the folder: new files deploy, changed ones redeploy
+    /// (positions, offsets and SQL objects are kept), removed ones stop (topics are kept). A
+    /// broken file is reported and never stops the others. Returns what happened, a line
+    /// each.
+    pub fn sync(&mut self) -> Result<Vec<String>, String> {
+        let now: BTreeMap<PathBuf, Option<SystemTime>> = std::fs::read_dir(&self.dir)
+            .map_err(|e| format!("read {}: {e}", self.dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .map(|p| {
+                let m = modified(&p);
+                (p, m)
+            })
+            .collect();
+        let mut said = Vec::new();
+        for (f, m) in &now {
+            if self.files.get(f) != Some(m) {
+                said.push(self.deploy_file(f));
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|f| !now.contains_key(*f))
+            .cloned()
+            .collect();
+        for f in gone {
+            self.errors.remove(&f);
+            if let Some(name) = self.worker.undeploy(&f) {
+                said.push(format!(
+                    "Stopped pipeline {name}: {} was removed.",
+                    f.display()
+                ));
+            }
+        }
+        self.files = now;
+        Ok(said)
+    }
+
+    /// Deploys (or redeploys) one file.
+    fn deploy_file(&mut self, f: &Path) -> String {
+        self.files.insert(f.to_path_buf(), modified(f));
+        let was = self.worker.undeploy(f);
+        match crate::pipeline::load(f).and_then(|p| self.worker.deploy(&p).map(|()| p)) {
+            Ok(p) => {
+                self.errors.remove(f);
+                format!(
+                    "{} pipeline {} from {}.",
+                    if was.is_some() {
+                        "Redeployed"
+                    } else {
+                        "Deployed"
+                    },
+                    p.name,
+                    f.display()
+                )
+            }
+            Err(e) => {
+                self.errors.insert(f.to_path_buf(), e.clone());
+                format!("error: {e}")
+            }
+        }
+    }
+
+    /// Validates `text` as pipeline `name`, writes it to `<dir>/<name>.toml` and deploys it
+    /// (replacing a pipeline of that file). Nothing changes when it does not validate.
+    pub fn put(&mut self, name: &str, text: &str) -> Result<String, String> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "pipeline name '{name}' must be letters, digits, '-' or '_'"
+            ));
+        }
+        let path = self.dir.join(format!("{name}.toml"));
+        let p = crate::pipeline::parse(text, &path)?;
+        if p.name != name {
+            return Err(format!(
+                "the file names the pipeline '{}', the request '{name}'",
+                p.name
+            ));
+        }
+        let tmp = self.dir.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        let said = self.deploy_file(&path);
+        match said.strip_prefix("error: ") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(said),
+        }
+    }
+
+    /// Stops pipeline `name` and removes its file (topics, SQL objects and committed
+    /// positions stay).
+    pub fn delete(&mut self, name: &str) -> Result<String, String> {
+        let path = self
+            .worker
+            .pipeline(name)
+            .map(|d| d.path.clone())
+            .ok_or_else(|| format!("no pipeline named '{name}' is deployed"))?;
+        self.worker.undeploy(&path);
+        self.files.remove(&path);
+        std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+        Ok(format!(
+            "Stopped pipeline {name} and removed {}.",
+            path.display()
+        ))
+    }
+}
