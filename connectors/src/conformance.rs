@@ -83,7 +83,11 @@ pub fn sink_replays_are_idempotent(
     let records = sample_records();
     let from = |d: &crate::Durable| -> Vec<ConsumerRecord> {
         let start = d.get(&0).copied().unwrap_or(0);
-        records.iter().filter(|r| r.offset >= start).cloned().collect()
+        records
+            .iter()
+            .filter(|r| r.offset >= start)
+            .cloned()
+            .collect()
     };
     let records_of = |i: usize| -> Vec<String> {
         let mut v: Vec<String> = output(i).into_iter().map(|(_, r)| r).collect();

@@ -21,6 +21,33 @@ pub enum ConnectorError {
     /// A stored position does not parse (a bug or a foreign write).
     #[error("bad stored position: {0}")]
     Position(String),
+    /// A request to an object store failed after its retries (retryable: the store or the
+    /// network may recover; check the url, the credentials and the endpoint).
+    #[error("object store {url}: {source}")]
+    ObjectStore {
+        /// The object (or the store) the request was for.
+        url: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// Buffered records could not be encoded into an object (a bug: the sink checks each
+    /// record when it is written).
+    #[error("encoding {object}: {reason}")]
+    Encode {
+        /// The object being encoded.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+    /// An HTTP request failed, was answered with an error status, or its answer was unusable
+    /// (retryable: the server or the network may recover).
+    #[error("GET {url}: {reason}")]
+    Http {
+        /// The URL requested (any password in it replaced).
+        url: String,
+        /// What went wrong: the status, the connection error, the size limit.
+        reason: String,
+    },
 }
 
 impl ConnectorError {
@@ -35,7 +62,12 @@ impl ConnectorError {
 
     /// True when retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::Io { .. })
+        matches!(
+            self,
+            ConnectorError::Io { .. }
+                | ConnectorError::Http { .. }
+                | ConnectorError::ObjectStore { .. }
+        )
     }
 }
 

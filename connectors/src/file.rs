@@ -738,7 +738,13 @@ mod tests {
     fn files(dir: &Path) -> BTreeMap<String, String> {
         std::fs::read_dir(dir)
             .unwrap()
-            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .map(|e| {
                 let e = e.unwrap();
                 (

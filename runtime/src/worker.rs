@@ -572,6 +572,7 @@ impl SinkTask {
         let mut committed = sluice_connectors::Durable::new();
         let mut last_commit = Instant::now();
         let mut written = sluice_connectors::Durable::new();
+        let mut flushed = sluice_connectors::Durable::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping {
@@ -601,11 +602,30 @@ impl SinkTask {
             }
             // Flushed until the sink's output is durable up to what it was given (a sink
             // holding whole objects back reports less, and is asked again).
-            if written != committed && (stopping || last_commit.elapsed() >= SINK_COMMIT_INTERVAL) {
+            if !written.is_empty() && (stopping || last_commit.elapsed() >= SINK_COMMIT_INTERVAL) {
                 // Durable first, then the offsets: a crash in between replays, and the sink
                 // rewrites the same output. The sink says how far its output is durable.
                 let started = Instant::now();
-                let durable = sink.flush().map_err(|e| e.to_string())?;
+                if written != flushed {
+                    flushed = sink.flush().map_err(|e| e.to_string())?;
+                }
+                let durable = flushed.clone();
+                // Where everything given is durable, commit the consumer's position rather
+                // than the last record + 1: it is past transaction markers, so the group's
+                // lag reads 0 when the sink has caught up.
+                let durable: sluice_connectors::Durable = durable
+                    .into_iter()
+                    .map(|(p, o)| {
+                        let tp = TopicPartition {
+                            topic: self.topic.clone(),
+                            partition: p,
+                        };
+                        match consumer.position(&tp) {
+                            Some(pos) if written.get(&p) == Some(&o) => (p, pos.max(o)),
+                            _ => (p, o),
+                        }
+                    })
+                    .collect();
                 let offsets: Vec<(TopicPartition, i64)> = durable
                     .iter()
                     .filter(|(p, o)| committed.get(*p) != Some(*o))

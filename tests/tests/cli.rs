@@ -539,7 +539,7 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
     let mut child = Command::new(sluice_bin())
         .arg("--data-dir")
         .arg(d.join("data"))
-        .args(["run", "--pipelines"])
+        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
         .arg(d.join("pipelines"))
         .args(["--progress-secs", "1"])
         .stdout(Stdio::null())
@@ -567,7 +567,14 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
     let lines = |d: &Path| -> usize {
         std::fs::read_dir(d.join("out"))
             .map(|es| {
-                es.map(|e| {
+                es.filter(|e| {
+                    !e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with('.')
+                })
+                .map(|e| {
                     std::fs::read_to_string(e.unwrap().path())
                         .unwrap()
                         .lines()
@@ -585,6 +592,36 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // While the worker owns the data directory, log commands go through its API.
+    let out = Command::new(sluice_bin())
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .args(["topics", "list"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("via the running worker's API"), "{stderr}");
+    assert!(
+        stdout.contains("rides") && stdout.contains("zone_fares"),
+        "{stdout}"
+    );
+    let out = Command::new(sluice_bin())
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .args([
+            "consume",
+            "rides",
+            "--from-beginning",
+            "--max-messages",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     // A new file in the folder deploys; removing it stops that pipeline.
     std::fs::write(d.join("notes.txt"), "hello\nworld\n").unwrap();
     std::fs::write(
@@ -599,8 +636,15 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
     let echoed = |d: &Path| -> String {
         std::fs::read_dir(d.join("echo"))
             .map(|es| {
-                es.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-                    .collect()
+                es.filter(|e| {
+                    !e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with('.')
+                })
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                .collect()
             })
             .unwrap_or_default()
     };

@@ -1,12 +1,14 @@
 //! End-to-end tests across the Sluice crates: one test binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod cli;
 mod common;
 mod log_crash;
 mod log_groups;
 mod log_topics;
 mod log_txn;
+mod objstore;
 mod pipeline_reference;
 mod sql_cases;
 mod sql_differential;

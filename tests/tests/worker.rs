@@ -57,7 +57,11 @@ fn sink_state(dir: &Path) -> (std::collections::BTreeMap<String, (u64, f64)>, us
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (latest, 0);
     };
-    let mut files: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+    // Hidden files are the sink's flush points.
+    let mut files: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
     files.sort();
     let mut rows = Vec::new();
     for f in files {
