@@ -34,6 +34,7 @@ use serde::Deserialize;
 use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
+use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_connectors::{ConnectorError, Sink, Source};
 use toml::Spanned;
 
@@ -119,11 +120,16 @@ pub struct SinkSpec {
     /// Write JSON lines files: `{ path, format = "value"|"envelope", roll-records, roll-bytes }`.
     #[serde(default)]
     pub file: Option<FileSinkConfig>,
+    /// Write objects to S3, GCS, Azure, a folder or memory: `{ url, format =
+    /// "json"|"parquet", partition-by, flush-records, flush-bytes, flush-interval,
+    /// flush-idle, multipart-threshold, retry-timeout, options }`.
+    #[serde(default)]
+    pub object_store: Option<ObjectStoreSinkConfig>,
 }
 
 impl SinkSpec {
     fn connectors(&self) -> usize {
-        usize::from(self.file.is_some())
+        usize::from(self.file.is_some()) + usize::from(self.object_store.is_some())
     }
 }
 
@@ -150,6 +156,9 @@ pub fn build_source(
 pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorError> {
     if let Some(c) = &s.file {
         return Ok(Box::new(FileSink::new(c.clone(), base)?));
+    }
+    if let Some(c) = &s.object_store {
+        return Ok(Box::new(ObjectStoreSink::new(c.clone(), base)?));
     }
     Err(ConnectorError::Config("no connector table".into()))
 }

@@ -26,6 +26,18 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
         "sources[].file.",
     ),
     (
+        "sources[].http",
+        "connectors/src/http_ingest.rs",
+        "HttpIngestConfig",
+        "sources[].http.",
+    ),
+    (
+        "sources[].http-poll",
+        "connectors/src/http_poll.rs",
+        "HttpPollSourceConfig",
+        "sources[].http-poll.",
+    ),
+    (
         "[[sinks]]",
         "runtime/src/pipeline.rs",
         "SinkSpec",
@@ -36,6 +48,12 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
         "connectors/src/file.rs",
         "FileSinkConfig",
         "sinks[].file.",
+    ),
+    (
+        "sinks[].object-store",
+        "connectors/src/objstore.rs",
+        "ObjectStoreSinkConfig",
+        "sinks[].object-store.",
     ),
 ];
 
@@ -57,7 +75,14 @@ fn toml_type(rust: &str) -> String {
         "bool" => "boolean".into(),
         "FileFormat" => "string: `lines`, `json`, `csv`".into(),
         "SinkFormat" => "string: `value`, `envelope`".into(),
-        "FileSourceConfig" | "FileSinkConfig" => "table".into(),
+        "ObjectFormat" => "string: `json`, `parquet`".into(),
+        "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
+        "JsonPath" => "string: a JSON path (`$`, `.name`, `['name']`, `[N]`, `[*]`)".into(),
+        "FileSourceConfig"
+        | "FileSinkConfig"
+        | "HttpIngestConfig"
+        | "HttpPollSourceConfig"
+        | "ObjectStoreSinkConfig" => "table".into(),
         other => other.into(),
     }
 }

@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Nexmark queries q0, q1, q2, q5, q7 as persistent SQL queries, beside DataFusion's
     /// batch evaluation of the same query.
     Nexmark(super::nexmark::NexmarkArgs),
+    /// A whole pipeline: file source → topic → SQL filter → object-store sink (Parquet), 200-byte
+    /// JSON records; prints `pipeline records=N seconds=S records/s=X`.
+    Pipeline(super::bench_pipeline::PipelineBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -48,7 +51,23 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
 }
 
-struct Scratch(PathBuf);
+/// A scratch folder removed when dropped.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Creates `dir`.
+    pub fn new(dir: PathBuf) -> Result<Scratch, CliError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::io(format!("create {}", dir.display()), e))?;
+        Ok(Scratch(dir))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -63,10 +82,7 @@ impl BenchArgs {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/tmp"))
         });
-        let dir = base.join(format!("sluice-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CliError::io(format!("create {}", dir.display()), e))?;
-        Ok(Scratch(dir))
+        Scratch::new(base.join(format!("sluice-bench-{}", std::process::id())))
     }
 
     fn payload(&self) -> Bytes {
@@ -111,6 +127,7 @@ impl BenchCommand {
             BenchCommand::Produce(a) => bench_produce(&a, &options),
             BenchCommand::Consume(a) => bench_consume(&a, &options),
             BenchCommand::Nexmark(a) => a.run(options),
+            BenchCommand::Pipeline(a) => a.run(),
         }
     }
 }
