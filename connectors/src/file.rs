@@ -832,4 +832,44 @@ mod tests {
         );
         assert_eq!(files(&clean.path().join("out")).len(), 3);
     }
+
+    #[test]
+    fn files_roll_by_record_time_and_resume_in_the_right_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            path: "out".into(),
+            roll_records: 100,
+            roll_bytes: 1 << 20,
+            roll_interval: Some(Interval(Duration::from_secs(3600))),
+            format: SinkFormat::Value,
+        };
+        let hour = 3_600_000;
+        let at = |offset: i64, ts: i64| ConsumerRecord {
+            timestamp: ts,
+            ..rec(offset, &format!("v{offset}"))
+        };
+        let mut s = FileSink::new(config.clone(), dir.path()).unwrap();
+        s.write(&[at(0, 10), at(1, hour - 1)]).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        // After a restart the open file's interval is known from its flush point: a record
+        // of the same hour appends, one of the next hour rolls.
+        let mut s = FileSink::new(config, dir.path()).unwrap();
+        s.write(&[at(2, 20), at(3, hour), at(4, hour + 5)]).unwrap();
+        s.flush().unwrap();
+        let f = files(&dir.path().join("out"));
+        assert_eq!(
+            f.into_iter().collect::<Vec<_>>(),
+            vec![
+                (
+                    "t-0-00000000000000000000.jsonl".to_string(),
+                    "v0\nv1\nv2\n".to_string()
+                ),
+                (
+                    "t-0-00000000000000000003.jsonl".to_string(),
+                    "v3\nv4\n".to_string()
+                ),
+            ]
+        );
+    }
 }
