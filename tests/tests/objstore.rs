@@ -432,7 +432,7 @@ fn a_pipeline_writes_parquet_objects_to_s3() {
     let moto = Moto::start();
     moto.bucket("lake");
     let dir = tempfile::tempdir().unwrap();
-    let lines: String = (0..300)
+    let mut lines: String = (0..300)
         .map(|i| {
             format!(
                 "{{\"id\": {i}, \"zone\": \"z{}\", \"fare\": {}}}\n",
@@ -441,6 +441,8 @@ fn a_pipeline_writes_parquet_objects_to_s3() {
             )
         })
         .collect();
+    // No zone: the query passes it, the sink cannot place it (a dead letter).
+    lines.push_str("{\"id\": 1000, \"fare\": 40}\n");
     std::fs::write(dir.path().join("rides.jsonl"), &lines).unwrap();
     let file = dir.path().join("lake.toml");
     std::fs::write(
@@ -494,6 +496,24 @@ object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "z
             })
             .collect();
     }
+    let start = Instant::now();
+    let dead = loop {
+        let dead = crate::common::read_committed(&log, "lake.dlq");
+        if !dead.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(dead.len(), 1, "the ride without a zone is a dead letter");
+    let why = dead[0]
+        .headers
+        .iter()
+        .find(|h| h.key == "sluice.error")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(why.value.as_ref().unwrap()).contains("zone"),
+        "{why:?}"
+    );
     worker.shutdown();
     drop(worker);
     log.close().unwrap();
