@@ -1,16 +1,23 @@
-//! The Sluice runtime: the `sluice` command-line tool and, later, the worker that runs
-//! pipelines (sources, SQL queries, sinks) over the embedded log.
+//! The Sluice runtime: the `sluice` command-line tool and the worker that runs pipelines
+//! (sources, SQL queries, sinks) over the embedded log, with its REST API and metrics.
 //!
 //! ```text
 //!  sluice ─► cli::Cli (clap) ─► cli::{topics, produce, consume, groups, bench} ─► sluice_log::Log
-//!                            └► cli::sql (shell, scripts) ─► sluice_sql::engine::Engine
-//!                                                              (catalog, queries, state)
+//!                            │    (cli::remote: the same commands through a running worker's API)
+//!                            ├► cli::sql (shell, scripts) ─► sluice_sql::engine::Engine
+//!                            └► cli::run ─► Deployer (folder ⇄ pipelines) ─► Worker ─► tasks
+//!                                        └► api (axum: REST, SSE, /metrics, /ingest) ─┘
 //! ```
 //!
 //! # Layout
 //!
-//! - [`cli`]: one file per command (`sql` is the SQL shell, `nexmark` the SQL benchmark);
+//! - [`cli`]: one file per command (`sql` is the SQL shell, `nexmark` and `bench_pipeline`
+//!   benchmarks, `remote` the API client, `views` the tables shared by local and remote);
 //!   `main.rs` only parses and dispatches.
+//! - [`pipeline`]: pipeline files (parse, validate, build connectors).
+//! - [`worker`]: deployed pipelines and their source and sink tasks (supervision, commits).
+//! - [`deployer`]: keeps the pipelines folder and the worker in step (file changes, API).
+//! - [`api`]: the REST API, server-sent events, HTTP ingest and Prometheus metrics.
 //! - [`output`]: tables and the one-line error format.
 
 pub mod api;

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use reqwest::blocking::Client;
@@ -80,17 +79,6 @@ impl Api {
             status,
             serde_json::from_str(&resp.text().unwrap()).unwrap_or(Value::Null),
         )
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -180,7 +168,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     assert_eq!(dead.len(), 1);
 
     // The filter query and the sink follow; records and status show it.
-    wait_for("2 big orders in the sink", || {
+    crate::common::wait_for("2 big orders in the sink", || {
         api.get("/pipelines/orders")["tasks"][1]["records_out"].as_u64() == Some(2)
     });
     let records = api.get("/topics/big_orders/records?partition=0&offset=0");
@@ -192,7 +180,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     let topics = api.get("/topics");
     assert!(topics.to_string().contains("big_orders"), "{topics}");
     assert_eq!(api.get("/topics/orders")["partitions"][0]["partition"], 0);
-    wait_for("the sink's lag to reach 0", || {
+    crate::common::wait_for("the sink's lag to reach 0", || {
         let g = api.get("/groups/sluice-sink-orders-out");
         g["partitions"][0]["lag"].as_i64() == Some(0)
     });

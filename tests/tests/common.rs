@@ -60,3 +60,15 @@ pub fn read_committed(log: &Log, topic: &str) -> Vec<ConsumerRecord> {
     }
     out
 }
+
+/// Waits up to 60 s for `done`, failing the test with `what` after that.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use sluice_log::{Log, LogOptions};
 use sluice_runtime::worker::Worker;
@@ -98,17 +97,6 @@ fn expected(n: usize) -> std::collections::BTreeMap<String, (u64, f64)> {
     m
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn deploy(log: &Log, file: &Path) -> Worker {
     let mut w = Worker::new(log, Engine::open(log).unwrap());
     w.deploy(&sluice_runtime::pipeline::load(file).unwrap())
@@ -130,7 +118,7 @@ fn a_pipeline_moves_files_through_sql_to_files_across_a_restart() {
     let log = Log::open(base.join("data"), LogOptions::default()).unwrap();
     {
         let w = deploy(&log, &file);
-        wait_for("the first 10 orders in the sink", || {
+        crate::common::wait_for("the first 10 orders in the sink", || {
             sink_state(&base.join("out")).0 == expected(10)
         });
         let dead = crate::common::read_committed(&log, "orders.dlq");
@@ -152,7 +140,7 @@ fn a_pipeline_moves_files_through_sql_to_files_across_a_restart() {
     // More input while stopped; the restarted worker reads only what is new.
     append(&input, &(10..20).map(order).collect::<Vec<_>>());
     let w = deploy(&log, &file);
-    wait_for("all 20 orders in the sink", || {
+    crate::common::wait_for("all 20 orders in the sink", || {
         sink_state(&base.join("out")).0 == expected(20)
     });
     drop(w);

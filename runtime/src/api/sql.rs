@@ -42,6 +42,17 @@ fn rows(batches: &[sluice_sql::RecordBatch]) -> Result<Vec<Value>, ApiError> {
     }
 }
 
+/// Runs statements on the worker's engine (an error is the client's: bad SQL, unknown names).
+fn execute(state: &ApiState, sql: &str) -> Result<Vec<Output>, ApiError> {
+    state
+        .deployer
+        .lock()
+        .worker
+        .engine_mut()
+        .execute(sql)
+        .map_err(ApiError::bad_request)
+}
+
 /// Runs statements; each gives `{"message": ...}` or `{"rows": [...]}`.
 pub async fn statements(
     State(state): State<ApiState>,
@@ -49,13 +60,7 @@ pub async fn statements(
 ) -> Result<Json<Value>, ApiError> {
     let sql = statement_text(&body);
     blocking(move || {
-        let outputs = state
-            .deployer
-            .lock()
-            .worker
-            .engine_mut()
-            .execute(&sql)
-            .map_err(ApiError::bad_request)?;
+        let outputs = execute(&state, &sql)?;
         let mut results = Vec::new();
         for o in outputs {
             results.push(match o {
@@ -80,13 +85,7 @@ pub async fn push_query(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let sql = statement_text(&body);
     let mut query = blocking(move || {
-        let outputs = state
-            .deployer
-            .lock()
-            .worker
-            .engine_mut()
-            .execute(&sql)
-            .map_err(ApiError::bad_request)?;
+        let outputs = execute(&state, &sql)?;
         match outputs.into_iter().last() {
             Some(Output::Push(q)) => Ok(q),
             _ => Err(ApiError::bad_request(
