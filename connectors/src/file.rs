@@ -257,10 +257,14 @@ fn to_record(
             Some(other) => Some(Bytes::from(other.to_string())),
         },
     };
-    let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    // A JSON line is kept as written (it parsed); only CSV rows are encoded here.
+    let bytes = match config.format {
+        FileFormat::Json => Bytes::copy_from_slice(text.trim_ascii_end()),
+        _ => Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?),
+    };
     Ok(Some(Record {
         key,
-        value: Some(Bytes::from(bytes)),
+        value: Some(bytes),
         headers: Vec::new(),
         timestamp: now,
     }))
