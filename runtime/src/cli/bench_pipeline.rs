@@ -36,8 +36,9 @@ pub struct PipelineBenchArgs {
 }
 
 /// One input line of exactly 200 bytes (plus the newline); `amount` is 0..=99, so the
-/// filter `amount >= 10` passes 90% of them.
-fn line(i: u64, out: &mut Vec<u8>) {
+/// filter `amount >= 10` passes 90% of them. Times start at `t0` (now: older record times
+/// would fall to the topics' 7-day retention while the benchmark runs).
+fn line(i: u64, t0: u64, out: &mut Vec<u8>) {
     out.clear();
     let amount = (i.wrapping_mul(2_654_435_761) >> 7) % 100;
     let _ = write!(
@@ -45,7 +46,7 @@ fn line(i: u64, out: &mut Vec<u8>) {
         r#"{{"id":{i},"user":"user-{:05}","amount":{amount},"currency":"EUR","category":"cat-{:02}","ts":{},"note":""#,
         i % 50_000,
         i % 17,
-        1_700_000_000_000u64 + i
+        t0 + i / 1000
     );
     let pad = 200usize.saturating_sub(out.len() + 2);
     out.extend(std::iter::repeat_n(b'x', pad));
@@ -99,8 +100,9 @@ impl PipelineBenchArgs {
                 .map_err(|e| CliError::io(format!("create {}", input.display()), e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let mut buf = Vec::with_capacity(256);
+            let t0 = sluice_log::record::now_ms() as u64;
             for i in 0..self.records {
-                line(i, &mut buf);
+                line(i, t0, &mut buf);
                 buf.push(b'\n');
                 w.write_all(&buf)
                     .map_err(|e| CliError::io("write input", e))?;
