@@ -685,7 +685,14 @@ async fn upload(
 /// JSON lines (each a JSON object) as a Parquet file. Deterministic: the same lines give the
 /// same bytes. Fields whose values cannot share a column are written as JSON text.
 fn encode_parquet(lines: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let first_try = match parquet_of(lines) {
+    // Most objects have one shape: a schema inferred from a sample, decoded strictly (a field
+    // or type the sample did not show is an error, never dropped), saves parsing every record
+    // twice. Any surprise falls back to inferring from all records. The choice depends only
+    // on the records, so replays still write identical bytes.
+    if let Ok(bytes) = parquet_of(lines, Some(SCHEMA_SAMPLE_ROWS)) {
+        return Ok(bytes);
+    }
+    let first_try = match parquet_of(lines, None) {
         Ok(bytes) => return Ok(bytes),
         Err(e) => e,
     };
@@ -727,17 +734,24 @@ fn encode_parquet(lines: &[u8]) -> std::result::Result<Vec<u8>, String> {
         Ok(out)
     };
     tracing::debug!(error = %first_try, fields = ?conflicting, "Fields of an object disagree in shape; writing them as JSON text.");
-    match parquet_of(&stringified(false)?) {
+    match parquet_of(&stringified(false)?, None) {
         Ok(bytes) => Ok(bytes),
-        Err(_) => parquet_of(&stringified(true)?).map_err(|e| format!("{first_try}; then {e}")),
+        Err(_) => {
+            parquet_of(&stringified(true)?, None).map_err(|e| format!("{first_try}; then {e}"))
+        }
     }
 }
 
-/// JSON lines as Parquet, with the schema inferred from all of them.
-fn parquet_of(lines: &[u8]) -> std::result::Result<Vec<u8>, String> {
+/// Records whose shapes a sampled schema is inferred from.
+const SCHEMA_SAMPLE_ROWS: usize = 1000;
+
+/// JSON lines as Parquet, with the schema inferred from all of them, or from the first
+/// `sample` and then decoded strictly (unknown fields and types are errors).
+fn parquet_of(lines: &[u8], sample: Option<usize>) -> std::result::Result<Vec<u8>, String> {
     let values = lines
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
+        .take(sample.unwrap_or(usize::MAX))
         .map(|l| {
             serde_json::from_slice::<Value>(l)
                 .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))
@@ -748,6 +762,7 @@ fn parquet_of(lines: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let reader = arrow_json::ReaderBuilder::new(Arc::clone(&schema))
         .with_batch_size(PARQUET_BATCH_ROWS)
         .with_coerce_primitive(true)
+        .with_strict_mode(sample.is_some())
         .build(lines)
         .map_err(|e| e.to_string())?;
     // No clock and no host in the file: `created_by` names the library version only.
@@ -1301,5 +1316,33 @@ mod tests {
             dir.path(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_shape_the_schema_sample_did_not_show_is_kept_whole() {
+        let mut lines = Vec::new();
+        for i in 0..1500 {
+            let line = if i < 1200 {
+                format!("{{\"id\": {i}}}")
+            } else {
+                format!("{{\"id\": {i}, \"late\": \"x{i}\"}}")
+            };
+            lines.extend_from_slice(line.as_bytes());
+            lines.push(b'\n');
+        }
+        let bytes = encode_parquet(&lines).unwrap();
+        let got = rows("o.parquet", &bytes);
+        assert_eq!(got.len(), 1500);
+        assert!(got[1499].contains("x1499"), "{}", got[1499]);
+        // One shape throughout takes the sampled path and gives the same rows.
+        let uniform: Vec<u8> = lines
+            .split(|b| *b == b'\n')
+            .take(1200)
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        assert_eq!(
+            encode_parquet(&uniform).unwrap(),
+            parquet_of(&uniform, None).unwrap()
+        );
     }
 }
