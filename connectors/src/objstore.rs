@@ -429,8 +429,10 @@ impl ObjectStoreSink {
     fn encode(&self, r: &ConsumerRecord) -> std::result::Result<Option<(Vec<u8>, String)>, String> {
         let needs_object = self.config.format == ObjectFormat::Parquet && !self.config.envelope;
         let needs_value = self.template.as_ref().is_some_and(Template::needs_value);
+        // A full parse only where a template reads fields; otherwise validating without
+        // building a tree is enough (and the hot path of a Parquet sink).
         let value: Option<Value> = match &r.value {
-            Some(v) if needs_object || needs_value => {
+            Some(v) if needs_value => {
                 Some(serde_json::from_slice(v).map_err(|e| format!("the value is not JSON: {e}"))?)
             }
             _ => None,
@@ -454,6 +456,18 @@ impl ObjectStoreSink {
                 None => {
                     serde_json::from_slice::<serde::de::IgnoredAny>(v)
                         .map_err(|e| format!("the value is not JSON: {e}"))?;
+                    if needs_object {
+                        // Valid JSON that starts with `{` is an object; `{}` has no columns.
+                        let mut tokens = v.iter().filter(|b| !b.is_ascii_whitespace());
+                        if tokens.next() != Some(&b'{') {
+                            return Err("a Parquet row needs a JSON object value".into());
+                        }
+                        if tokens.next() == Some(&b'}') {
+                            return Err(
+                                "an empty JSON object has no columns for a Parquet row".into()
+                            );
+                        }
+                    }
                 }
             }
             // Valid JSON has line breaks only between tokens, where a space does as well.
