@@ -218,6 +218,21 @@ fn to_record(
                 timestamp: now,
             }));
         }
+        FileFormat::Json if config.key_field.is_none() => {
+            // Nothing to read from the object: validate without building a tree and keep
+            // the line as written.
+            serde_json::from_slice::<serde::de::IgnoredAny>(text)
+                .map_err(|e| format!("not JSON: {e}"))?;
+            if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err("not a JSON object".into());
+            }
+            return Ok(Some(Record {
+                key: None,
+                value: Some(Bytes::copy_from_slice(text.trim_ascii())),
+                headers: Vec::new(),
+                timestamp: now,
+            }));
+        }
         FileFormat::Json => {
             let v: serde_json::Value =
                 serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
@@ -259,7 +274,7 @@ fn to_record(
     };
     // A JSON line is kept as written (it parsed); only CSV rows are encoded here.
     let bytes = match config.format {
-        FileFormat::Json => Bytes::copy_from_slice(text.trim_ascii_end()),
+        FileFormat::Json => Bytes::copy_from_slice(text.trim_ascii()),
         _ => Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?),
     };
     Ok(Some(Record {
