@@ -86,12 +86,24 @@ impl Deployer {
 
     /// Deploys (or redeploys) one file.
     fn deploy_file(&mut self, f: &Path) -> String {
+        let loaded = crate::pipeline::load(f);
+        self.deploy(f, loaded)
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    /// Deploys the pipeline `loaded` from file `f` (replacing what that file deployed);
+    /// a failure is kept for status until the file changes.
+    fn deploy(
+        &mut self,
+        f: &Path,
+        loaded: Result<crate::pipeline::Pipeline, String>,
+    ) -> Result<String, String> {
         self.files.insert(f.to_path_buf(), modified(f));
         let was = self.worker.undeploy(f);
-        match crate::pipeline::load(f).and_then(|p| self.worker.deploy(&p).map(|()| p)) {
+        match loaded.and_then(|p| self.worker.deploy(&p).map(|()| p)) {
             Ok(p) => {
                 self.errors.remove(f);
-                format!(
+                Ok(format!(
                     "{} pipeline {} from {}.",
                     if was.is_some() {
                         "Redeployed"
@@ -100,11 +112,11 @@ impl Deployer {
                     },
                     p.name,
                     f.display()
-                )
+                ))
             }
             Err(e) => {
                 self.errors.insert(f.to_path_buf(), e.clone());
-                format!("error: {e}")
+                Err(e)
             }
         }
     }
@@ -112,11 +124,7 @@ impl Deployer {
     /// Validates `text` as pipeline `name`, writes it to `<dir>/<name>.toml` and deploys it
     /// (replacing a pipeline of that file). Nothing changes when it does not validate.
     pub fn put(&mut self, name: &str, text: &str) -> Result<String, String> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !crate::pipeline::valid_name(name) {
             return Err(format!(
                 "pipeline name '{name}' must be letters, digits, '-' or '_'"
             ));
@@ -133,11 +141,7 @@ impl Deployer {
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
-        let said = self.deploy_file(&path);
-        match said.strip_prefix("error: ") {
-            Some(e) => Err(e.to_string()),
-            None => Ok(said),
-        }
+        self.deploy(&path, Ok(p))
     }
 
     /// Stops pipeline `name` and removes its file (topics, SQL objects and committed

@@ -218,6 +218,13 @@ fn expand_env(text: &str, file: &Path) -> Result<String, String> {
     Ok(out)
 }
 
+/// True for a valid pipeline, source or sink name: letters, digits, `-` and `_`.
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Reads and validates a pipeline file; the error names the file, line and key.
 pub fn load(path: &Path) -> Result<Pipeline, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -247,11 +254,6 @@ pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
-    };
-    let valid_name = |n: &str| {
-        !n.is_empty()
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if !valid_name(&name) {
         let place = config

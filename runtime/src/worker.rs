@@ -609,41 +609,28 @@ impl SinkTask {
                 if written != flushed {
                     flushed = sink.flush().map_err(|e| e.to_string())?;
                 }
-                let durable = flushed.clone();
                 // Where everything given is durable, commit the consumer's position rather
                 // than the last record + 1: it is past transaction markers, so the group's
                 // lag reads 0 when the sink has caught up.
-                let durable: sluice_connectors::Durable = durable
-                    .into_iter()
-                    .map(|(p, o)| {
-                        let tp = TopicPartition {
-                            topic: self.topic.clone(),
-                            partition: p,
-                        };
-                        match consumer.position(&tp) {
-                            Some(pos) if written.get(&p) == Some(&o) => (p, pos.max(o)),
-                            _ => (p, o),
-                        }
-                    })
-                    .collect();
-                let offsets: Vec<(TopicPartition, i64)> = durable
-                    .iter()
-                    .filter(|(p, o)| committed.get(*p) != Some(*o))
-                    .map(|(p, o)| {
-                        (
-                            TopicPartition {
-                                topic: self.topic.clone(),
-                                partition: *p,
-                            },
-                            *o,
-                        )
-                    })
-                    .collect();
+                let mut offsets: Vec<(TopicPartition, i64)> = Vec::new();
+                for (&p, &durable) in &flushed {
+                    let tp = TopicPartition {
+                        topic: self.topic.clone(),
+                        partition: p,
+                    };
+                    let target = match consumer.position(&tp) {
+                        Some(pos) if written.get(&p) == Some(&durable) => pos.max(durable),
+                        _ => durable,
+                    };
+                    if committed.get(&p) != Some(&target) {
+                        offsets.push((tp, target));
+                    }
+                }
                 if !offsets.is_empty() {
                     consumer
                         .commit_offsets(&offsets)
                         .map_err(|e| e.to_string())?;
-                    committed.extend(durable);
+                    committed.extend(offsets.iter().map(|(tp, o)| (tp.partition, *o)));
                     self.status.committed(started);
                 }
                 last_commit = Instant::now();

@@ -51,6 +51,35 @@ pub struct ConsumeArgs {
 }
 
 impl ConsumeArgs {
+    /// A record as printed: the fields asked for (`CreateTime:`, `Partition:`, `Offset:`,
+    /// key), tab-separated, then the value (`null` for an absent key or value). Used for
+    /// records read locally and through a worker's API alike.
+    pub fn format_line(
+        &self,
+        partition: u32,
+        offset: i64,
+        timestamp: i64,
+        key: Option<&str>,
+        value: Option<&str>,
+    ) -> String {
+        let mut line = String::new();
+        if self.print_timestamp {
+            line.push_str(&format!("CreateTime:{timestamp}\t"));
+        }
+        if self.print_partition {
+            line.push_str(&format!("Partition:{partition}\t"));
+        }
+        if self.print_offset {
+            line.push_str(&format!("Offset:{offset}\t"));
+        }
+        if self.print_key {
+            line.push_str(key.unwrap_or("null"));
+            line.push('\t');
+        }
+        line.push_str(value.unwrap_or("null"));
+        line
+    }
+
     /// Runs it.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
         let isolation: Isolation = self
@@ -129,28 +158,15 @@ impl ConsumeArgs {
                 continue;
             }
             for r in records {
-                let mut line = String::new();
-                if self.print_timestamp {
-                    line.push_str(&format!("CreateTime:{}\t", r.timestamp));
-                }
-                if self.print_partition {
-                    line.push_str(&format!("Partition:{}\t", r.partition));
-                }
-                if self.print_offset {
-                    line.push_str(&format!("Offset:{}\t", r.offset));
-                }
-                if self.print_key {
-                    line.push_str(
-                        &r.key
-                            .as_ref()
-                            .map_or("null".into(), |k| String::from_utf8_lossy(k).into_owned()),
-                    );
-                    line.push('\t');
-                }
-                line.push_str(
-                    &r.value
-                        .as_ref()
-                        .map_or("null".into(), |v| String::from_utf8_lossy(v).into_owned()),
+                let text = |b: &Option<bytes::Bytes>| {
+                    b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+                };
+                let mut line = self.format_line(
+                    r.partition,
+                    r.offset,
+                    r.timestamp,
+                    text(&r.key).as_deref(),
+                    text(&r.value).as_deref(),
                 );
                 line.push('\n');
                 if let Err(e) = out.write_all(line.as_bytes()) {

@@ -193,18 +193,21 @@ impl Remote {
             ));
         }
         let topic = self.get(&format!("/topics/{}", a.topic))?;
-        let partitions: Vec<(u64, i64, i64)> = topic["partitions"]
+        let partitions: Vec<(u32, i64, i64)> = topic["partitions"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|p| {
                 (
-                    p["partition"].as_u64().unwrap_or(0),
+                    p["partition"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok())
+                        .unwrap_or(0),
                     p["log_start_offset"].as_i64().unwrap_or(0),
                     p["last_stable_offset"].as_i64().unwrap_or(0),
                 )
             })
-            .filter(|(p, _, _)| a.partition.is_none_or(|only| u64::from(only) == *p))
+            .filter(|(p, _, _)| a.partition.is_none_or(|only| only == *p))
             .collect();
         let mut printed = 0u64;
         let limit = a.max_messages.unwrap_or(u64::MAX);
@@ -230,20 +233,13 @@ impl Remote {
                     if printed >= limit {
                         break;
                     }
-                    let mut line = String::new();
-                    if a.print_partition {
-                        line.push_str(&format!("Partition:{p}\t"));
-                    }
-                    if a.print_offset {
-                        line.push_str(&format!("Offset:{}\t", r["offset"]));
-                    }
-                    if a.print_timestamp {
-                        line.push_str(&format!("CreateTime:{}\t", r["timestamp"]));
-                    }
-                    if a.print_key {
-                        line.push_str(&format!("{}\t", r["key"].as_str().unwrap_or("null")));
-                    }
-                    line.push_str(r["value"].as_str().unwrap_or("null"));
+                    let line = a.format_line(
+                        p,
+                        r["offset"].as_i64().unwrap_or_default(),
+                        r["timestamp"].as_i64().unwrap_or_default(),
+                        r["key"].as_str(),
+                        r["value"].as_str(),
+                    );
                     writeln!(out, "{line}").map_err(|e| CliError::io("write stdout", e))?;
                     printed += 1;
                 }
