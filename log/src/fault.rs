@@ -1,9 +1,19 @@
 //! Fault injection for crash tests: `SLUICE_FAULT=<point>` makes the process abort (no
 //! cleanup, like a crash) when it reaches that point of a commit path.
 //!
-//! Points: `txn-after-prepare` (a transaction's decision is durable, no marker written yet),
-//! `txn-after-markers` (markers written, completion not yet recorded). Reading the variable
-//! once keeps the check off the hot path.
+//! Points, in the order an epoch reaches them:
+//!
+//! | point | where the process stops |
+//! |---|---|
+//! | `source-before-commit` | a source task's records are written, its transaction (or, at least once, its position) not committed |
+//! | `query-before-commit` | a query's outputs, dead letters and changelog records are written, its transaction (or positions) not committed |
+//! | `txn-after-prepare` | a transaction's decision is durable, no marker written yet |
+//! | `txn-after-markers` | markers written, the completion not yet recorded |
+//! | `query-after-commit` | a query's transaction committed, its state stores not yet updated |
+//! | `state-snapshot` | during the epoch's state snapshot: the first of a query's stores holds the epoch locally, the others not yet (the only store, for a query with one) |
+//! | `sink-after-flush` | a sink's output is durable outside (object written, file synced), its offsets not committed |
+//!
+//! Reading the variable once keeps the check off the hot path.
 
 use std::sync::OnceLock;
 

@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! name = "rides"                      # default: the file name without .toml
+//! guarantee = "exactly-once"          # or "at-least-once"
+//! commit-interval = "1s"              # how often sources, queries and sinks commit
 //! sql = """                            # top-level keys come before the first [[table]]
 //! CREATE STREAM IF NOT EXISTS rides (...) WITH (topic = 'rides');
 //! CREATE TABLE IF NOT EXISTS zone_fares AS SELECT ...;
@@ -31,11 +33,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sluice_connectors::config::Interval;
 use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
 use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_connectors::{ConnectorError, Sink, Source};
+pub use sluice_sql::runner::Guarantee;
 use toml::Spanned;
 
 /// A pipeline file.
@@ -46,6 +50,18 @@ pub struct PipelineConfig {
     /// `.toml`.
     #[serde(default)]
     pub name: Option<Spanned<String>>,
+    /// `"exactly-once"` (default): sources, the pipeline's SQL queries and sinks commit
+    /// their outputs, state changes and input positions together, so after a crash nothing
+    /// is lost or repeated. `"at-least-once"`: outputs are written first and positions
+    /// committed after, without transactions; after a crash the last epoch's outputs may
+    /// repeat.
+    #[serde(default)]
+    pub guarantee: Guarantee,
+    /// How often sources, the pipeline's SQL queries and sinks commit an epoch (default
+    /// `"1s"`): results become visible downstream (and HTTP ingest answers) at most this
+    /// late, and a crash redoes at most this much work.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: Interval,
     /// Topics created when the pipeline deploys (existing ones are kept as they are).
     #[serde(default)]
     pub topics: Vec<TopicSpec>,
@@ -78,6 +94,10 @@ pub struct TopicSpec {
 
 fn one() -> u32 {
     1
+}
+
+fn default_commit_interval() -> Interval {
+    Interval(std::time::Duration::from_secs(1))
 }
 
 /// A source: a name, the topic it writes, and exactly one connector table.
@@ -264,6 +284,12 @@ pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
             "{place}: pipeline name '{name}' must be letters, digits, '-' or '_'"
         ));
     }
+    if config.commit_interval.0.is_zero() {
+        return Err(format!(
+            "{}: commit-interval must be more than 0 (e.g. \"100ms\", \"1s\")",
+            path.display()
+        ));
+    }
     for t in &config.topics {
         if t.partitions == 0 {
             return Err(format!(
@@ -350,6 +376,45 @@ file = { path = "out" }
         assert_eq!(
             p.config.sinks[0].file.as_ref().unwrap().roll_records,
             100_000
+        );
+        assert_eq!(p.config.guarantee, Guarantee::ExactlyOnce);
+        assert_eq!(
+            p.config.commit_interval.0,
+            std::time::Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn guarantee_and_commit_interval_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "alo.toml",
+            "guarantee = \"at-least-once\"\ncommit-interval = \"250ms\"\n",
+        );
+        let p = load(&p).unwrap();
+        assert_eq!(p.config.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(
+            p.config.commit_interval.0,
+            std::time::Duration::from_millis(250)
+        );
+        let p = write(dir.path(), "bad.toml", "guarantee = \"exactly-twice\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(
+            e.contains("bad.toml:1:") && e.contains("exactly-twice") && e.contains("at-least-once"),
+            "{e}"
+        );
+        let p = write(dir.path(), "zero.toml", "commit-interval = \"0s\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(
+            e.contains("zero.toml: commit-interval must be more than 0"),
+            "{e}"
+        );
+        let p = write(dir.path(), "soon.toml", "commit-interval = \"soon\"\n");
+        let e = load(&p).unwrap_err();
+        assert!(
+            e.contains("soon.toml:1:") && e.contains("not a duration"),
+            "{e}"
         );
     }
 

@@ -3,8 +3,17 @@
 //!
 //! ```text
 //!  pipeline file ─► topics created ─► SQL statements (Engine: persistent queries)
-//!                ├► source task: poll ─► txn{ records, dead letters, position } ─► commit
-//!                └► sink task:  poll (read_committed) ─► write ─► flush ─► commit offsets
+//!                ├► source task: poll… ─► txn{ records, dead letters, position } ─► commit
+//!                └► sink task:  poll (read_committed) ─► write… ─► flush ─► commit offsets
+//! ```
+//!
+//! Every task commits once per the pipeline's `commit-interval` (an epoch). With
+//! `guarantee = "at-least-once"` a source writes without a transaction: its records are
+//! flushed, then its position is written, so a crash in between repeats them. Sinks work
+//! the same under both: their writes are idempotent and their offsets commit after the
+//! output is durable.
+//!
+//! ```text
 //! ```
 //!
 //! A source's position is stored in the compacted topic `__sluice_source_positions` (key
@@ -23,10 +32,11 @@ use parking_lot::Mutex;
 use sluice_connectors::http_ingest::IngestHandle;
 use sluice_connectors::{Rejected, Sink, Source};
 use sluice_log::{
-    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, ProducerConfig, Record,
-    TopicPartition,
+    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, Producer, ProducerConfig,
+    Record, TopicPartition,
 };
 use sluice_sql::engine::Engine;
+use sluice_sql::runner::{Guarantee, RunnerConfig};
 
 use crate::pipeline::Pipeline;
 
@@ -215,7 +225,14 @@ impl Worker {
             }
         }
         if let Some(sql) = &p.config.sql {
-            self.engine.execute(sql).map_err(|e| err(&e))?;
+            let config = RunnerConfig {
+                commit_interval: p.config.commit_interval.0,
+                guarantee: p.config.guarantee,
+                ..self.engine.queries().config().clone()
+            };
+            self.engine
+                .execute_with(sql, &config)
+                .map_err(|e| err(&e))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = self.start_tasks(p, &stop)?;
@@ -256,6 +273,8 @@ impl Worker {
                 key: format!("{}/{name}", p.name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
+                guarantee: p.config.guarantee,
+                commit_interval: p.config.commit_interval.0,
                 stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
@@ -277,6 +296,7 @@ impl Worker {
                 group: format!("sluice-sink-{}-{name}", p.name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
+                commit_interval: p.config.commit_interval.0,
                 stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
@@ -418,8 +438,19 @@ struct SourceTask {
     key: String,
     topic: String,
     dlq: String,
+    guarantee: Guarantee,
+    commit_interval: Duration,
     stop: Arc<AtomicBool>,
     status: Arc<TaskStatus>,
+}
+
+/// The records, dead letters and position of a source's open epoch.
+struct SourceEpoch {
+    started: Instant,
+    position: Vec<u8>,
+    records: u64,
+    bytes: u64,
+    rejected: u64,
 }
 
 impl SourceTask {
@@ -430,8 +461,25 @@ impl SourceTask {
         });
     }
 
-    /// The position committed last for this source.
+    /// The position committed last for this source. Other sources' transactions may hold the
+    /// topic's last stable offset back for a moment (a position is written just before its
+    /// transaction commits); it waits for them, so a later position of this source behind
+    /// one is not missed.
     fn committed_position(&self) -> Result<Option<Bytes>, String> {
+        let partition = self
+            .log
+            .partition(POSITIONS_TOPIC, 0)
+            .map_err(|e| e.to_string())?;
+        let end = partition.info().high_watermark;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while partition.info().last_stable_offset < end {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read this source's position"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut last = None;
         self.log
             .read_all(POSITIONS_TOPIC, 0, |_, r| {
@@ -444,66 +492,113 @@ impl SourceTask {
     }
 
     fn run(&self, source: &mut dyn Source) -> Result<(), String> {
+        let exactly_once = self.guarantee == Guarantee::ExactlyOnce;
+        // The producer first: a transactional one aborts what an earlier instance of this
+        // task left open, before the position is read.
+        let mut producer = if exactly_once {
+            self.log.transactional_producer(
+                &format!("sluice-source-{}", self.key),
+                ProducerConfig::default(),
+            )
+        } else {
+            self.log.producer(ProducerConfig::default())
+        }
+        .map_err(|e| e.to_string())?;
         let position = self.committed_position()?;
         source
             .open(position.as_deref())
             .map_err(|e| e.to_string())?;
-        let mut producer = self
-            .log
-            .transactional_producer(
-                &format!("sluice-source-{}", self.key),
-                ProducerConfig::default(),
-            )
-            .map_err(|e| e.to_string())?;
         *self.status.error.lock() = None;
-        while !self.stop.load(Ordering::SeqCst) {
-            let batch = source
-                .poll(10_000, Duration::from_millis(200))
-                .map_err(|e| e.to_string())?;
-            let Some(position) = batch.position else {
-                continue;
-            };
-            producer.begin_transaction().map_err(|e| e.to_string())?;
-            let started = Instant::now();
-            let n = batch.records.len() as u64;
-            let bytes: u64 = batch
-                .records
-                .iter()
-                .map(|r| record_bytes(r.key.as_ref(), r.value.as_ref()))
-                .sum();
-            for r in batch.records {
-                producer.send(&self.topic, r).map_err(|e| e.to_string())?;
+        let mut epoch: Option<SourceEpoch> = None;
+        loop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            if !stopping {
+                let wait = epoch.as_ref().map_or(Duration::from_millis(200), |e| {
+                    self.commit_interval
+                        .saturating_sub(e.started.elapsed())
+                        .clamp(Duration::from_millis(1), Duration::from_millis(200))
+                });
+                let batch = source.poll(10_000, wait).map_err(|e| e.to_string())?;
+                if let Some(position) = batch.position {
+                    if epoch.is_none() && exactly_once {
+                        producer.begin_transaction().map_err(|e| e.to_string())?;
+                    }
+                    let e = epoch.get_or_insert_with(|| SourceEpoch {
+                        started: Instant::now(),
+                        position: Vec::new(),
+                        records: 0,
+                        bytes: 0,
+                        rejected: 0,
+                    });
+                    e.position = position;
+                    e.records += batch.records.len() as u64;
+                    e.rejected += batch.rejected.len() as u64;
+                    for r in batch.records {
+                        e.bytes += record_bytes(r.key.as_ref(), r.value.as_ref());
+                        producer.send(&self.topic, r).map_err(|e| e.to_string())?;
+                    }
+                    for r in batch.rejected {
+                        producer
+                            .send(&self.dlq, dead_letter(r))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
             }
-            let rejected = batch.rejected.len() as u64;
-            for r in batch.rejected {
-                producer
-                    .send(&self.dlq, dead_letter(r))
-                    .map_err(|e| e.to_string())?;
+            if let Some(e) =
+                epoch.take_if(|e| stopping || e.started.elapsed() >= self.commit_interval)
+            {
+                self.commit(&mut producer, source, e)?;
             }
+            if stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ends an epoch: the position joins the records in one transaction; at least once,
+    /// the records are flushed first and the position written after them.
+    fn commit(
+        &self,
+        producer: &mut Producer,
+        source: &mut dyn Source,
+        e: SourceEpoch,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let position = Record {
+            key: Some(Bytes::from(self.key.clone())),
+            value: Some(Bytes::from(e.position)),
+            headers: Vec::new(),
+            timestamp: sluice_log::record::now_ms(),
+        };
+        if self.guarantee == Guarantee::ExactlyOnce {
             producer
-                .send(
-                    POSITIONS_TOPIC,
-                    Record {
-                        key: Some(Bytes::from(self.key.clone())),
-                        value: Some(Bytes::from(position)),
-                        headers: Vec::new(),
-                        timestamp: sluice_log::record::now_ms(),
-                    },
-                )
+                .send(POSITIONS_TOPIC, position)
                 .map_err(|e| e.to_string())?;
+            sluice_log::fault::point("source-before-commit");
             producer.commit_transaction().map_err(|e| e.to_string())?;
-            source.committed();
-            self.status.committed(started);
-            self.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-            self.status.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            self.status
-                .records_in
-                .fetch_add(n + rejected, Ordering::Relaxed);
-            self.status.records_out.fetch_add(n, Ordering::Relaxed);
-            self.status.rejected.fetch_add(rejected, Ordering::Relaxed);
-            if rejected > 0 {
-                tracing::warn!(source = %self.key, records = rejected, topic = %self.dlq, "Input rejected to the dead-letter topic; its sluice.error headers say why.");
-            }
+        } else {
+            producer.flush().map_err(|e| e.to_string())?;
+            sluice_log::fault::point("source-before-commit");
+            producer
+                .send(POSITIONS_TOPIC, position)
+                .map_err(|e| e.to_string())?;
+            producer.flush().map_err(|e| e.to_string())?;
+        }
+        source.committed();
+        self.status.committed(started);
+        self.status.bytes_in.fetch_add(e.bytes, Ordering::Relaxed);
+        self.status.bytes_out.fetch_add(e.bytes, Ordering::Relaxed);
+        self.status
+            .records_in
+            .fetch_add(e.records + e.rejected, Ordering::Relaxed);
+        self.status
+            .records_out
+            .fetch_add(e.records, Ordering::Relaxed);
+        self.status
+            .rejected
+            .fetch_add(e.rejected, Ordering::Relaxed);
+        if e.rejected > 0 {
+            tracing::warn!(source = %self.key, records = e.rejected, topic = %self.dlq, "Input rejected to the dead-letter topic; its sluice.error headers say why.");
         }
         Ok(())
     }
@@ -514,12 +609,10 @@ struct SinkTask {
     group: String,
     topic: String,
     dlq: String,
+    commit_interval: Duration,
     stop: Arc<AtomicBool>,
     status: Arc<TaskStatus>,
 }
-
-/// How often a sink makes its output durable and commits its offsets.
-const SINK_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl SinkTask {
     fn run_with_retries(self, mut sink: Box<dyn Sink>) {
@@ -602,12 +695,13 @@ impl SinkTask {
             }
             // Flushed until the sink's output is durable up to what it was given (a sink
             // holding whole objects back reports less, and is asked again).
-            if !written.is_empty() && (stopping || last_commit.elapsed() >= SINK_COMMIT_INTERVAL) {
+            if !written.is_empty() && (stopping || last_commit.elapsed() >= self.commit_interval) {
                 // Durable first, then the offsets: a crash in between replays, and the sink
                 // rewrites the same output. The sink says how far its output is durable.
                 let started = Instant::now();
                 if written != flushed {
                     flushed = sink.flush().map_err(|e| e.to_string())?;
+                    sluice_log::fault::point("sink-after-flush");
                 }
                 // Where everything given is durable, commit the consumer's position rather
                 // than the last record + 1: it is past transaction markers, so the group's

@@ -191,12 +191,48 @@ impl Engine {
 
     /// Parses and runs every statement of `sql`, stopping at the first error.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>> {
+        self.execute_inner(sql, None)
+    }
+
+    /// As [`Engine::execute`], and the persistent queries its statements create or name
+    /// (`CREATE ... AS SELECT`, also when it already exists, and `INSERT INTO ... SELECT`)
+    /// run with `config`, restarting from their last commit where they ran otherwise. A
+    /// pipeline passes its `guarantee` and `commit-interval` this way.
+    pub fn execute_with(&mut self, sql: &str, config: &RunnerConfig) -> Result<Vec<Output>> {
+        self.execute_inner(sql, Some(config))
+    }
+
+    fn execute_inner(&mut self, sql: &str, config: Option<&RunnerConfig>) -> Result<Vec<Output>> {
         let statements = crate::parse(sql)?;
         let texts = split_statement_texts(sql);
         let mut out = Vec::with_capacity(statements.len());
         for (i, s) in statements.into_iter().enumerate() {
             let text = texts.get(i).map_or(sql, String::as_str);
+            let target = match (&s, config) {
+                (Statement::CreateAs { name, .. }, Some(_)) => Some((name.clone(), None)),
+                (Statement::InsertSelect { target, .. }, Some(_)) => {
+                    Some((target.clone(), Some(text.trim().to_string())))
+                }
+                _ => None,
+            };
             out.push(self.run(s, text)?);
+            if let (Some((sink, statement)), Some(config)) = (target, config) {
+                let defs: Vec<QueryDef> = self
+                    .catalog
+                    .queries()
+                    .filter(|q| {
+                        q.sink == sink && statement.as_ref().is_none_or(|t| *t == q.statement)
+                    })
+                    .cloned()
+                    .collect();
+                for def in defs {
+                    if self.queries.configure(&def.id, config.clone()) {
+                        tracing::info!(query = %def.id, guarantee = %config.guarantee, commit_interval = ?config.commit_interval, "Restarting the query with its pipeline's settings.");
+                        self.queries.stop(&def.id);
+                        self.start_query(&def)?;
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -32,13 +32,38 @@ use crate::error::{Result, SqlError};
 use crate::format::Input;
 use crate::query::{CompiledQuery, Dataflow, Step};
 
+/// What a task promises after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Outputs, state changes and input positions commit in one log transaction per epoch:
+    /// after a crash nothing is lost and nothing is repeated.
+    #[default]
+    ExactlyOnce,
+    /// Outputs are written (idempotently, but outside transactions), then positions are
+    /// committed: after a crash the work of the unfinished epoch is done again, so outputs
+    /// may repeat; nothing is lost.
+    AtLeastOnce,
+}
+
+impl std::fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Guarantee::ExactlyOnce => "exactly-once",
+            Guarantee::AtLeastOnce => "at-least-once",
+        })
+    }
+}
+
 /// How persistent queries run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunnerConfig {
     /// How often an epoch commits (results become visible, state becomes durable).
     pub commit_interval: Duration,
     /// Records fetched per poll.
     pub max_poll_records: usize,
+    /// Exactly-once (one transaction per epoch) or at-least-once.
+    pub guarantee: Guarantee,
 }
 
 impl Default for RunnerConfig {
@@ -46,6 +71,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             commit_interval: Duration::from_secs(1),
             max_poll_records: 8192,
+            guarantee: Guarantee::ExactlyOnce,
         }
     }
 }
@@ -82,6 +108,7 @@ pub const SOURCE_HEADER: &str = "sluice.source";
 
 #[derive(Debug)]
 struct Handle {
+    config: RunnerConfig,
     stop: Arc<AtomicBool>,
     stats: Arc<QueryStats>,
     thread: Option<JoinHandle<()>>,
@@ -93,6 +120,8 @@ pub struct QueryManager {
     log: Log,
     env: StateEnv,
     config: RunnerConfig,
+    /// Per-query settings (from the pipeline that declares the query), over `config`.
+    overrides: BTreeMap<String, RunnerConfig>,
     running: BTreeMap<String, Handle>,
 }
 
@@ -103,8 +132,27 @@ impl QueryManager {
             log: log.clone(),
             env,
             config,
+            overrides: BTreeMap::new(),
             running: BTreeMap::new(),
         }
+    }
+
+    /// Sets how the query `id` runs from its next start; true when that differs from how it
+    /// runs now (the caller restarts it).
+    pub fn configure(&mut self, id: &str, config: RunnerConfig) -> bool {
+        let changed = self.running.get(id).is_some_and(|h| h.config != config);
+        self.overrides.insert(id.to_string(), config);
+        changed
+    }
+
+    /// The settings of queries without their own.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    /// Whether the query `id` is running.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running.contains_key(id)
     }
 
     /// Starts a query (it resumes from its committed state and positions, if any).
@@ -119,11 +167,12 @@ impl QueryManager {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(QueryStats::default());
+        let config = self.overrides.get(&def.id).unwrap_or(&self.config).clone();
         let task = Task {
             id: def.id.clone(),
             log: self.log.clone(),
             env: self.env.clone(),
-            config: self.config.clone(),
+            config: config.clone(),
             query,
             sink,
             dlq,
@@ -138,6 +187,7 @@ impl QueryManager {
         self.running.insert(
             def.id.clone(),
             Handle {
+                config,
                 stop,
                 stats,
                 thread: Some(thread),
@@ -301,10 +351,15 @@ impl Task {
             })
             .collect();
         consumer.assign(&tps)?;
-        let mut producer = self.log.transactional_producer(
-            &format!("sluice-query-{}", self.id),
-            ProducerConfig::default(),
-        )?;
+        let exactly_once = self.config.guarantee == Guarantee::ExactlyOnce;
+        let mut producer = if exactly_once {
+            self.log.transactional_producer(
+                &format!("sluice-query-{}", self.id),
+                ProducerConfig::default(),
+            )?
+        } else {
+            self.log.producer(ProducerConfig::default())?
+        };
         *self.stats.error.lock() = None;
         let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut merger = Merger::default();
@@ -327,7 +382,9 @@ impl Task {
                 let records = merger.take(self.config.max_poll_records, &behind);
                 if !records.is_empty() {
                     if !open {
-                        producer.begin_transaction()?;
+                        if exactly_once {
+                            producer.begin_transaction()?;
+                        }
                         open = true;
                         epoch_start = Instant::now();
                     }
@@ -372,7 +429,7 @@ impl Task {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if open && (stopping || epoch_start.elapsed() >= self.config.commit_interval) {
-                self.commit_epoch(&mut producer, &mut flow, &positions)?;
+                self.commit_epoch(&mut producer, &mut consumer, &mut flow, &positions)?;
                 open = false;
             }
             if stopping {
@@ -440,10 +497,15 @@ impl Task {
     }
 
     /// Ends the epoch: state changes to the changelogs, positions to the group, commit, then
-    /// the stores make the epoch durable locally.
+    /// the stores make the epoch durable locally (the epoch's state snapshot).
+    ///
+    /// At least once, there is no transaction: outputs and changelog records are flushed,
+    /// then the positions are committed to the group, so a crash in between repeats the
+    /// epoch's outputs.
     fn commit_epoch(
         &self,
         producer: &mut Producer,
+        consumer: &mut sluice_log::Consumer,
         flow: &mut Dataflow,
         positions: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
@@ -472,20 +534,37 @@ impl Task {
         }
         let offsets: Vec<(TopicPartition, i64)> =
             positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
-        if !offsets.is_empty() {
-            producer.send_offsets_to_transaction(&self.group(), &offsets)?;
-        }
-        if let Err(e) = producer.commit_transaction() {
-            let _ = producer.abort_transaction();
-            flow.abort()?;
-            return Err(e.into());
+        if self.config.guarantee == Guarantee::AtLeastOnce {
+            sluice_log::fault::point("query-before-commit");
+            if !offsets.is_empty() {
+                consumer.commit_offsets(&offsets)?;
+            }
+        } else {
+            if !offsets.is_empty() {
+                producer.send_offsets_to_transaction(&self.group(), &offsets)?;
+            }
+            sluice_log::fault::point("query-before-commit");
+            if let Err(e) = producer.commit_transaction() {
+                let _ = producer.abort_transaction();
+                flow.abort()?;
+                return Err(e.into());
+            }
         }
         sluice_log::fault::point("query-after-commit");
-        for (store, l) in flow.stores_mut().into_iter().zip(last) {
+        let stores = flow.stores_mut();
+        let single = stores.len() == 1;
+        for (i, (store, l)) in stores.into_iter().zip(last).enumerate() {
+            if i == 1 {
+                // Some stores hold the epoch locally, others not yet.
+                sluice_log::fault::point("state-snapshot");
+            }
             let next = l.map_or(store.applied_offset(), |l| l + 1);
             store
                 .commit(next)
                 .map_err(|e| SqlError::Invalid(format!("query {}: state commit: {e}", self.id)))?;
+        }
+        if single {
+            sluice_log::fault::point("state-snapshot");
         }
         self.stats.epochs.fetch_add(1, Ordering::Relaxed);
         let rejected = self.stats.rejected.load(Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// The `sluice` binary built beside this test binary (target/<profile>/sluice).
-fn sluice_bin() -> PathBuf {
+pub(crate) fn sluice_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join("sluice");

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod common;
+mod crash;
 mod log_crash;
 mod log_groups;
 mod log_topics;

@@ -17,13 +17,13 @@ use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_log::ConsumerRecord;
 
 /// A moto S3 server, killed when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
 }
 
 impl Moto {
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let venv = std::env::var_os("SLUICE_VENV")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-venv"));
@@ -60,12 +60,12 @@ impl Moto {
         moto
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Creates a bucket (moto takes an unsigned request).
-    fn bucket(&self, name: &str) {
+    pub(crate) fn bucket(&self, name: &str) {
         let status = reqwest::blocking::Client::new()
             .put(format!("{}/{name}", self.endpoint()))
             .send()
@@ -80,7 +80,7 @@ impl Moto {
     }
 
     /// Every object under `bucket`: name and bytes.
-    fn objects(&self, bucket: &str) -> Vec<(String, Bytes)> {
+    pub(crate) fn objects(&self, bucket: &str) -> Vec<(String, Bytes)> {
         let store = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_endpoint(self.endpoint())

@@ -76,6 +76,7 @@ fn toml_type(rust: &str) -> String {
         "FileFormat" => "string: `lines`, `json`, `csv`".into(),
         "SinkFormat" => "string: `value`, `envelope`".into(),
         "ObjectFormat" => "string: `json`, `parquet`".into(),
+        "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
         "JsonPath" => "string: a JSON path (`$`, `.name`, `['name']`, `[N]`, `[*]`)".into(),
         "FileSourceConfig"

@@ -28,6 +28,7 @@ fn engine(log: &Log, commit_ms: u64) -> Engine {
             runner: RunnerConfig {
                 commit_interval: Duration::from_millis(commit_ms),
                 max_poll_records: 500,
+                ..RunnerConfig::default()
             },
             ..EngineConfig::default()
         },
