@@ -4,7 +4,8 @@
 //! the large ones with SQL (`large`), keeps per-account totals in ten-second tumbling windows
 //! (`totals`, EMIT FINAL) and writes both topics to S3 (moto, started here). The worker runs
 //! as a real `sluice run` process and is SIGKILLed at random moments, and once at each fault
-//! point of the commit path (`SLUICE_FAULT`), restarting each time. At the end every output
+//! point of the commit path (`SLUICE_FAULT`), restarting each time; twice while it is down
+//! the query state's local files are deleted or corrupted. At the end every output
 //! is compared with what the input says it must be, computed here without Sluice: each
 //! payment once in its topic, each large one once in `large` and in S3, each window's count
 //! and sum exact and once in `totals` and in S3, each malformed line once as a dead letter.
@@ -189,6 +190,35 @@ impl Worker {
     }
 }
 
+/// Deletes every store folder under `state` (`lose`) or makes RocksDB find each one corrupt.
+fn damage_state(state: &Path, lose: bool) {
+    let mut stores = Vec::new();
+    let mut dirs = vec![state.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.join("CURRENT").exists() {
+                stores.push(p);
+            } else if p.is_dir() {
+                dirs.push(p);
+            }
+        }
+    }
+    assert!(
+        !stores.is_empty(),
+        "no store folders under {}",
+        state.display()
+    );
+    for s in stores {
+        if lose {
+            std::fs::remove_dir_all(&s).unwrap();
+        } else {
+            // No trailing newline: RocksDB reports corruption.
+            std::fs::write(s.join("CURRENT"), b"garbage").unwrap();
+        }
+    }
+}
+
 /// Objects under `out/<topic>/`: every line of every object.
 fn s3_lines(moto: &Moto, topic: &str) -> Vec<Value> {
     moto.objects("crash")
@@ -282,12 +312,19 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     let mut killed = 0;
     let mut aborted = 0;
     let mut round = 0;
+    let mut state_damaged = 0;
     while killed < kills || aborted < FAULT_POINTS.len() || feeding.load(Ordering::SeqCst) {
         let fault = if round % 3 == 1 {
             faults.next().copied()
         } else {
             None
         };
+        // Twice the query state's local files are lost or damaged while the worker is down:
+        // it rebuilds the stores from their changelogs.
+        if round == 5 || round == 11 {
+            damage_state(&work.join("data/state"), round == 5);
+            state_damaged += 1;
+        }
         let mut w = Worker::start(&work, round, fault);
         match fault {
             Some(point) => {
@@ -473,7 +510,7 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     let s3_totals: BTreeMap<_, _> = s3_totals.into_iter().collect();
     assert_eq!(s3_totals, windows, "window counts and sums in S3");
     eprintln!(
-        "crash test: survived {} kills ({killed} SIGKILLs at random, {aborted} aborts at fault points: {}); compared {} payments, {} dead letters, {} large payments (topic and S3), {} windows (topic and S3): none missing, none repeated, every count and sum exact",
+        "crash test: survived {} kills ({killed} SIGKILLs at random, {aborted} aborts at fault points: {}), the query state's files deleted once and corrupted once ({state_damaged} rebuilds from changelogs); compared {} payments, {} dead letters, {} large payments (topic and S3), {} windows (topic and S3): none missing, none repeated, every count and sum exact",
         killed + aborted,
         FAULT_POINTS.join(", "),
         want.len(),
