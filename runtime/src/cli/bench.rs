@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// A whole pipeline: file source → topic → SQL filter → object-store sink (Parquet), 200-byte
     /// JSON records; prints `pipeline records=N seconds=S records/s=X`.
     Pipeline(super::bench_pipeline::PipelineBenchArgs),
+    /// Exactly-once against at-least-once throughput (ratio), and recovery time after a
+    /// kill with about 1 GB of query state.
+    Eos(super::bench_eos::EosBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -128,6 +131,7 @@ impl BenchCommand {
             BenchCommand::Consume(a) => bench_consume(&a, &options),
             BenchCommand::Nexmark(a) => a.run(options),
             BenchCommand::Pipeline(a) => a.run(),
+            BenchCommand::Eos(a) => a.run(),
         }
     }
 }

@@ -57,6 +57,23 @@ fn passes(i: u64) -> bool {
     (i.wrapping_mul(2_654_435_761) >> 7) % 100 >= 10
 }
 
+/// Writes `records` input lines to `path`; returns how many pass the filter.
+pub(crate) fn write_input(path: &Path, records: u64) -> Result<u64, CliError> {
+    let f = std::fs::File::create(path)
+        .map_err(|e| CliError::io(format!("create {}", path.display()), e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut buf = Vec::with_capacity(256);
+    let t0 = sluice_log::record::now_ms() as u64;
+    for i in 0..records {
+        line(i, t0, &mut buf);
+        buf.push(b'\n');
+        w.write_all(&buf)
+            .map_err(|e| CliError::io("write input", e))?;
+    }
+    w.flush().map_err(|e| CliError::io("write input", e))?;
+    Ok((0..records).filter(|i| passes(*i)).count() as u64)
+}
+
 /// Rows in the Parquet files under `dir`.
 fn parquet_rows(dir: &Path) -> Result<i64, CliError> {
     let mut rows = 0;
@@ -95,21 +112,7 @@ impl PipelineBenchArgs {
         )?;
         let dir = scratch.path();
         let input = dir.join("events.jsonl");
-        {
-            let f = std::fs::File::create(&input)
-                .map_err(|e| CliError::io(format!("create {}", input.display()), e))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let mut buf = Vec::with_capacity(256);
-            let t0 = sluice_log::record::now_ms() as u64;
-            for i in 0..self.records {
-                line(i, t0, &mut buf);
-                buf.push(b'\n');
-                w.write_all(&buf)
-                    .map_err(|e| CliError::io("write input", e))?;
-            }
-            w.flush().map_err(|e| CliError::io("write input", e))?;
-        }
-        let expected = (0..self.records).filter(|i| passes(*i)).count() as u64;
+        let expected = write_input(&input, self.records)?;
         let objects = dir.join("objects");
         let url = self
             .url
