@@ -304,6 +304,10 @@ impl Source for IngestSource {
             let _ = reply.send(Ok(ack));
         }
     }
+
+    fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
 }
 
 #[cfg(test)]

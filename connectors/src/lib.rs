@@ -82,6 +82,13 @@ pub trait Source: Send {
     /// transaction). A source that acknowledges its input upstream (HTTP ingest answers its
     /// clients) does it here, never earlier.
     fn committed(&mut self) {}
+
+    /// True when someone waits for the batches polled so far to commit (an HTTP client for
+    /// its answer): the task then commits without waiting for the end of its commit
+    /// interval. Sources that read at their own pace leave it false and share an epoch.
+    fn waiting(&self) -> bool {
+        false
+    }
 }
 
 /// What a sink has made durable: per partition of its topic, the offset of the first record

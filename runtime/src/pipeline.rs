@@ -58,8 +58,9 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub guarantee: Guarantee,
     /// How often sources, the pipeline's SQL queries and sinks commit an epoch (default
-    /// `"1s"`): results become visible downstream (and HTTP ingest answers) at most this
-    /// late, and a crash redoes at most this much work.
+    /// `"1s"`): results become visible downstream at most this late, and a crash redoes at
+    /// most this much work. An HTTP ingest source commits as soon as a request waits for
+    /// its answer (requests arriving together share a commit).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Interval,
     /// Topics created when the pipeline deploys (existing ones are kept as they are).

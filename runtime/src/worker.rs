@@ -544,9 +544,9 @@ impl SourceTask {
                     }
                 }
             }
-            if let Some(e) =
-                epoch.take_if(|e| stopping || e.started.elapsed() >= self.commit_interval)
-            {
+            if let Some(e) = epoch.take_if(|e| {
+                stopping || source.waiting() || e.started.elapsed() >= self.commit_interval
+            }) {
                 self.commit(&mut producer, source, e)?;
             }
             if stopping {
