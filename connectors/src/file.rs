@@ -167,6 +167,7 @@ impl FileSource {
                         text.len(),
                         self.config.max_line_bytes
                     ),
+                    at: None,
                 });
                 continue;
             }
@@ -180,6 +181,7 @@ impl FileSource {
                     origin,
                     raw: text.to_vec(),
                     reason,
+                    at: None,
                 }),
             }
         }

@@ -224,6 +224,7 @@ impl IngestSource {
                         origin,
                         raw: raw.to_vec(),
                         reason,
+                        at: None,
                     });
                     ack.rejected += 1;
                 }

@@ -401,6 +401,7 @@ fn rejected(origin: &str, raw: &[u8], reason: String) -> Item {
         origin: origin.to_string(),
         raw: raw.to_vec(),
         reason,
+        at: None,
     })
 }
 

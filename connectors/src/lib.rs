@@ -62,6 +62,9 @@ pub struct Rejected {
     pub raw: Vec<u8>,
     /// Why.
     pub reason: String,
+    /// For a sink: the partition and offset of the record. Its dead letter is written in the
+    /// transaction that commits the offsets past it, so it is there exactly once.
+    pub at: Option<(u32, i64)>,
 }
 
 /// A source of records.

@@ -510,6 +510,7 @@ impl ObjectStoreSink {
                         origin: format!("{}/{}@{}", r.topic, r.partition, r.offset),
                         raw: r.value.as_deref().unwrap_or_default().to_vec(),
                         reason,
+                        at: Some((r.partition, r.offset)),
                     });
                     continue;
                 }

@@ -4,7 +4,7 @@
 //! ```text
 //!  pipeline file ─► topics created ─► SQL statements (Engine: persistent queries)
 //!                ├► source task: poll… ─► txn{ records, dead letters, position } ─► commit
-//!                └► sink task:  poll (read_committed) ─► write… ─► flush ─► commit offsets
+//!                └► sink task:  poll (read_committed) ─► write… ─► flush ─► txn{ dead letters, offsets }
 //! ```
 //!
 //! Every task commits once per the pipeline's `commit-interval` (an epoch). With
@@ -622,24 +622,6 @@ impl SinkTask {
         });
     }
 
-    /// Sends records the sink could not write to the dead-letter topic, durably, before the
-    /// offsets that pass them are committed (a crash in between may repeat a dead letter,
-    /// never lose one).
-    fn dead_letters(&self, rejected: &[Rejected]) -> Result<(), String> {
-        let mut producer = self
-            .log
-            .producer(ProducerConfig::default())
-            .map_err(|e| e.to_string())?;
-        for r in rejected {
-            producer
-                .send(&self.dlq, dead_letter(r.clone()))
-                .map_err(|e| e.to_string())?;
-        }
-        producer.flush().map_err(|e| e.to_string())?;
-        tracing::warn!(sink = %self.group, records = rejected.len(), topic = %self.dlq, "Records the sink cannot write went to the dead-letter topic; their sluice.error headers say why.");
-        Ok(())
-    }
-
     fn run(&self, sink: &mut dyn Sink) -> Result<(), String> {
         let partitions = self
             .log
@@ -661,7 +643,17 @@ impl SinkTask {
             })
             .collect();
         consumer.assign(&tps).map_err(|e| e.to_string())?;
+        // Offsets and the dead letters of the records they pass commit together.
+        let mut producer = self
+            .log
+            .transactional_producer(
+                &format!("sluice-sink-{}", self.group),
+                ProducerConfig::default(),
+            )
+            .map_err(|e| e.to_string())?;
         *self.status.error.lock() = None;
+        // Records the sink rejected, until the offsets past them commit.
+        let mut dead: Vec<(u32, i64, Rejected)> = Vec::new();
         let mut committed = sluice_connectors::Durable::new();
         let mut last_commit = Instant::now();
         let mut written = sluice_connectors::Durable::new();
@@ -685,9 +677,12 @@ impl SinkTask {
                     self.status
                         .records_out
                         .fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
-                    if !rejected.is_empty() {
-                        self.dead_letters(&rejected)?;
-                    }
+                    // A sink that does not say which record it rejected: the batch's last.
+                    let last = records.last().map_or((0, 0), |r| (r.partition, r.offset));
+                    dead.extend(rejected.into_iter().map(|r| {
+                        let (p, o) = r.at.unwrap_or(last);
+                        (p, o, r)
+                    }));
                     for r in &records {
                         written.insert(r.partition, r.offset + 1);
                     }
@@ -721,11 +716,31 @@ impl SinkTask {
                     }
                 }
                 if !offsets.is_empty() {
-                    consumer
-                        .commit_offsets(&offsets)
+                    let mut next = committed.clone();
+                    next.extend(offsets.iter().map(|(tp, o)| (tp.partition, *o)));
+                    let (passed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut dead)
+                        .into_iter()
+                        .partition(|(p, o, _)| next.get(p).is_some_and(|c| o < c));
+                    dead = kept;
+                    let rejected = passed.len();
+                    producer.begin_transaction().map_err(|e| e.to_string())?;
+                    for (_, _, r) in passed {
+                        producer
+                            .send(&self.dlq, dead_letter(r))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    producer
+                        .send_offsets_to_transaction(&self.group, &offsets)
                         .map_err(|e| e.to_string())?;
-                    committed.extend(offsets.iter().map(|(tp, o)| (tp.partition, *o)));
+                    producer.commit_transaction().map_err(|e| e.to_string())?;
+                    committed = next;
                     self.status.committed(started);
+                    if rejected > 0 {
+                        self.status
+                            .rejected
+                            .fetch_add(rejected as u64, Ordering::Relaxed);
+                        tracing::warn!(sink = %self.group, records = rejected, topic = %self.dlq, "Records the sink cannot write went to the dead-letter topic; their sluice.error headers say why.");
+                    }
                 }
                 last_commit = Instant::now();
             }

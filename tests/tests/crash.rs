@@ -7,8 +7,10 @@
 //! point of the commit path (`SLUICE_FAULT`), restarting each time; twice while it is down
 //! the query state's local files are deleted or corrupted. At the end every output
 //! is compared with what the input says it must be, computed here without Sluice: each
-//! payment once in its topic, each large one once in `large` and in S3, each window's count
-//! and sum exact and once in `totals` and in S3, each malformed line once as a dead letter.
+//! payment once in its topic and (when it has a region to be filed under) in S3, each large
+//! one once in `large` and in S3, each window's count and sum exact and once in `totals` and in
+//! S3, and as dead letters each malformed line (from the source) and each payment without a
+//! region (from the S3 sink) once.
 //!
 //! Longer soaks: `scripts/crash-soak` runs the same test with more kills and records
 //! (`SLUICE_CRASH_KILLS`, `SLUICE_CRASH_RECORDS`, `SLUICE_CRASH_SEED`).
@@ -94,10 +96,20 @@ fn line(p: &Payment) -> String {
     if p.id % BAD_EVERY == BAD_EVERY - 1 {
         return format!("{{\"id\": {}, \"account\": broken\n", p.id);
     }
+    let region = if has_region(p) {
+        format!(", \"region\": \"r{}\"", p.id % 3)
+    } else {
+        String::new()
+    };
     format!(
-        "{{\"id\": {}, \"account\": \"{}\", \"amount\": {}, \"ts\": {}}}\n",
+        "{{\"id\": {}, \"account\": \"{}\", \"amount\": {}, \"ts\": {}{region}}}\n",
         p.id, p.account, p.amount, p.ts
     )
+}
+
+/// Payments without a region cannot be placed by the `payments-s3` sink: its dead letters.
+fn has_region(p: &Payment) -> bool {
+    p.id % 50 != 7 || p.account == "closing"
 }
 
 fn is_bad(p: &Payment) -> bool {
@@ -127,6 +139,11 @@ partitions = 3
 name = "files"
 topic = "payments"
 file = {{ path = "../in/*.jsonl", format = "json", key-field = "account" }}
+
+[[sinks]]
+name = "payments-s3"
+topic = "payments"
+object-store = {{ url = "s3://crash/out", partition-by = "region={{field:region}}", flush-records = 900, flush-idle = "0s", options = {{ {opts} }} }}
 
 [[sinks]]
 name = "large-s3"
@@ -393,24 +410,28 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
         w.1 += p.amount as i64;
     }
 
+    let placed = good.iter().filter(|p| has_region(p)).count();
     let w = Worker::start(&work, round, None);
     let start = Instant::now();
     loop {
-        let (l, t) = (
+        let (l, t, p) = (
             s3_lines(&moto, "large").len(),
             s3_lines(&moto, "totals").len(),
+            s3_lines(&moto, "payments").len(),
         );
-        if l > large.len() || t > windows.len() {
+        // (+ 1: the closing payment)
+        if l > large.len() + 1 || t > windows.len() || p > placed + 1 {
             break; // repeated: the comparison below says what
         }
-        if l == large.len() + 1 && t == windows.len() {
-            break; // + the closing payment
+        if l == large.len() + 1 && t == windows.len() && p == placed + 1 {
+            break;
         }
         if start.elapsed() > Duration::from_secs(120) {
             w.fail(&format!(
-                "after 120 s S3 holds {l} of {} large payments and {t} of {} windows",
+                "after 120 s S3 holds {l} of {} large payments, {t} of {} windows and {p} of {} payments",
                 large.len() + 1,
-                windows.len()
+                windows.len(),
+                placed + 1
             ));
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -463,7 +484,49 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     let want: Vec<u64> = good.iter().map(|p| p.id).collect();
     assert_eq!(got_payments.len(), want.len(), "payments in the topic");
     assert_eq!(got_payments, want, "payments in the topic");
-    assert_eq!(dead.len(), bad, "malformed lines in crash.dlq, each once");
+    // Dead letters: the malformed lines (from the source) and the payments without a region
+    // (from the sink), each once.
+    let mut placeless: Vec<u64> = Vec::new();
+    let mut malformed = 0;
+    for r in &dead {
+        match serde_json::from_slice::<Value>(r.value.as_deref().unwrap_or_default()) {
+            Ok(v) => placeless.push(field(&v, "id") as u64),
+            Err(_) => malformed += 1,
+        }
+    }
+    assert_eq!(malformed, bad, "malformed lines in crash.dlq, each once");
+    assert_eq!(
+        repeated(placeless.iter().copied()),
+        Vec::<u64>::new(),
+        "sink dead letters repeated"
+    );
+    placeless.sort_unstable();
+    let want_placeless: Vec<u64> = good
+        .iter()
+        .filter(|p| !has_region(p))
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(
+        placeless, want_placeless,
+        "payments without a region in crash.dlq"
+    );
+    let mut s3_payments: Vec<u64> = s3_lines(&moto, "payments")
+        .iter()
+        .map(|v| field(v, "id") as u64)
+        .collect();
+    assert_eq!(
+        repeated(s3_payments.iter().copied()),
+        Vec::<u64>::new(),
+        "payments repeated in S3"
+    );
+    s3_payments.retain(|id| *id != closing.id);
+    s3_payments.sort_unstable();
+    let want_s3: Vec<u64> = good
+        .iter()
+        .filter(|p| has_region(p))
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(s3_payments, want_s3, "payments with a region in S3");
     assert_eq!(late, 0, "no record was late or rejected by a query");
     // Large payments: each once, in the topic and in S3.
     assert_eq!(
@@ -510,11 +573,14 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     let s3_totals: BTreeMap<_, _> = s3_totals.into_iter().collect();
     assert_eq!(s3_totals, windows, "window counts and sums in S3");
     eprintln!(
-        "crash test: survived {} kills ({killed} SIGKILLs at random, {aborted} aborts at fault points: {}), the query state's files deleted once and corrupted once ({state_damaged} rebuilds from changelogs); compared {} payments, {} dead letters, {} large payments (topic and S3), {} windows (topic and S3): none missing, none repeated, every count and sum exact",
+        "crash test: survived {} kills ({killed} SIGKILLs at random, {aborted} aborts at fault points: {}), the query state's files deleted once and corrupted once ({state_damaged} rebuilds from changelogs); compared {} payments (topic; {} in S3), {} dead letters ({} malformed lines from the source, {} without a region from the S3 sink), {} large payments (topic and S3), {} windows (topic and S3): none missing, none repeated, every count and sum exact",
         killed + aborted,
         FAULT_POINTS.join(", "),
         want.len(),
+        want_s3.len(),
+        dead.len(),
         bad,
+        want_placeless.len(),
         large.len(),
         windows.len()
     );
