@@ -106,11 +106,24 @@ fn deploy(log: &Log, file: &Path) -> Worker {
 
 #[test]
 fn a_pipeline_moves_files_through_sql_to_files_across_a_restart() {
+    across_a_restart(PIPELINE);
+}
+
+/// The same at least once, with a short commit interval: sources, the query and the sink
+/// take their non-transactional paths; a clean restart repeats nothing either.
+#[test]
+fn an_at_least_once_pipeline_moves_files_across_a_restart() {
+    across_a_restart(&format!(
+        "guarantee = \"at-least-once\"\ncommit-interval = \"200ms\"\n{PIPELINE}"
+    ));
+}
+
+fn across_a_restart(pipeline: &str) {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     std::fs::create_dir(base.join("in")).unwrap();
     let file = base.join("orders.toml");
-    std::fs::write(&file, PIPELINE).unwrap();
+    std::fs::write(&file, pipeline).unwrap();
     let input = base.join("in/a.jsonl");
     let mut lines: Vec<String> = (0..10).map(order).collect();
     lines.insert(3, "this is not json".into());

@@ -66,6 +66,16 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
+    /// Creates `<dir>/<name>-<pid>`, with `dir` defaulting to $TMPDIR or /var/tmp.
+    pub fn under(dir: Option<&Path>, name: &str) -> Result<Scratch, CliError> {
+        let base = dir.map(Path::to_path_buf).unwrap_or_else(|| {
+            std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        });
+        Scratch::new(base.join(format!("{name}-{}", std::process::id())))
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.0
@@ -80,12 +90,7 @@ impl Drop for Scratch {
 
 impl BenchArgs {
     fn scratch(&self) -> Result<Scratch, CliError> {
-        let base = self.dir.clone().unwrap_or_else(|| {
-            std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-        });
-        Scratch::new(base.join(format!("sluice-bench-{}", std::process::id())))
+        Scratch::under(self.dir.as_deref(), "sluice-bench")
     }
 
     fn payload(&self) -> Bytes {

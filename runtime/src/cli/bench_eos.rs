@@ -64,14 +64,7 @@ fn slope(samples: &[(f64, f64)]) -> f64 {
 impl EosBenchArgs {
     /// Runs it.
     pub fn run(self) -> Result<(), CliError> {
-        let base = self.dir.clone().unwrap_or_else(|| {
-            std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-        });
-        let scratch = super::bench::Scratch::new(
-            base.join(format!("sluice-bench-eos-{}", std::process::id())),
-        )?;
+        let scratch = super::bench::Scratch::under(self.dir.as_deref(), "sluice-bench-eos")?;
         let dir = scratch.path();
         let input = dir.join("events.jsonl");
         let expected = super::bench_pipeline::write_input(&input, self.records)?;

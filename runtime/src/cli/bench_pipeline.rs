@@ -102,14 +102,7 @@ fn parquet_rows(dir: &Path) -> Result<i64, CliError> {
 impl PipelineBenchArgs {
     /// Runs it.
     pub fn run(self) -> Result<(), CliError> {
-        let base = self.dir.clone().unwrap_or_else(|| {
-            std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-        });
-        let scratch = super::bench::Scratch::new(
-            base.join(format!("sluice-bench-pipeline-{}", std::process::id())),
-        )?;
+        let scratch = super::bench::Scratch::under(self.dir.as_deref(), "sluice-bench-pipeline")?;
         let dir = scratch.path();
         let input = dir.join("events.jsonl");
         let expected = write_input(&input, self.records)?;
