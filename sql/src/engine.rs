@@ -90,12 +90,7 @@ impl Engine {
             queries: QueryManager::new(log, env, config.runner),
         };
         if config.start_queries {
-            let defs: Vec<QueryDef> = engine.catalog.queries().cloned().collect();
-            for def in defs {
-                if let Err(e) = engine.start_query(&def) {
-                    tracing::error!(query = %def.id, error = %e, "A persistent query could not start.");
-                }
-            }
+            engine.start_queries();
         }
         Ok(engine)
     }
@@ -170,6 +165,24 @@ impl Engine {
         &self.queries
     }
 
+    /// Starts the catalog's persistent queries that are not running (those that fail to
+    /// start are logged). A worker opens the engine without starting them, deploys its
+    /// pipelines (which start their queries with their settings), then calls this for the
+    /// rest.
+    pub fn start_queries(&mut self) {
+        let defs: Vec<QueryDef> = self
+            .catalog
+            .queries()
+            .filter(|q| !self.queries.is_running(&q.id))
+            .cloned()
+            .collect();
+        for def in defs {
+            if let Err(e) = self.start_query(&def) {
+                tracing::error!(query = %def.id, error = %e, "A persistent query could not start.");
+            }
+        }
+    }
+
     fn start_query(&mut self, def: &QueryDef) -> Result<()> {
         let select = match crate::parse_one(&def.statement)? {
             Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => select,
@@ -229,6 +242,8 @@ impl Engine {
                     if self.queries.configure(&def.id, config.clone()) {
                         tracing::info!(query = %def.id, guarantee = %config.guarantee, commit_interval = ?config.commit_interval, "Restarting the query with its pipeline's settings.");
                         self.queries.stop(&def.id);
+                        self.start_query(&def)?;
+                    } else if !self.queries.is_running(&def.id) {
                         self.start_query(&def)?;
                     }
                 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use parking_lot::Mutex;
 use sluice_log::Log;
-use sluice_sql::engine::Engine;
+use sluice_sql::engine::{Engine, EngineConfig};
 
 use super::CliError;
 use crate::api::{ApiState, serve};
@@ -69,7 +69,16 @@ impl RunArgs {
                 self.pipelines.display()
             )));
         }
-        let engine = Engine::open(log).map_err(|e| CliError::Usage(e.to_string()))?;
+        // Queries start when their pipeline deploys (with its guarantee and commit interval);
+        // the others after the first deployment.
+        let engine = Engine::open_with(
+            log,
+            EngineConfig {
+                start_queries: false,
+                ..EngineConfig::default()
+            },
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
         let worker = Worker::new(log, engine);
         let ingest = worker.ingest_routes();
         let deployer = Arc::new(Mutex::new(Deployer::new(worker, &self.pipelines)));
@@ -93,6 +102,7 @@ impl RunArgs {
         for line in deployer.lock().sync().map_err(CliError::Usage)? {
             eprintln!("{line}");
         }
+        deployer.lock().worker.engine_mut().start_queries();
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = Arc::clone(&stop);
