@@ -13,9 +13,6 @@
 //! the same under both: their writes are idempotent and their offsets commit after the
 //! output is durable.
 //!
-//! ```text
-//! ```
-//!
 //! A source's position is stored in the compacted topic `__sluice_source_positions` (key
 //! `<pipeline>/<source>`) in the same transaction as its records, so a restart resumes exactly
 //! after the last committed records. A failing task restarts with exponential backoff; its
@@ -495,15 +492,10 @@ impl SourceTask {
         let exactly_once = self.guarantee == Guarantee::ExactlyOnce;
         // The producer first: a transactional one aborts what an earlier instance of this
         // task left open, before the position is read.
-        let mut producer = if exactly_once {
-            self.log.transactional_producer(
-                &format!("sluice-source-{}", self.key),
-                ProducerConfig::default(),
-            )
-        } else {
-            self.log.producer(ProducerConfig::default())
-        }
-        .map_err(|e| e.to_string())?;
+        let mut producer = self
+            .guarantee
+            .producer(&self.log, &format!("sluice-source-{}", self.key))
+            .map_err(|e| e.to_string())?;
         let position = self.committed_position()?;
         source
             .open(position.as_deref())

@@ -242,8 +242,8 @@ impl Engine {
                     if self.queries.configure(&def.id, config.clone()) {
                         tracing::info!(query = %def.id, guarantee = %config.guarantee, commit_interval = ?config.commit_interval, "Restarting the query with its pipeline's settings.");
                         self.queries.stop(&def.id);
-                        self.start_query(&def)?;
-                    } else if !self.queries.is_running(&def.id) {
+                    }
+                    if !self.queries.is_running(&def.id) {
                         self.start_query(&def)?;
                     }
                 }

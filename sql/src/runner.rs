@@ -46,6 +46,20 @@ pub enum Guarantee {
     AtLeastOnce,
 }
 
+impl Guarantee {
+    /// The producer a task writes through: transactional (as `transactional_id`, fencing an
+    /// earlier instance and aborting what it left open) for exactly-once, idempotent for
+    /// at-least-once.
+    pub fn producer(self, log: &Log, transactional_id: &str) -> sluice_log::Result<Producer> {
+        match self {
+            Guarantee::ExactlyOnce => {
+                log.transactional_producer(transactional_id, ProducerConfig::default())
+            }
+            Guarantee::AtLeastOnce => log.producer(ProducerConfig::default()),
+        }
+    }
+}
+
 impl std::fmt::Display for Guarantee {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -352,14 +366,10 @@ impl Task {
             .collect();
         consumer.assign(&tps)?;
         let exactly_once = self.config.guarantee == Guarantee::ExactlyOnce;
-        let mut producer = if exactly_once {
-            self.log.transactional_producer(
-                &format!("sluice-query-{}", self.id),
-                ProducerConfig::default(),
-            )?
-        } else {
-            self.log.producer(ProducerConfig::default())?
-        };
+        let mut producer = self
+            .config
+            .guarantee
+            .producer(&self.log, &format!("sluice-query-{}", self.id))?;
         *self.stats.error.lock() = None;
         let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut merger = Merger::default();
@@ -551,20 +561,15 @@ impl Task {
             }
         }
         sluice_log::fault::point("query-after-commit");
-        let stores = flow.stores_mut();
-        let single = stores.len() == 1;
-        for (i, (store, l)) in stores.into_iter().zip(last).enumerate() {
-            if i == 1 {
-                // Some stores hold the epoch locally, others not yet.
-                sluice_log::fault::point("state-snapshot");
-            }
+        for (i, (store, l)) in flow.stores_mut().into_iter().zip(last).enumerate() {
             let next = l.map_or(store.applied_offset(), |l| l + 1);
             store
                 .commit(next)
                 .map_err(|e| SqlError::Invalid(format!("query {}: state commit: {e}", self.id)))?;
-        }
-        if single {
-            sluice_log::fault::point("state-snapshot");
+            if i == 0 {
+                // The first store holds the epoch locally, the others not yet.
+                sluice_log::fault::point("state-snapshot");
+            }
         }
         self.stats.epochs.fetch_add(1, Ordering::Relaxed);
         let rejected = self.stats.rejected.load(Ordering::Relaxed);

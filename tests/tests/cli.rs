@@ -50,6 +50,19 @@ fn ok(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The contents of the files in `dir` whose names do not start with `.` (a sink's hidden
+/// bookkeeping files are left out); none when `dir` does not exist.
+fn visible_file_texts(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|es| {
+            es.map(|e| e.unwrap())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a command that must fail; returns its stderr, which must be one `error:` line.
 fn fails(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let out = sluice(data, args, stdin);
@@ -565,24 +578,10 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
     };
     let start = std::time::Instant::now();
     let lines = |d: &Path| -> usize {
-        std::fs::read_dir(d.join("out"))
-            .map(|es| {
-                es.filter(|e| {
-                    !e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with('.')
-                })
-                .map(|e| {
-                    std::fs::read_to_string(e.unwrap().path())
-                        .unwrap()
-                        .lines()
-                        .count()
-                })
-                .sum()
-            })
-            .unwrap_or(0)
+        visible_file_texts(&d.join("out"))
+            .iter()
+            .map(|t| t.lines().count())
+            .sum()
     };
     // 24 rides, one table update each.
     while lines(d) < 24 {
@@ -633,21 +632,7 @@ fn run_deploys_the_default_pipeline_follows_the_folder_and_stops_on_ctrl_c() {
         ),
     )
     .unwrap();
-    let echoed = |d: &Path| -> String {
-        std::fs::read_dir(d.join("echo"))
-            .map(|es| {
-                es.filter(|e| {
-                    !e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with('.')
-                })
-                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-                .collect()
-            })
-            .unwrap_or_default()
-    };
+    let echoed = |d: &Path| -> String { visible_file_texts(&d.join("echo")).concat() };
     while echoed(d) != "hello\nworld\n" {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(60),

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cli::sluice_bin;
-use crate::common::read_committed;
+use crate::common::{env_or, read_committed};
 use crate::objstore::Moto;
 
 /// Every fault point of the commit path (see `sluice_log::fault`).
@@ -48,13 +48,6 @@ const ACCOUNTS: u64 = 7;
 const STEP_MS: i64 = 3;
 /// Every this many lines one is malformed (a dead letter, not lost, not repeated).
 const BAD_EVERY: u64 = 997;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// xorshift64*: reproducible kill times from a printed seed.
 struct Rng(u64);
@@ -236,21 +229,27 @@ fn damage_state(state: &Path, lose: bool) {
     }
 }
 
-/// Objects under `out/<topic>/`: every line of every object.
-fn s3_lines(moto: &Moto, topic: &str) -> Vec<Value> {
-    moto.objects("crash")
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(&format!("out/{topic}/")))
-        .flat_map(|(name, bytes)| {
-            String::from_utf8(bytes.to_vec())
-                .unwrap_or_else(|e| panic!("{name}: {e}"))
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{name}: {l}: {e}"))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// Every line of every object under `out/`, by topic (`out/<topic>/...`), read in one
+/// listing.
+fn s3_lines(moto: &Moto) -> BTreeMap<String, Vec<Value>> {
+    let mut by_topic: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (name, bytes) in moto.objects("crash") {
+        let topic = name
+            .strip_prefix("out/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("{name}: not under out/<topic>/"))
+            .to_string();
+        let lines = by_topic.entry(topic).or_default();
+        for l in String::from_utf8(bytes.to_vec())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .lines()
+        {
+            lines.push(
+                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{name}: {l}: {e}")),
+            );
+        }
+    }
+    by_topic
 }
 
 fn field(v: &Value, name: &str) -> i64 {
@@ -414,11 +413,9 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     let w = Worker::start(&work, round, None);
     let start = Instant::now();
     loop {
-        let (l, t, p) = (
-            s3_lines(&moto, "large").len(),
-            s3_lines(&moto, "totals").len(),
-            s3_lines(&moto, "payments").len(),
-        );
+        let s3 = s3_lines(&moto);
+        let count = |topic: &str| s3.get(topic).map_or(0, Vec::len);
+        let (l, t, p) = (count("large"), count("totals"), count("payments"));
         // (+ 1: the closing payment)
         if l > large.len() + 1 || t > windows.len() || p > placed + 1 {
             break; // repeated: the comparison below says what
@@ -510,7 +507,9 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
         placeless, want_placeless,
         "payments without a region in crash.dlq"
     );
-    let mut s3_payments: Vec<u64> = s3_lines(&moto, "payments")
+    let s3 = s3_lines(&moto);
+    let in_s3 = |topic: &str| s3.get(topic).map_or(&[][..], Vec::as_slice);
+    let mut s3_payments: Vec<u64> = in_s3("payments")
         .iter()
         .map(|v| field(v, "id") as u64)
         .collect();
@@ -537,7 +536,7 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     got_large.retain(|id| *id != closing.id);
     got_large.sort_unstable();
     assert_eq!(got_large, large, "large payments in the topic");
-    let mut s3_large: Vec<u64> = s3_lines(&moto, "large")
+    let mut s3_large: Vec<u64> = in_s3("large")
         .iter()
         .map(|v| field(v, "id") as u64)
         .collect();
@@ -557,7 +556,7 @@ fn the_worker_killed_at_random_and_at_each_fault_point_loses_and_repeats_nothing
     );
     let got: BTreeMap<(String, i64), (i64, i64)> = totals.into_iter().collect();
     assert_eq!(got, windows, "window counts and sums in the topic");
-    let s3_totals: Vec<((String, i64), (i64, i64))> = s3_lines(&moto, "totals")
+    let s3_totals: Vec<((String, i64), (i64, i64))> = in_s3("totals")
         .iter()
         .map(|e| {
             let v = &e["value"];

@@ -148,10 +148,7 @@ fn check(dir: &Path, acked: &BTreeMap<usize, u64>) -> usize {
 #[test]
 fn kill_9_during_writes_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
-    let rounds: usize = std::env::var("SLUICE_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(12);
+    let rounds = crate::common::env_or("SLUICE_CRASH_ROUNDS", 12) as usize;
     let exe = std::env::current_exe().unwrap();
     let mut rng = 42u64;
     let mut acked: BTreeMap<usize, u64> = BTreeMap::new();

@@ -241,10 +241,7 @@ fn kill_9_while_queries_run_loses_and_repeats_nothing() {
     let exe = std::env::current_exe().unwrap();
     let mut rng = 7u64;
     let mut interrupted = 0;
-    let rounds: usize = std::env::var("SLUICE_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(6);
+    let rounds = crate::common::env_or("SLUICE_CRASH_ROUNDS", 6) as usize;
     for round in 0..rounds {
         rng = rng
             .wrapping_mul(6364136223846793005)

@@ -82,6 +82,32 @@ impl Scratch {
     }
 }
 
+/// Every file below `dir`, at any depth, with its metadata (files removed while it lists
+/// are left out).
+pub fn files_under(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, CliError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| CliError::io(format!("list {}", d.display()), e))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            let m = match e.metadata() {
+                Ok(m) => m,
+                // Gone while listing (e.g. a RocksDB compaction removed it).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CliError::io(format!("stat {}", p.display()), e)),
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                files.push((p, m));
+            }
+        }
+    }
+    Ok(files)
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

@@ -25,6 +25,7 @@ use sluice_log::{Log, LogOptions};
 use sluice_sql::engine::Engine;
 
 use super::CliError;
+use super::remote::Remote;
 use crate::pipeline::Guarantee;
 use crate::worker::Worker;
 
@@ -197,6 +198,8 @@ object-store = {{ url = "file://{objects}", format = "parquet", flush-records = 
 struct RunProcess {
     child: Child,
     data: PathBuf,
+    /// Its API, once it has written its address.
+    api: Option<Remote>,
 }
 
 impl RunProcess {
@@ -214,19 +217,19 @@ impl RunProcess {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| CliError::io("start sluice run", e))?;
-        Ok(RunProcess { child, data })
+        Ok(RunProcess {
+            child,
+            data,
+            api: None,
+        })
     }
 
     /// The records the persistent queries have read since the process started.
-    fn query_records_in(&self, client: &reqwest::blocking::Client) -> Option<u64> {
-        let info = std::fs::read_to_string(self.data.join(super::run::WORKER_FILE)).ok()?;
-        let api: serde_json::Value = serde_json::from_str(&info).ok()?;
-        let text = client
-            .get(format!("{}/metrics", api["api"].as_str()?))
-            .send()
-            .ok()?
-            .text()
-            .ok()?;
+    fn query_records_in(&mut self) -> Option<u64> {
+        if self.api.is_none() {
+            self.api = Remote::find(&self.data);
+        }
+        let text = self.api.as_ref()?.get_text("/metrics").ok()?;
         Some(
             text.lines()
                 .filter(|l| l.starts_with("sluice_query_records_in_total{"))
@@ -236,17 +239,11 @@ impl RunProcess {
     }
 
     /// Waits until the queries have read `n` records.
-    fn wait_for(
-        &mut self,
-        client: &reqwest::blocking::Client,
-        n: u64,
-        limit: Duration,
-        what: &str,
-    ) -> Result<Duration, CliError> {
+    fn wait_for(&mut self, n: u64, limit: Duration, what: &str) -> Result<Duration, CliError> {
         let start = Instant::now();
         let mut last_report = Instant::now();
         loop {
-            let got = self.query_records_in(client).unwrap_or(0);
+            let got = self.query_records_in().unwrap_or(0);
             if got >= n {
                 return Ok(start.elapsed());
             }
@@ -278,21 +275,6 @@ fn probe(input: &Path, n: u64) -> Result<(), CliError> {
         .map_err(|e| CliError::io(format!("open {}", input.display()), e))?;
     writeln!(f, "{{\"k\": \"probe-{n}\", \"payload\": \"x\"}}")
         .map_err(|e| CliError::io("append the probe", e))
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut size = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => size += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    size
 }
 
 fn recovery(dir: &Path, state_mb: u64) -> Result<(), CliError> {
@@ -343,18 +325,17 @@ file = {{ path = "{input}", format = "json", key-field = "k" }}
     );
     std::fs::write(dir.join("pipelines/recovery.toml"), pipeline)
         .map_err(|e| CliError::io("write the recovery pipeline", e))?;
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| CliError::Usage(e.to_string()))?;
     eprintln!(
         "Recovery: building {keys} keys × 1 KiB values of query state (LATEST_BY_OFFSET per key) in a `sluice run` process..."
     );
     let mut w = RunProcess::start(&dir)?;
-    let built = w.wait_for(&client, keys, Duration::from_secs(3600), "building")?;
+    let built = w.wait_for(keys, Duration::from_secs(3600), "building")?;
     // One more commit interval, so the last epoch is committed and in RocksDB.
     std::thread::sleep(Duration::from_secs(2));
-    let state = dir_size(&dir.join("data/state"));
+    let state: u64 = super::bench::files_under(&dir.join("data/state"))?
+        .iter()
+        .map(|(_, m)| m.len())
+        .sum();
     eprintln!(
         "  built in {:.1} s; state on disk {:.2} GiB; SIGKILL",
         built.as_secs_f64(),
@@ -369,7 +350,7 @@ file = {{ path = "{input}", format = "json", key-field = "k" }}
         }
         probe(&input, round)?;
         let mut w = RunProcess::start(&dir)?;
-        let took = w.wait_for(&client, 1, Duration::from_secs(1800), "recovering")?;
+        let took = w.wait_for(1, Duration::from_secs(1800), "recovering")?;
         eprintln!(
             "  restart {}: the query read new input {:.2} s after the process started",
             if wipe {

@@ -77,23 +77,15 @@ pub(crate) fn write_input(path: &Path, records: u64) -> Result<u64, CliError> {
 /// Rows in the Parquet files under `dir`.
 fn parquet_rows(dir: &Path) -> Result<i64, CliError> {
     let mut rows = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| CliError::io(format!("list {}", d.display()), e))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let f = std::fs::File::open(&p)
-                    .map_err(|e| CliError::io(format!("open {}", p.display()), e))?;
-                let r = parquet::file::reader::SerializedFileReader::new(f)
-                    .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
-                rows += parquet::file::reader::FileReader::metadata(&r)
-                    .file_metadata()
-                    .num_rows();
-            }
+    for (p, _) in super::bench::files_under(dir)? {
+        if p.extension().is_some_and(|x| x == "parquet") {
+            let f = std::fs::File::open(&p)
+                .map_err(|e| CliError::io(format!("open {}", p.display()), e))?;
+            let r = parquet::file::reader::SerializedFileReader::new(f)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
+            rows += parquet::file::reader::FileReader::metadata(&r)
+                .file_metadata()
+                .num_rows();
         }
     }
     Ok(rows)

@@ -35,11 +35,7 @@ impl Remote {
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Value, CliError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let (url, mut req) = self.request(method, path);
         if let Some((content_type, b)) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -62,6 +58,31 @@ impl Remote {
             )));
         }
         Ok(v)
+    }
+
+    /// A request to `path` with the token, and its URL.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> (String, reqwest::blocking::RequestBuilder) {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        (url, req)
+    }
+
+    /// `GET path` as text (e.g. `/metrics`).
+    pub fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let (url, req) = self.request(reqwest::Method::GET, path);
+        let resp = req
+            .send()
+            .and_then(reqwest::blocking::Response::error_for_status)
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+        resp.text()
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))
     }
 
     fn get(&self, path: &str) -> Result<Value, CliError> {
