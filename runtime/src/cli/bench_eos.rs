@@ -11,7 +11,9 @@
 //! 2. **Recovery** after a kill with about 1 GB of query state: a real `sluice run` process
 //!    builds a table of 1 KB values over many keys (`LATEST_BY_OFFSET`), is SIGKILLed once
 //!    it has caught up, and restarts; recovery is the time from the restart until the query
-//!    has reopened its state and read new input. Then once more with the state's local files
+//!    has reopened its state and read new input (a probe line appended while it was down,
+//!    which reaches the query when the source's first epoch commits: up to one commit
+//!    interval of the figure). Then once more with the state's local files
 //!    deleted, so the store is rebuilt from its changelog alone.
 
 use std::io::{BufWriter, Write};
@@ -361,6 +363,9 @@ file = {{ path = "{input}", format = "json", key-field = "k" }}
             took.as_secs_f64()
         );
         figures.push(took.as_secs_f64());
+        // Let the probe's epoch commit, so the next round does not replay it (which would be
+        // read at once and skip the wait for a source commit the other rounds include).
+        std::thread::sleep(Duration::from_secs(2));
         w.kill();
     }
     println!(
