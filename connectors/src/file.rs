@@ -77,6 +77,10 @@ struct FilePosition {
     /// CSV: the header line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     header: Option<Vec<String>>,
+    /// Inside a line over `max-line-bytes` whose start went to the dead-letter topic: the
+    /// rest, up to its newline, is skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    skipping: bool,
 }
 
 /// Tails files matching a path or glob.
@@ -85,6 +89,9 @@ pub struct FileSource {
     config: FileSourceConfig,
     pattern: String,
     files: BTreeMap<String, FilePosition>,
+    /// Per file, the length at which only an unfinished line was left: it is not read again
+    /// until the file grows.
+    unfinished: BTreeMap<String, u64>,
 }
 
 impl FileSource {
@@ -101,6 +108,7 @@ impl FileSource {
             config,
             pattern,
             files: BTreeMap::new(),
+            unfinished: BTreeMap::new(),
         })
     }
 
@@ -131,27 +139,65 @@ impl FileSource {
                 inode: meta.ino(),
                 ..FilePosition::default()
             };
+            self.unfinished.remove(&name);
         }
         if head_len > pos.head_len {
             pos.head_len = head_len;
             pos.head_hash = head_hash;
         }
-        if meta.len() == pos.offset {
+        if meta.len() == pos.offset || self.unfinished.get(&name) == Some(&meta.len()) {
             return Ok(());
         }
+        self.unfinished.remove(&name);
         let mut file = File::open(path).map_err(|e| ConnectorError::io("open", path, e))?;
         file.seek(SeekFrom::Start(pos.offset))
             .map_err(|e| ConnectorError::io("seek", path, e))?;
         let mut reader = BufReader::with_capacity(1 << 16, file.take(meta.len() - pos.offset));
         let mut line = Vec::new();
+        // A line is read up to the limit (and its line ending), never further: an endless
+        // line costs no more memory than a long one.
+        let cap = self.config.max_line_bytes as u64 + 2;
         while batch.records.len() + batch.rejected.len() < max {
+            if pos.skipping {
+                let (skipped, ended) =
+                    skip_line(&mut reader).map_err(|e| ConnectorError::io("read", path, e))?;
+                pos.offset += skipped;
+                if !ended {
+                    break;
+                }
+                pos.skipping = false;
+                continue;
+            }
             line.clear();
-            let n = reader
+            let n = (&mut reader)
+                .take(cap)
                 .read_until(b'\n', &mut line)
                 .map_err(|e| ConnectorError::io("read", path, e))?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                // End of what is there, or a line still being written.
+            if n == 0 {
                 break;
+            }
+            if line.last() != Some(&b'\n') {
+                if (n as u64) < cap {
+                    // A line still being written: look again when the file grows.
+                    self.unfinished.insert(name.clone(), meta.len());
+                    break;
+                }
+                // Over the limit before its end: its start is a dead letter (once), the
+                // rest is skipped as it arrives.
+                pos.offset += n as u64;
+                pos.line += 1;
+                pos.skipping = true;
+                batch.rejected.push(Rejected {
+                    origin: format!("{name}:{}", pos.line),
+                    raw: line[..line.len().min(4096)].to_vec(),
+                    reason: format!(
+                        "line longer than max-line-bytes {}; its first {} bytes are kept here",
+                        self.config.max_line_bytes,
+                        line.len().min(4096)
+                    ),
+                    at: None,
+                });
+                continue;
             }
             pos.offset += n as u64;
             pos.line += 1;
@@ -186,6 +232,28 @@ impl FileSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads past the rest of a line: (bytes consumed, whether its newline was reached).
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<(u64, bool)> {
+    let mut skipped = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((skipped, false));
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok((skipped + i as u64 + 1, true));
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+                skipped += n as u64;
+            }
+        }
     }
 }
 
@@ -310,6 +378,7 @@ fn split_csv(line: &str) -> Vec<String> {
 
 impl Source for FileSource {
     fn open(&mut self, position: Option<&[u8]>) -> Result<()> {
+        self.unfinished.clear();
         self.files = match position {
             None => BTreeMap::new(),
             Some(p) => {
@@ -682,6 +751,39 @@ mod tests {
             ["three", "four"]
         );
         assert!(again.poll(100, Duration::ZERO).unwrap().position.is_none());
+    }
+
+    #[test]
+    fn an_endless_line_is_a_dead_letter_once_and_skipped_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        let f = dir.path().join("in/a.txt");
+        std::fs::write(&f, "one\n").unwrap();
+        let mut s = source(dir.path(), FileFormat::Lines, None);
+        s.open(None).unwrap();
+        assert_eq!(values(&s.poll(100, Duration::ZERO).unwrap()), ["one"]);
+        // A line without its newline, over the 64-byte limit, growing.
+        let mut file = OpenOptions::new().append(true).open(&f).unwrap();
+        file.write_all(&[b'x'; 100]).unwrap();
+        let b = s.poll(100, Duration::ZERO).unwrap();
+        assert_eq!(b.rejected.len(), 1, "{:?}", b.rejected);
+        assert!(b.rejected[0].origin.ends_with("a.txt:2"));
+        assert!(b.rejected[0].raw.len() <= 66);
+        let pos = b.position.unwrap();
+        file.write_all(&[b'x'; 1000]).unwrap();
+        let b = s.poll(100, Duration::ZERO).unwrap();
+        assert!(b.records.is_empty() && b.rejected.is_empty(), "once only");
+        // A restart in the middle of the line keeps skipping it.
+        let mut again = source(dir.path(), FileFormat::Lines, None);
+        again.open(Some(&pos)).unwrap();
+        file.write_all(b"xxx\ntwo\nthr").unwrap();
+        let b = again.poll(100, Duration::ZERO).unwrap();
+        assert_eq!(values(&b), ["two"]);
+        assert!(b.rejected.is_empty());
+        // A short unfinished line waits, and is not read again until the file grows.
+        assert!(again.poll(100, Duration::ZERO).unwrap().position.is_none());
+        file.write_all(b"ee\n").unwrap();
+        assert_eq!(values(&again.poll(100, Duration::ZERO).unwrap()), ["three"]);
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! Bodies are `application/json` (one object or an array of them) or
 //! `application/x-ndjson` (one JSON value per line; bad lines become dead letters). A
 //! request may carry an `Idempotency-Key`: the keys of the last `idempotency-keys` accepted
-//! requests are part of the source's committed position, so a client retrying a request
+//! requests are kept as the source's keyed state (one entry per key, written once and
+//! removed when forgotten, committed with the records), so a client retrying a request
 //! whose answer it lost gets `duplicate: true` and nothing is written twice, across worker
-//! restarts too.
+//! restarts too. A retry that arrives while its original is still uncommitted waits for the
+//! original's commit: `duplicate: true` always means "committed".
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -135,9 +137,22 @@ pub struct IngestSource {
     topic: String,
     config: HttpIngestConfig,
     queue: Receiver<Request>,
-    /// Accepted idempotency keys, oldest first (the committed position plus what is polled).
-    keys: VecDeque<String>,
-    /// Requests whose records are in polled, not yet committed batches.
+    /// Accepted idempotency keys with their sequence numbers, oldest first (the committed
+    /// state plus what is polled); at most `idempotency-keys` of them.
+    keys: VecDeque<(String, u64)>,
+    /// The keys of `keys`, for lookups.
+    known: HashSet<String>,
+    /// Keys of requests whose records are polled but not committed: a retry of one of them
+    /// is answered only once the original committed.
+    pending: HashSet<String>,
+    /// The sequence number the next accepted key gets (the position).
+    next_seq: u64,
+    /// Entries handed to `restore`, read by `open`.
+    restored: Vec<(Vec<u8>, Vec<u8>)>,
+    /// State changes not yet handed out in a batch (keys dropped while restoring).
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Requests whose records are in polled, not yet committed batches, and retries waiting
+    /// for them.
     waiting: Vec<(SyncSender<Result<IngestAck, IngestError>>, IngestAck)>,
     /// A request taken from the queue that did not fit the last batch.
     held: Option<Request>,
@@ -145,6 +160,16 @@ pub struct IngestSource {
 
 /// Requests waiting in the queue before new ones get 503.
 const QUEUE: usize = 64;
+
+/// The most `idempotency-keys` a source may remember (they are held in memory).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
+/// The answer to a retry of an accepted request.
+const DUPLICATE: IngestAck = IngestAck {
+    accepted: 0,
+    rejected: 0,
+    duplicate: true,
+};
 
 impl IngestSource {
     /// A source for `topic` and the handle the endpoint submits to.
@@ -154,6 +179,11 @@ impl IngestSource {
                 "max-body-bytes must be positive".into(),
             ));
         }
+        if config.idempotency_keys > MAX_IDEMPOTENCY_KEYS {
+            return Err(ConnectorError::Config(format!(
+                "idempotency-keys must be at most {MAX_IDEMPOTENCY_KEYS} (they are kept in memory)"
+            )));
+        }
         let (tx, rx) = sync_channel(QUEUE);
         Ok((
             IngestSource {
@@ -161,6 +191,11 @@ impl IngestSource {
                 config: config.clone(),
                 queue: rx,
                 keys: VecDeque::new(),
+                known: HashSet::new(),
+                pending: HashSet::new(),
+                next_seq: 0,
+                restored: Vec::new(),
+                changes: Vec::new(),
                 waiting: Vec::new(),
                 held: None,
             },
@@ -234,23 +269,72 @@ impl IngestSource {
     }
 
     fn position(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "keys": self.keys })).unwrap_or_default()
+        serde_json::to_vec(&serde_json::json!({ "seq": self.next_seq })).unwrap_or_default()
+    }
+
+    /// Remembers an accepted key; the oldest is forgotten past `idempotency-keys`. Both
+    /// are state changes committed with the request's records.
+    fn remember(&mut self, key: String) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.changes
+            .push((key.clone().into_bytes(), Some(seq.to_string().into_bytes())));
+        self.known.insert(key.clone());
+        self.pending.insert(key.clone());
+        self.keys.push_back((key, seq));
+        while self.keys.len() > self.config.idempotency_keys {
+            if let Some((old, _)) = self.keys.pop_front() {
+                self.known.remove(&old);
+                self.changes.push((old.into_bytes(), None));
+            }
+        }
     }
 }
 
 impl Source for IngestSource {
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        self.restored = entries;
+        Ok(())
+    }
+
     fn open(&mut self, position: Option<&[u8]>) -> Result<()> {
         // Requests of batches that never committed are answered "not committed" (their
         // senders drop); clients retry them.
         self.waiting.clear();
+        self.pending.clear();
         self.keys.clear();
+        self.known.clear();
+        self.changes.clear();
+        self.next_seq = 0;
+        let mut entries: Vec<(u64, String)> = std::mem::take(&mut self.restored)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let seq = std::str::from_utf8(&v).ok()?.parse().ok()?;
+                Some((seq, String::from_utf8(k).ok()?))
+            })
+            .collect();
         if let Some(p) = position {
             let v: serde_json::Value =
                 serde_json::from_slice(p).map_err(|e| ConnectorError::Position(e.to_string()))?;
+            self.next_seq = v["seq"].as_u64().unwrap_or(0);
+            // Positions written before keys became state entries held the keys themselves.
             for k in v["keys"].as_array().into_iter().flatten() {
                 if let Some(k) = k.as_str() {
-                    self.keys.push_back(k.to_string());
+                    entries.push((self.next_seq, k.to_string()));
+                    self.next_seq += 1;
                 }
+            }
+        }
+        entries.sort();
+        let keep = entries.len().saturating_sub(self.config.idempotency_keys);
+        for (i, (seq, key)) in entries.into_iter().enumerate() {
+            if i < keep {
+                // `idempotency-keys` shrank: forget the oldest for good.
+                self.changes.push((key.into_bytes(), None));
+            } else {
+                self.next_seq = self.next_seq.max(seq + 1);
+                self.known.insert(key.clone());
+                self.keys.push_back((key, seq));
             }
         }
         Ok(())
@@ -271,12 +355,15 @@ impl Source for IngestSource {
             // After the first request, take only what is already queued.
             wait = Duration::ZERO;
             if let Some(k) = &request.key {
-                if self.keys.contains(k) {
-                    let _ = request.reply.send(Ok(IngestAck {
-                        accepted: 0,
-                        rejected: 0,
-                        duplicate: true,
-                    }));
+                if self.pending.contains(k) {
+                    // The original is not committed yet: answering now would claim records
+                    // a crash can still lose. The retry is answered with the original's commit
+                    // (or refused with it, and then retried again).
+                    self.waiting.push((request.reply, DUPLICATE));
+                    continue;
+                }
+                if self.known.contains(k) {
+                    let _ = request.reply.send(Ok(DUPLICATE));
                     continue;
                 }
             }
@@ -287,20 +374,21 @@ impl Source for IngestSource {
             id += 1;
             let ack = self.records(&request, id, &mut batch);
             if let Some(k) = request.key {
-                self.keys.push_back(k);
-                while self.keys.len() > self.config.idempotency_keys {
-                    self.keys.pop_front();
+                if self.config.idempotency_keys > 0 {
+                    self.remember(k);
                 }
             }
             self.waiting.push((request.reply, ack));
         }
-        if !self.waiting.is_empty() {
+        if !self.waiting.is_empty() || !self.changes.is_empty() {
             batch.position = Some(self.position());
+            batch.state = std::mem::take(&mut self.changes);
         }
         Ok(batch)
     }
 
     fn committed(&mut self) {
+        self.pending.clear();
         for (reply, ack) in self.waiting.drain(..) {
             let _ = reply.send(Ok(ack));
         }
@@ -354,10 +442,115 @@ mod tests {
         );
     }
 
+    /// What the worker keeps of a source: the committed position and keyed state.
+    #[derive(Default)]
+    struct Committed {
+        position: Option<Vec<u8>>,
+        state: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl Committed {
+        fn commit(&mut self, s: &mut IngestSource, b: SourceBatch) {
+            if let Some(p) = b.position {
+                self.position = Some(p);
+            }
+            for (k, v) in b.state {
+                match v {
+                    Some(v) => self.state.insert(k, v),
+                    None => self.state.remove(&k),
+                };
+            }
+            s.committed();
+        }
+
+        fn reopen(&self, s: &mut IngestSource) {
+            s.restore(self.state.clone().into_iter().collect()).unwrap();
+            s.open(self.position.as_deref()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_retry_racing_its_original_is_answered_only_after_the_commit() {
+        let (mut s, h) = IngestSource::new("t", config()).unwrap();
+        let mut c = Committed::default();
+        c.reopen(&mut s);
+        let original = h
+            .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
+            .unwrap();
+        let retry = h
+            .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert_eq!(b.records.len(), 1);
+        assert!(
+            retry.try_recv().is_err(),
+            "no duplicate answer before the original committed"
+        );
+        // The worker dies before the commit: both are refused, the client retries.
+        c.reopen(&mut s);
+        assert!(original.recv().is_err());
+        assert!(retry.recv().is_err());
+        let again = h
+            .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
+            .unwrap();
+        let dup = h
+            .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert_eq!(b.records.len(), 1, "written once");
+        assert!(dup.try_recv().is_err());
+        c.commit(&mut s, b);
+        assert_eq!(again.recv().unwrap().unwrap().accepted, 1);
+        assert!(dup.recv().unwrap().unwrap().duplicate);
+    }
+
+    #[test]
+    fn keys_are_state_entries_written_once_and_forgotten_past_the_limit() {
+        let (mut s, h) = IngestSource::new("t", config()).unwrap();
+        let mut c = Committed::default();
+        c.reopen(&mut s);
+        for k in ["a", "b", "c"] {
+            let r = h.submit(Bytes::from("{}"), false, Some(k.into())).unwrap();
+            let b = s.poll(100, Duration::from_millis(100)).unwrap();
+            assert!(b.position.as_ref().unwrap().len() < 32, "a small position");
+            c.commit(&mut s, b);
+            r.recv().unwrap().unwrap();
+        }
+        let keys: Vec<&[u8]> = c.state.keys().map(|k| &k[..]).collect();
+        assert_eq!(keys, [&b"b"[..], b"c"], "two keys remembered");
+        // A restart with a smaller limit forgets the oldest for good.
+        let (mut s, h) = IngestSource::new(
+            "t",
+            HttpIngestConfig {
+                idempotency_keys: 1,
+                ..config()
+            },
+        )
+        .unwrap();
+        c.reopen(&mut s);
+        let r = h
+            .submit(Bytes::from("{}"), false, Some("c".into()))
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert!(b.records.is_empty());
+        c.commit(&mut s, b);
+        assert!(r.recv().unwrap().unwrap().duplicate);
+        assert_eq!(c.state.len(), 1);
+        // An old position that still lists its keys is understood.
+        let (mut s, h) = IngestSource::new("t", config()).unwrap();
+        s.open(Some(br#"{"keys": ["x"]}"#)).unwrap();
+        let r = h
+            .submit(Bytes::from("{}"), false, Some("x".into()))
+            .unwrap();
+        s.poll(100, Duration::from_millis(100)).unwrap();
+        assert!(r.recv().unwrap().unwrap().duplicate);
+    }
+
     #[test]
     fn idempotency_keys_survive_a_restart_and_uncommitted_requests_are_refused() {
         let (mut s, h) = IngestSource::new("t", config()).unwrap();
-        s.open(None).unwrap();
+        let mut c = Committed::default();
+        c.reopen(&mut s);
         let a = h
             .submit(
                 Bytes::from("[{\"id\": 1}, {\"id\": 2}]"),
@@ -367,15 +560,14 @@ mod tests {
             .unwrap();
         let b = s.poll(100, Duration::from_millis(100)).unwrap();
         assert_eq!(b.records.len(), 2);
-        s.committed();
+        c.commit(&mut s, b);
         assert!(!a.recv().unwrap().unwrap().duplicate);
-        let pos = b.position.unwrap();
         // An uncommitted request: the task restarts before its commit.
         let lost = h
             .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
             .unwrap();
         s.poll(100, Duration::from_millis(100)).unwrap();
-        s.open(Some(&pos)).unwrap();
+        c.reopen(&mut s);
         assert!(lost.recv().is_err(), "the client learns it must retry");
         let again = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k1".into()))
@@ -386,7 +578,7 @@ mod tests {
         let b = s.poll(100, Duration::from_millis(100)).unwrap();
         assert_eq!(b.records.len(), 1, "k1 was committed, k2 was not");
         assert!(again.recv().unwrap().unwrap().duplicate);
-        s.committed();
+        c.commit(&mut s, b);
         assert_eq!(retry.recv().unwrap().unwrap().accepted, 1);
         assert!(matches!(
             h.submit(Bytes::from("{oops"), false, None),

@@ -505,8 +505,29 @@ fn body_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// `url` with any password replaced, for messages, dead-letter origins and the position.
+/// `url` with any password and every query value replaced (API keys often ride in the
+/// query), for messages, logs, dead-letter origins and the position.
 fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            if u.query().is_some() {
+                let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+                u.query_pairs_mut()
+                    .clear()
+                    .extend_pairs(names.iter().map(|k| (k.as_str(), "redacted")));
+            }
+            u.to_string()
+        }
+        // Not a URL: shown as written (only a URL's parts can be told apart).
+        Err(_) => url.to_string(),
+    }
+}
+
+/// How positions written before query values were redacted named the URL.
+fn legacy_shown(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("redacted"));
@@ -751,12 +772,13 @@ impl Source for HttpPollSource {
         self.version = match position {
             None => None,
             Some(p) => {
-                let v: Version = serde_json::from_slice(p)
+                let mut v: Version = serde_json::from_slice(p)
                     .map_err(|e| ConnectorError::Position(e.to_string()))?;
-                if v.url == self.shown {
+                if v.url == self.shown || v.url == legacy_shown(&self.config.url) {
+                    v.url = self.shown.clone();
                     Some(v)
                 } else {
-                    tracing::info!(url = %self.shown, stored = %v.url, "The stored position is for another URL; starting afresh.");
+                    tracing::info!(url = %self.shown, stored = %redact_url(&v.url), "The stored position is for another URL; starting afresh.");
                     None
                 }
             }

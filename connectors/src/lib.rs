@@ -51,6 +51,11 @@ pub struct SourceBatch {
     pub rejected: Vec<Rejected>,
     /// The position after everything above, to store with it; `None` when nothing was read.
     pub position: Option<Vec<u8>>,
+    /// Changes to the source's keyed state, committed with the position (see
+    /// [`Source::restore`]): `(key, Some(value))` sets an entry, `(key, None)` removes it.
+    /// Keeps a position small when a source remembers many things (HTTP ingest's
+    /// idempotency keys): each entry is written once, not with every position.
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Input a source could not turn into a record.
@@ -75,6 +80,14 @@ pub struct Rejected {
 /// before it, so that opening with it resumes without gaps or repeats. `poll` may return an
 /// empty batch (nothing new) after waiting at most `timeout`.
 pub trait Source: Send {
+    /// Restores the committed keyed state: every entry a batch's `state` set and no later
+    /// batch removed, as of the committed position. Called right before [`Source::open`];
+    /// sources without keyed state ignore it.
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let _ = entries;
+        Ok(())
+    }
+
     /// Restores the committed position.
     fn open(&mut self, position: Option<&[u8]>) -> Result<()>;
 

@@ -166,7 +166,8 @@ pub struct Log {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn validate_topic_name(name: &str) -> Result<()> {
+/// Checks a topic name: what `create_topic` accepts.
+pub fn validate_topic_name(name: &str) -> Result<()> {
     let bad = |reason| {
         Err(LogError::InvalidTopicName {
             name: name.into(),

@@ -73,9 +73,10 @@ impl Deployer {
             .collect();
         for f in gone {
             self.errors.remove(&f);
-            if let Some(name) = self.worker.undeploy(&f) {
+            if let Some(p) = self.worker.undeploy(&f) {
                 said.push(format!(
-                    "Stopped pipeline {name}: {} was removed.",
+                    "Stopped pipeline {}: {} was removed.",
+                    p.name,
                     f.display()
                 ));
             }
@@ -91,25 +92,37 @@ impl Deployer {
             .unwrap_or_else(|e| format!("error: {e}"))
     }
 
-    /// Deploys the pipeline `loaded` from file `f` (replacing what that file deployed);
-    /// a failure is kept for status until the file changes.
+    /// Deploys the pipeline `loaded` from file `f`, replacing what that file deployed. The
+    /// running pipeline is touched only after the new one checked and built: a file that does
+    /// not load, check or build leaves it running, and a deploy that fails later (its SQL, say)
+    /// brings it back. A failure is kept for status until the file changes.
     fn deploy(
         &mut self,
         f: &Path,
         loaded: Result<crate::pipeline::Pipeline, String>,
     ) -> Result<String, String> {
         self.files.insert(f.to_path_buf(), modified(f));
-        let was = self.worker.undeploy(f);
-        match loaded.and_then(|p| self.worker.deploy(&p).map(|()| p)) {
-            Ok(p) => {
+        let result = loaded.and_then(|p| {
+            self.worker.check(&p)?;
+            let was = self.worker.undeploy(f);
+            match self.worker.deploy(&p) {
+                Ok(()) => Ok((p, was.is_some())),
+                Err(e) => {
+                    if let Some(old) = was {
+                        if let Err(again) = self.worker.deploy(&old) {
+                            tracing::error!(pipeline = %old.name, error = %again, "The previous version of the pipeline did not come back after a failed redeploy.");
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        });
+        match result {
+            Ok((p, replaced)) => {
                 self.errors.remove(f);
                 Ok(format!(
                     "{} pipeline {} from {}.",
-                    if was.is_some() {
-                        "Redeployed"
-                    } else {
-                        "Deployed"
-                    },
+                    if replaced { "Redeployed" } else { "Deployed" },
                     p.name,
                     f.display()
                 ))
@@ -122,7 +135,8 @@ impl Deployer {
     }
 
     /// Validates `text` as pipeline `name`, writes it to `<dir>/<name>.toml` and deploys it
-    /// (replacing a pipeline of that file). Nothing changes when it does not validate.
+    /// (replacing a pipeline of that file). When it does not check or deploy, the folder and
+    /// the running pipelines stay as they were.
     pub fn put(&mut self, name: &str, text: &str) -> Result<String, String> {
         if !crate::pipeline::valid_name(name) {
             return Err(format!(
@@ -137,11 +151,29 @@ impl Deployer {
                 p.name
             ));
         }
-        let tmp = self.dir.join(format!(".{name}.toml.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        self.deploy(&path, Ok(p))
+        self.worker.check(&p)?;
+        let previous = std::fs::read_to_string(&path).ok();
+        write_atomically(&path, text)?;
+        match self.deploy(&path, Ok(p)) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                // The file goes back to what it was, so a restart does not meet it either.
+                let restored = match &previous {
+                    Some(old) => write_atomically(&path, old),
+                    None => std::fs::remove_file(&path)
+                        .map_err(|e| format!("remove {}: {e}", path.display())),
+                };
+                if let Err(r) = restored {
+                    tracing::error!(file = %path.display(), error = %r, "Could not restore the pipeline file after a failed deploy.");
+                }
+                self.errors.remove(&path);
+                match previous {
+                    Some(_) => self.files.insert(path.clone(), modified(&path)),
+                    None => self.files.remove(&path),
+                };
+                Err(e)
+            }
+        }
     }
 
     /// Stops pipeline `name` and removes its file (topics, SQL objects and committed
@@ -160,4 +192,16 @@ impl Deployer {
             path.display()
         ))
     }
+}
+
+/// Writes `text` to `path` through a temporary file, so a reader never sees half a file.
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }

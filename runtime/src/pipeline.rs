@@ -26,8 +26,10 @@
 //! ```
 //!
 //! Every key is documented on its field below; unknown keys are errors, reported with the
-//! file, line and key. `${VAR}` anywhere in a value is replaced by the environment variable
-//! (an unset one is an error), before parsing, so secrets stay out of the files.
+//! file, line and key. `${VAR}` inside a string value is replaced by the environment
+//! variable (an unset one is an error) after parsing, as data, so secrets stay out of the
+//! files, and a value with quotes or newlines cannot change other settings. The values are
+//! treated as secrets: no error, log line or status shows them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +136,7 @@ impl SourceSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SinkSpec {
-    /// Unique in the pipeline; its consumer group is `sluice-sink-<pipeline>-<name>`.
+    /// Unique in the pipeline; its consumer group is `sluice-sink-<pipeline>.<name>`.
     pub name: Spanned<String>,
     /// The topic it reads (committed records only).
     pub topic: String,
@@ -184,6 +186,42 @@ pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorE
     Err(ConnectorError::Config("no connector table".into()))
 }
 
+/// Checks what only building shows, without deploying: topic names and configs are valid
+/// and every connector builds (globs, URLs, sizes). `pipelines validate` and every deploy
+/// run it first, so a pipeline that passes does not fail later for these reasons. Errors
+/// name the file, line and what is wrong.
+pub fn build_check(p: &Pipeline) -> Result<(), String> {
+    let at = |name: &Spanned<String>| {
+        let (line, col) = line_col(&p.text, name.span().start);
+        format!("{}:{line}:{col}", p.path.display())
+    };
+    let topic_error = |place: String, topic: &str, e: &dyn std::fmt::Display| {
+        format!("{place}: topic '{topic}': {e}")
+    };
+    for t in &p.config.topics {
+        let name = t.name.get_ref();
+        sluice_log::log::validate_topic_name(name)
+            .map_err(|e| topic_error(at(&t.name), name, &e))?;
+        sluice_log::TopicConfig::from_overrides(
+            t.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| topic_error(at(&t.name), name, &e))?;
+    }
+    for s in &p.config.sources {
+        let place = format!("{}: source {}", at(&s.name), s.name.get_ref());
+        sluice_log::log::validate_topic_name(&s.topic)
+            .map_err(|e| topic_error(place.clone(), &s.topic, &e))?;
+        build_source(s, p.base()).map_err(|e| format!("{place}: {e}"))?;
+    }
+    for s in &p.config.sinks {
+        let place = format!("{}: sink {}", at(&s.name), s.name.get_ref());
+        sluice_log::log::validate_topic_name(&s.topic)
+            .map_err(|e| topic_error(place.clone(), &s.topic, &e))?;
+        build_sink(s, p.base()).map_err(|e| format!("{place}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A pipeline file that parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -193,9 +231,18 @@ pub struct Pipeline {
     pub path: PathBuf,
     /// What it declares.
     pub config: PipelineConfig,
+    /// The values its `${VAR}` references were replaced with.
+    pub secrets: Secrets,
+    /// The file's text as written (`${VAR}` not replaced), for positions in errors.
+    text: String,
 }
 
 impl Pipeline {
+    /// `message` without the pipeline's secret values (see [`Secrets`]).
+    pub fn redact(&self, message: &str) -> String {
+        self.secrets.redact(message)
+    }
+
     /// The folder relative paths in the file are resolved against.
     pub fn base(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
@@ -210,33 +257,103 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Replaces `${VAR}` with the environment's value; names the line of an unset variable.
-fn expand_env(text: &str, file: &Path) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[i..]);
-            rest = "";
-            break;
-        };
-        let var = &after[..end];
-        match std::env::var(var) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => {
-                let (line, col) = line_col(text, text.len() - rest.len() + i);
-                return Err(format!(
-                    "{}:{line}:{col}: environment variable {var} is not set",
-                    file.display()
-                ));
+/// The values `${VAR}` references were replaced with: they are secrets (tokens, keys), so
+/// every message that could hold one passes through [`Secrets::redact`]. Its `Debug` shows
+/// the variable names only.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<(String, String)>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(_, var)| var))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Values shorter than this are not searched for in messages: a `${PARTITIONS}` of `3`
+    /// is no secret, and replacing every `3` would garble line numbers.
+    const MIN_LEN: usize = 4;
+
+    /// `message` with every substituted value replaced by `${VAR}`.
+    pub fn redact(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        // Longest first, so a value containing another is replaced whole.
+        let mut values: Vec<&(String, String)> = self.0.iter().collect();
+        values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        for (value, var) in values {
+            if value.len() >= Self::MIN_LEN && out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &format!("${{{var}}}"));
             }
         }
-        rest = &after[end + 1..];
+        out
     }
-    out.push_str(rest);
-    Ok(out)
+}
+
+/// Where `${VAR}` values come from, and the file they are replaced in (for errors).
+struct Env<'a> {
+    var: &'a dyn Fn(&str) -> Option<String>,
+    text: &'a str,
+    file: &'a Path,
+}
+
+/// Replaces `${VAR}` inside every string value of `value` (keys and other types are left
+/// alone) with the environment's value, as data: a value holding quotes, tabs or newlines
+/// stays one string and cannot add settings. Names the line of an unset variable.
+fn expand_env(
+    value: &mut toml::de::DeValue<'_>,
+    span: std::ops::Range<usize>,
+    env: &Env<'_>,
+    secrets: &mut Secrets,
+) -> Result<(), String> {
+    use toml::de::DeValue;
+    match value {
+        DeValue::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest: &str = s;
+            while let Some(i) = rest.find("${") {
+                out.push_str(&rest[..i]);
+                let after = &rest[i + 2..];
+                let Some(end) = after.find('}') else {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                    break;
+                };
+                let var = &after[..end];
+                match (env.var)(var) {
+                    Some(v) => {
+                        out.push_str(&v);
+                        secrets.0.push((v, var.to_string()));
+                    }
+                    None => {
+                        let (line, col) = line_col(env.text, span.start);
+                        return Err(format!(
+                            "{}:{line}:{col}: environment variable {var} is not set",
+                            env.file.display()
+                        ));
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = std::borrow::Cow::Owned(out);
+        }
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                let span = item.span();
+                expand_env(item.get_mut(), span, env, secrets)?;
+            }
+        }
+        DeValue::Table(table) => {
+            for (_, item) in table.iter_mut() {
+                let span = item.span();
+                expand_env(item.get_mut(), span, env, secrets)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// True for a valid pipeline, source or sink name: letters, digits, `-` and `_`.
@@ -252,21 +369,53 @@ pub fn load(path: &Path) -> Result<Pipeline, String> {
     parse(&raw, path)
 }
 
-/// Validates a pipeline file's text, as if read from `path`.
+/// Validates a pipeline file's text, as if read from `path`. Errors never show the values
+/// of `${VAR}` references.
 pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
-    let text = expand_env(raw, path)?;
-    let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
+    parse_with_env(raw, path, &|v| std::env::var(v).ok())
+}
+
+/// As [`parse`], with `${VAR}` values from `var`.
+fn parse_with_env(
+    raw: &str,
+    path: &Path,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, String> {
+    let mut secrets = Secrets::default();
+    let env = Env {
+        var,
+        text: raw,
+        file: path,
+    };
+    parse_with(raw, path, &env, &mut secrets).map_err(|e| secrets.redact(&e))
+}
+
+fn parse_with(
+    raw: &str,
+    path: &Path,
+    env: &Env<'_>,
+    secrets: &mut Secrets,
+) -> Result<Pipeline, String> {
+    let text = raw;
+    let toml_error = |e: toml::de::Error| {
         let at = e
             .span()
             .map(|s| {
-                let (l, c) = line_col(&text, s.start);
+                let (l, c) = line_col(text, s.start);
                 format!(":{l}:{c}")
             })
             .unwrap_or_default();
         format!("{}{at}: {}", path.display(), e.message().trim())
-    })?;
+    };
+    let mut root = toml::de::DeTable::parse(text).map_err(toml_error)?;
+    for (_, value) in root.get_mut().iter_mut() {
+        let span = value.span();
+        expand_env(value.get_mut(), span, env, secrets)?;
+    }
+    let config =
+        PipelineConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
     let at = |s: std::ops::Range<usize>| {
-        let (l, c) = line_col(&text, s.start);
+        let (l, c) = line_col(text, s.start);
         format!("{}:{l}:{c}", path.display())
     };
     let name = match &config.name {
@@ -334,6 +483,8 @@ pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
         name,
         path: path.to_path_buf(),
         config,
+        secrets: secrets.clone(),
+        text: raw.to_string(),
     })
 }
 
@@ -452,5 +603,111 @@ file = { path = "out" }
             e.contains("bad4.toml:2:") && e.contains("SLUICE_TEST_UNSET_VAR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn env_values_are_data_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |v: &str| {
+            Some(match v {
+                "SLUICE_TEST_INJECT" => "abc\", max-body-bytes = 1, key-field = \"x".to_string(),
+                "SLUICE_TEST_TAB" => "a\tb".to_string(),
+                "SLUICE_TEST_SECRET" => "hunter2-very-secret".to_string(),
+                _ => return None,
+            })
+        };
+        let load = |p: &Path| parse_with_env(&std::fs::read_to_string(p).unwrap(), p, &env);
+        let p = write(
+            dir.path(),
+            "env.toml",
+            r#"
+[[sources]]
+name = "in"
+topic = "t"
+http = { token = "${SLUICE_TEST_INJECT}" }
+
+[[sources]]
+name = "in2"
+topic = "t2"
+http = { token = '${SLUICE_TEST_TAB}' }
+"#,
+        );
+        let p = load(&p).unwrap();
+        let http = p.config.sources[0].http.as_ref().unwrap();
+        assert_eq!(
+            http.token.as_deref(),
+            Some("abc\", max-body-bytes = 1, key-field = \"x"),
+            "the value is one string"
+        );
+        assert_eq!(http.max_body_bytes, 16 << 20, "nothing injected");
+        assert_eq!(http.key_field, None);
+        let http = p.config.sources[1].http.as_ref().unwrap();
+        assert_eq!(http.token.as_deref(), Some("a\tb"));
+        for text in [
+            "guarantee = \"${SLUICE_TEST_SECRET}\"\n",
+            "commit-interval = \"${SLUICE_TEST_SECRET}\"\n",
+            "[[topics]]\nname = \"x\"\npartitions = \"${SLUICE_TEST_SECRET}\"\n",
+        ] {
+            let f = write(dir.path(), "leak.toml", text);
+            let e = load(&f).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("leak.toml:"), "{e}");
+        }
+        let e = load(&write(
+            dir.path(),
+            "leak.toml",
+            "guarantee = \"${SLUICE_TEST_SECRET}\"\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("${SLUICE_TEST_SECRET}"), "{e}");
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validate_builds_connectors_and_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, expect) in [
+            ("[[topics]]\nname = \"a b\"\n", "topic 'a b'"),
+            (
+                "[[topics]]\nname = \"t\"\nconfig = { \"retention.ms\" = \"soon\" }\n",
+                "retention.ms",
+            ),
+            (
+                "[[sources]]\nname = \"in\"\ntopic = \"t\"\nhttp = { max-body-bytes = 0 }\n",
+                "max-body-bytes",
+            ),
+            (
+                "[[sinks]]\nname = \"out\"\ntopic = \"t\"\nfile = { path = \"o\", roll-records = 0 }\n",
+                "roll-records",
+            ),
+            (
+                "[[sources]]\nname = \"in\"\ntopic = \"t\"\nfile = { path = \"[\" }\n",
+                "path '['",
+            ),
+            (
+                "[[sources]]\nname = \"in\"\ntopic = \"t\"\nhttp-poll = { url = \"ftp://x/y\" }\n",
+                "scheme",
+            ),
+            (
+                "[[sinks]]\nname = \"out\"\ntopic = \"t t\"\nfile = { path = \"o\" }\n",
+                "topic 't t'",
+            ),
+        ] {
+            let f = write(dir.path(), "v.toml", text);
+            let p = load(&f).unwrap();
+            let e = build_check(&p).unwrap_err();
+            assert!(e.contains(expect) && e.contains("v.toml:"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_longest_first_and_short_values_left() {
+        let s = Secrets(vec![
+            ("abcd".into(), "A".into()),
+            ("abcdefgh".into(), "B".into()),
+            ("3".into(), "N".into()),
+        ]);
+        assert_eq!(s.redact("x abcdefgh abcd 3"), "x ${B} ${A} 3");
+        assert_eq!(format!("{s:?}"), r#"["A", "B", "N"]"#);
     }
 }

@@ -14,11 +14,13 @@
 //! output is durable.
 //!
 //! A source's position is stored in the compacted topic `__sluice_source_positions` (key
-//! `<pipeline>/<source>`) in the same transaction as its records, so a restart resumes exactly
-//! after the last committed records. A failing task restarts with exponential backoff; its
+//! `<pipeline>/<source>`, and `<pipeline>/<source>\0<entry>` for its keyed state, such as
+//! HTTP ingest's idempotency keys) in the same transaction as its records, so a restart
+//! resumes exactly after the last committed records. The worker reads the topic once and
+//! then only what is new ([`Positions`]). A failing task restarts with exponential backoff; its
 //! last error and restart count are in [`TaskStatus`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -35,10 +37,89 @@ use sluice_log::{
 use sluice_sql::engine::Engine;
 use sluice_sql::runner::{Guarantee, RunnerConfig};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Secrets};
 
 /// The topic holding source positions.
 pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
+
+/// The committed source positions and keyed source state, as in `__sluice_source_positions`
+/// (key `<pipeline>/<source>` for a position, `<pipeline>/<source>\0<entry>` for a state
+/// entry). The topic is read once, then only what was appended since, so a source's start
+/// does not read the whole topic again.
+#[derive(Debug, Default)]
+pub struct Positions {
+    /// The offset after the last record applied.
+    next: i64,
+    entries: BTreeMap<Bytes, Bytes>,
+}
+
+/// The positions shared by a worker's source tasks.
+pub type SharedPositions = Arc<Mutex<Positions>>;
+
+impl Positions {
+    /// Applies the committed records appended since the last call. Other sources'
+    /// transactions may hold the topic's last stable offset back for a moment (a position is
+    /// written just before its transaction commits); it waits for them, so a later position
+    /// behind one is not missed.
+    fn catch_up(&mut self, log: &Log) -> Result<(), String> {
+        let partition = log
+            .partition(POSITIONS_TOPIC, 0)
+            .map_err(|e| e.to_string())?;
+        let end = partition.info().high_watermark;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while partition.info().last_stable_offset < end {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut offset = self.next.max(partition.info().log_start_offset);
+        loop {
+            let fetched = partition
+                .fetch(offset, 4 << 20, Isolation::ReadCommitted)
+                .map_err(|e| e.to_string())?;
+            if fetched.data.is_empty() {
+                break;
+            }
+            let (records, next) =
+                sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
+                    .map_err(|e| format!("{POSITIONS_TOPIC}: {e}"))?;
+            for r in records {
+                let Some(key) = r.record.key else { continue };
+                match r.record.value {
+                    Some(v) => self.entries.insert(key, v),
+                    None => self.entries.remove(&key),
+                };
+            }
+            offset = next;
+        }
+        self.next = offset;
+        Ok(())
+    }
+
+    /// The committed position of source `key` and its state entries.
+    fn get(&self, key: &str) -> (Option<Bytes>, Vec<(Vec<u8>, Vec<u8>)>) {
+        let prefix = state_key(key, b"");
+        let state = self
+            .entries
+            .range(Bytes::from(prefix.clone())..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k[prefix.len()..].to_vec(), v.to_vec()))
+            .collect();
+        (self.entries.get(key.as_bytes()).cloned(), state)
+    }
+}
+
+/// The positions-topic key of state entry `entry` of source `source`.
+fn state_key(source: &str, entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + 1 + entry.len());
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(entry);
+    k
+}
 
 /// What a task has done and how it is.
 #[derive(Debug, Default)]
@@ -138,6 +219,7 @@ pub struct Worker {
     engine: Engine,
     pipelines: Vec<Deployed>,
     ingest: IngestRoutes,
+    positions: SharedPositions,
 }
 
 /// The HTTP ingest sources by topic: the pipeline and the handle requests go to.
@@ -151,6 +233,7 @@ impl Worker {
             engine,
             pipelines: Vec::new(),
             ingest: IngestRoutes::default(),
+            positions: SharedPositions::default(),
         }
     }
 
@@ -179,22 +262,115 @@ impl Worker {
         &self.log
     }
 
-    /// Stops the pipeline deployed from `path`, if any (its topics, SQL objects, positions
-    /// and offsets stay, so deploying it again resumes).
-    pub fn undeploy(&mut self, path: &std::path::Path) -> Option<String> {
+    /// Stops the pipeline deployed from `path`, if any, and returns it (its topics, SQL
+    /// objects, positions and offsets stay, so deploying it again resumes).
+    pub fn undeploy(&mut self, path: &std::path::Path) -> Option<Pipeline> {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
-        Some(d.name)
+        Some(d.pipeline)
     }
 
-    /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks. A
-    /// pipeline of the same name from another file is refused.
-    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
-        if let Some(d) = self.pipelines.iter().find(|d| d.name == p.name) {
+    /// Checks that `p` can deploy, changing nothing: its name is free (or held by the file it
+    /// comes from, which it replaces), its topics and connectors build, and none of its
+    /// internal names (transactional ids, consumer groups, ingest routes, output folders) is
+    /// another pipeline's.
+    pub fn check(&self, p: &Pipeline) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
+        let others: Vec<&Deployed> = self.pipelines.iter().filter(|d| d.path != p.path).collect();
+        if let Some(d) = others.iter().find(|d| d.name == p.name) {
             return Err(err(&format!("the name is taken by {}", d.path.display())));
         }
+        crate::pipeline::build_check(p).map_err(|e| p.redact(&e))?;
+        let mine = internal_names(p);
+        let mut seen = BTreeMap::new();
+        for (name, what) in &mine {
+            if let Some(first) = seen.insert(name, what) {
+                return Err(err(&format!("{first} and {what} would share {name}")));
+            }
+        }
+        for d in others {
+            for (name, theirs) in internal_names(&d.pipeline) {
+                if let Some(what) = seen.get(&name) {
+                    return Err(err(&format!(
+                        "{what} would share {name} with {theirs} of pipeline {} ({})",
+                        d.name,
+                        d.path.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks, after
+    /// [`Worker::check`]. When a step fails, what the earlier steps created (topics,
+    /// dead-letter topic, SQL streams, tables and queries) is removed again.
+    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), String> {
+        self.check(p)?;
+        let topics_before: BTreeSet<String> = self.log.topic_names().into_iter().collect();
+        let catalog = self.engine.catalog();
+        let sources_before: BTreeSet<String> = catalog.sources().map(|s| s.name.clone()).collect();
+        let queries_before: BTreeSet<String> = catalog.queries().map(|q| q.id.clone()).collect();
+        let result = self.create(p);
+        if let Err(e) = &result {
+            tracing::warn!(pipeline = %p.name, error = %p.redact(e), "The pipeline did not deploy; removing what it created.");
+            self.roll_back(p, &topics_before, &sources_before, &queries_before);
+        }
+        result.map_err(|e| p.redact(&e))
+    }
+
+    /// Removes what a failed deploy of `p` created: its new queries, streams and tables, and
+    /// the new topics that are its own (declared, its dead-letter topic, those of its new
+    /// SQL objects). Topics someone else created meanwhile stay.
+    fn roll_back(
+        &mut self,
+        p: &Pipeline,
+        topics_before: &BTreeSet<String>,
+        sources_before: &BTreeSet<String>,
+        queries_before: &BTreeSet<String>,
+    ) {
+        let catalog = self.engine.catalog();
+        let queries: Vec<String> = catalog
+            .queries()
+            .map(|q| q.id.clone())
+            .filter(|id| !queries_before.contains(id))
+            .collect();
+        let sources: Vec<(String, String, String)> = catalog
+            .sources()
+            .filter(|s| !sources_before.contains(&s.name))
+            .map(|s| (s.kind.to_string(), s.name.clone(), s.topic.clone()))
+            .collect();
+        let mut own: BTreeSet<String> = p
+            .config
+            .topics
+            .iter()
+            .map(|t| t.name.get_ref().clone())
+            .collect();
+        own.insert(dlq_topic(&p.name));
+        for id in queries {
+            if let Err(e) = self.engine.execute(&format!("TERMINATE {id};")) {
+                tracing::warn!(query = %id, error = %e, "Could not remove a query of a failed deploy.");
+            }
+        }
+        for (kind, name, topic) in sources {
+            own.insert(topic);
+            if let Err(e) = self.engine.execute(&format!("DROP {kind} {name};")) {
+                tracing::warn!(source = %name, error = %e, "Could not remove a stream or table of a failed deploy.");
+            }
+        }
+        for topic in own.difference(topics_before) {
+            if self.log.topic(topic).is_ok() {
+                if let Err(e) = self.log.delete_topic(topic) {
+                    tracing::warn!(topic = %topic, error = %e, "Could not remove a topic of a failed deploy.");
+                }
+            }
+        }
+        self.ingest.lock().retain(|_, (owner, _)| *owner != p.name);
+    }
+
+    fn create(&mut self, p: &Pipeline) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
         for t in &p.config.topics {
             let config: Vec<(String, String)> = t
                 .config
@@ -209,7 +385,7 @@ impl Worker {
                 Err(e) => return Err(err(&e)),
             }
         }
-        let dlq = format!("{}.dlq", p.name);
+        let dlq = dlq_topic(&p.name);
         for topic in [dlq.as_str(), POSITIONS_TOPIC] {
             let config: &[(String, String)] = if topic == POSITIONS_TOPIC {
                 &[("cleanup.policy".to_string(), "compact".to_string())]
@@ -246,7 +422,7 @@ impl Worker {
 
     fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, String> {
         let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
-        let dlq = format!("{}.dlq", p.name);
+        let dlq = dlq_topic(&p.name);
         let mut tasks = Vec::new();
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
@@ -267,9 +443,11 @@ impl Worker {
             }
             let ctx = SourceTask {
                 log: self.log.clone(),
-                key: format!("{}/{name}", p.name),
+                key: source_key(&p.name, &name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
+                positions: Arc::clone(&self.positions),
+                secrets: p.secrets.clone(),
                 guarantee: p.config.guarantee,
                 commit_interval: p.config.commit_interval.0,
                 stop: Arc::clone(stop),
@@ -290,7 +468,9 @@ impl Worker {
                 .map_err(|e| err(&format!("sink {name}: {e}")))?;
             let ctx = SinkTask {
                 log: self.log.clone(),
-                group: format!("sluice-sink-{}-{name}", p.name),
+                group: sink_group(&p.name, &name),
+                legacy_group: self.legacy_group(p, &name),
+                secrets: p.secrets.clone(),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
                 commit_interval: p.config.commit_interval.0,
@@ -304,6 +484,28 @@ impl Worker {
             ));
         }
         Ok(tasks)
+    }
+
+    /// The group name older versions gave sink `sink` of `p` (`sluice-sink-<pipeline>-<sink>`),
+    /// unless another deployed sink had the same one (then its offsets are not this sink's
+    /// alone, and the sink starts from the beginning, rewriting the same output).
+    fn legacy_group(&self, p: &Pipeline, sink: &str) -> Option<String> {
+        let legacy = |pipeline: &str, sink: &str| format!("sluice-sink-{pipeline}-{sink}");
+        let name = legacy(&p.name, sink);
+        let shared = self
+            .pipelines
+            .iter()
+            .map(|d| &d.pipeline)
+            .chain(std::iter::once(p))
+            .flat_map(|q| {
+                q.config
+                    .sinks
+                    .iter()
+                    .map(move |s| (q.name.as_str(), s.name.get_ref().as_str()))
+            })
+            .filter(|(q, s)| (*q, *s) != (p.name.as_str(), sink) && legacy(q, s) == name)
+            .count();
+        (shared == 0).then_some(name)
     }
 
     /// The HTTP ingest routes (for the API).
@@ -385,11 +587,61 @@ fn spawn(name: String, status: Arc<TaskStatus>, body: Box<dyn FnOnce() + Send>) 
     }
 }
 
+/// The dead-letter topic of pipeline `pipeline`.
+pub fn dlq_topic(pipeline: &str) -> String {
+    format!("{pipeline}.dlq")
+}
+
+/// The names a pipeline's tasks hold in the log and outside, each with what holds it: no
+/// two tasks may share one (they would fence each other or overwrite each other's output).
+fn internal_names(p: &Pipeline) -> Vec<(String, String)> {
+    let mut names = Vec::new();
+    for s in &p.config.sources {
+        let what = format!("source {}", s.name.get_ref());
+        names.push((
+            format!("transactional id {}", source_key(&p.name, s.name.get_ref())),
+            what.clone(),
+        ));
+        if s.http.is_some() {
+            names.push((format!("POST /ingest/{}", s.topic), what));
+        }
+    }
+    for s in &p.config.sinks {
+        let what = format!("sink {}", s.name.get_ref());
+        names.push((
+            format!("consumer group {}", sink_group(&p.name, s.name.get_ref())),
+            what.clone(),
+        ));
+        if let Some(f) = &s.file {
+            let dir = p.base().join(&f.path);
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            names.push((
+                format!("the files of topic {} in {}", s.topic, dir.display()),
+                what,
+            ));
+        }
+    }
+    names
+}
+
+/// The position key and transactional-id suffix of source `source` of pipeline `pipeline`.
+fn source_key(pipeline: &str, source: &str) -> String {
+    format!("{pipeline}/{source}")
+}
+
+/// The consumer group of sink `sink` of pipeline `pipeline`. `.` is in no pipeline or sink
+/// name, so no two sinks share a group (and with it a transactional id).
+pub fn sink_group(pipeline: &str, sink: &str) -> String {
+    format!("sluice-sink-{pipeline}.{sink}")
+}
+
 /// Runs `attempt` until it returns Ok or `stop` is set, backing off after failures.
+/// Errors pass through `secrets` before they are logged or shown in status.
 fn with_retries(
     stop: &AtomicBool,
     status: &TaskStatus,
     what: &str,
+    secrets: &Secrets,
     mut attempt: impl FnMut() -> Result<(), String>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -397,6 +649,7 @@ fn with_retries(
         match attempt() {
             Ok(()) => return,
             Err(e) => {
+                let e = secrets.redact(&e);
                 tracing::error!(task = what, error = %e, "Task failed; it restarts from its last commit.");
                 *status.error.lock() = Some(e);
                 status.restarts.fetch_add(1, Ordering::Relaxed);
@@ -435,6 +688,8 @@ struct SourceTask {
     key: String,
     topic: String,
     dlq: String,
+    positions: SharedPositions,
+    secrets: Secrets,
     guarantee: Guarantee,
     commit_interval: Duration,
     stop: Arc<AtomicBool>,
@@ -445,6 +700,8 @@ struct SourceTask {
 struct SourceEpoch {
     started: Instant,
     position: Vec<u8>,
+    /// Keyed state changes, in order.
+    state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     records: u64,
     bytes: u64,
     rejected: u64,
@@ -453,39 +710,13 @@ struct SourceEpoch {
 impl SourceTask {
     fn run_with_retries(self, mut source: Box<dyn Source>) {
         let status = Arc::clone(&self.status);
-        with_retries(&self.stop, &status, &self.key.clone(), || {
-            self.run(source.as_mut())
-        });
-    }
-
-    /// The position committed last for this source. Other sources' transactions may hold the
-    /// topic's last stable offset back for a moment (a position is written just before its
-    /// transaction commits); it waits for them, so a later position of this source behind
-    /// one is not missed.
-    fn committed_position(&self) -> Result<Option<Bytes>, String> {
-        let partition = self
-            .log
-            .partition(POSITIONS_TOPIC, 0)
-            .map_err(|e| e.to_string())?;
-        let end = partition.info().high_watermark;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while partition.info().last_stable_offset < end {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read this source's position"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut last = None;
-        self.log
-            .read_all(POSITIONS_TOPIC, 0, |_, r| {
-                if r.key.as_deref() == Some(self.key.as_bytes()) {
-                    last = r.value;
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(last)
+        with_retries(
+            &self.stop,
+            &status,
+            &self.key.clone(),
+            &self.secrets.clone(),
+            || self.run(source.as_mut()),
+        );
     }
 
     fn run(&self, source: &mut dyn Source) -> Result<(), String> {
@@ -496,7 +727,12 @@ impl SourceTask {
             .guarantee
             .producer(&self.log, &format!("sluice-source-{}", self.key))
             .map_err(|e| e.to_string())?;
-        let position = self.committed_position()?;
+        let (position, state) = {
+            let mut positions = self.positions.lock();
+            positions.catch_up(&self.log)?;
+            positions.get(&self.key)
+        };
+        source.restore(state).map_err(|e| e.to_string())?;
         source
             .open(position.as_deref())
             .map_err(|e| e.to_string())?;
@@ -518,11 +754,13 @@ impl SourceTask {
                     let e = epoch.get_or_insert_with(|| SourceEpoch {
                         started: Instant::now(),
                         position: Vec::new(),
+                        state: Vec::new(),
                         records: 0,
                         bytes: 0,
                         rejected: 0,
                     });
                     e.position = position;
+                    e.state.extend(batch.state);
                     e.records += batch.records.len() as u64;
                     e.rejected += batch.rejected.len() as u64;
                     for r in batch.records {
@@ -556,24 +794,39 @@ impl SourceTask {
         e: SourceEpoch,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let position = Record {
+        let now = sluice_log::record::now_ms();
+        let mut records: Vec<Record> = e
+            .state
+            .into_iter()
+            .map(|(k, v)| Record {
+                key: Some(Bytes::from(state_key(&self.key, &k))),
+                value: v.map(Bytes::from),
+                headers: Vec::new(),
+                timestamp: now,
+            })
+            .collect();
+        records.push(Record {
             key: Some(Bytes::from(self.key.clone())),
             value: Some(Bytes::from(e.position)),
             headers: Vec::new(),
-            timestamp: sluice_log::record::now_ms(),
-        };
+            timestamp: now,
+        });
         if self.guarantee == Guarantee::ExactlyOnce {
-            producer
-                .send(POSITIONS_TOPIC, position)
-                .map_err(|e| e.to_string())?;
+            for r in records {
+                producer
+                    .send(POSITIONS_TOPIC, r)
+                    .map_err(|e| e.to_string())?;
+            }
             sluice_log::fault::point("source-before-commit");
             producer.commit_transaction().map_err(|e| e.to_string())?;
         } else {
             producer.flush().map_err(|e| e.to_string())?;
             sluice_log::fault::point("source-before-commit");
-            producer
-                .send(POSITIONS_TOPIC, position)
-                .map_err(|e| e.to_string())?;
+            for r in records {
+                producer
+                    .send(POSITIONS_TOPIC, r)
+                    .map_err(|e| e.to_string())?;
+            }
             producer.flush().map_err(|e| e.to_string())?;
         }
         source.committed();
@@ -599,6 +852,10 @@ impl SourceTask {
 struct SinkTask {
     log: Log,
     group: String,
+    /// The group name older versions used, when it belongs to this sink alone: its
+    /// offsets are taken over once.
+    legacy_group: Option<String>,
+    secrets: Secrets,
     topic: String,
     dlq: String,
     commit_interval: Duration,
@@ -609,9 +866,65 @@ struct SinkTask {
 impl SinkTask {
     fn run_with_retries(self, mut sink: Box<dyn Sink>) {
         let status = Arc::clone(&self.status);
-        with_retries(&self.stop, &status, &self.group.clone(), || {
-            self.run(sink.as_mut())
-        });
+        with_retries(
+            &self.stop,
+            &status,
+            &self.group.clone(),
+            &self.secrets.clone(),
+            || self.run(sink.as_mut()),
+        );
+    }
+
+    /// A sink first started by an older version committed under its old group name: the
+    /// new group starts where the old one was, once.
+    fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), String> {
+        let Some(legacy) = &self.legacy_group else {
+            return Ok(());
+        };
+        if tps
+            .iter()
+            .any(|tp| self.log.committed(&self.group, tp).is_some())
+        {
+            return Ok(());
+        }
+        let offsets: Vec<(TopicPartition, i64)> = tps
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), self.log.committed(legacy, tp)?)))
+            .collect();
+        if !offsets.is_empty() {
+            tracing::info!(group = %self.group, legacy = %legacy, "The sink's consumer group was renamed; it continues from the old group's offsets.");
+            self.log
+                .commit_offsets(&self.group, None, &offsets)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Refuses to start when the group's committed offset is past the log's end: the log
+    /// lost records it had acknowledged. Starting over would make the sink replace output it
+    /// exported with what is left, so it stops and says so; an operator decides (restore the
+    /// data directory, or move the group with `sluice groups reset-offsets`).
+    fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), String> {
+        for tp in tps {
+            let Some(committed) = self.log.committed(&self.group, tp) else {
+                continue;
+            };
+            let end = self
+                .log
+                .partition(&tp.topic, tp.partition)
+                .map_err(|e| e.to_string())?
+                .info()
+                .high_watermark;
+            if committed > end {
+                let message = format!(
+                    "topic {} partition {}: this sink's committed offset {committed} is past the log's end {end}: the log lost records {end}..{committed}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
+                    tp.topic, tp.partition, self.group, tp.topic
+                );
+                tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
+                return Err(message);
+            }
+        }
+        Ok(())
     }
 
     fn run(&self, sink: &mut dyn Sink) -> Result<(), String> {
@@ -634,6 +947,8 @@ impl SinkTask {
                 partition: p,
             })
             .collect();
+        self.take_over_legacy_offsets(&tps)?;
+        self.check_offsets(&tps)?;
         consumer.assign(&tps).map_err(|e| e.to_string())?;
         // Offsets and the dead letters of the records they pass commit together.
         let mut producer = self

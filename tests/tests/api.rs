@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use reqwest::blocking::Client;
 use serde_json::Value;
 use sluice_log::{Log, LogOptions};
-use sluice_runtime::api::{ApiState, serve};
+use sluice_runtime::api::{ApiState, Limits, serve};
 use sluice_runtime::deployer::Deployer;
 use sluice_runtime::worker::Worker;
 use sluice_sql::engine::Engine;
@@ -91,16 +91,16 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     let worker = Worker::new(&log, Engine::open(&log).unwrap());
     let ingest = worker.ingest_routes();
     let deployer = Arc::new(Mutex::new(Deployer::new(worker, &pipelines)));
-    let server = serve(
-        "127.0.0.1:0".parse().unwrap(),
-        ApiState {
-            deployer: Arc::clone(&deployer),
-            log: log.clone(),
-            ingest,
-            token: Some(Arc::from("s3cret")),
-        },
-    )
-    .unwrap();
+    let limits = Limits::default();
+    let state = ApiState::new(
+        Arc::clone(&deployer),
+        log.clone(),
+        ingest,
+        Some(Arc::from("s3cret")),
+        &limits,
+    );
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let server = serve("127.0.0.1:0".parse().unwrap(), state, limits).unwrap();
     let api = Api {
         base: format!("http://{}", server.addr),
         http: Client::new(),
@@ -181,13 +181,13 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     assert!(topics.to_string().contains("big_orders"), "{topics}");
     assert_eq!(api.get("/topics/orders")["partitions"][0]["partition"], 0);
     crate::common::wait_for("the sink's lag to reach 0", || {
-        let g = api.get("/groups/sluice-sink-orders-out");
+        let g = api.get("/groups/sluice-sink-orders.out");
         g["partitions"][0]["lag"].as_i64() == Some(0)
     });
     assert!(
         api.get("/groups")
             .to_string()
-            .contains("sluice-sink-orders-out")
+            .contains("sluice-sink-orders.out")
     );
     let metrics = api.get("/metrics");
     let metrics = metrics.as_str().unwrap();
@@ -198,7 +198,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     assert!(
         metrics.contains(r#"sluice_task_dead_letters_total{pipeline="orders",task="source in"} 1"#)
     );
-    assert!(metrics.contains("sluice_consumer_lag{group=\"sluice-sink-orders-out\""));
+    assert!(metrics.contains("sluice_consumer_lag{group=\"sluice-sink-orders.out\""));
     assert!(metrics.contains("sluice_task_commit_seconds_total"));
 
     // SQL: statements as JSON, a bad one with its error, a push query as events.

@@ -1,8 +1,10 @@
 //! `POST /ingest/{topic}`: hands the body to the topic's HTTP ingest source and answers once
 //! its records are committed (2xx means durable). Errors: 401 (token), 404 (no HTTP source
-//! for the topic), 413 (body over the source's `max-body-bytes`), 400 (not JSON), 503 (queue
-//! full or not committed: retry, with the same `Idempotency-Key`).
+//! for the topic), 413 (body over the source's `max-body-bytes`), 400 (not JSON), 503 with
+//! `Retry-After` (queue full, not committed, or the worker still starting: retry, with the
+//! same `Idempotency-Key`).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -24,6 +26,11 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let Some((_, handle)) = state.ingest.lock().get(&topic).cloned() else {
+        if !state.ready.load(Ordering::SeqCst) {
+            return Err(ApiError::retry_later(format!(
+                "the worker is starting; topic '{topic}' may get an HTTP source shortly"
+            )));
+        }
         return Err(ApiError::not_found(format!(
             "no HTTP source ingests into topic '{topic}' (declare one: [[sources]] http = {{ }})"
         )));
@@ -79,6 +86,6 @@ pub async fn ingest(
 fn ingest_error(e: IngestError) -> ApiError {
     match e {
         IngestError::BadRequest(m) => ApiError::bad_request(m),
-        e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        e => ApiError::retry_later(e),
     }
 }

@@ -9,13 +9,14 @@
 //!                              metrics.rs:   GET /metrics (Prometheus text)
 //! ```
 //!
+//! Connections are bounded and time out ([`server`]); push queries are bounded too.
 //! Handlers that touch the worker run on tokio's blocking pool: deploying or stopping a
 //! pipeline joins task threads, which must not stall the async workers. The API is described
 //! in `docs/openapi.yaml`, served at `GET /openapi.yaml`.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use axum::Router;
@@ -34,7 +35,10 @@ mod ingest;
 pub mod log;
 pub mod metrics;
 mod pipelines;
+pub mod server;
 mod sql;
+
+pub use server::Limits;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -47,6 +51,31 @@ pub struct ApiState {
     pub ingest: IngestRoutes,
     /// The bearer token every request but `/health` must carry, if set.
     pub token: Option<Arc<str>>,
+    /// Set once the worker deployed its pipelines at start: before, `/ingest` answers 503
+    /// (retry) rather than 404 for topics whose source is not up yet.
+    pub ready: Arc<AtomicBool>,
+    /// Slots for push queries streaming at once.
+    pub push_queries: Arc<tokio::sync::Semaphore>,
+}
+
+impl ApiState {
+    /// The state for a worker's API, not ready until [`ApiState::ready`] is set.
+    pub fn new(
+        deployer: Arc<Mutex<Deployer>>,
+        log: Log,
+        ingest: IngestRoutes,
+        token: Option<Arc<str>>,
+        limits: &Limits,
+    ) -> ApiState {
+        ApiState {
+            deployer,
+            log,
+            ingest,
+            token,
+            ready: Arc::new(AtomicBool::new(false)),
+            push_queries: Arc::new(tokio::sync::Semaphore::new(limits.max_push_queries)),
+        }
+    }
 }
 
 /// A JSON error answer: `{"error": "..."}` with a status.
@@ -55,7 +84,12 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = axum::Json(serde_json::json!({ "error": self.1 }));
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is temporary: tell clients when to come back.
+            return (self.0, [(header::RETRY_AFTER, "1")], body).into_response();
+        }
+        (self.0, body).into_response()
     }
 }
 
@@ -66,6 +100,11 @@ impl ApiError {
 
     fn not_found(e: impl std::fmt::Display) -> ApiError {
         ApiError(StatusCode::NOT_FOUND, e.to_string())
+    }
+
+    /// 503 with `Retry-After`: the request may succeed if sent again shortly.
+    fn retry_later(e: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -82,12 +121,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-/// True when the request carries `Authorization: Bearer <token>`.
+/// True when the request carries `Authorization: Bearer <token>` (the scheme name in any
+/// case, as RFC 7235 says).
 fn bearer_is(req: &axum::http::HeaderMap, token: &str) -> bool {
     req.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, t)| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
@@ -181,8 +222,8 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Binds `listen` and serves the API on its own small tokio runtime.
-pub fn serve(listen: SocketAddr, state: ApiState) -> Result<ApiServer, String> {
+/// Binds `listen` and serves the API on its own small tokio runtime, within `limits`.
+pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiServer, String> {
     let std_listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e} (choose another --listen)"))?;
     std_listener
@@ -211,11 +252,7 @@ pub fn serve(listen: SocketAddr, state: ApiState) -> Result<ApiServer, String> {
                 // On stop the server is dropped rather than drained: push-query streams
                 // never end by themselves.
                 tokio::select! {
-                    served = axum::serve(listener, app).into_future() => {
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "The API server failed.");
-                        }
-                    }
+                    () = server::serve(listener, app, limits) => {}
                     _ = stopped => {}
                 }
             });

@@ -2,6 +2,7 @@
 //! events (`event: row`, one JSON object per row; `event: end` when a LIMIT is reached).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -83,6 +84,14 @@ pub async fn push_query(
     State(state): State<ApiState>,
     body: String,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Each stream holds a thread of the blocking pool, which `/health` and `/ingest` need too.
+    let permit = Arc::clone(&state.push_queries)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::retry_later(
+                "too many push queries are streaming; close one or raise --max-push-queries",
+            )
+        })?;
     let sql = statement_text(&body);
     let mut query = blocking(move || {
         let outputs = execute(&state, &sql)?;
@@ -97,6 +106,7 @@ pub async fn push_query(
     // Bounded: a slow client slows the query's polling instead of buffering without end.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut sent = 0usize;
         while !query.done() && !tx.is_closed() {
             match query.poll(Duration::from_millis(200)) {

@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// Exactly-once against at-least-once throughput (ratio), and recovery time after a
     /// kill with about 1 GB of query state.
     Eos(super::bench_eos::EosBenchArgs),
+    /// HTTP ingest with idempotency keys for a while, then SIGKILL and restart: bytes of
+    /// source positions per MB of data, and the time from the restart to the first answer.
+    Ingest(super::bench_ingest::IngestBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -163,6 +166,7 @@ impl BenchCommand {
             BenchCommand::Nexmark(a) => a.run(options),
             BenchCommand::Pipeline(a) => a.run(),
             BenchCommand::Eos(a) => a.run(),
+            BenchCommand::Ingest(a) => a.run(),
         }
     }
 }

@@ -197,7 +197,7 @@ object-store = {{ url = "file://{objects}", format = "parquet", flush-records = 
 }
 
 /// A `sluice run` child process.
-struct RunProcess {
+pub(super) struct RunProcess {
     child: Child,
     data: PathBuf,
     /// Its API, once it has written its address.
@@ -205,7 +205,8 @@ struct RunProcess {
 }
 
 impl RunProcess {
-    fn start(dir: &Path) -> Result<RunProcess, CliError> {
+    /// Starts `sluice run` over `<dir>/data` and `<dir>/pipelines`.
+    pub(super) fn start(dir: &Path) -> Result<RunProcess, CliError> {
         let exe = std::env::current_exe().map_err(|e| CliError::io("find the sluice binary", e))?;
         let data = dir.join("data");
         let _ = std::fs::remove_file(data.join(super::run::WORKER_FILE));
@@ -263,7 +264,16 @@ impl RunProcess {
         }
     }
 
-    fn kill(mut self) {
+    /// Its API, once it has written its address.
+    pub(super) fn api(&mut self) -> Option<&Remote> {
+        if self.api.is_none() {
+            self.api = Remote::find(&self.data);
+        }
+        self.api.as_ref()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub(super) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

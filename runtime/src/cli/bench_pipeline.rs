@@ -147,7 +147,7 @@ object-store = {{ url = "{url}", format = "parquet", flush-records = 250000, flu
         );
         let start = Instant::now();
         worker.deploy(&p).map_err(CliError::Usage)?;
-        let group = "sluice-sink-bench-events-parquet";
+        let group = crate::worker::sink_group(&p.name, "events-parquet");
         let mut last_report = Instant::now();
         loop {
             std::thread::sleep(Duration::from_millis(20));
@@ -157,11 +157,11 @@ object-store = {{ url = "{url}", format = "parquet", flush-records = 250000, flu
             // the end of the filtered topic (everything is durable in the store).
             if written >= expected {
                 let lag: i64 = log
-                    .describe_group(group)
+                    .describe_group(&group)
                     .map(|g| g.partitions.iter().map(|p| p.lag).sum())
                     .unwrap_or(1);
                 let committed = log
-                    .describe_group(group)
+                    .describe_group(&group)
                     .is_some_and(|g| g.partitions.len() == self.partitions as usize);
                 if committed && lag == 0 {
                     break;

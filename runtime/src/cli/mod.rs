@@ -7,6 +7,7 @@ use sluice_log::{FsyncPolicy, Log, LogOptions};
 
 pub mod bench;
 pub mod bench_eos;
+pub mod bench_ingest;
 pub mod bench_pipeline;
 pub mod consume;
 pub mod groups;

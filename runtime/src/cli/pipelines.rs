@@ -9,8 +9,9 @@ use super::CliError;
 /// Pipeline file commands.
 #[derive(Debug, Subcommand)]
 pub enum PipelinesCommand {
-    /// Check pipeline files: TOML syntax, known keys, names, connector settings and SQL
-    /// syntax. Every error names the file, line and key.
+    /// Check pipeline files: TOML syntax, known keys, names, SQL syntax, topic names and
+    /// configs, and every connector built (globs, URLs, sizes). Every error names the file,
+    /// line and key; `${VAR}` values are never shown.
     Validate {
         /// The files.
         #[arg(required = true)]
@@ -34,7 +35,11 @@ impl PipelinesCommand {
             PipelinesCommand::Validate { files } => {
                 let mut failed = Vec::new();
                 for f in &files {
-                    match crate::pipeline::load(f) {
+                    let checked = crate::pipeline::load(f).and_then(|p| {
+                        crate::pipeline::build_check(&p).map_err(|e| p.redact(&e))?;
+                        Ok(p)
+                    });
+                    match checked {
                         Ok(p) => println!(
                             "ok: {} (pipeline {}: {} topic(s), {} source(s), {} sink(s), {} SQL statement(s))",
                             f.display(),

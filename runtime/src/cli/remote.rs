@@ -18,6 +18,11 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// The API's base URL (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The worker that owns `data_dir`, if it left its address there.
     pub fn find(data_dir: &Path) -> Option<Remote> {
         let text = std::fs::read_to_string(data_dir.join(super::run::WORKER_FILE)).ok()?;

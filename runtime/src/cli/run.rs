@@ -14,7 +14,7 @@ use sluice_log::Log;
 use sluice_sql::engine::{Engine, EngineConfig};
 
 use super::CliError;
-use crate::api::{ApiState, serve};
+use crate::api::{ApiState, Limits, serve};
 use crate::deployer::Deployer;
 use crate::worker::Worker;
 
@@ -35,9 +35,25 @@ pub struct RunArgs {
     /// Where the REST API and `/metrics` listen (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// A bearer token every API request (except `/health`) must carry.
+    /// A bearer token every API request (except `/health`) must carry. Prefer the
+    /// `SLUICE_API_TOKEN` environment variable or `--token-file`: a value on the command line
+    /// is visible to every user of the machine (`ps`).
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token (its first line), instead of `--token`.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The most open API connections; past it, connections that never sent a request make
+    /// room, else new ones get 503.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers (also how long an idle
+    /// connection stays open).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Push queries (`POST /query`) streaming at once; more get 503.
+    #[arg(long, default_value_t = 32)]
+    pub max_push_queries: usize,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
@@ -61,6 +77,22 @@ fn watch(dir: &Path, changed: Arc<AtomicBool>) -> Option<notify::RecommendedWatc
 }
 
 impl RunArgs {
+    /// The API token from `--token`, `SLUICE_API_TOKEN` or `--token-file`.
+    fn token(&self) -> Result<Option<String>, CliError> {
+        let Some(file) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CliError::io(format!("read --token-file {}", file.display()), e))?;
+        match text.lines().next().map(str::trim) {
+            Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+            _ => Err(CliError::Usage(format!(
+                "--token-file {}: the file is empty",
+                file.display()
+            ))),
+        }
+    }
+
     /// Runs the worker until interrupted.
     pub fn run(self, log: &Log, data_dir: &Path) -> Result<(), CliError> {
         if !self.pipelines.is_dir() {
@@ -79,19 +111,24 @@ impl RunArgs {
             },
         )
         .map_err(|e| CliError::Usage(e.to_string()))?;
+        let token = self.token()?;
         let worker = Worker::new(log, engine);
         let ingest = worker.ingest_routes();
         let deployer = Arc::new(Mutex::new(Deployer::new(worker, &self.pipelines)));
-        let server = serve(
-            self.listen,
-            ApiState {
-                deployer: Arc::clone(&deployer),
-                log: log.clone(),
-                ingest,
-                token: self.token.as_deref().map(Arc::from),
-            },
-        )
-        .map_err(CliError::Usage)?;
+        let limits = Limits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_push_queries: self.max_push_queries,
+        };
+        let state = ApiState::new(
+            Arc::clone(&deployer),
+            log.clone(),
+            ingest,
+            token.as_deref().map(Arc::from),
+            &limits,
+        );
+        let ready = Arc::clone(&state.ready);
+        let server = serve(self.listen, state, limits).map_err(CliError::Usage)?;
         let api = format!("http://{}", server.addr);
         let worker_file = data_dir.join(WORKER_FILE);
         std::fs::write(
@@ -102,6 +139,7 @@ impl RunArgs {
         for line in deployer.lock().sync().map_err(CliError::Usage)? {
             eprintln!("{line}");
         }
+        ready.store(true, Ordering::SeqCst);
         deployer.lock().worker.engine_mut().start_queries();
         let stop = Arc::new(AtomicBool::new(false));
         {
