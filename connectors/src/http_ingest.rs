@@ -25,7 +25,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_log::Record;
 
-use crate::{ConnectorError, Rejected, Result, Source, SourceBatch};
+use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, StateEntries};
 
 /// The HTTP ingest source's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -148,7 +148,7 @@ pub struct IngestSource {
     /// The sequence number the next accepted key gets (the position).
     next_seq: u64,
     /// Entries handed to `restore`, read by `open`.
-    restored: Vec<(Vec<u8>, Vec<u8>)>,
+    restored: StateEntries,
     /// State changes not yet handed out in a batch (keys dropped while restoring).
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Requests whose records are in polled, not yet committed batches, and retries waiting
@@ -292,7 +292,7 @@ impl IngestSource {
 }
 
 impl Source for IngestSource {
-    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
         self.restored = entries;
         Ok(())
     }

@@ -58,6 +58,9 @@ pub struct SourceBatch {
     pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// A source's committed keyed state: `(key, value)` entries (see [`Source::restore`]).
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Input a source could not turn into a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -83,7 +86,7 @@ pub trait Source: Send {
     /// Restores the committed keyed state: every entry a batch's `state` set and no later
     /// batch removed, as of the committed position. Called right before [`Source::open`];
     /// sources without keyed state ignore it.
-    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    fn restore(&mut self, entries: StateEntries) -> Result<()> {
         let _ = entries;
         Ok(())
     }

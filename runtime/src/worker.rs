@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_connectors::http_ingest::IngestHandle;
-use sluice_connectors::{Rejected, Sink, Source};
+use sluice_connectors::{Rejected, Sink, Source, StateEntries};
 use sluice_log::{
     ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, Producer, ProducerConfig,
     Record, TopicPartition,
@@ -100,7 +100,7 @@ impl Positions {
     }
 
     /// The committed position of source `key` and its state entries.
-    fn get(&self, key: &str) -> (Option<Bytes>, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn get(&self, key: &str) -> (Option<Bytes>, StateEntries) {
         let prefix = state_key(key, b"");
         let state = self
             .entries
