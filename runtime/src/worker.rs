@@ -354,6 +354,8 @@ impl Worker {
             }
         }
         for (kind, name, topic) in sources {
+            // A query writing `topic` dead-letters into `<topic>.dlq`.
+            own.insert(format!("{topic}.dlq"));
             own.insert(topic);
             if let Err(e) = self.engine.execute(&format!("DROP {kind} {name};")) {
                 tracing::warn!(source = %name, error = %e, "Could not remove a stream or table of a failed deploy.");

@@ -191,7 +191,7 @@ fn a_rejected_redeploy_leaves_the_running_pipeline_and_no_leftovers() {
     let topics_before = w.log.topic_names();
     let bad_connector = good.replace("http = { }", "http = { max-body-bytes = 0 }");
     let bad_sql = format!(
-        "sql = \"CREATE STREAM IF NOT EXISTS s (x INT) WITH (topic = 'fresh-topic', partitions = 1); CREATE STREAM t AS SELECT nope FROM s;\"\n{}",
+        "sql = \"CREATE STREAM IF NOT EXISTS s (x INT) WITH (topic = 'fresh-topic', partitions = 1); CREATE STREAM ok AS SELECT x FROM s; CREATE STREAM t AS SELECT nope FROM s;\"\n{}",
         good.replace(
             "name = \"p-in\"\n",
             "name = \"p-in\"\n\n[[topics]]\nname = \"also-fresh\"\n"
@@ -211,15 +211,10 @@ fn a_rejected_redeploy_leaves_the_running_pipeline_and_no_leftovers() {
         let (_, list) = w.call("GET", "/pipelines", &[], "");
         assert_eq!(list["pipelines"][0]["state"], "running", "{list}");
         assert_eq!(w.log.topic_names(), topics_before);
-        let catalog = w
-            .deployer
-            .lock()
-            .worker
-            .engine()
-            .catalog()
-            .sources()
-            .count();
-        assert_eq!(catalog, 0, "no SQL objects left behind");
+        let d = w.deployer.lock();
+        let catalog = d.worker.engine().catalog();
+        assert_eq!(catalog.sources().count(), 0, "no SQL objects left behind");
+        assert_eq!(catalog.queries().count(), 0, "no queries left behind");
     }
     // A new pipeline whose SQL fails leaves neither its file nor its topics.
     let (s, _) = w.call(
@@ -239,6 +234,7 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
         max_connections: 32,
         header_read_timeout: Duration::from_secs(1),
         max_push_queries: 2,
+        body_read_timeout: Duration::from_secs(1),
     };
     let w = Served::start(limits, true);
     let (s, _) = w.call(
@@ -271,6 +267,20 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
     assert_eq!(n, 0, "closed, not answered");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop(idle);
+    // A body that never finishes arriving: 408, for ingest and the rest.
+    for path in ["/ingest/p-in", "/sql"] {
+        let mut slow = TcpStream::connect(w.addr()).unwrap();
+        write!(
+            slow,
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{"
+        )
+        .unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        slow.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 408", "{path}");
+    }
     // Push queries: two stream, the third gets 503 with Retry-After; health stays up.
     assert_eq!(
         w.call(

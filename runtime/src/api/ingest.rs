@@ -63,8 +63,9 @@ pub async fn ingest(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit)
+    let body = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| super::body_timeout(state.body_timeout))?
         .map_err(|_| too_large())?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)

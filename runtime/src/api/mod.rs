@@ -56,6 +56,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Slots for push queries streaming at once.
     pub push_queries: Arc<tokio::sync::Semaphore>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 impl ApiState {
@@ -74,6 +76,7 @@ impl ApiState {
             token,
             ready: Arc::new(AtomicBool::new(false)),
             push_queries: Arc::new(tokio::sync::Semaphore::new(limits.max_push_queries)),
+            body_timeout: limits.body_read_timeout,
         }
     }
 }
@@ -150,6 +153,36 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
     }
 }
 
+/// The largest body of requests other than `/ingest` (pipeline files, SQL): axum's default.
+const BODY_LIMIT: usize = 2 << 20;
+
+/// Reads the body of every request but `/ingest` (which reads its own, to its source's
+/// limit) within the body timeout, so a client trickling a body cannot hold a connection
+/// and a worker thread forever.
+async fn read_body_in_time(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/ingest/") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(_)) => ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        Err(_) => body_timeout(state.body_timeout).into_response(),
+    }
+}
+
+/// 408: the body did not arrive in time.
+fn body_timeout(limit: std::time::Duration) -> ApiError {
+    ApiError(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("the request body did not arrive within {limit:?}"),
+    )
+}
+
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
@@ -209,6 +242,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/sql", post(sql::statements))
         .route("/query", post(sql::push_query))
         .route("/ingest/{topic}", post(ingest::ingest))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }

@@ -33,6 +33,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Push queries (`POST /query`) streaming at once; more get 503. Each holds a thread.
     pub max_push_queries: usize,
+    /// How long a request's body may take to arrive once its headers did (408 after).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
             max_push_queries: 32,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

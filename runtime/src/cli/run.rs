@@ -119,6 +119,7 @@ impl RunArgs {
             max_connections: self.max_connections.max(1),
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             max_push_queries: self.max_push_queries,
+            ..Limits::default()
         };
         let state = ApiState::new(
             Arc::clone(&deployer),
