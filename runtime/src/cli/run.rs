@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Push queries (`POST /query`) streaming at once; more get 503.
     #[arg(long, default_value_t = 32)]
     pub max_push_queries: usize,
+    /// Seconds a request's body may take to arrive after its headers (408 after).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_secs: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
@@ -119,7 +122,7 @@ impl RunArgs {
             max_connections: self.max_connections.max(1),
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             max_push_queries: self.max_push_queries,
-            ..Limits::default()
+            body_read_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
         };
         let state = ApiState::new(
             Arc::clone(&deployer),
