@@ -3,16 +3,10 @@
 //! server-sent events, pause/resume/restart and delete.
 
 use std::io::Read;
-use std::sync::Arc;
 
-use parking_lot::Mutex;
 use reqwest::blocking::Client;
 use serde_json::Value;
-use sluice_log::{Log, LogOptions};
-use sluice_runtime::api::{ApiState, Limits, serve};
-use sluice_runtime::deployer::Deployer;
-use sluice_runtime::worker::Worker;
-use sluice_sql::engine::Engine;
+use sluice_runtime::api::Limits;
 
 const PIPELINE: &str = r#"
 sql = """
@@ -84,25 +78,10 @@ impl Api {
 
 #[test]
 fn the_rest_api_deploys_ingests_reports_and_streams() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
-    let worker = Worker::new(&log, Engine::open(&log).unwrap());
-    let ingest = worker.ingest_routes();
-    let deployer = Arc::new(Mutex::new(Deployer::new(worker, &pipelines)));
-    let limits = Limits::default();
-    let state = ApiState::new(
-        Arc::clone(&deployer),
-        log.clone(),
-        ingest,
-        Some(Arc::from("s3cret")),
-        &limits,
-    );
-    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let server = serve("127.0.0.1:0".parse().unwrap(), state, limits).unwrap();
+    let w = crate::common::Served::start(Limits::default(), true, Some("s3cret"));
+    let (log, pipelines) = (w.log.clone(), w.pipelines.clone());
     let api = Api {
-        base: format!("http://{}", server.addr),
+        base: w.base.clone(),
         http: Client::new(),
     };
 
@@ -277,8 +256,8 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     );
     assert_eq!(crate::common::read_committed(&log, "orders").len(), 4);
 
-    drop(server);
-    deployer.lock().worker.shutdown();
-    drop(deployer);
+    let mut w = w;
+    w.server.take();
+    w.deployer.lock().worker.shutdown();
     log.close().unwrap();
 }

@@ -1,11 +1,20 @@
-//! Shared helpers: temporary logs and records.
+//! Shared helpers: temporary logs and records, and a worker serving its API.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use reqwest::blocking::Client;
+use serde_json::Value;
 use sluice_log::{ConsumerRecord, Isolation, Log, LogOptions, OffsetSpec, Record};
+use sluice_runtime::api::{ApiServer, ApiState, Limits, serve};
+use sluice_runtime::deployer::Deployer;
+use sluice_runtime::worker::Worker;
+use sluice_sql::engine::Engine;
 
 /// Opens a log in `dir` with default options.
 pub fn open(dir: &Path) -> Log {
@@ -79,4 +88,85 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A worker over a fresh data directory with its API on a free port.
+pub struct Served {
+    pub log: Log,
+    pub deployer: Arc<Mutex<Deployer>>,
+    pub state: ApiState,
+    pub server: Option<ApiServer>,
+    pub base: String,
+    pub http: Client,
+    pub _dir: tempfile::TempDir,
+    pub pipelines: std::path::PathBuf,
+}
+
+impl Served {
+    /// With `token`, every request but `/health` needs it.
+    pub fn start(limits: Limits, ready: bool, token: Option<&str>) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir(&pipelines).unwrap();
+        let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
+        let worker = Worker::new(&log, Engine::open(&log).unwrap());
+        let ingest = worker.ingest_routes();
+        let deployer = Arc::new(Mutex::new(Deployer::new(worker, &pipelines)));
+        let state = ApiState::new(
+            Arc::clone(&deployer),
+            log.clone(),
+            ingest,
+            token.map(Arc::from),
+            &limits,
+        );
+        state.ready.store(ready, Ordering::SeqCst);
+        let server = serve("127.0.0.1:0".parse().unwrap(), state.clone(), limits).unwrap();
+        Served {
+            base: format!("http://{}", server.addr),
+            log,
+            deployer,
+            state,
+            server: Some(server),
+            http: Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            _dir: dir,
+            pipelines,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().unwrap().addr
+    }
+
+    /// A request with `headers`; the answer's status and JSON (or text).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.body(body.to_string()).send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.take();
+        self.deployer.lock().worker.shutdown();
+    }
 }

@@ -11,83 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use reqwest::blocking::Client;
-use serde_json::Value;
-use sluice_log::{Log, LogOptions, TopicPartition};
-use sluice_runtime::api::{ApiServer, ApiState, Limits, serve};
-use sluice_runtime::deployer::Deployer;
-use sluice_runtime::worker::{Worker, sink_group};
-use sluice_sql::engine::Engine;
+use sluice_log::TopicPartition;
+use sluice_runtime::api::{ApiState, Limits, serve};
+use sluice_runtime::worker::sink_group;
 
-use crate::common::wait_for;
-
-/// A worker over a fresh data directory with its API on a free port.
-struct Served {
-    log: Log,
-    deployer: Arc<Mutex<Deployer>>,
-    state: ApiState,
-    server: Option<ApiServer>,
-    base: String,
-    http: Client,
-    _dir: tempfile::TempDir,
-    pipelines: std::path::PathBuf,
-}
-
-impl Served {
-    fn start(limits: Limits, ready: bool) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let pipelines = dir.path().join("pipelines");
-        std::fs::create_dir(&pipelines).unwrap();
-        let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
-        let worker = Worker::new(&log, Engine::open(&log).unwrap());
-        let ingest = worker.ingest_routes();
-        let deployer = Arc::new(Mutex::new(Deployer::new(worker, &pipelines)));
-        let state = ApiState::new(Arc::clone(&deployer), log.clone(), ingest, None, &limits);
-        state.ready.store(ready, Ordering::SeqCst);
-        let server = serve("127.0.0.1:0".parse().unwrap(), state.clone(), limits).unwrap();
-        Served {
-            base: format!("http://{}", server.addr),
-            log,
-            deployer,
-            state,
-            server: Some(server),
-            http: Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            _dir: dir,
-            pipelines,
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.server.as_ref().unwrap().addr
-    }
-
-    fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        let resp = r.body(body.to_string()).send().unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.server.take();
-        self.deployer.lock().worker.shutdown();
-    }
-}
+use crate::common::{Served, wait_for};
 
 fn sink_pipeline(name: &str, sink: &str, out: &Path) -> String {
     format!(
@@ -130,7 +58,7 @@ fn lines_under(dir: &Path) -> usize {
 
 #[test]
 fn sinks_whose_old_group_names_collided_both_get_everything() {
-    let w = Served::start(Limits::default(), true);
+    let w = Served::start(Limits::default(), true, None);
     let out = w.pipelines.join("out");
     // Pipeline "a-b" sink "c" and pipeline "a" sink "b-c" were both `sluice-sink-a-b-c`.
     for (name, sink) in [("a-b", "c"), ("a", "b-c")] {
@@ -183,7 +111,7 @@ fn sinks_whose_old_group_names_collided_both_get_everything() {
 
 #[test]
 fn a_rejected_redeploy_leaves_the_running_pipeline_and_no_leftovers() {
-    let w = Served::start(Limits::default(), true);
+    let w = Served::start(Limits::default(), true, None);
     let out = w.pipelines.join("out");
     let good = sink_pipeline("p", "out", &out);
     assert_eq!(w.call("PUT", "/pipelines/p", &[], &good).0, 200);
@@ -236,7 +164,7 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
         max_push_queries: 2,
         body_read_timeout: Duration::from_secs(1),
     };
-    let w = Served::start(limits, true);
+    let w = Served::start(limits, true, None);
     let (s, _) = w.call(
         "PUT",
         "/pipelines/p",
@@ -322,7 +250,7 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
 
 #[test]
 fn ingest_before_the_worker_is_ready_is_503_and_bearer_is_case_insensitive() {
-    let mut w = Served::start(Limits::default(), false);
+    let mut w = Served::start(Limits::default(), false, None);
     let (s, v) = w.call("POST", "/ingest/anything", &[], "{}");
     assert_eq!(s, 503, "{v}");
     assert!(v["error"].as_str().unwrap().contains("starting"), "{v}");
@@ -351,7 +279,7 @@ fn ingest_before_the_worker_is_ready_is_503_and_bearer_is_case_insensitive() {
 
 #[test]
 fn secrets_never_appear_in_answers_status_or_errors() {
-    let w = Served::start(Limits::default(), true);
+    let w = Served::start(Limits::default(), true, None);
     // Read by `${VAR}` from this test process's environment, which the API's parse sees.
     let (var, secret) = ("PATH", std::env::var("PATH").unwrap());
     assert!(secret.len() >= 4);
@@ -396,7 +324,7 @@ fn secrets_never_appear_in_answers_status_or_errors() {
 
 #[test]
 fn a_sink_stops_rather_than_erase_its_output_when_the_log_lost_records() {
-    let w = Served::start(Limits::default(), true);
+    let w = Served::start(Limits::default(), true, None);
     let out = w.pipelines.join("out");
     assert_eq!(
         w.call("PUT", "/pipelines/p", &[], &sink_pipeline("p", "out", &out))
