@@ -256,6 +256,16 @@ fn ingest_before_the_worker_is_ready_is_503_and_bearer_is_case_insensitive() {
     assert!(v["error"].as_str().unwrap().contains("starting"), "{v}");
     w.state.ready.store(true, Ordering::SeqCst);
     assert_eq!(w.call("POST", "/ingest/anything", &[], "{}").0, 404);
+    let (s, _) = w.call(
+        "PUT",
+        "/pipelines/p",
+        &[],
+        &sink_pipeline("p", "out", &w.pipelines.join("out")),
+    );
+    assert_eq!(s, 200);
+    let long = "k".repeat(257);
+    let (s, v) = w.call("POST", "/ingest/p-in", &[("idempotency-key", &long)], "{}");
+    assert_eq!(s, 400, "{v}");
     // A token: `bearer`, `BEARER` and `Bearer` all work.
     w.server.take();
     let state = ApiState {

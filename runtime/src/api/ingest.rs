@@ -16,6 +16,9 @@ use sluice_connectors::http_ingest::IngestError;
 
 use super::{ApiError, ApiState, bearer_is, blocking};
 
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_BYTES: usize = 256;
+
 /// How long a request waits for its commit before it is answered 503.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
@@ -75,6 +78,12 @@ pub async fn ingest(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Keys are held in memory (up to `idempotency-keys` of them): bound each one.
+    if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "the Idempotency-Key is longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
     let answer = handle.submit(body, ndjson, key).map_err(ingest_error)?;
     blocking(move || match answer.recv_timeout(COMMIT_WAIT) {
         Ok(Ok(ack)) => Ok(Json(json!(ack))),
