@@ -1116,16 +1116,41 @@ impl Partition {
                 Ok(())
             })?;
         }
-        // Pass 2: rewrite each segment with the survivors.
+        // Pass 2: rewrite each segment with the survivors, in offset order, as Kafka's log
+        // cleaner decides: aborted data goes; a batch left empty goes unless it is its
+        // producer's last (its sequence must survive a restart); a transaction marker goes
+        // once no data of its transaction is left before it and it is older than
+        // `delete.retention.ms` (until then a reader in the middle of the log may still need
+        // it). Dropping a marker in the pass that drops its data is safe because segments are
+        // swapped in offset order: a crash in between leaves the marker without the data,
+        // never aborted data without its marker.
+        let last_batches: HashMap<i64, i64> = {
+            let st = self.state.lock();
+            st.producers.last_data_offsets()
+        };
+        // Producers whose transaction (the one the scan is in) kept a batch so far.
+        let mut txn_kept: HashMap<i64, bool> = HashMap::new();
         let mut stats = CompactionStats::default();
         let mut oldest_kept_tombstone: Option<i64> = None;
+        let mut emptied = Vec::new();
         for (base, file, path, _) in &segs {
             let cleaned = PathBuf::from(format!("{}.cleaned", path.display()));
             let mut out: Vec<u8> = Vec::new();
             let mut removed = 0u64;
+            let mut changed = false;
             for_each_batch(file, path, |h, buf| {
                 if h.is_control() {
-                    out.extend_from_slice(buf);
+                    let kept_data = txn_kept.remove(&h.producer_id).unwrap_or(false);
+                    if kept_data || h.max_timestamp >= tombstone_horizon {
+                        if !kept_data {
+                            let ts = h.max_timestamp;
+                            oldest_kept_tombstone =
+                                Some(oldest_kept_tombstone.map_or(ts, |o| o.min(ts)));
+                        }
+                        out.extend_from_slice(buf);
+                    } else {
+                        changed = true;
+                    }
                     return Ok(());
                 }
                 let aborted = h.is_transactional() && self.is_aborted(h.producer_id, h.base_offset);
@@ -1146,11 +1171,19 @@ impl Partition {
                     let ts = r.record.timestamp;
                     oldest_kept_tombstone = Some(oldest_kept_tombstone.map_or(ts, |o| o.min(ts)));
                 }
+                let producers_last = h.producer_id >= 0
+                    && last_batches.get(&h.producer_id) == Some(&h.last_offset());
+                if keep.is_empty() && !producers_last {
+                    changed = true;
+                    return Ok(());
+                }
+                if h.is_transactional() {
+                    txn_kept.insert(h.producer_id, true);
+                }
                 if keep.len() == records.len() {
                     out.extend_from_slice(buf);
-                } else if keep.is_empty() && h.producer_id < 0 {
-                    // Nothing left and no producer state to preserve: drop the batch.
                 } else {
+                    changed = true;
                     // Survivors only; with none, an empty batch keeps the producer's offsets
                     // and last sequence so they survive a restart (as Kafka's cleaner does).
                     let mut b = BatchBuilder::new(BatchOptions {
@@ -1177,7 +1210,7 @@ impl Partition {
                 Ok(())
             })?;
             stats.bytes_before += file.metadata().map(|m| m.len()).unwrap_or(0);
-            if removed == 0 {
+            if !changed {
                 stats.bytes_after += out.len() as u64;
                 continue;
             }
@@ -1201,19 +1234,42 @@ impl Partition {
             let seg = Segment::open(&self.dir, *base, interval, false)?.segment;
             seg.write_index_files()?;
             stats.bytes_after += seg.size();
+            if seg.size() == 0 {
+                emptied.push(*base);
+            }
             st.segments.insert(*base, seg);
             stats.segments += 1;
             stats.records_removed += removed;
         }
+        // Segments left empty go, so a compacted topic does not gather files without bound.
+        // The log start stays (as in Kafka, compaction does not move it): a fetch there goes
+        // on to the next segment. The checkpoint is written before the files go, so a
+        // missing empty segment is never taken for lost records.
+        let mut gone = Vec::new();
         {
             let mut st = self.state.lock();
+            for base in emptied {
+                if st.active().base_offset != base {
+                    if let Some(seg) = st.segments.remove(&base) {
+                        gone.push(seg);
+                    }
+                }
+            }
             st.cleaned_up_to = dirty_end;
             st.oldest_kept_tombstone = oldest_kept_tombstone;
+        }
+        if !gone.is_empty() {
+            self.checkpoint()?;
+            for seg in &gone {
+                seg.delete_files();
+            }
         }
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic, partition = self.id, segments = stats.segments,
-                records_removed = stats.records_removed, "Compacted a partition."
+                segments_removed = gone.len(), records_removed = stats.records_removed,
+                bytes_before = stats.bytes_before, bytes_after = stats.bytes_after,
+                "Compacted a partition."
             );
         }
         Ok(stats)
