@@ -513,7 +513,7 @@ impl Consumer {
                 self.commit()?;
             }
             let generation = self.log.append_generation();
-            self.fill()?;
+            let moved = self.fill()?;
             let out = self.drain(self.config.max_poll_records);
             if !out.is_empty() {
                 return Ok(out);
@@ -521,6 +521,11 @@ impl Consumer {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(out);
+            }
+            if moved {
+                // A position moved past a gap or markers without records: fetch again now
+                // rather than wait for an append that the data already there does not need.
+                continue;
             }
             let mut wait = deadline - now;
             if !self.subscription.is_empty() {
