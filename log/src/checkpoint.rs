@@ -162,9 +162,12 @@ pub(crate) fn reconcile(
         }
     }
     lost.sort();
-    let log_start_offset = match disk_start {
-        Some(s) => s.max(cp_start),
-        None => cp_end,
+    // The checkpoint's start stands even when the first segments are gone (emptied by
+    // compaction, or lost): a fetch there goes on to the next offset that exists.
+    let log_start_offset = match (checkpoint, disk_start) {
+        (Some(_), _) => cp_start,
+        (None, Some(s)) => s,
+        (None, None) => 0,
     };
     let log_end_offset = disk_end
         .unwrap_or(0)
@@ -251,10 +254,10 @@ mod tests {
             None,
         );
         assert_eq!(ranges(&r), [(5, 10)]);
-        assert_eq!(r.log_start_offset, 10);
+        assert_eq!(r.log_start_offset, 5);
         let r = reconcile(Some(&cp(0, 30, &[0, 10, 20])), &disk(&[]), None);
         assert_eq!(ranges(&r), [(0, 10), (10, 20), (20, 30)]);
-        assert_eq!((r.log_start_offset, r.log_end_offset), (30, 30));
+        assert_eq!((r.log_start_offset, r.log_end_offset), (0, 30));
     }
 
     #[test]
