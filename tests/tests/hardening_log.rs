@@ -176,3 +176,35 @@ fn the_cli_refuses_to_delete_or_write_internal_topics() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
     }
 }
+
+#[test]
+fn the_source_positions_topic_rolls_small_segments_so_compaction_can_shrink_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[[topics]]\nname = \"lines\"\n\n[[sources]]\nname = \"in\"\ntopic = \"lines\"\nfile = { path = \"in/*.txt\", format = \"lines\" }\n",
+    )
+    .unwrap();
+    let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
+    let mut worker = Worker::new(&log, Engine::open(&log).unwrap());
+    worker
+        .deploy(&sluice_runtime::pipeline::load(&file).unwrap())
+        .unwrap();
+    let config = log
+        .describe_topic("__sluice_source_positions")
+        .unwrap()
+        .config;
+    let get = |key: &str| {
+        config
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, v, _)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("cleanup.policy"), "compact");
+    assert_eq!(get("segment.bytes"), "1048576");
+    assert_eq!(get("segment.ms"), "3600000");
+    assert_eq!(get("delete.retention.ms"), "3600000");
+}
