@@ -394,7 +394,16 @@ impl Consumer {
                 Err(LogError::OffsetOutOfRange {
                     log_start, log_end, ..
                 }) => {
-                    // Retention moved the start past us, or the position is beyond the end.
+                    // Retention moved the start past us (normal), or the position is beyond
+                    // the end: offsets are never reused, so that means the log lost records
+                    // this consumer had read, and an operator must know.
+                    if pos > log_end {
+                        tracing::error!(
+                            topic = %tp.topic, partition = tp.partition, position = pos, log_end,
+                            reset = ?self.config.auto_offset_reset,
+                            "The position is beyond the log end: records this consumer read are no longer in the log."
+                        );
+                    }
                     let reset = match self.config.auto_offset_reset {
                         OffsetReset::Earliest => log_start,
                         OffsetReset::Latest => log_end,
@@ -415,6 +424,16 @@ impl Consumer {
                 Err(e) => return Err(e),
             };
             if r.data.is_empty() {
+                let bound = match self.config.isolation {
+                    Isolation::ReadCommitted => r.last_stable_offset,
+                    Isolation::ReadUncommitted => r.high_watermark,
+                };
+                if pos < bound {
+                    // Nothing from `pos` up to the visible end: a gap left by compaction or
+                    // lost records. The next existing offset is at or past the end.
+                    self.positions.insert(tp.clone(), bound);
+                    any = true;
+                }
                 continue;
             }
             let (records, next) =
@@ -494,7 +513,7 @@ impl Consumer {
                 self.commit()?;
             }
             let generation = self.log.append_generation();
-            self.fill()?;
+            let moved = self.fill()?;
             let out = self.drain(self.config.max_poll_records);
             if !out.is_empty() {
                 return Ok(out);
@@ -502,6 +521,11 @@ impl Consumer {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(out);
+            }
+            if moved {
+                // A position moved past a gap or markers without records: fetch again now
+                // rather than wait for an append that the data already there does not need.
+                continue;
             }
             let mut wait = deadline - now;
             if !self.subscription.is_empty() {

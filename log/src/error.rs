@@ -128,6 +128,35 @@ pub enum LogError {
         /// What was found.
         reason: String,
     },
+    /// A closed segment is damaged. The log refuses to start rather than guess: a closed
+    /// segment was fsynced when it was rolled, so damage there is not a crash's torn tail.
+    #[error(
+        "topic '{topic}' partition {partition}: segment file {path} is damaged at byte {position} (offset {offset}): {reason}. It is a closed segment, which is not repaired automatically: restore the file from a backup, or move it out of the partition folder to start without its records (they are then reported as lost and their offsets are not reused)"
+    )]
+    DamagedSegment {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The segment's `.log` file.
+        path: PathBuf,
+        /// Byte position of the first bad batch.
+        position: u64,
+        /// The offset the bad batch should hold.
+        offset: i64,
+        /// What was found.
+        reason: String,
+    },
+    /// A user asked to delete or write an internal topic (see [`crate::is_internal_topic`]).
+    #[error(
+        "'{name}' is an internal topic: it cannot be {action} by users (the worker and the log manage it)"
+    )]
+    InternalTopic {
+        /// The topic.
+        name: String,
+        /// What was refused: "deleted", "written".
+        action: &'static str,
+    },
     /// An idempotent producer skipped sequence numbers.
     #[error(
         "out-of-order sequence for producer {producer_id} on {topic}-{partition}: expected {expected}, got {got}"
@@ -212,6 +241,7 @@ impl LogError {
             LogError::UnknownTopic(_)
                 | LogError::TopicExists(_)
                 | LogError::InvalidTopicName { .. }
+                | LogError::InternalTopic { .. }
                 | LogError::UnknownPartition { .. }
                 | LogError::InvalidPartitions { .. }
                 | LogError::Config(_)

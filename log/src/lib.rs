@@ -23,6 +23,8 @@
 //! - [`partitioner`]: Kafka's murmur2 key partitioner and the sticky partitioner.
 //! - [`config`]: topic and log configuration.
 //! - [`segment`](crate::segment) (private): segment files and their indexes.
+//! - `checkpoint` (private): the per-partition offsets checkpoint that keeps offsets from
+//!   being reused when records are lost, and [`DataLoss`], the record of such a loss.
 //! - [`partition`]: append, fetch, offsets, retention, compaction of one partition.
 //! - `producer_state` (private): idempotence and transaction bookkeeping per partition.
 //! - [`txn`]: the transaction coordinator's state machine.
@@ -34,6 +36,7 @@
 //! - [`fault`]: fault-injection points for crash tests.
 
 pub mod batch;
+mod checkpoint;
 pub mod compression;
 pub mod config;
 pub mod consumer;
@@ -51,12 +54,13 @@ mod segment;
 pub mod txn;
 pub mod varint;
 
+pub use crate::checkpoint::DataLoss;
 pub use crate::compression::Compression;
 pub use crate::config::{FsyncPolicy, LogOptions, TopicConfig};
 pub use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use crate::error::{LogError, Result};
 pub use crate::group::{Assignor, TopicPartition};
-pub use crate::log::{GroupInfo, Log, ResetTo, TopicDescription};
+pub use crate::log::{GroupInfo, Log, ResetTo, TopicDescription, is_internal_topic};
 pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
 pub use crate::producer::{Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;

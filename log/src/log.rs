@@ -6,14 +6,15 @@
 //!    .lock                    held while a process owns the directory
 //!    .clean-shutdown          present only between a clean close and the next open
 //!    producer-ids             the next unallocated producer-id block
+//!    data-loss.json           records lost to damage or missing files (delete to acknowledge)
 //!    topics/<name>/topic.json partitions and config overrides
-//!    topics/<name>/<p>/       segments of partition p
+//!    topics/<name>/<p>/       segments of partition p and its offsets.checkpoint
 //! ```
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchBuilder, BatchOptions};
+use crate::checkpoint::DataLoss;
 use crate::config::{FsyncPolicy, LogOptions, TopicConfig};
 use crate::consumer::{Consumer, ConsumerConfig, decode_fetch};
 use crate::error::{LogError, Result};
@@ -39,6 +41,25 @@ use crate::txn::{EndPlan, TxnCoordinator, TxnError, TxnRecord};
 
 /// Name of the internal transaction-state topic.
 pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// The file listing data loss, in the data directory.
+const DATA_LOSS_FILE: &str = "data-loss.json";
+
+/// Tells apart the trash folders of deletes within one millisecond.
+static DELETE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a topic is internal: bookkeeping of the log and the worker, which users may read
+/// but not delete or write (the API and the CLI refuse it; the worker's own writers go
+/// through the log directly).
+///
+/// Internal are names starting with `__` (`__consumer_offsets`, `__transaction_state`,
+/// `__sluice_source_positions`, `__sluice_catalog`, ...) and state-store changelogs, named
+/// `<store>-changelog` as the state crate and Kafka Streams name them (a SQL query's are
+/// `<query id>-changelog` and `<query id>-source-changelog`): a record written into a
+/// changelog by hand would change a query's state behind its back.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__") || name.ends_with("-changelog")
+}
 
 /// Producer ids are handed out in blocks; the end of the current block is persisted before
 /// any id of it is used, so a crash never reuses one.
@@ -88,7 +109,7 @@ impl Topic {
 pub struct TopicDescription {
     /// Name.
     pub name: String,
-    /// Internal topics start with `__`.
+    /// Whether it is internal ([`is_internal_topic`]).
     pub internal: bool,
     /// Each partition's offsets and size.
     pub partitions: Vec<PartitionInfo>,
@@ -156,6 +177,8 @@ pub(crate) struct Inner {
     appended_cv: Condvar,
     closed: AtomicBool,
     housekeeper: Housekeeper,
+    /// Records lost to damage or missing files, as kept in `data-loss.json`.
+    losses: Mutex<Vec<DataLoss>>,
 }
 
 /// The embedded log. Cheap to clone; every clone is the same log. The directory is closed
@@ -224,7 +247,6 @@ impl Log {
         if recover {
             tracing::info!(dir = %dir.display(), "Recovering after an unclean shutdown.");
         }
-        let _ = std::fs::remove_file(&clean_marker);
 
         let mut topics = BTreeMap::new();
         for entry in
@@ -266,6 +288,10 @@ impl Log {
             )?;
             topics.insert(name, Arc::new(topic));
         }
+        let losses = record_data_loss(&dir, &topics)?;
+        // Only now, with every segment checked and every loss recorded, is the clean-shutdown
+        // marker dropped: a start that fails above leaves it, so the next gives the same answer.
+        let _ = std::fs::remove_file(&clean_marker);
 
         let inner = Arc::new(Inner {
             dir: dir.clone(),
@@ -279,6 +305,7 @@ impl Log {
             appended: Mutex::new(0),
             appended_cv: Condvar::new(),
             closed: AtomicBool::new(false),
+            losses: Mutex::new(losses),
             housekeeper: Housekeeper {
                 stop: Mutex::new(false),
                 wake: Condvar::new(),
@@ -292,6 +319,14 @@ impl Log {
         log.load_offsets()?;
         log.start_housekeeper();
         Ok(log)
+    }
+
+    /// Records this log lost to damage or missing files (a deleted segment, a corrupt batch
+    /// cut by recovery), oldest first, kept across restarts in `<data-dir>/data-loss.json`
+    /// until that file is deleted. Their offsets are never handed out again. A torn tail
+    /// after a crash (a batch whose write was cut off, never acknowledged) is not a loss.
+    pub fn data_loss(&self) -> Vec<DataLoss> {
+        self.inner.losses.lock().clone()
     }
 
     /// The data directory.
@@ -349,6 +384,9 @@ impl Log {
             false,
         )?;
         topic.save_meta()?;
+        for p in topic.partitions.read().iter() {
+            p.checkpoint()?;
+        }
         tracing::info!(topic = name, partitions, "Created a topic.");
         topics.insert(name.to_string(), Arc::new(topic));
         Ok(())
@@ -388,7 +426,7 @@ impl Log {
         let partitions = t.partitions.read().iter().map(|p| p.info()).collect();
         Ok(TopicDescription {
             name: name.into(),
-            internal: name.starts_with("__"),
+            internal: is_internal_topic(name),
             partitions,
             config: t.config().entries(),
         })
@@ -418,6 +456,7 @@ impl Log {
                 self.inner.options.fsync,
                 false,
             )?;
+            p.checkpoint()?;
             parts.push(Arc::new(p));
         }
         drop(parts);
@@ -447,29 +486,47 @@ impl Log {
         t.save_meta()
     }
 
-    /// Deletes a topic and its data. Internal topics cannot be deleted.
+    /// Deletes a topic and its data. Topics starting with `__` (the log's and the worker's
+    /// bookkeeping) cannot be deleted. All or nothing: when the folder cannot be moved
+    /// away, the topic stays as it was.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        if name == OFFSETS_TOPIC || name == TXN_TOPIC {
-            return Err(LogError::InvalidTopicName {
+        if name.starts_with("__") {
+            return Err(LogError::InternalTopic {
                 name: name.into(),
-                reason: "internal topics cannot be deleted",
+                action: "deleted",
             });
         }
-        let t = self
-            .inner
-            .topics
-            .write()
-            .remove(name)
+        let mut topics = self.inner.topics.write();
+        let t = topics
+            .get(name)
+            .cloned()
             .ok_or_else(|| LogError::UnknownTopic(name.into()))?;
-        // Renamed first so a crash mid-delete never leaves half a topic to reopen.
-        let trash = self
-            .inner
-            .dir
-            .join("topics")
-            .join(format!(".deleting-{name}-{}", now_ms()));
+        // Renamed first so a crash mid-delete never leaves half a topic to reopen. The trash
+        // name does not contain the topic's: a 249-character name plus a prefix would pass
+        // the file system's 255-byte limit on a name.
+        let trash = self.inner.dir.join("topics").join(format!(
+            ".deleting-{}-{}",
+            now_ms(),
+            DELETE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::rename(&t.dir, &trash).map_err(|e| LogError::io("rename", &t.dir, e))?;
-        std::fs::remove_dir_all(&trash).map_err(|e| LogError::io("delete", &trash, e))?;
+        for p in t.partitions.read().iter() {
+            p.retire();
+        }
+        topics.remove(name);
+        drop(topics);
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            // The topic is gone already; the next open removes what is left.
+            tracing::warn!(topic = name, path = %trash.display(), error = %e, "Could not remove a deleted topic's files.");
+        }
+        let mut losses = self.inner.losses.lock();
+        if losses.iter().any(|l| l.topic == name) {
+            losses.retain(|l| l.topic != name);
+            if let Err(e) = save_data_loss(&self.inner.dir, &losses) {
+                tracing::warn!(topic = name, error = %e, "Could not update the data-loss list.");
+            }
+        }
         tracing::info!(topic = name, "Deleted a topic.");
         Ok(())
     }
@@ -1107,6 +1164,7 @@ impl Log {
             for p in parts {
                 p.enforce_retention(now)?;
                 p.compact(now)?;
+                p.checkpoint()?;
             }
         }
         let expired = self.inner.txns.lock().expire(now);
@@ -1218,6 +1276,50 @@ fn housekeeping_loop(weak: Weak<Inner>) {
         // Drop our strong reference before sleeping so the last user can close the log.
         drop(log);
     }
+}
+
+/// Takes the data loss the partitions found on open, logs it and adds it to the list in
+/// `data-loss.json`; then checkpoints every partition, so a loss is found once and recorded
+/// before the files that show it are forgotten. Returns the whole list.
+fn record_data_loss(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<Vec<DataLoss>> {
+    let path = dir.join(DATA_LOSS_FILE);
+    let mut losses: Vec<DataLoss> = match std::fs::read(&path) {
+        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| LogError::Corrupt {
+            path: path.clone(),
+            position: 0,
+            reason: format!("{e}; fix or delete the file (it only lists earlier data loss)"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(LogError::io("read", &path, e)),
+    };
+    let mut found = Vec::new();
+    for t in topics.values() {
+        for p in t.partitions.read().iter() {
+            found.extend(p.take_detected_losses());
+        }
+    }
+    if !found.is_empty() {
+        losses.extend(found);
+        save_data_loss(dir, &losses)?;
+    }
+    for t in topics.values() {
+        for p in t.partitions.read().iter() {
+            p.checkpoint()?;
+        }
+    }
+    if !losses.is_empty() {
+        tracing::error!(
+            count = losses.len(),
+            file = %path.display(),
+            "This log has lost records (listed in the file and on the worker's /health); delete the file to acknowledge."
+        );
+    }
+    Ok(losses)
+}
+
+fn save_data_loss(dir: &Path, losses: &[DataLoss]) -> Result<()> {
+    let json = serde_json::to_vec_pretty(losses).unwrap_or_default();
+    write_file(&dir.join(DATA_LOSS_FILE), &json)
 }
 
 fn open_topic(

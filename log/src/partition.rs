@@ -25,6 +25,7 @@ use crate::batch::{
     BatchBuilder, BatchHeader, BatchOptions, ControlType, decode_records, encode_control_batch,
     verify_crc,
 };
+use crate::checkpoint::{self, Checkpoint, DataLoss, OnDisk};
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::producer_state::{AbortedTxn, ProducerStates, SequenceCheck, SequenceError};
@@ -221,6 +222,17 @@ pub struct Partition {
     /// Held for a whole compaction pass: two cleaners at once (housekeeping and an explicit
     /// call) would write the same `.cleaned` file and swap segments under each other.
     cleaner: Mutex<()>,
+    /// The last checkpoint written. Lock order: this before `state`, so writers of the
+    /// checkpoint (housekeeping, retention, close) never write an older one over a newer one.
+    checkpointed: Mutex<Checkpointed>,
+    /// Data loss found on open, until the log takes it.
+    detected: Mutex<Vec<DataLoss>>,
+}
+
+#[derive(Debug)]
+struct Checkpointed {
+    last: Option<Checkpoint>,
+    retired: bool,
 }
 
 impl Partition {
@@ -250,39 +262,98 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        let checkpoint = Checkpoint::read(dir);
         let mut segments = BTreeMap::new();
         let mut producers = ProducerStates::default();
         let last = bases.last().copied();
+        let mut damage = None;
         for base in bases {
-            let validate = recover && Some(base) == last;
-            let (seg, batches) = Segment::open(dir, base, config.index_interval_bytes, validate)
-                .map_err(|e| match e {
-                    LogError::Corrupt {
-                        path,
-                        position,
-                        reason,
-                    } => LogError::Corrupt {
-                        path,
-                        position,
-                        reason: format!(
-                            "{reason} (in a closed segment; not repaired automatically)"
-                        ),
-                    },
-                    e => e,
-                })?;
-            for b in batches {
-                replay(&mut producers, &seg, &b.header)?;
+            let is_last = Some(base) == last;
+            let validate = recover && is_last;
+            let mut opened = Segment::open(dir, base, config.index_interval_bytes, validate)?;
+            if let Some(d) = opened.damage.as_ref().filter(|_| !validate) {
+                if !is_last {
+                    return Err(LogError::DamagedSegment {
+                        topic: topic.to_string(),
+                        partition: id,
+                        path: d.path.clone(),
+                        position: d.position,
+                        offset: d.offset,
+                        reason: d.reason.clone(),
+                    });
+                }
+                // After a clean shutdown the active segment should be whole. It takes appends
+                // like after a crash, so it is repaired the same way, but loudly: whatever it
+                // loses is recorded as data loss below.
+                tracing::error!(
+                    topic = %topic, partition = id, path = %d.path.display(), position = d.position,
+                    offset = d.offset, reason = %d.reason,
+                    "The active segment is damaged although the log was shut down cleanly; cutting it at the damage as after a crash."
+                );
+                opened = Segment::open(dir, base, config.index_interval_bytes, true)?;
             }
-            segments.insert(base, seg);
+            if is_last {
+                damage = opened.damage.take();
+            }
+            for b in &opened.batches {
+                replay(&mut producers, &opened.segment, &b.header)?;
+            }
+            segments.insert(base, opened.segment);
         }
-        if segments.is_empty() {
-            segments.insert(0, Segment::create(dir, 0, config.index_interval_bytes)?);
-        }
-        let log_start_offset = *segments.keys().next().unwrap_or(&0);
-        let leo = segments
+        let disk: Vec<OnDisk> = segments
             .values()
-            .next_back()
-            .map_or(0, Segment::next_offset);
+            .map(|s| OnDisk {
+                base: s.base_offset,
+                end: s.next_offset(),
+            })
+            .collect();
+        let reconciled = checkpoint::reconcile(checkpoint.as_ref(), &disk, damage.as_ref());
+        let log_start_offset = reconciled.log_start_offset;
+        let leo = reconciled.log_end_offset;
+        // Segments wholly below the log start: retention checkpointed their removal, then
+        // the process stopped before it deleted the files.
+        while segments.len() > 1 {
+            match segments.first_key_value() {
+                Some((&base, s))
+                    if base < log_start_offset && s.next_offset() <= log_start_offset =>
+                {
+                    if let Some(s) = segments.remove(&base) {
+                        s.delete_files();
+                    }
+                }
+                _ => break,
+            }
+        }
+        producers.trim_below(log_start_offset);
+        let active_end = segments.values().next_back().map(Segment::next_offset);
+        if active_end != Some(leo) {
+            // The files end before offsets already handed out: appends continue after them,
+            // in a segment of its own whose name keeps the end even without a checkpoint.
+            if let Some(a) = segments.values().next_back() {
+                a.sync()?;
+                a.write_index_files()?;
+            }
+            segments.insert(leo, Segment::create(dir, leo, config.index_interval_bytes)?);
+        }
+        let detected_at = now_ms();
+        let detected: Vec<DataLoss> = reconciled
+            .lost
+            .into_iter()
+            .map(|(from, to, reason)| {
+                tracing::error!(
+                    topic = %topic, partition = id, from, to, %reason,
+                    "Records were lost: offsets from..to are gone and will not be reused. Restore the partition from a backup if you need them."
+                );
+                DataLoss {
+                    topic: topic.to_string(),
+                    partition: id,
+                    from,
+                    to,
+                    reason,
+                    detected_at,
+                }
+            })
+            .collect();
         let state = State {
             config,
             segments,
@@ -308,7 +379,46 @@ impl Partition {
             }),
             synced: Condvar::new(),
             cleaner: Mutex::new(()),
+            checkpointed: Mutex::new(Checkpointed {
+                last: None,
+                retired: false,
+            }),
+            detected: Mutex::new(detected),
         })
+    }
+
+    /// Data loss found when the partition was opened, handed out once (the log records it).
+    pub(crate) fn take_detected_losses(&self) -> Vec<DataLoss> {
+        std::mem::take(&mut *self.detected.lock())
+    }
+
+    /// Writes the offsets checkpoint when it changed since the last write: the log start,
+    /// the log end and the segments, which a later open compares its files with.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut cp = self.checkpointed.lock();
+        if cp.retired {
+            return Ok(());
+        }
+        let now = {
+            let st = self.state.lock();
+            Checkpoint {
+                log_start_offset: st.log_start_offset,
+                log_end_offset: st.leo(),
+                segments: st.segments.keys().copied().collect(),
+            }
+        };
+        if cp.last.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        now.write(&self.dir)?;
+        cp.last = Some(now);
+        Ok(())
+    }
+
+    /// Stops checkpoint writes for good (the topic is being deleted): a write racing the
+    /// deletion must not land in a new topic of the same name.
+    pub(crate) fn retire(&self) {
+        self.checkpointed.lock().retired = true;
     }
 
     /// The partition number.
@@ -890,44 +1000,62 @@ impl Partition {
 
     /// Deletes closed segments past `retention.ms` / `retention.bytes`; returns how many.
     pub fn enforce_retention(&self, now: i64) -> Result<usize> {
-        let mut st = self.state.lock();
-        if !st.config.cleanup_policy.delete {
+        let removed = {
+            let mut st = self.state.lock();
+            if !st.config.cleanup_policy.delete {
+                return Ok(0);
+            }
+            let (retention_ms, retention_bytes) =
+                (st.config.retention_ms, st.config.retention_bytes);
+            let mut total: u64 = st.segments.values().map(Segment::size).sum();
+            let mut removed = Vec::new();
+            while st.segments.len() > 1 {
+                let Some((&base, seg)) = st.segments.iter().next() else {
+                    break;
+                };
+                let by_time = retention_ms >= 0 && seg.max_timestamp() < now - retention_ms;
+                let by_size = retention_bytes >= 0
+                    && total > retention_bytes as u64
+                    && total - seg.size() >= retention_bytes as u64;
+                // Data above the last stable offset may still be aborted or committed; keep it.
+                let stable = seg.next_offset() <= st.lso();
+                if !(by_time || by_size) || !stable {
+                    break;
+                }
+                total -= seg.size();
+                if let Some(seg) = st.segments.remove(&base) {
+                    removed.push((
+                        seg,
+                        if by_time {
+                            "retention.ms"
+                        } else {
+                            "retention.bytes"
+                        },
+                    ));
+                }
+            }
+            if !removed.is_empty() {
+                let start = *st.segments.keys().next().unwrap_or(&0);
+                st.log_start_offset = st.log_start_offset.max(start);
+                let ls = st.log_start_offset;
+                st.producers.trim_below(ls);
+            }
+            removed
+        };
+        if removed.is_empty() {
             return Ok(0);
         }
-        let (retention_ms, retention_bytes) = (st.config.retention_ms, st.config.retention_bytes);
-        let mut total: u64 = st.segments.values().map(Segment::size).sum();
-        let mut deleted = 0;
-        while st.segments.len() > 1 {
-            let Some((&base, seg)) = st.segments.iter().next() else {
-                break;
-            };
-            let by_time = retention_ms >= 0 && seg.max_timestamp() < now - retention_ms;
-            let by_size = retention_bytes >= 0
-                && total > retention_bytes as u64
-                && total - seg.size() >= retention_bytes as u64;
-            // Data above the last stable offset may still be aborted or committed; keep it.
-            let stable = seg.next_offset() <= st.lso();
-            if !(by_time || by_size) || !stable {
-                break;
-            }
-            total -= seg.size();
-            if let Some(seg) = st.segments.remove(&base) {
-                seg.delete_files();
-                tracing::info!(
-                    topic = %self.topic, partition = self.id, base_offset = base,
-                    reason = if by_time { "retention.ms" } else { "retention.bytes" },
-                    "Deleted a segment past retention."
-                );
-            }
-            deleted += 1;
+        // The checkpoint first: files that outlive a crash here are removed on open, while
+        // files gone before the checkpoint said so would be reported as lost.
+        self.checkpoint()?;
+        for (seg, reason) in &removed {
+            seg.delete_files();
+            tracing::info!(
+                topic = %self.topic, partition = self.id, base_offset = seg.base_offset,
+                reason, "Deleted a segment past retention."
+            );
         }
-        if deleted > 0 {
-            let start = *st.segments.keys().next().unwrap_or(&0);
-            st.log_start_offset = st.log_start_offset.max(start);
-            let ls = st.log_start_offset;
-            st.producers.trim_below(ls);
-        }
-        Ok(deleted)
+        Ok(removed.len())
     }
 
     /// Moves the log start forward (delete-records), never past the high watermark.
@@ -988,16 +1116,41 @@ impl Partition {
                 Ok(())
             })?;
         }
-        // Pass 2: rewrite each segment with the survivors.
+        // Pass 2: rewrite each segment with the survivors, in offset order, as Kafka's log
+        // cleaner decides: aborted data goes; a batch left empty goes unless it is its
+        // producer's last (its sequence must survive a restart); a transaction marker goes
+        // once no data of its transaction is left before it and it is older than
+        // `delete.retention.ms` (until then a reader in the middle of the log may still need
+        // it). Dropping a marker in the pass that drops its data is safe because segments are
+        // swapped in offset order: a crash in between leaves the marker without the data,
+        // never aborted data without its marker.
+        let last_batches: HashMap<i64, i64> = {
+            let st = self.state.lock();
+            st.producers.last_data_offsets()
+        };
+        // Producers whose transaction (the one the scan is in) kept a batch so far.
+        let mut txn_kept: HashMap<i64, bool> = HashMap::new();
         let mut stats = CompactionStats::default();
         let mut oldest_kept_tombstone: Option<i64> = None;
+        let mut emptied = Vec::new();
         for (base, file, path, _) in &segs {
             let cleaned = PathBuf::from(format!("{}.cleaned", path.display()));
             let mut out: Vec<u8> = Vec::new();
             let mut removed = 0u64;
+            let mut changed = false;
             for_each_batch(file, path, |h, buf| {
                 if h.is_control() {
-                    out.extend_from_slice(buf);
+                    let kept_data = txn_kept.remove(&h.producer_id).unwrap_or(false);
+                    if kept_data || h.max_timestamp >= tombstone_horizon {
+                        if !kept_data {
+                            let ts = h.max_timestamp;
+                            oldest_kept_tombstone =
+                                Some(oldest_kept_tombstone.map_or(ts, |o| o.min(ts)));
+                        }
+                        out.extend_from_slice(buf);
+                    } else {
+                        changed = true;
+                    }
                     return Ok(());
                 }
                 let aborted = h.is_transactional() && self.is_aborted(h.producer_id, h.base_offset);
@@ -1018,11 +1171,19 @@ impl Partition {
                     let ts = r.record.timestamp;
                     oldest_kept_tombstone = Some(oldest_kept_tombstone.map_or(ts, |o| o.min(ts)));
                 }
+                let producers_last = h.producer_id >= 0
+                    && last_batches.get(&h.producer_id) == Some(&h.last_offset());
+                if keep.is_empty() && !producers_last {
+                    changed = true;
+                    return Ok(());
+                }
+                if h.is_transactional() {
+                    txn_kept.insert(h.producer_id, true);
+                }
                 if keep.len() == records.len() {
                     out.extend_from_slice(buf);
-                } else if keep.is_empty() && h.producer_id < 0 {
-                    // Nothing left and no producer state to preserve: drop the batch.
                 } else {
+                    changed = true;
                     // Survivors only; with none, an empty batch keeps the producer's offsets
                     // and last sequence so they survive a restart (as Kafka's cleaner does).
                     let mut b = BatchBuilder::new(BatchOptions {
@@ -1049,7 +1210,7 @@ impl Partition {
                 Ok(())
             })?;
             stats.bytes_before += file.metadata().map(|m| m.len()).unwrap_or(0);
-            if removed == 0 {
+            if !changed {
                 stats.bytes_after += out.len() as u64;
                 continue;
             }
@@ -1070,33 +1231,59 @@ impl Partition {
                 let _ = std::fs::remove_file(self.dir.join(format!("{stem}.{ext}")));
             }
             std::fs::rename(&cleaned, path).map_err(|e| LogError::io("rename", path, e))?;
-            let (seg, _) = Segment::open(&self.dir, *base, interval, false)?;
+            let seg = Segment::open(&self.dir, *base, interval, false)?.segment;
             seg.write_index_files()?;
             stats.bytes_after += seg.size();
+            if seg.size() == 0 {
+                emptied.push(*base);
+            }
             st.segments.insert(*base, seg);
             stats.segments += 1;
             stats.records_removed += removed;
         }
+        // Segments left empty go, so a compacted topic does not gather files without bound.
+        // The log start stays (as in Kafka, compaction does not move it): a fetch there goes
+        // on to the next segment. The checkpoint is written before the files go, so a
+        // missing empty segment is never taken for lost records.
+        let mut gone = Vec::new();
         {
             let mut st = self.state.lock();
+            for base in emptied {
+                if st.active().base_offset != base {
+                    if let Some(seg) = st.segments.remove(&base) {
+                        gone.push(seg);
+                    }
+                }
+            }
             st.cleaned_up_to = dirty_end;
             st.oldest_kept_tombstone = oldest_kept_tombstone;
+        }
+        if !gone.is_empty() {
+            self.checkpoint()?;
+            for seg in &gone {
+                seg.delete_files();
+            }
         }
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic, partition = self.id, segments = stats.segments,
-                records_removed = stats.records_removed, "Compacted a partition."
+                segments_removed = gone.len(), records_removed = stats.records_removed,
+                bytes_before = stats.bytes_before, bytes_after = stats.bytes_after,
+                "Compacted a partition."
             );
         }
         Ok(stats)
     }
 
-    /// Writes indexes and fsyncs: the clean-shutdown half of [`Partition::open`].
+    /// Writes indexes, fsyncs and checkpoints: the clean-shutdown half of [`Partition::open`].
     pub fn close(&self) -> Result<()> {
-        let st = self.state.lock();
-        let a = st.active();
-        a.sync()?;
-        a.write_index_files()
+        {
+            let st = self.state.lock();
+            let a = st.active();
+            a.sync()?;
+            a.write_index_files()?;
+        }
+        self.checkpoint()
     }
 
     /// Rolls the active segment now (used by tests and `segment.ms` checks).

@@ -144,6 +144,15 @@ impl ProducerStates {
         }
     }
 
+    /// The last offset of every producer's last data batch (of its current epoch): the
+    /// batch compaction keeps, emptied if need be, so the producer's sequence survives.
+    pub fn last_data_offsets(&self) -> HashMap<i64, i64> {
+        self.producers
+            .iter()
+            .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
+            .collect()
+    }
+
     /// Whether `producer_id` has an open transaction here.
     pub fn has_open_txn(&self, producer_id: i64) -> bool {
         self.producers

@@ -32,6 +32,31 @@ pub(crate) struct BatchPosition {
     pub header: BatchHeader,
 }
 
+/// What opening a segment found.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub segment: Segment,
+    pub batches: Vec<BatchPosition>,
+    /// The first torn, corrupt or out-of-order batch, if any.
+    pub damage: Option<Damage>,
+}
+
+/// Where and how a segment is damaged.
+#[derive(Debug, Clone)]
+pub(crate) struct Damage {
+    pub path: PathBuf,
+    /// Byte position of the first bad batch (where the file is cut when repaired).
+    pub position: u64,
+    /// The offset the first bad batch should have held.
+    pub offset: i64,
+    /// Bytes from `position` to the end of the file.
+    pub dropped_bytes: u64,
+    pub reason: String,
+    /// With validation: the end of the last whole, valid batch found past the damage, i.e.
+    /// the segment's end before it was damaged. `None` for a torn tail.
+    pub former_end: Option<i64>,
+}
+
 /// Where a batch was found by the scan on open, relative to the segment's base offset.
 #[derive(Debug, Clone, Copy)]
 struct ScannedBatch {
@@ -109,14 +134,17 @@ impl Segment {
     ///
     /// With `validate`, every batch is read whole and its CRC checked, and the file is
     /// truncated at the first batch that is torn, corrupt or out of order (crash recovery of
-    /// the segments after the recovery point). Without it, indexes are loaded from their files
-    /// when they are consistent and rebuilt from batch headers otherwise.
+    /// the active segment); the rest of the file is then searched for whole, valid batches so
+    /// the caller can tell a torn tail (nothing after it) from lost records. Without it,
+    /// indexes are loaded from their files when they are consistent and rebuilt from batch
+    /// headers otherwise, and damage is returned without touching the file: the segment is
+    /// then only good for reporting it.
     pub fn open(
         dir: &Path,
         base_offset: i64,
         index_interval: u32,
         validate: bool,
-    ) -> Result<(Segment, Vec<BatchPosition>)> {
+    ) -> Result<Opened> {
         let (log, _, _) = Self::paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
@@ -188,33 +216,98 @@ impl Segment {
             expected = header.next_offset();
             pos += total;
         }
-        if let Some(reason) = truncate_reason {
-            if !validate {
-                return Err(LogError::Corrupt {
+        let damage = match truncate_reason {
+            None => None,
+            Some(reason) if !validate => Some(Damage {
+                path: log,
+                position: pos,
+                offset: expected,
+                dropped_bytes: file_size - pos,
+                reason,
+                former_end: None,
+            }),
+            Some(reason) => {
+                let former_end = seg.last_valid_batch_end(pos + 1, file_size, expected)?;
+                tracing::info!(
+                    path = %log.display(),
+                    position = pos,
+                    offset = expected,
+                    dropped_bytes = file_size - pos,
+                    %reason,
+                    "Truncating the torn or corrupt tail of a segment."
+                );
+                seg.file
+                    .set_len(pos)
+                    .map_err(|e| LogError::io("truncate segment", &log, e))?;
+                seg.file
+                    .sync_all()
+                    .map_err(|e| LogError::io("fsync segment", &log, e))?;
+                Some(Damage {
                     path: log,
                     position: pos,
+                    offset: expected,
+                    dropped_bytes: file_size - pos,
                     reason,
-                });
+                    former_end,
+                })
             }
-            tracing::warn!(
-                path = %log.display(),
-                position = pos,
-                dropped_bytes = file_size - pos,
-                %reason,
-                "Truncating the torn or corrupt tail of a segment after an unclean shutdown."
-            );
-            seg.file
-                .set_len(pos)
-                .map_err(|e| LogError::io("truncate segment", &log, e))?;
-            seg.file
-                .sync_all()
-                .map_err(|e| LogError::io("fsync segment", &log, e))?;
-        }
+        };
         seg.size = pos;
-        if !validate {
+        if !validate && damage.is_none() {
             seg.load_index_files(&scanned);
         }
-        Ok((seg, batches))
+        Ok(Opened {
+            segment: seg,
+            batches,
+            damage,
+        })
+    }
+
+    /// The offset after the last whole batch with a valid CRC found at or after byte `from`
+    /// (searched byte by byte, since the damage may have broken the chain of lengths), if
+    /// any: past a torn tail there is none, past a corrupt batch in the middle there are the
+    /// records that follow it.
+    fn last_valid_batch_end(
+        &self,
+        from: u64,
+        file_size: u64,
+        min_offset: i64,
+    ) -> Result<Option<i64>> {
+        const WINDOW: u64 = 4 << 20;
+        let mut end = None;
+        let mut window: Vec<u8> = Vec::new();
+        let mut window_start = from;
+        let mut pos = from;
+        let mut whole = Vec::new();
+        while pos + BATCH_HEADER_LEN as u64 <= file_size {
+            if pos + BATCH_HEADER_LEN as u64 > window_start + window.len() as u64 {
+                window_start = pos;
+                let len = WINDOW.min(file_size - pos) as usize;
+                window.resize(len, 0);
+                self.file
+                    .read_exact_at(&mut window, pos)
+                    .map_err(|e| LogError::io("read segment", self.log_path(), e))?;
+            }
+            let at = (pos - window_start) as usize;
+            let candidate = BatchHeader::parse(&window[at..]).ok().filter(|h| {
+                h.base_offset >= min_offset
+                    && h.last_offset_delta >= 0
+                    && pos + h.total_size() as u64 <= file_size
+            });
+            if let Some(h) = candidate {
+                whole.resize(h.total_size(), 0);
+                self.file
+                    .read_exact_at(&mut whole, pos)
+                    .map_err(|e| LogError::io("read segment", self.log_path(), e))?;
+                if verify_crc(&whole).is_ok() {
+                    end = Some(h.next_offset());
+                    pos += h.total_size() as u64;
+                    continue;
+                }
+            }
+            pos += 1;
+        }
+        Ok(end)
     }
 
     /// Updates in-memory indexes and counters for a batch written at `pos`.

@@ -198,8 +198,19 @@ pub fn build_check(p: &Pipeline) -> Result<(), String> {
     let topic_error = |place: String, topic: &str, e: &dyn std::fmt::Display| {
         format!("{place}: topic '{topic}': {e}")
     };
+    let internal = |place: String, topic: &str| -> Result<(), String> {
+        if sluice_log::is_internal_topic(topic) {
+            return Err(topic_error(
+                place,
+                topic,
+                &"it is an internal topic (names starting with `__` or ending in `-changelog` belong to Sluice)",
+            ));
+        }
+        Ok(())
+    };
     for t in &p.config.topics {
         let name = t.name.get_ref();
+        internal(at(&t.name), name)?;
         sluice_log::log::validate_topic_name(name)
             .map_err(|e| topic_error(at(&t.name), name, &e))?;
         sluice_log::TopicConfig::from_overrides(
@@ -209,6 +220,7 @@ pub fn build_check(p: &Pipeline) -> Result<(), String> {
     }
     for s in &p.config.sources {
         let place = format!("{}: source {}", at(&s.name), s.name.get_ref());
+        internal(place.clone(), &s.topic)?;
         sluice_log::log::validate_topic_name(&s.topic)
             .map_err(|e| topic_error(place.clone(), &s.topic, &e))?;
         build_source(s, p.base()).map_err(|e| format!("{place}: {e}"))?;

@@ -390,7 +390,16 @@ impl Worker {
         let dlq = dlq_topic(&p.name);
         for topic in [dlq.as_str(), POSITIONS_TOPIC] {
             let config: &[(String, String)] = if topic == POSITIONS_TOPIC {
-                &[("cleanup.policy".to_string(), "compact".to_string())]
+                &[
+                    ("cleanup.policy", "compact"),
+                    // Small segments that roll at least hourly, so the cleaner gets to work on
+                    // a topic that is written every epoch but stays small; markers of epochs
+                    // whose positions were superseded go after an hour.
+                    ("segment.bytes", "1048576"),
+                    ("segment.ms", "3600000"),
+                    ("delete.retention.ms", "3600000"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
             } else {
                 &[]
             };

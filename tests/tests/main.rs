@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod crash;
 mod hardening;
+mod hardening_log;
 mod log_crash;
 mod log_groups;
 mod log_topics;

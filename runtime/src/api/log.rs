@@ -17,10 +17,23 @@ use sluice_log::{
 
 use super::{ApiError, ApiState, blocking};
 
+/// Refuses a user's change to an internal topic (403): the worker and the log write those
+/// through the log directly, never through this API.
+fn refuse_internal(name: &str, action: &'static str) -> Result<(), ApiError> {
+    if sluice_log::is_internal_topic(name) {
+        return Err(log_error(LogError::InternalTopic {
+            name: name.into(),
+            action,
+        }));
+    }
+    Ok(())
+}
+
 fn log_error(e: LogError) -> ApiError {
     match e {
         LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => ApiError::not_found(e),
         LogError::TopicExists(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+        LogError::InternalTopic { .. } => ApiError(StatusCode::FORBIDDEN, e.to_string()),
         LogError::MessageTooLarge { .. } => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         e if e.is_user_error() => ApiError::bad_request(e),
         e if e.is_retryable() => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -151,6 +164,7 @@ pub async fn create_topic(
     Json(c): Json<CreateTopic>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     blocking(move || {
+        refuse_internal(&c.name, "created")?;
         let config: Vec<(String, String)> = c.config.into_iter().collect();
         state
             .log
@@ -169,6 +183,7 @@ pub async fn delete_topic(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
+        refuse_internal(&name, "deleted")?;
         state.log.delete_topic(&name).map_err(log_error)?;
         Ok(Json(json!({ "message": format!("Deleted topic {name}.") })))
     })
@@ -259,6 +274,7 @@ pub async fn produce(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
+        refuse_internal(&name, "written")?;
         state.log.topic(&name).map_err(log_error)?;
         let mut records = Vec::new();
         for (i, line) in body.split(|b| *b == b'\n').enumerate() {

@@ -203,12 +203,17 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
             .iter()
             .filter(|t| t.status.state() == "retrying")
             .count();
+        // Records the log lost (until `data-loss.json` is deleted) keep the worker degraded:
+        // still serving, but an operator must look. 200 either way, as for failing tasks.
+        let data_loss = state.log.data_loss();
+        let ok = failing == 0 && data_loss.is_empty();
         Ok(axum::Json(serde_json::json!({
-            "status": if failing == 0 { "ok" } else { "degraded" },
+            "status": if ok { "ok" } else { "degraded" },
             "pipelines": d.worker.pipelines().len(),
             "tasks": tasks.len(),
             "failing_tasks": failing,
             "broken_files": d.errors().len(),
+            "data_loss": data_loss,
         })))
     })
     .await

@@ -35,6 +35,7 @@ impl ProduceArgs {
             .compression
             .parse()
             .map_err(|e| CliError::Usage(format!("--compression: {e}")))?;
+        super::topics::refuse_internal(&self.topic, "written")?;
         let topic = log.topic_or_create(&self.topic)?;
         let max = topic.config().max_message_bytes as usize;
         let input: Box<dyn BufRead> = match &self.file {

@@ -5,6 +5,18 @@ use sluice_log::Log;
 
 use super::{CliError, parse_pairs};
 
+/// Refuses a user's change to an internal topic (the worker and the log manage those).
+pub(crate) fn refuse_internal(name: &str, action: &'static str) -> Result<(), CliError> {
+    if sluice_log::is_internal_topic(name) {
+        return Err(sluice_log::LogError::InternalTopic {
+            name: name.into(),
+            action,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Topic commands.
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -61,6 +73,7 @@ impl TopicsCommand {
                 config,
                 if_not_exists,
             } => {
+                refuse_internal(&name, "created")?;
                 let pairs = parse_pairs(&config)?;
                 match log.create_topic(&name, partitions, &pairs) {
                     Err(sluice_log::LogError::TopicExists(_)) if if_not_exists => {}
@@ -94,6 +107,7 @@ impl TopicsCommand {
                 }
             }
             TopicsCommand::Delete { name } => {
+                refuse_internal(&name, "deleted")?;
                 log.delete_topic(&name)?;
                 println!("Deleted topic {name}.");
             }
