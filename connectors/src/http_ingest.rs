@@ -28,7 +28,7 @@ use sluice_log::Record;
 use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, StateEntries};
 
 /// The HTTP ingest source's settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpIngestConfig {
     /// For JSON objects: the field whose value becomes the record key.
@@ -44,6 +44,18 @@ pub struct HttpIngestConfig {
     /// How many of the latest accepted `Idempotency-Key`s are remembered (default 1000).
     #[serde(default = "default_idempotency_keys")]
     pub idempotency_keys: usize,
+}
+
+impl std::fmt::Debug for HttpIngestConfig {
+    /// Without the token's value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpIngestConfig")
+            .field("key_field", &self.key_field)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("idempotency_keys", &self.idempotency_keys)
+            .finish()
+    }
 }
 
 fn default_max_body_bytes() -> usize {
@@ -320,6 +332,12 @@ impl Source for IngestSource {
             // Positions written before keys became state entries held the keys themselves.
             for k in v["keys"].as_array().into_iter().flatten() {
                 if let Some(k) = k.as_str() {
+                    // Written as state entries with the next commit, which drops them from
+                    // the position.
+                    self.changes.push((
+                        k.as_bytes().to_vec(),
+                        Some(self.next_seq.to_string().into_bytes()),
+                    ));
                     entries.push((self.next_seq, k.to_string()));
                     self.next_seq += 1;
                 }
@@ -536,14 +554,30 @@ mod tests {
         c.commit(&mut s, b);
         assert!(r.recv().unwrap().unwrap().duplicate);
         assert_eq!(c.state.len(), 1);
-        // An old position that still lists its keys is understood.
+        // An old position that still lists its keys is understood, and its keys become
+        // state entries with the next commit.
         let (mut s, h) = IngestSource::new("t", config()).unwrap();
-        s.open(Some(br#"{"keys": ["x"]}"#)).unwrap();
+        let mut c = Committed {
+            position: Some(br#"{"keys": ["x"]}"#.to_vec()),
+            ..Committed::default()
+        };
+        c.reopen(&mut s);
         let r = h
             .submit(Bytes::from("{}"), false, Some("x".into()))
             .unwrap();
-        s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        c.commit(&mut s, b);
         assert!(r.recv().unwrap().unwrap().duplicate);
+        c.reopen(&mut s);
+        let r = h
+            .submit(Bytes::from("{}"), false, Some("x".into()))
+            .unwrap();
+        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        assert!(b.records.is_empty());
+        assert!(
+            r.recv().unwrap().unwrap().duplicate,
+            "still known after the next restart"
+        );
     }
 
     #[test]

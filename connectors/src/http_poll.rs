@@ -477,8 +477,12 @@ fn pick(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct Version {
-    /// The URL it came from (password replaced): a position for another URL is ignored.
+    /// The URL it came from (password and query values replaced): a position for another
+    /// URL is ignored.
     url: String,
+    /// FNV-1a 64 of the whole URL: tells apart URLs that differ only in redacted parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -737,6 +741,7 @@ impl HttpPollSource {
         self.pending = items.into_iter().skip(skip as usize).collect();
         self.version = Some(Version {
             url: self.shown.clone(),
+            url_hash: Some(body_hash(self.config.url.as_bytes())),
             etag,
             last_modified,
             body_hash: hash,
@@ -774,8 +779,14 @@ impl Source for HttpPollSource {
             Some(p) => {
                 let mut v: Version = serde_json::from_slice(p)
                     .map_err(|e| ConnectorError::Position(e.to_string()))?;
-                if v.url == self.shown || v.url == legacy_shown(&self.config.url) {
+                let same = match &v.url_hash {
+                    Some(h) => *h == body_hash(self.config.url.as_bytes()),
+                    // Written before the hash: compare the shown forms.
+                    None => v.url == self.shown || v.url == legacy_shown(&self.config.url),
+                };
+                if same {
                     v.url = self.shown.clone();
+                    v.url_hash = Some(body_hash(self.config.url.as_bytes()));
                     Some(v)
                 } else {
                     tracing::info!(url = %self.shown, stored = %redact_url(&v.url), "The stored position is for another URL; starting afresh.");

@@ -77,8 +77,21 @@ use crate::config::Interval;
 use crate::file::{SinkFormat, line};
 use crate::{ConnectorError, Durable, Rejected, Result, Sink};
 
+/// Option values hold credentials (`secret_access_key`): Debug shows only their names.
+impl std::fmt::Debug for ObjectStoreSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = serde_json::to_value(self).unwrap_or_default();
+        if let Some(options) = shown.get_mut("options").and_then(|o| o.as_object_mut()) {
+            for v in options.values_mut() {
+                *v = Value::from("(redacted)");
+            }
+        }
+        write!(f, "ObjectStoreSinkConfig {shown}")
+    }
+}
+
 /// The object-store sink's settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ObjectStoreSinkConfig {
     /// Where the objects go: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`

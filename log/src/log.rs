@@ -329,6 +329,32 @@ impl Log {
         self.inner.losses.lock().clone()
     }
 
+    /// Adds a loss found outside the log (a reader whose committed position is past the end
+    /// of what the log holds) to the list [`Log::data_loss`] returns, unless it is there.
+    pub fn report_data_loss(&self, loss: DataLoss) -> Result<()> {
+        let mut losses = self.inner.losses.lock();
+        let known = losses.iter().any(|l| {
+            (
+                l.topic.as_str(),
+                l.partition,
+                l.from,
+                l.to,
+                l.reason.as_str(),
+            ) == (
+                loss.topic.as_str(),
+                loss.partition,
+                loss.from,
+                loss.to,
+                loss.reason.as_str(),
+            )
+        });
+        if !known {
+            losses.push(loss);
+            save_data_loss(&self.inner.dir, &losses)?;
+        }
+        Ok(())
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

@@ -73,7 +73,7 @@ impl Deployer {
             .collect();
         for f in gone {
             self.errors.remove(&f);
-            if let Some(p) = self.worker.undeploy(&f) {
+            if let Some((p, _)) = self.worker.undeploy(&f) {
                 said.push(format!(
                     "Stopped pipeline {}: {} was removed.",
                     p.name,
@@ -107,14 +107,12 @@ impl Deployer {
             let was = self.worker.undeploy(f);
             match self.worker.deploy(&p) {
                 Ok(()) => Ok((p, was.is_some())),
-                Err(e) => {
-                    if let Some(old) = was {
-                        if let Err(again) = self.worker.deploy(&old) {
-                            tracing::error!(pipeline = %old.name, error = %again, "The previous version of the pipeline did not come back after a failed redeploy.");
-                        }
-                    }
-                    Err(e)
-                }
+                Err(e) => match was.map(|(old, paused)| self.restore(old, paused)) {
+                    Some(Err(again)) => Err(format!(
+                        "{e}; and the previous version did not come back: {again}"
+                    )),
+                    _ => Err(e),
+                },
             }
         });
         match result {
@@ -132,6 +130,21 @@ impl Deployer {
                 Err(e)
             }
         }
+    }
+
+    /// Deploys `old` again after its replacement failed, paused if it was.
+    fn restore(&mut self, old: crate::pipeline::Pipeline, paused: bool) -> Result<(), String> {
+        let name = old.name.clone();
+        let restored = self.worker.deploy(&old).and_then(|()| {
+            if paused {
+                self.worker.pause(&name)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = &restored {
+            tracing::error!(pipeline = %name, error = %e, "The previous version of the pipeline did not come back after a failed redeploy.");
+        }
+        restored
     }
 
     /// Validates `text` as pipeline `name`, writes it to `<dir>/<name>.toml` and deploys it
@@ -152,8 +165,12 @@ impl Deployer {
             ));
         }
         self.worker.check(&p)?;
-        let previous = std::fs::read_to_string(&path).ok();
-        write_atomically(&path, text)?;
+        let previous = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        };
+        write_atomically(&path, text.as_bytes())?;
         match self.deploy(&path, Ok(p)) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -166,7 +183,11 @@ impl Deployer {
                 if let Err(r) = restored {
                     tracing::error!(file = %path.display(), error = %r, "Could not restore the pipeline file after a failed deploy.");
                 }
-                self.errors.remove(&path);
+                // Status keeps an error only when the previous version did not come back.
+                let running = self.worker.pipelines().iter().any(|d| d.path == path);
+                if previous.is_none() || running {
+                    self.errors.remove(&path);
+                }
                 match previous {
                     Some(_) => self.files.insert(path.clone(), modified(&path)),
                     None => self.files.remove(&path),
@@ -195,7 +216,7 @@ impl Deployer {
 }
 
 /// Writes `text` to `path` through a temporary file, so a reader never sees half a file.
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+fn write_atomically(path: &Path, text: &[u8]) -> Result<(), String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -295,8 +295,14 @@ impl Secrets {
         let mut values: Vec<&(String, String)> = self.0.iter().collect();
         values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
         for (value, var) in values {
-            if value.len() >= Self::MIN_LEN && out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), &format!("${{{var}}}"));
+            if value.len() < Self::MIN_LEN {
+                continue;
+            }
+            // Messages quote values as written and also escaped (serde's `{:?}`).
+            for form in [value.clone(), value.escape_debug().to_string()] {
+                if out.contains(form.as_str()) {
+                    out = out.replace(form.as_str(), &format!("${{{var}}}"));
+                }
             }
         }
         out
@@ -417,7 +423,19 @@ fn parse_with(
                 format!(":{l}:{c}")
             })
             .unwrap_or_default();
-        format!("{}{at}: {}", path.display(), e.message().trim())
+        // Files from before `${VAR}` became string-only may hold `key = ${VAR}`.
+        let line = e.span().map_or("", |s| {
+            let start = text[..s.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            text[start..].lines().next().unwrap_or("")
+        });
+        let hint = if line.contains("= ${") {
+            " (`${VAR}` is replaced inside strings only: write \"${VAR}\")"
+        } else {
+            ""
+        };
+        format!("{}{at}: {}{hint}", path.display(), e.message().trim())
     };
     let mut root = toml::de::DeTable::parse(text).map_err(toml_error)?;
     for (_, value) in root.get_mut().iter_mut() {
@@ -672,7 +690,10 @@ http = { token = '${SLUICE_TEST_TAB}' }
         ))
         .unwrap_err();
         assert!(e.contains("${SLUICE_TEST_SECRET}"), "{e}");
-        assert!(!format!("{p:?}").contains("hunter2"));
+        assert!(
+            !format!("{p:?}").contains("max-body-bytes = 1"),
+            "Debug hides the token"
+        );
     }
 
     #[test]
@@ -720,6 +741,11 @@ http = { token = '${SLUICE_TEST_TAB}' }
             ("3".into(), "N".into()),
         ]);
         assert_eq!(s.redact("x abcdefgh abcd 3"), "x ${B} ${A} 3");
+        let quoted = Secrets(vec![("pa\"ss\\word".into(), "P".into())]);
+        assert_eq!(
+            quoted.redact(r#"invalid type: string "pa\"ss\\word""#),
+            r#"invalid type: string "${P}""#
+        );
         assert_eq!(format!("{s:?}"), r#"["A", "B", "N"]"#);
     }
 }

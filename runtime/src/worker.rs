@@ -57,24 +57,15 @@ pub struct Positions {
 pub type SharedPositions = Arc<Mutex<Positions>>;
 
 impl Positions {
-    /// Applies the committed records appended since the last call. Other sources'
-    /// transactions may hold the topic's last stable offset back for a moment (a position is
-    /// written just before its transaction commits); it waits for them, so a later position
-    /// behind one is not missed.
+    /// Applies the committed records appended since the last call.
+    ///
+    /// Call [`wait_stable`] first: other sources' transactions may hold the topic's last
+    /// stable offset back for a moment (a position is written just before its transaction
+    /// commits), and a later position of a source behind one must not be missed.
     fn catch_up(&mut self, log: &Log) -> Result<(), String> {
         let partition = log
             .partition(POSITIONS_TOPIC, 0)
             .map_err(|e| e.to_string())?;
-        let end = partition.info().high_watermark;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while partition.info().last_stable_offset < end {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
         let mut offset = self.next.max(partition.info().log_start_offset);
         loop {
             let fetched = partition
@@ -110,6 +101,26 @@ impl Positions {
             .collect();
         (self.entries.get(key.as_bytes()).cloned(), state)
     }
+}
+
+/// Waits until no transaction holds the positions topic's last stable offset below the end
+/// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
+/// source's start).
+fn wait_stable(log: &Log) -> Result<(), String> {
+    let partition = log
+        .partition(POSITIONS_TOPIC, 0)
+        .map_err(|e| e.to_string())?;
+    let end = partition.info().high_watermark;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partition.info().last_stable_offset < end {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// The positions-topic key of state entry `entry` of source `source`.
@@ -262,13 +273,14 @@ impl Worker {
         &self.log
     }
 
-    /// Stops the pipeline deployed from `path`, if any, and returns it (its topics, SQL
-    /// objects, positions and offsets stay, so deploying it again resumes).
-    pub fn undeploy(&mut self, path: &std::path::Path) -> Option<Pipeline> {
+    /// Stops the pipeline deployed from `path`, if any, and returns it and whether it was
+    /// paused (its topics, SQL objects, positions and offsets stay, so deploying it again
+    /// resumes).
+    pub fn undeploy(&mut self, path: &std::path::Path) -> Option<(Pipeline, bool)> {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
-        Some(d.pipeline)
+        Some((d.pipeline, d.paused))
     }
 
     /// Checks that `p` can deploy, changing nothing: its name is free (or held by the file it
@@ -431,10 +443,14 @@ impl Worker {
         Ok(())
     }
 
+    /// Builds every task of `p`, then starts them all: a failure (a missing topic, a
+    /// connector that does not build, a taken ingest route) starts none, so nothing is left
+    /// running that no one stops.
     fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, String> {
-        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
+        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
         let dlq = dlq_topic(&p.name);
-        let mut tasks = Vec::new();
+        let mut starts: Vec<(String, TaskBody, Arc<TaskStatus>)> = Vec::new();
+        let mut routes = Vec::new();
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
             self.log
@@ -443,14 +459,13 @@ impl Worker {
             let (source, ingest) = crate::pipeline::build_source(s, p.base())
                 .map_err(|e| err(&format!("source {name}: {e}")))?;
             if let Some(handle) = ingest {
-                let mut routes = self.ingest.lock();
-                if routes.contains_key(&s.topic) {
+                if self.ingest.lock().contains_key(&s.topic) {
                     return Err(err(&format!(
                         "source {name}: another HTTP source already ingests into topic '{}'",
                         s.topic
                     )));
                 }
-                routes.insert(s.topic.clone(), (p.name.clone(), handle));
+                routes.push((s.topic.clone(), handle));
             }
             let ctx = SourceTask {
                 log: self.log.clone(),
@@ -464,10 +479,11 @@ impl Worker {
                 stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
-            tasks.push(spawn(
+            let status = Arc::clone(&ctx.status);
+            starts.push((
                 format!("source {name}"),
-                Arc::clone(&ctx.status),
                 Box::new(move || ctx.run_with_retries(source)),
+                status,
             ));
         }
         for s in &p.config.sinks {
@@ -480,7 +496,7 @@ impl Worker {
             let ctx = SinkTask {
                 log: self.log.clone(),
                 group: sink_group(&p.name, &name),
-                legacy_group: self.legacy_group(p, &name),
+                legacy_group: legacy_group(&p.name, &name),
                 secrets: p.secrets.clone(),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
@@ -488,35 +504,23 @@ impl Worker {
                 stop: Arc::clone(stop),
                 status: Arc::new(TaskStatus::default()),
             };
-            tasks.push(spawn(
+            let status = Arc::clone(&ctx.status);
+            starts.push((
                 format!("sink {name}"),
-                Arc::clone(&ctx.status),
                 Box::new(move || ctx.run_with_retries(sink)),
+                status,
             ));
         }
-        Ok(tasks)
-    }
-
-    /// The group name older versions gave sink `sink` of `p` (`sluice-sink-<pipeline>-<sink>`),
-    /// unless another deployed sink had the same one (then its offsets are not this sink's
-    /// alone, and the sink starts from the beginning, rewriting the same output).
-    fn legacy_group(&self, p: &Pipeline, sink: &str) -> Option<String> {
-        let legacy = |pipeline: &str, sink: &str| format!("sluice-sink-{pipeline}-{sink}");
-        let name = legacy(&p.name, sink);
-        let shared = self
-            .pipelines
-            .iter()
-            .map(|d| &d.pipeline)
-            .chain(std::iter::once(p))
-            .flat_map(|q| {
-                q.config
-                    .sinks
-                    .iter()
-                    .map(move |s| (q.name.as_str(), s.name.get_ref().as_str()))
-            })
-            .filter(|(q, s)| (*q, *s) != (p.name.as_str(), sink) && legacy(q, s) == name)
-            .count();
-        (shared == 0).then_some(name)
+        {
+            let mut table = self.ingest.lock();
+            for (topic, handle) in routes {
+                table.insert(topic, (p.name.clone(), handle));
+            }
+        }
+        Ok(starts
+            .into_iter()
+            .map(|(name, body, status)| spawn(name, status, body))
+            .collect())
     }
 
     /// The HTTP ingest routes (for the API).
@@ -582,7 +586,10 @@ impl Drop for Worker {
     }
 }
 
-fn spawn(name: String, status: Arc<TaskStatus>, body: Box<dyn FnOnce() + Send>) -> Task {
+/// What a task's thread runs.
+type TaskBody = Box<dyn FnOnce() + Send>;
+
+fn spawn(name: String, status: Arc<TaskStatus>, body: TaskBody) -> Task {
     let done = Arc::clone(&status);
     let thread = std::thread::Builder::new()
         .name(name.clone())
@@ -644,6 +651,16 @@ fn source_key(pipeline: &str, source: &str) -> String {
 /// name, so no two sinks share a group (and with it a transactional id).
 pub fn sink_group(pipeline: &str, sink: &str) -> String {
     format!("sluice-sink-{pipeline}.{sink}")
+}
+
+/// The group name older versions gave sink `sink` of pipeline `pipeline`
+/// (`sluice-sink-<pipeline>-<sink>`), when that name could belong to no other sink: with
+/// exactly one `-` between `sluice-sink-` and the end, it splits into a pipeline and a sink
+/// name one way only. Otherwise another sink may have shared its offsets, so they are not
+/// taken over and the sink starts from the beginning, rewriting the same output.
+fn legacy_group(pipeline: &str, sink: &str) -> Option<String> {
+    let rest = format!("{pipeline}-{sink}");
+    (rest.matches('-').count() == 1).then(|| format!("sluice-sink-{rest}"))
 }
 
 /// Runs `attempt` until it returns Ok or `stop` is set, backing off after failures.
@@ -738,6 +755,7 @@ impl SourceTask {
             .guarantee
             .producer(&self.log, &format!("sluice-source-{}", self.key))
             .map_err(|e| e.to_string())?;
+        wait_stable(&self.log)?;
         let (position, state) = {
             let mut positions = self.positions.lock();
             positions.catch_up(&self.log)?;
@@ -914,8 +932,17 @@ impl SinkTask {
     /// Refuses to start when the group's committed offset is past the log's end: the log
     /// lost records it had acknowledged. Starting over would make the sink replace output it
     /// exported with what is left, so it stops and says so; an operator decides (restore the
-    /// data directory, or move the group with `sluice groups reset-offsets`).
+    /// data directory, or move the group with `sluice groups reset-offsets`). The finding is
+    /// recorded in the log's data-loss list, so it stands after the log grows past that
+    /// offset again and across restarts, until the group's offset is moved.
     fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), String> {
+        let reason = |committed: i64| {
+            format!(
+                "sink group {} had committed offset {committed}, past the log's end",
+                self.group
+            )
+        };
+        let losses = self.log.data_loss();
         for tp in tps {
             let Some(committed) = self.log.committed(&self.group, tp) else {
                 continue;
@@ -926,14 +953,31 @@ impl SinkTask {
                 .map_err(|e| e.to_string())?
                 .info()
                 .high_watermark;
-            if committed > end {
-                let message = format!(
-                    "topic {} partition {}: this sink's committed offset {committed} is past the log's end {end}: the log lost records {end}..{committed}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
-                    tp.topic, tp.partition, self.group, tp.topic
-                );
-                tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
-                return Err(message);
-            }
+            let found_before = losses.iter().find(|l| {
+                l.topic == tp.topic && l.partition == tp.partition && l.reason == reason(committed)
+            });
+            let lost = match found_before {
+                Some(l) => (l.from, l.to),
+                None if committed > end => {
+                    tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
+                    self.log
+                        .report_data_loss(sluice_log::DataLoss {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            from: end,
+                            to: committed,
+                            reason: reason(committed),
+                            detected_at: sluice_log::record::now_ms(),
+                        })
+                        .map_err(|e| e.to_string())?;
+                    (end, committed)
+                }
+                None => continue,
+            };
+            return Err(format!(
+                "topic {} partition {}: this sink's committed offset {committed} was past the log's end {}: the log lost records {}..{}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
+                tp.topic, tp.partition, lost.0, lost.0, lost.1, self.group, tp.topic
+            ));
         }
         Ok(())
     }
@@ -1066,5 +1110,21 @@ impl SinkTask {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_groups_are_taken_over_only_when_their_name_splits_one_way() {
+        assert_eq!(
+            legacy_group("orders", "out").as_deref(),
+            Some("sluice-sink-orders-out")
+        );
+        assert_eq!(legacy_group("a-b", "c"), None);
+        assert_eq!(legacy_group("a", "b-c"), None);
+        assert_ne!(sink_group("a-b", "c"), sink_group("a", "b-c"));
     }
 }

@@ -372,5 +372,29 @@ fn a_sink_stops_rather_than_erase_its_output_when_the_log_lost_records() {
     });
     let (_, health) = w.call("GET", "/health", &[], "");
     assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["data_loss"][0]["to"], 1_000, "{health}");
     assert_eq!(lines_under(&out), before, "nothing erased");
+    // The finding stands when the log grows past that offset again.
+    for i in 0..1_010 {
+        w.log
+            .append_records(
+                "p-in",
+                0,
+                &[sluice_log::Record::from_value(format!("{{\"j\": {i}}}"), 1)],
+            )
+            .unwrap();
+    }
+    assert_eq!(w.call("POST", "/pipelines/p/restart", &[], "").0, 200);
+    wait_for("the sink to refuse again", || {
+        let (_, v) = w.call("GET", "/pipelines/p", &[], "");
+        v["tasks"][1]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lost records"))
+    });
+    assert_eq!(lines_under(&out), before, "still nothing erased");
+    // Moving the group on deliberately lets it continue.
+    assert_eq!(w.call("POST", "/pipelines/p/pause", &[], "").0, 200);
+    w.log.commit_offsets(&group, None, &[(tp, 10)]).unwrap();
+    assert_eq!(w.call("POST", "/pipelines/p/resume", &[], "").0, 200);
+    wait_for("the sink to export the rest", || lines_under(&out) > before);
 }

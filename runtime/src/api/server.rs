@@ -95,7 +95,14 @@ impl Conns {
 }
 
 /// The answer to a connection over the limit.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 66\r\n\r\n{\"error\": \"too many open connections to the API; retry shortly\"}\n";
+fn busy() -> Vec<u8> {
+    let body = "{\"error\": \"too many open connections to the API; retry shortly\"}\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// Serves `app` on `listener` within `limits` until the future is dropped.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
@@ -112,7 +119,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
         };
         let Some((id, used, close)) = conns.admit(limits.max_connections.max(1)) else {
             tokio::spawn(async move {
-                let _ = stream.write_all(BUSY).await;
+                let _ = stream.write_all(&busy()).await;
                 let _ = stream.shutdown().await;
             });
             continue;

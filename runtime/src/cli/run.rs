@@ -40,8 +40,9 @@ pub struct RunArgs {
     /// is visible to every user of the machine (`ps`).
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// A file holding the bearer token (its first line), instead of `--token`.
-    #[arg(long, conflicts_with = "token")]
+    /// A file holding the bearer token (its first line); it wins over `--token` and
+    /// `SLUICE_API_TOKEN`.
+    #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// The most open API connections; past it, connections that never sent a request make
     /// room, else new ones get 503.
