@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use sluice_log::TopicPartition;
 use sluice_runtime::api::{ApiState, Limits, serve};
 use sluice_runtime::worker::sink_group;
@@ -397,4 +398,44 @@ fn a_sink_stops_rather_than_erase_its_output_when_the_log_lost_records() {
     w.log.commit_offsets(&group, None, &[(tp, 10)]).unwrap();
     assert_eq!(w.call("POST", "/pipelines/p/resume", &[], "").0, 200);
     wait_for("the sink to export the rest", || lines_under(&out) > before);
+}
+
+#[test]
+fn the_api_token_can_come_from_a_file_instead_of_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("pipelines")).unwrap();
+    std::fs::write(d.join("token"), "from-a-file\n").unwrap();
+    let mut child = std::process::Command::new(crate::cli::sluice_bin())
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
+        .arg(d.join("pipelines"))
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .env_remove("SLUICE_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut base = String::new();
+    wait_for("the worker's address", || {
+        let text = std::fs::read_to_string(d.join("data/worker.json")).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        base = v["api"].as_str().unwrap_or("").to_string();
+        !base.is_empty()
+    });
+    let http = reqwest::blocking::Client::new();
+    let status = |auth: Option<&str>| {
+        let mut r = http.get(format!("{base}/pipelines"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    let unauthenticated = status(None);
+    let with_token = status(Some("bearer from-a-file"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((unauthenticated, with_token), (401, 200));
 }
