@@ -504,6 +504,9 @@ struct OpenFile {
 pub struct FileSink {
     config: FileSinkConfig,
     dir: PathBuf,
+    /// The folder exists: it is created at the first write, so building a sink (to check a
+    /// pipeline) leaves nothing behind.
+    dir_ready: bool,
     open: BTreeMap<u32, OpenFile>,
     durable: Durable,
     written: Durable,
@@ -521,10 +524,10 @@ impl FileSink {
             ));
         }
         let dir = base.join(&config.path);
-        std::fs::create_dir_all(&dir).map_err(|e| ConnectorError::io("create", &dir, e))?;
         Ok(FileSink {
             config,
             dir,
+            dir_ready: false,
             open: BTreeMap::new(),
             durable: Durable::new(),
             written: Durable::new(),
@@ -636,6 +639,11 @@ impl FileSink {
 
 impl Sink for FileSink {
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {
+        if !self.dir_ready && !records.is_empty() {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| ConnectorError::io("create", &self.dir, e))?;
+            self.dir_ready = true;
+        }
         for r in records {
             if !self.open.contains_key(&r.partition) {
                 let f = self.resume(&r.topic, r)?;
@@ -698,9 +706,11 @@ impl Sink for FileSink {
                 .map_err(|e| ConnectorError::io("write", &index, e))?;
             f.next = next;
         }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ConnectorError::io("fsync", &self.dir, e))?;
+        if self.dir_ready {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| ConnectorError::io("fsync", &self.dir, e))?;
+        }
         self.durable = self.written.clone();
         Ok(self.durable.clone())
     }

@@ -731,6 +731,14 @@ http = { token = '${SLUICE_TEST_TAB}' }
             let e = build_check(&p).unwrap_err();
             assert!(e.contains(expect) && e.contains("v.toml:"), "{text}: {e}");
         }
+        // A check that passes leaves nothing behind (no output folder).
+        let f = write(
+            dir.path(),
+            "ok.toml",
+            "[[sinks]]\nname = \"out\"\ntopic = \"t\"\nfile = { path = \"made-by-check\" }\n",
+        );
+        build_check(&load(&f).unwrap()).unwrap();
+        assert!(!dir.path().join("made-by-check").exists());
     }
 
     #[test]
