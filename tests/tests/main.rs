@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod common;
 mod crash;
+mod hardening_sql;
 mod log_crash;
 mod log_groups;
 mod log_topics;
