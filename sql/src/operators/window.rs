@@ -99,7 +99,7 @@ fn human(d: Duration) -> String {
         ("MINUTES", 60_000),
         ("SECONDS", 1_000),
     ] {
-        if ms >= per && ms % per == 0 {
+        if ms >= per && ms.is_multiple_of(per) {
             return format!("{} {unit}", ms / per);
         }
     }
