@@ -1249,12 +1249,12 @@ mod tests {
                     ))
                     .unwrap_err();
                 assert!(matches!(err, SqlError::TooDeep { limit: 256, .. }), "{err}");
-                // Evaluated per record on the query's own thread.
+                // At the limit, evaluated per record on the query's own (2 MiB) thread.
                 let ands = vec!["a > 0"; 120].join(" AND ");
                 let parens = format!("{}a{}", "(".repeat(100), ")".repeat(100));
                 e.execute(&format!(
-                    "CREATE STREAM t AS SELECT id, {parens}{} AS a FROM s WHERE {ands}",
-                    "+1".repeat(150)
+                    "CREATE STREAM t AS SELECT id, a{} AS a, {parens} AS b FROM s WHERE {ands}",
+                    "+1".repeat(255)
                 ))
                 .unwrap();
                 assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());

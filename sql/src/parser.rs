@@ -202,6 +202,8 @@ fn check_token_nesting(tokens: &[TokenWithSpan]) -> Result<()> {
 #[derive(Default)]
 struct DepthCheck {
     depth: usize,
+    /// Queries entered: the statement's own does not count as a level, subqueries do.
+    queries: usize,
 }
 
 impl DepthCheck {
@@ -235,14 +237,24 @@ impl Visitor for DepthCheck {
         &mut self,
         _: &datafusion::sql::sqlparser::ast::Query,
     ) -> ControlFlow<Self::Break> {
-        self.enter(None)
+        self.queries += 1;
+        if self.queries > 1 {
+            self.enter(None)
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 
     fn post_visit_query(
         &mut self,
         _: &datafusion::sql::sqlparser::ast::Query,
     ) -> ControlFlow<Self::Break> {
-        self.leave()
+        self.queries = self.queries.saturating_sub(1);
+        if self.queries > 0 {
+            self.leave()
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 }
 
