@@ -5,7 +5,8 @@
 //! client:
 //!
 //! - every physical `+ - *` is rebuilt with DataFusion's `fail_on_overflow` (integers and
-//!   decimals then use arrow's checked kernels; integer `/` and `%` by zero already fail);
+//!   decimals then use arrow's checked kernels; integer `/` and `%` by zero already fail),
+//!   and an integer's unary minus becomes a checked `0 - x`;
 //! - floating-point `+ - * / %` are wrapped in [`CheckedFloat`], which fails on a result
 //!   that is not finite (inputs decoded from records are finite: JSON has no infinity);
 //! - constant arithmetic is evaluated, checked, when a query is planned
@@ -24,7 +25,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlan, Operator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::BinaryExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
 use datafusion::physical_expr_common::physical_expr::fmt_sql;
 
 use crate::error::{Result, SqlError};
@@ -51,6 +52,18 @@ pub fn physical_expr(
 /// Rebuilds the arithmetic of a physical expression over `schema` as checked arithmetic.
 pub fn checked(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
     let rebuilt = expr.transform_up(|e| {
+        if let Some(n) = e.downcast_ref::<NegativeExpr>() {
+            // `-x` wraps (`neg_wrapping`): for signed integers it becomes a checked `0 - x`.
+            let t = n.arg().data_type(schema)?;
+            if !t.is_signed_integer() {
+                return Ok(Transformed::no(e));
+            }
+            let zero: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::new_zero(&t)?));
+            return Ok(Transformed::yes(Arc::new(
+                BinaryExpr::new(zero, Operator::Minus, Arc::clone(n.arg()))
+                    .with_fail_on_overflow(true),
+            )));
+        }
         let Some(b) = e.downcast_ref::<BinaryExpr>() else {
             return Ok(Transformed::no(e));
         };
@@ -362,6 +375,10 @@ mod tests {
         assert!(e.contains("Arithmetic overflow"), "{e}");
         let e = run("1.0 / x").unwrap_err().to_string();
         assert!(e.contains("Divide by zero error in 1 / x"), "{e}");
+        let e = run("-(a - 9223372036854775807 - 2)")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Arithmetic overflow"), "{e}");
         let e = run("a / (b - b)").unwrap_err().to_string();
         assert!(e.contains("Divide by zero"), "{e}");
         // NULLs stay NULL; in-range rows pass.
