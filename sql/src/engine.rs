@@ -29,6 +29,19 @@ use crate::runner::{QueryManager, RunnerConfig};
 use crate::types::sql_name;
 use sluice_state::{StateConfig, StateEnv};
 
+/// Stack a statement is planned on. DataFusion's planning recurses once per expression level
+/// with frames of up to ~8 KiB in debug builds (`ExprSchemable::to_field`), so an expression
+/// at the depth limit ([`crate::parser::MAX_EXPR_DEPTH`]) needs about 2 MiB: more than the
+/// 2 MiB a tokio blocking thread (the API) or a spawned thread has in all.
+const STATEMENT_STACK: usize = 16 << 20;
+
+/// Runs `f` on a stack with at least [`STATEMENT_STACK`] / 2 free: on the current one if it
+/// has that much left, else on a fresh one of [`STATEMENT_STACK`] (mapped, not committed, so
+/// cheap for a statement).
+fn with_statement_stack<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(STATEMENT_STACK / 2, STATEMENT_STACK, f)
+}
+
 /// What a statement returns.
 #[derive(Debug)]
 pub enum Output {
@@ -104,10 +117,19 @@ impl Engine {
     /// source (read_committed); false on timeout. For tests, benchmarks and scripts that
     /// must see a query's results.
     pub fn wait_caught_up(&self, timeout: Duration) -> Result<bool> {
+        with_statement_stack(|| self.wait_caught_up_inner(timeout))
+    }
+
+    fn wait_caught_up_inner(&self, timeout: Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
         // (query id, its group, its source topic), planned once.
         let mut watched = Vec::new();
         for q in self.catalog.queries() {
+            // A query that is not running (it could not start, or was not started) has
+            // nothing to catch up on, and may no longer compile.
+            if !self.queries.is_running(&q.id) {
+                continue;
+            }
             let select = match crate::parse_one(&q.statement)? {
                 Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => {
                     select
@@ -165,11 +187,17 @@ impl Engine {
         &self.queries
     }
 
-    /// Starts the catalog's persistent queries that are not running (those that fail to
-    /// start are logged). A worker opens the engine without starting them, deploys its
-    /// pipelines (which start their queries with their settings), then calls this for the
-    /// rest.
+    /// Starts the catalog's persistent queries that are not running. One that fails to
+    /// start (its statement no longer compiles, e.g. a window outside today's bounds created
+    /// by an older version) is logged and shown as FAILED with the reason in `SHOW QUERIES`;
+    /// it stays in the catalog, not running, so that `TERMINATE` (then `DROP`) works on it.
+    /// A worker opens the engine without starting them, deploys its pipelines (which start
+    /// their queries with their settings), then calls this for the rest.
     pub fn start_queries(&mut self) {
+        with_statement_stack(|| self.start_stopped_queries());
+    }
+
+    fn start_stopped_queries(&mut self) {
         let defs: Vec<QueryDef> = self
             .catalog
             .queries()
@@ -178,12 +206,26 @@ impl Engine {
             .collect();
         for def in defs {
             if let Err(e) = self.start_query(&def) {
-                tracing::error!(query = %def.id, error = %e, "A persistent query could not start.");
+                tracing::error!(query = %def.id, error = %e, "A persistent query could not start; it stays stopped (FAILED in SHOW QUERIES) until TERMINATE removes it.");
             }
         }
     }
 
+    /// Starts a stored query; a failure is remembered (with the reason) for SHOW QUERIES.
     fn start_query(&mut self, def: &QueryDef) -> Result<()> {
+        match self.try_start_query(def) {
+            Ok(()) => {
+                self.queries.clear_failed(&def.id);
+                Ok(())
+            }
+            Err(e) => {
+                self.queries.set_failed(&def.id, e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn try_start_query(&mut self, def: &QueryDef) -> Result<()> {
         let select = match crate::parse_one(&def.statement)? {
             Statement::CreateAs { select, .. } | Statement::InsertSelect { select, .. } => select,
             other => {
@@ -216,6 +258,14 @@ impl Engine {
     }
 
     fn execute_inner(&mut self, sql: &str, config: Option<&RunnerConfig>) -> Result<Vec<Output>> {
+        with_statement_stack(|| self.execute_statements(sql, config))
+    }
+
+    fn execute_statements(
+        &mut self,
+        sql: &str,
+        config: Option<&RunnerConfig>,
+    ) -> Result<Vec<Output>> {
         let statements = crate::parse(sql)?;
         let texts = split_statement_texts(sql);
         let mut out = Vec::with_capacity(statements.len());
@@ -353,6 +403,7 @@ impl Engine {
                 };
                 for id in &ids {
                     self.queries.stop(id);
+                    self.queries.clear_failed(id);
                     self.catalog.remove_query(id)?;
                     self.drop_query_state(id)?;
                 }
@@ -605,7 +656,10 @@ impl Engine {
                 .queries()
                 .map(|q| {
                     let (status, counts) = match self.queries.stats(&q.id) {
-                        None => ("NOT RUNNING".to_string(), String::new()),
+                        None => match self.queries.failure(&q.id) {
+                            Some(reason) => (format!("FAILED: {reason}"), String::new()),
+                            None => ("NOT RUNNING".to_string(), String::new()),
+                        },
                         Some(s) => (
                             match s.error.lock().clone() {
                                 Some(e) => format!("ERROR: {e}"),
@@ -984,9 +1038,14 @@ fn evaluate_row(
     };
     let mut query: Query = *template.query;
     if let SetExpr::Select(select) = query.body.as_mut() {
+        // Aliased: DataFusion refuses two unnamed items with the same text (`VALUES (0, 0)`).
         select.projection = row
             .iter()
-            .map(|e| SelectItem::UnnamedExpr(e.clone()))
+            .enumerate()
+            .map(|(i, e)| SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: datafusion::sql::sqlparser::ast::Ident::new(format!("value_{i}")),
+            })
             .collect();
     }
     let plan = planner.logical_plan(&query)?;
@@ -1007,8 +1066,11 @@ fn evaluate_row(
         .map(|(_, t, _)| new_null_array(t, 1))
         .collect();
     for (expr, name) in p.expr.iter().zip(names) {
-        let physical = state.create_physical_expr(expr.clone(), p.input.schema())?;
-        let value = physical.evaluate(&one_row)?.into_array(1)?;
+        let physical = crate::checked::physical_expr(&state, expr, p.input.schema())?;
+        let value = physical
+            .evaluate(&one_row)
+            .and_then(|v| v.into_array(1))
+            .map_err(|e| SqlError::Invalid(format!("column {name}: {}", SqlError::from(e))))?;
         let i = columns.iter().position(|c| &c.0 == name).unwrap_or(0);
         out[i] = datafusion::arrow::compute::cast_with_options(
             &value,
@@ -1162,6 +1224,126 @@ mod tests {
             matches!(&e.execute("DROP STREAM s DELETE TOPIC").unwrap()[0], Output::Message(m) if m.contains("dropped"))
         );
         assert!(e.execute("DESCRIBE s").is_err());
+    }
+
+    /// Statements just inside the depth limit run end to end (parse, plan, evaluate, start a
+    /// persistent query, drop) on a thread with a worker's 2 MiB stack; just outside, the
+    /// error names the limit and the engine goes on.
+    #[test]
+    fn deep_statements_run_or_are_refused_on_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let (_d, mut e) = engine();
+                e.execute(
+                    "CREATE STREAM s (id VARCHAR KEY, a BIGINT) WITH (topic='s', partitions=1)",
+                )
+                .unwrap();
+                let sum = |n: usize| vec!["1"; n].join("+");
+                e.execute(&format!("INSERT INTO s (id, a) VALUES ('q', {})", sum(255)))
+                    .unwrap();
+                let err = e
+                    .execute(&format!(
+                        "INSERT INTO s (id, a) VALUES ('q', {})",
+                        sum(2_000)
+                    ))
+                    .unwrap_err();
+                assert!(matches!(err, SqlError::TooDeep { limit: 256, .. }), "{err}");
+                // At the limit, evaluated per record on the query's own (2 MiB) thread.
+                let ands = vec!["a > 0"; 120].join(" AND ");
+                let parens = format!("{}a{}", "(".repeat(100), ")".repeat(100));
+                e.execute(&format!(
+                    "CREATE STREAM t AS SELECT id, a{} AS a, {parens} AS b FROM s WHERE {ands}",
+                    "+1".repeat(255)
+                ))
+                .unwrap();
+                assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+                let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+                assert!(
+                    queries.contains("RUNNING") && queries.contains("in 1 / out 1"),
+                    "{queries}"
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn insert_values_refuses_overflow_and_division_by_zero() {
+        let (_d, mut e) = engine();
+        e.execute("CREATE STREAM s (id VARCHAR KEY, a BIGINT, x DOUBLE, i INT) WITH (topic='s', partitions=1)")
+            .unwrap();
+        for (values, expected) in [
+            (
+                "('q', 9223372036854775807 + 1, 0, 0)",
+                "Arithmetic overflow",
+            ),
+            ("('q', 0, 1.0 / 0, 0)", "Divide by zero"),
+            ("('q', 1 / 0, 0, 0)", "Divide by zero"),
+            ("('q', 0, 0, 2147483647 + 1)", "column i"),
+        ] {
+            let err = e
+                .execute(&format!("INSERT INTO s (id, a, x, i) VALUES {values}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{values}: {err}");
+        }
+        let topic = e.log.describe_topic("s").unwrap();
+        assert_eq!(topic.partitions[0].log_end_offset, 0, "nothing was written");
+        e.execute("INSERT INTO s (id, a, x, i) VALUES ('q', 9223372036854775806 + 1, 7.0 / 2, 1)")
+            .unwrap();
+    }
+
+    /// A persistent query stored by an older version, outside today's window bounds, is not
+    /// started (it would exhaust memory again at every start): SHOW QUERIES says FAILED and
+    /// why, and TERMINATE and DROP still work.
+    #[test]
+    fn a_stored_query_outside_the_window_bounds_fails_to_start_and_terminates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        {
+            let mut e = Engine::open(&log).unwrap();
+            e.execute(
+                "CREATE STREAM s (id VARCHAR KEY, k VARCHAR) WITH (topic='s', partitions=1);
+                 INSERT INTO s (id, k) VALUES ('1', 'a');
+                 CREATE TABLE c AS SELECT k, COUNT(*) AS n FROM s WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 1 MINUTE) GROUP BY k;",
+            )
+            .unwrap();
+            let err = e
+                .execute("CREATE TABLE d AS SELECT k, COUNT(*) AS n FROM s WINDOW HOPPING (SIZE 10 MINUTES, ADVANCE BY 1 MILLISECONDS) GROUP BY k")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("600000 windows; the limit is 100"), "{err}");
+            assert!(e.catalog().get("d").is_err(), "nothing was created");
+        }
+        // What an older version without the bound would have stored.
+        let mut catalog = Catalog::open(&log).unwrap();
+        let id = catalog.queries().next().unwrap().id.clone();
+        let mut def = catalog.remove_query(&id).unwrap();
+        def.statement = def
+            .statement
+            .replace("ADVANCE BY 1 MINUTE", "ADVANCE BY 1 MILLISECONDS");
+        catalog.add_query(def).unwrap();
+        drop(catalog);
+
+        let mut e = Engine::open(&log).unwrap();
+        assert!(!e.queries().is_running(&id));
+        let failure = e.queries().failure(&id).unwrap().to_string();
+        assert!(failure.contains("the limit is 100"), "{failure}");
+        let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+        assert!(queries.contains("FAILED: HOPPING window"), "{queries}");
+        assert!(e.wait_caught_up(Duration::from_secs(5)).unwrap());
+        let err = e.execute("DROP TABLE c").unwrap_err().to_string();
+        assert!(
+            err.contains(&id),
+            "DROP is refused while the query exists: {err}"
+        );
+        e.execute(&format!("TERMINATE {id}")).unwrap();
+        assert!(e.queries().failure(&id).is_none());
+        e.execute("DROP TABLE c DELETE TOPIC").unwrap();
+        let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+        assert!(!queries.contains(&id), "{queries}");
     }
 
     #[test]

@@ -13,6 +13,22 @@ pub enum SqlError {
         /// 1-based column.
         column: u64,
     },
+    /// A statement that nests expressions deeper than Sluice evaluates: each level costs
+    /// stack in parsing, planning and evaluation, so the depth is bounded
+    /// ([`crate::parser::MAX_EXPR_DEPTH`]) rather than left to overflow a thread's stack.
+    #[error(
+        "expression too deeply nested at line {line}, column {column}: more than {limit} {what}; split it into smaller expressions (a long OR chain of equalities is an IN list)"
+    )]
+    TooDeep {
+        /// What was counted: "nested levels" or "nested operators and parentheses".
+        what: &'static str,
+        /// The limit passed.
+        limit: usize,
+        /// 1-based line where the limit was passed.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+    },
     /// A stream, table or query that does not exist.
     #[error("unknown {kind} '{name}'")]
     Unknown {

@@ -21,6 +21,7 @@
 //!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
 //! - [`operators`]: the streaming operators, one file each (stateless, window, aggregate).
+//! - [`checked`]: arithmetic that fails on overflow and division by zero instead of wrapping.
 //! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning.
 //! - [`ast`]: the statements of the dialect (standard SQL parts are `sqlparser` ASTs).
 //! - [`parser`]: text to statements, with line and column in every error.
@@ -31,6 +32,7 @@
 
 pub mod ast;
 pub mod catalog;
+pub mod checked;
 pub mod engine;
 pub mod error;
 pub mod format;

@@ -69,6 +69,12 @@ impl Planner {
         // Planning only resolves tables registered in memory: nothing here awaits IO, so a
         // local executor is enough and the planner stays usable outside a tokio runtime.
         let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
+        // Before the optimizer folds constants with wrapping arithmetic.
+        let analyzed =
+            state
+                .analyzer()
+                .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
+        crate::checked::check_constants(&state, &analyzed)?;
         Ok(state.optimize(&plan)?)
     }
 
@@ -80,9 +86,12 @@ impl Planner {
             SqlStatement::Query(Box::new(query.clone())),
         ));
         let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
-        Ok(state
-            .analyzer()
-            .execute_and_check(plan, state.config_options(), |_, _| {})?)
+        let analyzed =
+            state
+                .analyzer()
+                .execute_and_check(plan, state.config_options(), |_, _| {})?;
+        crate::checked::check_constants(&state, &analyzed)?;
+        Ok(analyzed)
     }
 
     /// The session state (for building physical expressions).

@@ -359,6 +359,12 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         }
         body.projection = items;
     }
+    // Checked here rather than in the parser so that a stored query outside the bounds
+    // (created before they existed) still loads from the catalog, refuses to start with the
+    // reason, and can be terminated.
+    if let Some(spec) = &select.window {
+        crate::operators::window::validate(spec)?;
+    }
     let windows = select.window.as_ref().map(Windows::new);
     if windows.is_some() {
         let SetExpr::Select(body) = query.body.as_mut() else {

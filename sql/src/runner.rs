@@ -137,6 +137,9 @@ pub struct QueryManager {
     /// Per-query settings (from the pipeline that declares the query), over `config`.
     overrides: BTreeMap<String, RunnerConfig>,
     running: BTreeMap<String, Handle>,
+    /// Queries that could not start, with the reason (shown as FAILED until they start or
+    /// are terminated).
+    failed: BTreeMap<String, String>,
 }
 
 impl QueryManager {
@@ -148,6 +151,7 @@ impl QueryManager {
             config,
             overrides: BTreeMap::new(),
             running: BTreeMap::new(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -229,6 +233,21 @@ impl QueryManager {
         for id in ids {
             self.stop(&id);
         }
+    }
+
+    /// Records that the query `id` could not start, and why.
+    pub fn set_failed(&mut self, id: &str, reason: String) {
+        self.failed.insert(id.to_string(), reason);
+    }
+
+    /// Forgets a start failure (the query started, or was terminated).
+    pub fn clear_failed(&mut self, id: &str) {
+        self.failed.remove(id);
+    }
+
+    /// Why the query `id` could not start, if it could not.
+    pub fn failure(&self, id: &str) -> Option<&str> {
+        self.failed.get(id).map(String::as_str)
     }
 
     /// The counters of a running query.

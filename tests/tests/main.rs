@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod hardening;
 mod hardening_log;
+mod hardening_sql;
 mod log_crash;
 mod log_groups;
 mod log_topics;

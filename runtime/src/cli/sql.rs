@@ -65,6 +65,16 @@ impl SqlArgs {
             },
         )
         .map_err(sql_err)?;
+        // A stored query that cannot start (e.g. created by an older version outside today's
+        // bounds) stays stopped; say so where the user looks, with the way out.
+        for q in engine.catalog().queries() {
+            if let Some(reason) = engine.queries().failure(&q.id) {
+                eprintln!(
+                    "note: query {} could not start: {reason}; `TERMINATE {}` removes it",
+                    q.id, q.id
+                );
+            }
+        }
         let interrupted = Arc::new(AtomicBool::new(false));
         {
             let flag = Arc::clone(&interrupted);

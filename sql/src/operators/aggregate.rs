@@ -119,7 +119,7 @@ impl AggregatePlan {
             if ws != Some(i) && we != Some(i) {
                 key_types.push(t);
             }
-            group.push(state.create_physical_expr(e.clone(), input_schema)?);
+            group.push(crate::checked::physical_expr(state, e, input_schema)?);
         }
         let window_pos = match (windows, ws, we) {
             (None, _, _) => None,
@@ -184,7 +184,7 @@ impl AggregatePlan {
                 .field(agg.group_expr.len() + i)
                 .data_type()
                 .clone();
-            args.push(state.create_physical_expr(arg, input_schema)?);
+            args.push(crate::checked::physical_expr(state, &arg, input_schema)?);
             specs.push(AggSpec {
                 kind,
                 input,

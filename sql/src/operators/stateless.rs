@@ -95,15 +95,17 @@ impl Stateless {
                     let exprs = p
                         .expr
                         .iter()
-                        .map(|e| state.create_physical_expr(e.clone(), input_schema))
-                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                        .map(|e| crate::checked::physical_expr(state, e, input_schema))
+                        .collect::<Result<Vec<_>>>()?;
                     stages.push(Stage::Project(exprs, Arc::clone(p.schema.inner())));
                     node = &p.input;
                 }
                 LogicalPlan::Filter(f) => {
-                    stages.push(Stage::Filter(
-                        state.create_physical_expr(f.predicate.clone(), f.input.schema())?,
-                    ));
+                    stages.push(Stage::Filter(crate::checked::physical_expr(
+                        state,
+                        &f.predicate,
+                        f.input.schema(),
+                    )?));
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(a) => node = &a.input,

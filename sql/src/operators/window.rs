@@ -10,7 +10,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::ast::{WindowKind, WindowSpec};
-use crate::error::Result;
+use crate::error::{Result, SqlError};
 
 /// The column holding a window's start (ms, inclusive).
 pub const WINDOWSTART: &str = "windowstart";
@@ -19,6 +19,92 @@ pub const WINDOWEND: &str = "windowend";
 
 /// ksqlDB's default grace period when a window gives none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// At most this many hopping windows per record (`SIZE / ADVANCE BY`, rounded up). Every
+/// record is copied into each window it belongs to, so the ratio multiplies the rows, state
+/// updates and memory of a batch: `SIZE 10 MINUTES, ADVANCE BY 1 MILLISECONDS` made 600,000
+/// rows per record and exhausted memory. Kafka Streams and ksqlDB only require
+/// `0 < ADVANCE BY <= SIZE`; 100 keeps a full poll (8,192 records) under a million rows and
+/// allows the usual shapes (an hour every minute is 60, a day every 15 minutes 96).
+pub const MAX_WINDOWS_PER_RECORD: u64 = 100;
+
+/// The longest window SIZE, session gap, GRACE PERIOD and RETENTION: a year. Longer
+/// windows are not streaming aggregates any more, and the bound keeps window arithmetic
+/// on milliseconds far from overflowing.
+pub const MAX_WINDOW_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Checks a window clause against the bounds above: durations positive where they must
+/// be and at most [`MAX_WINDOW_DURATION`], `ADVANCE BY` at most `SIZE`, at most
+/// [`MAX_WINDOWS_PER_RECORD`] hopping windows per record. The parser calls it, so a
+/// statement outside them is refused when it is created and when a stored query is loaded.
+pub fn validate(spec: &WindowSpec) -> Result<()> {
+    let invalid = |m: String| Err(SqlError::Invalid(m));
+    let (kind, size) = match spec.kind {
+        WindowKind::Tumbling { size } => ("TUMBLING window: SIZE", size),
+        WindowKind::Hopping { size, .. } => ("HOPPING window: SIZE", size),
+        WindowKind::Session { gap } => ("SESSION window: the gap", gap),
+    };
+    if size.is_zero() {
+        return invalid(format!("{kind} must be more than zero"));
+    }
+    let too_long = |what: &str, d: Duration| {
+        invalid(format!(
+            "{what} ({}) is longer than the limit of {} days",
+            human(d),
+            MAX_WINDOW_DURATION.as_secs() / 86_400
+        ))
+    };
+    if size > MAX_WINDOW_DURATION {
+        return too_long(kind, size);
+    }
+    if let Some(g) = spec.grace.filter(|g| *g > MAX_WINDOW_DURATION) {
+        return too_long("GRACE PERIOD", g);
+    }
+    if let Some(r) = spec.retention.filter(|r| *r > MAX_WINDOW_DURATION) {
+        return too_long("RETENTION", r);
+    }
+    if let WindowKind::Hopping { size, advance } = spec.kind {
+        if advance.is_zero() || advance > size {
+            return invalid(format!(
+                "HOPPING window: ADVANCE BY ({}) must be more than zero and at most SIZE ({})",
+                human(advance),
+                human(size)
+            ));
+        }
+        let per_record = size.as_millis().div_ceil(advance.as_millis().max(1));
+        if per_record > u128::from(MAX_WINDOWS_PER_RECORD) {
+            return invalid(format!(
+                "HOPPING window: SIZE {} with ADVANCE BY {} puts every record in {per_record} windows; the limit is {MAX_WINDOWS_PER_RECORD} (make ADVANCE BY at least {})",
+                human(size),
+                human(advance),
+                human(Duration::from_millis(
+                    u64::try_from(
+                        size.as_millis()
+                            .div_ceil(u128::from(MAX_WINDOWS_PER_RECORD))
+                    )
+                    .unwrap_or(u64::MAX)
+                ))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A duration as the window clause writes it (`90 SECONDS`, `250 MILLISECONDS`).
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("DAYS", 86_400_000u128),
+        ("HOURS", 3_600_000),
+        ("MINUTES", 60_000),
+        ("SECONDS", 1_000),
+    ] {
+        if ms >= per && ms.is_multiple_of(per) {
+            return format!("{} {unit}", ms / per);
+        }
+    }
+    format!("{ms} MILLISECONDS")
+}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -176,6 +262,70 @@ mod tests {
         assert_eq!(out, vec![(5, 15), (10, 20)]);
         h.assign(10, &mut out);
         assert_eq!(out, vec![(5, 15), (10, 20)]);
+    }
+
+    fn hopping(size_ms: u64, advance_ms: u64) -> WindowSpec {
+        WindowSpec {
+            kind: WindowKind::Hopping {
+                size: Duration::from_millis(size_ms),
+                advance: Duration::from_millis(advance_ms),
+            },
+            grace: None,
+            retention: None,
+        }
+    }
+
+    fn refused(spec: &WindowSpec) -> String {
+        match validate(spec) {
+            Err(SqlError::Invalid(m)) => m,
+            other => panic!("expected {spec:?} to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bounds_on_windows_per_record_and_durations() {
+        const MIN: u64 = 60_000;
+        const DAY: u64 = 24 * 60 * MIN;
+        // The probe's window: 600,000 windows per record.
+        let m = refused(&hopping(10 * MIN, 1));
+        assert!(
+            m.contains("600000 windows") && m.contains("limit is 100") && m.contains("6 SECONDS"),
+            "{m}"
+        );
+        assert!(refused(&hopping(DAY, 1)).contains("86400000 windows"));
+        // Exactly at the bound, and the usual shapes.
+        validate(&hopping(100 * MIN, MIN)).unwrap();
+        validate(&hopping(60 * MIN, MIN)).unwrap();
+        validate(&hopping(DAY, 15 * MIN)).unwrap();
+        assert!(refused(&hopping(101 * MIN, MIN)).contains("101 windows"));
+        // ADVANCE BY more than zero and at most SIZE.
+        assert!(refused(&hopping(MIN, 2 * MIN)).contains("at most SIZE"));
+        assert!(refused(&hopping(MIN, 0)).contains("more than zero"));
+        // SIZE, gap, GRACE PERIOD and RETENTION: more than zero, at most a year.
+        let tumbling = |size: u64| WindowSpec {
+            kind: WindowKind::Tumbling {
+                size: Duration::from_millis(size),
+            },
+            grace: None,
+            retention: None,
+        };
+        assert!(refused(&tumbling(0)).contains("more than zero"));
+        assert!(refused(&tumbling(366 * DAY)).contains("365 days"));
+        validate(&tumbling(365 * DAY)).unwrap();
+        let session = WindowSpec {
+            kind: WindowKind::Session {
+                gap: Duration::ZERO,
+            },
+            grace: None,
+            retention: None,
+        };
+        assert!(refused(&session).contains("gap"));
+        let mut graceful = tumbling(MIN);
+        graceful.grace = Some(Duration::from_millis(400 * DAY));
+        assert!(refused(&graceful).contains("GRACE PERIOD (400 DAYS)"));
+        graceful.grace = None;
+        graceful.retention = Some(Duration::from_millis(u64::MAX));
+        assert!(refused(&graceful).contains("RETENTION"));
     }
 
     #[test]
