@@ -359,26 +359,67 @@ fn compare_rows(what: &str, expected: &[String], got: &[String], errors: &mut Ve
     }
 }
 
-fn run_file(name: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sql-cases")
-        .join(name);
+/// The failures of one case file, each with its file, line and name.
+fn check_file(name: &str) -> Vec<String> {
+    let path = case_dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let cases = parse_cases(&text);
-    assert!(!cases.is_empty(), "{name} has no cases");
-    let failures: Vec<String> = cases
+    if cases.is_empty() {
+        return vec![format!("{name} has no cases")];
+    }
+    cases
         .iter()
         .filter_map(|c| {
             run_case(c)
                 .err()
                 .map(|e| format!("{name}:{} '{}':\n{e}", c.line, c.name))
         })
+        .collect()
+}
+
+fn case_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql-cases")
+}
+
+/// The `*.cases` files, found in the folder: a new file runs with no Rust change.
+fn case_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(case_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cases"))
         .collect();
+    files.sort();
+    files
+}
+
+/// Every case of every `*.cases` file, the files side by side.
+#[test]
+fn every_case_file_passes() {
+    let files = case_files();
+    assert!(files.len() >= 5, "case files: {files:?}");
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let running: Vec<_> = files
+            .iter()
+            .map(|f| {
+                std::thread::Builder::new()
+                    .name(f.clone())
+                    .spawn_scoped(scope, move || check_file(f))
+                    .unwrap()
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| vec!["a case file panicked".into()])
+            })
+            .collect()
+    });
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed:\n\n{}",
+        "{} cases failed:\n\n{}",
         failures.len(),
-        cases.len(),
         failures.join("\n\n")
     );
 }
@@ -386,45 +427,19 @@ fn run_file(name: &str) {
 /// Counts the cases of every file, so the suite cannot shrink unnoticed.
 #[test]
 fn there_are_at_least_60_cases() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql-cases");
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+    for f in case_files() {
+        let text = std::fs::read_to_string(case_dir().join(f)).unwrap();
         n += parse_cases(&text).len();
     }
     assert!(n >= 60, "only {n} SQL cases");
-}
-
-#[test]
-fn stateless_cases() {
-    run_file("stateless.cases");
-}
-
-#[test]
-fn aggregate_cases() {
-    run_file("aggregates.cases");
-}
-
-#[test]
-fn window_cases() {
-    run_file("windows.cases");
-}
-
-#[test]
-fn table_and_pull_cases() {
-    run_file("tables.cases");
-}
-
-#[test]
-fn error_cases() {
-    run_file("errors.cases");
 }
 
 /// Every prefix of every case's statements (cut at random characters) is either run or
 /// refused with an error: nothing panics.
 #[test]
 fn truncated_statements_never_panic() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql-cases");
+    let dir = case_dir();
     let tmp = tempfile::tempdir().unwrap();
     let log = Log::open(tmp.path(), LogOptions::default()).unwrap();
     let mut engine = Engine::open(&log).unwrap();
