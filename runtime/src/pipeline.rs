@@ -725,6 +725,15 @@ http = { token = '${SLUICE_TEST_TAB}' }
                 "[[sinks]]\nname = \"out\"\ntopic = \"t t\"\nfile = { path = \"o\" }\n",
                 "topic 't t'",
             ),
+            (
+                "[[sources]]\nname = \"in\"\ntopic = \"__consumer_offsets\"\nhttp = { }\n",
+                "internal topic",
+            ),
+            ("[[topics]]\nname = \"q-changelog\"\n", "internal topic"),
+            (
+                "[[sinks]]\nname = \"out\"\ntopic = \"t\"\nobject-store = { url = \"memory://\", partition-by = \"{nope}\" }\n",
+                "partition-by",
+            ),
         ] {
             let f = write(dir.path(), "v.toml", text);
             let p = load(&f).unwrap();
