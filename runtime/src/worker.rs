@@ -42,6 +42,36 @@ use crate::pipeline::{Pipeline, Secrets};
 /// The topic holding source positions.
 pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
 
+/// Why a task's attempt failed, and whether another attempt can help.
+#[derive(Debug, thiserror::Error)]
+enum TaskError {
+    /// From the connector: its own `is_retryable` decides (I/O, HTTP and object-store
+    /// failures are retried; a bad configuration or stored position is not).
+    #[error(transparent)]
+    Connector(#[from] sluice_connectors::ConnectorError),
+    /// From the log: retried unless the request itself was wrong (a deleted topic, a record
+    /// over `max.message.bytes`), or the log is closing.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Retrying later may help (another task's transaction holds the positions back).
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help: the task stops and says why; an operator acts.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl TaskError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            TaskError::Connector(e) => e.is_retryable(),
+            TaskError::Log(e) => !e.is_user_error() && !matches!(e, LogError::Closed),
+            TaskError::Retryable(_) => true,
+            TaskError::Fatal(_) => false,
+        }
+    }
+}
+
 /// The committed source positions and keyed source state, as in `__sluice_source_positions`
 /// (key `<pipeline>/<source>` for a position, `<pipeline>/<source>\0<entry>` for a state
 /// entry). The topic is read once, then only what was appended since, so a source's start
@@ -62,21 +92,17 @@ impl Positions {
     /// Call [`wait_stable`] first: other sources' transactions may hold the topic's last
     /// stable offset back for a moment (a position is written just before its transaction
     /// commits), and a later position of a source behind one must not be missed.
-    fn catch_up(&mut self, log: &Log) -> Result<(), String> {
-        let partition = log
-            .partition(POSITIONS_TOPIC, 0)
-            .map_err(|e| e.to_string())?;
+    fn catch_up(&mut self, log: &Log) -> Result<(), TaskError> {
+        let partition = log.partition(POSITIONS_TOPIC, 0)?;
         let mut offset = self.next.max(partition.info().log_start_offset);
         loop {
-            let fetched = partition
-                .fetch(offset, 4 << 20, Isolation::ReadCommitted)
-                .map_err(|e| e.to_string())?;
+            let fetched = partition.fetch(offset, 4 << 20, Isolation::ReadCommitted)?;
             if fetched.data.is_empty() {
                 break;
             }
             let (records, next) =
                 sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
-                    .map_err(|e| format!("{POSITIONS_TOPIC}: {e}"))?;
+                    .map_err(|e| TaskError::Retryable(format!("{POSITIONS_TOPIC}: {e}")))?;
             for r in records {
                 let Some(key) = r.record.key else { continue };
                 match r.record.value {
@@ -106,17 +132,15 @@ impl Positions {
 /// Waits until no transaction holds the positions topic's last stable offset below the end
 /// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
 /// source's start).
-fn wait_stable(log: &Log) -> Result<(), String> {
-    let partition = log
-        .partition(POSITIONS_TOPIC, 0)
-        .map_err(|e| e.to_string())?;
+fn wait_stable(log: &Log) -> Result<(), TaskError> {
+    let partition = log.partition(POSITIONS_TOPIC, 0)?;
     let end = partition.info().high_watermark;
     let deadline = Instant::now() + Duration::from_secs(60);
     while partition.info().last_stable_offset < end {
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(TaskError::Retryable(format!(
                 "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -151,16 +175,21 @@ pub struct TaskStatus {
     pub commit_micros: AtomicU64,
     /// Restarts after failures.
     pub restarts: AtomicU64,
-    /// The last error, while it is being retried.
+    /// The last error, while it is being retried, or the one it stopped with.
     pub error: Mutex<Option<String>>,
+    /// Stopped by an error retrying cannot fix (a bad configuration, lost records).
+    pub failed: AtomicBool,
     /// Set once the task's loop has ended (stopped or paused).
     pub stopped: AtomicBool,
 }
 
 impl TaskStatus {
-    /// `running`, `retrying` (failed; restarting with backoff) or `stopped`.
+    /// `running`, `retrying` (failed; restarting with backoff), `failed` (stopped by an
+    /// error retrying cannot fix; its `error` says why) or `stopped`.
     pub fn state(&self) -> &'static str {
-        if self.stopped.load(Ordering::Relaxed) {
+        if self.failed.load(Ordering::Relaxed) {
+            "failed"
+        } else if self.stopped.load(Ordering::Relaxed) {
             "stopped"
         } else if self.error.lock().is_some() {
             "retrying"
@@ -670,14 +699,21 @@ fn with_retries(
     status: &TaskStatus,
     what: &str,
     secrets: &Secrets,
-    mut attempt: impl FnMut() -> Result<(), String>,
+    mut attempt: impl FnMut() -> Result<(), TaskError>,
 ) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(Ordering::SeqCst) {
         match attempt() {
             Ok(()) => return,
+            Err(e) if !e.is_retryable() => {
+                let e = secrets.redact(&e.to_string());
+                tracing::error!(task = what, error = %e, "Task failed and stops: retrying cannot help. Fix the cause, then restart the pipeline.");
+                *status.error.lock() = Some(e);
+                status.failed.store(true, Ordering::SeqCst);
+                return;
+            }
             Err(e) => {
-                let e = secrets.redact(&e);
+                let e = secrets.redact(&e.to_string());
                 tracing::error!(task = what, error = %e, "Task failed; it restarts from its last commit.");
                 *status.error.lock() = Some(e);
                 status.restarts.fetch_add(1, Ordering::Relaxed);
@@ -747,24 +783,21 @@ impl SourceTask {
         );
     }
 
-    fn run(&self, source: &mut dyn Source) -> Result<(), String> {
+    fn run(&self, source: &mut dyn Source) -> Result<(), TaskError> {
         let exactly_once = self.guarantee == Guarantee::ExactlyOnce;
         // The producer first: a transactional one aborts what an earlier instance of this
         // task left open, before the position is read.
         let mut producer = self
             .guarantee
-            .producer(&self.log, &format!("sluice-source-{}", self.key))
-            .map_err(|e| e.to_string())?;
+            .producer(&self.log, &format!("sluice-source-{}", self.key))?;
         wait_stable(&self.log)?;
         let (position, state) = {
             let mut positions = self.positions.lock();
             positions.catch_up(&self.log)?;
             positions.get(&self.key)
         };
-        source.restore(state).map_err(|e| e.to_string())?;
-        source
-            .open(position.as_deref())
-            .map_err(|e| e.to_string())?;
+        source.restore(state)?;
+        source.open(position.as_deref())?;
         *self.status.error.lock() = None;
         let mut epoch: Option<SourceEpoch> = None;
         loop {
@@ -775,10 +808,10 @@ impl SourceTask {
                         .saturating_sub(e.started.elapsed())
                         .clamp(Duration::from_millis(1), Duration::from_millis(200))
                 });
-                let batch = source.poll(10_000, wait).map_err(|e| e.to_string())?;
+                let batch = source.poll(10_000, wait)?;
                 if let Some(position) = batch.position {
                     if epoch.is_none() && exactly_once {
-                        producer.begin_transaction().map_err(|e| e.to_string())?;
+                        producer.begin_transaction()?;
                     }
                     let e = epoch.get_or_insert_with(|| SourceEpoch {
                         started: Instant::now(),
@@ -794,12 +827,10 @@ impl SourceTask {
                     e.rejected += batch.rejected.len() as u64;
                     for r in batch.records {
                         e.bytes += record_bytes(r.key.as_ref(), r.value.as_ref());
-                        producer.send(&self.topic, r).map_err(|e| e.to_string())?;
+                        producer.send(&self.topic, r)?;
                     }
                     for r in batch.rejected {
-                        producer
-                            .send(&self.dlq, dead_letter(r))
-                            .map_err(|e| e.to_string())?;
+                        producer.send(&self.dlq, dead_letter(r))?;
                     }
                 }
             }
@@ -821,7 +852,7 @@ impl SourceTask {
         producer: &mut Producer,
         source: &mut dyn Source,
         e: SourceEpoch,
-    ) -> Result<(), String> {
+    ) -> Result<(), TaskError> {
         let started = Instant::now();
         let now = sluice_log::record::now_ms();
         let mut records: Vec<Record> = e
@@ -842,21 +873,17 @@ impl SourceTask {
         });
         if self.guarantee == Guarantee::ExactlyOnce {
             for r in records {
-                producer
-                    .send(POSITIONS_TOPIC, r)
-                    .map_err(|e| e.to_string())?;
+                producer.send(POSITIONS_TOPIC, r)?;
             }
             sluice_log::fault::point("source-before-commit");
-            producer.commit_transaction().map_err(|e| e.to_string())?;
+            producer.commit_transaction()?;
         } else {
-            producer.flush().map_err(|e| e.to_string())?;
+            producer.flush()?;
             sluice_log::fault::point("source-before-commit");
             for r in records {
-                producer
-                    .send(POSITIONS_TOPIC, r)
-                    .map_err(|e| e.to_string())?;
+                producer.send(POSITIONS_TOPIC, r)?;
             }
-            producer.flush().map_err(|e| e.to_string())?;
+            producer.flush()?;
         }
         source.committed();
         self.status.committed(started);
@@ -906,7 +933,7 @@ impl SinkTask {
 
     /// A sink first started by an older version committed under its old group name: the
     /// new group starts where the old one was, once.
-    fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), String> {
+    fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
         let Some(legacy) = &self.legacy_group else {
             return Ok(());
         };
@@ -922,9 +949,7 @@ impl SinkTask {
             .collect();
         if !offsets.is_empty() {
             tracing::info!(group = %self.group, legacy = %legacy, "The sink's consumer group was renamed; it continues from the old group's offsets.");
-            self.log
-                .commit_offsets(&self.group, None, &offsets)
-                .map_err(|e| e.to_string())?;
+            self.log.commit_offsets(&self.group, None, &offsets)?;
         }
         Ok(())
     }
@@ -935,7 +960,7 @@ impl SinkTask {
     /// data directory, or move the group with `sluice groups reset-offsets`). The finding is
     /// recorded in the log's data-loss list, so it stands after the log grows past that
     /// offset again and across restarts, until the group's offset is moved.
-    fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), String> {
+    fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
         let reason = |committed: i64| {
             format!(
                 "sink group {} had committed offset {committed}, past the log's end",
@@ -949,8 +974,7 @@ impl SinkTask {
             };
             let end = self
                 .log
-                .partition(&tp.topic, tp.partition)
-                .map_err(|e| e.to_string())?
+                .partition(&tp.topic, tp.partition)?
                 .info()
                 .high_watermark;
             let found_before = losses.iter().find(|l| {
@@ -960,34 +984,28 @@ impl SinkTask {
                 Some(l) => (l.from, l.to),
                 None if committed > end => {
                     tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
-                    self.log
-                        .report_data_loss(sluice_log::DataLoss {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            from: end,
-                            to: committed,
-                            reason: reason(committed),
-                            detected_at: sluice_log::record::now_ms(),
-                        })
-                        .map_err(|e| e.to_string())?;
+                    self.log.report_data_loss(sluice_log::DataLoss {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        from: end,
+                        to: committed,
+                        reason: reason(committed),
+                        detected_at: sluice_log::record::now_ms(),
+                    })?;
                     (end, committed)
                 }
                 None => continue,
             };
-            return Err(format!(
+            return Err(TaskError::Fatal(format!(
                 "topic {} partition {}: this sink's committed offset {committed} was past the log's end {}: the log lost records {}..{}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
                 tp.topic, tp.partition, lost.0, lost.0, lost.1, self.group, tp.topic
-            ));
+            )));
         }
         Ok(())
     }
 
-    fn run(&self, sink: &mut dyn Sink) -> Result<(), String> {
-        let partitions = self
-            .log
-            .topic(&self.topic)
-            .map_err(|e| e.to_string())?
-            .partition_count();
+    fn run(&self, sink: &mut dyn Sink) -> Result<(), TaskError> {
+        let partitions = self.log.topic(&self.topic)?.partition_count();
         let mut consumer = self.log.consumer(ConsumerConfig {
             group: Some(self.group.clone()),
             isolation: Isolation::ReadCommitted,
@@ -1004,15 +1022,12 @@ impl SinkTask {
             .collect();
         self.take_over_legacy_offsets(&tps)?;
         self.check_offsets(&tps)?;
-        consumer.assign(&tps).map_err(|e| e.to_string())?;
+        consumer.assign(&tps)?;
         // Offsets and the dead letters of the records they pass commit together.
-        let mut producer = self
-            .log
-            .transactional_producer(
-                &format!("sluice-sink-{}", self.group),
-                ProducerConfig::default(),
-            )
-            .map_err(|e| e.to_string())?;
+        let mut producer = self.log.transactional_producer(
+            &format!("sluice-sink-{}", self.group),
+            ProducerConfig::default(),
+        )?;
         *self.status.error.lock() = None;
         // Records the sink rejected, until the offsets past them commit.
         let mut dead: Vec<(u32, i64, Rejected)> = Vec::new();
@@ -1023,11 +1038,9 @@ impl SinkTask {
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping {
-                let records = consumer
-                    .poll(Duration::from_millis(100))
-                    .map_err(|e| e.to_string())?;
+                let records = consumer.poll(Duration::from_millis(100))?;
                 if !records.is_empty() {
-                    let rejected = sink.write(&records).map_err(|e| e.to_string())?;
+                    let rejected = sink.write(&records)?;
                     let n = records.len() as u64;
                     let bytes: u64 = records
                         .iter()
@@ -1057,7 +1070,7 @@ impl SinkTask {
                 // rewrites the same output. The sink says how far its output is durable.
                 let started = Instant::now();
                 if written != flushed {
-                    flushed = sink.flush().map_err(|e| e.to_string())?;
+                    flushed = sink.flush()?;
                     sluice_log::fault::point("sink-after-flush");
                 }
                 // Where everything given is durable, commit the consumer's position rather
@@ -1085,16 +1098,12 @@ impl SinkTask {
                         .partition(|(p, o, _)| next.get(p).is_some_and(|c| o < c));
                     dead = kept;
                     let rejected = passed.len();
-                    producer.begin_transaction().map_err(|e| e.to_string())?;
+                    producer.begin_transaction()?;
                     for (_, _, r) in passed {
-                        producer
-                            .send(&self.dlq, dead_letter(r))
-                            .map_err(|e| e.to_string())?;
+                        producer.send(&self.dlq, dead_letter(r))?;
                     }
-                    producer
-                        .send_offsets_to_transaction(&self.group, &offsets)
-                        .map_err(|e| e.to_string())?;
-                    producer.commit_transaction().map_err(|e| e.to_string())?;
+                    producer.send_offsets_to_transaction(&self.group, &offsets)?;
+                    producer.commit_transaction()?;
                     committed = next;
                     self.status.committed(started);
                     if rejected > 0 {

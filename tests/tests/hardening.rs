@@ -439,3 +439,38 @@ fn the_api_token_can_come_from_a_file_instead_of_the_command_line() {
     let _ = child.wait();
     assert_eq!((unauthenticated, with_token), (401, 200));
 }
+
+#[test]
+fn an_error_retrying_cannot_fix_stops_the_task_with_its_reason() {
+    let w = Served::start(Limits::default(), true, None);
+    let out = w.pipelines.join("out");
+    assert_eq!(
+        w.call("PUT", "/pipelines/p", &[], &sink_pipeline("p", "out", &out))
+            .0,
+        200
+    );
+    // The sink's topic goes away under it: no retry can bring it back.
+    w.log.delete_topic("p-in").unwrap();
+    wait_for("the sink to fail", || {
+        let (_, v) = w.call("GET", "/pipelines/p", &[], "");
+        v["tasks"][1]["state"] == "failed"
+    });
+    let (_, v) = w.call("GET", "/pipelines/p", &[], "");
+    assert!(
+        v["tasks"][1]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("p-in")),
+        "{v}"
+    );
+    assert_eq!(v["state"], "degraded", "{v}");
+    let restarts = v["tasks"][1]["restarts"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, again) = w.call("GET", "/pipelines/p", &[], "");
+    assert_eq!(
+        again["tasks"][1]["restarts"].as_u64(),
+        Some(restarts),
+        "no retry loop"
+    );
+    let (_, health) = w.call("GET", "/health", &[], "");
+    assert_eq!(health["status"], "degraded", "{health}");
+}

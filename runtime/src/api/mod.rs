@@ -201,7 +201,7 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
             .collect();
         let failing = tasks
             .iter()
-            .filter(|t| t.status.state() == "retrying")
+            .filter(|t| matches!(t.status.state(), "retrying" | "failed"))
             .count();
         // Records the log lost (until `data-loss.json` is deleted) keep the worker degraded:
         // still serving, but an operator must look. 200 either way, as for failing tasks.

@@ -33,7 +33,11 @@ pub fn status_json(d: &Deployed) -> Value {
         .collect();
     let state = if d.paused {
         "paused"
-    } else if d.tasks.iter().any(|t| t.status.state() == "retrying") {
+    } else if d
+        .tasks
+        .iter()
+        .any(|t| matches!(t.status.state(), "retrying" | "failed"))
+    {
         "degraded"
     } else {
         "running"
