@@ -474,3 +474,19 @@ fn an_error_retrying_cannot_fix_stops_the_task_with_its_reason() {
     let (_, health) = w.call("GET", "/health", &[], "");
     assert_eq!(health["status"], "degraded", "{health}");
 }
+
+#[test]
+fn health_answers_at_once_while_a_deploy_holds_the_worker() {
+    let w = Served::start(Limits::default(), true, None);
+    let (_, before) = w.call("GET", "/health", &[], "");
+    assert_eq!(before["deploying"], false, "{before}");
+    // As a deploy does while it joins task threads and runs SQL.
+    let held = w.deployer.lock();
+    let started = Instant::now();
+    let (s, v) = w.call("GET", "/health", &[], "");
+    let took = started.elapsed();
+    drop(held);
+    assert_eq!(s, 200);
+    assert_eq!(v["deploying"], true, "{v}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}

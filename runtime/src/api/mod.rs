@@ -58,6 +58,8 @@ pub struct ApiState {
     pub push_queries: Arc<tokio::sync::Semaphore>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// What `/health` counted last, answered while a deploy holds the deployer.
+    pub last_health: Arc<Mutex<HealthCounts>>,
 }
 
 impl ApiState {
@@ -77,6 +79,7 @@ impl ApiState {
             ready: Arc::new(AtomicBool::new(false)),
             push_queries: Arc::new(tokio::sync::Semaphore::new(limits.max_push_queries)),
             body_timeout: limits.body_read_timeout,
+            last_health: Arc::default(),
         }
     }
 }
@@ -190,30 +193,58 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// How long `/health` waits for the deployer, which a deploy holds while tasks stop and
+/// start; past it, the last counts are answered with `deploying: true`.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What `/health` counted last: pipelines, tasks, failing tasks, broken files.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HealthCounts {
+    pipelines: usize,
+    tasks: usize,
+    failing: usize,
+    broken: usize,
+}
+
 async fn health(State(state): State<ApiState>) -> impl IntoResponse {
     blocking(move || {
-        let d = state.deployer.lock();
-        let tasks: Vec<_> = d
-            .worker
-            .pipelines()
-            .iter()
-            .flat_map(|p| p.tasks.iter())
-            .collect();
-        let failing = tasks
-            .iter()
-            .filter(|t| matches!(t.status.state(), "retrying" | "failed"))
-            .count();
+        let counted = state.deployer.try_lock_for(HEALTH_WAIT).map(|d| {
+            let tasks: Vec<_> = d
+                .worker
+                .pipelines()
+                .iter()
+                .flat_map(|p| p.tasks.iter())
+                .collect();
+            HealthCounts {
+                pipelines: d.worker.pipelines().len(),
+                tasks: tasks.len(),
+                failing: tasks
+                    .iter()
+                    .filter(|t| matches!(t.status.state(), "retrying" | "failed"))
+                    .count(),
+                broken: d.errors().len(),
+            }
+        });
+        let deploying = counted.is_none();
+        let c = match counted {
+            Some(c) => {
+                *state.last_health.lock() = c;
+                c
+            }
+            None => *state.last_health.lock(),
+        };
         // Records the log lost (until `data-loss.json` is deleted) keep the worker degraded:
         // still serving, but an operator must look. 200 either way, as for failing tasks.
         let data_loss = state.log.data_loss();
-        let ok = failing == 0 && data_loss.is_empty();
+        let ok = c.failing == 0 && data_loss.is_empty();
         Ok(axum::Json(serde_json::json!({
             "status": if ok { "ok" } else { "degraded" },
-            "pipelines": d.worker.pipelines().len(),
-            "tasks": tasks.len(),
-            "failing_tasks": failing,
-            "broken_files": d.errors().len(),
+            "pipelines": c.pipelines,
+            "tasks": c.tasks,
+            "failing_tasks": c.failing,
+            "broken_files": c.broken,
             "data_loss": data_loss,
+            "deploying": deploying,
         })))
     })
     .await
