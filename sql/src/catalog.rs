@@ -408,6 +408,14 @@ impl Catalog {
                 });
             }
         }
+        if sluice_log::is_internal_topic(&def.topic) {
+            // Writing a forged source position or changelog record would corrupt a task's
+            // state; reading them is what the log's own commands are for.
+            return Err(SqlError::Invalid(format!(
+                "{}: topic {} is internal (names starting with `__` or ending in `-changelog` belong to Sluice); use another topic",
+                def.name, def.topic
+            )));
+        }
         match self.log.topic(&def.topic) {
             Ok(t) => {
                 if let Some(p) = partitions {

@@ -569,6 +569,7 @@ impl Engine {
         text: &str,
     ) -> Result<Output> {
         let def = self.catalog.get(target)?.clone();
+        refuse_internal(&def)?;
         if def.kind != SourceKind::Stream {
             return Err(SqlError::Invalid(format!(
                 "INSERT INTO ... SELECT writes streams; {target} is a table"
@@ -745,6 +746,7 @@ impl Engine {
         rows: &[Vec<Expr>],
     ) -> Result<Output> {
         let def = self.catalog.get(target)?.clone();
+        refuse_internal(&def)?;
         let names: Vec<String> = if columns.is_empty() {
             def.columns.iter().map(|c| c.0.clone()).collect()
         } else {
@@ -984,6 +986,18 @@ impl PushQuery {
         let rows = rows_only(step)?;
         Ok((rows.num_rows() > 0).then_some(rows))
     }
+}
+
+/// Statements never write internal topics (a catalog made by an older version may still
+/// name one).
+fn refuse_internal(def: &crate::catalog::SourceDef) -> Result<()> {
+    if sluice_log::is_internal_topic(&def.topic) {
+        return Err(SqlError::Invalid(format!(
+            "{} reads the internal topic {}, which statements do not write",
+            def.name, def.topic
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Engine {
