@@ -648,6 +648,9 @@ impl Dataflow {
                 let e = a.process(&rows.batch, rows.times(), 1)?;
                 let times = rows.times();
                 let mut rejected = rows.rejected.clone();
+                for (i, why) in e.failed {
+                    rejected.push((rows.records[i], why));
+                }
                 for i in e.late {
                     rejected.push((
                         rows.records[i],
@@ -866,8 +869,18 @@ fn table_update(
             let times = vec![r.timestamp; batch.num_rows()];
             match agg.process(&batch, &times, 1) {
                 Ok(e) => {
+                    // A new row whose update failed changed nothing: as when it cannot be
+                    // evaluated, the key counts as deleted and the record is a dead letter.
+                    let failed = !e.failed.is_empty();
                     step.extend(emitted(e), 0)?;
-                    rows.put(key, r.value.map(|v| (v, r.timestamp)));
+                    rows.put(
+                        key,
+                        if failed {
+                            None
+                        } else {
+                            r.value.map(|v| (v, r.timestamp))
+                        },
+                    );
                 }
                 // The new row cannot be evaluated (its old one is already retracted): the
                 // key counts as deleted and the record is a dead letter.
@@ -883,11 +896,12 @@ fn table_update(
     Ok(step)
 }
 
+/// The step of one table record (row 0) through an aggregate.
 fn emitted(e: crate::operators::aggregate::Emitted) -> Step {
     Step {
         batch: e.batch,
         timestamps: e.timestamps,
-        rejected: Vec::new(),
+        rejected: e.failed.into_iter().map(|(_, why)| (0, why)).collect(),
         deleted: e.deleted,
     }
 }

@@ -281,6 +281,9 @@ pub struct Emitted {
     pub timestamps: Vec<i64>,
     /// Rows of the input batch that were too late for every window they belong to.
     pub late: Vec<usize>,
+    /// Rows of the input batch whose aggregate update failed (an overflow), with why: they
+    /// changed no group.
+    pub failed: Vec<(usize, String)>,
     /// Per output row: the group was deleted (emptied, or no longer passing HAVING) and its
     /// key gets a tombstone. Only unwindowed aggregates delete.
     pub deleted: Vec<bool>,
@@ -667,6 +670,7 @@ impl Aggregate {
             None => (None, None),
         };
         let mut out = Vec::new();
+        let mut failed: Vec<(usize, String)> = Vec::new();
         let emit_changes = self.plan.emit == Emit::Changes;
         let windowed = self.plan.windows.is_some();
         let specs = Arc::clone(&self.plan.specs);
@@ -691,13 +695,37 @@ impl Aggregate {
                 _ => (0, 0),
             };
             let e = self.entry(start, end, key)?;
-            for ((spec, acc), v) in specs.iter().zip(e.accs.iter_mut()).zip(&values) {
-                // Earlier rows of the batch already changed their groups: this must not look
-                // like an expression error, which the task retries row by row.
-                spec.update(acc, v, sign).map_err(|e| {
-                    SqlError::Invalid(format!("aggregate update failed (the query stops): {e}"))
-                })?;
+            // A row whose update fails (a SUM past BIGINT) is taken back out of the specs it
+            // already updated and becomes a dead letter; the group and the query go on.
+            let mut failure = None;
+            for (i, ((spec, acc), v)) in
+                specs.iter().zip(e.accs.iter_mut()).zip(&values).enumerate()
+            {
+                if let Err(err) = spec.update(acc, v, sign) {
+                    failure = Some((i, err));
+                    break;
+                }
                 spec.compact(acc);
+            }
+            if let Some((failed_at, err)) = failure {
+                for ((spec, acc), v) in specs
+                    .iter()
+                    .zip(e.accs.iter_mut())
+                    .zip(&values)
+                    .take(failed_at)
+                {
+                    spec.update(acc, v, -sign).map_err(|e| {
+                        SqlError::Invalid(format!(
+                            "aggregate update failed and could not be taken back (the query stops): {e}"
+                        ))
+                    })?;
+                    spec.compact(acc);
+                }
+                let row = src_rows[src] as usize;
+                if !failed.iter().any(|(r, _)| *r == row) {
+                    failed.push((row, format!("aggregate update failed: {err}")));
+                }
+                continue;
             }
             e.max_ts = e.max_ts.max(ts);
             e.rows += sign;
@@ -725,6 +753,7 @@ impl Aggregate {
             batch,
             timestamps,
             late,
+            failed,
             deleted,
         })
     }
