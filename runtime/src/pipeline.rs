@@ -273,7 +273,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// every message that could hold one passes through [`Secrets::redact`]. Its `Debug` shows
 /// the variable names only.
 #[derive(Clone, Default)]
-pub struct Secrets(Vec<(String, String)>);
+pub struct Secrets(Vec<(String, String)>, Vec<Substituted>);
+
+/// A string value that had `${VAR}` replaced: its key, where it is, and the variables.
+#[derive(Clone, Debug)]
+struct Substituted {
+    key: String,
+    span: std::ops::Range<usize>,
+    vars: Vec<String>,
+}
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,6 +292,11 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
+    /// True when the `sql` key's value had `${VAR}` replaced in it.
+    pub fn in_sql(&self) -> bool {
+        self.1.iter().any(|s| s.key == "sql")
+    }
+
     /// Values shorter than this are not searched for in messages: a `${PARTITIONS}` of `3`
     /// is no secret, and replacing every `3` would garble line numbers.
     const MIN_LEN: usize = 4;
@@ -299,7 +312,11 @@ impl Secrets {
                 continue;
             }
             // Messages quote values as written and also escaped (serde's `{:?}`).
-            for form in [value.clone(), value.escape_debug().to_string()] {
+            for form in [
+                value.clone(),
+                value.escape_debug().to_string(),
+                percent_encoded(value),
+            ] {
                 if out.contains(form.as_str()) {
                     out = out.replace(form.as_str(), &format!("${{{var}}}"));
                 }
@@ -316,10 +333,24 @@ struct Env<'a> {
     file: &'a Path,
 }
 
+/// `value` as a URL shows it: every byte but letters, digits and `-._~/` as `%XX`.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Replaces `${VAR}` inside every string value of `value` (keys and other types are left
 /// alone) with the environment's value, as data: a value holding quotes, tabs or newlines
 /// stays one string and cannot add settings. Names the line of an unset variable.
 fn expand_env(
+    key: &str,
     value: &mut toml::de::DeValue<'_>,
     span: std::ops::Range<usize>,
     env: &Env<'_>,
@@ -329,6 +360,7 @@ fn expand_env(
     match value {
         DeValue::String(s) if s.contains("${") => {
             let mut out = String::with_capacity(s.len());
+            let mut vars = Vec::new();
             let mut rest: &str = s;
             while let Some(i) = rest.find("${") {
                 out.push_str(&rest[..i]);
@@ -343,6 +375,7 @@ fn expand_env(
                     Some(v) => {
                         out.push_str(&v);
                         secrets.0.push((v, var.to_string()));
+                        vars.push(format!("${{{var}}}"));
                     }
                     None => {
                         let (line, col) = line_col(env.text, span.start);
@@ -356,17 +389,22 @@ fn expand_env(
             }
             out.push_str(rest);
             *s = std::borrow::Cow::Owned(out);
+            secrets.1.push(Substituted {
+                key: key.to_string(),
+                span,
+                vars,
+            });
         }
         DeValue::Array(items) => {
             for item in items.iter_mut() {
                 let span = item.span();
-                expand_env(item.get_mut(), span, env, secrets)?;
+                expand_env(key, item.get_mut(), span, env, secrets)?;
             }
         }
         DeValue::Table(table) => {
-            for (_, item) in table.iter_mut() {
+            for (k, item) in table.iter_mut() {
                 let span = item.span();
-                expand_env(item.get_mut(), span, env, secrets)?;
+                expand_env(k.get_ref(), item.get_mut(), span, env, secrets)?;
             }
         }
         _ => {}
@@ -438,12 +476,41 @@ fn parse_with(
         format!("{}{at}: {}{hint}", path.display(), e.message().trim())
     };
     let mut root = toml::de::DeTable::parse(text).map_err(toml_error)?;
-    for (_, value) in root.get_mut().iter_mut() {
+    for (key, value) in root.get_mut().iter_mut() {
         let span = value.span();
-        expand_env(value.get_mut(), span, env, secrets)?;
+        if key.get_ref() == "name"
+            && matches!(value.get_ref(), toml::de::DeValue::String(n) if n.contains("${"))
+        {
+            // A secret there would show in status, logs and topic names.
+            let (line, col) = line_col(text, span.start);
+            return Err(format!(
+                "{}:{line}:{col}: the pipeline's name cannot come from ${{VAR}}",
+                path.display()
+            ));
+        }
+        expand_env(key.get_ref(), value.get_mut(), span, env, secrets)?;
     }
-    let config =
-        PipelineConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
+    let config = PipelineConfig::deserialize(toml::de::Deserializer::from(root)).map_err(|e| {
+        // The message may quote part of a substituted value (`unknown time unit "hunter"`):
+        // where the error is in one, say where and which variables, not what.
+        let hidden = e.span().and_then(|at| {
+            secrets.1.iter().find(|s| {
+                s.span.start < at.end.max(at.start + 1) && at.start < s.span.end
+            })
+        });
+        match hidden {
+            Some(s) => {
+                let (l, c) = line_col(text, s.span.start);
+                format!(
+                    "{}:{l}:{c}: {}: the value from {} is not valid here (the value is a secret: what is wrong with it is not shown)",
+                    path.display(),
+                    s.key,
+                    s.vars.join(", ")
+                )
+            }
+            None => toml_error(e),
+        }
+    })?;
     let at = |s: std::ops::Range<usize>| {
         let (l, c) = line_col(text, s.start);
         format!("{}:{l}:{c}", path.display())
@@ -507,7 +574,17 @@ fn parse_with(
         }
     }
     if let Some(sql) = &config.sql {
-        sluice_sql::parse(sql).map_err(|e| format!("{}: sql: {e}", path.display()))?;
+        sluice_sql::parse(sql).map_err(|e| {
+            let secret = secrets.in_sql();
+            match e {
+                // The message may quote a fragment of a substituted value.
+                sluice_sql::SqlError::Syntax { line, column, .. } if secret => format!(
+                    "{}: sql: syntax error at line {line}, column {column} (the statements hold ${{VAR}} values, so the message is not shown)",
+                    path.display()
+                ),
+                e => format!("{}: sql: {e}", path.display()),
+            }
+        })?;
     }
     Ok(Pipeline {
         name,
@@ -676,13 +753,23 @@ http = { token = '${SLUICE_TEST_TAB}' }
         for text in [
             "guarantee = \"${SLUICE_TEST_SECRET}\"\n",
             "commit-interval = \"${SLUICE_TEST_SECRET}\"\n",
+            "commit-interval = \"1${SLUICE_TEST_SECRET}\"\n",
             "[[topics]]\nname = \"x\"\npartitions = \"${SLUICE_TEST_SECRET}\"\n",
+            "sql = \"SELECT ${SLUICE_TEST_SECRET} FROM\"\n",
+            "name = \"${SLUICE_TEST_SECRET}\"\n",
         ] {
             let f = write(dir.path(), "leak.toml", text);
             let e = load(&f).unwrap_err();
-            assert!(!e.contains("hunter2"), "{e}");
+            for fragment in ["hunter", "very"] {
+                assert!(!e.contains(fragment), "{text}: {e}");
+            }
             assert!(e.contains("leak.toml:"), "{e}");
         }
+        assert_eq!(
+            Secrets(vec![("sécret✓".into(), "S".into())], Vec::new())
+                .redact("GET http://h/s%C3%A9cret%E2%9C%93/x"),
+            "GET http://h/${S}/x"
+        );
         let e = load(&write(
             dir.path(),
             "leak.toml",
@@ -752,13 +839,16 @@ http = { token = '${SLUICE_TEST_TAB}' }
 
     #[test]
     fn secrets_are_redacted_longest_first_and_short_values_left() {
-        let s = Secrets(vec![
-            ("abcd".into(), "A".into()),
-            ("abcdefgh".into(), "B".into()),
-            ("3".into(), "N".into()),
-        ]);
+        let s = Secrets(
+            vec![
+                ("abcd".into(), "A".into()),
+                ("abcdefgh".into(), "B".into()),
+                ("3".into(), "N".into()),
+            ],
+            Vec::new(),
+        );
         assert_eq!(s.redact("x abcdefgh abcd 3"), "x ${B} ${A} 3");
-        let quoted = Secrets(vec![("pa\"ss\\word".into(), "P".into())]);
+        let quoted = Secrets(vec![("pa\"ss\\word".into(), "P".into())], Vec::new());
         assert_eq!(
             quoted.redact(r#"invalid type: string "pa\"ss\\word""#),
             r#"invalid type: string "${P}""#

@@ -455,9 +455,14 @@ impl Worker {
                 guarantee: p.config.guarantee,
                 ..self.engine.queries().config().clone()
             };
-            self.engine
-                .execute_with(sql, &config)
-                .map_err(|e| err(&e))?;
+            self.engine.execute_with(sql, &config).map_err(|e| {
+                if p.secrets.in_sql() {
+                    // The message may quote a fragment of a substituted value.
+                    err(&"sql: a statement failed (the statements hold ${VAR} values, so the message is not shown)")
+                } else {
+                    err(&e)
+                }
+            })?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = self.start_tasks(p, &stop)?;
@@ -660,8 +665,7 @@ fn internal_names(p: &Pipeline) -> Vec<(String, String)> {
             what.clone(),
         ));
         if let Some(f) = &s.file {
-            let dir = p.base().join(&f.path);
-            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            let dir = normalized(&p.base().join(&f.path));
             names.push((
                 format!("the files of topic {} in {}", s.topic, dir.display()),
                 what,
@@ -669,6 +673,42 @@ fn internal_names(p: &Pipeline) -> Vec<(String, String)> {
         }
     }
     names
+}
+
+/// `path` absolute, with `.` and `..` resolved and links resolved in its longest existing
+/// part, so two spellings of one folder (`out`, `./out/`, `sub/../out`, an absolute path, a
+/// link to it) compare equal whether or not the folder exists yet.
+fn normalized(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::{Component, PathBuf};
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut lexical = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other.as_os_str()),
+        }
+    }
+    let mut existing = lexical.clone();
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(&existing).is_err() {
+        match existing.file_name() {
+            Some(n) => rest.push(n.to_owned()),
+            None => break,
+        }
+        existing.pop();
+    }
+    let mut resolved = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for n in rest.iter().rev() {
+        resolved.push(n);
+    }
+    resolved
 }
 
 /// The position key and transactional-id suffix of source `source` of pipeline `pipeline`.
@@ -1135,5 +1175,20 @@ mod tests {
         assert_eq!(legacy_group("a-b", "c"), None);
         assert_eq!(legacy_group("a", "b-c"), None);
         assert_ne!(sink_group("a-b", "c"), sink_group("a", "b-c"));
+    }
+
+    #[test]
+    fn spellings_of_one_folder_are_one_folder_whether_or_not_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(base.join("sub")).unwrap();
+        let want = base.join("out");
+        for spelling in ["out", "./out", "out/", "sub/../out", "./sub/./../out"] {
+            assert_eq!(normalized(&base.join(spelling)), want, "{spelling}");
+        }
+        std::fs::create_dir(&want).unwrap();
+        std::os::unix::fs::symlink(&want, base.join("link")).unwrap();
+        assert_eq!(normalized(&base.join("link")), want);
+        assert_eq!(normalized(&base.join("out/")), want);
     }
 }

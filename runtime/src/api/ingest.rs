@@ -78,6 +78,11 @@ pub async fn ingest(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if key.as_ref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "the Idempotency-Key is empty: send a unique key, or no header",
+        ));
+    }
     // Keys are held in memory (up to `idempotency-keys` of them): bound each one.
     if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
         return Err(ApiError::bad_request(format!(

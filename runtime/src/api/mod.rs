@@ -197,13 +197,15 @@ async fn openapi() -> impl IntoResponse {
 /// start; past it, the last counts are answered with `deploying: true`.
 const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// What `/health` counted last: pipelines, tasks, failing tasks, broken files.
+/// What `/health` counted last: pipelines, tasks, failing tasks, broken files, persistent
+/// queries in error or failed to start.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HealthCounts {
     pipelines: usize,
     tasks: usize,
     failing: usize,
     broken: usize,
+    failing_queries: usize,
 }
 
 async fn health(State(state): State<ApiState>) -> impl IntoResponse {
@@ -223,6 +225,20 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
                     .filter(|t| matches!(t.status.state(), "retrying" | "failed"))
                     .count(),
                 broken: d.errors().len(),
+                failing_queries: {
+                    let engine = d.worker.engine();
+                    engine
+                        .catalog()
+                        .queries()
+                        .filter(|q| {
+                            engine.queries().failure(&q.id).is_some()
+                                || engine
+                                    .queries()
+                                    .stats(&q.id)
+                                    .is_some_and(|s| s.error.lock().is_some())
+                        })
+                        .count()
+                },
             }
         });
         let deploying = counted.is_none();
@@ -236,12 +252,13 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         // Records the log lost (until `data-loss.json` is deleted) keep the worker degraded:
         // still serving, but an operator must look. 200 either way, as for failing tasks.
         let data_loss = state.log.data_loss();
-        let ok = c.failing == 0 && data_loss.is_empty();
+        let ok = c.failing == 0 && c.failing_queries == 0 && data_loss.is_empty();
         Ok(axum::Json(serde_json::json!({
             "status": if ok { "ok" } else { "degraded" },
             "pipelines": c.pipelines,
             "tasks": c.tasks,
             "failing_tasks": c.failing,
+            "failing_queries": c.failing_queries,
             "broken_files": c.broken,
             "data_loss": data_loss,
             "deploying": deploying,
