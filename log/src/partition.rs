@@ -227,6 +227,11 @@ pub struct Partition {
     checkpointed: Mutex<Checkpointed>,
     /// Data loss found on open, until the log takes it.
     detected: Mutex<Vec<DataLoss>>,
+    /// Segments rolled, and how many of those the last checkpoint had seen: a roll is
+    /// checkpointed at once (not at the next housekeeping round), so files deleted after a
+    /// kill that follows a roll are found missing.
+    rolls: AtomicU64,
+    rolls_checkpointed: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -384,6 +389,8 @@ impl Partition {
                 retired: false,
             }),
             detected: Mutex::new(detected),
+            rolls: AtomicU64::new(0),
+            rolls_checkpointed: AtomicU64::new(0),
         })
     }
 
@@ -759,12 +766,18 @@ impl Partition {
         tracing::debug!(topic = %self.topic, partition = self.id, base_offset = base, "Rolled a new segment.");
         let seg = Segment::create(&self.dir, base, st.config.index_interval_bytes)?;
         st.segments.insert(base, seg);
+        self.rolls.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
+    /// Runs after an append, outside the state lock.
     fn after_append(&self, end: i64) -> Result<()> {
         if self.fsync == FsyncPolicy::Always {
             self.wait_durable(end)?;
+        }
+        let rolls = self.rolls.load(Ordering::SeqCst);
+        if self.rolls_checkpointed.swap(rolls, Ordering::SeqCst) != rolls {
+            self.checkpoint()?;
         }
         Ok(())
     }

@@ -497,3 +497,33 @@ fn compaction_drops_aborted_data_markers_and_empty_batches() {
     assert_eq!(read(&log), expected);
     assert!(log.data_loss().is_empty());
 }
+
+/// A roll is checkpointed at once, not at the next housekeeping round: segments deleted
+/// after a kill that follows the roll are found missing, and their offsets are not reused.
+#[test]
+fn a_rolled_segment_is_in_the_checkpoint_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogOptions {
+            housekeeping_interval: Duration::from_secs(3600),
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    topic_with_records(&log, "t", 60);
+    let newest = segments(dir.path(), "t").last().unwrap().0;
+    assert!(newest > 0, "the topic rolled");
+    let cp: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(part_dir(dir.path(), "t").join("offsets.checkpoint")).unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<i64> = cp["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(listed.contains(&newest), "{cp}");
+    assert!(cp["log_end_offset"].as_i64().unwrap() >= newest, "{cp}");
+}
