@@ -93,6 +93,19 @@ fn offsets(log: &Log, topic: &str) -> Vec<i64> {
     out
 }
 
+/// A log in `dir` with topic `t` of `n` one-record batches, left as a `kill -9` leaves it.
+fn crashed_with_records(dir: &Path, n: usize) {
+    let log = open(dir);
+    log.create_topic("t", 1, &[]).unwrap();
+    for i in 0..n {
+        log.append_records("t", 0, &[rec(&format!("k{i}"), "v")])
+            .unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    forget_clean_shutdown(dir);
+}
+
 /// Marks the last shutdown as a crash (as a `kill -9` leaves it).
 fn forget_clean_shutdown(dir: &Path) {
     std::fs::remove_file(dir.join(".clean-shutdown")).unwrap();
@@ -209,15 +222,7 @@ fn corrupt_batch_of(path: &Path, offset: i64) {
 #[test]
 fn mid_segment_corruption_after_a_crash_keeps_offsets_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    log.create_topic("t", 1, &[]).unwrap();
-    for i in 0..30 {
-        log.append_records("t", 0, &[rec(&format!("k{i}"), "v")])
-            .unwrap();
-    }
-    log.close().unwrap();
-    drop(log);
-    forget_clean_shutdown(dir.path());
+    crashed_with_records(dir.path(), 30);
     let (_, path) = segments(dir.path(), "t").pop().unwrap();
     corrupt_batch_of(&path, 12);
 
@@ -239,15 +244,7 @@ fn mid_segment_corruption_after_a_crash_keeps_offsets_and_is_reported() {
 fn mid_segment_corruption_is_found_without_a_checkpoint() {
     // The later valid batches tell the former end even when the checkpoint is older.
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    log.create_topic("t", 1, &[]).unwrap();
-    for i in 0..30 {
-        log.append_records("t", 0, &[rec(&format!("k{i}"), "v")])
-            .unwrap();
-    }
-    log.close().unwrap();
-    drop(log);
-    forget_clean_shutdown(dir.path());
+    crashed_with_records(dir.path(), 30);
     let _ = std::fs::remove_file(part_dir(dir.path(), "t").join("offsets.checkpoint"));
     let (_, path) = segments(dir.path(), "t").pop().unwrap();
     corrupt_batch_of(&path, 20);
@@ -261,15 +258,7 @@ fn mid_segment_corruption_is_found_without_a_checkpoint() {
 #[test]
 fn a_torn_tail_after_a_crash_is_silent_and_not_data_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    log.create_topic("t", 1, &[]).unwrap();
-    for i in 0..10 {
-        log.append_records("t", 0, &[rec(&format!("k{i}"), "v")])
-            .unwrap();
-    }
-    log.close().unwrap();
-    drop(log);
-    forget_clean_shutdown(dir.path());
+    crashed_with_records(dir.path(), 10);
     // Half of a batch that was being written when the process died.
     let (_, path) = segments(dir.path(), "t").pop().unwrap();
     let data = std::fs::read(&path).unwrap();

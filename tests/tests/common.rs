@@ -82,6 +82,16 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A log in `<dir>/data` and a worker on it with the pipeline file `file` deployed.
+pub fn worker_with(dir: &Path, file: &Path) -> (Log, Worker) {
+    let log = Log::open(dir.join("data"), LogOptions::default()).unwrap();
+    let mut worker = Worker::new(&log, Engine::open(&log).unwrap());
+    worker
+        .deploy(&sluice_runtime::pipeline::load(file).unwrap())
+        .unwrap();
+    (log, worker)
+}
+
 /// A number from the environment (longer soaks set them), or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -41,6 +41,22 @@ file = {{ path = "{out}" }}
     )
 }
 
+/// A worker running pipeline `p`: HTTP ingest into `p-in`, a file sink `out` into the
+/// returned folder.
+fn served_with_pipeline_p() -> (Served, std::path::PathBuf) {
+    let w = Served::start(Limits::default(), true, None);
+    let out = deploy_p(&w);
+    (w, out)
+}
+
+/// Deploys pipeline `p` (see [`served_with_pipeline_p`]); returns its output folder.
+fn deploy_p(w: &Served) -> std::path::PathBuf {
+    let out = w.pipelines.join("out");
+    let (s, v) = w.call("PUT", "/pipelines/p", &[], &sink_pipeline("p", "out", &out));
+    assert_eq!(s, 200, "{v}");
+    out
+}
+
 fn lines_under(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -166,13 +182,7 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
         body_read_timeout: Duration::from_secs(1),
     };
     let w = Served::start(limits, true, None);
-    let (s, _) = w.call(
-        "PUT",
-        "/pipelines/p",
-        &[],
-        &sink_pipeline("p", "out", &w.pipelines.join("out")),
-    );
-    assert_eq!(s, 200);
+    deploy_p(&w);
     // 200 idle connections: never a request from any of them.
     let idle: Vec<TcpStream> = (0..200)
         .filter_map(|_| TcpStream::connect(w.addr()).ok())
@@ -257,13 +267,7 @@ fn ingest_before_the_worker_is_ready_is_503_and_bearer_is_case_insensitive() {
     assert!(v["error"].as_str().unwrap().contains("starting"), "{v}");
     w.state.ready.store(true, Ordering::SeqCst);
     assert_eq!(w.call("POST", "/ingest/anything", &[], "{}").0, 404);
-    let (s, _) = w.call(
-        "PUT",
-        "/pipelines/p",
-        &[],
-        &sink_pipeline("p", "out", &w.pipelines.join("out")),
-    );
-    assert_eq!(s, 200);
+    deploy_p(&w);
     let long = "k".repeat(257);
     let (s, v) = w.call("POST", "/ingest/p-in", &[("idempotency-key", &long)], "{}");
     assert_eq!(s, 400, "{v}");
@@ -335,13 +339,7 @@ fn secrets_never_appear_in_answers_status_or_errors() {
 
 #[test]
 fn a_sink_stops_rather_than_erase_its_output_when_the_log_lost_records() {
-    let w = Served::start(Limits::default(), true, None);
-    let out = w.pipelines.join("out");
-    assert_eq!(
-        w.call("PUT", "/pipelines/p", &[], &sink_pipeline("p", "out", &out))
-            .0,
-        200
-    );
+    let (w, out) = served_with_pipeline_p();
     for i in 0..10 {
         assert_eq!(
             w.call("POST", "/ingest/p-in", &[], &format!("{{\"i\": {i}}}"))
@@ -442,13 +440,7 @@ fn the_api_token_can_come_from_a_file_instead_of_the_command_line() {
 
 #[test]
 fn an_error_retrying_cannot_fix_stops_the_task_with_its_reason() {
-    let w = Served::start(Limits::default(), true, None);
-    let out = w.pipelines.join("out");
-    assert_eq!(
-        w.call("PUT", "/pipelines/p", &[], &sink_pipeline("p", "out", &out))
-            .0,
-        200
-    );
+    let (w, _) = served_with_pipeline_p();
     // The sink's topic goes away under it: no retry can bring it back.
     w.log.delete_topic("p-in").unwrap();
     wait_for("the sink to fail", || {

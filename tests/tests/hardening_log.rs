@@ -181,11 +181,7 @@ fn the_source_positions_topic_rolls_small_segments_so_compaction_can_shrink_it()
         "[[topics]]\nname = \"lines\"\n\n[[sources]]\nname = \"in\"\ntopic = \"lines\"\nfile = { path = \"in/*.txt\", format = \"lines\" }\n",
     )
     .unwrap();
-    let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
-    let mut worker = Worker::new(&log, Engine::open(&log).unwrap());
-    worker
-        .deploy(&sluice_runtime::pipeline::load(&file).unwrap())
-        .unwrap();
+    let (log, _worker) = crate::common::worker_with(dir.path(), &file);
     let config = log
         .describe_topic("__sluice_source_positions")
         .unwrap()

@@ -425,10 +425,6 @@ fn an_unreachable_endpoint_is_a_retryable_error_naming_the_url() {
 /// writing Parquet into moto, partitioned by a field; every passing record lands once.
 #[test]
 fn a_pipeline_writes_parquet_objects_to_s3() {
-    use sluice_log::{Log, LogOptions};
-    use sluice_runtime::worker::Worker;
-    use sluice_sql::engine::Engine;
-
     let moto = Moto::start();
     moto.bucket("lake");
     let dir = tempfile::tempdir().unwrap();
@@ -471,11 +467,7 @@ object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "z
         ),
     )
     .unwrap();
-    let log = Log::open(dir.path().join("data"), LogOptions::default()).unwrap();
-    let mut worker = Worker::new(&log, Engine::open(&log).unwrap());
-    worker
-        .deploy(&sluice_runtime::pipeline::load(&file).unwrap())
-        .unwrap();
+    let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
     let start = Instant::now();
     let expected = (0..300).filter(|i| i % 50 >= 25).count();
     let mut got: Vec<String> = Vec::new();
