@@ -11,8 +11,9 @@
 //! Bodies are `application/json` (one object or an array of them) or
 //! `application/x-ndjson` (one JSON value per line; bad lines become dead letters). A
 //! request may carry an `Idempotency-Key`: the keys of the last `idempotency-keys` accepted
-//! requests are kept as the source's keyed state (one entry per key, written once and
-//! removed when forgotten, committed with the records), so a client retrying a request
+//! requests are kept as the source's keyed state, a ring of that many slots (each new key
+//! overwrites the slot of the key it makes the source forget, committed with the records),
+//! so a client retrying a request
 //! whose answer it lost gets `duplicate: true` and nothing is written twice, across worker
 //! restarts too. A retry that arrives while its original is still uncommitted waits for the
 //! original's commit: `duplicate: true` always means "committed".
@@ -284,23 +285,47 @@ impl IngestSource {
         serde_json::to_vec(&serde_json::json!({ "seq": self.next_seq })).unwrap_or_default()
     }
 
-    /// Remembers an accepted key; the oldest is forgotten past `idempotency-keys`. Both
-    /// are state changes committed with the request's records.
+    /// Remembers an accepted key in slot `seq % idempotency-keys`, over the key it makes the
+    /// source forget (the oldest): the slots are a ring of fixed size in the compacted
+    /// positions topic, so no key leaves a tombstone and compaction keeps exactly one record
+    /// per slot. The slot's record commits with the request's records.
     fn remember(&mut self, key: String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.changes
-            .push((key.clone().into_bytes(), Some(seq.to_string().into_bytes())));
+        self.changes.push((
+            slot_key(seq, self.config.idempotency_keys),
+            Some(slot_value(seq, &key)),
+        ));
         self.known.insert(key.clone());
         self.pending.insert(key.clone());
         self.keys.push_back((key, seq));
         while self.keys.len() > self.config.idempotency_keys {
             if let Some((old, _)) = self.keys.pop_front() {
                 self.known.remove(&old);
-                self.changes.push((old.into_bytes(), None));
             }
         }
     }
+}
+
+/// The state key of the slot holding key number `seq`.
+fn slot_key(seq: u64, slots: usize) -> Vec<u8> {
+    format!("slot-{}", seq % slots.max(1) as u64).into_bytes()
+}
+
+/// A slot's value: the key's number and the key.
+fn slot_value(seq: u64, key: &str) -> Vec<u8> {
+    format!("{seq} {key}").into_bytes()
+}
+
+/// (slot, number, key) of a slot entry; `None` for anything else.
+fn parse_slot(k: &[u8], v: &[u8]) -> Option<(u64, u64, String)> {
+    let slot = std::str::from_utf8(k)
+        .ok()?
+        .strip_prefix("slot-")?
+        .parse()
+        .ok()?;
+    let (seq, key) = std::str::from_utf8(v).ok()?.split_once(' ')?;
+    Some((slot, seq.parse().ok()?, key.to_string()))
 }
 
 impl Source for IngestSource {
@@ -318,42 +343,41 @@ impl Source for IngestSource {
         self.known.clear();
         self.changes.clear();
         self.next_seq = 0;
-        let mut entries: Vec<(u64, String)> = std::mem::take(&mut self.restored)
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let seq = std::str::from_utf8(&v).ok()?.parse().ok()?;
-                Some((seq, String::from_utf8(k).ok()?))
-            })
-            .collect();
+        let slots = self.config.idempotency_keys;
+        let mut entries: Vec<(u64, String)> = Vec::new();
+        for (k, v) in std::mem::take(&mut self.restored) {
+            match parse_slot(&k, &v) {
+                // `idempotency-keys` shrank: slots past the ring are removed for good.
+                Some((slot, _, _)) if slot >= slots as u64 => self.changes.push((k, None)),
+                Some((_, seq, key)) => entries.push((seq, key)),
+                None => {}
+            }
+        }
         if let Some(p) = position {
             let v: serde_json::Value =
                 serde_json::from_slice(p).map_err(|e| ConnectorError::Position(e.to_string()))?;
             self.next_seq = v["seq"].as_u64().unwrap_or(0);
-            // Positions written before keys became state entries held the keys themselves.
+            // Positions written before keys became state entries held the keys themselves;
+            // they go into slots with the next commit, which drops them from the position.
             for k in v["keys"].as_array().into_iter().flatten() {
                 if let Some(k) = k.as_str() {
-                    // Written as state entries with the next commit, which drops them from
-                    // the position.
-                    self.changes.push((
-                        k.as_bytes().to_vec(),
-                        Some(self.next_seq.to_string().into_bytes()),
-                    ));
+                    if slots > 0 {
+                        self.changes.push((
+                            slot_key(self.next_seq, slots),
+                            Some(slot_value(self.next_seq, k)),
+                        ));
+                    }
                     entries.push((self.next_seq, k.to_string()));
                     self.next_seq += 1;
                 }
             }
         }
         entries.sort();
-        let keep = entries.len().saturating_sub(self.config.idempotency_keys);
-        for (i, (seq, key)) in entries.into_iter().enumerate() {
-            if i < keep {
-                // `idempotency-keys` shrank: forget the oldest for good.
-                self.changes.push((key.into_bytes(), None));
-            } else {
-                self.next_seq = self.next_seq.max(seq + 1);
-                self.known.insert(key.clone());
-                self.keys.push_back((key, seq));
-            }
+        let keep = entries.len().saturating_sub(slots);
+        for (seq, key) in entries.into_iter().skip(keep) {
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.known.insert(key.clone());
+            self.keys.push_back((key, seq));
         }
         Ok(())
     }
@@ -465,6 +489,7 @@ mod tests {
     struct Committed {
         position: Option<Vec<u8>>,
         state: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+        tombstones: usize,
     }
 
     impl Committed {
@@ -475,7 +500,10 @@ mod tests {
             for (k, v) in b.state {
                 match v {
                     Some(v) => self.state.insert(k, v),
-                    None => self.state.remove(&k),
+                    None => {
+                        self.tombstones += 1;
+                        self.state.remove(&k)
+                    }
                 };
             }
             s.committed();
@@ -523,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_state_entries_written_once_and_forgotten_past_the_limit() {
+    fn keys_are_a_ring_of_slots_that_leaves_no_tombstones() {
         let (mut s, h) = IngestSource::new("t", config()).unwrap();
         let mut c = Committed::default();
         c.reopen(&mut s);
@@ -534,8 +562,13 @@ mod tests {
             c.commit(&mut s, b);
             r.recv().unwrap().unwrap();
         }
-        let keys: Vec<&[u8]> = c.state.keys().map(|k| &k[..]).collect();
-        assert_eq!(keys, [&b"b"[..], b"c"], "two keys remembered");
+        let slots: Vec<(&[u8], &[u8])> = c.state.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(
+            slots,
+            [(&b"slot-0"[..], &b"2 c"[..]), (b"slot-1", b"1 b")],
+            "two keys remembered; c took a's slot"
+        );
+        assert_eq!(c.tombstones, 0, "forgetting a key writes nothing");
         // A restart with a smaller limit forgets the oldest for good.
         let (mut s, h) = IngestSource::new(
             "t",

@@ -434,11 +434,12 @@ impl Worker {
                 &[
                     ("cleanup.policy", "compact"),
                     // Small segments that roll at least hourly, so the cleaner gets to work on
-                    // a topic that is written every epoch but stays small; markers of epochs
-                    // whose positions were superseded go after an hour.
+                    // a topic that is written every epoch but stays small.
                     ("segment.bytes", "1048576"),
                     ("segment.ms", "3600000"),
-                    ("delete.retention.ms", "3600000"),
+                    // Markers of committed transactions and the few tombstones go a minute
+                    // after their data: only the worker reads this topic, from where it was.
+                    ("delete.retention.ms", "60000"),
                 ]
                 .map(|(k, v)| (k.to_string(), v.to_string()))
             } else {

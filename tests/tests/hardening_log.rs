@@ -196,5 +196,5 @@ fn the_source_positions_topic_rolls_small_segments_so_compaction_can_shrink_it()
     assert_eq!(get("cleanup.policy"), "compact");
     assert_eq!(get("segment.bytes"), "1048576");
     assert_eq!(get("segment.ms"), "3600000");
-    assert_eq!(get("delete.retention.ms"), "3600000");
+    assert_eq!(get("delete.retention.ms"), "60000");
 }
