@@ -301,7 +301,7 @@ impl Partition {
                 damage = opened.damage.take();
             }
             for b in &opened.batches {
-                replay(&mut producers, &opened.segment, &b.header)?;
+                replay(&mut producers, &opened.segment, b)?;
             }
             segments.insert(base, opened.segment);
         }
@@ -1315,29 +1315,27 @@ impl Partition {
 }
 
 /// Replays one batch header into producer state on open.
-fn replay(producers: &mut ProducerStates, seg: &Segment, h: &BatchHeader) -> Result<()> {
-    if h.is_control() {
-        let mut buf = vec![0u8; h.total_size()];
-        let pos = seg
-            .seek_from(seg.lookup(h.base_offset), h.base_offset)?
-            .map(|p| p.0)
-            .unwrap_or(0);
-        seg.file()
-            .read_exact_at(&mut buf, pos)
-            .map_err(|e| LogError::io("read segment", seg.log_path(), e))?;
-        let (kind, _) = crate::batch::decode_control(&buf).map_err(|e| LogError::Corrupt {
-            path: seg.log_path(),
-            position: pos,
-            reason: e.to_string(),
-        })?;
-        producers.on_marker(
-            h.producer_id,
-            h.producer_epoch,
-            kind == ControlType::Commit,
-            h.base_offset,
-        );
-    } else {
-        producers.on_data(h);
+fn replay(
+    producers: &mut ProducerStates,
+    seg: &Segment,
+    b: &crate::segment::BatchPosition,
+) -> Result<()> {
+    let h = &b.header;
+    match &b.control {
+        Some(control) => {
+            let kind = control.as_ref().map_err(|reason| LogError::Corrupt {
+                path: seg.log_path(),
+                position: 0,
+                reason: format!("the marker at offset {}: {reason}", h.base_offset),
+            })?;
+            producers.on_marker(
+                h.producer_id,
+                h.producer_epoch,
+                *kind == ControlType::Commit,
+                h.base_offset,
+            );
+        }
+        None => producers.on_data(h),
     }
     Ok(())
 }

@@ -27,9 +27,12 @@ pub(crate) fn file_stem(base_offset: i64) -> String {
 }
 
 /// A batch found while scanning a segment on open.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct BatchPosition {
     pub header: BatchHeader,
+    /// For a control batch: its marker, read during the scan (a partition replays markers
+    /// into its transaction state; reading each one again by offset cost several reads apiece).
+    pub control: Option<Result<crate::batch::ControlType, String>>,
 }
 
 /// What opening a segment found.
@@ -163,6 +166,7 @@ impl Segment {
         let mut expected = base_offset;
         let mut truncate_reason = None;
         let mut header_buf = [0u8; BATCH_HEADER_LEN];
+        let mut window = HeaderWindow::default();
         let mut whole = Vec::new();
         // (offset - base, position, last offset - base, max timestamp) of every batch: what
         // persisted index entries are checked against.
@@ -172,9 +176,11 @@ impl Segment {
                 truncate_reason = Some("torn batch header at the end".to_string());
                 break;
             }
-            seg.file
-                .read_exact_at(&mut header_buf, pos)
-                .map_err(|e| LogError::io("read segment", &log, e))?;
+            header_buf.copy_from_slice(
+                window
+                    .header(&seg.file, pos, file_size)
+                    .map_err(|e| LogError::io("read segment", &log, e))?,
+            );
             let header = match BatchHeader::parse(&header_buf) {
                 Ok(h) => h,
                 Err(e) => {
@@ -212,7 +218,17 @@ impl Segment {
                 rel_last: (header.last_offset() - base_offset) as u32,
                 max_timestamp: header.max_timestamp,
             });
-            batches.push(BatchPosition { header });
+            let control = header.is_control().then(|| {
+                window
+                    .bytes(&seg.file, pos, total as usize, file_size)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        crate::batch::decode_control(b)
+                            .map(|(kind, _)| kind)
+                            .map_err(|e| e.to_string())
+                    })
+            });
+            batches.push(BatchPosition { header, control });
             expected = header.next_offset();
             pos += total;
         }
@@ -532,4 +548,44 @@ pub(crate) fn write_file(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| LogError::io("write", &tmp, e))?;
     f.sync_data().map_err(|e| LogError::io("fsync", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| LogError::io("rename", path, e))
+}
+
+/// Reads batch headers in file order through a window of the file: a segment of small
+/// batches costs one read per window instead of one `pread` per batch (millions of them for
+/// a large log, which made every start slow), and a batch larger than the window costs one
+/// window read for its header.
+#[derive(Default)]
+struct HeaderWindow {
+    buf: Vec<u8>,
+    start: u64,
+}
+
+/// Bytes read at a time when scanning headers.
+const HEADER_WINDOW: u64 = 64 << 10;
+
+impl HeaderWindow {
+    /// The `BATCH_HEADER_LEN` bytes at `pos`; `file_size - pos` must be at least that.
+    fn header(&mut self, file: &File, pos: u64, file_size: u64) -> std::io::Result<&[u8]> {
+        self.bytes(file, pos, BATCH_HEADER_LEN, file_size)
+    }
+
+    /// The `len` bytes at `pos` (`pos + len` within `file_size`), read through the window
+    /// when they fit it.
+    fn bytes(
+        &mut self,
+        file: &File,
+        pos: u64,
+        len: usize,
+        file_size: u64,
+    ) -> std::io::Result<&[u8]> {
+        let end = self.start + self.buf.len() as u64;
+        if pos < self.start || pos + len as u64 > end {
+            let n = HEADER_WINDOW.max(len as u64).min(file_size - pos) as usize;
+            self.buf.resize(n, 0);
+            file.read_exact_at(&mut self.buf, pos)?;
+            self.start = pos;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(&self.buf[at..at + len])
+    }
 }
