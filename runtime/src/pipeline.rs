@@ -273,7 +273,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// every message that could hold one passes through [`Secrets::redact`]. Its `Debug` shows
 /// the variable names only.
 #[derive(Clone, Default)]
-pub struct Secrets(Vec<(String, String)>, Vec<Substituted>);
+pub struct Secrets {
+    /// Each substituted value with its variable's name.
+    values: Vec<(String, String)>,
+    /// The string values substitutions were made in (for errors about them).
+    substituted: Vec<Substituted>,
+}
 
 /// A string value that had `${VAR}` replaced: its key, where it is, and the variables.
 #[derive(Clone, Debug)]
@@ -286,7 +291,7 @@ struct Substituted {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|(_, var)| var))
+            .entries(self.values.iter().map(|(_, var)| var))
             .finish()
     }
 }
@@ -294,7 +299,7 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// True when the `sql` key's value had `${VAR}` replaced in it.
     pub fn in_sql(&self) -> bool {
-        self.1.iter().any(|s| s.key == "sql")
+        self.substituted.iter().any(|s| s.key == "sql")
     }
 
     /// Values shorter than this are not searched for in messages: a `${PARTITIONS}` of `3`
@@ -305,7 +310,7 @@ impl Secrets {
     pub fn redact(&self, message: &str) -> String {
         let mut out = message.to_string();
         // Longest first, so a value containing another is replaced whole.
-        let mut values: Vec<&(String, String)> = self.0.iter().collect();
+        let mut values: Vec<&(String, String)> = self.values.iter().collect();
         values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
         for (value, var) in values {
             if value.len() < Self::MIN_LEN {
@@ -374,7 +379,7 @@ fn expand_env(
                 match (env.var)(var) {
                     Some(v) => {
                         out.push_str(&v);
-                        secrets.0.push((v, var.to_string()));
+                        secrets.values.push((v, var.to_string()));
                         vars.push(format!("${{{var}}}"));
                     }
                     None => {
@@ -389,7 +394,7 @@ fn expand_env(
             }
             out.push_str(rest);
             *s = std::borrow::Cow::Owned(out);
-            secrets.1.push(Substituted {
+            secrets.substituted.push(Substituted {
                 key: key.to_string(),
                 span,
                 vars,
@@ -494,7 +499,7 @@ fn parse_with(
         // The message may quote part of a substituted value (`unknown time unit "hunter"`):
         // where the error is in one, say where and which variables, not what.
         let hidden = e.span().and_then(|at| {
-            secrets.1.iter().find(|s| {
+            secrets.substituted.iter().find(|s| {
                 s.span.start < at.end.max(at.start + 1) && at.start < s.span.end
             })
         });
@@ -766,7 +771,7 @@ http = { token = '${SLUICE_TEST_TAB}' }
             assert!(e.contains("leak.toml:"), "{e}");
         }
         assert_eq!(
-            Secrets(vec![("sécret✓".into(), "S".into())], Vec::new())
+            Secrets::of(vec![("sécret✓".into(), "S".into())])
                 .redact("GET http://h/s%C3%A9cret%E2%9C%93/x"),
             "GET http://h/${S}/x"
         );
@@ -837,18 +842,24 @@ http = { token = '${SLUICE_TEST_TAB}' }
         assert!(!dir.path().join("made-by-check").exists());
     }
 
+    impl Secrets {
+        fn of(values: Vec<(String, String)>) -> Secrets {
+            Secrets {
+                values,
+                substituted: Vec::new(),
+            }
+        }
+    }
+
     #[test]
     fn secrets_are_redacted_longest_first_and_short_values_left() {
-        let s = Secrets(
-            vec![
-                ("abcd".into(), "A".into()),
-                ("abcdefgh".into(), "B".into()),
-                ("3".into(), "N".into()),
-            ],
-            Vec::new(),
-        );
+        let s = Secrets::of(vec![
+            ("abcd".into(), "A".into()),
+            ("abcdefgh".into(), "B".into()),
+            ("3".into(), "N".into()),
+        ]);
         assert_eq!(s.redact("x abcdefgh abcd 3"), "x ${B} ${A} 3");
-        let quoted = Secrets(vec![("pa\"ss\\word".into(), "P".into())], Vec::new());
+        let quoted = Secrets::of(vec![("pa\"ss\\word".into(), "P".into())]);
         assert_eq!(
             quoted.redact(r#"invalid type: string "pa\"ss\\word""#),
             r#"invalid type: string "${P}""#
