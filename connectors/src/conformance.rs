@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_log::ConsumerRecord;
 
-use crate::{Sink, Source};
+use crate::{Sink, Source, Wait};
 
 fn values(batch: &crate::SourceBatch) -> Vec<String> {
     batch
@@ -30,7 +30,7 @@ pub fn source_resumes_exactly_after_its_position(
     append(&["a1", "a2", "a3"]);
     let mut s = make();
     s.open(None).unwrap();
-    let first = s.poll(2, Duration::ZERO).unwrap();
+    let first = s.poll(2, &Wait::timeout(Duration::ZERO)).unwrap();
     assert_eq!(values(&first), ["a1", "a2"], "max is honoured, order kept");
     let pos = first
         .position
@@ -38,13 +38,13 @@ pub fn source_resumes_exactly_after_its_position(
     append(&["a4"]);
     let mut again = make();
     again.open(Some(&pos)).unwrap();
-    let rest = again.poll(100, Duration::ZERO).unwrap();
+    let rest = again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
     assert_eq!(
         values(&rest),
         ["a3", "a4"],
         "resumes exactly after the position"
     );
-    let empty = again.poll(100, Duration::ZERO).unwrap();
+    let empty = again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
     assert!(
         empty.records.is_empty() && empty.position.is_none(),
         "nothing new, no position"

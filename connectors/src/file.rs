@@ -17,14 +17,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_log::{ConsumerRecord, Record};
 
 use crate::config::Interval;
-use crate::{ConnectorError, Durable, Rejected, Result, Sink, Source, SourceBatch};
+use crate::{ConnectorError, Durable, Rejected, Result, Sink, Source, SourceBatch, Wait};
 
 /// How a file's lines become records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -388,8 +388,7 @@ impl Source for FileSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch> {
-        let deadline = Instant::now() + timeout;
+    fn poll(&mut self, max: usize, wait: &Wait) -> Result<SourceBatch> {
         let mut batch = SourceBatch::default();
         loop {
             for path in self.matches()? {
@@ -398,11 +397,11 @@ impl Source for FileSource {
                 }
                 self.read_file(&path, max, &mut batch)?;
             }
-            if !batch.records.is_empty() || !batch.rejected.is_empty() || Instant::now() >= deadline
-            {
+            // Files have no change notification here: look again every 50 ms until the
+            // wait is over (its deadline, or the task stopping, ends the sleep at once).
+            if !batch.records.is_empty() || !batch.rejected.is_empty() || !wait.sleep(POLL_STEP) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
         }
         if !batch.records.is_empty() || !batch.rejected.is_empty() {
             batch.position = Some(
@@ -413,6 +412,9 @@ impl Source for FileSource {
         Ok(batch)
     }
 }
+
+/// How often a waiting poll looks at the files again.
+const POLL_STEP: Duration = Duration::from_millis(50);
 
 /// The file sink's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -748,7 +750,7 @@ mod tests {
         std::fs::write(&f, "one\ntwo\nthr").unwrap();
         let mut s = source(dir.path(), FileFormat::Lines, None);
         s.open(None).unwrap();
-        let b = s.poll(100, Duration::ZERO).unwrap();
+        let b = s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(values(&b), ["one", "two"]);
         let pos = b.position.unwrap();
         let mut file = OpenOptions::new().append(true).open(&f).unwrap();
@@ -757,10 +759,16 @@ mod tests {
         let mut again = source(dir.path(), FileFormat::Lines, None);
         again.open(Some(&pos)).unwrap();
         assert_eq!(
-            values(&again.poll(100, Duration::ZERO).unwrap()),
+            values(&again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap()),
             ["three", "four"]
         );
-        assert!(again.poll(100, Duration::ZERO).unwrap().position.is_none());
+        assert!(
+            again
+                .poll(100, &Wait::timeout(Duration::ZERO))
+                .unwrap()
+                .position
+                .is_none()
+        );
     }
 
     #[test]
@@ -771,29 +779,41 @@ mod tests {
         std::fs::write(&f, "one\n").unwrap();
         let mut s = source(dir.path(), FileFormat::Lines, None);
         s.open(None).unwrap();
-        assert_eq!(values(&s.poll(100, Duration::ZERO).unwrap()), ["one"]);
+        assert_eq!(
+            values(&s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap()),
+            ["one"]
+        );
         // A line without its newline, over the 64-byte limit, growing.
         let mut file = OpenOptions::new().append(true).open(&f).unwrap();
         file.write_all(&[b'x'; 100]).unwrap();
-        let b = s.poll(100, Duration::ZERO).unwrap();
+        let b = s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(b.rejected.len(), 1, "{:?}", b.rejected);
         assert!(b.rejected[0].origin.ends_with("a.txt:2"));
         assert!(b.rejected[0].raw.len() <= 66);
         let pos = b.position.unwrap();
         file.write_all(&[b'x'; 1000]).unwrap();
-        let b = s.poll(100, Duration::ZERO).unwrap();
+        let b = s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert!(b.records.is_empty() && b.rejected.is_empty(), "once only");
         // A restart in the middle of the line keeps skipping it.
         let mut again = source(dir.path(), FileFormat::Lines, None);
         again.open(Some(&pos)).unwrap();
         file.write_all(b"xxx\ntwo\nthr").unwrap();
-        let b = again.poll(100, Duration::ZERO).unwrap();
+        let b = again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(values(&b), ["two"]);
         assert!(b.rejected.is_empty());
         // A short unfinished line waits, and is not read again until the file grows.
-        assert!(again.poll(100, Duration::ZERO).unwrap().position.is_none());
+        assert!(
+            again
+                .poll(100, &Wait::timeout(Duration::ZERO))
+                .unwrap()
+                .position
+                .is_none()
+        );
         file.write_all(b"ee\n").unwrap();
-        assert_eq!(values(&again.poll(100, Duration::ZERO).unwrap()), ["three"]);
+        assert_eq!(
+            values(&again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap()),
+            ["three"]
+        );
     }
 
     #[test]
@@ -804,14 +824,23 @@ mod tests {
         std::fs::write(&f, "one\ntwo\n").unwrap();
         let mut s = source(dir.path(), FileFormat::Lines, None);
         s.open(None).unwrap();
-        assert_eq!(s.poll(100, Duration::ZERO).unwrap().records.len(), 2);
+        assert_eq!(
+            s.poll(100, &Wait::timeout(Duration::ZERO))
+                .unwrap()
+                .records
+                .len(),
+            2
+        );
         std::fs::write(&f, "x\n").unwrap();
-        assert_eq!(values(&s.poll(100, Duration::ZERO).unwrap()), ["x"]);
+        assert_eq!(
+            values(&s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap()),
+            ["x"]
+        );
         std::fs::remove_file(&f).unwrap();
         std::fs::write(dir.path().join("in/tmp"), "new-one\nnew-two\n").unwrap();
         std::fs::rename(dir.path().join("in/tmp"), &f).unwrap();
         assert_eq!(
-            values(&s.poll(100, Duration::ZERO).unwrap()),
+            values(&s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap()),
             ["new-one", "new-two"]
         );
     }
@@ -827,7 +856,7 @@ mod tests {
         .unwrap();
         let mut s = source(dir.path(), FileFormat::Json, Some("zone"));
         s.open(None).unwrap();
-        let b = s.poll(100, Duration::ZERO).unwrap();
+        let b = s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(b.records.len(), 2);
         assert_eq!(b.records[0].key.as_deref(), Some(&b"a"[..]));
         assert_eq!(b.records[1].key, None);
@@ -842,7 +871,7 @@ mod tests {
         .unwrap();
         let mut s = source(dir.path(), FileFormat::Csv, Some("zone"));
         s.open(None).unwrap();
-        let b = s.poll(100, Duration::ZERO).unwrap();
+        let b = s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         // a.txt has no valid CSV shape beyond its header line; b.txt gives one row.
         let rows: Vec<serde_json::Value> = b
             .records

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_log::Record;
 
-use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, StateEntries};
+use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, StateEntries, Wait};
 
 /// The HTTP ingest source's settings.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -382,10 +382,12 @@ impl Source for IngestSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch> {
+    /// Waits on the request queue, which the worker closes (drops its sender) when it
+    /// stops the source, so a stop ends the wait at once.
+    fn poll(&mut self, max: usize, wait: &Wait) -> Result<SourceBatch> {
         let mut batch = SourceBatch::default();
         let mut id = 0;
-        let mut wait = timeout;
+        let mut wait = wait.remaining();
         loop {
             let request = match self.held.take() {
                 Some(r) => r,
@@ -467,7 +469,9 @@ mod tests {
                 None,
             )
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(b.records.len(), 2);
         assert_eq!(b.records[1].key.as_deref(), Some(&b"b"[..]));
         assert_eq!(b.rejected.len(), 1);
@@ -526,7 +530,9 @@ mod tests {
         let retry = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(b.records.len(), 1);
         assert!(
             retry.try_recv().is_err(),
@@ -542,7 +548,9 @@ mod tests {
         let dup = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(b.records.len(), 1, "written once");
         assert!(dup.try_recv().is_err());
         c.commit(&mut s, b);
@@ -557,7 +565,9 @@ mod tests {
         c.reopen(&mut s);
         for k in ["a", "b", "c"] {
             let r = h.submit(Bytes::from("{}"), false, Some(k.into())).unwrap();
-            let b = s.poll(100, Duration::from_millis(100)).unwrap();
+            let b = s
+                .poll(100, &Wait::timeout(Duration::from_millis(100)))
+                .unwrap();
             assert!(b.position.as_ref().unwrap().len() < 32, "a small position");
             c.commit(&mut s, b);
             r.recv().unwrap().unwrap();
@@ -582,7 +592,9 @@ mod tests {
         let r = h
             .submit(Bytes::from("{}"), false, Some("c".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert!(b.records.is_empty());
         c.commit(&mut s, b);
         assert!(r.recv().unwrap().unwrap().duplicate);
@@ -598,14 +610,18 @@ mod tests {
         let r = h
             .submit(Bytes::from("{}"), false, Some("x".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         c.commit(&mut s, b);
         assert!(r.recv().unwrap().unwrap().duplicate);
         c.reopen(&mut s);
         let r = h
             .submit(Bytes::from("{}"), false, Some("x".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert!(b.records.is_empty());
         assert!(
             r.recv().unwrap().unwrap().duplicate,
@@ -625,7 +641,9 @@ mod tests {
                 Some("k1".into()),
             )
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(b.records.len(), 2);
         c.commit(&mut s, b);
         assert!(!a.recv().unwrap().unwrap().duplicate);
@@ -633,7 +651,8 @@ mod tests {
         let lost = h
             .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
             .unwrap();
-        s.poll(100, Duration::from_millis(100)).unwrap();
+        s.poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         c.reopen(&mut s);
         assert!(lost.recv().is_err(), "the client learns it must retry");
         let again = h
@@ -642,7 +661,9 @@ mod tests {
         let retry = h
             .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
             .unwrap();
-        let b = s.poll(100, Duration::from_millis(100)).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(b.records.len(), 1, "k1 was committed, k2 was not");
         assert!(again.recv().unwrap().unwrap().duplicate);
         c.commit(&mut s, b);

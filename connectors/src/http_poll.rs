@@ -77,7 +77,7 @@ use serde_json::Value;
 use sluice_log::Record;
 
 use crate::config::Interval;
-use crate::{ConnectorError, Rejected, Result, Source, SourceBatch};
+use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, Wait};
 
 /// The HTTP polling source's settings.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -797,21 +797,14 @@ impl Source for HttpPollSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch> {
+    fn poll(&mut self, max: usize, wait: &Wait) -> Result<SourceBatch> {
         if !self.pending.is_empty() {
             return self.drain(max);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = Instant::now();
-            if now >= self.next_request {
-                break;
-            }
-            if now >= deadline {
-                return Ok(SourceBatch::default());
-            }
-            let wait = (self.next_request - now).min(deadline - now);
-            std::thread::sleep(wait.min(Duration::from_millis(50)));
+        // Until the next request is due, or the wait is over (a stop ends it at once).
+        let until_due = self.next_request.saturating_duration_since(Instant::now());
+        if !until_due.is_zero() && (!wait.sleep(until_due) || Instant::now() < self.next_request) {
+            return Ok(SourceBatch::default());
         }
         // A failed request counts too: the worker's backoff paces the retries.
         self.next_request = Instant::now() + self.config.interval.0;
@@ -1076,7 +1069,7 @@ mod tests {
         c.headers
             .insert("Authorization".into(), "Bearer s3cret".into());
         let mut s = source(c, None);
-        let b = s.poll(100, WAIT).unwrap();
+        let b = s.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert_eq!(
             values(&b),
             [r#"{"id":"a","n":1}"#, r#"{"id":7}"#, r#"{"n":3}"#]
@@ -1098,27 +1091,27 @@ mod tests {
         let server = Server::start();
         server.serve(r#"[{"v": 1}]"#, Some("\"v1\""), None);
         let mut s = source(config(&server.url), None);
-        let b = s.poll(100, WAIT).unwrap();
+        let b = s.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert_eq!(values(&b), [r#"{"v":1}"#]);
         let pos = b.position.unwrap();
         let pos_json: Value = serde_json::from_slice(&pos).unwrap();
         assert_eq!(pos_json["etag"], "\"v1\"");
         assert_eq!(pos_json["emitted"], 1);
 
-        let b = s.poll(100, WAIT).unwrap();
+        let b = s.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert!(b.records.is_empty() && b.position.is_none());
         assert!(server.requests()[1].contains("if-none-match: \"v1\"\r\n"));
 
         // A restarted source sends the stored validators and emits nothing again.
         let mut again = source(config(&server.url), Some(&pos));
-        let b = again.poll(100, WAIT).unwrap();
+        let b = again.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert!(b.records.is_empty() && b.rejected.is_empty() && b.position.is_none());
         assert_eq!(server.requests().len(), 3);
         assert!(server.requests()[2].contains("if-none-match: \"v1\"\r\n"));
 
         // A new version is emitted whole.
         server.serve(r#"[{"v": 1}, {"v": 2}]"#, Some("\"v2\""), None);
-        let b = again.poll(100, WAIT).unwrap();
+        let b = again.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert_eq!(values(&b), [r#"{"v":1}"#, r#"{"v":2}"#]);
     }
 
@@ -1128,12 +1121,23 @@ mod tests {
         let when = "Wed, 21 Oct 2015 07:28:00 GMT";
         server.serve(r#"{"v": 1}"#, None, Some(when));
         let mut s = source(config(&server.url), None);
-        let pos = s.poll(100, WAIT).unwrap().position.unwrap();
-        assert!(s.poll(100, WAIT).unwrap().records.is_empty());
+        let pos = s.poll(100, &Wait::timeout(WAIT)).unwrap().position.unwrap();
+        assert!(
+            s.poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .records
+                .is_empty()
+        );
         assert!(server.requests()[1].contains(&format!("if-modified-since: {when}\r\n")));
         assert!(!server.requests()[1].contains("if-none-match"));
         let mut again = source(config(&server.url), Some(&pos));
-        assert!(again.poll(100, WAIT).unwrap().position.is_none());
+        assert!(
+            again
+                .poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .position
+                .is_none()
+        );
         assert!(server.requests()[2].contains(&format!("if-modified-since: {when}\r\n")));
     }
 
@@ -1142,16 +1146,33 @@ mod tests {
         let server = Server::start();
         server.serve(r#"[{"v": 1}]"#, None, None);
         let mut s = source(config(&server.url), None);
-        let pos = s.poll(100, WAIT).unwrap().position.unwrap();
-        assert!(s.poll(100, WAIT).unwrap().position.is_none());
+        let pos = s.poll(100, &Wait::timeout(WAIT)).unwrap().position.unwrap();
+        assert!(
+            s.poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .position
+                .is_none()
+        );
         let mut again = source(config(&server.url), Some(&pos));
-        assert!(again.poll(100, WAIT).unwrap().position.is_none());
+        assert!(
+            again
+                .poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .position
+                .is_none()
+        );
         assert_eq!(server.requests().len(), 3);
         // A, B, A: the second A is a new version after B.
         server.serve(r#"[{"v": 2}]"#, None, None);
-        assert_eq!(values(&again.poll(100, WAIT).unwrap()), [r#"{"v":2}"#]);
+        assert_eq!(
+            values(&again.poll(100, &Wait::timeout(WAIT)).unwrap()),
+            [r#"{"v":2}"#]
+        );
         server.serve(r#"[{"v": 1}]"#, None, None);
-        assert_eq!(values(&again.poll(100, WAIT).unwrap()), [r#"{"v":1}"#]);
+        assert_eq!(
+            values(&again.poll(100, &Wait::timeout(WAIT)).unwrap()),
+            [r#"{"v":1}"#]
+        );
     }
 
     #[test]
@@ -1159,7 +1180,7 @@ mod tests {
         let server = Server::start();
         server.serve("<html>maintenance</html>", None, None);
         let mut s = source(config(&server.url), None);
-        let b = s.poll(100, WAIT).unwrap();
+        let b = s.poll(100, &Wait::timeout(WAIT)).unwrap();
         assert!(b.records.is_empty());
         assert_eq!(b.rejected.len(), 1);
         let r = &b.rejected[0];
@@ -1185,7 +1206,7 @@ mod tests {
             s.body = b"database down".to_vec();
         }
         let mut s = source(config(&server.url), None);
-        let e = s.poll(100, WAIT).unwrap_err();
+        let e = s.poll(100, &Wait::timeout(WAIT)).unwrap_err();
         assert!(e.is_retryable());
         let text = e.to_string();
         assert!(
@@ -1196,7 +1217,9 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", closed.local_addr().unwrap());
         drop(closed);
-        let e = source(config(&url), None).poll(100, WAIT).unwrap_err();
+        let e = source(config(&url), None)
+            .poll(100, &Wait::timeout(WAIT))
+            .unwrap_err();
         assert!(e.is_retryable());
         assert!(e.to_string().contains(&url), "{e}");
     }
@@ -1207,7 +1230,9 @@ mod tests {
         server.serve(&format!("[{}]", "1,".repeat(20) + "1"), None, None);
         let mut c = config(&server.url);
         c.max_body_bytes = 16;
-        let e = source(c.clone(), None).poll(100, WAIT).unwrap_err();
+        let e = source(c.clone(), None)
+            .poll(100, &Wait::timeout(WAIT))
+            .unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains(&server.url) && text.contains("43 bytes, over max-body-bytes 16"),
@@ -1215,7 +1240,7 @@ mod tests {
         );
         // Without a Content-Length the reading stops at the limit.
         server.served.lock().unwrap().no_length = true;
-        let e = source(c, None).poll(100, WAIT).unwrap_err();
+        let e = source(c, None).poll(100, &Wait::timeout(WAIT)).unwrap_err();
         assert!(e.to_string().contains("over max-body-bytes 16"), "{e}");
         assert!(e.is_retryable());
     }
@@ -1235,7 +1260,7 @@ mod tests {
         let mut positions = Vec::new();
         let mut all = Vec::new();
         for expect in [2, 2, 1] {
-            let b = s.poll(2, WAIT).unwrap();
+            let b = s.poll(2, &Wait::timeout(WAIT)).unwrap();
             assert_eq!(b.records.len(), expect);
             all.extend(values(&b));
             let p: Value = serde_json::from_slice(&b.position.unwrap()).unwrap();
@@ -1248,7 +1273,7 @@ mod tests {
             1,
             "the rest came without a request"
         );
-        assert!(s.poll(2, WAIT).unwrap().position.is_none());
+        assert!(s.poll(2, &Wait::timeout(WAIT)).unwrap().position.is_none());
         assert!(server.requests()[1].contains("if-none-match: \"e\""));
     }
 
@@ -1259,30 +1284,46 @@ mod tests {
         let server = Server::start();
         server.serve(r#"[{"a":1},{"a":2},{"a":3}]"#, Some("\"e1\""), None);
         let mut s = source(config(&server.url), None);
-        let first = s.poll(2, Duration::ZERO).unwrap();
+        let first = s.poll(2, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(values(&first), [r#"{"a":1}"#, r#"{"a":2}"#]);
         let pos = first.position.unwrap();
         drop(s);
 
         // Same body: continue with the third item; the request had no validators.
         let mut again = source(config(&server.url), Some(&pos));
-        let rest = again.poll(100, Duration::ZERO).unwrap();
+        let rest = again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert_eq!(values(&rest), [r#"{"a":3}"#]);
         assert!(!server.requests()[1].contains("if-none-match"));
         let done = rest.position.unwrap();
-        let empty = again.poll(100, Duration::ZERO).unwrap();
+        let empty = again.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
         assert!(empty.records.is_empty() && empty.position.is_none());
         let mut after_done = source(config(&server.url), Some(&done));
-        assert!(after_done.poll(100, WAIT).unwrap().position.is_none());
+        assert!(
+            after_done
+                .poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .position
+                .is_none()
+        );
 
         // Changed before the restart: the new version whole.
         server.serve(r#"[{"a":1},{"a":2},{"a":3},{"a":4}]"#, Some("\"e2\""), None);
         let mut changed = source(config(&server.url), Some(&pos));
-        assert_eq!(changed.poll(100, WAIT).unwrap().records.len(), 4);
+        assert_eq!(
+            changed
+                .poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .records
+                .len(),
+            4
+        );
 
         // A position for another URL is ignored.
         let mut other = source(config(&format!("{}?page=2", server.url)), Some(&done));
-        assert_eq!(other.poll(100, WAIT).unwrap().records.len(), 4);
+        assert_eq!(
+            other.poll(100, &Wait::timeout(WAIT)).unwrap().records.len(),
+            4
+        );
     }
 
     #[test]
@@ -1292,10 +1333,15 @@ mod tests {
         let mut c = config(&server.url);
         c.interval = Interval(Duration::from_secs(10));
         let mut s = source(c.clone(), None);
-        assert!(s.poll(100, WAIT).unwrap().position.is_none());
+        assert!(
+            s.poll(100, &Wait::timeout(WAIT))
+                .unwrap()
+                .position
+                .is_none()
+        );
         let start = Instant::now();
         assert!(
-            s.poll(100, Duration::from_millis(120))
+            s.poll(100, &Wait::timeout(Duration::from_millis(120)))
                 .unwrap()
                 .position
                 .is_none()
@@ -1309,8 +1355,8 @@ mod tests {
 
         c.interval = Interval(Duration::from_millis(150));
         let mut s = source(c, None);
-        s.poll(100, Duration::ZERO).unwrap();
-        s.poll(100, Duration::from_secs(5)).unwrap();
+        s.poll(100, &Wait::timeout(Duration::ZERO)).unwrap();
+        s.poll(100, &Wait::timeout(Duration::from_secs(5))).unwrap();
         assert_eq!(
             server.requests().len(),
             3,

@@ -36,9 +36,8 @@ pub mod http_ingest;
 pub mod http_poll;
 pub mod objstore;
 
-use std::time::Duration;
-
 use sluice_log::{ConsumerRecord, Record};
+pub use sluice_task::Wait;
 
 pub use crate::error::{ConnectorError, Result};
 
@@ -81,7 +80,9 @@ pub struct Rejected {
 /// start); after it, the records of each `poll` must continue exactly after that position.
 /// The position a poll returns must describe the input consumed by that poll and every one
 /// before it, so that opening with it resumes without gaps or repeats. `poll` may return an
-/// empty batch (nothing new) after waiting at most `timeout`.
+/// empty batch (nothing new) after waiting at most as `wait` allows: a wait ends at its
+/// deadline or at once when the task stops (sleep with [`Wait::sleep`], or wait on something
+/// the stop closes), so a stopping task never sits out a timeout.
 pub trait Source: Send {
     /// Restores the committed keyed state: every entry a batch's `state` set and no later
     /// batch removed, as of the committed position. Called right before [`Source::open`];
@@ -95,7 +96,7 @@ pub trait Source: Send {
     fn open(&mut self, position: Option<&[u8]>) -> Result<()>;
 
     /// Reads up to `max` records.
-    fn poll(&mut self, max: usize, timeout: Duration) -> Result<SourceBatch>;
+    fn poll(&mut self, max: usize, wait: &Wait) -> Result<SourceBatch>;
 
     /// The batches polled so far are committed (records and position, in one log
     /// transaction). A source that acknowledges its input upstream (HTTP ingest answers its

@@ -634,6 +634,12 @@ impl Log {
         self.inner.appended_cv.notify_all();
     }
 
+    /// Wakes every [`Log::wait_for_append`] (and so every consumer's poll) now, as if
+    /// something was appended: a stopping task's consumer returns at once.
+    pub fn wake_waiters(&self) {
+        self.notify_appended();
+    }
+
     /// A counter that changes on every append; pass it to [`Log::wait_for_append`].
     pub fn append_generation(&self) -> u64 {
         *self.inner.appended.lock()

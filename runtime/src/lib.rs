@@ -15,7 +15,8 @@
 //!   benchmarks, `remote` the API client, `views` the tables shared by local and remote);
 //!   `main.rs` only parses and dispatches.
 //! - [`pipeline`]: pipeline files (parse, validate, build connectors).
-//! - [`worker`]: deployed pipelines and their source and sink tasks (supervision, commits).
+//! - [`worker`]: deployed pipelines: topics, SQL, and their tasks' lifecycle.
+//! - [`tasks`]: the source and sink tasks (their step and commit on `sluice-task`).
 //! - [`deployer`]: keeps the pipelines folder and the worker in step (file changes, API).
 //! - [`api`]: the REST API, server-sent events, HTTP ingest and Prometheus metrics.
 //! - [`output`]: tables and the one-line error format.
@@ -25,4 +26,5 @@ pub mod cli;
 pub mod deployer;
 pub mod output;
 pub mod pipeline;
+pub mod tasks;
 pub mod worker;

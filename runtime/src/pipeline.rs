@@ -41,7 +41,7 @@ use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSourc
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
 use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_connectors::{ConnectorError, Sink, Source};
-pub use sluice_sql::runner::Guarantee;
+pub use sluice_task::Guarantee;
 use toml::Spanned;
 
 /// A pipeline file.

@@ -13,201 +13,25 @@
 //! the same under both: their writes are idempotent and their offsets commit after the
 //! output is durable.
 //!
-//! A source's position is stored in the compacted topic `__sluice_source_positions` (key
-//! `<pipeline>/<source>`, and `<pipeline>/<source>\0<entry>` for its keyed state, such as
-//! HTTP ingest's idempotency keys) in the same transaction as its records, so a restart
-//! resumes exactly after the last committed records. The worker reads the topic once and
-//! then only what is new ([`Positions`]). A failing task restarts with exponential backoff; its
-//! last error and restart count are in [`TaskStatus`].
+//! The tasks themselves are in [`crate::tasks`], on the task runtime of `sluice-task`: a
+//! stop token per pipeline (with a child per task) that wakes every wait at once, retries
+//! with backoff for retryable errors and a `failed` state for the others, and the
+//! [`TaskStatus`] the API and metrics read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_connectors::http_ingest::IngestHandle;
-use sluice_connectors::{Rejected, Sink, Source, StateEntries};
-use sluice_log::{
-    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, Producer, ProducerConfig,
-    Record, TopicPartition,
-};
+use sluice_log::{Log, LogError};
 use sluice_sql::engine::Engine;
-use sluice_sql::runner::{Guarantee, RunnerConfig};
+use sluice_sql::runner::RunnerConfig;
+use sluice_task::{StopToken, TaskHandle, TaskSpec, TaskStatus};
 
-use crate::pipeline::{Pipeline, Secrets};
-
-/// The topic holding source positions.
-pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
-
-/// Why a task's attempt failed, and whether another attempt can help.
-#[derive(Debug, thiserror::Error)]
-enum TaskError {
-    /// From the connector: its own `is_retryable` decides (I/O, HTTP and object-store
-    /// failures are retried; a bad configuration or stored position is not).
-    #[error(transparent)]
-    Connector(#[from] sluice_connectors::ConnectorError),
-    /// From the log: retried unless the request itself was wrong (a deleted topic, a record
-    /// over `max.message.bytes`), or the log is closing.
-    #[error(transparent)]
-    Log(#[from] LogError),
-    /// Retrying later may help (another task's transaction holds the positions back).
-    #[error("{0}")]
-    Retryable(String),
-    /// Retrying cannot help: the task stops and says why; an operator acts.
-    #[error("{0}")]
-    Fatal(String),
-}
-
-impl TaskError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            TaskError::Connector(e) => e.is_retryable(),
-            TaskError::Log(e) => !e.is_user_error() && !matches!(e, LogError::Closed),
-            TaskError::Retryable(_) => true,
-            TaskError::Fatal(_) => false,
-        }
-    }
-}
-
-/// The committed source positions and keyed source state, as in `__sluice_source_positions`
-/// (key `<pipeline>/<source>` for a position, `<pipeline>/<source>\0<entry>` for a state
-/// entry). The topic is read once, then only what was appended since, so a source's start
-/// does not read the whole topic again.
-#[derive(Debug, Default)]
-pub struct Positions {
-    /// The offset after the last record applied.
-    next: i64,
-    entries: BTreeMap<Bytes, Bytes>,
-}
-
-/// The positions shared by a worker's source tasks.
-pub type SharedPositions = Arc<Mutex<Positions>>;
-
-impl Positions {
-    /// Applies the committed records appended since the last call.
-    ///
-    /// Call [`wait_stable`] first: other sources' transactions may hold the topic's last
-    /// stable offset back for a moment (a position is written just before its transaction
-    /// commits), and a later position of a source behind one must not be missed.
-    fn catch_up(&mut self, log: &Log) -> Result<(), TaskError> {
-        let partition = log.partition(POSITIONS_TOPIC, 0)?;
-        let mut offset = self.next.max(partition.info().log_start_offset);
-        loop {
-            let fetched = partition.fetch(offset, 4 << 20, Isolation::ReadCommitted)?;
-            if fetched.data.is_empty() {
-                break;
-            }
-            let (records, next) =
-                sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
-                    .map_err(|e| TaskError::Retryable(format!("{POSITIONS_TOPIC}: {e}")))?;
-            for r in records {
-                let Some(key) = r.record.key else { continue };
-                match r.record.value {
-                    Some(v) => self.entries.insert(key, v),
-                    None => self.entries.remove(&key),
-                };
-            }
-            offset = next;
-        }
-        self.next = offset;
-        Ok(())
-    }
-
-    /// The committed position of source `key` and its state entries.
-    fn get(&self, key: &str) -> (Option<Bytes>, StateEntries) {
-        let prefix = state_key(key, b"");
-        let state = self
-            .entries
-            .range(Bytes::from(prefix.clone())..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k[prefix.len()..].to_vec(), v.to_vec()))
-            .collect();
-        (self.entries.get(key.as_bytes()).cloned(), state)
-    }
-}
-
-/// Waits until no transaction holds the positions topic's last stable offset below the end
-/// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
-/// source's start).
-fn wait_stable(log: &Log) -> Result<(), TaskError> {
-    let partition = log.partition(POSITIONS_TOPIC, 0)?;
-    let end = partition.info().high_watermark;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while partition.info().last_stable_offset < end {
-        if Instant::now() > deadline {
-            return Err(TaskError::Retryable(format!(
-                "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// The positions-topic key of state entry `entry` of source `source`.
-fn state_key(source: &str, entry: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(source.len() + 1 + entry.len());
-    k.extend_from_slice(source.as_bytes());
-    k.push(0);
-    k.extend_from_slice(entry);
-    k
-}
-
-/// What a task has done and how it is.
-#[derive(Debug, Default)]
-pub struct TaskStatus {
-    /// Records read (sources: from outside; sinks: from the topic).
-    pub records_in: AtomicU64,
-    /// Records written (sources: to the topic; sinks: outside).
-    pub records_out: AtomicU64,
-    /// Bytes read (record values and keys).
-    pub bytes_in: AtomicU64,
-    /// Bytes written.
-    pub bytes_out: AtomicU64,
-    /// Records sent to the dead-letter topic.
-    pub rejected: AtomicU64,
-    /// Commits (source transactions; sink flush + offset commits).
-    pub commits: AtomicU64,
-    /// Time spent committing, in microseconds.
-    pub commit_micros: AtomicU64,
-    /// Restarts after failures.
-    pub restarts: AtomicU64,
-    /// The last error, while it is being retried, or the one it stopped with.
-    pub error: Mutex<Option<String>>,
-    /// Stopped by an error retrying cannot fix (a bad configuration, lost records).
-    pub failed: AtomicBool,
-    /// Set once the task's loop has ended (stopped or paused).
-    pub stopped: AtomicBool,
-}
-
-impl TaskStatus {
-    /// `running`, `retrying` (failed; restarting with backoff), `failed` (stopped by an
-    /// error retrying cannot fix; its `error` says why) or `stopped`.
-    pub fn state(&self) -> &'static str {
-        if self.failed.load(Ordering::Relaxed) {
-            "failed"
-        } else if self.stopped.load(Ordering::Relaxed) {
-            "stopped"
-        } else if self.error.lock().is_some() {
-            "retrying"
-        } else {
-            "running"
-        }
-    }
-
-    fn committed(&self, started: Instant) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-fn record_bytes(key: Option<&Bytes>, value: Option<&Bytes>) -> u64 {
-    (key.map_or(0, |k| k.len()) + value.map_or(0, |v| v.len())) as u64
-}
+use crate::pipeline::Pipeline;
+pub use crate::tasks::positions::{POSITIONS_TOPIC, Positions, SharedPositions};
+use crate::tasks::sink::SinkTask;
+use crate::tasks::source::SourceTask;
 
 /// One running task.
 #[derive(Debug)]
@@ -216,7 +40,7 @@ pub struct Task {
     pub name: String,
     /// Its counters.
     pub status: Arc<TaskStatus>,
-    thread: Option<JoinHandle<()>>,
+    handle: TaskHandle,
 }
 
 /// A deployed pipeline.
@@ -231,18 +55,16 @@ pub struct Deployed {
     /// Paused by the API: its tasks are stopped until resumed.
     pub paused: bool,
     pipeline: Pipeline,
-    stop: Arc<AtomicBool>,
+    stop: StopToken,
 }
 
 impl Deployed {
     /// Stops its tasks (each commits what it has) and waits for them.
     fn stop(&mut self, ingest: &IngestRoutes) {
         ingest.lock().retain(|_, (p, _)| *p != self.name);
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         for t in &mut self.tasks {
-            if let Some(h) = t.thread.take() {
-                let _ = h.join();
-            }
+            t.handle.stop();
         }
     }
 
@@ -465,7 +287,7 @@ impl Worker {
                 }
             })?;
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = StopToken::new();
         let tasks = self.start_tasks(p, &stop)?;
         self.pipelines.push(Deployed {
             name: p.name.clone(),
@@ -481,17 +303,27 @@ impl Worker {
     /// Builds every task of `p`, then starts them all: a failure (a missing topic, a
     /// connector that does not build, a taken ingest route) starts none, so nothing is left
     /// running that no one stops.
-    fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, String> {
+    fn start_tasks(&self, p: &Pipeline, stop: &StopToken) -> Result<Vec<Task>, String> {
         let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
         let dlq = dlq_topic(&p.name);
-        let mut starts: Vec<(String, TaskBody, Arc<TaskStatus>)> = Vec::new();
+        let mut starts: Vec<(String, Starter)> = Vec::new();
         let mut routes = Vec::new();
+        let spec = |kind: &'static str, name: &str| {
+            let mut spec = TaskSpec::new(kind, format!("{}/{name}", p.name), stop.child());
+            spec.pipeline = Some(p.name.clone());
+            let secrets = p.secrets.clone();
+            spec.redact = Some(Arc::new(move |e: &str| secrets.redact(e)));
+            // A consumer's poll waits on the log: wake it when the task stops.
+            let log = self.log.clone();
+            spec.stop.on_stop(move || log.wake_waiters());
+            spec
+        };
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
             self.log
                 .topic(&s.topic)
                 .map_err(|e| err(&format!("source {name}: {e}")))?;
-            let (source, ingest) = crate::pipeline::build_source(s, p.base())
+            let (mut source, ingest) = crate::pipeline::build_source(s, p.base())
                 .map_err(|e| err(&format!("source {name}: {e}")))?;
             if let Some(handle) = ingest {
                 if self.ingest.lock().contains_key(&s.topic) {
@@ -502,23 +334,21 @@ impl Worker {
                 }
                 routes.push((s.topic.clone(), handle));
             }
-            let ctx = SourceTask {
+            let task = SourceTask {
                 log: self.log.clone(),
                 key: source_key(&p.name, &name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
                 positions: Arc::clone(&self.positions),
-                secrets: p.secrets.clone(),
                 guarantee: p.config.guarantee,
                 commit_interval: p.config.commit_interval.0,
-                stop: Arc::clone(stop),
-                status: Arc::new(TaskStatus::default()),
             };
-            let status = Arc::clone(&ctx.status);
+            let spec = spec("source", &name);
             starts.push((
                 format!("source {name}"),
-                Box::new(move || ctx.run_with_retries(source)),
-                status,
+                Box::new(move || {
+                    sluice_task::spawn(spec, move |ctx| task.attempt(ctx, source.as_mut()))
+                }),
             ));
         }
         for s in &p.config.sinks {
@@ -526,36 +356,41 @@ impl Worker {
             self.log
                 .topic(&s.topic)
                 .map_err(|e| err(&format!("sink {name}: {e}")))?;
-            let sink = crate::pipeline::build_sink(s, p.base())
+            let mut sink = crate::pipeline::build_sink(s, p.base())
                 .map_err(|e| err(&format!("sink {name}: {e}")))?;
-            let ctx = SinkTask {
+            let task = SinkTask {
                 log: self.log.clone(),
                 group: sink_group(&p.name, &name),
                 legacy_group: legacy_group(&p.name, &name),
-                secrets: p.secrets.clone(),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
                 commit_interval: p.config.commit_interval.0,
-                stop: Arc::clone(stop),
-                status: Arc::new(TaskStatus::default()),
             };
-            let status = Arc::clone(&ctx.status);
+            let spec = spec("sink", &name);
             starts.push((
                 format!("sink {name}"),
-                Box::new(move || ctx.run_with_retries(sink)),
-                status,
+                Box::new(move || {
+                    sluice_task::spawn(spec, move |ctx| task.attempt(ctx, sink.as_mut()))
+                }),
             ));
         }
-        {
-            let mut table = self.ingest.lock();
-            for (topic, handle) in routes {
-                table.insert(topic, (p.name.clone(), handle));
+        let mut tasks = Vec::new();
+        for (name, start) in starts {
+            match start() {
+                Ok(handle) => tasks.push(Task {
+                    name,
+                    status: Arc::clone(&handle.status),
+                    handle,
+                }),
+                // Dropping the handles started so far stops them.
+                Err(e) => return Err(err(&format!("{name}: cannot start its thread: {e}"))),
             }
         }
-        Ok(starts
-            .into_iter()
-            .map(|(name, body, status)| spawn(name, status, body))
-            .collect())
+        let mut table = self.ingest.lock();
+        for (topic, handle) in routes {
+            table.insert(topic, (p.name.clone(), handle));
+        }
+        Ok(tasks)
     }
 
     /// The HTTP ingest routes (for the API).
@@ -594,7 +429,7 @@ impl Worker {
         d.stop(&ingest);
         d.tasks.clear();
         let pipeline = d.pipeline.clone();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = StopToken::new();
         let tasks = self.start_tasks(&pipeline, &stop)?;
         let d = self.find(name)?;
         d.tasks = tasks;
@@ -606,7 +441,7 @@ impl Worker {
     /// Stops every task (each commits what it has) and the persistent queries.
     pub fn shutdown(&mut self) {
         for p in &self.pipelines {
-            p.stop.store(true, Ordering::SeqCst);
+            p.stop.stop();
         }
         for p in &mut self.pipelines {
             p.stop(&self.ingest);
@@ -621,28 +456,12 @@ impl Drop for Worker {
     }
 }
 
-/// What a task's thread runs.
-type TaskBody = Box<dyn FnOnce() + Send>;
+/// Starts a built task.
+type Starter = Box<dyn FnOnce() -> std::io::Result<TaskHandle>>;
 
-fn spawn(name: String, status: Arc<TaskStatus>, body: TaskBody) -> Task {
-    let done = Arc::clone(&status);
-    let thread = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            body();
-            done.stopped.store(true, Ordering::SeqCst);
-        })
-        .ok();
-    Task {
-        name,
-        status,
-        thread,
-    }
-}
-
-/// The dead-letter topic of pipeline `pipeline`.
+/// The dead-letter topic of pipeline `pipeline` (the one rule: `sluice_task::dlq_topic`).
 pub fn dlq_topic(pipeline: &str) -> String {
-    format!("{pipeline}.dlq")
+    sluice_task::dlq_topic(pipeline)
 }
 
 /// The names a pipeline's tasks hold in the log and outside, each with what holds it: no
@@ -731,436 +550,6 @@ pub fn sink_group(pipeline: &str, sink: &str) -> String {
 fn legacy_group(pipeline: &str, sink: &str) -> Option<String> {
     let rest = format!("{pipeline}-{sink}");
     (rest.matches('-').count() == 1).then(|| format!("sluice-sink-{rest}"))
-}
-
-/// Runs `attempt` until it returns Ok or `stop` is set, backing off after failures.
-/// Errors pass through `secrets` before they are logged or shown in status.
-fn with_retries(
-    stop: &AtomicBool,
-    status: &TaskStatus,
-    what: &str,
-    secrets: &Secrets,
-    mut attempt: impl FnMut() -> Result<(), TaskError>,
-) {
-    let mut backoff = Duration::from_millis(200);
-    while !stop.load(Ordering::SeqCst) {
-        match attempt() {
-            Ok(()) => return,
-            Err(e) if !e.is_retryable() => {
-                let e = secrets.redact(&e.to_string());
-                tracing::error!(task = what, error = %e, "Task failed and stops: retrying cannot help. Fix the cause, then restart the pipeline.");
-                *status.error.lock() = Some(e);
-                status.failed.store(true, Ordering::SeqCst);
-                return;
-            }
-            Err(e) => {
-                let e = secrets.redact(&e.to_string());
-                tracing::error!(task = what, error = %e, "Task failed; it restarts from its last commit.");
-                *status.error.lock() = Some(e);
-                status.restarts.fetch_add(1, Ordering::Relaxed);
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
-
-/// The dead-letter record for rejected input: the raw bytes, with why and where in headers.
-fn dead_letter(r: Rejected) -> Record {
-    Record {
-        key: None,
-        value: Some(Bytes::from(r.raw)),
-        headers: vec![
-            Header {
-                key: "sluice.error".into(),
-                value: Some(Bytes::from(r.reason)),
-            },
-            Header {
-                key: "sluice.source".into(),
-                value: Some(Bytes::from(r.origin)),
-            },
-        ],
-        timestamp: sluice_log::record::now_ms(),
-    }
-}
-
-struct SourceTask {
-    log: Log,
-    /// `<pipeline>/<source>`: the position key and the transactional id.
-    key: String,
-    topic: String,
-    dlq: String,
-    positions: SharedPositions,
-    secrets: Secrets,
-    guarantee: Guarantee,
-    commit_interval: Duration,
-    stop: Arc<AtomicBool>,
-    status: Arc<TaskStatus>,
-}
-
-/// The records, dead letters and position of a source's open epoch.
-struct SourceEpoch {
-    started: Instant,
-    position: Vec<u8>,
-    /// Keyed state changes, in order.
-    state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    records: u64,
-    bytes: u64,
-    rejected: u64,
-}
-
-impl SourceTask {
-    fn run_with_retries(self, mut source: Box<dyn Source>) {
-        let status = Arc::clone(&self.status);
-        with_retries(
-            &self.stop,
-            &status,
-            &self.key.clone(),
-            &self.secrets.clone(),
-            || self.run(source.as_mut()),
-        );
-    }
-
-    fn run(&self, source: &mut dyn Source) -> Result<(), TaskError> {
-        let exactly_once = self.guarantee == Guarantee::ExactlyOnce;
-        // The producer first: a transactional one aborts what an earlier instance of this
-        // task left open, before the position is read.
-        let mut producer = self
-            .guarantee
-            .producer(&self.log, &format!("sluice-source-{}", self.key))?;
-        wait_stable(&self.log)?;
-        let (position, state) = {
-            let mut positions = self.positions.lock();
-            positions.catch_up(&self.log)?;
-            positions.get(&self.key)
-        };
-        source.restore(state)?;
-        source.open(position.as_deref())?;
-        *self.status.error.lock() = None;
-        let mut epoch: Option<SourceEpoch> = None;
-        loop {
-            let stopping = self.stop.load(Ordering::SeqCst);
-            if !stopping {
-                let wait = epoch.as_ref().map_or(Duration::from_millis(200), |e| {
-                    self.commit_interval
-                        .saturating_sub(e.started.elapsed())
-                        .clamp(Duration::from_millis(1), Duration::from_millis(200))
-                });
-                let batch = source.poll(10_000, wait)?;
-                if let Some(position) = batch.position {
-                    if epoch.is_none() && exactly_once {
-                        producer.begin_transaction()?;
-                    }
-                    let e = epoch.get_or_insert_with(|| SourceEpoch {
-                        started: Instant::now(),
-                        position: Vec::new(),
-                        state: Vec::new(),
-                        records: 0,
-                        bytes: 0,
-                        rejected: 0,
-                    });
-                    e.position = position;
-                    e.state.extend(batch.state);
-                    e.records += batch.records.len() as u64;
-                    e.rejected += batch.rejected.len() as u64;
-                    for r in batch.records {
-                        e.bytes += record_bytes(r.key.as_ref(), r.value.as_ref());
-                        producer.send(&self.topic, r)?;
-                    }
-                    for r in batch.rejected {
-                        producer.send(&self.dlq, dead_letter(r))?;
-                    }
-                }
-            }
-            if let Some(e) = epoch.take_if(|e| {
-                stopping || source.waiting() || e.started.elapsed() >= self.commit_interval
-            }) {
-                self.commit(&mut producer, source, e)?;
-            }
-            if stopping {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Ends an epoch: the position joins the records in one transaction; at least once,
-    /// the records are flushed first and the position written after them.
-    fn commit(
-        &self,
-        producer: &mut Producer,
-        source: &mut dyn Source,
-        e: SourceEpoch,
-    ) -> Result<(), TaskError> {
-        let started = Instant::now();
-        let now = sluice_log::record::now_ms();
-        let mut records: Vec<Record> = e
-            .state
-            .into_iter()
-            .map(|(k, v)| Record {
-                key: Some(Bytes::from(state_key(&self.key, &k))),
-                value: v.map(Bytes::from),
-                headers: Vec::new(),
-                timestamp: now,
-            })
-            .collect();
-        records.push(Record {
-            key: Some(Bytes::from(self.key.clone())),
-            value: Some(Bytes::from(e.position)),
-            headers: Vec::new(),
-            timestamp: now,
-        });
-        if self.guarantee == Guarantee::ExactlyOnce {
-            for r in records {
-                producer.send(POSITIONS_TOPIC, r)?;
-            }
-            sluice_log::fault::point("source-before-commit");
-            producer.commit_transaction()?;
-        } else {
-            producer.flush()?;
-            sluice_log::fault::point("source-before-commit");
-            for r in records {
-                producer.send(POSITIONS_TOPIC, r)?;
-            }
-            producer.flush()?;
-        }
-        source.committed();
-        self.status.committed(started);
-        self.status.bytes_in.fetch_add(e.bytes, Ordering::Relaxed);
-        self.status.bytes_out.fetch_add(e.bytes, Ordering::Relaxed);
-        self.status
-            .records_in
-            .fetch_add(e.records + e.rejected, Ordering::Relaxed);
-        self.status
-            .records_out
-            .fetch_add(e.records, Ordering::Relaxed);
-        self.status
-            .rejected
-            .fetch_add(e.rejected, Ordering::Relaxed);
-        if e.rejected > 0 {
-            tracing::warn!(source = %self.key, records = e.rejected, topic = %self.dlq, "Input rejected to the dead-letter topic; its sluice.error headers say why.");
-        }
-        Ok(())
-    }
-}
-
-struct SinkTask {
-    log: Log,
-    group: String,
-    /// The group name older versions used, when it belongs to this sink alone: its
-    /// offsets are taken over once.
-    legacy_group: Option<String>,
-    secrets: Secrets,
-    topic: String,
-    dlq: String,
-    commit_interval: Duration,
-    stop: Arc<AtomicBool>,
-    status: Arc<TaskStatus>,
-}
-
-impl SinkTask {
-    fn run_with_retries(self, mut sink: Box<dyn Sink>) {
-        let status = Arc::clone(&self.status);
-        with_retries(
-            &self.stop,
-            &status,
-            &self.group.clone(),
-            &self.secrets.clone(),
-            || self.run(sink.as_mut()),
-        );
-    }
-
-    /// A sink first started by an older version committed under its old group name: the
-    /// new group starts where the old one was, once.
-    fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
-        let Some(legacy) = &self.legacy_group else {
-            return Ok(());
-        };
-        if tps
-            .iter()
-            .any(|tp| self.log.committed(&self.group, tp).is_some())
-        {
-            return Ok(());
-        }
-        let offsets: Vec<(TopicPartition, i64)> = tps
-            .iter()
-            .filter_map(|tp| Some((tp.clone(), self.log.committed(legacy, tp)?)))
-            .collect();
-        if !offsets.is_empty() {
-            tracing::info!(group = %self.group, legacy = %legacy, "The sink's consumer group was renamed; it continues from the old group's offsets.");
-            self.log.commit_offsets(&self.group, None, &offsets)?;
-        }
-        Ok(())
-    }
-
-    /// Refuses to start when the group's committed offset is past the log's end: the log
-    /// lost records it had acknowledged. Starting over would make the sink replace output it
-    /// exported with what is left, so it stops and says so; an operator decides (restore the
-    /// data directory, or move the group with `sluice groups reset-offsets`). The finding is
-    /// recorded in the log's data-loss list, so it stands after the log grows past that
-    /// offset again and across restarts, until the group's offset is moved.
-    fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
-        let reason = |committed: i64| {
-            format!(
-                "sink group {} had committed offset {committed}, past the log's end",
-                self.group
-            )
-        };
-        let losses = self.log.data_loss();
-        for tp in tps {
-            let Some(committed) = self.log.committed(&self.group, tp) else {
-                continue;
-            };
-            let end = self
-                .log
-                .partition(&tp.topic, tp.partition)?
-                .info()
-                .high_watermark;
-            let found_before = losses.iter().find(|l| {
-                l.topic == tp.topic && l.partition == tp.partition && l.reason == reason(committed)
-            });
-            let lost = match found_before {
-                Some(l) => (l.from, l.to),
-                None if committed > end => {
-                    tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
-                    self.log.report_data_loss(sluice_log::DataLoss {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        from: end,
-                        to: committed,
-                        reason: reason(committed),
-                        detected_at: sluice_log::record::now_ms(),
-                    })?;
-                    (end, committed)
-                }
-                None => continue,
-            };
-            return Err(TaskError::Fatal(format!(
-                "topic {} partition {}: this sink's committed offset {committed} was past the log's end {}: the log lost records {}..{}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
-                tp.topic, tp.partition, lost.0, lost.0, lost.1, self.group, tp.topic
-            )));
-        }
-        Ok(())
-    }
-
-    fn run(&self, sink: &mut dyn Sink) -> Result<(), TaskError> {
-        let partitions = self.log.topic(&self.topic)?.partition_count();
-        let mut consumer = self.log.consumer(ConsumerConfig {
-            group: Some(self.group.clone()),
-            isolation: Isolation::ReadCommitted,
-            auto_offset_reset: OffsetReset::Earliest,
-            enable_auto_commit: false,
-            max_poll_records: 10_000,
-            ..ConsumerConfig::default()
-        });
-        let tps: Vec<TopicPartition> = (0..partitions)
-            .map(|p| TopicPartition {
-                topic: self.topic.clone(),
-                partition: p,
-            })
-            .collect();
-        self.take_over_legacy_offsets(&tps)?;
-        self.check_offsets(&tps)?;
-        consumer.assign(&tps)?;
-        // Offsets and the dead letters of the records they pass commit together.
-        let mut producer = self.log.transactional_producer(
-            &format!("sluice-sink-{}", self.group),
-            ProducerConfig::default(),
-        )?;
-        *self.status.error.lock() = None;
-        // Records the sink rejected, until the offsets past them commit.
-        let mut dead: Vec<(u32, i64, Rejected)> = Vec::new();
-        let mut committed = sluice_connectors::Durable::new();
-        let mut last_commit = Instant::now();
-        let mut written = sluice_connectors::Durable::new();
-        let mut flushed = sluice_connectors::Durable::new();
-        loop {
-            let stopping = self.stop.load(Ordering::SeqCst);
-            if !stopping {
-                let records = consumer.poll(Duration::from_millis(100))?;
-                if !records.is_empty() {
-                    let rejected = sink.write(&records)?;
-                    let n = records.len() as u64;
-                    let bytes: u64 = records
-                        .iter()
-                        .map(|r| record_bytes(r.key.as_ref(), r.value.as_ref()))
-                        .sum();
-                    self.status.records_in.fetch_add(n, Ordering::Relaxed);
-                    self.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-                    self.status.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-                    self.status
-                        .records_out
-                        .fetch_add(n - rejected.len() as u64, Ordering::Relaxed);
-                    // A sink that does not say which record it rejected: the batch's last.
-                    let last = records.last().map_or((0, 0), |r| (r.partition, r.offset));
-                    dead.extend(rejected.into_iter().map(|r| {
-                        let (p, o) = r.at.unwrap_or(last);
-                        (p, o, r)
-                    }));
-                    for r in &records {
-                        written.insert(r.partition, r.offset + 1);
-                    }
-                }
-            }
-            // Flushed until the sink's output is durable up to what it was given (a sink
-            // holding whole objects back reports less, and is asked again).
-            if !written.is_empty() && (stopping || last_commit.elapsed() >= self.commit_interval) {
-                // Durable first, then the offsets: a crash in between replays, and the sink
-                // rewrites the same output. The sink says how far its output is durable.
-                let started = Instant::now();
-                if written != flushed {
-                    flushed = sink.flush()?;
-                    sluice_log::fault::point("sink-after-flush");
-                }
-                // Where everything given is durable, commit the consumer's position rather
-                // than the last record + 1: it is past transaction markers, so the group's
-                // lag reads 0 when the sink has caught up.
-                let mut offsets: Vec<(TopicPartition, i64)> = Vec::new();
-                for (&p, &durable) in &flushed {
-                    let tp = TopicPartition {
-                        topic: self.topic.clone(),
-                        partition: p,
-                    };
-                    let target = match consumer.position(&tp) {
-                        Some(pos) if written.get(&p) == Some(&durable) => pos.max(durable),
-                        _ => durable,
-                    };
-                    if committed.get(&p) != Some(&target) {
-                        offsets.push((tp, target));
-                    }
-                }
-                if !offsets.is_empty() {
-                    let mut next = committed.clone();
-                    next.extend(offsets.iter().map(|(tp, o)| (tp.partition, *o)));
-                    let (passed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut dead)
-                        .into_iter()
-                        .partition(|(p, o, _)| next.get(p).is_some_and(|c| o < c));
-                    dead = kept;
-                    let rejected = passed.len();
-                    producer.begin_transaction()?;
-                    for (_, _, r) in passed {
-                        producer.send(&self.dlq, dead_letter(r))?;
-                    }
-                    producer.send_offsets_to_transaction(&self.group, &offsets)?;
-                    producer.commit_transaction()?;
-                    committed = next;
-                    self.status.committed(started);
-                    if rejected > 0 {
-                        self.status
-                            .rejected
-                            .fetch_add(rejected as u64, Ordering::Relaxed);
-                        tracing::warn!(sink = %self.group, records = rejected, topic = %self.dlq, "Records the sink cannot write went to the dead-letter topic; their sluice.error headers say why.");
-                    }
-                }
-                last_commit = Instant::now();
-            }
-            if stopping {
-                return Ok(());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

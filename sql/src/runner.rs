@@ -15,59 +15,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use sluice_log::{
-    ConsumerConfig, Header, Isolation, Log, LogError, OffsetReset, Producer, ProducerConfig,
-    Record, TopicPartition,
+    Consumer, ConsumerConfig, Isolation, Log, LogError, OffsetReset, Producer, Record,
+    TopicPartition,
 };
 use sluice_state::StateEnv;
+pub use sluice_task::Guarantee;
+use sluice_task::{
+    DeadLetter, Epochs, StopToken, TaskContext, TaskHandle, TaskSpec, TaskStatus, Wait,
+};
 
 use crate::catalog::{QueryDef, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::format::Input;
 use crate::query::{CompiledQuery, Dataflow, Step};
-
-/// What a task promises after a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Guarantee {
-    /// Outputs, state changes and input positions commit in one log transaction per epoch:
-    /// after a crash nothing is lost and nothing is repeated.
-    #[default]
-    ExactlyOnce,
-    /// Outputs are written (idempotently, but outside transactions), then positions are
-    /// committed: after a crash the work of the unfinished epoch is done again, so outputs
-    /// may repeat; nothing is lost.
-    AtLeastOnce,
-}
-
-impl Guarantee {
-    /// The producer a task writes through: transactional (as `transactional_id`, fencing an
-    /// earlier instance and aborting what it left open) for exactly-once, idempotent for
-    /// at-least-once.
-    pub fn producer(self, log: &Log, transactional_id: &str) -> sluice_log::Result<Producer> {
-        match self {
-            Guarantee::ExactlyOnce => {
-                log.transactional_producer(transactional_id, ProducerConfig::default())
-            }
-            Guarantee::AtLeastOnce => log.producer(ProducerConfig::default()),
-        }
-    }
-}
-
-impl std::fmt::Display for Guarantee {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Guarantee::ExactlyOnce => "exactly-once",
-            Guarantee::AtLeastOnce => "at-least-once",
-        })
-    }
-}
 
 /// How persistent queries run.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,42 +54,41 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Counters and state of a running query.
-#[derive(Debug, Default)]
-pub struct QueryStats {
-    /// Input records read.
-    pub records_in: AtomicU64,
-    /// Output records written.
-    pub records_out: AtomicU64,
-    /// Records sent to the dead-letter topic.
-    pub rejected: AtomicU64,
-    /// Epochs committed.
-    pub epochs: AtomicU64,
-    /// The last error, while the task is retrying.
-    pub error: Mutex<Option<String>>,
-}
+/// Counters and state of a running query: the status every task has.
+pub type QueryStats = TaskStatus;
 
 /// The consumer group holding a query's committed positions.
 pub fn query_group(id: &str) -> String {
     format!("_sluice_query_{id}")
 }
 
-/// The dead-letter topic of a query writing `sink_topic`.
+/// The dead-letter topic of a query writing `sink_topic` (the one rule:
+/// `sluice_task::dlq_topic`, with the output topic as the owner).
 pub fn dlq_topic(sink_topic: &str) -> String {
-    format!("{sink_topic}.dlq")
+    sluice_task::dlq_topic(sink_topic)
 }
 
 /// Header naming why a record was rejected.
-pub const ERROR_HEADER: &str = "sluice.error";
+pub const ERROR_HEADER: &str = sluice_task::dead_letter::ERROR_HEADER;
 /// Header naming where a rejected record came from (`topic/partition/offset`).
-pub const SOURCE_HEADER: &str = "sluice.source";
+pub const SOURCE_HEADER: &str = sluice_task::dead_letter::SOURCE_HEADER;
 
 #[derive(Debug)]
 struct Handle {
     config: RunnerConfig,
-    stop: Arc<AtomicBool>,
-    stats: Arc<QueryStats>,
-    thread: Option<JoinHandle<()>>,
+    task: TaskHandle,
+}
+
+impl sluice_task::Failure for SqlError {
+    /// The log's own refusals (a deleted topic, a record over its size limit) and its
+    /// closing cannot pass by retrying; everything else (I/O, state, a transaction in the
+    /// way) may, so the query restarts from its last committed epoch.
+    fn is_retryable(&self) -> bool {
+        match self {
+            SqlError::Log(e) => !e.is_user_error() && !matches!(e, LogError::Closed),
+            _ => true,
+        }
+    }
 }
 
 /// Runs persistent queries.
@@ -183,8 +146,6 @@ impl QueryManager {
             Ok(()) | Err(LogError::TopicExists(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(QueryStats::default());
         let config = self.overrides.get(&def.id).unwrap_or(&self.config).clone();
         let task = Task {
             id: def.id.clone(),
@@ -194,33 +155,21 @@ impl QueryManager {
             query,
             sink,
             dlq,
-            stop: Arc::clone(&stop),
-            stats: Arc::clone(&stats),
-            reported_rejected: AtomicU64::new(0),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("query-{}", def.id))
-            .spawn(move || task.run_with_retries())
+        let spec = TaskSpec::new("query", def.id.clone(), StopToken::new());
+        // The query's consumer waits on the log: wake it when the task stops.
+        let log = self.log.clone();
+        spec.stop.on_stop(move || log.wake_waiters());
+        let task = sluice_task::spawn(spec, move |ctx| task.attempt(ctx))
             .map_err(|e| SqlError::Invalid(format!("cannot start query {}: {e}", def.id)))?;
-        self.running.insert(
-            def.id.clone(),
-            Handle {
-                config,
-                stop,
-                stats,
-                thread: Some(thread),
-            },
-        );
+        self.running.insert(def.id.clone(), Handle { config, task });
         Ok(())
     }
 
     /// Stops a query after committing its current epoch.
     pub fn stop(&mut self, id: &str) {
         if let Some(mut h) = self.running.remove(id) {
-            h.stop.store(true, Ordering::SeqCst);
-            if let Some(t) = h.thread.take() {
-                let _ = t.join();
-            }
+            h.task.stop();
         }
     }
 
@@ -228,7 +177,7 @@ impl QueryManager {
     pub fn stop_all(&mut self) {
         let ids: Vec<String> = self.running.keys().cloned().collect();
         for h in self.running.values() {
-            h.stop.store(true, Ordering::SeqCst);
+            h.task.signal_stop();
         }
         for id in ids {
             self.stop(&id);
@@ -252,7 +201,7 @@ impl QueryManager {
 
     /// The counters of a running query.
     pub fn stats(&self, id: &str) -> Option<Arc<QueryStats>> {
-        self.running.get(id).map(|h| Arc::clone(&h.stats))
+        self.running.get(id).map(|h| Arc::clone(&h.task.status))
     }
 
     /// The state environment.
@@ -332,38 +281,18 @@ struct Task {
     query: CompiledQuery,
     sink: SourceDef,
     dlq: String,
-    stop: Arc<AtomicBool>,
-    stats: Arc<QueryStats>,
-    /// Rejections already reported in the log (one warning per epoch, not per record).
-    reported_rejected: AtomicU64,
 }
 
 impl Task {
-    fn run_with_retries(self) {
-        let mut backoff = Duration::from_millis(200);
-        while !self.stop.load(Ordering::SeqCst) {
-            match self.run() {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(query = %self.id, error = %e, "Query failed; it restarts from its last committed epoch.");
-                    *self.stats.error.lock() = Some(e.to_string());
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    }
-
     fn group(&self) -> String {
         query_group(&self.id)
     }
 
-    fn run(&self) -> Result<()> {
+    /// One attempt: restore the state to the last committed epoch, resume from the
+    /// positions committed with it, and run epochs until the task stops.
+    fn attempt(&self, ctx: &TaskContext) -> Result<()> {
         let store_name = self.id.to_lowercase();
-        let mut flow = Dataflow::open(
+        let flow = Dataflow::open(
             self.query.clone(),
             Some((&self.env, &self.log, store_name.as_str())),
         )?;
@@ -384,100 +313,134 @@ impl Task {
             })
             .collect();
         consumer.assign(&tps)?;
-        let exactly_once = self.config.guarantee == Guarantee::ExactlyOnce;
-        let mut producer = self
+        let producer = self
             .config
             .guarantee
             .producer(&self.log, &format!("sluice-query-{}", self.id))?;
-        *self.stats.error.lock() = None;
-        let mut positions: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        let mut merger = Merger::default();
-        let mut open = false;
-        let mut epoch_start = Instant::now();
-        loop {
-            let stopping = self.stop.load(Ordering::SeqCst);
-            if !stopping && !flow.done() {
-                merger.add(consumer.poll(Duration::from_millis(50))?);
-                let behind: Vec<u32> = if partitions > 1 {
-                    consumer
-                        .lag()?
-                        .into_iter()
-                        .filter(|(_, lag)| *lag > 0)
-                        .map(|(tp, _)| tp.partition)
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let records = merger.take(self.config.max_poll_records, &behind);
-                if !records.is_empty() {
-                    if !open {
-                        if exactly_once {
-                            producer.begin_transaction()?;
-                        }
-                        open = true;
-                        epoch_start = Instant::now();
-                    }
-                    self.stats
-                        .records_in
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
-                    let step = match flow.process(&inputs) {
-                        Ok(step) => vec![(step, None)],
-                        // An expression failed on some record (a division by zero, a bad
-                        // cast) before any state changed: find it record by record.
-                        Err(SqlError::Plan(_)) => inputs
-                            .iter()
-                            .enumerate()
-                            .map(
-                                |(i, input)| match flow.process(std::slice::from_ref(input)) {
-                                    Ok(step) => Ok((step, Some(i))),
-                                    Err(SqlError::Plan(e)) => {
-                                        Ok((Step::rejecting(flow.schema(), 0, e), Some(i)))
-                                    }
-                                    Err(e) => Err(e),
-                                },
-                            )
-                            .collect::<Result<Vec<_>>>()?,
-                        Err(e) => return Err(e),
-                    };
-                    for (step, offset) in step {
-                        self.write_step(&mut producer, &records, step, offset)?;
-                    }
-                    for r in &records {
-                        positions.insert(
-                            TopicPartition {
-                                topic: source_topic.clone(),
-                                partition: r.partition,
-                            },
-                            r.offset + 1,
-                        );
-                    }
-                }
-            } else if !stopping {
-                // LIMIT reached: the query has nothing more to do but stay terminable.
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if open && (stopping || epoch_start.elapsed() >= self.config.commit_interval) {
-                self.commit_epoch(&mut producer, &mut consumer, &mut flow, &positions)?;
-                open = false;
-            }
-            if stopping {
-                return Ok(());
-            }
+        *ctx.status.error.lock() = None;
+        let mut run = QueryRun {
+            task: self,
+            ctx,
+            flow,
+            consumer,
+            producer,
+            source_topic,
+            partitions,
+            positions: BTreeMap::new(),
+            merger: Merger::default(),
+            open_since: None,
+            rejected_in_epoch: 0,
+        };
+        sluice_task::run_epochs(ctx, self.config.commit_interval, &mut run)
+    }
+}
+
+struct QueryRun<'a> {
+    task: &'a Task,
+    ctx: &'a TaskContext,
+    flow: Dataflow,
+    consumer: Consumer,
+    producer: Producer,
+    source_topic: String,
+    partitions: u32,
+    positions: BTreeMap<TopicPartition, i64>,
+    merger: Merger,
+    open_since: Option<Instant>,
+    /// Rejections in the open epoch (one warning per epoch, not per record).
+    rejected_in_epoch: u64,
+}
+
+impl Epochs for QueryRun<'_> {
+    type Error = SqlError;
+
+    fn step(&mut self, wait: &Wait) -> Result<()> {
+        if self.flow.done() {
+            // LIMIT reached: the query has nothing more to do but stay terminable.
+            wait.sleep(wait.remaining());
+            return Ok(());
         }
+        self.merger.add(self.consumer.poll(wait.remaining())?);
+        let behind: Vec<u32> = if self.partitions > 1 {
+            self.consumer
+                .lag()?
+                .into_iter()
+                .filter(|(_, lag)| *lag > 0)
+                .map(|(tp, _)| tp.partition)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let records = self.merger.take(self.task.config.max_poll_records, &behind);
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.open_since.is_none() {
+            if self.task.config.guarantee == Guarantee::ExactlyOnce {
+                self.producer.begin_transaction()?;
+            }
+            self.open_since = Some(Instant::now());
+        }
+        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
+        let steps = match self.flow.process(&inputs) {
+            Ok(step) => vec![(step, None)],
+            // An expression failed on some record (a division by zero, a bad cast) before
+            // any state changed: find it record by record.
+            Err(SqlError::Plan(_)) => inputs
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, input)| match self.flow.process(std::slice::from_ref(input)) {
+                        Ok(step) => Ok((step, Some(i))),
+                        Err(SqlError::Plan(e)) => {
+                            Ok((Step::rejecting(self.flow.schema(), 0, e), Some(i)))
+                        }
+                        Err(e) => Err(e),
+                    },
+                )
+                .collect::<Result<Vec<_>>>()?,
+            Err(e) => return Err(e),
+        };
+        let mut out = 0;
+        for (step, offset) in steps {
+            out += self.write_step(&records, step, offset)?;
+        }
+        self.ctx.status.moved(records.len() as u64, out, 0, 0);
+        for r in &records {
+            self.positions.insert(
+                TopicPartition {
+                    topic: self.source_topic.clone(),
+                    partition: r.partition,
+                },
+                r.offset + 1,
+            );
+        }
+        Ok(())
     }
 
+    fn open_since(&self) -> Option<Instant> {
+        self.open_since
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let started = Instant::now();
+        self.commit_epoch()?;
+        self.open_since = None;
+        self.ctx.status.committed(started);
+        Ok(())
+    }
+}
+
+impl QueryRun<'_> {
+    /// Writes a step's rows and dead letters; returns the rows written.
     fn write_step(
-        &self,
-        producer: &mut Producer,
+        &mut self,
         records: &[sluice_log::ConsumerRecord],
         step: Step,
         record_offset: Option<usize>,
-    ) -> Result<()> {
-        let encoded = self.sink.encode(&step.batch)?;
-        self.stats
-            .records_out
-            .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+    ) -> Result<u64> {
+        let task = self.task;
+        let encoded = task.sink.encode(&step.batch)?;
+        let written = encoded.len() as u64;
         for (((key, value), ts), deleted) in
             encoded.into_iter().zip(step.timestamps).zip(step.deleted)
         {
@@ -485,8 +448,8 @@ impl Task {
                 // Nothing to delete without a key.
                 continue;
             }
-            producer.send(
-                &self.sink.topic,
+            self.producer.send(
+                &task.sink.topic,
                 Record {
                     key,
                     value: (!deleted).then(|| Bytes::from(value)),
@@ -495,34 +458,29 @@ impl Task {
                 },
             )?;
         }
-        self.stats
-            .rejected
-            .fetch_add(step.rejected.len() as u64, Ordering::Relaxed);
+        let rejected = step.rejected.len() as u64;
         for (i, reason) in step.rejected {
             let r = &records[record_offset.unwrap_or(0) + i];
-            let source = format!("{}/{}/{}", r.topic, r.partition, r.offset);
-            tracing::debug!(query = %self.id, record = %source, reason = %reason, "Record rejected to the dead-letter topic.");
-            producer.send_to(
-                &self.dlq,
-                0,
-                Record {
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                    headers: vec![
-                        Header {
-                            key: ERROR_HEADER.into(),
-                            value: Some(Bytes::from(reason)),
-                        },
-                        Header {
-                            key: SOURCE_HEADER.into(),
-                            value: Some(Bytes::from(source)),
-                        },
-                    ],
-                    timestamp: r.timestamp,
-                },
-            )?;
+            let origin = format!("{}/{}/{}", r.topic, r.partition, r.offset);
+            tracing::debug!(query = %task.id, record = %origin, reason = %reason, "Record rejected to the dead-letter topic.");
+            let letter = DeadLetter {
+                reason,
+                origin,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                timestamp: Some(r.timestamp),
+            };
+            self.producer
+                .send_to(&task.dlq, 0, letter.into_record(&self.ctx.label))?;
         }
-        Ok(())
+        if rejected > 0 {
+            self.ctx
+                .status
+                .rejected
+                .fetch_add(rejected, std::sync::atomic::Ordering::Relaxed);
+            self.rejected_in_epoch += rejected;
+        }
+        Ok(written)
     }
 
     /// Ends the epoch: state changes to the changelogs, positions to the group, commit, then
@@ -531,13 +489,10 @@ impl Task {
     /// At least once, there is no transaction: outputs and changelog records are flushed,
     /// then the positions are committed to the group, so a crash in between repeats the
     /// epoch's outputs.
-    fn commit_epoch(
-        &self,
-        producer: &mut Producer,
-        consumer: &mut sluice_log::Consumer,
-        flow: &mut Dataflow,
-        positions: &BTreeMap<TopicPartition, i64>,
-    ) -> Result<()> {
+    fn commit_epoch(&mut self) -> Result<()> {
+        let task = self.task;
+        let producer = &mut self.producer;
+        let flow = &mut self.flow;
         flow.flush()?;
         let mut last: Vec<Option<i64>> = Vec::new();
         let mut changelogs = Vec::new();
@@ -561,16 +516,19 @@ impl Task {
                 }
             }
         }
-        let offsets: Vec<(TopicPartition, i64)> =
-            positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
-        if self.config.guarantee == Guarantee::AtLeastOnce {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        if task.config.guarantee == Guarantee::AtLeastOnce {
             sluice_log::fault::point("query-before-commit");
             if !offsets.is_empty() {
-                consumer.commit_offsets(&offsets)?;
+                self.consumer.commit_offsets(&offsets)?;
             }
         } else {
             if !offsets.is_empty() {
-                producer.send_offsets_to_transaction(&self.group(), &offsets)?;
+                producer.send_offsets_to_transaction(&task.group(), &offsets)?;
             }
             sluice_log::fault::point("query-before-commit");
             if let Err(e) = producer.commit_transaction() {
@@ -584,20 +542,18 @@ impl Task {
             let next = l.map_or(store.applied_offset(), |l| l + 1);
             store
                 .commit(next)
-                .map_err(|e| SqlError::Invalid(format!("query {}: state commit: {e}", self.id)))?;
+                .map_err(|e| SqlError::Invalid(format!("query {}: state commit: {e}", task.id)))?;
             if i == 0 {
                 // The first store holds the epoch locally, the others not yet.
                 sluice_log::fault::point("state-snapshot");
             }
         }
-        self.stats.epochs.fetch_add(1, Ordering::Relaxed);
-        let rejected = self.stats.rejected.load(Ordering::Relaxed);
-        let before = self.reported_rejected.swap(rejected, Ordering::Relaxed);
-        if rejected > before {
+        let rejected = std::mem::take(&mut self.rejected_in_epoch);
+        if rejected > 0 {
             tracing::warn!(
-                query = %self.id,
-                records = rejected - before,
-                topic = %self.dlq,
+                query = %task.id,
+                records = rejected,
+                topic = %task.dlq,
                 "Records were rejected to the dead-letter topic; its sluice.error headers say why."
             );
         }

@@ -1,0 +1,106 @@
+//! The committed source positions and keyed source state, as in the compacted topic
+//! `__sluice_source_positions` (key `<pipeline>/<source>` for a position,
+//! `<pipeline>/<source>\0<entry>` for a state entry, such as HTTP ingest's idempotency keys).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sluice_connectors::StateEntries;
+use sluice_log::{Isolation, Log};
+use sluice_task::StopToken;
+
+use super::TaskError;
+
+/// The topic holding source positions.
+pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
+
+/// The committed source positions and keyed source state, as in `__sluice_source_positions`
+/// (key `<pipeline>/<source>` for a position, `<pipeline>/<source>\0<entry>` for a state
+/// entry). The topic is read once, then only what was appended since, so a source's start
+/// does not read the whole topic again.
+#[derive(Debug, Default)]
+pub struct Positions {
+    /// The offset after the last record applied.
+    next: i64,
+    entries: BTreeMap<Bytes, Bytes>,
+}
+
+/// The positions shared by a worker's source tasks.
+pub type SharedPositions = Arc<Mutex<Positions>>;
+
+impl Positions {
+    /// Applies the committed records appended since the last call.
+    ///
+    /// Call [`wait_stable`] first: other sources' transactions may hold the topic's last
+    /// stable offset back for a moment (a position is written just before its transaction
+    /// commits), and a later position of a source behind one must not be missed.
+    pub(crate) fn catch_up(&mut self, log: &Log) -> Result<(), TaskError> {
+        let partition = log.partition(POSITIONS_TOPIC, 0)?;
+        let mut offset = self.next.max(partition.info().log_start_offset);
+        loop {
+            let fetched = partition.fetch(offset, 4 << 20, Isolation::ReadCommitted)?;
+            if fetched.data.is_empty() {
+                break;
+            }
+            let (records, next) =
+                sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
+                    .map_err(|e| TaskError::Retryable(format!("{POSITIONS_TOPIC}: {e}")))?;
+            for r in records {
+                let Some(key) = r.record.key else { continue };
+                match r.record.value {
+                    Some(v) => self.entries.insert(key, v),
+                    None => self.entries.remove(&key),
+                };
+            }
+            offset = next;
+        }
+        self.next = offset;
+        Ok(())
+    }
+
+    /// The committed position of source `key` and its state entries.
+    pub(crate) fn get(&self, key: &str) -> (Option<Bytes>, StateEntries) {
+        let prefix = state_key(key, b"");
+        let state = self
+            .entries
+            .range(Bytes::from(prefix.clone())..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k[prefix.len()..].to_vec(), v.to_vec()))
+            .collect();
+        (self.entries.get(key.as_bytes()).cloned(), state)
+    }
+}
+
+/// Waits until no transaction holds the positions topic's last stable offset below the end
+/// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
+/// source's start). Woken by appends (a commit marker) and by `stop`.
+pub(crate) fn wait_stable(log: &Log, stop: &StopToken) -> Result<(), TaskError> {
+    let partition = log.partition(POSITIONS_TOPIC, 0)?;
+    let end = partition.info().high_watermark;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let generation = log.append_generation();
+        if partition.info().last_stable_offset >= end || stop.is_stopped() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now > deadline {
+            return Err(TaskError::Retryable(format!(
+                "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
+            )));
+        }
+        log.wait_for_append(generation, deadline - now);
+    }
+}
+
+/// The positions-topic key of state entry `entry` of source `source`.
+pub(crate) fn state_key(source: &str, entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + 1 + entry.len());
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(entry);
+    k
+}

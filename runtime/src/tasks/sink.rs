@@ -1,0 +1,262 @@
+//! The sink task: committed records of its topic go to its connector; once the connector
+//! says its output is durable up to some offsets, those offsets commit to the sink's group
+//! in one transaction with the dead letters of the records before them. Sinks write
+//! idempotently, so a replay after a crash rewrites the same output.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use sluice_connectors::{Durable, Rejected, Sink};
+use sluice_log::{
+    Consumer, ConsumerConfig, Isolation, Log, OffsetReset, Producer, ProducerConfig, TopicPartition,
+};
+use sluice_task::{Epochs, TaskContext, Wait};
+
+use super::{TaskError, dead_letter, record_bytes};
+
+/// Records a poll may return.
+const MAX_POLL: usize = 10_000;
+
+/// A sink task's settings.
+#[derive(Debug)]
+pub struct SinkTask {
+    /// The log.
+    pub log: Log,
+    /// Its consumer group (and transactional id's suffix).
+    pub group: String,
+    /// The group name older versions used, when it belongs to this sink alone: its
+    /// offsets are taken over once.
+    pub legacy_group: Option<String>,
+    /// The topic it reads.
+    pub topic: String,
+    /// Its dead-letter topic.
+    pub dlq: String,
+    /// How often an epoch commits.
+    pub commit_interval: std::time::Duration,
+}
+
+impl SinkTask {
+    /// A sink first started by an older version committed under its old group name: the
+    /// new group starts where the old one was, once.
+    fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
+        let Some(legacy) = &self.legacy_group else {
+            return Ok(());
+        };
+        if tps
+            .iter()
+            .any(|tp| self.log.committed(&self.group, tp).is_some())
+        {
+            return Ok(());
+        }
+        let offsets: Vec<(TopicPartition, i64)> = tps
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), self.log.committed(legacy, tp)?)))
+            .collect();
+        if !offsets.is_empty() {
+            tracing::info!(group = %self.group, legacy = %legacy, "The sink's consumer group was renamed; it continues from the old group's offsets.");
+            self.log.commit_offsets(&self.group, None, &offsets)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses to start when the group's committed offset is past the log's end: the log
+    /// lost records it had acknowledged. Starting over would make the sink replace output it
+    /// exported with what is left, so it stops and says so; an operator decides (restore the
+    /// data directory, or move the group with `sluice groups reset-offsets`). The finding is
+    /// recorded in the log's data-loss list, so it stands after the log grows past that
+    /// offset again and across restarts, until the group's offset is moved.
+    fn check_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
+        let reason = |committed: i64| {
+            format!(
+                "sink group {} had committed offset {committed}, past the log's end",
+                self.group
+            )
+        };
+        let losses = self.log.data_loss();
+        for tp in tps {
+            let Some(committed) = self.log.committed(&self.group, tp) else {
+                continue;
+            };
+            let end = self
+                .log
+                .partition(&tp.topic, tp.partition)?
+                .info()
+                .high_watermark;
+            let found_before = losses.iter().find(|l| {
+                l.topic == tp.topic && l.partition == tp.partition && l.reason == reason(committed)
+            });
+            let lost = match found_before {
+                Some(l) => (l.from, l.to),
+                None if committed > end => {
+                    tracing::error!(group = %self.group, topic = %tp.topic, partition = tp.partition, committed, end, "The log lost records this sink had read; the sink stops.");
+                    self.log.report_data_loss(sluice_log::DataLoss {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        from: end,
+                        to: committed,
+                        reason: reason(committed),
+                        detected_at: sluice_log::record::now_ms(),
+                    })?;
+                    (end, committed)
+                }
+                None => continue,
+            };
+            return Err(TaskError::Fatal(format!(
+                "topic {} partition {}: this sink's committed offset {committed} was past the log's end {}: the log lost records {}..{}. The sink stops rather than overwrite what it exported; restore the data directory, or move the group on with `sluice groups reset-offsets {} --topic {} --to-offset N`",
+                tp.topic, tp.partition, lost.0, lost.0, lost.1, self.group, tp.topic
+            )));
+        }
+        Ok(())
+    }
+
+    /// One attempt: resume from the group's committed offsets and run epochs until the
+    /// task stops.
+    pub fn attempt(&self, ctx: &TaskContext, sink: &mut dyn Sink) -> Result<(), TaskError> {
+        let partitions = self.log.topic(&self.topic)?.partition_count();
+        let mut consumer = self.log.consumer(ConsumerConfig {
+            group: Some(self.group.clone()),
+            isolation: Isolation::ReadCommitted,
+            auto_offset_reset: OffsetReset::Earliest,
+            enable_auto_commit: false,
+            max_poll_records: MAX_POLL,
+            ..ConsumerConfig::default()
+        });
+        let tps: Vec<TopicPartition> = (0..partitions)
+            .map(|p| TopicPartition {
+                topic: self.topic.clone(),
+                partition: p,
+            })
+            .collect();
+        self.take_over_legacy_offsets(&tps)?;
+        self.check_offsets(&tps)?;
+        consumer.assign(&tps)?;
+        // Offsets and the dead letters of the records they pass commit together.
+        let producer = self.log.transactional_producer(
+            &format!("sluice-sink-{}", self.group),
+            ProducerConfig::default(),
+        )?;
+        *ctx.status.error.lock() = None;
+        let mut run = SinkRun {
+            task: self,
+            ctx,
+            sink,
+            consumer,
+            producer,
+            dead: Vec::new(),
+            committed: Durable::new(),
+            last_commit: Instant::now(),
+            written: Durable::new(),
+            flushed: Durable::new(),
+        };
+        sluice_task::run_epochs(ctx, self.commit_interval, &mut run)
+    }
+}
+
+struct SinkRun<'a> {
+    task: &'a SinkTask,
+    ctx: &'a TaskContext,
+    sink: &'a mut dyn Sink,
+    consumer: Consumer,
+    producer: Producer,
+    /// Records the sink rejected, until the offsets past them commit.
+    dead: Vec<(u32, i64, Rejected)>,
+    committed: Durable,
+    last_commit: Instant,
+    /// Per partition, the offset after the last record given to the sink.
+    written: Durable,
+    /// What the sink's last flush made durable.
+    flushed: Durable,
+}
+
+impl Epochs for SinkRun<'_> {
+    type Error = TaskError;
+
+    fn step(&mut self, wait: &Wait) -> Result<(), TaskError> {
+        let records = self.consumer.poll(wait.remaining())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rejected = self.sink.write(&records)?;
+        let n = records.len() as u64;
+        let bytes: u64 = records
+            .iter()
+            .map(|r| record_bytes(r.key.as_ref(), r.value.as_ref()))
+            .sum();
+        self.ctx
+            .status
+            .moved(n, n - rejected.len() as u64, bytes, bytes);
+        // A sink that does not say which record it rejected: the batch's last.
+        let last = records.last().map_or((0, 0), |r| (r.partition, r.offset));
+        self.dead.extend(rejected.into_iter().map(|r| {
+            let (p, o) = r.at.unwrap_or(last);
+            (p, o, r)
+        }));
+        for r in &records {
+            self.written.insert(r.partition, r.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Open from the last commit once records were given: flushed until the sink's output
+    /// is durable up to what it was given (a sink holding whole objects back reports less,
+    /// and is asked again).
+    fn open_since(&self) -> Option<Instant> {
+        (!self.written.is_empty()).then_some(self.last_commit)
+    }
+
+    fn commit(&mut self) -> Result<(), TaskError> {
+        // Durable first, then the offsets: a crash in between replays, and the sink
+        // rewrites the same output. The sink says how far its output is durable.
+        let started = Instant::now();
+        let task = self.task;
+        if self.written != self.flushed {
+            self.flushed = self.sink.flush()?;
+            sluice_log::fault::point("sink-after-flush");
+        }
+        // Where everything given is durable, commit the consumer's position rather than the
+        // last record + 1: it is past transaction markers, so the group's lag reads 0 when
+        // the sink has caught up.
+        let mut offsets: Vec<(TopicPartition, i64)> = Vec::new();
+        for (&p, &durable) in &self.flushed {
+            let tp = TopicPartition {
+                topic: task.topic.clone(),
+                partition: p,
+            };
+            let target = match self.consumer.position(&tp) {
+                Some(pos) if self.written.get(&p) == Some(&durable) => pos.max(durable),
+                _ => durable,
+            };
+            if self.committed.get(&p) != Some(&target) {
+                offsets.push((tp, target));
+            }
+        }
+        if !offsets.is_empty() {
+            let mut next = self.committed.clone();
+            next.extend(offsets.iter().map(|(tp, o)| (tp.partition, *o)));
+            let (passed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.dead)
+                .into_iter()
+                .partition(|(p, o, _)| next.get(p).is_some_and(|c| o < c));
+            self.dead = kept;
+            let rejected = passed.len();
+            self.producer.begin_transaction()?;
+            for (_, _, r) in passed {
+                self.producer
+                    .send(&task.dlq, dead_letter(r).into_record(&self.ctx.label))?;
+            }
+            self.producer
+                .send_offsets_to_transaction(&task.group, &offsets)?;
+            self.producer.commit_transaction()?;
+            self.committed = next;
+            self.ctx.status.committed(started);
+            if rejected > 0 {
+                self.ctx
+                    .status
+                    .rejected
+                    .fetch_add(rejected as u64, Ordering::Relaxed);
+                tracing::warn!(sink = %task.group, records = rejected, topic = %task.dlq, "Records the sink cannot write went to the dead-letter topic; their sluice.error headers say why.");
+            }
+        }
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! The one dead-letter rule of every task: where input that cannot be used goes, and the
+//! headers that say why.
+//!
+//! A task's dead letters go to `<owner>.dlq` ([`dlq_topic`]): the owner of a pipeline's
+//! sources and sinks is the pipeline, the owner of a query is its output topic (a query may
+//! belong to no pipeline; its output topic names it uniquely). Each dead letter keeps the
+//! input's key, its raw value and its timestamp when it had them, with three headers:
+//! `sluice.error` (why), `sluice.source` (where: `file:line`, `topic/partition/offset`, an
+//! HTTP request) and `sluice.task` (which task: `source <pipeline>/<name>`,
+//! `sink <pipeline>/<name>`, `query <id>`). A dead letter commits in the same transaction
+//! as the work around it, so it is there exactly once.
+
+use bytes::Bytes;
+use sluice_log::{Header, Record};
+
+/// Header saying why the record was rejected.
+pub const ERROR_HEADER: &str = "sluice.error";
+/// Header saying where the record came from.
+pub const SOURCE_HEADER: &str = "sluice.source";
+/// Header naming the task that rejected the record.
+pub const TASK_HEADER: &str = "sluice.task";
+
+/// The dead-letter topic of `owner` (a pipeline, or a query's output topic).
+pub fn dlq_topic(owner: &str) -> String {
+    format!("{owner}.dlq")
+}
+
+/// Input a task could not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why.
+    pub reason: String,
+    /// Where it came from.
+    pub origin: String,
+    /// The input's key, if it had one.
+    pub key: Option<Bytes>,
+    /// The raw input.
+    pub value: Option<Bytes>,
+    /// The input's timestamp (ms), if it had one; else the time it was rejected.
+    pub timestamp: Option<i64>,
+}
+
+impl DeadLetter {
+    /// The record for the dead-letter topic, from task `task`.
+    pub fn into_record(self, task: &str) -> Record {
+        Record {
+            key: self.key,
+            value: self.value,
+            headers: vec![
+                Header {
+                    key: ERROR_HEADER.into(),
+                    value: Some(Bytes::from(self.reason)),
+                },
+                Header {
+                    key: SOURCE_HEADER.into(),
+                    value: Some(Bytes::from(self.origin)),
+                },
+                Header {
+                    key: TASK_HEADER.into(),
+                    value: Some(Bytes::from(task.to_string())),
+                },
+            ],
+            timestamp: self.timestamp.unwrap_or_else(sluice_log::record::now_ms),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! What a task has done and how it is: one type behind `/pipelines`, `SHOW QUERIES` and
+//! `/metrics` for sources, sinks and queries alike.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// A task's counters and state, shared between its thread and whoever reports on it.
+/// Counters are updated once per poll or epoch, never per record.
+#[derive(Debug, Default)]
+pub struct TaskStatus {
+    /// Records read (sources: from outside; sinks and queries: from their topic).
+    pub records_in: AtomicU64,
+    /// Records written (sources and queries: to their topic; sinks: outside).
+    pub records_out: AtomicU64,
+    /// Bytes read (record keys and values).
+    pub bytes_in: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub rejected: AtomicU64,
+    /// Epochs committed.
+    pub commits: AtomicU64,
+    /// Time spent committing, in microseconds.
+    pub commit_micros: AtomicU64,
+    /// Restarts after failures.
+    pub restarts: AtomicU64,
+    /// The last error, while it is being retried, or the one the task stopped with.
+    pub error: Mutex<Option<String>>,
+    /// Stopped by an error retrying cannot fix (a bad configuration, lost records).
+    pub failed: AtomicBool,
+    /// Set once the task's thread has ended (stopped, paused or failed).
+    pub stopped: AtomicBool,
+}
+
+/// The states a task reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// Working.
+    Running,
+    /// An attempt failed; the task restarts with backoff (`error` says why).
+    Retrying,
+    /// Stopped by an error retrying cannot fix; an operator acts (`error` says why).
+    Failed,
+    /// Stopped on request.
+    Stopped,
+}
+
+impl TaskState {
+    /// `running`, `retrying`, `failed` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Failed => "failed",
+            TaskState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TaskStatus {
+    /// The task's state.
+    pub fn task_state(&self) -> TaskState {
+        if self.failed.load(Ordering::Relaxed) {
+            TaskState::Failed
+        } else if self.stopped.load(Ordering::Relaxed) {
+            TaskState::Stopped
+        } else if self.error.lock().is_some() {
+            TaskState::Retrying
+        } else {
+            TaskState::Running
+        }
+    }
+
+    /// The state's name (see [`TaskState::as_str`]).
+    pub fn state(&self) -> &'static str {
+        self.task_state().as_str()
+    }
+
+    /// Counts an epoch committed, which started committing at `started`.
+    pub fn committed(&self, started: Instant) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts records and bytes moved through the task.
+    pub fn moved(&self, records_in: u64, records_out: u64, bytes_in: u64, bytes_out: u64) {
+        self.records_in.fetch_add(records_in, Ordering::Relaxed);
+        self.records_out.fetch_add(records_out, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// The last error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+}
