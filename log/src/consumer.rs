@@ -154,7 +154,9 @@ pub struct Consumer {
     member: Option<Member>,
     assigned: BTreeSet<TopicPartition>,
     positions: HashMap<TopicPartition, i64>,
-    buffers: BTreeMap<TopicPartition, VecDeque<StoredRecord>>,
+    /// Fetched records not returned yet, and the offset after the fetched batches (past
+    /// trailing transaction markers): the position once the records are all returned.
+    buffers: BTreeMap<TopicPartition, (VecDeque<StoredRecord>, i64)>,
     paused: BTreeSet<TopicPartition>,
     topic_names: HashMap<String, Arc<str>>,
     last_heartbeat: Option<Instant>,
@@ -371,7 +373,7 @@ impl Consumer {
             .collect();
         let mut any = false;
         for tp in tps {
-            if self.buffers.get(&tp).is_some_and(|b| !b.is_empty()) {
+            if self.buffers.get(&tp).is_some_and(|b| !b.0.is_empty()) {
                 any = true;
                 continue;
             }
@@ -452,7 +454,7 @@ impl Consumer {
                 continue;
             }
             any = true;
-            self.buffers.insert(tp, records);
+            self.buffers.insert(tp, (records, next));
         }
         Ok(any)
     }
@@ -470,12 +472,15 @@ impl Consumer {
                 continue;
             }
             let topic = self.topic_arc(&tp.topic);
-            let Some(buf) = self.buffers.get_mut(tp) else {
+            let Some((buf, end)) = self.buffers.get_mut(tp) else {
                 continue;
             };
             while out.len() < max {
                 let Some(r) = buf.pop_front() else { break };
-                self.positions.insert(tp.clone(), r.offset + 1);
+                // Once the last record is out, the position moves past the markers after
+                // it too, so lag reads 0 when everything readable was read.
+                let next = if buf.is_empty() { *end } else { r.offset + 1 };
+                self.positions.insert(tp.clone(), next.max(r.offset + 1));
                 out.push(ConsumerRecord {
                     topic: Arc::clone(&topic),
                     partition: tp.partition,
@@ -491,7 +496,7 @@ impl Consumer {
             }
         }
         self.cursor = self.cursor.wrapping_add(1);
-        self.buffers.retain(|_, b| !b.is_empty());
+        self.buffers.retain(|_, b| !b.0.is_empty());
         out
     }
 
@@ -523,9 +528,11 @@ impl Consumer {
                 return Ok(out);
             }
             if moved {
-                // A position moved past a gap or markers without records: fetch again now
-                // rather than wait for an append that the data already there does not need.
-                continue;
+                // A position moved past a gap or markers without records: return now (empty)
+                // rather than wait for an append. The caller sees the new positions at once
+                // (its lag changed: a reader merging partitions by time was waiting for this
+                // partition) and polls again.
+                return Ok(out);
             }
             let mut wait = deadline - now;
             if !self.subscription.is_empty() {

@@ -7,7 +7,7 @@
 //! what is left. An append returns once the batch is in the log and as durable as the log's
 //! fsync policy promises.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,46 @@ pub struct Producer {
     transactional_id: Option<String>,
     in_txn: bool,
     txn_partitions: BTreeSet<(String, u32)>,
-    topics: HashMap<String, TopicState>,
+    topics: TopicMap,
+}
+
+/// A producer's topics by name: a short list searched in order, because a producer writes
+/// a few topics and each send looks its topic up several times (hashing the name each time
+/// cost more than comparing it with one or two others).
+#[derive(Default)]
+struct TopicMap(Vec<(String, TopicState)>);
+
+impl TopicMap {
+    fn position(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|(n, _)| n == name)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+
+    fn get(&self, name: &str) -> Option<&TopicState> {
+        self.position(name).map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut TopicState> {
+        self.position(name).map(|i| &mut self.0[i].1)
+    }
+
+    fn insert(&mut self, name: String, state: TopicState) {
+        match self.position(&name) {
+            Some(i) => self.0[i].1 = state,
+            None => self.0.push((name, state)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &TopicState)> {
+        self.0.iter().map(|(n, s)| (n, s))
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut TopicState> {
+        self.0.iter_mut().map(|(_, s)| s)
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -127,7 +166,7 @@ impl Producer {
             transactional_id,
             in_txn: false,
             txn_partitions: BTreeSet::new(),
-            topics: HashMap::new(),
+            topics: TopicMap::default(),
         })
     }
 
@@ -293,7 +332,7 @@ impl Producer {
     /// Appends every buffered batch. On error, the batches not yet appended stay buffered.
     pub fn flush(&mut self) -> Result<Vec<(Arc<str>, u32, AppendInfo)>> {
         let mut pending = Vec::new();
-        for (name, state) in &self.topics {
+        for (name, state) in self.topics.iter() {
             for (p, open) in state.open.iter().enumerate() {
                 if open.is_some() {
                     pending.push((name.clone(), Arc::clone(&state.name), p as u32));
