@@ -19,7 +19,9 @@
 //! # Layout
 //!
 //! - [`record`]: the record type.
-//! - [`varint`], [`compression`], [`batch`]: the RecordBatch v2 codec.
+//! - [`varint`], [`compression`], [`batch`]: the RecordBatch v2 codec; `batch/` holds one
+//!   file per concern: the error, the header and its CRC, the builder, the record codec,
+//!   control (marker) batches and framing.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner and the sticky partitioner.
 //! - [`config`]: topic and log configuration.
 //! - [`segment`](crate::segment) (private): segment files and their indexes.
@@ -30,7 +32,10 @@
 //! - [`txn`]: the transaction coordinator's state machine.
 //! - [`group`]: the consumer-group coordinator's state machine and assignors.
 //! - [`offsets`]: committed group offsets.
-//! - [`log`](crate::log): the data directory as a whole ([`Log`]).
+//! - [`log`](crate::log): the data directory as a whole ([`Log`]), a thin shell over the
+//!   state machines above, split by concern in `log/`: `topics`, `data` (append and
+//!   fetch), `transactions` (producer ids and the one executor of every transaction end),
+//!   `groups`, `housekeeping`, `data_loss`.
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
 //! - [`fault`]: fault-injection points for crash tests.
