@@ -12,6 +12,7 @@
 //!    transactional)     │                   │  HW / LSO / leader epoch, group-commit fsync
 //!                       ├─ TxnCoordinator ──┴─► markers; state in __transaction_state
 //!                       ├─ GroupCoordinator ──► assignments; offsets in __consumer_offsets
+//!                       ├─ schema registry ───► subjects, versions, ids in __sluice_schemas
 //!                       └─ housekeeping: retention, compaction, timeouts, interval fsync
 //!  Consumer ◄─fetch(read_committed | read_uncommitted)── Partition
 //! ```
@@ -36,6 +37,9 @@
 //!   state machines above, split by concern in `log/`: `topics`, `data` (append and
 //!   fetch), `transactions` (producer ids and the one executor of every transaction end),
 //!   `groups`, `housekeeping`, `data_loss`.
+//! - [`schema`]: the schema registry — topics' value and key schemas ([`RecordSchema`],
+//!   stored as Avro JSON), versions, global ids and Confluent's compatibility levels, kept
+//!   in the compacted topic `__sluice_schemas` and reached through [`Log::schemas`].
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
 //! - [`fault`]: fault-injection points for crash tests.
@@ -55,6 +59,7 @@ pub mod partitioner;
 pub mod producer;
 mod producer_state;
 pub mod record;
+pub mod schema;
 mod segment;
 pub mod txn;
 pub mod varint;
@@ -70,3 +75,7 @@ pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
 pub use crate::producer::{Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;
 pub use crate::record::{Header, Record, StoredRecord};
+pub use crate::schema::{
+    CompatibilityLevel, FieldSchema, FieldType, RecordSchema, Registered, SchemaRegistry,
+    value_subject,
+};

@@ -36,6 +36,7 @@ use crate::config::LogOptions;
 use crate::error::{LogError, Result};
 use crate::group::GroupCoordinator;
 use crate::offsets::{OFFSETS_TOPIC, OffsetStore};
+use crate::schema::store::SchemaStore;
 use crate::segment::write_file;
 use crate::txn::TxnCoordinator;
 
@@ -43,7 +44,7 @@ mod data;
 mod data_loss;
 mod groups;
 mod housekeeping;
-// mod schemas;
+mod schemas;
 mod topics;
 mod transactions;
 
@@ -54,6 +55,14 @@ pub use self::transactions::TXN_TOPIC;
 use self::data_loss::record_data_loss;
 use self::housekeeping::Housekeeper;
 use self::topics::load_topics;
+
+/// Config of the log's compacted bookkeeping topics.
+fn internal_topic_config() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (64u64 << 20).to_string()),
+    ]
+}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -71,6 +80,8 @@ pub(crate) struct Inner {
     housekeeper: Housekeeper,
     /// Records lost to damage or missing files, as kept in `data-loss.json`.
     losses: Mutex<Vec<DataLoss>>,
+    /// The schema registry's state, as replayed from `__sluice_schemas`.
+    schemas: Mutex<SchemaStore>,
 }
 
 /// The embedded log. Cheap to clone; every clone is the same log. The directory is closed
@@ -133,6 +144,7 @@ impl Log {
             appended_cv: Condvar::new(),
             closed: AtomicBool::new(false),
             losses: Mutex::new(losses),
+            schemas: Mutex::new(SchemaStore::default()),
             housekeeper: Housekeeper::default(),
         });
         let log = Log { inner };
@@ -140,6 +152,7 @@ impl Log {
         log.ensure_internal_topics()?;
         log.recover_transactions()?;
         log.load_offsets()?;
+        log.load_schemas()?;
         log.start_housekeeper();
         Ok(log)
     }
@@ -163,10 +176,7 @@ impl Log {
     }
 
     fn ensure_internal_topics(&self) -> Result<()> {
-        let compact = vec![
-            ("cleanup.policy".to_string(), "compact".to_string()),
-            ("segment.bytes".to_string(), (64u64 << 20).to_string()),
-        ];
+        let compact = internal_topic_config();
         if self.topic(OFFSETS_TOPIC).is_err() {
             self.create_topic(
                 OFFSETS_TOPIC,

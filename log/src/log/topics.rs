@@ -248,9 +248,11 @@ impl Log {
         t.save_meta()
     }
 
-    /// Deletes a topic and its data. Topics starting with `__` (the log's and the worker's
-    /// bookkeeping) cannot be deleted. All or nothing: when the folder cannot be moved
-    /// away, the topic stays as it was.
+    /// Deletes a topic and its data, and soft-deletes its schema subjects (`<topic>-value`,
+    /// `<topic>-key`). Topics starting with `__` (the log's and the worker's bookkeeping)
+    /// cannot be deleted. All or nothing for the data: when the folder cannot be moved away,
+    /// the topic stays as it was. Should the subjects then fail to be deleted, the error is
+    /// returned with the topic already gone; `log.schemas().delete_subject(..)` finishes it.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
         if name.starts_with("__") {
@@ -289,8 +291,11 @@ impl Log {
                 tracing::warn!(topic = name, error = %e, "Could not update the data-loss list.");
             }
         }
+        drop(losses);
         tracing::info!(topic = name, "Deleted a topic.");
-        Ok(())
+        // As ksqlDB's `DROP ... DELETE TOPIC`: a topic re-created under the name starts a
+        // fresh schema history.
+        self.delete_topic_subjects(name)
     }
 
     /// One partition of a topic.
