@@ -486,7 +486,10 @@ mod tests {
             ("a", FieldType::Int64, false),
             ("b", FieldType::Int64, true),
         ]);
-        let v3 = s(&[("a", FieldType::Int64, false), ("c", FieldType::String, true)]);
+        let v3 = s(&[
+            ("a", FieldType::Int64, false),
+            ("c", FieldType::String, true),
+        ]);
         let v4 = s(&[
             ("a", FieldType::Int64, false),
             ("b", FieldType::Boolean, true),
