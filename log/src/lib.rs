@@ -36,7 +36,7 @@
 //! - [`log`](crate::log): the data directory as a whole ([`Log`]), a thin shell over the
 //!   state machines above, split by concern in `log/`: `topics`, `data` (append and
 //!   fetch), `transactions` (producer ids and the one executor of every transaction end),
-//!   `groups`, `housekeeping`, `data_loss`.
+//!   `groups`, `housekeeping`, `data_loss`, `schemas` (the registry's topic).
 //! - [`schema`]: the schema registry — topics' value and key schemas ([`RecordSchema`],
 //!   stored as Avro JSON), versions, global ids and Confluent's compatibility levels, kept
 //!   in the compacted topic `__sluice_schemas` and reached through [`Log::schemas`].

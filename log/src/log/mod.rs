@@ -10,7 +10,6 @@
 //!    topics/<name>/topic.json partitions and config overrides
 //!    topics/<name>/<p>/       segments of partition p and its offsets.checkpoint
 //! ```
-
 //!
 //! The shell is split by concern; each file adds an `impl Log` block:
 //!

@@ -24,10 +24,10 @@ static DELETE_SEQ: AtomicU64 = AtomicU64::new(0);
 /// through the log directly).
 ///
 /// Internal are names starting with `__` (`__consumer_offsets`, `__transaction_state`,
-/// `__sluice_source_positions`, `__sluice_catalog`, ...) and state-store changelogs, named
-/// `<store>-changelog` as the state crate and Kafka Streams name them (a SQL query's are
-/// `<query id>-changelog` and `<query id>-source-changelog`): a record written into a
-/// changelog by hand would change a query's state behind its back.
+/// `__sluice_source_positions`, `__sluice_catalog`, `__sluice_schemas`, ...) and state-store
+/// changelogs, named `<store>-changelog` as the state crate and Kafka Streams name them (a
+/// SQL query's are `<query id>-changelog` and `<query id>-source-changelog`): a record
+/// written into a changelog by hand would change a query's state behind its back.
 pub fn is_internal_topic(name: &str) -> bool {
     name.starts_with("__") || name.ends_with("-changelog")
 }
