@@ -25,7 +25,7 @@
 //!   control (marker) batches and framing.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner and the sticky partitioner.
 //! - [`config`]: topic and log configuration.
-//! - [`segment`](crate::segment) (private): segment files and their indexes.
+//! - `segment` (private): segment files and their indexes.
 //! - `checkpoint` (private): the per-partition offsets checkpoint that keeps offsets from
 //!   being reused when records are lost, and [`DataLoss`], the record of such a loss.
 //! - [`partition`]: append, fetch, offsets, retention, compaction of one partition.
@@ -33,7 +33,7 @@
 //! - [`txn`]: the transaction coordinator's state machine.
 //! - [`group`]: the consumer-group coordinator's state machine and assignors.
 //! - [`offsets`]: committed group offsets.
-//! - [`log`](crate::log): the data directory as a whole ([`Log`]), a thin shell over the
+//! - [`log`]: the data directory as a whole ([`Log`]), a thin shell over the
 //!   state machines above, split by concern in `log/`: `topics`, `data` (append and
 //!   fetch), `transactions` (producer ids and the one executor of every transaction end),
 //!   `groups`, `housekeeping`, `data_loss`, `schemas` (the registry's topic).

@@ -16,7 +16,7 @@ pub enum BatchError {
         /// Bytes present.
         available: usize,
     },
-    /// [`split_batches`] found a partial batch at the end of the buffer.
+    /// [`split_batches`](super::split_batches) found a partial batch at the end of the buffer.
     #[error("incomplete batch at byte {position}: need {needed} bytes, {available} remain")]
     Incomplete {
         /// Where the partial batch starts in the buffer.

@@ -53,9 +53,9 @@ pub struct BatchHeader {
     pub base_timestamp: i64,
     /// Largest record timestamp (or the log-append time).
     pub max_timestamp: i64,
-    /// Idempotent/transactional producer id, or [`NO_PRODUCER_ID`].
+    /// Idempotent/transactional producer id, or [`NO_PRODUCER_ID`](super::NO_PRODUCER_ID).
     pub producer_id: i64,
-    /// Producer epoch, or [`NO_PRODUCER_EPOCH`].
+    /// Producer epoch, or [`NO_PRODUCER_EPOCH`](super::NO_PRODUCER_EPOCH).
     pub producer_epoch: i16,
     /// Sequence of the first record, or [`NO_SEQUENCE`].
     pub base_sequence: i32,

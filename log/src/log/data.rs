@@ -13,7 +13,7 @@ use crate::record::Record;
 
 impl Log {
     /// Appends a raw record batch (built with [`BatchBuilder`]) to a partition; an unknown
-    /// topic is created first when [`LogOptions::auto_create_topics`] is on.
+    /// topic is created first when [`LogOptions::auto_create_topics`](crate::LogOptions::auto_create_topics) is on.
     pub fn append(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<AppendInfo> {
         self.check_open()?;
         self.topic_or_create(topic)?;

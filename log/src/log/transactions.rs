@@ -205,6 +205,8 @@ impl Log {
         };
         let (rec, abort) = result.map_err(|e| self.txn_error(id, e))?;
         if let Some(plan) = abort {
+            // The transaction of the instance this one fences ends first; the coordinator
+            // already holds the new instance's record, persisted just below.
             self.execute_end(id, &plan, Completion::Superseded)?;
         }
         self.write_txn_record(&rec)?;
