@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::batch::BatchError;
 use crate::config::ConfigError;
 use crate::group::GroupError;
+use crate::schema::{CompatibilityLevel, SchemaError};
 
 /// Result alias for the log.
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
@@ -217,6 +218,32 @@ pub enum LogError {
     /// The log has been closed.
     #[error("the log is closed")]
     Closed,
+    /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
+    /// nested, or using an Avro construct the registry does not support.
+    #[error("invalid schema for subject '{subject}': {source}")]
+    InvalidSchema {
+        /// The subject it was registered under (empty when none was involved).
+        subject: String,
+        /// What is wrong, and where in the schema.
+        source: SchemaError,
+    },
+    /// A schema breaks its subject's compatibility level.
+    #[error(
+        "schema for subject '{subject}' is incompatible with version {version} under {level}: {reason}; change the schema or the subject's compatibility level"
+    )]
+    IncompatibleSchema {
+        /// The subject.
+        subject: String,
+        /// The registered version it conflicts with.
+        version: u32,
+        /// The level in force.
+        level: CompatibilityLevel,
+        /// Which side cannot read which, the field path and why.
+        reason: String,
+    },
+    /// The schema subject has no (live) version.
+    #[error("unknown schema subject '{0}'")]
+    UnknownSubject(String),
 }
 
 impl LogError {
@@ -249,6 +276,9 @@ impl LogError {
                 | LogError::InvalidRecord { .. }
                 | LogError::OffsetOutOfRange { .. }
                 | LogError::NoOffset { .. }
+                | LogError::InvalidSchema { .. }
+                | LogError::IncompatibleSchema { .. }
+                | LogError::UnknownSubject(_)
         )
     }
 }

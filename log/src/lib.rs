@@ -12,6 +12,7 @@
 //!    transactional)     │                   │  HW / LSO / leader epoch, group-commit fsync
 //!                       ├─ TxnCoordinator ──┴─► markers; state in __transaction_state
 //!                       ├─ GroupCoordinator ──► assignments; offsets in __consumer_offsets
+//!                       ├─ schema registry ───► subjects, versions, ids in __sluice_schemas
 //!                       └─ housekeeping: retention, compaction, timeouts, interval fsync
 //!  Consumer ◄─fetch(read_committed | read_uncommitted)── Partition
 //! ```
@@ -19,10 +20,12 @@
 //! # Layout
 //!
 //! - [`record`]: the record type.
-//! - [`varint`], [`compression`], [`batch`]: the RecordBatch v2 codec.
+//! - [`varint`], [`compression`], [`batch`]: the RecordBatch v2 codec; `batch/` holds one
+//!   file per concern: the error, the header and its CRC, the builder, the record codec,
+//!   control (marker) batches and framing.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner and the sticky partitioner.
 //! - [`config`]: topic and log configuration.
-//! - [`segment`](crate::segment) (private): segment files and their indexes.
+//! - `segment` (private): segment files and their indexes.
 //! - `checkpoint` (private): the per-partition offsets checkpoint that keeps offsets from
 //!   being reused when records are lost, and [`DataLoss`], the record of such a loss.
 //! - [`partition`]: append, fetch, offsets, retention, compaction of one partition.
@@ -30,7 +33,13 @@
 //! - [`txn`]: the transaction coordinator's state machine.
 //! - [`group`]: the consumer-group coordinator's state machine and assignors.
 //! - [`offsets`]: committed group offsets.
-//! - [`log`](crate::log): the data directory as a whole ([`Log`]).
+//! - [`log`]: the data directory as a whole ([`Log`]), a thin shell over the
+//!   state machines above, split by concern in `log/`: `topics`, `data` (append and
+//!   fetch), `transactions` (producer ids and the one executor of every transaction end),
+//!   `groups`, `housekeeping`, `data_loss`, `schemas` (the registry's topic).
+//! - [`schema`]: the schema registry — topics' value and key schemas ([`RecordSchema`],
+//!   stored as Avro JSON), versions, global ids and Confluent's compatibility levels, kept
+//!   in the compacted topic `__sluice_schemas` and reached through [`Log::schemas`].
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
 //! - [`fault`]: fault-injection points for crash tests.
@@ -50,6 +59,7 @@ pub mod partitioner;
 pub mod producer;
 mod producer_state;
 pub mod record;
+pub mod schema;
 mod segment;
 pub mod txn;
 pub mod varint;
@@ -65,3 +75,7 @@ pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
 pub use crate::producer::{Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;
 pub use crate::record::{Header, Record, StoredRecord};
+pub use crate::schema::{
+    CompatibilityLevel, FieldSchema, FieldType, RecordSchema, Registered, SchemaRegistry,
+    value_subject,
+};

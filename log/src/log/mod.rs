@@ -1,0 +1,227 @@
+//! The log as a whole: one data directory of topics, plus the coordinators that live beside
+//! them (consumer groups, committed offsets, transactions) and a housekeeping thread.
+//!
+//! ```text
+//!  <data-dir>/
+//!    .lock                    held while a process owns the directory
+//!    .clean-shutdown          present only between a clean close and the next open
+//!    producer-ids             the next unallocated producer-id block
+//!    data-loss.json           records lost to damage or missing files (delete to acknowledge)
+//!    topics/<name>/topic.json partitions and config overrides
+//!    topics/<name>/<p>/       segments of partition p and its offsets.checkpoint
+//! ```
+//!
+//! The shell is split by concern; each file adds an `impl Log` block:
+//!
+//! - `topics`: names, create, alter, delete, and loading the topic folders on open.
+//! - `data`: append, fetch, offset lookups, append notifications, producers and consumers.
+//! - `transactions`: producer ids, `__transaction_state`, and the single executor that ends
+//!   every transaction (commit, abort, fencing abort, timeout, recovery).
+//! - `groups`: consumer groups and committed offsets in `__consumer_offsets`.
+//! - `housekeeping`: the background thread for retention, compaction, timeouts and fsync.
+//! - `data_loss`: the list of lost records in `data-loss.json`.
+//! - `schemas`: the schema registry's store in `__sluice_schemas` ([`Log::schemas`]).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::DataLoss;
+use crate::config::LogOptions;
+use crate::error::{LogError, Result};
+use crate::group::GroupCoordinator;
+use crate::offsets::{OFFSETS_TOPIC, OffsetStore};
+use crate::schema::store::SchemaStore;
+use crate::segment::write_file;
+use crate::txn::TxnCoordinator;
+
+mod data;
+mod data_loss;
+mod groups;
+mod housekeeping;
+mod schemas;
+mod topics;
+mod transactions;
+
+pub use self::groups::{GroupInfo, GroupPartitionLag, ResetTo};
+pub use self::topics::{Topic, TopicDescription, is_internal_topic, validate_topic_name};
+pub use self::transactions::TXN_TOPIC;
+
+use self::data_loss::record_data_loss;
+use self::housekeeping::Housekeeper;
+use self::topics::load_topics;
+
+/// Config of the log's compacted bookkeeping topics.
+fn internal_topic_config() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), (64u64 << 20).to_string()),
+    ]
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    dir: PathBuf,
+    options: LogOptions,
+    lock: Mutex<Option<File>>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    groups: Mutex<GroupCoordinator>,
+    offsets: Mutex<OffsetStore>,
+    txns: Mutex<TxnCoordinator>,
+    next_pid: Mutex<(i64, i64)>,
+    appended: Mutex<u64>,
+    appended_cv: Condvar,
+    closed: AtomicBool,
+    housekeeper: Housekeeper,
+    /// Records lost to damage or missing files, as kept in `data-loss.json`.
+    losses: Mutex<Vec<DataLoss>>,
+    /// The schema registry's state, as replayed from `__sluice_schemas`.
+    schemas: Mutex<SchemaStore>,
+}
+
+/// The embedded log. Cheap to clone; every clone is the same log. The directory is closed
+/// cleanly by [`Log::close`] or when the last clone (and every producer and consumer made
+/// from it) is dropped.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Opens (creating if needed) the data directory and takes its lock.
+    ///
+    /// After an unclean shutdown the active segment of every partition is checked batch by
+    /// batch and a torn tail truncated; transactions left open are aborted and those already
+    /// decided are completed.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        let topics_dir = dir.join("topics");
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(|e| LogError::io("create data directory", &dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| LogError::io("open lock file", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LogError::DataDirLocked { path: dir });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(LogError::io("lock", &lock_path, e));
+            }
+        }
+        let clean_marker = dir.join(".clean-shutdown");
+        let recover = !clean_marker.exists();
+        if recover {
+            tracing::info!(dir = %dir.display(), "Recovering after an unclean shutdown.");
+        }
+
+        let topics = load_topics(&topics_dir, &options, recover)?;
+        let losses = record_data_loss(&dir, &topics)?;
+        // Only now, with every segment checked and every loss recorded, is the clean-shutdown
+        // marker dropped: a start that fails above leaves it, so the next gives the same answer.
+        let _ = std::fs::remove_file(&clean_marker);
+
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            next_pid: Mutex::new((0, 0)),
+            options,
+            lock: Mutex::new(Some(lock)),
+            topics: RwLock::new(topics),
+            groups: Mutex::new(GroupCoordinator::default()),
+            offsets: Mutex::new(OffsetStore::default()),
+            txns: Mutex::new(TxnCoordinator::default()),
+            appended: Mutex::new(0),
+            appended_cv: Condvar::new(),
+            closed: AtomicBool::new(false),
+            losses: Mutex::new(losses),
+            schemas: Mutex::new(SchemaStore::default()),
+            housekeeper: Housekeeper::default(),
+        });
+        let log = Log { inner };
+        log.load_pid_block()?;
+        log.ensure_internal_topics()?;
+        log.recover_transactions()?;
+        log.load_offsets()?;
+        log.load_schemas()?;
+        log.start_housekeeper();
+        Ok(log)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.options
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(LogError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn ensure_internal_topics(&self) -> Result<()> {
+        let compact = internal_topic_config();
+        if self.topic(OFFSETS_TOPIC).is_err() {
+            self.create_topic(
+                OFFSETS_TOPIC,
+                self.inner.options.offsets_topic_partitions.max(1),
+                &compact,
+            )?;
+        }
+        if self.topic(TXN_TOPIC).is_err() {
+            self.create_topic(TXN_TOPIC, 1, &compact)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the log cleanly: stops housekeeping, fsyncs and indexes every partition, marks
+    /// the shutdown clean and releases the directory lock. Later calls do nothing.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl Inner {
+    fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.appended_cv.notify_all();
+        self.housekeeper.stop();
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for t in topics {
+            for p in t.partitions.read().iter() {
+                p.close()?;
+            }
+        }
+        write_file(&self.dir.join(".clean-shutdown"), b"")?;
+        if let Some(lock) = self.lock.lock().take() {
+            let _ = lock.unlock();
+        }
+        tracing::debug!(dir = %self.dir.display(), "Closed the log.");
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "Closing the log failed; the next open will recover.");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The transaction shell: producer ids, `__transaction_state` and the one executor of the coordinator's end plans.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Log, Topic};
+use crate::error::{LogError, Result};
+use crate::group::TopicPartition;
+use crate::offsets::CommittedOffset;
+use crate::record::{Record, now_ms};
+use crate::segment::write_file;
+use crate::txn::{EndPlan, TxnError, TxnRecord, TxnStatus};
+
+/// Name of the internal transaction-state topic.
+pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// Producer ids are handed out in blocks; the end of the current block is persisted before
+/// any id of it is used, so a crash never reuses one.
+const PID_BLOCK: i64 = 1000;
+
+/// How [`Log::execute_end`] records a transaction's end once its markers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Completion {
+    /// The coordinator marks the id complete and the record is persisted: commit, abort,
+    /// timeout and crash recovery.
+    Complete,
+    /// The coordinator has already moved the id on to a new producer instance (the abort
+    /// that fencing starts); the caller persists that instance's record.
+    Superseded,
+}
+
+impl Log {
+    pub(super) fn load_pid_block(&self) -> Result<()> {
+        let path = self.inner.dir.join("producer-ids");
+        let start = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<i64>().map_err(|e| LogError::Corrupt {
+                path: path.clone(),
+                position: 0,
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(LogError::io("read", &path, e)),
+        };
+        *self.inner.next_pid.lock() = (start, start);
+        Ok(())
+    }
+
+    pub(crate) fn allocate_producer_id(&self) -> Result<i64> {
+        let mut g = self.inner.next_pid.lock();
+        if g.0 >= g.1 {
+            let end = g.1.max(g.0) + PID_BLOCK;
+            write_file(
+                &self.inner.dir.join("producer-ids"),
+                end.to_string().as_bytes(),
+            )?;
+            g.1 = end;
+        }
+        let id = g.0;
+        g.0 += 1;
+        Ok(id)
+    }
+
+    fn write_txn_record(&self, rec: &TxnRecord) -> Result<()> {
+        let value = serde_json::to_vec(rec).unwrap_or_default();
+        let r = Record {
+            key: Some(Bytes::from(rec.transactional_id.clone())),
+            value: Some(Bytes::from(value)),
+            headers: Vec::new(),
+            timestamp: now_ms(),
+        };
+        self.append_records(TXN_TOPIC, 0, &[r])?;
+        Ok(())
+    }
+
+    pub(super) fn recover_transactions(&self) -> Result<()> {
+        let mut records = Vec::new();
+        self.read_all(TXN_TOPIC, 0, |_, r| {
+            if let Some(v) = r.value {
+                if let Ok(rec) = serde_json::from_slice::<TxnRecord>(&v) {
+                    records.push(rec);
+                }
+            }
+        })?;
+        let mut coord = self.inner.txns.lock();
+        for rec in records {
+            coord.load(rec);
+        }
+        let unfinished = coord.unfinished();
+        drop(coord);
+        for rec in unfinished {
+            let commit = rec.status == TxnStatus::PrepareCommit;
+            tracing::info!(transactional_id = %rec.transactional_id, commit, "Completing a transaction left open by a crash.");
+            let plan = EndPlan {
+                partitions: rec.partitions.clone(),
+                commit,
+                producer_id: rec.producer_id,
+                epoch: rec.epoch,
+                prepare: rec.clone(),
+            };
+            self.execute_end(&rec.transactional_id, &plan, Completion::Complete)?;
+        }
+        // Transactions open in partitions that the coordinator never recorded (a crash
+        // between the data and its record cannot happen, but a bug must not hang readers
+        // behind the last stable offset forever).
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        for t in topics {
+            for p in t.partitions.read().iter() {
+                for pid in p.open_transactions() {
+                    tracing::warn!(topic = %t.name, partition = p.id(), producer_id = pid, "Aborting an orphaned open transaction.");
+                    // The producer's own epoch: aborting must not fence its id for good.
+                    let epoch = p.producer_epoch(pid).unwrap_or(0);
+                    p.append_marker(pid, epoch, false, 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out an end plan of the coordinator: the one sequence that ends every
+    /// transaction, whether committed, aborted by its producer, aborted because a new
+    /// instance fenced it, aborted on timeout or finished after a crash.
+    ///
+    /// 1. persist the Prepare record (from here the decision survives a crash: recovery
+    ///    replays it),
+    /// 2. write a marker to each partition of the transaction,
+    /// 3. settle the transaction's pending group offsets,
+    /// 4. record the completion as `completion` says, and wake waiting readers.
+    ///
+    /// Idempotent: markers go only where the producer still has a transaction open, so a
+    /// plan replayed after a crash at any step ends the same way.
+    fn execute_end(&self, id: &str, plan: &EndPlan, completion: Completion) -> Result<()> {
+        self.write_txn_record(&plan.prepare)?;
+        crate::fault::point("txn-after-prepare");
+        for (topic, partition) in &plan.partitions {
+            match self.partition(topic, *partition) {
+                Ok(p) => {
+                    p.append_marker(plan.producer_id, plan.epoch, plan.commit, 0)?;
+                }
+                // A topic deleted mid-transaction has nothing left to mark.
+                Err(LogError::UnknownTopic(_)) | Err(LogError::UnknownPartition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        crate::fault::point("txn-after-markers");
+        self.inner
+            .offsets
+            .lock()
+            .end_txn(plan.producer_id, plan.commit);
+        if completion == Completion::Complete {
+            let done = self.inner.txns.lock().complete(id, plan.commit);
+            if let Some(done) = done {
+                self.write_txn_record(&done)?;
+            }
+        }
+        self.notify_appended();
+        Ok(())
+    }
+
+    /// Aborts the transactions open longer than their timeout; the coordinator bumps their
+    /// epochs, fencing the producers.
+    pub(super) fn expire_transactions(&self, now: i64) -> Result<()> {
+        let expired = self.inner.txns.lock().expire(now);
+        for (id, plan) in expired {
+            tracing::warn!(transactional_id = %id, "Aborting a transaction that passed its timeout.");
+            self.execute_end(&id, &plan, Completion::Complete)?;
+        }
+        Ok(())
+    }
+
+    fn txn_error(&self, id: &str, e: TxnError) -> LogError {
+        match e {
+            TxnError::Fenced { epoch, current, .. } => {
+                let pid = self.inner.txns.lock().get(id).map_or(-1, |r| r.producer_id);
+                LogError::ProducerFenced {
+                    producer_id: pid,
+                    epoch,
+                    current_epoch: current,
+                }
+            }
+            other => LogError::InvalidTxnState {
+                transactional_id: id.into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn txn_init(&self, id: &str, timeout: Duration) -> Result<(i64, i16)> {
+        self.check_open()?;
+        let timeout = timeout.min(self.inner.options.max_transaction_timeout);
+        let mut new_pid = None;
+        let result = {
+            let mut coord = self.inner.txns.lock();
+            let pid =
+                if coord.get(id).is_none() || coord.get(id).is_some_and(|r| r.epoch == i16::MAX) {
+                    Some(self.allocate_producer_id()?)
+                } else {
+                    None
+                };
+            coord.init(id, timeout.as_millis() as u64, || {
+                new_pid = pid;
+                pid.unwrap_or(-1)
+            })
+        };
+        let (rec, abort) = result.map_err(|e| self.txn_error(id, e))?;
+        if let Some(plan) = abort {
+            // The transaction of the instance this one fences ends first; the coordinator
+            // already holds the new instance's record, persisted just below.
+            self.execute_end(id, &plan, Completion::Superseded)?;
+        }
+        self.write_txn_record(&rec)?;
+        Ok((rec.producer_id, rec.epoch))
+    }
+
+    pub(crate) fn txn_add_partitions(
+        &self,
+        id: &str,
+        pid: i64,
+        epoch: i16,
+        parts: &[(String, u32)],
+    ) -> Result<()> {
+        let rec = self
+            .inner
+            .txns
+            .lock()
+            .add_partitions(now_ms(), id, pid, epoch, parts);
+        match rec.map_err(|e| self.txn_error(id, e))? {
+            Some(rec) => self.write_txn_record(&rec),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn txn_add_offsets(
+        &self,
+        pid: i64,
+        group: &str,
+        offsets: &[(TopicPartition, CommittedOffset)],
+    ) {
+        let mut store = self.inner.offsets.lock();
+        for (tp, v) in offsets {
+            store.add_pending(pid, group, tp.clone(), v.clone());
+        }
+    }
+
+    pub(crate) fn txn_end(&self, id: &str, pid: i64, epoch: i16, commit: bool) -> Result<()> {
+        let plan = self.inner.txns.lock().end(id, pid, epoch, commit);
+        match plan.map_err(|e| self.txn_error(id, e))? {
+            Some(plan) => self.execute_end(id, &plan, Completion::Complete),
+            None => Ok(()),
+        }
+    }
+
+    /// Transactional ids and their state.
+    pub fn transactions(&self) -> Vec<TxnRecord> {
+        self.inner.txns.lock().list()
+    }
+}
