@@ -14,13 +14,15 @@
 //!
 //! # Layout
 //!
-//! - [`engine`]: runs statements (what `sluice sql` calls): catalog statements, INSERT, push
-//!   and pull queries, and persistent queries through [`runner`].
+//! - [`engine`]: runs statements (what `sluice sql` calls), one file per statement family:
+//!   CREATE, INSERT, SELECT (push and pull queries), SHOW/DESCRIBE/EXPLAIN, DROP/TERMINATE;
+//!   persistent queries run through [`runner`].
 //! - [`catalog`]: declared streams and tables and the persistent queries, kept in the log.
 //! - [`query`]: compiles a SELECT against the catalog (DataFusion plans it, operators are cut
 //!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
-//! - [`operators`]: the streaming operators, one file each (stateless, window, aggregate).
+//! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
+//!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output).
 //! - [`checked`]: arithmetic that fails on overflow and division by zero instead of wrapping.
 //! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning.
 //! - [`ast`]: the statements of the dialect (standard SQL parts are `sqlparser` ASTs).

@@ -1,8 +1,9 @@
-//! Streaming operators, one file each.
+//! Streaming operators, one file each (a folder for one with several concerns).
 //!
 //! - [`stateless`]: filters and projections, evaluated as DataFusion physical expressions.
 //! - [`window`]: window assignment (tumbling, hopping, session) and late-record detection.
-//! - [`aggregate`]: GROUP BY with or without windows, state in `sluice-state`.
+//! - [`aggregate`]: GROUP BY with or without windows, state in `sluice-state` (a folder: plan,
+//!   cache, session windows, expiry, output).
 //! - [`acc`]: the accumulators of the aggregate functions and their byte encoding.
 //!
 //! Joins will be operators of the same shape: a plan node compiled from DataFusion's logical

@@ -1,0 +1,200 @@
+//! CREATE STREAM/TABLE: a source declared on a topic, or `... AS SELECT`, which derives the
+//! result's columns, creates its topic and starts the persistent query that fills it.
+
+use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr};
+
+use super::{Engine, Output, capitalized};
+use crate::ast::{ColumnDef, Properties, SourceKind, Statement};
+use crate::catalog::{QueryDef, derived_statement, partitions_property, source_def};
+use crate::error::{Result, SqlError};
+use crate::query::{compile, output_columns};
+
+impl Engine {
+    /// CREATE STREAM/TABLE with declared columns on a topic.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_source(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        columns: &[ColumnDef],
+        properties: &Properties,
+        if_not_exists: bool,
+        or_replace: bool,
+        text: &str,
+    ) -> Result<Output> {
+        let def = source_def(kind, name, columns, properties, text)?;
+        let topic = def.topic.clone();
+        let created = self.catalog.create(
+            def,
+            partitions_property(properties)?,
+            if_not_exists,
+            or_replace,
+        )?;
+        Ok(Output::Message(if created {
+            format!("{} {name} created on topic {topic}.", capitalized(kind))
+        } else {
+            format!("{} {name} already exists.", capitalized(kind))
+        }))
+    }
+
+    /// CREATE STREAM/TABLE ... AS SELECT: the result's source and topic, then its
+    /// persistent query.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_as(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        properties: &Properties,
+        select: &crate::ast::Select,
+        if_not_exists: bool,
+        or_replace: bool,
+        text: &str,
+    ) -> Result<Output> {
+        if self.catalog.get(name).is_ok() && if_not_exists {
+            // Re-running the same statement (a redeployed pipeline) keeps the query; a
+            // different query under the same name is not silently ignored.
+            let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            if let Some(q) = self.catalog.queries().find(|q| q.sink == name) {
+                if squash(&q.statement) != squash(text) {
+                    return Err(SqlError::Invalid(format!(
+                        "{name} exists and query {} writes it with a different statement; to change it, TERMINATE {} and DROP {} {name} first",
+                        q.id,
+                        q.id,
+                        if kind == SourceKind::Stream {
+                            "STREAM"
+                        } else {
+                            "TABLE"
+                        }
+                    )));
+                }
+            }
+            return Ok(Output::Message(format!(
+                "{} {name} already exists.",
+                capitalized(kind)
+            )));
+        }
+        if or_replace {
+            return Err(SqlError::Invalid(
+                "CREATE OR REPLACE ... AS SELECT is not supported; TERMINATE the query and DROP the result first".into(),
+            ));
+        }
+        let compiled = compile(&self.catalog, select)?;
+        if compiled.limit().is_some() {
+            return Err(SqlError::Invalid(
+                "LIMIT is for push queries, not persistent ones".into(),
+            ));
+        }
+        match (kind, compiled.is_aggregate()) {
+            (SourceKind::Stream, true) => {
+                return Err(SqlError::Invalid(format!(
+                    "an aggregate's result is a table: CREATE TABLE {name} AS SELECT ..."
+                )));
+            }
+            (SourceKind::Table, false) if compiled.source.kind == SourceKind::Stream => {
+                return Err(SqlError::Invalid(format!(
+                    "a table needs GROUP BY over a stream (or CREATE STREAM {name} AS SELECT ...)"
+                )));
+            }
+            _ => {}
+        }
+        let key = output_key(&compiled, select);
+        if kind == SourceKind::Table && key.is_none() {
+            return Err(SqlError::Invalid(format!(
+                "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
+            )));
+        }
+        let columns = output_columns(compiled.schema(), key.as_deref())?;
+        for k in properties.keys() {
+            if ![
+                "topic",
+                "kafka_topic",
+                "format",
+                "value_format",
+                "partitions",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(SqlError::Invalid(format!(
+                    "{name}: unknown property '{k}' (known: topic, format, partitions)"
+                )));
+            }
+        }
+        let prop = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| properties.get(*n))
+                .map(|v| v.as_str().to_string())
+        };
+        let topic = prop(&["topic", "kafka_topic"]).unwrap_or_else(|| name.to_string());
+        let format = match prop(&["format", "value_format"]) {
+            Some(f) => f.parse()?,
+            None => compiled.source.format,
+        };
+        let statement = derived_statement(kind, name, &columns, &topic, format);
+        let def = match crate::parse_one(&statement)? {
+            Statement::CreateSource {
+                columns,
+                properties,
+                ..
+            } => source_def(kind, name, &columns, &properties, &statement)?,
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "internal error: derived statement parsed as {other:?}"
+                )));
+            }
+        };
+        let partitions = match partitions_property(properties)? {
+            Some(p) => Some(p),
+            None if self.log.topic(&topic).is_ok() => None,
+            None => Some(self.log.topic(&compiled.source.topic)?.partition_count()),
+        };
+        self.catalog.create(def, partitions, false, false)?;
+        let id = self.catalog.next_query_id(
+            if kind == SourceKind::Stream {
+                "CSAS"
+            } else {
+                "CTAS"
+            },
+            name,
+        );
+        let q = QueryDef {
+            id: id.clone(),
+            sink: name.to_string(),
+            statement: text.trim().to_string(),
+        };
+        self.catalog.add_query(q.clone())?;
+        self.start_query(&q)?;
+        Ok(Output::Message(format!(
+            "{} {name} created on topic {topic}; query {id} is running.",
+            capitalized(kind)
+        )))
+    }
+}
+
+/// The column of a query's output that becomes the record key: the source's key column
+/// passed through under its name (stateless), or the single GROUP BY column (aggregates).
+fn output_key(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> Option<String> {
+    let schema = q.schema();
+    if q.is_aggregate() {
+        let SetExpr::Select(body) = select.query.body.as_ref() else {
+            return None;
+        };
+        let datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) = &body.group_by
+        else {
+            return None;
+        };
+        let [group] = exprs.as_slice() else {
+            return None;
+        };
+        // The key is the selected column that is the grouping expression: the column itself,
+        // or an expression selected under an alias (`UPPER(zone) AS z ... GROUP BY UPPER(zone)`).
+        let name = body.projection.iter().find_map(|item| match item {
+            SelectItem::UnnamedExpr(e @ Expr::Identifier(i)) if e == group => Some(i.value.clone()),
+            SelectItem::ExprWithAlias { expr, alias } if expr == group => Some(alias.value.clone()),
+            _ => None,
+        })?;
+        return schema.index_of(&name).ok().map(|_| name);
+    }
+    let key = q.source.columns.iter().find(|c| c.2)?.0.clone();
+    schema.index_of(&key).ok().map(|_| key)
+}

@@ -1,0 +1,73 @@
+//! DROP STREAM/TABLE and TERMINATE: removing sources, and persistent queries with their
+//! state.
+
+use super::{Engine, Output, capitalized};
+use crate::ast::SourceKind;
+use crate::error::{Result, SqlError};
+
+impl Engine {
+    /// DROP STREAM/TABLE [DELETE TOPIC].
+    pub(super) fn drop_source(
+        &mut self,
+        kind: SourceKind,
+        name: &str,
+        if_exists: bool,
+        delete_topic: bool,
+    ) -> Result<Output> {
+        let dropped = self
+            .catalog
+            .drop_source(kind, name, if_exists, delete_topic)?;
+        Ok(Output::Message(if dropped {
+            format!(
+                "{} {name} dropped{}.",
+                capitalized(kind),
+                if delete_topic { " with its topic" } else { "" }
+            )
+        } else {
+            format!("{} {name} does not exist.", capitalized(kind))
+        }))
+    }
+
+    /// TERMINATE a persistent query (or all of them): stop it, forget it, drop its state.
+    pub(super) fn terminate(&mut self, query_id: Option<String>) -> Result<Output> {
+        let ids: Vec<String> = match query_id {
+            None => self.catalog.queries().map(|q| q.id.clone()).collect(),
+            Some(id) => vec![
+                self.catalog
+                    .queries()
+                    .find(|q| q.id.eq_ignore_ascii_case(&id))
+                    .map(|q| q.id.clone())
+                    .ok_or(SqlError::Unknown {
+                        kind: "query",
+                        name: id,
+                    })?,
+            ],
+        };
+        for id in &ids {
+            self.queries.stop(id);
+            self.queries.clear_failed(id);
+            self.catalog.remove_query(id)?;
+            self.drop_query_state(id)?;
+        }
+        Ok(Output::Message(match ids.len() {
+            0 => "No queries to terminate.".to_string(),
+            _ => format!("Terminated {}.", ids.join(", ")),
+        }))
+    }
+
+    /// Removes a terminated query's stores and changelog topic.
+    fn drop_query_state(&mut self, id: &str) -> Result<()> {
+        let name = id.to_lowercase();
+        let changelog = format!("{name}-changelog");
+        if let Ok(t) = self.log.topic(&changelog) {
+            for p in 0..t.partition_count() {
+                let _ = self
+                    .queries
+                    .env()
+                    .destroy(&sluice_state::StoreId::new(&name, p));
+            }
+            self.log.delete_topic(&changelog)?;
+        }
+        Ok(())
+    }
+}

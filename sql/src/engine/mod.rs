@@ -1,0 +1,295 @@
+//! The statement engine: runs parsed statements against the catalog and the log. It is what
+//! `sluice sql` and the REST API call.
+//!
+//! It runs the catalog statements (CREATE/DROP/SHOW/DESCRIBE), `INSERT ... VALUES`, push
+//! queries (`SELECT ... EMIT CHANGES [LIMIT n]`, state in memory), pull queries (`SELECT` on
+//! a table: its latest row per key, read from the log), and persistent queries (`CREATE ...
+//! AS SELECT`, `INSERT INTO ... SELECT`), which [`QueryManager`] runs as tasks until
+//! `TERMINATE`; they are recorded in the catalog and restart with the engine.
+//!
+//! # Layout
+//!
+//! One file per statement family; each adds its methods to [`Engine`].
+//!
+//! - `mod.rs`: [`Engine`], [`Output`], [`EngineConfig`], and the dispatch of parsed statements
+//!   (`execute`, `execute_with`) to the files below.
+//! - `create.rs`: CREATE STREAM/TABLE, declared on a topic or `AS SELECT`.
+//! - `insert.rs`: INSERT INTO ... VALUES and INSERT INTO ... SELECT.
+//! - `select.rs`: push queries ([`PushQuery`]) and pull queries.
+//! - `show.rs`: SHOW, DESCRIBE and EXPLAIN.
+//! - `drop.rs`: DROP STREAM/TABLE and TERMINATE.
+//! - `persistent.rs`: starting the catalog's persistent queries and waiting for them to
+//!   catch up.
+
+mod create;
+mod drop;
+mod insert;
+mod persistent;
+mod select;
+mod show;
+#[cfg(test)]
+mod tests;
+
+use datafusion::arrow::array::RecordBatch;
+use sluice_log::Log;
+use sluice_state::{StateConfig, StateEnv};
+
+use crate::ast::{SourceKind, Statement};
+use crate::catalog::{Catalog, QueryDef};
+use crate::error::{Result, SqlError};
+use crate::runner::{QueryManager, RunnerConfig};
+
+pub use self::select::PushQuery;
+
+/// Stack a statement is planned on. DataFusion's planning recurses once per expression level
+/// with frames of up to ~8 KiB in debug builds (`ExprSchemable::to_field`), so an expression
+/// at the depth limit ([`crate::parser::MAX_EXPR_DEPTH`]) needs about 2 MiB: more than the
+/// 2 MiB a tokio blocking thread (the API) or a spawned thread has in all.
+const STATEMENT_STACK: usize = 16 << 20;
+
+/// Runs `f` on a stack with at least [`STATEMENT_STACK`] / 2 free: on the current one if it
+/// has that much left, else on a fresh one of [`STATEMENT_STACK`] (mapped, not committed, so
+/// cheap for a statement).
+fn with_statement_stack<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(STATEMENT_STACK / 2, STATEMENT_STACK, f)
+}
+
+/// What a statement returns.
+#[derive(Debug)]
+pub enum Output {
+    /// A message for the user ("Stream rides created.").
+    Message(String),
+    /// Rows to show as a table.
+    Rows(Vec<RecordBatch>),
+    /// A push query: poll it for rows until it ends (LIMIT) or the user stops it.
+    Push(Box<PushQuery>),
+}
+
+/// How an engine keeps state and runs persistent queries.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where query state lives, and its memory budget. Default: `<log dir>/state`.
+    pub state: Option<StateConfig>,
+    /// Commit interval and poll size of persistent queries.
+    pub runner: RunnerConfig,
+    /// Start the catalog's persistent queries on open (a worker does; a tool reading the
+    /// catalog may not).
+    pub start_queries: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            state: None,
+            runner: RunnerConfig::default(),
+            start_queries: true,
+        }
+    }
+}
+
+/// Runs statements.
+#[derive(Debug)]
+pub struct Engine {
+    log: Log,
+    catalog: Catalog,
+    queries: QueryManager,
+}
+
+impl Engine {
+    /// An engine over `log`, loading the catalog from it and starting its persistent
+    /// queries.
+    pub fn open(log: &Log) -> Result<Engine> {
+        Self::open_with(log, EngineConfig::default())
+    }
+
+    /// An engine with explicit configuration.
+    pub fn open_with(log: &Log, config: EngineConfig) -> Result<Engine> {
+        let state = config
+            .state
+            .unwrap_or_else(|| StateConfig::new(log.dir().join("state")));
+        let env =
+            StateEnv::new(state).map_err(|e| SqlError::Invalid(format!("query state: {e}")))?;
+        let mut engine = Engine {
+            log: log.clone(),
+            catalog: Catalog::open(log)?,
+            queries: QueryManager::new(log, env, config.runner),
+        };
+        if config.start_queries {
+            engine.start_queries();
+        }
+        Ok(engine)
+    }
+
+    /// Stops the persistent queries (each commits its current epoch first).
+    pub fn shutdown(&mut self) {
+        self.queries.stop_all();
+    }
+
+    /// The running queries.
+    pub fn queries(&self) -> &QueryManager {
+        &self.queries
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Parses and runs every statement of `sql`, stopping at the first error.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>> {
+        self.execute_inner(sql, None)
+    }
+
+    /// As [`Engine::execute`], and the persistent queries its statements create or name
+    /// (`CREATE ... AS SELECT`, also when it already exists, and `INSERT INTO ... SELECT`)
+    /// run with `config`, restarting from their last commit where they ran otherwise. A
+    /// pipeline passes its `guarantee` and `commit-interval` this way.
+    pub fn execute_with(&mut self, sql: &str, config: &RunnerConfig) -> Result<Vec<Output>> {
+        self.execute_inner(sql, Some(config))
+    }
+
+    fn execute_inner(&mut self, sql: &str, config: Option<&RunnerConfig>) -> Result<Vec<Output>> {
+        with_statement_stack(|| self.execute_statements(sql, config))
+    }
+
+    fn execute_statements(
+        &mut self,
+        sql: &str,
+        config: Option<&RunnerConfig>,
+    ) -> Result<Vec<Output>> {
+        let statements = crate::parse(sql)?;
+        let texts = split_statement_texts(sql);
+        let mut out = Vec::with_capacity(statements.len());
+        for (i, s) in statements.into_iter().enumerate() {
+            let text = texts.get(i).map_or(sql, String::as_str);
+            let target = match (&s, config) {
+                (Statement::CreateAs { name, .. }, Some(_)) => Some((name.clone(), None)),
+                (Statement::InsertSelect { target, .. }, Some(_)) => {
+                    Some((target.clone(), Some(text.trim().to_string())))
+                }
+                _ => None,
+            };
+            out.push(self.run(s, text)?);
+            if let (Some((sink, statement)), Some(config)) = (target, config) {
+                let defs: Vec<QueryDef> = self
+                    .catalog
+                    .queries()
+                    .filter(|q| {
+                        q.sink == sink && statement.as_ref().is_none_or(|t| *t == q.statement)
+                    })
+                    .cloned()
+                    .collect();
+                for def in defs {
+                    if self.queries.configure(&def.id, config.clone()) {
+                        tracing::info!(query = %def.id, guarantee = %config.guarantee, commit_interval = ?config.commit_interval, "Restarting the query with its pipeline's settings.");
+                        self.queries.stop(&def.id);
+                    }
+                    if !self.queries.is_running(&def.id) {
+                        self.start_query(&def)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn run(&mut self, statement: Statement, text: &str) -> Result<Output> {
+        match statement {
+            Statement::CreateSource {
+                kind,
+                name,
+                columns,
+                properties,
+                if_not_exists,
+                or_replace,
+            } => self.create_source(
+                kind,
+                &name,
+                &columns,
+                &properties,
+                if_not_exists,
+                or_replace,
+                text,
+            ),
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            } => self.drop_source(kind, &name, if_exists, delete_topic),
+            Statement::Show(what) => self.show(what),
+            Statement::Describe { name, extended } => self.describe(&name, extended),
+            Statement::InsertValues {
+                target,
+                columns,
+                rows,
+            } => self.insert_values(&target, &columns, &rows),
+            Statement::Select(select) => self.select(&select),
+            Statement::Explain(inner) => self.explain(*inner),
+            Statement::CreateAs {
+                kind,
+                name,
+                properties,
+                select,
+                if_not_exists,
+                or_replace,
+            } => self.create_as(
+                kind,
+                &name,
+                &properties,
+                &select,
+                if_not_exists,
+                or_replace,
+                text,
+            ),
+            Statement::InsertSelect { target, select } => {
+                self.insert_select(&target, &select, text)
+            }
+            Statement::Terminate { query_id } => self.terminate(query_id),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.queries.stop_all();
+    }
+}
+
+fn capitalized(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "Stream",
+        SourceKind::Table => "Table",
+    }
+}
+
+/// The text of each statement of a script (split at top-level semicolons), for storing
+/// statements as written.
+fn split_statement_texts(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0i32;
+    for c in sql.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ';') if depth <= 0 => {
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_string());
+                }
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}

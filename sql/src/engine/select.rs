@@ -1,0 +1,174 @@
+//! SELECT: push queries (`EMIT CHANGES`, state in memory, polled for rows) and pull queries
+//! (a table's current rows, read from its topic).
+
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use sluice_log::{Consumer, ConsumerConfig, OffsetReset, Record, TopicPartition};
+
+use super::{Engine, Output};
+use crate::ast::SourceKind;
+use crate::error::{Result, SqlError};
+use crate::format::Input;
+use crate::query::{Dataflow, compile};
+
+impl Engine {
+    /// A SELECT: a push query with EMIT, else a pull query.
+    pub(super) fn select(&self, select: &crate::ast::Select) -> Result<Output> {
+        if select.emit.is_none() {
+            return self.pull_query(select);
+        }
+        self.push_query(select).map(|q| Output::Push(Box::new(q)))
+    }
+
+    /// A push query: the source's topic from the start, through an in-memory dataflow.
+    fn push_query(&self, select: &crate::ast::Select) -> Result<PushQuery> {
+        let compiled = compile(&self.catalog, select)?;
+        let topic = self.log.topic(&compiled.source.topic)?;
+        let mut consumer = self.log.consumer(ConsumerConfig {
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: 4096,
+            ..ConsumerConfig::default()
+        });
+        let parts: Vec<TopicPartition> = (0..topic.partition_count())
+            .map(|p| TopicPartition {
+                topic: compiled.source.topic.clone(),
+                partition: p,
+            })
+            .collect();
+        consumer.assign(&parts)?;
+        Ok(PushQuery {
+            flow: Dataflow::open(compiled, None)?,
+            consumer,
+            rejected: 0,
+        })
+    }
+
+    /// A pull query: the table's current rows (latest value per key, read committed from
+    /// its topic), filtered and projected.
+    fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
+        let compiled = compile(&self.catalog, select)?;
+        if compiled.source.kind != SourceKind::Table {
+            return Err(SqlError::Invalid(format!(
+                "{} is a stream: a SELECT on a stream is a push query, add EMIT CHANGES",
+                compiled.source.name
+            )));
+        }
+        if compiled.is_aggregate() {
+            return Err(SqlError::Invalid(
+                "pull queries read a table's rows; aggregate in a CREATE TABLE ... AS SELECT and pull from it".into(),
+            ));
+        }
+        let def = &compiled.source;
+        let windowed = def
+            .columns
+            .iter()
+            .any(|c| c.0 == crate::operators::window::WINDOWSTART);
+        let topic = self.log.topic(&def.topic)?;
+        // Latest record per key (per key and window for windowed tables), in log order.
+        let mut latest: std::collections::HashMap<Vec<u8>, (u64, Record)> = Default::default();
+        let mut seq = 0u64;
+        let reader = crate::query::SourceReader::new(def)?;
+        for p in 0..topic.partition_count() {
+            let mut records = Vec::new();
+            self.log.read_all(&def.topic, p, |_, r| records.push(r))?;
+            for r in records {
+                let Some(key) = r.key.clone() else { continue };
+                let mut k = key.to_vec();
+                if windowed {
+                    if r.value.is_some() {
+                        let rows = reader.read(&[Input::from(&r)])?;
+                        if let Ok(i) = rows
+                            .batch
+                            .schema()
+                            .index_of(crate::operators::window::WINDOWSTART)
+                        {
+                            if let Some(a) = rows
+                                .batch
+                                .column(i)
+                                .as_any()
+                                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                            {
+                                if !a.is_empty() {
+                                    k.extend_from_slice(&a.value(0).to_be_bytes());
+                                }
+                            }
+                        }
+                    }
+                }
+                if r.value.is_none() && !windowed {
+                    latest.remove(&k);
+                } else {
+                    seq += 1;
+                    latest.insert(k, (seq, r));
+                }
+            }
+        }
+        let mut rows: Vec<(u64, Record)> = latest
+            .into_values()
+            .filter(|(_, r)| r.value.is_some())
+            .collect();
+        rows.sort_by_key(|(s, _)| *s);
+        let inputs: Vec<Input<'_>> = rows.iter().map(|(_, r)| Input::from(r)).collect();
+        let mut flow = Dataflow::open(compiled, None)?;
+        let step = flow.process(&inputs)?;
+        Ok(Output::Rows(vec![rows_only(step)?]))
+    }
+}
+
+/// A running push query over one source.
+#[derive(Debug)]
+pub struct PushQuery {
+    flow: Dataflow,
+    consumer: Consumer,
+    rejected: u64,
+}
+
+impl PushQuery {
+    /// The schema of its rows.
+    pub fn schema(&self) -> &SchemaRef {
+        self.flow.schema()
+    }
+
+    /// True once LIMIT rows were returned.
+    pub fn done(&self) -> bool {
+        self.flow.done()
+    }
+
+    /// Records of the source that did not decode or came too late (skipped; a persistent
+    /// query sends them to its dead-letter topic).
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// The next rows, waiting up to `timeout` for records; `None` when nothing arrived.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<RecordBatch>> {
+        if self.done() {
+            return Ok(None);
+        }
+        let records = self.consumer.poll(timeout)?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
+        let step = self.flow.process(&inputs)?;
+        self.rejected += step.rejected.len() as u64;
+        let rows = rows_only(step)?;
+        Ok((rows.num_rows() > 0).then_some(rows))
+    }
+}
+
+/// The rows of a step that are not deletions.
+fn rows_only(step: crate::query::Step) -> Result<RecordBatch> {
+    if !step.deleted.iter().any(|d| *d) {
+        return Ok(step.batch);
+    }
+    let keep: Vec<u32> = (0..step.deleted.len() as u32)
+        .filter(|&i| !step.deleted[i as usize])
+        .collect();
+    Ok(datafusion::arrow::compute::take_record_batch(
+        &step.batch,
+        &datafusion::arrow::array::UInt32Array::from(keep),
+    )?)
+}

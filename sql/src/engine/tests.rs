@@ -1,0 +1,251 @@
+//! The engine's statements end to end, over a log in a temporary directory.
+
+use std::time::Duration;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use sluice_log::Log;
+
+use super::{Engine, Output};
+use crate::catalog::Catalog;
+use crate::error::SqlError;
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+    let e = Engine::open(&log).unwrap();
+    (dir, e)
+}
+
+fn rows(out: Output) -> String {
+    match out {
+        Output::Rows(b) => b
+            .iter()
+            .map(|b| {
+                pretty_format_batches(std::slice::from_ref(b))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+#[test]
+fn create_insert_and_push_query_with_filter_and_limit() {
+    let (_d, mut e) = engine();
+    let out = e
+        .execute(
+            "CREATE STREAM rides (id VARCHAR KEY, zone VARCHAR, fare DOUBLE) WITH (topic='rides', partitions=2);
+             INSERT INTO rides (id, zone, fare) VALUES ('r1', 'airport', 30.5), ('r2', 'harbor', 8.0);
+             INSERT INTO rides VALUES ('r3', 'airport', 12 + 3), ('r4', UPPER('x'), NULL);",
+        )
+        .unwrap();
+    assert!(matches!(&out[0], Output::Message(m) if m.contains("created")));
+    assert!(matches!(&out[2], Output::Message(m) if m.contains("Inserted 2")));
+    let mut out = e
+        .execute(
+            "SELECT id, fare * 2 AS twice FROM rides WHERE zone = 'airport' EMIT CHANGES LIMIT 2",
+        )
+        .unwrap();
+    let Some(Output::Push(mut q)) = out.pop() else {
+        panic!()
+    };
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        if let Some(b) = q.poll(Duration::from_millis(50)).unwrap() {
+            got.push(b);
+        }
+        if q.done() {
+            break;
+        }
+    }
+    assert!(q.done());
+    let text = pretty_format_batches(&got).unwrap().to_string();
+    assert!(
+        text.contains("| r1 | 61.0  |") && text.contains("| r3 | 30.0  |"),
+        "{text}"
+    );
+}
+
+#[test]
+fn show_describe_drop_and_errors() {
+    let (_d, mut e) = engine();
+    e.execute(
+        "CREATE STREAM s (a INT, b VARCHAR) WITH (topic='s', partitions=1, format='DELIMITED')",
+    )
+    .unwrap();
+    let streams = rows(e.execute("SHOW STREAMS").unwrap().remove(0));
+    assert!(
+        streams.contains("| s    | s     | DELIMITED |"),
+        "{streams}"
+    );
+    let d = rows(e.execute("DESCRIBE EXTENDED s").unwrap().remove(0));
+    assert!(
+        d.contains("| a       | INT     |") && d.contains("rowtime") && d.contains("DELIMITED"),
+        "{d}"
+    );
+    let err = e
+        .execute("SELECT nope FROM s EMIT CHANGES")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+    let err = e
+        .execute("INSERT INTO s (zzz) VALUES (1)")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zzz"), "{err}");
+    let err = e
+        .execute("INSERT INTO s (a) VALUES ('not a number')")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column a"), "{err}");
+    let err = e
+        .execute("SELECT * FROM\n s WHERE")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2"), "{err}");
+    assert!(
+        matches!(&e.execute("DROP STREAM s DELETE TOPIC").unwrap()[0], Output::Message(m) if m.contains("dropped"))
+    );
+    assert!(e.execute("DESCRIBE s").is_err());
+}
+
+/// Statements just inside the depth limit run end to end (parse, plan, evaluate, start a
+/// persistent query, drop) on a thread with a worker's 2 MiB stack; just outside, the
+/// error names the limit and the engine goes on.
+#[test]
+fn deep_statements_run_or_are_refused_on_a_small_stack() {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let (_d, mut e) = engine();
+            e.execute("CREATE STREAM s (id VARCHAR KEY, a BIGINT) WITH (topic='s', partitions=1)")
+                .unwrap();
+            let sum = |n: usize| vec!["1"; n].join("+");
+            e.execute(&format!("INSERT INTO s (id, a) VALUES ('q', {})", sum(255)))
+                .unwrap();
+            let err = e
+                .execute(&format!(
+                    "INSERT INTO s (id, a) VALUES ('q', {})",
+                    sum(2_000)
+                ))
+                .unwrap_err();
+            assert!(matches!(err, SqlError::TooDeep { limit: 256, .. }), "{err}");
+            // At the limit, evaluated per record on the query's own (2 MiB) thread.
+            let ands = vec!["a > 0"; 120].join(" AND ");
+            let parens = format!("{}a{}", "(".repeat(100), ")".repeat(100));
+            e.execute(&format!(
+                "CREATE STREAM t AS SELECT id, a{} AS a, {parens} AS b FROM s WHERE {ands}",
+                "+1".repeat(255)
+            ))
+            .unwrap();
+            assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+            let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+            assert!(
+                queries.contains("RUNNING") && queries.contains("in 1 / out 1"),
+                "{queries}"
+            );
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn insert_values_refuses_overflow_and_division_by_zero() {
+    let (_d, mut e) = engine();
+    e.execute("CREATE STREAM s (id VARCHAR KEY, a BIGINT, x DOUBLE, i INT) WITH (topic='s', partitions=1)")
+        .unwrap();
+    for (values, expected) in [
+        (
+            "('q', 9223372036854775807 + 1, 0, 0)",
+            "Arithmetic overflow",
+        ),
+        ("('q', 0, 1.0 / 0, 0)", "Divide by zero"),
+        ("('q', 1 / 0, 0, 0)", "Divide by zero"),
+        ("('q', 0, 0, 2147483647 + 1)", "column i"),
+    ] {
+        let err = e
+            .execute(&format!("INSERT INTO s (id, a, x, i) VALUES {values}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{values}: {err}");
+    }
+    let topic = e.log.describe_topic("s").unwrap();
+    assert_eq!(topic.partitions[0].log_end_offset, 0, "nothing was written");
+    e.execute("INSERT INTO s (id, a, x, i) VALUES ('q', 9223372036854775806 + 1, 7.0 / 2, 1)")
+        .unwrap();
+}
+
+/// A persistent query stored by an older version, outside today's window bounds, is not
+/// started (it would exhaust memory again at every start): SHOW QUERIES says FAILED and
+/// why, and TERMINATE and DROP still work.
+#[test]
+fn a_stored_query_outside_the_window_bounds_fails_to_start_and_terminates() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+    {
+        let mut e = Engine::open(&log).unwrap();
+        e.execute(
+            "CREATE STREAM s (id VARCHAR KEY, k VARCHAR) WITH (topic='s', partitions=1);
+             INSERT INTO s (id, k) VALUES ('1', 'a');
+             CREATE TABLE c AS SELECT k, COUNT(*) AS n FROM s WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 1 MINUTE) GROUP BY k;",
+        )
+        .unwrap();
+        let err = e
+            .execute("CREATE TABLE d AS SELECT k, COUNT(*) AS n FROM s WINDOW HOPPING (SIZE 10 MINUTES, ADVANCE BY 1 MILLISECONDS) GROUP BY k")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("600000 windows; the limit is 100"), "{err}");
+        assert!(e.catalog().get("d").is_err(), "nothing was created");
+    }
+    // What an older version without the bound would have stored.
+    let mut catalog = Catalog::open(&log).unwrap();
+    let id = catalog.queries().next().unwrap().id.clone();
+    let mut def = catalog.remove_query(&id).unwrap();
+    def.statement = def
+        .statement
+        .replace("ADVANCE BY 1 MINUTE", "ADVANCE BY 1 MILLISECONDS");
+    catalog.add_query(def).unwrap();
+    drop(catalog);
+
+    let mut e = Engine::open(&log).unwrap();
+    assert!(!e.queries().is_running(&id));
+    let failure = e.queries().failure(&id).unwrap().to_string();
+    assert!(failure.contains("the limit is 100"), "{failure}");
+    let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert!(queries.contains("FAILED: HOPPING window"), "{queries}");
+    assert!(e.wait_caught_up(Duration::from_secs(5)).unwrap());
+    let err = e.execute("DROP TABLE c").unwrap_err().to_string();
+    assert!(
+        err.contains(&id),
+        "DROP is refused while the query exists: {err}"
+    );
+    e.execute(&format!("TERMINATE {id}")).unwrap();
+    assert!(e.queries().failure(&id).is_none());
+    e.execute("DROP TABLE c DELETE TOPIC").unwrap();
+    let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert!(!queries.contains(&id), "{queries}");
+}
+
+#[test]
+fn explain_shows_the_plan() {
+    let (_d, mut e) = engine();
+    e.execute("CREATE STREAM s (a INT) WITH (topic='s', partitions=1)")
+        .unwrap();
+    let out = e
+        .execute("EXPLAIN SELECT a + 1 FROM s WHERE a > 2 EMIT CHANGES")
+        .unwrap();
+    assert!(
+        matches!(&out[0], Output::Message(m) if m.contains("Filter") && m.contains("TableScan: s")),
+        "{out:?}"
+    );
+    let out = e
+        .execute("EXPLAIN SELECT a, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 5 SECONDS) GROUP BY a EMIT FINAL")
+        .unwrap();
+    assert!(
+        matches!(&out[0], Output::Message(m) if m.contains("TUMBLING 60000 ms, grace 5000 ms") && m.contains("EMIT FINAL") && m.contains("Aggregate")),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,219 @@
+//! The aggregate's plan: group keys, aggregate calls and output schema, compiled once from
+//! DataFusion's logical plan and shared by every run of the query.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::ast::Emit;
+use crate::error::{Result, SqlError};
+use crate::operators::acc::{AggKind, AggSpec};
+use crate::operators::stateless::Stateless;
+use crate::operators::window::{WINDOWEND, WINDOWSTART, Windows};
+
+/// The compiled, stateless description of an aggregate; [`Aggregate`](super::Aggregate) runs it.
+#[derive(Debug, Clone)]
+pub struct AggregatePlan {
+    pub(super) pre: Stateless,
+    pub(super) group: Vec<Arc<dyn PhysicalExpr>>,
+    /// Positions in `group` of the window columns.
+    pub(super) window_pos: Option<(usize, usize)>,
+    pub(super) key_types: Vec<DataType>,
+    pub(super) args: Vec<Arc<dyn PhysicalExpr>>,
+    pub(super) specs: Arc<Vec<AggSpec>>,
+    pub(super) agg_schema: SchemaRef,
+    pub(super) post: Stateless,
+    pub(super) windows: Option<Windows>,
+    pub(super) emit: Emit,
+    /// Input columns anything reads (`None`: all); the others are not copied when rows are
+    /// expanded into their windows.
+    pub(super) used_columns: Option<Vec<usize>>,
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+impl AggregatePlan {
+    /// Builds the plan from an analyzed logical plan whose stateful node is an aggregate.
+    /// `input_is_table`: rows of the input can be updated and deleted (aggregates retract).
+    pub fn from_plan(
+        state: &SessionState,
+        plan: &LogicalPlan,
+        windows: Option<Windows>,
+        emit: Emit,
+        input_is_table: bool,
+    ) -> Result<AggregatePlan> {
+        let (post, bottom) =
+            Stateless::from_plan_until(state, plan, |p| matches!(p, LogicalPlan::Aggregate(_)))?;
+        let LogicalPlan::Aggregate(agg) = bottom else {
+            return Err(SqlError::Plan("internal error: not an aggregate".into()));
+        };
+        if matches!(agg.input.as_ref(), LogicalPlan::Aggregate(_))
+            || Stateless::from_plan(state, &agg.input).is_err()
+        {
+            // An aggregate over an aggregate, a join or a subquery.
+            return Err(SqlError::Invalid(
+                "an aggregate may only read one stream or table directly (no nested aggregates or subqueries)".into(),
+            ));
+        }
+        let pre = Stateless::from_plan(state, &agg.input)?;
+        let input_schema = agg.input.schema();
+        let mut group = Vec::with_capacity(agg.group_expr.len());
+        let mut key_types = Vec::new();
+        let mut ws = None;
+        let mut we = None;
+        for (i, e) in agg.group_expr.iter().enumerate() {
+            if let Expr::GroupingSet(_) = e {
+                return Err(SqlError::Invalid(
+                    "GROUPING SETS, CUBE and ROLLUP are not supported".into(),
+                ));
+            }
+            if let Expr::Column(c) = unalias(e) {
+                if windows.is_some() && c.name == WINDOWSTART {
+                    ws = Some(i);
+                } else if windows.is_some() && c.name == WINDOWEND {
+                    we = Some(i);
+                }
+            }
+            let t = e.to_field(input_schema)?.1.data_type().clone();
+            if ws != Some(i) && we != Some(i) {
+                key_types.push(t);
+            }
+            group.push(crate::checked::physical_expr(state, e, input_schema)?);
+        }
+        let window_pos = match (windows, ws, we) {
+            (None, _, _) => None,
+            (Some(_), Some(s), Some(e)) => Some((s, e)),
+            _ => {
+                return Err(SqlError::Plan(
+                    "internal error: the window columns are not grouped on".into(),
+                ));
+            }
+        };
+        if windows.is_some_and(|w| w.session) && key_types.is_empty() {
+            return Err(SqlError::Invalid(
+                "a SESSION window needs GROUP BY at least one column".into(),
+            ));
+        }
+        let mut args = Vec::new();
+        let mut specs = Vec::new();
+        for (i, e) in agg.aggr_expr.iter().enumerate() {
+            let Expr::AggregateFunction(f) = unalias(e) else {
+                return Err(SqlError::Plan(format!(
+                    "internal error: unexpected aggregate expression {e}"
+                )));
+            };
+            if f.params.filter.is_some() || !f.params.order_by.is_empty() {
+                return Err(SqlError::Invalid(format!(
+                    "FILTER and ORDER BY inside aggregates are not supported: {e}"
+                )));
+            }
+            let name = f.func.name().to_lowercase();
+            let star = f.params.args.is_empty();
+            let arg = f
+                .params
+                .args
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Expr::Literal(ScalarValue::Int64(Some(1)), None));
+            let k = match f.params.args.get(1).map(unalias) {
+                None => None,
+                Some(Expr::Literal(v, _)) => {
+                    v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+                        ScalarValue::Int64(Some(k)) if k > 0 => usize::try_from(k).ok(),
+                        _ => None,
+                    })
+                }
+                Some(other) => {
+                    return Err(SqlError::Invalid(format!(
+                        "the second argument of {} must be a constant, got {other}",
+                        name.to_uppercase()
+                    )));
+                }
+            };
+            let kind = AggKind::from_name(&name, f.params.distinct, star, k)?;
+            if name != "topk" && f.params.args.len() > 1 {
+                return Err(SqlError::Invalid(format!(
+                    "{} takes one argument",
+                    name.to_uppercase()
+                )));
+            }
+            let input = arg.to_field(input_schema)?.1.data_type().clone();
+            let output = agg
+                .schema
+                .field(agg.group_expr.len() + i)
+                .data_type()
+                .clone();
+            args.push(crate::checked::physical_expr(state, &arg, input_schema)?);
+            specs.push(AggSpec {
+                kind,
+                input,
+                output,
+                retractable: input_is_table,
+            });
+        }
+        let used_columns = match pre.input_columns() {
+            Some(cols) => Some(cols),
+            None => {
+                // The pre stage only filters: the group keys and arguments read the input.
+                let mut cols = std::collections::BTreeSet::new();
+                for e in group.iter().chain(&args) {
+                    cols.extend(
+                        datafusion::physical_expr::utils::collect_columns(e)
+                            .iter()
+                            .map(|c| c.index()),
+                    );
+                }
+                pre.filter_columns(&mut cols);
+                Some(cols)
+            }
+        }
+        .map(|c| c.into_iter().collect());
+        Ok(AggregatePlan {
+            used_columns,
+            pre,
+            group,
+            window_pos,
+            key_types,
+            args,
+            specs: Arc::new(specs),
+            agg_schema: Arc::clone(agg.schema.inner()),
+            post,
+            windows,
+            emit,
+        })
+    }
+
+    /// The source the aggregate reads.
+    pub fn source(&self) -> &str {
+        self.pre.source()
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> &SchemaRef {
+        self.post.schema()
+    }
+
+    /// `LIMIT n` above the aggregate.
+    pub fn limit(&self) -> Option<usize> {
+        self.post.limit()
+    }
+
+    /// The window clause.
+    pub fn windows(&self) -> Option<&Windows> {
+        self.windows.as_ref()
+    }
+
+    /// How many GROUP BY columns there are (window columns not counted).
+    pub fn group_column_count(&self) -> usize {
+        self.key_types.len()
+    }
+}

@@ -1,0 +1,80 @@
+//! Session windows: a row joins its key's session, and the sessions it bridges (those
+//! within the inactivity gap on either side) merge into one.
+
+use datafusion::common::ScalarValue;
+
+use super::Aggregate;
+use super::cache::{Entry, Stores, owned_cache_key, split_cache_key};
+use super::output::Out;
+use crate::error::{Result, SqlError};
+
+impl Aggregate {
+    /// Adds a row to its key's session, merging the sessions it bridges.
+    pub(super) fn session_update(
+        &mut self,
+        key: &[u8],
+        ts: i64,
+        values: &[ScalarValue],
+        sign: i64,
+    ) -> Result<Option<Out>> {
+        let gap = self.plan.windows.map_or(0, |w| w.size);
+        let specs = self.plan.specs.clone();
+        let i = self.store_index(key);
+        // Sessions that end at or after ts - gap and start at or before ts + gap.
+        let found: Vec<(i64, i64, Entry)> = match &self.stores {
+            Stores::Session(s) => s[i]
+                .find_sessions(key, ts.saturating_sub(gap), ts.saturating_add(gap))
+                .map_err(|e| self.state_err(e))?
+                .into_iter()
+                .map(|s| Ok((s.start, s.end, self.decode_entry(&s.value)?)))
+                .collect::<Result<_>>()?,
+            _ => self
+                .cache
+                .iter()
+                .filter_map(|(ck, v)| {
+                    let (s, e, k) = split_cache_key(ck);
+                    (k == key && e >= ts.saturating_sub(gap) && s <= ts.saturating_add(gap))
+                        .then(|| (s, e, v.clone()))
+                })
+                .collect(),
+        };
+        let mut start = ts;
+        let mut end = ts;
+        let mut merged = self.new_entry()?;
+        for (s, e, entry) in &found {
+            start = start.min(*s);
+            end = end.max(*e);
+            for ((spec, acc), other) in specs.iter().zip(merged.accs.iter_mut()).zip(&entry.accs) {
+                spec.merge(acc, other)?;
+            }
+            merged.max_ts = merged.max_ts.max(entry.max_ts);
+            merged.rows += entry.rows;
+            match &mut self.stores {
+                Stores::Session(st) => st[i]
+                    .remove(key, *s, *e)
+                    .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?,
+                _ => {
+                    self.cache.remove(owned_cache_key(*s, *e, key).as_slice());
+                }
+            }
+        }
+        for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
+            spec.update(acc, v, sign)?;
+        }
+        merged.max_ts = merged.max_ts.max(ts);
+        merged.rows += sign;
+        match &mut self.stores {
+            Stores::Session(st) => {
+                let bytes = Self::encode_entry(&merged)?;
+                st[i]
+                    .put(key, start, end, &bytes)
+                    .map_err(|e| SqlError::Invalid(format!("aggregate state: {e}")))?;
+            }
+            _ => {
+                self.cache
+                    .insert(owned_cache_key(start, end, key), merged.clone());
+            }
+        }
+        Ok(Some(self.result(key.to_vec(), start, end, &merged)?))
+    }
+}
