@@ -37,7 +37,7 @@ use sluice_log::{
 use sluice_sql::engine::Engine;
 use sluice_sql::runner::{Guarantee, RunnerConfig};
 
-use crate::pipeline::{Pipeline, Secrets};
+use crate::pipeline::{Pipeline, PipelineError, Secrets};
 
 /// The topic holding source positions.
 pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
@@ -68,6 +68,191 @@ impl TaskError {
             TaskError::Log(e) => !e.is_user_error() && !matches!(e, LogError::Closed),
             TaskError::Retryable(_) => true,
             TaskError::Fatal(_) => false,
+        }
+    }
+}
+
+/// Why a pipeline did not deploy, pause, resume or restart. Every text is redacted of the
+/// pipeline's `${VAR}` values. [`DeployError::is_user_error`] tells what the pipeline's author
+/// fixes from what an operator looks into.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeployError {
+    /// The file does not check: a topic name or config, a connector that does not build.
+    #[error(transparent)]
+    Invalid(#[from] PipelineError),
+    /// Another file deploys a pipeline of this name.
+    #[error("pipeline {pipeline}: the name is taken by {}", file.display())]
+    NameTaken {
+        /// The pipeline.
+        pipeline: String,
+        /// The file of the pipeline that has the name.
+        file: std::path::PathBuf,
+    },
+    /// Two tasks of the pipeline would share an internal name (a transactional id, a consumer
+    /// group, an ingest route, an output folder).
+    #[error("pipeline {pipeline}: {first} and {second} would share {name}")]
+    SharedWithin {
+        /// The pipeline.
+        pipeline: String,
+        /// The first task holding the name.
+        first: String,
+        /// The second.
+        second: String,
+        /// The internal name.
+        name: String,
+    },
+    /// A task would share an internal name with a task of another deployed pipeline.
+    #[error("pipeline {pipeline}: {task} would share {name} with {theirs} of pipeline {other} ({})", file.display())]
+    SharedWith {
+        /// The pipeline.
+        pipeline: String,
+        /// Its task.
+        task: String,
+        /// The internal name.
+        name: String,
+        /// The other pipeline's task.
+        theirs: String,
+        /// The other pipeline.
+        other: String,
+        /// The other pipeline's file.
+        file: std::path::PathBuf,
+    },
+    /// Another HTTP source already ingests into the topic.
+    #[error(
+        "pipeline {pipeline}: source {source_name}: another HTTP source already ingests into topic '{topic}'"
+    )]
+    IngestTaken {
+        /// The pipeline.
+        pipeline: String,
+        /// Its source.
+        source_name: String,
+        /// The topic.
+        topic: String,
+    },
+    /// A topic could not be created, or a task's topic does not exist.
+    #[error("pipeline {pipeline}: {reason}")]
+    Topic {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed (`source in: unknown topic 'x'`).
+        reason: String,
+        /// The request was wrong (a bad name or config, a missing topic), not the log.
+        user_error: bool,
+    },
+    /// A SQL statement failed.
+    #[error("pipeline {pipeline}: {reason}")]
+    Sql {
+        /// The pipeline.
+        pipeline: String,
+        /// `sql: ...` (the message is left out when the statements hold `${VAR}` values).
+        reason: String,
+        /// The statement was wrong (syntax, unknown names), not the log.
+        user_error: bool,
+    },
+    /// A task's connector did not build.
+    #[error("pipeline {pipeline}: {task}: {reason}")]
+    Connector {
+        /// The pipeline.
+        pipeline: String,
+        /// `source <name>` or `sink <name>`.
+        task: String,
+        /// Why.
+        reason: String,
+        /// An external system failed (I/O, HTTP): trying again later may work.
+        retryable: bool,
+    },
+    /// No pipeline of that name is deployed.
+    #[error("no pipeline named '{0}' is deployed")]
+    NotFound(String),
+}
+
+impl DeployError {
+    /// True when the pipeline (or the request) is wrong and trying again cannot help: a bad
+    /// file, statement or name, a name another pipeline holds.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            DeployError::Topic { user_error, .. } | DeployError::Sql { user_error, .. } => {
+                *user_error
+            }
+            DeployError::Connector { retryable, .. } => !retryable,
+            _ => true,
+        }
+    }
+
+    /// The same error without `secrets`' values (names and reasons may hold them).
+    fn redact(self, secrets: &Secrets) -> DeployError {
+        let r = |s: String| secrets.redact(&s);
+        match self {
+            DeployError::Invalid(e) => DeployError::Invalid(e.redact(secrets)),
+            DeployError::NameTaken { pipeline, file } => DeployError::NameTaken {
+                pipeline: r(pipeline),
+                file,
+            },
+            DeployError::SharedWithin {
+                pipeline,
+                first,
+                second,
+                name,
+            } => DeployError::SharedWithin {
+                pipeline: r(pipeline),
+                first: r(first),
+                second: r(second),
+                name: r(name),
+            },
+            DeployError::SharedWith {
+                pipeline,
+                task,
+                name,
+                theirs,
+                other,
+                file,
+            } => DeployError::SharedWith {
+                pipeline: r(pipeline),
+                task: r(task),
+                name: r(name),
+                theirs: r(theirs),
+                other: r(other),
+                file,
+            },
+            DeployError::IngestTaken {
+                pipeline,
+                source_name,
+                topic,
+            } => DeployError::IngestTaken {
+                pipeline: r(pipeline),
+                source_name: r(source_name),
+                topic: r(topic),
+            },
+            DeployError::Topic {
+                pipeline,
+                reason,
+                user_error,
+            } => DeployError::Topic {
+                pipeline: r(pipeline),
+                reason: r(reason),
+                user_error,
+            },
+            DeployError::Sql {
+                pipeline,
+                reason,
+                user_error,
+            } => DeployError::Sql {
+                pipeline: r(pipeline),
+                reason: r(reason),
+                user_error,
+            },
+            DeployError::Connector {
+                pipeline,
+                task,
+                reason,
+                retryable,
+            } => DeployError::Connector {
+                pipeline: r(pipeline),
+                task: r(task),
+                reason: r(reason),
+                retryable,
+            },
+            DeployError::NotFound(n) => DeployError::NotFound(n),
         }
     }
 }
@@ -316,28 +501,42 @@ impl Worker {
     /// comes from, which it replaces), its topics and connectors build, and none of its
     /// internal names (transactional ids, consumer groups, ingest routes, output folders) is
     /// another pipeline's.
-    pub fn check(&self, p: &Pipeline) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
+    pub fn check(&self, p: &Pipeline) -> Result<(), DeployError> {
+        let pipeline = || p.name.clone();
         let others: Vec<&Deployed> = self.pipelines.iter().filter(|d| d.path != p.path).collect();
         if let Some(d) = others.iter().find(|d| d.name == p.name) {
-            return Err(err(&format!("the name is taken by {}", d.path.display())));
+            return Err(DeployError::NameTaken {
+                pipeline: pipeline(),
+                file: d.path.clone(),
+            }
+            .redact(&p.secrets));
         }
-        crate::pipeline::build_check(p).map_err(|e| p.redact(&e))?;
+        crate::pipeline::build_check(p).map_err(|e| e.redact(&p.secrets))?;
         let mine = internal_names(p);
         let mut seen = BTreeMap::new();
         for (name, what) in &mine {
             if let Some(first) = seen.insert(name, what) {
-                return Err(err(&format!("{first} and {what} would share {name}")));
+                return Err(DeployError::SharedWithin {
+                    pipeline: pipeline(),
+                    first: first.clone(),
+                    second: what.clone(),
+                    name: name.clone(),
+                }
+                .redact(&p.secrets));
             }
         }
         for d in others {
             for (name, theirs) in internal_names(&d.pipeline) {
                 if let Some(what) = seen.get(&name) {
-                    return Err(err(&format!(
-                        "{what} would share {name} with {theirs} of pipeline {} ({})",
-                        d.name,
-                        d.path.display()
-                    )));
+                    return Err(DeployError::SharedWith {
+                        pipeline: pipeline(),
+                        task: (*what).clone(),
+                        name,
+                        theirs,
+                        other: d.name.clone(),
+                        file: d.path.clone(),
+                    }
+                    .redact(&p.secrets));
                 }
             }
         }
@@ -347,18 +546,18 @@ impl Worker {
     /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks, after
     /// [`Worker::check`]. When a step fails, what the earlier steps created (topics,
     /// dead-letter topic, SQL streams, tables and queries) is removed again.
-    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), String> {
+    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), DeployError> {
         self.check(p)?;
         let topics_before: BTreeSet<String> = self.log.topic_names().into_iter().collect();
         let catalog = self.engine.catalog();
         let sources_before: BTreeSet<String> = catalog.sources().map(|s| s.name.clone()).collect();
         let queries_before: BTreeSet<String> = catalog.queries().map(|q| q.id.clone()).collect();
-        let result = self.create(p);
+        let result = self.create(p).map_err(|e| e.redact(&p.secrets));
         if let Err(e) = &result {
-            tracing::warn!(pipeline = %p.name, error = %p.redact(e), "The pipeline did not deploy; removing what it created.");
+            tracing::warn!(pipeline = %p.name, error = %e, "The pipeline did not deploy; removing what it created.");
             self.roll_back(p, &topics_before, &sources_before, &queries_before);
         }
-        result.map_err(|e| p.redact(&e))
+        result
     }
 
     /// Removes what a failed deploy of `p` created: its new queries, streams and tables, and
@@ -412,8 +611,12 @@ impl Worker {
         self.ingest.lock().retain(|_, (owner, _)| *owner != p.name);
     }
 
-    fn create(&mut self, p: &Pipeline) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
+    fn create(&mut self, p: &Pipeline) -> Result<(), DeployError> {
+        let err = |e: &LogError| DeployError::Topic {
+            pipeline: p.name.clone(),
+            reason: e.to_string(),
+            user_error: e.is_user_error(),
+        };
         for t in &p.config.topics {
             let config: Vec<(String, String)> = t
                 .config
@@ -457,11 +660,20 @@ impl Worker {
                 ..self.engine.queries().config().clone()
             };
             self.engine.execute_with(sql, &config).map_err(|e| {
-                if p.secrets.in_sql() {
+                let user_error = match &e {
+                    sluice_sql::SqlError::Log(e) => e.is_user_error(),
+                    _ => true,
+                };
+                let reason = if p.secrets.in_sql() {
                     // The message may quote a fragment of a substituted value.
-                    err(&"sql: a statement failed (the statements hold ${VAR} values, so the message is not shown)")
+                    "sql: a statement failed (the statements hold ${VAR} values, so the message is not shown)".to_string()
                 } else {
-                    err(&e)
+                    e.to_string()
+                };
+                DeployError::Sql {
+                    pipeline: p.name.clone(),
+                    reason,
+                    user_error,
                 }
             })?;
         }
@@ -481,24 +693,41 @@ impl Worker {
     /// Builds every task of `p`, then starts them all: a failure (a missing topic, a
     /// connector that does not build, a taken ingest route) starts none, so nothing is left
     /// running that no one stops.
-    fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, String> {
-        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
+    fn start_tasks(&self, p: &Pipeline, stop: &Arc<AtomicBool>) -> Result<Vec<Task>, DeployError> {
+        let topic_err = |task: &str, e: LogError| {
+            DeployError::Topic {
+                pipeline: p.name.clone(),
+                reason: format!("{task}: {e}"),
+                user_error: e.is_user_error(),
+            }
+            .redact(&p.secrets)
+        };
+        let connector_err = |task: &str, e: sluice_connectors::ConnectorError| {
+            DeployError::Connector {
+                pipeline: p.name.clone(),
+                task: task.to_string(),
+                reason: e.to_string(),
+                retryable: e.is_retryable(),
+            }
+            .redact(&p.secrets)
+        };
         let dlq = dlq_topic(&p.name);
         let mut starts: Vec<(String, TaskBody, Arc<TaskStatus>)> = Vec::new();
         let mut routes = Vec::new();
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
-            self.log
-                .topic(&s.topic)
-                .map_err(|e| err(&format!("source {name}: {e}")))?;
-            let (source, ingest) = crate::pipeline::build_source(s, p.base())
-                .map_err(|e| err(&format!("source {name}: {e}")))?;
+            let task = format!("source {name}");
+            self.log.topic(&s.topic).map_err(|e| topic_err(&task, e))?;
+            let (source, ingest) =
+                crate::pipeline::build_source(s, p.base()).map_err(|e| connector_err(&task, e))?;
             if let Some(handle) = ingest {
                 if self.ingest.lock().contains_key(&s.topic) {
-                    return Err(err(&format!(
-                        "source {name}: another HTTP source already ingests into topic '{}'",
-                        s.topic
-                    )));
+                    return Err(DeployError::IngestTaken {
+                        pipeline: p.name.clone(),
+                        source_name: name,
+                        topic: s.topic.clone(),
+                    }
+                    .redact(&p.secrets));
                 }
                 routes.push((s.topic.clone(), handle));
             }
@@ -523,11 +752,10 @@ impl Worker {
         }
         for s in &p.config.sinks {
             let name = s.name.get_ref().clone();
-            self.log
-                .topic(&s.topic)
-                .map_err(|e| err(&format!("sink {name}: {e}")))?;
-            let sink = crate::pipeline::build_sink(s, p.base())
-                .map_err(|e| err(&format!("sink {name}: {e}")))?;
+            let task = format!("sink {name}");
+            self.log.topic(&s.topic).map_err(|e| topic_err(&task, e))?;
+            let sink =
+                crate::pipeline::build_sink(s, p.base()).map_err(|e| connector_err(&task, e))?;
             let ctx = SinkTask {
                 log: self.log.clone(),
                 group: sink_group(&p.name, &name),
@@ -563,16 +791,16 @@ impl Worker {
         Arc::clone(&self.ingest)
     }
 
-    fn find(&mut self, name: &str) -> Result<&mut Deployed, String> {
+    fn find(&mut self, name: &str) -> Result<&mut Deployed, DeployError> {
         self.pipelines
             .iter_mut()
             .find(|d| d.name == name)
-            .ok_or_else(|| format!("no pipeline named '{name}' is deployed"))
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))
     }
 
     /// Stops a pipeline's sources and sinks (they commit what they have) until
     /// [`Worker::resume`]; its SQL queries keep running.
-    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+    pub fn pause(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
         let d = self.find(name)?;
         d.stop(&ingest);
@@ -582,13 +810,13 @@ impl Worker {
     }
 
     /// Starts a paused pipeline's tasks again, from their committed positions.
-    pub fn resume(&mut self, name: &str) -> Result<(), String> {
+    pub fn resume(&mut self, name: &str) -> Result<(), DeployError> {
         self.restart(name)
     }
 
     /// Stops and starts a pipeline's tasks (they resume from their committed positions;
     /// restart counts and errors start afresh).
-    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+    pub fn restart(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
         let d = self.find(name)?;
         d.stop(&ingest);

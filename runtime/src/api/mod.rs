@@ -28,8 +28,8 @@ use axum::routing::{get, post};
 use parking_lot::Mutex;
 use sluice_log::Log;
 
-use crate::deployer::Deployer;
-use crate::worker::IngestRoutes;
+use crate::deployer::{Deployer, DeployerError};
+use crate::worker::{DeployError, IngestRoutes};
 
 mod ingest;
 pub mod log;
@@ -115,6 +115,40 @@ impl ApiError {
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<DeployError> for ApiError {
+    /// 404 for an unknown pipeline; 409 when another pipeline holds the name, a task's
+    /// internal name or the ingest route; 400 for other faults of the file; 503 when the
+    /// log or an external system failed (retry).
+    fn from(e: DeployError) -> ApiError {
+        let status = match &e {
+            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+            DeployError::NameTaken { .. }
+            | DeployError::SharedWith { .. }
+            | DeployError::IngestTaken { .. } => StatusCode::CONFLICT,
+            e if e.is_user_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<DeployerError> for ApiError {
+    fn from(e: DeployerError) -> ApiError {
+        let status = match e {
+            DeployerError::Deploy(e) => return e.into(),
+            DeployerError::BadName(_)
+            | DeployerError::Invalid(_)
+            | DeployerError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            DeployerError::NotFound(_) => StatusCode::NOT_FOUND,
+            // The pipeline is down, or the folder is out of step: an operator must look.
+            DeployerError::NotRestored { .. } | DeployerError::Io { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -312,20 +346,45 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Why the API server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address cannot be listened on (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source} (choose another --listen)")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server's runtime or thread did not start (out of threads or memory).
+    #[error("cannot start the API {what}: {source}")]
+    Start {
+        /// "runtime" or "thread".
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
 /// Binds `listen` and serves the API on its own small tokio runtime, within `limits`.
-pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiServer, String> {
-    let std_listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on {listen}: {e} (choose another --listen)"))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiServer, ServeError> {
+    let listen_error = |source| ServeError::Listen {
+        addr: listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
+    std_listener.set_nonblocking(true).map_err(listen_error)?;
+    let addr = std_listener.local_addr().map_err(listen_error)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-api")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+        .map_err(|source| ServeError::Start {
+            what: "runtime",
+            source,
+        })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);
     let thread = std::thread::Builder::new()
@@ -349,7 +408,10 @@ pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiS
             // Open streams (push queries) must not hold the process.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ServeError::Start {
+            what: "thread",
+            source,
+        })?;
     Ok(ApiServer {
         addr,
         stop: Some(stop),

@@ -133,7 +133,7 @@ impl RunArgs {
             &limits,
         );
         let ready = Arc::clone(&state.ready);
-        let server = serve(self.listen, state, limits).map_err(CliError::Usage)?;
+        let server = serve(self.listen, state, limits)?;
         let api = format!("http://{}", server.addr);
         let worker_file = data_dir.join(WORKER_FILE);
         std::fs::write(
@@ -141,7 +141,7 @@ impl RunArgs {
             serde_json::json!({ "api": api, "pid": std::process::id() }).to_string(),
         )
         .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
-        for line in deployer.lock().sync().map_err(CliError::Usage)? {
+        for line in deployer.lock().sync()? {
             eprintln!("{line}");
         }
         ready.store(true, Ordering::SeqCst);
