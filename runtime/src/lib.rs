@@ -17,6 +17,7 @@
 //! - [`pipeline`]: pipeline files (parse, validate, build connectors).
 //! - [`worker`]: deployed pipelines and their source and sink tasks (supervision, commits).
 //! - [`deployer`]: keeps the pipelines folder and the worker in step (file changes, API).
+//! - [`status`]: the board of running tasks and queries `/metrics` reads without the worker.
 //! - [`api`]: the REST API, server-sent events, HTTP ingest and Prometheus metrics.
 //! - [`output`]: tables and the one-line error format.
 
@@ -25,4 +26,5 @@ pub mod cli;
 pub mod deployer;
 pub mod output;
 pub mod pipeline;
+pub mod status;
 pub mod worker;

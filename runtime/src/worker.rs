@@ -445,6 +445,7 @@ pub struct Worker {
     pipelines: Vec<Deployed>,
     ingest: IngestRoutes,
     positions: SharedPositions,
+    board: Arc<crate::status::StatusBoard>,
 }
 
 /// The HTTP ingest sources by topic: the pipeline and the handle requests go to.
@@ -459,7 +460,19 @@ impl Worker {
             pipelines: Vec::new(),
             ingest: IngestRoutes::default(),
             positions: SharedPositions::default(),
+            board: Arc::default(),
         }
+    }
+
+    /// The board of running tasks and queries, read by `/metrics` without this worker.
+    pub fn status_board(&self) -> Arc<crate::status::StatusBoard> {
+        Arc::clone(&self.board)
+    }
+
+    /// Publishes the running tasks and queries to the [status board](Self::status_board);
+    /// called after every change, and by whoever runs SQL statements on the engine.
+    pub fn publish_status(&self) {
+        self.board.publish(&self.pipelines, &self.engine);
     }
 
     /// The deployed pipelines.
@@ -494,6 +507,7 @@ impl Worker {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
+        self.publish_status();
         Some((d.pipeline, d.paused))
     }
 
@@ -557,6 +571,7 @@ impl Worker {
             tracing::warn!(pipeline = %p.name, error = %e, "The pipeline did not deploy; removing what it created.");
             self.roll_back(p, &topics_before, &sources_before, &queries_before);
         }
+        self.publish_status();
         result
     }
 
@@ -806,6 +821,7 @@ impl Worker {
         d.stop(&ingest);
         d.tasks.clear();
         d.paused = true;
+        self.publish_status();
         Ok(())
     }
 
@@ -823,11 +839,20 @@ impl Worker {
         d.tasks.clear();
         let pipeline = d.pipeline.clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = self.start_tasks(&pipeline, &stop)?;
+        let started = self.start_tasks(&pipeline, &stop);
+        // Published either way: the old tasks are gone.
+        let tasks = match started {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                self.publish_status();
+                return Err(e);
+            }
+        };
         let d = self.find(name)?;
         d.tasks = tasks;
         d.stop = stop;
         d.paused = false;
+        self.publish_status();
         Ok(())
     }
 
@@ -840,6 +865,7 @@ impl Worker {
             p.stop(&self.ingest);
         }
         self.engine.shutdown();
+        self.publish_status();
     }
 }
 

@@ -9,9 +9,12 @@
 //!                              metrics.rs:   GET /metrics (Prometheus text)
 //! ```
 //!
-//! Connections are bounded and time out ([`server`]); push queries are bounded too.
-//! Handlers that touch the worker run on tokio's blocking pool: deploying or stopping a
-//! pipeline joins task threads, which must not stall the async workers. The API is described
+//! Connections are bounded and time out ([`server`]); push queries are bounded too, and
+//! their rows reach the client through a bounded buffer ([`sql`]). Handlers that touch the
+//! worker run on tokio's blocking pool: deploying or stopping a pipeline joins task threads,
+//! which must not stall the async workers. Nothing else waits on a thread: an ingest request
+//! awaits its commit, `/metrics` reads the status board and `/health` answers its last counts
+//! while a deploy holds the worker. The API is described
 //! in `docs/openapi.yaml`, served at `GET /openapi.yaml`.
 
 use std::net::SocketAddr;
@@ -36,7 +39,7 @@ pub mod log;
 pub mod metrics;
 mod pipelines;
 pub mod server;
-mod sql;
+pub mod sql;
 
 pub use server::Limits;
 
@@ -56,10 +59,16 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Slots for push queries streaming at once.
     pub push_queries: Arc<tokio::sync::Semaphore>,
+    /// What push queries did, for `/metrics`.
+    pub push_stats: Arc<sql::PushStats>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// How long a push query waits for a client that reads none of its buffered rows.
+    pub slow_client_timeout: std::time::Duration,
     /// What `/health` counted last, answered while a deploy holds the deployer.
     pub last_health: Arc<Mutex<HealthCounts>>,
+    /// The worker's running tasks and queries, which `/metrics` reads without the deployer.
+    pub status: Arc<crate::status::StatusBoard>,
 }
 
 impl ApiState {
@@ -71,6 +80,7 @@ impl ApiState {
         token: Option<Arc<str>>,
         limits: &Limits,
     ) -> ApiState {
+        let status = deployer.lock().worker.status_board();
         ApiState {
             deployer,
             log,
@@ -78,8 +88,11 @@ impl ApiState {
             token,
             ready: Arc::new(AtomicBool::new(false)),
             push_queries: Arc::new(tokio::sync::Semaphore::new(limits.max_push_queries)),
+            push_stats: Arc::new(sql::PushStats::new(limits.max_push_queries)),
             body_timeout: limits.body_read_timeout,
+            slow_client_timeout: limits.slow_client_timeout,
             last_health: Arc::default(),
+            status,
         }
     }
 }

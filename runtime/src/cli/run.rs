@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Seconds a request's body may take to arrive after its headers (408 after).
     #[arg(long, default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Seconds a push query waits for a client that does not read its rows before it stops
+    /// the query with a final `error` event.
+    #[arg(long, default_value_t = 30)]
+    pub slow_client_timeout_secs: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
@@ -124,6 +128,7 @@ impl RunArgs {
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             max_push_queries: self.max_push_queries,
             body_read_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            slow_client_timeout: Duration::from_secs(self.slow_client_timeout_secs.max(1)),
         };
         let state = ApiState::new(
             Arc::clone(&deployer),
