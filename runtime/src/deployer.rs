@@ -36,9 +36,9 @@ pub enum DeployerError {
     #[error("{error}; and the previous version did not come back: {again}")]
     NotRestored {
         /// Why the new version failed.
-        error: DeployError,
+        error: Box<DeployError>,
         /// Why the previous one did not come back.
-        again: DeployError,
+        again: Box<DeployError>,
     },
     /// Reading or writing the pipelines folder failed.
     #[error("{op} {}: {source}", path.display())]
@@ -162,7 +162,10 @@ impl Deployer {
             match self.worker.deploy(&p) {
                 Ok(()) => Ok((p, was.is_some())),
                 Err(error) => match was.map(|(old, paused)| self.restore(old, paused)) {
-                    Some(Err(again)) => Err(DeployerError::NotRestored { error, again }),
+                    Some(Err(again)) => Err(DeployerError::NotRestored {
+                        error: Box::new(error),
+                        again: Box::new(again),
+                    }),
                     _ => Err(error.into()),
                 },
             }

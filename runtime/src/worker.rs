@@ -102,7 +102,7 @@ pub enum DeployError {
         name: String,
     },
     /// A task would share an internal name with a task of another deployed pipeline.
-    #[error("pipeline {pipeline}: {task} would share {name} with {theirs} of pipeline {other} ({})", file.display())]
+    #[error("pipeline {pipeline}: {task} would share {name} with {}", holder)]
     SharedWith {
         /// The pipeline.
         pipeline: String,
@@ -110,12 +110,8 @@ pub enum DeployError {
         task: String,
         /// The internal name.
         name: String,
-        /// The other pipeline's task.
-        theirs: String,
-        /// The other pipeline.
-        other: String,
-        /// The other pipeline's file.
-        file: std::path::PathBuf,
+        /// The other pipeline's task holding it.
+        holder: Box<Holder>,
     },
     /// Another HTTP source already ingests into the topic.
     #[error(
@@ -166,6 +162,29 @@ pub enum DeployError {
     NotFound(String),
 }
 
+/// A task of another deployed pipeline, which holds a name.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// The task (`source <name>`, `sink <name>`).
+    pub task: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The pipeline's file.
+    pub file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of pipeline {} ({})",
+            self.task,
+            self.pipeline,
+            self.file.display()
+        )
+    }
+}
+
 impl DeployError {
     /// True when the pipeline (or the request) is wrong and trying again cannot help: a bad
     /// file, statement or name, a name another pipeline holds.
@@ -203,16 +222,16 @@ impl DeployError {
                 pipeline,
                 task,
                 name,
-                theirs,
-                other,
-                file,
+                holder,
             } => DeployError::SharedWith {
                 pipeline: r(pipeline),
                 task: r(task),
                 name: r(name),
-                theirs: r(theirs),
-                other: r(other),
-                file,
+                holder: Box::new(Holder {
+                    task: r(holder.task),
+                    pipeline: r(holder.pipeline),
+                    file: holder.file,
+                }),
             },
             DeployError::IngestTaken {
                 pipeline,
@@ -546,9 +565,11 @@ impl Worker {
                         pipeline: pipeline(),
                         task: (*what).clone(),
                         name,
-                        theirs,
-                        other: d.name.clone(),
-                        file: d.path.clone(),
+                        holder: Box::new(Holder {
+                            task: theirs,
+                            pipeline: d.name.clone(),
+                            file: d.path.clone(),
+                        }),
                     }
                     .redact(&p.secrets));
                 }

@@ -45,10 +45,16 @@ pub enum CliError {
     Deploy(#[from] crate::worker::DeployError),
     /// The pipelines folder and the worker could not be brought in step.
     #[error(transparent)]
-    Deployer(#[from] crate::deployer::DeployerError),
+    Deployer(Box<crate::deployer::DeployerError>),
     /// The API server did not start.
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
+}
+
+impl From<crate::deployer::DeployerError> for CliError {
+    fn from(e: crate::deployer::DeployerError) -> CliError {
+        CliError::Deployer(Box::new(e))
+    }
 }
 
 impl CliError {
