@@ -442,3 +442,47 @@ impl Drop for ApiServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_errors_answer_by_kind_not_by_text() {
+        let code = |e: DeployerError| ApiError::from(e).0;
+        let deploy = |e: DeployError| code(DeployerError::Deploy(e));
+        assert_eq!(
+            deploy(DeployError::NotFound("p".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            deploy(DeployError::NameTaken {
+                pipeline: "p".into(),
+                file: "other.toml".into(),
+            }),
+            StatusCode::CONFLICT
+        );
+        let sql = |user_error| DeployError::Sql {
+            pipeline: "p".into(),
+            reason: "sql: unknown column 'nope'".into(),
+            user_error,
+        };
+        assert_eq!(deploy(sql(true)), StatusCode::BAD_REQUEST);
+        assert_eq!(deploy(sql(false)), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            code(DeployerError::BadName("a b".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            code(DeployerError::NotFound("p".into())),
+            StatusCode::NOT_FOUND
+        );
+        let io = DeployerError::Io {
+            op: "write",
+            path: "p.toml".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(io.to_string(), "write p.toml: disk full");
+        assert_eq!(code(io), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
