@@ -17,10 +17,16 @@
 //! whose answer it lost gets `duplicate: true` and nothing is written twice, across worker
 //! restarts too. A retry that arrives while its original is still uncommitted waits for the
 //! original's commit: `duplicate: true` always means "committed".
+//!
+//! The answer travels back on a `tokio::sync::oneshot` channel: the endpoint awaits it
+//! without holding a thread, so many requests can wait for one commit at no cost. The
+//! source's own thread only ever `send`s on it, which never blocks.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -93,13 +99,23 @@ pub enum IngestError {
     NotCommitted,
 }
 
+/// Where a request's answer goes: sent once, at commit (or dropped, which the waiting
+/// side reads as "not committed").
+type Reply = oneshot::Sender<std::result::Result<IngestAck, IngestError>>;
+
+/// The endpoint's side of a submitted request: resolves once its records committed (`Ok`),
+/// or when the source refused or dropped it (an `Err` from the channel means "not
+/// committed": the task restarted or stopped). Cancel safe: dropping it leaves the request
+/// to commit unobserved.
+pub type IngestAnswer = oneshot::Receiver<std::result::Result<IngestAck, IngestError>>;
+
 /// A request waiting for its records to commit.
 #[derive(Debug)]
 struct Request {
     body: Bytes,
     ndjson: bool,
     key: Option<String>,
-    reply: SyncSender<Result<IngestAck, IngestError>>,
+    reply: Reply,
 }
 
 /// The endpoint's side: submits request bodies to the source.
@@ -116,20 +132,21 @@ impl IngestHandle {
         &self.config
     }
 
-    /// Hands a body over; the returned receiver yields the answer once its records committed
-    /// (or why not). `ndjson`: one JSON value per line; otherwise one JSON document.
+    /// Hands a body over without blocking; the returned [`IngestAnswer`] resolves once its
+    /// records committed (or why not). `ndjson`: one JSON value per line; otherwise one JSON
+    /// document.
     pub fn submit(
         &self,
         body: Bytes,
         ndjson: bool,
         key: Option<String>,
-    ) -> Result<Receiver<Result<IngestAck, IngestError>>, IngestError> {
+    ) -> std::result::Result<IngestAnswer, IngestError> {
         if !ndjson {
             // A document that does not parse is the client's to fix: refuse it whole.
             serde_json::from_slice::<serde::de::IgnoredAny>(&body)
                 .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
         }
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         let request = Request {
             body,
             ndjson,
@@ -166,7 +183,7 @@ pub struct IngestSource {
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Requests whose records are in polled, not yet committed batches, and retries waiting
     /// for them.
-    waiting: Vec<(SyncSender<Result<IngestAck, IngestError>>, IngestAck)>,
+    waiting: Vec<(Reply, IngestAck)>,
     /// A request taken from the queue that did not fit the last batch.
     held: Option<Request>,
 }
@@ -462,7 +479,7 @@ mod tests {
     fn requests_are_answered_only_after_commit() {
         let (mut s, h) = IngestSource::new("t", config()).unwrap();
         s.open(None).unwrap();
-        let answer = h
+        let mut answer = h
             .submit(
                 Bytes::from("{\"id\": 1}\nnope\n{\"id\": \"b\"}\n"),
                 true,
@@ -479,7 +496,7 @@ mod tests {
         assert!(answer.try_recv().is_err(), "no answer before the commit");
         s.committed();
         assert_eq!(
-            answer.recv().unwrap().unwrap(),
+            answer.blocking_recv().unwrap().unwrap(),
             IngestAck {
                 accepted: 2,
                 rejected: 1,
@@ -527,7 +544,7 @@ mod tests {
         let original = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
-        let retry = h
+        let mut retry = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
         let b = s
@@ -540,12 +557,12 @@ mod tests {
         );
         // The worker dies before the commit: both are refused, the client retries.
         c.reopen(&mut s);
-        assert!(original.recv().is_err());
-        assert!(retry.recv().is_err());
+        assert!(original.blocking_recv().is_err());
+        assert!(retry.blocking_recv().is_err());
         let again = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
-        let dup = h
+        let mut dup = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k".into()))
             .unwrap();
         let b = s
@@ -554,8 +571,8 @@ mod tests {
         assert_eq!(b.records.len(), 1, "written once");
         assert!(dup.try_recv().is_err());
         c.commit(&mut s, b);
-        assert_eq!(again.recv().unwrap().unwrap().accepted, 1);
-        assert!(dup.recv().unwrap().unwrap().duplicate);
+        assert_eq!(again.blocking_recv().unwrap().unwrap().accepted, 1);
+        assert!(dup.blocking_recv().unwrap().unwrap().duplicate);
     }
 
     #[test]
@@ -570,7 +587,7 @@ mod tests {
                 .unwrap();
             assert!(b.position.as_ref().unwrap().len() < 32, "a small position");
             c.commit(&mut s, b);
-            r.recv().unwrap().unwrap();
+            r.blocking_recv().unwrap().unwrap();
         }
         let slots: Vec<(&[u8], &[u8])> = c.state.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         assert_eq!(
@@ -597,7 +614,7 @@ mod tests {
             .unwrap();
         assert!(b.records.is_empty());
         c.commit(&mut s, b);
-        assert!(r.recv().unwrap().unwrap().duplicate);
+        assert!(r.blocking_recv().unwrap().unwrap().duplicate);
         assert_eq!(c.state.len(), 1);
         // An old position that still lists its keys is understood, and its keys become
         // state entries with the next commit.
@@ -614,7 +631,7 @@ mod tests {
             .poll(100, &Wait::timeout(Duration::from_millis(100)))
             .unwrap();
         c.commit(&mut s, b);
-        assert!(r.recv().unwrap().unwrap().duplicate);
+        assert!(r.blocking_recv().unwrap().unwrap().duplicate);
         c.reopen(&mut s);
         let r = h
             .submit(Bytes::from("{}"), false, Some("x".into()))
@@ -624,7 +641,7 @@ mod tests {
             .unwrap();
         assert!(b.records.is_empty());
         assert!(
-            r.recv().unwrap().unwrap().duplicate,
+            r.blocking_recv().unwrap().unwrap().duplicate,
             "still known after the next restart"
         );
     }
@@ -646,7 +663,7 @@ mod tests {
             .unwrap();
         assert_eq!(b.records.len(), 2);
         c.commit(&mut s, b);
-        assert!(!a.recv().unwrap().unwrap().duplicate);
+        assert!(!a.blocking_recv().unwrap().unwrap().duplicate);
         // An uncommitted request: the task restarts before its commit.
         let lost = h
             .submit(Bytes::from("{\"id\": 3}"), false, Some("k2".into()))
@@ -654,7 +671,10 @@ mod tests {
         s.poll(100, &Wait::timeout(Duration::from_millis(100)))
             .unwrap();
         c.reopen(&mut s);
-        assert!(lost.recv().is_err(), "the client learns it must retry");
+        assert!(
+            lost.blocking_recv().is_err(),
+            "the client learns it must retry"
+        );
         let again = h
             .submit(Bytes::from("{\"id\": 1}"), false, Some("k1".into()))
             .unwrap();
@@ -665,9 +685,9 @@ mod tests {
             .poll(100, &Wait::timeout(Duration::from_millis(100)))
             .unwrap();
         assert_eq!(b.records.len(), 1, "k1 was committed, k2 was not");
-        assert!(again.recv().unwrap().unwrap().duplicate);
+        assert!(again.blocking_recv().unwrap().unwrap().duplicate);
         c.commit(&mut s, b);
-        assert_eq!(retry.recv().unwrap().unwrap().accepted, 1);
+        assert_eq!(retry.blocking_recv().unwrap().unwrap().accepted, 1);
         assert!(matches!(
             h.submit(Bytes::from("{oops"), false, None),
             Err(IngestError::BadRequest(m)) if m.contains("not JSON")

@@ -6,7 +6,61 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::worker::Worker;
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::worker::{DeployError, Worker};
+
+/// Why the deployer did not do what it was asked. The API answers 400 for the request's or
+/// the file's faults, 404 for an unknown pipeline, 409 for a name held by another pipeline,
+/// and 500 when the folder could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployerError {
+    /// The requested pipeline name is not a valid name.
+    #[error("pipeline name '{0}' must be letters, digits, '-' or '_'")]
+    BadName(String),
+    /// The text does not parse or validate.
+    #[error(transparent)]
+    Invalid(#[from] PipelineError),
+    /// The file's `name` is not the one in the request.
+    #[error("the file names the pipeline '{file}', the request '{request}'")]
+    NameMismatch {
+        /// The name in the file.
+        file: String,
+        /// The name in the request.
+        request: String,
+    },
+    /// The worker refused or failed the deploy (or pause, resume, restart).
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// The new version failed, and the previous one did not deploy again either: the
+    /// pipeline is down until an operator acts.
+    #[error("{error}; and the previous version did not come back: {again}")]
+    NotRestored {
+        /// Why the new version failed.
+        error: Box<DeployError>,
+        /// Why the previous one did not come back.
+        again: Box<DeployError>,
+    },
+    /// Reading or writing the pipelines folder failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// "read", "write" or "remove".
+        op: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No pipeline of that name is deployed.
+    #[error("no pipeline named '{0}' is deployed")]
+    NotFound(String),
+}
+
+impl DeployerError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeployerError {
+        let path = path.to_path_buf();
+        move |source| DeployerError::Io { op, path, source }
+    }
+}
 
 /// The worker and the folder it deploys from.
 #[derive(Debug)]
@@ -49,9 +103,9 @@ impl Deployer {
     /// (positions, offsets and SQL objects are kept), removed ones stop (topics are kept). A
     /// broken file is reported and never stops the others. Returns what happened, a line
     /// each.
-    pub fn sync(&mut self) -> Result<Vec<String>, String> {
+    pub fn sync(&mut self) -> Result<Vec<String>, DeployerError> {
         let now: BTreeMap<PathBuf, Option<SystemTime>> = std::fs::read_dir(&self.dir)
-            .map_err(|e| format!("read {}: {e}", self.dir.display()))?
+            .map_err(DeployerError::io("read", &self.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .map(|p| {
@@ -87,7 +141,7 @@ impl Deployer {
 
     /// Deploys (or redeploys) one file.
     fn deploy_file(&mut self, f: &Path) -> String {
-        let loaded = crate::pipeline::load(f);
+        let loaded = crate::pipeline::load(f).map_err(DeployerError::from);
         self.deploy(f, loaded)
             .unwrap_or_else(|e| format!("error: {e}"))
     }
@@ -99,19 +153,20 @@ impl Deployer {
     fn deploy(
         &mut self,
         f: &Path,
-        loaded: Result<crate::pipeline::Pipeline, String>,
-    ) -> Result<String, String> {
+        loaded: Result<Pipeline, DeployerError>,
+    ) -> Result<String, DeployerError> {
         self.files.insert(f.to_path_buf(), modified(f));
         let result = loaded.and_then(|p| {
             self.worker.check(&p)?;
             let was = self.worker.undeploy(f);
             match self.worker.deploy(&p) {
                 Ok(()) => Ok((p, was.is_some())),
-                Err(e) => match was.map(|(old, paused)| self.restore(old, paused)) {
-                    Some(Err(again)) => Err(format!(
-                        "{e}; and the previous version did not come back: {again}"
-                    )),
-                    _ => Err(e),
+                Err(error) => match was.map(|(old, paused)| self.restore(old, paused)) {
+                    Some(Err(again)) => Err(DeployerError::NotRestored {
+                        error: Box::new(error),
+                        again: Box::new(again),
+                    }),
+                    _ => Err(error.into()),
                 },
             }
         });
@@ -126,14 +181,14 @@ impl Deployer {
                 ))
             }
             Err(e) => {
-                self.errors.insert(f.to_path_buf(), e.clone());
+                self.errors.insert(f.to_path_buf(), e.to_string());
                 Err(e)
             }
         }
     }
 
     /// Deploys `old` again after its replacement failed, paused if it was.
-    fn restore(&mut self, old: crate::pipeline::Pipeline, paused: bool) -> Result<(), String> {
+    fn restore(&mut self, old: Pipeline, paused: bool) -> Result<(), DeployError> {
         let name = old.name.clone();
         let restored = self.worker.deploy(&old).and_then(|()| {
             if paused {
@@ -150,25 +205,23 @@ impl Deployer {
     /// Validates `text` as pipeline `name`, writes it to `<dir>/<name>.toml` and deploys it
     /// (replacing a pipeline of that file). When it does not check or deploy, the folder and
     /// the running pipelines stay as they were.
-    pub fn put(&mut self, name: &str, text: &str) -> Result<String, String> {
+    pub fn put(&mut self, name: &str, text: &str) -> Result<String, DeployerError> {
         if !crate::pipeline::valid_name(name) {
-            return Err(format!(
-                "pipeline name '{name}' must be letters, digits, '-' or '_'"
-            ));
+            return Err(DeployerError::BadName(name.to_string()));
         }
         let path = self.dir.join(format!("{name}.toml"));
         let p = crate::pipeline::parse(text, &path)?;
         if p.name != name {
-            return Err(format!(
-                "the file names the pipeline '{}', the request '{name}'",
-                p.name
-            ));
+            return Err(DeployerError::NameMismatch {
+                file: p.name,
+                request: name.to_string(),
+            });
         }
         self.worker.check(&p)?;
         let previous = match std::fs::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("read {}: {e}", path.display())),
+            Err(e) => return Err(DeployerError::io("read", &path)(e)),
         };
         write_atomically(&path, text.as_bytes())?;
         match self.deploy(&path, Ok(p)) {
@@ -177,8 +230,7 @@ impl Deployer {
                 // The file goes back to what it was, so a restart does not meet it either.
                 let restored = match &previous {
                     Some(old) => write_atomically(&path, old),
-                    None => std::fs::remove_file(&path)
-                        .map_err(|e| format!("remove {}: {e}", path.display())),
+                    None => std::fs::remove_file(&path).map_err(DeployerError::io("remove", &path)),
                 };
                 if let Err(r) = restored {
                     tracing::error!(file = %path.display(), error = %r, "Could not restore the pipeline file after a failed deploy.");
@@ -199,15 +251,15 @@ impl Deployer {
 
     /// Stops pipeline `name` and removes its file (topics, SQL objects and committed
     /// positions stay).
-    pub fn delete(&mut self, name: &str) -> Result<String, String> {
+    pub fn delete(&mut self, name: &str) -> Result<String, DeployerError> {
         let path = self
             .worker
             .pipeline(name)
             .map(|d| d.path.clone())
-            .ok_or_else(|| format!("no pipeline named '{name}' is deployed"))?;
+            .ok_or_else(|| DeployerError::NotFound(name.to_string()))?;
         self.worker.undeploy(&path);
         self.files.remove(&path);
-        std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+        std::fs::remove_file(&path).map_err(DeployerError::io("remove", &path))?;
         Ok(format!(
             "Stopped pipeline {name} and removed {}.",
             path.display()
@@ -216,7 +268,7 @@ impl Deployer {
 }
 
 /// Writes `text` to `path` through a temporary file, so a reader never sees half a file.
-fn write_atomically(path: &Path, text: &[u8]) -> Result<(), String> {
+fn write_atomically(path: &Path, text: &[u8]) -> Result<(), DeployerError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -224,5 +276,5 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<(), String> {
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("write {}: {e}", path.display()))
+        .map_err(DeployerError::io("write", path))
 }

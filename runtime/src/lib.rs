@@ -18,6 +18,7 @@
 //! - [`worker`]: deployed pipelines: topics, SQL, and their tasks' lifecycle.
 //! - [`tasks`]: the source and sink tasks (their step and commit on `sluice-task`).
 //! - [`deployer`]: keeps the pipelines folder and the worker in step (file changes, API).
+//! - [`status`]: the board of running tasks and queries `/metrics` reads without the worker.
 //! - [`api`]: the REST API, server-sent events, HTTP ingest and Prometheus metrics.
 //! - [`output`]: tables and the one-line error format.
 
@@ -26,5 +27,6 @@ pub mod cli;
 pub mod deployer;
 pub mod output;
 pub mod pipeline;
+pub mod status;
 pub mod tasks;
 pub mod worker;

@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sluice_connectors::config::Interval;
@@ -43,6 +44,49 @@ use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_connectors::{ConnectorError, Sink, Source};
 pub use sluice_task::Guarantee;
 use toml::Spanned;
+
+/// Why a pipeline file was refused. Every variant is the user's to fix (the API answers 400),
+/// and its text never holds the value of a `${VAR}` reference.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PipelineError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error (shared, so the error can be cloned into status).
+        source: Arc<std::io::Error>,
+    },
+    /// The file does not parse or validate.
+    #[error("{at}: {reason}")]
+    Invalid {
+        /// Where: `file:line:column`, or the file alone when no line applies.
+        at: String,
+        /// What is wrong, naming the key (redacted of secret values).
+        reason: String,
+    },
+}
+
+impl PipelineError {
+    /// An error at `at` (`file:line:column` or `file`).
+    fn at(at: impl std::fmt::Display, reason: impl Into<String>) -> PipelineError {
+        PipelineError::Invalid {
+            at: at.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error without `secrets`' values.
+    pub fn redact(self, secrets: &Secrets) -> PipelineError {
+        match self {
+            PipelineError::Invalid { at, reason } => PipelineError::Invalid {
+                at: secrets.redact(&at),
+                reason: secrets.redact(&reason),
+            },
+            read => read,
+        }
+    }
+}
 
 /// A pipeline file.
 #[derive(Debug, Clone, Deserialize)]
@@ -190,17 +234,18 @@ pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorE
 /// and every connector builds (globs, URLs, sizes). `pipelines validate` and every deploy
 /// run it first, so a pipeline that passes does not fail later for these reasons. Errors
 /// name the file, line and what is wrong.
-pub fn build_check(p: &Pipeline) -> Result<(), String> {
+pub fn build_check(p: &Pipeline) -> Result<(), PipelineError> {
     let at = |name: &Spanned<String>| {
         let (line, col) = line_col(&p.text, name.span().start);
         format!("{}:{line}:{col}", p.path.display())
     };
-    let topic_error = |place: String, topic: &str, e: &dyn std::fmt::Display| {
-        format!("{place}: topic '{topic}': {e}")
+    let topic_error = |at: String, place: &str, topic: &str, e: &dyn std::fmt::Display| {
+        PipelineError::at(at, format!("{place}topic '{topic}': {e}"))
     };
-    let internal = |place: String, topic: &str| -> Result<(), String> {
+    let internal = |at: String, place: &str, topic: &str| -> Result<(), PipelineError> {
         if sluice_log::is_internal_topic(topic) {
             return Err(topic_error(
+                at,
                 place,
                 topic,
                 &"it is an internal topic (names starting with `__` or ending in `-changelog` belong to Sluice)",
@@ -210,26 +255,28 @@ pub fn build_check(p: &Pipeline) -> Result<(), String> {
     };
     for t in &p.config.topics {
         let name = t.name.get_ref();
-        internal(at(&t.name), name)?;
+        internal(at(&t.name), "", name)?;
         sluice_log::log::validate_topic_name(name)
-            .map_err(|e| topic_error(at(&t.name), name, &e))?;
+            .map_err(|e| topic_error(at(&t.name), "", name, &e))?;
         sluice_log::TopicConfig::from_overrides(
             t.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
-        .map_err(|e| topic_error(at(&t.name), name, &e))?;
+        .map_err(|e| topic_error(at(&t.name), "", name, &e))?;
     }
     for s in &p.config.sources {
-        let place = format!("{}: source {}", at(&s.name), s.name.get_ref());
-        internal(place.clone(), &s.topic)?;
+        let place = format!("source {}: ", s.name.get_ref());
+        internal(at(&s.name), &place, &s.topic)?;
         sluice_log::log::validate_topic_name(&s.topic)
-            .map_err(|e| topic_error(place.clone(), &s.topic, &e))?;
-        build_source(s, p.base()).map_err(|e| format!("{place}: {e}"))?;
+            .map_err(|e| topic_error(at(&s.name), &place, &s.topic, &e))?;
+        build_source(s, p.base())
+            .map_err(|e| PipelineError::at(at(&s.name), format!("{place}{e}")))?;
     }
     for s in &p.config.sinks {
-        let place = format!("{}: sink {}", at(&s.name), s.name.get_ref());
+        let place = format!("sink {}: ", s.name.get_ref());
         sluice_log::log::validate_topic_name(&s.topic)
-            .map_err(|e| topic_error(place.clone(), &s.topic, &e))?;
-        build_sink(s, p.base()).map_err(|e| format!("{place}: {e}"))?;
+            .map_err(|e| topic_error(at(&s.name), &place, &s.topic, &e))?;
+        build_sink(s, p.base())
+            .map_err(|e| PipelineError::at(at(&s.name), format!("{place}{e}")))?;
     }
     Ok(())
 }
@@ -360,7 +407,7 @@ fn expand_env(
     span: std::ops::Range<usize>,
     env: &Env<'_>,
     secrets: &mut Secrets,
-) -> Result<(), String> {
+) -> Result<(), PipelineError> {
     use toml::de::DeValue;
     match value {
         DeValue::String(s) if s.contains("${") => {
@@ -384,9 +431,9 @@ fn expand_env(
                     }
                     None => {
                         let (line, col) = line_col(env.text, span.start);
-                        return Err(format!(
-                            "{}:{line}:{col}: environment variable {var} is not set",
-                            env.file.display()
+                        return Err(PipelineError::at(
+                            format_args!("{}:{line}:{col}", env.file.display()),
+                            format!("environment variable {var} is not set"),
                         ));
                     }
                 }
@@ -425,14 +472,17 @@ pub fn valid_name(n: &str) -> bool {
 }
 
 /// Reads and validates a pipeline file; the error names the file, line and key.
-pub fn load(path: &Path) -> Result<Pipeline, String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| PipelineError::Read {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })?;
     parse(&raw, path)
 }
 
 /// Validates a pipeline file's text, as if read from `path`. Errors never show the values
 /// of `${VAR}` references.
-pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, String> {
+pub fn parse(raw: &str, path: &Path) -> Result<Pipeline, PipelineError> {
     parse_with_env(raw, path, &|v| std::env::var(v).ok())
 }
 
@@ -441,14 +491,14 @@ fn parse_with_env(
     raw: &str,
     path: &Path,
     var: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, String> {
+) -> Result<Pipeline, PipelineError> {
     let mut secrets = Secrets::default();
     let env = Env {
         var,
         text: raw,
         file: path,
     };
-    parse_with(raw, path, &env, &mut secrets).map_err(|e| secrets.redact(&e))
+    parse_with(raw, path, &env, &mut secrets).map_err(|e| e.redact(&secrets))
 }
 
 fn parse_with(
@@ -456,7 +506,7 @@ fn parse_with(
     path: &Path,
     env: &Env<'_>,
     secrets: &mut Secrets,
-) -> Result<Pipeline, String> {
+) -> Result<Pipeline, PipelineError> {
     let text = raw;
     let toml_error = |e: toml::de::Error| {
         let at = e
@@ -478,7 +528,10 @@ fn parse_with(
         } else {
             ""
         };
-        format!("{}{at}: {}{hint}", path.display(), e.message().trim())
+        PipelineError::at(
+            format_args!("{}{at}", path.display()),
+            format!("{}{hint}", e.message().trim()),
+        )
     };
     let mut root = toml::de::DeTable::parse(text).map_err(toml_error)?;
     for (key, value) in root.get_mut().iter_mut() {
@@ -488,9 +541,9 @@ fn parse_with(
         {
             // A secret there would show in status, logs and topic names.
             let (line, col) = line_col(text, span.start);
-            return Err(format!(
-                "{}:{line}:{col}: the pipeline's name cannot come from ${{VAR}}",
-                path.display()
+            return Err(PipelineError::at(
+                format_args!("{}:{line}:{col}", path.display()),
+                "the pipeline's name cannot come from ${VAR}",
             ));
         }
         expand_env(key.get_ref(), value.get_mut(), span, env, secrets)?;
@@ -506,11 +559,13 @@ fn parse_with(
         match hidden {
             Some(s) => {
                 let (l, c) = line_col(text, s.span.start);
-                format!(
-                    "{}:{l}:{c}: {}: the value from {} is not valid here (the value is a secret: what is wrong with it is not shown)",
-                    path.display(),
-                    s.key,
-                    s.vars.join(", ")
+                PipelineError::at(
+                    format_args!("{}:{l}:{c}", path.display()),
+                    format!(
+                        "{}: the value from {} is not valid here (the value is a secret: what is wrong with it is not shown)",
+                        s.key,
+                        s.vars.join(", ")
+                    ),
                 )
             }
             None => toml_error(e),
@@ -532,21 +587,22 @@ fn parse_with(
             .name
             .as_ref()
             .map_or_else(|| path.display().to_string(), |n| at(n.span()));
-        return Err(format!(
-            "{place}: pipeline name '{name}' must be letters, digits, '-' or '_'"
+        return Err(PipelineError::at(
+            place,
+            format!("pipeline name '{name}' must be letters, digits, '-' or '_'"),
         ));
     }
     if config.commit_interval.0.is_zero() {
-        return Err(format!(
-            "{}: commit-interval must be more than 0 (e.g. \"100ms\", \"1s\")",
-            path.display()
+        return Err(PipelineError::at(
+            path.display(),
+            "commit-interval must be more than 0 (e.g. \"100ms\", \"1s\")",
         ));
     }
     for t in &config.topics {
         if t.partitions == 0 {
-            return Err(format!(
-                "{}: topics.partitions must be at least 1",
-                at(t.name.span())
+            return Err(PipelineError::at(
+                at(t.name.span()),
+                "topics.partitions must be at least 1",
             ));
         }
     }
@@ -564,17 +620,21 @@ fn parse_with(
         );
     for (section, kind, name, connectors) in tasks {
         if !valid_name(name.get_ref()) || !seen.insert(format!("{kind} {}", name.get_ref())) {
-            return Err(format!(
-                "{}: {section}.name '{}' must be unique and made of letters, digits, '-' or '_'",
+            return Err(PipelineError::at(
                 at(name.span()),
-                name.get_ref()
+                format!(
+                    "{section}.name '{}' must be unique and made of letters, digits, '-' or '_'",
+                    name.get_ref()
+                ),
             ));
         }
         if connectors != 1 {
-            return Err(format!(
-                "{}: {kind} {} needs exactly one connector table (e.g. file = {{ path = ... }}), it has {connectors}",
+            return Err(PipelineError::at(
                 at(name.span()),
-                name.get_ref()
+                format!(
+                    "{kind} {} needs exactly one connector table (e.g. file = {{ path = ... }}), it has {connectors}",
+                    name.get_ref()
+                ),
             ));
         }
     }
@@ -583,11 +643,11 @@ fn parse_with(
             let secret = secrets.in_sql();
             match e {
                 // The message may quote a fragment of a substituted value.
-                sluice_sql::SqlError::Syntax { line, column, .. } if secret => format!(
-                    "{}: sql: syntax error at line {line}, column {column} (the statements hold ${{VAR}} values, so the message is not shown)",
-                    path.display()
+                sluice_sql::SqlError::Syntax { line, column, .. } if secret => PipelineError::at(
+                    path.display(),
+                    format!("sql: syntax error at line {line}, column {column} (the statements hold ${{VAR}} values, so the message is not shown)"),
                 ),
-                e => format!("{}: sql: {e}", path.display()),
+                e => PipelineError::at(path.display(), format!("sql: {e}")),
             }
         })?;
     }
@@ -663,19 +723,19 @@ file = { path = "out" }
             std::time::Duration::from_millis(250)
         );
         let p = write(dir.path(), "bad.toml", "guarantee = \"exactly-twice\"\n");
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(
             e.contains("bad.toml:1:") && e.contains("exactly-twice") && e.contains("at-least-once"),
             "{e}"
         );
         let p = write(dir.path(), "zero.toml", "commit-interval = \"0s\"\n");
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(
             e.contains("zero.toml: commit-interval must be more than 0"),
             "{e}"
         );
         let p = write(dir.path(), "soon.toml", "commit-interval = \"soon\"\n");
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(
             e.contains("soon.toml:1:") && e.contains("not a duration"),
             "{e}"
@@ -690,27 +750,27 @@ file = { path = "out" }
             "bad.toml",
             "[[sources]]\nname = \"in\"\ntopic = \"t\"\nfile = { path = \"x\", colour = \"red\" }\n",
         );
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("bad.toml:4:") && e.contains("colour"), "{e}");
         let p = write(
             dir.path(),
             "bad2.toml",
             "[[sinks]]\nname = \"out\"\ntopic = \"t\"\n",
         );
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(
             e.contains("bad2.toml:2:") && e.contains("connector table"),
             "{e}"
         );
         let p = write(dir.path(), "bad3.toml", "sql = \"SELEC 1\"\n");
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("bad3.toml: sql: syntax error"), "{e}");
         let p = write(
             dir.path(),
             "bad4.toml",
             "[[topics]]\nname = \"${SLUICE_TEST_UNSET_VAR}\"\n",
         );
-        let e = load(&p).unwrap_err();
+        let e = load(&p).unwrap_err().to_string();
         assert!(
             e.contains("bad4.toml:2:") && e.contains("SLUICE_TEST_UNSET_VAR"),
             "{e}"
@@ -764,7 +824,7 @@ http = { token = '${SLUICE_TEST_TAB}' }
             "name = \"${SLUICE_TEST_SECRET}\"\n",
         ] {
             let f = write(dir.path(), "leak.toml", text);
-            let e = load(&f).unwrap_err();
+            let e = load(&f).unwrap_err().to_string();
             for fragment in ["hunter", "very"] {
                 assert!(!e.contains(fragment), "{text}: {e}");
             }
@@ -780,7 +840,8 @@ http = { token = '${SLUICE_TEST_TAB}' }
             "leak.toml",
             "guarantee = \"${SLUICE_TEST_SECRET}\"\n",
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("${SLUICE_TEST_SECRET}"), "{e}");
         assert!(
             !format!("{p:?}").contains("max-body-bytes = 1"),
@@ -829,7 +890,7 @@ http = { token = '${SLUICE_TEST_TAB}' }
         ] {
             let f = write(dir.path(), "v.toml", text);
             let p = load(&f).unwrap();
-            let e = build_check(&p).unwrap_err();
+            let e = build_check(&p).unwrap_err().to_string();
             assert!(e.contains(expect) && e.contains("v.toml:"), "{text}: {e}");
         }
         // A check that passes leaves nothing behind (no output folder).

@@ -26,12 +26,217 @@ use sluice_connectors::http_ingest::IngestHandle;
 use sluice_log::{Log, LogError};
 use sluice_sql::engine::Engine;
 use sluice_sql::runner::RunnerConfig;
-use sluice_task::{StopToken, TaskHandle, TaskSpec, TaskStatus};
+pub use sluice_task::TaskStatus;
+use sluice_task::{StopToken, TaskHandle, TaskSpec};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineError, Secrets};
 pub use crate::tasks::positions::{POSITIONS_TOPIC, Positions, SharedPositions};
 use crate::tasks::sink::SinkTask;
 use crate::tasks::source::SourceTask;
+
+/// Why a pipeline did not deploy, pause, resume or restart. Every text is redacted of the
+/// pipeline's `${VAR}` values. [`DeployError::is_user_error`] tells what the pipeline's author
+/// fixes from what an operator looks into.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeployError {
+    /// The file does not check: a topic name or config, a connector that does not build.
+    #[error(transparent)]
+    Invalid(#[from] PipelineError),
+    /// Another file deploys a pipeline of this name.
+    #[error("pipeline {pipeline}: the name is taken by {}", file.display())]
+    NameTaken {
+        /// The pipeline.
+        pipeline: String,
+        /// The file of the pipeline that has the name.
+        file: std::path::PathBuf,
+    },
+    /// Two tasks of the pipeline would share an internal name (a transactional id, a consumer
+    /// group, an ingest route, an output folder).
+    #[error("pipeline {pipeline}: {first} and {second} would share {name}")]
+    SharedWithin {
+        /// The pipeline.
+        pipeline: String,
+        /// The first task holding the name.
+        first: String,
+        /// The second.
+        second: String,
+        /// The internal name.
+        name: String,
+    },
+    /// A task would share an internal name with a task of another deployed pipeline.
+    #[error("pipeline {pipeline}: {task} would share {name} with {}", holder)]
+    SharedWith {
+        /// The pipeline.
+        pipeline: String,
+        /// Its task.
+        task: String,
+        /// The internal name.
+        name: String,
+        /// The other pipeline's task holding it.
+        holder: Box<Holder>,
+    },
+    /// Another HTTP source already ingests into the topic.
+    #[error(
+        "pipeline {pipeline}: source {source_name}: another HTTP source already ingests into topic '{topic}'"
+    )]
+    IngestTaken {
+        /// The pipeline.
+        pipeline: String,
+        /// Its source.
+        source_name: String,
+        /// The topic.
+        topic: String,
+    },
+    /// A topic could not be created, or a task's topic does not exist.
+    #[error("pipeline {pipeline}: {reason}")]
+    Topic {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed (`source in: unknown topic 'x'`).
+        reason: String,
+        /// The request was wrong (a bad name or config, a missing topic), not the log.
+        user_error: bool,
+    },
+    /// A SQL statement failed.
+    #[error("pipeline {pipeline}: {reason}")]
+    Sql {
+        /// The pipeline.
+        pipeline: String,
+        /// `sql: ...` (the message is left out when the statements hold `${VAR}` values).
+        reason: String,
+        /// The statement was wrong (syntax, unknown names), not the log.
+        user_error: bool,
+    },
+    /// A task's connector did not build.
+    #[error("pipeline {pipeline}: {task}: {reason}")]
+    Connector {
+        /// The pipeline.
+        pipeline: String,
+        /// `source <name>` or `sink <name>`.
+        task: String,
+        /// Why.
+        reason: String,
+        /// An external system failed (I/O, HTTP): trying again later may work.
+        retryable: bool,
+    },
+    /// No pipeline of that name is deployed.
+    #[error("no pipeline named '{0}' is deployed")]
+    NotFound(String),
+}
+
+/// A task of another deployed pipeline, which holds a name.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// The task (`source <name>`, `sink <name>`).
+    pub task: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The pipeline's file.
+    pub file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of pipeline {} ({})",
+            self.task,
+            self.pipeline,
+            self.file.display()
+        )
+    }
+}
+
+impl DeployError {
+    /// True when the pipeline (or the request) is wrong and trying again cannot help: a bad
+    /// file, statement or name, a name another pipeline holds.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            DeployError::Topic { user_error, .. } | DeployError::Sql { user_error, .. } => {
+                *user_error
+            }
+            DeployError::Connector { retryable, .. } => !retryable,
+            _ => true,
+        }
+    }
+
+    /// The same error without `secrets`' values (names and reasons may hold them).
+    fn redact(self, secrets: &Secrets) -> DeployError {
+        let r = |s: String| secrets.redact(&s);
+        match self {
+            DeployError::Invalid(e) => DeployError::Invalid(e.redact(secrets)),
+            DeployError::NameTaken { pipeline, file } => DeployError::NameTaken {
+                pipeline: r(pipeline),
+                file,
+            },
+            DeployError::SharedWithin {
+                pipeline,
+                first,
+                second,
+                name,
+            } => DeployError::SharedWithin {
+                pipeline: r(pipeline),
+                first: r(first),
+                second: r(second),
+                name: r(name),
+            },
+            DeployError::SharedWith {
+                pipeline,
+                task,
+                name,
+                holder,
+            } => DeployError::SharedWith {
+                pipeline: r(pipeline),
+                task: r(task),
+                name: r(name),
+                holder: Box::new(Holder {
+                    task: r(holder.task),
+                    pipeline: r(holder.pipeline),
+                    file: holder.file,
+                }),
+            },
+            DeployError::IngestTaken {
+                pipeline,
+                source_name,
+                topic,
+            } => DeployError::IngestTaken {
+                pipeline: r(pipeline),
+                source_name: r(source_name),
+                topic: r(topic),
+            },
+            DeployError::Topic {
+                pipeline,
+                reason,
+                user_error,
+            } => DeployError::Topic {
+                pipeline: r(pipeline),
+                reason: r(reason),
+                user_error,
+            },
+            DeployError::Sql {
+                pipeline,
+                reason,
+                user_error,
+            } => DeployError::Sql {
+                pipeline: r(pipeline),
+                reason: r(reason),
+                user_error,
+            },
+            DeployError::Connector {
+                pipeline,
+                task,
+                reason,
+                retryable,
+            } => DeployError::Connector {
+                pipeline: r(pipeline),
+                task: r(task),
+                reason: r(reason),
+                retryable,
+            },
+            DeployError::NotFound(n) => DeployError::NotFound(n),
+        }
+    }
+}
 
 /// One running task.
 #[derive(Debug)]
@@ -82,6 +287,7 @@ pub struct Worker {
     pipelines: Vec<Deployed>,
     ingest: IngestRoutes,
     positions: SharedPositions,
+    board: Arc<crate::status::StatusBoard>,
 }
 
 /// The HTTP ingest sources by topic: the pipeline and the handle requests go to.
@@ -96,7 +302,19 @@ impl Worker {
             pipelines: Vec::new(),
             ingest: IngestRoutes::default(),
             positions: SharedPositions::default(),
+            board: Arc::default(),
         }
+    }
+
+    /// The board of running tasks and queries, read by `/metrics` without this worker.
+    pub fn status_board(&self) -> Arc<crate::status::StatusBoard> {
+        Arc::clone(&self.board)
+    }
+
+    /// Publishes the running tasks and queries to the [status board](Self::status_board);
+    /// called after every change, and by whoever runs SQL statements on the engine.
+    pub fn publish_status(&self) {
+        self.board.publish(&self.pipelines, &self.engine);
     }
 
     /// The deployed pipelines.
@@ -131,6 +349,7 @@ impl Worker {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
+        self.publish_status();
         Some((d.pipeline, d.paused))
     }
 
@@ -138,28 +357,44 @@ impl Worker {
     /// comes from, which it replaces), its topics and connectors build, and none of its
     /// internal names (transactional ids, consumer groups, ingest routes, output folders) is
     /// another pipeline's.
-    pub fn check(&self, p: &Pipeline) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
+    pub fn check(&self, p: &Pipeline) -> Result<(), DeployError> {
+        let pipeline = || p.name.clone();
         let others: Vec<&Deployed> = self.pipelines.iter().filter(|d| d.path != p.path).collect();
         if let Some(d) = others.iter().find(|d| d.name == p.name) {
-            return Err(err(&format!("the name is taken by {}", d.path.display())));
+            return Err(DeployError::NameTaken {
+                pipeline: pipeline(),
+                file: d.path.clone(),
+            }
+            .redact(&p.secrets));
         }
-        crate::pipeline::build_check(p).map_err(|e| p.redact(&e))?;
+        crate::pipeline::build_check(p).map_err(|e| e.redact(&p.secrets))?;
         let mine = internal_names(p);
         let mut seen = BTreeMap::new();
         for (name, what) in &mine {
             if let Some(first) = seen.insert(name, what) {
-                return Err(err(&format!("{first} and {what} would share {name}")));
+                return Err(DeployError::SharedWithin {
+                    pipeline: pipeline(),
+                    first: first.clone(),
+                    second: what.clone(),
+                    name: name.clone(),
+                }
+                .redact(&p.secrets));
             }
         }
         for d in others {
             for (name, theirs) in internal_names(&d.pipeline) {
                 if let Some(what) = seen.get(&name) {
-                    return Err(err(&format!(
-                        "{what} would share {name} with {theirs} of pipeline {} ({})",
-                        d.name,
-                        d.path.display()
-                    )));
+                    return Err(DeployError::SharedWith {
+                        pipeline: pipeline(),
+                        task: (*what).clone(),
+                        name,
+                        holder: Box::new(Holder {
+                            task: theirs,
+                            pipeline: d.name.clone(),
+                            file: d.path.clone(),
+                        }),
+                    }
+                    .redact(&p.secrets));
                 }
             }
         }
@@ -169,18 +404,19 @@ impl Worker {
     /// Creates a pipeline's topics, runs its SQL and starts its sources and sinks, after
     /// [`Worker::check`]. When a step fails, what the earlier steps created (topics,
     /// dead-letter topic, SQL streams, tables and queries) is removed again.
-    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), String> {
+    pub fn deploy(&mut self, p: &Pipeline) -> Result<(), DeployError> {
         self.check(p)?;
         let topics_before: BTreeSet<String> = self.log.topic_names().into_iter().collect();
         let catalog = self.engine.catalog();
         let sources_before: BTreeSet<String> = catalog.sources().map(|s| s.name.clone()).collect();
         let queries_before: BTreeSet<String> = catalog.queries().map(|q| q.id.clone()).collect();
-        let result = self.create(p);
+        let result = self.create(p).map_err(|e| e.redact(&p.secrets));
         if let Err(e) = &result {
-            tracing::warn!(pipeline = %p.name, error = %p.redact(e), "The pipeline did not deploy; removing what it created.");
+            tracing::warn!(pipeline = %p.name, error = %e, "The pipeline did not deploy; removing what it created.");
             self.roll_back(p, &topics_before, &sources_before, &queries_before);
         }
-        result.map_err(|e| p.redact(&e))
+        self.publish_status();
+        result
     }
 
     /// Removes what a failed deploy of `p` created: its new queries, streams and tables, and
@@ -234,8 +470,12 @@ impl Worker {
         self.ingest.lock().retain(|_, (owner, _)| *owner != p.name);
     }
 
-    fn create(&mut self, p: &Pipeline) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| format!("pipeline {}: {e}", p.name);
+    fn create(&mut self, p: &Pipeline) -> Result<(), DeployError> {
+        let err = |e: &LogError| DeployError::Topic {
+            pipeline: p.name.clone(),
+            reason: e.to_string(),
+            user_error: e.is_user_error(),
+        };
         for t in &p.config.topics {
             let config: Vec<(String, String)> = t
                 .config
@@ -279,11 +519,20 @@ impl Worker {
                 ..self.engine.queries().config().clone()
             };
             self.engine.execute_with(sql, &config).map_err(|e| {
-                if p.secrets.in_sql() {
+                let user_error = match &e {
+                    sluice_sql::SqlError::Log(e) => e.is_user_error(),
+                    _ => true,
+                };
+                let reason = if p.secrets.in_sql() {
                     // The message may quote a fragment of a substituted value.
-                    err(&"sql: a statement failed (the statements hold ${VAR} values, so the message is not shown)")
+                    "sql: a statement failed (the statements hold ${VAR} values, so the message is not shown)".to_string()
                 } else {
-                    err(&e)
+                    e.to_string()
+                };
+                DeployError::Sql {
+                    pipeline: p.name.clone(),
+                    reason,
+                    user_error,
                 }
             })?;
         }
@@ -303,8 +552,24 @@ impl Worker {
     /// Builds every task of `p`, then starts them all: a failure (a missing topic, a
     /// connector that does not build, a taken ingest route) starts none, so nothing is left
     /// running that no one stops.
-    fn start_tasks(&self, p: &Pipeline, stop: &StopToken) -> Result<Vec<Task>, String> {
-        let err = |e: &dyn std::fmt::Display| p.redact(&format!("pipeline {}: {e}", p.name));
+    fn start_tasks(&self, p: &Pipeline, stop: &StopToken) -> Result<Vec<Task>, DeployError> {
+        let topic_err = |task: &str, e: LogError| {
+            DeployError::Topic {
+                pipeline: p.name.clone(),
+                reason: format!("{task}: {e}"),
+                user_error: e.is_user_error(),
+            }
+            .redact(&p.secrets)
+        };
+        let connector_err = |task: &str, e: sluice_connectors::ConnectorError| {
+            DeployError::Connector {
+                pipeline: p.name.clone(),
+                task: task.to_string(),
+                reason: e.to_string(),
+                retryable: e.is_retryable(),
+            }
+            .redact(&p.secrets)
+        };
         let dlq = dlq_topic(&p.name);
         let mut starts: Vec<(String, Starter)> = Vec::new();
         let mut routes = Vec::new();
@@ -320,17 +585,18 @@ impl Worker {
         };
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
-            self.log
-                .topic(&s.topic)
-                .map_err(|e| err(&format!("source {name}: {e}")))?;
-            let (mut source, ingest) = crate::pipeline::build_source(s, p.base())
-                .map_err(|e| err(&format!("source {name}: {e}")))?;
+            let what = format!("source {name}");
+            self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
+            let (mut source, ingest) =
+                crate::pipeline::build_source(s, p.base()).map_err(|e| connector_err(&what, e))?;
             if let Some(handle) = ingest {
                 if self.ingest.lock().contains_key(&s.topic) {
-                    return Err(err(&format!(
-                        "source {name}: another HTTP source already ingests into topic '{}'",
-                        s.topic
-                    )));
+                    return Err(DeployError::IngestTaken {
+                        pipeline: p.name.clone(),
+                        source_name: name,
+                        topic: s.topic.clone(),
+                    }
+                    .redact(&p.secrets));
                 }
                 routes.push((s.topic.clone(), handle));
             }
@@ -353,11 +619,10 @@ impl Worker {
         }
         for s in &p.config.sinks {
             let name = s.name.get_ref().clone();
-            self.log
-                .topic(&s.topic)
-                .map_err(|e| err(&format!("sink {name}: {e}")))?;
-            let mut sink = crate::pipeline::build_sink(s, p.base())
-                .map_err(|e| err(&format!("sink {name}: {e}")))?;
+            let what = format!("sink {name}");
+            self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
+            let mut sink =
+                crate::pipeline::build_sink(s, p.base()).map_err(|e| connector_err(&what, e))?;
             let task = SinkTask {
                 log: self.log.clone(),
                 group: sink_group(&p.name, &name),
@@ -383,7 +648,14 @@ impl Worker {
                     handle,
                 }),
                 // Dropping the handles started so far stops them.
-                Err(e) => return Err(err(&format!("{name}: cannot start its thread: {e}"))),
+                Err(e) => {
+                    return Err(DeployError::Connector {
+                        pipeline: p.name.clone(),
+                        task: name,
+                        reason: format!("cannot start its thread: {e}"),
+                        retryable: true,
+                    });
+                }
             }
         }
         let mut table = self.ingest.lock();
@@ -398,43 +670,53 @@ impl Worker {
         Arc::clone(&self.ingest)
     }
 
-    fn find(&mut self, name: &str) -> Result<&mut Deployed, String> {
+    fn find(&mut self, name: &str) -> Result<&mut Deployed, DeployError> {
         self.pipelines
             .iter_mut()
             .find(|d| d.name == name)
-            .ok_or_else(|| format!("no pipeline named '{name}' is deployed"))
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))
     }
 
     /// Stops a pipeline's sources and sinks (they commit what they have) until
     /// [`Worker::resume`]; its SQL queries keep running.
-    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+    pub fn pause(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
         let d = self.find(name)?;
         d.stop(&ingest);
         d.tasks.clear();
         d.paused = true;
+        self.publish_status();
         Ok(())
     }
 
     /// Starts a paused pipeline's tasks again, from their committed positions.
-    pub fn resume(&mut self, name: &str) -> Result<(), String> {
+    pub fn resume(&mut self, name: &str) -> Result<(), DeployError> {
         self.restart(name)
     }
 
     /// Stops and starts a pipeline's tasks (they resume from their committed positions;
     /// restart counts and errors start afresh).
-    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+    pub fn restart(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
         let d = self.find(name)?;
         d.stop(&ingest);
         d.tasks.clear();
         let pipeline = d.pipeline.clone();
         let stop = StopToken::new();
-        let tasks = self.start_tasks(&pipeline, &stop)?;
+        let started = self.start_tasks(&pipeline, &stop);
+        // Published either way: the old tasks are gone.
+        let tasks = match started {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                self.publish_status();
+                return Err(e);
+            }
+        };
         let d = self.find(name)?;
         d.tasks = tasks;
         d.stop = stop;
         d.paused = false;
+        self.publish_status();
         Ok(())
     }
 
@@ -447,6 +729,7 @@ impl Worker {
             p.stop(&self.ingest);
         }
         self.engine.shutdown();
+        self.publish_status();
     }
 }
 

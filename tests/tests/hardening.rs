@@ -180,6 +180,7 @@ fn idle_connections_and_push_queries_cannot_starve_health_and_ingest() {
         header_read_timeout: Duration::from_secs(1),
         max_push_queries: 2,
         body_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
     };
     let w = Served::start(limits, true, None);
     deploy_p(&w);

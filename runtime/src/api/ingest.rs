@@ -2,7 +2,8 @@
 //! its records are committed (2xx means durable). Errors: 401 (token), 404 (no HTTP source
 //! for the topic), 413 (body over the source's `max-body-bytes`), 400 (not JSON), 503 with
 //! `Retry-After` (queue full, not committed, or the worker still starting: retry, with the
-//! same `Idempotency-Key`).
+//! same `Idempotency-Key`). The handler awaits the source's answer on a oneshot channel, so
+//! a waiting request holds no thread.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use sluice_connectors::http_ingest::IngestError;
 
-use super::{ApiError, ApiState, bearer_is, blocking};
+use super::{ApiError, ApiState, bearer_is};
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_BYTES: usize = 256;
@@ -90,12 +91,14 @@ pub async fn ingest(
         )));
     }
     let answer = handle.submit(body, ndjson, key).map_err(ingest_error)?;
-    blocking(move || match answer.recv_timeout(COMMIT_WAIT) {
-        Ok(Ok(ack)) => Ok(Json(json!(ack))),
-        Ok(Err(e)) => Err(ingest_error(e)),
-        Err(_) => Err(ingest_error(IngestError::NotCommitted)),
-    })
-    .await
+    // Awaited, not received on a thread: a request waiting for its commit holds a small
+    // future and nothing else. A dropped sender (the task restarted or stopped before the
+    // commit) means "not committed", as the timeout does.
+    match tokio::time::timeout(COMMIT_WAIT, answer).await {
+        Ok(Ok(Ok(ack))) => Ok(Json(json!(ack))),
+        Ok(Ok(Err(e))) => Err(ingest_error(e)),
+        Ok(Err(_)) | Err(_) => Err(ingest_error(IngestError::NotCommitted)),
+    }
 }
 
 fn ingest_error(e: IngestError) -> ApiError {

@@ -2,8 +2,9 @@
 //! (tasks and queries keep plain atomics; nothing is updated per record for metrics' sake).
 //!
 //! Per task (`pipeline`, `task` labels): records and bytes in/out, dead letters, restarts
-//! (errors), commits and commit time; per query: records in/out and rejected; per consumer
-//! group and partition: lag.
+//! (errors), commits and commit time; per query: records in/out and rejected; push queries
+//! streaming, their rows and slow clients; per consumer group and partition: lag. Tasks and
+//! queries come from the worker's status board, so a scrape never waits for a deploy.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -34,7 +35,11 @@ fn render(families: &[Family]) -> String {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (labels, v) in &f.samples {
-            let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {v}", f.name);
+            } else {
+                let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
+            }
         }
     }
     out
@@ -112,46 +117,73 @@ pub fn text(state: &ApiState) -> String {
             "counter",
         ),
     ];
-    {
-        let d = state.deployer.lock();
-        for p in d.worker.pipelines() {
-            for t in &p.tasks {
-                let l = format!(
-                    "pipeline=\"{}\",task=\"{}\"",
-                    label(&p.name),
-                    label(&t.name)
-                );
-                let s = &t.status;
-                let values = [
-                    s.records_in.load(Ordering::Relaxed) as f64,
-                    s.records_out.load(Ordering::Relaxed) as f64,
-                    s.bytes_in.load(Ordering::Relaxed) as f64,
-                    s.bytes_out.load(Ordering::Relaxed) as f64,
-                    s.rejected.load(Ordering::Relaxed) as f64,
-                    s.restarts.load(Ordering::Relaxed) as f64,
-                    s.commits.load(Ordering::Relaxed) as f64,
-                    s.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
-                    f64::from(u8::from(s.state() == "running")),
-                ];
-                for (f, v) in task.iter_mut().zip(values) {
-                    f.samples.push((l.clone(), v));
-                }
-            }
+    // From the status board, not the worker: a deploy holds the worker while it joins
+    // task threads, and a scrape must not wait for that.
+    let board = state.status.snapshot();
+    for t in &board.tasks {
+        let l = format!(
+            "pipeline=\"{}\",task=\"{}\"",
+            label(&t.pipeline),
+            label(&t.task)
+        );
+        let s = &t.status;
+        let values = [
+            s.records_in.load(Ordering::Relaxed) as f64,
+            s.records_out.load(Ordering::Relaxed) as f64,
+            s.bytes_in.load(Ordering::Relaxed) as f64,
+            s.bytes_out.load(Ordering::Relaxed) as f64,
+            s.rejected.load(Ordering::Relaxed) as f64,
+            s.restarts.load(Ordering::Relaxed) as f64,
+            s.commits.load(Ordering::Relaxed) as f64,
+            s.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            f64::from(u8::from(s.state() == "running")),
+        ];
+        for (f, v) in task.iter_mut().zip(values) {
+            f.samples.push((l.clone(), v));
         }
-        let engine = d.worker.engine();
-        for q in engine.catalog().queries() {
-            if let Some(s) = engine.queries().stats(&q.id) {
-                let l = format!("query=\"{}\"", label(&q.id));
-                let values = [
-                    s.records_in.load(Ordering::Relaxed) as f64,
-                    s.records_out.load(Ordering::Relaxed) as f64,
-                    s.rejected.load(Ordering::Relaxed) as f64,
-                ];
-                for (f, v) in query.iter_mut().zip(values) {
-                    f.samples.push((l.clone(), v));
-                }
-            }
+    }
+    for (id, s) in &board.queries {
+        let l = format!("query=\"{}\"", label(id));
+        let values = [
+            s.records_in.load(Ordering::Relaxed) as f64,
+            s.records_out.load(Ordering::Relaxed) as f64,
+            s.rejected.load(Ordering::Relaxed) as f64,
+        ];
+        for (f, v) in query.iter_mut().zip(values) {
+            f.samples.push((l.clone(), v));
         }
+    }
+    let push = &state.push_stats;
+    let mut push_families = [
+        family(
+            "sluice_push_queries",
+            "Push queries streaming now.",
+            "gauge",
+        ),
+        family(
+            "sluice_push_queries_max",
+            "Push queries that may stream at once (--max-push-queries).",
+            "gauge",
+        ),
+        family(
+            "sluice_push_query_rows_total",
+            "Rows push queries handed to their clients' buffers.",
+            "counter",
+        ),
+        family(
+            "sluice_push_query_slow_clients_total",
+            "Push queries stopped because their client did not read.",
+            "counter",
+        ),
+    ];
+    let values = [
+        push.running.load(Ordering::Relaxed) as f64,
+        push.max as f64,
+        push.rows.load(Ordering::Relaxed) as f64,
+        push.slow_clients.load(Ordering::Relaxed) as f64,
+    ];
+    for (f, v) in push_families.iter_mut().zip(values) {
+        f.samples.push((String::new(), v));
     }
     let mut lag = family(
         "sluice_consumer_lag",
@@ -173,7 +205,7 @@ pub fn text(state: &ApiState) -> String {
             }
         }
     }
-    let mut all: Vec<Family> = task.into_iter().chain(query).collect();
+    let mut all: Vec<Family> = task.into_iter().chain(query).chain(push_families).collect();
     all.push(lag);
     render(&all)
 }

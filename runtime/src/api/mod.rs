@@ -9,9 +9,12 @@
 //!                              metrics.rs:   GET /metrics (Prometheus text)
 //! ```
 //!
-//! Connections are bounded and time out ([`server`]); push queries are bounded too.
-//! Handlers that touch the worker run on tokio's blocking pool: deploying or stopping a
-//! pipeline joins task threads, which must not stall the async workers. The API is described
+//! Connections are bounded and time out ([`server`]); push queries are bounded too, and
+//! their rows reach the client through a bounded buffer ([`sql`]). Handlers that touch the
+//! worker run on tokio's blocking pool: deploying or stopping a pipeline joins task threads,
+//! which must not stall the async workers. Nothing else waits on a thread: an ingest request
+//! awaits its commit, `/metrics` reads the status board and `/health` answers its last counts
+//! while a deploy holds the worker. The API is described
 //! in `docs/openapi.yaml`, served at `GET /openapi.yaml`.
 
 use std::net::SocketAddr;
@@ -28,15 +31,15 @@ use axum::routing::{get, post};
 use parking_lot::Mutex;
 use sluice_log::Log;
 
-use crate::deployer::Deployer;
-use crate::worker::IngestRoutes;
+use crate::deployer::{Deployer, DeployerError};
+use crate::worker::{DeployError, IngestRoutes};
 
 mod ingest;
 pub mod log;
 pub mod metrics;
 mod pipelines;
 pub mod server;
-mod sql;
+pub mod sql;
 
 pub use server::Limits;
 
@@ -56,10 +59,16 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Slots for push queries streaming at once.
     pub push_queries: Arc<tokio::sync::Semaphore>,
+    /// What push queries did, for `/metrics`.
+    pub push_stats: Arc<sql::PushStats>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// How long a push query waits for a client that reads none of its buffered rows.
+    pub slow_client_timeout: std::time::Duration,
     /// What `/health` counted last, answered while a deploy holds the deployer.
     pub last_health: Arc<Mutex<HealthCounts>>,
+    /// The worker's running tasks and queries, which `/metrics` reads without the deployer.
+    pub status: Arc<crate::status::StatusBoard>,
 }
 
 impl ApiState {
@@ -71,6 +80,7 @@ impl ApiState {
         token: Option<Arc<str>>,
         limits: &Limits,
     ) -> ApiState {
+        let status = deployer.lock().worker.status_board();
         ApiState {
             deployer,
             log,
@@ -78,8 +88,11 @@ impl ApiState {
             token,
             ready: Arc::new(AtomicBool::new(false)),
             push_queries: Arc::new(tokio::sync::Semaphore::new(limits.max_push_queries)),
+            push_stats: Arc::new(sql::PushStats::new(limits.max_push_queries)),
             body_timeout: limits.body_read_timeout,
+            slow_client_timeout: limits.slow_client_timeout,
             last_health: Arc::default(),
+            status,
         }
     }
 }
@@ -115,6 +128,40 @@ impl ApiError {
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<DeployError> for ApiError {
+    /// 404 for an unknown pipeline; 409 when another pipeline holds the name, a task's
+    /// internal name or the ingest route; 400 for other faults of the file; 503 when the
+    /// log or an external system failed (retry).
+    fn from(e: DeployError) -> ApiError {
+        let status = match &e {
+            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+            DeployError::NameTaken { .. }
+            | DeployError::SharedWith { .. }
+            | DeployError::IngestTaken { .. } => StatusCode::CONFLICT,
+            e if e.is_user_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<DeployerError> for ApiError {
+    fn from(e: DeployerError) -> ApiError {
+        let status = match e {
+            DeployerError::Deploy(e) => return e.into(),
+            DeployerError::BadName(_)
+            | DeployerError::Invalid(_)
+            | DeployerError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            DeployerError::NotFound(_) => StatusCode::NOT_FOUND,
+            // The pipeline is down, or the folder is out of step: an operator must look.
+            DeployerError::NotRestored { .. } | DeployerError::Io { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -312,20 +359,45 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Why the API server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address cannot be listened on (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source} (choose another --listen)")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server's runtime or thread did not start (out of threads or memory).
+    #[error("cannot start the API {what}: {source}")]
+    Start {
+        /// "runtime" or "thread".
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
 /// Binds `listen` and serves the API on its own small tokio runtime, within `limits`.
-pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiServer, String> {
-    let std_listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on {listen}: {e} (choose another --listen)"))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiServer, ServeError> {
+    let listen_error = |source| ServeError::Listen {
+        addr: listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
+    std_listener.set_nonblocking(true).map_err(listen_error)?;
+    let addr = std_listener.local_addr().map_err(listen_error)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-api")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+        .map_err(|source| ServeError::Start {
+            what: "runtime",
+            source,
+        })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);
     let thread = std::thread::Builder::new()
@@ -349,7 +421,10 @@ pub fn serve(listen: SocketAddr, state: ApiState, limits: Limits) -> Result<ApiS
             // Open streams (push queries) must not hold the process.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ServeError::Start {
+            what: "thread",
+            source,
+        })?;
     Ok(ApiServer {
         addr,
         stop: Some(stop),
@@ -365,5 +440,49 @@ impl Drop for ApiServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_errors_answer_by_kind_not_by_text() {
+        let code = |e: DeployerError| ApiError::from(e).0;
+        let deploy = |e: DeployError| code(DeployerError::Deploy(e));
+        assert_eq!(
+            deploy(DeployError::NotFound("p".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            deploy(DeployError::NameTaken {
+                pipeline: "p".into(),
+                file: "other.toml".into(),
+            }),
+            StatusCode::CONFLICT
+        );
+        let sql = |user_error| DeployError::Sql {
+            pipeline: "p".into(),
+            reason: "sql: unknown column 'nope'".into(),
+            user_error,
+        };
+        assert_eq!(deploy(sql(true)), StatusCode::BAD_REQUEST);
+        assert_eq!(deploy(sql(false)), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            code(DeployerError::BadName("a b".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            code(DeployerError::NotFound("p".into())),
+            StatusCode::NOT_FOUND
+        );
+        let io = DeployerError::Io {
+            op: "write",
+            path: "p.toml".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(io.to_string(), "write p.toml: disk full");
+        assert_eq!(code(io), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -88,7 +88,7 @@ pub async fn put(
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
         let mut d = state.deployer.lock();
-        let message = d.put(&name, &body).map_err(ApiError::bad_request)?;
+        let message = d.put(&name, &body)?;
         let status = d.worker.pipeline(&name).map(status_json);
         Ok(Json(json!({ "message": message, "pipeline": status })))
     })
@@ -100,11 +100,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let message = state
-            .deployer
-            .lock()
-            .delete(&name)
-            .map_err(ApiError::not_found)?;
+        let message = state.deployer.lock().delete(&name)?;
         Ok(Json(json!({ "message": message })))
     })
     .await
@@ -133,7 +129,7 @@ pub async fn action(
                 ));
             }
         };
-        done.map_err(ApiError::internal)?;
+        done?;
         let status = d.worker.pipeline(&name).map(status_json);
         Ok(Json(json!({ "pipeline": status })))
     })

@@ -31,10 +31,14 @@ pub struct Limits {
     /// How long a connection may take to send a request's headers, counted from when it
     /// opens or its last response ends: an idle connection is closed after it.
     pub header_read_timeout: Duration,
-    /// Push queries (`POST /query`) streaming at once; more get 503. Each holds a thread.
+    /// Push queries (`POST /query`) streaming at once; more get 503. Each runs on a thread
+    /// of its own (the query's consumer blocks while it waits for records).
     pub max_push_queries: usize,
     /// How long a request's body may take to arrive once its headers did (408 after).
     pub body_read_timeout: Duration,
+    /// How long a push query waits while its client reads none of the rows buffered for it
+    /// before it stops with a final `error` event.
+    pub slow_client_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_push_queries: 32,
             body_read_timeout: Duration::from_secs(30),
+            slow_client_timeout: Duration::from_secs(30),
         }
     }
 }

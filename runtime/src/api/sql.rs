@@ -1,16 +1,20 @@
 //! SQL over HTTP: statements answered as JSON, and push queries streamed as server-sent
-//! events (`event: row`, one JSON object per row; `event: end` when a LIMIT is reached).
+//! events (`event: row`, one JSON object per row; `event: end` when a LIMIT is reached,
+//! `event: error` when the query failed or its client read too slowly).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use sluice_sql::engine::Output;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ApiError, ApiState, blocking};
 
@@ -45,13 +49,11 @@ fn rows(batches: &[sluice_sql::RecordBatch]) -> Result<Vec<Value>, ApiError> {
 
 /// Runs statements on the worker's engine (an error is the client's: bad SQL, unknown names).
 fn execute(state: &ApiState, sql: &str) -> Result<Vec<Output>, ApiError> {
-    state
-        .deployer
-        .lock()
-        .worker
-        .engine_mut()
-        .execute(sql)
-        .map_err(ApiError::bad_request)
+    let mut d = state.deployer.lock();
+    let outputs = d.worker.engine_mut().execute(sql);
+    // Statements start and stop persistent queries: `/metrics` shows the ones now running.
+    d.worker.publish_status();
+    outputs.map_err(ApiError::bad_request)
 }
 
 /// Runs statements; each gives `{"message": ...}` or `{"rows": [...]}`.
@@ -79,12 +81,142 @@ pub async fn statements(
     .await
 }
 
-/// Runs one push query and streams its rows until the client disconnects or a LIMIT ends it.
+/// Rows buffered between a push query's thread and its client's connection: with the
+/// connection's own buffers, all a client that stops reading can make the worker hold.
+pub const PUSH_BUFFER: usize = 64;
+
+/// How long a push query's thread waits for records before it looks whether its client is
+/// still there.
+const PUSH_POLL: Duration = Duration::from_millis(200);
+
+/// How often a push query's thread looks for room in a full buffer.
+const PUSH_RETRY: Duration = Duration::from_millis(10);
+
+/// What push queries did, read by `/metrics`.
+#[derive(Debug)]
+pub struct PushStats {
+    /// The most that stream at once (`--max-push-queries`).
+    pub max: usize,
+    /// Push queries running now (their threads hold a slot until they end).
+    pub running: std::sync::atomic::AtomicUsize,
+    /// Rows handed to clients' buffers, over all push queries.
+    pub rows: AtomicU64,
+    /// Push queries stopped because their client read too slowly.
+    pub slow_clients: AtomicU64,
+}
+
+impl PushStats {
+    /// No queries yet, at most `max` at once.
+    pub fn new(max: usize) -> PushStats {
+        PushStats {
+            max,
+            running: Default::default(),
+            rows: AtomicU64::new(0),
+            slow_clients: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How handing one event to the client's buffer went.
+enum Handed {
+    Sent,
+    /// The client went away: its response (and the receiver) was dropped.
+    Gone,
+    /// The buffer stayed full for the slow-client timeout.
+    Stalled,
+}
+
+/// Puts `event` into the bounded buffer, waiting up to `stall` for room. A plain thread
+/// waits here (the query's), so it sleeps between tries rather than block on a future.
+fn hand(tx: &mpsc::Sender<Event>, mut event: Event, stall: Duration) -> Handed {
+    let since = Instant::now();
+    loop {
+        match tx.try_send(event) {
+            Ok(()) => return Handed::Sent,
+            Err(TrySendError::Closed(_)) => return Handed::Gone,
+            Err(TrySendError::Full(e)) if since.elapsed() < stall => {
+                event = e;
+                std::thread::sleep(PUSH_RETRY);
+            }
+            Err(TrySendError::Full(_)) => return Handed::Stalled,
+        }
+    }
+}
+
+/// The body of a push query's thread: polls the query and hands each row to the client's
+/// buffer until a LIMIT ends it, it fails, the client goes away or stops reading. The last
+/// event (`end` or `error`) goes on `last`, which the response sends after the buffered
+/// rows, so it is never refused for want of room.
+fn stream_rows(
+    mut query: Box<sluice_sql::engine::PushQuery>,
+    tx: mpsc::Sender<Event>,
+    last: oneshot::Sender<Event>,
+    stall: Duration,
+    stats: &PushStats,
+) {
+    let mut sent = 0u64;
+    let error = |message: String| Event::default().event("error").data(message);
+    let end = loop {
+        if query.done() {
+            let end = json!({ "rows": sent, "undecodable_records_skipped": query.rejected() });
+            break Event::default().event("end").data(end.to_string());
+        }
+        if tx.is_closed() {
+            return;
+        }
+        let batch = match query.poll(PUSH_POLL) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => continue,
+            Err(e) => break error(e.to_string()),
+        };
+        let rows = match rows(&[batch]) {
+            Ok(rows) => rows,
+            Err(e) => break error(e.1),
+        };
+        let mut stalled = false;
+        for r in rows {
+            match hand(
+                &tx,
+                Event::default().event("row").data(r.to_string()),
+                stall,
+            ) {
+                Handed::Sent => {
+                    sent += 1;
+                    stats.rows.fetch_add(1, Ordering::Relaxed);
+                }
+                Handed::Gone => return,
+                Handed::Stalled => {
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        if stalled {
+            stats.slow_clients.fetch_add(1, Ordering::Relaxed);
+            break error(format!(
+                "the client did not read: {PUSH_BUFFER} rows waited for it for {stall:?}, so the query stopped after {sent} rows (read faster, or add a LIMIT)"
+            ));
+        }
+    };
+    let _ = last.send(end);
+}
+
+/// Runs one push query and streams its rows until the client disconnects, a LIMIT ends it
+/// or the client stops reading for the slow-client timeout.
+///
+/// ```text
+///  query thread: poll ─► rows ─► try_send ─► [bounded buffer: PUSH_BUFFER] ─► SSE response
+///                   └─────── end / error ─► oneshot ─────────────────────────► last event
+/// ```
+///
+/// The query runs on a thread of its own, since its consumer blocks while it waits for
+/// records; the async side only awaits the buffer. A full buffer stops the thread (it stops
+/// reading the log, where the rows wait), so memory stays bounded whatever the client does;
+/// a dropped connection closes the buffer and the thread ends within [`PUSH_POLL`].
 pub async fn push_query(
     State(state): State<ApiState>,
     body: String,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // Each stream holds a thread of the blocking pool, which `/health` and `/ingest` need too.
     let permit = Arc::clone(&state.push_queries)
         .try_acquire_owned()
         .map_err(|_| {
@@ -93,7 +225,9 @@ pub async fn push_query(
             )
         })?;
     let sql = statement_text(&body);
-    let mut query = blocking(move || {
+    let stall = state.slow_client_timeout;
+    let stats = Arc::clone(&state.push_stats);
+    let query = blocking(move || {
         let outputs = execute(&state, &sql)?;
         match outputs.into_iter().last() {
             Some(Output::Push(q)) => Ok(q),
@@ -103,37 +237,25 @@ pub async fn push_query(
         }
     })
     .await?;
-    // Bounded: a slow client slows the query's polling instead of buffering without end.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut sent = 0usize;
-        while !query.done() && !tx.is_closed() {
-            match query.poll(Duration::from_millis(200)) {
-                Ok(Some(batch)) => {
-                    let Ok(rows) = rows(&[batch]) else { break };
-                    for r in rows {
-                        sent += 1;
-                        let event = Event::default().event("row").data(r.to_string());
-                        if tx.blocking_send(event).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Event::default().event("error").data(e.to_string()));
-                    return;
-                }
-            }
-        }
-        let end = json!({ "rows": sent, "undecodable_records_skipped": query.rejected() });
-        let _ = tx.blocking_send(Event::default().event("end").data(end.to_string()));
-    });
-    let stream =
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let (tx, rx) = mpsc::channel::<Event>(PUSH_BUFFER);
+    let (last_tx, last_rx) = oneshot::channel::<Event>();
+    stats.running.fetch_add(1, Ordering::SeqCst);
+    let thread_stats = Arc::clone(&stats);
+    let spawned = std::thread::Builder::new()
+        .name("sluice-push-query".into())
+        .spawn(move || {
+            let _permit = permit;
+            stream_rows(query, tx, last_tx, stall, &thread_stats);
+            thread_stats.running.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        stats.running.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::retry_later(format!(
+            "cannot start a thread for the push query: {e}"
+        )));
+    }
+    let rows =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let last = futures::stream::once(last_rx).filter_map(|e| std::future::ready(e.ok()));
+    Ok(Sse::new(rows.chain(last).map(Ok)).keep_alive(KeepAlive::default()))
 }

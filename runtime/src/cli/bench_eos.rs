@@ -142,12 +142,12 @@ object-store = {{ url = "file://{objects}", format = "parquet", flush-records = 
     let file = run.join("bench.toml");
     std::fs::write(&file, pipeline)
         .map_err(|e| CliError::io(format!("write {}", file.display()), e))?;
-    let p = crate::pipeline::load(&file).map_err(CliError::Usage)?;
+    let p = crate::pipeline::load(&file)?;
     let log = Log::open(run.join("data"), LogOptions::default())?;
     let engine = Engine::open(&log).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut worker = Worker::new(&log, engine);
     let start = Instant::now();
-    worker.deploy(&p).map_err(CliError::Usage)?;
+    worker.deploy(&p)?;
     let aggregate = worker
         .engine()
         .catalog()

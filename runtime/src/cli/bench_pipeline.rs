@@ -137,7 +137,7 @@ object-store = {{ url = "{url}", format = "parquet", flush-records = 250000, flu
         let file = dir.join("bench.toml");
         std::fs::write(&file, pipeline)
             .map_err(|e| CliError::io(format!("write {}", file.display()), e))?;
-        let p = crate::pipeline::load(&file).map_err(CliError::Usage)?;
+        let p = crate::pipeline::load(&file)?;
         let log = Log::open(dir.join("data"), LogOptions::default())?;
         let engine = Engine::open(&log).map_err(|e| CliError::Usage(e.to_string()))?;
         let mut worker = Worker::new(&log, engine);
@@ -146,7 +146,7 @@ object-store = {{ url = "{url}", format = "parquet", flush-records = 250000, flu
             self.records, self.partitions
         );
         let start = Instant::now();
-        worker.deploy(&p).map_err(CliError::Usage)?;
+        worker.deploy(&p)?;
         let group = crate::worker::sink_group(&p.name, "events-parquet");
         let mut last_report = Instant::now();
         loop {

@@ -37,6 +37,24 @@ pub enum CliError {
     /// Bad arguments or input.
     #[error("{0}")]
     Usage(String),
+    /// A pipeline file that does not load or validate.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    /// A pipeline that did not deploy.
+    #[error(transparent)]
+    Deploy(#[from] crate::worker::DeployError),
+    /// The pipelines folder and the worker could not be brought in step.
+    #[error(transparent)]
+    Deployer(Box<crate::deployer::DeployerError>),
+    /// The API server did not start.
+    #[error(transparent)]
+    Serve(#[from] crate::api::ServeError),
+}
+
+impl From<crate::deployer::DeployerError> for CliError {
+    fn from(e: crate::deployer::DeployerError) -> CliError {
+        CliError::Deployer(Box::new(e))
+    }
 }
 
 impl CliError {

@@ -36,7 +36,7 @@ impl PipelinesCommand {
                 let mut failed = Vec::new();
                 for f in &files {
                     let checked = crate::pipeline::load(f).and_then(|p| {
-                        crate::pipeline::build_check(&p).map_err(|e| p.redact(&e))?;
+                        crate::pipeline::build_check(&p).map_err(|e| e.redact(&p.secrets))?;
                         Ok(p)
                     });
                     match checked {
@@ -52,7 +52,7 @@ impl PipelinesCommand {
                                 .as_deref()
                                 .map_or(0, |s| sluice_sql::parse(s).map_or(0, |v| v.len()))
                         ),
-                        Err(e) => failed.push(e),
+                        Err(e) => failed.push(e.to_string()),
                     }
                 }
                 match failed.len() {

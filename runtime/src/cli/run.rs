@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Seconds a request's body may take to arrive after its headers (408 after).
     #[arg(long, default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Seconds a push query waits for a client that does not read its rows before it stops
+    /// the query with a final `error` event.
+    #[arg(long, default_value_t = 30)]
+    pub slow_client_timeout_secs: u64,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
@@ -124,6 +128,7 @@ impl RunArgs {
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             max_push_queries: self.max_push_queries,
             body_read_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            slow_client_timeout: Duration::from_secs(self.slow_client_timeout_secs.max(1)),
         };
         let state = ApiState::new(
             Arc::clone(&deployer),
@@ -133,7 +138,7 @@ impl RunArgs {
             &limits,
         );
         let ready = Arc::clone(&state.ready);
-        let server = serve(self.listen, state, limits).map_err(CliError::Usage)?;
+        let server = serve(self.listen, state, limits)?;
         let api = format!("http://{}", server.addr);
         let worker_file = data_dir.join(WORKER_FILE);
         std::fs::write(
@@ -141,7 +146,7 @@ impl RunArgs {
             serde_json::json!({ "api": api, "pid": std::process::id() }).to_string(),
         )
         .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
-        for line in deployer.lock().sync().map_err(CliError::Usage)? {
+        for line in deployer.lock().sync()? {
             eprintln!("{line}");
         }
         ready.store(true, Ordering::SeqCst);
