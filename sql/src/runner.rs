@@ -330,6 +330,7 @@ impl Task {
             merger: Merger::default(),
             open_since: None,
             rejected_in_epoch: 0,
+            full: false,
         };
         sluice_task::run_epochs(ctx, self.config.commit_interval, &mut run)
     }
@@ -348,6 +349,8 @@ struct QueryRun<'a> {
     open_since: Option<Instant>,
     /// Rejections in the open epoch (one warning per epoch, not per record).
     rejected_in_epoch: u64,
+    /// The last step took as many records as it may: more may be ready.
+    full: bool,
 }
 
 impl Epochs for QueryRun<'_> {
@@ -359,7 +362,14 @@ impl Epochs for QueryRun<'_> {
             wait.sleep(wait.remaining());
             return Ok(());
         }
-        self.merger.add(self.consumer.poll(wait.remaining())?);
+        // When the last step took a full batch, the merger may hold more that is ready:
+        // look for new input without waiting for it.
+        let timeout = if self.full {
+            Duration::ZERO
+        } else {
+            wait.remaining()
+        };
+        self.merger.add(self.consumer.poll(timeout)?);
         let behind: Vec<u32> = if self.partitions > 1 {
             self.consumer
                 .lag()?
@@ -371,6 +381,7 @@ impl Epochs for QueryRun<'_> {
             Vec::new()
         };
         let records = self.merger.take(self.task.config.max_poll_records, &behind);
+        self.full = records.len() == self.task.config.max_poll_records;
         if records.is_empty() {
             return Ok(());
         }
