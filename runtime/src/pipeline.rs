@@ -3,7 +3,7 @@
 //! ```toml
 //! name = "rides"                      # default: the file name without .toml
 //! guarantee = "exactly-once"          # or "at-least-once"
-//! commit-interval = "1s"              # how often sources, queries and sinks commit
+//! commit-interval = "100ms"           # how often sources, queries and sinks commit
 //! sql = """                            # top-level keys come before the first [[table]]
 //! CREATE STREAM IF NOT EXISTS rides (...) WITH (topic = 'rides');
 //! CREATE TABLE IF NOT EXISTS zone_fares AS SELECT ...;
@@ -104,8 +104,9 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub guarantee: Guarantee,
     /// How often sources, the pipeline's SQL queries and sinks commit an epoch (default
-    /// `"1s"`): results become visible downstream at most this late, and a crash redoes at
-    /// most this much work. An HTTP ingest source commits as soon as a request waits for
+    /// `"100ms"`, as Kafka Streams under exactly-once): results become visible downstream at
+    /// most this late (each stage of a pipeline adds up to one interval), and a crash redoes
+    /// at most this much work. An HTTP ingest source commits as soon as a request waits for
     /// its answer (requests arriving together share a commit).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Interval,
@@ -144,7 +145,7 @@ fn one() -> u32 {
 }
 
 fn default_commit_interval() -> Interval {
-    Interval(std::time::Duration::from_secs(1))
+    Interval(sluice_sql::runner::DEFAULT_COMMIT_INTERVAL)
 }
 
 /// A source: a name, the topic it writes, and exactly one connector table.
@@ -704,7 +705,7 @@ file = { path = "out" }
         assert_eq!(p.config.guarantee, Guarantee::ExactlyOnce);
         assert_eq!(
             p.config.commit_interval.0,
-            std::time::Duration::from_secs(1)
+            std::time::Duration::from_millis(100)
         );
     }
 

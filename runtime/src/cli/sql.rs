@@ -33,7 +33,7 @@ pub struct SqlArgs {
     #[arg(long)]
     pub serve: bool,
     /// How often persistent queries commit (results become visible), in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100)]
     pub commit_interval_ms: u64,
     /// RocksDB block cache shared by all query state, in MiB.
     #[arg(long, default_value_t = (sluice_state::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
