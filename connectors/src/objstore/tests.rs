@@ -428,3 +428,152 @@ fn config_is_checked_when_the_sink_is_built() {
     )
     .unwrap();
 }
+
+/// The recorded schema of the schema tests: what SQL's `(id BIGINT, seats INT, fare DOUBLE,
+/// zone VARCHAR, note VARCHAR)` records.
+fn recorded() -> sluice_log::RecordSchema {
+    use sluice_log::{FieldSchema, FieldType, RecordSchema};
+    RecordSchema::new(vec![
+        FieldSchema::new("id", FieldType::Int64),
+        FieldSchema::nullable("seats", FieldType::Int32),
+        FieldSchema::nullable("fare", FieldType::Float64),
+        FieldSchema::nullable("zone", FieldType::String),
+        FieldSchema::nullable("note", FieldType::String),
+    ])
+}
+
+/// An object's Arrow schema as its Parquet file records it.
+fn parquet_schema(bytes: &[u8]) -> arrow::datatypes::SchemaRef {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        Bytes::copy_from_slice(bytes),
+    )
+    .unwrap();
+    Arc::clone(builder.schema())
+}
+
+#[test]
+fn parquet_is_written_with_the_recorded_schema_and_values_that_do_not_fit_are_dead_letters() {
+    let store = Arc::new(InMemory::new());
+    let mut s = sink(
+        &store,
+        config(serde_json::json!({ "format": "parquet", "flush-records": 6 })),
+    );
+    s.open(Some(&recorded())).unwrap();
+    // Small ids, whole fares, no `note` anywhere: inference would say Int64, Int64 and no
+    // column; the recorded schema says Int64, Int32, Float64 and a `note` column.
+    let rejected = s
+        .write(&[
+            rec(0, 0, Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#)),
+            rec(1, 0, Some(r#"{"id": "one", "seats": 2, "fare": 3}"#)),
+            rec(2, 0, Some(r#"{"id": 2, "fare": 4}"#)),
+            rec(3, 0, None),
+            rec(4, 0, Some("not json")),
+            rec(5, 0, Some(r#"{"seats": 1}"#)),
+            rec(6, 0, Some(r#"{"id": 3, "seats": 1, "fare": 5.5}"#)),
+        ])
+        .unwrap();
+    let reasons: Vec<(Option<(u32, i64)>, &str)> =
+        rejected.iter().map(|r| (r.at, r.reason.as_str())).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[0].0, Some((0, 1)));
+    assert!(
+        reasons[0].1.starts_with("the value does not fit the topic's recorded schema")
+            && reasons[0].1.contains("field 'id'")
+            && reasons[0].1.contains("Int64"),
+        "{reasons:?}"
+    );
+    assert_eq!(rejected[0].raw, br#"{"id": "one", "seats": 2, "fare": 3}"#);
+    assert_eq!(rejected[0].origin, "t/0@1");
+    assert_eq!(reasons[1].0, Some((0, 4)));
+    assert!(reasons[1].1.contains("not a JSON object"), "{reasons:?}");
+    assert_eq!(reasons[2].0, Some((0, 5)), "a missing non-nullable field");
+    assert!(reasons[2].1.contains("id"), "{reasons:?}");
+
+    let objs = objects(store.as_ref());
+    let object = &objs["t/0/00000000000000000000.parquet"];
+    let expected = sluice_format::schema::to_arrow(&recorded()).unwrap();
+    assert_eq!(parquet_schema(object).as_ref(), &expected);
+    assert_eq!(
+        rows("x.parquet", object),
+        [
+            r#"{"id":1,"seats":2,"fare":3.0,"zone":"a"}"#,
+            r#"{"id":2,"fare":4.0}"#,
+            r#"{"id":3,"seats":1,"fare":5.5}"#,
+        ]
+    );
+    assert_eq!(s.flush().unwrap(), Durable::from([(0, 7)]));
+
+    // The same records in other writes give the same bytes (a replay after a crash).
+    let again = Arc::new(InMemory::new());
+    let mut s = sink(
+        &again,
+        config(serde_json::json!({ "format": "parquet", "flush-records": 6 })),
+    );
+    s.open(Some(&recorded())).unwrap();
+    let all = [
+        rec(0, 0, Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#)),
+        rec(1, 0, Some(r#"{"id": "one", "seats": 2, "fare": 3}"#)),
+        rec(2, 0, Some(r#"{"id": 2, "fare": 4}"#)),
+        rec(3, 0, None),
+        rec(4, 0, Some("not json")),
+        rec(5, 0, Some(r#"{"seats": 1}"#)),
+        rec(6, 0, Some(r#"{"id": 3, "seats": 1, "fare": 5.5}"#)),
+    ];
+    for r in &all {
+        s.write(std::slice::from_ref(r)).unwrap();
+    }
+    assert_eq!(objects(again.as_ref()), objs);
+}
+
+#[test]
+fn without_a_recorded_schema_parquet_columns_are_inferred() {
+    let store = Arc::new(InMemory::new());
+    let mut s = sink(
+        &store,
+        config(serde_json::json!({ "format": "parquet", "flush-records": 1 })),
+    );
+    s.open(None).unwrap();
+    s.write(&[rec(0, 0, Some(r#"{"id": 1, "fare": 3}"#))]).unwrap();
+    let objs = objects(store.as_ref());
+    let schema = parquet_schema(&objs["t/0/00000000000000000000.parquet"]);
+    assert_eq!(
+        schema.field_with_name("fare").unwrap().data_type(),
+        &arrow::datatypes::DataType::Int64,
+        "inference reads a whole number as an integer"
+    );
+}
+
+#[test]
+fn the_sink_meets_the_contract_with_a_recorded_schema() {
+    for envelope in [false, true] {
+        let stores = [(); 3].map(|()| Arc::new(InMemory::new()));
+        let c = config(serde_json::json!({
+            "format": "parquet", "envelope": envelope, "flush-records": 3,
+        }));
+        crate::conformance::sink_replays_are_idempotent_with(
+            Some(&crate::conformance::sample_schema()),
+            &|i| Box::new(sink(&stores[i], c.clone())),
+            &|i| output(stores[i].as_ref()),
+        );
+    }
+    // Envelope rows hold the value as a struct of the recorded schema.
+    let store = Arc::new(InMemory::new());
+    let mut s = sink(
+        &store,
+        config(serde_json::json!({ "format": "parquet", "envelope": true, "flush-records": 3 })),
+    );
+    s.open(Some(&crate::conformance::sample_schema())).unwrap();
+    let rejected = s
+        .write(&[rec(0, 5, Some(r#"{"v": 1}"#)), rec(1, 6, Some("nope")), rec(2, 7, None)])
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].raw, b"nope");
+    let objs = objects(store.as_ref());
+    assert_eq!(
+        rows("x.parquet", &objs["t/0/00000000000000000000.parquet"]),
+        [
+            r#"{"topic":"t","partition":0,"offset":0,"timestamp":5,"value":{"v":1}}"#,
+            r#"{"topic":"t","partition":0,"offset":2,"timestamp":7}"#,
+        ]
+    );
+}
