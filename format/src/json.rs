@@ -84,7 +84,10 @@ impl JsonDecoder {
 
     /// Decodes `values`, each one JSON object, into one batch; the first value that does not
     /// fit fails the whole batch (see [`JsonDecoder::decode_each`] to keep the others).
-    pub fn decode<'a>(&self, values: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
+    pub fn decode<'a>(
+        &self,
+        values: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<RecordBatch> {
         let n = values.len();
         let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
             // One more than expected: a value holding two objects shows up as an extra row
@@ -94,7 +97,9 @@ impl JsonDecoder {
             .build_decoder()?;
         for v in values {
             if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Err(FormatError::Invalid("the value is not a JSON object".into()));
+                return Err(FormatError::Invalid(
+                    "the value is not a JSON object".into(),
+                ));
             }
             let used = decoder.decode(v)?;
             if used < v.len() {
@@ -212,7 +217,10 @@ mod tests {
 
     #[test]
     fn validate_tells_objects_from_other_values() {
-        assert_eq!(validate(b" {\"a\": 1}").unwrap(), Kind::Object { empty: false });
+        assert_eq!(
+            validate(b" {\"a\": 1}").unwrap(),
+            Kind::Object { empty: false }
+        );
         assert_eq!(validate(b"{ }").unwrap(), Kind::Object { empty: true });
         assert_eq!(validate(b"[1]").unwrap(), Kind::Other);
         assert!(validate(b"{\"a\": ").is_err());
@@ -248,17 +256,26 @@ mod tests {
         let b = d.decode(ok.iter().copied()).unwrap();
         assert_eq!(b.column(1).as_string::<i32>().value(1), "3");
         assert!(d.decode(std::iter::once(&b"{\"id\": 1"[..])).is_err());
-        assert!(d.decode(std::iter::once(&b"{\"id\": 1} {\"id\": 2}"[..])).is_err());
+        assert!(
+            d.decode(std::iter::once(&b"{\"id\": 1} {\"id\": 2}"[..]))
+                .is_err()
+        );
     }
 
     #[test]
     fn inference_and_encoding() {
         let values: [&[u8]; 2] = [br#"{"a": 1, "b": "x"}"#, br#"{"a": 2}"#];
         let schema = infer_schema(values.iter().copied()).unwrap();
-        assert_eq!(schema.field_with_name("a").unwrap().data_type(), &DataType::Int64);
+        assert_eq!(
+            schema.field_with_name("a").unwrap().data_type(),
+            &DataType::Int64
+        );
         let d = JsonDecoder::new(Arc::new(schema));
         let b = d.decode(values.iter().copied()).unwrap();
         let rows = encode_rows(&b).unwrap();
-        assert_eq!(rows, [br#"{"a":1,"b":"x"}"#.to_vec(), br#"{"a":2}"#.to_vec()]);
+        assert_eq!(
+            rows,
+            [br#"{"a":1,"b":"x"}"#.to_vec(), br#"{"a":2}"#.to_vec()]
+        );
     }
 }

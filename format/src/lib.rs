@@ -14,6 +14,21 @@
 //!  RecordSchema ◄──schema::to_arrow / schema::from_arrow──► Arrow Schema
 //! ```
 //!
+//! # JSON parses per hop
+//!
+//! On the path HTTP ingest → topic → SQL filter → object-store Parquet, a record's JSON is
+//! parsed this many times per hop (each hop's module says why):
+//!
+//! | hop | parses |
+//! |---|---|
+//! | HTTP ingest, `application/json` | 1 (when submitted; the source takes the tree) |
+//! | HTTP ingest, NDJSON line | 1 |
+//! | file source, `json` | 1 (validated, or parsed into a tree when `key-field` reads it) |
+//! | SQL query (JSON stream) | 1 per batch (straight into Arrow); a batch with a bad record is decoded again record by record |
+//! | object-store sink, Parquet, recorded schema | 1 (straight into Arrow); again only for a write holding a misfit |
+//! | object-store sink, Parquet, no schema | 2 (validated, then decoded into the inferred schema; a sample of 1,000 once more to infer it) |
+//! | object-store sink / file sink, JSON lines | 1 (validated) / 0 (values as they are) |
+//!
 //! # Layout
 //!
 //! - [`json`]: validate a value, decode values into Arrow with a given schema, infer a schema

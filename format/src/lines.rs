@@ -116,15 +116,30 @@ mod tests {
     fn values_and_envelopes() {
         assert_eq!(value(&rec(Some("not json"))).unwrap(), b"not json");
         assert_eq!(value(&rec(None)), None);
-        assert_eq!(json_value(&rec(Some("[1,\n2]"))).unwrap().unwrap(), b"[1, 2]");
-        assert!(json_value(&rec(Some("nope"))).unwrap_err().starts_with("the value is not JSON"));
+        assert_eq!(
+            json_value(&rec(Some("[1,\n2]"))).unwrap().unwrap(),
+            b"[1, 2]"
+        );
+        assert!(
+            json_value(&rec(Some("nope")))
+                .unwrap_err()
+                .starts_with("the value is not JSON")
+        );
         assert_eq!(json_value(&rec(None)).unwrap(), None);
         assert_eq!(
             String::from_utf8(envelope(&rec(Some("{\"a\": 1}")))).unwrap(),
             r#"{"key":"k","offset":7,"partition":1,"timestamp":9,"topic":"t","value":{"a":1}}"#
         );
-        assert!(String::from_utf8(envelope(&rec(Some("x")))).unwrap().contains(r#""value":"x""#));
-        assert!(String::from_utf8(envelope(&rec(None))).unwrap().contains(r#""value":null"#));
+        assert!(
+            String::from_utf8(envelope(&rec(Some("x"))))
+                .unwrap()
+                .contains(r#""value":"x""#)
+        );
+        assert!(
+            String::from_utf8(envelope(&rec(None)))
+                .unwrap()
+                .contains(r#""value":null"#)
+        );
         let raw = envelope_raw(&rec(Some("{\"a\": 1}")));
         assert_eq!(
             String::from_utf8(raw.clone()).unwrap(),

@@ -164,8 +164,8 @@ mod tests {
 
     /// The rows of a Parquet file as JSON lines, and its Arrow schema.
     fn read(bytes: &[u8]) -> (Vec<String>, SchemaRef) {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(Bytes::copy_from_slice(bytes))
-            .unwrap();
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(Bytes::copy_from_slice(bytes)).unwrap();
         let schema = Arc::clone(builder.schema());
         let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
         for batch in builder.build().unwrap() {
@@ -181,7 +181,11 @@ mod tests {
         let lines = b"{\"a\": 1, \"b\": \"x\", \"c\": [1, 2], \"d\": null}\n{\"a\": 2.5, \"c\": [], \"e\": {\"f\": true}}\n";
         let one = from_json_lines(lines, None).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(one, from_json_lines(lines, None).unwrap(), "no clock in the file");
+        assert_eq!(
+            one,
+            from_json_lines(lines, None).unwrap(),
+            "no clock in the file"
+        );
         assert_eq!(
             read(&one).0,
             [
@@ -191,7 +195,10 @@ mod tests {
         );
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Float64, true)]));
         let with = from_json_lines(lines, Some(Arc::clone(&schema))).unwrap();
-        assert_eq!(with, from_json_lines(lines, Some(Arc::clone(&schema))).unwrap());
+        assert_eq!(
+            with,
+            from_json_lines(lines, Some(Arc::clone(&schema))).unwrap()
+        );
         let decoder = JsonDecoder::new(Arc::clone(&schema));
         let batch = decoder
             .decode(split_lines(lines).collect::<Vec<_>>().into_iter())
@@ -205,8 +212,11 @@ mod tests {
             Field::new("n", DataType::Int64, false),
             Field::new("x", DataType::Float64, true),
         ]));
-        let bytes = from_json_lines(b"{\"n\": 1, \"x\": 2}\n{\"n\": 2}\n", Some(Arc::clone(&schema)))
-            .unwrap();
+        let bytes = from_json_lines(
+            b"{\"n\": 1, \"x\": 2}\n{\"n\": 2}\n",
+            Some(Arc::clone(&schema)),
+        )
+        .unwrap();
         let (rows, got) = read(&bytes);
         assert_eq!(got, schema);
         assert_eq!(rows, [r#"{"n":1,"x":2.0}"#, r#"{"n":2}"#]);

@@ -152,11 +152,9 @@ fn type_from(ty: &DataType, path: &str) -> Result<FieldType> {
     };
     Ok(match ty {
         DataType::Boolean => FieldType::Boolean,
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::UInt8
-        | DataType::UInt16 => FieldType::Int32,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => {
+            FieldType::Int32
+        }
         DataType::Int64 | DataType::UInt32 => FieldType::Int64,
         DataType::Float16 | DataType::Float32 => FieldType::Float32,
         DataType::Float64 => FieldType::Float64,
@@ -281,7 +279,10 @@ mod tests {
                     "labels",
                     FieldType::map(FieldType::array(FieldType::Date, true), true),
                 ),
-                FieldSchema::nullable("inner", FieldType::Struct(vec![FieldSchema::new("x", FieldType::Int32)])),
+                FieldSchema::nullable(
+                    "inner",
+                    FieldType::Struct(vec![FieldSchema::new("x", FieldType::Int32)]),
+                ),
             ]),
         ));
         RecordSchema::new(fields)
@@ -325,11 +326,20 @@ mod tests {
     #[test]
     fn arrow_types_widen_or_are_refused_with_the_field() {
         assert_eq!(type_from_arrow(&DataType::Int8).unwrap(), FieldType::Int32);
-        assert_eq!(type_from_arrow(&DataType::UInt32).unwrap(), FieldType::Int64);
-        assert_eq!(type_from_arrow(&DataType::LargeUtf8).unwrap(), FieldType::String);
         assert_eq!(
-            type_from_arrow(&DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())))
-                .unwrap(),
+            type_from_arrow(&DataType::UInt32).unwrap(),
+            FieldType::Int64
+        );
+        assert_eq!(
+            type_from_arrow(&DataType::LargeUtf8).unwrap(),
+            FieldType::String
+        );
+        assert_eq!(
+            type_from_arrow(&DataType::Timestamp(
+                TimeUnit::Millisecond,
+                Some("UTC".into())
+            ))
+            .unwrap(),
             FieldType::TimestampMillis
         );
         let nested = Schema::new(vec![Field::new(
@@ -348,6 +358,11 @@ mod tests {
                 scale: 0,
             },
         )]);
-        assert!(to_arrow(&wide).unwrap_err().to_string().starts_with("field d:"));
+        assert!(
+            to_arrow(&wide)
+                .unwrap_err()
+                .to_string()
+                .starts_with("field d:")
+        );
     }
 }

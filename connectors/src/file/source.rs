@@ -14,7 +14,6 @@ use sluice_log::Record;
 
 use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, Wait};
 
-
 /// How a file's lines become records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -564,5 +563,4 @@ mod tests {
             },
         );
     }
-
 }

@@ -168,11 +168,7 @@ impl IngestHandle {
             )
         };
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            body,
-            key,
-            reply,
-        };
+        let request = Request { body, key, reply };
         match self.queue.try_send(request) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(IngestError::Busy(self.topic.clone())),
@@ -265,26 +261,29 @@ impl IngestSource {
             duplicate: false,
         };
         // Items borrowed from a parsed document, or parsed from a line: never parsed twice.
-        let values: Vec<(usize, std::result::Result<Cow<'_, serde_json::Value>, String>, &[u8])> =
-            match &r.body {
-                Body::Lines(body) => body
-                    .split(|b| *b == b'\n')
-                    .enumerate()
-                    .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
-                    .map(|(i, l)| {
-                        let v = serde_json::from_slice(l)
-                            .map(Cow::Owned)
-                            .map_err(|e| format!("not JSON: {e}"));
-                        (i + 1, v, l)
-                    })
-                    .collect(),
-                Body::Document(serde_json::Value::Array(items)) => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (i + 1, Ok(Cow::Borrowed(v)), &[][..]))
-                    .collect(),
-                Body::Document(v) => vec![(1, Ok(Cow::Borrowed(v)), &[][..])],
-            };
+        let values: Vec<(
+            usize,
+            std::result::Result<Cow<'_, serde_json::Value>, String>,
+            &[u8],
+        )> = match &r.body {
+            Body::Lines(body) => body
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
+                .map(|(i, l)| {
+                    let v = serde_json::from_slice(l)
+                        .map(Cow::Owned)
+                        .map_err(|e| format!("not JSON: {e}"));
+                    (i + 1, v, l)
+                })
+                .collect(),
+            Body::Document(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i + 1, Ok(Cow::Borrowed(v)), &[][..]))
+                .collect(),
+            Body::Document(v) => vec![(1, Ok(Cow::Borrowed(v)), &[][..])],
+        };
         let now = sluice_log::record::now_ms();
         for (n, v, raw) in values {
             let origin = format!("POST /ingest/{} request {id} item {n}", self.topic);

@@ -179,7 +179,9 @@ impl ObjectStoreSink {
                 return Ok(None);
             };
             let kind = match &value {
-                Some(Value::Object(m)) => json::Kind::Object { empty: m.is_empty() },
+                Some(Value::Object(m)) => json::Kind::Object {
+                    empty: m.is_empty(),
+                },
                 Some(_) => json::Kind::Other,
                 None => json::validate(v).map_err(|e| format!("the value is not JSON: {e}"))?,
             };
@@ -227,7 +229,13 @@ impl ObjectStoreSink {
                 Ok(Some(encoded)) => encoded,
                 Ok(None) => continue,
                 Err(reason) => {
-                    rejected.push(reject(r.partition, &r.topic, r.offset, r.value.as_deref(), reason));
+                    rejected.push(reject(
+                        r.partition,
+                        &r.topic,
+                        r.offset,
+                        r.value.as_deref(),
+                        reason,
+                    ));
                     continue;
                 }
             };
@@ -435,7 +443,13 @@ impl ObjectStoreSink {
 }
 
 /// A record the sink cannot write, for the dead-letter topic.
-fn reject(partition: u32, topic: &str, offset: i64, raw: Option<&[u8]>, reason: String) -> Rejected {
+fn reject(
+    partition: u32,
+    topic: &str,
+    offset: i64,
+    raw: Option<&[u8]>,
+    reason: String,
+) -> Rejected {
     Rejected {
         origin: format!("{topic}/{partition}@{offset}"),
         raw: raw.unwrap_or_default().to_vec(),

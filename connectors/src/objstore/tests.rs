@@ -463,7 +463,11 @@ fn parquet_is_written_with_the_recorded_schema_and_values_that_do_not_fit_are_de
     // column; the recorded schema says Int64, Int32, Float64 and a `note` column.
     let rejected = s
         .write(&[
-            rec(0, 0, Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#)),
+            rec(
+                0,
+                0,
+                Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#),
+            ),
             rec(1, 0, Some(r#"{"id": "one", "seats": 2, "fare": 3}"#)),
             rec(2, 0, Some(r#"{"id": 2, "fare": 4}"#)),
             rec(3, 0, None),
@@ -477,7 +481,9 @@ fn parquet_is_written_with_the_recorded_schema_and_values_that_do_not_fit_are_de
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert_eq!(reasons[0].0, Some((0, 1)));
     assert!(
-        reasons[0].1.starts_with("the value does not fit the topic's recorded schema")
+        reasons[0]
+            .1
+            .starts_with("the value does not fit the topic's recorded schema")
             && reasons[0].1.contains("field 'id'")
             && reasons[0].1.contains("Int64"),
         "{reasons:?}"
@@ -511,7 +517,11 @@ fn parquet_is_written_with_the_recorded_schema_and_values_that_do_not_fit_are_de
     );
     s.open(Some(&recorded())).unwrap();
     let all = [
-        rec(0, 0, Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#)),
+        rec(
+            0,
+            0,
+            Some(r#"{"id": 1, "seats": 2, "fare": 3, "zone": "a", "extra": true}"#),
+        ),
         rec(1, 0, Some(r#"{"id": "one", "seats": 2, "fare": 3}"#)),
         rec(2, 0, Some(r#"{"id": 2, "fare": 4}"#)),
         rec(3, 0, None),
@@ -533,7 +543,8 @@ fn without_a_recorded_schema_parquet_columns_are_inferred() {
         config(serde_json::json!({ "format": "parquet", "flush-records": 1 })),
     );
     s.open(None).unwrap();
-    s.write(&[rec(0, 0, Some(r#"{"id": 1, "fare": 3}"#))]).unwrap();
+    s.write(&[rec(0, 0, Some(r#"{"id": 1, "fare": 3}"#))])
+        .unwrap();
     let objs = objects(store.as_ref());
     let schema = parquet_schema(&objs["t/0/00000000000000000000.parquet"]);
     assert_eq!(
@@ -564,7 +575,11 @@ fn the_sink_meets_the_contract_with_a_recorded_schema() {
     );
     s.open(Some(&crate::conformance::sample_schema())).unwrap();
     let rejected = s
-        .write(&[rec(0, 5, Some(r#"{"v": 1}"#)), rec(1, 6, Some("nope")), rec(2, 7, None)])
+        .write(&[
+            rec(0, 5, Some(r#"{"v": 1}"#)),
+            rec(1, 6, Some("nope")),
+            rec(2, 7, None),
+        ])
         .unwrap();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].raw, b"nope");
