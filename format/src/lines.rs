@@ -150,7 +150,7 @@ mod tests {
             DataType::Int64,
             true,
         )])));
-        let decoded = crate::json::JsonDecoder::new(schema)
+        let decoded = json::JsonDecoder::new(schema)
             .decode(std::iter::once(&raw[..]))
             .unwrap();
         assert_eq!(decoded.num_rows(), 1);

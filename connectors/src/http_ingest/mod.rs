@@ -134,6 +134,14 @@ enum Body {
     Document(serde_json::Value),
 }
 
+/// One item of a body: its number, the value or why it is not one, and its raw bytes (for
+/// a dead letter).
+type Item<'a> = (
+    usize,
+    std::result::Result<Cow<'a, serde_json::Value>, String>,
+    &'a [u8],
+);
+
 /// The endpoint's side: submits request bodies to the source.
 #[derive(Debug, Clone)]
 pub struct IngestHandle {
@@ -261,11 +269,7 @@ impl IngestSource {
             duplicate: false,
         };
         // Items borrowed from a parsed document, or parsed from a line: never parsed twice.
-        let values: Vec<(
-            usize,
-            std::result::Result<Cow<'_, serde_json::Value>, String>,
-            &[u8],
-        )> = match &r.body {
+        let values: Vec<Item<'_>> = match &r.body {
             Body::Lines(body) => body
                 .split(|b| *b == b'\n')
                 .enumerate()
