@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -26,17 +27,24 @@ const BATCH_ROWS: usize = 8192;
 const SCHEMA_SAMPLE_ROWS: usize = 1000;
 
 /// Writes `batches` (all of `schema`) as one Parquet file.
+///
+/// The bytes depend only on the rows, not on how they are split into batches: the writer
+/// checks page sizes between the batches it is given, so the rows are handed to it in slices
+/// of a fixed size. A sink that decoded an object's records over several writes (of any
+/// sizes) therefore writes the same object as a replay that decoded them in one.
 pub fn write(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
-    let mut expected = 0;
-    for batch in batches {
-        expected += batch.num_rows();
-        writer.write(batch)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
+    let all = concat_batches(&schema, batches)?;
+    let mut offset = 0;
+    while offset < all.num_rows() {
+        let len = BATCH_ROWS.min(all.num_rows() - offset);
+        writer.write(&all.slice(offset, len))?;
+        offset += len;
     }
-    finish(writer, expected)
+    finish(writer, all.num_rows())
 }
 
 /// Closes the file; refuses to lose rows (a row without columns is no row in Parquet).
@@ -203,7 +211,47 @@ mod tests {
         let batch = decoder
             .decode(split_lines(lines).collect::<Vec<_>>().into_iter())
             .unwrap();
-        assert_eq!(write(schema, &[batch]).unwrap(), with, "one encoder");
+        assert_eq!(
+            write(Arc::clone(&schema), &[batch]).unwrap(),
+            with,
+            "one encoder"
+        );
+    }
+
+    #[test]
+    fn batch_boundaries_do_not_change_the_bytes() {
+        // Enough rows and bytes for several pages per column: the writer checks page sizes
+        // between batches, so unequal splits would cut pages elsewhere without the slicing.
+        let lines: Vec<u8> = (0..30_000)
+            .flat_map(|i| {
+                format!(
+                    "{{\"n\": {i}, \"s\": \"row {i} {}\"}}\n",
+                    "x".repeat(i % 97)
+                )
+                .into_bytes()
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let values: Vec<&[u8]> = split_lines(&lines).collect();
+        let decoder = JsonDecoder::new(Arc::clone(&schema));
+        let whole = decoder.decode(values.iter().copied()).unwrap();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for size in [1, 7, 5000, 3, 10_000, 123].iter().cycle() {
+            if at >= values.len() {
+                break;
+            }
+            let end = (at + size).min(values.len());
+            pieces.push(decoder.decode(values[at..end].iter().copied()).unwrap());
+            at = end;
+        }
+        assert_eq!(
+            write(Arc::clone(&schema), &pieces).unwrap(),
+            write(schema, &[whole]).unwrap()
+        );
     }
 
     #[test]
