@@ -80,6 +80,30 @@ pub fn sink_replays_are_idempotent(
     make: &dyn Fn(usize) -> Box<dyn Sink>,
     output: &dyn Fn(usize) -> Vec<(String, String)>,
 ) {
+    sink_replays_are_idempotent_with(None, make, output);
+}
+
+/// The schema of [`sample_records`]' values: `v` BIGINT, `name` VARCHAR.
+pub fn sample_schema() -> sluice_log::RecordSchema {
+    use sluice_log::{FieldSchema, FieldType, RecordSchema};
+    RecordSchema::new(vec![
+        FieldSchema::new("v", FieldType::Int64),
+        FieldSchema::nullable("name", FieldType::String),
+    ])
+}
+
+/// [`sink_replays_are_idempotent`] with every sink opened with `schema` (as the worker opens
+/// a sink with its topic's recorded value schema).
+pub fn sink_replays_are_idempotent_with(
+    schema: Option<&sluice_log::RecordSchema>,
+    make: &dyn Fn(usize) -> Box<dyn Sink>,
+    output: &dyn Fn(usize) -> Vec<(String, String)>,
+) {
+    let make = |i: usize| -> Box<dyn Sink> {
+        let mut sink = make(i);
+        sink.open(schema).unwrap();
+        sink
+    };
     let records = sample_records();
     let from = |d: &crate::Durable| -> Vec<ConsumerRecord> {
         let start = d.get(&0).copied().unwrap_or(0);

@@ -4,7 +4,7 @@
 //! ```text
 //!  files ─► Source::poll ─► records + position ─┐ one log transaction     ┌─► topic
 //!                                               └────────────────────────┴─► __sluice_source_positions
-//!  topic ─► (worker, read_committed) ─► Sink::write ─► Sink::flush (durable) ─► commit group offsets
+//!  topic ─► (worker, read_committed) ─► Sink::open(schema) ─► Sink::write ─► Sink::flush (durable) ─► commit group offsets
 //! ```
 //!
 //! A connector is a documented serde config that builds a task. The worker (in
@@ -17,7 +17,8 @@
 //! # Layout
 //!
 //! - [`file`]: the file source (tail files matching a glob: lines, JSON lines, CSV with a
-//!   header) and the file sink (JSON lines, rolled by size or record count).
+//!   header) and the file sink (JSON lines, rolled by size or record count): `file/source.rs`,
+//!   `file/sink.rs`.
 //! - [`config`]: config value types shared by connectors (durations).
 //! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
@@ -26,7 +27,12 @@
 //! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
 //!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
 //! - [`objstore`]: the object-store sink (s3://, gs://, az://, file://, memory://; JSON lines
-//!   or Parquet; partitioned paths; deterministic names).
+//!   or Parquet written with the topic's recorded schema; partitioned paths; deterministic
+//!   names): `objstore/config.rs`, `template.rs`, `sink.rs`, `store.rs`.
+//!
+//! Formats (JSON, CSV, lines, Parquet, record schemas as Arrow) are `sluice-format`'s; a
+//! connector only picks which to use. Each connector is a folder; its `mod.rs` says what it
+//! does and how many times it parses a record's JSON.
 
 pub mod config;
 pub mod conformance;
@@ -36,7 +42,7 @@ pub mod http_ingest;
 pub mod http_poll;
 pub mod objstore;
 
-use sluice_log::{ConsumerRecord, Record};
+use sluice_log::{ConsumerRecord, Record, RecordSchema};
 pub use sluice_task::Wait;
 
 pub use crate::error::{ConnectorError, Result};
@@ -127,7 +133,30 @@ pub type Durable = std::collections::BTreeMap<u32, i64>;
 /// are returned from `write` (the worker sends them to the dead-letter topic), never dropped.
 /// `flush` returns the offsets up to which the output is durable; a sink that buffers whole
 /// objects may return less than it was given.
+///
+/// Each attempt (a start or a restart of the task) calls [`Sink::open`] once, then `write` and
+/// `flush` as records come.
 pub trait Sink: Send {
+    /// Starts an attempt. Called once per attempt, before its first `write`, with the
+    /// topic's latest recorded value schema (`None` when the topic has none), looked up when
+    /// the attempt starts: a schema registered later applies from the next attempt.
+    ///
+    /// An implementor must:
+    /// - treat the schema as the shape of the values it is given (a sink writing typed
+    ///   output, such as Parquet, writes with it rather than guess one), and return a value
+    ///   that does not fit it from `write` as rejected, with the reason, never drop it;
+    /// - forget what it buffered before: the attempt's `write`s start again at offsets a
+    ///   `flush` returned, and must rebuild the same output (same records and schema, same
+    ///   bytes);
+    /// - do no external IO that a replay could not repeat (it may check a connection).
+    ///
+    /// An error ends the attempt; the task retries or fails as the error's kind says. The
+    /// default does nothing: sinks that write values as they are ignore the schema.
+    fn open(&mut self, schema: Option<&RecordSchema>) -> Result<()> {
+        let _ = schema;
+        Ok(())
+    }
+
     /// Writes records (may buffer); returns those it cannot write, with the reason.
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>>;
 

@@ -1,4 +1,5 @@
-//! Record formats: decoding topic records into Arrow batches and encoding batches back.
+//! SQL's mapping of records to Arrow rows and back: declared columns, key columns and
+//! `rowtime`, on top of the format layer (`sluice-format`), which reads and writes the values.
 //!
 //! A source's Arrow schema is its declared columns plus `rowtime` (the record timestamp, ms).
 //! Key columns are read from the record key (its text, cast to the column type); the other
@@ -12,8 +13,11 @@
 //!
 //! A record that does not decode is not dropped: it is returned as [`Rejected`] with the
 //! reason, for the dead-letter topic, and the rest of the batch decodes normally.
+//!
+//! A query decodes each polled batch once: a JSON value is parsed once, straight into Arrow
+//! columns. Only when a batch holds a record that does not decode are its records decoded
+//! again one by one, to find it (so such a batch's values are parsed twice).
 
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -21,7 +25,15 @@ use datafusion::arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, S
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use sluice_format::json::JsonDecoder;
+use sluice_format::{FormatError, delimited, json};
+
 use crate::error::{Result, SqlError};
+
+/// A format error as SQL's: the reason, without Arrow's "Json error: " prefix.
+fn invalid(e: FormatError) -> SqlError {
+    SqlError::Invalid(json::reason(&e))
+}
 
 /// Name of the record-timestamp column every source has.
 pub const ROWTIME: &str = "rowtime";
@@ -120,6 +132,8 @@ pub struct RecordDecoder {
     schema: SchemaRef,
     /// The value columns only (what the value format holds).
     value_schema: SchemaRef,
+    /// For `JSON`: the decoder into `value_schema`.
+    json: JsonDecoder,
     /// Index in `schema` of each key column.
     key_columns: Vec<usize>,
 }
@@ -158,10 +172,12 @@ impl RecordDecoder {
                 "format RAW needs exactly one value column, of type VARCHAR or BYTES".into(),
             ));
         }
+        let value_schema = Arc::new(Schema::new(value_fields));
         Ok(RecordDecoder {
             format,
             schema: Arc::new(Schema::new(fields)),
-            value_schema: Arc::new(Schema::new(value_fields)),
+            json: JsonDecoder::new(Arc::clone(&value_schema)),
+            value_schema,
             key_columns: columns
                 .iter()
                 .enumerate()
@@ -259,41 +275,18 @@ impl RecordDecoder {
         }
         let value = |r: usize| records[r].value.unwrap_or_default();
         match self.format {
-            Format::Json => {
-                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.value_schema))
-                    .with_batch_size(rows.len().max(1))
-                    .with_coerce_primitive(true)
-                    .build_decoder()?;
-                for &r in rows {
-                    let v = value(r);
-                    let first = v.iter().find(|b| !b.is_ascii_whitespace());
-                    if first != Some(&b'{') {
-                        return Err(SqlError::Invalid("the value is not a JSON object".into()));
-                    }
-                    let used = decoder.decode(v)?;
-                    if used < v.len() {
-                        return Err(SqlError::Invalid(format!("bad JSON at byte {used}")));
-                    }
-                    // A newline ends the value, so a truncated object cannot merge with the next.
-                    decoder.decode(b"\n")?;
-                }
-                match decoder.flush()? {
-                    Some(b) if b.num_rows() == rows.len() => Ok(b),
-                    Some(b) => Err(SqlError::Invalid(format!(
-                        "expected {} JSON objects, decoded {}",
-                        rows.len(),
-                        b.num_rows()
-                    ))),
-                    None => Ok(RecordBatch::new_empty(Arc::clone(&self.value_schema))),
-                }
-            }
+            Format::Json => self
+                .json
+                .decode(rows.iter().map(|&r| value(r)))
+                .map_err(invalid),
             Format::Delimited => {
                 let n = self.value_schema.fields().len();
                 let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n];
                 for &r in rows {
-                    let text = std::str::from_utf8(value(r))
-                        .map_err(|e| SqlError::Invalid(format!("not UTF-8: {e}")))?;
-                    let fields = split_delimited(text.trim_end_matches(['\r', '\n']));
+                    let v = value(r);
+                    let v = v.strip_suffix(b"\n").unwrap_or(v);
+                    let v = v.strip_suffix(b"\r").unwrap_or(v);
+                    let fields = delimited::split(v).map_err(invalid)?;
                     if fields.len() != n {
                         return Err(SqlError::Invalid(format!(
                             "expected {n} values, found {}",
@@ -337,82 +330,12 @@ impl RecordDecoder {
     }
 }
 
-/// Splits one delimited line at commas outside double quotes; `""` inside quotes is a quote.
-fn split_delimited(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 /// Encodes each row of `batch` as a record value in `format`; key columns are left to the
 /// caller (they become the record key).
 pub fn encode_values(format: Format, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     match format {
-        Format::Json => {
-            let mut buf = Vec::new();
-            {
-                let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-                w.write(batch)?;
-                w.finish()?;
-            }
-            let rows: Vec<Vec<u8>> = buf
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect();
-            if rows.len() != batch.num_rows() {
-                return Err(SqlError::Plan(format!(
-                    "encoded {} rows of {}",
-                    rows.len(),
-                    batch.num_rows()
-                )));
-            }
-            Ok(rows)
-        }
-        Format::Delimited => {
-            let mut out = vec![Vec::new(); batch.num_rows()];
-            let formatters = batch
-                .columns()
-                .iter()
-                .map(|c| {
-                    datafusion::arrow::util::display::ArrayFormatter::try_new(
-                        c.as_ref(),
-                        &Default::default(),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for (row, line) in out.iter_mut().enumerate() {
-                for (i, f) in formatters.iter().enumerate() {
-                    if i > 0 {
-                        line.push(b',');
-                    }
-                    if batch.column(i).is_valid(row) {
-                        let v = f.value(row).to_string();
-                        if v.contains([',', '"', '\n']) {
-                            write!(line, "\"{}\"", v.replace('"', "\"\""))
-                                .map_err(|e| SqlError::Plan(e.to_string()))?;
-                        } else {
-                            line.extend_from_slice(v.as_bytes());
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        }
+        Format::Json => json::encode_rows(batch).map_err(|e| SqlError::Plan(e.to_string())),
+        Format::Delimited => delimited::encode_batch(batch).map_err(invalid),
         Format::Raw => {
             if batch.num_columns() != 1 {
                 return Err(SqlError::Invalid(format!(

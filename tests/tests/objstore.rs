@@ -514,3 +514,124 @@ object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "z
     got.dedup();
     assert_eq!(got.len(), expected, "every passing ride once");
 }
+
+/// A topic with a recorded schema: the sink writes Parquet with exactly its column types
+/// (inference would make the small `BIGINT` ids and the whole `DOUBLE` fares Int64, the
+/// `INT` seats Int64, and leave out the never-set `note`), and a record whose field has the
+/// wrong type is a dead letter with the reason, its partition and offset.
+#[test]
+fn a_recorded_schema_is_the_parquet_schema_and_misfits_are_dead_letters() {
+    use sluice_log::{FieldSchema, FieldType, RecordSchema};
+    let moto = Moto::start();
+    moto.bucket("typed");
+    let dir = tempfile::tempdir().unwrap();
+    let schema = RecordSchema::new(vec![
+        FieldSchema::new("id", FieldType::Int64),
+        FieldSchema::nullable("seats", FieldType::Int32),
+        FieldSchema::nullable("fare", FieldType::Float64),
+        FieldSchema::nullable("note", FieldType::String),
+    ]);
+    {
+        let log = sluice_log::Log::open(dir.path().join("data"), Default::default()).unwrap();
+        log.schemas()
+            .register(&sluice_log::value_subject("rides"), &schema)
+            .unwrap();
+        log.close().unwrap();
+    }
+    let mut lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"seats\": {}, \"fare\": {}}}\n",
+                i % 4,
+                i * 2
+            )
+        })
+        .collect();
+    lines.push_str("{\"id\": \"twenty\", \"seats\": 1, \"fare\": 1}\n");
+    std::fs::write(dir.path().join("rides.jsonl"), &lines).unwrap();
+    let file = dir.path().join("typed.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[topics]]
+name = "rides"
+
+[[sources]]
+name = "files"
+topic = "rides"
+file = {{ path = "rides.jsonl", format = "json" }}
+
+[[sinks]]
+name = "lake"
+topic = "rides"
+object-store = {{ url = "s3://typed/t", format = "parquet", flush-idle = "0s", options = {{ endpoint = "{}", allow_http = "true", region = "us-east-1", access_key_id = "test", secret_access_key = "test", virtual_hosted_style_request = "false" }} }}
+"#,
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
+    let start = Instant::now();
+    let (objects, got) = loop {
+        let objects = moto.objects("typed");
+        let got: Vec<String> = objects
+            .iter()
+            .flat_map(|(name, bytes)| rows(name, bytes))
+            .collect();
+        if got.len() >= 20 {
+            break (objects, got);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of 20 rows after 60 s",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let start = Instant::now();
+    let dead = loop {
+        let dead = crate::common::read_committed(&log, "typed.dlq");
+        if !dead.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    worker.shutdown();
+    drop(worker);
+    log.close().unwrap();
+
+    let expected = sluice_format::schema::to_arrow(&schema).unwrap();
+    for (name, bytes) in &objects {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+                .unwrap();
+        assert_eq!(reader.schema().as_ref(), &expected, "{name}");
+    }
+    let mut got = got;
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20, "every fitting ride once");
+    assert!(
+        got.contains(&r#"{"id":3,"seats":3,"fare":6.0}"#.to_string()),
+        "{got:?}"
+    );
+    assert_eq!(dead.len(), 1, "the ride with a text id is a dead letter");
+    let header = |key: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|h| h.key == key)
+            .map(|h| String::from_utf8_lossy(h.value.as_ref().unwrap()).into_owned())
+            .unwrap()
+    };
+    let why = header("sluice.error");
+    assert!(
+        why.contains("recorded schema") && why.contains("field 'id'"),
+        "{why}"
+    );
+    let at = header("sluice.source");
+    assert!(at.starts_with("rides/0@"), "{at}");
+    let value = dead[0].value.as_ref().unwrap();
+    assert_eq!(&value[..], br#"{"id": "twenty", "seats": 1, "fare": 1}"#);
+}

@@ -21,19 +21,19 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "sources[].file",
-        "connectors/src/file.rs",
+        "connectors/src/file/source.rs",
         "FileSourceConfig",
         "sources[].file.",
     ),
     (
         "sources[].http",
-        "connectors/src/http_ingest.rs",
+        "connectors/src/http_ingest/mod.rs",
         "HttpIngestConfig",
         "sources[].http.",
     ),
     (
         "sources[].http-poll",
-        "connectors/src/http_poll.rs",
+        "connectors/src/http_poll/mod.rs",
         "HttpPollSourceConfig",
         "sources[].http-poll.",
     ),
@@ -45,13 +45,13 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "sinks[].file",
-        "connectors/src/file.rs",
+        "connectors/src/file/sink.rs",
         "FileSinkConfig",
         "sinks[].file.",
     ),
     (
         "sinks[].object-store",
-        "connectors/src/objstore.rs",
+        "connectors/src/objstore/config.rs",
         "ObjectStoreSinkConfig",
         "sinks[].object-store.",
     ),

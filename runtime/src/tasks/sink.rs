@@ -130,6 +130,13 @@ impl SinkTask {
         self.take_over_legacy_offsets(&tps)?;
         self.check_offsets(&tps)?;
         consumer.assign(&tps)?;
+        // The schema as of this attempt: one registered later applies from the next one.
+        let schema = self
+            .log
+            .schemas()
+            .latest(&sluice_log::value_subject(&self.topic))
+            .map(|r| r.schema);
+        sink.open(schema.as_ref())?;
         // Offsets and the dead letters of the records they pass commit together.
         let producer = self.log.transactional_producer(
             &format!("sluice-sink-{}", self.group),

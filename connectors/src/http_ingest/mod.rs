@@ -18,10 +18,16 @@
 //! restarts too. A retry that arrives while its original is still uncommitted waits for the
 //! original's commit: `duplicate: true` always means "committed".
 //!
+//! Each body is parsed once: an `application/json` document when it is submitted (the
+//! endpoint answers 400 for one that does not parse, and the source takes the parsed tree),
+//! an NDJSON line by the source. Records hold each item re-serialized compactly (written, not
+//! parsed again); the key field is read from the same tree.
+//!
 //! The answer travels back on a `tokio::sync::oneshot` channel: the endpoint awaits it
 //! without holding a thread, so many requests can wait for one commit at no cost. The
 //! source's own thread only ever `send`s on it, which never blocks.
 
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
@@ -112,11 +118,29 @@ pub type IngestAnswer = oneshot::Receiver<std::result::Result<IngestAck, IngestE
 /// A request waiting for its records to commit.
 #[derive(Debug)]
 struct Request {
-    body: Bytes,
-    ndjson: bool,
+    body: Body,
     key: Option<String>,
     reply: Reply,
 }
+
+/// A request body as the source takes it.
+#[derive(Debug)]
+enum Body {
+    /// `application/x-ndjson`: lines, each parsed (once) by the source; a bad line is a dead
+    /// letter, the others are records.
+    Lines(Bytes),
+    /// `application/json`: the document, parsed (once) when it was submitted; an array's
+    /// items are records.
+    Document(serde_json::Value),
+}
+
+/// One item of a body: its number, the value or why it is not one, and its raw bytes (for
+/// a dead letter).
+type Item<'a> = (
+    usize,
+    std::result::Result<Cow<'a, serde_json::Value>, String>,
+    &'a [u8],
+);
 
 /// The endpoint's side: submits request bodies to the source.
 #[derive(Debug, Clone)]
@@ -141,18 +165,18 @@ impl IngestHandle {
         ndjson: bool,
         key: Option<String>,
     ) -> std::result::Result<IngestAnswer, IngestError> {
-        if !ndjson {
-            // A document that does not parse is the client's to fix: refuse it whole.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-                .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
-        }
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            body,
-            ndjson,
-            key,
-            reply,
+        let body = if ndjson {
+            Body::Lines(body)
+        } else {
+            // A document that does not parse is the client's to fix: refuse it whole. Parsed
+            // here, once: the source takes the tree, it does not parse the body again.
+            Body::Document(
+                serde_json::from_slice(&body)
+                    .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?,
+            )
         };
+        let (reply, answer) = oneshot::channel();
+        let request = Request { body, key, reply };
         match self.queue.try_send(request) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(IngestError::Busy(self.topic.clone())),
@@ -244,28 +268,26 @@ impl IngestSource {
             rejected: 0,
             duplicate: false,
         };
-        let values: Vec<(usize, std::result::Result<serde_json::Value, String>, &[u8])> =
-            if r.ndjson {
-                r.body
-                    .split(|b| *b == b'\n')
-                    .enumerate()
-                    .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
-                    .map(|(i, l)| {
-                        let v = serde_json::from_slice(l).map_err(|e| format!("not JSON: {e}"));
-                        (i + 1, v, l)
-                    })
-                    .collect()
-            } else {
-                match serde_json::from_slice::<serde_json::Value>(&r.body) {
-                    Ok(serde_json::Value::Array(items)) => items
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| (i + 1, Ok(v), &[][..]))
-                        .collect(),
-                    Ok(v) => vec![(1, Ok(v), &[][..])],
-                    Err(e) => vec![(1, Err(format!("not JSON: {e}")), &r.body[..])],
-                }
-            };
+        // Items borrowed from a parsed document, or parsed from a line: never parsed twice.
+        let values: Vec<Item<'_>> = match &r.body {
+            Body::Lines(body) => body
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
+                .map(|(i, l)| {
+                    let v = serde_json::from_slice(l)
+                        .map(Cow::Owned)
+                        .map_err(|e| format!("not JSON: {e}"));
+                    (i + 1, v, l)
+                })
+                .collect(),
+            Body::Document(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i + 1, Ok(Cow::Borrowed(v)), &[][..]))
+                .collect(),
+            Body::Document(v) => vec![(1, Ok(Cow::Borrowed(v)), &[][..])],
+        };
         let now = sluice_log::record::now_ms();
         for (n, v, raw) in values {
             let origin = format!("POST /ingest/{} request {id} item {n}", self.topic);

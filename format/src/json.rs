@@ -1,0 +1,281 @@
+//! JSON values: validating them, decoding them into Arrow with a given schema, inferring a
+//! schema from a sample, and encoding Arrow rows back as JSON values.
+//!
+//! Decoding goes straight from bytes to Arrow columns (arrow-json's tape decoder): one parse
+//! per value, no `serde_json::Value` in between.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use serde_json::Value;
+
+use crate::error::{FormatError, Result};
+
+/// What [`validate`] learned about a valid JSON value from its first tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An object; `empty` for `{}`.
+    Object {
+        /// Whether it has no fields.
+        empty: bool,
+    },
+    /// An array, string, number, boolean or null.
+    Other,
+}
+
+/// Checks that `value` is one JSON value without building it (no allocation per token), and
+/// says whether it is an object.
+pub fn validate(value: &[u8]) -> std::result::Result<Kind, serde_json::Error> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(value)?;
+    // Valid JSON that starts with `{` is an object; `{` then `}` is `{}`.
+    let mut tokens = value.iter().filter(|b| !b.is_ascii_whitespace());
+    Ok(match tokens.next() {
+        Some(b'{') => Kind::Object {
+            empty: tokens.next() == Some(&b'}'),
+        },
+        _ => Kind::Other,
+    })
+}
+
+/// Replaces line breaks by spaces: in valid JSON they only occur between tokens, where a
+/// space does as well, so the value fits on one line.
+pub fn one_line(value: &[u8]) -> Vec<u8> {
+    value
+        .iter()
+        .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b })
+        .collect()
+}
+
+/// Decodes JSON objects into Arrow batches of one schema.
+///
+/// Fields are matched by name; fields the schema does not have are ignored, missing ones are
+/// null (an error for a non-nullable column). Numbers and booleans are accepted for string
+/// columns and numeric strings for numeric columns (`coerce_primitive`), as ksqlDB does.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    schema: SchemaRef,
+}
+
+/// Values decoded one by one after a batch failed: the rows that fit and why the others did
+/// not.
+#[derive(Debug)]
+pub struct Decoded {
+    /// One row per value that fits, in input order.
+    pub batch: RecordBatch,
+    /// The input index of each row of `batch`.
+    pub rows: Vec<usize>,
+    /// `(input index, reason)` of each value that does not fit.
+    pub rejected: Vec<(usize, String)>,
+}
+
+impl JsonDecoder {
+    /// A decoder into `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        JsonDecoder { schema }
+    }
+
+    /// The schema of decoded batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `values`, each one JSON object, into one batch; the first value that does not
+    /// fit fails the whole batch (see [`JsonDecoder::decode_each`] to keep the others).
+    pub fn decode<'a>(
+        &self,
+        values: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<RecordBatch> {
+        let n = values.len();
+        let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
+            // One more than expected: a value holding two objects shows up as an extra row
+            // instead of stopping the decoder early.
+            .with_batch_size(n + 1)
+            .with_coerce_primitive(true)
+            .build_decoder()?;
+        for v in values {
+            if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(FormatError::Invalid(
+                    "the value is not a JSON object".into(),
+                ));
+            }
+            let used = decoder.decode(v)?;
+            if used < v.len() {
+                return Err(FormatError::Invalid(format!(
+                    "the value is not one JSON object: more after byte {used}"
+                )));
+            }
+            // A newline ends the value, so a truncated object cannot merge with the next.
+            decoder.decode(b"\n")?;
+            if decoder.has_partial_record() {
+                return Err(FormatError::Invalid(
+                    "the value is not JSON: it ends inside an object".into(),
+                ));
+            }
+        }
+        match decoder.flush()? {
+            Some(b) if b.num_rows() == n => Ok(b),
+            Some(b) => Err(FormatError::Invalid(format!(
+                "expected {n} JSON objects, decoded {}",
+                b.num_rows()
+            ))),
+            None if n == 0 => Ok(RecordBatch::new_empty(Arc::clone(&self.schema))),
+            None => Err(FormatError::Invalid(format!(
+                "expected {n} JSON objects, decoded none"
+            ))),
+        }
+    }
+
+    /// Decodes `values` as one batch and, only when that fails, one by one: the values that
+    /// fit still make one batch, the others come back with the reason (naming the field).
+    /// Each value is parsed once unless its batch had a bad value.
+    pub fn decode_each(&self, values: &[&[u8]]) -> Result<Decoded> {
+        if let Ok(batch) = self.decode(values.iter().copied()) {
+            return Ok(Decoded {
+                batch,
+                rows: (0..values.len()).collect(),
+                rejected: Vec::new(),
+            });
+        }
+        let mut good = Vec::new();
+        let mut rows = Vec::new();
+        let mut rejected = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match self.decode(std::iter::once(*v)) {
+                Ok(b) => {
+                    good.push(b);
+                    rows.push(i);
+                }
+                Err(e) => rejected.push((i, reason(&e))),
+            }
+        }
+        Ok(Decoded {
+            batch: concat_batches(&self.schema, &good)?,
+            rows,
+            rejected,
+        })
+    }
+}
+
+/// An error as a dead letter's reason: without Arrow's "Json error: " prefix.
+pub fn reason(e: &FormatError) -> String {
+    match e {
+        FormatError::Arrow(ArrowError::JsonError(m)) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Infers an Arrow schema from a sample of JSON values (each parsed once here). Fields are in
+/// the order of first appearance; numbers that were whole in the sample become `Int64`.
+pub fn infer_schema<'a>(sample: impl Iterator<Item = &'a [u8]>) -> Result<Schema> {
+    let values = sample.map(|l| {
+        serde_json::from_slice::<Value>(l).map_err(|e| ArrowError::JsonError(e.to_string()))
+    });
+    Ok(arrow_json::reader::infer_json_schema_from_iterator(values)?)
+}
+
+/// Encodes each row of `batch` as a JSON object (null columns left out).
+pub fn encode_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let rows: Vec<Vec<u8>> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if rows.len() != batch.num_rows() {
+        return Err(FormatError::Invalid(format!(
+            "encoded {} rows of {}",
+            rows.len(),
+            batch.num_rows()
+        )));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type};
+
+    use super::*;
+
+    fn decoder() -> JsonDecoder {
+        JsonDecoder::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ])))
+    }
+
+    #[test]
+    fn validate_tells_objects_from_other_values() {
+        assert_eq!(
+            validate(b" {\"a\": 1}").unwrap(),
+            Kind::Object { empty: false }
+        );
+        assert_eq!(validate(b"{ }").unwrap(), Kind::Object { empty: true });
+        assert_eq!(validate(b"[1]").unwrap(), Kind::Other);
+        assert!(validate(b"{\"a\": ").is_err());
+        assert!(validate(b"nope").is_err());
+        assert_eq!(one_line(b"{\"a\":\r\n1}"), b"{\"a\":  1}");
+    }
+
+    #[test]
+    fn decode_with_a_schema_rejects_a_wrong_typed_value_naming_the_field() {
+        let d = decoder();
+        let values: [&[u8]; 5] = [
+            br#"{"id": 1, "name": "a", "extra": [1]}"#,
+            br#"{"id": "x", "name": "b"}"#,
+            b"not json",
+            br#"{"name": "no id"}"#,
+            br#"{"id": 5}"#,
+        ];
+        let out = d.decode_each(&values).unwrap();
+        assert_eq!(out.rows, [0, 4]);
+        let ids = out.batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids, &Int64Array::from(vec![1, 5]));
+        assert_eq!(out.batch.column(1).as_string::<i32>().value(0), "a");
+        let reasons: Vec<(usize, &str)> =
+            out.rejected.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(reasons[0].0, 1);
+        assert!(reasons[0].1.contains("field 'id'"), "{reasons:?}");
+        assert!(reasons[0].1.contains("Int64"), "{reasons:?}");
+        assert_eq!(reasons[1], (2, "the value is not a JSON object"));
+        assert_eq!(reasons[2].0, 3);
+        assert!(reasons[2].1.contains("id"), "{reasons:?}");
+        // A batch that fits decodes in one go.
+        let ok: [&[u8]; 2] = [br#"{"id": 1}"#, br#"{"id": 2, "name": 3}"#];
+        let b = d.decode(ok.iter().copied()).unwrap();
+        assert_eq!(b.column(1).as_string::<i32>().value(1), "3");
+        assert!(d.decode(std::iter::once(&b"{\"id\": 1"[..])).is_err());
+        assert!(
+            d.decode(std::iter::once(&b"{\"id\": 1} {\"id\": 2}"[..]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn inference_and_encoding() {
+        let values: [&[u8]; 2] = [br#"{"a": 1, "b": "x"}"#, br#"{"a": 2}"#];
+        let schema = infer_schema(values.iter().copied()).unwrap();
+        assert_eq!(
+            schema.field_with_name("a").unwrap().data_type(),
+            &DataType::Int64
+        );
+        let d = JsonDecoder::new(Arc::new(schema));
+        let b = d.decode(values.iter().copied()).unwrap();
+        let rows = encode_rows(&b).unwrap();
+        assert_eq!(
+            rows,
+            [br#"{"a":1,"b":"x"}"#.to_vec(), br#"{"a":2}"#.to_vec()]
+        );
+    }
+}
