@@ -43,6 +43,29 @@ pub struct SourceDef {
 }
 
 impl SourceDef {
+    /// The schema of its record values, as recorded for its topic in the log's schema
+    /// registry (subject `<topic>-value`): the non-key columns, each nullable (a JSON value
+    /// may leave a column out). `None` unless the values are JSON objects: DELIMITED and RAW
+    /// values are not records a schema of fields describes to other readers.
+    pub fn value_schema(&self) -> Result<Option<sluice_log::RecordSchema>> {
+        if self.format != Format::Json {
+            return Ok(None);
+        }
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .filter(|(_, _, key)| !key)
+            .map(|(name, t, _)| Field::new(name, t.clone(), true))
+            .collect();
+        if fields.is_empty() {
+            // Every column is in the key: the values hold nothing a schema describes.
+            return Ok(None);
+        }
+        sluice_format::schema::from_arrow(&Schema::new(fields))
+            .map(Some)
+            .map_err(|e| SqlError::Invalid(format!("{}: its columns as a schema: {e}", self.name)))
+    }
+
     /// A decoder for its records.
     pub fn decoder(&self) -> Result<RecordDecoder> {
         RecordDecoder::new(self.format, &self.columns)

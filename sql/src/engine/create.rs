@@ -24,12 +24,18 @@ impl Engine {
     ) -> Result<Output> {
         let def = source_def(kind, name, columns, properties, text)?;
         let topic = def.topic.clone();
+        let schema = def.value_schema()?;
         let created = self.catalog.create(
             def,
             partitions_property(properties)?,
             if_not_exists,
             or_replace,
         )?;
+        if created {
+            if let Some(schema) = schema {
+                self.declare_schema(name, &topic, &schema);
+            }
+        }
         Ok(Output::Message(if created {
             format!("{} {name} created on topic {topic}.", capitalized(kind))
         } else {
@@ -148,7 +154,18 @@ impl Engine {
             None if self.log.topic(&topic).is_ok() => None,
             None => Some(self.log.topic(&compiled.source.topic)?.partition_count()),
         };
+        // The query writes the topic: its schema is the topic's from now on, and one that
+        // older records' readers could not follow (a column's type changed) is refused here,
+        // before anything is created.
+        let subject = sluice_log::value_subject(&topic);
+        let schema = def.value_schema()?;
+        if let Some(schema) = &schema {
+            self.log.schemas().check_compatibility(&subject, schema)?;
+        }
         self.catalog.create(def, partitions, false, false)?;
+        if let Some(schema) = &schema {
+            self.log.schemas().register(&subject, schema)?;
+        }
         let id = self.catalog.next_query_id(
             if kind == SourceKind::Stream {
                 "CSAS"
@@ -168,6 +185,34 @@ impl Engine {
             "{} {name} created on topic {topic}; query {id} is running.",
             capitalized(kind)
         )))
+    }
+}
+
+impl Engine {
+    /// Records a declared source's value schema for its topic when the topic has none yet:
+    /// the first declaration describes the data (an input topic a pipeline fills). Later
+    /// declarations are readers, possibly of a few columns, and never narrow what sinks
+    /// write; one that cannot read the recorded schema is warned about, not refused (a
+    /// reader's declaration does not change the data).
+    fn declare_schema(&self, name: &str, topic: &str, schema: &sluice_log::RecordSchema) {
+        let subject = sluice_log::value_subject(topic);
+        let registry = self.log.schemas();
+        let result = match registry.latest(&subject) {
+            None => registry
+                .register(&subject, schema)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Some(recorded) => sluice_log::schema::compat::can_read(schema, &recorded.schema)
+                .map_err(|e| {
+                    format!(
+                        "{subject} version {}: {}: {}",
+                        recorded.version, e.path, e.reason
+                    )
+                }),
+        };
+        if let Err(e) = result {
+            tracing::warn!(source = %name, topic = %topic, error = %e, "The declared columns do not match the schema recorded for the topic; records that do not fit go to the dead-letter topic.");
+        }
     }
 }
 

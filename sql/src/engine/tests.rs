@@ -249,3 +249,73 @@ fn explain_shows_the_plan() {
         "{out:?}"
     );
 }
+
+fn recorded(e: &Engine, topic: &str) -> Option<(u32, Vec<(String, sluice_log::FieldType)>)> {
+    let r = e.log.schemas().latest(&sluice_log::value_subject(topic))?;
+    Some((
+        r.version,
+        r.schema
+            .fields
+            .into_iter()
+            .map(|f| {
+                assert!(
+                    f.nullable,
+                    "{} is nullable: a JSON value may leave it out",
+                    f.name
+                );
+                (f.name, f.ty)
+            })
+            .collect(),
+    ))
+}
+
+#[test]
+fn schemas_travel_with_topics() {
+    use sluice_log::FieldType as T;
+    let (_d, mut e) = engine();
+    e.execute(
+        "CREATE STREAM pay (id VARCHAR KEY, amount BIGINT, note VARCHAR) WITH (topic='pay', partitions=1);",
+    )
+    .unwrap();
+    // The first declaration records the topic's value schema (the key column is the key).
+    let pay = vec![
+        ("amount".to_string(), T::Int64),
+        ("note".to_string(), T::String),
+    ];
+    assert_eq!(recorded(&e, "pay"), Some((1, pay.clone())));
+    // A reader's narrower declaration does not narrow what the topic is said to hold.
+    e.execute("CREATE STREAM pay_amounts (amount BIGINT) WITH (topic='pay');")
+        .unwrap();
+    assert_eq!(recorded(&e, "pay"), Some((1, pay)));
+    // A query's output topic gets the query's columns.
+    e.execute("CREATE STREAM big AS SELECT id, amount * 2.5 AS scaled FROM pay WHERE amount > 10;")
+        .unwrap();
+    assert_eq!(
+        recorded(&e, "big"),
+        Some((1, vec![("scaled".to_string(), T::Float64)]))
+    );
+    // A writer whose column changes type where older readers could not follow is refused.
+    e.execute("CREATE STREAM other (n VARCHAR) WITH (topic='shared', partitions=1);")
+        .unwrap();
+    let err = e
+        .execute("CREATE STREAM shared_out WITH (topic='shared') AS SELECT amount AS n FROM pay;")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shared-value") && err.contains('n'), "{err}");
+    assert!(e.catalog().get("shared_out").is_err(), "nothing created");
+    // DELIMITED values are not described by a schema of fields.
+    e.execute("CREATE STREAM csv (a INT) WITH (topic='csv', format='DELIMITED', partitions=1);")
+        .unwrap();
+    assert_eq!(recorded(&e, "csv"), None);
+    // Dropping a stream with its topic drops the topic's schema: a new one starts fresh.
+    let id = e
+        .catalog()
+        .queries()
+        .find(|q| q.sink == "big")
+        .unwrap()
+        .id
+        .clone();
+    e.execute(&format!("TERMINATE {id}; DROP STREAM big DELETE TOPIC;"))
+        .unwrap();
+    assert_eq!(recorded(&e, "big"), None);
+}
