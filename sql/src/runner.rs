@@ -422,13 +422,19 @@ impl Epochs for QueryRun<'_> {
             out += self.write_step(&records, step, offset)?;
         }
         self.ctx.status.moved(records.len() as u64, out, 0, 0);
+        // The position after the last record of each partition (one map update per
+        // partition, not per record).
+        let mut last: BTreeMap<u32, i64> = BTreeMap::new();
         for r in &records {
+            last.insert(r.partition, r.offset + 1);
+        }
+        for (partition, next) in last {
             self.positions.insert(
                 TopicPartition {
                     topic: self.source_topic.clone(),
-                    partition: r.partition,
+                    partition,
                 },
-                r.offset + 1,
+                next,
             );
         }
         Ok(())

@@ -113,6 +113,8 @@ impl FileSource {
     /// Reads complete lines of one file from its position, up to `max` records in total.
     fn read_file(&mut self, path: &Path, max: usize, batch: &mut SourceBatch) -> Result<()> {
         let name = path.to_string_lossy().into_owned();
+        // The records of one read share its time (one clock read, not one per line).
+        let now = sluice_log::record::now_ms();
         let meta = std::fs::metadata(path).map_err(|e| ConnectorError::io("stat", path, e))?;
         let (head_len, head_hash) = fingerprint(path, HEAD_BYTES.min(meta.len()))?;
         let pos = self.files.entry(name.clone()).or_default();
@@ -191,10 +193,11 @@ impl FileSource {
             pos.line += 1;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
-            let origin = format!("{name}:{}", pos.line);
+            // Formatted only for a dead letter: most lines never need it.
+            let origin = |line: u64| format!("{name}:{line}");
             if text.len() > self.config.max_line_bytes {
                 batch.rejected.push(Rejected {
-                    origin,
+                    origin: origin(pos.line),
                     raw: text[..self.config.max_line_bytes.min(4096)].to_vec(),
                     reason: format!(
                         "line of {} bytes is over max-line-bytes {}",
@@ -208,11 +211,11 @@ impl FileSource {
             if text.is_empty() {
                 continue;
             }
-            match to_record(&self.config, pos, text) {
+            match to_record(&self.config, pos, text, now) {
                 Ok(Some(r)) => batch.records.push(r),
                 Ok(None) => {}
                 Err(reason) => batch.rejected.push(Rejected {
-                    origin,
+                    origin: origin(pos.line),
                     raw: text.to_vec(),
                     reason,
                     at: None,
@@ -269,8 +272,8 @@ fn to_record(
     config: &FileSourceConfig,
     pos: &mut FilePosition,
     text: &[u8],
+    now: i64,
 ) -> std::result::Result<Option<Record>, String> {
-    let now = sluice_log::record::now_ms();
     let record = |key: Option<Bytes>, value: Bytes| Record {
         key,
         value: Some(value),

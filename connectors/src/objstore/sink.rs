@@ -207,6 +207,8 @@ impl ObjectStoreSink {
 
     fn write_records(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {
         let mut rejected = Vec::new();
+        // One clock read per call: `last_added` is for the idle flush, not per record.
+        let now = Instant::now();
         for r in records {
             if let Some(state) = self.partitions.get(&r.partition) {
                 if r.offset < state.next {
@@ -257,7 +259,7 @@ impl ObjectStoreSink {
                 first_time: r.timestamp,
                 records: 0,
                 bytes: 0,
-                last_added: Instant::now(),
+                last_added: now,
                 groups: BTreeMap::new(),
             });
             let group = buffer.groups.entry(path).or_insert_with(|| Group {
@@ -283,7 +285,7 @@ impl ObjectStoreSink {
             // the records alone either way.
             buffer.records += 1;
             buffer.bytes += size;
-            buffer.last_added = Instant::now();
+            buffer.last_added = now;
             if buffer.records >= self.config.flush_records
                 || buffer.bytes >= self.config.flush_bytes
             {
