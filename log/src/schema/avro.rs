@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use super::types::child_path;
+use super::types::{check_depth, child_path};
 use super::{FieldSchema, FieldType, MAX_DEPTH, MAX_SCHEMA_BYTES, RecordSchema, SchemaError};
 
 /// The extra field attribute that carries a name Avro does not accept.
@@ -391,16 +391,6 @@ fn parse_type(value: &Value, path: &str, depth: usize) -> Result<FieldType, Sche
             "a type must be a name, a union or an object",
         )),
     }
-}
-
-fn check_depth(path: &str, depth: usize) -> Result<(), SchemaError> {
-    if depth > MAX_DEPTH {
-        return Err(SchemaError::new(
-            path,
-            format!("nesting is deeper than {MAX_DEPTH} levels"),
-        ));
-    }
-    Ok(())
 }
 
 fn primitive(name: &str, path: &str) -> Result<FieldType, SchemaError> {

@@ -231,7 +231,8 @@ fn validate_type(ty: &FieldType, path: &str, depth: usize) -> Result<(), SchemaE
     }
 }
 
-fn check_depth(path: &str, depth: usize) -> Result<(), SchemaError> {
+/// Refuses nesting deeper than [`MAX_DEPTH`] at `path`.
+pub(crate) fn check_depth(path: &str, depth: usize) -> Result<(), SchemaError> {
     if depth > MAX_DEPTH {
         return Err(SchemaError::new(
             path,
