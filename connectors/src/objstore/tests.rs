@@ -592,3 +592,69 @@ fn the_sink_meets_the_contract_with_a_recorded_schema() {
         ]
     );
 }
+
+/// Probe: with `envelope = true` and a recorded schema, the record's value bytes are spliced
+/// into the envelope line unparsed (`lines::envelope_raw`). A value that is not one JSON
+/// value must be a dead letter; it must never be written, let alone overwrite the envelope's
+/// own `offset`/`topic` fields.
+#[test]
+fn probe_an_envelope_value_cannot_forge_the_envelope_fields() {
+    let store = Arc::new(InMemory::new());
+    let mut s = sink(
+        &store,
+        config(serde_json::json!({ "format": "parquet", "envelope": true, "flush-records": 1 })),
+    );
+    s.open(Some(&crate::conformance::sample_schema())).unwrap();
+    // Not JSON on its own: an object followed by more members.
+    let forged = r#"{"v": 1},"offset":999,"topic":"forged""#;
+    assert!(serde_json::from_str::<Value>(forged).is_err());
+    let rejected = s.write(&[rec(0, 5, Some(forged))]).unwrap();
+    let written = output(store.as_ref());
+    assert_eq!(
+        rejected.len(),
+        1,
+        "a value that is not JSON must be a dead letter; written instead: {written:?}"
+    );
+    assert!(written.is_empty(), "{written:?}");
+}
+
+/// Probe: a crash after a rotation uploaded objects but before the sink's offsets
+/// committed replays from the committed offset. If the topic's schema was recorded in
+/// between (a `CREATE STREAM` on the topic), the replay is opened with it; object
+/// boundaries must not depend on that, or the replay's objects overlap the stale objects
+/// of the first attempt and records appear twice in the store.
+#[test]
+fn probe_a_replay_opened_with_a_newly_recorded_schema_does_not_duplicate_records() {
+    let store = Arc::new(InMemory::new());
+    let c = config(serde_json::json!({ "format": "parquet", "flush-records": 2 }));
+    let records = [
+        rec(0, 0, Some(r#"{"v": 0}"#)),
+        rec(1, 0, Some("not json")),
+        rec(2, 0, Some(r#"{"v": 2}"#)),
+        rec(3, 0, Some(r#"{"v": 3}"#)),
+        rec(4, 0, Some(r#"{"v": 4}"#)),
+        rec(5, 0, Some(r#"{"v": 5}"#)),
+    ];
+    // Attempt 1: no schema recorded yet; it uploads what its rotations cut, then "crashes"
+    // before committing any offset.
+    let mut first = sink(&store, c.clone());
+    first.open(None).unwrap();
+    first.write(&records).unwrap();
+    drop(first);
+    // Attempt 2: the schema is recorded now; the replay starts at the committed offset 0.
+    let mut second = sink(&store, c);
+    second
+        .open(Some(&crate::conformance::sample_schema()))
+        .unwrap();
+    second.write(&records).unwrap();
+    second.flush().unwrap();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, row) in output(store.as_ref()) {
+        seen.entry(row).or_default().push(name);
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, objs)| objs.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "rows in more than one object after the replay: {twice:?}"
+    );
+}

@@ -1,0 +1,112 @@
+//! Adversarial probes of the task runtime, the ingest seam, the schema registry and the
+//! object-store sink. Each test states a contract the renovation claims; a failure is a defect.
+
+use std::time::Duration;
+
+use sluice_runtime::api::Limits;
+
+use crate::common::{Served, wait_for};
+
+/// One HTTP request whose record is larger than the topic's `max.message.bytes` (but within
+/// the source's `max-body-bytes`) must not take the ingest endpoint down for every client:
+/// it should be refused (413/400) or dead-lettered, and the next small request accepted.
+#[test]
+fn one_oversized_ingest_record_does_not_kill_the_ingest_source() {
+    let w = Served::start(Limits::default(), true, None);
+    let pipeline = r#"
+[[topics]]
+name = "big"
+
+[[sources]]
+name = "in"
+topic = "big"
+http = { }
+"#;
+    let (s, v) = w.call("PUT", "/pipelines/p", &[], pipeline);
+    assert_eq!(s, 200, "{v}");
+    // 1.5 MiB in one JSON object: under max-body-bytes (16 MiB), over max.message.bytes (1 MiB).
+    let huge = format!("{{\"blob\": \"{}\"}}", "x".repeat(1_500_000));
+    let (s, v) = w.call(
+        "POST",
+        "/ingest/big",
+        &[("content-type", "application/x-ndjson")],
+        &huge,
+    );
+    assert_ne!(s, 200, "an oversized record cannot have been committed: {v}");
+    // The source must still take ordinary requests (retry a few times for a restart backoff).
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..20 {
+        last = w.call(
+            "POST",
+            "/ingest/big",
+            &[("content-type", "application/x-ndjson")],
+            "{\"ok\": 1}",
+        );
+        if last.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (_, status) = w.call("GET", "/pipelines/p", &[], "");
+    assert_eq!(
+        last.0, 200,
+        "after one oversized request the ingest endpoint answers {} ({}); pipeline status: {status}",
+        last.0, last.1
+    );
+}
+
+/// A stop "wakes every wait at once" (sluice-task): pausing a pipeline whose sink has an
+/// open epoch must return promptly, whatever its commit interval. The sink's consumer poll
+/// waits for the rest of the epoch; the stop's `wake_waiters` only bumps the log's append
+/// generation, which the poll loop re-reads and then waits out again.
+#[test]
+fn pausing_a_pipeline_with_a_long_commit_interval_returns_promptly() {
+    use sluice_log::ProducerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+name = "p"
+commit-interval = "30s"
+
+[[topics]]
+name = "t"
+
+[[sinks]]
+name = "out"
+topic = "t"
+file = {{ path = "{}" }}
+"#,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    p.send("t", crate::common::rec("k", "{\"a\":1}", 1)).unwrap();
+    p.flush().unwrap();
+    let status = std::sync::Arc::clone(&worker.pipelines()[0].tasks[0].status);
+    wait_for("the sink to take the record", || {
+        status.records_in.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    worker.pause("p").unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "pausing took {took:?}: the stop did not end the sink's wait"
+    );
+    let tp = sluice_log::TopicPartition {
+        topic: "t".into(),
+        partition: 0,
+    };
+    assert_eq!(
+        log.committed(&sluice_runtime::worker::sink_group("p", "out"), &tp),
+        Some(1),
+        "the open epoch commits on stop"
+    );
+}
