@@ -32,7 +32,10 @@ http = { }
         &[("content-type", "application/x-ndjson")],
         &huge,
     );
-    assert_ne!(s, 200, "an oversized record cannot have been committed: {v}");
+    assert_ne!(
+        s, 200,
+        "an oversized record cannot have been committed: {v}"
+    );
     // The source must still take ordinary requests (retry a few times for a restart backoff).
     let mut last = (0, serde_json::Value::Null);
     for _ in 0..20 {
@@ -86,7 +89,8 @@ file = {{ path = "{}" }}
     .unwrap();
     let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
     let mut p = log.producer(ProducerConfig::default()).unwrap();
-    p.send("t", crate::common::rec("k", "{\"a\":1}", 1)).unwrap();
+    p.send("t", crate::common::rec("k", "{\"a\":1}", 1))
+        .unwrap();
     p.flush().unwrap();
     let status = std::sync::Arc::clone(&worker.pipelines()[0].tasks[0].status);
     wait_for("the sink to take the record", || {
@@ -108,5 +112,107 @@ file = {{ path = "{}" }}
         log.committed(&sluice_runtime::worker::sink_group("p", "out"), &tp),
         Some(1),
         "the open epoch commits on stop"
+    );
+}
+
+/// Rows of every Parquet object under `dir`, as JSON lines, by object name.
+fn parquet_rows(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
+                let Ok(b) =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                else {
+                    continue; // being written
+                };
+                let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+                for batch in b.build().unwrap() {
+                    w.write_batches(&[&batch.unwrap()]).unwrap();
+                }
+                w.finish().unwrap();
+                let text = String::from_utf8(w.into_inner()).unwrap();
+                out.push((
+                    p.display().to_string(),
+                    text.lines().map(str::to_string).collect(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// "Sinks write with the recorded schema": a compatible new version (a nullable column
+/// added, as a re-created CSAS registers) must not make a running Parquet sink drop the new
+/// column's values silently (neither written nor dead-lettered).
+#[test]
+fn a_running_parquet_sink_does_not_silently_drop_a_column_added_by_a_new_schema_version() {
+    use sluice_log::{FieldSchema, FieldType, ProducerConfig, RecordSchema};
+    let dir = tempfile::tempdir().unwrap();
+    let subject = sluice_log::value_subject("t");
+    {
+        let log = sluice_log::Log::open(dir.path().join("data"), Default::default()).unwrap();
+        log.schemas()
+            .register(
+                &subject,
+                &RecordSchema::new(vec![FieldSchema::nullable("a", FieldType::Int64)]),
+            )
+            .unwrap();
+        log.close().unwrap();
+    }
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "p"
+
+[[topics]]
+name = "t"
+
+[[sinks]]
+name = "lake"
+topic = "t"
+object-store = { url = "file://lake", format = "parquet", flush-records = 1 }
+"#,
+    )
+    .unwrap();
+    let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
+    let lake = dir.path().join("lake");
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    p.send("t", crate::common::rec("k", r#"{"a": 1}"#, 1))
+        .unwrap();
+    p.flush().unwrap();
+    wait_for("the first object", || parquet_rows(&lake).len() == 1);
+    // A compatible evolution: `b` added, nullable.
+    log.schemas()
+        .register(
+            &subject,
+            &RecordSchema::new(vec![
+                FieldSchema::nullable("a", FieldType::Int64),
+                FieldSchema::nullable("b", FieldType::String),
+            ]),
+        )
+        .unwrap();
+    p.send("t", crate::common::rec("k", r#"{"a": 2, "b": "kept?"}"#, 2))
+        .unwrap();
+    p.flush().unwrap();
+    wait_for("the second object", || parquet_rows(&lake).len() == 2);
+    std::thread::sleep(Duration::from_millis(500));
+    worker.shutdown();
+    let rows = parquet_rows(&lake);
+    let dead = crate::common::read_committed(&log, &sluice_runtime::worker::dlq_topic("p"));
+    let all: Vec<&String> = rows.iter().flat_map(|(_, r)| r).collect();
+    assert!(
+        all.iter().any(|r| r.contains("kept?")) || !dead.is_empty(),
+        "the value of the new column b is neither in the objects nor a dead letter: {rows:?}"
     );
 }
