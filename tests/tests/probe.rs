@@ -216,3 +216,47 @@ object-store = { url = "file://lake", format = "parquet", flush-records = 1 }
         "the value of the new column b is neither in the objects nor a dead letter: {rows:?}"
     );
 }
+
+/// TERMINATE of a persistent query with an open epoch must return promptly and commit the
+/// epoch, whatever the query's commit interval.
+#[test]
+fn terminate_of_a_query_with_a_long_commit_interval_returns_promptly() {
+    use sluice_log::ProducerConfig;
+    use sluice_sql::runner::RunnerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let log = sluice_log::Log::open(dir.path().join("data"), Default::default()).unwrap();
+    let mut engine = sluice_sql::engine::Engine::open(&log).unwrap();
+    let config = RunnerConfig {
+        commit_interval: Duration::from_secs(30),
+        ..RunnerConfig::default()
+    };
+    engine
+        .execute_with(
+            "CREATE STREAM s (a INT) WITH (topic = 's', partitions = 1);
+             CREATE STREAM o AS SELECT a FROM s;",
+            &config,
+        )
+        .unwrap();
+    let id = engine
+        .catalog()
+        .queries()
+        .next()
+        .map(|q| q.id.clone())
+        .unwrap();
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    p.send("s", crate::common::rec("k", r#"{"a": 1}"#, 1))
+        .unwrap();
+    p.flush().unwrap();
+    let stats = engine.queries().stats(&id).unwrap();
+    wait_for("the query to take the record", || {
+        stats.records_in.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    engine.execute(&format!("TERMINATE {id};")).unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "TERMINATE took {took:?}: the stop did not end the query's poll"
+    );
+}
