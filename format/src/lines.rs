@@ -50,10 +50,19 @@ pub fn envelope_of(r: &ConsumerRecord, value: Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-/// The envelope with the value's bytes inserted as they are, not parsed: for a reader that
-/// parses the line anyway (a decoder into [`envelope_schema`]), which then finds a value that
-/// is not JSON. Fields in the order of [`envelope_schema`]; `value` is `null` for a tombstone.
-pub fn envelope_raw(r: &ConsumerRecord) -> Vec<u8> {
+/// The envelope with the value's bytes inserted as they are (checked, not built): for a
+/// reader that parses the line anyway (a decoder into [`envelope_schema`]). Fields in the
+/// order of [`envelope_schema`]; `value` is `null` for a tombstone. A value that is not
+/// exactly one JSON object is refused with the reason: pasted in, text such as
+/// `{"v":1},"offset":9` would forge the envelope's own fields.
+pub fn envelope_raw(r: &ConsumerRecord) -> Result<Vec<u8>, String> {
+    if let Some(v) = r.value.as_deref() {
+        match json::validate(v) {
+            Ok(json::Kind::Object { .. }) => {}
+            Ok(json::Kind::Other) => return Err("the value is not a JSON object".into()),
+            Err(e) => return Err(format!("the value is not JSON: {e}")),
+        }
+    }
     let value = r.value.as_deref().unwrap_or(b"null");
     let mut out = Vec::with_capacity(value.len() + 128);
     out.extend_from_slice(b"{\"topic\":");
@@ -73,7 +82,7 @@ pub fn envelope_raw(r: &ConsumerRecord) -> Vec<u8> {
     out.extend_from_slice(b",\"value\":");
     out.extend_from_slice(value);
     out.push(b'}');
-    out
+    Ok(out)
 }
 
 /// The Arrow schema of envelopes whose values have the fields `value`: `topic`, `partition`,
@@ -140,7 +149,7 @@ mod tests {
                 .unwrap()
                 .contains(r#""value":null"#)
         );
-        let raw = envelope_raw(&rec(Some("{\"a\": 1}")));
+        let raw = envelope_raw(&rec(Some("{\"a\": 1}"))).unwrap();
         assert_eq!(
             String::from_utf8(raw.clone()).unwrap(),
             r#"{"topic":"t","partition":1,"offset":7,"timestamp":9,"key":"k","value":{"a": 1}}"#

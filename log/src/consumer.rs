@@ -503,6 +503,17 @@ impl Consumer {
     /// Returns the next records, waiting up to `timeout` for some to arrive. Keeps group
     /// membership alive; call it at least once per session timeout.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        self.poll_until(timeout, &|| false)
+    }
+
+    /// [`Consumer::poll`] that also returns (empty) as soon as `stopped()` is true. Whoever
+    /// makes it true then calls [`Log::wake_waiters`], which ends the wait at once: a
+    /// stopping task's poll does not sit out its timeout.
+    pub fn poll_until(
+        &mut self,
+        timeout: Duration,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.subscription.is_empty()
@@ -524,7 +535,7 @@ impl Consumer {
                 return Ok(out);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || stopped() {
                 return Ok(out);
             }
             if moved {

@@ -234,6 +234,7 @@ impl Producer {
             );
         }
         let batch_size = self.config.batch_size;
+        let compressed = self.config.compression != Compression::None;
         let state = self.topic_state(topic)?;
         let n = state.topic.partition_count();
         if partition >= n {
@@ -242,6 +243,21 @@ impl Producer {
                 partition,
                 partitions: n,
             });
+        }
+        // A record that cannot fit the topic's `max.message.bytes` even alone is refused
+        // here, alone: buffered, it would make the append of its whole batch fail, and the
+        // records sharing the batch with it. Uncompressed only (compression may make it fit).
+        if !compressed {
+            let size = crate::batch::BATCH_HEADER_LEN + record_size(&record) + 16;
+            let max = state.topic.config().max_message_bytes;
+            if size > max as usize {
+                return Err(LogError::MessageTooLarge {
+                    topic: topic.into(),
+                    partition,
+                    size,
+                    max,
+                });
+            }
         }
         let p = partition as usize;
         if state.open.len() < n as usize {

@@ -95,6 +95,10 @@ impl sluice_task::Failure for SqlError {
             _ => true,
         }
     }
+
+    fn is_shutdown(&self) -> bool {
+        matches!(self, SqlError::Log(LogError::Closed))
+    }
 }
 
 /// Runs persistent queries.
@@ -375,7 +379,9 @@ impl Epochs for QueryRun<'_> {
         } else {
             wait.remaining()
         };
-        self.merger.add(self.consumer.poll(timeout)?);
+        let stop = wait.stop_token();
+        self.merger
+            .add(self.consumer.poll_until(timeout, &|| stop.is_stopped())?);
         let behind: Vec<u32> = if self.partitions > 1 {
             self.consumer
                 .lag()?
@@ -471,15 +477,35 @@ impl QueryRun<'_> {
                 // Nothing to delete without a key.
                 continue;
             }
-            self.producer.send(
-                &task.sink.topic,
-                Record {
-                    key,
-                    value: (!deleted).then(|| Bytes::from(value)),
-                    headers: Vec::new(),
-                    timestamp: ts,
-                },
-            )?;
+            let record = Record {
+                key,
+                value: (!deleted).then(|| Bytes::from(value)),
+                headers: Vec::new(),
+                timestamp: ts,
+            };
+            let (key, value) = (record.key.clone(), record.value.clone());
+            match self.producer.send(&task.sink.topic, record) {
+                Ok(_) => {}
+                // A result too large for its topic even alone: a dead letter, and the query
+                // goes on.
+                Err(err @ LogError::MessageTooLarge { .. }) => {
+                    let letter = DeadLetter {
+                        reason: err.to_string(),
+                        origin: format!("result of query {}", task.id),
+                        key,
+                        value,
+                        timestamp: Some(ts),
+                    };
+                    self.producer
+                        .send_to(&task.dlq, 0, letter.into_record(&self.ctx.label))?;
+                    self.ctx
+                        .status
+                        .rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.rejected_in_epoch += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         let rejected = step.rejected.len() as u64;
         for (i, reason) in step.rejected {

@@ -7,8 +7,9 @@
 //! input's key, its raw value and its timestamp when it had them, with three headers:
 //! `sluice.error` (why), `sluice.source` (where: `file:line`, `topic/partition/offset`, an
 //! HTTP request) and `sluice.task` (which task: `source <pipeline>/<name>`,
-//! `sink <pipeline>/<name>`, `query <id>`). A dead letter commits in the same transaction
-//! as the work around it, so it is there exactly once.
+//! `sink <pipeline>/<name>`, `query <id>`). A key or value over [`MAX_KEPT_BYTES`] is cut
+//! to that (the reason says so). A dead letter commits in the same transaction as the work
+//! around it, so it is there exactly once.
 
 use bytes::Bytes;
 use sluice_log::{Header, Record};
@@ -40,16 +41,36 @@ pub struct DeadLetter {
     pub timestamp: Option<i64>,
 }
 
+/// The most of an input's key or value a dead letter keeps: the rest is cut (the reason says
+/// so), so that a dead letter always fits the dead-letter topic, even for input rejected for
+/// being too large.
+pub const MAX_KEPT_BYTES: usize = 64 * 1024;
+
 impl DeadLetter {
     /// The record for the dead-letter topic, from task `task`.
     pub fn into_record(self, task: &str) -> Record {
+        let mut reason = self.reason;
+        let mut cut = |b: Option<Bytes>, what: &str| {
+            b.map(|b| {
+                if b.len() <= MAX_KEPT_BYTES {
+                    return b;
+                }
+                reason.push_str(&format!(
+                    " (the {what} is cut to its first {MAX_KEPT_BYTES} of {} bytes)",
+                    b.len()
+                ));
+                b.slice(..MAX_KEPT_BYTES)
+            })
+        };
+        let key = cut(self.key, "key");
+        let value = cut(self.value, "value");
         Record {
-            key: self.key,
-            value: self.value,
+            key,
+            value,
             headers: vec![
                 Header {
                     key: ERROR_HEADER.into(),
-                    value: Some(Bytes::from(self.reason)),
+                    value: Some(Bytes::from(reason)),
                 },
                 Header {
                     key: SOURCE_HEADER.into(),

@@ -20,6 +20,19 @@ pub trait Failure: std::fmt::Display {
     /// True when another attempt may succeed (I/O, a server away, a transaction in the
     /// way); false when only an operator can help (a bad configuration, lost records).
     fn is_retryable(&self) -> bool;
+
+    /// True when what the task works on is going away (the log closing under it): the task
+    /// ends as stopped, not failed.
+    fn is_shutdown(&self) -> bool {
+        false
+    }
+
+    /// True when the attempt ended on purpose to start afresh from the last commit (say,
+    /// the topic's schema changed): the next attempt starts at once, and the task is not
+    /// reported as failing.
+    fn is_restart(&self) -> bool {
+        false
+    }
 }
 
 /// Backoff between attempts: doubling from `initial` up to `max`.
@@ -191,6 +204,13 @@ pub fn supervise<E: Failure>(
     while !ctx.stop.is_stopped() {
         match attempt(ctx) {
             Ok(()) => return,
+            Err(e) if e.is_shutdown() => {
+                tracing::info!(task = %ctx.label, reason = %shown(&e), "Task stops: what it works on is closing.");
+                return;
+            }
+            Err(e) if e.is_restart() => {
+                tracing::info!(task = %ctx.label, reason = %shown(&e), "Task restarts from its last commit.");
+            }
             Err(e) if !e.is_retryable() => {
                 let e = shown(&e);
                 tracing::error!(task = %ctx.label, error = %e, "Task failed and stops: retrying cannot help. Fix the cause, then restart it.");

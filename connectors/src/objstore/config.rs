@@ -53,11 +53,12 @@ pub struct ObjectStoreSinkConfig {
     /// letters. Default: none.
     #[serde(default)]
     pub partition_by: Option<String>,
-    /// Upload a partition's objects once it has buffered this many records (default 100,000).
+    /// Upload a partition's objects once it has buffered this many records (default
+    /// 100,000). Records the sink rejects count too: boundaries depend on the records alone.
     #[serde(default = "default_flush_records")]
     pub flush_records: u64,
-    /// Upload a partition's objects once its buffered records reach this many bytes as JSON
-    /// (default 64 MiB); this bounds the memory per partition.
+    /// Upload a partition's objects once its buffered records' keys and values reach this
+    /// many bytes (default 64 MiB); this bounds the memory per partition.
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: u64,
     /// Upload a partition's objects before a record whose time is this much later than the first

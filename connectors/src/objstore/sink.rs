@@ -162,7 +162,7 @@ impl ObjectStoreSink {
         };
         let line = if self.decoder.is_some() {
             if self.config.envelope {
-                Bytes::from(lines::envelope_raw(r))
+                Bytes::from(lines::envelope_raw(r)?)
             } else {
                 match &r.value {
                     None => return Ok(None),
@@ -227,9 +227,12 @@ impl ObjectStoreSink {
                     buffer: None,
                 });
             state.next = r.offset + 1;
-            let (line, path) = match self.encode(r) {
-                Ok(Some(encoded)) => encoded,
+            // A record's place in an object depends on the record alone: whether it encodes
+            // (with or without a recorded schema, which may differ between a crash and its
+            // replay) changes what is written, never where objects begin and end.
+            let encoded = match self.encode(r) {
                 Ok(None) => continue,
+                Ok(Some(encoded)) => Some(encoded),
                 Err(reason) => {
                     rejected.push(reject(
                         r.partition,
@@ -238,7 +241,7 @@ impl ObjectStoreSink {
                         r.value.as_deref(),
                         reason,
                     ));
-                    continue;
+                    None
                 }
             };
             let late = self.config.flush_interval.as_millis();
@@ -262,29 +265,32 @@ impl ObjectStoreSink {
                 last_added: now,
                 groups: BTreeMap::new(),
             });
-            let group = buffer.groups.entry(path).or_insert_with(|| Group {
-                first: r.offset,
-                rows: if decoded {
-                    Rows::Decoded {
-                        batches: Vec::new(),
-                        pending: Vec::new(),
+            if let Some((line, path)) = encoded {
+                let group = buffer.groups.entry(path).or_insert_with(|| Group {
+                    first: r.offset,
+                    rows: if decoded {
+                        Rows::Decoded {
+                            batches: Vec::new(),
+                            pending: Vec::new(),
+                        }
+                    } else {
+                        Rows::Lines(Vec::new())
+                    },
+                });
+                match &mut group.rows {
+                    Rows::Lines(lines) => {
+                        lines.extend_from_slice(&line);
+                        lines.push(b'\n');
                     }
-                } else {
-                    Rows::Lines(Vec::new())
-                },
-            });
-            let size = line.len() as u64 + 1;
-            match &mut group.rows {
-                Rows::Lines(lines) => {
-                    lines.extend_from_slice(&line);
-                    lines.push(b'\n');
+                    Rows::Decoded { pending, .. } => {
+                        pending.push((r.offset, line, r.value.clone()))
+                    }
                 }
-                Rows::Decoded { pending, .. } => pending.push((r.offset, line, r.value.clone())),
             }
-            // Counted whether or not the decoder accepts the value later: boundaries depend on
-            // the records alone either way.
+            // Counted whether or not the record is written (rejected here, or by the decoder
+            // later), by its own key and value bytes: boundaries depend on the records alone.
             buffer.records += 1;
-            buffer.bytes += size;
+            buffer.bytes += record_size(r);
             buffer.last_added = now;
             if buffer.records >= self.config.flush_records
                 || buffer.bytes >= self.config.flush_bytes
@@ -503,4 +509,10 @@ impl Sink for ObjectStoreSink {
         }
         result
     }
+}
+
+/// What a record counts towards `flush-bytes`: its key and value bytes and a line break, the
+/// same however it is encoded.
+fn record_size(r: &ConsumerRecord) -> u64 {
+    (r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + 1) as u64
 }

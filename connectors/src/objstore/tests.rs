@@ -234,8 +234,8 @@ fn partition_by_splits_objects_into_folders_and_rejects_records_without_the_fiel
         ]
     );
     assert_eq!(rejected[1].raw, b"not json");
-    // Four records buffered across three folders: one rotation, one object per folder,
-    // each named by its own first record.
+    // Four records counted (the rejected one too, the tombstone not) across three folders:
+    // one rotation, one object per folder, each named by its own first record.
     let objs = objects(store.as_ref());
     assert_eq!(
         objs.keys().collect::<Vec<_>>(),
@@ -250,12 +250,10 @@ fn partition_by_splits_objects_into_folders_and_rejects_records_without_the_fiel
             "x.jsonl",
             &objs["t/0/dt=2023-11-14/hour=22/zone=7/00000000000000000001.jsonl"]
         ),
-        [
-            r#"{"geo": {"zone": 7}, "n": 1}"#,
-            r#"{"geo": {"zone": 7}, "n": 6}"#
-        ]
+        [r#"{"geo": {"zone": 7}, "n": 1}"#]
     );
-    assert_eq!(s.flush().unwrap(), Durable::from([(0, 7)]));
+    // Records 5 (rejected) and 6 start the next objects: durable up to 5.
+    assert_eq!(s.flush().unwrap(), Durable::from([(0, 5)]));
 }
 
 #[test]
@@ -281,8 +279,11 @@ fn unwritable_records_are_rejected_and_tombstones_skipped() {
         "a Parquet row needs a JSON object value"
     );
     assert!(rejected[1].reason.starts_with("the value is not JSON"));
-    // Nothing buffered: durable past the rejected records and the tombstone.
-    assert_eq!(s.flush().unwrap(), Durable::from([(0, 14)]));
+    // Nothing written. Records 10 and 12 made a buffer of two (rejected records count
+    // towards boundaries) that rotated with no object; 13 starts the next buffer, so the
+    // offsets stop there: a replay must begin where a buffer begins to draw the same
+    // boundaries.
+    assert_eq!(s.flush().unwrap(), Durable::from([(0, 13)]));
     assert!(names(store.as_ref()).is_empty());
 
     // JSON lines take any JSON value; a value spread over lines stays one line.
@@ -297,10 +298,11 @@ fn unwritable_records_are_rejected_and_tombstones_skipped() {
         ])
         .unwrap();
     assert_eq!(rejected.len(), 1);
+    // Three records counted (the rejected one too): the object holds the two written.
     let objs = objects(store.as_ref());
     assert_eq!(
         rows("x.jsonl", &objs["t/0/00000000000000000000.jsonl"]),
-        ["[1,  2]", r#"{"a":  "x\ny"}"#, "3"]
+        ["[1,  2]", r#"{"a":  "x\ny"}"#]
     );
 }
 
@@ -593,12 +595,12 @@ fn the_sink_meets_the_contract_with_a_recorded_schema() {
     );
 }
 
-/// Probe: with `envelope = true` and a recorded schema, the record's value bytes are spliced
+/// With `envelope = true` and a recorded schema, the record's value bytes are spliced
 /// into the envelope line unparsed (`lines::envelope_raw`). A value that is not one JSON
 /// value must be a dead letter; it must never be written, let alone overwrite the envelope's
 /// own `offset`/`topic` fields.
 #[test]
-fn probe_an_envelope_value_cannot_forge_the_envelope_fields() {
+fn an_envelope_value_cannot_forge_the_envelope_fields() {
     let store = Arc::new(InMemory::new());
     let mut s = sink(
         &store,
@@ -618,13 +620,13 @@ fn probe_an_envelope_value_cannot_forge_the_envelope_fields() {
     assert!(written.is_empty(), "{written:?}");
 }
 
-/// Probe: a crash after a rotation uploaded objects but before the sink's offsets
+/// A crash after a rotation uploaded objects but before the sink's offsets
 /// committed replays from the committed offset. If the topic's schema was recorded in
 /// between (a `CREATE STREAM` on the topic), the replay is opened with it; object
 /// boundaries must not depend on that, or the replay's objects overlap the stale objects
 /// of the first attempt and records appear twice in the store.
 #[test]
-fn probe_a_replay_opened_with_a_newly_recorded_schema_does_not_duplicate_records() {
+fn a_replay_opened_with_a_newly_recorded_schema_does_not_duplicate_records() {
     let store = Arc::new(InMemory::new());
     let c = config(serde_json::json!({ "format": "parquet", "flush-records": 2 }));
     let records = [

@@ -90,6 +90,31 @@ pub async fn ingest(
             "the Idempotency-Key is longer than {MAX_KEY_BYTES} bytes"
         )));
     }
+    // A record that cannot fit the topic's `max.message.bytes` is the client's to fix: a
+    // whole-body document or an NDJSON line over it is refused here (an oversized item of
+    // an array goes to the dead-letter topic, like any record the topic cannot take).
+    if let Ok(t) = state.log.topic(&topic) {
+        let max = t.config().max_message_bytes as usize;
+        let overhead = 128;
+        let too_big = |n: usize| n + overhead > max;
+        let oversized = if ndjson {
+            body.split(|b| *b == b'\n')
+                .map(<[u8]>::len)
+                .find(|n| too_big(*n))
+        } else if body.trim_ascii_start().first() != Some(&b'[') && too_big(body.len()) {
+            Some(body.len())
+        } else {
+            None
+        };
+        if let Some(n) = oversized {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a record of {n} bytes does not fit topic '{topic}' (max.message.bytes {max})"
+                ),
+            ));
+        }
+    }
     let answer = handle.submit(body, ndjson, key).map_err(ingest_error)?;
     // Awaited, not received on a thread: a request waiting for its commit holds a small
     // future and nothing else. A dropped sender (the task restarted or stopped before the

@@ -39,6 +39,9 @@ pub enum TaskError {
     /// Retrying cannot help: the task stops and says why; an operator acts.
     #[error("{0}")]
     Fatal(String),
+    /// The attempt ends on purpose and the next starts at once from the last commit.
+    #[error("{0}")]
+    Restart(String),
 }
 
 impl sluice_task::Failure for TaskError {
@@ -46,9 +49,17 @@ impl sluice_task::Failure for TaskError {
         match self {
             TaskError::Connector(e) => e.is_retryable(),
             TaskError::Log(e) => !e.is_user_error() && !matches!(e, LogError::Closed),
-            TaskError::Retryable(_) => true,
+            TaskError::Retryable(_) | TaskError::Restart(_) => true,
             TaskError::Fatal(_) => false,
         }
+    }
+
+    fn is_shutdown(&self) -> bool {
+        matches!(self, TaskError::Log(LogError::Closed))
+    }
+
+    fn is_restart(&self) -> bool {
+        matches!(self, TaskError::Restart(_))
     }
 }
 

@@ -130,13 +130,13 @@ impl SinkTask {
         self.take_over_legacy_offsets(&tps)?;
         self.check_offsets(&tps)?;
         consumer.assign(&tps)?;
-        // The schema as of this attempt: one registered later applies from the next one.
-        let schema = self
-            .log
-            .schemas()
-            .latest(&sluice_log::value_subject(&self.topic))
-            .map(|r| r.schema);
-        sink.open(schema.as_ref())?;
+        // The schema as of this attempt. When another version is recorded, the attempt
+        // commits what is durable and ends, and the next one writes with the new version
+        // (records not committed yet are written again, with it): a column a new version
+        // adds is never dropped by a sink that started before it.
+        let subject = sluice_log::value_subject(&self.topic);
+        let registered = self.log.schemas().latest(&subject);
+        sink.open(registered.as_ref().map(|r| &r.schema))?;
         // Offsets and the dead letters of the records they pass commit together.
         let producer = self.log.transactional_producer(
             &format!("sluice-sink-{}", self.group),
@@ -154,6 +154,8 @@ impl SinkTask {
             last_commit: Instant::now(),
             written: Durable::new(),
             flushed: Durable::new(),
+            subject,
+            schema_id: registered.map(|r| r.id),
         };
         sluice_task::run_epochs(ctx, self.commit_interval, &mut run)
     }
@@ -173,15 +175,34 @@ struct SinkRun<'a> {
     written: Durable,
     /// What the sink's last flush made durable.
     flushed: Durable,
+    /// The schema subject of the topic's values.
+    subject: String,
+    /// The id of the schema the sink was opened with.
+    schema_id: Option<u32>,
 }
 
 impl Epochs for SinkRun<'_> {
     type Error = TaskError;
 
     fn step(&mut self, wait: &Wait) -> Result<(), TaskError> {
-        let records = self.consumer.poll(wait.remaining())?;
+        let stop = wait.stop_token();
+        let records = self
+            .consumer
+            .poll_until(wait.remaining(), &|| stop.is_stopped())?;
         if records.is_empty() {
             return Ok(());
+        }
+        // Checked after the poll, before the records are written: a record that arrived
+        // with a new schema version is written with it. These records are not written, so
+        // nothing commits here (the consumer's position is past them); the next attempt
+        // reads them again from the last commit.
+        let recorded = self.task.log.schemas().latest(&self.subject);
+        if recorded.as_ref().map(|r| r.id) != self.schema_id {
+            return Err(TaskError::Restart(format!(
+                "the schema of topic {} changed (now {}); the sink writes with it from its last commit",
+                self.task.topic,
+                recorded.map_or("none".to_string(), |r| format!("version {}", r.version))
+            )));
         }
         let rejected = self.sink.write(&records)?;
         let n = records.len() as u64;

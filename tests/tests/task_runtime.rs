@@ -1,5 +1,5 @@
-//! Adversarial probes of the task runtime, the ingest seam, the schema registry and the
-//! object-store sink. Each test states a contract the renovation claims; a failure is a defect.
+//! The task runtime and what runs on it, under attack: stops that must be prompt, a record
+//! too large for its topic, a topic schema that changes under a running Parquet sink.
 
 use std::time::Duration;
 
