@@ -57,6 +57,8 @@ pub fn one_line(value: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// A field the schema does not name is an error (else it is ignored).
+    strict: bool,
 }
 
 /// Values decoded one by one after a batch failed: the rows that fit and why the others did
@@ -74,7 +76,19 @@ pub struct Decoded {
 impl JsonDecoder {
     /// A decoder into `schema`.
     pub fn new(schema: SchemaRef) -> Self {
-        JsonDecoder { schema }
+        JsonDecoder {
+            schema,
+            strict: false,
+        }
+    }
+
+    /// The same decoder, for which a field the schema does not name is an error rather than
+    /// ignored: to find out whether values carry more than the schema says.
+    pub fn strict(&self) -> Self {
+        JsonDecoder {
+            schema: Arc::clone(&self.schema),
+            strict: true,
+        }
     }
 
     /// The schema of decoded batches.
@@ -94,6 +108,7 @@ impl JsonDecoder {
             // instead of stopping the decoder early.
             .with_batch_size(n + 1)
             .with_coerce_primitive(true)
+            .with_strict_mode(self.strict)
             .build_decoder()?;
         for v in values {
             if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {

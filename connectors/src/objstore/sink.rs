@@ -92,6 +92,8 @@ pub struct ObjectStoreSink {
     partitions: BTreeMap<u32, PartitionState>,
     /// Parquet with a recorded schema: the rows' decoder (values, or envelopes around them).
     decoder: Option<JsonDecoder>,
+    /// Whether this attempt looked for fields the recorded schema does not name.
+    unknown_checked: bool,
 }
 
 impl ObjectStoreSink {
@@ -143,6 +145,7 @@ impl ObjectStoreSink {
             runtime,
             partitions: BTreeMap::new(),
             decoder: None,
+            unknown_checked: false,
         })
     }
 
@@ -327,6 +330,17 @@ impl ObjectStoreSink {
                 continue;
             }
             let values: Vec<&[u8]> = pending.iter().map(|(_, line, _)| &line[..]).collect();
+            if !self.unknown_checked {
+                // Once per attempt (one extra parse of one batch): values that carry fields
+                // the recorded schema does not name lose them in Parquet, so say so.
+                self.unknown_checked = true;
+                if let Err(e) = decoder.strict().decode(values.iter().copied()) {
+                    let e = e.to_string();
+                    if e.contains("missing from schema") {
+                        tracing::warn!(topic = %topic, error = %e, "Values carry fields the topic's recorded schema does not name; Parquet objects leave them out. Declare them (CREATE STREAM ... with every column) or register a schema with them.");
+                    }
+                }
+            }
             let decoded = decoder
                 .decode_each(&values)
                 .map_err(|e| ConnectorError::Encode {
@@ -474,6 +488,7 @@ impl Sink for ObjectStoreSink {
     fn open(&mut self, schema: Option<&RecordSchema>) -> Result<()> {
         self.partitions.clear();
         self.decoder = None;
+        self.unknown_checked = false;
         let Some(schema) = schema.filter(|_| self.config.format == ObjectFormat::Parquet) else {
             return Ok(());
         };
