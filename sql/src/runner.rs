@@ -26,6 +26,7 @@ use sluice_state::StateEnv;
 pub use sluice_task::Guarantee;
 use sluice_task::{
     DeadLetter, Epochs, StopToken, TaskContext, TaskHandle, TaskSpec, TaskStatus, Wait,
+    send_or_dead_letter,
 };
 
 use crate::catalog::{QueryDef, SourceDef};
@@ -483,28 +484,21 @@ impl QueryRun<'_> {
                 headers: Vec::new(),
                 timestamp: ts,
             };
-            let (key, value) = (record.key.clone(), record.value.clone());
-            match self.producer.send(&task.sink.topic, record) {
-                Ok(_) => {}
-                // A result too large for its topic even alone: a dead letter, and the query
-                // goes on.
-                Err(err @ LogError::MessageTooLarge { .. }) => {
-                    let letter = DeadLetter {
-                        reason: err.to_string(),
-                        origin: format!("result of query {}", task.id),
-                        key,
-                        value,
-                        timestamp: Some(ts),
-                    };
-                    self.producer
-                        .send_to(&task.dlq, 0, letter.into_record(&self.ctx.label))?;
-                    self.ctx
-                        .status
-                        .rejected
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.rejected_in_epoch += 1;
-                }
-                Err(err) => return Err(err.into()),
+            // A result too large for its topic even alone: a dead letter, and the query goes
+            // on.
+            let label = &self.ctx.label;
+            if !send_or_dead_letter(
+                &mut self.producer,
+                &task.sink.topic,
+                record,
+                &task.dlq,
+                label,
+            )? {
+                self.ctx
+                    .status
+                    .rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.rejected_in_epoch += 1;
             }
         }
         let rejected = step.rejected.len() as u64;

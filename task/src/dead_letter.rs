@@ -12,7 +12,7 @@
 //! around it, so it is there exactly once.
 
 use bytes::Bytes;
-use sluice_log::{Header, Record};
+use sluice_log::{Header, LogError, Producer, Record};
 
 /// Header saying why the record was rejected.
 pub const ERROR_HEADER: &str = "sluice.error";
@@ -83,5 +83,33 @@ impl DeadLetter {
             ],
             timestamp: self.timestamp.unwrap_or_else(sluice_log::record::now_ms),
         }
+    }
+}
+
+/// Sends `record` to `topic`, or, when it is too large for the topic even alone
+/// (`max.message.bytes`), sends it to `dlq` as a dead letter from task `task` instead of
+/// failing: one oversized input must not stop a task. Returns whether it went to `topic`.
+pub fn send_or_dead_letter(
+    producer: &mut Producer,
+    topic: &str,
+    record: Record,
+    dlq: &str,
+    task: &str,
+) -> sluice_log::Result<bool> {
+    let (key, value, timestamp) = (record.key.clone(), record.value.clone(), record.timestamp);
+    match producer.send(topic, record) {
+        Ok(_) => Ok(true),
+        Err(e @ LogError::MessageTooLarge { .. }) => {
+            let letter = DeadLetter {
+                reason: e.to_string(),
+                origin: format!("a record for topic {topic}"),
+                key,
+                value,
+                timestamp: Some(timestamp),
+            };
+            producer.send_to(dlq, 0, letter.into_record(task))?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }

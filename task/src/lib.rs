@@ -28,7 +28,7 @@ pub mod run;
 pub mod status;
 pub mod stop;
 
-pub use dead_letter::{DeadLetter, dlq_topic};
+pub use dead_letter::{DeadLetter, dlq_topic, send_or_dead_letter};
 pub use guarantee::Guarantee;
 pub use run::{
     Epochs, Failure, RetryPolicy, TaskContext, TaskHandle, TaskSpec, run_epochs, spawn, supervise,

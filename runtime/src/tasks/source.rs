@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_connectors::Source;
-use sluice_log::{Log, LogError, Producer, Record};
-use sluice_task::{DeadLetter, Epochs, Guarantee, TaskContext, Wait};
+use sluice_log::{Log, Producer, Record};
+use sluice_task::{Epochs, Guarantee, TaskContext, Wait, send_or_dead_letter};
 
 use super::positions::{POSITIONS_TOPIC, SharedPositions, state_key, wait_stable};
 use super::{TaskError, dead_letter, record_bytes};
@@ -109,24 +109,12 @@ impl Epochs for SourceRun<'_> {
         e.rejected += batch.rejected.len() as u64;
         for r in batch.records {
             let bytes = record_bytes(r.key.as_ref(), r.value.as_ref());
-            let (key, value) = (r.key.clone(), r.value.clone());
-            match self.producer.send(&self.task.topic, r) {
-                Ok(_) => e.bytes += bytes,
-                // Too large for the topic even alone: a dead letter, not a failed task.
-                Err(err @ LogError::MessageTooLarge { .. }) => {
-                    e.records -= 1;
-                    e.rejected += 1;
-                    let letter = DeadLetter {
-                        reason: err.to_string(),
-                        origin: format!("topic {}", self.task.topic),
-                        key,
-                        value,
-                        timestamp: None,
-                    };
-                    self.producer
-                        .send(&self.task.dlq, letter.into_record(&self.ctx.label))?;
-                }
-                Err(err) => return Err(err.into()),
+            let (task, label) = (self.task, &self.ctx.label);
+            if send_or_dead_letter(&mut self.producer, &task.topic, r, &task.dlq, label)? {
+                e.bytes += bytes;
+            } else {
+                e.records -= 1;
+                e.rejected += 1;
             }
         }
         for r in batch.rejected {
