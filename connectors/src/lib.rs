@@ -157,6 +157,13 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Whether the sink writes with its topic's schema: when another version is recorded,
+    /// the task then ends the attempt and opens the sink again with it (records not
+    /// committed are written again). Sinks that write values as they are say false.
+    fn uses_schema(&self) -> bool {
+        false
+    }
+
     /// Writes records (may buffer); returns those it cannot write, with the reason.
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>>;
 

@@ -83,6 +83,21 @@ pub enum LogError {
         /// The topic's limit.
         max: u32,
     },
+    /// A single record that cannot fit `max.message.bytes` even in a batch of its own:
+    /// refused when it is sent, before it joins a batch (nothing else is affected).
+    #[error(
+        "a record of about {size} bytes for {topic}-{partition} cannot fit max.message.bytes={max}"
+    )]
+    RecordTooLarge {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Size of the record in a batch of its own (an upper estimate).
+        size: usize,
+        /// The topic's limit.
+        max: u32,
+    },
     /// A record that the topic cannot take (no key on a compacted topic, ...).
     #[error("invalid record for {topic}-{partition}: {reason}")]
     InvalidRecord {
@@ -273,6 +288,7 @@ impl LogError {
                 | LogError::InvalidPartitions { .. }
                 | LogError::Config(_)
                 | LogError::MessageTooLarge { .. }
+                | LogError::RecordTooLarge { .. }
                 | LogError::InvalidRecord { .. }
                 | LogError::OffsetOutOfRange { .. }
                 | LogError::NoOffset { .. }

@@ -136,6 +136,12 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// The batch size to aim for on a topic whose `max.message.bytes` is `max`: a batch that
+/// outgrew the topic's limit would fail whole at its append.
+fn capped(batch_size: usize, max: u32) -> usize {
+    batch_size.min((max as usize).saturating_sub(crate::batch::BATCH_HEADER_LEN + 64))
+}
+
 fn record_size(record: &Record) -> usize {
     record.key.as_ref().map_or(0, |k| k.len())
         + record.value.as_ref().map_or(0, |v| v.len())
@@ -209,7 +215,8 @@ impl Producer {
                 let p = state.sticky.partition(n);
                 // A keyless record that would overflow the sticky partition's batch closes
                 // it and goes to the next partition, as in Kafka (abort-on-new-batch).
-                let full = state.batch_full(p, &record, batch_size);
+                let max = state.topic.config().max_message_bytes;
+                let full = state.batch_full(p, &record, capped(batch_size, max));
                 if full {
                     let completed = self.flush_partition(topic, p)?;
                     let p = self.topic_state(topic)?.sticky.partition(n);
@@ -247,11 +254,11 @@ impl Producer {
         // A record that cannot fit the topic's `max.message.bytes` even alone is refused
         // here, alone: buffered, it would make the append of its whole batch fail, and the
         // records sharing the batch with it. Uncompressed only (compression may make it fit).
+        let max = state.topic.config().max_message_bytes;
         if !compressed {
             let size = crate::batch::BATCH_HEADER_LEN + record_size(&record) + 16;
-            let max = state.topic.config().max_message_bytes;
             if size > max as usize {
-                return Err(LogError::MessageTooLarge {
+                return Err(LogError::RecordTooLarge {
                     topic: topic.into(),
                     partition,
                     size,
@@ -264,7 +271,7 @@ impl Producer {
             state.open.resize_with(n as usize, || None);
             state.sequences.resize(n as usize, 0);
         }
-        let full = state.batch_full(partition, &record, batch_size);
+        let full = state.batch_full(partition, &record, capped(batch_size, max));
         let completed = if full {
             self.flush_partition(topic, partition)?
         } else {

@@ -99,7 +99,7 @@ pub fn send_or_dead_letter(
     let (key, value, timestamp) = (record.key.clone(), record.value.clone(), record.timestamp);
     match producer.send(topic, record) {
         Ok(_) => Ok(true),
-        Err(e @ LogError::MessageTooLarge { .. }) => {
+        Err(e @ LogError::RecordTooLarge { .. }) => {
             let letter = DeadLetter {
                 reason: e.to_string(),
                 origin: format!("a record for topic {topic}"),

@@ -1311,7 +1311,7 @@ fn batches_over_max_message_bytes_are_rejected() {
     assert!(
         matches!(
             err,
-            LogError::MessageTooLarge {
+            LogError::RecordTooLarge {
                 partition: 0,
                 max: 1000,
                 ..
@@ -1323,6 +1323,29 @@ fn batches_over_max_message_bytes_are_rejected() {
         log.describe_topic("t").unwrap().partitions[0].log_end_offset,
         1,
         "the small record was written"
+    );
+}
+
+#[test]
+fn batches_stay_under_a_small_max_message_bytes() {
+    // A limit below the producer's batch size: batches are cut to fit it, so every record
+    // is written (a batch over the limit would fail whole at its append).
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 1, &kv(&[("max.message.bytes", "16384")]))
+        .unwrap();
+    let mut p = producer(&log, 1 << 20);
+    for i in 0..2_000u32 {
+        p.send(
+            "t",
+            Record::from_value(vec![b'x'; 200 + (i % 7) as usize], 1),
+        )
+        .unwrap();
+    }
+    p.flush().unwrap();
+    assert_eq!(
+        log.describe_topic("t").unwrap().partitions[0].log_end_offset,
+        2_000
     );
 }
 

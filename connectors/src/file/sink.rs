@@ -220,6 +220,16 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
+    /// Forgets the files of the previous attempt: the attempt replays from the committed
+    /// offsets, and a file written past them is cut back to its flush point when its
+    /// partition's first record arrives again (never appended to twice).
+    fn open(&mut self, _schema: Option<&sluice_log::RecordSchema>) -> Result<()> {
+        self.open.clear();
+        self.durable.clear();
+        self.written.clear();
+        Ok(())
+    }
+
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {
         if !self.dir_ready && !records.is_empty() {
             std::fs::create_dir_all(&self.dir)
@@ -336,6 +346,34 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_new_attempt_on_the_same_sink_never_appends_a_replay_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            path: "out".into(),
+            roll_records: 100,
+            roll_bytes: 1 << 20,
+            roll_interval: None,
+            format: SinkFormat::Value,
+        };
+        let mut s = FileSink::new(config, dir.path()).unwrap();
+        s.open(None).unwrap();
+        s.write(&[rec(0, "a"), rec(1, "b")]).unwrap();
+        assert_eq!(s.flush().unwrap(), Durable::from([(0, 2)]));
+        // Written past the flush point, then the attempt ends before its offsets commit
+        // (a retryable error, a new schema version): the task opens the same sink again and
+        // replays from the committed offset 0.
+        s.write(&[rec(2, "c")]).unwrap();
+        s.open(None).unwrap();
+        s.write(&[rec(0, "a"), rec(1, "b"), rec(2, "c")]).unwrap();
+        s.flush().unwrap();
+        let all: Vec<String> = files(&dir.path().join("out"))
+            .into_values()
+            .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(all, ["a", "b", "c"], "each record once");
     }
 
     #[test]

@@ -485,6 +485,10 @@ impl Sink for ObjectStoreSink {
     /// decoded straight into it (unknown fields ignored, missing nullable fields null) and a
     /// value that does not fit is a dead letter with the reason. Without one, the schema is
     /// inferred per object. Buffers start over: the attempt replays from committed offsets.
+    fn uses_schema(&self) -> bool {
+        self.config.format == ObjectFormat::Parquet
+    }
+
     fn open(&mut self, schema: Option<&RecordSchema>) -> Result<()> {
         self.partitions.clear();
         self.decoder = None;

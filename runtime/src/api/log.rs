@@ -34,7 +34,9 @@ fn log_error(e: LogError) -> ApiError {
         LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => ApiError::not_found(e),
         LogError::TopicExists(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
         LogError::InternalTopic { .. } => ApiError(StatusCode::FORBIDDEN, e.to_string()),
-        LogError::MessageTooLarge { .. } => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        LogError::MessageTooLarge { .. } | LogError::RecordTooLarge { .. } => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         e if e.is_user_error() => ApiError::bad_request(e),
         e if e.is_retryable() => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => ApiError::internal(e),
@@ -253,12 +255,23 @@ pub async fn read_records(
             let records = consumer
                 .poll(Duration::from_millis(50))
                 .map_err(log_error)?;
+            // Where the consumer is: past transaction markers, aborted batches and gaps it
+            // read over, so `next_offset` moves even when no record came back.
+            let position = consumer.position(&tp).unwrap_or(next);
             if records.is_empty() {
+                if position > next {
+                    next = position;
+                    continue;
+                }
                 break;
             }
-            for r in records.iter().take(q.limit - out.len()) {
+            let room = q.limit - out.len();
+            for r in records.iter().take(room) {
                 next = r.offset + 1;
                 out.push(record_json(r));
+            }
+            if records.len() <= room {
+                next = next.max(position);
             }
         }
         Ok(Json(json!({ "records": out, "next_offset": next })))

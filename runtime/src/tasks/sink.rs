@@ -130,8 +130,8 @@ impl SinkTask {
         self.take_over_legacy_offsets(&tps)?;
         self.check_offsets(&tps)?;
         consumer.assign(&tps)?;
-        // The schema as of this attempt. When another version is recorded, the attempt
-        // commits what is durable and ends, and the next one writes with the new version
+        // The schema as of this attempt. When another version is recorded, a sink that
+        // writes with it ends the attempt, and the next one writes with the new version
         // (records not committed yet are written again, with it): a column a new version
         // adds is never dropped by a sink that started before it.
         let subject = sluice_log::value_subject(&self.topic);
@@ -196,8 +196,12 @@ impl Epochs for SinkRun<'_> {
         // with a new schema version is written with it. These records are not written, so
         // nothing commits here (the consumer's position is past them); the next attempt
         // reads them again from the last commit.
-        let recorded = self.task.log.schemas().latest(&self.subject);
-        if recorded.as_ref().map(|r| r.id) != self.schema_id {
+        let recorded = if self.sink.uses_schema() {
+            self.task.log.schemas().latest(&self.subject)
+        } else {
+            None
+        };
+        if self.sink.uses_schema() && recorded.as_ref().map(|r| r.id) != self.schema_id {
             return Err(TaskError::Restart(format!(
                 "the schema of topic {} changed (now {}); the sink writes with it from its last commit",
                 self.task.topic,
