@@ -227,7 +227,8 @@ fn json_and_parquet_objects_land_with_their_names_and_records() {
         json!({ "partition-by": "dt={date}/zone={field:zone}", "flush-records": 4 }),
     ));
     assert!(json_sink.write(&records).unwrap().is_empty());
-    // Four records rotated into one object per zone; the fifth waits for more.
+    // Four records rotated into one object per zone, each named by the rotation's first
+    // offset; the fifth waits for more.
     let mut durable = json_sink.flush().unwrap();
     assert_eq!(durable.pop_first(), Some((1, 14)));
     assert_eq!(
@@ -241,7 +242,7 @@ fn json_and_parquet_objects_land_with_their_names_and_records() {
                 ]
             ),
             (
-                "json/rides/1/dt=2023-11-14/zone=south/00000000000000000011.jsonl".to_string(),
+                "json/rides/1/dt=2023-11-14/zone=south/00000000000000000010.jsonl".to_string(),
                 vec![
                     r#"{"zone":"south","fare":1}"#.to_string(),
                     r#"{"zone":"south","fare":3}"#.to_string()

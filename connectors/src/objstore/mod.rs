@@ -16,8 +16,11 @@
 //! (one group when there is none). The buffer is **rotated** — every group uploaded as one
 //! object, and the buffer started empty — when its records reach `flush-records`, its bytes
 //! reach `flush-bytes`, or a record's time is at least the buffer's first record time plus
-//! `flush-interval` (that record starts the next buffer). An object is named by the offset of
-//! its own first record.
+//! `flush-interval` (that record starts the next buffer). Every record counts, the rejected
+//! ones too, by its own key and value bytes. An object is named by the offset of its buffer's
+//! first record (so every group of one rotation shares the name, in its own folder): which
+//! records of a buffer are written can change between a crash and its replay (a schema
+//! recorded in between), where the buffer's boundaries cannot.
 //!
 //! # Exactly once
 //!

@@ -28,8 +28,6 @@ const UPLOAD_CONCURRENCY: usize = 8;
 /// One group's buffered records: what one object will hold.
 #[derive(Debug)]
 struct Group {
-    /// The offset of its first record: the object's name.
-    first: i64,
     rows: Rows,
 }
 
@@ -270,7 +268,6 @@ impl ObjectStoreSink {
             });
             if let Some((line, path)) = encoded {
                 let group = buffer.groups.entry(path).or_insert_with(|| Group {
-                    first: r.offset,
                     rows: if decoded {
                         Rows::Decoded {
                             batches: Vec::new(),
@@ -382,9 +379,12 @@ impl ObjectStoreSink {
                 name.push_str(&folder);
                 name.push('/');
             }
+            // Named by the buffer's first record, not the group's first written one: which
+            // records are written can change between a crash and its replay (a schema
+            // recorded in between), where the buffer's boundaries cannot.
             name.push_str(&format!(
                 "{:020}.{}",
-                group.first,
+                buffer.first,
                 self.config.format.extension()
             ));
             let encoded = match (group.rows, &self.decoder) {

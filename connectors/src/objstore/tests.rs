@@ -235,20 +235,20 @@ fn partition_by_splits_objects_into_folders_and_rejects_records_without_the_fiel
     );
     assert_eq!(rejected[1].raw, b"not json");
     // Four records counted (the rejected one too, the tombstone not) across three folders:
-    // one rotation, one object per folder, each named by its own first record.
+    // one rotation, one object per folder, each named by the rotation's first record.
     let objs = objects(store.as_ref());
     assert_eq!(
         objs.keys().collect::<Vec<_>>(),
         [
-            "t/0/dt=2023-11-14/hour=22/zone=7/00000000000000000001.jsonl",
+            "t/0/dt=2023-11-14/hour=22/zone=7/00000000000000000000.jsonl",
             "t/0/dt=2023-11-14/hour=22/zone=a%2Fb/00000000000000000000.jsonl",
-            "t/0/dt=2023-11-14/hour=23/zone=a%2Fb/00000000000000000004.jsonl",
+            "t/0/dt=2023-11-14/hour=23/zone=a%2Fb/00000000000000000000.jsonl",
         ]
     );
     assert_eq!(
         rows(
             "x.jsonl",
-            &objs["t/0/dt=2023-11-14/hour=22/zone=7/00000000000000000001.jsonl"]
+            &objs["t/0/dt=2023-11-14/hour=22/zone=7/00000000000000000000.jsonl"]
         ),
         [r#"{"geo": {"zone": 7}, "n": 1}"#]
     );
