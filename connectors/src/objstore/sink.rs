@@ -390,12 +390,10 @@ impl ObjectStoreSink {
             let encoded = match (group.rows, &self.decoder) {
                 (Rows::Lines(lines), _) if self.config.format == ObjectFormat::Json => Ok(lines),
                 (Rows::Lines(lines), _) => parquet::from_json_lines(&lines, None),
+                // Written even when every record of the group was a dead letter (a file of
+                // no rows): an earlier attempt may have written this name with rows, before
+                // a schema that rejects them was recorded, and a replay must replace it.
                 (Rows::Decoded { batches, .. }, Some(decoder)) => {
-                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                    if rows == 0 {
-                        // Every record of the group was a dead letter: no object.
-                        continue;
-                    }
                     parquet::write(Arc::clone(decoder.schema()), &batches)
                 }
                 (Rows::Decoded { .. }, None) => continue,

@@ -660,3 +660,37 @@ fn a_replay_opened_with_a_newly_recorded_schema_does_not_duplicate_records() {
         "rows in more than one object after the replay: {twice:?}"
     );
 }
+
+/// A replay whose new schema rejects every record of an object that an earlier attempt
+/// (without the schema) wrote must not leave that object behind: its records are dead letters
+/// now, and would otherwise be in the store too.
+#[test]
+fn a_replay_that_rejects_a_whole_object_replaces_it_with_an_empty_one() {
+    let store = Arc::new(InMemory::new());
+    let c = config(serde_json::json!({ "format": "parquet", "flush-records": 2 }));
+    // `v` is a string here; the schema recorded later says BIGINT.
+    let records = [
+        rec(0, 0, Some(r#"{"v": "zero"}"#)),
+        rec(1, 0, Some(r#"{"v": "one"}"#)),
+    ];
+    let mut first = sink(&store, c.clone());
+    first.open(None).unwrap();
+    first.write(&records).unwrap();
+    drop(first);
+    assert_eq!(
+        output(store.as_ref()).len(),
+        2,
+        "the first attempt wrote both"
+    );
+    let mut second = sink(&store, c);
+    second
+        .open(Some(&crate::conformance::sample_schema()))
+        .unwrap();
+    let rejected = second.write(&records).unwrap();
+    assert_eq!(rejected.len(), 2, "both are dead letters now");
+    assert!(
+        output(store.as_ref()).is_empty(),
+        "no row is both in the store and a dead letter"
+    );
+    assert_eq!(names(store.as_ref()).len(), 1, "the object is there, empty");
+}
