@@ -331,12 +331,42 @@ fn source_name(select: &Select) -> Result<String> {
             .0
             .last()
             .and_then(|p| p.as_ident())
-            .map(|i| i.value.clone())
+            .map(ident_name)
             .unwrap_or_default()),
         _ => Err(SqlError::Invalid(
             "FROM must name a stream or table (subqueries are not supported)".into(),
         )),
     }
+}
+
+/// The name an identifier stands for: unquoted ones are case-insensitive (folded to lower
+/// case, as declared names are), quoted ones exact — as in ksqlDB and SQL generally.
+pub fn ident_name(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+/// `e` with its unquoted identifiers folded to lower case: two spellings of one expression
+/// (`Zone` and `zone`) compare equal.
+pub fn folded(e: &SqlExpr) -> SqlExpr {
+    use datafusion::sql::sqlparser::ast::visit_expressions_mut;
+    let mut e = e.clone();
+    let _ = visit_expressions_mut(&mut e, |e| {
+        match e {
+            SqlExpr::Identifier(i) => i.value = ident_name(i),
+            SqlExpr::CompoundIdentifier(parts) => {
+                for i in parts.iter_mut() {
+                    i.value = ident_name(i);
+                }
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    e
 }
 
 /// Compiles a SELECT against the catalog.

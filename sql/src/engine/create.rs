@@ -233,9 +233,16 @@ fn output_key(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> O
         };
         // The key is the selected column that is the grouping expression: the column itself,
         // or an expression selected under an alias (`UPPER(zone) AS z ... GROUP BY UPPER(zone)`).
+        let group = crate::query::folded(group);
         let name = body.projection.iter().find_map(|item| match item {
-            SelectItem::UnnamedExpr(e @ Expr::Identifier(i)) if e == group => Some(i.value.clone()),
-            SelectItem::ExprWithAlias { expr, alias } if expr == group => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(e @ Expr::Identifier(i))
+                if crate::query::folded(e) == group =>
+            {
+                Some(crate::query::ident_name(i))
+            }
+            SelectItem::ExprWithAlias { expr, alias } if crate::query::folded(expr) == group => {
+                Some(crate::query::ident_name(alias))
+            }
             _ => None,
         })?;
         return schema.index_of(&name).ok().map(|_| name);
