@@ -71,6 +71,22 @@ impl AggregatePlan {
         let mut ws = None;
         let mut we = None;
         for (i, e) in agg.group_expr.iter().enumerate() {
+            // One expression named twice (`GROUP BY k, s.k`, or WINDOWSTART, which the
+            // WINDOW clause groups on already) would make two key columns of one value;
+            // refused with the name, rather than left to fail inside the planner.
+            if agg.group_expr[..i].iter().any(|o| unalias(o) == unalias(e)) {
+                let name = unalias(e).schema_name().to_string();
+                let hint = if windows.is_some()
+                    && [WINDOWSTART, WINDOWEND].iter().any(|w| name.ends_with(w))
+                {
+                    "; the WINDOW clause groups on the window already: leave it out of GROUP BY"
+                } else {
+                    ""
+                };
+                return Err(SqlError::Invalid(format!(
+                    "GROUP BY names {name} twice{hint}"
+                )));
+            }
             if let Expr::GroupingSet(_) = e {
                 return Err(SqlError::Invalid(
                     "GROUPING SETS, CUBE and ROLLUP are not supported".into(),
