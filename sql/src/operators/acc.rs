@@ -476,6 +476,37 @@ fn i64_at(buf: &[u8], pos: &mut usize) -> Result<i64> {
     Ok(i64::from_le_bytes(arr8(take(buf, pos, 8)?)))
 }
 
+/// Whether values of type `t` can be kept in aggregate state ([`encode_scalar`] and
+/// [`decode_scalar`] handle exactly these): checked when a query is planned, so a query that
+/// could not keep its state is refused at CREATE instead of failing on every record.
+pub fn storable(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Null
+            | DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(_, _)
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    )
+}
+
 /// Appends a scalar: a null flag, then its bytes (the type is known to the reader).
 pub fn encode_scalar(v: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
     if v.is_null() {

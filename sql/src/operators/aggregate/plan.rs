@@ -163,6 +163,14 @@ impl AggregatePlan {
                 )));
             }
             let input = arg.to_field(input_schema)?.1.data_type().clone();
+            let keeps_values = !matches!(kind, AggKind::Count { .. } | AggKind::Sum | AggKind::Avg);
+            if keeps_values && !crate::operators::acc::storable(&input) {
+                return Err(SqlError::Invalid(format!(
+                    "{} over {} values is not supported yet (aggregates keep primitive and text values)",
+                    name.to_uppercase(),
+                    crate::types::sql_name(&input)
+                )));
+            }
             let output = agg
                 .schema
                 .field(agg.group_expr.len() + i)
