@@ -33,7 +33,10 @@ impl Engine {
         } else {
             columns.to_vec()
         };
-        for n in &names {
+        // `ROWTIME` among the columns sets the record's timestamp (ms), as in ksqlDB; it is
+        // not a column of the value.
+        let rowtime = names.iter().position(|n| n == crate::format::ROWTIME);
+        for n in names.iter().filter(|n| *n != crate::format::ROWTIME) {
             if !def.columns.iter().any(|c| &c.0 == n) {
                 return Err(SqlError::Unknown {
                     kind: "column",
@@ -51,7 +54,36 @@ impl Engine {
                     names.len()
                 )));
             }
-            let batch = evaluate_row(&planner, &def.columns, &names, row)?;
+            let (timestamp, names, row) = match rowtime {
+                None => (sluice_log::record::now_ms(), names.clone(), row.clone()),
+                Some(i) => {
+                    let at = [(
+                        crate::format::ROWTIME.to_string(),
+                        datafusion::arrow::datatypes::DataType::Int64,
+                        false,
+                    )];
+                    let t = evaluate_row(&planner, &at, &[at[0].0.clone()], &row[i..=i])?;
+                    let t = t
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .filter(|a| datafusion::arrow::array::Array::is_valid(*a, 0))
+                        .map(|a| a.value(0))
+                        .filter(|t| *t >= 0)
+                        .ok_or_else(|| {
+                            SqlError::Invalid(
+                                "ROWTIME must be a time in milliseconds since 1970, not NULL or negative"
+                                    .into(),
+                            )
+                        })?;
+                    let mut names = names.clone();
+                    let mut row = row.clone();
+                    names.remove(i);
+                    row.remove(i);
+                    (t, names, row)
+                }
+            };
+            let batch = evaluate_row(&planner, &def.columns, &names, &row)?;
             for (key, value) in def.encode(&batch)? {
                 producer.send(
                     &def.topic,
@@ -59,7 +91,7 @@ impl Engine {
                         key,
                         value: Some(Bytes::from(value)),
                         headers: Vec::new(),
-                        timestamp: sluice_log::record::now_ms(),
+                        timestamp,
                     },
                 )?;
             }
