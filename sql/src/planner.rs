@@ -51,6 +51,14 @@ impl Planner {
         for f in crate::functions::streaming_aggregates() {
             ctx.register_udaf(f);
         }
+        // ksqlDB's IFNULL(a, b) is COALESCE(a, b) and keeps a's type; DataFusion's `ifnull`
+        // (NVL) turned an ARRAY into its text.
+        ctx.register_udf(
+            datafusion::functions::core::coalesce()
+                .as_ref()
+                .clone()
+                .with_aliases(["ifnull"]),
+        );
         for s in sources {
             ctx.register_table(
                 s.name.as_str(),
