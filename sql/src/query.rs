@@ -882,6 +882,7 @@ fn table_update(
         }
     };
     let mut step = Step::empty(&schema);
+    let mut retracted = None;
     if let Some((old, old_ts)) = rows.get(key)? {
         let old_input = Input {
             key: Some(key),
@@ -891,14 +892,18 @@ fn table_update(
         let decoded = reader.read(std::slice::from_ref(&old_input))?;
         // Retractions are stamped with the record that caused them.
         let times = vec![r.timestamp; decoded.batch.num_rows()];
-        let e = agg.process(&decoded.batch, &times, -1)?;
-        step.extend(emitted(e), 0)?;
+        retracted = Some(agg.process(&decoded.batch, &times, -1)?);
     }
     match new {
         Some(batch) => {
             let times = vec![r.timestamp; batch.num_rows()];
             match agg.process(&batch, &times, 1) {
                 Ok(e) => {
+                    // A row updated within its group: only the group's new value is
+                    // emitted, not a tombstone (or the value without the row) first.
+                    if let Some(old) = retracted.take() {
+                        step.extend(emitted(old.superseded_by(&e)?), 0)?;
+                    }
                     // A new row whose update failed changed nothing: as when it cannot be
                     // evaluated, the key counts as deleted and the record is a dead letter.
                     let failed = !e.failed.is_empty();
@@ -915,13 +920,21 @@ fn table_update(
                 // The new row cannot be evaluated (its old one is already retracted): the
                 // key counts as deleted and the record is a dead letter.
                 Err(SqlError::Plan(e)) => {
+                    if let Some(old) = retracted.take() {
+                        step.extend(emitted(old), 0)?;
+                    }
                     rows.put(key, None);
                     step.rejected.push((0, e));
                 }
                 Err(e) => return Err(e),
             }
         }
-        None => rows.put(key, None),
+        None => {
+            if let Some(old) = retracted.take() {
+                step.extend(emitted(old), 0)?;
+            }
+            rows.put(key, None)
+        }
     }
     Ok(step)
 }

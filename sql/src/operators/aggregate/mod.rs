@@ -65,6 +65,36 @@ pub struct Emitted {
     /// Per output row: the group was deleted (emptied, or no longer passing HAVING) and its
     /// key gets a tombstone. Only unwindowed aggregates delete.
     pub deleted: Vec<bool>,
+    /// Per output row: its group (the encoded key and the window start, 0 unwindowed).
+    pub groups: Vec<(Vec<u8>, i64)>,
+}
+
+impl Emitted {
+    /// Without the rows of the groups `later` emits too: a table row updated within its
+    /// group is retracted and added back in one record, and only the group's final row is
+    /// emitted (not a tombstone or an intermediate value first).
+    pub fn superseded_by(self, later: &Emitted) -> Result<Emitted> {
+        let keep: Vec<u32> = (0..self.groups.len())
+            .filter(|&i| !later.groups.contains(&self.groups[i]))
+            .map(|i| i as u32)
+            .collect();
+        if keep.len() == self.groups.len() {
+            return Ok(self);
+        }
+        let batch = datafusion::arrow::compute::take_record_batch(
+            &self.batch,
+            &datafusion::arrow::array::UInt32Array::from(keep.clone()),
+        )?;
+        let pick = |i: &u32| *i as usize;
+        Ok(Emitted {
+            batch,
+            timestamps: keep.iter().map(|i| self.timestamps[pick(i)]).collect(),
+            late: self.late,
+            failed: self.failed,
+            deleted: keep.iter().map(|i| self.deleted[pick(i)]).collect(),
+            groups: keep.iter().map(|i| self.groups[pick(i)].clone()).collect(),
+        })
+    }
 }
 
 /// A running aggregate.
@@ -306,13 +336,14 @@ impl Aggregate {
             out.extend(self.close_windows()?);
         }
         self.expire()?;
-        let (batch, timestamps, deleted) = self.finish(out)?;
+        let (batch, timestamps, deleted, groups) = self.finish(out)?;
         Ok(Emitted {
             batch,
             timestamps,
             late,
             failed,
             deleted,
+            groups,
         })
     }
 

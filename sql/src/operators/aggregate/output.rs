@@ -11,6 +11,9 @@ use super::cache::Entry;
 use crate::error::{Result, SqlError};
 
 /// One emitted group before HAVING and projection.
+/// Output rows, their timestamps, their deletion flags and their groups (key, window start).
+pub(super) type Finished = (RecordBatch, Vec<i64>, Vec<bool>, Vec<(Vec<u8>, i64)>);
+
 pub(super) struct Out {
     key: Vec<u8>,
     start: i64,
@@ -41,10 +44,11 @@ impl Aggregate {
 
     /// Builds the aggregate's output rows and applies HAVING and the SELECT list; returns
     /// the rows, their timestamps and which of them are deletions.
-    pub(super) fn finish(&self, out: Vec<Out>) -> Result<(RecordBatch, Vec<i64>, Vec<bool>)> {
+    pub(super) fn finish(&self, out: Vec<Out>) -> Result<Finished> {
         if out.is_empty() {
             return Ok((
                 RecordBatch::new_empty(Arc::clone(self.plan.schema())),
+                Vec::new(),
                 Vec::new(),
                 Vec::new(),
             ));
@@ -121,6 +125,9 @@ impl Aggregate {
             batch,
             rows.iter().map(|&i| out[i as usize].ts).collect(),
             deleted,
+            rows.iter()
+                .map(|&i| (out[i as usize].key.clone(), out[i as usize].start))
+                .collect(),
         ))
     }
 }
