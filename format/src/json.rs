@@ -195,7 +195,11 @@ pub fn infer_schema<'a>(sample: impl Iterator<Item = &'a [u8]>) -> Result<Schema
 pub fn encode_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::new();
     {
-        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        // NULL columns are written as `"f": null`, as ksqlDB writes them: a reader sees the
+        // column is there and empty, not missing.
+        let mut w = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow_json::writer::LineDelimited>(&mut buf);
         w.write(batch)?;
         w.finish()?;
     }
@@ -290,7 +294,11 @@ mod tests {
         let rows = encode_rows(&b).unwrap();
         assert_eq!(
             rows,
-            [br#"{"a":1,"b":"x"}"#.to_vec(), br#"{"a":2}"#.to_vec()]
+            [
+                br#"{"a":1,"b":"x"}"#.to_vec(),
+                br#"{"a":2,"b":null}"#.to_vec()
+            ],
+            "a NULL column is written as null, as ksqlDB writes it"
         );
     }
 }
