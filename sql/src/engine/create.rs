@@ -248,5 +248,22 @@ fn output_key(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> O
         return schema.index_of(&name).ok().map(|_| name);
     }
     let key = q.source.columns.iter().find(|c| c.2)?.0.clone();
-    schema.index_of(&key).ok().map(|_| key)
+    if schema.index_of(&key).is_ok() {
+        return Some(key);
+    }
+    // The key column selected under another name (`SELECT id AS ride ...`) stays the key,
+    // under that name, as in ksqlDB.
+    let SetExpr::Select(body) = select.query.body.as_ref() else {
+        return None;
+    };
+    body.projection.iter().find_map(|item| match item {
+        SelectItem::ExprWithAlias {
+            expr: Expr::Identifier(i),
+            alias,
+        } if crate::query::ident_name(i) == key => {
+            let name = crate::query::ident_name(alias);
+            schema.index_of(&name).ok().map(|_| name)
+        }
+        _ => None,
+    })
 }
