@@ -104,6 +104,7 @@ impl Engine {
             _ => {}
         }
         let key = output_key(&compiled, select);
+        refuse_key_twice(&compiled, select)?;
         if kind == SourceKind::Table && key.is_none() {
             return Err(SqlError::Invalid(format!(
                 "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
@@ -214,6 +215,49 @@ impl Engine {
             tracing::warn!(source = %name, topic = %topic, error = %e, "The declared columns do not match the schema recorded for the topic; records that do not fit go to the dead-letter topic.");
         }
     }
+}
+
+/// A key column selected twice (`SELECT id, id AS id2, ...`) is refused, as ksqlDB refuses
+/// it: a record has one key, and a copy of it in the value would be a second truth.
+fn refuse_key_twice(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> Result<()> {
+    let SetExpr::Select(body) = select.query.body.as_ref() else {
+        return Ok(());
+    };
+    // The key's expression: the single GROUP BY expression, or the source's key column.
+    let key = if q.is_aggregate() {
+        match &body.group_by {
+            datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _)
+                if exprs.len() == 1 =>
+            {
+                crate::query::folded(&exprs[0])
+            }
+            _ => return Ok(()),
+        }
+    } else {
+        match q.source.columns.iter().find(|c| c.2) {
+            Some(c) => Expr::Identifier(datafusion::sql::sqlparser::ast::Ident::new(&c.0)),
+            None => return Ok(()),
+        }
+    };
+    let names: Vec<String> = body
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::UnnamedExpr(e) if crate::query::folded(e) == key => Some(e.to_string()),
+            SelectItem::ExprWithAlias { expr, alias } if crate::query::folded(expr) == key => {
+                Some(crate::query::ident_name(alias))
+            }
+            _ => None,
+        })
+        .collect();
+    if names.len() > 1 {
+        return Err(SqlError::Invalid(format!(
+            "the key {key} is selected {} times (as {}); a key column may be selected once",
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The column of a query's output that becomes the record key: the source's key column
