@@ -25,13 +25,8 @@ use crate::{ConnectorError, Durable, Rejected, Result, Sink};
 /// Objects of one rotation uploaded at once (one per partition-by group).
 const UPLOAD_CONCURRENCY: usize = 8;
 
-/// One group's buffered records: what one object will hold.
-#[derive(Debug)]
-struct Group {
-    rows: Rows,
-}
-
-/// A group's records, in the form its object is made from.
+/// A group's buffered records (what one object will hold), in the form its object is made
+/// from.
 #[derive(Debug)]
 enum Rows {
     /// JSON lines: the object itself (`json`), or the input of schema inference (`parquet`
@@ -59,7 +54,7 @@ struct Buffer {
     /// When the last record was added (for `flush-idle`).
     last_added: Instant,
     /// By partition-by path (`""` without a template).
-    groups: BTreeMap<String, Group>,
+    groups: BTreeMap<String, Rows>,
 }
 
 #[derive(Debug)]
@@ -267,17 +262,17 @@ impl ObjectStoreSink {
                 groups: BTreeMap::new(),
             });
             if let Some((line, path)) = encoded {
-                let group = buffer.groups.entry(path).or_insert_with(|| Group {
-                    rows: if decoded {
+                let group = buffer.groups.entry(path).or_insert_with(|| {
+                    if decoded {
                         Rows::Decoded {
                             batches: Vec::new(),
                             pending: Vec::new(),
                         }
                     } else {
                         Rows::Lines(Vec::new())
-                    },
+                    }
                 });
-                match &mut group.rows {
+                match group {
                     Rows::Lines(lines) => {
                         lines.extend_from_slice(&line);
                         lines.push(b'\n');
@@ -320,7 +315,7 @@ impl ObjectStoreSink {
             return Ok(());
         };
         for group in buffer.groups.values_mut() {
-            let Rows::Decoded { batches, pending } = &mut group.rows else {
+            let Rows::Decoded { batches, pending } = group else {
                 continue;
             };
             if pending.is_empty() {
@@ -387,7 +382,7 @@ impl ObjectStoreSink {
                 buffer.first,
                 self.config.format.extension()
             ));
-            let encoded = match (group.rows, &self.decoder) {
+            let encoded = match (group, &self.decoder) {
                 (Rows::Lines(lines), _) if self.config.format == ObjectFormat::Json => Ok(lines),
                 (Rows::Lines(lines), _) => parquet::from_json_lines(&lines, None),
                 // Written even when every record of the group was a dead letter (a file of

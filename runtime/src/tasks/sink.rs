@@ -196,17 +196,15 @@ impl Epochs for SinkRun<'_> {
         // with a new schema version is written with it. These records are not written, so
         // nothing commits here (the consumer's position is past them); the next attempt
         // reads them again from the last commit.
-        let recorded = if self.sink.uses_schema() {
-            self.task.log.schemas().latest(&self.subject)
-        } else {
-            None
-        };
-        if self.sink.uses_schema() && recorded.as_ref().map(|r| r.id) != self.schema_id {
-            return Err(TaskError::Restart(format!(
-                "the schema of topic {} changed (now {}); the sink writes with it from its last commit",
-                self.task.topic,
-                recorded.map_or("none".to_string(), |r| format!("version {}", r.version))
-            )));
+        if self.sink.uses_schema() {
+            let recorded = self.task.log.schemas().latest(&self.subject);
+            if recorded.as_ref().map(|r| r.id) != self.schema_id {
+                return Err(TaskError::Restart(format!(
+                    "the schema of topic {} changed (now {}); the sink writes with it from its last commit",
+                    self.task.topic,
+                    recorded.map_or("none".to_string(), |r| format!("version {}", r.version))
+                )));
+            }
         }
         let rejected = self.sink.write(&records)?;
         let n = records.len() as u64;
