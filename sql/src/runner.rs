@@ -75,11 +75,6 @@ pub fn dlq_topic(sink_topic: &str) -> String {
     sluice_task::dlq_topic(sink_topic)
 }
 
-/// Header naming why a record was rejected.
-pub const ERROR_HEADER: &str = sluice_task::dead_letter::ERROR_HEADER;
-/// Header naming where a rejected record came from (`topic/partition/offset`).
-pub const SOURCE_HEADER: &str = sluice_task::dead_letter::SOURCE_HEADER;
-
 #[derive(Debug)]
 struct Handle {
     config: RunnerConfig,
