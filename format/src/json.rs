@@ -4,11 +4,12 @@
 //! Decoding goes straight from bytes to Arrow columns (arrow-json's tape decoder): one parse
 //! per value, no `serde_json::Value` in between.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use serde_json::Value;
 
@@ -59,6 +60,8 @@ pub struct JsonDecoder {
     schema: SchemaRef,
     /// A field the schema does not name is an error (else it is ignored).
     strict: bool,
+    /// Field names match as ksqlDB matches them ([`JsonDecoder::case_insensitive`]).
+    fold_keys: bool,
 }
 
 /// Values decoded one by one after a batch failed: the rows that fit and why the others did
@@ -79,6 +82,7 @@ impl JsonDecoder {
         JsonDecoder {
             schema,
             strict: false,
+            fold_keys: false,
         }
     }
 
@@ -86,8 +90,21 @@ impl JsonDecoder {
     /// ignored: to find out whether values carry more than the schema says.
     pub fn strict(&self) -> Self {
         JsonDecoder {
-            schema: Arc::clone(&self.schema),
             strict: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same decoder, matching JSON field names as ksqlDB does: a field whose name the
+    /// schema has exactly is that field; otherwise its name in upper case is looked up, so
+    /// `"zone"` and `"Zone"` fill the column `ZONE` (a column declared without quotes),
+    /// while a quoted mixed-case column (`"myField"`) only takes `"myField"`. Applies at
+    /// every depth (STRUCT fields too). Values whose names all match exactly are decoded
+    /// as they are; others are copied once with their keys rewritten.
+    pub fn case_insensitive(&self) -> Self {
+        JsonDecoder {
+            fold_keys: true,
+            ..self.clone()
         }
     }
 
@@ -111,6 +128,11 @@ impl JsonDecoder {
             .with_strict_mode(self.strict)
             .build_decoder()?;
         for v in values {
+            let v: Cow<[u8]> = match self.fold_keys {
+                true => fold_keys(v, self.schema.fields()).map_or(Cow::Borrowed(v), Cow::Owned),
+                false => Cow::Borrowed(v),
+            };
+            let v = v.as_ref();
             if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
                 return Err(FormatError::Invalid(
                     "the value is not a JSON object".into(),
@@ -171,6 +193,166 @@ impl JsonDecoder {
             rows,
             rejected,
         })
+    }
+}
+
+/// `value` (a JSON object decoded into `fields`) with each object key that names no field
+/// exactly but does in upper case, upper-cased; `None` when no key changes (the common
+/// case: no copy). The scan follows the schema: only keys of objects that are STRUCTs (or
+/// the value itself) are names; a MAP's keys are data and are never touched. It recurses
+/// only as deep as the schema nests and skips everything else without recursion, so a
+/// deeply nested value cannot exhaust the stack. Invalid JSON comes back unchanged, for
+/// the decoder to reject with its reason.
+fn fold_keys(value: &[u8], fields: &Fields) -> Option<Vec<u8>> {
+    let mut edits = Vec::new();
+    let mut scan = KeyScan { v: value, i: 0 };
+    scan.object(fields, &mut edits)?;
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut copied = 0;
+    for (start, end, name) in edits {
+        out.extend_from_slice(&value[copied..start]);
+        out.extend_from_slice(name.as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(&value[copied..]);
+    Some(out)
+}
+
+/// A cursor over a JSON value for [`fold_keys`]; each method returns `None` on bad JSON.
+struct KeyScan<'a> {
+    v: &'a [u8],
+    i: usize,
+}
+
+/// A key to rewrite: its bytes `start..end` (inside the quotes) become the name.
+type Edit<'f> = (usize, usize, &'f str);
+
+impl<'a> KeyScan<'a> {
+    fn peek(&mut self) -> Option<u8> {
+        while self.v.get(self.i)?.is_ascii_whitespace() {
+            self.i += 1;
+        }
+        self.v.get(self.i).copied()
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+
+    /// A string: the range of its contents and whether it holds escapes.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match *self.v.get(self.i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                _ => self.i += 1,
+            }
+        }
+        let end = self.i;
+        self.i += 1;
+        Some((start, end, escaped))
+    }
+
+    /// An object whose keys name `fields`.
+    fn object<'f>(&mut self, fields: &'f Fields, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let (start, end, escaped) = self.string()?;
+            let key = std::str::from_utf8(&self.v[start..end]).ok()?;
+            let field = match fields.iter().find(|f| f.name() == key) {
+                Some(f) => Some(f),
+                None if escaped => None,
+                None => {
+                    let upper = key.to_uppercase();
+                    let f = fields.iter().find(|f| *f.name() == upper);
+                    if let Some(f) = f {
+                        edits.push((start, end, f.name().as_str()));
+                    }
+                    f
+                }
+            };
+            self.eat(b':')?;
+            self.value(field.map(|f| f.data_type()), edits)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A value of type `t` (`None`: a field the schema does not have).
+    fn value<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+        match (self.peek()?, t) {
+            (b'{', Some(DataType::Struct(fields))) => self.object(fields, edits),
+            (b'[', Some(DataType::List(f) | DataType::LargeList(f))) => {
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(Some(f.data_type()), edits)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => self.skip(),
+        }
+    }
+
+    /// Skips one value of no interest, nested or not, without recursion.
+    fn skip(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    self.i += 1;
+                }
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1)?;
+                    self.i += 1;
+                }
+                b',' | b':' if depth > 0 => self.i += 1,
+                b',' | b':' => return None,
+                _ => {
+                    while self.v.get(self.i).is_some_and(|b| {
+                        !matches!(b, b',' | b'}' | b']' | b':') && !b.is_ascii_whitespace()
+                    }) {
+                        self.i += 1;
+                    }
+                }
+            }
+            if depth == 0 {
+                return Some(());
+            }
+        }
     }
 }
 
@@ -299,6 +481,61 @@ mod tests {
                 br#"{"a":2,"b":null}"#.to_vec()
             ],
             "a NULL column is written as null, as ksqlDB writes it"
+        );
+    }
+
+    #[test]
+    fn case_insensitive_names_match_as_ksqldb_does() {
+        let inner = Fields::from(vec![Field::new("CITY", DataType::Utf8, true)]);
+        let map = DataType::Map(
+            Arc::new(Field::new(
+                "entries",
+                DataType::Struct(Fields::from(vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Int64, true),
+                ])),
+                false,
+            )),
+            false,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ZONE", DataType::Utf8, true),
+            Field::new("myField", DataType::Int64, true),
+            Field::new("ADDR", DataType::Struct(inner.clone()), true),
+            Field::new(
+                "ADDRS",
+                DataType::new_list(DataType::Struct(inner), true),
+                true,
+            ),
+            Field::new("M", map, true),
+        ]));
+        let d = JsonDecoder::new(schema).case_insensitive();
+        let v = br#"{"zone": "a", "MYFIELD": 1, "Addr": {"city": "x"},
+            "addrs": [{"City": "y"}], "m": {"zone": 2}, "other": {"zone": [1, {"a": "b"}]}}"#;
+        let b = d.decode(std::iter::once(&v[..])).unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "a");
+        // A quoted mixed-case column takes only its exact spelling.
+        assert!(b.column(1).is_null(0));
+        let addr = b.column(2).as_struct();
+        assert_eq!(addr.column(0).as_string::<i32>().value(0), "x");
+        let addrs = b.column(3).as_list::<i32>().value(0);
+        assert_eq!(addrs.as_struct().column(0).as_string::<i32>().value(0), "y");
+        // Map keys are data: "zone" stays "zone".
+        let m = b.column(4).as_map();
+        assert_eq!(m.keys().as_string::<i32>().value(0), "zone");
+        // Exact names win and need no copy.
+        let fields = d.schema().fields().clone();
+        assert!(fold_keys(br#"{"ZONE": "a", "x": {"zone": 1}}"#, &fields).is_none());
+        // Bad JSON and deep nesting in an unknown field pass through for the decoder.
+        assert!(fold_keys(br#"{"zone": "#, &fields).is_none());
+        let deep = format!(
+            r#"{{"zone": "a", "x": {}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            fold_keys(deep.as_bytes(), &fields).unwrap()[..9],
+            br#"{"ZONE": "#[..]
         );
     }
 }

@@ -554,9 +554,22 @@ impl Worker {
     /// running that no one stops.
     fn start_tasks(&self, p: &Pipeline, stop: &StopToken) -> Result<Vec<Task>, DeployError> {
         let topic_err = |task: &str, e: LogError| {
+            // A sink named the topic of a query's output as the stream was written
+            // (`spend`), but unquoted names are upper case: the topic is `SPEND`.
+            let hint = match &e {
+                LogError::UnknownTopic(t)
+                    if *t != t.to_uppercase() && self.log.topic(&t.to_uppercase()).is_ok() =>
+                {
+                    format!(
+                        "; a query's output topic is its stream or table name, upper case unless quoted: '{}' (or give the query WITH (topic = '{t}'))",
+                        t.to_uppercase()
+                    )
+                }
+                _ => String::new(),
+            };
             DeployError::Topic {
                 pipeline: p.name.clone(),
-                reason: format!("{task}: {e}"),
+                reason: format!("{task}: {e}{hint}"),
                 user_error: e.is_user_error(),
             }
             .redact(&p.secrets)

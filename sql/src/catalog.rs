@@ -190,7 +190,8 @@ pub fn source_def(
             "{kind} {name}: only one key column is supported"
         )));
     }
-    let timestamp = property(properties, &["timestamp"]).map(|v| v.as_str().to_lowercase());
+    // The value names a column: case-insensitive, as an unquoted identifier is.
+    let timestamp = property(properties, &["timestamp"]).map(|v| v.as_str().to_uppercase());
     if let Some(ts) = &timestamp {
         match cols.iter().find(|c| &c.0 == ts) {
             None => {
@@ -267,6 +268,8 @@ impl Catalog {
         };
         let mut records = Vec::new();
         log.read_all(CATALOG_TOPIC, 0, |_, r| records.push(r))?;
+        // The record key each source was last stored under.
+        let mut stored_as: BTreeMap<String, String> = BTreeMap::new();
         for r in records {
             let Some(key) = r.key else { continue };
             let name = String::from_utf8_lossy(&key).into_owned();
@@ -288,16 +291,36 @@ impl Catalog {
             }
             match r.value {
                 None => {
-                    catalog.sources.remove(&name);
+                    // The tombstone's key is the key the source was stored under (its name
+                    // as an older version spelled it, maybe).
+                    let dropped = stored_as
+                        .iter()
+                        .find(|(_, key)| **key == name)
+                        .map(|(source, _)| source.clone())
+                        .unwrap_or(name);
+                    catalog.sources.remove(&dropped);
+                    stored_as.remove(&dropped);
                 }
                 Some(v) => match catalog.replay(&String::from_utf8_lossy(&v)) {
                     Ok(def) => {
+                        stored_as.insert(def.name.clone(), name);
                         catalog.sources.insert(def.name.clone(), def);
                     }
                     Err(e) => {
                         tracing::error!(source = %name, error = %e, "A catalog entry no longer parses; it is skipped.")
                     }
                 },
+            }
+        }
+        // Entries stored by versions that folded names to lower case replay under their
+        // upper-case name; they move to that key, so a later DROP's tombstone (keyed by the
+        // name) removes them for good, even after compaction.
+        for (name, key) in stored_as {
+            if name != key {
+                if let Some(def) = catalog.sources.get(&name) {
+                    catalog.put(&name, Some(&def.statement))?;
+                    catalog.put(&key, None)?;
+                }
             }
         }
         Ok(catalog)
@@ -523,15 +546,7 @@ pub fn derived_statement(
     let cols: Vec<String> = columns
         .iter()
         .map(|(n, t, key)| {
-            let simple = !n.is_empty()
-                && n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                && !n.starts_with(|c: char| c.is_ascii_digit());
-            let ident = if simple {
-                n.clone()
-            } else {
-                format!("\"{}\"", n.replace('"', "\"\""))
-            };
+            let ident = crate::types::quoted_if_needed(n);
             let key = match (key, kind) {
                 (false, _) => "",
                 (true, SourceKind::Stream) => " KEY",
@@ -541,11 +556,12 @@ pub fn derived_statement(
         })
         .collect();
     format!(
-        "CREATE {} {name} ({}) WITH (topic = '{}', format = '{format}')",
+        "CREATE {} {} ({}) WITH (topic = '{}', format = '{format}')",
         match kind {
             SourceKind::Stream => "STREAM",
             SourceKind::Table => "TABLE",
         },
+        crate::types::quoted_if_needed(name),
         cols.join(", "),
         topic.replace('\'', "''")
     )
@@ -595,6 +611,34 @@ mod tests {
         )
     }
 
+    /// Entries an older version stored under lower-case names (its folding) come back under
+    /// their upper-case names, move to that key, and an old tombstone still drops its entry.
+    #[test]
+    fn entries_stored_under_lower_case_names_move_to_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        let c = Catalog::open(&log).unwrap();
+        c.put(
+            "rides",
+            Some("CREATE STREAM rides (id VARCHAR KEY) WITH (topic='rides', partitions=1)"),
+        )
+        .unwrap();
+        c.put(
+            "gone",
+            Some("CREATE STREAM gone (id VARCHAR KEY) WITH (topic='gone', partitions=1)"),
+        )
+        .unwrap();
+        c.put("gone", None).unwrap();
+        drop(c);
+        let mut c = Catalog::open(&log).unwrap();
+        assert!(c.get("RIDES").is_ok() && c.get("GONE").is_err());
+        c.drop_source(SourceKind::Stream, "RIDES", false, false)
+            .unwrap();
+        drop(c);
+        let c = Catalog::open(&log).unwrap();
+        assert!(c.get("RIDES").is_err(), "the drop holds after a reopen");
+    }
+
     #[test]
     fn create_persists_across_reopen_and_drop_removes() {
         let dir = tempfile::tempdir().unwrap();
@@ -618,19 +662,19 @@ mod tests {
         );
         drop(c);
         let mut c = Catalog::open(&log).unwrap();
-        assert_eq!(c.get("zones").unwrap().format, Format::Delimited);
-        assert_eq!(c.get("rides").unwrap().columns.len(), 3);
+        assert_eq!(c.get("ZONES").unwrap().format, Format::Delimited);
+        assert_eq!(c.get("RIDES").unwrap().columns.len(), 3);
         assert!(
-            c.drop_source(SourceKind::Stream, "zones", false, false)
+            c.drop_source(SourceKind::Stream, "ZONES", false, false)
                 .unwrap_err()
                 .to_string()
                 .contains("is a table")
         );
-        c.drop_source(SourceKind::Table, "zones", false, true)
+        c.drop_source(SourceKind::Table, "ZONES", false, true)
             .unwrap();
         assert!(log.topic("zones").is_err());
         let c = Catalog::open(&log).unwrap();
-        assert!(c.get("zones").is_err());
+        assert!(c.get("ZONES").is_err());
         assert_eq!(c.tables().unwrap().len(), 1);
     }
 
@@ -663,7 +707,7 @@ mod tests {
             ),
             (
                 "CREATE STREAM s (a INT) WITH (topic='s', partitions=1, timestamp='b')",
-                "unknown column 'b",
+                "unknown column 'B",
             ),
             (
                 "CREATE STREAM s (a INT) WITH (topic='s', partitions=0)",

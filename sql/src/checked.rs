@@ -337,12 +337,12 @@ mod tests {
         use datafusion::arrow::array::{Float64Array, Int32Array, Int64Array};
         use datafusion::arrow::datatypes::Field;
         let schema = Arc::new(Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Int32, true),
-            Field::new("x", DataType::Float64, true),
+            Field::new("A", DataType::Int64, true),
+            Field::new("B", DataType::Int32, true),
+            Field::new("X", DataType::Float64, true),
         ]));
         let table = crate::planner::SourceTable {
-            name: "t".into(),
+            name: "T".into(),
             schema: Arc::clone(&schema),
         };
         let planner = Planner::new(&[table]).unwrap();
@@ -374,7 +374,7 @@ mod tests {
         let e = run("b * b").unwrap_err().to_string();
         assert!(e.contains("Arithmetic overflow"), "{e}");
         let e = run("1.0 / x").unwrap_err().to_string();
-        assert!(e.contains("Divide by zero error in 1 / x"), "{e}");
+        assert!(e.contains("Divide by zero error in 1 / X"), "{e}");
         let e = run("-(a - 9223372036854775807 - 2)")
             .unwrap_err()
             .to_string();

@@ -89,7 +89,20 @@ impl From<datafusion::error::DataFusionError> for SqlError {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        SqlError::Plan(one_line.join(" "))
+        let mut text = one_line.join(" ");
+        // DataFusion's advice for a mis-cased name speaks of its own setting, which users
+        // cannot change; the rule here is ksqlDB's (unquoted names are upper case).
+        if let (Some(start), Some(end)) = (
+            text.find(" Column names are case sensitive."),
+            text.find("enable_ident_normalization configuration."),
+        ) {
+            let end = end + "enable_ident_normalization configuration.".len();
+            text.replace_range(
+                start..end,
+                " Unquoted names are upper case; a quoted name must match exactly.",
+            );
+        }
+        SqlError::Plan(text)
     }
 }
 

@@ -36,7 +36,7 @@ fn invalid(e: FormatError) -> SqlError {
 }
 
 /// Name of the record-timestamp column every source has.
-pub const ROWTIME: &str = "rowtime";
+pub const ROWTIME: &str = "ROWTIME";
 
 /// How a topic's record values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ impl RecordDecoder {
         Ok(RecordDecoder {
             format,
             schema: Arc::new(Schema::new(fields)),
-            json: JsonDecoder::new(Arc::clone(&value_schema)),
+            json: JsonDecoder::new(Arc::clone(&value_schema)).case_insensitive(),
             value_schema,
             key_columns: columns
                 .iter()

@@ -5,8 +5,8 @@
 //! here from the tokens, and what is standard SQL (SELECT bodies, expressions, types) is handed
 //! to `sqlparser` as tokens, so every error keeps the line and column of the original text.
 //!
-//! Unquoted identifiers are folded to lower case (as DataFusion and PostgreSQL do); quoted
-//! ones keep their case.
+//! Unquoted identifiers are folded to upper case, as ksqlDB (and standard SQL) does, once for
+//! every token ([`fold_identifiers`]); quoted ones (`"Name"` or `` `Name` ``) keep their case.
 //!
 //! Expression depth is bounded ([`MAX_EXPR_DEPTH`]) three ways, because parsing, planning,
 //! evaluating and even dropping a syntax tree recurse once per level and a deep enough
@@ -315,7 +315,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let mut statements = Vec::new();
     let mut current = Vec::new();
     let mut depth = 0i32;
-    for t in tokens {
+    for t in fold_identifiers(tokens) {
         match &t.token {
             Token::Whitespace(_) => continue,
             Token::LParen => depth += 1,
@@ -334,6 +334,23 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         statements.push(parse_tokens(current)?);
     }
     Ok(statements)
+}
+
+/// Folds every unquoted word to upper case, as ksqlDB does: names of streams, tables,
+/// columns, aliases and struct fields written without quotes are case-insensitive, and the
+/// folded spelling is the name (`zone` and `Zone` are both the column `ZONE`, and the output
+/// field is `"ZONE"`). Keywords and function names are case-insensitive anyway; quoted words
+/// keep their case. Done once on the token stream, so every later stage (this parser,
+/// sqlparser, DataFusion with its own normalization off) sees one spelling.
+fn fold_identifiers(tokens: Vec<TokenWithSpan>) -> impl Iterator<Item = TokenWithSpan> {
+    tokens.into_iter().map(|mut t| {
+        if let Token::Word(w) = &mut t.token {
+            if w.quote_style.is_none() {
+                w.value = w.value.to_uppercase();
+            }
+        }
+        t
+    })
 }
 
 /// Parses exactly one statement.
@@ -493,16 +510,12 @@ impl Cursor {
         }
     }
 
-    /// An identifier: unquoted ones are lower-cased.
+    /// An identifier (already folded by [`fold_identifiers`]).
     fn ident(&mut self, what: &str) -> Result<String> {
         match self.peek().clone() {
             Token::Word(w) => {
                 self.pos += 1;
-                Ok(if w.quote_style.is_some() {
-                    w.value
-                } else {
-                    w.value.to_lowercase()
-                })
+                Ok(w.value)
             }
             _ => Err(self.error(what)),
         }
@@ -849,7 +862,8 @@ fn parse_properties(c: &mut Cursor) -> Result<Properties> {
     for item in c.parenthesized_list()? {
         let start = item.first().map_or(at, |t| t.span.start);
         let mut p = Cursor::new(item);
-        let key = p.ident("a property name")?;
+        // Property names are keywords of the WITH clause, compared in lower case.
+        let key = p.ident("a property name")?.to_lowercase();
         p.expect(&Token::Eq)?;
         let value = match p.next() {
             Token::SingleQuotedString(s) => PropertyValue::String(s),
@@ -996,11 +1010,7 @@ fn rewrite_field_arrows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         }
         match iter.peek().map(|n| &n.token) {
             Some(Token::Word(w)) => {
-                let field = if w.quote_style.is_some() {
-                    w.value.clone()
-                } else {
-                    w.value.to_lowercase()
-                };
+                let field = w.value.clone();
                 let span = t.span;
                 iter.next();
                 out.push(TokenWithSpan::new(Token::LBracket, span));
@@ -1177,7 +1187,7 @@ mod tests {
             panic!("{s:?}")
         };
         assert_eq!(kind, SourceKind::Stream);
-        assert_eq!(name, "rides");
+        assert_eq!(name, "RIDES");
         assert_eq!(columns.len(), 4);
         assert!(columns[0].key && !columns[1].key);
         assert_eq!(columns[2].data_type.to_string(), "DOUBLE");
@@ -1222,7 +1232,7 @@ mod tests {
         assert_eq!(select.emit, Some(Emit::Final));
         let q = select.query.to_string();
         assert!(
-            q.contains("WHERE fare > 0") && q.contains("GROUP BY zone") && !q.contains("WINDOW"),
+            q.contains("WHERE FARE > 0") && q.contains("GROUP BY ZONE") && !q.contains("WINDOW"),
             "{q}"
         );
     }
@@ -1257,7 +1267,7 @@ mod tests {
         assert_eq!(
             parse_one("DESCRIBE EXTENDED Rides").unwrap(),
             Statement::Describe {
-                name: "rides".into(),
+                name: "RIDES".into(),
                 extended: true
             }
         );
@@ -1265,7 +1275,7 @@ mod tests {
             parse_one("DROP TABLE IF EXISTS surge DELETE TOPIC").unwrap(),
             Statement::Drop {
                 kind: SourceKind::Table,
-                name: "surge".into(),
+                name: "SURGE".into(),
                 if_exists: true,
                 delete_topic: true
             }
@@ -1273,7 +1283,7 @@ mod tests {
         assert_eq!(
             parse_one("TERMINATE ctas_surge_1").unwrap(),
             Statement::Terminate {
-                query_id: Some("ctas_surge_1".into())
+                query_id: Some("CTAS_SURGE_1".into())
             }
         );
         assert_eq!(
@@ -1300,7 +1310,7 @@ mod tests {
         };
         assert_eq!(
             (target.as_str(), columns.len(), rows.len(), rows[1].len()),
-            ("rides", 2, 2, 2)
+            ("RIDES", 2, 2, 2)
         );
         let s =
             parse_one("INSERT INTO big SELECT * FROM rides WHERE fare > 50 EMIT CHANGES").unwrap();

@@ -21,7 +21,7 @@ use crate::operators::stateless::Stateless;
 /// `rowtime`).
 #[derive(Debug, Clone)]
 pub struct SourceTable {
-    /// Name, as queries write it (lower case unless quoted).
+    /// Name, as queries write it (upper case unless quoted).
     pub name: String,
     /// Arrow schema of its decoded batches.
     pub schema: SchemaRef,
@@ -45,8 +45,11 @@ impl Planner {
     pub fn new(sources: &[SourceTable]) -> Result<Planner> {
         // Plain Utf8 for VARCHAR: decoded batches and the formats use it, and a query's
         // output types must match what its sink encodes.
+        // Identifiers arrive folded by our parser (upper case unless quoted, as in ksqlDB);
+        // DataFusion's own folding (to lower case) is off so it takes them as they are.
         let config = datafusion::prelude::SessionConfig::new()
-            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
+            .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
         let ctx = SessionContext::new_with_config(config);
         for f in crate::functions::streaming_aggregates() {
             ctx.register_udaf(f);
@@ -60,8 +63,9 @@ impl Planner {
                 .with_aliases(["ifnull"]),
         );
         for s in sources {
+            // A bare reference: parsing the name as text would fold it to lower case.
             ctx.register_table(
-                s.name.as_str(),
+                datafusion::common::TableReference::bare(s.name.as_str()),
                 Arc::new(EmptyTable::new(Arc::clone(&s.schema))),
             )?;
         }

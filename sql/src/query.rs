@@ -339,17 +339,18 @@ fn source_name(select: &Select) -> Result<String> {
     }
 }
 
-/// The name an identifier stands for: unquoted ones are case-insensitive (folded to lower
-/// case, as declared names are), quoted ones exact — as in ksqlDB and SQL generally.
+/// The name an identifier stands for: unquoted ones are case-insensitive (folded to upper
+/// case, as declared names are), quoted ones exact — as in ksqlDB. The parser folds every
+/// token already; this covers syntax trees built by hand.
 pub fn ident_name(i: &Ident) -> String {
     if i.quote_style.is_some() {
         i.value.clone()
     } else {
-        i.value.to_lowercase()
+        i.value.to_uppercase()
     }
 }
 
-/// `e` with its unquoted identifiers folded to lower case: two spellings of one expression
+/// `e` with its unquoted identifiers folded to upper case: two spellings of one expression
 /// (`Zone` and `zone`) compare equal.
 pub fn folded(e: &SqlExpr) -> SqlExpr {
     use datafusion::sql::sqlparser::ast::visit_expressions_mut;

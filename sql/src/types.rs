@@ -89,7 +89,7 @@ pub fn arrow_type(t: &SqlType) -> Result<DataType> {
                         if n.quote_style.is_some() {
                             n.value.clone()
                         } else {
-                            n.value.to_lowercase()
+                            n.value.to_uppercase()
                         }
                     })
                     .ok_or_else(|| {
@@ -129,11 +129,26 @@ pub fn sql_name(t: &DataType) -> String {
             "STRUCT<{}>",
             fields
                 .iter()
-                .map(|f| format!("{} {}", f.name(), sql_name(f.data_type())))
+                .map(|f| format!("{} {}", quoted_if_needed(f.name()), sql_name(f.data_type())))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
         other => other.to_string(),
+    }
+}
+
+/// `name` as an identifier that parses back to exactly `name`: bare when folding leaves it
+/// unchanged (upper case, digits, `_`), else quoted.
+pub(crate) fn quoted_if_needed(name: &str) -> String {
+    let simple = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if simple {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -162,7 +177,7 @@ mod tests {
         assert_eq!(t[8], DataType::Timestamp(TimeUnit::Millisecond, None));
         assert_eq!(sql_name(&t[9]), "ARRAY<VARCHAR>");
         assert_eq!(sql_name(&t[10]), "MAP<VARCHAR, INT>");
-        assert_eq!(sql_name(&t[11]), "STRUCT<city VARCHAR, zip INT>");
+        assert_eq!(sql_name(&t[11]), "STRUCT<CITY VARCHAR, ZIP INT>");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sluice_runtime::api::Limits;
 const PIPELINE: &str = r#"
 sql = """
 CREATE STREAM IF NOT EXISTS orders (id VARCHAR KEY, amount DOUBLE) WITH (topic = 'orders');
-CREATE STREAM IF NOT EXISTS big_orders AS SELECT id, amount FROM orders WHERE amount >= 100;
+CREATE STREAM IF NOT EXISTS big_orders WITH (topic = 'big_orders') AS SELECT id, amount FROM orders WHERE amount >= 100;
 """
 
 [[topics]]
@@ -201,7 +201,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         .unwrap();
     assert_eq!(events.matches("event: row").count(), 2, "{events}");
     assert!(
-        events.contains("\"amount\":300") && events.contains("event: end"),
+        events.contains("\"AMOUNT\":300") && events.contains("event: end"),
         "{events}"
     );
 

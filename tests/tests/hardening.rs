@@ -148,7 +148,7 @@ fn a_rejected_redeploy_leaves_the_running_pipeline_and_no_leftovers() {
             "name = \"p-in\"\n\n[[topics]]\nname = \"also-fresh\"\n"
         )
     );
-    for (bad, expect) in [(bad_connector, "max-body-bytes"), (bad_sql, "nope")] {
+    for (bad, expect) in [(bad_connector, "max-body-bytes"), (bad_sql, "NOPE")] {
         let (s, v) = w.call("PUT", "/pipelines/p", &[], &bad);
         assert_eq!(s, 400, "{v}");
         assert!(v["error"].as_str().unwrap().contains(expect), "{v}");

@@ -448,7 +448,7 @@ fn a_pipeline_writes_parquet_objects_to_s3() {
             r#"
 sql = """
 CREATE STREAM IF NOT EXISTS rides (id BIGINT, zone VARCHAR, fare BIGINT) WITH (topic = 'rides');
-CREATE STREAM IF NOT EXISTS dear_rides AS SELECT id, zone, fare FROM rides WHERE fare >= 25;
+CREATE STREAM IF NOT EXISTS dear_rides WITH (topic = 'dear_rides') AS SELECT id, zone, fare FROM rides WHERE fare >= 25;
 """
 
 [[topics]]
@@ -462,7 +462,7 @@ file = {{ path = "rides.jsonl", format = "json" }}
 [[sinks]]
 name = "lake"
 topic = "dear_rides"
-object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "zone={{field:zone}}", flush-idle = "0s", options = {{ endpoint = "{}", allow_http = "true", region = "us-east-1", access_key_id = "test", secret_access_key = "test", virtual_hosted_style_request = "false" }} }}
+object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "zone={{field:ZONE}}", flush-idle = "0s", options = {{ endpoint = "{}", allow_http = "true", region = "us-east-1", access_key_id = "test", secret_access_key = "test", virtual_hosted_style_request = "false" }} }}
 "#,
             moto.endpoint()
         ),
@@ -504,7 +504,7 @@ object-store = {{ url = "s3://lake/rides", format = "parquet", partition-by = "z
         .find(|h| h.key == "sluice.error")
         .unwrap();
     assert!(
-        String::from_utf8_lossy(why.value.as_ref().unwrap()).contains("zone"),
+        String::from_utf8_lossy(why.value.as_ref().unwrap()).contains("ZONE"),
         "{why:?}"
     );
     worker.shutdown();

@@ -168,7 +168,7 @@ fn streaming_results_equal_datafusion_batch_results() {
             .collect();
         let decoded = engine
             .catalog()
-            .get("s")
+            .get("S")
             .unwrap()
             .decoder()
             .unwrap()
@@ -221,13 +221,30 @@ fn streaming_results_equal_datafusion_batch_results() {
                     last.remove(&k);
                 }
             }
-            let ctx = SessionContext::new();
+            // DataFusion folds unquoted names to lower case; the decoded batch's columns
+            // are upper case (ksqlDB's rule), so the batch side reads the SQL in upper case
+            // (its functions are found in any case).
+            let ctx = SessionContext::new_with_config(
+                datafusion::prelude::SessionConfig::new()
+                    .set_bool("datafusion.sql_parser.enable_ident_normalization", false),
+            );
             let table =
                 MemTable::try_new(decoded.batch.schema(), vec![vec![decoded.batch.clone()]])
                     .unwrap();
-            ctx.register_table("s", Arc::new(table)).unwrap();
-            let expected =
-                rt.block_on(async { ctx.sql(batch_sql).await.unwrap().collect().await.unwrap() });
+            ctx.register_table(
+                datafusion::common::TableReference::bare("S"),
+                Arc::new(table),
+            )
+            .unwrap();
+            let batch_upper = batch_sql.to_uppercase();
+            let expected = rt.block_on(async {
+                ctx.sql(&batch_upper)
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap()
+            });
             let expected = by_group(&expected, *groups);
             assert!(
                 expected.len() > 5,

@@ -70,10 +70,10 @@ fn json(r: &sluice_log::ConsumerRecord) -> serde_json::Value {
 /// Checks every output against the first `n` input records.
 fn verify(log: &Log, n: u64) {
     // copy: every input record exactly once; per input partition in order.
-    let copy = crate::common::read_committed(log, "copy");
+    let copy = crate::common::read_committed(log, "COPY");
     let mut seen: Vec<u64> = copy
         .iter()
-        .map(|r| json(r)["v"].as_u64().unwrap())
+        .map(|r| json(r)["V"].as_u64().unwrap())
         .collect();
     assert_eq!(
         seen.len() as u64,
@@ -90,12 +90,12 @@ fn verify(log: &Log, n: u64) {
     // sums: per key, updates count 1, 2, 3, ... with running totals: nothing lost, nothing
     // applied twice.
     let mut per_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for r in crate::common::read_committed(log, "sums") {
+    for r in crate::common::read_committed(log, "SUMS") {
         let v = json(&r);
         per_key
             .entry(String::from_utf8(r.key.unwrap().to_vec()).unwrap())
             .or_default()
-            .push((v["n"].as_u64().unwrap(), v["total"].as_u64().unwrap()));
+            .push((v["N"].as_u64().unwrap(), v["TOTAL"].as_u64().unwrap()));
     }
     assert_eq!(per_key.len() as u64, KEYS.min(n));
     for (k, updates) in &per_key {
@@ -126,15 +126,15 @@ fn verify(log: &Log, n: u64) {
     let stream_time = (n as i64 - 1) * 10;
     let closed = (0..).take_while(|w| w * 1000 + 1000 <= stream_time).count() as u64;
     let mut windows: BTreeMap<(String, i64), u64> = BTreeMap::new();
-    for r in crate::common::read_committed(log, "windows") {
+    for r in crate::common::read_committed(log, "WINDOWS") {
         let v = json(&r);
         let key = (
             String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
-            v["ws"].as_i64().unwrap(),
+            v["WS"].as_i64().unwrap(),
         );
         assert!(
             windows
-                .insert(key.clone(), v["n"].as_u64().unwrap())
+                .insert(key.clone(), v["N"].as_u64().unwrap())
                 .is_none(),
             "window {key:?} emitted twice"
         );

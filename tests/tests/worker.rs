@@ -12,7 +12,7 @@ const PIPELINE: &str = r#"
 sql = """
 CREATE STREAM IF NOT EXISTS orders (id VARCHAR KEY, customer VARCHAR, amount DOUBLE)
   WITH (topic = 'orders');
-CREATE TABLE IF NOT EXISTS spend AS
+CREATE TABLE IF NOT EXISTS spend WITH (topic = 'spend') AS
   SELECT customer, COUNT(*) AS n, SUM(amount) AS total FROM orders GROUP BY customer;
 """
 
@@ -79,8 +79,8 @@ fn sink_state(dir: &Path) -> (std::collections::BTreeMap<String, (u64, f64)>, us
         latest.insert(
             v["key"].as_str().unwrap().to_string(),
             (
-                v["value"]["n"].as_u64().unwrap(),
-                v["value"]["total"].as_f64().unwrap(),
+                v["value"]["N"].as_u64().unwrap(),
+                v["value"]["TOTAL"].as_f64().unwrap(),
             ),
         );
     }

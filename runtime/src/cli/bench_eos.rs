@@ -115,7 +115,7 @@ commit-interval = "1s"
 sql = """
 CREATE STREAM IF NOT EXISTS events (id BIGINT, user VARCHAR, amount BIGINT, currency VARCHAR,
   category VARCHAR, ts BIGINT, note VARCHAR) WITH (topic = 'events', timestamp = 'ts');
-CREATE STREAM IF NOT EXISTS big_events WITH (partitions = 2) AS
+CREATE STREAM IF NOT EXISTS big_events WITH (topic = 'big_events', partitions = 2) AS
   SELECT * FROM events WHERE amount >= 10;
 CREATE TABLE IF NOT EXISTS spend AS
   SELECT category, COUNT(*) AS n, SUM(amount) AS total FROM big_events
@@ -152,7 +152,7 @@ object-store = {{ url = "file://{objects}", format = "parquet", flush-records = 
         .engine()
         .catalog()
         .queries()
-        .find(|q| q.sink == "spend")
+        .find(|q| q.sink == "SPEND")
         .map(|q| q.id.clone())
         .ok_or_else(|| CliError::Usage("the aggregate query did not start".into()))?;
     let stats = worker

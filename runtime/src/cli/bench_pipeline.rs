@@ -112,7 +112,7 @@ impl PipelineBenchArgs {
 sql = """
 CREATE STREAM IF NOT EXISTS events (id BIGINT, user VARCHAR, amount BIGINT, currency VARCHAR,
   category VARCHAR, ts BIGINT, note VARCHAR) WITH (topic = 'events', timestamp = 'ts');
-CREATE STREAM IF NOT EXISTS big_events WITH (partitions = {partitions}) AS
+CREATE STREAM IF NOT EXISTS big_events WITH (topic = 'big_events', partitions = {partitions}) AS
   SELECT * FROM events WHERE amount >= 10;
 """
 

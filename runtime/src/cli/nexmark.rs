@@ -184,7 +184,7 @@ impl NexmarkArgs {
             )?;
         }
         producer.flush()?;
-        let def = engine.catalog().get("bids").map_err(sql_err)?.clone();
+        let def = engine.catalog().get("BIDS").map_err(sql_err)?.clone();
         for (name, persistent, batch_sql) in selected {
             let cpu0 = cpu_seconds();
             let t0 = Instant::now();
@@ -281,13 +281,21 @@ fn run_batch(
         },
         |b| b.schema(),
     );
-    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+    // The decoded columns are upper case (ksqlDB's rule); DataFusion's own folding (to
+    // lower case) is off and the batch SQL is read in upper case, as Sluice reads it.
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(1)
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
     let ctx = SessionContext::new_with_config(config);
     let table = MemTable::try_new(schema, vec![input]).map_err(df_err)?;
-    ctx.register_table("bids", Arc::new(table))
-        .map_err(df_err)?;
+    ctx.register_table(
+        datafusion::common::TableReference::bare("BIDS"),
+        Arc::new(table),
+    )
+    .map_err(df_err)?;
+    let sql = sql.to_uppercase();
     let batches = rt
-        .block_on(async { ctx.sql(sql).await?.collect().await })
+        .block_on(async { ctx.sql(&sql).await?.collect().await })
         .map_err(df_err)?;
     let mut encoded = 0usize;
     for b in &batches {

@@ -93,7 +93,7 @@ impl Engine {
             })
             .collect();
         rows.push(vec![
-            "rowtime".into(),
+            crate::format::ROWTIME.into(),
             "BIGINT".into(),
             "record timestamp (ms)".into(),
         ]);

@@ -77,29 +77,29 @@ fn show_describe_drop_and_errors() {
     .unwrap();
     let streams = rows(e.execute("SHOW STREAMS").unwrap().remove(0));
     assert!(
-        streams.contains("| s    | s     | DELIMITED |"),
+        streams.contains("| S    | s     | DELIMITED |"),
         "{streams}"
     );
     let d = rows(e.execute("DESCRIBE EXTENDED s").unwrap().remove(0));
     assert!(
-        d.contains("| a       | INT     |") && d.contains("rowtime") && d.contains("DELIMITED"),
+        d.contains("| A       | INT     |") && d.contains("ROWTIME") && d.contains("DELIMITED"),
         "{d}"
     );
     let err = e
         .execute("SELECT nope FROM s EMIT CHANGES")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("nope"), "{err}");
+    assert!(err.contains("NOPE"), "{err}");
     let err = e
         .execute("INSERT INTO s (zzz) VALUES (1)")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("zzz"), "{err}");
+    assert!(err.contains("ZZZ"), "{err}");
     let err = e
         .execute("INSERT INTO s (a) VALUES ('not a number')")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("column a"), "{err}");
+    assert!(err.contains("column A"), "{err}");
     let err = e
         .execute("SELECT * FROM\n s WHERE")
         .unwrap_err()
@@ -164,7 +164,7 @@ fn insert_values_refuses_overflow_and_division_by_zero() {
         ),
         ("('q', 0, 1.0 / 0, 0)", "Divide by zero"),
         ("('q', 1 / 0, 0, 0)", "Divide by zero"),
-        ("('q', 0, 0, 2147483647 + 1)", "column i"),
+        ("('q', 0, 0, 2147483647 + 1)", "column I"),
     ] {
         let err = e
             .execute(&format!("INSERT INTO s (id, a, x, i) VALUES {values}"))
@@ -238,7 +238,7 @@ fn explain_shows_the_plan() {
         .execute("EXPLAIN SELECT a + 1 FROM s WHERE a > 2 EMIT CHANGES")
         .unwrap();
     assert!(
-        matches!(&out[0], Output::Message(m) if m.contains("Filter") && m.contains("TableScan: s")),
+        matches!(&out[0], Output::Message(m) if m.contains("Filter") && m.contains("TableScan: S")),
         "{out:?}"
     );
     let out = e
@@ -279,8 +279,8 @@ fn schemas_travel_with_topics() {
     .unwrap();
     // The first declaration records the topic's value schema (the key column is the key).
     let pay = vec![
-        ("amount".to_string(), T::Int64),
-        ("note".to_string(), T::String),
+        ("AMOUNT".to_string(), T::Int64),
+        ("NOTE".to_string(), T::String),
     ];
     assert_eq!(recorded(&e, "pay"), Some((1, pay.clone())));
     // A reader's narrower declaration does not narrow what the topic is said to hold.
@@ -291,8 +291,8 @@ fn schemas_travel_with_topics() {
     e.execute("CREATE STREAM big AS SELECT id, amount * 2.5 AS scaled FROM pay WHERE amount > 10;")
         .unwrap();
     assert_eq!(
-        recorded(&e, "big"),
-        Some((1, vec![("scaled".to_string(), T::Float64)]))
+        recorded(&e, "BIG"),
+        Some((1, vec![("SCALED".to_string(), T::Float64)]))
     );
     // A writer whose column changes type where older readers could not follow is refused.
     e.execute("CREATE STREAM other (n VARCHAR) WITH (topic='shared', partitions=1);")
@@ -301,8 +301,8 @@ fn schemas_travel_with_topics() {
         .execute("CREATE STREAM shared_out WITH (topic='shared') AS SELECT amount AS n FROM pay;")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("shared-value") && err.contains('n'), "{err}");
-    assert!(e.catalog().get("shared_out").is_err(), "nothing created");
+    assert!(err.contains("shared-value") && err.contains('N'), "{err}");
+    assert!(e.catalog().get("SHARED_OUT").is_err(), "nothing created");
     // DELIMITED values are not described by a schema of fields.
     e.execute("CREATE STREAM csv (a INT) WITH (topic='csv', format='DELIMITED', partitions=1);")
         .unwrap();
@@ -311,11 +311,11 @@ fn schemas_travel_with_topics() {
     let id = e
         .catalog()
         .queries()
-        .find(|q| q.sink == "big")
+        .find(|q| q.sink == "BIG")
         .unwrap()
         .id
         .clone();
     e.execute(&format!("TERMINATE {id}; DROP STREAM big DELETE TOPIC;"))
         .unwrap();
-    assert_eq!(recorded(&e, "big"), None);
+    assert_eq!(recorded(&e, "BIG"), None);
 }

@@ -320,11 +320,11 @@ mod tests {
 
     fn rides() -> (SourceTable, RecordBatch) {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, true),
-            Field::new("zone", DataType::Utf8, true),
-            Field::new("fare", DataType::Float64, true),
-            Field::new("seats", DataType::Int32, true),
-            Field::new("rowtime", DataType::Int64, false),
+            Field::new("ID", DataType::Utf8, true),
+            Field::new("ZONE", DataType::Utf8, true),
+            Field::new("FARE", DataType::Float64, true),
+            Field::new("SEATS", DataType::Int32, true),
+            Field::new(crate::format::ROWTIME, DataType::Int64, false),
         ]));
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
@@ -354,7 +354,7 @@ mod tests {
         .unwrap();
         (
             SourceTable {
-                name: "rides".into(),
+                name: "RIDES".into(),
                 schema,
             },
             batch,
@@ -380,7 +380,7 @@ mod tests {
         let out = op.process(&batch).unwrap();
         // r2 fails fare > 10, r3 has a NULL zone (NULL LIKE is not true), r4 a NULL fare.
         assert_eq!(out.num_rows(), 1);
-        assert_eq!(out.schema().field(1).name(), "z");
+        assert_eq!(out.schema().field(1).name(), "Z");
         assert_eq!(out.column(1).as_string::<i32>().value(0), "AIRPORT");
         assert_eq!(
             out.column(2)
@@ -389,7 +389,7 @@ mod tests {
             60.0
         );
         assert_eq!(out.column(3).as_string::<i32>().value(0), "small");
-        assert_eq!(op.source(), "rides");
+        assert_eq!(op.source(), "RIDES");
     }
 
     #[test]
@@ -411,13 +411,13 @@ mod tests {
     #[test]
     fn errors_name_columns_functions_and_types() {
         let e = plan("SELECT nope FROM rides").unwrap_err().to_string();
-        assert!(e.contains("nope"), "{e}");
+        assert!(e.contains("NOPE"), "{e}");
         let e = plan("SELECT frobnicate(zone) FROM rides")
             .unwrap_err()
             .to_string();
         assert!(e.to_lowercase().contains("frobnicate"), "{e}");
         let e = plan("SELECT * FROM missing").unwrap_err().to_string();
-        assert!(e.contains("missing"), "{e}");
+        assert!(e.contains("MISSING"), "{e}");
         let e = plan("SELECT zone, COUNT(*) FROM rides GROUP BY zone")
             .unwrap_err()
             .to_string();

@@ -13,9 +13,9 @@ use crate::ast::{WindowKind, WindowSpec};
 use crate::error::{Result, SqlError};
 
 /// The column holding a window's start (ms, inclusive).
-pub const WINDOWSTART: &str = "windowstart";
+pub const WINDOWSTART: &str = "WINDOWSTART";
 /// The column holding a window's end (ms, exclusive).
-pub const WINDOWEND: &str = "windowend";
+pub const WINDOWEND: &str = "WINDOWEND";
 
 /// ksqlDB's default grace period when a window gives none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
