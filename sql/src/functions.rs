@@ -18,8 +18,9 @@ use datafusion::logical_expr::{
 /// The result of each function, given its argument's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Returns {
-    /// Same type as the argument.
-    Same,
+    /// Same type as the argument, or a list of them when the second argument is a count
+    /// (`LATEST_BY_OFFSET(x, 3)`, `LATEST_BY_OFFSET(x, 3, false)`), not `ignoreNulls`.
+    SameOrList,
     /// A list of the argument's type.
     List,
     /// BIGINT.
@@ -59,7 +60,10 @@ impl AggregateUDFImpl for Streaming {
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         let arg = arg_types.first().cloned().unwrap_or(DataType::Null);
         Ok(match self.returns {
-            Returns::Same => arg,
+            Returns::SameOrList => match arg_types.get(1) {
+                Some(t) if t.is_integer() => DataType::new_list(arg, true),
+                _ => arg,
+            },
             Returns::List => DataType::new_list(arg, true),
             Returns::Count => DataType::Int64,
             Returns::Histogram => histogram_type(),
@@ -84,9 +88,19 @@ pub fn streaming_aggregates() -> Vec<AggregateUDF> {
             signature,
         })
     };
+    let by_offset = || {
+        Signature::one_of(
+            vec![
+                TypeSignature::Any(1),
+                TypeSignature::Any(2),
+                TypeSignature::Any(3),
+            ],
+            Volatility::Immutable,
+        )
+    };
     vec![
-        f("latest_by_offset", Returns::Same, one()),
-        f("earliest_by_offset", Returns::Same, one()),
+        f("latest_by_offset", Returns::SameOrList, by_offset()),
+        f("earliest_by_offset", Returns::SameOrList, by_offset()),
         f("collect_list", Returns::List, one()),
         f("collect_set", Returns::List, one()),
         f(

@@ -31,10 +31,12 @@ pub enum AggKind {
     Max,
     /// `COUNT_DISTINCT(x)` or `COUNT(DISTINCT x)`.
     CountDistinct,
-    /// `LATEST_BY_OFFSET(x)`: the value of the last row.
-    Latest,
-    /// `EARLIEST_BY_OFFSET(x)`: the value of the first row.
-    Earliest,
+    /// `LATEST_BY_OFFSET(x [, n] [, ignoreNulls])`: the value of the last row, or the values
+    /// of the last `n` rows (oldest first).
+    Latest(ByOffset),
+    /// `EARLIEST_BY_OFFSET(x [, n] [, ignoreNulls])`: the value of the first row, or the
+    /// values of the first `n` rows.
+    Earliest(ByOffset),
     /// `COLLECT_LIST(x)`: every value, in arrival order.
     CollectList,
     /// `COLLECT_SET(x)`: distinct values, ordered.
@@ -45,9 +47,94 @@ pub enum AggKind {
     Histogram,
 }
 
+/// How many values `LATEST_BY_OFFSET`/`EARLIEST_BY_OFFSET` keep, and whether NULLs count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByOffset {
+    /// `Some(n)`: the n-values form, whose result is an ARRAY; `None`: one value.
+    pub n: Option<usize>,
+    /// Rows whose value is NULL are skipped (ksqlDB's default, `true`).
+    pub ignore_nulls: bool,
+}
+
+impl ByOffset {
+    /// The arguments after the column: `()`, `(ignoreNulls)`, `(n)` or `(n, ignoreNulls)`,
+    /// each a constant.
+    fn from_args(name: &str, extra: &[Option<ScalarValue>]) -> Result<ByOffset> {
+        let bad = || {
+            SqlError::Invalid(format!(
+                "{} takes (column), (column, ignoreNulls), (column, n) or (column, n, ignoreNulls), with constant n > 0 and ignoreNulls TRUE or FALSE",
+                name.to_uppercase()
+            ))
+        };
+        let count = |v: &Option<ScalarValue>| match v {
+            Some(v) if v.data_type().is_integer() => match v.cast_to(&DataType::Int64) {
+                Ok(ScalarValue::Int64(Some(n))) if (1..=MAX_COLLECTED as i64).contains(&n) => {
+                    Ok(n as usize)
+                }
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        };
+        let flag = |v: &Option<ScalarValue>| match v {
+            Some(ScalarValue::Boolean(Some(b))) => Ok(*b),
+            _ => Err(bad()),
+        };
+        Ok(match extra {
+            [] => ByOffset {
+                n: None,
+                ignore_nulls: true,
+            },
+            [Some(ScalarValue::Boolean(_))] => ByOffset {
+                n: None,
+                ignore_nulls: flag(&extra[0])?,
+            },
+            [n] => ByOffset {
+                n: Some(count(n)?),
+                ignore_nulls: true,
+            },
+            [n, ignore] => ByOffset {
+                n: Some(count(n)?),
+                ignore_nulls: flag(ignore)?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+
+    /// How many values the state keeps.
+    fn capacity(&self) -> usize {
+        self.n.unwrap_or(1)
+    }
+}
+
+/// At most this many values in a `COLLECT_LIST` or `COLLECT_SET` result (later values are
+/// ignored) and in `LATEST_BY_OFFSET(x, n)`: ksqlDB's default for
+/// `ksql.functions.collect_list.limit` and `collect_set.limit`, and what bounds the state of
+/// one group.
+pub const MAX_COLLECTED: usize = 1000;
+
 impl AggKind {
-    /// The kind for a function name as planned by DataFusion, if we run it.
-    pub fn from_name(name: &str, distinct: bool, star: bool, k: Option<usize>) -> Result<AggKind> {
+    /// The kind for a function name as planned by DataFusion, if we run it; `extra` holds
+    /// the arguments after the first, `Some` for constants.
+    pub fn from_name(
+        name: &str,
+        distinct: bool,
+        star: bool,
+        extra: &[Option<ScalarValue>],
+    ) -> Result<AggKind> {
+        let takes_extra = matches!(name, "topk" | "latest_by_offset" | "earliest_by_offset");
+        if !takes_extra && !extra.is_empty() {
+            return Err(SqlError::Invalid(format!(
+                "{} takes one argument",
+                name.to_uppercase()
+            )));
+        }
+        let k = match extra.first() {
+            Some(Some(v)) => v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+                ScalarValue::Int64(Some(k)) if k > 0 => usize::try_from(k).ok(),
+                _ => None,
+            }),
+            _ => None,
+        };
         Ok(match (name, distinct) {
             ("count", true) | ("count_distinct", _) => AggKind::CountDistinct,
             ("count", false) => AggKind::Count { star },
@@ -55,13 +142,18 @@ impl AggKind {
             ("avg", false) | ("mean", false) => AggKind::Avg,
             ("min", _) => AggKind::Min,
             ("max", _) => AggKind::Max,
-            ("latest_by_offset", false) => AggKind::Latest,
-            ("earliest_by_offset", false) => AggKind::Earliest,
+            ("latest_by_offset", false) => AggKind::Latest(ByOffset::from_args(name, extra)?),
+            ("earliest_by_offset", false) => AggKind::Earliest(ByOffset::from_args(name, extra)?),
             ("collect_list", false) => AggKind::CollectList,
             ("collect_set", _) => AggKind::CollectSet,
-            ("topk", false) => AggKind::TopK(k.ok_or_else(|| {
-                SqlError::Invalid("TOPK needs a constant k: TOPK(column, 3)".into())
+            ("topk", false) if extra.len() == 1 => AggKind::TopK(k.ok_or_else(|| {
+                SqlError::Invalid("TOPK needs a constant k > 0: TOPK(column, 3)".into())
             })?),
+            ("topk", false) => {
+                return Err(SqlError::Invalid(
+                    "TOPK takes two arguments: TOPK(column, k)".into(),
+                ));
+            }
             ("histogram", false) => AggKind::Histogram,
             (other, true) => {
                 return Err(SqlError::Invalid(format!(
@@ -148,17 +240,29 @@ impl AggSpec {
             AggKind::Min | AggKind::Max if !self.retractable => {
                 Acc::One(ScalarValue::try_from(&self.input)?)
             }
-            AggKind::Latest | AggKind::Earliest => Acc::One(ScalarValue::try_from(&self.input)?),
-            AggKind::CollectList => Acc::List(Vec::new()),
+            // One value, NULL until set: for EARLIEST only when NULLs are skipped, since
+            // a NULL first value must stay.
+            AggKind::Latest(ByOffset { n: None, .. })
+            | AggKind::Earliest(ByOffset {
+                n: None,
+                ignore_nulls: true,
+            }) => Acc::One(ScalarValue::try_from(&self.input)?),
+            AggKind::Latest(_) | AggKind::Earliest(_) | AggKind::CollectList => {
+                Acc::List(Vec::new())
+            }
             _ => Acc::Set(Multiset::new()),
         })
     }
 
     /// Adds (`sign` 1) or retracts (`sign` -1) one row's argument.
     pub fn update(&self, acc: &mut Acc, value: &ScalarValue, sign: i64) -> Result<()> {
-        let star = matches!(self.kind, AggKind::Count { star: true });
-        if value.is_null() && !star && !matches!(self.kind, AggKind::Latest | AggKind::Earliest) {
-            // SQL aggregates ignore NULLs (LATEST/EARLIEST keep them, as ksqlDB does).
+        let skip_null = match &self.kind {
+            AggKind::Count { star: true } => false,
+            AggKind::Latest(b) | AggKind::Earliest(b) => b.ignore_nulls,
+            // SQL aggregates ignore NULLs.
+            _ => true,
+        };
+        if value.is_null() && skip_null {
             return Ok(());
         }
         match (acc, &self.kind) {
@@ -195,16 +299,23 @@ impl AggSpec {
                     *cur = value.clone();
                 }
             }
-            (Acc::One(cur), AggKind::Latest) => {
+            (Acc::One(cur), AggKind::Latest(_)) => {
                 if sign > 0 {
                     *cur = value.clone();
                 }
             }
             (Acc::One(cur), _) => {
-                // EARLIEST: the first value; a later NULL does not replace it.
+                // EARLIEST skipping NULLs: the first value; NULL means none yet.
                 if sign > 0 && cur.is_null() {
                     *cur = value.clone();
                 }
+            }
+            (Acc::Set(set), AggKind::CollectSet)
+                if sign > 0
+                    && set.len() >= MAX_COLLECTED
+                    && !set.contains_key(&OrdValue(value.clone())) =>
+            {
+                // Full: further distinct values are ignored, as ksqlDB ignores them.
             }
             (Acc::Set(set), _) => {
                 let e = set.entry(OrdValue(value.clone())).or_insert(0);
@@ -213,9 +324,24 @@ impl AggSpec {
                     set.remove(&OrdValue(value.clone()));
                 }
             }
-            (Acc::List(list), _) => {
+            (Acc::List(list), AggKind::Latest(b)) => {
                 if sign > 0 {
                     list.push(value.clone());
+                    if list.len() > b.capacity() {
+                        list.remove(0);
+                    }
+                }
+            }
+            (Acc::List(list), AggKind::Earliest(b)) => {
+                if sign > 0 && list.len() < b.capacity() {
+                    list.push(value.clone());
+                }
+            }
+            (Acc::List(list), _) => {
+                if sign > 0 {
+                    if list.len() < MAX_COLLECTED {
+                        list.push(value.clone());
+                    }
                 } else if let Some(i) = list.iter().position(|v| v == value) {
                     list.remove(i);
                 }
@@ -250,7 +376,8 @@ impl AggSpec {
                     AggKind::Max => {
                         !b.is_null() && (a.is_null() || OrdValue(b.clone()) > OrdValue(a.clone()))
                     }
-                    AggKind::Earliest => a.is_null(),
+                    AggKind::Earliest(_) => a.is_null(),
+                    AggKind::Latest(o) => !(o.ignore_nulls && b.is_null()),
                     _ => true,
                 };
                 if replace {
@@ -262,7 +389,17 @@ impl AggSpec {
                     *a.entry(k.clone()).or_insert(0) += n;
                 }
             }
-            (Acc::List(a), Acc::List(b)) => a.extend(b.iter().cloned()),
+            (Acc::List(a), Acc::List(b)) => {
+                a.extend(b.iter().cloned());
+                match &self.kind {
+                    AggKind::Latest(o) => {
+                        let over = a.len().saturating_sub(o.capacity());
+                        a.drain(..over);
+                    }
+                    AggKind::Earliest(o) => a.truncate(o.capacity()),
+                    _ => a.truncate(MAX_COLLECTED),
+                }
+            }
             (a, b) => {
                 return Err(SqlError::Plan(format!(
                     "internal error: cannot merge {a:?} with {b:?}"
@@ -310,6 +447,14 @@ impl AggSpec {
                 list(out.into_iter(), &self.input)
             }
             (Acc::Set(set), _) => histogram(set, &self.output)?,
+            (Acc::List(l), AggKind::Latest(ByOffset { n: None, .. })) => match l.last() {
+                Some(v) => v.clone(),
+                None => ScalarValue::try_from(&self.input)?,
+            },
+            (Acc::List(l), AggKind::Earliest(ByOffset { n: None, .. })) => match l.first() {
+                Some(v) => v.clone(),
+                None => ScalarValue::try_from(&self.input)?,
+            },
             (Acc::List(l), _) => list(l.iter().cloned(), &self.input),
         };
         if v.data_type() == self.output {
@@ -479,7 +624,25 @@ fn i64_at(buf: &[u8], pos: &mut usize) -> Result<i64> {
 /// Whether values of type `t` can be kept in aggregate state ([`encode_scalar`] and
 /// [`decode_scalar`] handle exactly these): checked when a query is planned, so a query that
 /// could not keep its state is refused at CREATE instead of failing on every record.
+/// STRUCT, ARRAY and MAP values are kept as JSON, so their leaves must be types JSON gives
+/// back exactly (not BYTES).
 pub fn storable(t: &DataType) -> bool {
+    match t {
+        DataType::Struct(fields) => fields.iter().all(|f| json_storable(f.data_type())),
+        DataType::List(f) => json_storable(f.data_type()),
+        DataType::Map(entries, _) => json_storable(entries.data_type()),
+        other => primitive_storable(other),
+    }
+}
+
+fn json_storable(t: &DataType) -> bool {
+    match t {
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => false,
+        other => storable(other),
+    }
+}
+
+fn primitive_storable(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Null
@@ -505,6 +668,31 @@ pub fn storable(t: &DataType) -> bool {
             | DataType::LargeBinary
             | DataType::BinaryView
     )
+}
+
+/// A STRUCT, ARRAY or MAP value as the JSON of `{"v": value}`, through the format layer
+/// that reads and writes records (so what comes back is what a record would give).
+fn nested_to_json(v: &ScalarValue) -> Result<Vec<u8>> {
+    let array = v.to_array()?;
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("v", array.data_type().clone(), true),
+    ]));
+    let batch = datafusion::arrow::array::RecordBatch::try_new(schema, vec![array])?;
+    sluice_format::json::encode_rows(&batch)
+        .map_err(|e| SqlError::Plan(format!("aggregate state: {e}")))?
+        .pop()
+        .ok_or_else(|| SqlError::Plan("aggregate state: no row encoded".into()))
+}
+
+/// The value [`nested_to_json`] wrote, of type `ty`.
+fn nested_from_json(json: &[u8], ty: &DataType) -> Result<ScalarValue> {
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("v", ty.clone(), true),
+    ]));
+    let batch = sluice_format::json::JsonDecoder::new(schema)
+        .decode(std::iter::once(json))
+        .map_err(|e| corrupt(format!("nested value: {e}")))?;
+    Ok(ScalarValue::try_from_array(batch.column(0), 0)?)
 }
 
 /// Appends a scalar: a null flag, then its bytes (the type is known to the reader).
@@ -545,6 +733,11 @@ pub fn encode_scalar(v: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
         | ScalarValue::BinaryView(Some(b)) => {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
+        }
+        ScalarValue::Struct(_) | ScalarValue::List(_) | ScalarValue::Map(_) => {
+            let json = nested_to_json(v)?;
+            out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            out.extend_from_slice(&json);
         }
         other => {
             return Err(SqlError::Invalid(format!(
@@ -607,6 +800,10 @@ pub fn decode_scalar(buf: &[u8], pos: &mut usize, ty: &DataType) -> Result<Scala
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
             let n = u32::from_le_bytes(arr4(take(buf, pos, 4)?)) as usize;
             ScalarValue::Binary(Some(take(buf, pos, n)?.to_vec())).cast_to(ty)?
+        }
+        DataType::Struct(_) | DataType::List(_) | DataType::Map(..) => {
+            let n = u32::from_le_bytes(arr4(take(buf, pos, 4)?)) as usize;
+            nested_from_json(take(buf, pos, n)?, ty)?
         }
         other => {
             return Err(SqlError::Invalid(format!(
@@ -701,20 +898,80 @@ mod tests {
     }
 
     #[test]
-    fn nulls_are_ignored_except_by_latest() {
+    fn nulls_are_ignored_unless_latest_is_told_to_keep_them() {
         let i = DataType::Int64;
         let sum = spec(AggKind::Sum, i.clone(), i.clone(), false);
         let mut acc = sum.init().unwrap();
         sum.update(&mut acc, &ScalarValue::Int64(None), 1).unwrap();
         assert!(sum.evaluate(&acc).unwrap().is_null());
-        let latest = spec(AggKind::Latest, i.clone(), i.clone(), false);
-        let mut acc = latest.init().unwrap();
-        latest
-            .update(&mut acc, &ScalarValue::Int64(Some(1)), 1)
+        for (ignore_nulls, last_is_null) in [(true, false), (false, true)] {
+            let latest = spec(
+                AggKind::Latest(ByOffset {
+                    n: None,
+                    ignore_nulls,
+                }),
+                i.clone(),
+                i.clone(),
+                false,
+            );
+            let mut acc = latest.init().unwrap();
+            latest
+                .update(&mut acc, &ScalarValue::Int64(Some(1)), 1)
+                .unwrap();
+            latest
+                .update(&mut acc, &ScalarValue::Int64(None), 1)
+                .unwrap();
+            assert_eq!(latest.evaluate(&acc).unwrap().is_null(), last_is_null);
+        }
+    }
+
+    /// COLLECT_LIST and COLLECT_SET stop at ksqlDB's limit, so one group's state is bounded.
+    #[test]
+    fn collected_values_stop_at_the_limit() {
+        let i = DataType::Int64;
+        let list = DataType::new_list(i.clone(), true);
+        for kind in [AggKind::CollectList, AggKind::CollectSet] {
+            let s = spec(kind, i.clone(), list.clone(), false);
+            let mut acc = s.init().unwrap();
+            for v in 0..(MAX_COLLECTED as i64 + 50) {
+                s.update(&mut acc, &ScalarValue::Int64(Some(v)), 1).unwrap();
+            }
+            let ScalarValue::List(l) = s.evaluate(&acc).unwrap() else {
+                panic!()
+            };
+            assert_eq!(l.value(0).len(), MAX_COLLECTED);
+        }
+    }
+
+    /// STRUCT, ARRAY and MAP values go to the store and come back equal.
+    #[test]
+    fn nested_values_round_trip_through_the_state_encoding() {
+        use datafusion::arrow::array::{ArrayRef, Int32Array, StringArray, StructArray};
+        use datafusion::arrow::datatypes::Field;
+        use std::sync::Arc;
+        let st = StructArray::from(vec![
+            (
+                Arc::new(Field::new("NAME", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec![Some("tea \"x\"")])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("QTY", DataType::Int32, true)),
+                Arc::new(Int32Array::from(vec![None])) as ArrayRef,
+            ),
+        ]);
+        let v = ScalarValue::Struct(Arc::new(st));
+        let ty = v.data_type();
+        assert!(storable(&ty));
+        let list_ty = DataType::new_list(ty.clone(), true);
+        let s = spec(AggKind::CollectList, ty.clone(), list_ty.clone(), false);
+        let mut acc = s.init().unwrap();
+        s.update(&mut acc, &v, 1).unwrap();
+        s.update(&mut acc, &ScalarValue::try_from(&ty).unwrap(), 1)
             .unwrap();
-        latest
-            .update(&mut acc, &ScalarValue::Int64(None), 1)
-            .unwrap();
-        assert!(latest.evaluate(&acc).unwrap().is_null());
+        let mut buf = Vec::new();
+        encode_acc(&acc, &mut buf).unwrap();
+        let back = decode_acc(&buf, &mut 0, &ty, &ty).unwrap();
+        assert_eq!(back, acc);
+        assert!(!storable(&DataType::new_list(DataType::Binary, true)));
     }
 }

@@ -140,33 +140,49 @@ impl AggregatePlan {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| Expr::Literal(ScalarValue::Int64(Some(1)), None));
-            let k = match f.params.args.get(1).map(unalias) {
-                None => None,
-                Some(Expr::Literal(v, _)) => {
-                    v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
-                        ScalarValue::Int64(Some(k)) if k > 0 => usize::try_from(k).ok(),
-                        _ => None,
-                    })
+            // The arguments after the first are constants (TOPK's k, LATEST_BY_OFFSET's n
+            // and ignoreNulls).
+            let mut extra = Vec::new();
+            for a in f.params.args.iter().skip(1).map(unalias) {
+                let cast = match a {
+                    Expr::Cast(c) => Some((unalias(&c.expr), c.field.data_type())),
+                    _ => None,
+                };
+                match (a, cast) {
+                    (Expr::Literal(v, _), _) => extra.push(Some(v.clone())),
+                    (_, Some((Expr::Literal(v, _), to))) => extra.push(Some(v.cast_to(to)?)),
+                    (other, _) => {
+                        return Err(SqlError::Invalid(format!(
+                            "the arguments of {} after the first must be constants, got {other}",
+                            name.to_uppercase()
+                        )));
+                    }
                 }
-                Some(other) => {
-                    return Err(SqlError::Invalid(format!(
-                        "the second argument of {} must be a constant, got {other}",
-                        name.to_uppercase()
-                    )));
-                }
-            };
-            let kind = AggKind::from_name(&name, f.params.distinct, star, k)?;
-            if name != "topk" && f.params.args.len() > 1 {
-                return Err(SqlError::Invalid(format!(
-                    "{} takes one argument",
-                    name.to_uppercase()
-                )));
             }
+            let kind = AggKind::from_name(&name, f.params.distinct, star, &extra)?;
             let input = arg.to_field(input_schema)?.1.data_type().clone();
             let keeps_values = !matches!(kind, AggKind::Count { .. } | AggKind::Sum | AggKind::Avg);
             if keeps_values && !crate::operators::acc::storable(&input) {
                 return Err(SqlError::Invalid(format!(
-                    "{} over {} values is not supported yet (aggregates keep primitive and text values)",
+                    "{} over {} values is not supported (aggregates keep primitive, text and nested values of them, not BYTES inside nested values)",
+                    name.to_uppercase(),
+                    crate::types::sql_name(&input)
+                )));
+            }
+            let nested = matches!(
+                input,
+                DataType::Struct(_) | DataType::List(_) | DataType::Map(..)
+            );
+            let takes_nested = matches!(
+                kind,
+                AggKind::Latest(_)
+                    | AggKind::Earliest(_)
+                    | AggKind::CollectList
+                    | AggKind::CollectSet
+            );
+            if nested && !takes_nested {
+                return Err(SqlError::Invalid(format!(
+                    "{} takes primitive and text values, not {} (as in ksqlDB)",
                     name.to_uppercase(),
                     crate::types::sql_name(&input)
                 )));

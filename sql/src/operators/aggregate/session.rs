@@ -41,7 +41,19 @@ impl Aggregate {
         let mut start = ts;
         let mut end = ts;
         let mut merged = self.new_entry()?;
+        // In time order, the row between the sessions before and after it: an order-keeping
+        // aggregate (COLLECT_LIST, LATEST_BY_OFFSET) sees the earlier session's rows, then
+        // this row, then the later session's, as ksqlDB merges them.
+        let mut found = found;
+        found.sort_by_key(|f| (f.0, f.1));
+        let mut row_added = false;
         for (s, e, entry) in &found {
+            if !row_added && *s > ts {
+                for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
+                    spec.update(acc, v, sign)?;
+                }
+                row_added = true;
+            }
             start = start.min(*s);
             end = end.max(*e);
             for ((spec, acc), other) in specs.iter().zip(merged.accs.iter_mut()).zip(&entry.accs) {
@@ -58,8 +70,10 @@ impl Aggregate {
                 }
             }
         }
-        for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
-            spec.update(acc, v, sign)?;
+        if !row_added {
+            for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
+                spec.update(acc, v, sign)?;
+            }
         }
         merged.max_ts = merged.max_ts.max(ts);
         merged.rows += sign;
