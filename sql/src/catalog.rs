@@ -38,6 +38,9 @@ pub struct SourceDef {
     pub timestamp: Option<String>,
     /// Format of a VARCHAR timestamp column (chrono syntax), if it is text.
     pub timestamp_format: Option<String>,
+    /// A windowed source (a windowed aggregate's table, or `WITH (window_type = ...)`): its
+    /// keys carry the window.
+    pub window: Option<crate::format::KeyWindow>,
     /// The statement that created it, as stored in the catalog topic.
     pub statement: String,
 }
@@ -68,7 +71,7 @@ impl SourceDef {
 
     /// A decoder for its records.
     pub fn decoder(&self) -> Result<RecordDecoder> {
-        RecordDecoder::new(self.format, &self.columns)
+        RecordDecoder::new(self.format, &self.columns)?.with_window(self.window)
     }
 
     /// The records for the rows of `batch` (columns by name; the key column becomes the
@@ -135,6 +138,8 @@ const KNOWN_PROPERTIES: &[&str] = &[
     "partitions",
     "timestamp",
     "timestamp_format",
+    "window_type",
+    "window_size",
 ];
 
 fn property<'a>(props: &'a Properties, names: &[&str]) -> Option<&'a PropertyValue> {
@@ -222,6 +227,13 @@ pub fn source_def(
         timestamp,
         timestamp_format: property(properties, &["timestamp_format"])
             .map(|v| v.as_str().to_string()),
+        window: match property(properties, &["window_type"]) {
+            Some(t) => Some(crate::format::KeyWindow::from_properties(
+                t.as_str(),
+                property(properties, &["window_size"]).map(|v| v.as_str()),
+            )?),
+            None => None,
+        },
         statement: statement.trim().to_string(),
     };
     def.decoder()?;
@@ -542,6 +554,7 @@ pub fn derived_statement(
     columns: &[(String, DataType, bool)],
     topic: &str,
     format: Format,
+    window: Option<crate::format::KeyWindow>,
 ) -> String {
     let cols: Vec<String> = columns
         .iter()
@@ -555,8 +568,18 @@ pub fn derived_statement(
             format!("{ident} {}{key}", crate::types::sql_name(t))
         })
         .collect();
+    let window = match window {
+        None => String::new(),
+        Some(w) => match w.size() {
+            Some(size) => format!(
+                ", window_type = '{}', window_size = '{size} MILLISECONDS'",
+                w.type_name()
+            ),
+            None => format!(", window_type = '{}'", w.type_name()),
+        },
+    };
     format!(
-        "CREATE {} {} ({}) WITH (topic = '{}', format = '{format}')",
+        "CREATE {} {} ({}) WITH (topic = '{}', format = '{format}'{window})",
         match kind {
             SourceKind::Stream => "STREAM",
             SourceKind::Table => "TABLE",

@@ -11,6 +11,10 @@
 //!   with commas).
 //! - `RAW`: the whole value as the only value column (VARCHAR or BYTES).
 //!
+//! A windowed source (a windowed aggregate's table, or one declared `WITH (window_type =
+//! ...)`) has keys that also carry the window, as Kafka Streams' windowed serdes write them
+//! (see [`KeyWindow`]); it has the key pseudo-columns `windowstart` and `windowend`.
+//!
 //! A record that does not decode is not dropped: it is returned as [`Rejected`] with the
 //! reason, for the dead-letter topic, and the rest of the batch decodes normally.
 //!
@@ -37,6 +41,129 @@ fn invalid(e: FormatError) -> SqlError {
 
 /// Name of the record-timestamp column every source has.
 pub const ROWTIME: &str = "ROWTIME";
+
+/// How a windowed source's record keys carry their window: the key's text, then the window
+/// in big-endian milliseconds, byte for byte as Kafka Streams (and so ksqlDB) write windowed
+/// keys, so a compacted topic keeps one record per key and window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWindow {
+    /// `TUMBLING` windows of `size` ms: key, then the window start (8 bytes), as
+    /// `TimeWindowedSerializer`; the end is start + size.
+    Tumbling {
+        /// Window size (ms).
+        size: i64,
+    },
+    /// `HOPPING` windows of `size` ms: laid out as tumbling ones.
+    Hopping {
+        /// Window size (ms).
+        size: i64,
+    },
+    /// `SESSION` windows: key, then the session's end, then its start (8 bytes each), as
+    /// `SessionKeySchema`.
+    Session,
+}
+
+impl KeyWindow {
+    /// From `window_type` (`TUMBLING`, `HOPPING`, `SESSION`) and `window_size` (`30 SECONDS`,
+    /// required by the first two), as ksqlDB's `CREATE TABLE ... WITH (...)` declares them.
+    pub fn from_properties(window_type: &str, window_size: Option<&str>) -> Result<KeyWindow> {
+        let size = || -> Result<i64> {
+            let text = window_size.ok_or_else(|| {
+                SqlError::Invalid(format!(
+                    "window_type '{window_type}' needs window_size (e.g. window_size = '1 MINUTE')"
+                ))
+            })?;
+            parse_window_size(text)
+        };
+        match window_type.to_ascii_uppercase().as_str() {
+            "TUMBLING" => Ok(KeyWindow::Tumbling { size: size()? }),
+            "HOPPING" => Ok(KeyWindow::Hopping { size: size()? }),
+            "SESSION" => Ok(KeyWindow::Session),
+            other => Err(SqlError::Invalid(format!(
+                "unknown window_type '{other}' (use TUMBLING, HOPPING or SESSION)"
+            ))),
+        }
+    }
+
+    /// `window_type` as ksqlDB names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            KeyWindow::Tumbling { .. } => "TUMBLING",
+            KeyWindow::Hopping { .. } => "HOPPING",
+            KeyWindow::Session => "SESSION",
+        }
+    }
+
+    /// The window size (ms) of time windows; `None` for sessions.
+    pub fn size(&self) -> Option<i64> {
+        match self {
+            KeyWindow::Tumbling { size } | KeyWindow::Hopping { size } => Some(*size),
+            KeyWindow::Session => None,
+        }
+    }
+
+    /// The record key of `key` (its text) in the window `[start, end)`.
+    pub fn encode(&self, key: &[u8], start: i64, end: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(key.len() + 16);
+        out.extend_from_slice(key);
+        if *self == KeyWindow::Session {
+            out.extend_from_slice(&end.to_be_bytes());
+        }
+        out.extend_from_slice(&start.to_be_bytes());
+        out
+    }
+
+    /// A record key split into the key's text and its window (start, end).
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<(&'a [u8], i64, i64)> {
+        let suffix = if *self == KeyWindow::Session { 16 } else { 8 };
+        if bytes.len() < suffix {
+            return Err(SqlError::Invalid(format!(
+                "a {} windowed key needs at least {suffix} bytes of window after the key, this one has {} bytes",
+                self.type_name(),
+                bytes.len()
+            )));
+        }
+        let (key, window) = bytes.split_at(bytes.len() - suffix);
+        let long = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[..8]);
+            i64::from_be_bytes(a)
+        };
+        Ok(match self.size() {
+            Some(size) => {
+                let start = long(window);
+                (key, start, start.saturating_add(size))
+            }
+            None => (key, long(&window[8..]), long(window)),
+        })
+    }
+}
+
+/// `N UNIT` (`30 SECONDS`, `1 MINUTE`) in milliseconds, more than zero.
+fn parse_window_size(text: &str) -> Result<i64> {
+    let bad = || {
+        SqlError::Invalid(format!(
+            "window_size '{text}' is not a duration such as '30 SECONDS' (units MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)"
+        ))
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(n), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let per = match unit.to_ascii_uppercase().trim_end_matches('S') {
+        "MILLISECOND" => 1,
+        "SECOND" => 1_000,
+        "MINUTE" => 60_000,
+        "HOUR" => 3_600_000,
+        "DAY" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(per) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(bad()),
+    }
+}
 
 /// How a topic's record values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +263,9 @@ pub struct RecordDecoder {
     json: JsonDecoder,
     /// Index in `schema` of each key column.
     key_columns: Vec<usize>,
+    /// A windowed source: how keys carry the window, and the index in `schema` of the
+    /// `windowstart` and `windowend` columns taken from it (`None`: declared as values).
+    window: Option<(KeyWindow, Option<usize>, Option<usize>)>,
 }
 
 const STRICT: CastOptions<'static> = CastOptions {
@@ -184,7 +314,48 @@ impl RecordDecoder {
                 .filter(|c| c.1.2)
                 .map(|c| c.0)
                 .collect(),
+            window: None,
         })
+    }
+
+    /// The decoder of a windowed source: its keys carry the window, read into the
+    /// `windowstart` and `windowend` columns (placed before `rowtime`; a value column of
+    /// that name declared by the source is read from the value instead).
+    pub fn with_window(mut self, window: Option<KeyWindow>) -> Result<Self> {
+        let Some(window) = window else {
+            self.window = None;
+            return Ok(self);
+        };
+        if self.key_columns.is_empty() {
+            return Err(SqlError::Invalid(
+                "a windowed source needs a key column (the key its windows are of)".into(),
+            ));
+        }
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let rowtime = fields.pop();
+        let mut add = |name: &str| {
+            if fields.iter().any(|f| f.name() == name) {
+                return None;
+            }
+            fields.push(Field::new(name, DataType::Int64, true));
+            Some(fields.len() - 1)
+        };
+        let start = add(crate::operators::window::WINDOWSTART);
+        let end = add(crate::operators::window::WINDOWEND);
+        fields.extend(rowtime);
+        self.schema = Arc::new(Schema::new(fields));
+        self.window = Some((window, start, end));
+        Ok(self)
+    }
+
+    /// How the keys carry their window, for a windowed source.
+    pub fn key_window(&self) -> Option<KeyWindow> {
+        self.window.map(|w| w.0)
     }
 
     /// The Arrow schema of decoded batches.
@@ -238,6 +409,29 @@ impl RecordDecoder {
 
     fn decode_rows(&self, records: &[Input<'_>], rows: &[usize]) -> Result<RecordBatch> {
         let values = self.decode_values(records, rows)?;
+        // A windowed key: the key's text and the window, split once per row.
+        let split: Option<Vec<(Option<&[u8]>, i64, i64)>> = match self.window {
+            None => None,
+            Some((w, _, _)) => Some(
+                rows.iter()
+                    .map(|&r| match records[r].key {
+                        Some(k) => w.decode(k).map(|(k, s, e)| (Some(k), s, e)),
+                        None => Err(SqlError::Invalid(
+                            "a record of a windowed source needs a key (the key and its window)"
+                                .into(),
+                        )),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let key_of = |n: usize, r: usize| match &split {
+            Some(s) => s[n].0,
+            None => records[r].key,
+        };
+        let (start_col, end_col) = match self.window {
+            Some((_, s, e)) => (s, e),
+            None => (None, None),
+        };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut next_value = 0;
         for (i, field) in self.schema.fields().iter().enumerate() {
@@ -245,14 +439,17 @@ impl RecordDecoder {
                 columns.push(Arc::new(Int64Array::from_iter_values(
                     rows.iter().map(|&r| records[r].timestamp),
                 )));
+            } else if let (Some(split), true) = (&split, Some(i) == start_col || Some(i) == end_col)
+            {
+                let start = Some(i) == start_col;
+                columns.push(Arc::new(Int64Array::from_iter_values(
+                    split.iter().map(|w| if start { w.1 } else { w.2 }),
+                )));
             } else if self.key_columns.contains(&i) {
                 let keys: StringArray = rows
                     .iter()
-                    .map(|&r| {
-                        records[r]
-                            .key
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                    })
+                    .enumerate()
+                    .map(|(n, &r)| key_of(n, r).map(|k| String::from_utf8_lossy(k).into_owned()))
                     .collect();
                 let cast = cast_with_options(&keys, field.data_type(), &STRICT)
                     .map_err(|e| SqlError::Invalid(format!("key column {}: {e}", field.name())))?;

@@ -25,7 +25,7 @@ use sluice_state::StateEnv;
 use crate::ast::{Emit, Select, SourceKind};
 use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
-use crate::format::{Input, ROWTIME, RecordDecoder};
+use crate::format::{Input, KeyWindow, ROWTIME, RecordDecoder};
 use crate::operators::aggregate::{Aggregate, AggregatePlan};
 use crate::operators::stateless::Stateless;
 use crate::operators::window::{WINDOWEND, WINDOWSTART, Windows, with_window_columns};
@@ -91,6 +91,11 @@ impl SourceReader {
     /// The source's key column, if it declares one.
     pub fn key_column(&self) -> Option<&str> {
         self.decoder.key_column()
+    }
+
+    /// How a windowed source's keys carry their window.
+    pub fn key_window(&self) -> Option<KeyWindow> {
+        self.decoder.key_window()
     }
 
     /// Decodes records; a record that does not decode, or has no usable event time, is
@@ -303,6 +308,19 @@ impl CompiledQuery {
         out
     }
 
+    /// How its output records' keys carry their window: a windowed aggregate's windows, or
+    /// the windowed source's that a stateless query passes through. `None`: unwindowed.
+    pub fn key_window(&self) -> Option<KeyWindow> {
+        match &self.stage {
+            Stage::Aggregate(a) => a.windows().map(|w| match (w.session, w.advance == w.size) {
+                (true, _) => KeyWindow::Session,
+                (false, true) => KeyWindow::Tumbling { size: w.size },
+                (false, false) => KeyWindow::Hopping { size: w.size },
+            }),
+            Stage::Stateless(_) => self.source.window,
+        }
+    }
+
     /// The window clause, if any.
     pub fn windows(&self) -> Option<&Windows> {
         match &self.stage {
@@ -310,6 +328,23 @@ impl CompiledQuery {
             Stage::Stateless(_) => None,
         }
     }
+}
+
+/// The columns `*` stands for, as in ksqlDB: the declared columns without ROWTIME, and for
+/// a windowed source the key columns, then WINDOWSTART and WINDOWEND, then the values.
+fn star_columns(source: &SourceDef) -> Vec<String> {
+    let declared = |name: &str| source.columns.iter().any(|c| c.0 == name);
+    let mut names: Vec<String> = Vec::with_capacity(source.columns.len() + 2);
+    names.extend(source.columns.iter().filter(|c| c.2).map(|c| c.0.clone()));
+    if source.window.is_some() {
+        for w in [WINDOWSTART, WINDOWEND] {
+            if !declared(w) {
+                names.push(w.to_string());
+            }
+        }
+    }
+    names.extend(source.columns.iter().filter(|c| !c.2).map(|c| c.0.clone()));
+    names
 }
 
 /// The one stream or table a query reads, from its FROM clause.
@@ -381,7 +416,7 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         for item in body.projection.drain(..) {
             match item {
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    items.extend(source.columns.iter().map(|(name, _, _)| {
+                    items.extend(star_columns(&source).into_iter().map(|name| {
                         SelectItem::UnnamedExpr(SqlExpr::Identifier(Ident::with_quote('"', name)))
                     }))
                 }
@@ -397,6 +432,12 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         crate::operators::window::validate(spec)?;
     }
     let windows = select.window.as_ref().map(Windows::new);
+    if windows.is_some() && source.window.is_some() {
+        return Err(SqlError::Invalid(format!(
+            "{} is windowed already: a WINDOW clause aggregates an unwindowed stream",
+            source.name
+        )));
+    }
     if windows.is_some() {
         let SetExpr::Select(body) = query.body.as_mut() else {
             return Err(SqlError::Plan("internal error: not a SELECT".into()));
@@ -486,6 +527,9 @@ pub struct Step {
     /// Per output row: it deletes its key (a table's query: the row left its group,
     /// stopped passing the filter, or was deleted upstream); only its key column matters.
     pub deleted: Vec<bool>,
+    /// Per output row of a windowed query: its window (start, end), which the record key
+    /// carries ([`KeyWindow`]); empty for unwindowed queries.
+    pub windows: Vec<(i64, i64)>,
 }
 
 impl Step {
@@ -495,6 +539,7 @@ impl Step {
             timestamps: Vec::new(),
             rejected: Vec::new(),
             deleted: Vec::new(),
+            windows: Vec::new(),
         }
     }
 
@@ -514,6 +559,7 @@ impl Step {
         self.rejected
             .extend(other.rejected.into_iter().map(|(i, r)| (i + offset, r)));
         self.deleted.extend(other.deleted);
+        self.windows.extend(other.windows);
         Ok(())
     }
 }
@@ -697,6 +743,7 @@ impl Dataflow {
                     timestamps: e.timestamps,
                     rejected,
                     deleted: e.deleted,
+                    windows: e.windows,
                 }
             }
             Running::Stateless(s) if table => table_stateless(&self.reader, s, records)?,
@@ -704,14 +751,19 @@ impl Dataflow {
                 let rows = self.reader.read(records)?;
                 let (out, selected) = s.process_indexed(&rows.batch)?;
                 let times = rows.times();
-                let timestamps: Vec<i64> = match selected {
-                    None => times.to_vec(),
-                    Some(sel) => sel.iter().map(|&i| times[i as usize]).collect(),
+                let picked: Vec<usize> = match selected {
+                    None => (0..times.len()).collect(),
+                    Some(sel) => sel.iter().map(|&i| i as usize).collect(),
                 };
                 Step {
                     deleted: vec![false; out.num_rows()],
                     batch: out,
-                    timestamps,
+                    timestamps: picked.iter().map(|&i| times[i]).collect(),
+                    windows: record_windows(
+                        &self.reader,
+                        records,
+                        picked.iter().map(|&i| rows.records[i]),
+                    ),
                     rejected: rows.rejected,
                 }
             }
@@ -729,6 +781,7 @@ impl Dataflow {
             step.batch = step.batch.slice(0, n);
             step.timestamps.truncate(n);
             step.deleted.truncate(n);
+            step.windows.truncate(n);
             *rem -= rows;
         }
         step.rejected.sort_by_key(|r| r.0);
@@ -825,11 +878,13 @@ fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>])
         .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), tombstones.len()))
         .collect();
     if let Some(k) = key_col {
-        let keys = datafusion::arrow::array::StringArray::from_iter(
-            tombstones
-                .iter()
-                .map(|(_, k, _)| Some(String::from_utf8_lossy(k).into_owned())),
-        );
+        let window = reader.key_window();
+        let keys =
+            datafusion::arrow::array::StringArray::from_iter(tombstones.iter().map(|(_, k, _)| {
+                // A windowed key's text is the key without its window.
+                let k = window.and_then(|w| w.decode(k).ok()).map_or(*k, |d| d.0);
+                Some(String::from_utf8_lossy(k).into_owned())
+            }));
         tomb_columns[k] = cast(&keys, schema.field(k).data_type())?;
     }
     let tombs = RecordBatch::try_new_with_options(
@@ -847,6 +902,7 @@ fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>])
         batch,
         timestamps: order.iter().map(|o| o.3).collect(),
         deleted: order.iter().map(|o| o.2).collect(),
+        windows: record_windows(reader, records, order.iter().map(|o| o.0)),
         rejected: rows
             .rejected
             .iter()
@@ -947,7 +1003,29 @@ fn emitted(e: crate::operators::aggregate::Emitted) -> Step {
         timestamps: e.timestamps,
         rejected: e.failed.into_iter().map(|(_, why)| (0, why)).collect(),
         deleted: e.deleted,
+        windows: e.windows,
     }
+}
+
+/// The windows of the input records `indices` of a windowed source, read from their keys
+/// (a stateless query passes each row's window on); empty for an unwindowed source.
+fn record_windows(
+    reader: &SourceReader,
+    records: &[Input<'_>],
+    indices: impl Iterator<Item = usize>,
+) -> Vec<(i64, i64)> {
+    let Some(w) = reader.key_window() else {
+        return Vec::new();
+    };
+    indices
+        .map(|i| {
+            // Rows come from records whose keys decoded; a tombstone's key may not have.
+            records[i]
+                .key
+                .and_then(|k| w.decode(k).ok())
+                .map_or((0, 0), |(_, s, e)| (s, e))
+        })
+        .collect()
 }
 
 /// The columns a derived stream or table declares for a query's output: its fields, with

@@ -466,13 +466,23 @@ impl QueryRun<'_> {
         let task = self.task;
         let encoded = task.sink.encode(&step.batch)?;
         let written = encoded.len() as u64;
-        for (((key, value), ts), deleted) in
-            encoded.into_iter().zip(step.timestamps).zip(step.deleted)
+        for (i, (((key, value), ts), deleted)) in encoded
+            .into_iter()
+            .zip(step.timestamps)
+            .zip(step.deleted)
+            .enumerate()
         {
             if deleted && key.is_none() {
                 // Nothing to delete without a key.
                 continue;
             }
+            // A windowed result's key carries its window (one record per key and window).
+            let key = match (task.sink.window, key, step.windows.get(i)) {
+                (Some(w), Some(k), Some(&(start, end))) => {
+                    Some(Bytes::from(w.encode(&k, start, end)))
+                }
+                (_, key, _) => key,
+            };
             let record = Record {
                 key,
                 value: (!deleted).then(|| Bytes::from(value)),

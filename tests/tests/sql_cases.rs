@@ -28,6 +28,14 @@
 //! - `--- push SQL` / `--- pull SQL`: rows of a push query (run until its LIMIT) or a pull
 //!   query, after the input was processed; one JSON object per row.
 //! - `--- error`: the statements must fail with a message containing this text.
+//!
+//! Keys of a windowed table's topic (a windowed aggregate's result, or a table declared with
+//! `window_type`) hold the key's text and then its window in bytes, as Kafka Streams writes
+//! them; the harness shows them as text with the window: `KEY@START` for TUMBLING and
+//! HOPPING windows (the key holds the start; the end is start + size) and
+//! `KEY@START..END` for SESSION windows (times in ms, e.g. `a@60000`, `u@1000..3000`). A
+//! key that does not decode as its topic's windowed key shows as `KEY@?`. Input records of a
+//! windowed topic write their keys the same way.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,6 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_log::{Log, LogOptions, ProducerConfig, Record};
 use sluice_sql::engine::{Engine, EngineConfig, Output};
+use sluice_sql::format::KeyWindow;
 use sluice_sql::runner::RunnerConfig;
 
 #[derive(Debug, Default)]
@@ -160,6 +169,43 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
+/// A record key as the case files write it: its text, with its window for a windowed
+/// topic (see the format above), `-` for none.
+fn shown_key(key: &Option<Bytes>, window: Option<KeyWindow>) -> String {
+    let Some(k) = key else {
+        return "-".into();
+    };
+    let Some(w) = window else {
+        return std::str::from_utf8(k).unwrap_or("?").to_string();
+    };
+    match w.decode(k) {
+        Ok((k, start, end)) => {
+            let k = String::from_utf8_lossy(k);
+            match w {
+                KeyWindow::Session => format!("{k}@{start}..{end}"),
+                _ => format!("{k}@{start}"),
+            }
+        }
+        Err(_) => format!("{}@?", String::from_utf8_lossy(k)),
+    }
+}
+
+/// The record key a case file's `KEY@START` (`KEY@START..END` for sessions) stands for.
+fn windowed_key(shown: &str, w: KeyWindow) -> Result<Vec<u8>, String> {
+    let bad = || {
+        format!(
+            "input key '{shown}' of a windowed topic: write KEY@START (sessions: KEY@START..END)"
+        )
+    };
+    let (key, window) = shown.rsplit_once('@').ok_or_else(bad)?;
+    let (start, end) = match (w, window.split_once("..")) {
+        (KeyWindow::Session, Some((s, e))) => (s, e.parse().map_err(|_| bad())?),
+        (KeyWindow::Session, None) => return Err(bad()),
+        (_, _) => (window, 0),
+    };
+    Ok(w.encode(key.as_bytes(), start.parse().map_err(|_| bad())?, end))
+}
+
 fn text(b: &Option<Bytes>) -> String {
     b.as_ref()
         .map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned())
@@ -217,10 +263,20 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         }
         (Ok(_), None) => {}
     }
+    // Windowed topics, whose keys are written and shown with their windows.
+    let windowed: std::collections::HashMap<String, KeyWindow> = engine
+        .catalog()
+        .sources()
+        .filter_map(|s| s.window.map(|w| (s.topic.clone(), w)))
+        .collect();
     let mut producer = log.producer(ProducerConfig::default()).unwrap();
     for (topic, lines) in &case.inputs {
         for line in lines {
             let (ts, key, value) = split_record(line);
+            let key = match (key, windowed.get(topic)) {
+                (Some(k), Some(w)) => Some(windowed_key(&k, *w)?),
+                (k, _) => k.map(String::into_bytes),
+            };
             producer
                 .send(
                     topic,
@@ -291,18 +347,23 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
                 (ts, key.unwrap_or_else(|| "-".into()))
             });
         }
+        let window = windowed.get(topic).copied();
         let got_lines: Vec<String> = got
             .iter()
-            .map(|r| format!("{} {} {}", r.timestamp, text(&r.key), text(&r.value)))
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.timestamp,
+                    shown_key(&r.key, window),
+                    text(&r.value)
+                )
+            })
             .collect();
         let ok = got.len() == expected.len()
             && expected.iter().zip(&got).all(|(e, r)| {
                 let (ts, key, value) = split_record(e);
                 ts == r.timestamp
-                    && key.as_deref()
-                        == r.key
-                            .as_deref()
-                            .map(|k| std::str::from_utf8(k).unwrap_or("?"))
+                    && key.unwrap_or_else(|| "-".into()) == shown_key(&r.key, window)
                     && same_value(&value, &text(&r.value))
             });
         if !ok {

@@ -110,7 +110,13 @@ impl Engine {
                 "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
             )));
         }
-        let columns = output_columns(compiled.schema(), key.as_deref())?;
+        let window = compiled.key_window();
+        let mut columns = output_columns(compiled.schema(), key.as_deref())?;
+        if window.is_some() {
+            // WINDOWSTART and WINDOWEND of a windowed result are its key's window, read back
+            // from the key as pseudo-columns (as in ksqlDB), not copies in the value.
+            columns.retain(|c| !crate::operators::window::is_window_column(&c.0));
+        }
         for k in properties.keys() {
             if ![
                 "topic",
@@ -137,7 +143,7 @@ impl Engine {
             Some(f) => f.parse()?,
             None => compiled.source.format,
         };
-        let statement = derived_statement(kind, name, &columns, &topic, format);
+        let statement = derived_statement(kind, name, &columns, &topic, format, window);
         let def = match crate::parse_one(&statement)? {
             Statement::CreateSource {
                 columns,

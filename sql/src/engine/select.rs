@@ -1,5 +1,6 @@
 //! SELECT: push queries (`EMIT CHANGES`, state in memory, polled for rows) and pull queries
-//! (a table's current rows, read from its topic).
+//! (a table's current rows, read from its topic; one per key and window for a windowed
+//! table, whose WINDOWSTART and WINDOWEND come from the keys).
 
 use std::time::Duration;
 
@@ -61,47 +62,22 @@ impl Engine {
             ));
         }
         let def = &compiled.source;
-        let windowed = def
-            .columns
-            .iter()
-            .any(|c| c.0 == crate::operators::window::WINDOWSTART);
         let topic = self.log.topic(&def.topic)?;
-        // Latest record per key (per key and window for windowed tables), in log order.
+        // Latest record per key, in log order: a compacted topic's view. A windowed table's
+        // keys carry their window, so it keeps one row per key and window, and a tombstone
+        // (a session merged away, a row failing HAVING) deletes only its window.
         let mut latest: std::collections::HashMap<Vec<u8>, (u64, Record)> = Default::default();
         let mut seq = 0u64;
-        let reader = crate::query::SourceReader::new(def)?;
         for p in 0..topic.partition_count() {
             let mut records = Vec::new();
             self.log.read_all(&def.topic, p, |_, r| records.push(r))?;
             for r in records {
                 let Some(key) = r.key.clone() else { continue };
-                let mut k = key.to_vec();
-                if windowed {
-                    if r.value.is_some() {
-                        let rows = reader.read(&[Input::from(&r)])?;
-                        if let Ok(i) = rows
-                            .batch
-                            .schema()
-                            .index_of(crate::operators::window::WINDOWSTART)
-                        {
-                            if let Some(a) = rows
-                                .batch
-                                .column(i)
-                                .as_any()
-                                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                            {
-                                if !a.is_empty() {
-                                    k.extend_from_slice(&a.value(0).to_be_bytes());
-                                }
-                            }
-                        }
-                    }
-                }
-                if r.value.is_none() && !windowed {
-                    latest.remove(&k);
+                if r.value.is_none() {
+                    latest.remove(key.as_ref());
                 } else {
                     seq += 1;
-                    latest.insert(k, (seq, r));
+                    latest.insert(key.to_vec(), (seq, r));
                 }
             }
         }
@@ -110,6 +86,14 @@ impl Engine {
             .filter(|(_, r)| r.value.is_some())
             .collect();
         rows.sort_by_key(|(s, _)| *s);
+        if let Some(w) = def.window {
+            // A windowed table's rows by key, then window, as ksqlDB's window store reads
+            // them (a key's windows in time order).
+            rows.sort_by_cached_key(|(s, r)| {
+                let split = r.key.as_deref().and_then(|k| w.decode(k).ok());
+                split.map(|(k, start, _)| (k.to_vec(), start, *s))
+            });
+        }
         let inputs: Vec<Input<'_>> = rows.iter().map(|(_, r)| Input::from(r)).collect();
         let mut flow = Dataflow::open(compiled, None)?;
         let step = flow.process(&inputs)?;

@@ -17,6 +17,11 @@ pub const WINDOWSTART: &str = "WINDOWSTART";
 /// The column holding a window's end (ms, exclusive).
 pub const WINDOWEND: &str = "WINDOWEND";
 
+/// True for the names of the window pseudo-columns, `windowstart` and `windowend`.
+pub fn is_window_column(name: &str) -> bool {
+    name == WINDOWSTART || name == WINDOWEND
+}
+
 /// ksqlDB's default grace period when a window gives none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -147,6 +152,12 @@ impl Windows {
 
     /// The windows of event time `ts` as (start, end); a session's initial window is
     /// `(ts, ts)`.
+    ///
+    /// Tumbling and hopping windows are those `[start, start + size)` holding `ts` whose
+    /// start is a multiple of the advance (aligned to the epoch), and, as Kafka Streams'
+    /// `TimeWindows::windowsFor`, none starts before the epoch when `ts` is at or after it:
+    /// with `SIZE 10 SECONDS, ADVANCE BY 5 SECONDS` a record at 1 s is in `[0, 10 s)` only.
+    /// (Kafka drops records before the epoch; Sluice windows them the same way, aligned.)
     pub fn assign(&self, ts: i64, out: &mut Vec<(i64, i64)>) {
         out.clear();
         if self.session {
@@ -155,17 +166,20 @@ impl Windows {
         }
         let last = ts - ts.rem_euclid(self.advance);
         let mut start = last;
-        while start > ts - self.size {
+        while start > ts - self.size && (start >= 0 || ts < 0) {
             out.push((start, start + self.size));
             start -= self.advance;
         }
         out.reverse();
     }
 
-    /// True when a window ending at `end` no longer takes records at stream time `now`.
+    /// True when a window ending at `end` no longer takes records at stream time `now`:
+    /// a time window once `now` reaches its end plus the grace period; a session once `now`
+    /// passes its end plus the inactivity gap plus the grace period (a record within the gap
+    /// could still extend it until then), as Kafka Streams' session aggregate.
     pub fn closed(&self, end: i64, now: i64) -> bool {
         if self.session {
-            end.saturating_add(self.grace) < now
+            end.saturating_add(self.size).saturating_add(self.grace) < now
         } else {
             end.saturating_add(self.grace) <= now
         }
@@ -181,16 +195,20 @@ pub fn with_window_columns(schema: &Schema) -> SchemaRef {
 }
 
 /// One row per (row of `batch`, window of its time in `times`) that is still open at
-/// `stream_time`, with the window columns appended; also the source row of each output row
-/// and the rows none of whose windows is open (late).
+/// `stream_time`, with the window columns appended; also the source row of each output row,
+/// the stream time when it arrived, and the rows none of whose windows is open (late).
+///
+/// A session row is always kept: whether it is late depends on the sessions it merges
+/// with, which the aggregate finds (see [`Windows::closed`]).
 pub fn expand(
     windows: &Windows,
     batch: &RecordBatch,
     times: &[i64],
     schema: &SchemaRef,
     stream_time: &mut i64,
-) -> Result<(RecordBatch, Vec<u32>, Vec<usize>)> {
+) -> Result<Expanded> {
     let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut arrival = Vec::with_capacity(batch.num_rows());
     let mut starts = Vec::with_capacity(batch.num_rows());
     let mut ends = Vec::with_capacity(batch.num_rows());
     let mut late = Vec::new();
@@ -200,9 +218,9 @@ pub fn expand(
         windows.assign(ts, &mut assigned);
         let before = rows.len();
         for &(s, e) in &assigned {
-            let end = if windows.session { s } else { e };
-            if !windows.closed(end, *stream_time) {
+            if windows.session || !windows.closed(e, *stream_time) {
                 rows.push(i as u32);
+                arrival.push(*stream_time);
                 starts.push(s);
                 ends.push(e);
             }
@@ -219,11 +237,25 @@ pub fn expand(
         .collect::<std::result::Result<_, _>>()?;
     columns.push(Arc::new(Int64Array::from(starts)));
     columns.push(Arc::new(Int64Array::from(ends)));
-    Ok((
-        RecordBatch::try_new(Arc::clone(schema), columns)?,
+    Ok(Expanded {
+        batch: RecordBatch::try_new(Arc::clone(schema), columns)?,
         rows,
+        arrival,
         late,
-    ))
+    })
+}
+
+/// A batch expanded into its windows.
+#[derive(Debug)]
+pub struct Expanded {
+    /// One row per (input row, open window), with `windowstart` and `windowend`.
+    pub batch: RecordBatch,
+    /// The input row of each row.
+    pub rows: Vec<u32>,
+    /// The stream time when each row's record arrived (its lateness is judged at it).
+    pub arrival: Vec<i64>,
+    /// Input rows none of whose windows was open.
+    pub late: Vec<usize>,
 }
 
 #[cfg(test)]
@@ -262,6 +294,11 @@ mod tests {
         assert_eq!(out, vec![(5, 15), (10, 20)]);
         h.assign(10, &mut out);
         assert_eq!(out, vec![(5, 15), (10, 20)]);
+        // No window starts before the epoch for a record after it (Kafka's windowsFor).
+        h.assign(3, &mut out);
+        assert_eq!(out, vec![(0, 10)]);
+        h.assign(-3, &mut out);
+        assert_eq!(out, vec![(-10, 0), (-5, 5)]);
     }
 
     fn hopping(size_ms: u64, advance_ms: u64) -> WindowSpec {
@@ -339,5 +376,14 @@ mod tests {
         assert!(!t.closed(10, 14));
         assert!(t.closed(10, 15));
         assert_eq!(t.retention, 15);
+        // A session closes after its end plus the gap plus the grace period.
+        let s = w(
+            WindowKind::Session {
+                gap: Duration::from_millis(10),
+            },
+            5,
+        );
+        assert!(!s.closed(100, 115));
+        assert!(s.closed(100, 116));
     }
 }

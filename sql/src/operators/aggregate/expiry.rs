@@ -1,6 +1,8 @@
-//! Event time in the aggregate: windows close once the stream time passes their end plus
-//! the grace period (EMIT FINAL emits each of them once), and state older than the
-//! retention expires.
+//! Event time in the aggregate: windows close once the stream time reaches their end plus
+//! the grace period (sessions: passes their end plus the gap plus the grace period, see
+//! [`Windows::closed`](crate::operators::window::Windows::closed)); EMIT FINAL emits each of
+//! them once then, as ksqlDB's suppression does, and state older than the retention
+//! expires.
 
 use bytes::Bytes;
 
@@ -20,8 +22,12 @@ impl Aggregate {
         }
         let mut out = Vec::new();
         if w.session {
-            // Closed: end + grace < stream time.
-            let bound = self.stream_time.saturating_sub(w.grace).saturating_sub(1);
+            // Closed: end + gap + grace < stream time.
+            let bound = self
+                .stream_time
+                .saturating_sub(w.grace)
+                .saturating_sub(w.size)
+                .saturating_sub(1);
             let mut closed: Vec<(usize, Bytes, i64, i64, Entry)> = Vec::new();
             match &self.stores {
                 Stores::Session(st) => {
@@ -50,7 +56,9 @@ impl Aggregate {
             }
             closed.sort_by(|a, b| (a.3, &a.1, a.2).cmp(&(b.3, &b.1, b.2)));
             for (i, key, s, e, entry) in closed {
-                out.push(self.result(key.to_vec(), s, e, &entry)?);
+                let mut result = self.result(key.to_vec(), s, e, &entry)?;
+                result.ts = e;
+                out.push(result);
                 match &mut self.stores {
                     Stores::Session(st) => st[i]
                         .remove(&key, s, e)

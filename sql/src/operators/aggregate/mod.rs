@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Group keys are Arrow row-format bytes of the key columns (window columns excluded; they
-//! are the window store's time dimension). The state of a group is its accumulators
+//! are the window store's time dimension). Each output row of a windowed aggregate carries
+//! its window ([`Emitted::windows`]), which its record key carries downstream
+//! ([`crate::format::KeyWindow`]). The state of a group is its accumulators
 //! ([`super::acc`]) plus the largest event time it has seen, which becomes the timestamp of
 //! its output records. State is split over one store per partition of the query's input, by
 //! the key's murmur2 hash, so it is "one store per operator and partition" whatever the
@@ -67,6 +69,9 @@ pub struct Emitted {
     pub deleted: Vec<bool>,
     /// Per output row: its group (the encoded key and the window start, 0 unwindowed).
     pub groups: Vec<(Vec<u8>, i64)>,
+    /// Per output row of a windowed aggregate: its window (start, end), which its record
+    /// key carries; empty unwindowed.
+    pub windows: Vec<(i64, i64)>,
 }
 
 impl Emitted {
@@ -93,6 +98,11 @@ impl Emitted {
             failed: self.failed,
             deleted: keep.iter().map(|i| self.deleted[pick(i)]).collect(),
             groups: keep.iter().map(|i| self.groups[pick(i)].clone()).collect(),
+            windows: if self.windows.is_empty() {
+                Vec::new()
+            } else {
+                keep.iter().map(|i| self.windows[pick(i)]).collect()
+            },
         })
     }
 }
@@ -212,17 +222,22 @@ impl Aggregate {
             }
             _ => batch,
         };
-        let (expanded, src_rows, late) = match self.plan.windows {
+        let (expanded, src_rows, arrival, mut late) = match self.plan.windows {
             Some(w) => {
                 let mut st = self.stream_time;
                 let r = super::window::expand(&w, batch, times, &self.scan_schema, &mut st)?;
                 self.stream_time = st;
-                r
+                (r.batch, r.rows, r.arrival, r.late)
             }
             None => {
                 let batch =
                     RecordBatch::try_new(Arc::clone(&self.scan_schema), batch.columns().to_vec())?;
-                (batch, (0..times.len() as u32).collect(), Vec::new())
+                (
+                    batch,
+                    (0..times.len() as u32).collect(),
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
         };
         let (pre, selected) = self.plan.pre.process_indexed(&expanded)?;
@@ -271,9 +286,14 @@ impl Aggregate {
                 .map(|a| ScalarValue::try_from_array(a.as_ref(), r))
                 .collect::<datafusion::error::Result<_>>()?;
             if self.plan.windows.is_some_and(|w| w.session) {
-                if let Some(o) = self.session_update(key, ts, &values, sign)? {
-                    if emit_changes {
-                        out.push(o);
+                match self.session_update(key, ts, &values, sign, arrival[src])? {
+                    Some(outs) if emit_changes => out.extend(outs),
+                    Some(_) => {}
+                    None => {
+                        let row = src_rows[src] as usize;
+                        if !late.contains(&row) {
+                            late.push(row);
+                        }
                     }
                 }
                 continue;
@@ -336,7 +356,8 @@ impl Aggregate {
             out.extend(self.close_windows()?);
         }
         self.expire()?;
-        let (batch, timestamps, deleted, groups) = self.finish(out)?;
+        let (batch, timestamps, deleted, groups, windows) = self.finish(out)?;
+        late.sort_unstable();
         Ok(Emitted {
             batch,
             timestamps,
@@ -344,6 +365,7 @@ impl Aggregate {
             failed,
             deleted,
             groups,
+            windows,
         })
     }
 

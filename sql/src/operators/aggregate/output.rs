@@ -8,18 +8,27 @@ use datafusion::common::ScalarValue;
 
 use super::Aggregate;
 use super::cache::Entry;
+use crate::ast::Emit;
 use crate::error::{Result, SqlError};
 
+/// Output rows, their timestamps, their deletion flags, their groups (key, window start)
+/// and, windowed, their windows (start, end).
+pub(super) type Finished = (
+    RecordBatch,
+    Vec<i64>,
+    Vec<bool>,
+    Vec<(Vec<u8>, i64)>,
+    Vec<(i64, i64)>,
+);
+
 /// One emitted group before HAVING and projection.
-/// Output rows, their timestamps, their deletion flags and their groups (key, window start).
-pub(super) type Finished = (RecordBatch, Vec<i64>, Vec<bool>, Vec<(Vec<u8>, i64)>);
 
 pub(super) struct Out {
     key: Vec<u8>,
     start: i64,
     end: i64,
     values: Vec<ScalarValue>,
-    ts: i64,
+    pub(super) ts: i64,
     pub(super) deleted: bool,
 }
 
@@ -48,6 +57,7 @@ impl Aggregate {
         if out.is_empty() {
             return Ok((
                 RecordBatch::new_empty(Arc::clone(self.plan.schema())),
+                Vec::new(),
                 Vec::new(),
                 Vec::new(),
                 Vec::new(),
@@ -110,9 +120,10 @@ impl Aggregate {
             if !o.deleted && passes(i) {
                 rows.push(i as u32);
                 deleted.push(false);
-            } else if o.deleted || self.plan.windows.is_none() {
-                // An unwindowed table row that fails HAVING is deleted downstream, as
-                // ksqlDB does; a windowed one is just not emitted.
+            } else if o.deleted || self.plan.windows.is_none() || self.plan.emit == Emit::Changes {
+                // A row that fails HAVING is deleted downstream (its key and window), as
+                // ksqlDB's table filter does; EMIT FINAL drops such tombstones, as ksqlDB's
+                // suppression does.
                 rows.push(i as u32);
                 deleted.push(true);
             }
@@ -128,6 +139,13 @@ impl Aggregate {
             rows.iter()
                 .map(|&i| (out[i as usize].key.clone(), out[i as usize].start))
                 .collect(),
+            if self.plan.windows.is_some() {
+                rows.iter()
+                    .map(|&i| (out[i as usize].start, out[i as usize].end))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         ))
     }
 }

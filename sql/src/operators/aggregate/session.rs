@@ -1,5 +1,8 @@
 //! Session windows: a row joins its key's session, and the sessions it bridges (those
-//! within the inactivity gap on either side) merge into one.
+//! within the inactivity gap on either side) merge into one, as Kafka Streams' session
+//! aggregate (and so ksqlDB) does: a session's bounds are its first and last record's times,
+//! each session merged away gets a tombstone (its key carries its old bounds), then the
+//! merged session is emitted, each stamped with its session's end.
 
 use datafusion::common::ScalarValue;
 
@@ -9,15 +12,24 @@ use super::output::Out;
 use crate::error::{Result, SqlError};
 
 impl Aggregate {
-    /// Adds a row to its key's session, merging the sessions it bridges.
+    /// Adds a row to its key's session, merging the sessions it bridges; returns the
+    /// tombstones of the sessions merged away and the session's new result, or `None` when
+    /// the row is late: the session it would make closed before `arrival`, the stream time
+    /// when it arrived (nothing changed then).
     pub(super) fn session_update(
         &mut self,
         key: &[u8],
         ts: i64,
         values: &[ScalarValue],
         sign: i64,
-    ) -> Result<Option<Out>> {
-        let gap = self.plan.windows.map_or(0, |w| w.size);
+        arrival: i64,
+    ) -> Result<Option<Vec<Out>>> {
+        let Some(windows) = self.plan.windows else {
+            return Err(SqlError::Plan(
+                "internal error: a session without windows".into(),
+            ));
+        };
+        let gap = windows.size;
         let specs = self.plan.specs.clone();
         let i = self.store_index(key);
         // Sessions that end at or after ts - gap and start at or before ts + gap.
@@ -38,8 +50,12 @@ impl Aggregate {
                 })
                 .collect(),
         };
-        let mut start = ts;
-        let mut end = ts;
+        let start = found.iter().map(|f| f.0).fold(ts, i64::min);
+        let end = found.iter().map(|f| f.1).fold(ts, i64::max);
+        if windows.closed(end, arrival) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
         let mut merged = self.new_entry()?;
         // In time order, the row between the sessions before and after it: an order-keeping
         // aggregate (COLLECT_LIST, LATEST_BY_OFFSET) sees the earlier session's rows, then
@@ -54,8 +70,14 @@ impl Aggregate {
                 }
                 row_added = true;
             }
-            start = start.min(*s);
-            end = end.max(*e);
+            if (start, end) != (ts, ts) {
+                // As Kafka Streams: every session merged into a new window is removed with a
+                // tombstone (a session grown by a row inside it too), then the new one put.
+                let mut gone = self.result(key.to_vec(), *s, *e, entry)?;
+                gone.deleted = true;
+                gone.ts = *e;
+                out.push(gone);
+            }
             for ((spec, acc), other) in specs.iter().zip(merged.accs.iter_mut()).zip(&entry.accs) {
                 spec.merge(acc, other)?;
             }
@@ -89,6 +111,9 @@ impl Aggregate {
                     .insert(owned_cache_key(start, end, key), merged.clone());
             }
         }
-        Ok(Some(self.result(key.to_vec(), start, end, &merged)?))
+        let mut result = self.result(key.to_vec(), start, end, &merged)?;
+        result.ts = end;
+        out.push(result);
+        Ok(Some(out))
     }
 }
