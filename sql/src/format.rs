@@ -13,7 +13,7 @@
 //!
 //! A windowed source (a windowed aggregate's table, or one declared `WITH (window_type =
 //! ...)`) has keys that also carry the window, as Kafka Streams' windowed serdes write them
-//! (see [`KeyWindow`]); it has the key pseudo-columns `windowstart` and `windowend`.
+//! (see [`KeyWindow`]); it has the key pseudo-columns `WINDOWSTART` and `WINDOWEND`.
 //!
 //! A record that does not decode is not dropped: it is returned as [`Rejected`] with the
 //! reason, for the dead-letter topic, and the rest of the batch decodes normally.
@@ -264,7 +264,7 @@ pub struct RecordDecoder {
     /// Index in `schema` of each key column.
     key_columns: Vec<usize>,
     /// A windowed source: how keys carry the window, and the index in `schema` of the
-    /// `windowstart` and `windowend` columns taken from it (`None`: declared as values).
+    /// `WINDOWSTART` and `WINDOWEND` columns taken from it (`None`: declared as values).
     window: Option<(KeyWindow, Option<usize>, Option<usize>)>,
 }
 
@@ -319,7 +319,7 @@ impl RecordDecoder {
     }
 
     /// The decoder of a windowed source: its keys carry the window, read into the
-    /// `windowstart` and `windowend` columns (placed before `rowtime`; a value column of
+    /// `WINDOWSTART` and `WINDOWEND` columns (placed before `ROWTIME`; a value column of
     /// that name declared by the source is read from the value instead).
     pub fn with_window(mut self, window: Option<KeyWindow>) -> Result<Self> {
         let Some(window) = window else {

@@ -1,6 +1,6 @@
 //! Window assignment: which windows a record with event time `ts` belongs to, and the
-//! expansion of a decoded batch into one row per (record, window) with `windowstart` and
-//! `windowend` columns, which is what a windowed GROUP BY groups on.
+//! expansion of a decoded batch into one row per (record, window) with `WINDOWSTART` and
+//! `WINDOWEND` columns, which is what a windowed GROUP BY groups on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ pub const WINDOWSTART: &str = "WINDOWSTART";
 /// The column holding a window's end (ms, exclusive).
 pub const WINDOWEND: &str = "WINDOWEND";
 
-/// True for the names of the window pseudo-columns, `windowstart` and `windowend`.
+/// True for the names of the window pseudo-columns, `WINDOWSTART` and `WINDOWEND`.
 pub fn is_window_column(name: &str) -> bool {
     name == WINDOWSTART || name == WINDOWEND
 }
@@ -248,7 +248,7 @@ pub fn expand(
 /// A batch expanded into its windows.
 #[derive(Debug)]
 pub struct Expanded {
-    /// One row per (input row, open window), with `windowstart` and `windowend`.
+    /// One row per (input row, open window), with `WINDOWSTART` and `WINDOWEND`.
     pub batch: RecordBatch,
     /// The input row of each row.
     pub rows: Vec<u32>,
