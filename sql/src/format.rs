@@ -139,6 +139,9 @@ impl KeyWindow {
     }
 }
 
+/// A windowed record key split: the key's text (`None`: no key), window start and end.
+type WindowedKey<'a> = (Option<&'a [u8]>, i64, i64);
+
 /// `N UNIT` (`30 SECONDS`, `1 MINUTE`) in milliseconds, more than zero.
 fn parse_window_size(text: &str) -> Result<i64> {
     let bad = || {
@@ -410,7 +413,7 @@ impl RecordDecoder {
     fn decode_rows(&self, records: &[Input<'_>], rows: &[usize]) -> Result<RecordBatch> {
         let values = self.decode_values(records, rows)?;
         // A windowed key: the key's text and the window, split once per row.
-        let split: Option<Vec<(Option<&[u8]>, i64, i64)>> = match self.window {
+        let split: Option<Vec<WindowedKey<'_>>> = match self.window {
             None => None,
             Some((w, _, _)) => Some(
                 rows.iter()
@@ -641,6 +644,82 @@ mod tests {
             "hello, world"
         );
         assert!(RecordDecoder::new(Format::Raw, &cols()).is_err());
+    }
+
+    #[test]
+    fn windowed_keys_are_laid_out_as_kafka_streams_writes_them() {
+        // TimeWindowedSerializer: key bytes, then the start as a big-endian long.
+        let t = KeyWindow::Tumbling { size: 60_000 };
+        let k = t.encode(b"a", 60_000, 120_000);
+        assert_eq!(k, [b"a".as_slice(), &60_000i64.to_be_bytes()].concat());
+        assert_eq!(t.decode(&k).unwrap(), (b"a".as_slice(), 60_000, 120_000));
+        // SessionKeySchema: key bytes, then the end, then the start.
+        let s = KeyWindow::Session;
+        let k = s.encode(b"u", 1_000, 3_000);
+        assert_eq!(
+            k,
+            [
+                b"u".as_slice(),
+                &3_000i64.to_be_bytes(),
+                &1_000i64.to_be_bytes()
+            ]
+            .concat()
+        );
+        assert_eq!(s.decode(&k).unwrap(), (b"u".as_slice(), 1_000, 3_000));
+        assert!(s.decode(b"short").is_err());
+        assert_eq!(
+            KeyWindow::from_properties("hopping", Some("30 SECONDS")).unwrap(),
+            KeyWindow::Hopping { size: 30_000 }
+        );
+        assert!(KeyWindow::from_properties("TUMBLING", None).is_err());
+        assert!(KeyWindow::from_properties("TUMBLING", Some("0 SECONDS")).is_err());
+    }
+
+    #[test]
+    fn a_windowed_decoder_reads_the_window_from_the_key() {
+        let d = RecordDecoder::new(Format::Json, &cols())
+            .unwrap()
+            .with_window(Some(KeyWindow::Session))
+            .unwrap();
+        let names: Vec<&str> = d
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "zone",
+                "fare",
+                "seats",
+                "WINDOWSTART",
+                "WINDOWEND",
+                "ROWTIME"
+            ]
+        );
+        let key = KeyWindow::Session.encode(b"r1", 5, 9);
+        let out = d
+            .decode(&[
+                Input {
+                    key: Some(&key),
+                    value: Some(br#"{"zone":"a"}"#),
+                    timestamp: 9,
+                },
+                input("x", r#"{"zone":"b"}"#, 10),
+            ])
+            .unwrap();
+        assert_eq!(out.rows, vec![0]);
+        assert!(out.rejected[0].reason.contains("16 bytes of window"));
+        let b = &out.batch;
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "r1");
+        let i64s = |c: usize| {
+            b.column(c)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0)
+        };
+        assert_eq!((i64s(4), i64s(5), i64s(6)), (5, 9, 9));
     }
 
     #[test]

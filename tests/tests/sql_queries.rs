@@ -137,10 +137,13 @@ fn verify(log: &Log, n: u64) {
     let mut windows: BTreeMap<(String, i64), u64> = BTreeMap::new();
     for r in crate::common::read_committed(log, "WINDOWS") {
         let v = json(&r);
-        let key = (
-            String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
-            v["WS"].as_i64().unwrap(),
-        );
+        // The key carries the window: the key's text, then the window start.
+        let raw = r.key.unwrap();
+        let (k, start, _) = sluice_sql::format::KeyWindow::Tumbling { size: 1000 }
+            .decode(&raw)
+            .unwrap();
+        assert_eq!(start, v["WS"].as_i64().unwrap(), "the key's window");
+        let key = (String::from_utf8(k.to_vec()).unwrap(), start);
         assert!(
             windows
                 .insert(key.clone(), v["N"].as_u64().unwrap())

@@ -22,7 +22,6 @@ pub(super) type Finished = (
 );
 
 /// One emitted group before HAVING and projection.
-
 pub(super) struct Out {
     key: Vec<u8>,
     start: i64,
