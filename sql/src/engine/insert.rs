@@ -28,6 +28,12 @@ impl Engine {
     ) -> Result<Output> {
         let def = self.catalog.get(target)?.clone();
         refuse_internal(&def)?;
+        if let Some(w) = def.window {
+            return Err(SqlError::Invalid(format!(
+                "{target} is windowed ({}): its records come from a windowed query, INSERT ... VALUES cannot write them",
+                w.type_name()
+            )));
+        }
         let names: Vec<String> = if columns.is_empty() {
             def.columns.iter().map(|c| c.0.clone()).collect()
         } else {
@@ -128,8 +134,23 @@ impl Engine {
                 "a query cannot read and write {target}"
             )));
         }
+        // The rows' keys carry their windows exactly when the target's do.
+        if compiled.key_window() != def.window {
+            let name = |w: Option<crate::format::KeyWindow>| {
+                w.map_or("unwindowed".to_string(), |w| {
+                    format!("windowed ({})", w.type_name())
+                })
+            };
+            return Err(SqlError::Invalid(format!(
+                "{target} is {} and the query's rows are {}: their keys would not match",
+                name(def.window),
+                name(compiled.key_window())
+            )));
+        }
         for f in compiled.schema().fields() {
-            if f.name() == crate::format::ROWTIME {
+            if f.name() == crate::format::ROWTIME
+                || (def.window.is_some() && crate::operators::window::is_window_column(f.name()))
+            {
                 continue;
             }
             match def.columns.iter().find(|c| &c.0 == f.name()) {
