@@ -92,6 +92,25 @@ impl Engine {
                 ]
             })
             .collect();
+        if let Some(w) = def.window {
+            // A windowed source's key pseudo-columns, read from its keys.
+            let window = match w.size() {
+                Some(size) => format!("{}, SIZE {size} ms", w.type_name()),
+                None => w.type_name().to_string(),
+            };
+            for (name, what) in [
+                (crate::operators::window::WINDOWSTART, "start"),
+                (crate::operators::window::WINDOWEND, "end"),
+            ] {
+                if !def.columns.iter().any(|c| c.0 == name) {
+                    rows.push(vec![
+                        name.into(),
+                        "BIGINT".into(),
+                        format!("KEY: window {what} (ms; {window})"),
+                    ]);
+                }
+            }
+        }
         rows.push(vec![
             crate::format::ROWTIME.into(),
             "BIGINT".into(),
