@@ -22,6 +22,16 @@ impl Engine {
         or_replace: bool,
         text: &str,
     ) -> Result<Output> {
+        // Reserved, as in ksqlDB, for the window a windowed source's keys carry.
+        if let Some(c) = columns
+            .iter()
+            .find(|c| crate::operators::window::is_window_column(&c.name))
+        {
+            return Err(SqlError::Invalid(format!(
+                "{} is a reserved column name (the window of a windowed source's key); choose another name",
+                c.name
+            )));
+        }
         let def = source_def(kind, name, columns, properties, text)?;
         let topic = def.topic.clone();
         let schema = def.value_schema()?;
@@ -105,6 +115,7 @@ impl Engine {
         }
         let key = output_key(&compiled, select);
         refuse_key_twice(&compiled, select)?;
+        refuse_window_columns(select)?;
         if kind == SourceKind::Table && key.is_none() {
             return Err(SqlError::Invalid(format!(
                 "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
@@ -221,6 +232,31 @@ impl Engine {
             tracing::warn!(source = %name, topic = %topic, error = %e, "The declared columns do not match the schema recorded for the topic; records that do not fit go to the dead-letter topic.");
         }
     }
+}
+
+/// `WINDOWSTART` or `WINDOWEND` selected under its own name into a persistent query's result
+/// is refused with ksqlDB's message: they are reserved for the window its keys carry (select
+/// `WINDOWSTART AS ws` for a copy in the value). Push queries may select them.
+pub(super) fn refuse_window_columns(select: &crate::ast::Select) -> Result<()> {
+    let SetExpr::Select(body) = select.query.body.as_ref() else {
+        return Ok(());
+    };
+    for item in &body.projection {
+        let name = match item {
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => crate::query::ident_name(i),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
+                .last()
+                .map(crate::query::ident_name)
+                .unwrap_or_default(),
+            _ => continue,
+        };
+        if crate::operators::window::is_window_column(&name) {
+            return Err(SqlError::Invalid(format!(
+                "Reserved column name in select: `{name}`. Please remove or alias the column."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A key column selected twice (`SELECT id, id AS id2, ...`) is refused, as ksqlDB refuses

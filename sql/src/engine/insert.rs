@@ -124,6 +124,7 @@ impl Engine {
             )));
         }
         let compiled = compile(&self.catalog, select)?;
+        super::create::refuse_window_columns(select)?;
         if compiled.is_aggregate() {
             return Err(SqlError::Invalid(
                 "INSERT INTO ... SELECT cannot aggregate; use CREATE TABLE ... AS SELECT".into(),
