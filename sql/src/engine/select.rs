@@ -49,7 +49,7 @@ impl Engine {
     /// A pull query: the table's current rows (latest value per key, read committed from
     /// its topic), filtered and projected.
     fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
-        let compiled = compile(&self.catalog, select)?;
+        let compiled = compile(&self.catalog, &window_bounds_as_millis(select))?;
         if compiled.source.kind != SourceKind::Table {
             return Err(SqlError::Invalid(format!(
                 "{} is a stream: a SELECT on a stream is a push query, add EMIT CHANGES",
@@ -99,6 +99,82 @@ impl Engine {
         let step = flow.process(&inputs)?;
         Ok(Output::Rows(vec![rows_only(step)?]))
     }
+}
+
+/// `select` with the text compared with WINDOWSTART or WINDOWEND in its WHERE clause read as
+/// an ISO-8601 time, in epoch milliseconds: a pull query may bound a windowed table's windows
+/// as `WINDOWSTART >= '2019-10-02T21:31:16'`, as ksqlDB allows (UTC unless the text gives an
+/// offset, such as `2017-11-17T04:53:45-0330`). Text that is not a time is left as written.
+fn window_bounds_as_millis(select: &crate::ast::Select) -> crate::ast::Select {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, SetExpr, Value};
+    let mut select = select.clone();
+    let SetExpr::Select(body) = select.query.body.as_mut() else {
+        return select;
+    };
+    let Some(selection) = body.selection.as_mut() else {
+        return select;
+    };
+    let is_window = |e: &Expr| {
+        let name = match e {
+            Expr::Identifier(i) => crate::query::ident_name(i),
+            Expr::CompoundIdentifier(parts) => parts
+                .last()
+                .map(crate::query::ident_name)
+                .unwrap_or_default(),
+            _ => return false,
+        };
+        crate::operators::window::is_window_column(&name)
+    };
+    let as_millis = |e: &mut Expr| {
+        if let Expr::Value(v) = e {
+            if let Value::SingleQuotedString(text) = &v.value {
+                if let Some(ms) = iso_millis(text) {
+                    v.value = Value::Number(ms.to_string(), false);
+                }
+            }
+        }
+    };
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(selection, |e| {
+        if let Expr::BinaryOp { left, op, right } = e {
+            let comparison = matches!(
+                op,
+                BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+            );
+            if comparison && is_window(left) {
+                as_millis(right);
+            } else if comparison && is_window(right) {
+                as_millis(left);
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    select
+}
+
+/// An ISO-8601 time (`2019-10-02T21:31:16`, with optional fraction and offset; minutes or the
+/// date alone also do) in epoch milliseconds, UTC unless it gives an offset.
+fn iso_millis(text: &str) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    if let Ok(t) = crate::query::parse_time(text, None) {
+        return Some(t);
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, f) {
+            return Some(t.timestamp_millis());
+        }
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M") {
+        return Some(t.and_utc().timestamp_millis());
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
 }
 
 /// A running push query over one source.
