@@ -228,7 +228,14 @@ fn rows_json(batches: &[sluice_sql::RecordBatch]) -> Vec<String> {
 /// Runs one case; returns what differed.
 fn run_case(case: &Case) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    // Case records are stamped in 1970, older than a topic's 7-day retention: housekeeping
+    // (every second by default) could delete a segment while the case still reads it, as
+    // Kafka would. A case never lasts an hour.
+    let options = LogOptions {
+        housekeeping_interval: Duration::from_secs(3600),
+        ..LogOptions::default()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
     let result = run_in(&log, case);
     log.close().unwrap();
     result
