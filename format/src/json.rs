@@ -269,16 +269,24 @@ impl<'a> KeyScan<'a> {
             self.i += 1;
             return Some(());
         }
+        // This object's folded keys (indices into `edits`) and its exact names: a field
+        // spelled exactly wins over another spelling of it, wherever each stands.
+        let mut folded = Vec::new();
+        let mut exact = Vec::new();
         loop {
             let (start, end, escaped) = self.string()?;
             let key = std::str::from_utf8(&self.v[start..end]).ok()?;
             let field = match fields.iter().find(|f| f.name() == key) {
-                Some(f) => Some(f),
+                Some(f) => {
+                    exact.push(f.name().as_str());
+                    Some(f)
+                }
                 None if escaped => None,
                 None => {
                     let upper = key.to_uppercase();
                     let f = fields.iter().find(|f| *f.name() == upper);
                     if let Some(f) = f {
+                        folded.push(edits.len());
                         edits.push((start, end, f.name().as_str()));
                     }
                     f
@@ -290,11 +298,18 @@ impl<'a> KeyScan<'a> {
                 b',' => self.i += 1,
                 b'}' => {
                     self.i += 1;
-                    return Some(());
+                    break;
                 }
                 _ => return None,
             }
         }
+        for i in folded {
+            if exact.contains(&edits[i].2) {
+                // Renamed to a name no field has: ignored, as an unknown field is.
+                edits[i].2 = "";
+            }
+        }
+        Some(())
     }
 
     /// A value of type `t` (`None`: a field the schema does not have).
@@ -523,6 +538,14 @@ mod tests {
         // Map keys are data: "zone" stays "zone".
         let m = b.column(4).as_map();
         assert_eq!(m.keys().as_string::<i32>().value(0), "zone");
+        // An exact spelling wins over another spelling of the same field, in either order.
+        for v in [
+            &br#"{"zone": "lower", "ZONE": "exact"}"#[..],
+            &br#"{"ZONE": "exact", "Zone": "other"}"#[..],
+        ] {
+            let b = d.decode(std::iter::once(v)).unwrap();
+            assert_eq!(b.column(0).as_string::<i32>().value(0), "exact");
+        }
         // Exact names win and need no copy.
         let fields = d.schema().fields().clone();
         assert!(fold_keys(br#"{"ZONE": "a", "x": {"zone": 1}}"#, &fields).is_none());
