@@ -54,14 +54,14 @@ impl Planner {
         for f in crate::functions::streaming_aggregates() {
             ctx.register_udaf(f);
         }
-        // ksqlDB's IFNULL(a, b) is COALESCE(a, b) and keeps a's type; DataFusion's `ifnull`
-        // (NVL) turned an ARRAY into its text.
-        ctx.register_udf(
-            datafusion::functions::core::coalesce()
-                .as_ref()
-                .clone()
-                .with_aliases(["ifnull"]),
-        );
+        // DataFusion's functions under ksqlDB's names, then ksqlDB's own (replacing
+        // DataFusion's of the same name where the semantics differ).
+        for f in crate::functions::scalar::aliases() {
+            ctx.register_udf(f);
+        }
+        for f in crate::functions::scalar::scalar_functions() {
+            ctx.register_udf(f);
+        }
         for s in sources {
             // A bare reference: parsing the name as text would fold it to lower case.
             ctx.register_table(

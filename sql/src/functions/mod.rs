@@ -1,6 +1,8 @@
-//! ksqlDB's aggregate functions that DataFusion does not have, registered so queries using
-//! them plan and type-check: `LATEST_BY_OFFSET`, `EARLIEST_BY_OFFSET`, `COLLECT_LIST`,
-//! `COLLECT_SET`, `TOPK`, `HISTOGRAM`, `COUNT_DISTINCT`.
+//! ksqlDB's functions that DataFusion does not have, or has with other semantics.
+//!
+//! This file: the aggregate functions, registered so queries using them plan and
+//! type-check: `LATEST_BY_OFFSET`, `EARLIEST_BY_OFFSET`, `COLLECT_LIST`, `COLLECT_SET`,
+//! `TOPK`, `HISTOGRAM`, `COUNT_DISTINCT`. [`scalar`]: the scalar function library.
 //!
 //! The streaming aggregate runs them with its own accumulators
 //! ([`crate::operators::acc`]); DataFusion never executes them, so their batch accumulator
@@ -14,6 +16,8 @@ use datafusion::logical_expr::function::AccumulatorArgs;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
 };
+
+pub mod scalar;
 
 /// The result of each function, given its argument's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
