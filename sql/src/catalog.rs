@@ -58,7 +58,7 @@ impl SourceDef {
             .columns
             .iter()
             .filter(|(_, _, key)| !key)
-            .map(|(name, t, _)| Field::new(name, t.clone(), true))
+            .map(|(name, t, _)| Field::new(name, crate::types::time_as_int(t), true))
             .collect();
         if fields.is_empty() {
             // Every column is in the key: the values hold nothing a schema describes.

@@ -262,7 +262,8 @@ pub struct RecordDecoder {
     schema: SchemaRef,
     /// The value columns only (what the value format holds).
     value_schema: SchemaRef,
-    /// For `JSON`: the decoder into `value_schema`.
+    /// For `JSON`: the decoder into `value_schema`, with BYTES columns read as their base64
+    /// text (then decoded).
     json: JsonDecoder,
     /// Index in `schema` of each key column.
     key_columns: Vec<usize>,
@@ -309,7 +310,17 @@ impl RecordDecoder {
         Ok(RecordDecoder {
             format,
             schema: Arc::new(Schema::new(fields)),
-            json: JsonDecoder::new(Arc::clone(&value_schema)).case_insensitive(),
+            json: JsonDecoder::new(Arc::new(Schema::new(
+                value_schema
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        DataType::Binary => f.as_ref().clone().with_data_type(DataType::Utf8),
+                        _ => f.as_ref().clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            )))
+            .case_insensitive(),
             value_schema,
             key_columns: columns
                 .iter()
@@ -475,10 +486,13 @@ impl RecordDecoder {
         }
         let value = |r: usize| records[r].value.unwrap_or_default();
         match self.format {
-            Format::Json => self
-                .json
-                .decode(rows.iter().map(|&r| value(r)))
-                .map_err(invalid),
+            Format::Json => {
+                let batch = self
+                    .json
+                    .decode(rows.iter().map(|&r| value(r)))
+                    .map_err(invalid)?;
+                from_base64(batch, &self.value_schema)
+            }
             Format::Delimited => {
                 let n = self.value_schema.fields().len();
                 let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n];
@@ -530,11 +544,115 @@ impl RecordDecoder {
     }
 }
 
+/// `batch` (BYTES columns as base64 text, as ksqlDB writes them in JSON) under `schema`.
+fn from_base64(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    use base64::Engine as _;
+    use datafusion::arrow::array::{Array, AsArray};
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if f.data_type() == &DataType::Binary && c.data_type() == &DataType::Utf8 {
+            let text = c.as_string::<i32>();
+            let mut bytes = Vec::with_capacity(text.len());
+            for i in 0..text.len() {
+                bytes.push(if text.is_null(i) {
+                    None
+                } else {
+                    Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(text.value(i))
+                            .map_err(|e| {
+                                SqlError::Invalid(format!(
+                                    "column {}: '{}' is not base64 ({e})",
+                                    f.name(),
+                                    text.value(i)
+                                ))
+                            })?,
+                    )
+                });
+            }
+            columns.push(Arc::new(BinaryArray::from_iter(bytes)) as ArrayRef);
+        } else {
+            columns.push(Arc::clone(c));
+        }
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+/// The JSON form of a type as ksqlDB writes it: a TIMESTAMP as milliseconds since the
+/// epoch, a DATE as days since the epoch, a TIME as milliseconds since midnight (numbers,
+/// where arrow's JSON writer writes ISO text), inside arrays, maps and structs too.
+fn ksql_json_type(t: &DataType) -> DataType {
+    use datafusion::arrow::datatypes::Fields;
+    let field = |f: &Field| Arc::new(f.clone().with_data_type(ksql_json_type(f.data_type())));
+    match t {
+        DataType::Timestamp(..) | DataType::Date64 | DataType::Time64(_) => DataType::Int64,
+        DataType::Date32 | DataType::Time32(_) => DataType::Int32,
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::Struct(fs) => DataType::Struct(Fields::from(
+            fs.iter().map(|f| field(f)).collect::<Vec<_>>(),
+        )),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
+}
+
+/// `batch` with its columns in their [`ksql_json_type`]s, and BYTES as base64 text (as
+/// ksqlDB writes them).
+fn as_ksql_json(batch: &RecordBatch) -> Result<RecordBatch> {
+    use base64::Engine as _;
+    use datafusion::arrow::array::{Array, AsArray};
+    let mut changed = false;
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let (t, col): (DataType, ArrayRef) = match f.data_type() {
+            DataType::Binary => {
+                let b = c.as_binary::<i32>();
+                let text: StringArray = (0..b.len())
+                    .map(|i| {
+                        (!b.is_null(i))
+                            .then(|| base64::engine::general_purpose::STANDARD.encode(b.value(i)))
+                    })
+                    .collect();
+                (DataType::Utf8, Arc::new(text))
+            }
+            t => {
+                let want = ksql_json_type(t);
+                if &want == t || !datafusion::arrow::compute::can_cast_types(t, &want) {
+                    (t.clone(), Arc::clone(c))
+                } else {
+                    (want.clone(), datafusion::arrow::compute::cast(c, &want)?)
+                }
+            }
+        };
+        changed |= &t != f.data_type();
+        fields.push(f.as_ref().clone().with_data_type(t));
+        columns.push(col);
+    }
+    if !changed {
+        return Ok(batch.clone());
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
 /// Encodes each row of `batch` as a record value in `format`; key columns are left to the
 /// caller (they become the record key).
 pub fn encode_values(format: Format, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     match format {
-        Format::Json => json::encode_rows(batch).map_err(|e| SqlError::Plan(e.to_string())),
+        Format::Json => {
+            json::encode_rows(&as_ksql_json(batch)?).map_err(|e| SqlError::Plan(e.to_string()))
+        }
         Format::Delimited => delimited::encode_batch(batch).map_err(invalid),
         Format::Raw => {
             if batch.num_columns() != 1 {

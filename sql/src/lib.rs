@@ -24,9 +24,12 @@
 //! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
 //!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output).
 //! - [`checked`]: arithmetic that fails on overflow and division by zero instead of wrapping.
-//! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning.
+//! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning, and
+//!   its scalar function library (string, math, date/time, JSON, collections).
 //! - [`ast`]: the statements of the dialect (standard SQL parts are `sqlparser` ASTs).
 //! - [`parser`]: text to statements, with line and column in every error.
+//! - [`syntax`]: ksqlDB forms sqlparser reads otherwise (`STRUCT(a := 1)`, `MAP(k := v)`,
+//!   `MAP<K, V>` in a CAST, `DATEADD(DAYS, ...)`), rewritten for DataFusion.
 //! - [`format`]: JSON / DELIMITED / RAW records to Arrow batches and back.
 //! - [`planner`]: DataFusion planning against the sources' schemas.
 //! - [`types`]: SQL column types and their Arrow types.
@@ -44,6 +47,7 @@ pub mod parser;
 pub mod planner;
 pub mod query;
 pub mod runner;
+pub mod syntax;
 pub mod types;
 
 pub use crate::error::{Result, SqlError};

@@ -907,7 +907,9 @@ fn parse_insert(c: &mut Cursor) -> Result<Statement> {
                 .into_iter()
                 .map(|tokens| {
                     let start = tokens.first().map_or(at, |t| t.span.start);
-                    parse_expr(tokens, start)
+                    let mut e = parse_expr(crate::syntax::tokens(tokens), start)?;
+                    crate::syntax::expr(&mut e);
+                    Ok(e)
                 })
                 .collect::<Result<Vec<Expr>>>()?;
             rows.push(row);
@@ -984,7 +986,8 @@ fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> 
         }
         i += 1;
     }
-    let query = parse_query(rewrite_field_arrows(tokens), at)?;
+    let mut query = parse_query(crate::syntax::tokens(rewrite_field_arrows(tokens)), at)?;
+    crate::syntax::query(&mut query);
     Ok(Select {
         query,
         window,

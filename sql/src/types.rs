@@ -1,7 +1,7 @@
 //! SQL column types of the dialect and their Arrow types.
 //!
 //! The dialect's types are ksqlDB's: BOOLEAN, INT, BIGINT, DOUBLE, DECIMAL(p, s), VARCHAR /
-//! STRING, BYTES, DATE, TIMESTAMP, ARRAY<T>, MAP<VARCHAR, T> and STRUCT<name T, ...> (nested
+//! STRING, BYTES, DATE, TIME, TIMESTAMP, ARRAY<T>, MAP<VARCHAR, T> and STRUCT<name T, ...> (nested
 //! JSON objects).
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::error::{Result, SqlError};
 pub fn arrow_type(t: &SqlType) -> Result<DataType> {
     let unsupported = || {
         SqlError::Invalid(format!(
-            "type {t} is not supported (use BOOLEAN, INT, BIGINT, DOUBLE, DECIMAL(p, s), VARCHAR, BYTES, DATE, TIMESTAMP, ARRAY<T>, MAP<VARCHAR, T> or STRUCT<...>)"
+            "type {t} is not supported (use BOOLEAN, INT, BIGINT, DOUBLE, DECIMAL(p, s), VARCHAR, BYTES, DATE, TIME, TIMESTAMP, ARRAY<T>, MAP<VARCHAR, T> or STRUCT<...>)"
         ))
     };
     Ok(match t {
@@ -53,6 +53,8 @@ pub fn arrow_type(t: &SqlType) -> Result<DataType> {
         | SqlType::Varbinary(_)
         | SqlType::Blob(_) => DataType::Binary,
         SqlType::Date => DataType::Date32,
+        // Milliseconds since midnight, as ksqlDB's TIME.
+        SqlType::Time(_, _) => DataType::Time32(TimeUnit::Millisecond),
         SqlType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Millisecond, None),
         SqlType::Array(elem) => match elem {
             ArrayElemTypeDef::AngleBracket(inner)
@@ -106,6 +108,22 @@ pub fn arrow_type(t: &SqlType) -> Result<DataType> {
     })
 }
 
+/// `t` with every TIME as the INT of milliseconds it is written as: the record schema (and
+/// Avro's subset it maps to) has no TIME type, and a TIME value is that number in JSON.
+pub fn time_as_int(t: &DataType) -> DataType {
+    let field = |f: &Field| Arc::new(f.clone().with_data_type(time_as_int(f.data_type())));
+    match t {
+        DataType::Time32(_) => DataType::Int32,
+        DataType::Time64(_) => DataType::Int64,
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::Struct(fs) => {
+            DataType::Struct(fs.iter().map(|f| field(f)).collect::<Vec<_>>().into())
+        }
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
+}
+
 /// The SQL name of an Arrow type, for DESCRIBE.
 pub fn sql_name(t: &DataType) -> String {
     match t {
@@ -117,6 +135,7 @@ pub fn sql_name(t: &DataType) -> String {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES".into(),
         DataType::Date32 => "DATE".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
         DataType::Timestamp(..) => "TIMESTAMP".into(),
         DataType::List(f) | DataType::LargeList(f) => format!("ARRAY<{}>", sql_name(f.data_type())),
         DataType::Map(f, _) => match f.data_type() {

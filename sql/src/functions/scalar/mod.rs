@@ -17,6 +17,7 @@
 //! - [`datetime`]: dates, times and timestamps (`FORMAT_TIMESTAMP`, `DATEADD`, ...), with
 //!   [`java_format`] translating Java `DateTimeFormatter` patterns.
 //! - [`json`]: JSON held in strings (`EXTRACTJSONFIELD`, `JSON_CONCAT`, `TO_JSON_STRING`, ...).
+//! - [`cast`]: ksqlDB's CAST rules where arrow's differ (to BOOLEAN, STRUCT, MAP).
 //! - [`collections`]: arrays, maps and structs (`ARRAY_*`, `MAP_*`, `ENTRIES`, ...).
 
 use std::fmt;
@@ -34,6 +35,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+pub mod cast;
 pub mod collections;
 pub mod datetime;
 pub mod java_format;
@@ -50,6 +52,7 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
     out.extend(datetime::functions());
     out.extend(json::functions());
     out.extend(collections::functions());
+    out.push(cast::function());
     out
 }
 
