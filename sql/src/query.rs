@@ -470,6 +470,15 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
     }
     let planner = Planner::new(&tables)?;
     let analyzed = planner.analyzed_plan(&query)?;
+    let explodes = analyzed
+        .exists(|n| Ok(matches!(n, LogicalPlan::Unnest(_))))
+        .unwrap_or(false);
+    if explodes && source.kind == SourceKind::Table {
+        return Err(SqlError::Invalid(format!(
+            "{} is a table: table functions (EXPLODE) apply to streams",
+            source.name
+        )));
+    }
     let has_aggregate = analyzed
         .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))
         .unwrap_or(false);

@@ -9,6 +9,7 @@
 //! - `SUBSTRING(s, pos, len)` is a call of ksqlDB's `SUBSTRING` (DataFusion would plan its
 //!   own, with SQL's positions, without looking the name up);
 //! - the time unit of `DATEADD(DAYS, 1, d)` and its friends, a bare word, becomes a string;
+//! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`;
 //! - `CAST(x AS T)` to a BOOLEAN, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
 //!   ksqlDB's rules ([`crate::functions::scalar::cast`]).
 
@@ -297,6 +298,11 @@ fn rewrite(e: &mut Expr) {
         }
         Expr::Function(f) => {
             let name = f.name.to_string().to_ascii_lowercase();
+            if name == "explode" {
+                // DataFusion's UNNEST is ksqlDB's EXPLODE (see `operators::explode`).
+                f.name = ObjectName::from(vec![Ident::new("unnest")]);
+                return;
+            }
             if !UNIT_FIRST.contains(&name.as_str()) {
                 return;
             }

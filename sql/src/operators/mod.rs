@@ -1,6 +1,7 @@
 //! Streaming operators, one file each (a folder for one with several concerns).
 //!
 //! - [`stateless`]: filters and projections, evaluated as DataFusion physical expressions.
+//! - [`explode`]: table functions (`EXPLODE`), a flat map within the stateless chain.
 //! - [`window`]: window assignment (tumbling, hopping, session) and late-record detection.
 //! - [`aggregate`]: GROUP BY with or without windows, state in `sluice-state` (a folder: plan,
 //!   cache, session windows, expiry, output).
@@ -11,5 +12,6 @@
 
 pub mod acc;
 pub mod aggregate;
+pub mod explode;
 pub mod stateless;
 pub mod window;

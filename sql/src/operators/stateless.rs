@@ -17,6 +17,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{Result, SqlError};
+use crate::operators::explode::Explode;
 
 /// One step of the chain.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ enum Stage {
     Filter(Arc<dyn PhysicalExpr>),
     /// Compute these columns, giving a batch of this schema.
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    /// One row per array element (`EXPLODE`).
+    Explode(Explode),
 }
 
 /// Filters and projections over one input.
@@ -109,6 +112,10 @@ impl Stateless {
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(a) => node = &a.input,
+                LogicalPlan::Unnest(u) => {
+                    stages.push(Stage::Explode(Explode::from_plan(u)?));
+                    node = &u.input;
+                }
                 _ => break,
             }
         }
@@ -168,6 +175,7 @@ impl Stateless {
         for stage in &self.stages {
             match stage {
                 Stage::Filter(f) => add(f),
+                Stage::Explode(_) => {}
                 Stage::Project(exprs, _) => {
                     exprs.iter().for_each(&mut add);
                     return Some(match &self.scan_projection {
@@ -219,6 +227,14 @@ impl Stateless {
                     });
                 }
                 Stage::Project(exprs, schema) => batch = project(exprs, schema, &batch)?,
+                Stage::Explode(x) => {
+                    let (out, parents) = x.process(&batch)?;
+                    batch = out;
+                    selected = Some(match selected {
+                        None => parents,
+                        Some(prev) => parents.iter().map(|&i| prev[i as usize]).collect(),
+                    });
+                }
             }
         }
         Ok((self.finish(batch)?, selected))
@@ -240,6 +256,11 @@ impl Stateless {
                     });
                 }
                 Stage::Project(exprs, schema) => batch = project(exprs, schema, &batch)?,
+                Stage::Explode(_) => {
+                    return Err(SqlError::Invalid(
+                        "EXPLODE cannot be combined with an aggregate".into(),
+                    ));
+                }
             }
         }
         let selected = passing.map(|m| {
