@@ -9,7 +9,7 @@
 //! - `SUBSTRING(s, pos, len)` is a call of ksqlDB's `SUBSTRING` (DataFusion would plan its
 //!   own, with SQL's positions, without looking the name up);
 //! - the time unit of `DATEADD(DAYS, 1, d)` and its friends, a bare word, becomes a string;
-//! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`;
+//! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`, `CUBE_EXPLODE(a)` `UNNEST(KSQL_CUBE(a))`;
 //! - `CAST(x AS T)` to a BOOLEAN, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
 //!   ksqlDB's rules ([`crate::functions::scalar::cast`]).
 
@@ -152,7 +152,7 @@ fn constructors(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                                     let folded = crate::query::ident_name(&Ident {
                                         value: w.value.clone(),
                                         quote_style: w.quote_style,
-                                        span: span.into(),
+                                        span,
                                     });
                                     out.push(tok(Token::make_word(&folded, Some('"'))));
                                 }
@@ -301,6 +301,21 @@ fn rewrite(e: &mut Expr) {
             if name == "explode" {
                 // DataFusion's UNNEST is ksqlDB's EXPLODE (see `operators::explode`).
                 f.name = ObjectName::from(vec![Ident::new("unnest")]);
+                return;
+            }
+            if name == "cube_explode" {
+                let args = match &f.args {
+                    FunctionArguments::List(l) => l
+                        .args
+                        .iter()
+                        .filter_map(|a| match a {
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                *e = call("unnest", vec![call("ksql_cube", args)]);
                 return;
             }
             if !UNIT_FIRST.contains(&name.as_str()) {

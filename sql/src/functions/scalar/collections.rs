@@ -436,6 +436,46 @@ pub fn functions() -> Vec<ScalarUDF> {
                 list(&structs, &DataType::Struct(fields))
             },
         ),
+        // CUBE_EXPLODE(a) is EXPLODE(KSQL_CUBE(a)) (see `crate::syntax`): every combination of
+        // the elements with NULL in their place, a NULL element giving only NULL.
+        RowFn::new(
+            "ksql_cube",
+            arrays(1, &[]),
+            Box::new(|t| Ok(DataType::new_list(t[0].clone(), true))),
+            |a, ret| {
+                let Some(v) = elements(&a[0])? else {
+                    return Ok(ScalarValue::Null);
+                };
+                if v.len() > 16 {
+                    return Err(bad(format!(
+                        "CUBE_EXPLODE of {} values (at most 16: 2^n rows)",
+                        v.len()
+                    )));
+                }
+                let inner = elem_type(ret);
+                let elem = elem_type(&inner);
+                let mut combos: Vec<Vec<ScalarValue>> = vec![Vec::new()];
+                for x in &v {
+                    let mut next = Vec::with_capacity(combos.len() * 2);
+                    for c in &combos {
+                        let mut without = c.clone();
+                        without.push(ScalarValue::Null);
+                        next.push(without);
+                        if !x.is_null() {
+                            let mut with = c.clone();
+                            with.push(x.clone());
+                            next.push(with);
+                        }
+                    }
+                    combos = next;
+                }
+                let lists = combos
+                    .iter()
+                    .map(|c| list(c, &elem))
+                    .collect::<Result<Vec<_>>>()?;
+                list(&lists, &inner)
+            },
+        ),
         RowFn::new(
             "elt",
             super::args(1, &[Int, Str], true),
