@@ -74,7 +74,12 @@ fn epoch() -> NaiveDate {
 }
 
 fn pattern(v: &ScalarValue) -> Result<JavaFormat> {
-    JavaFormat::new(text(v).unwrap_or_default()).map_err(bad)
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(String, JavaFormat)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    super::cached(&CACHE, text(v).unwrap_or_default(), |p| {
+        JavaFormat::new(p).map_err(bad)
+    })
 }
 
 fn zone(a: &[ScalarValue], i: usize) -> Result<Zone> {

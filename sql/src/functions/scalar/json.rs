@@ -127,8 +127,12 @@ fn as_text(v: &Value) -> ScalarValue {
 
 fn extract(a: &[ScalarValue]) -> Result<ScalarValue> {
     let path_text = text(&a[1]).unwrap_or_default();
-    let path =
-        JsonPath::parse(path_text).map_err(|e| bad(format!("bad JSONPath '{path_text}': {e}")))?;
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(String, JsonPath)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let path = super::cached(&CACHE, path_text, |p| {
+        JsonPath::parse(p).map_err(|e| bad(format!("bad JSONPath '{p}': {e}")))
+    })?;
     let Some(doc) = parse(&a[0]) else {
         return Ok(ScalarValue::Null);
     };

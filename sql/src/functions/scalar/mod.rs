@@ -332,6 +332,36 @@ impl ScalarUDFImpl for RowFn {
 
 // ---- Value helpers shared by the families. ----
 
+/// Compiles a pattern (regular expression, date-time pattern, JSONPath) at most once per
+/// thread while it is among the last [`CACHE_SIZE`] distinct ones: patterns are usually
+/// literals, the same for every row, and compiling one per row would dominate the cost.
+pub fn cached<T: Clone + 'static>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<Vec<(String, T)>>>,
+    key: &str,
+    compile: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    if let Some(hit) = cache.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }) {
+        return Ok(hit);
+    }
+    let v = compile(key)?;
+    cache.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_SIZE {
+            c.remove(0);
+        }
+        c.push((key.to_string(), v.clone()));
+    });
+    Ok(v)
+}
+
+/// Distinct patterns kept per thread and kind.
+pub const CACHE_SIZE: usize = 32;
+
 /// An execution error (a bad argument value in one row).
 pub fn bad(msg: impl Into<String>) -> DataFusionError {
     DataFusionError::Execution(msg.into())

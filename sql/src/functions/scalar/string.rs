@@ -230,7 +230,12 @@ fn encode(b: &[u8], encoding: &str) -> Result<String> {
 /// A regular expression, compiled (Java's syntax is close enough to the `regex` crate's for
 /// the usual patterns; look-around and back-references are refused by the crate).
 fn regex(pattern: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| bad(format!("bad regular expression '{pattern}': {e}")))
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(String, Regex)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    super::cached(&CACHE, pattern, |p| {
+        Regex::new(p).map_err(|e| bad(format!("bad regular expression '{p}': {e}")))
+    })
 }
 
 /// Java's replacement syntax (`$1`, `${name}`, `\$` for a dollar) in the `regex` crate's.
