@@ -2,7 +2,7 @@
 //! DataFusion plans: on the tokens before parsing ([`tokens`]) and on the tree after
 //! ([`query`], [`expr`]).
 //!
-//! - `STRUCT(a := 1, b := 'x')` becomes `STRUCT(1 AS "a", 'x' AS "b")` (names folded as
+//! - `STRUCT(a := 1, b := 'x')` becomes `STRUCT(1 AS "A", 'x' AS "B")` (names folded as
 //!   any unquoted name);
 //! - `MAP('k' := v, ...)` becomes `AS_MAP(ARRAY['k', ...], ARRAY[v, ...])`;
 //! - `MAP<K, V>` in a type (`CAST(x AS MAP<VARCHAR, INT>)`) becomes `MAP(K, V)`;
@@ -369,7 +369,7 @@ mod tests {
         let squeezed = |s: &str| s.replace(' ', "");
         assert_eq!(
             squeezed(&rewritten("STRUCT(a := 1, \"B\" := MAP('k' := 2))")),
-            squeezed("STRUCT(1 AS \"a\", AS_MAP(ARRAY['k'], ARRAY[2]) AS \"B\")")
+            squeezed("STRUCT(1 AS \"A\", AS_MAP(ARRAY['k'], ARRAY[2]) AS \"B\")")
         );
         assert_eq!(
             rewritten("CAST(x AS ARRAY<MAP<VARCHAR, INT>>) > 1"),
