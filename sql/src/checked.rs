@@ -267,6 +267,8 @@ fn is_constant(e: &Expr) -> bool {
                         | Expr::OuterReferenceColumn(..)
                         | Expr::ScalarVariable(..)
                         | Expr::Placeholder(_)
+                        // A lambda's parameter (`x => x * 2`) is a value per element.
+                        | Expr::LambdaVariable(_)
                         | Expr::AggregateFunction(_)
                         | Expr::WindowFunction(_)
                         | Expr::ScalarSubquery(_)

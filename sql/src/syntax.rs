@@ -9,6 +9,9 @@
 //! - `SUBSTRING(s, pos, len)` is a call of ksqlDB's `SUBSTRING` (DataFusion would plan its
 //!   own, with SQL's positions, without looking the name up);
 //! - the time unit of `DATEADD(DAYS, 1, d)` and its friends, a bare word, becomes a string;
+//! - lambdas `x => ...`, `(k, v) => ...` are DataFusion's lambdas, `TRANSFORM` and `FILTER`
+//!   of an array its `ARRAY_TRANSFORM` and `ARRAY_FILTER`, of a map the same over the map's
+//!   entries;
 //! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`, `CUBE_EXPLODE(a)` `UNNEST(KSQL_CUBE(a))`;
 //! - `CAST(x AS T)` to a BOOLEAN, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
 //!   ksqlDB's rules ([`crate::functions::scalar::cast`]).
@@ -106,9 +109,84 @@ fn assignment(arg: &[TokenWithSpan]) -> Option<(Vec<TokenWithSpan>, Vec<TokenWit
     None
 }
 
-/// Rewrites the token-level forms (constructors, `MAP<K, V>` types).
+/// Rewrites the token-level forms (constructors, `MAP<K, V>` types, lambdas).
 pub fn tokens(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
-    constructors(angle_maps(tokens))
+    lambdas(constructors(angle_maps(tokens)))
+}
+
+/// The placeholder call a lambda `x => body` becomes on the tokens
+/// (`KSQL_LAMBDA('x', body)`), made a lambda again on the tree: sqlparser's generic dialect
+/// reads no lambdas.
+const LAMBDA: &str = "ksql_lambda";
+
+/// Rewrites each lambda `x => body` or `(x, y) => body` into `KSQL_LAMBDA('x', 'y', body)`.
+fn lambdas(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    while let Some(arrow) = tokens.iter().position(|t| t.token == Token::RArrow) {
+        let span = tokens[arrow].span;
+        let tok = |token: Token| TokenWithSpan::new(token, span);
+        // The parameters: one name, or names in parentheses, before the arrow.
+        let Some(last) = tokens[..arrow].iter().rposition(|t| !blank(&t.token)) else {
+            break;
+        };
+        let (start, params): (usize, Vec<String>) = match &tokens[last].token {
+            Token::Word(w) => (last, vec![w.value.clone()]),
+            Token::RParen => {
+                let mut depth = 0;
+                let mut open = None;
+                for i in (0..=last).rev() {
+                    match tokens[i].token {
+                        Token::RParen => depth += 1,
+                        Token::LParen => {
+                            depth -= 1;
+                            if depth == 0 {
+                                open = Some(i);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let Some(open) = open else { break };
+                let names = tokens[open + 1..last]
+                    .iter()
+                    .filter_map(|t| match &t.token {
+                        Token::Word(w) => Some(w.value.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                (open, names)
+            }
+            // Not a lambda: leave `=>` for the parser to point at.
+            _ => break,
+        };
+        // The body: up to the comma or parenthesis that ends the argument.
+        let mut depth = 0i32;
+        let mut end = tokens.len();
+        for (i, t) in tokens.iter().enumerate().skip(arrow + 1) {
+            match t.token {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket if depth == 0 => {
+                    end = i;
+                    break;
+                }
+                Token::RParen | Token::RBracket => depth -= 1,
+                Token::Comma if depth == 0 => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let mut call = vec![tok(Token::make_word(LAMBDA, None)), tok(Token::LParen)];
+        for p in params {
+            call.push(tok(Token::SingleQuotedString(p)));
+            call.push(tok(Token::Comma));
+        }
+        call.extend(tokens[arrow + 1..end].iter().cloned());
+        call.push(tok(Token::RParen));
+        tokens.splice(start..end, call);
+    }
+    tokens
 }
 
 fn constructors(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
@@ -298,6 +376,28 @@ fn rewrite(e: &mut Expr) {
         }
         Expr::Function(f) => {
             let name = f.name.to_string().to_ascii_lowercase();
+            if name == LAMBDA {
+                if let Some(lambda) = lambda(f) {
+                    *e = lambda;
+                }
+                return;
+            }
+            if name == "transform" || name == "filter" {
+                if let Some(over_map) = map_lambda(&name, f) {
+                    *e = over_map;
+                    return;
+                }
+            }
+            // ksqlDB's lambda functions over arrays are DataFusion's higher-order functions.
+            let higher_order = match name.as_str() {
+                "transform" => Some("array_transform"),
+                "filter" => Some("array_filter"),
+                _ => None,
+            };
+            if let Some(df) = higher_order {
+                f.name = ObjectName::from(vec![Ident::new(df)]);
+                return;
+            }
             if name == "explode" {
                 // DataFusion's UNNEST is ksqlDB's EXPLODE (see `operators::explode`).
                 f.name = ObjectName::from(vec![Ident::new("unnest")]);
@@ -333,6 +433,164 @@ fn rewrite(e: &mut Expr) {
         }
         _ => {}
     }
+}
+
+/// The unnamed arguments of a call.
+fn plain_args(f: &Function) -> Vec<Expr> {
+    match &f.args {
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `TRANSFORM(map, (k, v) => key, (k, v) => value)` and `FILTER(map, (k, v) => keep)` over
+/// the map's entries (`ENTRIES(map, false)`, structs `K`, `V`) with DataFusion's array
+/// functions: `AS_MAP(ARRAY_TRANSFORM(entries, e => key), ARRAY_TRANSFORM(entries, e =>
+/// value))`, `k` and `v` in the bodies read as `e['K']` and `e['V']`.
+fn map_lambda(name: &str, f: &Function) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::{
+        LambdaFunction, LambdaFunctionParameter, LambdaSyntax, OneOrManyWithParens,
+    };
+    let args = plain_args(f);
+    let two_params = |e: &Expr| -> Option<(String, String, Expr)> {
+        let Expr::Lambda(l) = e else { return None };
+        let OneOrManyWithParens::Many(p) = &l.params else {
+            return None;
+        };
+        match p.as_slice() {
+            [k, v] => Some((
+                k.name.value.clone(),
+                v.name.value.clone(),
+                (*l.body).clone(),
+            )),
+            _ => None,
+        }
+    };
+    let entry = Ident::with_quote('"', "__ENTRY");
+    // A body over `k`, `v` as a lambda over one entry.
+    let over_entry = |(k, v, mut body): (String, String, Expr)| -> Expr {
+        let _ = visit_expressions_mut(&mut body, |x| {
+            if let Expr::Identifier(i) = x {
+                let n = crate::query::ident_name(i);
+                let field = if n == k {
+                    Some("K")
+                } else if n == v {
+                    Some("V")
+                } else {
+                    None
+                };
+                if let Some(field) = field {
+                    *x = call(
+                        "get_field",
+                        vec![
+                            Expr::Identifier(entry.clone()),
+                            Expr::value(Value::SingleQuotedString(field.into())),
+                        ],
+                    );
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        Expr::Lambda(LambdaFunction {
+            params: OneOrManyWithParens::One(LambdaFunctionParameter {
+                name: entry.clone(),
+                data_type: None,
+            }),
+            body: Box::new(body),
+            syntax: LambdaSyntax::Arrow,
+        })
+    };
+    let field_of = |field: &str| {
+        (
+            "__K".to_string(),
+            "__V".to_string(),
+            Expr::Identifier(Ident::new(if field == "K" { "__K" } else { "__V" })),
+        )
+    };
+    let entries = |m: &Expr| {
+        call(
+            "entries",
+            vec![m.clone(), Expr::value(Value::Boolean(false))],
+        )
+    };
+    match (name, args.as_slice()) {
+        ("transform", [m, key, value]) => {
+            let (key, value) = (two_params(key)?, two_params(value)?);
+            Some(call(
+                "as_map",
+                vec![
+                    call("array_transform", vec![entries(m), over_entry(key)]),
+                    call("array_transform", vec![entries(m), over_entry(value)]),
+                ],
+            ))
+        }
+        ("filter", [m, keep]) => {
+            let kept = call(
+                "array_filter",
+                vec![entries(m), over_entry(two_params(keep)?)],
+            );
+            Some(call(
+                "as_map",
+                vec![
+                    call(
+                        "array_transform",
+                        vec![kept.clone(), over_entry(field_of("K"))],
+                    ),
+                    call("array_transform", vec![kept, over_entry(field_of("V"))]),
+                ],
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The lambda a `KSQL_LAMBDA('x', ..., body)` placeholder stands for.
+fn lambda(f: &Function) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::{
+        LambdaFunction, LambdaFunctionParameter, LambdaSyntax, OneOrManyWithParens,
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let mut args: Vec<Expr> = list
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let body = args.pop()?;
+    let params = args
+        .iter()
+        .map(|a| match a {
+            Expr::Value(v) => match &v.value {
+                // Folded as the body's identifiers are.
+                Value::SingleQuotedString(name) => Some(LambdaFunctionParameter {
+                    name: Ident::with_quote('"', crate::query::ident_name(&Ident::new(name))),
+                    data_type: None,
+                }),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Expr::Lambda(LambdaFunction {
+        params: if params.len() == 1 {
+            OneOrManyWithParens::One(params.into_iter().next()?)
+        } else {
+            OneOrManyWithParens::Many(params)
+        },
+        body: Box::new(body),
+        syntax: LambdaSyntax::Arrow,
+    }))
 }
 
 /// Rewrites the tree-level forms in a query.
@@ -376,5 +634,9 @@ mod tests {
             "CAST(x AS ARRAY<MAP(VARCHAR, INT)>) > 1"
         );
         assert_eq!(rewritten("a < b AND c > d"), "a < b AND c > d");
+        assert_eq!(
+            squeezed(&rewritten("TRANSFORM(a, x => x + 1, (k, v) => f(k, v))")),
+            squeezed("TRANSFORM(a, ksql_lambda('x', x + 1), ksql_lambda('k', 'v', f(k, v)))")
+        );
     }
 }
