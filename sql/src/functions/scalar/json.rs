@@ -1,6 +1,7 @@
 //! Functions over JSON held in VARCHAR values. A string that is not JSON gives NULL (or
 //! `false`), never an error, as in ksqlDB. `EXTRACTJSONFIELD` / `JSON_EXTRACT_STRING` take
-//! an RFC 9535 JSONPath (`$.log.cloud`, `$.items[0].name`, `$['a b']`).
+//! an RFC 9535 JSONPath (`$.log.cloud`, `$.items[0].name`, `$['a b']`). Objects keep their
+//! keys' order ([`super::ordered_json`]).
 
 use base64::Engine as _;
 use chrono::{DateTime, NaiveTime};
@@ -8,9 +9,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 use datafusion::logical_expr::ScalarUDF;
-use serde_json::Value;
 use serde_json_path::JsonPath;
 
+use super::ordered_json::{Json as Value, Map as JsonMap};
 use super::{Arg, RowFn, args, bad, elements, entries, list, map, map_type, returns, text, utf8};
 
 use Arg::{Any, Str};
@@ -73,7 +74,7 @@ pub fn to_json(v: &ScalarValue) -> Result<Value> {
             )
         }
         ScalarValue::Map(_) => {
-            let mut o = serde_json::Map::new();
+            let mut o = JsonMap::new();
             for (k, val) in entries(v)?.unwrap_or_default() {
                 let key = match to_json(&k)? {
                     Value::String(s) => s,
@@ -84,7 +85,7 @@ pub fn to_json(v: &ScalarValue) -> Result<Value> {
             Value::Object(o)
         }
         ScalarValue::Struct(s) => {
-            let mut o = serde_json::Map::new();
+            let mut o = JsonMap::new();
             for (f, col) in s.fields().iter().zip(s.columns()) {
                 o.insert(
                     f.name().clone(),
@@ -136,8 +137,14 @@ fn extract(a: &[ScalarValue]) -> Result<ScalarValue> {
     let Some(doc) = parse(&a[0]) else {
         return Ok(ScalarValue::Null);
     };
-    Ok(match path.query(&doc).exactly_one() {
-        Ok(v) => as_text(v),
+    // The path runs on serde's form of the document; the value is taken from the
+    // order-keeping one at the place found.
+    let serde_doc = doc.to_serde();
+    let found = path.query_located(&serde_doc).exactly_one();
+    Ok(match found {
+        Ok(at) => doc
+            .pointer(&at.location().to_json_pointer())
+            .map_or(ScalarValue::Null, as_text),
         Err(_) => ScalarValue::Null,
     })
 }
@@ -145,7 +152,7 @@ fn extract(a: &[ScalarValue]) -> Result<ScalarValue> {
 /// PostgreSQL's `||` on JSON values, as `JSON_CONCAT` does.
 fn concat(values: Vec<Value>) -> Value {
     if values.iter().all(Value::is_object) {
-        let mut out = serde_json::Map::new();
+        let mut out = JsonMap::new();
         for v in values {
             if let Value::Object(o) = v {
                 out.extend(o);

@@ -16,7 +16,8 @@
 //! - [`math`]: numbers (`ROUND`, `SIGN`, `LOG`, `GENERATE_SERIES`, ...).
 //! - [`datetime`]: dates, times and timestamps (`FORMAT_TIMESTAMP`, `DATEADD`, ...), with
 //!   [`java_format`] translating Java `DateTimeFormatter` patterns.
-//! - [`json`]: JSON held in strings (`EXTRACTJSONFIELD`, `JSON_CONCAT`, `TO_JSON_STRING`, ...).
+//! - [`json`]: JSON held in strings (`EXTRACTJSONFIELD`, `JSON_CONCAT`, `TO_JSON_STRING`, ...),
+//!   on [`ordered_json`] values, which keep the order of object keys.
 //! - [`cast`]: ksqlDB's CAST rules where arrow's differ (to BOOLEAN, STRUCT, MAP).
 //! - [`collections`]: arrays, maps and structs (`ARRAY_*`, `MAP_*`, `ENTRIES`, ...).
 
@@ -41,6 +42,7 @@ pub mod datetime;
 pub mod java_format;
 pub mod json;
 pub mod math;
+pub mod ordered_json;
 pub mod string;
 
 /// Every scalar function of the library, ready to register with a `SessionContext`
