@@ -62,6 +62,9 @@ impl Planner {
         for f in crate::functions::scalar::scalar_functions() {
             ctx.register_udf(f);
         }
+        for f in crate::functions::scalar::higher_order_functions() {
+            ctx.register_higher_order_function(Arc::new(f));
+        }
         for s in sources {
             // A bare reference: parsing the name as text would fold it to lower case.
             ctx.register_table(

@@ -10,8 +10,8 @@
 //!   own, with SQL's positions, without looking the name up);
 //! - the time unit of `DATEADD(DAYS, 1, d)` and its friends, a bare word, becomes a string;
 //! - lambdas `x => ...`, `(k, v) => ...` are DataFusion's lambdas, `TRANSFORM` and `FILTER`
-//!   of an array its `ARRAY_TRANSFORM` and `ARRAY_FILTER`, of a map the same over the map's
-//!   entries;
+//!   of an array its `ARRAY_TRANSFORM` and `ARRAY_FILTER`; `TRANSFORM`, `FILTER` and `REDUCE`
+//!   of a map the same over the map's entries;
 //! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`, `CUBE_EXPLODE(a)` `UNNEST(KSQL_CUBE(a))`;
 //! - `CAST(x AS T)` to a BOOLEAN, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
 //!   ksqlDB's rules ([`crate::functions::scalar::cast`]).
@@ -382,7 +382,7 @@ fn rewrite(e: &mut Expr) {
                 }
                 return;
             }
-            if name == "transform" || name == "filter" {
+            if name == "transform" || name == "filter" || name == "reduce" {
                 if let Some(over_map) = map_lambda(&name, f) {
                     *e = over_map;
                     return;
@@ -545,6 +545,29 @@ fn map_lambda(name: &str, f: &Function) -> Option<Expr> {
                     ),
                     call("array_transform", vec![kept, over_entry(field_of("V"))]),
                 ],
+            ))
+        }
+        ("reduce", [m, state, fold]) => {
+            // (s, k, v) => body over entries: (s, e) => body with k, v read from e.
+            let Expr::Lambda(l) = fold else { return None };
+            let OneOrManyWithParens::Many(p) = &l.params else {
+                return None;
+            };
+            let [s, k, v] = p.as_slice() else { return None };
+            let Expr::Lambda(mut over) = over_entry((
+                k.name.value.clone(),
+                v.name.value.clone(),
+                (*l.body).clone(),
+            )) else {
+                return None;
+            };
+            let OneOrManyWithParens::One(e) = over.params else {
+                return None;
+            };
+            over.params = OneOrManyWithParens::Many(vec![s.clone(), e]);
+            Some(call(
+                "reduce",
+                vec![entries(m), state.clone(), Expr::Lambda(over)],
             ))
         }
         _ => None,

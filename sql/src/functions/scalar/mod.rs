@@ -19,7 +19,8 @@
 //! - [`json`]: JSON held in strings (`EXTRACTJSONFIELD`, `JSON_CONCAT`, `TO_JSON_STRING`, ...),
 //!   on [`ordered_json`] values, which keep the order of object keys.
 //! - [`cast`]: ksqlDB's CAST rules where arrow's differ (to BOOLEAN, STRUCT, MAP).
-//! - [`collections`]: arrays, maps and structs (`ARRAY_*`, `MAP_*`, `ENTRIES`, ...).
+//! - [`collections`]: arrays, maps and structs (`ARRAY_*`, `MAP_*`, `ENTRIES`, ...); [`reduce`]:
+//!   `REDUCE` over an array with a lambda.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -43,6 +44,7 @@ pub mod java_format;
 pub mod json;
 pub mod math;
 pub mod ordered_json;
+pub mod reduce;
 pub mod string;
 
 /// Every scalar function of the library, ready to register with a `SessionContext`
@@ -56,6 +58,12 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
     out.extend(collections::functions());
     out.push(cast::function());
     out
+}
+
+/// ksqlDB's functions taking a lambda that DataFusion lacks (`REDUCE`); `TRANSFORM` and
+/// `FILTER` are DataFusion's (see [`crate::syntax`]).
+pub fn higher_order_functions() -> Vec<datafusion::logical_expr::HigherOrderUDF> {
+    vec![reduce::function()]
 }
 
 /// DataFusion's own functions that have ksqlDB's semantics, under ksqlDB's names.
