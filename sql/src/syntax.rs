@@ -13,7 +13,7 @@
 //!   of an array its `ARRAY_TRANSFORM` and `ARRAY_FILTER`; `TRANSFORM`, `FILTER` and `REDUCE`
 //!   of a map the same over the map's entries;
 //! - `EXPLODE(a)` is DataFusion's `UNNEST(a)`, `CUBE_EXPLODE(a)` `UNNEST(KSQL_CUBE(a))`;
-//! - `CAST(x AS T)` to a BOOLEAN, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
+//! - `CAST(x AS T)` to a BOOLEAN, VARCHAR, MAP or STRUCT calls `KSQL_CAST(x, 'T')`, which casts by
 //!   ksqlDB's rules ([`crate::functions::scalar::cast`]).
 
 use std::ops::ControlFlow;
@@ -338,6 +338,8 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
 fn ksql_cast(t: &SqlType) -> bool {
     match t {
         SqlType::Boolean | SqlType::Bool | SqlType::Map(..) | SqlType::Struct(..) => true,
+        // How a DOUBLE and a TIMESTAMP read as text.
+        SqlType::Varchar(_) | SqlType::String(_) | SqlType::Text | SqlType::CharVarying(_) => true,
         SqlType::Array(
             ArrayElemTypeDef::AngleBracket(inner)
             | ArrayElemTypeDef::SquareBracket(inner, _)

@@ -4,7 +4,9 @@
 //!
 //! - VARCHAR to BOOLEAN: `true` in any case is true, any other text false;
 //! - STRUCT to STRUCT: the fields are matched by name, a field the source lacks is NULL;
-//! - MAP to MAP (which DataFusion's SQL cannot name): keys and values cast.
+//! - MAP to MAP (which DataFusion's SQL cannot name): keys and values cast;
+//! - DOUBLE to VARCHAR as Java writes a double (`7.0`, `7.0E10`, `1.0E-5`), TIMESTAMP to
+//!   VARCHAR as `yyyy-MM-dd'T'HH:mm:ss.SSS`.
 
 use std::sync::Arc;
 
@@ -39,6 +41,37 @@ const STRICT: CastOptions<'static> = CastOptions {
     format_options: datafusion::arrow::util::display::FormatOptions::new(),
 };
 
+/// A double as Java's `Double.toString` writes it: plain from 10^-3 up to 10^7, else
+/// `d.dddE±n`; the shortest digits that read back as the same double.
+pub fn java_double(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    let abs = x.abs();
+    if (1e-3..1e7).contains(&abs) {
+        let plain = format!("{x}");
+        return if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        };
+    }
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let mantissa = if mantissa.contains('.') {
+        mantissa.to_string()
+    } else {
+        format!("{mantissa}.0")
+    };
+    format!("{mantissa}E{exp}")
+}
+
 /// Casts `a` to `to` by ksqlDB's rules.
 pub fn cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     if a.data_type() == to {
@@ -52,6 +85,34 @@ pub fn cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
                 .map(|i| (!text.is_null(i)).then(|| text.value(i).eq_ignore_ascii_case("true")))
                 .collect();
             Arc::new(b)
+        }
+        (DataType::Float64 | DataType::Float32, DataType::Utf8) => {
+            let f = cast_with_options(a, &DataType::Float64, &STRICT)?;
+            let f = f.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+            let text: datafusion::arrow::array::StringArray = (0..f.len())
+                .map(|i| (!f.is_null(i)).then(|| java_double(f.value(i))))
+                .collect();
+            Arc::new(text)
+        }
+        (DataType::Timestamp(..), DataType::Utf8) => {
+            let ms = cast_with_options(
+                a,
+                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+                &STRICT,
+            )?;
+            let ms = cast_with_options(&ms, &DataType::Int64, &STRICT)?;
+            let ms = ms.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let text: datafusion::arrow::array::StringArray = (0..ms.len())
+                .map(|i| {
+                    (!ms.is_null(i)).then(|| {
+                        chrono::DateTime::from_timestamp_millis(ms.value(i))
+                            .unwrap_or_default()
+                            .format("%Y-%m-%dT%H:%M:%S%.3f")
+                            .to_string()
+                    })
+                })
+                .collect();
+            Arc::new(text)
         }
         (DataType::Struct(_), DataType::Struct(fields)) => {
             let s = a.as_struct();
@@ -100,6 +161,22 @@ pub fn cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
         }
         _ => cast_with_options(a, to, &STRICT)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::java_double;
+
+    #[test]
+    fn doubles_print_as_java_prints_them() {
+        assert_eq!(java_double(7.0), "7.0");
+        assert_eq!(java_double(2.75), "2.75");
+        assert_eq!(java_double(7e10), "7.0E10");
+        assert_eq!(java_double(1.5e-5), "1.5E-5");
+        assert_eq!(java_double(1234567.0), "1234567.0");
+        assert_eq!(java_double(12345678.9), "1.23456789E7");
+        assert_eq!(java_double(0.001), "0.001");
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
