@@ -559,9 +559,10 @@ impl Cursor {
             };
             self.pos += 1;
             match t.token {
-                Token::LParen => depth += 1,
+                // `ARRAY[1, 2]` is one item.
+                Token::LParen | Token::LBracket => depth += 1,
                 Token::RParen if depth == 0 => break,
-                Token::RParen => depth -= 1,
+                Token::RParen | Token::RBracket => depth -= 1,
                 Token::Lt if angles => angle += 1,
                 Token::Gt if angles => angle -= 1,
                 Token::ShiftRight if angles => angle -= 2,
