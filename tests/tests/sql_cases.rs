@@ -456,7 +456,6 @@ fn case_files() -> Vec<String> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".cases"))
-        .filter(|n| std::env::var("SQL_CASES").map_or(true, |p| n.starts_with(&p)))
         .collect();
     files.sort();
     files
@@ -466,7 +465,7 @@ fn case_files() -> Vec<String> {
 #[test]
 fn every_case_file_passes() {
     let files = case_files();
-    assert!(!files.is_empty(), "case files: {files:?}");
+    assert!(files.len() >= 5, "case files: {files:?}");
     let failures: Vec<String> = std::thread::scope(|scope| {
         let running: Vec<_> = files
             .iter()
