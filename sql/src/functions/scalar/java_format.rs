@@ -2,8 +2,9 @@
 //! and time functions take, translated to chrono's format items; and `java.util.TimeZone`
 //! ids (`UTC`, `America/Los_Angeles`, `+05:30`, `PST`) as time zones.
 //!
-//! No maintained crate translates these patterns, so this is a small translator of the
-//! letters people use: years `y`/`u`, months `M`..`MMMM`, days `d` and `D`, weekdays `E`,
+//! The one crate that ports Java's formatter (`date_time_formatter`, OpenJDK's code under
+//! GPL-2.0 with the Classpath exception, 24 MB of source, two releases) does not fit the
+//! project's licence or size, so this is a small translator of the letters people use: years `y`/`u`, months `M`..`MMMM`, days `d` and `D`, weekdays `E`,
 //! hours `H`, `h`, `k`, `K`, `m`, `s`, fractions `S`..., `a`, zones `z`, `Z`, `X`, `x`, `VV`,
 //! quoted literals (`''` is a quote). Another letter is refused with its name.
 
