@@ -2,8 +2,9 @@
 //! applied to each Arrow batch as it arrives.
 //!
 //! It is built from the stateless top of a plan: any chain of projections and filters (the
-//! optimizer may stack projections, e.g. for common subexpressions) with at most one LIMIT,
-//! down to a scan or a stateful node.
+//! optimizer may stack projections, e.g. for common subexpressions) and table functions
+//! ([`Explode`], one input row to many) with at most one LIMIT, down to a scan or a stateful
+//! node.
 
 use std::sync::Arc;
 
