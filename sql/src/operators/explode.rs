@@ -140,3 +140,72 @@ impl Explode {
         Ok((out, parents))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, ListArray, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use crate::ast::Statement;
+    use crate::planner::{Planner, SourceTable};
+
+    use super::*;
+
+    #[test]
+    fn explodes_side_by_side_padding_with_null_and_maps_rows_back() {
+        let list = DataType::new_list(DataType::Int64, true);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Utf8, true),
+            Field::new("A", list.clone(), true),
+            Field::new("B", list, true),
+            Field::new("ROWTIME", DataType::Int64, false),
+        ]));
+        let lists = |rows: Vec<Option<Vec<Option<i64>>>>| {
+            Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(rows))
+        };
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["r1", "r2", "r3"])),
+                lists(vec![
+                    Some(vec![Some(1), Some(2)]),
+                    None,
+                    Some(vec![Some(5)]),
+                ]),
+                lists(vec![
+                    Some(vec![Some(10)]),
+                    Some(vec![]),
+                    Some(vec![Some(50), Some(60)]),
+                ]),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let Statement::Select(select) =
+            crate::parse_one("SELECT ID, EXPLODE(A) AS X, EXPLODE(B) AS Y FROM S").unwrap()
+        else {
+            panic!("not a select")
+        };
+        let op = Planner::new(&[SourceTable {
+            name: "S".into(),
+            schema,
+        }])
+        .unwrap()
+        .stateless(&select.query)
+        .unwrap();
+        let (out, rows) = op.process_indexed(&batch).unwrap();
+        // r1 gives two rows (B padded), r2 none (NULL and empty), r3 two (A padded).
+        assert_eq!(rows, Some(vec![0, 0, 2, 2]));
+        let x = out.column(1).as_primitive::<Int64Type>();
+        let y = out.column(2).as_primitive::<Int64Type>();
+        assert_eq!(
+            x.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(2), Some(5), None]
+        );
+        assert_eq!(
+            y.iter().collect::<Vec<_>>(),
+            vec![Some(10), None, Some(50), Some(60)]
+        );
+        assert_eq!(out.column(0).as_string::<i32>().value(3), "r3");
+    }
+}
