@@ -414,7 +414,7 @@ pub fn functions() -> Vec<ScalarUDF> {
                 }
                 Ok(vec![t[0].clone(), DataType::Boolean])
             }),
-            Box::new(|t| entries_type(&t[0])),
+            Box::new(|t| entries_type(t.first().unwrap_or(&DataType::Null))),
             |a, ret| {
                 let Some(mut e) = entries(&a[0])? else {
                     return Ok(ScalarValue::Null);
@@ -441,7 +441,12 @@ pub fn functions() -> Vec<ScalarUDF> {
         RowFn::new(
             "ksql_cube",
             arrays(1, &[]),
-            Box::new(|t| Ok(DataType::new_list(t[0].clone(), true))),
+            Box::new(|t| {
+                Ok(DataType::new_list(
+                    t.first().cloned().unwrap_or(DataType::Null),
+                    true,
+                ))
+            }),
             |a, ret| {
                 let Some(v) = elements(&a[0])? else {
                     return Ok(ScalarValue::Null);

@@ -135,7 +135,8 @@ fn interval_millis(a: &[ScalarValue], sign: i64) -> Result<i64> {
             .checked_mul(unit_millis(unit)?)
             .ok_or_else(|| bad("interval out of range"))?,
     };
-    Ok(sign * ms)
+    ms.checked_mul(sign)
+        .ok_or_else(|| bad("interval out of range"))
 }
 
 fn add_functions() -> Vec<RowFn> {
@@ -147,7 +148,10 @@ fn add_functions() -> Vec<RowFn> {
             ts(),
             |a, _| {
                 let t = millis(&a[2]).unwrap_or(0);
-                Ok(timestamp(t + interval_millis(a, 1)?))
+                Ok(timestamp(
+                    t.checked_add(interval_millis(a, 1)?)
+                        .ok_or_else(|| bad("timestamp out of range"))?,
+                ))
             },
         ),
         RowFn::new(
@@ -156,7 +160,10 @@ fn add_functions() -> Vec<RowFn> {
             ts(),
             |a, _| {
                 let t = millis(&a[2]).unwrap_or(0);
-                Ok(timestamp(t + interval_millis(a, -1)?))
+                Ok(timestamp(
+                    t.checked_add(interval_millis(a, -1)?)
+                        .ok_or_else(|| bad("timestamp out of range"))?,
+                ))
             },
         ),
         RowFn::new(
@@ -189,7 +196,7 @@ fn add_functions() -> Vec<RowFn> {
             returns(time_type()),
             |a, _| {
                 let t = time_millis(&a[2]).unwrap_or(0);
-                let r = (t + interval_millis(a, 1)?).rem_euclid(DAY_MS);
+                let r = (interval_millis(a, 1)? % DAY_MS + t).rem_euclid(DAY_MS);
                 Ok(ScalarValue::Time32Millisecond(Some(r as i32)))
             },
         ),
@@ -199,7 +206,7 @@ fn add_functions() -> Vec<RowFn> {
             returns(time_type()),
             |a, _| {
                 let t = time_millis(&a[2]).unwrap_or(0);
-                let r = (t + interval_millis(a, -1)?).rem_euclid(DAY_MS);
+                let r = (interval_millis(a, -1)? % DAY_MS + t).rem_euclid(DAY_MS);
                 Ok(ScalarValue::Time32Millisecond(Some(r as i32)))
             },
         ),

@@ -30,7 +30,14 @@ fn round_decimal(v: i128, s: i8, k: i64) -> Option<i128> {
     if k >= i64::from(s) {
         return Some(v);
     }
-    let d = 10i128.checked_pow(u32::try_from(i64::from(s) - k).ok()?)?;
+    // Past 10^38 every value rounds to zero (|v| < 10^38 always).
+    let Some(d) = i64::from(s)
+        .checked_sub(k)
+        .and_then(|e| u32::try_from(e).ok())
+        .and_then(|e| 10i128.checked_pow(e))
+    else {
+        return Some(0);
+    };
     let (q, r) = (v / d, v % d);
     let q = if r >= 0 {
         if 2 * r >= d { q + 1 } else { q }
@@ -56,11 +63,14 @@ fn round_double(x: f64, k: i64) -> f64 {
         return x;
     };
     // |x| = d * 10^(exp - (len - 1)); scaled by 10^k.
-    let shift = exp - (digits.len() as i64 - 1) + k;
+    let shift = (exp - (digits.len() as i64 - 1)).saturating_add(k);
     if shift >= 0 {
         return x;
     }
-    let q = match 10i128.checked_pow((-shift) as u32) {
+    let q = match u32::try_from(shift.saturating_neg())
+        .ok()
+        .and_then(|e| 10i128.checked_pow(e))
+    {
         Some(p) => {
             let (q, r) = (d / p, d % p);
             let up = if x >= 0.0 { 2 * r >= p } else { 2 * r > p };
@@ -68,8 +78,13 @@ fn round_double(x: f64, k: i64) -> f64 {
         }
         None => 0,
     };
+    if q == 0 {
+        return 0.0;
+    }
     let sign = if x < 0.0 { "-" } else { "" };
-    format!("{sign}{q}e{}", -k).parse().unwrap_or(x)
+    format!("{sign}{q}e{}", k.saturating_neg())
+        .parse()
+        .unwrap_or(x)
 }
 
 fn round(a: &[ScalarValue], ret: &DataType) -> Result<ScalarValue> {
@@ -138,19 +153,21 @@ fn series(a: &[ScalarValue], ret: &DataType) -> Result<ScalarValue> {
     if step == 0 {
         return Err(bad("GENERATE_SERIES step cannot be zero"));
     }
-    if (end - start).signum() * step.signum() < 0 {
+    let span = i128::from(end) - i128::from(start);
+    if span.signum() * i128::from(step.signum()) < 0 {
         return Err(bad(format!(
             "GENERATE_SERIES step {step} never goes from {start} to {end}"
         )));
     }
-    let count = (end - start) / step + 1;
+    let count = span / i128::from(step) + 1;
     if count > 1_000_000 {
         return Err(bad(format!(
             "GENERATE_SERIES of {count} values is refused (at most 1,000,000)"
         )));
     }
     let elem = super::element_type(ret).cloned().unwrap_or(DataType::Int64);
-    let values: Vec<ScalarValue> = (0..count)
+    // Within start..=end, so each value fits in a BIGINT.
+    let values: Vec<ScalarValue> = (0..count as i64)
         .map(|i| ScalarValue::Int64(Some(start + i * step)))
         .collect();
     list(&values, &elem)
@@ -286,5 +303,8 @@ mod tests {
         assert_eq!(round_decimal(12345, 3, 2), Some(12350));
         assert_eq!(round_decimal(-12345, 3, 2), Some(-12340));
         assert_eq!(round_decimal(-12346, 3, 2), Some(-12350));
+        assert_eq!(round_decimal(12346, 3, i64::MIN), Some(0));
+        assert_eq!(round_double(12.5, i64::MIN), 0.0);
+        assert_eq!(round_double(12.5, i64::MAX), 12.5);
     }
 }

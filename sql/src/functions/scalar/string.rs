@@ -62,10 +62,10 @@ fn substring(a: &[ScalarValue], _: &DataType) -> Result<ScalarValue> {
     let start = if pos < 0 {
         (n + pos).max(0)
     } else {
-        (pos - 1).clamp(0, n)
+        pos.saturating_sub(1).clamp(0, n)
     };
     let end = match a.get(2) {
-        Some(l) => (start + int(l).unwrap_or(0)).clamp(start, n),
+        Some(l) => start.saturating_add(int(l).unwrap_or(0)).clamp(start, n),
         None => n,
     };
     Ok(u.slice(start as usize, end as usize))
@@ -839,6 +839,7 @@ mod tests {
         assert_eq!(sub(&[s("stream"), i(0), i(2)]), s("st"));
         assert_eq!(sub(&[s("stream"), i(10)]), s(""));
         assert_eq!(sub(&[s("stream"), i(-10), i(2)]), s("st"));
+        assert_eq!(sub(&[s("stream"), i(i64::MIN), i(i64::MAX)]), s("stream"));
     }
 
     #[test]
