@@ -128,8 +128,20 @@ impl JsonDecoder {
             .with_strict_mode(self.strict)
             .build_decoder()?;
         for v in values {
+            if let Some(at) = nested_deeper_than(v, MAX_DEPTH) {
+                return Err(FormatError::Invalid(format!(
+                    "the value nests more than {MAX_DEPTH} levels deep (at byte {at})"
+                )));
+            }
             let v: Cow<[u8]> = match self.fold_keys {
-                true => fold_keys(v, self.schema.fields()).map_or(Cow::Borrowed(v), Cow::Owned),
+                true => match fold_keys(v, self.schema.fields()) {
+                    Ok(folded) => folded.map_or(Cow::Borrowed(v), Cow::Owned),
+                    Err(at) => {
+                        return Err(FormatError::Invalid(format!(
+                            "the value is not valid JSON (at byte {at})"
+                        )));
+                    }
+                },
                 false => Cow::Borrowed(v),
             };
             let v = v.as_ref();
@@ -196,30 +208,77 @@ impl JsonDecoder {
     }
 }
 
+/// How deep a JSON value may nest (objects and arrays), as Jackson's default (which ksqlDB
+/// reads with) bounds it: the Arrow decoder recurses once per level when it reports an
+/// error, and a value nested 100,000 levels deep would overflow the stack of the thread
+/// decoding it and abort the process. Deeper values are rejected (a dead letter).
+pub const MAX_DEPTH: usize = 500;
+
+/// The byte at which `value` opens its `max + 1`th nested level, if it does; strings are
+/// skipped whole.
+fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < value.len() {
+        let b = value[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return Some(i);
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
 /// `value` (a JSON object decoded into `fields`) with each object key that names no field
-/// exactly but does in upper case, upper-cased; `None` when no key changes (the common
-/// case: no copy). The scan follows the schema: only keys of objects that are STRUCTs (or
-/// the value itself) are names; a MAP's keys are data and are never touched. It recurses
-/// only as deep as the schema nests and skips everything else without recursion, so a
-/// deeply nested value cannot exhaust the stack. Invalid JSON comes back unchanged, for
-/// the decoder to reject with its reason.
-fn fold_keys(value: &[u8], fields: &Fields) -> Option<Vec<u8>> {
+/// exactly but does in upper case, upper-cased; `Ok(None)` when no key changes (the common
+/// case: no copy). Keys are compared unescaped. The scan follows the schema: only keys of
+/// objects that are STRUCTs (or the value itself, or STRUCTs inside ARRAYs and MAP values)
+/// are names; a MAP's keys are data and are never touched. It recurses only as deep as the
+/// schema nests and skips everything else without recursion. Malformed JSON (a trailing
+/// comma, say, which the Arrow decoder lets through) is `Err(byte offset)`.
+fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, usize> {
     let mut edits = Vec::new();
     let mut scan = KeyScan { v: value, i: 0 };
-    scan.object(fields, &mut edits)?;
+    if scan.object(fields, &mut edits).is_none() {
+        return Err(scan.i);
+    }
     if edits.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::with_capacity(value.len());
     let mut copied = 0;
     for (start, end, name) in edits {
         out.extend_from_slice(&value[copied..start]);
-        out.extend_from_slice(name.as_bytes());
+        // The name as JSON string contents: a quoted column may hold `"` or `\`.
+        let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+        out.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
         copied = end;
     }
     out.extend_from_slice(&value[copied..]);
-    Some(out)
+    Ok(Some(out))
 }
+
+/// What a key that loses to the exact spelling of its field is renamed to: a NUL, which no
+/// column name holds (names are refused with control characters), so the decoder ignores it
+/// as an unknown field.
+const IGNORED_KEY: &str = "\0";
 
 /// A cursor over a JSON value for [`fold_keys`]; each method returns `None` on bad JSON.
 struct KeyScan<'a> {
@@ -275,13 +334,19 @@ impl<'a> KeyScan<'a> {
         let mut exact = Vec::new();
         loop {
             let (start, end, escaped) = self.string()?;
-            let key = std::str::from_utf8(&self.v[start..end]).ok()?;
+            let unescaped: String;
+            let key = if escaped {
+                // Compared as the decoder will read it.
+                unescaped = serde_json::from_slice(&self.v[start - 1..end + 1]).ok()?;
+                unescaped.as_str()
+            } else {
+                std::str::from_utf8(&self.v[start..end]).ok()?
+            };
             let field = match fields.iter().find(|f| f.name() == key) {
                 Some(f) => {
                     exact.push(f.name().as_str());
                     Some(f)
                 }
-                None if escaped => None,
                 None => {
                     let upper = key.to_uppercase();
                     let f = fields.iter().find(|f| *f.name() == upper);
@@ -306,7 +371,7 @@ impl<'a> KeyScan<'a> {
         for i in folded {
             if exact.contains(&edits[i].2) {
                 // Renamed to a name no field has: ignored, as an unknown field is.
-                edits[i].2 = "";
+                edits[i].2 = IGNORED_KEY;
             }
         }
         Some(())
@@ -316,6 +381,31 @@ impl<'a> KeyScan<'a> {
     fn value<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
         match (self.peek()?, t) {
             (b'{', Some(DataType::Struct(fields))) => self.object(fields, edits),
+            (b'{', Some(DataType::Map(entries, _))) => {
+                // Keys are data; values may hold STRUCTs whose fields are names.
+                let value_type = match entries.data_type() {
+                    DataType::Struct(kv) => kv.get(1).map(|f| f.data_type()),
+                    _ => None,
+                };
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.value(value_type, edits)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
             (b'[', Some(DataType::List(f) | DataType::LargeList(f))) => {
                 self.i += 1;
                 if self.peek()? == b']' {
@@ -548,17 +638,97 @@ mod tests {
         }
         // Exact names win and need no copy.
         let fields = d.schema().fields().clone();
-        assert!(fold_keys(br#"{"ZONE": "a", "x": {"zone": 1}}"#, &fields).is_none());
-        // Bad JSON and deep nesting in an unknown field pass through for the decoder.
-        assert!(fold_keys(br#"{"zone": "#, &fields).is_none());
+        assert_eq!(
+            fold_keys(br#"{"ZONE": "a", "x": {"zone": 1}}"#, &fields),
+            Ok(None)
+        );
+        // Bad JSON is an error saying where; deep nesting in an unknown field is skipped
+        // without recursion.
+        assert!(fold_keys(br#"{"zone": "#, &fields).is_err());
         let deep = format!(
             r#"{{"zone": "a", "x": {}{}}}"#,
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
         assert_eq!(
-            fold_keys(deep.as_bytes(), &fields).unwrap()[..9],
+            fold_keys(deep.as_bytes(), &fields).unwrap().unwrap()[..9],
             br#"{"ZONE": "#[..]
         );
+    }
+
+    /// What the adversary found: escaped keys, trailing commas, STRUCTs inside MAP values,
+    /// and values nested deep enough to overflow a stack are all handled.
+    #[test]
+    fn folding_reads_escapes_refuses_malformed_values_and_bounds_depth() {
+        let inner = Fields::from(vec![Field::new("A", DataType::Int64, true)]);
+        let map = DataType::Map(
+            Arc::new(Field::new(
+                "entries",
+                DataType::Struct(Fields::from(vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Struct(inner), true),
+                ])),
+                false,
+            )),
+            false,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ZONE", DataType::Utf8, true),
+            Field::new("M", map, true),
+            Field::new("WE\"IRD", DataType::Utf8, true),
+        ]));
+        let d = JsonDecoder::new(schema).case_insensitive();
+        let one = |v: &[u8]| d.decode(std::iter::once(v));
+        // An escaped exact spelling wins; an escaped other spelling folds.
+        let b = one(br#"{"\u005aONE": "exact", "zone": "folded"}"#).unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "exact");
+        let b = one(br#"{"zo\u006ee": "x"}"#).unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "x");
+        // A trailing comma is not JSON.
+        let e = one(br#"{"zone": "x",}"#).unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        // STRUCT fields inside MAP values fold; the map's keys do not.
+        let b = one(br#"{"m": {"zone": {"a": 1}}}"#).unwrap();
+        let m = b.column(1).as_map();
+        assert_eq!(m.keys().as_string::<i32>().value(0), "zone");
+        assert_eq!(
+            m.values()
+                .as_struct()
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .value(0),
+            1
+        );
+        // A quoted column name with a quote folds into valid JSON.
+        let b = one(br#"{"we\"ird": "q"}"#).unwrap();
+        assert_eq!(b.column(2).as_string::<i32>().value(0), "q");
+        // Too deep, in a known or unknown field: refused with the limit, no recursion.
+        for v in [
+            format!(
+                r#"{{"zone": {}{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            format!(
+                r#"{{"x": {}1{}}}"#,
+                "[".repeat(MAX_DEPTH),
+                "]".repeat(MAX_DEPTH)
+            ),
+        ] {
+            let e = one(v.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("levels deep"), "{e}");
+        }
+        // A plain decoder is bounded too.
+        let plain = JsonDecoder::new(Arc::new(Schema::new(vec![Field::new(
+            "x",
+            DataType::Utf8,
+            true,
+        )])));
+        let deep = format!(
+            r#"{{"x": {}{}}}"#,
+            "{\"a\":".repeat(100_000),
+            "}".repeat(100_000)
+        );
+        assert!(plain.decode(std::iter::once(deep.as_bytes())).is_err());
     }
 }
