@@ -314,7 +314,26 @@ impl Catalog {
                     stored_as.remove(&dropped);
                 }
                 Some(v) => match catalog.replay(&String::from_utf8_lossy(&v)) {
-                    Ok(def) => {
+                    Ok(mut def) => {
+                        // Two entries of an older version (`rides` and `"RIDES"`) fold to one
+                        // name: the one stored under another spelling keeps that spelling
+                        // (reachable quoted), so neither is lost.
+                        match stored_as.get(&def.name) {
+                            Some(other) if *other != name && name != def.name => {
+                                tracing::warn!(source = %name, clashes_with = %def.name, "Two catalog entries fold to one name; this one keeps its old spelling (quote it to use it).");
+                                def.name = name.clone();
+                            }
+                            Some(other) if *other != name => {
+                                let other = other.clone();
+                                tracing::warn!(source = %other, clashes_with = %def.name, "Two catalog entries fold to one name; the older spelling keeps its name (quote it to use it).");
+                                if let Some(mut moved) = catalog.sources.remove(&def.name) {
+                                    moved.name = other.clone();
+                                    stored_as.insert(other.clone(), other.clone());
+                                    catalog.sources.insert(other, moved);
+                                }
+                            }
+                            _ => {}
+                        }
                         stored_as.insert(def.name.clone(), name);
                         catalog.sources.insert(def.name.clone(), def);
                     }
@@ -660,6 +679,47 @@ mod tests {
         drop(c);
         let c = Catalog::open(&log).unwrap();
         assert!(c.get("RIDES").is_err(), "the drop holds after a reopen");
+    }
+
+    /// An older catalog may hold `rides` (folded to lower case) and `"RIDES"` (quoted): both
+    /// fold to `RIDES` now; neither is lost, in either order, across reopens.
+    #[test]
+    fn entries_that_fold_to_one_name_both_stay() {
+        for lower_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+            let c = Catalog::open(&log).unwrap();
+            let lower = (
+                "rides",
+                "CREATE STREAM rides (id VARCHAR KEY) WITH (topic='lower', partitions=1)",
+            );
+            let upper = (
+                "RIDES",
+                "CREATE STREAM \"RIDES\" (id VARCHAR KEY) WITH (topic='upper', partitions=1)",
+            );
+            let order = if lower_first {
+                [lower, upper]
+            } else {
+                [upper, lower]
+            };
+            for (key, stmt) in order {
+                c.put(key, Some(stmt)).unwrap();
+            }
+            drop(c);
+            for _ in 0..2 {
+                let c = Catalog::open(&log).unwrap();
+                assert_eq!(
+                    c.get("RIDES").unwrap().topic,
+                    "upper",
+                    "lower first: {lower_first}"
+                );
+                assert_eq!(
+                    c.get("rides").unwrap().topic,
+                    "lower",
+                    "lower first: {lower_first}"
+                );
+            }
+        }
     }
 
     #[test]
