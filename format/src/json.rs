@@ -133,6 +133,11 @@ impl JsonDecoder {
                     "the value nests more than {MAX_DEPTH} levels deep (at byte {at})"
                 )));
             }
+            if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(FormatError::Invalid(
+                    "the value is not a JSON object".into(),
+                ));
+            }
             let v: Cow<[u8]> = match self.fold_keys {
                 true => match fold_keys(v, self.schema.fields()) {
                     Ok(folded) => folded.map_or(Cow::Borrowed(v), Cow::Owned),
@@ -145,11 +150,6 @@ impl JsonDecoder {
                 false => Cow::Borrowed(v),
             };
             let v = v.as_ref();
-            if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Err(FormatError::Invalid(
-                    "the value is not a JSON object".into(),
-                ));
-            }
             let used = decoder.decode(v)?;
             if used < v.len() {
                 return Err(FormatError::Invalid(format!(

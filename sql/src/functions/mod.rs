@@ -92,16 +92,9 @@ pub fn streaming_aggregates() -> Vec<AggregateUDF> {
             signature,
         })
     };
-    let by_offset = || {
-        Signature::one_of(
-            vec![
-                TypeSignature::Any(1),
-                TypeSignature::Any(2),
-                TypeSignature::Any(3),
-            ],
-            Volatility::Immutable,
-        )
-    };
+    // Any number of arguments: the streaming aggregate checks them and says which forms
+    // exist (DataFusion's signature error would not).
+    let by_offset = || Signature::variadic_any(Volatility::Immutable);
     vec![
         f("latest_by_offset", Returns::SameOrList, by_offset()),
         f("earliest_by_offset", Returns::SameOrList, by_offset()),

@@ -39,7 +39,8 @@ pub enum AggKind {
     Earliest(ByOffset),
     /// `COLLECT_LIST(x)`: every value, in arrival order.
     CollectList,
-    /// `COLLECT_SET(x)`: distinct values, ordered.
+    /// `COLLECT_SET(x)`: distinct values, in arrival order over a stream (as ksqlDB); over
+    /// a table, where rows retract, in value order.
     CollectSet,
     /// `TOPK(x, k)`: the k largest values, largest first.
     TopK(usize),
@@ -70,6 +71,12 @@ impl ByOffset {
             Some(v) if v.data_type().is_integer() => match v.cast_to(&DataType::Int64) {
                 Ok(ScalarValue::Int64(Some(n))) if (1..=MAX_COLLECTED as i64).contains(&n) => {
                     Ok(n as usize)
+                }
+                Ok(ScalarValue::Int64(Some(n))) if n > MAX_COLLECTED as i64 => {
+                    Err(SqlError::Invalid(format!(
+                        "{}: n is at most {MAX_COLLECTED}, got {n}",
+                        name.to_uppercase()
+                    )))
                 }
                 _ => Err(bad()),
             },
@@ -230,7 +237,42 @@ pub struct AggSpec {
     pub retractable: bool,
 }
 
+/// At most this many bytes (estimated) of collected values in one group's state: the
+/// state and the result each travel as one record (the changelog's, the output's), and a
+/// record is at most `max.message.bytes` (1 MiB by default). An update that would pass it
+/// is refused for that record (a dead letter), so one large group cannot stop its query.
+pub const MAX_COLLECTED_BYTES: usize = 768 * 1024;
+
 impl AggSpec {
+    /// Estimated bytes of the values `acc` collects (COLLECT_LIST, COLLECT_SET, the n-value
+    /// forms of LATEST/EARLIEST_BY_OFFSET), 0 for the others; at most [`MAX_COLLECTED`]
+    /// values are summed.
+    pub fn collected_bytes(&self, acc: &Acc) -> usize {
+        match (self.collects(), acc) {
+            (true, Acc::List(l)) => l.iter().map(ScalarValue::size).sum(),
+            (true, Acc::Set(s)) => s.keys().take(MAX_COLLECTED).map(|v| v.0.size()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Whether the function collects values (COLLECT_LIST, COLLECT_SET, the n-value forms of
+    /// LATEST/EARLIEST_BY_OFFSET).
+    pub fn collects(&self) -> bool {
+        matches!(
+            self.kind,
+            AggKind::CollectList
+                | AggKind::CollectSet
+                | AggKind::Latest(ByOffset { n: Some(_), .. })
+                | AggKind::Earliest(ByOffset { n: Some(_), .. })
+        )
+    }
+
+    /// Whether the function goes by offset (LATEST_BY_OFFSET, EARLIEST_BY_OFFSET): the
+    /// newest row is the last one seen, whatever its time.
+    pub fn by_offset(&self) -> bool {
+        matches!(self.kind, AggKind::Latest(_) | AggKind::Earliest(_))
+    }
+
     /// A fresh accumulator.
     pub fn init(&self) -> Result<Acc> {
         Ok(match &self.kind {
@@ -250,6 +292,8 @@ impl AggSpec {
             AggKind::Latest(_) | AggKind::Earliest(_) | AggKind::CollectList => {
                 Acc::List(Vec::new())
             }
+            // Distinct values in arrival order; a table's retractions need counts (a Set).
+            AggKind::CollectSet if !self.retractable => Acc::List(Vec::new()),
             _ => Acc::Set(Multiset::new()),
         })
     }
@@ -337,6 +381,11 @@ impl AggSpec {
                     list.push(value.clone());
                 }
             }
+            (Acc::List(list), AggKind::CollectSet) => {
+                if sign > 0 && list.len() < MAX_COLLECTED && !list.contains(value) {
+                    list.push(value.clone());
+                }
+            }
             (Acc::List(list), _) => {
                 if sign > 0 {
                     if list.len() < MAX_COLLECTED {
@@ -386,7 +435,20 @@ impl AggSpec {
             }
             (Acc::Set(a), Acc::Set(b)) => {
                 for (k, n) in b {
+                    if matches!(self.kind, AggKind::CollectSet)
+                        && a.len() >= MAX_COLLECTED
+                        && !a.contains_key(k)
+                    {
+                        continue;
+                    }
                     *a.entry(k.clone()).or_insert(0) += n;
+                }
+            }
+            (Acc::List(a), Acc::List(b)) if matches!(self.kind, AggKind::CollectSet) => {
+                for v in b {
+                    if a.len() < MAX_COLLECTED && !a.contains(v) {
+                        a.push(v.clone());
+                    }
                 }
             }
             (Acc::List(a), Acc::List(b)) => {

@@ -306,6 +306,10 @@ impl Aggregate {
             // A row whose update fails (a SUM past BIGINT) is taken back out of the specs it
             // already updated and becomes a dead letter; the group and the query go on.
             let mut failure = None;
+            // Values that only grow are restored from a copy when the group would get too
+            // large (LATEST_BY_OFFSET(x, n) cannot take a value back).
+            let before = (sign > 0 && specs.iter().any(|s| s.collects())).then(|| e.accs.clone());
+            let mut collected = 0;
             for (i, ((spec, acc), v)) in
                 specs.iter().zip(e.accs.iter_mut()).zip(&values).enumerate()
             {
@@ -314,6 +318,23 @@ impl Aggregate {
                     break;
                 }
                 spec.compact(acc);
+                collected += spec.collected_bytes(acc);
+            }
+            if let Some(before) = before.filter(|_| {
+                failure.is_none() && collected > crate::operators::acc::MAX_COLLECTED_BYTES
+            }) {
+                e.accs = before;
+                let row = src_rows[src] as usize;
+                if !failed.iter().any(|(r, _)| *r == row) {
+                    failed.push((
+                        row,
+                        format!(
+                            "aggregate update refused: the group's collected values would pass {} KiB (its state and its result are one record each)",
+                            crate::operators::acc::MAX_COLLECTED_BYTES / 1024
+                        ),
+                    ));
+                }
+                continue;
             }
             if let Some((failed_at, err)) = failure {
                 for ((spec, acc), v) in specs

@@ -133,6 +133,16 @@ impl AggregatePlan {
                 )));
             }
             let name = f.func.name().to_lowercase();
+            if f.params.args.iter().any(|a| {
+                #[allow(deprecated)]
+                let star = matches!(unalias(a), Expr::Wildcard { .. });
+                star
+            }) {
+                return Err(SqlError::Invalid(format!(
+                    "{}(*) is not supported: name a column (only COUNT takes *)",
+                    name.to_uppercase()
+                )));
+            }
             let star = f.params.args.is_empty();
             let arg = f
                 .params
@@ -180,6 +190,13 @@ impl AggregatePlan {
                     | AggKind::CollectList
                     | AggKind::CollectSet
             );
+            if input_is_table && matches!(kind, AggKind::Latest(_) | AggKind::Earliest(_)) {
+                // A deleted row cannot take back "the latest value" without every value.
+                return Err(SqlError::Invalid(format!(
+                    "{} applies to streams only, as in ksqlDB (a table's rows are updated and deleted)",
+                    name.to_uppercase()
+                )));
+            }
             if nested && !takes_nested {
                 return Err(SqlError::Invalid(format!(
                     "{} takes primitive and text values, not {} (as in ksqlDB)",

@@ -62,13 +62,22 @@ impl Aggregate {
         // this row, then the later session's, as ksqlDB merges them.
         let mut found = found;
         found.sort_by_key(|f| (f.0, f.1));
-        let mut row_added = false;
+        // LATEST_BY_OFFSET and EARLIEST_BY_OFFSET go by offset, not time: this row is the
+        // newest of all, so it comes after every merged session's rows for them.
+        let mut row_added: Vec<bool> = specs.iter().map(|_| false).collect();
         for (s, e, entry) in &found {
-            if !row_added && *s > ts {
-                for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
-                    spec.update(acc, v, sign)?;
+            if *s > ts {
+                for (((spec, acc), v), added) in specs
+                    .iter()
+                    .zip(merged.accs.iter_mut())
+                    .zip(values)
+                    .zip(row_added.iter_mut())
+                {
+                    if !*added && !spec.by_offset() {
+                        spec.update(acc, v, sign)?;
+                        *added = true;
+                    }
                 }
-                row_added = true;
             }
             if (start, end) != (ts, ts) {
                 // As Kafka Streams: every session merged into a new window is removed with a
@@ -92,8 +101,13 @@ impl Aggregate {
                 }
             }
         }
-        if !row_added {
-            for ((spec, acc), v) in specs.iter().zip(merged.accs.iter_mut()).zip(values) {
+        for (((spec, acc), v), added) in specs
+            .iter()
+            .zip(merged.accs.iter_mut())
+            .zip(values)
+            .zip(&row_added)
+        {
+            if !*added {
                 spec.update(acc, v, sign)?;
             }
         }
