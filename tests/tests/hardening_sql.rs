@@ -1,7 +1,8 @@
 //! SQL hardening against a real worker and a real `sluice sql` process: statements that nest
 //! too deeply (which used to overflow a thread's stack and abort the process) are answered
 //! with an error while the worker keeps serving, and a stored persistent query outside the
-//! window bounds is not started but can be terminated.
+//! window bounds is not started but can be terminated; a record nested too deeply is a dead
+//! letter, not a stack overflow that aborts the process.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -260,4 +261,67 @@ fn a_stored_query_outside_the_window_bounds_is_not_resumed_and_can_be_terminated
     ]);
     assert!(out.contains("Terminated CTAS_C_0"), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
+}
+
+/// A record whose known field holds a value nested 100,000 levels deep goes to the
+/// dead-letter topic: before the decoder bounded nesting, Arrow's JSON decoder recursed once
+/// per level on it and overflowed the query thread's stack, aborting the whole process.
+/// Run in a child process, so an abort fails this test only.
+#[test]
+fn a_deeply_nested_record_is_a_dead_letter_not_an_abort() {
+    if std::env::var("SLUICE_DEEP_CHILD").is_ok() {
+        deep_record_child();
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "hardening_sql::a_deeply_nested_record_is_a_dead_letter_not_an_abort",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SLUICE_DEEP_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the engine died on one record: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn deep_record_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let mut e = sluice_sql::engine::Engine::open(&log).unwrap();
+    e.execute(
+        "CREATE STREAM s (k VARCHAR KEY, zone VARCHAR, z2 VARCHAR) WITH (topic='s', partitions=1);
+         CREATE STREAM o AS SELECT k, zone FROM s;",
+    )
+    .unwrap();
+    let deep = format!(
+        r#"{{"zone": "x", "z2": {}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    for v in [deep.as_str(), r#"{"zone": "y"}"#] {
+        p.send(
+            "s",
+            Record {
+                key: Some(Bytes::from("a")),
+                value: Some(Bytes::from(v.to_string())),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            },
+        )
+        .unwrap();
+    }
+    p.flush().unwrap();
+    assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+    e.shutdown();
+    assert_eq!(crate::common::read_committed(&log, "O").len(), 1);
+    let dead = crate::common::read_committed(&log, "O.dlq");
+    assert_eq!(dead.len(), 1);
 }

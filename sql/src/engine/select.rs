@@ -49,7 +49,7 @@ impl Engine {
     /// A pull query: the table's current rows (latest value per key, read committed from
     /// its topic), filtered and projected.
     fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
-        let compiled = compile(&self.catalog, &window_bounds_as_millis(select))?;
+        let compiled = compile(&self.catalog, &window_bounds_as_millis(select)?)?;
         if compiled.source.kind != SourceKind::Table {
             return Err(SqlError::Invalid(format!(
                 "{} is a stream: a SELECT on a stream is a push query, add EMIT CHANGES",
@@ -104,16 +104,26 @@ impl Engine {
 /// `select` with the text compared with WINDOWSTART or WINDOWEND in its WHERE clause read as
 /// an ISO-8601 time, in epoch milliseconds: a pull query may bound a windowed table's windows
 /// as `WINDOWSTART >= '2019-10-02T21:31:16'`, as ksqlDB allows (UTC unless the text gives an
-/// offset, such as `2017-11-17T04:53:45-0330`). Text that is not a time is left as written.
-fn window_bounds_as_millis(select: &crate::ast::Select) -> crate::ast::Select {
+/// offset, such as `2017-11-17T04:53:45-0330`). Text that is neither a time nor a number
+/// is an error naming the column.
+fn window_bounds_as_millis(select: &crate::ast::Select) -> Result<crate::ast::Select> {
     use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, SetExpr, Value};
     let mut select = select.clone();
     let SetExpr::Select(body) = select.query.body.as_mut() else {
-        return select;
+        return Ok(select);
     };
     let Some(selection) = body.selection.as_mut() else {
-        return select;
+        return Ok(select);
     };
+    let window_name = |e: &Expr| match e {
+        Expr::Identifier(i) => crate::query::ident_name(i),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(crate::query::ident_name)
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut bad: Option<(String, String)> = None;
     let is_window = |e: &Expr| {
         let name = match e {
             Expr::Identifier(i) => crate::query::ident_name(i),
@@ -125,11 +135,13 @@ fn window_bounds_as_millis(select: &crate::ast::Select) -> crate::ast::Select {
         };
         crate::operators::window::is_window_column(&name)
     };
-    let as_millis = |e: &mut Expr| {
+    let mut as_millis = |e: &mut Expr, column: String| {
         if let Expr::Value(v) = e {
             if let Value::SingleQuotedString(text) = &v.value {
                 if let Some(ms) = iso_millis(text) {
                     v.value = Value::Number(ms.to_string(), false);
+                } else if text.trim().parse::<i64>().is_err() && bad.is_none() {
+                    bad = Some((column, text.clone()));
                 }
             }
         }
@@ -146,14 +158,19 @@ fn window_bounds_as_millis(select: &crate::ast::Select) -> crate::ast::Select {
                     | BinaryOperator::GtEq
             );
             if comparison && is_window(left) {
-                as_millis(right);
+                as_millis(right, window_name(left));
             } else if comparison && is_window(right) {
-                as_millis(left);
+                as_millis(left, window_name(right));
             }
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
-    select
+    match bad {
+        Some((column, text)) => Err(SqlError::Invalid(format!(
+            "{column} is compared with '{text}': expected an ISO-8601 time (such as '2019-10-02T21:31:16') or epoch milliseconds"
+        ))),
+        None => Ok(select),
+    }
 }
 
 /// An ISO-8601 time (`2019-10-02T21:31:16`, with optional fraction and offset; minutes or the
