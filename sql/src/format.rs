@@ -352,8 +352,8 @@ impl RecordDecoder {
             .filter(|c| c.2)
             .map(|(n, t, _)| Field::new(n, t.clone(), true))
             .collect();
-        let key_json =
-            (key_fields.len() > 1).then(|| JsonDecoder::new(Arc::new(Schema::new(key_fields))));
+        let key_json = (key_fields.len() > 1)
+            .then(|| JsonDecoder::new(Arc::new(Schema::new(key_fields))).case_insensitive());
         Ok(RecordDecoder {
             key_json,
             key_unwrapped: false,
@@ -426,7 +426,8 @@ impl RecordDecoder {
     pub fn with_key_format(mut self, key_format: KeyFormat) -> Self {
         if key_format == KeyFormat::Json && self.key_columns.len() == 1 {
             let f = self.schema.field(self.key_columns[0]).clone();
-            self.key_json = Some(JsonDecoder::new(Arc::new(Schema::new(vec![f]))).case_insensitive());
+            self.key_json =
+                Some(JsonDecoder::new(Arc::new(Schema::new(vec![f]))).case_insensitive());
             self.key_unwrapped = true;
         }
         self
