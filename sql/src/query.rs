@@ -652,8 +652,9 @@ fn in_ksql_words(e: SqlError) -> SqlError {
     }
 }
 
-/// ksqlDB's comparisons: `a = b`, `a <> b`, `a < b`, ... are false, not NULL, when either
-/// side is NULL (so `NOT (a = b)` holds then, and a NULL never leaks out of a comparison);
+/// ksqlDB's comparisons: `a = b`, `a <> b`, `a < b`, ..., `BETWEEN` and `IN` are false, not
+/// NULL, when a side is NULL (so `NOT (a = b)` and `a NOT IN (1, NULL)` hold then, and a NULL
+/// never leaks out of a comparison);
 /// a comparison with the literal `NULL` is refused, as ksqlDB refuses it. Written as
 /// `(a = b) IS TRUE`, which DataFusion evaluates with exactly that meaning. Applied to
 /// GROUP BY as to the SELECT list, so the two still match.
@@ -678,6 +679,25 @@ fn null_comparisons_false(e: &mut SqlExpr) -> Result<()> {
                 }
                 *e = SqlExpr::IsTrue(Box::new(SqlExpr::Nested(Box::new(e.clone()))));
             }
+        }
+        // BETWEEN is two comparisons and IN never matches a NULL, so both are false then;
+        // their NOT forms are the negation of that (true), as in ksqlDB.
+        let negated = match e {
+            SqlExpr::Between { negated, .. } | SqlExpr::InList { negated, .. } => {
+                Some(std::mem::replace(negated, false))
+            }
+            _ => None,
+        };
+        if let Some(negated) = negated {
+            let test = SqlExpr::IsTrue(Box::new(SqlExpr::Nested(Box::new(e.clone()))));
+            *e = if negated {
+                SqlExpr::UnaryOp {
+                    op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                    expr: Box::new(SqlExpr::Nested(Box::new(test))),
+                }
+            } else {
+                test
+            };
         }
         std::ops::ControlFlow::Continue(())
     });
