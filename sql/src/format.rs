@@ -438,14 +438,6 @@ impl RecordDecoder {
         &self.schema
     }
 
-    /// The name of the key column, if there is exactly one.
-    pub fn key_column(&self) -> Option<&str> {
-        match self.key_columns.as_slice() {
-            [i] => Some(self.schema.field(*i).name().as_str()),
-            _ => None,
-        }
-    }
-
     /// The names of the key columns, in declared order.
     pub fn key_columns(&self) -> Vec<&str> {
         self.key_columns

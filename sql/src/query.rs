@@ -92,11 +92,6 @@ impl SourceReader {
         self.decoder.schema()
     }
 
-    /// The source's key column, if it declares one.
-    pub fn key_column(&self) -> Option<&str> {
-        self.decoder.key_column()
-    }
-
     /// How a windowed source's keys carry their window.
     pub fn key_window(&self) -> Option<KeyWindow> {
         self.decoder.key_window()
