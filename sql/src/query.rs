@@ -432,6 +432,16 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
             }
         }
         body.projection = items;
+        for item in &body.projection {
+            if let SelectItem::ExprWithAlias { alias, .. } = item {
+                let name = ident_name(alias);
+                if [ROWTIME, WINDOWSTART, WINDOWEND].contains(&name.as_str()) {
+                    return Err(SqlError::Invalid(format!(
+                        "`{name}` is a reserved column name. You cannot use it as an alias for a column."
+                    )));
+                }
+            }
+        }
         name_columns(&mut body.projection, &source);
         for item in body.projection.iter_mut() {
             if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
