@@ -157,9 +157,7 @@ impl Engine {
         let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
         let key_format =
             crate::catalog::key_format(properties, compiled.source.key_format, &key_names)?;
-        let statement = derived_statement(
-            kind, name, &columns, &topic, format, window, key_format,
-        );
+        let statement = derived_statement(kind, name, &columns, &topic, format, window, key_format);
         let def = match crate::parse_one(&statement)? {
             Statement::CreateSource {
                 columns,

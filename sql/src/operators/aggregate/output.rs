@@ -128,11 +128,15 @@ impl Aggregate {
             if !o.deleted && passes(i) {
                 rows.push(i as u32);
                 deleted.push(false);
-            } else if o.deleted || (passed_before[i] && self.plan.emit == Emit::Changes) {
+            } else if (o.deleted && passes(i))
+                || (passed_before[i] && self.plan.emit == Emit::Changes)
+            {
                 // A group (a window) that stops passing HAVING is deleted downstream, as
                 // ksqlDB's table filter does; one whose last output did not pass either (or
-                // that never had one) is just not emitted; EMIT FINAL drops such tombstones,
-                // as ksqlDB's suppression does.
+                // that never had one) is just not emitted, and neither is the tombstone of a
+                // session merged away whose result did not pass (the filter forwards no
+                // change from nothing to nothing); EMIT FINAL drops such tombstones, as
+                // ksqlDB's suppression does.
                 rows.push(i as u32);
                 deleted.push(true);
             }
