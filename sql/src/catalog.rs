@@ -14,7 +14,7 @@ use sluice_log::{Log, LogError, Record};
 
 use crate::ast::{ColumnDef, Properties, PropertyValue, SourceKind, Statement};
 use crate::error::{Result, SqlError};
-use crate::format::{Format, RecordDecoder};
+use crate::format::{Format, KeyFormat, RecordDecoder};
 use crate::planner::SourceTable;
 use crate::types::arrow_type;
 
@@ -34,6 +34,8 @@ pub struct SourceDef {
     pub topic: String,
     /// Value format.
     pub format: Format,
+    /// Key format (JSON whenever there are several key columns).
+    pub key_format: KeyFormat,
     /// Column holding event time (else the record timestamp).
     pub timestamp: Option<String>,
     /// Format of a VARCHAR timestamp column (chrono syntax), if it is text.
@@ -71,16 +73,19 @@ impl SourceDef {
 
     /// A decoder for its records.
     pub fn decoder(&self) -> Result<RecordDecoder> {
-        RecordDecoder::new(self.format, &self.columns)?.with_window(self.window)
+        RecordDecoder::new(self.format, &self.columns)?
+            .with_key_format(self.key_format)
+            .with_window(self.window)
     }
 
-    /// The records for the rows of `batch` (columns by name; the key column becomes the
-    /// record key as text, `rowtime` is left out, missing columns are NULL).
+    /// The records for the rows of `batch` (columns by name; the key columns become the
+    /// record key, see [`record_keys`], `rowtime` is left out, missing columns are NULL).
     pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<(Option<Bytes>, Vec<u8>)>> {
         let n = batch.num_rows();
         let mut value_fields = Vec::new();
         let mut value_cols: Vec<ArrayRef> = Vec::new();
-        let mut key = None;
+        let mut key_fields = Vec::new();
+        let mut key_cols: Vec<ArrayRef> = Vec::new();
         for (name, t, is_key) in &self.columns {
             let col = match batch.schema().index_of(name) {
                 Ok(i) => {
@@ -96,7 +101,8 @@ impl SourceDef {
                 Err(_) => new_null_array(t, n),
             };
             if *is_key {
-                key = Some(col);
+                key_fields.push(Field::new(name, t.clone(), true));
+                key_cols.push(col);
             } else {
                 value_fields.push(Field::new(name, t.clone(), true));
                 value_cols.push(col);
@@ -108,16 +114,15 @@ impl SourceDef {
             &RecordBatchOptions::new().with_row_count(Some(n)),
         )?;
         let encoded = crate::format::encode_values(self.format, &values)?;
-        let keys: Vec<Option<Bytes>> = match key {
-            None => vec![None; n],
-            Some(k) => {
-                let f = ArrayFormatter::try_new(k.as_ref(), &FormatOptions::default())?;
-                (0..n)
-                    .map(|i| k.is_valid(i).then(|| Bytes::from(f.value(i).to_string())))
-                    .collect()
-            }
-        };
-        Ok(keys.into_iter().zip(encoded).collect())
+        let keys = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(key_fields)),
+            key_cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        Ok(record_keys(&keys, self.key_format)?
+            .into_iter()
+            .zip(encoded)
+            .collect())
     }
 
     /// Its name and Arrow schema, for planning.
@@ -130,11 +135,53 @@ impl SourceDef {
     }
 }
 
+/// The record key of each row of `keys` (the key columns, in declared order): none without
+/// key columns; one key column's text (`KAFKA`; no key when it is NULL) or JSON value
+/// (`JSON`: `"a"`, `1`); several key columns as one JSON object of them
+/// (`{"A":1,"B":"x"}`, NULLs as `null`), the form ksqlDB writes for a multi-column key
+/// (its `KAFKA` key format holds one column only).
+pub fn record_keys(keys: &RecordBatch, format: KeyFormat) -> Result<Vec<Option<Bytes>>> {
+    let n = keys.num_rows();
+    match keys.columns() {
+        [] => Ok(vec![None; n]),
+        [k] if format == KeyFormat::Json => {
+            let objects = sluice_format::json::encode_rows(keys)
+                .map_err(|e| SqlError::Plan(format!("record key: {e}")))?;
+            objects
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    if !k.is_valid(i) {
+                        return Ok(None);
+                    }
+                    let v: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_slice(o)
+                            .map_err(|e| SqlError::Plan(format!("record key: {e}")))?;
+                    let value = v.into_iter().next().map(|(_, v)| v).unwrap_or_default();
+                    Ok(Some(Bytes::from(value.to_string())))
+                })
+                .collect()
+        }
+        [k] => {
+            let f = ArrayFormatter::try_new(k.as_ref(), &FormatOptions::default())?;
+            Ok((0..n)
+                .map(|i| k.is_valid(i).then(|| Bytes::from(f.value(i).to_string())))
+                .collect())
+        }
+        _ => Ok(sluice_format::json::encode_rows(keys)
+            .map_err(|e| SqlError::Plan(format!("record key: {e}")))?
+            .into_iter()
+            .map(|k| Some(Bytes::from(k)))
+            .collect()),
+    }
+}
+
 const KNOWN_PROPERTIES: &[&str] = &[
     "topic",
     "kafka_topic",
     "format",
     "value_format",
+    "key_format",
     "partitions",
     "timestamp",
     "timestamp_format",
@@ -144,6 +191,29 @@ const KNOWN_PROPERTIES: &[&str] = &[
 
 fn property<'a>(props: &'a Properties, names: &[&str]) -> Option<&'a PropertyValue> {
     names.iter().find_map(|n| props.get(*n))
+}
+
+/// The key format of a source with `keys` key columns: as given (`key_format`), else
+/// `inherited`; several key columns are always a JSON object, since ksqlDB's `KAFKA` key
+/// format holds one column (given explicitly, it is refused with ksqlDB's words; left
+/// implicit, JSON is chosen, as newer ksqlDB releases do for internal topics).
+pub fn key_format(
+    properties: &Properties,
+    inherited: KeyFormat,
+    keys: &[&str],
+) -> Result<KeyFormat> {
+    let given = property(properties, &["key_format"])
+        .map(|v| v.as_str().parse::<KeyFormat>())
+        .transpose()?;
+    match (given, keys.len()) {
+        (Some(KeyFormat::Kafka), n) if n > 1 => Err(SqlError::Invalid(format!(
+            "Key format does not support schema. format: KAFKA, reason: The 'KAFKA' format only supports a single field. Got: [{}] (use key_format = 'JSON')",
+            keys.join(", ")
+        ))),
+        (_, n) if n > 1 => Ok(KeyFormat::Json),
+        (Some(f), _) => Ok(f),
+        (None, _) => Ok(inherited),
+    }
 }
 
 /// Builds a definition from `CREATE STREAM|TABLE name (cols) WITH (...)`.
@@ -190,11 +260,6 @@ pub fn source_def(
             "table {name} needs a PRIMARY KEY column"
         )));
     }
-    if cols.iter().filter(|c| c.2).count() > 1 {
-        return Err(SqlError::Invalid(format!(
-            "{kind} {name}: only one key column is supported"
-        )));
-    }
     // The value names a column: case-insensitive, as an unquoted identifier is.
     let timestamp = property(properties, &["timestamp"]).map(|v| v.as_str().to_uppercase());
     if let Some(ts) = &timestamp {
@@ -218,9 +283,12 @@ pub fn source_def(
             _ => {}
         }
     }
+    let keys: Vec<&str> = cols.iter().filter(|c| c.2).map(|c| c.0.as_str()).collect();
+    let key_format = key_format(properties, KeyFormat::Kafka, &keys)?;
     let def = SourceDef {
         name: name.to_string(),
         kind,
+        key_format,
         columns: cols,
         topic,
         format,
@@ -574,6 +642,7 @@ pub fn derived_statement(
     topic: &str,
     format: Format,
     window: Option<crate::format::KeyWindow>,
+    key_format: KeyFormat,
 ) -> String {
     let cols: Vec<String> = columns
         .iter()
@@ -597,8 +666,12 @@ pub fn derived_statement(
             None => format!(", window_type = '{}'", w.type_name()),
         },
     };
+    let key_format = match key_format {
+        KeyFormat::Kafka => String::new(),
+        KeyFormat::Json => ", key_format = 'JSON'".into(),
+    };
     format!(
-        "CREATE {} {} ({}) WITH (topic = '{}', format = '{format}'{window})",
+        "CREATE {} {} ({}) WITH (topic = '{}', format = '{format}'{key_format}{window})",
         match kind {
             SourceKind::Stream => "STREAM",
             SourceKind::Table => "TABLE",

@@ -2,8 +2,10 @@
 //! `rowtime`, on top of the format layer (`sluice-format`), which reads and writes the values.
 //!
 //! A source's Arrow schema is its declared columns plus `rowtime` (the record timestamp, ms).
-//! Key columns are read from the record key (its text, cast to the column type); the other
-//! columns from the value in the source's format:
+//! Key columns are read from the record key in the source's [`KeyFormat`]: one key column is
+//! the key's text cast to the column type (`KAFKA`) or a JSON value (`JSON`); several are a
+//! JSON object of them, fields matched by name. The other columns come from the value in the
+//! source's format:
 //!
 //! - `JSON`: one object per record; fields are matched by name, unknown fields ignored,
 //!   missing ones NULL.
@@ -203,6 +205,39 @@ impl std::fmt::Display for Format {
     }
 }
 
+/// How a topic's record keys are written (ksqlDB's `KEY_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFormat {
+    /// One key column as its text (ksqlDB's default, `KAFKA`; Sluice writes numbers as
+    /// text too, not as Kafka's binary integers).
+    #[default]
+    Kafka,
+    /// JSON: one key column as a JSON value (`"a"`, `1`), several as a JSON object of them.
+    Json,
+}
+
+impl FromStr for KeyFormat {
+    type Err = SqlError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "KAFKA" => Ok(KeyFormat::Kafka),
+            "JSON" => Ok(KeyFormat::Json),
+            other => Err(SqlError::Invalid(format!(
+                "unknown key format '{other}' (use KAFKA or JSON)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyFormat::Kafka => "KAFKA",
+            KeyFormat::Json => "JSON",
+        })
+    }
+}
+
 /// A record to decode.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -270,6 +305,11 @@ pub struct RecordDecoder {
     /// A windowed source: how keys carry the window, and the index in `schema` of the
     /// `WINDOWSTART` and `WINDOWEND` columns taken from it (`None`: declared as values).
     window: Option<(KeyWindow, Option<usize>, Option<usize>)>,
+    /// For JSON keys (always, with several key columns): the key's decoder, into a JSON
+    /// object of the key columns.
+    key_json: Option<JsonDecoder>,
+    /// A JSON key of one column is that column's value, not an object.
+    key_unwrapped: bool,
 }
 
 const STRICT: CastOptions<'static> = CastOptions {
@@ -307,7 +347,16 @@ impl RecordDecoder {
             ));
         }
         let value_schema = Arc::new(Schema::new(value_fields));
+        let key_fields: Vec<Field> = columns
+            .iter()
+            .filter(|c| c.2)
+            .map(|(n, t, _)| Field::new(n, t.clone(), true))
+            .collect();
+        let key_json = (key_fields.len() > 1)
+            .then(|| JsonDecoder::new(Arc::new(Schema::new(key_fields))).case_insensitive());
         Ok(RecordDecoder {
+            key_json,
+            key_unwrapped: false,
             format,
             schema: Arc::new(Schema::new(fields)),
             json: JsonDecoder::new(Arc::new(Schema::new(
@@ -372,16 +421,29 @@ impl RecordDecoder {
         self.window.map(|w| w.0)
     }
 
+    /// The decoder for keys written in `key_format` (several key columns are always a JSON
+    /// object).
+    pub fn with_key_format(mut self, key_format: KeyFormat) -> Self {
+        if key_format == KeyFormat::Json && self.key_columns.len() == 1 {
+            let f = self.schema.field(self.key_columns[0]).clone();
+            self.key_json =
+                Some(JsonDecoder::new(Arc::new(Schema::new(vec![f]))).case_insensitive());
+            self.key_unwrapped = true;
+        }
+        self
+    }
+
     /// The Arrow schema of decoded batches.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
-    /// The name of the key column, if there is one.
-    pub fn key_column(&self) -> Option<&str> {
+    /// The names of the key columns, in declared order.
+    pub fn key_columns(&self) -> Vec<&str> {
         self.key_columns
-            .first()
+            .iter()
             .map(|&i| self.schema.field(i).name().as_str())
+            .collect()
     }
 
     /// Decodes `records`; tombstones (records without a value) are rejected with that reason,
@@ -438,14 +500,11 @@ impl RecordDecoder {
                     .collect::<Result<_>>()?,
             ),
         };
-        let key_of = |n: usize, r: usize| match &split {
-            Some(s) => s[n].0,
-            None => records[r].key,
-        };
         let (start_col, end_col) = match self.window {
             Some((_, s, e)) => (s, e),
             None => (None, None),
         };
+        let mut keys = self.decode_keys(records, rows)?.into_iter();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut next_value = 0;
         for (i, field) in self.schema.fields().iter().enumerate() {
@@ -460,20 +519,67 @@ impl RecordDecoder {
                     split.iter().map(|w| if start { w.1 } else { w.2 }),
                 )));
             } else if self.key_columns.contains(&i) {
-                let keys: StringArray = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(n, &r)| key_of(n, r).map(|k| String::from_utf8_lossy(k).into_owned()))
-                    .collect();
-                let cast = cast_with_options(&keys, field.data_type(), &STRICT)
-                    .map_err(|e| SqlError::Invalid(format!("key column {}: {e}", field.name())))?;
-                columns.push(cast);
+                columns.push(
+                    keys.next()
+                        .ok_or_else(|| SqlError::Plan("internal error: key columns".into()))?,
+                );
             } else {
                 columns.push(Arc::clone(values.column(next_value)));
                 next_value += 1;
             }
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    /// The key columns of `rows` of `records` (whose values may be tombstones), in declared
+    /// order. One key column is the key's text, cast to its type. Several are a JSON object
+    /// of them (the form ksqlDB writes with `KEY_FORMAT = 'JSON'`), fields matched by name;
+    /// a record without a key has them all NULL.
+    pub fn decode_keys(&self, records: &[Input<'_>], rows: &[usize]) -> Result<Vec<ArrayRef>> {
+        // A windowed source's keys without their window.
+        let keys: Vec<Option<&[u8]>> = rows
+            .iter()
+            .map(|&r| match (self.window, records[r].key) {
+                (Some((w, _, _)), Some(k)) => w.decode(k).map(|(k, _, _)| Some(k)),
+                (_, k) => Ok(k),
+            })
+            .collect::<Result<_>>()?;
+        if let Some(decoder) = &self.key_json {
+            // A one-column JSON key is the bare value: wrapped in an object to decode it.
+            let wrapped: Vec<Vec<u8>> = if self.key_unwrapped {
+                let name = serde_json::to_string(decoder.schema().field(0).name())
+                    .map_err(|e| SqlError::Plan(e.to_string()))?;
+                keys.iter()
+                    .map(|k| match k {
+                        Some(k) => [b"{", name.as_bytes(), b":", *k, b"}"].concat(),
+                        None => b"{}".to_vec(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let keys: Vec<&[u8]> = if self.key_unwrapped {
+                wrapped.iter().map(Vec::as_slice).collect()
+            } else {
+                keys.iter().map(|k| k.unwrap_or(b"{}")).collect()
+            };
+            return decoder
+                .decode(keys.into_iter())
+                .map(|b| b.columns().to_vec())
+                .map_err(|e| SqlError::Invalid(format!("record key: {}", json::reason(&e))));
+        }
+        self.key_columns
+            .iter()
+            .map(|&i| {
+                let field = self.schema.field(i);
+                let keys: StringArray = keys
+                    .iter()
+                    .map(|k| k.map(|k| String::from_utf8_lossy(k).into_owned()))
+                    .collect();
+                cast_with_options(&keys, field.data_type(), &STRICT)
+                    .map_err(|e| SqlError::Invalid(format!("key column {}: {e}", field.name())))
+            })
+            .collect()
     }
 
     fn decode_values(&self, records: &[Input<'_>], rows: &[usize]) -> Result<RecordBatch> {

@@ -8,6 +8,10 @@
 //!
 //! Push queries (`sluice sql`) run a [`Dataflow`] with memory-only state; persistent queries
 //! ([`crate::runner`]) open it with stores and run it inside log transactions.
+//!
+//! Compiling also applies ksqlDB's naming and NULL rules to the SELECT: unaliased expressions
+//! become `KSQL_COL_<n>`, comparisons with a NULL operand are false, and a stream record whose
+//! value is null passes a projection (as a null value with its key) but not a WHERE clause.
 
 use std::sync::Arc;
 
@@ -86,11 +90,6 @@ impl SourceReader {
     /// The schema of decoded batches.
     pub fn schema(&self) -> &SchemaRef {
         self.decoder.schema()
-    }
-
-    /// The source's key column, if it declares one.
-    pub fn key_column(&self) -> Option<&str> {
-        self.decoder.key_column()
     }
 
     /// How a windowed source's keys carry their window.
@@ -240,6 +239,10 @@ pub struct CompiledQuery {
     pub scan_schema: SchemaRef,
     /// The logical plan the operators were cut from, for EXPLAIN.
     pub plan_text: String,
+    /// The SELECT list: each item's expression ([`key_expr`] form) and output column name.
+    pub columns: Vec<(SqlExpr, String)>,
+    /// The GROUP BY expressions as written ([`key_expr`] form; no window columns).
+    pub group_by: Vec<SqlExpr>,
 }
 
 impl CompiledQuery {
@@ -392,10 +395,15 @@ pub fn folded(e: &SqlExpr) -> SqlExpr {
     let mut e = e.clone();
     let _ = visit_expressions_mut(&mut e, |e| {
         match e {
-            SqlExpr::Identifier(i) => i.value = ident_name(i),
+            // Once folded, the value is exact: the quotes no longer tell spellings apart.
+            SqlExpr::Identifier(i) => {
+                i.value = ident_name(i);
+                i.quote_style = None;
+            }
             SqlExpr::CompoundIdentifier(parts) => {
                 for i in parts.iter_mut() {
                     i.value = ident_name(i);
+                    i.quote_style = None;
                 }
             }
             _ => {}
@@ -424,7 +432,53 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
             }
         }
         body.projection = items;
+        for item in &body.projection {
+            if let SelectItem::ExprWithAlias { alias, .. } = item {
+                let name = ident_name(alias);
+                if [ROWTIME, WINDOWSTART, WINDOWEND].contains(&name.as_str()) {
+                    return Err(SqlError::Invalid(format!(
+                        "`{name}` is a reserved column name. You cannot use it as an alias for a column."
+                    )));
+                }
+            }
+        }
+        name_columns(&mut body.projection, &source);
+        for item in body.projection.iter_mut() {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                null_comparisons_false(e)?;
+            }
+        }
+        if let Some(e) = body.selection.as_mut() {
+            null_comparisons_false(e)?;
+        }
+        if let Some(e) = body.having.as_mut() {
+            null_comparisons_false(e)?;
+        }
+        if let GroupByExpr::Expressions(exprs, _) = &mut body.group_by {
+            for e in exprs.iter_mut() {
+                null_comparisons_false(e)?;
+            }
+        }
     }
+    let (columns, group_by) = match query.body.as_ref() {
+        SetExpr::Select(body) => (
+            body.projection
+                .iter()
+                .filter_map(|item| match item {
+                    SelectItem::UnnamedExpr(e) => Some((key_expr(e), output_name(e)?)),
+                    SelectItem::ExprWithAlias { expr, alias } => {
+                        Some((key_expr(expr), ident_name(alias)))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            match &body.group_by {
+                GroupByExpr::Expressions(exprs, _) => exprs.iter().map(key_expr).collect(),
+                GroupByExpr::All(_) => Vec::new(),
+            },
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
     // Checked here rather than in the parser so that a stored query outside the bounds
     // (created before they existed) still loads from the catalog, refuses to start with the
     // reason, and can be terminated.
@@ -469,7 +523,8 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         }
     }
     let planner = Planner::new(&tables)?;
-    let analyzed = planner.analyzed_plan(&query)?;
+    refuse_aggregates_in_group_by(&planner.state(), &query)?;
+    let analyzed = planner.analyzed_plan(&query).map_err(in_ksql_words)?;
     let explodes = analyzed
         .exists(|n| Ok(matches!(n, LogicalPlan::Unnest(_))))
         .unwrap_or(false);
@@ -515,13 +570,253 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
             source.name
         )));
     }
+    let schema = match &stage {
+        Stage::Stateless(s) => s.schema(),
+        Stage::Aggregate(a) => a.schema(),
+    };
+    if let Some(f) = schema
+        .fields()
+        .iter()
+        .find(|f| f.data_type() == &DataType::Null)
+    {
+        // A bare NULL has no type a sink could declare; ksqlDB refuses it the same way.
+        return Err(SqlError::Invalid(format!(
+            "Can't infer a type of null (column {}). Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).",
+            f.name()
+        )));
+    }
     Ok(CompiledQuery {
         source,
         stage,
         emit: select.emit,
         scan_schema,
         plan_text: analyzed.display_indent().to_string(),
+        columns,
+        group_by,
     })
+}
+
+/// `GROUP BY COUNT(*)` is refused with ksqlDB's words (DataFusion only fails later, when
+/// the expression is evaluated).
+fn refuse_aggregates_in_group_by(
+    state: &datafusion::execution::SessionState,
+    query: &datafusion::sql::sqlparser::ast::Query,
+) -> Result<()> {
+    use datafusion::execution::FunctionRegistry;
+    use datafusion::sql::sqlparser::ast::visit_expressions;
+    let SetExpr::Select(body) = query.body.as_ref() else {
+        return Ok(());
+    };
+    let GroupByExpr::Expressions(exprs, _) = &body.group_by else {
+        return Ok(());
+    };
+    let flow = visit_expressions(exprs, |e| match e {
+        SqlExpr::Function(f) => {
+            let name = f.name.to_string();
+            if state.udaf(&name.to_lowercase()).is_ok() {
+                std::ops::ControlFlow::Break(name.to_uppercase())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        }
+        _ => std::ops::ControlFlow::Continue(()),
+    });
+    match flow {
+        std::ops::ControlFlow::Break(name) => Err(SqlError::Invalid(format!(
+            "GROUP BY does not support aggregate functions: {name} is an aggregate function."
+        ))),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// DataFusion's refusals of a column that is neither grouped on nor aggregated, in ksqlDB's
+/// words (which say what to do); other errors as they are.
+fn in_ksql_words(e: SqlError) -> SqlError {
+    let SqlError::Plan(msg) = &e else {
+        return e;
+    };
+    let column = || {
+        msg.split("column \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|c| c.rsplit('.').next().unwrap_or(c).to_string())
+            .unwrap_or_default()
+    };
+    if msg.starts_with("Column in SELECT must be in GROUP BY") {
+        SqlError::Invalid(format!(
+            "Non-aggregate SELECT expression(s) not part of GROUP BY: {}. Either add the column(s) to the GROUP BY or remove them from the SELECT.",
+            column()
+        ))
+    } else if msg.starts_with("Column in HAVING must be in GROUP BY") {
+        SqlError::Invalid(format!(
+            "Non-aggregate HAVING expression not part of GROUP BY: {}. Consider switching the HAVING clause to a WHERE clause before the GROUP BY.",
+            column()
+        ))
+    } else {
+        e
+    }
+}
+
+/// ksqlDB's comparisons: `a = b`, `a <> b`, `a < b`, ..., `BETWEEN` and `IN` are false, not
+/// NULL, when a side is NULL (so `NOT (a = b)` and `a NOT IN (1, NULL)` hold then, and a NULL
+/// never leaks out of a comparison);
+/// a comparison with the literal `NULL` is refused, as ksqlDB refuses it. Written as
+/// `(a = b) IS TRUE`, which DataFusion evaluates with exactly that meaning. Applied to
+/// GROUP BY as to the SELECT list, so the two still match.
+fn null_comparisons_false(e: &mut SqlExpr) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value, visit_expressions_mut};
+    let is_null = |e: &SqlExpr| matches!(e, SqlExpr::Value(v) if v.value == Value::Null);
+    let flow = visit_expressions_mut(e, |e| {
+        if let SqlExpr::BinaryOp { left, op, right } = e {
+            if matches!(
+                op,
+                BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+            ) {
+                if is_null(left) || is_null(right) {
+                    return std::ops::ControlFlow::Break(SqlError::Invalid(format!(
+                        "Comparison with NULL not supported: {e}. Use 'IS NULL' or 'IS NOT NULL' instead."
+                    )));
+                }
+                *e = SqlExpr::IsTrue(Box::new(SqlExpr::Nested(Box::new(e.clone()))));
+            }
+        }
+        // BETWEEN is two comparisons and IN never matches a NULL, so both are false then;
+        // their NOT forms are the negation of that (true), as in ksqlDB.
+        let negated = match e {
+            SqlExpr::Between { negated, .. } | SqlExpr::InList { negated, .. } => {
+                Some(std::mem::replace(negated, false))
+            }
+            _ => None,
+        };
+        if let Some(negated) = negated {
+            let test = SqlExpr::IsTrue(Box::new(SqlExpr::Nested(Box::new(e.clone()))));
+            *e = if negated {
+                SqlExpr::UnaryOp {
+                    op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                    expr: Box::new(SqlExpr::Nested(Box::new(test))),
+                }
+            } else {
+                test
+            };
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    match flow {
+        std::ops::ControlFlow::Break(err) => Err(err),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// `e` in the form two spellings of one column or expression share: unquoted identifiers
+/// folded ([`folded`]) and a column's source qualifier dropped (`s.zone` is `zone`).
+pub fn key_expr(e: &SqlExpr) -> SqlExpr {
+    match folded(e) {
+        SqlExpr::CompoundIdentifier(mut parts) if parts.len() == 2 => {
+            SqlExpr::Identifier(parts.remove(1))
+        }
+        SqlExpr::Nested(inner) => key_expr(&inner),
+        other => other,
+    }
+}
+
+/// The name a SELECT item without an alias gets: a column its name, a STRUCT field its
+/// field name (`address->town` is `town`), anything else `None` ([`name_columns`] gives it
+/// a `KSQL_COL_<n>` alias).
+fn output_name(e: &SqlExpr) -> Option<String> {
+    match e {
+        SqlExpr::Identifier(i) => Some(ident_name(i)),
+        SqlExpr::CompoundIdentifier(parts) => parts.last().map(ident_name),
+        SqlExpr::Nested(inner) => output_name(inner),
+        _ => None,
+    }
+}
+
+/// The STRUCT field `e` reads, if it is `column->field` (parsed as `column['field']`) over a
+/// STRUCT column of `source`: the field's declared name.
+fn struct_field_name(e: &SqlExpr, source: &SourceDef) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{AccessExpr, Subscript, Value};
+    let SqlExpr::CompoundFieldAccess { root, access_chain } = e else {
+        return None;
+    };
+    let mut t = match root.as_ref() {
+        SqlExpr::Identifier(i) => {
+            let name = ident_name(i);
+            source.columns.iter().find(|c| c.0 == name)?.1.clone()
+        }
+        _ => return None,
+    };
+    let mut name = None;
+    for access in access_chain {
+        let AccessExpr::Subscript(Subscript::Index { index }) = access else {
+            return None;
+        };
+        let SqlExpr::Value(v) = index else {
+            return None;
+        };
+        let Value::SingleQuotedString(field) = &v.value else {
+            return None;
+        };
+        let DataType::Struct(fields) = &t else {
+            return None;
+        };
+        let f = fields
+            .iter()
+            .find(|f| f.name() == field)
+            .or_else(|| fields.iter().find(|f| f.name().eq_ignore_ascii_case(field)))?;
+        name = Some(f.name().clone());
+        t = f.data_type().clone();
+    }
+    name
+}
+
+/// Names the SELECT items ksqlDB names: a STRUCT field read gets the field's name, and every
+/// other expression without an alias `KSQL_COL_0`, `KSQL_COL_1`, ... in SELECT-list order
+/// (the number counts only the names generated, skipping any a column or alias already
+/// uses), instead of DataFusion's rendering of the expression.
+fn name_columns(projection: &mut [SelectItem], source: &SourceDef) {
+    let mut taken: std::collections::HashSet<String> =
+        source.columns.iter().map(|c| c.0.to_uppercase()).collect();
+    for item in projection.iter() {
+        match item {
+            SelectItem::ExprWithAlias { alias, .. } => {
+                taken.insert(ident_name(alias).to_uppercase());
+            }
+            SelectItem::UnnamedExpr(e) => {
+                if let Some(n) = output_name(e) {
+                    taken.insert(n.to_uppercase());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut next = 0;
+    for item in projection.iter_mut() {
+        let SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        if output_name(e).is_some() {
+            continue;
+        }
+        let name = match struct_field_name(e, source) {
+            Some(field) => field,
+            None => loop {
+                let n = format!("KSQL_COL_{next}");
+                next += 1;
+                if taken.insert(n.clone()) {
+                    break n;
+                }
+            },
+        };
+        *item = SelectItem::ExprWithAlias {
+            expr: e.clone(),
+            alias: Ident::with_quote('"', name),
+        };
+    }
 }
 
 /// What a running query emits for one batch of records.
@@ -730,7 +1025,9 @@ impl Dataflow {
                 step
             }
             Running::Aggregate(a, None) => {
-                let rows = self.reader.read(records)?;
+                let mut rows = self.reader.read(records)?;
+                // A stream record with a null value is no row to aggregate: ksqlDB drops it.
+                rows.rejected.retain(|(i, _)| records[*i].value.is_some());
                 let e = a.process(&rows.batch, rows.times(), 1)?;
                 let times = rows.times();
                 let mut rejected = rows.rejected.clone();
@@ -755,7 +1052,9 @@ impl Dataflow {
                     windows: e.windows,
                 }
             }
-            Running::Stateless(s) if table => table_stateless(&self.reader, s, records)?,
+            Running::Stateless(s) if table || records.iter().any(|r| r.value.is_none()) => {
+                stateless_with_nulls(&self.reader, s, &self.query, records)?
+            }
             Running::Stateless(s) => {
                 let rows = self.reader.read(records)?;
                 let (out, selected) = s.process_indexed(&rows.batch)?;
@@ -835,16 +1134,29 @@ impl Dataflow {
     }
 }
 
-/// A stateless query over a table, in record order: rows passing the filter are updates,
-/// rows failing it and tombstones delete their key.
-fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>]) -> Result<Step> {
+/// A stateless query in record order, for records that may be tombstones (no value).
+///
+/// Over a table, rows passing the filter are updates, rows failing it and tombstones delete
+/// their key. Over a stream, as ksqlDB defines it, a record whose value is null passes a
+/// projection as a record with a null value (its key kept) and is dropped by a WHERE
+/// clause; rows failing the filter are just dropped.
+fn stateless_with_nulls(
+    reader: &SourceReader,
+    op: &Stateless,
+    query: &CompiledQuery,
+    records: &[Input<'_>],
+) -> Result<Step> {
+    let table = query.source.kind == SourceKind::Table;
     let schema = Arc::clone(op.schema());
     let mut values = Vec::with_capacity(records.len());
     let mut index = Vec::with_capacity(records.len());
-    let mut tombstones: Vec<(usize, &[u8], i64)> = Vec::new();
+    // (record, timestamp) of each deletion: a tombstone, or a table row failing the filter.
+    let mut tombstones: Vec<(usize, i64)> = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        match (r.value, r.key) {
-            (None, Some(k)) => tombstones.push((i, k, r.timestamp)),
+        match (r.value, r.key, table) {
+            (None, Some(_), true) => tombstones.push((i, r.timestamp)),
+            (None, _, false) if !op.filters() => tombstones.push((i, r.timestamp)),
+            (None, _, false) => {}
             _ => {
                 values.push(*r);
                 index.push(i);
@@ -867,41 +1179,27 @@ fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>])
                 let row = row as usize;
                 order.push((index[rows.records[row]], (0, out_row), false, times[row]));
             }
-            // Rows failing the filter delete their key downstream.
+            // Rows failing the filter delete their key downstream (tables only).
             for row in 0..rows.batch.num_rows() {
-                if sel.binary_search(&(row as u32)).is_err() {
-                    let i = index[rows.records[row]];
-                    if let Some(k) = records[i].key {
-                        tombstones.push((i, k, times[row]));
-                    }
+                let i = index[rows.records[row]];
+                if table && records[i].key.is_some() && sel.binary_search(&(row as u32)).is_err() {
+                    tombstones.push((i, times[row]));
                 }
             }
         }
     }
-    // Tombstones become rows holding only the key, in the output's key column (the
-    // source's key, passed through under its name).
-    let key_col = reader.key_column().and_then(|k| schema.index_of(k).ok());
-    let mut tomb_columns: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), tombstones.len()))
-        .collect();
-    if let Some(k) = key_col {
-        let window = reader.key_window();
-        let keys =
-            datafusion::arrow::array::StringArray::from_iter(tombstones.iter().map(|(_, k, _)| {
-                // A windowed key's text is the key without its window.
-                let k = window.and_then(|w| w.decode(k).ok()).map_or(*k, |d| d.0);
-                Some(String::from_utf8_lossy(k).into_owned())
-            }));
-        tomb_columns[k] = cast(&keys, schema.field(k).data_type())?;
-    }
-    let tombs = RecordBatch::try_new_with_options(
-        Arc::clone(&schema),
-        tomb_columns,
-        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(tombstones.len())),
-    )?;
-    for (j, (i, _, ts)) in tombstones.iter().enumerate() {
+    // Deletions hold NULLs wherever no key goes, in columns that may be declared NOT NULL
+    // (`COALESCE(a, 0)`): the step's schema lets every column be NULL.
+    let schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let all = RecordBatch::try_new(Arc::clone(&schema), all.columns().to_vec())?;
+    let tombs = key_only_rows(reader, query, &schema, records, &tombstones)?;
+    for (j, (i, ts)) in tombstones.iter().enumerate() {
         order.push((*i, (1, j), true, *ts));
     }
     order.sort_by_key(|o| o.0);
@@ -918,6 +1216,40 @@ fn table_stateless(reader: &SourceReader, op: &Stateless, records: &[Input<'_>])
             .map(|(i, r)| (index[*i], r.clone()))
             .collect(),
     })
+}
+
+/// Rows in the output `schema` holding only the keys of `deleted` records (the rest NULL):
+/// each key column of the source in the output column that selects it (under its name or
+/// an alias), so the deletion reaches the right key downstream.
+fn key_only_rows(
+    reader: &SourceReader,
+    query: &CompiledQuery,
+    schema: &SchemaRef,
+    records: &[Input<'_>],
+    deleted: &[(usize, i64)],
+) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), deleted.len()))
+        .collect();
+    let rows: Vec<usize> = deleted.iter().map(|d| d.0).collect();
+    let keys = reader.decoder.decode_keys(records, &rows)?;
+    for (name, key) in reader.decoder.key_columns().into_iter().zip(keys) {
+        let source_col = SqlExpr::Identifier(Ident::new(name));
+        for (expr, out) in &query.columns {
+            if *expr == source_col {
+                if let Ok(k) = schema.index_of(out) {
+                    columns[k] = cast(&key, schema.field(k).data_type())?;
+                }
+            }
+        }
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(deleted.len())),
+    )?)
 }
 
 /// One record of a table input through an aggregate: retract the key's previous row, add
@@ -1037,19 +1369,21 @@ fn record_windows(
         .collect()
 }
 
-/// The columns a derived stream or table declares for a query's output: its fields, with
-/// `key` naming the one that becomes the record key.
-pub fn output_columns(schema: &Schema, key: Option<&str>) -> Result<Vec<(String, DataType, bool)>> {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| f.name() != ROWTIME)
-        .map(|f| {
-            Ok((
-                f.name().clone(),
-                f.data_type().clone(),
-                Some(f.name().as_str()) == key,
-            ))
-        })
-        .collect()
+/// The columns a derived stream or table declares for a query's output: the `keys` (the
+/// columns that become the record key) first, in their order, then the other fields in
+/// SELECT order, as ksqlDB lays out a derived source.
+pub fn output_columns(schema: &Schema, keys: &[String]) -> Result<Vec<(String, DataType, bool)>> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for k in keys {
+        let f = schema.field_with_name(k)?;
+        columns.push((k.clone(), f.data_type().clone(), true));
+    }
+    columns.extend(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != ROWTIME && !keys.contains(f.name()))
+            .map(|f| (f.name().clone(), f.data_type().clone(), false)),
+    );
+    Ok(columns)
 }

@@ -113,16 +113,15 @@ impl Engine {
             }
             _ => {}
         }
-        let key = output_key(&compiled, select);
-        refuse_key_twice(&compiled, select)?;
         refuse_window_columns(select)?;
-        if kind == SourceKind::Table && key.is_none() {
+        let keys = output_keys(&compiled, name)?;
+        if kind == SourceKind::Table && keys.is_empty() {
             return Err(SqlError::Invalid(format!(
-                "table {name} needs its key in the SELECT list: select the (single) GROUP BY column by its name"
+                "table {name} needs a key: GROUP BY the key columns, or select from a table"
             )));
         }
         let window = compiled.key_window();
-        let mut columns = output_columns(compiled.schema(), key.as_deref())?;
+        let mut columns = output_columns(compiled.schema(), &keys)?;
         if window.is_some() {
             // WINDOWSTART and WINDOWEND of a windowed result are its key's window, read back
             // from the key as pseudo-columns (as in ksqlDB), not copies in the value.
@@ -134,12 +133,13 @@ impl Engine {
                 "kafka_topic",
                 "format",
                 "value_format",
+                "key_format",
                 "partitions",
             ]
             .contains(&k.as_str())
             {
                 return Err(SqlError::Invalid(format!(
-                    "{name}: unknown property '{k}' (known: topic, format, partitions)"
+                    "{name}: unknown property '{k}' (known: topic, format, key_format, partitions)"
                 )));
             }
         }
@@ -154,7 +154,10 @@ impl Engine {
             Some(f) => f.parse()?,
             None => compiled.source.format,
         };
-        let statement = derived_statement(kind, name, &columns, &topic, format, window);
+        let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let key_format =
+            crate::catalog::key_format(properties, compiled.source.key_format, &key_names)?;
+        let statement = derived_statement(kind, name, &columns, &topic, format, window, key_format);
         let def = match crate::parse_one(&statement)? {
             Statement::CreateSource {
                 columns,
@@ -259,97 +262,70 @@ pub(super) fn refuse_window_columns(select: &crate::ast::Select) -> Result<()> {
     Ok(())
 }
 
-/// A key column selected twice (`SELECT id, id AS id2, ...`) is refused, as ksqlDB refuses
-/// it: a record has one key, and a copy of it in the value would be a second truth.
-fn refuse_key_twice(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> Result<()> {
-    let SetExpr::Select(body) = select.query.body.as_ref() else {
-        return Ok(());
-    };
-    // The key's expression: the single GROUP BY expression, or the source's key column.
-    let key = if q.is_aggregate() {
-        match &body.group_by {
-            datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _)
-                if exprs.len() == 1 =>
-            {
-                crate::query::folded(&exprs[0])
-            }
-            _ => return Ok(()),
-        }
+/// The columns of a persistent query's output that become the record key, as ksqlDB
+/// derives them: each GROUP BY expression (an aggregate), or each key column of the source
+/// (filters and projections), selected as written or under an alias. Each must be selected
+/// exactly once (a record has one key, and a copy of it in the value would be a second
+/// truth), and something must be left for the value; otherwise the statement is refused,
+/// as ksqlDB refuses it. (Push queries may leave keys out.)
+fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String>> {
+    let (keys, what): (Vec<Expr>, &str) = if q.is_aggregate() {
+        (q.group_by.clone(), "grouping expression")
     } else {
-        match q.source.columns.iter().find(|c| c.2) {
-            Some(c) => Expr::Identifier(datafusion::sql::sqlparser::ast::Ident::new(&c.0)),
-            None => return Ok(()),
-        }
+        let keys = q
+            .source
+            .columns
+            .iter()
+            .filter(|c| c.2)
+            .map(|c| Expr::Identifier(datafusion::sql::sqlparser::ast::Ident::new(&c.0)))
+            .collect();
+        (keys, "key column")
     };
-    let names: Vec<String> = body
-        .projection
-        .iter()
-        .filter_map(|item| match item {
-            SelectItem::UnnamedExpr(e) if crate::query::folded(e) == key => Some(e.to_string()),
-            SelectItem::ExprWithAlias { expr, alias } if crate::query::folded(expr) == key => {
-                Some(crate::query::ident_name(alias))
+    let mut names = Vec::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for key in &keys {
+        let selected: Vec<&String> = q
+            .columns
+            .iter()
+            .filter(|(e, _)| e == key)
+            .map(|(_, n)| n)
+            .collect();
+        match selected.as_slice() {
+            [] => missing.push(key.to_string()),
+            [one] => names.push((*one).clone()),
+            many => {
+                return Err(SqlError::Invalid(format!(
+                    "the key {key} is selected {} times (as {}); a key column may be selected once",
+                    many.len(),
+                    many.iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
-            _ => None,
-        })
-        .collect();
-    if names.len() > 1 {
+        }
+    }
+    if !missing.is_empty() {
+        if !q.is_aggregate() {
+            // ksqlDB names every key column of the source then, not only the missing ones.
+            missing = keys.iter().map(|k| k.to_string()).collect();
+        }
+        let plural = if missing.len() > 1 { "s" } else { "" };
+        let listed = match missing.as_slice() {
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+            [] => String::new(),
+        };
         return Err(SqlError::Invalid(format!(
-            "the key {key} is selected {} times (as {}); a key column may be selected once",
-            names.len(),
-            names.join(", ")
+            "Key{plural} missing from projection (ie, SELECT). The query used to build {sink} must include the {what}{plural} {listed} in its projection (eg, SELECT {}...).",
+            missing.join(", ")
         )));
     }
-    Ok(())
-}
-
-/// The column of a query's output that becomes the record key: the source's key column
-/// passed through under its name (stateless), or the single GROUP BY column (aggregates).
-fn output_key(q: &crate::query::CompiledQuery, select: &crate::ast::Select) -> Option<String> {
-    let schema = q.schema();
-    if q.is_aggregate() {
-        let SetExpr::Select(body) = select.query.body.as_ref() else {
-            return None;
-        };
-        let datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(exprs, _) = &body.group_by
-        else {
-            return None;
-        };
-        let [group] = exprs.as_slice() else {
-            return None;
-        };
-        // The key is the selected column that is the grouping expression: the column itself,
-        // or an expression selected under an alias (`UPPER(zone) AS z ... GROUP BY UPPER(zone)`).
-        let group = crate::query::folded(group);
-        let name = body.projection.iter().find_map(|item| match item {
-            SelectItem::UnnamedExpr(e @ Expr::Identifier(i))
-                if crate::query::folded(e) == group =>
-            {
-                Some(crate::query::ident_name(i))
-            }
-            SelectItem::ExprWithAlias { expr, alias } if crate::query::folded(expr) == group => {
-                Some(crate::query::ident_name(alias))
-            }
-            _ => None,
-        })?;
-        return schema.index_of(&name).ok().map(|_| name);
+    if q.schema().fields().iter().all(|f| names.contains(f.name())) {
+        return Err(SqlError::Invalid(format!(
+            "The projection contains no value columns: {sink} needs a column besides its key{}",
+            if names.len() > 1 { "s" } else { "" }
+        )));
     }
-    let key = q.source.columns.iter().find(|c| c.2)?.0.clone();
-    if schema.index_of(&key).is_ok() {
-        return Some(key);
-    }
-    // The key column selected under another name (`SELECT id AS ride ...`) stays the key,
-    // under that name, as in ksqlDB.
-    let SetExpr::Select(body) = select.query.body.as_ref() else {
-        return None;
-    };
-    body.projection.iter().find_map(|item| match item {
-        SelectItem::ExprWithAlias {
-            expr: Expr::Identifier(i),
-            alias,
-        } if crate::query::ident_name(i) == key => {
-            let name = crate::query::ident_name(alias);
-            schema.index_of(&name).ok().map(|_| name)
-        }
-        _ => None,
-    })
+    Ok(names)
 }

@@ -298,7 +298,9 @@ fn schemas_travel_with_topics() {
     e.execute("CREATE STREAM other (n VARCHAR) WITH (topic='shared', partitions=1);")
         .unwrap();
     let err = e
-        .execute("CREATE STREAM shared_out WITH (topic='shared') AS SELECT amount AS n FROM pay;")
+        .execute(
+            "CREATE STREAM shared_out WITH (topic='shared') AS SELECT id, amount AS n FROM pay;",
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("shared-value") && err.contains('N'), "{err}");

@@ -120,6 +120,20 @@ impl ByOffset {
 pub const MAX_COLLECTED: usize = 1000;
 
 impl AggKind {
+    /// True for the aggregates ksqlDB's reference marks "Applies to: stream, table" (they
+    /// can take a row back out); the others (MIN, MAX, COUNT_DISTINCT, LATEST_BY_OFFSET,
+    /// EARLIEST_BY_OFFSET, COLLECT_SET, TOPK) apply to streams only.
+    pub fn applies_to_tables(&self) -> bool {
+        matches!(
+            self,
+            AggKind::Count { .. }
+                | AggKind::Sum
+                | AggKind::Avg
+                | AggKind::CollectList
+                | AggKind::Histogram
+        )
+    }
+
     /// The kind for a function name as planned by DataFusion, if we run it; `extra` holds
     /// the arguments after the first, `Some` for constants.
     pub fn from_name(
@@ -475,6 +489,9 @@ impl AggSpec {
     pub fn evaluate(&self, acc: &Acc) -> Result<ScalarValue> {
         let v = match (acc, &self.kind) {
             (Acc::Count(n), _) => ScalarValue::Int64(Some(*n)),
+            // Over a table, a group whose values were all retracted sums to 0, as ksqlDB's
+            // SUM (which starts at 0 and subtracts) reports it.
+            (Acc::Sum(_, 0), _) if self.retractable => ScalarValue::new_zero(&self.output)?,
             (Acc::Sum(s, _), _) => s.clone(),
             (Acc::Avg(s, n), _) => {
                 if *n == 0 {
@@ -914,7 +931,8 @@ mod tests {
             run(&sum, &[(5, 1), (7, 1), (5, -1)]),
             ScalarValue::Int64(Some(7))
         );
-        assert_eq!(run(&sum, &[(5, 1), (5, -1)]), ScalarValue::Int64(None));
+        // Over a table, everything retracted sums to 0, as ksqlDB's SUM reports it.
+        assert_eq!(run(&sum, &[(5, 1), (5, -1)]), ScalarValue::Int64(Some(0)));
         let avg = spec(AggKind::Avg, i.clone(), DataType::Float64, true);
         assert_eq!(
             run(&avg, &[(2, 1), (4, 1), (9, 1), (9, -1)]),

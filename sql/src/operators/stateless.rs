@@ -156,6 +156,11 @@ impl Stateless {
         &self.source
     }
 
+    /// True if it filters rows (a WHERE clause), not only projects them.
+    pub fn filters(&self) -> bool {
+        self.stages.iter().any(|s| matches!(s, Stage::Filter(_)))
+    }
+
     /// `LIMIT n`, if any.
     pub fn limit(&self) -> Option<usize> {
         self.limit

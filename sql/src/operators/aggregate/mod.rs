@@ -61,7 +61,8 @@ pub struct Emitted {
     pub timestamps: Vec<i64>,
     /// Rows of the input batch that were too late for every window they belong to.
     pub late: Vec<usize>,
-    /// Rows of the input batch whose aggregate update failed (an overflow), with why: they
+    /// Rows of the input batch left out, with why: a grouping expression was NULL (ksqlDB
+    /// drops such rows and logs them), or the aggregate update failed (an overflow). They
     /// changed no group.
     pub failed: Vec<(usize, String)>,
     /// Per output row: the group was deleted (emptied, or no longer passing HAVING) and its
@@ -280,6 +281,13 @@ impl Aggregate {
         for r in 0..n {
             let src = selected.as_ref().map_or(r, |s| s[r] as usize);
             let ts = times[src_rows[src] as usize];
+            if let Some(null) = key_arrays.iter().position(|a| a.is_null(r)) {
+                let row = src_rows[src] as usize;
+                if !failed.iter().any(|(r, _)| *r == row) {
+                    failed.push((row, self.plan.null_key_reason(null)));
+                }
+                continue;
+            }
             let key: &[u8] = rows.as_ref().map_or(&[], |rs| rs.row(r).data());
             let values: Vec<ScalarValue> = args
                 .iter()
@@ -302,7 +310,9 @@ impl Aggregate {
                 (Some(s), Some(e)) => (s.value(r), e.value(r)),
                 _ => (0, 0),
             };
+            let having = self.plan.post.filters();
             let e = self.entry(start, end, key)?;
+            let prev = (having && e.rows > 0).then(|| e.clone());
             // A row whose update fails (a SUM past BIGINT) is taken back out of the specs it
             // already updated and becomes a dead letter; the group and the query go on.
             let mut failure = None;
@@ -359,17 +369,21 @@ impl Aggregate {
             e.max_ts = e.max_ts.max(ts);
             e.rows += sign;
             if e.rows <= 0 && !windowed {
-                // The group lost its last row (a table input deleted or moved it).
+                // The group lost its last row (a table input deleted or moved it): as in
+                // ksqlDB, its result over no rows is written (COUNT 0), not a tombstone (unless
+                // HAVING then fails); its state goes, a later row starts it afresh.
                 let e = e.clone();
                 let mut o = self.result(key.to_vec(), start, end, &e)?;
-                o.deleted = true;
+                o.prev = prev.map(|p| self.values(&p)).transpose()?;
                 self.delete_group(key)?;
                 out.push(o);
                 continue;
             }
             if emit_changes {
                 let e = e.clone();
-                out.push(self.result(key.to_vec(), start, end, &e)?);
+                let mut o = self.result(key.to_vec(), start, end, &e)?;
+                o.prev = prev.map(|p| self.values(&p)).transpose()?;
+                out.push(o);
             }
         }
         self.flush_cache()?;

@@ -27,6 +27,9 @@ pub(super) struct Out {
     start: i64,
     end: i64,
     values: Vec<ScalarValue>,
+    /// With a HAVING clause: the group's values before this update (`None` for a new
+    /// group), to tell whether its last output passed.
+    pub(super) prev: Option<Vec<ScalarValue>>,
     pub(super) ts: i64,
     pub(super) deleted: bool,
 }
@@ -38,16 +41,21 @@ impl Aggregate {
             key,
             start,
             end,
-            values: self
-                .plan
-                .specs
-                .iter()
-                .zip(&e.accs)
-                .map(|(s, a)| s.evaluate(a))
-                .collect::<Result<_>>()?,
+            values: self.values(e)?,
+            prev: None,
             ts: e.max_ts,
             deleted: false,
         })
+    }
+
+    /// The aggregates' values of a group.
+    pub(super) fn values(&self, e: &Entry) -> Result<Vec<ScalarValue>> {
+        self.plan
+            .specs
+            .iter()
+            .zip(&e.accs)
+            .map(|(s, a)| s.evaluate(a))
+            .collect()
     }
 
     /// Builds the aggregate's output rows and applies HAVING and the SELECT list; returns
@@ -113,16 +121,22 @@ impl Aggregate {
                 .as_ref()
                 .is_none_or(|s| s.binary_search(&(i as u32)).is_ok())
         };
+        let passed_before = self.passed_before(&batch, &out)?;
         let mut rows = Vec::new();
         let mut deleted = Vec::new();
         for (i, o) in out.iter().enumerate() {
             if !o.deleted && passes(i) {
                 rows.push(i as u32);
                 deleted.push(false);
-            } else if o.deleted || self.plan.windows.is_none() || self.plan.emit == Emit::Changes {
-                // A row that fails HAVING is deleted downstream (its key and window), as
-                // ksqlDB's table filter does; EMIT FINAL drops such tombstones, as ksqlDB's
-                // suppression does.
+            } else if (o.deleted && passes(i))
+                || (passed_before[i] && self.plan.emit == Emit::Changes)
+            {
+                // A group (a window) that stops passing HAVING is deleted downstream, as
+                // ksqlDB's table filter does; one whose last output did not pass either (or
+                // that never had one) is just not emitted, and neither is the tombstone of a
+                // session merged away whose result did not pass (the filter forwards no
+                // change from nothing to nothing); EMIT FINAL drops such tombstones, as
+                // ksqlDB's suppression does.
                 rows.push(i as u32);
                 deleted.push(true);
             }
@@ -146,5 +160,39 @@ impl Aggregate {
                 Vec::new()
             },
         ))
+    }
+
+    /// Per output row: the group's result before this update passed HAVING (false for a
+    /// new group, and without HAVING). `batch` holds the new results, whose key and window
+    /// columns the previous ones share.
+    fn passed_before(&self, batch: &RecordBatch, out: &[Out]) -> Result<Vec<bool>> {
+        if out.iter().all(|o| o.prev.is_none()) {
+            return Ok(vec![false; out.len()]);
+        }
+        let mut columns = batch.columns().to_vec();
+        let first = columns.len() - self.plan.specs.len();
+        for (j, f) in self.plan.agg_schema.fields().iter().enumerate().skip(first) {
+            let values = out
+                .iter()
+                .map(|o| o.prev.as_ref().unwrap_or(&o.values)[j - first].clone());
+            let array = ScalarValue::iter_to_array(values)?;
+            columns[j] = if array.data_type() == f.data_type() {
+                array
+            } else {
+                datafusion::arrow::compute::cast(&array, f.data_type())?
+            };
+        }
+        let before = RecordBatch::try_new(Arc::clone(&self.plan.agg_schema), columns)?;
+        let (_, selected) = self.plan.post.process_all(&before)?;
+        Ok(out
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                o.prev.is_some()
+                    && selected
+                        .as_ref()
+                        .is_none_or(|s| s.binary_search(&(i as u32)).is_ok())
+            })
+            .collect())
     }
 }

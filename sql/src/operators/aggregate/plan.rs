@@ -23,6 +23,8 @@ pub struct AggregatePlan {
     /// Positions in `group` of the window columns.
     pub(super) window_pos: Option<(usize, usize)>,
     pub(super) key_types: Vec<DataType>,
+    /// The GROUP BY expressions as written (window columns excluded), for messages.
+    pub(super) key_names: Vec<String>,
     pub(super) args: Vec<Arc<dyn PhysicalExpr>>,
     pub(super) specs: Arc<Vec<AggSpec>>,
     pub(super) agg_schema: SchemaRef,
@@ -68,6 +70,7 @@ impl AggregatePlan {
         let input_schema = agg.input.schema();
         let mut group = Vec::with_capacity(agg.group_expr.len());
         let mut key_types = Vec::new();
+        let mut key_names = Vec::new();
         let mut ws = None;
         let mut we = None;
         for (i, e) in agg.group_expr.iter().enumerate() {
@@ -102,6 +105,7 @@ impl AggregatePlan {
             let t = e.to_field(input_schema)?.1.data_type().clone();
             if ws != Some(i) && we != Some(i) {
                 key_types.push(t);
+                key_names.push(unalias(e).human_display().to_string());
             }
             group.push(crate::checked::physical_expr(state, e, input_schema)?);
         }
@@ -119,8 +123,16 @@ impl AggregatePlan {
                 "a SESSION window needs GROUP BY at least one column".into(),
             ));
         }
+        if agg.aggr_expr.is_empty() {
+            // `SELECT k FROM s GROUP BY k` would be a DISTINCT, which ksqlDB refuses.
+            return Err(SqlError::Invalid(
+                "GROUP BY requires aggregate functions in either the SELECT or HAVING clause."
+                    .into(),
+            ));
+        }
         let mut args = Vec::new();
         let mut specs = Vec::new();
+        let mut stream_only: Vec<String> = Vec::new();
         for (i, e) in agg.aggr_expr.iter().enumerate() {
             let Expr::AggregateFunction(f) = unalias(e) else {
                 return Err(SqlError::Plan(format!(
@@ -169,7 +181,29 @@ impl AggregatePlan {
                     }
                 }
             }
+            if windows.is_some() {
+                let bound = f.params.args.iter().find_map(|a| {
+                    a.column_refs()
+                        .into_iter()
+                        .find(|c| c.name == WINDOWSTART || c.name == WINDOWEND)
+                        .map(|c| c.name.clone())
+                });
+                if let Some(bound) = bound {
+                    return Err(SqlError::Invalid(format!(
+                        "Window bounds column {bound} can only be used in the SELECT clause of windowed aggregations and can not be passed to aggregate functions."
+                    )));
+                }
+            }
             let kind = AggKind::from_name(&name, f.params.distinct, star, &extra)?;
+            if input_is_table && !kind.applies_to_tables() {
+                let n = match kind {
+                    AggKind::CountDistinct => "COUNT_DISTINCT".to_string(),
+                    _ => name.to_uppercase(),
+                };
+                if !stream_only.contains(&n) {
+                    stream_only.push(n);
+                }
+            }
             let input = arg.to_field(input_schema)?.1.data_type().clone();
             let keeps_values = !matches!(kind, AggKind::Count { .. } | AggKind::Sum | AggKind::Avg);
             if keeps_values && !crate::operators::acc::storable(&input) {
@@ -217,6 +251,19 @@ impl AggregatePlan {
                 retractable: input_is_table,
             });
         }
+        // The reference marks these "Applies to: stream": a table's rows are replaced and
+        // deleted, and ksqlDB refuses them over a table rather than keep every value.
+        if !stream_only.is_empty() {
+            let listed = match stream_only.as_slice() {
+                [one] => one.clone(),
+                [init @ .., last] => format!("{} and {last}", init.join(", ")),
+                [] => String::new(),
+            };
+            return Err(SqlError::Invalid(format!(
+                "The aggregation function{} {listed} cannot be applied to a table source, only to a stream source.",
+                if stream_only.len() == 1 { "" } else { "s" }
+            )));
+        }
         let used_columns = match pre.input_columns() {
             Some(cols) => Some(cols),
             None => {
@@ -240,6 +287,7 @@ impl AggregatePlan {
             group,
             window_pos,
             key_types,
+            key_names,
             args,
             specs: Arc::new(specs),
             agg_schema: Arc::clone(agg.schema.inner()),
@@ -267,6 +315,14 @@ impl AggregatePlan {
     /// The window clause.
     pub fn windows(&self) -> Option<&Windows> {
         self.windows.as_ref()
+    }
+
+    /// Why a row whose `i`-th grouping expression is NULL is left out.
+    pub(super) fn null_key_reason(&self, i: usize) -> String {
+        format!(
+            "GROUP BY expression {} is NULL: the row is left out of the aggregate (as ksqlDB excludes it)",
+            self.key_names.get(i).map_or("?", String::as_str)
+        )
     }
 
     /// How many GROUP BY columns there are (window columns not counted).
