@@ -268,7 +268,7 @@ fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8
         out.extend_from_slice(&value[copied..start]);
         // The name as JSON string contents: a quoted column may hold `"` or `\`.
         let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
-        out.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
+        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
         copied = end;
     }
     out.extend_from_slice(&value[copied..]);

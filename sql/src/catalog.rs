@@ -216,6 +216,21 @@ pub fn key_format(
     }
 }
 
+/// Refuses two spellings of one property given together (`topic` and `kafka_topic`,
+/// `format` and `value_format`), as ksqlDB does: which would win is not obvious.
+pub fn refuse_synonyms(what: &str, props: &Properties) -> Result<()> {
+    for [a, b] in [["topic", "kafka_topic"], ["format", "value_format"]] {
+        if props.contains_key(a) && props.contains_key(b) {
+            return Err(SqlError::Invalid(format!(
+                "{what}: give {} or {}, not both",
+                a.to_uppercase(),
+                b.to_uppercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a definition from `CREATE STREAM|TABLE name (cols) WITH (...)`.
 pub fn source_def(
     kind: SourceKind,
@@ -231,6 +246,12 @@ pub fn source_def(
         return Err(SqlError::Invalid(format!(
             "{kind} {name}: unknown property '{unknown}' (known: {})",
             KNOWN_PROPERTIES.join(", ")
+        )));
+    }
+    refuse_synonyms(&format!("{kind} {name}"), properties)?;
+    if properties.contains_key("window_size") && !properties.contains_key("window_type") {
+        return Err(SqlError::Invalid(format!(
+            "{kind} {name}: window_size needs window_type (TUMBLING or HOPPING)"
         )));
     }
     let topic = property(properties, &["topic", "kafka_topic"])

@@ -80,6 +80,9 @@ impl KeyWindow {
         match window_type.to_ascii_uppercase().as_str() {
             "TUMBLING" => Ok(KeyWindow::Tumbling { size: size()? }),
             "HOPPING" => Ok(KeyWindow::Hopping { size: size()? }),
+            "SESSION" if window_size.is_some() => Err(SqlError::Invalid(
+                "window_size is not set for SESSION windows (a session's size is its own), as in ksqlDB".into(),
+            )),
             "SESSION" => Ok(KeyWindow::Session),
             other => Err(SqlError::Invalid(format!(
                 "unknown window_type '{other}' (use TUMBLING, HOPPING or SESSION)"

@@ -770,6 +770,15 @@ fn parse_columns(c: &mut Cursor, kind: SourceKind) -> Result<Vec<ColumnDef>> {
         let start = item.first().map_or(at, |t| t.span.start);
         let mut col = Cursor::new(item);
         let name = col.ident("a column name")?;
+        // An empty name or one with control characters cannot be a JSON field a reader
+        // matches (and "" would fail only later, when a query's schema is recorded).
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(SqlError::syntax(
+                format!("column name {name:?}: a name is not empty and has no control characters"),
+                start.line,
+                start.column,
+            ));
+        }
         let mut tokens = col.rest();
         // Trailing KEY / PRIMARY KEY are ours; the rest is a SQL type.
         let mut key = false;

@@ -149,7 +149,15 @@ impl Engine {
                 .find_map(|n| properties.get(*n))
                 .map(|v| v.as_str().to_string())
         };
+        crate::catalog::refuse_synonyms(name, properties)?;
         let topic = prop(&["topic", "kafka_topic"]).unwrap_or_else(|| name.to_string());
+        // `<owner>.dlq` is where a query writing `<owner>` sends dead letters: a stream
+        // of that name would mix them into its rows.
+        if topic.ends_with(".dlq") {
+            return Err(SqlError::Invalid(format!(
+                "{name}: topic '{topic}' is reserved for dead letters (names ending in .dlq); choose another name or WITH (topic = ...)"
+            )));
+        }
         let format = match prop(&["format", "value_format"]) {
             Some(f) => f.parse()?,
             None => compiled.source.format,

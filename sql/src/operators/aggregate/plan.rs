@@ -224,13 +224,6 @@ impl AggregatePlan {
                     | AggKind::CollectList
                     | AggKind::CollectSet
             );
-            if input_is_table && matches!(kind, AggKind::Latest(_) | AggKind::Earliest(_)) {
-                // A deleted row cannot take back "the latest value" without every value.
-                return Err(SqlError::Invalid(format!(
-                    "{} applies to streams only, as in ksqlDB (a table's rows are updated and deleted)",
-                    name.to_uppercase()
-                )));
-            }
             if nested && !takes_nested {
                 return Err(SqlError::Invalid(format!(
                     "{} takes primitive and text values, not {} (as in ksqlDB)",
