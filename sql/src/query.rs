@@ -662,21 +662,27 @@ fn in_ksql_words(e: SqlError) -> SqlError {
 /// never leaks out of a comparison);
 /// a comparison with the literal `NULL` is refused, as ksqlDB refuses it. Written as
 /// `(a = b) IS TRUE`, which DataFusion evaluates with exactly that meaning. Applied to
+/// Whether `op` compares (`=`, `<>`, `<`, `<=`, `>`, `>=`).
+pub(crate) fn is_comparison(op: &datafusion::sql::sqlparser::ast::BinaryOperator) -> bool {
+    use datafusion::sql::sqlparser::ast::BinaryOperator;
+    matches!(
+        op,
+        BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq
+    )
+}
+
 /// GROUP BY as to the SELECT list, so the two still match.
 fn null_comparisons_false(e: &mut SqlExpr) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::ast::{Value, visit_expressions_mut};
     let is_null = |e: &SqlExpr| matches!(e, SqlExpr::Value(v) if v.value == Value::Null);
     let flow = visit_expressions_mut(e, |e| {
         if let SqlExpr::BinaryOp { left, op, right } = e {
-            if matches!(
-                op,
-                BinaryOperator::Eq
-                    | BinaryOperator::NotEq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-            ) {
+            if is_comparison(op) {
                 if is_null(left) || is_null(right) {
                     return std::ops::ControlFlow::Break(SqlError::Invalid(format!(
                         "Comparison with NULL not supported: {e}. Use 'IS NULL' or 'IS NOT NULL' instead."

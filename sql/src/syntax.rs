@@ -406,17 +406,7 @@ fn rewrite(e: &mut Expr) {
                 return;
             }
             if name == "cube_explode" {
-                let args = match &f.args {
-                    FunctionArguments::List(l) => l
-                        .args
-                        .iter()
-                        .filter_map(|a| match a {
-                            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
+                let args = plain_args(f);
                 *e = call("unnest", vec![call("ksql_cube", args)]);
                 return;
             }

@@ -107,7 +107,7 @@ impl Engine {
 /// offset, such as `2017-11-17T04:53:45-0330`). Text that is neither a time nor a number
 /// is an error naming the column.
 fn window_bounds_as_millis(select: &crate::ast::Select) -> Result<crate::ast::Select> {
-    use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, SetExpr, Value};
+    use datafusion::sql::sqlparser::ast::{Expr, SetExpr, Value};
     let mut select = select.clone();
     let SetExpr::Select(body) = select.query.body.as_mut() else {
         return Ok(select);
@@ -148,15 +148,7 @@ fn window_bounds_as_millis(select: &crate::ast::Select) -> Result<crate::ast::Se
     };
     let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(selection, |e| {
         if let Expr::BinaryOp { left, op, right } = e {
-            let comparison = matches!(
-                op,
-                BinaryOperator::Eq
-                    | BinaryOperator::NotEq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-            );
+            let comparison = crate::query::is_comparison(op);
             if comparison && is_window(left) {
                 as_millis(right, window_name(left));
             } else if comparison && is_window(right) {
