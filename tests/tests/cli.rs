@@ -456,7 +456,7 @@ fn sql_scripts_create_insert_query_and_persist() {
         ],
         None,
     );
-    assert!(out.contains("Stream rides created"), "{out}");
+    assert!(out.contains("Stream RIDES created"), "{out}");
     assert!(out.contains("query CTAS_ZONES_0 is running"), "{out}");
     assert!(out.contains("| r1 | 61.0  |"), "{out}");
     // The catalog and the query survive; a script file runs the same way, and the table
@@ -465,7 +465,7 @@ fn sql_scripts_create_insert_query_and_persist() {
     std::fs::write(&script, "SHOW QUERIES;\nSHOW TABLES;\n").unwrap();
     let out = ok(d, &["sql", "-f", script.to_str().unwrap()], None);
     assert!(
-        out.contains("CTAS_ZONES_0") && out.contains("zones"),
+        out.contains("CTAS_ZONES_0") && out.contains("ZONES"),
         "{out}"
     );
     let mut pulled = String::new();
@@ -492,7 +492,7 @@ fn sql_scripts_create_insert_query_and_persist() {
         &["sql", "-e", "SELECT nope FROM rides EMIT CHANGES;"],
         None,
     );
-    assert!(err.contains("nope"), "{err}");
+    assert!(err.contains("NOPE"), "{err}");
 }
 
 #[test]
@@ -505,9 +505,9 @@ fn sql_shell_reads_multi_line_statements_from_stdin() {
             "CREATE STREAM s (id VARCHAR KEY, v INT)\n  WITH (topic='s', partitions=1);\nINSERT INTO s VALUES ('a', 1);\nSHOW\nSTREAMS;\nSELECT nope FROM s EMIT CHANGES;\nDESCRIBE s;\n",
         ),
     );
-    assert!(out.contains("Stream s created"), "{out}");
-    assert!(out.contains("| s    | s     | JSON   |"), "{out}");
-    assert!(out.contains("| v       | INT     |"), "{out}");
+    assert!(out.contains("Stream S created"), "{out}");
+    assert!(out.contains("| S    | s     | JSON   |"), "{out}");
+    assert!(out.contains("| V       | INT     |"), "{out}");
 }
 
 #[test]
