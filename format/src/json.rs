@@ -127,11 +127,17 @@ impl JsonDecoder {
             .with_coerce_primitive(true)
             .with_strict_mode(self.strict)
             .build_decoder()?;
+        let too_deep = |at: usize| {
+            FormatError::Invalid(format!(
+                "the value nests more than {MAX_DEPTH} levels deep (at byte {at})"
+            ))
+        };
         for v in values {
-            if let Some(at) = nested_deeper_than(v, MAX_DEPTH) {
-                return Err(FormatError::Invalid(format!(
-                    "the value nests more than {MAX_DEPTH} levels deep (at byte {at})"
-                )));
+            // Folding keys checks the depth in its own pass over the value.
+            if !self.fold_keys {
+                if let Some(at) = nested_deeper_than(v, MAX_DEPTH) {
+                    return Err(too_deep(at));
+                }
             }
             if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
                 return Err(FormatError::Invalid(
@@ -141,7 +147,8 @@ impl JsonDecoder {
             let v: Cow<[u8]> = match self.fold_keys {
                 true => match fold_keys(v, self.schema.fields()) {
                     Ok(folded) => folded.map_or(Cow::Borrowed(v), Cow::Owned),
-                    Err(at) => {
+                    Err(FoldError::TooDeep(at)) => return Err(too_deep(at)),
+                    Err(FoldError::Invalid(at)) => {
                         return Err(FormatError::Invalid(format!(
                             "the value is not valid JSON (at byte {at})"
                         )));
@@ -253,11 +260,20 @@ fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
 /// are names; a MAP's keys are data and are never touched. It recurses only as deep as the
 /// schema nests and skips everything else without recursion. Malformed JSON (a trailing
 /// comma, say, which the Arrow decoder lets through) is `Err(byte offset)`.
-fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, usize> {
+fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, FoldError> {
     let mut edits = Vec::new();
-    let mut scan = KeyScan { v: value, i: 0 };
+    // The value itself is the first level.
+    let mut scan = KeyScan {
+        v: value,
+        i: 0,
+        depth: 1,
+        too_deep: false,
+    };
     if scan.object(fields, &mut edits).is_none() {
-        return Err(scan.i);
+        return Err(match scan.too_deep {
+            true => FoldError::TooDeep(scan.i),
+            false => FoldError::Invalid(scan.i),
+        });
     }
     if edits.is_empty() {
         return Ok(None);
@@ -266,9 +282,13 @@ fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8
     let mut copied = 0;
     for (start, end, name) in edits {
         out.extend_from_slice(&value[copied..start]);
-        // The name as JSON string contents: a quoted column may hold `"` or `\`.
-        let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
-        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        if name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            // The name as JSON string contents: a quoted column may hold `"` or `\`.
+            let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+            out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        } else {
+            out.extend_from_slice(name.as_bytes());
+        }
         copied = end;
     }
     out.extend_from_slice(&value[copied..]);
@@ -280,10 +300,23 @@ fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8
 /// as an unknown field.
 const IGNORED_KEY: &str = "\0";
 
-/// A cursor over a JSON value for [`fold_keys`]; each method returns `None` on bad JSON.
+/// Why [`fold_keys`] gave up, at which byte.
+#[derive(Debug, PartialEq)]
+enum FoldError {
+    /// Not JSON.
+    Invalid(usize),
+    /// Nested more than [`MAX_DEPTH`] levels.
+    TooDeep(usize),
+}
+
+/// A cursor over a JSON value for [`fold_keys`]; each method returns `None` on bad JSON
+/// (or, with `too_deep` set, on nesting past [`MAX_DEPTH`]: the one pass checks both).
 struct KeyScan<'a> {
     v: &'a [u8],
     i: usize,
+    /// Levels open around the cursor.
+    depth: usize,
+    too_deep: bool,
 }
 
 /// A key to rewrite: its bytes `start..end` (inside the quotes) become the name.
@@ -348,8 +381,17 @@ impl<'a> KeyScan<'a> {
                     Some(f)
                 }
                 None => {
-                    let upper = key.to_uppercase();
-                    let f = fields.iter().find(|f| *f.name() == upper);
+                    let f = if key.is_ascii() {
+                        // Without allocating: an ASCII key upper-cases to `name` exactly when
+                        // they match ignoring ASCII case and `name` has no lower-case letter.
+                        fields.iter().find(|f| {
+                            f.name().eq_ignore_ascii_case(key)
+                                && !f.name().bytes().any(|b| b.is_ascii_lowercase())
+                        })
+                    } else {
+                        let upper = key.to_uppercase();
+                        fields.iter().find(|f| *f.name() == upper)
+                    };
                     if let Some(f) = f {
                         folded.push(edits.len());
                         edits.push((start, end, f.name().as_str()));
@@ -379,6 +421,26 @@ impl<'a> KeyScan<'a> {
 
     /// A value of type `t` (`None`: a field the schema does not have).
     fn value<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+        let structured = matches!(
+            (self.peek()?, t),
+            (b'{', Some(DataType::Struct(_) | DataType::Map(..)))
+                | (b'[', Some(DataType::List(_) | DataType::LargeList(_)))
+        );
+        if !structured {
+            return self.skip();
+        }
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            self.too_deep = true;
+            return None;
+        }
+        let r = self.structured(t, edits);
+        self.depth -= 1;
+        r
+    }
+
+    /// A STRUCT, MAP or ARRAY value of type `t`, at its opening bracket.
+    fn structured<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
         match (self.peek()?, t) {
             (b'{', Some(DataType::Struct(fields))) => self.object(fields, edits),
             (b'{', Some(DataType::Map(entries, _))) => {
@@ -438,6 +500,10 @@ impl<'a> KeyScan<'a> {
                 }
                 b'{' | b'[' => {
                     depth += 1;
+                    if self.depth + depth > MAX_DEPTH {
+                        self.too_deep = true;
+                        return None;
+                    }
                     self.i += 1;
                 }
                 b'}' | b']' => {
@@ -643,17 +709,28 @@ mod tests {
             Ok(None)
         );
         // Bad JSON is an error saying where; deep nesting in an unknown field is skipped
-        // without recursion.
-        assert!(fold_keys(br#"{"zone": "#, &fields).is_err());
-        let deep = format!(
-            r#"{{"zone": "a", "x": {}{}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
-        );
+        // without recursion, up to the depth bound the same pass checks.
         assert_eq!(
-            fold_keys(deep.as_bytes(), &fields).unwrap().unwrap()[..9],
+            fold_keys(br#"{"zone": "#, &fields),
+            Err(FoldError::Invalid(9))
+        );
+        let nested = |n: usize| {
+            format!(
+                r#"{{"zone": "a", "x": {}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert_eq!(
+            fold_keys(nested(MAX_DEPTH - 1).as_bytes(), &fields)
+                .unwrap()
+                .unwrap()[..9],
             br#"{"ZONE": "#[..]
         );
+        assert!(matches!(
+            fold_keys(nested(100_000).as_bytes(), &fields),
+            Err(FoldError::TooDeep(_))
+        ));
     }
 
     /// What the adversary found: escaped keys, trailing commas, STRUCTs inside MAP values,
