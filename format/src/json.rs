@@ -224,6 +224,11 @@ pub const MAX_DEPTH: usize = 500;
 /// The byte at which `value` opens its `max + 1`th nested level, if it does; strings are
 /// skipped whole.
 fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
+    // Each level opens with a byte of its own: a shorter value cannot pass the bound, and
+    // most values are far shorter, so they cost nothing here.
+    if value.len() <= max {
+        return None;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut i = 0;
