@@ -660,20 +660,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn case_insensitive_names_match_as_ksqldb_does() {
-        let inner = Fields::from(vec![Field::new("CITY", DataType::Utf8, true)]);
-        let map = DataType::Map(
+    /// `MAP<VARCHAR, value>`.
+    fn text_map(value: DataType) -> DataType {
+        DataType::Map(
             Arc::new(Field::new(
                 "entries",
                 DataType::Struct(Fields::from(vec![
                     Field::new("key", DataType::Utf8, false),
-                    Field::new("value", DataType::Int64, true),
+                    Field::new("value", value, true),
                 ])),
                 false,
             )),
             false,
-        );
+        )
+    }
+
+    #[test]
+    fn case_insensitive_names_match_as_ksqldb_does() {
+        let inner = Fields::from(vec![Field::new("CITY", DataType::Utf8, true)]);
+        let map = text_map(DataType::Int64);
         let schema = Arc::new(Schema::new(vec![
             Field::new("ZONE", DataType::Utf8, true),
             Field::new("myField", DataType::Int64, true),
@@ -743,17 +748,7 @@ mod tests {
     #[test]
     fn folding_reads_escapes_refuses_malformed_values_and_bounds_depth() {
         let inner = Fields::from(vec![Field::new("A", DataType::Int64, true)]);
-        let map = DataType::Map(
-            Arc::new(Field::new(
-                "entries",
-                DataType::Struct(Fields::from(vec![
-                    Field::new("key", DataType::Utf8, false),
-                    Field::new("value", DataType::Struct(inner), true),
-                ])),
-                false,
-            )),
-            false,
-        );
+        let map = text_map(DataType::Struct(inner));
         let schema = Arc::new(Schema::new(vec![
             Field::new("ZONE", DataType::Utf8, true),
             Field::new("M", map, true),

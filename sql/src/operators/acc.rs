@@ -39,8 +39,8 @@ pub enum AggKind {
     Earliest(ByOffset),
     /// `COLLECT_LIST(x)`: every value, in arrival order.
     CollectList,
-    /// `COLLECT_SET(x)`: distinct values, in arrival order over a stream (as ksqlDB); over
-    /// a table, where rows retract, in value order.
+    /// `COLLECT_SET(x)`: distinct values, in arrival order (as ksqlDB; streams only, it is
+    /// refused over a table). A Set state, stored by versions before, stays in value order.
     CollectSet,
     /// `TOPK(x, k)`: the k largest values, largest first.
     TopK(usize),
@@ -306,7 +306,8 @@ impl AggSpec {
             AggKind::Latest(_) | AggKind::Earliest(_) | AggKind::CollectList => {
                 Acc::List(Vec::new())
             }
-            // Distinct values in arrival order; a table's retractions need counts (a Set).
+            // Distinct values in arrival order (a retracting input would need counts, a Set;
+            // COLLECT_SET over a table is refused at CREATE).
             AggKind::CollectSet if !self.retractable => Acc::List(Vec::new()),
             _ => Acc::Set(Multiset::new()),
         })

@@ -317,8 +317,19 @@ impl Aggregate {
             // already updated and becomes a dead letter; the group and the query go on.
             let mut failure = None;
             // Values that only grow are restored from a copy when the group would get too
-            // large (LATEST_BY_OFFSET(x, n) cannot take a value back).
-            let before = (sign > 0 && specs.iter().any(|s| s.collects())).then(|| e.accs.clone());
+            // large (LATEST_BY_OFFSET(x, n) cannot take a value back). The copy is made only
+            // for a group this row could take past the bound, not on every update.
+            let max = crate::operators::acc::MAX_COLLECTED_BYTES;
+            let may_pass = sign > 0
+                && specs.iter().any(|s| s.collects())
+                && specs
+                    .iter()
+                    .zip(&e.accs)
+                    .map(|(s, a)| s.collected_bytes(a))
+                    .chain(values.iter().map(ScalarValue::size))
+                    .sum::<usize>()
+                    > max;
+            let before = may_pass.then(|| e.accs.clone());
             let mut collected = 0;
             for (i, ((spec, acc), v)) in
                 specs.iter().zip(e.accs.iter_mut()).zip(&values).enumerate()
@@ -328,11 +339,11 @@ impl Aggregate {
                     break;
                 }
                 spec.compact(acc);
-                collected += spec.collected_bytes(acc);
+                if may_pass {
+                    collected += spec.collected_bytes(acc);
+                }
             }
-            if let Some(before) = before.filter(|_| {
-                failure.is_none() && collected > crate::operators::acc::MAX_COLLECTED_BYTES
-            }) {
+            if let Some(before) = before.filter(|_| failure.is_none() && collected > max) {
                 e.accs = before;
                 let row = src_rows[src] as usize;
                 if !failed.iter().any(|(r, _)| *r == row) {
@@ -340,7 +351,7 @@ impl Aggregate {
                         row,
                         format!(
                             "aggregate update refused: the group's collected values would pass {} KiB (its state and its result are one record each)",
-                            crate::operators::acc::MAX_COLLECTED_BYTES / 1024
+                            max / 1024
                         ),
                     ));
                 }
