@@ -101,6 +101,18 @@ pub enum Emit {
     Final,
 }
 
+/// `WITHIN n [GRACE PERIOD g]` or `WITHIN (before, after) [GRACE PERIOD g]` of a
+/// stream-stream join: a left record at `t` joins right records in `[t - before, t + after]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWithin {
+    /// How far before the left record a right record may be.
+    pub before: Duration,
+    /// How far after the left record a right record may be.
+    pub after: Duration,
+    /// How long after the window closes late records are still joined.
+    pub grace: Option<Duration>,
+}
+
 /// A SELECT with the KSQL clauses taken out of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
@@ -110,6 +122,8 @@ pub struct Select {
     pub window: Option<WindowSpec>,
     /// `EMIT CHANGES | FINAL`; a SELECT without it on a table is a pull query.
     pub emit: Option<Emit>,
+    /// The `WITHIN` clause of each join of the FROM clause, in order (`None`: none given).
+    pub within: Vec<Option<JoinWithin>>,
 }
 
 /// What `SHOW` lists.

@@ -21,6 +21,7 @@
 //! - [`query`]: compiles a SELECT against the catalog (DataFusion plans it, operators are cut
 //!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
+//! - [`merge`]: input records of several partitions and topics in timestamp order.
 //! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
 //!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output).
 //! - [`checked`]: arithmetic that fails on overflow and division by zero instead of wrapping.
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod functions;
+pub mod merge;
 pub mod operators;
 pub mod parser;
 pub mod planner;

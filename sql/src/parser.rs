@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::ast::{
-    ColumnDef, Emit, Properties, PropertyValue, Select, ShowWhat, SourceKind, Statement,
+    ColumnDef, Emit, JoinWithin, Properties, PropertyValue, Select, ShowWhat, SourceKind, Statement,
     WindowKind, WindowSpec,
 };
 use crate::error::{Result, SqlError};
@@ -96,7 +96,8 @@ fn is_operator(t: &Token) -> bool {
 /// (unlike `FROM`, which `IS DISTINCT FROM` continues, or `AND` in `BETWEEN`).
 fn ends_expression(word: &str) -> bool {
     [
-        "SELECT", "WHERE", "HAVING", "GROUP", "ORDER", "LIMIT", "AS", "WINDOW", "EMIT", "VALUES",
+        "SELECT", "WHERE", "HAVING", "GROUP", "ORDER", "LIMIT", "AS", "WINDOW", "EMIT", "VALUES", "ON",
+        "JOIN", "WITHIN",
     ]
     .iter()
     .any(|k| word.eq_ignore_ascii_case(k))
@@ -947,12 +948,35 @@ fn parse_insert(c: &mut Cursor) -> Result<Statement> {
 fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> {
     let mut window = None;
     let mut emit = None;
+    let mut within: Vec<Option<JoinWithin>> = Vec::new();
     let mut depth = 0i32;
     let mut i = 0;
     while i < tokens.len() {
         match &tokens[i].token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
+            t if depth == 0 && is_word(t, "JOIN") => within.push(None),
+            t if depth == 0 && is_word(t, "WITHIN") => {
+                let s = tokens[i].span.start;
+                let Some(slot) = within.last_mut().filter(|w| w.is_none()) else {
+                    return Err(SqlError::syntax(
+                        "WITHIN belongs to a join: FROM a JOIN b WITHIN 1 HOUR ON a.id = b.id (one per join)",
+                        s.line,
+                        s.column,
+                    ));
+                };
+                let mut end = if tokens.get(i + 1).map(|t| &t.token) == Some(&Token::LParen) {
+                    matching_paren_end(&tokens, i + 1)?
+                } else {
+                    (i + 3).min(tokens.len())
+                };
+                if tokens.get(end).is_some_and(|t| is_word(&t.token, "GRACE")) {
+                    end = (end + 4).min(tokens.len());
+                }
+                let clause: Vec<TokenWithSpan> = tokens.drain(i..end).collect();
+                *slot = Some(parse_within(clause)?);
+                continue;
+            }
             t if depth == 0 && is_word(t, "WINDOW") => {
                 let next = tokens.get(i + 1).map(|t| &t.token);
                 if next.is_some_and(|t| {
@@ -1002,6 +1026,34 @@ fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> 
         query,
         window,
         emit,
+        within,
+    })
+}
+
+/// `WITHIN n [GRACE PERIOD g]` or `WITHIN (before, after) [GRACE PERIOD g]`.
+fn parse_within(clause: Vec<TokenWithSpan>) -> Result<JoinWithin> {
+    let mut c = Cursor::new(clause);
+    c.expect_word("WITHIN")?;
+    let (before, after) = if c.eat(&Token::LParen) {
+        let before = parse_duration(&mut c)?;
+        c.expect(&Token::Comma)?;
+        let after = parse_duration(&mut c)?;
+        c.expect(&Token::RParen)?;
+        (before, after)
+    } else {
+        let d = parse_duration(&mut c)?;
+        (d, d)
+    };
+    let grace = if c.eat_words(&["GRACE", "PERIOD"]) {
+        Some(parse_duration(&mut c)?)
+    } else {
+        None
+    };
+    c.expect_end()?;
+    Ok(JoinWithin {
+        before,
+        after,
+        grace,
     })
 }
 

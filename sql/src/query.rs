@@ -31,6 +31,7 @@ use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::format::{Input, KeyWindow, ROWTIME, RecordDecoder};
 use crate::operators::aggregate::{Aggregate, AggregatePlan};
+use crate::operators::join::{Join, JoinPlan};
 use crate::operators::stateless::Stateless;
 use crate::operators::window::{WINDOWEND, WINDOWSTART, Windows, with_window_columns};
 use crate::planner::{Planner, SourceTable};
@@ -95,6 +96,11 @@ impl SourceReader {
     /// How a windowed source's keys carry their window.
     pub fn key_window(&self) -> Option<KeyWindow> {
         self.decoder.key_window()
+    }
+
+    /// The key columns of `rows` of `records` (tombstones too), in declared order.
+    pub fn decode_keys(&self, records: &[Input<'_>], rows: &[usize]) -> Result<Vec<ArrayRef>> {
+        self.decoder.decode_keys(records, rows)
     }
 
     /// Decodes records; a record that does not decode, or has no usable event time, is
@@ -243,6 +249,8 @@ pub struct CompiledQuery {
     pub columns: Vec<(SqlExpr, String)>,
     /// The GROUP BY expressions as written ([`key_expr`] form; no window columns).
     pub group_by: Vec<SqlExpr>,
+    /// The joins of the FROM clause; `source` is then the joined rows.
+    pub join: Option<Box<JoinPlan>>,
 }
 
 impl CompiledQuery {
@@ -267,17 +275,46 @@ impl CompiledQuery {
         matches!(self.stage, Stage::Aggregate(_))
     }
 
+    /// The topics the query reads: its source's, or each joined source's.
+    pub fn input_topics(&self) -> Vec<String> {
+        match &self.join {
+            Some(j) => j.topics(),
+            None => vec![self.source.topic.clone()],
+        }
+    }
+
+    /// The input topics of tables (their records go first at equal timestamps).
+    pub fn table_topics(&self) -> Vec<String> {
+        match &self.join {
+            Some(j) => j
+                .sources
+                .iter()
+                .filter(|s| s.def.kind == SourceKind::Table)
+                .map(|s| s.def.topic.clone())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The output columns (J names) that hold the key of a join's result besides ROWKEY.
+    pub fn key_aliases(&self) -> &[String] {
+        self.join.as_ref().map_or(&[], |j| j.key_aliases.as_slice())
+    }
+
     /// What runs, for EXPLAIN: the source, the operators, the logical plan.
     pub fn explain(&self) -> String {
         let s = &self.source;
-        let mut out = format!(
-            "Source: {} {} (topic {}, {}, event time {})\n",
-            s.kind,
-            s.name,
-            s.topic,
-            s.format,
-            s.timestamp.as_deref().unwrap_or("= record timestamp")
-        );
+        let mut out = match &self.join {
+            Some(j) => j.explain(),
+            None => format!(
+                "Source: {} {} (topic {}, {}, event time {})\n",
+                s.kind,
+                s.name,
+                s.topic,
+                s.format,
+                s.timestamp.as_deref().unwrap_or("= record timestamp")
+            ),
+        };
         match &self.stage {
             Stage::Stateless(_) => {
                 out.push_str("Operators: decode -> filters and projections -> encode\n")
@@ -415,8 +452,25 @@ pub fn folded(e: &SqlExpr) -> SqlExpr {
 
 /// Compiles a SELECT against the catalog.
 pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
+    if let Some((plan, over_join)) = crate::operators::join::plan::plan(catalog, select)? {
+        // The rest of the query reads the joined rows as a source of their own.
+        let table = plan.def.table()?;
+        let mut q = compile_over(plan.def.clone(), vec![table], &over_join)?;
+        q.join = Some(Box::new(plan));
+        return Ok(q);
+    }
     let name = source_name(select)?;
     let source = catalog.get(&name)?.clone();
+    compile_over(source, catalog.tables()?, select)
+}
+
+/// Compiles a SELECT over `source` (a declared source, or the joined rows), planning
+/// against `tables`.
+fn compile_over(
+    source: SourceDef,
+    mut tables: Vec<SourceTable>,
+    select: &Select,
+) -> Result<CompiledQuery> {
     let mut query = select.query.clone();
     // `*` means the declared columns, as in ksqlDB: not ROWTIME (select it by name).
     if let SetExpr::Select(body) = query.body.as_mut() {
@@ -513,7 +567,6 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         Some(_) => with_window_columns(reader.schema()),
         None => Arc::clone(reader.schema()),
     };
-    let mut tables = catalog.tables()?;
     for t in &mut tables {
         if t.name == source.name {
             *t = SourceTable {
@@ -593,6 +646,7 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
         plan_text: analyzed.display_indent().to_string(),
         columns,
         group_by,
+        join: None,
     })
 }
 
@@ -943,6 +997,10 @@ pub struct Dataflow {
     reader: SourceReader,
     op: Running,
     remaining: Option<usize>,
+    /// The joins in front of the operators, whose output is the operators' input.
+    join: Option<Join>,
+    /// Records an inner join dropped for a NULL join key.
+    dropped: u64,
 }
 
 impl Dataflow {
@@ -950,10 +1008,16 @@ impl Dataflow {
     /// opened and restored; without, state lives in memory.
     pub fn open(query: CompiledQuery, state: Option<(&StateEnv, &Log, &str)>) -> Result<Dataflow> {
         let reader = SourceReader::new(&query.source)?;
+        let join = match &query.join {
+            Some(plan) => Some(Join::open(plan, state)?),
+            None => None,
+        };
         let op = match &query.stage {
             Stage::Stateless(s) => Running::Stateless(s.clone()),
             Stage::Aggregate(a) => {
                 let partitions = match state {
+                    // Joined rows have no topic: one store each.
+                    Some(_) if join.is_some() => 1,
                     Some((_, log, _)) => log.topic(&query.source.topic)?.partition_count(),
                     None => 1,
                 };
@@ -999,7 +1063,66 @@ impl Dataflow {
             query,
             reader,
             op,
+            join,
+            dropped: 0,
         })
+    }
+
+    /// Records an inner join dropped because their join key was NULL (ksqlDB drops them
+    /// too; they are not errors).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Entries held in join state (0 without joins), for tests of its bounds.
+    pub fn join_state_entries(&mut self) -> usize {
+        self.join.as_mut().map_or(0, Join::state_entries)
+    }
+
+    /// Runs records of the query's `source`-th source (0 without joins; in FROM order with
+    /// joins) through the query. Records the joins rejected, and rows the operators after
+    /// them could not evaluate, come back as rejected with their input record's index.
+    pub fn process_from(&mut self, source: usize, records: &[Input<'_>]) -> Result<Step> {
+        let Some(join) = self.join.as_mut() else {
+            return self.process(records);
+        };
+        let out = join.process(source, records)?;
+        self.dropped += out.dropped;
+        let joined: Vec<Input<'_>> = out
+            .records
+            .iter()
+            .map(|r| Input {
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                timestamp: r.ts,
+            })
+            .collect();
+        // The joins' state has moved on: a row the operators cannot evaluate is rejected
+        // alone, never the batch retried through the joins.
+        let mut step = match self.process(&joined) {
+            Ok(step) => step,
+            Err(SqlError::Plan(_)) => {
+                let mut step = Step::empty(self.query.schema());
+                for (i, input) in joined.iter().enumerate() {
+                    match self.process(std::slice::from_ref(input)) {
+                        Ok(s) => step.extend(s, i)?,
+                        Err(SqlError::Plan(e)) => step.rejected.push((i, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                step
+            }
+            Err(e) => return Err(e),
+        };
+        let mut rejected: Vec<(usize, String)> = step
+            .rejected
+            .into_iter()
+            .map(|(i, r)| (out.records[i].origin, r))
+            .collect();
+        rejected.extend(out.rejected);
+        rejected.sort_by_key(|r| r.0);
+        step.rejected = rejected;
+        Ok(step)
     }
 
     /// The compiled query.
@@ -1110,22 +1233,37 @@ impl Dataflow {
         }
     }
 
-    /// The state stores (empty for stateless queries).
+    /// The state stores (empty for stateless queries without joins).
     pub fn stores_mut(&mut self) -> Vec<&mut dyn sluice_state::StateStore> {
-        match &mut self.op {
-            Running::Aggregate(a, rows) => {
-                let mut v = a.stores_mut();
-                if let Some(TableRows::Stores(s)) = rows {
-                    v.extend(s.iter_mut().map(|s| s as &mut dyn sluice_state::StateStore));
-                }
-                v
-            }
-            Running::Stateless(_) => Vec::new(),
-        }
+        let mut stores = match self.join.as_mut() {
+            Some(j) => j.stores_mut(),
+            None => Vec::new(),
+        };
+        stores.extend(operator_stores(&mut self.op));
+        stores
     }
+}
 
+/// The stores of a query's operators.
+fn operator_stores(op: &mut Running) -> Vec<&mut dyn sluice_state::StateStore> {
+    match op {
+        Running::Aggregate(a, rows) => {
+            let mut v = a.stores_mut();
+            if let Some(TableRows::Stores(s)) = rows {
+                v.extend(s.iter_mut().map(|s| s as &mut dyn sluice_state::StateStore));
+            }
+            v
+        }
+        Running::Stateless(_) => Vec::new(),
+    }
+}
+
+impl Dataflow {
     /// Drops uncommitted state after an aborted epoch.
     pub fn abort(&mut self) -> Result<()> {
+        if let Some(j) = self.join.as_mut() {
+            j.abort();
+        }
         match &mut self.op {
             Running::Aggregate(a, rows) => {
                 if let Some(TableRows::Stores(s)) = rows {
@@ -1242,9 +1380,13 @@ fn key_only_rows(
     let rows: Vec<usize> = deleted.iter().map(|d| d.0).collect();
     let keys = reader.decoder.decode_keys(records, &rows)?;
     for (name, key) in reader.decoder.key_columns().into_iter().zip(keys) {
-        let source_col = SqlExpr::Identifier(Ident::new(name));
+        // A join's key is also in the join columns that equal it (`o.id` for `ROWKEY`).
+        let names: Vec<SqlExpr> = std::iter::once(name)
+            .chain(query.key_aliases().iter().map(String::as_str))
+            .map(|n| SqlExpr::Identifier(Ident::new(n)))
+            .collect();
         for (expr, out) in &query.columns {
-            if *expr == source_col {
+            if names.contains(expr) {
                 if let Ok(k) = schema.index_of(out) {
                     columns[k] = cast(&key, schema.field(k).data_type())?;
                 }

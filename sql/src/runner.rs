@@ -32,6 +32,7 @@ use sluice_task::{
 use crate::catalog::{QueryDef, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::format::Input;
+use crate::merge::Merger;
 use crate::query::{CompiledQuery, Dataflow, Step};
 
 /// How often tasks commit unless told otherwise: 100 ms, Kafka Streams' default under
@@ -222,63 +223,6 @@ impl Drop for QueryManager {
     }
 }
 
-/// Orders records of several partitions by timestamp before they are processed, like Kafka
-/// Streams' partition group: each round takes the buffered record with the smallest timestamp,
-/// and stops when a partition that still has unread records has none buffered (its next
-/// record might be earlier), so a partition read ahead of another cannot make the other's
-/// records look late. Each partition's own order is kept.
-#[derive(Debug, Default)]
-struct Merger {
-    buffers: BTreeMap<u32, std::collections::VecDeque<sluice_log::ConsumerRecord>>,
-    buffered: usize,
-}
-
-/// Records buffered beyond which the merger processes even while a partition is missing
-/// (bounded memory beats perfect order).
-const MERGE_BUFFER_LIMIT: usize = 200_000;
-
-impl Merger {
-    fn add(&mut self, records: Vec<sluice_log::ConsumerRecord>) {
-        self.buffered += records.len();
-        for r in records {
-            self.buffers.entry(r.partition).or_default().push_back(r);
-        }
-    }
-
-    /// Up to `max` records in timestamp order; `behind`: partitions with unread records.
-    fn take(&mut self, max: usize, behind: &[u32]) -> Vec<sluice_log::ConsumerRecord> {
-        let mut out = Vec::new();
-        if self.buffers.len() <= 1 && behind.is_empty() {
-            // One partition: its order is the order.
-            for b in self.buffers.values_mut() {
-                let n = b.len().min(max);
-                out.extend(b.drain(..n));
-            }
-            self.buffered -= out.len();
-            return out;
-        }
-        while out.len() < max {
-            let waiting = behind
-                .iter()
-                .any(|p| self.buffers.get(p).is_none_or(|b| b.is_empty()));
-            if waiting && self.buffered < MERGE_BUFFER_LIMIT {
-                break;
-            }
-            let next = self
-                .buffers
-                .iter()
-                .filter_map(|(p, b)| b.front().map(|r| (r.timestamp, *p)))
-                .min();
-            let Some((_, p)) = next else { break };
-            if let Some(r) = self.buffers.get_mut(&p).and_then(|b| b.pop_front()) {
-                self.buffered -= 1;
-                out.push(r);
-            }
-        }
-        out
-    }
-}
-
 struct Task {
     id: String,
     log: Log,
@@ -302,8 +246,20 @@ impl Task {
             self.query.clone(),
             Some((&self.env, &self.log, store_name.as_str())),
         )?;
-        let source_topic = self.query.source.topic.clone();
-        let partitions = self.log.topic(&source_topic)?.partition_count();
+        // Each input topic with the sources (in FROM order) that read it.
+        let mut routes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, t) in self.query.input_topics().into_iter().enumerate() {
+            routes.entry(t).or_default().push(i);
+        }
+        let mut tps: Vec<TopicPartition> = Vec::new();
+        for topic in routes.keys() {
+            for p in 0..self.log.topic(topic)?.partition_count() {
+                tps.push(TopicPartition {
+                    topic: topic.clone(),
+                    partition: p,
+                });
+            }
+        }
         let mut consumer = self.log.consumer(ConsumerConfig {
             group: Some(self.group()),
             isolation: Isolation::ReadCommitted,
@@ -312,12 +268,6 @@ impl Task {
             enable_auto_commit: false,
             ..ConsumerConfig::default()
         });
-        let tps: Vec<TopicPartition> = (0..partitions)
-            .map(|p| TopicPartition {
-                topic: source_topic.clone(),
-                partition: p,
-            })
-            .collect();
         consumer.assign(&tps)?;
         let producer = self
             .config
@@ -330,10 +280,14 @@ impl Task {
             flow,
             consumer,
             producer,
-            source_topic,
-            partitions,
+            lanes: tps.len(),
+            routes: routes
+                .into_iter()
+                .map(|(t, s)| (Arc::from(t.as_str()), s))
+                .collect(),
             positions: BTreeMap::new(),
-            merger: Merger::default(),
+            merger: Merger::new(self.query.table_topics()),
+            dropped: 0,
             open_since: None,
             rejected_in_epoch: 0,
             full: false,
@@ -348,10 +302,14 @@ struct QueryRun<'a> {
     flow: Dataflow,
     consumer: Consumer,
     producer: Producer,
-    source_topic: String,
-    partitions: u32,
+    /// Input partitions, of every input topic.
+    lanes: usize,
+    /// Each input topic's sources (indices in FROM order; one without joins).
+    routes: std::collections::HashMap<Arc<str>, Vec<usize>>,
     positions: BTreeMap<TopicPartition, i64>,
     merger: Merger,
+    /// Dropped records counted so far (the flow's counter is cumulative).
+    dropped: u64,
     open_since: Option<Instant>,
     /// Rejections in the open epoch (one warning per epoch, not per record).
     rejected_in_epoch: u64,
@@ -378,12 +336,12 @@ impl Epochs for QueryRun<'_> {
         let stop = wait.stop_token();
         self.merger
             .add(self.consumer.poll_until(timeout, &|| stop.is_stopped())?);
-        let behind: Vec<u32> = if self.partitions > 1 {
+        let behind: Vec<TopicPartition> = if self.lanes > 1 {
             self.consumer
                 .lag()?
                 .into_iter()
                 .filter(|(_, lag)| *lag > 0)
-                .map(|(tp, _)| tp.partition)
+                .map(|(tp, _)| tp)
                 .collect()
         } else {
             Vec::new()
@@ -399,41 +357,45 @@ impl Epochs for QueryRun<'_> {
             }
             self.open_since = Some(Instant::now());
         }
-        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
-        let steps = match self.flow.process(&inputs) {
-            Ok(step) => vec![(step, None)],
-            // An expression failed on some record (a division by zero, a bad cast) before
-            // any state changed: find it record by record.
-            Err(SqlError::Plan(_)) => inputs
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, input)| match self.flow.process(std::slice::from_ref(input)) {
-                        Ok(step) => Ok((step, Some(i))),
-                        Err(SqlError::Plan(e)) => {
-                            Ok((Step::rejecting(self.flow.schema(), 0, e), Some(i)))
-                        }
-                        Err(e) => Err(e),
-                    },
-                )
-                .collect::<Result<Vec<_>>>()?,
-            Err(e) => return Err(e),
-        };
         let mut out = 0;
-        for (step, offset) in steps {
-            out += self.write_step(&records, step, offset)?;
+        // Runs of records of one topic go through the query together (a join's sides take
+        // turns in timestamp order).
+        let mut start = 0;
+        while start < records.len() {
+            let topic = &records[start].topic;
+            let end = start
+                + records[start..]
+                    .iter()
+                    .take_while(|r| &r.topic == topic)
+                    .count();
+            let inputs: Vec<Input<'_>> = records[start..end].iter().map(Input::from).collect();
+            let sources = self.routes.get(topic).cloned().unwrap_or_default();
+            for source in sources {
+                for (step, offset) in self.process(source, &inputs)? {
+                    out += self.write_step(&records, step, start + offset.unwrap_or(0))?;
+                }
+            }
+            start = end;
+        }
+        let dropped = self.flow.dropped();
+        if dropped > self.dropped {
+            self.ctx
+                .status
+                .dropped
+                .fetch_add(dropped - self.dropped, std::sync::atomic::Ordering::Relaxed);
+            self.dropped = dropped;
         }
         self.ctx.status.moved(records.len() as u64, out, 0, 0);
         // The position after the last record of each partition (one map update per
         // partition, not per record).
-        let mut last: BTreeMap<u32, i64> = BTreeMap::new();
+        let mut last: BTreeMap<(Arc<str>, u32), i64> = BTreeMap::new();
         for r in &records {
-            last.insert(r.partition, r.offset + 1);
+            last.insert((Arc::clone(&r.topic), r.partition), r.offset + 1);
         }
-        for (partition, next) in last {
+        for ((topic, partition), next) in last {
             self.positions.insert(
                 TopicPartition {
-                    topic: self.source_topic.clone(),
+                    topic: topic.to_string(),
                     partition,
                 },
                 next,
@@ -456,12 +418,37 @@ impl Epochs for QueryRun<'_> {
 }
 
 impl QueryRun<'_> {
-    /// Writes a step's rows and dead letters; returns the rows written.
+    /// Runs records of the query's `source`-th source through it: the steps and the index
+    /// of the first record each is about.
+    fn process(&mut self, source: usize, inputs: &[Input<'_>]) -> Result<Vec<(Step, Option<usize>)>> {
+        match self.flow.process_from(source, inputs) {
+            Ok(step) => Ok(vec![(step, None)]),
+            // An expression failed on some record (a division by zero, a bad cast) before
+            // any state changed: find it record by record.
+            Err(SqlError::Plan(_)) => inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    match self.flow.process_from(source, std::slice::from_ref(input)) {
+                        Ok(step) => Ok((step, Some(i))),
+                        Err(SqlError::Plan(e)) => {
+                            Ok((Step::rejecting(self.flow.schema(), 0, e), Some(i)))
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .collect(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a step's rows and dead letters (the step's record indices start at
+    /// `record_offset` in `records`); returns the rows written.
     fn write_step(
         &mut self,
         records: &[sluice_log::ConsumerRecord],
         step: Step,
-        record_offset: Option<usize>,
+        record_offset: usize,
     ) -> Result<u64> {
         let task = self.task;
         let encoded = task.sink.encode(&step.batch)?;
@@ -508,7 +495,7 @@ impl QueryRun<'_> {
         }
         let rejected = step.rejected.len() as u64;
         for (i, reason) in step.rejected {
-            let r = &records[record_offset.unwrap_or(0) + i];
+            let r = &records[record_offset + i];
             let origin = format!("{}/{}/{}", r.topic, r.partition, r.offset);
             tracing::debug!(query = %task.id, record = %origin, reason = %reason, "Record rejected to the dead-letter topic.");
             let letter = DeadLetter {

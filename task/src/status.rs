@@ -20,6 +20,8 @@ pub struct TaskStatus {
     pub bytes_out: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub rejected: AtomicU64,
+    /// Records left out by design, not errors: a stream record whose inner-join key is NULL.
+    pub dropped: AtomicU64,
     /// Epochs committed.
     pub commits: AtomicU64,
     /// Time spent committing, in microseconds.

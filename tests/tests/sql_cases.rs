@@ -276,7 +276,12 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         .sources()
         .filter_map(|s| s.window.map(|w| (s.topic.clone(), w)))
         .collect();
-    let mut producer = log.producer(ProducerConfig::default()).unwrap();
+    // One transaction: the queries see every input topic's records at once, so a join's
+    // sides meet in timestamp order whatever order the topics are listed in.
+    let mut producer = log
+        .transactional_producer("sql-cases-input", ProducerConfig::default())
+        .unwrap();
+    producer.begin_transaction().unwrap();
     for (topic, lines) in &case.inputs {
         for line in lines {
             let (ts, key, value) = split_record(line);
@@ -297,7 +302,7 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
                 .map_err(|e| format!("produce to {topic}: {e}"))?;
         }
     }
-    producer.flush().unwrap();
+    producer.commit_transaction().unwrap();
     // Wait until every running query has read all its input and committed.
     if !engine
         .wait_caught_up(Duration::from_secs(20))

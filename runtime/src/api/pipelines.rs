@@ -26,6 +26,7 @@ pub fn status_json(d: &Deployed) -> Value {
                 "bytes_in": s.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": s.bytes_out.load(Ordering::Relaxed),
                 "dead_letters": s.rejected.load(Ordering::Relaxed),
+                "dropped": s.dropped.load(Ordering::Relaxed),
                 "restarts": s.restarts.load(Ordering::Relaxed),
                 "last_error": *s.error.lock(),
             })

@@ -160,11 +160,19 @@ impl Engine {
         }
         let format = match prop(&["format", "value_format"]) {
             Some(f) => f.parse()?,
-            None => compiled.source.format,
+            None => compiled
+                .join
+                .as_ref()
+                .map_or(compiled.source.format, |j| j.sources[0].def.format),
         };
         let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let key_format =
-            crate::catalog::key_format(properties, compiled.source.key_format, &key_names)?;
+        // A join's result keeps its first source's key format (its joined rows are JSON
+        // keyed inside the query only).
+        let inherited = compiled
+            .join
+            .as_ref()
+            .map_or(compiled.source.key_format, |j| j.sources[0].def.key_format);
+        let key_format = crate::catalog::key_format(properties, inherited, &key_names)?;
         let statement = derived_statement(kind, name, &columns, &topic, format, window, key_format);
         let def = match crate::parse_one(&statement)? {
             Statement::CreateSource {
@@ -181,7 +189,12 @@ impl Engine {
         let partitions = match partitions_property(properties)? {
             Some(p) => Some(p),
             None if self.log.topic(&topic).is_ok() => None,
-            None => Some(self.log.topic(&compiled.source.topic)?.partition_count()),
+            // As many partitions as the input (a join's: its first source's).
+            None => Some(
+                self.log
+                    .topic(&compiled.input_topics()[0])?
+                    .partition_count(),
+            ),
         };
         // The query writes the topic: its schema is the topic's from now on, and one that
         // older records' readers could not follow (a column's type changed) is refused here,
@@ -279,6 +292,8 @@ pub(super) fn refuse_window_columns(select: &crate::ast::Select) -> Result<()> {
 fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String>> {
     let (keys, what): (Vec<Expr>, &str) = if q.is_aggregate() {
         (q.group_by.clone(), "grouping expression")
+    } else if q.join.is_some() {
+        return join_output_key(q, sink);
     } else {
         let keys = q
             .source
@@ -336,4 +351,45 @@ fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String
         )));
     }
     Ok(names)
+}
+
+/// The output key column of a persistent query over a join (no GROUP BY): the first
+/// selected column holding the join's key (ROWKEY, or a join column equal to it, such as
+/// `o.id` in `... JOIN c ON o.id = c.id`); ksqlDB requires one in the projection.
+fn join_output_key(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String>> {
+    use datafusion::sql::sqlparser::ast::Ident;
+    let candidates: Vec<Expr> = std::iter::once(crate::operators::join::ROWKEY)
+        .chain(q.key_aliases().iter().map(String::as_str))
+        .map(|n| Expr::Identifier(Ident::new(n)))
+        .collect();
+    let Some((_, name)) = q.columns.iter().find(|(e, _)| candidates.contains(e)) else {
+        let join = q.join.as_ref().map(|j| j.steps.len()).unwrap_or(0);
+        let shown: Vec<String> = q
+            .key_aliases()
+            .iter()
+            .map(|a| {
+                q.join
+                    .as_ref()
+                    .and_then(|j| {
+                        j.sources.iter().find_map(|s| {
+                            a.strip_prefix(&format!("{}_", s.alias))
+                                .map(|c| format!("{}.{c}", s.alias))
+                        })
+                    })
+                    .unwrap_or_else(|| a.clone())
+            })
+            .chain(std::iter::once(crate::operators::join::ROWKEY.to_string()))
+            .collect();
+        return Err(SqlError::Invalid(format!(
+            "Key missing from projection (ie, SELECT). The query used to build {sink} must include the join expression {} in its projection (the key of the join{}'s result)",
+            shown.join(" or "),
+            if join > 1 { "s" } else { "" }
+        )));
+    };
+    if q.schema().fields().iter().all(|f| f.name() == name) {
+        return Err(SqlError::Invalid(format!(
+            "The projection contains no value columns: {sink} needs a column besides its key"
+        )));
+    }
+    Ok(vec![name.clone()])
 }

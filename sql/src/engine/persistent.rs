@@ -35,12 +35,10 @@ impl Engine {
                 }
                 _ => continue,
             };
-            let source = compile(&self.catalog, &select)?.source;
-            watched.push((
-                q.id.clone(),
-                crate::runner::query_group(&q.id),
-                source.topic,
-            ));
+            let compiled = compile(&self.catalog, &select)?;
+            for topic in compiled.input_topics() {
+                watched.push((q.id.clone(), crate::runner::query_group(&q.id), topic));
+            }
         }
         loop {
             let mut behind = false;

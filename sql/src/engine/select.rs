@@ -12,6 +12,7 @@ use super::{Engine, Output};
 use crate::ast::SourceKind;
 use crate::error::{Result, SqlError};
 use crate::format::Input;
+use crate::merge::Merger;
 use crate::query::{Dataflow, compile};
 
 impl Engine {
@@ -26,22 +27,33 @@ impl Engine {
     /// A push query: the source's topic from the start, through an in-memory dataflow.
     fn push_query(&self, select: &crate::ast::Select) -> Result<PushQuery> {
         let compiled = compile(&self.catalog, select)?;
-        let topic = self.log.topic(&compiled.source.topic)?;
         let mut consumer = self.log.consumer(ConsumerConfig {
             auto_offset_reset: OffsetReset::Earliest,
             max_poll_records: 4096,
             ..ConsumerConfig::default()
         });
-        let parts: Vec<TopicPartition> = (0..topic.partition_count())
-            .map(|p| TopicPartition {
-                topic: compiled.source.topic.clone(),
-                partition: p,
-            })
-            .collect();
+        let mut routes: std::collections::HashMap<std::sync::Arc<str>, Vec<usize>> =
+            Default::default();
+        let mut parts: Vec<TopicPartition> = Vec::new();
+        for (i, t) in compiled.input_topics().into_iter().enumerate() {
+            let sources = routes.entry(std::sync::Arc::from(t.as_str())).or_default();
+            sources.push(i);
+            if sources.len() == 1 {
+                for p in 0..self.log.topic(&t)?.partition_count() {
+                    parts.push(TopicPartition {
+                        topic: t.clone(),
+                        partition: p,
+                    });
+                }
+            }
+        }
         consumer.assign(&parts)?;
         Ok(PushQuery {
+            merger: Merger::new(compiled.table_topics()),
             flow: Dataflow::open(compiled, None)?,
             consumer,
+            routes,
+            lanes: parts.len(),
             rejected: 0,
         })
     }
@@ -50,6 +62,11 @@ impl Engine {
     /// its topic), filtered and projected.
     fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
         let compiled = compile(&self.catalog, &window_bounds_as_millis(select)?)?;
+        if compiled.join.is_some() {
+            return Err(SqlError::Invalid(
+                "pull queries read one table; join in a CREATE TABLE ... AS SELECT and pull from its result, or add EMIT CHANGES for a push query".into(),
+            ));
+        }
         if compiled.source.kind != SourceKind::Table {
             return Err(SqlError::Invalid(format!(
                 "{} is a stream: a SELECT on a stream is a push query, add EMIT CHANGES",
@@ -186,11 +203,17 @@ fn iso_millis(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
-/// A running push query over one source.
+/// A running push query.
 #[derive(Debug)]
 pub struct PushQuery {
     flow: Dataflow,
     consumer: Consumer,
+    /// Input records in timestamp order across partitions and topics.
+    merger: Merger,
+    /// Each input topic's sources (in FROM order).
+    routes: std::collections::HashMap<std::sync::Arc<str>, Vec<usize>>,
+    /// Input partitions.
+    lanes: usize,
     rejected: u64,
 }
 
@@ -216,14 +239,39 @@ impl PushQuery {
         if self.done() {
             return Ok(None);
         }
-        let records = self.consumer.poll(timeout)?;
+        self.merger.add(self.consumer.poll(timeout)?);
+        let behind: Vec<TopicPartition> = if self.lanes > 1 {
+            self.consumer
+                .lag()?
+                .into_iter()
+                .filter(|(_, lag)| *lag > 0)
+                .map(|(tp, _)| tp)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let records = self.merger.take(4096, &behind);
         if records.is_empty() {
             return Ok(None);
         }
-        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
-        let step = self.flow.process(&inputs)?;
-        self.rejected += step.rejected.len() as u64;
-        let rows = rows_only(step)?;
+        let mut batches = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            let topic = &records[start].topic;
+            let end = start
+                + records[start..]
+                    .iter()
+                    .take_while(|r| &r.topic == topic)
+                    .count();
+            let inputs: Vec<Input<'_>> = records[start..end].iter().map(Input::from).collect();
+            for &source in self.routes.get(topic).map(Vec::as_slice).unwrap_or_default() {
+                let step = self.flow.process_from(source, &inputs)?;
+                self.rejected += step.rejected.len() as u64;
+                batches.push(rows_only(step)?);
+            }
+            start = end;
+        }
+        let rows = datafusion::arrow::compute::concat_batches(self.flow.schema(), &batches)?;
         Ok((rows.num_rows() > 0).then_some(rows))
     }
 }

@@ -6,12 +6,12 @@
 //! - [`aggregate`]: GROUP BY with or without windows, state in `sluice-state` (a folder: plan,
 //!   cache, session windows, expiry, output).
 //! - [`acc`]: the accumulators of the aggregate functions and their byte encoding.
-//!
-//! Joins will be operators of the same shape: a plan node compiled from DataFusion's logical
-//! plan, opened with its stores, fed decoded batches, emitting rows with timestamps.
+//! - [`join`]: stream-table, stream-stream, table-table and foreign-key joins, chained for
+//!   N-way joins (a folder: plan, state, one file per kind).
 
 pub mod acc;
 pub mod aggregate;
 pub mod explode;
+pub mod join;
 pub mod stateless;
 pub mod window;

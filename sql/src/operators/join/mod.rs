@@ -1,0 +1,502 @@
+//! Joins: stream-table, stream-stream within a time window, table-table on primary keys and
+//! on a foreign key, chained for three or more sources.
+//!
+//! ```text
+//!  source 0 ──► join 0 ──J records──► join 1 ──J records──► ... ──► J records ──► the query's rest
+//!  source 1 ──►   ┘                     ▲                          (filters, projections,
+//!  source 2 ────────────────────────────┘                           aggregates over J)
+//! ```
+//!
+//! Every join reads and writes the joined row J ([`plan`]): a left record that is a source's
+//! is placed in that source's columns of J, a right record in the right source's, and the
+//! result fills both. Between joins, and into the query's rest, J rows travel as records
+//! (JSON values keyed by the join key) so that a table-valued result carries its updates and
+//! deletions the way a table topic does, and the rest of the query runs on them as on any
+//! stream or table.
+//!
+//! State lives in key-value stores with changelogs ([`state`]) that the query commits with
+//! its epoch, so a join after a crash resumes exactly where its last committed epoch ended.
+//! Keys are compared in a canonical form: the join key cast to one type and written as
+//! JSON (`"a"`, `12`), which is also the result records' key.
+
+pub mod plan;
+mod state;
+mod stream_stream;
+mod stream_table;
+mod table_table;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, new_null_array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use sluice_log::Log;
+use sluice_state::StateEnv;
+
+pub use self::plan::{JoinKind, JoinPlan, ROWKEY, Shape};
+use self::plan::StepPlan;
+use self::state::{Kv, Rec};
+use crate::error::{Result, SqlError};
+use crate::format::{Format, Input, KeyFormat};
+use crate::operators::stateless::Stateless;
+use crate::query::SourceReader;
+
+/// A record a join emits: a joined row (a J value) or the deletion of its key.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The result key in canonical form (`None`: a NULL join key kept by an outer join).
+    pub key: Option<Bytes>,
+    /// The J row as JSON; `None` deletes the key.
+    pub value: Option<Bytes>,
+    /// Record timestamp.
+    pub ts: i64,
+    /// Index of the input record that caused it.
+    pub origin: usize,
+}
+
+/// What one batch of input records did.
+#[derive(Debug, Default)]
+pub struct JoinOutput {
+    /// Results, in order.
+    pub records: Vec<Joined>,
+    /// Input records rejected (undecodable, late, a key expression failing), with the reason.
+    pub rejected: Vec<(usize, String)>,
+    /// Records of an inner join dropped because their join key was NULL.
+    pub dropped: u64,
+}
+
+/// How one side of a join reads its records into J rows.
+#[derive(Debug, Clone)]
+struct SideReader {
+    reader: SourceReader,
+    /// A source's columns in J (first, count); `None`: the records are J rows already.
+    block: Option<(usize, usize)>,
+}
+
+impl SideReader {
+    /// Decodes records (all with values) into J rows: the batch, the record of each row,
+    /// and the records that did not decode.
+    fn decode(
+        &self,
+        j: &SchemaRef,
+        records: &[Input<'_>],
+    ) -> Result<(RecordBatch, Vec<usize>, Vec<(usize, String)>)> {
+        let rows = self.reader.read(records)?;
+        let batch = self.widen(j, &rows.batch)?;
+        Ok((batch, rows.records, rows.rejected))
+    }
+
+    /// Decodes stored records, which decoded when they were stored.
+    fn decode_recs(&self, j: &SchemaRef, recs: &[Rec]) -> Result<RecordBatch> {
+        let inputs: Vec<Input<'_>> = recs.iter().map(Rec::input).collect();
+        let (batch, rows, rejected) = self.decode(j, &inputs)?;
+        if let Some((_, why)) = rejected.first() {
+            return Err(SqlError::Invalid(format!(
+                "join state: a stored record no longer decodes: {why}"
+            )));
+        }
+        debug_assert_eq!(rows.len(), recs.len());
+        Ok(batch)
+    }
+
+    /// A source's decoded rows placed in its columns of J, the others NULL.
+    fn widen(&self, j: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let last = j.fields().len() - 1;
+        let columns: Vec<ArrayRef> = match self.block {
+            None => batch.columns().to_vec(),
+            Some((first, count)) => j
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(c, f)| {
+                    if c == last {
+                        Arc::clone(batch.column(batch.num_columns() - 1))
+                    } else if c >= first && c < first + count {
+                        Arc::clone(batch.column(c - first))
+                    } else {
+                        new_null_array(f.data_type(), n)
+                    }
+                })
+                .collect(),
+        };
+        Ok(RecordBatch::try_new(Arc::clone(j), columns)?)
+    }
+
+    /// The primary key of each of `records` (tombstones too) in canonical form: a source's
+    /// key column cast to `key_type`, or the key J records carry already.
+    fn primary_keys(&self, records: &[Input<'_>], key_type: &DataType) -> Vec<Option<Bytes>> {
+        if self.block.is_none() {
+            return records
+                .iter()
+                .map(|r| r.key.map(Bytes::copy_from_slice))
+                .collect();
+        }
+        let rows: Vec<usize> = (0..records.len()).collect();
+        // A key that does not decode is no key: the record is refused as keyless.
+        let decoded = match self.reader.decode_keys(records, &rows) {
+            Ok(k) => k,
+            Err(_) => {
+                return rows
+                    .iter()
+                    .map(|&i| {
+                        self.reader
+                            .decode_keys(records, &[i])
+                            .ok()
+                            .and_then(|k| k.into_iter().next())
+                            .and_then(|k| canonical(&k, key_type).ok())
+                            .and_then(|mut v| v.pop().flatten())
+                    })
+                    .collect();
+            }
+        };
+        match decoded.first() {
+            Some(k) => canonical(k, key_type).unwrap_or_else(|_| vec![None; records.len()]),
+            None => vec![None; records.len()],
+        }
+    }
+}
+
+/// Each value of `keys` cast to `key_type` in canonical form, JSON (`"a"`, `12`): equal
+/// keys of either side have equal bytes, and the bytes are a JSON key the result's readers
+/// decode. NULL (or a value that does not cast) is `None`.
+fn canonical(keys: &ArrayRef, key_type: &DataType) -> Result<Vec<Option<Bytes>>> {
+    let keys = if keys.data_type() == key_type {
+        Arc::clone(keys)
+    } else {
+        cast(keys, key_type)?
+    };
+    let n = keys.len();
+    match key_type {
+        DataType::Utf8 => {
+            let a = keys.as_string::<i32>();
+            Ok((0..n)
+                .map(|i| {
+                    a.is_valid(i).then(|| {
+                        Bytes::from(serde_json::to_string(a.value(i)).unwrap_or_default())
+                    })
+                })
+                .collect())
+        }
+        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => {
+            let a = cast(&keys, &DataType::Int64)?;
+            let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            Ok((0..n)
+                .map(|i| a.is_valid(i).then(|| Bytes::from(a.value(i).to_string())))
+                .collect())
+        }
+        _ => {
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "K",
+                    key_type.clone(),
+                    true,
+                )])),
+                vec![keys],
+            )?;
+            crate::catalog::record_keys(&batch, KeyFormat::Json)
+        }
+    }
+}
+
+/// A key expression over J rows: one value per row; rows where it fails (a division by
+/// zero, a bad cast) are NULL and listed with the reason.
+fn eval_keys(expr: &Stateless, batch: &RecordBatch) -> Result<(ArrayRef, Vec<(usize, String)>)> {
+    match expr.process(batch) {
+        Ok(b) => Ok((Arc::clone(b.column(0)), Vec::new())),
+        Err(SqlError::Plan(_)) => {
+            let mut parts = Vec::with_capacity(batch.num_rows());
+            let mut failed = Vec::new();
+            let t = expr.schema().field(0).data_type().clone();
+            for i in 0..batch.num_rows() {
+                match expr.process(&batch.slice(i, 1)) {
+                    Ok(b) => parts.push(Arc::clone(b.column(0))),
+                    Err(SqlError::Plan(why)) => {
+                        parts.push(new_null_array(&t, 1));
+                        failed.push((i, format!("join key: {why}")));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            let keys = if refs.is_empty() {
+                new_null_array(&t, 0)
+            } else {
+                datafusion::arrow::compute::concat(&refs)?
+            };
+            Ok((keys, failed))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The event time of each J row (its ROWTIME column).
+fn times(batch: &RecordBatch) -> &[i64] {
+    batch
+        .column(batch.num_columns() - 1)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .values()
+}
+
+/// One result of a join before it is assembled: a row of left and right records (indices
+/// into the lists the join collected), or a deletion.
+#[derive(Debug)]
+struct Emit {
+    key: Option<Bytes>,
+    ts: i64,
+    origin: usize,
+    /// `None`: the key is deleted.
+    row: Option<(Option<u32>, Option<u32>)>,
+}
+
+/// What a join's operator sees of its place in the chain.
+struct Cx<'a> {
+    plan: &'a StepPlan,
+    j: &'a SchemaRef,
+    left: &'a SideReader,
+    right: &'a SideReader,
+    right_block: (usize, usize),
+}
+
+impl Cx<'_> {
+    /// Assembles the emitted rows from the left and right records they name and encodes
+    /// them as J records.
+    fn finish(&self, lefts: &[Rec], rights: &[Rec], emits: Vec<Emit>) -> Result<Vec<Joined>> {
+        let lb = self.left.decode_recs(self.j, lefts)?;
+        let rb = self.right.decode_recs(self.j, rights)?;
+        let rows: Vec<&(Option<u32>, Option<u32>)> =
+            emits.iter().filter_map(|e| e.row.as_ref()).collect();
+        let li = UInt32Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let ri = UInt32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let ts: Vec<i64> = emits.iter().filter(|e| e.row.is_some()).map(|e| e.ts).collect();
+        let last = self.j.fields().len() - 1;
+        let (first, count) = self.right_block;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(last + 1);
+        for (c, f) in self.j.fields().iter().enumerate() {
+            columns.push(if c == 0 {
+                new_null_array(f.data_type(), rows.len())
+            } else if c == last {
+                Arc::new(Int64Array::from(ts.clone()))
+            } else if c >= first && c < first + count {
+                take(rb.column(c), &ri, None)?
+            } else {
+                take(lb.column(c), &li, None)?
+            });
+        }
+        let batch = RecordBatch::try_new(Arc::clone(self.j), columns)?;
+        // The value: every column but ROWKEY (the record key) and ROWTIME (its timestamp).
+        let values = batch.project(&(1..last).collect::<Vec<_>>())?;
+        let mut encoded = crate::format::encode_values(Format::Json, &values)?.into_iter();
+        Ok(emits
+            .into_iter()
+            .map(|e| Joined {
+                value: e.row.and_then(|_| encoded.next()).map(Bytes::from),
+                key: e.key,
+                ts: e.ts,
+                origin: e.origin,
+            })
+            .collect())
+    }
+}
+
+/// The operator of one join.
+trait JoinOp: std::fmt::Debug + Send {
+    /// Records of the left side (in order).
+    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput>;
+    /// Records of the right side (in order).
+    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput>;
+    /// Its state.
+    fn kvs(&mut self) -> Vec<&mut Kv>;
+}
+
+#[derive(Debug)]
+struct JoinStep {
+    plan: StepPlan,
+    left: SideReader,
+    right: SideReader,
+    right_block: (usize, usize),
+    op: Box<dyn JoinOp>,
+}
+
+/// A FROM clause's joins with their state, fed the sources' records.
+#[derive(Debug)]
+pub struct Join {
+    steps: Vec<JoinStep>,
+    j: SchemaRef,
+}
+
+impl Join {
+    /// Opens the joins of `plan`: with `state` (env, log, store name prefix) their stores are
+    /// opened and restored; without, state lives in memory.
+    pub fn open(plan: &JoinPlan, state: Option<(&StateEnv, &Log, &str)>) -> Result<Join> {
+        let inner = SourceReader::new(&plan.inner_def)?;
+        // Every column may be NULL in J: a side without a match leaves its columns empty.
+        let j: SchemaRef = Arc::new(Schema::new(
+            inner
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let side = |i: usize| -> Result<SideReader> {
+            let s = &plan.sources[i];
+            Ok(SideReader {
+                reader: SourceReader::new(&s.def)?,
+                block: Some((s.first, s.columns)),
+            })
+        };
+        let mut steps = Vec::with_capacity(plan.steps.len());
+        for (k, sp) in plan.steps.iter().enumerate() {
+            let left = if k == 0 {
+                side(0)?
+            } else {
+                SideReader {
+                    reader: inner.clone(),
+                    block: None,
+                }
+            };
+            let right = side(k + 1)?;
+            let name = |part: &str| format!("join{k}-{part}");
+            let op: Box<dyn JoinOp> = match sp.shape {
+                Shape::StreamTable => Box::new(stream_table::StreamTable {
+                    rows: Kv::open(state, &name("right"))?,
+                }),
+                Shape::StreamStream {
+                    before,
+                    after,
+                    grace,
+                } => Box::new(stream_stream::StreamStream::open(
+                    state,
+                    &name("buffer"),
+                    before,
+                    after,
+                    grace,
+                )?),
+                Shape::TableTable => Box::new(table_table::TableTable {
+                    left_rows: Kv::open(state, &name("left"))?,
+                    right_rows: Kv::open(state, &name("right"))?,
+                }),
+                Shape::ForeignKey => Box::new(table_table::ForeignKey {
+                    left_rows: Kv::open(state, &name("left"))?,
+                    right_rows: Kv::open(state, &name("right"))?,
+                    index: Kv::open(state, &name("index"))?,
+                }),
+            };
+            let s = &plan.sources[k + 1];
+            steps.push(JoinStep {
+                plan: sp.clone(),
+                left,
+                right,
+                right_block: (s.first, s.columns),
+                op,
+            });
+        }
+        Ok(Join { steps, j })
+    }
+
+    /// Runs records of source `source` (in order) through the joins; the results come out
+    /// of the last join, as J records.
+    pub fn process(&mut self, source: usize, records: &[Input<'_>]) -> Result<JoinOutput> {
+        let (first, left) = if source == 0 {
+            (0, true)
+        } else {
+            (source - 1, false)
+        };
+        let mut out = self.run(first, left, records)?;
+        for k in first + 1..self.steps.len() {
+            let inputs: Vec<Input<'_>> = out
+                .records
+                .iter()
+                .map(|r| Input {
+                    key: r.key.as_deref(),
+                    value: r.value.as_deref(),
+                    timestamp: r.ts,
+                })
+                .collect();
+            let next = self.run(k, true, &inputs)?;
+            let origin = |i: usize| out.records[i].origin;
+            let rejected = out
+                .rejected
+                .iter()
+                .cloned()
+                .chain(next.rejected.into_iter().map(|(i, r)| (origin(i), r)))
+                .collect();
+            let records = next
+                .records
+                .into_iter()
+                .map(|mut r| {
+                    r.origin = origin(r.origin);
+                    r
+                })
+                .collect();
+            out = JoinOutput {
+                records,
+                rejected,
+                dropped: out.dropped + next.dropped,
+            };
+        }
+        Ok(out)
+    }
+
+    fn run(&mut self, k: usize, left: bool, records: &[Input<'_>]) -> Result<JoinOutput> {
+        let step = &mut self.steps[k];
+        let cx = Cx {
+            plan: &step.plan,
+            j: &self.j,
+            left: &step.left,
+            right: &step.right,
+            right_block: step.right_block,
+        };
+        if left {
+            step.op.left(&cx, records)
+        } else {
+            step.op.right(&cx, records)
+        }
+    }
+
+    /// The state stores (persistent queries).
+    pub fn stores_mut(&mut self) -> Vec<&mut dyn sluice_state::StateStore> {
+        self.steps
+            .iter_mut()
+            .flat_map(|s| s.op.kvs())
+            .filter_map(|k| k.store_mut())
+            .collect()
+    }
+
+    /// Drops the uncommitted state of an aborted epoch. Operators keep nothing else between
+    /// epochs that the stores do not hold, except the stream time, which only grows and is
+    /// reloaded from the stores at the next start.
+    pub fn abort(&mut self) {
+        for s in self.steps.iter_mut() {
+            for k in s.op.kvs() {
+                k.abort();
+            }
+        }
+    }
+
+    /// Entries held in join state, for tests of its bounds.
+    pub fn state_entries(&mut self) -> usize {
+        self.steps
+            .iter_mut()
+            .flat_map(|s| s.op.kvs())
+            .map(|k| k.approximate_len())
+            .sum()
+    }
+}
+
+/// The records of `records` with values, and their indices.
+fn with_values<'a>(records: &[Input<'a>]) -> (Vec<Input<'a>>, Vec<usize>) {
+    let mut inputs = Vec::with_capacity(records.len());
+    let mut index = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if r.value.is_some() {
+            inputs.push(*r);
+            index.push(i);
+        }
+    }
+    (inputs, index)
+}

@@ -1,0 +1,304 @@
+//! Stream-stream joins within a time window: a left record at `t` joins the right records
+//! of its key in `[t - before, t + after]`, in whichever order they arrive. Both sides are
+//! buffered until no record that is not late could still join them (`before + after +
+//! grace` after their time in stream time); an outer join emits a record that never
+//! matched once, when it leaves the buffer. Records whose window closed more than the grace
+//! period ago are late: dead letters.
+//!
+//! State: one store holding both sides' buffers (side byte, length-prefixed key, time,
+//! sequence → matched flag and record), their expiry index (0xFF, time, sequence, side →
+//! buffer key) and the stream time and sequence (the empty key), so the buffers, the index
+//! and the stream time commit together.
+
+use bytes::{BufMut, Bytes};
+use sluice_log::Log;
+use sluice_state::StateEnv;
+
+use super::state::{Kv, Rec, len_prefixed, time_bytes, time_of};
+use super::{Cx, Emit, JoinOp, JoinOutput, canonical, eval_keys, times, with_values};
+use crate::error::Result;
+use crate::format::Input;
+
+const LEFT: u8 = 0;
+const RIGHT: u8 = 1;
+const INDEX: u8 = 0xFF;
+
+/// Matches one record may have at most; a hot key past this in one window is an error
+/// rather than unbounded memory.
+const MAX_MATCHES: usize = 1_000_000;
+
+#[derive(Debug)]
+pub(super) struct StreamStream {
+    kv: Kv,
+    before: i64,
+    after: i64,
+    grace: i64,
+    stream_time: i64,
+    seq: u64,
+    /// The earliest time in the expiry index, if known (saves a scan per record).
+    earliest: Option<i64>,
+}
+
+impl StreamStream {
+    pub(super) fn open(
+        state: Option<(&StateEnv, &Log, &str)>,
+        name: &str,
+        before: i64,
+        after: i64,
+        grace: i64,
+    ) -> Result<StreamStream> {
+        let kv = Kv::open(state, name)?;
+        let (stream_time, seq) = match kv.get(b"")? {
+            Some(m) if m.len() == 16 => (
+                i64::from_le_bytes(m[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(m[8..].try_into().unwrap_or_default()),
+            ),
+            _ => (i64::MIN, 0),
+        };
+        Ok(StreamStream {
+            kv,
+            before,
+            after,
+            grace,
+            stream_time,
+            seq,
+            earliest: None,
+        })
+    }
+
+    /// Time a buffered record stays: after that no record that is not late can join it.
+    fn span(&self) -> i64 {
+        self.before
+            .saturating_add(self.after)
+            .saturating_add(self.grace)
+    }
+
+    fn buffer_key(side: u8, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(key.len() + 21);
+        b.push(side);
+        b.extend_from_slice(&len_prefixed(key));
+        b.extend_from_slice(&time_bytes(ts));
+        b.put_u64(seq);
+        b
+    }
+
+    fn side(&mut self, cx: &Cx<'_>, records: &[Input<'_>], side: u8) -> Result<JoinOutput> {
+        let mut out = JoinOutput::default();
+        let is_left = side == LEFT;
+        let reader = if is_left { cx.left } else { cx.right };
+        let (inputs, index) = with_values(records);
+        let (batch, rows, rejected) = reader.decode(cx.j, &inputs)?;
+        out.rejected
+            .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
+        let expr = if is_left {
+            &cx.plan.left_key
+        } else {
+            &cx.plan.right_key
+        };
+        let (keys, failed) = eval_keys(expr, &batch)?;
+        let keys = canonical(&keys, &cx.plan.key_type)?;
+        let times = times(&batch).to_vec();
+        let (keeps_self, keeps_other) = if is_left {
+            (cx.plan.kind.keeps_left(), cx.plan.kind.keeps_right())
+        } else {
+            (cx.plan.kind.keeps_right(), cx.plan.kind.keeps_left())
+        };
+        // The other side's records within the window of a record at t.
+        let (lo, hi) = if is_left {
+            (self.before, self.after)
+        } else {
+            (self.after, self.before)
+        };
+        let mut lefts: Vec<Rec> = Vec::new();
+        let mut rights: Vec<Rec> = Vec::new();
+        let mut emits = Vec::new();
+        let failed: std::collections::HashSet<usize> = failed
+            .into_iter()
+            .map(|(row, why)| {
+                out.rejected.push((index[rows[row]], why));
+                row
+            })
+            .collect();
+        let other = if is_left { RIGHT } else { LEFT };
+        for (row, key) in keys.into_iter().enumerate() {
+            if failed.contains(&row) {
+                continue;
+            }
+            let origin = index[rows[row]];
+            let t = times[row];
+            if t.saturating_add(hi).saturating_add(self.grace) < self.stream_time {
+                out.rejected.push((
+                    origin,
+                    format!(
+                        "late: event time {t} is past its join window's end plus the grace period (stream time {})",
+                        self.stream_time
+                    ),
+                ));
+                continue;
+            }
+            let Some(rec) = Rec::of(&inputs[rows[row]]) else {
+                continue;
+            };
+            let add = |rec: Rec, mine: bool, lefts: &mut Vec<Rec>, rights: &mut Vec<Rec>| {
+                let list = if mine == is_left { lefts } else { rights };
+                list.push(rec);
+                list.len() as u32 - 1
+            };
+            let Some(key) = key else {
+                // A NULL key matches nothing: kept at once by an outer join, else dropped.
+                if keeps_self {
+                    let at = add(rec, true, &mut lefts, &mut rights);
+                    emits.push(Emit {
+                        key: None,
+                        ts: t,
+                        origin,
+                        row: Some(if is_left { (Some(at), None) } else { (None, Some(at)) }),
+                    });
+                } else {
+                    out.dropped += 1;
+                }
+                continue;
+            };
+            let mut from = vec![other];
+            from.extend_from_slice(&len_prefixed(&key));
+            let mut to = from.clone();
+            from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
+            to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
+            let matches = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
+            if matches.len() > MAX_MATCHES {
+                return Err(crate::error::SqlError::Invalid(format!(
+                    "join key {} has more than {MAX_MATCHES} records within one join window",
+                    String::from_utf8_lossy(&key)
+                )));
+            }
+            let mine = if matches.is_empty() {
+                None
+            } else {
+                Some(add(rec.clone(), true, &mut lefts, &mut rights))
+            };
+            for (bk, v) in &matches {
+                let theirs = Rec::decode(v, 1)?;
+                let ts = t.max(theirs.ts);
+                let at = add(theirs, false, &mut lefts, &mut rights);
+                emits.push(Emit {
+                    key: Some(key.clone()),
+                    ts,
+                    origin,
+                    row: Some(if is_left {
+                        (mine, Some(at))
+                    } else {
+                        (Some(at), mine)
+                    }),
+                });
+                if v.first() == Some(&0) {
+                    let mut flagged = v.to_vec();
+                    flagged[0] = 1;
+                    self.kv.put(bk, Bytes::from(flagged));
+                }
+            }
+            let bk = Self::buffer_key(side, &key, t, self.seq);
+            let mut ik = vec![INDEX];
+            ik.extend_from_slice(&time_bytes(t));
+            ik.put_u64(self.seq);
+            ik.push(side);
+            self.seq += 1;
+            let matched = u8::from(!matches.is_empty());
+            self.kv.put(&bk, rec.encode(&[matched]));
+            self.kv.put(&ik, Bytes::from(bk));
+            self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+            self.stream_time = self.stream_time.max(t);
+            self.expire(origin, keeps_self, keeps_other, is_left, &mut lefts, &mut rights, &mut emits)?;
+        }
+        let mut meta = Vec::with_capacity(16);
+        meta.put_i64_le(self.stream_time);
+        meta.put_u64_le(self.seq);
+        self.kv.put(b"", Bytes::from(meta));
+        out.records = cx.finish(&lefts, &rights, emits)?;
+        out.rejected.sort_by_key(|r| r.0);
+        Ok(out)
+    }
+
+    /// Removes the records no record that is not late can join any more, emitting those that
+    /// never matched when their side is kept (an outer join).
+    #[allow(clippy::too_many_arguments)]
+    fn expire(
+        &mut self,
+        origin: usize,
+        keeps_self: bool,
+        keeps_other: bool,
+        is_left: bool,
+        lefts: &mut Vec<Rec>,
+        rights: &mut Vec<Rec>,
+        emits: &mut Vec<Emit>,
+    ) -> Result<()> {
+        let cutoff = self.stream_time.saturating_sub(self.span());
+        if self.earliest.is_some_and(|e| e >= cutoff) {
+            return Ok(());
+        }
+        let from = [INDEX];
+        let mut to = vec![INDEX];
+        to.extend_from_slice(&time_bytes(cutoff));
+        loop {
+            let due = self.kv.range(&from, &to, 1024)?;
+            let done = due.len() < 1024;
+            for (ik, bk) in due {
+                self.kv.delete(&ik);
+                let side = ik.last().copied().unwrap_or(LEFT);
+                let Some(v) = self.kv.get(&bk)? else {
+                    continue;
+                };
+                self.kv.delete(&bk);
+                let kept = if (side == LEFT) == is_left {
+                    keeps_self
+                } else {
+                    keeps_other
+                };
+                if v.first() == Some(&0) && kept {
+                    let rec = Rec::decode(&v, 1)?;
+                    // The buffer key: side, length-prefixed join key, time, sequence.
+                    let len = bk
+                        .get(1..5)
+                        .and_then(|l| <[u8; 4]>::try_from(l).ok())
+                        .map_or(0, u32::from_be_bytes) as usize;
+                    let key = bk.slice(5..(5 + len).min(bk.len()));
+                    let ts = rec.ts;
+                    let row = if side == LEFT {
+                        lefts.push(rec);
+                        (Some(lefts.len() as u32 - 1), None)
+                    } else {
+                        rights.push(rec);
+                        (None, Some(rights.len() as u32 - 1))
+                    };
+                    emits.push(Emit {
+                        key: Some(key),
+                        ts,
+                        origin,
+                        row: Some(row),
+                    });
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        self.earliest = match self.kv.range(&from, &[INDEX; 18], 1)?.first() {
+            Some((ik, _)) if ik.len() >= 9 => Some(time_of(&ik[1..9])),
+            _ => Some(i64::MAX),
+        };
+        Ok(())
+    }
+}
+
+impl JoinOp for StreamStream {
+    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
+        self.side(cx, records, LEFT)
+    }
+
+    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
+        self.side(cx, records, RIGHT)
+    }
+
+    fn kvs(&mut self) -> Vec<&mut Kv> {
+        vec![&mut self.kv]
+    }
+}
