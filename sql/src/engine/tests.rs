@@ -250,6 +250,35 @@ fn explain_shows_the_plan() {
     );
 }
 
+#[test]
+fn explain_shows_each_join() {
+    let (_d, mut e) = engine();
+    e.execute(
+        "CREATE TABLE c (id VARCHAR PRIMARY KEY, name VARCHAR) WITH (topic='c', partitions=1);
+         CREATE STREAM o (oid VARCHAR KEY, cid VARCHAR) WITH (topic='o', partitions=1);
+         CREATE STREAM p (pid VARCHAR KEY, cid VARCHAR) WITH (topic='p', partitions=1);",
+    )
+    .unwrap();
+    let out = e
+        .execute(
+            "EXPLAIN SELECT o.oid, c.name, p.pid FROM o JOIN c ON o.cid = c.id \
+             LEFT JOIN p WITHIN (1 SECOND, 2 SECONDS) GRACE PERIOD 3 SECONDS ON o.cid = p.cid EMIT CHANGES",
+        )
+        .unwrap();
+    let Output::Message(m) = &out[0] else {
+        panic!("{out:?}")
+    };
+    for want in [
+        "Source 0: stream O AS O (topic o, JSON)",
+        "Source 1: table C AS C (topic c, JSON)",
+        "Join 0: INNER JOIN C ON O.CID = C.ID (stream-table lookup",
+        "Join 1: LEFT JOIN P ON O.CID = P.CID (stream-stream within 1000 ms before and 2000 ms after, grace 3000 ms",
+        "TableScan",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in:\n{m}");
+    }
+}
+
 fn recorded(e: &Engine, topic: &str) -> Option<(u32, Vec<(String, sluice_log::FieldType)>)> {
     let r = e.log.schemas().latest(&sluice_log::value_subject(topic))?;
     Some((
