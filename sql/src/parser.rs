@@ -25,8 +25,8 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::ast::{
-    ColumnDef, Emit, JoinWithin, Properties, PropertyValue, Select, ShowWhat, SourceKind, Statement,
-    WindowKind, WindowSpec,
+    ColumnDef, Emit, JoinWithin, Properties, PropertyValue, Select, ShowWhat, SourceKind,
+    Statement, WindowKind, WindowSpec,
 };
 use crate::error::{Result, SqlError};
 
@@ -96,8 +96,8 @@ fn is_operator(t: &Token) -> bool {
 /// (unlike `FROM`, which `IS DISTINCT FROM` continues, or `AND` in `BETWEEN`).
 fn ends_expression(word: &str) -> bool {
     [
-        "SELECT", "WHERE", "HAVING", "GROUP", "ORDER", "LIMIT", "AS", "WINDOW", "EMIT", "VALUES", "ON",
-        "JOIN", "WITHIN",
+        "SELECT", "WHERE", "HAVING", "GROUP", "ORDER", "LIMIT", "AS", "WINDOW", "EMIT", "VALUES",
+        "ON", "JOIN", "WITHIN",
     ]
     .iter()
     .any(|k| word.eq_ignore_ascii_case(k))

@@ -1086,8 +1086,11 @@ impl Dataflow {
         let Some(join) = self.join.as_mut() else {
             return self.process(records);
         };
-        let out = join.process(source, records)?;
+        let mut out = join.process(source, records)?;
         self.dropped += out.dropped;
+        if let Some(rows) = out.rows.take() {
+            return self.process_joined_rows(rows, out.rejected);
+        }
         let joined: Vec<Input<'_>> = out
             .records
             .iter()
@@ -1143,7 +1146,7 @@ impl Dataflow {
     /// Runs records through the query.
     pub fn process(&mut self, records: &[Input<'_>]) -> Result<Step> {
         let table = self.query.source.kind == SourceKind::Table;
-        let mut step = match &mut self.op {
+        let step = match &mut self.op {
             Running::Aggregate(a, Some(rows)) => {
                 // A table: each record replaces its key's row; retract the old one first.
                 let mut step = Step::empty(self.query.schema());
@@ -1153,10 +1156,28 @@ impl Dataflow {
                 }
                 step
             }
-            Running::Aggregate(a, None) => {
+            Running::Aggregate(_, None) => {
                 let mut rows = self.reader.read(records)?;
                 // A stream record with a null value is no row to aggregate: ksqlDB drops it.
                 rows.rejected.retain(|(i, _)| records[*i].value.is_some());
+                self.process_rows(rows, records)?
+            }
+            Running::Stateless(s) if table || records.iter().any(|r| r.value.is_none()) => {
+                stateless_with_nulls(&self.reader, s, &self.query, records)?
+            }
+            Running::Stateless(_) => {
+                let rows = self.reader.read(records)?;
+                self.process_rows(rows, records)?
+            }
+        };
+        Ok(self.limited(step))
+    }
+
+    /// Stream rows (decoded from `records`, or made by a join: `records` empty) through a
+    /// stateless query or a stream's aggregate.
+    fn process_rows(&mut self, rows: Rows, records: &[Input<'_>]) -> Result<Step> {
+        Ok(match &mut self.op {
+            Running::Aggregate(a, _) => {
                 let e = a.process(&rows.batch, rows.times(), 1)?;
                 let times = rows.times();
                 let mut rejected = rows.rejected.clone();
@@ -1181,11 +1202,7 @@ impl Dataflow {
                     windows: e.windows,
                 }
             }
-            Running::Stateless(s) if table || records.iter().any(|r| r.value.is_none()) => {
-                stateless_with_nulls(&self.reader, s, &self.query, records)?
-            }
             Running::Stateless(s) => {
-                let rows = self.reader.read(records)?;
                 let (out, selected) = s.process_indexed(&rows.batch)?;
                 let times = rows.times();
                 let picked: Vec<usize> = match selected {
@@ -1204,7 +1221,93 @@ impl Dataflow {
                     rejected: rows.rejected,
                 }
             }
+        })
+    }
+
+    /// A stream join's rows through the operators after it, without a detour through
+    /// records: their ROWKEY is decoded from the keys, the rest is J as it is.
+    fn process_joined_rows(
+        &mut self,
+        rows: crate::operators::join::JoinedRows,
+        join_rejected: Vec<(usize, String)>,
+    ) -> Result<Step> {
+        let n = rows.batch.num_rows();
+        let key_inputs: Vec<Input<'_>> = rows
+            .keys
+            .iter()
+            .map(|k| Input {
+                key: k.as_deref(),
+                value: None,
+                timestamp: 0,
+            })
+            .collect();
+        let all: Vec<usize> = (0..n).collect();
+        let mut columns = rows.batch.columns().to_vec();
+        if let Some(key) = self
+            .reader
+            .decode_keys(&key_inputs, &all)?
+            .into_iter()
+            .next()
+        {
+            columns[0] = key;
+        }
+        let batch = RecordBatch::try_new(Arc::clone(self.reader.schema()), columns)?;
+        let whole = Rows {
+            batch,
+            records: all,
+            rejected: Vec::new(),
         };
+        // The joins' state has moved on: a row the operators cannot evaluate is rejected
+        // alone, never the batch retried through the joins.
+        let step = match self.process_rows(whole, &[]) {
+            Ok(step) => step,
+            Err(SqlError::Plan(_)) => {
+                let mut step = Step::empty(self.query.schema());
+                for i in 0..n {
+                    let one = Rows {
+                        batch: rows.batch.slice(i, 1),
+                        records: vec![0],
+                        rejected: Vec::new(),
+                    };
+                    let one = Rows {
+                        batch: RecordBatch::try_new(Arc::clone(self.reader.schema()), {
+                            let mut c = one.batch.columns().to_vec();
+                            if let Some(k) = self
+                                .reader
+                                .decode_keys(&key_inputs[i..=i], &[0])?
+                                .into_iter()
+                                .next()
+                            {
+                                c[0] = k;
+                            }
+                            c
+                        })?,
+                        ..one
+                    };
+                    match self.process_rows(one, &[]) {
+                        Ok(s) => step.extend(s, i)?,
+                        Err(SqlError::Plan(e)) => step.rejected.push((i, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                step
+            }
+            Err(e) => return Err(e),
+        };
+        let mut step = self.limited(step);
+        let mut rejected: Vec<(usize, String)> = step
+            .rejected
+            .into_iter()
+            .map(|(i, r)| (rows.origins[i], r))
+            .collect();
+        rejected.extend(join_rejected);
+        rejected.sort_by_key(|r| r.0);
+        step.rejected = rejected;
+        Ok(step)
+    }
+
+    /// `step` cut at the rows LIMIT still allows.
+    fn limited(&mut self, mut step: Step) -> Step {
         if let Some(rem) = self.remaining.as_mut() {
             // LIMIT counts rows, not deletions.
             let mut n = 0;
@@ -1222,7 +1325,7 @@ impl Dataflow {
             *rem -= rows;
         }
         step.rejected.sort_by_key(|r| r.0);
-        Ok(step)
+        step
     }
 
     /// Moves cached state into the stores before an epoch commit.

@@ -420,7 +420,11 @@ impl Epochs for QueryRun<'_> {
 impl QueryRun<'_> {
     /// Runs records of the query's `source`-th source through it: the steps and the index
     /// of the first record each is about.
-    fn process(&mut self, source: usize, inputs: &[Input<'_>]) -> Result<Vec<(Step, Option<usize>)>> {
+    fn process(
+        &mut self,
+        source: usize,
+        inputs: &[Input<'_>],
+    ) -> Result<Vec<(Step, Option<usize>)>> {
         match self.flow.process_from(source, inputs) {
             Ok(step) => Ok(vec![(step, None)]),
             // An expression failed on some record (a division by zero, a bad cast) before

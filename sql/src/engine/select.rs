@@ -264,7 +264,12 @@ impl PushQuery {
                     .take_while(|r| &r.topic == topic)
                     .count();
             let inputs: Vec<Input<'_>> = records[start..end].iter().map(Input::from).collect();
-            for &source in self.routes.get(topic).map(Vec::as_slice).unwrap_or_default() {
+            for &source in self
+                .routes
+                .get(topic)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 let step = self.flow.process_from(source, &inputs)?;
                 self.rejected += step.rejected.len() as u64;
                 batches.push(rows_only(step)?);

@@ -36,13 +36,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_log::Log;
 use sluice_state::StateEnv;
 
-pub use self::plan::{JoinKind, JoinPlan, ROWKEY, Shape};
 use self::plan::StepPlan;
+pub use self::plan::{JoinKind, JoinPlan, ROWKEY, Shape};
 use self::state::{Kv, Rec};
 use crate::error::{Result, SqlError};
 use crate::format::{Format, Input, KeyFormat};
 use crate::operators::stateless::Stateless;
-use crate::query::SourceReader;
+use crate::query::{Rows, SourceReader};
 
 /// A record a join emits: a joined row (a J value) or the deletion of its key.
 #[derive(Debug, Clone)]
@@ -57,11 +57,25 @@ pub struct Joined {
     pub origin: usize,
 }
 
+/// Joined rows handed to the rest of the query as they are (a stream's results, which are
+/// never deletions): the J batch, each row's key in canonical form and its input record.
+#[derive(Debug)]
+pub struct JoinedRows {
+    /// J rows (ROWKEY not filled: it is each row's key, below).
+    pub batch: RecordBatch,
+    /// Each row's key in canonical form.
+    pub keys: Vec<Option<Bytes>>,
+    /// Each row's input record.
+    pub origins: Vec<usize>,
+}
+
 /// What one batch of input records did.
 #[derive(Debug, Default)]
 pub struct JoinOutput {
-    /// Results, in order.
+    /// Results, in order, as records (between joins, and for table results).
     pub records: Vec<Joined>,
+    /// Results as rows, instead of `records`, from the last join of a stream result.
+    pub rows: Option<JoinedRows>,
     /// Input records rejected (undecodable, late, a key expression failing), with the reason.
     pub rejected: Vec<(usize, String)>,
     /// Records of an inner join dropped because their join key was NULL.
@@ -79,27 +93,24 @@ struct SideReader {
 impl SideReader {
     /// Decodes records (all with values) into J rows: the batch, the record of each row,
     /// and the records that did not decode.
-    fn decode(
-        &self,
-        j: &SchemaRef,
-        records: &[Input<'_>],
-    ) -> Result<(RecordBatch, Vec<usize>, Vec<(usize, String)>)> {
+    fn decode(&self, j: &SchemaRef, records: &[Input<'_>]) -> Result<Rows> {
         let rows = self.reader.read(records)?;
-        let batch = self.widen(j, &rows.batch)?;
-        Ok((batch, rows.records, rows.rejected))
+        Ok(Rows {
+            batch: self.widen(j, &rows.batch)?,
+            ..rows
+        })
     }
 
     /// Decodes stored records, which decoded when they were stored.
     fn decode_recs(&self, j: &SchemaRef, recs: &[Rec]) -> Result<RecordBatch> {
         let inputs: Vec<Input<'_>> = recs.iter().map(Rec::input).collect();
-        let (batch, rows, rejected) = self.decode(j, &inputs)?;
-        if let Some((_, why)) = rejected.first() {
+        let rows = self.decode(j, &inputs)?;
+        if let Some((_, why)) = rows.rejected.first() {
             return Err(SqlError::Invalid(format!(
                 "join state: a stored record no longer decodes: {why}"
             )));
         }
-        debug_assert_eq!(rows.len(), recs.len());
-        Ok(batch)
+        Ok(rows.batch)
     }
 
     /// A source's decoded rows placed in its columns of J, the others NULL.
@@ -175,9 +186,8 @@ fn canonical(keys: &ArrayRef, key_type: &DataType) -> Result<Vec<Option<Bytes>>>
             let a = keys.as_string::<i32>();
             Ok((0..n)
                 .map(|i| {
-                    a.is_valid(i).then(|| {
-                        Bytes::from(serde_json::to_string(a.value(i)).unwrap_or_default())
-                    })
+                    a.is_valid(i)
+                        .then(|| Bytes::from(serde_json::to_string(a.value(i)).unwrap_or_default()))
                 })
                 .collect())
         }
@@ -190,11 +200,7 @@ fn canonical(keys: &ArrayRef, key_type: &DataType) -> Result<Vec<Option<Bytes>>>
         }
         _ => {
             let batch = RecordBatch::try_new(
-                Arc::new(Schema::new(vec![Field::new(
-                    "K",
-                    key_type.clone(),
-                    true,
-                )])),
+                Arc::new(Schema::new(vec![Field::new("K", key_type.clone(), true)])),
                 vec![keys],
             )?;
             crate::catalog::record_keys(&batch, KeyFormat::Json)
@@ -259,19 +265,39 @@ struct Cx<'a> {
     left: &'a SideReader,
     right: &'a SideReader,
     right_block: (usize, usize),
+    /// Hand the results over as rows (the last join of a stream result).
+    as_rows: bool,
 }
 
 impl Cx<'_> {
-    /// Assembles the emitted rows from the left and right records they name and encodes
-    /// them as J records.
-    fn finish(&self, lefts: &[Rec], rights: &[Rec], emits: Vec<Emit>) -> Result<Vec<Joined>> {
-        let lb = self.left.decode_recs(self.j, lefts)?;
+    /// Assembles the emitted rows from the left and right records they name (left rows from
+    /// `left_batch`, J rows, when given) into `out`: as J records, or as rows.
+    fn finish(
+        &self,
+        left_batch: Option<&RecordBatch>,
+        lefts: &[Rec],
+        rights: &[Rec],
+        emits: Vec<Emit>,
+        out: &mut JoinOutput,
+    ) -> Result<()> {
+        let decoded;
+        let lb = match left_batch {
+            Some(b) => b,
+            None => {
+                decoded = self.left.decode_recs(self.j, lefts)?;
+                &decoded
+            }
+        };
         let rb = self.right.decode_recs(self.j, rights)?;
         let rows: Vec<&(Option<u32>, Option<u32>)> =
             emits.iter().filter_map(|e| e.row.as_ref()).collect();
         let li = UInt32Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
         let ri = UInt32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
-        let ts: Vec<i64> = emits.iter().filter(|e| e.row.is_some()).map(|e| e.ts).collect();
+        let ts: Vec<i64> = emits
+            .iter()
+            .filter(|e| e.row.is_some())
+            .map(|e| e.ts)
+            .collect();
         let last = self.j.fields().len() - 1;
         let (first, count) = self.right_block;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(last + 1);
@@ -287,10 +313,19 @@ impl Cx<'_> {
             });
         }
         let batch = RecordBatch::try_new(Arc::clone(self.j), columns)?;
+        if self.as_rows && emits.iter().all(|e| e.row.is_some()) {
+            let (keys, origins) = emits.into_iter().map(|e| (e.key, e.origin)).unzip();
+            out.rows = Some(JoinedRows {
+                batch,
+                keys,
+                origins,
+            });
+            return Ok(());
+        }
         // The value: every column but ROWKEY (the record key) and ROWTIME (its timestamp).
         let values = batch.project(&(1..last).collect::<Vec<_>>())?;
         let mut encoded = crate::format::encode_values(Format::Json, &values)?.into_iter();
-        Ok(emits
+        out.records = emits
             .into_iter()
             .map(|e| Joined {
                 value: e.row.and_then(|_| encoded.next()).map(Bytes::from),
@@ -298,7 +333,8 @@ impl Cx<'_> {
                 ts: e.ts,
                 origin: e.origin,
             })
-            .collect())
+            .collect();
+        Ok(())
     }
 }
 
@@ -433,8 +469,15 @@ impl Join {
                     r
                 })
                 .collect();
+            let rows = next.rows.map(|mut r| {
+                for o in r.origins.iter_mut() {
+                    *o = origin(*o);
+                }
+                r
+            });
             out = JoinOutput {
                 records,
+                rows,
                 rejected,
                 dropped: out.dropped + next.dropped,
             };
@@ -443,6 +486,7 @@ impl Join {
     }
 
     fn run(&mut self, k: usize, left: bool, records: &[Input<'_>]) -> Result<JoinOutput> {
+        let last = k + 1 == self.steps.len();
         let step = &mut self.steps[k];
         let cx = Cx {
             plan: &step.plan,
@@ -450,6 +494,11 @@ impl Join {
             left: &step.left,
             right: &step.right,
             right_block: step.right_block,
+            as_rows: last
+                && matches!(
+                    step.plan.shape,
+                    Shape::StreamTable | Shape::StreamStream { .. }
+                ),
         };
         if left {
             step.op.left(&cx, records)

@@ -418,7 +418,10 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
         schema: Arc::clone(SourceReader::new(&planning_def)?.schema()),
     }])?;
     let key_plan = |e: &SqlExpr| -> Result<Stateless> {
-        let sql = format!("SELECT {e} AS \"K\" FROM \"{}\"", j_name.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT {e} AS \"K\" FROM \"{}\"",
+            j_name.replace('"', "\"\"")
+        );
         let crate::ast::Statement::Select(s) = crate::parse_one(&format!("{sql} EMIT CHANGES"))?
         else {
             return Err(SqlError::Plan("internal error: join key".into()));
@@ -526,7 +529,8 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
                         right.alias
                     )));
                 };
-                let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+                let ms =
+                    |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
                 let limit = 366 * 86_400_000i64;
                 let (before, after) = (ms(w.before), ms(w.after));
                 // ksqlDB's default grace for joins without one: 24 hours.
@@ -569,7 +573,10 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
                 )));
             }
         };
-        if matches!(shape, Shape::StreamTable | Shape::TableTable | Shape::ForeignKey) {
+        if matches!(
+            shape,
+            Shape::StreamTable | Shape::TableTable | Shape::ForeignKey
+        ) {
             let pk = right_pk.as_ref().map(|p| p.0.clone());
             if column_of(&right_expr) != pk {
                 return Err(SqlError::Invalid(format!(

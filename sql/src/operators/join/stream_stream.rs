@@ -87,7 +87,8 @@ impl StreamStream {
         let is_left = side == LEFT;
         let reader = if is_left { cx.left } else { cx.right };
         let (inputs, index) = with_values(records);
-        let (batch, rows, rejected) = reader.decode(cx.j, &inputs)?;
+        let decoded = reader.decode(cx.j, &inputs)?;
+        let (batch, rows, rejected) = (decoded.batch, decoded.records, decoded.rejected);
         out.rejected
             .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
         let expr = if is_left {
@@ -152,7 +153,11 @@ impl StreamStream {
                         key: None,
                         ts: t,
                         origin,
-                        row: Some(if is_left { (Some(at), None) } else { (None, Some(at)) }),
+                        row: Some(if is_left {
+                            (Some(at), None)
+                        } else {
+                            (None, Some(at))
+                        }),
                     });
                 } else {
                     out.dropped += 1;
@@ -207,13 +212,21 @@ impl StreamStream {
             self.kv.put(&ik, Bytes::from(bk));
             self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
             self.stream_time = self.stream_time.max(t);
-            self.expire(origin, keeps_self, keeps_other, is_left, &mut lefts, &mut rights, &mut emits)?;
+            self.expire(
+                origin,
+                keeps_self,
+                keeps_other,
+                is_left,
+                &mut lefts,
+                &mut rights,
+                &mut emits,
+            )?;
         }
         let mut meta = Vec::with_capacity(16);
         meta.put_i64_le(self.stream_time);
         meta.put_u64_le(self.seq);
         self.kv.put(b"", Bytes::from(meta));
-        out.records = cx.finish(&lefts, &rights, emits)?;
+        cx.finish(None, &lefts, &rights, emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }

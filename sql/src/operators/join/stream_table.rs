@@ -18,13 +18,16 @@ impl JoinOp for StreamTable {
         let mut out = JoinOutput::default();
         // A stream record without a value is no event to join.
         let (inputs, index) = with_values(records);
-        let (batch, rows, rejected) = cx.left.decode(cx.j, &inputs)?;
+        let crate::query::Rows {
+            batch,
+            records: rows,
+            rejected,
+        } = cx.left.decode(cx.j, &inputs)?;
         out.rejected
             .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
         let (keys, failed) = eval_keys(&cx.plan.left_key, &batch)?;
         let keys = canonical(&keys, &cx.plan.key_type)?;
         let times = times(&batch);
-        let mut lefts = Vec::new();
         let mut rights = Vec::new();
         let mut emits = Vec::new();
         let mut failed = failed.into_iter().peekable();
@@ -46,10 +49,6 @@ impl JoinOp for StreamTable {
                 }
                 continue;
             }
-            let Some(left) = Rec::of(&inputs[rows[row]]) else {
-                continue;
-            };
-            lefts.push(left);
             let r = match right {
                 Some(stored) => {
                     rights.push(Rec::decode(&stored, 0)?);
@@ -61,10 +60,11 @@ impl JoinOp for StreamTable {
                 key,
                 ts: times[row],
                 origin,
-                row: Some((Some(lefts.len() as u32 - 1), r)),
+                row: Some((Some(row as u32), r)),
             });
         }
-        out.records = cx.finish(&lefts, &rights, emits)?;
+        // Left rows are the decoded batch's.
+        cx.finish(Some(&batch), &[], &rights, emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
@@ -74,7 +74,7 @@ impl JoinOp for StreamTable {
         let keys = cx.right.primary_keys(records, &cx.plan.key_type);
         // A row that does not decode leaves the table as it was.
         let (inputs, index) = with_values(records);
-        let (_, _, rejected) = cx.right.decode(cx.j, &inputs)?;
+        let rejected = cx.right.decode(cx.j, &inputs)?.rejected;
         let bad: std::collections::HashSet<usize> =
             rejected.iter().map(|(i, _)| index[*i]).collect();
         out.rejected

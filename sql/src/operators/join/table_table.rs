@@ -11,20 +11,21 @@ use super::{Cx, Emit, JoinOp, JoinOutput, canonical, eval_keys, with_values};
 use crate::error::Result;
 use crate::format::Input;
 
+/// Records refused, with the reason.
+type Rejections = Vec<(usize, String)>;
+
 /// The records of a table side that do not decode (left out: the table keeps its row), as
 /// rejections and as a set of indices.
 fn undecodable(
     cx: &Cx<'_>,
     left: bool,
     records: &[Input<'_>],
-) -> Result<(Vec<(usize, String)>, HashSet<usize>)> {
+) -> Result<(Rejections, HashSet<usize>)> {
     let side = if left { cx.left } else { cx.right };
     let (inputs, index) = with_values(records);
-    let (_, _, rejected) = side.decode(cx.j, &inputs)?;
-    let rejected: Vec<(usize, String)> = rejected
-        .into_iter()
-        .map(|(i, r)| (index[i], r))
-        .collect();
+    let decoded = side.decode(cx.j, &inputs)?;
+    let (_, _, rejected) = (decoded.batch, decoded.records, decoded.rejected);
+    let rejected: Vec<(usize, String)> = rejected.into_iter().map(|(i, r)| (index[i], r)).collect();
     let bad = rejected.iter().map(|r| r.0).collect();
     Ok((rejected, bad))
 }
@@ -119,7 +120,7 @@ impl TableTable {
                 }
             }
         }
-        out.records = cx.finish(&lefts, &rights, emits)?;
+        cx.finish(None, &lefts, &rights, emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
@@ -154,7 +155,8 @@ pub(super) struct ForeignKey {
 
 impl ForeignKey {
     fn stored_left(b: &Bytes) -> Result<(Option<Vec<u8>>, Rec)> {
-        let bad = || crate::error::SqlError::Invalid("join state: a stored row is truncated".into());
+        let bad =
+            || crate::error::SqlError::Invalid("join state: a stored row is truncated".into());
         match b.first() {
             Some(1) => {
                 let len = b
@@ -176,7 +178,11 @@ impl JoinOp for ForeignKey {
         let mut out = JoinOutput::default();
         let pks = cx.left.primary_keys(records, &cx.plan.left_key_type);
         let (inputs, index) = with_values(records);
-        let (batch, rows, rejected) = cx.left.decode(cx.j, &inputs)?;
+        let crate::query::Rows {
+            batch,
+            records: rows,
+            rejected,
+        } = cx.left.decode(cx.j, &inputs)?;
         out.rejected
             .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
         let (fks, failed) = eval_keys(&cx.plan.left_key, &batch)?;
@@ -254,7 +260,11 @@ impl JoinOp for ForeignKey {
             };
             self.left_rows.put(&pk, rec.encode(&prefix));
             let right = match &fk {
-                Some(f) => self.right_rows.get(f)?.map(|b| Rec::decode(&b, 0)).transpose()?,
+                Some(f) => self
+                    .right_rows
+                    .get(f)?
+                    .map(|b| Rec::decode(&b, 0))
+                    .transpose()?,
                 None => None,
             };
             match right {
@@ -289,7 +299,7 @@ impl JoinOp for ForeignKey {
                 None => {}
             }
         }
-        out.records = cx.finish(&lefts, &rights, emits)?;
+        cx.finish(None, &lefts, &rights, emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
@@ -362,7 +372,7 @@ impl JoinOp for ForeignKey {
                 }
             }
         }
-        out.records = cx.finish(&lefts, &rights, emits)?;
+        cx.finish(None, &lefts, &rights, emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
