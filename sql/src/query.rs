@@ -387,7 +387,7 @@ fn star_columns(source: &SourceDef) -> Vec<String> {
     names
 }
 
-/// The one stream or table a query reads, from its FROM clause.
+/// The one stream or table a query without joins reads, from its FROM clause.
 fn source_name(select: &Select) -> Result<String> {
     let SetExpr::Select(body) = select.query.body.as_ref() else {
         return Err(SqlError::Invalid(
@@ -398,7 +398,7 @@ fn source_name(select: &Select) -> Result<String> {
         return Err(SqlError::Invalid(if body.from.is_empty() {
             "a query needs FROM a stream or table".into()
         } else {
-            "joins are not supported yet: a query reads one stream or table".to_string()
+            "join sources with FROM a JOIN b ON a.x = b.y".to_string()
         }));
     }
     match &body.from[0].relation {

@@ -123,7 +123,10 @@ impl Stateless {
         if !bottom(node) {
             return Err(match node {
                 LogicalPlan::Aggregate(_) => not_stateless("GROUP BY / an aggregate"),
-                LogicalPlan::Join(_) => SqlError::Invalid("joins are not supported yet".into()),
+                LogicalPlan::Join(_) => SqlError::Invalid(
+                    "joins are written FROM a JOIN b ON a.x = b.y (subqueries are not supported)"
+                        .into(),
+                ),
                 LogicalPlan::Window(_) => SqlError::Invalid(
                     "window functions (OVER) are not supported; use WINDOW TUMBLING/HOPPING/SESSION with GROUP BY".into(),
                 ),
