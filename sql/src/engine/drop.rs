@@ -55,18 +55,28 @@ impl Engine {
         }))
     }
 
-    /// Removes a terminated query's stores and changelog topic.
+    /// Removes a terminated query's stores and their changelog topics: the aggregate's, the
+    /// table input's (`-source`) and each join's, by their exact names (a prefix could take
+    /// another query's).
     fn drop_query_state(&mut self, id: &str) -> Result<()> {
         let name = id.to_lowercase();
-        let changelog = format!("{name}-changelog");
-        if let Ok(t) = self.log.topic(&changelog) {
-            for p in 0..t.partition_count() {
-                let _ = self
-                    .queries
-                    .env()
-                    .destroy(&sluice_state::StoreId::new(&name, p));
+        let mut stores = vec![name.clone(), format!("{name}-source")];
+        for k in 0..crate::operators::join::plan::MAX_JOINS {
+            for part in crate::operators::join::STORE_PARTS {
+                stores.push(format!("{name}-join{k}-{part}"));
             }
-            self.log.delete_topic(&changelog)?;
+        }
+        for store in stores {
+            let changelog = format!("{store}-changelog");
+            if let Ok(t) = self.log.topic(&changelog) {
+                for p in 0..t.partition_count() {
+                    let _ = self
+                        .queries
+                        .env()
+                        .destroy(&sluice_state::StoreId::new(&store, p));
+                }
+                self.log.delete_topic(&changelog)?;
+            }
         }
         Ok(())
     }

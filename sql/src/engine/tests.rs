@@ -279,6 +279,39 @@ fn explain_shows_each_join() {
     }
 }
 
+#[test]
+fn terminate_removes_every_store_of_a_join_query_and_only_its_own() {
+    let (_d, mut e) = engine();
+    e.execute(
+        "CREATE TABLE a (id VARCHAR PRIMARY KEY, x INT) WITH (topic='a', partitions=1);
+         CREATE TABLE b (id VARCHAR PRIMARY KEY, y INT) WITH (topic='b', partitions=1);
+         CREATE TABLE ab WITH (topic='ab') AS SELECT a.id, a.x, b.y FROM a JOIN b ON a.id = b.id;
+         CREATE TABLE ab2 WITH (topic='ab2') AS SELECT a.id, b.y, a.x FROM a LEFT JOIN b ON a.id = b.id;
+         INSERT INTO a (id, x) VALUES ('k', 1);
+         INSERT INTO b (id, y) VALUES ('k', 2);",
+    )
+    .unwrap();
+    assert!(e.wait_caught_up(Duration::from_secs(20)).unwrap());
+    let join_topics = |e: &Engine| -> Vec<String> {
+        let mut t: Vec<String> = e
+            .log
+            .topic_names()
+            .into_iter()
+            .filter(|t| t.contains("-join"))
+            .collect();
+        t.sort();
+        t
+    };
+    let before = join_topics(&e);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let ids: Vec<String> = e.catalog.queries().map(|q| q.id.clone()).collect();
+    e.execute(&format!("TERMINATE {}", ids[0])).unwrap();
+    let after = join_topics(&e);
+    let gone = ids[0].to_lowercase();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().all(|t| !t.starts_with(&format!("{gone}-"))), "{after:?}");
+}
+
 fn recorded(e: &Engine, topic: &str) -> Option<(u32, Vec<(String, sluice_log::FieldType)>)> {
     let r = e.log.schemas().latest(&sluice_log::value_subject(topic))?;
     Some((

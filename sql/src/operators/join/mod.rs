@@ -44,6 +44,9 @@ use crate::format::{Format, Input, KeyFormat};
 use crate::operators::stateless::Stateless;
 use crate::query::{Rows, SourceReader};
 
+/// The names of the stores a join may keep (`<query>-join<N>-<part>`).
+pub const STORE_PARTS: [&str; 4] = ["left", "right", "index", "buffer"];
+
 /// A record a join emits: a joined row (a J value) or the deletion of its key.
 #[derive(Debug, Clone)]
 pub struct Joined {

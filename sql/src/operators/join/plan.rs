@@ -26,6 +26,9 @@ use crate::query::{SourceReader, ident_name};
 /// The synthetic key column of a join result (ksqlDB's name for it).
 pub const ROWKEY: &str = "ROWKEY";
 
+/// Joins one query may chain (each has its own state stores).
+pub const MAX_JOINS: usize = 16;
+
 /// Which rows of a join without a match are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinKind {
@@ -340,6 +343,13 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
     };
     if from.joins.is_empty() {
         return Ok(None);
+    }
+    if from.joins.len() > MAX_JOINS {
+        return Err(SqlError::Invalid(format!(
+            "a query joins at most {} sources ({} here)",
+            MAX_JOINS + 1,
+            from.joins.len() + 1
+        )));
     }
     let mut named: Vec<Named> = Vec::new();
     let mut relations = vec![&from.relation];
