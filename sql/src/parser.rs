@@ -1078,6 +1078,18 @@ fn parse_within(clause: Vec<TokenWithSpan>) -> Result<JoinWithin> {
     })
 }
 
+/// Words that start a clause, ending a `PARTITION BY` list before them.
+const AFTER_PARTITION_BY: &[&str] = &[
+    "EMIT",
+    "LIMIT",
+    "HAVING",
+    "WINDOW",
+    "WHERE",
+    "GROUP",
+    "ORDER",
+    "PARTITION",
+];
+
 /// Index of the first token from `from` on that starts the clause after a `PARTITION BY`
 /// list (`HAVING`, `EMIT`, `LIMIT`, ... outside parentheses), or the end.
 fn clause_end(tokens: &[TokenWithSpan], from: usize) -> usize {
@@ -1086,13 +1098,7 @@ fn clause_end(tokens: &[TokenWithSpan], from: usize) -> usize {
         match &t.token {
             Token::LParen | Token::LBracket => depth += 1,
             Token::RParen | Token::RBracket => depth -= 1,
-            t if depth == 0
-                && [
-                    "EMIT", "LIMIT", "HAVING", "WINDOW", "WHERE", "GROUP", "ORDER", "PARTITION",
-                ]
-                .iter()
-                .any(|w| is_word(t, w)) =>
-            {
+            t if depth == 0 && AFTER_PARTITION_BY.iter().any(|w| is_word(t, w)) => {
                 return i;
             }
             _ => {}
@@ -1143,9 +1149,8 @@ fn parse_partition_by(clause: Vec<TokenWithSpan>) -> Result<PartitionBy> {
         }
         exprs.push(e);
     }
-    let is_null = |e: &Expr| {
-        matches!(e, Expr::Value(v) if v.value == datafusion::sql::sqlparser::ast::Value::Null)
-    };
+    use datafusion::sql::sqlparser::ast::Value;
+    let is_null = |e: &Expr| matches!(e, Expr::Value(v) if v.value == Value::Null);
     match exprs.as_slice() {
         [one] if is_null(one) => Ok(PartitionBy::Null),
         many if many.iter().any(is_null) => Err(SqlError::syntax(
@@ -1400,6 +1405,61 @@ mod tests {
             q.contains("WHERE FARE > 0") && q.contains("GROUP BY ZONE") && !q.contains("WINDOW"),
             "{q}"
         );
+    }
+
+    #[test]
+    fn partition_by_is_taken_out_up_to_the_next_clause() {
+        let s = parse_one(
+            "SELECT * FROM rides WHERE fare > 1 PARTITION BY zone, SPLIT(a, ',')[1], f(b, (c)) \
+             EMIT CHANGES LIMIT 3",
+        )
+        .unwrap();
+        let Statement::Select(select) = s else {
+            panic!()
+        };
+        let Some(PartitionBy::Exprs(exprs)) = &select.partition_by else {
+            panic!("{:?}", select.partition_by)
+        };
+        assert_eq!(exprs.len(), 3);
+        assert_eq!(exprs[0].to_string(), "ZONE");
+        assert_eq!(select.emit, Some(Emit::Changes));
+        let q = select.query.to_string();
+        assert!(
+            q.ends_with("WHERE FARE > 1 LIMIT 3") && !q.contains("PARTITION"),
+            "{q}"
+        );
+        let s = parse_one("CREATE STREAM s2 AS SELECT * FROM s PARTITION BY NULL").unwrap();
+        let Statement::CreateAs { select, .. } = s else {
+            panic!()
+        };
+        assert_eq!(select.partition_by, Some(PartitionBy::Null));
+        // A window function's own PARTITION BY stays where it is.
+        let s = parse_one("SELECT ROW_NUMBER() OVER (PARTITION BY a) FROM s EMIT CHANGES").unwrap();
+        assert!(matches!(
+            s,
+            Statement::Select(Select {
+                partition_by: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn partition_by_errors() {
+        let (msg, line, col) = err("SELECT * FROM s PARTITION BY EMIT CHANGES");
+        assert!(msg.contains("PARTITION BY requires an expression"), "{msg}");
+        assert_eq!((line, col), (1, 29));
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a, EMIT CHANGES");
+        assert!(msg.contains("PARTITION BY requires an expression"), "{msg}");
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a PARTITION BY b EMIT CHANGES");
+        assert!(msg.contains("only one PARTITION BY"), "{msg}");
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a, A EMIT CHANGES");
+        assert!(
+            msg.contains("Duplicate PARTITION BY expression: A"),
+            "{msg}"
+        );
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY NULL, a EMIT CHANGES");
+        assert!(msg.contains("multiple columns including NULL"), "{msg}");
     }
 
     #[test]

@@ -96,19 +96,21 @@ fn rekeys(pb: &PartitionBy, source: &SourceDef) -> bool {
 }
 
 fn key_columns(source: &SourceDef) -> impl Iterator<Item = &str> {
-    source
-        .columns
-        .iter()
-        .filter(|c| c.2)
-        .map(|c| c.0.as_str())
+    source.columns.iter().filter(|c| c.2).map(|c| c.0.as_str())
 }
 
 /// What `*` stands for when the rows are re-keyed, as ksqlDB lays out a re-keyed stream: the
 /// new key columns first (an expression that is not a column named as ksqlDB names it: a
 /// STRUCT field its field's name, anything else `KSQL_COL_<n>`), then the value columns,
 /// then the old key columns, which are values now. `None` when `pb` does not re-key (the
-/// source's own layout stands).
+/// source's own layout stands). `pb` is the clause as written: the items join the SELECT
+/// list, which is rewritten as a whole afterwards.
 pub fn star_items(pb: &PartitionBy, source: &SourceDef) -> Option<Vec<SelectItem>> {
+    let pb = match pb {
+        PartitionBy::Null => PartitionBy::Null,
+        PartitionBy::Exprs(exprs) => PartitionBy::Exprs(exprs.iter().map(key_expr).collect()),
+    };
+    let pb = &pb;
     if !rekeys(pb, source) {
         return None;
     }
@@ -210,5 +212,99 @@ pub fn describe(pb: &PartitionBy) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ast::Statement;
+    use crate::engine::{Engine, Output};
+    use crate::parse_one;
+
+    fn engine() -> (tempfile::TempDir, sluice_log::Log, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sluice_log::Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        let mut e = Engine::open(&log).unwrap();
+        e.execute(
+            "CREATE STREAM rides (id VARCHAR KEY, zone VARCHAR, fare DOUBLE) \
+             WITH (topic='rides', partitions=1)",
+        )
+        .unwrap();
+        (dir, log, e)
+    }
+
+    /// The output columns of a SELECT, in order.
+    fn columns(e: &Engine, sql: &str) -> Vec<String> {
+        let Statement::Select(select) = parse_one(sql).unwrap() else {
+            panic!("{sql}")
+        };
+        let q = crate::query::compile(e.catalog(), &select).unwrap();
+        q.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    #[test]
+    fn star_puts_the_new_key_first_and_the_old_key_last() {
+        let (_d, _log, e) = engine();
+        let cols = |sql: &str| columns(&e, sql);
+        assert_eq!(
+            cols("SELECT * FROM rides PARTITION BY zone EMIT CHANGES"),
+            ["ZONE", "FARE", "ID"]
+        );
+        assert_eq!(
+            cols("SELECT * FROM rides PARTITION BY UPPER(zone), fare EMIT CHANGES"),
+            ["KSQL_COL_0", "FARE", "ZONE", "ID"]
+        );
+        assert_eq!(
+            cols("SELECT *, LOWER(zone) FROM rides PARTITION BY UPPER(zone) EMIT CHANGES"),
+            ["KSQL_COL_0", "ZONE", "FARE", "ID", "KSQL_COL_1"]
+        );
+        assert_eq!(
+            cols("SELECT * FROM rides PARTITION BY NULL EMIT CHANGES"),
+            ["ZONE", "FARE", "ID"]
+        );
+        // The source's own key: nothing moves.
+        assert_eq!(
+            cols("SELECT * FROM rides PARTITION BY id EMIT CHANGES"),
+            ["ID", "ZONE", "FARE"]
+        );
+    }
+
+    #[test]
+    fn the_derived_stream_declares_the_new_key() {
+        let (_d, _log, mut e) = engine();
+        e.execute("CREATE STREAM by_zone AS SELECT * FROM rides PARTITION BY zone")
+            .unwrap();
+        let def = e.catalog().get("BY_ZONE").unwrap();
+        let declared: Vec<(&str, bool)> = def.columns.iter().map(|c| (c.0.as_str(), c.2)).collect();
+        assert_eq!(declared, [("ZONE", true), ("FARE", false), ("ID", false)]);
+        e.shutdown();
+    }
+
+    #[test]
+    fn explain_shows_the_re_keying() {
+        let (_d, _log, mut e) = engine();
+        let explained = |e: &mut Engine, sql: &str| match e.execute(sql).unwrap().pop() {
+            Some(Output::Message(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let m = explained(
+            &mut e,
+            "EXPLAIN SELECT * FROM rides PARTITION BY zone, UPPER(id) EMIT CHANGES",
+        );
+        assert!(
+            m.contains(
+                "Operators: decode -> filters and projections -> re-key: PARTITION BY ZONE, UPPER(ID) -> encode"
+            ),
+            "{m}"
+        );
+        let m = explained(
+            &mut e,
+            "EXPLAIN CREATE STREAM s2 AS SELECT * FROM rides PARTITION BY NULL",
+        );
+        assert!(m.contains("re-key: PARTITION BY NULL, no key"), "{m}");
     }
 }

@@ -494,7 +494,8 @@ fn compile_over(
         for item in body.projection.drain(..) {
             match item {
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    match partition_by
+                    match select
+                        .partition_by
                         .as_ref()
                         .and_then(|pb| crate::partition_by::star_items(pb, &source))
                     {
