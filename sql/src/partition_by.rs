@@ -274,13 +274,25 @@ mod tests {
     }
 
     #[test]
-    fn the_derived_stream_declares_the_new_key() {
-        let (_d, _log, mut e) = engine();
+    fn the_derived_stream_declares_the_new_key_and_the_query_restarts() {
+        let (_d, log, mut e) = engine();
         e.execute("CREATE STREAM by_zone AS SELECT * FROM rides PARTITION BY zone")
             .unwrap();
+        e.shutdown();
+        drop(e);
+        // The stored statement parses and compiles again when the engine reopens.
+        let mut e = Engine::open(&log).unwrap();
         let def = e.catalog().get("BY_ZONE").unwrap();
         let declared: Vec<(&str, bool)> = def.columns.iter().map(|c| (c.0.as_str(), c.2)).collect();
         assert_eq!(declared, [("ZONE", true), ("FARE", false), ("ID", false)]);
+        let queries = match e.execute("SHOW QUERIES").unwrap().pop() {
+            Some(Output::Rows(b)) => crate::pretty(&b).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            queries.contains("CSAS_BY_ZONE") && queries.contains("RUNNING"),
+            "{queries}"
+        );
         e.shutdown();
     }
 
