@@ -1,5 +1,6 @@
 //! The statements of Sluice's KSQL-like dialect. Expressions and SELECT bodies are
-//! `sqlparser` ASTs; only what KSQL adds (streams, windows, EMIT, properties) is ours.
+//! `sqlparser` ASTs; only what KSQL adds (streams, windows, EMIT, PARTITION BY, properties)
+//! is ours.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,6 +114,16 @@ pub struct JoinWithin {
     pub grace: Option<Duration>,
 }
 
+/// `PARTITION BY ...`: what a stream query's output records are keyed (and so partitioned)
+/// by, instead of the source's key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartitionBy {
+    /// `PARTITION BY NULL`: records without a key.
+    Null,
+    /// `PARTITION BY e1, e2, ...`: one key column per expression, in this order.
+    Exprs(Vec<Expr>),
+}
+
 /// A SELECT with the KSQL clauses taken out of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
@@ -124,6 +135,8 @@ pub struct Select {
     pub emit: Option<Emit>,
     /// The `WITHIN` clause of each join of the FROM clause, in order (`None`: none given).
     pub within: Vec<Option<JoinWithin>>,
+    /// The `PARTITION BY` clause.
+    pub partition_by: Option<PartitionBy>,
 }
 
 /// What `SHOW` lists.

@@ -20,6 +20,7 @@
 //! - [`catalog`]: declared streams and tables and the persistent queries, kept in the log.
 //! - [`query`]: compiles a SELECT against the catalog (DataFusion plans it, operators are cut
 //!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
+//! - [`partition_by`]: `PARTITION BY`, which columns re-key a stream query's output.
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
 //! - [`merge`]: input records of several partitions and topics in timestamp order.
 //! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
@@ -46,6 +47,7 @@ pub mod functions;
 pub mod merge;
 pub mod operators;
 pub mod parser;
+pub mod partition_by;
 pub mod planner;
 pub mod query;
 pub mod runner;

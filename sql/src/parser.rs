@@ -25,8 +25,8 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::ast::{
-    ColumnDef, Emit, JoinWithin, Properties, PropertyValue, Select, ShowWhat, SourceKind,
-    Statement, WindowKind, WindowSpec,
+    ColumnDef, Emit, JoinWithin, PartitionBy, Properties, PropertyValue, Select, ShowWhat,
+    SourceKind, Statement, WindowKind, WindowSpec,
 };
 use crate::error::{Result, SqlError};
 
@@ -944,11 +944,13 @@ fn parse_insert(c: &mut Cursor) -> Result<Statement> {
     })
 }
 
-/// Takes `WINDOW ...` and `EMIT ...` out of a SELECT's tokens and parses the rest as SQL.
+/// Takes `WINDOW ...`, `PARTITION BY ...` and `EMIT ...` out of a SELECT's tokens and parses
+/// the rest as SQL.
 fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> {
     let mut window = None;
     let mut emit = None;
     let mut within: Vec<Option<JoinWithin>> = Vec::new();
+    let mut partition_by = None;
     let mut depth = 0i32;
     let mut i = 0;
     while i < tokens.len() {
@@ -975,6 +977,24 @@ fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> 
                 }
                 let clause: Vec<TokenWithSpan> = tokens.drain(i..end).collect();
                 *slot = Some(parse_within(clause)?);
+                continue;
+            }
+            // `OVER (PARTITION BY ...)` of a window function is inside parentheses.
+            t if depth == 0
+                && is_word(t, "PARTITION")
+                && tokens.get(i + 1).is_some_and(|t| is_word(&t.token, "BY")) =>
+            {
+                if partition_by.is_some() {
+                    let s = tokens[i].span.start;
+                    return Err(SqlError::syntax(
+                        "only one PARTITION BY clause is allowed",
+                        s.line,
+                        s.column,
+                    ));
+                }
+                let end = clause_end(&tokens, i + 2);
+                let clause: Vec<TokenWithSpan> = tokens.drain(i..end).collect();
+                partition_by = Some(parse_partition_by(clause)?);
                 continue;
             }
             t if depth == 0 && is_word(t, "WINDOW") => {
@@ -1027,6 +1047,7 @@ fn parse_select(mut tokens: Vec<TokenWithSpan>, at: Location) -> Result<Select> 
         window,
         emit,
         within,
+        partition_by,
     })
 }
 
@@ -1055,6 +1076,90 @@ fn parse_within(clause: Vec<TokenWithSpan>) -> Result<JoinWithin> {
         after,
         grace,
     })
+}
+
+/// Words that start a clause, ending a `PARTITION BY` list before them.
+const AFTER_PARTITION_BY: &[&str] = &[
+    "EMIT",
+    "LIMIT",
+    "HAVING",
+    "WINDOW",
+    "WHERE",
+    "GROUP",
+    "ORDER",
+    "PARTITION",
+];
+
+/// Index of the first token from `from` on that starts the clause after a `PARTITION BY`
+/// list (`HAVING`, `EMIT`, `LIMIT`, ... outside parentheses), or the end.
+fn clause_end(tokens: &[TokenWithSpan], from: usize) -> usize {
+    let mut depth = 0i32;
+    for (i, t) in tokens.iter().enumerate().skip(from) {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            t if depth == 0 && AFTER_PARTITION_BY.iter().any(|w| is_word(t, w)) => {
+                return i;
+            }
+            _ => {}
+        }
+    }
+    tokens.len()
+}
+
+/// `PARTITION BY e1, e2, ...` (the clause's tokens, keywords included): the expressions, or
+/// `NULL` alone. ksqlDB's refusals: no expression, one named twice, NULL among others.
+fn parse_partition_by(clause: Vec<TokenWithSpan>) -> Result<PartitionBy> {
+    let start = clause[0].span.start;
+    let end = end_of(&clause, start);
+    let mut items: Vec<Vec<TokenWithSpan>> = vec![Vec::new()];
+    let mut depth = 0i32;
+    for t in clause.into_iter().skip(2) {
+        match t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            Token::Comma if depth == 0 => {
+                items.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(last) = items.last_mut() {
+            last.push(t);
+        }
+    }
+    let mut exprs: Vec<Expr> = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(first) = item.first() else {
+            return Err(SqlError::syntax(
+                "PARTITION BY requires an expression here",
+                end.line,
+                end.column,
+            ));
+        };
+        let at = first.span.start;
+        let mut e = parse_expr(crate::syntax::tokens(rewrite_field_arrows(item)), at)?;
+        crate::syntax::expr(&mut e);
+        if exprs.contains(&e) {
+            return Err(SqlError::syntax(
+                format!("Duplicate PARTITION BY expression: {e}"),
+                at.line,
+                at.column,
+            ));
+        }
+        exprs.push(e);
+    }
+    use datafusion::sql::sqlparser::ast::Value;
+    let is_null = |e: &Expr| matches!(e, Expr::Value(v) if v.value == Value::Null);
+    match exprs.as_slice() {
+        [one] if is_null(one) => Ok(PartitionBy::Null),
+        many if many.iter().any(is_null) => Err(SqlError::syntax(
+            "Cannot PARTITION BY multiple columns including NULL",
+            start.line,
+            start.column,
+        )),
+        _ => Ok(PartitionBy::Exprs(exprs)),
+    }
 }
 
 /// Rewrites ksqlDB's struct field access `address->city` to `address['city']`, which
@@ -1300,6 +1405,61 @@ mod tests {
             q.contains("WHERE FARE > 0") && q.contains("GROUP BY ZONE") && !q.contains("WINDOW"),
             "{q}"
         );
+    }
+
+    #[test]
+    fn partition_by_is_taken_out_up_to_the_next_clause() {
+        let s = parse_one(
+            "SELECT * FROM rides WHERE fare > 1 PARTITION BY zone, SPLIT(a, ',')[1], f(b, (c)) \
+             EMIT CHANGES LIMIT 3",
+        )
+        .unwrap();
+        let Statement::Select(select) = s else {
+            panic!()
+        };
+        let Some(PartitionBy::Exprs(exprs)) = &select.partition_by else {
+            panic!("{:?}", select.partition_by)
+        };
+        assert_eq!(exprs.len(), 3);
+        assert_eq!(exprs[0].to_string(), "ZONE");
+        assert_eq!(select.emit, Some(Emit::Changes));
+        let q = select.query.to_string();
+        assert!(
+            q.ends_with("WHERE FARE > 1 LIMIT 3") && !q.contains("PARTITION"),
+            "{q}"
+        );
+        let s = parse_one("CREATE STREAM s2 AS SELECT * FROM s PARTITION BY NULL").unwrap();
+        let Statement::CreateAs { select, .. } = s else {
+            panic!()
+        };
+        assert_eq!(select.partition_by, Some(PartitionBy::Null));
+        // A window function's own PARTITION BY stays where it is.
+        let s = parse_one("SELECT ROW_NUMBER() OVER (PARTITION BY a) FROM s EMIT CHANGES").unwrap();
+        assert!(matches!(
+            s,
+            Statement::Select(Select {
+                partition_by: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn partition_by_errors() {
+        let (msg, line, col) = err("SELECT * FROM s PARTITION BY EMIT CHANGES");
+        assert!(msg.contains("PARTITION BY requires an expression"), "{msg}");
+        assert_eq!((line, col), (1, 29));
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a, EMIT CHANGES");
+        assert!(msg.contains("PARTITION BY requires an expression"), "{msg}");
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a PARTITION BY b EMIT CHANGES");
+        assert!(msg.contains("only one PARTITION BY"), "{msg}");
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY a, A EMIT CHANGES");
+        assert!(
+            msg.contains("Duplicate PARTITION BY expression: A"),
+            "{msg}"
+        );
+        let (msg, ..) = err("SELECT * FROM s PARTITION BY NULL, a EMIT CHANGES");
+        assert!(msg.contains("multiple columns including NULL"), "{msg}");
     }
 
     #[test]

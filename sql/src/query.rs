@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use sluice_log::Log;
 use sluice_state::StateEnv;
 
-use crate::ast::{Emit, Select, SourceKind};
+use crate::ast::{Emit, PartitionBy, Select, SourceKind};
 use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::format::{Input, KeyWindow, ROWTIME, RecordDecoder};
@@ -251,6 +251,9 @@ pub struct CompiledQuery {
     pub group_by: Vec<SqlExpr>,
     /// The joins of the FROM clause; `source` is then the joined rows.
     pub join: Option<Box<JoinPlan>>,
+    /// `PARTITION BY` ([`key_expr`] form): the output rows' key columns are the SELECT
+    /// items of these expressions, not the source's key ([`crate::partition_by`]).
+    pub partition_by: Option<PartitionBy>,
 }
 
 impl CompiledQuery {
@@ -316,9 +319,13 @@ impl CompiledQuery {
             ),
         };
         match &self.stage {
-            Stage::Stateless(_) => {
-                out.push_str("Operators: decode -> filters and projections -> encode\n")
-            }
+            Stage::Stateless(_) => match &self.partition_by {
+                None => out.push_str("Operators: decode -> filters and projections -> encode\n"),
+                Some(pb) => out.push_str(&format!(
+                    "Operators: decode -> filters and projections -> {} -> encode\n",
+                    crate::partition_by::describe(pb)
+                )),
+            },
             Stage::Aggregate(a) => {
                 let window = match a.windows() {
                     None => "no window".to_string(),
@@ -472,15 +479,33 @@ fn compile_over(
     select: &Select,
 ) -> Result<CompiledQuery> {
     let mut query = select.query.clone();
+    let partition_by = match &select.partition_by {
+        None => None,
+        Some(pb) => {
+            let grouped = select.window.is_some()
+                || matches!(query.body.as_ref(), SetExpr::Select(b)
+                    if matches!(&b.group_by, GroupByExpr::Expressions(e, _) if !e.is_empty()));
+            Some(crate::partition_by::resolve(pb, &source, grouped)?)
+        }
+    };
     // `*` means the declared columns, as in ksqlDB: not ROWTIME (select it by name).
     if let SetExpr::Select(body) = query.body.as_mut() {
         let mut items = Vec::with_capacity(body.projection.len());
         for item in body.projection.drain(..) {
             match item {
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    items.extend(star_columns(&source).into_iter().map(|name| {
-                        SelectItem::UnnamedExpr(SqlExpr::Identifier(Ident::with_quote('"', name)))
-                    }))
+                    match select
+                        .partition_by
+                        .as_ref()
+                        .and_then(|pb| crate::partition_by::star_items(pb, &source))
+                    {
+                        Some(rekeyed) => items.extend(rekeyed),
+                        None => items.extend(star_columns(&source).into_iter().map(|name| {
+                            SelectItem::UnnamedExpr(SqlExpr::Identifier(Ident::with_quote(
+                                '"', name,
+                            )))
+                        })),
+                    }
                 }
                 other => items.push(other),
             }
@@ -577,6 +602,9 @@ fn compile_over(
     }
     let planner = Planner::new(&tables)?;
     refuse_aggregates_in_group_by(&planner.state(), &query)?;
+    if let Some(pb) = &partition_by {
+        crate::partition_by::validate(pb, &planner, &query)?;
+    }
     let analyzed = planner.analyzed_plan(&query).map_err(in_ksql_words)?;
     let explodes = analyzed
         .exists(|n| Ok(matches!(n, LogicalPlan::Unnest(_))))
@@ -591,6 +619,11 @@ fn compile_over(
         .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))
         .unwrap_or(false);
     let stage = if has_aggregate {
+        if partition_by.is_some() {
+            return Err(SqlError::Invalid(
+                "Queries only support one of PARTITION BY and GROUP BY".into(),
+            ));
+        }
         if select.emit == Some(Emit::Final) && windows.is_none() {
             return Err(SqlError::Invalid(
                 "EMIT FINAL needs a WINDOW: without one, a group's result is never final".into(),
@@ -647,6 +680,7 @@ fn compile_over(
         columns,
         group_by,
         join: None,
+        partition_by,
     })
 }
 
@@ -731,7 +765,7 @@ pub(crate) fn is_comparison(op: &datafusion::sql::sqlparser::ast::BinaryOperator
 }
 
 /// GROUP BY as to the SELECT list, so the two still match.
-fn null_comparisons_false(e: &mut SqlExpr) -> Result<()> {
+pub(crate) fn null_comparisons_false(e: &mut SqlExpr) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{Value, visit_expressions_mut};
     let is_null = |e: &SqlExpr| matches!(e, SqlExpr::Value(v) if v.value == Value::Null);
     let flow = visit_expressions_mut(e, |e| {
@@ -798,7 +832,7 @@ fn output_name(e: &SqlExpr) -> Option<String> {
 
 /// The STRUCT field `e` reads, if it is `column->field` (parsed as `column['field']`) over a
 /// STRUCT column of `source`: the field's declared name.
-fn struct_field_name(e: &SqlExpr, source: &SourceDef) -> Option<String> {
+pub(crate) fn struct_field_name(e: &SqlExpr, source: &SourceDef) -> Option<String> {
     use datafusion::sql::sqlparser::ast::{AccessExpr, Subscript, Value};
     let SqlExpr::CompoundFieldAccess { root, access_chain } = e else {
         return None;

@@ -284,14 +284,22 @@ pub(super) fn refuse_window_columns(select: &crate::ast::Select) -> Result<()> {
 }
 
 /// The columns of a persistent query's output that become the record key, as ksqlDB
-/// derives them: each GROUP BY expression (an aggregate), or each key column of the source
-/// (filters and projections), selected as written or under an alias. Each must be selected
-/// exactly once (a record has one key, and a copy of it in the value would be a second
-/// truth), and something must be left for the value; otherwise the statement is refused,
-/// as ksqlDB refuses it. (Push queries may leave keys out.)
-fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String>> {
+/// derives them: each GROUP BY expression (an aggregate), each PARTITION BY expression
+/// (none for `PARTITION BY NULL`), or each key column of the source (filters and
+/// projections), selected as written or under an alias. Each must be selected exactly once
+/// (a record has one key, and a copy of it in the value would be a second truth), and
+/// something must be left for the value; otherwise the statement is refused, as ksqlDB
+/// refuses it. (Push queries may leave keys out.)
+pub(super) fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String>> {
     let (keys, what): (Vec<Expr>, &str) = if q.is_aggregate() {
         (q.group_by.clone(), "grouping expression")
+    } else if let Some(pb) = &q.partition_by {
+        // Applied after a join, as in ksqlDB: the join's key no longer matters.
+        let keys = match pb {
+            crate::ast::PartitionBy::Null => Vec::new(),
+            crate::ast::PartitionBy::Exprs(exprs) => exprs.clone(),
+        };
+        (keys, "partitioning expression")
     } else if q.join.is_some() {
         return join_output_key(q, sink);
     } else {
@@ -330,7 +338,8 @@ fn output_keys(q: &crate::query::CompiledQuery, sink: &str) -> Result<Vec<String
     }
     if !missing.is_empty() {
         if !q.is_aggregate() {
-            // ksqlDB names every key column of the source then, not only the missing ones.
+            // ksqlDB names every key column of the source (or partitioning expression)
+            // then, not only the missing ones.
             missing = keys.iter().map(|k| k.to_string()).collect();
         }
         let plural = if missing.len() > 1 { "s" } else { "" };

@@ -148,6 +148,24 @@ impl Engine {
                 name(compiled.key_window())
             )));
         }
+        // Re-keyed rows must be keyed as the target is (ksqlDB compares the key columns
+        // with the sink's); without PARTITION BY the target's key columns are filled by name.
+        if compiled.partition_by.is_some() {
+            let keys = super::create::output_keys(&compiled, target)?;
+            let target_keys: Vec<&String> =
+                def.columns.iter().filter(|c| c.2).map(|c| &c.0).collect();
+            if keys.iter().collect::<Vec<_>>() != target_keys {
+                let list = |k: &[&String]| match k {
+                    [] => "no key".to_string(),
+                    k => k.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                };
+                return Err(SqlError::Invalid(format!(
+                    "Incompatible schema between results and sink: the query's rows are keyed by {} (PARTITION BY), {target} by {}",
+                    list(&keys.iter().collect::<Vec<_>>()),
+                    list(&target_keys)
+                )));
+            }
+        }
         for f in compiled.schema().fields() {
             if f.name() == crate::format::ROWTIME
                 || (def.window.is_some() && crate::operators::window::is_window_column(f.name()))

@@ -61,6 +61,11 @@ impl Engine {
     /// A pull query: the table's current rows (latest value per key, read committed from
     /// its topic), filtered and projected.
     fn pull_query(&self, select: &crate::ast::Select) -> Result<Output> {
+        if select.partition_by.is_some() {
+            return Err(SqlError::Invalid(
+                "Pull queries don't support PARTITION BY clauses.".into(),
+            ));
+        }
         let compiled = compile(&self.catalog, &window_bounds_as_millis(select)?)?;
         if compiled.join.is_some() {
             return Err(SqlError::Invalid(

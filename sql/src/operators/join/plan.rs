@@ -776,6 +776,11 @@ fn rewrite_select(select: &Select, named: &[Named], j_name: &str, full: bool) ->
             scope.rewrite(e)?;
         }
     }
+    if let Some(crate::ast::PartitionBy::Exprs(exprs)) = select.partition_by.as_mut() {
+        for e in exprs.iter_mut() {
+            scope.rewrite(e)?;
+        }
+    }
     body.from = vec![TableWithJoins {
         relation: TableFactor::Table {
             name: ObjectName::from(vec![Ident::with_quote('"', j_name)]),
