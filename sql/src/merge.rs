@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use sluice_log::{ConsumerRecord, TopicPartition};
+use sluice_log::{Consumer, ConsumerRecord, TopicPartition};
 
 /// Records buffered beyond which the merger processes even while a partition is missing
 /// (bounded memory beats perfect order).
@@ -95,4 +95,31 @@ impl Merger {
         }
         out
     }
+}
+
+/// The partitions of `consumer` with records it has not read yet (none to wait for when it
+/// reads one partition).
+pub fn behind(consumer: &Consumer, lanes: usize) -> sluice_log::Result<Vec<TopicPartition>> {
+    if lanes <= 1 {
+        return Ok(Vec::new());
+    }
+    Ok(consumer
+        .lag()?
+        .into_iter()
+        .filter(|(_, lag)| *lag > 0)
+        .map(|(tp, _)| tp)
+        .collect())
+}
+
+/// The runs of consecutive records of one topic: a query takes each run through the
+/// sources reading that topic.
+pub fn topic_runs(records: &[ConsumerRecord]) -> Vec<(Arc<str>, std::ops::Range<usize>)> {
+    let mut runs: Vec<(Arc<str>, std::ops::Range<usize>)> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match runs.last_mut() {
+            Some((t, range)) if *t == r.topic => range.end = i + 1,
+            _ => runs.push((Arc::clone(&r.topic), i..i + 1)),
+        }
+    }
+    runs
 }

@@ -1128,11 +1128,7 @@ impl Dataflow {
         let joined: Vec<Input<'_>> = out
             .records
             .iter()
-            .map(|r| Input {
-                key: r.key.as_deref(),
-                value: r.value.as_deref(),
-                timestamp: r.ts,
-            })
+            .map(crate::operators::join::Joined::input)
             .collect();
         // The joins' state has moved on: a row the operators cannot evaluate is rejected
         // alone, never the batch retried through the joins.

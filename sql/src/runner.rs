@@ -336,16 +336,7 @@ impl Epochs for QueryRun<'_> {
         let stop = wait.stop_token();
         self.merger
             .add(self.consumer.poll_until(timeout, &|| stop.is_stopped())?);
-        let behind: Vec<TopicPartition> = if self.lanes > 1 {
-            self.consumer
-                .lag()?
-                .into_iter()
-                .filter(|(_, lag)| *lag > 0)
-                .map(|(tp, _)| tp)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let behind = crate::merge::behind(&self.consumer, self.lanes)?;
         let records = self.merger.take(self.task.config.max_poll_records, &behind);
         self.full = records.len() == self.task.config.max_poll_records;
         if records.is_empty() {
@@ -360,22 +351,14 @@ impl Epochs for QueryRun<'_> {
         let mut out = 0;
         // Runs of records of one topic go through the query together (a join's sides take
         // turns in timestamp order).
-        let mut start = 0;
-        while start < records.len() {
-            let topic = &records[start].topic;
-            let end = start
-                + records[start..]
-                    .iter()
-                    .take_while(|r| &r.topic == topic)
-                    .count();
-            let inputs: Vec<Input<'_>> = records[start..end].iter().map(Input::from).collect();
-            let sources = self.routes.get(topic).cloned().unwrap_or_default();
+        for (topic, run) in crate::merge::topic_runs(&records) {
+            let inputs: Vec<Input<'_>> = records[run.clone()].iter().map(Input::from).collect();
+            let sources = self.routes.get(&topic).cloned().unwrap_or_default();
             for source in sources {
                 for (step, offset) in self.process(source, &inputs)? {
-                    out += self.write_step(&records, step, start + offset.unwrap_or(0))?;
+                    out += self.write_step(&records, step, run.start + offset.unwrap_or(0))?;
                 }
             }
-            start = end;
         }
         let dropped = self.flow.dropped();
         if dropped > self.dropped {

@@ -245,33 +245,17 @@ impl PushQuery {
             return Ok(None);
         }
         self.merger.add(self.consumer.poll(timeout)?);
-        let behind: Vec<TopicPartition> = if self.lanes > 1 {
-            self.consumer
-                .lag()?
-                .into_iter()
-                .filter(|(_, lag)| *lag > 0)
-                .map(|(tp, _)| tp)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let behind = crate::merge::behind(&self.consumer, self.lanes)?;
         let records = self.merger.take(4096, &behind);
         if records.is_empty() {
             return Ok(None);
         }
         let mut batches = Vec::new();
-        let mut start = 0;
-        while start < records.len() {
-            let topic = &records[start].topic;
-            let end = start
-                + records[start..]
-                    .iter()
-                    .take_while(|r| &r.topic == topic)
-                    .count();
-            let inputs: Vec<Input<'_>> = records[start..end].iter().map(Input::from).collect();
+        for (topic, run) in crate::merge::topic_runs(&records) {
+            let inputs: Vec<Input<'_>> = records[run].iter().map(Input::from).collect();
             for &source in self
                 .routes
-                .get(topic)
+                .get(&topic)
                 .map(Vec::as_slice)
                 .unwrap_or_default()
             {
@@ -279,7 +263,6 @@ impl PushQuery {
                 self.rejected += step.rejected.len() as u64;
                 batches.push(rows_only(step)?);
             }
-            start = end;
         }
         let rows = datafusion::arrow::compute::concat_batches(self.flow.schema(), &batches)?;
         Ok((rows.num_rows() > 0).then_some(rows))

@@ -309,7 +309,10 @@ fn terminate_removes_every_store_of_a_join_query_and_only_its_own() {
     let after = join_topics(&e);
     let gone = ids[0].to_lowercase();
     assert_eq!(after.len(), 2, "{after:?}");
-    assert!(after.iter().all(|t| !t.starts_with(&format!("{gone}-"))), "{after:?}");
+    assert!(
+        after.iter().all(|t| !t.starts_with(&format!("{gone}-"))),
+        "{after:?}"
+    );
 }
 
 fn recorded(e: &Engine, topic: &str) -> Option<(u32, Vec<(String, sluice_log::FieldType)>)> {

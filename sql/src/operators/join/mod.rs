@@ -72,6 +72,17 @@ pub struct JoinedRows {
     pub origins: Vec<usize>,
 }
 
+impl Joined {
+    /// The record, to decode.
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            timestamp: self.ts,
+        }
+    }
+}
+
 /// What one batch of input records did.
 #[derive(Debug, Default)]
 pub struct JoinOutput {
@@ -174,6 +185,82 @@ impl SideReader {
     }
 }
 
+/// A side's records with values, decoded into J rows with their join keys.
+struct Keyed<'a> {
+    /// The J rows.
+    batch: RecordBatch,
+    /// Each row's record (an index into the records given).
+    origin: Vec<usize>,
+    /// Each row's join key in canonical form: `Some(None)` is a NULL key, `None` a key
+    /// expression that failed (the record is rejected already).
+    keys: Vec<Option<Option<Bytes>>>,
+    /// The records with values (what `Rows::records` indexes).
+    inputs: Vec<Input<'a>>,
+}
+
+/// Decodes a side's records (a record without a value is no row) and evaluates `key` over
+/// them; records that do not decode and keys that fail are rejected into `out`.
+fn keyed<'a>(
+    cx: &Cx<'_>,
+    side: &SideReader,
+    key: &Stateless,
+    records: &[Input<'a>],
+    out: &mut JoinOutput,
+) -> Result<Keyed<'a>> {
+    let (inputs, index) = with_values(records);
+    let rows = side.decode(cx.j, &inputs)?;
+    out.rejected
+        .extend(rows.rejected.iter().map(|(i, r)| (index[*i], r.clone())));
+    let origin: Vec<usize> = rows.records.iter().map(|&i| index[i]).collect();
+    let (values, failed) = eval_keys(key, &rows.batch)?;
+    let mut keys: Vec<Option<Option<Bytes>>> = canonical(&values, &cx.plan.key_type)?
+        .into_iter()
+        .map(Some)
+        .collect();
+    for (row, why) in failed {
+        keys[row] = None;
+        out.rejected.push((origin[row], why));
+    }
+    let inputs = rows.records.iter().map(|&i| inputs[i]).collect();
+    Ok(Keyed {
+        batch: rows.batch,
+        origin,
+        keys,
+        inputs,
+    })
+}
+
+/// The updates of a table side that can apply, in order, with the canonical key of each
+/// (`(record index, key)`); a record that does not decode (the table keeps its row) or has no
+/// key is rejected into `out`.
+fn table_updates(
+    cx: &Cx<'_>,
+    side: &SideReader,
+    records: &[Input<'_>],
+    key_type: &DataType,
+    out: &mut JoinOutput,
+) -> Result<Vec<(usize, Bytes)>> {
+    let keys = side.primary_keys(records, key_type);
+    let (inputs, index) = with_values(records);
+    let rejected = side.decode(cx.j, &inputs)?.rejected;
+    let bad: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| index[*i]).collect();
+    out.rejected
+        .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
+    let mut updates = Vec::with_capacity(records.len());
+    for (i, key) in keys.into_iter().enumerate() {
+        if bad.contains(&i) {
+            continue;
+        }
+        match key {
+            Some(k) => updates.push((i, k)),
+            None => out
+                .rejected
+                .push((i, "a table record needs a key (its primary key)".into())),
+        }
+    }
+    Ok(updates)
+}
+
 /// Each value of `keys` cast to `key_type` in canonical form, JSON (`"a"`, `12`): equal
 /// keys of either side have equal bytes, and the bytes are a JSON key the result's readers
 /// decode. NULL (or a value that does not cast) is `None`.
@@ -259,6 +346,18 @@ struct Emit {
     origin: usize,
     /// `None`: the key is deleted.
     row: Option<(Option<u32>, Option<u32>)>,
+}
+
+impl Emit {
+    /// The deletion of `key`, caused by the record `origin` at `ts`.
+    fn deletion(key: Bytes, ts: i64, origin: usize) -> Emit {
+        Emit {
+            key: Some(key),
+            ts,
+            origin,
+            row: None,
+        }
+    }
 }
 
 /// What a join's operator sees of its place in the chain.
@@ -447,15 +546,7 @@ impl Join {
         };
         let mut out = self.run(first, left, records)?;
         for k in first + 1..self.steps.len() {
-            let inputs: Vec<Input<'_>> = out
-                .records
-                .iter()
-                .map(|r| Input {
-                    key: r.key.as_deref(),
-                    value: r.value.as_deref(),
-                    timestamp: r.ts,
-                })
-                .collect();
+            let inputs: Vec<Input<'_>> = out.records.iter().map(Joined::input).collect();
             let next = self.run(k, true, &inputs)?;
             let origin = |i: usize| out.records[i].origin;
             let rejected = out

@@ -15,7 +15,7 @@ use sluice_log::Log;
 use sluice_state::StateEnv;
 
 use super::state::{Kv, Rec, len_prefixed, time_bytes, time_of};
-use super::{Cx, Emit, JoinOp, JoinOutput, canonical, eval_keys, times, with_values};
+use super::{Cx, Emit, JoinOp, JoinOutput, keyed, times};
 use crate::error::Result;
 use crate::format::Input;
 
@@ -85,20 +85,13 @@ impl StreamStream {
     fn side(&mut self, cx: &Cx<'_>, records: &[Input<'_>], side: u8) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
         let is_left = side == LEFT;
-        let reader = if is_left { cx.left } else { cx.right };
-        let (inputs, index) = with_values(records);
-        let decoded = reader.decode(cx.j, &inputs)?;
-        let (batch, rows, rejected) = (decoded.batch, decoded.records, decoded.rejected);
-        out.rejected
-            .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
-        let expr = if is_left {
-            &cx.plan.left_key
+        let (reader, expr) = if is_left {
+            (cx.left, &cx.plan.left_key)
         } else {
-            &cx.plan.right_key
+            (cx.right, &cx.plan.right_key)
         };
-        let (keys, failed) = eval_keys(expr, &batch)?;
-        let keys = canonical(&keys, &cx.plan.key_type)?;
-        let times = times(&batch).to_vec();
+        let k = keyed(cx, reader, expr, records, &mut out)?;
+        let times = times(&k.batch).to_vec();
         let (keeps_self, keeps_other) = if is_left {
             (cx.plan.kind.keeps_left(), cx.plan.kind.keeps_right())
         } else {
@@ -113,19 +106,10 @@ impl StreamStream {
         let mut lefts: Vec<Rec> = Vec::new();
         let mut rights: Vec<Rec> = Vec::new();
         let mut emits = Vec::new();
-        let failed: std::collections::HashSet<usize> = failed
-            .into_iter()
-            .map(|(row, why)| {
-                out.rejected.push((index[rows[row]], why));
-                row
-            })
-            .collect();
         let other = if is_left { RIGHT } else { LEFT };
-        for (row, key) in keys.into_iter().enumerate() {
-            if failed.contains(&row) {
-                continue;
-            }
-            let origin = index[rows[row]];
+        for (row, key) in k.keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let origin = k.origin[row];
             let t = times[row];
             if t.saturating_add(hi).saturating_add(self.grace) < self.stream_time {
                 out.rejected.push((
@@ -137,7 +121,7 @@ impl StreamStream {
                 ));
                 continue;
             }
-            let Some(rec) = Rec::of(&inputs[rows[row]]) else {
+            let Some(rec) = Rec::of(&k.inputs[row]) else {
                 continue;
             };
             let add = |rec: Rec, mine: bool, lefts: &mut Vec<Rec>, rights: &mut Vec<Rec>| {

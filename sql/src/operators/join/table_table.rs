@@ -2,33 +2,12 @@
 //! right table's key (a foreign key). Each update of either side emits the key's new joined
 //! row, or its deletion when the join no longer holds a row for it.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 
 use super::state::{Kv, Rec, len_prefixed};
-use super::{Cx, Emit, JoinOp, JoinOutput, canonical, eval_keys, with_values};
+use super::{Cx, Emit, JoinOp, JoinOutput, keyed, table_updates};
 use crate::error::Result;
 use crate::format::Input;
-
-/// Records refused, with the reason.
-type Rejections = Vec<(usize, String)>;
-
-/// The records of a table side that do not decode (left out: the table keeps its row), as
-/// rejections and as a set of indices.
-fn undecodable(
-    cx: &Cx<'_>,
-    left: bool,
-    records: &[Input<'_>],
-) -> Result<(Rejections, HashSet<usize>)> {
-    let side = if left { cx.left } else { cx.right };
-    let (inputs, index) = with_values(records);
-    let decoded = side.decode(cx.j, &inputs)?;
-    let (_, _, rejected) = (decoded.batch, decoded.records, decoded.rejected);
-    let rejected: Vec<(usize, String)> = rejected.into_iter().map(|(i, r)| (index[i], r)).collect();
-    let bad = rejected.iter().map(|r| r.0).collect();
-    Ok((rejected, bad))
-}
 
 /// Two tables on their primary keys.
 #[derive(Debug)]
@@ -41,9 +20,7 @@ impl TableTable {
     fn side(&mut self, cx: &Cx<'_>, records: &[Input<'_>], is_left: bool) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
         let reader = if is_left { cx.left } else { cx.right };
-        let keys = reader.primary_keys(records, &cx.plan.key_type);
-        let (rejected, bad) = undecodable(cx, is_left, records)?;
-        out.rejected = rejected;
+        let updates = table_updates(cx, reader, records, &cx.plan.key_type, &mut out)?;
         let (keeps_self, keeps_other) = if is_left {
             (cx.plan.kind.keeps_left(), cx.plan.kind.keeps_right())
         } else {
@@ -52,15 +29,8 @@ impl TableTable {
         let mut lefts = Vec::new();
         let mut rights = Vec::new();
         let mut emits = Vec::new();
-        for (i, (r, key)) in records.iter().zip(keys).enumerate() {
-            if bad.contains(&i) {
-                continue;
-            }
-            let Some(key) = key else {
-                out.rejected
-                    .push((i, "a table record needs a key (the join key)".into()));
-                continue;
-            };
+        for (i, key) in updates {
+            let r = &records[i];
             let (own, other) = if is_left {
                 (&mut self.left_rows, &self.right_rows)
             } else {
@@ -110,12 +80,7 @@ impl TableTable {
                 }
                 (None, o) => {
                     if o.is_some() || keeps_self {
-                        emits.push(Emit {
-                            key: Some(key.clone()),
-                            ts: r.timestamp,
-                            origin: i,
-                            row: None,
-                        });
+                        emits.push(Emit::deletion(key.clone(), r.timestamp, i));
                     }
                 }
             }
@@ -177,30 +142,14 @@ impl JoinOp for ForeignKey {
     fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
         let pks = cx.left.primary_keys(records, &cx.plan.left_key_type);
-        let (inputs, index) = with_values(records);
-        let crate::query::Rows {
-            batch,
-            records: rows,
-            rejected,
-        } = cx.left.decode(cx.j, &inputs)?;
-        out.rejected
-            .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
-        let (fks, failed) = eval_keys(&cx.plan.left_key, &batch)?;
-        let fks = canonical(&fks, &cx.plan.key_type)?;
-        // The foreign key of each record with a value that decoded.
-        let mut fk_of: std::collections::HashMap<usize, Option<Bytes>> = Default::default();
-        let failed: HashSet<usize> = failed
+        // The foreign key of each record with a value that decoded and whose key evaluated.
+        let k = keyed(cx, cx.left, &cx.plan.left_key, records, &mut out)?;
+        let fk_of: std::collections::HashMap<usize, Option<Bytes>> = k
+            .keys
             .into_iter()
-            .map(|(row, why)| {
-                out.rejected.push((index[rows[row]], why));
-                row
-            })
+            .zip(k.origin)
+            .filter_map(|(fk, i)| fk.map(|fk| (i, fk)))
             .collect();
-        for (row, fk) in fks.into_iter().enumerate() {
-            if !failed.contains(&row) {
-                fk_of.insert(index[rows[row]], fk);
-            }
-        }
         let mut lefts = Vec::new();
         let mut rights = Vec::new();
         let mut emits = Vec::new();
@@ -228,12 +177,7 @@ impl JoinOp for ForeignKey {
                 }
                 if old.is_some() {
                     self.left_rows.delete(&pk);
-                    emits.push(Emit {
-                        key: Some(pk),
-                        ts: r.timestamp,
-                        origin: i,
-                        row: None,
-                    });
+                    emits.push(Emit::deletion(pk, r.timestamp, i));
                 }
                 continue;
             };
@@ -290,12 +234,7 @@ impl JoinOp for ForeignKey {
                     });
                 }
                 // An inner join without a match: the key's earlier row (if any) goes.
-                None if old.is_some() => emits.push(Emit {
-                    key: Some(pk),
-                    ts: r.timestamp,
-                    origin: i,
-                    row: None,
-                }),
+                None if old.is_some() => emits.push(Emit::deletion(pk, r.timestamp, i)),
                 None => {}
             }
         }
@@ -306,21 +245,12 @@ impl JoinOp for ForeignKey {
 
     fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
-        let keys = cx.right.primary_keys(records, &cx.plan.key_type);
-        let (rejected, bad) = undecodable(cx, false, records)?;
-        out.rejected = rejected;
+        let updates = table_updates(cx, cx.right, records, &cx.plan.key_type, &mut out)?;
         let mut lefts = Vec::new();
         let mut rights = Vec::new();
         let mut emits = Vec::new();
-        for (i, (r, key)) in records.iter().zip(keys).enumerate() {
-            if bad.contains(&i) {
-                continue;
-            }
-            let Some(key) = key else {
-                out.rejected
-                    .push((i, "a table record needs a key (the join key)".into()));
-                continue;
-            };
+        for (i, key) in updates {
+            let r = &records[i];
             let old = self.right_rows.get(&key)?;
             let new = Rec::of(r);
             match &new {
@@ -363,12 +293,7 @@ impl JoinOp for ForeignKey {
                             row: Some((Some(lefts.len() as u32 - 1), None)),
                         });
                     }
-                    None => emits.push(Emit {
-                        key: Some(pk),
-                        ts: r.timestamp,
-                        origin: i,
-                        row: None,
-                    }),
+                    None => emits.push(Emit::deletion(pk, r.timestamp, i)),
                 }
             }
         }
