@@ -23,9 +23,10 @@ const LEFT: u8 = 0;
 const RIGHT: u8 = 1;
 const INDEX: u8 = 0xFF;
 
-/// Matches one record may have at most; a hot key past this in one window is an error
-/// rather than unbounded memory.
-const MAX_MATCHES: usize = 1_000_000;
+/// Matches one record may have at most: a record of a key with more records than this in
+/// its window on the other side is a dead letter (and is not buffered), rather than one
+/// record making a batch of unbounded size.
+const MAX_MATCHES: usize = 100_000;
 
 #[derive(Debug)]
 pub(super) struct StreamStream {
@@ -155,10 +156,14 @@ impl StreamStream {
             to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
             let matches = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
             if matches.len() > MAX_MATCHES {
-                return Err(crate::error::SqlError::Invalid(format!(
-                    "join key {} has more than {MAX_MATCHES} records within one join window",
-                    String::from_utf8_lossy(&key)
-                )));
+                out.rejected.push((
+                    origin,
+                    format!(
+                        "join key {} has more than {MAX_MATCHES} records of the other side within this record's join window",
+                        String::from_utf8_lossy(&key)
+                    ),
+                ));
+                continue;
             }
             let mine = if matches.is_empty() {
                 None
