@@ -643,3 +643,83 @@ fn with_values<'a>(records: &[Input<'a>]) -> (Vec<Input<'a>>, Vec<usize>) {
     }
     (inputs, index)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::Engine;
+    use crate::format::Input;
+    use crate::query::{Dataflow, compile};
+
+    /// A push query's dataflow over `sql` (a SELECT ... EMIT CHANGES) after `setup`.
+    fn flow(setup: &str, sql: &str) -> (tempfile::TempDir, Dataflow) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sluice_log::Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+        let mut e = Engine::open(&log).unwrap();
+        e.execute(setup).unwrap();
+        let crate::ast::Statement::Select(select) = crate::parse_one(sql).unwrap() else {
+            panic!("not a select")
+        };
+        let q = compile(e.catalog(), &select).unwrap();
+        (dir, Dataflow::open(q, None).unwrap())
+    }
+
+    #[test]
+    fn outer_rows_of_many_records_at_one_time_come_out_once_and_the_buffer_empties() {
+        let (_d, mut f) = flow(
+            "CREATE STREAM a (id VARCHAR KEY, k VARCHAR) WITH (topic='a', partitions=1);
+             CREATE STREAM b (id VARCHAR KEY, k VARCHAR) WITH (topic='b', partitions=1);",
+            "SELECT a.id, b.id AS b_id FROM a LEFT JOIN b WITHIN 1 SECOND GRACE PERIOD 0 SECONDS ON a.k = b.k EMIT CHANGES",
+        );
+        // More records at one timestamp than the expiry index prefetches, in two batches,
+        // some matched, then one record far later closing every window.
+        let n = 3 * super::stream_stream::PREFETCH + 7;
+        let values: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("a{i}"), format!("{{\"k\": \"k{i}\"}}")))
+            .collect();
+        let inputs: Vec<Input<'_>> = values
+            .iter()
+            .map(|(k, v)| Input {
+                key: Some(k.as_bytes()),
+                value: Some(v.as_bytes()),
+                timestamp: 1000,
+            })
+            .collect();
+        let (first, second) = inputs.split_at(n / 2);
+        assert_eq!(f.process_from(0, first).unwrap().batch.num_rows(), 0);
+        assert_eq!(f.process_from(0, second).unwrap().batch.num_rows(), 0);
+        let b = br#"{"k": "k5"}"#;
+        let matched = f
+            .process_from(
+                1,
+                &[Input {
+                    key: Some(b"b5"),
+                    value: Some(b),
+                    timestamp: 1500,
+                }],
+            )
+            .unwrap();
+        assert_eq!(matched.batch.num_rows(), 1);
+        let late = br#"{"k": "zz"}"#;
+        let step = f
+            .process_from(
+                0,
+                &[Input {
+                    key: Some(b"last"),
+                    value: Some(late),
+                    timestamp: 100_000,
+                }],
+            )
+            .unwrap();
+        // Every record but the matched one, once; the last one waits for its window.
+        assert_eq!(step.batch.num_rows(), n - 1);
+        let ids = step.batch.column(0).as_any();
+        let ids = ids
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        let distinct: std::collections::BTreeSet<&str> = ids.iter().flatten().collect();
+        assert_eq!(distinct.len(), n - 1);
+        assert!(!distinct.contains("a5"));
+        // The buffer holds the last record (entry and index) and the stream time.
+        assert_eq!(f.join_state_entries(), 3);
+    }
+}

@@ -10,6 +10,8 @@
 //! buffer key) and the stream time and sequence (the empty key), so the buffers, the index
 //! and the stream time commit together.
 
+use std::collections::BTreeMap;
+
 use bytes::{BufMut, Bytes};
 use sluice_log::Log;
 use sluice_state::StateEnv;
@@ -22,6 +24,9 @@ use crate::format::Input;
 const LEFT: u8 = 0;
 const RIGHT: u8 = 1;
 const INDEX: u8 = 0xFF;
+
+/// Expiry index entries read ahead of time, at most.
+pub(super) const PREFETCH: usize = 1024;
 
 /// Matches one record may have at most: a record of a key with more records than this in
 /// its window on the other side is a dead letter (and is not buffered), rather than one
@@ -36,8 +41,13 @@ pub(super) struct StreamStream {
     grace: i64,
     stream_time: i64,
     seq: u64,
-    /// The earliest time in the expiry index, if known (saves a scan per record).
-    earliest: Option<i64>,
+    /// The first expiry index entries, prefetched so that expiring does not scan the store
+    /// for each record: every entry whose index key is below `horizon` is here (index key
+    /// to buffer key), at most [`PREFETCH`] of them.
+    due: BTreeMap<Bytes, Bytes>,
+    /// Index keys from here on may be in the store only; `None`: every entry is in `due`.
+    /// Empty: nothing is known yet (the first expiry scans from the start).
+    horizon: Option<Bytes>,
 }
 
 impl StreamStream {
@@ -63,7 +73,8 @@ impl StreamStream {
             grace,
             stream_time,
             seq,
-            earliest: None,
+            due: BTreeMap::new(),
+            horizon: Some(Bytes::from_static(&[INDEX])),
         })
     }
 
@@ -198,8 +209,18 @@ impl StreamStream {
             self.seq += 1;
             let matched = u8::from(!matches.is_empty());
             self.kv.put(&bk, rec.encode(&[matched]));
-            self.kv.put(&ik, Bytes::from(bk));
-            self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+            let bk = Bytes::from(bk);
+            self.kv.put(&ik, bk.clone());
+            let ik = Bytes::from(ik);
+            if self.horizon.as_ref().is_none_or(|h| ik < *h) {
+                self.due.insert(ik, bk);
+                if self.due.len() > PREFETCH {
+                    // Keep the first ones: the last goes back to being in the store only.
+                    if let Some((last, _)) = self.due.pop_last() {
+                        self.horizon = Some(last);
+                    }
+                }
+            }
             self.stream_time = self.stream_time.max(t);
             self.expire(
                 origin,
@@ -234,60 +255,71 @@ impl StreamStream {
         emits: &mut Vec<Emit>,
     ) -> Result<()> {
         let cutoff = self.stream_time.saturating_sub(self.span());
-        if self.earliest.is_some_and(|e| e >= cutoff) {
-            return Ok(());
-        }
-        let from = [INDEX];
-        let mut to = vec![INDEX];
-        to.extend_from_slice(&time_bytes(cutoff));
         loop {
-            let due = self.kv.range(&from, &to, 1024)?;
-            let done = due.len() < 1024;
-            for (ik, bk) in due {
-                self.kv.delete(&ik);
-                let side = ik.last().copied().unwrap_or(LEFT);
-                let Some(v) = self.kv.get(&bk)? else {
-                    continue;
-                };
-                self.kv.delete(&bk);
-                let kept = if (side == LEFT) == is_left {
-                    keeps_self
-                } else {
-                    keeps_other
-                };
-                if v.first() == Some(&0) && kept {
-                    let rec = Rec::decode(&v, 1)?;
-                    // The buffer key: side, length-prefixed join key, time, sequence.
-                    let len = bk
-                        .get(1..5)
-                        .and_then(|l| <[u8; 4]>::try_from(l).ok())
-                        .map_or(0, u32::from_be_bytes) as usize;
-                    let key = bk.slice(5..(5 + len).min(bk.len()));
-                    let ts = rec.ts;
-                    let row = if side == LEFT {
-                        lefts.push(rec);
-                        (Some(lefts.len() as u32 - 1), None)
-                    } else {
-                        rights.push(rec);
-                        (None, Some(rights.len() as u32 - 1))
-                    };
-                    emits.push(Emit {
-                        key: Some(key),
-                        ts,
-                        origin,
-                        row: Some(row),
-                    });
-                }
+            let first = self.due.first_key_value().map(|(ik, _)| time_of(&ik[1..9]));
+            match first {
+                Some(t) if t < cutoff => {}
+                Some(_) => return Ok(()),
+                None => match self.horizon.take() {
+                    None => return Ok(()),
+                    Some(h) => {
+                        // Everything below the horizon has expired: prefetch what follows.
+                        let next = self.kv.range(&h, &[INDEX; 18], PREFETCH)?;
+                        self.horizon = match next.last() {
+                            Some((last, _)) if next.len() == PREFETCH => {
+                                let mut after = last.to_vec();
+                                after.push(0);
+                                Some(Bytes::from(after))
+                            }
+                            _ => None,
+                        };
+                        let empty = next.is_empty();
+                        self.due.extend(next);
+                        if empty {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
             }
-            if done {
-                break;
+            let Some((ik, bk)) = self.due.pop_first() else {
+                return Ok(());
+            };
+            self.kv.delete(&ik);
+            let side = ik.last().copied().unwrap_or(LEFT);
+            let Some(v) = self.kv.get(&bk)? else {
+                continue;
+            };
+            self.kv.delete(&bk);
+            let kept = if (side == LEFT) == is_left {
+                keeps_self
+            } else {
+                keeps_other
+            };
+            if v.first() == Some(&0) && kept {
+                let rec = Rec::decode(&v, 1)?;
+                // The buffer key: side, length-prefixed join key, time, sequence.
+                let len = bk
+                    .get(1..5)
+                    .and_then(|l| <[u8; 4]>::try_from(l).ok())
+                    .map_or(0, u32::from_be_bytes) as usize;
+                let key = bk.slice(5..(5 + len).min(bk.len()));
+                let ts = rec.ts;
+                let row = if side == LEFT {
+                    lefts.push(rec);
+                    (Some(lefts.len() as u32 - 1), None)
+                } else {
+                    rights.push(rec);
+                    (None, Some(rights.len() as u32 - 1))
+                };
+                emits.push(Emit {
+                    key: Some(key),
+                    ts,
+                    origin,
+                    row: Some(row),
+                });
             }
         }
-        self.earliest = match self.kv.range(&from, &[INDEX; 18], 1)?.first() {
-            Some((ik, _)) if ik.len() >= 9 => Some(time_of(&ik[1..9])),
-            _ => Some(i64::MAX),
-        };
-        Ok(())
     }
 }
 
