@@ -427,16 +427,22 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
         name: j_name.clone(),
         schema: Arc::clone(SourceReader::new(&planning_def)?.schema()),
     }])?;
+    // `SELECT <key> AS K FROM J`, built as a tree (the key was parsed and rewritten once).
+    let crate::ast::Statement::Select(template) =
+        crate::parse_one("SELECT 1 AS \"K\" FROM j EMIT CHANGES")?
+    else {
+        return Err(SqlError::Plan("internal error: join key template".into()));
+    };
     let key_plan = |e: &SqlExpr| -> Result<Stateless> {
-        let sql = format!(
-            "SELECT {e} AS \"K\" FROM \"{}\"",
-            j_name.replace('"', "\"\"")
-        );
-        let crate::ast::Statement::Select(s) = crate::parse_one(&format!("{sql} EMIT CHANGES"))?
-        else {
-            return Err(SqlError::Plan("internal error: join key".into()));
-        };
-        planner.stateless(&s.query)
+        let mut q = template.query.clone();
+        if let SetExpr::Select(b) = q.body.as_mut() {
+            b.projection = vec![SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::with_quote('"', "K"),
+            }];
+            b.from = vec![j_table(&j_name)];
+        }
+        planner.stateless(&q)
     };
     let mut steps = Vec::with_capacity(from.joins.len());
     // The left side so far: a stream or a table, and its primary key's J columns and type.
@@ -781,7 +787,14 @@ fn rewrite_select(select: &Select, named: &[Named], j_name: &str, full: bool) ->
             scope.rewrite(e)?;
         }
     }
-    body.from = vec![TableWithJoins {
+    body.from = vec![j_table(j_name)];
+    select.within = Vec::new();
+    Ok(select)
+}
+
+/// `FROM <the joined rows>`.
+fn j_table(j_name: &str) -> TableWithJoins {
+    TableWithJoins {
         relation: TableFactor::Table {
             name: ObjectName::from(vec![Ident::with_quote('"', j_name)]),
             alias: None,
@@ -795,7 +808,5 @@ fn rewrite_select(select: &Select, named: &[Named], j_name: &str, full: bool) ->
             index_hints: Vec::new(),
         },
         joins: Vec::new(),
-    }];
-    select.within = Vec::new();
-    Ok(select)
+    }
 }
