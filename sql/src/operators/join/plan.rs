@@ -255,10 +255,23 @@ impl Scope<'_> {
         }
     }
 
-    /// `e` with its source column references replaced by J column references.
+    /// `e` with its source column references replaced by J column references (a lambda's
+    /// parameters are not columns, even where a source has a column of that name).
     fn rewrite(&self, e: &mut SqlExpr) -> Result<()> {
-        use datafusion::sql::sqlparser::ast::visit_expressions_mut;
+        use datafusion::sql::sqlparser::ast::{visit_expressions, visit_expressions_mut};
+        let mut params = std::collections::HashSet::new();
+        let _ = visit_expressions(e, |e| {
+            if let SqlExpr::Lambda(l) = e {
+                params.extend(l.params.iter().map(|p| ident_name(&p.name)));
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
         let flow = visit_expressions_mut(e, |e| {
+            if let SqlExpr::Identifier(i) = e {
+                if params.contains(&ident_name(i)) {
+                    return std::ops::ControlFlow::Continue(());
+                }
+            }
             match self.resolve(e) {
                 Ok(Some((j, _))) => *e = SqlExpr::Identifier(Ident::with_quote('"', j)),
                 Ok(None) => {}
