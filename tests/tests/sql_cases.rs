@@ -20,7 +20,9 @@
 //!
 //! - `--- sql`: statements, run in order before any input.
 //! - `--- input TOPIC`: records `TIMESTAMP KEY VALUE` (`-` for no key; a value of `-` is a
-//!   tombstone), produced after the statements.
+//!   tombstone), produced after the statements, all in one transaction, while the persistent
+//!   queries are stopped; they start again when it has committed, so they read every input
+//!   topic from its start in timestamp order.
 //! - `--- output TOPIC`: every record the topic holds at the end (read_committed), in order,
 //!   same line format. JSON values compare as JSON. `--- output TOPIC any-order` compares
 //!   them sorted by timestamp and key (for several queries writing one topic).
@@ -276,8 +278,11 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         .sources()
         .filter_map(|s| s.window.map(|w| (s.topic.clone(), w)))
         .collect();
-    // One transaction: the queries see every input topic's records at once, so a join's
-    // sides meet in timestamp order whatever order the topics are listed in.
+    // The queries wait while the input is written, then start with all of it committed, so
+    // a join's sides (and partitions) meet in timestamp order whatever order the topics are
+    // listed in. (Running, a query could see one topic's part of the input committed before
+    // another's: a transaction's markers reach its partitions one by one, in Kafka too.)
+    engine.shutdown();
     let mut producer = log
         .transactional_producer("sql-cases-input", ProducerConfig::default())
         .unwrap();
@@ -303,6 +308,7 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         }
     }
     producer.commit_transaction().unwrap();
+    engine.start_queries();
     // Wait until every running query has read all its input and committed.
     if !engine
         .wait_caught_up(Duration::from_secs(20))
