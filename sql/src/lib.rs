@@ -18,13 +18,15 @@
 //!   CREATE, INSERT, SELECT (push and pull queries), SHOW/DESCRIBE/EXPLAIN, DROP/TERMINATE;
 //!   persistent queries run through [`runner`].
 //! - [`catalog`]: declared streams and tables and the persistent queries, kept in the log.
-//! - [`query`]: compiles a SELECT against the catalog (DataFusion plans it, operators are cut
-//!   from the plan) and runs it batch by batch as a [`query::Dataflow`].
+//! - [`query`]: compiles a SELECT against the catalog (joins first, into one joined row the
+//!   rest reads; DataFusion plans the rest, operators are cut from the plan) and runs it batch
+//!   by batch as a [`query::Dataflow`].
 //! - [`partition_by`]: `PARTITION BY`, which columns re-key a stream query's output.
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
 //! - [`merge`]: input records of several partitions and topics in timestamp order.
 //! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
-//!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output).
+//!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output;
+//!   join: plan, state, one file per kind of join).
 //! - [`checked`]: arithmetic that fails on overflow and division by zero instead of wrapping.
 //! - [`functions`]: ksqlDB's aggregate functions registered with DataFusion for planning, and
 //!   its scalar function library (string, math, date/time, JSON, collections).
