@@ -1,10 +1,13 @@
 //! Differential test: for seeded random inputs (NULLs, out-of-order times), the final result
 //! of grouped and windowed streaming queries equals DataFusion's batch evaluation of the
-//! equivalent query over the same rows.
+//! equivalent query over the same rows, and so do the rows of stream-table and windowed
+//! stream-stream joins (INNER and LEFT).
 //!
 //! The streaming side runs the query's dataflow (memory state) over the records in random
-//! batch sizes and keeps the last result emitted per group; the batch side runs DataFusion
-//! over the decoded rows, windows expressed with arithmetic on `rowtime`.
+//! batch sizes and keeps the last result emitted per group (joins: every row emitted); the
+//! batch side runs DataFusion over the decoded rows, windows expressed with arithmetic on
+//! `rowtime`, a stream-table join's "as of" lookup as the table row with the greatest
+//! arrival place at or before the stream record's time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -267,6 +270,387 @@ fn streaming_results_equal_datafusion_batch_results() {
                     "seed {seed}: {stream_sql}: group {k}: batch {v}, streaming {}",
                     last[k]
                 );
+            }
+        }
+    }
+    drop(engine);
+    log.close().unwrap();
+}
+
+/// A record of one side of a join: its source (in FROM order), key, value (`None`: a
+/// tombstone) and time.
+struct Side {
+    source: usize,
+    key: String,
+    value: Option<String>,
+    ts: i64,
+}
+
+/// Stream-table inputs in arrival order: transactions (source 0, key `t{i}`, an account
+/// `a0`..`a9` or NULL, an amount) and account updates and deletions (source 1, key
+/// `a0`..`a7`, a limit that may be NULL and a name). Times never go back, often repeat, and
+/// at equal times the table's records come first, as the query runner merges them.
+fn stream_table_inputs(seed: u64, n: usize) -> Vec<Side> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut t = 1_000_000i64;
+    let mut out: Vec<Side> = (0..n)
+        .map(|i| {
+            // One record in five shares the previous one's time.
+            if rng.below(5) != 0 {
+                t += rng.below(150) as i64;
+            }
+            if rng.below(4) == 0 {
+                let value = (rng.below(8) != 0).then(|| {
+                    let lim = match rng.below(10) {
+                        0 => "null".to_string(),
+                        x => (x * 100).to_string(),
+                    };
+                    format!(r#"{{"lim": {lim}, "name": "n{i}"}}"#)
+                });
+                Side {
+                    source: 1,
+                    key: format!("a{}", rng.below(8)),
+                    value,
+                    ts: t,
+                }
+            } else {
+                let acct = match rng.below(11) {
+                    10 => "null".to_string(),
+                    x => format!("\"a{x}\""),
+                };
+                Side {
+                    source: 0,
+                    key: format!("t{i}"),
+                    value: Some(format!(
+                        r#"{{"acct": {acct}, "amount": {}}}"#,
+                        rng.below(1000)
+                    )),
+                    ts: t,
+                }
+            }
+        })
+        .collect();
+    out.sort_by_key(|s| (s.ts, s.source == 0));
+    out
+}
+
+/// Stream-stream inputs in arrival order: views (source 0, key `v{i}`) and clicks (source 1,
+/// key `c{i}`), each with a join key `k0`..`k5` or NULL and a number. Times move forward in
+/// steps of 250 ms with jitter of up to 2 s backwards (within the queries' 2 s grace period, so that no record is
+/// late); a last view and click far later close every window.
+fn stream_stream_inputs(seed: u64, n: usize) -> Vec<Side> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut t = 1_000_000i64;
+    let mut out: Vec<Side> = (0..n)
+        .map(|i| {
+            // Times in steps of 250 ms: many pairs lie exactly on a window's bounds.
+            t += 250 * rng.below(3) as i64;
+            let ts = t - 250 * rng.below(9) as i64;
+            let source = rng.below(2) as usize;
+            let k = match rng.below(13) {
+                12 => "null".to_string(),
+                x => format!("\"k{}\"", x % 6),
+            };
+            let (key, field) = if source == 0 {
+                (format!("v{i}"), "a")
+            } else {
+                (format!("c{i}"), "b")
+            };
+            Side {
+                source,
+                key,
+                value: Some(format!(r#"{{"k": {k}, "{field}": {}}}"#, rng.below(1000))),
+                ts,
+            }
+        })
+        .collect();
+    for (source, key, field) in [(0, "vend", "a"), (1, "cend", "b")] {
+        out.push(Side {
+            source,
+            key: key.into(),
+            value: Some(format!(r#"{{"k": "end", "{field}": 0}}"#)),
+            ts: t + 100_000,
+        });
+    }
+    out
+}
+
+/// The batch tables of join inputs: per source, every record as a row of `columns` (read
+/// from its JSON value, NULL when absent) with its key as `ID`, its time as `ROWTIME`, its
+/// place in the arrival order as `SEQ` and whether it is a tombstone as `DEL`.
+fn join_tables(inputs: &[Side], sources: &[(&str, &[(&str, bool)])]) -> Vec<(String, RecordBatch)> {
+    use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    sources
+        .iter()
+        .enumerate()
+        .map(|(source, (name, columns))| {
+            let rows: Vec<(usize, &Side, serde_json::Value)> = inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.source == source)
+                .map(|(seq, s)| {
+                    let v = s.value.as_deref().map_or(serde_json::Value::Null, |v| {
+                        serde_json::from_str(v).unwrap()
+                    });
+                    (seq, s, v)
+                })
+                .collect();
+            let mut fields = vec![Field::new("ID", DataType::Utf8, false)];
+            let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.key.as_str()),
+            ))];
+            for (c, is_text) in columns.iter() {
+                let field = c.to_lowercase();
+                if *is_text {
+                    fields.push(Field::new(c.to_string(), DataType::Utf8, true));
+                    arrays.push(Arc::new(StringArray::from(
+                        rows.iter()
+                            .map(|r| r.2[&field].as_str().map(str::to_string))
+                            .collect::<Vec<_>>(),
+                    )));
+                } else {
+                    fields.push(Field::new(c.to_string(), DataType::Int64, true));
+                    arrays.push(Arc::new(Int64Array::from(
+                        rows.iter()
+                            .map(|r| r.2[&field].as_i64())
+                            .collect::<Vec<_>>(),
+                    )));
+                }
+            }
+            fields.push(Field::new("ROWTIME", DataType::Int64, false));
+            arrays.push(Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.ts),
+            )));
+            fields.push(Field::new("SEQ", DataType::Int64, false));
+            arrays.push(Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.0 as i64),
+            )));
+            fields.push(Field::new("DEL", DataType::Boolean, false));
+            arrays.push(Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.1.value.is_none()).collect::<Vec<_>>(),
+            )));
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+            (name.to_string(), batch)
+        })
+        .collect()
+}
+
+/// Rows as JSON text with sorted keys and explicit NULLs, one per row; `times` adds each
+/// row's record timestamp as `TS`.
+fn json_rows(batch: &RecordBatch, times: Option<&[i64]>) -> Vec<String> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow_json::writer::LineDelimited>(&mut buf);
+        w.write(batch).unwrap();
+        w.finish().unwrap();
+    }
+    String::from_utf8(buf)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut v: BTreeMap<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+            if let Some(times) = times {
+                v.insert("TS".into(), times[i].into());
+            }
+            serde_json::to_string(&v).unwrap()
+        })
+        .collect()
+}
+
+/// (streaming query, equivalent batch query): stream-table joins over `TXNS` and `ACCOUNTS`.
+/// A transaction joins the account row with the greatest arrival place among those at or
+/// before its time (the runner delivers a table's records first at equal times), unless
+/// that row is a tombstone.
+const STREAM_TABLE_JOINS: &[(&str, &str)] = &[
+    (
+        "SELECT s.id AS sid, s.acct AS acct, s.amount AS amount, t.lim AS lim, t.name AS name \
+         FROM txns s JOIN accounts t ON s.acct = t.id EMIT CHANGES",
+        "SELECT S.ID AS SID, S.ACCT AS ACCT, S.AMOUNT AS AMOUNT, U.LIM AS LIM, U.NAME AS NAME, \
+         S.ROWTIME AS TS FROM TXNS S \
+         JOIN (SELECT S2.ID AS SID, MAX(A.SEQ) AS SEQ FROM TXNS S2 JOIN ACCOUNTS A \
+               ON S2.ACCT = A.ID AND A.ROWTIME <= S2.ROWTIME GROUP BY S2.ID) M ON M.SID = S.ID \
+         JOIN ACCOUNTS U ON U.SEQ = M.SEQ WHERE NOT U.DEL",
+    ),
+    (
+        "SELECT s.id AS sid, s.acct AS acct, s.amount AS amount, t.lim AS lim, t.name AS name \
+         FROM txns s LEFT JOIN accounts t ON s.acct = t.id EMIT CHANGES",
+        // A tombstone's columns are NULL, so the latest row being one leaves NULLs.
+        "SELECT S.ID AS SID, S.ACCT AS ACCT, S.AMOUNT AS AMOUNT, U.LIM AS LIM, U.NAME AS NAME, \
+         S.ROWTIME AS TS FROM TXNS S \
+         LEFT JOIN (SELECT S2.ID AS SID, MAX(A.SEQ) AS SEQ FROM TXNS S2 JOIN ACCOUNTS A \
+               ON S2.ACCT = A.ID AND A.ROWTIME <= S2.ROWTIME GROUP BY S2.ID) M ON M.SID = S.ID \
+         LEFT JOIN ACCOUNTS U ON U.SEQ = M.SEQ",
+    ),
+];
+
+/// (streaming query, equivalent batch query): windowed stream-stream joins over `VIEWS` and
+/// `CLICKS`. `WITHIN (before, after)`: a view at t joins the clicks in [t - before, t + after];
+/// a joined row's time is the later record's, an unmatched view's its own.
+const STREAM_STREAM_JOINS: &[(&str, &str)] = &[
+    (
+        "SELECT v.id AS vid, c.id AS cid, v.k AS k, v.a AS a, c.b AS b FROM views v \
+         JOIN clicks c WITHIN 1 SECOND GRACE PERIOD 2 SECONDS ON v.k = c.k EMIT CHANGES",
+        "SELECT V.ID AS VID, C.ID AS CID, V.K AS K, V.A AS A, C.B AS B, \
+         GREATEST(V.ROWTIME, C.ROWTIME) AS TS FROM VIEWS V JOIN CLICKS C \
+         ON V.K = C.K AND ABS(V.ROWTIME - C.ROWTIME) <= 1000",
+    ),
+    (
+        "SELECT v.id AS vid, c.id AS cid, v.k AS k, v.a AS a, c.b AS b FROM views v \
+         LEFT JOIN clicks c WITHIN 1 SECOND GRACE PERIOD 2 SECONDS ON v.k = c.k EMIT CHANGES",
+        "SELECT V.ID AS VID, C.ID AS CID, V.K AS K, V.A AS A, C.B AS B, \
+         CASE WHEN C.ID IS NULL THEN V.ROWTIME ELSE GREATEST(V.ROWTIME, C.ROWTIME) END AS TS \
+         FROM VIEWS V LEFT JOIN CLICKS C ON V.K = C.K AND ABS(V.ROWTIME - C.ROWTIME) <= 1000",
+    ),
+    (
+        "SELECT v.id AS vid, c.id AS cid, v.k AS k, v.a AS a, c.b AS b FROM views v \
+         LEFT JOIN clicks c WITHIN (500 MILLISECONDS, 2 SECONDS) GRACE PERIOD 2 SECONDS \
+         ON v.k = c.k EMIT CHANGES",
+        "SELECT V.ID AS VID, C.ID AS CID, V.K AS K, V.A AS A, C.B AS B, \
+         CASE WHEN C.ID IS NULL THEN V.ROWTIME ELSE GREATEST(V.ROWTIME, C.ROWTIME) END AS TS \
+         FROM VIEWS V LEFT JOIN CLICKS C \
+         ON V.K = C.K AND C.ROWTIME - V.ROWTIME BETWEEN -500 AND 2000",
+    ),
+];
+
+/// Runs `stream_sql` over `inputs` (in arrival order, runs of one source in random batch
+/// sizes) and returns every row it emitted, with its timestamp.
+fn stream_join(engine: &Engine, stream_sql: &str, inputs: &[Side], seed: u64) -> Vec<String> {
+    let select = match sluice_sql::parse_one(stream_sql).unwrap() {
+        sluice_sql::ast::Statement::Select(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let mut flow = Dataflow::open(compile(engine.catalog(), &select).unwrap(), None).unwrap();
+    let mut rng = Rng(seed + 7);
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while i < inputs.len() {
+        let source = inputs[i].source;
+        let n = 1 + rng.below(40) as usize;
+        let end = i + inputs[i..]
+            .iter()
+            .take(n)
+            .take_while(|s| s.source == source)
+            .count();
+        let batch: Vec<Input<'_>> = inputs[i..end]
+            .iter()
+            .map(|s| Input {
+                key: Some(s.key.as_bytes()),
+                value: s.value.as_deref().map(str::as_bytes),
+                timestamp: s.ts,
+            })
+            .collect();
+        let step = flow.process_from(source, &batch).unwrap();
+        assert!(
+            step.rejected.is_empty(),
+            "{stream_sql}: {:?}",
+            step.rejected
+        );
+        assert!(step.deleted.iter().all(|d| !d), "{stream_sql}: a deletion");
+        rows.extend(json_rows(&step.batch, Some(&step.timestamps)));
+        i = end;
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn streaming_joins_equal_datafusion_batch_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let mut engine = Engine::open_with(
+        &log,
+        EngineConfig {
+            start_queries: false,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    engine
+        .execute(
+            "CREATE STREAM txns (id VARCHAR KEY, acct VARCHAR, amount BIGINT) WITH (topic='txns', partitions=1);
+             CREATE TABLE accounts (id VARCHAR PRIMARY KEY, lim BIGINT, name VARCHAR) WITH (topic='accounts', partitions=1);
+             CREATE STREAM views (id VARCHAR KEY, k VARCHAR, a BIGINT) WITH (topic='views', partitions=1);
+             CREATE STREAM clicks (id VARCHAR KEY, k VARCHAR, b BIGINT) WITH (topic='clicks', partitions=1);",
+        )
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let cases: [(&[(&str, &str)], fn(u64, usize) -> Vec<Side>, _); 2] = [
+        (
+            STREAM_TABLE_JOINS,
+            stream_table_inputs,
+            [
+                ("TXNS", &[("ACCT", true), ("AMOUNT", false)][..]),
+                ("ACCOUNTS", &[("LIM", false), ("NAME", true)][..]),
+            ],
+        ),
+        (
+            STREAM_STREAM_JOINS,
+            stream_stream_inputs,
+            [
+                ("VIEWS", &[("K", true), ("A", false)][..]),
+                ("CLICKS", &[("K", true), ("B", false)][..]),
+            ],
+        ),
+    ];
+    for seed in 1..=4u64 {
+        for (queries, generate, sources) in &cases {
+            let inputs = generate(seed, 1500);
+            let ctx = SessionContext::new_with_config(
+                datafusion::prelude::SessionConfig::new()
+                    .set_bool("datafusion.sql_parser.enable_ident_normalization", false),
+            );
+            for (name, batch) in join_tables(&inputs, sources) {
+                let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+                ctx.register_table(
+                    datafusion::common::TableReference::bare(name),
+                    Arc::new(table),
+                )
+                .unwrap();
+            }
+            for (stream_sql, batch_sql) in queries.iter() {
+                let streamed = stream_join(&engine, stream_sql, &inputs, seed);
+                let expected = rt
+                    .block_on(async { ctx.sql(batch_sql).await.unwrap().collect().await.unwrap() });
+                let mut expected: Vec<String> =
+                    expected.iter().flat_map(|b| json_rows(b, None)).collect();
+                expected.sort();
+                // Not vacuous: rows with and without a match (for outer joins).
+                let unmatched = expected.iter().filter(|r| r.contains(":null")).count();
+                assert!(
+                    expected.len() > 300 && unmatched < expected.len(),
+                    "seed {seed}: {batch_sql} gave {} rows, {unmatched} with NULLs",
+                    expected.len()
+                );
+                if stream_sql.contains("LEFT") {
+                    assert!(
+                        unmatched > 20,
+                        "seed {seed}: {stream_sql}: {unmatched} with NULLs"
+                    );
+                }
+                if streamed != expected {
+                    let extra: Vec<&String> = streamed
+                        .iter()
+                        .filter(|r| !expected.contains(r))
+                        .take(5)
+                        .collect();
+                    let missing: Vec<&String> = expected
+                        .iter()
+                        .filter(|r| !streamed.contains(r))
+                        .take(5)
+                        .collect();
+                    panic!(
+                        "seed {seed}: {stream_sql}: {} streamed rows, {} batch rows; \
+                         streamed only: {extra:#?}; batch only: {missing:#?}",
+                        streamed.len(),
+                        expected.len()
+                    );
+                }
             }
         }
     }
