@@ -17,6 +17,7 @@ mod objstore;
 mod pipeline_reference;
 mod sql_cases;
 mod sql_differential;
+mod sql_join_crash;
 mod sql_join_state;
 mod sql_partition_by;
 mod sql_queries;

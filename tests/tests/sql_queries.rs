@@ -191,19 +191,21 @@ fn query_child() {
     std::thread::sleep(Duration::from_secs(600));
 }
 
-/// Runs the child until `kill_after`, then kills it; returns whether it had caught up with
-/// its input by then (a kill after that interrupts nothing).
-fn run_child(exe: &Path, dir: &Path, fault: Option<&str>, kill_after: Duration) -> bool {
+/// Runs the test `child` of this binary (with `env`, and `SLUICE_FAULT` set to `fault`)
+/// until `kill_after`, then kills it; returns whether it had printed `CAUGHT-UP` (caught up
+/// with its input) by then: a kill after that interrupts nothing.
+pub(crate) fn run_child(
+    exe: &Path,
+    child: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    fault: Option<&str>,
+    kill_after: Duration,
+) -> bool {
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "sql_queries::query_child",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_DIR, dir)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    cmd.args([child, "--exact", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     if let Some(f) = fault {
         cmd.env("SLUICE_FAULT", f);
     }
@@ -262,7 +264,13 @@ fn kill_9_while_queries_run_loses_and_repeats_nothing() {
         // Every third round dies at the fault point instead: the epoch committed in the log,
         // the local state did not.
         let fault = (round % 3 == 2).then_some("query-after-commit");
-        if !run_child(&exe, dir.path(), fault, Duration::from_millis(ms)) {
+        if !run_child(
+            &exe,
+            "sql_queries::query_child",
+            &[(CHILD_DIR, dir.path().as_os_str())],
+            fault,
+            Duration::from_millis(ms),
+        ) {
             interrupted += 1;
         }
     }
