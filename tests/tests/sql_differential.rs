@@ -557,6 +557,14 @@ fn stream_join(engine: &Engine, stream_sql: &str, inputs: &[Side], seed: u64) ->
     rows
 }
 
+/// Join queries, their inputs' generator, and each source's batch table (name, columns and
+/// whether each is text).
+type JoinCase = (
+    &'static [(&'static str, &'static str)],
+    fn(u64, usize) -> Vec<Side>,
+    [(&'static str, &'static [(&'static str, bool)]); 2],
+);
+
 #[test]
 fn streaming_joins_equal_datafusion_batch_joins() {
     let dir = tempfile::tempdir().unwrap();
@@ -580,7 +588,7 @@ fn streaming_joins_equal_datafusion_batch_joins() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let cases: [(&[(&str, &str)], fn(u64, usize) -> Vec<Side>, _); 2] = [
+    let cases: [JoinCase; 2] = [
         (
             STREAM_TABLE_JOINS,
             stream_table_inputs,

@@ -93,7 +93,7 @@ fn event(i: u64, n: u64, base: i64) -> Event {
     }
     let r = mix(i);
     let a = (r >> 8) % 1_000_000;
-    let deleted = (r >> 40) % 6 == 0;
+    let deleted = (r >> 40).is_multiple_of(6);
     let (topic, key, value) = match r % 10 {
         0..=2 => (
             "views",
