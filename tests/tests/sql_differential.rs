@@ -1,7 +1,7 @@
 //! Differential test: for seeded random inputs (NULLs, out-of-order times), the final result
 //! of grouped and windowed streaming queries equals DataFusion's batch evaluation of the
-//! equivalent query over the same rows, and so do the rows of stream-table and windowed
-//! stream-stream joins (INNER and LEFT).
+//! equivalent query over the same rows, and so do the rows of stream-table joins (INNER and
+//! LEFT) and windowed stream-stream joins (INNER, LEFT, RIGHT and FULL OUTER).
 //!
 //! The streaming side runs the query's dataflow (memory state) over the records in random
 //! batch sizes and keeps the last result emitted per group (joins: every row emitted); the
@@ -489,8 +489,23 @@ const STREAM_TABLE_JOINS: &[(&str, &str)] = &[
 
 /// (streaming query, equivalent batch query): windowed stream-stream joins over `VIEWS` and
 /// `CLICKS`. `WITHIN (before, after)`: a view at t joins the clicks in [t - before, t + after];
-/// a joined row's time is the later record's, an unmatched view's its own.
+/// a joined row's time is the later record's, an unmatched record's its own; a FULL OUTER
+/// join's `ROWKEY` is the join key of whichever side is there.
 const STREAM_STREAM_JOINS: &[(&str, &str)] = &[
+    (
+        "SELECT c.k AS k, v.id AS vid, c.id AS cid, v.a AS a, c.b AS b FROM views v \
+         RIGHT JOIN clicks c WITHIN 1 SECOND GRACE PERIOD 2 SECONDS ON v.k = c.k EMIT CHANGES",
+        "SELECT C.K AS K, V.ID AS VID, C.ID AS CID, V.A AS A, C.B AS B, \
+         CASE WHEN V.ID IS NULL THEN C.ROWTIME ELSE GREATEST(V.ROWTIME, C.ROWTIME) END AS TS \
+         FROM VIEWS V RIGHT JOIN CLICKS C ON V.K = C.K AND ABS(V.ROWTIME - C.ROWTIME) <= 1000",
+    ),
+    (
+        "SELECT ROWKEY AS rk, v.id AS vid, c.id AS cid, v.a AS a, c.b AS b FROM views v \
+         FULL OUTER JOIN clicks c WITHIN (500 MILLISECONDS, 1 SECOND) GRACE PERIOD 2 SECONDS ON v.k = c.k EMIT CHANGES",
+        "SELECT COALESCE(V.K, C.K) AS RK, V.ID AS VID, C.ID AS CID, V.A AS A, C.B AS B, \
+         CASE WHEN V.ID IS NULL THEN C.ROWTIME WHEN C.ID IS NULL THEN V.ROWTIME ELSE GREATEST(V.ROWTIME, C.ROWTIME) END AS TS \
+         FROM VIEWS V FULL JOIN CLICKS C ON V.K = C.K AND C.ROWTIME - V.ROWTIME BETWEEN -500 AND 1000",
+    ),
     (
         "SELECT v.id AS vid, c.id AS cid, v.k AS k, v.a AS a, c.b AS b FROM views v \
          JOIN clicks c WITHIN 1 SECOND GRACE PERIOD 2 SECONDS ON v.k = c.k EMIT CHANGES",
@@ -606,7 +621,8 @@ fn streaming_joins_equal_datafusion_batch_joins() {
             ],
         ),
     ];
-    for seed in 1..=4u64 {
+    // More seeds: SLUICE_DIFF_SEEDS=100.
+    for seed in 1..=crate::common::env_or("SLUICE_DIFF_SEEDS", 4) {
         for (queries, generate, sources) in &cases {
             let inputs = generate(seed, 1500);
             let ctx = SessionContext::new_with_config(
@@ -635,7 +651,10 @@ fn streaming_joins_equal_datafusion_batch_joins() {
                     "seed {seed}: {batch_sql} gave {} rows, {unmatched} with NULLs",
                     expected.len()
                 );
-                if stream_sql.contains("LEFT") {
+                if stream_sql.contains("LEFT")
+                    || stream_sql.contains("RIGHT")
+                    || stream_sql.contains("FULL")
+                {
                     assert!(
                         unmatched > 20,
                         "seed {seed}: {stream_sql}: {unmatched} with NULLs"
