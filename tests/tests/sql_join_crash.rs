@@ -4,7 +4,8 @@
 //!
 //! The child ([`join_child`], this test binary re-executed) opens the engine, which resumes
 //! the queries, and writes the rest of the input itself: input event `i` is a function of
-//! `i` alone, so a child resumes each topic after the records already in it. It is killed at
+//! `i` alone, so a child resumes each partition (two per topic) after the records already in
+//! it. It is killed at
 //! random moments, or aborts itself at the fault points of the commit path
 //! (`sluice_log::fault`). The parent then checks every output against the join computed
 //! here from the inputs: the stream joins' exact multiset of rows; for the table joins, each
@@ -34,11 +35,11 @@ const WITHIN_MS: i64 = 1000;
 const CHUNK: usize = 50;
 
 const QUERIES: &str = "
-    CREATE STREAM views (id VARCHAR KEY, k VARCHAR) WITH (topic='views', partitions=1);
-    CREATE STREAM clicks (id VARCHAR KEY, k VARCHAR) WITH (topic='clicks', partitions=1);
-    CREATE TABLE users (id VARCHAR PRIMARY KEY, ver BIGINT, org VARCHAR) WITH (topic='users', partitions=1);
-    CREATE TABLE profiles (id VARCHAR PRIMARY KEY, ver BIGINT) WITH (topic='profiles', partitions=1);
-    CREATE TABLE orgs (id VARCHAR PRIMARY KEY, ver BIGINT) WITH (topic='orgs', partitions=1);
+    CREATE STREAM views (id VARCHAR KEY, k VARCHAR) WITH (topic='views', partitions=2);
+    CREATE STREAM clicks (id VARCHAR KEY, k VARCHAR) WITH (topic='clicks', partitions=2);
+    CREATE TABLE users (id VARCHAR PRIMARY KEY, ver BIGINT, org VARCHAR) WITH (topic='users', partitions=2);
+    CREATE TABLE profiles (id VARCHAR PRIMARY KEY, ver BIGINT) WITH (topic='profiles', partitions=2);
+    CREATE TABLE orgs (id VARCHAR PRIMARY KEY, ver BIGINT) WITH (topic='orgs', partitions=2);
     CREATE STREAM vc_inner WITH (topic='vc_inner') AS SELECT v.k, v.id AS vid, c.id AS cid
         FROM views v JOIN clicks c WITHIN 1 SECOND GRACE PERIOD 10 SECONDS ON v.k = c.k;
     CREATE STREAM vc_left WITH (topic='vc_left') AS SELECT v.k, v.id AS vid, c.id AS cid
@@ -136,29 +137,35 @@ fn all_events(base: i64) -> Vec<Event> {
 
 const TOPICS: [&str; 5] = ["views", "clicks", "users", "profiles", "orgs"];
 
+/// Partitions of each input topic.
+const PARTITIONS: u32 = 2;
+
 /// Writes the input events not yet in their topics, in order, in chunks (pausing between
-/// them when `paced`, so that a child is killed while it writes).
+/// them when `paced`, so that a child is killed while it writes). Each partition holds a
+/// prefix of its events (a child may die between the partitions of one chunk).
 fn produce_rest(log: &Log, base: i64, paced: bool) {
-    let mut present: HashMap<&str, i64> = TOPICS
-        .iter()
-        .map(|t| {
+    let mut present: HashMap<(&str, u32), i64> = HashMap::new();
+    for t in TOPICS {
+        for p in 0..PARTITIONS {
             let end = log
-                .list_offset(t, 0, OffsetSpec::Latest, Isolation::ReadUncommitted)
+                .list_offset(t, p, OffsetSpec::Latest, Isolation::ReadUncommitted)
                 .unwrap()
                 .unwrap_or(0);
-            (*t, end)
-        })
-        .collect();
+            present.insert((t, p), end);
+        }
+    }
     let mut p = log.producer(ProducerConfig::default()).unwrap();
     let mut sent = 0;
     for e in all_events(base) {
-        let left = present.get_mut(e.topic).unwrap();
+        let partition = sluice_log::partitioner::partition_for_key(e.key.as_bytes(), PARTITIONS);
+        let left = present.get_mut(&(e.topic, partition)).unwrap();
         if *left > 0 {
             *left -= 1;
             continue;
         }
-        p.send(
+        p.send_to(
             e.topic,
+            partition,
             Record {
                 key: Some(Bytes::from(e.key)),
                 value: e.value.map(Bytes::from),
