@@ -467,6 +467,9 @@ fn case_files() -> Vec<String> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".cases"))
+        // `SQL_CASES=joins` runs only the files whose names contain `joins` (while writing
+        // cases; CI runs every file).
+        .filter(|n| std::env::var("SQL_CASES").map_or(true, |f| n.contains(f.as_str())))
         .collect();
     files.sort();
     files
@@ -476,7 +479,10 @@ fn case_files() -> Vec<String> {
 #[test]
 fn every_case_file_passes() {
     let files = case_files();
-    assert!(files.len() >= 5, "case files: {files:?}");
+    assert!(
+        files.len() >= 5 || std::env::var("SQL_CASES").is_ok(),
+        "case files: {files:?}"
+    );
     let failures: Vec<String> = std::thread::scope(|scope| {
         let running: Vec<_> = files
             .iter()
