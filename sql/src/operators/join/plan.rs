@@ -508,6 +508,11 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
         };
         let mut on = on.clone();
         scope.rewrite(&mut on)?;
+        // The sides as the user wrote them, for messages (`o.id`, not the J column `"O_ID"`).
+        let written = match constraint {
+            JoinConstraint::On(w) => equality(w),
+            _ => None,
+        };
         let Some((a, b)) = equality(&on) else {
             return Err(SqlError::Invalid(format!(
                 "the join with {} must be on one equality (ON a.x = b.y), not: {}",
@@ -518,10 +523,14 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
         let (sa, sb) = (sources_of(a, &named), sources_of(b, &named));
         let is_right = |s: &[usize]| s == [k + 1];
         let is_left = |s: &[usize]| !s.is_empty() && s.iter().all(|&i| i <= k);
-        let (left_expr, right_expr) = if is_left(&sa) && is_right(&sb) {
-            (a.clone(), b.clone())
+        let (wa, wb) = written.map_or((a.to_string(), b.to_string()), |(wa, wb)| {
+            (wa.to_string(), wb.to_string())
+        });
+        let (left_expr, right_expr, left_written, right_written) = if is_left(&sa) && is_right(&sb)
+        {
+            (a.clone(), b.clone(), wa, wb)
         } else if is_right(&sa) && is_left(&sb) {
-            (b.clone(), a.clone())
+            (b.clone(), a.clone(), wb, wa)
         } else {
             return Err(SqlError::Invalid(format!(
                 "the join condition {} must compare the sources joined so far with {} (one side each)",
@@ -611,7 +620,7 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
                 return Err(SqlError::Invalid(format!(
                     "a table is joined on its PRIMARY KEY: {} is joined on {}, not its key {}",
                     right.def.name,
-                    right_expr,
+                    right_written,
                     right
                         .def
                         .columns
@@ -625,20 +634,23 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
         let right_key = key_plan(&right_expr)?;
         let lt = left_key.schema().field(0).data_type().clone();
         let rt = right_key.schema().field(0).data_type().clone();
-        let key_type = match shape {
-            Shape::StreamStream { .. } => lt.clone(),
-            _ => rt.clone(),
-        };
-        let castable = |from: &DataType| {
-            from == &key_type || datafusion::arrow::compute::can_cast_types(from, &key_type)
-        };
-        if !castable(&lt) || !castable(&rt) || is_nested(&lt) != is_nested(&rt) {
+        // As in ksqlDB the two sides must have one SQL type: a cast between others (VARCHAR
+        // to INT, DOUBLE to INT) would make unequal values equal or drop them as NULL.
+        // Integers of any width are compared as BIGINT, which changes no value.
+        let key_type = if is_integer(&lt) && is_integer(&rt) && lt != rt {
+            DataType::Int64
+        } else if crate::types::sql_name(&lt) == crate::types::sql_name(&rt) {
+            match shape {
+                Shape::StreamStream { .. } => lt.clone(),
+                _ => rt.clone(),
+            }
+        } else {
             return Err(SqlError::Invalid(format!(
-                "cannot join {left_expr} ({}) with {right_expr} ({}): their types differ",
+                "cannot join {left_written} ({}) with {right_written} ({}): their types differ; CAST one side to the other's type",
                 crate::types::sql_name(&lt),
                 crate::types::sql_name(&rt)
             )));
-        }
+        };
         let left_col = column_of(&left_expr);
         let right_col = column_of(&right_expr);
         key_aliases = match (shape, kind) {
@@ -684,10 +696,10 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
     )))
 }
 
-fn is_nested(t: &DataType) -> bool {
+fn is_integer(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Struct(_) | DataType::List(_) | DataType::Map(..) | DataType::LargeList(_)
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64
     )
 }
 
