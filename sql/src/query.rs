@@ -299,6 +299,18 @@ impl CompiledQuery {
         }
     }
 
+    /// Orders the sources reading one topic (indices in FROM order) so that tables come
+    /// first: a topic read as a table and as a stream updates the table before the stream
+    /// record looks it up, as a table's record goes first at equal timestamps.
+    pub fn tables_first(&self, sources: &mut [usize]) {
+        let Some(j) = &self.join else { return };
+        sources.sort_by_key(|&i| {
+            j.sources
+                .get(i)
+                .is_none_or(|s| s.def.kind != SourceKind::Table)
+        });
+    }
+
     /// The output columns (J names) that hold the key of a join's result besides ROWKEY.
     pub fn key_aliases(&self) -> &[String] {
         self.join.as_ref().map_or(&[], |j| j.key_aliases.as_slice())

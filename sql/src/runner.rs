@@ -251,6 +251,9 @@ impl Task {
         for (i, t) in self.query.input_topics().into_iter().enumerate() {
             routes.entry(t).or_default().push(i);
         }
+        for sources in routes.values_mut() {
+            self.query.tables_first(sources);
+        }
         let mut tps: Vec<TopicPartition> = Vec::new();
         for topic in routes.keys() {
             for p in 0..self.log.topic(topic)?.partition_count() {
@@ -354,9 +357,16 @@ impl Epochs for QueryRun<'_> {
         for (topic, run) in crate::merge::topic_runs(&records) {
             let inputs: Vec<Input<'_>> = records[run.clone()].iter().map(Input::from).collect();
             let sources = self.routes.get(&topic).cloned().unwrap_or_default();
-            for source in sources {
-                for (step, offset) in self.process(source, &inputs)? {
-                    out += self.write_step(&records, step, run.start + offset.unwrap_or(0))?;
+            // A topic read by several sources of a join (a self-join) goes record by record
+            // to each of them: every source then sees the others' state as of that record,
+            // whatever the batch boundaries.
+            let chunk = if sources.len() > 1 { 1 } else { inputs.len() };
+            for (c, part) in inputs.chunks(chunk.max(1)).enumerate() {
+                for &source in &sources {
+                    for (step, offset) in self.process(source, part)? {
+                        let at = run.start + c * chunk + offset.unwrap_or(0);
+                        out += self.write_step(&records, step, at)?;
+                    }
                 }
             }
         }

@@ -48,6 +48,9 @@ impl Engine {
             }
         }
         consumer.assign(&parts)?;
+        for sources in routes.values_mut() {
+            compiled.tables_first(sources);
+        }
         Ok(PushQuery {
             merger: Merger::new(compiled.table_topics()),
             flow: Dataflow::open(compiled, None)?,
@@ -253,15 +256,20 @@ impl PushQuery {
         let mut batches = Vec::new();
         for (topic, run) in crate::merge::topic_runs(&records) {
             let inputs: Vec<Input<'_>> = records[run].iter().map(Input::from).collect();
-            for &source in self
+            let sources = self
                 .routes
                 .get(&topic)
                 .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let step = self.flow.process_from(source, &inputs)?;
-                self.rejected += step.rejected.len() as u64;
-                batches.push(rows_only(step)?);
+                .unwrap_or_default();
+            // A topic read by several sources (a self-join): record by record, as the
+            // persistent queries do.
+            let chunk = if sources.len() > 1 { 1 } else { inputs.len() };
+            for part in inputs.chunks(chunk.max(1)) {
+                for &source in sources {
+                    let step = self.flow.process_from(source, part)?;
+                    self.rejected += step.rejected.len() as u64;
+                    batches.push(rows_only(step)?);
+                }
             }
         }
         let rows = datafusion::arrow::compute::concat_batches(self.flow.schema(), &batches)?;
