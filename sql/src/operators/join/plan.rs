@@ -2,8 +2,9 @@
 //! each join's kind, shape and key expressions, and the SELECT rewritten to read joined rows.
 //!
 //! The joined row (`J`) has one column per column of every source, named
-//! `<ALIAS>_<COLUMN>` as ksqlDB names them in `SELECT *`, after `ROWKEY` (the join result's
-//! key) and before `ROWTIME`. Column references in the SELECT (`o.id`, or `id` when only one
+//! `<ALIAS>_<COLUMN>` as ksqlDB names them in `SELECT *`, and each source's record time
+//! (`<ALIAS>_ROWTIME`, what `a.ROWTIME` reads), after `ROWKEY` (the join result's key) and
+//! before `ROWTIME` (the joined row's time). Column references in the SELECT (`o.id`, or `id` when only one
 //! source has it) become references to J's columns, and the query's rest (WHERE, GROUP BY,
 //! windows, projections) is compiled over J as over any source.
 
@@ -93,7 +94,7 @@ pub struct JoinSource {
     pub alias: String,
     /// Index in J of its first column.
     pub first: usize,
-    /// Its columns (without ROWTIME), in J from `first` on.
+    /// Its columns and then its ROWTIME (`<ALIAS>_ROWTIME`), in J from `first` on.
     pub columns: usize,
 }
 
@@ -219,7 +220,8 @@ impl Scope<'_> {
                     )));
                 };
                 if column == ROWTIME {
-                    return Ok(Some((ROWTIME.to_string(), column)));
+                    // The source's own record time (the joined row's is ROWTIME).
+                    return Ok(Some((Self::j_name(&s.alias, ROWTIME), column)));
                 }
                 if !s.fields.iter().any(|f| f.0 == column) {
                     return Err(SqlError::Invalid(format!(
@@ -407,11 +409,20 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
             }
             j_columns.push((name, t.clone(), false));
         }
+        // Then its record time, which `a.ROWTIME` reads (`*` leaves it out).
+        let rowtime = Scope::j_name(&n.alias, ROWTIME);
+        if j_columns.iter().any(|j| j.0 == rowtime) {
+            return Err(SqlError::Invalid(format!(
+                "the joined column {rowtime} would stand for two columns; give {} another alias",
+                n.alias
+            )));
+        }
+        j_columns.push((rowtime, DataType::Int64, false));
         sources.push(JoinSource {
             def: n.def.clone(),
             alias: n.alias.clone(),
             first,
-            columns: n.fields.len(),
+            columns: n.fields.len() + 1,
         });
     }
     let j_name = named
