@@ -474,7 +474,8 @@ pub fn compile(catalog: &Catalog, select: &Select) -> Result<CompiledQuery> {
     if let Some((plan, over_join)) = crate::operators::join::plan::plan(catalog, select)? {
         // The rest of the query reads the joined rows as a source of their own.
         let table = plan.def.table()?;
-        let mut q = compile_over(plan.def.clone(), vec![table], &over_join)?;
+        let mut q = compile_over(plan.def.clone(), vec![table], &over_join)
+            .map_err(|e| plan.names.error(e))?;
         q.join = Some(Box::new(plan));
         return Ok(q);
     }

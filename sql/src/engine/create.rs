@@ -114,7 +114,10 @@ impl Engine {
             _ => {}
         }
         refuse_window_columns(select)?;
-        let keys = output_keys(&compiled, name)?;
+        let keys = output_keys(&compiled, name).map_err(|e| match &compiled.join {
+            Some(j) => j.names.error(e),
+            None => e,
+        })?;
         if kind == SourceKind::Table && keys.is_empty() {
             return Err(SqlError::Invalid(format!(
                 "table {name} needs a key: GROUP BY the key columns, or select from a table"

@@ -136,6 +136,84 @@ pub struct JoinPlan {
     /// J columns whose value is the result key (the join columns that are never NULL in the
     /// result); selecting one of them selects the key.
     pub key_aliases: Vec<String>,
+    /// How errors name J: its columns (`O_ID`) as the user writes them (`O.ID`).
+    pub names: UserNames,
+}
+
+/// The joined row's internal names and what the user wrote for them, to put messages
+/// (DataFusion's planning errors, missing keys) in the user's terms.
+#[derive(Debug, Clone, Default)]
+pub struct UserNames {
+    /// The synthetic source's name (`O JOIN C`).
+    source: String,
+    /// J column names and their `ALIAS.COLUMN` forms, longest J name first.
+    columns: Vec<(String, String)>,
+}
+
+impl UserNames {
+    fn new(source: &str, named: &[Named]) -> UserNames {
+        let mut columns: Vec<(String, String)> = named
+            .iter()
+            .flat_map(|n| {
+                n.fields
+                    .iter()
+                    .map(|f| f.0.as_str())
+                    .chain(std::iter::once(ROWTIME))
+                    .map(|c| (Scope::j_name(&n.alias, c), format!("{}.{c}", n.alias)))
+            })
+            .chain([ROWKEY, ROWTIME].map(|c| (c.to_string(), c.to_string())))
+            .collect();
+        columns.sort_by_key(|c| std::cmp::Reverse(c.0.len()));
+        UserNames {
+            source: source.to_string(),
+            columns,
+        }
+    }
+
+    /// `message` with `"O JOIN C"."O_ID"`, `"O_ID"` and a bare `O_ID` written `O.ID`.
+    pub fn text(&self, message: &str) -> String {
+        let qualifier = format!("\"{}\".", self.source.replace('"', "\"\""));
+        let plain = format!("{}.", self.source);
+        let m = message.replace(&qualifier, "").replace(&plain, "");
+        let word = |c: char| c.is_alphanumeric() || c == '_';
+        let mut out = String::with_capacity(m.len());
+        let mut rest = m.as_str();
+        let mut prev: Option<char> = None;
+        'scan: while let Some(c) = rest.chars().next() {
+            if !prev.is_some_and(word) {
+                for (j, user) in &self.columns {
+                    let quoted = format!("\"{j}\"");
+                    let bare = rest
+                        .strip_prefix(j.as_str())
+                        .filter(|after| !after.chars().next().is_some_and(word));
+                    let len = if rest.starts_with(&quoted) {
+                        quoted.len()
+                    } else if bare.is_some() {
+                        j.len()
+                    } else {
+                        continue;
+                    };
+                    out.push_str(user);
+                    rest = &rest[len..];
+                    prev = user.chars().last();
+                    continue 'scan;
+                }
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            prev = Some(c);
+        }
+        out
+    }
+
+    /// `e` with its message in the user's terms.
+    pub fn error(&self, e: SqlError) -> SqlError {
+        match e {
+            SqlError::Invalid(m) => SqlError::Invalid(self.text(&m)),
+            SqlError::Plan(m) => SqlError::Plan(self.text(&m)),
+            other => other,
+        }
+    }
 }
 
 impl JoinPlan {
@@ -457,6 +535,7 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
     else {
         return Err(SqlError::Plan("internal error: join key template".into()));
     };
+    let names = UserNames::new(&j_name, &named);
     let key_plan = |e: &SqlExpr| -> Result<Stateless> {
         let mut q = template.query.clone();
         if let SetExpr::Select(b) = q.body.as_mut() {
@@ -466,7 +545,7 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
             }];
             b.from = vec![j_table(&j_name)];
         }
-        planner.stateless(&q)
+        planner.stateless(&q).map_err(|e| names.error(e))
     };
     let mut steps = Vec::with_capacity(from.joins.len());
     // The left side so far: a stream or a table, and its primary key's J columns and type.
@@ -702,6 +781,7 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
             def,
             inner_def,
             key_aliases,
+            names,
         },
         rewritten,
     )))
