@@ -644,6 +644,18 @@ impl Catalog {
                 q.id, q.id
             )));
         }
+        // As in ksqlDB: a query reading a dropped source could not restart, nor be compiled
+        // again (the worker's catch-up checks do) once the source is gone.
+        if let Some(q) = self
+            .queries
+            .values()
+            .find(|q| query_reads(&q.statement).iter().any(|r| r == name))
+        {
+            return Err(SqlError::Invalid(format!(
+                "cannot drop {name}: query {} reads it; TERMINATE {} first",
+                q.id, q.id
+            )));
+        }
         let topic = def.topic.clone();
         self.put(name, None)?;
         self.sources.remove(name);
@@ -652,6 +664,32 @@ impl Catalog {
         }
         Ok(true)
     }
+}
+
+/// The streams and tables a persistent query's statement reads (its FROM and JOIN names).
+fn query_reads(statement: &str) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::{SetExpr, TableFactor};
+    let select = match crate::parse_one(statement) {
+        Ok(Statement::CreateAs { select, .. }) | Ok(Statement::InsertSelect { select, .. }) => {
+            select
+        }
+        _ => return Vec::new(),
+    };
+    let SetExpr::Select(body) = select.query.body.as_ref() else {
+        return Vec::new();
+    };
+    body.from
+        .iter()
+        .flat_map(|f| std::iter::once(&f.relation).chain(f.joins.iter().map(|j| &j.relation)))
+        .filter_map(|r| match r {
+            TableFactor::Table { name, .. } => name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(crate::query::ident_name),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `CREATE STREAM|TABLE` statement declaring a query's output, stored in the catalog
