@@ -285,3 +285,55 @@ fn kill_9_while_queries_run_loses_and_repeats_nothing() {
     verify(&log, n);
     log.close().unwrap();
 }
+
+/// A stream-stream outer join's buffered record whose window closes after a restart gets
+/// its outer row then, as it would have without the restart.
+#[test]
+fn outer_join_rows_of_records_buffered_before_a_restart_are_emitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = base_time();
+    let send = |log: &Log, topic: &str, key: &str, value: &str, ts: i64| {
+        let mut p = log.producer(ProducerConfig::default()).unwrap();
+        p.send(
+            topic,
+            Record {
+                key: Some(Bytes::from(key.to_string())),
+                value: Some(Bytes::from(value.to_string())),
+                headers: Vec::new(),
+                timestamp: ts,
+            },
+        )
+        .unwrap();
+        p.flush().unwrap();
+    };
+    {
+        let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+        let mut e = engine(&log, 20);
+        e.execute(
+            "CREATE STREAM a (id VARCHAR KEY, k VARCHAR) WITH (topic='a', partitions=1);
+             CREATE STREAM b (id VARCHAR KEY, k VARCHAR) WITH (topic='b', partitions=1);
+             CREATE STREAM j WITH (topic='j') AS SELECT a.k, a.id AS a_id, b.id AS b_id
+               FROM a LEFT JOIN b WITHIN 1 SECOND GRACE PERIOD 0 SECONDS ON a.k = b.k;",
+        )
+        .unwrap();
+        send(&log, "a", "a1", r#"{"k": "x"}"#, t0);
+        assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+        drop(e);
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let e = engine(&log, 20);
+    // Stream time passes a1's window (t0 + 1 s + no grace): its outer row is due.
+    send(&log, "b", "b1", r#"{"k": "y"}"#, t0 + 10_000);
+    assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+    drop(e);
+    let out: Vec<(i64, serde_json::Value)> = crate::common::read_committed(&log, "j")
+        .iter()
+        .map(|r| (r.timestamp, json(r)))
+        .collect();
+    assert_eq!(out.len(), 1, "outputs of j: {out:?}");
+    assert_eq!(out[0].0, t0);
+    assert_eq!(out[0].1["A_ID"], "a1");
+    assert!(out[0].1["B_ID"].is_null(), "{out:?}");
+    log.close().unwrap();
+}
