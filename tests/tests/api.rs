@@ -204,6 +204,40 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         events.contains("\"AMOUNT\":300") && events.contains("event: end"),
         "{events}"
     );
+    // A join through POST /sql: a push query over big orders joined with a table, and a
+    // join whose sides' types differ refused with the columns as written.
+    let (s, v) = api.call(
+        "POST",
+        "/sql",
+        Some("s3cret"),
+        "CREATE TABLE tiers (id VARCHAR PRIMARY KEY, tier VARCHAR) WITH (topic = 'tiers', partitions = 1);
+         INSERT INTO tiers (id, tier) VALUES ('c', 'gold');",
+    );
+    assert_eq!(s, 200, "{v}");
+    let mut events = String::new();
+    api.http
+        .post(format!("{}/query", api.base))
+        .bearer_auth("s3cret")
+        .body("SELECT b.id, b.amount, t.tier FROM big_orders b LEFT JOIN tiers t ON b.id = t.id EMIT CHANGES LIMIT 2;")
+        .send()
+        .unwrap()
+        .read_to_string(&mut events)
+        .unwrap();
+    assert_eq!(events.matches("event: row").count(), 2, "{events}");
+    let (s, v) = api.call(
+        "POST",
+        "/sql",
+        Some("s3cret"),
+        "SELECT * FROM big_orders b JOIN tiers t ON b.amount = t.id EMIT CHANGES;",
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot join B.AMOUNT (DOUBLE) with T.ID (VARCHAR)"),
+        "{v}"
+    );
 
     // Pause stops the tasks (ingest has no source then); resume and restart bring them back.
     let (s, v) = api.call("POST", "/pipelines/orders/pause", Some("s3cret"), "");
