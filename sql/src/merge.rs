@@ -5,11 +5,17 @@
 //! read ahead of another cannot make the other's records look late, and a stream record
 //! meets the table rows written before it. Each partition's own order is kept. At equal
 //! timestamps a table's record goes first: the stream record then sees that table row.
+//! A join's source that takes its event time from a column (`timestamp = 'ts'`) is ordered
+//! by that time, as Kafka Streams orders by the extracted timestamp, not the record's.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use sluice_log::{Consumer, ConsumerRecord, TopicPartition};
+
+use crate::error::Result;
+use crate::format::Input;
+use crate::query::{CompiledQuery, SourceReader};
 
 /// Records buffered beyond which the merger processes even while a partition is missing
 /// (bounded memory beats perfect order).
@@ -25,6 +31,8 @@ pub struct Merger {
     buffered: usize,
     /// Topics whose records go first at equal timestamps (tables), rank 0; others 1.
     first: HashMap<Arc<str>, u8>,
+    /// Readers of the topics whose event time is a column: records take that time.
+    event_time: HashMap<Arc<str>, SourceReader>,
 }
 
 impl Merger {
@@ -33,6 +41,47 @@ impl Merger {
         Merger {
             first: tables.into_iter().map(|t| (Arc::from(t), 0)).collect(),
             ..Merger::default()
+        }
+    }
+
+    /// The merger of a query's inputs: tables first at equal timestamps, and a join's
+    /// sources with an event-time column ordered by it.
+    pub fn for_query(query: &CompiledQuery) -> Result<Merger> {
+        let mut m = Merger::new(query.table_topics());
+        if let Some(j) = &query.join {
+            for s in &j.sources {
+                if s.def.timestamp.is_some() && !m.event_time.contains_key(s.def.topic.as_str()) {
+                    m.event_time
+                        .insert(Arc::from(s.def.topic.as_str()), SourceReader::new(&s.def)?);
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Gives records of the event-time topics their event time (a record whose time does
+    /// not decode keeps its own; its source rejects it later).
+    fn event_times(&self, records: &mut [ConsumerRecord]) {
+        for (topic, reader) in &self.event_time {
+            let at: Vec<usize> = (0..records.len())
+                .filter(|&i| &records[i].topic == topic && records[i].value.is_some())
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let inputs: Vec<Input<'_>> = at.iter().map(|&i| Input::from(&records[i])).collect();
+            let Ok(rows) = reader.read(&inputs) else {
+                continue;
+            };
+            let times: Vec<(usize, i64)> = rows
+                .records
+                .iter()
+                .zip(rows.times())
+                .map(|(&r, &t)| (at[r], t))
+                .collect();
+            for (i, t) in times {
+                records[i].timestamp = t;
+            }
         }
     }
 
@@ -45,7 +94,10 @@ impl Merger {
     }
 
     /// Buffers polled records.
-    pub fn add(&mut self, records: Vec<ConsumerRecord>) {
+    pub fn add(&mut self, mut records: Vec<ConsumerRecord>) {
+        if !self.event_time.is_empty() {
+            self.event_times(&mut records);
+        }
         self.buffered += records.len();
         for r in records {
             let lane = self.lane(&r.topic, r.partition);

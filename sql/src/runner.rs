@@ -289,7 +289,7 @@ impl Task {
                 .map(|(t, s)| (Arc::from(t.as_str()), s))
                 .collect(),
             positions: BTreeMap::new(),
-            merger: Merger::new(self.query.table_topics()),
+            merger: Merger::for_query(&self.query)?,
             dropped: 0,
             open_since: None,
             rejected_in_epoch: 0,

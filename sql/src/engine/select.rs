@@ -52,7 +52,7 @@ impl Engine {
             compiled.tables_first(sources);
         }
         Ok(PushQuery {
-            merger: Merger::new(compiled.table_topics()),
+            merger: Merger::for_query(&compiled)?,
             flow: Dataflow::open(compiled, None)?,
             consumer,
             routes,
