@@ -339,6 +339,7 @@ impl Scope<'_> {
     /// parameters are not columns, even where a source has a column of that name).
     fn rewrite(&self, e: &mut SqlExpr) -> Result<()> {
         use datafusion::sql::sqlparser::ast::{visit_expressions, visit_expressions_mut};
+        self.field_roots(e);
         let mut params = std::collections::HashSet::new();
         let _ = visit_expressions(e, |e| {
             if let SqlExpr::Lambda(l) = e {
@@ -363,6 +364,37 @@ impl Scope<'_> {
             std::ops::ControlFlow::Break(e) => Err(e),
             std::ops::ControlFlow::Continue(()) => Ok(()),
         }
+    }
+}
+
+impl Scope<'_> {
+    /// `a.col['f']` (ksqlDB's `a.col->f`, or `a.col[1]`) parses as the field access chain
+    /// `.col['f']` on `a`: made `a.col` then `['f']`, so that `a.col` resolves as a column.
+    fn field_roots(&self, e: &mut SqlExpr) {
+        use datafusion::sql::sqlparser::ast::{AccessExpr, visit_expressions_mut};
+        let _ = visit_expressions_mut(e, |e| {
+            if let SqlExpr::CompoundFieldAccess { root, access_chain } = e {
+                let source = match root.as_ref() {
+                    SqlExpr::Identifier(a) => self.named[..self.upto]
+                        .iter()
+                        .any(|n| n.alias == ident_name(a))
+                        .then(|| a.clone()),
+                    _ => None,
+                };
+                if let (Some(a), Some(AccessExpr::Dot(SqlExpr::Identifier(c)))) =
+                    (source, access_chain.first())
+                {
+                    let column = SqlExpr::CompoundIdentifier(vec![a, c.clone()]);
+                    access_chain.remove(0);
+                    if access_chain.is_empty() {
+                        *e = column;
+                    } else {
+                        **root = column;
+                    }
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
     }
 }
 
