@@ -337,3 +337,52 @@ fn outer_join_rows_of_records_buffered_before_a_restart_are_emitted() {
     assert!(out[0].1["B_ID"].is_null(), "{out:?}");
     log.close().unwrap();
 }
+
+/// A query created again after TERMINATE and DROP (it gets the same id) reads its input
+/// from the beginning, as a new query does: the old one's positions and state are gone.
+#[test]
+fn a_query_created_again_under_a_terminated_id_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let mut e = engine(&log, 20);
+    let create =
+        "CREATE STREAM e WITH (topic='e') AS SELECT o.customer_id, o.id AS order_id, c.name
+        FROM orders o JOIN customers c ON o.customer_id = c.id;";
+    e.execute(&format!(
+        "CREATE TABLE customers (id VARCHAR PRIMARY KEY, name VARCHAR) WITH (topic='customers', partitions=1);
+         CREATE STREAM orders (id VARCHAR KEY, customer_id VARCHAR) WITH (topic='orders', partitions=1);
+         {create}"
+    ))
+    .unwrap();
+    let t0 = base_time();
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    let mut send = |topic: &str, key: &str, value: &str, ts: i64| {
+        p.send(
+            topic,
+            Record {
+                key: Some(Bytes::from(key.to_string())),
+                value: Some(Bytes::from(value.to_string())),
+                headers: Vec::new(),
+                timestamp: ts,
+            },
+        )
+        .unwrap();
+        p.flush().unwrap();
+    };
+    send("customers", "c1", r#"{"name": "Ann"}"#, t0);
+    send("orders", "o1", r#"{"customer_id": "c1"}"#, t0 + 1);
+    assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+    assert_eq!(crate::common::read_committed(&log, "e").len(), 1);
+    let ids: Vec<String> = e.catalog().queries().map(|q| q.id.clone()).collect();
+    e.execute(&format!("TERMINATE {}; DROP STREAM e;", ids[0]))
+        .unwrap();
+    e.execute(create).unwrap();
+    let again: Vec<String> = e.catalog().queries().map(|q| q.id.clone()).collect();
+    assert!(e.wait_caught_up(Duration::from_secs(30)).unwrap());
+    // The new query joined the order again (from the beginning, with the table rebuilt).
+    let out = crate::common::read_committed(&log, "e");
+    assert_eq!(out.len(), 2, "ids {ids:?} then {again:?}: {out:?}");
+    assert_eq!(json(&out[1])["NAME"], "Ann");
+    drop(e);
+    log.close().unwrap();
+}

@@ -48,11 +48,36 @@ impl Engine {
             self.queries.clear_failed(id);
             self.catalog.remove_query(id)?;
             self.drop_query_state(id)?;
+            self.forget_positions(id)?;
         }
         Ok(Output::Message(match ids.len() {
             0 => "No queries to terminate.".to_string(),
             _ => format!("Terminated {}.", ids.join(", ")),
         }))
+    }
+
+    /// Moves a terminated query's committed input positions back to the start: a query
+    /// created later may get the same id (ids count from the highest one left), and it
+    /// must read its input from the beginning as a new query does, not resume where the
+    /// old one stopped (its state is gone with it).
+    fn forget_positions(&mut self, id: &str) -> Result<()> {
+        let group = crate::runner::query_group(id);
+        let Some(info) = self.log.describe_group(&group) else {
+            return Ok(());
+        };
+        let topics: std::collections::BTreeSet<String> =
+            info.partitions.into_iter().map(|p| p.tp.topic).collect();
+        for topic in topics {
+            match self
+                .log
+                .reset_offsets(&group, &topic, sluice_log::ResetTo::Earliest)
+            {
+                // A deleted input topic has no position to keep.
+                Ok(_) | Err(sluice_log::LogError::UnknownTopic(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Removes a terminated query's stores and their changelog topics: the aggregate's, the
