@@ -111,6 +111,13 @@ impl Engine {
                     "a table needs GROUP BY over a stream (or CREATE STREAM {name} AS SELECT ...)"
                 )));
             }
+            // A table's updates and deletions are no stream of events (ksqlDB's refusal):
+            // a stream would get a table-table join's tombstones as records.
+            (SourceKind::Stream, false) if compiled.source.kind == SourceKind::Table => {
+                return Err(SqlError::Invalid(format!(
+                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead (CREATE TABLE {name} AS SELECT ...)."
+                )));
+            }
             _ => {}
         }
         refuse_window_columns(select)?;
