@@ -130,9 +130,20 @@ impl Engine {
                 "INSERT INTO ... SELECT cannot aggregate; use CREATE TABLE ... AS SELECT".into(),
             ));
         }
-        if compiled.source.name == def.name {
+        // A join reads several sources (its own source is the joined rows): each counts, or
+        // the query would read back what it writes, forever.
+        let reads = match &compiled.join {
+            Some(j) => j.sources.iter().any(|s| s.def.name == def.name),
+            None => compiled.source.name == def.name,
+        };
+        if reads {
             return Err(SqlError::Invalid(format!(
                 "a query cannot read and write {target}"
+            )));
+        }
+        if compiled.source.kind == SourceKind::Table {
+            return Err(SqlError::Invalid(format!(
+                "INSERT INTO ... SELECT writes streams; the query's rows are a table's (updates and deletions), not events for {target}"
             )));
         }
         // The rows' keys carry their windows exactly when the target's do.
