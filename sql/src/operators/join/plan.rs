@@ -610,11 +610,7 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
             other => {
                 return Err(SqlError::Invalid(format!(
                     "{} JOIN is not supported: use [INNER] JOIN, LEFT JOIN, RIGHT JOIN or FULL OUTER JOIN with ON",
-                    format!("{other:?}")
-                        .split('(')
-                        .next()
-                        .unwrap_or("this")
-                        .to_uppercase()
+                    operator_name(other)
                 )));
             }
         };
@@ -824,6 +820,25 @@ fn is_integer(t: &DataType) -> bool {
         t,
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64
     )
+}
+
+/// A join operator as SQL writes it (`CROSS`, `LEFT SEMI`), from its variant's name
+/// (`CrossJoin`, `LeftSemi`): the parser's debug form is no user's word.
+fn operator_name(op: &JoinOperator) -> String {
+    let debug = format!("{op:?}");
+    let variant = debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    let variant = variant.strip_suffix("Join").unwrap_or(variant);
+    let mut words = String::new();
+    for c in variant.chars() {
+        if c.is_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_uppercase());
+    }
+    words
 }
 
 fn constraint_text(c: &JoinConstraint) -> String {
