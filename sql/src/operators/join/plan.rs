@@ -249,7 +249,7 @@ impl JoinPlan {
                 step.kind.sql(),
                 self.sources[k + 1].alias,
                 step.text,
-                step.key_type
+                crate::types::sql_name(&step.key_type)
             ));
         }
         out
