@@ -709,6 +709,18 @@ pub fn plan(catalog: &Catalog, select: &Select) -> Result<Option<(JoinPlan, Sele
                             .into(),
                     ));
                 }
+                // One update would reach both sides one after the other, and the join would
+                // emit a row mixing the old and the new version in between (ksqlDB refuses
+                // self-joins altogether; streams may join themselves here).
+                if let Some(t) = named[..=k]
+                    .iter()
+                    .find(|n| n.def.kind == SourceKind::Table && n.def.topic == right.def.topic)
+                {
+                    return Err(SqlError::Invalid(format!(
+                        "{} and {} are one table (topic {}): a table cannot be joined with itself",
+                        t.alias, right.alias, right.def.topic
+                    )));
+                }
                 let on_pk = column_of(&left_expr).is_some_and(|c| left_pk.contains(&c));
                 if on_pk {
                     Shape::TableTable
