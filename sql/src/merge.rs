@@ -163,15 +163,20 @@ pub fn behind(consumer: &Consumer, lanes: usize) -> sluice_log::Result<Vec<Topic
         .collect())
 }
 
-/// The runs of consecutive records of one topic: a query takes each run through the
-/// sources reading that topic.
-pub fn topic_runs(records: &[ConsumerRecord]) -> Vec<(Arc<str>, std::ops::Range<usize>)> {
-    let mut runs: Vec<(Arc<str>, std::ops::Range<usize>)> = Vec::new();
+/// Each record as the input of each source reading its topic (in `routes`' order, tables
+/// first: a self-join's table side is up to date when its stream side reads the record),
+/// and the index in `records` of each item.
+pub fn items<'a>(
+    records: &'a [ConsumerRecord],
+    routes: &HashMap<Arc<str>, Vec<usize>>,
+) -> (Vec<(usize, Input<'a>)>, Vec<usize>) {
+    let mut items = Vec::with_capacity(records.len());
+    let mut index = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
-        match runs.last_mut() {
-            Some((t, range)) if *t == r.topic => range.end = i + 1,
-            _ => runs.push((Arc::clone(&r.topic), i..i + 1)),
+        for &source in routes.get(&r.topic).map(Vec::as_slice).unwrap_or_default() {
+            items.push((source, Input::from(r)));
+            index.push(i);
         }
     }
-    runs
+    (items, index)
 }

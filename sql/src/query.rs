@@ -1130,10 +1130,22 @@ impl Dataflow {
     /// joins) through the query. Records the joins rejected, and rows the operators after
     /// them could not evaluate, come back as rejected with their input record's index.
     pub fn process_from(&mut self, source: usize, records: &[Input<'_>]) -> Result<Step> {
-        let Some(join) = self.join.as_mut() else {
+        if self.join.is_none() {
             return self.process(records);
+        }
+        let items: Vec<(usize, Input<'_>)> = records.iter().map(|r| (source, *r)).collect();
+        self.process_mixed(&items)
+    }
+
+    /// Runs records of any of the query's sources (`(source, record)` in processing order)
+    /// through it: a join takes its sides' records in this order, decoding each side's
+    /// together. Rejected records are named by their index in `items`.
+    pub fn process_mixed(&mut self, items: &[(usize, Input<'_>)]) -> Result<Step> {
+        let Some(join) = self.join.as_mut() else {
+            let records: Vec<Input<'_>> = items.iter().map(|i| i.1).collect();
+            return self.process(&records);
         };
-        let mut out = join.process(source, records)?;
+        let mut out = join.process_mixed(items)?;
         self.dropped += out.dropped;
         if let Some(rows) = out.rows.take() {
             return self.process_joined_rows(rows, out.rejected);

@@ -352,22 +352,19 @@ impl Epochs for QueryRun<'_> {
             self.open_since = Some(Instant::now());
         }
         let mut out = 0;
-        // Runs of records of one topic go through the query together (a join's sides take
-        // turns in timestamp order).
-        for (topic, run) in crate::merge::topic_runs(&records) {
-            let inputs: Vec<Input<'_>> = records[run.clone()].iter().map(Input::from).collect();
-            let sources = self.routes.get(&topic).cloned().unwrap_or_default();
-            // A topic read by several sources of a join (a self-join) goes record by record
-            // to each of them: every source then sees the others' state as of that record,
-            // whatever the batch boundaries.
-            let chunk = if sources.len() > 1 { 1 } else { inputs.len() };
-            for (c, part) in inputs.chunks(chunk.max(1)).enumerate() {
-                for &source in &sources {
-                    for (step, offset) in self.process(source, part)? {
-                        let at = run.start + c * chunk + offset.unwrap_or(0);
-                        out += self.write_step(&records, step, at)?;
-                    }
-                }
+        if self.flow.query().join.is_some() {
+            // Every source's records in one pass, in timestamp order: a join decodes each
+            // side's together and applies them in this order.
+            let (items, record_of) = crate::merge::items(&records, &self.routes);
+            let mut step = self.flow.process_mixed(&items)?;
+            for r in step.rejected.iter_mut() {
+                r.0 = record_of[r.0];
+            }
+            out += self.write_step(&records, step, 0)?;
+        } else {
+            let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
+            for (step, offset) in self.process(0, &inputs)? {
+                out += self.write_step(&records, step, offset.unwrap_or(0))?;
             }
         }
         let dropped = self.flow.dropped();

@@ -253,25 +253,10 @@ impl PushQuery {
         if records.is_empty() {
             return Ok(None);
         }
-        let mut batches = Vec::new();
-        for (topic, run) in crate::merge::topic_runs(&records) {
-            let inputs: Vec<Input<'_>> = records[run].iter().map(Input::from).collect();
-            let sources = self
-                .routes
-                .get(&topic)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            // A topic read by several sources (a self-join): record by record, as the
-            // persistent queries do.
-            let chunk = if sources.len() > 1 { 1 } else { inputs.len() };
-            for part in inputs.chunks(chunk.max(1)) {
-                for &source in sources {
-                    let step = self.flow.process_from(source, part)?;
-                    self.rejected += step.rejected.len() as u64;
-                    batches.push(rows_only(step)?);
-                }
-            }
-        }
+        let (items, _) = crate::merge::items(&records, &self.routes);
+        let step = self.flow.process_mixed(&items)?;
+        self.rejected += step.rejected.len() as u64;
+        let batches = [rows_only(step)?];
         let rows = datafusion::arrow::compute::concat_batches(self.flow.schema(), &batches)?;
         Ok((rows.num_rows() > 0).then_some(rows))
     }

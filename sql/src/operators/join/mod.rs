@@ -440,12 +440,110 @@ impl Cx<'_> {
     }
 }
 
+/// One input record of a join, in processing order: its side, the record, and the input
+/// item it comes from (what results and rejections name).
+#[derive(Debug, Clone, Copy)]
+struct Event<'a> {
+    left: bool,
+    input: Input<'a>,
+    origin: usize,
+}
+
+/// The events of one side: their records, and each one's origin.
+struct Side<'a> {
+    inputs: Vec<Input<'a>>,
+    origins: Vec<usize>,
+}
+
+impl<'a> Side<'a> {
+    /// The records of `events` on the left (or right) side.
+    fn of(events: &[Event<'a>], left: bool) -> Side<'a> {
+        let (inputs, origins) = events
+            .iter()
+            .filter(|e| e.left == left)
+            .map(|e| (e.input, e.origin))
+            .unzip();
+        Side { inputs, origins }
+    }
+
+    /// `scratch`'s rejections (indices into this side's records) into `out`, by origin.
+    fn reject_into(&self, scratch: JoinOutput, out: &mut JoinOutput) {
+        out.rejected.extend(
+            scratch
+                .rejected
+                .into_iter()
+                .map(|(i, r)| (self.origins[i], r)),
+        );
+        out.dropped += scratch.dropped;
+    }
+
+    /// [`keyed`] over this side's records.
+    fn keyed(
+        &self,
+        cx: &Cx<'_>,
+        reader: &SideReader,
+        key: &Stateless,
+        out: &mut JoinOutput,
+    ) -> Result<(Keyed<'a>, Vec<Option<usize>>)> {
+        let mut scratch = JoinOutput::default();
+        let k = keyed(cx, reader, key, &self.inputs, &mut scratch)?;
+        self.reject_into(scratch, out);
+        // Each record's row, if it has one with a key that evaluated.
+        let mut row_of = vec![None; self.inputs.len()];
+        for (row, &i) in k.origin.iter().enumerate() {
+            if k.keys[row].is_some() {
+                row_of[i] = Some(row);
+            }
+        }
+        Ok((k, row_of))
+    }
+
+    /// [`table_updates`] over this side's records: each record's key, if it can apply.
+    fn updates(
+        &self,
+        cx: &Cx<'_>,
+        reader: &SideReader,
+        key_type: &DataType,
+        out: &mut JoinOutput,
+    ) -> Result<Vec<Option<Bytes>>> {
+        let mut scratch = JoinOutput::default();
+        let updates = table_updates(cx, reader, &self.inputs, key_type, &mut scratch)?;
+        self.reject_into(scratch, out);
+        let mut keys = vec![None; self.inputs.len()];
+        for (i, k) in updates {
+            keys[i] = Some(k);
+        }
+        Ok(keys)
+    }
+}
+
+/// The records a batch's results name, and the results.
+#[derive(Debug, Default)]
+struct Lists {
+    lefts: Vec<Rec>,
+    rights: Vec<Rec>,
+    emits: Vec<Emit>,
+}
+
+impl Lists {
+    /// Adds a left (or right) record; its index in its list.
+    fn add(&mut self, rec: Rec, left: bool) -> u32 {
+        let list = if left {
+            &mut self.lefts
+        } else {
+            &mut self.rights
+        };
+        list.push(rec);
+        list.len() as u32 - 1
+    }
+}
+
 /// The operator of one join.
 trait JoinOp: std::fmt::Debug + Send {
-    /// Records of the left side (in order).
-    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput>;
-    /// Records of the right side (in order).
-    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput>;
+    /// Records of both sides, in order: each side's are decoded together, then applied
+    /// one by one in this order (a table update between two stream records is seen by the
+    /// second only).
+    fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput>;
     /// Its state.
     fn kvs(&mut self) -> Vec<&mut Kv>;
 }
@@ -537,49 +635,72 @@ impl Join {
     }
 
     /// Runs records of source `source` (in order) through the joins; the results come out
-    /// of the last join, as J records.
+    /// of the last join.
     pub fn process(&mut self, source: usize, records: &[Input<'_>]) -> Result<JoinOutput> {
-        let (first, left) = if source == 0 {
-            (0, true)
-        } else {
-            (source - 1, false)
-        };
-        let mut out = self.run(first, left, records)?;
-        for k in first + 1..self.steps.len() {
-            let inputs: Vec<Input<'_>> = out.records.iter().map(Joined::input).collect();
-            let next = self.run(k, true, &inputs)?;
-            let origin = |i: usize| out.records[i].origin;
-            let rejected = out
-                .rejected
+        let items: Vec<(usize, Input<'_>)> = records.iter().map(|r| (source, *r)).collect();
+        self.process_mixed(&items)
+    }
+
+    /// Runs records of any of the sources (`(source, record)`, in processing order) through
+    /// the joins: each join takes its sides' records in that order, the records of the join
+    /// before it (caused by an item) placed where that item was. Results and rejections name
+    /// items by their index in `items`.
+    pub fn process_mixed(&mut self, items: &[(usize, Input<'_>)]) -> Result<JoinOutput> {
+        let mut rejected = Vec::new();
+        let mut dropped = 0;
+        let mut prev: Option<JoinOutput> = None;
+        for k in 0..self.steps.len() {
+            let rights = items
                 .iter()
-                .cloned()
-                .chain(next.rejected.into_iter().map(|(i, r)| (origin(i), r)))
-                .collect();
-            let records = next
-                .records
-                .into_iter()
-                .map(|mut r| {
-                    r.origin = origin(r.origin);
-                    r
-                })
-                .collect();
-            let rows = next.rows.map(|mut r| {
-                for o in r.origins.iter_mut() {
-                    *o = origin(*o);
-                }
-                r
-            });
-            out = JoinOutput {
-                records,
-                rows,
-                rejected,
-                dropped: out.dropped + next.dropped,
+                .enumerate()
+                .filter(|(_, (s, _))| *s == k + 1)
+                .map(|(i, (_, input))| Event {
+                    left: false,
+                    input: *input,
+                    origin: i,
+                });
+            let events: Vec<Event<'_>> = match &prev {
+                None => items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (s, _))| *s == 0)
+                    .map(|(i, (_, input))| Event {
+                        left: true,
+                        input: *input,
+                        origin: i,
+                    })
+                    .chain(rights)
+                    .collect(),
+                Some(p) => p
+                    .records
+                    .iter()
+                    .map(|r| Event {
+                        left: true,
+                        input: r.input(),
+                        origin: r.origin,
+                    })
+                    .chain(rights)
+                    .collect(),
             };
+            // In item order; a join's results (left) follow the item that caused them.
+            let mut events = events;
+            events.sort_by_key(|e| e.origin);
+            let out = self.run(k, &events)?;
+            drop(events);
+            if let Some(p) = prev.take() {
+                rejected.extend(p.rejected);
+                dropped += p.dropped;
+            }
+            prev = Some(out);
         }
+        let mut out = prev.unwrap_or_default();
+        out.rejected.extend(rejected);
+        out.rejected.sort_by_key(|r| r.0);
+        out.dropped += dropped;
         Ok(out)
     }
 
-    fn run(&mut self, k: usize, left: bool, records: &[Input<'_>]) -> Result<JoinOutput> {
+    fn run(&mut self, k: usize, events: &[Event<'_>]) -> Result<JoinOutput> {
         let last = k + 1 == self.steps.len();
         let step = &mut self.steps[k];
         let cx = Cx {
@@ -594,11 +715,10 @@ impl Join {
                     Shape::StreamTable | Shape::StreamStream { .. }
                 ),
         };
-        if left {
-            step.op.left(&cx, records)
-        } else {
-            step.op.right(&cx, records)
+        if events.is_empty() {
+            return Ok(JoinOutput::default());
         }
+        step.op.process(&cx, events)
     }
 
     /// The state stores (persistent queries).

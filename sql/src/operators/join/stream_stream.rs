@@ -17,9 +17,8 @@ use sluice_log::Log;
 use sluice_state::StateEnv;
 
 use super::state::{Kv, Rec, len_prefixed, time_bytes, time_of};
-use super::{Cx, Emit, JoinOp, JoinOutput, keyed, times};
+use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Lists, Side, times};
 use crate::error::Result;
-use crate::format::Input;
 
 const LEFT: u8 = 0;
 const RIGHT: u8 = 1;
@@ -94,20 +93,66 @@ impl StreamStream {
         b
     }
 
-    fn side(&mut self, cx: &Cx<'_>, records: &[Input<'_>], side: u8) -> Result<JoinOutput> {
+    fn join(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
-        let is_left = side == LEFT;
-        let (reader, expr) = if is_left {
-            (cx.left, &cx.plan.left_key)
+        let (left, right) = (Side::of(events, true), Side::of(events, false));
+        let (kl, left_rows) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
+        let (kr, right_rows) = right.keyed(cx, cx.right, &cx.plan.right_key, &mut out)?;
+        let (left_times, right_times) = (times(&kl.batch), times(&kr.batch));
+        let mut lists = Lists::default();
+        let (mut li, mut ri) = (0, 0);
+        for e in events {
+            let (k, row, t) = if e.left {
+                li += 1;
+                let Some(row) = left_rows[li - 1] else {
+                    continue;
+                };
+                (&kl, row, left_times[row])
+            } else {
+                ri += 1;
+                let Some(row) = right_rows[ri - 1] else {
+                    continue;
+                };
+                (&kr, row, right_times[row])
+            };
+            let Some(rec) = Rec::of(&k.inputs[row]) else {
+                continue;
+            };
+            let key = k.keys[row].clone().flatten();
+            self.one(cx, e.left, key, t, rec, e.origin, &mut lists, &mut out)?;
+        }
+        let mut meta = Vec::with_capacity(16);
+        meta.put_i64_le(self.stream_time);
+        meta.put_u64_le(self.seq);
+        self.kv.put(b"", Bytes::from(meta));
+        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
+        out.rejected.sort_by_key(|r| r.0);
+        Ok(out)
+    }
+
+    /// One record at `t` of the left (or right) side: late, or joined with the other side's
+    /// buffered records in its window and buffered itself; then what expired goes.
+    #[allow(clippy::too_many_arguments)]
+    fn one(
+        &mut self,
+        cx: &Cx<'_>,
+        is_left: bool,
+        key: Option<Bytes>,
+        t: i64,
+        rec: Rec,
+        origin: usize,
+        lists: &mut Lists,
+        out: &mut JoinOutput,
+    ) -> Result<()> {
+        let (side, other) = if is_left {
+            (LEFT, RIGHT)
         } else {
-            (cx.right, &cx.plan.right_key)
+            (RIGHT, LEFT)
         };
-        let k = keyed(cx, reader, expr, records, &mut out)?;
-        let times = times(&k.batch).to_vec();
-        let (keeps_self, keeps_other) = if is_left {
-            (cx.plan.kind.keeps_left(), cx.plan.kind.keeps_right())
+        let keeps_self = if is_left {
+            cx.plan.kind.keeps_left()
         } else {
-            (cx.plan.kind.keeps_right(), cx.plan.kind.keeps_left())
+            cx.plan.kind.keeps_right()
         };
         // The other side's records within the window of a record at t.
         let (lo, hi) = if is_left {
@@ -115,145 +160,103 @@ impl StreamStream {
         } else {
             (self.after, self.before)
         };
-        let mut lefts: Vec<Rec> = Vec::new();
-        let mut rights: Vec<Rec> = Vec::new();
-        let mut emits = Vec::new();
-        let other = if is_left { RIGHT } else { LEFT };
-        for (row, key) in k.keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let origin = k.origin[row];
-            let t = times[row];
-            if t.saturating_add(hi).saturating_add(self.grace) < self.stream_time {
-                out.rejected.push((
-                    origin,
-                    format!(
-                        "late: event time {t} is past its join window's end plus the grace period (stream time {})",
-                        self.stream_time
-                    ),
-                ));
-                continue;
-            }
-            let Some(rec) = Rec::of(&k.inputs[row]) else {
-                continue;
-            };
-            let add = |rec: Rec, mine: bool, lefts: &mut Vec<Rec>, rights: &mut Vec<Rec>| {
-                let list = if mine == is_left { lefts } else { rights };
-                list.push(rec);
-                list.len() as u32 - 1
-            };
-            let Some(key) = key else {
-                // A NULL key matches nothing: kept at once by an outer join, else dropped.
-                if keeps_self {
-                    let at = add(rec, true, &mut lefts, &mut rights);
-                    emits.push(Emit {
-                        key: None,
-                        ts: t,
-                        origin,
-                        row: Some(if is_left {
-                            (Some(at), None)
-                        } else {
-                            (None, Some(at))
-                        }),
-                    });
-                } else {
-                    out.dropped += 1;
-                }
-                continue;
-            };
-            let mut from = vec![other];
-            from.extend_from_slice(&len_prefixed(&key));
-            let mut to = from.clone();
-            from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
-            to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
-            let matches = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
-            if matches.len() > MAX_MATCHES {
-                out.rejected.push((
-                    origin,
-                    format!(
-                        "join key {} has more than {MAX_MATCHES} records of the other side within this record's join window",
-                        String::from_utf8_lossy(&key)
-                    ),
-                ));
-                continue;
-            }
-            let mine = if matches.is_empty() {
-                None
-            } else {
-                Some(add(rec.clone(), true, &mut lefts, &mut rights))
-            };
-            for (bk, v) in &matches {
-                let theirs = Rec::decode(v, 1)?;
-                let ts = t.max(theirs.ts);
-                let at = add(theirs, false, &mut lefts, &mut rights);
-                emits.push(Emit {
-                    key: Some(key.clone()),
-                    ts,
+        if t.saturating_add(hi).saturating_add(self.grace) < self.stream_time {
+            out.rejected.push((
+                origin,
+                format!(
+                    "late: event time {t} is past its join window's end plus the grace period (stream time {})",
+                    self.stream_time
+                ),
+            ));
+            return Ok(());
+        }
+        let Some(key) = key else {
+            // A NULL key matches nothing: kept at once by an outer join, else dropped.
+            if keeps_self {
+                let at = lists.add(rec, is_left);
+                lists.emits.push(Emit {
+                    key: None,
+                    ts: t,
                     origin,
                     row: Some(if is_left {
-                        (mine, Some(at))
+                        (Some(at), None)
                     } else {
-                        (Some(at), mine)
+                        (None, Some(at))
                     }),
                 });
-                if v.first() == Some(&0) {
-                    let mut flagged = v.to_vec();
-                    flagged[0] = 1;
-                    self.kv.put(bk, Bytes::from(flagged));
-                }
+            } else {
+                out.dropped += 1;
             }
-            let bk = Self::buffer_key(side, &key, t, self.seq);
-            let mut ik = vec![INDEX];
-            ik.extend_from_slice(&time_bytes(t));
-            ik.put_u64(self.seq);
-            ik.push(side);
-            self.seq += 1;
-            let matched = u8::from(!matches.is_empty());
-            self.kv.put(&bk, rec.encode(&[matched]));
-            let bk = Bytes::from(bk);
-            self.kv.put(&ik, bk.clone());
-            let ik = Bytes::from(ik);
-            if self.horizon.as_ref().is_none_or(|h| ik < *h) {
-                self.due.insert(ik, bk);
-                if self.due.len() > PREFETCH {
-                    // Keep the first ones: the last goes back to being in the store only.
-                    if let Some((last, _)) = self.due.pop_last() {
-                        self.horizon = Some(last);
-                    }
-                }
-            }
-            self.stream_time = self.stream_time.max(t);
-            self.expire(
+            return Ok(());
+        };
+        let mut from = vec![other];
+        from.extend_from_slice(&len_prefixed(&key));
+        let mut to = from.clone();
+        from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
+        to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
+        let matches = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
+        if matches.len() > MAX_MATCHES {
+            out.rejected.push((
                 origin,
-                keeps_self,
-                keeps_other,
-                is_left,
-                &mut lefts,
-                &mut rights,
-                &mut emits,
-            )?;
+                format!(
+                    "join key {} has more than {MAX_MATCHES} records of the other side within this record's join window",
+                    String::from_utf8_lossy(&key)
+                ),
+            ));
+            return Ok(());
         }
-        let mut meta = Vec::with_capacity(16);
-        meta.put_i64_le(self.stream_time);
-        meta.put_u64_le(self.seq);
-        self.kv.put(b"", Bytes::from(meta));
-        cx.finish(None, &lefts, &rights, emits, &mut out)?;
-        out.rejected.sort_by_key(|r| r.0);
-        Ok(out)
+        let mine = if matches.is_empty() {
+            None
+        } else {
+            Some(lists.add(rec.clone(), is_left))
+        };
+        for (bk, v) in &matches {
+            let theirs = Rec::decode(v, 1)?;
+            let ts = t.max(theirs.ts);
+            let at = lists.add(theirs, !is_left);
+            lists.emits.push(Emit {
+                key: Some(key.clone()),
+                ts,
+                origin,
+                row: Some(if is_left {
+                    (mine, Some(at))
+                } else {
+                    (Some(at), mine)
+                }),
+            });
+            if v.first() == Some(&0) {
+                let mut flagged = v.to_vec();
+                flagged[0] = 1;
+                self.kv.put(bk, Bytes::from(flagged));
+            }
+        }
+        let bk = Self::buffer_key(side, &key, t, self.seq);
+        let mut ik = vec![INDEX];
+        ik.extend_from_slice(&time_bytes(t));
+        ik.put_u64(self.seq);
+        ik.push(side);
+        self.seq += 1;
+        let matched = u8::from(!matches.is_empty());
+        self.kv.put(&bk, rec.encode(&[matched]));
+        let bk = Bytes::from(bk);
+        self.kv.put(&ik, bk.clone());
+        let ik = Bytes::from(ik);
+        if self.horizon.as_ref().is_none_or(|h| ik < *h) {
+            self.due.insert(ik, bk);
+            if self.due.len() > PREFETCH {
+                // Keep the first ones: the last goes back to being in the store only.
+                if let Some((last, _)) = self.due.pop_last() {
+                    self.horizon = Some(last);
+                }
+            }
+        }
+        self.stream_time = self.stream_time.max(t);
+        self.expire(cx.plan.kind, origin, lists)
     }
 
     /// Removes the records no record that is not late can join any more, emitting those that
     /// never matched when their side is kept (an outer join).
-    #[allow(clippy::too_many_arguments)]
-    fn expire(
-        &mut self,
-        origin: usize,
-        keeps_self: bool,
-        keeps_other: bool,
-        is_left: bool,
-        lefts: &mut Vec<Rec>,
-        rights: &mut Vec<Rec>,
-        emits: &mut Vec<Emit>,
-    ) -> Result<()> {
+    fn expire(&mut self, kind: JoinKind, origin: usize, lists: &mut Lists) -> Result<()> {
         let cutoff = self.stream_time.saturating_sub(self.span());
         loop {
             let first = self.due.first_key_value().map(|(ik, _)| time_of(&ik[1..9]));
@@ -291,10 +294,10 @@ impl StreamStream {
                 continue;
             };
             self.kv.delete(&bk);
-            let kept = if (side == LEFT) == is_left {
-                keeps_self
+            let kept = if side == LEFT {
+                kind.keeps_left()
             } else {
-                keeps_other
+                kind.keeps_right()
             };
             if v.first() == Some(&0) && kept {
                 let rec = Rec::decode(&v, 1)?;
@@ -305,14 +308,13 @@ impl StreamStream {
                     .map_or(0, u32::from_be_bytes) as usize;
                 let key = bk.slice(5..(5 + len).min(bk.len()));
                 let ts = rec.ts;
+                let at = lists.add(rec, side == LEFT);
                 let row = if side == LEFT {
-                    lefts.push(rec);
-                    (Some(lefts.len() as u32 - 1), None)
+                    (Some(at), None)
                 } else {
-                    rights.push(rec);
-                    (None, Some(rights.len() as u32 - 1))
+                    (None, Some(at))
                 };
-                emits.push(Emit {
+                lists.emits.push(Emit {
                     key: Some(key),
                     ts,
                     origin,
@@ -324,12 +326,8 @@ impl StreamStream {
 }
 
 impl JoinOp for StreamStream {
-    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        self.side(cx, records, LEFT)
-    }
-
-    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        self.side(cx, records, RIGHT)
+    fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
+        self.join(cx, events)
     }
 
     fn kvs(&mut self) -> Vec<&mut Kv> {

@@ -3,9 +3,8 @@
 //! itself and never re-emits earlier stream records.
 
 use super::state::{Kv, Rec};
-use super::{Cx, Emit, JoinKind, JoinOp, JoinOutput, keyed, table_updates, times};
+use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Side, times};
 use crate::error::Result;
-use crate::format::Input;
 
 #[derive(Debug)]
 pub(super) struct StreamTable {
@@ -14,15 +13,32 @@ pub(super) struct StreamTable {
 }
 
 impl JoinOp for StreamTable {
-    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
+    fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
+        let (left, right) = (Side::of(events, true), Side::of(events, false));
         // A stream record without a value is no event to join.
-        let k = keyed(cx, cx.left, &cx.plan.left_key, records, &mut out)?;
+        let (k, row_of) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
+        let updates = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
         let times = times(&k.batch);
         let mut rights = Vec::new();
         let mut emits = Vec::new();
-        for (row, key) in k.keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
+        let (mut li, mut ri) = (0, 0);
+        for e in events {
+            if !e.left {
+                // A table update: the row later stream records see.
+                ri += 1;
+                let Some(key) = &updates[ri - 1] else {
+                    continue;
+                };
+                match Rec::of(&e.input) {
+                    Some(rec) => self.rows.put(key, rec.encode(&[])),
+                    None => self.rows.delete(key),
+                }
+                continue;
+            }
+            li += 1;
+            let Some(row) = row_of[li - 1] else { continue };
+            let key = k.keys[row].clone().flatten();
             let right = match &key {
                 Some(k) => self.rows.get(k)?,
                 None => None,
@@ -43,24 +59,12 @@ impl JoinOp for StreamTable {
             emits.push(Emit {
                 key,
                 ts: times[row],
-                origin: k.origin[row],
+                origin: e.origin,
                 row: Some((Some(row as u32), r)),
             });
         }
         // Left rows are the decoded batch's.
         cx.finish(Some(&k.batch), &[], &rights, emits, &mut out)?;
-        out.rejected.sort_by_key(|r| r.0);
-        Ok(out)
-    }
-
-    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        let mut out = JoinOutput::default();
-        for (i, key) in table_updates(cx, cx.right, records, &cx.plan.key_type, &mut out)? {
-            match Rec::of(&records[i]) {
-                Some(rec) => self.rows.put(&key, rec.encode(&[])),
-                None => self.rows.delete(&key),
-            }
-        }
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }

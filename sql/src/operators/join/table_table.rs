@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::state::{Kv, Rec, len_prefixed};
-use super::{Cx, Emit, JoinOp, JoinOutput, keyed, table_updates};
+use super::{Cx, Emit, Event, JoinOp, JoinOutput, Lists, Side};
 use crate::error::Result;
 use crate::format::Input;
 
@@ -17,87 +17,101 @@ pub(super) struct TableTable {
 }
 
 impl TableTable {
-    fn side(&mut self, cx: &Cx<'_>, records: &[Input<'_>], is_left: bool) -> Result<JoinOutput> {
-        let mut out = JoinOutput::default();
-        let reader = if is_left { cx.left } else { cx.right };
-        let updates = table_updates(cx, reader, records, &cx.plan.key_type, &mut out)?;
+    /// One update of the left (or right) table, of the row `key`.
+    fn update(
+        &mut self,
+        cx: &Cx<'_>,
+        is_left: bool,
+        key: Bytes,
+        r: &Input<'_>,
+        origin: usize,
+        lists: &mut Lists,
+    ) -> Result<()> {
         let (keeps_self, keeps_other) = if is_left {
             (cx.plan.kind.keeps_left(), cx.plan.kind.keeps_right())
         } else {
             (cx.plan.kind.keeps_right(), cx.plan.kind.keeps_left())
         };
-        let mut lefts = Vec::new();
-        let mut rights = Vec::new();
-        let mut emits = Vec::new();
-        for (i, key) in updates {
-            let r = &records[i];
-            let (own, other) = if is_left {
-                (&mut self.left_rows, &self.right_rows)
+        let (own, other) = if is_left {
+            (&mut self.left_rows, &self.right_rows)
+        } else {
+            (&mut self.right_rows, &self.left_rows)
+        };
+        let old = own.get(&key)?;
+        let new = Rec::of(r);
+        match &new {
+            Some(rec) => own.put(&key, rec.encode(&[])),
+            None => own.delete(&key),
+        }
+        let o = other.get(&key)?.map(|b| Rec::decode(&b, 0)).transpose()?;
+        let mut push = |mine: Option<Rec>, theirs: Option<Rec>, ts: i64| {
+            let (l, rr) = if is_left {
+                (mine, theirs)
             } else {
-                (&mut self.right_rows, &self.left_rows)
+                (theirs, mine)
             };
-            let old = own.get(&key)?;
-            let new = Rec::of(r);
-            match &new {
-                Some(rec) => own.put(&key, rec.encode(&[])),
-                None => own.delete(&key),
+            let row = (
+                l.map(|l| lists.add(l, true)),
+                rr.map(|rr| lists.add(rr, false)),
+            );
+            lists.emits.push(Emit {
+                key: Some(key.clone()),
+                ts,
+                origin,
+                row: Some(row),
+            });
+        };
+        match (new, o) {
+            (Some(n), Some(o)) => {
+                let ts = n.ts.max(o.ts);
+                push(Some(n), Some(o), ts);
             }
-            let o = other.get(&key)?.map(|b| Rec::decode(&b, 0)).transpose()?;
-            let mut push = |mine: Option<Rec>, theirs: Option<Rec>, ts: i64| {
-                let add = |rec: Option<Rec>, list: &mut Vec<Rec>| {
-                    rec.map(|rec| {
-                        list.push(rec);
-                        list.len() as u32 - 1
-                    })
-                };
-                let (l, rr) = if is_left {
-                    (add(mine, &mut lefts), add(theirs, &mut rights))
-                } else {
-                    (add(theirs, &mut lefts), add(mine, &mut rights))
-                };
-                emits.push(Emit {
-                    key: Some(key.clone()),
-                    ts,
-                    origin: i,
-                    row: Some((l, rr)),
-                });
-            };
-            match (new, o) {
-                (Some(n), Some(o)) => {
-                    let ts = n.ts.max(o.ts);
-                    push(Some(n), Some(o), ts);
-                }
-                (Some(n), None) if keeps_self => {
-                    let ts = n.ts;
-                    push(Some(n), None, ts);
-                }
-                (Some(_), None) => {}
-                // A deletion of a row that was not there changes nothing.
-                (None, _) if old.is_none() => {}
-                (None, Some(o)) if keeps_other => {
-                    let ts = r.timestamp.max(o.ts);
-                    push(None, Some(o), ts);
-                }
-                (None, o) => {
-                    if o.is_some() || keeps_self {
-                        emits.push(Emit::deletion(key.clone(), r.timestamp, i));
-                    }
+            (Some(n), None) if keeps_self => {
+                let ts = n.ts;
+                push(Some(n), None, ts);
+            }
+            (Some(_), None) => {}
+            // A deletion of a row that was not there changes nothing.
+            (None, _) if old.is_none() => {}
+            (None, Some(o)) if keeps_other => {
+                let ts = r.timestamp.max(o.ts);
+                push(None, Some(o), ts);
+            }
+            (None, o) => {
+                if o.is_some() || keeps_self {
+                    lists
+                        .emits
+                        .push(Emit::deletion(key.clone(), r.timestamp, origin));
                 }
             }
         }
-        cx.finish(None, &lefts, &rights, emits, &mut out)?;
-        out.rejected.sort_by_key(|r| r.0);
-        Ok(out)
+        Ok(())
     }
 }
 
 impl JoinOp for TableTable {
-    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        self.side(cx, records, true)
-    }
-
-    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        self.side(cx, records, false)
+    fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
+        let mut out = JoinOutput::default();
+        let (left, right) = (Side::of(events, true), Side::of(events, false));
+        let left_keys = left.updates(cx, cx.left, &cx.plan.key_type, &mut out)?;
+        let right_keys = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
+        let mut lists = Lists::default();
+        let (mut li, mut ri) = (0, 0);
+        for e in events {
+            let key = if e.left {
+                li += 1;
+                left_keys[li - 1].clone()
+            } else {
+                ri += 1;
+                right_keys[ri - 1].clone()
+            };
+            if let Some(key) = key {
+                self.update(cx, e.left, key, &e.input, e.origin, &mut lists)?;
+            }
+        }
+        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
+        out.rejected.sort_by_key(|r| r.0);
+        Ok(out)
     }
 
     fn kvs(&mut self) -> Vec<&mut Kv> {
@@ -136,168 +150,186 @@ impl ForeignKey {
             None => Err(bad()),
         }
     }
+
+    /// The index entry saying that the left row `pk` refers to `fk`.
+    fn index_key(fk: &[u8], pk: &[u8]) -> Vec<u8> {
+        let mut ik = len_prefixed(fk);
+        ik.extend_from_slice(pk);
+        ik
+    }
+
+    /// One update of the left table: the row `pk`, now referring to `fk`.
+    fn left_update(
+        &mut self,
+        cx: &Cx<'_>,
+        pk: Bytes,
+        fk: Option<Bytes>,
+        r: &Input<'_>,
+        origin: usize,
+        lists: &mut Lists,
+    ) -> Result<()> {
+        let old = self
+            .left_rows
+            .get(&pk)?
+            .map(|b| Self::stored_left(&b))
+            .transpose()?;
+        let old_fk = old.as_ref().and_then(|o| o.0.clone());
+        let Some(rec) = Rec::of(r) else {
+            // Deleted: its joined row goes too.
+            if let Some(of) = old_fk {
+                self.index.delete(&Self::index_key(&of, &pk));
+            }
+            if old.is_some() {
+                self.left_rows.delete(&pk);
+                lists.emits.push(Emit::deletion(pk, r.timestamp, origin));
+            }
+            return Ok(());
+        };
+        if old_fk.as_deref() != fk.as_deref() {
+            if let Some(of) = &old_fk {
+                self.index.delete(&Self::index_key(of, &pk));
+            }
+            if let Some(f) = &fk {
+                self.index.put(&Self::index_key(f, &pk), Bytes::new());
+            }
+        }
+        let prefix = match &fk {
+            Some(f) => {
+                let mut p = vec![1u8];
+                p.extend_from_slice(&len_prefixed(f));
+                p
+            }
+            None => vec![0u8],
+        };
+        self.left_rows.put(&pk, rec.encode(&prefix));
+        let right = match &fk {
+            Some(f) => self
+                .right_rows
+                .get(f)?
+                .map(|b| Rec::decode(&b, 0))
+                .transpose()?,
+            None => None,
+        };
+        match right {
+            Some(o) => {
+                let ts = rec.ts.max(o.ts);
+                let row = (Some(lists.add(rec, true)), Some(lists.add(o, false)));
+                lists.emits.push(Emit {
+                    key: Some(pk),
+                    ts,
+                    origin,
+                    row: Some(row),
+                });
+            }
+            None if cx.plan.kind.keeps_left() => {
+                let ts = rec.ts;
+                let row = (Some(lists.add(rec, true)), None);
+                lists.emits.push(Emit {
+                    key: Some(pk),
+                    ts,
+                    origin,
+                    row: Some(row),
+                });
+            }
+            // An inner join without a match: the key's earlier row (if any) goes.
+            None if old.is_some() => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// One update of the right table, of the row `key`: every left row referring to it
+    /// changes.
+    fn right_update(
+        &mut self,
+        cx: &Cx<'_>,
+        key: Bytes,
+        r: &Input<'_>,
+        origin: usize,
+        lists: &mut Lists,
+    ) -> Result<()> {
+        let old = self.right_rows.get(&key)?;
+        let new = Rec::of(r);
+        match &new {
+            Some(rec) => self.right_rows.put(&key, rec.encode(&[])),
+            None => self.right_rows.delete(&key),
+        }
+        if new.is_none() && old.is_none() {
+            return Ok(());
+        }
+        let prefix = len_prefixed(&key);
+        let referring = self.index.prefix(&prefix)?;
+        let new_ts = new.as_ref().map(|n| n.ts);
+        let right_at = new.map(|n| lists.add(n, false));
+        for (ik, _) in referring {
+            let pk = ik.slice(prefix.len()..);
+            let Some(stored) = self.left_rows.get(&pk)? else {
+                continue;
+            };
+            let (_, l) = Self::stored_left(&stored)?;
+            match (right_at, new_ts) {
+                (Some(ri), Some(rts)) => {
+                    let ts = l.ts.max(rts);
+                    let row = (Some(lists.add(l, true)), Some(ri));
+                    lists.emits.push(Emit {
+                        key: Some(pk),
+                        ts,
+                        origin,
+                        row: Some(row),
+                    });
+                }
+                _ if cx.plan.kind.keeps_left() => {
+                    let ts = l.ts.max(r.timestamp);
+                    let row = (Some(lists.add(l, true)), None);
+                    lists.emits.push(Emit {
+                        key: Some(pk),
+                        ts,
+                        origin,
+                        row: Some(row),
+                    });
+                }
+                _ => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl JoinOp for ForeignKey {
-    fn left(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
+    fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
-        let pks = cx.left.primary_keys(records, &cx.plan.left_key_type);
-        // The foreign key of each record with a value that decoded and whose key evaluated.
-        let k = keyed(cx, cx.left, &cx.plan.left_key, records, &mut out)?;
-        let fk_of: std::collections::HashMap<usize, Option<Bytes>> = k
-            .keys
-            .into_iter()
-            .zip(k.origin)
-            .filter_map(|(fk, i)| fk.map(|fk| (i, fk)))
-            .collect();
-        let mut lefts = Vec::new();
-        let mut rights = Vec::new();
-        let mut emits = Vec::new();
-        for (i, (r, pk)) in records.iter().zip(pks).enumerate() {
-            if r.value.is_some() && !fk_of.contains_key(&i) {
-                continue; // rejected above
-            }
-            let Some(pk) = pk else {
-                out.rejected
-                    .push((i, "a table record needs a key (its primary key)".into()));
-                continue;
-            };
-            let old = self
-                .left_rows
-                .get(&pk)?
-                .map(|b| Self::stored_left(&b))
-                .transpose()?;
-            let old_fk = old.as_ref().and_then(|o| o.0.clone());
-            let Some(rec) = Rec::of(r) else {
-                // Deleted: its joined row goes too.
-                if let Some(of) = old_fk {
-                    let mut ik = len_prefixed(&of);
-                    ik.extend_from_slice(&pk);
-                    self.index.delete(&ik);
-                }
-                if old.is_some() {
-                    self.left_rows.delete(&pk);
-                    emits.push(Emit::deletion(pk, r.timestamp, i));
+        let (left, right) = (Side::of(events, true), Side::of(events, false));
+        let pks = cx.left.primary_keys(&left.inputs, &cx.plan.left_key_type);
+        // The foreign key of each left record with a value that decoded and whose key
+        // evaluated.
+        let (fks, fk_row) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
+        let right_keys = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
+        let mut lists = Lists::default();
+        let (mut li, mut ri) = (0, 0);
+        for e in events {
+            if !e.left {
+                ri += 1;
+                if let Some(key) = right_keys[ri - 1].clone() {
+                    self.right_update(cx, key, &e.input, e.origin, &mut lists)?;
                 }
                 continue;
-            };
-            let fk = fk_of.get(&i).cloned().flatten();
-            if old_fk.as_deref() != fk.as_deref() {
-                if let Some(of) = &old_fk {
-                    let mut ik = len_prefixed(of);
-                    ik.extend_from_slice(&pk);
-                    self.index.delete(&ik);
-                }
-                if let Some(f) = &fk {
-                    let mut ik = len_prefixed(f);
-                    ik.extend_from_slice(&pk);
-                    self.index.put(&ik, Bytes::new());
-                }
             }
-            let prefix = match &fk {
-                Some(f) => {
-                    let mut p = vec![1u8];
-                    p.extend_from_slice(&len_prefixed(f));
-                    p
-                }
-                None => vec![0u8],
-            };
-            self.left_rows.put(&pk, rec.encode(&prefix));
-            let right = match &fk {
-                Some(f) => self
-                    .right_rows
-                    .get(f)?
-                    .map(|b| Rec::decode(&b, 0))
-                    .transpose()?,
-                None => None,
-            };
-            match right {
-                Some(o) => {
-                    let ts = rec.ts.max(o.ts);
-                    lefts.push(rec);
-                    rights.push(o);
-                    emits.push(Emit {
-                        key: Some(pk),
-                        ts,
-                        origin: i,
-                        row: Some((Some(lefts.len() as u32 - 1), Some(rights.len() as u32 - 1))),
-                    });
-                }
-                None if cx.plan.kind.keeps_left() => {
-                    let ts = rec.ts;
-                    lefts.push(rec);
-                    emits.push(Emit {
-                        key: Some(pk),
-                        ts,
-                        origin: i,
-                        row: Some((Some(lefts.len() as u32 - 1), None)),
-                    });
-                }
-                // An inner join without a match: the key's earlier row (if any) goes.
-                None if old.is_some() => emits.push(Emit::deletion(pk, r.timestamp, i)),
-                None => {}
+            li += 1;
+            let i = li - 1;
+            if e.input.value.is_some() && fk_row[i].is_none() {
+                continue; // rejected already
             }
+            let Some(pk) = pks[i].clone() else {
+                out.rejected.push((
+                    e.origin,
+                    "a table record needs a key (its primary key)".into(),
+                ));
+                continue;
+            };
+            let fk = fk_row[i].and_then(|row| fks.keys[row].clone().flatten());
+            self.left_update(cx, pk, fk, &e.input, e.origin, &mut lists)?;
         }
-        cx.finish(None, &lefts, &rights, emits, &mut out)?;
-        out.rejected.sort_by_key(|r| r.0);
-        Ok(out)
-    }
-
-    fn right(&mut self, cx: &Cx<'_>, records: &[Input<'_>]) -> Result<JoinOutput> {
-        let mut out = JoinOutput::default();
-        let updates = table_updates(cx, cx.right, records, &cx.plan.key_type, &mut out)?;
-        let mut lefts = Vec::new();
-        let mut rights = Vec::new();
-        let mut emits = Vec::new();
-        for (i, key) in updates {
-            let r = &records[i];
-            let old = self.right_rows.get(&key)?;
-            let new = Rec::of(r);
-            match &new {
-                Some(rec) => self.right_rows.put(&key, rec.encode(&[])),
-                None => self.right_rows.delete(&key),
-            }
-            if new.is_none() && old.is_none() {
-                continue;
-            }
-            let prefix = len_prefixed(&key);
-            let referring = self.index.prefix(&prefix)?;
-            let right_at = new.map(|n| {
-                rights.push(n);
-                rights.len() as u32 - 1
-            });
-            for (ik, _) in referring {
-                let pk = ik.slice(prefix.len()..);
-                let Some(stored) = self.left_rows.get(&pk)? else {
-                    continue;
-                };
-                let (_, l) = Self::stored_left(&stored)?;
-                match right_at {
-                    Some(ri) => {
-                        let ts = l.ts.max(rights[ri as usize].ts);
-                        lefts.push(l);
-                        emits.push(Emit {
-                            key: Some(pk),
-                            ts,
-                            origin: i,
-                            row: Some((Some(lefts.len() as u32 - 1), Some(ri))),
-                        });
-                    }
-                    None if cx.plan.kind.keeps_left() => {
-                        let ts = l.ts.max(r.timestamp);
-                        lefts.push(l);
-                        emits.push(Emit {
-                            key: Some(pk),
-                            ts,
-                            origin: i,
-                            row: Some((Some(lefts.len() as u32 - 1), None)),
-                        });
-                    }
-                    None => emits.push(Emit::deletion(pk, r.timestamp, i)),
-                }
-            }
-        }
-        cx.finish(None, &lefts, &rights, emits, &mut out)?;
+        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
