@@ -634,13 +634,6 @@ impl Join {
         Ok(Join { steps, j })
     }
 
-    /// Runs records of source `source` (in order) through the joins; the results come out
-    /// of the last join.
-    pub fn process(&mut self, source: usize, records: &[Input<'_>]) -> Result<JoinOutput> {
-        let items: Vec<(usize, Input<'_>)> = records.iter().map(|r| (source, *r)).collect();
-        self.process_mixed(&items)
-    }
-
     /// Runs records of any of the sources (`(source, record)`, in processing order) through
     /// the joins: each join takes its sides' records in that order, the records of the join
     /// before it (caused by an item) placed where that item was. Results and rejections name
