@@ -22,8 +22,8 @@ pub enum BenchCommand {
     Produce(BenchArgs),
     /// Write records (untimed), then consume them as fast as possible.
     Consume(BenchArgs),
-    /// Nexmark queries q0, q1, q2, q5, q7 as persistent SQL queries, beside DataFusion's
-    /// batch evaluation of the same query.
+    /// Nexmark queries q0, q1, q2, q3, q4, q5, q7, q8 as persistent SQL queries, beside
+    /// DataFusion's batch evaluation of the same query.
     Nexmark(super::nexmark::NexmarkArgs),
     /// A whole pipeline: file source → topic → SQL filter → object-store sink (Parquet), 200-byte
     /// JSON records; prints `pipeline records=N seconds=S records/s=X`.
