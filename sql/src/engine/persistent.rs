@@ -40,8 +40,14 @@ impl Engine {
                 watched.push((q.id.clone(), crate::runner::query_group(&q.id), topic));
             }
         }
+        // The ends seen by the last pass that found every query caught up. One such pass is
+        // not enough when a query reads another's output: it may have been checked just
+        // before the other committed its last epoch. Two passes in a row with the same ends
+        // are: nothing was written in between.
+        let mut clean: Option<Vec<i64>> = None;
         loop {
             let mut behind = false;
+            let mut ends = Vec::new();
             for (id, group, topic) in &watched {
                 let Some(stats) = self.queries.stats(id) else {
                     continue;
@@ -57,6 +63,7 @@ impl Engine {
                             .map(|o| o.unwrap_or(0))
                     };
                     let end = offset(sluice_log::OffsetSpec::Latest)?;
+                    ends.push(end);
                     let start = offset(sluice_log::OffsetSpec::Earliest)?;
                     let tp = TopicPartition {
                         topic: topic.clone(),
@@ -69,8 +76,13 @@ impl Engine {
                     }
                 }
             }
-            if !behind {
+            if behind {
+                clean = None;
+            } else if clean.as_ref() == Some(&ends) {
                 return Ok(true);
+            } else {
+                clean = Some(ends);
+                continue;
             }
             if std::time::Instant::now() >= deadline {
                 return Ok(false);
@@ -135,19 +147,31 @@ impl Engine {
 /// True when `[from, to)` of a partition holds a committed data record (not only markers
 /// or aborted records).
 fn has_data(log: &Log, tp: &TopicPartition, from: i64, to: i64) -> Result<bool> {
-    let fetched = log.fetch(
-        &tp.topic,
-        tp.partition,
-        from,
-        1 << 16,
-        sluice_log::Isolation::ReadCommitted,
-    )?;
-    let (records, _) =
-        sluice_log::consumer::decode_fetch(&fetched, sluice_log::Isolation::ReadCommitted)
-            .map_err(|source| sluice_log::LogError::Batch {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                source,
-            })?;
-    Ok(records.iter().any(|r| r.offset >= from && r.offset < to))
+    // A fetch may end early (at a segment's end, or after a lone transaction marker): step
+    // over batches without records until `to`.
+    let mut at = from;
+    while at < to {
+        let fetched = log.fetch(
+            &tp.topic,
+            tp.partition,
+            at,
+            1 << 16,
+            sluice_log::Isolation::ReadCommitted,
+        )?;
+        let (records, next) =
+            sluice_log::consumer::decode_fetch(&fetched, sluice_log::Isolation::ReadCommitted)
+                .map_err(|source| sluice_log::LogError::Batch {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    source,
+                })?;
+        if records.iter().any(|r| r.offset >= at && r.offset < to) {
+            return Ok(true);
+        }
+        if next <= at {
+            return Ok(false);
+        }
+        at = next;
+    }
+    Ok(false)
 }
