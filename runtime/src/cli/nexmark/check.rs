@@ -83,13 +83,12 @@ pub fn compare(
     )))
 }
 
+/// An output record read back: key, value, timestamp.
+type Read = (Option<Bytes>, Bytes, i64);
+
 /// The committed records of `topic` (key, value, timestamp): every one for a stream, the
 /// latest per key for a table (a tombstone removes its key).
-fn read_topic(
-    log: &Log,
-    topic: &str,
-    check: Check,
-) -> Result<Vec<(Option<Bytes>, Bytes, i64)>, CliError> {
+fn read_topic(log: &Log, topic: &str, check: Check) -> Result<Vec<Read>, CliError> {
     let description = log.describe_topic(topic)?;
     let mut consumer = log.consumer(ConsumerConfig {
         auto_offset_reset: OffsetReset::Earliest,
@@ -107,6 +106,7 @@ fn read_topic(
     let assigned: Vec<TopicPartition> = ends.iter().map(|(tp, _)| tp.clone()).collect();
     consumer.assign(&assigned)?;
     let mut stream = Vec::new();
+    // The latest value of each key, with its position in the topic.
     let mut table: HashMap<Option<Bytes>, (usize, Bytes, i64)> = HashMap::new();
     let mut order = 0usize;
     while ends
@@ -141,9 +141,12 @@ fn read_topic(
         }
     }
     if check == Check::Table {
-        let mut latest: Vec<(Option<Bytes>, (usize, Bytes, i64))> = table.into_iter().collect();
-        latest.sort_by_key(|(_, (order, _, _))| *order);
-        stream = latest.into_iter().map(|(k, (_, v, t))| (k, v, t)).collect();
+        let mut latest: Vec<(usize, Read)> = table
+            .into_iter()
+            .map(|(k, (order, v, t))| (order, (k, v, t)))
+            .collect();
+        latest.sort_by_key(|(order, _)| *order);
+        stream = latest.into_iter().map(|(_, read)| read).collect();
     }
     Ok(stream)
 }
