@@ -12,8 +12,9 @@
 //! # Layout
 //!
 //! - [`cli`]: one file per command (`sql` is the SQL shell, `nexmark` and `bench_pipeline`
-//!   benchmarks, `remote` the API client, `views` the tables shared by local and remote);
-//!   `main.rs` only parses and dispatches.
+//!   benchmarks, `nexmark` a folder: generator, queries, batch side, result check; `remote`
+//!   the API client, `views` the tables shared by local and remote); `main.rs` only parses
+//!   and dispatches.
 //! - [`pipeline`]: pipeline files (parse, validate, build connectors).
 //! - [`worker`]: deployed pipelines: topics, SQL, and their tasks' lifecycle.
 //! - [`tasks`]: the source and sink tasks (their step and commit on `sluice-task`).
