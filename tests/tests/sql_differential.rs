@@ -142,11 +142,12 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
-#[test]
-fn streaming_results_equal_datafusion_batch_results() {
+/// A log in a temporary directory and an engine over it that does not start persistent
+/// queries (the tests run their dataflows themselves).
+fn engine() -> (tempfile::TempDir, Log, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    let mut engine = Engine::open_with(
+    let engine = Engine::open_with(
         &log,
         EngineConfig {
             start_queries: false,
@@ -154,6 +155,12 @@ fn streaming_results_equal_datafusion_batch_results() {
         },
     )
     .unwrap();
+    (dir, log, engine)
+}
+
+#[test]
+fn streaming_results_equal_datafusion_batch_results() {
+    let (_dir, log, mut engine) = engine();
     engine
         .execute("CREATE STREAM s (id VARCHAR KEY, k VARCHAR, v BIGINT, price DOUBLE) WITH (topic='s', partitions=1)")
         .unwrap();
@@ -582,16 +589,7 @@ type JoinCase = (
 
 #[test]
 fn streaming_joins_equal_datafusion_batch_joins() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    let mut engine = Engine::open_with(
-        &log,
-        EngineConfig {
-            start_queries: false,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let (_dir, log, mut engine) = engine();
     engine
         .execute(
             "CREATE STREAM txns (id VARCHAR KEY, acct VARCHAR, amount BIGINT) WITH (topic='txns', partitions=1);

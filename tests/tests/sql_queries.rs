@@ -294,17 +294,7 @@ fn outer_join_rows_of_records_buffered_before_a_restart_are_emitted() {
     let t0 = base_time();
     let send = |log: &Log, topic: &str, key: &str, value: &str, ts: i64| {
         let mut p = log.producer(ProducerConfig::default()).unwrap();
-        p.send(
-            topic,
-            Record {
-                key: Some(Bytes::from(key.to_string())),
-                value: Some(Bytes::from(value.to_string())),
-                headers: Vec::new(),
-                timestamp: ts,
-            },
-        )
-        .unwrap();
-        p.flush().unwrap();
+        send_one(&mut p, topic, key, value, ts);
     };
     {
         let log = Log::open(dir.path(), LogOptions::default()).unwrap();
@@ -357,17 +347,7 @@ fn a_query_created_again_under_a_terminated_id_starts_afresh() {
     let t0 = base_time();
     let mut p = log.producer(ProducerConfig::default()).unwrap();
     let mut send = |topic: &str, key: &str, value: &str, ts: i64| {
-        p.send(
-            topic,
-            Record {
-                key: Some(Bytes::from(key.to_string())),
-                value: Some(Bytes::from(value.to_string())),
-                headers: Vec::new(),
-                timestamp: ts,
-            },
-        )
-        .unwrap();
-        p.flush().unwrap();
+        send_one(&mut p, topic, key, value, ts);
     };
     send("customers", "c1", r#"{"name": "Ann"}"#, t0);
     send("orders", "o1", r#"{"customer_id": "c1"}"#, t0 + 1);
@@ -385,4 +365,19 @@ fn a_query_created_again_under_a_terminated_id_starts_afresh() {
     assert_eq!(json(&out[1])["NAME"], "Ann");
     drop(e);
     log.close().unwrap();
+}
+
+/// Writes one JSON record and waits until it is durable.
+fn send_one(p: &mut sluice_log::Producer, topic: &str, key: &str, value: &str, ts: i64) {
+    p.send(
+        topic,
+        Record {
+            key: Some(Bytes::from(key.to_string())),
+            value: Some(Bytes::from(value.to_string())),
+            headers: Vec::new(),
+            timestamp: ts,
+        },
+    )
+    .unwrap();
+    p.flush().unwrap();
 }
