@@ -230,14 +230,11 @@ fn kill_9_while_joins_run_loses_and_repeats_nothing() {
         drop(e);
         log.close().unwrap();
     }
-    let exe = std::env::current_exe().unwrap();
     let base_text = base.to_string();
     let env = [
         (CHILD_DIR, dir.path().as_os_str()),
         (CHILD_BASE, std::ffi::OsStr::new(&base_text)),
     ];
-    let mut rng = 11u64;
-    let mut interrupted = 0;
     let rounds = crate::common::env_or("SLUICE_CRASH_ROUNDS", 15) as usize;
     // Random kills, and aborts at each fault point of an epoch's commit: before the
     // transaction commits, after it (the stores not yet updated), and between the stores'
@@ -250,25 +247,13 @@ fn kill_9_while_joins_run_loses_and_repeats_nothing() {
         None,
         Some("state-snapshot"),
     ];
-    for round in 0..rounds {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let ms = 400 + (rng >> 33) % 1200;
-        let fault = faults[round % faults.len()];
-        if !crate::sql_queries::run_child(
-            &exe,
-            "sql_join_crash::join_child",
-            &env,
-            fault,
-            Duration::from_millis(ms),
-        ) {
-            interrupted += 1;
-        }
-    }
-    assert!(
-        interrupted >= 3,
-        "only {interrupted} rounds ended before the queries caught up"
+    let interrupted = crate::sql_queries::kill_rounds(
+        "sql_join_crash::join_child",
+        &env,
+        rounds,
+        11,
+        (400, 1200),
+        |round| faults[round % faults.len()],
     );
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     produce_rest(&log, base, false);

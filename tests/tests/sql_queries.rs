@@ -232,6 +232,37 @@ pub(crate) fn run_child(
     caught_up.load(Ordering::SeqCst)
 }
 
+/// `rounds` runs of the test `child` (see [`run_child`]), each killed after a seeded time in
+/// `[from, from + span)` ms and at `fault(round)` if any, then asserts that at least three
+/// were interrupted before catching up (a kill after that tests nothing); returns how many
+/// were.
+pub(crate) fn kill_rounds(
+    child: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    rounds: usize,
+    seed: u64,
+    (from, span): (u64, u64),
+    fault: impl Fn(usize) -> Option<&'static str>,
+) -> usize {
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = seed;
+    let mut interrupted = 0;
+    for round in 0..rounds {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ms = from + (rng >> 33) % span;
+        if !run_child(&exe, child, env, fault(round), Duration::from_millis(ms)) {
+            interrupted += 1;
+        }
+    }
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} rounds ended before the queries caught up"
+    );
+    interrupted
+}
+
 #[test]
 fn kill_9_while_queries_run_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,31 +283,16 @@ fn kill_9_while_queries_run_loses_and_repeats_nothing() {
         produce(&log, 0, n);
         log.close().unwrap();
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut rng = 7u64;
-    let mut interrupted = 0;
     let rounds = crate::common::env_or("SLUICE_CRASH_ROUNDS", 6) as usize;
-    for round in 0..rounds {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let ms = 200 + (rng >> 33) % 600;
-        // Every third round dies at the fault point instead: the epoch committed in the log,
-        // the local state did not.
-        let fault = (round % 3 == 2).then_some("query-after-commit");
-        if !run_child(
-            &exe,
-            "sql_queries::query_child",
-            &[(CHILD_DIR, dir.path().as_os_str())],
-            fault,
-            Duration::from_millis(ms),
-        ) {
-            interrupted += 1;
-        }
-    }
-    assert!(
-        interrupted >= 3,
-        "only {interrupted} rounds ended before the queries caught up"
+    // Every third round dies at the fault point instead: the epoch committed in the log, the
+    // local state did not.
+    kill_rounds(
+        "sql_queries::query_child",
+        &[(CHILD_DIR, dir.path().as_os_str())],
+        rounds,
+        7,
+        (200, 600),
+        |round| (round % 3 == 2).then_some("query-after-commit"),
     );
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     let e = engine(&log, 20);
