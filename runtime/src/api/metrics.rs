@@ -116,6 +116,11 @@ pub fn text(state: &ApiState) -> String {
             "Records a persistent query sent to its dead-letter topic.",
             "counter",
         ),
+        family(
+            "sluice_query_records_dropped_total",
+            "Records a persistent query left out by design: stream records whose inner-join key is NULL.",
+            "counter",
+        ),
     ];
     // From the status board, not the worker: a deploy holds the worker while it joins
     // task threads, and a scrape must not wait for that.
@@ -148,6 +153,7 @@ pub fn text(state: &ApiState) -> String {
             s.records_in.load(Ordering::Relaxed) as f64,
             s.records_out.load(Ordering::Relaxed) as f64,
             s.rejected.load(Ordering::Relaxed) as f64,
+            s.dropped.load(Ordering::Relaxed) as f64,
         ];
         for (f, v) in query.iter_mut().zip(values) {
             f.samples.push((l.clone(), v));

@@ -53,10 +53,14 @@ impl Engine {
                                 None => "RUNNING".into(),
                             },
                             format!(
-                                "in {} / out {} / rejected {}",
+                                "in {} / out {} / rejected {}{}",
                                 s.records_in.load(std::sync::atomic::Ordering::Relaxed),
                                 s.records_out.load(std::sync::atomic::Ordering::Relaxed),
-                                s.rejected.load(std::sync::atomic::Ordering::Relaxed)
+                                s.rejected.load(std::sync::atomic::Ordering::Relaxed),
+                                match s.dropped.load(std::sync::atomic::Ordering::Relaxed) {
+                                    0 => String::new(),
+                                    n => format!(" / dropped {n} (NULL join keys)"),
+                                }
                             ),
                         ),
                     };

@@ -315,6 +315,22 @@ fn terminate_removes_every_store_of_a_join_query_and_only_its_own() {
     );
 }
 
+#[test]
+fn records_an_inner_join_drops_for_a_null_key_are_counted() {
+    let (_d, mut e) = engine();
+    e.execute(
+        "CREATE TABLE c (id VARCHAR PRIMARY KEY, name VARCHAR) WITH (topic='c', partitions=1);
+         CREATE STREAM o (oid VARCHAR KEY, cid VARCHAR) WITH (topic='o', partitions=1);
+         CREATE STREAM j WITH (topic='j') AS SELECT o.cid, o.oid, c.name FROM o JOIN c ON o.cid = c.id;
+         INSERT INTO c (id, name) VALUES ('c1', 'Ann');
+         INSERT INTO o (oid, cid) VALUES ('o1', NULL), ('o2', 'c1'), ('o3', NULL);",
+    )
+    .unwrap();
+    assert!(e.wait_caught_up(Duration::from_secs(20)).unwrap());
+    let shown = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert!(shown.contains("dropped 2 (NULL join keys)"), "{shown}");
+}
+
 fn recorded(e: &Engine, topic: &str) -> Option<(u32, Vec<(String, sluice_log::FieldType)>)> {
     let r = e.log.schemas().latest(&sluice_log::value_subject(topic))?;
     Some((
