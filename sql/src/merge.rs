@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use sluice_log::{Consumer, ConsumerRecord, TopicPartition};
+use sluice_log::{Consumer, ConsumerRecord, Log, TopicPartition};
 
 use crate::error::Result;
 use crate::format::Input;
@@ -20,6 +20,9 @@ use crate::query::{CompiledQuery, SourceReader};
 /// Records buffered beyond which the merger processes even while a partition is missing
 /// (bounded memory beats perfect order).
 const MERGE_BUFFER_LIMIT: usize = 200_000;
+
+/// Each input topic of a query with the sources that read it (indices in FROM order).
+pub type Routes = HashMap<Arc<str>, Vec<usize>>;
 
 /// A partition's buffered records: (rank of its topic, topic, partition).
 type Lane = (u8, Arc<str>, u32);
@@ -36,18 +39,17 @@ pub struct Merger {
 }
 
 impl Merger {
-    /// A merger where the records of `tables` go before others at equal timestamps.
-    pub fn new(tables: impl IntoIterator<Item = String>) -> Merger {
-        Merger {
-            first: tables.into_iter().map(|t| (Arc::from(t), 0)).collect(),
-            ..Merger::default()
-        }
-    }
-
     /// The merger of a query's inputs: tables first at equal timestamps, and a join's
     /// sources with an event-time column ordered by it.
     pub fn for_query(query: &CompiledQuery) -> Result<Merger> {
-        let mut m = Merger::new(query.table_topics());
+        let mut m = Merger {
+            first: query
+                .table_topics()
+                .into_iter()
+                .map(|t| (Arc::from(t), 0))
+                .collect(),
+            ..Merger::default()
+        };
         if let Some(j) = &query.join {
             for s in &j.sources {
                 if s.def.timestamp.is_some() && !m.event_time.contains_key(s.def.topic.as_str()) {
@@ -105,11 +107,6 @@ impl Merger {
         }
     }
 
-    /// Records buffered.
-    pub fn buffered(&self) -> usize {
-        self.buffered
-    }
-
     /// Up to `max` records in timestamp order; `behind`: partitions with unread records.
     pub fn take(&mut self, max: usize, behind: &[TopicPartition]) -> Vec<ConsumerRecord> {
         let mut out = Vec::new();
@@ -149,6 +146,29 @@ impl Merger {
     }
 }
 
+/// Each input topic of `query` with the sources that read it (indices in FROM order, a
+/// table's first), and every partition of those topics.
+pub fn inputs(log: &Log, query: &CompiledQuery) -> Result<(Routes, Vec<TopicPartition>)> {
+    let mut routes = Routes::new();
+    let mut partitions = Vec::new();
+    for (i, t) in query.input_topics().into_iter().enumerate() {
+        let sources = routes.entry(Arc::from(t.as_str())).or_default();
+        sources.push(i);
+        if sources.len() == 1 {
+            for p in 0..log.topic(&t)?.partition_count() {
+                partitions.push(TopicPartition {
+                    topic: t.clone(),
+                    partition: p,
+                });
+            }
+        }
+    }
+    for sources in routes.values_mut() {
+        query.tables_first(sources);
+    }
+    Ok((routes, partitions))
+}
+
 /// The partitions of `consumer` with records it has not read yet (none to wait for when it
 /// reads one partition).
 pub fn behind(consumer: &Consumer, lanes: usize) -> sluice_log::Result<Vec<TopicPartition>> {
@@ -168,7 +188,7 @@ pub fn behind(consumer: &Consumer, lanes: usize) -> sluice_log::Result<Vec<Topic
 /// and the index in `records` of each item.
 pub fn items<'a>(
     records: &'a [ConsumerRecord],
-    routes: &HashMap<Arc<str>, Vec<usize>>,
+    routes: &Routes,
 ) -> (Vec<(usize, Input<'a>)>, Vec<usize>) {
     let mut items = Vec::with_capacity(records.len());
     let mut index = Vec::with_capacity(records.len());

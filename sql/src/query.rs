@@ -1307,39 +1307,19 @@ impl Dataflow {
             columns[0] = key;
         }
         let batch = RecordBatch::try_new(Arc::clone(self.reader.schema()), columns)?;
-        let whole = Rows {
+        let of = |batch: RecordBatch| Rows {
+            records: (0..batch.num_rows()).collect(),
             batch,
-            records: all,
             rejected: Vec::new(),
         };
         // The joins' state has moved on: a row the operators cannot evaluate is rejected
         // alone, never the batch retried through the joins.
-        let step = match self.process_rows(whole, &[]) {
+        let step = match self.process_rows(of(batch.clone()), &[]) {
             Ok(step) => step,
             Err(SqlError::Plan(_)) => {
                 let mut step = Step::empty(self.query.schema());
                 for i in 0..n {
-                    let one = Rows {
-                        batch: rows.batch.slice(i, 1),
-                        records: vec![0],
-                        rejected: Vec::new(),
-                    };
-                    let one = Rows {
-                        batch: RecordBatch::try_new(Arc::clone(self.reader.schema()), {
-                            let mut c = one.batch.columns().to_vec();
-                            if let Some(k) = self
-                                .reader
-                                .decode_keys(&key_inputs[i..=i], &[0])?
-                                .into_iter()
-                                .next()
-                            {
-                                c[0] = k;
-                            }
-                            c
-                        })?,
-                        ..one
-                    };
-                    match self.process_rows(one, &[]) {
+                    match self.process_rows(of(batch.slice(i, 1)), &[]) {
                         Ok(s) => step.extend(s, i)?,
                         Err(SqlError::Plan(e)) => step.rejected.push((i, e)),
                         Err(e) => return Err(e),

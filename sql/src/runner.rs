@@ -246,23 +246,7 @@ impl Task {
             self.query.clone(),
             Some((&self.env, &self.log, store_name.as_str())),
         )?;
-        // Each input topic with the sources (in FROM order) that read it.
-        let mut routes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, t) in self.query.input_topics().into_iter().enumerate() {
-            routes.entry(t).or_default().push(i);
-        }
-        for sources in routes.values_mut() {
-            self.query.tables_first(sources);
-        }
-        let mut tps: Vec<TopicPartition> = Vec::new();
-        for topic in routes.keys() {
-            for p in 0..self.log.topic(topic)?.partition_count() {
-                tps.push(TopicPartition {
-                    topic: topic.clone(),
-                    partition: p,
-                });
-            }
-        }
+        let (routes, tps) = crate::merge::inputs(&self.log, &self.query)?;
         let mut consumer = self.log.consumer(ConsumerConfig {
             group: Some(self.group()),
             isolation: Isolation::ReadCommitted,
@@ -284,10 +268,7 @@ impl Task {
             consumer,
             producer,
             lanes: tps.len(),
-            routes: routes
-                .into_iter()
-                .map(|(t, s)| (Arc::from(t.as_str()), s))
-                .collect(),
+            routes,
             positions: BTreeMap::new(),
             merger: Merger::for_query(&self.query)?,
             dropped: 0,
@@ -308,7 +289,7 @@ struct QueryRun<'a> {
     /// Input partitions, of every input topic.
     lanes: usize,
     /// Each input topic's sources (indices in FROM order; one without joins).
-    routes: std::collections::HashMap<Arc<str>, Vec<usize>>,
+    routes: crate::merge::Routes,
     positions: BTreeMap<TopicPartition, i64>,
     merger: Merger,
     /// Dropped records counted so far (the flow's counter is cumulative).

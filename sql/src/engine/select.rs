@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use sluice_log::{Consumer, ConsumerConfig, OffsetReset, Record, TopicPartition};
+use sluice_log::{Consumer, ConsumerConfig, OffsetReset, Record};
 
 use super::{Engine, Output};
 use crate::ast::SourceKind;
@@ -32,25 +32,8 @@ impl Engine {
             max_poll_records: 4096,
             ..ConsumerConfig::default()
         });
-        let mut routes: std::collections::HashMap<std::sync::Arc<str>, Vec<usize>> =
-            Default::default();
-        let mut parts: Vec<TopicPartition> = Vec::new();
-        for (i, t) in compiled.input_topics().into_iter().enumerate() {
-            let sources = routes.entry(std::sync::Arc::from(t.as_str())).or_default();
-            sources.push(i);
-            if sources.len() == 1 {
-                for p in 0..self.log.topic(&t)?.partition_count() {
-                    parts.push(TopicPartition {
-                        topic: t.clone(),
-                        partition: p,
-                    });
-                }
-            }
-        }
+        let (routes, parts) = crate::merge::inputs(&self.log, &compiled)?;
         consumer.assign(&parts)?;
-        for sources in routes.values_mut() {
-            compiled.tables_first(sources);
-        }
         Ok(PushQuery {
             merger: Merger::for_query(&compiled)?,
             flow: Dataflow::open(compiled, None)?,
@@ -219,7 +202,7 @@ pub struct PushQuery {
     /// Input records in timestamp order across partitions and topics.
     merger: Merger,
     /// Each input topic's sources (in FROM order).
-    routes: std::collections::HashMap<std::sync::Arc<str>, Vec<usize>>,
+    routes: crate::merge::Routes,
     /// Input partitions.
     lanes: usize,
     rejected: u64,
@@ -256,8 +239,7 @@ impl PushQuery {
         let (items, _) = crate::merge::items(&records, &self.routes);
         let step = self.flow.process_mixed(&items)?;
         self.rejected += step.rejected.len() as u64;
-        let batches = [rows_only(step)?];
-        let rows = datafusion::arrow::compute::concat_batches(self.flow.schema(), &batches)?;
+        let rows = rows_only(step)?;
         Ok((rows.num_rows() > 0).then_some(rows))
     }
 }

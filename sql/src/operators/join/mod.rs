@@ -189,76 +189,11 @@ impl SideReader {
 struct Keyed<'a> {
     /// The J rows.
     batch: RecordBatch,
-    /// Each row's record (an index into the records given).
-    origin: Vec<usize>,
     /// Each row's join key in canonical form: `Some(None)` is a NULL key, `None` a key
     /// expression that failed (the record is rejected already).
     keys: Vec<Option<Option<Bytes>>>,
-    /// The records with values (what `Rows::records` indexes).
+    /// Each row's record.
     inputs: Vec<Input<'a>>,
-}
-
-/// Decodes a side's records (a record without a value is no row) and evaluates `key` over
-/// them; records that do not decode and keys that fail are rejected into `out`.
-fn keyed<'a>(
-    cx: &Cx<'_>,
-    side: &SideReader,
-    key: &Stateless,
-    records: &[Input<'a>],
-    out: &mut JoinOutput,
-) -> Result<Keyed<'a>> {
-    let (inputs, index) = with_values(records);
-    let rows = side.decode(cx.j, &inputs)?;
-    out.rejected
-        .extend(rows.rejected.iter().map(|(i, r)| (index[*i], r.clone())));
-    let origin: Vec<usize> = rows.records.iter().map(|&i| index[i]).collect();
-    let (values, failed) = eval_keys(key, &rows.batch)?;
-    let mut keys: Vec<Option<Option<Bytes>>> = canonical(&values, &cx.plan.key_type)?
-        .into_iter()
-        .map(Some)
-        .collect();
-    for (row, why) in failed {
-        keys[row] = None;
-        out.rejected.push((origin[row], why));
-    }
-    let inputs = rows.records.iter().map(|&i| inputs[i]).collect();
-    Ok(Keyed {
-        batch: rows.batch,
-        origin,
-        keys,
-        inputs,
-    })
-}
-
-/// The updates of a table side that can apply, in order, with the canonical key of each
-/// (`(record index, key)`); a record that does not decode (the table keeps its row) or has no
-/// key is rejected into `out`.
-fn table_updates(
-    cx: &Cx<'_>,
-    side: &SideReader,
-    records: &[Input<'_>],
-    key_type: &DataType,
-    out: &mut JoinOutput,
-) -> Result<Vec<(usize, Bytes)>> {
-    let keys = side.primary_keys(records, key_type);
-    let (inputs, index) = with_values(records);
-    let rejected = side.decode(cx.j, &inputs)?.rejected;
-    let bad: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| index[*i]).collect();
-    out.rejected
-        .extend(rejected.into_iter().map(|(i, r)| (index[i], r)));
-    let mut updates = Vec::with_capacity(records.len());
-    for (i, key) in keys.into_iter().enumerate() {
-        if bad.contains(&i) {
-            continue;
-        }
-        match key {
-            Some(k) => updates.push((i, k)),
-            None => out
-                .rejected
-                .push((i, "a table record needs a key (its primary key)".into())),
-        }
-    }
-    Ok(updates)
 }
 
 /// Each value of `keys` cast to `key_type` in canonical form, JSON (`"a"`, `12`): equal
@@ -466,18 +401,9 @@ impl<'a> Side<'a> {
         Side { inputs, origins }
     }
 
-    /// `scratch`'s rejections (indices into this side's records) into `out`, by origin.
-    fn reject_into(&self, scratch: JoinOutput, out: &mut JoinOutput) {
-        out.rejected.extend(
-            scratch
-                .rejected
-                .into_iter()
-                .map(|(i, r)| (self.origins[i], r)),
-        );
-        out.dropped += scratch.dropped;
-    }
-
-    /// [`keyed`] over this side's records.
+    /// Decodes the side's records (a record without a value is no row) and evaluates `key`
+    /// over them: the rows, and each record's row if it has one whose key evaluated.
+    /// Records that do not decode and keys that fail are rejected into `out`.
     fn keyed(
         &self,
         cx: &Cx<'_>,
@@ -485,20 +411,43 @@ impl<'a> Side<'a> {
         key: &Stateless,
         out: &mut JoinOutput,
     ) -> Result<(Keyed<'a>, Vec<Option<usize>>)> {
-        let mut scratch = JoinOutput::default();
-        let k = keyed(cx, reader, key, &self.inputs, &mut scratch)?;
-        self.reject_into(scratch, out);
-        // Each record's row, if it has one with a key that evaluated.
+        let (inputs, index) = with_values(&self.inputs);
+        let rows = reader.decode(cx.j, &inputs)?;
+        out.rejected.extend(
+            rows.rejected
+                .iter()
+                .map(|(i, r)| (self.origins[index[*i]], r.clone())),
+        );
+        let (values, failed) = eval_keys(key, &rows.batch)?;
+        let mut keys: Vec<Option<Option<Bytes>>> = canonical(&values, &cx.plan.key_type)?
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (row, why) in failed {
+            keys[row] = None;
+            out.rejected
+                .push((self.origins[index[rows.records[row]]], why));
+        }
         let mut row_of = vec![None; self.inputs.len()];
-        for (row, &i) in k.origin.iter().enumerate() {
-            if k.keys[row].is_some() {
-                row_of[i] = Some(row);
+        for (row, &i) in rows.records.iter().enumerate() {
+            if keys[row].is_some() {
+                row_of[index[i]] = Some(row);
             }
         }
-        Ok((k, row_of))
+        let inputs = rows.records.iter().map(|&i| inputs[i]).collect();
+        Ok((
+            Keyed {
+                batch: rows.batch,
+                keys,
+                inputs,
+            },
+            row_of,
+        ))
     }
 
-    /// [`table_updates`] over this side's records: each record's key, if it can apply.
+    /// The table updates among the side's records that can apply: each record's canonical
+    /// key, `None` for a record that does not decode (the table keeps its row) or has no key,
+    /// which are rejected into `out`.
     fn updates(
         &self,
         cx: &Cx<'_>,
@@ -506,12 +455,22 @@ impl<'a> Side<'a> {
         key_type: &DataType,
         out: &mut JoinOutput,
     ) -> Result<Vec<Option<Bytes>>> {
-        let mut scratch = JoinOutput::default();
-        let updates = table_updates(cx, reader, &self.inputs, key_type, &mut scratch)?;
-        self.reject_into(scratch, out);
-        let mut keys = vec![None; self.inputs.len()];
-        for (i, k) in updates {
-            keys[i] = Some(k);
+        let mut keys = reader.primary_keys(&self.inputs, key_type);
+        let (inputs, index) = with_values(&self.inputs);
+        let mut undecodable = vec![false; keys.len()];
+        for (i, why) in reader.decode(cx.j, &inputs)?.rejected {
+            undecodable[index[i]] = true;
+            out.rejected.push((self.origins[index[i]], why));
+        }
+        for (i, key) in keys.iter_mut().enumerate() {
+            if undecodable[i] {
+                *key = None;
+            } else if key.is_none() {
+                out.rejected.push((
+                    self.origins[i],
+                    "a table record needs a key (its primary key)".into(),
+                ));
+            }
         }
         Ok(keys)
     }
