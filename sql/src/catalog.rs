@@ -682,11 +682,9 @@ fn query_reads(statement: &str) -> Vec<String> {
         .iter()
         .flat_map(|f| std::iter::once(&f.relation).chain(f.joins.iter().map(|j| &j.relation)))
         .filter_map(|r| match r {
-            TableFactor::Table { name, .. } => name
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .map(crate::query::ident_name),
+            TableFactor::Table { name, .. } => {
+                Some(crate::query::object_name(name)).filter(|n| !n.is_empty())
+            }
             _ => None,
         })
         .collect()

@@ -421,12 +421,7 @@ fn source_name(select: &Select) -> Result<String> {
         }));
     }
     match &body.from[0].relation {
-        TableFactor::Table { name, .. } => Ok(name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(ident_name)
-            .unwrap_or_default()),
+        TableFactor::Table { name, .. } => Ok(object_name(name)),
         _ => Err(SqlError::Invalid(
             "FROM must name a stream or table (subqueries are not supported)".into(),
         )),
@@ -442,6 +437,16 @@ pub fn ident_name(i: &Ident) -> String {
     } else {
         i.value.to_uppercase()
     }
+}
+
+/// The name a (possibly qualified) stream or table name stands for: its last part, as
+/// [`ident_name`] reads it.
+pub fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(ident_name)
+        .unwrap_or_default()
 }
 
 /// `e` with its unquoted identifiers folded to upper case: two spellings of one expression

@@ -22,7 +22,7 @@ use crate::error::{Result, SqlError};
 use crate::format::{Format, KeyFormat, ROWTIME};
 use crate::operators::stateless::Stateless;
 use crate::planner::{Planner, SourceTable};
-use crate::query::{SourceReader, ident_name};
+use crate::query::{SourceReader, ident_name, object_name};
 
 /// The synthetic key column of a join result (ksqlDB's name for it).
 pub const ROWKEY: &str = "ROWKEY";
@@ -429,14 +429,6 @@ fn relation_name(t: &TableFactor) -> Result<(String, Option<String>)> {
             "FROM and JOIN must name a stream or table (subqueries are not supported)".into(),
         )),
     }
-}
-
-fn object_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|p| p.as_ident())
-        .map(ident_name)
-        .unwrap_or_default()
 }
 
 /// The equality `a = b` of an ON clause (parentheses allowed around it).
