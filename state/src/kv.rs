@@ -38,10 +38,19 @@ impl KvStore {
         );
     }
 
+    /// Sets `key`, which no committed epoch holds (the caller guarantees it: a key with a
+    /// sequence number never reused, say), to `value` in this epoch. Deleting it again in the
+    /// same epoch leaves no trace: no RocksDB write, no changelog record.
+    pub fn insert_new(&mut self, key: &[u8], value: &[u8]) {
+        self.core
+            .write_new(codec::tagged(TAG_DATA, key), Bytes::copy_from_slice(value));
+    }
+
     /// Deletes `key` in this epoch (a tombstone in the changelog, even if the key was absent,
-    /// which keeps the operation blind: no read needed).
+    /// which keeps the operation blind: no read needed), unless [`KvStore::insert_new`] wrote
+    /// it in this epoch.
     pub fn delete(&mut self, key: &[u8]) {
-        self.core.write(codec::tagged(TAG_DATA, key), None);
+        self.core.delete(codec::tagged(TAG_DATA, key));
     }
 
     /// The entries with keys in `range`, in key order, this epoch's writes merged over the
@@ -60,6 +69,17 @@ impl KvStore {
         Ok(KvIter {
             scan: self.core.scan(lower, upper)?,
         })
+    }
+
+    /// The entries with keys in `[from, to)` written in this epoch, in key order: the whole
+    /// range for a caller that knows no committed epoch holds a key in it (keys that carry a
+    /// time past the committed state's, say), without reading RocksDB.
+    pub fn range_in_epoch(&self, from: &[u8], to: &[u8]) -> impl Iterator<Item = (Bytes, Bytes)> {
+        let lower = codec::tagged(TAG_DATA, from);
+        let upper = codec::tagged(TAG_DATA, to);
+        self.core
+            .overlay_range(&lower, &upper)
+            .filter_map(|(k, v)| Some((k.slice(1..), v.clone()?)))
     }
 
     /// The entries whose keys start with `prefix`, in key order; see [`KvStore::range`].
@@ -129,6 +149,57 @@ mod tests {
         assert_eq!(s.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(s.changes().count(), 0);
         assert_eq!(s.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn a_new_key_deleted_in_its_own_epoch_leaves_nothing_to_commit() {
+        let h = Harness::new();
+        let mut s = h.kv("kv", 0);
+        s.insert_new(b"n1", b"v");
+        s.insert_new(b"n2", b"v");
+        s.put(b"old", b"1");
+        assert_eq!(s.get(b"n1").unwrap().as_deref(), Some(&b"v"[..]));
+        s.delete(b"n1");
+        assert_eq!(s.get(b"n1").unwrap(), None);
+        let keys: Vec<_> = s.changes().map(|c| c.key.to_vec()).collect();
+        assert_eq!(keys, vec![b"n2".to_vec(), b"old".to_vec()]);
+        h.commit_epoch(&mut s);
+        // Committed now: deleting it is a deletion to commit, like any other.
+        s.delete(b"n2");
+        let changes: Vec<_> = s.changes().collect();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].value, None);
+        h.commit_epoch(&mut s);
+        assert_eq!(s.get(b"n2").unwrap(), None);
+        assert_eq!(s.pending_bytes(), 0);
+        // An aborted epoch forgets what it wrote new.
+        s.insert_new(b"n3", b"v");
+        s.abort();
+        s.delete(b"n3");
+        assert_eq!(s.changes().count(), 1);
+    }
+
+    #[test]
+    fn a_range_in_the_epoch_reads_its_writes_only() {
+        let h = Harness::new();
+        let mut s = h.kv("kv", 0);
+        s.put(b"a1", b"old");
+        h.commit_epoch(&mut s);
+        s.put(b"a2", b"x");
+        s.insert_new(b"a3", b"y");
+        s.delete(b"a4");
+        let got: Vec<_> = s
+            .range_in_epoch(b"a", b"b")
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (b"a2".to_vec(), b"x".to_vec()),
+                (b"a3".to_vec(), b"y".to_vec())
+            ]
+        );
+        assert_eq!(s.range_in_epoch(b"b", b"a").count(), 0);
     }
 
     #[test]

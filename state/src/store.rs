@@ -238,6 +238,9 @@ pub(crate) struct Core {
     /// Tagged key → new value (`None`: deleted) of the current epoch.
     overlay: BTreeMap<Bytes, Option<Bytes>>,
     overlay_bytes: usize,
+    /// Overlay keys written as new this epoch ([`Core::write_new`]): deleting one again in
+    /// the same epoch leaves nothing to commit.
+    fresh: std::collections::HashSet<Bytes>,
     applied: i64,
     expired: Watermark,
 }
@@ -277,6 +280,7 @@ impl Core {
             db: None,
             overlay: BTreeMap::new(),
             overlay_bytes: 0,
+            fresh: std::collections::HashSet::new(),
             applied: 0,
             expired: Watermark {
                 committed: i64::MIN,
@@ -360,6 +364,7 @@ impl Core {
         self.db = None;
         self.overlay.clear();
         self.overlay_bytes = 0;
+        self.fresh.clear();
         self.applied = 0;
         remove_dir(&self.path)?;
         self.try_open()
@@ -438,6 +443,38 @@ impl Core {
             }
             None => self.overlay_bytes += key_len + value_len + OVERLAY_ENTRY_OVERHEAD,
         }
+    }
+
+    /// Records the write of a tagged key that the caller knows is in no committed epoch (a
+    /// key made with a sequence number, say). Deleting it in the same epoch then drops it
+    /// from the overlay: a record buffered and expired within one epoch costs neither a
+    /// RocksDB write nor changelog records.
+    pub(crate) fn write_new(&mut self, key: Vec<u8>, value: Bytes) {
+        let key = Bytes::from(key);
+        self.fresh.insert(key.clone());
+        let value_len = value.len();
+        let key_len = key.len();
+        match self.overlay.insert(key, Some(value)) {
+            Some(old) => {
+                self.overlay_bytes =
+                    (self.overlay_bytes + value_len).saturating_sub(old.map_or(0, |v| v.len()));
+            }
+            None => self.overlay_bytes += key_len + value_len + OVERLAY_ENTRY_OVERHEAD,
+        }
+    }
+
+    /// Records the deletion of a tagged key: dropped from the overlay if it was written new
+    /// this epoch, else a deletion to commit.
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        if self.fresh.remove(key.as_slice()) {
+            if let Some(old) = self.overlay.remove(key.as_slice()) {
+                self.overlay_bytes = self.overlay_bytes.saturating_sub(
+                    key.len() + old.map_or(0, |v| v.len()) + OVERLAY_ENTRY_OVERHEAD,
+                );
+            }
+            return;
+        }
+        self.write(key, None);
     }
 
     /// The tagged entries in `[lower, upper)`, overlay merged over RocksDB.
@@ -538,6 +575,7 @@ impl Core {
         }
         self.overlay.clear();
         self.overlay_bytes = 0;
+        self.fresh.clear();
         self.applied = next;
         self.expired.committed = self.expired.pending;
         Ok(())
@@ -546,6 +584,7 @@ impl Core {
     pub(crate) fn abort(&mut self) {
         self.overlay.clear();
         self.overlay_bytes = 0;
+        self.fresh.clear();
         self.expired.pending = self.expired.committed;
     }
 

@@ -28,10 +28,8 @@ mod table_table;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, new_null_array,
-};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, new_null_array};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_log::Log;
 use sluice_state::StateEnv;
@@ -307,29 +305,25 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// Assembles the emitted rows from the left and right records they name (left rows from
-    /// `left_batch`, J rows, when given) into `out`: as J records, or as rows.
+    /// Assembles the emitted rows from the rows they name on each side (rows of the side's
+    /// decoded batch `left_batch` / `right_batch`, or records in `lists`) into `out`: as J
+    /// records, or as rows.
     fn finish(
         &self,
         left_batch: Option<&RecordBatch>,
-        lefts: &[Rec],
-        rights: &[Rec],
-        emits: Vec<Emit>,
+        right_batch: Option<&RecordBatch>,
+        lists: Lists,
         out: &mut JoinOutput,
     ) -> Result<()> {
-        let decoded;
-        let lb = match left_batch {
-            Some(b) => b,
-            None => {
-                decoded = self.left.decode_recs(self.j, lefts)?;
-                &decoded
-            }
-        };
-        let rb = self.right.decode_recs(self.j, rights)?;
+        let Lists {
+            lefts,
+            rights,
+            emits,
+        } = lists;
         let rows: Vec<&(Option<u32>, Option<u32>)> =
             emits.iter().filter_map(|e| e.row.as_ref()).collect();
-        let li = UInt32Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
-        let ri = UInt32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let left = lefts.sources(self.left, self.j, left_batch, rows.iter().map(|r| r.0))?;
+        let right = rights.sources(self.right, self.j, right_batch, rows.iter().map(|r| r.1))?;
         let ts: Vec<i64> = emits
             .iter()
             .filter(|e| e.row.is_some())
@@ -344,9 +338,9 @@ impl Cx<'_> {
             } else if c == last {
                 Arc::new(Int64Array::from(ts.clone()))
             } else if c >= first && c < first + count {
-                take(rb.column(c), &ri, None)?
+                right.column(c)?
             } else {
-                take(lb.column(c), &li, None)?
+                left.column(c)?
             });
         }
         let batch = RecordBatch::try_new(Arc::clone(self.j), columns)?;
@@ -476,25 +470,121 @@ impl<'a> Side<'a> {
     }
 }
 
-/// The records a batch's results name, and the results.
+/// The rows a batch's results name, and the results.
 #[derive(Debug, Default)]
 struct Lists {
-    lefts: Vec<Rec>,
-    rights: Vec<Rec>,
+    lefts: List,
+    rights: List,
     emits: Vec<Emit>,
 }
 
 impl Lists {
     /// Adds a left (or right) record; its index in its list.
     fn add(&mut self, rec: Rec, left: bool) -> u32 {
-        let list = if left {
+        self.side(left).add(rec)
+    }
+
+    fn side(&mut self, left: bool) -> &mut List {
+        if left {
             &mut self.lefts
         } else {
             &mut self.rights
-        };
-        list.push(rec);
-        list.len() as u32 - 1
+        }
     }
+}
+
+/// An index in a [`List`] that names a record of the list, not a row of the side's batch.
+const LISTED: u32 = 1 << 31;
+
+/// The rows one side's results name: rows of the side's decoded batch (plain indices) and
+/// records (indices with [`LISTED`] set). A stored record named by many results (an auction
+/// matching each of its bids) is decoded once.
+#[derive(Debug, Default)]
+struct List {
+    recs: Vec<Rec>,
+    /// The index of each stored form (see [`Rec::encode`]) listed.
+    seen: std::collections::HashMap<Bytes, u32>,
+}
+
+impl List {
+    /// Adds a record; its index.
+    fn add(&mut self, rec: Rec) -> u32 {
+        self.recs.push(rec);
+        LISTED | (self.recs.len() as u32 - 1)
+    }
+
+    /// Adds a record in its stored form, once however often it is added; its index.
+    fn stored(&mut self, form: Bytes) -> Result<u32> {
+        if let Some(&i) = self.seen.get(&form) {
+            return Ok(i);
+        }
+        let i = self.add(Rec::decode(&form, 0)?);
+        self.seen.insert(form, i);
+        Ok(i)
+    }
+
+    /// The rows `picks` names (`None`: a NULL row), ready to take columns from.
+    fn sources(
+        self,
+        reader: &SideReader,
+        j: &SchemaRef,
+        batch: Option<&RecordBatch>,
+        picks: impl Iterator<Item = Option<u32>>,
+    ) -> Result<Picked> {
+        // Sources: the side's batch, the listed records decoded, one row of NULLs.
+        let mut batches = Vec::with_capacity(3);
+        let from_batch = batch.map(|b| {
+            batches.push(b.clone());
+            batches.len() - 1
+        });
+        let from_recs = if self.recs.is_empty() {
+            None
+        } else {
+            batches.push(reader.decode_recs(j, &self.recs)?);
+            Some(batches.len() - 1)
+        };
+        batches.push(null_row(j)?);
+        let nulls = batches.len() - 1;
+        let internal = || SqlError::Plan("internal error: a join result names no row".into());
+        let picks = picks
+            .map(|p| match p {
+                None => Ok((nulls, 0)),
+                Some(i) if i & LISTED != 0 => {
+                    Ok((from_recs.ok_or_else(internal)?, (i & !LISTED) as usize))
+                }
+                Some(i) => Ok((from_batch.ok_or_else(internal)?, i as usize)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Picked { batches, picks })
+    }
+}
+
+/// One side's rows for a batch of results: where each result's row is.
+struct Picked {
+    batches: Vec<RecordBatch>,
+    /// (batch, row) of each result.
+    picks: Vec<(usize, usize)>,
+}
+
+impl Picked {
+    /// Column `c` of J, one value per result.
+    fn column(&self, c: usize) -> Result<ArrayRef> {
+        let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+        Ok(datafusion::arrow::compute::interleave(
+            &arrays,
+            &self.picks,
+        )?)
+    }
+}
+
+/// One J row of NULLs.
+fn null_row(j: &SchemaRef) -> Result<RecordBatch> {
+    let columns = j
+        .fields()
+        .iter()
+        .map(|f| new_null_array(f.data_type(), 1))
+        .collect();
+    Ok(RecordBatch::try_new(Arc::clone(j), columns)?)
 }
 
 /// The operator of one join.

@@ -58,6 +58,16 @@ impl Kv {
         }
     }
 
+    /// Sets a key no committed epoch holds (see [`KvStore::insert_new`]).
+    pub(super) fn insert_new(&mut self, key: &[u8], value: Bytes) {
+        match self {
+            Kv::Memory(m) => {
+                m.insert(key.to_vec(), value);
+            }
+            Kv::Store(s) => s.insert_new(key, &value),
+        }
+    }
+
     pub(super) fn delete(&mut self, key: &[u8]) {
         match self {
             Kv::Memory(m) => {
@@ -86,6 +96,29 @@ impl Kv {
                 .take(limit)
                 .map(|r| r.map_err(state_err))
                 .collect(),
+        }
+    }
+
+    /// Entries with keys in `[from, to)`, as [`Kv::range`], when the caller knows that no
+    /// committed epoch holds a key in the range: only this epoch's writes are read.
+    pub(super) fn range_in_epoch(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        match self {
+            Kv::Memory(_) => self.range(from, to, limit),
+            Kv::Store(s) => Ok(s.range_in_epoch(from, to).take(limit).collect()),
+        }
+    }
+
+    /// Whether the epoch has written nothing yet (it just began: the store holds exactly
+    /// the committed state).
+    pub(super) fn epoch_is_empty(&self) -> bool {
+        match self {
+            Kv::Memory(_) => false,
+            Kv::Store(s) => s.pending_bytes() == 0,
         }
     }
 

@@ -39,6 +39,8 @@ pub(super) struct StreamStream {
     after: i64,
     grace: i64,
     stream_time: i64,
+    /// The stream time of the committed state: no committed buffered record is later.
+    committed_time: i64,
     seq: u64,
     /// The first expiry index entries, prefetched so that expiring does not scan the store
     /// for each record: every entry whose index key is below `horizon` is here (index key
@@ -71,6 +73,7 @@ impl StreamStream {
             after,
             grace,
             stream_time,
+            committed_time: stream_time,
             seq,
             due: BTreeMap::new(),
             horizon: Some(Bytes::from_static(&[INDEX])),
@@ -95,6 +98,10 @@ impl StreamStream {
 
     fn join(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
+        if self.kv.epoch_is_empty() {
+            // An epoch committed since the last batch (each batch writes the stream time).
+            self.committed_time = self.stream_time;
+        }
         let (left, right) = (Side::of(events, true), Side::of(events, false));
         let (kl, left_rows) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
         let (kr, right_rows) = right.keyed(cx, cx.right, &cx.plan.right_key, &mut out)?;
@@ -119,19 +126,21 @@ impl StreamStream {
                 continue;
             };
             let key = k.keys[row].clone().flatten();
-            self.one(cx, e.left, key, t, rec, e.origin, &mut lists, &mut out)?;
+            let record = (rec, row as u32);
+            self.one(cx, e.left, key, t, record, e.origin, &mut lists, &mut out)?;
         }
         let mut meta = Vec::with_capacity(16);
         meta.put_i64_le(self.stream_time);
         meta.put_u64_le(self.seq);
         self.kv.put(b"", Bytes::from(meta));
-        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
+        cx.finish(Some(&kl.batch), Some(&kr.batch), lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
 
-    /// One record at `t` of the left (or right) side: late, or joined with the other side's
-    /// buffered records in its window and buffered itself; then what expired goes.
+    /// One record at `t` of the left (or right) side (the record and its row in its side's
+    /// batch): late, or joined with the other side's buffered records in its window and
+    /// buffered itself; then what expired goes.
     #[allow(clippy::too_many_arguments)]
     fn one(
         &mut self,
@@ -139,7 +148,7 @@ impl StreamStream {
         is_left: bool,
         key: Option<Bytes>,
         t: i64,
-        rec: Rec,
+        (rec, row): (Rec, u32),
         origin: usize,
         lists: &mut Lists,
         out: &mut JoinOutput,
@@ -173,15 +182,14 @@ impl StreamStream {
         let Some(key) = key else {
             // A NULL key matches nothing: kept at once by an outer join, else dropped.
             if keeps_self {
-                let at = lists.add(rec, is_left);
                 lists.emits.push(Emit {
                     key: None,
                     ts: t,
                     origin,
                     row: Some(if is_left {
-                        (Some(at), None)
+                        (Some(row), None)
                     } else {
-                        (None, Some(at))
+                        (None, Some(row))
                     }),
                 });
             } else {
@@ -194,7 +202,12 @@ impl StreamStream {
         let mut to = from.clone();
         from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
         to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
-        let matches = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
+        let matches = if t.saturating_sub(lo) > self.committed_time {
+            // Every buffered record in the window came in this epoch.
+            self.kv.range_in_epoch(&from, &to, MAX_MATCHES + 1)?
+        } else {
+            self.kv.range(&from, &to, MAX_MATCHES + 1)?
+        };
         if matches.len() > MAX_MATCHES {
             out.rejected.push((
                 origin,
@@ -205,15 +218,10 @@ impl StreamStream {
             ));
             return Ok(());
         }
-        let mine = if matches.is_empty() {
-            None
-        } else {
-            Some(lists.add(rec.clone(), is_left))
-        };
+        let mine = Some(row);
         for (bk, v) in &matches {
-            let theirs = Rec::decode(v, 1)?;
-            let ts = t.max(theirs.ts);
-            let at = lists.add(theirs, !is_left);
+            let ts = t.max(Rec::decode(v, 1)?.ts);
+            let at = lists.side(!is_left).stored(v.slice(1..))?;
             lists.emits.push(Emit {
                 key: Some(key.clone()),
                 ts,
@@ -237,9 +245,10 @@ impl StreamStream {
         ik.push(side);
         self.seq += 1;
         let matched = u8::from(!matches.is_empty());
-        self.kv.put(&bk, rec.encode(&[matched]));
+        // Keys with a sequence number never used before: new to the store.
+        self.kv.insert_new(&bk, rec.encode(&[matched]));
         let bk = Bytes::from(bk);
-        self.kv.put(&ik, bk.clone());
+        self.kv.insert_new(&ik, bk.clone());
         let ik = Bytes::from(ik);
         if self.horizon.as_ref().is_none_or(|h| ik < *h) {
             self.due.insert(ik, bk);

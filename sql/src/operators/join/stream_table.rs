@@ -3,7 +3,7 @@
 //! itself and never re-emits earlier stream records.
 
 use super::state::{Kv, Rec};
-use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Side, times};
+use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Lists, Side, times};
 use crate::error::Result;
 
 #[derive(Debug)]
@@ -20,8 +20,7 @@ impl JoinOp for StreamTable {
         let (k, row_of) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
         let updates = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
         let times = times(&k.batch);
-        let mut rights = Vec::new();
-        let mut emits = Vec::new();
+        let mut lists = Lists::default();
         let (mut li, mut ri) = (0, 0);
         for e in events {
             if !e.left {
@@ -50,13 +49,10 @@ impl JoinOp for StreamTable {
                 continue;
             }
             let r = match right {
-                Some(stored) => {
-                    rights.push(Rec::decode(&stored, 0)?);
-                    Some(rights.len() as u32 - 1)
-                }
+                Some(stored) => Some(lists.rights.stored(stored)?),
                 None => None,
             };
-            emits.push(Emit {
+            lists.emits.push(Emit {
                 key,
                 ts: times[row],
                 origin: e.origin,
@@ -64,7 +60,7 @@ impl JoinOp for StreamTable {
             });
         }
         // Left rows are the decoded batch's.
-        cx.finish(Some(&k.batch), &[], &rights, emits, &mut out)?;
+        cx.finish(Some(&k.batch), None, lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }

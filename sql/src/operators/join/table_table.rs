@@ -109,7 +109,7 @@ impl JoinOp for TableTable {
                 self.update(cx, e.left, key, &e.input, e.origin, &mut lists)?;
             }
         }
-        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
+        cx.finish(None, None, lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
@@ -329,7 +329,7 @@ impl JoinOp for ForeignKey {
             let fk = fk_row[i].and_then(|row| fks.keys[row].clone().flatten());
             self.left_update(cx, pk, fk, &e.input, e.origin, &mut lists)?;
         }
-        cx.finish(None, &lists.lefts, &lists.rights, lists.emits, &mut out)?;
+        cx.finish(None, None, lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
