@@ -345,14 +345,13 @@ impl<'a> KeyScan<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            match *self.v.get(self.i)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
+            // Long strings (descriptions, URLs) are most of a value's bytes: jump.
+            self.i += memchr::memchr2(b'"', b'\\', self.v.get(self.i..)?)?;
+            if self.v[self.i] == b'"' {
+                break;
             }
+            escaped = true;
+            self.i += 2;
         }
         let end = self.i;
         self.i += 1;
@@ -529,6 +528,121 @@ impl<'a> KeyScan<'a> {
                 return Some(());
             }
         }
+    }
+}
+
+/// The integer in the top-level field of a JSON object that a decoder matching names as
+/// ksqlDB does ([`JsonDecoder::case_insensitive`]) reads into the column `name`: the field
+/// spelled `name` exactly, else the one whose name in upper case is `name`. `None` when
+/// the value is not a JSON object, lacks the field, holds anything but an integer there,
+/// or spells it twice: a caller then decodes the value in full, which says why. One pass
+/// that skips every other field without building it: for a caller that needs one column
+/// (the event time to order records by) of values it decodes in full later.
+pub fn top_level_i64(value: &[u8], name: &str) -> Option<i64> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let found = FieldFinder { name }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// The field of [`top_level_i64`], found by serde without building the others.
+struct FieldFinder<'n> {
+    name: &'n str,
+}
+
+/// How an object key names the sought column.
+enum Naming {
+    Exact,
+    Folded,
+    Other,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldFinder<'_> {
+    type Value = Option<i64>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldFinder<'_> {
+    type Value = Option<i64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let name = self.name;
+        let foldable = !name.bytes().any(|b| b.is_ascii_lowercase());
+        let (mut exact, mut folded) = (None, None);
+        let mut twice = false;
+        while let Some(naming) = map.next_key_seed(KeyNaming { name, foldable })? {
+            let slot = match naming {
+                Naming::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+                Naming::Exact => &mut exact,
+                Naming::Folded => &mut folded,
+            };
+            let v = map.next_value::<Value>()?;
+            twice |= slot.is_some();
+            *slot = Some(v.as_i64());
+        }
+        if twice {
+            return Ok(None);
+        }
+        // The exact spelling wins over another one, as the decoder has it.
+        Ok(exact.or(folded).flatten())
+    }
+}
+
+/// Reads an object key as its [`Naming`] of the sought column.
+struct KeyNaming<'n> {
+    name: &'n str,
+    foldable: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyNaming<'_> {
+    type Value = Naming;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Naming, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyNaming<'_> {
+    type Value = Naming;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> std::result::Result<Naming, E> {
+        Ok(if key == self.name {
+            Naming::Exact
+        } else if self.foldable
+            && if key.is_ascii() {
+                key.eq_ignore_ascii_case(self.name)
+            } else {
+                key.to_uppercase() == self.name
+            }
+        {
+            Naming::Folded
+        } else {
+            Naming::Other
+        })
     }
 }
 
@@ -745,6 +859,35 @@ mod tests {
 
     /// What the adversary found: escaped keys, trailing commas, STRUCTs inside MAP values,
     /// and values nested deep enough to overflow a stack are all handled.
+    #[test]
+    fn one_top_level_integer_is_found_as_the_decoder_would_read_it() {
+        let f = |v: &str| top_level_i64(v.as_bytes(), "TS");
+        assert_eq!(f(r#"{"a": {"ts": 1}, "ts": 42, "b": [1, "x"]}"#), Some(42));
+        assert_eq!(f(r#"{"TS": -7}"#), Some(-7));
+        // The exact spelling wins wherever it stands.
+        assert_eq!(f(r#"{"TS": 1, "ts": 2}"#), Some(1));
+        assert_eq!(f(r#"{"ts": 2, "TS": 1}"#), Some(1));
+        assert_eq!(f(r#"{"t\u0053": 5}"#), Some(5));
+        // Anything the caller must decode in full to judge: None.
+        for v in [
+            r#"{"ts": "12"}"#,
+            r#"{"ts": 1.5}"#,
+            r#"{"ts": null}"#,
+            r#"{"other": 1}"#,
+            r#"{"ts": 1, "Ts": 2}"#,
+            r#"{"ts": 1,}"#,
+            r#"{"ts": 1} {"ts": 2}"#,
+            r#"[1]"#,
+            r#"{"ts": 1"#,
+            "",
+        ] {
+            assert_eq!(f(v), None, "{v}");
+        }
+        // A quoted mixed-case column takes its exact spelling only.
+        assert_eq!(top_level_i64(br#"{"myTs": 3}"#, "myTs"), Some(3));
+        assert_eq!(top_level_i64(br#"{"MYTS": 3}"#, "myTs"), None);
+    }
+
     #[test]
     fn folding_reads_escapes_refuses_malformed_values_and_bounds_depth() {
         let inner = Fields::from(vec![Field::new("A", DataType::Int64, true)]);

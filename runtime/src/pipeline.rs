@@ -110,6 +110,12 @@ pub struct PipelineConfig {
     /// its answer (requests arriving together share a commit).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Interval,
+    /// Bytes of results each of the pipeline's SQL queries whose result is a table holds
+    /// within an epoch so as to write only each key's latest update (default `10000000`, as
+    /// ksqlDB's `cache.max.bytes.buffering`); `0` writes every update. Streams are never
+    /// held back.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: usize,
     /// Topics created when the pipeline deploys (existing ones are kept as they are).
     #[serde(default)]
     pub topics: Vec<TopicSpec>,
@@ -142,6 +148,10 @@ pub struct TopicSpec {
 
 fn one() -> u32 {
     1
+}
+
+fn default_cache_max_bytes() -> usize {
+    sluice_sql::record_cache::DEFAULT_CACHE_MAX_BYTES
 }
 
 fn default_commit_interval() -> Interval {

@@ -516,6 +516,7 @@ impl Worker {
             let config = RunnerConfig {
                 commit_interval: p.config.commit_interval.0,
                 guarantee: p.config.guarantee,
+                cache_max_bytes: p.config.cache_max_bytes,
                 ..self.engine.queries().config().clone()
             };
             self.engine.execute_with(sql, &config).map_err(|e| {

@@ -441,6 +441,17 @@ impl RecordDecoder {
         &self.schema
     }
 
+    /// The name of column `i` when it is a BIGINT in JSON values, which
+    /// [`sluice_format::json::top_level_i64`] reads without decoding the rest.
+    pub fn json_i64_value_column(&self, i: usize) -> Option<&str> {
+        let f = self.schema.field(i);
+        (self.format == Format::Json
+            && !self.key_columns.contains(&i)
+            && i + 1 < self.schema.fields().len()
+            && f.data_type() == &DataType::Int64)
+            .then(|| f.name().as_str())
+    }
+
     /// The names of the key columns, in declared order.
     pub fn key_columns(&self) -> Vec<&str> {
         self.key_columns

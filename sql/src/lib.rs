@@ -23,6 +23,8 @@
 //!   by batch as a [`query::Dataflow`].
 //! - [`partition_by`]: `PARTITION BY`, which columns re-key a stream query's output.
 //! - [`runner`]: persistent queries as exactly-once tasks (one log transaction per epoch).
+//! - [`record_cache`]: a table result's latest update per key within an epoch, written at
+//!   its commit (ksqlDB's `cache.max.bytes.buffering`).
 //! - [`merge`]: input records of several partitions and topics in timestamp order.
 //! - [`operators`]: the streaming operators, one file each (stateless, window), or one folder
 //!   when an operator has several concerns (aggregate: plan, cache, sessions, expiry, output;
@@ -52,6 +54,7 @@ pub mod parser;
 pub mod partition_by;
 pub mod planner;
 pub mod query;
+pub mod record_cache;
 pub mod runner;
 pub mod syntax;
 pub mod types;

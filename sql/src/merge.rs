@@ -62,12 +62,21 @@ impl Merger {
     }
 
     /// Gives records of the event-time topics their event time (a record whose time does
-    /// not decode keeps its own; its source rejects it later).
+    /// not decode keeps its own; its source rejects it later). A BIGINT column of a JSON
+    /// value is read alone; other records are decoded in full.
     fn event_times(&self, records: &mut [ConsumerRecord]) {
         for (topic, reader) in &self.event_time {
-            let at: Vec<usize> = (0..records.len())
-                .filter(|&i| &records[i].topic == topic && records[i].value.is_some())
-                .collect();
+            let column = reader.json_time_column();
+            let mut at = Vec::new();
+            for (i, r) in records.iter_mut().enumerate() {
+                let Some(value) = r.value.as_deref().filter(|_| &r.topic == topic) else {
+                    continue;
+                };
+                match column.and_then(|c| sluice_format::json::top_level_i64(value, c)) {
+                    Some(t) => r.timestamp = t,
+                    None => at.push(i),
+                }
+            }
             if at.is_empty() {
                 continue;
             }

@@ -93,6 +93,13 @@ impl SourceReader {
         self.decoder.schema()
     }
 
+    /// The event-time column's name when it is a BIGINT in JSON values: the event time of a
+    /// record is then [`sluice_format::json::top_level_i64`] of its value, when that finds one.
+    pub fn json_time_column(&self) -> Option<&str> {
+        let (i, _, _) = self.timestamp.as_ref()?;
+        self.decoder.json_i64_value_column(*i)
+    }
+
     /// How a windowed source's keys carry their window.
     pub fn key_window(&self) -> Option<KeyWindow> {
         self.decoder.key_window()

@@ -29,11 +29,13 @@ use sluice_task::{
     send_or_dead_letter,
 };
 
+use crate::ast::SourceKind;
 use crate::catalog::{QueryDef, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::format::Input;
 use crate::merge::Merger;
 use crate::query::{CompiledQuery, Dataflow, Step};
+use crate::record_cache::RecordCache;
 
 /// How often tasks commit unless told otherwise: 100 ms, Kafka Streams' default under
 /// exactly-once. Each stage of a pipeline (source, query, sink) makes its output visible at
@@ -50,6 +52,10 @@ pub struct RunnerConfig {
     pub max_poll_records: usize,
     /// Exactly-once (one transaction per epoch) or at-least-once.
     pub guarantee: Guarantee,
+    /// Bytes of results a query whose result is a table holds per epoch to write only each
+    /// key's latest update ([`crate::record_cache`]; ksqlDB's `cache.max.bytes.buffering`).
+    /// `0` writes every update.
+    pub cache_max_bytes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -58,6 +64,7 @@ impl Default for RunnerConfig {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_poll_records: 8192,
             guarantee: Guarantee::ExactlyOnce,
+            cache_max_bytes: crate::record_cache::DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -275,6 +282,8 @@ impl Task {
             open_since: None,
             rejected_in_epoch: 0,
             full: false,
+            cache: (self.sink.kind == SourceKind::Table && self.config.cache_max_bytes > 0)
+                .then(|| RecordCache::new(self.config.cache_max_bytes)),
         };
         sluice_task::run_epochs(ctx, self.config.commit_interval, &mut run)
     }
@@ -299,6 +308,9 @@ struct QueryRun<'a> {
     rejected_in_epoch: u64,
     /// The last step took as many records as it may: more may be ready.
     full: bool,
+    /// A table result's latest record per key in the epoch (`None`: every record is written
+    /// at once).
+    cache: Option<RecordCache>,
 }
 
 impl Epochs for QueryRun<'_> {
@@ -427,7 +439,7 @@ impl QueryRun<'_> {
     ) -> Result<u64> {
         let task = self.task;
         let encoded = task.sink.encode(&step.batch)?;
-        let written = encoded.len() as u64;
+        let mut written = 0;
         for (i, (((key, value), ts), deleted)) in encoded
             .into_iter()
             .zip(step.timestamps)
@@ -451,21 +463,13 @@ impl QueryRun<'_> {
                 headers: Vec::new(),
                 timestamp: ts,
             };
-            // A result too large for its topic even alone: a dead letter, and the query goes
-            // on.
-            let label = &self.ctx.label;
-            if !send_or_dead_letter(
-                &mut self.producer,
-                &task.sink.topic,
-                record,
-                &task.dlq,
-                label,
-            )? {
-                self.ctx
-                    .status
-                    .rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.rejected_in_epoch += 1;
+            match (self.cache.as_mut(), record.key.clone()) {
+                (Some(cache), Some(key)) => {
+                    if cache.put(key, record) {
+                        written += self.drain_cache()?;
+                    }
+                }
+                _ => written += self.send_result(record)?,
             }
         }
         let rejected = step.rejected.len() as u64;
@@ -493,6 +497,39 @@ impl QueryRun<'_> {
         Ok(written)
     }
 
+    /// Writes one result record (a dead letter if its topic refuses its size); returns the
+    /// records written to the result topic.
+    fn send_result(&mut self, record: Record) -> Result<u64> {
+        let task = self.task;
+        if send_or_dead_letter(
+            &mut self.producer,
+            &task.sink.topic,
+            record,
+            &task.dlq,
+            &self.ctx.label,
+        )? {
+            return Ok(1);
+        }
+        self.ctx
+            .status
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rejected_in_epoch += 1;
+        Ok(0)
+    }
+
+    /// Writes the cached records; returns how many reached the result topic.
+    fn drain_cache(&mut self) -> Result<u64> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        for record in cache.drain() {
+            written += self.send_result(record)?;
+        }
+        Ok(written)
+    }
+
     /// Ends the epoch: state changes to the changelogs, positions to the group, commit, then
     /// the stores make the epoch durable locally (the epoch's state snapshot).
     ///
@@ -500,6 +537,8 @@ impl QueryRun<'_> {
     /// then the positions are committed to the group, so a crash in between repeats the
     /// epoch's outputs.
     fn commit_epoch(&mut self) -> Result<()> {
+        let cached = self.drain_cache()?;
+        self.ctx.status.moved(0, cached, 0, 0);
         let task = self.task;
         let producer = &mut self.producer;
         let flow = &mut self.flow;
@@ -543,6 +582,9 @@ impl QueryRun<'_> {
             sluice_log::fault::point("query-before-commit");
             if let Err(e) = producer.commit_transaction() {
                 let _ = producer.abort_transaction();
+                if let Some(cache) = self.cache.as_mut() {
+                    cache.clear();
+                }
                 flow.abort()?;
                 return Err(e.into());
             }

@@ -249,6 +249,9 @@ fn run_in(log: &Log, case: &Case) -> Result<(), String> {
         EngineConfig {
             runner: RunnerConfig {
                 commit_interval: Duration::from_millis(20),
+                // Every update of a table result, as ksqlDB's own query tests run (with
+                // `cache.max.bytes.buffering` 0): the cases list each one.
+                cache_max_bytes: 0,
                 ..RunnerConfig::default()
             },
             ..EngineConfig::default()

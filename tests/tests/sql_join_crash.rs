@@ -199,6 +199,8 @@ fn engine(log: &Log, commit_ms: u64, start_queries: bool) -> Engine {
             runner: RunnerConfig {
                 commit_interval: Duration::from_millis(commit_ms),
                 max_poll_records: 200,
+                // Every update of the table joins: their check follows each key's history.
+                cache_max_bytes: 0,
                 ..RunnerConfig::default()
             },
             start_queries,

@@ -35,6 +35,11 @@ pub struct SqlArgs {
     /// How often persistent queries commit (results become visible), in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub commit_interval_ms: u64,
+    /// Bytes of results a persistent query whose result is a table holds per commit to
+    /// write only each key's latest update (ksqlDB's `cache.max.bytes.buffering`); 0 writes
+    /// every update.
+    #[arg(long, default_value_t = sluice_sql::record_cache::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: usize,
     /// RocksDB block cache shared by all query state, in MiB.
     #[arg(long, default_value_t = (sluice_state::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
     pub block_cache_mb: u64,
@@ -59,6 +64,7 @@ impl SqlArgs {
                 state: Some(state),
                 runner: RunnerConfig {
                     commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
+                    cache_max_bytes: self.cache_max_bytes,
                     ..RunnerConfig::default()
                 },
                 start_queries: true,

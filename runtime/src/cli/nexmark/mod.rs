@@ -87,6 +87,10 @@ pub struct NexmarkArgs {
     /// CPU time, which waiting does not use.
     #[arg(long, default_value_t = 1000)]
     pub commit_interval_ms: u64,
+    /// Bytes of a table result's updates held per commit to write each key's latest only
+    /// (the default, like `sluice sql`'s and ksqlDB's); 0 writes every update.
+    #[arg(long, default_value_t = sluice_sql::record_cache::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: usize,
     /// Compare each query's result with the batch result (q5 and q7 excepted), untimed; a
     /// difference fails the run.
     #[arg(long)]
@@ -200,6 +204,7 @@ impl NexmarkArgs {
                 state: Some(sluice_state::StateConfig::new(dir.join("state"))),
                 runner: RunnerConfig {
                     commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
+                    cache_max_bytes: self.cache_max_bytes,
                     ..RunnerConfig::default()
                 },
                 start_queries: true,

@@ -196,6 +196,7 @@ fn streaming_results_agree_with_batch() {
         query: Some("q0,q1,q2,q3,q4,q8".into()),
         partitions: 1,
         commit_interval_ms: 50,
+        cache_max_bytes: sluice_sql::record_cache::DEFAULT_CACHE_MAX_BYTES,
         check: true,
         dir: Some(dir.path().to_path_buf()),
     };
