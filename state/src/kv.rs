@@ -41,9 +41,9 @@ impl KvStore {
     /// Sets `key`, which no committed epoch holds (the caller guarantees it: a key with a
     /// sequence number never reused, say), to `value` in this epoch. Deleting it again in the
     /// same epoch leaves no trace: no RocksDB write, no changelog record.
-    pub fn insert_new(&mut self, key: &[u8], value: &[u8]) {
+    pub fn insert_new(&mut self, key: &[u8], value: impl Into<Bytes>) {
         self.core
-            .write_new(codec::tagged(TAG_DATA, key), Bytes::copy_from_slice(value));
+            .write_new(codec::tagged(TAG_DATA, key), value.into());
     }
 
     /// Deletes `key` in this epoch (a tombstone in the changelog, even if the key was absent,
@@ -155,8 +155,8 @@ mod tests {
     fn a_new_key_deleted_in_its_own_epoch_leaves_nothing_to_commit() {
         let h = Harness::new();
         let mut s = h.kv("kv", 0);
-        s.insert_new(b"n1", b"v");
-        s.insert_new(b"n2", b"v");
+        s.insert_new(b"n1", &b"v"[..]);
+        s.insert_new(b"n2", &b"v"[..]);
         s.put(b"old", b"1");
         assert_eq!(s.get(b"n1").unwrap().as_deref(), Some(&b"v"[..]));
         s.delete(b"n1");
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(s.get(b"n2").unwrap(), None);
         assert_eq!(s.pending_bytes(), 0);
         // An aborted epoch forgets what it wrote new.
-        s.insert_new(b"n3", b"v");
+        s.insert_new(b"n3", &b"v"[..]);
         s.abort();
         s.delete(b"n3");
         assert_eq!(s.changes().count(), 1);
@@ -186,7 +186,7 @@ mod tests {
         s.put(b"a1", b"old");
         h.commit_epoch(&mut s);
         s.put(b"a2", b"x");
-        s.insert_new(b"a3", b"y");
+        s.insert_new(b"a3", &b"y"[..]);
         s.delete(b"a4");
         let got: Vec<_> = s
             .range_in_epoch(b"a", b"b")

@@ -240,7 +240,7 @@ pub(crate) struct Core {
     overlay_bytes: usize,
     /// Overlay keys written as new this epoch ([`Core::write_new`]): deleting one again in
     /// the same epoch leaves nothing to commit.
-    fresh: std::collections::HashSet<Bytes>,
+    fresh: foldhash::HashSet<Bytes>,
     applied: i64,
     expired: Watermark,
 }
@@ -280,7 +280,7 @@ impl Core {
             db: None,
             overlay: BTreeMap::new(),
             overlay_bytes: 0,
-            fresh: std::collections::HashSet::new(),
+            fresh: foldhash::HashSet::default(),
             applied: 0,
             expired: Watermark {
                 committed: i64::MIN,

@@ -503,7 +503,7 @@ const LISTED: u32 = 1 << 31;
 struct List {
     recs: Vec<Rec>,
     /// The index of each stored form (see [`Rec::encode`]) listed.
-    seen: std::collections::HashMap<Bytes, u32>,
+    seen: foldhash::HashMap<Bytes, u32>,
 }
 
 impl List {

@@ -64,7 +64,7 @@ impl Kv {
             Kv::Memory(m) => {
                 m.insert(key.to_vec(), value);
             }
-            Kv::Store(s) => s.insert_new(key, &value),
+            Kv::Store(s) => s.insert_new(key, value),
         }
     }
 
@@ -187,13 +187,20 @@ impl Rec {
 
     /// `prefix`, then timestamp, key length (u32::MAX: no key), key, value.
     pub(super) fn encode(&self, prefix: &[u8]) -> Bytes {
-        let key = self.key.as_deref().unwrap_or_default();
-        let mut b = Vec::with_capacity(prefix.len() + 12 + key.len() + self.value.len());
+        Rec::encode_input(&self.input(), prefix)
+    }
+
+    /// The stored form of a record (see [`Rec::encode`]), straight from the input; a
+    /// tombstone stores an empty value.
+    pub(super) fn encode_input(input: &Input<'_>, prefix: &[u8]) -> Bytes {
+        let key = input.key.unwrap_or_default();
+        let value = input.value.unwrap_or_default();
+        let mut b = Vec::with_capacity(prefix.len() + 12 + key.len() + value.len());
         b.put_slice(prefix);
-        b.put_i64_le(self.ts);
-        b.put_u32_le(self.key.as_ref().map_or(u32::MAX, |k| k.len() as u32));
+        b.put_i64_le(input.timestamp);
+        b.put_u32_le(input.key.map_or(u32::MAX, |k| k.len() as u32));
         b.put_slice(key);
-        b.put_slice(&self.value);
+        b.put_slice(value);
         Bytes::from(b)
     }
 

@@ -19,6 +19,7 @@ use sluice_state::StateEnv;
 use super::state::{Kv, Rec, len_prefixed, time_bytes, time_of};
 use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Lists, Side, times};
 use crate::error::Result;
+use crate::format::Input;
 
 const LEFT: u8 = 0;
 const RIGHT: u8 = 1;
@@ -122,11 +123,8 @@ impl StreamStream {
                 };
                 (&kr, row, right_times[row])
             };
-            let Some(rec) = Rec::of(&k.inputs[row]) else {
-                continue;
-            };
             let key = k.keys[row].clone().flatten();
-            let record = (rec, row as u32);
+            let record = (&k.inputs[row], row as u32);
             self.one(cx, e.left, key, t, record, e.origin, &mut lists, &mut out)?;
         }
         let mut meta = Vec::with_capacity(16);
@@ -148,7 +146,7 @@ impl StreamStream {
         is_left: bool,
         key: Option<Bytes>,
         t: i64,
-        (rec, row): (Rec, u32),
+        (input, row): (&Input<'_>, u32),
         origin: usize,
         lists: &mut Lists,
         out: &mut JoinOutput,
@@ -246,7 +244,8 @@ impl StreamStream {
         self.seq += 1;
         let matched = u8::from(!matches.is_empty());
         // Keys with a sequence number never used before: new to the store.
-        self.kv.insert_new(&bk, rec.encode(&[matched]));
+        self.kv
+            .insert_new(&bk, Rec::encode_input(input, &[matched]));
         let bk = Bytes::from(bk);
         self.kv.insert_new(&ik, bk.clone());
         let ik = Bytes::from(ik);
@@ -299,16 +298,21 @@ impl StreamStream {
             };
             self.kv.delete(&ik);
             let side = ik.last().copied().unwrap_or(LEFT);
-            let Some(v) = self.kv.get(&bk)? else {
-                continue;
-            };
-            self.kv.delete(&bk);
             let kept = if side == LEFT {
                 kind.keeps_left()
             } else {
                 kind.keeps_right()
             };
-            if v.first() == Some(&0) && kept {
+            if !kept {
+                // Nothing to emit for it: no need to read it.
+                self.kv.delete(&bk);
+                continue;
+            }
+            let Some(v) = self.kv.get(&bk)? else {
+                continue;
+            };
+            self.kv.delete(&bk);
+            if v.first() == Some(&0) {
                 let rec = Rec::decode(&v, 1)?;
                 // The buffer key: side, length-prefixed join key, time, sequence.
                 let len = bk
