@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, Fields, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use serde_json::Value;
 
@@ -132,6 +132,7 @@ impl JsonDecoder {
                 "the value nests more than {MAX_DEPTH} levels deep (at byte {at})"
             ))
         };
+        let mut memo = Vec::new();
         for v in values {
             // Folding keys checks the depth in its own pass over the value.
             if !self.fold_keys {
@@ -145,7 +146,7 @@ impl JsonDecoder {
                 ));
             }
             let v: Cow<[u8]> = match self.fold_keys {
-                true => match fold_keys(v, self.schema.fields()) {
+                true => match fold_keys_with(v, self.schema.fields(), &mut memo) {
                     Ok(folded) => folded.map_or(Cow::Borrowed(v), Cow::Owned),
                     Err(FoldError::TooDeep(at)) => return Err(too_deep(at)),
                     Err(FoldError::Invalid(at)) => {
@@ -265,7 +266,19 @@ fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
 /// are names; a MAP's keys are data and are never touched. It recurses only as deep as the
 /// schema nests and skips everything else without recursion. Malformed JSON (a trailing
 /// comma, say, which the Arrow decoder lets through) is `Err(byte offset)`.
+#[cfg(test)]
 fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, FoldError> {
+    fold_keys_with(value, fields, &mut Vec::new())
+}
+
+/// [`fold_keys`] (see there), remembering in `memo` how each top-level key position was resolved:
+/// values from one producer spell and order their keys alike, so a key equal to the one
+/// at its position in the previous value takes its resolution without a lookup.
+fn fold_keys_with<'f>(
+    value: &[u8],
+    fields: &'f Fields,
+    memo: &mut Memo<'f>,
+) -> std::result::Result<Option<Vec<u8>>, FoldError> {
     let mut edits = Vec::new();
     // The value itself is the first level.
     let mut scan = KeyScan {
@@ -273,6 +286,7 @@ fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8
         i: 0,
         depth: 1,
         too_deep: false,
+        memo: Some(memo),
     };
     if scan.object(fields, &mut edits).is_none() {
         return Err(match scan.too_deep {
@@ -300,6 +314,37 @@ fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8
     Ok(Some(out))
 }
 
+/// The field an object key names in `fields` and whether it spells it exactly: the key's
+/// raw bytes inside its quotes, unescaped when `escaped` (compared as the decoder will read
+/// it); `None` when the key is not valid text.
+fn resolve<'f>(fields: &'f Fields, raw: &[u8], escaped: bool) -> Option<(Option<&'f Field>, bool)> {
+    let unescaped: String;
+    let key = if escaped {
+        let mut quoted = Vec::with_capacity(raw.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(raw);
+        quoted.push(b'"');
+        unescaped = serde_json::from_slice(&quoted).ok()?;
+        unescaped.as_str()
+    } else {
+        std::str::from_utf8(raw).ok()?
+    };
+    if let Some(f) = fields.iter().find(|f| f.name() == key) {
+        return Some((Some(f.as_ref()), true));
+    }
+    let f = if key.is_ascii() {
+        // Without allocating: an ASCII key upper-cases to `name` exactly when they match
+        // ignoring ASCII case and `name` has no lower-case letter.
+        fields.iter().find(|f| {
+            f.name().eq_ignore_ascii_case(key) && !f.name().bytes().any(|b| b.is_ascii_lowercase())
+        })
+    } else {
+        let upper = key.to_uppercase();
+        fields.iter().find(|f| *f.name() == upper)
+    };
+    Some((f.map(|f| f.as_ref()), false))
+}
+
 /// What a key that loses to the exact spelling of its field is renamed to: a NUL, which no
 /// column name holds (names are refused with control characters), so the decoder ignores it
 /// as an unknown field.
@@ -316,18 +361,24 @@ enum FoldError {
 
 /// A cursor over a JSON value for [`fold_keys`]; each method returns `None` on bad JSON
 /// (or, with `too_deep` set, on nesting past [`MAX_DEPTH`]: the one pass checks both).
-struct KeyScan<'a> {
+struct KeyScan<'a, 'm, 'f> {
     v: &'a [u8],
     i: usize,
     /// Levels open around the cursor.
     depth: usize,
     too_deep: bool,
+    /// The top-level keys' resolutions of the values before (taken by the first object).
+    memo: Option<&'m mut Memo<'f>>,
 }
+
+/// Per key position of a top-level object: the key's raw bytes, its field, and whether
+/// the key spells the field exactly.
+type Memo<'f> = Vec<(Vec<u8>, Option<&'f Field>, bool)>;
 
 /// A key to rewrite: its bytes `start..end` (inside the quotes) become the name.
 type Edit<'f> = (usize, usize, &'f str);
 
-impl<'a> KeyScan<'a> {
+impl<'a, 'f> KeyScan<'a, '_, 'f> {
     fn peek(&mut self) -> Option<u8> {
         while self.v.get(self.i)?.is_ascii_whitespace() {
             self.i += 1;
@@ -359,7 +410,7 @@ impl<'a> KeyScan<'a> {
     }
 
     /// An object whose keys name `fields`.
-    fn object<'f>(&mut self, fields: &'f Fields, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+    fn object(&mut self, fields: &'f Fields, edits: &mut Vec<Edit<'f>>) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.i += 1;
@@ -369,40 +420,42 @@ impl<'a> KeyScan<'a> {
         // spelled exactly wins over another spelling of it, wherever each stands.
         let mut folded = Vec::new();
         let mut exact = Vec::new();
+        // Only the top-level object consults and updates the memo.
+        let mut memo = self.memo.take();
+        let mut position = 0;
         loop {
             let (start, end, escaped) = self.string()?;
-            let unescaped: String;
-            let key = if escaped {
-                // Compared as the decoder will read it.
-                unescaped = serde_json::from_slice(&self.v[start - 1..end + 1]).ok()?;
-                unescaped.as_str()
-            } else {
-                std::str::from_utf8(&self.v[start..end]).ok()?
+            let raw = &self.v[start..end];
+            let known = match memo.as_deref() {
+                Some(m) if !escaped => m
+                    .get(position)
+                    .filter(|(k, _, _)| k.as_slice() == raw)
+                    .map(|&(_, f, e)| (f, e)),
+                _ => None,
             };
-            let field = match fields.iter().find(|f| f.name() == key) {
-                Some(f) => {
-                    exact.push(f.name().as_str());
-                    Some(f)
-                }
+            let (field, is_exact) = match known {
+                Some(k) => k,
                 None => {
-                    let f = if key.is_ascii() {
-                        // Without allocating: an ASCII key upper-cases to `name` exactly when
-                        // they match ignoring ASCII case and `name` has no lower-case letter.
-                        fields.iter().find(|f| {
-                            f.name().eq_ignore_ascii_case(key)
-                                && !f.name().bytes().any(|b| b.is_ascii_lowercase())
-                        })
-                    } else {
-                        let upper = key.to_uppercase();
-                        fields.iter().find(|f| *f.name() == upper)
-                    };
-                    if let Some(f) = f {
-                        folded.push(edits.len());
-                        edits.push((start, end, f.name().as_str()));
+                    let resolved = resolve(fields, raw, escaped)?;
+                    if let Some(m) = memo
+                        .as_deref_mut()
+                        .filter(|m| !escaped && m.len() >= position)
+                    {
+                        m.truncate(position);
+                        m.push((raw.to_vec(), resolved.0, resolved.1));
                     }
-                    f
+                    resolved
                 }
             };
+            position += 1;
+            match field {
+                Some(f) if is_exact => exact.push(f.name().as_str()),
+                Some(f) => {
+                    folded.push(edits.len());
+                    edits.push((start, end, f.name().as_str()));
+                }
+                None => {}
+            }
             self.eat(b':')?;
             self.value(field.map(|f| f.data_type()), edits)?;
             match self.peek()? {
@@ -424,7 +477,7 @@ impl<'a> KeyScan<'a> {
     }
 
     /// A value of type `t` (`None`: a field the schema does not have).
-    fn value<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+    fn value(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
         let structured = matches!(
             (self.peek()?, t),
             (b'{', Some(DataType::Struct(_) | DataType::Map(..)))
@@ -444,7 +497,7 @@ impl<'a> KeyScan<'a> {
     }
 
     /// A STRUCT, MAP or ARRAY value of type `t`, at its opening bracket.
-    fn structured<'f>(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
+    fn structured(&mut self, t: Option<&'f DataType>, edits: &mut Vec<Edit<'f>>) -> Option<()> {
         match (self.peek()?, t) {
             (b'{', Some(DataType::Struct(fields))) => self.object(fields, edits),
             (b'{', Some(DataType::Map(entries, _))) => {
@@ -787,6 +840,34 @@ mod tests {
             )),
             false,
         )
+    }
+
+    #[test]
+    fn keys_remembered_by_position_still_resolve_each_value_on_its_own() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ZONE", DataType::Utf8, true),
+            Field::new("N", DataType::Int64, true),
+        ]));
+        let d = JsonDecoder::new(schema).case_insensitive();
+        let values: Vec<&[u8]> = vec![
+            br#"{"zone": "a", "n": 1}"#,
+            br#"{"zone": "b", "n": 2}"#,
+            // Other orders and spellings among values of one batch.
+            br#"{"n": 3, "zone": "c"}"#,
+            br#"{"zone": "x", "ZONE": "d", "n": 4}"#,
+            br#"{"z\u006fne": "e", "n": 5}"#,
+            br#"{"zone": "f", "n": 6, "zone2": 0}"#,
+            br#"{"zone": "g", "n": 7}"#,
+        ];
+        let b = d.decode(values.into_iter()).unwrap();
+        let zones: Vec<&str> = b.column(0).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(zones, ["a", "b", "c", "d", "e", "f", "g"]);
+        let ns: Vec<i64> = b
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ns, [1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]

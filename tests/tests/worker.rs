@@ -8,7 +8,9 @@ use sluice_log::{Log, LogOptions};
 use sluice_runtime::worker::Worker;
 use sluice_sql::engine::Engine;
 
+// Every table update is written (no record cache), so the sink's lines count them.
 const PIPELINE: &str = r#"
+cache-max-bytes = 0
 sql = """
 CREATE STREAM IF NOT EXISTS orders (id VARCHAR KEY, customer VARCHAR, amount DOUBLE)
   WITH (topic = 'orders');
