@@ -259,6 +259,12 @@ fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
     None
 }
 
+/// [`fold_keys_with`] without a memo.
+#[cfg(test)]
+fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, FoldError> {
+    fold_keys_with(value, fields, &mut Vec::new())
+}
+
 /// `value` (a JSON object decoded into `fields`) with each object key that names no field
 /// exactly but does in upper case, upper-cased; `Ok(None)` when no key changes (the common
 /// case: no copy). Keys are compared unescaped. The scan follows the schema: only keys of
@@ -266,12 +272,8 @@ fn nested_deeper_than(value: &[u8], max: usize) -> Option<usize> {
 /// are names; a MAP's keys are data and are never touched. It recurses only as deep as the
 /// schema nests and skips everything else without recursion. Malformed JSON (a trailing
 /// comma, say, which the Arrow decoder lets through) is `Err(byte offset)`.
-#[cfg(test)]
-fn fold_keys(value: &[u8], fields: &Fields) -> std::result::Result<Option<Vec<u8>>, FoldError> {
-    fold_keys_with(value, fields, &mut Vec::new())
-}
-
-/// [`fold_keys`] (see there), remembering in `memo` how each top-level key position was resolved:
+///
+/// `memo` remembers how each top-level key position was resolved:
 /// values from one producer spell and order their keys alike, so a key equal to the one
 /// at its position in the previous value takes its resolution without a lookup.
 fn fold_keys_with<'f>(
