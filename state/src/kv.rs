@@ -79,7 +79,7 @@ impl KvStore {
         let upper = codec::tagged(TAG_DATA, to);
         self.core
             .overlay_range(&lower, &upper)
-            .filter_map(|(k, v)| Some((k.slice(1..), v.clone()?)))
+            .filter_map(|(k, slot)| Some((k.slice(1..), slot.value.clone()?)))
     }
 
     /// The entries whose keys start with `prefix`, in key order; see [`KvStore::range`].

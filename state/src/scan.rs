@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rocksdb::{DBRawIterator, ReadOptions};
 
 use crate::error::Result;
-use crate::store::Core;
+use crate::store::{Core, Slot};
 
 /// Tagged `(key, value)` pairs in key order within `[lower, upper)`; see the module docs.
 ///
@@ -17,7 +17,7 @@ use crate::store::Core;
 pub(crate) struct Scan<'a> {
     core: &'a Core,
     db: DBRawIterator<'a>,
-    overlay: Peekable<btree_map::Range<'a, Bytes, Option<Bytes>>>,
+    overlay: Peekable<btree_map::Range<'a, Bytes, Slot>>,
     done: bool,
 }
 
@@ -86,7 +86,7 @@ impl Iterator for Scan<'_> {
             };
             if take_overlay {
                 // A deletion in the overlay hides the key: skip it and look further.
-                if let Some((k, Some(v))) = self.overlay.next() {
+                if let Some((k, Slot { value: Some(v), .. })) = self.overlay.next() {
                     return Some(Ok((k.clone(), v.clone())));
                 }
             } else {

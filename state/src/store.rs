@@ -13,6 +13,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -148,7 +149,16 @@ pub(crate) use delegate_state_store;
 /// The epoch's changelog records, in store-key order; see [`StateStore::changes`].
 #[derive(Debug)]
 pub struct Changes<'a> {
-    inner: std::collections::btree_map::Range<'a, Bytes, Option<Bytes>>,
+    inner: std::collections::btree_map::Range<'a, Bytes, Slot>,
+}
+
+/// An overlay entry: the key's value this epoch (`None`: deleted), and whether the key is
+/// new to the store this epoch ([`Core::write_new`]), so that deleting it again in the
+/// same epoch leaves nothing to commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) value: Option<Bytes>,
+    fresh: bool,
 }
 
 impl Iterator for Changes<'_> {
@@ -159,7 +169,7 @@ impl Iterator for Changes<'_> {
         Some(Change {
             // The tag is not part of the changelog key; `slice` shares the bytes.
             key: k.slice(1..),
-            value: v.clone(),
+            value: v.value.clone(),
         })
     }
 }
@@ -236,11 +246,8 @@ pub(crate) struct Core {
     /// folder is deleted), or after a rebuild failed to reopen.
     db: Option<DB>,
     /// Tagged key → new value (`None`: deleted) of the current epoch.
-    overlay: BTreeMap<Bytes, Option<Bytes>>,
+    overlay: BTreeMap<Bytes, Slot>,
     overlay_bytes: usize,
-    /// Overlay keys written as new this epoch ([`Core::write_new`]): deleting one again in
-    /// the same epoch leaves nothing to commit.
-    fresh: foldhash::HashSet<Bytes>,
     applied: i64,
     expired: Watermark,
 }
@@ -280,7 +287,6 @@ impl Core {
             db: None,
             overlay: BTreeMap::new(),
             overlay_bytes: 0,
-            fresh: foldhash::HashSet::default(),
             applied: 0,
             expired: Watermark {
                 committed: i64::MIN,
@@ -364,7 +370,6 @@ impl Core {
         self.db = None;
         self.overlay.clear();
         self.overlay_bytes = 0;
-        self.fresh.clear();
         self.applied = 0;
         remove_dir(&self.path)?;
         self.try_open()
@@ -421,8 +426,8 @@ impl Core {
 
     /// The value of a tagged key: the overlay's if written this epoch, else RocksDB's.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        if let Some(v) = self.overlay.get(key) {
-            return Ok(v.clone());
+        if let Some(slot) = self.overlay.get(key) {
+            return Ok(slot.value.clone());
         }
         let v = self
             .db()?
@@ -431,18 +436,10 @@ impl Core {
         Ok(v.map(|v| Bytes::copy_from_slice(&v)))
     }
 
-    /// Records a write of a tagged key in the overlay.
+    /// Records a write of a tagged key in the overlay (a key written new this epoch stays
+    /// new).
     pub(crate) fn write(&mut self, key: Vec<u8>, value: Option<Bytes>) {
-        let key_len = key.len();
-        let value_len = value.as_ref().map_or(0, Bytes::len);
-        match self.overlay.insert(Bytes::from(key), value) {
-            // The key and its overhead were counted already; only the value changes.
-            Some(old) => {
-                self.overlay_bytes =
-                    (self.overlay_bytes + value_len).saturating_sub(old.map_or(0, |v| v.len()));
-            }
-            None => self.overlay_bytes += key_len + value_len + OVERLAY_ENTRY_OVERHEAD,
-        }
+        self.put_slot(key, value, false);
     }
 
     /// Records the write of a tagged key that the caller knows is in no committed epoch (a
@@ -450,31 +447,54 @@ impl Core {
     /// from the overlay: a record buffered and expired within one epoch costs neither a
     /// RocksDB write nor changelog records.
     pub(crate) fn write_new(&mut self, key: Vec<u8>, value: Bytes) {
-        let key = Bytes::from(key);
-        self.fresh.insert(key.clone());
-        let value_len = value.len();
+        self.put_slot(key, Some(value), true);
+    }
+
+    fn put_slot(&mut self, key: Vec<u8>, value: Option<Bytes>, fresh: bool) {
         let key_len = key.len();
-        match self.overlay.insert(key, Some(value)) {
-            Some(old) => {
-                self.overlay_bytes =
-                    (self.overlay_bytes + value_len).saturating_sub(old.map_or(0, |v| v.len()));
+        let value_len = value.as_ref().map_or(0, Bytes::len);
+        match self.overlay.entry(Bytes::from(key)) {
+            // The key and its overhead were counted already; only the value changes.
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                let old_len = slot.value.as_ref().map_or(0, Bytes::len);
+                self.overlay_bytes = (self.overlay_bytes + value_len).saturating_sub(old_len);
+                slot.value = value;
+                slot.fresh |= fresh;
             }
-            None => self.overlay_bytes += key_len + value_len + OVERLAY_ENTRY_OVERHEAD,
+            Entry::Vacant(v) => {
+                v.insert(Slot { value, fresh });
+                self.overlay_bytes += key_len + value_len + OVERLAY_ENTRY_OVERHEAD;
+            }
         }
     }
 
     /// Records the deletion of a tagged key: dropped from the overlay if it was written new
     /// this epoch, else a deletion to commit.
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
-        if self.fresh.remove(key.as_slice()) {
-            if let Some(old) = self.overlay.remove(key.as_slice()) {
-                self.overlay_bytes = self.overlay_bytes.saturating_sub(
-                    key.len() + old.map_or(0, |v| v.len()) + OVERLAY_ENTRY_OVERHEAD,
-                );
+        let key_len = key.len();
+        match self.overlay.entry(Bytes::from(key)) {
+            Entry::Occupied(o) if o.get().fresh => {
+                let (_, old) = o.remove_entry();
+                let old_len = old.value.as_ref().map_or(0, Bytes::len);
+                self.overlay_bytes = self
+                    .overlay_bytes
+                    .saturating_sub(key_len + old_len + OVERLAY_ENTRY_OVERHEAD);
             }
-            return;
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                let old_len = slot.value.as_ref().map_or(0, Bytes::len);
+                self.overlay_bytes = self.overlay_bytes.saturating_sub(old_len);
+                slot.value = None;
+            }
+            Entry::Vacant(v) => {
+                v.insert(Slot {
+                    value: None,
+                    fresh: false,
+                });
+                self.overlay_bytes += key_len + OVERLAY_ENTRY_OVERHEAD;
+            }
         }
-        self.write(key, None);
     }
 
     /// The tagged entries in `[lower, upper)`, overlay merged over RocksDB.
@@ -486,7 +506,7 @@ impl Core {
         &self,
         lower: &[u8],
         upper: &[u8],
-    ) -> std::collections::btree_map::Range<'_, Bytes, Option<Bytes>> {
+    ) -> std::collections::btree_map::Range<'_, Bytes, Slot> {
         if lower > upper {
             // BTreeMap::range panics on reversed bounds; a reversed user range is empty.
             return self
@@ -560,8 +580,8 @@ impl Core {
         }
         if !self.overlay.is_empty() || next != self.applied {
             let mut batch = WriteBatch::with_capacity_bytes(self.overlay_bytes + 64);
-            for (k, v) in &self.overlay {
-                match v {
+            for (k, slot) in &self.overlay {
+                match &slot.value {
                     Some(v) => batch.put(k, v),
                     None => batch.delete(k),
                 }
@@ -575,7 +595,6 @@ impl Core {
         }
         self.overlay.clear();
         self.overlay_bytes = 0;
-        self.fresh.clear();
         self.applied = next;
         self.expired.committed = self.expired.pending;
         Ok(())
@@ -584,7 +603,6 @@ impl Core {
     pub(crate) fn abort(&mut self) {
         self.overlay.clear();
         self.overlay_bytes = 0;
-        self.fresh.clear();
         self.expired.pending = self.expired.committed;
     }
 
