@@ -864,11 +864,7 @@ mod tests {
         let b = d.decode(values.into_iter()).unwrap();
         let zones: Vec<&str> = b.column(0).as_string::<i32>().iter().flatten().collect();
         assert_eq!(zones, ["a", "b", "c", "d", "e", "f", "g"]);
-        let ns: Vec<i64> = b
-            .column(1)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .values()
-            .to_vec();
+        let ns: Vec<i64> = b.column(1).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(ns, [1, 2, 3, 4, 5, 6, 7]);
     }
 
