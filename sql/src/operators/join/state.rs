@@ -77,12 +77,15 @@ impl Kv {
         }
     }
 
-    /// Entries with keys in `[from, to)`, in key order, at most `limit`.
+    /// Entries with keys in `[from, to)`, in key order, at most `limit`. `epoch_only`: the
+    /// caller knows that no committed epoch holds a key in the range, so only this epoch's
+    /// writes are read (not RocksDB).
     pub(super) fn range(
         &self,
         from: &[u8],
         to: &[u8],
         limit: usize,
+        epoch_only: bool,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         match self {
             Kv::Memory(m) => Ok(m
@@ -90,26 +93,13 @@ impl Kv {
                 .take(limit)
                 .map(|(k, v)| (Bytes::copy_from_slice(k), v.clone()))
                 .collect()),
+            Kv::Store(s) if epoch_only => Ok(s.range_in_epoch(from, to).take(limit).collect()),
             Kv::Store(s) => s
                 .range(from..to)
                 .map_err(state_err)?
                 .take(limit)
                 .map(|r| r.map_err(state_err))
                 .collect(),
-        }
-    }
-
-    /// Entries with keys in `[from, to)`, as [`Kv::range`], when the caller knows that no
-    /// committed epoch holds a key in the range: only this epoch's writes are read.
-    pub(super) fn range_in_epoch(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
-        match self {
-            Kv::Memory(_) => self.range(from, to, limit),
-            Kv::Store(s) => Ok(s.range_in_epoch(from, to).take(limit).collect()),
         }
     }
 

@@ -200,12 +200,9 @@ impl StreamStream {
         let mut to = from.clone();
         from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
         to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
-        let matches = if t.saturating_sub(lo) > self.committed_time {
-            // Every buffered record in the window came in this epoch.
-            self.kv.range_in_epoch(&from, &to, MAX_MATCHES + 1)?
-        } else {
-            self.kv.range(&from, &to, MAX_MATCHES + 1)?
-        };
+        // A window after the committed state's stream time holds this epoch's records only.
+        let epoch_only = t.saturating_sub(lo) > self.committed_time;
+        let matches = self.kv.range(&from, &to, MAX_MATCHES + 1, epoch_only)?;
         if matches.len() > MAX_MATCHES {
             out.rejected.push((
                 origin,
@@ -275,7 +272,7 @@ impl StreamStream {
                     None => return Ok(()),
                     Some(h) => {
                         // Everything below the horizon has expired: prefetch what follows.
-                        let next = self.kv.range(&h, &[INDEX; 18], PREFETCH)?;
+                        let next = self.kv.range(&h, &[INDEX; 18], PREFETCH, false)?;
                         self.horizon = match next.last() {
                             Some((last, _)) if next.len() == PREFETCH => {
                                 let mut after = last.to_vec();
