@@ -48,6 +48,16 @@ pub struct SqlArgs {
     pub write_buffer_mb: u64,
 }
 
+/// Persistent queries' settings from the command line: commit interval (at least 1 ms) and
+/// record cache size.
+pub(crate) fn runner_config(commit_interval_ms: u64, cache_max_bytes: usize) -> RunnerConfig {
+    RunnerConfig {
+        commit_interval: Duration::from_millis(commit_interval_ms.max(1)),
+        cache_max_bytes,
+        ..RunnerConfig::default()
+    }
+}
+
 fn sql_err(e: sluice_sql::SqlError) -> CliError {
     CliError::Usage(e.to_string())
 }
@@ -62,11 +72,7 @@ impl SqlArgs {
             log,
             EngineConfig {
                 state: Some(state),
-                runner: RunnerConfig {
-                    commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
-                    cache_max_bytes: self.cache_max_bytes,
-                    ..RunnerConfig::default()
-                },
+                runner: runner_config(self.commit_interval_ms, self.cache_max_bytes),
                 start_queries: true,
             },
         )

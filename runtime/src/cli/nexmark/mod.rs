@@ -63,7 +63,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use sluice_log::{Log, LogOptions, ProducerConfig, Record};
 use sluice_sql::engine::{Engine, EngineConfig};
-use sluice_sql::runner::RunnerConfig;
 
 use self::events::Kind;
 use self::queries::{Check, QUERIES, Query};
@@ -203,11 +202,7 @@ impl NexmarkArgs {
             &log,
             EngineConfig {
                 state: Some(sluice_state::StateConfig::new(dir.join("state"))),
-                runner: RunnerConfig {
-                    commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
-                    cache_max_bytes: self.cache_max_bytes,
-                    ..RunnerConfig::default()
-                },
+                runner: super::sql::runner_config(self.commit_interval_ms, self.cache_max_bytes),
                 start_queries: true,
             },
         )
