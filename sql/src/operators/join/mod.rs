@@ -282,6 +282,17 @@ struct Emit {
 }
 
 impl Emit {
+    /// The joined row of the left and right rows named `(left, right)`, caused by the
+    /// record `origin`, at `ts`.
+    fn row(key: Option<Bytes>, ts: i64, origin: usize, row: (Option<u32>, Option<u32>)) -> Emit {
+        Emit {
+            key,
+            ts,
+            origin,
+            row: Some(row),
+        }
+    }
+
     /// The deletion of `key`, caused by the record `origin` at `ts`.
     fn deletion(key: Bytes, ts: i64, origin: usize) -> Emit {
         Emit {
@@ -290,6 +301,15 @@ impl Emit {
             origin,
             row: None,
         }
+    }
+}
+
+/// `(mine, theirs)` as `(left, right)`, for a record of the left side (or the right).
+fn sides<T>(is_left: bool, mine: T, theirs: T) -> (T, T) {
+    if is_left {
+        (mine, theirs)
+    } else {
+        (theirs, mine)
     }
 }
 
@@ -701,7 +721,7 @@ impl Join {
                     input: *input,
                     origin: i,
                 });
-            let events: Vec<Event<'_>> = match &prev {
+            let mut events: Vec<Event<'_>> = match &prev {
                 None => items
                     .iter()
                     .enumerate()
@@ -725,10 +745,8 @@ impl Join {
                     .collect(),
             };
             // In item order; a join's results (left) follow the item that caused them.
-            let mut events = events;
             events.sort_by_key(|e| e.origin);
             let out = self.run(k, &events)?;
-            drop(events);
             if let Some(p) = prev.take() {
                 rejected.extend(p.rejected);
                 dropped += p.dropped;

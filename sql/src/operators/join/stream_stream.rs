@@ -17,7 +17,7 @@ use sluice_log::Log;
 use sluice_state::StateEnv;
 
 use super::state::{Kv, Rec, len_prefixed, time_bytes, time_of};
-use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Lists, Side, times};
+use super::{Cx, Emit, Event, JoinKind, JoinOp, JoinOutput, Lists, Side, sides, times};
 use crate::error::Result;
 use crate::format::Input;
 
@@ -180,16 +180,8 @@ impl StreamStream {
         let Some(key) = key else {
             // A NULL key matches nothing: kept at once by an outer join, else dropped.
             if keeps_self {
-                lists.emits.push(Emit {
-                    key: None,
-                    ts: t,
-                    origin,
-                    row: Some(if is_left {
-                        (Some(row), None)
-                    } else {
-                        (None, Some(row))
-                    }),
-                });
+                let row = sides(is_left, Some(row), None);
+                lists.emits.push(Emit::row(None, t, origin, row));
             } else {
                 out.dropped += 1;
             }
@@ -213,20 +205,13 @@ impl StreamStream {
             ));
             return Ok(());
         }
-        let mine = Some(row);
         for (bk, v) in &matches {
             let ts = t.max(Rec::decode(v, 1)?.ts);
             let at = lists.side(!is_left).stored(v.slice(1..))?;
-            lists.emits.push(Emit {
-                key: Some(key.clone()),
-                ts,
-                origin,
-                row: Some(if is_left {
-                    (mine, Some(at))
-                } else {
-                    (Some(at), mine)
-                }),
-            });
+            let row = sides(is_left, Some(row), Some(at));
+            lists
+                .emits
+                .push(Emit::row(Some(key.clone()), ts, origin, row));
             if v.first() == Some(&0) {
                 let mut flagged = v.to_vec();
                 flagged[0] = 1;
@@ -319,17 +304,8 @@ impl StreamStream {
                 let key = bk.slice(5..(5 + len).min(bk.len()));
                 let ts = rec.ts;
                 let at = lists.add(rec, side == LEFT);
-                let row = if side == LEFT {
-                    (Some(at), None)
-                } else {
-                    (None, Some(at))
-                };
-                lists.emits.push(Emit {
-                    key: Some(key),
-                    ts,
-                    origin,
-                    row: Some(row),
-                });
+                let row = sides(side == LEFT, Some(at), None);
+                lists.emits.push(Emit::row(Some(key), ts, origin, row));
             }
         }
     }

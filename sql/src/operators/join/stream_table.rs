@@ -52,12 +52,8 @@ impl JoinOp for StreamTable {
                 Some(stored) => Some(lists.rights.stored(stored)?),
                 None => None,
             };
-            lists.emits.push(Emit {
-                key,
-                ts: times[row],
-                origin: e.origin,
-                row: Some((Some(row as u32), r)),
-            });
+            let joined = Emit::row(key, times[row], e.origin, (Some(row as u32), r));
+            lists.emits.push(joined);
         }
         // Left rows are the decoded batch's.
         cx.finish(Some(&k.batch), None, lists, &mut out)?;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::state::{Kv, Rec, len_prefixed};
-use super::{Cx, Emit, Event, JoinOp, JoinOutput, Lists, Side};
+use super::{Cx, Emit, Event, JoinOp, JoinOutput, Lists, Side, sides};
 use crate::error::Result;
 use crate::format::Input;
 
@@ -45,21 +45,14 @@ impl TableTable {
         }
         let o = other.get(&key)?.map(|b| Rec::decode(&b, 0)).transpose()?;
         let mut push = |mine: Option<Rec>, theirs: Option<Rec>, ts: i64| {
-            let (l, rr) = if is_left {
-                (mine, theirs)
-            } else {
-                (theirs, mine)
-            };
+            let (l, rr) = sides(is_left, mine, theirs);
             let row = (
                 l.map(|l| lists.add(l, true)),
                 rr.map(|rr| lists.add(rr, false)),
             );
-            lists.emits.push(Emit {
-                key: Some(key.clone()),
-                ts,
-                origin,
-                row: Some(row),
-            });
+            lists
+                .emits
+                .push(Emit::row(Some(key.clone()), ts, origin, row));
         };
         match (new, o) {
             (Some(n), Some(o)) => {
@@ -214,22 +207,12 @@ impl ForeignKey {
             Some(o) => {
                 let ts = rec.ts.max(o.ts);
                 let row = (Some(lists.add(rec, true)), Some(lists.add(o, false)));
-                lists.emits.push(Emit {
-                    key: Some(pk),
-                    ts,
-                    origin,
-                    row: Some(row),
-                });
+                lists.emits.push(Emit::row(Some(pk), ts, origin, row));
             }
             None if cx.plan.kind.keeps_left() => {
                 let ts = rec.ts;
                 let row = (Some(lists.add(rec, true)), None);
-                lists.emits.push(Emit {
-                    key: Some(pk),
-                    ts,
-                    origin,
-                    row: Some(row),
-                });
+                lists.emits.push(Emit::row(Some(pk), ts, origin, row));
             }
             // An inner join without a match: the key's earlier row (if any) goes.
             None if old.is_some() => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
@@ -271,22 +254,12 @@ impl ForeignKey {
                 (Some(ri), Some(rts)) => {
                     let ts = l.ts.max(rts);
                     let row = (Some(lists.add(l, true)), Some(ri));
-                    lists.emits.push(Emit {
-                        key: Some(pk),
-                        ts,
-                        origin,
-                        row: Some(row),
-                    });
+                    lists.emits.push(Emit::row(Some(pk), ts, origin, row));
                 }
                 _ if cx.plan.kind.keeps_left() => {
                     let ts = l.ts.max(r.timestamp);
                     let row = (Some(lists.add(l, true)), None);
-                    lists.emits.push(Emit {
-                        key: Some(pk),
-                        ts,
-                        origin,
-                        row: Some(row),
-                    });
+                    lists.emits.push(Emit::row(Some(pk), ts, origin, row));
                 }
                 _ => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
             }
