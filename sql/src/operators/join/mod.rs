@@ -461,18 +461,20 @@ impl<'a> Side<'a> {
 
     /// The table updates among the side's records that can apply: each record's canonical
     /// key, `None` for a record that does not decode (the table keeps its row) or has no key,
-    /// which are rejected into `out`.
+    /// which are rejected into `out`; and the decoded rows, with each record's row (a
+    /// deletion has none).
     fn updates(
         &self,
         cx: &Cx<'_>,
         reader: &SideReader,
         key_type: &DataType,
         out: &mut JoinOutput,
-    ) -> Result<Vec<Option<Bytes>>> {
+    ) -> Result<Updates> {
         let mut keys = reader.primary_keys(&self.inputs, key_type);
         let (inputs, index) = with_values(&self.inputs);
+        let rows = reader.decode(cx.j, &inputs)?;
         let mut undecodable = vec![false; keys.len()];
-        for (i, why) in reader.decode(cx.j, &inputs)?.rejected {
+        for (i, why) in rows.rejected {
             undecodable[index[i]] = true;
             out.rejected.push((self.origins[index[i]], why));
         }
@@ -486,8 +488,26 @@ impl<'a> Side<'a> {
                 ));
             }
         }
-        Ok(keys)
+        let mut row_of = vec![None; self.inputs.len()];
+        for (row, &i) in rows.records.iter().enumerate() {
+            row_of[index[i]] = Some(row as u32);
+        }
+        Ok(Updates {
+            keys,
+            batch: rows.batch,
+            row_of,
+        })
     }
+}
+
+/// A table side's updates in a batch ([`Side::updates`]).
+struct Updates {
+    /// Each record's canonical key, `None` for one that cannot apply.
+    keys: Vec<Option<Bytes>>,
+    /// The decoded rows.
+    batch: RecordBatch,
+    /// Each record's row in `batch` (`None`: a deletion, or not decoded).
+    row_of: Vec<Option<u32>>,
 }
 
 /// The rows a batch's results name, and the results.

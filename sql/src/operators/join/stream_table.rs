@@ -18,7 +18,9 @@ impl JoinOp for StreamTable {
         let (left, right) = (Side::of(events, true), Side::of(events, false));
         // A stream record without a value is no event to join.
         let (k, row_of) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
-        let updates = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
+        let updates = right
+            .updates(cx, cx.right, &cx.plan.key_type, &mut out)?
+            .keys;
         let times = times(&k.batch);
         let mut lists = Lists::default();
         let (mut li, mut ri) = (0, 0);

@@ -17,13 +17,14 @@ pub(super) struct TableTable {
 }
 
 impl TableTable {
-    /// One update of the left (or right) table, of the row `key`.
+    /// One update of the left (or right) table, of the row `key`: the record, and its row
+    /// in its side's decoded batch (`None`: a deletion).
     fn update(
         &mut self,
         cx: &Cx<'_>,
         is_left: bool,
         key: Bytes,
-        r: &Input<'_>,
+        (r, row): (&Input<'_>, Option<u32>),
         origin: usize,
         lists: &mut Lists,
     ) -> Result<()> {
@@ -43,33 +44,29 @@ impl TableTable {
             Some(rec) => own.put(&key, rec.encode(&[])),
             None => own.delete(&key),
         }
-        let o = other.get(&key)?.map(|b| Rec::decode(&b, 0)).transpose()?;
-        let mut push = |mine: Option<Rec>, theirs: Option<Rec>, ts: i64| {
-            let (l, rr) = sides(is_left, mine, theirs);
-            let row = (
-                l.map(|l| lists.add(l, true)),
-                rr.map(|rr| lists.add(rr, false)),
-            );
-            lists
-                .emits
-                .push(Emit::row(Some(key.clone()), ts, origin, row));
+        let stored = other.get(&key)?;
+        let other_ts = stored
+            .as_ref()
+            .map(|b| Rec::decode(b, 0))
+            .transpose()?
+            .map(|o| o.ts);
+        // The other side's row, listed only when a result names it.
+        let mut push = |mine: Option<u32>, with_theirs: bool, ts: i64| -> Result<()> {
+            let theirs = match (&stored, with_theirs) {
+                (Some(b), true) => Some(lists.side(!is_left).stored(b.clone())?),
+                _ => None,
+            };
+            let joined = Emit::row(Some(key.clone()), ts, origin, sides(is_left, mine, theirs));
+            lists.emits.push(joined);
+            Ok(())
         };
-        match (new, o) {
-            (Some(n), Some(o)) => {
-                let ts = n.ts.max(o.ts);
-                push(Some(n), Some(o), ts);
-            }
-            (Some(n), None) if keeps_self => {
-                let ts = n.ts;
-                push(Some(n), None, ts);
-            }
+        match (new.map(|n| n.ts), other_ts) {
+            (Some(ts), Some(ots)) => push(row, true, ts.max(ots))?,
+            (Some(ts), None) if keeps_self => push(row, false, ts)?,
             (Some(_), None) => {}
             // A deletion of a row that was not there changes nothing.
             (None, _) if old.is_none() => {}
-            (None, Some(o)) if keeps_other => {
-                let ts = r.timestamp.max(o.ts);
-                push(None, Some(o), ts);
-            }
+            (None, Some(ots)) if keeps_other => push(None, true, r.timestamp.max(ots))?,
             (None, o) => {
                 if o.is_some() || keeps_self {
                     lists
@@ -86,23 +83,25 @@ impl JoinOp for TableTable {
     fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         let mut out = JoinOutput::default();
         let (left, right) = (Side::of(events, true), Side::of(events, false));
-        let left_keys = left.updates(cx, cx.left, &cx.plan.key_type, &mut out)?;
-        let right_keys = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
+        let lu = left.updates(cx, cx.left, &cx.plan.key_type, &mut out)?;
+        let ru = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
         let mut lists = Lists::default();
         let (mut li, mut ri) = (0, 0);
         for e in events {
-            let key = if e.left {
+            let (u, i) = if e.left {
                 li += 1;
-                left_keys[li - 1].clone()
+                (&lu, li - 1)
             } else {
                 ri += 1;
-                right_keys[ri - 1].clone()
+                (&ru, ri - 1)
             };
-            if let Some(key) = key {
-                self.update(cx, e.left, key, &e.input, e.origin, &mut lists)?;
+            if let Some(key) = u.keys[i].clone() {
+                let record = (&e.input, u.row_of[i]);
+                self.update(cx, e.left, key, record, e.origin, &mut lists)?;
             }
         }
-        cx.finish(None, None, lists, &mut out)?;
+        // Each update's own row is its side's decoded one.
+        cx.finish(Some(&lu.batch), Some(&ru.batch), lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
@@ -151,13 +150,14 @@ impl ForeignKey {
         ik
     }
 
-    /// One update of the left table: the row `pk`, now referring to `fk`.
+    /// One update of the left table: the row `pk`, now referring to `fk`; the record and
+    /// its row in the left side's decoded batch (`None`: a deletion).
     fn left_update(
         &mut self,
         cx: &Cx<'_>,
         pk: Bytes,
         fk: Option<Bytes>,
-        r: &Input<'_>,
+        (r, row): (&Input<'_>, Option<u32>),
         origin: usize,
         lists: &mut Lists,
     ) -> Result<()> {
@@ -196,23 +196,19 @@ impl ForeignKey {
         };
         self.left_rows.put(&pk, rec.encode(&prefix));
         let right = match &fk {
-            Some(f) => self
-                .right_rows
-                .get(f)?
-                .map(|b| Rec::decode(&b, 0))
-                .transpose()?,
+            Some(f) => self.right_rows.get(f)?,
             None => None,
         };
         match right {
-            Some(o) => {
-                let ts = rec.ts.max(o.ts);
-                let row = (Some(lists.add(rec, true)), Some(lists.add(o, false)));
-                lists.emits.push(Emit::row(Some(pk), ts, origin, row));
+            Some(stored) => {
+                let ts = rec.ts.max(Rec::decode(&stored, 0)?.ts);
+                let joined = (row, Some(lists.rights.stored(stored)?));
+                lists.emits.push(Emit::row(Some(pk), ts, origin, joined));
             }
             None if cx.plan.kind.keeps_left() => {
-                let ts = rec.ts;
-                let row = (Some(lists.add(rec, true)), None);
-                lists.emits.push(Emit::row(Some(pk), ts, origin, row));
+                lists
+                    .emits
+                    .push(Emit::row(Some(pk), rec.ts, origin, (row, None)));
             }
             // An inner join without a match: the key's earlier row (if any) goes.
             None if old.is_some() => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
@@ -221,13 +217,14 @@ impl ForeignKey {
         Ok(())
     }
 
-    /// One update of the right table, of the row `key`: every left row referring to it
+    /// One update of the right table, of the row `key` (the record, and its row in the
+    /// right side's decoded batch; `None`: a deletion): every left row referring to it
     /// changes.
     fn right_update(
         &mut self,
         cx: &Cx<'_>,
         key: Bytes,
-        r: &Input<'_>,
+        (r, row): (&Input<'_>, Option<u32>),
         origin: usize,
         lists: &mut Lists,
     ) -> Result<()> {
@@ -243,7 +240,7 @@ impl ForeignKey {
         let prefix = len_prefixed(&key);
         let referring = self.index.prefix(&prefix)?;
         let new_ts = new.as_ref().map(|n| n.ts);
-        let right_at = new.map(|n| lists.add(n, false));
+        let right_at = new.and(row);
         for (ik, _) in referring {
             let pk = ik.slice(prefix.len()..);
             let Some(stored) = self.left_rows.get(&pk)? else {
@@ -276,14 +273,15 @@ impl JoinOp for ForeignKey {
         // The foreign key of each left record with a value that decoded and whose key
         // evaluated.
         let (fks, fk_row) = left.keyed(cx, cx.left, &cx.plan.left_key, &mut out)?;
-        let right_keys = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
+        let ru = right.updates(cx, cx.right, &cx.plan.key_type, &mut out)?;
         let mut lists = Lists::default();
         let (mut li, mut ri) = (0, 0);
         for e in events {
             if !e.left {
                 ri += 1;
-                if let Some(key) = right_keys[ri - 1].clone() {
-                    self.right_update(cx, key, &e.input, e.origin, &mut lists)?;
+                if let Some(key) = ru.keys[ri - 1].clone() {
+                    let record = (&e.input, ru.row_of[ri - 1]);
+                    self.right_update(cx, key, record, e.origin, &mut lists)?;
                 }
                 continue;
             }
@@ -300,9 +298,11 @@ impl JoinOp for ForeignKey {
                 continue;
             };
             let fk = fk_row[i].and_then(|row| fks.keys[row].clone().flatten());
-            self.left_update(cx, pk, fk, &e.input, e.origin, &mut lists)?;
+            let record = (&e.input, fk_row[i].map(|row| row as u32));
+            self.left_update(cx, pk, fk, record, e.origin, &mut lists)?;
         }
-        cx.finish(None, None, lists, &mut out)?;
+        // Each update's own row is its side's decoded one.
+        cx.finish(Some(&fks.batch), Some(&ru.batch), lists, &mut out)?;
         out.rejected.sort_by_key(|r| r.0);
         Ok(out)
     }
