@@ -334,17 +334,20 @@ fn resolve<'f>(fields: &'f Fields, raw: &[u8], escaped: bool) -> Option<(Option<
     if let Some(f) = fields.iter().find(|f| f.name() == key) {
         return Some((Some(f.as_ref()), true));
     }
-    let f = if key.is_ascii() {
+    let f = fields.iter().find(|f| folds_to(key, f.name()));
+    Some((f.map(|f| f.as_ref()), false))
+}
+
+/// Whether `key` names the column `name` by ksqlDB's rule for a key not spelled exactly:
+/// its upper-case spelling is `name`.
+fn folds_to(key: &str, name: &str) -> bool {
+    if key.is_ascii() {
         // Without allocating: an ASCII key upper-cases to `name` exactly when they match
         // ignoring ASCII case and `name` has no lower-case letter.
-        fields.iter().find(|f| {
-            f.name().eq_ignore_ascii_case(key) && !f.name().bytes().any(|b| b.is_ascii_lowercase())
-        })
+        name.eq_ignore_ascii_case(key) && !name.bytes().any(|b| b.is_ascii_lowercase())
     } else {
-        let upper = key.to_uppercase();
-        fields.iter().find(|f| *f.name() == upper)
-    };
-    Some((f.map(|f| f.as_ref()), false))
+        key.to_uppercase() == name
+    }
 }
 
 /// What a key that loses to the exact spelling of its field is renamed to: a NUL, which no
@@ -636,10 +639,9 @@ impl<'de> serde::de::Visitor<'de> for FieldFinder<'_> {
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let name = self.name;
-        let foldable = !name.bytes().any(|b| b.is_ascii_lowercase());
         let (mut exact, mut folded) = (None, None);
         let mut twice = false;
-        while let Some(naming) = map.next_key_seed(KeyNaming { name, foldable })? {
+        while let Some(naming) = map.next_key_seed(KeyNaming { name })? {
             let slot = match naming {
                 Naming::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -663,7 +665,6 @@ impl<'de> serde::de::Visitor<'de> for FieldFinder<'_> {
 /// Reads an object key as its [`Naming`] of the sought column.
 struct KeyNaming<'n> {
     name: &'n str,
-    foldable: bool,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for KeyNaming<'_> {
@@ -687,13 +688,7 @@ impl<'de> serde::de::Visitor<'de> for KeyNaming<'_> {
     fn visit_str<E: serde::de::Error>(self, key: &str) -> std::result::Result<Naming, E> {
         Ok(if key == self.name {
             Naming::Exact
-        } else if self.foldable
-            && if key.is_ascii() {
-                key.eq_ignore_ascii_case(self.name)
-            } else {
-                key.to_uppercase() == self.name
-            }
-        {
+        } else if folds_to(key, self.name) {
             Naming::Folded
         } else {
             Naming::Other
