@@ -542,7 +542,7 @@ const LISTED: u32 = 1 << 31;
 #[derive(Debug, Default)]
 struct List {
     recs: Vec<Rec>,
-    /// The index of each stored form (see [`Rec::encode`]) listed.
+    /// The index of each stored form (see [`Rec::encode_input`]) listed.
     seen: foldhash::HashMap<Bytes, u32>,
 }
 

@@ -159,14 +159,6 @@ pub(super) struct Rec {
 }
 
 impl Rec {
-    pub(super) fn of(input: &Input<'_>) -> Option<Rec> {
-        Some(Rec {
-            key: input.key.map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(input.value?),
-            ts: input.timestamp,
-        })
-    }
-
     pub(super) fn input(&self) -> Input<'_> {
         Input {
             key: self.key.as_deref(),
@@ -175,13 +167,8 @@ impl Rec {
         }
     }
 
-    /// `prefix`, then timestamp, key length (u32::MAX: no key), key, value.
-    pub(super) fn encode(&self, prefix: &[u8]) -> Bytes {
-        Rec::encode_input(&self.input(), prefix)
-    }
-
-    /// The stored form of a record (see [`Rec::encode`]), straight from the input; a
-    /// tombstone stores an empty value.
+    /// The stored form of a record: `prefix`, then timestamp, key length (u32::MAX: no
+    /// key), key, value (a tombstone stores an empty value).
     pub(super) fn encode_input(input: &Input<'_>, prefix: &[u8]) -> Bytes {
         let key = input.key.unwrap_or_default();
         let value = input.value.unwrap_or_default();

@@ -31,8 +31,8 @@ impl JoinOp for StreamTable {
                 let Some(key) = &updates[ri - 1] else {
                     continue;
                 };
-                match Rec::of(&e.input) {
-                    Some(rec) => self.rows.put(key, rec.encode(&[])),
+                match e.input.value {
+                    Some(_) => self.rows.put(key, Rec::encode_input(&e.input, &[])),
                     None => self.rows.delete(key),
                 }
                 continue;

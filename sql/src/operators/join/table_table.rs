@@ -39,9 +39,10 @@ impl TableTable {
             (&mut self.right_rows, &self.left_rows)
         };
         let old = own.get(&key)?;
-        let new = Rec::of(r);
-        match &new {
-            Some(rec) => own.put(&key, rec.encode(&[])),
+        // The update's time, if it is not a deletion.
+        let new = r.value.map(|_| r.timestamp);
+        match new {
+            Some(_) => own.put(&key, Rec::encode_input(r, &[])),
             None => own.delete(&key),
         }
         let stored = other.get(&key)?;
@@ -60,7 +61,7 @@ impl TableTable {
             lists.emits.push(joined);
             Ok(())
         };
-        match (new.map(|n| n.ts), other_ts) {
+        match (new, other_ts) {
             (Some(ts), Some(ots)) => push(row, true, ts.max(ots))?,
             (Some(ts), None) if keeps_self => push(row, false, ts)?,
             (Some(_), None) => {}
@@ -167,7 +168,7 @@ impl ForeignKey {
             .map(|b| Self::stored_left(&b))
             .transpose()?;
         let old_fk = old.as_ref().and_then(|o| o.0.clone());
-        let Some(rec) = Rec::of(r) else {
+        if r.value.is_none() {
             // Deleted: its joined row goes too.
             if let Some(of) = old_fk {
                 self.index.delete(&Self::index_key(&of, &pk));
@@ -177,7 +178,7 @@ impl ForeignKey {
                 lists.emits.push(Emit::deletion(pk, r.timestamp, origin));
             }
             return Ok(());
-        };
+        }
         if old_fk.as_deref() != fk.as_deref() {
             if let Some(of) = &old_fk {
                 self.index.delete(&Self::index_key(of, &pk));
@@ -194,21 +195,21 @@ impl ForeignKey {
             }
             None => vec![0u8],
         };
-        self.left_rows.put(&pk, rec.encode(&prefix));
+        self.left_rows.put(&pk, Rec::encode_input(r, &prefix));
         let right = match &fk {
             Some(f) => self.right_rows.get(f)?,
             None => None,
         };
         match right {
             Some(stored) => {
-                let ts = rec.ts.max(Rec::decode(&stored, 0)?.ts);
+                let ts = r.timestamp.max(Rec::decode(&stored, 0)?.ts);
                 let joined = (row, Some(lists.rights.stored(stored)?));
                 lists.emits.push(Emit::row(Some(pk), ts, origin, joined));
             }
             None if cx.plan.kind.keeps_left() => {
                 lists
                     .emits
-                    .push(Emit::row(Some(pk), rec.ts, origin, (row, None)));
+                    .push(Emit::row(Some(pk), r.timestamp, origin, (row, None)));
             }
             // An inner join without a match: the key's earlier row (if any) goes.
             None if old.is_some() => lists.emits.push(Emit::deletion(pk, r.timestamp, origin)),
@@ -229,18 +230,18 @@ impl ForeignKey {
         lists: &mut Lists,
     ) -> Result<()> {
         let old = self.right_rows.get(&key)?;
-        let new = Rec::of(r);
-        match &new {
-            Some(rec) => self.right_rows.put(&key, rec.encode(&[])),
+        // The update's time, if it is not a deletion.
+        let new_ts = r.value.map(|_| r.timestamp);
+        match new_ts {
+            Some(_) => self.right_rows.put(&key, Rec::encode_input(r, &[])),
             None => self.right_rows.delete(&key),
         }
-        if new.is_none() && old.is_none() {
+        if new_ts.is_none() && old.is_none() {
             return Ok(());
         }
         let prefix = len_prefixed(&key);
         let referring = self.index.prefix(&prefix)?;
-        let new_ts = new.as_ref().map(|n| n.ts);
-        let right_at = new.and(row);
+        let right_at = new_ts.and(row);
         for (ik, _) in referring {
             let pk = ik.slice(prefix.len()..);
             let Some(stored) = self.left_rows.get(&pk)? else {
