@@ -1377,6 +1377,9 @@ impl Dataflow {
 
     /// Moves cached state into the stores before an epoch commit.
     pub fn flush(&mut self) -> Result<()> {
+        if let Some(j) = self.join.as_mut() {
+            j.flush();
+        }
         match &mut self.op {
             Running::Aggregate(a, _) => a.flush(),
             Running::Stateless(_) => Ok(()),

@@ -71,17 +71,6 @@ impl KvStore {
         })
     }
 
-    /// The entries with keys in `[from, to)` written in this epoch, in key order: the whole
-    /// range for a caller that knows no committed epoch holds a key in it (keys that carry a
-    /// time past the committed state's, say), without reading RocksDB.
-    pub fn range_in_epoch(&self, from: &[u8], to: &[u8]) -> impl Iterator<Item = (Bytes, Bytes)> {
-        let lower = codec::tagged(TAG_DATA, from);
-        let upper = codec::tagged(TAG_DATA, to);
-        self.core
-            .overlay_range(&lower, &upper)
-            .filter_map(|(k, slot)| Some((k.slice(1..), slot.value.clone()?)))
-    }
-
     /// The entries whose keys start with `prefix`, in key order; see [`KvStore::range`].
     pub fn prefix(&self, prefix: &[u8]) -> Result<KvIter<'_>> {
         let (lower, upper) = codec::prefix_bounds(TAG_DATA, prefix);
@@ -177,29 +166,6 @@ mod tests {
         s.abort();
         s.delete(b"n3");
         assert_eq!(s.changes().count(), 1);
-    }
-
-    #[test]
-    fn a_range_in_the_epoch_reads_its_writes_only() {
-        let h = Harness::new();
-        let mut s = h.kv("kv", 0);
-        s.put(b"a1", b"old");
-        h.commit_epoch(&mut s);
-        s.put(b"a2", b"x");
-        s.insert_new(b"a3", &b"y"[..]);
-        s.delete(b"a4");
-        let got: Vec<_> = s
-            .range_in_epoch(b"a", b"b")
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (b"a2".to_vec(), b"x".to_vec()),
-                (b"a3".to_vec(), b"y".to_vec())
-            ]
-        );
-        assert_eq!(s.range_in_epoch(b"b", b"a").count(), 0);
     }
 
     #[test]

@@ -635,6 +635,19 @@ trait JoinOp: std::fmt::Debug + Send {
     fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput>;
     /// Its state.
     fn kvs(&mut self) -> Vec<&mut Kv>;
+    /// Writes what it keeps in memory during an epoch into its stores; called before the
+    /// stores' changes are taken for the epoch's commit.
+    fn flush(&mut self) {}
+    /// Drops the uncommitted state of an aborted epoch.
+    fn abort(&mut self) {
+        for k in self.kvs() {
+            k.abort();
+        }
+    }
+    /// Entries it holds in memory that its stores do not count yet.
+    fn unflushed_entries(&self) -> usize {
+        0
+    }
 }
 
 #[derive(Debug)]
@@ -815,9 +828,15 @@ impl Join {
     /// reloaded from the stores at the next start.
     pub fn abort(&mut self) {
         for s in self.steps.iter_mut() {
-            for k in s.op.kvs() {
-                k.abort();
-            }
+            s.op.abort();
+        }
+    }
+
+    /// Writes the epoch's state that operators keep in memory into their stores, before the
+    /// stores' changes are committed.
+    pub fn flush(&mut self) {
+        for s in self.steps.iter_mut() {
+            s.op.flush();
         }
     }
 
@@ -825,8 +844,15 @@ impl Join {
     pub fn state_entries(&mut self) -> usize {
         self.steps
             .iter_mut()
-            .flat_map(|s| s.op.kvs())
-            .map(|k| k.approximate_len())
+            .map(|s| {
+                let unflushed = s.op.unflushed_entries();
+                unflushed
+                    + s.op
+                        .kvs()
+                        .iter()
+                        .map(|k| k.approximate_len())
+                        .sum::<usize>()
+            })
             .sum()
     }
 }

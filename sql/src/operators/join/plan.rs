@@ -54,6 +54,14 @@ impl JoinKind {
         matches!(self, JoinKind::Right | JoinKind::Full)
     }
 
+    /// Unmatched rows of the left (or right) side are kept.
+    pub fn keeps(self, left: bool) -> bool {
+        match left {
+            true => self.keeps_left(),
+            false => self.keeps_right(),
+        }
+    }
+
     fn sql(self) -> &'static str {
         match self {
             JoinKind::Inner => "INNER",

@@ -77,15 +77,12 @@ impl Kv {
         }
     }
 
-    /// Entries with keys in `[from, to)`, in key order, at most `limit`. `epoch_only`: the
-    /// caller knows that no committed epoch holds a key in the range, so only this epoch's
-    /// writes are read (not RocksDB).
+    /// Entries with keys in `[from, to)`, in key order, at most `limit`.
     pub(super) fn range(
         &self,
         from: &[u8],
         to: &[u8],
         limit: usize,
-        epoch_only: bool,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         match self {
             Kv::Memory(m) => Ok(m
@@ -93,7 +90,6 @@ impl Kv {
                 .take(limit)
                 .map(|(k, v)| (Bytes::copy_from_slice(k), v.clone()))
                 .collect()),
-            Kv::Store(s) if epoch_only => Ok(s.range_in_epoch(from, to).take(limit).collect()),
             Kv::Store(s) => s
                 .range(from..to)
                 .map_err(state_err)?

@@ -9,8 +9,15 @@
 //! sequence → matched flag and record), their expiry index (0xFF, time, sequence, side →
 //! buffer key) and the stream time and sequence (the empty key), so the buffers, the index
 //! and the stream time commit together.
+//!
+//! Records buffered during an epoch stay in memory ([`Young`]) until the epoch commits:
+//! with an epoch spanning more stream time than the window, most records are born and
+//! expire within it, and never need the store's ordered overlay (two entries written and
+//! deleted per record) or its changelog. Those still buffered when the epoch commits are
+//! written to the store then ([`JoinOp::flush`]), in the same transaction as before.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes};
 use sluice_log::Log;
@@ -50,6 +57,81 @@ pub(super) struct StreamStream {
     /// Index keys from here on may be in the store only; `None`: every entry is in `due`.
     /// Empty: nothing is known yet (the first expiry scans from the start).
     horizon: Option<Bytes>,
+    /// This epoch's buffered records, not in the store yet.
+    young: Young,
+    /// A lookup key's bytes, reused.
+    scratch: Vec<u8>,
+}
+
+/// Records buffered in the current epoch: the store's buffer and index for them, in memory.
+#[derive(Debug, Default)]
+struct Young {
+    /// Side byte and length-prefixed join key (the buffer key's prefix) → its records in
+    /// (time, sequence) order.
+    by_key: HashMap<Bytes, VecDeque<YoungRec>>,
+    /// Expiry order, as the store's index: (time, sequence, side) and the `by_key` key.
+    by_time: BinaryHeap<Reverse<(i64, u64, u8, Bytes)>>,
+}
+
+#[derive(Debug)]
+struct YoungRec {
+    ts: i64,
+    seq: u64,
+    /// The stored form with an unmatched flag byte first (`Rec::encode_input`).
+    value: Bytes,
+    matched: bool,
+}
+
+impl YoungRec {
+    /// The stored form, flag included.
+    fn stored(&self) -> Bytes {
+        if !self.matched {
+            return self.value.clone();
+        }
+        let mut v = self.value.to_vec();
+        v[0] = 1;
+        Bytes::from(v)
+    }
+}
+
+impl Young {
+    fn len(&self) -> usize {
+        self.by_time.len()
+    }
+
+    fn first(&self) -> Option<(i64, u64)> {
+        self.by_time.peek().map(|Reverse((t, s, _, _))| (*t, *s))
+    }
+
+    fn insert(&mut self, prefix: &[u8], side: u8, rec: YoungRec) {
+        let (t, seq) = (rec.ts, rec.seq);
+        let key = match self.by_key.get_key_value(prefix) {
+            Some((k, _)) => k.clone(),
+            None => Bytes::copy_from_slice(prefix),
+        };
+        let list = self.by_key.entry(key.clone()).or_default();
+        // Sequences only grow, and times mostly: the place is nearly always the end.
+        let at = list.partition_point(|r| (r.ts, r.seq) < (t, seq));
+        list.insert(at, rec);
+        self.by_time.push(Reverse((t, seq, side, key)));
+    }
+
+    /// Removes the first record in expiry order: its side, key prefix and record.
+    fn pop(&mut self) -> Option<(u8, Bytes, YoungRec)> {
+        let Reverse((_, _, side, key)) = self.by_time.pop()?;
+        let list = self.by_key.get_mut(&key)?;
+        // The first record of all is the first of its key.
+        let rec = list.pop_front()?;
+        if list.is_empty() {
+            self.by_key.remove(&key);
+        }
+        Some((side, key, rec))
+    }
+
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_time.clear();
+    }
 }
 
 impl StreamStream {
@@ -78,6 +160,8 @@ impl StreamStream {
             seq,
             due: BTreeMap::new(),
             horizon: Some(Bytes::from_static(&[INDEX])),
+            young: Young::default(),
+            scratch: Vec::new(),
         })
     }
 
@@ -86,15 +170,6 @@ impl StreamStream {
         self.before
             .saturating_add(self.after)
             .saturating_add(self.grace)
-    }
-
-    fn buffer_key(side: u8, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
-        let mut b = Vec::with_capacity(key.len() + 21);
-        b.push(side);
-        b.extend_from_slice(&len_prefixed(key));
-        b.extend_from_slice(&time_bytes(ts));
-        b.put_u64(seq);
-        b
     }
 
     fn join(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
@@ -156,11 +231,7 @@ impl StreamStream {
         } else {
             (RIGHT, LEFT)
         };
-        let keeps_self = if is_left {
-            cx.plan.kind.keeps_left()
-        } else {
-            cx.plan.kind.keeps_right()
-        };
+        let keeps_self = cx.plan.kind.keeps(is_left);
         // The other side's records within the window of a record at t.
         let (lo, hi) = if is_left {
             (self.before, self.after)
@@ -187,15 +258,31 @@ impl StreamStream {
             }
             return Ok(());
         };
-        let mut from = vec![other];
-        from.extend_from_slice(&len_prefixed(&key));
-        let mut to = from.clone();
-        from.extend_from_slice(&time_bytes(t.saturating_sub(lo)));
-        to.extend_from_slice(&time_bytes(t.saturating_add(hi).saturating_add(1)));
+        let (from_t, to_t) = (t.saturating_sub(lo), t.saturating_add(hi).saturating_add(1));
+        self.scratch.clear();
+        self.scratch.push(other);
+        self.scratch.extend_from_slice(&len_prefixed(&key));
+        // The other side's records in the window: the store's (all earlier in sequence),
+        // then this epoch's.
+        let mut stored = Vec::new();
         // A window after the committed state's stream time holds this epoch's records only.
-        let epoch_only = t.saturating_sub(lo) > self.committed_time;
-        let matches = self.kv.range(&from, &to, MAX_MATCHES + 1, epoch_only)?;
-        if matches.len() > MAX_MATCHES {
+        if from_t <= self.committed_time {
+            let mut from = self.scratch.clone();
+            let mut to = from.clone();
+            from.extend_from_slice(&time_bytes(from_t));
+            to.extend_from_slice(&time_bytes(to_t));
+            stored = self.kv.range(&from, &to, MAX_MATCHES + 1)?;
+        }
+        let young = self.young.by_key.get_mut(self.scratch.as_slice());
+        let young = match young {
+            Some(list) => {
+                let at = list.partition_point(|r| r.ts < from_t);
+                let n = list.range(at..).take_while(|r| r.ts < to_t).count();
+                list.range_mut(at..at + n)
+            }
+            None => Default::default(),
+        };
+        if stored.len() + young.len() > MAX_MATCHES {
             out.rejected.push((
                 origin,
                 format!(
@@ -205,41 +292,46 @@ impl StreamStream {
             ));
             return Ok(());
         }
-        for (bk, v) in &matches {
-            let ts = t.max(Rec::decode(v, 1)?.ts);
+        // (time, sequence, stored form), in that order.
+        let mut matches: Vec<(i64, u64, Bytes)> = Vec::with_capacity(stored.len() + young.len());
+        for (bk, v) in stored {
+            let n = bk.len();
+            let ts = time_of(&bk[n - 16..n - 8]);
+            let seq = u64::from_be_bytes(bk[n - 8..].try_into().unwrap_or_default());
+            if v.first() == Some(&0) {
+                let mut flagged = v.to_vec();
+                flagged[0] = 1;
+                self.kv.put(&bk, Bytes::from(flagged));
+            }
+            matches.push((ts, seq, v));
+        }
+        let from_store = matches.len();
+        for r in young {
+            r.matched = true;
+            matches.push((r.ts, r.seq, r.value.clone()));
+        }
+        if from_store > 0 && matches.len() > from_store {
+            matches.sort_by_key(|m| (m.0, m.1));
+        }
+        for (ts, _, v) in &matches {
+            let ts = t.max(*ts);
             let at = lists.side(!is_left).stored(v.slice(1..))?;
             let row = sides(is_left, Some(row), Some(at));
             lists
                 .emits
                 .push(Emit::row(Some(key.clone()), ts, origin, row));
-            if v.first() == Some(&0) {
-                let mut flagged = v.to_vec();
-                flagged[0] = 1;
-                self.kv.put(bk, Bytes::from(flagged));
-            }
         }
-        let bk = Self::buffer_key(side, &key, t, self.seq);
-        let mut ik = vec![INDEX];
-        ik.extend_from_slice(&time_bytes(t));
-        ik.put_u64(self.seq);
-        ik.push(side);
+        self.scratch.clear();
+        self.scratch.push(side);
+        self.scratch.extend_from_slice(&len_prefixed(&key));
+        let rec = YoungRec {
+            ts: t,
+            seq: self.seq,
+            value: Rec::encode_input(input, &[0]),
+            matched: !matches.is_empty(),
+        };
+        self.young.insert(&self.scratch, side, rec);
         self.seq += 1;
-        let matched = u8::from(!matches.is_empty());
-        // Keys with a sequence number never used before: new to the store.
-        self.kv
-            .insert_new(&bk, Rec::encode_input(input, &[matched]));
-        let bk = Bytes::from(bk);
-        self.kv.insert_new(&ik, bk.clone());
-        let ik = Bytes::from(ik);
-        if self.horizon.as_ref().is_none_or(|h| ik < *h) {
-            self.due.insert(ik, bk);
-            if self.due.len() > PREFETCH {
-                // Keep the first ones: the last goes back to being in the store only.
-                if let Some((last, _)) = self.due.pop_last() {
-                    self.horizon = Some(last);
-                }
-            }
-        }
         self.stream_time = self.stream_time.max(t);
         self.expire(cx.plan.kind, origin, lists)
     }
@@ -249,63 +341,95 @@ impl StreamStream {
     fn expire(&mut self, kind: JoinKind, origin: usize, lists: &mut Lists) -> Result<()> {
         let cutoff = self.stream_time.saturating_sub(self.span());
         loop {
-            let first = self.due.first_key_value().map(|(ik, _)| time_of(&ik[1..9]));
-            match first {
-                Some(t) if t < cutoff => {}
-                Some(_) => return Ok(()),
-                None => match self.horizon.take() {
-                    None => return Ok(()),
-                    Some(h) => {
-                        // Everything below the horizon has expired: prefetch what follows.
-                        let next = self.kv.range(&h, &[INDEX; 18], PREFETCH, false)?;
-                        self.horizon = match next.last() {
-                            Some((last, _)) if next.len() == PREFETCH => {
-                                let mut after = last.to_vec();
-                                after.push(0);
-                                Some(Bytes::from(after))
-                            }
-                            _ => None,
-                        };
-                        let empty = next.is_empty();
-                        self.due.extend(next);
-                        if empty {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                },
-            }
-            let Some((ik, bk)) = self.due.pop_first() else {
-                return Ok(());
+            // The first record in expiry order, of the store's or this epoch's.
+            let stored = self.first_due()?;
+            let young = self.young.first();
+            let from_young = match (stored, young) {
+                (Some(s), Some(y)) => y < s,
+                (s, y) => s.is_none() && y.is_some(),
             };
-            self.kv.delete(&ik);
-            let side = ik.last().copied().unwrap_or(LEFT);
-            let kept = if side == LEFT {
-                kind.keeps_left()
+            match if from_young { young } else { stored } {
+                Some((t, _)) if t < cutoff => {}
+                _ => return Ok(()),
+            }
+            let (side, key, rec) = if from_young {
+                let Some((side, prefix, r)) = self.young.pop() else {
+                    return Ok(());
+                };
+                if r.matched || !kind.keeps(side == LEFT) {
+                    continue;
+                }
+                (side, prefix.slice(5..), Rec::decode(&r.value, 1)?)
             } else {
-                kind.keeps_right()
-            };
-            if !kept {
-                // Nothing to emit for it: no need to read it.
+                let Some((ik, bk)) = self.due.pop_first() else {
+                    return Ok(());
+                };
+                self.kv.delete(&ik);
+                let side = ik.last().copied().unwrap_or(LEFT);
+                if !kind.keeps(side == LEFT) {
+                    // Nothing to emit for it: no need to read it.
+                    self.kv.delete(&bk);
+                    continue;
+                }
+                let Some(v) = self.kv.get(&bk)? else {
+                    continue;
+                };
                 self.kv.delete(&bk);
-                continue;
-            }
-            let Some(v) = self.kv.get(&bk)? else {
-                continue;
-            };
-            self.kv.delete(&bk);
-            if v.first() == Some(&0) {
-                let rec = Rec::decode(&v, 1)?;
+                if v.first() != Some(&0) {
+                    continue;
+                }
                 // The buffer key: side, length-prefixed join key, time, sequence.
                 let len = bk
                     .get(1..5)
                     .and_then(|l| <[u8; 4]>::try_from(l).ok())
                     .map_or(0, u32::from_be_bytes) as usize;
                 let key = bk.slice(5..(5 + len).min(bk.len()));
-                let ts = rec.ts;
-                let at = lists.add(rec, side == LEFT);
-                let row = sides(side == LEFT, Some(at), None);
-                lists.emits.push(Emit::row(Some(key), ts, origin, row));
+                (side, key, Rec::decode(&v, 1)?)
+            };
+            let ts = rec.ts;
+            let at = lists.add(rec, side == LEFT);
+            let row = sides(side == LEFT, Some(at), None);
+            lists.emits.push(Emit::row(Some(key), ts, origin, row));
+        }
+    }
+
+    /// The (time, sequence) of the store's first record in expiry order, prefetching the
+    /// index when [`StreamStream::due`] ran out.
+    fn first_due(&mut self) -> Result<Option<(i64, u64)>> {
+        loop {
+            if let Some((ik, _)) = self.due.first_key_value() {
+                let seq = u64::from_be_bytes(ik[9..17].try_into().unwrap_or_default());
+                return Ok(Some((time_of(&ik[1..9]), seq)));
+            }
+            let Some(h) = self.horizon.take() else {
+                return Ok(None);
+            };
+            // Everything below the horizon has expired: prefetch what follows.
+            let next = self.kv.range(&h, &[INDEX; 18], PREFETCH)?;
+            self.horizon = match next.last() {
+                Some((last, _)) if next.len() == PREFETCH => {
+                    let mut after = last.to_vec();
+                    after.push(0);
+                    Some(Bytes::from(after))
+                }
+                _ => None,
+            };
+            if next.is_empty() {
+                return Ok(None);
+            }
+            self.due.extend(next);
+        }
+    }
+
+    /// Adds a record's index entry to [`StreamStream::due`] when it falls below the horizon.
+    fn note_due(&mut self, ik: Bytes, bk: Bytes) {
+        if self.horizon.as_ref().is_none_or(|h| ik < *h) {
+            self.due.insert(ik, bk);
+            if self.due.len() > PREFETCH {
+                // Keep the first ones: the last goes back to being in the store only.
+                if let Some((last, _)) = self.due.pop_last() {
+                    self.horizon = Some(last);
+                }
             }
         }
     }
@@ -318,5 +442,39 @@ impl JoinOp for StreamStream {
 
     fn kvs(&mut self) -> Vec<&mut Kv> {
         vec![&mut self.kv]
+    }
+
+    fn flush(&mut self) {
+        let young = std::mem::take(&mut self.young.by_key);
+        self.young.clear();
+        for (prefix, list) in young {
+            let side = prefix[0];
+            for r in list {
+                let mut bk = Vec::with_capacity(prefix.len() + 16);
+                bk.extend_from_slice(&prefix);
+                bk.extend_from_slice(&time_bytes(r.ts));
+                bk.put_u64(r.seq);
+                let mut ik = Vec::with_capacity(18);
+                ik.push(INDEX);
+                ik.extend_from_slice(&time_bytes(r.ts));
+                ik.put_u64(r.seq);
+                ik.push(side);
+                // Keys with a sequence number never used before: new to the store.
+                self.kv.insert_new(&bk, r.stored());
+                let bk = Bytes::from(bk);
+                self.kv.insert_new(&ik, bk.clone());
+                self.note_due(Bytes::from(ik), bk);
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        self.young.clear();
+        self.kv.abort();
+    }
+
+    fn unflushed_entries(&self) -> usize {
+        // A buffer entry and an index entry each, once in the store.
+        2 * self.young.len()
     }
 }
