@@ -48,6 +48,10 @@ pub enum ConnectorError {
         /// What went wrong: the status, the connection error, the size limit.
         reason: String,
     },
+    /// Talking to PostgreSQL failed: the connection, a query or the replication stream
+    /// (retryable: the server may come back). Never holds the password.
+    #[error("postgres-cdc: {0}")]
+    Postgres(String),
 }
 
 impl ConnectorError {
@@ -67,6 +71,7 @@ impl ConnectorError {
             ConnectorError::Io { .. }
                 | ConnectorError::Http { .. }
                 | ConnectorError::ObjectStore { .. }
+                | ConnectorError::Postgres(_)
         )
     }
 }

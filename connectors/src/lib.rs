@@ -26,6 +26,9 @@
 //!   `POST /ingest/{topic}` endpoint, answered once their records are committed.
 //! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
 //!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
+//! - [`postgres_cdc`]: the Postgres change-data-capture source (logical replication with
+//!   `pgoutput`, Debezium-compatible records on a topic per table): `postgres_cdc/mod.rs`,
+//!   `pgoutput.rs`, `envelope.rs`, `stream.rs`.
 //! - [`objstore`]: the object-store sink (s3://, gs://, az://, file://, memory://; JSON lines
 //!   or Parquet written with the topic's recorded schema; partitioned paths; deterministic
 //!   names): `objstore/config.rs`, `template.rs`, `sink.rs`, `store.rs`.
@@ -41,6 +44,7 @@ pub mod file;
 pub mod http_ingest;
 pub mod http_poll;
 pub mod objstore;
+pub mod postgres_cdc;
 
 use sluice_log::{ConsumerRecord, Record, RecordSchema};
 pub use sluice_task::Wait;
@@ -52,6 +56,9 @@ pub use crate::error::{ConnectorError, Result};
 pub struct SourceBatch {
     /// Records for the topic, in order.
     pub records: Vec<Record>,
+    /// Records for topics the source names itself (a CDC source's topic per table), in
+    /// order per topic; a topic that does not exist yet is created.
+    pub routed: Vec<(String, Record)>,
     /// Input that could not become a record: where it was and why (dead letters).
     pub rejected: Vec<Rejected>,
     /// The position after everything above, to store with it; `None` when nothing was read.
@@ -61,6 +68,14 @@ pub struct SourceBatch {
     /// Keeps a position small when a source remembers many things (HTTP ingest's
     /// idempotency keys): each entry is written once, not with every position.
     pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// FNV-1a 64 of `bytes`: a stable fingerprint (the same in every build and release, unlike
+/// std's hasher), for names and positions that must survive restarts and upgrades.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// A source's committed keyed state: `(key, value)` entries (see [`Source::restore`]).

@@ -41,6 +41,7 @@ use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceCo
 use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
 use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
+use sluice_connectors::postgres_cdc::{PostgresCdcConfig, PostgresCdcSource};
 use sluice_connectors::{ConnectorError, Sink, Source};
 pub use sluice_task::Guarantee;
 use toml::Spanned;
@@ -177,6 +178,12 @@ pub struct SourceSpec {
     /// max-body-bytes }`.
     #[serde(default)]
     pub http_poll: Option<HttpPollSourceConfig>,
+    /// Capture a PostgreSQL database's row changes: `{ url, password-env, tables,
+    /// publication, slot, snapshot, tombstones-on-delete, status-interval,
+    /// max-transaction-records }`. `topic` is then a pattern: `{schema}` and `{table}`
+    /// name each table's topic (`"pg.{schema}.{table}"`).
+    #[serde(default)]
+    pub postgres_cdc: Option<PostgresCdcConfig>,
 }
 
 impl SourceSpec {
@@ -184,6 +191,18 @@ impl SourceSpec {
         usize::from(self.file.is_some())
             + usize::from(self.http.is_some())
             + usize::from(self.http_poll.is_some())
+            + usize::from(self.postgres_cdc.is_some())
+    }
+
+    /// The topic `topic` names for validation: a CDC source's pattern with sample names.
+    fn topic_sample(&self) -> String {
+        match self.postgres_cdc {
+            Some(_) => self
+                .topic
+                .replace("{schema}", "public")
+                .replace("{table}", "t"),
+            None => self.topic.clone(),
+        }
     }
 }
 
@@ -216,7 +235,13 @@ impl SinkSpec {
 pub fn build_source(
     s: &SourceSpec,
     base: &Path,
+    pipeline: &str,
 ) -> Result<(Box<dyn Source>, Option<IngestHandle>), ConnectorError> {
+    if let Some(c) = &s.postgres_cdc {
+        let name = format!("{pipeline}/{}", s.name.get_ref());
+        let source = PostgresCdcSource::new(c.clone(), &name, &s.topic)?;
+        return Ok((Box::new(source), None));
+    }
     if let Some(c) = &s.file {
         return Ok((Box::new(FileSource::new(c.clone(), base)?), None));
     }
@@ -276,10 +301,11 @@ pub fn build_check(p: &Pipeline) -> Result<(), PipelineError> {
     }
     for s in &p.config.sources {
         let place = format!("source {}: ", s.name.get_ref());
-        internal(at(&s.name), &place, &s.topic)?;
-        sluice_log::log::validate_topic_name(&s.topic)
+        let topic = s.topic_sample();
+        internal(at(&s.name), &place, &topic)?;
+        sluice_log::log::validate_topic_name(&topic)
             .map_err(|e| topic_error(at(&s.name), &place, &s.topic, &e))?;
-        build_source(s, p.base())
+        build_source(s, p.base(), &p.name)
             .map_err(|e| PipelineError::at(at(&s.name), format!("{place}{e}")))?;
     }
     for s in &p.config.sinks {

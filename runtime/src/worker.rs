@@ -600,9 +600,12 @@ impl Worker {
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
             let what = format!("source {name}");
-            self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
-            let (mut source, ingest) =
-                crate::pipeline::build_source(s, p.base()).map_err(|e| connector_err(&what, e))?;
+            if s.postgres_cdc.is_none() {
+                // A CDC source's topics (one per table) are made as its tables appear.
+                self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
+            }
+            let (mut source, ingest) = crate::pipeline::build_source(s, p.base(), &p.name)
+                .map_err(|e| connector_err(&what, e))?;
             if let Some(handle) = ingest {
                 if self.ingest.lock().contains_key(&s.topic) {
                     return Err(DeployError::IngestTaken {

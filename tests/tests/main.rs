@@ -15,6 +15,7 @@ mod log_topics;
 mod log_txn;
 mod objstore;
 mod pipeline_reference;
+mod postgres_cdc;
 mod sql_cases;
 mod sql_differential;
 mod sql_join_crash;

@@ -38,6 +38,12 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
         "sources[].http-poll.",
     ),
     (
+        "sources[].postgres-cdc",
+        "connectors/src/postgres_cdc/mod.rs",
+        "PostgresCdcConfig",
+        "sources[].postgres-cdc.",
+    ),
+    (
         "[[sinks]]",
         "runtime/src/pipeline.rs",
         "SinkSpec",
@@ -63,6 +69,9 @@ fn toml_type(rust: &str) -> String {
     if let Some(inner) = t.strip_prefix("Option<").and_then(|r| r.strip_suffix('>')) {
         return format!("{} (optional)", toml_type(inner));
     }
+    if t == "Vec<String>" {
+        return "array of strings".into();
+    }
     if t.starts_with("Vec<") {
         return "array of tables".into();
     }
@@ -78,12 +87,14 @@ fn toml_type(rust: &str) -> String {
         "ObjectFormat" => "string: `json`, `parquet`".into(),
         "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
+        "SnapshotMode" => "string: `never`".into(),
         "JsonPath" => "string: a JSON path (`$`, `.name`, `['name']`, `[N]`, `[*]`)".into(),
         "FileSourceConfig"
         | "FileSinkConfig"
         | "HttpIngestConfig"
         | "HttpPollSourceConfig"
-        | "ObjectStoreSinkConfig" => "table".into(),
+        | "ObjectStoreSinkConfig"
+        | "PostgresCdcConfig" => "table".into(),
         other => other.into(),
     }
 }

@@ -257,10 +257,7 @@ fn fingerprint(path: &Path, len: u64) -> Result<(u64, u64)> {
     File::open(path)
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| ConnectorError::io("read", path, e))?;
-    let hash = buf.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    Ok((len, hash))
+    Ok((len, crate::fnv1a(&buf)))
 }
 
 /// One line as a record; `None` for a CSV header.

@@ -503,10 +503,7 @@ impl Version {
 
 /// FNV-1a 64 of `bytes`, as 16 hex digits.
 fn body_hash(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{h:016x}")
+    format!("{:016x}", crate::fnv1a(bytes))
 }
 
 /// `url` with any password and every query value replaced (API keys often ride in the

@@ -117,6 +117,25 @@ impl Epochs for SourceRun<'_> {
                 e.rejected += 1;
             }
         }
+        for (topic, r) in batch.routed {
+            if self.task.log.topic(&topic).is_err() {
+                // A table seen for the first time: its topic is made like the source's
+                // (one partition, the broker's defaults).
+                match self.task.log.create_topic(&topic, 1, &[]) {
+                    Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            e.records += 1;
+            let bytes = record_bytes(r.key.as_ref(), r.value.as_ref());
+            let (task, label) = (self.task, &self.ctx.label);
+            if send_or_dead_letter(&mut self.producer, &topic, r, &task.dlq, label)? {
+                e.bytes += bytes;
+            } else {
+                e.records -= 1;
+                e.rejected += 1;
+            }
+        }
         for r in batch.rejected {
             self.producer
                 .send(&self.task.dlq, dead_letter(r).into_record(&self.ctx.label))?;

@@ -823,9 +823,8 @@ impl Join {
             .collect()
     }
 
-    /// Drops the uncommitted state of an aborted epoch. Operators keep nothing else between
-    /// epochs that the stores do not hold, except the stream time, which only grows and is
-    /// reloaded from the stores at the next start.
+    /// Drops the uncommitted state of an aborted epoch: each operator goes back to its
+    /// stores' committed state (what it keeps in memory included).
     pub fn abort(&mut self) {
         for s in self.steps.iter_mut() {
             s.op.abort();
@@ -891,6 +890,17 @@ mod tests {
 
     #[test]
     fn outer_rows_of_many_records_at_one_time_come_out_once_and_the_buffer_empties() {
+        outer_rows_of_many_records(false);
+    }
+
+    /// The same with the buffer moved to the store after every batch, as an epoch commit
+    /// does: matching and expiry then read the store (and the expiry index's prefetch).
+    #[test]
+    fn outer_rows_of_many_stored_records_come_out_once_and_the_buffer_empties() {
+        outer_rows_of_many_records(true);
+    }
+
+    fn outer_rows_of_many_records(flush: bool) {
         let (_d, mut f) = flow(
             "CREATE STREAM a (id VARCHAR KEY, k VARCHAR) WITH (topic='a', partitions=1);
              CREATE STREAM b (id VARCHAR KEY, k VARCHAR) WITH (topic='b', partitions=1);",
@@ -911,8 +921,15 @@ mod tests {
             })
             .collect();
         let (first, second) = inputs.split_at(n / 2);
+        let epoch = |f: &mut Dataflow| {
+            if flush {
+                f.flush().unwrap();
+            }
+        };
         assert_eq!(f.process_from(0, first).unwrap().batch.num_rows(), 0);
+        epoch(&mut f);
         assert_eq!(f.process_from(0, second).unwrap().batch.num_rows(), 0);
+        epoch(&mut f);
         let b = br#"{"k": "k5"}"#;
         let matched = f
             .process_from(
@@ -925,6 +942,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(matched.batch.num_rows(), 1);
+        epoch(&mut f);
         let late = br#"{"k": "zz"}"#;
         let step = f
             .process_from(

@@ -143,13 +143,7 @@ impl StreamStream {
         grace: i64,
     ) -> Result<StreamStream> {
         let kv = Kv::open(state, name)?;
-        let (stream_time, seq) = match kv.get(b"")? {
-            Some(m) if m.len() == 16 => (
-                i64::from_le_bytes(m[..8].try_into().unwrap_or_default()),
-                u64::from_le_bytes(m[8..].try_into().unwrap_or_default()),
-            ),
-            _ => (i64::MIN, 0),
-        };
+        let (stream_time, seq) = kv.get(b"")?.map_or((i64::MIN, 0), |m| meta(&m));
         Ok(StreamStream {
             kv,
             before,
@@ -277,7 +271,12 @@ impl StreamStream {
         let young = match young {
             Some(list) => {
                 let at = list.partition_point(|r| r.ts < from_t);
-                let n = list.range(at..).take_while(|r| r.ts < to_t).count();
+                // Counting stops past the bound: a hot key's records are not all walked.
+                let n = list
+                    .range(at..)
+                    .take_while(|r| r.ts < to_t)
+                    .take(MAX_MATCHES + 1)
+                    .count();
                 list.range_mut(at..at + n)
             }
             None => Default::default(),
@@ -313,8 +312,9 @@ impl StreamStream {
         if from_store > 0 && matches.len() > from_store {
             matches.sort_by_key(|m| (m.0, m.1));
         }
-        for (ts, _, v) in &matches {
-            let ts = t.max(*ts);
+        for (_, _, v) in &matches {
+            // The later of the two records' own timestamps, as for an outer row.
+            let ts = t.max(Rec::decode(v, 1)?.ts);
             let at = lists.side(!is_left).stored(v.slice(1..))?;
             let row = sides(is_left, Some(row), Some(at));
             lists
@@ -435,6 +435,17 @@ impl StreamStream {
     }
 }
 
+/// The stream time and next sequence stored under the empty key.
+fn meta(m: &[u8]) -> (i64, u64) {
+    match m.len() {
+        16 => (
+            i64::from_le_bytes(m[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(m[8..].try_into().unwrap_or_default()),
+        ),
+        _ => (i64::MIN, 0),
+    }
+}
+
 impl JoinOp for StreamStream {
     fn process(&mut self, cx: &Cx<'_>, events: &[Event<'_>]) -> Result<JoinOutput> {
         self.join(cx, events)
@@ -466,11 +477,27 @@ impl JoinOp for StreamStream {
                 self.note_due(Bytes::from(ik), bk);
             }
         }
+        // Every buffered record is in the store now: a window reaching at or below this
+        // time reads it there.
+        self.committed_time = self.stream_time;
     }
 
     fn abort(&mut self) {
         self.young.clear();
         self.kv.abort();
+        // What the aborted epoch moved on is taken back to the committed state: the index
+        // entries known ahead, the stream time and the sequence.
+        self.due.clear();
+        self.horizon = Some(Bytes::from_static(&[INDEX]));
+        let (stream_time, seq) = self
+            .kv
+            .get(b"")
+            .ok()
+            .flatten()
+            .map_or((i64::MIN, 0), |m| meta(&m));
+        self.stream_time = stream_time;
+        self.committed_time = stream_time;
+        self.seq = seq;
     }
 
     fn unflushed_entries(&self) -> usize {

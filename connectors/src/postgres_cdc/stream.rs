@@ -1,0 +1,355 @@
+//! The replication session, on the source's own tokio runtime: checks the server, creates
+//! the publication and the slot when missing, streams pgoutput, turns each transaction into
+//! records and hands them to `poll` through a bounded channel; confirms to the server only
+//! the LSNs that `committed` says are in the log.
+//!
+//! ```text
+//!  server ── XLogData ─► decode ─► Tables::records ─► Chunk (≤ max records) ─► channel ─► poll
+//!     ▲                                                                                    │
+//!     └──────────── update_applied_lsn(end LSN) ◄── watch ◄── committed (after the log) ◄──┘
+//! ```
+
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use tokio::sync::{mpsc, watch};
+
+use super::envelope::{Place, Routed, Tables};
+use super::pgoutput::{self, Message};
+use super::{Position, Settings};
+use crate::ConnectorError;
+
+/// Records of one transaction, or of a part of one too large for one piece.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The records, in change order.
+    pub records: Vec<Routed>,
+    /// The position after them.
+    pub position: Position,
+}
+
+/// What the session sends to `poll`.
+#[derive(Debug)]
+pub enum Item {
+    /// Records and the position after them.
+    Chunk(Chunk),
+    /// The session ended; the task restarts it.
+    Failed(ConnectorError),
+}
+
+fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
+    // The server's message when it sent one (it never holds the password).
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    ConnectorError::Postgres(format!("{what}: {text}"))
+}
+
+fn repl_err(what: &str, e: pgwire_replication::PgWireError) -> ConnectorError {
+    ConnectorError::Postgres(format!("{what}: {e}"))
+}
+
+fn fatal(msg: String) -> ConnectorError {
+    ConnectorError::Config(format!("postgres-cdc: {msg}"))
+}
+
+/// `name` as a quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `schema.table` (or `table`, in `public`) as a quoted qualified name.
+pub fn qualified(table: &str) -> String {
+    match table.split_once('.') {
+        Some((s, t)) => format!("{}.{}", ident(s), ident(t)),
+        None => format!("{}.{}", ident("public"), ident(table)),
+    }
+}
+
+/// Runs the session until it fails or `tx` closes (the source was dropped).
+pub async fn run(
+    settings: Settings,
+    from: Position,
+    tx: mpsc::Sender<Item>,
+    mut acks: watch::Receiver<u64>,
+) {
+    let result = session(&settings, from, &tx, &mut acks).await;
+    if let Err(e) = result {
+        let _ = tx.send(Item::Failed(e)).await;
+    }
+}
+
+async fn session(
+    s: &Settings,
+    from: Position,
+    tx: &mpsc::Sender<Item>,
+    acks: &mut watch::Receiver<u64>,
+) -> Result<(), ConnectorError> {
+    let (admin, conn) =
+        s.pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| pg_err("connect", e))?;
+    tokio::spawn(conn);
+    let wal_level: String = admin
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| pg_err("read wal_level", e))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(fatal(format!(
+            "the server's wal_level is '{wal_level}'; logical replication needs wal_level = logical in postgresql.conf (then restart the server)"
+        )));
+    }
+    let can: bool = admin
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("read the role", e))?
+        .get(0);
+    if !can {
+        return Err(fatal(format!(
+            "role '{}' lacks the REPLICATION attribute (ALTER ROLE ... WITH REPLICATION)",
+            s.user
+        )));
+    }
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&s.publication],
+        )
+        .await
+        .map_err(|e| pg_err("look up the publication", e))?
+        .is_some();
+    if !exists {
+        let what = match s.tables.is_empty() {
+            true => "ALL TABLES".to_string(),
+            false => {
+                let names: Vec<String> = s.tables.iter().map(|t| qualified(t)).collect();
+                format!("TABLE {}", names.join(", "))
+            }
+        };
+        let sql = format!("CREATE PUBLICATION {} FOR {what}", ident(&s.publication));
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg_err("create the publication", e))?;
+        tracing::info!(publication = %s.publication, "Created the publication.");
+    }
+    let slot = admin
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&s.slot],
+        )
+        .await
+        .map_err(|e| pg_err("look up the slot", e))?;
+    let cfg = ReplicationConfig::new(
+        s.host.clone(),
+        s.user.clone(),
+        s.password.clone(),
+        s.database.clone(),
+        s.slot.clone(),
+        s.publication.clone(),
+    )
+    .with_port(s.port)
+    .with_tls(TlsConfig::disabled())
+    .with_start_lsn(Lsn::from(from.end_lsn))
+    .with_status_interval(s.status_interval)
+    .with_application_name("sluice-cdc")
+    .with_options(
+        "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3",
+    );
+    let mut client = ReplicationClient::connect_gated(cfg)
+        .await
+        .map_err(|e| repl_err("open the replication session", e))?;
+    match slot {
+        Some(row) => {
+            let status: Option<String> = row.get(0);
+            if status.as_deref() == Some("lost") {
+                return Err(fatal(format!(
+                    "replication slot '{}' was invalidated (the server removed WAL it still needed, see max_slot_wal_keep_size); changes were lost: drop the slot and start the source again with a snapshot",
+                    s.slot
+                )));
+            }
+        }
+        None => {
+            let sql = format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                ident(&s.slot)
+            );
+            client
+                .simple_query(&sql)
+                .await
+                .map_err(|e| repl_err("create the replication slot", e))?;
+            tracing::info!(slot = %s.slot, "Created the replication slot.");
+        }
+    }
+    client
+        .start()
+        .await
+        .map_err(|e| repl_err("start replication", e))?;
+    drop(admin);
+    stream(s, from, client, tx, acks).await
+}
+
+/// A transaction being read.
+struct Open {
+    xid: u32,
+    commit_lsn: u64,
+    commit_ms: i64,
+    /// Changes read so far.
+    changes: u64,
+    /// Changes of it the log already holds (a resumed large transaction).
+    skip: u64,
+    records: Vec<Routed>,
+}
+
+async fn stream(
+    s: &Settings,
+    from: Position,
+    mut client: ReplicationClient,
+    tx: &mpsc::Sender<Item>,
+    acks: &mut watch::Receiver<u64>,
+) -> Result<(), ConnectorError> {
+    let mut tables = Tables::new(&s.topic, &s.database, s.tables.clone(), s.tombstones);
+    let mut open: Option<Open> = None;
+    let mut done = from.clone();
+    // The end LSN of the last transaction handed to `poll` and the last the log holds.
+    let mut delivered = from.end_lsn;
+    let mut acked = from.end_lsn;
+    loop {
+        let event = tokio::select! {
+            e = client.recv() => e.map_err(|e| repl_err("read the replication stream", e))?,
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                acked = acked.max(*acks.borrow_and_update());
+                client.update_applied_lsn(Lsn::from(acked));
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            return Err(ConnectorError::Postgres(
+                "the server ended the replication stream".into(),
+            ));
+        };
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let commit_lsn = u64::from(final_lsn);
+                let skip = match (commit_lsn.cmp(&done.commit_lsn), done.partial) {
+                    (std::cmp::Ordering::Less, _) => u64::MAX,
+                    (std::cmp::Ordering::Equal, None) => u64::MAX,
+                    (std::cmp::Ordering::Equal, Some(n)) => n,
+                    (std::cmp::Ordering::Greater, _) => 0,
+                };
+                open = Some(Open {
+                    xid,
+                    commit_lsn,
+                    commit_ms: pgoutput::pg_epoch_micros_to_unix_ms(commit_time_micros),
+                    changes: 0,
+                    skip,
+                    records: Vec::new(),
+                });
+            }
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let message = pgoutput::decode(&data).map_err(|e| {
+                    ConnectorError::Postgres(format!(
+                        "a pgoutput message at LSN {}: {e}",
+                        pgoutput::lsn_string(u64::from(wal_start))
+                    ))
+                })?;
+                match message {
+                    Message::Relation(r) => {
+                        let name = format!("{}.{}", r.namespace, r.name);
+                        if tables.describe(r) {
+                            tracing::info!(table = %name, "The table's columns changed; its records take the new shape from here.");
+                        }
+                    }
+                    Message::Insert { .. }
+                    | Message::Update { .. }
+                    | Message::Delete { .. }
+                    | Message::Truncate { .. } => {
+                        let Some(t) = open.as_mut() else {
+                            return Err(ConnectorError::Postgres(
+                                "a row change outside a transaction".into(),
+                            ));
+                        };
+                        t.changes += 1;
+                        if t.changes <= t.skip {
+                            continue;
+                        }
+                        let place = Place {
+                            xid: t.xid,
+                            commit_ms: t.commit_ms,
+                            lsn: u64::from(wal_start),
+                            snapshot: "false",
+                        };
+                        let now = sluice_log::record::now_ms();
+                        let records = tables
+                            .records(&message, place, now)
+                            .map_err(ConnectorError::Postgres)?;
+                        t.records.extend(records);
+                        if t.records.len() >= s.max_transaction_records {
+                            // Too large for one piece: hand over what is read, with a
+                            // position inside the transaction.
+                            let position = Position {
+                                partial: Some(t.changes),
+                                commit_lsn: t.commit_lsn,
+                                ..done.clone()
+                            };
+                            let records = std::mem::take(&mut t.records);
+                            send(tx, Chunk { records, position }).await?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let Some(t) = open.take() else {
+                    continue;
+                };
+                if t.skip == u64::MAX {
+                    continue;
+                }
+                done = Position {
+                    commit_lsn: t.commit_lsn,
+                    end_lsn: u64::from(end_lsn),
+                    partial: None,
+                };
+                delivered = done.end_lsn;
+                send(
+                    tx,
+                    Chunk {
+                        records: t.records,
+                        position: done.clone(),
+                    },
+                )
+                .await?;
+            }
+            // Nothing read is waiting for the log: WAL up to here holds nothing for us, so
+            // the slot may let it go (else quiet tables pin WAL forever).
+            ReplicationEvent::KeepAlive { wal_end, .. } if open.is_none() && acked >= delivered => {
+                client.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Item>, chunk: Chunk) -> Result<(), ConnectorError> {
+    tx.send(Item::Chunk(chunk))
+        .await
+        .map_err(|_| ConnectorError::Postgres("the source stopped".into()))
+}
+
+/// How often the session reports its position to the server when nothing else happens.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);

@@ -1,0 +1,347 @@
+//! The Postgres CDC source against a real PostgreSQL (the Debian package scripts/setup.sh
+//! installs), started by the harness in a temporary folder on a free loopback port with
+//! `wal_level = logical`: row changes as Debezium envelopes, exactly once across a restart
+//! that the log's commit did not see, and the clear errors.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_connectors::Source;
+use sluice_connectors::Wait;
+use sluice_connectors::postgres_cdc::{PostgresCdcConfig, PostgresCdcSource, Routed};
+use sluice_log::Record;
+
+/// A private PostgreSQL server, stopped (immediately) when dropped.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start(wal_level: &str) -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
+            .filter(|b| b.join("postgres").exists())
+            .expect("PostgreSQL is missing: run scripts/setup.sh, which installs the server these tests start");
+        let dir = tempfile::tempdir().unwrap();
+        // initdb and postgres refuse to run as root.
+        let as_pg = |args: &[&str]| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        };
+        run(Command::new("chown").args(["postgres:", dir.path().to_str().unwrap()]));
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        run(&mut as_pg(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]));
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "listen_addresses='127.0.0.1'\nport={port}\nunix_socket_directories='{}'\nwal_level={wal_level}\nmax_replication_slots=10\nmax_wal_senders=10\nfsync=off\n",
+            dir.path().display()
+        );
+        let append = |file: &str, text: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("data").join(file))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        };
+        append("postgresql.conf", &conf);
+        append("pg_hba.conf", "host replication all 127.0.0.1/32 trust\n");
+        let log = dir.path().join("pg.log");
+        run(&mut as_pg(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ]));
+        Postgres { dir, bin, port }
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL with psql; its output, tuples only.
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                self.dir.path().join("data").to_str().unwrap_or_default(),
+            ])
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn run(c: &mut Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn config(url: &str, tables: &[&str]) -> PostgresCdcConfig {
+    serde_json::from_value(serde_json::json!({ "url": url, "tables": tables })).unwrap()
+}
+
+fn source(pg: &Postgres, position: Option<&[u8]>) -> PostgresCdcSource {
+    let mut s = PostgresCdcSource::new(
+        config(&pg.url("postgres"), &["accounts"]),
+        "p/cdc",
+        "pg.{schema}.{table}",
+    )
+    .unwrap();
+    s.open(position).unwrap();
+    s
+}
+
+fn value(r: &Record) -> Value {
+    serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).unwrap()
+}
+
+/// Polls until `n` records came (reopening at `position` when the session fails, as the
+/// task would), returning them and the last position.
+fn poll_records(
+    pg: &Postgres,
+    s: &mut PostgresCdcSource,
+    position: Option<Vec<u8>>,
+    n: usize,
+) -> (Vec<Routed>, Option<Vec<u8>>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    let mut at = position;
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records in 60 s: {got:?}",
+            got.len()
+        );
+        match s.poll(10_000, &Wait::timeout(Duration::from_millis(500))) {
+            Ok(b) => {
+                got.extend(b.routed);
+                if b.position.is_some() {
+                    at = b.position;
+                }
+            }
+            Err(e) => {
+                eprintln!("reopening after: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                *s = source(pg, at.as_deref());
+            }
+        }
+    }
+    (got, at)
+}
+
+#[test]
+fn row_changes_arrive_as_debezium_records_once_across_an_uncommitted_restart() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE accounts (id int PRIMARY KEY, note text, amount numeric(12,2), tags text[], seen timestamptz)");
+    let mut s = source(&pg, None);
+    // The slot exists once the session has started: changes from then on are captured.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let slot = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+        s.slot()
+    );
+    while pg.sql(&slot) != "1" {
+        assert!(Instant::now() < deadline, "no slot after 30 s");
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(100)))
+            .unwrap();
+        assert!(b.routed.is_empty());
+    }
+    pg.sql(
+        "BEGIN; INSERT INTO accounts VALUES (1, 'a', 10.50, '{x,\"y z\"}', '2024-03-01 12:00:00+05:30'), (2, 'b', 20, NULL, NULL); COMMIT",
+    );
+    pg.sql("UPDATE accounts SET amount = 11 WHERE id = 1");
+    pg.sql("DELETE FROM accounts WHERE id = 2");
+    let (got, p1) = poll_records(&pg, &mut s, None, 5);
+    let ops: Vec<(String, String)> = got
+        .iter()
+        .map(|(t, r)| {
+            let op = match r.value {
+                Some(_) => value(r)["op"].as_str().unwrap_or_default().to_string(),
+                None => "tombstone".into(),
+            };
+            (
+                t.clone(),
+                format!(
+                    "{op} {}",
+                    String::from_utf8_lossy(r.key.as_deref().unwrap_or_default())
+                ),
+            )
+        })
+        .collect();
+    let want = |op: &str, id: u32| {
+        (
+            "pg.public.accounts".to_string(),
+            format!("{op} {{\"id\":{id}}}"),
+        )
+    };
+    assert_eq!(
+        ops,
+        vec![
+            want("c", 1),
+            want("c", 2),
+            want("u", 1),
+            want("d", 2),
+            want("tombstone", 2)
+        ]
+    );
+    let first = value(&got[0].1);
+    assert_eq!(first["after"]["note"], "a");
+    assert_eq!(first["after"]["amount"], "10.50");
+    assert_eq!(first["after"]["tags"], serde_json::json!(["x", "y z"]));
+    assert_eq!(first["after"]["seen"], "2024-03-01T06:30:00Z");
+    assert_eq!(first["source"]["table"], "accounts");
+    assert_eq!(first["source"]["txId"], value(&got[1].1)["source"]["txId"]);
+    assert_eq!(value(&got[2].1)["after"]["amount"], "11.00");
+    assert_eq!(value(&got[3].1)["before"]["id"], 2);
+    // The log commits everything so far.
+    s.committed();
+
+    // A transaction polled but never committed to the log, then a restart at the committed
+    // position: it comes again, and nothing before it does.
+    pg.sql("INSERT INTO accounts VALUES (3, 'c', 30, NULL, NULL)");
+    let (lost, _) = poll_records(&pg, &mut s, p1.clone(), 1);
+    assert_eq!(lost.len(), 1);
+    drop(s);
+    pg.sql("INSERT INTO accounts VALUES (4, 'd', 40, NULL, NULL)");
+    let mut s = source(&pg, p1.as_deref());
+    let (again, _) = poll_records(&pg, &mut s, p1, 2);
+    let keys: Vec<String> = again
+        .iter()
+        .map(|(_, r)| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(keys, vec!["{\"id\":3}", "{\"id\":4}"]);
+    let more = s
+        .poll(100, &Wait::timeout(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(more.routed.is_empty(), "repeated: {:?}", more.routed);
+}
+
+#[test]
+fn a_server_without_logical_wal_or_a_role_without_replication_is_a_clear_error() {
+    let pg = Postgres::start("replica");
+    let mut s = PostgresCdcSource::new(config(&pg.url("postgres"), &[]), "p/s", "t").unwrap();
+    s.open(None).unwrap();
+    let e = s
+        .poll(10, &Wait::timeout(Duration::from_secs(30)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("wal_level is 'replica'") && e.contains("wal_level = logical"),
+        "{e}"
+    );
+
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE ROLE plain LOGIN PASSWORD 'hunter2'");
+    let url = format!("postgres://plain:hunter2@127.0.0.1:{}/postgres", pg.port);
+    let mut s = PostgresCdcSource::new(config(&url, &[]), "p/s", "t").unwrap();
+    s.open(None).unwrap();
+    let e = s
+        .poll(10, &Wait::timeout(Duration::from_secs(30)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("role 'plain' lacks the REPLICATION attribute"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn a_pipeline_source_writes_each_table_to_its_topic() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE thresholds (customer text PRIMARY KEY, amount bigint)");
+    pg.sql("CREATE TABLE \"Odd Name\" (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cdc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[sources]]\nname = \"pg\"\ntopic = \"pg.{{schema}}.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"thresholds\", \"public.Odd Name\"] }}\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    let (log, _worker) = crate::common::worker_with(dir.path(), &file);
+    crate::common::wait_for("the slot", || {
+        pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
+    });
+    pg.sql("BEGIN; INSERT INTO thresholds VALUES ('ann', 100), ('bob', 250); INSERT INTO \"Odd Name\" VALUES (7); COMMIT");
+    pg.sql("UPDATE thresholds SET amount = 120 WHERE customer = 'ann'");
+    let read = |topic: &str| crate::common::read_committed(&log, topic);
+    crate::common::wait_for("the changes", || {
+        read("pg.public.thresholds").len() == 3 && read("pg.public.Odd_Name").len() == 1
+    });
+    let rows: Vec<Value> = read("pg.public.thresholds")
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).unwrap())
+        .collect();
+    assert_eq!(
+        rows[0]["after"],
+        serde_json::json!({"customer": "ann", "amount": 100})
+    );
+    assert_eq!(rows[2]["op"], "u");
+    assert_eq!(rows[2]["after"]["amount"], 120);
+    assert_eq!(
+        read("pg.public.Odd_Name")[0].key.as_deref(),
+        Some(&br#"{"id":7}"#[..])
+    );
+}
