@@ -775,7 +775,16 @@ fn internal_names(p: &Pipeline) -> Vec<(String, String)> {
             what.clone(),
         ));
         if s.http.is_some() {
-            names.push((format!("POST /ingest/{}", s.topic), what));
+            names.push((format!("POST /ingest/{}", s.topic), what.clone()));
+        }
+        if let Some(c) = &s.postgres_cdc {
+            let name = format!("{}/{}", p.name, s.name.get_ref());
+            // A source that does not build is reported by the build check.
+            if let Ok(source) =
+                sluice_connectors::postgres_cdc::PostgresCdcSource::new(c.clone(), &name, &s.topic)
+            {
+                names.push((source.slot_identity(), what));
+            }
         }
     }
     for s in &p.config.sinks {

@@ -86,9 +86,10 @@ impl DeadLetter {
     }
 }
 
-/// Sends `record` to `topic`, or, when it is too large for the topic even alone
-/// (`max.message.bytes`), sends it to `dlq` as a dead letter from task `task` instead of
-/// failing: one oversized input must not stop a task. Returns whether it went to `topic`.
+/// Sends `record` to `topic`, or, when the topic cannot take it (too large even alone for
+/// `max.message.bytes`, or without a key for a compacted topic), sends it to `dlq` as a
+/// dead letter from task `task` instead of failing: one such input must not stop a task.
+/// Returns whether it went to `topic`.
 pub fn send_or_dead_letter(
     producer: &mut Producer,
     topic: &str,
@@ -99,7 +100,7 @@ pub fn send_or_dead_letter(
     let (key, value, timestamp) = (record.key.clone(), record.value.clone(), record.timestamp);
     match producer.send(topic, record) {
         Ok(_) => Ok(true),
-        Err(e @ LogError::RecordTooLarge { .. }) => {
+        Err(e @ (LogError::RecordTooLarge { .. } | LogError::InvalidRecord { .. })) => {
             let letter = DeadLetter {
                 reason: e.to_string(),
                 origin: format!("a record for topic {topic}"),

@@ -135,7 +135,10 @@ fn run(c: &mut Command) {
 }
 
 fn config(url: &str, tables: &[&str]) -> PostgresCdcConfig {
-    serde_json::from_value(serde_json::json!({ "url": url, "tables": tables })).unwrap()
+    serde_json::from_value(
+        serde_json::json!({ "url": url, "tables": tables, "status-interval": "200ms" }),
+    )
+    .unwrap()
 }
 
 fn source(pg: &Postgres, position: Option<&[u8]>) -> PostgresCdcSource {
@@ -273,17 +276,44 @@ fn row_changes_arrive_as_debezium_records_once_across_an_uncommitted_restart() {
         .poll(100, &Wait::timeout(Duration::from_millis(1500)))
         .unwrap();
     assert!(more.routed.is_empty(), "repeated: {:?}", more.routed);
+    s.committed();
+
+    // Columns added and dropped while streaming: the next records have the new shape.
+    pg.sql("ALTER TABLE accounts ADD COLUMN extra int DEFAULT 5, DROP COLUMN note");
+    pg.sql("INSERT INTO accounts (id, amount) VALUES (5, 50)");
+    let (shaped, _) = poll_records(&pg, &mut s, None, 1);
+    let after = &value(&shaped[0].1)["after"];
+    assert_eq!(after["extra"], 5);
+    assert!(after.get("note").is_none(), "{after}");
+    s.committed();
+
+    // WAL written only by tables the source does not capture: with nothing waiting for
+    // the log, the slot still moves past it.
+    pg.sql("CREATE TABLE other (x int)");
+    pg.sql("INSERT INTO other SELECT generate_series(1, 10000)");
+    let target = pg.sql("SELECT pg_current_wal_lsn()");
+    let passed = format!(
+        "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+        s.slot()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql(&passed) != "t" {
+        assert!(
+            Instant::now() < deadline,
+            "the idle slot stayed behind {target}"
+        );
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(200)))
+            .unwrap();
+        assert!(b.routed.is_empty(), "{:?}", b.routed);
+    }
 }
 
 #[test]
 fn a_server_without_logical_wal_or_a_role_without_replication_is_a_clear_error() {
     let pg = Postgres::start("replica");
     let mut s = PostgresCdcSource::new(config(&pg.url("postgres"), &[]), "p/s", "t").unwrap();
-    s.open(None).unwrap();
-    let e = s
-        .poll(10, &Wait::timeout(Duration::from_secs(30)))
-        .unwrap_err()
-        .to_string();
+    let e = s.open(None).unwrap_err().to_string();
     assert!(
         e.contains("wal_level is 'replica'") && e.contains("wal_level = logical"),
         "{e}"
@@ -293,11 +323,7 @@ fn a_server_without_logical_wal_or_a_role_without_replication_is_a_clear_error()
     pg.sql("CREATE ROLE plain LOGIN PASSWORD 'hunter2'");
     let url = format!("postgres://plain:hunter2@127.0.0.1:{}/postgres", pg.port);
     let mut s = PostgresCdcSource::new(config(&url, &[]), "p/s", "t").unwrap();
-    s.open(None).unwrap();
-    let e = s
-        .poll(10, &Wait::timeout(Duration::from_secs(30)))
-        .unwrap_err()
-        .to_string();
+    let e = s.open(None).unwrap_err().to_string();
     assert!(
         e.contains("role 'plain' lacks the REPLICATION attribute"),
         "{e}"
@@ -343,5 +369,57 @@ fn a_pipeline_source_writes_each_table_to_its_topic() {
     assert_eq!(
         read("pg.public.Odd_Name")[0].key.as_deref(),
         Some(&br#"{"id":7}"#[..])
+    );
+}
+
+#[test]
+fn keys_are_the_primary_key_under_replica_identity_full_and_key_changes_move_the_row() {
+    let pg = Postgres::start("logical");
+    pg.sql(
+        "CREATE TABLE wide (id int PRIMARY KEY, v text); ALTER TABLE wide REPLICA IDENTITY FULL",
+    );
+    let new = |tables: &[&str], publication: Option<&str>| {
+        let mut c = config(&pg.url("postgres"), tables);
+        c.publication = publication.map(str::to_string);
+        PostgresCdcSource::new(c, "p/wide", "pg.{table}").unwrap()
+    };
+    let mut s = new(&["wide"], Some("wide_pub"));
+    s.open(None).unwrap();
+    pg.sql("INSERT INTO wide VALUES (1, 'a')");
+    pg.sql("UPDATE wide SET v = 'b' WHERE id = 1");
+    pg.sql("UPDATE wide SET id = 2 WHERE id = 1");
+    let (got, _) = poll_records(&pg, &mut s, None, 5);
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|(_, r)| {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let op = match r.value {
+                Some(_) => value(r)["op"].as_str().unwrap_or_default().to_string(),
+                None => "tombstone".into(),
+            };
+            (op, key)
+        })
+        .collect();
+    let k = |op: &str, id: u32| (op.to_string(), format!("{{\"id\":{id}}}"));
+    assert_eq!(
+        seen,
+        vec![
+            k("c", 1),
+            k("u", 1),
+            k("d", 1),
+            k("tombstone", 1),
+            k("c", 2)
+        ]
+    );
+    // Under FULL the update's before is the whole old row.
+    assert_eq!(value(&got[1].1)["before"]["v"], "a");
+    drop(s);
+
+    // A table the (existing) publication does not send is an error, not silence.
+    let mut other = new(&["public.Wide"], Some("wide_pub"));
+    let e = other.open(None).unwrap_err().to_string();
+    assert!(
+        e.contains("table public.Wide is not in publication 'wide_pub' (it holds public.wide)"),
+        "{e}"
     );
 }

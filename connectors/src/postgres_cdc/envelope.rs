@@ -134,6 +134,22 @@ impl Tables {
         };
         let new_row = after.map(|t| row(rel, t, full_old));
         let key = key_of(rel, new_row.as_ref().or(old_row.as_ref()));
+        let old_key = key_of(rel, old_row.as_ref());
+        if op == "u" && old_key.is_some() && old_key != key {
+            // The key changed: as Debezium, a delete (and tombstone) of the old key, then a
+            // create under the new one, so a compacted topic keeps one row.
+            let delete = Message::Delete {
+                relation: rel.id,
+                old: OldTuple::Key(before.cloned().unwrap_or(Tuple(Vec::new()))),
+            };
+            let insert = Message::Insert {
+                relation: rel.id,
+                new: after.cloned().unwrap_or(Tuple(Vec::new())),
+            };
+            let mut out = self.records(&delete, at, now_ms)?;
+            out.extend(self.records(&insert, at, now_ms)?);
+            return Ok(out);
+        }
         let value = self.envelope(
             rel,
             op,
@@ -355,6 +371,41 @@ mod tests {
         let v = value(&t.records(&bare, at(), 0).unwrap()[0]);
         assert_eq!(v["after"]["note"], UNAVAILABLE);
         assert_eq!(v["before"], Value::Null);
+    }
+
+    #[test]
+    fn a_key_change_is_a_delete_of_the_old_key_then_a_create() {
+        let mut t = Tables::new("t", "db", Vec::new(), true);
+        t.describe(rel());
+        let m = Message::Update {
+            relation: 7,
+            old: Some(OldTuple::Key(Tuple(vec![
+                text("1"),
+                Datum::Null,
+                Datum::Null,
+            ]))),
+            new: Tuple(vec![text("2"), text("n"), text("3")]),
+        };
+        let out = t.records(&m, at(), 0).unwrap();
+        let ops: Vec<(Option<&[u8]>, Value)> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.1.key.as_deref(),
+                    r.1.value
+                        .as_ref()
+                        .map_or(Value::Null, |_| value(r)["op"].clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                (Some(&br#"{"id":1}"#[..]), json!("d")),
+                (Some(&br#"{"id":1}"#[..]), Value::Null),
+                (Some(&br#"{"id":2}"#[..]), json!("c")),
+            ]
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Interval;
 use crate::{ConnectorError, Result, Source, SourceBatch, Wait};
@@ -114,8 +114,15 @@ impl fmt::Debug for PostgresCdcConfig {
 /// `url` with any password replaced by `***`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // A `key=value` connection string: shown only when it holds no password.
+        return match url.to_ascii_lowercase().contains("password") {
+            true => "(a connection string with a password)".into(),
+            false => url.to_string(),
+        };
     };
+    if rest.to_ascii_lowercase().contains("password=") {
+        return format!("{scheme}://(a URL with a password parameter)");
+    }
     let (auth, host) = match rest.rsplit_once('@') {
         Some(parts) => parts,
         None => return url.to_string(),
@@ -134,6 +141,9 @@ pub enum SnapshotMode {
     #[default]
     Never,
 }
+
+/// How long `open` waits for the replication session to start.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The settings the session uses, resolved once.
 #[derive(Clone)]
@@ -276,6 +286,16 @@ impl PostgresCdcSource {
         &self.settings.slot
     }
 
+    /// The slot with its server and database: two sources must never share one (each
+    /// confirms its own position, and the other's changes would be skipped).
+    pub fn slot_identity(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "replication slot {} on {}:{}/{}",
+            s.slot, s.host, s.port, s.database
+        )
+    }
+
     /// Polls like [`Source::poll`], with each record's topic.
     pub fn poll_routed(
         &mut self,
@@ -353,9 +373,36 @@ impl Source for PostgresCdcSource {
             .enable_all()
             .build()
             .map_err(|e| ConnectorError::io("start a runtime for", "postgres-cdc", e))?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, mut rx) = mpsc::channel(16);
         let (ack_tx, ack_rx) = watch::channel(from.end_lsn);
-        rt.spawn(stream::run(self.settings.clone(), from.clone(), tx, ack_rx));
+        let (ready_tx, ready_rx) = oneshot::channel();
+        rt.spawn(stream::run(
+            self.settings.clone(),
+            from.clone(),
+            tx,
+            ack_rx,
+            ready_tx,
+        ));
+        // Capture has begun (the slot exists) once this returns, so a change committed after
+        // the task started is not missed; a session that fails first says why here.
+        let started = rt.block_on(async { tokio::time::timeout(OPEN_TIMEOUT, ready_rx).await });
+        let failed = match started {
+            Ok(Ok(())) => None,
+            Err(_) => Some(ConnectorError::Postgres(format!(
+                "the replication session did not start within {OPEN_TIMEOUT:?}"
+            ))),
+            // The session ended before starting: its error follows on the channel.
+            Ok(Err(_)) => Some(match rt.block_on(rx.recv()) {
+                Some(stream::Item::Failed(e)) => e,
+                _ => ConnectorError::Postgres(
+                    "the replication session ended before it started".into(),
+                ),
+            }),
+        };
+        if let Some(e) = failed {
+            rt.shutdown_background();
+            return Err(e);
+        }
         self.polled_end = from.end_lsn;
         self.runtime = Some(rt);
         self.items = Some(rx);

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::envelope::{Place, Routed, Tables};
 use super::pgoutput::{self, Message};
@@ -39,11 +39,16 @@ pub enum Item {
 
 fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     // The server's message when it sent one (it never holds the password).
-    let text = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    let Some(db) = e.as_db_error() else {
+        return ConnectorError::Postgres(format!("{what}: {e}"));
     };
-    ConnectorError::Postgres(format!("{what}: {text}"))
+    let text = format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code());
+    // Classes 28 (authorization), 42 (syntax, missing objects, privileges) and 3D (no such
+    // database) need someone to act; retrying would only repeat them.
+    match &db.code().code()[..2] {
+        "28" | "42" | "3D" => fatal(text),
+        _ => ConnectorError::Postgres(text),
+    }
 }
 
 fn repl_err(what: &str, e: pgwire_replication::PgWireError) -> ConnectorError {
@@ -73,8 +78,9 @@ pub async fn run(
     from: Position,
     tx: mpsc::Sender<Item>,
     mut acks: watch::Receiver<u64>,
+    ready: oneshot::Sender<()>,
 ) {
-    let result = session(&settings, from, &tx, &mut acks).await;
+    let result = session(&settings, from, &tx, &mut acks, &mut Some(ready)).await;
     if let Err(e) = result {
         let _ = tx.send(Item::Failed(e)).await;
     }
@@ -85,6 +91,7 @@ async fn session(
     from: Position,
     tx: &mpsc::Sender<Item>,
     acks: &mut watch::Receiver<u64>,
+    ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), ConnectorError> {
     let (admin, conn) =
         s.pg.connect(tokio_postgres::NoTls)
@@ -131,12 +138,40 @@ async fn session(
                 format!("TABLE {}", names.join(", "))
             }
         };
-        let sql = format!("CREATE PUBLICATION {} FOR {what}", ident(&s.publication));
+        // Changes of a partitioned table's partitions come under the table's own name.
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR {what} WITH (publish_via_partition_root = true)",
+            ident(&s.publication)
+        );
         admin
             .batch_execute(&sql)
             .await
             .map_err(|e| pg_err("create the publication", e))?;
         tracing::info!(publication = %s.publication, "Created the publication.");
+    }
+    // A table the publication does not send would be skipped without a word, and the slot
+    // would move past its changes for good: each one must be in it, by its exact name.
+    let published = admin
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&s.publication],
+        )
+        .await
+        .map_err(|e| pg_err("read the publication's tables", e))?;
+    let published: Vec<String> = published.iter().map(|r| r.get(0)).collect();
+    for t in &s.tables {
+        if !published.contains(t) {
+            return Err(fatal(format!(
+                "table {t} is not in publication '{}' (it holds {}): check the name (case and schema count) or add it with ALTER PUBLICATION {} ADD TABLE {}",
+                s.publication,
+                match published.is_empty() {
+                    true => "no tables".to_string(),
+                    false => published.join(", "),
+                },
+                ident(&s.publication),
+                qualified(t)
+            )));
+        }
     }
     let slot = admin
         .query_opt(
@@ -169,7 +204,7 @@ async fn session(
             let status: Option<String> = row.get(0);
             if status.as_deref() == Some("lost") {
                 return Err(fatal(format!(
-                    "replication slot '{}' was invalidated (the server removed WAL it still needed, see max_slot_wal_keep_size); changes were lost: drop the slot and start the source again with a snapshot",
+                    "replication slot '{}' was invalidated (the server removed WAL it still needed, see max_slot_wal_keep_size); changes were lost: drop the slot (SELECT pg_drop_replication_slot('...')) and start the source again; it captures from then on",
                     s.slot
                 )));
             }
@@ -190,8 +225,10 @@ async fn session(
         .start()
         .await
         .map_err(|e| repl_err("start replication", e))?;
-    drop(admin);
-    stream(s, from, client, tx, acks).await
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
+    stream(s, from, client, &admin, tx, acks).await
 }
 
 /// A transaction being read.
@@ -204,12 +241,19 @@ struct Open {
     /// Changes of it the log already holds (a resumed large transaction).
     skip: u64,
     records: Vec<Routed>,
+    /// Bytes of `records`.
+    bytes: usize,
 }
+
+/// Bytes of records one piece of a transaction holds at most: with the channel's pieces,
+/// what the session buffers stays near 1 GiB however large the rows.
+const MAX_CHUNK_BYTES: usize = 64 << 20;
 
 async fn stream(
     s: &Settings,
     from: Position,
     mut client: ReplicationClient,
+    admin: &tokio_postgres::Client,
     tx: &mpsc::Sender<Item>,
     acks: &mut watch::Receiver<u64>,
 ) -> Result<(), ConnectorError> {
@@ -256,6 +300,7 @@ async fn stream(
                     changes: 0,
                     skip,
                     records: Vec::new(),
+                    bytes: 0,
                 });
             }
             ReplicationEvent::XLogData {
@@ -268,7 +313,8 @@ async fn stream(
                     ))
                 })?;
                 match message {
-                    Message::Relation(r) => {
+                    Message::Relation(mut r) => {
+                        primary_key(admin, &mut r).await?;
                         let name = format!("{}.{}", r.namespace, r.name);
                         if tables.describe(r) {
                             tracing::info!(table = %name, "The table's columns changed; its records take the new shape from here.");
@@ -297,8 +343,18 @@ async fn stream(
                         let records = tables
                             .records(&message, place, now)
                             .map_err(ConnectorError::Postgres)?;
+                        t.bytes += records
+                            .iter()
+                            .map(|(_, r)| {
+                                r.value.as_ref().map_or(0, |v| v.len())
+                                    + r.key.as_ref().map_or(0, |k| k.len())
+                            })
+                            .sum::<usize>();
                         t.records.extend(records);
-                        if t.records.len() >= s.max_transaction_records {
+                        if t.records.len() >= s.max_transaction_records
+                            || t.bytes >= MAX_CHUNK_BYTES
+                        {
+                            t.bytes = 0;
                             // Too large for one piece: hand over what is read, with a
                             // position inside the transaction.
                             let position = Position {
@@ -343,6 +399,31 @@ async fn stream(
             _ => {}
         }
     }
+}
+
+/// Marks the relation's primary-key columns as its key: pgoutput marks the replica
+/// identity's columns, which under `REPLICA IDENTITY FULL` are all of them. A table without
+/// a primary key keeps the replica identity index's columns (none under FULL).
+async fn primary_key(
+    admin: &tokio_postgres::Client,
+    r: &mut pgoutput::Relation,
+) -> Result<(), ConnectorError> {
+    let rows = admin
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = $1 AND i.indisprimary",
+            &[&r.id],
+        )
+        .await
+        .map_err(|e| pg_err("read the primary key", e))?;
+    let pk: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let full = r.replica_identity == pgoutput::ReplicaIdentity::Full;
+    for c in &mut r.columns {
+        c.key = match pk.is_empty() {
+            false => pk.contains(&c.name),
+            true => c.key && !full,
+        };
+    }
+    Ok(())
 }
 
 async fn send(tx: &mpsc::Sender<Item>, chunk: Chunk) -> Result<(), ConnectorError> {
