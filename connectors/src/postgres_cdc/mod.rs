@@ -365,6 +365,14 @@ impl Source for PostgresCdcSource {
                 .map_err(|e| ConnectorError::Position(format!("postgres-cdc: {e}")))?,
             None => Position::default(),
         };
+        // A restarted attempt: the last session must let go of the slot first (the server
+        // refuses a second session on an active slot). Waiting for its tasks to drop closes
+        // its socket.
+        self.items = None;
+        self.acks = None;
+        if let Some(old) = self.runtime.take() {
+            old.shutdown_timeout(Duration::from_secs(5));
+        }
         // One worker thread: the session's socket, its keepalive answers and the feedback
         // must go on while the task waits on its log commit.
         let rt = tokio::runtime::Builder::new_multi_thread()
