@@ -133,6 +133,7 @@ impl Deployer {
                     p.name,
                     f.display()
                 ));
+                said.extend(drop_slots(&p));
             }
         }
         self.files = now;
@@ -257,8 +258,11 @@ impl Deployer {
             .pipeline(name)
             .map(|d| d.path.clone())
             .ok_or_else(|| DeployerError::NotFound(name.to_string()))?;
-        self.worker.undeploy(&path);
+        let removed = self.worker.undeploy(&path);
         self.files.remove(&path);
+        for line in removed.iter().flat_map(|(p, _)| drop_slots(p)) {
+            tracing::info!("{line}");
+        }
         std::fs::remove_file(&path).map_err(DeployerError::io("remove", &path))?;
         Ok(format!(
             "Stopped pipeline {name} and removed {}.",
@@ -277,4 +281,26 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<(), DeployerError> {
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(DeployerError::io("write", path))
+}
+
+/// Drops the replication slots of a deleted pipeline's CDC sources that ask for it
+/// (`slot-drop-on-delete`); what happened, as sentences (a failure is said, not fatal: the
+/// pipeline is gone either way, and the slot can be dropped by hand).
+fn drop_slots(p: &Pipeline) -> Vec<String> {
+    let mut said = Vec::new();
+    for s in &p.config.sources {
+        let Some(c) = &s.postgres_cdc else {
+            continue;
+        };
+        let name = format!("{}/{}", p.name, s.name.get_ref());
+        match sluice_connectors::postgres_cdc::drop_slot_on_delete(c, &name) {
+            Ok(Some(line)) => said.push(line),
+            Ok(None) => {}
+            Err(e) => said.push(p.redact(&format!(
+                "warning: source {}: the replication slot was not dropped: {e}",
+                s.name.get_ref()
+            ))),
+        }
+    }
+    said
 }

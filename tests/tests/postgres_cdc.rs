@@ -423,3 +423,38 @@ fn keys_are_the_primary_key_under_replica_identity_full_and_key_changes_move_the
         "{e}"
     );
 }
+
+#[test]
+fn removing_the_pipeline_drops_its_slot_when_asked() {
+    use sluice_runtime::deployer::Deployer;
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let file = pipelines.join("cdc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[sources]]\nname = \"pg\"\ntopic = \"pg.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"t\"], slot = \"doomed\", slot-drop-on-delete = true }}\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    let log =
+        sluice_log::Log::open(dir.path().join("data"), sluice_log::LogOptions::default()).unwrap();
+    let worker =
+        sluice_runtime::worker::Worker::new(&log, sluice_sql::engine::Engine::open(&log).unwrap());
+    let mut deployer = Deployer::new(worker, &pipelines);
+    let said = deployer.sync().unwrap();
+    assert!(said.iter().any(|l| l.contains("Deployed")), "{said:?}");
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'doomed'";
+    crate::common::wait_for("the slot", || pg.sql(slots) == "1");
+    std::fs::remove_file(&file).unwrap();
+    let said = deployer.sync().unwrap();
+    assert!(
+        said.iter().any(|l| l == "Dropped replication slot doomed."),
+        "{said:?}"
+    );
+    assert_eq!(pg.sql(slots), "0");
+}

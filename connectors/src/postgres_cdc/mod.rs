@@ -69,6 +69,11 @@ pub struct PostgresCdcConfig {
     /// source names, lower case, other characters as `_`).
     #[serde(default)]
     pub slot: Option<String>,
+    /// Drop the replication slot when the pipeline is deleted (its file removed, or `DELETE
+    /// /pipelines/{name}`), so the server stops keeping WAL for it (default false: the slot,
+    /// and the WAL it holds, stay for a pipeline deployed again later).
+    #[serde(default)]
+    pub slot_drop_on_delete: bool,
     /// Where capture starts: `"never"` (no snapshot: changes from the slot's creation on).
     #[serde(default)]
     pub snapshot: SnapshotMode,
@@ -356,6 +361,58 @@ impl PostgresCdcSource {
         };
         Ok((records, position))
     }
+}
+
+/// Drops the slot of the CDC source `name` (`<pipeline>/<source>`) when its config asks for
+/// it (`slot-drop-on-delete`), after its task stopped; `Ok(None)` when it does not ask.
+/// A slot still held by the stopping session is retried for a few seconds.
+pub fn drop_slot_on_delete(config: &PostgresCdcConfig, name: &str) -> Result<Option<String>> {
+    if !config.slot_drop_on_delete {
+        return Ok(None);
+    }
+    let source = PostgresCdcSource::new(config.clone(), name, "-")?;
+    let s = source.settings.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectorError::io("start a runtime for", "postgres-cdc", e))?;
+    rt.block_on(async {
+        let (client, conn) = s
+            .pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| ConnectorError::Postgres(format!("connect to drop slot {}: {e}", s.slot)))?;
+        tokio::spawn(conn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let dropped = client
+                .query(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&s.slot],
+                )
+                .await;
+            match dropped {
+                Ok(rows) if rows.is_empty() => {
+                    return Ok(Some(format!("Replication slot {} was already gone.", s.slot)));
+                }
+                Ok(_) => return Ok(Some(format!("Dropped replication slot {}.", s.slot))),
+                // 55006: the stopping session still holds it.
+                Err(e)
+                    if e.code().is_some_and(|c| c.code() == "55006")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(ConnectorError::Postgres(format!(
+                        "drop replication slot {}: {}",
+                        s.slot,
+                        e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())
+                    )));
+                }
+            }
+        }
+    })
 }
 
 impl Source for PostgresCdcSource {
