@@ -458,3 +458,138 @@ fn removing_the_pipeline_drops_its_slot_when_asked() {
     );
     assert_eq!(pg.sql(slots), "0");
 }
+
+/// A `sluice run` process on `work`, its log in a file.
+fn spawn_worker(work: &std::path::Path, round: usize) -> std::process::Child {
+    let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
+    Command::new(crate::cli::sluice_bin())
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
+        .arg(work.join("pipelines"))
+        .env("RUST_LOG", "info")
+        .env_remove("SLUICE_FAULT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE pay (id int PRIMARY KEY, amount int)");
+    // One transaction per iteration, two rows each, committed as the loop goes.
+    pg.sql(
+        "CREATE PROCEDURE gen(n int) LANGUAGE plpgsql AS $$ BEGIN FOR i IN 1..n LOOP \
+         INSERT INTO pay VALUES (2 * i, i), (2 * i + 1, i); COMMIT; PERFORM pg_sleep(0.002); \
+         END LOOP; END $$",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let pipelines = work.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    std::fs::write(
+        pipelines.join("cdc.toml"),
+        format!(
+            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"pay\"], slot = \"crash\", status-interval = \"200ms\" }}\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    // The first worker creates the slot; changes are captured from then on.
+    let mut child = spawn_worker(work.path(), 0);
+    let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crash'";
+    crate::common::wait_for("the slot", || pg.sql(slot) == "1");
+    const N: u32 = 3000;
+    let url_port = pg.port;
+    let psql = pg.bin.join("psql");
+    let writer = std::thread::spawn(move || {
+        let out = Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &url_port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CALL gen({N})"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    // SIGKILL it at moments spread over the load, restarting each time.
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    let confirmed = "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'crash'";
+    let mut progressed = 0;
+    let mut last = pg.sql(confirmed).parse::<f64>().unwrap_or(0.0);
+    for round in 1..=5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(600 + rng % 900));
+        // Each worker committed some changes (the slot moved) before it was killed.
+        let now = pg.sql(confirmed).parse::<f64>().unwrap_or(0.0);
+        progressed += usize::from(now > last);
+        last = now;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        child = spawn_worker(work.path(), round);
+    }
+    assert!(
+        progressed >= 3,
+        "only {progressed} of 5 workers committed before their kill"
+    );
+    writer.join().unwrap();
+    // Done when the slot confirms the end of the WAL: it is confirmed only after the log
+    // holds what came before.
+    let lsn = pg.sql("SELECT pg_current_wal_lsn()");
+    let caught_up = format!(
+        "SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'crash'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pg.sql(&caught_up) != "t" {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not catch up in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log =
+        sluice_log::Log::open(work.path().join("data"), sluice_log::LogOptions::default()).unwrap();
+    let ids: Vec<i64> = crate::common::read_committed(&log, "pg.pay")
+        .iter()
+        .map(|r| {
+            value_of(r.value.as_deref())["after"]["id"]
+                .as_i64()
+                .unwrap_or(-1)
+        })
+        .collect();
+    let want: Vec<i64> = (2..=2 * i64::from(N) + 1).collect();
+    assert_eq!(
+        ids.len(),
+        want.len(),
+        "changes in the topic: {}, in Postgres: {}",
+        ids.len(),
+        want.len()
+    );
+    assert_eq!(ids, want, "every change once, in commit order");
+}
+
+fn value_of(v: Option<&[u8]>) -> Value {
+    serde_json::from_slice(v.unwrap_or(b"null")).unwrap_or(Value::Null)
+}
