@@ -589,6 +589,52 @@ impl<'a, 'f> KeyScan<'a, '_, 'f> {
     }
 }
 
+/// The raw bytes of the top-level fields `names` of the JSON object `value` (each `None`
+/// when absent; a name spelled with escapes is not matched), in one pass that builds
+/// nothing; `None` when `value` is not one JSON object. For a caller that takes a part of
+/// a value as it is (a change envelope's `after` row).
+pub fn top_level_fields<'v>(value: &'v [u8], names: &[&str]) -> Option<Vec<Option<&'v [u8]>>> {
+    let mut found = vec![None; names.len()];
+    let mut scan = KeyScan {
+        v: value,
+        i: 0,
+        depth: 1,
+        too_deep: false,
+        memo: None,
+    };
+    scan.eat(b'{')?;
+    if scan.peek()? == b'}' {
+        scan.i += 1;
+    } else {
+        loop {
+            let (start, end, escaped) = scan.string()?;
+            scan.eat(b':')?;
+            scan.peek()?;
+            let from = scan.i;
+            scan.skip()?;
+            if !escaped {
+                let key = &value[start..end];
+                if let Some(at) = names.iter().position(|n| n.as_bytes() == key) {
+                    found[at] = Some(&value[from..scan.i]);
+                }
+            }
+            match scan.peek()? {
+                b',' => scan.i += 1,
+                b'}' => {
+                    scan.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    // Nothing but whitespace may follow.
+    match scan.peek() {
+        None => Some(found),
+        Some(_) => None,
+    }
+}
+
 /// The integer in the top-level field of a JSON object that a decoder matching names as
 /// ksqlDB does ([`JsonDecoder::case_insensitive`]) reads into the column `name`: the field
 /// spelled `name` exactly, else the one whose name in upper case is `name`. `None` when
@@ -754,6 +800,29 @@ mod tests {
             Field::new("id", DataType::Int64, false),
             Field::new("name", DataType::Utf8, true),
         ])))
+    }
+
+    #[test]
+    fn top_level_fields_are_taken_as_written() {
+        let v = br#" {"op": "u", "after": {"a": [1, {"b": "}"}]}, "x": null} "#;
+        let got = top_level_fields(v, &["after", "op", "missing"]).unwrap();
+        assert_eq!(got[0], Some(&br#"{"a": [1, {"b": "}"}]}"#[..]));
+        assert_eq!(got[1], Some(&br#""u""#[..]));
+        assert_eq!(got[2], None);
+        assert_eq!(top_level_fields(b"{}", &["a"]).unwrap(), vec![None]);
+        for bad in [
+            &b"[1]"[..],
+            b"{\"a\": 1",
+            b"{\"a\" 1}",
+            b"{\"a\": 1} x",
+            b"",
+        ] {
+            assert!(
+                top_level_fields(bad, &["a"]).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

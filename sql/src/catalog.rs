@@ -305,7 +305,12 @@ pub fn source_def(
         }
     }
     let keys: Vec<&str> = cols.iter().filter(|c| c.2).map(|c| c.0.as_str()).collect();
-    let key_format = key_format(properties, KeyFormat::Kafka, &keys)?;
+    // Debezium keys are JSON objects of the key columns.
+    let implied = match format {
+        Format::Debezium => KeyFormat::Json,
+        _ => KeyFormat::Kafka,
+    };
+    let key_format = key_format(properties, implied, &keys)?;
     let def = SourceDef {
         name: name.to_string(),
         kind,

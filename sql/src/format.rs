@@ -182,6 +182,10 @@ pub enum Format {
     Delimited,
     /// The value as is, one column.
     Raw,
+    /// A Debezium change envelope (`before`, `after`, `op`, ...), as the Postgres CDC
+    /// source writes: a stream or table over it sees the `after` row of creates, updates
+    /// and snapshot reads, and a delete as a tombstone. Read only.
+    Debezium,
 }
 
 impl FromStr for Format {
@@ -191,8 +195,9 @@ impl FromStr for Format {
             "JSON" => Ok(Format::Json),
             "DELIMITED" | "CSV" => Ok(Format::Delimited),
             "RAW" | "KAFKA" => Ok(Format::Raw),
+            "DEBEZIUM" => Ok(Format::Debezium),
             other => Err(SqlError::Invalid(format!(
-                "unknown format '{other}' (use JSON, DELIMITED or RAW)"
+                "unknown format '{other}' (use JSON, DELIMITED, RAW or DEBEZIUM)"
             ))),
         }
     }
@@ -204,6 +209,7 @@ impl std::fmt::Display for Format {
             Format::Json => "JSON",
             Format::Delimited => "DELIMITED",
             Format::Raw => "RAW",
+            Format::Debezium => "DEBEZIUM",
         })
     }
 }
@@ -270,6 +276,50 @@ impl<'a> From<&'a sluice_log::ConsumerRecord> for Input<'a> {
             timestamp: r.timestamp,
         }
     }
+}
+
+/// A record of a [`Format::Debezium`] topic as the row it carries: the value becomes the
+/// envelope's `after` (`op` `c`, `u`, `r`), or nothing for a delete (`d`) or truncate
+/// (`t`): a tombstone, which deletes the key's row of a table and is dropped by a stream.
+/// A key that is a JSON object of one field becomes that field's value (Debezium keys are
+/// objects of the key columns; a single key column reads a bare JSON value). A value that
+/// is not such an envelope becomes an empty value, which decoding rejects.
+pub fn unwrap_debezium(r: Input<'_>) -> Input<'_> {
+    let key = r
+        .key
+        .map(|k| match json::top_level_fields(k, &[]).is_some() {
+            true => single_field(k).unwrap_or(k),
+            false => k,
+        });
+    let Some(v) = r.value else {
+        return Input { key, ..r };
+    };
+    let value = match json::top_level_fields(v, &["op", "after"]).as_deref() {
+        Some([Some(op), after]) => match *op {
+            b"\"d\"" | b"\"t\"" => None,
+            b"\"c\"" | b"\"u\"" | b"\"r\"" => match after {
+                Some(a) if *a != b"null" => Some(*a),
+                _ => Some(&b""[..]),
+            },
+            _ => Some(&b""[..]),
+        },
+        _ => Some(&b""[..]),
+    };
+    Input { key, value, ..r }
+}
+
+/// The value of a JSON object's only field.
+fn single_field(object: &[u8]) -> Option<&[u8]> {
+    let s = std::str::from_utf8(object).ok()?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s).ok()?;
+    let name = match map.len() {
+        1 => map.keys().next()?.clone(),
+        _ => return None,
+    };
+    json::top_level_fields(object, &[name.as_str()])?
+        .into_iter()
+        .next()
+        .flatten()
 }
 
 /// A record that could not be decoded.
@@ -606,7 +656,7 @@ impl RecordDecoder {
         }
         let value = |r: usize| records[r].value.unwrap_or_default();
         match self.format {
-            Format::Json => {
+            Format::Json | Format::Debezium => {
                 let batch = self
                     .json
                     .decode(rows.iter().map(|&r| value(r)))
@@ -774,6 +824,10 @@ pub fn encode_values(format: Format, batch: &RecordBatch) -> Result<Vec<Vec<u8>>
             json::encode_rows(&as_ksql_json(batch)?).map_err(|e| SqlError::Plan(e.to_string()))
         }
         Format::Delimited => delimited::encode_batch(batch).map_err(invalid),
+        Format::Debezium => Err(SqlError::Invalid(
+            "format DEBEZIUM is read only (change envelopes come from a CDC source); write JSON"
+                .into(),
+        )),
         Format::Raw => {
             if batch.num_columns() != 1 {
                 return Err(SqlError::Invalid(format!(

@@ -29,7 +29,7 @@ use sluice_state::StateEnv;
 use crate::ast::{Emit, PartitionBy, Select, SourceKind};
 use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
-use crate::format::{Input, KeyWindow, ROWTIME, RecordDecoder};
+use crate::format::{Format, Input, KeyWindow, ROWTIME, RecordDecoder, unwrap_debezium};
 use crate::operators::aggregate::{Aggregate, AggregatePlan};
 use crate::operators::join::{Join, JoinPlan};
 use crate::operators::stateless::Stateless;
@@ -1157,6 +1157,20 @@ impl Dataflow {
             let records: Vec<Input<'_>> = items.iter().map(|i| i.1).collect();
             return self.process(&records);
         };
+        let unwrapped: Vec<(usize, Input<'_>)>;
+        let items = match join.has_envelopes() {
+            true => {
+                unwrapped = items
+                    .iter()
+                    .map(|(s, r)| match join.source_format(*s) == Format::Debezium {
+                        true => (*s, unwrap_debezium(*r)),
+                        false => (*s, *r),
+                    })
+                    .collect();
+                &unwrapped[..]
+            }
+            false => items,
+        };
         let mut out = join.process_mixed(items)?;
         self.dropped += out.dropped;
         if let Some(rows) = out.rows.take() {
@@ -1212,6 +1226,14 @@ impl Dataflow {
 
     /// Runs records through the query.
     pub fn process(&mut self, records: &[Input<'_>]) -> Result<Step> {
+        if self.query.source.format == Format::Debezium {
+            let rows: Vec<Input<'_>> = records.iter().map(|r| unwrap_debezium(*r)).collect();
+            return self.process_rows_of(&rows);
+        }
+        self.process_rows_of(records)
+    }
+
+    fn process_rows_of(&mut self, records: &[Input<'_>]) -> Result<Step> {
         let table = self.query.source.kind == SourceKind::Table;
         let step = match &mut self.op {
             Running::Aggregate(a, Some(rows)) => {

@@ -341,12 +341,12 @@ fn a_pipeline_source_writes_each_table_to_its_topic() {
     std::fs::write(
         &file,
         format!(
-            "[[sources]]\nname = \"pg\"\ntopic = \"pg.{{schema}}.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"thresholds\", \"public.Odd Name\"] }}\n",
+            "sql = \"CREATE TABLE thresholds (customer VARCHAR PRIMARY KEY, amount BIGINT) WITH (topic = 'pg.public.thresholds', format = 'DEBEZIUM', partitions = 1);\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.{{schema}}.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"thresholds\", \"public.Odd Name\"] }}\n",
             pg.url("postgres")
         ),
     )
     .unwrap();
-    let (log, _worker) = crate::common::worker_with(dir.path(), &file);
+    let (log, mut worker) = crate::common::worker_with(dir.path(), &file);
     crate::common::wait_for("the slot", || {
         pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
     });
@@ -366,6 +366,20 @@ fn a_pipeline_source_writes_each_table_to_its_topic() {
     );
     assert_eq!(rows[2]["op"], "u");
     assert_eq!(rows[2]["after"]["amount"], 120);
+    // The table the pipeline's SQL declares over the topic is live: a pull query sees the
+    // latest row of each customer.
+    let pulled = worker
+        .engine_mut()
+        .execute("SELECT customer, amount FROM thresholds WHERE customer = 'ann';")
+        .unwrap();
+    let rows = match &pulled[..] {
+        [sluice_sql::engine::Output::Rows(b)] => {
+            let b: Vec<&_> = b.iter().collect();
+            String::from_utf8(sluice_format::json::encode_rows(b[0]).unwrap().concat()).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rows, r#"{"CUSTOMER":"ann","AMOUNT":120}"#);
     assert_eq!(
         read("pg.public.Odd_Name")[0].key.as_deref(),
         Some(&br#"{"id":7}"#[..])

@@ -7,6 +7,7 @@ use super::{Engine, Output, capitalized};
 use crate::ast::{ColumnDef, Properties, SourceKind, Statement};
 use crate::catalog::{QueryDef, derived_statement, partitions_property, source_def};
 use crate::error::{Result, SqlError};
+use crate::format::Format;
 use crate::query::{compile, output_columns};
 
 impl Engine {
@@ -170,11 +171,21 @@ impl Engine {
         }
         let format = match prop(&["format", "value_format"]) {
             Some(f) => f.parse()?,
-            None => compiled
+            None => match compiled
                 .join
                 .as_ref()
-                .map_or(compiled.source.format, |j| j.sources[0].def.format),
+                .map_or(compiled.source.format, |j| j.sources[0].def.format)
+            {
+                // Rows read from change envelopes are written as plain JSON.
+                Format::Debezium => Format::Json,
+                f => f,
+            },
         };
+        if format == Format::Debezium {
+            return Err(SqlError::Invalid(format!(
+                "{name}: format DEBEZIUM is read only (change envelopes come from a CDC source); write JSON"
+            )));
+        }
         let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
         // A join's result keeps its first source's key format (its joined rows are JSON
         // keyed inside the query only).

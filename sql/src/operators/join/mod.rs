@@ -664,6 +664,8 @@ struct JoinStep {
 pub struct Join {
     steps: Vec<JoinStep>,
     j: SchemaRef,
+    /// Each source's value format.
+    formats: Vec<Format>,
 }
 
 impl Join {
@@ -733,7 +735,18 @@ impl Join {
                 op,
             });
         }
-        Ok(Join { steps, j })
+        let formats = plan.sources.iter().map(|s| s.def.format).collect();
+        Ok(Join { steps, j, formats })
+    }
+
+    /// Whether a source holds change envelopes ([`Format::Debezium`]).
+    pub fn has_envelopes(&self) -> bool {
+        self.formats.contains(&Format::Debezium)
+    }
+
+    /// The value format of source `i`.
+    pub fn source_format(&self, i: usize) -> Format {
+        self.formats.get(i).copied().unwrap_or(Format::Json)
     }
 
     /// Runs records of any of the sources (`(source, record)`, in processing order) through
