@@ -87,26 +87,24 @@ impl Postgres {
 
     /// Runs SQL with psql; its output, tuples only.
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql(&self.bin, self.port, sql)
     }
+}
+
+/// Runs SQL with the psql of `bin` against the server on `port`; its output, tuples only.
+fn psql(bin: &std::path::Path, port: u16, sql: &str) -> String {
+    let out = Command::new(bin.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Drop for Postgres {
@@ -517,33 +515,8 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     crate::common::wait_for("the slot", || pg.sql(slot) == "1");
     const N: u32 = 3000;
     let url_port = pg.port;
-    let psql = pg.bin.join("psql");
-    let writer = std::thread::spawn(move || {
-        let out = Command::new(psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &url_port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args([
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                &format!("CALL gen({N})"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let bin = pg.bin.clone();
+    let writer = std::thread::spawn(move || psql(&bin, url_port, &format!("CALL gen({N})")));
     // SIGKILL it at moments spread over the load, restarting each time.
     let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
     let confirmed = "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'crash'";
