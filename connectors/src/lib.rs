@@ -124,6 +124,12 @@ pub trait Source: Send {
     /// clients) does it here, never earlier.
     fn committed(&mut self) {}
 
+    /// How far behind its input the source is, in bytes, when it can tell (a CDC source:
+    /// the WAL its replication slot holds back). Read once per poll for status and metrics.
+    fn lag_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// True when someone waits for the batches polled so far to commit (an HTTP client for
     /// its answer): the task then commits without waiting for the end of its commit
     /// interval. Sources that read at their own pace leave it false and share an epoch.

@@ -34,6 +34,9 @@ pub struct TaskStatus {
     pub failed: AtomicBool,
     /// Set once the task's thread has ended (stopped, paused or failed).
     pub stopped: AtomicBool,
+    /// How far behind its input a source is, in bytes, when it can tell (a Postgres CDC
+    /// source: the WAL its replication slot holds back).
+    pub source_lag_bytes: Mutex<Option<u64>>,
 }
 
 /// The states a task reports.

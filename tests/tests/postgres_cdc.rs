@@ -295,6 +295,8 @@ fn row_changes_arrive_as_debezium_records_once_across_an_uncommitted_restart() {
         s.slot()
     );
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The slot's lag is measured every status interval.
+    assert!(s.lag_bytes().is_some(), "no slot lag measured");
     while pg.sql(&passed) != "t" {
         assert!(
             Instant::now() < deadline,
@@ -364,6 +366,14 @@ fn a_pipeline_source_writes_each_table_to_its_topic() {
     );
     assert_eq!(rows[2]["op"], "u");
     assert_eq!(rows[2]["after"]["amount"], 120);
+    // The slot's lag is in the pipeline's status.
+    crate::common::wait_for("the slot lag in the status", || {
+        let d = worker.pipeline("cdc").expect("deployed");
+        let status = sluice_runtime::api::pipelines::status_json(d);
+        status["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["lag_bytes"].is_u64()))
+    });
     // The table the pipeline's SQL declares over the topic is live: a pull query sees the
     // latest row of each customer.
     let pulled = worker

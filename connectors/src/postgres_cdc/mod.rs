@@ -84,6 +84,11 @@ pub struct PostgresCdcConfig {
     /// How often the position is reported to the server when idle (default `"10s"`).
     #[serde(default = "default_status_interval")]
     pub status_interval: Interval,
+    /// Slot lag (WAL bytes the slot holds back) above which a warning is logged; the lag
+    /// itself is in the pipeline's status (`lag_bytes`) and the `sluice_source_lag_bytes`
+    /// metric (default 1 GiB).
+    #[serde(default = "default_slot_lag_warning_bytes")]
+    pub slot_lag_warning_bytes: u64,
     /// Records one poll carries at most from one transaction; a larger transaction is
     /// split (each part still exactly once, but readers may see a part before the rest).
     #[serde(default = "default_max_transaction_records")]
@@ -96,6 +101,10 @@ fn default_true() -> bool {
 
 fn default_status_interval() -> Interval {
     Interval(stream::DEFAULT_STATUS_INTERVAL)
+}
+
+fn default_slot_lag_warning_bytes() -> u64 {
+    1 << 30
 }
 
 fn default_max_transaction_records() -> usize {
@@ -166,6 +175,10 @@ struct Settings {
     tombstones: bool,
     status_interval: Duration,
     max_transaction_records: usize,
+    lag_warning: u64,
+    /// The slot's lag as last measured, and whether it was.
+    lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    lag_known: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where the source is: the last transaction in the log.
@@ -278,6 +291,9 @@ impl PostgresCdcSource {
                 tombstones: config.tombstones_on_delete,
                 status_interval: config.status_interval.0,
                 max_transaction_records: config.max_transaction_records,
+                lag_warning: config.slot_lag_warning_bytes,
+                lag: Default::default(),
+                lag_known: Default::default(),
             },
             runtime: None,
             items: None,
@@ -483,6 +499,14 @@ impl Source for PostgresCdcSource {
             position,
             ..SourceBatch::default()
         })
+    }
+
+    fn lag_bytes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.settings
+            .lag_known
+            .load(Relaxed)
+            .then(|| self.settings.lag.load(Relaxed))
     }
 
     fn committed(&mut self) {

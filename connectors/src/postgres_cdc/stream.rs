@@ -263,8 +263,32 @@ async fn stream(
     // The end LSN of the last transaction handed to `poll` and the last the log holds.
     let mut delivered = from.end_lsn;
     let mut acked = from.end_lsn;
+    let mut measure = tokio::time::interval(s.status_interval);
+    measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
     loop {
         let event = tokio::select! {
+            _ = measure.tick() => {
+                // A failed measurement is not a reason to stop capturing: the next tick
+                // tries again, and the stream itself reports a lost server.
+                if let Ok(Some(row)) = admin
+                    .query_opt(
+                        "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&s.slot],
+                    )
+                    .await
+                {
+                    let lag: Option<i64> = row.get(0);
+                    let lag = lag.unwrap_or(0).max(0) as u64;
+                    s.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+                    s.lag_known.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if lag > s.lag_warning && !warned {
+                        tracing::warn!(slot = %s.slot, lag_bytes = lag, threshold = s.lag_warning, "The replication slot holds back more WAL than the warning threshold: the source is behind or stalled, and the server keeps the WAL until it catches up.");
+                    }
+                    warned = lag > s.lag_warning;
+                }
+                continue;
+            }
             e = client.recv() => e.map_err(|e| repl_err("read the replication stream", e))?,
             changed = acks.changed() => {
                 if changed.is_err() {

@@ -147,6 +147,21 @@ pub fn text(state: &ApiState) -> String {
             f.samples.push((l.clone(), v));
         }
     }
+    let mut source_lag = family(
+        "sluice_source_lag_bytes",
+        "How far behind its input a source is, in bytes (a Postgres CDC source: the WAL its replication slot holds back).",
+        "gauge",
+    );
+    for t in &board.tasks {
+        if let Some(lag) = *t.status.source_lag_bytes.lock() {
+            let l = format!(
+                "pipeline=\"{}\",task=\"{}\"",
+                label(&t.pipeline),
+                label(&t.task)
+            );
+            source_lag.samples.push((l, lag as f64));
+        }
+    }
     for (id, s) in &board.queries {
         let l = format!("query=\"{}\"", label(id));
         let values = [
@@ -213,6 +228,7 @@ pub fn text(state: &ApiState) -> String {
     }
     let mut all: Vec<Family> = task.into_iter().chain(query).chain(push_families).collect();
     all.push(lag);
+    all.push(source_lag);
     render(&all)
 }
 

@@ -37,7 +37,7 @@ use crate::worker::{DeployError, IngestRoutes};
 mod ingest;
 pub mod log;
 pub mod metrics;
-mod pipelines;
+pub mod pipelines;
 pub mod server;
 pub mod sql;
 

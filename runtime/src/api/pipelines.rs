@@ -29,6 +29,7 @@ pub fn status_json(d: &Deployed) -> Value {
                 "dropped": s.dropped.load(Ordering::Relaxed),
                 "restarts": s.restarts.load(Ordering::Relaxed),
                 "last_error": *s.error.lock(),
+                "lag_bytes": *s.source_lag_bytes.lock(),
             })
         })
         .collect();

@@ -89,6 +89,9 @@ impl Epochs for SourceRun<'_> {
 
     fn step(&mut self, wait: &Wait) -> Result<(), TaskError> {
         let batch = self.source.poll(MAX_POLL, wait)?;
+        if let Some(lag) = self.source.lag_bytes() {
+            *self.ctx.status.source_lag_bytes.lock() = Some(lag);
+        }
         let Some(position) = batch.position else {
             return Ok(());
         };
