@@ -595,6 +595,32 @@ impl<'a, 'f> KeyScan<'a, '_, 'f> {
 /// a value as it is (a change envelope's `after` row).
 pub fn top_level_fields<'v>(value: &'v [u8], names: &[&str]) -> Option<Vec<Option<&'v [u8]>>> {
     let mut found = vec![None; names.len()];
+    each_top_level_field(value, |key, field| {
+        if let Some(at) = key.and_then(|k| names.iter().position(|n| n.as_bytes() == k)) {
+            found[at] = Some(field);
+        }
+    })?;
+    Some(found)
+}
+
+/// The raw bytes of the only field of the JSON object `value`; `None` when it is not one
+/// JSON object or has no field or several.
+pub fn only_field(value: &[u8]) -> Option<&[u8]> {
+    let mut fields = Vec::with_capacity(1);
+    each_top_level_field(value, |_, field| fields.push(field))?;
+    match fields[..] {
+        [field] => Some(field),
+        _ => None,
+    }
+}
+
+/// Calls `f` with each top-level field of the JSON object `value`: its name's raw bytes
+/// (`None` when spelled with escapes) and its value's; `None` when `value` is not one JSON
+/// object.
+fn each_top_level_field<'v>(
+    value: &'v [u8],
+    mut f: impl FnMut(Option<&'v [u8]>, &'v [u8]),
+) -> Option<()> {
     let mut scan = KeyScan {
         v: value,
         i: 0,
@@ -612,12 +638,7 @@ pub fn top_level_fields<'v>(value: &'v [u8], names: &[&str]) -> Option<Vec<Optio
             scan.peek()?;
             let from = scan.i;
             scan.skip()?;
-            if !escaped {
-                let key = &value[start..end];
-                if let Some(at) = names.iter().position(|n| n.as_bytes() == key) {
-                    found[at] = Some(&value[from..scan.i]);
-                }
-            }
+            f((!escaped).then(|| &value[start..end]), &value[from..scan.i]);
             match scan.peek()? {
                 b',' => scan.i += 1,
                 b'}' => {
@@ -630,7 +651,7 @@ pub fn top_level_fields<'v>(value: &'v [u8], names: &[&str]) -> Option<Vec<Optio
     }
     // Nothing but whitespace may follow.
     match scan.peek() {
-        None => Some(found),
+        None => Some(()),
         Some(_) => None,
     }
 }
@@ -810,6 +831,9 @@ mod tests {
         assert_eq!(got[1], Some(&br#""u""#[..]));
         assert_eq!(got[2], None);
         assert_eq!(top_level_fields(b"{}", &["a"]).unwrap(), vec![None]);
+        assert_eq!(only_field(br#"{"id": "a b"}"#), Some(&br#""a b""#[..]));
+        assert_eq!(only_field(br#"{"a": 1, "b": 2}"#), None);
+        assert_eq!(only_field(b"{}"), None);
         for bad in [
             &b"[1]"[..],
             b"{\"a\": 1",

@@ -285,12 +285,7 @@ impl<'a> From<&'a sluice_log::ConsumerRecord> for Input<'a> {
 /// objects of the key columns; a single key column reads a bare JSON value). A value that
 /// is not such an envelope becomes an empty value, which decoding rejects.
 pub fn unwrap_debezium(r: Input<'_>) -> Input<'_> {
-    let key = r
-        .key
-        .map(|k| match json::top_level_fields(k, &[]).is_some() {
-            true => single_field(k).unwrap_or(k),
-            false => k,
-        });
+    let key = r.key.map(|k| json::only_field(k).unwrap_or(k));
     let Some(v) = r.value else {
         return Input { key, ..r };
     };
@@ -306,20 +301,6 @@ pub fn unwrap_debezium(r: Input<'_>) -> Input<'_> {
         _ => Some(&b""[..]),
     };
     Input { key, value, ..r }
-}
-
-/// The value of a JSON object's only field.
-fn single_field(object: &[u8]) -> Option<&[u8]> {
-    let s = std::str::from_utf8(object).ok()?;
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s).ok()?;
-    let name = match map.len() {
-        1 => map.keys().next()?.clone(),
-        _ => return None,
-    };
-    json::top_level_fields(object, &[name.as_str()])?
-        .into_iter()
-        .next()
-        .flatten()
 }
 
 /// A record that could not be decoded.
