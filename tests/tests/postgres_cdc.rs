@@ -85,6 +85,17 @@ impl Postgres {
         format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Restarts the server (a fast shutdown: clients are cut off), on the same port.
+    fn restart(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("pg.log");
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()])
+            .args(["-m", "fast", "-w", "restart"]));
+    }
+
     /// Runs SQL with psql; its output, tuples only.
     fn sql(&self, sql: &str) -> String {
         psql(&self.bin, self.port, sql)
@@ -589,4 +600,43 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
 
 fn value_of(v: Option<&[u8]>) -> Value {
     serde_json::from_slice(v.unwrap_or(b"null")).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_server_restart_mid_stream_is_retried_and_loses_and_repeats_nothing() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE ev (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cdc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[sources]]\nname = \"pg\"\ntopic = \"pg.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"ev\"] }}\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    let (log, _worker) = crate::common::worker_with(dir.path(), &file);
+    crate::common::wait_for("the slot", || {
+        pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
+    });
+    pg.sql("INSERT INTO ev SELECT generate_series(1, 50)");
+    let ids = || -> Vec<i64> {
+        crate::common::read_committed(&log, "pg.ev")
+            .iter()
+            .map(|r| {
+                value_of(r.value.as_deref())["after"]["id"]
+                    .as_i64()
+                    .unwrap_or(-1)
+            })
+            .collect()
+    };
+    crate::common::wait_for("the first changes", || ids().len() == 50);
+    // The server goes away under the running source and comes back: the task fails,
+    // retries with backoff, and resumes at its committed position.
+    pg.restart();
+    pg.sql("INSERT INTO ev SELECT generate_series(51, 100)");
+    crate::common::wait_for("the changes after the restart", || ids().len() >= 100);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ids(), (1..=100).collect::<Vec<i64>>());
 }
