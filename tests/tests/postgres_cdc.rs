@@ -640,3 +640,25 @@ fn a_server_restart_mid_stream_is_retried_and_loses_and_repeats_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ids(), (1..=100).collect::<Vec<i64>>());
 }
+
+#[test]
+fn the_heartbeat_query_runs_every_status_interval() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE beats (at timestamptz)");
+    let mut c = config(&pg.url("postgres"), &["quiet"]);
+    c.heartbeat_query = Some("INSERT INTO beats VALUES (now())".into());
+    let mut s = PostgresCdcSource::new(c, "p/hb", "t").unwrap();
+    s.open(None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql("SELECT count(*) >= 3 FROM beats") != "t" {
+        assert!(Instant::now() < deadline, "fewer than 3 heartbeats in 30 s");
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            b.routed.is_empty(),
+            "a heartbeat is not a captured change: {:?}",
+            b.routed
+        );
+    }
+}

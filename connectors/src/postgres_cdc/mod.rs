@@ -84,6 +84,13 @@ pub struct PostgresCdcConfig {
     /// How often the position is reported to the server when idle (default `"10s"`).
     #[serde(default = "default_status_interval")]
     pub status_interval: Interval,
+    /// SQL run every `status-interval` on the source's own connection, as Debezium's
+    /// `heartbeat.action.query`: a write (to a table of its own, say) that gives the slot
+    /// WAL of this database to move past when the captured tables are quiet and the server
+    /// (before PostgreSQL 15) would otherwise hold back WAL that other databases write. A
+    /// failure is logged as a warning and retried at the next interval.
+    #[serde(default)]
+    pub heartbeat_query: Option<String>,
     /// Slot lag (WAL bytes the slot holds back) above which a warning is logged; the lag
     /// itself is in the pipeline's status (`lag_bytes`) and the `sluice_source_lag_bytes`
     /// metric (default 1 GiB).
@@ -176,6 +183,7 @@ struct Settings {
     status_interval: Duration,
     max_transaction_records: usize,
     lag_warning: u64,
+    heartbeat: Option<String>,
     /// The slot's lag as last measured, and whether it was.
     lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
     lag_known: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -292,6 +300,7 @@ impl PostgresCdcSource {
                 status_interval: config.status_interval.0,
                 max_transaction_records: config.max_transaction_records,
                 lag_warning: config.slot_lag_warning_bytes,
+                heartbeat: config.heartbeat_query.clone(),
                 lag: Default::default(),
                 lag_known: Default::default(),
             },

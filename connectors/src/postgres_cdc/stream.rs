@@ -269,6 +269,11 @@ async fn stream(
     loop {
         let event = tokio::select! {
             _ = measure.tick() => {
+                if let Some(q) = &s.heartbeat {
+                    if let Err(e) = admin.batch_execute(q).await {
+                        tracing::warn!(slot = %s.slot, error = %pg_err("heartbeat-query", e), "The heartbeat query failed; it runs again at the next interval.");
+                    }
+                }
                 // A failed measurement is not a reason to stop capturing: the next tick
                 // tries again, and the stream itself reports a lost server.
                 if let Ok(Some(row)) = admin
