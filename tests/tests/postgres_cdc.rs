@@ -579,14 +579,7 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     child.wait().unwrap();
     let log =
         sluice_log::Log::open(work.path().join("data"), sluice_log::LogOptions::default()).unwrap();
-    let ids: Vec<i64> = crate::common::read_committed(&log, "pg.pay")
-        .iter()
-        .map(|r| {
-            value_of(r.value.as_deref())["after"]["id"]
-                .as_i64()
-                .unwrap_or(-1)
-        })
-        .collect();
+    let ids = after_ids(&log, "pg.pay");
     let want: Vec<i64> = (2..=2 * i64::from(N) + 1).collect();
     assert_eq!(
         ids.len(),
@@ -598,8 +591,16 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     assert_eq!(ids, want, "every change once, in commit order");
 }
 
-fn value_of(v: Option<&[u8]>) -> Value {
-    serde_json::from_slice(v.unwrap_or(b"null")).unwrap_or(Value::Null)
+/// The `after.id` of each committed record of `topic` (-1 where there is none).
+fn after_ids(log: &sluice_log::Log, topic: &str) -> Vec<i64> {
+    crate::common::read_committed(log, topic)
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(r.value.as_deref().unwrap_or(b"null"))
+                .unwrap_or(Value::Null);
+            v["after"]["id"].as_i64().unwrap_or(-1)
+        })
+        .collect()
 }
 
 #[test]
@@ -621,16 +622,7 @@ fn a_server_restart_mid_stream_is_retried_and_loses_and_repeats_nothing() {
         pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
     });
     pg.sql("INSERT INTO ev SELECT generate_series(1, 50)");
-    let ids = || -> Vec<i64> {
-        crate::common::read_committed(&log, "pg.ev")
-            .iter()
-            .map(|r| {
-                value_of(r.value.as_deref())["after"]["id"]
-                    .as_i64()
-                    .unwrap_or(-1)
-            })
-            .collect()
-    };
+    let ids = || after_ids(&log, "pg.ev");
     crate::common::wait_for("the first changes", || ids().len() == 50);
     // The server goes away under the running source and comes back: the task fails,
     // retries with backoff, and resumes at its committed position.

@@ -259,9 +259,8 @@ async fn stream(
 ) -> Result<(), ConnectorError> {
     let mut tables = Tables::new(&s.topic, &s.database, s.tables.clone(), s.tombstones);
     let mut open: Option<Open> = None;
+    // The last transaction handed to `poll`, and the end LSN of the last the log holds.
     let mut done = from.clone();
-    // The end LSN of the last transaction handed to `poll` and the last the log holds.
-    let mut delivered = from.end_lsn;
     let mut acked = from.end_lsn;
     let mut measure = tokio::time::interval(s.status_interval);
     measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -410,7 +409,6 @@ async fn stream(
                     end_lsn: u64::from(end_lsn),
                     partial: None,
                 };
-                delivered = done.end_lsn;
                 send(
                     tx,
                     Chunk {
@@ -422,7 +420,9 @@ async fn stream(
             }
             // Nothing read is waiting for the log: WAL up to here holds nothing for us, so
             // the slot may let it go (else quiet tables pin WAL forever).
-            ReplicationEvent::KeepAlive { wal_end, .. } if open.is_none() && acked >= delivered => {
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if open.is_none() && acked >= done.end_lsn =>
+            {
                 client.update_applied_lsn(wal_end);
             }
             _ => {}
