@@ -165,6 +165,23 @@ impl Tables {
         Ok(out)
     }
 
+    /// The relation described under `id`.
+    pub fn relation(&self, id: u32) -> Option<&Relation> {
+        self.relations.get(&id)
+    }
+
+    /// The record of a row a snapshot read (`op` `"r"`, no `before`).
+    pub fn read(&self, relation: u32, t: &Tuple, at: Place, now_ms: i64) -> Result<Routed, String> {
+        let rel = self
+            .relations
+            .get(&relation)
+            .ok_or_else(|| format!("a row of relation {relation}, which was never described"))?;
+        let after = row(rel, t, None);
+        let key = key_of(rel, Some(&after));
+        let value = self.envelope(rel, "r", Value::Null, Value::Object(after), at, now_ms);
+        Ok(self.record(rel, key, Some(value), at))
+    }
+
     /// Debezium's envelope (as its JSON converter writes it without schemas).
     fn envelope(
         &self,

@@ -33,6 +33,7 @@
 
 pub mod envelope;
 pub mod pgoutput;
+mod snapshot;
 mod stream;
 
 use std::fmt;
@@ -74,9 +75,17 @@ pub struct PostgresCdcConfig {
     /// and the WAL it holds, stay for a pipeline deployed again later).
     #[serde(default)]
     pub slot_drop_on_delete: bool,
-    /// Where capture starts: `"never"` (no snapshot: changes from the slot's creation on).
+    /// Where capture starts (default `"initial"`): `"initial"` reads every row of the
+    /// tables first (as `"r"` records) and then streams the changes from that snapshot's
+    /// consistent point on; `"never"` streams the changes from the slot's creation on;
+    /// `"when-needed"` is `"initial"` that also takes a new snapshot when the slot is gone
+    /// or invalidated (its changes since the position were lost, so rows are read again).
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// Rows one snapshot query reads at most (default 10240): each such chunk is one step
+    /// of the snapshot's progress in the position, where a restart resumes.
+    #[serde(default = "default_snapshot_fetch_size")]
+    pub snapshot_fetch_size: usize,
     /// Write a tombstone (the key with no value) after each delete, so a compacted topic
     /// forgets the row (default true, as Debezium).
     #[serde(default = "default_true")]
@@ -100,6 +109,10 @@ pub struct PostgresCdcConfig {
     /// split (each part still exactly once, but readers may see a part before the rest).
     #[serde(default = "default_max_transaction_records")]
     pub max_transaction_records: usize,
+}
+
+fn default_snapshot_fetch_size() -> usize {
+    10_240
 }
 
 fn default_true() -> bool {
@@ -158,9 +171,13 @@ fn redact(url: &str) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SnapshotMode {
-    /// No snapshot: the changes from the slot's creation on.
+    /// Every row first, then the changes after it, when the source has no position yet.
     #[default]
+    Initial,
+    /// No snapshot: the changes from the slot's creation on.
     Never,
+    /// As `Initial`, and again when the slot is gone or invalidated.
+    WhenNeeded,
 }
 
 /// How long `open` waits for the replication session to start.
@@ -184,6 +201,8 @@ struct Settings {
     max_transaction_records: usize,
     lag_warning: u64,
     heartbeat: Option<String>,
+    snapshot: SnapshotMode,
+    snapshot_fetch: usize,
     /// The slot's lag as last measured, and whether it was.
     lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
     lag_known: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -199,6 +218,10 @@ struct Position {
     /// When only part of it is in the log: how many of its changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partial: Option<u64>,
+    /// The initial snapshot's progress: while it runs, and after it while streamed changes
+    /// may still be older than rows it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<snapshot::Progress>,
 }
 
 /// A name PostgreSQL takes for a slot: lower case letters, digits and `_`, at most 63.
@@ -258,6 +281,9 @@ impl PostgresCdcSource {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
         let database = pg.get_dbname().unwrap_or(&user).to_string();
+        if config.snapshot_fetch_size == 0 {
+            return Err(bad("snapshot-fetch-size must be at least 1".into()));
+        }
         if config.max_transaction_records == 0 {
             return Err(bad("max-transaction-records must be at least 1".into()));
         }
@@ -301,6 +327,8 @@ impl PostgresCdcSource {
                 max_transaction_records: config.max_transaction_records,
                 lag_warning: config.slot_lag_warning_bytes,
                 heartbeat: config.heartbeat_query.clone(),
+                snapshot: config.snapshot,
+                snapshot_fetch: config.snapshot_fetch_size,
                 lag: Default::default(),
                 lag_known: Default::default(),
             },

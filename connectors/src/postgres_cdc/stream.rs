@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::envelope::{Place, Routed, Tables};
 use super::pgoutput::{self, Message};
-use super::{Position, Settings};
+use super::snapshot;
+use super::{Position, Settings, SnapshotMode};
 use crate::ConnectorError;
 
 /// Records of one transaction, or of a part of one too large for one piece.
@@ -37,7 +38,7 @@ pub enum Item {
     Failed(ConnectorError),
 }
 
-fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
+pub fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     // The server's message when it sent one (it never holds the password).
     let Some(db) = e.as_db_error() else {
         return ConnectorError::Postgres(format!("{what}: {e}"));
@@ -55,7 +56,7 @@ fn repl_err(what: &str, e: pgwire_replication::PgWireError) -> ConnectorError {
     ConnectorError::Postgres(format!("{what}: {e}"))
 }
 
-fn fatal(msg: String) -> ConnectorError {
+pub fn fatal(msg: String) -> ConnectorError {
     ConnectorError::Config(format!("postgres-cdc: {msg}"))
 }
 
@@ -179,8 +180,150 @@ async fn session(
             &[&s.slot],
         )
         .await
-        .map_err(|e| pg_err("look up the slot", e))?;
-    let cfg = ReplicationConfig::new(
+        .map_err(|e| pg_err("look up the slot", e))?
+        .map(|row| row.get::<_, Option<String>>(0));
+    let cfg = replication_config(s, from.end_lsn);
+    let mut client = ReplicationClient::connect_gated(cfg.clone())
+        .await
+        .map_err(|e| repl_err("open the replication session", e))?;
+    let mut from = from;
+    let fresh = from == Position::default();
+    let slot_lost = slot.as_ref().is_some_and(|w| w.as_deref() == Some("lost"));
+    if slot_lost {
+        if s.snapshot != SnapshotMode::WhenNeeded {
+            return Err(fatal(format!(
+                "replication slot '{}' was invalidated (the server removed WAL it still needed, see max_slot_wal_keep_size); changes were lost: drop the slot (SELECT pg_drop_replication_slot('...')) and start the source again; it captures from then on, or set snapshot = \"when-needed\" to read every row again",
+                s.slot
+            )));
+        }
+        client
+            .simple_query(&format!("DROP_REPLICATION_SLOT {}", ident(&s.slot)))
+            .await
+            .map_err(|e| repl_err("drop the invalidated replication slot", e))?;
+        tracing::warn!(slot = %s.slot, "The replication slot was invalidated and is dropped; a new snapshot reads every row again.");
+    }
+    if (slot.is_none() || slot_lost) && !fresh {
+        // Streaming on from a new slot would skip every change since the position.
+        if s.snapshot != SnapshotMode::WhenNeeded {
+            return Err(fatal(format!(
+                "replication slot '{}' is gone, but the source has read up to LSN {}: the changes since then went with the slot; set snapshot = \"when-needed\" to read every row again from a new slot",
+                s.slot,
+                pgoutput::lsn_string(from.end_lsn)
+            )));
+        }
+        tracing::warn!(slot = %s.slot, "The replication slot is gone; a new snapshot reads every row again.");
+        from = Position::default();
+    }
+    let snapshotting = from.snapshot.as_ref().is_some_and(|p| !p.done);
+    let wants_snapshot =
+        snapshotting || (from == Position::default() && s.snapshot != SnapshotMode::Never);
+    let mut tables = Tables::new(&s.topic, &s.database, s.tables.clone(), s.tombstones);
+    // The exported snapshot to read, with its consistent point, when one is wanted.
+    let mut export: Option<(String, u64)> = None;
+    let mut temporary: Option<ReplicationClient> = None;
+    if slot.is_none() || slot_lost {
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{}')",
+                ident(&s.slot),
+                if wants_snapshot { "export" } else { "nothing" }
+            ))
+            .await
+            .map_err(|e| repl_err("create the replication slot", e))?;
+        tracing::info!(slot = %s.slot, "Created the replication slot.");
+        if wants_snapshot {
+            export = Some(exported(&rows)?);
+        }
+    } else if wants_snapshot {
+        // The slot was made before (by a run that did not finish its snapshot, or by
+        // hand): a temporary slot exports a snapshot of its own, and the rows read from it
+        // are told apart by its consistent point.
+        let mut temp = ReplicationClient::connect_gated(cfg)
+            .await
+            .map_err(|e| repl_err("open a session for the snapshot", e))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let name: String = format!("{}_{nanos:x}", s.slot.chars().take(50).collect::<String>());
+        let rows = temp
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
+                ident(&name)
+            ))
+            .await
+            .map_err(|e| repl_err("create a temporary slot for the snapshot", e))?;
+        export = Some(exported(&rows)?);
+        temporary = Some(temp);
+    }
+    let mut described = Vec::new();
+    if let Some((name, lsn)) = export {
+        let mut progress = from.snapshot.clone().unwrap_or_default();
+        if progress.parts.is_empty() {
+            progress.tables = snapshot::table_names(s, &admin).await?;
+        }
+        let (table, key) = progress
+            .parts
+            .last()
+            .map_or((0, None), |p| (p.table, p.key.clone()));
+        progress.parts.push(snapshot::Part { lsn, table, key });
+        let (reader, conn) =
+            s.pg.connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_err("connect for the snapshot", e))?;
+        tokio::spawn(conn);
+        reader
+            .batch_execute(&format!(
+                "SET datestyle = ISO; SET timezone = UTC; SET intervalstyle = postgres; SET extra_float_digits = 3; SET standard_conforming_strings = on; \
+                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{name}'"
+            ))
+            .await
+            .map_err(|e| pg_err("import the slot's snapshot", e))?;
+        // The reading transaction holds the snapshot now; the temporary slot may go.
+        drop(temporary.take());
+        for t in &progress.tables {
+            described.push(snapshot::describe(&reader, &s.publication, t).await?);
+        }
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        match progress.parts.len() {
+            1 => {
+                tracing::info!(slot = %s.slot, tables = progress.tables.len(), "The snapshot starts.")
+            }
+            n => {
+                tracing::info!(slot = %s.slot, tables = progress.tables.len(), part = n, "The snapshot resumes where the log's position says, from a new exported snapshot.")
+            }
+        }
+        let progress = snapshot::read(s, &reader, &mut tables, &described, progress, tx).await?;
+        let _ = reader.batch_execute("COMMIT").await;
+        from = Position {
+            snapshot: Some(progress),
+            ..Position::default()
+        };
+    } else if let Some(progress) = &from.snapshot {
+        for t in &progress.tables {
+            described.push(snapshot::describe(&admin, &s.publication, t).await?);
+        }
+    }
+    let filter = from
+        .snapshot
+        .as_ref()
+        .and_then(|p| snapshot::Filter::new(p, described));
+    client
+        .start()
+        .await
+        .map_err(|e| repl_err("start replication", e))?;
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
+    }
+    stream(s, from, client, &admin, tables, filter, tx, acks).await
+}
+
+/// The replication session's settings, starting at `start_lsn` (0: the slot's confirmed
+/// position).
+fn replication_config(s: &Settings, start_lsn: u64) -> ReplicationConfig {
+    ReplicationConfig::new(
         s.host.clone(),
         s.user.clone(),
         s.password.clone(),
@@ -190,45 +333,31 @@ async fn session(
     )
     .with_port(s.port)
     .with_tls(TlsConfig::disabled())
-    .with_start_lsn(Lsn::from(from.end_lsn))
+    .with_start_lsn(Lsn::from(start_lsn))
     .with_status_interval(s.status_interval)
     .with_application_name("sluice-cdc")
     .with_options(
         "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3",
-    );
-    let mut client = ReplicationClient::connect_gated(cfg)
-        .await
-        .map_err(|e| repl_err("open the replication session", e))?;
-    match slot {
-        Some(row) => {
-            let status: Option<String> = row.get(0);
-            if status.as_deref() == Some("lost") {
-                return Err(fatal(format!(
-                    "replication slot '{}' was invalidated (the server removed WAL it still needed, see max_slot_wal_keep_size); changes were lost: drop the slot (SELECT pg_drop_replication_slot('...')) and start the source again; it captures from then on",
-                    s.slot
-                )));
-            }
-        }
-        None => {
-            let sql = format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
-                ident(&s.slot)
-            );
-            client
-                .simple_query(&sql)
-                .await
-                .map_err(|e| repl_err("create the replication slot", e))?;
-            tracing::info!(slot = %s.slot, "Created the replication slot.");
-        }
-    }
-    client
-        .start()
-        .await
-        .map_err(|e| repl_err("start replication", e))?;
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
-    stream(s, from, client, &admin, tx, acks).await
+    )
+}
+
+/// The snapshot name and consistent point of a `CREATE_REPLICATION_SLOT ... (SNAPSHOT
+/// 'export')` answer (slot_name, consistent_point, snapshot_name, output_plugin).
+fn exported(rows: &[pgwire_replication::QueryRow]) -> Result<(String, u64), ConnectorError> {
+    let text = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let (Some(lsn), Some(name)) = (text(1), text(2)) else {
+        return Err(ConnectorError::Postgres(
+            "CREATE_REPLICATION_SLOT answered without a consistent point and snapshot".into(),
+        ));
+    };
+    let lsn = Lsn::parse(&lsn).map_err(|e| {
+        ConnectorError::Postgres(format!("the slot's consistent point '{lsn}': {e}"))
+    })?;
+    Ok((name, u64::from(lsn)))
 }
 
 /// A transaction being read.
@@ -247,17 +376,19 @@ struct Open {
 
 /// Bytes of records one piece of a transaction holds at most: with the channel's pieces,
 /// what the session buffers stays near 1 GiB however large the rows.
-const MAX_CHUNK_BYTES: usize = 64 << 20;
+pub const MAX_CHUNK_BYTES: usize = 64 << 20;
 
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     s: &Settings,
     from: Position,
     mut client: ReplicationClient,
     admin: &tokio_postgres::Client,
+    mut tables: Tables,
+    filter: Option<snapshot::Filter>,
     tx: &mpsc::Sender<Item>,
     acks: &mut watch::Receiver<u64>,
 ) -> Result<(), ConnectorError> {
-    let mut tables = Tables::new(&s.topic, &s.database, s.tables.clone(), s.tombstones);
     let mut open: Option<Open> = None;
     // The last transaction handed to `poll`, and the end LSN of the last the log holds.
     let mut done = from.clone();
@@ -368,9 +499,22 @@ async fn stream(
                             snapshot: "false",
                         };
                         let now = sluice_log::record::now_ms();
-                        let records = tables
-                            .records(&message, place, now)
-                            .map_err(ConnectorError::Postgres)?;
+                        let records = match &filter {
+                            Some(f) if f.active(t.commit_lsn) => {
+                                let mut out = Vec::new();
+                                for m in unread(f, admin, &tables, message, t.commit_lsn).await? {
+                                    out.extend(
+                                        tables
+                                            .records(&m, place, now)
+                                            .map_err(ConnectorError::Postgres)?,
+                                    );
+                                }
+                                out
+                            }
+                            _ => tables
+                                .records(&message, place, now)
+                                .map_err(ConnectorError::Postgres)?,
+                        };
                         t.bytes += records
                             .iter()
                             .map(|(_, r)| {
@@ -408,6 +552,11 @@ async fn stream(
                     commit_lsn: t.commit_lsn,
                     end_lsn: u64::from(end_lsn),
                     partial: None,
+                    // Kept while later changes may still be older than rows it read.
+                    snapshot: filter
+                        .as_ref()
+                        .filter(|f| f.active(t.commit_lsn))
+                        .map(|f| f.progress().clone()),
                 };
                 send(
                     tx,
@@ -427,6 +576,79 @@ async fn stream(
             }
             _ => {}
         }
+    }
+}
+
+/// The parts of a change a resumed snapshot does not hold already: the change itself, or
+/// nothing, or for a key change that crosses from one snapshot part to another the delete
+/// of the old key or the insert of the new one alone.
+async fn unread(
+    f: &snapshot::Filter,
+    admin: &tokio_postgres::Client,
+    tables: &Tables,
+    message: Message,
+    commit_lsn: u64,
+) -> Result<Vec<Message>, ConnectorError> {
+    let id = match &message {
+        Message::Insert { relation, .. }
+        | Message::Update { relation, .. }
+        | Message::Delete { relation, .. } => *relation,
+        // A truncate is newer than some rows read, at least: it is emitted.
+        _ => return Ok(vec![message]),
+    };
+    let Some(rel) = tables.relation(id) else {
+        // `records` says why it cannot be emitted.
+        return Ok(vec![message]);
+    };
+    let table = format!("{}.{}", rel.namespace, rel.name);
+    let emit = |tuple: &pgoutput::Tuple| {
+        let key = f.key_text(rel, tuple);
+        let table = table.clone();
+        async move {
+            match key {
+                Some(k) if k.iter().all(Option::is_some) => {
+                    f.emit(admin, &table, &k, commit_lsn).await
+                }
+                _ => Ok(true),
+            }
+        }
+    };
+    let keep = match &message {
+        Message::Insert { new, .. } => emit(new).await?,
+        Message::Delete { old, .. } => emit(old_tuple(old)).await?,
+        Message::Update { old, new, relation } => {
+            let new_key = emit(new).await?;
+            let Some(old) = old else {
+                return Ok(if new_key { vec![message] } else { Vec::new() });
+            };
+            let old_key = emit(old_tuple(old)).await?;
+            if old_key == new_key {
+                old_key
+            } else {
+                let mut out = Vec::new();
+                if old_key {
+                    out.push(Message::Delete {
+                        relation: *relation,
+                        old: pgoutput::OldTuple::Key(old_tuple(old).clone()),
+                    });
+                }
+                if new_key {
+                    out.push(Message::Insert {
+                        relation: *relation,
+                        new: new.clone(),
+                    });
+                }
+                return Ok(out);
+            }
+        }
+        _ => true,
+    };
+    Ok(if keep { vec![message] } else { Vec::new() })
+}
+
+fn old_tuple(old: &pgoutput::OldTuple) -> &pgoutput::Tuple {
+    match old {
+        pgoutput::OldTuple::Key(t) | pgoutput::OldTuple::Full(t) => t,
     }
 }
 
@@ -455,7 +677,7 @@ async fn primary_key(
     Ok(())
 }
 
-async fn send(tx: &mpsc::Sender<Item>, chunk: Chunk) -> Result<(), ConnectorError> {
+pub async fn send(tx: &mpsc::Sender<Item>, chunk: Chunk) -> Result<(), ConnectorError> {
     tx.send(Item::Chunk(chunk))
         .await
         .map_err(|_| ConnectorError::Postgres("the source stopped".into()))
