@@ -795,3 +795,58 @@ fn a_snapshot_under_writes_interrupted_twice_reads_every_row_once_and_misses_no_
         read.len()
     );
 }
+
+#[test]
+fn a_gone_slot_is_an_error_unless_when_needed_takes_a_new_snapshot() {
+    let pg = Postgres::start("logical");
+    pg.sql("CREATE TABLE acc (id int PRIMARY KEY, v int)");
+    pg.sql("INSERT INTO acc VALUES (1, 1), (2, 2)");
+    let new = |mode: &str| {
+        let mut c = config(&pg.url("postgres"), &["acc"]);
+        c.snapshot = serde_json::from_value(Value::String(mode.into())).unwrap();
+        PostgresCdcSource::new(c, "p/acc", "pg.{table}").unwrap()
+    };
+    let ops = |got: &[Routed]| -> Vec<String> {
+        got.iter()
+            .map(|(_, r)| {
+                let v = value(r);
+                format!("{} {}", v["op"].as_str().unwrap_or("-"), v["after"]["id"])
+            })
+            .collect()
+    };
+    let mut s = new("initial");
+    s.open(None).unwrap();
+    let mut got = Vec::new();
+    let mut position = None;
+    pg.sql("INSERT INTO acc VALUES (3, 3)");
+    while got.len() < 3 {
+        let b = s.poll(100, &Wait::timeout(Duration::from_secs(10))).unwrap();
+        got.extend(b.routed);
+        position = b.position.or(position);
+    }
+    assert_eq!(ops(&got), ["r 1", "r 2", "c 3"]);
+    s.committed();
+    drop(s);
+    // The slot goes (dropped by hand, or invalidated): the changes since the position
+    // went with it.
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE active";
+    crate::common::wait_for("the session to end", || pg.sql(slots) == "0");
+    pg.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots");
+    pg.sql("INSERT INTO acc VALUES (4, 4)");
+    let mut s = new("initial");
+    let e = s.open(position.as_deref()).unwrap_err().to_string();
+    assert!(
+        e.contains("replication slot 'sluice_p_acc' is gone") && e.contains("when-needed"),
+        "{e}"
+    );
+    // when-needed reads every row again from a new slot, then streams.
+    let mut s = new("when-needed");
+    s.open(position.as_deref()).unwrap();
+    pg.sql("UPDATE acc SET v = 5 WHERE id = 4");
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let b = s.poll(100, &Wait::timeout(Duration::from_secs(10))).unwrap();
+        got.extend(b.routed);
+    }
+    assert_eq!(ops(&got), ["r 1", "r 2", "r 3", "r 4", "u 4"]);
+}
