@@ -68,6 +68,11 @@ pub struct SourceBatch {
     /// Keeps a position small when a source remembers many things (HTTP ingest's
     /// idempotency keys): each entry is written once, not with every position.
     pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The value schema of a routed topic, registered (subject `<topic>-value`) before the
+    /// batch's records are written: a CDC source's table shape, first seen or changed. A
+    /// topic created for it has its subject's compatibility level set to `NONE`, since the
+    /// table, not the registry, decides how it evolves.
+    pub schemas: Vec<(String, RecordSchema)>,
 }
 
 /// FNV-1a 64 of `bytes`: a stable fingerprint (the same in every build and release, unlike

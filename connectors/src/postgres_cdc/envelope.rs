@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use sluice_log::Record;
+use sluice_log::schema::{FieldSchema, FieldType, RecordSchema};
 
 use super::pgoutput::{self, Datum, Message, OldTuple, Relation, Tuple};
 
@@ -226,6 +227,56 @@ impl Tables {
             timestamp: at.commit_ms,
         };
         (self.topic_of(&rel.namespace, &rel.name), record)
+    }
+}
+
+/// The schema of a table's records (the envelope around its rows) for the registry: each
+/// column nullable (a later `ALTER TABLE` may drop a NOT NULL, and deletes carry only the
+/// key), typed as [`pgoutput::datum_to_json`] writes it; a type without a JSON rule of its
+/// own is a string.
+pub fn value_schema(rel: &Relation) -> RecordSchema {
+    let row: Vec<FieldSchema> = rel
+        .columns
+        .iter()
+        .map(|c| FieldSchema::nullable(c.name.clone(), field_type(c.type_oid)))
+        .collect();
+    let text = |n: &str| FieldSchema::new(n, FieldType::String);
+    let long = |n: &str| FieldSchema::new(n, FieldType::Int64);
+    let source = vec![
+        text("version"),
+        text("connector"),
+        text("name"),
+        long("ts_ms"),
+        text("snapshot"),
+        text("db"),
+        text("schema"),
+        text("table"),
+        long("txId"),
+        long("lsn"),
+    ];
+    RecordSchema::new(vec![
+        FieldSchema::nullable("before", FieldType::Struct(row.clone())),
+        FieldSchema::nullable("after", FieldType::Struct(row)),
+        FieldSchema::new("source", FieldType::Struct(source)),
+        text("op"),
+        long("ts_ms"),
+    ])
+}
+
+fn field_type(oid: u32) -> FieldType {
+    match oid {
+        16 => FieldType::Boolean,
+        21 | 23 => FieldType::Int32,
+        // timestamp and time: microseconds.
+        20 | 26 | 1114 | 1083 => FieldType::Int64,
+        700 => FieldType::Float32,
+        701 => FieldType::Float64,
+        17 => FieldType::Bytes,
+        1082 => FieldType::Date,
+        oid => match pgoutput::element_type(oid) {
+            Some(e) => FieldType::array(field_type(e), true),
+            None => FieldType::String,
+        },
     }
 }
 

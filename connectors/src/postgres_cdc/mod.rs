@@ -360,12 +360,25 @@ impl PostgresCdcSource {
         max: usize,
         wait: &Wait,
     ) -> Result<(Vec<Routed>, Option<Vec<u8>>)> {
+        let (records, _, position) = self.poll_with_schemas(max, wait)?;
+        Ok((records, position))
+    }
+
+    /// Polls like [`Source::poll`]: the records with their topics, the table shapes to
+    /// register before them, and the position after them.
+    #[allow(clippy::type_complexity)]
+    fn poll_with_schemas(
+        &mut self,
+        max: usize,
+        wait: &Wait,
+    ) -> Result<(Vec<Routed>, Vec<(String, sluice_log::schema::RecordSchema)>, Option<Vec<u8>>)> {
         let (Some(rt), Some(items)) = (self.runtime.as_ref(), self.items.as_mut()) else {
             return Err(ConnectorError::Config(
                 "postgres-cdc: poll before open".into(),
             ));
         };
         let mut records = Vec::new();
+        let mut schemas = Vec::new();
         let mut position = None;
         loop {
             let item = match records.is_empty() {
@@ -399,6 +412,7 @@ impl PostgresCdcSource {
                         self.polled_end = c.position.end_lsn;
                     }
                     records.extend(c.records);
+                    schemas.extend(c.schemas);
                     position = Some(c.position);
                     if records.len() >= max {
                         break;
@@ -412,7 +426,7 @@ impl PostgresCdcSource {
             }
             None => None,
         };
-        Ok((records, position))
+        Ok((records, schemas, position))
     }
 }
 
@@ -529,10 +543,11 @@ impl Source for PostgresCdcSource {
     }
 
     fn poll(&mut self, max: usize, wait: &Wait) -> Result<SourceBatch> {
-        let (routed, position) = self.poll_routed(max, wait)?;
+        let (routed, schemas, position) = self.poll_with_schemas(max, wait)?;
         Ok(SourceBatch {
             records: Vec::new(),
             routed,
+            schemas,
             position,
             ..SourceBatch::default()
         })

@@ -311,8 +311,11 @@ pub async fn read(
         lsn,
         snapshot: "true",
     };
+    let mut schemas = Vec::new();
     for t in described.iter().flatten() {
         tables.describe(t.relation.clone());
+        let r = &t.relation;
+        schemas.push((tables.topic_of(&r.namespace, &r.name), super::envelope::value_schema(r)));
     }
     let started = std::time::Instant::now();
     let mut rows_read = 0u64;
@@ -401,7 +404,8 @@ pub async fn read(
                 snapshot: Some(progress.clone()),
                 ..Position::default()
             };
-            send(tx, Chunk { records, position }).await?;
+            let schemas = std::mem::take(&mut schemas);
+            send(tx, Chunk { records, schemas, position }).await?;
         }
     }
     progress.done = true;
@@ -413,6 +417,7 @@ pub async fn read(
         tx,
         Chunk {
             records: Vec::new(),
+            schemas,
             position,
         },
     )

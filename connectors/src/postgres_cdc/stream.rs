@@ -14,7 +14,9 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::envelope::{Place, Routed, Tables};
+use sluice_log::schema::RecordSchema;
+
+use super::envelope::{Place, Routed, Tables, value_schema};
 use super::pgoutput::{self, Message};
 use super::snapshot;
 use super::{Position, Settings, SnapshotMode};
@@ -25,6 +27,8 @@ use crate::ConnectorError;
 pub struct Chunk {
     /// The records, in change order.
     pub records: Vec<Routed>,
+    /// The value schemas of tables first seen or changed before these records.
+    pub schemas: Vec<(String, RecordSchema)>,
     /// The position after them.
     pub position: Position,
 }
@@ -390,6 +394,8 @@ async fn stream(
     acks: &mut watch::Receiver<u64>,
 ) -> Result<(), ConnectorError> {
     let mut open: Option<Open> = None;
+    // Table shapes to register with the next records.
+    let mut schemas = Vec::new();
     // The last transaction handed to `poll`, and the end LSN of the last the log holds.
     let mut done = from.clone();
     let mut acked = from.end_lsn;
@@ -475,8 +481,13 @@ async fn stream(
                     Message::Relation(mut r) => {
                         primary_key(admin, &mut r).await?;
                         let name = format!("{}.{}", r.namespace, r.name);
+                        if tables.wanted(&r.namespace, &r.name) {
+                            // Registering is idempotent: a shape seen before keeps its
+                            // version.
+                            schemas.push((tables.topic_of(&r.namespace, &r.name), value_schema(&r)));
+                        }
                         if tables.describe(r) {
-                            tracing::info!(table = %name, "The table's columns changed; its records take the new shape from here.");
+                            tracing::info!(table = %name, "The table's columns changed; its records take the new shape (and a new schema version) from here.");
                         }
                     }
                     Message::Insert { .. }
@@ -535,7 +546,7 @@ async fn stream(
                                 ..done.clone()
                             };
                             let records = std::mem::take(&mut t.records);
-                            send(tx, Chunk { records, position }).await?;
+                            send(tx, Chunk { records, schemas: std::mem::take(&mut schemas), position }).await?;
                         }
                     }
                     _ => {}
@@ -562,6 +573,7 @@ async fn stream(
                     tx,
                     Chunk {
                         records: t.records,
+                        schemas: std::mem::take(&mut schemas),
                         position: done.clone(),
                     },
                 )

@@ -120,6 +120,21 @@ impl Epochs for SourceRun<'_> {
                 e.rejected += 1;
             }
         }
+        for (topic, schema) in &batch.schemas {
+            let registry = self.task.log.schemas();
+            let subject = sluice_log::schema::value_subject(topic);
+            if self.task.log.topic(topic).is_err() {
+                match self.task.log.create_topic(topic, 1, &[]) {
+                    Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                registry.set_compatibility(
+                    Some(&subject),
+                    sluice_log::schema::CompatibilityLevel::None,
+                )?;
+            }
+            registry.register(&subject, schema)?;
+        }
         for (topic, r) in batch.routed {
             if self.task.log.topic(&topic).is_err() {
                 // A table seen for the first time: its topic is made like the source's
