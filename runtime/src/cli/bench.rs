@@ -34,6 +34,10 @@ pub enum BenchCommand {
     /// HTTP ingest with idempotency keys for a while, then SIGKILL and restart: bytes of
     /// source positions per MB of data, and the time from the restart to the first answer.
     Ingest(super::bench_ingest::IngestBenchArgs),
+    /// Postgres CDC: row changes per second captured into topics from a pgbench load,
+    /// beside pg_recvlogical decoding the same changes to /dev/null; prints both and the
+    /// ratio.
+    Cdc(super::bench_cdc::CdcBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -167,6 +171,7 @@ impl BenchCommand {
             BenchCommand::Pipeline(a) => a.run(),
             BenchCommand::Eos(a) => a.run(),
             BenchCommand::Ingest(a) => a.run(),
+            BenchCommand::Cdc(a) => a.run(),
         }
     }
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sluice_log::{FsyncPolicy, Log, LogOptions};
 
 pub mod bench;
+pub mod bench_cdc;
 pub mod bench_eos;
 pub mod bench_ingest;
 pub mod bench_pipeline;
