@@ -407,13 +407,25 @@ fn a_pipeline_source_writes_each_table_to_its_topic() {
     // new version of it.
     let subject = "pg.public.thresholds-value";
     let registry = log.schemas();
-    assert_eq!(registry.versions(subject), vec![1], "{:?}", registry.subjects());
+    assert_eq!(
+        registry.versions(subject),
+        vec![1],
+        "{:?}",
+        registry.subjects()
+    );
     pg.sql("ALTER TABLE thresholds ADD COLUMN note text");
     pg.sql("INSERT INTO thresholds VALUES ('cy', 1, 'new')");
-    crate::common::wait_for("the row of the new shape", || read("pg.public.thresholds").len() == 4);
+    crate::common::wait_for("the row of the new shape", || {
+        read("pg.public.thresholds").len() == 4
+    });
     assert_eq!(registry.versions(subject), vec![1, 2]);
     let latest = registry.latest(subject).unwrap();
-    let after = latest.schema.fields.iter().find(|f| f.name == "after").unwrap();
+    let after = latest
+        .schema
+        .fields
+        .iter()
+        .find(|f| f.name == "after")
+        .unwrap();
     match &after.ty {
         sluice_log::schema::FieldType::Struct(cols) => {
             let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
@@ -838,7 +850,9 @@ fn a_gone_slot_is_an_error_unless_when_needed_takes_a_new_snapshot() {
     let mut position = None;
     pg.sql("INSERT INTO acc VALUES (3, 3)");
     while got.len() < 3 {
-        let b = s.poll(100, &Wait::timeout(Duration::from_secs(10))).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_secs(10)))
+            .unwrap();
         got.extend(b.routed);
         position = b.position.or(position);
     }
@@ -863,8 +877,87 @@ fn a_gone_slot_is_an_error_unless_when_needed_takes_a_new_snapshot() {
     pg.sql("UPDATE acc SET v = 5 WHERE id = 4");
     let mut got = Vec::new();
     while got.len() < 5 {
-        let b = s.poll(100, &Wait::timeout(Duration::from_secs(10))).unwrap();
+        let b = s
+            .poll(100, &Wait::timeout(Duration::from_secs(10)))
+            .unwrap();
         got.extend(b.routed);
     }
     assert_eq!(ops(&got), ["r 1", "r 2", "r 3", "r 4", "u 4"]);
+}
+
+#[test]
+fn a_snapshot_resumed_after_a_truncate_and_a_rename_loses_no_row() {
+    let pg = Postgres::start("logical");
+    pg.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id text PRIMARY KEY, v int)",
+    );
+    pg.sql("INSERT INTO a SELECT i, 0 FROM generate_series(1, 500) i");
+    pg.sql("INSERT INTO b SELECT 'k' || lpad(i::text, 4, '0'), 0 FROM generate_series(1, 500) i");
+    pg.sql("CREATE PUBLICATION ab FOR TABLE a, b");
+    let open = |position: Option<&[u8]>| {
+        let mut c = config(&pg.url("postgres"), &[]);
+        c.publication = Some("ab".into());
+        c.snapshot_fetch_size = 100;
+        let mut s = PostgresCdcSource::new(c, "p/ab", "pg.{table}").unwrap();
+        s.open(position).unwrap();
+        s
+    };
+    let mut s = open(None);
+    let mut got = Vec::new();
+    let mut position = None;
+    for _ in 0..2 {
+        let b = s.poll(1, &Wait::timeout(Duration::from_secs(10))).unwrap();
+        got.extend(b.routed);
+        position = b.position.or(position);
+    }
+    drop(s);
+    // While the worker is down: table a is emptied and written again (rows on both sides
+    // of where the snapshot stopped), and table b is renamed.
+    pg.sql("BEGIN; TRUNCATE a; INSERT INTO a VALUES (50, 2), (600, 1); COMMIT");
+    pg.sql("ALTER TABLE b RENAME TO b2");
+    let mut s = open(position.as_deref());
+    pg.sql("INSERT INTO a VALUES (700, 3)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = |got: &[Routed]| got.iter().any(|(_, r)| value(r)["after"]["id"] == 700);
+    while !done(&got) {
+        assert!(
+            Instant::now() < deadline,
+            "no insert after the snapshot in 60 s"
+        );
+        let b = s
+            .poll(10_000, &Wait::timeout(Duration::from_millis(500)))
+            .unwrap();
+        got.extend(b.routed);
+    }
+    // Table a as a consumer applying the topic sees it: the truncate clears it.
+    let mut a = std::collections::BTreeMap::new();
+    let mut b_rows = Vec::new();
+    for (topic, r) in &got {
+        let v = value(r);
+        match (topic.as_str(), v["op"].as_str()) {
+            ("pg.a", Some("t")) => a.clear(),
+            ("pg.a", Some("r" | "c" | "u")) => {
+                a.insert(
+                    v["after"]["id"].as_i64().unwrap(),
+                    v["after"]["v"].as_i64().unwrap(),
+                );
+            }
+            ("pg.b" | "pg.b2", Some("r")) => {
+                b_rows.push(v["after"]["id"].as_str().unwrap().to_string())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(a, [(50, 2), (600, 1), (700, 3)].into_iter().collect());
+    b_rows.sort();
+    b_rows.dedup();
+    assert_eq!(
+        b_rows.len(),
+        500,
+        "rows of the renamed table read once each"
+    );
+    assert_eq!(
+        got.iter().filter(|(t, _)| t.starts_with("pg.b")).count(),
+        500
+    );
 }

@@ -371,7 +371,11 @@ impl PostgresCdcSource {
         &mut self,
         max: usize,
         wait: &Wait,
-    ) -> Result<(Vec<Routed>, Vec<(String, sluice_log::schema::RecordSchema)>, Option<Vec<u8>>)> {
+    ) -> Result<(
+        Vec<Routed>,
+        Vec<(String, sluice_log::schema::RecordSchema)>,
+        Option<Vec<u8>>,
+    )> {
         let (Some(rt), Some(items)) = (self.runtime.as_ref(), self.items.as_mut()) else {
             return Err(ConnectorError::Config(
                 "postgres-cdc: poll before open".into(),

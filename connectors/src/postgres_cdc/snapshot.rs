@@ -37,13 +37,29 @@ use crate::ConnectorError;
 /// every consistent point in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// The tables read, `schema.table`, in reading order, fixed when the snapshot began.
-    pub tables: Vec<String>,
+    /// The tables read, in reading order, fixed when the snapshot began.
+    pub tables: Vec<SnapTable>,
     /// The snapshots rows were read from, in order; the last is the one being read.
     pub parts: Vec<Part>,
     /// Every row is read: streaming runs.
     #[serde(default)]
     pub done: bool,
+    /// Tables truncated while streamed changes were filtered, with the truncate's commit
+    /// LSN: every later change to them is emitted, since a consumer applying the truncate
+    /// drops the rows read after it too, and those changes rebuild them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<(u32, u64)>,
+}
+
+/// A table the snapshot reads: known by OID, so a rename between parts changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapTable {
+    /// Its OID.
+    pub oid: u32,
+    /// `schema.table` when the snapshot began, for messages.
+    pub name: String,
+    /// Its key columns, in order; a part's `key` holds their values.
+    pub key: Vec<String>,
 }
 
 /// Rows read from one exported snapshot: those after the previous part's end, up to this
@@ -90,6 +106,8 @@ fn literal(s: &str) -> String {
 pub struct Table {
     /// `schema.table`.
     pub name: String,
+    /// `ONLY` for a table whose children (by inheritance) are tables of their own.
+    only: &'static str,
     /// The relation as pgoutput would describe it (published columns, key flags).
     pub relation: Relation,
     key: Vec<KeyColumn>,
@@ -120,6 +138,11 @@ impl Table {
         format!("ROW({})", casts.join(", "))
     }
 
+    /// Its key columns' names.
+    pub fn key_names(&self) -> Vec<String> {
+        self.key.iter().map(|k| k.name.clone()).collect()
+    }
+
     fn key_list(&self) -> String {
         let names: Vec<String> = self.key.iter().map(|k| ident(&k.name)).collect();
         names.join(", ")
@@ -130,46 +153,70 @@ fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     super::stream::pg_err(what, e)
 }
 
-/// The tables to snapshot: the configured ones, else every table of the publication.
-pub async fn table_names(
+/// The tables to snapshot, with their OIDs: the configured ones, else every table of the
+/// publication.
+pub async fn table_oids(
     s: &Settings,
     admin: &tokio_postgres::Client,
-) -> Result<Vec<String>, ConnectorError> {
-    if !s.tables.is_empty() {
-        return Ok(s.tables.clone());
-    }
-    let rows = admin
-        .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
-            &[&s.publication],
-        )
-        .await
-        .map_err(|e| pg_err("read the publication's tables", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+) -> Result<Vec<(u32, String)>, ConnectorError> {
+    let rows = match s.tables.is_empty() {
+        true => admin
+            .query(
+                "SELECT c.oid, pt.schemaname || '.' || pt.tablename FROM pg_publication_tables pt \
+                 JOIN pg_namespace n ON n.nspname = pt.schemaname \
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+                 WHERE pt.pubname = $1 ORDER BY 2",
+                &[&s.publication],
+            )
+            .await
+            .map_err(|e| pg_err("read the publication's tables", e))?,
+        false => {
+            let mut rows = Vec::new();
+            for t in &s.tables {
+                let q = super::stream::qualified(t);
+                rows.push(
+                    admin
+                        .query_one("SELECT to_regclass($1)::oid, $2::text", &[&q, t])
+                        .await
+                        .map_err(|e| pg_err(&format!("look up table {t}"), e))?,
+                );
+            }
+            rows
+        }
+    };
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get::<_, Option<u32>>(0)?, r.get(1))))
+        .collect())
 }
 
-/// Describes `name` (`schema.table`) from the catalog, as the publication sends it (none
-/// when the table no longer exists). A table with neither a primary key nor a replica
-/// identity index cannot be read in key order, so a snapshot of it could not resume: that
-/// is an error naming the way out.
+/// Describes table `oid` from the catalog, as the publication sends it (none when the
+/// table no longer exists). A table with neither a primary key nor a replica identity index
+/// cannot be read in key order, so a snapshot of it could not resume: that is an error
+/// naming the way out.
 pub async fn describe(
     client: &tokio_postgres::Client,
     publication: &str,
-    name: &str,
+    oid: u32,
 ) -> Result<Option<Table>, ConnectorError> {
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
     let found = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema, &table],
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
         )
         .await
         .map_err(|e| pg_err("look up a table", e))?;
     let Some(found) = found else {
         return Ok(None);
     };
-    let oid: u32 = found.get(0);
-    let replica_identity = match found.get::<_, String>(1).as_str() {
+    let (schema, table): (String, String) = (found.get(0), found.get(1));
+    let name = format!("{schema}.{table}");
+    // A partitioned table's rows are its partitions'; an inheritance parent's are its own.
+    let scope = match found.get::<_, String>(3).as_str() {
+        "p" => "",
+        _ => "ONLY ",
+    };
+    let replica_identity = match found.get::<_, String>(2).as_str() {
         "f" => ReplicaIdentity::Full,
         "n" => ReplicaIdentity::Nothing,
         "i" => ReplicaIdentity::Index,
@@ -213,8 +260,8 @@ pub async fn describe(
     }
     let mut relation = Relation {
         id: oid,
-        namespace: schema.to_string(),
-        name: table.to_string(),
+        namespace: schema.clone(),
+        name: table.clone(),
         replica_identity,
         columns: Vec::new(),
     };
@@ -245,7 +292,8 @@ pub async fn describe(
         .filter_map(|n| key.iter().find(|k| k.name == *n).cloned())
         .collect();
     Ok(Some(Table {
-        name: name.to_string(),
+        name,
+        only: scope,
         relation,
         key,
         filter,
@@ -315,7 +363,10 @@ pub async fn read(
     for t in described.iter().flatten() {
         tables.describe(t.relation.clone());
         let r = &t.relation;
-        schemas.push((tables.topic_of(&r.namespace, &r.name), super::envelope::value_schema(r)));
+        schemas.push((
+            tables.topic_of(&r.namespace, &r.name),
+            super::envelope::value_schema(r),
+        ));
     }
     let started = std::time::Instant::now();
     let mut rows_read = 0u64;
@@ -338,10 +389,12 @@ pub async fn read(
             conds.push(format!("ROW({}) > {}", t.key_list(), t.literals(after)));
         }
         let sql = format!(
-            "SELECT {}, {} FROM {} {} ORDER BY {} LIMIT {}",
+            "SELECT {}, {} FROM {}{}.{} {} ORDER BY {} LIMIT {}",
             cols.join(", "),
             keys.join(", "),
-            super::stream::qualified(&t.name),
+            t.only,
+            ident(&t.relation.namespace),
+            ident(&t.relation.name),
             match conds.is_empty() {
                 true => String::new(),
                 false => format!("WHERE {}", conds.join(" AND ")),
@@ -405,7 +458,15 @@ pub async fn read(
                 ..Position::default()
             };
             let schemas = std::mem::take(&mut schemas);
-            send(tx, Chunk { records, schemas, position }).await?;
+            send(
+                tx,
+                Chunk {
+                    records,
+                    schemas,
+                    position,
+                },
+            )
+            .await?;
         }
     }
     progress.done = true;
@@ -435,6 +496,7 @@ pub struct Filter {
     progress: Progress,
     /// The latest consistent point: changes committed at or after it are all emitted.
     until: u64,
+    /// The tables as they are now, by OID (absent: dropped).
     described: Vec<Table>,
 }
 
@@ -461,19 +523,38 @@ impl Filter {
         &self.progress
     }
 
-    /// Whether a change to `schema.table`'s row with key `key` (the key columns' text),
+    /// Notes a truncate of table `oid` committed at `commit_lsn` (see
+    /// [`Progress::truncated`]).
+    pub fn truncated(&mut self, oid: u32, commit_lsn: u64) {
+        if !self.progress.truncated.iter().any(|(t, _)| *t == oid) {
+            self.progress.truncated.push((oid, commit_lsn));
+        }
+    }
+
+    /// Whether a change to table `oid`'s row with key `key` (the key columns' text),
     /// committed at `commit_lsn`, is newer than the row the snapshot read.
     pub async fn emit(
         &self,
         admin: &tokio_postgres::Client,
-        table: &str,
+        oid: u32,
         key: &[Option<String>],
         commit_lsn: u64,
     ) -> Result<bool, ConnectorError> {
         if !self.active(commit_lsn) {
             return Ok(true);
         }
-        let Some(ti) = self.progress.tables.iter().position(|t| t == table) else {
+        if self
+            .progress
+            .truncated
+            .iter()
+            .any(|(t, at)| *t == oid && commit_lsn >= *at)
+        {
+            return Ok(true);
+        }
+        let Some(ti) = self.progress.tables.iter().position(|t| t.oid == oid) else {
+            return Ok(true);
+        };
+        let Some(key) = key.iter().cloned().collect::<Option<Vec<String>>>() else {
             return Ok(true);
         };
         for part in &self.progress.parts {
@@ -481,26 +562,24 @@ impl Filter {
                 (std::cmp::Ordering::Greater, _) => true,
                 (std::cmp::Ordering::Less, _) | (std::cmp::Ordering::Equal, None) => false,
                 (std::cmp::Ordering::Equal, Some(end)) => {
-                    let t = self
-                        .described
-                        .iter()
-                        .find(|d| d.name == table)
-                        .ok_or_else(|| {
-                            ConnectorError::Postgres(format!("snapshot: {table} was not described"))
-                        })?;
+                    let t = self.described.iter().find(|d| d.relation.id == oid);
+                    // The key the part's end was read by must still be the table's.
+                    let Some(t) = t.filter(|t| {
+                        t.key_names() == self.progress.tables[ti].key && end.len() == key.len()
+                    }) else {
+                        tracing::warn!(table = %self.progress.tables[ti].name, "The table's key changed since the snapshot read it; a change near where a snapshot part ended is emitted, and may repeat what the snapshot read.");
+                        return Ok(true);
+                    };
                     let sql = format!("SELECT {} <= {}", t.params(1), t.params(key.len() + 1));
-                    let mut params: Vec<Option<String>> = key.to_vec();
-                    params.extend(end.iter().cloned().map(Some));
+                    let params: Vec<&String> = key.iter().chain(end).collect();
+                    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|p| *p as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
                     let row = admin
-                        .query_one(
-                            &sql,
-                            &params
-                                .iter()
-                                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-                                .collect::<Vec<_>>(),
-                        )
+                        .query_one(&sql, &params)
                         .await
-                        .map_err(|e| pg_err("compare a key with the snapshot's", e))?;
+                        .map_err(|e| pg_err("compare a key with where a snapshot part ended", e))?;
                     row.get::<_, Option<bool>>(0).unwrap_or(false)
                 }
             };
@@ -511,16 +590,15 @@ impl Filter {
         Ok(true)
     }
 
-    /// The key columns' text of `table`'s row in `tuple` (None when the table is not one
+    /// The key columns' text of `relation`'s row in `tuple` (None when the table is not one
     /// the snapshot read).
     pub fn key_text(&self, relation: &Relation, tuple: &Tuple) -> Option<Vec<Option<String>>> {
-        let name = format!("{}.{}", relation.namespace, relation.name);
-        let t = self.described.iter().find(|d| d.name == name)?;
+        let t = self.progress.tables.iter().find(|t| t.oid == relation.id)?;
         Some(
             t.key
                 .iter()
                 .map(|k| {
-                    let i = relation.columns.iter().position(|c| c.name == k.name)?;
+                    let i = relation.columns.iter().position(|c| c.name == *k)?;
                     match tuple.0.get(i)? {
                         Datum::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
                         _ => None,

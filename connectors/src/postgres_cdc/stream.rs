@@ -186,10 +186,6 @@ async fn session(
         .await
         .map_err(|e| pg_err("look up the slot", e))?
         .map(|row| row.get::<_, Option<String>>(0));
-    let cfg = replication_config(s, from.end_lsn);
-    let mut client = ReplicationClient::connect_gated(cfg.clone())
-        .await
-        .map_err(|e| repl_err("open the replication session", e))?;
     let mut from = from;
     let fresh = from == Position::default();
     let slot_lost = slot.as_ref().is_some_and(|w| w.as_deref() == Some("lost"));
@@ -200,32 +196,62 @@ async fn session(
                 s.slot
             )));
         }
-        client
-            .simple_query(&format!("DROP_REPLICATION_SLOT {}", ident(&s.slot)))
+        admin
+            .execute("SELECT pg_drop_replication_slot($1)", &[&s.slot])
             .await
-            .map_err(|e| repl_err("drop the invalidated replication slot", e))?;
+            .map_err(|e| pg_err("drop the invalidated replication slot", e))?;
         tracing::warn!(slot = %s.slot, "The replication slot was invalidated and is dropped; a new snapshot reads every row again.");
     }
-    if (slot.is_none() || slot_lost) && !fresh {
+    let slot_missing = slot.is_none() || slot_lost;
+    if slot_missing && !fresh {
         // Streaming on from a new slot would skip every change since the position.
         if s.snapshot != SnapshotMode::WhenNeeded {
+            let read = match from.end_lsn {
+                0 => "is part-way through its snapshot".to_string(),
+                lsn => format!("has read up to LSN {}", pgoutput::lsn_string(lsn)),
+            };
             return Err(fatal(format!(
-                "replication slot '{}' is gone, but the source has read up to LSN {}: the changes since then went with the slot; set snapshot = \"when-needed\" to read every row again from a new slot",
-                s.slot,
-                pgoutput::lsn_string(from.end_lsn)
+                "replication slot '{}' is gone, but the source {read}: the changes since then went with the slot; set snapshot = \"when-needed\" to read every row again from a new slot",
+                s.slot
             )));
         }
         tracing::warn!(slot = %s.slot, "The replication slot is gone; a new snapshot reads every row again.");
         from = Position::default();
     }
+    // A crash after the last rows but before the position said so: nothing is left to read.
+    if let Some(p) = from.snapshot.as_mut()
+        && p.parts.last().is_some_and(|l| l.table >= p.tables.len())
+    {
+        p.done = true;
+    }
     let snapshotting = from.snapshot.as_ref().is_some_and(|p| !p.done);
     let wants_snapshot =
         snapshotting || (from == Position::default() && s.snapshot != SnapshotMode::Never);
+    // The tables a new snapshot reads, each checked for a key before any slot is made (a
+    // slot left behind by a failed start would hold WAL back).
+    let mut progress = from.snapshot.clone().unwrap_or_default();
+    if wants_snapshot && progress.parts.is_empty() {
+        progress.tables.clear();
+        for (oid, name) in snapshot::table_oids(s, &admin).await? {
+            if let Some(t) = snapshot::describe(&admin, &s.publication, oid).await? {
+                progress.tables.push(snapshot::SnapTable {
+                    oid,
+                    name,
+                    key: t.key_names(),
+                });
+            }
+        }
+    }
+    // Built after any reset: a new slot's stream starts at its own consistent point.
+    let cfg = replication_config(s, from.end_lsn);
+    let mut client = ReplicationClient::connect_gated(cfg.clone())
+        .await
+        .map_err(|e| repl_err("open the replication session", e))?;
     let mut tables = Tables::new(&s.topic, &s.database, s.tables.clone(), s.tombstones);
     // The exported snapshot to read, with its consistent point, when one is wanted.
     let mut export: Option<(String, u64)> = None;
     let mut temporary: Option<ReplicationClient> = None;
-    if slot.is_none() || slot_lost {
+    if slot_missing {
         let rows = client
             .simple_query(&format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{}')",
@@ -239,6 +265,11 @@ async fn session(
             export = Some(exported(&rows)?);
         }
     } else if wants_snapshot {
+        // The slot exists, so capture has begun: `open` need not wait for the temporary
+        // slot, whose creation waits for the transactions open on the server to end.
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         // The slot was made before (by a run that did not finish its snapshot, or by
         // hand): a temporary slot exports a snapshot of its own, and the rows read from it
         // are told apart by its consistent point.
@@ -262,10 +293,6 @@ async fn session(
     }
     let mut described = Vec::new();
     if let Some((name, lsn)) = export {
-        let mut progress = from.snapshot.clone().unwrap_or_default();
-        if progress.parts.is_empty() {
-            progress.tables = snapshot::table_names(s, &admin).await?;
-        }
         let (table, key) = progress
             .parts
             .last()
@@ -276,9 +303,11 @@ async fn session(
                 .await
                 .map_err(|e| pg_err("connect for the snapshot", e))?;
         tokio::spawn(conn);
+        // The reader waits on the log between chunks: no server timeout may end it.
         reader
             .batch_execute(&format!(
                 "SET datestyle = ISO; SET timezone = UTC; SET intervalstyle = postgres; SET extra_float_digits = 3; SET standard_conforming_strings = on; \
+                 SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
                  BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{name}'"
             ))
             .await
@@ -286,7 +315,7 @@ async fn session(
         // The reading transaction holds the snapshot now; the temporary slot may go.
         drop(temporary.take());
         for t in &progress.tables {
-            described.push(snapshot::describe(&reader, &s.publication, t).await?);
+            described.push(snapshot::describe(&reader, &s.publication, t.oid).await?);
         }
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
@@ -307,7 +336,7 @@ async fn session(
         };
     } else if let Some(progress) = &from.snapshot {
         for t in &progress.tables {
-            described.push(snapshot::describe(&admin, &s.publication, t).await?);
+            described.push(snapshot::describe(&admin, &s.publication, t.oid).await?);
         }
     }
     let filter = from
@@ -389,7 +418,7 @@ async fn stream(
     mut client: ReplicationClient,
     admin: &tokio_postgres::Client,
     mut tables: Tables,
-    filter: Option<snapshot::Filter>,
+    mut filter: Option<snapshot::Filter>,
     tx: &mpsc::Sender<Item>,
     acks: &mut watch::Receiver<u64>,
 ) -> Result<(), ConnectorError> {
@@ -484,7 +513,8 @@ async fn stream(
                         if tables.wanted(&r.namespace, &r.name) {
                             // Registering is idempotent: a shape seen before keeps its
                             // version.
-                            schemas.push((tables.topic_of(&r.namespace, &r.name), value_schema(&r)));
+                            schemas
+                                .push((tables.topic_of(&r.namespace, &r.name), value_schema(&r)));
                         }
                         if tables.describe(r) {
                             tracing::info!(table = %name, "The table's columns changed; its records take the new shape (and a new schema version) from here.");
@@ -510,7 +540,7 @@ async fn stream(
                             snapshot: "false",
                         };
                         let now = sluice_log::record::now_ms();
-                        let records = match &filter {
+                        let records = match &mut filter {
                             Some(f) if f.active(t.commit_lsn) => {
                                 let mut out = Vec::new();
                                 for m in unread(f, admin, &tables, message, t.commit_lsn).await? {
@@ -543,10 +573,20 @@ async fn stream(
                             let position = Position {
                                 partial: Some(t.changes),
                                 commit_lsn: t.commit_lsn,
+                                // With any truncate noted since.
+                                snapshot: filter.as_ref().map(|f| f.progress().clone()),
                                 ..done.clone()
                             };
                             let records = std::mem::take(&mut t.records);
-                            send(tx, Chunk { records, schemas: std::mem::take(&mut schemas), position }).await?;
+                            send(
+                                tx,
+                                Chunk {
+                                    records,
+                                    schemas: std::mem::take(&mut schemas),
+                                    position,
+                                },
+                            )
+                            .await?;
                         }
                     }
                     _ => {}
@@ -595,7 +635,7 @@ async fn stream(
 /// nothing, or for a key change that crosses from one snapshot part to another the delete
 /// of the old key or the insert of the new one alone.
 async fn unread(
-    f: &snapshot::Filter,
+    f: &mut snapshot::Filter,
     admin: &tokio_postgres::Client,
     tables: &Tables,
     message: Message,
@@ -605,23 +645,27 @@ async fn unread(
         Message::Insert { relation, .. }
         | Message::Update { relation, .. }
         | Message::Delete { relation, .. } => *relation,
-        // A truncate is newer than some rows read, at least: it is emitted.
+        // A truncate is newer than some rows read, at least: it is emitted, and the
+        // changes after it rebuild the table whole.
+        Message::Truncate { relations, .. } => {
+            for id in relations {
+                f.truncated(*id, commit_lsn);
+            }
+            return Ok(vec![message]);
+        }
         _ => return Ok(vec![message]),
     };
     let Some(rel) = tables.relation(id) else {
         // `records` says why it cannot be emitted.
         return Ok(vec![message]);
     };
-    let table = format!("{}.{}", rel.namespace, rel.name);
+    let f = &*f;
     let emit = |tuple: &pgoutput::Tuple| {
         let key = f.key_text(rel, tuple);
-        let table = table.clone();
         async move {
             match key {
-                Some(k) if k.iter().all(Option::is_some) => {
-                    f.emit(admin, &table, &k, commit_lsn).await
-                }
-                _ => Ok(true),
+                Some(k) => f.emit(admin, id, &k, commit_lsn).await,
+                None => Ok(true),
             }
         }
     };

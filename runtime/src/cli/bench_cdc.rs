@@ -105,10 +105,14 @@ impl Server {
             )?;
         }
         run(
-            as_owner(bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]),
+            as_owner(bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]),
             "initdb",
         )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -153,7 +157,8 @@ fn append(path: &Path, text: &str) -> Result<(), CliError> {
 impl Drop for Server {
     fn drop(&mut self) {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+        c.args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"));
         if run(Command::new("id").arg("-u"), "id -u").ok().as_deref() != Some("0") {
             c = Command::new(self.bin.join("pg_ctl"));
         }
@@ -188,9 +193,12 @@ impl CdcBenchArgs {
         };
         let psql = |sql: &str| {
             run(
-                Command::new(bin.join("psql"))
-                    .arg(&url)
-                    .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql]),
+                Command::new(bin.join("psql")).arg(&url).args([
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-tAc",
+                    sql,
+                ]),
                 "psql",
             )
         };
@@ -241,10 +249,7 @@ impl CdcBenchArgs {
                 .arg(url),
             "pgbench",
         )?;
-        eprintln!(
-            "  written in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("  written in {:.1} s", started.elapsed().as_secs_f64());
         let end = run(
             Command::new(bin.join("psql"))
                 .arg(url)
