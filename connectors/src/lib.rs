@@ -135,6 +135,27 @@ pub trait Source: Send {
         None
     }
 
+    /// The name of a local keyed store the source keeps (RocksDB, changelogged in the
+    /// source's epochs; unique per worker, a folder name), or none. A Postgres CDC source
+    /// keeps the TOASTed values it has seen, to fill in the ones an update leaves out.
+    fn store_name(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands the source its store (see [`Source::store_name`]), restored to what the log
+    /// has committed, before [`Source::open`]. A source that is never given one (no state
+    /// folder) does without.
+    fn attach_store(&mut self, store: sluice_state::KvStore) {
+        let _ = store;
+    }
+
+    /// The source's store, for the task: at the end of an epoch its changes go to the
+    /// store's changelog in the epoch's transaction and are committed to it after; a failed
+    /// attempt aborts them and the next restores the store from the log.
+    fn store(&mut self) -> Option<&mut sluice_state::KvStore> {
+        None
+    }
+
     /// True when someone waits for the batches polled so far to commit (an HTTP client for
     /// its answer): the task then commits without waiting for the end of its commit
     /// interval. Sources that read at their own pace leave it false and share an epoch.

@@ -625,6 +625,7 @@ impl Worker {
                 positions: Arc::clone(&self.positions),
                 guarantee: p.config.guarantee,
                 commit_interval: p.config.commit_interval.0,
+                state: Some(self.engine.queries().env().clone()),
             };
             let spec = spec("source", &name);
             starts.push((

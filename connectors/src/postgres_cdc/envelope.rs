@@ -33,6 +33,54 @@ pub struct Place {
 /// One output record and the topic it goes to.
 pub type Routed = (String, Record);
 
+/// What the source's store does for one record, for TOASTed values: an update that leaves
+/// a large value alone does not carry it, so the last value seen is kept by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The record's index among the records built with it.
+    pub record: usize,
+    /// The record's topic.
+    pub topic: String,
+    /// In order.
+    pub ops: Vec<ToastOp>,
+}
+
+/// One step of a [`Note`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToastOp {
+    /// Sets `after.<column>` of the record to the value kept for the row keyed `from`.
+    Fill {
+        /// The row's key (the old key when the update changed it).
+        from: Bytes,
+        /// The columns the change left out.
+        columns: Vec<String>,
+    },
+    /// Keeps these values (JSON) for the row keyed `key`.
+    Remember {
+        /// The row's key.
+        key: Bytes,
+        /// Column and JSON value.
+        values: Vec<(String, Bytes)>,
+    },
+    /// Forgets what is kept for the row keyed `key`.
+    Forget {
+        /// The row's key.
+        key: Bytes,
+    },
+    /// Forgets what is kept for every row of the topic (a truncate).
+    ForgetAll,
+}
+
+/// Which columns of a table the server may store out of line, and from what size of text
+/// a value may be stored so.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Toast {
+    /// The TOASTable columns, by name.
+    pub columns: Vec<String>,
+    /// The shortest text of a value kept.
+    pub min_bytes: usize,
+}
+
 /// The tables the stream has described, and how their changes become records.
 #[derive(Debug)]
 pub struct Tables {
@@ -45,6 +93,8 @@ pub struct Tables {
     only: Vec<String>,
     /// Write a tombstone (the key, no value) after each delete.
     tombstones: bool,
+    /// The TOASTable columns of the relations that have any.
+    toast: HashMap<u32, Toast>,
 }
 
 impl Tables {
@@ -56,7 +106,16 @@ impl Tables {
             db: db.to_string(),
             only,
             tombstones,
+            toast: HashMap::new(),
         }
+    }
+
+    /// Records which columns of relation `id` may be TOASTed (none: forgets it).
+    pub fn set_toast(&mut self, id: u32, toast: Toast) {
+        match toast.columns.is_empty() {
+            true => self.toast.remove(&id),
+            false => self.toast.insert(id, toast),
+        };
     }
 
     /// Records a relation's (new) description; true when its columns changed from the last
@@ -91,6 +150,20 @@ impl Tables {
         at: Place,
         now_ms: i64,
     ) -> Result<Vec<Routed>, String> {
+        self.records_noted(message, at, now_ms, &mut Vec::new(), None)
+    }
+
+    /// [`Tables::records`], with what the store does for each record in `notes` (indices
+    /// into the result). `fill_from`: the old key of a key-changing update whose create
+    /// half this is.
+    pub fn records_noted(
+        &self,
+        message: &Message,
+        at: Place,
+        now_ms: i64,
+        notes: &mut Vec<Note>,
+        fill_from: Option<Bytes>,
+    ) -> Result<Vec<Routed>, String> {
         let relation = |id: u32| {
             self.relations.get(&id).ok_or_else(|| {
                 format!("a change of relation {id}, which the stream never described")
@@ -114,6 +187,13 @@ impl Tables {
                         continue;
                     }
                     let value = self.envelope(rel, "t", Value::Null, Value::Null, at, now_ms);
+                    if self.toast.contains_key(&rel.id) {
+                        notes.push(Note {
+                            record: out.len(),
+                            topic: self.topic_of(&rel.namespace, &rel.name),
+                            ops: vec![ToastOp::ForgetAll],
+                        });
+                    }
                     out.push(self.record(rel, None, Some(value), at));
                 }
                 return Ok(out);
@@ -147,10 +227,78 @@ impl Tables {
                 relation: rel.id,
                 new: after.cloned().unwrap_or(Tuple(Vec::new())),
             };
-            let mut out = self.records(&delete, at, now_ms)?;
-            out.extend(self.records(&insert, at, now_ms)?);
+            // The kept values move with the row: the create half takes them from the old
+            // key, which then forgets them.
+            let mut out = self.records_noted(&delete, at, now_ms, &mut Vec::new(), None)?;
+            let mut inserted = Vec::new();
+            let created = self.records_noted(&insert, at, now_ms, &mut inserted, old_key)?;
+            notes.extend(inserted.into_iter().map(|mut n| {
+                n.record += out.len();
+                n
+            }));
+            out.extend(created);
             return Ok(out);
         }
+        let note = match (self.toast.get(&rel.id), &key) {
+            (Some(toast), Some(key)) => {
+                let mut ops = Vec::new();
+                match (after, &new_row) {
+                    (Some(t), Some(new_row)) => {
+                        // Left out by the change and not in a whole old row.
+                        let missing: Vec<String> = rel
+                            .columns
+                            .iter()
+                            .zip(&t.0)
+                            .enumerate()
+                            .filter(|(i, (_, d))| {
+                                **d == Datum::Unchanged
+                                    && !matches!(
+                                        full_old.and_then(|o| o.0.get(*i)),
+                                        Some(Datum::Text(_))
+                                    )
+                            })
+                            .map(|(_, (c, _))| c.name.clone())
+                            .collect();
+                        if !missing.is_empty() {
+                            ops.push(ToastOp::Fill {
+                                from: fill_from.clone().unwrap_or_else(|| key.clone()),
+                                columns: missing,
+                            });
+                        }
+                        let values: Vec<(String, Bytes)> = rel
+                            .columns
+                            .iter()
+                            .zip(&t.0)
+                            .filter(|(c, d)| {
+                                matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes)
+                                    && toast.columns.contains(&c.name)
+                            })
+                            .filter_map(|(c, _)| {
+                                let v = new_row.get(&c.name)?;
+                                Some((c.name.clone(), Bytes::from(v.to_string())))
+                            })
+                            .collect();
+                        if !values.is_empty() {
+                            ops.push(ToastOp::Remember {
+                                key: key.clone(),
+                                values,
+                            });
+                        }
+                        if let Some(old) = fill_from {
+                            ops.push(ToastOp::Forget { key: old });
+                        }
+                    }
+                    _ => ops.push(ToastOp::Forget { key: key.clone() }),
+                }
+                (!ops.is_empty()).then(|| Note {
+                    record: 0,
+                    topic: self.topic_of(&rel.namespace, &rel.name),
+                    ops,
+                })
+            }
+            _ => None,
+        };
+        notes.extend(note);
         let value = self.envelope(
             rel,
             op,
@@ -171,16 +319,49 @@ impl Tables {
         self.relations.get(&id)
     }
 
-    /// The record of a row a snapshot read (`op` `"r"`, no `before`).
-    pub fn read(&self, relation: u32, t: &Tuple, at: Place, now_ms: i64) -> Result<Routed, String> {
+    /// The record of a row a snapshot read (`op` `"r"`, no `before`), and what the store
+    /// keeps of it.
+    pub fn read(
+        &self,
+        relation: u32,
+        t: &Tuple,
+        at: Place,
+        now_ms: i64,
+    ) -> Result<(Routed, Option<Note>), String> {
         let rel = self
             .relations
             .get(&relation)
             .ok_or_else(|| format!("a row of relation {relation}, which was never described"))?;
         let after = row(rel, t, None);
         let key = key_of(rel, Some(&after));
+        let topic = self.topic_of(&rel.namespace, &rel.name);
+        let note = match (self.toast.get(&rel.id), &key) {
+            (Some(toast), Some(key)) => {
+                let values: Vec<(String, Bytes)> = rel
+                    .columns
+                    .iter()
+                    .zip(&t.0)
+                    .filter(|(c, d)| {
+                        matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes)
+                            && toast.columns.contains(&c.name)
+                    })
+                    .filter_map(|(c, _)| {
+                        Some((c.name.clone(), Bytes::from(after.get(&c.name)?.to_string())))
+                    })
+                    .collect();
+                (!values.is_empty()).then(|| Note {
+                    record: 0,
+                    topic: topic.clone(),
+                    ops: vec![ToastOp::Remember {
+                        key: key.clone(),
+                        values,
+                    }],
+                })
+            }
+            _ => None,
+        };
         let value = self.envelope(rel, "r", Value::Null, Value::Object(after), at, now_ms);
-        Ok(self.record(rel, key, Some(value), at))
+        Ok((self.record(rel, key, Some(value), at), note))
     }
 
     /// Debezium's envelope (as its JSON converter writes it without schemas).

@@ -203,6 +203,8 @@ struct Settings {
     heartbeat: Option<String>,
     snapshot: SnapshotMode,
     snapshot_fetch: usize,
+    /// The source has a store: TOASTed values are kept to fill in what updates leave out.
+    keep_toast: bool,
     /// The slot's lag as last measured, and whether it was.
     lag: std::sync::Arc<std::sync::atomic::AtomicU64>,
     lag_known: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -238,6 +240,10 @@ fn slot_name(raw: &str) -> String {
 /// Captures row changes of a PostgreSQL database.
 pub struct PostgresCdcSource {
     settings: Settings,
+    /// The store's name, from the pipeline and source names.
+    store_name: String,
+    /// The TOASTed values seen, by topic, key and column (given by the task).
+    store: Option<sluice_state::KvStore>,
     runtime: Option<tokio::runtime::Runtime>,
     items: Option<mpsc::Receiver<stream::Item>>,
     acks: Option<watch::Sender<u64>>,
@@ -329,9 +335,12 @@ impl PostgresCdcSource {
                 heartbeat: config.heartbeat_query.clone(),
                 snapshot: config.snapshot,
                 snapshot_fetch: config.snapshot_fetch_size,
+                keep_toast: false,
                 lag: Default::default(),
                 lag_known: Default::default(),
             },
+            store_name: store_name(name),
+            store: None,
             runtime: None,
             items: None,
             acks: None,
@@ -415,7 +424,11 @@ impl PostgresCdcSource {
                     if c.position.partial.is_none() {
                         self.polled_end = c.position.end_lsn;
                     }
-                    records.extend(c.records);
+                    let mut chunk = c.records;
+                    if let Some(store) = self.store.as_mut() {
+                        apply_notes(store, &mut chunk, c.notes)?;
+                    }
+                    records.extend(chunk);
                     schemas.extend(c.schemas);
                     position = Some(c.position);
                     if records.len() >= max {
@@ -432,6 +445,105 @@ impl PostgresCdcSource {
         };
         Ok((records, schemas, position))
     }
+}
+
+/// The store of source `name` (`<pipeline>/<source>`): a folder name, distinct for
+/// distinct names (a fingerprint of the whole name follows its readable part).
+fn store_name(name: &str) -> String {
+    let readable: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
+            _ => '_',
+        })
+        .take(100)
+        .collect();
+    format!("source-{readable}-{:016x}", crate::fnv1a(name.as_bytes()))
+}
+
+/// The store key of `column` of the row keyed `key` on `topic` (no part holds a NUL: topic
+/// names cannot, JSON escapes it), or the prefix of all its columns without `column`.
+fn toast_key(topic: &str, key: &[u8], column: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + key.len() + 16);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k.push(0);
+    if let Some(c) = column {
+        k.extend_from_slice(c.as_bytes());
+    }
+    k
+}
+
+/// Does what the notes say to the store, filling the records' left-out TOASTed values.
+fn apply_notes(
+    store: &mut sluice_state::KvStore,
+    records: &mut [Routed],
+    notes: Vec<envelope::Note>,
+) -> Result<()> {
+    use envelope::ToastOp;
+    let failed =
+        |e: sluice_state::StateError| ConnectorError::Postgres(format!("the TOAST store: {e}"));
+    for note in notes {
+        let Some((_, record)) = records.get_mut(note.record) else {
+            continue;
+        };
+        for op in note.ops {
+            match op {
+                ToastOp::Fill { from, columns } => {
+                    let mut found = Vec::new();
+                    for c in columns {
+                        if let Some(v) = store
+                            .get(&toast_key(&note.topic, &from, Some(&c)))
+                            .map_err(failed)?
+                        {
+                            found.push((c, v));
+                        }
+                    }
+                    let Some(value) = record.value.as_ref().filter(|_| !found.is_empty()) else {
+                        continue;
+                    };
+                    let mut v: serde_json::Value = serde_json::from_slice(value)
+                        .map_err(|e| ConnectorError::Postgres(format!("a record to fill: {e}")))?;
+                    for (c, kept) in found {
+                        // A row whose key changed keeps its values under the new key.
+                        if let Some(key) = record.key.as_ref().filter(|k| **k != from) {
+                            store.put(&toast_key(&note.topic, key, Some(&c)), &kept);
+                        }
+                        if let Ok(kept) = serde_json::from_slice(&kept) {
+                            v["after"][c] = kept;
+                        }
+                    }
+                    record.value = Some(bytes::Bytes::from(v.to_string()));
+                }
+                ToastOp::Remember { key, values } => {
+                    for (c, v) in values {
+                        store.put(&toast_key(&note.topic, &key, Some(&c)), &v);
+                    }
+                }
+                ToastOp::Forget { key } => {
+                    forget(store, &toast_key(&note.topic, &key, None)).map_err(failed)?;
+                }
+                ToastOp::ForgetAll => {
+                    let mut prefix = note.topic.as_bytes().to_vec();
+                    prefix.push(0);
+                    forget(store, &prefix).map_err(failed)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn forget(store: &mut sluice_state::KvStore, prefix: &[u8]) -> sluice_state::Result<()> {
+    let keys = store
+        .prefix(prefix)?
+        .map(|e| e.map(|(k, _)| k))
+        .collect::<sluice_state::Result<Vec<_>>>()?;
+    for k in keys {
+        store.delete(&k);
+    }
+    Ok(())
 }
 
 /// Drops the slot of the CDC source `name` (`<pipeline>/<source>`) when its config asks for
@@ -555,6 +667,19 @@ impl Source for PostgresCdcSource {
             position,
             ..SourceBatch::default()
         })
+    }
+
+    fn store_name(&self) -> Option<String> {
+        Some(self.store_name.clone())
+    }
+
+    fn attach_store(&mut self, store: sluice_state::KvStore) {
+        self.settings.keep_toast = true;
+        self.store = Some(store);
+    }
+
+    fn store(&mut self) -> Option<&mut sluice_state::KvStore> {
+        self.store.as_mut()
     }
 
     fn lag_bytes(&self) -> Option<u64> {

@@ -362,6 +362,12 @@ pub async fn read(
     let mut schemas = Vec::new();
     for t in described.iter().flatten() {
         tables.describe(t.relation.clone());
+        if s.keep_toast && t.relation.replica_identity != ReplicaIdentity::Full {
+            tables.set_toast(
+                t.relation.id,
+                super::stream::toast(reader, t.relation.id).await?,
+            );
+        }
         let r = &t.relation;
         schemas.push((
             tables.topic_of(&r.namespace, &r.name),
@@ -407,6 +413,7 @@ pub async fn read(
         pin_mut!(stream);
         let now = sluice_log::record::now_ms();
         let mut records = Vec::new();
+        let mut notes = Vec::new();
         let mut last_key = None;
         let mut bytes = 0usize;
         let mut full = false;
@@ -428,11 +435,14 @@ pub async fn read(
             let key: Vec<String> = (n..n + t.key.len())
                 .map(|i| row.get(i).unwrap_or_default().to_string())
                 .collect();
-            records.push(
-                tables
-                    .read(t.relation.id, &Tuple(datums), place, now)
-                    .map_err(ConnectorError::Postgres)?,
-            );
+            let (record, note) = tables
+                .read(t.relation.id, &Tuple(datums), place, now)
+                .map_err(ConnectorError::Postgres)?;
+            notes.extend(note.map(|mut n| {
+                n.record = records.len();
+                n
+            }));
+            records.push(record);
             last_key = Some(key);
             // Rows of many megabytes: the chunk ends early (the rest of the query's rows
             // are discarded by the connection; the next query starts after this key).
@@ -463,6 +473,7 @@ pub async fn read(
                 Chunk {
                     records,
                     schemas,
+                    notes,
                     position,
                 },
             )
@@ -479,6 +490,7 @@ pub async fn read(
         Chunk {
             records: Vec::new(),
             schemas,
+            notes: Vec::new(),
             position,
         },
     )

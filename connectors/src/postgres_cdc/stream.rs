@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use sluice_log::schema::RecordSchema;
 
-use super::envelope::{Place, Routed, Tables, value_schema};
+use super::envelope::{Note, Place, Routed, Tables, Toast, value_schema};
 use super::pgoutput::{self, Message};
 use super::snapshot;
 use super::{Position, Settings, SnapshotMode};
@@ -29,6 +29,8 @@ pub struct Chunk {
     pub records: Vec<Routed>,
     /// The value schemas of tables first seen or changed before these records.
     pub schemas: Vec<(String, RecordSchema)>,
+    /// What the source's store does for TOASTed values, by index into `records`.
+    pub notes: Vec<Note>,
     /// The position after them.
     pub position: Position,
 }
@@ -403,6 +405,8 @@ struct Open {
     /// Changes of it the log already holds (a resumed large transaction).
     skip: u64,
     records: Vec<Routed>,
+    /// What the store does for them.
+    notes: Vec<Note>,
     /// Bytes of `records`.
     bytes: usize,
 }
@@ -494,6 +498,7 @@ async fn stream(
                     changes: 0,
                     skip,
                     records: Vec::new(),
+                    notes: Vec::new(),
                     bytes: 0,
                 });
             }
@@ -509,6 +514,14 @@ async fn stream(
                 match message {
                     Message::Relation(mut r) => {
                         primary_key(admin, &mut r).await?;
+                        // A whole old row carries what an update leaves out.
+                        let toast = match s.keep_toast
+                            && r.replica_identity != pgoutput::ReplicaIdentity::Full
+                        {
+                            true => toast(admin, r.id).await?,
+                            false => Toast::default(),
+                        };
+                        tables.set_toast(r.id, toast);
                         let name = format!("{}.{}", r.namespace, r.name);
                         if tables.wanted(&r.namespace, &r.name) {
                             // Registering is idempotent: a shape seen before keeps its
@@ -544,17 +557,31 @@ async fn stream(
                             Some(f) if f.active(t.commit_lsn) => {
                                 let mut out = Vec::new();
                                 for m in unread(f, admin, &tables, message, t.commit_lsn).await? {
-                                    out.extend(
-                                        tables
-                                            .records(&m, place, now)
-                                            .map_err(ConnectorError::Postgres)?,
-                                    );
+                                    let mut notes = Vec::new();
+                                    let records = tables
+                                        .records_noted(&m, place, now, &mut notes, None)
+                                        .map_err(ConnectorError::Postgres)?;
+                                    let base = t.records.len() + out.len();
+                                    t.notes.extend(notes.into_iter().map(|mut n| {
+                                        n.record += base;
+                                        n
+                                    }));
+                                    out.extend(records);
                                 }
                                 out
                             }
-                            _ => tables
-                                .records(&message, place, now)
-                                .map_err(ConnectorError::Postgres)?,
+                            _ => {
+                                let mut notes = Vec::new();
+                                let records = tables
+                                    .records_noted(&message, place, now, &mut notes, None)
+                                    .map_err(ConnectorError::Postgres)?;
+                                let base = t.records.len();
+                                t.notes.extend(notes.into_iter().map(|mut n| {
+                                    n.record += base;
+                                    n
+                                }));
+                                records
+                            }
                         };
                         t.bytes += records
                             .iter()
@@ -578,11 +605,13 @@ async fn stream(
                                 ..done.clone()
                             };
                             let records = std::mem::take(&mut t.records);
+                            let notes = std::mem::take(&mut t.notes);
                             send(
                                 tx,
                                 Chunk {
                                     records,
                                     schemas: std::mem::take(&mut schemas),
+                                    notes,
                                     position,
                                 },
                             )
@@ -614,6 +643,7 @@ async fn stream(
                     Chunk {
                         records: t.records,
                         schemas: std::mem::take(&mut schemas),
+                        notes: t.notes,
                         position: done.clone(),
                     },
                 )
@@ -706,6 +736,38 @@ fn old_tuple(old: &pgoutput::OldTuple) -> &pgoutput::Tuple {
     match old {
         pgoutput::OldTuple::Key(t) | pgoutput::OldTuple::Full(t) => t,
     }
+}
+
+/// Which columns of table `oid` the server may store out of line (TOAST), and the shortest
+/// text of a value it may: a value moves out of line only while the row is over about
+/// 2 kB with every larger TOASTable value moved already, so one of `n` such columns is at
+/// least (2032 - fixed-size columns - pointers) / n bytes stored; a quarter of that allows
+/// for text shorter than the stored form.
+pub async fn toast(admin: &tokio_postgres::Client, oid: u32) -> Result<Toast, ConnectorError> {
+    let rows = admin
+        .query(
+            "SELECT attname::text, attlen::int, attstorage::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_err("read the table's columns", e))?;
+    let mut fixed = 0i64;
+    let mut columns = Vec::new();
+    for r in &rows {
+        let len: i32 = r.get(1);
+        let storage: String = r.get(2);
+        match len {
+            -1 if storage != "p" => columns.push(r.get(0)),
+            len if len > 0 => fixed += i64::from(len),
+            _ => {}
+        }
+    }
+    let n = columns.len().max(1) as i64;
+    let room = (2032 - 24 - fixed - 18 * n).max(0);
+    Ok(Toast {
+        columns,
+        min_bytes: usize::try_from(room / n / 4).unwrap_or(0),
+    })
 }
 
 /// Marks the relation's primary-key columns as its key: pgoutput marks the replica

@@ -34,6 +34,8 @@ pub struct SourceTask {
     pub guarantee: Guarantee,
     /// How often an epoch commits.
     pub commit_interval: std::time::Duration,
+    /// Where a source that keeps a local store has it (see `Source::store_name`).
+    pub state: Option<sluice_state::StateEnv>,
 }
 
 /// The records, dead letters and position of a source's open epoch.
@@ -47,7 +49,36 @@ struct SourceEpoch {
     rejected: u64,
 }
 
+fn state_err(e: sluice_state::StateError) -> TaskError {
+    TaskError::Retryable(format!("source state: {e}"))
+}
+
 impl SourceTask {
+    /// Gives a source that keeps a store its store as the log has committed it: a new one,
+    /// or the last attempt's with what that attempt did not commit undone.
+    fn open_store(&self, source: &mut dyn Source) -> Result<(), TaskError> {
+        let Some(name) = source.store_name() else {
+            return Ok(());
+        };
+        if let Some(store) = source.store() {
+            use sluice_state::StateStore as _;
+            store.abort();
+            store.restore(&self.log).map_err(state_err)?;
+            return Ok(());
+        }
+        let Some(env) = &self.state else {
+            return Ok(());
+        };
+        use sluice_state::StateStore as _;
+        let changelog = sluice_state::ChangelogTopic::new(format!("{name}-changelog"), 0, 1);
+        let mut store = env
+            .open_kv(sluice_state::StoreId::new(&name, 0), changelog)
+            .map_err(state_err)?;
+        store.restore(&self.log).map_err(state_err)?;
+        source.attach_store(store);
+        Ok(())
+    }
+
     /// One attempt: resume `source` from its committed position and run epochs until the
     /// task stops.
     pub fn attempt(&self, ctx: &TaskContext, source: &mut dyn Source) -> Result<(), TaskError> {
@@ -63,6 +94,7 @@ impl SourceTask {
             positions.get(&self.key)
         };
         source.restore(state)?;
+        self.open_store(source)?;
         source.open(position.as_deref())?;
         *ctx.status.error.lock() = None;
         let mut run = SourceRun {
@@ -194,6 +226,29 @@ impl Epochs for SourceRun<'_> {
             headers: Vec::new(),
             timestamp: now,
         });
+        // The source's store changes go to its changelog in the same transaction; the
+        // store takes them as committed once the transaction is.
+        let mut store_next = None;
+        if let Some(store) = self.source.store() {
+            use sluice_state::StateStore as _;
+            let cl = store.changelog().clone();
+            let changes: Vec<_> = store.changes().collect();
+            let mut last = None;
+            for c in changes {
+                if let Some(info) =
+                    self.producer
+                        .send_to(&cl.topic, cl.partition, c.into_record(now))?
+                {
+                    last = last.max(Some(info.last_offset));
+                }
+            }
+            for (topic, partition, info) in self.producer.flush()? {
+                if *topic == *cl.topic && partition == cl.partition {
+                    last = last.max(Some(info.last_offset));
+                }
+            }
+            store_next = Some(last.map_or(store.applied_offset(), |l| l + 1));
+        }
         if task.guarantee == Guarantee::ExactlyOnce {
             for r in records {
                 self.producer.send(POSITIONS_TOPIC, r)?;
@@ -207,6 +262,10 @@ impl Epochs for SourceRun<'_> {
                 self.producer.send(POSITIONS_TOPIC, r)?;
             }
             self.producer.flush()?;
+        }
+        if let (Some(next), Some(store)) = (store_next, self.source.store()) {
+            use sluice_state::StateStore as _;
+            store.commit(next).map_err(state_err)?;
         }
         self.source.committed();
         let status = &self.ctx.status;
