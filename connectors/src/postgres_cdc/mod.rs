@@ -18,17 +18,27 @@
 //! When nothing read is waiting for the log, the server's keepalive position is confirmed
 //! too, so a slot whose tables are quiet does not hold WAL back.
 //!
+//! The initial snapshot (`snapshot.rs`) reads every row first, from the slot's exported
+//! snapshot, in chunks whose progress is the position; a crash mid-snapshot resumes from a
+//! new snapshot, and streaming then skips what that snapshot already holds.
+//!
+//! # TOASTed values
+//!
+//! An update that leaves a value stored out of line alone does not carry it. The source
+//! keeps each row's large TOASTable values in its store (a RocksDB [`sluice_state::KvStore`]
+//! the task gives it, changelogged in the source's epochs) and fills them in; the session
+//! says with each record what to keep, fill and forget ([`envelope::Note`]), and `poll`
+//! does it, on the task's thread where the store lives.
+//!
 //! # Not yet
 //!
-//! The initial snapshot (`snapshot = "never"` is the only mode so far: changes from the
-//! slot's creation on), unchanged TOASTed values filled from local state (they are
-//! [`envelope::UNAVAILABLE`] unless the table's `REPLICA IDENTITY` is `FULL`), TLS, the slot
-//! lag metric, and a schema version per topic on `ALTER TABLE`.
+//! TLS to the server.
 //!
 //! # Layout
 //!
 //! - `pgoutput.rs`: decoding pgoutput v1 messages, and column text to JSON by type.
-//! - `envelope.rs`: relations and the Debezium envelope of each change.
+//! - `envelope.rs`: relations, the Debezium envelope of each change, its registry schema.
+//! - `snapshot.rs`: the initial snapshot and the filter of a resumed one.
 //! - `stream.rs`: the replication session.
 
 pub mod envelope;
