@@ -87,7 +87,7 @@ fn toml_type(rust: &str) -> String {
         "ObjectFormat" => "string: `json`, `parquet`".into(),
         "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
-        "SnapshotMode" => "string: `never`".into(),
+        "SnapshotMode" => "string: `initial`, `never`, `when-needed`".into(),
         "JsonPath" => "string: a JSON path (`$`, `.name`, `['name']`, `[N]`, `[*]`)".into(),
         "FileSourceConfig"
         | "FileSinkConfig"
