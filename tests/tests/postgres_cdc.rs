@@ -968,13 +968,18 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
     pg.sql(&format!("INSERT INTO docs VALUES (1, {big}, 0)"));
     let body = pg.sql("SELECT body FROM docs WHERE id = 1");
     assert_eq!(body.len(), 96_000);
+    // A second table in the same topic, with the same key, whose small values go out of
+    // line (its own toast_tuple_target): what is kept is told apart by table.
+    pg.sql("CREATE TABLE docs2 (id int PRIMARY KEY, body text, n int) WITH (toast_tuple_target = 128); ALTER TABLE docs2 ALTER COLUMN body SET STORAGE EXTERNAL");
+    pg.sql("INSERT INTO docs2 VALUES (1, repeat('y', 300) || 'two', 0)");
+    let body2 = format!("{}two", "y".repeat(300));
     let work = tempfile::tempdir().unwrap();
     let pipelines = work.path().join("pipelines");
     std::fs::create_dir_all(&pipelines).unwrap();
     std::fs::write(
         pipelines.join("cdc.toml"),
         format!(
-            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"docs\"], slot = \"toast\", status-interval = \"200ms\" }}\n",
+            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.all\"\npostgres-cdc = {{ url = \"{}\", tables = [\"docs\", \"docs2\"], slot = \"toast\", status-interval = \"200ms\" }}\n",
             pg.url("postgres")
         ),
     )
@@ -998,6 +1003,7 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
     child.wait().unwrap();
     let mut child = spawn_worker(work.path(), 1);
     pg.sql("UPDATE docs SET n = 2 WHERE id = 1");
+    pg.sql("UPDATE docs2 SET n = 1 WHERE id = 1");
     // A key change: the create under the new key carries the body too.
     pg.sql("UPDATE docs SET id = 7, n = 3 WHERE id = 1");
     pg.sql("UPDATE docs SET n = 4 WHERE id = 7");
@@ -1006,18 +1012,29 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
     child.wait().unwrap();
     let log =
         sluice_log::Log::open(work.path().join("data"), sluice_log::LogOptions::default()).unwrap();
-    let got: Vec<(String, i64, Value)> = crate::common::read_committed(&log, "pg.docs")
+    let all: Vec<Value> = crate::common::read_committed(&log, "pg.all")
         .iter()
-        .filter_map(|r| {
-            let v: Value = serde_json::from_slice(r.value.as_deref()?).unwrap();
-            let after = v["after"].clone();
-            Some((
-                v["op"].as_str()?.to_string(),
-                after["n"].as_i64().unwrap_or(-1),
-                after["body"].clone(),
-            ))
-        })
+        .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
         .collect();
+    let of = |table: &str| -> Vec<(String, i64, Value)> {
+        all.iter()
+            .filter(|v| v["source"]["table"] == table)
+            .map(|v| {
+                let after = v["after"].clone();
+                (
+                    v["op"].as_str().unwrap_or_default().to_string(),
+                    after["n"].as_i64().unwrap_or(-1),
+                    after["body"].clone(),
+                )
+            })
+            .collect()
+    };
+    let two = of("docs2");
+    assert_eq!(two.len(), 2, "{two:?}");
+    for (_, _, b) in &two {
+        assert_eq!(b.as_str(), Some(body2.as_str()));
+    }
+    let got = of("docs");
     let ops: Vec<(String, i64)> = got.iter().map(|(o, n, _)| (o.clone(), *n)).collect();
     let want: Vec<(String, i64)> = [("r", 0), ("u", 1), ("u", 2), ("d", -1), ("c", 3), ("u", 4)]
         .iter()

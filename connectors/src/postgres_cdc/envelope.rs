@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use sluice_log::Record;
 use sluice_log::schema::{FieldSchema, FieldType, RecordSchema};
 
-use super::pgoutput::{self, Datum, Message, OldTuple, Relation, Tuple};
+use super::pgoutput::{self, Column, Datum, Message, OldTuple, Relation, Tuple};
 
 /// What Debezium writes for a value the server did not send: an unchanged TOASTed column of
 /// an update when the table's `REPLICA IDENTITY` is not `FULL`.
@@ -37,10 +37,14 @@ pub type Routed = (String, Record);
 /// a large value alone does not carry it, so the last value seen is kept by row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    /// The record's index among the records built with it.
-    pub record: usize,
-    /// The record's topic.
-    pub topic: String,
+    /// The record's index among the records built with it (none: the note is about the
+    /// table alone).
+    pub record: Option<usize>,
+    /// The table (OID): the store keeps values by table, not by topic, which several
+    /// tables may share.
+    pub table: u32,
+    /// The record's envelope, not serialized yet, when a [`ToastOp::Fill`] will change it.
+    pub envelope: Option<Value>,
     /// In order.
     pub ops: Vec<ToastOp>,
 }
@@ -62,12 +66,21 @@ pub enum ToastOp {
         /// Column and JSON value.
         values: Vec<(String, Bytes)>,
     },
+    /// Forgets what is kept of these columns for the row keyed `key`: they came whole
+    /// and small (or NULL), so what is kept is older.
+    Clear {
+        /// The row's key.
+        key: Bytes,
+        /// The columns.
+        columns: Vec<String>,
+    },
     /// Forgets what is kept for the row keyed `key`.
     Forget {
         /// The row's key.
         key: Bytes,
     },
-    /// Forgets what is kept for every row of the topic (a truncate).
+    /// Forgets what is kept for every row of the table (a truncate; a table now `REPLICA
+    /// IDENTITY FULL`, whose updates carry the old row and keep nothing).
     ForgetAll,
 }
 
@@ -187,13 +200,12 @@ impl Tables {
                         continue;
                     }
                     let value = self.envelope(rel, "t", Value::Null, Value::Null, at, now_ms);
-                    if self.toast.contains_key(&rel.id) {
-                        notes.push(Note {
-                            record: out.len(),
-                            topic: self.topic_of(&rel.namespace, &rel.name),
-                            ops: vec![ToastOp::ForgetAll],
-                        });
-                    }
+                    notes.push(Note {
+                        record: Some(out.len()),
+                        table: rel.id,
+                        envelope: None,
+                        ops: vec![ToastOp::ForgetAll],
+                    });
                     out.push(self.record(rel, None, Some(value), at));
                 }
                 return Ok(out);
@@ -233,72 +245,76 @@ impl Tables {
             let mut inserted = Vec::new();
             let created = self.records_noted(&insert, at, now_ms, &mut inserted, old_key)?;
             notes.extend(inserted.into_iter().map(|mut n| {
-                n.record += out.len();
+                n.record = n.record.map(|r| r + out.len());
                 n
             }));
             out.extend(created);
             return Ok(out);
         }
-        let note = match (self.toast.get(&rel.id), &key) {
-            (Some(toast), Some(key)) => {
-                let mut ops = Vec::new();
-                match (after, &new_row) {
-                    (Some(t), Some(new_row)) => {
-                        // Left out by the change and not in a whole old row.
-                        let missing: Vec<String> = rel
-                            .columns
-                            .iter()
-                            .zip(&t.0)
-                            .enumerate()
-                            .filter(|(i, (_, d))| {
-                                **d == Datum::Unchanged
-                                    && !matches!(
-                                        full_old.and_then(|o| o.0.get(*i)),
-                                        Some(Datum::Text(_))
-                                    )
-                            })
-                            .map(|(_, (c, _))| c.name.clone())
-                            .collect();
-                        if !missing.is_empty() {
-                            ops.push(ToastOp::Fill {
-                                from: fill_from.clone().unwrap_or_else(|| key.clone()),
-                                columns: missing,
-                            });
-                        }
-                        let values: Vec<(String, Bytes)> = rel
-                            .columns
-                            .iter()
-                            .zip(&t.0)
-                            .filter(|(c, d)| {
-                                matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes)
-                                    && toast.columns.contains(&c.name)
-                            })
-                            .filter_map(|(c, _)| {
-                                let v = new_row.get(&c.name)?;
-                                Some((c.name.clone(), Bytes::from(v.to_string())))
-                            })
-                            .collect();
-                        if !values.is_empty() {
-                            ops.push(ToastOp::Remember {
-                                key: key.clone(),
-                                values,
-                            });
-                        }
-                        if let Some(old) = fill_from {
-                            ops.push(ToastOp::Forget { key: old });
-                        }
+        let mut ops = Vec::new();
+        if let (Some(toast), Some(key)) = (self.toast.get(&rel.id), &key) {
+            match (after, &new_row) {
+                (Some(t), Some(new_row)) => {
+                    let toastable = |c: &Column| toast.columns.contains(&c.name);
+                    // Left out by the change and not in a whole old row.
+                    let missing: Vec<String> = rel
+                        .columns
+                        .iter()
+                        .zip(&t.0)
+                        .enumerate()
+                        .filter(|(i, (_, d))| {
+                            **d == Datum::Unchanged
+                                && !matches!(
+                                    full_old.and_then(|o| o.0.get(*i)),
+                                    Some(Datum::Text(_))
+                                )
+                        })
+                        .map(|(_, (c, _))| c.name.clone())
+                        .collect();
+                    if !missing.is_empty() {
+                        ops.push(ToastOp::Fill {
+                            from: fill_from.clone().unwrap_or_else(|| key.clone()),
+                            columns: missing,
+                        });
                     }
-                    _ => ops.push(ToastOp::Forget { key: key.clone() }),
+                    let large =
+                        |d: &Datum| matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes);
+                    let values: Vec<(String, Bytes)> = rel
+                        .columns
+                        .iter()
+                        .zip(&t.0)
+                        .filter(|(c, d)| toastable(c) && large(d))
+                        .filter_map(|(c, _)| {
+                            let v = new_row.get(&c.name)?;
+                            Some((c.name.clone(), Bytes::from(v.to_string())))
+                        })
+                        .collect();
+                    let small: Vec<String> = rel
+                        .columns
+                        .iter()
+                        .zip(&t.0)
+                        .filter(|(c, d)| toastable(c) && **d != Datum::Unchanged && !large(d))
+                        .map(|(c, _)| c.name.clone())
+                        .collect();
+                    if !small.is_empty() {
+                        ops.push(ToastOp::Clear {
+                            key: key.clone(),
+                            columns: small,
+                        });
+                    }
+                    if !values.is_empty() {
+                        ops.push(ToastOp::Remember {
+                            key: key.clone(),
+                            values,
+                        });
+                    }
+                    if let Some(old) = fill_from {
+                        ops.push(ToastOp::Forget { key: old });
+                    }
                 }
-                (!ops.is_empty()).then(|| Note {
-                    record: 0,
-                    topic: self.topic_of(&rel.namespace, &rel.name),
-                    ops,
-                })
+                _ => ops.push(ToastOp::Forget { key: key.clone() }),
             }
-            _ => None,
-        };
-        notes.extend(note);
+        }
         let value = self.envelope(
             rel,
             op,
@@ -307,6 +323,15 @@ impl Tables {
             at,
             now_ms,
         );
+        if !ops.is_empty() {
+            let fills = ops.iter().any(|o| matches!(o, ToastOp::Fill { .. }));
+            notes.push(Note {
+                record: Some(0),
+                table: rel.id,
+                envelope: fills.then(|| value.clone()),
+                ops,
+            });
+        }
         let mut out = vec![self.record(rel, key.clone(), Some(value), at)];
         if op == "d" && self.tombstones && key.is_some() {
             out.push(self.record(rel, key, None, at));
@@ -334,7 +359,6 @@ impl Tables {
             .ok_or_else(|| format!("a row of relation {relation}, which was never described"))?;
         let after = row(rel, t, None);
         let key = key_of(rel, Some(&after));
-        let topic = self.topic_of(&rel.namespace, &rel.name);
         let note = match (self.toast.get(&rel.id), &key) {
             (Some(toast), Some(key)) => {
                 let values: Vec<(String, Bytes)> = rel
@@ -350,8 +374,9 @@ impl Tables {
                     })
                     .collect();
                 (!values.is_empty()).then(|| Note {
-                    record: 0,
-                    topic: topic.clone(),
+                    record: Some(0),
+                    table: rel.id,
+                    envelope: None,
                     ops: vec![ToastOp::Remember {
                         key: key.clone(),
                         values,

@@ -50,7 +50,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
+use sluice_state::KvStore;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Interval;
@@ -252,8 +255,10 @@ pub struct PostgresCdcSource {
     settings: Settings,
     /// The store's name, from the pipeline and source names.
     store_name: String,
-    /// The TOASTed values seen, by topic, key and column (given by the task).
-    store: Option<sluice_state::KvStore>,
+    /// The TOASTed values seen, by table, key and column (given by the task).
+    store: Option<KvStore>,
+    /// What this session knows of the store.
+    kept: Kept,
     runtime: Option<tokio::runtime::Runtime>,
     items: Option<mpsc::Receiver<stream::Item>>,
     acks: Option<watch::Sender<u64>>,
@@ -351,6 +356,7 @@ impl PostgresCdcSource {
             },
             store_name: store_name(name),
             store: None,
+            kept: Kept::default(),
             runtime: None,
             items: None,
             acks: None,
@@ -436,7 +442,9 @@ impl PostgresCdcSource {
                     }
                     let mut chunk = c.records;
                     if let Some(store) = self.store.as_mut() {
-                        apply_notes(store, &mut chunk, c.notes)?;
+                        self.kept.apply(store, &mut chunk, c.notes).map_err(|e| {
+                            ConnectorError::Postgres(format!("the TOAST store: {e}"))
+                        })?;
                     }
                     records.extend(chunk);
                     schemas.extend(c.schemas);
@@ -471,89 +479,195 @@ fn store_name(name: &str) -> String {
     format!("source-{readable}-{:016x}", crate::fnv1a(name.as_bytes()))
 }
 
-/// The store key of `column` of the row keyed `key` on `topic` (no part holds a NUL: topic
-/// names cannot, JSON escapes it), or the prefix of all its columns without `column`.
-fn toast_key(topic: &str, key: &[u8], column: Option<&str>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(topic.len() + key.len() + 16);
-    k.extend_from_slice(topic.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key);
-    k.push(0);
-    if let Some(c) = column {
-        k.extend_from_slice(c.as_bytes());
+/// What the source's store holds, and what `poll` knows of it this session.
+///
+/// Keys: `g<table>` the table's generation; `v<table><generation><row key>\0<column>` a
+/// kept value (JSON); `s<table><generation>` a generation forgotten whole, whose values
+/// are deleted a bounded number per poll. A truncate is thus one write, however large the
+/// table. Tables are their OIDs (4 bytes, big-endian), generations 4 bytes too; a row key
+/// is JSON, which holds no NUL.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Generations read or written this session (the store's, after an abort: cleared).
+    generations: HashMap<u32, u32>,
+    /// Whether a table's current generation holds any value.
+    any: HashMap<u32, bool>,
+}
+
+/// Values deleted at most per poll when cleaning forgotten generations.
+const CLEAN_PER_POLL: usize = 10_000;
+
+impl Kept {
+    fn generation(&mut self, store: &KvStore, table: u32) -> sluice_state::Result<u32> {
+        if let Some(g) = self.generations.get(&table) {
+            return Ok(*g);
+        }
+        let g = store
+            .get(&generation_key(table))?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(0, u32::from_be_bytes);
+        self.generations.insert(table, g);
+        Ok(g)
     }
+
+    /// The prefix of the values of `table`'s current generation.
+    fn prefix(&mut self, store: &KvStore, table: u32) -> sluice_state::Result<Vec<u8>> {
+        let g = self.generation(store, table)?;
+        Ok(values_prefix(table, g))
+    }
+
+    fn any(&mut self, store: &KvStore, table: u32) -> sluice_state::Result<bool> {
+        if let Some(a) = self.any.get(&table) {
+            return Ok(*a);
+        }
+        let prefix = self.prefix(store, table)?;
+        let a = store.prefix(&prefix)?.next().transpose()?.is_some();
+        self.any.insert(table, a);
+        Ok(a)
+    }
+
+    /// Does what the notes say, filling the records' left-out TOASTed values.
+    fn apply(
+        &mut self,
+        store: &mut KvStore,
+        records: &mut [Routed],
+        notes: Vec<envelope::Note>,
+    ) -> sluice_state::Result<()> {
+        use envelope::ToastOp;
+        for note in notes {
+            let table = note.table;
+            let mut envelope = note.envelope;
+            for op in note.ops {
+                match op {
+                    ToastOp::Fill { from, columns } => {
+                        let prefix = self.prefix(store, table)?;
+                        let key = note
+                            .record
+                            .and_then(|i| records.get(i))
+                            .and_then(|(_, r)| r.key.clone());
+                        for c in columns {
+                            let Some(kept) = store.get(&value_key(&prefix, &from, &c))? else {
+                                continue;
+                            };
+                            // A row whose key changed keeps its values under the new key.
+                            if let Some(key) = key.as_ref().filter(|k| **k != from) {
+                                store.put(&value_key(&prefix, key, &c), &kept);
+                            }
+                            if let (Some(v), Ok(kept)) =
+                                (envelope.as_mut(), serde_json::from_slice(&kept))
+                            {
+                                v["after"][c] = kept;
+                            }
+                        }
+                    }
+                    ToastOp::Remember { key, values } => {
+                        let prefix = self.prefix(store, table)?;
+                        for (c, v) in values {
+                            store.put(&value_key(&prefix, &key, &c), &v);
+                        }
+                        self.any.insert(table, true);
+                    }
+                    ToastOp::Clear { key, columns } => {
+                        if self.any(store, table)? {
+                            let prefix = self.prefix(store, table)?;
+                            for c in columns {
+                                let k = value_key(&prefix, &key, &c);
+                                if store.get(&k)?.is_some() {
+                                    store.delete(&k);
+                                }
+                            }
+                        }
+                    }
+                    ToastOp::Forget { key } => {
+                        if self.any(store, table)? {
+                            let mut prefix = self.prefix(store, table)?;
+                            prefix.extend_from_slice(&key);
+                            prefix.push(0);
+                            let keys = store
+                                .prefix(&prefix)?
+                                .map(|e| e.map(|(k, _)| k))
+                                .collect::<sluice_state::Result<Vec<_>>>()?;
+                            for k in keys {
+                                store.delete(&k);
+                            }
+                        }
+                    }
+                    ToastOp::ForgetAll => {
+                        if self.any(store, table)? {
+                            let g = self.generation(store, table)?;
+                            store.put(&stale_key(table, g), b"");
+                            store.put(&generation_key(table), &(g + 1).to_be_bytes());
+                            self.generations.insert(table, g + 1);
+                            self.any.insert(table, false);
+                        }
+                    }
+                }
+            }
+            // The record's value is written once, filled.
+            if let (Some(v), Some((_, record))) =
+                (envelope, note.record.and_then(|i| records.get_mut(i)))
+            {
+                record.value = Some(bytes::Bytes::from(v.to_string()));
+            }
+        }
+        self.clean(store)
+    }
+
+    /// Deletes up to [`CLEAN_PER_POLL`] values of forgotten generations.
+    fn clean(&mut self, store: &mut KvStore) -> sluice_state::Result<()> {
+        let stale = store
+            .prefix(b"s")?
+            .take(16)
+            .map(|e| e.map(|(k, _)| k))
+            .collect::<sluice_state::Result<Vec<_>>>()?;
+        let mut budget = CLEAN_PER_POLL;
+        for marker in stale {
+            let mut prefix = marker.to_vec();
+            prefix[0] = b'v';
+            let keys = store
+                .prefix(&prefix)?
+                .take(budget)
+                .map(|e| e.map(|(k, _)| k))
+                .collect::<sluice_state::Result<Vec<_>>>()?;
+            budget -= keys.len();
+            for k in keys {
+                store.delete(&k);
+            }
+            if budget == 0 {
+                return Ok(());
+            }
+            store.delete(&marker);
+        }
+        Ok(())
+    }
+}
+
+fn generation_key(table: u32) -> Vec<u8> {
+    let mut k = vec![b'g'];
+    k.extend_from_slice(&table.to_be_bytes());
     k
 }
 
-/// Does what the notes say to the store, filling the records' left-out TOASTed values.
-fn apply_notes(
-    store: &mut sluice_state::KvStore,
-    records: &mut [Routed],
-    notes: Vec<envelope::Note>,
-) -> Result<()> {
-    use envelope::ToastOp;
-    let failed =
-        |e: sluice_state::StateError| ConnectorError::Postgres(format!("the TOAST store: {e}"));
-    for note in notes {
-        let Some((_, record)) = records.get_mut(note.record) else {
-            continue;
-        };
-        for op in note.ops {
-            match op {
-                ToastOp::Fill { from, columns } => {
-                    let mut found = Vec::new();
-                    for c in columns {
-                        if let Some(v) = store
-                            .get(&toast_key(&note.topic, &from, Some(&c)))
-                            .map_err(failed)?
-                        {
-                            found.push((c, v));
-                        }
-                    }
-                    let Some(value) = record.value.as_ref().filter(|_| !found.is_empty()) else {
-                        continue;
-                    };
-                    let mut v: serde_json::Value = serde_json::from_slice(value)
-                        .map_err(|e| ConnectorError::Postgres(format!("a record to fill: {e}")))?;
-                    for (c, kept) in found {
-                        // A row whose key changed keeps its values under the new key.
-                        if let Some(key) = record.key.as_ref().filter(|k| **k != from) {
-                            store.put(&toast_key(&note.topic, key, Some(&c)), &kept);
-                        }
-                        if let Ok(kept) = serde_json::from_slice(&kept) {
-                            v["after"][c] = kept;
-                        }
-                    }
-                    record.value = Some(bytes::Bytes::from(v.to_string()));
-                }
-                ToastOp::Remember { key, values } => {
-                    for (c, v) in values {
-                        store.put(&toast_key(&note.topic, &key, Some(&c)), &v);
-                    }
-                }
-                ToastOp::Forget { key } => {
-                    forget(store, &toast_key(&note.topic, &key, None)).map_err(failed)?;
-                }
-                ToastOp::ForgetAll => {
-                    let mut prefix = note.topic.as_bytes().to_vec();
-                    prefix.push(0);
-                    forget(store, &prefix).map_err(failed)?;
-                }
-            }
-        }
-    }
-    Ok(())
+fn stale_key(table: u32, generation: u32) -> Vec<u8> {
+    let mut k = values_prefix(table, generation);
+    k[0] = b's';
+    k
 }
 
-fn forget(store: &mut sluice_state::KvStore, prefix: &[u8]) -> sluice_state::Result<()> {
-    let keys = store
-        .prefix(prefix)?
-        .map(|e| e.map(|(k, _)| k))
-        .collect::<sluice_state::Result<Vec<_>>>()?;
-    for k in keys {
-        store.delete(&k);
-    }
-    Ok(())
+fn values_prefix(table: u32, generation: u32) -> Vec<u8> {
+    let mut k = vec![b'v'];
+    k.extend_from_slice(&table.to_be_bytes());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k
+}
+
+fn value_key(prefix: &[u8], key: &[u8], column: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len() + column.len() + 1);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key);
+    k.push(0);
+    k.extend_from_slice(column.as_bytes());
+    k
 }
 
 /// Drops the slot of the CDC source `name` (`<pipeline>/<source>`) when its config asks for
@@ -615,6 +729,8 @@ impl Source for PostgresCdcSource {
                 .map_err(|e| ConnectorError::Position(format!("postgres-cdc: {e}")))?,
             None => Position::default(),
         };
+        // The task restored the store to what the log holds: what this session knew goes.
+        self.kept = Kept::default();
         // A restarted attempt: the last session must let go of the slot first (the server
         // refuses a second session on an active slot). Waiting for its tasks to drop closes
         // its socket.
@@ -683,12 +799,12 @@ impl Source for PostgresCdcSource {
         Some(self.store_name.clone())
     }
 
-    fn attach_store(&mut self, store: sluice_state::KvStore) {
+    fn attach_store(&mut self, store: KvStore) {
         self.settings.keep_toast = true;
         self.store = Some(store);
     }
 
-    fn store(&mut self) -> Option<&mut sluice_state::KvStore> {
+    fn store(&mut self) -> Option<&mut KvStore> {
         self.store.as_mut()
     }
 

@@ -439,7 +439,7 @@ pub async fn read(
                 .read(t.relation.id, &Tuple(datums), place, now)
                 .map_err(ConnectorError::Postgres)?;
             notes.extend(note.map(|mut n| {
-                n.record = records.len();
+                n.record = Some(records.len());
                 n
             }));
             records.push(record);

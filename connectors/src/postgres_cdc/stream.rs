@@ -427,8 +427,9 @@ async fn stream(
     acks: &mut watch::Receiver<u64>,
 ) -> Result<(), ConnectorError> {
     let mut open: Option<Open> = None;
-    // Table shapes to register with the next records.
+    // Table shapes to register with the next records, and notes about whole tables.
     let mut schemas = Vec::new();
+    let mut table_notes: Vec<Note> = Vec::new();
     // The last transaction handed to `poll`, and the end LSN of the last the log holds.
     let mut done = from.clone();
     let mut acked = from.end_lsn;
@@ -521,6 +522,16 @@ async fn stream(
                             true => toast(admin, r.id).await?,
                             false => Toast::default(),
                         };
+                        if s.keep_toast && toast.columns.is_empty() {
+                            // Nothing is kept for it from here: what was kept goes, so that
+                            // it can never fill a later update (after a switch back).
+                            table_notes.push(Note {
+                                record: None,
+                                table: r.id,
+                                envelope: None,
+                                ops: vec![super::envelope::ToastOp::ForgetAll],
+                            });
+                        }
                         tables.set_toast(r.id, toast);
                         let name = format!("{}.{}", r.namespace, r.name);
                         if tables.wanted(&r.namespace, &r.name) {
@@ -563,7 +574,7 @@ async fn stream(
                                         .map_err(ConnectorError::Postgres)?;
                                     let base = t.records.len() + out.len();
                                     t.notes.extend(notes.into_iter().map(|mut n| {
-                                        n.record += base;
+                                        n.record = n.record.map(|r| r + base);
                                         n
                                     }));
                                     out.extend(records);
@@ -577,7 +588,7 @@ async fn stream(
                                     .map_err(ConnectorError::Postgres)?;
                                 let base = t.records.len();
                                 t.notes.extend(notes.into_iter().map(|mut n| {
-                                    n.record += base;
+                                    n.record = n.record.map(|r| r + base);
                                     n
                                 }));
                                 records
@@ -605,7 +616,8 @@ async fn stream(
                                 ..done.clone()
                             };
                             let records = std::mem::take(&mut t.records);
-                            let notes = std::mem::take(&mut t.notes);
+                            let mut notes = std::mem::take(&mut table_notes);
+                            notes.append(&mut t.notes);
                             send(
                                 tx,
                                 Chunk {
@@ -643,7 +655,11 @@ async fn stream(
                     Chunk {
                         records: t.records,
                         schemas: std::mem::take(&mut schemas),
-                        notes: t.notes,
+                        notes: {
+                            let mut notes = std::mem::take(&mut table_notes);
+                            notes.extend(t.notes);
+                            notes
+                        },
                         position: done.clone(),
                     },
                 )
@@ -751,19 +767,33 @@ pub async fn toast(admin: &tokio_postgres::Client, oid: u32) -> Result<Toast, Co
         )
         .await
         .map_err(|e| pg_err("read the table's columns", e))?;
+    // The table's own target (`ALTER TABLE ... SET (toast_tuple_target = n)`), else 2032.
+    let target: Option<i64> = admin
+        .query_opt(
+            "SELECT substring(o FROM 'toast_tuple_target=([0-9]+)')::bigint FROM pg_class, unnest(reloptions) o WHERE oid = $1 AND o LIKE 'toast_tuple_target=%'",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_err("read the table's options", e))?
+        .and_then(|r| r.get(0));
     let mut fixed = 0i64;
     let mut columns = Vec::new();
+    let mut unknown = false;
     for r in &rows {
         let len: i32 = r.get(1);
         let storage: String = r.get(2);
         match len {
             -1 if storage != "p" => columns.push(r.get(0)),
-            len if len > 0 => fixed += i64::from(len),
-            _ => {}
+            // A variable-length value kept inline: its size is not known here.
+            -1 | -2 => unknown = true,
+            len => fixed += i64::from(len),
         }
     }
     let n = columns.len().max(1) as i64;
-    let room = (2032 - 24 - fixed - 18 * n).max(0);
+    let room = match unknown {
+        true => 0,
+        false => (target.unwrap_or(2032) - 24 - fixed - 18 * n).max(0),
+    };
     Ok(Toast {
         columns,
         min_bytes: usize::try_from(room / n / 4).unwrap_or(0),

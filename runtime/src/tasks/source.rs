@@ -160,6 +160,10 @@ impl Epochs for SourceRun<'_> {
                     Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
+            }
+            // A subject with no version yet is the source's to set up (also after a crash
+            // between the topic's creation and this).
+            if registry.versions(&subject).is_empty() {
                 registry.set_compatibility(
                     Some(&subject),
                     sluice_log::schema::CompatibilityLevel::None,
@@ -227,8 +231,19 @@ impl Epochs for SourceRun<'_> {
             timestamp: now,
         });
         // The source's store changes go to its changelog in the same transaction; the
-        // store takes them as committed once the transaction is.
+        // store takes them as committed once the transaction is. At least once, they go
+        // after the position: a crash in between leaves the store behind its position
+        // (a value not filled), never ahead of it (a value from the future).
         let mut store_next = None;
+        let exactly_once = task.guarantee == Guarantee::ExactlyOnce;
+        if !exactly_once {
+            self.producer.flush()?;
+            sluice_log::fault::point("source-before-commit");
+            for r in std::mem::take(&mut records) {
+                self.producer.send(POSITIONS_TOPIC, r)?;
+            }
+            self.producer.flush()?;
+        }
         if let Some(store) = self.source.store() {
             use sluice_state::StateStore as _;
             let cl = store.changelog().clone();
@@ -249,18 +264,13 @@ impl Epochs for SourceRun<'_> {
             }
             store_next = Some(last.map_or(store.applied_offset(), |l| l + 1));
         }
-        if task.guarantee == Guarantee::ExactlyOnce {
+        if exactly_once {
             for r in records {
                 self.producer.send(POSITIONS_TOPIC, r)?;
             }
             sluice_log::fault::point("source-before-commit");
             self.producer.commit_transaction()?;
         } else {
-            self.producer.flush()?;
-            sluice_log::fault::point("source-before-commit");
-            for r in records {
-                self.producer.send(POSITIONS_TOPIC, r)?;
-            }
             self.producer.flush()?;
         }
         if let (Some(next), Some(store)) = (store_next, self.source.store()) {
