@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Sluice's build and tests need on a fresh Debian machine, skipping what is
-# already there: libclang (RocksDB's bindgen), PostgreSQL 15, and a Python venv with the S3
+# already there: libclang (RocksDB's bindgen), PostgreSQL 15, openssl, and a Python venv with the S3
 # (moto) and Elasticsearch-API (osmem-server) servers the tests start themselves.
 # Sourced by scripts/test and scripts/run; safe to run again.
 set -euo pipefail
@@ -22,6 +22,8 @@ if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ]; then
     if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
         apt_missing+=(postgresql postgresql-contrib)
     fi
+    # The TLS test makes its server's certificates with the openssl command.
+    command -v openssl >/dev/null || apt_missing+=(openssl)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "setup: installing ${apt_missing[*]} with apt-get" >&2

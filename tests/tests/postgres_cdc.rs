@@ -23,6 +23,16 @@ struct Postgres {
 
 impl Postgres {
     fn start(wal_level: &str) -> Postgres {
+        Postgres::start_with(wal_level, false)
+    }
+
+    /// A server that takes TLS connections only, with a certificate for 127.0.0.1 signed
+    /// by `ca.crt` in its folder.
+    fn start_tls() -> Postgres {
+        Postgres::start_with("logical", true)
+    }
+
+    fn start_with(wal_level: &str, tls: bool) -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
@@ -67,7 +77,61 @@ impl Postgres {
             f.write_all(text.as_bytes()).unwrap();
         };
         append("postgresql.conf", &conf);
-        append("pg_hba.conf", "host replication all 127.0.0.1/32 trust\n");
+        match tls {
+            false => append("pg_hba.conf", "host replication all 127.0.0.1/32 trust\n"),
+            true => {
+                let d = dir.path();
+                ca(d, "ca");
+                let openssl =
+                    |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+                openssl(&[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                ]);
+                std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+                openssl(&[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "ext",
+                    "-out",
+                    "server.crt",
+                ]);
+                run(Command::new("chown")
+                    .args(["postgres:", d.join("server.key").to_str().unwrap()]));
+                run(Command::new("chmod").args(["600", d.join("server.key").to_str().unwrap()]));
+                append(
+                    "postgresql.conf",
+                    &format!(
+                        "ssl=on\nssl_cert_file='{0}/server.crt'\nssl_key_file='{0}/server.key'\n",
+                        d.display()
+                    ),
+                );
+                // TLS connections only.
+                std::fs::write(
+                    d.join("data").join("pg_hba.conf"),
+                    "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+                )
+                .unwrap();
+            }
+        }
         let log = dir.path().join("pg.log");
         run(&mut as_pg(&[
             bin.join("pg_ctl").to_str().unwrap(),
@@ -132,6 +196,25 @@ impl Drop for Postgres {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A CA certificate and key, `<name>.crt` and `<name>.key` in `dir`.
+fn ca(dir: &std::path::Path, name: &str) {
+    run(Command::new("openssl").current_dir(dir).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=Sluice test {name}"),
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.crt"),
+    ]));
 }
 
 fn run(c: &mut Command) {
@@ -1051,4 +1134,57 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
             assert_eq!(b.as_str(), Some(body.as_str()));
         }
     }
+}
+
+#[test]
+fn tls_to_the_server_checks_its_certificate_and_a_plain_connection_is_refused() {
+    let pg = Postgres::start_tls();
+    pg.sql("CREATE TABLE sec (id int PRIMARY KEY)");
+    let dir = pg.dir.path();
+    ca(dir, "other");
+    let new = |mode: &str, ca: Option<&str>| {
+        let mut c = config(&pg.url("postgres"), &["sec"]);
+        c.tls = serde_json::from_value(Value::String(mode.into())).unwrap();
+        c.tls_ca_file = ca.map(|f| dir.join(f));
+        PostgresCdcSource::new(c, "p/sec", "pg.{table}").unwrap()
+    };
+    // The server takes no plain connection: the server's reason.
+    let e = new("disable", None).open(None).unwrap_err().to_string();
+    assert!(e.contains("no encryption"), "{e}");
+    // A certificate from another CA is refused.
+    let e = new("verify-full", Some("other.crt"))
+        .open(None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // The right CA: captured, the replication session on TLS too.
+    let mut s = new("verify-full", Some("ca.crt"));
+    s.open(None).unwrap();
+    pg.sql("INSERT INTO sec VALUES (1)");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "no change in 30 s");
+        got.extend(
+            s.poll(10, &Wait::timeout(Duration::from_millis(500)))
+                .unwrap()
+                .routed,
+        );
+    }
+    assert_eq!(value(&got[0].1)["after"]["id"], 1);
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE backend_type = 'walsender' AND ssl"),
+        "1"
+    );
+    // A missing CA file is a configuration error naming it.
+    let mut c = config(&pg.url("postgres"), &["sec"]);
+    c.tls = serde_json::from_value(Value::String("verify-ca".into())).unwrap();
+    c.tls_ca_file = Some(dir.join("missing.crt"));
+    let e = PostgresCdcSource::new(c, "p/sec", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls-ca-file") && e.contains("missing.crt"),
+        "{e}"
+    );
 }

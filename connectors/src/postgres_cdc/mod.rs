@@ -30,21 +30,19 @@
 //! says with each record what to keep, fill and forget ([`envelope::Note`]), and `poll`
 //! does it, on the task's thread where the store lives.
 //!
-//! # Not yet
-//!
-//! TLS to the server.
-//!
 //! # Layout
 //!
 //! - `pgoutput.rs`: decoding pgoutput v1 messages, and column text to JSON by type.
 //! - `envelope.rs`: relations, the Debezium envelope of each change, its registry schema.
 //! - `snapshot.rs`: the initial snapshot and the filter of a resumed one.
 //! - `stream.rs`: the replication session.
+//! - `tls.rs`: TLS to the server (libpq's `sslmode`, with rustls).
 
 pub mod envelope;
 pub mod pgoutput;
 mod snapshot;
 mod stream;
+pub mod tls;
 
 use std::fmt;
 use std::str::FromStr;
@@ -71,6 +69,16 @@ pub struct PostgresCdcConfig {
     /// The environment variable holding the password, to keep it out of the file.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// TLS to the server, as libpq's `sslmode`: `"disable"`, `"prefer"` (the default: TLS
+    /// when the server offers it, the certificate not checked), `"require"` (always, the
+    /// certificate not checked), `"verify-ca"` (a certificate signed by a trusted CA),
+    /// `"verify-full"` (and naming the host of `url`).
+    #[serde(default)]
+    pub tls: tls::TlsMode,
+    /// PEM file of the CA certificates to trust with `verify-ca` and `verify-full`
+    /// (default: the system's).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The tables to capture, `schema.table` (or `table`, in `public`). Empty: every table
     /// of the publication (a publication created then is `FOR ALL TABLES`, which needs a
     /// superuser).
@@ -154,6 +162,7 @@ impl fmt::Debug for PostgresCdcConfig {
             .field("publication", &self.publication)
             .field("slot", &self.slot)
             .field("snapshot", &self.snapshot)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +225,7 @@ struct Settings {
     heartbeat: Option<String>,
     snapshot: SnapshotMode,
     snapshot_fetch: usize,
+    tls: tls::Tls,
     /// The source has a store: TOASTed values are kept to fill in what updates leave out.
     keep_toast: bool,
     /// The slot's lag as last measured, and whether it was.
@@ -350,6 +360,7 @@ impl PostgresCdcSource {
                 heartbeat: config.heartbeat_query.clone(),
                 snapshot: config.snapshot,
                 snapshot_fetch: config.snapshot_fetch_size,
+                tls: tls::Tls::new(config.tls, config.tls_ca_file.as_deref())?,
                 keep_toast: false,
                 lag: Default::default(),
                 lag_known: Default::default(),
@@ -684,12 +695,11 @@ pub fn drop_slot_on_delete(config: &PostgresCdcConfig, name: &str) -> Result<Opt
         .build()
         .map_err(|e| ConnectorError::io("start a runtime for", "postgres-cdc", e))?;
     rt.block_on(async {
-        let (client, conn) = s
-            .pg
-            .connect(tokio_postgres::NoTls)
+        let client = s
+            .tls
+            .connect(&s.pg)
             .await
             .map_err(|e| ConnectorError::Postgres(format!("connect to drop slot {}: {e}", s.slot)))?;
-        tokio::spawn(conn);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let dropped = client

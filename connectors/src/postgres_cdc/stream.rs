@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use sluice_log::schema::RecordSchema;
@@ -47,7 +47,14 @@ pub enum Item {
 pub fn pg_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     // The server's message when it sent one (it never holds the password).
     let Some(db) = e.as_db_error() else {
-        return ConnectorError::Postgres(format!("{what}: {e}"));
+        // With the causes, which say what went wrong (a TLS handshake: which certificate).
+        let mut text = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        return ConnectorError::Postgres(text);
     };
     let text = format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code());
     // Classes 28 (authorization), 42 (syntax, missing objects, privileges) and 3D (no such
@@ -100,11 +107,11 @@ async fn session(
     acks: &mut watch::Receiver<u64>,
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), ConnectorError> {
-    let (admin, conn) =
-        s.pg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| pg_err("connect", e))?;
-    tokio::spawn(conn);
+    let admin = s
+        .tls
+        .connect(&s.pg)
+        .await
+        .map_err(|e| pg_err("connect", e))?;
     let wal_level: String = admin
         .query_one("SHOW wal_level", &[])
         .await
@@ -300,11 +307,11 @@ async fn session(
             .last()
             .map_or((0, None), |p| (p.table, p.key.clone()));
         progress.parts.push(snapshot::Part { lsn, table, key });
-        let (reader, conn) =
-            s.pg.connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| pg_err("connect for the snapshot", e))?;
-        tokio::spawn(conn);
+        let reader = s
+            .tls
+            .connect(&s.pg)
+            .await
+            .map_err(|e| pg_err("connect for the snapshot", e))?;
         // The reader waits on the log between chunks: no server timeout may end it.
         reader
             .batch_execute(&format!(
@@ -367,7 +374,7 @@ fn replication_config(s: &Settings, start_lsn: u64) -> ReplicationConfig {
         s.publication.clone(),
     )
     .with_port(s.port)
-    .with_tls(TlsConfig::disabled())
+    .with_tls(s.tls.replication(&s.host))
     .with_start_lsn(Lsn::from(start_lsn))
     .with_status_interval(s.status_interval)
     .with_application_name("sluice-cdc")
