@@ -88,6 +88,10 @@ fn toml_type(rust: &str) -> String {
         "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
         "SnapshotMode" => "string: `initial`, `never`, `when-needed`".into(),
+        "tls::TlsMode" => {
+            "string: `disable`, `prefer`, `require`, `verify-ca`, `verify-full`".into()
+        }
+        "std::path::PathBuf" | "PathBuf" => "string: a file path".into(),
         "JsonPath" => "string: a JSON path (`$`, `.name`, `['name']`, `[N]`, `[*]`)".into(),
         "FileSourceConfig"
         | "FileSinkConfig"
