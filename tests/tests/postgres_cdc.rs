@@ -605,6 +605,23 @@ fn removing_the_pipeline_drops_its_slot_when_asked() {
     assert_eq!(pg.sql(slots), "0");
 }
 
+/// A work folder whose `pipelines/cdc.toml` runs one CDC source on `pg` writing `topic`,
+/// with `settings` (TOML pairs) in its `postgres-cdc` table, committing every 50 ms.
+fn cdc_work(topic: &str, pg: &Postgres, settings: &str) -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    let pipelines = work.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    std::fs::write(
+        pipelines.join("cdc.toml"),
+        format!(
+            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"{topic}\"\npostgres-cdc = {{ url = \"{}\", status-interval = \"200ms\", {settings} }}\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    work
+}
+
 /// A `sluice run` process on `work`, its log in a file.
 fn spawn_worker(work: &std::path::Path, round: usize) -> std::process::Child {
     let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
@@ -638,17 +655,11 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
          INSERT INTO pay VALUES (2 * i, i), (2 * i + 1, i); COMMIT; PERFORM pg_sleep(0.002); \
          END LOOP; END $$",
     );
-    let work = tempfile::tempdir().unwrap();
-    let pipelines = work.path().join("pipelines");
-    std::fs::create_dir_all(&pipelines).unwrap();
-    std::fs::write(
-        pipelines.join("cdc.toml"),
-        format!(
-            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.{{table}}\"\npostgres-cdc = {{ url = \"{}\", tables = [\"pay\"], slot = \"crash\", status-interval = \"200ms\", snapshot-fetch-size = 1000 }}\n",
-            pg.url("postgres")
-        ),
-    )
-    .unwrap();
+    let work = cdc_work(
+        "pg.{table}",
+        &pg,
+        "tables = [\"pay\"], slot = \"crash\", snapshot-fetch-size = 1000",
+    );
     // The first worker creates the slot and reads the snapshot; changes are captured from
     // the snapshot's consistent point on.
     let mut child = spawn_worker(work.path(), 0);
@@ -1056,17 +1067,11 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
     pg.sql("CREATE TABLE docs2 (id int PRIMARY KEY, body text, n int) WITH (toast_tuple_target = 128); ALTER TABLE docs2 ALTER COLUMN body SET STORAGE EXTERNAL");
     pg.sql("INSERT INTO docs2 VALUES (1, repeat('y', 300) || 'two', 0)");
     let body2 = format!("{}two", "y".repeat(300));
-    let work = tempfile::tempdir().unwrap();
-    let pipelines = work.path().join("pipelines");
-    std::fs::create_dir_all(&pipelines).unwrap();
-    std::fs::write(
-        pipelines.join("cdc.toml"),
-        format!(
-            "commit-interval = \"50ms\"\n[[sources]]\nname = \"pg\"\ntopic = \"pg.all\"\npostgres-cdc = {{ url = \"{}\", tables = [\"docs\", \"docs2\"], slot = \"toast\", status-interval = \"200ms\" }}\n",
-            pg.url("postgres")
-        ),
-    )
-    .unwrap();
+    let work = cdc_work(
+        "pg.all",
+        &pg,
+        "tables = [\"docs\", \"docs2\"], slot = \"toast\"",
+    );
     let caught_up = |pg: &Postgres| {
         let lsn = pg.sql("SELECT pg_current_wal_lsn()");
         let q = format!(
