@@ -20,6 +20,8 @@
 //!   header) and the file sink (JSON lines, rolled by size or record count): `file/source.rs`,
 //!   `file/sink.rs`.
 //! - [`config`]: config value types shared by connectors (durations).
+//! - [`elasticsearch`]: the Elasticsearch / OpenSearch sink, being built: so far the `_bulk`
+//!   wire format and the reading of its per-item results (`elasticsearch/bulk.rs`).
 //! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
 //! - [`http_ingest`]: the HTTP ingest source: requests handed over by the worker's
@@ -28,7 +30,7 @@
 //!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
 //! - [`postgres_cdc`]: the Postgres change-data-capture source (logical replication with
 //!   `pgoutput`, Debezium-compatible records on a topic per table): `postgres_cdc/mod.rs`,
-//!   `pgoutput.rs`, `envelope.rs`, `stream.rs`.
+//!   `pgoutput.rs`, `envelope.rs`, `snapshot.rs`, `stream.rs`, `tls.rs`.
 //! - [`objstore`]: the object-store sink (s3://, gs://, az://, file://, memory://; JSON lines
 //!   or Parquet written with the topic's recorded schema; partitioned paths; deterministic
 //!   names): `objstore/config.rs`, `template.rs`, `sink.rs`, `store.rs`.
@@ -39,6 +41,7 @@
 
 pub mod config;
 pub mod conformance;
+pub mod elasticsearch;
 pub mod error;
 pub mod file;
 pub mod http_ingest;
