@@ -94,6 +94,28 @@ pub struct Toast {
     pub min_bytes: usize,
 }
 
+impl Toast {
+    /// Whether a value that came whole is long enough to be kept.
+    fn large(&self, d: &Datum) -> bool {
+        matches!(d, Datum::Text(b) if b.len() >= self.min_bytes)
+    }
+
+    /// The values of `t` to keep (as JSON, taken from the built `row`).
+    fn kept_values(
+        &self,
+        rel: &Relation,
+        t: &Tuple,
+        row: &Map<String, Value>,
+    ) -> Vec<(String, Bytes)> {
+        rel.columns
+            .iter()
+            .zip(&t.0)
+            .filter(|(c, d)| self.columns.contains(&c.name) && self.large(d))
+            .filter_map(|(c, _)| Some((c.name.clone(), Bytes::from(row.get(&c.name)?.to_string()))))
+            .collect()
+    }
+}
+
 /// The tables the stream has described, and how their changes become records.
 #[derive(Debug)]
 pub struct Tables {
@@ -188,10 +210,13 @@ impl Tables {
                 relation: id,
                 old,
                 new,
-            } => (relation(*id)?, "u", old.as_ref().map(old_tuple), Some(new)),
-            Message::Delete { relation: id, old } => {
-                (relation(*id)?, "d", Some(old_tuple(old)), None)
-            }
+            } => (
+                relation(*id)?,
+                "u",
+                old.as_ref().map(OldTuple::tuple),
+                Some(new),
+            ),
+            Message::Delete { relation: id, old } => (relation(*id)?, "d", Some(old.tuple()), None),
             Message::Truncate { relations, .. } => {
                 let mut out = Vec::new();
                 for id in relations {
@@ -277,23 +302,12 @@ impl Tables {
                             columns: missing,
                         });
                     }
-                    let large =
-                        |d: &Datum| matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes);
-                    let values: Vec<(String, Bytes)> = rel
-                        .columns
-                        .iter()
-                        .zip(&t.0)
-                        .filter(|(c, d)| toastable(c) && large(d))
-                        .filter_map(|(c, _)| {
-                            let v = new_row.get(&c.name)?;
-                            Some((c.name.clone(), Bytes::from(v.to_string())))
-                        })
-                        .collect();
+                    let values = toast.kept_values(rel, t, new_row);
                     let small: Vec<String> = rel
                         .columns
                         .iter()
                         .zip(&t.0)
-                        .filter(|(c, d)| toastable(c) && **d != Datum::Unchanged && !large(d))
+                        .filter(|(c, d)| toastable(c) && **d != Datum::Unchanged && !toast.large(d))
                         .map(|(c, _)| c.name.clone())
                         .collect();
                     if !small.is_empty() {
@@ -361,18 +375,7 @@ impl Tables {
         let key = key_of(rel, Some(&after));
         let note = match (self.toast.get(&rel.id), &key) {
             (Some(toast), Some(key)) => {
-                let values: Vec<(String, Bytes)> = rel
-                    .columns
-                    .iter()
-                    .zip(&t.0)
-                    .filter(|(c, d)| {
-                        matches!(d, Datum::Text(b) if b.len() >= toast.min_bytes)
-                            && toast.columns.contains(&c.name)
-                    })
-                    .filter_map(|(c, _)| {
-                        Some((c.name.clone(), Bytes::from(after.get(&c.name)?.to_string())))
-                    })
-                    .collect();
+                let values = toast.kept_values(rel, t, &after);
                 (!values.is_empty()).then(|| Note {
                     record: Some(0),
                     table: rel.id,
@@ -483,12 +486,6 @@ fn field_type(oid: u32) -> FieldType {
             Some(e) => FieldType::array(field_type(e), true),
             None => FieldType::String,
         },
-    }
-}
-
-fn old_tuple(old: &OldTuple) -> &Tuple {
-    match old {
-        OldTuple::Key(t) | OldTuple::Full(t) => t,
     }
 }
 

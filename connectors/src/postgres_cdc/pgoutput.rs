@@ -208,6 +208,15 @@ pub enum OldTuple {
     Full(Tuple),
 }
 
+impl OldTuple {
+    /// The row's values, whichever kind.
+    pub fn tuple(&self) -> &Tuple {
+        match self {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        }
+    }
+}
+
 /// Decodes one pgoutput v1 message (an XLogData payload). The input is `Bytes` so that the
 /// values of the result are slices of it rather than copies.
 pub fn decode(buf: &Bytes) -> Result<Message, DecodeError> {

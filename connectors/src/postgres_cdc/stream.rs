@@ -571,36 +571,26 @@ async fn stream(
                             snapshot: "false",
                         };
                         let now = sluice_log::record::now_ms();
-                        let records = match &mut filter {
+                        // What a resumed snapshot does not hold already.
+                        let messages = match &mut filter {
                             Some(f) if f.active(t.commit_lsn) => {
-                                let mut out = Vec::new();
-                                for m in unread(f, admin, &tables, message, t.commit_lsn).await? {
-                                    let mut notes = Vec::new();
-                                    let records = tables
-                                        .records_noted(&m, place, now, &mut notes, None)
-                                        .map_err(ConnectorError::Postgres)?;
-                                    let base = t.records.len() + out.len();
-                                    t.notes.extend(notes.into_iter().map(|mut n| {
-                                        n.record = n.record.map(|r| r + base);
-                                        n
-                                    }));
-                                    out.extend(records);
-                                }
-                                out
+                                unread(f, admin, &tables, message, t.commit_lsn).await?
                             }
-                            _ => {
-                                let mut notes = Vec::new();
-                                let records = tables
-                                    .records_noted(&message, place, now, &mut notes, None)
-                                    .map_err(ConnectorError::Postgres)?;
-                                let base = t.records.len();
-                                t.notes.extend(notes.into_iter().map(|mut n| {
-                                    n.record = n.record.map(|r| r + base);
-                                    n
-                                }));
-                                records
-                            }
+                            _ => vec![message],
                         };
+                        let mut records = Vec::new();
+                        for m in messages {
+                            let mut notes = Vec::new();
+                            let built = tables
+                                .records_noted(&m, place, now, &mut notes, None)
+                                .map_err(ConnectorError::Postgres)?;
+                            let base = t.records.len() + records.len();
+                            t.notes.extend(notes.into_iter().map(|mut n| {
+                                n.record = n.record.map(|r| r + base);
+                                n
+                            }));
+                            records.extend(built);
+                        }
                         t.bytes += records
                             .iter()
                             .map(|(_, r)| {
@@ -724,13 +714,13 @@ async fn unread(
     };
     let keep = match &message {
         Message::Insert { new, .. } => emit(new).await?,
-        Message::Delete { old, .. } => emit(old_tuple(old)).await?,
+        Message::Delete { old, .. } => emit(old.tuple()).await?,
         Message::Update { old, new, relation } => {
             let new_key = emit(new).await?;
             let Some(old) = old else {
                 return Ok(if new_key { vec![message] } else { Vec::new() });
             };
-            let old_key = emit(old_tuple(old)).await?;
+            let old_key = emit(old.tuple()).await?;
             if old_key == new_key {
                 old_key
             } else {
@@ -738,7 +728,7 @@ async fn unread(
                 if old_key {
                     out.push(Message::Delete {
                         relation: *relation,
-                        old: pgoutput::OldTuple::Key(old_tuple(old).clone()),
+                        old: pgoutput::OldTuple::Key(old.tuple().clone()),
                     });
                 }
                 if new_key {
@@ -753,12 +743,6 @@ async fn unread(
         _ => true,
     };
     Ok(if keep { vec![message] } else { Vec::new() })
-}
-
-fn old_tuple(old: &pgoutput::OldTuple) -> &pgoutput::Tuple {
-    match old {
-        pgoutput::OldTuple::Key(t) | pgoutput::OldTuple::Full(t) => t,
-    }
 }
 
 /// Which columns of table `oid` the server may store out of line (TOAST), and the shortest
