@@ -41,8 +41,10 @@ pub enum ConnectorError {
     },
     /// An HTTP request failed, was answered with an error status, or its answer was unusable
     /// (retryable: the server or the network may recover).
-    #[error("GET {url}: {reason}")]
+    #[error("{method} {url}: {reason}")]
     Http {
+        /// The request's method.
+        method: &'static str,
         /// The URL requested (any password in it replaced).
         url: String,
         /// What went wrong: the status, the connection error, the size limit.

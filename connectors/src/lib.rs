@@ -20,10 +20,13 @@
 //!   header) and the file sink (JSON lines, rolled by size or record count): `file/source.rs`,
 //!   `file/sink.rs`.
 //! - [`config`]: config value types shared by connectors (durations).
-//! - [`elasticsearch`]: the Elasticsearch / OpenSearch sink, being built: so far the `_bulk`
-//!   wire format and the reading of its per-item results (`elasticsearch/bulk.rs`).
+//! - [`elasticsearch`]: the Elasticsearch / OpenSearch sink (`_bulk` requests in rounds,
+//!   each item's answer read: done, sent again, or a dead letter): `elasticsearch/config.rs`,
+//!   `bulk.rs`, `sink.rs`.
 //! - [`conformance`]: the contract tests every connector runs.
 //! - [`error`]: the error type, [`ConnectorError`].
+//! - `http_client`: what the HTTP connectors share (redacted URLs, headers, CA files, the
+//!   retry schedule).
 //! - [`http_ingest`]: the HTTP ingest source: requests handed over by the worker's
 //!   `POST /ingest/{topic}` endpoint, answered once their records are committed.
 //! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
@@ -44,6 +47,7 @@ pub mod conformance;
 pub mod elasticsearch;
 pub mod error;
 pub mod file;
+mod http_client;
 pub mod http_ingest;
 pub mod http_poll;
 pub mod objstore;
@@ -219,4 +223,12 @@ pub trait Sink: Send {
 
     /// Makes output durable where the sink's boundaries allow, and says how far it is.
     fn flush(&mut self) -> Result<Durable>;
+
+    /// Records the last `flush` learnt it cannot write (a server refused them when they were
+    /// sent), each with its `at`: the worker sends them to the dead-letter topic in the
+    /// transaction that commits the offsets past them. Sinks that decide on each record in
+    /// `write` have none.
+    fn take_refused(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
 }

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use sluice_connectors::config::Interval;
+use sluice_connectors::elasticsearch::{ElasticsearchSink, ElasticsearchSinkConfig};
 use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
@@ -222,11 +223,18 @@ pub struct SinkSpec {
     /// flush-idle, multipart-threshold, retry-timeout, options }`.
     #[serde(default)]
     pub object_store: Option<ObjectStoreSinkConfig>,
+    /// Write documents to Elasticsearch or OpenSearch: `{ url, index, document-id,
+    /// tombstones, batch-records, batch-bytes, linger, max-in-flight, username, password,
+    /// api-key, tls-ca-file, index-template, ... }`.
+    #[serde(default)]
+    pub elasticsearch: Option<ElasticsearchSinkConfig>,
 }
 
 impl SinkSpec {
     fn connectors(&self) -> usize {
-        usize::from(self.file.is_some()) + usize::from(self.object_store.is_some())
+        usize::from(self.file.is_some())
+            + usize::from(self.object_store.is_some())
+            + usize::from(self.elasticsearch.is_some())
     }
 }
 
@@ -262,6 +270,9 @@ pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorE
     }
     if let Some(c) = &s.object_store {
         return Ok(Box::new(ObjectStoreSink::new(c.clone(), base)?));
+    }
+    if let Some(c) = &s.elasticsearch {
+        return Ok(Box::new(ElasticsearchSink::new(c.clone(), base)?));
     }
     Err(ConnectorError::Config("no connector table".into()))
 }

@@ -6,6 +6,7 @@ mod api_seam;
 mod cli;
 mod common;
 mod crash;
+mod elasticsearch;
 mod hardening;
 mod hardening_log;
 mod hardening_sql;

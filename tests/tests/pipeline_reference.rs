@@ -61,6 +61,12 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
         "ObjectStoreSinkConfig",
         "sinks[].object-store.",
     ),
+    (
+        "sinks[].elasticsearch",
+        "connectors/src/elasticsearch/config.rs",
+        "ElasticsearchSinkConfig",
+        "sinks[].elasticsearch.",
+    ),
 ];
 
 /// The TOML shape of a Rust field type.
@@ -85,6 +91,8 @@ fn toml_type(rust: &str) -> String {
         "FileFormat" => "string: `lines`, `json`, `csv`".into(),
         "SinkFormat" => "string: `value`, `envelope`".into(),
         "ObjectFormat" => "string: `json`, `parquet`".into(),
+        "DocumentId" => "string: `key`, `offset`".into(),
+        "Tombstones" => "string: `delete`, `ignore`".into(),
         "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
         "SnapshotMode" => "string: `initial`, `never`, `when-needed`".into(),
@@ -98,6 +106,7 @@ fn toml_type(rust: &str) -> String {
         | "HttpIngestConfig"
         | "HttpPollSourceConfig"
         | "ObjectStoreSinkConfig"
+        | "ElasticsearchSinkConfig"
         | "PostgresCdcConfig" => "table".into(),
         other => other.into(),
     }

@@ -116,49 +116,150 @@ pub fn doc_id(
     Ok(id.to_string())
 }
 
-/// The index for a record at `time_ms` (UTC) from `pattern`: text in braces is a date in
-/// Java's `DateTimeFormatter` letters as Elastic's tools write them (`yyyy`, `MM`, `dd`,
-/// `HH`, `mm`; other characters as they are), so `alerts-{yyyy.MM.dd}` gives
-/// `alerts-2026.11.29`. `Err` names what an index name cannot hold.
-pub fn index_name(pattern: &str, time_ms: i64) -> Result<String, String> {
-    use chrono::{Datelike, TimeZone, Timelike};
-    let time = chrono::Utc
-        .timestamp_millis_opt(time_ms)
-        .single()
-        .ok_or_else(|| format!("record time {time_ms} is out of range"))?;
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("index pattern '{pattern}': a '{{' is not closed"))?;
-        let mut spec = &rest[open + 1..open + close];
-        while !spec.is_empty() {
-            let (text, len) = match spec {
-                s if s.starts_with("yyyy") => (format!("{:04}", time.year()), 4),
-                s if s.starts_with("MM") => (format!("{:02}", time.month()), 2),
-                s if s.starts_with("dd") => (format!("{:02}", time.day()), 2),
-                s if s.starts_with("HH") => (format!("{:02}", time.hour()), 2),
-                s if s.starts_with("mm") => (format!("{:02}", time.minute()), 2),
-                s => {
-                    let c = s.chars().next().unwrap_or_default();
-                    if c.is_ascii_alphabetic() {
-                        return Err(format!(
-                            "index pattern '{pattern}': '{c}' is not a date field (yyyy, MM, dd, HH, mm)"
-                        ));
-                    }
-                    (c.to_string(), c.len_utf8())
+/// An `index` setting: text with placeholders in braces, parsed once. A placeholder is
+/// either a date of the record time (UTC) in the letters of Java's `DateTimeFormatter` as
+/// Elastic's tools write them (`yyyy`, `MM`, `dd`, `HH`, `mm`; other characters as they are),
+/// so `alerts-{yyyy.MM.dd}` gives `alerts-2026.11.29`; or `{field:NAME}`, a field of the
+/// record value (`{field:geo.zone}` for a nested one), lower-cased since index names are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPattern {
+    pattern: String,
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// Date letters and separators, checked.
+    Date(String),
+    /// A field's path of keys.
+    Field(Vec<String>),
+}
+
+impl IndexPattern {
+    /// Parses `pattern`; `Err` says what is wrong with it.
+    pub fn parse(pattern: &str) -> Result<IndexPattern, String> {
+        let mut pieces = Vec::new();
+        let mut rest = pattern;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("index pattern '{pattern}': a '{{' is not closed"))?;
+            let spec = &rest[open + 1..open + close];
+            pieces.push(match spec.strip_prefix("field:") {
+                Some(path) if !path.is_empty() && path.split('.').all(|k| !k.is_empty()) => {
+                    Piece::Field(path.split('.').map(str::to_string).collect())
                 }
-            };
-            out.push_str(&text);
-            spec = &spec[len..];
+                Some(_) => {
+                    return Err(format!(
+                        "index pattern '{pattern}': {{field:NAME}} needs a field name"
+                    ));
+                }
+                None => {
+                    date_letters(pattern, spec)?;
+                    Piece::Date(spec.to_string())
+                }
+            });
+            rest = &rest[open + close + 1..];
         }
-        rest = &rest[open + close + 1..];
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        let pattern = IndexPattern {
+            pattern: pattern.to_string(),
+            pieces,
+        };
+        // What the pattern itself fixes must be allowed: render with a sample time and
+        // field values, so `Alerts-{yyyy}` is refused at load, not record by record.
+        let sample = pattern
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.clone(),
+                Piece::Date(spec) => render_date(spec, 0),
+                Piece::Field(_) => "x".into(),
+            })
+            .collect::<String>();
+        check_index(&sample).map_err(|e| format!("index pattern '{}': {e}", pattern.pattern))?;
+        Ok(pattern)
     }
-    out.push_str(rest);
-    check_index(&out)?;
-    Ok(out)
+
+    /// True when the pattern reads fields of the value (which must then be parsed).
+    pub fn needs_value(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Field(_)))
+    }
+
+    /// The text before the first placeholder: what every index it names starts with.
+    pub fn prefix(&self) -> &str {
+        match self.pieces.first() {
+            Some(Piece::Text(t)) => t,
+            _ => "",
+        }
+    }
+
+    /// The index for a record at `time_ms` with `value`; `Err` says why the record has none.
+    pub fn render(&self, time_ms: i64, value: Option<&Value>) -> Result<String, String> {
+        if chrono::DateTime::from_timestamp_millis(time_ms).is_none() {
+            return Err(format!("record time {time_ms} is out of range"));
+        }
+        let mut out = String::with_capacity(self.pattern.len() + 8);
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Date(spec) => out.push_str(&render_date(spec, time_ms)),
+                Piece::Field(path) => out.push_str(
+                    &crate::objstore::template::field_text(value, path, "index")?.to_lowercase(),
+                ),
+            }
+        }
+        check_index(&out)?;
+        Ok(out)
+    }
+}
+
+/// Checks that `spec` holds only the date letters the pattern knows.
+fn date_letters(pattern: &str, spec: &str) -> Result<(), String> {
+    let mut s = spec;
+    while !s.is_empty() {
+        if let Some(f) = DATE_FIELDS.iter().find(|f| s.starts_with(**f)) {
+            s = &s[f.len()..];
+            continue;
+        }
+        let c = s.chars().next().unwrap_or_default();
+        if c.is_ascii_alphabetic() {
+            return Err(format!(
+                "index pattern '{pattern}': '{c}' is not a date field (yyyy, MM, dd, HH, mm) or field:NAME"
+            ));
+        }
+        s = &s[c.len_utf8()..];
+    }
+    Ok(())
+}
+
+const DATE_FIELDS: [&str; 5] = ["yyyy", "MM", "dd", "HH", "mm"];
+
+/// `spec` (checked by [`date_letters`]) for `time_ms` (in range).
+fn render_date(spec: &str, time_ms: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    let time = chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
+    let mut out = String::new();
+    let mut s = spec;
+    while let Some(c) = s.chars().next() {
+        let (text, len) = match DATE_FIELDS.iter().position(|f| s.starts_with(*f)) {
+            Some(0) => (format!("{:04}", time.year()), 4),
+            Some(1) => (format!("{:02}", time.month()), 2),
+            Some(2) => (format!("{:02}", time.day()), 2),
+            Some(3) => (format!("{:02}", time.hour()), 2),
+            Some(4) => (format!("{:02}", time.minute()), 2),
+            _ => (c.to_string(), c.len_utf8()),
+        };
+        out.push_str(&text);
+        s = &s[len..];
+    }
+    out
 }
 
 /// Elasticsearch's rules for an index name.
@@ -324,27 +425,56 @@ mod tests {
     }
 
     #[test]
-    fn index_names_follow_the_record_time() {
+    fn index_names_follow_the_record_time_and_fields() {
         // 2026-11-29T23:59:30Z
         let t = 1_795_996_770_000;
+        let render =
+            |p: &str, v: Option<&Value>| IndexPattern::parse(p).and_then(|p| p.render(t, v));
         assert_eq!(
-            index_name("alerts-{yyyy.MM.dd}", t).unwrap(),
+            render("alerts-{yyyy.MM.dd}", None).unwrap(),
             "alerts-2026.11.29"
         );
         assert_eq!(
-            index_name("logs-{yyyy-MM}-x-{HH:mm}", t),
-            Err("index name 'logs-2026-11-x-23:59' holds ':'".into())
+            render("logs-{yyyy-MM}-x-{HH:mm}", None),
+            Err("index pattern 'logs-{yyyy-MM}-x-{HH:mm}': index name 'logs-1970-01-x-00:00' holds ':'".into())
         );
-        assert_eq!(index_name("fixed", t).unwrap(), "fixed");
-        assert!(index_name("a-{yyyy", t).unwrap_err().contains("not closed"));
+        assert_eq!(render("fixed", None).unwrap(), "fixed");
+        assert_eq!(
+            IndexPattern::parse("fixed-{yyyy}").unwrap().prefix(),
+            "fixed-"
+        );
+        assert!(render("a-{yyyy", None).unwrap_err().contains("not closed"));
         assert!(
-            index_name("a-{yyyy.Q}", t)
+            render("a-{yyyy.Q}", None)
                 .unwrap_err()
                 .contains("'Q' is not a date field")
         );
-        assert!(index_name("Alerts", t).unwrap_err().contains("upper-case"));
-        assert!(index_name("_x", t).unwrap_err().contains("starts with"));
-        assert!(index_name("a b", t).unwrap_err().contains("' '"));
+        assert!(render("Alerts", None).unwrap_err().contains("upper-case"));
+        assert!(render("_x", None).unwrap_err().contains("starts with"));
+        assert!(render("a b", None).unwrap_err().contains("' '"));
+        assert!(
+            render("a-{field:}", None)
+                .unwrap_err()
+                .contains("needs a field name")
+        );
+        let v = serde_json::json!({"geo": {"zone": "EU-West"}, "n": 7, "bad": "a/b"});
+        assert_eq!(render("z-{field:geo.zone}", Some(&v)).unwrap(), "z-eu-west");
+        assert_eq!(render("n-{field:n}-{yyyy}", Some(&v)).unwrap(), "n-7-2026");
+        assert!(
+            render("z-{field:nope}", Some(&v))
+                .unwrap_err()
+                .contains("'nope' is missing")
+        );
+        assert!(
+            render("z-{field:bad}", Some(&v))
+                .unwrap_err()
+                .contains("holds '/'")
+        );
+        assert!(
+            IndexPattern::parse("z-{field:geo.zone}")
+                .unwrap()
+                .needs_value()
+        );
     }
 
     #[test]

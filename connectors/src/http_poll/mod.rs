@@ -77,6 +77,7 @@ use serde_json::Value;
 use sluice_log::Record;
 
 use crate::config::Interval;
+use crate::http_client::{describe, header_map, http_url, redact_url};
 use crate::{ConnectorError, Rejected, Result, Source, SourceBatch, Wait};
 
 /// The HTTP polling source's settings.
@@ -506,27 +507,6 @@ fn body_hash(bytes: &[u8]) -> String {
     format!("{:016x}", crate::fnv1a(bytes))
 }
 
-/// `url` with any password and every query value replaced (API keys often ride in the
-/// query), for messages, logs, dead-letter origins and the position.
-fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("redacted"));
-            }
-            if u.query().is_some() {
-                let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
-                u.query_pairs_mut()
-                    .clear()
-                    .extend_pairs(names.iter().map(|k| (k.as_str(), "redacted")));
-            }
-            u.to_string()
-        }
-        // Not a URL: shown as written (only a URL's parts can be told apart).
-        Err(_) => url.to_string(),
-    }
-}
-
 /// How positions written before query values were redacted named the URL.
 fn legacy_shown(url: &str) -> String {
     match Url::parse(url) {
@@ -536,21 +516,6 @@ fn legacy_shown(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// An error and its causes, `a: b: c` (reqwest's own message often hides the cause).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let message = c.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// Polls one URL.
@@ -584,28 +549,8 @@ impl HttpPollSource {
     /// A source for `config`; checks the URL, the headers and the limits.
     pub fn new(config: HttpPollSourceConfig) -> Result<HttpPollSource> {
         let bad = |why: String| ConnectorError::Config(why);
-        let url = Url::parse(&config.url)
-            .map_err(|e| bad(format!("url '{}': {e}", redact_url(&config.url))))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(bad(format!(
-                "url '{}': the scheme must be http or https, not {}",
-                redact_url(&config.url),
-                url.scheme()
-            )));
-        }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let key = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| bad(format!("headers: '{name}' is not a header name ({e})")))?;
-            // The value is not quoted: it usually holds a credential.
-            let mut v = HeaderValue::from_str(value).map_err(|_| {
-                bad(format!(
-                    "headers.{name}: the value holds characters a header cannot (control characters or non-ASCII)"
-                ))
-            })?;
-            v.set_sensitive(true);
-            headers.insert(key, v);
-        }
+        let url = http_url(&config.url)?;
+        let headers = header_map(&config.headers)?;
         for (what, i) in [("interval", config.interval), ("timeout", config.timeout)] {
             if i.0.is_zero() {
                 return Err(bad(format!("{what} must be longer than 0")));
@@ -628,6 +573,7 @@ impl HttpPollSource {
 
     fn http_error(&self, reason: String) -> ConnectorError {
         ConnectorError::Http {
+            method: "GET",
             url: self.shown.clone(),
             reason,
         }

@@ -91,7 +91,7 @@
 mod config;
 mod sink;
 mod store;
-mod template;
+pub(crate) mod template;
 
 pub use self::config::{ObjectFormat, ObjectStoreSinkConfig};
 pub use self::sink::ObjectStoreSink;

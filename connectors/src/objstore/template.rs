@@ -99,25 +99,7 @@ impl Template {
                 Piece::Hour => out.push_str(&format!("{:02}", time()?.hour())),
                 Piece::Minute => out.push_str(&format!("{:02}", time()?.minute())),
                 Piece::Field(path) => {
-                    let name = path.join(".");
-                    let v = path
-                        .iter()
-                        .try_fold(value.ok_or("the value is not JSON")?, |v, k| v.get(k));
-                    let text = match v {
-                        None | Some(Value::Null) => {
-                            return Err(format!("partition-by field '{name}' is missing"));
-                        }
-                        Some(Value::String(s)) if s.is_empty() => {
-                            return Err(format!("partition-by field '{name}' is empty"));
-                        }
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
-                        Some(_) => {
-                            return Err(format!(
-                                "partition-by field '{name}' is an object or array, not a value"
-                            ));
-                        }
-                    };
+                    let text = field_text(value, path, "partition-by")?;
                     // The store's own escaping: '/' cannot split the folder, nor "." or ".."
                     // climb out of it.
                     out.push_str(PathPart::from(text.as_str()).as_ref());
@@ -125,5 +107,28 @@ impl Template {
             }
         }
         Ok(out)
+    }
+}
+
+/// The text of a value's field at `path` (keys of nested objects): a string as it is, a
+/// number or boolean as written. `what` names the setting in the reason when the field is
+/// missing, `null`, empty, or not a value.
+pub(crate) fn field_text(
+    value: Option<&Value>,
+    path: &[String],
+    what: &str,
+) -> Result<String, String> {
+    let name = path.join(".");
+    let v = path
+        .iter()
+        .try_fold(value.ok_or("the value is not JSON")?, |v, k| v.get(k));
+    match v {
+        None | Some(Value::Null) => Err(format!("{what} field '{name}' is missing")),
+        Some(Value::String(s)) if s.is_empty() => Err(format!("{what} field '{name}' is empty")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+        Some(_) => Err(format!(
+            "{what} field '{name}' is an object or array, not a value"
+        )),
     }
 }

@@ -241,6 +241,11 @@ impl Epochs for SinkRun<'_> {
         let task = self.task;
         if self.written != self.flushed {
             self.flushed = self.sink.flush()?;
+            self.dead
+                .extend(self.sink.take_refused().into_iter().map(|r| {
+                    let (p, o) = r.at.unwrap_or_default();
+                    (p, o, r)
+                }));
             sluice_log::fault::point("sink-after-flush");
         }
         // Where everything given is durable, commit the consumer's position rather than the
