@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's build and tests need on a fresh Debian machine, skipping what is
 # already there: libclang (RocksDB's bindgen), PostgreSQL 15, openssl, and a Python venv with the S3
-# (moto) and Elasticsearch-API (osmem-server) servers the tests start themselves.
+# (moto) and Elasticsearch-API (osmem-server, noida-db) servers the tests start themselves.
 # Sourced by scripts/test and scripts/run; safe to run again.
 set -euo pipefail
 
@@ -31,10 +31,10 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 
-if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! [ -x "$SLUICE_VENV/bin/moto_server" ]; then
-    echo "setup: creating $SLUICE_VENV with moto[server] and osmem-server" >&2
-    python3 -m venv "$SLUICE_VENV"
-    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server
+if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_server" ] && [ -x "$SLUICE_VENV/bin/noida-db" ]; }; then
+    echo "setup: installing moto[server], osmem-server and noida-db into $SLUICE_VENV" >&2
+    [ -x "$SLUICE_VENV/bin/pip" ] || python3 -m venv "$SLUICE_VENV"
+    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -32,3 +32,28 @@ impl Serialize for Interval {
         s.serialize_str(&humantime::format_duration(self.0).to_string())
     }
 }
+
+/// The request timeout of the HTTP sinks: 30 s.
+pub(crate) fn default_request_timeout() -> Interval {
+    Interval(Duration::from_secs(30))
+}
+
+/// How long the HTTP sinks retry what a server could not take for now: 5 minutes.
+pub(crate) fn default_retry_timeout() -> Interval {
+    Interval(Duration::from_secs(5 * 60))
+}
+
+/// The first wait before a retry of the HTTP sinks: 100 ms.
+pub(crate) fn default_retry_backoff() -> Interval {
+    Interval(Duration::from_millis(100))
+}
+
+/// How long the HTTP sinks let a batch fill: 1 s.
+pub(crate) fn default_linger() -> Interval {
+    Interval(Duration::from_secs(1))
+}
+
+/// Requests in flight at once in the HTTP sinks: 4.
+pub(crate) fn default_max_in_flight() -> usize {
+    4
+}

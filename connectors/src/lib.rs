@@ -29,6 +29,9 @@
 //!   retry schedule).
 //! - [`http_ingest`]: the HTTP ingest source: requests handed over by the worker's
 //!   `POST /ingest/{topic}` endpoint, answered once their records are committed.
+//! - [`http_sink`]: the HTTP sink (single records or batches, an `Idempotency-Key` per
+//!   request, retries, refused records to the dead-letter topic): `http_sink/mod.rs`,
+//!   `config.rs`.
 //! - [`http_poll`]: the HTTP polling source (GET a URL every interval, records picked by a
 //!   JSON path, ETag / If-Modified-Since). The HTTP ingest endpoint is served by the worker.
 //! - [`postgres_cdc`]: the Postgres change-data-capture source (logical replication with
@@ -50,6 +53,7 @@ pub mod file;
 mod http_client;
 pub mod http_ingest;
 pub mod http_poll;
+pub mod http_sink;
 pub mod objstore;
 pub mod postgres_cdc;
 

@@ -41,6 +41,7 @@ use sluice_connectors::elasticsearch::{ElasticsearchSink, ElasticsearchSinkConfi
 use sluice_connectors::file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use sluice_connectors::http_ingest::{HttpIngestConfig, IngestHandle, IngestSource};
 use sluice_connectors::http_poll::{HttpPollSource, HttpPollSourceConfig};
+use sluice_connectors::http_sink::{HttpSink, HttpSinkConfig};
 use sluice_connectors::objstore::{ObjectStoreSink, ObjectStoreSinkConfig};
 use sluice_connectors::postgres_cdc::{PostgresCdcConfig, PostgresCdcSource};
 use sluice_connectors::{ConnectorError, Sink, Source};
@@ -228,6 +229,10 @@ pub struct SinkSpec {
     /// api-key, tls-ca-file, index-template, ... }`.
     #[serde(default)]
     pub elasticsearch: Option<ElasticsearchSinkConfig>,
+    /// Send records to an HTTP endpoint: `{ url, method, format = "single"|"array"|"ndjson",
+    /// envelope, headers, batch-records, batch-bytes, linger, max-in-flight, ... }`.
+    #[serde(default)]
+    pub http: Option<HttpSinkConfig>,
 }
 
 impl SinkSpec {
@@ -235,6 +240,7 @@ impl SinkSpec {
         usize::from(self.file.is_some())
             + usize::from(self.object_store.is_some())
             + usize::from(self.elasticsearch.is_some())
+            + usize::from(self.http.is_some())
     }
 }
 
@@ -273,6 +279,9 @@ pub fn build_sink(s: &SinkSpec, base: &Path) -> Result<Box<dyn Sink>, ConnectorE
     }
     if let Some(c) = &s.elasticsearch {
         return Ok(Box::new(ElasticsearchSink::new(c.clone(), base)?));
+    }
+    if let Some(c) = &s.http {
+        return Ok(Box::new(HttpSink::new(c.clone(), base)?));
     }
     Err(ConnectorError::Config("no connector table".into()))
 }

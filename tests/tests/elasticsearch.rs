@@ -624,7 +624,9 @@ fn kill_test_records() -> Vec<(u32, Record)> {
     out
 }
 
-fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
+/// A `sluice run` process on `work` (`data`, `pipelines`), its log in `worker-<round>.log`,
+/// with `SLUICE_FAULT` set to `fault`.
+pub(crate) fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
     let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
     let mut command = Command::new(crate::cli::sluice_bin());
     command

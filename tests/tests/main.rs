@@ -10,6 +10,7 @@ mod elasticsearch;
 mod hardening;
 mod hardening_log;
 mod hardening_sql;
+mod http_sink;
 mod log_crash;
 mod log_groups;
 mod log_topics;

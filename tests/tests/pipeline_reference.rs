@@ -67,6 +67,12 @@ const SECTIONS: &[(&str, &str, &str, &str)] = &[
         "ElasticsearchSinkConfig",
         "sinks[].elasticsearch.",
     ),
+    (
+        "sinks[].http",
+        "connectors/src/http_sink/config.rs",
+        "HttpSinkConfig",
+        "sinks[].http.",
+    ),
 ];
 
 /// The TOML shape of a Rust field type.
@@ -93,6 +99,8 @@ fn toml_type(rust: &str) -> String {
         "ObjectFormat" => "string: `json`, `parquet`".into(),
         "DocumentId" => "string: `key`, `offset`".into(),
         "Tombstones" => "string: `delete`, `ignore`".into(),
+        "Method" => "string: `POST`, `PUT`".into(),
+        "BodyFormat" => "string: `single`, `array`, `ndjson`".into(),
         "Guarantee" => "string: `exactly-once`, `at-least-once`".into(),
         "Interval" => "duration string: `500ms`, `10s`, `5m`, `1h`".into(),
         "SnapshotMode" => "string: `initial`, `never`, `when-needed`".into(),
@@ -107,6 +115,7 @@ fn toml_type(rust: &str) -> String {
         | "HttpPollSourceConfig"
         | "ObjectStoreSinkConfig"
         | "ElasticsearchSinkConfig"
+        | "HttpSinkConfig"
         | "PostgresCdcConfig" => "table".into(),
         other => other.into(),
     }

@@ -2,7 +2,6 @@
 //! how requests are batched and retried, and how the sink signs in.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,22 +56,22 @@ pub struct ElasticsearchSinkConfig {
     pub batch_bytes: usize,
     /// How long records wait for a batch to fill before it is sent anyway (default `"1s"`);
     /// every commit of the sink (`commit-interval`) sends what is waiting too.
-    #[serde(default = "default_linger")]
+    #[serde(default = "crate::config::default_linger")]
     pub linger: Interval,
     /// `_bulk` requests in flight at once (default 4).
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "crate::config::default_max_in_flight")]
     pub max_in_flight: usize,
     /// Each request's timeout (default `"30s"`).
-    #[serde(default = "default_request_timeout")]
+    #[serde(default = "crate::config::default_request_timeout")]
     pub request_timeout: Interval,
     /// How long documents the server could not take for now (429, 5xx, connection failures)
     /// are retried while it takes none of them, with exponential backoff from `retry-backoff`
     /// up to 30 s (a retry it takes some of starts the backoff again), before the sink reports
     /// the error and its task restarts from its last commit (default `"5m"`).
-    #[serde(default = "default_retry_timeout")]
+    #[serde(default = "crate::config::default_retry_timeout")]
     pub retry_timeout: Interval,
     /// The first wait before a retry (default `"100ms"`).
-    #[serde(default = "default_retry_backoff")]
+    #[serde(default = "crate::config::default_retry_backoff")]
     pub retry_backoff: Interval,
     /// User name for HTTP basic authentication (with `password`).
     #[serde(default)]
@@ -129,24 +128,4 @@ fn default_batch_records() -> usize {
 
 fn default_batch_bytes() -> usize {
     5 << 20
-}
-
-fn default_linger() -> Interval {
-    Interval(Duration::from_secs(1))
-}
-
-fn default_max_in_flight() -> usize {
-    4
-}
-
-fn default_request_timeout() -> Interval {
-    Interval(Duration::from_secs(30))
-}
-
-fn default_retry_timeout() -> Interval {
-    Interval(Duration::from_secs(5 * 60))
-}
-
-fn default_retry_backoff() -> Interval {
-    Interval(Duration::from_millis(100))
 }
