@@ -345,6 +345,62 @@ impl Proxy {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// A plain proxy to `upstream` served over TLS with `server.crt` and `server.key` of
+    /// `certs` (see `server_cert`); its URL is `https://`.
+    fn start_tls(upstream: &str, certs: &Path) -> Proxy {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(certs.join("server.crt"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let mut proxy = Proxy::start(upstream, None, false);
+        let listener = proxy
+            ._runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        proxy.port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .fallback(proxied)
+            .with_state(proxy.state.clone());
+        proxy._runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends its handshake here.
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+        proxy
+    }
+
+    fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
 }
 
 async fn proxied(
@@ -512,6 +568,40 @@ fn a_429_storm_retries_only_the_busy_documents_and_keeps_each_documents_last_ver
         requests >= 3 && items >= 100,
         "the storm answered 429 to {requests} requests and {items} items"
     );
+}
+
+#[test]
+fn tls_with_a_ca_file_and_without_it() {
+    let es = EsServer::start(Kind::Osmem);
+    let certs = tempfile::tempdir().unwrap();
+    crate::postgres_cdc::server_cert(certs.path());
+    let proxy = Proxy::start_tls(&es.url(), certs.path());
+    let c = config(&proxy.tls_url(), "secure", json!({"tls-ca-file": "ca.crt"}));
+    let mut sink = ElasticsearchSink::new(c, certs.path()).unwrap();
+    sink.open(None).unwrap();
+    sink.write(&[record(0, 0, Some("a"), Some("{\"x\": 1}"))])
+        .unwrap();
+    sink.flush().unwrap();
+    assert_eq!(es.docs("secure").len(), 1);
+    // Without the CA the server's certificate is not trusted.
+    let c = config(&proxy.tls_url(), "secure", json!({}));
+    let e = ElasticsearchSink::new(c, certs.path())
+        .unwrap()
+        .open(None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+    // A CA file that is not PEM is a configuration error naming it.
+    std::fs::write(certs.path().join("bad.pem"), "not a certificate").unwrap();
+    let c = config(
+        &proxy.tls_url(),
+        "secure",
+        json!({"tls-ca-file": "bad.pem"}),
+    );
+    let e = ElasticsearchSink::new(c, certs.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.pem"), "{e}");
 }
 
 #[test]

@@ -81,39 +81,7 @@ impl Postgres {
             false => append("pg_hba.conf", "host replication all 127.0.0.1/32 trust\n"),
             true => {
                 let d = dir.path();
-                ca(d, "ca");
-                let openssl =
-                    |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
-                openssl(&[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-keyout",
-                    "server.key",
-                    "-out",
-                    "server.csr",
-                ]);
-                std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-                openssl(&[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "server.csr",
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    "ext",
-                    "-out",
-                    "server.crt",
-                ]);
+                server_cert(d);
                 run(Command::new("chown")
                     .args(["postgres:", d.join("server.key").to_str().unwrap()]));
                 run(Command::new("chmod").args(["600", d.join("server.key").to_str().unwrap()]));
@@ -199,7 +167,43 @@ impl Drop for Postgres {
 }
 
 /// A CA certificate and key, `<name>.crt` and `<name>.key` in `dir`.
-fn ca(dir: &std::path::Path, name: &str) {
+/// Makes `ca.crt`/`ca.key` and, signed by it, `server.crt`/`server.key` for 127.0.0.1 in `d`.
+pub(crate) fn server_cert(d: &std::path::Path) {
+    ca(d, "ca");
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+pub(crate) fn ca(dir: &std::path::Path, name: &str) {
     run(Command::new("openssl").current_dir(dir).args([
         "req",
         "-x509",
