@@ -25,4 +25,5 @@ mod sql_join_state;
 mod sql_partition_by;
 mod sql_queries;
 mod task_runtime;
+mod webhdfs;
 mod worker;

@@ -27,8 +27,11 @@ impl std::fmt::Debug for ObjectStoreSinkConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ObjectStoreSinkConfig {
     /// Where the objects go: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`
-    /// (also `abfs://`, `abfss://`, `adl://`, `azure://`), `file:///absolute/folder` or
-    /// `file://folder` (relative to the pipeline file), or `memory://` (in the process, for tests).
+    /// (also `abfs://`, `abfss://`, `adl://`, `azure://`), `webhdfs://namenode:9870/path` (HDFS
+    /// through its WebHDFS REST API: each object is written as temporary blocks under
+    /// `<path>/.sluice-tmp/`, concatenated and renamed over its name), `file:///absolute/folder`
+    /// or `file://folder` (relative to the pipeline file), or `memory://` (in the process, for
+    /// tests). `hdfs://` (HDFS's native RPC) is refused: use WebHDFS.
     /// Objects are named `<prefix>/<topic>/<partition>/[<partition-by path>/]<first offset, 20
     /// digits>.<jsonl|parquet>`.
     pub url: String,
@@ -82,7 +85,8 @@ pub struct ObjectStoreSinkConfig {
     /// `endpoint`, `region`, `access-key-id`, `secret-access-key`, `allow-http`,
     /// `virtual-hosted-style-request`, `service-account-path`, `account-name`, `access-key`, ...
     /// The usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) are read too; these
-    /// override them.
+    /// override them. For WebHDFS: `user-name` (Hadoop's `user.name`), `delegation` (a
+    /// delegation token), `tls = "true"` (a namenode serving HTTPS).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }

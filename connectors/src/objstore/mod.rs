@@ -1,6 +1,6 @@
 //! The object-store sink: writes each partition's records as JSON lines or Parquet objects to
-//! S3, Google Cloud Storage, Azure, a local folder or memory, named by their first offset so
-//! that a replay rewrites the same objects.
+//! S3, Google Cloud Storage, Azure, HDFS (WebHDFS, `hdfs.rs`), a local folder or memory, named
+//! by their first offset so that a replay rewrites the same objects.
 //!
 //! ```text
 //!  write ─► per partition: buffer ─► group by partition-by path ─┐
@@ -89,6 +89,7 @@
 //!   uploads.
 
 mod config;
+mod hdfs;
 mod sink;
 mod store;
 pub(crate) mod template;

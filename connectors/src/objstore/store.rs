@@ -24,6 +24,9 @@ pub(super) const MIN_PART_BYTES: u64 = 5 << 20;
 /// Parts of one multipart upload in flight at once.
 const PART_CONCURRENCY: usize = 4;
 
+/// How long one WebHDFS request may take.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Retries of one request: high, so that `retry-timeout` is the bound that applies.
 const MAX_RETRIES: usize = 1000;
 
@@ -136,9 +139,20 @@ pub(super) fn build_store(
             }
             Arc::new(InMemory::new())
         }
+        "webhdfs" => {
+            // The url's path is the store's root, so object names start at it.
+            let store =
+                super::hdfs::webhdfs(url, options, config.retry_timeout.0, REQUEST_TIMEOUT)?;
+            return Ok((store, ObjectPath::default()));
+        }
+        "hdfs" => {
+            return Err(bad(
+                "hdfs:// (HDFS's native RPC) is not supported; use the namenode's WebHDFS: webhdfs://namenode:9870/path".into(),
+            ));
+        }
         other => {
             return Err(bad(format!(
-                "unknown scheme '{other}'; use s3, gs, az (abfs, abfss, adl, azure), file or memory"
+                "unknown scheme '{other}'; use s3, gs, az (abfs, abfss, adl, azure), webhdfs, file or memory"
             )));
         }
     };
