@@ -38,6 +38,10 @@ pub enum BenchCommand {
     /// beside pg_recvlogical decoding the same changes to /dev/null; prints both and the
     /// ratio.
     Cdc(super::bench_cdc::CdcBenchArgs),
+    /// The external sinks: records/s and MB/s of 1 KiB JSON records from a topic into
+    /// Elasticsearch (osmem-server), S3 (moto), HDFS (a WebHDFS server in the process) and
+    /// an HTTP receiver, one line each.
+    Sink(super::bench_sink::SinkBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -172,6 +176,7 @@ impl BenchCommand {
             BenchCommand::Eos(a) => a.run(),
             BenchCommand::Ingest(a) => a.run(),
             BenchCommand::Cdc(a) => a.run(),
+            BenchCommand::Sink(a) => a.run(),
         }
     }
 }

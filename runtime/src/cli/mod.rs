@@ -10,6 +10,7 @@ pub mod bench_cdc;
 pub mod bench_eos;
 pub mod bench_ingest;
 pub mod bench_pipeline;
+pub mod bench_sink;
 pub mod consume;
 pub mod groups;
 pub mod nexmark;
