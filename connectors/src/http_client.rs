@@ -19,11 +19,16 @@ pub(crate) fn redact_url(url: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("redacted"));
             }
-            if u.query().is_some() {
-                let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
-                u.query_pairs_mut()
-                    .clear()
-                    .extend_pairs(names.iter().map(|k| (k.as_str(), "redacted")));
+            if let Some(query) = u.query() {
+                // Names stay, values go; an item without `=` (a bare token) goes whole.
+                let shown: Vec<String> = query
+                    .split('&')
+                    .map(|item| match item.split_once('=') {
+                        Some((name, _)) => format!("{name}=redacted"),
+                        None => "redacted".to_string(),
+                    })
+                    .collect();
+                u.set_query(Some(&shown.join("&")));
             }
             u.to_string()
         }
@@ -104,7 +109,11 @@ pub(crate) fn client(
     headers: HeaderMap,
     cas: &[reqwest::Certificate],
 ) -> Result<reqwest::Client> {
+    // Redirects are not followed: a 301/302/303 would turn a POST into a GET without its
+    // body (and headers such as API keys would go to another host), so the sink would count
+    // records as written that never were. A 3xx is an error that names the new location.
     let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -135,7 +144,9 @@ impl Retry {
                 .with_jitter()
                 .without_max_times()
                 .build(),
-            deadline: Instant::now() + timeout,
+            deadline: Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
         }
     }
 

@@ -88,12 +88,34 @@ fn the_sink_writes_hdfs_through_webhdfs_and_replays_idempotently() {
             .any(|(op, p)| op == "RENAME" && p.contains("/.sluice-tmp/"))
     );
     assert!(log.iter().any(|(op, _)| op == "CONCAT"));
+    // Objects over `multipart-threshold` take the same way, with their length checked.
+    let c = config(&hdfs.url("/lake/parts"), json!({"multipart-threshold": 10}));
+    let mut sink = ObjectStoreSink::new(c, Path::new(".")).unwrap();
+    sink.open(None).unwrap();
+    let records: Vec<ConsumerRecord> = (0..3).map(|o| rec(o, &format!("{{\"n\":{o}}}"))).collect();
+    sink.write(&records).unwrap();
+    sink.flush().unwrap();
+    let files = tree(&hdfs.http(), "/lake/parts", "sluice").unwrap();
+    assert_eq!(
+        files["t/0/00000000000000000000.jsonl"],
+        b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"
+    );
+    assert!(
+        hdfs.operations()
+            .iter()
+            .filter(|(op, _)| op == "CREATE-DATA")
+            .all(|(_, p)| p.contains("/.sluice-tmp/"))
+    );
 }
 
 #[test]
 fn a_write_that_breaks_leaves_no_lease_on_the_object() {
     let hdfs = WebHdfs::start().unwrap();
-    let c = config(&hdfs.url("/lake/broken"), json!({}));
+    // A delegation token travels in every request's URL: never in an error.
+    let c = config(
+        &hdfs.url("/lake/broken"),
+        json!({"options": {"delegation": "s3cret-token"}}),
+    );
     let records: Vec<ConsumerRecord> = (0..3).map(|o| rec(o, &format!("{{\"n\":{o}}}"))).collect();
     // The first block's write breaks half way: its file stays under construction, with a
     // lease, and the upload fails.
@@ -104,12 +126,13 @@ fn a_write_that_breaks_leaves_no_lease_on_the_object() {
     assert!(e.is_err(), "the broken write is an error");
     let e = e.unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    // The error says what the namenode said (Hadoop's RemoteException).
+    // The error says what the namenode said (Hadoop's RemoteException), without the token.
     let text = e.to_string();
     assert!(
         text.contains("AlreadyBeingCreatedException") || text.contains("Connection reset"),
         "{text}"
     );
+    assert!(!text.contains("s3cret-token"), "{text}");
     // The replay (a new attempt) writes fresh blocks and the object lands whole.
     // Dropped now: a failed attempt's sink is done with (it may hold the upload's other
     // block in flight).

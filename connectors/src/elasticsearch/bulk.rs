@@ -40,6 +40,16 @@ pub enum Outcome {
         /// The server's reason.
         reason: String,
     },
+    /// Not written because of the cluster, not the document (401/403: the credentials lack
+    /// a privilege, 404: the index is missing and may not be created): every document would
+    /// fare the same, so the sink stops its attempt with the reason rather than make dead
+    /// letters of them all.
+    Fail {
+        /// The item's status.
+        status: u16,
+        /// The server's reason.
+        reason: String,
+    },
     /// Refused for what it is (a mapping error, a malformed document): a dead letter.
     Reject {
         /// The item's status.
@@ -328,6 +338,10 @@ fn outcome(item: &Value) -> Result<Outcome, String> {
             status,
             reason: reason(),
         },
+        401 | 403 | 404 => Outcome::Fail {
+            status,
+            reason: reason(),
+        },
         _ => Outcome::Reject {
             status,
             reason: reason(),
@@ -485,9 +499,11 @@ mod tests {
             {"index":{"_index":"a","_id":"3","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n]","caused_by":{"type":"number_format_exception","reason":"For input string: \"x\""}}}},
             {"delete":{"_index":"a","_id":"4","status":404,"result":"not_found"}},
             {"index":{"_index":"a","_id":"5","status":503,"error":"unavailable"}},
-            {"index":{"_index":"a","_id":"6","status":409,"error":{"type":"version_conflict_engine_exception","reason":"conflict"}}}
+            {"index":{"_index":"a","_id":"6","status":409,"error":{"type":"version_conflict_engine_exception","reason":"conflict"}}},
+            {"index":{"_index":"b","_id":"7","status":404,"error":{"type":"index_not_found_exception","reason":"no such index [b]"}}},
+            {"index":{"_index":"a","_id":"8","status":403,"error":{"type":"security_exception","reason":"action [indices:data/write/bulk[s]] is unauthorized"}}}
         ]}"#;
-        let got = outcomes(response, 6).unwrap();
+        let got = outcomes(response, 8).unwrap();
         assert_eq!(got[0], Outcome::Done);
         assert_eq!(
             got[1],
@@ -512,6 +528,8 @@ mod tests {
             }
         );
         assert!(matches!(got[5], Outcome::Reject { status: 409, .. }));
+        assert!(matches!(got[6], Outcome::Fail { status: 404, .. }));
+        assert!(matches!(got[7], Outcome::Fail { status: 403, .. }));
     }
 
     #[test]

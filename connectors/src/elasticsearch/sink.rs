@@ -19,7 +19,7 @@
 //! again: `index` replaces a document with the same content and deleting a missing document
 //! is done, so the result is the same (exactly once, not versioned: no version conflicts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +77,11 @@ type Answered = (Vec<usize>, std::result::Result<Vec<Outcome>, Failure>);
 struct Failure {
     /// True when sending it again later may succeed (429, 5xx, the network).
     retry: bool,
+    /// True when the server may have taken it anyway (a timeout, a dropped connection):
+    /// its lane sends nothing more in this wave (see `round`).
+    unknown: bool,
+    /// True when the server refused it as too large (413): its actions go alone.
+    too_large: bool,
     reason: String,
 }
 
@@ -220,7 +225,7 @@ impl ElasticsearchSink {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ConnectorError::io("start a runtime for", &config.url, e))?;
+            .map_err(|e| ConnectorError::io("start a runtime for", redact_url(&config.url), e))?;
         Ok(ElasticsearchSink {
             shown: redact_url(url.as_str()),
             base: url,
@@ -393,7 +398,7 @@ impl ElasticsearchSink {
         }
         let batches: Vec<Vec<Vec<usize>>> = lane_of
             .iter()
-            .map(|lane| self.batches(&actions, lane))
+            .map(|lane| self.batches(&actions, lane, &HashSet::new()))
             .collect();
         let results = self
             .runtime
@@ -402,8 +407,27 @@ impl ElasticsearchSink {
                 let actions = &actions;
                 async move {
                     let mut out = Vec::new();
+                    let mut unknown: Option<String> = None;
                     for batch in lane {
+                        // After a request whose fate is unknown (the server may still apply
+                        // it), the lane's later requests wait for the next wave: sent now,
+                        // they could be overtaken by it.
+                        if let Some(reason) = &unknown {
+                            let held = Failure {
+                                retry: true,
+                                unknown: false,
+                                too_large: false,
+                                reason: format!("held back after: {reason}"),
+                            };
+                            out.push((batch, Err(held)));
+                            continue;
+                        }
                         let result = send.bulk(actions, &batch).await;
+                        if let Err(f) = &result {
+                            if f.unknown {
+                                unknown = Some(f.reason.clone());
+                            }
+                        }
                         out.push((batch, result));
                     }
                     out
@@ -413,6 +437,8 @@ impl ElasticsearchSink {
         let mut by_doc: Option<HashMap<&(String, String), Vec<usize>>> = None;
         let mut retry: Option<Retry> = None;
         let mut last_busy = String::new();
+        // Actions of a request refused as too large: each goes alone from now on.
+        let mut alone: HashSet<usize> = HashSet::new();
         let mut results: Vec<Answered> = results.into_iter().flatten().collect();
         loop {
             let mut busy = false;
@@ -438,8 +464,28 @@ impl ElasticsearchSink {
                                     ));
                                     State::Refused
                                 }
+                                Outcome::Fail { status, reason } => {
+                                    return Err(self.error(
+                                        "POST",
+                                        "_bulk",
+                                        format!("the server did not write a document to index {} (status {status}): {reason}", actions[i].doc.0),
+                                    ));
+                                }
                             };
                         }
+                    }
+                    Err(f) if f.too_large && batch.len() == 1 => {
+                        let i = batch[0];
+                        refused.push(dead_letter(&actions[i], f.reason));
+                        states[i] = State::Refused;
+                    }
+                    Err(f) if f.too_large => {
+                        for &i in &batch {
+                            states[i] = State::Busy;
+                            alone.insert(i);
+                        }
+                        busy = true;
+                        last_busy = f.reason;
                     }
                     Err(f) if f.retry => {
                         for &i in &batch {
@@ -498,7 +544,7 @@ impl ElasticsearchSink {
                     )
                 })?;
             tracing::debug!(url = %self.shown, documents = wave.len(), ?delay, reason = %last_busy, "Documents the server could not take are sent again.");
-            let batches = self.batches(&actions, &wave);
+            let batches = self.batches(&actions, &wave, &alone);
             let concurrency = self.config.max_in_flight;
             results = self.runtime.block_on(async {
                 tokio::time::sleep(delay).await;
@@ -520,14 +566,24 @@ impl ElasticsearchSink {
     }
 
     /// `which` actions cut into requests by `batch-records` and `batch-bytes`.
-    fn batches(&self, actions: &[Action], which: &[usize]) -> Vec<Vec<usize>> {
+    /// An action in `alone` gets a request of its own.
+    fn batches(
+        &self,
+        actions: &[Action],
+        which: &[usize],
+        alone: &HashSet<usize>,
+    ) -> Vec<Vec<usize>> {
         let mut out: Vec<Vec<usize>> = Vec::new();
         let mut bytes = 0;
+        let mut last_alone = false;
         for &i in which {
             let size = actions[i].lines.len();
+            let this_alone = alone.contains(&i);
             match out.last_mut() {
                 Some(b)
-                    if b.len() < self.config.batch_records
+                    if !this_alone
+                        && !last_alone
+                        && b.len() < self.config.batch_records
                         && bytes + size <= self.config.batch_bytes =>
                 {
                     b.push(i);
@@ -538,6 +594,7 @@ impl ElasticsearchSink {
                     bytes = size;
                 }
             }
+            last_alone = this_alone;
         }
         out
     }
@@ -571,29 +628,40 @@ impl Sender {
             .await
             .map_err(|e| Failure {
                 retry: true,
+                // Refused connections never reached the server; anything later may have.
+                unknown: !e.is_connect(),
+                too_large: false,
                 reason: describe(&e.without_url()),
             })?;
         let status = response.status();
         let reply = response.bytes().await.map_err(|e| Failure {
             retry: true,
+            unknown: true,
+            too_large: false,
             reason: format!("reading the answer: {}", describe(&e.without_url())),
         })?;
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Err(Failure {
-                retry: false,
+                retry: true,
+                unknown: false,
+                too_large: true,
                 reason: format!(
-                    "the server refused a request of {size} bytes as too large (413); lower batch-bytes"
+                    "the server refused a request of {size} bytes as too large (413; its http.max_content_length)"
                 ),
             });
         }
         if !status.is_success() {
             return Err(Failure {
                 retry: status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+                unknown: false,
+                too_large: false,
                 reason: answer_reason(status, &reply),
             });
         }
         bulk::outcomes(&reply, batch.len()).map_err(|reason| Failure {
             retry: true,
+            unknown: false,
+            too_large: false,
             reason,
         })
     }
@@ -788,8 +856,12 @@ mod tests {
         let actions: Vec<Action> = [10, 10, 10, 10, 90, 20, 200, 5].map(action).into();
         let all: Vec<usize> = (0..actions.len()).collect();
         assert_eq!(
-            sink.batches(&actions, &all),
+            sink.batches(&actions, &all, &HashSet::new()),
             vec![vec![0, 1, 2], vec![3, 4], vec![5], vec![6], vec![7]]
+        );
+        assert_eq!(
+            sink.batches(&actions[..4], &[0, 1, 2, 3], &HashSet::from([1])),
+            vec![vec![0], vec![1], vec![2, 3]]
         );
     }
 }

@@ -65,7 +65,7 @@ pub struct HttpSinkConfig {
     /// Each request's timeout (default `"30s"`).
     #[serde(default = "crate::config::default_request_timeout")]
     pub request_timeout: Interval,
-    /// How long a request answered 5xx, 429 or 408, or failing to connect or time out, is
+    /// How long a request answered 5xx, 429, 409 or 408, or failing to connect or time out, is
     /// retried with exponential backoff from `retry-backoff` up to 30 s before the sink
     /// reports the error and its task restarts from its last commit (default `"5m"`).
     #[serde(default = "crate::config::default_retry_timeout")]

@@ -2,15 +2,16 @@
 //! JSON array or NDJSON) of one partition's records, in offset order per partition and
 //! several partitions at once. Each request carries an `Idempotency-Key` naming its
 //! partition and offsets, the same each time those records are sent, so a receiver can
-//! drop replays. Answers decide each batch: 2xx done; 5xx, 429 and 408 (and timeouts and
-//! refused connections) sent again with backoff; another 4xx sends the batch again record
+//! drop replays. Answers decide each batch: 2xx done; 5xx, 429, 409 (a request with the key
+//! still in progress), 408 (and timeouts and refused connections) sent again with backoff; another 4xx sends the batch again record
 //! by record, and the records the receiver still refuses become dead letters with its answer.
 //!
 //! Batches are cut by `batch-records` and `batch-bytes` counted from the last commit, so a
 //! replay after a crash cuts full batches where the first attempt did and sends them with
 //! the same keys. A batch cut by `linger` (records trickling in) is sent when it is that
-//! old; if the worker dies between its answer and the commit after it (milliseconds), the
-//! replay sends its records again in a batch that may hold more records, under another key.
+//! old; if the attempt that sent it ends before the commit after it (the worker dies in
+//! those milliseconds, or another request of the round fails for good), the replay sends its
+//! records again in a batch that may hold more records, under another key.
 //! A receiver that must see each record once in that case too uses `envelope = true` and
 //! drops records by partition and offset.
 //!
@@ -66,9 +67,19 @@ impl Batch {
         self.items.first().map_or(0, |i| i.offset)
     }
 
-    fn key(&self) -> String {
+    /// `<topic>-<partition>-<first offset>-<last offset>-<hash of the body>`: the same for
+    /// the same records sent the same way, another for other records at the same offsets (a
+    /// topic deleted and created again, or another sink's format), so a receiver never
+    /// drops new records as replays.
+    fn key(&self, body: &[u8]) -> String {
         let last = self.items.last().map_or(0, |i| i.offset);
-        format!("{}-{}-{}-{last}", self.topic, self.partition, self.first())
+        format!(
+            "{}-{}-{}-{last}-{:016x}",
+            self.topic,
+            self.partition,
+            self.first(),
+            crate::fnv1a(body)
+        )
     }
 
     /// The body in `format`.
@@ -185,7 +196,7 @@ impl HttpSink {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ConnectorError::io("start a runtime for", &config.url, e))?;
+            .map_err(|e| ConnectorError::io("start a runtime for", shown.clone(), e))?;
         Ok(HttpSink {
             config,
             url,
@@ -288,7 +299,7 @@ impl HttpSink {
     /// Sends one request, retrying what may pass; `Some(reason)` when the receiver refuses it.
     async fn deliver(&self, batch: &Batch) -> Result<Option<String>> {
         let body = batch.body(self.config.format);
-        let key = batch.key();
+        let key = batch.key(&body);
         let mut retry: Option<Retry> = None;
         loop {
             let reason = match self.request(body.clone(), &key).await {
@@ -344,9 +355,11 @@ impl HttpSink {
             format!("the receiver answered {status}: {}", text.trim())
         };
         match status {
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_EARLY | StatusCode::TOO_MANY_REQUESTS => {
-                Answer::Busy(reason)
-            }
+            // 409: under idempotency keys, a request with this key is still in progress.
+            StatusCode::REQUEST_TIMEOUT
+            | StatusCode::CONFLICT
+            | StatusCode::TOO_EARLY
+            | StatusCode::TOO_MANY_REQUESTS => Answer::Busy(reason),
             s if s.is_server_error() => Answer::Busy(reason),
             // What the records cannot change: the sink's settings or the receiver's.
             StatusCode::UNAUTHORIZED

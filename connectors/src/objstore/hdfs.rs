@@ -51,13 +51,17 @@ pub(super) fn webhdfs(
         ));
     }
     let mut scheme = "http";
+    let mut secret = None;
     let mut builder = opendal::services::Webhdfs::default()
         .root(&format!("/{path}"))
         .atomic_write_dir(TMP_DIR);
     for (key, value) in options {
         builder = match key.as_str() {
             "user_name" => builder.user_name(&value),
-            "delegation" => builder.delegation(&value),
+            "delegation" => {
+                secret = Some(value.clone());
+                builder.delegation(&value)
+            }
             "tls" if value == "true" => {
                 scheme = "https";
                 builder
@@ -83,66 +87,89 @@ pub(super) fn webhdfs(
         .unwrap_or(usize::MAX);
     let op = Operator::new(builder)
         .map_err(|e| bad(e.to_string()))?
-        .layer(opendal::layers::TimeoutLayer::new().with_timeout(request_timeout))
+        // Both: `with_timeout` bounds the calls, `with_io_timeout` each read and write of a
+        // block (OpenDAL's default, 10 s, is short for a large block on a slow link).
+        .layer(
+            opendal::layers::TimeoutLayer::new()
+                .with_timeout(request_timeout)
+                .with_io_timeout(request_timeout),
+        )
         .layer(
             opendal::layers::RetryLayer::new()
                 .with_jitter()
                 .with_max_delay(max_delay)
                 .with_max_times(times),
         );
-    Ok(Arc::new(TwoPartPuts {
+    Ok(Arc::new(TwoPartPuts(Arc::new(Inner {
         store: OpendalStore::new(op.clone()),
         op,
         folders: Mutex::new(HashSet::new()),
-    }))
+        secret,
+    }))))
 }
 
-/// An OpenDAL store whose puts go in two parts, so OpenDAL writes them to temporary
+/// An OpenDAL store whose uploads go in two parts, so OpenDAL writes them to temporary
 /// blocks and renames (see the module's documentation); everything else as OpenDAL does it.
 #[derive(Debug)]
-struct TwoPartPuts {
+struct TwoPartPuts(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     store: OpendalStore,
     op: Operator,
     /// Folders known to exist (made with `MKDIRS`). std's Mutex: no await while held.
     folders: Mutex<HashSet<String>>,
+    /// The delegation token, kept out of errors (OpenDAL's name the request's URL, which
+    /// holds it).
+    secret: Option<String>,
 }
 
 impl std::fmt::Display for TwoPartPuts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WebHDFS({})", self.store)
+        write!(f, "WebHDFS({})", self.0.store)
     }
 }
 
-/// An OpenDAL error as object_store's, naming the object.
-fn generic(
-    location: &ObjectPath,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "WebHDFS",
-        source: format!("{location}: {e}").into(),
+impl Inner {
+    /// `e` with the delegation token taken out of its text.
+    fn scrub(&self, e: object_store::Error) -> object_store::Error {
+        match &self.secret {
+            Some(secret) if !secret.is_empty() && e.to_string().contains(secret.as_str()) => {
+                object_store::Error::Generic {
+                    store: "WebHDFS",
+                    source: e.to_string().replace(secret.as_str(), "(redacted)").into(),
+                }
+            }
+            _ => e,
+        }
     }
-}
 
-impl TwoPartPuts {
+    fn error(&self, location: &ObjectPath, e: impl std::fmt::Display) -> object_store::Error {
+        self.scrub(object_store::Error::Generic {
+            store: "WebHDFS",
+            source: format!("{location}: {e}").into(),
+        })
+    }
+
     /// HDFS's `RENAME` answers `false` (not an error) when the destination's folder is
     /// missing, and OpenDAL does not look: the folder is made first.
     async fn folder_for(&self, location: &ObjectPath) -> object_store::Result<()> {
         let Some((folder, _)) = location.as_ref().rsplit_once('/') else {
             return Ok(());
         };
-        if self
-            .folders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(folder)
-        {
+        let known = |f: &str| {
+            self.folders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(f)
+        };
+        if known(folder) {
             return Ok(());
         }
         self.op
             .create_dir(&format!("{folder}/"))
             .await
-            .map_err(|e| generic(location, e))?;
+            .map_err(|e| self.error(location, e))?;
         self.folders
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -150,22 +177,81 @@ impl TwoPartPuts {
         Ok(())
     }
 
-    /// For the same reason, an upload is done only when the object is there, whole.
-    async fn check(&self, location: &ObjectPath, size: usize) -> object_store::Result<()> {
+    /// One upload: two parts, then a look at the result (the rename's `false` again).
+    async fn put(&self, location: &ObjectPath, bytes: Bytes) -> object_store::Result<PutResult> {
+        if bytes.len() < 2 {
+            // Nothing to split: written in place (an empty or one-byte object).
+            return self
+                .store
+                .put_opts(location, bytes.into(), PutOptions::default())
+                .await
+                .map_err(|e| self.scrub(e));
+        }
+        self.folder_for(location).await?;
+        let mut upload = self
+            .store
+            .put_multipart_opts(location, PutMultipartOptions::default())
+            .await
+            .map_err(|e| self.scrub(e))?;
+        let half = bytes.len() / 2;
+        let mut sent = upload.put_part(bytes.slice(..half).into()).await;
+        if sent.is_ok() {
+            sent = upload.put_part(bytes.slice(half..).into()).await;
+        }
+        if let Err(e) = sent {
+            let _ = upload.abort().await;
+            return Err(self.scrub(e));
+        }
+        let done = upload.complete().await.map_err(|e| self.scrub(e))?;
         let meta = self
             .op
             .stat(location.as_ref())
             .await
-            .map_err(|e| generic(location, e))?;
-        if meta.content_length() != size as u64 {
-            return Err(generic(
+            .map_err(|e| self.error(location, e))?;
+        if meta.content_length() != bytes.len() as u64 {
+            return Err(self.error(
                 location,
-                std::io::Error::other(format!(
-                    "the upload of {size} bytes left {} bytes (the rename over it failed?)",
+                format!(
+                    "the upload of {} bytes left {} bytes (the rename over it failed?)",
+                    bytes.len(),
                     meta.content_length()
-                )),
+                ),
             ));
         }
+        Ok(done)
+    }
+}
+
+/// A multipart upload kept in memory until it completes, then put as one object (in two
+/// parts, see [`Inner::put`]): OpenDAL would write an upload of one part in place. The
+/// object-store sink holds the whole object in memory anyway; the parts are slices of it.
+#[derive(Debug)]
+struct Buffered {
+    inner: Arc<Inner>,
+    location: ObjectPath,
+    parts: Vec<PutPayload>,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for Buffered {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.parts.push(data);
+        Box::pin(async { Ok(()) })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let size = self.parts.iter().map(PutPayload::content_length).sum();
+        let mut whole = Vec::with_capacity(size);
+        for part in self.parts.drain(..) {
+            for chunk in part.iter() {
+                whole.extend_from_slice(chunk);
+            }
+        }
+        self.inner.put(&self.location, Bytes::from(whole)).await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.parts.clear();
         Ok(())
     }
 }
@@ -176,45 +262,21 @@ impl ObjectStore for TwoPartPuts {
         &self,
         location: &ObjectPath,
         payload: PutPayload,
-        opts: PutOptions,
+        _opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        let bytes: Bytes = payload.into();
-        if bytes.len() < 2 {
-            // Nothing to split: written in place (an empty or one-byte object).
-            return self.store.put_opts(location, bytes.into(), opts).await;
-        }
-        self.folder_for(location).await?;
-        let mut upload = self
-            .store
-            .put_multipart_opts(location, PutMultipartOptions::default())
-            .await?;
-        let half = bytes.len() / 2;
-        let first = upload.put_part(bytes.slice(..half).into()).await;
-        let second = match first {
-            Ok(()) => upload.put_part(bytes.slice(half..).into()).await,
-            Err(e) => Err(e),
-        };
-        match second {
-            Ok(()) => {
-                let done = upload.complete().await?;
-                self.check(location, bytes.len()).await?;
-                Ok(done)
-            }
-            Err(e) => {
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        }
+        self.0.put(location, payload.into()).await
     }
 
     async fn put_multipart_opts(
         &self,
         location: &ObjectPath,
-        opts: PutMultipartOptions,
+        _opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        // A multipart upload (objects over `multipart-threshold`) renames too.
-        self.folder_for(location).await?;
-        self.store.put_multipart_opts(location, opts).await
+        Ok(Box::new(Buffered {
+            inner: self.0.clone(),
+            location: location.clone(),
+            parts: Vec::new(),
+        }))
     }
 
     async fn get_opts(
@@ -222,7 +284,11 @@ impl ObjectStore for TwoPartPuts {
         location: &ObjectPath,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.store.get_opts(location, options).await
+        self.0
+            .store
+            .get_opts(location, options)
+            .await
+            .map_err(|e| self.0.scrub(e))
     }
 
     async fn get_ranges(
@@ -230,28 +296,36 @@ impl ObjectStore for TwoPartPuts {
         location: &ObjectPath,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        self.store.get_ranges(location, ranges).await
+        self.0
+            .store
+            .get_ranges(location, ranges)
+            .await
+            .map_err(|e| self.0.scrub(e))
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<ObjectPath>>,
     ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-        self.store.delete_stream(locations)
+        self.0.store.delete_stream(locations)
     }
 
     fn list(
         &self,
         prefix: Option<&ObjectPath>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.store.list(prefix)
+        self.0.store.list(prefix)
     }
 
     async fn list_with_delimiter(
         &self,
         prefix: Option<&ObjectPath>,
     ) -> object_store::Result<ListResult> {
-        self.store.list_with_delimiter(prefix).await
+        self.0
+            .store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|e| self.0.scrub(e))
     }
 
     async fn copy_opts(
@@ -260,6 +334,10 @@ impl ObjectStore for TwoPartPuts {
         to: &ObjectPath,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.store.copy_opts(from, to, options).await
+        self.0
+            .store
+            .copy_opts(from, to, options)
+            .await
+            .map_err(|e| self.0.scrub(e))
     }
 }

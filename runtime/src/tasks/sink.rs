@@ -214,7 +214,7 @@ impl Epochs for SinkRun<'_> {
             .sum();
         self.ctx
             .status
-            .moved(n, n - rejected.len() as u64, bytes, bytes);
+            .moved(n, n.saturating_sub(rejected.len() as u64), bytes, bytes);
         // A sink that does not say which record it rejected: the batch's last.
         let last = records.last().map_or((0, 0), |r| (r.partition, r.offset));
         self.dead.extend(rejected.into_iter().map(|r| {
