@@ -111,6 +111,25 @@ pub struct Rejected {
     pub at: Option<(u32, i64)>,
 }
 
+impl Rejected {
+    /// A record of a sink's topic the sink cannot write: from `topic/partition@offset`, with
+    /// its value.
+    pub fn record(
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        value: Option<&[u8]>,
+        reason: String,
+    ) -> Rejected {
+        Rejected {
+            origin: format!("{topic}/{partition}@{offset}"),
+            raw: value.unwrap_or_default().to_vec(),
+            reason,
+            at: Some((partition, offset)),
+        }
+    }
+}
+
 /// A source of records.
 ///
 /// Contract: `open` is called once with the position committed last (`None` on the first

@@ -1,6 +1,7 @@
 //! Shared helpers: temporary logs and records, and a worker serving its API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -109,7 +110,7 @@ pub struct Served {
     pub base: String,
     pub http: Client,
     pub _dir: tempfile::TempDir,
-    pub pipelines: std::path::PathBuf,
+    pub pipelines: PathBuf,
 }
 
 impl Served {
@@ -179,4 +180,41 @@ impl Drop for Served {
         self.server.take();
         self.deployer.lock().worker.shutdown();
     }
+}
+
+/// The Python venv with the test servers (scripts/setup.sh makes it).
+pub fn venv() -> PathBuf {
+    std::env::var_os("SLUICE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-venv"))
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `sluice run` process on `work` (`data`, `pipelines`), its log in `worker-<round>.log`,
+/// with `SLUICE_FAULT` set to `fault`.
+pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
+    let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
+    let mut command = Command::new(crate::cli::sluice_bin());
+    command
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
+        .arg(work.join("pipelines"))
+        .env("SLUICE_LOG", "info")
+        .env_remove("SLUICE_FAULT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(point) = fault {
+        command.env("SLUICE_FAULT", point);
+    }
+    command.spawn().unwrap()
 }

@@ -5,7 +5,6 @@
 //! sink sends (credentials, compatibility headers).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,29 +34,15 @@ pub(crate) struct EsServer {
     _data: tempfile::TempDir,
 }
 
-fn venv() -> PathBuf {
-    std::env::var_os("SLUICE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-venv"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl EsServer {
     pub(crate) fn start(kind: Kind) -> EsServer {
-        let site = std::fs::read_dir(venv().join("lib"))
+        let site = std::fs::read_dir(crate::common::venv().join("lib"))
             .ok()
             .and_then(|mut d| d.next())
             .map(|e| e.unwrap().path().join("site-packages"))
             .unwrap_or_default();
         let data = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = crate::common::free_port();
         let (bin, args): (PathBuf, Vec<String>) = match kind {
             Kind::Osmem => (
                 site.join("osmem_server/bin/osmem-server"),
@@ -654,7 +639,7 @@ fn credentials_compatibility_headers_and_an_unreachable_server() {
         "ApiKey a2V5OnNlY3JldA=="
     );
     // Nothing listens: a retryable error naming the URL without its password.
-    let port = free_port();
+    let port = crate::common::free_port();
     let c = config(
         &format!("http://u:s3cret@127.0.0.1:{port}"),
         "x",
@@ -714,27 +699,6 @@ fn kill_test_records() -> Vec<(u32, Record)> {
     out
 }
 
-/// A `sluice run` process on `work` (`data`, `pipelines`), its log in `worker-<round>.log`,
-/// with `SLUICE_FAULT` set to `fault`.
-pub(crate) fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
-    let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
-    let mut command = Command::new(crate::cli::sluice_bin());
-    command
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
-        .arg(work.join("pipelines"))
-        .env("SLUICE_LOG", "info")
-        .env_remove("SLUICE_FAULT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(point) = fault {
-        command.env("SLUICE_FAULT", point);
-    }
-    command.spawn().unwrap()
-}
-
 #[test]
 fn a_pipeline_indexes_every_record_once_across_kills() {
     let es = EsServer::start(Kind::Noida);
@@ -772,7 +736,7 @@ fn a_pipeline_indexes_every_record_once_across_kills() {
     let mut interrupted = 0;
     for round in 0..rounds {
         let fault = (round == 2).then_some("sink-after-flush");
-        let mut child = spawn_worker(work.path(), round, fault);
+        let mut child = crate::common::spawn_worker(work.path(), round, fault);
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -799,7 +763,7 @@ fn a_pipeline_indexes_every_record_once_across_kills() {
     );
     let faulted = std::fs::read_to_string(work.path().join("worker-2.log")).unwrap();
     assert!(faulted.contains("Injected fault"), "{faulted}");
-    let mut child = spawn_worker(work.path(), rounds, None);
+    let mut child = crate::common::spawn_worker(work.path(), rounds, None);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let docs = es.docs("pay");

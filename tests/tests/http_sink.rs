@@ -373,7 +373,7 @@ fn a_pipeline_delivers_every_record_once_per_key_across_kills() {
         // The last worker dies right after its first flush: every request it made is
         // made again by the next.
         let fault = (round == rounds - 1).then_some("sink-after-flush");
-        let mut child = crate::elasticsearch::spawn_worker(work.path(), round, fault);
+        let mut child = crate::common::spawn_worker(work.path(), round, fault);
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -398,7 +398,7 @@ fn a_pipeline_delivers_every_record_once_per_key_across_kills() {
     );
     let faulted = std::fs::read_to_string(work.path().join(format!("worker-{}.log", rounds - 1)));
     assert!(faulted.unwrap().contains("Injected fault"));
-    let mut child = crate::elasticsearch::spawn_worker(work.path(), rounds, None);
+    let mut child = crate::common::spawn_worker(work.path(), rounds, None);
     let deadline = Instant::now() + Duration::from_secs(90);
     while !done() {
         if Instant::now() > deadline {

@@ -2,8 +2,6 @@
 //! free loopback port (scripts/setup.sh installs it). JSON and Parquet objects, a multipart
 //! upload, a crash and a replay, and an unreachable endpoint.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,16 +22,14 @@ pub(crate) struct Moto {
 
 impl Moto {
     pub(crate) fn start() -> Moto {
-        let venv = std::env::var_os("SLUICE_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-venv"));
+        let venv = crate::common::venv();
         let bin = venv.join("bin/moto_server");
         assert!(
             bin.exists(),
             "{} is missing: run scripts/setup.sh, which installs the S3 server (moto) these tests start",
             bin.display()
         );
-        let port = free_port();
+        let port = crate::common::free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -128,14 +124,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -397,7 +385,7 @@ impl IdleZero for ObjectStoreSinkConfig {
 #[test]
 fn an_unreachable_endpoint_is_a_retryable_error_naming_the_url() {
     // Nothing listens on this port: every request is refused, and retried until the timeout.
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{}", crate::common::free_port());
     let mut s = sink(sink_config(
         "s3://nowhere/prefix",
         &endpoint,

@@ -626,23 +626,6 @@ fn cdc_work(topic: &str, pg: &Postgres, settings: &str) -> tempfile::TempDir {
     work
 }
 
-/// A `sluice run` process on `work`, its log in a file.
-fn spawn_worker(work: &std::path::Path, round: usize) -> std::process::Child {
-    let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
-    Command::new(crate::cli::sluice_bin())
-        .arg("--data-dir")
-        .arg(work.join("data"))
-        .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
-        .arg(work.join("pipelines"))
-        .env("SLUICE_LOG", "info")
-        .env_remove("SLUICE_FAULT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     let pg = Postgres::start("logical");
@@ -666,7 +649,7 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     );
     // The first worker creates the slot and reads the snapshot; changes are captured from
     // the snapshot's consistent point on.
-    let mut child = spawn_worker(work.path(), 0);
+    let mut child = crate::common::spawn_worker(work.path(), 0, None);
     let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crash'";
     crate::common::wait_for("the slot", || pg.sql(slot) == "1");
     const N: u32 = 3000;
@@ -699,7 +682,7 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
         last = pg.sql(confirmed).parse::<f64>().unwrap_or(0.0);
         child.kill().unwrap();
         child.wait().unwrap();
-        child = spawn_worker(work.path(), round);
+        child = crate::common::spawn_worker(work.path(), round, None);
     }
     writer.join().unwrap();
     // Done when the slot confirms the end of the WAL: it is confirmed only after the log
@@ -1084,7 +1067,7 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
         crate::common::wait_for("the slot to confirm everything", || pg.sql(&q) == "t");
     };
     // The snapshot reads the row (the store keeps its body), then an update leaves it alone.
-    let mut child = spawn_worker(work.path(), 0);
+    let mut child = crate::common::spawn_worker(work.path(), 0, None);
     crate::common::wait_for("the slot", || {
         pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'toast'") == "1"
     });
@@ -1093,7 +1076,7 @@ fn an_update_that_leaves_a_toasted_value_alone_carries_it_from_the_store_across_
     // Killed; the next worker's store is what the log committed.
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut child = spawn_worker(work.path(), 1);
+    let mut child = crate::common::spawn_worker(work.path(), 1, None);
     pg.sql("UPDATE docs SET n = 2 WHERE id = 1");
     pg.sql("UPDATE docs2 SET n = 1 WHERE id = 1");
     // A key change: the create under the new key carries the body too.

@@ -43,8 +43,10 @@ pub struct ElasticsearchSinkConfig {
     #[serde(default)]
     pub document_id: DocumentId,
     /// What a tombstone (a record with a key and no value) does: `delete` (default) deletes
-    /// the key's document; `ignore` skips it. With `document-id = "offset"` tombstones are
-    /// always skipped.
+    /// the key's document in the index the tombstone's own time names (with a date in
+    /// `index`, a key's documents of other days stay; an index from a field cannot take
+    /// tombstones, which are then dead letters); `ignore` skips it. With `document-id =
+    /// "offset"` tombstones are always skipped.
     #[serde(default)]
     pub tombstones: Tombstones,
     /// Most actions in one `_bulk` request (default 1000).

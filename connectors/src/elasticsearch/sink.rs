@@ -724,12 +724,7 @@ fn server(root: &[u8]) -> std::result::Result<Server, String> {
 }
 
 fn dead_letter(a: &Action, reason: String) -> Rejected {
-    Rejected {
-        origin: format!("{}/{}@{}", a.topic, a.partition, a.offset),
-        raw: a.raw.as_deref().unwrap_or_default().to_vec(),
-        reason,
-        at: Some((a.partition, a.offset)),
-    }
+    Rejected::record(&a.topic, a.partition, a.offset, a.raw.as_deref(), reason)
 }
 
 impl Sink for ElasticsearchSink {
@@ -754,12 +749,13 @@ impl Sink for ElasticsearchSink {
                     self.since.get_or_insert_with(Instant::now);
                 }
                 Ok(None) => {}
-                Err(reason) => rejected.push(Rejected {
-                    origin: format!("{}/{}@{}", r.topic, r.partition, r.offset),
-                    raw: r.value.as_deref().unwrap_or_default().to_vec(),
+                Err(reason) => rejected.push(Rejected::record(
+                    &r.topic,
+                    r.partition,
+                    r.offset,
+                    r.value.as_deref(),
                     reason,
-                    at: Some((r.partition, r.offset)),
-                }),
+                )),
             }
             self.next.insert(r.partition, r.offset + 1);
         }

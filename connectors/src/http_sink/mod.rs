@@ -387,12 +387,13 @@ impl HttpSink {
 
     fn dead_letter(&self, batch: &Batch, reason: String) -> Rejected {
         let item = &batch.items[0];
-        Rejected {
-            origin: format!("{}/{}@{}", batch.topic, batch.partition, item.offset),
-            raw: item.raw.as_deref().unwrap_or_default().to_vec(),
+        Rejected::record(
+            &batch.topic,
+            batch.partition,
+            item.offset,
+            item.raw.as_deref(),
             reason,
-            at: Some((batch.partition, item.offset)),
-        }
+        )
     }
 }
 
@@ -415,12 +416,13 @@ impl Sink for HttpSink {
                 Ok(Some(item)) => item,
                 Ok(None) => continue,
                 Err(reason) => {
-                    rejected.push(Rejected {
-                        origin: format!("{}/{}@{}", r.topic, r.partition, r.offset),
-                        raw: r.value.as_deref().unwrap_or_default().to_vec(),
+                    rejected.push(Rejected::record(
+                        &r.topic,
+                        r.partition,
+                        r.offset,
+                        r.value.as_deref(),
                         reason,
-                        at: Some((r.partition, r.offset)),
-                    });
+                    ));
                     continue;
                 }
             };

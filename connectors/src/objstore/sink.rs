@@ -465,12 +465,7 @@ fn reject(
     raw: Option<&[u8]>,
     reason: String,
 ) -> Rejected {
-    Rejected {
-        origin: format!("{topic}/{partition}@{offset}"),
-        raw: raw.unwrap_or_default().to_vec(),
-        reason,
-        at: Some((partition, offset)),
-    }
+    Rejected::record(topic, partition, offset, raw, reason)
 }
 
 impl Sink for ObjectStoreSink {
