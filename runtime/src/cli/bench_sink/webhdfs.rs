@@ -69,8 +69,10 @@ impl WebHdfs {
         let nn_app = axum::Router::new()
             .fallback(namenode_op)
             .with_state(fs.clone());
+        // Blocks are whole objects' halves: no 2 MB default limit.
         let dn_app = axum::Router::new()
             .fallback(datanode_op)
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(fs.clone());
         runtime.spawn(async move { axum::serve(nn, nn_app).await });
         runtime.spawn(async move { axum::serve(dn, dn_app).await });
