@@ -126,6 +126,30 @@ pub(crate) fn client(
     })
 }
 
+/// The batching and retry settings the HTTP sinks share: the first that is not positive,
+/// named by its key.
+pub(crate) fn check_delivery(
+    batch_records: usize,
+    batch_bytes: usize,
+    max_in_flight: usize,
+    request_timeout: Duration,
+    retry_timeout: Duration,
+    retry_backoff: Duration,
+) -> std::result::Result<(), String> {
+    let checks = [
+        ("batch-records", batch_records > 0),
+        ("batch-bytes", batch_bytes > 0),
+        ("max-in-flight", max_in_flight > 0),
+        ("request-timeout", !request_timeout.is_zero()),
+        ("retry-timeout", !retry_timeout.is_zero()),
+        ("retry-backoff", !retry_backoff.is_zero()),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((key, _)) => Err(format!("{key} must be positive")),
+        None => Ok(()),
+    }
+}
+
 /// The waits between attempts of one piece of work: exponential from `first` up to 30 s,
 /// with jitter, until `deadline` (the work's `retry-timeout` after its first failure).
 #[derive(Debug)]

@@ -136,18 +136,15 @@ impl ElasticsearchSink {
             url.set_path(&format!("{}/", url.path()));
         }
         let pattern = IndexPattern::parse(&config.index).map_err(|e| bad(format!("index: {e}")))?;
-        for (key, ok) in [
-            ("batch-records", config.batch_records > 0),
-            ("batch-bytes", config.batch_bytes > 0),
-            ("max-in-flight", config.max_in_flight > 0),
-            ("request-timeout", !config.request_timeout.0.is_zero()),
-            ("retry-timeout", !config.retry_timeout.0.is_zero()),
-            ("retry-backoff", !config.retry_backoff.0.is_zero()),
-        ] {
-            if !ok {
-                return Err(bad(format!("{key} must be positive")));
-            }
-        }
+        http_client::check_delivery(
+            config.batch_records,
+            config.batch_bytes,
+            config.max_in_flight,
+            config.request_timeout.0,
+            config.retry_timeout.0,
+            config.retry_backoff.0,
+        )
+        .map_err(bad)?;
         let mut headers = HeaderMap::new();
         let mut auth = match (&config.username, &config.password, &config.api_key) {
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {

@@ -171,18 +171,15 @@ impl HttpSink {
         let url = http_client::http_url(&config.url)?;
         let shown = redact_url(&config.url);
         let bad = |why: String| ConnectorError::Config(format!("http sink {shown}: {why}"));
-        for (key, ok) in [
-            ("batch-records", config.batch_records > 0),
-            ("batch-bytes", config.batch_bytes > 0),
-            ("max-in-flight", config.max_in_flight > 0),
-            ("request-timeout", !config.request_timeout.0.is_zero()),
-            ("retry-timeout", !config.retry_timeout.0.is_zero()),
-            ("retry-backoff", !config.retry_backoff.0.is_zero()),
-        ] {
-            if !ok {
-                return Err(bad(format!("{key} must be positive")));
-            }
-        }
+        http_client::check_delivery(
+            config.batch_records,
+            config.batch_bytes,
+            config.max_in_flight,
+            config.request_timeout.0,
+            config.retry_timeout.0,
+            config.retry_backoff.0,
+        )
+        .map_err(bad)?;
         let headers = http_client::header_map(&config.headers)?;
         let cas = match &config.tls_ca_file {
             Some(file) => http_client::read_ca(&base.join(file))?,
