@@ -126,6 +126,18 @@ pub(crate) fn client(
     })
 }
 
+/// Waits `delay` in steps of at most 50 ms, ending early when `stop` stops.
+pub(crate) async fn pause(delay: Duration, stop: Option<&sluice_task::StopToken>) {
+    let until = Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop.is_some_and(sluice_task::StopToken::is_stopped) {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
+}
+
 /// The batching and retry settings the HTTP sinks share: the first that is not positive,
 /// named by its key.
 pub(crate) fn check_delivery(
@@ -150,17 +162,28 @@ pub(crate) fn check_delivery(
     }
 }
 
+/// How long retries go on after the task was told to stop: enough to finish a round a
+/// server is slowly taking (so the epoch commits), not a `retry-timeout`.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// The waits between attempts of one piece of work: exponential from `first` up to 30 s,
-/// with jitter, until `deadline` (the work's `retry-timeout` after its first failure).
+/// with jitter, until `deadline` (the work's `retry-timeout` after its first failure), or
+/// until [`STOP_GRACE`] after the task's stop token stopped.
 #[derive(Debug)]
 pub(crate) struct Retry {
     delays: backon::ExponentialBackoff,
     deadline: Instant,
+    stop: Option<sluice_task::StopToken>,
+    stop_seen: Option<Instant>,
 }
 
 impl Retry {
     /// A schedule starting now.
-    pub(crate) fn new(first: Duration, timeout: Duration) -> Retry {
+    pub(crate) fn new(
+        first: Duration,
+        timeout: Duration,
+        stop: Option<&sluice_task::StopToken>,
+    ) -> Retry {
         Retry {
             delays: backon::ExponentialBuilder::default()
                 .with_min_delay(first)
@@ -171,17 +194,33 @@ impl Retry {
             deadline: Instant::now()
                 .checked_add(timeout)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
+            stop: stop.cloned(),
+            stop_seen: None,
         }
     }
 
     /// The next wait, or `None` when the deadline has passed (the caller gives up and
-    /// reports the last error). A wait never ends past the deadline.
+    /// reports the last error, see [`Retry::stopped`]). A wait never ends past the deadline.
     pub(crate) fn next_delay(&mut self) -> Option<Duration> {
-        let left = self.deadline.checked_duration_since(Instant::now())?;
+        let mut deadline = self.deadline;
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(sluice_task::StopToken::is_stopped)
+        {
+            let seen = *self.stop_seen.get_or_insert_with(Instant::now);
+            deadline = deadline.min(seen + STOP_GRACE);
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
         if left.is_zero() {
             return None;
         }
         Some(self.delays.next().unwrap_or(left).min(left))
+    }
+
+    /// True when the schedule ended because the task stopped.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop_seen.is_some()
     }
 }
 
@@ -191,7 +230,7 @@ mod tests {
 
     #[test]
     fn retries_grow_and_stop_at_the_deadline() {
-        let mut r = Retry::new(Duration::from_millis(10), Duration::from_millis(200));
+        let mut r = Retry::new(Duration::from_millis(10), Duration::from_millis(200), None);
         let first = r.next_delay().unwrap();
         assert!(first >= Duration::from_millis(10) && first <= Duration::from_millis(40));
         std::thread::sleep(Duration::from_millis(210));

@@ -58,7 +58,7 @@ pub mod objstore;
 pub mod postgres_cdc;
 
 use sluice_log::{ConsumerRecord, Record, RecordSchema};
-pub use sluice_task::Wait;
+pub use sluice_task::{StopToken, Wait};
 
 pub use crate::error::{ConnectorError, Result};
 
@@ -239,6 +239,15 @@ pub trait Sink: Send {
     /// committed are written again). Sinks that write values as they are say false.
     fn uses_schema(&self) -> bool {
         false
+    }
+
+    /// Hands the sink its task's stop token, once per attempt before [`Sink::open`]. A sink
+    /// whose `write` or `flush` retries a remote system keeps retrying only briefly once the
+    /// task stops (long enough for a slow round to finish and the epoch to commit), then
+    /// gives up with an error (the attempt ends; the next replays from the last commit), so
+    /// stopping a worker never sits out a `retry-timeout`. Sinks that do not retry ignore it.
+    fn watch_stop(&mut self, stop: &StopToken) {
+        let _ = stop;
     }
 
     /// Writes records (may buffer); returns those it cannot write, with the reason.

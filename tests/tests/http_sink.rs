@@ -436,3 +436,35 @@ fn a_pipeline_delivers_every_record_once_per_key_across_kills() {
         assert_eq!(log.committed("sluice-sink-hook.out", &tp), Some(end));
     }
 }
+
+#[test]
+fn stopping_the_task_ends_its_retries_soon() {
+    // Every request is answered 503, and retries could go on for five minutes.
+    let receiver = Receiver::start(1, None);
+    let c = config(
+        &receiver.url(),
+        json!({"retry-timeout": "5m", "retry-backoff": "200ms"}),
+    );
+    let mut sink = HttpSink::new(c, Path::new(".")).unwrap();
+    let stop = sluice_connectors::StopToken::new();
+    sink.watch_stop(&stop);
+    sink.open(None).unwrap();
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stopper.stop();
+    });
+    let started = Instant::now();
+    let e = sink
+        .write(&[record(0, Some("{}"))])
+        .and_then(|_| sink.flush())
+        .unwrap_err();
+    // Retries go on for 5 s after the stop (to let a slow round finish), not 5 minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.to_string().contains("the task stopped"), "{e}");
+    assert!(receiver.state.busy.load(Ordering::SeqCst) >= 1);
+}

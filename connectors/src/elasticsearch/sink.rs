@@ -35,7 +35,7 @@ use sluice_log::ConsumerRecord;
 use super::bulk::{self, IndexPattern, Outcome};
 use super::config::{DocumentId, ElasticsearchSinkConfig, Tombstones};
 use crate::http_client::{self, Retry, describe, redact_url};
-use crate::{ConnectorError, Durable, Rejected, Result, Sink};
+use crate::{ConnectorError, Durable, Rejected, Result, Sink, StopToken};
 
 /// One record's action, ready to send.
 #[derive(Debug)]
@@ -109,6 +109,8 @@ pub struct ElasticsearchSink {
     next: Durable,
     /// Records a round in `flush` found the server refuses.
     refused: Vec<Rejected>,
+    /// The task's stop token: it ends waits between retries.
+    stop: Option<StopToken>,
 }
 
 impl std::fmt::Debug for ElasticsearchSink {
@@ -239,6 +241,7 @@ impl ElasticsearchSink {
             since: None,
             next: Durable::new(),
             refused: Vec::new(),
+            stop: None,
         })
     }
 
@@ -524,27 +527,38 @@ impl ElasticsearchSink {
             if progress {
                 retry = None;
             }
-            let delay = retry
-                .get_or_insert_with(|| {
-                    Retry::new(self.config.retry_backoff.0, self.config.retry_timeout.0)
-                })
-                .next_delay()
-                .ok_or_else(|| {
-                    self.error(
-                        "POST",
-                        "_bulk",
-                        format!(
-                            "{} documents were still not taken after retry-timeout {}; last answer: {last_busy}",
-                            wave.len(),
-                            humantime::format_duration(self.config.retry_timeout.0)
-                        ),
+            let schedule = retry.get_or_insert_with(|| {
+                Retry::new(
+                    self.config.retry_backoff.0,
+                    self.config.retry_timeout.0,
+                    self.stop.as_ref(),
+                )
+            });
+            let Some(delay) = schedule.next_delay() else {
+                let why = if schedule.stopped() {
+                    "the task stopped".to_string()
+                } else {
+                    format!(
+                        "retry-timeout {} passed",
+                        humantime::format_duration(self.config.retry_timeout.0)
                     )
-                })?;
+                };
+                return Err(self.error(
+                    "POST",
+                    "_bulk",
+                    format!(
+                        "{} documents were still not taken when {why}; last answer: {last_busy}",
+                        wave.len()
+                    ),
+                ));
+            };
             tracing::debug!(url = %self.shown, documents = wave.len(), ?delay, reason = %last_busy, "Documents the server could not take are sent again.");
             let batches = self.batches(&actions, &wave, &alone);
             let concurrency = self.config.max_in_flight;
+            let stop = self.stop.clone();
+            self.runtime
+                .block_on(http_client::pause(delay, stop.as_ref()));
             results = self.runtime.block_on(async {
-                tokio::time::sleep(delay).await;
                 futures::stream::iter(batches)
                     .map(|batch| {
                         let send = &send;
@@ -734,6 +748,10 @@ impl Sink for ElasticsearchSink {
         self.next.clear();
         self.refused.clear();
         self.connect()
+    }
+
+    fn watch_stop(&mut self, stop: &StopToken) {
+        self.stop = Some(stop.clone());
     }
 
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {

@@ -39,7 +39,7 @@ use sluice_log::ConsumerRecord;
 pub use self::config::HttpSinkConfig;
 use self::config::{BodyFormat, Method};
 use crate::http_client::{self, Retry, describe, redact_url};
-use crate::{ConnectorError, Durable, Rejected, Result, Sink};
+use crate::{ConnectorError, Durable, Rejected, Result, Sink, StopToken};
 
 /// One record as a body item.
 #[derive(Debug, Clone)]
@@ -154,6 +154,8 @@ pub struct HttpSink {
     partitions: BTreeMap<u32, PartitionState>,
     /// Records a round in `flush` found the receiver refuses.
     refused: Vec<Rejected>,
+    /// The task's stop token: it ends waits between retries.
+    stop: Option<StopToken>,
 }
 
 impl std::fmt::Debug for HttpSink {
@@ -203,6 +205,7 @@ impl HttpSink {
             runtime,
             partitions: BTreeMap::new(),
             refused: Vec::new(),
+            stop: None,
         })
     }
 
@@ -305,19 +308,28 @@ impl HttpSink {
                 Answer::Fatal(reason) => return Err(self.error(reason)),
                 Answer::Busy(reason) => reason,
             };
-            let delay = retry
-                .get_or_insert_with(|| {
-                    Retry::new(self.config.retry_backoff.0, self.config.retry_timeout.0)
-                })
-                .next_delay()
-                .ok_or_else(|| {
-                    self.error(format!(
-                        "request {key} was not taken within retry-timeout {}; last answer: {reason}",
+            let schedule = retry.get_or_insert_with(|| {
+                Retry::new(
+                    self.config.retry_backoff.0,
+                    self.config.retry_timeout.0,
+                    self.stop.as_ref(),
+                )
+            });
+            let Some(delay) = schedule.next_delay() else {
+                let why = if schedule.stopped() {
+                    "the task stopped".to_string()
+                } else {
+                    format!(
+                        "retry-timeout {} passed",
                         humantime::format_duration(self.config.retry_timeout.0)
-                    ))
-                })?;
+                    )
+                };
+                return Err(self.error(format!(
+                    "request {key} was not taken when {why}; last answer: {reason}"
+                )));
+            };
             tracing::debug!(url = %self.shown, key = %key, ?delay, reason = %reason, "A request is sent again.");
-            tokio::time::sleep(delay).await;
+            http_client::pause(delay, self.stop.as_ref()).await;
         }
     }
 
@@ -400,6 +412,10 @@ impl Sink for HttpSink {
         self.partitions.clear();
         self.refused.clear();
         Ok(())
+    }
+
+    fn watch_stop(&mut self, stop: &StopToken) {
+        self.stop = Some(stop.clone());
     }
 
     fn write(&mut self, records: &[ConsumerRecord]) -> Result<Vec<Rejected>> {

@@ -136,6 +136,7 @@ impl SinkTask {
         // adds is never dropped by a sink that started before it.
         let subject = sluice_log::value_subject(&self.topic);
         let registered = self.log.schemas().latest(&subject);
+        sink.watch_stop(&ctx.stop);
         sink.open(registered.as_ref().map(|r| &r.schema))?;
         // Offsets and the dead letters of the records they pass commit together.
         let producer = self.log.transactional_producer(
