@@ -172,6 +172,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct Retry {
     delays: backon::ExponentialBackoff,
+    timeout: Duration,
     deadline: Instant,
     stop: Option<sluice_task::StopToken>,
     stop_seen: Option<Instant>,
@@ -191,6 +192,7 @@ impl Retry {
                 .with_jitter()
                 .without_max_times()
                 .build(),
+            timeout,
             deadline: Instant::now()
                 .checked_add(timeout)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
@@ -200,7 +202,7 @@ impl Retry {
     }
 
     /// The next wait, or `None` when the deadline has passed (the caller gives up and
-    /// reports the last error, see [`Retry::stopped`]). A wait never ends past the deadline.
+    /// reports the last error, see [`Retry::ended`]). A wait never ends past the deadline.
     pub(crate) fn next_delay(&mut self) -> Option<Duration> {
         let mut deadline = self.deadline;
         if self
@@ -218,9 +220,17 @@ impl Retry {
         Some(self.delays.next().unwrap_or(left).min(left))
     }
 
-    /// True when the schedule ended because the task stopped.
-    pub(crate) fn stopped(&self) -> bool {
-        self.stop_seen.is_some()
+    /// Why the schedule ended (after [`Retry::next_delay`] said `None`), for the error:
+    /// the task stopped, or `retry-timeout` passed.
+    pub(crate) fn ended(&self) -> String {
+        if self.stop_seen.is_some() {
+            "the task stopped".to_string()
+        } else {
+            format!(
+                "retry-timeout {} passed",
+                humantime::format_duration(self.timeout)
+            )
+        }
     }
 }
 

@@ -535,14 +535,7 @@ impl ElasticsearchSink {
                 )
             });
             let Some(delay) = schedule.next_delay() else {
-                let why = if schedule.stopped() {
-                    "the task stopped".to_string()
-                } else {
-                    format!(
-                        "retry-timeout {} passed",
-                        humantime::format_duration(self.config.retry_timeout.0)
-                    )
-                };
+                let why = schedule.ended();
                 return Err(self.error(
                     "POST",
                     "_bulk",
@@ -555,9 +548,8 @@ impl ElasticsearchSink {
             tracing::debug!(url = %self.shown, documents = wave.len(), ?delay, reason = %last_busy, "Documents the server could not take are sent again.");
             let batches = self.batches(&actions, &wave, &alone);
             let concurrency = self.config.max_in_flight;
-            let stop = self.stop.clone();
             self.runtime
-                .block_on(http_client::pause(delay, stop.as_ref()));
+                .block_on(http_client::pause(delay, self.stop.as_ref()));
             results = self.runtime.block_on(async {
                 futures::stream::iter(batches)
                     .map(|batch| {

@@ -316,14 +316,7 @@ impl HttpSink {
                 )
             });
             let Some(delay) = schedule.next_delay() else {
-                let why = if schedule.stopped() {
-                    "the task stopped".to_string()
-                } else {
-                    format!(
-                        "retry-timeout {} passed",
-                        humantime::format_duration(self.config.retry_timeout.0)
-                    )
-                };
+                let why = schedule.ended();
                 return Err(self.error(format!(
                     "request {key} was not taken when {why}; last answer: {reason}"
                 )));
