@@ -218,3 +218,19 @@ pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
     }
     command.spawn().unwrap()
 }
+
+/// Serves `app` on a free loopback port from a runtime of its own (one worker thread):
+/// the port, and the runtime, which stops the server when dropped.
+pub fn serve_local(app: axum::Router) -> (u16, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (port, runtime)
+}

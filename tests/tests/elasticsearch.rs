@@ -296,11 +296,6 @@ struct ProxyState {
 
 impl Proxy {
     fn start(upstream: &str, auth: Option<&str>, storm: bool) -> Proxy {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let state = Arc::new(ProxyState {
             upstream: upstream.to_string(),
             auth: auth.map(str::to_string),
@@ -312,14 +307,11 @@ impl Proxy {
             authorizations: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
         });
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new()
-            .fallback(proxied)
-            .with_state(state.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let (port, runtime) = crate::common::serve_local(
+            axum::Router::new()
+                .fallback(proxied)
+                .with_state(state.clone()),
+        );
         Proxy {
             port,
             state,

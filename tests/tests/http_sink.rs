@@ -53,25 +53,17 @@ impl Receiver {
     }
 
     fn start_slow(busy_every: u64, token: Option<&str>, delay: Duration) -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let state = Arc::new(ReceiverState {
             busy_every,
             delay,
             token: token.map(str::to_string),
             ..ReceiverState::default()
         });
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new()
-            .fallback(receive)
-            .with_state(state.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let (port, runtime) = crate::common::serve_local(
+            axum::Router::new()
+                .fallback(receive)
+                .with_state(state.clone()),
+        );
         Receiver {
             port,
             state,
