@@ -108,6 +108,15 @@ pub struct TopicConfig {
     pub max_message_bytes: u32,
     /// `index.interval.bytes`: bytes between two sparse index entries. Default 4096.
     pub index_interval_bytes: u32,
+    /// `remote.storage.enable`: copy closed segments to the log's remote storage and read
+    /// old offsets back from it (tiered storage). Default false.
+    pub remote_storage_enable: bool,
+    /// `local.retention.ms`: with tiered storage, uploaded segments whose newest record is
+    /// older are deleted from local disk; -2 (default) means `retention.ms`.
+    pub local_retention_ms: i64,
+    /// `local.retention.bytes`: with tiered storage, the oldest uploaded segments are deleted
+    /// from local disk while the local part is larger; -2 (default) means `retention.bytes`.
+    pub local_retention_bytes: i64,
     overrides: BTreeMap<String, String>,
 }
 
@@ -155,6 +164,21 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str, &str)] = &[
         "4096",
         "bytes between sparse index entries",
     ),
+    (
+        "remote.storage.enable",
+        "false",
+        "tiered storage: upload closed segments to the remote storage, read old offsets from it",
+    ),
+    (
+        "local.retention.ms",
+        "-2",
+        "tiered storage: delete uploaded segments locally past this age (-2: retention.ms)",
+    ),
+    (
+        "local.retention.bytes",
+        "-2",
+        "tiered storage: delete oldest uploaded segments locally above this size (-2: retention.bytes)",
+    ),
 ];
 
 impl Default for TopicConfig {
@@ -168,6 +192,9 @@ impl Default for TopicConfig {
             delete_retention_ms: DAY_MS,
             max_message_bytes: 1 << 20,
             index_interval_bytes: 4096,
+            remote_storage_enable: false,
+            local_retention_ms: -2,
+            local_retention_bytes: -2,
             overrides: BTreeMap::new(),
         }
     }
@@ -205,7 +232,71 @@ impl TopicConfig {
         for (k, v) in pairs {
             c.set(k, v)?;
         }
+        c.validate()?;
         Ok(c)
+    }
+
+    /// Checks the keys that depend on each other (after every `set` of a change).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.remote_storage_enable && self.cleanup_policy.compact {
+            return Err(invalid(
+                "remote.storage.enable",
+                "true",
+                "tiered storage is for cleanup.policy=delete topics; a compacted topic keeps its data local",
+            ));
+        }
+        for (key, local, total) in [
+            (
+                "local.retention.ms",
+                self.local_retention_ms,
+                self.retention_ms,
+            ),
+            (
+                "local.retention.bytes",
+                self.local_retention_bytes,
+                self.retention_bytes,
+            ),
+        ] {
+            if local >= 0 && total >= 0 && local > total {
+                return Err(invalid(
+                    key,
+                    &local.to_string(),
+                    format!(
+                        "must not be more than {} ({total})",
+                        key.trim_start_matches("local.")
+                    ),
+                ));
+            }
+            if local == -1 && total >= 0 {
+                return Err(invalid(
+                    key,
+                    "-1",
+                    format!(
+                        "cannot keep forever locally what {} deletes; use -2 to follow it",
+                        key.trim_start_matches("local.")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `local.retention.ms` as it applies (-2 follows `retention.ms`).
+    pub fn effective_local_retention_ms(&self) -> i64 {
+        if self.local_retention_ms == -2 {
+            self.retention_ms
+        } else {
+            self.local_retention_ms
+        }
+    }
+
+    /// `local.retention.bytes` as it applies (-2 follows `retention.bytes`).
+    pub fn effective_local_retention_bytes(&self) -> i64 {
+        if self.local_retention_bytes == -2 {
+            self.retention_bytes
+        } else {
+            self.local_retention_bytes
+        }
     }
 
     /// Sets one key, validating its value.
@@ -234,6 +325,19 @@ impl TopicConfig {
                 let v = at_least(key, value, parse_int(key, value)?, 0)?;
                 self.index_interval_bytes =
                     u32::try_from(v).map_err(|_| invalid(key, value, "too large"))?;
+            }
+            "remote.storage.enable" => {
+                self.remote_storage_enable = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(key, value, "expected true or false")),
+                }
+            }
+            "local.retention.ms" => {
+                self.local_retention_ms = at_least(key, value, parse_int(key, value)?, -2)?
+            }
+            "local.retention.bytes" => {
+                self.local_retention_bytes = at_least(key, value, parse_int(key, value)?, -2)?
             }
             _ => {
                 return Err(ConfigError::UnknownKey {
@@ -339,6 +443,11 @@ pub struct LogOptions {
     pub housekeeping_interval: Duration,
     /// The longest transaction timeout a producer may ask for. Default 15 min.
     pub max_transaction_timeout: Duration,
+    /// Where topics with `remote.storage.enable=true` keep their old segments. `None`: the
+    /// storage the data directory was last opened with (`remote-storage.json`), if any.
+    pub remote_storage: Option<crate::remote::RemoteStorage>,
+    /// How often closed segments of tiered topics are looked for and uploaded. Default 1 s.
+    pub remote_upload_interval: Duration,
 }
 
 impl Default for LogOptions {
@@ -350,6 +459,8 @@ impl Default for LogOptions {
             offsets_topic_partitions: 8,
             housekeeping_interval: Duration::from_secs(1),
             max_transaction_timeout: Duration::from_secs(15 * 60),
+            remote_storage: None,
+            remote_upload_interval: Duration::from_secs(1),
         }
     }
 }

@@ -233,6 +233,10 @@ pub enum LogError {
     /// The log has been closed.
     #[error("the log is closed")]
     Closed,
+    /// The remote storage of tiered topics failed or is not configured (retryable unless
+    /// the message says the configuration is wrong).
+    #[error("tiered storage: {0}")]
+    RemoteStorage(String),
     /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
     /// nested, or using an Avro construct the registry does not support.
     #[error("invalid schema for subject '{subject}': {source}")]
@@ -273,7 +277,7 @@ impl LogError {
 
     /// True for failures a caller may retry as is (I/O: a full disk may free up).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Io { .. })
+        matches!(self, LogError::Io { .. } | LogError::RemoteStorage(_))
     }
 
     /// True when the request itself was wrong and retrying cannot help.

@@ -40,6 +40,8 @@
 //! - [`schema`]: the schema registry — topics' value and key schemas ([`RecordSchema`],
 //!   stored as Avro JSON), versions, global ids and Confluent's compatibility levels, kept
 //!   in the compacted topic `__sluice_schemas` and reached through [`Log::schemas`].
+//! - [`remote`]: tiered storage — closed segments of tiered topics in an object store,
+//!   local deletion after upload, reads of old offsets served from the store.
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
 //! - [`fault`]: fault-injection points for crash tests.
@@ -59,6 +61,7 @@ pub mod partitioner;
 pub mod producer;
 mod producer_state;
 pub mod record;
+pub mod remote;
 pub mod schema;
 mod segment;
 pub mod txn;

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -30,7 +30,9 @@ use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::producer_state::{AbortedTxn, ProducerStates, SequenceCheck, SequenceError};
 use crate::record::now_ms;
-use crate::segment::Segment;
+use crate::remote::manifest::{Manifest, RemoteSegment};
+use crate::remote::{READ_CHUNK, RemoteTier};
+use crate::segment::{Segment, lookup, lookup_time};
 
 /// Which records a reader may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,6 +111,16 @@ pub struct PartitionInfo {
     pub segments: usize,
     /// Bytes on disk in `.log` files.
     pub size_bytes: u64,
+    /// The first offset held on local disk (above the log start when older segments are
+    /// in remote storage only).
+    pub local_log_start_offset: i64,
+    /// Offsets held in remote storage, `start..end` (tiered topics; `None` when nothing was
+    /// uploaded).
+    pub remote: Option<(i64, i64)>,
+    /// Segments in remote storage.
+    pub remote_segments: usize,
+    /// Bytes in remote storage.
+    pub remote_size_bytes: u64,
 }
 
 /// Counters of a partition's appends since open, showing how well group commit shares writes
@@ -150,6 +162,8 @@ struct State {
     /// Timestamp of the oldest tombstone the last compaction kept: once it passes
     /// `delete.retention.ms`, the clean part is compacted again to drop it.
     oldest_kept_tombstone: Option<i64>,
+    /// Segments uploaded to remote storage (tiered topics), as `remote.json` lists them.
+    remote: Manifest,
 }
 
 impl State {
@@ -174,6 +188,50 @@ impl State {
             .first_unstable_offset()
             .unwrap_or(self.high_watermark)
             .min(self.high_watermark)
+    }
+    /// The first offset on local disk.
+    fn local_start(&self) -> i64 {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(0)
+            .max(self.log_start_offset)
+    }
+    /// The remote segment to read `offset` from, when it is no longer on local disk.
+    fn remote_for(&self, offset: i64) -> Option<RemoteSegment> {
+        let first_local = *self.segments.keys().next()?;
+        self.remote
+            .find(offset)
+            .filter(|r| offset < first_local && r.base < first_local)
+            .cloned()
+    }
+}
+
+/// A partition's place in remote storage.
+#[derive(Debug)]
+struct RemoteHandle {
+    tier: Arc<RemoteTier>,
+    /// `<prefix>/<topic>-<topic id>/<partition>`.
+    path: String,
+}
+
+/// The last range read from a remote segment: consumers read on from where they stopped,
+/// so one request to the store serves many fetches.
+#[derive(Debug)]
+struct Chunk {
+    stem: String,
+    start: u64,
+    data: Bytes,
+}
+
+impl Chunk {
+    fn covers(&self, stem: &str, pos: u64, len: u64) -> bool {
+        self.stem == stem && pos >= self.start && pos + len <= self.start + self.data.len() as u64
+    }
+    fn slice(&self, pos: u64, len: u64) -> Bytes {
+        let at = (pos - self.start) as usize;
+        self.data.slice(at..at + len as usize)
     }
 }
 
@@ -232,6 +290,14 @@ pub struct Partition {
     /// kill that follows a roll are found missing.
     rolls: AtomicU64,
     rolls_checkpointed: AtomicU64,
+    /// The remote storage, for tiered topics (set once, after open).
+    tier: OnceLock<RemoteHandle>,
+    /// The read-ahead of remote reads. Held across a read from the store, so remote readers
+    /// of one partition take turns.
+    chunk: Mutex<Option<Chunk>>,
+    /// Held for a whole upload: the upload thread and an explicit call never upload the same
+    /// segment at once.
+    uploader: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -268,6 +334,7 @@ impl Partition {
         }
         bases.sort_unstable();
         let checkpoint = Checkpoint::read(dir);
+        let remote = Manifest::read(dir)?;
         let mut segments = BTreeMap::new();
         let mut producers = ProducerStates::default();
         let last = bases.last().copied();
@@ -305,12 +372,20 @@ impl Partition {
             }
             segments.insert(base, opened.segment);
         }
-        let disk: Vec<OnDisk> = segments
-            .values()
-            .map(|s| OnDisk {
+        // Segments in remote storage only count as present: tiering deleted them locally.
+        let first_local = segments.keys().next().copied().unwrap_or(i64::MAX);
+        let disk: Vec<OnDisk> = remote
+            .segments
+            .iter()
+            .filter(|r| r.base < first_local)
+            .map(|r| OnDisk {
+                base: r.base,
+                end: r.end,
+            })
+            .chain(segments.values().map(|s| OnDisk {
                 base: s.base_offset,
                 end: s.next_offset(),
-            })
+            }))
             .collect();
         let reconciled = checkpoint::reconcile(checkpoint.as_ref(), &disk, damage.as_ref());
         let log_start_offset = reconciled.log_start_offset;
@@ -369,6 +444,7 @@ impl Partition {
             dirty: false,
             cleaned_up_to: log_start_offset,
             oldest_kept_tombstone: None,
+            remote,
         };
         Ok(Partition {
             topic,
@@ -391,7 +467,17 @@ impl Partition {
             detected: Mutex::new(detected),
             rolls: AtomicU64::new(0),
             rolls_checkpointed: AtomicU64::new(0),
+            tier: OnceLock::new(),
+            chunk: Mutex::new(None),
+            uploader: Mutex::new(()),
         })
+    }
+
+    /// Gives the partition its place in remote storage (once, after open): uploads and
+    /// remote reads need it.
+    pub(crate) fn attach_remote(&self, tier: Arc<RemoteTier>, topic_id: &str) {
+        let path = tier.partition_path(&self.topic, topic_id, self.id);
+        let _ = self.tier.set(RemoteHandle { tier, path });
     }
 
     /// Data loss found when the partition was opened, handed out once (the log records it).
@@ -408,10 +494,19 @@ impl Partition {
         }
         let now = {
             let st = self.state.lock();
+            let first_local = st.segments.keys().next().copied().unwrap_or(i64::MAX);
             Checkpoint {
                 log_start_offset: st.log_start_offset,
                 log_end_offset: st.leo(),
-                segments: st.segments.keys().copied().collect(),
+                // Remote segments too: a manifest lost with the data it lists is data loss.
+                segments: st
+                    .remote
+                    .segments
+                    .iter()
+                    .map(|r| r.base)
+                    .filter(|b| *b < first_local)
+                    .chain(st.segments.keys().copied())
+                    .collect(),
             }
         };
         if cp.last.as_ref() == Some(&now) {
@@ -893,7 +988,7 @@ impl Partition {
         max_bytes: usize,
         isolation: Isolation,
     ) -> Result<FetchResult> {
-        let (bound, plan, hw, lso, start, aborted) = {
+        let (bound, plan, remote, hw, lso, start, aborted) = {
             let st = self.state.lock();
             let leo = st.leo();
             if offset < st.log_start_offset || offset > leo {
@@ -911,7 +1006,11 @@ impl Partition {
                 Isolation::ReadUncommitted => st.high_watermark,
             };
             let mut plan = None;
+            let mut remote = None;
             if offset < bound {
+                remote = st.remote_for(offset);
+            }
+            if offset < bound && remote.is_none() {
                 // Compaction can leave gaps: the floor segment may end before `offset`.
                 for seg in st
                     .segments
@@ -934,15 +1033,27 @@ impl Partition {
             (
                 bound,
                 plan,
+                remote,
                 st.high_watermark,
                 lso,
                 st.log_start_offset,
                 aborted,
             )
         };
-        let data = match plan {
-            Some((file, path, pos, end)) => read_batches(&file, &path, pos, end, max_bytes, bound)?,
-            None => Bytes::new(),
+        let (data, aborted) = match (remote, plan) {
+            (Some(seg), _) => {
+                let data = self.read_remote(&seg, offset, max_bytes, bound)?;
+                let aborted = match isolation {
+                    Isolation::ReadCommitted => seg.aborted_in(offset, seg.end),
+                    Isolation::ReadUncommitted => Vec::new(),
+                };
+                (data, aborted)
+            }
+            (None, Some((file, path, pos, end))) => (
+                read_batches(&file, &path, pos, end, max_bytes, bound)?,
+                aborted,
+            ),
+            (None, None) => (Bytes::new(), aborted),
         };
         Ok(FetchResult {
             data,
@@ -955,7 +1066,7 @@ impl Partition {
 
     /// Resolves an offset spec. `Timestamp` returns `None` when no record is that recent.
     pub fn list_offset(&self, spec: OffsetSpec, isolation: Isolation) -> Result<Option<i64>> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         match spec {
             OffsetSpec::Earliest => Ok(Some(st.log_start_offset)),
             OffsetSpec::Latest => Ok(Some(match isolation {
@@ -963,6 +1074,24 @@ impl Partition {
                 Isolation::ReadUncommitted => st.high_watermark,
             })),
             OffsetSpec::Timestamp(ts) => {
+                let first_local = st.local_start();
+                let remote: Vec<RemoteSegment> = st
+                    .remote
+                    .segments
+                    .iter()
+                    .filter(|r| r.base < first_local && r.end > st.log_start_offset)
+                    .filter(|r| r.max_timestamp >= ts)
+                    .cloned()
+                    .collect();
+                if !remote.is_empty() {
+                    drop(st);
+                    for r in &remote {
+                        if let Some(o) = self.remote_offset_for_time(r, ts)? {
+                            return Ok(Some(o));
+                        }
+                    }
+                    st = self.state.lock();
+                }
                 for seg in st.segments.values() {
                     if seg.max_timestamp() < ts {
                         continue;
@@ -1008,54 +1137,131 @@ impl Partition {
             leader_epoch: st.leader_epoch,
             segments: st.segments.len(),
             size_bytes: st.segments.values().map(Segment::size).sum(),
+            local_log_start_offset: st.local_start(),
+            remote: st
+                .remote
+                .start()
+                .zip(st.remote.end())
+                .map(|(s, e)| (s.max(st.log_start_offset), e))
+                .filter(|(s, e)| s < e),
+            remote_segments: st.remote.segments.len(),
+            remote_size_bytes: st.remote.size(),
         }
     }
 
-    /// Deletes closed segments past `retention.ms` / `retention.bytes`; returns how many.
+    /// Deletes closed segments past `retention.ms` / `retention.bytes` (for a tiered topic,
+    /// over the whole log: remote copies first), and local copies of uploaded segments past
+    /// `local.retention.ms` / `local.retention.bytes`; returns how many segments went.
     pub fn enforce_retention(&self, now: i64) -> Result<usize> {
-        let removed = {
+        let (removed, expired) = {
             let mut st = self.state.lock();
             if !st.config.cleanup_policy.delete {
                 return Ok(0);
             }
             let (retention_ms, retention_bytes) =
                 (st.config.retention_ms, st.config.retention_bytes);
-            let mut total: u64 = st.segments.values().map(Segment::size).sum();
+            let past = |size: u64, max_ts: i64, total: u64| {
+                if retention_ms >= 0 && max_ts < now - retention_ms {
+                    Some("retention.ms")
+                } else if retention_bytes >= 0
+                    && total > retention_bytes as u64
+                    && total - size >= retention_bytes as u64
+                {
+                    Some("retention.bytes")
+                } else {
+                    None
+                }
+            };
+            let first_local = *st.segments.keys().next().unwrap_or(&0);
+            let remote_only: Vec<&RemoteSegment> = st
+                .remote
+                .segments
+                .iter()
+                .filter(|r| r.base < first_local && r.end > st.log_start_offset)
+                .collect();
+            let mut total: u64 = remote_only.iter().map(|r| r.size).sum::<u64>()
+                + st.segments.values().map(Segment::size).sum::<u64>();
+            // The whole log, oldest first: segments only in remote storage, then local ones.
+            let mut new_start = st.log_start_offset;
+            let mut all_remote_gone = true;
+            for r in &remote_only {
+                match past(r.size, r.max_timestamp, total) {
+                    Some(reason) => {
+                        total -= r.size;
+                        new_start = r.end;
+                        tracing::info!(
+                            topic = %self.topic, partition = self.id, base_offset = r.base,
+                            reason, "A remote segment is past retention; deleting it."
+                        );
+                    }
+                    None => {
+                        all_remote_gone = false;
+                        break;
+                    }
+                }
+            }
             let mut removed = Vec::new();
-            while st.segments.len() > 1 {
+            while all_remote_gone && st.segments.len() > 1 {
                 let Some((&base, seg)) = st.segments.iter().next() else {
                     break;
                 };
-                let by_time = retention_ms >= 0 && seg.max_timestamp() < now - retention_ms;
-                let by_size = retention_bytes >= 0
-                    && total > retention_bytes as u64
-                    && total - seg.size() >= retention_bytes as u64;
                 // Data above the last stable offset may still be aborted or committed; keep it.
                 let stable = seg.next_offset() <= st.lso();
-                if !(by_time || by_size) || !stable {
+                let Some(reason) = past(seg.size(), seg.max_timestamp(), total).filter(|_| stable)
+                else {
                     break;
-                }
+                };
                 total -= seg.size();
                 if let Some(seg) = st.segments.remove(&base) {
-                    removed.push((
-                        seg,
-                        if by_time {
-                            "retention.ms"
-                        } else {
-                            "retention.bytes"
-                        },
-                    ));
+                    new_start = seg.next_offset();
+                    removed.push((seg, reason));
                 }
             }
-            if !removed.is_empty() {
-                let start = *st.segments.keys().next().unwrap_or(&0);
-                st.log_start_offset = st.log_start_offset.max(start);
-                let ls = st.log_start_offset;
-                st.producers.trim_below(ls);
+            // Tiered: local copies of uploaded segments past local retention. The log start
+            // stays; readers go to the remote copy.
+            if st.config.remote_storage_enable {
+                let local_ms = st.config.effective_local_retention_ms();
+                let local_bytes = st.config.effective_local_retention_bytes();
+                let mut local: u64 = st.segments.values().map(Segment::size).sum();
+                while st.segments.len() > 1 {
+                    let Some((&base, seg)) = st.segments.iter().next() else {
+                        break;
+                    };
+                    // Nothing leaves the disk before its upload completed.
+                    if !st.remote.contains(base) {
+                        break;
+                    }
+                    let reason = if local_ms >= 0 && seg.max_timestamp() < now - local_ms {
+                        "local.retention.ms"
+                    } else if local_bytes >= 0
+                        && local > local_bytes as u64
+                        && local - seg.size() >= local_bytes as u64
+                    {
+                        "local.retention.bytes"
+                    } else {
+                        break;
+                    };
+                    local -= seg.size();
+                    if let Some(seg) = st.segments.remove(&base) {
+                        removed.push((seg, reason));
+                    }
+                }
             }
-            removed
+            if new_start > st.log_start_offset {
+                st.log_start_offset = new_start;
+                st.producers.trim_below(new_start);
+            }
+            let ls = st.log_start_offset;
+            let expired: Vec<RemoteSegment> = st
+                .remote
+                .segments
+                .iter()
+                .filter(|r| r.end <= ls)
+                .cloned()
+                .collect();
+            (removed, expired)
         };
-        if removed.is_empty() {
+        if removed.is_empty() && expired.is_empty() {
             return Ok(0);
         }
         // The checkpoint first: files that outlive a crash here are removed on open, while
@@ -1068,7 +1274,213 @@ impl Partition {
                 reason, "Deleted a segment past retention."
             );
         }
-        Ok(removed.len())
+        let count = removed.len() + expired.len();
+        if !expired.is_empty() {
+            self.delete_remote(&expired);
+        }
+        Ok(count)
+    }
+
+    /// Deletes remote segments below the log start: their objects, then their manifest
+    /// entries (a crash between leaves entries below the log start, deleted again later).
+    fn delete_remote(&self, expired: &[RemoteSegment]) {
+        let Some(h) = self.tier.get() else {
+            tracing::warn!(
+                topic = %self.topic, partition = self.id,
+                "Remote segments are past retention but the log has no remote storage; they stay until it has."
+            );
+            return;
+        };
+        let objects = expired.iter().flat_map(|r| r.objects(&h.path)).collect();
+        if let Err(e) = h.tier.delete(objects) {
+            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "Could not delete remote segments past retention; will retry.");
+            return;
+        }
+        let mut st = self.state.lock();
+        let ls = st.log_start_offset;
+        st.remote.segments.retain(|r| r.end > ls);
+        if let Err(e) = st.remote.write(&self.dir) {
+            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "Could not write the remote manifest; will retry.");
+        }
+    }
+
+    /// Uploads the oldest closed, stable segment not yet in remote storage (tiered topics);
+    /// returns whether one was uploaded. The objects first, then the manifest: a crash between
+    /// uploads the same bytes under the same names again.
+    pub fn upload_next(&self) -> Result<bool> {
+        let Some(h) = self.tier.get() else {
+            return Ok(false);
+        };
+        let _one = self.uploader.lock();
+        let job = {
+            let st = self.state.lock();
+            if !st.config.remote_storage_enable {
+                return Ok(false);
+            }
+            let uploaded_to = st.remote.end().unwrap_or(i64::MIN);
+            let (active, lso) = (st.active().base_offset, st.lso());
+            st.segments
+                .values()
+                .find(|s| {
+                    s.base_offset != active
+                        && s.base_offset >= uploaded_to.max(st.log_start_offset)
+                        && s.size() > 0
+                })
+                .filter(|s| s.next_offset() <= lso)
+                .map(|s| {
+                    let seg = RemoteSegment {
+                        base: s.base_offset,
+                        end: s.next_offset(),
+                        size: s.size(),
+                        max_timestamp: s.max_timestamp(),
+                        aborted: st
+                            .producers
+                            .aborted_in(s.base_offset, s.next_offset())
+                            .into_iter()
+                            .map(|a| (a.producer_id, a.first_offset, a.last_offset))
+                            .collect(),
+                    };
+                    (seg, s.file(), s.index_bytes())
+                })
+        };
+        let Some((seg, file, (index, time_index))) = job else {
+            return Ok(false);
+        };
+        let stem = seg.stem(&h.path);
+        h.tier.upload_file(file, seg.size, &format!("{stem}.log"))?;
+        h.tier.put(&format!("{stem}.index"), index)?;
+        h.tier.put(&format!("{stem}.timeindex"), time_index)?;
+        crate::fault::point("remote-after-upload");
+        let mut st = self.state.lock();
+        st.remote.segments.push(seg.clone());
+        if let Err(e) = st.remote.write(&self.dir) {
+            st.remote.segments.pop();
+            return Err(e);
+        }
+        drop(st);
+        tracing::info!(
+            topic = %self.topic, partition = self.id, base_offset = seg.base, end_offset = seg.end,
+            bytes = seg.size, "Uploaded a segment to remote storage."
+        );
+        Ok(true)
+    }
+
+    /// Reads whole batches of a remote segment from `offset`, about `max_bytes` (at least one
+    /// batch), through the partition's read-ahead chunk.
+    fn read_remote(
+        &self,
+        seg: &RemoteSegment,
+        offset: i64,
+        max_bytes: usize,
+        bound: i64,
+    ) -> Result<Bytes> {
+        let h = self.tier.get().ok_or_else(|| {
+            LogError::RemoteStorage(format!(
+                "{}-{} offset {offset} is in remote storage, but the log was opened without one (give --remote-storage)",
+                self.topic, self.id
+            ))
+        })?;
+        let stem = seg.stem(&h.path);
+        let idx = h.tier.indexes(&stem)?;
+        let mut pos = lookup(&idx.index, seg.base, offset);
+        let mut chunk = self.chunk.lock();
+        let load = |chunk: &mut Option<Chunk>, pos: u64, len: u64| -> Result<()> {
+            let end = (pos + len.max(READ_CHUNK)).min(seg.size);
+            let data = h.tier.get_range(&format!("{stem}.log"), pos..end)?;
+            *chunk = Some(Chunk {
+                stem: stem.clone(),
+                start: pos,
+                data,
+            });
+            Ok(())
+        };
+        let header_len = crate::batch::BATCH_HEADER_LEN as u64;
+        let mut first: Option<u64> = None;
+        let mut end = pos;
+        while pos + header_len <= seg.size {
+            // What is returned comes from one chunk: a batch past it ends this fetch.
+            if !chunk
+                .as_ref()
+                .is_some_and(|c| c.covers(&stem, pos, header_len))
+            {
+                if first.is_some() {
+                    break;
+                }
+                load(&mut chunk, pos, header_len)?;
+            }
+            let Some(c) = chunk.as_ref() else { break };
+            let h = BatchHeader::parse(&c.slice(pos, header_len)).map_err(|e| {
+                LogError::RemoteStorage(format!("{stem}.log is corrupt at byte {pos}: {e}"))
+            })?;
+            let total = h.total_size() as u64;
+            if h.last_offset() < offset {
+                pos += total;
+                continue;
+            }
+            if h.base_offset >= bound || first.is_some_and(|f| end - f + total > max_bytes as u64) {
+                break;
+            }
+            if !c.covers(&stem, pos, total) {
+                if first.is_some() {
+                    break;
+                }
+                load(&mut chunk, pos, total)?;
+            }
+            first.get_or_insert(pos);
+            pos += total;
+            end = pos;
+        }
+        Ok(match (first, chunk.as_ref()) {
+            (Some(f), Some(c)) => c.slice(f, end - f),
+            _ => Bytes::new(),
+        })
+    }
+
+    /// The first offset of a remote segment whose record timestamp is at least `ts`.
+    fn remote_offset_for_time(&self, seg: &RemoteSegment, ts: i64) -> Result<Option<i64>> {
+        let Some(h) = self.tier.get() else {
+            return Err(LogError::RemoteStorage(format!(
+                "{}-{}: a lookup by time needs the remote storage the log was opened without",
+                self.topic, self.id
+            )));
+        };
+        let stem = seg.stem(&h.path);
+        let idx = h.tier.indexes(&stem)?;
+        let from = lookup_time(&idx.index, &idx.time_index, seg.base, ts);
+        let mut offset = seg.base
+            + i64::from(
+                idx.index
+                    .iter()
+                    .find(|e| u64::from(e.1) == from)
+                    .map_or(0, |e| e.0),
+            );
+        while offset < seg.end {
+            let data = self.read_remote(seg, offset, 1 << 20, i64::MAX)?;
+            if data.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            while at + crate::batch::BATCH_HEADER_LEN <= data.len() {
+                let hd = BatchHeader::parse(&data[at..]).map_err(|e| self.batch_err(e))?;
+                let batch = &data[at..at + hd.total_size()];
+                if hd.max_timestamp >= ts && !hd.is_control() {
+                    let recs = decode_records(batch).map_err(|e| self.batch_err(e))?;
+                    if let Some(r) = recs.iter().find(|r| r.record.timestamp >= ts) {
+                        return Ok(Some(r.offset));
+                    }
+                }
+                offset = hd.next_offset();
+                at += hd.total_size();
+            }
+        }
+        Ok(None)
+    }
+
+    /// The object paths of every remote segment (for deleting the topic).
+    pub(crate) fn remote_folder(&self) -> Option<(Arc<RemoteTier>, String)> {
+        self.tier
+            .get()
+            .map(|h| (Arc::clone(&h.tier), h.path.clone()))
     }
 
     /// Moves the log start forward (delete-records), never past the high watermark.

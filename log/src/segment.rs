@@ -355,19 +355,10 @@ impl Segment {
         let Ok(traw) = std::fs::read(&tidx) else {
             return;
         };
-        if raw.len() % 8 != 0 || traw.len() % 12 != 0 {
+        let (Some(index), Some(time_index)) = (decode_index(&raw), decode_time_index(&traw)) else {
             tracing::info!(path = %log.display(), "Rebuilt a torn segment index.");
             return;
-        }
-        let index: Vec<(u32, u32)> = raw
-            .chunks_exact(8)
-            .map(|c| {
-                (
-                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
-                    u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
-                )
-            })
-            .collect();
+        };
         let ok = index.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
             && index
                 .last()
@@ -378,17 +369,6 @@ impl Segment {
                     .binary_search_by_key(&rel, |b| b.rel_base)
                     .is_ok_and(|i| scanned[i].pos == pos)
             });
-        let time_index: Vec<(i64, u32)> = traw
-            .chunks_exact(12)
-            .map(|c| {
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&c[..8]);
-                (
-                    i64::from_be_bytes(ts),
-                    u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
-                )
-            })
-            .collect();
         let time_ok = time_index
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
@@ -408,18 +388,24 @@ impl Segment {
     /// Writes the in-memory indexes to their files (on roll and clean shutdown).
     pub fn write_index_files(&self) -> Result<()> {
         let (_, idx, tidx) = Self::paths(&self.dir, self.base_offset);
-        let mut buf = Vec::with_capacity(self.index.len() * 8);
+        let (index, time_index) = self.index_bytes();
+        write_file(&idx, &index)?;
+        write_file(&tidx, &time_index)
+    }
+
+    /// The offset index and the time index as their files hold them.
+    pub fn index_bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut index = Vec::with_capacity(self.index.len() * 8);
         for (rel, pos) in &self.index {
-            buf.extend_from_slice(&rel.to_be_bytes());
-            buf.extend_from_slice(&pos.to_be_bytes());
+            index.extend_from_slice(&rel.to_be_bytes());
+            index.extend_from_slice(&pos.to_be_bytes());
         }
-        write_file(&idx, &buf)?;
-        buf.clear();
+        let mut time_index = Vec::with_capacity(self.time_index.len() * 12);
         for (ts, rel) in &self.time_index {
-            buf.extend_from_slice(&ts.to_be_bytes());
-            buf.extend_from_slice(&rel.to_be_bytes());
+            time_index.extend_from_slice(&ts.to_be_bytes());
+            time_index.extend_from_slice(&rel.to_be_bytes());
         }
-        write_file(&tidx, &buf)
+        (index, time_index)
     }
 
     /// Appends one batch whose base offset has been set; returns its file position.
@@ -481,19 +467,12 @@ impl Segment {
 
     /// A file position at or before the batch holding `offset` (index floor lookup).
     pub fn lookup(&self, offset: i64) -> u64 {
-        let rel = (offset - self.base_offset).max(0) as u32;
-        match self.index.partition_point(|e| e.0 <= rel) {
-            0 => 0,
-            i => u64::from(self.index[i - 1].1),
-        }
+        lookup(&self.index, self.base_offset, offset)
     }
 
     /// A file position at or before the first batch whose max timestamp is at least `ts`.
     pub fn lookup_time(&self, ts: i64) -> u64 {
-        match self.time_index.partition_point(|e| e.0 < ts) {
-            0 => 0,
-            i => self.lookup(self.base_offset + i64::from(self.time_index[i - 1].1) + 1),
-        }
+        lookup_time(&self.index, &self.time_index, self.base_offset, ts)
     }
 
     /// Reads the batch header at `pos`, if a whole header is there.
@@ -537,6 +516,68 @@ impl Segment {
             }
         }
     }
+}
+
+/// Floor lookup in an offset index: a file position at or before the batch holding `offset`.
+pub(crate) fn lookup(index: &[(u32, u32)], base_offset: i64, offset: i64) -> u64 {
+    let rel = (offset - base_offset).max(0) as u32;
+    match index.partition_point(|e| e.0 <= rel) {
+        0 => 0,
+        i => u64::from(index[i - 1].1),
+    }
+}
+
+/// A file position at or before the first batch whose max timestamp is at least `ts`.
+pub(crate) fn lookup_time(
+    index: &[(u32, u32)],
+    time_index: &[(i64, u32)],
+    base_offset: i64,
+    ts: i64,
+) -> u64 {
+    match time_index.partition_point(|e| e.0 < ts) {
+        0 => 0,
+        i => lookup(
+            index,
+            base_offset,
+            base_offset + i64::from(time_index[i - 1].1) + 1,
+        ),
+    }
+}
+
+/// Decodes an `.index` file: `None` when torn.
+pub(crate) fn decode_index(raw: &[u8]) -> Option<Vec<(u32, u32)>> {
+    if raw.len() % 8 != 0 {
+        return None;
+    }
+    Some(
+        raw.chunks_exact(8)
+            .map(|c| {
+                (
+                    u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+                    u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Decodes a `.timeindex` file: `None` when torn.
+pub(crate) fn decode_time_index(raw: &[u8]) -> Option<Vec<(i64, u32)>> {
+    if raw.len() % 12 != 0 {
+        return None;
+    }
+    Some(
+        raw.chunks_exact(12)
+            .map(|c| {
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&c[..8]);
+                (
+                    i64::from_be_bytes(ts),
+                    u32::from_be_bytes([c[8], c[9], c[10], c[11]]),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers see the old or

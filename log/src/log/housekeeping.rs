@@ -15,9 +15,9 @@ use crate::record::now_ms;
 /// The housekeeping thread's handle and its stop signal.
 #[derive(Debug, Default)]
 pub(super) struct Housekeeper {
-    stop: Mutex<bool>,
-    wake: Condvar,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    pub(super) stop: Mutex<bool>,
+    pub(super) wake: Condvar,
+    pub(super) handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Housekeeper {

@@ -7,8 +7,10 @@
 //!    .clean-shutdown          present only between a clean close and the next open
 //!    producer-ids             the next unallocated producer-id block
 //!    data-loss.json           records lost to damage or missing files (delete to acknowledge)
-//!    topics/<name>/topic.json partitions and config overrides
-//!    topics/<name>/<p>/       segments of partition p and its offsets.checkpoint
+//!    remote-storage.json      the tiered storage's url and options (secrets left out)
+//!    topics/<name>/topic.json partitions, config overrides, the topic id
+//!    topics/<name>/<p>/       segments of partition p, its offsets.checkpoint, and for a
+//!                             tiered topic remote.json (the segments uploaded)
 //! ```
 //!
 //! The shell is split by concern; each file adds an `impl Log` block:
@@ -19,6 +21,7 @@
 //!   every transaction (commit, abort, fencing abort, timeout, recovery).
 //! - `groups`: consumer groups and committed offsets in `__consumer_offsets`.
 //! - `housekeeping`: the background thread for retention, compaction, timeouts and fsync.
+//! - `tiering`: the background thread that uploads closed segments of tiered topics.
 //! - `data_loss`: the list of lost records in `data-loss.json`.
 //! - `schemas`: the schema registry's store in `__sluice_schemas` ([`Log::schemas`]).
 
@@ -35,6 +38,7 @@ use crate::config::LogOptions;
 use crate::error::{LogError, Result};
 use crate::group::GroupCoordinator;
 use crate::offsets::{OFFSETS_TOPIC, OffsetStore};
+use crate::remote::{RemoteStorage, RemoteTier};
 use crate::schema::store::SchemaStore;
 use crate::segment::write_file;
 use crate::txn::TxnCoordinator;
@@ -44,6 +48,7 @@ mod data_loss;
 mod groups;
 mod housekeeping;
 mod schemas;
+mod tiering;
 mod topics;
 mod transactions;
 
@@ -77,6 +82,10 @@ pub(crate) struct Inner {
     appended_cv: Condvar,
     closed: AtomicBool,
     housekeeper: Housekeeper,
+    /// The tiered storage's upload thread (stopped like the housekeeper).
+    uploader: Housekeeper,
+    /// The object store of tiered topics, when the log has one.
+    remote: Option<Arc<RemoteTier>>,
     /// Records lost to damage or missing files, as kept in `data-loss.json`.
     losses: Mutex<Vec<DataLoss>>,
     /// The schema registry's state, as replayed from `__sluice_schemas`.
@@ -124,7 +133,18 @@ impl Log {
             tracing::info!(dir = %dir.display(), "Recovering after an unclean shutdown.");
         }
 
-        let topics = load_topics(&topics_dir, &options, recover)?;
+        let storage = match &options.remote_storage {
+            Some(s) => {
+                s.save(&dir)?;
+                Some(s.clone())
+            }
+            None => RemoteStorage::load(&dir)?,
+        };
+        let remote = match storage {
+            Some(s) => Some(Arc::new(RemoteTier::new(s)?)),
+            None => None,
+        };
+        let topics = load_topics(&topics_dir, &options, remote.as_ref(), recover)?;
         let losses = record_data_loss(&dir, &topics)?;
         // Only now, with every segment checked and every loss recorded, is the clean-shutdown
         // marker dropped: a start that fails above leaves it, so the next gives the same answer.
@@ -145,6 +165,8 @@ impl Log {
             losses: Mutex::new(losses),
             schemas: Mutex::new(SchemaStore::default()),
             housekeeper: Housekeeper::default(),
+            uploader: Housekeeper::default(),
+            remote,
         });
         let log = Log { inner };
         log.load_pid_block()?;
@@ -153,6 +175,7 @@ impl Log {
         log.load_offsets()?;
         log.load_schemas()?;
         log.start_housekeeper();
+        log.start_uploader();
         Ok(log)
     }
 
@@ -164,6 +187,11 @@ impl Log {
     /// The options the log was opened with.
     pub fn options(&self) -> &LogOptions {
         &self.inner.options
+    }
+
+    /// The remote storage of tiered topics, if the log has one.
+    pub fn remote_storage(&self) -> Option<&RemoteStorage> {
+        self.inner.remote.as_deref().map(RemoteTier::storage)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -202,6 +230,7 @@ impl Inner {
             return Ok(());
         }
         self.appended_cv.notify_all();
+        self.uploader.stop();
         self.housekeeper.stop();
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for t in topics {

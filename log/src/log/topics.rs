@@ -14,6 +14,7 @@ use crate::config::{FsyncPolicy, LogOptions, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::partition::{Partition, PartitionInfo};
 use crate::record::now_ms;
+use crate::remote::RemoteTier;
 use crate::segment::write_file;
 
 /// Tells apart the trash folders of deletes within one millisecond.
@@ -63,12 +64,29 @@ struct TopicMeta {
     partitions: u32,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    /// Tells this topic from an earlier one of the same name (its remote storage folder is
+    /// `<name>-<id>`). Topics from before tiered storage get one when next opened.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// A new topic id: the creation time in nanoseconds and a counter, in hex. Unique within a
+/// data directory, which is all a remote folder name needs (a directory owns its prefix).
+fn new_topic_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}{:04x}",
+        DELETE_SEQ.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
 }
 
 /// A topic: its config and partitions.
 #[derive(Debug)]
 pub struct Topic {
     pub(super) name: Arc<str>,
+    id: String,
     dir: PathBuf,
     config: RwLock<Arc<TopicConfig>>,
     pub(super) partitions: RwLock<Vec<Arc<Partition>>>,
@@ -91,6 +109,7 @@ impl Topic {
         let meta = TopicMeta {
             partitions: self.partition_count(),
             config: self.config.read().overrides().clone(),
+            id: Some(self.id.clone()),
         };
         let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         write_file(&self.dir.join("topic.json"), &json)
@@ -129,6 +148,7 @@ impl Log {
         let config = Arc::new(TopicConfig::from_overrides(
             config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )?);
+        self.check_remote(name, &config)?;
         let mut topics = self.inner.topics.write();
         if topics.contains_key(name) {
             return Err(LogError::TopicExists(name.into()));
@@ -139,10 +159,12 @@ impl Log {
         }
         let topic = open_topic(
             name,
+            &new_topic_id(),
             &dir,
             partitions,
             config,
             self.inner.options.fsync,
+            self.inner.remote.as_ref(),
             false,
         )?;
         topic.save_meta()?;
@@ -218,6 +240,9 @@ impl Log {
                 self.inner.options.fsync,
                 false,
             )?;
+            if let Some(tier) = &self.inner.remote {
+                p.attach_remote(Arc::clone(tier), &t.id);
+            }
             p.checkpoint()?;
             parts.push(Arc::new(p));
         }
@@ -240,6 +265,8 @@ impl Log {
         for (k, v) in pairs {
             cfg.set(k, v)?;
         }
+        cfg.validate()?;
+        self.check_remote(name, &cfg)?;
         let cfg = Arc::new(cfg);
         *t.config.write() = Arc::clone(&cfg);
         for p in t.partitions.read().iter() {
@@ -280,6 +307,15 @@ impl Log {
         }
         topics.remove(name);
         drop(topics);
+        // Best effort, as Kafka: the remote copies go with the topic. What a failure leaves
+        // is never read again (a new topic of the name has a new id, hence a new folder).
+        for p in t.partitions.read().iter() {
+            if let Some((tier, folder)) = p.remote_folder() {
+                if let Err(e) = tier.list(&folder).and_then(|objects| tier.delete(objects)) {
+                    tracing::warn!(topic = name, partition = p.id(), error = %e, "Could not delete a deleted topic's remote segments; delete the folder by hand.");
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&trash) {
             // The topic is gone already; the next open removes what is left.
             tracing::warn!(topic = name, path = %trash.display(), error = %e, "Could not remove a deleted topic's files.");
@@ -296,6 +332,16 @@ impl Log {
         // As ksqlDB's `DROP ... DELETE TOPIC`: a topic re-created under the name starts a
         // fresh schema history.
         self.delete_topic_subjects(name)
+    }
+
+    /// Refuses tiering where the log has no remote storage to tier to.
+    fn check_remote(&self, name: &str, config: &TopicConfig) -> Result<()> {
+        if config.remote_storage_enable && self.inner.remote.is_none() {
+            return Err(LogError::RemoteStorage(format!(
+                "topic '{name}' sets remote.storage.enable=true, but the log has no remote storage; start it with --remote-storage URL"
+            )));
+        }
+        Ok(())
     }
 
     /// One partition of a topic.
@@ -317,6 +363,7 @@ impl Log {
 pub(super) fn load_topics(
     topics_dir: &Path,
     options: &LogOptions,
+    remote: Option<&Arc<RemoteTier>>,
     recover: bool,
 ) -> Result<BTreeMap<String, Arc<Topic>>> {
     let mut topics = BTreeMap::new();
@@ -349,40 +396,53 @@ pub(super) fn load_topics(
         )?);
         let topic = open_topic(
             &name,
+            meta.id.as_deref().unwrap_or(&new_topic_id()),
             &path,
             meta.partitions,
             config,
             options.fsync,
+            remote,
             recover,
         )?;
+        if meta.id.is_none() {
+            topic.save_meta()?;
+        }
         topics.insert(name, Arc::new(topic));
     }
     Ok(topics)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_topic(
     name: &str,
+    id: &str,
     dir: &Path,
     partitions: u32,
     config: Arc<TopicConfig>,
     fsync: FsyncPolicy,
+    remote: Option<&Arc<RemoteTier>>,
     recover: bool,
 ) -> Result<Topic> {
     std::fs::create_dir_all(dir).map_err(|e| LogError::io("create topic dir", dir, e))?;
     let name: Arc<str> = Arc::from(name);
     let mut parts = Vec::with_capacity(partitions as usize);
-    for id in 0..partitions {
-        parts.push(Arc::new(Partition::open(
+    for p in 0..partitions {
+        let partition = Partition::open(
             Arc::clone(&name),
-            id,
-            &dir.join(id.to_string()),
+            p,
+            &dir.join(p.to_string()),
             Arc::clone(&config),
             fsync,
             recover,
-        )?));
+        )?;
+        if let Some(tier) = remote {
+            partition.attach_remote(Arc::clone(tier), id);
+        }
+        parts.push(Arc::new(partition));
     }
     Ok(Topic {
         name,
+        id: id.to_string(),
         dir: dir.to_path_buf(),
         config: RwLock::new(config),
         partitions: RwLock::new(parts),
