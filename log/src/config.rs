@@ -448,6 +448,9 @@ pub struct LogOptions {
     pub remote_storage: Option<crate::remote::RemoteStorage>,
     /// How often closed segments of tiered topics are looked for and uploaded. Default 1 s.
     pub remote_upload_interval: Duration,
+    /// How long one request to the remote storage is retried before it fails (a reader then
+    /// gets an error; an upload is tried again next round). Default 30 s.
+    pub remote_retry_timeout: Duration,
 }
 
 impl Default for LogOptions {
@@ -461,6 +464,7 @@ impl Default for LogOptions {
             max_transaction_timeout: Duration::from_secs(15 * 60),
             remote_storage: None,
             remote_upload_interval: Duration::from_secs(1),
+            remote_retry_timeout: Duration::from_secs(30),
         }
     }
 }

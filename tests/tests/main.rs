@@ -25,5 +25,6 @@ mod sql_join_state;
 mod sql_partition_by;
 mod sql_queries;
 mod task_runtime;
+mod tiered;
 mod webhdfs;
 mod worker;

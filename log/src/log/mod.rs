@@ -141,7 +141,7 @@ impl Log {
             None => RemoteStorage::load(&dir)?,
         };
         let remote = match storage {
-            Some(s) => Some(Arc::new(RemoteTier::new(s)?)),
+            Some(s) => Some(Arc::new(RemoteTier::new(s, options.remote_retry_timeout)?)),
             None => None,
         };
         let topics = load_topics(&topics_dir, &options, remote.as_ref(), recover)?;

@@ -185,7 +185,10 @@ impl RemoteStorage {
     }
 
     /// Builds the store and the path of the url inside it.
-    pub(crate) fn build(&self) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    pub(crate) fn build(
+        &self,
+        retry_timeout: Duration,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
         let url = self.url.as_str();
         let (scheme, rest) = url
             .split_once("://")
@@ -194,9 +197,7 @@ impl RemoteStorage {
         let retry = RetryConfig {
             backoff: BackoffConfig::default(),
             max_retries: 10,
-            // A reader waits at most this long for a store that is down before it gets an
-            // error; uploads simply try again in the next round.
-            retry_timeout: Duration::from_secs(30),
+            retry_timeout,
         };
         let client = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -303,8 +304,8 @@ impl Drop for RemoteTier {
 
 impl RemoteTier {
     /// Connects the tier (no request is made yet).
-    pub fn new(storage: RemoteStorage) -> Result<RemoteTier> {
-        let (store, prefix) = storage.build()?;
+    pub fn new(storage: RemoteStorage, retry_timeout: Duration) -> Result<RemoteTier> {
+        let (store, prefix) = storage.build(retry_timeout)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sluice-remote")
@@ -535,22 +536,22 @@ mod tests {
     #[test]
     fn bad_urls_and_options_are_named() {
         let e = RemoteStorage::new("nowhere", BTreeMap::new())
-            .build()
+            .build(Duration::from_secs(1))
             .unwrap_err();
         assert!(e.to_string().contains("scheme://"), "{e}");
         let e = RemoteStorage::new("ftp://x/y", BTreeMap::new())
-            .build()
+            .build(Duration::from_secs(1))
             .unwrap_err();
         assert!(e.to_string().contains("unknown scheme 'ftp'"), "{e}");
         let e = RemoteStorage::new(
             "s3://b/p",
             [("aws_colour".to_string(), "blue".to_string())].into(),
         )
-        .build()
+        .build(Duration::from_secs(1))
         .unwrap_err();
         assert!(e.to_string().contains("aws_colour"), "{e}");
         let e = RemoteStorage::new("file://relative/path", BTreeMap::new())
-            .build()
+            .build(Duration::from_secs(1))
             .unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
     }

@@ -79,6 +79,11 @@ pub fn topic_json(log: &Log, name: &str) -> Result<Value, LogError> {
                 "leader_epoch": p.leader_epoch,
                 "segments": p.segments,
                 "size_bytes": p.size_bytes,
+                "local_log_start_offset": p.local_log_start_offset,
+                "remote_log_start_offset": p.remote.map(|r| r.0),
+                "remote_log_end_offset": p.remote.map(|r| r.1),
+                "remote_segments": p.remote_segments,
+                "remote_size_bytes": p.remote_size_bytes,
             })
         })
         .collect();

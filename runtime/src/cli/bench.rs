@@ -42,6 +42,9 @@ pub enum BenchCommand {
     /// Elasticsearch (osmem-server), S3 (moto), HDFS (a WebHDFS server in the process) and
     /// an HTTP receiver, one line each.
     Sink(super::bench_sink::SinkBenchArgs),
+    /// Tiered storage against an S3 server (moto): produce throughput with tiering on vs
+    /// off in one run, and reading old segments back from the store, in MB/s.
+    Tiered(super::bench_tiered::TieredBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -177,6 +180,7 @@ impl BenchCommand {
             BenchCommand::Ingest(a) => a.run(),
             BenchCommand::Cdc(a) => a.run(),
             BenchCommand::Sink(a) => a.run(),
+            BenchCommand::Tiered(a) => a.run(),
         }
     }
 }

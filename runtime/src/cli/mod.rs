@@ -11,6 +11,7 @@ pub mod bench_eos;
 pub mod bench_ingest;
 pub mod bench_pipeline;
 pub mod bench_sink;
+pub mod bench_tiered;
 pub mod consume;
 pub mod groups;
 pub mod nexmark;
@@ -82,6 +83,20 @@ pub struct Cli {
     /// Create unknown topics on first write (with one partition) instead of failing.
     #[arg(long, global = true)]
     pub auto_create_topics: bool,
+    /// Tiered storage: the object store where topics with remote.storage.enable=true keep
+    /// their old segments (s3://bucket/prefix, gs://, az://, file:///path). Remembered in the
+    /// data directory; give it again only to change it.
+    #[arg(long, global = true, env = "SLUICE_REMOTE_STORAGE")]
+    pub remote_storage: Option<String>,
+    /// A setting of the remote storage, KEY=VALUE with object_store's keys (aws_endpoint,
+    /// aws_region, aws_allow_http...; repeatable). Secrets are better given by environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...): they are never saved.
+    #[arg(
+        long = "remote-storage-option",
+        global = true,
+        value_name = "KEY=VALUE"
+    )]
+    pub remote_storage_options: Vec<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -121,8 +136,25 @@ impl Cli {
                 .map_err(|e: sluice_log::config::ConfigError| {
                     CliError::Usage(format!("--fsync: {e}"))
                 })?;
+        let remote_storage = match self.remote_storage {
+            Some(url) => Some(sluice_log::remote::RemoteStorage::new(
+                url,
+                self.remote_storage_options
+                    .iter()
+                    .map(|p| sluice_log::config::parse_pair(p))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| CliError::Usage(format!("--remote-storage-option: {e}")))?,
+            )),
+            None if !self.remote_storage_options.is_empty() => {
+                return Err(CliError::Usage(
+                    "--remote-storage-option needs --remote-storage URL".into(),
+                ));
+            }
+            None => None,
+        };
         let options = LogOptions {
             fsync,
+            remote_storage,
             ..LogOptions::default()
         };
         match self.command {

@@ -86,6 +86,39 @@ pub fn print_topic(v: &Value) {
             &rows(v, "partitions", &columns)
         )
     );
+    let tiered = config
+        .get("remote.storage.enable")
+        .is_some_and(|c| s(&c["value"]) == "true")
+        || rows(v, "partitions", &["remote_segments"])
+            .iter()
+            .any(|r| r[0] != "0" && r[0] != "-");
+    if tiered {
+        println!("Tiered storage (local disk and remote storage):");
+        let columns = [
+            "partition",
+            "local_log_start_offset",
+            "log_end_offset",
+            "remote_log_start_offset",
+            "remote_log_end_offset",
+            "remote_segments",
+            "remote_size_bytes",
+        ];
+        print!(
+            "{}",
+            table(
+                &[
+                    "PARTITION",
+                    "LOCAL-START",
+                    "LOCAL-END",
+                    "REMOTE-START",
+                    "REMOTE-END",
+                    "REMOTE-SEGMENTS",
+                    "REMOTE-BYTES"
+                ],
+                &rows(v, "partitions", &columns)
+            )
+        );
+    }
     let config_rows: Vec<Vec<String>> = config
         .iter()
         .map(|(k, c)| {

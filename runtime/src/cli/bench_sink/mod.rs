@@ -70,7 +70,7 @@ pub enum Target {
 
 /// A server process started for the benchmark, killed when dropped.
 #[derive(Debug)]
-struct Server(Child);
+pub(super) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -80,13 +80,13 @@ impl Drop for Server {
 }
 
 /// What the benchmark's targets run on: the tests' Python venv (scripts/setup.sh).
-fn venv() -> PathBuf {
+pub(super) fn venv() -> PathBuf {
     std::env::var_os("SLUICE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-venv"))
 }
 
-fn free_port() -> Result<u16, CliError> {
+pub(super) fn free_port() -> Result<u16, CliError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -94,7 +94,7 @@ fn free_port() -> Result<u16, CliError> {
 }
 
 /// Starts `bin args` and waits until `url` answers.
-fn start(bin: PathBuf, args: &[String], url: &str) -> Result<Server, CliError> {
+pub(super) fn start(bin: PathBuf, args: &[String], url: &str) -> Result<Server, CliError> {
     if !bin.exists() {
         return Err(CliError::Usage(format!(
             "{} is missing: run scripts/setup.sh, which installs the servers the benchmark starts",
