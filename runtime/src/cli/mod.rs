@@ -13,6 +13,7 @@ pub mod bench_pipeline;
 pub mod bench_sink;
 pub mod bench_tiered;
 pub mod consume;
+pub mod generate;
 pub mod groups;
 pub mod nexmark;
 pub mod pipelines;
@@ -125,6 +126,9 @@ pub enum Command {
     /// Measure the log's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Generate data for the example apps (rides, transactions) at a given rate.
+    #[command(subcommand)]
+    Gen(generate::GenCommand),
 }
 
 impl Cli {
@@ -160,6 +164,7 @@ impl Cli {
         match self.command {
             Command::Bench(cmd) => cmd.run(&self.data_dir, options),
             Command::Pipelines(cmd) => cmd.run(),
+            Command::Gen(g) if !g.needs_log() => g.run(None),
             cmd => {
                 let log = match Log::open(&self.data_dir, options) {
                     Ok(log) => log,
@@ -179,6 +184,7 @@ impl Cli {
                     Command::Groups(c) => c.run(&log),
                     Command::Sql(a) => a.run(&log),
                     Command::Run(a) => a.run(&log, &self.data_dir),
+                    Command::Gen(g) => g.run(Some(&log)),
                     Command::Pipelines(_) => Ok(()),
                     Command::Bench(_) => Ok(()),
                 };

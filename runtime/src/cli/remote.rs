@@ -90,6 +90,16 @@ impl Remote {
             .map_err(|e| CliError::Usage(format!("{url}: {e}")))
     }
 
+    /// Appends NDJSON records (`{"key": …, "value": …}` lines) to a topic.
+    pub fn post_records(&self, topic: &str, ndjson: Vec<u8>) -> Result<(), CliError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/topics/{topic}/records"),
+            Some(("application/x-ndjson", ndjson)),
+        )
+        .map(drop)
+    }
+
     fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(reqwest::Method::GET, path, None)
     }
@@ -139,6 +149,7 @@ impl Remote {
                 super::views::print_group(&self.get(&format!("/groups/{group}"))?);
             }
             Command::Produce(a) => self.produce(a)?,
+            Command::Gen(g) => g.run_remote(self)?,
             Command::Consume(a) => self.consume(a)?,
             Command::Sql(a) if a.execute.is_some() => {
                 let sql = a.execute.unwrap_or_default();

@@ -264,29 +264,61 @@ fn capitalized(kind: SourceKind) -> &'static str {
 }
 
 /// The text of each statement of a script (split at top-level semicolons), for storing
-/// statements as written.
+/// statements as written. Quotes and comments (`-- …` to the end of the line, `/* … */`) are
+/// skipped whole: a `;` or a quote inside them neither ends nor opens anything.
 fn split_statement_texts(sql: &str) -> Vec<String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Code,
+        Quote(char),
+        LineComment,
+        BlockComment,
+    }
     let mut out = Vec::new();
     let mut cur = String::new();
-    let mut quote: Option<char> = None;
+    let mut state = In::Code;
     let mut depth = 0i32;
-    for c in sql.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"' | '`') => quote = Some(c),
-            (None, '(') => depth += 1,
-            (None, ')') => depth -= 1,
-            (None, ';') if depth <= 0 => {
-                if !cur.trim().is_empty() {
+    // Whether the current piece holds more than comments and blanks.
+    let mut code = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (state, c) {
+            (In::Quote(q), c) if c == q => state = In::Code,
+            (In::LineComment, '\n') => state = In::Code,
+            (In::BlockComment, '*') if chars.peek() == Some(&'/') => {
+                cur.push(c);
+                cur.extend(chars.next());
+                state = In::Code;
+                continue;
+            }
+            (In::Quote(_) | In::LineComment | In::BlockComment, _) => {}
+            (In::Code, '\'' | '"' | '`') => state = In::Quote(c),
+            (In::Code, '-') if chars.peek() == Some(&'-') => state = In::LineComment,
+            (In::Code, '/') if chars.peek() == Some(&'*') => {
+                cur.push(c);
+                cur.extend(chars.next());
+                state = In::BlockComment;
+                continue;
+            }
+            (In::Code, '(') => depth += 1,
+            (In::Code, ')') => depth -= 1,
+            (In::Code, ';') if depth <= 0 => {
+                if code {
                     out.push(cur.trim().to_string());
                 }
                 cur.clear();
+                code = false;
                 continue;
             }
             _ => {}
         }
+        if state == In::Code && !c.is_whitespace() || matches!(state, In::Quote(_)) {
+            code = true;
+        }
         cur.push(c);
+    }
+    if !code {
+        return out;
     }
     if !cur.trim().is_empty() {
         out.push(cur.trim().to_string());

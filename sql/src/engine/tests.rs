@@ -402,3 +402,41 @@ fn schemas_travel_with_topics() {
         .unwrap();
     assert_eq!(recorded(&e, "BIG"), None);
 }
+
+/// Comments may hold anything: a `;` or a quote inside one neither ends a statement nor
+/// opens a string, so what the catalog stores of each statement is that statement, and it
+/// is all there after a restart.
+#[test]
+fn comments_with_semicolons_and_quotes_do_not_cut_stored_statements() {
+    use super::split_statement_texts;
+    assert_eq!(
+        split_statement_texts(
+            "CREATE STREAM a (x INT); -- a comment; with a semicolon\n\
+             /* and the driver's; block */ CREATE TABLE b AS SELECT ';' AS s FROM a;\n\
+             -- trailing; comment"
+        ),
+        [
+            "CREATE STREAM a (x INT)",
+            "-- a comment; with a semicolon\n/* and the driver's; block */ CREATE TABLE b AS SELECT ';' AS s FROM a"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+    {
+        let mut e = Engine::open(&log).unwrap();
+        e.execute(
+            "CREATE STREAM a (id VARCHAR KEY, x INT) WITH (topic='a', partitions=1);
+             -- a comment; with a semicolon, and each driver's quote
+             CREATE TABLE b (id VARCHAR PRIMARY KEY, y INT) WITH (topic='b', partitions=1);
+             /* another; one */
+             CREATE TABLE c AS SELECT x, COUNT(*) AS n FROM a GROUP BY x; -- done; really",
+        )
+        .unwrap();
+    }
+    let mut e = Engine::open(&log).unwrap();
+    let tables = rows(e.execute("SHOW TABLES").unwrap().remove(0));
+    assert!(tables.contains("B") && tables.contains("C"), "{tables}");
+    let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert!(queries.contains("CTAS_C_0"), "{queries}");
+    assert!(e.queries().failure("CTAS_C_0").is_none());
+}
