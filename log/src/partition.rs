@@ -1274,34 +1274,46 @@ impl Partition {
                 reason, "Deleted a segment past retention."
             );
         }
-        let count = removed.len() + expired.len();
-        if !expired.is_empty() {
-            self.delete_remote(&expired);
-        }
-        Ok(count)
+        // Remote copies below the log start are never read again; the upload thread deletes
+        // them (`delete_expired_remote`), so a store that is down never holds up retention.
+        Ok(removed.len() + expired.len())
     }
 
-    /// Deletes remote segments below the log start: their objects, then their manifest
-    /// entries (a crash between leaves entries below the log start, deleted again later).
-    fn delete_remote(&self, expired: &[RemoteSegment]) {
+    /// Deletes remote segments below the log start (past retention): their objects, then
+    /// their manifest entries (a crash between leaves entries below the log start, deleted
+    /// again later); returns how many went.
+    pub fn delete_expired_remote(&self) -> Result<usize> {
         let Some(h) = self.tier.get() else {
-            tracing::warn!(
-                topic = %self.topic, partition = self.id,
-                "Remote segments are past retention but the log has no remote storage; they stay until it has."
-            );
-            return;
+            return Ok(0);
         };
-        let objects = expired.iter().flat_map(|r| r.objects(&h.path)).collect();
-        if let Err(e) = h.tier.delete(objects) {
-            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "Could not delete remote segments past retention; will retry.");
-            return;
+        let _one = self.uploader.lock();
+        let expired: Vec<RemoteSegment> = {
+            let st = self.state.lock();
+            let ls = st.log_start_offset;
+            st.remote
+                .segments
+                .iter()
+                .filter(|r| r.end <= ls)
+                .cloned()
+                .collect()
+        };
+        if expired.is_empty() || self.checkpointed.lock().retired {
+            return Ok(0);
         }
+        h.tier
+            .delete(expired.iter().flat_map(|r| r.objects(&h.path)).collect())?;
         let mut st = self.state.lock();
         let ls = st.log_start_offset;
         st.remote.segments.retain(|r| r.end > ls);
-        if let Err(e) = st.remote.write(&self.dir) {
-            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "Could not write the remote manifest; will retry.");
+        st.remote.write(&self.dir)?;
+        drop(st);
+        for r in &expired {
+            tracing::info!(
+                topic = %self.topic, partition = self.id, base_offset = r.base,
+                "Deleted a remote segment past retention."
+            );
         }
+        Ok(expired.len())
     }
 
     /// Uploads the oldest closed, stable segment not yet in remote storage (tiered topics);
@@ -1312,6 +1324,9 @@ impl Partition {
             return Ok(false);
         };
         let _one = self.uploader.lock();
+        if self.checkpointed.lock().retired {
+            return Ok(false);
+        }
         let job = {
             let st = self.state.lock();
             if !st.config.remote_storage_enable {
@@ -1476,11 +1491,15 @@ impl Partition {
         Ok(None)
     }
 
-    /// The object paths of every remote segment (for deleting the topic).
-    pub(crate) fn remote_folder(&self) -> Option<(Arc<RemoteTier>, String)> {
-        self.tier
-            .get()
-            .map(|h| (Arc::clone(&h.tier), h.path.clone()))
+    /// Deletes every object of the partition in remote storage (its topic is being deleted),
+    /// after an upload in flight is done.
+    pub(crate) fn delete_remote_folder(&self) -> Result<()> {
+        let Some(h) = self.tier.get() else {
+            return Ok(());
+        };
+        let _one = self.uploader.lock();
+        let objects = h.tier.list(&h.path)?;
+        h.tier.delete(objects)
     }
 
     /// Moves the log start forward (delete-records), never past the high watermark.

@@ -34,8 +34,9 @@ pub struct Merger {
     buffered: usize,
     /// Topics whose records go first at equal timestamps (tables), rank 0; others 1.
     first: HashMap<Arc<str>, u8>,
-    /// Readers of the topics whose event time is a column: records take that time.
-    event_time: HashMap<Arc<str>, SourceReader>,
+    /// Readers of the topics whose event time is a column: records take that time; and
+    /// whether the topic holds change envelopes (the column is in `after`).
+    event_time: HashMap<Arc<str>, (SourceReader, bool)>,
 }
 
 impl Merger {
@@ -53,8 +54,13 @@ impl Merger {
         if let Some(j) = &query.join {
             for s in &j.sources {
                 if s.def.timestamp.is_some() && !m.event_time.contains_key(s.def.topic.as_str()) {
-                    m.event_time
-                        .insert(Arc::from(s.def.topic.as_str()), SourceReader::new(&s.def)?);
+                    m.event_time.insert(
+                        Arc::from(s.def.topic.as_str()),
+                        (
+                            SourceReader::new(&s.def)?,
+                            s.def.format == crate::format::Format::Debezium,
+                        ),
+                    );
                 }
             }
         }
@@ -65,8 +71,8 @@ impl Merger {
     /// not decode keeps its own; its source rejects it later). A BIGINT column of a JSON
     /// value is read alone; other records are decoded in full.
     fn event_times(&self, records: &mut [ConsumerRecord]) {
-        for (topic, reader) in &self.event_time {
-            let column = reader.json_time_column();
+        for (topic, (reader, envelopes)) in &self.event_time {
+            let column = reader.json_time_column().filter(|_| !envelopes);
             let mut at = Vec::new();
             for (i, r) in records.iter_mut().enumerate() {
                 let Some(value) = r.value.as_deref().filter(|_| &r.topic == topic) else {
@@ -80,7 +86,17 @@ impl Merger {
             if at.is_empty() {
                 continue;
             }
-            let inputs: Vec<Input<'_>> = at.iter().map(|&i| Input::from(&records[i])).collect();
+            let inputs: Vec<Input<'_>> = at
+                .iter()
+                .map(|&i| {
+                    let input = Input::from(&records[i]);
+                    if *envelopes {
+                        crate::format::unwrap_debezium(input)
+                    } else {
+                        input
+                    }
+                })
+                .collect();
             let Ok(rows) = reader.read(&inputs) else {
                 continue;
             };

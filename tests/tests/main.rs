@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod crash;
 mod elasticsearch;
+mod examples;
 mod hardening;
 mod hardening_log;
 mod hardening_sql;

@@ -122,7 +122,10 @@ fn fill(log: &Log, n: usize) {
             0,
             &[Record {
                 key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("{{\"ride\":{i},\"pad\":\"{}\"}}", "x".repeat(200)))),
+                value: Some(Bytes::from(format!(
+                    "{{\"ride\":{i},\"pad\":\"{}\"}}",
+                    "x".repeat(200)
+                ))),
                 headers: Vec::new(),
                 timestamp: sluice_log::record::now_ms(),
             }],
@@ -197,7 +200,10 @@ fn an_outage_of_the_store_delays_uploads_and_deletes_nothing_local() {
     let started = Instant::now();
     let err = log.upload_segments().unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(30), "gave up in time");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up in time"
+    );
     log.run_housekeeping().unwrap();
     assert_eq!(local_logs(dir.path()), before, "nothing deleted while down");
     assert_eq!(rides(&log), (0..300).collect::<Vec<_>>());
@@ -208,8 +214,16 @@ fn an_outage_of_the_store_delays_uploads_and_deletes_nothing_local() {
     assert!(local_logs(dir.path()) <= 2, "{}", local_logs(dir.path()));
     assert_eq!(rides(&log), (0..300).collect::<Vec<_>>());
     let stored = moto.objects("tiered");
-    assert_eq!(stored.len(), 3 * (before - 1), "segment, index, time index each");
-    assert!(stored.iter().all(|(name, _)| name.starts_with("log/rides-")));
+    assert_eq!(
+        stored.len(),
+        3 * (before - 1),
+        "segment, index, time index each"
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|(name, _)| name.starts_with("log/rides-"))
+    );
 
     // Down again: old offsets cannot be read, and the reader is told why, not given a gap.
     proxy.set_down(true);
@@ -224,7 +238,10 @@ fn an_outage_of_the_store_delays_uploads_and_deletes_nothing_local() {
     // The command line finds the store in the data directory and reads through it.
     let describe = sluice(dir.path(), &["topics", "describe", "rides"]);
     assert!(describe.contains("REMOTE-START"), "{describe}");
-    let consumed = sluice(dir.path(), &["consume", "rides", "--partition", "0", "--offset", "0"]);
+    let consumed = sluice(
+        dir.path(),
+        &["consume", "rides", "--partition", "0", "--offset", "0"],
+    );
     let lines: Vec<&str> = consumed.lines().collect();
     assert_eq!(lines.len(), 300, "{consumed}");
     assert!(lines[0].contains("\"ride\":0,"), "{}", lines[0]);

@@ -491,7 +491,9 @@ impl Sink for ObjectStoreSink {
                 } else {
                     Arc::new(arrow)
                 };
-                self.decoder = Some(JsonDecoder::new(arrow));
+                // Field names match as SQL matches them (ksqlDB's rules): a schema SQL
+                // recorded names `ZONE` for the `zone` of a JSON value.
+                self.decoder = Some(JsonDecoder::new(arrow).case_insensitive());
             }
             Err(e) => {
                 tracing::warn!(url = %self.config.url, error = %e, "The topic's recorded schema has no Arrow form; the sink infers each object's schema instead.");

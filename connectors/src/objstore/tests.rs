@@ -537,6 +537,38 @@ fn parquet_is_written_with_the_recorded_schema_and_values_that_do_not_fit_are_de
     assert_eq!(objects(again.as_ref()), objs);
 }
 
+/// SQL records upper-case column names (`ZONE`) for the lower-case fields producers write
+/// (`zone`): the sink matches them as SQL does, instead of writing NULLs.
+#[test]
+fn parquet_columns_match_json_fields_as_sql_does() {
+    use sluice_log::{FieldSchema, FieldType, RecordSchema};
+    let store = Arc::new(InMemory::new());
+    let mut s = sink(
+        &store,
+        config(serde_json::json!({ "format": "parquet", "flush-records": 2 })),
+    );
+    s.open(Some(&RecordSchema::new(vec![
+        FieldSchema::nullable("ZONE", FieldType::String),
+        FieldSchema::nullable("TS", FieldType::String),
+    ])))
+    .unwrap();
+    let rejected = s
+        .write(&[
+            rec(0, 0, Some(r#"{"zone": "airport", "ts": "08:00"}"#)),
+            rec(1, 0, Some(r#"{"ZONE": "harbor", "Ts": "08:01"}"#)),
+        ])
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let objs = objects(store.as_ref());
+    assert_eq!(
+        rows("x.parquet", &objs["t/0/00000000000000000000.parquet"]),
+        [
+            r#"{"ZONE":"airport","TS":"08:00"}"#,
+            r#"{"ZONE":"harbor","TS":"08:01"}"#
+        ]
+    );
+}
+
 #[test]
 fn without_a_recorded_schema_parquet_columns_are_inferred() {
     let store = Arc::new(InMemory::new());

@@ -30,8 +30,9 @@ impl Log {
         }
     }
 
-    /// Uploads every closed, stable segment of tiered topics not yet in remote storage;
-    /// returns how many went. The upload thread calls it every `remote_upload_interval`.
+    /// Uploads every closed, stable segment of tiered topics not yet in remote storage, and
+    /// deletes remote segments past retention; returns how many were uploaded. The upload
+    /// thread calls it every `remote_upload_interval`.
     pub fn upload_segments(&self) -> Result<usize> {
         if self.inner.remote.is_none() {
             return Ok(0);
@@ -39,11 +40,15 @@ impl Log {
         let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
         let mut uploaded = 0;
         let mut failed = None;
-        for t in topics.iter().filter(|t| t.config().remote_storage_enable) {
+        for t in &topics {
+            let enabled = t.config().remote_storage_enable;
             let parts: Vec<Arc<Partition>> = t.partitions.read().clone();
             for p in parts {
                 // One partition failing does not hold back the others.
-                while !self.inner.uploader_stopping() {
+                if let Err(e) = p.delete_expired_remote() {
+                    failed.get_or_insert(e);
+                }
+                while enabled && !self.inner.uploader_stopping() {
                     match p.upload_next() {
                         Ok(true) => uploaded += 1,
                         Ok(false) => break,

@@ -310,15 +310,9 @@ impl Log {
         // Best effort, as Kafka: the remote copies go with the topic. What a failure leaves
         // is never read again (a new topic of the name has a new id, hence a new folder).
         for p in t.partitions.read().iter() {
-            if let Some((tier, folder)) = p.remote_folder() {
-                if let Err(e) = tier.list(&folder).and_then(|objects| tier.delete(objects)) {
-                    tracing::warn!(topic = name, partition = p.id(), error = %e, "Could not delete a deleted topic's remote segments; delete the folder by hand.");
-                }
+            if let Err(e) = p.delete_remote_folder() {
+                tracing::warn!(topic = name, partition = p.id(), error = %e, "Could not delete a deleted topic's remote segments; delete the folder by hand.");
             }
-        }
-        if let Err(e) = std::fs::remove_dir_all(&trash) {
-            // The topic is gone already; the next open removes what is left.
-            tracing::warn!(topic = name, path = %trash.display(), error = %e, "Could not remove a deleted topic's files.");
         }
         let mut losses = self.inner.losses.lock();
         if losses.iter().any(|l| l.topic == name) {

@@ -184,11 +184,9 @@ impl RemoteStorage {
         LogError::RemoteStorage(format!("remote storage '{}': {reason}", self.url))
     }
 
-    /// Builds the store and the path of the url inside it.
-    pub(crate) fn build(
-        &self,
-        retry_timeout: Duration,
-    ) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    /// Builds the store and the path of the url inside it (requests are retried for up to
+    /// `retry_timeout`).
+    pub fn build(&self, retry_timeout: Duration) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
         let url = self.url.as_str();
         let (scheme, rest) = url
             .split_once("://")

@@ -284,8 +284,9 @@ pub async fn read_records(
     .await
 }
 
-/// Produces records: an NDJSON body of `{"key": ..., "value": ...}` objects (value a string
-/// or any JSON, written as its text), answered after the records are written.
+/// Produces records: an NDJSON body of `{"key": ..., "value": ..., "timestamp": ...}` objects
+/// (value a string or any JSON, written as its text; timestamp in ms, default now), answered
+/// after the records are written.
 pub async fn produce(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -310,7 +311,9 @@ pub async fn produce(
                 key: text(&v["key"]),
                 value: text(&v["value"]),
                 headers: Vec::new(),
-                timestamp: sluice_log::record::now_ms(),
+                timestamp: v["timestamp"]
+                    .as_i64()
+                    .unwrap_or_else(sluice_log::record::now_ms),
             });
         }
         let mut producer = state

@@ -61,7 +61,12 @@ impl TieredBenchArgs {
         let endpoint = format!("http://127.0.0.1:{port}");
         let _moto = start(
             venv().join("bin/moto_server"),
-            &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
             &endpoint,
         )?;
         let created = reqwest::blocking::Client::new()
@@ -157,14 +162,18 @@ impl TieredBenchArgs {
             took[0].as_secs_f64() / took[1].as_secs_f64()
         );
 
-        // 2. Wait for every closed segment to be uploaded and trimmed locally.
+        // 2. Wait for every closed segment to be uploaded and trimmed locally: the local
+        // retention drops to nothing, so every read below comes from the store.
         let waited = Instant::now();
+        log.alter_config("tiered", &kv(&[("local.retention.bytes", "0")]))?;
         let part = log.partition("tiered", 0)?;
         part.force_roll()?;
         loop {
             log.run_housekeeping()?;
             let info = part.info();
-            if info.remote.is_some_and(|(_, end)| end == info.log_end_offset)
+            if info
+                .remote
+                .is_some_and(|(_, end)| end == info.log_end_offset)
                 && info.local_log_start_offset == info.log_end_offset
             {
                 break;

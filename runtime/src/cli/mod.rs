@@ -16,6 +16,7 @@ pub mod consume;
 pub mod generate;
 pub mod groups;
 pub mod nexmark;
+pub mod objects;
 pub mod pipelines;
 pub mod produce;
 pub mod remote;
@@ -126,6 +127,9 @@ pub enum Command {
     /// Measure the log's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// List objects in an object store, and query Parquet objects there with SQL.
+    #[command(subcommand)]
+    Objects(objects::ObjectsCommand),
     /// Generate data for the example apps (rides, transactions) at a given rate.
     #[command(subcommand)]
     Gen(generate::GenCommand),
@@ -165,6 +169,7 @@ impl Cli {
             Command::Bench(cmd) => cmd.run(&self.data_dir, options),
             Command::Pipelines(cmd) => cmd.run(),
             Command::Gen(g) if !g.needs_log() => g.run(None),
+            Command::Objects(cmd) => cmd.run(),
             cmd => {
                 let log = match Log::open(&self.data_dir, options) {
                     Ok(log) => log,
@@ -187,6 +192,7 @@ impl Cli {
                     Command::Gen(g) => g.run(Some(&log)),
                     Command::Pipelines(_) => Ok(()),
                     Command::Bench(_) => Ok(()),
+                    Command::Objects(_) => Ok(()),
                 };
                 let closed = log.close();
                 result?;

@@ -169,7 +169,23 @@ impl Engine {
                 }
                 _ => None,
             };
-            out.push(self.run(s, text)?);
+            // A pipeline's statements run again at every deploy and start, as declarations:
+            // an INSERT ... SELECT that already runs as written is that query, not another
+            // one reading its input again from the start (duplicates in the target).
+            let running = match &target {
+                Some((sink, Some(statement))) => self
+                    .catalog
+                    .queries()
+                    .find(|q| q.sink == *sink && q.statement == *statement)
+                    .map(|q| q.id.clone()),
+                _ => None,
+            };
+            match running {
+                Some(id) => out.push(Output::Message(format!(
+                    "Query {id} already runs this INSERT."
+                ))),
+                None => out.push(self.run(s, text)?),
+            }
             if let (Some((sink, statement)), Some(config)) = (target, config) {
                 let defs: Vec<QueryDef> = self
                     .catalog

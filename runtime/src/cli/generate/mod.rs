@@ -145,8 +145,9 @@ impl Pacer {
 
 /// Where generated records go.
 pub trait Emit {
-    /// Writes one record (JSON value) to a topic, keyed.
-    fn emit(&mut self, topic: &str, key: &str, value: &str) -> Result<(), CliError>;
+    /// Writes one record (JSON value) to a topic, keyed, with its event time as its
+    /// timestamp (ms).
+    fn emit(&mut self, topic: &str, key: &str, value: &str, time: i64) -> Result<(), CliError>;
     /// Makes everything written so far visible.
     fn flush(&mut self) -> Result<(), CliError>;
 }
@@ -178,7 +179,7 @@ fn output<'a>(
 struct Print<W: Write>(W);
 
 impl<W: Write> Emit for Print<W> {
-    fn emit(&mut self, topic: &str, key: &str, value: &str) -> Result<(), CliError> {
+    fn emit(&mut self, topic: &str, key: &str, value: &str, _time: i64) -> Result<(), CliError> {
         writeln!(self.0, "{topic}\t{key}\t{value}").map_err(|e| CliError::io("write stdout", e))
     }
     fn flush(&mut self) -> Result<(), CliError> {
@@ -193,7 +194,7 @@ struct ToLog<'a> {
 }
 
 impl Emit for ToLog<'_> {
-    fn emit(&mut self, topic: &str, key: &str, value: &str) -> Result<(), CliError> {
+    fn emit(&mut self, topic: &str, key: &str, value: &str, time: i64) -> Result<(), CliError> {
         self.log.topic_or_create(topic)?;
         self.producer.send(
             topic,
@@ -201,7 +202,7 @@ impl Emit for ToLog<'_> {
                 key: Some(Bytes::from(key.to_string())),
                 value: Some(Bytes::from(value.to_string())),
                 headers: Vec::new(),
-                timestamp: sluice_log::record::now_ms(),
+                timestamp: time,
             },
         )?;
         self.pending += 1;
@@ -224,8 +225,8 @@ struct ToApi<'a> {
 }
 
 impl Emit for ToApi<'_> {
-    fn emit(&mut self, topic: &str, key: &str, value: &str) -> Result<(), CliError> {
-        let line = serde_json::json!({ "key": key, "value": value }).to_string();
+    fn emit(&mut self, topic: &str, key: &str, value: &str, time: i64) -> Result<(), CliError> {
+        let line = serde_json::json!({ "key": key, "value": value, "timestamp": time }).to_string();
         let i = match self.pending.iter().position(|(t, _, _)| t == topic) {
             Some(i) => i,
             None => {

@@ -93,7 +93,7 @@ enum Event {
     Ping(usize),
     Request,
     /// A late ping, written now with its event time.
-    Late(String, String),
+    Late(String, String, i64),
 }
 
 struct City {
@@ -156,10 +156,10 @@ impl City {
                 self.rng.random_range(420_000..=600_000)
             };
             self.late += 1;
-            self.at(t + delay, Event::Late(key, value));
+            self.at(t + delay, Event::Late(key, value, t));
             return Ok(());
         }
-        out.emit("driver_pings", &key, &value)
+        out.emit("driver_pings", &key, &value, t)
     }
 
     fn step(&mut self, out: &mut dyn Emit, t: i64, e: Event, rate: f64) -> Result<(), CliError> {
@@ -170,9 +170,11 @@ impl City {
                 let id = format!("r{:08}", self.requests);
                 let rider = format!("u{}", self.rng.random_range(0..10_000));
                 let value = json!({"request_id": id, "rider_id": rider, "zone": ZONES[zone].0, "ts": super::iso(t)});
-                out.emit("ride_requests", &id, &value.to_string())?;
+                out.emit("ride_requests", &id, &value.to_string(), t)?;
                 let free: Vec<usize> = (0..self.drivers.len())
-                    .filter(|&d| self.drivers[d].status == Status::Free && self.drivers[d].zone == zone)
+                    .filter(|&d| {
+                        self.drivers[d].status == Status::Free && self.drivers[d].zone == zone
+                    })
                     .collect();
                 if !free.is_empty() {
                     let d = free[self.rng.random_range(0..free.len())];
@@ -220,7 +222,7 @@ impl City {
                 }
                 self.at(t + MINUTE, Event::Minute);
             }
-            Event::Late(key, value) => out.emit("driver_pings", &key, &value)?,
+            Event::Late(key, value, time) => out.emit("driver_pings", &key, &value, time)?,
         }
         Ok(())
     }
@@ -260,12 +262,14 @@ impl RidesArgs {
                 if let Some(first) = name.get_mut(0..1) {
                     first.make_ascii_uppercase();
                 }
-                let value = json!({"zone": zone, "name": name, "city": "Metro", "max_multiplier": cap});
-                out.emit("zones", zone, &value.to_string())?;
+                let value =
+                    json!({"zone": zone, "name": name, "city": "Metro", "max_multiplier": cap});
+                out.emit("zones", zone, &value.to_string(), start)?;
             }
             for (band, multiplier) in RULES.iter().enumerate() {
-                let value = json!({"band": band, "min_ratio": band as f64 / 2.0, "multiplier": multiplier});
-                out.emit("surge_rules", &band.to_string(), &value.to_string())?;
+                let value =
+                    json!({"band": band, "min_ratio": band as f64 / 2.0, "multiplier": multiplier});
+                out.emit("surge_rules", &band.to_string(), &value.to_string(), start)?;
             }
         }
         let width = n.to_string().len().max(4);
