@@ -546,7 +546,7 @@ pub(crate) fn lookup_time(
 
 /// Decodes an `.index` file: `None` when torn.
 pub(crate) fn decode_index(raw: &[u8]) -> Option<Vec<(u32, u32)>> {
-    if raw.len() % 8 != 0 {
+    if !raw.len().is_multiple_of(8) {
         return None;
     }
     Some(
@@ -563,7 +563,7 @@ pub(crate) fn decode_index(raw: &[u8]) -> Option<Vec<(u32, u32)>> {
 
 /// Decodes a `.timeindex` file: `None` when torn.
 pub(crate) fn decode_time_index(raw: &[u8]) -> Option<Vec<(i64, u32)>> {
-    if raw.len() % 12 != 0 {
+    if !raw.len().is_multiple_of(12) {
         return None;
     }
     Some(

@@ -314,6 +314,10 @@ impl Log {
                 tracing::warn!(topic = name, partition = p.id(), error = %e, "Could not delete a deleted topic's remote segments; delete the folder by hand.");
             }
         }
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            // The topic is gone already; the next open removes what is left.
+            tracing::warn!(topic = name, path = %trash.display(), error = %e, "Could not remove a deleted topic's files.");
+        }
         let mut losses = self.inner.losses.lock();
         if losses.iter().any(|l| l.topic == name) {
             losses.retain(|l| l.topic != name);

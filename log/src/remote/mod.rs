@@ -271,6 +271,9 @@ pub(crate) struct RemoteIndexes {
     pub time_index: Vec<(i64, u32)>,
 }
 
+/// Recently read segment indexes by object stem, and the stems oldest first.
+type IndexCache = (HashMap<String, Arc<RemoteIndexes>>, VecDeque<String>);
+
 /// The object store of tiered topics, with the runtime that drives it.
 pub struct RemoteTier {
     storage: RemoteStorage,
@@ -279,7 +282,7 @@ pub struct RemoteTier {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     /// Indexes of remote segments recently read, by object path, oldest first.
-    indexes: Mutex<(HashMap<String, Arc<RemoteIndexes>>, VecDeque<String>)>,
+    indexes: Mutex<IndexCache>,
 }
 
 impl std::fmt::Debug for RemoteTier {
@@ -516,8 +519,8 @@ mod tests {
             [
                 ("aws-endpoint", "http://127.0.0.1:9000"),
                 ("aws_secret_access_key", "hunter2"),
-                ("aws_access_key_id", "AKIA"),
-                ("aws_session_token", "tok"),
+                ("aws_access_key_id", "AKIAEXAMPLE7"),
+                ("aws_session_token", "sess-9f8e7d"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -525,7 +528,7 @@ mod tests {
         );
         let saved = serde_json::to_string(&s.saved()).unwrap();
         assert!(saved.contains("aws_endpoint"), "{saved}");
-        for secret in ["hunter2", "AKIA", "tok"] {
+        for secret in ["hunter2", "AKIAEXAMPLE7", "sess-9f8e7d"] {
             assert!(!saved.contains(secret), "{saved}");
             assert!(!format!("{s:?}").contains(secret), "{s:?}");
         }

@@ -440,3 +440,27 @@ fn comments_with_semicolons_and_quotes_do_not_cut_stored_statements() {
     assert!(queries.contains("CTAS_C_0"), "{queries}");
     assert!(e.queries().failure("CTAS_C_0").is_none());
 }
+
+/// A pipeline's statements run again at every deploy and start: its `INSERT INTO ... SELECT`
+/// is the same query each time, not one more reading its input again from the start.
+#[test]
+fn a_pipelines_insert_select_runs_once_across_deploys() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), sluice_log::LogOptions::default()).unwrap();
+    let script =
+        "CREATE STREAM IF NOT EXISTS a (id VARCHAR KEY, x INT) WITH (topic='a', partitions=1);
+         CREATE STREAM IF NOT EXISTS b (id VARCHAR KEY, x INT) WITH (topic='b', partitions=1);
+         INSERT INTO b SELECT id, x FROM a;";
+    let config = crate::runner::RunnerConfig::default();
+    for _ in 0..3 {
+        let mut e = Engine::open(&log).unwrap();
+        e.execute_with(script, &config).unwrap();
+    }
+    let mut e = Engine::open(&log).unwrap();
+    let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert_eq!(queries.matches("INSERTQUERY").count(), 1, "{queries}");
+    // Typed by hand, a second INSERT is a second query, as in ksqlDB.
+    e.execute("INSERT INTO b SELECT id, x FROM a;").unwrap();
+    let queries = rows(e.execute("SHOW QUERIES").unwrap().remove(0));
+    assert_eq!(queries.matches("INSERTQUERY").count(), 2, "{queries}");
+}
