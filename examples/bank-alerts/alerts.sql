@@ -1,12 +1,12 @@
 -- Large-transaction alerts: the Sluice SQL of pipeline.toml, kept identical to its sql key
 -- (run-scenario.sh checks that). Every statement was run against the topics the Postgres CDC
--- source writes (NOTES-for-engineer.md shows the record shapes).
+-- source writes (DESIGN-NOTES.md shows the record shapes).
 --
 -- Time: the CDC records carry the PostgreSQL commit time as their timestamp (rows read by the
 -- initial snapshot carry the time of the snapshot). The join below orders the changes of
 -- customers and the transactions by those times, so each transaction is checked against the
 -- threshold committed before it. The 10-minute rule windows by the created_at column.
--- No quote characters in comments: see NOTES-for-engineer.md, bug 2.
+-- No quote characters in comments: see DESIGN-NOTES.md, bug 2.
 
 -- The current limits of each customer, from the change envelopes of public.customers
 -- (the key object with one column id reads as ID, and numeric columns arrive as JSON strings).
@@ -112,7 +112,7 @@ CREATE STREAM IF NOT EXISTS window_alerts_in (
 -- Rule 2 alerts, with the columns of the alerts stream, keyed sum-CUSTOMER-WINDOWSTARTMS.
 -- A topic of their own: INSERT INTO alerts would be the natural way, but a pipeline runs its
 -- sql at every start, and each run of an INSERT INTO adds one more query writing every alert
--- again. See NOTES-for-engineer.md, bug 3.
+-- again. See DESIGN-NOTES.md, bug 3.
 CREATE STREAM IF NOT EXISTS window_alerts WITH (topic = 'window_alerts', key_format = 'KAFKA') AS
   SELECT CONCAT('sum-', CAST(customer AS VARCHAR), '-', CAST(window_start AS VARCHAR)) AS alert_id,
          AS_VALUE(CONCAT('sum-', CAST(customer AS VARCHAR), '-', CAST(window_start AS VARCHAR))) AS "alert_id",

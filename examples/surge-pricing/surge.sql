@@ -5,14 +5,12 @@
 --
 -- Run it with: sluice sql -f examples/surge-pricing/surge.sql (or through pipeline.toml).
 -- Every statement is IF NOT EXISTS so a redeploy keeps what a previous run made.
--- No semicolons, quotes or backticks inside comments: the engine stores each statement
--- text cut at semicolons outside quotes, not knowing comments (NOTES-for-engineer.md, bug 1).
 -- Why it has six queries instead of two (the engine cannot join windowed tables, nor
--- tables with two key columns): see NOTES-for-engineer.md.
+-- tables with two key columns): see DESIGN-NOTES.md.
 
 -- ---------------------------------------------------------------- inputs
 -- One partition each: stream time (and so what is late) then depends on the order of each
--- topic alone, which keeps replays exact. See NOTES-for-engineer.md before adding partitions.
+-- topic alone, which keeps replays exact. See DESIGN-NOTES.md before adding partitions.
 CREATE STREAM IF NOT EXISTS ride_requests (
     request_id VARCHAR KEY,
     rider_id   VARCHAR,

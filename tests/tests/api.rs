@@ -216,9 +216,22 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         "/sql",
         Some("s3cret"),
         "CREATE TABLE tiers (id VARCHAR PRIMARY KEY, tier VARCHAR) WITH (topic = 'tiers', partitions = 1);
-         INSERT INTO tiers (id, tier) VALUES ('c', 'gold');",
+         INSERT INTO tiers (id, tier) VALUES ('c', 'gold'), ('n', NULL);",
     );
     assert_eq!(s, 200, "{v}");
+    // A pull query's rows have every column, NULL ones as null.
+    let (s, v) = api.call(
+        "POST",
+        "/sql",
+        Some("s3cret"),
+        "SELECT * FROM tiers WHERE id = 'n';",
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["results"][0]["rows"],
+        serde_json::json!([{"ID": "n", "TIER": null}]),
+        "{v}"
+    );
     let mut events = String::new();
     api.http
         .post(format!("{}/query", api.base))

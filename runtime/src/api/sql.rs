@@ -30,9 +30,12 @@ fn statement_text(body: &str) -> String {
     }
 }
 
-/// Rows of record batches as JSON objects.
+/// Rows of record batches as JSON objects, every column present (NULL as `null`, so a
+/// client reads a row's shape from any row).
 fn rows(batches: &[sluice_sql::RecordBatch]) -> Result<Vec<Value>, ApiError> {
-    let mut w = arrow_json::ArrayWriter::new(Vec::new());
+    let mut w: arrow_json::ArrayWriter<Vec<u8>> = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build(Vec::new());
     for b in batches {
         w.write(b).map_err(ApiError::internal)?;
     }
