@@ -6,7 +6,6 @@
 -- initial snapshot carry the time of the snapshot). The join below orders the changes of
 -- customers and the transactions by those times, so each transaction is checked against the
 -- threshold committed before it. The 10-minute rule windows by the created_at column.
--- No quote characters in comments: see DESIGN-NOTES.md, bug 2.
 
 -- The current limits of each customer, from the change envelopes of public.customers
 -- (the key object with one column id reads as ID, and numeric columns arrive as JSON strings).
