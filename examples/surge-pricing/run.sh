@@ -3,12 +3,12 @@
 # folder's pipeline, and `sluice gen rides` feeding it; then the surges it found, read the way
 # the app reads them (pull queries over the REST API) and from the dashboard's index.
 #
-#   examples/surge-pricing/run.sh     # RATE=5 SPEED=20 DURATION=40m; SLUICE=path to skip the build
+#   examples/surge-pricing/run.sh     # RATE=2 SPEED=10 DURATION=30m; SLUICE=path to skip the build
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../common.sh"
 WORK=${WORK:-$(mktemp -d /tmp/surge-XXXXXX)}
-RATE=${RATE:-5}; SPEED=${SPEED:-20}; DURATION=${DURATION:-40m}
+RATE=${RATE:-2}; SPEED=${SPEED:-10}; DURATION=${DURATION:-30m}
 mkdir -p "$WORK/pipelines"
 cp "$HERE/pipeline.toml" "$HERE/es-index-template.json" "$WORK/pipelines/"
 
@@ -20,10 +20,13 @@ wait_http "$ES_URL"
 start_worker "$WORK/data" "$WORK/pipelines"
 log "worker API at $API, Elasticsearch at $ES_URL; $DURATION of rides at $RATE/s, $SPEED x real time"
 "$SLUICE" --data-dir "$WORK/data" gen rides --rate "$RATE" --speed "$SPEED" --duration "$DURATION" >&2
-sleep 3
-echo "== The app's pull query: the highest multipliers per zone"
-curl -s -XPOST "$API/sql" -d "SELECT zone, MAX(multiplier) AS top FROM surge GROUP BY zone;" || true
-echo
+# The queries catch up: wait until no topic grows for 4 s.
+total() { curl -s "$API/topics" | python3 -c 'import json,sys; print(sum(t["records"] for t in json.load(sys.stdin)["topics"]))'; }
+last=-1; now=$(total)
+while [[ $now != "$last" ]]; do last=$now; sleep 4; now=$(total); done
+echo "== The app's pull query: downtown's latest windows"
+curl -s -XPOST "$API/sql" -d "SELECT zone_window, requests, free_drivers, multiplier FROM surge WHERE zone = 'downtown';" |
+  python3 -c 'import json,sys; rows=json.load(sys.stdin)["results"][0]["rows"]; [print(r) for r in sorted(rows, key=lambda r: r["ZONE_WINDOW"])[-5:]]'
 echo "== Windows with a surge (multiplier above 1.0):"
 curl -s -XPOST "$API/sql" -d "SELECT zone_window, requests, free_drivers, band, multiplier FROM surge WHERE multiplier > 1.0;" |
   python3 -c 'import json,sys; rows=json.load(sys.stdin)["results"][0]["rows"]; [print(r) for r in sorted(rows, key=lambda r: r["ZONE_WINDOW"])[:20]]; print(len(rows), "windows with a surge")'

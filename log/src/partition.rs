@@ -1144,8 +1144,19 @@ impl Partition {
                 .zip(st.remote.end())
                 .map(|(s, e)| (s.max(st.log_start_offset), e))
                 .filter(|(s, e)| s < e),
-            remote_segments: st.remote.segments.len(),
-            remote_size_bytes: st.remote.size(),
+            remote_segments: st
+                .remote
+                .segments
+                .iter()
+                .filter(|r| r.end > st.log_start_offset)
+                .count(),
+            remote_size_bytes: st
+                .remote
+                .segments
+                .iter()
+                .filter(|r| r.end > st.log_start_offset)
+                .map(|r| r.size)
+                .sum(),
         }
     }
 
@@ -1227,8 +1238,9 @@ impl Partition {
                     let Some((&base, seg)) = st.segments.iter().next() else {
                         break;
                     };
-                    // Nothing leaves the disk before its upload completed.
-                    if !st.remote.contains(base) {
+                    // Nothing leaves the disk before its upload completed (an empty segment,
+                    // left by a recovery, has nothing to upload).
+                    if !st.remote.contains(base) && seg.size() > 0 {
                         break;
                     }
                     let reason = if local_ms >= 0 && seg.max_timestamp() < now - local_ms {
@@ -1287,9 +1299,19 @@ impl Partition {
             return Ok(0);
         };
         let _one = self.uploader.lock();
+        // The durable log start: a start moved in memory whose checkpoint has not been
+        // written yet would come back after a crash, and the segments with it.
+        let Some(ls) = self
+            .checkpointed
+            .lock()
+            .last
+            .as_ref()
+            .map(|c| c.log_start_offset)
+        else {
+            return Ok(0);
+        };
         let expired: Vec<RemoteSegment> = {
             let st = self.state.lock();
-            let ls = st.log_start_offset;
             st.remote
                 .segments
                 .iter()
@@ -1297,16 +1319,24 @@ impl Partition {
                 .cloned()
                 .collect()
         };
-        if expired.is_empty() || self.checkpointed.lock().retired {
+        if expired.is_empty() {
             return Ok(0);
         }
         h.tier
             .delete(expired.iter().flat_map(|r| r.objects(&h.path)).collect())?;
+        // Lock order: `checkpointed` before `state`. A retired partition's folder is gone
+        // (or is a new topic's of the same name): no manifest is written there.
+        let cp = self.checkpointed.lock();
+        if cp.retired {
+            return Ok(0);
+        }
         let mut st = self.state.lock();
-        let ls = st.log_start_offset;
-        st.remote.segments.retain(|r| r.end > ls);
+        st.remote
+            .segments
+            .retain(|r| !expired.iter().any(|e| e.base == r.base));
         st.remote.write(&self.dir)?;
         drop(st);
+        drop(cp);
         for r in &expired {
             tracing::info!(
                 topic = %self.topic, partition = self.id, base_offset = r.base,
@@ -1366,6 +1396,12 @@ impl Partition {
         h.tier.put(&format!("{stem}.index"), index)?;
         h.tier.put(&format!("{stem}.timeindex"), time_index)?;
         crate::fault::point("remote-after-upload");
+        // Lock order: `checkpointed` before `state`. A topic deleted (and perhaps created
+        // again) while the objects went up must not get this manifest in its folder.
+        let cp = self.checkpointed.lock();
+        if cp.retired {
+            return Ok(false);
+        }
         let mut st = self.state.lock();
         st.remote.segments.push(seg.clone());
         if let Err(e) = st.remote.write(&self.dir) {
@@ -1373,6 +1409,7 @@ impl Partition {
             return Err(e);
         }
         drop(st);
+        drop(cp);
         tracing::info!(
             topic = %self.topic, partition = self.id, base_offset = seg.base, end_offset = seg.end,
             bytes = seg.size, "Uploaded a segment to remote storage."
@@ -1402,6 +1439,13 @@ impl Partition {
         let load = |chunk: &mut Option<Chunk>, pos: u64, len: u64| -> Result<()> {
             let end = (pos + len.max(READ_CHUNK)).min(seg.size);
             let data = h.tier.get_range(&format!("{stem}.log"), pos..end)?;
+            if (data.len() as u64) < end - pos {
+                return Err(LogError::RemoteStorage(format!(
+                    "{stem}.log is shorter than its manifest entry ({} bytes from byte {pos}, expected {})",
+                    data.len(),
+                    end - pos
+                )));
+            }
             *chunk = Some(Chunk {
                 stem: stem.clone(),
                 start: pos,
@@ -1445,10 +1489,16 @@ impl Partition {
             pos += total;
             end = pos;
         }
-        Ok(match (first, chunk.as_ref()) {
+        let data = match (first, chunk.as_ref()) {
             (Some(f), Some(c)) => c.slice(f, end - f),
             _ => Bytes::new(),
-        })
+        };
+        // A reader at the segment's end goes on to the next segment: the chunk is of no
+        // more use, and idle partitions should not each hold one.
+        if end >= seg.size {
+            *chunk = None;
+        }
+        Ok(data)
     }
 
     /// The first offset of a remote segment whose record timestamp is at least `ts`.
@@ -1498,8 +1548,20 @@ impl Partition {
             return Ok(());
         };
         let _one = self.uploader.lock();
+        {
+            // A topic that never tiered has nothing there: no request (the store may be down).
+            let st = self.state.lock();
+            if !st.config.remote_storage_enable && st.remote.segments.is_empty() {
+                return Ok(());
+            }
+        }
         let objects = h.tier.list(&h.path)?;
         h.tier.delete(objects)
+    }
+
+    /// Whether some of the partition's segments are in remote storage.
+    pub fn has_remote_segments(&self) -> bool {
+        !self.state.lock().remote.segments.is_empty()
     }
 
     /// Moves the log start forward (delete-records), never past the high watermark.

@@ -434,3 +434,62 @@ fn deleting_a_topic_deletes_its_remote_copies_and_a_new_one_starts_clean() {
     tiered_topic(&log, "t", 10);
     assert_eq!(read_everything(&log, "t"), (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_tiered_topic_cannot_turn_compacted_and_a_torn_object_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let log = open(dir.path(), Some(storage(&url)));
+    tiered_topic(&log, "t", 200);
+    log.upload_segments().unwrap();
+    log.run_housekeeping().unwrap();
+    let e = log
+        .alter_config(
+            "t",
+            &kv(&[
+                ("remote.storage.enable", "false"),
+                ("cleanup.policy", "compact"),
+            ]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be compacted"), "{e}");
+
+    // The first segment's object loses its tail (a foreign or damaged object).
+    let first = objects(store.path())
+        .into_iter()
+        .find(|o| o.ends_with("00000000000000000000.log"))
+        .unwrap();
+    let path = store.path().join(&first);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = log
+        .fetch("t", 0, 0, 1 << 20, Isolation::ReadCommitted)
+        .unwrap_err();
+    assert!(err.to_string().contains("tiered storage"), "{err}");
+}
+
+#[test]
+fn an_upload_of_a_deleted_topic_writes_nothing_into_a_new_one_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let log = open(dir.path(), Some(storage(&url)));
+    tiered_topic(&log, "t", 100);
+    let old = log.partition("t", 0).unwrap();
+    log.delete_topic("t").unwrap();
+    tiered_topic(&log, "t", 3);
+    assert!(!old.upload_next().unwrap());
+    assert_eq!(old.delete_expired_remote().unwrap(), 0);
+    assert!(!dir.path().join("topics/t/0/remote.json").exists());
+    assert!(
+        objects(store.path()).is_empty(),
+        "{:?}",
+        objects(store.path())
+    );
+}

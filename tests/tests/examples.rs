@@ -306,3 +306,72 @@ fn offload_writes_every_request_to_parquet_by_hour_and_tiers_the_pings() {
         "pings read back from offset 0:\n{out}"
     );
 }
+
+/// `sluice gen transactions`: customers and transactions in a real PostgreSQL at a rate, and
+/// its `--expected` file names exactly the rows above their customer's threshold.
+#[test]
+fn the_transaction_generator_knows_which_rows_must_alert() {
+    let pg = crate::postgres_cdc::Postgres::start("logical");
+    let expected = tempfile::NamedTempFile::new().unwrap();
+    let out = std::process::Command::new(crate::cli::sluice_bin())
+        .args([
+            "gen",
+            "transactions",
+            "--url",
+            &pg.url("postgres"),
+            "--init",
+        ])
+        .args(["--customers", "20", "--rate", "500", "--count", "300"])
+        .args([
+            "--large-every",
+            "10",
+            "--threshold-every",
+            "0s",
+            "--expected",
+        ])
+        .arg(expected.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Inserted 300 transactions"), "{stderr}");
+    assert_eq!(pg.sql("SELECT count(*) FROM customers"), "20");
+    assert_eq!(pg.sql("SELECT count(*) FROM transactions"), "300");
+    let over: Vec<String> = pg
+        .sql(
+            "SELECT t.customer_id || ' ' || t.amount FROM transactions t JOIN customers c \
+             ON c.id = t.customer_id WHERE t.amount > c.alert_threshold ORDER BY t.id",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let predicted: Vec<String> = std::fs::read_to_string(expected.path())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{} {:.2}", v["customer_id"], v["amount"].as_f64().unwrap())
+        })
+        .collect();
+    assert!(over.len() >= 30, "every 10th row at least: {over:?}");
+    assert_eq!(predicted, over);
+    // Without --init, an empty database is a clear error.
+    let other = crate::postgres_cdc::Postgres::start("logical");
+    let out = std::process::Command::new(crate::cli::sluice_bin())
+        .args([
+            "gen",
+            "transactions",
+            "--url",
+            &other.url("postgres"),
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--init"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -15,14 +15,14 @@ use sluice_connectors::postgres_cdc::{PostgresCdcConfig, PostgresCdcSource, Rout
 use sluice_log::Record;
 
 /// A private PostgreSQL server, stopped (immediately) when dropped.
-struct Postgres {
+pub(crate) struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
 }
 
 impl Postgres {
-    fn start(wal_level: &str) -> Postgres {
+    pub(crate) fn start(wal_level: &str) -> Postgres {
         Postgres::start_with(wal_level, false)
     }
 
@@ -113,7 +113,7 @@ impl Postgres {
         Postgres { dir, bin, port }
     }
 
-    fn url(&self, user: &str) -> String {
+    pub(crate) fn url(&self, user: &str) -> String {
         format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -129,7 +129,7 @@ impl Postgres {
     }
 
     /// Runs SQL with psql; its output, tuples only.
-    fn sql(&self, sql: &str) -> String {
+    pub(crate) fn sql(&self, sql: &str) -> String {
         psql(&self.bin, self.port, sql)
     }
 }

@@ -44,6 +44,9 @@ impl Log {
             let enabled = t.config().remote_storage_enable;
             let parts: Vec<Arc<Partition>> = t.partitions.read().clone();
             for p in parts {
+                if self.inner.uploader_stopping() {
+                    break;
+                }
                 // One partition failing does not hold back the others.
                 if let Err(e) = p.delete_expired_remote() {
                     failed.get_or_insert(e);

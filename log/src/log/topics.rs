@@ -339,6 +339,16 @@ impl Log {
                 "topic '{name}' sets remote.storage.enable=true, but the log has no remote storage; start it with --remote-storage URL"
             )));
         }
+        // Compaction would rewrite local copies of segments whose remote copies stay as
+        // they were (and readers of a compacted-away range would see the remote copy).
+        let tiered = self
+            .topic(name)
+            .is_ok_and(|t| t.partitions.read().iter().any(|p| p.has_remote_segments()));
+        if config.cleanup_policy.compact && tiered {
+            return Err(LogError::RemoteStorage(format!(
+                "topic '{name}' has segments in remote storage; it cannot be compacted (delete and recreate it to compact)"
+            )));
+        }
         Ok(())
     }
 

@@ -101,11 +101,6 @@ impl Manifest {
         self.segments.last().map(|s| s.end)
     }
 
-    /// Bytes held remotely.
-    pub fn size(&self) -> u64 {
-        self.segments.iter().map(|s| s.size).sum()
-    }
-
     /// Whether the segment with this base offset was uploaded.
     pub fn contains(&self, base: i64) -> bool {
         self.segments
@@ -145,7 +140,7 @@ mod tests {
         assert_eq!(m.find(10).unwrap().base, 10);
         assert_eq!(m.find(27).unwrap().base, 30);
         assert!(m.find(40).is_none());
-        assert_eq!((m.start(), m.end(), m.size()), (Some(0), Some(40), 30));
+        assert_eq!((m.start(), m.end()), (Some(0), Some(40)));
         assert!(m.contains(10) && !m.contains(11));
         assert_eq!(m.segments[1].aborted_in(0, 10).len(), 0);
         assert_eq!(m.segments[1].aborted_in(24, 30).len(), 1);

@@ -20,9 +20,10 @@
 //!   names with the same bytes: no hole, no duplicate.
 //! - **Local deletion**: only of segments the manifest lists, after the manifest and the
 //!   offsets checkpoint say so; with the store down nothing is uploaded, so nothing is deleted.
-//! - **Remote deletion** (`retention.ms` / `retention.bytes` over the whole log): the manifest
-//!   drops the segment and the log start moves first; the objects go after. A crash between
-//!   leaves unread objects behind, never a listed segment without its objects.
+//! - **Remote deletion** (`retention.ms` / `retention.bytes` over the whole log): the log start
+//!   moves and is checkpointed first; then the upload thread deletes the objects of segments
+//!   below the checkpointed start, then drops them from the manifest. A crash between leaves
+//!   entries below the log start, which are never read and are deleted again.
 //!
 //! The log's code is synchronous; the object store's is async. [`RemoteTier`] owns a small
 //! tokio runtime that runs the store's futures, and its methods block the calling thread
@@ -74,8 +75,8 @@ const PART_CONCURRENCY: usize = 4;
 /// one request serves many fetches through the partition's read-ahead chunk.
 pub(crate) const READ_CHUNK: u64 = 8 << 20;
 
-/// Segment indexes kept in memory for remote reads.
-const INDEX_CACHE: usize = 256;
+/// Bytes of segment indexes kept in memory for remote reads.
+const INDEX_CACHE_BYTES: usize = 64 << 20;
 
 /// Where tiered topics keep their old segments: an object store url and its options.
 ///
@@ -101,21 +102,27 @@ impl std::fmt::Debug for RemoteStorage {
     }
 }
 
-/// Whether an option key names a secret (never saved, never shown).
+/// Whether an option key names a secret (never saved, never shown): keys, tokens,
+/// passwords and the SSE-C key, but not paths to files holding them or a KMS key's id.
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    [
+    let secretish = [
         "secret",
         "token",
         "password",
         "access_key",
         "sas",
+        "customer_key",
         "credential",
-        "key_id",
     ]
     .iter()
     .any(|s| k.contains(s))
-        || k.ends_with("_key")
+        || k.ends_with("_key");
+    let reference = k.ends_with("_file")
+        || k.ends_with("_path")
+        || k.contains("kms_key_id")
+        || k == "google_application_credentials";
+    secretish && !reference
 }
 
 impl RemoteStorage {
@@ -465,9 +472,14 @@ impl RemoteTier {
         if map.insert(stem.to_string(), Arc::clone(&loaded)).is_none() {
             order.push_back(stem.to_string());
         }
-        while order.len() > INDEX_CACHE {
+        // Oldest first out while over budget, the one just read excepted.
+        let bytes = |i: &RemoteIndexes| {
+            i.index.len() * size_of::<(u32, u32)>() + i.time_index.len() * size_of::<(i64, u32)>()
+        };
+        let mut total: usize = map.values().map(|i| bytes(i)).sum();
+        while total > INDEX_CACHE_BYTES && order.len() > 1 {
             if let Some(old) = order.pop_front() {
-                map.remove(&old);
+                total -= map.remove(&old).map_or(0, |i| bytes(&i));
             }
         }
         Ok(loaded)
@@ -521,6 +533,9 @@ mod tests {
                 ("aws_secret_access_key", "hunter2"),
                 ("aws_access_key_id", "AKIAEXAMPLE7"),
                 ("aws_session_token", "sess-9f8e7d"),
+                ("aws_sse_customer_key_base64", "c3NlLWM="),
+                ("aws_sse_kms_key_id", "arn:kms:key/1"),
+                ("aws_web_identity_token_file", "/run/token"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -528,7 +543,11 @@ mod tests {
         );
         let saved = serde_json::to_string(&s.saved()).unwrap();
         assert!(saved.contains("aws_endpoint"), "{saved}");
-        for secret in ["hunter2", "AKIAEXAMPLE7", "sess-9f8e7d"] {
+        assert!(
+            saved.contains("arn:kms:key/1") && saved.contains("/run/token"),
+            "{saved}"
+        );
+        for secret in ["hunter2", "AKIAEXAMPLE7", "sess-9f8e7d", "c3NlLWM="] {
             assert!(!saved.contains(secret), "{saved}");
             assert!(!format!("{s:?}").contains(secret), "{s:?}");
         }

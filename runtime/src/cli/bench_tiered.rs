@@ -1,6 +1,8 @@
 //! `sluice bench tiered`: tiered storage against an S3 server (moto, from the tests' venv,
 //! started by the benchmark).
 //!
+//! moto runs at the lowest CPU priority: it stands in for a remote service.
+//!
 //! 1. **Produce, tiering on vs off, in one run**: two topics of the same log, one with
 //!    `remote.storage.enable=true` and a small `local.retention.bytes`, written in alternating
 //!    rounds (so both see the same machine) while the upload thread copies the tiered topic's
@@ -59,9 +61,21 @@ impl TieredBenchArgs {
     fn measure(&self, dir: &std::path::Path) -> Result<(), CliError> {
         let port = free_port()?;
         let endpoint = format!("http://127.0.0.1:{port}");
+        // At the lowest priority: the emulator stands in for a remote service, whose CPU is not
+        // the worker's; on these 2 cores it would otherwise take one from the producer.
+        let moto = venv().join("bin/moto_server");
+        if !moto.exists() {
+            return Err(CliError::Usage(format!(
+                "{} is missing: run scripts/setup.sh, which installs the servers the benchmark starts",
+                moto.display()
+            )));
+        }
         let _moto = start(
-            venv().join("bin/moto_server"),
+            PathBuf::from("nice"),
             &[
+                "-n".into(),
+                "19".into(),
+                moto.display().to_string(),
                 "-H".into(),
                 "127.0.0.1".into(),
                 "-p".into(),

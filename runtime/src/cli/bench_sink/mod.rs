@@ -95,7 +95,8 @@ pub(super) fn free_port() -> Result<u16, CliError> {
 
 /// Starts `bin args` and waits until `url` answers.
 pub(super) fn start(bin: PathBuf, args: &[String], url: &str) -> Result<Server, CliError> {
-    if !bin.exists() {
+    // A bare name (`nice`) is looked up in PATH by the spawn.
+    if bin.components().count() > 1 && !bin.exists() {
         return Err(CliError::Usage(format!(
             "{} is missing: run scripts/setup.sh, which installs the servers the benchmark starts",
             bin.display()

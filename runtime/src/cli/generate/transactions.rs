@@ -90,11 +90,10 @@ impl TransactionsArgs {
 
     async fn generate(&self) -> Result<(), CliError> {
         let pg = |e: tokio_postgres::Error| {
-            CliError::Usage(format!(
-                "PostgreSQL: {}",
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), ToString::to_string)
-            ))
+            // The error's own text is generic ("error connecting to server"); the cause says
+            // what happened (refused, authentication, the server's message).
+            let cause = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+            CliError::Usage(format!("PostgreSQL: {e}{cause}"))
         };
         let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
