@@ -1330,12 +1330,13 @@ impl Partition {
         if cp.retired {
             return Ok(0);
         }
-        let mut st = self.state.lock();
-        st.remote
+        // As in `upload_next`: the file outside the state lock, then memory.
+        let mut manifest = self.state.lock().remote.clone();
+        manifest
             .segments
             .retain(|r| !expired.iter().any(|e| e.base == r.base));
-        st.remote.write(&self.dir)?;
-        drop(st);
+        manifest.write(&self.dir)?;
+        self.state.lock().remote = manifest;
         drop(cp);
         for r in &expired {
             tracing::info!(
@@ -1402,13 +1403,13 @@ impl Partition {
         if cp.retired {
             return Ok(false);
         }
-        let mut st = self.state.lock();
-        st.remote.segments.push(seg.clone());
-        if let Err(e) = st.remote.write(&self.dir) {
-            st.remote.segments.pop();
-            return Err(e);
-        }
-        drop(st);
+        // The file first, outside the state lock (its fsync must not stall appends), then
+        // memory: local retention goes by memory, so it never deletes what the file does not
+        // list. Only holders of `uploader` change the manifest.
+        let mut manifest = self.state.lock().remote.clone();
+        manifest.segments.push(seg.clone());
+        manifest.write(&self.dir)?;
+        self.state.lock().remote = manifest;
         drop(cp);
         tracing::info!(
             topic = %self.topic, partition = self.id, base_offset = seg.base, end_offset = seg.end,

@@ -97,6 +97,15 @@ fn read_everything(log: &Log, topic: &str) -> Vec<usize> {
     out
 }
 
+/// A log whose remote storage is a local folder: its folder, the store's, and the log.
+fn tiered_log() -> (tempfile::TempDir, tempfile::TempDir, Log) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let log = open(dir.path(), Some(storage(&url)));
+    (dir, store, log)
+}
+
 /// A tiered topic of `n` records in small segments, uploaded and trimmed locally to about
 /// one segment.
 fn tiered_topic(log: &Log, topic: &str, n: usize) {
@@ -118,10 +127,7 @@ fn tiered_topic(log: &Log, topic: &str, n: usize) {
 
 #[test]
 fn old_segments_move_to_remote_storage_and_read_back_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (dir, store, log) = tiered_log();
     tiered_topic(&log, "rides", 400);
     let before = local_segments(dir.path(), "rides").len();
     assert!(before > 5, "{before} segments");
@@ -216,10 +222,7 @@ fn old_segments_move_to_remote_storage_and_read_back_the_same() {
 
 #[test]
 fn retention_deletes_remote_copies_and_moves_the_log_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (_dir, store, log) = tiered_log();
     tiered_topic(&log, "t", 300);
     log.upload_segments().unwrap();
     log.run_housekeeping().unwrap();
@@ -244,10 +247,7 @@ fn retention_deletes_remote_copies_and_moves_the_log_start() {
 
 #[test]
 fn aborted_transactions_stay_invisible_when_read_from_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (dir, _store, log) = tiered_log();
     tiered_topic(&log, "t", 0);
     let mut p = log
         .transactional_producer("tx", ProducerConfig::default())
@@ -318,10 +318,7 @@ fn nothing_is_deleted_locally_while_the_store_is_down() {
 
 #[test]
 fn an_upload_cut_short_before_the_manifest_is_redone_under_the_same_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (dir, store, log) = tiered_log();
     tiered_topic(&log, "t", 200);
     log.upload_segments().unwrap();
     let uploaded = objects(store.path());
@@ -344,10 +341,7 @@ fn an_upload_cut_short_before_the_manifest_is_redone_under_the_same_names() {
 
 #[test]
 fn a_lost_manifest_of_deleted_local_segments_is_data_loss_not_silence() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (dir, _store, log) = tiered_log();
     tiered_topic(&log, "t", 200);
     log.upload_segments().unwrap();
     log.run_housekeeping().unwrap();
@@ -418,10 +412,7 @@ fn tiering_is_refused_where_it_cannot_work() {
 
 #[test]
 fn deleting_a_topic_deletes_its_remote_copies_and_a_new_one_starts_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (_dir, store, log) = tiered_log();
     tiered_topic(&log, "t", 100);
     log.upload_segments().unwrap();
     assert!(!objects(store.path()).is_empty());
@@ -437,10 +428,7 @@ fn deleting_a_topic_deletes_its_remote_copies_and_a_new_one_starts_clean() {
 
 #[test]
 fn a_tiered_topic_cannot_turn_compacted_and_a_torn_object_is_an_error_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (_dir, store, log) = tiered_log();
     tiered_topic(&log, "t", 200);
     log.upload_segments().unwrap();
     log.run_housekeeping().unwrap();
@@ -476,10 +464,7 @@ fn a_tiered_topic_cannot_turn_compacted_and_a_torn_object_is_an_error_not_a_pani
 
 #[test]
 fn an_upload_of_a_deleted_topic_writes_nothing_into_a_new_one_of_the_same_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let log = open(dir.path(), Some(storage(&url)));
+    let (dir, store, log) = tiered_log();
     tiered_topic(&log, "t", 100);
     let old = log.partition("t", 0).unwrap();
     log.delete_topic("t").unwrap();

@@ -90,6 +90,14 @@ fn storage(proxy: &Proxy) -> RemoteStorage {
     )
 }
 
+/// The storage with credentials as options (used for the run, never saved).
+fn with_keys(mut remote: RemoteStorage) -> RemoteStorage {
+    for key in ["aws_access_key_id", "aws_secret_access_key"] {
+        remote.options.insert(key.into(), "test".into());
+    }
+    remote
+}
+
 fn open(dir: &Path, remote: Option<RemoteStorage>) -> Log {
     Log::open(
         dir,
@@ -184,13 +192,7 @@ fn an_outage_of_the_store_delays_uploads_and_deletes_nothing_local() {
     let proxy = Proxy::start(moto.endpoint().rsplit(':').next().unwrap().parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     // Credentials as options here: used for this run, never saved.
-    let mut remote = storage(&proxy);
-    remote
-        .options
-        .insert("aws_access_key_id".into(), "test".into());
-    remote
-        .options
-        .insert("aws_secret_access_key".into(), "test".into());
+    let remote = with_keys(storage(&proxy));
     let log = open(dir.path(), Some(remote));
     fill(&log, 300);
     let before = local_logs(dir.path());
@@ -284,13 +286,7 @@ fn a_kill_between_upload_and_manifest_loses_and_repeats_nothing() {
     assert!(!data.join("topics/rides/0/remote.json").exists());
 
     // The next run uploads everything; the first segment again, to the same names.
-    let mut remote = storage(&proxy);
-    remote
-        .options
-        .insert("aws_access_key_id".into(), "test".into());
-    remote
-        .options
-        .insert("aws_secret_access_key".into(), "test".into());
+    let remote = with_keys(storage(&proxy));
     let log = open(&data, Some(remote));
     assert!(log.data_loss().is_empty(), "{:?}", log.data_loss());
     let n = log.upload_segments().unwrap();
