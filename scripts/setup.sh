@@ -24,6 +24,8 @@ if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ]; then
     fi
     # The TLS test makes its server's certificates with the openssl command.
     command -v openssl >/dev/null || apt_missing+=(openssl)
+    # The example apps' scripts (run by the tests) talk HTTP with curl.
+    command -v curl >/dev/null || apt_missing+=(curl)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "setup: installing ${apt_missing[*]} with apt-get" >&2

@@ -40,6 +40,13 @@ pub struct TieredBenchArgs {
     /// Scratch folder (removed at the end); default: under $TMPDIR or /var/tmp.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Tier to this store instead of a moto server started by the benchmark (a real bucket,
+    /// or `file:///path` for the log's own cost without a network).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A setting of the `--url` store, KEY=VALUE with object_store's keys (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
 }
 
 impl TieredBenchArgs {
@@ -59,54 +66,25 @@ impl TieredBenchArgs {
     }
 
     fn measure(&self, dir: &std::path::Path) -> Result<(), CliError> {
-        let port = free_port()?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        // At the lowest priority: the emulator stands in for a remote service, whose CPU is not
-        // the worker's; on these 2 cores it would otherwise take one from the producer.
-        let moto = venv().join("bin/moto_server");
-        if !moto.exists() {
-            return Err(CliError::Usage(format!(
-                "{} is missing: run scripts/setup.sh, which installs the servers the benchmark starts",
-                moto.display()
-            )));
-        }
-        let _moto = start(
-            PathBuf::from("nice"),
-            &[
-                "-n".into(),
-                "19".into(),
-                moto.display().to_string(),
-                "-H".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
-            &endpoint,
-        )?;
-        let created = reqwest::blocking::Client::new()
-            .put(format!("{endpoint}/tiered"))
-            .send()
-            .map_err(|e| CliError::Usage(format!("create the bucket: {e}")))?;
-        if !created.status().is_success() {
-            return Err(CliError::Usage(format!(
-                "create the bucket: {}",
-                created.status()
-            )));
-        }
-        let options = [
-            ("aws_endpoint", endpoint.as_str()),
-            ("aws_allow_http", "true"),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "bench"),
-            ("aws_secret_access_key", "bench"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let (_moto, storage) = match &self.url {
+            Some(url) => {
+                let options = self
+                    .options
+                    .iter()
+                    .map(|p| sluice_log::config::parse_pair(p))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| CliError::Usage(format!("--option: {e}")))?;
+                (None, RemoteStorage::new(url.clone(), options))
+            }
+            None => {
+                let (server, storage) = moto()?;
+                (Some(server), storage)
+            }
+        };
         let log = Log::open(
             dir.join("data"),
             LogOptions {
-                remote_storage: Some(RemoteStorage::new("s3://tiered/log", options)),
+                remote_storage: Some(storage),
                 remote_upload_interval: Duration::from_millis(100),
                 ..LogOptions::default()
             },
@@ -234,4 +212,53 @@ impl TieredBenchArgs {
         log.close()?;
         Ok(())
     }
+}
+
+/// A moto server for the benchmark, and a remote storage in a bucket of it.
+fn moto() -> Result<(super::bench_sink::Server, RemoteStorage), CliError> {
+    let port = free_port()?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // At the lowest priority: the emulator stands in for a remote service, whose CPU is not
+    // the worker's; on these 2 cores it would otherwise take one from the producer.
+    let moto = venv().join("bin/moto_server");
+    if !moto.exists() {
+        return Err(CliError::Usage(format!(
+            "{} is missing: run scripts/setup.sh, which installs the servers the benchmark starts",
+            moto.display()
+        )));
+    }
+    let server = start(
+        PathBuf::from("nice"),
+        &[
+            "-n".into(),
+            "19".into(),
+            moto.display().to_string(),
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        &endpoint,
+    )?;
+    let created = reqwest::blocking::Client::new()
+        .put(format!("{endpoint}/tiered"))
+        .send()
+        .map_err(|e| CliError::Usage(format!("create the bucket: {e}")))?;
+    if !created.status().is_success() {
+        return Err(CliError::Usage(format!(
+            "create the bucket: {}",
+            created.status()
+        )));
+    }
+    let options = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "bench"),
+        ("aws_secret_access_key", "bench"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Ok((server, RemoteStorage::new("s3://tiered/log", options)))
 }

@@ -70,7 +70,7 @@ pub enum Target {
 
 /// A server process started for the benchmark, killed when dropped.
 #[derive(Debug)]
-pub(super) struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
