@@ -250,6 +250,29 @@ fn an_outage_of_the_store_delays_uploads_and_deletes_nothing_local() {
     assert!(lines[299].contains("\"ride\":299,"), "{}", lines[299]);
     let saved = std::fs::read_to_string(dir.path().join("remote-storage.json")).unwrap();
     assert!(!saved.contains("secret"), "{saved}");
+
+    // A persistent SQL query over the topic reads it from the beginning, out of the store.
+    sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "CREATE STREAM rides_in (ride BIGINT, pad VARCHAR) WITH (topic = 'rides');
+             CREATE STREAM ride_ids WITH (topic = 'ride_ids') AS SELECT ride FROM rides_in;",
+        ],
+    );
+    // Started again, the query runs until it has read everything before `sql` returns.
+    sluice(dir.path(), &["sql", "-e", "SHOW QUERIES;"]);
+    let ids = sluice(dir.path(), &["consume", "ride_ids", "--from-beginning"]);
+    let ids: Vec<u64> = ids
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["RIDE"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (0..300).collect::<Vec<_>>());
 }
 
 #[test]
