@@ -44,7 +44,7 @@ done
 log "all $want ride requests are in s3://lake/rides"
 
 echo "== Parquet objects (first 5):"
-"$SLUICE" objects list s3://lake/rides "${S3[@]}" 2>&1 | head -5
+"$SLUICE" objects list s3://lake/rides "${S3[@]}" 2>/dev/null | sed -n 1,5p   # sed reads to the end: no broken pipe
 echo "== Requests per day, hour and zone (DataFusion over the Parquet objects):"
 "$SLUICE" objects query s3://lake/rides "${S3[@]}" \
   "SELECT dt, hour, \"ZONE\" AS zone, COUNT(*) AS requests FROM objects GROUP BY dt, hour, \"ZONE\" ORDER BY dt, hour, requests DESC"
