@@ -16,8 +16,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{LogError, Result};
-use crate::segment::{Damage, file_stem, write_file};
+use crate::error::Result;
+use crate::segment::{Damage, file_stem, write_json};
 
 /// The checkpoint file's name inside a partition folder.
 pub(crate) const FILE: &str = "offsets.checkpoint";
@@ -48,12 +48,7 @@ impl Checkpoint {
 
     /// Writes it (through a temporary file and a rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).map_err(|e| LogError::Corrupt {
-            path: dir.join(FILE),
-            position: 0,
-            reason: e.to_string(),
-        })?;
-        write_file(&dir.join(FILE), &json)
+        write_json(&dir.join(FILE), self)
     }
 }
 

@@ -198,6 +198,16 @@ impl State {
             .unwrap_or(0)
             .max(self.log_start_offset)
     }
+    /// Remote segments with no local copy (those below the first local segment), including
+    /// any below the log start that wait for deletion.
+    fn remote_only(&self) -> impl Iterator<Item = &RemoteSegment> {
+        let first_local = self.segments.keys().next().copied().unwrap_or(i64::MAX);
+        self.remote
+            .segments
+            .iter()
+            .filter(move |r| r.base < first_local)
+    }
+
     /// The remote segment to read `offset` from, when it is no longer on local disk.
     fn remote_for(&self, offset: i64) -> Option<RemoteSegment> {
         let first_local = *self.segments.keys().next()?;
@@ -494,17 +504,13 @@ impl Partition {
         }
         let now = {
             let st = self.state.lock();
-            let first_local = st.segments.keys().next().copied().unwrap_or(i64::MAX);
             Checkpoint {
                 log_start_offset: st.log_start_offset,
                 log_end_offset: st.leo(),
                 // Remote segments too: a manifest lost with the data it lists is data loss.
                 segments: st
-                    .remote
-                    .segments
-                    .iter()
+                    .remote_only()
                     .map(|r| r.base)
-                    .filter(|b| *b < first_local)
                     .chain(st.segments.keys().copied())
                     .collect(),
             }
@@ -1074,13 +1080,9 @@ impl Partition {
                 Isolation::ReadUncommitted => st.high_watermark,
             })),
             OffsetSpec::Timestamp(ts) => {
-                let first_local = st.local_start();
                 let remote: Vec<RemoteSegment> = st
-                    .remote
-                    .segments
-                    .iter()
-                    .filter(|r| r.base < first_local && r.end > st.log_start_offset)
-                    .filter(|r| r.max_timestamp >= ts)
+                    .remote_only()
+                    .filter(|r| r.end > st.log_start_offset && r.max_timestamp >= ts)
                     .cloned()
                     .collect();
                 if !remote.is_empty() {
@@ -1183,12 +1185,9 @@ impl Partition {
                     None
                 }
             };
-            let first_local = *st.segments.keys().next().unwrap_or(&0);
             let remote_only: Vec<&RemoteSegment> = st
-                .remote
-                .segments
-                .iter()
-                .filter(|r| r.base < first_local && r.end > st.log_start_offset)
+                .remote_only()
+                .filter(|r| r.end > st.log_start_offset)
                 .collect();
             let mut total: u64 = remote_only.iter().map(|r| r.size).sum::<u64>()
                 + st.segments.values().map(Segment::size).sum::<u64>();

@@ -580,6 +580,32 @@ pub(crate) fn decode_time_index(raw: &[u8]) -> Option<Vec<(i64, u32)>> {
     )
 }
 
+/// Writes `value` as JSON to `path`, as [`write_file`] does.
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_vec(value).map_err(|e| LogError::Corrupt {
+        path: path.to_path_buf(),
+        position: 0,
+        reason: e.to_string(),
+    })?;
+    write_file(path, &json)
+}
+
+/// Reads the JSON file `path`: `None` when there is none, an error naming the file when it
+/// does not parse.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| LogError::Corrupt {
+                path: path.to_path_buf(),
+                position: 0,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::io("read", path, e)),
+    }
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers see the old or
 /// the new content, never half of it.
 pub(crate) fn write_file(path: &Path, data: &[u8]) -> Result<()> {

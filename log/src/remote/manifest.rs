@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{LogError, Result};
+use crate::error::Result;
 use crate::producer_state::AbortedTxn;
-use crate::segment::{file_stem, write_file};
+use crate::segment::{file_stem, read_json, write_json};
 
 /// The manifest's file name inside a partition folder.
 pub(crate) const FILE: &str = "remote.json";
@@ -69,26 +69,12 @@ pub(crate) struct Manifest {
 impl Manifest {
     /// Reads the manifest of the partition in `dir` (empty when there is none).
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(FILE);
-        match std::fs::read(&path) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| LogError::Corrupt {
-                path,
-                position: 0,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
-            Err(e) => Err(LogError::io("read", &path, e)),
-        }
+        Ok(read_json(&dir.join(FILE))?.unwrap_or_default())
     }
 
     /// Writes it through a temporary file, fsynced, and a rename.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).map_err(|e| LogError::Corrupt {
-            path: dir.join(FILE),
-            position: 0,
-            reason: e.to_string(),
-        })?;
-        write_file(&dir.join(FILE), &json)
+        write_json(&dir.join(FILE), self)
     }
 
     /// The first offset held remotely.

@@ -167,18 +167,7 @@ impl RemoteStorage {
 
     /// The remote storage a data directory was last opened with, if any.
     pub fn load(dir: &Path) -> Result<Option<RemoteStorage>> {
-        let path = dir.join(REMOTE_STORAGE_FILE);
-        match std::fs::read(&path) {
-            Ok(raw) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| LogError::Corrupt {
-                    path,
-                    position: 0,
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LogError::io("read", &path, e)),
-        }
+        crate::segment::read_json(&dir.join(REMOTE_STORAGE_FILE))
     }
 
     /// Saves the url and the options that are not secrets into the data directory.

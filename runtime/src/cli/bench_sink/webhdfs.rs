@@ -176,6 +176,22 @@ fn json_ok(v: Value) -> Response {
 }
 
 /// `/webhdfs/v1/a/b` → `/a/b`.
+/// The HDFS path and the upper-case `op` of a request, or the answer to a path outside
+/// `/webhdfs/v1`.
+fn target(uri: &Uri, q: &BTreeMap<String, String>) -> Result<(String, String), Box<Response>> {
+    let Some(path) = hdfs_path(uri) else {
+        return Err(Box::new(remote(
+            StatusCode::NOT_FOUND,
+            "FileNotFoundException",
+            format!("no such resource {}", uri.path()),
+        )));
+    };
+    let op = q
+        .get("op")
+        .map_or(String::new(), |o| o.to_ascii_uppercase());
+    Ok((path, op))
+}
+
 fn hdfs_path(uri: &Uri) -> Option<String> {
     let p = uri.path().strip_prefix("/webhdfs/v1")?;
     let p = percent_decode(p);
@@ -239,18 +255,10 @@ async fn namenode_op(
     _headers: HeaderMap,
     _body: Bytes,
 ) -> Response {
-    let Some(path) = hdfs_path(&uri) else {
-        return remote(
-            StatusCode::NOT_FOUND,
-            "FileNotFoundException",
-            format!("no such resource {}", uri.path()),
-        );
+    let (path, op) = match target(&uri, &q) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
     };
-    let op = q
-        .get("op")
-        .cloned()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
     let missing = || {
         remote(
             StatusCode::NOT_FOUND,
@@ -403,18 +411,10 @@ async fn datanode_op(
     _headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(path) = hdfs_path(&uri) else {
-        return remote(
-            StatusCode::NOT_FOUND,
-            "FileNotFoundException",
-            format!("no such resource {}", uri.path()),
-        );
+    let (path, op) = match target(&uri, &q) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
     };
-    let op = q
-        .get("op")
-        .cloned()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
     let mut nodes = fs.nodes.lock();
     match (method.as_str(), op.as_str()) {
         ("PUT", "CREATE") => {
