@@ -26,6 +26,8 @@ if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ]; then
     command -v openssl >/dev/null || apt_missing+=(openssl)
     # The example apps' scripts (run by the tests) talk HTTP with curl.
     command -v curl >/dev/null || apt_missing+=(curl)
+    # The web console's test drives a real headless Chromium.
+    command -v chromium >/dev/null || apt_missing+=(chromium)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "setup: installing ${apt_missing[*]} with apt-get" >&2
@@ -37,6 +39,26 @@ if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_serve
     echo "setup: installing moto[server], osmem-server and noida-db into $SLUICE_VENV" >&2
     [ -x "$SLUICE_VENV/bin/pip" ] || python3 -m venv "$SLUICE_VENV"
     "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db
+fi
+
+# The web console (console/) is built with npm into console/dist/, which the `sluice` binary
+# embeds; Vite needs Node.js 20.19 or newer (the machine's own; Debian 12's is too old).
+if [ "${SLUICE_SETUP_CONSOLE:-1}" = 1 ]; then
+    if ! command -v npm >/dev/null || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
+        echo "error: the web console needs Node.js >= 20.19 with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+        exit 1
+    fi
+    (
+        cd "$(dirname "${BASH_SOURCE[0]}")/../console"
+        # npm ci only when the lock file changed since the last install.
+        if ! cmp -s package-lock.json node_modules/.sluice-lock 2>/dev/null; then
+            echo "setup: installing the console's npm packages (npm ci)" >&2
+            npm ci --no-audit --no-fund --loglevel=error >&2
+            cp package-lock.json node_modules/.sluice-lock
+        fi
+        echo "setup: building the web console (npm run build)" >&2
+        npm run --silent build >&2
+    )
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -73,7 +73,9 @@ pub use crate::config::{FsyncPolicy, LogOptions, TopicConfig};
 pub use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use crate::error::{LogError, Result};
 pub use crate::group::{Assignor, TopicPartition};
-pub use crate::log::{GroupInfo, Log, ResetTo, TopicDescription, is_internal_topic};
+pub use crate::log::{
+    GroupInfo, Log, PartitionReset, ResetTo, TopicDescription, is_internal_topic,
+};
 pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
 pub use crate::producer::{Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;

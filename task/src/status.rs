@@ -26,6 +26,8 @@ pub struct TaskStatus {
     pub commits: AtomicU64,
     /// Time spent committing, in microseconds.
     pub commit_micros: AtomicU64,
+    /// When the last epoch committed, in ms since the epoch (0: none yet).
+    pub last_commit_ms: AtomicU64,
     /// Restarts after failures.
     pub restarts: AtomicU64,
     /// The last error, while it is being retried, or the one the task stopped with.
@@ -94,6 +96,10 @@ impl TaskStatus {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_commit_ms.store(now, Ordering::Relaxed);
     }
 
     /// Counts records and bytes moved through the task.

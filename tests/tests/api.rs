@@ -106,7 +106,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     );
     assert_eq!(s, 400);
     assert!(
-        v["error"].as_str().unwrap().contains("orders.toml:4"),
+        v["message"].as_str().unwrap().contains("orders.toml:4"),
         "{v}"
     );
     assert!(!pipelines.join("orders.toml").exists());
@@ -194,7 +194,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     );
     let (s, v) = api.call("POST", "/sql", Some("s3cret"), "SELEC 1;");
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("syntax"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("syntax"), "{v}");
     let mut events = String::new();
     api.http
         .post(format!("{}/query", api.base))
@@ -250,7 +250,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     );
     assert_eq!(s, 400, "{v}");
     assert!(
-        v["error"]
+        v["message"]
             .as_str()
             .unwrap()
             .contains("cannot join B.AMOUNT (DOUBLE) with T.ID (VARCHAR)"),

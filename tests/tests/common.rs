@@ -234,3 +234,26 @@ pub fn serve_local(app: axum::Router) -> (u16, tokio::runtime::Runtime) {
     runtime.spawn(async move { axum::serve(listener, app).await });
     (port, runtime)
 }
+
+/// The API address (`http://host:port`) of the worker `spawn_worker` started on `work`,
+/// once it wrote `data/worker.json` (the worker must not exit meanwhile).
+pub fn worker_api(work: &Path, worker: &mut Child) -> String {
+    let file = work.join("data/worker.json");
+    let start = std::time::Instant::now();
+    loop {
+        let addr = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["api"].as_str().map(str::to_string));
+        if let Some(a) = addr {
+            return a;
+        }
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "the worker exited: {}",
+            std::fs::read_to_string(work.join("worker-0.log")).unwrap_or_default()
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "no worker.json");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

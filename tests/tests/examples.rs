@@ -18,24 +18,7 @@ fn example(name: &str) -> PathBuf {
 
 /// The API address a worker on `work` left in its data directory.
 fn api_of(work: &Path, worker: &mut std::process::Child) -> String {
-    let file = work.join("data/worker.json");
-    let start = Instant::now();
-    loop {
-        let addr = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["api"].as_str().map(str::to_string));
-        if let Some(a) = addr {
-            return a;
-        }
-        assert!(
-            worker.try_wait().unwrap().is_none(),
-            "the worker exited: {}",
-            std::fs::read_to_string(work.join("worker-0.log")).unwrap_or_default()
-        );
-        assert!(start.elapsed() < Duration::from_secs(60), "no worker.json");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::worker_api(work, worker)
 }
 
 fn client() -> reqwest::blocking::Client {

@@ -123,7 +123,10 @@ fn sinks_whose_old_group_names_collided_both_get_everything() {
     );
     let (s, v) = w.call("PUT", "/pipelines/a-b", &[], &clash);
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("would share"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("would share"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -151,7 +154,7 @@ fn a_rejected_redeploy_leaves_the_running_pipeline_and_no_leftovers() {
     for (bad, expect) in [(bad_connector, "max-body-bytes"), (bad_sql, "NOPE")] {
         let (s, v) = w.call("PUT", "/pipelines/p", &[], &bad);
         assert_eq!(s, 400, "{v}");
-        assert!(v["error"].as_str().unwrap().contains(expect), "{v}");
+        assert!(v["message"].as_str().unwrap().contains(expect), "{v}");
         // Still running, still ingesting, file unchanged, nothing created.
         let (s, v) = w.call("POST", "/ingest/p-in", &[], "{\"still\": true}");
         assert_eq!(s, 200, "{v}");
@@ -283,7 +286,7 @@ fn ingest_before_the_worker_is_ready_is_503_and_bearer_is_case_insensitive() {
     let mut w = Served::start(Limits::default(), false, None);
     let (s, v) = w.call("POST", "/ingest/anything", &[], "{}");
     assert_eq!(s, 503, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("starting"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("starting"), "{v}");
     w.state.ready.store(true, Ordering::SeqCst);
     assert_eq!(w.call("POST", "/ingest/anything", &[], "{}").0, 404);
     deploy_p(&w);
@@ -326,7 +329,7 @@ fn secrets_never_appear_in_answers_status_or_errors() {
     ] {
         let (s, v) = w.call("PUT", "/pipelines/leaky", &[], &text);
         assert_eq!(s, 400, "{v}");
-        let e = v["error"].as_str().unwrap();
+        let e = v["message"].as_str().unwrap();
         assert!(!e.contains(&secret), "{e}");
         assert!(e.contains(&format!("${{{var}}}")), "{e}");
     }

@@ -63,7 +63,7 @@ fn internal_topics_cannot_be_deleted_or_written_through_the_api() {
     for topic in ["__sluice_source_positions", "ctas_totals_0-changelog"] {
         let (s, v) = call(&server, "DELETE", &format!("/topics/{topic}"), "");
         assert_eq!(s, 403, "DELETE {topic}: {v}");
-        assert!(v["error"].as_str().unwrap().contains("internal"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("internal"), "{v}");
         assert!(log.topic(topic).is_ok(), "{topic} was deleted");
     }
     for topic in [
@@ -82,7 +82,7 @@ fn internal_topics_cannot_be_deleted_or_written_through_the_api() {
             "{\"key\": \"k\", \"value\": \"forged\"}\n",
         );
         assert_eq!(s, 403, "POST {topic}: {v}");
-        assert!(v["error"].as_str().unwrap().contains("internal"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("internal"), "{v}");
         let after: Vec<i64> = (0..before.len()).map(|p| end(&log, topic, p)).collect();
         assert_eq!(before, after, "{topic} was written");
     }

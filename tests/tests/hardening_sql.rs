@@ -125,7 +125,7 @@ fn post_sql_answers_deep_statements_with_an_error_and_keeps_serving() {
     for (name, sql) in deep_statements() {
         let (s, v) = w.sql(&sql);
         assert_eq!(s, 400, "{name}: {v}");
-        let msg = v["error"].as_str().unwrap_or_default();
+        let msg = v["message"].as_str().unwrap_or_default();
         assert!(
             msg.contains("too deeply nested at line 1") && msg.contains("more than 256"),
             "{name}: {v}"

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use sluice_log::group::GroupError;
 use sluice_log::{
-    Assignor, Consumer, ConsumerConfig, Log, LogError, LogOptions, OffsetReset, ResetTo,
-    TopicPartition,
+    Assignor, Consumer, ConsumerConfig, Log, LogError, LogOptions, OffsetReset, ProducerConfig,
+    ResetTo, TopicPartition,
 };
 
 use crate::common::{open, rec};
@@ -457,7 +457,11 @@ fn describe_group_reports_lag_per_partition() {
         .iter()
         .map(|l| (l.tp.partition, l.committed, l.log_end, l.lag))
         .collect();
-    assert_eq!(lags, [(0, Some(6), 10, 4), (1, Some(4), 4, 0)]);
+    // Every partition of the topic is listed, also the one without a commit.
+    assert_eq!(
+        lags,
+        [(0, Some(6), 10, 4), (1, Some(4), 4, 0), (2, None, 0, 0)]
+    );
 
     // A member owning partition 2 without a commit: lag counts the whole partition.
     let mut c = log.consumer(ConsumerConfig {
@@ -483,7 +487,7 @@ fn describe_group_reports_lag_per_partition() {
 
     // An open transaction: lag is measured to the last stable offset.
     let mut txp = log
-        .transactional_producer("tx", sluice_log::ProducerConfig::default())
+        .transactional_producer("tx", ProducerConfig::default())
         .unwrap();
     txp.begin_transaction().unwrap();
     txp.send_to("t", 1, rec("k", "open", 1)).unwrap();
@@ -513,6 +517,15 @@ fn produce_one(log: &Log, partition: u32, n: usize) {
     }
 }
 
+/// Resets group `g` on topic `t` (executed) as (partition, old, new) per partition.
+fn reset(log: &Log, to: ResetTo) -> Vec<(u32, Option<i64>, i64)> {
+    log.reset_offsets("g", "t", to, true)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.partition, r.old, r.new))
+        .collect()
+}
+
 #[test]
 fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,27 +534,29 @@ fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
     produce(&log, "t", 2, 5);
     log.commit_offsets("g", None, &[(tp("t", 0), 2)]).unwrap();
 
-    let r = log.reset_offsets("g", "t", ResetTo::Latest).unwrap();
+    let r = reset(&log, ResetTo::Latest);
     assert_eq!(r, [(0, Some(2), 5), (1, None, 5)]);
-    let r = log.reset_offsets("g", "t", ResetTo::Earliest).unwrap();
+    let r = reset(&log, ResetTo::Earliest);
     assert_eq!(r, [(0, Some(5), 0), (1, Some(5), 0)]);
-    let r = log.reset_offsets("g", "t", ResetTo::Offset(3)).unwrap();
+    let r = reset(&log, ResetTo::Offset(3));
     assert_eq!(r, [(0, Some(0), 3), (1, Some(0), 3)]);
     // Clamped into [log start, log end].
-    let r = log.reset_offsets("g", "t", ResetTo::Offset(1_000)).unwrap();
+    let r = reset(&log, ResetTo::Offset(1_000));
     assert_eq!(r, [(0, Some(3), 5), (1, Some(3), 5)]);
-    let r = log.reset_offsets("g", "t", ResetTo::Offset(-7)).unwrap();
+    let r = reset(&log, ResetTo::Offset(-7));
     assert_eq!(r, [(0, Some(5), 0), (1, Some(5), 0)]);
     assert_eq!(log.committed("g", &tp("t", 1)), Some(0));
     assert!(matches!(
-        log.reset_offsets("g", "nope", ResetTo::Earliest),
+        log.reset_offsets("g", "nope", ResetTo::Earliest, true),
         Err(LogError::UnknownTopic(_))
     ));
 
     // A live member: refused, and nothing moves.
     let mut c = log.consumer(config("g"));
     c.subscribe(&["t"]).unwrap();
-    let err = log.reset_offsets("g", "t", ResetTo::Latest).unwrap_err();
+    let err = log
+        .reset_offsets("g", "t", ResetTo::Latest, false)
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -553,7 +568,7 @@ fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
     assert_eq!(log.committed("g", &tp("t", 0)), Some(0));
     // Once the member has left, the reset goes through and the next member starts there.
     c.close().unwrap();
-    log.reset_offsets("g", "t", ResetTo::Offset(4)).unwrap();
+    reset(&log, ResetTo::Offset(4));
     let mut c = log.consumer(config("g"));
     c.subscribe(&["t"]).unwrap();
     let mut got = Vec::new();
@@ -565,6 +580,96 @@ fn reset_offsets_moves_an_empty_group_and_is_refused_while_it_has_members() {
     let mut vals: Vec<String> = got.iter().map(value).collect();
     vals.sort();
     assert_eq!(vals, ["p0-4", "p1-4"]);
+}
+
+#[test]
+fn a_dry_run_reset_changes_nothing_and_resets_by_time_and_shift() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 1, &[]).unwrap();
+    let recs: Vec<_> = (0..10)
+        .map(|i| rec("k", &format!("v{i}"), 1_000 + i * 100))
+        .collect();
+    log.append_records("t", 0, &recs).unwrap();
+    log.commit_offsets("g", None, &[(tp("t", 0), 2)]).unwrap();
+
+    // Kafka's tool plans unless told to execute.
+    let plan = log.reset_offsets("g", "t", ResetTo::Latest, false).unwrap();
+    assert_eq!((plan[0].old, plan[0].new), (Some(2), 10));
+    assert_eq!(log.committed("g", &tp("t", 0)), Some(2));
+    // The first record at or after the time; past the last record: the end.
+    assert_eq!(reset(&log, ResetTo::Datetime(1_450)), [(0, Some(2), 5)]);
+    assert_eq!(reset(&log, ResetTo::Datetime(99_999)), [(0, Some(5), 10)]);
+    // Shifted from the committed offset, clamped into the partition.
+    assert_eq!(reset(&log, ResetTo::ShiftBy(-3)), [(0, Some(10), 7)]);
+    assert_eq!(reset(&log, ResetTo::ShiftBy(-30)), [(0, Some(7), 0)]);
+    assert_eq!(reset(&log, ResetTo::ShiftBy(4)), [(0, Some(0), 4)]);
+}
+
+#[test]
+fn deleting_a_group_removes_its_offsets_for_good_and_is_refused_while_it_has_members() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.create_topic("t", 2, &[]).unwrap();
+        produce(&log, "t", 2, 3);
+        log.commit_offsets("g", None, &[(tp("t", 0), 2), (tp("t", 1), 1)])
+            .unwrap();
+        log.commit_offsets("other", None, &[(tp("t", 0), 1)])
+            .unwrap();
+        let mut c = log.consumer(config("g"));
+        c.subscribe(&["t"]).unwrap();
+        let err = log.delete_group("g").unwrap_err();
+        assert!(
+            matches!(err, LogError::Group(GroupError::GroupNotEmpty { .. })),
+            "{err:?}"
+        );
+        c.close().unwrap();
+        assert_eq!(log.delete_group("g").unwrap(), 2);
+        assert!(log.describe_group("g").is_none());
+        log.close().unwrap();
+    }
+    // The tombstones survive a restart; other groups keep theirs.
+    let log = open(dir.path());
+    assert!(log.describe_group("g").is_none());
+    assert!(!log.list_groups().iter().any(|(g, _, _)| g == "g"));
+    assert_eq!(log.committed("other", &tp("t", 0)), Some(1));
+}
+
+#[test]
+fn lag_counts_records_not_transaction_markers_and_lists_uncommitted_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 2, &[]).unwrap();
+    let mut p = log
+        .transactional_producer("lagging", ProducerConfig::default())
+        .unwrap();
+    p.begin_transaction().unwrap();
+    for i in 0..3 {
+        p.send_to("t", 0, rec("k", &format!("v{i}"), 1)).unwrap();
+    }
+    p.commit_transaction().unwrap();
+    // Offsets 0..3 are records, 3 is the commit marker: a group that read the three
+    // records committed offset 3 and has nothing left to read.
+    log.commit_offsets("g", None, &[(tp("t", 0), 3)]).unwrap();
+    let info = log.describe_group("g").unwrap();
+    let lags: Vec<(u32, Option<i64>, i64, i64)> = info
+        .partitions
+        .iter()
+        .map(|p| (p.tp.partition, p.committed, p.log_end, p.lag))
+        .collect();
+    // Partition 1 has no commit and is listed too.
+    assert_eq!(lags, [(0, Some(3), 4, 0), (1, None, 0, 0)]);
+    // An aborted transaction's records are not lag either; committed ones are.
+    p.begin_transaction().unwrap();
+    p.send_to("t", 0, rec("k", "gone", 1)).unwrap();
+    p.flush().unwrap();
+    p.abort_transaction().unwrap();
+    p.begin_transaction().unwrap();
+    p.send_to("t", 0, rec("k", "kept", 1)).unwrap();
+    p.commit_transaction().unwrap();
+    let info = log.describe_group("g").unwrap();
+    assert_eq!((info.partitions[0].log_end, info.partitions[0].lag), (8, 1));
 }
 
 /// The library example of README.md, kept compiling and passing.

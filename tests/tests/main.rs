@@ -17,6 +17,7 @@ mod log_groups;
 mod log_topics;
 mod log_txn;
 mod objstore;
+mod operator_cli;
 mod pipeline_reference;
 mod postgres_cdc;
 mod sql_cases;

@@ -129,18 +129,31 @@ enum Body {
     /// `application/x-ndjson`: lines, each parsed (once) by the source; a bad line is a dead
     /// letter, the others are records.
     Lines(Bytes),
-    /// `application/json`: the document, parsed (once) when it was submitted; an array's
-    /// items are records.
-    Document(serde_json::Value),
+    /// `application/json`: the document, checked when it was submitted; an array's items
+    /// are records.
+    Document(Bytes),
 }
 
-/// One item of a body: its number, the value or why it is not one, and its raw bytes (for
-/// a dead letter).
+/// One item of a body: its number, and its bytes as sent (each record's value: fields keep
+/// the order the client wrote them in) or why it is not JSON with its raw bytes (for a
+/// dead letter).
 type Item<'a> = (
     usize,
-    std::result::Result<Cow<'a, serde_json::Value>, String>,
-    &'a [u8],
+    std::result::Result<Cow<'a, [u8]>, (String, &'a [u8])>,
 );
+
+/// The key of a record from its top-level field `field` (a string as its text, other JSON
+/// as written, null or absent as no key).
+fn key_of(value: &[u8], field: &str) -> Option<Bytes> {
+    let raw = sluice_format::json::top_level_fields(value, &[field])?
+        .pop()
+        .flatten()?;
+    match serde_json::from_slice::<serde_json::Value>(raw).ok()? {
+        serde_json::Value::String(s) => Some(Bytes::from(s)),
+        serde_json::Value::Null => None,
+        other => Some(Bytes::from(other.to_string())),
+    }
+}
 
 /// The endpoint's side: submits request bodies to the source.
 #[derive(Debug, Clone)]
@@ -168,12 +181,11 @@ impl IngestHandle {
         let body = if ndjson {
             Body::Lines(body)
         } else {
-            // A document that does not parse is the client's to fix: refuse it whole. Parsed
-            // here, once: the source takes the tree, it does not parse the body again.
-            Body::Document(
-                serde_json::from_slice(&body)
-                    .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?,
-            )
+            // A document that does not parse is the client's to fix: refuse it whole (checked
+            // without building it; the source splits an array into its items' bytes).
+            sluice_format::json::validate(&body)
+                .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
+            Body::Document(body)
         };
         let (reply, answer) = oneshot::channel();
         let request = Request { body, key, reply };
@@ -268,45 +280,60 @@ impl IngestSource {
             rejected: 0,
             duplicate: false,
         };
-        // Items borrowed from a parsed document, or parsed from a line: never parsed twice.
+        // Each record's value is its bytes as the client sent them (on one line), so the
+        // fields keep their order; nothing is parsed into a tree.
         let values: Vec<Item<'_>> = match &r.body {
             Body::Lines(body) => body
                 .split(|b| *b == b'\n')
                 .enumerate()
                 .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
                 .map(|(i, l)| {
-                    let v = serde_json::from_slice(l)
-                        .map(Cow::Owned)
-                        .map_err(|e| format!("not JSON: {e}"));
-                    (i + 1, v, l)
+                    let l = l.trim_ascii();
+                    let v = match sluice_format::json::validate(l) {
+                        Ok(_) => Ok(Cow::Borrowed(l)),
+                        Err(e) => Err((format!("not JSON: {e}"), l)),
+                    };
+                    (i + 1, v)
                 })
                 .collect(),
-            Body::Document(serde_json::Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i + 1, Ok(Cow::Borrowed(v)), &[][..]))
-                .collect(),
-            Body::Document(v) => vec![(1, Ok(Cow::Borrowed(v)), &[][..])],
+            Body::Document(body) if body.trim_ascii_start().first() == Some(&b'[') => {
+                match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
+                    Ok(items) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            let v = v.get().as_bytes();
+                            let one_line = if v.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+                                Cow::Owned(sluice_format::json::one_line(v))
+                            } else {
+                                Cow::Borrowed(v)
+                            };
+                            (i + 1, Ok(one_line))
+                        })
+                        .collect(),
+                    Err(e) => vec![(1, Err((format!("not JSON: {e}"), &body[..])))],
+                }
+            }
+            Body::Document(body) => vec![(
+                1,
+                Ok(Cow::Owned(sluice_format::json::one_line(body.trim_ascii()))),
+            )],
         };
         let now = sluice_log::record::now_ms();
-        for (n, v, raw) in values {
+        for (n, v) in values {
             let origin = format!("POST /ingest/{} request {id} item {n}", self.topic);
             match v {
                 Ok(v) => {
-                    let key = self.config.key_field.as_ref().and_then(|f| match v.get(f) {
-                        Some(serde_json::Value::String(s)) => Some(Bytes::from(s.clone())),
-                        Some(serde_json::Value::Null) | None => None,
-                        Some(other) => Some(Bytes::from(other.to_string())),
-                    });
+                    let key = self.config.key_field.as_deref().and_then(|f| key_of(&v, f));
                     batch.records.push(Record {
                         key,
-                        value: Some(Bytes::from(v.to_string())),
+                        value: Some(Bytes::from(v.into_owned())),
                         headers: Vec::new(),
                         timestamp: now,
                     });
                     ack.accepted += 1;
                 }
-                Err(reason) => {
+                Err((reason, raw)) => {
                     batch.rejected.push(Rejected {
                         origin,
                         raw: raw.to_vec(),

@@ -22,7 +22,10 @@ pub struct GroupPartitionLag {
     pub committed: Option<i64>,
     /// Log end offset (last stable offset for the read_committed view).
     pub log_end: i64,
-    /// `log_end - committed` (the whole partition when nothing is committed).
+    /// Records a consumer would still read between the committed offset (the log start
+    /// when nothing is committed) and `log_end`: transaction markers and aborted records
+    /// do not count, so a partition ending with a marker shows no lag once its last record
+    /// is consumed. Exact up to [`LAG_SCAN_BYTES`] of log; beyond, the offsets left.
     pub lag: i64,
     /// The member consuming it now, if any.
     pub member: Option<String>,
@@ -41,6 +44,10 @@ pub struct GroupInfo {
     pub partitions: Vec<GroupPartitionLag>,
 }
 
+/// How much of a partition describe reads past a group's committed offset to count the
+/// records left (markers and aborted records excluded).
+pub const LAG_SCAN_BYTES: usize = 1 << 20;
+
 /// Where `reset-offsets` moves a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetTo {
@@ -50,6 +57,21 @@ pub enum ResetTo {
     Latest,
     /// This offset (clamped into the partition's range).
     Offset(i64),
+    /// The first record at or after this time (ms since the epoch); the end when none is.
+    Datetime(i64),
+    /// The committed offset (the log start when none) moved by this many, clamped.
+    ShiftBy(i64),
+}
+
+/// One partition of a reset: what the group had and what it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReset {
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset before, if any.
+    pub old: Option<i64>,
+    /// The offset after.
+    pub new: i64,
 }
 
 impl Log {
@@ -214,13 +236,32 @@ impl Log {
                 }
             }
         }
-        let mut tps: Vec<TopicPartition> = committed.keys().cloned().collect();
-        for tp in owners.keys() {
-            if !committed.contains_key(tp) {
-                tps.push(tp.clone());
+        // Every partition of the topics the group reads, also those it has not committed
+        // on yet (as Kafka's tool lists them, with no committed offset).
+        let topics: std::collections::BTreeSet<&str> = committed
+            .keys()
+            .chain(owners.keys())
+            .map(|tp| tp.topic.as_str())
+            .collect();
+        let mut tps: Vec<TopicPartition> = Vec::new();
+        for t in topics {
+            match self.topic(t) {
+                Ok(topic) => tps.extend((0..topic.partition_count()).map(|p| TopicPartition {
+                    topic: t.to_string(),
+                    partition: p,
+                })),
+                // A deleted topic: its committed offsets are still shown.
+                Err(_) => tps.extend(
+                    committed
+                        .keys()
+                        .chain(owners.keys())
+                        .filter(|tp| tp.topic == t)
+                        .cloned(),
+                ),
             }
         }
         tps.sort();
+        tps.dedup();
         let partitions = tps
             .into_iter()
             .map(|tp| {
@@ -246,7 +287,7 @@ impl Log {
                     .unwrap_or(0);
                 let c = committed.get(&tp).map(|c| c.offset);
                 GroupPartitionLag {
-                    lag: (log_end - c.unwrap_or(start)).max(0),
+                    lag: self.records_left(&tp, c.unwrap_or(start).max(start), log_end),
                     committed: c,
                     log_end,
                     member: owners.get(&tp).cloned(),
@@ -262,14 +303,54 @@ impl Log {
         })
     }
 
-    /// Moves a group's committed offsets on every partition of `topic`. The group must have
-    /// no active members. Returns (partition, old, new) per partition.
+    /// Records a read_committed consumer would get in `[from, to)` of a partition: batches
+    /// of aborted transactions and control batches (transaction markers) do not count.
+    /// Reads at most [`LAG_SCAN_BYTES`]; what lies beyond counts as offsets.
+    fn records_left(&self, tp: &TopicPartition, from: i64, to: i64) -> i64 {
+        if from >= to {
+            return 0;
+        }
+        let fetched = self
+            .partition(&tp.topic, tp.partition)
+            .and_then(|p| p.fetch(from, LAG_SCAN_BYTES, Isolation::ReadCommitted));
+        let Ok(result) = fetched else {
+            return to - from;
+        };
+        let mut left = 0;
+        let mut next = from;
+        for batch in crate::batch::split_batches(&result.data) {
+            let Ok(h) = batch.and_then(crate::batch::BatchHeader::parse) else {
+                break;
+            };
+            let end = h.next_offset().min(to);
+            let aborted = h.is_transactional()
+                && result.aborted.iter().any(|a| {
+                    a.producer_id == h.producer_id
+                        && a.first_offset <= h.base_offset
+                        && h.base_offset <= a.last_offset
+                });
+            if !h.is_control() && !aborted {
+                // Records of the batch from `from` on (a fetch starts at a batch boundary).
+                left += (end - h.base_offset.max(from)).max(0);
+            }
+            next = h.next_offset();
+            if next >= to {
+                break;
+            }
+        }
+        left + (to - next.max(from)).max(0)
+    }
+
+    /// Where `to` would move a group's committed offsets on every partition of `topic`, and,
+    /// with `execute`, moves them. The group must have no active members (checked also on a
+    /// dry run, which changes nothing).
     pub fn reset_offsets(
         &self,
         group: &str,
         topic: &str,
         to: ResetTo,
-    ) -> Result<Vec<(u32, Option<i64>, i64)>> {
+        execute: bool,
+    ) -> Result<Vec<PartitionReset>> {
         let t = self.topic(topic)?;
         let mut out = Vec::new();
         let mut commits = Vec::new();
@@ -284,15 +365,77 @@ impl Log {
             let end = self
                 .list_offset(topic, p, OffsetSpec::Latest, Isolation::ReadUncommitted)?
                 .unwrap_or(0);
+            let old = self.committed(group, &tp);
             let new = match to {
                 ResetTo::Earliest => start,
                 ResetTo::Latest => end,
                 ResetTo::Offset(o) => o.clamp(start, end),
+                ResetTo::Datetime(ms) => self
+                    .list_offset(
+                        topic,
+                        p,
+                        OffsetSpec::Timestamp(ms),
+                        Isolation::ReadUncommitted,
+                    )?
+                    .unwrap_or(end),
+                ResetTo::ShiftBy(n) => old.unwrap_or(start).saturating_add(n).clamp(start, end),
             };
-            out.push((p, self.committed(group, &tp), new));
+            out.push(PartitionReset {
+                partition: p,
+                old,
+                new,
+            });
             commits.push((tp, new));
         }
-        self.commit_offsets(group, None, &commits)?;
+        let tps: Vec<TopicPartition> = commits.iter().map(|c| c.0.clone()).collect();
+        self.inner
+            .groups
+            .lock()
+            .validate_commit(group, None, 0, &tps)?;
+        if execute {
+            self.commit_offsets(group, None, &commits)?;
+        }
         Ok(out)
+    }
+
+    /// Deletes a group with no active members: its committed offsets (tombstones in
+    /// `__consumer_offsets`, so a restart does not bring them back) and its membership
+    /// record. Returns the partitions whose offsets were deleted.
+    pub fn delete_group(&self, group: &str) -> Result<usize> {
+        self.check_open()?;
+        let committed: Vec<TopicPartition> = self
+            .inner
+            .offsets
+            .lock()
+            .group(group)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
+        {
+            let mut groups = self.inner.groups.lock();
+            groups.validate_commit(group, None, 0, &committed)?;
+            match groups.delete_group(group) {
+                Ok(()) => {}
+                Err(crate::group::GroupError::UnknownGroup { .. }) if !committed.is_empty() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if committed.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<Record> = committed
+            .iter()
+            .map(|tp| Self::offset_record(group, tp, None))
+            .collect();
+        self.append_records(OFFSETS_TOPIC, self.offsets_partition(group), &records)?;
+        let mut store = self.inner.offsets.lock();
+        for tp in &committed {
+            let key = OffsetKey {
+                group: group.into(),
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            };
+            store.apply(&key.encode(), None);
+        }
+        Ok(committed.len())
     }
 }

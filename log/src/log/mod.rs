@@ -52,7 +52,7 @@ mod tiering;
 mod topics;
 mod transactions;
 
-pub use self::groups::{GroupInfo, GroupPartitionLag, ResetTo};
+pub use self::groups::{GroupInfo, GroupPartitionLag, LAG_SCAN_BYTES, PartitionReset, ResetTo};
 pub use self::topics::{Topic, TopicDescription, is_internal_topic, validate_topic_name};
 pub use self::transactions::TXN_TOPIC;
 

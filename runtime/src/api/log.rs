@@ -29,7 +29,7 @@ fn refuse_internal(name: &str, action: &'static str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn log_error(e: LogError) -> ApiError {
+pub(super) fn log_error(e: LogError) -> ApiError {
     match e {
         LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => ApiError::not_found(e),
         LogError::TopicExists(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
@@ -51,13 +51,15 @@ pub fn topics_json(log: &Log, all: bool) -> Value {
         .filter(|n| all || !n.starts_with("__"))
         .filter_map(|n| log.describe_topic(&n).ok())
         .map(|d| {
-            let records: i64 = d
+            // Offsets, not records: transaction markers take offsets too, and counting
+            // records would read every batch header of the topic.
+            let offsets: i64 = d
                 .partitions
                 .iter()
                 .map(|p| p.log_end_offset - p.log_start_offset)
                 .sum();
             let bytes: u64 = d.partitions.iter().map(|p| p.size_bytes).sum();
-            json!({ "name": d.name, "partitions": d.partitions.len(), "records": records, "bytes": bytes })
+            json!({ "name": d.name, "partitions": d.partitions.len(), "offsets": offsets, "bytes": bytes })
         })
         .collect();
     json!({ "topics": topics })
@@ -211,16 +213,59 @@ fn default_limit() -> usize {
     100
 }
 
-/// A record as JSON: value and key as text (lossy UTF-8), with its coordinates.
+/// A record as JSON: key, value and header values as text (lossy UTF-8), with its
+/// coordinates. Headers keep their order and duplicates (`[{key, value}]`), as Kafka's do.
 pub fn record_json(r: &sluice_log::ConsumerRecord) -> Value {
     let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    let headers: Vec<Value> = r
+        .headers
+        .iter()
+        .map(|h| json!({ "key": h.key, "value": h.value.as_ref().map(text) }))
+        .collect();
     json!({
+        "topic": &*r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "timestamp": r.timestamp,
         "key": r.key.as_ref().map(text),
         "value": r.value.as_ref().map(text),
+        "headers": headers,
     })
+}
+
+/// The headers of a produced line: `{"k": "v", ...}` or `[{"key": "k", "value": "v"}, ...]`
+/// (a value string, any JSON written as its text, or null).
+fn headers_of(v: &Value, line: usize) -> Result<Vec<sluice_log::Header>, ApiError> {
+    let text = |v: &Value| match v {
+        Value::Null => None,
+        Value::String(s) => Some(Bytes::from(s.clone())),
+        other => Some(Bytes::from(other.to_string())),
+    };
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Object(o) => Ok(o
+            .iter()
+            .map(|(k, v)| sluice_log::Header {
+                key: k.clone(),
+                value: text(v),
+            })
+            .collect()),
+        Value::Array(a) => a
+            .iter()
+            .map(|h| match h["key"].as_str() {
+                Some(k) => Ok(sluice_log::Header {
+                    key: k.to_string(),
+                    value: text(&h["value"]),
+                }),
+                None => Err(ApiError::bad_request(format!(
+                    "line {line}: a header needs a string \"key\""
+                ))),
+            })
+            .collect(),
+        _ => Err(ApiError::bad_request(format!(
+            "line {line}: \"headers\" must be an object or an array of {{key, value}}"
+        ))),
+    }
 }
 
 /// Committed records of one partition from `offset` (at most `limit`).
@@ -310,7 +355,7 @@ pub async fn produce(
             records.push(Record {
                 key: text(&v["key"]),
                 value: text(&v["value"]),
-                headers: Vec::new(),
+                headers: headers_of(&v["headers"], i + 1)?,
                 timestamp: v["timestamp"]
                     .as_i64()
                     .unwrap_or_else(sluice_log::record::now_ms),
@@ -342,6 +387,94 @@ pub async fn describe_group(
         group_json(&state.log, &group)
             .map(Json)
             .ok_or_else(|| ApiError::not_found(format!("unknown group '{group}'")))
+    })
+    .await
+}
+
+/// Deletes a group with no active members (its committed offsets).
+pub async fn delete_group(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        if state.log.describe_group(&group).is_none() {
+            return Err(ApiError::not_found(format!("unknown group '{group}'")));
+        }
+        let n = state.log.delete_group(&group).map_err(group_error)?;
+        Ok(Json(json!({
+            "message": format!("Deleted group {group} ({n} committed offset(s))."),
+        })))
+    })
+    .await
+}
+
+/// A group error: 409 when the group has members (it must be empty), else as the log's.
+fn group_error(e: LogError) -> ApiError {
+    match e {
+        LogError::Group(sluice_log::group::GroupError::GroupNotEmpty { .. }) => {
+            ApiError(StatusCode::CONFLICT, e.to_string())
+        }
+        e => log_error(e),
+    }
+}
+
+/// The body of `POST /groups/{group}/reset-offsets`: one target, and whether to make the
+/// change (else the plan is answered, as Kafka's tool's dry run).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    topic: String,
+    #[serde(default)]
+    to_earliest: bool,
+    #[serde(default)]
+    to_latest: bool,
+    to_offset: Option<i64>,
+    /// Milliseconds since the epoch.
+    to_datetime: Option<i64>,
+    shift_by: Option<i64>,
+    #[serde(default)]
+    execute: bool,
+}
+
+/// Plans (and with `execute`, makes) a reset of a group's offsets on a topic.
+pub async fn reset_offsets(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    Json(b): Json<ResetBody>,
+) -> Result<Json<Value>, ApiError> {
+    let targets = [
+        b.to_earliest,
+        b.to_latest,
+        b.to_offset.is_some(),
+        b.to_datetime.is_some(),
+        b.shift_by.is_some(),
+    ];
+    if targets.iter().filter(|t| **t).count() != 1 {
+        return Err(ApiError::bad_request(
+            "give exactly one of to_earliest, to_latest, to_offset, to_datetime, shift_by",
+        ));
+    }
+    let to = crate::cli::groups::GroupsCommand::reset_to(
+        b.to_latest,
+        b.to_offset,
+        b.to_datetime,
+        b.shift_by,
+    );
+    blocking(move || {
+        let plan = state
+            .log
+            .reset_offsets(&group, &b.topic, to, b.execute)
+            .map_err(group_error)?;
+        let partitions: Vec<Value> = plan
+            .iter()
+            .map(|r| json!({ "partition": r.partition, "old": r.old, "new": r.new }))
+            .collect();
+        Ok(Json(json!({
+            "group": group,
+            "topic": b.topic,
+            "executed": b.execute,
+            "partitions": partitions,
+        })))
     })
     .await
 }

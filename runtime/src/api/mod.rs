@@ -34,6 +34,8 @@ use sluice_log::Log;
 use crate::deployer::{Deployer, DeployerError};
 use crate::worker::{DeployError, IngestRoutes};
 
+pub mod console;
+mod consume;
 mod ingest;
 pub mod log;
 pub mod metrics;
@@ -97,13 +99,17 @@ impl ApiState {
     }
 }
 
-/// A JSON error answer: `{"error": "..."}` with a status.
+/// A JSON error answer, as Kafka Connect's REST API gives them: `{"error_code": <the HTTP
+/// status>, "message": "..."}`.
 #[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = axum::Json(serde_json::json!({ "error": self.1 }));
+        let body = axum::Json(serde_json::json!({
+            "error_code": self.0.as_u16(),
+            "message": self.1,
+        }));
         if self.0 == StatusCode::SERVICE_UNAVAILABLE {
             // Every 503 here is temporary: tell clients when to come back.
             return (self.0, [(header::RETRY_AFTER, "1")], body).into_response();
@@ -191,8 +197,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    // Health is open (load balancers); ingest checks its source's own token too.
-    let open = path == "/health" || path.starts_with("/ingest/");
+    // Health is open (load balancers); ingest checks its source's own token too; the
+    // console's files are open (the page asks for the token and sends it on API calls).
+    let open = path == "/health" || path.starts_with("/ingest/") || console::is_console_path(path);
     match &state.token {
         Some(t) if !open && !bearer_is(req.headers(), t) => ApiError(
             StatusCode::UNAUTHORIZED,
@@ -230,6 +237,62 @@ fn body_timeout(limit: std::time::Duration) -> ApiError {
     ApiError(
         StatusCode::REQUEST_TIMEOUT,
         format!("the request body did not arrive within {limit:?}"),
+    )
+}
+
+/// Makes every error answer JSON: those the framework writes as text (an unsupported
+/// content type, a body that does not parse, a wrong method) get the same
+/// `{error_code, message}` shape as the handlers' own, keeping their other headers (`Allow`,
+/// `Retry-After`).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A method the path does not take: a JSON 405.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// Any other path or method: a JSON 404 naming it.
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {method} {}: see GET /openapi.yaml for the API",
+            uri.path()
+        ),
     )
 }
 
@@ -317,6 +380,9 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
 /// The router over `state`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(console::asset))
+        .route("/index.html", get(console::asset))
+        .route("/assets/{*file}", get(console::asset))
         .route("/health", get(health))
         .route("/openapi.yaml", get(openapi))
         .route("/metrics", get(metrics::metrics))
@@ -338,15 +404,23 @@ pub fn router(state: ApiState) -> Router {
             get(log::read_records).post(log::produce),
         )
         .route("/groups", get(log::groups))
-        .route("/groups/{group}", get(log::describe_group))
+        .route("/topics/{name}/consume", get(consume::consume))
+        .route(
+            "/groups/{group}",
+            get(log::describe_group).delete(log::delete_group),
+        )
+        .route("/groups/{group}/reset-offsets", post(log::reset_offsets))
         .route("/sql", post(sql::statements))
         .route("/query", post(sql::push_query))
         .route("/ingest/{topic}", post(ingest::ingest))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_body_in_time,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 

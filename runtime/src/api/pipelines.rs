@@ -18,6 +18,8 @@ pub fn status_json(d: &Deployed) -> Value {
         .iter()
         .map(|t| {
             let s = &t.status;
+            let commits = s.commits.load(Ordering::Relaxed);
+            let last_commit_ms = s.last_commit_ms.load(Ordering::Relaxed);
             json!({
                 "name": t.name,
                 "state": s.state(),
@@ -30,6 +32,11 @@ pub fn status_json(d: &Deployed) -> Value {
                 "restarts": s.restarts.load(Ordering::Relaxed),
                 "last_error": *s.error.lock(),
                 "lag_bytes": *s.source_lag_bytes.lock(),
+                "commits": commits,
+                "last_commit_ms": (last_commit_ms > 0).then_some(last_commit_ms),
+                "commit_ms_avg": (commits > 0).then(|| {
+                    s.commit_micros.load(Ordering::Relaxed) as f64 / commits as f64 / 1000.0
+                }),
             })
         })
         .collect();

@@ -18,36 +18,43 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{ApiError, ApiState, blocking};
 
-/// The body of `POST /sql` and `POST /query`: `{"sql": "..."}` or the statement text.
-fn statement_text(body: &str) -> String {
-    match serde_json::from_str::<Value>(body) {
-        Ok(Value::Object(o)) => o
-            .get("sql")
-            .and_then(|s| s.as_str())
-            .unwrap_or_default()
-            .to_string(),
+/// The body of `POST /sql` and `POST /query`: the statement text, or `{"sql": "..."}`
+/// (also ksqlDB's `{"ksql": "...", "streamsProperties": {...}}`, properties ignored). A body
+/// with no SQL is refused rather than answered with nothing.
+fn statement_text(body: &str) -> Result<String, ApiError> {
+    let sql = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(o)) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !matches!(k.as_str(), "sql" | "ksql" | "streamsProperties"))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "unknown field \"{k}\": the body is SQL text or {{\"sql\": \"...\"}}"
+                )));
+            }
+            match o.get("sql").or_else(|| o.get("ksql")) {
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => return Err(ApiError::bad_request("\"sql\" must be a string")),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "no SQL: the body is SQL text or {\"sql\": \"...\"}",
+                    ));
+                }
+            }
+        }
         _ => body.to_string(),
+    };
+    if sql.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "no SQL: the body is SQL text or {\"sql\": \"...\"}",
+        ));
     }
+    Ok(sql)
 }
 
-/// Rows of record batches as JSON objects, every column present (NULL as `null`, so a
-/// client reads a row's shape from any row).
+/// Rows of record batches as JSON objects (see [`crate::output::json_rows`]).
 fn rows(batches: &[sluice_sql::RecordBatch]) -> Result<Vec<Value>, ApiError> {
-    let mut w: arrow_json::ArrayWriter<Vec<u8>> = arrow_json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build(Vec::new());
-    for b in batches {
-        w.write(b).map_err(ApiError::internal)?;
-    }
-    w.finish().map_err(ApiError::internal)?;
-    let bytes = w.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    match serde_json::from_slice(&bytes).map_err(ApiError::internal)? {
-        Value::Array(rows) => Ok(rows),
-        _ => Ok(Vec::new()),
-    }
+    crate::output::json_rows(batches).map_err(ApiError::internal)
 }
 
 /// Runs statements on the worker's engine (an error is the client's: bad SQL, unknown names).
@@ -64,14 +71,26 @@ pub async fn statements(
     State(state): State<ApiState>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let sql = statement_text(&body);
+    let sql = statement_text(&body)?;
     blocking(move || {
         let outputs = execute(&state, &sql)?;
         let mut results = Vec::new();
         for o in outputs {
             results.push(match o {
                 Output::Message(m) => json!({ "message": m }),
-                Output::Rows(b) => json!({ "rows": rows(&b)? }),
+                Output::Rows(b) => {
+                    let columns: Vec<&str> = b
+                        .first()
+                        .map(|b| {
+                            b.schema_ref()
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!({ "columns": columns, "rows": rows(&b)? })
+                }
                 Output::Push(_) => {
                     return Err(ApiError::bad_request(
                         "a push query (EMIT CHANGES) streams: send it to POST /query",
@@ -121,7 +140,7 @@ impl PushStats {
 }
 
 /// How handing one event to the client's buffer went.
-enum Handed {
+pub(super) enum Handed {
     Sent,
     /// The client went away: its response (and the receiver) was dropped.
     Gone,
@@ -131,7 +150,7 @@ enum Handed {
 
 /// Puts `event` into the bounded buffer, waiting up to `stall` for room. A plain thread
 /// waits here (the query's), so it sleeps between tries rather than block on a future.
-fn hand(tx: &mpsc::Sender<Event>, mut event: Event, stall: Duration) -> Handed {
+pub(super) fn hand(tx: &mpsc::Sender<Event>, mut event: Event, stall: Duration) -> Handed {
     let since = Instant::now();
     loop {
         match tx.try_send(event) {
@@ -159,6 +178,19 @@ fn stream_rows(
 ) {
     let mut sent = 0u64;
     let error = |message: String| Event::default().event("error").data(message);
+    // The columns first, in the query's order (a row object's keys may come in any order).
+    let columns: Vec<String> = query
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let header = Event::default()
+        .event("columns")
+        .data(json!(columns).to_string());
+    if !matches!(hand(&tx, header, stall), Handed::Sent) {
+        return;
+    }
     let end = loop {
         if query.done() {
             let end = json!({ "rows": sent, "undecodable_records_skipped": query.rejected() });
@@ -227,7 +259,7 @@ pub async fn push_query(
                 "too many push queries are streaming; close one or raise --max-push-queries",
             )
         })?;
-    let sql = statement_text(&body);
+    let sql = statement_text(&body)?;
     let stall = state.slow_client_timeout;
     let stats = Arc::clone(&state.push_stats);
     let query = blocking(move || {

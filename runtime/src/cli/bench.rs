@@ -18,7 +18,7 @@ use super::CliError;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Produce records as fast as possible (use the global --fsync always|never).
+    /// Produce records as fast as possible (`--fsync always` for group-committed fsyncs).
     Produce(BenchArgs),
     /// Write records (untimed), then consume them as fast as possible.
     Consume(BenchArgs),
@@ -59,9 +59,17 @@ pub struct BenchArgs {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub batch_size: usize,
-    /// Batch compression: none, gzip, snappy, lz4, zstd.
-    #[arg(long, default_value = "none")]
-    pub compression: String,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = super::produce::CompressionArg::None)]
+    pub compression: super::produce::CompressionArg,
+    /// When appends are fsynced: always (group commit), interval[:MILLIS] or never
+    /// (default interval:1000).
+    #[arg(
+        long,
+        value_parser = super::parse_fsync,
+        value_name = "always|interval[:MILLIS]|never"
+    )]
+    pub fsync: Option<FsyncPolicy>,
     /// Scratch folder for the benchmark's log (removed at the end). Default: a fresh folder
     /// under $TMPDIR or /var/tmp.
     #[arg(long)]
@@ -156,12 +164,8 @@ impl BenchArgs {
     }
 
     fn producer_config(&self) -> Result<ProducerConfig, CliError> {
-        let compression: Compression = self
-            .compression
-            .parse()
-            .map_err(|e| CliError::Usage(format!("--compression: {e}")))?;
         Ok(ProducerConfig {
-            compression,
+            compression: Compression::from(self.compression),
             batch_size: self.batch_size,
             ..ProducerConfig::default()
         })
@@ -169,12 +173,23 @@ impl BenchArgs {
 }
 
 impl BenchCommand {
-    /// Runs it. The benchmark uses its own scratch log, never `--data-dir`.
-    pub fn run(self, _data_dir: &Path, options: LogOptions) -> Result<(), CliError> {
+    /// Runs it (`fsync_before`: a `--fsync` given before `bench`). The benchmark uses its
+    /// own scratch log, never `--data-dir`.
+    pub fn run(self, fsync_before: Option<FsyncPolicy>) -> Result<(), CliError> {
+        let options = |fsync: Option<FsyncPolicy>| {
+            let mut o = LogOptions::default();
+            if let Some(f) = fsync.or(fsync_before) {
+                o.fsync = f;
+            }
+            o
+        };
         match self {
-            BenchCommand::Produce(a) => bench_produce(&a, &options),
-            BenchCommand::Consume(a) => bench_consume(&a, &options),
-            BenchCommand::Nexmark(a) => a.run(options),
+            BenchCommand::Produce(a) => bench_produce(&a, &options(a.fsync)),
+            BenchCommand::Consume(a) => bench_consume(&a, &options(a.fsync)),
+            BenchCommand::Nexmark(a) => {
+                let o = options(a.fsync);
+                a.run(o)
+            }
             BenchCommand::Pipeline(a) => a.run(),
             BenchCommand::Eos(a) => a.run(),
             BenchCommand::Ingest(a) => a.run(),

@@ -42,50 +42,97 @@ pub struct ConsumeArgs {
     /// Print "CreateTime:MS" first.
     #[arg(long)]
     pub print_timestamp: bool,
-    /// read_committed (default) or read_uncommitted.
-    #[arg(long, default_value = "read_committed")]
-    pub isolation: String,
+    /// Print the headers as `KEY:VALUE,KEY:VALUE` (`NO_HEADERS` when none) before the key,
+    /// as Kafka's console consumer does with `print.headers=true`.
+    #[arg(long)]
+    pub print_headers: bool,
+    /// Which records to read: committed ones only, or also those of open and aborted
+    /// transactions.
+    #[arg(long, value_enum, default_value_t = IsolationArg::ReadCommitted)]
+    pub isolation: IsolationArg,
     /// Keep waiting for new records at the end of the log instead of exiting.
     #[arg(long)]
     pub follow: bool,
+    /// Where the log lives (last: its help heading applies to what follows).
+    #[command(flatten)]
+    pub log: super::LogArgs,
+}
+
+/// `--isolation`'s values, named as Kafka's `isolation.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// Only records of committed transactions (and non-transactional ones).
+    #[value(name = "read_committed")]
+    ReadCommitted,
+    /// Every record written, also of open and aborted transactions.
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(i: IsolationArg) -> Isolation {
+        match i {
+            IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+            IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+        }
+    }
+}
+
+/// A record's fields as the consumer prints them, read locally or through a worker's API.
+#[derive(Debug, Default)]
+pub struct Printed<'a> {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+    /// Key as text, if any.
+    pub key: Option<&'a str>,
+    /// Value as text, if any.
+    pub value: Option<&'a str>,
+    /// Headers (a null value as `None`).
+    pub headers: Vec<(&'a str, Option<&'a str>)>,
 }
 
 impl ConsumeArgs {
     /// A record as printed: the fields asked for (`CreateTime:`, `Partition:`, `Offset:`,
     /// key), tab-separated, then the value (`null` for an absent key or value). Used for
     /// records read locally and through a worker's API alike.
-    pub fn format_line(
-        &self,
-        partition: u32,
-        offset: i64,
-        timestamp: i64,
-        key: Option<&str>,
-        value: Option<&str>,
-    ) -> String {
+    pub fn format_line(&self, r: &Printed<'_>) -> String {
         let mut line = String::new();
         if self.print_timestamp {
-            line.push_str(&format!("CreateTime:{timestamp}\t"));
+            line.push_str(&format!("CreateTime:{}\t", r.timestamp));
         }
         if self.print_partition {
-            line.push_str(&format!("Partition:{partition}\t"));
+            line.push_str(&format!("Partition:{}\t", r.partition));
         }
         if self.print_offset {
-            line.push_str(&format!("Offset:{offset}\t"));
+            line.push_str(&format!("Offset:{}\t", r.offset));
         }
-        if self.print_key {
-            line.push_str(key.unwrap_or("null"));
+        if self.print_headers {
+            if r.headers.is_empty() {
+                line.push_str("NO_HEADERS");
+            }
+            for (i, (k, v)) in r.headers.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(&format!("{k}:{}", v.unwrap_or("null")));
+            }
             line.push('\t');
         }
-        line.push_str(value.unwrap_or("null"));
+        if self.print_key {
+            line.push_str(r.key.unwrap_or("null"));
+            line.push('\t');
+        }
+        line.push_str(r.value.unwrap_or("null"));
         line
     }
 
     /// Runs it.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let isolation: Isolation = self
-            .isolation
-            .parse()
-            .map_err(|e| CliError::Usage(format!("--isolation: {e}")))?;
+        let isolation = Isolation::from(self.isolation);
         let topic = log.topic(&self.topic)?;
         if self.group.is_some() && self.partition.is_some() {
             return Err(CliError::Usage(
@@ -161,13 +208,23 @@ impl ConsumeArgs {
                 let text = |b: &Option<bytes::Bytes>| {
                     b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
                 };
-                let mut line = self.format_line(
-                    r.partition,
-                    r.offset,
-                    r.timestamp,
-                    text(&r.key).as_deref(),
-                    text(&r.value).as_deref(),
-                );
+                let (key, value) = (text(&r.key), text(&r.value));
+                let headers: Vec<(String, Option<String>)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.clone(), text(&h.value)))
+                    .collect();
+                let mut line = self.format_line(&Printed {
+                    partition: r.partition,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: key.as_deref(),
+                    value: value.as_deref(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_deref()))
+                        .collect(),
+                });
                 line.push('\n');
                 if let Err(e) = out.write_all(line.as_bytes()) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {

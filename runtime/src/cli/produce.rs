@@ -20,21 +20,71 @@ pub struct ProduceArgs {
     /// Write every record to this partition instead of choosing by key.
     #[arg(long)]
     pub partition: Option<u32>,
-    /// Batch compression: none, gzip, snappy, lz4 or zstd.
-    #[arg(long, default_value = "none")]
-    pub compression: String,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
     /// Read lines from this file instead of stdin.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// A header added to every record, KEY=VALUE (repeatable), as kcat's `-H`.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Where the log lives (last: its help heading applies to what follows).
+    #[command(flatten)]
+    pub log: super::LogArgs,
+}
+
+/// `--compression`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    /// Records stored as they are.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy (xerial framing, as the Java client writes).
+    Snappy,
+    /// LZ4 frames.
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Snappy => Compression::Snappy,
+            CompressionArg::Lz4 => Compression::Lz4,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+/// A `KEY=VALUE` header (the key not empty; the value may be).
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+/// The headers of `--header` as the log's.
+pub fn record_headers(headers: &[(String, String)]) -> Vec<sluice_log::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| sluice_log::Header {
+            key: k.clone(),
+            value: Some(Bytes::from(v.clone())),
+        })
+        .collect()
 }
 
 impl ProduceArgs {
     /// Runs it.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let compression: Compression = self
-            .compression
-            .parse()
-            .map_err(|e| CliError::Usage(format!("--compression: {e}")))?;
+        let compression = Compression::from(self.compression);
+        let headers = record_headers(&self.headers);
         super::topics::refuse_internal(&self.topic, "written")?;
         let topic = log.topic_or_create(&self.topic)?;
         let max = topic.config().max_message_bytes as usize;
@@ -80,7 +130,7 @@ impl ProduceArgs {
             let record = Record {
                 key,
                 value: Some(Bytes::from(value)),
-                headers: Vec::new(),
+                headers: headers.clone(),
                 timestamp: sluice_log::record::now_ms(),
             };
             match self.partition {

@@ -59,7 +59,7 @@ impl Remote {
         if !status.is_success() {
             return Err(CliError::Usage(format!(
                 "worker API {url}: {}",
-                v["error"].as_str().unwrap_or(status.as_str())
+                error_message(&v).unwrap_or(status.as_str())
             )));
         }
         Ok(v)
@@ -108,18 +108,36 @@ impl Remote {
     pub fn run(&self, cmd: Command) -> Result<(), CliError> {
         eprintln!("(via the running worker's API at {})", self.base);
         match cmd {
-            Command::Topics(TopicsCommand::List { all }) => {
+            Command::Topics(t) => self.topics(t.command)?,
+            Command::Groups(g) => self.groups(g.command)?,
+            Command::Produce(a) => self.produce(a)?,
+            Command::Gen(g) => g.command.run_remote(self)?,
+            Command::Consume(a) => self.consume(a)?,
+            Command::Sql(a) => super::sql::run_remote(a, self)?,
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "the data directory is owned by a running worker (API at {}); this command needs the directory itself: stop the worker, or use the API",
+                    self.base
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn topics(&self, cmd: TopicsCommand) -> Result<(), CliError> {
+        match cmd {
+            TopicsCommand::List { all } => {
                 super::views::print_topics(&self.get(&format!("/topics?all={all}"))?);
             }
-            Command::Topics(TopicsCommand::Describe { name }) => {
-                super::views::print_topic(&self.get(&format!("/topics/{name}"))?);
+            TopicsCommand::Describe { name } => {
+                super::views::print_topic(&self.get(&format!("/topics/{}", path(&name)))?);
             }
-            Command::Topics(TopicsCommand::Create {
+            TopicsCommand::Create {
                 name,
                 partitions,
                 config,
                 if_not_exists,
-            }) => {
+            } => {
                 let config: serde_json::Map<String, Value> = super::parse_pairs(&config)?
                     .into_iter()
                     .map(|(k, v)| (k, Value::String(v)))
@@ -138,41 +156,17 @@ impl Remote {
                     Ok(_) => println!("Created topic {name} with {partitions} partition(s)."),
                 }
             }
-            Command::Topics(TopicsCommand::Delete { name }) => {
-                self.call(reqwest::Method::DELETE, &format!("/topics/{name}"), None)?;
-                println!("Deleted topic {name}.");
-            }
-            Command::Groups(GroupsCommand::List) => {
-                super::views::print_groups(&self.get("/groups")?);
-            }
-            Command::Groups(GroupsCommand::Describe { group }) => {
-                super::views::print_group(&self.get(&format!("/groups/{group}"))?);
-            }
-            Command::Produce(a) => self.produce(a)?,
-            Command::Gen(g) => g.run_remote(self)?,
-            Command::Consume(a) => self.consume(a)?,
-            Command::Sql(a) if a.execute.is_some() => {
-                let sql = a.execute.unwrap_or_default();
-                let v = self.call(
-                    reqwest::Method::POST,
-                    "/sql",
-                    Some(("text/plain", sql.into_bytes())),
+            TopicsCommand::Delete { name } => {
+                self.call(
+                    reqwest::Method::DELETE,
+                    &format!("/topics/{}", path(&name)),
+                    None,
                 )?;
-                for r in v["results"].as_array().into_iter().flatten() {
-                    match (&r["message"], &r["rows"]) {
-                        (Value::String(m), _) => println!("{m}"),
-                        (_, Value::Array(rows)) => {
-                            for row in rows {
-                                println!("{row}");
-                            }
-                        }
-                        _ => {}
-                    }
-                }
+                println!("Deleted topic {name}.");
             }
             _ => {
                 return Err(CliError::Usage(format!(
-                    "the data directory is owned by a running worker (API at {}); this command needs the directory itself: stop the worker, or use the API",
+                    "the data directory is owned by a running worker (API at {}); this command needs the directory itself: stop the worker",
                     self.base
                 )));
             }
@@ -180,8 +174,63 @@ impl Remote {
         Ok(())
     }
 
+    fn groups(&self, cmd: GroupsCommand) -> Result<(), CliError> {
+        match cmd {
+            GroupsCommand::List => super::views::print_groups(&self.get("/groups")?),
+            GroupsCommand::Describe { group } => {
+                super::views::print_group(&self.get(&format!("/groups/{}", path(&group)))?);
+            }
+            GroupsCommand::Delete { group } => {
+                let v = self.call(
+                    reqwest::Method::DELETE,
+                    &format!("/groups/{}", path(&group)),
+                    None,
+                )?;
+                println!("{}", v["message"].as_str().unwrap_or_default());
+            }
+            GroupsCommand::ResetOffsets {
+                group,
+                topic,
+                to_earliest,
+                to_latest,
+                to_offset,
+                to_datetime,
+                shift_by,
+                execute,
+                dry_run: _,
+            } => {
+                let body = json!({
+                    "topic": topic,
+                    "to_earliest": to_earliest,
+                    "to_latest": to_latest,
+                    "to_offset": to_offset,
+                    "to_datetime": to_datetime,
+                    "shift_by": shift_by,
+                    "execute": execute,
+                });
+                let v = self.call(
+                    reqwest::Method::POST,
+                    &format!("/groups/{}/reset-offsets", path(&group)),
+                    Some(("application/json", body.to_string().into_bytes())),
+                )?;
+                let plan: Vec<sluice_log::PartitionReset> = v["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| sluice_log::PartitionReset {
+                        partition: p["partition"].as_u64().unwrap_or(0) as u32,
+                        old: p["old"].as_i64(),
+                        new: p["new"].as_i64().unwrap_or(0),
+                    })
+                    .collect();
+                super::groups::print_reset(&group, &topic, &plan, execute);
+            }
+        }
+        Ok(())
+    }
+
     fn produce(&self, a: produce::ProduceArgs) -> Result<(), CliError> {
-        if a.partition.is_some() || a.compression != "none" {
+        if a.partition.is_some() || a.compression != produce::CompressionArg::None {
             return Err(CliError::Usage(
                 "--partition and --compression need the data directory; a running worker's API chooses them".into(),
             ));
@@ -193,6 +242,11 @@ impl Remote {
             )),
             None => Box::new(BufReader::new(std::io::stdin())),
         };
+        let headers: Vec<Value> = a
+            .headers
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": v }))
+            .collect();
         let mut body = Vec::new();
         for (i, line) in input.lines().enumerate() {
             let line = line.map_err(|e| CliError::io(format!("read line {}", i + 1), e))?;
@@ -208,11 +262,15 @@ impl Remote {
                 },
                 None => (None, line),
             };
-            let _ = writeln!(body, "{}", json!({ "key": key, "value": value }));
+            let _ = writeln!(
+                body,
+                "{}",
+                json!({ "key": key, "value": value, "headers": headers })
+            );
         }
         let v = self.call(
             reqwest::Method::POST,
-            &format!("/topics/{}/records", a.topic),
+            &format!("/topics/{}/records", path(&a.topic)),
             Some(("application/x-ndjson", body)),
         )?;
         eprintln!(
@@ -223,68 +281,190 @@ impl Remote {
         Ok(())
     }
 
-    fn consume(&self, a: consume::ConsumeArgs) -> Result<(), CliError> {
-        if a.group.is_some() || a.follow || a.isolation != "read_committed" {
-            return Err(CliError::Usage(
-                "--group, --follow and --isolation need the data directory; through a running worker's API, consume reads committed records once".into(),
-            ));
+    /// Streams `path` as server-sent events, calling `each(event, data)` until the stream
+    /// ends, `each` returns false or `stop` is set (Ctrl-C: looked at every 200 ms, also
+    /// while the stream is quiet).
+    pub fn stream(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        stop: &std::sync::atomic::AtomicBool,
+        mut each: impl FnMut(&str, &str) -> Result<bool, CliError>,
+    ) -> Result<(), CliError> {
+        let (url, mut req) = self.request(method, path);
+        // A stream may stay quiet for long (`--follow`): no overall timeout.
+        req = req.timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
-        let topic = self.get(&format!("/topics/{}", a.topic))?;
-        let partitions: Vec<(u32, i64, i64)> = topic["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                (
-                    p["partition"]
-                        .as_u64()
-                        .and_then(|p| u32::try_from(p).ok())
-                        .unwrap_or(0),
-                    p["log_start_offset"].as_i64().unwrap_or(0),
-                    p["last_stable_offset"].as_i64().unwrap_or(0),
-                )
-            })
-            .filter(|(p, _, _)| a.partition.is_none_or(|only| only == *p))
-            .collect();
-        let mut printed = 0u64;
-        let limit = a.max_messages.unwrap_or(u64::MAX);
-        let mut out = std::io::stdout().lock();
-        for (p, start, end) in partitions {
-            let mut offset = match a.offset.as_deref() {
-                Some("earliest") | None if a.from_beginning || a.offset.is_some() => start,
-                Some("latest") | None => end,
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| CliError::Usage(format!("--offset: '{n}' is not a number")))?,
-            };
-            while offset < end && printed < limit {
-                let v = self.get(&format!(
-                    "/topics/{}/records?partition={p}&offset={offset}&limit=1000",
-                    a.topic
-                ))?;
-                let records = v["records"].as_array().cloned().unwrap_or_default();
-                if records.is_empty() {
-                    break;
-                }
-                for r in records {
-                    if printed >= limit {
+        let resp = req
+            .send()
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let v = resp
+                .json_value()
+                .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+            return Err(CliError::Usage(format!(
+                "worker API {url}: {}",
+                error_message(&v).unwrap_or(status.as_str())
+            )));
+        }
+        // The lines are read on a thread of their own, so that a quiet stream does not keep
+        // Ctrl-C waiting; on a stop the thread ends at the stream's next line or keep-alive.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<String>>(256);
+        std::thread::Builder::new()
+            .name("sluice-sse".into())
+            .spawn(move || {
+                for line in BufReader::new(resp).lines() {
+                    let failed = line.is_err();
+                    if tx.send(line).is_err() || failed {
                         break;
                     }
-                    let line = a.format_line(
-                        p,
-                        r["offset"].as_i64().unwrap_or_default(),
-                        r["timestamp"].as_i64().unwrap_or_default(),
-                        r["key"].as_str(),
-                        r["value"].as_str(),
-                    );
-                    writeln!(out, "{line}").map_err(|e| CliError::io("write stdout", e))?;
-                    printed += 1;
                 }
-                offset = v["next_offset"].as_i64().unwrap_or(end);
+            })
+            .map_err(|e| CliError::io("start a thread", e))?;
+        let mut event = String::new();
+        let mut data = String::new();
+        loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            let line = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(line) => line.map_err(|e| CliError::io(format!("read {url}"), e))?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            if line.is_empty() {
+                if !data.is_empty() || !event.is_empty() {
+                    let go_on = each(&event, &data)?;
+                    event.clear();
+                    data.clear();
+                    if !go_on {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim_start().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
         }
+    }
+
+    /// `POST /sql` with statements.
+    pub fn post_sql(&self, sql: &str) -> Result<Value, CliError> {
+        self.call(
+            reqwest::Method::POST,
+            "/sql",
+            Some((
+                "application/json",
+                json!({ "sql": sql }).to_string().into_bytes(),
+            )),
+        )
+    }
+
+    fn consume(&self, a: consume::ConsumeArgs) -> Result<(), CliError> {
+        let mut query = vec![
+            format!("from_beginning={}", a.from_beginning),
+            format!("follow={}", a.follow),
+            format!(
+                "isolation={}",
+                match a.isolation {
+                    consume::IsolationArg::ReadCommitted => "read_committed",
+                    consume::IsolationArg::ReadUncommitted => "read_uncommitted",
+                }
+            ),
+        ];
+        if let Some(g) = &a.group {
+            query.push(format!("group={}", path(g)));
+        }
+        if let Some(p) = a.partition {
+            query.push(format!("partition={p}"));
+        }
+        if let Some(o) = &a.offset {
+            query.push(format!("offset={}", path(o)));
+        }
+        if let Some(m) = a.max_messages {
+            query.push(format!("max_messages={m}"));
+        }
+        let mut out = std::io::stdout().lock();
+        let mut count = 0u64;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            // Ctrl-C ends the stream cleanly: the worker commits the group's offsets of
+            // what was sent.
+            let stop = std::sync::Arc::clone(&stop);
+            let _ = ctrlc::set_handler(move || {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        self.stream(
+            reqwest::Method::GET,
+            &format!("/topics/{}/consume?{}", path(&a.topic), query.join("&")),
+            None,
+            &stop,
+            |event, data| match event {
+                "record" => {
+                    let r: Value = serde_json::from_str(data)
+                        .map_err(|e| CliError::Usage(format!("a record event: {e}")))?;
+                    let line = a.format_line(&consume::Printed {
+                        partition: r["partition"].as_u64().unwrap_or(0) as u32,
+                        offset: r["offset"].as_i64().unwrap_or_default(),
+                        timestamp: r["timestamp"].as_i64().unwrap_or_default(),
+                        key: r["key"].as_str(),
+                        value: r["value"].as_str(),
+                        headers: r["headers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|h| (h["key"].as_str().unwrap_or_default(), h["value"].as_str()))
+                            .collect(),
+                    });
+                    match writeln!(out, "{line}") {
+                        Ok(()) => {
+                            count += 1;
+                            Ok(true)
+                        }
+                        // `| head`: stop reading; the worker ends the stream.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+                        Err(e) => Err(CliError::io("write stdout", e)),
+                    }
+                }
+                "error" => Err(CliError::Usage(format!("worker API: {data}"))),
+                _ => Ok(event != "end"),
+            },
+        )?;
+        let _ = out.flush();
+        eprintln!("Consumed {count} record(s).");
         Ok(())
     }
+}
+
+/// A path segment or query value with the characters URLs reserve escaped.
+pub fn path(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The message of an error answer (`message`, or the older `error`).
+pub fn error_message(v: &Value) -> Option<&str> {
+    v["message"].as_str().or_else(|| v["error"].as_str())
 }
 
 /// Reads a response body as JSON (an empty or non-JSON body becomes `{"error": text}`).

@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
+    /// Where the log lives (last: its help heading applies to what follows).
+    #[command(flatten)]
+    pub log: super::LogArgs,
 }
 
 /// Watches `dir` for changes; `None` when the platform's notification fails (then the
@@ -101,14 +104,20 @@ impl RunArgs {
         }
     }
 
-    /// Runs the worker until interrupted.
-    pub fn run(self, log: &Log, data_dir: &Path) -> Result<(), CliError> {
+    /// Checks the arguments before the data directory is opened (and created).
+    pub fn check(&self) -> Result<(), CliError> {
         if !self.pipelines.is_dir() {
             return Err(CliError::Usage(format!(
-                "the pipelines folder {} does not exist (pass --pipelines DIR)",
+                "the pipelines folder {} does not exist (run from the folder that holds it, or pass --pipelines DIR)",
                 self.pipelines.display()
             )));
         }
+        self.token().map(drop)
+    }
+
+    /// Runs the worker until interrupted.
+    pub fn run(self, log: &Log, data_dir: &Path) -> Result<(), CliError> {
+        self.check()?;
         // Queries start when their pipeline deploys (with its guarantee and commit interval);
         // the others after the first deployment.
         let engine = Engine::open_with(

@@ -27,10 +27,11 @@ fn rows(v: &Value, list: &str, columns: &[&str]) -> Vec<Vec<String>> {
 
 /// `sluice topics list`.
 pub fn print_topics(v: &Value) {
-    let rows = rows(v, "topics", &["name", "partitions", "records", "bytes"]);
+    // OFFSETS, not records: transaction markers take offsets too.
+    let rows = rows(v, "topics", &["name", "partitions", "offsets", "bytes"]);
     print!(
         "{}",
-        table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], &rows)
+        table(&["TOPIC", "PARTITIONS", "OFFSETS", "BYTES"], &rows)
     );
 }
 

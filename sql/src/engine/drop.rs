@@ -70,7 +70,7 @@ impl Engine {
         for topic in topics {
             match self
                 .log
-                .reset_offsets(&group, &topic, sluice_log::ResetTo::Earliest)
+                .reset_offsets(&group, &topic, sluice_log::ResetTo::Earliest, true)
             {
                 // A deleted input topic has no position to keep.
                 Ok(_) | Err(sluice_log::LogError::UnknownTopic(_)) => {}

@@ -282,7 +282,7 @@ fn capitalized(kind: SourceKind) -> &'static str {
 /// The text of each statement of a script (split at top-level semicolons), for storing
 /// statements as written. Quotes and comments (`-- …` to the end of the line, `/* … */`) are
 /// skipped whole: a `;` or a quote inside them neither ends nor opens anything.
-fn split_statement_texts(sql: &str) -> Vec<String> {
+pub fn split_statement_texts(sql: &str) -> Vec<String> {
     #[derive(Clone, Copy, PartialEq)]
     enum In {
         Code,

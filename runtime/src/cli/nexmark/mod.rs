@@ -61,7 +61,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use sluice_log::{Log, LogOptions, ProducerConfig, Record};
+use sluice_log::{FsyncPolicy, Log, LogOptions, ProducerConfig, Record};
 use sluice_sql::engine::{Engine, EngineConfig};
 
 use self::events::Kind;
@@ -98,6 +98,14 @@ pub struct NexmarkArgs {
     /// Scratch folder (removed at the end). Default: under $TMPDIR or /var/tmp.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// When appends are fsynced: always (group commit), interval[:MILLIS] or never
+    /// (default interval:1000).
+    #[arg(
+        long,
+        value_parser = crate::cli::parse_fsync,
+        value_name = "always|interval[:MILLIS]|never"
+    )]
+    pub fsync: Option<FsyncPolicy>,
 }
 
 /// Nexmark's base time: the start of the current UTC day. Runs see the same events at the

@@ -199,6 +199,7 @@ fn streaming_results_agree_with_batch() {
         cache_max_bytes: sluice_sql::record_cache::DEFAULT_CACHE_MAX_BYTES,
         check: true,
         dir: Some(dir.path().to_path_buf()),
+        fsync: Some(FsyncPolicy::Never),
     };
     args.run(LogOptions::default()).unwrap();
 }
