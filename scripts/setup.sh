@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Sluice's build and tests need on a fresh Debian machine, skipping what is
-# already there: libclang (RocksDB's bindgen), PostgreSQL 15, openssl, and a Python venv with the S3
-# (moto) and Elasticsearch-API (osmem-server, noida-db) servers the tests start themselves.
+# already there: libclang (RocksDB's bindgen), PostgreSQL 15, openssl, curl, Chromium (the
+# console's browser test), a Python venv with the S3 (moto) and Elasticsearch-API
+# (osmem-server, noida-db) servers the tests start themselves and the OpenAPI validators,
+# and the web console's npm packages and build (console/dist, embedded in the binary).
 # Sourced by scripts/test and scripts/run; safe to run again.
 set -euo pipefail
 
@@ -35,10 +37,11 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 
-if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_server" ] && [ -x "$SLUICE_VENV/bin/noida-db" ]; }; then
-    echo "setup: installing moto[server], osmem-server and noida-db into $SLUICE_VENV" >&2
+if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_server" ] && [ -x "$SLUICE_VENV/bin/noida-db" ] && [ -x "$SLUICE_VENV/bin/openapi-spec-validator" ]; }; then
+    # openapi-core and openapi-spec-validator check the API against its document.
+    echo "setup: installing moto[server], osmem-server, noida-db and the OpenAPI validators into $SLUICE_VENV" >&2
     [ -x "$SLUICE_VENV/bin/pip" ] || python3 -m venv "$SLUICE_VENV"
-    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db
+    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db openapi-core openapi-spec-validator
 fi
 
 # The web console (console/) is built with npm into console/dist/, which the `sluice` binary

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_connectors::http_ingest::IngestHandle;
 use sluice_log::{Log, LogError};
@@ -122,6 +123,24 @@ pub enum DeployError {
     /// No pipeline of that name is deployed.
     #[error("no pipeline named '{0}' is deployed")]
     NotFound(String),
+    /// The pipeline has no task of that name.
+    #[error(
+        "pipeline {pipeline} has no task '{task}' (tasks are named `source <name>` and `sink <name>`)"
+    )]
+    NoSuchTask {
+        /// The pipeline.
+        pipeline: String,
+        /// The task asked for.
+        task: String,
+    },
+    /// The operation needs the pipeline paused (or running) and it is not.
+    #[error("pipeline {pipeline}: {reason}")]
+    WrongState {
+        /// The pipeline.
+        pipeline: String,
+        /// What state it must be in.
+        reason: String,
+    },
 }
 
 /// A task of another deployed pipeline, which holds a name.
@@ -234,6 +253,7 @@ impl DeployError {
                 retryable,
             },
             DeployError::NotFound(n) => DeployError::NotFound(n),
+            e @ (DeployError::NoSuchTask { .. } | DeployError::WrongState { .. }) => e,
         }
     }
 }
@@ -246,6 +266,17 @@ pub struct Task {
     /// Its counters.
     pub status: Arc<TaskStatus>,
     handle: TaskHandle,
+}
+
+/// A committed position of a source or a sink (see [`Worker::offsets`]).
+#[derive(Debug, Clone)]
+pub struct TaskOffset {
+    /// `source <name>` or `sink <name>`.
+    pub task: String,
+    /// A sink's partition.
+    pub partition: Option<u32>,
+    /// A source's position as it stores it, or a sink's next offset (as text).
+    pub offset: Bytes,
 }
 
 /// A deployed pipeline.
@@ -554,6 +585,17 @@ impl Worker {
     /// connector that does not build, a taken ingest route) starts none, so nothing is left
     /// running that no one stops.
     fn start_tasks(&self, p: &Pipeline, stop: &StopToken) -> Result<Vec<Task>, DeployError> {
+        self.start_tasks_named(p, stop, None)
+    }
+
+    /// Starts the pipeline's tasks, or only the one named `only`.
+    fn start_tasks_named(
+        &self,
+        p: &Pipeline,
+        stop: &StopToken,
+        only: Option<&str>,
+    ) -> Result<Vec<Task>, DeployError> {
+        let wanted = |task: &str| only.is_none_or(|o| o == task);
         let topic_err = |task: &str, e: LogError| {
             // A sink named the topic of a query's output as the stream was written
             // (`spend`), but unquoted names are upper case: the topic is `SPEND`.
@@ -600,6 +642,9 @@ impl Worker {
         for s in &p.config.sources {
             let name = s.name.get_ref().clone();
             let what = format!("source {name}");
+            if !wanted(&what) {
+                continue;
+            }
             if s.postgres_cdc.is_none() {
                 // A CDC source's topics (one per table) are made as its tables appear.
                 self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
@@ -638,6 +683,9 @@ impl Worker {
         for s in &p.config.sinks {
             let name = s.name.get_ref().clone();
             let what = format!("sink {name}");
+            if !wanted(&what) {
+                continue;
+            }
             self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
             let mut sink =
                 crate::pipeline::build_sink(s, p.base()).map_err(|e| connector_err(&what, e))?;
@@ -736,6 +784,166 @@ impl Worker {
         d.paused = false;
         self.publish_status();
         Ok(())
+    }
+
+    /// Stops and starts one task of a running pipeline (it resumes from its committed
+    /// position; its counters start afresh), as Kafka Connect's task restart.
+    pub fn restart_task(&mut self, name: &str, task: &str) -> Result<(), DeployError> {
+        let ingest = Arc::clone(&self.ingest);
+        let d = self.find(name)?;
+        if d.paused {
+            return Err(DeployError::WrongState {
+                pipeline: name.to_string(),
+                reason: "it is paused: resume it to start its tasks".into(),
+            });
+        }
+        let Some(at) = d.tasks.iter().position(|t| t.name == task) else {
+            return Err(DeployError::NoSuchTask {
+                pipeline: name.to_string(),
+                task: task.to_string(),
+            });
+        };
+        let mut old = d.tasks.remove(at);
+        old.handle.stop();
+        // An HTTP ingest source's route goes with it (and comes back when it starts).
+        if let Some(topic) = task.strip_prefix("source ").and_then(|s| {
+            d.pipeline
+                .config
+                .sources
+                .iter()
+                .find(|x| x.name.get_ref() == s)
+                .map(|x| x.topic.clone())
+        }) {
+            ingest
+                .lock()
+                .retain(|t, (p, _)| !(p.as_str() == name && *t == topic));
+        }
+        let (pipeline, stop) = (d.pipeline.clone(), d.stop.clone());
+        let started = self.start_tasks_named(&pipeline, &stop, Some(task));
+        let d = self.find(name)?;
+        match started {
+            Ok(new) => {
+                for (i, t) in new.into_iter().enumerate() {
+                    d.tasks.insert((at + i).min(d.tasks.len()), t);
+                }
+                self.publish_status();
+                Ok(())
+            }
+            Err(e) => {
+                self.publish_status();
+                Err(e)
+            }
+        }
+    }
+
+    /// The committed positions of a pipeline's sources (as each stores it) and the
+    /// committed offsets of its sinks (per partition of their topic).
+    pub fn offsets(&self, name: &str) -> Result<Vec<TaskOffset>, DeployError> {
+        let d = self
+            .pipeline(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        let mut out = Vec::new();
+        {
+            let mut positions = self.positions.lock();
+            positions
+                .catch_up(&self.log)
+                .map_err(|e| DeployError::Topic {
+                    pipeline: name.to_string(),
+                    reason: e.to_string(),
+                    user_error: false,
+                })?;
+            for s in &d.pipeline.config.sources {
+                let source = s.name.get_ref();
+                if let (Some(position), _) = positions.get(&source_key(name, source)) {
+                    out.push(TaskOffset {
+                        task: format!("source {source}"),
+                        partition: None,
+                        offset: position,
+                    });
+                }
+            }
+        }
+        for s in &d.pipeline.config.sinks {
+            let sink = s.name.get_ref();
+            if let Some(info) = self.log.describe_group(&sink_group(name, sink)) {
+                for p in info.partitions.iter().filter(|p| p.tp.topic == s.topic) {
+                    if let Some(c) = p.committed {
+                        out.push(TaskOffset {
+                            task: format!("sink {sink}"),
+                            partition: Some(p.tp.partition),
+                            offset: Bytes::from(c.to_string()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets the committed positions of a paused pipeline's sources (and their keyed
+    /// state) and its sinks' offsets, as Kafka Connect's offset reset: when resumed, its
+    /// sources start from the beginning of their input and its sinks from the start of
+    /// their topics. Returns how many positions were forgotten.
+    pub fn reset_offsets(&mut self, name: &str) -> Result<usize, DeployError> {
+        let d = self
+            .pipeline(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        if !d.paused {
+            return Err(DeployError::WrongState {
+                pipeline: name.to_string(),
+                reason: "offsets can be reset only while it is paused (POST /pipelines/{name}/pause first)".into(),
+            });
+        }
+        let log_error = |e: LogError| DeployError::Topic {
+            pipeline: name.to_string(),
+            reason: e.to_string(),
+            user_error: e.is_user_error(),
+        };
+        let mut tombstones = Vec::new();
+        {
+            let mut positions = self.positions.lock();
+            positions
+                .catch_up(&self.log)
+                .map_err(|e| DeployError::Topic {
+                    pipeline: name.to_string(),
+                    reason: e.to_string(),
+                    user_error: false,
+                })?;
+            for s in &d.pipeline.config.sources {
+                let key = source_key(name, s.name.get_ref());
+                let (position, state) = positions.get(&key);
+                if position.is_some() {
+                    tombstones.push(Bytes::from(key.clone()));
+                }
+                for (entry, _) in state {
+                    tombstones.push(Bytes::from(crate::tasks::positions::state_key(
+                        &key, &entry,
+                    )));
+                }
+            }
+        }
+        let mut forgotten = tombstones.len();
+        if !tombstones.is_empty() {
+            let records: Vec<sluice_log::Record> = tombstones
+                .into_iter()
+                .map(|key| sluice_log::Record {
+                    key: Some(key),
+                    value: None,
+                    headers: Vec::new(),
+                    timestamp: sluice_log::record::now_ms(),
+                })
+                .collect();
+            self.log
+                .append_records(POSITIONS_TOPIC, 0, &records)
+                .map_err(log_error)?;
+        }
+        for s in &d.pipeline.config.sinks {
+            let group = sink_group(name, s.name.get_ref());
+            if self.log.describe_group(&group).is_some() {
+                forgotten += self.log.delete_group(&group).map_err(log_error)?;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Stops every task (each commits what it has) and the persistent queries.

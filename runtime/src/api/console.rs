@@ -26,7 +26,10 @@ const NOT_BUILT: &str = "<!doctype html><title>Sluice</title><h1>Sluice</h1>\
 then rebuild <code>sluice</code>. The REST API is served here all the same: \
 <a href=\"/openapi.yaml\">/openapi.yaml</a>.</p>";
 
-/// `GET /`, `/index.html` and `/assets/*`.
+/// The web console (also `/index.html` and `/assets/*`): open without the token; the page
+/// asks for it.
+#[utoipa::path(get, operation_id = "console", path = "/", tag = "console", security(()),
+    responses((status = 200, description = "The console's page", content_type = "text/html", body = String)))]
 pub async fn asset(uri: Uri) -> Response {
     let path = match uri.path() {
         "/" => "/index.html",

@@ -22,11 +22,13 @@ use serde_json::json;
 use sluice_log::{ConsumerConfig, Isolation, Log, OffsetReset, OffsetSpec, TopicPartition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::schema::ErrorBody;
 use super::sql::{Handed, PUSH_BUFFER, hand};
 use super::{ApiError, ApiState};
 
 /// The query of `GET /topics/{name}/consume`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeQuery {
     /// Read as a member of this group, from its committed offsets, and commit at the end.
@@ -170,7 +172,7 @@ fn stream_records(
         for r in &records {
             let event = Event::default()
                 .event("record")
-                .data(super::log::record_json(r).to_string());
+                .data(serde_json::to_string(&super::log::record_doc(r)).unwrap_or_default());
             match hand(tx, event, stall) {
                 Handed::Sent => {}
                 Handed::Gone => break 'outer None,
@@ -211,8 +213,16 @@ fn stream_records(
     let _ = last.send(end);
 }
 
-/// Streams a topic's records: `record` events (data: a record as `GET
-/// /topics/{name}/records` gives it), then `end` (data: `{"records": n}`) or `error`.
+/// Streams a topic's records as server-sent events: `record` (data: a record as `GET
+/// /topics/{name}/records` gives it), then `end` (data: `{"records": n}`) or `error`. With
+/// `group`, the stream is a member of the consumer group and commits what it sent when it
+/// ends (also when the client closes it).
+#[utoipa::path(get, operation_id = "consumeRecords", path = "/topics/{name}/consume", tag = "topics",
+    params(("name" = String, Path, description = "Topic"), ConsumeQuery),
+    responses((status = 200, description = "Server-sent events: record, end, error", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody),
+        (status = 503, description = "Too many streams open: retry (Retry-After)", body = ErrorBody)))]
 pub async fn consume(
     State(state): State<ApiState>,
     Path(topic): Path<String>,

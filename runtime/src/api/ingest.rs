@@ -12,9 +12,9 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::{Value, json};
 use sluice_connectors::http_ingest::IngestError;
 
+use super::schema::{ErrorBody, IngestAckDoc};
 use super::{ApiError, ApiState, bearer_is};
 
 /// The longest `Idempotency-Key` accepted.
@@ -23,12 +23,31 @@ const MAX_KEY_BYTES: usize = 256;
 /// How long a request waits for its commit before it is answered 503.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
+/// Writes records through the topic's HTTP source; answered after they are committed.
+///
+/// `application/json`: one object or an array (a body that is not JSON gets 400 and
+/// nothing is written). `application/x-ndjson`: one value per line; bad lines go to the
+/// pipeline's dead-letter topic. Values are stored as sent (field order kept). An
+/// `Idempotency-Key` makes retries safe: a key among the source's latest accepted ones
+/// answers `duplicate: true` and writes nothing (a retry racing its uncommitted original
+/// waits for the original's commit, so `duplicate: true` always means committed).
+#[utoipa::path(post, operation_id = "ingest", path = "/ingest/{topic}", tag = "ingest",
+    params(("topic" = String, Path, description = "The topic of an HTTP source"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    request_body(content = String, content_type = "application/json", description = "A JSON document, or NDJSON with Content-Type application/x-ndjson"),
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "Committed", body = IngestAckDoc),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "Token missing or wrong", body = ErrorBody),
+        (status = 404, description = "No HTTP source for the topic", body = ErrorBody),
+        (status = 413, description = "Larger than the source's max-body-bytes", body = ErrorBody),
+        (status = 503, description = "Queue full, not committed, or still starting: retry after Retry-After with the same Idempotency-Key", body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<ApiState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IngestAckDoc>, ApiError> {
     let Some((_, handle)) = state.ingest.lock().get(&topic).cloned() else {
         if !state.ready.load(Ordering::SeqCst) {
             return Err(ApiError::retry_later(format!(
@@ -120,7 +139,11 @@ pub async fn ingest(
     // future and nothing else. A dropped sender (the task restarted or stopped before the
     // commit) means "not committed", as the timeout does.
     match tokio::time::timeout(COMMIT_WAIT, answer).await {
-        Ok(Ok(Ok(ack))) => Ok(Json(json!(ack))),
+        Ok(Ok(Ok(ack))) => Ok(Json(IngestAckDoc {
+            accepted: ack.accepted,
+            rejected: ack.rejected,
+            duplicate: ack.duplicate,
+        })),
         Ok(Ok(Err(e))) => Err(ingest_error(e)),
         Ok(Err(_)) | Err(_) => Err(ingest_error(IngestError::NotCommitted)),
     }

@@ -2,7 +2,6 @@
 //! groups with lag. The JSON documents here are also what the CLI renders, locally or
 //! fetched from a worker (see `cli::remote`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,11 +9,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_log::{
     ConsumerConfig, Isolation, Log, LogError, OffsetReset, ProducerConfig, Record, TopicPartition,
 };
 
+use super::schema::{
+    ConfigValue, CreateTopic, ErrorBody, GroupDoc, GroupList, GroupPartitionDoc, GroupSummary,
+    HeaderDoc, Message, PartitionDoc, ProducedDoc, RecordDoc, RecordsDoc, ResetDoc,
+    ResetPartitionDoc, ResetRequest, TopicDoc, TopicList, TopicSummary,
+};
 use super::{ApiError, ApiState, blocking};
 
 /// Refuses a user's change to an internal topic (403): the worker and the log write those
@@ -43,135 +47,172 @@ pub(super) fn log_error(e: LogError) -> ApiError {
     }
 }
 
-/// Every topic with partitions, records and bytes (`all`: internal ones too).
-pub fn topics_json(log: &Log, all: bool) -> Value {
-    let topics: Vec<Value> = log
+/// Every topic with partitions, offsets and bytes (`all`: internal ones too).
+pub fn topic_list(log: &Log, all: bool) -> TopicList {
+    let topics = log
         .topic_names()
         .into_iter()
         .filter(|n| all || !n.starts_with("__"))
         .filter_map(|n| log.describe_topic(&n).ok())
-        .map(|d| {
+        .map(|d| TopicSummary {
             // Offsets, not records: transaction markers take offsets too, and counting
             // records would read every batch header of the topic.
-            let offsets: i64 = d
+            offsets: d
                 .partitions
                 .iter()
                 .map(|p| p.log_end_offset - p.log_start_offset)
-                .sum();
-            let bytes: u64 = d.partitions.iter().map(|p| p.size_bytes).sum();
-            json!({ "name": d.name, "partitions": d.partitions.len(), "offsets": offsets, "bytes": bytes })
+                .sum(),
+            bytes: d.partitions.iter().map(|p| p.size_bytes).sum(),
+            partitions: d.partitions.len(),
+            internal: d.internal,
+            name: d.name,
         })
         .collect();
-    json!({ "topics": topics })
+    TopicList { topics }
+}
+
+/// [`topic_list`] as JSON, for the CLI.
+pub fn topics_json(log: &Log, all: bool) -> Value {
+    serde_json::to_value(topic_list(log, all)).unwrap_or_default()
 }
 
 /// One topic: its partitions' offsets and sizes, and its config.
-pub fn topic_json(log: &Log, name: &str) -> Result<Value, LogError> {
+pub fn topic_doc(log: &Log, name: &str) -> Result<TopicDoc, LogError> {
     let d = log.describe_topic(name)?;
-    let partitions: Vec<Value> = d
+    let partitions = d
         .partitions
         .iter()
-        .map(|p| {
-            json!({
-                "partition": p.partition,
-                "log_start_offset": p.log_start_offset,
-                "log_end_offset": p.log_end_offset,
-                "high_watermark": p.high_watermark,
-                "last_stable_offset": p.last_stable_offset,
-                "leader_epoch": p.leader_epoch,
-                "segments": p.segments,
-                "size_bytes": p.size_bytes,
-                "local_log_start_offset": p.local_log_start_offset,
-                "remote_log_start_offset": p.remote.map(|r| r.0),
-                "remote_log_end_offset": p.remote.map(|r| r.1),
-                "remote_segments": p.remote_segments,
-                "remote_size_bytes": p.remote_size_bytes,
-            })
+        .map(|p| PartitionDoc {
+            partition: p.partition,
+            log_start_offset: p.log_start_offset,
+            log_end_offset: p.log_end_offset,
+            high_watermark: p.high_watermark,
+            last_stable_offset: p.last_stable_offset,
+            leader_epoch: p.leader_epoch,
+            segments: p.segments,
+            size_bytes: p.size_bytes,
+            local_log_start_offset: p.local_log_start_offset,
+            remote_log_start_offset: p.remote.map(|r| r.0),
+            remote_log_end_offset: p.remote.map(|r| r.1),
+            remote_segments: p.remote_segments,
+            remote_size_bytes: p.remote_size_bytes,
         })
         .collect();
-    let config: BTreeMap<&str, Value> = d
+    let config = d
         .config
         .iter()
-        .map(|(k, v, set)| (*k, json!({ "value": v, "overridden": set })))
+        .map(|(k, v, set)| {
+            (
+                (*k).to_string(),
+                ConfigValue {
+                    value: v.clone(),
+                    overridden: *set,
+                },
+            )
+        })
         .collect();
-    Ok(
-        json!({ "name": d.name, "internal": d.internal, "partitions": partitions, "config": config }),
-    )
+    Ok(TopicDoc {
+        name: d.name,
+        internal: d.internal,
+        partitions,
+        config,
+    })
+}
+
+/// [`topic_doc`] as JSON, for the CLI.
+pub fn topic_json(log: &Log, name: &str) -> Result<Value, LogError> {
+    Ok(serde_json::to_value(topic_doc(log, name)?).unwrap_or_default())
 }
 
 /// Every consumer group with its state and members.
+pub fn group_list(log: &Log) -> GroupList {
+    GroupList {
+        groups: log
+            .list_groups()
+            .into_iter()
+            .map(|(group, s, members)| GroupSummary {
+                group,
+                state: format!("{s:?}"),
+                members,
+            })
+            .collect(),
+    }
+}
+
+/// [`group_list`] as JSON, for the CLI.
 pub fn groups_json(log: &Log) -> Value {
-    let groups: Vec<Value> = log
-        .list_groups()
-        .into_iter()
-        .map(|(g, s, n)| json!({ "group": g, "state": format!("{s:?}"), "members": n }))
-        .collect();
-    json!({ "groups": groups })
+    serde_json::to_value(group_list(log)).unwrap_or_default()
 }
 
 /// One group: committed offsets, log end and lag per partition.
-pub fn group_json(log: &Log, group: &str) -> Option<Value> {
+pub fn group_doc(log: &Log, group: &str) -> Option<GroupDoc> {
     let info = log.describe_group(group)?;
-    let partitions: Vec<Value> = info
-        .partitions
-        .iter()
-        .map(|p| {
-            json!({
-                "topic": p.tp.topic,
-                "partition": p.tp.partition,
-                "committed": p.committed,
-                "log_end": p.log_end,
-                "lag": p.lag,
-                "member": p.member,
+    Some(GroupDoc {
+        members: info.description.as_ref().map_or(0, |d| d.members.len()),
+        state: format!("{:?}", info.state),
+        partitions: info
+            .partitions
+            .into_iter()
+            .map(|p| GroupPartitionDoc {
+                topic: p.tp.topic,
+                partition: p.tp.partition,
+                committed: p.committed,
+                log_end: p.log_end,
+                lag: p.lag,
+                member: p.member,
             })
-        })
-        .collect();
-    Some(json!({
-        "group": info.group,
-        "state": format!("{:?}", info.state),
-        "members": info.description.as_ref().map_or(0, |d| d.members.len()),
-        "partitions": partitions,
-    }))
+            .collect(),
+        group: info.group,
+    })
 }
 
-#[derive(Debug, Deserialize)]
+/// [`group_doc`] as JSON, for the CLI.
+pub fn group_json(log: &Log, group: &str) -> Option<Value> {
+    group_doc(log, group).map(|d| serde_json::to_value(d).unwrap_or_default())
+}
+
+/// The query of `GET /topics`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TopicsQuery {
+    /// Include internal topics (`__*`, `*-changelog`).
     #[serde(default)]
     all: bool,
 }
 
+/// Lists topics.
+#[utoipa::path(get, operation_id = "listTopics", path = "/topics", tag = "topics", params(TopicsQuery),
+    responses((status = 200, description = "Topics with partitions, offsets and bytes", body = TopicList)))]
 pub async fn topics(
     State(state): State<ApiState>,
     Query(q): Query<TopicsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(move || Ok(Json(topics_json(&state.log, q.all)))).await
+) -> Result<Json<TopicList>, ApiError> {
+    blocking(move || Ok(Json(topic_list(&state.log, q.all)))).await
 }
 
+/// Describes a topic: partitions (offsets, segments, bytes, tiered storage) and config.
+#[utoipa::path(get, operation_id = "getTopic", path = "/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic")),
+    responses((status = 200, description = "The topic", body = TopicDoc),
+        (status = 404, description = "Unknown topic", body = ErrorBody)))]
 pub async fn describe_topic(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(move || topic_json(&state.log, &name).map(Json).map_err(log_error)).await
+) -> Result<Json<TopicDoc>, ApiError> {
+    blocking(move || topic_doc(&state.log, &name).map(Json).map_err(log_error)).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTopic {
-    name: String,
-    #[serde(default = "one")]
-    partitions: u32,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
+/// Creates a topic.
+#[utoipa::path(post, operation_id = "createTopic", path = "/topics", tag = "topics", request_body = CreateTopic,
+    responses((status = 201, description = "Created", body = TopicDoc),
+        (status = 400, description = "A bad name, partition count or config key", body = ErrorBody),
+        (status = 403, description = "An internal name (`__*`, `*-changelog`)", body = ErrorBody),
+        (status = 409, description = "The topic exists", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody)))]
 pub async fn create_topic(
     State(state): State<ApiState>,
     Json(c): Json<CreateTopic>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TopicDoc>), ApiError> {
     blocking(move || {
         refuse_internal(&c.name, "created")?;
         let config: Vec<(String, String)> = c.config.into_iter().collect();
@@ -181,30 +222,44 @@ pub async fn create_topic(
             .map_err(log_error)?;
         Ok((
             StatusCode::CREATED,
-            Json(topic_json(&state.log, &c.name).map_err(log_error)?),
+            Json(topic_doc(&state.log, &c.name).map_err(log_error)?),
         ))
     })
     .await
 }
 
+/// Deletes a topic (with its copies in tiered storage).
+#[utoipa::path(delete, operation_id = "deleteTopic", path = "/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic")),
+    responses((status = 200, description = "Deleted", body = Message),
+        (status = 403, description = "An internal topic", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody)))]
 pub async fn delete_topic(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     blocking(move || {
         refuse_internal(&name, "deleted")?;
         state.log.delete_topic(&name).map_err(log_error)?;
-        Ok(Json(json!({ "message": format!("Deleted topic {name}.") })))
+        Ok(Json(Message {
+            message: format!("Deleted topic {name}."),
+        }))
     })
     .await
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /topics/{name}/records`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RecordsQuery {
+    /// Partition (default 0).
     #[serde(default)]
     partition: u32,
+    /// First offset (default 0; below the log start: from the log start).
     #[serde(default)]
     offset: i64,
+    /// Most records (default 100, at most 10,000).
     #[serde(default = "default_limit")]
     limit: usize,
 }
@@ -213,24 +268,26 @@ fn default_limit() -> usize {
     100
 }
 
-/// A record as JSON: key, value and header values as text (lossy UTF-8), with its
-/// coordinates. Headers keep their order and duplicates (`[{key, value}]`), as Kafka's do.
-pub fn record_json(r: &sluice_log::ConsumerRecord) -> Value {
+/// A record as the API shows it: key, value and header values as text (lossy UTF-8), with
+/// its coordinates. Headers keep their order and duplicates, as Kafka's do.
+pub fn record_doc(r: &sluice_log::ConsumerRecord) -> RecordDoc {
     let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-    let headers: Vec<Value> = r
-        .headers
-        .iter()
-        .map(|h| json!({ "key": h.key, "value": h.value.as_ref().map(text) }))
-        .collect();
-    json!({
-        "topic": &*r.topic,
-        "partition": r.partition,
-        "offset": r.offset,
-        "timestamp": r.timestamp,
-        "key": r.key.as_ref().map(text),
-        "value": r.value.as_ref().map(text),
-        "headers": headers,
-    })
+    RecordDoc {
+        topic: r.topic.to_string(),
+        partition: r.partition,
+        offset: r.offset,
+        timestamp: r.timestamp,
+        key: r.key.as_ref().map(text),
+        value: r.value.as_ref().map(text),
+        headers: r
+            .headers
+            .iter()
+            .map(|h| HeaderDoc {
+                key: h.key.clone(),
+                value: h.value.as_ref().map(text),
+            })
+            .collect(),
+    }
 }
 
 /// The headers of a produced line: `{"k": "v", ...}` or `[{"key": "k", "value": "v"}, ...]`
@@ -269,11 +326,16 @@ fn headers_of(v: &Value, line: usize) -> Result<Vec<sluice_log::Header>, ApiErro
 }
 
 /// Committed records of one partition from `offset` (at most `limit`).
+#[utoipa::path(get, operation_id = "readRecords", path = "/topics/{name}/records", tag = "topics",
+    params(("name" = String, Path, description = "Topic"), RecordsQuery),
+    responses((status = 200, description = "Records and where to read next", body = RecordsDoc),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 404, description = "Unknown topic or partition", body = ErrorBody)))]
 pub async fn read_records(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(q): Query<RecordsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordsDoc>, ApiError> {
     blocking(move || {
         let tp = TopicPartition {
             topic: name.clone(),
@@ -318,13 +380,16 @@ pub async fn read_records(
             let room = q.limit - out.len();
             for r in records.iter().take(room) {
                 next = r.offset + 1;
-                out.push(record_json(r));
+                out.push(record_doc(r));
             }
             if records.len() <= room {
                 next = next.max(position);
             }
         }
-        Ok(Json(json!({ "records": out, "next_offset": next })))
+        Ok(Json(RecordsDoc {
+            records: out,
+            next_offset: next,
+        }))
     })
     .await
 }
@@ -332,11 +397,20 @@ pub async fn read_records(
 /// Produces records: an NDJSON body of `{"key": ..., "value": ..., "timestamp": ...}` objects
 /// (value a string or any JSON, written as its text; timestamp in ms, default now), answered
 /// after the records are written.
+#[utoipa::path(post, operation_id = "produceRecords", path = "/topics/{name}/records", tag = "topics",
+    params(("name" = String, Path, description = "Topic")),
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "One `{\"key\": ..., \"value\": ..., \"headers\": {...}, \"timestamp\": ms}` object per line"),
+    responses((status = 200, description = "Written", body = ProducedDoc),
+        (status = 400, description = "A line is not JSON (named)", body = ErrorBody),
+        (status = 403, description = "An internal topic", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 413, description = "A record larger than max.message.bytes", body = ErrorBody)))]
 pub async fn produce(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProducedDoc>, ApiError> {
     blocking(move || {
         refuse_internal(&name, "written")?;
         state.log.topic(&name).map_err(log_error)?;
@@ -370,21 +444,29 @@ pub async fn produce(
             producer.send(&name, r).map_err(log_error)?;
         }
         producer.flush().map_err(log_error)?;
-        Ok(Json(json!({ "produced": n })))
+        Ok(Json(ProducedDoc { produced: n }))
     })
     .await
 }
 
-pub async fn groups(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    blocking(move || Ok(Json(groups_json(&state.log)))).await
+/// Lists consumer groups (the worker's, the CLI's and those joined over the API alike).
+#[utoipa::path(get, operation_id = "listGroups", path = "/groups", tag = "groups",
+    responses((status = 200, description = "Groups with state and members", body = GroupList)))]
+pub async fn groups(State(state): State<ApiState>) -> Result<Json<GroupList>, ApiError> {
+    blocking(move || Ok(Json(group_list(&state.log)))).await
 }
 
+/// A group's committed offsets, log ends and lag, for every partition of its topics.
+#[utoipa::path(get, operation_id = "getGroup", path = "/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Group id")),
+    responses((status = 200, description = "The group", body = GroupDoc),
+        (status = 404, description = "Unknown group", body = ErrorBody)))]
 pub async fn describe_group(
     State(state): State<ApiState>,
     Path(group): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GroupDoc>, ApiError> {
     blocking(move || {
-        group_json(&state.log, &group)
+        group_doc(&state.log, &group)
             .map(Json)
             .ok_or_else(|| ApiError::not_found(format!("unknown group '{group}'")))
     })
@@ -392,18 +474,23 @@ pub async fn describe_group(
 }
 
 /// Deletes a group with no active members (its committed offsets).
+#[utoipa::path(delete, operation_id = "deleteGroup", path = "/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Group id")),
+    responses((status = 200, description = "Deleted", body = Message),
+        (status = 404, description = "Unknown group", body = ErrorBody),
+        (status = 409, description = "The group has active members", body = ErrorBody)))]
 pub async fn delete_group(
     State(state): State<ApiState>,
     Path(group): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     blocking(move || {
         if state.log.describe_group(&group).is_none() {
             return Err(ApiError::not_found(format!("unknown group '{group}'")));
         }
         let n = state.log.delete_group(&group).map_err(group_error)?;
-        Ok(Json(json!({
-            "message": format!("Deleted group {group} ({n} committed offset(s))."),
-        })))
+        Ok(Json(Message {
+            message: format!("Deleted group {group} ({n} committed offset(s))."),
+        }))
     })
     .await
 }
@@ -418,30 +505,20 @@ fn group_error(e: LogError) -> ApiError {
     }
 }
 
-/// The body of `POST /groups/{group}/reset-offsets`: one target, and whether to make the
-/// change (else the plan is answered, as Kafka's tool's dry run).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResetBody {
-    topic: String,
-    #[serde(default)]
-    to_earliest: bool,
-    #[serde(default)]
-    to_latest: bool,
-    to_offset: Option<i64>,
-    /// Milliseconds since the epoch.
-    to_datetime: Option<i64>,
-    shift_by: Option<i64>,
-    #[serde(default)]
-    execute: bool,
-}
-
-/// Plans (and with `execute`, makes) a reset of a group's offsets on a topic.
+/// Plans (and with `execute`, makes) a reset of a group's offsets on a topic, as Kafka's
+/// `kafka-consumer-groups.sh --reset-offsets` (a dry run unless `execute`).
+#[utoipa::path(post, operation_id = "resetGroupOffsets", path = "/groups/{group}/reset-offsets", tag = "groups",
+    params(("group" = String, Path, description = "Group id")),
+    request_body = ResetRequest,
+    responses((status = 200, description = "The plan (made when `execute`)", body = ResetDoc),
+        (status = 400, description = "Not exactly one target", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 409, description = "The group has active members", body = ErrorBody)))]
 pub async fn reset_offsets(
     State(state): State<ApiState>,
     Path(group): Path<String>,
-    Json(b): Json<ResetBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(b): Json<ResetRequest>,
+) -> Result<Json<ResetDoc>, ApiError> {
     let targets = [
         b.to_earliest,
         b.to_latest,
@@ -465,16 +542,19 @@ pub async fn reset_offsets(
             .log
             .reset_offsets(&group, &b.topic, to, b.execute)
             .map_err(group_error)?;
-        let partitions: Vec<Value> = plan
-            .iter()
-            .map(|r| json!({ "partition": r.partition, "old": r.old, "new": r.new }))
-            .collect();
-        Ok(Json(json!({
-            "group": group,
-            "topic": b.topic,
-            "executed": b.execute,
-            "partitions": partitions,
-        })))
+        Ok(Json(ResetDoc {
+            group,
+            topic: b.topic,
+            executed: b.execute,
+            partitions: plan
+                .iter()
+                .map(|r| ResetPartitionDoc {
+                    partition: r.partition,
+                    old: r.old,
+                    new: r.new,
+                })
+                .collect(),
+        }))
     })
     .await
 }

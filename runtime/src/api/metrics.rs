@@ -232,6 +232,9 @@ pub fn text(state: &ApiState) -> String {
     render(&all)
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "worker",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let body = blocking(move || Ok(text(&state))).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))

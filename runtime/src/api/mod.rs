@@ -39,7 +39,9 @@ mod consume;
 mod ingest;
 pub mod log;
 pub mod metrics;
+pub mod openapi;
 pub mod pipelines;
+pub mod schema;
 pub mod server;
 pub mod sql;
 
@@ -143,7 +145,8 @@ impl From<DeployError> for ApiError {
     /// log or an external system failed (retry).
     fn from(e: DeployError) -> ApiError {
         let status = match &e {
-            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+            DeployError::NotFound(_) | DeployError::NoSuchTask { .. } => StatusCode::NOT_FOUND,
+            DeployError::WrongState { .. } => StatusCode::CONFLICT,
             DeployError::NameTaken { .. }
             | DeployError::SharedWith { .. }
             | DeployError::IngestTaken { .. } => StatusCode::CONFLICT,
@@ -197,9 +200,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    // Health is open (load balancers); ingest checks its source's own token too; the
-    // console's files are open (the page asks for the token and sends it on API calls).
-    let open = path == "/health" || path.starts_with("/ingest/") || console::is_console_path(path);
+    // Health is open (load balancers), and the API's description; ingest checks its
+    // source's own token too; the console's files are open (the page asks for the token and
+    // sends it on API calls).
+    let open = matches!(path, "/health" | "/openapi.yaml" | "/openapi.json")
+        || path.starts_with("/ingest/")
+        || console::is_console_path(path);
     match &state.token {
         Some(t) if !open && !bearer_is(req.headers(), t) => ApiError(
             StatusCode::UNAUTHORIZED,
@@ -296,11 +302,21 @@ async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiE
     )
 }
 
-async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/yaml")],
-        include_str!("../../../docs/openapi.yaml"),
-    )
+/// This document, as YAML (also in the repository as `docs/openapi.yaml`).
+#[utoipa::path(get, operation_id = "openapiYaml", path = "/openapi.yaml", tag = "worker", security(()),
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/yaml", body = String)))]
+async fn openapi_yaml() -> Response {
+    match openapi::yaml() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// This document, as JSON.
+#[utoipa::path(get, operation_id = "openapiJson", path = "/openapi.json", tag = "worker", security(()),
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    axum::Json(openapi::document()).into_response()
 }
 
 /// How long `/health` waits for the deployer, which a deploy holds while tasks stop and
@@ -318,7 +334,11 @@ pub struct HealthCounts {
     failing_queries: usize,
 }
 
-async fn health(State(state): State<ApiState>) -> impl IntoResponse {
+/// Liveness and a summary: `ok`, or `degraded` when a task or query fails or the log lost
+/// records (still 200: the worker serves). Open without the token (load balancers).
+#[utoipa::path(get, operation_id = "health", path = "/health", tag = "worker", security(()),
+    responses((status = 200, description = "The worker's state", body = schema::Health)))]
+async fn health(State(state): State<ApiState>) -> Result<axum::Json<schema::Health>, ApiError> {
     blocking(move || {
         let counted = state.deployer.try_lock_for(HEALTH_WAIT).map(|d| {
             let tasks: Vec<_> = d
@@ -363,16 +383,30 @@ async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         // still serving, but an operator must look. 200 either way, as for failing tasks.
         let data_loss = state.log.data_loss();
         let ok = c.failing == 0 && c.failing_queries == 0 && data_loss.is_empty();
-        Ok(axum::Json(serde_json::json!({
-            "status": if ok { "ok" } else { "degraded" },
-            "pipelines": c.pipelines,
-            "tasks": c.tasks,
-            "failing_tasks": c.failing,
-            "failing_queries": c.failing_queries,
-            "broken_files": c.broken,
-            "data_loss": data_loss,
-            "deploying": deploying,
-        })))
+        Ok(axum::Json(schema::Health {
+            status: if ok {
+                schema::HealthStatus::Ok
+            } else {
+                schema::HealthStatus::Degraded
+            },
+            pipelines: c.pipelines,
+            tasks: c.tasks,
+            failing_tasks: c.failing,
+            failing_queries: c.failing_queries,
+            broken_files: c.broken,
+            data_loss: data_loss
+                .into_iter()
+                .map(|l| schema::DataLossDoc {
+                    topic: l.topic,
+                    partition: l.partition,
+                    from: l.from,
+                    to: l.to,
+                    reason: l.reason,
+                    detected_at: l.detected_at,
+                })
+                .collect(),
+            deploying,
+        }))
     })
     .await
 }
@@ -384,7 +418,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/index.html", get(console::asset))
         .route("/assets/{*file}", get(console::asset))
         .route("/health", get(health))
-        .route("/openapi.yaml", get(openapi))
+        .route("/openapi.yaml", get(openapi_yaml))
+        .route("/openapi.json", get(openapi_json))
+        .route("/queries", get(pipelines::queries))
+        .route("/pipelines/validate", post(pipelines::validate))
+        .route("/pipelines/{name}/config", get(pipelines::config))
+        .route(
+            "/pipelines/{name}/offsets",
+            get(pipelines::offsets).delete(pipelines::reset_offsets),
+        )
+        .route(
+            "/pipelines/{name}/tasks/{task}/restart",
+            post(pipelines::restart_task),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/pipelines", get(pipelines::list))
         .route(

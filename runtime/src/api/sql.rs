@@ -16,6 +16,7 @@ use sluice_sql::engine::Output;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::schema::{ErrorBody, SqlRequest, SqlResult, SqlResults};
 use super::{ApiError, ApiState, blocking};
 
 /// The body of `POST /sql` and `POST /query`: the statement text, or `{"sql": "..."}`
@@ -57,6 +58,19 @@ fn rows(batches: &[sluice_sql::RecordBatch]) -> Result<Vec<Value>, ApiError> {
     crate::output::json_rows(batches).map_err(ApiError::internal)
 }
 
+/// Rows as objects (what arrow's JSON writer makes of record batches).
+fn row_objects(
+    batches: &[sluice_sql::RecordBatch],
+) -> Result<Vec<serde_json::Map<String, Value>>, ApiError> {
+    Ok(rows(batches)?
+        .into_iter()
+        .filter_map(|r| match r {
+            Value::Object(o) => Some(o),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Runs statements on the worker's engine (an error is the client's: bad SQL, unknown names).
 fn execute(state: &ApiState, sql: &str) -> Result<Vec<Output>, ApiError> {
     let mut d = state.deployer.lock();
@@ -66,31 +80,38 @@ fn execute(state: &ApiState, sql: &str) -> Result<Vec<Output>, ApiError> {
     outputs.map_err(ApiError::bad_request)
 }
 
-/// Runs statements; each gives `{"message": ...}` or `{"rows": [...]}`.
+/// Runs SQL statements (the body is the text, or `{"sql": "..."}`); each gives a message, or
+/// rows with their columns in order. Push queries (`EMIT CHANGES`) go to `POST /query`.
+#[utoipa::path(post, operation_id = "runStatements", path = "/sql", tag = "sql",
+    request_body(content(
+        (String = "text/plain"),
+        (SqlRequest = "application/json"))),
+    responses((status = 200, description = "One result per statement", body = SqlResults),
+        (status = 400, description = "No SQL, or an SQL error with its line:column", body = ErrorBody)))]
 pub async fn statements(
     State(state): State<ApiState>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SqlResults>, ApiError> {
     let sql = statement_text(&body)?;
     blocking(move || {
         let outputs = execute(&state, &sql)?;
         let mut results = Vec::new();
         for o in outputs {
             results.push(match o {
-                Output::Message(m) => json!({ "message": m }),
-                Output::Rows(b) => {
-                    let columns: Vec<&str> = b
+                Output::Message(message) => SqlResult::Message { message },
+                Output::Rows(b) => SqlResult::Rows {
+                    columns: b
                         .first()
                         .map(|b| {
                             b.schema_ref()
                                 .fields()
                                 .iter()
-                                .map(|f| f.name().as_str())
+                                .map(|f| f.name().clone())
                                 .collect()
                         })
-                        .unwrap_or_default();
-                    json!({ "columns": columns, "rows": rows(&b)? })
-                }
+                        .unwrap_or_default(),
+                    rows: row_objects(&b)?,
+                },
                 Output::Push(_) => {
                     return Err(ApiError::bad_request(
                         "a push query (EMIT CHANGES) streams: send it to POST /query",
@@ -98,7 +119,7 @@ pub async fn statements(
                 }
             });
         }
-        Ok(Json(json!({ "results": results })))
+        Ok(Json(SqlResults { results }))
     })
     .await
 }
@@ -236,6 +257,18 @@ fn stream_rows(
     let _ = last.send(end);
 }
 
+/// Runs one push query (`SELECT ... EMIT CHANGES`) and streams its rows as server-sent
+/// events: `columns` first (data: the column names in order), then `row` (data: one JSON
+/// object), and at the end `end` (after a LIMIT; data `{rows, undecodable_records_skipped}`)
+/// or `error` (the query failed, or the client read nothing for `--slow-client-timeout-secs`
+/// while 64 rows waited). Closing the connection stops the query.
+#[utoipa::path(post, operation_id = "pushQuery", path = "/query", tag = "sql",
+    request_body(content(
+        (String = "text/plain"),
+        (SqlRequest = "application/json"))),
+    responses((status = 200, description = "Server-sent events: columns, row, end, error", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not one push query, or an SQL error", body = ErrorBody),
+        (status = 503, description = "--max-push-queries streams are open: retry (Retry-After)", body = ErrorBody)))]
 /// Runs one push query and streams its rows until the client disconnects, a LIMIT ends it
 /// or the client stops reading for the slow-client timeout.
 ///

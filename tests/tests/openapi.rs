@@ -1,0 +1,63 @@
+//! The API matches its document: `docs/openapi.yaml` is the document the code generates,
+//! the document is valid OpenAPI (openapi-spec-validator), and every route, called on a
+//! real worker, answers what its schema says (openapi-core; `tests/openapi_check.py`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::cli::sluice_bin;
+use crate::common::{venv, worker_api};
+
+#[test]
+fn the_committed_document_is_the_generated_one() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.yaml");
+    let generated = sluice_runtime::api::openapi::yaml().unwrap();
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.yaml is not what the code generates: run `SLUICE_BLESS=1 cargo nextest run -E 'test(the_committed_document_is_the_generated_one)'`"
+    );
+}
+
+#[test]
+fn every_route_answers_as_its_schema_says() {
+    let python = venv().join("bin/python");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::create_dir_all(w.join("pipelines")).unwrap();
+    let token = "openapi-test-token";
+    let log = std::fs::File::create(w.join("worker-0.log")).unwrap();
+    let mut worker = Command::new(sluice_bin())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(w.join("data"))
+        .arg("--pipelines")
+        .arg(w.join("pipelines"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("SLUICE_API_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api = worker_api(w, &mut worker);
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi_check.py"))
+        .arg(&api)
+        .arg(token)
+        .output()
+        .unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\nworker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(w.join("worker-0.log")).unwrap_or_default()
+    );
+    assert!(stdout.contains(" 0 failure(s)"), "{stdout}");
+}
