@@ -33,5 +33,5 @@ pub use guarantee::Guarantee;
 pub use run::{
     Epochs, Failure, RetryPolicy, TaskContext, TaskHandle, TaskSpec, run_epochs, spawn, supervise,
 };
-pub use status::{TaskState, TaskStatus};
+pub use status::{LATENCY_BUCKETS, LatencyHistogram, TaskState, TaskStatus};
 pub use stop::{StopToken, Wait};

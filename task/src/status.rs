@@ -28,6 +28,11 @@ pub struct TaskStatus {
     pub commit_micros: AtomicU64,
     /// When the last epoch committed, in ms since the epoch (0: none yet).
     pub last_commit_ms: AtomicU64,
+    /// How long commits took.
+    pub commit_latency: LatencyHistogram,
+    /// From a record's timestamp to its output being durable (sinks: observed once per
+    /// commit, for the oldest record the commit made durable).
+    pub record_latency: LatencyHistogram,
     /// Restarts after failures.
     pub restarts: AtomicU64,
     /// The last error, while it is being retried, or the one the task stopped with.
@@ -39,6 +44,53 @@ pub struct TaskStatus {
     /// How far behind its input a source is, in bytes, when it can tell (a Postgres CDC
     /// source: the WAL its replication slot holds back).
     pub source_lag_bytes: Mutex<Option<u64>>,
+}
+
+/// Upper bounds of the latency buckets, in seconds (1 ms to 5 min).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Durations counted in [`LATENCY_BUCKETS`], in atomics: observed once per commit or batch
+/// (never per record), read by `/metrics` as a Prometheus histogram.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Counts one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let at = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The sum in seconds, the count, and the cumulative count at each bound (the last
+    /// bound `+Inf`), as a Prometheus histogram has them.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            buckets.push((
+                LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            ));
+        }
+        (
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            cumulative,
+            buckets,
+        )
+    }
 }
 
 /// The states a task reports.
@@ -94,8 +146,10 @@ impl TaskStatus {
     /// Counts an epoch committed, which started committing at `started`.
     pub fn committed(&self, started: Instant) {
         self.commits.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         self.commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commit_latency.observe(took);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -183,7 +183,11 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         metrics.contains(r#"sluice_task_dead_letters_total{pipeline="orders",task="source in"} 1"#)
     );
     assert!(metrics.contains("sluice_consumer_lag{group=\"sluice-sink-orders.out\""));
-    assert!(metrics.contains("sluice_task_commit_seconds_total"));
+    assert!(metrics.contains("sluice_task_commit_duration_seconds_bucket{"));
+    assert!(metrics.contains("sluice_task_record_latency_seconds_count{pipeline=\"orders\""));
+    assert!(metrics.contains("sluice_build_info{version="));
+    assert!(metrics.contains("process_resident_memory_bytes "));
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
 
     // SQL: statements as JSON, a bad one with its error, a push query as events.
     let (s, v) = api.call("POST", "/sql", Some("s3cret"), "SHOW QUERIES;");

@@ -155,6 +155,7 @@ impl SinkTask {
             last_commit: Instant::now(),
             written: Durable::new(),
             flushed: Durable::new(),
+            oldest_unflushed: None,
             subject,
             schema_id: registered.map(|r| r.id),
         };
@@ -176,6 +177,8 @@ struct SinkRun<'a> {
     written: Durable,
     /// What the sink's last flush made durable.
     flushed: Durable,
+    /// The timestamp of the oldest record given to the sink since the last commit.
+    oldest_unflushed: Option<i64>,
     /// The schema subject of the topic's values.
     subject: String,
     /// The id of the schema the sink was opened with.
@@ -224,6 +227,9 @@ impl Epochs for SinkRun<'_> {
         }));
         for r in &records {
             self.written.insert(r.partition, r.offset + 1);
+        }
+        if let Some(oldest) = records.iter().map(|r| r.timestamp).min() {
+            self.oldest_unflushed = Some(self.oldest_unflushed.map_or(oldest, |o| o.min(oldest)));
         }
         Ok(())
     }
@@ -284,6 +290,14 @@ impl Epochs for SinkRun<'_> {
             self.producer.commit_transaction()?;
             self.committed = next;
             self.ctx.status.committed(started);
+            // The oldest record this commit made durable: its end-to-end latency.
+            if let Some(ts) = self.oldest_unflushed.take() {
+                let ms = (sluice_log::record::now_ms() - ts).max(0) as u64;
+                self.ctx
+                    .status
+                    .record_latency
+                    .observe(std::time::Duration::from_millis(ms));
+            }
             if rejected > 0 {
                 self.ctx
                     .status
