@@ -8,7 +8,15 @@
 //   SLUICE_TOKEN         the API token, when the worker runs with --token (typed into the prompt)
 //   SLUICE_DEPLOY_TOML   a pipeline file to deploy from the Deploy form...
 //   SLUICE_DEPLOY_NAME   ...under this name (both needed for the deploy check)
+//   SLUICE_RESET_OFFSETS  1: while SLUICE_DEPLOY_NAME is paused, also reset its offsets with the
+//                        button (it re-reads its input from the start when resumed)
+//   SLUICE_PIPELINE      the pipeline whose Edit, Validate, Offsets and a task's Restart are checked
+//                        (default SLUICE_DEPLOY_NAME, else the first one the worker lists)
 //   SLUICE_BROWSE_TOPIC  a topic whose records the record browser must show (with headers)
+//   SLUICE_FOLLOW_TOPIC  a topic to Follow in the record browser: once it streams, one record is
+//                        produced to it (key "e2e", a ride-shaped JSON value, header e2e-follow)
+//                        and must show on top; turning Follow off (and leaving the page) must end
+//                        the stream on the worker
 //   SLUICE_PUSH_SQL      a push query (EMIT CHANGES) to stream on the SQL page...
 //   SLUICE_PUSH_ROWS     ...until this many rows arrived (default 3), then Stop
 //   SLUICE_PUSH_PRODUCE_TOPIC, SLUICE_PUSH_PRODUCE_NDJSON
@@ -96,6 +104,20 @@ async function check(name, fn, skipReason) {
 }
 
 const tid = (id) => `[data-testid="${id}"]`;
+const enc = encodeURIComponent;
+/** Streams open on the worker (push queries and topic consumers), from /metrics, or null. */
+async function openStreams() {
+  const m = await api("/metrics");
+  const hit = m.status === 200 && /^sluice_push_queries (\d+)/m.exec(String(m.body));
+  return hit ? Number(hit[1]) : null;
+}
+/** JSON text with object keys sorted, to compare values whatever their key order. */
+const canon = (v) =>
+  JSON.stringify(v, (_k, x) =>
+    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : x,
+  );
+/** Same JSON, whatever the key order (big integers lose the same precision on both sides). */
+const sameJson = (a, b) => canon(a) === canon(b);
 const cssStr = (s) => JSON.stringify(s); // a quoted CSS attribute value
 
 async function waitFor(what, fn, ms = T, every = 250) {
@@ -204,11 +226,65 @@ try {
     return `${names.join(", ")}; ${doc.pipelines.reduce((s, p) => s + p.tasks.length, 0)} tasks; rates shown`;
   });
 
-  await check("topics page lists topics (internal ones behind the toggle)", async () => {
+  await check("persistent queries card lists the worker's queries", async () => {
+    const r = await api("/queries");
+    if (r.status !== 200) throw new Error(`GET /queries: HTTP ${r.status}: ${messageOf(r.body)}`);
+    const qs = r.body.queries;
+    await go("#/pipelines");
+    const card = page.locator(tid("queries"));
+    await card.waitFor();
+    if (qs.length === 0) {
+      await card.locator(tid("no-queries")).waitFor();
+      return "no persistent queries (the card says so)";
+    }
+    const ids = qs.map((q) => q.id);
+    await waitFor(`queries ${ids.join(", ")} in the card`, async () => {
+      const shown = await card.locator(tid("query")).evaluateAll((els) => els.map((e) => e.dataset.id));
+      return ids.every((id) => shown.includes(id)) && shown.length === ids.length;
+    });
+    const notes = [];
+    for (const q of qs) {
+      const row = card.locator(`${tid("query")}[data-id=${cssStr(q.id)}]`);
+      const sink = (await row.locator(tid("query-sink")).innerText()).trim();
+      if (sink !== q.sink) throw new Error(`${q.id}: sink ${JSON.stringify(sink)}, the API says ${JSON.stringify(q.sink)}`);
+      // State and commits move: compare with a fresh answer until they agree.
+      await waitFor(`${q.id}'s state and commits as the API has them`, async () => {
+        const now = (await apiOk("/queries")).queries.find((x) => x.id === q.id);
+        const state = await row.getAttribute("data-state", { timeout: 1000 });
+        const want = now?.status?.state ?? (now?.failed_to_start ? "failed" : "stopped");
+        if (state !== want) return false;
+        if (!now?.status) return true;
+        const commits = Number((await row.locator(tid("task-commits")).innerText()).replace(/\D/g, ""));
+        return commits === now.status.commits;
+      }, 10_000);
+      await page.locator(`${tid("query-details")}[data-id=${cssStr(q.id)}] summary`).click();
+      const stmt = (await page.locator(`${tid("query-details")}[data-id=${cssStr(q.id)}] ${tid("query-statement")}`).innerText()).trim();
+      if (stmt !== q.statement.trim()) throw new Error(`${q.id}: statement ${JSON.stringify(stmt)} is not the API's`);
+      const s = q.status;
+      notes.push(
+        s
+          ? `${q.id} -> ${q.sink} ${s.state}, ${s.commits} commits, last commit ${await row.locator(tid("task-last-commit")).innerText()}, avg ${await row.locator(tid("task-commit-avg")).innerText()}`
+          : `${q.id} -> ${q.sink} not running`,
+      );
+    }
+    if (qs.some((q) => q.status)) {
+      await waitFor("a query's records/s rate (two polls)", async () => {
+        const rates = await card.locator(tid("task-rate-in")).allInnerTexts();
+        return rates.some((x) => /\d/.test(x));
+      }, 10_000);
+      await card.locator(tid("task-chart")).first().waitFor();
+    }
+    return `${notes.join("; ")}; statements shown; rates and charts shown`;
+  });
+
+  await check("topics page lists topics (internal ones behind the toggle) with offsets", async () => {
+    const before = await apiOk("/topics?all=true");
     await go("#/topics");
-    const doc = await apiOk("/topics");
-    const all = await apiOk("/topics?all=true");
-    const names = doc.topics.map((t) => t.name);
+    // Newer workers flag internal topics; older ones leave them out of /topics.
+    const flagged = before.topics.some((t) => "internal" in t);
+    const names = flagged
+      ? before.topics.filter((t) => !t.internal).map((t) => t.name)
+      : (await apiOk("/topics")).topics.map((t) => t.name);
     const shown = async () =>
       page.locator(tid("topic-row")).evaluateAll((els) => els.map((e) => e.dataset.name));
     const toggle = page.locator(tid("topics-internal"));
@@ -217,7 +293,23 @@ try {
       const s = await shown();
       return names.every((n) => s.includes(n)) && s.length === names.length;
     });
-    const internal = all.topics.map((t) => t.name).filter((n) => !names.includes(n));
+    // OFFSETS: what the page shows lies between the API's answers before and after it.
+    const counts = await page.locator(tid("topic-row")).evaluateAll((els) =>
+      els.map((e) => [e.dataset.name, Number(e.querySelector('[data-testid="topic-offsets"]').textContent.replace(/\D/g, ""))]),
+    );
+    const after = await apiOk("/topics?all=true");
+    const count = (doc, n) => {
+      const t = doc.topics.find((x) => x.name === n);
+      return t ? (t.offsets ?? t.records) : undefined;
+    };
+    for (const [n, c] of counts) {
+      const lo = count(before, n);
+      const hi = count(after, n);
+      if (lo === undefined || hi === undefined || c < Math.min(lo, hi) || c > Math.max(lo, hi)) {
+        throw new Error(`topic ${n}: ${c} offsets shown, the API said ${lo} then ${hi}`);
+      }
+    }
+    const internal = before.topics.map((t) => t.name).filter((n) => !names.includes(n));
     if (internal.length) {
       await toggle.check();
       await waitFor(`internal topics ${internal.join(", ")}`, async () => {
@@ -226,7 +318,7 @@ try {
       });
       await toggle.uncheck();
     }
-    return `${names.length} topics, ${internal.length} internal behind the toggle`;
+    return `${names.length} topics with offsets as the API has them, ${internal.length} internal behind the toggle${flagged ? " (by their internal flag)" : ""}`;
   });
 
   await check("consumer groups page lists groups and a group's lag", async () => {
@@ -300,9 +392,29 @@ try {
     const card = page.locator(`${tid("pipeline")}[data-name=${cssStr(deployName)}]`);
     const stateIs = (want) => async () => (await card.getAttribute("data-state", { timeout: 1000 })) === want;
     const apiState = async () => (await apiOk(`/pipelines/${encodeURIComponent(deployName)}`)).state;
+    if (await card.locator(tid("pipeline-reset-offsets")).count()) throw new Error("Reset offsets is shown while running");
     await card.locator(tid("pipeline-pause")).click();
     await waitFor(`${deployName} shown paused`, stateIs("paused"), 20_000);
     if ((await apiState()) !== "paused") throw new Error("the page says paused, the API does not");
+    // Reset offsets shows only while paused; with SLUICE_RESET_OFFSETS=1 it is used (confirmed).
+    await card.locator(tid("pipeline-reset-offsets")).waitFor();
+    let reset = "";
+    if (env.SLUICE_RESET_OFFSETS === "1") {
+      const had = (await apiOk(`/pipelines/${enc(deployName)}/offsets`)).offsets.length;
+      let asked = null;
+      page.once("dialog", (d) => {
+        asked = d.message();
+        d.accept();
+      });
+      await card.locator(tid("pipeline-reset-offsets")).click();
+      await waitFor("the reset's answer", async () => /reset|forgotten/i.test(await card.locator(tid("pipeline-action-message")).innerText({ timeout: 1000 })));
+      const msg = await card.locator(tid("pipeline-action-message")).innerText();
+      if (!asked) throw new Error("Reset offsets did not ask for confirmation");
+      if (await card.locator(`${tid("pipeline-action-message")}.error`).count()) throw new Error(msg);
+      const left = (await apiOk(`/pipelines/${enc(deployName)}/offsets`)).offsets.length;
+      if (left !== 0) throw new Error(`after the reset the API still lists ${left} offsets`);
+      reset = `; reset offsets after a confirm() (${had} -> 0: ${JSON.stringify(msg)})`;
+    }
     await card.locator(tid("pipeline-resume")).click();
     await waitFor(`${deployName} shown running again`, stateIs("running"), 20_000);
     await card.locator(tid("pipeline-restart")).click();
@@ -310,8 +422,108 @@ try {
     const msg = await card.locator(tid("pipeline-action-message")).innerText();
     if (!/done/.test(msg)) throw new Error(`restart: ${msg}`);
     await waitFor(`${deployName} running after the restart`, stateIs("running"), 20_000);
-    return `paused, resumed, restarted; the API says ${await apiState()}`;
+    return `paused (Reset offsets shown)${reset}, resumed, restarted; the API says ${await apiState()}`;
   }, deploySkip);
+
+  // The pipeline whose Edit, Validate, Offsets and task Restart are checked.
+  const target = env.SLUICE_PIPELINE || deployName || (await apiOk("/pipelines")).pipelines[0]?.name;
+  const targetSkip = target ? null : "no pipeline to use (SLUICE_PIPELINE)";
+  const cardOf = (name) => page.locator(`${tid("pipeline")}[data-name=${cssStr(name)}]`);
+  let config = null;
+
+  await check(`Edit loads ${target ?? "a pipeline"}'s file into the Deploy form`, async () => {
+    const r = await api(`/pipelines/${enc(target)}/config`);
+    if (r.status !== 200) throw new Error(`GET /pipelines/${target}/config: HTTP ${r.status}: ${messageOf(r.body)}`);
+    config = typeof r.body === "string" ? r.body : JSON.stringify(r.body);
+    await go("#/pipelines");
+    await cardOf(target).locator(tid("pipeline-edit")).click();
+    await waitFor("the Deploy form to say what it edits", async () => (await page.locator(tid("deploy-editing")).innerText({ timeout: 1000 })) === target);
+    const name = await page.locator(tid("deploy-name")).inputValue();
+    const toml = await page.locator(tid("deploy-toml")).inputValue();
+    if (name !== target) throw new Error(`the name field holds ${JSON.stringify(name)}`);
+    if (toml !== config) throw new Error(`the TOML field (${toml.length} chars) is not GET /pipelines/${target}/config (${config.length} chars)`);
+    return `name ${name}, ${toml.split("\n").length} lines as GET /pipelines/${target}/config has them`;
+  }, targetSkip);
+
+  await check(`Validate shows what ${target ?? "a pipeline"}'s file would deploy, or the error`, async () => {
+    if (config == null) throw new Error("the Edit check failed: no file in the form");
+    const validate = (body) =>
+      api(`/pipelines/validate?name=${enc(target)}`, { method: "POST", headers: { "Content-Type": "application/toml" }, body });
+    const want = await validate(config);
+    await page.locator(tid("deploy-validate")).click();
+    const outcome = page.locator(`${tid("validate-result")}, ${tid("validate-error")}`).first();
+    await outcome.waitFor();
+    let shown;
+    if (want.status === 200) {
+      if ((await outcome.getAttribute("data-testid")) !== "validate-result") {
+        throw new Error(`the page shows an error, the API says valid: ${await outcome.innerText()}`);
+      }
+      for (const k of ["name", "topics", "sources", "sinks", "statements"]) {
+        const v = await outcome.getAttribute(`data-${k}`);
+        if (v !== String(want.body[k])) throw new Error(`${k}: the page shows ${v}, the API ${want.body[k]}`);
+      }
+      shown = (await outcome.innerText()).trim();
+    } else {
+      const text = (await outcome.locator("pre").innerText()).trim();
+      if (text !== String(messageOf(want.body)).trim()) throw new Error(`shown ${JSON.stringify(text)}, the API said ${JSON.stringify(messageOf(want.body))}`);
+      shown = `HTTP ${want.status}: ${text}`;
+    }
+    // A bad file: the worker's 400 message, verbatim.
+    const bad = "this is = = not toml\n";
+    const refused = await validate(bad);
+    if (refused.status !== 400) throw new Error(`the worker answered ${refused.status} to a bad file, not 400`);
+    await page.locator(tid("deploy-toml")).fill(bad);
+    await page.locator(tid("deploy-validate")).click();
+    const err = (await page.locator(`${tid("validate-error")} pre`).innerText()).trim();
+    if (err !== String(messageOf(refused.body)).trim()) throw new Error(`bad file: shown ${JSON.stringify(err)}, the worker said ${JSON.stringify(messageOf(refused.body))}`);
+    return `${JSON.stringify(shown)}; a bad file: ${JSON.stringify(err)}`;
+  }, targetSkip);
+
+  await check(`Offsets of ${target ?? "a pipeline"} as the API lists them`, async () => {
+    await go("#/pipelines");
+    const card = cardOf(target);
+    await card.locator(`${tid("pipeline-offsets")} summary`).click();
+    const key = (task, partition, offset) => `${task}|${partition ?? ""}|${canon(offset)}`;
+    let rows = [];
+    // A running source commits new positions: the page must match an answer taken around it.
+    await waitFor("the offsets shown to match the API's", async () => {
+      const a = (await apiOk(`/pipelines/${enc(target)}/offsets`)).offsets.map((o) => key(o.task, o.partition, o.offset));
+      await card.locator(tid("offsets-refresh")).click();
+      await card.locator(`${tid("offsets-table")}, ${tid("offsets-empty")}`).first().waitFor();
+      await page.waitForTimeout(300);
+      rows = await card.locator(tid("offset-row")).evaluateAll((els) =>
+        els.map((e) => [e.dataset.task, e.dataset.partition, e.querySelector('[data-testid="offset-value"]').textContent]),
+      );
+      const shown = rows.map(([t, p, v]) => key(t, p === "" ? null : Number(p), JSON.parse(v))).sort();
+      const b = (await apiOk(`/pipelines/${enc(target)}/offsets`)).offsets.map((o) => key(o.task, o.partition, o.offset));
+      return [a, b].some((x) => sameJson(x.sort(), shown));
+    }, 15_000, 500);
+    if (rows.length === 0) return "no committed positions (the page says so)";
+    const tasks = [...new Set(rows.map((r) => r[0]))];
+    return `${rows.length} entries (${tasks.join(", ")}), e.g. ${rows[0][0]}${rows[0][1] === "" ? "" : ` partition ${rows[0][1]}`}: ${rows[0][2].slice(0, 80)}`;
+  }, targetSkip);
+
+  await check(`a task of ${target ?? "a pipeline"} restarts from its Restart button`, async () => {
+    const before = await apiOk(`/pipelines/${enc(target)}`);
+    if (before.state === "paused") throw new Error(`${target} is paused: a task restart needs it running`);
+    const task = before.tasks.find((t) => /^(source|sink) /.test(t.name));
+    if (!task) throw new Error(`${target} has no source or sink task`);
+    await go("#/pipelines");
+    const card = cardOf(target);
+    const row = card.locator(`${tid("task")}[data-name=${cssStr(task.name)}]`);
+    await row.locator(tid("task-restart")).click();
+    await waitFor("the restart's answer", async () =>
+      (await card.locator(tid("pipeline-action-message")).innerText({ timeout: 1000 })).startsWith(`restart ${task.name}:`),
+    );
+    const msg = await card.locator(tid("pipeline-action-message")).innerText();
+    if (!/: done$/.test(msg)) throw new Error(msg);
+    await waitFor(`${task.name} running again (page and API)`, async () => {
+      const t = (await apiOk(`/pipelines/${enc(target)}`)).tasks.find((x) => x.name === task.name);
+      return t?.state === "running" && (await row.getAttribute("data-state", { timeout: 1000 })) === "running";
+    }, 20_000);
+    const after = (await apiOk(`/pipelines/${enc(target)}`)).tasks.find((x) => x.name === task.name);
+    return `${JSON.stringify(msg)}; running again (records in ${task.records_in} before, ${after.records_in} now: its counters start over)`;
+  }, targetSkip);
 
   const topic = env.SLUICE_BROWSE_TOPIC;
   await check(`record browser shows records of ${topic ?? "a topic"} with headers`, async () => {
@@ -371,6 +583,62 @@ try {
       : "the API gives no headers field";
     return `partition ${partition}, offsets ${from}..${offsets[offsets.length - 1]} (${offsets.length} records); ${headersNote}`;
   }, topic ? null : "SLUICE_BROWSE_TOPIC not set");
+
+  const followTopic = env.SLUICE_FOLLOW_TOPIC;
+  await check(`Follow tails ${followTopic ?? "a topic"}: a record produced after it started shows on top`, async () => {
+    await apiOk(`/topics/${enc(followTopic)}`);
+    const idle = await openStreams();
+    await go(`#/topics/${enc(followTopic)}`);
+    await page.locator(tid("partitions-table")).waitFor();
+    const follow = page.locator(tid("follow"));
+    const followState = () => follow.getAttribute("data-state", { timeout: 1000 });
+    const followCount = async () => Number((await page.locator(tid("follow-count")).innerText()).replace(/\D/g, "") || 0);
+    await page.locator(tid("browse-follow")).check();
+    await waitFor("the stream to open", async () => {
+      const s = await followState();
+      if (s === "failed" || s === "ended" || s === "closed") {
+        throw Object.assign(new Error(`Follow is ${s}: ${(await page.locator(tid("follow-message")).allInnerTexts()).join(" ")}`), { final: true });
+      }
+      return s === "following";
+    });
+    const open = await openStreams();
+    if (idle != null && open !== idle + 1) throw new Error(`the worker counts ${open} open streams, ${idle} before Follow`);
+    await page.waitForTimeout(300);
+    const before = await followCount();
+    const nonce = `${Date.now()}`;
+    const value = { ride: Number(nonce.slice(-9)), zone: "e2e", fare: 1.5, ts: new Date().toISOString().replace(/\.\d+Z$/, "Z") };
+    await apiOk(`/topics/${enc(followTopic)}/records`, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: JSON.stringify({ key: "e2e", value, headers: { "e2e-follow": nonce } }) + "\n",
+    });
+    const mine = page.locator(tid("follow-row")).filter({ has: page.locator(`${tid("record-header")}[data-key="e2e-follow"]`, { hasText: nonce }) });
+    await waitFor("the produced record in the followed rows", async () => (await mine.count()) === 1, 15_000);
+    const after = await followCount();
+    const rows = await page.locator(tid("follow-row")).evaluateAll((els) => els.map((e) => `${e.dataset.partition}:${e.dataset.offset}`));
+    const where = `${await mine.getAttribute("data-partition")}:${await mine.getAttribute("data-offset")}`;
+    const at = rows.indexOf(where);
+    // Nothing else arrived after it: it is the newest, on top.
+    if (after === before + 1 && at !== 0) throw new Error(`the new record is row ${at + 1}, not on top`);
+    const key = (await mine.locator(tid("record-key")).innerText()).trim();
+    const shownValue = JSON.parse(await mine.locator(tid("record-value")).innerText());
+    if (key !== "e2e" || !sameJson(shownValue, value)) throw new Error(`shown key ${key}, value ${JSON.stringify(shownValue)}`);
+    // Off: the stream ends on the worker (its open-streams gauge drops back).
+    await page.locator(tid("browse-follow")).uncheck();
+    await follow.waitFor({ state: "detached" });
+    const gauge = async (what) => {
+      if (idle == null) return "";
+      await waitFor(`the worker's open streams back to ${idle} (${what})`, async () => (await openStreams()) === idle, 10_000);
+      return `; ${what}: the stream ended on the worker`;
+    };
+    let ends = await gauge("Follow off");
+    // Leaving the page ends it too.
+    await page.locator(tid("browse-follow")).check();
+    await waitFor("the stream to open again", async () => (await followState()) === "following");
+    await go("#/pipelines");
+    ends += await gauge("page left");
+    return `${before} -> ${after} records while following; the produced one (partition:offset ${where}) shown${at === 0 ? " on top" : ` at row ${at + 1}`} with its header${ends}`;
+  }, followTopic ? null : "SLUICE_FOLLOW_TOPIC not set");
 
   const pushSql = env.SLUICE_PUSH_SQL;
   const pushRows = Number(env.SLUICE_PUSH_ROWS ?? 3);

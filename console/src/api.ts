@@ -140,6 +140,37 @@ export interface Pipeline {
   tasks: Task[];
 }
 
+/** A persistent query (`GET /queries`); `status` is null while it is not running. */
+export interface QueryDoc {
+  id: string;
+  sink: string;
+  statement: string;
+  failed_to_start?: string | null;
+  status?: Task | null;
+}
+
+/** A source's committed position (any JSON) or a sink's next offset per partition. */
+export interface OffsetEntry {
+  task: string;
+  partition?: number | null;
+  offset: unknown;
+}
+
+export interface OffsetsDoc {
+  pipeline: string;
+  offsets: OffsetEntry[];
+}
+
+/** `POST /pipelines/validate`: what the file would deploy. */
+export interface ValidationDoc {
+  valid: boolean;
+  name: string;
+  topics: number;
+  sources: number;
+  sinks: number;
+  statements: number;
+}
+
 export interface PipelinesDoc {
   pipelines: Pipeline[];
   broken_files: { file: string; error: string }[];
@@ -147,6 +178,8 @@ export interface PipelinesDoc {
 
 export interface TopicSummary {
   name: string;
+  /** Newer workers: an internal topic (`__*`, `*-changelog`). */
+  internal?: boolean;
   partitions: number;
   /** Older workers: end minus start offsets, under this name. */
   records?: number;

@@ -60,3 +60,17 @@ export function cell(v: unknown): string {
   if (typeof v === "string") return v;
   return JSON.stringify(v);
 }
+
+type RawJson = (text: string) => unknown;
+const rawJSON = (JSON as unknown as { rawJSON?: RawJson }).rawJSON;
+
+/** JSON.parse keeping integers past 2^53 exact where the browser can (JSON.rawJSON), so a
+ * source position's 64-bit hash is shown as the worker sent it. */
+export function parseExact(text: string): unknown {
+  if (!rawJSON) return JSON.parse(text);
+  const reviver = (_k: string, v: unknown, ctx?: { source?: string }) =>
+    typeof v === "number" && !Number.isSafeInteger(v) && ctx?.source && /^-?\d+$/.test(ctx.source)
+      ? rawJSON(ctx.source)
+      : v;
+  return JSON.parse(text, reviver as (k: string, v: unknown) => unknown);
+}

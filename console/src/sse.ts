@@ -1,5 +1,5 @@
-// Server-sent events over fetch (EventSource cannot POST): a parser fed with text chunks in
-// any split, and a reader of a push query's stream.
+// Server-sent events over fetch (EventSource can neither POST nor send the bearer token): a
+// parser fed with text chunks in any split, and a reader of an event stream.
 
 import { request } from "./api";
 
@@ -74,20 +74,21 @@ export class SseParser {
   }
 }
 
-/** Streams a push query: calls onEvent for each event until the stream ends or `signal`
- * aborts. Throws ApiError when the worker refuses the query (bad SQL, 503...). */
-export async function streamQuery(
-  sql: string,
+/** Reads a server-sent-events response of `path` (fetch, so the bearer token goes along):
+ * calls `onOpen` once the worker accepted it, then onEvent for each event until the stream
+ * ends or `signal` aborts. Throws ApiError when the worker refuses (bad SQL, 404, 503...). */
+export async function streamEvents(
+  path: string,
+  init: RequestInit,
   signal: AbortSignal,
   onEvent: (e: SseEvent) => void,
+  onOpen?: () => void,
 ): Promise<void> {
-  const res = await request("/query", {
-    method: "POST",
-    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-    body: JSON.stringify({ sql }),
-    signal,
-  });
+  const headers = new Headers(init.headers);
+  headers.set("Accept", "text/event-stream");
+  const res = await request(path, { ...init, headers, signal });
   if (!res.body) throw new Error("the browser gave no response stream");
+  onOpen?.();
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   const parser = new SseParser(onEvent);
   try {
@@ -100,4 +101,14 @@ export async function streamQuery(
   } finally {
     reader.releaseLock();
   }
+}
+
+/** Streams a push query (`POST /query`). */
+export function streamQuery(sql: string, signal: AbortSignal, onEvent: (e: SseEvent) => void): Promise<void> {
+  return streamEvents(
+    "/query",
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sql }) },
+    signal,
+    onEvent,
+  );
 }

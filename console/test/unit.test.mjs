@@ -1,4 +1,4 @@
-// Unit tests of the console's pure parts (the SSE parser, SQL helpers), run by Node's test
+// Unit tests of the console's pure parts (the SSE parser, SQL helpers, exact JSON), run by Node's test
 // runner: `npm test`. The TypeScript sources are compiled in memory with Vite's transform.
 
 import { readFileSync } from "node:fs";
@@ -15,6 +15,7 @@ async function load(file, stubs = {}) {
 
 const { SseParser } = await load("sse.ts", { 'import { request } from "./api";': "const request = null;" });
 const { isPush, columnsOf } = await load("sqltext.ts");
+const { parseExact } = await load("format.ts");
 
 const STREAM =
   ': keep-alive\r\n\r\nevent: columns\r\ndata: ["A","B"]\r\n\r\nevent: row\ndata: {"A":1,\ndata: "B":2}\n\n' +
@@ -67,4 +68,13 @@ test("push queries are told by EMIT CHANGES outside comments and strings", () =>
 test("columns are the union of the rows' keys, in order of first appearance", () => {
   assert.deepEqual(columnsOf([{ b: 1, a: 2 }, { c: 3, a: 4 }]), ["b", "a", "c"]);
   assert.deepEqual(columnsOf([{ x: 1, y: 2 }], ["y"]), ["y", "x"]);
+});
+
+test("offsets keep 64-bit integers exact where JSON.rawJSON exists", () => {
+  const text = '{"offset":{"f":{"head_hash":18192642512675428494,"line":8,"x":-1.5e3}},"p":null}';
+  const v = parseExact(text);
+  assert.equal(v.offset.f.line, 8);
+  assert.equal(v.p, null);
+  if (JSON.rawJSON) assert.equal(JSON.stringify(v), '{"offset":{"f":{"head_hash":18192642512675428494,"line":8,"x":-1500}},"p":null}');
+  else assert.deepEqual(v, JSON.parse(text));
 });

@@ -1,8 +1,10 @@
 //! The web console in a real headless Chromium (Debian's `chromium`, driven by
 //! `console/e2e/console.mjs` with playwright-core): a worker with a token serves the console
-//! built into the binary; the pages render the worker's pipelines, topics and groups, a
-//! pipeline deploys from the Deploy form, the record browser shows headers, a push query
-//! streams rows (also rows produced while it runs) and a pull query shows its table.
+//! built into the binary; the pages render the worker's pipelines (with the persistent
+//! queries' commit status), topics and groups; a pipeline deploys from the Deploy form, is
+//! edited, validated, paused, has its offsets listed and reset, and a task restarted; the
+//! record browser shows headers and follows a topic live; a push query streams rows (also
+//! rows produced while it runs) and a pull query shows its table.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -119,7 +121,9 @@ fn the_console_renders_deploys_browses_and_streams_in_chromium() {
         .env("CHROMIUM", &chromium)
         .env("SLUICE_DEPLOY_TOML", w.join("deploy.toml"))
         .env("SLUICE_DEPLOY_NAME", "feed")
+        .env("SLUICE_RESET_OFFSETS", "1")
         .env("SLUICE_BROWSE_TOPIC", "rides")
+        .env("SLUICE_FOLLOW_TOPIC", "rides")
         .env("SLUICE_PUSH_SQL", "SELECT * FROM rides EMIT CHANGES;")
         .env("SLUICE_PUSH_ROWS", "3")
         .env("SLUICE_PUSH_PRODUCE_TOPIC", "rides")

@@ -2,8 +2,9 @@
 // POST /query) streamed into a table until stopped.
 
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import { sendJson, type SqlResult } from "../api";
+import { ApiError, getJson, sendJson, type QueryDoc, type SqlResult } from "../api";
 import { cell, n } from "../format";
+import { usePoll } from "../hooks";
 import { streamQuery } from "../sse";
 import { columnsOf, isPush } from "../sqltext";
 
@@ -170,105 +171,152 @@ export function SqlPage() {
   return (
     <div data-testid="sql-page">
       <h1>SQL</h1>
-      <div class="sql-editor">
-        <textarea
-          class="mono"
-          rows={8}
-          spellcheck={false}
-          value={sql}
-          data-testid="sql-input"
-          onInput={(e) => setSql(e.currentTarget.value)}
-          onKeyDown={(e) => {
-            if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
-              e.preventDefault();
-              run();
-            }
-          }}
-        />
-        <div class="sql-buttons">
-          <button onClick={run} disabled={busy} data-testid="sql-run" title="Ctrl+Enter">
-            Run
-          </button>
-          {streaming ? (
-            <button class="danger" onClick={stop} data-testid="sql-stop">
-              Stop
-            </button>
-          ) : null}
-          <span class="muted">
-            Ctrl+Enter runs. A query with <code>EMIT CHANGES</code> streams until stopped.
-          </span>
-          <span class="spacer" />
-          {["SHOW STREAMS;", "SHOW TABLES;", "SHOW QUERIES;"].map((s) => (
-            <button class="link" onClick={() => setSql(s)}>
-              {s}
-            </button>
-          ))}
-        </div>
-      </div>
-      {busy ? <p class="muted">Running…</p> : null}
-      {error ? (
-        <pre class="error error-box" data-testid="sql-error">
-          {error}
-        </pre>
-      ) : null}
-      {results ? (
-        <div data-testid="sql-results">
-          {results.length === 0 ? <p class="muted">No results.</p> : null}
-          {results.map((r, i) => (
-            <section class="card" data-testid="sql-result">
-              {"message" in r ? (
-                <p class="ok" data-testid="sql-message">
-                  {r.message}
-                </p>
-              ) : r.rows.length === 0 ? (
-                <p class="muted" data-testid="sql-empty">
-                  Result {i + 1}: no rows.
-                </p>
-              ) : (
-                <>
-                  <p class="muted">
-                    Result {i + 1}: {n(r.rows.length)} row(s)
-                  </p>
-                  <div class="scroll">
-                    <RowsTable
-                      rows={r.rows}
-                      columns={r.columns ? columnsOf(r.rows, [...r.columns]) : undefined}
-                      testid="sql-table"
-                      rowTestid="sql-row"
-                    />
-                  </div>
-                </>
-              )}
-            </section>
-          ))}
-        </div>
-      ) : null}
-      {push ? (
-        <section class="card" data-testid="push" data-state={push.state}>
-          <p>
-            <span class={`badge push-${push.state}`} data-testid="push-state">
-              {push.state}
-            </span>{" "}
-            <b data-testid="push-count">{n(push.count)}</b> row(s)
-            {push.count > push.rows.length ? <span class="muted"> (the last {n(push.rows.length)} shown)</span> : null}
-          </p>
-          {push.message ? (
-            <pre class={push.state === "failed" ? "error" : "muted"} data-testid="push-message">
-              {push.message}
+      <div class="sql-layout">
+        <div class="sql-main">
+          <div class="sql-editor">
+            <textarea
+              class="mono"
+              rows={8}
+              spellcheck={false}
+              value={sql}
+              data-testid="sql-input"
+              onInput={(e) => setSql(e.currentTarget.value)}
+              onKeyDown={(e) => {
+                if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+                  e.preventDefault();
+                  run();
+                }
+              }}
+            />
+            <div class="sql-buttons">
+              <button onClick={run} disabled={busy} data-testid="sql-run" title="Ctrl+Enter">
+                Run
+              </button>
+              {streaming ? (
+                <button class="danger" onClick={stop} data-testid="sql-stop">
+                  Stop
+                </button>
+              ) : null}
+              <span class="muted">
+                Ctrl+Enter runs. A query with <code>EMIT CHANGES</code> streams until stopped.
+              </span>
+              <span class="spacer" />
+              {["SHOW STREAMS;", "SHOW TABLES;", "SHOW QUERIES;"].map((s) => (
+                <button class="link" onClick={() => setSql(s)}>
+                  {s}
+                </button>
+              ))}
+            </div>
+          </div>
+          {busy ? <p class="muted">Running…</p> : null}
+          {error ? (
+            <pre class="error error-box" data-testid="sql-error">
+              {error}
             </pre>
           ) : null}
-          <div
-            class="scroll push-rows"
-            ref={scroller}
-            onScroll={(e) => {
-              const el = e.currentTarget;
-              stick.current = el.scrollTop + el.clientHeight >= el.scrollHeight - 8;
-            }}
-          >
-            <RowsTable rows={push.rows} columns={push.columns} testid="push-table" rowTestid="push-row" />
-          </div>
-        </section>
-      ) : null}
+          {results ? (
+            <div data-testid="sql-results">
+              {results.length === 0 ? <p class="muted">No results.</p> : null}
+              {results.map((r, i) => (
+                <section class="card" data-testid="sql-result">
+                  {"message" in r ? (
+                    <p class="ok" data-testid="sql-message">
+                      {r.message}
+                    </p>
+                  ) : r.rows.length === 0 ? (
+                    <p class="muted" data-testid="sql-empty">
+                      Result {i + 1}: no rows.
+                    </p>
+                  ) : (
+                    <>
+                      <p class="muted">
+                        Result {i + 1}: {n(r.rows.length)} row(s)
+                      </p>
+                      <div class="scroll">
+                        <RowsTable
+                          rows={r.rows}
+                          columns={r.columns ? columnsOf(r.rows, [...r.columns]) : undefined}
+                          testid="sql-table"
+                          rowTestid="sql-row"
+                        />
+                      </div>
+                    </>
+                  )}
+                </section>
+              ))}
+            </div>
+          ) : null}
+          {push ? (
+            <section class="card" data-testid="push" data-state={push.state}>
+              <p>
+                <span class={`badge push-${push.state}`} data-testid="push-state">
+                  {push.state}
+                </span>{" "}
+                <b data-testid="push-count">{n(push.count)}</b> row(s)
+                {push.count > push.rows.length ? <span class="muted"> (the last {n(push.rows.length)} shown)</span> : null}
+              </p>
+              {push.message ? (
+                <pre class={push.state === "failed" ? "error" : "muted"} data-testid="push-message">
+                  {push.message}
+                </pre>
+              ) : null}
+              <div
+                class="scroll push-rows"
+                ref={scroller}
+                onScroll={(e) => {
+                  const el = e.currentTarget;
+                  stick.current = el.scrollTop + el.clientHeight >= el.scrollHeight - 8;
+                }}
+              >
+                <RowsTable rows={push.rows} columns={push.columns} testid="push-table" rowTestid="push-row" />
+              </div>
+            </section>
+          ) : null}
+        </div>
+        <QueriesSide put={setSql} />
+      </div>
     </div>
+  );
+}
+
+/** The persistent queries (`GET /queries`), to put a statement or its TERMINATE in the editor. */
+function QueriesSide({ put }: { put: (sql: string) => void }) {
+  const polled = usePoll(
+    () =>
+      getJson<{ queries: QueryDoc[] }>("/queries").catch((e) => {
+        // An older worker has no /queries: no sidebar.
+        if (e instanceof ApiError && e.status === 404) return null;
+        throw e;
+      }),
+    5000,
+    [],
+  );
+  const qs = polled.data?.queries;
+  if (!qs) return null;
+  return (
+    <aside class="sql-side card" data-testid="sql-queries">
+      <h2>Persistent queries</h2>
+      {qs.length === 0 ? <p class="muted">None.</p> : null}
+      <ul>
+        {qs.map((q) => {
+          const state = q.status?.state ?? "not running";
+          return (
+            <li data-testid="sql-query" data-id={q.id} title={q.statement}>
+              <div class="mono">{q.id}</div>
+              <div>
+                <span class={`badge state-${q.status?.state ?? "stopped"}`}>{state}</span>{" "}
+                <span class="muted">→</span> <span class="mono">{q.sink}</span>
+              </div>
+              <button class="link" onClick={() => put(q.statement + ";")}>
+                statement
+              </button>
+              <button class="link" onClick={() => put(`TERMINATE ${q.id};`)}>
+                TERMINATE…
+              </button>
+            </li>
+          );
+        })}
+      </ul>
+    </aside>
   );
 }

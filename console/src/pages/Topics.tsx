@@ -1,22 +1,23 @@
-// Topics: the list, one topic's partitions and config, and a record browser.
+// Topics: the list, one topic's partitions and config, and a record browser that pages
+// through a partition or follows the whole topic live.
 
 import { useEffect, useState } from "preact/hooks";
 import { enc, getJson, useAuth, type LogRecord, type RecordsDoc, type TopicDoc, type TopicSummary } from "../api";
 import { DASH, bytes, iso, n, pretty } from "../format";
 import { usePoll } from "../hooks";
+import { streamEvents } from "../sse";
 
 const SHOW_INTERNAL = "sluice.topics.internal";
 
+/** Internal topics: the worker says so (newer workers), else by the names it reserves. */
+const isInternal = (t: TopicSummary) => t.internal ?? (t.name.startsWith("__") || t.name.endsWith("-changelog"));
+
 export function TopicsPage() {
   const [all, setAll] = useState(() => sessionStorage.getItem(SHOW_INTERNAL) === "1");
-  const polled = usePoll(
-    () => getJson<{ topics: TopicSummary[] }>(`/topics${all ? "?all=true" : ""}`),
-    3000,
-    [all],
-  );
-  const topics = polled.data?.topics;
-  // Newer workers call the count `offsets` (end minus start: transaction markers count too).
-  const countName = topics?.some((t) => t.offsets !== undefined) ? "offsets" : "records";
+  // Always the whole list: the toggle filters on each topic's `internal`.
+  const polled = usePoll(() => getJson<{ topics: TopicSummary[] }>("/topics?all=true"), 3000, []);
+  const topics = polled.data?.topics.filter((t) => all || !isInternal(t));
+  const hidden = polled.data ? polled.data.topics.length - (topics?.length ?? 0) : 0;
   return (
     <div data-testid="topics-page">
       <h1>Topics</h1>
@@ -30,7 +31,7 @@ export function TopicsPage() {
             sessionStorage.setItem(SHOW_INTERNAL, e.currentTarget.checked ? "1" : "0");
           }}
         />{" "}
-        show internal topics (<code>__*</code>)
+        show internal topics{all ? "" : ` (${hidden} hidden)`}
       </label>
       {polled.error ? <p class="error">{polled.error}</p> : null}
       {!topics ? (
@@ -43,21 +44,22 @@ export function TopicsPage() {
             <tr>
               <th>topic</th>
               <th class="num">partitions</th>
-              <th class="num" title="log end minus log start, over the partitions">
-                {countName}
+              <th class="num" title="log end minus log start over the partitions (transaction markers take offsets too)">
+                offsets
               </th>
               <th class="num">bytes</th>
             </tr>
           </thead>
           <tbody>
             {topics.map((t) => (
-              <tr data-testid="topic-row" data-name={t.name} key={t.name}>
+              <tr data-testid="topic-row" data-name={t.name} data-internal={String(isInternal(t))} key={t.name}>
                 <td class="mono">
                   <a href={`#/topics/${enc(t.name)}`}>{t.name}</a>
+                  {isInternal(t) ? <span class="badge tag">internal</span> : null}
                   {t.name.endsWith(".dlq") ? <span class="badge tag">dead letters</span> : null}
                 </td>
                 <td class="num">{n(t.partitions)}</td>
-                <td class="num">{n(t.offsets ?? t.records)}</td>
+                <td class="num" data-testid="topic-offsets">{n(t.offsets ?? t.records)}</td>
                 <td class="num">{bytes(t.bytes)}</td>
               </tr>
             ))}
@@ -200,6 +202,9 @@ function RecordBrowser({ topic, info }: { topic: string; info: TopicDoc }) {
   }, [topic, epoch]);
 
   const [order, setOrder] = useState<"newest" | "oldest">("newest");
+  const [follow, setFollow] = useState(false);
+  const [fromStart, setFromStart] = useState(false);
+  const [group, setGroup] = useState("");
   const records = page ? (order === "newest" ? [...page.doc.records].reverse() : page.doc.records) : [];
 
   return (
@@ -247,16 +252,16 @@ function RecordBrowser({ topic, info }: { topic: string; info: TopicDoc }) {
             onInput={(e) => setLimit(e.currentTarget.value)}
           />
         </label>
-        <button type="submit" disabled={busy} data-testid="browse-read">
+        <button type="submit" disabled={busy || follow} data-testid="browse-read">
           Read from offset
         </button>
-        <button type="button" disabled={busy} onClick={() => lastN()} data-testid="browse-last">
+        <button type="button" disabled={busy || follow} onClick={() => lastN()} data-testid="browse-last">
           Last {lim()}
         </button>
         {page && page.doc.records.length > 0 ? (
           <button
             type="button"
-            disabled={busy}
+            disabled={busy || follow}
             data-testid="browse-next"
             onClick={() => read({ ...page.q, offset: page.doc.next_offset })}
           >
@@ -270,31 +275,55 @@ function RecordBrowser({ topic, info }: { topic: string; info: TopicDoc }) {
             <option value="oldest">oldest first</option>
           </select>
         </label>
+        <label class="toggle" title="stream the topic's new records (every partition) as they are written">
+          <input
+            type="checkbox"
+            checked={follow}
+            data-testid="browse-follow"
+            onChange={(e) => setFollow(e.currentTarget.checked)}
+          />{" "}
+          Follow
+        </label>
+        {follow ? null : (
+          <>
+            <label class="toggle" title="when following: start at the earliest records (without a group's committed offsets)">
+              <input
+                type="checkbox"
+                checked={fromStart}
+                data-testid="follow-from-start"
+                onChange={(e) => setFromStart(e.currentTarget.checked)}
+              />{" "}
+              from the beginning
+            </label>
+            <label title="when following: read as a member of this consumer group (it commits what was shown)">
+              as group{" "}
+              <input
+                value={group}
+                placeholder="(none)"
+                size={10}
+                data-testid="follow-group"
+                onInput={(e) => setGroup(e.currentTarget.value)}
+              />
+            </label>
+          </>
+        )}
       </form>
       {error ? (
         <p class="error" data-testid="browse-error">
           {error}
         </p>
       ) : null}
-      {page ? (
+      {follow ? <Follower topic={topic} fromStart={fromStart} group={group.trim()} /> : null}
+      {page && !follow ? (
         <p class="muted" data-testid="browse-summary">
           Partition {page.q.partition}: {page.doc.records.length} record(s) from offset {n(page.q.offset)}; next offset{" "}
           {n(page.doc.next_offset)}.
         </p>
       ) : null}
-      {page && page.doc.records.length > 0 ? (
+      {page && !follow && page.doc.records.length > 0 ? (
         <div class="scroll">
           <table class="data records" data-testid="records-table">
-            <thead>
-              <tr>
-                <th class="num">partition</th>
-                <th class="num">offset</th>
-                <th>timestamp</th>
-                <th>key</th>
-                <th>value</th>
-                <th>headers</th>
-              </tr>
-            </thead>
+            <RecordsHead />
             <tbody>
               {records.map((r) => (
                 <RecordRow r={r} key={`${r.partition}:${r.offset}`} />
@@ -307,11 +336,144 @@ function RecordBrowser({ topic, info }: { topic: string; info: TopicDoc }) {
   );
 }
 
-function RecordRow({ r }: { r: LogRecord }) {
+function RecordsHead() {
+  return (
+    <thead>
+      <tr>
+        <th class="num">partition</th>
+        <th class="num">offset</th>
+        <th>timestamp</th>
+        <th>key</th>
+        <th>value</th>
+        <th>headers</th>
+      </tr>
+    </thead>
+  );
+}
+
+/** Rows a followed topic keeps on screen (newest on top; the counter counts them all). */
+const MAX_FOLLOW_ROWS = 500;
+
+type FollowState = "connecting" | "following" | "ended" | "failed" | "closed";
+
+/** Streams `GET /topics/NAME/consume?follow=true` while mounted (unmounting stops it). */
+function Follower({ topic, fromStart, group }: { topic: string; fromStart: boolean; group: string }) {
+  const { epoch } = useAuth();
+  const [view, setView] = useState<{ state: FollowState; rows: LogRecord[]; count: number; message: string | null }>({
+    state: "connecting",
+    rows: [],
+    count: 0,
+    message: null,
+  });
+  useEffect(() => {
+    const ctl = new AbortController();
+    let state: FollowState = "connecting";
+    let message: string | null = null;
+    let rows: LogRecord[] = [];
+    let pending: LogRecord[] = [];
+    let count = 0;
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    // Records may come by the thousand: the table is redrawn at most every 150 ms.
+    const flush = () => {
+      timer = null;
+      if (ctl.signal.aborted) return;
+      if (pending.length) {
+        rows = pending.reverse().concat(rows).slice(0, MAX_FOLLOW_ROWS);
+        pending = [];
+      }
+      setView({ state, rows, count, message });
+    };
+    const schedule = () => {
+      if (!timer) timer = setTimeout(flush, 150);
+    };
+    const q = new URLSearchParams({ follow: "true" });
+    if (fromStart) q.set("from_beginning", "true");
+    if (group) q.set("group", group);
+    setView({ state, rows, count, message });
+    streamEvents(
+      `/topics/${enc(topic)}/consume?${q}`,
+      {},
+      ctl.signal,
+      (ev) => {
+        if (ev.event === "record") {
+          try {
+            pending.push(JSON.parse(ev.data) as LogRecord);
+            if (pending.length > MAX_FOLLOW_ROWS) pending = pending.slice(-MAX_FOLLOW_ROWS);
+            count++;
+          } catch {
+            message = `a record event that is not JSON: ${ev.data}`;
+          }
+        } else if (ev.event === "end") {
+          state = "ended";
+          message = ev.data;
+        } else if (ev.event === "error") {
+          state = "failed";
+          message = ev.data;
+        }
+        schedule();
+      },
+      () => {
+        state = "following";
+        schedule();
+      },
+    )
+      .then(() => {
+        if (state === "following" || state === "connecting") {
+          state = "closed";
+          message = "the worker closed the stream";
+        }
+      })
+      .catch((e) => {
+        state = "failed";
+        message = (e as Error).message;
+      })
+      .finally(() => {
+        if (timer) clearTimeout(timer);
+        flush();
+      });
+    return () => {
+      ctl.abort();
+      if (timer) clearTimeout(timer);
+    };
+  }, [topic, fromStart, group, epoch]);
+  return (
+    <div data-testid="follow" data-state={view.state}>
+      <p class="muted">
+        <span class={`badge push-${view.state === "following" ? "streaming" : view.state}`} data-testid="follow-state">
+          {view.state}
+        </span>{" "}
+        <b data-testid="follow-count">{n(view.count)}</b> record(s) from{" "}
+        {group ? `group ${group}'s committed offsets (else ` : ""}
+        {fromStart ? "the beginning" : "the end"}
+        {group ? ")" : ""}, every partition, newest on top
+        {view.count > view.rows.length ? ` (the last ${n(view.rows.length)} shown)` : ""}.
+      </p>
+      {view.message ? (
+        <pre class={view.state === "failed" ? "error" : "muted"} data-testid="follow-message">
+          {view.message}
+        </pre>
+      ) : null}
+      {view.rows.length > 0 ? (
+        <div class="scroll">
+          <table class="data records" data-testid="follow-table">
+            <RecordsHead />
+            <tbody>
+              {view.rows.map((r) => (
+                <RecordRow r={r} testid="follow-row" key={`${r.partition}:${r.offset}`} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ) : null}
+    </div>
+  );
+}
+
+function RecordRow({ r, testid = "record-row" }: { r: LogRecord; testid?: string }) {
   const k = pretty(r.key);
   const v = pretty(r.value);
   return (
-    <tr data-testid="record-row" data-offset={r.offset}>
+    <tr data-testid={testid} data-offset={r.offset} data-partition={r.partition}>
       <td class="num">{r.partition}</td>
       <td class="num">{n(r.offset)}</td>
       <td class="mono nowrap" title={String(r.timestamp)}>

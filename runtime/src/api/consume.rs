@@ -263,5 +263,8 @@ pub async fn consume(
     let records =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let last = futures::stream::once(last_rx).filter_map(|e| std::future::ready(e.ok()));
-    Ok(Sse::new(records.chain(last).map(Ok)).keep_alive(KeepAlive::default()))
+    Ok(
+        Sse::new(super::sql::opened().chain(records).chain(last).map(Ok))
+            .keep_alive(KeepAlive::default()),
+    )
 }

@@ -52,8 +52,8 @@ pub fn topic_list(log: &Log, all: bool) -> TopicList {
     let topics = log
         .topic_names()
         .into_iter()
-        .filter(|n| all || !n.starts_with("__"))
         .filter_map(|n| log.describe_topic(&n).ok())
+        .filter(|d| all || !d.internal)
         .map(|d| TopicSummary {
             // Offsets, not records: transaction markers take offsets too, and counting
             // records would read every batch header of the topic.
@@ -290,6 +290,19 @@ pub fn record_doc(r: &sluice_log::ConsumerRecord) -> RecordDoc {
     }
 }
 
+/// A line of `POST /topics/{name}/records`, its key and value borrowed as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProducedLine<'a> {
+    #[serde(borrow)]
+    key: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    value: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    headers: Value,
+    timestamp: Option<i64>,
+}
+
 /// The headers of a produced line: `{"k": "v", ...}` or `[{"key": "k", "value": "v"}, ...]`
 /// (a value string, any JSON written as its text, or null).
 fn headers_of(v: &Value, line: usize) -> Result<Vec<sluice_log::Header>, ApiError> {
@@ -419,20 +432,27 @@ pub async fn produce(
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            let v: Value = serde_json::from_slice(line)
-                .map_err(|e| ApiError::bad_request(format!("line {}: not JSON: {e}", i + 1)))?;
-            let text = |v: &Value| match v {
-                Value::Null => None,
-                Value::String(s) => Some(Bytes::from(s.clone())),
-                other => Some(Bytes::from(other.to_string())),
+            let bad = |e: serde_json::Error| {
+                ApiError::bad_request(format!(
+                    "line {}: not a JSON object of key, value, headers and timestamp: {e}",
+                    i + 1
+                ))
+            };
+            let line: ProducedLine<'_> = serde_json::from_slice(line).map_err(bad)?;
+            // A string as its text; other JSON as the client wrote it (fields keep their
+            // order); null or absent as none.
+            let text = |v: Option<&serde_json::value::RawValue>| match v.map(|r| r.get()) {
+                None | Some("null") => Ok(None),
+                Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
+                    .map(|s| Some(Bytes::from(s)))
+                    .map_err(bad),
+                Some(raw) => Ok(Some(Bytes::copy_from_slice(raw.as_bytes()))),
             };
             records.push(Record {
-                key: text(&v["key"]),
-                value: text(&v["value"]),
-                headers: headers_of(&v["headers"], i + 1)?,
-                timestamp: v["timestamp"]
-                    .as_i64()
-                    .unwrap_or_else(sluice_log::record::now_ms),
+                key: text(line.key)?,
+                value: text(line.value)?,
+                headers: headers_of(&line.headers, i + 1)?,
+                timestamp: line.timestamp.unwrap_or_else(sluice_log::record::now_ms),
             });
         }
         let mut producer = state

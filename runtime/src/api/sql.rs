@@ -325,5 +325,11 @@ pub async fn push_query(
     let rows =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let last = futures::stream::once(last_rx).filter_map(|e| std::future::ready(e.ok()));
-    Ok(Sse::new(rows.chain(last).map(Ok)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(opened().chain(rows).chain(last).map(Ok)).keep_alive(KeepAlive::default()))
+}
+
+/// A comment sent as soon as a stream opens, so a client (or a proxy that holds headers
+/// until body bytes come) sees it answered before the first event.
+pub(super) fn opened() -> impl Stream<Item = Event> {
+    futures::stream::once(std::future::ready(Event::default().comment("ok")))
 }
