@@ -1,11 +1,11 @@
 // Builds the console into dist/ (index.html + assets/), which the worker serves at `/`.
 // `npm run dev` / `npm run preview` proxy the API to a worker (SLUICE_API, default
-// http://127.0.0.1:7171), so the console is same-origin with it as when the worker serves it.
+// http://127.0.0.1:7070), so the console is same-origin with it as when the worker serves it.
 import { defineConfig, type ProxyOptions } from "vite";
 
 type ProxyServer = Parameters<NonNullable<ProxyOptions["configure"]>>[0];
 
-const api = process.env.SLUICE_API ?? "http://127.0.0.1:7171";
+const api = process.env.SLUICE_API ?? "http://127.0.0.1:7070";
 const apiPaths = ["/health", "/pipelines", "/topics", "/groups", "/sql", "/query", "/queries", "/metrics", "/openapi.yaml", "/openapi.json"];
 const proxy = Object.fromEntries(
   apiPaths.map((p) => [

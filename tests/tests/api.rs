@@ -128,9 +128,18 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         ),
         (Some(3), Some(1), Some(false))
     );
-    // The records are committed when the answer comes.
+    // The records are committed when the answer comes, each value as the client wrote it
+    // (fields in their order, not re-serialized).
     let committed = crate::common::read_committed(&log, "orders");
     assert_eq!(committed.len(), 3);
+    let values: Vec<&[u8]> = committed
+        .iter()
+        .map(|r| r.value.as_deref().unwrap_or_default())
+        .collect();
+    assert!(
+        values.contains(&&b"{\"id\": \"a\", \"amount\": 150}"[..]),
+        "{values:?}"
+    );
     let (s, v) = api.ingest(body, Some("req-1"), Some("s3cret"));
     assert_eq!(
         (s, v["duplicate"].as_bool()),

@@ -141,8 +141,8 @@ pub async fn put(
     .await
 }
 
-/// The pipeline's file as deployed (TOML; secrets are in it as written: it is the
-/// operator's own file, behind the API token).
+/// The pipeline's file as deployed (TOML, as written: secrets given as `${VAR}` stay
+/// references; their values are only ever in the worker's memory).
 #[utoipa::path(get, operation_id = "getPipelineConfig", path = "/pipelines/{name}/config", tag = "pipelines",
     params(("name" = String, Path, description = "Pipeline")),
     responses((status = 200, description = "The TOML file", content_type = "application/toml", body = String),
