@@ -836,6 +836,22 @@ impl Worker {
         }
     }
 
+    /// The source positions as committed now (what was appended since is read first).
+    fn positions_now(
+        &self,
+        pipeline: &str,
+    ) -> Result<parking_lot::MutexGuard<'_, Positions>, DeployError> {
+        let mut positions = self.positions.lock();
+        positions
+            .catch_up(&self.log)
+            .map_err(|e| DeployError::Topic {
+                pipeline: pipeline.to_string(),
+                reason: e.to_string(),
+                user_error: false,
+            })?;
+        Ok(positions)
+    }
+
     /// The committed positions of a pipeline's sources (as each stores it) and the
     /// committed offsets of its sinks (per partition of their topic).
     pub fn offsets(&self, name: &str) -> Result<Vec<TaskOffset>, DeployError> {
@@ -844,14 +860,7 @@ impl Worker {
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         let mut out = Vec::new();
         {
-            let mut positions = self.positions.lock();
-            positions
-                .catch_up(&self.log)
-                .map_err(|e| DeployError::Topic {
-                    pipeline: name.to_string(),
-                    reason: e.to_string(),
-                    user_error: false,
-                })?;
+            let positions = self.positions_now(name)?;
             for s in &d.pipeline.config.sources {
                 let source = s.name.get_ref();
                 if let (Some(position), _) = positions.get(&source_key(name, source)) {
@@ -901,14 +910,7 @@ impl Worker {
         };
         let mut tombstones = Vec::new();
         {
-            let mut positions = self.positions.lock();
-            positions
-                .catch_up(&self.log)
-                .map_err(|e| DeployError::Topic {
-                    pipeline: name.to_string(),
-                    reason: e.to_string(),
-                    user_error: false,
-                })?;
+            let positions = self.positions_now(name)?;
             for s in &d.pipeline.config.sources {
                 let key = source_key(name, s.name.get_ref());
                 let (position, state) = positions.get(&key);

@@ -198,9 +198,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `sluice run` process on `work` (`data`, `pipelines`), its log in `worker-<round>.log`,
-/// with `SLUICE_FAULT` set to `fault`.
-pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
+/// A `sluice run` command on `work` (`data`, `pipelines`), its log in `worker-<round>.log`.
+fn worker_command(work: &Path, round: usize) -> Command {
     let log = std::fs::File::create(work.join(format!("worker-{round}.log"))).unwrap();
     let mut command = Command::new(crate::cli::sluice_bin());
     command
@@ -210,13 +209,29 @@ pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
         .arg(work.join("pipelines"))
         .env("SLUICE_LOG", "info")
         .env_remove("SLUICE_FAULT")
+        .env_remove("SLUICE_API_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
+    command
+}
+
+/// A `sluice run` process on `work` (`data`, `pipelines`), its log in `worker-<round>.log`,
+/// with `SLUICE_FAULT` set to `fault`.
+pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
+    let mut command = worker_command(work, round);
     if let Some(point) = fault {
         command.env("SLUICE_FAULT", point);
     }
     command.spawn().unwrap()
+}
+
+/// [`spawn_worker`] whose API needs `token` (given as `SLUICE_API_TOKEN`).
+pub fn spawn_worker_with_token(work: &Path, token: &str) -> Child {
+    worker_command(work, 0)
+        .env("SLUICE_API_TOKEN", token)
+        .spawn()
+        .unwrap()
 }
 
 /// Serves `app` on a free loopback port from a runtime of its own (one worker thread):

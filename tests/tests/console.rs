@@ -7,11 +7,10 @@
 //! rows produced while it runs) and a pull query shows its table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::cli::sluice_bin;
-use crate::common::worker_api;
+use crate::common::{spawn_worker_with_token, worker_api};
 
 /// The repository's root (this crate is `tests/`).
 fn repo() -> PathBuf {
@@ -49,21 +48,7 @@ fn the_console_renders_deploys_browses_and_streams_in_chromium() {
     )
     .unwrap();
     let token = "console-test-token";
-    let log = std::fs::File::create(w.join("worker-0.log")).unwrap();
-    let mut worker = Command::new(sluice_bin())
-        .arg("run")
-        .arg("--data-dir")
-        .arg(w.join("data"))
-        .arg("--pipelines")
-        .arg(w.join("pipelines"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SLUICE_API_TOKEN", token)
-        .env("SLUICE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_worker_with_token(w, token);
     let api = worker_api(w, &mut worker);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))

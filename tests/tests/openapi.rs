@@ -3,10 +3,9 @@
 //! real worker, answers what its schema says (openapi-core; `tests/openapi_check.py`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::cli::sluice_bin;
-use crate::common::{venv, worker_api};
+use crate::common::{spawn_worker_with_token, venv, worker_api};
 
 #[test]
 fn the_committed_document_is_the_generated_one() {
@@ -29,20 +28,7 @@ fn every_route_answers_as_its_schema_says() {
     let w = work.path();
     std::fs::create_dir_all(w.join("pipelines")).unwrap();
     let token = "openapi-test-token";
-    let log = std::fs::File::create(w.join("worker-0.log")).unwrap();
-    let mut worker = Command::new(sluice_bin())
-        .arg("run")
-        .arg("--data-dir")
-        .arg(w.join("data"))
-        .arg("--pipelines")
-        .arg(w.join("pipelines"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SLUICE_API_TOKEN", token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_worker_with_token(w, token);
     let api = worker_api(w, &mut worker);
     let out = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi_check.py"))

@@ -27,7 +27,7 @@ use super::sql::{Handed, PUSH_BUFFER, hand};
 use super::{ApiError, ApiState};
 
 /// The query of `GET /topics/{name}/consume`.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeQuery {
@@ -64,8 +64,8 @@ impl ConsumeQuery {
     }
 
     /// A consumer positioned as asked (a group member subscribed to `topic`, or assigned
-    /// partitions at their start offsets).
-    fn consumer(&self, log: &Log, topic: &str) -> Result<sluice_log::Consumer, ApiError> {
+    /// partitions at their start offsets); `sluice consume` opens the same.
+    pub fn consumer(&self, log: &Log, topic: &str) -> Result<sluice_log::Consumer, ApiError> {
         let isolation = self.isolation()?;
         let t = log.topic(topic).map_err(super::log::log_error)?;
         if self.group.is_some() && self.partition.is_some() {

@@ -35,7 +35,7 @@ use crate::deployer::{Deployer, DeployerError};
 use crate::worker::{DeployError, IngestRoutes};
 
 pub mod console;
-mod consume;
+pub mod consume;
 mod ingest;
 pub mod log;
 pub mod metrics;

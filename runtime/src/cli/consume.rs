@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use sluice_log::{ConsumerConfig, Isolation, Log, OffsetReset, OffsetSpec, TopicPartition};
+use sluice_log::{Isolation, Log, TopicPartition};
 
 use super::CliError;
 
@@ -130,64 +130,32 @@ impl ConsumeArgs {
         line
     }
 
+    /// What this consume asks for, as the API's consume query.
+    pub fn query(&self) -> crate::api::consume::ConsumeQuery {
+        crate::api::consume::ConsumeQuery {
+            group: self.group.clone(),
+            from_beginning: self.from_beginning,
+            partition: self.partition,
+            offset: self.offset.clone(),
+            isolation: Some(
+                match self.isolation {
+                    IsolationArg::ReadCommitted => "read_committed",
+                    IsolationArg::ReadUncommitted => "read_uncommitted",
+                }
+                .into(),
+            ),
+            max_messages: self.max_messages,
+            follow: self.follow,
+        }
+    }
+
     /// Runs it.
     pub fn run(self, log: &Log) -> Result<(), CliError> {
-        let isolation = Isolation::from(self.isolation);
-        let topic = log.topic(&self.topic)?;
-        if self.group.is_some() && self.partition.is_some() {
-            return Err(CliError::Usage(
-                "--group and --partition cannot be combined: a group assigns partitions itself"
-                    .into(),
-            ));
-        }
-        let config = ConsumerConfig {
-            group: self.group.clone(),
-            isolation,
-            auto_offset_reset: if self.from_beginning {
-                OffsetReset::Earliest
-            } else {
-                OffsetReset::Latest
-            },
-            ..ConsumerConfig::default()
-        };
-        let mut consumer = log.consumer(config);
-        if self.group.is_some() {
-            consumer.subscribe(&[&self.topic])?;
-        } else {
-            let parts: Vec<TopicPartition> = match self.partition {
-                Some(p) => vec![TopicPartition {
-                    topic: self.topic.clone(),
-                    partition: p,
-                }],
-                None => (0..topic.partition_count())
-                    .map(|p| TopicPartition {
-                        topic: self.topic.clone(),
-                        partition: p,
-                    })
-                    .collect(),
-            };
-            consumer.assign(&parts)?;
-            for tp in &parts {
-                let spec = match self.offset.as_deref() {
-                    Some("earliest") => OffsetSpec::Earliest,
-                    Some("latest") => OffsetSpec::Latest,
-                    Some(n) => {
-                        let o: i64 = n.parse().map_err(|_| {
-                            CliError::Usage(format!(
-                                "--offset: '{n}' is not a number, earliest or latest"
-                            ))
-                        })?;
-                        log.partition(&tp.topic, tp.partition)?
-                            .fetch(o, 1, isolation)?;
-                        consumer.seek(tp, o);
-                        continue;
-                    }
-                    None if self.from_beginning => OffsetSpec::Earliest,
-                    None => OffsetSpec::Latest,
-                };
-                consumer.seek_to(tp, spec)?;
-            }
-        }
+        // The same consumer as the API's `GET /topics/{name}/consume` opens.
+        let mut consumer = self
+            .query()
+            .consumer(log, &self.topic)
+            .map_err(|e| CliError::Usage(e.1))?;
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let mut count = 0u64;

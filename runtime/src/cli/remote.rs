@@ -373,29 +373,24 @@ impl Remote {
     }
 
     fn consume(&self, a: consume::ConsumeArgs) -> Result<(), CliError> {
-        let mut query = vec![
-            format!("from_beginning={}", a.from_beginning),
-            format!("follow={}", a.follow),
-            format!(
-                "isolation={}",
-                match a.isolation {
-                    consume::IsolationArg::ReadCommitted => "read_committed",
-                    consume::IsolationArg::ReadUncommitted => "read_uncommitted",
+        // The same query the local command opens its consumer with, as URL parameters.
+        let mut url =
+            reqwest::Url::parse("http://worker/").map_err(|e| CliError::Usage(e.to_string()))?;
+        if let Ok(Value::Object(params)) = serde_json::to_value(a.query()) {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in params {
+                match v {
+                    Value::Null => {}
+                    Value::String(s) => {
+                        pairs.append_pair(&k, &s);
+                    }
+                    other => {
+                        pairs.append_pair(&k, &other.to_string());
+                    }
                 }
-            ),
-        ];
-        if let Some(g) = &a.group {
-            query.push(format!("group={}", path(g)));
+            }
         }
-        if let Some(p) = a.partition {
-            query.push(format!("partition={p}"));
-        }
-        if let Some(o) = &a.offset {
-            query.push(format!("offset={}", path(o)));
-        }
-        if let Some(m) = a.max_messages {
-            query.push(format!("max_messages={m}"));
-        }
+        let query = url.query().unwrap_or_default().to_string();
         let mut out = std::io::stdout().lock();
         let mut count = 0u64;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -409,7 +404,7 @@ impl Remote {
         }
         self.stream(
             reqwest::Method::GET,
-            &format!("/topics/{}/consume?{}", path(&a.topic), query.join("&")),
+            &format!("/topics/{}/consume?{query}", path(&a.topic)),
             None,
             &stop,
             |event, data| match event {
