@@ -153,6 +153,9 @@ check("POST", "/topics/{name}/records", "/topics/made/records", body=b'{nope\n',
 check("GET", "/topics/{name}/records", "/topics/made/records", query="partition=0&offset=0&limit=10", expect=200)
 check("GET", "/topics/{name}/records", "/topics/made/records", query="partition=9", expect=404)
 check("GET", "/topics/{name}/consume", "/topics/made/consume", query="from_beginning=true&max_messages=1", expect=200, stream=True)
+check("GET", "/topics/{name}/consume", "/topics/made/consume", query="group=g2&from_beginning=true&max_messages=1", expect=200, stream=True)
+check("POST", "/topics/{name}/consume/{session}/commit", "/topics/made/consume/999/commit",
+      body=b'{"offsets": [{"partition": 0, "offset": 1}]}', content_type="application/json", expect=404)
 check("GET", "/groups", expect=200)
 check("GET", "/groups/{group}", "/groups/nope", expect=404)
 check("POST", "/groups/{group}/reset-offsets", "/groups/g1/reset-offsets",

@@ -15,7 +15,7 @@ use crate::worker::{DeployError, Worker};
 #[derive(Debug, thiserror::Error)]
 pub enum DeployerError {
     /// The requested pipeline name is not a valid name.
-    #[error("pipeline name '{0}' must be letters, digits, '-' or '_'")]
+    #[error("pipeline name '{0}' must be at most 200 letters, digits, '-' or '_'")]
     BadName(String),
     /// The text does not parse or validate.
     #[error(transparent)]

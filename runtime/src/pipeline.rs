@@ -523,10 +523,18 @@ fn expand_env(
 
 /// True for a valid pipeline, source or sink name: letters, digits, `-` and `_`.
 pub fn valid_name(n: &str) -> bool {
+    // Names become file names (`<name>.toml`), group ids and topic names (`<name>.dlq`).
     !n.is_empty()
+        && n.len() <= MAX_NAME_LEN
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+/// The most topics, sources and sinks one pipeline file declares.
+pub const MAX_ENTRIES: usize = 1000;
+
+/// The longest pipeline, source or sink name.
+pub const MAX_NAME_LEN: usize = 200;
 
 /// Reads and validates a pipeline file; the error names the file, line and key.
 pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
@@ -632,6 +640,16 @@ fn parse_with(
         let (l, c) = line_col(text, s.start);
         format!("{}:{l}:{c}", path.display())
     };
+    // Bounded, so checking a file (under the deployer's lock) stays quick.
+    let entries = config.topics.len() + config.sources.len() + config.sinks.len();
+    if entries > MAX_ENTRIES {
+        return Err(PipelineError::at(
+            path.display(),
+            format!(
+                "{entries} topics, sources and sinks: a pipeline file declares at most {MAX_ENTRIES} (split it into several pipelines)"
+            ),
+        ));
+    }
     let name = match &config.name {
         Some(n) => n.get_ref().clone(),
         None => path
@@ -646,7 +664,9 @@ fn parse_with(
             .map_or_else(|| path.display().to_string(), |n| at(n.span()));
         return Err(PipelineError::at(
             place,
-            format!("pipeline name '{name}' must be letters, digits, '-' or '_'"),
+            format!(
+                "pipeline name '{name}' must be at most {MAX_NAME_LEN} letters, digits, '-' or '_'"
+            ),
         ));
     }
     if config.commit_interval.0.is_zero() {
@@ -680,7 +700,7 @@ fn parse_with(
             return Err(PipelineError::at(
                 at(name.span()),
                 format!(
-                    "{section}.name '{}' must be unique and made of letters, digits, '-' or '_'",
+                    "{section}.name '{}' must be unique and made of at most {MAX_NAME_LEN} letters, digits, '-' or '_'",
                     name.get_ref()
                 ),
             ));

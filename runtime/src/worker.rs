@@ -836,6 +836,51 @@ impl Worker {
         }
     }
 
+    /// `text` without the secret values of any deployed pipeline (a `${VAR}` substituted
+    /// into a pipeline's SQL is stored in the catalog as its value, and `SHOW QUERIES` or a
+    /// catalog record would show it).
+    pub fn redact(&self, text: &str) -> String {
+        self.pipelines
+            .iter()
+            .fold(text.to_string(), |t, d| d.pipeline.redact(&t))
+    }
+
+    /// [`Worker::redact`] as the deployed pipelines are now, for a thread that outlives
+    /// this borrow (a stream of records).
+    pub fn redactor(&self) -> impl Fn(&str) -> String + Send + Sync + 'static {
+        let secrets: Vec<Secrets> = self
+            .pipelines
+            .iter()
+            .map(|d| d.pipeline.secrets.clone())
+            .collect();
+        move |text: &str| secrets.iter().fold(text.to_string(), |t, s| s.redact(&t))
+    }
+
+    /// The running task or persistent query whose consumer group `group` is, if any: such
+    /// a group shows no members (the task commits without joining), but moving or deleting
+    /// its offsets under it would be undone by its next commit.
+    pub fn group_owner(&self, group: &str) -> Option<String> {
+        for d in self.pipelines.iter().filter(|d| !d.paused) {
+            for s in &d.pipeline.config.sinks {
+                if sink_group(&d.name, s.name.get_ref()) == group {
+                    return Some(format!(
+                        "sink {} of pipeline {} (pause the pipeline first)",
+                        s.name.get_ref(),
+                        d.name
+                    ));
+                }
+            }
+        }
+        self.engine
+            .catalog()
+            .queries()
+            .find(|q| {
+                sluice_sql::runner::query_group(&q.id) == group
+                    && self.engine.queries().is_running(&q.id)
+            })
+            .map(|q| format!("persistent query {} (TERMINATE it first)", q.id))
+    }
+
     /// The source positions as committed now (what was appended since is read first).
     fn positions_now(
         &self,

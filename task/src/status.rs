@@ -73,21 +73,23 @@ impl LatencyHistogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The sum in seconds, the count, and the cumulative count at each bound (the last
-    /// bound `+Inf`), as a Prometheus histogram has them.
+    /// The sum in seconds, the count, and each bucket's own count by its upper bound (the
+    /// last `+Inf`); an encoder makes them cumulative.
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.counts.len());
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            buckets.push((
-                LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
-                cumulative,
-            ));
-        }
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                    c.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
         (
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            cumulative,
+            buckets.iter().map(|b| b.1).sum(),
             buckets,
         )
     }

@@ -197,6 +197,7 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     assert!(metrics.contains("sluice_build_info{version="));
     assert!(metrics.contains("process_resident_memory_bytes "));
     assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    check_histograms(metrics);
 
     // SQL: statements as JSON, a bad one with its error, a push query as events.
     let (s, v) = api.call("POST", "/sql", Some("s3cret"), "SHOW QUERIES;");
@@ -270,14 +271,15 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
         "{v}"
     );
 
-    // Pause stops the tasks (ingest has no source then); resume and restart bring them back.
+    // Pause stops the tasks (ingest answers 503: retry after the resume); resume and
+    // restart bring them back.
     let (s, v) = api.call("POST", "/pipelines/orders/pause", Some("s3cret"), "");
     assert_eq!(
         (s, v["pipeline"]["state"].as_str()),
         (200, Some("paused")),
         "{v}"
     );
-    assert_eq!(api.ingest(body, None, Some("ingest-token")).0, 404);
+    assert_eq!(api.ingest(body, None, Some("ingest-token")).0, 503);
     let (s, v) = api.call("POST", "/pipelines/orders/resume", Some("s3cret"), "");
     assert_eq!(
         (s, v["pipeline"]["state"].as_str()),
@@ -325,4 +327,32 @@ fn the_rest_api_deploys_ingests_reports_and_streams() {
     w.server.take();
     w.deployer.lock().worker.shutdown();
     log.close().unwrap();
+}
+
+/// Every histogram's buckets are cumulative (never decreasing) and its `+Inf` bucket equals
+/// its `_count`, as OpenMetrics parsers require.
+fn check_histograms(metrics: &str) {
+    let value = |l: &str| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    let mut checked = 0;
+    for count in metrics.lines().filter(|l| l.contains("_count{")) {
+        let (name, labels) = count.split_once("_count{").unwrap();
+        let labels = labels.rsplit_once('}').unwrap().0;
+        let buckets: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(labels))
+            .map(value)
+            .collect();
+        assert!(!buckets.is_empty(), "no buckets for {count}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            Some(value(count)),
+            "{name}{{{labels}}}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no histogram in {metrics}");
 }

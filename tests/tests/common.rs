@@ -226,6 +226,11 @@ pub fn spawn_worker(work: &Path, round: usize, fault: Option<&str>) -> Child {
     command.spawn().unwrap()
 }
 
+/// The `sluice run` command [`spawn_worker`] starts, to add to before spawning.
+pub fn worker_command_for_test(work: &Path) -> Command {
+    worker_command(work, 0)
+}
+
 /// [`spawn_worker`] whose API needs `token` (given as `SLUICE_API_TOKEN`).
 pub fn spawn_worker_with_token(work: &Path, token: &str) -> Child {
     worker_command(work, 0)

@@ -528,3 +528,124 @@ print("ok")
         "{history}"
     );
 }
+
+/// What an adversarial pass found, fixed: a pipeline's secret never shows (queries, SHOW
+/// QUERIES, the catalog's records), a running sink's group cannot be moved under it, a group
+/// consumer through the worker commits what it printed (not what the worker sent), a paused
+/// pipeline's ingest answers 503, and validate names a name mismatch.
+#[test]
+fn a_worker_hides_secrets_guards_its_groups_and_commits_what_was_printed() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::create_dir_all(w.join("pipelines")).unwrap();
+    let secret = "hunter2-in-the-sql";
+    std::fs::write(
+        w.join("pipelines/sec.toml"),
+        r#"sql = """
+CREATE STREAM IF NOT EXISTS sin (id VARCHAR KEY, v VARCHAR) WITH (topic = 'sin', partitions = 2);
+CREATE STREAM IF NOT EXISTS sout WITH (topic = 'sout') AS SELECT * FROM sin WHERE v <> '${SLUICE_TEST_SQL_SECRET}';
+"""
+
+[[sources]]
+name = "in-http"
+topic = "sin"
+http = { key-field = "id" }
+
+[[sinks]]
+name = "out-files"
+topic = "sout"
+file = { path = "out", format = "envelope" }
+"#,
+    )
+    .unwrap();
+    let mut worker = crate::common::worker_command_for_test(w)
+        .env("SLUICE_TEST_SQL_SECRET", secret)
+        .spawn()
+        .unwrap();
+    let api = worker_api(w, &mut worker);
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| http.get(format!("{api}{path}")).send().unwrap();
+    let post = |path: &str, ctype: &str, body: String| {
+        http.post(format!("{api}{path}"))
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let body: String = (0..20)
+        .map(|i| format!("{{\"id\": \"k{i}\", \"v\": \"v{i}\"}}\n"))
+        .collect();
+    // 503 (retry) while the worker deploys its pipelines at start.
+    crate::common::wait_for("the ingest source", || {
+        post("/ingest/sin", "application/x-ndjson", body.clone()).status() == 200
+    });
+    // The secret's value is in the catalog, never in an answer.
+    for text in [
+        get("/queries").text().unwrap(),
+        post("/sql", "text/plain", "SHOW QUERIES;".into())
+            .text()
+            .unwrap(),
+        get("/topics/__sluice_catalog/records?limit=1000")
+            .text()
+            .unwrap(),
+    ] {
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.contains("SLUICE_TEST_SQL_SECRET"), "{text}");
+    }
+    // The running sink's group: moving or deleting its offsets would be undone: 409.
+    let group = "sluice-sink-sec.out-files";
+    crate::common::wait_for("the sink's first commit", || {
+        get(&format!("/groups/{group}")).status() == 200
+    });
+    let r = post(
+        &format!("/groups/{group}/reset-offsets"),
+        "application/json",
+        r#"{"topic": "sout", "to_earliest": true, "execute": true}"#.into(),
+    );
+    assert_eq!(r.status(), 409, "{}", r.text().unwrap());
+    let r = http.delete(format!("{api}/groups/{group}")).send().unwrap();
+    assert_eq!(r.status(), 409, "{}", r.text().unwrap());
+    // Validate names a file whose name differs from the one asked for.
+    let r = post(
+        "/pipelines/validate?name=mine",
+        "application/toml",
+        "name = \"other\"\n".into(),
+    );
+    assert_eq!(r.status(), 400);
+    // A group consumer through the worker commits what it printed: 5 of 20.
+    let data = w.join("data");
+    let data = data.to_str().unwrap();
+    let out = ok(
+        w,
+        &[
+            "consume",
+            "sin",
+            "--data-dir",
+            data,
+            "--group",
+            "five",
+            "--from-beginning",
+            "--max-messages",
+            "5",
+        ],
+    );
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let g: serde_json::Value = serde_json::from_str(&get("/groups/five").text().unwrap()).unwrap();
+    let committed: i64 = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, 5, "{g}");
+    // A paused pipeline's ingest is a retry, not a wrong address.
+    assert_eq!(
+        post("/pipelines/sec/pause", "text/plain", String::new()).status(),
+        200
+    );
+    let r = post("/ingest/sin", "application/json", "{\"id\": \"x\"}".into());
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

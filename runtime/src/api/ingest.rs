@@ -54,6 +54,29 @@ pub async fn ingest(
                 "the worker is starting; topic '{topic}' may get an HTTP source shortly"
             )));
         }
+        // A paused pipeline's source comes back on resume: retry, not a wrong address.
+        let paused = state
+            .deployer
+            .try_lock_for(Duration::from_millis(200))
+            .and_then(|d| {
+                d.worker
+                    .pipelines()
+                    .iter()
+                    .find(|p| {
+                        p.paused
+                            && p.pipeline()
+                                .config
+                                .sources
+                                .iter()
+                                .any(|s| s.http.is_some() && s.topic == topic)
+                    })
+                    .map(|p| p.name.clone())
+            });
+        if let Some(p) = paused {
+            return Err(ApiError::retry_later(format!(
+                "pipeline {p}, whose HTTP source ingests into topic '{topic}', is paused: retry once it is resumed"
+            )));
+        }
         return Err(ApiError::not_found(format!(
             "no HTTP source ingests into topic '{topic}' (declare one: [[sources]] http = {{ }})"
         )));

@@ -399,6 +399,14 @@ pub async fn read_records(
                 next = next.max(position);
             }
         }
+        if sluice_log::is_internal_topic(&name) {
+            // The catalog holds pipelines' SQL with their secrets' values.
+            let redact = state.deployer.lock().worker.redactor();
+            for d in &mut out {
+                d.key = d.key.as_deref().map(&redact);
+                d.value = d.value.as_deref().map(&redact);
+            }
+        }
         Ok(Json(RecordsDoc {
             records: out,
             next_offset: next,
@@ -498,7 +506,7 @@ pub async fn describe_group(
     params(("group" = String, Path, description = "Group id")),
     responses((status = 200, description = "Deleted", body = Message),
         (status = 404, description = "Unknown group", body = ErrorBody),
-        (status = 409, description = "The group has active members", body = ErrorBody)))]
+        (status = 409, description = "The group has active members, or a running sink or query owns it", body = ErrorBody)))]
 pub async fn delete_group(
     State(state): State<ApiState>,
     Path(group): Path<String>,
@@ -507,12 +515,24 @@ pub async fn delete_group(
         if state.log.describe_group(&group).is_none() {
             return Err(ApiError::not_found(format!("unknown group '{group}'")));
         }
+        refuse_owned(&state, &group)?;
         let n = state.log.delete_group(&group).map_err(group_error)?;
         Ok(Json(Message {
             message: format!("Deleted group {group} ({n} committed offset(s))."),
         }))
     })
     .await
+}
+
+/// 409 when a running sink or query owns `group`: its next commit would undo the change.
+fn refuse_owned(state: &ApiState, group: &str) -> Result<(), ApiError> {
+    match state.deployer.lock().worker.group_owner(group) {
+        Some(owner) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("group '{group}' belongs to the running {owner}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A group error: 409 when the group has members (it must be empty), else as the log's.
@@ -533,7 +553,7 @@ fn group_error(e: LogError) -> ApiError {
     responses((status = 200, description = "The plan (made when `execute`)", body = ResetDoc),
         (status = 400, description = "Not exactly one target", body = ErrorBody),
         (status = 404, description = "Unknown topic", body = ErrorBody),
-        (status = 409, description = "The group has active members", body = ErrorBody)))]
+        (status = 409, description = "The group has active members, or a running sink or query owns it", body = ErrorBody)))]
 pub async fn reset_offsets(
     State(state): State<ApiState>,
     Path(group): Path<String>,
@@ -558,6 +578,7 @@ pub async fn reset_offsets(
         b.shift_by,
     );
     blocking(move || {
+        refuse_owned(&state, &group)?;
         let plan = state
             .log
             .reset_offsets(&group, &b.topic, to, b.execute)

@@ -73,6 +73,8 @@ pub struct ApiState {
     pub last_health: Arc<Mutex<HealthCounts>>,
     /// The worker's running tasks and queries, which `/metrics` reads without the deployer.
     pub status: Arc<crate::status::StatusBoard>,
+    /// Open client-committed consume sessions.
+    pub sessions: Arc<consume::Sessions>,
 }
 
 impl ApiState {
@@ -97,6 +99,7 @@ impl ApiState {
             slow_client_timeout: limits.slow_client_timeout,
             last_health: Arc::default(),
             status,
+            sessions: Arc::default(),
         }
     }
 }
@@ -207,11 +210,14 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         || path.starts_with("/ingest/")
         || console::is_console_path(path);
     match &state.token {
-        Some(t) if !open && !bearer_is(req.headers(), t) => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+        Some(t) if !open && !bearer_is(req.headers(), t) => (
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+            ),
         )
-        .into_response(),
+            .into_response(),
         _ => next.run(req).await,
     }
 }
@@ -451,6 +457,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/groups", get(log::groups))
         .route("/topics/{name}/consume", get(consume::consume))
+        .route(
+            "/topics/{name}/consume/{session}/commit",
+            post(consume::commit),
+        )
         .route(
             "/groups/{group}",
             get(log::describe_group).delete(log::delete_group),

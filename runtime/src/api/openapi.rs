@@ -37,6 +37,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::log::read_records,
         super::log::produce,
         super::consume::consume,
+        super::consume::commit,
         super::log::groups,
         super::log::describe_group,
         super::log::delete_group,

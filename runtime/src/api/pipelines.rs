@@ -174,8 +174,10 @@ pub struct ValidateQuery {
     name: Option<String>,
 }
 
-/// Checks a pipeline file as a deploy would (keys, SQL, connectors, names held by other
-/// pipelines) without deploying or writing anything.
+/// Checks a pipeline file without deploying or writing anything: its keys and values, its
+/// SQL's syntax, its connectors' settings, and the names other deployed pipelines hold. What
+/// needs the deploy itself is not checked: SQL against the catalog (an unknown stream), and
+/// topics a sink reads that neither exist nor are declared.
 #[utoipa::path(post, operation_id = "validatePipeline", path = "/pipelines/validate", tag = "pipelines", params(ValidateQuery),
     request_body(content = String, content_type = "application/toml", description = "The pipeline file"),
     responses((status = 200, description = "Valid: what it would deploy", body = ValidationDoc),
@@ -187,17 +189,26 @@ pub async fn validate(
     body: String,
 ) -> Result<Json<ValidationDoc>, ApiError> {
     blocking(move || {
-        let d = state.deployer.lock();
-        let name = q.name.unwrap_or_else(|| "pipeline".into());
+        let name = q.name.clone().unwrap_or_else(|| "pipeline".into());
         if !crate::pipeline::valid_name(&name) {
             return Err(crate::deployer::DeployerError::BadName(name).into());
         }
-        let path = d.dir().join(format!("{name}.toml"));
+        // Parsed and built outside the deployer's lock: only the check against the deployed
+        // pipelines needs it.
+        let dir = state.deployer.lock().dir().to_path_buf();
+        let path = dir.join(format!("{name}.toml"));
         let p = crate::pipeline::parse(&body, &path)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if q.name.is_some() && p.name != name {
+            return Err(crate::deployer::DeployerError::NameMismatch {
+                file: p.name,
+                request: name,
+            }
+            .into());
+        }
         crate::pipeline::build_check(&p)
             .map_err(|e| ApiError::bad_request(e.redact(&p.secrets).to_string()))?;
-        d.worker.check(&p)?;
+        state.deployer.lock().worker.check(&p)?;
         Ok(Json(ValidationDoc {
             valid: true,
             statements: p
@@ -372,7 +383,7 @@ pub async fn queries(State(state): State<ApiState>) -> Result<Json<QueryList>, A
             .map(|q| QueryDoc {
                 id: q.id.clone(),
                 sink: q.sink.clone(),
-                statement: q.statement.clone(),
+                statement: d.worker.redact(&q.statement),
                 failed_to_start: engine.queries().failure(&q.id).map(str::to_string),
                 status: engine
                     .queries()

@@ -96,9 +96,14 @@ pub async fn statements(
     blocking(move || {
         let outputs = execute(&state, &sql)?;
         let mut results = Vec::new();
+        // Statements and rows may quote a pipeline's SQL, which holds its secrets' values
+        // (SHOW QUERIES, DESCRIBE): never shown.
+        let redact = |t: &str| state.deployer.lock().worker.redact(t);
         for o in outputs {
             results.push(match o {
-                Output::Message(message) => SqlResult::Message { message },
+                Output::Message(message) => SqlResult::Message {
+                    message: redact(&message),
+                },
                 Output::Rows(b) => SqlResult::Rows {
                     columns: b
                         .first()
@@ -110,7 +115,17 @@ pub async fn statements(
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    rows: row_objects(&b)?,
+                    rows: row_objects(&b)?
+                        .into_iter()
+                        .map(|mut row| {
+                            for v in row.values_mut() {
+                                if let Value::String(s) = v {
+                                    *s = redact(s);
+                                }
+                            }
+                            row
+                        })
+                        .collect(),
                 },
                 Output::Push(_) => {
                     return Err(ApiError::bad_request(

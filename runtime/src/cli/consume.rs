@@ -146,6 +146,8 @@ impl ConsumeArgs {
             ),
             max_messages: self.max_messages,
             follow: self.follow,
+            // Through a worker the command commits what it printed, itself.
+            auto_commit: self.group.as_ref().map(|_| false),
         }
     }
 

@@ -62,6 +62,10 @@ fn parse_datetime(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
+    // With a zone (`Z`, `+01:00`), else UTC.
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("'{s}': {e} (expected YYYY-MM-DDTHH:MM:SS[.sss] or epoch ms)"))
         .and_then(|t| {

@@ -93,7 +93,7 @@ pub struct Cli {
 pub enum LogFormat {
     /// Human-readable lines, with colour only when stderr is a terminal.
     Text,
-    /// One JSON object per line (timestamp, level, target, fields, span).
+    /// One JSON object per line: timestamp, level, target, message and the event's fields.
     Json,
 }
 
@@ -296,7 +296,7 @@ impl Cli {
             Err(e @ sluice_log::LogError::DataDirLocked { .. }) => {
                 // A worker owns the directory: ask its API instead.
                 return match remote::Remote::find(&data_dir) {
-                    Some(r) => r.run(cmd),
+                    Some(r) => r.run(cmd, &log_args),
                     None => Err(e.into()),
                 };
             }

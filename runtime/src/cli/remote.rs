@@ -105,12 +105,12 @@ impl Remote {
     }
 
     /// Runs `cmd` through the API, or says why it needs the data directory itself.
-    pub fn run(&self, cmd: Command) -> Result<(), CliError> {
+    pub fn run(&self, cmd: Command, log: &super::LogArgs) -> Result<(), CliError> {
         eprintln!("(via the running worker's API at {})", self.base);
         match cmd {
             Command::Topics(t) => self.topics(t.command)?,
             Command::Groups(g) => self.groups(g.command)?,
-            Command::Produce(a) => self.produce(a)?,
+            Command::Produce(a) => self.produce(a, log.auto_create_topics)?,
             Command::Gen(g) => g.command.run_remote(self)?,
             Command::Consume(a) => self.consume(a)?,
             Command::Sql(a) => super::sql::run_remote(a, self)?,
@@ -229,7 +229,21 @@ impl Remote {
         Ok(())
     }
 
-    fn produce(&self, a: produce::ProduceArgs) -> Result<(), CliError> {
+    fn produce(&self, a: produce::ProduceArgs, auto_create: bool) -> Result<(), CliError> {
+        if auto_create {
+            // As the log does for a local producer: one partition, if missing.
+            let body = json!({ "name": a.topic, "partitions": 1 });
+            match self.call(
+                reqwest::Method::POST,
+                "/topics",
+                Some(("application/json", body.to_string().into_bytes())),
+            ) {
+                Err(CliError::Usage(m)) if m.contains("already exists") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
         if a.partition.is_some() || a.compression != produce::CompressionArg::None {
             return Err(CliError::Usage(
                 "--partition and --compression need the data directory; a running worker's API chooses them".into(),
@@ -395,19 +409,53 @@ impl Remote {
         let mut count = 0u64;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
-            // Ctrl-C ends the stream cleanly: the worker commits the group's offsets of
-            // what was sent.
+            // Ctrl-C ends the stream cleanly, after committing what was printed.
             let stop = std::sync::Arc::clone(&stop);
             let _ = ctrlc::set_handler(move || {
                 stop.store(true, std::sync::atomic::Ordering::SeqCst);
             });
         }
-        self.stream(
+        // As a group member the command commits what it printed (every 5 s and at the end)
+        // through the stream's session: the worker cannot know what reached the screen.
+        let max = a.max_messages.unwrap_or(u64::MAX);
+        let mut session: Option<u64> = None;
+        let mut printed: std::collections::BTreeMap<u32, i64> = Default::default();
+        let mut last_commit = std::time::Instant::now();
+        let commit_path = |id: u64| format!("/topics/{}/consume/{id}/commit", path(&a.topic));
+        let commit = |id: u64, printed: &std::collections::BTreeMap<u32, i64>| {
+            if printed.is_empty() {
+                return Ok(());
+            }
+            let offsets: Vec<Value> = printed
+                .iter()
+                .map(|(p, o)| json!({ "partition": p, "offset": o }))
+                .collect();
+            let v = self.call(
+                reqwest::Method::POST,
+                &commit_path(id),
+                Some((
+                    "application/json",
+                    json!({ "offsets": offsets }).to_string().into_bytes(),
+                )),
+            )?;
+            if let Some(moved) = v["not_owned"].as_array().filter(|m| !m.is_empty()) {
+                eprintln!(
+                    "note: partitions {moved:?} moved to another member of the group before their offsets were committed; it reads them again from the group's last commit"
+                );
+            }
+            Ok::<(), CliError>(())
+        };
+        let streamed = self.stream(
             reqwest::Method::GET,
             &format!("/topics/{}/consume?{query}", path(&a.topic)),
             None,
             &stop,
             |event, data| match event {
+                "session" => {
+                    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                    session = v["session"].as_u64();
+                    Ok(true)
+                }
                 "record" => {
                     let r: Value = serde_json::from_str(data)
                         .map_err(|e| CliError::Usage(format!("a record event: {e}")))?;
@@ -424,21 +472,37 @@ impl Remote {
                             .map(|h| (h["key"].as_str().unwrap_or_default(), h["value"].as_str()))
                             .collect(),
                     });
-                    match writeln!(out, "{line}") {
+                    match writeln!(out, "{line}").and_then(|()| out.flush()) {
                         Ok(()) => {
                             count += 1;
-                            Ok(true)
+                            printed.insert(
+                                r["partition"].as_u64().unwrap_or(0) as u32,
+                                r["offset"].as_i64().unwrap_or_default() + 1,
+                            );
+                            if let Some(id) = session {
+                                if last_commit.elapsed() >= std::time::Duration::from_secs(5) {
+                                    commit(id, &printed)?;
+                                    last_commit = std::time::Instant::now();
+                                }
+                            }
+                            Ok(count < max)
                         }
-                        // `| head`: stop reading; the worker ends the stream.
+                        // `| head`: stop reading (what was printed is committed).
                         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
                         Err(e) => Err(CliError::io("write stdout", e)),
                     }
                 }
+                "caught_up" => Ok(a.follow),
                 "error" => Err(CliError::Usage(format!("worker API: {data}"))),
                 _ => Ok(event != "end"),
             },
-        )?;
+        );
         let _ = out.flush();
+        // Committed even when the stream failed: what was printed was printed.
+        if let Some(id) = session {
+            commit(id, &printed)?;
+        }
+        streamed?;
         eprintln!("Consumed {count} record(s).");
         Ok(())
     }
