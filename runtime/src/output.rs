@@ -3,8 +3,23 @@
 
 use serde_json::Value;
 
-/// Renders rows as columns separated by two spaces, the header first.
+/// Renders rows as columns separated by two spaces, the header first. Control characters in
+/// a cell (a group named with a newline) are shown escaped, so a row stays one line.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let escaped: Vec<Vec<String>>;
+    let rows = if rows
+        .iter()
+        .flatten()
+        .any(|c| c.chars().any(char::is_control))
+    {
+        escaped = rows
+            .iter()
+            .map(|r| r.iter().map(|c| c.escape_debug().to_string()).collect())
+            .collect();
+        &escaped[..]
+    } else {
+        rows
+    };
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -199,5 +214,11 @@ mod tests {
     fn aligns_columns() {
         let t = super::table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn a_cell_with_a_newline_stays_on_its_row() {
+        let t = super::table(&["GROUP"], &[vec!["a\nb".into()]]);
+        assert_eq!(t, "GROUP\na\\nb\n");
     }
 }
