@@ -24,6 +24,14 @@
 //                        ({"key","value"} lines) to the topic and wait for more rows
 //   SLUICE_PULL_SQL      a pull query or statement whose result table must show...
 //   SLUICE_PULL_ROWS     ...with at least this many rows (default 1; 0 accepts a message)
+//   SLUICE_EXACT_TOPIC   a topic (created with one partition if missing) to which one record is
+//                        produced whose JSON value a re-serialisation would change (integers past
+//                        2^53, 1.50, 1e400, a duplicate key, escapes); the record browser must
+//                        show it indented with every token as stored
+//   SLUICE_EXACT_SQL_SETUP  optional statements run through POST /sql before SLUICE_EXACT_SQL
+//                        (e.g. CREATE TABLE IF NOT EXISTS ... ; INSERT INTO ... 9007199254740993 ...)
+//   SLUICE_EXACT_SQL     a pull query whose answer holds an integer above 2^53 (a BIGINT): the
+//                        result table must show each such integer digit for digit
 //   SLUICE_SCREENSHOT    where to write a PNG of the pipelines page
 //   CHROMIUM             the browser (default /usr/bin/chromium)
 //   SLUICE_E2E_TIMEOUT_MS  the bound on the whole run (default 90000)
@@ -118,6 +126,14 @@ const canon = (v) =>
   );
 /** Same JSON, whatever the key order (big integers lose the same precision on both sides). */
 const sameJson = (a, b) => canon(a) === canon(b);
+/** JSON text without the whitespace between tokens (strings kept whole): two texts with the
+ * same tokens, every number and string written the same, squeeze to the same text. */
+const squeeze = (t) => t.replace(/"(?:[^"\\]|\\.)*"|[ \t\n\r]+/g, (m) => (m[0] === '"' ? m : ""));
+/** The integer tokens of JSON text (outside strings) above 2^53 in magnitude, as written. */
+const bigInts = (t) =>
+  [...t.matchAll(/"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g)]
+    .map((m) => m[0])
+    .filter((x) => /^-?\d+$/.test(x) && (BigInt(x) > 2n ** 53n || BigInt(x) < -(2n ** 53n)));
 const cssStr = (s) => JSON.stringify(s); // a quoted CSS attribute value
 
 async function waitFor(what, fn, ms = T, every = 250) {
@@ -333,7 +349,23 @@ try {
       const s = await page.locator(tid("group-row")).evaluateAll((els) => els.map((e) => e.dataset.name));
       return names.every((n) => s.includes(n));
     });
-    const g = names[0];
+    // A group named . or .. has no URL fetch can send (it resolves %2E segments too): its page
+    // says so and shows the list's state; the others show their partitions.
+    const dots = names.filter((n) => n === "." || n === "..");
+    for (const d of dots) {
+      await go("#/groups");
+      await page.locator(`${tid("group-row")}[data-name=${cssStr(d)}] a`).click();
+      await page.locator(`${tid("group-page")}[data-name=${cssStr(d)}] ${tid("group-dot-name")}`).waitFor();
+      // The state moves (a member leaving): compare with a fresh answer until they agree.
+      await waitFor(`group ${d}'s state as the API has it`, async () => {
+        const want = (await apiOk("/groups")).groups.find((x) => x.group === d)?.state;
+        const shown = await page.locator(`${tid("group-page")} .badge`).innerText({ timeout: 1000 });
+        return shown === want;
+      });
+    }
+    const g = names.find((n) => !dots.includes(n));
+    if (g === undefined) return `${names.length} groups, all named . or ..: their pages explain why they show no partitions`;
+    await go("#/groups");
     await page.locator(`${tid("group-row")}[data-name=${cssStr(g)}] a`).click();
     const detail = await apiOk(`/groups/${encodeURIComponent(g)}`);
     await page.locator(tid("group-page")).waitFor();
@@ -341,7 +373,7 @@ try {
       return (await page.locator(tid("group-partition")).count()) === detail.partitions.length;
     });
     await page.locator(tid("group-lag-chart")).waitFor();
-    return `${names.length} groups; ${g}: ${detail.partitions.length} partitions with lag chart`;
+    return `${names.length} groups; ${g}: ${detail.partitions.length} partitions with lag chart${dots.length ? `; groups ${dots.join(" and ")}: state shown, and why no partitions` : ""}`;
   });
 
   const deployName = env.SLUICE_DEPLOY_NAME;
@@ -556,13 +588,15 @@ try {
       const row = page.locator(`${tid("record-row")}[data-offset="${r.offset}"]`);
       const value = (await row.locator(tid("record-value")).innerText()).trim();
       if (r.value != null) {
-        let want = r.value;
+        // JSON is shown indented with every token as stored; other text as it is.
+        let json = /^\s*[[{]/.test(r.value);
         try {
-          want = JSON.stringify(JSON.parse(r.value), null, 2);
+          JSON.parse(r.value);
         } catch {
-          /* text */
+          json = false;
         }
-        if (value !== want.trim()) throw new Error(`offset ${r.offset}: value ${JSON.stringify(value)} is not ${JSON.stringify(want)}`);
+        const same = json ? squeeze(value) === squeeze(r.value) : value === r.value.trim();
+        if (!same) throw new Error(`offset ${r.offset}: value ${JSON.stringify(value)} is not ${JSON.stringify(r.value)}`);
       }
       if (Array.isArray(r.headers) && r.headers.length) {
         withHeaders++;
@@ -583,6 +617,67 @@ try {
       : "the API gives no headers field";
     return `partition ${partition}, offsets ${from}..${offsets[offsets.length - 1]} (${offsets.length} records); ${headersNote}`;
   }, topic ? null : "SLUICE_BROWSE_TOPIC not set");
+
+  const exactTopic = env.SLUICE_EXACT_TOPIC;
+  await check(`record browser shows a JSON value of ${exactTopic ?? "a topic"} exactly as stored`, async () => {
+    const t = enc(exactTopic);
+    const exists = await api(`/topics/${t}`);
+    if (exists.status === 404) {
+      await apiOk("/topics", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: exactTopic, partitions: 1 }),
+      });
+    } else if (exists.status !== 200) throw new Error(`GET /topics/${exactTopic}: HTTP ${exists.status}`);
+    const nonce = `e2e-exact-${Date.now()}`;
+    const value =
+      '{"id": 12345678901234567891, "big": [9007199254740993, -9223372036854775809], ' +
+      '"amount": 0.1000000000000000055511151231257827, "price": 1.50, "x": 1e400, "a": 1, "a": 2, ' +
+      `"s": "\\u20ac \\"q\\" é", "e": {}, "nonce": "${nonce}"}`;
+    const want = [
+      "{",
+      '  "id": 12345678901234567891,',
+      '  "big": [',
+      "    9007199254740993,",
+      "    -9223372036854775809",
+      "  ],",
+      '  "amount": 0.1000000000000000055511151231257827,',
+      '  "price": 1.50,',
+      '  "x": 1e400,',
+      '  "a": 1,',
+      '  "a": 2,',
+      '  "s": "\\u20ac \\"q\\" é",',
+      '  "e": {},',
+      `  "nonce": "${nonce}"`,
+      "}",
+    ].join("\n");
+    await apiOk(`/topics/${t}/records`, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: `{"key": ${JSON.stringify(nonce)}, "value": ${value}}\n`,
+    });
+    // Where it landed, and that the worker kept the value's text as written.
+    const info = await apiOk(`/topics/${t}`);
+    let rec;
+    for (const p of info.partitions) {
+      const from = Math.max(p.log_start_offset, p.last_stable_offset - 20);
+      const doc = await apiOk(`/topics/${t}/records?partition=${p.partition}&offset=${from}&limit=20`);
+      rec = doc.records.find((r) => r.key === nonce) ?? rec;
+    }
+    if (!rec) throw new Error(`the record produced (key ${nonce}) is not found through the API`);
+    if (rec.value !== value) throw new Error(`the worker changed the value's text: ${JSON.stringify(rec.value)}`);
+    await go(`#/topics/${t}`);
+    await page.locator(tid("record-browser")).waitFor();
+    await page.locator(tid("browse-partition")).selectOption(String(rec.partition));
+    await page.locator(tid("browse-offset")).fill(String(rec.offset));
+    await page.locator(tid("browse-limit")).fill("1");
+    await page.locator(tid("browse-read")).click();
+    const row = page.locator(`${tid("record-row")}[data-partition="${rec.partition}"][data-offset="${rec.offset}"]`);
+    await row.waitFor();
+    const shown = await row.locator(tid("record-value")).innerText();
+    if (shown !== want) throw new Error(`shown ${JSON.stringify(shown)}, not ${JSON.stringify(want)}`);
+    return `partition ${rec.partition} offset ${rec.offset}: 12345678901234567891, 9007199254740993, 1.50, 1e400 and both "a" keys shown as stored`;
+  }, exactTopic ? null : "SLUICE_EXACT_TOPIC not set");
 
   const followTopic = env.SLUICE_FOLLOW_TOPIC;
   await check(`Follow tails ${followTopic ?? "a topic"}: a record produced after it started shows on top`, async () => {
@@ -714,6 +809,38 @@ try {
     const cols = await page.locator(`${tid("sql-table")} th`).allInnerTexts();
     return `${rows} rows, columns ${cols.join(", ")}${messages.length ? `; messages: ${messages.join(" | ")}` : ""}`;
   }, pullSql ? null : "SLUICE_PULL_SQL not set");
+
+  const exactSql = env.SLUICE_EXACT_SQL;
+  await check("a pull query shows integers above 2^53 exactly", async () => {
+    const sqlApi = async (sql) => {
+      const res = await fetch(new URL("/sql", BASE), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...(TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {}) },
+        body: JSON.stringify({ sql }),
+      });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`POST /sql ${JSON.stringify(sql)}: HTTP ${res.status}: ${text}`);
+      return text;
+    };
+    if (env.SLUICE_EXACT_SQL_SETUP) await sqlApi(env.SLUICE_EXACT_SQL_SETUP);
+    // The API's answer as text (JSON.parse would round the integers this is about).
+    let big = [];
+    await waitFor("an integer above 2^53 in the API's answer", async () => {
+      big = bigInts(await sqlApi(exactSql));
+      return big.length > 0;
+    }, 15_000, 500);
+    await go("#/sql");
+    await page.locator(tid("sql-input")).fill(exactSql);
+    await page.locator(tid("sql-run")).click();
+    const outcome = page.locator(`${tid("sql-results")}, ${tid("sql-error")}`).first();
+    await outcome.waitFor({ timeout: 20_000 });
+    if ((await outcome.getAttribute("data-testid")) === "sql-error") throw new Error(`the worker refused it: ${await outcome.innerText()}`);
+    const cells = await page.locator(`${tid("sql-table")} td`).allInnerTexts();
+    const missing = big.filter((x) => !cells.some((c) => c.trim() === x || bigInts(c).includes(x)));
+    if (missing.length) throw new Error(`${missing.join(", ")} not shown exactly (cells: ${cells.join(" | ")})`);
+    big = [...new Set(big)];
+    return `${big.join(", ")} shown as the worker sent ${big.length > 1 ? "them" : "it"}`;
+  }, exactSql ? null : "SLUICE_EXACT_SQL not set");
 
   await check("screenshot of the pipelines page", async () => {
     await go("#/pipelines");

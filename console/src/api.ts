@@ -27,11 +27,14 @@ export const auth = {
       /* storage disabled: the token lives for this call only */
     }
     auth.needed = false;
+    auth.dropped = null;
     auth.epoch++;
     emit();
   },
   /** Whether the token the worker answered 401 to was one we sent (a wrong token). */
   refused: false,
+  /** Why a stored token was forgotten (it could not be sent), for the prompt. */
+  dropped: null as string | null,
   ask(sent: boolean) {
     if (!auth.needed) {
       auth.needed = true;
@@ -83,10 +86,34 @@ export async function errorOf(res: Response, sentToken = false): Promise<ApiErro
   return new ApiError(res.status, message || `HTTP ${res.status} ${res.statusText}`);
 }
 
+/** Why a token cannot go in an `Authorization` header, or null when it can. Header values
+ * carry bytes, not text: a character past ISO-8859-1 (`€`) makes the browser refuse the
+ * request, and the worker takes only printable ASCII, so that is what a token may hold. */
+export function tokenProblem(token: string): string | null {
+  if (token === "") return "The token is empty.";
+  const bad = [...token].find((c) => c < " " || c > "~");
+  if (bad === undefined) return null;
+  const code = bad.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+  const control = bad < " " || (bad >= "\x7f" && bad < "\xa0");
+  return `The token holds ${control ? "a control character" : `"${bad}"`} (U+${code}): an HTTP header carries only printable ASCII (letters, digits, punctuation), so no worker token can hold it.`;
+}
+
 /** fetch with the token; throws ApiError on a non-2xx answer. */
 export async function request(path: string, init: RequestInit = {}): Promise<Response> {
   const headers = new Headers(init.headers);
-  const token = auth.token();
+  let token = auth.token();
+  const problem = token == null ? null : tokenProblem(token);
+  if (problem) {
+    // A stored token that cannot be sent (set by hand, or by an older console): forget it and
+    // go without; a 401 then shows the prompt, saying why.
+    auth.dropped = `The stored token could not be sent and was forgotten. ${problem}`;
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      /* storage disabled */
+    }
+    token = null;
+  }
   if (token) headers.set("Authorization", `Bearer ${token}`);
   let res: Response;
   try {
@@ -112,7 +139,18 @@ export async function sendJson<T>(method: string, path: string, body?: unknown):
   });
 }
 
-export const enc = encodeURIComponent;
+/** A path segment (or query value), percent-encoded, `.` and `..` too (`%2E`, `%2E%2E`, which
+ * the worker decodes): encodeURIComponent leaves them as they are. A browser still resolves
+ * `%2E` segments like dots (the URL standard), so see `isDotSegment`. */
+export function enc(s: string): string {
+  return s === "." ? "%2E" : s === ".." ? "%2E%2E" : encodeURIComponent(s);
+}
+
+/** A name no browser request can carry as a path segment: fetch resolves `.` and `..` (also
+ * written `%2E`, `.%2E`...) before sending, so `/groups/..` asks for `/`. */
+export function isDotSegment(s: string): boolean {
+  return s === "." || s === "..";
+}
 
 // ---- shapes (fields marked optional are newer than some workers) ----
 

@@ -40,18 +40,56 @@ export function ago(ms: number, now = Date.now()): string {
   return `${dec.format(s / 86400)} d ago`;
 }
 
-/** A record's key or value: JSON pretty-printed, other text as it is. */
+/** A record's key or value: JSON indented (every token's text as stored), other text as it is. */
 export function pretty(text: string | null | undefined): { text: string; json: boolean } {
   if (text == null) return { text: "null", json: false };
   const t = text.trim();
   if (t.startsWith("{") || t.startsWith("[")) {
     try {
-      return { text: JSON.stringify(JSON.parse(t), null, 2), json: true };
+      JSON.parse(t); // only to tell JSON from other text: its values are not shown
+      return { text: indentJson(t), json: true };
     } catch {
       /* not JSON */
     }
   }
   return { text, json: false };
+}
+
+const WS = " \t\n\r";
+
+/** Indents valid JSON text like `JSON.stringify(v, null, 2)` without re-serialising it: every
+ * string, number and literal is copied as written (big integers, `1.50`, `1e400`, escapes,
+ * duplicate keys stay as they are); only the whitespace between tokens changes. */
+export function indentJson(text: string, step = "  "): string {
+  let out = "";
+  let depth = 0;
+  const nl = () => "\n" + step.repeat(depth);
+  for (let i = 0; i < text.length; ) {
+    const c = text[i];
+    let j = i + 1;
+    if (c === '"') {
+      while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      out += text.slice(i, ++j);
+    } else if (c === "{" || c === "[") {
+      while (WS.includes(text[j] ?? "x")) j++;
+      if (text[j] === "}" || text[j] === "]") out += c + text[j++];
+      else {
+        depth++;
+        out += c + nl();
+      }
+    } else if (c === "}" || c === "]") {
+      depth--;
+      out += nl() + c;
+    } else if (c === ",") out += "," + nl();
+    else if (c === ":") out += ": ";
+    else if (!WS.includes(c)) {
+      // a number or a literal: up to the next delimiter
+      while (j < text.length && !`${WS},:{}[]"`.includes(text[j])) j++;
+      out += text.slice(i, j);
+    }
+    i = j;
+  }
+  return out;
 }
 
 /** A cell of a SQL result: strings as they are, other values as JSON. */
@@ -63,14 +101,20 @@ export function cell(v: unknown): string {
 
 type RawJson = (text: string) => unknown;
 const rawJSON = (JSON as unknown as { rawJSON?: RawJson }).rawJSON;
+const isRawJSON = (JSON as unknown as { isRawJSON?: (v: unknown) => boolean }).isRawJSON;
 
-/** JSON.parse keeping integers past 2^53 exact where the browser can (JSON.rawJSON), so a
- * source position's 64-bit hash is shown as the worker sent it. */
+/** JSON.parse keeping every number whose JavaScript value would print differently from the
+ * text the worker sent (integers past 2^53, `1.0`, `1e400`...) as that text, where the browser
+ * can (JSON.rawJSON): a source position's 64-bit hash or a BIGINT column shows as sent.
+ * `JSON.stringify` (and so `cell`) writes such a number's text back as it was. */
 export function parseExact(text: string): unknown {
   if (!rawJSON) return JSON.parse(text);
   const reviver = (_k: string, v: unknown, ctx?: { source?: string }) =>
-    typeof v === "number" && !Number.isSafeInteger(v) && ctx?.source && /^-?\d+$/.test(ctx.source)
-      ? rawJSON(ctx.source)
-      : v;
+    typeof v === "number" && ctx?.source != null && String(v) !== ctx.source ? rawJSON(ctx.source) : v;
   return JSON.parse(text, reviver as (k: string, v: unknown) => unknown);
+}
+
+/** A number of a parsed result: a JavaScript number or a number kept as its text. */
+export function isNum(v: unknown): boolean {
+  return typeof v === "number" || (isRawJSON?.(v) ?? false);
 }

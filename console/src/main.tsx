@@ -2,7 +2,7 @@
 
 import { render } from "preact";
 import { useState } from "preact/hooks";
-import { auth, getJson, useAuth } from "./api";
+import { auth, getJson, tokenProblem, useAuth } from "./api";
 import { usePoll, useRoute } from "./hooks";
 import { PipelinesPage } from "./pages/Pipelines";
 import { TopicPage, TopicsPage } from "./pages/Topics";
@@ -30,6 +30,7 @@ function Health() {
 
 function TokenPrompt() {
   const [value, setValue] = useState("");
+  const [problem, setProblem] = useState<string | null>(null);
   return (
     <div class="modal-back">
       <form
@@ -37,7 +38,12 @@ function TokenPrompt() {
         data-testid="token-form"
         onSubmit={(e) => {
           e.preventDefault();
-          if (value.trim()) auth.set(value.trim());
+          const token = value.trim();
+          if (!token) return;
+          // A token the browser cannot put in a header would break every request: refuse it here.
+          const p = tokenProblem(token);
+          setProblem(p);
+          if (!p) auth.set(token);
         }}
       >
         <h2>API token</h2>
@@ -50,6 +56,16 @@ function TokenPrompt() {
             The worker refused the token that was sent.
           </p>
         ) : null}
+        {auth.dropped && !problem ? (
+          <p class="error" data-testid="token-dropped">
+            {auth.dropped}
+          </p>
+        ) : null}
+        {problem ? (
+          <p class="error" data-testid="token-problem">
+            {problem}
+          </p>
+        ) : null}
         <input
           type="password"
           autoFocus
@@ -57,7 +73,10 @@ function TokenPrompt() {
           placeholder="bearer token"
           data-testid="token-input"
           value={value}
-          onInput={(e) => setValue(e.currentTarget.value)}
+          onInput={(e) => {
+            setValue(e.currentTarget.value);
+            setProblem(null);
+          }}
         />
         <button type="submit" data-testid="token-submit">
           Use token

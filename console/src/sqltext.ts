@@ -22,3 +22,9 @@ export function columnsOf(rows: Record<string, unknown>[], into: string[] = []):
   }
   return into;
 }
+
+/** `TERMINATE` of a persistent query: the id in backticks (a backtick in it doubled), since an
+ * id holds its sink's name (`CSAS_EV-CLEAN_1`, spaces, `<`, `=`...). */
+export function terminateSql(id: string): string {
+  return `TERMINATE \`${id.replaceAll("`", "``")}\`;`;
+}

@@ -14,8 +14,11 @@ async function load(file, stubs = {}) {
 }
 
 const { SseParser } = await load("sse.ts", { 'import { request } from "./api";': "const request = null;" });
-const { isPush, columnsOf } = await load("sqltext.ts");
-const { parseExact } = await load("format.ts");
+const { isPush, columnsOf, terminateSql } = await load("sqltext.ts");
+const { parseExact, indentJson, pretty } = await load("format.ts");
+const { enc, isDotSegment, tokenProblem } = await load("api.ts", {
+  'import { useEffect, useState } from "preact/hooks";': "const useEffect = null, useState = null;",
+});
 
 const STREAM =
   ': keep-alive\r\n\r\nevent: columns\r\ndata: ["A","B"]\r\n\r\nevent: row\ndata: {"A":1,\ndata: "B":2}\n\n' +
@@ -77,4 +80,94 @@ test("offsets keep 64-bit integers exact where JSON.rawJSON exists", () => {
   assert.equal(v.p, null);
   if (JSON.rawJSON) assert.equal(JSON.stringify(v), '{"offset":{"f":{"head_hash":18192642512675428494,"line":8,"x":-1500}},"p":null}');
   else assert.deepEqual(v, JSON.parse(text));
+});
+
+/** The text with the whitespace between JSON tokens removed (strings kept whole). */
+const squeeze = (t) => t.replace(/"(?:[^"\\]|\\.)*"|[ \t\n\r]+/g, (m) => (m[0] === '"' ? m : ""));
+
+test("the JSON indenter copies every token as written: big numbers, 1.50, 1e400", () => {
+  const text = '{"id": 12345678901234567891, "amount": 0.1000000000000000055511151231257827, "price": 1.50, "x": 1e400}';
+  assert.equal(
+    indentJson(text),
+    '{\n  "id": 12345678901234567891,\n  "amount": 0.1000000000000000055511151231257827,\n  "price": 1.50,\n  "x": 1e400\n}',
+  );
+  assert.deepEqual(pretty(text), { text: indentJson(text), json: true });
+  assert.equal(indentJson("[9007199254740993]"), "[\n  9007199254740993\n]");
+  assert.equal(indentJson("[-0, -1.5E+3, 1e-7, 0.0]"), "[\n  -0,\n  -1.5E+3,\n  1e-7,\n  0.0\n]");
+});
+
+test("the JSON indenter keeps duplicate keys", () => {
+  assert.equal(indentJson('{"a": 1, "a": 2}'), '{\n  "a": 1,\n  "a": 2\n}');
+  assert.equal(pretty('{"a":1,"a":2}').text, '{\n  "a": 1,\n  "a": 2\n}');
+});
+
+test("the JSON indenter lays out nested values as JSON.stringify(v, null, 2) does", () => {
+  const cases = [
+    '{"n":{"e":[],"o":{},"z":[1,[2,{"q":null}]]},"t":true,"f":false}',
+    ' [ { } , [ ] , { "a" : [ 1 , 2 ] } ] ',
+    '{\r\n\t"k":\t"v"\n}',
+    "[]",
+    "{}",
+    '[[[[]]]]',
+    '{"":""}',
+  ];
+  for (const c of cases) assert.equal(indentJson(c.trim()), JSON.stringify(JSON.parse(c), null, 2), c);
+});
+
+test("the JSON indenter copies strings as written: escapes, quotes, brackets, unicode", () => {
+  const text = String.raw`{"s":"a\"b\\c\u00e9\ud83d\ude00 ü €","t":"{[,:]} \\","u":"\\\"","e":"😀\n"}`;
+  const out = indentJson(text);
+  assert.equal(
+    out,
+    '{\n  "s": ' + String.raw`"a\"b\\c\u00e9\ud83d\ude00 ü €"` + ',\n  "t": "{[,:]} \\\\",\n  "u": ' + String.raw`"\\\""` + ',\n  "e": "😀\\n"\n}',
+  );
+  assert.equal(squeeze(out), squeeze(text));
+  assert.deepEqual(JSON.parse(out), JSON.parse(text));
+});
+
+test("pretty: JSON only when it parses, other text as it is", () => {
+  assert.deepEqual(pretty("{not json"), { text: "{not json", json: false });
+  assert.deepEqual(pretty('{"a":1} trailing'), { text: '{"a":1} trailing', json: false });
+  assert.deepEqual(pretty("plain"), { text: "plain", json: false });
+  assert.deepEqual(pretty("12345678901234567891"), { text: "12345678901234567891", json: false });
+  assert.deepEqual(pretty(null), { text: "null", json: false });
+  assert.deepEqual(pretty('  {"a":1}\n'), { text: '{\n  "a": 1\n}', json: true });
+});
+
+test("enc: path segments . and .. are percent-encoded; isDotSegment tells them", () => {
+  assert.equal(enc("."), "%2E");
+  assert.equal(enc(".."), "%2E%2E");
+  assert.equal(enc("..."), "...");
+  assert.equal(enc("a.b"), "a.b");
+  assert.equal(enc("a/b c"), "a%2Fb%20c");
+  assert.equal(enc("é?#"), "%C3%A9%3F%23");
+  assert.equal(decodeURIComponent(enc("..")), "..");
+  // Yet URLs resolve %2E segments like dots (the URL standard, as fetch does): hence
+  // isDotSegment, for which the group page asks only GET /groups.
+  assert.equal(new URL(`/groups/${enc("..")}`, "http://h/").pathname, "/");
+  assert.equal(new URL(`/groups/${enc(".")}`, "http://h/").pathname, "/groups/");
+  assert.equal(isDotSegment("."), true);
+  assert.equal(isDotSegment(".."), true);
+  for (const s of ["...", ".a", "a.", "", "%2E"]) assert.equal(isDotSegment(s), false, s);
+});
+
+test("TERMINATE quotes the query id with backticks", () => {
+  assert.equal(terminateSql("CSAS_EV-CLEAN_1"), "TERMINATE `CSAS_EV-CLEAN_1`;");
+  assert.equal(terminateSql("CSAS_A B<=C_2"), "TERMINATE `CSAS_A B<=C_2`;");
+  assert.equal(terminateSql("CSAS_WE`IRD_1"), "TERMINATE `CSAS_WE``IRD_1`;");
+  assert.equal(terminateSql("Q"), "TERMINATE `Q`;");
+});
+
+test("a token must be printable ASCII to go in a header", () => {
+  for (const ok of ["s3cret", "a-b_c.d~e+f/g=", "with space", "!\"#$%&'()*,:;<>?@[\\]^`{|}"]) {
+    assert.equal(tokenProblem(ok), null, ok);
+    assert.doesNotThrow(() => new Headers().set("Authorization", `Bearer ${ok}`));
+  }
+  for (const bad of ["tök€", "tök", "€", "😀", "a\nb", "a\tb", "a\x7fb", "\u00a0", ""]) {
+    assert.match(tokenProblem(bad), /token/, JSON.stringify(bad));
+  }
+  assert.match(tokenProblem("tök€"), /"ö" \(U\+00F6\)/);
+  assert.match(tokenProblem("a\nb"), /control character \(U\+000A\)/);
+  // What the check prevents: the browser refuses such a header outright.
+  assert.throws(() => new Headers().set("Authorization", "Bearer tök€"));
 });

@@ -114,6 +114,13 @@ fn the_console_renders_deploys_browses_and_streams_in_chromium() {
         .env("SLUICE_PUSH_PRODUCE_TOPIC", "rides")
         .env("SLUICE_PUSH_PRODUCE_NDJSON", w.join("produce.ndjson"))
         .env("SLUICE_PULL_SQL", "SELECT * FROM zone_fares;")
+        // Values shown exactly as stored: a record's JSON text, and BIGINTs past 2^53.
+        .env("SLUICE_EXACT_TOPIC", "exact")
+        .env(
+            "SLUICE_EXACT_SQL_SETUP",
+            "CREATE TABLE IF NOT EXISTS big_ids (id VARCHAR PRIMARY KEY, n BIGINT) WITH (topic = 'big_ids', partitions = 1); INSERT INTO big_ids (id, n) VALUES ('max', 9223372036854775807), ('past-2^53', 9007199254740993);",
+        )
+        .env("SLUICE_EXACT_SQL", "SELECT id, n FROM big_ids;")
         .env("SLUICE_SCREENSHOT", &shot)
         .output()
         .unwrap();

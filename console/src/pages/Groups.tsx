@@ -1,6 +1,6 @@
 // Consumer groups: the list, and one group's partitions with lag over time.
 
-import { enc, getJson, type GroupDoc, type GroupSummary } from "../api";
+import { enc, getJson, isDotSegment, type GroupDoc, type GroupSummary } from "../api";
 import { n } from "../format";
 import { points, record } from "../history";
 import { useNow, usePoll } from "../hooks";
@@ -48,6 +48,41 @@ export function GroupsPage() {
 const lagKey = (g: string, tp: string) => `lag:${g}\u0000${tp}`;
 
 export function GroupPage({ group }: { group: string }) {
+  return isDotSegment(group) ? <DotGroupPage group={group} /> : <GroupDetail group={group} />;
+}
+
+/** A group named `.` or `..`: a browser resolves `/groups/%2E%2E` to `/` before sending it, so
+ * only the list's summary can be shown, with how to read the rest. */
+function DotGroupPage({ group }: { group: string }) {
+  const polled = usePoll(() => getJson<{ groups: GroupSummary[] }>("/groups"), 3000, []);
+  const g = polled.data?.groups.find((x) => x.group === group);
+  return (
+    <div data-testid="group-page" data-name={group}>
+      <p class="crumbs">
+        <a href="#/groups">Consumer groups</a> / <span class="mono">{group}</span>
+      </p>
+      <h1 class="mono">{group}</h1>
+      {polled.error ? <p class="error">{polled.error}</p> : null}
+      {!polled.data ? (
+        <p class="muted">Loading…</p>
+      ) : !g ? (
+        <p class="error">No group {group} (GET /groups does not list it).</p>
+      ) : (
+        <p>
+          state <span class={`badge group-${g.state}`}>{g.state}</span> · members {n(g.members)}
+        </p>
+      )}
+      <p class="muted" data-testid="group-dot-name">
+        A browser cannot ask for this group's partitions: it resolves a <code>{group}</code> path
+        segment (even written <code>{enc(group)}</code>) before sending, so{" "}
+        <code>GET /groups/{enc(group)}</code> would reach <code>{group === "." ? "/groups/" : "/"}</code>.
+        Ask the worker directly: <code>curl --path-as-is …/groups/{enc(group)}</code>.
+      </p>
+    </div>
+  );
+}
+
+function GroupDetail({ group }: { group: string }) {
   const polled = usePoll(
     () => getJson<GroupDoc>(`/groups/${enc(group)}`),
     2000,

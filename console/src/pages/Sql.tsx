@@ -2,11 +2,11 @@
 // POST /query) streamed into a table until stopped.
 
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import { ApiError, getJson, sendJson, type QueryDoc, type SqlResult } from "../api";
-import { cell, n } from "../format";
+import { ApiError, getJson, request, type QueryDoc, type SqlResult } from "../api";
+import { cell, isNum, n, parseExact } from "../format";
 import { usePoll } from "../hooks";
 import { streamQuery } from "../sse";
-import { columnsOf, isPush } from "../sqltext";
+import { columnsOf, isPush, terminateSql } from "../sqltext";
 
 const SQL_KEY = "sluice.sql";
 /** Rows a push query keeps on screen (the counter counts them all). */
@@ -20,7 +20,7 @@ function RowsTable(props: { rows: Record<string, unknown>[]; columns?: string[];
     for (const r of props.rows) {
       const v = r[c];
       if (v == null) continue;
-      if (typeof v !== "number") return false;
+      if (!isNum(v)) return false;
       any = true;
     }
     return any;
@@ -70,10 +70,19 @@ export function SqlPage() {
   const [results, setResults] = useState<SqlResult[] | null>(null);
   const [push, setPush] = useState<Push | null>(null);
   const abort = useRef<AbortController | null>(null);
+  /** Grows with every run (and on leaving the page): a run whose number is no longer current
+   * (a stopped push query's last flush, a slow pull answer) must not touch the page. */
+  const gen = useRef(0);
   const scroller = useRef<HTMLDivElement>(null);
   const stick = useRef(true);
 
-  useEffect(() => () => abort.current?.abort(), []);
+  useEffect(
+    () => () => {
+      gen.current++;
+      abort.current?.abort();
+    },
+    [],
+  );
   useLayoutEffect(() => {
     const el = scroller.current;
     if (el && stick.current) el.scrollTop = el.scrollHeight;
@@ -89,22 +98,32 @@ export function SqlPage() {
     if (!text) return;
     sessionStorage.setItem(SQL_KEY, sql);
     stop();
+    const my = ++gen.current;
     setError(null);
     setResults(null);
     setPush(null);
-    if (isPush(text)) return runPush(text);
+    if (isPush(text)) {
+      setBusy(false);
+      return runPush(text, my);
+    }
     setBusy(true);
     try {
-      const doc = await sendJson<{ results: SqlResult[] }>("POST", "/sql", { sql: text });
-      setResults(doc.results);
+      const res = await request("/sql", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ sql: text }),
+      });
+      // Parsed exactly: a BIGINT past 2^53 shows as the worker sent it.
+      const doc = parseExact(await res.text()) as { results: SqlResult[] };
+      if (gen.current === my) setResults(doc.results);
     } catch (e) {
-      setError((e as Error).message);
+      if (gen.current === my) setError((e as Error).message);
     } finally {
-      setBusy(false);
+      if (gen.current === my) setBusy(false);
     }
   };
 
-  const runPush = async (text: string) => {
+  const runPush = async (text: string, my: number) => {
     const ctl = new AbortController();
     abort.current = ctl;
     // Rows arrive faster than the screen needs: they are flushed every 100 ms.
@@ -114,6 +133,7 @@ export function SqlPage() {
     // Each flush hands the table a copy of `p` (new arrays), so it renders the new rows.
     const flush = () => {
       timer = null;
+      if (gen.current !== my) return; // superseded by another run, or the page was left
       if (pending.length) {
         columnsOf(pending, p.columns);
         p.rows = p.rows.concat(pending);
@@ -131,8 +151,8 @@ export function SqlPage() {
       await streamQuery(text, ctl.signal, (ev) => {
         if (ev.event === "row") {
           try {
-            const row = JSON.parse(ev.data);
-            pending.push(row && typeof row === "object" && !Array.isArray(row) ? row : { value: row });
+            const row = parseExact(ev.data);
+            pending.push(row && typeof row === "object" && !Array.isArray(row) && !isNum(row) ? (row as Record<string, unknown>) : { value: row });
           } catch {
             pending.push({ value: ev.data });
           }
@@ -310,7 +330,7 @@ function QueriesSide({ put }: { put: (sql: string) => void }) {
               <button class="link" onClick={() => put(q.statement + ";")}>
                 statement
               </button>
-              <button class="link" onClick={() => put(`TERMINATE ${q.id};`)}>
+              <button class="link" onClick={() => put(terminateSql(q.id))} data-testid="sql-query-terminate">
                 TERMINATE…
               </button>
             </li>
