@@ -41,8 +41,8 @@ pub enum GroupsCommand {
         /// To this offset (clamped to each partition's range).
         #[arg(long, allow_negative_numbers = true)]
         to_offset: Option<i64>,
-        /// To the first record at or after this time: `YYYY-MM-DDTHH:MM:SS[.sss]` (UTC, or
-        /// with `Z`), or milliseconds since the epoch.
+        /// To the first record at or after this time: `YYYY-MM-DDTHH:MM:SS[.sss]` (UTC unless
+        /// it ends with `Z` or an offset such as `+01:00`), or milliseconds since the epoch.
         #[arg(long, value_parser = parse_datetime, value_name = "DATETIME")]
         to_datetime: Option<i64>,
         /// Move each committed offset by N (negative: back), clamped to the partition.
