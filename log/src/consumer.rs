@@ -124,14 +124,7 @@ pub fn decode_fetch(
         if h.is_control() {
             continue;
         }
-        if isolation == Isolation::ReadCommitted
-            && h.is_transactional()
-            && result.aborted.iter().any(|a| {
-                a.producer_id == h.producer_id
-                    && a.first_offset <= h.base_offset
-                    && h.base_offset <= a.last_offset
-            })
-        {
+        if isolation == Isolation::ReadCommitted && result.is_aborted(&h) {
             continue;
         }
         out.extend(decode_records_bytes(data.slice(start..start + len))?);

@@ -81,6 +81,19 @@ pub struct FetchResult {
     pub aborted: Vec<AbortedTxn>,
 }
 
+impl FetchResult {
+    /// Whether the batch with header `h` belongs to one of the aborted transactions this
+    /// fetch names (what a read_committed reader skips).
+    pub fn is_aborted(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && self.aborted.iter().any(|a| {
+                a.producer_id == h.producer_id
+                    && a.first_offset <= h.base_offset
+                    && h.base_offset <= a.last_offset
+            })
+    }
+}
+
 /// What a position lookup asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {

@@ -836,17 +836,10 @@ impl Worker {
         }
     }
 
-    /// `text` without the secret values of any deployed pipeline (a `${VAR}` substituted
-    /// into a pipeline's SQL is stored in the catalog as its value, and `SHOW QUERIES` or a
-    /// catalog record would show it).
-    pub fn redact(&self, text: &str) -> String {
-        self.pipelines
-            .iter()
-            .fold(text.to_string(), |t, d| d.pipeline.redact(&t))
-    }
-
-    /// [`Worker::redact`] as the deployed pipelines are now, for a thread that outlives
-    /// this borrow (a stream of records).
+    /// Takes the secret values of every deployed pipeline out of a text (a `${VAR}`
+    /// substituted into a pipeline's SQL is stored in the catalog as its value, and `SHOW
+    /// QUERIES` or a catalog record would show it). Made once per answer, and usable after
+    /// the worker's lock is released.
     pub fn redactor(&self) -> impl Fn(&str) -> String + Send + Sync + 'static {
         let secrets: Vec<Secrets> = self
             .pipelines

@@ -323,13 +323,7 @@ impl Log {
                 break;
             };
             let end = h.next_offset().min(to);
-            let aborted = h.is_transactional()
-                && result.aborted.iter().any(|a| {
-                    a.producer_id == h.producer_id
-                        && a.first_offset <= h.base_offset
-                        && h.base_offset <= a.last_offset
-                });
-            if !h.is_control() && !aborted {
+            if !h.is_control() && !result.is_aborted(&h) {
                 // Records of the batch from `from` on (a fetch starts at a batch boundary).
                 left += (end - h.base_offset.max(from)).max(0);
             }
@@ -411,9 +405,8 @@ impl Log {
             .map(|g| g.keys().cloned().collect())
             .unwrap_or_default();
         {
-            let mut groups = self.inner.groups.lock();
-            groups.validate_commit(group, None, 0, &committed)?;
-            match groups.delete_group(group) {
+            // Refused (GroupNotEmpty) while the group has members.
+            match self.inner.groups.lock().delete_group(group) {
                 Ok(()) => {}
                 Err(crate::group::GroupError::UnknownGroup { .. }) if !committed.is_empty() => {}
                 Err(e) => return Err(e.into()),

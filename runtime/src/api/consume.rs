@@ -25,8 +25,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt};
+use axum::response::sse::{Event, Sse};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_log::{ConsumerConfig, Isolation, Log, OffsetReset, OffsetSpec, TopicPartition};
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use super::schema::ErrorBody;
-use super::sql::{Handed, PUSH_BUFFER, hand};
+use super::sql::{Handed, PUSH_BUFFER, hand, stream_slot, thread_stream};
 use super::{ApiError, ApiState};
 
 /// The query of `GET /topics/{name}/consume`.
@@ -109,13 +109,12 @@ const POLL: Duration = Duration::from_millis(200);
 
 impl ConsumeQuery {
     fn isolation(&self) -> Result<Isolation, ApiError> {
-        match self.isolation.as_deref() {
-            None | Some("read_committed") => Ok(Isolation::ReadCommitted),
-            Some("read_uncommitted") => Ok(Isolation::ReadUncommitted),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "isolation '{other}': use read_committed or read_uncommitted"
-            ))),
-        }
+        self.isolation
+            .as_deref()
+            .map_or(Ok(Isolation::ReadCommitted), |i| {
+                i.parse()
+                    .map_err(|e| ApiError::bad_request(format!("isolation: {e}")))
+            })
     }
 
     /// A consumer positioned as asked (a group member subscribed to `topic`, or assigned
@@ -379,13 +378,7 @@ pub async fn consume(
     Path(topic): Path<String>,
     Query(q): Query<ConsumeQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = Arc::clone(&state.push_queries)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::retry_later(
-                "too many streams are open (push queries and consumers); close one or raise --max-push-queries",
-            )
-        })?;
+    let permit = stream_slot(&state)?;
     if q.group.as_deref().is_some_and(str::is_empty) {
         return Err(ApiError::bad_request("group: the group id is empty"));
     }
@@ -404,41 +397,24 @@ pub async fn consume(
     });
     let sessions = Arc::clone(&state.sessions);
     let stall = state.slow_client_timeout;
-    let stats = Arc::clone(&state.push_stats);
-    let (tx, rx) = mpsc::channel::<Event>(PUSH_BUFFER);
-    let (last_tx, last_rx) = oneshot::channel::<Event>();
-    let session_id = session.as_ref().map(|s| s.0);
-    if let Some(id) = session_id {
-        let _ = tx.try_send(
-            Event::default()
-                .event("session")
-                .data(json!({ "session": id }).to_string()),
-        );
-    }
-    stats.running.fetch_add(1, Ordering::SeqCst);
-    let thread_stats = Arc::clone(&stats);
-    let spawned = std::thread::Builder::new()
-        .name("sluice-consume".into())
-        .spawn(move || {
-            let _permit = permit;
+    thread_stream(
+        Arc::clone(&state.push_stats),
+        permit,
+        "sluice-consume",
+        move |tx, last| {
             let (id, commits) = session.unzip();
-            stream_records(consumer, &q, &topic, commits, &tx, last_tx, stall);
+            let told = id.is_none_or(|id| {
+                let event = Event::default()
+                    .event("session")
+                    .data(json!({ "session": id }).to_string());
+                matches!(hand(&tx, event, stall), Handed::Sent)
+            });
+            if told {
+                stream_records(consumer, &q, &topic, commits, &tx, last, stall);
+            }
             if let Some(id) = id {
                 sessions.open.lock().remove(&id);
             }
-            thread_stats.running.fetch_sub(1, Ordering::SeqCst);
-        });
-    if let Err(e) = spawned {
-        stats.running.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::retry_later(format!(
-            "cannot start a thread for the consumer: {e}"
-        )));
-    }
-    let records =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    let last = futures::stream::once(last_rx).filter_map(|e| std::future::ready(e.ok()));
-    Ok(
-        Sse::new(super::sql::opened().chain(records).chain(last).map(Ok))
-            .keep_alive(KeepAlive::default()),
+        },
     )
 }

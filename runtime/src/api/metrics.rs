@@ -65,6 +65,18 @@ impl<'a> Family<'a> {
         }
     }
 
+    /// A family of one unlabelled counter or gauge.
+    fn single(name: &str, help: &str, unit: Option<Unit>, kind: MetricType, v: f64) -> Self {
+        let sample = if kind == MetricType::Counter {
+            Sample::Counter(v)
+        } else {
+            Sample::Gauge(v)
+        };
+        let mut family = Family::new(name, help, unit, kind);
+        family.samples.push((Vec::new(), sample));
+        family
+    }
+
     fn encode(self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family =
             encoder.encode_descriptor(&self.name, &self.help, self.unit.as_ref(), self.kind)?;
@@ -275,16 +287,7 @@ fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         ),
     ];
     for (name, help, unit, kind, v) in families {
-        let mut family = Family::new(name, help, unit, kind);
-        family.samples.push((
-            Vec::new(),
-            if kind == Counter {
-                Sample::Counter(v)
-            } else {
-                Sample::Gauge(v)
-            },
-        ));
-        family.encode(encoder)?;
+        Family::single(name, help, unit, kind, v).encode(encoder)?;
     }
     Ok(())
 }
@@ -356,16 +359,7 @@ impl Collector for Worker {
                 push.slow_clients.load(Ordering::Relaxed) as f64,
             ),
         ] {
-            let mut f = Family::new(name, help, None, kind);
-            f.samples.push((
-                Vec::new(),
-                if kind == MetricType::Counter {
-                    Sample::Counter(v)
-                } else {
-                    Sample::Gauge(v)
-                },
-            ));
-            f.encode(&mut encoder)?;
+            Family::single(name, help, None, kind, v).encode(&mut encoder)?;
         }
         let mut lag = Family::new(
             "sluice_consumer_lag",

@@ -377,13 +377,14 @@ pub async fn queries(State(state): State<ApiState>) -> Result<Json<QueryList>, A
     blocking(move || {
         let d = state.deployer.lock();
         let engine = d.worker.engine();
+        let redact = d.worker.redactor();
         let queries = engine
             .catalog()
             .queries()
             .map(|q| QueryDoc {
                 id: q.id.clone(),
                 sink: q.sink.clone(),
-                statement: d.worker.redact(&q.statement),
+                statement: redact(&q.statement),
                 failed_to_start: engine.queries().failure(&q.id).map(str::to_string),
                 status: engine
                     .queries()

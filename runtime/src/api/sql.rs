@@ -98,7 +98,7 @@ pub async fn statements(
         let mut results = Vec::new();
         // Statements and rows may quote a pipeline's SQL, which holds its secrets' values
         // (SHOW QUERIES, DESCRIBE): never shown.
-        let redact = |t: &str| state.deployer.lock().worker.redact(t);
+        let redact = state.deployer.lock().worker.redactor();
         for o in outputs {
             results.push(match o {
                 Output::Message(message) => SqlResult::Message {
@@ -300,16 +300,11 @@ pub async fn push_query(
     State(state): State<ApiState>,
     body: String,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = Arc::clone(&state.push_queries)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::retry_later(
-                "too many push queries are streaming; close one or raise --max-push-queries",
-            )
-        })?;
+    let permit = stream_slot(&state)?;
     let sql = statement_text(&body)?;
     let stall = state.slow_client_timeout;
     let stats = Arc::clone(&state.push_stats);
+    let thread_stats = Arc::clone(&stats);
     let query = blocking(move || {
         let outputs = execute(&state, &sql)?;
         match outputs.into_iter().last() {
@@ -320,27 +315,53 @@ pub async fn push_query(
         }
     })
     .await?;
+    thread_stream(stats, permit, "sluice-push-query", move |tx, last| {
+        stream_rows(query, tx, last, stall, &thread_stats);
+    })
+}
+
+/// A slot for one stream (a push query or an API consumer): at most `--max-push-queries`
+/// stream at once, more get 503.
+pub(super) fn stream_slot(state: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&state.push_queries)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::retry_later(
+                "too many streams are open (push queries and consumers); close one or raise --max-push-queries",
+            )
+        })
+}
+
+/// Runs `body` on a thread of its own (it blocks on the log), holding `permit` and counted
+/// in `stats.running` while it runs, and streams as server-sent events what it hands to its
+/// bounded buffer ([`hand`]), then the last event it sends on the oneshot.
+pub(super) fn thread_stream(
+    stats: Arc<PushStats>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    name: &str,
+    body: impl FnOnce(mpsc::Sender<Event>, oneshot::Sender<Event>) + Send + 'static,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (tx, rx) = mpsc::channel::<Event>(PUSH_BUFFER);
     let (last_tx, last_rx) = oneshot::channel::<Event>();
     stats.running.fetch_add(1, Ordering::SeqCst);
     let thread_stats = Arc::clone(&stats);
     let spawned = std::thread::Builder::new()
-        .name("sluice-push-query".into())
+        .name(name.into())
         .spawn(move || {
             let _permit = permit;
-            stream_rows(query, tx, last_tx, stall, &thread_stats);
+            body(tx, last_tx);
             thread_stats.running.fetch_sub(1, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
         stats.running.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::retry_later(format!(
-            "cannot start a thread for the push query: {e}"
+            "cannot start a thread ({name}): {e}"
         )));
     }
-    let rows =
+    let events =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let last = futures::stream::once(last_rx).filter_map(|e| std::future::ready(e.ok()));
-    Ok(Sse::new(opened().chain(rows).chain(last).map(Ok)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(opened().chain(events).chain(last).map(Ok)).keep_alive(KeepAlive::default()))
 }
 
 /// A comment sent as soon as a stream opens, so a client (or a proxy that holds headers

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sluice_log::{Isolation, Log, TopicPartition};
 
 use super::CliError;
@@ -137,13 +137,11 @@ impl ConsumeArgs {
             from_beginning: self.from_beginning,
             partition: self.partition,
             offset: self.offset.clone(),
-            isolation: Some(
-                match self.isolation {
-                    IsolationArg::ReadCommitted => "read_committed",
-                    IsolationArg::ReadUncommitted => "read_uncommitted",
-                }
-                .into(),
-            ),
+            // The flag's value is the name the log parses (`read_committed`...).
+            isolation: self
+                .isolation
+                .to_possible_value()
+                .map(|v| v.get_name().to_string()),
             max_messages: self.max_messages,
             follow: self.follow,
             // Through a worker the command commits what it printed, itself.

@@ -143,11 +143,7 @@ impl Remote {
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect();
                 let body = json!({ "name": name, "partitions": partitions, "config": config });
-                let created = self.call(
-                    reqwest::Method::POST,
-                    "/topics",
-                    Some(("application/json", body.to_string().into_bytes())),
-                );
+                let created = self.post_json("/topics", &body);
                 match created {
                     Err(CliError::Usage(m)) if if_not_exists && m.contains("already exists") => {
                         println!("Topic {name} already exists.");
@@ -208,11 +204,8 @@ impl Remote {
                     "shift_by": shift_by,
                     "execute": execute,
                 });
-                let v = self.call(
-                    reqwest::Method::POST,
-                    &format!("/groups/{}/reset-offsets", path(&group)),
-                    Some(("application/json", body.to_string().into_bytes())),
-                )?;
+                let v =
+                    self.post_json(&format!("/groups/{}/reset-offsets", path(&group)), &body)?;
                 let plan: Vec<sluice_log::PartitionReset> = v["partitions"]
                     .as_array()
                     .into_iter()
@@ -233,11 +226,7 @@ impl Remote {
         if auto_create {
             // As the log does for a local producer: one partition, if missing.
             let body = json!({ "name": a.topic, "partitions": 1 });
-            match self.call(
-                reqwest::Method::POST,
-                "/topics",
-                Some(("application/json", body.to_string().into_bytes())),
-            ) {
+            match self.post_json("/topics", &body) {
                 Err(CliError::Usage(m)) if m.contains("already exists") => {}
                 other => {
                     other?;
@@ -374,16 +363,18 @@ impl Remote {
         }
     }
 
-    /// `POST /sql` with statements.
-    pub fn post_sql(&self, sql: &str) -> Result<Value, CliError> {
+    /// `POST path` with a JSON body.
+    fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.call(
             reqwest::Method::POST,
-            "/sql",
-            Some((
-                "application/json",
-                json!({ "sql": sql }).to_string().into_bytes(),
-            )),
+            path,
+            Some(("application/json", body.to_string().into_bytes())),
         )
+    }
+
+    /// `POST /sql` with statements.
+    pub fn post_sql(&self, sql: &str) -> Result<Value, CliError> {
+        self.post_json("/sql", &json!({ "sql": sql }))
     }
 
     fn consume(&self, a: consume::ConsumeArgs) -> Result<(), CliError> {
@@ -430,14 +421,7 @@ impl Remote {
                 .iter()
                 .map(|(p, o)| json!({ "partition": p, "offset": o }))
                 .collect();
-            let v = self.call(
-                reqwest::Method::POST,
-                &commit_path(id),
-                Some((
-                    "application/json",
-                    json!({ "offsets": offsets }).to_string().into_bytes(),
-                )),
-            )?;
+            let v = self.post_json(&commit_path(id), &json!({ "offsets": offsets }))?;
             if let Some(moved) = v["not_owned"].as_array().filter(|m| !m.is_empty()) {
                 eprintln!(
                     "note: partitions {moved:?} moved to another member of the group before their offsets were committed; it reads them again from the group's last commit"
