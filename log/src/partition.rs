@@ -1140,6 +1140,11 @@ impl Partition {
         }
     }
 
+    /// The first offset held (cheaper than [`Partition::info`]).
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.lock().log_start_offset
+    }
+
     /// A snapshot of offsets and sizes.
     pub fn info(&self) -> PartitionInfo {
         let st = self.state.lock();

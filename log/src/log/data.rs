@@ -100,6 +100,13 @@ impl Log {
         let mut g = self.inner.appended.lock();
         *g = g.wrapping_add(1);
         self.inner.appended_cv.notify_all();
+        self.inner.appended_watch.send_replace(*g);
+    }
+
+    /// The append counter as a watch: `changed().await` returns after the next append (or
+    /// [`Log::wake_waiters`]); what async servers wait on instead of [`Log::wait_for_append`].
+    pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.appended_watch.subscribe()
     }
 
     /// Wakes every [`Log::wait_for_append`] (and so every consumer's poll) now, as if

@@ -172,6 +172,16 @@ impl Log {
         Ok(())
     }
 
+    /// Every committed offset of a group (Kafka's OffsetFetch for all partitions).
+    pub fn committed_offsets(&self, group: &str) -> Vec<(TopicPartition, CommittedOffset)> {
+        self.inner
+            .offsets
+            .lock()
+            .group(group)
+            .map(|m| m.iter().map(|(tp, c)| (tp.clone(), c.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// The committed offset of a group on a partition.
     pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<i64> {
         self.inner.offsets.lock().get(group, tp).map(|c| c.offset)

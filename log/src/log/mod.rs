@@ -80,6 +80,9 @@ pub(crate) struct Inner {
     next_pid: Mutex<(i64, i64)>,
     appended: Mutex<u64>,
     appended_cv: Condvar,
+    /// The same counter for async waiters (the Kafka listener's long-polling fetches), which
+    /// must not hold a thread while they wait.
+    appended_watch: tokio::sync::watch::Sender<u64>,
     closed: AtomicBool,
     housekeeper: Housekeeper,
     /// The tiered storage's upload thread (stopped like the housekeeper).
@@ -161,6 +164,7 @@ impl Log {
             txns: Mutex::new(TxnCoordinator::default()),
             appended: Mutex::new(0),
             appended_cv: Condvar::new(),
+            appended_watch: tokio::sync::watch::Sender::new(0),
             closed: AtomicBool::new(false),
             losses: Mutex::new(losses),
             schemas: Mutex::new(SchemaStore::default()),

@@ -251,6 +251,23 @@ impl Log {
         }
     }
 
+    /// A producer id and epoch for a network client (Kafka's `InitProducerId`): a fresh id
+    /// at epoch 0 for an idempotent producer, or, with a transactional id, the id's
+    /// producer with its epoch bumped, which fences older instances and aborts (or
+    /// completes) what they left open. `timeout` is the transaction timeout, capped by
+    /// [`LogOptions::max_transaction_timeout`](crate::LogOptions::max_transaction_timeout).
+    pub fn init_producer_id(
+        &self,
+        transactional_id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(i64, i16)> {
+        self.check_open()?;
+        match transactional_id {
+            Some(id) => self.txn_init(id, timeout),
+            None => Ok((self.allocate_producer_id()?, 0)),
+        }
+    }
+
     /// Transactional ids and their state.
     pub fn transactions(&self) -> Vec<TxnRecord> {
         self.inner.txns.lock().list()

@@ -54,6 +54,9 @@ pub enum CliError {
     /// The API server did not start.
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
+    /// The Kafka listener did not start.
+    #[error(transparent)]
+    Kafka(#[from] sluice_kafka::ServeError),
 }
 
 impl From<crate::deployer::DeployerError> for CliError {

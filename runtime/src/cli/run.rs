@@ -65,6 +65,21 @@ pub struct RunArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
+    /// Serve the Kafka wire protocol on this address, so Kafka clients and tools (kcat,
+    /// librdkafka, kafka-python, Java) produce and consume (off by default; port 0 picks a
+    /// free port).
+    #[arg(long, help_heading = "Kafka listener")]
+    pub kafka_listen: Option<SocketAddr>,
+    /// The `host:port` Kafka clients are told to connect to (default: the listening address).
+    #[arg(long, requires = "kafka_listen", help_heading = "Kafka listener")]
+    pub kafka_advertised: Option<String>,
+    /// The most open Kafka connections; past it new ones are closed at once.
+    #[arg(long, default_value_t = sluice_kafka::config::DEFAULT_MAX_CONNECTIONS, help_heading = "Kafka listener")]
+    pub kafka_max_connections: usize,
+    /// The largest Kafka request accepted, in bytes (Kafka's `socket.request.max.bytes`); a
+    /// larger one closes its connection.
+    #[arg(long, default_value_t = sluice_kafka::config::DEFAULT_MAX_REQUEST_BYTES, help_heading = "Kafka listener")]
+    pub kafka_max_request_bytes: usize,
     /// Where the log lives (last: its help heading applies to what follows).
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -148,11 +163,26 @@ impl RunArgs {
         );
         let ready = Arc::clone(&state.ready);
         let server = serve(self.listen, state, limits)?;
+        let kafka = match self.kafka_listen {
+            None => None,
+            Some(addr) => {
+                let mut config = sluice_kafka::KafkaConfig::new(addr);
+                config.advertised = self.kafka_advertised.clone();
+                config.max_connections = self.kafka_max_connections.max(1);
+                config.max_request_bytes = self.kafka_max_request_bytes.max(1024);
+                Some(sluice_kafka::serve(log, config)?)
+            }
+        };
         let api = format!("http://{}", server.addr);
         let worker_file = data_dir.join(WORKER_FILE);
         std::fs::write(
             &worker_file,
-            serde_json::json!({ "api": api, "pid": std::process::id() }).to_string(),
+            serde_json::json!({
+                "api": api,
+                "kafka": kafka.as_ref().map(|k| k.addr.to_string()),
+                "pid": std::process::id(),
+            })
+            .to_string(),
         )
         .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
         for line in deployer.lock().sync()? {
@@ -173,8 +203,12 @@ impl RunArgs {
             POLL_INTERVAL
         };
         eprintln!(
-            "Running; watching {} for pipeline files; API on {api} (GET /pipelines, /metrics); Ctrl-C stops the worker.",
-            self.pipelines.display()
+            "Running; watching {} for pipeline files; API on {api} (GET /pipelines, /metrics){}; Ctrl-C stops the worker.",
+            self.pipelines.display(),
+            kafka
+                .as_ref()
+                .map(|k| format!("; Kafka clients on {}", k.addr))
+                .unwrap_or_default()
         );
         let mut last = Instant::now();
         let mut last_scan = Instant::now();
@@ -195,6 +229,7 @@ impl RunArgs {
         }
         eprintln!("Stopping: tasks commit what they have.");
         drop(watcher);
+        drop(kafka);
         drop(server);
         let _ = std::fs::remove_file(&worker_file);
         let mut d = deployer.lock();

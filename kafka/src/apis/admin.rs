@@ -1,0 +1,190 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions.
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse,
+};
+use sluice_log::TopicConfig;
+use sluice_log::log::validate_topic_name;
+
+use super::{Ctx, s};
+use crate::errors;
+
+/// Kafka's `config_source` for a value set on the topic, and for a default.
+const TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+
+pub(crate) fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let log = &ctx.broker.log;
+    let node = ctx.broker.node_id;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            let out = CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_num_partitions(-1)
+                .with_replication_factor(-1);
+            let fail = |code: i16, message: String| {
+                out.clone()
+                    .with_error_code(code)
+                    .with_error_message(Some(s(message)))
+            };
+            // One node holds every replica: a factor above 1 cannot be met.
+            if t.replication_factor > 1 {
+                return fail(
+                    E::InvalidReplicationFactor.code(),
+                    format!(
+                        "replication factor {} is larger than the 1 node of this cluster",
+                        t.replication_factor
+                    ),
+                );
+            }
+            let partitions = if !t.assignments.is_empty() {
+                if t.num_partitions != -1 || t.replication_factor != -1 {
+                    return fail(
+                        E::InvalidRequest.code(),
+                        "give either assignments or partitions and replication factor".into(),
+                    );
+                }
+                let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+                indexes.sort_unstable();
+                let dense = indexes.iter().enumerate().all(|(i, p)| *p == i as i32);
+                let here = t
+                    .assignments
+                    .iter()
+                    .all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == node);
+                if !dense || !here {
+                    return fail(
+                        E::InvalidReplicaAssignment.code(),
+                        format!("every partition 0..n must have exactly this node ({node}) as its replica"),
+                    );
+                }
+                indexes.len() as u32
+            } else if t.num_partitions == -1 {
+                log.options().default_partitions
+            } else if t.num_partitions <= 0 {
+                return fail(
+                    E::InvalidPartitions.code(),
+                    format!("{} partitions: a topic needs at least one", t.num_partitions),
+                );
+            } else {
+                t.num_partitions as u32
+            };
+            let mut config = Vec::new();
+            for c in &t.configs {
+                match &c.value {
+                    Some(v) => config.push((c.name.to_string(), v.to_string())),
+                    None => {
+                        return fail(
+                            E::InvalidConfig.code(),
+                            format!("config '{}' has no value", c.name.as_str()),
+                        );
+                    }
+                }
+            }
+            let result = if req.validate_only {
+                validate_topic_name(&name).and_then(|()| {
+                    TopicConfig::from_overrides(config.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                        .map(drop)
+                        .map_err(Into::into)
+                })
+                .and_then(|()| match log.topic(&name) {
+                    Ok(_) => Err(sluice_log::LogError::TopicExists(name.clone())),
+                    Err(_) => Ok(()),
+                })
+            } else {
+                log.create_topic(&name, partitions, &config)
+            };
+            match result {
+                Ok(()) => {
+                    let configs = match log.topic(&name) {
+                        Ok(topic) => topic.config().entries(),
+                        Err(_) => TopicConfig::from_overrides(config.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map(|c| c.entries()).unwrap_or_default(),
+                    };
+                    out.with_num_partitions(partitions as i32)
+                        .with_replication_factor(1)
+                        .with_configs(Some(
+                            configs
+                                .into_iter()
+                                .map(|(k, v, set)| {
+                                    CreatableTopicConfigs::default()
+                                        .with_name(s(k))
+                                        .with_value(Some(s(v)))
+                                        .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
+                                })
+                                .collect(),
+                        ))
+                }
+                Err(e) => fail(errors::code(&e), errors::message(&e)),
+            }
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+pub(crate) fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let log = &ctx.broker.log;
+    let responses = req
+        .topic_names
+        .into_iter()
+        .map(|name| {
+            let out = DeletableTopicResult::default().with_name(Some(name.clone()));
+            match log.delete_topic(&name.0) {
+                Ok(()) => out,
+                Err(e) => out
+                    .with_error_code(errors::code(&e))
+                    .with_error_message(Some(s(errors::message(&e)))),
+            }
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub(crate) fn create_partitions(
+    ctx: &Ctx,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let log = &ctx.broker.log;
+    let results = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let out = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let fail = |code: i16, message: String| {
+                out.clone()
+                    .with_error_code(code)
+                    .with_error_message(Some(s(message)))
+            };
+            let current = match log.topic(&t.name.0) {
+                Ok(topic) => topic.partition_count(),
+                Err(e) => return fail(errors::code(&e), errors::message(&e)),
+            };
+            if t.count <= current as i32 {
+                return fail(
+                    E::InvalidPartitions.code(),
+                    format!(
+                        "'{}' has {current} partitions; it can only grow (asked for {})",
+                        t.name.0.as_str(),
+                        t.count
+                    ),
+                );
+            }
+            if req.validate_only {
+                return out;
+            }
+            match log.alter_partitions(&t.name.0, t.count as u32) {
+                Ok(()) => out,
+                Err(e) => fail(errors::code(&e), errors::message(&e)),
+            }
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}

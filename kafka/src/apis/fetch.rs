@@ -1,0 +1,142 @@
+//! Fetch: stored batches as they are on disk, long-polling until `min_bytes` arrived or
+//! `max_wait_ms` passed; sessionless (every answer carries session id 0, which KIP-227
+//! clients take as "send full requests").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
+use sluice_log::Isolation;
+
+use super::{Ctx, blocking};
+use crate::errors;
+use crate::server::ConnError;
+
+/// The longest a fetch waits, whatever the client asks (Kafka has no cap; clients ask 500 ms).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let req = Arc::new(req);
+    // Subscribed before the first read, so an append between the read and the wait wakes it.
+    let mut appends = ctx.broker.log.watch_appends();
+    loop {
+        appends.borrow_and_update();
+        let r = Arc::clone(&req);
+        let (resp, bytes, failed) = blocking(ctx, move |c| read(c, &r)).await?;
+        if bytes >= min_bytes || failed || tokio::time::Instant::now() >= deadline {
+            return Ok(resp);
+        }
+        tokio::select! {
+            changed = appends.changed() => {
+                if changed.is_err() {
+                    return Ok(resp);
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// One pass over the requested partitions: the answer, its record bytes, whether any
+/// partition answered an error (which ends the wait, as in Kafka).
+fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+    let log = &ctx.broker.log;
+    let isolation = if req.isolation_level == 1 {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    };
+    let max_bytes = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    let mut total = 0usize;
+    let mut failed = false;
+    let responses = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = t.topic.0.as_str();
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let out = PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1);
+                    let Ok(partition) = u32::try_from(p.partition) else {
+                        failed = true;
+                        return out.with_error_code(E::UnknownTopicOrPartition.code());
+                    };
+                    // Past the request's byte budget the partition still reports its offsets.
+                    let room = max_bytes.saturating_sub(total);
+                    let limit = if total == 0 {
+                        p.partition_max_bytes.max(1) as usize
+                    } else {
+                        room.min(p.partition_max_bytes.max(0) as usize)
+                    };
+                    if limit == 0 {
+                        return match log.partition(topic, partition) {
+                            Ok(part) => {
+                                let i = part.info();
+                                out.with_high_watermark(i.high_watermark)
+                                    .with_last_stable_offset(i.last_stable_offset)
+                                    .with_log_start_offset(i.log_start_offset)
+                                    .with_records(Some(bytes::Bytes::new()))
+                            }
+                            Err(e) => {
+                                failed = true;
+                                out.with_error_code(errors::code(&e))
+                            }
+                        };
+                    }
+                    match log.fetch(topic, partition, p.fetch_offset, limit, isolation) {
+                        Ok(r) => {
+                            total += r.data.len();
+                            let aborted = match isolation {
+                                Isolation::ReadCommitted => Some(
+                                    r.aborted
+                                        .iter()
+                                        .map(|a| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(a.producer_id))
+                                                .with_first_offset(a.first_offset)
+                                        })
+                                        .collect(),
+                                ),
+                                Isolation::ReadUncommitted => None,
+                            };
+                            out.with_high_watermark(r.high_watermark)
+                                .with_last_stable_offset(r.last_stable_offset)
+                                .with_log_start_offset(r.log_start_offset)
+                                .with_aborted_transactions(aborted)
+                                .with_records(Some(r.data))
+                        }
+                        Err(e) => {
+                            failed = true;
+                            out.with_error_code(errors::code(&e))
+                        }
+                    }
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        failed,
+    )
+}

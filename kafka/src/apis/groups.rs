@@ -1,0 +1,173 @@
+//! Coordinator lookup and committed offsets: FindCoordinator (this node coordinates every
+//! group and transaction), OffsetCommit, OffsetFetch, ListGroups. Groups here are the log's
+//! groups: offsets a Kafka client commits are the ones `sluice groups` and pipelines see.
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, TopicName,
+};
+use sluice_log::TopicPartition;
+use std::collections::BTreeMap;
+
+use super::{Ctx, s};
+use crate::errors;
+
+pub(crate) fn find_coordinator(ctx: &Ctx, _req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let b = &ctx.broker;
+    FindCoordinatorResponse::default()
+        .with_node_id(BrokerId(b.node_id))
+        .with_host(s(b.host.clone()))
+        .with_port(b.port)
+}
+
+pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let log = &ctx.broker.log;
+    let group = req.group_id.0.to_string();
+    // Check every partition first: a commit is all or nothing in the log.
+    let mut offsets = Vec::new();
+    let mut bad: BTreeMap<(String, i32), i16> = BTreeMap::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let topic = t.name.0.to_string();
+            match (u32::try_from(p.partition_index), log.topic(&topic)) {
+                (Ok(partition), Ok(handle)) if partition < handle.partition_count() => {
+                    offsets.push((TopicPartition::new(topic, partition), p.committed_offset))
+                }
+                _ => {
+                    bad.insert(
+                        (topic, p.partition_index),
+                        E::UnknownTopicOrPartition.code(),
+                    );
+                }
+            }
+        }
+    }
+    let code = if group.is_empty() {
+        E::InvalidGroupId.code()
+    } else {
+        match log.commit_offsets(&group, None, &offsets) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::debug!(group, client = %ctx.client, error = %e, "A Kafka client's offset commit was refused.");
+                errors::code(&e)
+            }
+        }
+    };
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            let c = bad
+                                .get(&(t.name.0.to_string(), p.partition_index))
+                                .copied()
+                                .unwrap_or(code);
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(c)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+pub(crate) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    let log = &ctx.broker.log;
+    let group = req.group_id.0.to_string();
+    let partition = |topic: &str, index: i32| {
+        let committed = u32::try_from(index)
+            .ok()
+            .and_then(|p| log.committed(&group, &TopicPartition::new(topic, p)));
+        OffsetFetchResponsePartition::default()
+            .with_partition_index(index)
+            .with_committed_offset(committed.unwrap_or(-1))
+            .with_committed_leader_epoch(-1)
+            .with_metadata(Some(s("")))
+    };
+    let topics = match req.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                OffsetFetchResponseTopic::default()
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&i| partition(&name, i))
+                            .collect(),
+                    )
+                    .with_name(t.name)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: BTreeMap<String, Vec<OffsetFetchResponsePartition>> = BTreeMap::new();
+            for (tp, c) in log.committed_offsets(&group) {
+                by_topic.entry(tp.topic).or_default().push(
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(tp.partition as i32)
+                        .with_committed_offset(c.offset)
+                        .with_committed_leader_epoch(-1)
+                        .with_metadata(Some(s(c.metadata))),
+                );
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(s(t)))
+                        .with_partitions(partitions)
+                })
+                .collect()
+        }
+    };
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+pub(crate) fn list_groups(ctx: &Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
+    let groups = ctx
+        .broker
+        .log
+        .list_groups()
+        .into_iter()
+        .map(|(name, state, _)| (name, kafka_state(&state.to_string())))
+        .filter(|(_, state)| {
+            req.states_filter.is_empty()
+                || req
+                    .states_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(state))
+        })
+        .map(|(name, state)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(s(name)))
+                .with_protocol_type(s("consumer"))
+                .with_group_state(s(state))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+/// The log's group states in Kafka's words.
+fn kafka_state(state: &str) -> &'static str {
+    match state.to_ascii_lowercase().as_str() {
+        "empty" => "Empty",
+        "stable" => "Stable",
+        _ => "PreparingRebalance",
+    }
+}

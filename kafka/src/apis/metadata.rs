@@ -1,0 +1,85 @@
+//! Metadata: the one broker, and topics with their partitions (this node leads them all).
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use sluice_log::{LogError, is_internal_topic};
+
+use super::{Ctx, s};
+use crate::errors;
+
+/// The cluster id clients see (one node, one cluster).
+pub(crate) const CLUSTER_ID: &str = "sluice";
+
+pub(crate) fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
+    let b = &ctx.broker;
+    let log = &b.log;
+    // v0: an empty list means every topic; v1+: null means every topic, empty means none.
+    let wanted: Option<Vec<String>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && ctx.version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| t.name.map(|n| n.0.to_string()).unwrap_or_default())
+                .collect(),
+        ),
+    };
+    // Before v4 every Metadata request may create topics (when the log allows it at all).
+    let may_create = ctx.version < 4 || req.allow_auto_topic_creation;
+    let topics = match wanted {
+        None => {
+            let mut names = log.topic_names();
+            names.sort();
+            names.iter().map(|n| topic(ctx, n, false)).collect()
+        }
+        Some(names) => names.iter().map(|n| topic(ctx, n, may_create)).collect(),
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(s(b.host.clone()))
+                .with_port(b.port),
+        ])
+        .with_cluster_id(Some(s(CLUSTER_ID)))
+        .with_controller_id(BrokerId(b.node_id))
+        .with_topics(topics)
+}
+
+fn topic(ctx: &Ctx, name: &str, may_create: bool) -> MetadataResponseTopic {
+    let log = &ctx.broker.log;
+    let node = BrokerId(ctx.broker.node_id);
+    let out = MetadataResponseTopic::default().with_name(Some(TopicName(s(name))));
+    let found = if may_create && !name.is_empty() {
+        log.topic_or_create(name)
+    } else {
+        log.topic(name)
+    };
+    let description = found.and_then(|_| log.describe_topic(name));
+    match description {
+        Ok(d) => out
+            .with_is_internal(is_internal_topic(name))
+            .with_partitions(
+                d.partitions
+                    .iter()
+                    .map(|p| {
+                        MetadataResponsePartition::default()
+                            .with_partition_index(p.partition as i32)
+                            .with_leader_id(node)
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_replica_nodes(vec![node])
+                            .with_isr_nodes(vec![node])
+                    })
+                    .collect(),
+            ),
+        Err(LogError::UnknownTopic(_)) => out.with_error_code(E::UnknownTopicOrPartition.code()),
+        Err(e) => {
+            if !matches!(e, LogError::InvalidTopicName { .. }) {
+                tracing::warn!(topic = name, client = %ctx.client, error = %e, "Metadata for a topic failed.");
+            }
+            out.with_error_code(errors::code(&e))
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The request handlers, one file per group of APIs, and the dispatch from API key to
+//! handler.
+//!
+//! Handlers that touch the log are plain functions run on tokio's blocking pool (appends wait
+//! for fsync, fetches read files); Fetch alone is async, because it long-polls.
+
+mod admin;
+mod fetch;
+mod groups;
+mod metadata;
+mod offsets;
+mod produce;
+mod producer_id;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::server::{Broker, ConnError, encode};
+use crate::versions;
+
+/// One request's context.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) api: ApiKey,
+    pub(crate) version: i16,
+    pub(crate) correlation: i32,
+    /// The client's `client.id`, for log lines.
+    pub(crate) client: String,
+}
+
+impl Ctx {
+    fn decode<R: Decodable>(&self, body: &mut Bytes) -> Result<R, ConnError> {
+        R::decode(body, self.version).map_err(|e| ConnError::Decode {
+            api: self.api,
+            version: self.version,
+            correlation: self.correlation,
+            reason: e.to_string(),
+        })
+    }
+
+    fn answer<R: Encodable>(&self, body: &R) -> Result<Option<BytesMut>, ConnError> {
+        encode(self.api, self.version, self.correlation, body).map(Some)
+    }
+}
+
+/// Runs a blocking handler on tokio's blocking pool. A handler that panics is a bug: its
+/// connection is closed (the panic's message is in the log) and the worker goes on.
+async fn blocking<R: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&Ctx) -> R + Send + 'static,
+) -> Result<R, ConnError> {
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| {
+            ConnError::Io(std::io::Error::other(format!(
+                "the {:?} handler failed: {e}",
+                ctx.api
+            )))
+        })
+}
+
+/// Decodes the request, runs its handler and encodes the answer (`None`: no answer).
+pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMut>, ConnError> {
+    macro_rules! on_pool {
+        ($req:ty, $handler:path) => {{
+            let req: $req = ctx.decode(&mut body)?;
+            let resp = blocking(&ctx, move |c| $handler(c, req)).await?;
+            ctx.answer(&resp)
+        }};
+    }
+    match ctx.api {
+        ApiKey::ApiVersions => {
+            let _: ApiVersionsRequest = ctx.decode(&mut body)?;
+            ctx.answer(&versions::api_versions(false))
+        }
+        ApiKey::Metadata => on_pool!(MetadataRequest, metadata::metadata),
+        ApiKey::Produce => {
+            let req: ProduceRequest = ctx.decode(&mut body)?;
+            let acks = req.acks;
+            let resp = blocking(&ctx, move |c| produce::produce(c, req)).await?;
+            // acks=0: the client expects no answer (errors are only in the worker's log).
+            if acks == 0 {
+                return Ok(None);
+            }
+            ctx.answer(&resp)
+        }
+        ApiKey::Fetch => {
+            let req: FetchRequest = ctx.decode(&mut body)?;
+            let resp = fetch::fetch(&ctx, req).await?;
+            ctx.answer(&resp)
+        }
+        ApiKey::ListOffsets => on_pool!(ListOffsetsRequest, offsets::list_offsets),
+        ApiKey::CreateTopics => on_pool!(CreateTopicsRequest, admin::create_topics),
+        ApiKey::DeleteTopics => on_pool!(DeleteTopicsRequest, admin::delete_topics),
+        ApiKey::CreatePartitions => on_pool!(CreatePartitionsRequest, admin::create_partitions),
+        ApiKey::FindCoordinator => {
+            let req: FindCoordinatorRequest = ctx.decode(&mut body)?;
+            ctx.answer(&groups::find_coordinator(&ctx, req))
+        }
+        ApiKey::OffsetCommit => on_pool!(OffsetCommitRequest, groups::offset_commit),
+        ApiKey::OffsetFetch => on_pool!(OffsetFetchRequest, groups::offset_fetch),
+        ApiKey::ListGroups => on_pool!(ListGroupsRequest, groups::list_groups),
+        ApiKey::InitProducerId => on_pool!(InitProducerIdRequest, producer_id::init_producer_id),
+        // `versions::range` let nothing else through.
+        other => Err(ConnError::UnknownApi {
+            key: other as i16,
+            version: ctx.version,
+            correlation: ctx.correlation,
+        }),
+    }
+}
+
+/// A protocol string from ours.
+pub(crate) fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}

@@ -1,0 +1,74 @@
+//! Produce: each partition's record batch is appended as the client sent it (Kafka's
+//! RecordBatch v2 is the log's format), so nothing is re-encoded.
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use sluice_log::is_internal_topic;
+
+use super::{Ctx, s};
+use crate::errors;
+
+pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
+    let log = &ctx.broker.log;
+    let responses = req
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            let topic = t.name.0.to_string();
+            let partitions = t
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let out = PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_base_offset(-1);
+                    let fail = |code: i16, message: String| {
+                        out.clone()
+                            .with_error_code(code)
+                            .with_error_message(Some(s(message)))
+                    };
+                    if is_internal_topic(&topic) {
+                        return fail(
+                            E::InvalidTopicException.code(),
+                            format!("'{topic}' is an internal topic: clients cannot write to it"),
+                        );
+                    }
+                    let Ok(partition) = u32::try_from(p.index) else {
+                        return fail(
+                            E::UnknownTopicOrPartition.code(),
+                            format!("no partition {} in '{topic}'", p.index),
+                        );
+                    };
+                    let Some(records) = p.records.filter(|r| !r.is_empty()) else {
+                        return fail(E::InvalidRecord.code(), "no record batch".into());
+                    };
+                    match log.append(&topic, partition, records.to_vec()) {
+                        Ok(info) => {
+                            let start = log
+                                .partition(&topic, partition)
+                                .map(|p| p.log_start_offset())
+                                .unwrap_or(-1);
+                            out.with_base_offset(info.base_offset)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(start)
+                        }
+                        Err(e) => {
+                            let code = errors::code(&e);
+                            if code == E::KafkaStorageError.code()
+                                || code == E::UnknownServerError.code()
+                            {
+                                tracing::error!(topic, partition, client = %ctx.client, error = %e, "A Kafka client's produce failed.");
+                            }
+                            fail(code, errors::message(&e))
+                        }
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

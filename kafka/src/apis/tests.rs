@@ -1,0 +1,228 @@
+//! Every handler answers at every advertised version, and its answer decodes again: a field
+//! set where a version lacks it fails the encoder, which would close the client's connection.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_log::batch::{BatchBuilder, BatchOptions};
+use sluice_log::{Log, LogOptions, Record};
+
+use super::{Ctx, dispatch};
+use crate::server::Broker;
+use crate::versions::SUPPORTED;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.into()))
+}
+
+fn batch() -> Bytes {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    b.push(&Record {
+        key: Some(Bytes::from_static(b"k")),
+        value: Some(Bytes::from_static(b"v")),
+        headers: Vec::new(),
+        timestamp: 1_700_000_000_000,
+    })
+    .unwrap();
+    Bytes::from(b.build().unwrap())
+}
+
+/// The request of `api` at `version`, encoded (body only), naming `topic` (and, to create
+/// and delete, `c{round}`, or `topic` itself when `fail` asks for the error answers).
+fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> BytesMut {
+    let mut out = BytesMut::new();
+    let t = || name(topic);
+    let fresh = if fail {
+        topic.to_string()
+    } else {
+        format!("c{round}")
+    };
+    macro_rules! enc {
+        ($r:expr) => {
+            $r.encode(&mut out, version).unwrap()
+        };
+    }
+    match api {
+        ApiKey::ApiVersions => enc!(ApiVersionsRequest::default()),
+        ApiKey::Metadata => enc!(MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(t()))
+        ]))),
+        ApiKey::Produce => enc!(
+            ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![
+                    produce_request::TopicProduceData::default()
+                        .with_name(t())
+                        .with_partition_data(vec![
+                            produce_request::PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(batch()))
+                        ])
+                ])
+        ),
+        ApiKey::Fetch => enc!(
+            FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_bytes(1 << 20)
+                .with_isolation_level(1)
+                .with_topics(vec![
+                    fetch_request::FetchTopic::default()
+                        .with_topic(t())
+                        .with_partitions(vec![
+                            fetch_request::FetchPartition::default()
+                                .with_partition(0)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(1 << 20)
+                        ])
+                ])
+        ),
+        ApiKey::ListOffsets => enc!(
+            ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(t())
+                        .with_partitions(
+                            [-1, -2, 0]
+                                .into_iter()
+                                .map(|ts| list_offsets_request::ListOffsetsPartition::default()
+                                    .with_partition_index(0)
+                                    .with_timestamp(ts))
+                                .collect()
+                        )
+                ])
+        ),
+        ApiKey::CreateTopics => enc!(
+            CreateTopicsRequest::default().with_topics(vec![
+                create_topics_request::CreatableTopic::default()
+                    .with_name(name(&fresh))
+                    .with_num_partitions(2)
+                    .with_replication_factor(1)
+                    .with_configs(vec![
+                        create_topics_request::CreatableTopicConfig::default()
+                            .with_name("retention.ms".into())
+                            .with_value(Some("1000".into()))
+                    ])
+            ])
+        ),
+        ApiKey::DeleteTopics => {
+            enc!(DeleteTopicsRequest::default().with_topic_names(vec![name(&fresh)]))
+        }
+        ApiKey::CreatePartitions => enc!(
+            CreatePartitionsRequest::default().with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(t())
+                    .with_count(2 + round as i32)
+            ])
+        ),
+        ApiKey::FindCoordinator => enc!(FindCoordinatorRequest::default().with_key("g".into())),
+        ApiKey::OffsetCommit => enc!(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId("g".into()))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)
+                        ])
+                ])
+        ),
+        ApiKey::OffsetFetch => enc!(
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId("g".into()))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(t())
+                        .with_partition_indexes(vec![0, 1])
+                ]))
+        ),
+        ApiKey::ListGroups => enc!(ListGroupsRequest::default()),
+        ApiKey::InitProducerId => {
+            enc!(InitProducerIdRequest::default().with_transaction_timeout_ms(60_000))
+        }
+        other => panic!("no test request for {other:?}"),
+    }
+    out
+}
+
+/// Decodes an answer frame's body as `api`'s response at `version`.
+fn decode_answer(api: ApiKey, version: i16, mut frame: Bytes) {
+    let len = bytes::Buf::get_i32(&mut frame);
+    assert_eq!(len as usize, frame.len());
+    let header_version = if api == ApiKey::ApiVersions {
+        0
+    } else {
+        api.response_header_version(version)
+    };
+    ResponseHeader::decode(&mut frame, header_version).unwrap();
+    macro_rules! dec {
+        ($t:ty) => {{
+            <$t>::decode(&mut frame, version).unwrap();
+        }};
+    }
+    match api {
+        ApiKey::ApiVersions => dec!(ApiVersionsResponse),
+        ApiKey::Metadata => dec!(MetadataResponse),
+        ApiKey::Produce => dec!(ProduceResponse),
+        ApiKey::Fetch => dec!(FetchResponse),
+        ApiKey::ListOffsets => dec!(ListOffsetsResponse),
+        ApiKey::CreateTopics => dec!(CreateTopicsResponse),
+        ApiKey::DeleteTopics => dec!(DeleteTopicsResponse),
+        ApiKey::CreatePartitions => dec!(CreatePartitionsResponse),
+        ApiKey::FindCoordinator => dec!(FindCoordinatorResponse),
+        ApiKey::OffsetCommit => dec!(OffsetCommitResponse),
+        ApiKey::OffsetFetch => dec!(OffsetFetchResponse),
+        ApiKey::ListGroups => dec!(ListGroupsResponse),
+        ApiKey::InitProducerId => dec!(InitProducerIdResponse),
+        other => panic!("no decoder for {other:?}"),
+    }
+    assert!(
+        frame.is_empty(),
+        "{api:?} v{version}: {} bytes left over",
+        frame.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_answers_at_every_advertised_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    log.create_topic("t", 1, &[]).unwrap();
+    let broker = Arc::new(Broker {
+        log: log.clone(),
+        node_id: 0,
+        host: "127.0.0.1".into(),
+        port: 9092,
+    });
+    let mut round = 0;
+    // Produce first, so that fetches and offset lookups find a record; then every answer
+    // again with its errors: an unknown topic, and creating one that exists.
+    let mut order: Vec<_> = SUPPORTED.to_vec();
+    order.sort_by_key(|(k, _, _)| *k != ApiKey::Produce);
+    for (topic, fail) in [("t", false), ("nope", true), ("t", true)] {
+        for &(api, min, max) in &order {
+            for version in min..=max {
+                round += 1;
+                let ctx = Ctx {
+                    broker: Arc::clone(&broker),
+                    api,
+                    version,
+                    correlation: 7,
+                    client: "test".into(),
+                };
+                let body = request(api, version, round, topic, fail).freeze();
+                let answer = dispatch(ctx, body)
+                    .await
+                    .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
+                    .unwrap_or_else(|| panic!("{api:?} v{version}: no answer"));
+                decode_answer(api, version, answer.freeze());
+            }
+        }
+    }
+}

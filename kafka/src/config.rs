@@ -1,0 +1,54 @@
+//! The Kafka listener's settings (`sluice run --kafka-*`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Kafka's `socket.request.max.bytes`: the largest request frame accepted.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 << 20;
+/// Request bytes one connection may hold at once (read ahead and in process).
+pub const DEFAULT_CONNECTION_BUFFER_BYTES: usize = 128 << 20;
+/// Requests one connection may have read and not yet answered.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Open connections at once; past it new ones are closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Kafka's `connections.max.idle.ms`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How the Kafka listener runs.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Where it listens (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The `host:port` clients are told to connect to (Metadata, FindCoordinator); the
+    /// listening address when unset. Set it when clients reach the worker by another name.
+    pub advertised: Option<String>,
+    /// This node's broker id.
+    pub node_id: i32,
+    /// The largest request frame (Kafka's `socket.request.max.bytes`); a larger one closes
+    /// its connection.
+    pub max_request_bytes: usize,
+    /// Request bytes a connection may hold at once; reading waits when it is used up.
+    pub connection_buffer_bytes: usize,
+    /// Requests a connection may have read ahead of their answers.
+    pub max_in_flight: usize,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// The defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> KafkaConfig {
+        KafkaConfig {
+            listen,
+            advertised: None,
+            node_id: 0,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            connection_buffer_bytes: DEFAULT_CONNECTION_BUFFER_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}

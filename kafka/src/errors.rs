@@ -1,0 +1,65 @@
+//! The log's errors as Kafka error codes (the protocol's numbers, from `kafka-protocol`).
+
+use kafka_protocol::ResponseError as E;
+use sluice_log::LogError;
+use sluice_log::batch::BatchError;
+use sluice_log::group::GroupError;
+
+/// The Kafka error code that tells a client what happened.
+pub(crate) fn code(e: &LogError) -> i16 {
+    match e {
+        LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => E::UnknownTopicOrPartition,
+        LogError::TopicExists(_) => E::TopicAlreadyExists,
+        LogError::InvalidTopicName { .. } | LogError::InternalTopic { .. } => {
+            E::InvalidTopicException
+        }
+        LogError::InvalidPartitions { .. } => E::InvalidPartitions,
+        LogError::Config(_) => E::InvalidConfig,
+        LogError::MessageTooLarge { .. } | LogError::RecordTooLarge { .. } => E::MessageTooLarge,
+        LogError::InvalidRecord { .. } => E::InvalidRecord,
+        LogError::Batch { source, .. } => match source {
+            BatchError::CrcMismatch { .. } => E::CorruptMessage,
+            BatchError::UnknownCompression { .. } => E::UnsupportedCompressionType,
+            _ => E::InvalidRecord,
+        },
+        LogError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
+        LogError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber,
+        LogError::ProducerFenced { .. } => E::InvalidProducerEpoch,
+        LogError::InvalidTxnState { reason, .. } if reason.contains("still completing") => {
+            E::ConcurrentTransactions
+        }
+        LogError::InvalidTxnState { .. } => E::InvalidTxnState,
+        LogError::TxnTimedOut(_) => E::InvalidTxnState,
+        LogError::InvalidRequest(_) => E::InvalidRequest,
+        LogError::Group(g) => match g {
+            GroupError::UnknownGroup { .. } => E::GroupIdNotFound,
+            GroupError::UnknownMember { .. } | GroupError::GroupNotEmpty { .. } => {
+                E::UnknownMemberId
+            }
+            GroupError::FencedMemberEpoch { .. } | GroupError::StaleMemberEpoch { .. } => {
+                E::IllegalGeneration
+            }
+            GroupError::InconsistentAssignor { .. } => E::InconsistentGroupProtocol,
+            GroupError::NotAssigned { .. } => E::IllegalGeneration,
+            GroupError::InvalidRequest { .. } => E::InvalidRequest,
+        },
+        LogError::Io { .. }
+        | LogError::Corrupt { .. }
+        | LogError::DamagedSegment { .. }
+        | LogError::RemoteStorage(_) => E::KafkaStorageError,
+        _ => E::UnknownServerError,
+    }
+    .code()
+}
+
+/// A short message for the response's `error_message` field (no paths: they are the
+/// operator's business, in the worker's log).
+pub(crate) fn message(e: &LogError) -> String {
+    match e {
+        LogError::Io { op, .. } => format!("storage error while trying to {op}"),
+        LogError::Corrupt { .. } | LogError::DamagedSegment { .. } => {
+            "damaged data on the broker; see the worker's log".into()
+        }
+        other => other.to_string(),
+    }
+}

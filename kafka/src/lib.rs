@@ -1,0 +1,38 @@
+//! The Kafka wire protocol over Sluice's log: `sluice run --kafka-listen` serves it so that
+//! Kafka's clients and tools (librdkafka and everything built on it, kafka-python, the Java
+//! client) produce to and consume from Sluice topics, and pipelines, SQL and sinks see those
+//! records like any others. Later it is also how nodes replicate.
+//!
+//! ```text
+//!  TCP ─► server (accept, connection limit) ─► connection: reader ─frames─► handler ─► writer
+//!                                                │ size limit,        │ ApiVersions, Metadata,
+//!                                                │ buffer budget      │ Produce, Fetch, ...
+//!                                                ▼                    ▼
+//!                                         close + log line     sluice_log::Log (blocking calls
+//!                                         on a bad frame        on tokio's blocking pool)
+//! ```
+//!
+//! The message codecs are the `kafka-protocol` crate's. Record batches are not re-encoded:
+//! the log stores Kafka's RecordBatch v2, so a Produce's batch is appended as sent and a
+//! Fetch answers with the stored bytes.
+//!
+//! # Layout
+//!
+//! - [`config`]: the listener's settings and their defaults (Kafka's names in the docs).
+//! - `server` (private): accepting, framing, the per-connection bounds, dispatch.
+//! - `versions` (private): the APIs and versions advertised, and ApiVersions.
+//! - `errors` (private): the log's errors as Kafka error codes.
+//! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch`,
+//!   `offsets` (ListOffsets), `admin` (topics and configs), `groups` (coordinator lookup and
+//!   committed offsets), `producer_id`.
+
+pub mod config;
+
+mod apis;
+mod errors;
+mod server;
+mod versions;
+
+pub use config::KafkaConfig;
+pub use server::{KafkaServer, ServeError, serve};
+pub use versions::SUPPORTED;
