@@ -4,6 +4,7 @@ use kafka_protocol::ResponseError as E;
 use sluice_log::LogError;
 use sluice_log::batch::BatchError;
 use sluice_log::group::GroupError;
+use sluice_log::group::classic::ClassicError;
 
 /// The Kafka error code that tells a client what happened.
 pub(crate) fn code(e: &LogError) -> i16 {
@@ -42,6 +43,7 @@ pub(crate) fn code(e: &LogError) -> i16 {
             GroupError::InconsistentAssignor { .. } => E::InconsistentGroupProtocol,
             GroupError::NotAssigned { .. } => E::IllegalGeneration,
             GroupError::InvalidRequest { .. } => E::InvalidRequest,
+            GroupError::Classic(c) => return classic(c),
         },
         LogError::Io { .. }
         | LogError::Corrupt { .. }
@@ -62,4 +64,18 @@ pub(crate) fn message(e: &LogError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// A classic-protocol refusal as its Kafka error code.
+pub(crate) fn classic(e: &ClassicError) -> i16 {
+    match e {
+        ClassicError::InvalidGroupId => E::InvalidGroupId,
+        ClassicError::InvalidSessionTimeout(_) => E::InvalidSessionTimeout,
+        ClassicError::InconsistentGroupProtocol(_) => E::InconsistentGroupProtocol,
+        ClassicError::UnknownMemberId => E::UnknownMemberId,
+        ClassicError::MemberIdRequired(_) => E::MemberIdRequired,
+        ClassicError::IllegalGeneration => E::IllegalGeneration,
+        ClassicError::RebalanceInProgress => E::RebalanceInProgress,
+    }
+    .code()
 }

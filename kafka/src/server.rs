@@ -33,6 +33,8 @@ pub(crate) struct Broker {
     /// The host and port told to clients.
     pub(crate) host: String,
     pub(crate) port: i32,
+    /// Classic-group requests waiting for a rebalance.
+    pub(crate) waiters: parking_lot::Mutex<apis::Waiters>,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -108,6 +110,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         node_id: config.node_id,
         host,
         port: i32::from(port),
+        waiters: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -154,6 +157,17 @@ async fn accept_loop(
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
 ) {
+    {
+        // Classic groups' clock: silent members expire, overdue rebalances end.
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                apis::tick(&broker);
+            }
+        });
+    }
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let refused = AtomicU64::new(0);
     loop {
@@ -178,7 +192,7 @@ async fn accept_loop(
         let broker = Arc::clone(&broker);
         let config = Arc::clone(&config);
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, broker, &config).await {
+            if let Err(e) = connection(stream, peer, broker, &config).await {
                 tracing::warn!(%peer, "Closed a Kafka connection: {e}.");
             }
             drop(permit);
@@ -238,9 +252,12 @@ struct Frame {
 
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     broker: Arc<Broker>,
     config: &KafkaConfig,
 ) -> Result<(), ConnError> {
+    // Kafka shows a member's host as "/ip".
+    let peer = Arc::<str>::from(format!("/{}", peer.ip()));
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Frame>(config.max_in_flight.max(1));
     let budget_bytes = config.connection_buffer_bytes.max(config.max_request_bytes);
@@ -283,7 +300,7 @@ async fn connection(
     };
     let handler = async move {
         while let Some(frame) = rx.recv().await {
-            if let Some(answer) = handle(&broker, frame.bytes).await? {
+            if let Some(answer) = handle(&broker, &peer, frame.bytes).await? {
                 write.write_all(&answer).await?;
             }
         }
@@ -298,7 +315,11 @@ async fn connection(
 }
 
 /// Answers one request frame; `None` for a Produce with `acks=0`, which gets no answer.
-async fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Option<BytesMut>, ConnError> {
+async fn handle(
+    broker: &Arc<Broker>,
+    peer: &Arc<str>,
+    mut frame: Bytes,
+) -> Result<Option<BytesMut>, ConnError> {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -342,6 +363,7 @@ async fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Option<BytesMu
         version,
         correlation,
         client,
+        peer: Arc::clone(peer),
     };
     apis::dispatch(ctx, frame).await
 }

@@ -17,7 +17,7 @@ use crate::errors;
 use crate::server::ConnError;
 
 /// The longest a fetch waits, whatever the client asks (Kafka has no cap; clients ask 500 ms).
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);

@@ -54,7 +54,19 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommit
     let code = if group.is_empty() {
         E::InvalidGroupId.code()
     } else {
-        match log.commit_offsets(&group, None, &offsets) {
+        // A member of a classic group commits with its generation; a standalone consumer
+        // (assign(), no group membership) with -1 and no member id.
+        let committed = if req.generation_id_or_member_epoch >= 0 || !req.member_id.is_empty() {
+            log.commit_classic_offsets(
+                &group,
+                req.generation_id_or_member_epoch,
+                &req.member_id,
+                &offsets,
+            )
+        } else {
+            log.commit_offsets(&group, None, &offsets)
+        };
+        match committed {
             Ok(()) => 0,
             Err(e) => {
                 tracing::debug!(group, client = %ctx.client, error = %e, "A Kafka client's offset commit was refused.");

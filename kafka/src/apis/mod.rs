@@ -7,6 +7,7 @@
 mod admin;
 mod fetch;
 mod groups;
+mod membership;
 mod metadata;
 mod offsets;
 mod produce;
@@ -18,12 +19,15 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+pub(crate) use self::membership::{Waiters, tick};
 use crate::server::{Broker, ConnError, encode};
 use crate::versions;
 
@@ -36,6 +40,8 @@ pub(crate) struct Ctx {
     pub(crate) correlation: i32,
     /// The client's `client.id`, for log lines.
     pub(crate) client: String,
+    /// The client's address as Kafka shows it (`/127.0.0.1`).
+    pub(crate) peer: Arc<str>,
 }
 
 impl Ctx {
@@ -112,6 +118,24 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
         ApiKey::OffsetFetch => on_pool!(OffsetFetchRequest, groups::offset_fetch),
         ApiKey::ListGroups => on_pool!(ListGroupsRequest, groups::list_groups),
         ApiKey::InitProducerId => on_pool!(InitProducerIdRequest, producer_id::init_producer_id),
+        ApiKey::JoinGroup => {
+            let req: JoinGroupRequest = ctx.decode(&mut body)?;
+            ctx.answer(&membership::join_group(&ctx, req).await)
+        }
+        ApiKey::SyncGroup => {
+            let req: SyncGroupRequest = ctx.decode(&mut body)?;
+            ctx.answer(&membership::sync_group(&ctx, req).await)
+        }
+        ApiKey::Heartbeat => {
+            let req: HeartbeatRequest = ctx.decode(&mut body)?;
+            ctx.answer(&membership::heartbeat(&ctx, req))
+        }
+        ApiKey::LeaveGroup => {
+            let req: LeaveGroupRequest = ctx.decode(&mut body)?;
+            ctx.answer(&membership::leave_group(&ctx, req))
+        }
+        ApiKey::DescribeGroups => on_pool!(DescribeGroupsRequest, membership::describe_groups),
+        ApiKey::DeleteGroups => on_pool!(DeleteGroupsRequest, membership::delete_groups),
         // `versions::range` let nothing else through.
         other => Err(ConnError::UnknownApi {
             key: other as i16,

@@ -95,8 +95,7 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
                         )
                 ])
         ),
-        ApiKey::CreateTopics => enc!(
-            CreateTopicsRequest::default().with_topics(vec![
+        ApiKey::CreateTopics => enc!(CreateTopicsRequest::default().with_topics(vec![
                 create_topics_request::CreatableTopic::default()
                     .with_name(name(&fresh))
                     .with_num_partitions(2)
@@ -106,18 +105,15 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
                             .with_name("retention.ms".into())
                             .with_value(Some("1000".into()))
                     ])
-            ])
-        ),
+            ])),
         ApiKey::DeleteTopics => {
             enc!(DeleteTopicsRequest::default().with_topic_names(vec![name(&fresh)]))
         }
-        ApiKey::CreatePartitions => enc!(
-            CreatePartitionsRequest::default().with_topics(vec![
+        ApiKey::CreatePartitions => enc!(CreatePartitionsRequest::default().with_topics(vec![
                 create_partitions_request::CreatePartitionsTopic::default()
                     .with_name(t())
                     .with_count(2 + round as i32)
-            ])
-        ),
+            ])),
         ApiKey::FindCoordinator => enc!(FindCoordinatorRequest::default().with_key("g".into())),
         ApiKey::OffsetCommit => enc!(
             OffsetCommitRequest::default()
@@ -145,6 +141,55 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
         ApiKey::ListGroups => enc!(ListGroupsRequest::default()),
         ApiKey::InitProducerId => {
             enc!(InitProducerIdRequest::default().with_transaction_timeout_ms(60_000))
+        }
+        // Each version joins its own group: with a member id only from v4 (KIP-394), so a
+        // v4+ join answers MEMBER_ID_REQUIRED; an older one forms generation 1 at once.
+        ApiKey::JoinGroup => enc!(
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(format!("j{round}{fail}"))))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_protocol_type("consumer".into())
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name("range".into())
+                        .with_metadata(Bytes::from_static(b"md"))
+                ])
+        ),
+        ApiKey::SyncGroup => enc!(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId("nope".into()))
+                .with_generation_id(1)
+                .with_member_id("m".into())
+                .with_protocol_type(Some("consumer".into()))
+                .with_protocol_name(Some("range".into()))
+        ),
+        ApiKey::Heartbeat => enc!(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId("nope".into()))
+                .with_generation_id(1)
+                .with_member_id("m".into())
+        ),
+        ApiKey::LeaveGroup => enc!(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId("nope".into()))
+                .with_member_id(if version < 3 {
+                    "m".into()
+                } else {
+                    StrBytes::default()
+                })
+                .with_members(if version >= 3 {
+                    vec![leave_group_request::MemberIdentity::default().with_member_id("m".into())]
+                } else {
+                    vec![]
+                })
+        ),
+        ApiKey::DescribeGroups => enc!(
+            DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId("g".into()), GroupId("nope".into())])
+        ),
+        ApiKey::DeleteGroups => {
+            enc!(DeleteGroupsRequest::default().with_groups_names(vec![GroupId("nope".into())]))
         }
         other => panic!("no test request for {other:?}"),
     }
@@ -180,6 +225,12 @@ fn decode_answer(api: ApiKey, version: i16, mut frame: Bytes) {
         ApiKey::OffsetFetch => dec!(OffsetFetchResponse),
         ApiKey::ListGroups => dec!(ListGroupsResponse),
         ApiKey::InitProducerId => dec!(InitProducerIdResponse),
+        ApiKey::JoinGroup => dec!(JoinGroupResponse),
+        ApiKey::SyncGroup => dec!(SyncGroupResponse),
+        ApiKey::Heartbeat => dec!(HeartbeatResponse),
+        ApiKey::LeaveGroup => dec!(LeaveGroupResponse),
+        ApiKey::DescribeGroups => dec!(DescribeGroupsResponse),
+        ApiKey::DeleteGroups => dec!(DeleteGroupsResponse),
         other => panic!("no decoder for {other:?}"),
     }
     assert!(
@@ -199,6 +250,7 @@ async fn every_api_answers_at_every_advertised_version() {
         node_id: 0,
         host: "127.0.0.1".into(),
         port: 9092,
+        waiters: Default::default(),
     });
     let mut round = 0;
     // Produce first, so that fetches and offset lookups find a record; then every answer
@@ -215,6 +267,7 @@ async fn every_api_answers_at_every_advertised_version() {
                     version,
                     correlation: 7,
                     client: "test".into(),
+                    peer: "/127.0.0.1".into(),
                 };
                 let body = request(api, version, round, topic, fail).freeze();
                 let answer = dispatch(ctx, body)

@@ -38,6 +38,9 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::assignor::{Assignor, TopicPartition};
+use super::classic::{
+    ClassicError, ClassicGroups, ClassicState, Deliveries, JoinRequest, JoinResult, Reply,
+};
 
 /// The heartbeat interval the coordinator asks for unless configured otherwise (Kafka's
 /// `group.consumer.heartbeat.interval.ms` default).
@@ -209,6 +212,9 @@ pub enum GroupError {
         /// The first offending partition.
         partition: TopicPartition,
     },
+    /// A Kafka client's classic-protocol request was refused.
+    #[error(transparent)]
+    Classic(#[from] ClassicError),
     /// The operation needs a group without members.
     #[error("group `{group}` still has {members} member(s)")]
     GroupNotEmpty {
@@ -391,6 +397,9 @@ impl Group {
 #[derive(Debug, Clone)]
 pub struct GroupCoordinator {
     groups: BTreeMap<String, Group>,
+    /// Groups that Kafka clients joined with the classic protocol; a group id has members of
+    /// one kind at a time.
+    pub classic: ClassicGroups,
     /// Member ids are numbered coordinator-wide so an id is never reused, even when a group
     /// is deleted and recreated: a stale client can never pass for a newer member.
     next_member: u64,
@@ -414,6 +423,7 @@ impl GroupCoordinator {
     pub fn with_heartbeat_interval(heartbeat_interval_ms: u64) -> Self {
         GroupCoordinator {
             groups: BTreeMap::new(),
+            classic: ClassicGroups::default(),
             next_member: 0,
             heartbeat_interval_ms,
         }
@@ -534,6 +544,15 @@ impl GroupCoordinator {
         group_id: &str,
         assignor: Assignor,
     ) -> Result<String, GroupError> {
+        let classic = self.classic.members(group_id);
+        if classic > 0 {
+            return Err(GroupError::InvalidRequest {
+                group: group_id.to_owned(),
+                reason: format!(
+                    "{classic} Kafka client(s) are members of this group (classic protocol); use another group id"
+                ),
+            });
+        }
         if let Some(group) = self.groups.get(group_id)
             && !group.members.is_empty()
             && group.assignor != assignor
@@ -681,12 +700,13 @@ impl GroupCoordinator {
     ) -> Result<(), GroupError> {
         let g = self.groups.get(group);
         let Some(member_id) = member_id else {
-            return match g {
-                Some(g) if !g.members.is_empty() => Err(GroupError::GroupNotEmpty {
+            let members = g.map_or(0, |g| g.members.len()) + self.classic.members(group);
+            return match members {
+                0 => Ok(()),
+                members => Err(GroupError::GroupNotEmpty {
                     group: group.to_owned(),
-                    members: g.members.len(),
+                    members,
                 }),
-                _ => Ok(()),
             };
         };
         let member =
@@ -734,35 +754,104 @@ impl GroupCoordinator {
 
     /// A snapshot of `group`, or `None` if it does not exist.
     pub fn describe(&self, group: &str) -> Option<GroupDescription> {
-        self.groups.get(group).map(Group::describe)
+        match (self.groups.get(group), self.classic.describe(group)) {
+            (Some(g), Some(c)) if g.members.is_empty() && !c.members.is_empty() => {
+                Some(describe_classic(&c))
+            }
+            (Some(g), _) => Some(g.describe()),
+            (None, Some(c)) => Some(describe_classic(&c)),
+            (None, None) => None,
+        }
     }
 
     /// Every group as `(group, state, member count)`, sorted by group id.
     pub fn list(&self) -> Vec<(String, GroupState, usize)> {
-        self.groups
-            .iter()
-            .map(|(name, g)| (name.clone(), g.state(), g.members.len()))
-            .collect()
+        let mut all: BTreeMap<String, (GroupState, usize)> = self
+            .classic
+            .list()
+            .into_iter()
+            .map(|(name, state, n)| (name, (classic_state(state), n)))
+            .collect();
+        for (name, g) in &self.groups {
+            // Classic groups left empty yield to an embedded group of the same id.
+            if !g.members.is_empty() || !all.contains_key(name) {
+                all.insert(name.clone(), (g.state(), g.members.len()));
+            }
+        }
+        all.into_iter().map(|(g, (s, n))| (g, s, n)).collect()
+    }
+
+    /// Handles a classic-protocol JoinGroup (see [`ClassicGroups::join`]); refused while
+    /// embedded consumers are members of the group.
+    pub fn classic_join(
+        &mut self,
+        now_ms: u64,
+        req: JoinRequest,
+        out: &mut Deliveries,
+    ) -> Reply<JoinResult> {
+        let embedded = self.groups.get(&req.group).map_or(0, |g| g.members.len());
+        if embedded > 0 {
+            return Reply::Now(Err(ClassicError::InconsistentGroupProtocol(format!(
+                "group '{}' has {embedded} member(s) from Sluice's own consumers (a pipeline or query); use another group id",
+                req.group
+            ))));
+        }
+        self.classic.join(now_ms, req, out)
     }
 
     /// Forgets a group that has no members ([`GroupError::GroupNotEmpty`] otherwise,
     /// [`GroupError::UnknownGroup`] if it does not exist). Committed offsets are the caller's
     /// to delete.
     pub fn delete_group(&mut self, group: &str) -> Result<(), GroupError> {
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| GroupError::UnknownGroup {
+        let embedded = self.groups.get(group);
+        let classic = self.classic.describe(group);
+        if embedded.is_none() && classic.is_none() {
+            return Err(GroupError::UnknownGroup {
                 group: group.to_owned(),
-            })?;
-        if !g.members.is_empty() {
+            });
+        }
+        let members = embedded.map_or(0, |g| g.members.len()) + self.classic.members(group);
+        if members > 0 {
             return Err(GroupError::GroupNotEmpty {
                 group: group.to_owned(),
-                members: g.members.len(),
+                members,
             });
         }
         self.groups.remove(group);
+        self.classic.remove_if_empty(group);
         Ok(())
+    }
+}
+
+/// A classic group's state in the embedded protocol's terms.
+fn classic_state(state: ClassicState) -> GroupState {
+    match state {
+        ClassicState::Empty => GroupState::Empty,
+        ClassicState::Stable => GroupState::Stable,
+        ClassicState::PreparingRebalance | ClassicState::CompletingRebalance => {
+            GroupState::Reconciling
+        }
+    }
+}
+
+/// A classic group described like an embedded one: generation as epoch, subscriptions and
+/// assignments read from the consumer protocol's blobs.
+fn describe_classic(c: &super::classic::ClassicDescription) -> GroupDescription {
+    GroupDescription {
+        state: classic_state(c.state),
+        epoch: c.generation.max(0) as u64,
+        assignor: c.protocol.parse().unwrap_or_default(),
+        members: c
+            .members
+            .iter()
+            .map(|m| MemberDescription {
+                member_id: m.member_id.clone(),
+                member_epoch: c.generation.max(0) as u64,
+                subscription: super::classic::consumer_subscription_topics(&m.metadata),
+                assignment: super::classic::consumer_assignment(&m.assignment),
+                pending: BTreeSet::new(),
+            })
+            .collect(),
     }
 }
 

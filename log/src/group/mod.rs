@@ -11,8 +11,14 @@
 //! The coordinator does no IO and reads no clock: the caller passes `now_ms` into every call,
 //! serialises calls (e.g. under a mutex) and persists committed offsets itself, using
 //! [`GroupCoordinator::validate_commit`] to fence commits from stale members.
+//!
+//! Kafka clients join groups with Kafka's classic protocol instead ([`classic`]: JoinGroup,
+//! SyncGroup, client-side assignors). A group id names one group either way: the coordinator
+//! holds both kinds, refuses a member of one kind while the group has members of the other,
+//! and the committed offsets are the same.
 
 mod assignor;
+pub mod classic;
 mod coordinator;
 
 pub use assignor::{Assignor, TopicPartition, UnknownAssignor};

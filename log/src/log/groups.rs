@@ -7,7 +7,8 @@ use bytes::Bytes;
 use super::Log;
 use crate::error::Result;
 use crate::group::{
-    GroupDescription, GroupState, HeartbeatRequest, HeartbeatResponse, TopicPartition,
+    GroupCoordinator, GroupDescription, GroupError, GroupState, HeartbeatRequest,
+    HeartbeatResponse, TopicPartition,
 };
 use crate::offsets::{CommittedOffset, OFFSETS_TOPIC, OffsetKey, OffsetStore};
 use crate::partition::{Isolation, OffsetSpec};
@@ -163,6 +164,38 @@ impl Log {
             member.map_or(0, |m| m.1),
             &tps,
         )?;
+        self.write_commit(group, offsets)
+    }
+
+    /// Commits offsets for a member of a classic-protocol group (a Kafka client): it must be
+    /// a member at `generation` of a group that is not rebalancing.
+    pub fn commit_classic_offsets(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        self.check_open()?;
+        self.inner
+            .groups
+            .lock()
+            .classic
+            .validate_commit(group, generation, member)
+            .map_err(GroupError::from)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.write_commit(group, offsets)
+    }
+
+    /// Runs `f` on the group coordinator, under its lock, with the time now (ms): how the
+    /// Kafka listener drives classic-protocol groups.
+    pub fn with_group_coordinator<R>(&self, f: impl FnOnce(&mut GroupCoordinator, u64) -> R) -> R {
+        f(&mut self.inner.groups.lock(), now_ms() as u64)
+    }
+
+    fn write_commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let (values, records) = Self::offset_commit(group, offsets);
         self.append_records(OFFSETS_TOPIC, self.offsets_partition(group), &records)?;
         let mut store = self.inner.offsets.lock();
@@ -418,7 +451,7 @@ impl Log {
             // Refused (GroupNotEmpty) while the group has members.
             match self.inner.groups.lock().delete_group(group) {
                 Ok(()) => {}
-                Err(crate::group::GroupError::UnknownGroup { .. }) if !committed.is_empty() => {}
+                Err(GroupError::UnknownGroup { .. }) if !committed.is_empty() => {}
                 Err(e) => return Err(e.into()),
             }
         }
