@@ -2,8 +2,8 @@
 # Installs what Sluice's build and tests need on a fresh Debian machine, skipping what is
 # already there: libclang (RocksDB's bindgen), PostgreSQL 15, openssl, curl, Chromium (the
 # console's browser test), a Python venv with the S3 (moto) and Elasticsearch-API
-# (osmem-server, noida-db) servers the tests start themselves and the OpenAPI validators,
-# and the web console's npm packages and build (console/dist, embedded in the binary).
+# (osmem-server, noida-db) servers the tests start themselves, the OpenAPI validators and
+# Kafka clients (kcat, confluent-kafka, kafka-python), and the web console's npm packages and build (console/dist, embedded in the binary).
 # Sourced by scripts/test and scripts/run; safe to run again.
 set -euo pipefail
 
@@ -30,6 +30,8 @@ if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ]; then
     command -v curl >/dev/null || apt_missing+=(curl)
     # The web console's test drives a real headless Chromium.
     command -v chromium >/dev/null || apt_missing+=(chromium)
+    # The Kafka listener's tests run Kafka's own command-line client (librdkafka inside).
+    command -v kcat >/dev/null || apt_missing+=(kcat)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "setup: installing ${apt_missing[*]} with apt-get" >&2
@@ -37,11 +39,14 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 
-if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_server" ] && [ -x "$SLUICE_VENV/bin/noida-db" ] && [ -x "$SLUICE_VENV/bin/openapi-spec-validator" ]; }; then
+# Kafka clients for the Kafka listener's tests, pinned: confluent-kafka (librdkafka 2.16) and
+# kafka-python.
+kafka_clients=(confluent-kafka==2.16.1 kafka-python==3.0.12)
+if [ "${SLUICE_SETUP_SERVERS:-1}" = 1 ] && ! { [ -x "$SLUICE_VENV/bin/moto_server" ] && [ -x "$SLUICE_VENV/bin/noida-db" ] && [ -x "$SLUICE_VENV/bin/openapi-spec-validator" ] && "$SLUICE_VENV/bin/python" -c 'import confluent_kafka, kafka' 2>/dev/null; }; then
     # openapi-core and openapi-spec-validator check the API against its document.
-    echo "setup: installing moto[server], osmem-server, noida-db and the OpenAPI validators into $SLUICE_VENV" >&2
+    echo "setup: installing moto[server], osmem-server, noida-db, the OpenAPI validators and Kafka clients into $SLUICE_VENV" >&2
     [ -x "$SLUICE_VENV/bin/pip" ] || python3 -m venv "$SLUICE_VENV"
-    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db openapi-core openapi-spec-validator
+    "$SLUICE_VENV/bin/pip" install -q 'moto[server]' osmem-server noida-db openapi-core openapi-spec-validator "${kafka_clients[@]}"
 fi
 
 # The web console (console/) is built with npm into console/dist/, which the `sluice` binary

@@ -1,0 +1,208 @@
+"""Real Kafka clients against `sluice run --kafka-listen`, driven by tests/tests/kafka.rs.
+
+Each command prints one JSON object (what the Rust test asserts on) as its last line and
+exits non-zero on a client error. Usage: clients.py COMMAND BOOTSTRAP [ARGS...]
+"""
+
+import json
+import sys
+import time
+
+
+def confluent_roundtrip(bootstrap, topic, n):
+    """Admin create, idempotent keyed produce with headers, group consume, commit, describe."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
+        f.result()
+    errors = {}
+    for name, f in admin.create_topics([NewTopic(topic, 1), NewTopic("bad name!", 1)]).items():
+        try:
+            f.result()
+        except KafkaException as e:
+            errors[name] = e.args[0].name()
+    for f in admin.create_partitions([NewPartitions(topic, 4)]).values():
+        f.result()
+    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    delivered = []
+    for i in range(n):
+        producer.produce(
+            topic,
+            key=f"k{i}".encode(),
+            value=json.dumps({"i": i}).encode(),
+            headers=[("source", b"confluent")],
+            on_delivery=lambda err, msg: delivered.append(err is None),
+        )
+    left = producer.flush(30)
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"{topic}-group",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    seen, headers, deadline = set(), set(), time.time() + 60
+    while len(seen) < n and time.time() < deadline:
+        m = consumer.poll(1.0)
+        if m is None:
+            continue
+        if m.error():
+            raise KafkaException(m.error())
+        seen.add(json.loads(m.value())["i"])
+        headers.update(k + "=" + v.decode() for k, v in (m.headers() or []))
+    consumer.commit(asynchronous=False)
+    committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    consumer.close()
+    groups = admin.list_consumer_groups().result()
+    print(json.dumps({
+        "delivered": sum(delivered),
+        "unflushed": left,
+        "consumed": len(seen),
+        "headers": sorted(headers),
+        "partitions": partitions,
+        "committed": sum(tp.offset for tp in committed if tp.offset >= 0),
+        "create_errors": errors,
+        "groups": sorted(g.group_id for g in groups.valid),
+    }))
+
+
+def kafka_python_roundtrip(bootstrap, topic, n):
+    """kafka-python: admin create, acks=all produce, group consume, commit, group admin."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    futures = [producer.send(topic, key=f"k{i}".encode(), value=str(i).encode()) for i in range(n)]
+    producer.flush()
+    offsets = sorted((f.get(10).partition, f.get(10).offset) for f in futures)
+    producer.close()
+    group = f"{topic}-group"
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group,
+        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000,
+    )
+    seen = {int(m.value) for m in consumer}
+    consumer.commit()
+    consumer.close()
+    committed = admin.list_group_offsets(group)
+    described = admin.describe_groups([group])
+    print(json.dumps({
+        "acked": len(offsets),
+        "distinct_offsets": len(set(offsets)),
+        "consumed": len(seen),
+        "committed": sum(v.offset for v in committed[group].values()) if group in committed else 0,
+        "listed": sorted(g["group_id"] for g in admin.list_groups()),
+        "state": described[group]["group_state"],
+    }))
+
+
+def rebalance(bootstrap, topic, n):
+    """Two members of one group share the topic; one leaves; the other takes everything.
+    Records produced throughout are all consumed (at least once) by the group."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)]).values():
+        f.result()
+    group = f"{topic}-group"
+
+    def member():
+        c = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": True, "auto.commit.interval.ms": 200,
+            "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+        })
+        c.subscribe([topic])
+        return c
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    a, b = member(), member()
+    seen = set()
+    sent = 0
+
+    def produce(k):
+        nonlocal sent
+        for _ in range(k):
+            producer.produce(topic, key=str(sent).encode(), value=str(sent).encode())
+            sent += 1
+        producer.flush(10)
+
+    def poll(consumers, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            for c in consumers:
+                m = c.poll(0.1)
+                if m is not None and not m.error():
+                    seen.add(int(m.value()))
+
+    produce(n // 2)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (a.assignment() and b.assignment()):
+        poll([a, b], 0.5)
+    split = [sorted(tp.partition for tp in c.assignment()) for c in (a, b)]
+    poll([a, b], 2)
+    b.close()  # LeaveGroup: a rebalance gives a every partition
+    produce(n - n // 2)
+    deadline = time.time() + 60
+    while time.time() < deadline and (len(a.assignment()) < 4 or len(seen) < n):
+        poll([a], 0.5)
+    after = sorted(tp.partition for tp in a.assignment())
+    a.close()
+    print(json.dumps({"split": split, "after": after, "sent": sent, "consumed": len(seen)}))
+
+
+def produce_json(bootstrap, topic, n):
+    """Keyed JSON records (account, amount) for the SQL pipeline test."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i in range(n):
+        producer.produce(topic, key=f"acct-{i % 5}".encode(),
+                         value=json.dumps({"amount": i * 10}).encode())
+    print(json.dumps({"unflushed": producer.flush(30)}))
+
+
+def consume(bootstrap, topic, n):
+    """Reads `n` records of a topic from the start (read_committed), as key/value strings."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"{topic}-reader-{time.time()}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    })
+    c.subscribe([topic])
+    out, deadline = [], time.time() + 60
+    while len(out) < n and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            out.append([(m.key() or b"").decode(), (m.value() or b"").decode()])
+    # Anything past `n` would be a duplicate: look a little longer.
+    end = time.time() + 1
+    while time.time() < end:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            out.append([(m.key() or b"").decode(), (m.value() or b"").decode()])
+    c.close()
+    print(json.dumps({"records": out}))
+
+
+COMMANDS = {
+    "confluent-roundtrip": confluent_roundtrip,
+    "kafka-python-roundtrip": kafka_python_roundtrip,
+    "rebalance": rebalance,
+    "produce-json": produce_json,
+    "consume": consume,
+}
+
+if __name__ == "__main__":
+    command, bootstrap, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    COMMANDS[command](bootstrap, topic, n)
