@@ -306,11 +306,17 @@ async fn connection(
         }
         Ok::<(), ConnError>(())
     };
-    // Whichever side ends first ends the connection: a closed socket stops the handler, a
-    // bad frame or a write error stops the reader.
+    // A bad frame or a write error ends the connection at once. When the client closes its
+    // side, the requests already read are still answered (the handler drains the queue the
+    // reader closed) before the connection ends.
+    tokio::pin!(reader);
+    tokio::pin!(handler);
     tokio::select! {
-        r = reader => r,
-        r = handler => r,
+        r = &mut reader => match r {
+            Ok(()) => handler.await,
+            Err(e) => Err(e),
+        },
+        r = &mut handler => r,
     }
 }
 

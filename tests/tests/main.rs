@@ -13,6 +13,7 @@ mod hardening;
 mod hardening_log;
 mod hardening_sql;
 mod http_sink;
+mod kafka;
 mod log_crash;
 mod log_groups;
 mod log_topics;
