@@ -138,6 +138,17 @@ impl TxnCoordinator {
             .map(|r| r.status)
     }
 
+    /// Whether the open transaction of `producer_id` (at `epoch`) includes `partition`: what a
+    /// transactional write there needs, or its markers would never come.
+    pub fn includes(&self, producer_id: i64, epoch: i16, partition: &TxnPartition) -> bool {
+        self.txns.values().any(|r| {
+            r.producer_id == producer_id
+                && r.epoch == epoch
+                && r.status == TxnStatus::Ongoing
+                && r.partitions.contains(partition)
+        })
+    }
+
     /// Starts a producer instance. Returns the new record (persist it) and, when a previous
     /// instance left a transaction open, the plan to abort it first under the new epoch.
     ///

@@ -195,7 +195,79 @@ def consume(bootstrap, topic, n):
     print(json.dumps({"records": out}))
 
 
+def txn_loop(bootstrap, topic, batch):
+    """Consume-transform-produce, exactly once: reads `topic` in a group (read_committed),
+    writes each value doubled to `<topic>-out` and commits the input offsets in the same
+    transaction (send_offsets_to_transaction). Killed and restarted by the test; exits once
+    it owns every partition and has read each to its end, then 3 s without input. Prints each
+    committed transaction's size."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"{topic}-ctp",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+    })
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "transactional.id": f"{topic}-ctp",
+        "transaction.timeout.ms": 60000,
+    })
+    producer.init_transactions(30)
+    consumer.subscribe([topic])
+    from confluent_kafka import TopicPartition
+
+    partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    def finished():
+        owned = consumer.assignment()
+        if len(owned) < partitions:
+            return False
+        # Committed, not position(): a new instance has no position until it reads a record.
+        for tp in consumer.committed(owned, 10):
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)
+            if tp.offset < high:
+                return False
+        return True
+
+    idle_since = time.time()
+    while time.time() - idle_since < 3 or not finished():
+        msgs = consumer.consume(batch, 0.5)
+        msgs = [m for m in msgs if not m.error()]
+        if not msgs:
+            continue
+        idle_since = time.time()
+        producer.begin_transaction()
+        for m in msgs:
+            producer.produce(f"{topic}-out", key=m.key(), value=str(int(m.value()) * 2).encode())
+        producer.send_offsets_to_transaction(
+            consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30)
+        # Slow enough for the test's kills to land inside transactions too.
+        time.sleep(0.05)
+        producer.commit_transaction(30)
+        print(len(msgs), flush=True)
+    consumer.close()
+    print(json.dumps({"done": True}))
+
+
+def produce_numbers(bootstrap, topic, n):
+    """Values 0..n-1 (keyed by value) into `topic`, created with 2 partitions, and the
+    output topic `<topic>-out` with 2."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, 2, 1), NewTopic(f"{topic}-out", 2, 1)]).values():
+        f.result()
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i in range(n):
+        producer.produce(topic, key=str(i).encode(), value=str(i).encode())
+    print(json.dumps({"unflushed": producer.flush(30)}))
+
+
 COMMANDS = {
+    "txn-loop": txn_loop,
+    "produce-numbers": produce_numbers,
     "confluent-roundtrip": confluent_roundtrip,
     "kafka-python-roundtrip": kafka_python_roundtrip,
     "rebalance": rebalance,

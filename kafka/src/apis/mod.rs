@@ -14,16 +14,18 @@ mod produce;
 mod producer_id;
 #[cfg(test)]
 mod tests;
+mod transactions;
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeGroupsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -136,6 +138,14 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
         }
         ApiKey::DescribeGroups => on_pool!(DescribeGroupsRequest, membership::describe_groups),
         ApiKey::DeleteGroups => on_pool!(DeleteGroupsRequest, membership::delete_groups),
+        ApiKey::AddPartitionsToTxn => {
+            on_pool!(AddPartitionsToTxnRequest, transactions::add_partitions)
+        }
+        ApiKey::AddOffsetsToTxn => on_pool!(AddOffsetsToTxnRequest, transactions::add_offsets),
+        ApiKey::TxnOffsetCommit => {
+            on_pool!(TxnOffsetCommitRequest, transactions::txn_offset_commit)
+        }
+        ApiKey::EndTxn => on_pool!(EndTxnRequest, transactions::end_txn),
         // `versions::range` let nothing else through.
         other => Err(ConnError::UnknownApi {
             key: other as i16,

@@ -4,6 +4,7 @@
 use kafka_protocol::ResponseError as E;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use sluice_log::batch::BatchHeader;
 use sluice_log::is_internal_topic;
 
 use super::{Ctx, s};
@@ -43,6 +44,22 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
                     let Some(records) = p.records.filter(|r| !r.is_empty()) else {
                         return fail(E::InvalidRecord.code(), "no record batch".into());
                     };
+                    // A transactional batch must belong to its producer's open transaction
+                    // (AddPartitionsToTxn first): otherwise no marker would ever end it and
+                    // read_committed readers of the partition would wait forever.
+                    if let Ok(h) = BatchHeader::parse(&records) {
+                        if h.is_transactional()
+                            && !log.txn_includes(h.producer_id, h.producer_epoch, &topic, partition)
+                        {
+                            return fail(
+                                E::InvalidTxnState.code(),
+                                format!(
+                                    "{topic}-{partition} is not in producer {}'s open transaction (AddPartitionsToTxn first)",
+                                    h.producer_id
+                                ),
+                            );
+                        }
+                    }
                     match log.append(&topic, partition, records.to_vec()) {
                         Ok(info) => {
                             let start = log

@@ -188,6 +188,40 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
             DescribeGroupsRequest::default()
                 .with_groups(vec![GroupId("g".into()), GroupId("nope".into())])
         ),
+        ApiKey::AddPartitionsToTxn => enc!(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId("x".into()))
+                .with_v3_and_below_producer_id(ProducerId(1))
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![0])
+                ])
+        ),
+        ApiKey::AddOffsetsToTxn => enc!(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId("x".into()))
+                .with_group_id(GroupId("g".into()))
+        ),
+        ApiKey::EndTxn => enc!(
+            EndTxnRequest::default()
+                .with_transactional_id(TransactionalId("x".into()))
+                .with_committed(true)
+        ),
+        ApiKey::TxnOffsetCommit => enc!(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId("x".into()))
+                .with_group_id(GroupId("g".into()))
+                .with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)
+                        ])
+                ])
+        ),
         ApiKey::DeleteGroups => {
             enc!(DeleteGroupsRequest::default().with_groups_names(vec![GroupId("nope".into())]))
         }
@@ -231,6 +265,10 @@ fn decode_answer(api: ApiKey, version: i16, mut frame: Bytes) {
         ApiKey::LeaveGroup => dec!(LeaveGroupResponse),
         ApiKey::DescribeGroups => dec!(DescribeGroupsResponse),
         ApiKey::DeleteGroups => dec!(DeleteGroupsResponse),
+        ApiKey::AddPartitionsToTxn => dec!(AddPartitionsToTxnResponse),
+        ApiKey::AddOffsetsToTxn => dec!(AddOffsetsToTxnResponse),
+        ApiKey::EndTxn => dec!(EndTxnResponse),
+        ApiKey::TxnOffsetCommit => dec!(TxnOffsetCommitResponse),
         other => panic!("no decoder for {other:?}"),
     }
     assert!(

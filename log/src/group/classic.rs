@@ -618,12 +618,19 @@ impl ClassicGroups {
                     // The leader never sent its assignment: start over.
                     g.prepare_rebalance(name, now_ms, out);
                 }
-                ClassicState::PreparingRebalance | ClassicState::Empty => {}
-                ClassicState::CompletingRebalance | ClassicState::Stable => {
+                ClassicState::Empty => {}
+                ClassicState::PreparingRebalance
+                | ClassicState::CompletingRebalance
+                | ClassicState::Stable => {
+                    // A member whose JoinGroup is waiting is alive (Kafka keeps it so); one
+                    // that stopped heartbeating (killed) goes after its session, so that a
+                    // rebalance need not wait out the whole rebalance timeout for it.
                     let expired: Vec<String> = g
                         .members
                         .iter()
-                        .filter(|(_, m)| now_ms > m.last_heartbeat_ms + m.session_timeout_ms)
+                        .filter(|(_, m)| {
+                            !m.awaiting_join && now_ms > m.last_heartbeat_ms + m.session_timeout_ms
+                        })
                         .map(|(id, _)| id.clone())
                         .collect();
                     if !expired.is_empty() {

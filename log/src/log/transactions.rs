@@ -6,12 +6,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Log, Topic};
+use crate::batch::{BatchBuilder, BatchOptions};
 use crate::error::{LogError, Result};
+use crate::group::GroupError;
 use crate::group::TopicPartition;
 use crate::offsets::CommittedOffset;
+use crate::offsets::OFFSETS_TOPIC;
 use crate::record::{Record, now_ms};
 use crate::segment::write_file;
-use crate::txn::{EndPlan, TxnError, TxnRecord, TxnStatus};
+use crate::txn::{EndPlan, TxnError, TxnPartition, TxnRecord, TxnStatus};
 
 /// Name of the internal transaction-state topic.
 pub const TXN_TOPIC: &str = "__transaction_state";
@@ -266,6 +269,107 @@ impl Log {
             Some(id) => self.txn_init(id, timeout),
             None => Ok((self.allocate_producer_id()?, 0)),
         }
+    }
+
+    /// Kafka's AddPartitionsToTxn: adds partitions to the transaction of `id` (opening it),
+    /// which must be at `producer_id` and `epoch`. Unknown partitions are refused.
+    pub fn add_partitions_to_txn(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TxnPartition],
+    ) -> Result<()> {
+        self.check_open()?;
+        for (topic, partition) in partitions {
+            self.partition(topic, *partition)?;
+        }
+        self.txn_add_partitions(id, producer_id, epoch, partitions)
+    }
+
+    /// Kafka's AddOffsetsToTxn: adds the `__consumer_offsets` partition of `group` to the
+    /// transaction, so that a [`Log::txn_offset_commit`] can follow.
+    pub fn add_offsets_to_txn(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+    ) -> Result<()> {
+        self.check_open()?;
+        let tp = (OFFSETS_TOPIC.to_string(), self.offsets_partition(group));
+        self.txn_add_partitions(id, producer_id, epoch, std::slice::from_ref(&tp))
+    }
+
+    /// Kafka's TxnOffsetCommit: a group's offsets as part of the open transaction of `id`
+    /// (after [`Log::add_offsets_to_txn`]), visible when it commits and dropped if it aborts.
+    /// With `member` (member id, generation) the member must be current in its classic group
+    /// (KIP-447: a zombie's offsets are refused).
+    pub fn txn_offset_commit(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        member: Option<(&str, i32)>,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        self.check_open()?;
+        let partition = self.offsets_partition(group);
+        let tp = (OFFSETS_TOPIC.to_string(), partition);
+        if !self.inner.txns.lock().includes(producer_id, epoch, &tp) {
+            return Err(LogError::InvalidTxnState {
+                transactional_id: id.into(),
+                reason: format!(
+                    "group '{group}' was not added to the open transaction (AddOffsetsToTxn first)"
+                ),
+            });
+        }
+        if let Some((member, generation)) = member {
+            self.inner
+                .groups
+                .lock()
+                .classic
+                .validate_commit(group, generation, member)
+                .map_err(GroupError::from)?;
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (values, records) = Self::offset_commit(group, offsets);
+        let mut b = BatchBuilder::new(BatchOptions {
+            producer_id,
+            producer_epoch: epoch,
+            transactional: true,
+            ..BatchOptions::default()
+        });
+        let err = |source| LogError::Batch {
+            topic: OFFSETS_TOPIC.into(),
+            partition,
+            source,
+        };
+        for r in &records {
+            b.push(r).map_err(err)?;
+        }
+        self.append(OFFSETS_TOPIC, partition, b.build().map_err(err)?)?;
+        self.txn_add_offsets(producer_id, group, &values);
+        Ok(())
+    }
+
+    /// Kafka's EndTxn: commits or aborts the open transaction of `id` (markers on every
+    /// partition, offsets materialized on commit).
+    pub fn end_txn(&self, id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<()> {
+        self.check_open()?;
+        self.txn_end(id, producer_id, epoch, commit)
+    }
+
+    /// Whether a transactional write of `producer_id` at `epoch` to `partition` of `topic`
+    /// belongs to its open transaction (Kafka's produce-side verification).
+    pub fn txn_includes(&self, producer_id: i64, epoch: i16, topic: &str, partition: u32) -> bool {
+        self.inner
+            .txns
+            .lock()
+            .includes(producer_id, epoch, &(topic.to_string(), partition))
     }
 
     /// Transactional ids and their state.

@@ -1,0 +1,156 @@
+//! Transactions: AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn — the log's
+//! transaction coordinator ([`sluice_log::Log::end_txn`] and friends), the same one the
+//! embedded exactly-once tasks use. InitProducerId is in `producer_id`; read_committed
+//! fetches (last stable offset, aborted transactions) in `fetch`.
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
+};
+use sluice_log::{LogError, TopicPartition};
+
+use super::Ctx;
+use crate::errors;
+
+/// The error code of a transactional request's failure, logged when it is the broker's.
+fn failed(ctx: &Ctx, id: &str, e: &LogError) -> i16 {
+    let code = errors::code(e);
+    if code == E::KafkaStorageError.code() || code == E::UnknownServerError.code() {
+        tracing::error!(transactional_id = id, client = %ctx.client, error = %e, "A Kafka client's transaction failed.");
+    } else {
+        tracing::debug!(transactional_id = id, client = %ctx.client, error = %e, "A Kafka client's transactional request was refused.");
+    }
+    code
+}
+
+pub(crate) fn add_partitions(
+    ctx: &Ctx,
+    req: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let id = req.v3_and_below_transactional_id.0.to_string();
+    let mut partitions = Vec::new();
+    let mut bad = false;
+    for t in &req.v3_and_below_topics {
+        for &p in &t.partitions {
+            match u32::try_from(p) {
+                Ok(p) => partitions.push((t.name.0.to_string(), p)),
+                Err(_) => bad = true,
+            }
+        }
+    }
+    let code = if bad {
+        E::UnknownTopicOrPartition.code()
+    } else {
+        match ctx.broker.log.add_partitions_to_txn(
+            &id,
+            req.v3_and_below_producer_id.0,
+            req.v3_and_below_producer_epoch,
+            &partitions,
+        ) {
+            Ok(()) => 0,
+            Err(e) => failed(ctx, &id, &e),
+        }
+    };
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
+        req.v3_and_below_topics
+            .into_iter()
+            .map(|t| {
+                AddPartitionsToTxnTopicResult::default()
+                    .with_results_by_partition(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                AddPartitionsToTxnPartitionResult::default()
+                                    .with_partition_index(p)
+                                    .with_partition_error_code(code)
+                            })
+                            .collect(),
+                    )
+                    .with_name(t.name)
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    let id = req.transactional_id.0.to_string();
+    let r = ctx.broker.log.add_offsets_to_txn(
+        &id,
+        req.producer_id.0,
+        req.producer_epoch,
+        &req.group_id.0,
+    );
+    AddOffsetsToTxnResponse::default().with_error_code(match r {
+        Ok(()) => 0,
+        Err(e) => failed(ctx, &id, &e),
+    })
+}
+
+pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    let id = req.transactional_id.0.to_string();
+    let group = req.group_id.0.to_string();
+    let mut offsets = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            if let Ok(partition) = u32::try_from(p.partition_index) {
+                offsets.push((
+                    TopicPartition::new(t.name.0.to_string(), partition),
+                    p.committed_offset,
+                ));
+            }
+        }
+    }
+    // v3 (KIP-447) names the member: its generation must be current.
+    let member = (ctx.version >= 3 && req.generation_id >= 0)
+        .then(|| (req.member_id.as_str(), req.generation_id));
+    let code = match ctx.broker.log.txn_offset_commit(
+        &id,
+        req.producer_id.0,
+        req.producer_epoch,
+        &group,
+        member,
+        &offsets,
+    ) {
+        Ok(()) => 0,
+        Err(e) => failed(ctx, &id, &e),
+    };
+    TxnOffsetCommitResponse::default().with_topics(
+        req.topics
+            .into_iter()
+            .map(|t| {
+                TxnOffsetCommitResponseTopic::default()
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+                    .with_name(t.name)
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn end_txn(ctx: &Ctx, req: EndTxnRequest) -> EndTxnResponse {
+    let id = req.transactional_id.0.to_string();
+    let r = ctx
+        .broker
+        .log
+        .end_txn(&id, req.producer_id.0, req.producer_epoch, req.committed);
+    EndTxnResponse::default().with_error_code(match r {
+        Ok(()) => 0,
+        Err(e) => failed(ctx, &id, &e),
+    })
+}
