@@ -265,7 +265,75 @@ def produce_numbers(bootstrap, topic, n):
     print(json.dumps({"unflushed": producer.flush(30)}))
 
 
+def admin_extras(bootstrap, topic, n):
+    """confluent-kafka's AdminClient on configs, record deletion, offsets by time and
+    deletion of topics and groups."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import (
+        AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, OffsetSpec,
+        ResourceType,
+    )
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result()
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(n):
+        # Timestamps 1000 ms apart from a fixed start, to look offsets up by time.
+        producer.produce(topic, value=str(i).encode(), timestamp=1_700_000_000_000 + i * 1000)
+    producer.flush(10)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    before = admin.describe_configs([resource])[resource].result()
+    alter = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([alter])[alter].result()
+    after = admin.describe_configs([resource])[resource].result()
+    reset = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)])
+    admin.incremental_alter_configs([reset])[reset].result()
+    reverted = admin.describe_configs([resource])[resource].result()
+    by_time = admin.list_offsets({
+        TopicPartition(topic, 0): OffsetSpec.for_timestamp(1_700_000_000_000 + 5500),
+    })
+    at_time = list(by_time.values())[0].result()
+    deleted = admin.delete_records([TopicPartition(topic, 0, 3)])
+    low = list(deleted.values())[0].result().low_watermark
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-g",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    first = None
+    deadline = time.time() + 20
+    while first is None and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            first = int(m.value())
+            c.commit(message=m, asynchronous=False)
+    c.close()
+    groups = admin.delete_consumer_groups([f"{topic}-g", "never-was"])
+    group_errors = {}
+    for g, f in groups.items():
+        try:
+            f.result()
+            group_errors[g] = None
+        except Exception as e:
+            group_errors[g] = e.args[0].name()
+    for f in admin.delete_topics([topic]).values():
+        f.result()
+    print(json.dumps({
+        "retention_before": before["retention.ms"].value,
+        "retention_after": after["retention.ms"].value,
+        "source_after": str(after["retention.ms"].source),
+        "retention_reverted": reverted["retention.ms"].value,
+        "offset_at_time": at_time.offset,
+        "low_watermark": low,
+        "first_after_delete": first,
+        "group_errors": group_errors,
+        "topic_left": topic in admin.list_topics(timeout=10).topics,
+    }))
+
+
 COMMANDS = {
+    "admin-extras": admin_extras,
     "txn-loop": txn_loop,
     "produce-numbers": produce_numbers,
     "confluent-roundtrip": confluent_roundtrip,

@@ -169,6 +169,26 @@ fn confluent_kafka_and_kafka_python_produce_consume_and_commit_in_groups() {
 }
 
 #[test]
+fn admin_clients_alter_configs_delete_records_look_up_offsets_by_time_and_delete() {
+    let work = tempfile::tempdir().unwrap();
+    let w = KafkaWorker::start(work.path());
+    let r = client("admin-extras", &w.bootstrap, "adm", 10);
+    assert_eq!(r["retention_before"], "604800000", "{r}");
+    assert_eq!(r["retention_after"], "3600000", "{r}");
+    assert_eq!(
+        r["retention_reverted"], "604800000",
+        "DELETE restores the default: {r}"
+    );
+    // Records are 1 s apart from a fixed start; 5.5 s in, the first at or after is offset 6.
+    assert_eq!(r["offset_at_time"], 6, "{r}");
+    assert_eq!(r["low_watermark"], 3, "{r}");
+    assert_eq!(r["first_after_delete"], 3, "records before 3 are gone: {r}");
+    assert_eq!(r["group_errors"]["adm-g"], Value::Null, "{r}");
+    assert_eq!(r["group_errors"]["never-was"], "GROUP_ID_NOT_FOUND", "{r}");
+    assert_eq!(r["topic_left"], false, "{r}");
+}
+
+#[test]
 fn a_group_rebalances_when_a_member_joins_and_when_one_leaves() {
     let work = tempfile::tempdir().unwrap();
     let w = KafkaWorker::start(work.path());

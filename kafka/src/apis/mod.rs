@@ -5,6 +5,7 @@
 //! for fsync, fetches read files); Fetch alone is async, because it long-polls.
 
 mod admin;
+mod configs;
 mod fetch;
 mod groups;
 mod membership;
@@ -21,11 +22,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeGroupsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SyncGroupRequest, TxnOffsetCommitRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -146,6 +148,20 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
             on_pool!(TxnOffsetCommitRequest, transactions::txn_offset_commit)
         }
         ApiKey::EndTxn => on_pool!(EndTxnRequest, transactions::end_txn),
+        ApiKey::DescribeConfigs => on_pool!(DescribeConfigsRequest, configs::describe_configs),
+        ApiKey::IncrementalAlterConfigs => {
+            on_pool!(
+                IncrementalAlterConfigsRequest,
+                configs::incremental_alter_configs
+            )
+        }
+        ApiKey::DeleteRecords => on_pool!(DeleteRecordsRequest, configs::delete_records),
+        ApiKey::OffsetForLeaderEpoch => {
+            on_pool!(
+                OffsetForLeaderEpochRequest,
+                configs::offset_for_leader_epoch
+            )
+        }
         // `versions::range` let nothing else through.
         other => Err(ConnError::UnknownApi {
             key: other as i16,

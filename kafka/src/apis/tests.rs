@@ -222,6 +222,49 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
                         ])
                 ])
         ),
+        ApiKey::DescribeConfigs => enc!(DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_string(topic.into())),
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name("0".into()),
+            ])),
+        ApiKey::IncrementalAlterConfigs => enc!(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_string(topic.into()))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name("retention.ms".into())
+                            .with_value(Some("60000".into()))
+                    ]),
+            ])
+        ),
+        ApiKey::DeleteRecords => enc!(DeleteRecordsRequest::default().with_topics(vec![
+                delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(t())
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(0)
+                    ])
+            ])),
+        ApiKey::OffsetForLeaderEpoch => enc!(
+            OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(t())
+                        .with_partitions(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(0)
+                                .with_leader_epoch(0)
+                        ])
+                ])
+        ),
         ApiKey::DeleteGroups => {
             enc!(DeleteGroupsRequest::default().with_groups_names(vec![GroupId("nope".into())]))
         }
@@ -265,6 +308,10 @@ fn decode_answer(api: ApiKey, version: i16, mut frame: Bytes) {
         ApiKey::LeaveGroup => dec!(LeaveGroupResponse),
         ApiKey::DescribeGroups => dec!(DescribeGroupsResponse),
         ApiKey::DeleteGroups => dec!(DeleteGroupsResponse),
+        ApiKey::DescribeConfigs => dec!(DescribeConfigsResponse),
+        ApiKey::IncrementalAlterConfigs => dec!(IncrementalAlterConfigsResponse),
+        ApiKey::DeleteRecords => dec!(DeleteRecordsResponse),
+        ApiKey::OffsetForLeaderEpoch => dec!(OffsetForLeaderEpochResponse),
         ApiKey::AddPartitionsToTxn => dec!(AddPartitionsToTxnResponse),
         ApiKey::AddOffsetsToTxn => dec!(AddOffsetsToTxnResponse),
         ApiKey::EndTxn => dec!(EndTxnResponse),

@@ -275,6 +275,59 @@ impl Log {
         t.save_meta()
     }
 
+    /// Removes config overrides of a topic: those keys go back to their defaults.
+    pub fn reset_config(&self, name: &str, keys: &[String]) -> Result<()> {
+        self.check_open()?;
+        let t = self.topic(name)?;
+        let old = t.config();
+        let cfg = TopicConfig::from_overrides(
+            old.overrides()
+                .iter()
+                .filter(|(k, _)| !keys.contains(k))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
+        self.check_remote(name, &cfg)?;
+        let cfg = Arc::new(cfg);
+        *t.config.write() = Arc::clone(&cfg);
+        for p in t.partitions.read().iter() {
+            p.set_config(Arc::clone(&cfg));
+        }
+        t.save_meta()
+    }
+
+    /// Kafka's DeleteRecords: moves a partition's log start to `offset` (at most its high
+    /// watermark; -1 means the high watermark) so the records before it are no longer
+    /// served, durably (checkpointed); retention removes their segments. Returns the new
+    /// log start.
+    pub fn delete_records(&self, topic: &str, partition: u32, offset: i64) -> Result<i64> {
+        self.check_open()?;
+        if is_internal_topic(topic) {
+            return Err(LogError::InternalTopic {
+                name: topic.into(),
+                action: "truncated",
+            });
+        }
+        let p = self.partition(topic, partition)?;
+        let info = p.info();
+        let target = if offset == -1 {
+            info.high_watermark
+        } else {
+            offset
+        };
+        if target < 0 || target > info.high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                topic: topic.into(),
+                partition,
+                offset,
+                log_start: info.log_start_offset,
+                log_end: info.high_watermark,
+            });
+        }
+        p.truncate_before(target)?;
+        p.checkpoint()?;
+        Ok(p.log_start_offset())
+    }
+
     /// Deletes a topic and its data, and soft-deletes its schema subjects (`<topic>-value`,
     /// `<topic>-key`). Topics starting with `__` (the log's and the worker's bookkeeping)
     /// cannot be deleted. All or nothing for the data: when the folder cannot be moved away,
