@@ -1,7 +1,10 @@
 //! The Kafka listener's settings (`sluice run --kafka-*`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::sasl::Users;
 
 /// Kafka's `socket.request.max.bytes`: the largest request frame accepted.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 << 20;
@@ -35,6 +38,19 @@ pub struct KafkaConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Users who may connect (SASL PLAIN or SCRAM-SHA-256); none: no authentication.
+    pub users: Users,
+    /// Serve TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS certificate chain and its private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl KafkaConfig {
@@ -49,6 +65,8 @@ impl KafkaConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            users: Users::default(),
+            tls: None,
         }
     }
 }

@@ -22,17 +22,21 @@
 //! - `server` (private): accepting, framing, the per-connection bounds, dispatch.
 //! - `versions` (private): the APIs and versions advertised, and ApiVersions.
 //! - `errors` (private): the log's errors as Kafka error codes.
+//! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
 //! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch`,
 //!   `offsets` (ListOffsets), `admin` (topics and configs), `groups` (coordinator lookup and
-//!   committed offsets), `producer_id`.
+//!   committed offsets), `membership` (classic consumer groups), `transactions`,
+//!   `configs` (configs, DeleteRecords, OffsetForLeaderEpoch), `producer_id`, `auth`
+//!   (SaslHandshake, SaslAuthenticate, and the answers unauthenticated requests get).
 
 pub mod config;
 
 mod apis;
 mod errors;
+mod sasl;
 mod server;
 mod versions;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, TlsFiles, Users};
 pub use server::{KafkaServer, ServeError, serve};
 pub use versions::SUPPORTED;

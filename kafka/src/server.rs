@@ -14,16 +14,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use sluice_log::Log;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 
 use crate::apis;
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, TlsFiles, Users};
 use crate::versions;
+
+/// How long a connection stays open after its authentication failed.
+const FAILED_AUTH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What every handler reads: the log and how this node presents itself.
 #[derive(Debug)]
@@ -35,6 +40,8 @@ pub(crate) struct Broker {
     pub(crate) port: i32,
     /// Classic-group requests waiting for a rebalance.
     pub(crate) waiters: parking_lot::Mutex<apis::Waiters>,
+    /// Who may connect; empty: anyone.
+    pub(crate) users: Users,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -71,6 +78,9 @@ pub enum ServeError {
     /// `advertised` is not `host:port`.
     #[error("--kafka-advertised '{0}' is not host:port")]
     Advertised(String),
+    /// The TLS certificate or key does not load.
+    #[error("{0}")]
+    Tls(String),
     /// The runtime or its thread did not start.
     #[error("cannot start the Kafka listener's {what}: {source}")]
     Start {
@@ -111,7 +121,12 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         host,
         port: i32::from(port),
         waiters: Default::default(),
+        users: config.users.clone(),
     });
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(tls_acceptor(files)?),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-kafka")
@@ -134,7 +149,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
                     }
                 };
                 tokio::select! {
-                    () = accept_loop(listener, broker, Arc::new(config)) => {}
+                    () = accept_loop(listener, broker, Arc::new(config), tls) => {}
                     _ = stopped => {}
                 }
             });
@@ -156,6 +171,7 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
+    tls: Option<TlsAcceptor>,
 ) {
     {
         // Classic groups' clock: silent members expire, overdue rebalances end.
@@ -191,8 +207,20 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let broker = Arc::clone(&broker);
         let config = Arc::clone(&config);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, broker, &config).await {
+            let result = match tls {
+                None => connection(stream, peer, broker, &config).await,
+                // The handshake counts against the idle timeout like a first request.
+                Some(tls) => {
+                    match tokio::time::timeout(config.idle_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, peer, broker, &config).await,
+                        Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+                        Err(_) => Err(ConnError::Idle(config.idle_timeout)),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::warn!(%peer, "Closed a Kafka connection: {e}.");
             }
             drop(permit);
@@ -242,6 +270,10 @@ pub(crate) enum ConnError {
     },
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    AuthFailed(String),
 }
 
 /// A request frame and the buffer budget it holds until answered.
@@ -250,15 +282,18 @@ struct Frame {
     _budget: OwnedSemaphorePermit,
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: &KafkaConfig,
-) -> Result<(), ConnError> {
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     // Kafka shows a member's host as "/ip".
     let peer = Arc::<str>::from(format!("/{}", peer.ip()));
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Frame>(config.max_in_flight.max(1));
     let budget_bytes = config.connection_buffer_bytes.max(config.max_request_bytes);
     let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -299,11 +334,23 @@ async fn connection(
         }
     };
     let handler = async move {
+        let mut session = Session::default();
         while let Some(frame) = rx.recv().await {
-            if let Some(answer) = handle(&broker, &peer, frame.bytes).await? {
+            let (answer, close) = handle(&broker, &peer, &mut session, frame.bytes).await?;
+            if let Some(answer) = answer {
                 write.write_all(&answer).await?;
             }
+            if let Some(reason) = close {
+                // As Kafka's `connection.failed.authentication.delay.ms`: the client reads the
+                // answer before the close (an abrupt one could reset it unread), and a client
+                // retrying in a loop is slowed down.
+                let _ = write.flush().await;
+                tokio::time::sleep(FAILED_AUTH_DELAY).await;
+                let _ = write.shutdown().await;
+                return Err(ConnError::AuthFailed(reason));
+            }
         }
+        write.flush().await?;
         Ok::<(), ConnError>(())
     };
     // A bad frame or a write error ends the connection at once. When the client closes its
@@ -320,12 +367,17 @@ async fn connection(
     }
 }
 
-/// Answers one request frame; `None` for a Produce with `acks=0`, which gets no answer.
+/// What a request gets: an answer (`None` for a Produce with `acks=0`), and a reason to
+/// close the connection after it (authentication failed).
+type Handled = (Option<BytesMut>, Option<String>);
+
+/// Answers one request frame.
 async fn handle(
     broker: &Arc<Broker>,
     peer: &Arc<str>,
+    session: &mut Session,
     mut frame: Bytes,
-) -> Result<Option<BytesMut>, ConnError> {
+) -> Result<Handled, ConnError> {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -343,7 +395,7 @@ async fn handle(
     };
     if api == ApiKey::ApiVersions && version > max {
         // KIP-511: answered in v0's layout with our range, so the client retries lower.
-        return encode(api, 0, correlation, &versions::api_versions(true)).map(Some);
+        return encode(api, 0, correlation, &versions::api_versions(true)).map(|a| (Some(a), None));
     }
     if version < min || version > max {
         return Err(ConnError::Version {
@@ -371,7 +423,82 @@ async fn handle(
         client,
         peer: Arc::clone(peer),
     };
-    apis::dispatch(ctx, frame).await
+    match api {
+        ApiKey::SaslHandshake => {
+            let req: SaslHandshakeRequest = ctx.decode(&mut frame)?;
+            let answer = apis::handshake(&broker.users, &mut session.auth, &req, version);
+            return Ok((ctx.answer(&answer)?, None));
+        }
+        ApiKey::SaslAuthenticate => {
+            let req: SaslAuthenticateRequest = ctx.decode(&mut frame)?;
+            let (answer, failed) = apis::authenticate(&broker.users, &mut session.auth, &req);
+            let close = failed.then(|| {
+                format!(
+                    "SASL authentication failed (client {})",
+                    if ctx.client.is_empty() {
+                        "without an id"
+                    } else {
+                        &ctx.client
+                    }
+                )
+            });
+            if let Some(user) = session.auth.user.as_deref().filter(|_| !failed) {
+                tracing::debug!(user, client = %ctx.client, "A Kafka client authenticated.");
+            }
+            return Ok((ctx.answer(&answer)?, close));
+        }
+        ApiKey::ApiVersions => {}
+        _ if !broker.users.is_empty() && session.auth.user.is_none() => {
+            // Before authenticating, a request gets SASL_AUTHENTICATION_FAILED where its API
+            // has room for it, and the connection closes either way.
+            let answer = apis::refuse(&ctx, frame)?;
+            return Ok((
+                answer,
+                Some(format!("{api:?} before authenticating (SASL is required)")),
+            ));
+        }
+        _ => {}
+    }
+    Ok((apis::dispatch(ctx, frame).await?, None))
+}
+
+/// A connection's state between its requests.
+#[derive(Debug, Default)]
+struct Session {
+    auth: apis::Session,
+}
+
+/// The TLS acceptor for `files`.
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |what: &str, e: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {e}"));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| fail(&format!("--kafka-tls-cert {}", files.cert.display()), &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(&format!("--kafka-tls-cert {}", files.cert.display()), &e))?;
+    if chain.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "--kafka-tls-cert {}: no certificate in the file",
+            files.cert.display()
+        )));
+    }
+    // The key's own error may quote it: name the file only.
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|_| {
+        ServeError::Tls(format!(
+            "--kafka-tls-key {}: not a readable PEM private key",
+            files.key.display()
+        ))
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail("TLS", &e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| fail("the certificate and key", &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Encodes an answer: length, response header, body.

@@ -332,7 +332,65 @@ def admin_extras(bootstrap, topic, n):
     }))
 
 
+def secure_roundtrip(bootstrap, topic, n):
+    """TLS and SASL: SCRAM-SHA-256 and PLAIN users produce and consume; a wrong password and
+    a client without SASL are refused. The CA file, user and password come from the
+    environment (SECURE_CA, SECURE_USER, SECURE_PASSWORD)."""
+    import os
+
+    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
+    from kafka import KafkaConsumer
+
+    ca, user, password = os.environ["SECURE_CA"], os.environ["SECURE_USER"], os.environ["SECURE_PASSWORD"]
+
+    def conf(mechanism, pw=password, protocol="SASL_SSL"):
+        c = {"bootstrap.servers": bootstrap, "security.protocol": protocol, "ssl.ca.location": ca}
+        if protocol.startswith("SASL"):
+            c.update({"sasl.mechanisms": mechanism, "sasl.username": user, "sasl.password": pw})
+        return c
+
+    producer = Producer(conf("SCRAM-SHA-256"))
+    for i in range(n):
+        producer.produce(topic, value=str(i).encode())
+    unflushed = producer.flush(30)
+    consumer = Consumer({**conf("PLAIN"), "group.id": f"{topic}-g", "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got, deadline = 0, time.time() + 30
+    while got < n and time.time() < deadline:
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got += 1
+    consumer.close()
+
+    def refused(config):
+        errors = []
+        admin = AdminClient({**config, "error_cb": lambda e: errors.append(e.name())})
+        try:
+            admin.list_topics(timeout=2)
+            return "accepted"
+        except KafkaException as e:
+            admin.poll(1)  # serves error_cb: the reason the broker gave
+            return sorted(set(errors + [e.args[0].name()]))
+
+    wrong = refused(conf("SCRAM-SHA-256", pw="not-the-password"))
+    wrong_plain = refused(conf("PLAIN", pw="not-the-password"))
+    no_sasl = refused(conf(None, protocol="SSL"))
+    kp = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, security_protocol="SASL_SSL", ssl_cafile=ca,
+        sasl_mechanism="SCRAM-SHA-256", sasl_plain_username=user, sasl_plain_password=password,
+        group_id=f"{topic}-kp", auto_offset_reset="earliest", consumer_timeout_ms=5000,
+    )
+    kafka_python = sum(1 for _ in kp)
+    kp.close()
+    print(json.dumps({
+        "unflushed": unflushed, "consumed": got, "kafka_python": kafka_python,
+        "wrong_scram": wrong, "wrong_plain": wrong_plain, "no_sasl": no_sasl,
+    }))
+
+
 COMMANDS = {
+    "secure-roundtrip": secure_roundtrip,
     "admin-extras": admin_extras,
     "txn-loop": txn_loop,
     "produce-numbers": produce_numbers,

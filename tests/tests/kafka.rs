@@ -26,11 +26,20 @@ struct KafkaWorker {
 
 impl KafkaWorker {
     fn start(work: &Path) -> KafkaWorker {
+        Self::start_with(work, &[], &[])
+    }
+
+    /// With more `sluice run` arguments and environment variables.
+    fn start_with(work: &Path, args: &[&str], env: &[(&str, &str)]) -> KafkaWorker {
         std::fs::create_dir_all(work.join("pipelines")).unwrap();
-        let mut child = worker_command_for_test(work)
-            .args(["--kafka-listen", "127.0.0.1:0"])
-            .spawn()
-            .unwrap();
+        // A killed worker leaves its worker.json behind.
+        let _ = std::fs::remove_file(work.join("data/worker.json"));
+        let mut command = worker_command_for_test(work);
+        command.args(["--kafka-listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
         let api = worker_api(work, &mut child);
         let info: Value =
             serde_json::from_str(&std::fs::read_to_string(work.join("data/worker.json")).unwrap())
@@ -60,6 +69,16 @@ fn clients_py() -> PathBuf {
 
 /// Runs a `clients.py` command; its last line, parsed.
 fn client(command: &str, bootstrap: &str, topic: &str, n: usize) -> Value {
+    client_with(command, bootstrap, topic, n, &[])
+}
+
+fn client_with(
+    command: &str,
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    env: &[(&str, &str)],
+) -> Value {
     let python = venv().join("bin/python");
     assert!(
         python.exists(),
@@ -69,6 +88,7 @@ fn client(command: &str, bootstrap: &str, topic: &str, n: usize) -> Value {
     let out = Command::new(python)
         .arg(clients_py())
         .args([command, bootstrap, topic, &n.to_string()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -186,6 +206,93 @@ fn admin_clients_alter_configs_delete_records_look_up_offsets_by_time_and_delete
     assert_eq!(r["group_errors"]["adm-g"], Value::Null, "{r}");
     assert_eq!(r["group_errors"]["never-was"], "GROUP_ID_NOT_FOUND", "{r}");
     assert_eq!(r["topic_left"], false, "{r}");
+}
+
+#[test]
+fn tls_and_sasl_users_authenticate_and_everyone_else_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    crate::postgres_cdc::server_cert(&certs);
+    let cert = certs.join("server.crt");
+    let key = certs.join("server.key");
+    // Bob's password holds the list's separators: a users file keeps whole lines.
+    let password = "pa:ss,word=1";
+    std::fs::write(
+        work.path().join("users"),
+        format!("# users\nbob:{password}\n"),
+    )
+    .unwrap();
+    let users = work.path().join("users");
+    let w = KafkaWorker::start_with(
+        work.path(),
+        &[
+            "--kafka-tls-cert",
+            cert.to_str().unwrap(),
+            "--kafka-tls-key",
+            key.to_str().unwrap(),
+            "--kafka-users-file",
+            users.to_str().unwrap(),
+        ],
+        &[("SLUICE_KAFKA_USERS", "alice:first-secret")],
+    );
+    create_topic(&w.api, "sec", 2);
+    let ca = certs.join("ca.crt");
+    let r = client_with(
+        "secure-roundtrip",
+        &w.bootstrap,
+        "sec",
+        50,
+        &[
+            ("SECURE_CA", ca.to_str().unwrap()),
+            ("SECURE_USER", "bob"),
+            ("SECURE_PASSWORD", password),
+        ],
+    );
+    assert_eq!(r["unflushed"], 0, "{r}");
+    assert_eq!(r["consumed"], 50, "{r}");
+    assert_eq!(r["kafka_python"], 50, "{r}");
+    for refused in ["wrong_scram", "wrong_plain", "no_sasl"] {
+        assert_ne!(r[refused], "accepted", "{refused}: {r}");
+    }
+    assert!(
+        r["wrong_scram"].to_string().contains("AUTHENTICATION"),
+        "a wrong password is an authentication failure: {r}"
+    );
+    // kcat over TLS with the other user, from the environment.
+    let sasl = [
+        "-X",
+        "security.protocol=SASL_SSL",
+        "-X",
+        "sasl.mechanisms=SCRAM-SHA-256",
+        "-X",
+        "sasl.username=alice",
+        "-X",
+        "sasl.password=first-secret",
+        "-X",
+    ];
+    let ca_arg = format!("ssl.ca.location={}", ca.display());
+    let mut args: Vec<&str> = sasl.to_vec();
+    args.push(&ca_arg);
+    let produce: Vec<&str> = args.iter().copied().chain(["-P", "-t", "sec"]).collect();
+    kcat(&w.bootstrap, &produce, "from-kcat\n");
+    let consume: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["-C", "-t", "sec", "-o", "beginning", "-e", "-f", "%s\n"])
+        .collect();
+    let out = kcat(&w.bootstrap, &consume, "");
+    assert_eq!(out.lines().count(), 51, "{out}");
+    assert!(out.contains("from-kcat"));
+    // No password in the worker's log, whatever failed.
+    let log = std::fs::read_to_string(work.path().join("worker-0.log")).unwrap();
+    for secret in [password, "first-secret", "not-the-password"] {
+        assert!(!log.contains(secret), "the log shows a password");
+    }
+    assert!(
+        log.contains("SASL authentication failed"),
+        "refusals are logged"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! for fsync, fetches read files); Fetch alone is async, because it long-polls.
 
 mod admin;
+mod auth;
 mod configs;
 mod fetch;
 mod groups;
@@ -31,6 +32,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+pub(crate) use self::auth::{Session, authenticate, handshake, refuse};
 pub(crate) use self::membership::{Waiters, tick};
 use crate::server::{Broker, ConnError, encode};
 use crate::versions;
@@ -49,7 +51,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn decode<R: Decodable>(&self, body: &mut Bytes) -> Result<R, ConnError> {
+    pub(crate) fn decode<R: Decodable>(&self, body: &mut Bytes) -> Result<R, ConnError> {
         R::decode(body, self.version).map_err(|e| ConnError::Decode {
             api: self.api,
             version: self.version,
@@ -58,7 +60,7 @@ impl Ctx {
         })
     }
 
-    fn answer<R: Encodable>(&self, body: &R) -> Result<Option<BytesMut>, ConnError> {
+    pub(crate) fn answer<R: Encodable>(&self, body: &R) -> Result<Option<BytesMut>, ConnError> {
         encode(self.api, self.version, self.correlation, body).map(Some)
     }
 }

@@ -80,6 +80,26 @@ pub struct RunArgs {
     /// larger one closes its connection.
     #[arg(long, default_value_t = sluice_kafka::config::DEFAULT_MAX_REQUEST_BYTES, help_heading = "Kafka listener")]
     pub kafka_max_request_bytes: usize,
+    /// Kafka users as `user:password` pairs, comma-separated: clients must authenticate with
+    /// SASL PLAIN or SCRAM-SHA-256. Prefer the environment variable or --kafka-users-file (a
+    /// value on the command line is visible in `ps`). With an API token (`--token`), the user
+    /// `sluice` with the token as its password is added.
+    #[arg(
+        long,
+        env = "SLUICE_KAFKA_USERS",
+        hide_env_values = true,
+        help_heading = "Kafka listener"
+    )]
+    pub kafka_users: Option<String>,
+    /// A file of Kafka users, `user:password` per line (`#` comments).
+    #[arg(long, help_heading = "Kafka listener")]
+    pub kafka_users_file: Option<PathBuf>,
+    /// Serve Kafka clients over TLS with this certificate chain (PEM); needs --kafka-tls-key.
+    #[arg(long, requires = "kafka_tls_key", help_heading = "Kafka listener")]
+    pub kafka_tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) of --kafka-tls-cert.
+    #[arg(long, requires = "kafka_tls_cert", help_heading = "Kafka listener")]
+    pub kafka_tls_key: Option<PathBuf>,
     /// Where the log lives (last: its help heading applies to what follows).
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -119,6 +139,35 @@ impl RunArgs {
         }
     }
 
+    /// The Kafka listener's users: --kafka-users (or `SLUICE_KAFKA_USERS`), the file, and
+    /// `sluice` with the API token. Errors never show a password.
+    fn kafka_user_list(&self, token: Option<&str>) -> Result<Vec<(String, String)>, CliError> {
+        let mut users = Vec::new();
+        if let Some(list) = &self.kafka_users {
+            users.extend(
+                sluice_kafka::Users::parse(list, "--kafka-users (or SLUICE_KAFKA_USERS)", true)
+                    .map_err(CliError::Usage)?,
+            );
+        }
+        if let Some(file) = &self.kafka_users_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                CliError::io(format!("read --kafka-users-file {}", file.display()), e)
+            })?;
+            users.extend(
+                sluice_kafka::Users::parse(
+                    &text,
+                    &format!("--kafka-users-file {}", file.display()),
+                    false,
+                )
+                .map_err(CliError::Usage)?,
+            );
+        }
+        if let Some(token) = token {
+            users.push(("sluice".to_string(), token.to_string()));
+        }
+        Ok(users)
+    }
+
     /// Checks the arguments before the data directory is opened (and created).
     pub fn check(&self) -> Result<(), CliError> {
         if !self.pipelines.is_dir() {
@@ -127,7 +176,11 @@ impl RunArgs {
                 self.pipelines.display()
             )));
         }
-        self.token().map(drop)
+        let token = self.token()?;
+        if self.kafka_listen.is_some() {
+            self.kafka_user_list(token.as_deref())?;
+        }
+        Ok(())
     }
 
     /// Runs the worker until interrupted.
@@ -170,6 +223,12 @@ impl RunArgs {
                 config.advertised = self.kafka_advertised.clone();
                 config.max_connections = self.kafka_max_connections.max(1);
                 config.max_request_bytes = self.kafka_max_request_bytes.max(1024);
+                config.users = sluice_kafka::Users::new(self.kafka_user_list(token.as_deref())?);
+                config.tls = self
+                    .kafka_tls_cert
+                    .clone()
+                    .zip(self.kafka_tls_key.clone())
+                    .map(|(cert, key)| sluice_kafka::TlsFiles { cert, key });
                 Some(sluice_kafka::serve(log, config)?)
             }
         };
