@@ -45,6 +45,10 @@ pub enum BenchCommand {
     /// Tiered storage against an S3 server (moto): produce throughput with tiering on vs
     /// off in one run, and reading old segments back from the store, in MB/s.
     Tiered(super::bench_tiered::TieredBenchArgs),
+    /// The Kafka listener on loopback with kcat (librdkafka): produce and consume records/s
+    /// and MB/s for 100 B and 1 KiB records, acks=1 and acks=all, beside the embedded
+    /// producer and consumer on the same records.
+    Kafka(super::bench_kafka::KafkaBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -196,6 +200,7 @@ impl BenchCommand {
             BenchCommand::Cdc(a) => a.run(),
             BenchCommand::Sink(a) => a.run(),
             BenchCommand::Tiered(a) => a.run(),
+            BenchCommand::Kafka(a) => a.run(),
         }
     }
 }

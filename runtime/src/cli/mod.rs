@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_cdc;
 pub mod bench_eos;
 pub mod bench_ingest;
+pub mod bench_kafka;
 pub mod bench_pipeline;
 pub mod bench_sink;
 pub mod bench_tiered;
