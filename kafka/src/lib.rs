@@ -23,7 +23,7 @@
 //! - `versions` (private): the APIs and versions advertised, and ApiVersions.
 //! - `errors` (private): the log's errors as Kafka error codes.
 //! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
-//! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch`,
+//! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` (and `fetch_sessions`, KIP-227),
 //!   `offsets` (ListOffsets), `admin` (topics and configs), `groups` (coordinator lookup and
 //!   committed offsets), `membership` (classic consumer groups), `transactions`,
 //!   `configs` (configs, DeleteRecords, OffsetForLeaderEpoch), `producer_id`, `auth`

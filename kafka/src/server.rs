@@ -42,6 +42,8 @@ pub(crate) struct Broker {
     pub(crate) waiters: parking_lot::Mutex<apis::Waiters>,
     /// Who may connect; empty: anyone.
     pub(crate) users: Users,
+    /// Incremental fetch sessions (KIP-227).
+    pub(crate) fetch_sessions: parking_lot::Mutex<apis::FetchSessions>,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -122,6 +124,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         port: i32::from(port),
         waiters: Default::default(),
         users: config.users.clone(),
+        fetch_sessions: Default::default(),
     });
     let tls = match &config.tls {
         None => None,

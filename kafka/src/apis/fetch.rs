@@ -1,6 +1,6 @@
 //! Fetch: stored batches as they are on disk, long-polling until `min_bytes` arrived or
-//! `max_wait_ms` passed; sessionless (every answer carries session id 0, which KIP-227
-//! clients take as "send full requests").
+//! `max_wait_ms` passed; with incremental fetch sessions (`fetch_sessions`) for clients that
+//! open one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use sluice_log::Isolation;
 
+use super::fetch_sessions::Plan;
 use super::{Ctx, blocking};
 use crate::errors;
 use crate::server::ConnError;
@@ -19,7 +20,23 @@ use crate::server::ConnError;
 /// The longest a fetch waits, whatever the client asks (Kafka has no cap; clients ask 500 ms).
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
-pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> {
+pub(crate) async fn fetch(ctx: &Ctx, mut req: FetchRequest) -> Result<FetchResponse, ConnError> {
+    // Sessions exist from v7.
+    let plan = if ctx.version >= 7 {
+        ctx.broker.fetch_sessions.lock().begin(&mut req)
+    } else {
+        Ok(Plan::Sessionless)
+    };
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(code) => return Ok(FetchResponse::default().with_error_code(code)),
+    };
+    let mut resp = poll(ctx, req).await?;
+    ctx.broker.fetch_sessions.lock().finish(plan, &mut resp);
+    Ok(resp)
+}
+
+async fn poll(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;

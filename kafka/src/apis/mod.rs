@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod configs;
 mod fetch;
+mod fetch_sessions;
 mod groups;
 mod membership;
 mod metadata;
@@ -33,6 +34,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 pub(crate) use self::auth::{Session, authenticate, handshake, refuse};
+pub(crate) use self::fetch_sessions::FetchSessions;
 pub(crate) use self::membership::{Waiters, tick};
 use crate::server::{Broker, ConnError, encode};
 use crate::versions;

@@ -345,6 +345,7 @@ async fn every_api_answers_at_every_advertised_version() {
         port: 9092,
         waiters: Default::default(),
         users: Default::default(),
+        fetch_sessions: Default::default(),
     });
     let mut round = 0;
     // Produce first, so that fetches and offset lookups find a record; then every answer
