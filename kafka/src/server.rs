@@ -201,7 +201,7 @@ async fn accept_loop(
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             // Logged once per 100 so a flood does not flood the log too.
-            if refused.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+            if refused.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
                 tracing::warn!(%peer, max = config.max_connections, "Refused a Kafka connection: at the connection limit (--kafka-max-connections).");
             }
             drop(stream);

@@ -268,7 +268,7 @@ impl Group {
         self.members.retain(|_, m| m.awaiting_join);
         self.generation += 1;
         if self.members.is_empty() {
-            self.to_empty();
+            self.become_empty();
             return;
         }
         // Each member votes for its first protocol that every member supports.
@@ -325,7 +325,7 @@ impl Group {
         }
     }
 
-    fn to_empty(&mut self) {
+    fn become_empty(&mut self) {
         self.state = ClassicState::Empty;
         self.protocol.clear();
         self.protocol_type.clear();
@@ -357,7 +357,7 @@ impl Group {
             if self.state != ClassicState::Empty {
                 self.generation += 1;
             }
-            self.to_empty();
+            self.become_empty();
         } else if self.state != ClassicState::PreparingRebalance {
             self.prepare_rebalance(name, now_ms, out);
         } else {
@@ -425,7 +425,9 @@ impl ClassicGroups {
         let name = req.group.clone();
         let g = self.groups.entry(name.clone()).or_insert_with(Group::new);
         let known = g.members.contains_key(&req.member_id);
-        if !g.members.is_empty() && !(known && g.members.len() == 1) {
+        // Checked against the others: a lone member may change protocols by rejoining.
+        let others = g.members.len() - usize::from(known);
+        if others > 0 {
             if g.protocol_type != req.protocol_type {
                 return Reply::Now(Err(ClassicError::InconsistentGroupProtocol(format!(
                     "the group's protocol type is '{}', the member's '{}'",
