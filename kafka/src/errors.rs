@@ -76,6 +76,7 @@ pub(crate) fn classic(e: &ClassicError) -> i16 {
         ClassicError::MemberIdRequired(_) => E::MemberIdRequired,
         ClassicError::IllegalGeneration => E::IllegalGeneration,
         ClassicError::RebalanceInProgress => E::RebalanceInProgress,
+        ClassicError::GroupMaxSizeReached => E::GroupMaxSizeReached,
     }
     .code()
 }

@@ -75,6 +75,13 @@ fn random(n: usize) -> Vec<u8> {
     out
 }
 
+/// Random bits for ids a client must not be able to guess (member and fetch-session ids).
+pub(crate) fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&random(8));
+    u64::from_be_bytes(b)
+}
+
 fn credential(password: &str) -> Credential {
     let salt = random(16);
     let mut salted = [0u8; 32];

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -29,6 +29,12 @@ use crate::versions;
 
 /// How long a connection stays open after its authentication failed.
 const FAILED_AUTH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a request's bytes may take to arrive once its length did, and an answer to be
+/// taken by the client: a client that stalls mid-frame or stops reading loses its
+/// connection instead of holding it (and its buffers) forever.
+const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The largest frame before authentication (Kafka's `sasl.server.max.receive.size`).
+const MAX_UNAUTHENTICATED_FRAME: usize = 512 << 10;
 
 /// What every handler reads: the log and how this node presents itself.
 #[derive(Debug)]
@@ -275,6 +281,8 @@ pub(crate) enum ConnError {
     Idle(std::time::Duration),
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    #[error("the client stalled {0} for a minute")]
+    Stalled(&'static str),
     #[error("{0}")]
     AuthFailed(String),
 }
@@ -302,6 +310,9 @@ where
     let budget = Arc::new(Semaphore::new(budget_bytes));
     let max_request = config.max_request_bytes;
     let idle = config.idle_timeout;
+    // Until the connection authenticates (when users are configured), frames stay small.
+    let authenticated = Arc::new(AtomicBool::new(broker.users.is_empty()));
+    let unlocked = Arc::clone(&authenticated);
     let reader = async move {
         let mut read = BufReader::with_capacity(64 << 10, read);
         loop {
@@ -318,12 +329,18 @@ where
             if len < 8 {
                 return Err(ConnError::Short(len));
             }
+            if len > MAX_UNAUTHENTICATED_FRAME && !authenticated.load(Ordering::Acquire) {
+                return Err(ConnError::FrameSize(len as i64, MAX_UNAUTHENTICATED_FRAME));
+            }
             let permit = Arc::clone(&budget)
                 .acquire_many_owned(len as u32)
                 .await
                 .map_err(|_| std::io::Error::other("connection closing"))?;
             let mut buf = BytesMut::zeroed(len);
-            read.read_exact(&mut buf).await?;
+            match tokio::time::timeout(FRAME_TIMEOUT, read.read_exact(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ConnError::Stalled("a request's bytes")),
+            };
             if tx
                 .send(Frame {
                     bytes: buf.freeze(),
@@ -340,8 +357,14 @@ where
         let mut session = Session::default();
         while let Some(frame) = rx.recv().await {
             let (answer, close) = handle(&broker, &peer, &mut session, frame.bytes).await?;
+            if session.auth.user.is_some() {
+                unlocked.store(true, Ordering::Release);
+            }
             if let Some(answer) = answer {
-                write.write_all(&answer).await?;
+                match tokio::time::timeout(FRAME_TIMEOUT, write.write_all(&answer)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(ConnError::Stalled("reading its answers")),
+                }
             }
             if let Some(reason) = close {
                 // As Kafka's `connection.failed.authentication.delay.ms`: the client reads the

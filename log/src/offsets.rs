@@ -95,6 +95,14 @@ impl OffsetStore {
             .push((group.to_string(), tp, v));
     }
 
+    /// Whether a transaction holds an uncommitted offset of `group` on `tp`.
+    pub fn has_pending(&self, group: &str, tp: &TopicPartition) -> bool {
+        self.pending
+            .values()
+            .flatten()
+            .any(|(g, t, _)| g == group && t == tp)
+    }
+
     /// Makes a producer's pending offsets visible (commit) or drops them (abort).
     pub fn end_txn(&mut self, producer_id: i64, commit: bool) {
         if let Some(list) = self.pending.remove(&producer_id) {

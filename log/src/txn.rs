@@ -225,7 +225,8 @@ impl TxnCoordinator {
             .txns
             .get(id)
             .ok_or_else(|| TxnError::Unknown(id.into()))?;
-        if rec.producer_id != producer_id || epoch < rec.epoch {
+        // Equal epochs only: a made-up higher epoch must not end the live instance's work.
+        if rec.producer_id != producer_id || epoch != rec.epoch {
             return Err(TxnError::Fenced {
                 id: id.into(),
                 epoch,

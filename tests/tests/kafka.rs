@@ -506,6 +506,89 @@ fn api_versions_ok(addr: &str) -> bool {
     got.len() > 10 && got[4..8] == 42i32.to_be_bytes() && got[8..10] == [0, 0]
 }
 
+/// Sends one request (header v1, client id "probe") and reads its answer's body.
+fn request<R: kafka_protocol::protocol::Encodable>(
+    addr: &str,
+    key: i16,
+    version: i16,
+    body: &R,
+) -> Vec<u8> {
+    let mut encoded = bytes::BytesMut::new();
+    body.encode(&mut encoded, version).unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&frame(key, version, 9, &encoded)).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn oversized_fetches_are_capped_and_bookkeeping_topics_stay_private() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let work = tempfile::tempdir().unwrap();
+    let w = KafkaWorker::start(work.path());
+    create_topic(&w.api, "big", 1);
+    let value = "v".repeat(1000);
+    let lines: String = (0..3000).map(|_| format!("{value}\n")).collect();
+    kcat(&w.bootstrap, &["-P", "-t", "big"], &lines);
+    // One partition named 2,000 times, each "up to 2 GB", and no total limit: the answer
+    // carries the partition's 3 MB once, not 6 GB.
+    let fetch = |topic: &str, copies: usize| {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_bytes(0)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.into())))
+                    .with_partitions(
+                        (0..copies)
+                            .map(|_| {
+                                FetchPartition::default()
+                                    .with_partition(0)
+                                    .with_partition_max_bytes(i32::MAX)
+                            })
+                            .collect(),
+                    ),
+            ])
+    };
+    let answer = request(&w.bootstrap, 1, 4, &fetch("big", 2000));
+    assert!(
+        answer.len() < 8 << 20,
+        "an answer of {} bytes",
+        answer.len()
+    );
+    let mut body = bytes::Bytes::from(answer);
+    let _correlation = bytes::Buf::get_i32(&mut body);
+    let r = FetchResponse::decode(&mut body, 4).unwrap();
+    let sizes: Vec<usize> = r.responses[0]
+        .partitions
+        .iter()
+        .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+        .collect();
+    assert_eq!(sizes.len(), 2000);
+    assert!(
+        sizes[0] > 3_000_000 && sizes[1..].iter().all(|s| *s == 0),
+        "{:?}",
+        &sizes[..3]
+    );
+    // The catalog holds pipelines' SQL with their secrets: not for Kafka clients.
+    let answer = request(&w.bootstrap, 1, 4, &fetch("__sluice_catalog", 1));
+    let mut body = bytes::Bytes::from(answer);
+    let _ = bytes::Buf::get_i32(&mut body);
+    let r = FetchResponse::decode(&mut body, 4).unwrap();
+    assert_eq!(
+        r.responses[0].partitions[0].error_code, 29,
+        "TOPIC_AUTHORIZATION_FAILED"
+    );
+    let meta = kcat(&w.bootstrap, &["-L"], "");
+    assert!(!meta.contains("__sluice"), "{meta}");
+}
+
 #[test]
 fn corrupt_and_truncated_frames_close_only_their_connection() {
     let work = tempfile::tempdir().unwrap();

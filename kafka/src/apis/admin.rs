@@ -16,6 +16,10 @@ use sluice_log::log::validate_topic_name;
 use super::{Ctx, s};
 use crate::errors;
 
+/// Partitions one topic may have here: a request for 2^31 would hold the topics lock while
+/// creating that many folders.
+pub(crate) const MAX_PARTITIONS: usize = 10_000;
+
 /// Kafka's `config_source` for a value set on the topic, and for a default.
 const TOPIC_CONFIG: i8 = 1;
 const DEFAULT_CONFIG: i8 = 5;
@@ -67,9 +71,20 @@ pub(crate) fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopics
                         format!("every partition 0..n must have exactly this node ({node}) as its replica"),
                     );
                 }
+                if indexes.len() > MAX_PARTITIONS {
+                    return fail(
+                        E::InvalidPartitions.code(),
+                        format!("at most {MAX_PARTITIONS} partitions per topic"),
+                    );
+                }
                 indexes.len() as u32
             } else if t.num_partitions == -1 {
                 log.options().default_partitions
+            } else if t.num_partitions > MAX_PARTITIONS as i32 {
+                return fail(
+                    E::InvalidPartitions.code(),
+                    format!("{} partitions: at most {MAX_PARTITIONS} per topic", t.num_partitions),
+                );
             } else if t.num_partitions <= 0 {
                 return fail(
                     E::InvalidPartitions.code(),
@@ -163,6 +178,21 @@ pub(crate) fn create_partitions(
                     .with_error_code(code)
                     .with_error_message(Some(s(message)))
             };
+            if sluice_log::is_internal_topic(&t.name.0) {
+                return fail(
+                    E::InvalidTopicException.code(),
+                    format!(
+                        "'{}' is an internal topic: its partitions are the log's",
+                        t.name.0.as_str()
+                    ),
+                );
+            }
+            if t.count > MAX_PARTITIONS as i32 {
+                return fail(
+                    E::InvalidPartitions.code(),
+                    format!("{} partitions: at most {MAX_PARTITIONS} per topic", t.count),
+                );
+            }
             let current = match log.topic(&t.name.0) {
                 Ok(topic) => topic.partition_count(),
                 Err(e) => return fail(errors::code(&e), errors::message(&e)),

@@ -110,6 +110,12 @@ pub(crate) fn incremental_alter_configs(
                 );
             }
             let topic = r.resource_name.to_string();
+            if sluice_log::is_internal_topic(&topic) {
+                return fail(
+                    E::InvalidTopicException.code(),
+                    format!("'{topic}' is an internal topic: its configs are the log's"),
+                );
+            }
             let mut set = Vec::new();
             let mut delete = Vec::new();
             for c in &r.configs {
@@ -134,23 +140,25 @@ pub(crate) fn incremental_alter_configs(
                     }
                 }
             }
-            let result = match log.topic(&topic) {
+            // The whole change must validate on a copy first, so that a bad SET does not
+            // leave an applied DELETE behind.
+            let checked = log.topic(&topic).and_then(|t| {
+                let cfg = t.config();
+                let mut pairs: Vec<(String, String)> = cfg
+                    .overrides()
+                    .iter()
+                    .filter(|(k, _)| !delete.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                pairs.extend(set.iter().cloned());
+                TopicConfig::from_overrides(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .map(drop)
+                    .map_err(LogError::from)
+            });
+            let result = match checked {
                 Err(e) => Err(e),
-                Ok(t) if req.validate_only => {
-                    // The change applied to a copy of the overrides must validate.
-                    let cfg = t.config();
-                    let mut pairs: Vec<(String, String)> = cfg
-                        .overrides()
-                        .iter()
-                        .filter(|(k, _)| !delete.contains(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    pairs.extend(set.iter().cloned());
-                    TopicConfig::from_overrides(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                        .map(drop)
-                        .map_err(LogError::from)
-                }
-                Ok(_) => {
+                Ok(()) if req.validate_only => Ok(()),
+                Ok(()) => {
                     let r = if delete.is_empty() {
                         Ok(())
                     } else {

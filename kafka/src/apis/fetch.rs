@@ -19,6 +19,9 @@ use crate::server::ConnError;
 
 /// The longest a fetch waits, whatever the client asks (Kafka has no cap; clients ask 500 ms).
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The most record bytes one answer carries, whatever the client asks (Kafka's broker-side
+/// `fetch.max.bytes` default, 55 MiB); the first batch goes out even if larger.
+const MAX_RESPONSE_BYTES: usize = 55 << 20;
 
 pub(crate) async fn fetch(ctx: &Ctx, mut req: FetchRequest) -> Result<FetchResponse, ConnError> {
     // Sessions exist from v7.
@@ -71,10 +74,12 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
         Isolation::ReadUncommitted
     };
     let max_bytes = if req.max_bytes > 0 {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(MAX_RESPONSE_BYTES)
     } else {
-        usize::MAX
+        MAX_RESPONSE_BYTES
     };
+    // A partition named twice is read once (the later copies answer empty).
+    let mut seen = std::collections::HashSet::new();
     let mut total = 0usize;
     let mut failed = false;
     let responses = req
@@ -95,12 +100,19 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
                         failed = true;
                         return out.with_error_code(E::UnknownTopicOrPartition.code());
                     };
+                    if hidden(topic) {
+                        failed = true;
+                        return out.with_error_code(E::TopicAuthorizationFailed.code());
+                    }
                     // Past the request's byte budget the partition still reports its offsets.
                     let room = max_bytes.saturating_sub(total);
-                    let limit = if total == 0 {
-                        p.partition_max_bytes.max(1) as usize
+                    let asked = (p.partition_max_bytes.max(0) as usize).min(MAX_RESPONSE_BYTES);
+                    let limit = if !seen.insert((topic, p.partition)) {
+                        0
+                    } else if total == 0 {
+                        asked.max(1)
                     } else {
-                        room.min(p.partition_max_bytes.max(0) as usize)
+                        room.min(asked)
                     };
                     if limit == 0 {
                         return match log.partition(topic, partition) {
@@ -156,4 +168,12 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
         total,
         failed,
     )
+}
+
+/// Topics Kafka clients may not read: Sluice's own bookkeeping (`__sluice_*`: the catalog
+/// holds pipelines' SQL with their secrets' values, the schema registry's records), as the
+/// REST API also refuses. `__consumer_offsets` and `__transaction_state` stay readable, as in
+/// Kafka.
+pub(crate) fn hidden(topic: &str) -> bool {
+    topic.starts_with("__sluice")
 }

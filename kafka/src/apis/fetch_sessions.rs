@@ -41,7 +41,6 @@ struct Session {
 /// Every open session.
 #[derive(Debug, Default)]
 pub(crate) struct FetchSessions {
-    last_id: i32,
     sessions: HashMap<i32, Session>,
 }
 
@@ -65,7 +64,10 @@ impl FetchSessions {
                 self.sessions.remove(&id);
                 Ok(Plan::Sessionless)
             }
-            (0, 0) => {
+            // Epoch 0 opens a new session; with an id it first closes that one (a client
+            // starting over after an error, as Java's does).
+            (id, 0) => {
+                self.sessions.remove(&id);
                 let partitions = cache(req, BTreeMap::new());
                 if partitions.len() > MAX_PARTITIONS {
                     return Ok(Plan::Sessionless);
@@ -171,11 +173,12 @@ impl FetchSessions {
         resp.session_id = id;
     }
 
+    /// A random positive id not in use: one client cannot guess (and close or use) another's.
     fn new_id(&mut self) -> i32 {
         loop {
-            self.last_id = self.last_id.checked_add(1).unwrap_or(1);
-            if !self.sessions.contains_key(&self.last_id) {
-                return self.last_id;
+            let id = (crate::sasl::random_u64() & 0x7fff_ffff) as i32;
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
             }
         }
     }

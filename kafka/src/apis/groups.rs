@@ -102,15 +102,25 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommit
 pub(crate) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let log = &ctx.broker.log;
     let group = req.group_id.0.to_string();
+    // v7 (KIP-447): with require_stable, an offset a transaction is still committing is
+    // answered UNSTABLE_OFFSET_COMMIT (the client retries), so a new owner of a partition
+    // never starts from before what a zombie's transaction is about to commit.
+    let stable = ctx.version >= 7 && req.require_stable;
     let partition = |topic: &str, index: i32| {
-        let committed = u32::try_from(index)
+        let tp = u32::try_from(index)
             .ok()
-            .and_then(|p| log.committed(&group, &TopicPartition::new(topic, p)));
-        OffsetFetchResponsePartition::default()
+            .map(|p| TopicPartition::new(topic, p));
+        let out = OffsetFetchResponsePartition::default()
             .with_partition_index(index)
-            .with_committed_offset(committed.unwrap_or(-1))
             .with_committed_leader_epoch(-1)
-            .with_metadata(Some(s("")))
+            .with_metadata(Some(s("")));
+        match tp {
+            Some(tp) if stable && log.has_pending_offsets(&group, &tp) => out
+                .with_committed_offset(-1)
+                .with_error_code(E::UnstableOffsetCommit.code()),
+            Some(tp) => out.with_committed_offset(log.committed(&group, &tp).unwrap_or(-1)),
+            None => out.with_committed_offset(-1),
+        }
     };
     let topics = match req.topics {
         Some(topics) => topics

@@ -97,6 +97,7 @@ pub(crate) async fn join_group(ctx: &Ctx, req: JoinGroupRequest) -> JoinGroupRes
             .collect(),
         session_timeout_ms: req.session_timeout_ms.max(0) as u64,
         rebalance_timeout_ms: rebalance_ms.max(0) as u64,
+        nonce: crate::sasl::random_u64(),
     };
     let (tx, rx) = oneshot::channel();
     let reply = {

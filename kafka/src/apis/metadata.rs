@@ -31,6 +31,7 @@ pub(crate) fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let topics = match wanted {
         None => {
             let mut names = log.topic_names();
+            names.retain(|n| !super::fetch::hidden(n));
             names.sort();
             names.iter().map(|n| topic(ctx, n, false)).collect()
         }
@@ -52,6 +53,9 @@ fn topic(ctx: &Ctx, name: &str, may_create: bool) -> MetadataResponseTopic {
     let log = &ctx.broker.log;
     let node = BrokerId(ctx.broker.node_id);
     let out = MetadataResponseTopic::default().with_name(Some(TopicName(s(name))));
+    if super::fetch::hidden(name) {
+        return out.with_error_code(E::TopicAuthorizationFailed.code());
+    }
     let found = if may_create && !name.is_empty() {
         log.topic_or_create(name)
     } else {

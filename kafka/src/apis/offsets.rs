@@ -38,6 +38,9 @@ pub(crate) fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsRes
                     let Ok(partition) = u32::try_from(p.partition_index) else {
                         return out.with_error_code(E::UnknownTopicOrPartition.code());
                     };
+                    if super::fetch::hidden(&topic) {
+                        return out.with_error_code(E::TopicAuthorizationFailed.code());
+                    }
                     let spec = match p.timestamp {
                         LATEST => OffsetSpec::Latest,
                         EARLIEST => OffsetSpec::Earliest,

@@ -28,6 +28,11 @@ use super::assignor::TopicPartition;
 pub const MIN_SESSION_TIMEOUT_MS: u64 = 6_000;
 /// Kafka's `group.max.session.timeout.ms` default.
 pub const MAX_SESSION_TIMEOUT_MS: u64 = 1_800_000;
+/// Members (and ids handed out, not yet joined) of one group at most (Kafka's
+/// `group.max.size`, unbounded there by default).
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Partitions read from one member's assignment blob for describe.
+const MAX_DESCRIBED_PARTITIONS: usize = 100_000;
 
 /// Where a classic group is in its rebalance cycle (Kafka's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +86,9 @@ pub enum ClassicError {
     /// A rebalance is under way: join again.
     #[error("rebalance in progress")]
     RebalanceInProgress,
+    /// The group has [`MAX_GROUP_MEMBERS`] members.
+    #[error("the group has its maximum of {MAX_GROUP_MEMBERS} members")]
+    GroupMaxSizeReached,
 }
 
 /// A JoinGroup request.
@@ -104,6 +112,9 @@ pub struct JoinRequest {
     pub session_timeout_ms: u64,
     /// How long a rebalance may wait for this member to join again.
     pub rebalance_timeout_ms: u64,
+    /// Random bits for a new member's id, so that ids cannot be guessed (the state machine
+    /// draws no randomness itself).
+    pub nonce: u64,
 }
 
 /// A JoinGroup answer.
@@ -447,7 +458,10 @@ impl ClassicGroups {
             } else {
                 &req.client_id
             };
-            let id = format!("{prefix}-{}", self.next_member);
+            if g.members.len() + g.pending_ids.len() >= MAX_GROUP_MEMBERS {
+                return Reply::Now(Err(ClassicError::GroupMaxSizeReached));
+            }
+            let id = format!("{prefix}-{}-{:016x}", self.next_member, req.nonce);
             if req.require_known_member_id {
                 g.pending_ids
                     .insert(id.clone(), now_ms + req.session_timeout_ms);
@@ -642,6 +656,10 @@ impl ClassicGroups {
                 }
             }
         }
+        // Empty groups go (their committed offsets live in the offset store, not here).
+        self.groups.retain(|_, g| {
+            g.state != ClassicState::Empty || !g.members.is_empty() || !g.pending_ids.is_empty()
+        });
     }
 
     /// Checks an offset commit from a member: it must be in the group at its generation, and
@@ -662,10 +680,12 @@ impl ClassicGroups {
         if generation != g.generation {
             return Err(ClassicError::IllegalGeneration);
         }
+        // As Kafka: a member may still commit what it consumed while the group prepares a
+        // rebalance (on revocation); only between the new generation and its assignment not.
         match g.state {
-            ClassicState::Stable => Ok(()),
+            ClassicState::Stable | ClassicState::PreparingRebalance => Ok(()),
             ClassicState::Empty => Err(ClassicError::UnknownMemberId),
-            _ => Err(ClassicError::RebalanceInProgress),
+            ClassicState::CompletingRebalance => Err(ClassicError::RebalanceInProgress),
         }
     }
 
@@ -739,6 +759,10 @@ pub fn consumer_assignment(assignment: &[u8]) -> BTreeSet<TopicPartition> {
             let topic = r.string()?;
             for _ in 0..r.i32()?.max(0) {
                 let p = u32::try_from(r.i32()?).ok()?;
+                // Bounded: the blob is the client's, describe runs under the group lock.
+                if out.len() >= MAX_DESCRIBED_PARTITIONS {
+                    return Some(out);
+                }
                 out.insert(TopicPartition::new(topic.clone(), p));
             }
         }
@@ -792,6 +816,7 @@ mod tests {
                 protocols: vec![("range".into(), Bytes::from_static(b"md"))],
                 session_timeout_ms: SESSION,
                 rebalance_timeout_ms: SESSION,
+                nonce: 0,
             },
             out,
         )
@@ -840,44 +865,59 @@ mod tests {
         let mut c = ClassicGroups::default();
         let mut out = Deliveries::default();
         join(&mut c, 0, "", &mut out);
-        let a = joined(&out, "c-1");
+        let a = joined(&out, "c-1-0000000000000000");
         let mut out = Deliveries::default();
         c.sync(0, "g", 1, &a.member_id, vec![], &mut out);
         // The newcomer starts a rebalance; the first member learns it from its heartbeat.
         let mut out = Deliveries::default();
-        assert_eq!(join(&mut c, 10, "", &mut out), Reply::Pending("c-2".into()));
+        assert_eq!(
+            join(&mut c, 10, "", &mut out),
+            Reply::Pending("c-2-0000000000000000".into())
+        );
         assert!(out.joins.is_empty());
         assert_eq!(
             c.heartbeat(20, "g", 1, &a.member_id),
             Err(ClassicError::RebalanceInProgress)
         );
-        assert_eq!(
-            c.validate_commit("g", 1, &a.member_id),
-            Err(ClassicError::RebalanceInProgress)
-        );
+        // Committing what it consumed is still allowed while the group prepares.
+        assert_eq!(c.validate_commit("g", 1, &a.member_id), Ok(()));
         join(&mut c, 30, &a.member_id, &mut out);
-        let leader = joined(&out, "c-1");
-        let follower = joined(&out, "c-2");
+        let leader = joined(&out, "c-1-0000000000000000");
+        let follower = joined(&out, "c-2-0000000000000000");
         assert_eq!((leader.generation, leader.members.len()), (2, 2));
         assert!(follower.members.is_empty());
         let mut out = Deliveries::default();
         assert_eq!(
-            c.sync(40, "g", 2, "c-2", vec![], &mut out),
-            Reply::Pending("c-2".into())
+            c.sync(40, "g", 2, "c-2-0000000000000000", vec![], &mut out),
+            Reply::Pending("c-2-0000000000000000".into())
         );
         assert!(out.syncs.is_empty(), "the follower waits for the leader");
         let assignments = vec![
-            ("c-1".to_string(), Bytes::from_static(b"one")),
-            ("c-2".to_string(), Bytes::from_static(b"two")),
+            (
+                "c-1-0000000000000000".to_string(),
+                Bytes::from_static(b"one"),
+            ),
+            (
+                "c-2-0000000000000000".to_string(),
+                Bytes::from_static(b"two"),
+            ),
         ];
-        c.sync(50, "g", 2, "c-1", assignments, &mut out);
+        c.sync(50, "g", 2, "c-1-0000000000000000", assignments, &mut out);
         let mut syncs = out.syncs.clone();
         syncs.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(
             syncs,
             vec![
-                ("g".into(), "c-1".into(), Ok(Bytes::from_static(b"one"))),
-                ("g".into(), "c-2".into(), Ok(Bytes::from_static(b"two"))),
+                (
+                    "g".into(),
+                    "c-1-0000000000000000".into(),
+                    Ok(Bytes::from_static(b"one"))
+                ),
+                (
+                    "g".into(),
+                    "c-2-0000000000000000".into(),
+                    Ok(Bytes::from_static(b"two"))
+                ),
             ]
         );
     }
@@ -888,19 +928,22 @@ mod tests {
         let mut out = Deliveries::default();
         join(&mut c, 0, "", &mut out);
         join(&mut c, 0, "", &mut out);
-        join(&mut c, 0, "c-1", &mut out);
+        join(&mut c, 0, "c-1-0000000000000000", &mut out);
         assert_eq!(c.describe("g").map(|d| d.generation), Some(2));
         let mut out = Deliveries::default();
-        assert_eq!(c.leave(10, "g", &["c-2".into()], &mut out), vec![Ok(())]);
+        assert_eq!(
+            c.leave(10, "g", &["c-2-0000000000000000".into()], &mut out),
+            vec![Ok(())]
+        );
         assert_eq!(
             c.describe("g").map(|d| d.state),
             Some(ClassicState::PreparingRebalance)
         );
-        join(&mut c, 20, "c-1", &mut out);
-        let r = joined(&out, "c-1");
+        join(&mut c, 20, "c-1-0000000000000000", &mut out);
+        let r = joined(&out, "c-1-0000000000000000");
         assert_eq!((r.generation, r.members.len()), (3, 1));
         let mut out = Deliveries::default();
-        c.leave(30, "g", &["c-1".into()], &mut out);
+        c.leave(30, "g", &["c-1-0000000000000000".into()], &mut out);
         let d = c.describe("g").unwrap();
         assert_eq!((d.state, d.members.len()), (ClassicState::Empty, 0));
     }
@@ -911,22 +954,23 @@ mod tests {
         let mut out = Deliveries::default();
         join(&mut c, 0, "", &mut out);
         join(&mut c, 0, "", &mut out);
-        join(&mut c, 0, "c-1", &mut out);
-        c.sync(0, "g", 2, "c-1", vec![], &mut out);
+        join(&mut c, 0, "c-1-0000000000000000", &mut out);
+        c.sync(0, "g", 2, "c-1-0000000000000000", vec![], &mut out);
         // c-2 goes silent: after its session it is removed and c-1 must rejoin alone.
-        c.heartbeat(SESSION, "g", 2, "c-1").unwrap();
+        c.heartbeat(SESSION, "g", 2, "c-1-0000000000000000")
+            .unwrap();
         let mut out = Deliveries::default();
         c.tick(SESSION + 1, &mut out);
         assert_eq!(c.members("g"), 1);
         assert_eq!(
-            c.heartbeat(SESSION + 2, "g", 2, "c-1"),
+            c.heartbeat(SESSION + 2, "g", 2, "c-1-0000000000000000"),
             Err(ClassicError::RebalanceInProgress)
         );
-        // c-1 never rejoins: at the rebalance deadline the group is empty.
+        // c-1 never rejoins: at the rebalance deadline the group is empty, and forgotten.
         c.tick(3 * SESSION, &mut out);
-        assert_eq!(c.describe("g").map(|d| d.state), Some(ClassicState::Empty));
+        assert_eq!(c.describe("g"), None);
         assert_eq!(
-            c.heartbeat(3 * SESSION, "g", 3, "c-1"),
+            c.heartbeat(3 * SESSION, "g", 3, "c-1-0000000000000000"),
             Err(ClassicError::UnknownMemberId)
         );
     }
@@ -945,6 +989,7 @@ mod tests {
             protocols: vec![("range".into(), Bytes::new())],
             session_timeout_ms: SESSION,
             rebalance_timeout_ms: SESSION,
+            nonce: 7,
         };
         let Reply::Now(Err(ClassicError::MemberIdRequired(id))) = c.join(0, req.clone(), &mut out)
         else {

@@ -189,10 +189,22 @@ impl Log {
         self.write_commit(group, offsets)
     }
 
-    /// Runs `f` on the group coordinator, under its lock, with the time now (ms): how the
-    /// Kafka listener drives classic-protocol groups.
+    /// Runs `f` on the group coordinator, under its lock, with a monotonic clock in ms (not
+    /// the wall clock: a clock step must not expire every member): how the Kafka listener
+    /// drives classic-protocol groups.
     pub fn with_group_coordinator<R>(&self, f: impl FnOnce(&mut GroupCoordinator, u64) -> R) -> R {
-        f(&mut self.inner.groups.lock(), now_ms() as u64)
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        f(&mut self.inner.groups.lock(), now)
+    }
+
+    /// Whether a transaction holds offsets of `group` on `tp` not yet committed (Kafka's
+    /// `UNSTABLE_OFFSET_COMMIT` for OffsetFetch with `require_stable`).
+    pub fn has_pending_offsets(&self, group: &str, tp: &TopicPartition) -> bool {
+        self.inner.offsets.lock().has_pending(group, tp)
     }
 
     fn write_commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
