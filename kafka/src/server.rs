@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
@@ -423,7 +424,10 @@ async fn handle(
         // KIP-511: answered in v0's layout with our range, so the client retries lower.
         return encode(api, 0, correlation, &versions::api_versions(true)).map(|a| (Some(a), None));
     }
-    if version < min || version > max {
+    let unsupported = version < min || version > max;
+    let codec = api.valid_versions();
+    if unsupported && (version < codec.min || version > codec.max) {
+        // Not even the codec knows this version: there is no answer to give in it.
         return Err(ConnError::Version {
             api,
             version,
@@ -449,6 +453,21 @@ async fn handle(
         client,
         peer: Arc::clone(peer),
     };
+    if unsupported {
+        // A version the codec speaks but this listener does not serve (topic ids, KIP-890
+        // transactions...): UNSUPPORTED_VERSION where the API has an error field, so the
+        // client can say why; the connection stays open for a lower version.
+        return match apis::refuse(&ctx, frame, ResponseError::UnsupportedVersion.code())? {
+            Some(answer) => Ok((Some(answer), None)),
+            None => Err(ConnError::Version {
+                api,
+                version,
+                min,
+                max,
+                correlation,
+            }),
+        };
+    }
     match api {
         ApiKey::SaslHandshake => {
             let req: SaslHandshakeRequest = ctx.decode(&mut frame)?;
@@ -477,7 +496,7 @@ async fn handle(
         _ if !broker.users.is_empty() && session.auth.user.is_none() => {
             // Before authenticating, a request gets SASL_AUTHENTICATION_FAILED where its API
             // has room for it, and the connection closes either way.
-            let answer = apis::refuse(&ctx, frame)?;
+            let answer = apis::refuse(&ctx, frame, ResponseError::SaslAuthenticationFailed.code())?;
             return Ok((
                 answer,
                 Some(format!("{api:?} before authenticating (SASL is required)")),

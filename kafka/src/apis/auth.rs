@@ -80,10 +80,10 @@ pub(crate) fn authenticate(
     }
 }
 
-/// The answer to a request sent before authenticating, where the API has a place for an
-/// error code; `None` for the others (the connection is closed without one).
-pub(crate) fn refuse(ctx: &Ctx, mut body: Bytes) -> Result<Option<BytesMut>, ConnError> {
-    let code = E::SaslAuthenticationFailed.code();
+/// A refusal with `code` (a request sent before authenticating, or in a version not
+/// served), where the API has a place for an error code; `None` for the others (the
+/// connection is then closed without an answer).
+pub(crate) fn refuse(ctx: &Ctx, mut body: Bytes, code: i16) -> Result<Option<BytesMut>, ConnError> {
     match ctx.api {
         ApiKey::Metadata => {
             let req: MetadataRequest = ctx.decode(&mut body)?;
@@ -173,7 +173,7 @@ pub(crate) fn refuse(ctx: &Ctx, mut body: Bytes) -> Result<Option<BytesMut>, Con
         }
         ApiKey::FindCoordinator => {
             let mut r = FindCoordinatorResponse::default().with_error_code(code);
-            if ctx.version >= 1 {
+            if ctx.version >= 1 && code == E::SaslAuthenticationFailed.code() {
                 r = r.with_error_message(Some(s(FAILED)));
             }
             ctx.answer(&r)

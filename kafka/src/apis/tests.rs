@@ -397,7 +397,7 @@ async fn every_api_answers_at_every_advertised_version() {
             };
             let body = request(api, version, 0, "t", false).freeze();
             if let Some(answer) =
-                super::refuse(&ctx, body).unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
+                super::refuse(&ctx, body, 58).unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
             {
                 decode_answer(api, version, answer.freeze());
             }
