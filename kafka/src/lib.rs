@@ -23,11 +23,12 @@
 //! - `versions` (private): the APIs and versions advertised, and ApiVersions.
 //! - `errors` (private): the log's errors as Kafka error codes.
 //! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
-//! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` (and `fetch_sessions`, KIP-227),
-//!   `offsets` (ListOffsets), `admin` (topics and configs), `groups` (coordinator lookup and
+//! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` and
+//!   `fetch_sessions` (KIP-227), `offsets` (ListOffsets), `admin` (topics), `configs`
+//!   (configs, DeleteRecords, OffsetForLeaderEpoch), `groups` (coordinator lookup and
 //!   committed offsets), `membership` (classic consumer groups), `transactions`,
-//!   `configs` (configs, DeleteRecords, OffsetForLeaderEpoch), `producer_id`, `auth`
-//!   (SaslHandshake, SaslAuthenticate, and the answers unauthenticated requests get).
+//!   `producer_id`, `auth` (SaslHandshake, SaslAuthenticate, and the answers refused
+//!   requests get: before authenticating, or in a version not served).
 
 pub mod config;
 
