@@ -159,6 +159,52 @@ def rebalance(bootstrap, topic, n):
     print(json.dumps({"split": split, "after": after, "sent": sent, "consumed": len(seen)}))
 
 
+def rebalance_kafka_python(bootstrap, topic, n):
+    """The rebalance scenario with kafka-python: two members share a 4-partition topic, one
+    leaves, the other takes every partition; every record is consumed."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.admin import NewTopic
+
+    KafkaAdminClient(bootstrap_servers=bootstrap).create_topics([NewTopic(topic, 4, 1)])
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    group = f"{topic}-group"
+
+    def member():
+        return KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+            session_timeout_ms=6000, heartbeat_interval_ms=500, auto_commit_interval_ms=200,
+        )
+
+    seen = set()
+
+    def poll(consumers, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            for c in consumers:
+                for records in c.poll(timeout_ms=100).values():
+                    seen.update(int(r.value) for r in records)
+
+    for i in range(n // 2):
+        producer.send(topic, str(i).encode())
+    producer.flush()
+    a, b = member(), member()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (a.assignment() and b.assignment()):
+        poll([a, b], 0.5)
+    split = [sorted(tp.partition for tp in c.assignment()) for c in (a, b)]
+    poll([a, b], 1)
+    b.close()
+    for i in range(n // 2, n):
+        producer.send(topic, str(i).encode())
+    producer.flush()
+    deadline = time.time() + 60
+    while time.time() < deadline and (len(a.assignment()) < 4 or len(seen) < n):
+        poll([a], 0.5)
+    after = sorted(tp.partition for tp in a.assignment())
+    a.close()
+    print(json.dumps({"split": split, "after": after, "sent": n, "consumed": len(seen)}))
+
+
 def produce_json(bootstrap, topic, n):
     """Keyed JSON records (account, amount) for the SQL pipeline test."""
     from confluent_kafka import Producer
@@ -397,6 +443,7 @@ COMMANDS = {
     "confluent-roundtrip": confluent_roundtrip,
     "kafka-python-roundtrip": kafka_python_roundtrip,
     "rebalance": rebalance,
+    "rebalance-kafka-python": rebalance_kafka_python,
     "produce-json": produce_json,
     "consume": consume,
 }

@@ -299,8 +299,15 @@ fn tls_and_sasl_users_authenticate_and_everyone_else_is_refused() {
 fn a_group_rebalances_when_a_member_joins_and_when_one_leaves() {
     let work = tempfile::tempdir().unwrap();
     let w = KafkaWorker::start(work.path());
-    let r = client("rebalance", &w.bootstrap, "rb", 400);
-    // Two members split the four partitions, disjoint; after one leaves, the other has all.
+    for (command, topic) in [("rebalance", "rb"), ("rebalance-kafka-python", "rbkp")] {
+        let r = client(command, &w.bootstrap, topic, 400);
+        check_rebalance(&r);
+    }
+}
+
+/// Two members split the four partitions, disjoint; after one leaves, the other has all;
+/// every record was consumed.
+fn check_rebalance(r: &Value) {
     let split: Vec<Vec<i64>> = serde_json::from_value(r["split"].clone()).unwrap();
     assert_eq!(split.len(), 2, "{r}");
     assert!(split.iter().all(|s| !s.is_empty()), "{r}");

@@ -473,7 +473,8 @@ impl ClassicGroups {
         } else {
             return Reply::Now(Err(ClassicError::UnknownMemberId));
         };
-        let previous = g.members.get(&member_id).map(|m| m.protocols.clone());
+        let previous = g.members.get(&member_id);
+        let unchanged = previous.is_some_and(|m| m.protocols == req.protocols);
         let member = Member {
             client_id: req.client_id,
             client_host: req.client_host,
@@ -482,10 +483,11 @@ impl ClassicGroups {
             rebalance_timeout_ms: req.rebalance_timeout_ms.max(req.session_timeout_ms),
             last_heartbeat_ms: now_ms,
             awaiting_join: true,
-            awaiting_sync: false,
-            assignment: Bytes::new(),
+            awaiting_sync: previous.is_some_and(|m| m.awaiting_sync),
+            // A member joining again keeps its assignment: answered the current generation
+            // below, its SyncGroup returns what it has (a rebalance clears it anyway).
+            assignment: previous.map(|m| m.assignment.clone()).unwrap_or_default(),
         };
-        let unchanged = previous.as_ref() == Some(&member.protocols);
         if g.members.is_empty() {
             g.protocol_type = req.protocol_type;
         }
@@ -919,6 +921,37 @@ mod tests {
                     Ok(Bytes::from_static(b"two"))
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn a_follower_joining_again_unchanged_keeps_its_generation_and_assignment() {
+        let mut c = ClassicGroups::default();
+        let mut out = Deliveries::default();
+        join(&mut c, 0, "", &mut out);
+        join(&mut c, 0, "", &mut out);
+        join(&mut c, 0, "c-1-0000000000000000", &mut out);
+        let assignments = vec![
+            (
+                "c-1-0000000000000000".to_string(),
+                Bytes::from_static(b"one"),
+            ),
+            (
+                "c-2-0000000000000000".to_string(),
+                Bytes::from_static(b"two"),
+            ),
+        ];
+        c.sync(1, "g", 2, "c-1-0000000000000000", assignments, &mut out);
+        // kafka-python does this when its metadata refreshes: the follower joins again with
+        // the same protocols, gets generation 2 back at once and syncs for its assignment.
+        let again = join(&mut c, 2, "c-2-0000000000000000", &mut out);
+        assert!(
+            matches!(again, Reply::Now(Ok(ref j)) if j.generation == 2),
+            "{again:?}"
+        );
+        assert_eq!(
+            c.sync(3, "g", 2, "c-2-0000000000000000", vec![], &mut out),
+            Reply::Now(Ok(Bytes::from_static(b"two")))
         );
     }
 
