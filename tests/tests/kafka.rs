@@ -367,6 +367,96 @@ fn kcat_lists_produces_consumes_and_joins_a_group() {
 }
 
 #[test]
+fn two_kcat_members_share_a_group_and_one_takes_over_when_the_other_leaves() {
+    let work = tempfile::tempdir().unwrap();
+    let w = KafkaWorker::start(work.path());
+    let b = w.bootstrap.clone();
+    create_topic(&w.api, "kg", 4);
+    let numbers = |from: u32, to: u32| (from..to).map(|i| format!("{i}\n")).collect::<String>();
+    kcat(&b, &["-P", "-t", "kg"], &numbers(0, 40));
+    let member = |name: &str| {
+        Command::new("kcat")
+            .args([
+                "-b",
+                &b,
+                "-G",
+                "kgg",
+                "kg",
+                "-q",
+                "-o",
+                "beginning",
+                "-f",
+                "%s\n",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(work.path().join(name)).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let owners = || -> Vec<String> {
+        let g = get(&w.api, "/groups/kgg");
+        g["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| p["member"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let members = |owners: &[String]| {
+        let mut m: Vec<&String> = owners.iter().filter(|o| !o.is_empty()).collect();
+        m.sort();
+        m.dedup();
+        m.len()
+    };
+    let mut a = member("a.out");
+    wait_for("the first member owns every partition", || {
+        let o = owners();
+        o.len() == 4 && members(&o) == 1
+    });
+    let mut second = member("b.out");
+    wait_for("two members split the partitions", || {
+        members(&owners()) == 2
+    });
+    // SIGTERM: kcat leaves the group (LeaveGroup); the other member takes over.
+    let term = |child: &Child| {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    term(&second);
+    second.wait().unwrap();
+    wait_for("the remaining member owns every partition", || {
+        let o = owners();
+        o.len() == 4 && members(&o) == 1
+    });
+    kcat(&b, &["-P", "-t", "kg"], &numbers(40, 80));
+    std::thread::sleep(Duration::from_secs(2));
+    term(&a);
+    a.wait().unwrap();
+    let mut seen: Vec<u32> = ["a.out", "b.out"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(work.path().join(f))
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..80).collect::<Vec<u32>>(),
+        "every record reached the group"
+    );
+}
+
+#[test]
 fn a_sql_pipeline_reads_and_writes_topics_that_kafka_clients_use() {
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(work.path().join("pipelines")).unwrap();
