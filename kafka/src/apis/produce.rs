@@ -47,20 +47,17 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
                     // A transactional batch must belong to its producer's open transaction
                     // (AddPartitionsToTxn first): otherwise no marker would ever end it and
                     // read_committed readers of the partition would wait forever.
-                    if let Ok(h) = BatchHeader::parse(&records) {
-                        if h.is_transactional()
-                            && !log.txn_includes(h.producer_id, h.producer_epoch, &topic, partition)
-                        {
-                            return fail(
-                                E::InvalidTxnState.code(),
-                                format!(
-                                    "{topic}-{partition} is not in producer {}'s open transaction (AddPartitionsToTxn first)",
-                                    h.producer_id
-                                ),
-                            );
-                        }
-                    }
-                    match log.append(&topic, partition, records.to_vec()) {
+                    let appended = match BatchHeader::parse(&records) {
+                        Ok(h) if h.is_transactional() => log.append_transactional(
+                            &topic,
+                            partition,
+                            h.producer_id,
+                            h.producer_epoch,
+                            records.to_vec(),
+                        ),
+                        _ => log.append(&topic, partition, records.to_vec()),
+                    };
+                    match appended {
                         Ok(info) => {
                             let start = log
                                 .partition(&topic, partition)

@@ -12,6 +12,7 @@ use crate::group::GroupError;
 use crate::group::TopicPartition;
 use crate::offsets::CommittedOffset;
 use crate::offsets::OFFSETS_TOPIC;
+use crate::partition::AppendInfo;
 use crate::record::{Record, now_ms};
 use crate::segment::write_file;
 use crate::txn::{EndPlan, TxnError, TxnPartition, TxnRecord, TxnStatus};
@@ -317,14 +318,6 @@ impl Log {
         self.check_open()?;
         let partition = self.offsets_partition(group);
         let tp = (OFFSETS_TOPIC.to_string(), partition);
-        if !self.inner.txns.lock().includes(producer_id, epoch, &tp) {
-            return Err(LogError::InvalidTxnState {
-                transactional_id: id.into(),
-                reason: format!(
-                    "group '{group}' was not added to the open transaction (AddOffsetsToTxn first)"
-                ),
-            });
-        }
         if let Some((member, generation)) = member {
             self.inner
                 .groups
@@ -332,6 +325,18 @@ impl Log {
                 .classic
                 .validate_commit(group, generation, member)
                 .map_err(GroupError::from)?;
+        }
+        // The coordinator stays locked from the check to the pending offsets: a transaction
+        // end (EndTxn, expiry) between them would leave a batch after its marker and offsets
+        // pending under a finished transaction.
+        let txns = self.inner.txns.lock();
+        if !txns.includes(producer_id, epoch, &tp) {
+            return Err(LogError::InvalidTxnState {
+                transactional_id: id.into(),
+                reason: format!(
+                    "group '{group}' was not added to the open transaction (AddOffsetsToTxn first)"
+                ),
+            });
         }
         if offsets.is_empty() {
             return Ok(());
@@ -353,7 +358,34 @@ impl Log {
         }
         self.append(OFFSETS_TOPIC, partition, b.build().map_err(err)?)?;
         self.txn_add_offsets(producer_id, group, &values);
+        drop(txns);
         Ok(())
+    }
+
+    /// Appends a client's transactional batch (Kafka's Produce) if, and only if, the
+    /// partition is in the producer's open transaction, with the coordinator locked across
+    /// the check and the append: a transaction ending meanwhile would otherwise see the
+    /// batch land after its marker, opening a transaction nobody will end.
+    pub fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        batch: Vec<u8>,
+    ) -> Result<AppendInfo> {
+        let txns = self.inner.txns.lock();
+        if !txns.includes(producer_id, epoch, &(topic.to_string(), partition)) {
+            return Err(LogError::InvalidTxnState {
+                transactional_id: format!("(producer {producer_id})"),
+                reason: format!(
+                    "{topic}-{partition} is not in the open transaction (AddPartitionsToTxn first)"
+                ),
+            });
+        }
+        let info = self.append(topic, partition, batch);
+        drop(txns);
+        info
     }
 
     /// Kafka's EndTxn: commits or aborts the open transaction of `id` (markers on every
