@@ -177,16 +177,28 @@ impl Log {
         offsets: &[(TopicPartition, i64)],
     ) -> Result<()> {
         self.check_open()?;
-        self.inner
-            .groups
-            .lock()
-            .classic
-            .validate_commit(group, generation, member)
-            .map_err(GroupError::from)?;
+        self.validate_classic_member(group, generation, member)?;
         if offsets.is_empty() {
             return Ok(());
         }
         self.write_commit(group, offsets)
+    }
+
+    /// A classic group's member may commit: current at `generation`, the group not
+    /// completing a rebalance.
+    pub(crate) fn validate_classic_member(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+    ) -> Result<()> {
+        Ok(self
+            .inner
+            .groups
+            .lock()
+            .classic
+            .validate_commit(group, generation, member)
+            .map_err(GroupError::from)?)
     }
 
     /// Runs `f` on the group coordinator, under its lock, with a monotonic clock in ms (not

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use super::{Log, Topic};
 use crate::batch::{BatchBuilder, BatchOptions};
 use crate::error::{LogError, Result};
-use crate::group::GroupError;
 use crate::group::TopicPartition;
 use crate::offsets::CommittedOffset;
 use crate::offsets::OFFSETS_TOPIC;
@@ -319,12 +318,7 @@ impl Log {
         let partition = self.offsets_partition(group);
         let tp = (OFFSETS_TOPIC.to_string(), partition);
         if let Some((member, generation)) = member {
-            self.inner
-                .groups
-                .lock()
-                .classic
-                .validate_commit(group, generation, member)
-                .map_err(GroupError::from)?;
+            self.validate_classic_member(group, generation, member)?;
         }
         // The coordinator stays locked from the check to the pending offsets: a transaction
         // end (EndTxn, expiry) between them would leave a batch after its marker and offsets
