@@ -322,50 +322,12 @@ fn bench_consume(a: &BenchArgs, options: &LogOptions) -> Result<(), CliError> {
         "Writing {} records of {} bytes (untimed)...",
         a.records, a.record_size
     );
-    for _ in 0..a.records {
-        producer.send_to(
-            "bench",
-            0,
-            Record {
-                key: None,
-                value: Some(payload.clone()),
-                headers: Vec::new(),
-                timestamp: sluice_log::record::now_ms(),
-            },
-        )?;
-    }
+    send_records(&mut producer, "bench", &payload, a.records)?;
     producer.flush()?;
     drop(producer);
-    let mut consumer = log.consumer(ConsumerConfig {
-        auto_offset_reset: OffsetReset::Earliest,
-        max_poll_records: 1 << 20,
-        fetch_max_bytes: 8 << 20,
-        ..ConsumerConfig::default()
-    });
-    consumer.assign(&[TopicPartition {
-        topic: "bench".into(),
-        partition: 0,
-    }])?;
     eprintln!("Consuming...");
-    let start = Instant::now();
-    let mut count = 0u64;
-    let mut bytes = 0u64;
-    while count < a.records {
-        let records = consumer.poll(Duration::from_secs(5))?;
-        if records.is_empty() {
-            return Err(CliError::Usage(format!(
-                "consumer stalled after {count} of {} records",
-                a.records
-            )));
-        }
-        count += records.len() as u64;
-        bytes += records
-            .iter()
-            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
-            .sum::<u64>();
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    drop(consumer);
+    let (bytes, elapsed) = consume_all(&log, "bench", a.records)?;
+    let count = a.records;
     let raw = raw_read_speed(&log.dir().join("topics/bench/0"))?;
     log.close()?;
     let ours = mb(bytes as f64) / elapsed;
@@ -404,4 +366,55 @@ fn raw_read_speed(dir: &Path) -> Result<f64, CliError> {
             .elapsed()
             .as_secs_f64()
             .max(Duration::from_nanos(1).as_secs_f64()))
+}
+
+/// Sends `n` records of `payload` (no key) to partition 0 of `topic` (the caller flushes).
+pub(super) fn send_records(
+    producer: &mut sluice_log::Producer,
+    topic: &str,
+    payload: &Bytes,
+    n: u64,
+) -> Result<(), CliError> {
+    for _ in 0..n {
+        producer.send_to(
+            topic,
+            0,
+            Record {
+                key: None,
+                value: Some(payload.clone()),
+                headers: Vec::new(),
+                timestamp: sluice_log::record::now_ms(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Consumes `n` records of partition 0 of `topic` from its start with the embedded
+/// consumer: the value bytes read and the seconds it took.
+pub(super) fn consume_all(log: &Log, topic: &str, n: u64) -> Result<(u64, f64), CliError> {
+    let mut consumer = log.consumer(ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        max_poll_records: 1 << 20,
+        fetch_max_bytes: 8 << 20,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign(&[TopicPartition::new(topic, 0)])?;
+    let start = Instant::now();
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < n {
+        let records = consumer.poll(Duration::from_secs(5))?;
+        if records.is_empty() {
+            return Err(CliError::Usage(format!(
+                "consumer stalled after {count} of {n} records"
+            )));
+        }
+        count += records.len() as u64;
+        bytes += records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+            .sum::<u64>();
+    }
+    Ok((bytes, start.elapsed().as_secs_f64()))
 }

@@ -5,16 +5,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use clap::Args;
-use sluice_log::{
-    ConsumerConfig, Log, LogOptions, OffsetReset, ProducerConfig, Record, TopicPartition,
-};
+use sluice_log::{Log, LogOptions, ProducerConfig};
 
 use super::CliError;
-use super::bench::Scratch;
+use super::bench::{Scratch, consume_all, send_records};
 
 /// Arguments of `sluice bench kafka`.
 #[derive(Debug, Args)]
@@ -225,41 +223,11 @@ impl KafkaBenchArgs {
             ..ProducerConfig::default()
         })?;
         let start = Instant::now();
-        for _ in 0..self.records {
-            producer.send_to(
-                &topic,
-                0,
-                Record {
-                    key: None,
-                    value: Some(payload.clone()),
-                    headers: Vec::new(),
-                    timestamp: sluice_log::record::now_ms(),
-                },
-            )?;
-        }
+        send_records(&mut producer, &topic, &payload, self.records)?;
         producer.flush()?;
         let produce = start.elapsed().as_secs_f64();
         drop(producer);
-        let mut consumer = log.consumer(ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
-            max_poll_records: 1 << 20,
-            fetch_max_bytes: 8 << 20,
-            ..ConsumerConfig::default()
-        });
-        consumer.assign(&[TopicPartition::new(topic.clone(), 0)])?;
-        let start = Instant::now();
-        let mut count = 0u64;
-        while count < self.records {
-            let records = consumer.poll(Duration::from_secs(5))?;
-            if records.is_empty() {
-                return Err(CliError::Usage(format!(
-                    "the embedded consumer stalled after {count} records"
-                )));
-            }
-            count += records.len() as u64;
-        }
-        let consume = start.elapsed().as_secs_f64();
-        drop(consumer);
+        let (_, consume) = consume_all(log, &topic, self.records)?;
         log.delete_topic(&topic)?;
         Ok((produce, consume))
     }
