@@ -20,11 +20,13 @@ export OFFLOAD_BUCKET=lake OFFLOAD_S3_ENDPOINT=$S3_ENDPOINT
 S3=(--option "aws_endpoint=$S3_ENDPOINT" --option aws_allow_http=true --option aws_region=us-east-1)
 
 # 1. The log gets its remote storage (remembered in the data directory) and a tiered topic.
+#    It keeps every record (retention.ms=-1): the generated pings are timed from $START, and
+#    the default 7-day retention would delete them, in S3 too, once that is a week ago.
 "$SLUICE" --data-dir "$WORK/data" --remote-storage s3://lake/tiered \
   --remote-storage-option "aws_endpoint=$S3_ENDPOINT" --remote-storage-option aws_allow_http=true \
   --remote-storage-option aws_region=us-east-1 \
   topics create driver_pings --partitions 1 --config remote.storage.enable=true \
-  --config segment.bytes=1048576 --config local.retention.bytes=2097152 >&2
+  --config segment.bytes=1048576 --config local.retention.bytes=2097152 --config retention.ms=-1 >&2
 
 # 2. The worker with the offload pipeline.
 cp "$HERE/pipeline.toml" "$WORK/pipelines/"
