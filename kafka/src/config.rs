@@ -42,6 +42,8 @@ pub struct KafkaConfig {
     pub users: Users,
     /// Serve TLS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// The cluster this node belongs to: its peers' requests arrive on this listener.
+    pub cluster: Option<sluice_cluster::Cluster>,
 }
 
 /// A TLS certificate chain and its private key, PEM files.
@@ -67,6 +69,7 @@ impl KafkaConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             users: Users::default(),
             tls: None,
+            cluster: None,
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Broker {
     pub(crate) users: Users,
     /// Incremental fetch sessions (KIP-227).
     pub(crate) fetch_sessions: parking_lot::Mutex<apis::FetchSessions>,
+    /// The cluster, when this node is in one.
+    pub(crate) cluster: Option<sluice_cluster::Cluster>,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -132,6 +134,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         waiters: Default::default(),
         users: config.users.clone(),
         fetch_sessions: Default::default(),
+        cluster: config.cluster.clone(),
     });
     let tls = match &config.tls {
         None => None,
@@ -408,6 +411,12 @@ async fn handle(
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if key == sluice_cluster::rpc::API_KEY
+        && let Some(cluster) = &broker.cluster
+    {
+        let refused = !broker.users.is_empty() && session.auth.user.is_none();
+        return peer_request(cluster, refused, correlation, version, frame).await;
+    }
     let api = ApiKey::try_from(key).map_err(|()| ConnError::UnknownApi {
         key,
         version,
@@ -505,6 +514,40 @@ async fn handle(
         _ => {}
     }
     Ok((apis::dispatch(ctx, frame).await?, None))
+}
+
+/// Answers a request of another node of the cluster: its header is Kafka's (v1: key,
+/// version, correlation id, client id), its body the cluster's own.
+async fn peer_request(
+    cluster: &sluice_cluster::Cluster,
+    refused: bool,
+    correlation: i32,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<Handled, ConnError> {
+    let bad = |reason: &str| ConnError::Decode {
+        api: ApiKey::ApiVersions,
+        version,
+        correlation,
+        reason: format!("a cluster request: {reason}"),
+    };
+    if version != 0 {
+        return Err(bad("only version 0 exists"));
+    }
+    let _ = frame.split_to(8);
+    if frame.len() < 2 {
+        return Err(bad("no client id"));
+    }
+    let id_len = i16::from_be_bytes([frame[0], frame[1]]).max(0) as usize;
+    if frame.len() < 2 + id_len {
+        return Err(bad("a truncated client id"));
+    }
+    let _ = frame.split_to(2 + id_len);
+    if refused {
+        return Ok((None, Some("a cluster request before authenticating".into())));
+    }
+    let answer = cluster.serve(correlation, &frame).await;
+    Ok((Some(BytesMut::from(&answer[..])), None))
 }
 
 /// A connection's state between its requests.

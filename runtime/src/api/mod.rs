@@ -34,6 +34,7 @@ use sluice_log::Log;
 use crate::deployer::{Deployer, DeployerError};
 use crate::worker::{DeployError, IngestRoutes};
 
+pub mod cluster;
 pub mod console;
 pub mod consume;
 mod ingest;
@@ -75,6 +76,8 @@ pub struct ApiState {
     pub status: Arc<crate::status::StatusBoard>,
     /// Open client-committed consume sessions.
     pub sessions: Arc<consume::Sessions>,
+    /// The cluster this worker is a node of, if any.
+    pub cluster: Arc<std::sync::OnceLock<sluice_cluster::Cluster>>,
 }
 
 impl ApiState {
@@ -100,6 +103,7 @@ impl ApiState {
             last_health: Arc::default(),
             status,
             sessions: Arc::default(),
+            cluster: Arc::default(),
         }
     }
 }
@@ -456,6 +460,7 @@ pub fn router(state: ApiState) -> Router {
             get(log::read_records).post(log::produce),
         )
         .route("/groups", get(log::groups))
+        .route("/cluster", get(cluster::cluster))
         .route("/topics/{name}/consume", get(consume::consume))
         .route(
             "/topics/{name}/consume/{session}/commit",

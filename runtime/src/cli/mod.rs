@@ -13,6 +13,7 @@ pub mod bench_kafka;
 pub mod bench_pipeline;
 pub mod bench_sink;
 pub mod bench_tiered;
+pub mod cluster;
 pub mod consume;
 pub mod generate;
 pub mod groups;
@@ -240,6 +241,8 @@ pub enum Command {
     /// Measure the log's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The cluster a running node belongs to: nodes, controller, partition leaders and ISR.
+    Cluster(WithLog<cluster::ClusterCommand>),
     /// List objects in an object store, and query Parquet objects there with SQL.
     #[command(subcommand)]
     Objects(objects::ObjectsCommand),
@@ -258,7 +261,10 @@ impl Command {
             Command::Consume(a) => Some(&a.log),
             Command::Sql(a) => Some(&a.log),
             Command::Run(a) => Some(&a.log),
-            Command::Pipelines(_) | Command::Bench(_) | Command::Objects(_) => None,
+            Command::Pipelines(_)
+            | Command::Bench(_)
+            | Command::Objects(_)
+            | Command::Cluster(_) => None,
         }
     }
 
@@ -285,6 +291,7 @@ impl Cli {
         let (log_args, cmd) = match self.command {
             Command::Bench(cmd) => return cmd.run(self.before.fsync),
             Command::Pipelines(cmd) => return cmd.run(),
+            Command::Cluster(c) => return c.command.run(&c.log.with(self.before).data_dir()),
             Command::Objects(cmd) => return cmd.run(),
             Command::Gen(g) if !g.command.needs_log() => return g.command.run(None),
             cmd => match cmd.log_args() {
@@ -314,7 +321,10 @@ impl Cli {
             Command::Sql(a) => a.run(&log),
             Command::Run(a) => a.run(&log, &data_dir),
             Command::Gen(g) => g.command.run(Some(&log)),
-            Command::Pipelines(_) | Command::Bench(_) | Command::Objects(_) => Ok(()),
+            Command::Pipelines(_)
+            | Command::Bench(_)
+            | Command::Objects(_)
+            | Command::Cluster(_) => Ok(()),
         };
         let closed = log.close();
         result?;

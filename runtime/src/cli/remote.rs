@@ -100,7 +100,17 @@ impl Remote {
         .map(drop)
     }
 
-    fn get(&self, path: &str) -> Result<Value, CliError> {
+    /// A client of the API at `url` (`http://host:port`).
+    pub fn at(url: &str) -> Remote {
+        Remote {
+            base: url.trim_end_matches('/').to_string(),
+            token: std::env::var("SLUICE_API_TOKEN").ok(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// `GET path` as JSON.
+    pub fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(reqwest::Method::GET, path, None)
     }
 

@@ -100,6 +100,18 @@ pub struct RunArgs {
     /// The TLS private key (PEM) of --kafka-tls-cert.
     #[arg(long, requires = "kafka_tls_cert", help_heading = "Kafka listener")]
     pub kafka_tls_key: Option<PathBuf>,
+    /// This node's id in a cluster (Kafka's `node.id`); needs --cluster.
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    pub node_id: Option<u64>,
+    /// The cluster's nodes as `id@host:port,...`: each node's Kafka listener, where clients
+    /// and the other nodes reach it. The same list on every node (KRaft's
+    /// `controller.quorum.voters`); a majority must be up to change the cluster's metadata.
+    #[arg(long, requires = "node_id", help_heading = "Cluster")]
+    pub cluster: Option<String>,
+    /// Milliseconds without a heartbeat after which the controller fences a node and moves
+    /// its leaderships and pipelines (Kafka's `broker.session.timeout.ms`).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..), help_heading = "Cluster")]
+    pub cluster_session_timeout_ms: u64,
     /// Where the log lives (last: its help heading applies to what follows).
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -180,7 +192,65 @@ impl RunArgs {
         if self.kafka_listen.is_some() {
             self.kafka_user_list(token.as_deref())?;
         }
+        if self.cluster.is_some() {
+            self.voters()?;
+            if token.is_some() || self.kafka_users.is_some() || self.kafka_users_file.is_some() {
+                return Err(CliError::Usage(
+                    "--cluster with an API token or Kafka users is not supported yet: the nodes do not authenticate to each other (run the cluster on a trusted network without them)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The cluster's voters from --cluster, checked against --node-id.
+    fn voters(&self) -> Result<std::collections::BTreeMap<u64, String>, CliError> {
+        let (Some(spec), Some(id)) = (&self.cluster, self.node_id) else {
+            return Ok(Default::default());
+        };
+        sluice_cluster::parse_voters(spec, id).map_err(CliError::Usage)
+    }
+
+    /// Joins the cluster, when --cluster names one; the node's API is at `api`.
+    fn join_cluster(
+        &self,
+        data_dir: &Path,
+        api: &str,
+    ) -> Result<Option<sluice_cluster::Cluster>, CliError> {
+        let Some(node_id) = self.node_id.filter(|_| self.cluster.is_some()) else {
+            return Ok(None);
+        };
+        let mut config =
+            sluice_cluster::ClusterConfig::new(node_id, self.voters()?, data_dir.join("cluster"));
+        config.api = Some(api.to_string());
+        config.session_timeout = Duration::from_millis(self.cluster_session_timeout_ms);
+        config.heartbeat_interval = (config.session_timeout / 6).max(Duration::from_millis(100));
+        sluice_cluster::Cluster::start(config)
+            .map(Some)
+            .map_err(|e| CliError::Usage(e.to_string()))
+    }
+
+    /// Where the Kafka listener listens and what it advertises: --kafka-listen, or in a
+    /// cluster this node's address in --cluster.
+    fn kafka_address(&self) -> Result<Option<(SocketAddr, Option<String>)>, CliError> {
+        let own = self.node_id.and_then(|id| self.voters().ok()?.remove(&id));
+        match (self.kafka_listen, own) {
+            (Some(listen), own) => Ok(Some((listen, self.kafka_advertised.clone().or(own)))),
+            (None, Some(own)) => {
+                use std::net::ToSocketAddrs;
+                let listen = own
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "--cluster gives this node the address {own}, which does not resolve here (add --kafka-listen ADDR to listen elsewhere)"
+                        ))
+                    })?;
+                Ok(Some((listen, Some(own))))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// Runs the worker until interrupted.
@@ -215,12 +285,21 @@ impl RunArgs {
             &limits,
         );
         let ready = Arc::clone(&state.ready);
+        let cluster_slot = Arc::clone(&state.cluster);
         let server = serve(self.listen, state, limits)?;
-        let kafka = match self.kafka_listen {
+        let cluster = self.join_cluster(data_dir, &format!("http://{}", server.addr))?;
+        if let Some(c) = &cluster {
+            let _ = cluster_slot.set(c.clone());
+        }
+        let kafka = match self.kafka_address()? {
             None => None,
-            Some(addr) => {
+            Some((addr, advertised)) => {
                 let mut config = sluice_kafka::KafkaConfig::new(addr);
-                config.advertised = self.kafka_advertised.clone();
+                config.advertised = advertised;
+                config.cluster = cluster.clone();
+                if let Some(c) = &cluster {
+                    config.node_id = c.node_id() as i32;
+                }
                 config.max_connections = self.kafka_max_connections.max(1);
                 config.max_request_bytes = self.kafka_max_request_bytes.max(1024);
                 config.users = sluice_kafka::Users::new(self.kafka_user_list(token.as_deref())?);
@@ -239,6 +318,7 @@ impl RunArgs {
             serde_json::json!({
                 "api": api,
                 "kafka": kafka.as_ref().map(|k| k.addr.to_string()),
+                "node_id": cluster.as_ref().map(sluice_cluster::Cluster::node_id),
                 "pid": std::process::id(),
             })
             .to_string(),
@@ -290,6 +370,7 @@ impl RunArgs {
         drop(watcher);
         drop(kafka);
         drop(server);
+        drop(cluster);
         let _ = std::fs::remove_file(&worker_file);
         let mut d = deployer.lock();
         print_progress(&d.worker);

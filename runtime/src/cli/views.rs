@@ -178,3 +178,65 @@ pub fn print_group(v: &Value) {
         )
     );
 }
+
+/// `sluice cluster status`.
+pub fn print_cluster(v: &Value) {
+    let controller = match &v["controller"] {
+        Value::Null => "none elected (a majority of the nodes must be up)".to_string(),
+        c => format!("node {c}"),
+    };
+    println!(
+        "Node {} sees: controller {controller}, term {}, metadata applied to index {}",
+        s(&v["node_id"]),
+        s(&v["term"]),
+        s(&v["applied_index"])
+    );
+    let nodes = rows(
+        v,
+        "nodes",
+        &["id", "addr", "state", "voter", "controller", "api"],
+    );
+    print!(
+        "{}",
+        table(
+            &["NODE", "ADDRESS", "STATE", "VOTER", "CONTROLLER", "API"],
+            &nodes
+        )
+    );
+    let partitions: Vec<Vec<String>> = v["partitions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let list = |k: &str| {
+                        p[k].as_array().map_or(String::new(), |a| {
+                            a.iter().map(s).collect::<Vec<_>>().join(",")
+                        })
+                    };
+                    vec![
+                        s(&p["topic"]),
+                        s(&p["partition"]),
+                        s(&p["leader"]),
+                        s(&p["leader_epoch"]),
+                        list("replicas"),
+                        list("isr"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !partitions.is_empty() {
+        print!(
+            "{}",
+            table(
+                &["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR"],
+                &partitions
+            )
+        );
+    }
+    println!(
+        "Under-replicated partitions: {}; offline partitions: {}",
+        s(&v["under_replicated_partitions"]),
+        s(&v["offline_partitions"])
+    );
+}

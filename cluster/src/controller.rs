@@ -1,0 +1,357 @@
+//! The controller's decisions, as pure functions of the metadata and what it heard: which
+//! nodes to fence, which leaders to elect, where to place replicas and pipelines.
+//!
+//! The Raft leader is the controller. Each tick it calls [`plan`] with the nodes whose
+//! heartbeats are recent and proposes the commands it returns; every change is based on a
+//! partition epoch, so a plan made on a stale view is refused when applied, and the next tick
+//! plans again. Nothing here does IO, so the tests assert the decisions directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::metadata::{Command, Metadata, NodeId, PartitionState};
+
+/// The topic config that allows electing a leader outside the ISR (Kafka's name). It may
+/// lose acknowledged records: those the new leader never got.
+pub const UNCLEAN_ELECTION: &str = "unclean.leader.election.enable";
+
+/// What the controller knows beyond the metadata.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Nodes whose heartbeat arrived within the session timeout, with the incarnation it named.
+    pub heard: BTreeMap<NodeId, u64>,
+    /// Nodes the controller has not yet had a session timeout's time to hear from (it just
+    /// became controller): they are not fenced yet.
+    pub grace: BTreeSet<NodeId>,
+    /// Move leadership back to preferred replicas.
+    pub rebalance_leaders: bool,
+}
+
+/// The commands that bring the metadata in line with `view`: fences first, then elections
+/// and ISR shrinks (computed as if the fences had applied), then pipeline moves.
+pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
+    let mut commands = Vec::new();
+    let mut alive: BTreeSet<NodeId> = BTreeSet::new();
+    for node in metadata.nodes.values() {
+        if node.fenced {
+            continue;
+        }
+        let heard = view.heard.get(&node.id) == Some(&node.incarnation);
+        if heard || view.grace.contains(&node.id) {
+            alive.insert(node.id);
+        } else {
+            commands.push(Command::FenceNode {
+                id: node.id,
+                incarnation: node.incarnation,
+            });
+        }
+    }
+    for topic in metadata.topics.values() {
+        let unclean = topic
+            .configs
+            .get(UNCLEAN_ELECTION)
+            .is_some_and(|v| v == "true");
+        for (i, p) in topic.partitions.iter().enumerate() {
+            if let Some((leader, isr)) = elect(p, &alive, unclean, view.rebalance_leaders)
+                && (leader != p.leader || isr != p.isr)
+            {
+                commands.push(Command::AlterPartition {
+                    topic: topic.name.clone(),
+                    partition: i as u32,
+                    partition_epoch: p.partition_epoch,
+                    leader,
+                    isr,
+                });
+            }
+        }
+    }
+    let mut load: BTreeMap<NodeId, usize> = alive.iter().map(|n| (*n, 0)).collect();
+    for node in metadata.pipelines.values().flatten() {
+        if let Some(l) = load.get_mut(node) {
+            *l += 1;
+        }
+    }
+    for (name, node) in &metadata.pipelines {
+        if node.is_some_and(|n| alive.contains(&n)) {
+            continue;
+        }
+        let target = load
+            .iter()
+            .min_by_key(|(id, l)| (**l, **id))
+            .map(|(id, _)| *id);
+        if target == *node {
+            continue;
+        }
+        if let Some(t) = target {
+            *load.get_mut(&t).expect("a loaded node") += 1;
+        }
+        commands.push(Command::AssignPipeline {
+            name: name.clone(),
+            node: target,
+        });
+    }
+    commands
+}
+
+/// The leader and ISR `p` should have with `alive` nodes, or `None` to leave it as is.
+fn elect(
+    p: &PartitionState,
+    alive: &BTreeSet<NodeId>,
+    unclean: bool,
+    rebalance: bool,
+) -> Option<(Option<NodeId>, Vec<NodeId>)> {
+    let live_isr: Vec<NodeId> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|n| alive.contains(n))
+        .collect();
+    let leader_alive = p.leader.is_some_and(|l| alive.contains(&l));
+    if leader_alive {
+        let leader = p.leader.expect("alive");
+        let preferred = p.replicas[0];
+        if rebalance && leader != preferred && live_isr.contains(&preferred) {
+            return Some((Some(preferred), live_isr));
+        }
+        // Dead followers leave the ISR, so the high watermark does not wait for them.
+        return Some((Some(leader), live_isr));
+    }
+    // The leader is gone: the first live ISR member in preference order takes over.
+    if let Some(next) = p.replicas.iter().copied().find(|r| live_isr.contains(r)) {
+        return Some((Some(next), live_isr));
+    }
+    if unclean && let Some(any) = p.replicas.iter().copied().find(|r| alive.contains(r)) {
+        return Some((Some(any), vec![any]));
+    }
+    // Offline: no leader, and the last ISR kept, so that one of them leads when it returns
+    // rather than a replica that may lack acknowledged records.
+    if p.leader.is_some() {
+        return Some((None, p.isr.clone()));
+    }
+    None
+}
+
+/// Why replicas cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Fewer live nodes than copies asked for.
+    #[error("replication factor {factor} is larger than the {alive} live node(s) of the cluster")]
+    ReplicationFactor {
+        /// Copies asked for.
+        factor: usize,
+        /// Live nodes.
+        alive: usize,
+    },
+    /// No partitions or no copies asked for.
+    #[error("a topic needs at least one partition and one replica")]
+    Empty,
+}
+
+/// Places `partitions` partitions of `factor` copies each on the live nodes, as Kafka
+/// does: partition `p`'s preferred leader is node `(start + p) mod n`, its followers the
+/// next ones, so leaders spread evenly; `start` comes from the topic's name, so topics do
+/// not all start on the same node.
+pub fn place(
+    metadata: &Metadata,
+    topic: &str,
+    partitions: usize,
+    factor: usize,
+) -> Result<Vec<Vec<NodeId>>, PlaceError> {
+    if partitions == 0 || factor == 0 {
+        return Err(PlaceError::Empty);
+    }
+    let nodes: Vec<NodeId> = metadata.alive().collect();
+    if factor > nodes.len() {
+        return Err(PlaceError::ReplicationFactor {
+            factor,
+            alive: nodes.len(),
+        });
+    }
+    let start = topic.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    Ok((0..partitions)
+        .map(|p| {
+            (0..factor)
+                .map(|i| nodes[(start + p + i) % nodes.len()])
+                .collect()
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(nodes: u64) -> Metadata {
+        let mut m = Metadata::default();
+        for id in 1..=nodes {
+            m.apply(&Command::RegisterNode {
+                id,
+                addr: format!("127.0.0.1:{}", 9000 + id),
+                api: None,
+            });
+        }
+        m
+    }
+
+    fn heard(ids: &[NodeId]) -> View {
+        View {
+            heard: ids.iter().map(|i| (*i, 1)).collect(),
+            ..View::default()
+        }
+    }
+
+    fn apply_all(m: &mut Metadata, commands: &[Command]) {
+        for c in commands {
+            assert_eq!(m.apply(c).refused, None, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_leader_is_fenced_and_replaced_by_the_next_in_sync_replica() {
+        let mut m = cluster(3);
+        let replicas = place(&m, "orders", 3, 3).unwrap();
+        apply_all(
+            &mut m,
+            &[Command::CreateTopic {
+                name: "orders".into(),
+                replicas,
+                configs: BTreeMap::new(),
+            }],
+        );
+        assert!(plan(&m, &heard(&[1, 2, 3])).is_empty(), "all well");
+        let commands = plan(&m, &heard(&[1, 3]));
+        assert!(matches!(commands[0], Command::FenceNode { id: 2, .. }));
+        apply_all(&mut m, &commands);
+        for p in &m.topics["orders"].partitions {
+            assert_ne!(p.leader, Some(2));
+            assert!(!p.isr.contains(&2));
+            assert_eq!(p.isr.len(), 2);
+        }
+        assert!(plan(&m, &heard(&[1, 3])).is_empty(), "settled");
+    }
+
+    #[test]
+    fn without_a_live_in_sync_replica_the_partition_waits_offline_unless_unclean() {
+        let mut m = cluster(2);
+        for (name, unclean) in [("clean", "false"), ("unclean", "true")] {
+            apply_all(
+                &mut m,
+                &[Command::CreateTopic {
+                    name: name.into(),
+                    replicas: vec![vec![1, 2]],
+                    configs: [(UNCLEAN_ELECTION.to_string(), unclean.to_string())].into(),
+                }],
+            );
+        }
+        // Node 2 falls out of the ISR, then node 1 (the leader) dies.
+        for name in ["clean", "unclean"] {
+            apply_all(
+                &mut m,
+                &[Command::AlterPartition {
+                    topic: name.into(),
+                    partition: 0,
+                    partition_epoch: 0,
+                    leader: Some(1),
+                    isr: vec![1],
+                }],
+            );
+        }
+        let commands = plan(&m, &heard(&[2]));
+        apply_all(&mut m, &commands);
+        let clean = m.partition("clean", 0).unwrap();
+        assert_eq!((clean.leader, clean.isr.clone()), (None, vec![1]));
+        let unclean = m.partition("unclean", 0).unwrap();
+        assert_eq!((unclean.leader, unclean.isr.clone()), (Some(2), vec![2]));
+        // Node 1 returns: it leads the clean partition again.
+        apply_all(
+            &mut m,
+            &[Command::RegisterNode {
+                id: 1,
+                addr: "127.0.0.1:9001".into(),
+                api: None,
+            }],
+        );
+        let view = View {
+            heard: [(1, 2), (2, 1)].into(),
+            ..View::default()
+        };
+        let commands = plan(&m, &view);
+        apply_all(&mut m, &commands);
+        assert_eq!(m.partition("clean", 0).unwrap().leader, Some(1));
+    }
+
+    #[test]
+    fn a_new_controller_gives_unheard_nodes_a_grace_period() {
+        let m = cluster(3);
+        let view = View {
+            heard: [(1, 1)].into(),
+            grace: [2, 3].into(),
+            ..View::default()
+        };
+        assert!(plan(&m, &view).is_empty());
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica_when_asked() {
+        let mut m = cluster(2);
+        apply_all(
+            &mut m,
+            &[
+                Command::CreateTopic {
+                    name: "t".into(),
+                    replicas: vec![vec![1, 2]],
+                    configs: BTreeMap::new(),
+                },
+                Command::AlterPartition {
+                    topic: "t".into(),
+                    partition: 0,
+                    partition_epoch: 0,
+                    leader: Some(2),
+                    isr: vec![1, 2],
+                },
+            ],
+        );
+        assert!(plan(&m, &heard(&[1, 2])).is_empty());
+        let mut view = heard(&[1, 2]);
+        view.rebalance_leaders = true;
+        let commands = plan(&m, &view);
+        apply_all(&mut m, &commands);
+        assert_eq!(m.partition("t", 0).unwrap().leader, Some(1));
+    }
+
+    #[test]
+    fn placement_spreads_leaders_and_refuses_more_copies_than_nodes() {
+        let m = cluster(3);
+        let replicas = place(&m, "t", 6, 2).unwrap();
+        let mut leaders = BTreeMap::new();
+        for r in &replicas {
+            assert_eq!(r.len(), 2);
+            assert_ne!(r[0], r[1]);
+            *leaders.entry(r[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(
+            place(&m, "t", 1, 4),
+            Err(PlaceError::ReplicationFactor {
+                factor: 4,
+                alive: 3
+            })
+        );
+    }
+
+    #[test]
+    fn pipelines_of_a_dead_node_move_to_the_least_loaded_live_one() {
+        let mut m = cluster(3);
+        for (name, node) in [("a", 1), ("b", 1), ("c", 2), ("d", 3)] {
+            m.apply(&Command::AssignPipeline {
+                name: name.into(),
+                node: Some(node),
+            });
+        }
+        let commands = plan(&m, &heard(&[2, 3]));
+        apply_all(&mut m, &commands);
+        assert_eq!(m.pipelines["a"], Some(2));
+        assert_eq!(m.pipelines["b"], Some(3));
+    }
+}

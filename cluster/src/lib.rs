@@ -1,0 +1,21 @@
+//! A cluster of Sluice nodes: the metadata they share (nodes, topics, each partition's
+//! replicas, leader, leader epoch and in-sync replicas, where each pipeline runs), kept in a
+//! Raft-replicated log as Kafka's KRaft does, and the controller that acts on node failures.
+//!
+//! # Layout
+//!
+//! - [`metadata`]: the state machine: the metadata and the commands that change it.
+//! - [`controller`]: the controller's decisions (fencing, leader election, placement), pure.
+//! - [`node`]: this node's part: the Raft group, registration and heartbeats, the
+//!   controller's loop, answers to peers; [`Cluster`] is its handle.
+//! - [`raft`]: openraft's types, the network between nodes and the storage on disk.
+//! - [`rpc`]: the messages between nodes and their framing on the Kafka listener.
+
+pub mod controller;
+pub mod metadata;
+pub mod node;
+pub mod raft;
+pub mod rpc;
+
+pub use metadata::{Command, Metadata, NodeId};
+pub use node::{Cluster, ClusterConfig, ClusterError, ClusterStatus, NodeStatus, parse_voters};

@@ -1,0 +1,681 @@
+//! A node's membership in the cluster: the Raft group of the metadata log, registration and
+//! heartbeats, the controller's loop while this node leads the group, and the answers to
+//! peers' requests.
+//!
+//! ```text
+//!  every node:  register ─► heartbeat every 500 ms ─────────────► controller (Raft leader)
+//!               apply committed commands ─► watch<Metadata>          │ plan(metadata, heard)
+//!                                                                     ▼
+//!                                               propose FenceNode / AlterPartition / ...
+//! ```
+//!
+//! The cluster runs on its own small tokio runtime (as the Kafka listener does), so a busy
+//! worker cannot delay heartbeats and elections; [`Cluster`] is the handle the rest of the
+//! node uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::controller::{self, View};
+use crate::metadata::{Applied, Command, Metadata, NodeId};
+use crate::raft::{Network, Peer, Raft, store};
+use crate::rpc::{self, NotTaken, PeerClient, PeerRequest, PeerResponse};
+
+/// How often a node tells the controller it is alive (Kafka's `broker.heartbeat.interval.ms`).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the controller waits for a heartbeat before fencing a node and moving its
+/// leaderships (Kafka's `broker.session.timeout.ms`).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a proposal waits for a controller (an election, a majority coming back).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a node joins the cluster (`sluice run --node-id --cluster`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Every voter of the metadata log and its Kafka listener's `host:port`, this node's
+    /// included; the same list on every node.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Where the metadata log lives (`<data-dir>/cluster`).
+    pub dir: PathBuf,
+    /// This node's REST API address, shown to the others.
+    pub api: Option<String>,
+    /// See [`DEFAULT_HEARTBEAT_INTERVAL`].
+    pub heartbeat_interval: Duration,
+    /// See [`DEFAULT_SESSION_TIMEOUT`].
+    pub session_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// The defaults for node `node_id` of `voters`, keeping its metadata in `dir`.
+    pub fn new(node_id: NodeId, voters: BTreeMap<NodeId, String>, dir: PathBuf) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            voters,
+            dir,
+            api: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+        }
+    }
+
+    /// This node's Kafka listener address, as the voters list has it.
+    pub fn addr(&self) -> &str {
+        &self.voters[&self.node_id]
+    }
+}
+
+/// Parses `--cluster`: `id@host:port` entries separated by commas (KRaft's
+/// `controller.quorum.voters`), and checks that `node_id` is one of them.
+pub fn parse_voters(spec: &str, node_id: NodeId) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut voters = BTreeMap::new();
+    let mut addrs = BTreeSet::new();
+    for (i, entry) in spec.split(',').map(str::trim).enumerate() {
+        let where_ = format!("--cluster entry {} ('{entry}')", i + 1);
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("{where_} is not id@host:port"))?;
+        let id: NodeId = id
+            .parse()
+            .map_err(|_| format!("{where_}: the node id '{id}' is not a number"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{where_}: '{addr}' is not host:port"))?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "{where_}: '{addr}' is not host:port with a port from 1 to 65535"
+            ));
+        }
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("{where_}: node {id} is listed twice"));
+        }
+        if !addrs.insert(addr.to_string()) {
+            return Err(format!("{where_}: {addr} is listed for two nodes"));
+        }
+    }
+    if !voters.contains_key(&node_id) {
+        return Err(format!(
+            "--node-id {node_id} is not in --cluster (it lists nodes {})",
+            voters
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(voters)
+}
+
+/// Why the cluster could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The metadata store could not be opened or read.
+    #[error("cannot open the cluster metadata in {dir}: {reason}")]
+    Store {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory belongs to another node or cluster.
+    #[error("{0}")]
+    Identity(String),
+    /// The Raft group or its runtime did not start.
+    #[error("cannot start the cluster: {0}")]
+    Start(String),
+    /// No controller took the command in time.
+    #[error(
+        "no controller took the change within {0:?}: a majority of the cluster's nodes must be up and reachable"
+    )]
+    NoController(Duration),
+    /// The controller refused the command.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What `sluice cluster status` and `GET /cluster` show.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub node_id: NodeId,
+    /// The controller (the metadata log's Raft leader), if one is elected.
+    pub controller: Option<NodeId>,
+    /// The Raft term.
+    pub term: u64,
+    /// The last metadata log index this node applied.
+    pub applied_index: Option<u64>,
+    /// Every node: voters and registered nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// The metadata as this node applied it.
+    #[serde(skip)]
+    pub metadata: Arc<Metadata>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Its Kafka listener.
+    pub addr: String,
+    /// Its REST API, when registered with one.
+    pub api: Option<String>,
+    /// "alive", "fenced" (no heartbeat within the session timeout) or "unregistered".
+    pub state: &'static str,
+    /// Whether it votes in the metadata log.
+    pub voter: bool,
+    /// Whether it is the controller.
+    pub controller: bool,
+}
+
+/// This node's membership in the cluster; cheap to clone. The last clone dropped stops it.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    raft: Raft,
+    metadata: watch::Receiver<Arc<Metadata>>,
+    /// The controller's record of heartbeats: node → (incarnation, when).
+    heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Since when this node has been the controller.
+    controller_since: Mutex<Option<Instant>>,
+    runtime: tokio::runtime::Handle,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.config.node_id)
+            .field("voters", &self.config.voters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.lock().take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Cluster {
+    /// Opens this node's metadata log, joins the Raft group and starts registering,
+    /// heartbeating and (while elected) controlling. Returns once the group runs; the
+    /// controller may not be elected yet.
+    pub fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        check_identity(&config)?;
+        let store_error = |reason: String| ClusterError::Store {
+            dir: config.dir.clone(),
+            reason,
+        };
+        let db = store::open(&config.dir.join("raft")).map_err(|e| store_error(e.to_string()))?;
+        let (publish, metadata) = watch::channel(Arc::new(Metadata::default()));
+        let state_machine = store::StateMachine::load(Arc::clone(&db), publish)
+            .map_err(|e| store_error(e.to_string()))?;
+        let log_store = store::LogStore::new(db);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Start(format!("runtime: {e}")))?;
+        let raft_config = Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            install_snapshot_timeout: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let network = Network {
+            from: config.node_id,
+        };
+        let raft = runtime
+            .block_on(Raft::new(
+                config.node_id,
+                Arc::new(raft_config),
+                network,
+                log_store,
+                state_machine,
+            ))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let members: BTreeMap<NodeId, Peer> = config
+            .voters
+            .iter()
+            .map(|(id, addr)| (*id, Peer { addr: addr.clone() }))
+            .collect();
+        let initialized = runtime
+            .block_on(raft.is_initialized())
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        if !initialized {
+            // Every node starts the group with the same voters, so whichever starts first
+            // (and is elected) writes the same membership; a later one's attempt is refused.
+            match runtime.block_on(raft.initialize(members)) {
+                Ok(()) | Err(RaftError::APIError(_)) => {}
+                Err(e) => return Err(ClusterError::Start(e.to_string())),
+            }
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let inner = Arc::new(Inner {
+            config,
+            raft,
+            metadata,
+            heard: Mutex::new(BTreeMap::new()),
+            controller_since: Mutex::new(None),
+            runtime: runtime.handle().clone(),
+            stop: Mutex::new(Some(stop)),
+            thread: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let thread = std::thread::Builder::new()
+            .name("sluice-cluster".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = member_loop(weak.clone()) => {}
+                        () = controller_loop(weak.clone()) => {}
+                        _ = stopped => {}
+                    }
+                    if let Some(inner) = weak.upgrade() {
+                        let _ = inner.raft.shutdown().await;
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| ClusterError::Start(format!("thread: {e}")))?;
+        *inner.thread.lock() = Some(thread);
+        tracing::info!(
+            node = inner.config.node_id,
+            voters = inner.config.voters.len(),
+            "Joined the cluster's metadata log."
+        );
+        Ok(Cluster { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// The metadata as applied on this node, and changes to it.
+    pub fn metadata(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.inner.metadata.clone()
+    }
+
+    /// The controller, if one is elected.
+    pub fn controller(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Commits `command` through the controller, waiting for an election if there is
+    /// none; what applying it answered.
+    pub async fn propose(&self, command: Command) -> Result<Applied, ClusterError> {
+        let inner = Arc::clone(&self.inner);
+        // On the cluster's runtime: the caller's may be any (or a blocking thread's).
+        self.inner
+            .runtime
+            .spawn(async move { propose(&inner, command, PROPOSE_TIMEOUT).await })
+            .await
+            .map_err(|e| ClusterError::Start(e.to_string()))?
+    }
+
+    /// Commits `command`, blocking this (non-async) thread.
+    pub fn propose_blocking(&self, command: Command) -> Result<Applied, ClusterError> {
+        let inner = Arc::clone(&self.inner);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inner.runtime.spawn(async move {
+            let _ = tx.send(propose(&inner, command, PROPOSE_TIMEOUT).await);
+        });
+        rx.recv()
+            .map_err(|_| ClusterError::Start("the cluster stopped".into()))?
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let metadata = Arc::clone(&self.inner.metadata.borrow());
+        let mut nodes: BTreeMap<NodeId, NodeStatus> = BTreeMap::new();
+        for (id, addr) in &self.inner.config.voters {
+            nodes.insert(
+                *id,
+                NodeStatus {
+                    id: *id,
+                    addr: addr.clone(),
+                    api: None,
+                    state: "unregistered",
+                    voter: true,
+                    controller: metrics.current_leader == Some(*id),
+                },
+            );
+        }
+        for n in metadata.nodes.values() {
+            let entry = nodes.entry(n.id).or_insert_with(|| NodeStatus {
+                id: n.id,
+                addr: n.addr.clone(),
+                api: None,
+                state: "unregistered",
+                voter: false,
+                controller: false,
+            });
+            entry.addr.clone_from(&n.addr);
+            entry.api.clone_from(&n.api);
+            entry.state = if n.fenced { "fenced" } else { "alive" };
+        }
+        ClusterStatus {
+            node_id: self.inner.config.node_id,
+            controller: metrics.current_leader,
+            term: metrics.current_term,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            nodes: nodes.into_values().collect(),
+            metadata,
+        }
+    }
+
+    /// Answers a peer's request (the body after its request header); the whole answer
+    /// frame, size first.
+    pub async fn serve(&self, correlation: i32, body: &[u8]) -> Vec<u8> {
+        let response = match rpc::decode_request(body) {
+            Err(reason) => PeerResponse::Invalid(reason),
+            Ok(request) => {
+                let inner = Arc::clone(&self.inner);
+                match self
+                    .inner
+                    .runtime
+                    .spawn(async move { answer(&inner, request).await })
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => PeerResponse::Invalid(format!("the cluster stopped: {e}")),
+                }
+            }
+        };
+        rpc::encode_response(correlation, &response)
+    }
+}
+
+/// The node's identity file: a data directory serves one node id for its whole life.
+fn check_identity(config: &ClusterConfig) -> Result<(), ClusterError> {
+    let io = |e: std::io::Error| ClusterError::Store {
+        dir: config.dir.clone(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(&config.dir).map_err(io)?;
+    let path = config.dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored = text.trim();
+            if stored != config.node_id.to_string() {
+                return Err(ClusterError::Identity(format!(
+                    "this data directory belongs to node {stored} ({}), not to --node-id {}",
+                    path.display(),
+                    config.node_id
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{}\n", config.node_id)).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+async fn answer(inner: &Arc<Inner>, request: PeerRequest) -> PeerResponse {
+    match request {
+        PeerRequest::AppendEntries(r) => {
+            PeerResponse::AppendEntries(inner.raft.append_entries(r).await)
+        }
+        PeerRequest::Vote(r) => PeerResponse::Vote(inner.raft.vote(r).await),
+        PeerRequest::InstallSnapshot(r) => {
+            PeerResponse::InstallSnapshot(inner.raft.install_snapshot(r).await)
+        }
+        PeerRequest::Propose(command) => PeerResponse::Proposed(propose_here(inner, command).await),
+        PeerRequest::Heartbeat { id, incarnation } => {
+            let metrics = inner.raft.metrics().borrow().clone();
+            if metrics.state != ServerState::Leader {
+                return PeerResponse::Heartbeat(Err(NotTaken::NotController {
+                    leader: metrics.current_leader,
+                }));
+            }
+            inner.heard.lock().insert(id, (incarnation, Instant::now()));
+            PeerResponse::Heartbeat(Ok(()))
+        }
+    }
+}
+
+/// Commits `command` if this node is the controller.
+async fn propose_here(inner: &Arc<Inner>, command: Command) -> Result<Applied, NotTaken> {
+    match inner.raft.client_write(command).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(NotTaken::NotController {
+                leader: f.leader_id,
+            })
+        }
+        Err(e) => Err(NotTaken::Failed(e.to_string())),
+    }
+}
+
+/// Commits `command` here or at the controller, retrying through elections until `timeout`.
+async fn propose(
+    inner: &Arc<Inner>,
+    command: Command,
+    timeout: Duration,
+) -> Result<Applied, ClusterError> {
+    let deadline = Instant::now() + timeout;
+    let mut clients: BTreeMap<NodeId, PeerClient> = BTreeMap::new();
+    loop {
+        let leader = inner.raft.metrics().borrow().current_leader;
+        let result = match leader {
+            Some(l) if l == inner.config.node_id => propose_here(inner, command.clone()).await,
+            Some(l) => {
+                let client = clients.entry(l).or_insert_with(|| {
+                    PeerClient::new(inner.config.voters[&l].clone(), inner.config.node_id)
+                });
+                match client
+                    .call(
+                        &PeerRequest::Propose(command.clone()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(PeerResponse::Proposed(r)) => r,
+                    Ok(other) => Err(NotTaken::Failed(format!("answered {other:?}"))),
+                    Err(e) => Err(NotTaken::Failed(e.to_string())),
+                }
+            }
+            None => Err(NotTaken::NotController { leader: None }),
+        };
+        match result {
+            Ok(applied) => {
+                return match applied.refused {
+                    Some(reason) => Err(ClusterError::Refused(reason)),
+                    None => Ok(applied),
+                };
+            }
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    tracing::debug!(error = %e, "A cluster proposal timed out.");
+                    return Err(ClusterError::NoController(timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Registers this run of the node, then heartbeats to the controller; registers again if
+/// the controller fenced it meanwhile (it was unreachable for a session timeout).
+async fn member_loop(weak: std::sync::Weak<Inner>) {
+    let mut registered: Option<u64> = None;
+    let mut client: Option<(NodeId, PeerClient)> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let id = inner.config.node_id;
+        let me = inner.metadata.borrow().nodes.get(&id).cloned();
+        // This node's copy of the metadata may lag behind its registration: only a fence of
+        // this incarnation, or a later registration, calls for registering again.
+        let superseded = |inc: u64| {
+            me.as_ref()
+                .is_some_and(|n| n.incarnation > inc || (n.incarnation == inc && n.fenced))
+        };
+        match registered {
+            Some(incarnation) if !superseded(incarnation) => {
+                heartbeat(&inner, &mut client, incarnation).await;
+            }
+            _ => {
+                let command = Command::RegisterNode {
+                    id,
+                    addr: inner.config.addr().to_string(),
+                    api: inner.config.api.clone(),
+                };
+                match propose(&inner, command, inner.config.session_timeout).await {
+                    Ok(applied) => {
+                        let incarnation = applied.incarnation;
+                        tracing::info!(node = id, incarnation, "Registered with the cluster.");
+                        registered = incarnation;
+                        if let Some(i) = incarnation {
+                            heartbeat(&inner, &mut client, i).await;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Cannot register with the cluster yet."),
+                }
+            }
+        }
+        let interval = inner.config.heartbeat_interval;
+        drop(inner);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn heartbeat(
+    inner: &Arc<Inner>,
+    client: &mut Option<(NodeId, PeerClient)>,
+    incarnation: u64,
+) {
+    let id = inner.config.node_id;
+    let Some(leader) = inner.raft.metrics().borrow().current_leader else {
+        return;
+    };
+    if leader == id {
+        inner.heard.lock().insert(id, (incarnation, Instant::now()));
+        return;
+    }
+    if client.as_ref().is_none_or(|(l, _)| *l != leader) {
+        *client = Some((
+            leader,
+            PeerClient::new(inner.config.voters[&leader].clone(), id),
+        ));
+    }
+    let (_, c) = client.as_mut().expect("set above");
+    let timeout = inner
+        .config
+        .heartbeat_interval
+        .max(Duration::from_millis(200));
+    match c
+        .call(&PeerRequest::Heartbeat { id, incarnation }, timeout)
+        .await
+    {
+        Ok(PeerResponse::Heartbeat(Ok(()))) => {}
+        Ok(other) => tracing::debug!(?other, "The controller did not take a heartbeat."),
+        Err(e) => tracing::debug!(error = %e, controller = leader, "A heartbeat failed."),
+    }
+}
+
+/// While this node is the Raft leader, acts as the controller: fences silent nodes, elects
+/// leaders, moves pipelines.
+async fn controller_loop(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let interval = inner.config.heartbeat_interval;
+        let leading = inner.raft.metrics().borrow().state == ServerState::Leader;
+        if !leading {
+            *inner.controller_since.lock() = None;
+            inner.heard.lock().clear();
+        } else {
+            let now = Instant::now();
+            let since = *inner.controller_since.lock().get_or_insert_with(|| {
+                tracing::info!(
+                    node = inner.config.node_id,
+                    "This node is the cluster's controller."
+                );
+                now
+            });
+            let metadata = Arc::clone(&inner.metadata.borrow());
+            let session = inner.config.session_timeout;
+            let heard: BTreeMap<NodeId, u64> = inner
+                .heard
+                .lock()
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) < session)
+                .map(|(id, (inc, _))| (*id, *inc))
+                .collect();
+            let grace: BTreeSet<NodeId> = if now.duration_since(since) < session {
+                metadata.nodes.keys().copied().collect()
+            } else {
+                BTreeSet::new()
+            };
+            let view = View {
+                heard,
+                grace,
+                rebalance_leaders: false,
+            };
+            for command in controller::plan(&metadata, &view) {
+                tracing::info!(?command, "The controller changes the cluster metadata.");
+                if let Err(e) = propose_here(&inner, command).await {
+                    tracing::debug!(error = %e, "A controller change was not committed.");
+                    break;
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_parse_and_bad_lists_say_which_entry() {
+        let v = parse_voters("1@127.0.0.1:9092, 2@localhost:9093,3@[::1]:9094", 2).unwrap();
+        assert_eq!(v[&3], "[::1]:9094");
+        for (spec, needle) in [
+            ("1@a:1,1@b:2", "node 1 is listed twice"),
+            ("1@a:1,2@a:1", "listed for two nodes"),
+            ("1@a", "entry 1"),
+            ("x@a:1", "'x' is not a number"),
+            ("1@a:0", "port from 1"),
+            ("1:a:1", "not id@host:port"),
+            ("1@a:1,3@b:2", "--node-id 2 is not in --cluster"),
+        ] {
+            let e = parse_voters(spec, if spec.starts_with("1@a:1,3") { 2 } else { 1 })
+                .expect_err(spec);
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+}
