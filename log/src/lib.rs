@@ -51,6 +51,7 @@ mod checkpoint;
 pub mod compression;
 pub mod config;
 pub mod consumer;
+mod epochs;
 pub mod error;
 pub mod fault;
 pub mod group;

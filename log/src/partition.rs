@@ -27,6 +27,7 @@ use crate::batch::{
 };
 use crate::checkpoint::{self, Checkpoint, DataLoss, OnDisk};
 use crate::config::{FsyncPolicy, TopicConfig};
+use crate::epochs::LeaderEpochs;
 use crate::error::{LogError, Result};
 use crate::producer_state::{AbortedTxn, ProducerStates, SequenceCheck, SequenceError};
 use crate::record::now_ms;
@@ -177,6 +178,11 @@ struct State {
     oldest_kept_tombstone: Option<i64>,
     /// Segments uploaded to remote storage (tiered topics), as `remote.json` lists them.
     remote: Manifest,
+    /// Each leader epoch's first offset (KIP-101).
+    epochs: LeaderEpochs,
+    /// A replica of a replicated topic: the high watermark moves only when the replication
+    /// layer says every in-sync replica has the records, not at each append.
+    replicated: bool,
 }
 
 impl State {
@@ -457,12 +463,15 @@ impl Partition {
                 }
             })
             .collect();
+        let epochs = LeaderEpochs::load(dir)?;
         let state = State {
             config,
             segments,
             log_start_offset,
             high_watermark: leo,
-            leader_epoch: 0,
+            leader_epoch: epochs.latest().unwrap_or(0),
+            epochs,
+            replicated: false,
             producers,
             dirty: false,
             cleaned_up_to: log_start_offset,
@@ -765,8 +774,10 @@ impl Partition {
                         }),
                     ));
                 }
-                // One node: every appended record is "replicated" at once.
-                st.high_watermark = st.leo();
+                // Alone, every appended record is "replicated" at once.
+                if !st.replicated {
+                    st.high_watermark = st.leo();
+                }
                 st.dirty = true;
             }
             Err(e) => {
@@ -837,8 +848,10 @@ impl Partition {
         } else {
             st.producers.on_data(&header);
         }
-        // One node: every appended record is "replicated" at once.
-        st.high_watermark = st.leo();
+        // Alone, every appended record is "replicated" at once.
+        if !st.replicated {
+            st.high_watermark = st.leo();
+        }
         st.dirty = true;
         Ok(AppendInfo {
             base_offset: header.base_offset,
@@ -1000,12 +1013,227 @@ impl Partition {
         self.state.lock().producers.is_aborted(producer_id, offset)
     }
 
+    /// Makes this partition the leader of a replicated topic in `epoch`: its appends carry
+    /// the epoch, and its high watermark moves only through [`Self::advance_high_watermark`].
+    pub fn become_leader(&self, epoch: i32) -> Result<()> {
+        let mut st = self.state.lock();
+        st.replicated = true;
+        st.leader_epoch = epoch;
+        let leo = st.leo();
+        if st.epochs.assign(epoch, leo) {
+            st.epochs.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Makes this partition a follower of a replicated topic, led in `epoch`: it takes the
+    /// leader's batches through [`Self::append_replicated`].
+    pub fn become_follower(&self, epoch: i32) {
+        let mut st = self.state.lock();
+        st.replicated = true;
+        st.leader_epoch = epoch;
+    }
+
+    /// Moves the high watermark up to `offset` (never past the log end, never down); the
+    /// high watermark after.
+    pub fn advance_high_watermark(&self, offset: i64) -> i64 {
+        let mut st = self.state.lock();
+        let target = offset.min(st.leo());
+        if target > st.high_watermark {
+            st.high_watermark = target;
+        }
+        st.high_watermark
+    }
+
+    /// The log end offset: the next offset to be written.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.lock().leo()
+    }
+
+    /// Where `epoch` ended in this log (Kafka's OffsetForLeaderEpoch): the largest epoch at or
+    /// below it and its end offset; `None` when this log knows no epoch that old.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let st = self.state.lock();
+        if st.epochs.latest().is_none() {
+            // Never replicated: one epoch, 0, from the start.
+            return (epoch >= 0).then(|| (0, st.leo()));
+        }
+        st.epochs.end_offset_for(epoch, st.leo())
+    }
+
+    /// The latest leader epoch this log holds records of (or was led in).
+    pub fn latest_epoch(&self) -> i32 {
+        let st = self.state.lock();
+        st.epochs.latest().unwrap_or(st.leader_epoch)
+    }
+
+    /// Appends a leader's batches as they are (offsets, epochs, producer ids): a follower's
+    /// copy. Batches below the log end are skipped (fetched twice); a batch past it is a gap
+    /// and an error. Returns the log end after.
+    pub fn append_replicated(&self, mut batches: &[u8]) -> Result<i64> {
+        let end = {
+            let mut st = self.state.lock();
+            let mut epochs_changed = false;
+            while !batches.is_empty() {
+                let header = BatchHeader::parse(batches).map_err(|e| self.batch_err(e))?;
+                let len = header.total_size();
+                if len > batches.len() {
+                    // A fetch answer may end with a partial batch: the rest comes next time.
+                    break;
+                }
+                let (batch, rest) = batches.split_at(len);
+                batches = rest;
+                let leo = st.leo();
+                if header.last_offset() < leo {
+                    continue;
+                }
+                if header.base_offset != leo {
+                    return Err(LogError::InvalidRecord {
+                        topic: self.topic.to_string(),
+                        partition: self.id,
+                        reason: format!(
+                            "a replicated batch at offset {} does not continue the log, which ends at {leo}",
+                            header.base_offset
+                        ),
+                    });
+                }
+                verify_crc(batch).map_err(|e| self.batch_err(e))?;
+                if self.needs_roll(&st, &Group::default(), &header, len) {
+                    self.roll(&mut st)?;
+                }
+                st.active_mut().append(batch, &header)?;
+                self.stats[0].fetch_add(1, Ordering::Relaxed);
+                self.stats[1].fetch_add(1, Ordering::Relaxed);
+                if header.is_control() {
+                    let (kind, _) =
+                        crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
+                    st.producers.on_marker(
+                        header.producer_id,
+                        header.producer_epoch,
+                        kind == ControlType::Commit,
+                        header.base_offset,
+                    );
+                } else {
+                    st.producers.on_data(&header);
+                }
+                epochs_changed |= st
+                    .epochs
+                    .assign(header.partition_leader_epoch, header.base_offset);
+                st.dirty = true;
+            }
+            if epochs_changed {
+                st.epochs.save(&self.dir)?;
+            }
+            st.leo()
+        };
+        self.after_append(end)?;
+        Ok(end)
+    }
+
+    /// Cuts the log at `offset` (a follower dropping what a former leader wrote but never
+    /// committed, KIP-101): every batch from the one holding `offset` on is deleted, and the
+    /// offsets are written again by the leader's copies. Returns the new log end (the start of
+    /// that batch). Producer and transaction state are rebuilt from what is left.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64> {
+        let _cleaner = self.cleaner.lock();
+        let mut cp = self.checkpointed.lock();
+        let mut st = self.state.lock();
+        let leo = st.leo();
+        if offset >= leo {
+            return Ok(leo);
+        }
+        let offset = offset.max(st.log_start_offset);
+        // The cut: the start of the batch holding `offset` in the segment holding it.
+        let mut cut = None;
+        if let Some((&base, seg)) = st.segments.range(..=offset).next_back() {
+            let at = seg.seek_from(seg.lookup(offset), offset)?;
+            cut = Some(match at {
+                Some((pos, h)) => (base, pos, h.base_offset.min(offset)),
+                None => (base, seg.size(), seg.next_offset()),
+            });
+        }
+        let (keep_base, pos, new_end) = cut.unwrap_or((offset, 0, offset));
+        let doomed: Vec<i64> = st
+            .segments
+            .range(keep_base + 1..)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in doomed {
+            if let Some(seg) = st.segments.remove(&base) {
+                seg.delete_files();
+            }
+        }
+        if let Some(seg) = st.segments.get(&keep_base) {
+            seg.file()
+                .set_len(pos)
+                .map_err(|e| LogError::io("truncate segment", seg.log_path(), e))?;
+            seg.file()
+                .sync_all()
+                .map_err(|e| LogError::io("truncate segment", seg.log_path(), e))?;
+            // Its index files are stale; open rebuilds an active segment's from the data.
+            for ext in ["index", "timeindex"] {
+                let _ = std::fs::remove_file(
+                    self.dir
+                        .join(format!("{}.{ext}", crate::segment::file_stem(keep_base))),
+                );
+            }
+        }
+        st.epochs.truncate_from(new_end);
+        st.epochs.save(&self.dir)?;
+        let checkpoint = Checkpoint {
+            log_start_offset: st.log_start_offset.min(new_end),
+            log_end_offset: new_end,
+            segments: st
+                .remote_only()
+                .map(|r| r.base)
+                .chain(st.segments.keys().copied())
+                .collect(),
+        };
+        checkpoint.write(&self.dir)?;
+        cp.last = Some(checkpoint);
+        let fresh = Partition::open(
+            Arc::clone(&self.topic),
+            self.id,
+            &self.dir,
+            Arc::clone(&st.config),
+            self.fsync,
+            true,
+        )?;
+        let mut next = fresh.state.into_inner();
+        next.replicated = st.replicated;
+        next.leader_epoch = st.leader_epoch;
+        next.high_watermark = st.high_watermark.min(next.leo());
+        let end = next.leo();
+        *st = next;
+        drop(st);
+        let mut s = self.sync.lock();
+        s.synced_to = s.synced_to.min(end);
+        tracing::info!(topic = %self.topic, partition = self.id, from = leo, to = end, "Truncated the log to the leader's.");
+        Ok(end)
+    }
+
     /// Reads whole batches from `offset`, about `max_bytes` (at least one batch if any).
     pub fn fetch(
         &self,
         offset: i64,
         max_bytes: usize,
         isolation: Isolation,
+    ) -> Result<FetchResult> {
+        self.read(offset, max_bytes, Some(isolation))
+    }
+
+    /// Reads whole batches from `offset` up to the log end, above the high watermark too: what
+    /// a follower copies.
+    pub fn fetch_replica(&self, offset: i64, max_bytes: usize) -> Result<FetchResult> {
+        self.read(offset, max_bytes, None)
+    }
+
+    /// A fetch under `isolation`, or a replica's (`None`).
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Option<Isolation>,
     ) -> Result<FetchResult> {
         let (bound, plan, remote, hw, lso, start, aborted) = {
             let st = self.state.lock();
@@ -1021,8 +1249,9 @@ impl Partition {
             }
             let lso = st.lso();
             let bound = match isolation {
-                Isolation::ReadCommitted => lso,
-                Isolation::ReadUncommitted => st.high_watermark,
+                Some(Isolation::ReadCommitted) => lso,
+                Some(Isolation::ReadUncommitted) => st.high_watermark,
+                None => leo,
             };
             let mut plan = None;
             let mut remote = None;
@@ -1046,8 +1275,8 @@ impl Partition {
                 }
             }
             let aborted = match isolation {
-                Isolation::ReadCommitted => st.producers.aborted_in(offset, bound),
-                Isolation::ReadUncommitted => Vec::new(),
+                Some(Isolation::ReadCommitted) => st.producers.aborted_in(offset, bound),
+                _ => Vec::new(),
             };
             (
                 bound,
@@ -1063,8 +1292,8 @@ impl Partition {
             (Some(seg), _) => {
                 let data = self.read_remote(&seg, offset, max_bytes, bound)?;
                 let aborted = match isolation {
-                    Isolation::ReadCommitted => seg.aborted_in(offset, seg.end),
-                    Isolation::ReadUncommitted => Vec::new(),
+                    Some(Isolation::ReadCommitted) => seg.aborted_in(offset, seg.end),
+                    _ => Vec::new(),
                 };
                 (data, aborted)
             }
@@ -1945,6 +2174,115 @@ mod tests {
             )
             .unwrap(),
         )
+    }
+
+    fn open_at(dir: &Path) -> Partition {
+        let mut config = TopicConfig::default();
+        config.segment_bytes = 300;
+        Partition::open(
+            Arc::from("t"),
+            0,
+            dir,
+            Arc::new(config),
+            FsyncPolicy::Never,
+            true,
+        )
+        .unwrap()
+    }
+
+    /// A leader's high watermark waits for the replication layer; a follower copies the
+    /// leader's batches byte for byte, a batch fetched twice once, and refuses a gap.
+    #[test]
+    fn a_follower_copies_the_leader_and_the_high_watermark_waits_for_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = open_at(a.path());
+        let follower = open_at(b.path());
+        leader.become_leader(3).unwrap();
+        follower.become_follower(3);
+        for i in 0..20 {
+            leader.append(batch(i)).unwrap();
+        }
+        assert_eq!(leader.info().high_watermark, 0);
+        let uncommitted = leader
+            .fetch(0, 1 << 20, Isolation::ReadUncommitted)
+            .unwrap();
+        assert!(
+            uncommitted.data.is_empty(),
+            "nothing below the high watermark"
+        );
+        let mut next = 0;
+        while next < 20 {
+            let got = leader.fetch_replica(next, 200).unwrap();
+            next = follower.append_replicated(&got.data).unwrap();
+            // Fetched again: skipped, not appended twice.
+            assert_eq!(follower.append_replicated(&got.data).unwrap(), next);
+        }
+        assert_eq!(leader.advance_high_watermark(next), 20);
+        assert_eq!(leader.advance_high_watermark(5), 20, "never down");
+        let records = |p: &Partition| {
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < 20 {
+                let data = p.fetch_replica(at, 1 << 20).unwrap().data;
+                for r in decode_records(&data).unwrap() {
+                    at = r.offset + 1;
+                    out.push((r.offset, r.record.value));
+                }
+            }
+            out
+        };
+        assert_eq!(records(&follower), records(&leader));
+        assert_eq!(follower.log_end_offset(), 20);
+        assert_eq!(follower.end_offset_for_epoch(3), Some((3, 20)));
+        let gap = leader.fetch_replica(0, 1).unwrap().data;
+        let far = open_at(tempfile::tempdir().unwrap().path());
+        far.append(batch(0)).unwrap();
+        far.append(batch(1)).unwrap();
+        assert!(
+            far.append_replicated(&gap).is_ok(),
+            "below the end: skipped"
+        );
+        let later = leader.fetch_replica(5, 1).unwrap().data;
+        assert!(far.append_replicated(&later).is_err(), "a gap");
+    }
+
+    /// A former leader's tail past the new leader's epoch end is cut, the new leader's
+    /// records take its offsets, and a reopen finds the log whole: no loss reported.
+    #[test]
+    fn truncating_a_divergent_tail_reuses_its_offsets_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let p = open_at(dir.path());
+            p.become_leader(1).unwrap();
+            for i in 0..12 {
+                p.append(batch(i)).unwrap();
+            }
+            p.become_leader(2).unwrap();
+            for i in 12..20 {
+                p.append(batch(i)).unwrap();
+            }
+            assert_eq!(p.end_offset_for_epoch(1), Some((1, 12)));
+            assert_eq!(p.end_offset_for_epoch(0), None);
+            // The new leader (epoch 3) had epoch 1 up to offset 12 only.
+            assert_eq!(p.truncate_to(12).unwrap(), 12);
+            assert_eq!(p.latest_epoch(), 1);
+            p.become_follower(3);
+            let mut theirs = BatchBuilder::new(BatchOptions::default());
+            theirs.push(&Record::from_value("new", 5_000)).unwrap();
+            let mut bytes = theirs.build().unwrap();
+            crate::batch::set_base_offset(&mut bytes, 12);
+            crate::batch::set_partition_leader_epoch(&mut bytes, 3);
+            assert_eq!(p.append_replicated(&bytes).unwrap(), 13);
+            p.close().unwrap();
+        }
+        let p = open_at(dir.path());
+        assert!(p.take_detected_losses().is_empty());
+        assert_eq!(p.log_end_offset(), 13);
+        assert_eq!(p.end_offset_for_epoch(2), Some((1, 12)));
+        assert_eq!(p.end_offset_for_epoch(3), Some((3, 13)));
+        let last = p.fetch(12, 1 << 20, Isolation::ReadUncommitted).unwrap();
+        let records = decode_records(&last.data).unwrap();
+        assert_eq!(records[0].record.value.as_deref(), Some(&b"new"[..]));
     }
 
     /// Appenders that queue while another holds the partition lock are written by one
