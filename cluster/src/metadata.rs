@@ -106,6 +106,13 @@ pub enum Command {
         /// The new ISR.
         isr: Vec<NodeId>,
     },
+    /// Hands a node the next block of producer ids (KIP-730: ids are unique in the cluster).
+    AllocateProducerIds {
+        /// The node asking.
+        node: NodeId,
+        /// How many ids.
+        count: i64,
+    },
     /// Runs a pipeline on a node (`None`: on none, no node is alive).
     AssignPipeline {
         /// The pipeline's name.
@@ -122,6 +129,8 @@ pub struct Applied {
     pub refused: Option<String>,
     /// A registration's incarnation.
     pub incarnation: Option<u64>,
+    /// The first producer id of an allocated block.
+    pub producer_ids: Option<i64>,
 }
 
 impl Applied {
@@ -132,7 +141,7 @@ impl Applied {
     fn refused(reason: impl Into<String>) -> Applied {
         Applied {
             refused: Some(reason.into()),
-            incarnation: None,
+            ..Applied::default()
         }
     }
 }
@@ -146,6 +155,9 @@ pub struct Metadata {
     pub topics: BTreeMap<String, TopicState>,
     /// Which node runs each pipeline.
     pub pipelines: BTreeMap<String, Option<NodeId>>,
+    /// The first producer id not yet handed out.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl Metadata {
@@ -165,8 +177,8 @@ impl Metadata {
                     },
                 );
                 Applied {
-                    refused: None,
                     incarnation: Some(incarnation),
+                    ..Applied::default()
                 }
             }
             Command::FenceNode { id, incarnation } => {
@@ -267,6 +279,17 @@ impl Metadata {
                 p.partition_epoch += 1;
                 Applied::ok()
             }
+            Command::AllocateProducerIds { node: _, count } => {
+                if *count <= 0 || *count > 1_000_000 {
+                    return Applied::refused(format!("a block of {count} producer ids"));
+                }
+                let start = self.next_producer_id;
+                self.next_producer_id += count;
+                Applied {
+                    producer_ids: Some(start),
+                    ..Applied::default()
+                }
+            }
             Command::AssignPipeline { name, node } => {
                 self.pipelines.insert(name.clone(), *node);
                 Applied::ok()
@@ -364,6 +387,19 @@ mod tests {
             isr: vec![7],
         };
         assert!(m.apply(&outsider).refused.is_some());
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut m = Metadata::default();
+        let mut starts = Vec::new();
+        for node in [1, 2, 1] {
+            let a = m.apply(&Command::AllocateProducerIds { node, count: 1000 });
+            starts.push(a.producer_ids.unwrap());
+        }
+        assert_eq!(starts, vec![0, 1000, 2000]);
+        let zero = m.apply(&Command::AllocateProducerIds { node: 1, count: 0 });
+        assert!(zero.refused.is_some());
     }
 
     #[test]

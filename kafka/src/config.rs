@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub tls: Option<TlsFiles>,
     /// The cluster this node belongs to: its peers' requests arrive on this listener.
     pub cluster: Option<sluice_cluster::Cluster>,
+    /// In a cluster, how long a follower may fail to catch up before it leaves the ISR
+    /// (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_max: Duration,
 }
 
 /// A TLS certificate chain and its private key, PEM files.
@@ -70,6 +73,7 @@ impl KafkaConfig {
             users: Users::default(),
             tls: None,
             cluster: None,
+            replica_lag_max: crate::replica::DEFAULT_REPLICA_LAG_MAX,
         }
     }
 }

@@ -49,6 +49,7 @@ pub(crate) fn code(e: &LogError) -> i16 {
         | LogError::Corrupt { .. }
         | LogError::DamagedSegment { .. }
         | LogError::RemoteStorage(_) => E::KafkaStorageError,
+        LogError::ClusterUnavailable(_) => E::CoordinatorNotAvailable,
         _ => E::UnknownServerError,
     }
     .code()

@@ -23,6 +23,9 @@
 //! - `versions` (private): the APIs and versions advertised, and ApiVersions.
 //! - `errors` (private): the log's errors as Kafka error codes.
 //! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
+//! - [`replica`]: partition replication in a cluster: leaders, followers' fetchers, the
+//!   high watermark and the ISR.
+//! - `client` (private): the Kafka client a follower fetches with.
 //! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` and
 //!   `fetch_sessions` (KIP-227), `offsets` (ListOffsets), `admin` (topics), `configs`
 //!   (configs, DeleteRecords, OffsetForLeaderEpoch), `groups` (coordinator lookup and
@@ -33,7 +36,9 @@
 pub mod config;
 
 mod apis;
+mod client;
 mod errors;
+pub mod replica;
 mod sasl;
 mod server;
 mod versions;

@@ -53,6 +53,8 @@ pub(crate) struct Broker {
     pub(crate) fetch_sessions: parking_lot::Mutex<apis::FetchSessions>,
     /// The cluster, when this node is in one.
     pub(crate) cluster: Option<sluice_cluster::Cluster>,
+    /// Its replicas of the cluster's partitions, when in a cluster.
+    pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -126,20 +128,6 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
             (h.trim_matches(['[', ']']).to_string(), port)
         }
     };
-    let broker = Arc::new(Broker {
-        log: log.clone(),
-        node_id: config.node_id,
-        host,
-        port: i32::from(port),
-        waiters: Default::default(),
-        users: config.users.clone(),
-        fetch_sessions: Default::default(),
-        cluster: config.cluster.clone(),
-    });
-    let tls = match &config.tls {
-        None => None,
-        Some(files) => Some(tls_acceptor(files)?),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-kafka")
@@ -149,6 +137,29 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
             what: "runtime",
             source,
         })?;
+    let replicas = config.cluster.clone().map(|c| {
+        crate::replica::Replicas::new(
+            log.clone(),
+            c,
+            config.replica_lag_max,
+            runtime.handle().clone(),
+        )
+    });
+    let broker = Arc::new(Broker {
+        log: log.clone(),
+        node_id: config.node_id,
+        host,
+        port: i32::from(port),
+        waiters: Default::default(),
+        users: config.users.clone(),
+        fetch_sessions: Default::default(),
+        cluster: config.cluster.clone(),
+        replicas: replicas.clone(),
+    });
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(tls_acceptor(files)?),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("sluice-kafka".into())
@@ -161,8 +172,15 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
                         return;
                     }
                 };
+                let replication = async move {
+                    match replicas {
+                        Some(r) => r.run().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = accept_loop(listener, broker, Arc::new(config), tls) => {}
+                    () = replication => {}
                     _ = stopped => {}
                 }
             });

@@ -117,6 +117,12 @@ pub struct TopicConfig {
     /// `local.retention.bytes`: with tiered storage, the oldest uploaded segments are deleted
     /// from local disk while the local part is larger; -2 (default) means `retention.bytes`.
     pub local_retention_bytes: i64,
+    /// `min.insync.replicas`: in a cluster, an `acks=all` write is refused while fewer
+    /// replicas are in sync. Default 1.
+    pub min_insync_replicas: u32,
+    /// `unclean.leader.election.enable`: in a cluster, elect a leader outside the ISR when no
+    /// in-sync replica is alive, losing the records it lacks. Default false.
+    pub unclean_leader_election: bool,
     overrides: BTreeMap<String, String>,
 }
 
@@ -179,6 +185,16 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str, &str)] = &[
         "-2",
         "tiered storage: delete oldest uploaded segments locally above this size (-2: retention.bytes)",
     ),
+    (
+        "min.insync.replicas",
+        "1",
+        "cluster: acks=all writes are refused while fewer replicas are in sync",
+    ),
+    (
+        "unclean.leader.election.enable",
+        "false",
+        "cluster: elect a replica outside the ISR when none in it is alive (may lose acknowledged records)",
+    ),
 ];
 
 impl Default for TopicConfig {
@@ -195,6 +211,8 @@ impl Default for TopicConfig {
             remote_storage_enable: false,
             local_retention_ms: -2,
             local_retention_bytes: -2,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
             overrides: BTreeMap::new(),
         }
     }
@@ -205,6 +223,14 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
         key: key.into(),
         value: value.into(),
         reason: reason.into(),
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected true or false")),
     }
 }
 
@@ -326,12 +352,14 @@ impl TopicConfig {
                 self.index_interval_bytes =
                     u32::try_from(v).map_err(|_| invalid(key, value, "too large"))?;
             }
-            "remote.storage.enable" => {
-                self.remote_storage_enable = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid(key, value, "expected true or false")),
-                }
+            "remote.storage.enable" => self.remote_storage_enable = parse_bool(key, value)?,
+            "unclean.leader.election.enable" => {
+                self.unclean_leader_election = parse_bool(key, value)?
+            }
+            "min.insync.replicas" => {
+                let v = at_least(key, value, parse_int(key, value)?, 1)?;
+                self.min_insync_replicas =
+                    u32::try_from(v).map_err(|_| invalid(key, value, "too large"))?;
             }
             "local.retention.ms" => {
                 self.local_retention_ms = at_least(key, value, parse_int(key, value)?, -2)?

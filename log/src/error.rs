@@ -237,6 +237,10 @@ pub enum LogError {
     /// the message says the configuration is wrong).
     #[error("tiered storage: {0}")]
     RemoteStorage(String),
+    /// The cluster this log belongs to did not answer (no controller: a majority of its
+    /// nodes is down or unreachable). Retryable.
+    #[error("the cluster is unavailable: {0}")]
+    ClusterUnavailable(String),
     /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
     /// nested, or using an Avro construct the registry does not support.
     #[error("invalid schema for subject '{subject}': {source}")]

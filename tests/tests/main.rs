@@ -4,6 +4,7 @@
 mod api;
 mod api_seam;
 mod cli;
+mod cluster;
 mod common;
 mod console;
 mod crash;

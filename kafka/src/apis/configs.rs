@@ -242,13 +242,15 @@ pub(crate) fn offset_for_leader_epoch(
                     if p.current_leader_epoch >= 0 && p.current_leader_epoch < info.leader_epoch {
                         return out.with_error_code(E::FencedLeaderEpoch.code());
                     }
-                    // Epoch 0 is the only one: it ends at the log end; a later epoch asked
-                    // for is unknown (-1 / -1, as Kafka answers).
-                    if p.leader_epoch > info.leader_epoch || p.leader_epoch < 0 {
+                    // A later epoch than this log knows is unknown (-1 / -1, as Kafka
+                    // answers); otherwise where that epoch (or the last one before it) ended.
+                    if p.leader_epoch > part.latest_epoch() {
                         return out;
                     }
-                    out.with_leader_epoch(info.leader_epoch)
-                        .with_end_offset(info.log_end_offset)
+                    match part.end_offset_for_epoch(p.leader_epoch) {
+                        Some((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
+                        None => out,
+                    }
                 })
                 .collect();
             OffsetForLeaderTopicResult::default()

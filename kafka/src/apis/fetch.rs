@@ -44,10 +44,19 @@ async fn poll(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> 
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
     let req = Arc::new(req);
-    // Subscribed before the first read, so an append between the read and the wait wakes it.
+    // Subscribed before the first read, so an append between the read and the wait wakes it
+    // (and in a cluster, a high watermark that moves: records become readable then).
     let mut appends = ctx.broker.log.watch_appends();
+    let mut marks = ctx
+        .broker
+        .replicas
+        .as_ref()
+        .map(|r| r.watch_high_watermarks());
     loop {
         appends.borrow_and_update();
+        if let Some(m) = marks.as_mut() {
+            m.borrow_and_update();
+        }
         let r = Arc::clone(&req);
         let (resp, bytes, failed) = blocking(ctx, move |c| read(c, &r)).await?;
         if bytes >= min_bytes || failed || tokio::time::Instant::now() >= deadline {
@@ -55,6 +64,16 @@ async fn poll(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> 
         }
         tokio::select! {
             changed = appends.changed() => {
+                if changed.is_err() {
+                    return Ok(resp);
+                }
+            }
+            Some(changed) = async {
+                match marks.as_mut() {
+                    Some(m) => Some(m.changed().await),
+                    None => std::future::pending().await,
+                }
+            } => {
                 if changed.is_err() {
                     return Ok(resp);
                 }
@@ -68,6 +87,11 @@ async fn poll(ctx: &Ctx, req: FetchRequest) -> Result<FetchResponse, ConnError> 
 /// partition answered an error (which ends the wait, as in Kafka).
 fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
     let log = &ctx.broker.log;
+    let replicas = ctx.broker.replicas.as_ref();
+    // A follower of this node's partitions (Kafka's replica id; consumers send -1).
+    let follower = u64::try_from(req.replica_id.0)
+        .ok()
+        .filter(|_| replicas.is_some());
     let isolation = if req.isolation_level == 1 {
         Isolation::ReadCommitted
     } else {
@@ -128,6 +152,41 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
                                 out.with_error_code(errors::code(&e))
                             }
                         };
+                    }
+                    if let Some(reps) = replicas {
+                        let checked = match follower {
+                            Some(f) => reps
+                                .follower_fetch(
+                                    &(topic.to_string(), partition),
+                                    f,
+                                    p.fetch_offset,
+                                    p.current_leader_epoch,
+                                )
+                                .map(Some),
+                            None => reps.check_read(topic, partition).map(|()| None),
+                        };
+                        match checked {
+                            Err((code, _)) => {
+                                failed = true;
+                                return out.with_error_code(code);
+                            }
+                            Ok(Some(part)) => {
+                                return match part.fetch_replica(p.fetch_offset, limit) {
+                                    Ok(r) => {
+                                        total += r.data.len();
+                                        out.with_high_watermark(r.high_watermark)
+                                            .with_last_stable_offset(r.last_stable_offset)
+                                            .with_log_start_offset(r.log_start_offset)
+                                            .with_records(Some(r.data))
+                                    }
+                                    Err(e) => {
+                                        failed = true;
+                                        out.with_error_code(errors::code(&e))
+                                    }
+                                };
+                            }
+                            Ok(None) => {}
+                        }
                     }
                     match log.fetch(topic, partition, p.fetch_offset, limit, isolation) {
                         Ok(r) => {

@@ -26,6 +26,9 @@ pub(crate) fn metadata(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                 .collect(),
         ),
     };
+    if let Some(cluster) = &b.cluster {
+        return clustered(ctx, cluster, wanted);
+    }
     // Before v4 every Metadata request may create topics (when the log allows it at all).
     let may_create = ctx.version < 4 || req.allow_auto_topic_creation;
     let topics = match wanted {
@@ -86,4 +89,75 @@ fn topic(ctx: &Ctx, name: &str, may_create: bool) -> MetadataResponseTopic {
             out.with_error_code(errors::code(&e))
         }
     }
+}
+
+/// Metadata in a cluster: the live nodes, and each topic's partitions as the controller
+/// placed them. Topics outside the cluster metadata (this node's own, such as its group
+/// offsets) are described as led here.
+fn clustered(
+    ctx: &Ctx,
+    cluster: &sluice_cluster::Cluster,
+    wanted: Option<Vec<String>>,
+) -> MetadataResponse {
+    let md = std::sync::Arc::clone(&cluster.metadata().borrow());
+    let brokers = md
+        .nodes
+        .values()
+        .filter(|n| !n.fenced)
+        .filter_map(|n| {
+            let (host, port) = n.addr.rsplit_once(':')?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(n.id as i32))
+                    .with_host(s(host.trim_matches(['[', ']']).to_string()))
+                    .with_port(port.parse().ok()?),
+            )
+        })
+        .collect();
+    let names: Vec<String> = match wanted {
+        Some(names) => names,
+        None => {
+            let mut names: Vec<String> = md.topics.keys().cloned().collect();
+            for n in ctx.broker.log.topic_names() {
+                if !md.topics.contains_key(&n) && !super::fetch::hidden(&n) {
+                    names.push(n);
+                }
+            }
+            names.sort();
+            names
+        }
+    };
+    let topics = names
+        .iter()
+        .map(|name| match md.topics.get(name) {
+            None => topic(ctx, name, false),
+            Some(t) => MetadataResponseTopic::default()
+                .with_name(Some(TopicName(s(name.clone()))))
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let ids = |v: &[u64]| v.iter().map(|n| BrokerId(*n as i32)).collect();
+                            MetadataResponsePartition::default()
+                                .with_error_code(if p.leader.is_some() {
+                                    0
+                                } else {
+                                    E::LeaderNotAvailable.code()
+                                })
+                                .with_partition_index(i as i32)
+                                .with_leader_id(BrokerId(p.leader.map_or(-1, |l| l as i32)))
+                                .with_leader_epoch(p.leader_epoch)
+                                .with_replica_nodes(ids(&p.replicas))
+                                .with_isr_nodes(ids(&p.isr))
+                        })
+                        .collect(),
+                ),
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(s(CLUSTER_ID)))
+        .with_controller_id(BrokerId(cluster.controller().map_or(-1, |c| c as i32)))
+        .with_topics(topics)
 }

@@ -102,7 +102,18 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
         ApiKey::Produce => {
             let req: ProduceRequest = ctx.decode(&mut body)?;
             let acks = req.acks;
-            let resp = blocking(&ctx, move |c| produce::produce(c, req)).await?;
+            let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
+            let (mut resp, written) = blocking(&ctx, move |c| produce::produce(c, req)).await?;
+            // acks=all in a cluster: answered once every in-sync replica has the records.
+            if acks == -1
+                && let Some(reps) = &ctx.broker.replicas
+            {
+                for (tp, end) in written {
+                    if let Err((code, message)) = reps.wait_replicated(&tp, end, timeout).await {
+                        produce::fail_partition(&mut resp, &tp.0, tp.1, code, message);
+                    }
+                }
+            }
             // acks=0: the client expects no answer (errors are only in the worker's log).
             if acks == 0 {
                 return Ok(None);

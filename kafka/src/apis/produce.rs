@@ -10,8 +10,16 @@ use sluice_log::is_internal_topic;
 use super::{Ctx, s};
 use crate::errors;
 
-pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
+/// A replicated partition written by a request, and the offset its records end before:
+/// what an `acks=all` answer waits for.
+pub(crate) type Written = ((String, u32), i64);
+
+/// Appends the request's batches; the answer, and the replicated partitions written.
+pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> (ProduceResponse, Vec<Written>) {
     let log = &ctx.broker.log;
+    let replicas = ctx.broker.replicas.as_ref();
+    let acks = req.acks;
+    let mut written = Vec::new();
     let responses = req
         .topic_data
         .into_iter()
@@ -44,6 +52,11 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
                     let Some(records) = p.records.filter(|r| !r.is_empty()) else {
                         return fail(E::InvalidRecord.code(), "no record batch".into());
                     };
+                    if let Some(reps) = replicas
+                        && let Err((code, message)) = reps.check_write(&topic, partition, acks)
+                    {
+                        return fail(code, message);
+                    }
                     // A transactional batch must belong to its producer's open transaction
                     // (AddPartitionsToTxn first): otherwise no marker would ever end it and
                     // read_committed readers of the partition would wait forever.
@@ -59,6 +72,9 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
                     };
                     match appended {
                         Ok(info) => {
+                            if replicas.is_some_and(|r| r.is_replicated(&topic, partition)) {
+                                written.push(((topic.clone(), partition), info.last_offset + 1));
+                            }
                             let start = log
                                 .partition(&topic, partition)
                                 .map(|p| p.log_start_offset())
@@ -84,5 +100,33 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_partition_responses(partitions)
         })
         .collect();
-    ProduceResponse::default().with_responses(responses)
+    (
+        ProduceResponse::default().with_responses(responses),
+        written,
+    )
+}
+
+/// Marks a partition of `resp` failed with `code` (an `acks=all` wait that did not end well).
+pub(crate) fn fail_partition(
+    resp: &mut ProduceResponse,
+    topic: &str,
+    partition: u32,
+    code: i16,
+    message: String,
+) {
+    for t in resp
+        .responses
+        .iter_mut()
+        .filter(|t| t.name.0.as_str() == topic)
+    {
+        for p in t
+            .partition_responses
+            .iter_mut()
+            .filter(|p| p.index == partition as i32)
+        {
+            p.error_code = code;
+            p.error_message = Some(s(message.clone()));
+            p.base_offset = -1;
+        }
+    }
 }

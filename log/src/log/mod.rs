@@ -68,6 +68,20 @@ fn internal_topic_config() -> Vec<(String, String)> {
     ]
 }
 
+/// How many producer ids a log takes at once.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Hands out the first id of a new block of [`PRODUCER_ID_BLOCK`] producer ids, unique
+/// across every log that shares the source.
+#[derive(Clone)]
+pub struct ProducerIdSource(pub Arc<dyn Fn() -> std::result::Result<i64, String> + Send + Sync>);
+
+impl std::fmt::Debug for ProducerIdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProducerIdSource")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     dir: PathBuf,
@@ -78,6 +92,8 @@ pub(crate) struct Inner {
     offsets: Mutex<OffsetStore>,
     txns: Mutex<TxnCoordinator>,
     next_pid: Mutex<(i64, i64)>,
+    /// Where blocks of producer ids come from when not from this log alone (a cluster).
+    pid_source: RwLock<Option<ProducerIdSource>>,
     appended: Mutex<u64>,
     appended_cv: Condvar,
     /// The same counter for async waiters (the Kafka listener's long-polling fetches), which
@@ -156,6 +172,7 @@ impl Log {
         let inner = Arc::new(Inner {
             dir: dir.clone(),
             next_pid: Mutex::new((0, 0)),
+            pid_source: RwLock::new(None),
             options,
             lock: Mutex::new(Some(lock)),
             topics: RwLock::new(topics),

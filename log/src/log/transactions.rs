@@ -21,7 +21,7 @@ pub const TXN_TOPIC: &str = "__transaction_state";
 
 /// Producer ids are handed out in blocks; the end of the current block is persisted before
 /// any id of it is used, so a crash never reuses one.
-const PID_BLOCK: i64 = 1000;
+const PID_BLOCK: i64 = super::PRODUCER_ID_BLOCK;
 
 /// How [`Log::execute_end`] records a transaction's end once its markers are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +50,26 @@ impl Log {
         Ok(())
     }
 
+    /// Takes producer ids from `source` from now on (a cluster's, so that ids are unique
+    /// across its nodes: two producers sharing an id would see each other's records as
+    /// duplicates).
+    pub fn set_producer_id_source(&self, source: super::ProducerIdSource) {
+        *self.inner.pid_source.write() = Some(source);
+        *self.inner.next_pid.lock() = (0, 0);
+    }
+
     pub(crate) fn allocate_producer_id(&self) -> Result<i64> {
         let mut g = self.inner.next_pid.lock();
+        let source = self.inner.pid_source.read().clone();
+        if let Some(source) = source {
+            if g.0 >= g.1 {
+                let start = (source.0)().map_err(LogError::ClusterUnavailable)?;
+                *g = (start, start + PID_BLOCK);
+            }
+            let id = g.0;
+            g.0 += 1;
+            return Ok(id);
+        }
         if g.0 >= g.1 {
             let end = g.1.max(g.0) + PID_BLOCK;
             write_file(

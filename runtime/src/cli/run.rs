@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// its leaderships and pipelines (Kafka's `broker.session.timeout.ms`).
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..), help_heading = "Cluster")]
     pub cluster_session_timeout_ms: u64,
+    /// Milliseconds a follower may fail to catch up with its leader before it leaves the
+    /// partition's in-sync replicas (Kafka's `replica.lag.time.max.ms`).
+    #[arg(long, default_value_t = sluice_kafka::replica::DEFAULT_REPLICA_LAG_MAX.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..), help_heading = "Cluster")]
+    pub replica_lag_max_ms: u64,
     /// Where the log lives (last: its help heading applies to what follows).
     #[command(flatten)]
     pub log: super::LogArgs,
@@ -290,6 +294,19 @@ impl RunArgs {
         let cluster = self.join_cluster(data_dir, &format!("http://{}", server.addr))?;
         if let Some(c) = &cluster {
             let _ = cluster_slot.set(c.clone());
+            // Producer ids unique across the nodes: a producer id reused on another node
+            // would make that node take a new producer's records for duplicates.
+            let c = c.clone();
+            log.set_producer_id_source(sluice_log::log::ProducerIdSource(Arc::new(move || {
+                let command = sluice_cluster::Command::AllocateProducerIds {
+                    node: c.node_id(),
+                    count: sluice_log::log::PRODUCER_ID_BLOCK,
+                };
+                c.propose_blocking(command)
+                    .map_err(|e| e.to_string())?
+                    .producer_ids
+                    .ok_or_else(|| "the controller allocated no producer ids".to_string())
+            })));
         }
         let kafka = match self.kafka_address()? {
             None => None,
@@ -297,6 +314,7 @@ impl RunArgs {
                 let mut config = sluice_kafka::KafkaConfig::new(addr);
                 config.advertised = advertised;
                 config.cluster = cluster.clone();
+                config.replica_lag_max = Duration::from_millis(self.replica_lag_max_ms);
                 if let Some(c) = &cluster {
                     config.node_id = c.node_id() as i32;
                 }

@@ -1,0 +1,761 @@
+//! Partition replication in a cluster, as Kafka's brokers do it: followers copy their
+//! leader's log with Fetch requests, the leader counts what every in-sync replica has, and the
+//! high watermark — what consumers may read and `acks=all` waits for — is the least of those.
+//!
+//! ```text
+//!  cluster metadata ──► reconcile: create local partitions, become leader / follower
+//!                                      │                         │
+//!   leader:  Produce ─► append         │        follower: fetcher task per leader node
+//!            Fetch(replica_id) ◄───────┼──────── OffsetForLeaderEpoch (truncate, KIP-101)
+//!            follower's fetch offset = its log end ──► high watermark = min over the ISR
+//!            lagging > replica.lag.time.max ──► AlterPartition (shrink) via the controller
+//!            caught up to the high watermark ──► AlterPartition (expand)
+//! ```
+//!
+//! The log holds the data and the epochs; this module holds who leads what and how far each
+//! follower is. A leader's state starts empty at each new epoch, as Kafka's does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError as E;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use parking_lot::Mutex;
+use sluice_cluster::Cluster;
+use sluice_cluster::metadata::{Command, Metadata, NodeId};
+use sluice_log::{Log, LogError};
+use tokio::sync::watch;
+
+use crate::client::PeerConnection;
+
+/// A topic partition.
+pub(crate) type Tp = (String, u32);
+
+/// Kafka's `replica.lag.time.max.ms` default is 30 s; a cluster on one machine notices a
+/// stopped follower sooner.
+pub const DEFAULT_REPLICA_LAG_MAX: Duration = Duration::from_secs(10);
+/// How long a follower's fetch waits at the leader for new records.
+const FOLLOWER_WAIT_MS: i32 = 500;
+/// Record bytes per partition in one follower fetch.
+const FOLLOWER_PARTITION_BYTES: i32 = 4 << 20;
+
+/// This node's replicas: which partitions it leads or follows, and its followers' progress.
+#[derive(Debug)]
+pub(crate) struct Replicas {
+    node: NodeId,
+    log: Log,
+    cluster: Cluster,
+    lag_max: Duration,
+    state: Mutex<State>,
+    /// Bumped whenever a high watermark of a partition this node leads moves.
+    hw_moved: watch::Sender<u64>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leading: HashMap<Tp, Leading>,
+    following: HashMap<Tp, Following>,
+    /// Leaders a fetcher task copies from.
+    fetchers: HashSet<NodeId>,
+}
+
+#[derive(Debug)]
+struct Leading {
+    leader_epoch: i32,
+    partition_epoch: i32,
+    replicas: Vec<NodeId>,
+    isr: Vec<NodeId>,
+    /// Since when this node leads in this epoch: followers' lag counts from here at first.
+    since: Instant,
+    followers: HashMap<NodeId, Progress>,
+    /// An ISR change was proposed and not yet applied.
+    proposing: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The follower's log end: its last fetch offset.
+    log_end: i64,
+    /// When it last had everything the leader had (Kafka's lastCaughtUpTime).
+    caught_up: Instant,
+    last_fetch: Instant,
+    /// The leader's log end at its last fetch.
+    leader_end_at_fetch: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Following {
+    leader: NodeId,
+    leader_epoch: i32,
+    /// Truncated to the leader's log (KIP-101) in this epoch.
+    truncated: bool,
+}
+
+/// Why a write or read is refused here, as a Kafka error code and a message.
+pub(crate) type Refusal = (i16, String);
+
+impl Replicas {
+    pub(crate) fn new(
+        log: Log,
+        cluster: Cluster,
+        lag_max: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Replicas> {
+        Arc::new(Replicas {
+            node: cluster.node_id(),
+            log,
+            cluster,
+            lag_max,
+            state: Mutex::new(State::default()),
+            hw_moved: watch::channel(0).0,
+            runtime,
+        })
+    }
+
+    /// Follows the cluster metadata until the runtime stops: reconciles on every change,
+    /// and checks followers' lag and the high watermarks twice a second.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut metadata = self.cluster.metadata();
+        let mut appends = self.log.watch_appends();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let md = Arc::clone(&metadata.borrow_and_update());
+            let me = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || me.reconcile(&md)).await;
+            self.spawn_fetchers();
+            loop {
+                tokio::select! {
+                    changed = metadata.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    changed = appends.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // A leader alone in its ISR commits at once.
+                        self.update_high_watermarks();
+                    }
+                    _ = tick.tick() => {
+                        self.update_high_watermarks();
+                        self.shrink_lagging_isrs();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings this node's partitions in line with the metadata.
+    fn reconcile(&self, md: &Metadata) {
+        for topic in md.topics.values() {
+            if !topic
+                .partitions
+                .iter()
+                .any(|p| p.replicas.contains(&self.node))
+            {
+                continue;
+            }
+            let count = topic.partitions.len() as u32;
+            let local = match self.log.topic(&topic.name) {
+                Ok(t) if t.partition_count() >= count => Ok(()),
+                Ok(_) => self.log.alter_partitions(&topic.name, count),
+                Err(LogError::UnknownTopic(_)) => {
+                    let configs: Vec<(String, String)> = topic
+                        .configs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    self.log.create_topic(&topic.name, count, &configs)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = local {
+                tracing::error!(topic = %topic.name, error = %e, "Cannot create the local replica of a topic.");
+                continue;
+            }
+            for (i, p) in topic.partitions.iter().enumerate() {
+                if !p.replicas.contains(&self.node) {
+                    continue;
+                }
+                let tp = (topic.name.clone(), i as u32);
+                let Ok(partition) = self.log.partition(&topic.name, i as u32) else {
+                    continue;
+                };
+                let mut st = self.state.lock();
+                match p.leader {
+                    Some(l) if l == self.node => {
+                        st.following.remove(&tp);
+                        let fresh = st
+                            .leading
+                            .get(&tp)
+                            .is_none_or(|l| l.leader_epoch != p.leader_epoch);
+                        if fresh {
+                            if let Err(e) = partition.become_leader(p.leader_epoch) {
+                                tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "Cannot take the leadership of a partition.");
+                                continue;
+                            }
+                            tracing::info!(topic = %tp.0, partition = tp.1, epoch = p.leader_epoch, "Leading a partition.");
+                            st.leading.insert(
+                                tp.clone(),
+                                Leading {
+                                    leader_epoch: p.leader_epoch,
+                                    partition_epoch: p.partition_epoch,
+                                    replicas: p.replicas.clone(),
+                                    isr: p.isr.clone(),
+                                    since: Instant::now(),
+                                    followers: HashMap::new(),
+                                    proposing: false,
+                                },
+                            );
+                        } else if let Some(l) = st.leading.get_mut(&tp) {
+                            if l.partition_epoch != p.partition_epoch {
+                                l.proposing = false;
+                            }
+                            l.partition_epoch = p.partition_epoch;
+                            l.isr.clone_from(&p.isr);
+                            l.replicas.clone_from(&p.replicas);
+                        }
+                    }
+                    Some(leader) => {
+                        st.leading.remove(&tp);
+                        let next = Following {
+                            leader,
+                            leader_epoch: p.leader_epoch,
+                            truncated: false,
+                        };
+                        let same = st.following.get(&tp).is_some_and(|f| {
+                            f.leader == leader && f.leader_epoch == p.leader_epoch
+                        });
+                        if !same {
+                            partition.become_follower(p.leader_epoch);
+                            tracing::info!(topic = %tp.0, partition = tp.1, leader, epoch = p.leader_epoch, "Following a partition.");
+                            st.following.insert(tp, next);
+                        }
+                    }
+                    None => {
+                        st.leading.remove(&tp);
+                        st.following.remove(&tp);
+                    }
+                }
+            }
+        }
+        // Partitions the metadata no longer gives this node.
+        let mine = |tp: &Tp| {
+            md.partition(&tp.0, tp.1)
+                .is_some_and(|p| p.replicas.contains(&self.node))
+        };
+        let mut st = self.state.lock();
+        st.leading.retain(|tp, _| mine(tp));
+        st.following.retain(|tp, _| mine(tp));
+        drop(st);
+        self.update_high_watermarks();
+    }
+
+    /// Starts a fetcher for every leader this node follows a partition of.
+    fn spawn_fetchers(self: &Arc<Self>) {
+        let leaders: HashSet<NodeId> = {
+            let st = self.state.lock();
+            st.following.values().map(|f| f.leader).collect()
+        };
+        for leader in leaders {
+            if self.state.lock().fetchers.insert(leader) {
+                let me = Arc::clone(self);
+                self.runtime.spawn(me.fetch_from(leader));
+            }
+        }
+    }
+
+    /// Recomputes the high watermark of every partition this node leads.
+    fn update_high_watermarks(&self) {
+        let mut moved = false;
+        let st = self.state.lock();
+        for (tp, l) in &st.leading {
+            if let Ok(p) = self.log.partition(&tp.0, tp.1) {
+                moved |= self.advance(&p, l);
+            }
+        }
+        drop(st);
+        if moved {
+            self.hw_moved.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Moves `p`'s high watermark to the least log end of its in-sync replicas; whether it
+    /// moved.
+    fn advance(&self, p: &sluice_log::partition::Partition, l: &Leading) -> bool {
+        let mut hw = p.log_end_offset();
+        for n in &l.isr {
+            if *n == self.node {
+                continue;
+            }
+            // An in-sync follower not heard from in this epoch holds the mark where it is.
+            hw = hw.min(l.followers.get(n).map_or(i64::MIN, |f| f.log_end));
+        }
+        let before = p.info().high_watermark;
+        hw > before && p.advance_high_watermark(hw) > before
+    }
+
+    /// Proposes dropping followers that have not caught up for `replica.lag.time.max.ms`.
+    fn shrink_lagging_isrs(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut proposals = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for (tp, l) in st.leading.iter_mut() {
+                if l.proposing {
+                    continue;
+                }
+                let keep: Vec<NodeId> = l
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        *n == self.node
+                            || now
+                                .duration_since(l.followers.get(n).map_or(l.since, |f| f.caught_up))
+                                <= self.lag_max
+                    })
+                    .collect();
+                if keep.len() < l.isr.len() {
+                    l.proposing = true;
+                    proposals.push((tp.clone(), l.partition_epoch, keep));
+                }
+            }
+        }
+        for (tp, partition_epoch, isr) in proposals {
+            tracing::warn!(topic = %tp.0, partition = tp.1, ?isr, "Followers fell behind; shrinking the ISR.");
+            self.propose_isr(tp, partition_epoch, isr);
+        }
+    }
+
+    fn propose_isr(self: &Arc<Self>, tp: Tp, partition_epoch: i32, isr: Vec<NodeId>) {
+        let me = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let command = Command::AlterPartition {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                partition_epoch,
+                leader: Some(me.node),
+                isr,
+            };
+            if let Err(e) = me.cluster.propose(command).await {
+                tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "An ISR change was not taken.");
+            }
+            if let Some(l) = me.state.lock().leading.get_mut(&tp) {
+                l.proposing = false;
+            }
+        });
+    }
+
+    /// A follower's fetch of `tp` from `offset` (its log end), in its view of `epoch`:
+    /// records its progress, moves the high watermark, and proposes it back into the ISR
+    /// once it caught up. The partition to read from, or why not.
+    pub(crate) fn follower_fetch(
+        self: &Arc<Self>,
+        tp: &Tp,
+        follower: NodeId,
+        offset: i64,
+        epoch: i32,
+    ) -> Result<Arc<sluice_log::partition::Partition>, Refusal> {
+        let partition = self
+            .log
+            .partition(&tp.0, tp.1)
+            .map_err(|e| (crate::errors::code(&e), crate::errors::message(&e)))?;
+        let mut st = self.state.lock();
+        let Some(l) = st.leading.get_mut(tp) else {
+            return Err((
+                E::NotLeaderOrFollower.code(),
+                format!("node {} does not lead {}-{}", self.node, tp.0, tp.1),
+            ));
+        };
+        if epoch >= 0 && epoch < l.leader_epoch {
+            return Err((
+                E::FencedLeaderEpoch.code(),
+                format!("epoch {epoch} is over"),
+            ));
+        }
+        if epoch > l.leader_epoch {
+            return Err((
+                E::UnknownLeaderEpoch.code(),
+                format!("epoch {epoch} is not known here yet"),
+            ));
+        }
+        if !l.replicas.contains(&follower) {
+            return Err((
+                E::NotLeaderOrFollower.code(),
+                format!("node {follower} holds no replica of {}-{}", tp.0, tp.1),
+            ));
+        }
+        let now = Instant::now();
+        let end = partition.log_end_offset();
+        let prev = l.followers.get(&follower).copied();
+        let caught_up = if offset >= end {
+            now
+        } else if let Some(p) = prev.filter(|p| offset >= p.leader_end_at_fetch) {
+            p.last_fetch
+        } else {
+            prev.map_or(l.since, |p| p.caught_up)
+        };
+        l.followers.insert(
+            follower,
+            Progress {
+                log_end: offset,
+                caught_up,
+                last_fetch: now,
+                leader_end_at_fetch: end,
+            },
+        );
+        let moved = self.advance(&partition, l);
+        let hw = partition.info().high_watermark;
+        let expand = !l.isr.contains(&follower) && !l.proposing && offset >= hw;
+        let proposal = expand.then(|| {
+            l.proposing = true;
+            let mut isr = l.isr.clone();
+            isr.push(follower);
+            (l.partition_epoch, isr)
+        });
+        drop(st);
+        if moved {
+            self.hw_moved.send_modify(|n| *n += 1);
+        }
+        if let Some((partition_epoch, isr)) = proposal {
+            tracing::info!(topic = %tp.0, partition = tp.1, follower, "A follower caught up; adding it to the ISR.");
+            self.propose_isr(tp.clone(), partition_epoch, isr);
+        }
+        Ok(partition)
+    }
+
+    /// Whether this node may take a write of `tp` with `acks`: it must lead the partition,
+    /// and for `acks=all` the ISR must be at least `min.insync.replicas`. Topics outside the
+    /// cluster metadata (this node's own) are always writable.
+    pub(crate) fn check_write(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: i16,
+    ) -> Result<(), Refusal> {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        let Some(p) = md.partition(topic, partition) else {
+            return Ok(());
+        };
+        if p.leader != Some(self.node) {
+            return Err((
+                E::NotLeaderOrFollower.code(),
+                format!(
+                    "node {} does not lead {topic}-{partition} (node {} does)",
+                    self.node,
+                    p.leader.map_or("none".to_string(), |l| l.to_string())
+                ),
+            ));
+        }
+        if acks == -1 {
+            let min = self
+                .log
+                .topic(topic)
+                .map(|t| t.config().min_insync_replicas)
+                .unwrap_or(1);
+            if (p.isr.len() as u32) < min {
+                return Err((
+                    E::NotEnoughReplicas.code(),
+                    format!(
+                        "{topic}-{partition} has {} in-sync replica(s), min.insync.replicas is {min}",
+                        p.isr.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `topic`'s partition is in the cluster metadata (replicated), not this node's own.
+    pub(crate) fn is_replicated(&self, topic: &str, partition: u32) -> bool {
+        self.cluster
+            .metadata()
+            .borrow()
+            .partition(topic, partition)
+            .is_some()
+    }
+
+    /// Whether reads of `tp` must go elsewhere: the partition is replicated and this node
+    /// does not lead it.
+    pub(crate) fn check_read(&self, topic: &str, partition: u32) -> Result<(), Refusal> {
+        let md = self.cluster.metadata();
+        let md = md.borrow();
+        match md.partition(topic, partition) {
+            Some(p) if p.leader != Some(self.node) => Err((
+                E::NotLeaderOrFollower.code(),
+                format!("node {} does not lead {topic}-{partition}", self.node),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until every in-sync replica has `tp` below `end` (the high watermark reached
+    /// it), for an `acks=all` answer.
+    pub(crate) async fn wait_replicated(
+        &self,
+        tp: &Tp,
+        end: i64,
+        timeout: Duration,
+    ) -> Result<(), Refusal> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut moved = self.hw_moved.subscribe();
+        loop {
+            moved.borrow_and_update();
+            if !self.state.lock().leading.contains_key(tp) {
+                return Err((
+                    E::NotLeaderOrFollower.code(),
+                    format!(
+                        "node {} lost the leadership of {}-{}",
+                        self.node, tp.0, tp.1
+                    ),
+                ));
+            }
+            let hw = self
+                .log
+                .partition(&tp.0, tp.1)
+                .map(|p| p.info().high_watermark)
+                .unwrap_or(-1);
+            if hw >= end {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = moved.changed() => {
+                    if changed.is_err() {
+                        return Err((E::RequestTimedOut.code(), "shutting down".into()));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err((
+                        E::RequestTimedOut.code(),
+                        format!("the in-sync replicas of {}-{} did not all get the records within {timeout:?}", tp.0, tp.1),
+                    ));
+                }
+                // The ISR may shrink meanwhile; look again now and then.
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Changes of any high watermark this node leads.
+    pub(crate) fn watch_high_watermarks(&self) -> watch::Receiver<u64> {
+        self.hw_moved.subscribe()
+    }
+
+    /// Copies the partitions this node follows from `leader` until it follows none there.
+    async fn fetch_from(self: Arc<Self>, leader: NodeId) {
+        let mut conn: Option<(String, PeerConnection)> = None;
+        let client_id = format!("sluice-replica-{}", self.node);
+        loop {
+            let parts: Vec<(Tp, Following)> = {
+                let mut st = self.state.lock();
+                let parts: Vec<(Tp, Following)> = st
+                    .following
+                    .iter()
+                    .filter(|(_, f)| f.leader == leader)
+                    .map(|(tp, f)| (tp.clone(), f.clone()))
+                    .collect();
+                if parts.is_empty() {
+                    // Under the lock: a reconcile that adds a partition for this leader
+                    // after this sees no fetcher and starts one.
+                    st.fetchers.remove(&leader);
+                    return;
+                }
+                parts
+            };
+            let Some(addr) = self
+                .cluster
+                .metadata()
+                .borrow()
+                .nodes
+                .get(&leader)
+                .map(|n| n.addr.clone())
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
+                conn = Some((addr.clone(), PeerConnection::new(addr, client_id.clone())));
+            }
+            let (_, c) = conn.as_mut().expect("set above");
+            let untruncated: Vec<(Tp, Following)> = parts
+                .iter()
+                .filter(|(_, f)| !f.truncated)
+                .cloned()
+                .collect();
+            if !untruncated.is_empty() {
+                if let Err(e) = self.truncate(c, &untruncated).await {
+                    tracing::debug!(leader, error = %e, "Cannot ask the leader where to truncate yet.");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            if let Err(e) = self.fetch_once(c, &parts).await {
+                tracing::debug!(leader, error = %e, "A follower fetch failed.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Asks the leader where each partition's latest local epoch ends there, and cuts the
+    /// local log at that point (KIP-101).
+    async fn truncate(
+        &self,
+        c: &mut PeerConnection,
+        parts: &[(Tp, Following)],
+    ) -> Result<(), String> {
+        let mut topics: HashMap<String, Vec<OffsetForLeaderPartition>> = HashMap::new();
+        for ((topic, partition), f) in parts {
+            let local = self
+                .log
+                .partition(topic, *partition)
+                .map_err(|e| e.to_string())?;
+            topics.entry(topic.clone()).or_default().push(
+                OffsetForLeaderPartition::default()
+                    .with_partition(*partition as i32)
+                    .with_current_leader_epoch(f.leader_epoch)
+                    .with_leader_epoch(local.latest_epoch()),
+            );
+        }
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(self.node as i32))
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetForLeaderTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(t)))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let resp: OffsetForLeaderEpochResponse = c
+            .call(
+                ApiKey::OffsetForLeaderEpoch,
+                4,
+                &req,
+                Duration::from_secs(10),
+            )
+            .await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                let tp = (t.topic.0.to_string(), p.partition as u32);
+                if p.error_code != 0 {
+                    return Err(format!("{}-{}: error {}", tp.0, tp.1, p.error_code));
+                }
+                let log = self.log.clone();
+                let topic = tp.0.clone();
+                let end = p.end_offset;
+                let cut = tokio::task::spawn_blocking(move || {
+                    let part = log.partition(&topic, tp.1)?;
+                    if end >= 0 && end < part.log_end_offset() {
+                        part.truncate_to(end)?;
+                    }
+                    Ok::<_, LogError>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                cut.map_err(|e| e.to_string())?;
+                if let Some(f) = self.state.lock().following.get_mut(&tp) {
+                    f.truncated = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One Fetch of every partition followed from this leader; appends what came.
+    async fn fetch_once(
+        &self,
+        c: &mut PeerConnection,
+        parts: &[(Tp, Following)],
+    ) -> Result<(), String> {
+        let mut topics: HashMap<String, Vec<FetchPartition>> = HashMap::new();
+        for ((topic, partition), f) in parts {
+            let local = self
+                .log
+                .partition(topic, *partition)
+                .map_err(|e| e.to_string())?;
+            topics.entry(topic.clone()).or_default().push(
+                FetchPartition::default()
+                    .with_partition(*partition as i32)
+                    .with_current_leader_epoch(f.leader_epoch)
+                    .with_fetch_offset(local.log_end_offset())
+                    .with_partition_max_bytes(FOLLOWER_PARTITION_BYTES),
+            );
+        }
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(self.node as i32))
+            .with_max_wait_ms(FOLLOWER_WAIT_MS)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_session_epoch(-1)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(t)))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let resp: FetchResponse = c
+            .call(ApiKey::Fetch, 12, &req, Duration::from_secs(30))
+            .await?;
+        let log = self.log.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut refused = Vec::new();
+            for t in resp.responses {
+                for p in t.partitions {
+                    let topic = t.topic.0.to_string();
+                    if p.error_code != 0 {
+                        refused.push(format!(
+                            "{topic}-{}: error {}",
+                            p.partition_index, p.error_code
+                        ));
+                        continue;
+                    }
+                    let Ok(part) = log.partition(&topic, p.partition_index as u32) else {
+                        continue;
+                    };
+                    let data = p.records.unwrap_or_default();
+                    let end = if data.is_empty() {
+                        part.log_end_offset()
+                    } else {
+                        match part.append_replicated(&data) {
+                            Ok(end) => end,
+                            Err(e) => {
+                                refused.push(format!("{topic}-{}: {e}", p.partition_index));
+                                continue;
+                            }
+                        }
+                    };
+                    part.advance_high_watermark(p.high_watermark.min(end));
+                }
+            }
+            refused
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if outcome.is_empty() {
+            Ok(())
+        } else {
+            // Leadership moved or the epoch is not known there yet: the metadata catches up.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(outcome.join("; "))
+        }
+    }
+}

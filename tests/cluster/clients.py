@@ -1,0 +1,86 @@
+"""Kafka clients against a Sluice cluster, driven by tests/tests/cluster.rs.
+
+Each command prints one JSON object as its last line. Usage: clients.py COMMAND BOOTSTRAP ARGS...
+"""
+
+import json
+import sys
+import threading
+import time
+
+
+def create(bootstrap, topic, partitions, factor, *configs):
+    """Creates a topic; {"error": null} or the Kafka error's name."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = dict(c.split("=", 1) for c in configs)
+    new = NewTopic(topic, num_partitions=int(partitions), replication_factor=int(factor), config=config)
+    try:
+        for f in admin.create_topics([new], request_timeout=30).values():
+            f.result()
+        return {"error": None}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str()}
+
+
+def produce_load(bootstrap, topic, seconds, out):
+    """Produces acks=all, idempotent, numbered values for `seconds`; every acknowledged
+    record's partition, offset and value goes to `out` (JSON lines)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "delivery.timeout.ms": 120000,
+        "message.timeout.ms": 120000,
+    })
+    acked, errors = [], {}
+
+    def done(err, msg):
+        if err is not None:
+            errors[err.name()] = errors.get(err.name(), 0) + 1
+        else:
+            acked.append((msg.partition(), msg.offset(), msg.value().decode()))
+
+    deadline, i = time.time() + float(seconds), 0
+    while time.time() < deadline:
+        try:
+            producer.produce(topic, key=str(i % 97).encode(), value=f"v{i}".encode(), on_delivery=done)
+            i += 1
+        except BufferError:
+            producer.poll(0.05)
+        producer.poll(0)
+        if i % 200 == 0:
+            time.sleep(0.02)
+    left = producer.flush(120)
+    with open(out, "w") as f:
+        for p, o, v in acked:
+            f.write(json.dumps([p, o, v]) + "\n")
+    return {"sent": i, "acked": len(acked), "errors": errors, "unflushed": left}
+
+
+def produce_one(bootstrap, topic, acks):
+    """One record with `acks`, no retries: {"error": null} or the error's name."""
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": acks,
+        "retries": 0,
+        "message.timeout.ms": 10000,
+    })
+    result = {}
+    producer.produce(topic, value=b"one", on_delivery=lambda err, msg: result.update(
+        error=None if err is None else err.name()))
+    producer.flush(20)
+    return result
+
+
+COMMANDS = {"create": create, "produce_load": produce_load, "produce_one": produce_one}
+
+if __name__ == "__main__":
+    print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])), flush=True)

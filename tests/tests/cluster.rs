@@ -1,0 +1,447 @@
+//! A cluster of `sluice run` processes on loopback: the metadata log elects a controller,
+//! partitions are replicated with Kafka Fetch requests, leaders fail over, and real Kafka
+//! clients (confluent-kafka, `tests/cluster/clients.py`) write through it all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_log::batch::decode_records;
+use sluice_log::{Log, LogOptions};
+
+use crate::common::{free_port, venv};
+
+/// One node: its folder, Kafka port and process.
+struct Node {
+    id: u64,
+    work: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    round: usize,
+    api: Option<String>,
+}
+
+/// A cluster of nodes in one temporary folder; dropping it kills every node.
+struct TestCluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    spec: String,
+}
+
+impl TestCluster {
+    fn start(n: u64) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = (1..=n)
+            .map(|id| Node {
+                id,
+                work: dir.path().join(format!("node-{id}")),
+                port: free_port(),
+                child: None,
+                round: 0,
+                api: None,
+            })
+            .collect();
+        let spec = nodes
+            .iter()
+            .map(|n| format!("{}@127.0.0.1:{}", n.id, n.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = TestCluster {
+            _dir: dir,
+            nodes,
+            spec,
+        };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c.wait_for(
+            "a controller and every node alive",
+            Duration::from_secs(60),
+            |s| {
+                s["controller"].is_u64()
+                    && s["nodes"]
+                        .as_array()
+                        .is_some_and(|ns| ns.iter().all(|n| n["state"] == "alive"))
+            },
+        );
+        c
+    }
+
+    /// Starts node `i` (again), and waits for its API.
+    fn spawn(&mut self, i: usize) {
+        let spec = self.spec.clone();
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(node.work.join("pipelines")).unwrap();
+        let _ = std::fs::remove_file(node.work.join("data/worker.json"));
+        let log =
+            std::fs::File::create(node.work.join(format!("node-{}.log", node.round))).unwrap();
+        node.round += 1;
+        let mut child = Command::new(crate::cli::sluice_bin())
+            .arg("--data-dir")
+            .arg(node.work.join("data"))
+            .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
+            .arg(node.work.join("pipelines"))
+            .args(["--node-id", &node.id.to_string(), "--cluster", &spec])
+            .args([
+                "--cluster-session-timeout-ms",
+                "2000",
+                "--replica-lag-max-ms",
+                "2000",
+            ])
+            .env("SLUICE_LOG", "info,openraft=warn")
+            .env_remove("SLUICE_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        node.api = Some(crate::common::worker_api(&node.work, &mut child));
+        node.child = Some(child);
+    }
+
+    fn signal(&mut self, i: usize, signal: &str) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes[i].api = None;
+    }
+
+    fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `GET /cluster` from the first running node that answers.
+    fn status(&self) -> Option<Value> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.api.as_ref())
+            .find_map(|api| {
+                http.get(format!("{api}/cluster"))
+                    .send()
+                    .ok()?
+                    .text()
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            })
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if let Some(s) = s.as_ref().filter(|s| ok(s)) {
+                return s.clone();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "waited {timeout:?} for {what}; the cluster: {s:#?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The nodes' logs, for a failure's message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            for r in 0..n.round {
+                let text = std::fs::read_to_string(n.work.join(format!("node-{r}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out.push_str(&format!("--- node {} run {r}:\n", n.id));
+                for l in tail.iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// The index of the node that leads `topic`-`partition`.
+    fn leader_of(&self, topic: &str, partition: u64) -> usize {
+        let s = self.wait_for("a leader", Duration::from_secs(30), |s| {
+            partition_of(s, topic, partition).is_some_and(|p| p["leader"].is_u64())
+        });
+        let leader = partition_of(&s, topic, partition).unwrap()["leader"]
+            .as_u64()
+            .unwrap();
+        self.nodes.iter().position(|n| n.id == leader).unwrap()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(mut c) = self.nodes[i].child.take() {
+                // A paused node must be woken to die.
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn partition_of<'a>(status: &'a Value, topic: &str, partition: u64) -> Option<&'a Value> {
+    status["partitions"]
+        .as_array()?
+        .iter()
+        .find(|p| p["topic"] == topic && p["partition"] == partition)
+}
+
+fn clients(args: &[&str]) -> Value {
+    let python = venv().join("bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/clients.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "clients.py {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("clients.py {args:?}: {e}: {stdout}"))
+}
+
+/// Every record of `topic`-`partition` in the data directory `data` (the node stopped).
+fn records(data: &Path, topic: &str, partition: u32) -> Vec<(i64, String)> {
+    let log = Log::open(data, LogOptions::default()).unwrap();
+    let p = log.partition(topic, partition).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    let end = p.log_end_offset();
+    while at < end {
+        let data = p.fetch_replica(at, 1 << 20).unwrap().data;
+        if data.is_empty() {
+            break;
+        }
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let h = sluice_log::batch::BatchHeader::parse(rest).unwrap();
+            let (batch, tail) = rest.split_at(h.total_size().min(rest.len()));
+            rest = tail;
+            at = h.next_offset();
+            if h.is_control() {
+                continue;
+            }
+            for r in decode_records(batch).unwrap() {
+                let v = String::from_utf8_lossy(r.record.value.as_deref().unwrap_or_default());
+                out.push((r.offset, v.into_owned()));
+            }
+        }
+    }
+    log.close().unwrap();
+    out
+}
+
+/// acks=all writes go on while the leader of a partition is SIGKILLed again and again (and
+/// restarted: it truncates whatever it wrote past the new leader's log); afterwards every
+/// acknowledged record is on every replica, at its offset, once, in order.
+#[test]
+fn acks_all_writes_survive_leader_kills_and_every_replica_holds_them_once_in_order() {
+    let seed: u64 = std::env::var("SLUICE_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("SLUICE_CLUSTER_SEED={seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "orders", "3", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let acked_file = cluster._dir.path().join("acked.jsonl");
+    let python = venv().join("bin/python");
+    let producer = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/clients.py"))
+        .args(["produce_load", &bootstrap, "orders", "16"])
+        .arg(&acked_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500 + next() % 1500));
+        let partition = next() % 3;
+        let victim = cluster.leader_of("orders", partition);
+        eprintln!(
+            "killing node {} (leader of orders-{partition})",
+            cluster.nodes[victim].id
+        );
+        cluster.kill(victim);
+        std::thread::sleep(Duration::from_millis(1000 + next() % 2000));
+        cluster.spawn(victim);
+    }
+    let out = producer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    assert_eq!(summary["unflushed"], 0, "{summary}");
+    assert!(summary["acked"].as_u64().unwrap() > 1000, "{summary}");
+    cluster.wait_for("every replica back in sync", Duration::from_secs(60), |s| {
+        s["under_replicated_partitions"] == 0 && s["offline_partitions"] == 0
+    });
+    // Followers copy what the leaders have within a fetch or two.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..cluster.nodes.len() {
+        cluster.kill(i);
+    }
+    let acked: Vec<(u32, i64, String)> = std::fs::read_to_string(&acked_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for partition in 0..3u32 {
+        let copies: Vec<Vec<(i64, String)>> = cluster
+            .nodes
+            .iter()
+            .map(|n| records(&n.work.join("data"), "orders", partition))
+            .collect();
+        for (i, c) in copies.iter().enumerate().skip(1) {
+            assert!(
+                c == &copies[0],
+                "orders-{partition}: node {} has {} records, node 1 {} (seed {seed})",
+                i + 1,
+                c.len(),
+                copies[0].len()
+            );
+        }
+        let log = &copies[0];
+        let at: std::collections::HashMap<i64, &str> =
+            log.iter().map(|(o, v)| (*o, v.as_str())).collect();
+        for (p, offset, value) in acked.iter().filter(|(p, _, _)| *p == partition) {
+            assert_eq!(
+                at.get(offset).copied(),
+                Some(value.as_str()),
+                "acknowledged {value} at orders-{p}@{offset} is not there (seed {seed})"
+            );
+        }
+        // Once, in order: one idempotent producer's values only grow in a partition.
+        let numbers: Vec<u64> = log.iter().map(|(_, v)| v[1..].parse().unwrap()).collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "orders-{partition} repeats or reorders a record (seed {seed})"
+        );
+    }
+}
+
+/// A follower that stops (SIGSTOP) leaves the ISR, writes go on without it, and it returns
+/// to the ISR when it runs again.
+#[test]
+fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
+    let mut cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "pings", "1", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let leader = cluster.leader_of("pings", 0);
+    let follower = (leader + 1) % 3;
+    let id = cluster.nodes[follower].id;
+    cluster.signal(follower, "STOP");
+    cluster.wait_for(
+        "the paused follower out of the ISR",
+        Duration::from_secs(30),
+        |s| {
+            partition_of(s, "pings", 0).is_some_and(|p| {
+                p["isr"]
+                    .as_array()
+                    .is_some_and(|isr| isr.len() == 2 && !isr.contains(&id.into()))
+            })
+        },
+    );
+    let one = clients(&["produce_one", &bootstrap, "pings", "all"]);
+    assert_eq!(one["error"], Value::Null, "{one}");
+    cluster.signal(follower, "CONT");
+    cluster.wait_for(
+        "the follower back in the ISR",
+        Duration::from_secs(30),
+        |s| {
+            partition_of(s, "pings", 0)
+                .is_some_and(|p| p["isr"].as_array().is_some_and(|i| i.len() == 3))
+        },
+    );
+}
+
+/// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and
+/// acks=1 still works; with two of three nodes gone no metadata change is possible.
+#[test]
+fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
+    let mut cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&[
+        "create",
+        &bootstrap,
+        "strict",
+        "1",
+        "3",
+        "min.insync.replicas=3",
+    ]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let too_many = clients(&["create", &bootstrap, "wide", "1", "4"]);
+    assert_eq!(
+        too_many["error"], "INVALID_REPLICATION_FACTOR",
+        "{too_many}"
+    );
+    let ok = clients(&["produce_one", &bootstrap, "strict", "all"]);
+    assert_eq!(ok["error"], Value::Null, "{ok}");
+    let leader = cluster.leader_of("strict", 0);
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    cluster.wait_for("the ISR down to two", Duration::from_secs(30), |s| {
+        partition_of(s, "strict", 0)
+            .is_some_and(|p| p["isr"].as_array().is_some_and(|i| i.len() == 2))
+    });
+    let refused = clients(&["produce_one", &bootstrap, "strict", "all"]);
+    assert_eq!(refused["error"], "NOT_ENOUGH_REPLICAS", "{refused}");
+    let one = clients(&["produce_one", &bootstrap, "strict", "1"]);
+    assert_eq!(one["error"], Value::Null, "{one}");
+    let other = (leader + 2) % 3;
+    cluster.kill(other);
+    cluster.wait_for("no controller", Duration::from_secs(30), |s| {
+        s["controller"].is_null()
+    });
+    let created = clients(&["create", &bootstrap, "later", "1", "1"]);
+    assert_ne!(created["error"], Value::Null, "{created}");
+}
