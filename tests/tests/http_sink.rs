@@ -390,16 +390,43 @@ fn a_pipeline_delivers_every_record_once_per_key_across_kills() {
     );
     let faulted = std::fs::read_to_string(work.path().join(format!("worker-{}.log", rounds - 1)));
     assert!(faulted.unwrap().contains("Injected fault"));
+    // The faulted worker sent every record before it died, so `done()` holds already and
+    // says nothing about this worker: wait for its commit of every offset instead (it sends
+    // again what the faulted worker left uncommitted first). A fixed wait lost that race on
+    // a loaded machine: SIGTERM came while the worker was still opening the log, and as no
+    // worker before it had committed, the group had no offsets at all.
+    // A killed worker leaves its worker.json behind.
+    let _ = std::fs::remove_file(work.path().join("data/worker.json"));
     let mut child = crate::common::spawn_worker(work.path(), rounds, None);
+    let api = crate::common::worker_api(work.path(), &mut child);
+    let http = reqwest::blocking::Client::new();
+    let caught_up = || {
+        // Until the group has offsets, the answer is a 404 without partitions.
+        let group: Value = http
+            .get(format!("{api}/groups/sluice-sink-hook.out"))
+            .send()
+            .and_then(|r| r.text())
+            .map(|t| serde_json::from_str(&t).unwrap_or_default())
+            .unwrap_or_default();
+        let partitions: Vec<&Value> = group["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["topic"] == "events")
+            .collect();
+        partitions.len() == 2
+            && partitions
+                .iter()
+                .all(|p| p["committed"].as_i64() == p["log_end"].as_i64())
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
+    while !caught_up() {
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(work.path().join(format!("worker-{rounds}.log")));
-            panic!("the markers did not arrive in 90 s; the worker's log:\n{log:?}");
+            panic!("the worker did not commit every offset in 90 s; its log:\n{log:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
