@@ -35,6 +35,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the controller waits for a heartbeat before fencing a node and moving its
 /// leaderships (Kafka's `broker.session.timeout.ms`).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the controller moves leadership back to preferred replicas.
+const LEADER_REBALANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a proposal waits for a controller (an election, a majority coming back).
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -43,8 +45,9 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ClusterConfig {
     /// This node's id.
     pub node_id: NodeId,
-    /// Every voter of the metadata log and its Kafka listener's `host:port`, this node's
-    /// included; the same list on every node.
+    /// Every voter of the metadata log and its Kafka listener's `host:port` as this node
+    /// reaches it, this node's own included (what it tells clients); the same ids on every
+    /// node.
     pub voters: BTreeMap<NodeId, String>,
     /// Where the metadata log lives (`<data-dir>/cluster`).
     pub dir: PathBuf,
@@ -192,6 +195,8 @@ struct Inner {
     heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
     /// Since when this node has been the controller.
     controller_since: Mutex<Option<Instant>>,
+    /// When leadership was last moved back to preferred replicas.
+    last_rebalance: Mutex<Option<Instant>>,
     runtime: tokio::runtime::Handle,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -252,6 +257,7 @@ impl Cluster {
         .map_err(|e| ClusterError::Start(e.to_string()))?;
         let network = Network {
             from: config.node_id,
+            peers: config.voters.clone(),
         };
         let raft = runtime
             .block_on(Raft::new(
@@ -285,6 +291,7 @@ impl Cluster {
             metadata,
             heard: Mutex::new(BTreeMap::new()),
             controller_since: Mutex::new(None),
+            last_rebalance: Mutex::new(None),
             runtime: runtime.handle().clone(),
             stop: Mutex::new(Some(stop)),
             thread: Mutex::new(None),
@@ -313,6 +320,11 @@ impl Cluster {
             "Joined the cluster's metadata log."
         );
         Ok(Cluster { inner })
+    }
+
+    /// How this node reaches node `id` (its `--cluster` entry), if it is a voter.
+    pub fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.inner.config.voters.get(&id).cloned()
     }
 
     /// This node's id.
@@ -638,12 +650,40 @@ async fn controller_loop(weak: std::sync::Weak<Inner>) {
             } else {
                 BTreeSet::new()
             };
+            // Leadership goes back to preferred replicas now and then (Kafka's
+            // leader.imbalance.check.interval), not at every tick: a replica that just
+            // rejoined the ISR gets a moment before it takes over.
+            let rebalance = now.duration_since(since) >= LEADER_REBALANCE_INTERVAL
+                && inner
+                    .last_rebalance
+                    .lock()
+                    .is_none_or(|t| now.duration_since(t) >= LEADER_REBALANCE_INTERVAL);
+            if rebalance {
+                *inner.last_rebalance.lock() = Some(now);
+            }
             let view = View {
                 heard,
                 grace,
-                rebalance_leaders: false,
+                rebalance_leaders: rebalance,
             };
             for command in controller::plan(&metadata, &view) {
+                if let Command::AlterPartition {
+                    topic,
+                    partition,
+                    leader: Some(l),
+                    ..
+                } = &command
+                    && metadata
+                        .partition(topic, *partition)
+                        .is_some_and(|p| !p.isr.contains(l))
+                {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        leader = l,
+                        "Unclean leader election (unclean.leader.election.enable): no in-sync replica is alive, so a replica outside the ISR leads; records acknowledged after it fell behind are lost."
+                    );
+                }
                 tracing::info!(?command, "The controller changes the cluster metadata.");
                 if let Err(e) = propose_here(&inner, command).await {
                     tracing::debug!(error = %e, "A controller change was not committed.");

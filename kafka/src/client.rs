@@ -14,7 +14,7 @@ const MAX_ANSWER: usize = 128 << 20;
 
 /// One connection to another node's Kafka listener.
 #[derive(Debug)]
-pub(crate) struct PeerConnection {
+pub struct PeerConnection {
     addr: String,
     client_id: String,
     conn: Option<TcpStream>,
@@ -22,7 +22,8 @@ pub(crate) struct PeerConnection {
 }
 
 impl PeerConnection {
-    pub(crate) fn new(addr: String, client_id: String) -> PeerConnection {
+    /// A connection (opened at the first call) to `addr`, naming itself `client_id`.
+    pub fn new(addr: String, client_id: String) -> PeerConnection {
         PeerConnection {
             addr,
             client_id,
@@ -33,7 +34,7 @@ impl PeerConnection {
 
     /// Sends `request` as `api` `version` and decodes the answer; any failure drops the
     /// connection.
-    pub(crate) async fn call<Req: Encodable, Resp: Decodable>(
+    pub async fn call<Req: Encodable, Resp: Decodable>(
         &mut self,
         api: ApiKey,
         version: i16,
@@ -105,5 +106,127 @@ impl PeerConnection {
         let resp = Resp::decode(&mut answer, version).map_err(|e| e.to_string())?;
         let _ = answer.remaining();
         Ok(resp)
+    }
+}
+
+/// Creates `name` through the node at `addr` (CreateTopics v5); a Kafka error's name and
+/// message on failure.
+pub async fn create_topic(
+    addr: &str,
+    name: &str,
+    partitions: i32,
+    factor: i16,
+) -> Result<(), String> {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    let mut c = PeerConnection::new(addr.to_string(), "sluice-admin".into());
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(factor),
+        ]);
+    let resp: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 5, &req, Duration::from_secs(40))
+        .await?;
+    match resp.topics.first() {
+        Some(t) if t.error_code == 0 => Ok(()),
+        Some(t) => Err(format!(
+            "error {}: {}",
+            t.error_code,
+            t.error_message.as_deref().unwrap_or("")
+        )),
+        None => Err("no answer for the topic".into()),
+    }
+}
+
+/// The leader of `topic`-`partition` as the node at `addr` knows it: its id and address.
+pub async fn partition_leader(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<(i32, String)>, String> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+    let mut c = PeerConnection::new(addr.to_string(), "sluice-admin".into());
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]));
+    let resp: MetadataResponse = c
+        .call(ApiKey::Metadata, 9, &req, Duration::from_secs(5))
+        .await?;
+    let leader = resp
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .map(|p| p.leader_id.0)
+        .filter(|l| *l >= 0);
+    Ok(leader.and_then(|l| {
+        resp.brokers
+            .iter()
+            .find(|b| b.node_id.0 == l)
+            .map(|b| (l, format!("{}:{}", b.host.as_str(), b.port)))
+    }))
+}
+
+/// A producer of single batches over one connection (Produce v9), for latency probes.
+#[derive(Debug)]
+pub struct BatchProducer {
+    conn: PeerConnection,
+}
+
+impl BatchProducer {
+    /// A producer connected (lazily) to `addr`.
+    pub fn new(addr: &str) -> BatchProducer {
+        BatchProducer {
+            conn: PeerConnection::new(addr.to_string(), "sluice-bench".into()),
+        }
+    }
+
+    /// Appends one record batch (RecordBatch v2 bytes) to `topic`-`partition` with `acks`
+    /// (-1 = all) and waits for the answer: the base offset, or the Kafka error code and
+    /// message (a connection failure is code -1).
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+    ) -> Result<i64, (i16, String)> {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+        let req = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(batch)),
+                    ]),
+            ]);
+        let resp: ProduceResponse = self
+            .conn
+            .call(ApiKey::Produce, 9, &req, Duration::from_secs(15))
+            .await
+            .map_err(|e| (-1, e))?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or((-1, "no answer for the partition".to_string()))?;
+        if p.error_code != 0 {
+            return Err((
+                p.error_code,
+                p.error_message.as_deref().unwrap_or("").to_string(),
+            ));
+        }
+        Ok(p.base_offset)
     }
 }

@@ -50,6 +50,7 @@ pub(crate) fn code(e: &LogError) -> i16 {
         | LogError::DamagedSegment { .. }
         | LogError::RemoteStorage(_) => E::KafkaStorageError,
         LogError::ClusterUnavailable(_) => E::CoordinatorNotAvailable,
+        LogError::NotLeader { .. } => E::NotLeaderOrFollower,
         _ => E::UnknownServerError,
     }
     .code()

@@ -25,7 +25,8 @@
 //! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
 //! - [`replica`]: partition replication in a cluster: leaders, followers' fetchers, the
 //!   high watermark and the ISR.
-//! - `client` (private): the Kafka client a follower fetches with.
+//! - [`client`]: the small Kafka client nodes use between them (a follower's fetches), and
+//!   helpers for benchmarks and tools (create a topic, find a leader, produce a batch).
 //! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` and
 //!   `fetch_sessions` (KIP-227), `offsets` (ListOffsets), `admin` (topics), `configs`
 //!   (configs, DeleteRecords, OffsetForLeaderEpoch), `groups` (coordinator lookup and
@@ -36,7 +37,7 @@
 pub mod config;
 
 mod apis;
-mod client;
+pub mod client;
 mod errors;
 pub mod replica;
 mod sasl;

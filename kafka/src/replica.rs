@@ -575,14 +575,14 @@ impl Replicas {
                 }
                 parts
             };
-            let Some(addr) = self
-                .cluster
-                .metadata()
-                .borrow()
-                .nodes
-                .get(&leader)
-                .map(|n| n.addr.clone())
-            else {
+            // The way this node reaches the leader (its `--cluster` entry), else the address
+            // the leader registered.
+            let addr = self.cluster.peer_addr(leader).or_else(|| {
+                let md = self.cluster.metadata();
+                let md = md.borrow();
+                md.nodes.get(&leader).map(|n| n.addr.clone())
+            });
+            let Some(addr) = addr else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };

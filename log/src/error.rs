@@ -241,6 +241,14 @@ pub enum LogError {
     /// nodes is down or unreachable). Retryable.
     #[error("the cluster is unavailable: {0}")]
     ClusterUnavailable(String),
+    /// The partition is a follower's copy in a cluster: only its leader takes writes.
+    #[error("{topic}-{partition} is led by another node of the cluster; write to its leader")]
+    NotLeader {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
     /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
     /// nested, or using an Avro construct the registry does not support.
     #[error("invalid schema for subject '{subject}': {source}")]

@@ -183,6 +183,9 @@ struct State {
     /// A replica of a replicated topic: the high watermark moves only when the replication
     /// layer says every in-sync replica has the records, not at each append.
     replicated: bool,
+    /// A follower: only the leader's batches are appended ([`Partition::append_replicated`]);
+    /// a write of its own would make this copy diverge from the leader's.
+    follower: bool,
 }
 
 impl State {
@@ -472,6 +475,7 @@ impl Partition {
             leader_epoch: epochs.latest().unwrap_or(0),
             epochs,
             replicated: false,
+            follower: false,
             producers,
             dirty: false,
             cleaned_up_to: log_start_offset,
@@ -652,6 +656,10 @@ impl Partition {
         let mut out = Vec::with_capacity(items.len());
         let mut group = Group::default();
         for Queued { ticket, mut batch } in items {
+            if st.follower {
+                out.push((ticket, Err(self.not_leader())));
+                continue;
+            }
             let max = st.config.max_message_bytes;
             if batch.len() > max as usize {
                 out.push((
@@ -825,8 +833,18 @@ impl Partition {
         }
     }
 
+    fn not_leader(&self) -> LogError {
+        LogError::NotLeader {
+            topic: self.topic.to_string(),
+            partition: self.id,
+        }
+    }
+
     /// Assigns offsets, rolls if needed and writes; the caller holds the state lock.
     fn append_locked(&self, st: &mut State, batch: &mut [u8]) -> Result<AppendInfo> {
+        if st.follower {
+            return Err(self.not_leader());
+        }
         let leo = st.leo();
         crate::batch::set_base_offset(batch, leo);
         crate::batch::set_partition_leader_epoch(batch, st.leader_epoch);
@@ -1018,6 +1036,7 @@ impl Partition {
     pub fn become_leader(&self, epoch: i32) -> Result<()> {
         let mut st = self.state.lock();
         st.replicated = true;
+        st.follower = false;
         st.leader_epoch = epoch;
         let leo = st.leo();
         if st.epochs.assign(epoch, leo) {
@@ -1031,6 +1050,7 @@ impl Partition {
     pub fn become_follower(&self, epoch: i32) {
         let mut st = self.state.lock();
         st.replicated = true;
+        st.follower = true;
         st.leader_epoch = epoch;
     }
 
@@ -1201,6 +1221,7 @@ impl Partition {
         )?;
         let mut next = fresh.state.into_inner();
         next.replicated = st.replicated;
+        next.follower = st.follower;
         next.leader_epoch = st.leader_epoch;
         next.high_watermark = st.high_watermark.min(next.leo());
         let end = next.leo();
@@ -2234,6 +2255,10 @@ mod tests {
         assert_eq!(records(&follower), records(&leader));
         assert_eq!(follower.log_end_offset(), 20);
         assert_eq!(follower.end_offset_for_epoch(3), Some((3, 20)));
+        assert!(
+            matches!(follower.append(batch(99)), Err(LogError::NotLeader { .. })),
+            "a follower takes only its leader's batches"
+        );
         let gap = leader.fetch_replica(0, 1).unwrap().data;
         let far = open_at(tempfile::tempdir().unwrap().path());
         far.append(batch(0)).unwrap();

@@ -63,7 +63,7 @@ def produce_load(bootstrap, topic, seconds, out):
     return {"sent": i, "acked": len(acked), "errors": errors, "unflushed": left}
 
 
-def produce_one(bootstrap, topic, acks):
+def produce_one(bootstrap, topic, acks, value="one"):
     """One record with `acks`, no retries: {"error": null} or the error's name."""
     from confluent_kafka import Producer
 
@@ -74,7 +74,7 @@ def produce_one(bootstrap, topic, acks):
         "message.timeout.ms": 10000,
     })
     result = {}
-    producer.produce(topic, value=b"one", on_delivery=lambda err, msg: result.update(
+    producer.produce(topic, value=value.encode(), on_delivery=lambda err, msg: result.update(
         error=None if err is None else err.name()))
     producer.flush(20)
     return result

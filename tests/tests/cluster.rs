@@ -12,45 +12,114 @@ use sluice_log::{Log, LogOptions};
 
 use crate::common::{free_port, venv};
 
-/// One node: its folder, Kafka port and process.
+/// One node: its folder, Kafka port, how it reaches the others, and its process.
 struct Node {
     id: u64,
     work: PathBuf,
     port: u16,
+    /// Its `--cluster` list.
+    spec: String,
     child: Option<Child>,
     round: usize,
     api: Option<String>,
+}
+
+/// A TCP proxy to a port that can cut every connection through it (and refuse new ones):
+/// a network partition between two nodes.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+fn proxy(runtime: &tokio::runtime::Runtime, target: u16) -> Proxy {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, watch) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            if *watch.borrow() {
+                continue;
+            }
+            let mut cut = watch.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                    _ = cut.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    Proxy { port, cut }
 }
 
 /// A cluster of nodes in one temporary folder; dropping it kills every node.
 struct TestCluster {
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
-    spec: String,
+    /// With proxies: `proxies[(i, j)]` carries node i's connections to node j.
+    proxies: std::collections::HashMap<(usize, usize), Proxy>,
+    _runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestCluster {
     fn start(n: u64) -> TestCluster {
+        Self::start_with(n, false)
+    }
+
+    /// `n` nodes; with `proxied`, each node reaches each other one through a [`Proxy`].
+    fn start_with(n: u64, proxied: bool) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<Node> = (1..=n)
+        let mut nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
                 id,
                 work: dir.path().join(format!("node-{id}")),
                 port: free_port(),
+                spec: String::new(),
                 child: None,
                 round: 0,
                 api: None,
             })
             .collect();
-        let spec = nodes
-            .iter()
-            .map(|n| format!("{}@127.0.0.1:{}", n.id, n.port))
-            .collect::<Vec<_>>()
-            .join(",");
+        let runtime = proxied.then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        });
+        let mut proxies = std::collections::HashMap::new();
+        if let Some(rt) = &runtime {
+            for i in 0..nodes.len() {
+                for j in 0..nodes.len() {
+                    if i != j {
+                        proxies.insert((i, j), proxy(rt, nodes[j].port));
+                    }
+                }
+            }
+        }
+        for i in 0..nodes.len() {
+            nodes[i].spec = (0..nodes.len())
+                .map(|j| {
+                    let port = proxies.get(&(i, j)).map_or(nodes[j].port, |p| p.port);
+                    format!("{}@127.0.0.1:{port}", nodes[j].id)
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let mut c = TestCluster {
             _dir: dir,
             nodes,
-            spec,
+            proxies,
+            _runtime: runtime,
         };
         for i in 0..c.nodes.len() {
             c.spawn(i);
@@ -70,8 +139,8 @@ impl TestCluster {
 
     /// Starts node `i` (again), and waits for its API.
     fn spawn(&mut self, i: usize) {
-        let spec = self.spec.clone();
         let node = &mut self.nodes[i];
+        let spec = node.spec.clone();
         std::fs::create_dir_all(node.work.join("pipelines")).unwrap();
         let _ = std::fs::remove_file(node.work.join("data/worker.json"));
         let log =
@@ -100,6 +169,15 @@ impl TestCluster {
         node.child = Some(child);
     }
 
+    /// Cuts (or restores) every connection between node `i` and the others.
+    fn isolate(&self, i: usize, cut: bool) {
+        for ((a, b), p) in &self.proxies {
+            if *a == i || *b == i {
+                p.cut.send_replace(cut);
+            }
+        }
+    }
+
     fn signal(&mut self, i: usize, signal: &str) {
         let pid = self.nodes[i].child.as_ref().expect("running").id();
         let ok = Command::new("kill")
@@ -126,15 +204,17 @@ impl TestCluster {
             .join(",")
     }
 
-    /// `GET /cluster` from the first running node that answers.
-    fn status(&self) -> Option<Value> {
+    /// `GET /cluster` from the first running node `which` accepts that answers.
+    fn status_from(&self, which: impl Fn(usize) -> bool) -> Option<Value> {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
         self.nodes
             .iter()
-            .filter_map(|n| n.api.as_ref())
+            .enumerate()
+            .filter(|(i, _)| which(*i))
+            .filter_map(|(_, n)| n.api.as_ref())
             .find_map(|api| {
                 http.get(format!("{api}/cluster"))
                     .send()
@@ -146,9 +226,20 @@ impl TestCluster {
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_on(|_| true, what, timeout, ok)
+    }
+
+    /// [`Self::wait_for`] as the nodes `which` accepts see the cluster.
+    fn wait_for_on(
+        &self,
+        which: impl Fn(usize) -> bool + Copy,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
-            let s = self.status();
+            let s = self.status_from(which);
             if let Some(s) = s.as_ref().filter(|s| ok(s)) {
                 return s.clone();
             }
@@ -267,6 +358,16 @@ fn records(data: &Path, topic: &str, partition: u32) -> Vec<(i64, String)> {
 /// acknowledged record is on every replica, at its offset, once, in order.
 #[test]
 fn acks_all_writes_survive_leader_kills_and_every_replica_holds_them_once_in_order() {
+    leader_kills(3);
+}
+
+/// The same with five nodes: replicas of three partitions spread over them.
+#[test]
+fn five_nodes_survive_leader_kills_with_every_acknowledged_record_on_every_replica() {
+    leader_kills(5);
+}
+
+fn leader_kills(n: u64) {
     let seed: u64 = std::env::var("SLUICE_CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -284,7 +385,7 @@ fn acks_all_writes_survive_leader_kills_and_every_replica_holds_them_once_in_ord
         rng ^= rng << 17;
         rng
     };
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start(n);
     let bootstrap = cluster.bootstrap();
     let created = clients(&["create", &bootstrap, "orders", "3", "3"]);
     assert_eq!(created["error"], Value::Null, "{created}");
@@ -321,9 +422,19 @@ fn acks_all_writes_survive_leader_kills_and_every_replica_holds_them_once_in_ord
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["unflushed"], 0, "{summary}");
     assert!(summary["acked"].as_u64().unwrap() > 1000, "{summary}");
-    cluster.wait_for("every replica back in sync", Duration::from_secs(60), |s| {
+    let settled = cluster.wait_for("every replica back in sync", Duration::from_secs(60), |s| {
         s["under_replicated_partitions"] == 0 && s["offline_partitions"] == 0
     });
+    let replicas: Vec<Vec<u64>> = (0..3)
+        .map(|p| {
+            partition_of(&settled, "orders", p).unwrap()["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+                .collect()
+        })
+        .collect();
     // Followers copy what the leaders have within a fetch or two.
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..cluster.nodes.len() {
@@ -335,15 +446,18 @@ fn acks_all_writes_survive_leader_kills_and_every_replica_holds_them_once_in_ord
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     for partition in 0..3u32 {
+        // The nodes holding a copy of this partition.
         let copies: Vec<Vec<(i64, String)>> = cluster
             .nodes
             .iter()
+            .filter(|n| replicas[partition as usize].contains(&n.id))
             .map(|n| records(&n.work.join("data"), "orders", partition))
             .collect();
+        assert_eq!(copies.len(), 3);
         for (i, c) in copies.iter().enumerate().skip(1) {
             assert!(
                 c == &copies[0],
-                "orders-{partition}: node {} has {} records, node 1 {} (seed {seed})",
+                "orders-{partition}: replica {} has {} records, the first {} (seed {seed})",
                 i + 1,
                 c.len(),
                 copies[0].len()
@@ -393,6 +507,16 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
     );
     let one = clients(&["produce_one", &bootstrap, "pings", "all"]);
     assert_eq!(one["error"], Value::Null, "{one}");
+    let api = cluster.nodes[leader].api.clone().unwrap();
+    let metrics = reqwest::blocking::get(format!("{api}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_cluster_under_replicated_partitions 1")
+            && metrics.contains("sluice_cluster_leader_partitions 1"),
+        "{metrics}"
+    );
     cluster.signal(follower, "CONT");
     cluster.wait_for(
         "the follower back in the ISR",
@@ -444,4 +568,85 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
     });
     let created = clients(&["create", &bootstrap, "later", "1", "1"]);
     assert_ne!(created["error"], Value::Null, "{created}");
+}
+
+/// A network partition cuts a partition's leader off from the other nodes (a TCP proxy
+/// between every two nodes; clients still reach it). The majority elects a new leader in a
+/// new epoch and takes acks=all writes; the cut-off leader acknowledges no acks=all write,
+/// and the acks=1 write it took alone is gone from every replica after the partition heals.
+#[test]
+fn a_partitioned_leader_acknowledges_no_acks_all_write_and_its_tail_is_truncated() {
+    let mut cluster = TestCluster::start_with(3, true);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "split", "1", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let before = clients(&["produce_one", &bootstrap, "split", "all", "before"]);
+    assert_eq!(before["error"], Value::Null, "{before}");
+    let old = cluster.leader_of("split", 0);
+    let old_id = cluster.nodes[old].id;
+    let old_addr = format!("127.0.0.1:{}", cluster.nodes[old].port);
+    cluster.isolate(old, true);
+    // The cut-off leader still thinks it leads: acks=1 is taken, acks=all never is.
+    let stale = clients(&["produce_one", &old_addr, "split", "1", "stale"]);
+    assert_eq!(stale["error"], Value::Null, "{stale}");
+    let refused = clients(&["produce_one", &old_addr, "split", "all", "refused"]);
+    assert_ne!(refused["error"], Value::Null, "{refused}");
+    let majority = move |i: usize| i != old;
+    let s = cluster.wait_for_on(
+        majority,
+        "a new leader on the majority side",
+        Duration::from_secs(30),
+        |s| {
+            partition_of(s, "split", 0)
+                .is_some_and(|p| p["leader"].is_u64() && p["leader"] != old_id)
+        },
+    );
+    assert!(
+        partition_of(&s, "split", 0).unwrap()["leader_epoch"]
+            .as_i64()
+            .unwrap()
+            >= 1
+    );
+    let others: String = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, n)| format!("127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let after = clients(&["produce_one", &others, "split", "all", "majority"]);
+    assert_eq!(after["error"], Value::Null, "{after}");
+    let refused_again = clients(&["produce_one", &old_addr, "split", "all", "refused"]);
+    assert_ne!(refused_again["error"], Value::Null, "{refused_again}");
+    cluster.isolate(old, false);
+    cluster.wait_for(
+        "the old leader back in the ISR",
+        Duration::from_secs(60),
+        |s| {
+            partition_of(s, "split", 0)
+                .is_some_and(|p| p["isr"].as_array().is_some_and(|i| i.len() == 3))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..cluster.nodes.len() {
+        cluster.kill(i);
+    }
+    let copies: Vec<Vec<String>> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            records(&n.work.join("data"), "split", 0)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .collect();
+    for c in &copies {
+        assert_eq!(
+            c,
+            &vec!["before".to_string(), "majority".to_string()],
+            "{copies:?}"
+        );
+    }
 }

@@ -45,6 +45,10 @@ pub type Raft = openraft::Raft<TypeConfig>;
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub(crate) from: NodeId,
+    /// How this node reaches each voter (its own `--cluster` list): the address in the
+    /// membership is the one of the node that started the group, and a node may reach its
+    /// peers by other names.
+    pub(crate) peers: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -53,7 +57,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Peer) -> Connection {
         Connection {
             target,
-            client: PeerClient::new(node.addr.clone(), self.from),
+            client: PeerClient::new(
+                self.peers.get(&target).unwrap_or(&node.addr).clone(),
+                self.from,
+            ),
         }
     }
 }

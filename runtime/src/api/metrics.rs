@@ -382,6 +382,51 @@ impl Collector for Worker {
             }
         }
         lag.encode(&mut encoder)?;
+        if let Some(cluster) = state.cluster.get() {
+            let status = cluster.status();
+            let partitions = status
+                .metadata
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.iter());
+            let (mut under, mut offline, mut led) = (0, 0, 0);
+            for p in partitions {
+                under += usize::from(p.isr.len() < p.replicas.len());
+                offline += usize::from(p.leader.is_none());
+                led += usize::from(p.leader == Some(status.node_id));
+            }
+            let alive = status.nodes.iter().filter(|n| n.state == "alive").count();
+            for (name, help, v) in [
+                (
+                    "sluice_cluster_under_replicated_partitions",
+                    "Partitions whose in-sync replicas are fewer than their replicas (Kafka's UnderReplicatedPartitions).",
+                    under,
+                ),
+                (
+                    "sluice_cluster_offline_partitions",
+                    "Partitions without a leader (Kafka's OfflinePartitionsCount).",
+                    offline,
+                ),
+                (
+                    "sluice_cluster_leader_partitions",
+                    "Partitions this node leads.",
+                    led,
+                ),
+                (
+                    "sluice_cluster_alive_nodes",
+                    "Nodes registered and not fenced, as this node sees the metadata.",
+                    alive,
+                ),
+                (
+                    "sluice_cluster_controller",
+                    "1 on the node that is the controller (the metadata log's Raft leader).",
+                    usize::from(status.controller == Some(status.node_id)),
+                ),
+            ] {
+                Family::single(name, help, None, MetricType::Gauge, v as f64)
+                    .encode(&mut encoder)?;
+            }
+        }
         process(&mut encoder)?;
         let info = encoder.encode_descriptor(
             "sluice_build",

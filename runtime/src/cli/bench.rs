@@ -49,6 +49,10 @@ pub enum BenchCommand {
     /// and MB/s for 100 B and 1 KiB records, acks=1 and acks=all, beside the embedded
     /// producer and consumer on the same records.
     Kafka(super::bench_kafka::KafkaBenchArgs),
+    /// Three nodes on this machine, replication factor 3, acks=all: records/s and MB/s with
+    /// kcat, one-record produce latency p50/p99, and the time from a leader's SIGKILL to the
+    /// first acknowledged write; beside a single node in the same run.
+    Cluster(super::bench_cluster::ClusterBenchArgs),
 }
 
 /// Common benchmark arguments.
@@ -201,6 +205,7 @@ impl BenchCommand {
             BenchCommand::Sink(a) => a.run(),
             BenchCommand::Tiered(a) => a.run(),
             BenchCommand::Kafka(a) => a.run(),
+            BenchCommand::Cluster(a) => a.run(),
         }
     }
 }

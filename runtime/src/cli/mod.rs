@@ -7,6 +7,7 @@ use sluice_log::{FsyncPolicy, Log, LogOptions};
 
 pub mod bench;
 pub mod bench_cdc;
+pub mod bench_cluster;
 pub mod bench_eos;
 pub mod bench_ingest;
 pub mod bench_kafka;

@@ -103,9 +103,10 @@ pub struct RunArgs {
     /// This node's id in a cluster (Kafka's `node.id`); needs --cluster.
     #[arg(long, requires = "cluster", help_heading = "Cluster")]
     pub node_id: Option<u64>,
-    /// The cluster's nodes as `id@host:port,...`: each node's Kafka listener, where clients
-    /// and the other nodes reach it. The same list on every node (KRaft's
-    /// `controller.quorum.voters`); a majority must be up to change the cluster's metadata.
+    /// The cluster's nodes as `id@host:port,...` (KRaft's `controller.quorum.voters`): the
+    /// same node ids on every node, each with the address of its Kafka listener as this node
+    /// reaches it; this node's own entry is where it listens and what clients are told. A
+    /// majority must be up to change the cluster's metadata.
     #[arg(long, requires = "node_id", help_heading = "Cluster")]
     pub cluster: Option<String>,
     /// Milliseconds without a heartbeat after which the controller fences a node and moves

@@ -1,0 +1,446 @@
+//! `sluice bench cluster`: three `sluice run` nodes on this machine, a topic with
+//! replication factor 3, and kcat (librdkafka) producing with acks=all — records/s and MB/s
+//! for 100 B and 1 KiB records, one-record produce latency (p50, p99), and the time from a
+//! leader's SIGKILL to the first acknowledged write on its partition; beside a single node
+//! (no cluster) measured the same way in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::Value;
+use sluice_log::batch::{BatchBuilder, BatchOptions};
+use sluice_log::record::Record;
+
+use super::CliError;
+use super::bench::Scratch;
+
+/// Arguments of `sluice bench cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterBenchArgs {
+    /// Records per throughput run.
+    #[arg(long, default_value_t = 300_000)]
+    pub records: u64,
+    /// Record sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+    pub sizes: Vec<usize>,
+    /// One-record produce requests timed for the latency figures.
+    #[arg(long, default_value_t = 2000)]
+    pub latency_samples: usize,
+    /// Leader kills timed for the failover figure.
+    #[arg(long, default_value_t = 3)]
+    pub failovers: usize,
+    /// The kcat binary (Debian's `kcat` package).
+    #[arg(long, default_value = "kcat")]
+    pub kcat: PathBuf,
+    /// Scratch folder (removed at the end). Default: under $TMPDIR or /var/tmp.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A `sluice run` process of the benchmark.
+struct Node {
+    id: u64,
+    work: PathBuf,
+    kafka: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    api: String,
+}
+
+impl Node {
+    fn start(&mut self) -> Result<(), CliError> {
+        std::fs::create_dir_all(self.work.join("pipelines"))
+            .map_err(|e| CliError::io("create the node's folder", e))?;
+        let _ = std::fs::remove_file(self.work.join("data/worker.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join("node.log"))
+            .map_err(|e| CliError::io("create the node's log", e))?;
+        let exe = std::env::current_exe().map_err(|e| CliError::io("find this binary", e))?;
+        let child = Command::new(exe)
+            .arg("--data-dir")
+            .arg(self.work.join("data"))
+            .args(["run", "--listen", "127.0.0.1:0", "--pipelines"])
+            .arg(self.work.join("pipelines"))
+            .args(&self.args)
+            .env("SLUICE_LOG", "warn,openraft=error")
+            .env_remove("SLUICE_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| CliError::io("start a node", e))?;
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            let info = std::fs::read_to_string(self.work.join("data/worker.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            if let Some(v) = info {
+                self.api = v["api"].as_str().unwrap_or_default().to_string();
+                self.kafka = v["kafka"].as_str().unwrap_or_default().to_string();
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(CliError::Usage(format!(
+                    "node {} did not start; see {}",
+                    self.id,
+                    self.work.join("node.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn mb(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+impl ClusterBenchArgs {
+    /// Runs the benchmark.
+    pub fn run(self) -> Result<(), CliError> {
+        let scratch = Scratch::under(self.dir.as_deref(), "sluice-bench-cluster")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::io("start a runtime", e))?;
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let spec = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| Node {
+                id: i as u64 + 1,
+                work: scratch.path().join(format!("node-{}", i + 1)),
+                kafka: String::new(),
+                args: vec![
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--cluster".into(),
+                    spec.clone(),
+                ],
+                child: None,
+                api: String::new(),
+            })
+            .collect();
+        let mut single = Node {
+            id: 0,
+            work: scratch.path().join("single"),
+            kafka: String::new(),
+            args: vec!["--kafka-listen".into(), "127.0.0.1:0".into()],
+            child: None,
+            api: String::new(),
+        };
+        for n in nodes.iter_mut() {
+            n.start()?;
+        }
+        single.start()?;
+        wait_for(&nodes, Duration::from_secs(60), |s| {
+            s["controller"].is_u64()
+                && s["nodes"]
+                    .as_array()
+                    .is_some_and(|ns| ns.len() == 3 && ns.iter().all(|n| n["state"] == "alive"))
+        })?;
+        let bootstrap = nodes
+            .iter()
+            .map(|n| n.kafka.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        eprintln!(
+            "3 nodes ({bootstrap}) and a single node ({}); kcat for throughput",
+            single.kafka
+        );
+        for &size in &self.sizes {
+            let input = write_input(scratch.path(), self.records, size)?;
+            let bytes = self.records as f64 * size as f64;
+            let topic = format!("bench-{size}");
+            for (addr, factor) in [(&nodes[0].kafka, 3), (&single.kafka, 1)] {
+                runtime
+                    .block_on(sluice_kafka::client::create_topic(addr, &topic, 1, factor))
+                    .map_err(|e| CliError::Usage(format!("create {topic}: {e}")))?;
+            }
+            let cluster = self.kcat_produce(&bootstrap, &topic, &input)?;
+            let alone = self.kcat_produce(&single.kafka, &topic, &input)?;
+            println!(
+                "cluster produce size={size} acks=all rf=3: {} records in {cluster:.2} s, {:.0} records/s ({:.1} MB/s); single node {:.0} records/s ({:.1} MB/s), cluster/single {:.2}",
+                self.records,
+                self.records as f64 / cluster,
+                mb(bytes) / cluster,
+                self.records as f64 / alone,
+                mb(bytes) / alone,
+                alone / cluster,
+            );
+        }
+        // Latency: one 100 B record at a time, acks=all, to the partition's leader.
+        let topic = "bench-latency";
+        for (addr, factor) in [(&nodes[0].kafka, 3), (&single.kafka, 1)] {
+            runtime
+                .block_on(sluice_kafka::client::create_topic(addr, topic, 1, factor))
+                .map_err(|e| CliError::Usage(format!("create {topic}: {e}")))?;
+        }
+        let leader = runtime
+            .block_on(leader_of(&bootstrap, topic, Duration::from_secs(30)))?
+            .1;
+        let cluster = runtime.block_on(latencies(&leader, topic, self.latency_samples))?;
+        let alone = runtime.block_on(latencies(&single.kafka, topic, self.latency_samples))?;
+        println!(
+            "cluster produce latency acks=all rf=3 (one 100 B record per request, {} requests): p50 {:.2} ms, p99 {:.2} ms; single node p50 {:.2} ms, p99 {:.2} ms, cluster/single p50 {:.2}",
+            self.latency_samples,
+            percentile(&cluster, 0.5),
+            percentile(&cluster, 0.99),
+            percentile(&alone, 0.5),
+            percentile(&alone, 0.99),
+            percentile(&cluster, 0.5) / percentile(&alone, 0.5),
+        );
+        // Failover: SIGKILL the leader, time the first acknowledged acks=all write.
+        let mut times = Vec::new();
+        for _ in 0..self.failovers {
+            wait_for(&nodes, Duration::from_secs(60), |s| {
+                s["under_replicated_partitions"] == 0 && s["offline_partitions"] == 0
+            })?;
+            // The leader as a node sees it may be stale (leadership moves back to preferred
+            // replicas): the victim must take a write just before it is killed.
+            let id = runtime.block_on(async {
+                loop {
+                    let (id, addr) = leader_of(&bootstrap, topic, Duration::from_secs(30)).await?;
+                    let mut p = sluice_kafka::client::BatchProducer::new(&addr);
+                    if p.send(topic, 0, one_record_batch(), -1).await.is_ok() {
+                        return Ok::<_, CliError>(id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })?;
+            let victim = nodes
+                .iter()
+                .position(|n| n.id as i32 == id)
+                .ok_or_else(|| CliError::Usage(format!("no node {id}")))?;
+            let killed = Instant::now();
+            nodes[victim].kill();
+            let live: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| n.kafka.clone())
+                .collect();
+            let took = runtime.block_on(first_write(&live.join(","), topic, id, killed))?;
+            times.push(took);
+            nodes[victim].start()?;
+        }
+        times.sort_by(f64::total_cmp);
+        if !times.is_empty() {
+            println!(
+                "cluster failover (leader SIGKILL to the first acks=all write on its partition, session timeout 3 s): {} (median {:.2} s)",
+                times
+                    .iter()
+                    .map(|t| format!("{t:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                times[times.len() / 2]
+            );
+        }
+        for n in nodes.iter_mut() {
+            n.kill();
+        }
+        single.kill();
+        drop(nodes);
+        let _ = std::fs::remove_dir_all(scratch.path());
+        Ok(())
+    }
+
+    /// Seconds for kcat to produce the file with acks=all (every record acknowledged).
+    fn kcat_produce(&self, bootstrap: &str, topic: &str, input: &Path) -> Result<f64, CliError> {
+        let start = Instant::now();
+        let out = Command::new(&self.kcat)
+            .args([
+                "-P", "-b", bootstrap, "-t", topic, "-p", "0", "-X", "acks=all",
+            ])
+            .args(["-X", "linger.ms=5", "-X", "batch.size=1000000"])
+            .args(["-X", "queue.buffering.max.messages=2000000"])
+            .arg("-l")
+            .arg(input)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                CliError::io(
+                    format!(
+                        "run {} (install Debian's kcat, or pass --kcat)",
+                        self.kcat.display()
+                    ),
+                    e,
+                )
+            })?;
+        let secs = start.elapsed().as_secs_f64();
+        if !out.status.success() || !out.stderr.is_empty() {
+            return Err(CliError::Usage(format!(
+                "kcat -P failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(secs)
+    }
+}
+
+fn free_port() -> Result<u16, CliError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| CliError::io("find a free port", e))
+}
+
+fn write_input(dir: &Path, records: u64, size: usize) -> Result<PathBuf, CliError> {
+    use std::io::Write;
+    let path = dir.join(format!("records-{size}"));
+    let line: Vec<u8> = (0..size)
+        .map(|i| b'a' + (i % 26) as u8)
+        .chain([b'\n'])
+        .collect();
+    let file = std::fs::File::create(&path).map_err(|e| CliError::io("create the input", e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    for _ in 0..records {
+        w.write_all(&line)
+            .map_err(|e| CliError::io("write the input", e))?;
+    }
+    w.flush().map_err(|e| CliError::io("write the input", e))?;
+    Ok(path)
+}
+
+/// `GET /cluster` from the running nodes until `ok` holds.
+fn wait_for(
+    nodes: &[Node],
+    timeout: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<(), CliError> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let start = Instant::now();
+    loop {
+        let status = nodes.iter().filter(|n| n.child.is_some()).find_map(|n| {
+            let text = http
+                .get(format!("{}/cluster", n.api))
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            serde_json::from_str::<Value>(&text).ok()
+        });
+        if status.as_ref().is_some_and(&ok) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(CliError::Usage(format!(
+                "the cluster did not settle in {timeout:?}: {status:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The leader of `topic`-0 as some node of `bootstrap` knows it.
+async fn leader_of(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(i32, String), CliError> {
+    let start = Instant::now();
+    loop {
+        for addr in bootstrap.split(',') {
+            if let Ok(Some(l)) = sluice_kafka::client::partition_leader(addr, topic, 0).await {
+                return Ok(l);
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(CliError::Usage(format!("{topic}-0 has no leader")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn one_record_batch() -> bytes::Bytes {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    let value: String = (0..100)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let _ = b.push(&Record::from_value(value, sluice_log::record::now_ms()));
+    bytes::Bytes::from(b.build().unwrap_or_default())
+}
+
+/// Times `samples` one-record acks=all produce requests to `addr`, one after the other.
+async fn latencies(addr: &str, topic: &str, samples: usize) -> Result<Vec<Duration>, CliError> {
+    let mut producer = sluice_kafka::client::BatchProducer::new(addr);
+    let batch = one_record_batch();
+    let mut out = Vec::with_capacity(samples);
+    // The first requests open the connection and warm the path.
+    for i in 0..samples + 20 {
+        let start = Instant::now();
+        producer
+            .send(topic, 0, batch.clone(), -1)
+            .await
+            .map_err(|(code, e)| {
+                CliError::Usage(format!("produce to {addr}: error {code}: {e}"))
+            })?;
+        if i >= 20 {
+            out.push(start.elapsed());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Seconds from `killed` to the first acks=all write of `topic`-0 acknowledged by a leader
+/// other than `dead`.
+async fn first_write(
+    bootstrap: &str,
+    topic: &str,
+    dead: i32,
+    killed: Instant,
+) -> Result<f64, CliError> {
+    let batch = one_record_batch();
+    loop {
+        if killed.elapsed() > Duration::from_secs(60) {
+            return Err(CliError::Usage(
+                "no new leader took a write within 60 s".into(),
+            ));
+        }
+        for addr in bootstrap.split(',') {
+            if let Ok(Some((id, leader))) =
+                sluice_kafka::client::partition_leader(addr, topic, 0).await
+                && id != dead
+            {
+                let mut p = sluice_kafka::client::BatchProducer::new(&leader);
+                if p.send(topic, 0, batch.clone(), -1).await.is_ok() {
+                    return Ok(killed.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
