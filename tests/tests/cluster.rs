@@ -99,9 +99,9 @@ impl TestCluster {
         let mut proxies = std::collections::HashMap::new();
         if let Some(rt) = &runtime {
             for i in 0..nodes.len() {
-                for j in 0..nodes.len() {
+                for (j, target) in nodes.iter().enumerate() {
                     if i != j {
-                        proxies.insert((i, j), proxy(rt, nodes[j].port));
+                        proxies.insert((i, j), proxy(rt, target.port));
                     }
                 }
             }

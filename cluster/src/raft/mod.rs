@@ -1,6 +1,9 @@
 //! The metadata log's Raft group: openraft's types for Sluice, the network between
 //! nodes, and the storage on disk.
 
+// openraft's traits fix their error types (StorageError, RPCError): large, and not ours to box.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::time::Duration;
 
