@@ -157,6 +157,8 @@ check("GET", "/topics/{name}/consume", "/topics/made/consume", query="group=g2&f
 check("POST", "/topics/{name}/consume/{session}/commit", "/topics/made/consume/999/commit",
       body=b'{"offsets": [{"partition": 0, "offset": 1}]}', content_type="application/json", expect=404)
 check("GET", "/groups", expect=200)
+# A worker alone: 404 with the reason (the 200 answer is exercised by tests/tests/cluster.rs).
+check("GET", "/cluster", expect=404)
 check("GET", "/groups/{group}", "/groups/nope", expect=404)
 check("POST", "/groups/{group}/reset-offsets", "/groups/g1/reset-offsets",
       body=b'{"topic": "made", "to_earliest": true, "execute": true}', content_type="application/json", expect=200)
