@@ -322,6 +322,11 @@ impl Cluster {
         Ok(Cluster { inner })
     }
 
+    /// The ids of every node of `--cluster`, ascending.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.inner.config.voters.keys().copied().collect()
+    }
+
     /// How this node reaches node `id` (its `--cluster` entry), if it is a voter.
     pub fn peer_addr(&self, id: NodeId) -> Option<String> {
         self.inner.config.voters.get(&id).cloned()

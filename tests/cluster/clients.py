@@ -80,7 +80,44 @@ def produce_one(bootstrap, topic, acks, value="one"):
     return result
 
 
-COMMANDS = {"create": create, "produce_load": produce_load, "produce_one": produce_one}
+def group_commit(bootstrap, topic, group, n):
+    """Reads `n` records in `group` and commits; {"read": n}."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    read, deadline = 0, time.time() + 60
+    while read < int(n) and time.time() < deadline:
+        m = consumer.poll(1.0)
+        if m is not None and not m.error():
+            read += 1
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    return {"read": read}
+
+
+def committed(bootstrap, topic, group):
+    """The group's committed offset of partition 0, asked through `bootstrap`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    tps = consumer.committed([TopicPartition(topic, 0)], timeout=30)
+    consumer.close()
+    return {"offset": tps[0].offset}
+
+
+COMMANDS = {
+    "create": create,
+    "produce_load": produce_load,
+    "produce_one": produce_one,
+    "group_commit": group_commit,
+    "committed": committed,
+}
 
 if __name__ == "__main__":
     print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])), flush=True)

@@ -490,6 +490,18 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
     let bootstrap = cluster.bootstrap();
     let created = clients(&["create", &bootstrap, "pings", "1", "3"]);
     assert_eq!(created["error"], Value::Null, "{created}");
+    // A group's coordinator is the same node whichever node a client asks: offsets
+    // committed through one are read through another.
+    for value in ["a", "b", "c"] {
+        let one = clients(&["produce_one", &bootstrap, "pings", "all", value]);
+        assert_eq!(one["error"], Value::Null, "{one}");
+    }
+    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let last = format!("127.0.0.1:{}", cluster.nodes[2].port);
+    let read = clients(&["group_commit", &first, "pings", "watchers", "3"]);
+    assert_eq!(read["read"], 3, "{read}");
+    let offset = clients(&["committed", &last, "pings", "watchers"]);
+    assert_eq!(offset["offset"], 3, "{offset}");
     let leader = cluster.leader_of("pings", 0);
     let follower = (leader + 1) % 3;
     let id = cluster.nodes[follower].id;

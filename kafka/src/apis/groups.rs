@@ -21,12 +21,55 @@ use std::collections::BTreeMap;
 use super::{Ctx, s};
 use crate::errors;
 
-pub(crate) fn find_coordinator(ctx: &Ctx, _req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let b = &ctx.broker;
+    if let Some(cluster) = &b.cluster {
+        let mut answer = clustered_coordinator(cluster, req.key.as_str());
+        if ctx.version == 0 {
+            // v0 has no room for a message.
+            answer.error_message = None;
+        }
+        return answer;
+    }
     FindCoordinatorResponse::default()
         .with_node_id(BrokerId(b.node_id))
         .with_host(s(b.host.clone()))
         .with_port(b.port)
+}
+
+/// In a cluster, a group's (or transactional id's) coordinator is one node chosen by the
+/// key's hash over every node of `--cluster` — the same answer from every node, so a group's
+/// members meet in one place. Coordinator state (`__consumer_offsets`, `__transaction_state`)
+/// is that node's own, not replicated yet: while it is down the answer is
+/// COORDINATOR_NOT_AVAILABLE (clients wait), never another node without the group's offsets.
+fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCoordinatorResponse {
+    let ids = cluster.voter_ids();
+    let hash = key
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let id = ids[hash as usize % ids.len().max(1)];
+    let metadata = std::sync::Arc::clone(&cluster.metadata().borrow());
+    let node = metadata.nodes.get(&id).filter(|n| !n.fenced);
+    let at = node.and_then(|n| {
+        let (host, port) = n.addr.rsplit_once(':')?;
+        Some((
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse::<i32>().ok()?,
+        ))
+    });
+    match at {
+        Some((host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(id as i32))
+            .with_host(s(host))
+            .with_port(port),
+        None => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(E::CoordinatorNotAvailable.code())
+            .with_error_message(Some(s(format!(
+                "node {id} coordinates '{key}' and is down; its groups' offsets come back with it"
+            )))),
+    }
 }
 
 pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
