@@ -469,7 +469,12 @@ async fn answer(inner: &Arc<Inner>, request: PeerRequest) -> PeerResponse {
         PeerRequest::InstallSnapshot(r) => {
             PeerResponse::InstallSnapshot(inner.raft.install_snapshot(r).await)
         }
-        PeerRequest::Propose(command) => PeerResponse::Proposed(propose_here(inner, command).await),
+        PeerRequest::Propose(command) => PeerResponse::Proposed(
+            // The proposer waits 5 s for the answer: no point committing longer.
+            tokio::time::timeout(Duration::from_secs(5), propose_here(inner, command))
+                .await
+                .unwrap_or_else(|_| Err(NotTaken::Failed("no majority answered".into()))),
+        ),
         PeerRequest::Heartbeat { id, incarnation } => {
             let metrics = inner.raft.metrics().borrow().clone();
             if metrics.state != ServerState::Leader {
@@ -485,8 +490,19 @@ async fn answer(inner: &Arc<Inner>, request: PeerRequest) -> PeerResponse {
 
 /// Commits `command` if this node is the controller.
 async fn propose_here(inner: &Arc<Inner>, command: Command) -> Result<Applied, NotTaken> {
+    let registering = match &command {
+        Command::RegisterNode { id, .. } => Some(*id),
+        _ => None,
+    };
     match inner.raft.client_write(command).await {
-        Ok(r) => Ok(r.data),
+        Ok(r) => {
+            // A registration counts as the new incarnation's first heartbeat: the
+            // controller must not fence it before its next one arrives.
+            if let (Some(id), Some(incarnation)) = (registering, r.data.incarnation) {
+                inner.heard.lock().insert(id, (incarnation, Instant::now()));
+            }
+            Ok(r.data)
+        }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(NotTaken::NotController {
                 leader: f.leader_id,
@@ -507,7 +523,18 @@ async fn propose(
     loop {
         let leader = inner.raft.metrics().borrow().current_leader;
         let result = match leader {
-            Some(l) if l == inner.config.node_id => propose_here(inner, command.clone()).await,
+            Some(l) if l == inner.config.node_id => {
+                // A leader cut off from its majority commits nothing (openraft 0.9 does
+                // not step down): bounded by what is left of the caller's time.
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, propose_here(inner, command.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(NotTaken::Failed("no majority answered".into())),
+                }
+            }
+            Some(l) if !inner.config.voters.contains_key(&l) => Err(NotTaken::Failed(format!(
+                "the leader {l} is not in --cluster"
+            ))),
             Some(l) => {
                 let client = clients.entry(l).or_insert_with(|| {
                     PeerClient::new(inner.config.voters[&l].clone(), inner.config.node_id)
@@ -601,11 +628,15 @@ async fn heartbeat(
         inner.heard.lock().insert(id, (incarnation, Instant::now()));
         return;
     }
-    if client.as_ref().is_none_or(|(l, _)| *l != leader) {
-        *client = Some((
+    let Some(addr) = inner.config.voters.get(&leader) else {
+        tracing::warn!(
             leader,
-            PeerClient::new(inner.config.voters[&leader].clone(), id),
-        ));
+            "The controller is not in --cluster; check the node lists."
+        );
+        return;
+    };
+    if client.as_ref().is_none_or(|(l, _)| *l != leader) {
+        *client = Some((leader, PeerClient::new(addr.clone(), id)));
     }
     let (_, c) = client.as_mut().expect("set above");
     let timeout = inner
@@ -690,7 +721,13 @@ async fn controller_loop(weak: std::sync::Weak<Inner>) {
                     );
                 }
                 tracing::info!(?command, "The controller changes the cluster metadata.");
-                if let Err(e) = propose_here(&inner, command).await {
+                let proposed = tokio::time::timeout(
+                    inner.config.session_timeout,
+                    propose_here(&inner, command),
+                )
+                .await
+                .unwrap_or_else(|_| Err(NotTaken::Failed("no majority answered".into())));
+                if let Err(e) = proposed {
                     tracing::debug!(error = %e, "A controller change was not committed.");
                     break;
                 }

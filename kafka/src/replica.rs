@@ -80,6 +80,10 @@ struct Leading {
     followers: HashMap<NodeId, Progress>,
     /// An ISR change was proposed and not yet applied.
     proposing: bool,
+    /// Followers proposed into the ISR, counted in the high watermark already.
+    pending: Vec<NodeId>,
+    /// The log end when this epoch began: a follower must reach it to join the ISR.
+    epoch_start: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -217,11 +221,14 @@ impl Replicas {
                                     since: Instant::now(),
                                     followers: HashMap::new(),
                                     proposing: false,
+                                    pending: Vec::new(),
+                                    epoch_start: partition.log_end_offset(),
                                 },
                             );
                         } else if let Some(l) = st.leading.get_mut(&tp) {
                             if l.partition_epoch != p.partition_epoch {
                                 l.proposing = false;
+                                l.pending.clear();
                             }
                             l.partition_epoch = p.partition_epoch;
                             l.isr.clone_from(&p.isr);
@@ -296,7 +303,7 @@ impl Replicas {
     /// moved.
     fn advance(&self, p: &sluice_log::partition::Partition, l: &Leading) -> bool {
         let mut hw = p.log_end_offset();
-        for n in &l.isr {
+        for n in l.isr.iter().chain(&l.pending) {
             if *n == self.node {
                 continue;
             }
@@ -350,11 +357,14 @@ impl Replicas {
                 leader: Some(me.node),
                 isr,
             };
+            // Taken: the change arrives with the metadata, and reconcile ends the proposal
+            // (until then the pending member still counts). Refused: end it now.
             if let Err(e) = me.cluster.propose(command).await {
                 tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "An ISR change was not taken.");
-            }
-            if let Some(l) = me.state.lock().leading.get_mut(&tp) {
-                l.proposing = false;
+                if let Some(l) = me.state.lock().leading.get_mut(&tp) {
+                    l.proposing = false;
+                    l.pending.clear();
+                }
             }
         });
     }
@@ -400,6 +410,14 @@ impl Replicas {
         }
         let now = Instant::now();
         let end = partition.log_end_offset();
+        if offset > end {
+            // A copy longer than the leader's holds a former leader's tail: it is not in
+            // sync, and truncates when told the offset is out of range.
+            return Err((
+                E::OffsetOutOfRange.code(),
+                format!("offset {offset} is past the leader's end {end}"),
+            ));
+        }
         let prev = l.followers.get(&follower).copied();
         let caught_up = if offset >= end {
             now
@@ -419,9 +437,15 @@ impl Replicas {
         );
         let moved = self.advance(&partition, l);
         let hw = partition.info().high_watermark;
-        let expand = !l.isr.contains(&follower) && !l.proposing && offset >= hw;
+        // A follower joins once it has everything committed, and everything this leader's
+        // epoch began with (what an earlier leader committed).
+        let expand =
+            !l.isr.contains(&follower) && !l.proposing && offset >= hw && offset >= l.epoch_start;
         let proposal = expand.then(|| {
             l.proposing = true;
+            // Counted in the high watermark from now on (Kafka's maximal ISR): writes
+            // acknowledged before the change applies are on it too.
+            l.pending.push(follower);
             let mut isr = l.isr.clone();
             isr.push(follower);
             (l.partition_epoch, isr)
@@ -529,6 +553,24 @@ impl Replicas {
                 .map(|p| p.info().high_watermark)
                 .unwrap_or(-1);
             if hw >= end {
+                // The ISR may have shrunk below min.insync.replicas while this waited
+                // (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND): the records are there, but
+                // not on as many copies as asked.
+                let min = self
+                    .log
+                    .topic(&tp.0)
+                    .map(|t| t.config().min_insync_replicas as usize)
+                    .unwrap_or(1);
+                let isr = self.state.lock().leading.get(tp).map_or(0, |l| l.isr.len());
+                if isr < min {
+                    return Err((
+                        E::NotEnoughReplicasAfterAppend.code(),
+                        format!(
+                            "{}-{} has {isr} in-sync replica(s) after the write, min.insync.replicas is {min}",
+                            tp.0, tp.1
+                        ),
+                    ));
+                }
                 return Ok(());
             }
             tokio::select! {
@@ -649,26 +691,45 @@ impl Replicas {
                 Duration::from_secs(10),
             )
             .await?;
+        let asked: HashMap<Tp, Following> = parts.iter().cloned().collect();
         for t in resp.topics {
             for p in t.partitions {
                 let tp = (t.topic.0.to_string(), p.partition as u32);
                 if p.error_code != 0 {
                     return Err(format!("{}-{}: error {}", tp.0, tp.1, p.error_code));
                 }
+                let still = |st: &State| st.following.get(&tp) == asked.get(&tp);
+                if !still(&self.state.lock()) {
+                    // Leadership moved while asking: the next round asks the new leader.
+                    continue;
+                }
                 let log = self.log.clone();
                 let topic = tp.0.clone();
-                let end = p.end_offset;
+                let (epoch, end) = (p.leader_epoch, p.end_offset);
                 let cut = tokio::task::spawn_blocking(move || {
                     let part = log.partition(&topic, tp.1)?;
-                    if end >= 0 && end < part.log_end_offset() {
-                        part.truncate_to(end)?;
+                    // The cut is where the epoch the leader answered with ends in both logs
+                    // (KIP-279: the leader may know only an earlier epoch than asked, which
+                    // may end earlier here). A leader that knows no such epoch: keep what is
+                    // committed (the high watermark), as Kafka does.
+                    let cut = if epoch < 0 || end < 0 {
+                        part.info().high_watermark
+                    } else {
+                        let here = part.end_offset_for_epoch(epoch).map_or(end, |(_, e)| e);
+                        end.min(here)
+                    };
+                    if cut < part.log_end_offset() {
+                        part.truncate_to(cut)?;
                     }
                     Ok::<_, LogError>(())
                 })
                 .await
                 .map_err(|e| e.to_string())?;
                 cut.map_err(|e| e.to_string())?;
-                if let Some(f) = self.state.lock().following.get_mut(&tp) {
+                let mut st = self.state.lock();
+                if still(&st)
+                    && let Some(f) = st.following.get_mut(&tp)
+                {
                     f.truncated = true;
                 }
             }
@@ -716,11 +777,22 @@ impl Replicas {
             .call(ApiKey::Fetch, 12, &req, Duration::from_secs(30))
             .await?;
         let log = self.log.clone();
+        let epochs: HashMap<Tp, i32> = parts
+            .iter()
+            .map(|(tp, f)| (tp.clone(), f.leader_epoch))
+            .collect();
         let outcome = tokio::task::spawn_blocking(move || {
             let mut refused = Vec::new();
+            let mut retruncate = Vec::new();
             for t in resp.responses {
                 for p in t.partitions {
                     let topic = t.topic.0.to_string();
+                    let tp = (topic.clone(), p.partition_index as u32);
+                    if p.error_code == E::OffsetOutOfRange.code() {
+                        // This copy is longer than the leader's: find the cut again.
+                        retruncate.push(tp);
+                        continue;
+                    }
                     if p.error_code != 0 {
                         refused.push(format!(
                             "{topic}-{}: error {}",
@@ -728,6 +800,9 @@ impl Replicas {
                         ));
                         continue;
                     }
+                    let Some(&epoch) = epochs.get(&tp) else {
+                        continue;
+                    };
                     let Ok(part) = log.partition(&topic, p.partition_index as u32) else {
                         continue;
                     };
@@ -735,7 +810,7 @@ impl Replicas {
                     let end = if data.is_empty() {
                         part.log_end_offset()
                     } else {
-                        match part.append_replicated(&data) {
+                        match part.append_replicated(&data, epoch) {
                             Ok(end) => end,
                             Err(e) => {
                                 refused.push(format!("{topic}-{}: {e}", p.partition_index));
@@ -746,10 +821,19 @@ impl Replicas {
                     part.advance_high_watermark(p.high_watermark.min(end));
                 }
             }
-            refused
+            (refused, retruncate)
         })
         .await
         .map_err(|e| e.to_string())?;
+        let (outcome, retruncate) = outcome;
+        if !retruncate.is_empty() {
+            let mut st = self.state.lock();
+            for tp in retruncate {
+                if let Some(f) = st.following.get_mut(&tp) {
+                    f.truncated = false;
+                }
+            }
+        }
         if outcome.is_empty() {
             Ok(())
         } else {

@@ -1090,9 +1090,17 @@ impl Partition {
     /// Appends a leader's batches as they are (offsets, epochs, producer ids): a follower's
     /// copy. Batches below the log end are skipped (fetched twice); a batch past it is a gap
     /// and an error. Returns the log end after.
-    pub fn append_replicated(&self, mut batches: &[u8]) -> Result<i64> {
+    pub fn append_replicated(&self, mut batches: &[u8], epoch: i32) -> Result<i64> {
         let end = {
             let mut st = self.state.lock();
+            // An answer of a leader this copy no longer follows (a long poll that outlived a
+            // leader change) would make it diverge from the current leader.
+            if !st.follower || st.leader_epoch != epoch {
+                return Err(LogError::InvalidRequest(format!(
+                    "{}-{}: records of leader epoch {epoch}, this copy follows epoch {}",
+                    self.topic, self.id, st.leader_epoch
+                )));
+            }
             let mut epochs_changed = false;
             while !batches.is_empty() {
                 let header = BatchHeader::parse(batches).map_err(|e| self.batch_err(e))?;
@@ -2234,9 +2242,9 @@ mod tests {
         let mut next = 0;
         while next < 20 {
             let got = leader.fetch_replica(next, 200).unwrap();
-            next = follower.append_replicated(&got.data).unwrap();
+            next = follower.append_replicated(&got.data, 3).unwrap();
             // Fetched again: skipped, not appended twice.
-            assert_eq!(follower.append_replicated(&got.data).unwrap(), next);
+            assert_eq!(follower.append_replicated(&got.data, 3).unwrap(), next);
         }
         assert_eq!(leader.advance_high_watermark(next), 20);
         assert_eq!(leader.advance_high_watermark(5), 20, "never down");
@@ -2263,12 +2271,14 @@ mod tests {
         let far = open_at(tempfile::tempdir().unwrap().path());
         far.append(batch(0)).unwrap();
         far.append(batch(1)).unwrap();
+        assert!(far.append_replicated(&gap, 0).is_err(), "not a follower");
+        far.become_follower(0);
         assert!(
-            far.append_replicated(&gap).is_ok(),
+            far.append_replicated(&gap, 0).is_ok(),
             "below the end: skipped"
         );
         let later = leader.fetch_replica(5, 1).unwrap().data;
-        assert!(far.append_replicated(&later).is_err(), "a gap");
+        assert!(far.append_replicated(&later, 0).is_err(), "a gap");
     }
 
     /// A former leader's tail past the new leader's epoch end is cut, the new leader's
@@ -2297,7 +2307,7 @@ mod tests {
             let mut bytes = theirs.build().unwrap();
             crate::batch::set_base_offset(&mut bytes, 12);
             crate::batch::set_partition_leader_epoch(&mut bytes, 3);
-            assert_eq!(p.append_replicated(&bytes).unwrap(), 13);
+            assert_eq!(p.append_replicated(&bytes, 3).unwrap(), 13);
             p.close().unwrap();
         }
         let p = open_at(dir.path());

@@ -294,12 +294,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: std::mem::take(&mut self.data),
         };
-        put_json(
-            &self.db,
-            SNAPSHOT,
-            &stored,
-            ErrorSubject::Snapshot(Some(meta.signature())),
-        )?;
+        // A snapshot installed from the leader meanwhile may be newer than this one: keep it.
+        let current: Option<StoredSnapshot> =
+            get_json(&self.db, SNAPSHOT, ErrorSubject::Snapshot(None))?;
+        if current.is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
+            put_json(
+                &self.db,
+                SNAPSHOT,
+                &stored,
+                ErrorSubject::Snapshot(Some(meta.signature())),
+            )?;
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),

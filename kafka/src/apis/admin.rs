@@ -148,6 +148,16 @@ pub(crate) fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopics
     CreateTopicsResponse::default().with_topics(topics)
 }
 
+/// Why a replicated topic cannot be `done` here yet (each node would change only its own
+/// copy), or `None` for a topic outside the cluster metadata.
+pub(crate) fn replicated_refusal(ctx: &Ctx, topic: &str, done: &str) -> Option<String> {
+    let cluster = ctx.broker.cluster.as_ref()?;
+    let replicated = cluster.metadata().borrow().topics.contains_key(topic);
+    replicated.then(|| {
+        format!("'{topic}' is replicated in the cluster and cannot be {done} yet (not supported in a cluster)")
+    })
+}
+
 /// The replication factor of a topic created without one: three copies, or one per node
 /// in a smaller cluster.
 const DEFAULT_REPLICATION_FACTOR: usize = 3;
@@ -290,6 +300,11 @@ pub(crate) fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopics
         .into_iter()
         .map(|name| {
             let out = DeletableTopicResult::default().with_name(Some(name.clone()));
+            if let Some(reason) = replicated_refusal(ctx, &name.0, "deleted") {
+                return out
+                    .with_error_code(E::InvalidRequest.code())
+                    .with_error_message(Some(s(reason)));
+            }
             match log.delete_topic(&name.0) {
                 Ok(()) => out,
                 Err(e) => out
@@ -324,6 +339,9 @@ pub(crate) fn create_partitions(
                         t.name.0.as_str()
                     ),
                 );
+            }
+            if let Some(reason) = replicated_refusal(ctx, &t.name.0, "given partitions") {
+                return fail(E::InvalidRequest.code(), reason);
             }
             if t.count > MAX_PARTITIONS as i32 {
                 return fail(

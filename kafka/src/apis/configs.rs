@@ -110,6 +110,9 @@ pub(crate) fn incremental_alter_configs(
                 );
             }
             let topic = r.resource_name.to_string();
+            if let Some(reason) = super::admin::replicated_refusal(ctx, &topic, "altered") {
+                return fail(E::InvalidRequest.code(), reason);
+            }
             if sluice_log::is_internal_topic(&topic) {
                 return fail(
                     E::InvalidTopicException.code(),

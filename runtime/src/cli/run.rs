@@ -199,6 +199,11 @@ impl RunArgs {
         }
         if self.cluster.is_some() {
             self.voters()?;
+            if self.kafka_tls_cert.is_some() {
+                return Err(CliError::Usage(
+                    "--cluster with --kafka-tls-cert is not supported yet: the nodes talk to each other without TLS".into(),
+                ));
+            }
             if token.is_some() || self.kafka_users.is_some() || self.kafka_users_file.is_some() {
                 return Err(CliError::Usage(
                     "--cluster with an API token or Kafka users is not supported yet: the nodes do not authenticate to each other (run the cluster on a trusted network without them)".into(),
