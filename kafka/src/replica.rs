@@ -651,6 +651,27 @@ impl Replicas {
         }
     }
 
+    /// One request entry per followed partition (made by `entry` from the local copy),
+    /// grouped by topic as Kafka's requests are.
+    fn by_topic<T>(
+        &self,
+        parts: &[(Tp, Following)],
+        entry: impl Fn(&sluice_log::partition::Partition, u32, &Following) -> T,
+    ) -> Result<HashMap<String, Vec<T>>, String> {
+        let mut topics: HashMap<String, Vec<T>> = HashMap::new();
+        for ((topic, partition), f) in parts {
+            let local = self
+                .log
+                .partition(topic, *partition)
+                .map_err(|e| e.to_string())?;
+            topics
+                .entry(topic.clone())
+                .or_default()
+                .push(entry(&local, *partition, f));
+        }
+        Ok(topics)
+    }
+
     /// Asks the leader where each partition's latest local epoch ends there, and cuts the
     /// local log at that point (KIP-101).
     async fn truncate(
@@ -658,19 +679,12 @@ impl Replicas {
         c: &mut PeerConnection,
         parts: &[(Tp, Following)],
     ) -> Result<(), String> {
-        let mut topics: HashMap<String, Vec<OffsetForLeaderPartition>> = HashMap::new();
-        for ((topic, partition), f) in parts {
-            let local = self
-                .log
-                .partition(topic, *partition)
-                .map_err(|e| e.to_string())?;
-            topics.entry(topic.clone()).or_default().push(
-                OffsetForLeaderPartition::default()
-                    .with_partition(*partition as i32)
-                    .with_current_leader_epoch(f.leader_epoch)
-                    .with_leader_epoch(local.latest_epoch()),
-            );
-        }
+        let topics = self.by_topic(parts, |local, partition, f| {
+            OffsetForLeaderPartition::default()
+                .with_partition(partition as i32)
+                .with_current_leader_epoch(f.leader_epoch)
+                .with_leader_epoch(local.latest_epoch())
+        })?;
         let req = OffsetForLeaderEpochRequest::default()
             .with_replica_id(BrokerId(self.node as i32))
             .with_topics(
@@ -743,20 +757,13 @@ impl Replicas {
         c: &mut PeerConnection,
         parts: &[(Tp, Following)],
     ) -> Result<(), String> {
-        let mut topics: HashMap<String, Vec<FetchPartition>> = HashMap::new();
-        for ((topic, partition), f) in parts {
-            let local = self
-                .log
-                .partition(topic, *partition)
-                .map_err(|e| e.to_string())?;
-            topics.entry(topic.clone()).or_default().push(
-                FetchPartition::default()
-                    .with_partition(*partition as i32)
-                    .with_current_leader_epoch(f.leader_epoch)
-                    .with_fetch_offset(local.log_end_offset())
-                    .with_partition_max_bytes(FOLLOWER_PARTITION_BYTES),
-            );
-        }
+        let topics = self.by_topic(parts, |local, partition, f| {
+            FetchPartition::default()
+                .with_partition(partition as i32)
+                .with_current_leader_epoch(f.leader_epoch)
+                .with_fetch_offset(local.log_end_offset())
+                .with_partition_max_bytes(FOLLOWER_PARTITION_BYTES)
+        })?;
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(self.node as i32))
             .with_max_wait_ms(FOLLOWER_WAIT_MS)

@@ -833,6 +833,26 @@ impl Partition {
         }
     }
 
+    /// Writes one batch that already has its offsets to the active segment, and applies it
+    /// to the producer and transaction state; the caller holds the state lock.
+    fn write_numbered(&self, st: &mut State, batch: &[u8], header: &BatchHeader) -> Result<()> {
+        st.active_mut().append(batch, header)?;
+        self.stats[0].fetch_add(1, Ordering::Relaxed);
+        self.stats[1].fetch_add(1, Ordering::Relaxed);
+        if header.is_control() {
+            let (kind, _) = crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
+            st.producers.on_marker(
+                header.producer_id,
+                header.producer_epoch,
+                kind == ControlType::Commit,
+                header.base_offset,
+            );
+        } else {
+            st.producers.on_data(header);
+        }
+        Ok(())
+    }
+
     fn not_leader(&self) -> LogError {
         LogError::NotLeader {
             topic: self.topic.to_string(),
@@ -852,20 +872,7 @@ impl Partition {
         if self.needs_roll(st, &Group::default(), &header, batch.len()) {
             self.roll(st)?;
         }
-        st.active_mut().append(batch, &header)?;
-        self.stats[0].fetch_add(1, Ordering::Relaxed);
-        self.stats[1].fetch_add(1, Ordering::Relaxed);
-        if header.is_control() {
-            let (kind, _) = crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
-            st.producers.on_marker(
-                header.producer_id,
-                header.producer_epoch,
-                kind == ControlType::Commit,
-                header.base_offset,
-            );
-        } else {
-            st.producers.on_data(&header);
-        }
+        self.write_numbered(st, batch, &header)?;
         // Alone, every appended record is "replicated" at once.
         if !st.replicated {
             st.high_watermark = st.leo();
@@ -1129,21 +1136,7 @@ impl Partition {
                 if self.needs_roll(&st, &Group::default(), &header, len) {
                     self.roll(&mut st)?;
                 }
-                st.active_mut().append(batch, &header)?;
-                self.stats[0].fetch_add(1, Ordering::Relaxed);
-                self.stats[1].fetch_add(1, Ordering::Relaxed);
-                if header.is_control() {
-                    let (kind, _) =
-                        crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
-                    st.producers.on_marker(
-                        header.producer_id,
-                        header.producer_epoch,
-                        kind == ControlType::Commit,
-                        header.base_offset,
-                    );
-                } else {
-                    st.producers.on_data(&header);
-                }
+                self.write_numbered(&mut st, batch, &header)?;
                 epochs_changed |= st
                     .epochs
                     .assign(header.partition_leader_epoch, header.base_offset);

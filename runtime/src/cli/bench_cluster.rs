@@ -179,7 +179,7 @@ impl ClusterBenchArgs {
             single.kafka
         );
         for &size in &self.sizes {
-            let input = write_input(scratch.path(), self.records, size)?;
+            let input = super::bench_kafka::write_input(scratch.path(), self.records, size)?;
             let bytes = self.records as f64 * size as f64;
             let topic = format!("bench-{size}");
             for (addr, factor) in [(&nodes[0].kafka, 3), (&single.kafka, 1)] {
@@ -276,34 +276,7 @@ impl ClusterBenchArgs {
 
     /// Seconds for kcat to produce the file with acks=all (every record acknowledged).
     fn kcat_produce(&self, bootstrap: &str, topic: &str, input: &Path) -> Result<f64, CliError> {
-        let start = Instant::now();
-        let out = Command::new(&self.kcat)
-            .args([
-                "-P", "-b", bootstrap, "-t", topic, "-p", "0", "-X", "acks=all",
-            ])
-            .args(["-X", "linger.ms=5", "-X", "batch.size=1000000"])
-            .args(["-X", "queue.buffering.max.messages=2000000"])
-            .arg("-l")
-            .arg(input)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                CliError::io(
-                    format!(
-                        "run {} (install Debian's kcat, or pass --kcat)",
-                        self.kcat.display()
-                    ),
-                    e,
-                )
-            })?;
-        let secs = start.elapsed().as_secs_f64();
-        if !out.status.success() || !out.stderr.is_empty() {
-            return Err(CliError::Usage(format!(
-                "kcat -P failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(secs)
+        super::bench_kafka::kcat_produce(&self.kcat, bootstrap, topic, "all", input)
     }
 }
 
@@ -312,23 +285,6 @@ fn free_port() -> Result<u16, CliError> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| CliError::io("find a free port", e))
-}
-
-fn write_input(dir: &Path, records: u64, size: usize) -> Result<PathBuf, CliError> {
-    use std::io::Write;
-    let path = dir.join(format!("records-{size}"));
-    let line: Vec<u8> = (0..size)
-        .map(|i| b'a' + (i % 26) as u8)
-        .chain([b'\n'])
-        .collect();
-    let file = std::fs::File::create(&path).map_err(|e| CliError::io("create the input", e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    for _ in 0..records {
-        w.write_all(&line)
-            .map_err(|e| CliError::io("write the input", e))?;
-    }
-    w.flush().map_err(|e| CliError::io("write the input", e))?;
-    Ok(path)
 }
 
 /// `GET /cluster` from the running nodes until `ok` holds.

@@ -137,21 +137,7 @@ impl KafkaBenchArgs {
 
     /// A file of `records` lines of `size` bytes (kcat's input).
     fn input(&self, dir: &std::path::Path, size: usize) -> Result<PathBuf, CliError> {
-        let path = dir.join(format!("records-{size}"));
-        let line: Vec<u8> = (0..size)
-            .map(|i| b'a' + (i % 26) as u8)
-            .chain([b'\n'])
-            .collect();
-        let file = std::fs::File::create(&path)
-            .map_err(|e| CliError::io(format!("create {}", path.display()), e))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        for _ in 0..self.records {
-            w.write_all(&line)
-                .map_err(|e| CliError::io(format!("write {}", path.display()), e))?;
-        }
-        w.flush()
-            .map_err(|e| CliError::io(format!("write {}", path.display()), e))?;
-        Ok(path)
+        write_input(dir, self.records, size)
     }
 
     /// Seconds for kcat to produce the file (from start to its exit, every record acked).
@@ -162,24 +148,7 @@ impl KafkaBenchArgs {
         acks: &str,
         input: &std::path::Path,
     ) -> Result<f64, CliError> {
-        let start = Instant::now();
-        let out = Command::new(&self.kcat)
-            .args(["-P", "-b", bootstrap, "-t", topic, "-X"])
-            .arg(format!("acks={acks}"))
-            .args(PRODUCER)
-            .arg("-l")
-            .arg(input)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| CliError::io("run kcat", e))?;
-        let secs = start.elapsed().as_secs_f64();
-        if !out.status.success() || !out.stderr.is_empty() {
-            return Err(CliError::Usage(format!(
-                "kcat -P failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(secs)
+        kcat_produce(&self.kcat, bootstrap, topic, acks, input)
     }
 
     /// Seconds for kcat to consume the topic from the start to its end (printing nothing).
@@ -231,4 +200,60 @@ impl KafkaBenchArgs {
         log.delete_topic(&topic)?;
         Ok((produce, consume))
     }
+}
+
+/// Seconds for `kcat` to produce the lines of `input` to `topic` with `acks` (from its start
+/// to its exit, every record acknowledged), with the throughput settings above.
+pub fn kcat_produce(
+    kcat: &std::path::Path,
+    bootstrap: &str,
+    topic: &str,
+    acks: &str,
+    input: &std::path::Path,
+) -> Result<f64, CliError> {
+    let start = Instant::now();
+    let out = Command::new(kcat)
+        .args(["-P", "-b", bootstrap, "-t", topic, "-X"])
+        .arg(format!("acks={acks}"))
+        .args(PRODUCER)
+        .arg("-l")
+        .arg(input)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            CliError::io(
+                format!(
+                    "run {} (install Debian's kcat, or pass --kcat)",
+                    kcat.display()
+                ),
+                e,
+            )
+        })?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() || !out.stderr.is_empty() {
+        return Err(CliError::Usage(format!(
+            "kcat -P failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(secs)
+}
+
+/// A file of `records` lines of `size` bytes in `dir` (kcat's input).
+pub fn write_input(dir: &std::path::Path, records: u64, size: usize) -> Result<PathBuf, CliError> {
+    let path = dir.join(format!("records-{size}"));
+    let line: Vec<u8> = (0..size)
+        .map(|i| b'a' + (i % 26) as u8)
+        .chain([b'\n'])
+        .collect();
+    let file = std::fs::File::create(&path)
+        .map_err(|e| CliError::io(format!("create {}", path.display()), e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    for _ in 0..records {
+        w.write_all(&line)
+            .map_err(|e| CliError::io(format!("write {}", path.display()), e))?;
+    }
+    w.flush()
+        .map_err(|e| CliError::io(format!("write {}", path.display()), e))?;
+    Ok(path)
 }
