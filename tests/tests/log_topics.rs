@@ -152,7 +152,16 @@ fn create_topic_with_overrides_is_listed_and_described_with_defaults() {
     assert_eq!(cfg["segment.bytes"], ("1073741824".to_string(), false));
     assert_eq!(cfg["max.message.bytes"], ("1048576".to_string(), false));
     assert_eq!(cfg["retention.bytes"], ("-1".to_string(), false));
-    assert_eq!(cfg.len(), 11, "every key is described");
+    assert_eq!(cfg["min.insync.replicas"], ("1".to_string(), false));
+    assert_eq!(
+        cfg["unclean.leader.election.enable"],
+        ("false".to_string(), false)
+    );
+    assert_eq!(
+        cfg.len(),
+        sluice_log::config::TOPIC_CONFIG_KEYS.len(),
+        "every key is described"
+    );
     for p in 0..3 {
         assert!(part_dir(&log, "orders", p).is_dir());
     }
