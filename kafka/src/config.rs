@@ -58,6 +58,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Splits `host:port` (an IPv6 host in brackets or not) as Kafka's answers name a broker:
+/// the host without brackets and the port; `None` when either is missing or the port is not
+/// a port.
+pub(crate) fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_matches(['[', ']']);
+    (!host.is_empty()).then_some(())?;
+    Some((host.to_string(), port.parse().ok()?))
+}
+
 impl KafkaConfig {
     /// The defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> KafkaConfig {

@@ -115,18 +115,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
     let addr = std_listener.local_addr().map_err(listen_error)?;
     let (host, port) = match &config.advertised {
         None => (addr.ip().to_string(), addr.port()),
-        Some(a) => {
-            let (h, p) = a
-                .rsplit_once(':')
-                .ok_or_else(|| ServeError::Advertised(a.clone()))?;
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| ServeError::Advertised(a.clone()))?;
-            if h.is_empty() {
-                return Err(ServeError::Advertised(a.clone()));
-            }
-            (h.trim_matches(['[', ']']).to_string(), port)
-        }
+        Some(a) => crate::config::host_port(a).ok_or_else(|| ServeError::Advertised(a.clone()))?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

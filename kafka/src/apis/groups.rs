@@ -50,18 +50,12 @@ fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCo
     let id = ids[hash as usize % ids.len().max(1)];
     let metadata = std::sync::Arc::clone(&cluster.metadata().borrow());
     let node = metadata.nodes.get(&id).filter(|n| !n.fenced);
-    let at = node.and_then(|n| {
-        let (host, port) = n.addr.rsplit_once(':')?;
-        Some((
-            host.trim_matches(['[', ']']).to_string(),
-            port.parse::<i32>().ok()?,
-        ))
-    });
+    let at = node.and_then(|n| crate::config::host_port(&n.addr));
     match at {
         Some((host, port)) => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(id as i32))
             .with_host(s(host))
-            .with_port(port),
+            .with_port(i32::from(port)),
         None => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(-1))
             .with_port(-1)

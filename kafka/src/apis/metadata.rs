@@ -105,12 +105,12 @@ fn clustered(
         .values()
         .filter(|n| !n.fenced)
         .filter_map(|n| {
-            let (host, port) = n.addr.rsplit_once(':')?;
+            let (host, port) = crate::config::host_port(&n.addr)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(n.id as i32))
-                    .with_host(s(host.trim_matches(['[', ']']).to_string()))
-                    .with_port(port.parse().ok()?),
+                    .with_host(s(host))
+                    .with_port(i32::from(port)),
             )
         })
         .collect();
