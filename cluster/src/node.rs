@@ -191,7 +191,8 @@ struct Inner {
     config: ClusterConfig,
     raft: Raft,
     metadata: watch::Receiver<Arc<Metadata>>,
-    /// The controller's record of heartbeats: node → (incarnation, when).
+    /// Heartbeats received (every node keeps them; the controller acts on them): node →
+    /// (incarnation, when).
     heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
     /// Since when this node has been the controller.
     controller_since: Mutex<Option<Instant>>,
@@ -476,12 +477,9 @@ async fn answer(inner: &Arc<Inner>, request: PeerRequest) -> PeerResponse {
                 .unwrap_or_else(|_| Err(NotTaken::Failed("no majority answered".into()))),
         ),
         PeerRequest::Heartbeat { id, incarnation } => {
-            let metrics = inner.raft.metrics().borrow().clone();
-            if metrics.state != ServerState::Leader {
-                return PeerResponse::Heartbeat(Err(NotTaken::NotController {
-                    leader: metrics.current_leader,
-                }));
-            }
+            // Every node keeps the record, not only the controller: a node elected
+            // controller knows at once who fell silent, and fences a dead former controller
+            // without first waiting a whole session.
             inner.heard.lock().insert(id, (incarnation, Instant::now()));
             PeerResponse::Heartbeat(Ok(()))
         }
@@ -571,11 +569,11 @@ async fn propose(
     }
 }
 
-/// Registers this run of the node, then heartbeats to the controller; registers again if
-/// the controller fenced it meanwhile (it was unreachable for a session timeout).
+/// Registers this run of the node, then heartbeats to every node; registers again if the
+/// controller fenced it meanwhile (it was unreachable for a session timeout).
 async fn member_loop(weak: std::sync::Weak<Inner>) {
     let mut registered: Option<u64> = None;
-    let mut client: Option<(NodeId, PeerClient)> = None;
+    let mut clients: BTreeMap<NodeId, PeerClient> = BTreeMap::new();
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let id = inner.config.node_id;
@@ -588,7 +586,7 @@ async fn member_loop(weak: std::sync::Weak<Inner>) {
         };
         match registered {
             Some(incarnation) if !superseded(incarnation) => {
-                heartbeat(&inner, &mut client, incarnation).await;
+                heartbeat(&inner, &mut clients, incarnation).await;
             }
             _ => {
                 let command = Command::RegisterNode {
@@ -602,7 +600,7 @@ async fn member_loop(weak: std::sync::Weak<Inner>) {
                         tracing::info!(node = id, incarnation, "Registered with the cluster.");
                         registered = incarnation;
                         if let Some(i) = incarnation {
-                            heartbeat(&inner, &mut client, i).await;
+                            heartbeat(&inner, &mut clients, i).await;
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "Cannot register with the cluster yet."),
@@ -615,41 +613,42 @@ async fn member_loop(weak: std::sync::Weak<Inner>) {
     }
 }
 
+/// One heartbeat to every other node at once (each keeps its connection); a node that does
+/// not answer delays the next round by one timeout at most.
 async fn heartbeat(
     inner: &Arc<Inner>,
-    client: &mut Option<(NodeId, PeerClient)>,
+    clients: &mut BTreeMap<NodeId, PeerClient>,
     incarnation: u64,
 ) {
     let id = inner.config.node_id;
-    let Some(leader) = inner.raft.metrics().borrow().current_leader else {
-        return;
-    };
-    if leader == id {
-        inner.heard.lock().insert(id, (incarnation, Instant::now()));
-        return;
-    }
-    let Some(addr) = inner.config.voters.get(&leader) else {
-        tracing::warn!(
-            leader,
-            "The controller is not in --cluster; check the node lists."
-        );
-        return;
-    };
-    if client.as_ref().is_none_or(|(l, _)| *l != leader) {
-        *client = Some((leader, PeerClient::new(addr.clone(), id)));
-    }
-    let (_, c) = client.as_mut().expect("set above");
+    inner.heard.lock().insert(id, (incarnation, Instant::now()));
     let timeout = inner
         .config
         .heartbeat_interval
         .max(Duration::from_millis(200));
-    match c
-        .call(&PeerRequest::Heartbeat { id, incarnation }, timeout)
-        .await
-    {
-        Ok(PeerResponse::Heartbeat(Ok(()))) => {}
-        Ok(other) => tracing::debug!(?other, "The controller did not take a heartbeat."),
-        Err(e) => tracing::debug!(error = %e, controller = leader, "A heartbeat failed."),
+    let mut calls = tokio::task::JoinSet::new();
+    for (&peer, addr) in &inner.config.voters {
+        if peer == id {
+            continue;
+        }
+        let mut c = clients
+            .remove(&peer)
+            .unwrap_or_else(|| PeerClient::new(addr.clone(), id));
+        calls.spawn(async move {
+            let r = c
+                .call(&PeerRequest::Heartbeat { id, incarnation }, timeout)
+                .await;
+            (peer, c, r)
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        let Ok((peer, c, r)) = done else { continue };
+        clients.insert(peer, c);
+        match r {
+            Ok(PeerResponse::Heartbeat(Ok(()))) => {}
+            Ok(other) => tracing::debug!(?other, peer, "A node did not take a heartbeat."),
+            Err(e) => tracing::debug!(error = %e, peer, "A heartbeat failed."),
+        }
     }
 }
 
@@ -662,7 +661,6 @@ async fn controller_loop(weak: std::sync::Weak<Inner>) {
         let leading = inner.raft.metrics().borrow().state == ServerState::Leader;
         if !leading {
             *inner.controller_since.lock() = None;
-            inner.heard.lock().clear();
         } else {
             let now = Instant::now();
             let since = *inner.controller_since.lock().get_or_insert_with(|| {
@@ -681,8 +679,17 @@ async fn controller_loop(weak: std::sync::Weak<Inner>) {
                 .filter(|(_, (_, at))| now.duration_since(*at) < session)
                 .map(|(id, (inc, _))| (*id, *inc))
                 .collect();
+            // A node this one never heard from (it just started, or the node just came
+            // back) gets one session from the election to show up; one heard from and then
+            // silent is fenced once its session is over, election or not.
             let grace: BTreeSet<NodeId> = if now.duration_since(since) < session {
-                metadata.nodes.keys().copied().collect()
+                let ever = inner.heard.lock();
+                metadata
+                    .nodes
+                    .keys()
+                    .filter(|id| !ever.contains_key(id))
+                    .copied()
+                    .collect()
             } else {
                 BTreeSet::new()
             };

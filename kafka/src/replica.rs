@@ -246,7 +246,10 @@ impl Replicas {
                             f.leader == leader && f.leader_epoch == p.leader_epoch
                         });
                         if !same {
-                            partition.become_follower(p.leader_epoch);
+                            if let Err(e) = partition.become_follower(p.leader_epoch) {
+                                tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "Cannot follow a partition.");
+                                continue;
+                            }
                             tracing::info!(topic = %tp.0, partition = tp.1, leader, epoch = p.leader_epoch, "Following a partition.");
                             st.following.insert(tp, next);
                         }
@@ -796,8 +799,19 @@ impl Replicas {
                     let topic = t.topic.0.to_string();
                     let tp = (topic.clone(), p.partition_index as u32);
                     if p.error_code == E::OffsetOutOfRange.code() {
-                        // This copy is longer than the leader's: find the cut again.
-                        retruncate.push(tp);
+                        let Ok(part) = log.partition(&topic, p.partition_index as u32) else {
+                            continue;
+                        };
+                        if part.log_end_offset() < p.log_start_offset {
+                            // Retention on the leader deleted what this copy still lacks:
+                            // it starts again at the leader's log start.
+                            if let Err(e) = part.reset_to(p.log_start_offset) {
+                                refused.push(format!("{topic}-{}: {e}", p.partition_index));
+                            }
+                        } else {
+                            // This copy is longer than the leader's: find the cut again.
+                            retruncate.push(tp);
+                        }
                         continue;
                     }
                     if p.error_code != 0 {

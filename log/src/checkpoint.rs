@@ -29,6 +29,12 @@ pub(crate) struct Checkpoint {
     pub log_end_offset: i64,
     /// Base offsets of the segments, ascending.
     pub segments: Vec<i64>,
+    /// The high watermark of a replica of a replicated topic (Kafka's
+    /// `replication-offset-checkpoint`); absent for a topic of this node alone. A partition
+    /// reopened with one is a replica until the cluster says whether it leads, and consumers
+    /// read no further than it until the replicas agree again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_watermark: Option<i64>,
 }
 
 impl Checkpoint {
@@ -183,6 +189,7 @@ mod tests {
 
     fn cp(start: i64, end: i64, segments: &[i64]) -> Checkpoint {
         Checkpoint {
+            high_watermark: None,
             log_start_offset: start,
             log_end_offset: end,
             segments: segments.to_vec(),

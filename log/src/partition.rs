@@ -467,15 +467,19 @@ impl Partition {
             })
             .collect();
         let epochs = LeaderEpochs::load(dir)?;
+        // A replica of a replicated topic reopens as a follower that takes no writes until
+        // the cluster tells it whether it leads, and with the high watermark it had: records
+        // past it may still be cut by a new leader, so consumers do not see them yet.
+        let replica_hw = checkpoint.as_ref().and_then(|c| c.high_watermark);
         let state = State {
             config,
             segments,
             log_start_offset,
-            high_watermark: leo,
+            high_watermark: replica_hw.map_or(leo, |hw| hw.clamp(log_start_offset, leo)),
             leader_epoch: epochs.latest().unwrap_or(0),
             epochs,
-            replicated: false,
-            follower: false,
+            replicated: replica_hw.is_some(),
+            follower: replica_hw.is_some(),
             producers,
             dirty: false,
             cleaned_up_to: log_start_offset,
@@ -533,6 +537,7 @@ impl Partition {
             Checkpoint {
                 log_start_offset: st.log_start_offset,
                 log_end_offset: st.leo(),
+                high_watermark: st.replicated.then_some(st.high_watermark),
                 // Remote segments too: a manifest lost with the data it lists is data loss.
                 segments: st
                     .remote_only()
@@ -1042,6 +1047,7 @@ impl Partition {
     /// the epoch, and its high watermark moves only through [`Self::advance_high_watermark`].
     pub fn become_leader(&self, epoch: i32) -> Result<()> {
         let mut st = self.state.lock();
+        let first = !st.replicated;
         st.replicated = true;
         st.follower = false;
         st.leader_epoch = epoch;
@@ -1049,16 +1055,76 @@ impl Partition {
         if st.epochs.assign(epoch, leo) {
             st.epochs.save(&self.dir)?;
         }
+        drop(st);
+        if first {
+            // Recorded at once: reopened, it is a replica before the cluster says anything.
+            self.checkpoint()?;
+        }
         Ok(())
     }
 
     /// Makes this partition a follower of a replicated topic, led in `epoch`: it takes the
     /// leader's batches through [`Self::append_replicated`].
-    pub fn become_follower(&self, epoch: i32) {
+    pub fn become_follower(&self, epoch: i32) -> Result<()> {
         let mut st = self.state.lock();
+        let first = !st.replicated;
         st.replicated = true;
         st.follower = true;
         st.leader_epoch = epoch;
+        drop(st);
+        if first {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Whether this copy is a replica of a replicated topic (now or when last open).
+    pub fn is_replica(&self) -> bool {
+        self.state.lock().replicated
+    }
+
+    /// Empties the log and starts it again at `offset`: a follower whose log ends before its
+    /// leader's log start (retention on the leader deleted what it still lacked) copies on
+    /// from there, as Kafka's `truncateFullyAndStartAt`. Producer state and leader epochs go
+    /// with the records; the offsets below `offset` are not a loss of this copy, they left
+    /// the leader by retention.
+    pub fn reset_to(&self, offset: i64) -> Result<()> {
+        let _cleaner = self.cleaner.lock();
+        let mut cp = self.checkpointed.lock();
+        let mut st = self.state.lock();
+        let from = st.leo();
+        for (_, seg) in std::mem::take(&mut st.segments) {
+            seg.delete_files();
+        }
+        st.epochs = LeaderEpochs::default();
+        st.epochs.save(&self.dir)?;
+        let checkpoint = Checkpoint {
+            log_start_offset: offset,
+            log_end_offset: offset,
+            segments: Vec::new(),
+            high_watermark: st.replicated.then_some(offset),
+        };
+        checkpoint.write(&self.dir)?;
+        cp.last = Some(checkpoint);
+        let fresh = Partition::open(
+            Arc::clone(&self.topic),
+            self.id,
+            &self.dir,
+            Arc::clone(&st.config),
+            self.fsync,
+            true,
+        )?;
+        let mut next = fresh.state.into_inner();
+        next.replicated = st.replicated;
+        next.follower = st.follower;
+        next.leader_epoch = st.leader_epoch;
+        next.high_watermark = offset;
+        *st = next;
+        drop(st);
+        let mut s = self.sync.lock();
+        s.synced_to = offset;
+        tracing::warn!(topic = %self.topic, partition = self.id, from, to = offset, "This copy ended before the leader's log start; it starts again there.");
+        Ok(())
     }
 
     /// Moves the high watermark up to `offset` (never past the log end, never down); the
@@ -1204,6 +1270,7 @@ impl Partition {
         let checkpoint = Checkpoint {
             log_start_offset: st.log_start_offset.min(new_end),
             log_end_offset: new_end,
+            high_watermark: st.replicated.then_some(st.high_watermark.min(new_end)),
             segments: st
                 .remote_only()
                 .map(|r| r.base)
@@ -2220,7 +2287,7 @@ mod tests {
         let leader = open_at(a.path());
         let follower = open_at(b.path());
         leader.become_leader(3).unwrap();
-        follower.become_follower(3);
+        follower.become_follower(3).unwrap();
         for i in 0..20 {
             leader.append(batch(i)).unwrap();
         }
@@ -2261,11 +2328,12 @@ mod tests {
             "a follower takes only its leader's batches"
         );
         let gap = leader.fetch_replica(0, 1).unwrap().data;
-        let far = open_at(tempfile::tempdir().unwrap().path());
+        let far_dir = tempfile::tempdir().unwrap();
+        let far = open_at(far_dir.path());
         far.append(batch(0)).unwrap();
         far.append(batch(1)).unwrap();
         assert!(far.append_replicated(&gap, 0).is_err(), "not a follower");
-        far.become_follower(0);
+        far.become_follower(0).unwrap();
         assert!(
             far.append_replicated(&gap, 0).is_ok(),
             "below the end: skipped"
@@ -2294,7 +2362,7 @@ mod tests {
             // The new leader (epoch 3) had epoch 1 up to offset 12 only.
             assert_eq!(p.truncate_to(12).unwrap(), 12);
             assert_eq!(p.latest_epoch(), 1);
-            p.become_follower(3);
+            p.become_follower(3).unwrap();
             let mut theirs = BatchBuilder::new(BatchOptions::default());
             theirs.push(&Record::from_value("new", 5_000)).unwrap();
             let mut bytes = theirs.build().unwrap();
@@ -2308,9 +2376,70 @@ mod tests {
         assert_eq!(p.log_end_offset(), 13);
         assert_eq!(p.end_offset_for_epoch(2), Some((1, 12)));
         assert_eq!(p.end_offset_for_epoch(3), Some((3, 13)));
-        let last = p.fetch(12, 1 << 20, Isolation::ReadUncommitted).unwrap();
+        assert_eq!(p.info().high_watermark, 0, "a replica's, checkpointed");
+        let last = p.fetch_replica(12, 1 << 20).unwrap();
         let records = decode_records(&last.data).unwrap();
         assert_eq!(records[0].record.value.as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A replica reopens as a follower with the high watermark it checkpointed (not its log
+    /// end), so neither a pipeline's write nor a consumer's read gets ahead of the cluster;
+    /// a follower behind its leader's log start starts again there.
+    #[test]
+    fn a_reopened_replica_keeps_its_high_watermark_and_takes_no_writes_until_told() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let p = open_at(dir.path());
+            p.become_leader(1).unwrap();
+            for i in 0..10 {
+                p.append(batch(i)).unwrap();
+            }
+            assert_eq!(p.advance_high_watermark(6), 6);
+            p.close().unwrap();
+        }
+        let p = open_at(dir.path());
+        assert!(p.is_replica());
+        assert_eq!(p.info().high_watermark, 6, "the checkpointed one");
+        assert_eq!(p.log_end_offset(), 10);
+        assert!(
+            matches!(p.append(batch(99)), Err(LogError::NotLeader { .. })),
+            "a follower until the cluster says it leads"
+        );
+        p.become_leader(2).unwrap();
+        p.append(batch(10)).unwrap();
+        assert_eq!(
+            p.info().high_watermark,
+            6,
+            "moved by the replication layer only"
+        );
+
+        // Never replicated: the high watermark is the log end, as before.
+        let alone_dir = tempfile::tempdir().unwrap();
+        let alone = open_at(alone_dir.path());
+        alone.append(batch(0)).unwrap();
+        assert!(!alone.is_replica());
+        assert_eq!(alone.info().high_watermark, 1);
+
+        p.become_follower(3).unwrap();
+        p.reset_to(40).unwrap();
+        assert_eq!(p.log_end_offset(), 40);
+        assert_eq!(p.log_start_offset(), 40);
+        assert_eq!(
+            p.latest_epoch(),
+            3,
+            "no epoch left in the file: the one followed"
+        );
+        let mut theirs = BatchBuilder::new(BatchOptions::default());
+        theirs.push(&Record::from_value("after", 5_000)).unwrap();
+        let mut bytes = theirs.build().unwrap();
+        crate::batch::set_base_offset(&mut bytes, 40);
+        crate::batch::set_partition_leader_epoch(&mut bytes, 3);
+        assert_eq!(p.append_replicated(&bytes, 3).unwrap(), 41);
+        p.close().unwrap();
+        let p = open_at(dir.path());
+        assert!(p.take_detected_losses().is_empty(), "a restart, not a loss");
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (40, 41));
+        assert_eq!(p.end_offset_for_epoch(3), Some((3, 41)));
     }
 
     /// Appenders that queue while another holds the partition lock are written by one

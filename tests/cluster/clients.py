@@ -80,6 +80,19 @@ def produce_one(bootstrap, topic, acks, value="one"):
     return result
 
 
+def produce_many(bootstrap, topic, n):
+    """`n` records of 100 bytes, acks=all: {"error": null} or the first error's name."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    errors = []
+    for i in range(int(n)):
+        producer.produce(topic, value=b"%099d" % i, on_delivery=lambda err, msg: err and errors.append(err.name()))
+        # One batch per record: many small segments on the leader.
+        producer.flush(20)
+    return {"error": errors[0] if errors else None}
+
+
 def group_commit(bootstrap, topic, group, n):
     """Reads `n` records in `group` and commits; {"read": n}."""
     from confluent_kafka import Consumer
@@ -115,6 +128,7 @@ COMMANDS = {
     "create": create,
     "produce_load": produce_load,
     "produce_one": produce_one,
+    "produce_many": produce_many,
     "group_commit": group_commit,
     "committed": committed,
 }

@@ -327,7 +327,7 @@ fn records(data: &Path, topic: &str, partition: u32) -> Vec<(i64, String)> {
     let log = Log::open(data, LogOptions::default()).unwrap();
     let p = log.partition(topic, partition).unwrap();
     let mut out = Vec::new();
-    let mut at = 0;
+    let mut at = p.log_start_offset();
     let end = p.log_end_offset();
     while at < end {
         let data = p.fetch_replica(at, 1 << 20).unwrap().data;
@@ -483,12 +483,21 @@ fn leader_kills(n: u64) {
 }
 
 /// A follower that stops (SIGSTOP) leaves the ISR, writes go on without it, and it returns
-/// to the ISR when it runs again.
+/// to the ISR when it runs again — even when retention on the leader deleted meanwhile what
+/// it still lacked (it starts again at the leader's log start).
 #[test]
 fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
     let mut cluster = TestCluster::start(3);
     let bootstrap = cluster.bootstrap();
-    let created = clients(&["create", &bootstrap, "pings", "1", "3"]);
+    let created = clients(&[
+        "create",
+        &bootstrap,
+        "pings",
+        "1",
+        "3",
+        "segment.bytes=1024",
+        "retention.bytes=4096",
+    ]);
     assert_eq!(created["error"], Value::Null, "{created}");
     // A group's coordinator is the same node whichever node a client asks: offsets
     // committed through one are read through another.
@@ -517,9 +526,24 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
             })
         },
     );
-    let one = clients(&["produce_one", &bootstrap, "pings", "all"]);
-    assert_eq!(one["error"], Value::Null, "{one}");
+    let many = clients(&["produce_many", &bootstrap, "pings", "300"]);
+    assert_eq!(many["error"], Value::Null, "{many}");
     let api = cluster.nodes[leader].api.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t: Value = serde_json::from_str(
+            &reqwest::blocking::get(format!("{api}/topics/pings"))
+                .unwrap()
+                .text()
+                .unwrap(),
+        )
+        .unwrap();
+        if t["partitions"][0]["log_start_offset"].as_i64() > Some(10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention never ran: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let metrics = reqwest::blocking::get(format!("{api}/metrics"))
         .unwrap()
         .text()
@@ -537,6 +561,24 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
             partition_of(s, "pings", 0)
                 .is_some_and(|p| p["isr"].as_array().is_some_and(|i| i.len() == 3))
         },
+    );
+    let one = clients(&["produce_one", &bootstrap, "pings", "all", "last"]);
+    assert_eq!(one["error"], Value::Null, "{one}");
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let copy = |i: usize| records(&cluster.nodes[i].work.join("data"), "pings", 0);
+    let (theirs, ours) = (copy(leader), copy(follower));
+    assert!(
+        ours.first().is_some_and(|(o, _)| *o > 3),
+        "the follower started again past what it had: {ours:?}"
+    );
+    assert_eq!(ours.last().map(|(_, v)| v.as_str()), Some("last"));
+    let common: Vec<_> = theirs.iter().filter(|(o, _)| *o >= ours[0].0).collect();
+    assert_eq!(
+        common,
+        ours.iter().collect::<Vec<_>>(),
+        "the same records at the same offsets"
     );
 }
 

@@ -181,7 +181,10 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
                                     }
                                     Err(e) => {
                                         failed = true;
+                                        // Below the log start: the follower starts again
+                                        // there.
                                         out.with_error_code(errors::code(&e))
+                                            .with_log_start_offset(part.log_start_offset())
                                     }
                                 };
                             }
