@@ -42,6 +42,7 @@ mod errors;
 pub mod replica;
 mod sasl;
 mod server;
+pub mod topics;
 mod versions;
 
 pub use config::{KafkaConfig, TlsFiles, Users};

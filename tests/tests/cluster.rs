@@ -602,6 +602,36 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
         too_many["error"], "INVALID_REPLICATION_FACTOR",
         "{too_many}"
     );
+    // The REST API creates replicated topics through the controller too.
+    let api = cluster.nodes[1].api.clone().unwrap();
+    let http = reqwest::blocking::Client::new();
+    let post = |body: Value| {
+        let r = http
+            .post(format!("{api}/topics"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (code, body) = post(serde_json::json!({"name": "rest", "partitions": 2}));
+    assert_eq!(code, 201, "{body}");
+    assert!(body.contains("\"partition\":1"), "this node's copy: {body}");
+    let status = cluster.wait_for("the REST topic in the metadata", Duration::from_secs(10), |s| {
+        partition_of(s, "rest", 1).is_some()
+    });
+    for p in 0..2 {
+        let replicas = &partition_of(&status, "rest", p).unwrap()["replicas"];
+        assert_eq!(replicas.as_array().map(Vec::len), Some(3), "{status}");
+    }
+    let (code, body) = post(serde_json::json!({"name": "rest"}));
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = post(serde_json::json!({"name": "wider", "replication_factor": 4}));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("replication factor 4"), "{body}");
+    let deleted = http.delete(format!("{api}/topics/rest")).send().unwrap();
+    assert_eq!(deleted.status().as_u16(), 400);
+    assert!(deleted.text().unwrap().contains("replicated in the cluster"));
     let ok = clients(&["produce_one", &bootstrap, "strict", "all"]);
     assert_eq!(ok["error"], Value::Null, "{ok}");
     let leader = cluster.leader_of("strict", 0);

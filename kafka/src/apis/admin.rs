@@ -16,9 +16,7 @@ use sluice_log::log::validate_topic_name;
 use super::{Ctx, s};
 use crate::errors;
 
-/// Partitions one topic may have here: a request for 2^31 would hold the topics lock while
-/// creating that many folders.
-pub(crate) const MAX_PARTITIONS: usize = 10_000;
+use crate::topics::MAX_PARTITIONS;
 
 /// Kafka's `config_source` for a value set on the topic, and for a default.
 const TOPIC_CONFIG: i8 = 1;
@@ -158,59 +156,25 @@ pub(crate) fn replicated_refusal(ctx: &Ctx, topic: &str, done: &str) -> Option<S
     })
 }
 
-/// The replication factor of a topic created without one: three copies, or one per node
-/// in a smaller cluster.
-const DEFAULT_REPLICATION_FACTOR: usize = 3;
-
-/// CreateTopics in a cluster: the controller places the replicas and commits the topic; each
-/// replica's node creates its copy when it applies the change.
+/// CreateTopics in a cluster: the controller places the replicas and commits the topic
+/// ([`crate::topics::create_replicated`]).
 fn create_replicated(
     ctx: &Ctx,
     cluster: &sluice_cluster::Cluster,
     t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> CreatableTopicResult {
-    let name = t.name.0.to_string();
     let out = CreatableTopicResult::default()
         .with_name(t.name.clone())
         .with_num_partitions(-1)
         .with_replication_factor(-1);
-    let fail = |code: i16, message: String| {
-        out.clone()
-            .with_error_code(code)
-            .with_error_message(Some(s(message)))
-    };
-    if let Err(e) = validate_topic_name(&name) {
-        return fail(errors::code(&e), errors::message(&e));
-    }
     if !t.assignments.is_empty() {
-        return fail(
-            E::InvalidReplicaAssignment.code(),
-            "explicit replica assignments are not supported; give partitions and a replication factor".into(),
-        );
+        return out
+            .with_error_code(E::InvalidReplicaAssignment.code())
+            .with_error_message(Some(s(
+                "explicit replica assignments are not supported; give partitions and a replication factor",
+            )));
     }
-    let partitions = match t.num_partitions {
-        -1 => ctx.broker.log.options().default_partitions as usize,
-        n if n <= 0 || n as usize > MAX_PARTITIONS => {
-            return fail(
-                E::InvalidPartitions.code(),
-                format!("{n} partitions: from 1 to {MAX_PARTITIONS} per topic"),
-            );
-        }
-        n => n as usize,
-    };
-    let metadata = std::sync::Arc::clone(&cluster.metadata().borrow());
-    let alive = metadata.alive().count();
-    let factor = match t.replication_factor {
-        -1 => DEFAULT_REPLICATION_FACTOR.min(alive.max(1)),
-        n if n <= 0 => {
-            return fail(
-                E::InvalidReplicationFactor.code(),
-                format!("replication factor {n}: at least 1"),
-            );
-        }
-        n => n as usize,
-    };
     let mut configs = std::collections::BTreeMap::new();
     for c in &t.configs {
         match &c.value {
@@ -218,79 +182,44 @@ fn create_replicated(
                 configs.insert(c.name.to_string(), v.to_string());
             }
             None => {
-                return fail(
-                    E::InvalidConfig.code(),
-                    format!("config '{}' has no value", c.name.as_str()),
-                );
+                return out
+                    .with_error_code(E::InvalidConfig.code())
+                    .with_error_message(Some(s(format!(
+                        "config '{}' has no value",
+                        c.name.as_str()
+                    ))));
             }
         }
     }
-    let config =
-        match TopicConfig::from_overrides(configs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            Ok(c) => c,
-            Err(e) => {
-                let e = sluice_log::LogError::from(e);
-                return fail(errors::code(&e), errors::message(&e));
-            }
-        };
-    if config.min_insync_replicas as usize > factor {
-        return fail(
-            E::InvalidConfig.code(),
-            format!(
-                "min.insync.replicas {} is more than the replication factor {factor}: no acks=all write could succeed",
-                config.min_insync_replicas
-            ),
-        );
-    }
-    if metadata.topics.contains_key(&name) {
-        return fail(
-            E::TopicAlreadyExists.code(),
-            format!("topic '{name}' already exists"),
-        );
-    }
-    let replicas = match sluice_cluster::controller::place(&metadata, &name, partitions, factor) {
-        Ok(r) => r,
-        Err(e) => return fail(E::InvalidReplicationFactor.code(), e.to_string()),
+    let request = crate::topics::NewTopic {
+        name: t.name.0.to_string(),
+        partitions: (t.num_partitions != -1).then_some(i64::from(t.num_partitions)),
+        replication_factor: (t.replication_factor != -1)
+            .then_some(i64::from(t.replication_factor)),
+        configs,
     };
-    if !validate_only {
-        let command = sluice_cluster::Command::CreateTopic {
-            name: name.clone(),
-            replicas,
-            configs,
-        };
-        match cluster.propose_blocking(command) {
-            Ok(_) => {}
-            Err(sluice_cluster::ClusterError::Refused(reason))
-                if reason.contains("already exists") =>
-            {
-                return fail(E::TopicAlreadyExists.code(), reason);
-            }
-            Err(e) => return fail(E::RequestTimedOut.code(), e.to_string()),
-        }
-        // This node's copy of the metadata lags the controller's a little: a client's next
-        // Metadata here should see the topic.
-        let mut watch = cluster.metadata();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !watch.borrow_and_update().topics.contains_key(&name)
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    let default_partitions = ctx.broker.log.options().default_partitions;
+    match crate::topics::create_replicated(cluster, default_partitions, request, validate_only) {
+        Ok(created) => out
+            .with_num_partitions(created.partitions as i32)
+            .with_replication_factor(created.replication_factor as i16)
+            .with_configs(Some(
+                created
+                    .config
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v, set)| {
+                        CreatableTopicConfigs::default()
+                            .with_name(s(k))
+                            .with_value(Some(s(v)))
+                            .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
+                    })
+                    .collect(),
+            )),
+        Err(e) => out
+            .with_error_code(e.code)
+            .with_error_message(Some(s(e.message))),
     }
-    out.with_num_partitions(partitions as i32)
-        .with_replication_factor(factor as i16)
-        .with_configs(Some(
-            config
-                .entries()
-                .into_iter()
-                .map(|(k, v, set)| {
-                    CreatableTopicConfigs::default()
-                        .with_name(s(k))
-                        .with_value(Some(s(v)))
-                        .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
-                })
-                .collect(),
-        ))
 }
 
 pub(crate) fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {

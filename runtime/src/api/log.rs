@@ -208,13 +208,22 @@ pub async fn describe_topic(
         (status = 400, description = "A bad name, partition count or config key", body = ErrorBody),
         (status = 403, description = "An internal name (`__*`, `*-changelog`)", body = ErrorBody),
         (status = 409, description = "The topic exists", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody)))]
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "In a cluster: no controller committed the topic in time", body = ErrorBody)))]
 pub async fn create_topic(
     State(state): State<ApiState>,
     Json(c): Json<CreateTopic>,
 ) -> Result<(StatusCode, Json<TopicDoc>), ApiError> {
     blocking(move || {
         refuse_internal(&c.name, "created")?;
+        if let Some(cluster) = state.cluster.get() {
+            return create_replicated(&state, cluster, c);
+        }
+        if let Some(factor) = c.replication_factor.filter(|f| *f > 1) {
+            return Err(ApiError::bad_request(format!(
+                "replication factor {factor}: a worker alone holds one copy (start a cluster with --node-id and --cluster)"
+            )));
+        }
         let config: Vec<(String, String)> = c.config.into_iter().collect();
         state
             .log
@@ -228,10 +237,69 @@ pub async fn create_topic(
     .await
 }
 
+/// `POST /topics` in a cluster: the controller places and commits the topic; the answer is
+/// this node's copy once it has made it (partitions empty when this node holds none).
+fn create_replicated(
+    state: &ApiState,
+    cluster: &sluice_cluster::Cluster,
+    c: CreateTopic,
+) -> Result<(StatusCode, Json<TopicDoc>), ApiError> {
+    let request = sluice_kafka::topics::NewTopic {
+        name: c.name.clone(),
+        partitions: Some(i64::from(c.partitions)),
+        replication_factor: c.replication_factor.map(i64::from),
+        configs: c.config,
+    };
+    let default_partitions = state.log.options().default_partitions;
+    let created =
+        sluice_kafka::topics::create_replicated(cluster, default_partitions, request, false)
+            .map_err(|e| {
+                let status = if e.exists() {
+                    StatusCode::CONFLICT
+                } else if e.unavailable() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                ApiError(status, e.message)
+            })?;
+    let holds = cluster
+        .metadata()
+        .borrow()
+        .topics
+        .get(&c.name)
+        .is_some_and(|t| {
+            t.partitions
+                .iter()
+                .any(|p| p.replicas.contains(&cluster.node_id()))
+        });
+    // The replica layer makes the local copy when it applies the change: shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while holds && state.log.topic(&c.name).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let doc = match topic_doc(&state.log, &c.name) {
+        Ok(doc) => doc,
+        Err(_) => TopicDoc {
+            name: c.name,
+            internal: false,
+            partitions: Vec::new(),
+            config: created
+                .config
+                .entries()
+                .into_iter()
+                .map(|(k, value, overridden)| (k.to_string(), ConfigValue { value, overridden }))
+                .collect(),
+        },
+    };
+    Ok((StatusCode::CREATED, Json(doc)))
+}
+
 /// Deletes a topic (with its copies in tiered storage).
 #[utoipa::path(delete, operation_id = "deleteTopic", path = "/topics/{name}", tag = "topics",
     params(("name" = String, Path, description = "Topic")),
     responses((status = 200, description = "Deleted", body = Message),
+        (status = 400, description = "In a cluster: a replicated topic (not supported yet)", body = ErrorBody),
         (status = 403, description = "An internal topic", body = ErrorBody),
         (status = 404, description = "Unknown topic", body = ErrorBody)))]
 pub async fn delete_topic(
@@ -240,6 +308,13 @@ pub async fn delete_topic(
 ) -> Result<Json<Message>, ApiError> {
     blocking(move || {
         refuse_internal(&name, "deleted")?;
+        if let Some(cluster) = state.cluster.get()
+            && cluster.metadata().borrow().topics.contains_key(&name)
+        {
+            return Err(ApiError::bad_request(format!(
+                "'{name}' is replicated in the cluster and cannot be deleted yet (not supported in a cluster)"
+            )));
+        }
         state.log.delete_topic(&name).map_err(log_error)?;
         Ok(Json(Message {
             message: format!("Deleted topic {name}."),

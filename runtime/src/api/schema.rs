@@ -331,6 +331,11 @@ pub struct CreateTopic {
     /// Config keys (`retention.ms`, `cleanup.policy`...).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Copies of each partition. In a cluster: default 3, or the number of live nodes when
+    /// fewer; the controller places them. A worker alone holds one copy only.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub replication_factor: Option<u16>,
 }
 
 fn one() -> u32 {
