@@ -28,7 +28,8 @@ pub struct ClusterBenchArgs {
     /// One-record produce requests timed for the latency figures.
     #[arg(long, default_value_t = 2000)]
     pub latency_samples: usize,
-    /// Leader kills timed for the failover figure.
+    /// Rounds of the failover figure: each kills a partition leader that is not the
+    /// controller, then the controller.
     #[arg(long, default_value_t = 3)]
     pub failovers: usize,
     /// The kcat binary (Debian's `kcat` package).
@@ -220,27 +221,70 @@ impl ClusterBenchArgs {
             percentile(&alone, 0.99),
             percentile(&cluster, 0.5) / percentile(&alone, 0.5),
         );
-        // Failover: SIGKILL the leader, time the first acknowledged acks=all write.
-        let mut times = Vec::new();
-        for _ in 0..self.failovers {
-            wait_for(&nodes, Duration::from_secs(60), |s| {
-                s["under_replicated_partitions"] == 0 && s["offline_partitions"] == 0
+        // Failover: SIGKILL a node leading a partition, time the first acknowledged acks=all
+        // write on that partition. Rounds alternate between a node that is not the
+        // controller and the controller itself (then a new controller is elected first).
+        let topic = "bench-failover";
+        runtime
+            .block_on(sluice_kafka::client::create_topic(
+                &nodes[0].kafka,
+                topic,
+                3,
+                3,
+            ))
+            .map_err(|e| CliError::Usage(format!("create {topic}: {e}")))?;
+        let (mut plain, mut controller) = (Vec::new(), Vec::new());
+        for round in 0..self.failovers * 2 {
+            let kill_controller = round % 2 == 1;
+            // Settled, and (leadership back on preferred replicas) every node leads a
+            // partition of the topic.
+            let status = wait_for(&nodes, Duration::from_secs(90), |s| {
+                let leaders: std::collections::BTreeSet<u64> = s["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["topic"] == topic)
+                    .filter_map(|p| p["leader"].as_u64())
+                    .collect();
+                s["under_replicated_partitions"] == 0
+                    && s["offline_partitions"] == 0
+                    && s["controller"].is_u64()
+                    && leaders.len() == 3
             })?;
-            // The leader as a node sees it may be stale (leadership moves back to preferred
-            // replicas): the victim must take a write just before it is killed.
-            let id = runtime.block_on(async {
-                loop {
-                    let (id, addr) = leader_of(&bootstrap, topic, Duration::from_secs(30)).await?;
-                    let mut p = sluice_kafka::client::BatchProducer::new(&addr);
-                    if p.send(topic, 0, one_record_batch(), -1).await.is_ok() {
-                        return Ok::<_, CliError>(id);
+            let boss = status["controller"].as_u64().unwrap_or_default();
+            let (partition, id) = status["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["topic"] == topic)
+                .filter_map(|p| Some((p["partition"].as_u64()?, p["leader"].as_u64()?)))
+                .find(|(_, l)| (*l == boss) == kill_controller)
+                .ok_or_else(|| CliError::Usage(format!("no victim in {status}")))?;
+            let partition = partition as u32;
+            // The victim must take a write just before it is killed (the status may lag).
+            let addr = nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.kafka.clone())
+                .ok_or_else(|| CliError::Usage(format!("no node {id}")))?;
+            runtime.block_on(async {
+                let mut p = sluice_kafka::client::BatchProducer::new(&addr);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while p
+                    .send(topic, partition as i32, one_record_batch(), -1)
+                    .await
+                    .is_err()
+                {
+                    if Instant::now() > deadline {
+                        return Err(CliError::Usage(format!("node {id} takes no write")));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                Ok(())
             })?;
             let victim = nodes
                 .iter()
-                .position(|n| n.id as i32 == id)
+                .position(|n| n.id == id)
                 .ok_or_else(|| CliError::Usage(format!("no node {id}")))?;
             let killed = Instant::now();
             nodes[victim].kill();
@@ -249,20 +293,31 @@ impl ClusterBenchArgs {
                 .filter(|n| n.child.is_some())
                 .map(|n| n.kafka.clone())
                 .collect();
-            let took = runtime.block_on(first_write(&live.join(","), topic, id, killed))?;
-            times.push(took);
+            let took = runtime.block_on(first_write(
+                &live.join(","),
+                topic,
+                partition,
+                id as i32,
+                killed,
+            ))?;
+            if kill_controller {
+                controller.push(took);
+            } else {
+                plain.push(took);
+            }
             nodes[victim].start()?;
         }
-        times.sort_by(f64::total_cmp);
-        if !times.is_empty() {
+        let show = |times: &mut Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            let each: Vec<String> = times.iter().map(|t| format!("{t:.2} s")).collect();
+            let median = times.get(times.len() / 2).copied().unwrap_or_default();
+            format!("{} (median {median:.2} s)", each.join(", "))
+        };
+        if self.failovers > 0 {
             println!(
-                "cluster failover (leader SIGKILL to the first acks=all write on its partition, session timeout 3 s): {} (median {:.2} s)",
-                times
-                    .iter()
-                    .map(|t| format!("{t:.2} s"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                times[times.len() / 2]
+                "cluster failover (a partition leader's SIGKILL to the first acks=all write on that partition, session timeout 3 s): not the controller {}; the controller {}",
+                show(&mut plain),
+                show(&mut controller),
             );
         }
         for n in nodes.iter_mut() {
@@ -292,7 +347,7 @@ fn wait_for(
     nodes: &[Node],
     timeout: Duration,
     ok: impl Fn(&Value) -> bool,
-) -> Result<(), CliError> {
+) -> Result<Value, CliError> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -308,8 +363,8 @@ fn wait_for(
                 .ok()?;
             serde_json::from_str::<Value>(&text).ok()
         });
-        if status.as_ref().is_some_and(&ok) {
-            return Ok(());
+        if let Some(status) = status.as_ref().filter(|s| ok(s)) {
+            return Ok(status.clone());
         }
         if start.elapsed() > timeout {
             return Err(CliError::Usage(format!(
@@ -376,6 +431,7 @@ async fn latencies(addr: &str, topic: &str, samples: usize) -> Result<Vec<Durati
 async fn first_write(
     bootstrap: &str,
     topic: &str,
+    partition: u32,
     dead: i32,
     killed: Instant,
 ) -> Result<f64, CliError> {
@@ -388,11 +444,11 @@ async fn first_write(
         }
         for addr in bootstrap.split(',') {
             if let Ok(Some((id, leader))) =
-                sluice_kafka::client::partition_leader(addr, topic, 0).await
+                sluice_kafka::client::partition_leader(addr, topic, partition as i32).await
                 && id != dead
             {
                 let mut p = sluice_kafka::client::BatchProducer::new(&leader);
-                if p.send(topic, 0, batch.clone(), -1).await.is_ok() {
+                if p.send(topic, partition as i32, batch.clone(), -1).await.is_ok() {
                     return Ok(killed.elapsed().as_secs_f64());
                 }
             }
