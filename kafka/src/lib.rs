@@ -35,6 +35,7 @@
 //!   requests get: before authenticating, or in a version not served).
 
 pub mod config;
+mod coordinators;
 
 mod apis;
 pub mod client;

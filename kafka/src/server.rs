@@ -55,6 +55,8 @@ pub(crate) struct Broker {
     pub(crate) cluster: Option<sluice_cluster::Cluster>,
     /// Its replicas of the cluster's partitions, when in a cluster.
     pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
+    /// Which consumer groups this node coordinates, when in a cluster.
+    pub(crate) coordinators: crate::coordinators::Coordinators,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -144,6 +146,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         fetch_sessions: Default::default(),
         cluster: config.cluster.clone(),
         replicas: replicas.clone(),
+        coordinators: Default::default(),
     });
     let tls = match &config.tls {
         None => None,

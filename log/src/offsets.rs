@@ -36,6 +36,38 @@ impl OffsetKey {
     }
 }
 
+/// The offsets-topic record of `group`'s committed `offset` on `tp` (`None`: a tombstone),
+/// for a copy kept elsewhere (a cluster's replicated offsets topic) in the same format.
+pub fn offset_record(group: &str, tp: &TopicPartition, offset: Option<i64>) -> crate::Record {
+    let value = offset.map(|offset| CommittedOffset {
+        offset,
+        metadata: String::new(),
+        commit_timestamp: crate::record::now_ms(),
+    });
+    crate::Log::offset_record(group, tp, value.as_ref())
+}
+
+/// Reads a record written by [`offset_record`] (or found in `__consumer_offsets`): the
+/// group, the partition and the offset (`None`: a tombstone); `None` when it is not one.
+pub fn read_offset_record(
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Option<(String, TopicPartition, Option<i64>)> {
+    let k = serde_json::from_slice::<OffsetKey>(key).ok()?;
+    let offset = match value {
+        Some(v) => Some(serde_json::from_slice::<CommittedOffset>(v).ok()?.offset),
+        None => None,
+    };
+    Some((
+        k.group,
+        TopicPartition {
+            topic: k.topic,
+            partition: k.partition,
+        },
+        offset,
+    ))
+}
+
 /// Every group's committed offsets, plus offsets written inside open transactions, which
 /// become visible only when their transaction commits.
 #[derive(Debug, Default)]

@@ -94,7 +94,7 @@ def produce_many(bootstrap, topic, n):
 
 
 def group_commit(bootstrap, topic, group, n):
-    """Reads `n` records in `group` and commits; {"read": n}."""
+    """Reads `n` records in `group` and commits; {"read": n, "first": the first's offset}."""
     from confluent_kafka import Consumer
 
     consumer = Consumer({
@@ -104,14 +104,15 @@ def group_commit(bootstrap, topic, group, n):
         "enable.auto.commit": False,
     })
     consumer.subscribe([topic])
-    read, deadline = 0, time.time() + 60
+    read, first, deadline = 0, None, time.time() + 60
     while read < int(n) and time.time() < deadline:
         m = consumer.poll(1.0)
         if m is not None and not m.error():
+            first = m.offset() if first is None else first
             read += 1
     consumer.commit(asynchronous=False)
     consumer.close()
-    return {"read": read}
+    return {"read": read, "first": first}
 
 
 def committed(bootstrap, topic, group):

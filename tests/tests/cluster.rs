@@ -499,18 +499,10 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
         "retention.bytes=4096",
     ]);
     assert_eq!(created["error"], Value::Null, "{created}");
-    // A group's coordinator is the same node whichever node a client asks: offsets
-    // committed through one are read through another.
     for value in ["a", "b", "c"] {
         let one = clients(&["produce_one", &bootstrap, "pings", "all", value]);
         assert_eq!(one["error"], Value::Null, "{one}");
     }
-    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
-    let last = format!("127.0.0.1:{}", cluster.nodes[2].port);
-    let read = clients(&["group_commit", &first, "pings", "watchers", "3"]);
-    assert_eq!(read["read"], 3, "{read}");
-    let offset = clients(&["committed", &last, "pings", "watchers"]);
-    assert_eq!(offset["offset"], 3, "{offset}");
     let leader = cluster.leader_of("pings", 0);
     let follower = (leader + 1) % 3;
     let id = cluster.nodes[follower].id;
@@ -564,6 +556,17 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
     );
     let one = clients(&["produce_one", &bootstrap, "pings", "all", "last"]);
     assert_eq!(one["error"], Value::Null, "{one}");
+    // A group's coordinator is the same node whichever node a client asks: offsets
+    // committed through one are read through another.
+    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let last = format!("127.0.0.1:{}", cluster.nodes[2].port);
+    let read = clients(&["group_commit", &first, "pings", "watchers", "3"]);
+    assert_eq!(read["read"], 3, "{read}");
+    let offset = clients(&["committed", &last, "pings", "watchers"]);
+    assert!(
+        offset["offset"].as_i64() > Some(3),
+        "past the deleted ones: {offset}"
+    );
     for i in 0..3 {
         cluster.kill(i);
     }
@@ -580,6 +583,56 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
         ours.iter().collect::<Vec<_>>(),
         "the same records at the same offsets"
     );
+}
+
+/// A consumer group's coordinator is the leader of the group's partition of
+/// `__cluster_offsets`: when that node is SIGKILLed, the partition's new leader coordinates
+/// the group with the offsets committed before, and the group reads on from there — nothing
+/// read twice, nothing skipped.
+#[test]
+fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
+    let mut cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "events", "1", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let many = clients(&["produce_many", &bootstrap, "events", "10"]);
+    assert_eq!(many["error"], Value::Null, "{many}");
+    let read = clients(&["group_commit", &bootstrap, "events", "readers", "4"]);
+    assert_eq!(
+        (read["read"].as_u64(), read["first"].as_u64()),
+        (Some(4), Some(0)),
+        "{read}"
+    );
+    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"readers", 12));
+    let coordinator = cluster.leader_of("__cluster_offsets", partition);
+    let dead = cluster.nodes[coordinator].id;
+    cluster.kill(coordinator);
+    cluster.wait_for("a new coordinator", Duration::from_secs(30), |s| {
+        partition_of(s, "__cluster_offsets", partition)
+            .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
+    });
+    let live: String = (0..3)
+        .filter(|&i| i != coordinator)
+        .map(|i| format!("127.0.0.1:{}", cluster.nodes[i].port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let offset = clients(&["committed", &live, "events", "readers"]);
+    assert_eq!(offset["offset"], 4, "{offset}");
+    let rest = clients(&["group_commit", &live, "events", "readers", "6"]);
+    assert_eq!(
+        (rest["read"].as_u64(), rest["first"].as_u64()),
+        (Some(6), Some(4)),
+        "{rest}"
+    );
+    // Back, the old coordinator catches up and (the preferred replica) leads the partition
+    // again: it coordinates the group with the offsets committed while it was away, not the
+    // ones its own log last had.
+    cluster.spawn(coordinator);
+    cluster.wait_for("the old coordinator back", Duration::from_secs(60), |s| {
+        partition_of(s, "__cluster_offsets", partition).is_some_and(|p| p["leader"] == dead)
+    });
+    let offset = clients(&["committed", &bootstrap, "events", "readers"]);
+    assert_eq!(offset["offset"], 10, "{offset}");
 }
 
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and
@@ -617,9 +670,11 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
     let (code, body) = post(serde_json::json!({"name": "rest", "partitions": 2}));
     assert_eq!(code, 201, "{body}");
     assert!(body.contains("\"partition\":1"), "this node's copy: {body}");
-    let status = cluster.wait_for("the REST topic in the metadata", Duration::from_secs(10), |s| {
-        partition_of(s, "rest", 1).is_some()
-    });
+    let status = cluster.wait_for(
+        "the REST topic in the metadata",
+        Duration::from_secs(10),
+        |s| partition_of(s, "rest", 1).is_some(),
+    );
     for p in 0..2 {
         let replicas = &partition_of(&status, "rest", p).unwrap()["replicas"];
         assert_eq!(replicas.as_array().map(Vec::len), Some(3), "{status}");
@@ -631,7 +686,12 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
     assert!(body.contains("replication factor 4"), "{body}");
     let deleted = http.delete(format!("{api}/topics/rest")).send().unwrap();
     assert_eq!(deleted.status().as_u16(), 400);
-    assert!(deleted.text().unwrap().contains("replicated in the cluster"));
+    assert!(
+        deleted
+            .text()
+            .unwrap()
+            .contains("replicated in the cluster")
+    );
     let ok = clients(&["produce_one", &bootstrap, "strict", "all"]);
     assert_eq!(ok["error"], Value::Null, "{ok}");
     let leader = cluster.leader_of("strict", 0);

@@ -194,8 +194,7 @@ fn create_replicated(
     let request = crate::topics::NewTopic {
         name: t.name.0.to_string(),
         partitions: (t.num_partitions != -1).then_some(i64::from(t.num_partitions)),
-        replication_factor: (t.replication_factor != -1)
-            .then_some(i64::from(t.replication_factor)),
+        replication_factor: (t.replication_factor != -1).then_some(i64::from(t.replication_factor)),
         configs,
     };
     let default_partitions = ctx.broker.log.options().default_partitions;

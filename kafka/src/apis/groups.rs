@@ -24,7 +24,11 @@ use crate::errors;
 pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let b = &ctx.broker;
     if let Some(cluster) = &b.cluster {
-        let mut answer = clustered_coordinator(cluster, req.key.as_str());
+        let mut answer = if req.key_type == 0 {
+            group_coordinator(ctx, cluster, req.key.as_str())
+        } else {
+            clustered_coordinator(cluster, req.key.as_str())
+        };
         if ctx.version == 0 {
             // v0 has no room for a message.
             answer.error_message = None;
@@ -37,11 +41,56 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCo
         .with_port(b.port)
 }
 
-/// In a cluster, a group's (or transactional id's) coordinator is one node chosen by the
-/// key's hash over every node of `--cluster` — the same answer from every node, so a group's
-/// members meet in one place. Coordinator state (`__consumer_offsets`, `__transaction_state`)
-/// is that node's own, not replicated yet: while it is down the answer is
-/// COORDINATOR_NOT_AVAILABLE (clients wait), never another node without the group's offsets.
+/// In a cluster, a consumer group's coordinator is the leader of the group's partition of
+/// the replicated offsets topic ([`crate::coordinators`]).
+fn group_coordinator(
+    ctx: &Ctx,
+    cluster: &sluice_cluster::Cluster,
+    group: &str,
+) -> FindCoordinatorResponse {
+    use crate::coordinators::Located;
+    let default_partitions = ctx.broker.log.options().default_partitions;
+    let located = ctx
+        .broker
+        .coordinators
+        .locate(cluster, default_partitions, group);
+    let at = match located {
+        Ok(Located::Here(_)) => Ok((cluster.node_id(), ctx.broker.host.clone(), ctx.broker.port)),
+        Ok(Located::There(id, addr)) => crate::config::host_port(&addr)
+            .map(|(h, p)| (id, h, i32::from(p)))
+            .ok_or((
+                E::CoordinatorNotAvailable.code(),
+                format!("node {id} has no usable address ({addr})"),
+            )),
+        Err(refusal) => Err(refusal),
+    };
+    match at {
+        Ok((id, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(id as i32))
+            .with_host(s(host))
+            .with_port(port),
+        Err((code, message)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(code)
+            .with_error_message(Some(s(message))),
+    }
+}
+
+/// Whether this node may answer for `group`: in a cluster, only its coordinator does (after
+/// importing the group's offsets when it just became the coordinator). Blocking.
+pub(crate) fn coordinator_refusal(ctx: &Ctx, group: &str) -> Option<crate::replica::Refusal> {
+    let cluster = ctx.broker.cluster.as_ref()?;
+    ctx.broker
+        .coordinators
+        .check_here(cluster, &ctx.broker.log, group)
+        .err()
+}
+
+/// In a cluster, a transactional id's coordinator is one node chosen by the key's hash over
+/// every node of `--cluster` — the same answer from every node. Its state
+/// (`__transaction_state`) is that node's own, not replicated yet: while it is down the
+/// answer is COORDINATOR_NOT_AVAILABLE (clients wait).
 fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCoordinatorResponse {
     let ids = cluster.voter_ids();
     let hash = key
@@ -66,17 +115,59 @@ fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCo
     }
 }
 
-pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
+/// A commit's answer, and in a cluster the end of its copy in the replicated offsets topic
+/// that every in-sync replica must have before the answer goes out.
+pub(crate) type Committed = (OffsetCommitResponse, Option<((String, u32), i64)>);
+
+/// Every partition of an OffsetCommit answered with `code`.
+pub(crate) fn commit_failed(req: &OffsetCommitRequest, code: i16) -> OffsetCommitResponse {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
     let log = &ctx.broker.log;
     let group = req.group_id.0.to_string();
+    if let Some((code, message)) = coordinator_refusal(ctx, &group) {
+        tracing::debug!(group, client = %ctx.client, message, "An offset commit at a node that does not coordinate the group.");
+        return (commit_failed(&req, code), None);
+    }
+    // In a cluster the coordinator may hold no copy of a committed topic: the metadata
+    // knows its partitions.
+    let clustered = |topic: &str| {
+        let cluster = ctx.broker.cluster.as_ref()?;
+        let md = cluster.metadata();
+        let n = md.borrow().topics.get(topic).map(|t| t.partitions.len());
+        n
+    };
     // Check every partition first: a commit is all or nothing in the log.
     let mut offsets = Vec::new();
     let mut bad: BTreeMap<(String, i32), i16> = BTreeMap::new();
     for t in &req.topics {
         for p in &t.partitions {
             let topic = t.name.0.to_string();
-            match (u32::try_from(p.partition_index), log.topic(&topic)) {
-                (Ok(partition), Ok(handle)) if partition < handle.partition_count() => {
+            let count = clustered(&topic)
+                .map(|n| n as u32)
+                .or_else(|| log.topic(&topic).ok().map(|h| h.partition_count()));
+            match (u32::try_from(p.partition_index), count) {
+                (Ok(partition), Some(count)) if partition < count => {
                     offsets.push((TopicPartition::new(topic, partition), p.committed_offset))
                 }
                 _ => {
@@ -111,6 +202,18 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommit
             }
         }
     };
+    // In a cluster: the commit's copy in the replicated offsets topic.
+    let mut replicated = None;
+    let mut code = code;
+    if code == 0 && ctx.broker.cluster.is_some() && !offsets.is_empty() {
+        match ctx.broker.coordinators.mirror(log, &group, &offsets) {
+            Ok(end) => replicated = Some(end),
+            Err((c, message)) => {
+                tracing::warn!(group, message, "Cannot replicate a group's offset commit.");
+                code = c;
+            }
+        }
+    }
     let topics = req
         .topics
         .iter()
@@ -133,12 +236,41 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommit
                 )
         })
         .collect();
-    OffsetCommitResponse::default().with_topics(topics)
+    (
+        OffsetCommitResponse::default().with_topics(topics),
+        replicated,
+    )
 }
 
 pub(crate) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let log = &ctx.broker.log;
     let group = req.group_id.0.to_string();
+    if let Some((code, _)) = coordinator_refusal(ctx, &group) {
+        // v2+ has the group's error; v1 only the partitions'.
+        let topics = req
+            .topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&i| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(i)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+                    .with_name(t.name)
+            })
+            .collect();
+        return OffsetFetchResponse::default()
+            .with_error_code(code)
+            .with_topics(topics);
+    }
     // v7 (KIP-447): with require_stable, an offset a transaction is still committing is
     // answered UNSTABLE_OFFSET_COMMIT (the client retries), so a new owner of a partition
     // never starts from before what a zombie's transaction is about to commit.

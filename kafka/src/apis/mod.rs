@@ -26,10 +26,11 @@ use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
     DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, SyncGroupRequest, TxnOffsetCommitRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, HeartbeatResponse,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    SyncGroupRequest, SyncGroupResponse, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -133,24 +134,65 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
             let req: FindCoordinatorRequest = ctx.decode(&mut body)?;
             ctx.answer(&groups::find_coordinator(&ctx, req))
         }
-        ApiKey::OffsetCommit => on_pool!(OffsetCommitRequest, groups::offset_commit),
+        ApiKey::OffsetCommit => {
+            let req: OffsetCommitRequest = ctx.decode(&mut body)?;
+            let asked = req.clone();
+            let (mut resp, replicated) =
+                blocking(&ctx, move |c| groups::offset_commit(c, req)).await?;
+            // In a cluster: answered once every in-sync replica has the commit's copy (Kafka's
+            // offsets.commit.timeout.ms, 5 s); a client that is told otherwise commits again.
+            if let (Some((tp, end)), Some(reps)) = (replicated, &ctx.broker.replicas)
+                && let Err((code, message)) = reps
+                    .wait_replicated(&tp, end, std::time::Duration::from_secs(5))
+                    .await
+            {
+                tracing::debug!(
+                    code,
+                    message,
+                    "A group's offset commit was not replicated in time."
+                );
+                let code = if code == kafka_protocol::ResponseError::NotLeaderOrFollower.code() {
+                    kafka_protocol::ResponseError::NotCoordinator.code()
+                } else {
+                    kafka_protocol::ResponseError::CoordinatorNotAvailable.code()
+                };
+                resp = groups::commit_failed(&asked, code);
+            }
+            ctx.answer(&resp)
+        }
         ApiKey::OffsetFetch => on_pool!(OffsetFetchRequest, groups::offset_fetch),
         ApiKey::ListGroups => on_pool!(ListGroupsRequest, groups::list_groups),
         ApiKey::InitProducerId => on_pool!(InitProducerIdRequest, producer_id::init_producer_id),
         ApiKey::JoinGroup => {
             let req: JoinGroupRequest = ctx.decode(&mut body)?;
+            if let Some(code) = not_coordinator(&ctx, &req.group_id.0).await? {
+                return ctx.answer(
+                    &JoinGroupResponse::default()
+                        .with_error_code(code)
+                        .with_generation_id(-1),
+                );
+            }
             ctx.answer(&membership::join_group(&ctx, req).await)
         }
         ApiKey::SyncGroup => {
             let req: SyncGroupRequest = ctx.decode(&mut body)?;
+            if let Some(code) = not_coordinator(&ctx, &req.group_id.0).await? {
+                return ctx.answer(&SyncGroupResponse::default().with_error_code(code));
+            }
             ctx.answer(&membership::sync_group(&ctx, req).await)
         }
         ApiKey::Heartbeat => {
             let req: HeartbeatRequest = ctx.decode(&mut body)?;
+            if let Some(code) = not_coordinator(&ctx, &req.group_id.0).await? {
+                return ctx.answer(&HeartbeatResponse::default().with_error_code(code));
+            }
             ctx.answer(&membership::heartbeat(&ctx, req))
         }
         ApiKey::LeaveGroup => {
             let req: LeaveGroupRequest = ctx.decode(&mut body)?;
+            if let Some(code) = not_coordinator(&ctx, &req.group_id.0).await? {
+                return ctx.answer(&LeaveGroupResponse::default().with_error_code(code));
+            }
             ctx.answer(&membership::leave_group(&ctx, req))
         }
         ApiKey::DescribeGroups => on_pool!(DescribeGroupsRequest, membership::describe_groups),
@@ -184,6 +226,19 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
             correlation: ctx.correlation,
         }),
     }
+}
+
+/// In a cluster, the error code that sends a client of `group` to its coordinator, when
+/// this node is not it.
+async fn not_coordinator(ctx: &Ctx, group: &str) -> Result<Option<i16>, ConnError> {
+    if ctx.broker.cluster.is_none() {
+        return Ok(None);
+    }
+    let group = group.to_string();
+    blocking(ctx, move |c| {
+        groups::coordinator_refusal(c, &group).map(|(code, _)| code)
+    })
+    .await
 }
 
 /// A protocol string from ours.

@@ -348,6 +348,7 @@ async fn every_api_answers_at_every_advertised_version() {
         fetch_sessions: Default::default(),
         cluster: None,
         replicas: None,
+        coordinators: Default::default(),
     });
     let mut round = 0;
     // Produce first, so that fetches and offset lookups find a record; then every answer

@@ -229,6 +229,17 @@ impl Log {
         Ok(())
     }
 
+    /// Writes a group's committed offsets as another coordinator had them (a cluster's group
+    /// coordinator moving to this node): no membership check, the group's offsets are
+    /// simply these from now on.
+    pub fn restore_offsets(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        self.check_open()?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.write_commit(group, offsets)
+    }
+
     /// Every committed offset of a group (Kafka's OffsetFetch for all partitions).
     pub fn committed_offsets(&self, group: &str) -> Vec<(TopicPartition, CommittedOffset)> {
         self.inner

@@ -448,7 +448,10 @@ async fn first_write(
                 && id != dead
             {
                 let mut p = sluice_kafka::client::BatchProducer::new(&leader);
-                if p.send(topic, partition as i32, batch.clone(), -1).await.is_ok() {
+                if p.send(topic, partition as i32, batch.clone(), -1)
+                    .await
+                    .is_ok()
+                {
                     return Ok(killed.elapsed().as_secs_f64());
                 }
             }

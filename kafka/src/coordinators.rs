@@ -1,0 +1,242 @@
+//! Consumer-group coordinators in a cluster: a group's coordinator is the leader of its
+//! partition of the replicated topic [`GROUPS_TOPIC`] (Kafka's `__consumer_offsets` rule), so
+//! it moves with that partition's leadership and its committed offsets survive the node.
+//!
+//! The coordinator keeps using the log's own group machinery (membership, validation, the
+//! node's `__consumer_offsets`); what makes it replicated is that every offset commit taken
+//! through the Kafka listener is also appended to the group's partition of [`GROUPS_TOPIC`]
+//! and answered only once every in-sync replica has it. A node that becomes the leader of a
+//! partition imports that partition's latest offsets into its log before it answers for any
+//! of its groups (once per leader epoch), so a client that moves there reads what it last
+//! committed anywhere.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kafka_protocol::ResponseError as E;
+use parking_lot::Mutex;
+use sluice_log::batch::{BatchBuilder, BatchOptions, decode_records};
+use sluice_log::offsets::{offset_record, read_offset_record};
+use sluice_log::{Log, TopicPartition};
+
+use crate::replica::Refusal;
+
+/// The replicated topic of committed offsets (compacted: the latest per group and partition).
+pub const GROUPS_TOPIC: &str = "__cluster_offsets";
+
+/// Its partitions: groups spread over this many coordinators. Its records are those of
+/// `__consumer_offsets`.
+pub const GROUPS_PARTITIONS: u32 = 12;
+
+/// Where a group's coordinator is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Located {
+    /// This node, with the leader epoch of the group's partition.
+    Here(i32),
+    /// Another node: its id and registered address.
+    There(u64, String),
+}
+
+/// The coordinators' state on one node: which partitions' offsets the log holds.
+#[derive(Debug, Default)]
+pub(crate) struct Coordinators {
+    /// Partition → the leader epoch whose offsets were imported into the log.
+    loaded: Mutex<HashMap<u32, i32>>,
+    /// Serializes the topic's creation and the imports.
+    busy: Mutex<()>,
+}
+
+/// The partition of [`GROUPS_TOPIC`] holding `group`.
+pub(crate) fn partition_of(group: &str) -> u32 {
+    sluice_log::partitioner::partition_for_key(group.as_bytes(), GROUPS_PARTITIONS)
+}
+
+impl Coordinators {
+    /// Where `group` is coordinated, creating [`GROUPS_TOPIC`] through the controller at the
+    /// first use (three copies, or one per live node). Blocking.
+    pub(crate) fn locate(
+        &self,
+        cluster: &sluice_cluster::Cluster,
+        default_partitions: u32,
+        group: &str,
+    ) -> Result<Located, Refusal> {
+        let unavailable = |m: String| (E::CoordinatorNotAvailable.code(), m);
+        if !cluster
+            .metadata()
+            .borrow()
+            .topics
+            .contains_key(GROUPS_TOPIC)
+        {
+            let _busy = self.busy.lock();
+            if !cluster
+                .metadata()
+                .borrow()
+                .topics
+                .contains_key(GROUPS_TOPIC)
+            {
+                let topic = crate::topics::NewTopic {
+                    name: GROUPS_TOPIC.into(),
+                    partitions: Some(i64::from(GROUPS_PARTITIONS)),
+                    replication_factor: None,
+                    configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+                };
+                match crate::topics::create_replicated(cluster, default_partitions, topic, false) {
+                    Ok(_) => {}
+                    Err(e) if e.exists() => {}
+                    Err(e) => {
+                        return Err(unavailable(format!(
+                            "cannot create {GROUPS_TOPIC}: {}",
+                            e.message
+                        )));
+                    }
+                }
+            }
+        }
+        let partition = partition_of(group);
+        let md = std::sync::Arc::clone(&cluster.metadata().borrow());
+        let p = md.partition(GROUPS_TOPIC, partition).ok_or_else(|| {
+            unavailable(format!(
+                "{GROUPS_TOPIC}-{partition} is not in this node's metadata yet"
+            ))
+        })?;
+        match p.leader {
+            Some(l) if l == cluster.node_id() => Ok(Located::Here(p.leader_epoch)),
+            Some(l) => match md.nodes.get(&l).filter(|n| !n.fenced) {
+                Some(n) => Ok(Located::There(l, n.addr.clone())),
+                None => Err(unavailable(format!(
+                    "node {l} coordinates '{group}' and is down"
+                ))),
+            },
+            None => Err(unavailable(format!(
+                "{GROUPS_TOPIC}-{partition}, which holds '{group}', has no leader"
+            ))),
+        }
+    }
+
+    /// Checks that this node coordinates `group` (else NOT_COORDINATOR, and the client asks
+    /// FindCoordinator again), importing its partition's offsets first when this node took
+    /// the partition's leadership since the last import.
+    pub(crate) fn check_here(
+        &self,
+        cluster: &sluice_cluster::Cluster,
+        log: &Log,
+        group: &str,
+    ) -> Result<(), Refusal> {
+        let epoch = match self.locate(cluster, log.options().default_partitions, group)? {
+            Located::Here(epoch) => epoch,
+            Located::There(id, _) => {
+                return Err((
+                    E::NotCoordinator.code(),
+                    format!("node {id} coordinates '{group}'"),
+                ));
+            }
+        };
+        let partition = partition_of(group);
+        if self.loaded.lock().get(&partition) == Some(&epoch) {
+            return Ok(());
+        }
+        let _busy = self.busy.lock();
+        if self.loaded.lock().get(&partition) == Some(&epoch) {
+            return Ok(());
+        }
+        let imported = import(log, partition).map_err(|e| {
+            (
+                E::CoordinatorLoadInProgress.code(),
+                format!("loading {GROUPS_TOPIC}-{partition}: {e}"),
+            )
+        })?;
+        tracing::info!(
+            partition,
+            epoch,
+            groups = imported,
+            "Coordinating the consumer groups of a partition of {GROUPS_TOPIC}."
+        );
+        self.loaded.lock().insert(partition, epoch);
+        Ok(())
+    }
+
+    /// Appends `group`'s committed offsets to its partition of [`GROUPS_TOPIC`] (this node
+    /// leads it: [`Self::check_here`] said so); the partition and the end to wait for.
+    pub(crate) fn mirror(
+        &self,
+        log: &Log,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<((String, u32), i64), Refusal> {
+        let partition = partition_of(group);
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for (tp, offset) in offsets {
+            b.push(&offset_record(group, tp, Some(*offset)))
+                .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
+        }
+        let batch = b
+            .build()
+            .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
+        let appended = log
+            .partition(GROUPS_TOPIC, partition)
+            .and_then(|p| p.append(batch))
+            .map_err(|e| {
+                (
+                    E::CoordinatorNotAvailable.code(),
+                    format!("{GROUPS_TOPIC}-{partition}: {e}"),
+                )
+            })?;
+        Ok((
+            (GROUPS_TOPIC.to_string(), partition),
+            appended.last_offset + 1,
+        ))
+    }
+}
+
+/// Reads this node's copy of `partition` and writes every group's latest offsets into the
+/// log's groups where they differ; the number of groups.
+fn import(log: &Log, partition: u32) -> Result<usize, String> {
+    let p = log
+        .partition(GROUPS_TOPIC, partition)
+        .map_err(|e| e.to_string())?;
+    let mut latest: BTreeMap<(String, TopicPartition), Option<i64>> = BTreeMap::new();
+    let mut at = p.log_start_offset();
+    let end = p.log_end_offset();
+    while at < end {
+        let data = p
+            .fetch_replica(at, 1 << 20)
+            .map_err(|e| e.to_string())?
+            .data;
+        if data.is_empty() {
+            break;
+        }
+        for batch in sluice_log::batch::split_batches(&data) {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let h = sluice_log::batch::BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+            at = h.next_offset();
+            if h.is_control() {
+                continue;
+            }
+            for r in decode_records(batch).map_err(|e| e.to_string())? {
+                let read = r
+                    .record
+                    .key
+                    .as_deref()
+                    .and_then(|k| read_offset_record(k, r.record.value.as_deref()));
+                if let Some((group, tp, offset)) = read {
+                    latest.insert((group, tp), offset);
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+    for ((group, tp), offset) in latest {
+        // A tombstone (a deleted group) leaves what this node has: deletion is not
+        // replicated yet.
+        if let Some(offset) = offset
+            && log.committed(&group, &tp) != Some(offset)
+        {
+            groups.entry(group).or_default().push((tp, offset));
+        }
+    }
+    let n = groups.len();
+    for (group, offsets) in groups {
+        log.restore_offsets(&group, &offsets)
+            .map_err(|e| format!("group '{group}': {e}"))?;
+    }
+    Ok(n)
+}
