@@ -23,8 +23,8 @@ use crate::replica::Refusal;
 /// The replicated topic of committed offsets (compacted: the latest per group and partition).
 pub const GROUPS_TOPIC: &str = "__cluster_offsets";
 
-/// Its partitions: groups spread over this many coordinators. Its records are those of
-/// `__consumer_offsets`.
+/// Its partitions when this node creates it: groups spread over this many coordinators. Its
+/// records are those of `__consumer_offsets`.
 pub const GROUPS_PARTITIONS: u32 = 12;
 
 /// Where a group's coordinator is.
@@ -45,9 +45,9 @@ pub(crate) struct Coordinators {
     busy: Mutex<()>,
 }
 
-/// The partition of [`GROUPS_TOPIC`] holding `group`.
-pub(crate) fn partition_of(group: &str) -> u32 {
-    sluice_log::partitioner::partition_for_key(group.as_bytes(), GROUPS_PARTITIONS)
+/// The partition of [`GROUPS_TOPIC`] (of `partitions`) holding `group`.
+pub(crate) fn partition_of(group: &str, partitions: usize) -> u32 {
+    sluice_log::partitioner::partition_for_key(group.as_bytes(), partitions.max(1) as u32)
 }
 
 impl Coordinators {
@@ -58,7 +58,7 @@ impl Coordinators {
         cluster: &sluice_cluster::Cluster,
         default_partitions: u32,
         group: &str,
-    ) -> Result<Located, Refusal> {
+    ) -> Result<(Located, u32), Refusal> {
         let unavailable = |m: String| (E::CoordinatorNotAvailable.code(), m);
         if !cluster
             .metadata()
@@ -91,17 +91,22 @@ impl Coordinators {
                 }
             }
         }
-        let partition = partition_of(group);
         let md = std::sync::Arc::clone(&cluster.metadata().borrow());
+        // The topic's own count: one created by hand with fewer partitions still works.
+        let count = md
+            .topics
+            .get(GROUPS_TOPIC)
+            .map_or(0, |t| t.partitions.len());
+        let partition = partition_of(group, count);
         let p = md.partition(GROUPS_TOPIC, partition).ok_or_else(|| {
             unavailable(format!(
                 "{GROUPS_TOPIC}-{partition} is not in this node's metadata yet"
             ))
         })?;
         match p.leader {
-            Some(l) if l == cluster.node_id() => Ok(Located::Here(p.leader_epoch)),
+            Some(l) if l == cluster.node_id() => Ok((Located::Here(p.leader_epoch), partition)),
             Some(l) => match md.nodes.get(&l).filter(|n| !n.fenced) {
-                Some(n) => Ok(Located::There(l, n.addr.clone())),
+                Some(n) => Ok((Located::There(l, n.addr.clone()), partition)),
                 None => Err(unavailable(format!(
                     "node {l} coordinates '{group}' and is down"
                 ))),
@@ -120,23 +125,23 @@ impl Coordinators {
         cluster: &sluice_cluster::Cluster,
         log: &Log,
         group: &str,
-    ) -> Result<(), Refusal> {
-        let epoch = match self.locate(cluster, log.options().default_partitions, group)? {
-            Located::Here(epoch) => epoch,
-            Located::There(id, _) => {
-                return Err((
-                    E::NotCoordinator.code(),
-                    format!("node {id} coordinates '{group}'"),
-                ));
-            }
-        };
-        let partition = partition_of(group);
+    ) -> Result<u32, Refusal> {
+        let (epoch, partition) =
+            match self.locate(cluster, log.options().default_partitions, group)? {
+                (Located::Here(epoch), partition) => (epoch, partition),
+                (Located::There(id, _), _) => {
+                    return Err((
+                        E::NotCoordinator.code(),
+                        format!("node {id} coordinates '{group}'"),
+                    ));
+                }
+            };
         if self.loaded.lock().get(&partition) == Some(&epoch) {
-            return Ok(());
+            return Ok(partition);
         }
         let _busy = self.busy.lock();
         if self.loaded.lock().get(&partition) == Some(&epoch) {
-            return Ok(());
+            return Ok(partition);
         }
         let imported = import(log, partition).map_err(|e| {
             (
@@ -151,18 +156,18 @@ impl Coordinators {
             "Coordinating the consumer groups of a partition of {GROUPS_TOPIC}."
         );
         self.loaded.lock().insert(partition, epoch);
-        Ok(())
+        Ok(partition)
     }
 
-    /// Appends `group`'s committed offsets to its partition of [`GROUPS_TOPIC`] (this node
-    /// leads it: [`Self::check_here`] said so); the partition and the end to wait for.
+    /// Appends `group`'s committed offsets to its `partition` of [`GROUPS_TOPIC`] (this
+    /// node leads it: [`Self::check_here`] said so); the partition and the end to wait for.
     pub(crate) fn mirror(
         &self,
         log: &Log,
         group: &str,
+        partition: u32,
         offsets: &[(TopicPartition, i64)],
     ) -> Result<((String, u32), i64), Refusal> {
-        let partition = partition_of(group);
         let mut b = BatchBuilder::new(BatchOptions::default());
         for (tp, offset) in offsets {
             b.push(&offset_record(group, tp, Some(*offset)))

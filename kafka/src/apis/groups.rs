@@ -54,7 +54,7 @@ fn group_coordinator(
         .broker
         .coordinators
         .locate(cluster, default_partitions, group);
-    let at = match located {
+    let at = match located.map(|(l, _)| l) {
         Ok(Located::Here(_)) => Ok((cluster.node_id(), ctx.broker.host.clone(), ctx.broker.port)),
         Ok(Located::There(id, addr)) => crate::config::host_port(&addr)
             .map(|(h, p)| (id, h, i32::from(p)))
@@ -80,11 +80,19 @@ fn group_coordinator(
 /// Whether this node may answer for `group`: in a cluster, only its coordinator does (after
 /// importing the group's offsets when it just became the coordinator). Blocking.
 pub(crate) fn coordinator_refusal(ctx: &Ctx, group: &str) -> Option<crate::replica::Refusal> {
-    let cluster = ctx.broker.cluster.as_ref()?;
+    coordinator_partition(ctx, group).err()
+}
+
+/// In a cluster, the partition of the replicated offsets topic holding `group` when this
+/// node coordinates it (`Ok(None)` alone), else why not.
+fn coordinator_partition(ctx: &Ctx, group: &str) -> Result<Option<u32>, crate::replica::Refusal> {
+    let Some(cluster) = ctx.broker.cluster.as_ref() else {
+        return Ok(None);
+    };
     ctx.broker
         .coordinators
         .check_here(cluster, &ctx.broker.log, group)
-        .err()
+        .map(Some)
 }
 
 /// In a cluster, a transactional id's coordinator is one node chosen by the key's hash over
@@ -145,10 +153,13 @@ pub(crate) fn commit_failed(req: &OffsetCommitRequest, code: i16) -> OffsetCommi
 pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
     let log = &ctx.broker.log;
     let group = req.group_id.0.to_string();
-    if let Some((code, message)) = coordinator_refusal(ctx, &group) {
-        tracing::debug!(group, client = %ctx.client, message, "An offset commit at a node that does not coordinate the group.");
-        return (commit_failed(&req, code), None);
-    }
+    let home = match coordinator_partition(ctx, &group) {
+        Ok(home) => home,
+        Err((code, message)) => {
+            tracing::debug!(group, client = %ctx.client, message, "An offset commit at a node that does not coordinate the group.");
+            return (commit_failed(&req, code), None);
+        }
+    };
     // In a cluster the coordinator may hold no copy of a committed topic: the metadata
     // knows its partitions.
     let clustered = |topic: &str| {
@@ -205,8 +216,12 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
     // In a cluster: the commit's copy in the replicated offsets topic.
     let mut replicated = None;
     let mut code = code;
-    if code == 0 && ctx.broker.cluster.is_some() && !offsets.is_empty() {
-        match ctx.broker.coordinators.mirror(log, &group, &offsets) {
+    if let Some(partition) = home.filter(|_| code == 0 && !offsets.is_empty()) {
+        match ctx
+            .broker
+            .coordinators
+            .mirror(log, &group, partition, &offsets)
+        {
             Ok(end) => replicated = Some(end),
             Err((c, message)) => {
                 tracing::warn!(group, message, "Cannot replicate a group's offset commit.");
