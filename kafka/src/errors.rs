@@ -51,6 +51,8 @@ pub(crate) fn code(e: &LogError) -> i16 {
         | LogError::RemoteStorage(_) => E::KafkaStorageError,
         LogError::ClusterUnavailable(_) => E::CoordinatorNotAvailable,
         LogError::NotLeader { .. } => E::NotLeaderOrFollower,
+        LogError::NotEnoughReplicas { .. } => E::NotEnoughReplicas,
+        LogError::ReplicationTimeout { .. } => E::RequestTimedOut,
         _ => E::UnknownServerError,
     }
     .code()

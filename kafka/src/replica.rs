@@ -864,3 +864,48 @@ impl Replicas {
         }
     }
 }
+
+/// The embedded producer's writes in a cluster: only at the partition's leader, and with
+/// `acks=all` only while the ISR has at least `min.insync.replicas` members (the checks the
+/// Kafka listener makes, as the log's errors). Holds the replicas weakly: they hold the log.
+pub(crate) struct WriteGate(pub(crate) std::sync::Weak<Replicas>);
+
+impl sluice_log::log::WriteGate for WriteGate {
+    fn check(&self, topic: &str, partition: u32, all: bool) -> sluice_log::Result<()> {
+        match self.0.upgrade() {
+            Some(r) => r.gate(topic, partition, all),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Replicas {
+    fn gate(&self, topic: &str, partition: u32, all: bool) -> sluice_log::Result<()> {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        let Some(p) = md.partition(topic, partition) else {
+            return Ok(());
+        };
+        if p.leader != Some(self.node) {
+            return Err(LogError::NotLeader {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        if all {
+            let min = self
+                .log
+                .topic(topic)
+                .map(|t| t.config().min_insync_replicas)
+                .unwrap_or(1);
+            if (p.isr.len() as u32) < min {
+                return Err(LogError::NotEnoughReplicas {
+                    topic: topic.to_string(),
+                    partition,
+                    in_sync: p.isr.len(),
+                    min,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -136,6 +136,9 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
             runtime.handle().clone(),
         )
     });
+    if let Some(r) = &replicas {
+        log.set_write_gate(Arc::new(crate::replica::WriteGate(Arc::downgrade(r))));
+    }
     let broker = Arc::new(Broker {
         log: log.clone(),
         node_id: config.node_id,

@@ -241,6 +241,36 @@ pub enum LogError {
     /// nodes is down or unreachable). Retryable.
     #[error("the cluster is unavailable: {0}")]
     ClusterUnavailable(String),
+    /// An `acks=all` write to a partition whose in-sync replicas are fewer than its
+    /// `min.insync.replicas` (Kafka's NOT_ENOUGH_REPLICAS). Retryable.
+    #[error(
+        "{topic}-{partition} has {in_sync} in-sync replica(s), fewer than its min.insync.replicas {min}; the write was refused"
+    )]
+    NotEnoughReplicas {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// In-sync replicas now.
+        in_sync: usize,
+        /// The topic's `min.insync.replicas`.
+        min: u32,
+    },
+    /// An `acks=all` write appended at the leader that the in-sync replicas did not all
+    /// copy in time (it may still be committed later, or cut by a new leader). Retryable.
+    #[error(
+        "{topic}-{partition}: the in-sync replicas did not all copy offsets below {end} within {waited_ms} ms"
+    )]
+    ReplicationTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The log end the write reached.
+        end: i64,
+        /// How long it waited.
+        waited_ms: u64,
+    },
     /// The partition is a follower's copy in a cluster: only its leader takes writes.
     #[error("{topic}-{partition} is led by another node of the cluster; write to its leader")]
     NotLeader {
@@ -289,7 +319,15 @@ impl LogError {
 
     /// True for failures a caller may retry as is (I/O: a full disk may free up).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Io { .. } | LogError::RemoteStorage(_))
+        matches!(
+            self,
+            LogError::Io { .. }
+                | LogError::RemoteStorage(_)
+                | LogError::ClusterUnavailable(_)
+                | LogError::NotLeader { .. }
+                | LogError::NotEnoughReplicas { .. }
+                | LogError::ReplicationTimeout { .. }
+        )
     }
 
     /// True when the request itself was wrong and retrying cannot help.

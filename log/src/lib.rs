@@ -78,7 +78,7 @@ pub use crate::log::{
     GroupInfo, Log, PartitionReset, ResetTo, TopicDescription, is_internal_topic,
 };
 pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
-pub use crate::producer::{Producer, ProducerConfig};
+pub use crate::producer::{Acks, Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;
 pub use crate::record::{Header, Record, StoredRecord};
 pub use crate::schema::{

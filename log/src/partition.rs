@@ -309,6 +309,8 @@ pub struct Partition {
     stats: [AtomicU64; 3],
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// Notified when the high watermark moves or leadership changes (acks=all waiters).
+    hw_moved: Condvar,
     /// Held for a whole compaction pass: two cleaners at once (housekeeping and an explicit
     /// call) would write the same `.cleaned` file and swap segments under each other.
     cleaner: Mutex<()>,
@@ -499,6 +501,7 @@ impl Partition {
                 syncing: false,
             }),
             synced: Condvar::new(),
+            hw_moved: Condvar::new(),
             cleaner: Mutex::new(()),
             checkpointed: Mutex::new(Checkpointed {
                 last: None,
@@ -1072,6 +1075,8 @@ impl Partition {
         st.follower = true;
         st.leader_epoch = epoch;
         drop(st);
+        // An acks=all writer waiting here learns that it will not be answered by this copy.
+        self.hw_moved.notify_all();
         if first {
             self.checkpoint()?;
         }
@@ -1134,8 +1139,34 @@ impl Partition {
         let target = offset.min(st.leo());
         if target > st.high_watermark {
             st.high_watermark = target;
+            self.hw_moved.notify_all();
         }
         st.high_watermark
+    }
+
+    /// Waits until the high watermark reaches `end` (every in-sync replica has the offsets
+    /// below it): an `acks=all` write. At once for a partition of this node alone; refused
+    /// when this copy stops leading; bounded by `timeout`.
+    pub fn wait_high_watermark(&self, end: i64, timeout: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        let deadline = start + timeout;
+        let mut st = self.state.lock();
+        loop {
+            if st.high_watermark >= end || !st.replicated {
+                return Ok(());
+            }
+            if st.follower {
+                return Err(self.not_leader());
+            }
+            if self.hw_moved.wait_until(&mut st, deadline).timed_out() && st.high_watermark < end {
+                return Err(LogError::ReplicationTimeout {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    end,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+        }
     }
 
     /// The log end offset: the next offset to be written.

@@ -34,6 +34,24 @@ pub struct ProducerConfig {
     pub idempotent: bool,
     /// How long a transaction may stay open before the log aborts it. Default 60 s.
     pub transaction_timeout: Duration,
+    /// When a write counts as done. Default [`Acks::All`], which on a worker alone is the
+    /// same as [`Acks::Leader`]; it matters for a cluster's replicated partitions.
+    pub acks: Acks,
+    /// How long [`Producer::flush`] waits for the in-sync replicas with [`Acks::All`].
+    /// Default 30 s (Kafka's `request.timeout.ms`).
+    pub replication_timeout: Duration,
+}
+
+/// When a write counts as done (Kafka's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// When this node appended it (`acks=1`).
+    Leader,
+    /// When every in-sync replica has it (`acks=all`): [`Producer::flush`] waits for the
+    /// partitions' high watermarks, and a partition with fewer in-sync replicas than its
+    /// `min.insync.replicas` refuses new batches.
+    #[default]
+    All,
 }
 
 impl Default for ProducerConfig {
@@ -43,6 +61,8 @@ impl Default for ProducerConfig {
             batch_size: 64 * 1024,
             idempotent: true,
             transaction_timeout: Duration::from_secs(60),
+            acks: Acks::All,
+            replication_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -85,6 +105,9 @@ pub struct Producer {
     in_txn: bool,
     txn_partitions: BTreeSet<(String, u32)>,
     topics: TopicMap,
+    /// With [`Acks::All`]: partitions appended since the last flush and the log end each
+    /// reached, for the flush to wait on.
+    unreplicated: Vec<(Arc<str>, u32, i64)>,
 }
 
 /// A producer's topics by name: a short list searched in order, because a producer writes
@@ -173,6 +196,7 @@ impl Producer {
             in_txn: false,
             txn_partitions: BTreeSet::new(),
             topics: TopicMap::default(),
+            unreplicated: Vec::new(),
         })
     }
 
@@ -279,6 +303,10 @@ impl Producer {
         };
         let needs_batch = self.topics.get(topic).is_some_and(|s| s.open[p].is_none());
         if needs_batch {
+            // In a cluster: this node must lead the partition, with enough in-sync replicas
+            // for acks=all.
+            self.log
+                .check_write(topic, partition, self.config.acks == Acks::All)?;
             if let Some(id) = &self.transactional_id {
                 let tp = (topic.to_string(), partition);
                 if !self.txn_partitions.contains(&tp) {
@@ -343,6 +371,17 @@ impl Producer {
         })?;
         let name = Arc::clone(&state.name);
         let info = self.log.append(&name, partition, batch)?;
+        if self.config.acks == Acks::All {
+            let end = info.last_offset + 1;
+            match self
+                .unreplicated
+                .iter_mut()
+                .find(|(t, p, _)| **t == *name && *p == partition)
+            {
+                Some(u) => u.2 = u.2.max(end),
+                None => self.unreplicated.push((Arc::clone(&name), partition, end)),
+            }
+        }
         if let Some(state) = self.topics.get_mut(topic) {
             if self.producer_id >= 0 {
                 state.sequences[p] = open.base_sequence.wrapping_add(count) & i32::MAX;
@@ -368,7 +407,20 @@ impl Producer {
                 out.push((arc, p, info));
             }
         }
+        self.wait_replicated()?;
         Ok(out)
+    }
+
+    /// With [`Acks::All`]: waits until every in-sync replica has what this producer appended
+    /// since the last wait (at once for partitions of this node alone).
+    fn wait_replicated(&mut self) -> Result<()> {
+        while let Some((topic, partition, end)) = self.unreplicated.last().cloned() {
+            self.log
+                .partition(&topic, partition)?
+                .wait_high_watermark(end, self.config.replication_timeout)?;
+            self.unreplicated.pop();
+        }
+        Ok(())
     }
 
     fn txn_state_error(&self, reason: &str) -> LogError {
@@ -435,6 +487,13 @@ impl Producer {
         self.flush()?;
         self.log.txn_end(&id, self.producer_id, self.epoch, true)?;
         self.in_txn = false;
+        if self.config.acks == Acks::All {
+            // The commit markers, on every in-sync replica too.
+            for (topic, partition) in &self.txn_partitions {
+                let p = self.log.partition(topic, *partition)?;
+                p.wait_high_watermark(p.log_end_offset(), self.config.replication_timeout)?;
+            }
+        }
         Ok(())
     }
 
@@ -450,6 +509,8 @@ impl Producer {
         }
         self.log.txn_end(&id, self.producer_id, self.epoch, false)?;
         self.in_txn = false;
+        // Aborted: nothing of it is waited for.
+        self.unreplicated.clear();
         Ok(())
     }
 }

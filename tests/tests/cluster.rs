@@ -696,6 +696,41 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
     assert_eq!(ok["error"], Value::Null, "{ok}");
     let leader = cluster.leader_of("strict", 0);
     let follower = (leader + 1) % 3;
+    // The REST API's producer (the embedded one) answers acks=all once every in-sync
+    // replica has the records: the followers' copies end past them as soon as it answers.
+    let leader_api = cluster.nodes[leader].api.clone().unwrap();
+    let produce = |acks: &str| {
+        let r = http
+            .post(format!("{leader_api}/topics/strict/records{acks}"))
+            .body("{\"value\": \"one\"}\n{\"value\": \"two\"}\n")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (code, body) = produce("");
+    assert_eq!(code, 200, "{body}");
+    for i in [follower, (leader + 2) % 3] {
+        let api = cluster.nodes[i].api.clone().unwrap();
+        let t: Value = serde_json::from_str(
+            &http
+                .get(format!("{api}/topics/strict"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t["partitions"][0]["log_end_offset"], 3, "node {i}: {t}");
+    }
+    let wrong = http
+        .post(format!("{api}/topics/strict/records"))
+        .body("{\"value\": \"x\"}\n")
+        .send()
+        .unwrap();
+    if leader != 1 {
+        assert_eq!(wrong.status().as_u16(), 503, "a follower takes no write");
+        assert!(wrong.text().unwrap().contains("write to its leader"));
+    }
     cluster.kill(follower);
     cluster.wait_for("the ISR down to two", Duration::from_secs(30), |s| {
         partition_of(s, "strict", 0)
@@ -703,6 +738,13 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
     });
     let refused = clients(&["produce_one", &bootstrap, "strict", "all"]);
     assert_eq!(refused["error"], "NOT_ENOUGH_REPLICAS", "{refused}");
+    let (code, body) = produce("");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("min.insync.replicas 3"), "{body}");
+    let (code, body) = produce("?acks=1");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = produce("?acks=2");
+    assert_eq!(code, 400, "{body}");
     let one = clients(&["produce_one", &bootstrap, "strict", "1"]);
     assert_eq!(one["error"], Value::Null, "{one}");
     let other = (leader + 2) % 3;

@@ -76,10 +76,28 @@ pub const PRODUCER_ID_BLOCK: i64 = 1000;
 #[derive(Clone)]
 pub struct ProducerIdSource(pub Arc<dyn Fn() -> std::result::Result<i64, String> + Send + Sync>);
 
+/// A [`WriteGate`] as the log keeps it.
+#[derive(Clone)]
+pub(crate) struct Gate(pub(crate) Arc<dyn WriteGate>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGate")
+    }
+}
+
 impl std::fmt::Debug for ProducerIdSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ProducerIdSource")
     }
+}
+
+/// Decides whether this node may take a write of a replicated partition now (a cluster's
+/// replication layer): the embedded producer asks before it appends, with whether it wants
+/// every in-sync replica (`acks=all`), and gets `NotLeader` or `NotEnoughReplicas` back.
+pub trait WriteGate: Send + Sync {
+    /// `Ok` when a write of `topic`-`partition` may go ahead here.
+    fn check(&self, topic: &str, partition: u32, all: bool) -> Result<()>;
 }
 
 #[derive(Debug)]
@@ -94,6 +112,8 @@ pub(crate) struct Inner {
     next_pid: Mutex<(i64, i64)>,
     /// Where blocks of producer ids come from when not from this log alone (a cluster).
     pid_source: RwLock<Option<ProducerIdSource>>,
+    /// The replication layer's say on writes (a cluster).
+    write_gate: RwLock<Option<Gate>>,
     appended: Mutex<u64>,
     appended_cv: Condvar,
     /// The same counter for async waiters (the Kafka listener's long-polling fetches), which
@@ -173,6 +193,7 @@ impl Log {
             dir: dir.clone(),
             next_pid: Mutex::new((0, 0)),
             pid_source: RwLock::new(None),
+            write_gate: RwLock::new(None),
             options,
             lock: Mutex::new(Some(lock)),
             topics: RwLock::new(topics),

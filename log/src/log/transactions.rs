@@ -58,6 +58,21 @@ impl Log {
         *self.inner.next_pid.lock() = (0, 0);
     }
 
+    /// Lets `gate` refuse the embedded producer's writes from now on (a cluster's replication
+    /// layer: only partition leaders write, `acks=all` needs `min.insync.replicas`).
+    pub fn set_write_gate(&self, gate: Arc<dyn super::WriteGate>) {
+        *self.inner.write_gate.write() = Some(super::Gate(gate));
+    }
+
+    /// Asks the write gate, if any, whether a write of `topic`-`partition` may go ahead.
+    pub(crate) fn check_write(&self, topic: &str, partition: u32, all: bool) -> Result<()> {
+        let gate = self.inner.write_gate.read().clone();
+        match gate {
+            Some(g) => g.0.check(topic, partition, all),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn allocate_producer_id(&self) -> Result<i64> {
         let mut g = self.inner.next_pid.lock();
         let source = self.inner.pid_source.read().clone();

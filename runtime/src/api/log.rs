@@ -490,25 +490,45 @@ pub async fn read_records(
     .await
 }
 
+/// The query of `POST /topics/{name}/records`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProduceQuery {
+    /// `all` (default): answered once every in-sync replica has the records (in a cluster;
+    /// alone, when written); `1`: once this node wrote them.
+    acks: Option<String>,
+}
+
 /// Produces records: an NDJSON body of `{"key": ..., "value": ..., "timestamp": ...}` objects
 /// (value a string or any JSON, written as its text; timestamp in ms, default now), answered
-/// after the records are written.
+/// after the records are written (`acks`).
 #[utoipa::path(post, operation_id = "produceRecords", path = "/topics/{name}/records", tag = "topics",
-    params(("name" = String, Path, description = "Topic")),
+    params(("name" = String, Path, description = "Topic"), ProduceQuery),
     request_body(content = String, content_type = "application/x-ndjson",
         description = "One `{\"key\": ..., \"value\": ..., \"headers\": {...}, \"timestamp\": ms}` object per line"),
     responses((status = 200, description = "Written", body = ProducedDoc),
         (status = 400, description = "A line is not JSON (named)", body = ErrorBody),
         (status = 403, description = "An internal topic", body = ErrorBody),
         (status = 404, description = "Unknown topic", body = ErrorBody),
-        (status = 413, description = "A record larger than max.message.bytes", body = ErrorBody)))]
+        (status = 413, description = "A record larger than max.message.bytes", body = ErrorBody),
+        (status = 503, description = "In a cluster: this node does not lead the partition, too few in-sync replicas for acks=all, or they did not copy the records in time", body = ErrorBody)))]
 pub async fn produce(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    Query(q): Query<ProduceQuery>,
     body: Bytes,
 ) -> Result<Json<ProducedDoc>, ApiError> {
     blocking(move || {
         refuse_internal(&name, "written")?;
+        let acks = match q.acks.as_deref() {
+            None | Some("all" | "-1") => sluice_log::Acks::All,
+            Some("1") => sluice_log::Acks::Leader,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "acks={other}: give all (or -1) or 1"
+                )));
+            }
+        };
         state.log.topic(&name).map_err(log_error)?;
         let mut records = Vec::new();
         for (i, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -540,7 +560,10 @@ pub async fn produce(
         }
         let mut producer = state
             .log
-            .producer(ProducerConfig::default())
+            .producer(ProducerConfig {
+                acks,
+                ..ProducerConfig::default()
+            })
             .map_err(log_error)?;
         let n = records.len();
         for r in records {
