@@ -622,10 +622,8 @@ async fn heartbeat(
 ) {
     let id = inner.config.node_id;
     inner.heard.lock().insert(id, (incarnation, Instant::now()));
-    let timeout = inner
-        .config
-        .heartbeat_interval
-        .max(Duration::from_millis(200));
+    // Half an interval: one unreachable node delays the next round by that much at most.
+    let timeout = (inner.config.heartbeat_interval / 2).max(Duration::from_millis(100));
     let mut calls = tokio::task::JoinSet::new();
     for (&peer, addr) in &inner.config.voters {
         if peer == id {

@@ -36,6 +36,15 @@ pub(crate) enum Located {
     There(u64, String),
 }
 
+/// A commit copied to [`GROUPS_TOPIC`]: answered once the partition's high watermark
+/// reaches `end` while this node still leads it in `epoch`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mirrored {
+    pub(crate) tp: (String, u32),
+    pub(crate) end: i64,
+    pub(crate) epoch: i32,
+}
+
 /// The coordinators' state on one node: which partitions' offsets the log holds.
 #[derive(Debug, Default)]
 pub(crate) struct Coordinators {
@@ -73,11 +82,16 @@ impl Coordinators {
                 .topics
                 .contains_key(GROUPS_TOPIC)
             {
+                // Three copies (or one per node of a smaller cluster), never fewer because
+                // some nodes are down now: until that many are alive, no coordinator.
+                let factor =
+                    crate::topics::DEFAULT_REPLICATION_FACTOR.min(cluster.voter_ids().len().max(1));
                 let topic = crate::topics::NewTopic {
                     name: GROUPS_TOPIC.into(),
                     partitions: Some(i64::from(GROUPS_PARTITIONS)),
-                    replication_factor: None,
+                    replication_factor: Some(factor as i64),
                     configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+                    internal: true,
                 };
                 match crate::topics::create_replicated(cluster, default_partitions, topic, false) {
                     Ok(_) => {}
@@ -136,6 +150,17 @@ impl Coordinators {
                     ));
                 }
             };
+        // The metadata says so; the local copy must lead too (its fetcher may still be
+        // copying the former leader's last commits), or the import would miss them.
+        let leads = log
+            .partition(GROUPS_TOPIC, partition)
+            .is_ok_and(|p| p.leads(epoch));
+        if !leads {
+            return Err((
+                E::CoordinatorLoadInProgress.code(),
+                format!("{GROUPS_TOPIC}-{partition} is becoming this node's"),
+            ));
+        }
         if self.loaded.lock().get(&partition) == Some(&epoch) {
             return Ok(partition);
         }
@@ -159,36 +184,42 @@ impl Coordinators {
         Ok(partition)
     }
 
-    /// Appends `group`'s committed offsets to its `partition` of [`GROUPS_TOPIC`] (this
-    /// node leads it: [`Self::check_here`] said so); the partition and the end to wait for.
+    /// Appends `group`'s committed offsets (`None`: deleted) to its `partition` of
+    /// [`GROUPS_TOPIC`] (this node leads it: [`Self::check_here`] said so); what to wait
+    /// for before answering.
     pub(crate) fn mirror(
         &self,
         log: &Log,
         group: &str,
         partition: u32,
-        offsets: &[(TopicPartition, i64)],
-    ) -> Result<((String, u32), i64), Refusal> {
+        offsets: &[(TopicPartition, Option<i64>)],
+    ) -> Result<Mirrored, Refusal> {
         let mut b = BatchBuilder::new(BatchOptions::default());
         for (tp, offset) in offsets {
-            b.push(&offset_record(group, tp, Some(*offset)))
+            b.push(&offset_record(group, tp, *offset))
                 .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
         }
         let batch = b
             .build()
             .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
-        let appended = log
+        let failed = |e: sluice_log::LogError| {
+            (
+                E::CoordinatorNotAvailable.code(),
+                format!("{GROUPS_TOPIC}-{partition}: {e}"),
+            )
+        };
+        // Read before the append: a leadership change in between fails the wait.
+        let epoch = log
             .partition(GROUPS_TOPIC, partition)
-            .and_then(|p| p.append(batch))
-            .map_err(|e| {
-                (
-                    E::CoordinatorNotAvailable.code(),
-                    format!("{GROUPS_TOPIC}-{partition}: {e}"),
-                )
-            })?;
-        Ok((
-            (GROUPS_TOPIC.to_string(), partition),
-            appended.last_offset + 1,
-        ))
+            .map_err(failed)?
+            .leader_epoch();
+        // Through the log, which wakes the followers' long polls.
+        let appended = log.append(GROUPS_TOPIC, partition, batch).map_err(failed)?;
+        Ok(Mirrored {
+            tp: (GROUPS_TOPIC.to_string(), partition),
+            end: appended.last_offset + 1,
+            epoch,
+        })
     }
 }
 
@@ -228,19 +259,23 @@ fn import(log: &Log, partition: u32) -> Result<usize, String> {
             }
         }
     }
-    let mut groups: BTreeMap<String, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+    type Changes = (Vec<(TopicPartition, i64)>, Vec<TopicPartition>);
+    let mut groups: BTreeMap<String, Changes> = BTreeMap::new();
     for ((group, tp), offset) in latest {
-        // A tombstone (a deleted group) leaves what this node has: deletion is not
-        // replicated yet.
-        if let Some(offset) = offset
-            && log.committed(&group, &tp) != Some(offset)
-        {
-            groups.entry(group).or_default().push((tp, offset));
+        let here = log.committed(&group, &tp);
+        match offset {
+            Some(offset) if here != Some(offset) => {
+                groups.entry(group).or_default().0.push((tp, offset));
+            }
+            // Deleted at another coordinator.
+            None if here.is_some() => groups.entry(group).or_default().1.push(tp),
+            _ => {}
         }
     }
     let n = groups.len();
-    for (group, offsets) in groups {
+    for (group, (offsets, deleted)) in groups {
         log.restore_offsets(&group, &offsets)
+            .and_then(|()| log.forget_offsets(&group, &deleted))
             .map_err(|e| format!("group '{group}': {e}"))?;
     }
     Ok(n)

@@ -535,13 +535,22 @@ impl Replicas {
         &self,
         tp: &Tp,
         end: i64,
+        epoch: Option<i32>,
         timeout: Duration,
     ) -> Result<(), Refusal> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut moved = self.hw_moved.subscribe();
         loop {
             moved.borrow_and_update();
-            if !self.state.lock().leading.contains_key(tp) {
+            // Leading still, and in the epoch of the write (a copy that lost the lead and
+            // got it back may hold other records at those offsets now).
+            let leads = self
+                .state
+                .lock()
+                .leading
+                .get(tp)
+                .is_some_and(|l| epoch.is_none_or(|e| e == l.leader_epoch));
+            if !leads {
                 return Err((
                     E::NotLeaderOrFollower.code(),
                     format!(
@@ -802,10 +811,14 @@ impl Replicas {
                         let Ok(part) = log.partition(&topic, p.partition_index as u32) else {
                             continue;
                         };
-                        if part.log_end_offset() < p.log_start_offset {
+                        let followed = epochs.get(&tp).copied();
+                        if let Some(epoch) =
+                            followed.filter(|_| part.log_end_offset() < p.log_start_offset)
+                        {
                             // Retention on the leader deleted what this copy still lacks:
-                            // it starts again at the leader's log start.
-                            if let Err(e) = part.reset_to(p.log_start_offset) {
+                            // it starts again at the leader's log start (refused unless it
+                            // still follows in the epoch asked about).
+                            if let Err(e) = part.reset_to(p.log_start_offset, epoch) {
                                 refused.push(format!("{topic}-{}: {e}", p.partition_index));
                             }
                         } else {

@@ -31,6 +31,8 @@ pub struct NewTopic {
     pub replication_factor: Option<i64>,
     /// Topic config overrides.
     pub configs: BTreeMap<String, String>,
+    /// Made by Sluice itself: only then may it be the cluster's offsets topic.
+    pub internal: bool,
 }
 
 /// A topic the controller committed (or would, when only validating).
@@ -93,7 +95,16 @@ pub fn create_replicated(
         partitions,
         replication_factor,
         configs,
+        internal,
     } = topic;
+    if name == crate::coordinators::GROUPS_TOPIC && !internal {
+        return Err(Refused::new(
+            E::InvalidRequest,
+            format!(
+                "'{name}' is the cluster's own topic of group offsets; it is created when a group first needs it"
+            ),
+        ));
+    }
     if let Err(e) = validate_topic_name(&name) {
         return Err(Refused {
             code: errors::code(&e),

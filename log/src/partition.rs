@@ -1083,6 +1083,18 @@ impl Partition {
         Ok(())
     }
 
+    /// Makes a replica this node's own again (the node runs without its cluster): it takes
+    /// writes, and everything it holds is readable. Whatever the cluster had past this
+    /// copy stays with the cluster.
+    pub fn detach(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        st.replicated = false;
+        st.follower = false;
+        st.high_watermark = st.leo();
+        drop(st);
+        self.checkpoint()
+    }
+
     /// Whether this copy is a replica of a replicated topic (now or when last open).
     pub fn is_replica(&self) -> bool {
         self.state.lock().replicated
@@ -1093,16 +1105,21 @@ impl Partition {
     /// from there, as Kafka's `truncateFullyAndStartAt`. Producer state and leader epochs go
     /// with the records; the offsets below `offset` are not a loss of this copy, they left
     /// the leader by retention.
-    pub fn reset_to(&self, offset: i64) -> Result<()> {
+    /// Refused unless this copy follows its leader in `epoch` and ends before `offset` (an
+    /// answer from a former leader must not empty it).
+    pub fn reset_to(&self, offset: i64, epoch: i32) -> Result<()> {
         let _cleaner = self.cleaner.lock();
         let mut cp = self.checkpointed.lock();
         let mut st = self.state.lock();
         let from = st.leo();
-        for (_, seg) in std::mem::take(&mut st.segments) {
-            seg.delete_files();
+        if from >= offset {
+            return Ok(());
         }
-        st.epochs = LeaderEpochs::default();
-        st.epochs.save(&self.dir)?;
+        if !st.follower || st.leader_epoch != epoch {
+            return Err(self.not_leader());
+        }
+        // The checkpoint first: a crash before the files go reopens at the new start with
+        // the old files below it (deleted then), never with files missing that it lists.
         let checkpoint = Checkpoint {
             log_start_offset: offset,
             log_end_offset: offset,
@@ -1111,6 +1128,11 @@ impl Partition {
         };
         checkpoint.write(&self.dir)?;
         cp.last = Some(checkpoint);
+        for (_, seg) in std::mem::take(&mut st.segments) {
+            seg.delete_files();
+        }
+        st.epochs = LeaderEpochs::default();
+        st.epochs.save(&self.dir)?;
         let fresh = Partition::open(
             Arc::clone(&self.topic),
             self.id,
@@ -1144,19 +1166,42 @@ impl Partition {
         st.high_watermark
     }
 
+    /// The leader epoch this copy is in now (led or followed).
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.lock().leader_epoch
+    }
+
+    /// Whether this copy leads a replicated topic's partition in `epoch` (the replication
+    /// layer made it so, not only the metadata).
+    pub fn leads(&self, epoch: i32) -> bool {
+        let st = self.state.lock();
+        st.replicated && !st.follower && st.leader_epoch == epoch
+    }
+
     /// Waits until the high watermark reaches `end` (every in-sync replica has the offsets
-    /// below it): an `acks=all` write. At once for a partition of this node alone; refused
-    /// when this copy stops leading; bounded by `timeout`.
-    pub fn wait_high_watermark(&self, end: i64, timeout: std::time::Duration) -> Result<()> {
+    /// below it): an `acks=all` write made while this copy led in `epoch`. At once for a
+    /// partition of this node alone; refused as soon as this copy is not the leader of that
+    /// epoch any more (its records may have been cut and the offsets written again by
+    /// another leader, so a high watermark past `end` would prove nothing); bounded by
+    /// `timeout`.
+    pub fn wait_high_watermark(
+        &self,
+        end: i64,
+        epoch: i32,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         let start = std::time::Instant::now();
         let deadline = start + timeout;
         let mut st = self.state.lock();
         loop {
-            if st.high_watermark >= end || !st.replicated {
+            if !st.replicated {
                 return Ok(());
             }
-            if st.follower {
+            if st.follower || st.leader_epoch != epoch {
                 return Err(self.not_leader());
+            }
+            if st.high_watermark >= end {
+                return Ok(());
             }
             if self.hw_moved.wait_until(&mut st, deadline).timed_out() && st.high_watermark < end {
                 return Err(LogError::ReplicationTimeout {
@@ -2452,7 +2497,8 @@ mod tests {
         assert_eq!(alone.info().high_watermark, 1);
 
         p.become_follower(3).unwrap();
-        p.reset_to(40).unwrap();
+        assert!(p.reset_to(40, 2).is_err(), "not the epoch followed");
+        p.reset_to(40, 3).unwrap();
         assert_eq!(p.log_end_offset(), 40);
         assert_eq!(p.log_start_offset(), 40);
         assert_eq!(

@@ -105,9 +105,9 @@ pub struct Producer {
     in_txn: bool,
     txn_partitions: BTreeSet<(String, u32)>,
     topics: TopicMap,
-    /// With [`Acks::All`]: partitions appended since the last flush and the log end each
-    /// reached, for the flush to wait on.
-    unreplicated: Vec<(Arc<str>, u32, i64)>,
+    /// With [`Acks::All`]: partitions appended since the last flush, the log end each
+    /// reached and the leader epoch of the first append, for the flush to wait on.
+    unreplicated: Vec<(Arc<str>, u32, i64, i32)>,
 }
 
 /// A producer's topics by name: a short list searched in order, because a producer writes
@@ -370,16 +370,26 @@ impl Producer {
             source,
         })?;
         let name = Arc::clone(&state.name);
+        // Read before the append: a leadership change in between makes the wait refuse,
+        // never pass wrongly.
+        let epoch = match self.config.acks {
+            Acks::All => Some(self.log.partition(&name, partition)?.leader_epoch()),
+            Acks::Leader => None,
+        };
         let info = self.log.append(&name, partition, batch)?;
-        if self.config.acks == Acks::All {
+        if let Some(epoch) = epoch {
             let end = info.last_offset + 1;
             match self
                 .unreplicated
                 .iter_mut()
-                .find(|(t, p, _)| **t == *name && *p == partition)
+                .find(|(t, p, _, _)| **t == *name && *p == partition)
             {
+                // The first append's epoch stays: a later one in another epoch means the
+                // first may be gone.
                 Some(u) => u.2 = u.2.max(end),
-                None => self.unreplicated.push((Arc::clone(&name), partition, end)),
+                None => self
+                    .unreplicated
+                    .push((Arc::clone(&name), partition, end, epoch)),
             }
         }
         if let Some(state) = self.topics.get_mut(topic) {
@@ -414,10 +424,21 @@ impl Producer {
     /// With [`Acks::All`]: waits until every in-sync replica has what this producer appended
     /// since the last wait (at once for partitions of this node alone).
     fn wait_replicated(&mut self) -> Result<()> {
-        while let Some((topic, partition, end)) = self.unreplicated.last().cloned() {
+        // One deadline for them all.
+        let deadline = std::time::Instant::now() + self.config.replication_timeout;
+        while let Some((topic, partition, end, epoch)) = self.unreplicated.last().cloned() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             self.log
                 .partition(&topic, partition)?
-                .wait_high_watermark(end, self.config.replication_timeout)?;
+                .wait_high_watermark(end, epoch, left)?;
+            // The ISR may have shrunk below min.insync.replicas meanwhile (Kafka's
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND): on fewer copies than asked.
+            if let Err(e @ LogError::NotEnoughReplicas { .. }) =
+                self.log.check_write(&topic, partition, true)
+            {
+                self.unreplicated.pop();
+                return Err(e);
+            }
             self.unreplicated.pop();
         }
         Ok(())
@@ -485,14 +506,23 @@ impl Producer {
             return Err(self.txn_state_error("commit without an open transaction"));
         }
         self.flush()?;
-        self.log.txn_end(&id, self.producer_id, self.epoch, true)?;
-        self.in_txn = false;
+        let mut marked = Vec::new();
         if self.config.acks == Acks::All {
-            // The commit markers, on every in-sync replica too.
             for (topic, partition) in &self.txn_partitions {
                 let p = self.log.partition(topic, *partition)?;
-                p.wait_high_watermark(p.log_end_offset(), self.config.replication_timeout)?;
+                let epoch = p.leader_epoch();
+                marked.push((p, epoch));
             }
+        }
+        self.log.txn_end(&id, self.producer_id, self.epoch, true)?;
+        self.in_txn = false;
+        // The commit markers, on every in-sync replica too. (The transaction is committed
+        // here whatever this wait says: an error means its markers are not known to be
+        // replicated, and a new leader of a partition may not have them.)
+        let deadline = std::time::Instant::now() + self.config.replication_timeout;
+        for (p, epoch) in marked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            p.wait_high_watermark(p.log_end_offset(), epoch, left)?;
         }
         Ok(())
     }

@@ -516,3 +516,35 @@ fn a_rolled_segment_is_in_the_checkpoint_at_once() {
     assert!(listed.contains(&newest), "{cp}");
     assert!(cp["log_end_offset"].as_i64().unwrap() >= newest, "{cp}");
 }
+
+/// A partition that was a replica of a cluster's topic reopens as a follower (it takes no
+/// writes until the cluster says it leads). A transaction left open in it is its leader's to
+/// end: the log still opens (it used to fail for good writing an abort marker there), and
+/// the replica keeps the transaction's records without a marker of its own.
+#[test]
+fn a_replica_with_an_open_transaction_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+        log.create_topic("t", 1, &[]).unwrap();
+        let p = log.partition("t", 0).unwrap();
+        p.become_leader(1).unwrap();
+        // acks=1: no replication layer here to move the high watermark.
+        let config = ProducerConfig {
+            acks: sluice_log::Acks::Leader,
+            ..ProducerConfig::default()
+        };
+        let mut producer = log.transactional_producer("tx", config).unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send("t", Record::from_value("open", 1)).unwrap();
+        producer.flush().unwrap();
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    assert!(p.is_replica());
+    assert_eq!(p.log_end_offset(), 1, "no marker written by this copy");
+    assert_eq!(p.open_transactions().len(), 1);
+    assert_eq!(log.detach_replicas().unwrap(), 1);
+    assert!(!p.is_replica());
+}

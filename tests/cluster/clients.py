@@ -125,6 +125,20 @@ def committed(bootstrap, topic, group):
     return {"offset": tps[0].offset}
 
 
+def delete_group(bootstrap, group):
+    """Deletes a consumer group: {"error": null} or the error's name."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        for f in admin.delete_consumer_groups([group], request_timeout=30).values():
+            f.result()
+        return {"error": None}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str()}
+
+
 COMMANDS = {
     "create": create,
     "produce_load": produce_load,
@@ -132,6 +146,7 @@ COMMANDS = {
     "produce_many": produce_many,
     "group_commit": group_commit,
     "committed": committed,
+    "delete_group": delete_group,
 }
 
 if __name__ == "__main__":

@@ -588,7 +588,8 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_when_resumed() {
 /// A consumer group's coordinator is the leader of the group's partition of
 /// `__cluster_offsets`: when that node is SIGKILLed, the partition's new leader coordinates
 /// the group with the offsets committed before, and the group reads on from there — nothing
-/// read twice, nothing skipped.
+/// read twice, nothing skipped. A deletion is replicated too: the old coordinator, back and
+/// leading again, does not bring the deleted group's offsets back.
 #[test]
 fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
     let mut cluster = TestCluster::start(3);
@@ -624,15 +625,19 @@ fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
         (Some(6), Some(4)),
         "{rest}"
     );
-    // Back, the old coordinator catches up and (the preferred replica) leads the partition
-    // again: it coordinates the group with the offsets committed while it was away, not the
-    // ones its own log last had.
+    // Deleted at the new coordinator; back, the old one catches up and (the preferred
+    // replica) leads the partition again: it must not bring back the offsets its own log
+    // last had.
+    let deleted = clients(&["delete_group", &live, "readers"]);
+    assert_eq!(deleted["error"], Value::Null, "{deleted}");
     cluster.spawn(coordinator);
     cluster.wait_for("the old coordinator back", Duration::from_secs(60), |s| {
         partition_of(s, "__cluster_offsets", partition).is_some_and(|p| p["leader"] == dead)
     });
     let offset = clients(&["committed", &bootstrap, "events", "readers"]);
-    assert_eq!(offset["offset"], 10, "{offset}");
+    assert!(offset["offset"].as_i64() < Some(0), "no offset: {offset}");
+    let again = clients(&["group_commit", &bootstrap, "events", "readers", "10"]);
+    assert_eq!(again["first"], 0, "from the start again: {again}");
 }
 
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and

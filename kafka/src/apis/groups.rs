@@ -85,7 +85,10 @@ pub(crate) fn coordinator_refusal(ctx: &Ctx, group: &str) -> Option<crate::repli
 
 /// In a cluster, the partition of the replicated offsets topic holding `group` when this
 /// node coordinates it (`Ok(None)` alone), else why not.
-fn coordinator_partition(ctx: &Ctx, group: &str) -> Result<Option<u32>, crate::replica::Refusal> {
+pub(crate) fn coordinator_partition(
+    ctx: &Ctx,
+    group: &str,
+) -> Result<Option<u32>, crate::replica::Refusal> {
     let Some(cluster) = ctx.broker.cluster.as_ref() else {
         return Ok(None);
     };
@@ -125,7 +128,7 @@ fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCo
 
 /// A commit's answer, and in a cluster the end of its copy in the replicated offsets topic
 /// that every in-sync replica must have before the answer goes out.
-pub(crate) type Committed = (OffsetCommitResponse, Option<((String, u32), i64)>);
+pub(crate) type Committed = (OffsetCommitResponse, Option<crate::coordinators::Mirrored>);
 
 /// Every partition of an OffsetCommit answered with `code`.
 pub(crate) fn commit_failed(req: &OffsetCommitRequest, code: i16) -> OffsetCommitResponse {
@@ -217,10 +220,14 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
     let mut replicated = None;
     let mut code = code;
     if let Some(partition) = home.filter(|_| code == 0 && !offsets.is_empty()) {
+        let copy: Vec<(TopicPartition, Option<i64>)> = offsets
+            .iter()
+            .map(|(tp, o)| (tp.clone(), Some(*o)))
+            .collect();
         match ctx
             .broker
             .coordinators
-            .mirror(log, &group, partition, &offsets)
+            .mirror(log, &group, partition, &copy)
         {
             Ok(end) => replicated = Some(end),
             Err((c, message)) => {

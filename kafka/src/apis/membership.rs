@@ -24,6 +24,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::Encodable;
+use sluice_log::TopicPartition;
 use sluice_log::group::GroupState;
 use sluice_log::group::classic::{ClassicError, Deliveries, JoinRequest, JoinResult, Reply};
 use tokio::sync::oneshot;
@@ -318,7 +319,7 @@ pub(crate) fn describe_groups(ctx: &Ctx, req: DescribeGroupsRequest) -> Describe
 }
 
 /// Partitions in the consumer protocol's assignment encoding (a version, then the body).
-fn assignment_blob(partitions: &std::collections::BTreeSet<sluice_log::TopicPartition>) -> Bytes {
+fn assignment_blob(partitions: &std::collections::BTreeSet<TopicPartition>) -> Bytes {
     let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
     for tp in partitions {
         by_topic
@@ -344,12 +345,57 @@ fn assignment_blob(partitions: &std::collections::BTreeSet<sluice_log::TopicPart
     }
 }
 
+/// Writes a deleted group's tombstones to its partition of the cluster's offsets topic and
+/// waits for the in-sync replicas (5 s, as a commit).
+fn replicate_deletion(
+    ctx: &Ctx,
+    group: &str,
+    partition: u32,
+    committed: &[TopicPartition],
+) -> sluice_log::Result<()> {
+    let log = &ctx.broker.log;
+    let gone: Vec<(TopicPartition, Option<i64>)> =
+        committed.iter().map(|tp| (tp.clone(), None)).collect();
+    let m = ctx
+        .broker
+        .coordinators
+        .mirror(log, group, partition, &gone)
+        .map_err(|(_, message)| sluice_log::LogError::ClusterUnavailable(message))?;
+    log.partition(&m.tp.0, m.tp.1)?
+        .wait_high_watermark(m.end, m.epoch, Duration::from_secs(5))
+}
+
 pub(crate) fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let results = req
         .groups_names
         .into_iter()
         .map(|g| {
-            let r = ctx.broker.log.delete_group(&g.0);
+            let home = match super::groups::coordinator_partition(ctx, &g.0) {
+                Ok(home) => home,
+                Err((code, _)) => {
+                    return DeletableGroupResult::default()
+                        .with_group_id(g)
+                        .with_error_code(code);
+                }
+            };
+            let log = &ctx.broker.log;
+            let committed: Vec<TopicPartition> = log
+                .committed_offsets(&g.0)
+                .into_iter()
+                .map(|(tp, _)| tp)
+                .collect();
+            // In a cluster the deletion is replicated like a commit, before it is made
+            // here (a client that retries after a failed copy copies again): a coordinator
+            // that takes the group later must not bring its offsets back.
+            let members = log
+                .with_group_coordinator(|c, _| c.classic.describe(&g.0))
+                .is_some_and(|d| !d.members.is_empty());
+            let replicated = match home.filter(|_| !committed.is_empty()) {
+                Some(_) if members => Ok(()),
+                Some(partition) => replicate_deletion(ctx, &g.0, partition, &committed),
+                None => Ok(()),
+            };
+            let r = replicated.and_then(|()| log.delete_group(&g.0));
             let code = match r {
                 Ok(_) => 0,
                 Err(sluice_log::LogError::Group(

@@ -110,7 +110,9 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
                 && let Some(reps) = &ctx.broker.replicas
             {
                 for (tp, end) in written {
-                    if let Err((code, message)) = reps.wait_replicated(&tp, end, timeout).await {
+                    if let Err((code, message)) =
+                        reps.wait_replicated(&tp, end, None, timeout).await
+                    {
                         produce::fail_partition(&mut resp, &tp.0, tp.1, code, message);
                     }
                 }
@@ -130,10 +132,8 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
         ApiKey::CreateTopics => on_pool!(CreateTopicsRequest, admin::create_topics),
         ApiKey::DeleteTopics => on_pool!(DeleteTopicsRequest, admin::delete_topics),
         ApiKey::CreatePartitions => on_pool!(CreatePartitionsRequest, admin::create_partitions),
-        ApiKey::FindCoordinator => {
-            let req: FindCoordinatorRequest = ctx.decode(&mut body)?;
-            ctx.answer(&groups::find_coordinator(&ctx, req))
-        }
+        // On the pool: in a cluster it may create the offsets topic through the controller.
+        ApiKey::FindCoordinator => on_pool!(FindCoordinatorRequest, groups::find_coordinator),
         ApiKey::OffsetCommit => {
             let req: OffsetCommitRequest = ctx.decode(&mut body)?;
             let asked = req.clone();
@@ -141,9 +141,14 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
                 blocking(&ctx, move |c| groups::offset_commit(c, req)).await?;
             // In a cluster: answered once every in-sync replica has the commit's copy (Kafka's
             // offsets.commit.timeout.ms, 5 s); a client that is told otherwise commits again.
-            if let (Some((tp, end)), Some(reps)) = (replicated, &ctx.broker.replicas)
+            if let (Some(m), Some(reps)) = (replicated, &ctx.broker.replicas)
                 && let Err((code, message)) = reps
-                    .wait_replicated(&tp, end, std::time::Duration::from_secs(5))
+                    .wait_replicated(
+                        &m.tp,
+                        m.end,
+                        Some(m.epoch),
+                        std::time::Duration::from_secs(5),
+                    )
                     .await
             {
                 tracing::debug!(

@@ -490,16 +490,25 @@ impl Log {
                 Err(e) => return Err(e.into()),
             }
         }
-        if committed.is_empty() {
-            return Ok(0);
+        self.forget_offsets(group, &committed)?;
+        Ok(committed.len())
+    }
+
+    /// Removes a group's committed offsets on `tps` (tombstones in `__consumer_offsets`),
+    /// with no membership check: a deleted group, or one its cluster coordinator deleted
+    /// elsewhere.
+    pub fn forget_offsets(&self, group: &str, tps: &[TopicPartition]) -> Result<()> {
+        self.check_open()?;
+        if tps.is_empty() {
+            return Ok(());
         }
-        let records: Vec<Record> = committed
+        let records: Vec<Record> = tps
             .iter()
             .map(|tp| Self::offset_record(group, tp, None))
             .collect();
         self.append_records(OFFSETS_TOPIC, self.offsets_partition(group), &records)?;
         let mut store = self.inner.offsets.lock();
-        for tp in &committed {
+        for tp in tps {
             let key = OffsetKey {
                 group: group.into(),
                 topic: tp.topic.clone(),
@@ -507,6 +516,6 @@ impl Log {
             };
             store.apply(&key.encode(), None);
         }
-        Ok(committed.len())
+        Ok(())
     }
 }

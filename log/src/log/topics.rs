@@ -199,6 +199,22 @@ impl Log {
         }
     }
 
+    /// Makes every replica of a cluster's topic this node's own (the node runs without its
+    /// cluster now); how many partitions were.
+    pub fn detach_replicas(&self) -> Result<usize> {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        let mut n = 0;
+        for t in topics {
+            for p in t.partitions.read().iter() {
+                if p.is_replica() {
+                    p.detach()?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Names of all topics, internal ones included.
     pub fn topic_names(&self) -> Vec<String> {
         self.inner.topics.read().keys().cloned().collect()

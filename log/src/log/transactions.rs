@@ -135,7 +135,11 @@ impl Log {
                 epoch: rec.epoch,
                 prepare: rec.clone(),
             };
-            self.execute_end(&rec.transactional_id, &plan, Completion::Complete)?;
+            // A partition of it may be a replica that another node leads now: the open
+            // goes on (the transaction stays unfinished here), it must not fail for good.
+            if let Err(e) = self.execute_end(&rec.transactional_id, &plan, Completion::Complete) {
+                tracing::error!(transactional_id = %rec.transactional_id, error = %e, "Cannot complete a transaction left open by a crash; it stays open.");
+            }
         }
         // Transactions open in partitions that the coordinator never recorded (a crash
         // between the data and its record cannot happen, but a bug must not hang readers
@@ -143,6 +147,10 @@ impl Log {
         let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
         for t in topics {
             for p in t.partitions.read().iter() {
+                if p.is_replica() {
+                    // Its transactions are its leader's to end (the markers come from there).
+                    continue;
+                }
                 for pid in p.open_transactions() {
                     tracing::warn!(topic = %t.name, partition = p.id(), producer_id = pid, "Aborting an orphaned open transaction.");
                     // The producer's own epoch: aborting must not fence its id for good.

@@ -249,6 +249,7 @@ fn create_replicated(
         partitions: Some(i64::from(c.partitions)),
         replication_factor: c.replication_factor.map(i64::from),
         configs: c.config,
+        internal: false,
     };
     let default_partitions = state.log.options().default_partitions;
     let created =

@@ -298,6 +298,16 @@ impl RunArgs {
         let cluster_slot = Arc::clone(&state.cluster);
         let server = serve(self.listen, state, limits)?;
         let cluster = self.join_cluster(data_dir, &format!("http://{}", server.addr))?;
+        if cluster.is_none() {
+            // A former cluster node's copies are its own now, or nothing could write them.
+            let n = log.detach_replicas()?;
+            if n > 0 {
+                tracing::warn!(
+                    partitions = n,
+                    "This data directory held replicas of a cluster's topics; running without --cluster, they are this worker's own now."
+                );
+            }
+        }
         if let Some(c) = &cluster {
             let _ = cluster_slot.set(c.clone());
             // Producer ids unique across the nodes: a producer id reused on another node
@@ -392,13 +402,15 @@ impl RunArgs {
         }
         eprintln!("Stopping: tasks commit what they have.");
         drop(watcher);
-        drop(kafka);
         drop(server);
-        drop(cluster);
         let _ = std::fs::remove_file(&worker_file);
         let mut d = deployer.lock();
         print_progress(&d.worker);
+        // The tasks' last commits go first: in a cluster their acks=all writes need the
+        // replication (the Kafka listener serves the followers' fetches) to be answered.
         d.worker.shutdown();
+        drop(kafka);
+        drop(cluster);
         Ok(())
     }
 }
