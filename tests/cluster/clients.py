@@ -125,6 +125,55 @@ def committed(bootstrap, topic, group):
     return {"offset": tps[0].offset}
 
 
+def consume_through(bootstrap, topic, group, total, seconds, pause_ms="0"):
+    """Reads `topic` in `group` until `total` distinct records were seen (or `seconds`
+    passed; `pause_ms` after each), committing synchronously every 100 records and at the
+    end, through whatever
+    happens to the group's coordinator meanwhile; {"distinct", "reads", "commit_errors",
+    "final": the last commit's offsets by partition}."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+    })
+    consumer.subscribe([topic])
+    seen, high, reads, errors, since = set(), {}, 0, [], 0
+    deadline = time.time() + float(seconds)
+    while len(seen) < int(total) and time.time() < deadline:
+        m = consumer.poll(0.5)
+        if m is None or m.error():
+            continue
+        seen.add((m.partition(), m.offset()))
+        high[m.partition()] = max(high.get(m.partition(), 0), m.offset() + 1)
+        reads += 1
+        time.sleep(float(pause_ms) / 1000)
+        since += 1
+        if since >= 100:
+            try:
+                consumer.commit(asynchronous=False)
+                since = 0
+            except KafkaException as e:
+                errors.append(e.args[0].name())
+    # The end of what was read, committed explicitly: after a rebalance a partition may
+    # have no position yet although every record of it was read.
+    ends = [TopicPartition(topic, p, o) for p, o in sorted(high.items())]
+    final = None
+    while final is None and time.time() < deadline + 60:
+        try:
+            done = consumer.commit(offsets=ends, asynchronous=False)
+            final = {str(tp.partition): tp.offset for tp in done}
+        except KafkaException as e:
+            errors.append(e.args[0].name())
+            consumer.poll(0.5)
+    consumer.close()
+    return {"distinct": len(seen), "reads": reads, "commit_errors": errors, "final": final}
+
+
 def delete_group(bootstrap, group):
     """Deletes a consumer group: {"error": null} or the error's name."""
     from confluent_kafka import KafkaException
@@ -147,6 +196,7 @@ COMMANDS = {
     "group_commit": group_commit,
     "committed": committed,
     "delete_group": delete_group,
+    "consume_through": consume_through,
 }
 
 if __name__ == "__main__":

@@ -640,6 +640,67 @@ fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
     assert_eq!(again["first"], 0, "from the start again: {again}");
 }
 
+/// A group keeps reading and committing while its coordinator is SIGKILLed twice (and
+/// restarted each time, so leadership moves away and back): every record is read, and the
+/// last commit is the end of every partition.
+#[test]
+fn a_group_reads_everything_while_its_coordinator_is_killed() {
+    let mut cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "stream", "3", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let many = clients(&["produce_many", &bootstrap, "stream", "1500"]);
+    assert_eq!(many["error"], Value::Null, "{many}");
+    let python = venv().join("bin/python");
+    let consumer = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/clients.py"))
+        .args([
+            "consume_through",
+            &bootstrap,
+            "stream",
+            "survivors",
+            "1500",
+            "120",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"survivors", 12));
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(3));
+        let victim = cluster.leader_of("__cluster_offsets", partition);
+        eprintln!(
+            "killing node {} (the group's coordinator)",
+            cluster.nodes[victim].id
+        );
+        cluster.kill(victim);
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.spawn(victim);
+    }
+    let out = consumer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    eprintln!("{result}");
+    assert_eq!(result["distinct"], 1500, "every record read: {result}");
+    let committed: i64 = result["final"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no final commit: {result}"))
+        .values()
+        .filter_map(Value::as_i64)
+        .sum();
+    assert_eq!(
+        committed, 1500,
+        "the last commit is every partition's end: {result}"
+    );
+}
+
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and
 /// acks=1 still works; with two of three nodes gone no metadata change is possible.
 #[test]
