@@ -166,10 +166,8 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
     // In a cluster the coordinator may hold no copy of a committed topic: the metadata
     // knows its partitions.
     let clustered = |topic: &str| {
-        let cluster = ctx.broker.cluster.as_ref()?;
-        let md = cluster.metadata();
-        let n = md.borrow().topics.get(topic).map(|t| t.partitions.len());
-        n
+        let md = std::sync::Arc::clone(&ctx.broker.cluster.as_ref()?.metadata().borrow());
+        md.topics.get(topic).map(|t| t.partitions.len())
     };
     // Check every partition first: a commit is all or nothing in the log.
     let mut offsets = Vec::new();
