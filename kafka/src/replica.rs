@@ -899,9 +899,17 @@ impl Replicas {
             return Ok(());
         };
         if p.leader != Some(self.node) {
+            let leader = match p.leader {
+                Some(l) => {
+                    let at = md.nodes.get(&l).map(|n| format!(" at {}", n.addr));
+                    format!(" (node {l}{})", at.unwrap_or_default())
+                }
+                None => " (no leader now)".to_string(),
+            };
             return Err(LogError::NotLeader {
                 topic: topic.to_string(),
                 partition,
+                leader,
             });
         }
         if all {
@@ -917,6 +925,111 @@ impl Replicas {
                     in_sync: p.isr.len(),
                     min,
                 });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The markers of a transaction coordinated here for partitions other nodes lead: one
+/// WriteTxnMarkers per leader, answered once the leader's in-sync replicas have them.
+/// Holds the replicas weakly, as [`WriteGate`].
+pub(crate) struct MarkerSender(pub(crate) std::sync::Weak<Replicas>);
+
+impl sluice_log::log::RemoteMarkers for MarkerSender {
+    fn write(
+        &self,
+        partitions: &[(String, u32)],
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> sluice_log::Result<()> {
+        let Some(r) = self.0.upgrade() else {
+            return Err(LogError::ClusterUnavailable(
+                "this node is leaving its cluster".into(),
+            ));
+        };
+        r.send_markers(partitions, producer_id, epoch, commit)
+    }
+}
+
+impl Replicas {
+    /// Sends the markers (blocking: called from the log's transaction coordinator, never on
+    /// an async thread).
+    fn send_markers(
+        &self,
+        partitions: &[(String, u32)],
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> sluice_log::Result<()> {
+        use kafka_protocol::messages::write_txn_markers_request::{
+            WritableTxnMarker, WritableTxnMarkerTopic,
+        };
+        use kafka_protocol::messages::{
+            ProducerId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+        };
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        let mut by_leader: HashMap<NodeId, HashMap<String, Vec<i32>>> = HashMap::new();
+        for (topic, partition) in partitions {
+            let Some(p) = md.partition(topic, *partition) else {
+                // Not the cluster's (deleted meanwhile): nothing to mark.
+                continue;
+            };
+            let leader = p.leader.ok_or_else(|| {
+                LogError::ClusterUnavailable(format!("{topic}-{partition} has no leader now"))
+            })?;
+            by_leader
+                .entry(leader)
+                .or_default()
+                .entry(topic.clone())
+                .or_default()
+                .push(*partition as i32);
+        }
+        for (leader, topics) in by_leader {
+            let addr = self
+                .cluster
+                .peer_addr(leader)
+                .or_else(|| md.nodes.get(&leader).map(|n| n.addr.clone()))
+                .ok_or_else(|| {
+                    LogError::ClusterUnavailable(format!("node {leader} has no address"))
+                })?;
+            let marker = WritableTxnMarker::default()
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(epoch)
+                .with_transaction_result(commit)
+                .with_coordinator_epoch(0)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            WritableTxnMarkerTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(t)))
+                                .with_partition_indexes(ps)
+                        })
+                        .collect(),
+                );
+            let req = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+            let client_id = format!("sluice-txn-{}", self.node);
+            let resp: WriteTxnMarkersResponse = self
+                .runtime
+                .block_on(async move {
+                    PeerConnection::new(addr, client_id)
+                        .call(ApiKey::WriteTxnMarkers, 1, &req, Duration::from_secs(15))
+                        .await
+                })
+                .map_err(|e| LogError::ClusterUnavailable(format!("node {leader}: {e}")))?;
+            for m in resp.markers {
+                for t in m.topics {
+                    for p in t.partitions {
+                        if p.error_code != 0 {
+                            return Err(LogError::ClusterUnavailable(format!(
+                                "node {leader} did not write the marker in {}-{}: error {}",
+                                t.name.0, p.partition_index, p.error_code
+                            )));
+                        }
+                    }
+                }
             }
         }
         Ok(())

@@ -138,6 +138,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
     });
     if let Some(r) = &replicas {
         log.set_write_gate(Arc::new(crate::replica::WriteGate(Arc::downgrade(r))));
+        log.set_remote_markers(Arc::new(crate::replica::MarkerSender(Arc::downgrade(r))));
     }
     let broker = Arc::new(Broker {
         log: log.clone(),

@@ -272,12 +272,16 @@ pub enum LogError {
         waited_ms: u64,
     },
     /// The partition is a follower's copy in a cluster: only its leader takes writes.
-    #[error("{topic}-{partition} is led by another node of the cluster; write to its leader")]
+    #[error(
+        "{topic}-{partition} is led by another node of the cluster{leader}; write to its leader"
+    )]
     NotLeader {
         /// The topic.
         topic: String,
         /// The partition.
         partition: u32,
+        /// Which node leads it, when known (` (node 2 at host:port)`), else empty.
+        leader: String,
     },
     /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
     /// nested, or using an Avro construct the registry does not support.

@@ -865,6 +865,7 @@ impl Partition {
         LogError::NotLeader {
             topic: self.topic.to_string(),
             partition: self.id,
+            leader: String::new(),
         }
     }
 
@@ -1093,6 +1094,12 @@ impl Partition {
         st.high_watermark = st.leo();
         drop(st);
         self.checkpoint()
+    }
+
+    /// Whether this copy follows another node's (it takes only its leader's batches).
+    pub fn is_follower(&self) -> bool {
+        let st = self.state.lock();
+        st.replicated && st.follower
     }
 
     /// Whether this copy is a replica of a replicated topic (now or when last open).

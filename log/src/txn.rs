@@ -138,6 +138,11 @@ impl TxnCoordinator {
             .map(|r| r.status)
     }
 
+    /// Whether this coordinator has a transactional id with this producer id.
+    pub fn knows_producer(&self, producer_id: i64) -> bool {
+        self.txns.values().any(|r| r.producer_id == producer_id)
+    }
+
     /// Whether the open transaction of `producer_id` (at `epoch`) includes `partition`: what a
     /// transactional write there needs, or its markers would never come.
     pub fn includes(&self, producer_id: i64, epoch: i16, partition: &TxnPartition) -> bool {

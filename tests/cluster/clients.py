@@ -174,6 +174,50 @@ def consume_through(bootstrap, topic, group, total, seconds, pause_ms="0"):
     return {"distinct": len(seen), "reads": reads, "commit_errors": errors, "final": final}
 
 
+def transact(bootstrap, topic, partitions, transactional_id):
+    """A transactional producer writes one record to each partition and commits, then one
+    more to each and aborts: {"error": null} or the error's name."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+    try:
+        producer.init_transactions(30)
+        for outcome in ("committed", "aborted"):
+            producer.begin_transaction()
+            for i in range(int(partitions)):
+                producer.produce(topic, value=("%s-%d" % (outcome, i)).encode(), partition=i)
+            producer.flush(30)
+            if outcome == "committed":
+                producer.commit_transaction(30)
+            else:
+                producer.abort_transaction(30)
+        return {"error": None}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str()}
+
+
+def read_committed(bootstrap, topic, partitions, expected):
+    """The values a read_committed consumer reads from every partition's start, once it
+    has `expected` of them and nothing more came for 3 s (or after 30 s)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "reader",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+    })
+    consumer.assign([TopicPartition(topic, i, 0) for i in range(int(partitions))])
+    values, deadline, last = [], time.time() + 30, time.time()
+    while time.time() < deadline and (len(values) < int(expected) or time.time() - last < 3):
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            values.append(m.value().decode())
+            last = time.time()
+    consumer.close()
+    return {"values": sorted(values)}
+
+
 def delete_group(bootstrap, group):
     """Deletes a consumer group: {"error": null} or the error's name."""
     from confluent_kafka import KafkaException
@@ -197,6 +241,8 @@ COMMANDS = {
     "committed": committed,
     "delete_group": delete_group,
     "consume_through": consume_through,
+    "transact": transact,
+    "read_committed": read_committed,
 }
 
 if __name__ == "__main__":

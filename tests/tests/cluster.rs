@@ -701,6 +701,33 @@ fn a_group_reads_everything_while_its_coordinator_is_killed() {
     );
 }
 
+/// A Kafka transaction over partitions led by three different nodes: its coordinator writes
+/// the markers of the partitions other nodes lead through those leaders (WriteTxnMarkers),
+/// so a read_committed consumer sees the committed records of every partition and none of
+/// the aborted ones.
+#[test]
+fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
+    let cluster = TestCluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "ledger", "3", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let status = cluster.wait_for("three leaders", Duration::from_secs(30), |s| {
+        let leaders: std::collections::BTreeSet<u64> = (0..3)
+            .filter_map(|p| partition_of(s, "ledger", p)?["leader"].as_u64())
+            .collect();
+        leaders.len() == 3
+    });
+    eprintln!("{status}");
+    let done = clients(&["transact", &bootstrap, "ledger", "3", "payments-1"]);
+    assert_eq!(done["error"], Value::Null, "{done}");
+    let read = clients(&["read_committed", &bootstrap, "ledger", "3", "3"]);
+    assert_eq!(
+        read["values"],
+        serde_json::json!(["committed-0", "committed-1", "committed-2"]),
+        "{read}"
+    );
+}
+
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and
 /// acks=1 still works; with two of three nodes gone no metadata change is possible.
 #[test]
@@ -795,7 +822,13 @@ fn min_insync_replicas_refuses_acks_all_and_metadata_needs_a_majority() {
         .unwrap();
     if leader != 1 {
         assert_eq!(wrong.status().as_u16(), 503, "a follower takes no write");
-        assert!(wrong.text().unwrap().contains("write to its leader"));
+        let text = wrong.text().unwrap();
+        let leader_id = cluster.nodes[leader].id;
+        assert!(
+            text.contains(&format!("(node {leader_id} at 127.0.0.1:"))
+                && text.contains("write to its leader"),
+            "names the leader: {text}"
+        );
     }
     cluster.kill(follower);
     cluster.wait_for("the ISR down to two", Duration::from_secs(30), |s| {

@@ -30,7 +30,7 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
-    SyncGroupRequest, SyncGroupResponse, TxnOffsetCommitRequest,
+    SyncGroupRequest, SyncGroupResponse, TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -210,6 +210,9 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
             on_pool!(TxnOffsetCommitRequest, transactions::txn_offset_commit)
         }
         ApiKey::EndTxn => on_pool!(EndTxnRequest, transactions::end_txn),
+        ApiKey::WriteTxnMarkers => {
+            on_pool!(WriteTxnMarkersRequest, transactions::write_txn_markers)
+        }
         ApiKey::DescribeConfigs => on_pool!(DescribeConfigsRequest, configs::describe_configs),
         ApiKey::IncrementalAlterConfigs => {
             on_pool!(

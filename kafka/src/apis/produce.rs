@@ -60,8 +60,15 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> (ProduceResponse, Vec<W
                     // A transactional batch must belong to its producer's open transaction
                     // (AddPartitionsToTxn first): otherwise no marker would ever end it and
                     // read_committed readers of the partition would wait forever.
+                    // In a cluster the transaction may be another node's to coordinate: a
+                    // replicated partition takes its batches as Kafka's brokers do (its
+                    // coordinator writes the markers through this node).
+                    let elsewhere = |pid: i64| {
+                        replicas.is_some_and(|r| r.is_replicated(&topic, partition))
+                            && !log.coordinates_producer(pid)
+                    };
                     let appended = match BatchHeader::parse(&records) {
-                        Ok(h) if h.is_transactional() => log.append_transactional(
+                        Ok(h) if h.is_transactional() && !elsewhere(h.producer_id) => log.append_transactional(
                             &topic,
                             partition,
                             h.producer_id,

@@ -274,6 +274,16 @@ fn request(api: ApiKey, version: i16, round: usize, topic: &str, fail: bool) -> 
         ApiKey::DeleteGroups => {
             enc!(DeleteGroupsRequest::default().with_groups_names(vec![GroupId("nope".into())]))
         }
+        // Between the nodes of a cluster: a worker alone refuses every partition.
+        ApiKey::WriteTxnMarkers => enc!(WriteTxnMarkersRequest::default().with_markers(vec![
+            write_txn_markers_request::WritableTxnMarker::default()
+                .with_producer_id(ProducerId(1))
+                .with_topics(vec![
+                    write_txn_markers_request::WritableTxnMarkerTopic::default()
+                        .with_name(t())
+                        .with_partition_indexes(vec![0])
+                ])
+        ])),
         other => panic!("no test request for {other:?}"),
     }
     out
@@ -316,6 +326,7 @@ fn decode_answer(api: ApiKey, version: i16, mut frame: Bytes) {
         ApiKey::LeaveGroup => dec!(LeaveGroupResponse),
         ApiKey::DescribeGroups => dec!(DescribeGroupsResponse),
         ApiKey::DeleteGroups => dec!(DeleteGroupsResponse),
+        ApiKey::WriteTxnMarkers => dec!(WriteTxnMarkersResponse),
         ApiKey::DescribeConfigs => dec!(DescribeConfigsResponse),
         ApiKey::IncrementalAlterConfigs => dec!(IncrementalAlterConfigsResponse),
         ApiKey::DeleteRecords => dec!(DeleteRecordsResponse),

@@ -154,3 +154,85 @@ pub(crate) fn end_txn(ctx: &Ctx, req: EndTxnRequest) -> EndTxnResponse {
         Err(e) => failed(ctx, &id, &e),
     })
 }
+
+/// WriteTxnMarkers: another node's transaction coordinator ends a transaction in partitions
+/// this node leads; each answered once the partition's in-sync replicas have the marker.
+/// Only between the nodes of a cluster (a worker alone refuses it).
+pub(crate) fn write_txn_markers(
+    ctx: &Ctx,
+    req: kafka_protocol::messages::WriteTxnMarkersRequest,
+) -> kafka_protocol::messages::WriteTxnMarkersResponse {
+    use kafka_protocol::messages::WriteTxnMarkersResponse;
+    use kafka_protocol::messages::write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    };
+    let log = &ctx.broker.log;
+    let replicas = ctx.broker.replicas.as_ref();
+    let markers = req
+        .markers
+        .into_iter()
+        .map(|m| {
+            let topics = m
+                .topics
+                .iter()
+                .map(|t| {
+                    let name = t.name.0.to_string();
+                    let partitions = t
+                        .partition_indexes
+                        .iter()
+                        .map(|&index| {
+                            let code = match (replicas, u32::try_from(index)) {
+                                (None, _) => E::ClusterAuthorizationFailed.code(),
+                                (Some(_), Err(_)) => E::UnknownTopicOrPartition.code(),
+                                (Some(r), Ok(partition)) => r
+                                    .check_write(&name, partition, 1)
+                                    .map_err(|(c, _)| c)
+                                    .and_then(|()| {
+                                        write_marker(log, &name, partition, &m)
+                                            .map_err(|e| errors::code(&e))
+                                    })
+                                    .err()
+                                    .unwrap_or(0),
+                            };
+                            WritableTxnMarkerPartitionResult::default()
+                                .with_partition_index(index)
+                                .with_error_code(code)
+                        })
+                        .collect();
+                    WritableTxnMarkerTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(partitions)
+                })
+                .collect();
+            WritableTxnMarkerResult::default()
+                .with_producer_id(m.producer_id)
+                .with_topics(topics)
+        })
+        .collect();
+    WriteTxnMarkersResponse::default().with_markers(markers)
+}
+
+/// One marker, answered once the in-sync replicas have it (10 s).
+fn write_marker(
+    log: &sluice_log::Log,
+    topic: &str,
+    partition: u32,
+    m: &kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker,
+) -> Result<(), LogError> {
+    let written = log.write_marker(
+        topic,
+        partition,
+        m.producer_id.0,
+        m.producer_epoch,
+        m.transaction_result,
+        m.coordinator_epoch,
+    )?;
+    if let Some((offset, epoch)) = written {
+        log.partition(topic, partition)?.wait_high_watermark(
+            offset + 1,
+            epoch,
+            std::time::Duration::from_secs(10),
+        )?;
+    }
+    Ok(())
+}

@@ -61,6 +61,7 @@ impl Log {
             }
         }
         self.expire_transactions(now)?;
+        self.retry_unfinished_ends()?;
         let gone = self.inner.groups.lock().expire(now as u64);
         for (group, member) in gone {
             tracing::info!(group = %group, member = %member, "Removed a group member whose session timed out.");

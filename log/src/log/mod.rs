@@ -76,6 +76,29 @@ pub const PRODUCER_ID_BLOCK: i64 = 1000;
 #[derive(Clone)]
 pub struct ProducerIdSource(pub Arc<dyn Fn() -> std::result::Result<i64, String> + Send + Sync>);
 
+/// Writes the markers that end a transaction to partitions another node leads (a cluster's
+/// replication layer, through their leaders), and answers once they are replicated there.
+pub trait RemoteMarkers: Send + Sync {
+    /// Ends `producer_id`'s transaction (`commit` or abort) in `partitions`.
+    fn write(
+        &self,
+        partitions: &[(String, u32)],
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<()>;
+}
+
+/// A [`RemoteMarkers`] as the log keeps it.
+#[derive(Clone)]
+pub(crate) struct Markers(pub(crate) Arc<dyn RemoteMarkers>);
+
+impl std::fmt::Debug for Markers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteMarkers")
+    }
+}
+
 /// A [`WriteGate`] as the log keeps it.
 #[derive(Clone)]
 pub(crate) struct Gate(pub(crate) Arc<dyn WriteGate>);
@@ -114,6 +137,11 @@ pub(crate) struct Inner {
     pid_source: RwLock<Option<ProducerIdSource>>,
     /// The replication layer's say on writes (a cluster).
     write_gate: RwLock<Option<Gate>>,
+    /// Where markers for partitions led elsewhere go (a cluster).
+    remote_markers: RwLock<Option<Markers>>,
+    /// Ends whose remote markers could not be written yet: retried by housekeeping (the
+    /// decision is durable in the Prepare record already).
+    unfinished_ends: Mutex<Vec<(String, crate::txn::EndPlan, transactions::Completion)>>,
     appended: Mutex<u64>,
     appended_cv: Condvar,
     /// The same counter for async waiters (the Kafka listener's long-polling fetches), which
@@ -194,6 +222,8 @@ impl Log {
             next_pid: Mutex::new((0, 0)),
             pid_source: RwLock::new(None),
             write_gate: RwLock::new(None),
+            remote_markers: RwLock::new(None),
+            unfinished_ends: Mutex::new(Vec::new()),
             options,
             lock: Mutex::new(Some(lock)),
             topics: RwLock::new(topics),

@@ -25,7 +25,7 @@ const PID_BLOCK: i64 = super::PRODUCER_ID_BLOCK;
 
 /// How [`Log::execute_end`] records a transaction's end once its markers are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Completion {
+pub(crate) enum Completion {
     /// The coordinator marks the id complete and the record is persisted: commit, abort,
     /// timeout and crash recovery.
     Complete,
@@ -62,6 +62,33 @@ impl Log {
     /// layer: only partition leaders write, `acks=all` needs `min.insync.replicas`).
     pub fn set_write_gate(&self, gate: Arc<dyn super::WriteGate>) {
         *self.inner.write_gate.write() = Some(super::Gate(gate));
+    }
+
+    /// Sends the markers of transactions in partitions another node leads through `markers`
+    /// from now on (a cluster).
+    pub fn set_remote_markers(&self, markers: Arc<dyn super::RemoteMarkers>) {
+        *self.inner.remote_markers.write() = Some(super::Markers(markers));
+    }
+
+    /// Writes a marker ending `producer_id`'s transaction in `topic`-`partition`, led here,
+    /// for another node's transaction coordinator (Kafka's WriteTxnMarkers): the marker's
+    /// offset and the leader epoch it was written in; `None` when the producer has no
+    /// transaction open there (ended already).
+    pub fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<Option<(i64, i32)>> {
+        self.check_open()?;
+        let p = self.partition(topic, partition)?;
+        let leader_epoch = p.leader_epoch();
+        let offset = p.append_marker(producer_id, epoch, commit, coordinator_epoch)?;
+        self.notify_appended();
+        Ok(offset.map(|o| (o, leader_epoch)))
     }
 
     /// Asks the write gate, if any, whether a write of `topic`-`partition` may go ahead.
@@ -177,15 +204,40 @@ impl Log {
     fn execute_end(&self, id: &str, plan: &EndPlan, completion: Completion) -> Result<()> {
         self.write_txn_record(&plan.prepare)?;
         crate::fault::point("txn-after-prepare");
+        // In a cluster, partitions led by other nodes (or held only there) get their
+        // markers through their leaders.
+        let markers = self.inner.remote_markers.read().clone();
+        let mut remote = Vec::new();
         for (topic, partition) in &plan.partitions {
             match self.partition(topic, *partition) {
+                Ok(p) if markers.is_some() && p.is_follower() => {
+                    remote.push((topic.clone(), *partition));
+                }
                 Ok(p) => {
                     p.append_marker(plan.producer_id, plan.epoch, plan.commit, 0)?;
+                }
+                Err(LogError::UnknownTopic(_)) | Err(LogError::UnknownPartition { .. })
+                    if markers.is_some() =>
+                {
+                    remote.push((topic.clone(), *partition));
                 }
                 // A topic deleted mid-transaction has nothing left to mark.
                 Err(LogError::UnknownTopic(_)) | Err(LogError::UnknownPartition { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(m) = markers.filter(|_| !remote.is_empty())
+            && let Err(e) =
+                m.0.write(&remote, plan.producer_id, plan.epoch, plan.commit)
+        {
+            // The decision is durable (the Prepare record): the markers are written later,
+            // as Kafka's coordinator does, and the transaction completes then.
+            tracing::warn!(transactional_id = %id, error = %e, "Cannot write a transaction's markers on another node yet; retrying.");
+            self.inner
+                .unfinished_ends
+                .lock()
+                .push((id.to_string(), plan.clone(), completion));
+            return Ok(());
         }
         crate::fault::point("txn-after-markers");
         self.inner
@@ -199,6 +251,15 @@ impl Log {
             }
         }
         self.notify_appended();
+        Ok(())
+    }
+
+    /// Retries the ends whose markers on other nodes could not be written.
+    pub(super) fn retry_unfinished_ends(&self) -> Result<()> {
+        let ends = std::mem::take(&mut *self.inner.unfinished_ends.lock());
+        for (id, plan, completion) in ends {
+            self.execute_end(&id, &plan, completion)?;
+        }
         Ok(())
     }
 
@@ -401,6 +462,12 @@ impl Log {
     /// partition is in the producer's open transaction, with the coordinator locked across
     /// the check and the append: a transaction ending meanwhile would otherwise see the
     /// batch land after its marker, opening a transaction nobody will end.
+    /// Whether this node's transaction coordinator coordinates `producer_id` (in a cluster
+    /// another node's may: its batches are then taken as Kafka's brokers take them).
+    pub fn coordinates_producer(&self, producer_id: i64) -> bool {
+        self.inner.txns.lock().knows_producer(producer_id)
+    }
+
     pub fn append_transactional(
         &self,
         topic: &str,
