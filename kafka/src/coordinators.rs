@@ -194,33 +194,78 @@ impl Coordinators {
         partition: u32,
         offsets: &[(TopicPartition, Option<i64>)],
     ) -> Result<Mirrored, Refusal> {
-        let mut b = BatchBuilder::new(BatchOptions::default());
-        for (tp, offset) in offsets {
-            b.push(&offset_record(group, tp, *offset))
-                .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
-        }
-        let batch = b
-            .build()
-            .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
-        let failed = |e: sluice_log::LogError| {
-            (
-                E::CoordinatorNotAvailable.code(),
-                format!("{GROUPS_TOPIC}-{partition}: {e}"),
-            )
-        };
-        // Read before the append: a leadership change in between fails the wait.
-        let epoch = log
-            .partition(GROUPS_TOPIC, partition)
-            .map_err(failed)?
-            .leader_epoch();
-        // Through the log, which wakes the followers' long polls.
-        let appended = log.append(GROUPS_TOPIC, partition, batch).map_err(failed)?;
-        Ok(Mirrored {
-            tp: (GROUPS_TOPIC.to_string(), partition),
-            end: appended.last_offset + 1,
-            epoch,
-        })
+        mirror(log, group, partition, offsets)
     }
+}
+
+/// [`Coordinators::mirror`], for callers without the coordinators at hand.
+pub(crate) fn mirror(
+    log: &Log,
+    group: &str,
+    partition: u32,
+    offsets: &[(TopicPartition, Option<i64>)],
+) -> Result<Mirrored, Refusal> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for (tp, offset) in offsets {
+        b.push(&offset_record(group, tp, *offset))
+            .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
+    }
+    let batch = b
+        .build()
+        .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
+    let failed = |e: sluice_log::LogError| {
+        (
+            E::CoordinatorNotAvailable.code(),
+            format!("{GROUPS_TOPIC}-{partition}: {e}"),
+        )
+    };
+    // Read before the append: a leadership change in between fails the wait.
+    let epoch = log
+        .partition(GROUPS_TOPIC, partition)
+        .map_err(failed)?
+        .leader_epoch();
+    // Through the log, which wakes the followers' long polls.
+    let appended = log.append(GROUPS_TOPIC, partition, batch).map_err(failed)?;
+    Ok(Mirrored {
+        tp: (GROUPS_TOPIC.to_string(), partition),
+        end: appended.last_offset + 1,
+        epoch,
+    })
+}
+
+/// Ends a transaction's offset commits at their groups' coordinator (this node leads the
+/// group's `partition` of [`GROUPS_TOPIC`]): another node's transaction coordinator sent the
+/// marker. The offsets pending in this node's `__consumer_offsets` are settled and, when
+/// committed, copied to the group's partition and waited for (10 s), so a later coordinator
+/// has them. Blocking.
+pub(crate) fn settle(
+    log: &Log,
+    cluster: &sluice_cluster::Cluster,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+) -> Result<(), Refusal> {
+    let failed = |e: sluice_log::LogError| (crate::errors::code(&e), crate::errors::message(&e));
+    let settled = log
+        .settle_offsets(producer_id, epoch, commit)
+        .map_err(failed)?;
+    let count = cluster
+        .metadata()
+        .borrow()
+        .topics
+        .get(GROUPS_TOPIC)
+        .map_or(0, |t| t.partitions.len());
+    let mut by_group: BTreeMap<String, Vec<(TopicPartition, Option<i64>)>> = BTreeMap::new();
+    for (group, tp, offset) in settled {
+        by_group.entry(group).or_default().push((tp, Some(offset)));
+    }
+    for (group, offsets) in by_group {
+        let m = mirror(log, &group, partition_of(&group, count), &offsets)?;
+        log.partition(&m.tp.0, m.tp.1)
+            .and_then(|p| p.wait_high_watermark(m.end, m.epoch, std::time::Duration::from_secs(10)))
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Reads this node's copy of `partition` and writes every group's latest offsets into the

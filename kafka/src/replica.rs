@@ -937,6 +937,20 @@ impl Replicas {
 pub(crate) struct MarkerSender(pub(crate) std::sync::Weak<Replicas>);
 
 impl sluice_log::log::RemoteMarkers for MarkerSender {
+    fn owns(&self, topic: &str) -> bool {
+        topic == crate::coordinators::GROUPS_TOPIC
+    }
+
+    fn exists(&self, topic: &str, partition: u32) -> bool {
+        self.0.upgrade().is_some_and(|r| {
+            r.cluster
+                .metadata()
+                .borrow()
+                .partition(topic, partition)
+                .is_some()
+        })
+    }
+
     fn write(
         &self,
         partitions: &[(String, u32)],
@@ -971,6 +985,7 @@ impl Replicas {
         };
         let md = Arc::clone(&self.cluster.metadata().borrow());
         let mut by_leader: HashMap<NodeId, HashMap<String, Vec<i32>>> = HashMap::new();
+        let mut settle_here = false;
         for (topic, partition) in partitions {
             let Some(p) = md.partition(topic, *partition) else {
                 // Not the cluster's (deleted meanwhile): nothing to mark.
@@ -979,12 +994,21 @@ impl Replicas {
             let leader = p.leader.ok_or_else(|| {
                 LogError::ClusterUnavailable(format!("{topic}-{partition} has no leader now"))
             })?;
+            if leader == self.node && topic == crate::coordinators::GROUPS_TOPIC {
+                // The groups are coordinated here: their offsets are settled here.
+                settle_here = true;
+                continue;
+            }
             by_leader
                 .entry(leader)
                 .or_default()
                 .entry(topic.clone())
                 .or_default()
                 .push(*partition as i32);
+        }
+        if settle_here {
+            crate::coordinators::settle(&self.log, &self.cluster, producer_id, epoch, commit)
+                .map_err(|(_, message)| LogError::ClusterUnavailable(message))?;
         }
         for (leader, topics) in by_leader {
             let addr = self

@@ -136,14 +136,21 @@ impl OffsetStore {
     }
 
     /// Makes a producer's pending offsets visible (commit) or drops them (abort).
-    pub fn end_txn(&mut self, producer_id: i64, commit: bool) {
+    pub fn end_txn(
+        &mut self,
+        producer_id: i64,
+        commit: bool,
+    ) -> Vec<(String, TopicPartition, i64)> {
+        let mut settled = Vec::new();
         if let Some(list) = self.pending.remove(&producer_id) {
             if commit {
                 for (g, tp, v) in list {
+                    settled.push((g.clone(), tp.clone(), v.offset));
                     self.set(&g, tp, v);
                 }
             }
         }
+        settled
     }
 
     /// The committed offset of a group on a partition.

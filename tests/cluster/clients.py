@@ -196,6 +196,43 @@ def transact(bootstrap, topic, partitions, transactional_id):
         return {"error": e.args[0].name(), "message": e.args[0].str()}
 
 
+def transform(bootstrap, source, sink, group, transactional_id, n):
+    """Consume-transform-produce, exactly once: reads `n` records of `source` in `group` and
+    writes each to `sink` (spread over its partitions), ten per transaction with the
+    consumed offsets; {"error": null, "moved": n} or the error's name."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    })
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+    moved, deadline = 0, time.time() + 90
+    try:
+        producer.init_transactions(30)
+        consumer.subscribe([source])
+        while moved < int(n) and time.time() < deadline:
+            batch = consumer.consume(10, 1.0)
+            batch = [m for m in batch if not m.error()]
+            if not batch:
+                continue
+            producer.begin_transaction()
+            for m in batch:
+                producer.produce(sink, value=b"moved-" + m.value(), partition=moved % 3)
+                moved += 1
+            producer.send_offsets_to_transaction(
+                consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+        return {"error": None, "moved": moved}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str(), "moved": moved}
+    finally:
+        consumer.close()
+
+
 def read_committed(bootstrap, topic, partitions, expected):
     """The values a read_committed consumer reads from every partition's start, once it
     has `expected` of them and nothing more came for 3 s (or after 30 s)."""
@@ -243,6 +280,7 @@ COMMANDS = {
     "consume_through": consume_through,
     "transact": transact,
     "read_committed": read_committed,
+    "transform": transform,
 }
 
 if __name__ == "__main__":

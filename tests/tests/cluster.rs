@@ -704,10 +704,11 @@ fn a_group_reads_everything_while_its_coordinator_is_killed() {
 /// A Kafka transaction over partitions led by three different nodes: its coordinator writes
 /// the markers of the partitions other nodes lead through those leaders (WriteTxnMarkers),
 /// so a read_committed consumer sees the committed records of every partition and none of
-/// the aborted ones.
+/// the aborted ones; a consume-transform-produce loop's offsets reach its group's
+/// coordinator with the transaction.
 #[test]
 fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
-    let cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start(3);
     let bootstrap = cluster.bootstrap();
     let created = clients(&["create", &bootstrap, "ledger", "3", "3"]);
     assert_eq!(created["error"], Value::Null, "{created}");
@@ -726,6 +727,54 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
         serde_json::json!(["committed-0", "committed-1", "committed-2"]),
         "{read}"
     );
+    // Consume-transform-produce: the consumed offsets ride in the transactions and reach
+    // the group's coordinator (another node, as likely as not), which settles and
+    // replicates them when the transaction commits.
+    let created = clients(&["create", &bootstrap, "requests", "1", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let many = clients(&["produce_many", &bootstrap, "requests", "50"]);
+    assert_eq!(many["error"], Value::Null, "{many}");
+    let moved = clients(&[
+        "transform",
+        &bootstrap,
+        "requests",
+        "ledger",
+        "movers",
+        "mover-1",
+        "50",
+    ]);
+    assert_eq!(moved["error"], Value::Null, "{moved}");
+    assert_eq!(moved["moved"], 50, "{moved}");
+    let offset = clients(&["committed", &bootstrap, "requests", "movers"]);
+    assert_eq!(offset["offset"], 50, "{offset}");
+    let read = clients(&["read_committed", &bootstrap, "ledger", "3", "53"]);
+    // The offsets were replicated when the transactions committed: the group's next
+    // coordinator has them.
+    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"movers", 12));
+    let coordinator = cluster.leader_of("__cluster_offsets", partition);
+    let dead = cluster.nodes[coordinator].id;
+    cluster.kill(coordinator);
+    cluster.wait_for("a new coordinator", Duration::from_secs(30), |s| {
+        partition_of(s, "__cluster_offsets", partition)
+            .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
+    });
+    let live: String = (0..3)
+        .filter(|&i| i != coordinator)
+        .map(|i| format!("127.0.0.1:{}", cluster.nodes[i].port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let offset = clients(&["committed", &live, "requests", "movers"]);
+    assert_eq!(
+        offset["offset"], 50,
+        "after the coordinator's death: {offset}"
+    );
+    let values = read["values"].as_array().unwrap();
+    assert_eq!(values.len(), 53, "{read}");
+    let moved_values = values
+        .iter()
+        .filter(|v| v.as_str().is_some_and(|v| v.starts_with("moved-")))
+        .count();
+    assert_eq!(moved_values, 50, "each moved once: {read}");
 }
 
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and

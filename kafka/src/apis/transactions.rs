@@ -82,12 +82,28 @@ pub(crate) fn add_partitions(
 
 pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
     let id = req.transactional_id.0.to_string();
-    let r = ctx.broker.log.add_offsets_to_txn(
-        &id,
-        req.producer_id.0,
-        req.producer_epoch,
-        &req.group_id.0,
-    );
+    let log = &ctx.broker.log;
+    let r = match &ctx.broker.cluster {
+        // In a cluster the transaction includes the group's partition of the replicated
+        // offsets topic: its marker goes to the group's coordinator, its leader.
+        Some(cluster) => {
+            let located = ctx.broker.coordinators.locate(
+                cluster,
+                log.options().default_partitions,
+                &req.group_id.0,
+            );
+            match located {
+                Ok((_, partition)) => log.add_partitions_to_txn(
+                    &id,
+                    req.producer_id.0,
+                    req.producer_epoch,
+                    &[(crate::coordinators::GROUPS_TOPIC.to_string(), partition)],
+                ),
+                Err((_, message)) => Err(LogError::ClusterUnavailable(message)),
+            }
+        }
+        None => log.add_offsets_to_txn(&id, req.producer_id.0, req.producer_epoch, &req.group_id.0),
+    };
     AddOffsetsToTxnResponse::default().with_error_code(match r {
         Ok(()) => 0,
         Err(e) => failed(ctx, &id, &e),
@@ -97,6 +113,7 @@ pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsT
 pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
     let id = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
+    let refused = super::groups::coordinator_refusal(ctx, &group);
     let mut offsets = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {
@@ -111,16 +128,20 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
     // v3 (KIP-447) names the member: its generation must be current.
     let member = (ctx.version >= 3 && req.generation_id >= 0)
         .then(|| (req.member_id.as_str(), req.generation_id));
-    let code = match ctx.broker.log.txn_offset_commit(
-        &id,
-        req.producer_id.0,
-        req.producer_epoch,
-        &group,
-        member,
-        &offsets,
-    ) {
-        Ok(()) => 0,
-        Err(e) => failed(ctx, &id, &e),
+    let code = match refused {
+        // Another node coordinates the group (a cluster): the client asks again.
+        Some((code, _)) => code,
+        None => match ctx.broker.log.txn_offset_commit(
+            &id,
+            req.producer_id.0,
+            req.producer_epoch,
+            &group,
+            member,
+            &offsets,
+        ) {
+            Ok(()) => 0,
+            Err(e) => failed(ctx, &id, &e),
+        },
     };
     TxnOffsetCommitResponse::default().with_topics(
         req.topics
@@ -188,6 +209,21 @@ pub(crate) fn write_txn_markers(
                                     .check_write(&name, partition, 1)
                                     .map_err(|(c, _)| c)
                                     .and_then(|()| {
+                                        if name == crate::coordinators::GROUPS_TOPIC {
+                                            // The offsets of the transaction's groups, which
+                                            // this node coordinates.
+                                            let cluster = ctx.broker.cluster.as_ref();
+                                            return cluster.map_or(Ok(()), |c| {
+                                                crate::coordinators::settle(
+                                                    log,
+                                                    c,
+                                                    m.producer_id.0,
+                                                    m.producer_epoch,
+                                                    m.transaction_result,
+                                                )
+                                                .map_err(|(c, _)| c)
+                                            });
+                                        }
                                         write_marker(log, &name, partition, &m)
                                             .map_err(|e| errors::code(&e))
                                     })

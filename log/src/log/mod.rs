@@ -79,6 +79,13 @@ pub struct ProducerIdSource(pub Arc<dyn Fn() -> std::result::Result<i64, String>
 /// Writes the markers that end a transaction to partitions another node leads (a cluster's
 /// replication layer, through their leaders), and answers once they are replicated there.
 pub trait RemoteMarkers: Send + Sync {
+    /// Whether every partition of `topic` goes through [`Self::write`], led here or not
+    /// (a cluster's offsets topic: ending a transaction there settles group offsets).
+    fn owns(&self, topic: &str) -> bool;
+
+    /// Whether the cluster has `topic`-`partition` (this node may hold no copy of it).
+    fn exists(&self, topic: &str, partition: u32) -> bool;
+
     /// Ends `producer_id`'s transaction (`commit` or abort) in `partitions`.
     fn write(
         &self,

@@ -91,6 +91,27 @@ impl Log {
         Ok(offset.map(|o| (o, leader_epoch)))
     }
 
+    /// Ends `producer_id`'s transaction in this node's `__consumer_offsets` for another
+    /// node's transaction coordinator: a marker in every partition where it has offsets
+    /// pending, and (committed) the offsets it wrote; those offsets by group.
+    pub fn settle_offsets(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<Vec<(String, TopicPartition, i64)>> {
+        self.check_open()?;
+        let topic = self.topic(OFFSETS_TOPIC)?;
+        for p in topic.partitions.read().iter() {
+            if p.open_transactions().contains(&producer_id) {
+                p.append_marker(producer_id, epoch, commit, 0)?;
+            }
+        }
+        let settled = self.inner.offsets.lock().end_txn(producer_id, commit);
+        self.notify_appended();
+        Ok(settled)
+    }
+
     /// Asks the write gate, if any, whether a write of `topic`-`partition` may go ahead.
     pub(crate) fn check_write(&self, topic: &str, partition: u32, all: bool) -> Result<()> {
         let gate = self.inner.write_gate.read().clone();
@@ -209,6 +230,10 @@ impl Log {
         let markers = self.inner.remote_markers.read().clone();
         let mut remote = Vec::new();
         for (topic, partition) in &plan.partitions {
+            if markers.as_ref().is_some_and(|m| m.0.owns(topic)) {
+                remote.push((topic.clone(), *partition));
+                continue;
+            }
             match self.partition(topic, *partition) {
                 Ok(p) if markers.is_some() && p.is_follower() => {
                     remote.push((topic.clone(), *partition));
@@ -383,7 +408,15 @@ impl Log {
         partitions: &[TxnPartition],
     ) -> Result<()> {
         self.check_open()?;
+        let markers = self.inner.remote_markers.read().clone();
         for (topic, partition) in partitions {
+            // In a cluster this node may hold no copy: the cluster's word is enough.
+            if markers
+                .as_ref()
+                .is_some_and(|m| m.0.exists(topic, *partition))
+            {
+                continue;
+            }
             self.partition(topic, *partition)?;
         }
         self.txn_add_partitions(id, producer_id, epoch, partitions)
@@ -426,7 +459,11 @@ impl Log {
         // end (EndTxn, expiry) between them would leave a batch after its marker and offsets
         // pending under a finished transaction.
         let txns = self.inner.txns.lock();
-        if !txns.includes(producer_id, epoch, &tp) {
+        // A transaction another node coordinates (a cluster) was checked there: the group's
+        // coordinator takes its offsets, and that node ends them (settle_offsets).
+        let elsewhere =
+            self.inner.remote_markers.read().is_some() && !txns.knows_producer(producer_id);
+        if !elsewhere && !txns.includes(producer_id, epoch, &tp) {
             return Err(LogError::InvalidTxnState {
                 transactional_id: id.into(),
                 reason: format!(
