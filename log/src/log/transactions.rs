@@ -186,7 +186,14 @@ impl Log {
             // A partition of it may be a replica that another node leads now: the open
             // goes on (the transaction stays unfinished here), it must not fail for good.
             if let Err(e) = self.execute_end(&rec.transactional_id, &plan, Completion::Complete) {
-                tracing::error!(transactional_id = %rec.transactional_id, error = %e, "Cannot complete a transaction left open by a crash; it stays open.");
+                // Retried by housekeeping (in a cluster, once the markers can go to the
+                // partitions' leaders).
+                tracing::warn!(transactional_id = %rec.transactional_id, error = %e, "Cannot complete a transaction left open by a crash yet; retrying.");
+                self.inner.unfinished_ends.lock().push((
+                    rec.transactional_id.clone(),
+                    plan,
+                    Completion::Complete,
+                ));
             }
         }
         // Transactions open in partitions that the coordinator never recorded (a crash
@@ -283,7 +290,13 @@ impl Log {
     pub(super) fn retry_unfinished_ends(&self) -> Result<()> {
         let ends = std::mem::take(&mut *self.inner.unfinished_ends.lock());
         for (id, plan, completion) in ends {
-            self.execute_end(&id, &plan, completion)?;
+            if let Err(e) = self.execute_end(&id, &plan, completion) {
+                tracing::debug!(transactional_id = %id, error = %e, "A transaction's end failed again; retrying.");
+                self.inner
+                    .unfinished_ends
+                    .lock()
+                    .push((id, plan, completion));
+            }
         }
         Ok(())
     }
