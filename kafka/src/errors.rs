@@ -26,7 +26,11 @@ pub(crate) fn code(e: &LogError) -> i16 {
         LogError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
         LogError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber,
         LogError::ProducerFenced { .. } => E::InvalidProducerEpoch,
-        LogError::InvalidTxnState { reason, .. } if reason.contains("still completing") => {
+        // The previous transaction is still ending (its markers on another node may be
+        // queued): the client retries, as Kafka's answer tells it to.
+        LogError::InvalidTxnState { reason, .. }
+            if reason.contains("still completing") || reason.contains("already completing") =>
+        {
             E::ConcurrentTransactions
         }
         LogError::InvalidTxnState { .. } => E::InvalidTxnState,

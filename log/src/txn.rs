@@ -130,6 +130,13 @@ impl TxnCoordinator {
         self.txns.get(id)
     }
 
+    /// Whether `producer_id` has a transaction open at `epoch`.
+    pub fn is_open(&self, producer_id: i64, epoch: i16) -> bool {
+        self.txns.values().any(|r| {
+            r.producer_id == producer_id && r.epoch == epoch && r.status == TxnStatus::Ongoing
+        })
+    }
+
     /// The status of the transaction (if any) owned by a producer id.
     pub fn status_of_producer(&self, producer_id: i64) -> Option<TxnStatus> {
         self.txns

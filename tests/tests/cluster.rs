@@ -768,6 +768,35 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
         offset["offset"], 50,
         "after the coordinator's death: {offset}"
     );
+    // Once more with the transaction's coordinator on the group's coordinator's node (the
+    // id chosen by the hash that places transaction coordinators), where the offsets are
+    // settled without a WriteTxnMarkers.
+    cluster.spawn(coordinator);
+    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"movers-2", 12));
+    let group_node = cluster.nodes[cluster.leader_of("__cluster_offsets", partition)].id;
+    let txn_node = |id: &str| {
+        let hash = id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        [1u64, 2, 3][hash as usize % 3]
+    };
+    let same = (0..100)
+        .map(|i| format!("mover-{i}"))
+        .find(|id| txn_node(id) == group_node)
+        .unwrap();
+    eprintln!("transactions of {same} and the group movers-2 both on node {group_node}");
+    let moved = clients(&[
+        "transform",
+        &bootstrap,
+        "requests",
+        "ledger",
+        "movers-2",
+        &same,
+        "50",
+    ]);
+    assert_eq!(moved["error"], Value::Null, "{moved}");
+    let offset = clients(&["committed", &bootstrap, "requests", "movers-2"]);
+    assert_eq!(offset["offset"], 50, "{offset}");
     let values = read["values"].as_array().unwrap();
     assert_eq!(values.len(), 53, "{read}");
     let moved_values = values

@@ -263,12 +263,12 @@ fn write_marker(
         m.transaction_result,
         m.coordinator_epoch,
     )?;
-    if let Some((offset, epoch)) = written {
-        log.partition(topic, partition)?.wait_high_watermark(
-            offset + 1,
-            epoch,
-            std::time::Duration::from_secs(10),
-        )?;
-    }
+    let p = log.partition(topic, partition)?;
+    // Written before (a retry): it is below the log end, which is waited for instead.
+    let (end, epoch) = written.map_or_else(
+        || (p.log_end_offset(), p.leader_epoch()),
+        |(offset, epoch)| (offset + 1, epoch),
+    );
+    p.wait_high_watermark(end, epoch, std::time::Duration::from_secs(10))?;
     Ok(())
 }

@@ -173,6 +173,7 @@ impl Log {
         }
         let unfinished = coord.unfinished();
         drop(coord);
+        let clustered = self.has_replicas();
         for rec in unfinished {
             let commit = rec.status == TxnStatus::PrepareCommit;
             tracing::info!(transactional_id = %rec.transactional_id, commit, "Completing a transaction left open by a crash.");
@@ -183,6 +184,22 @@ impl Log {
                 epoch: rec.epoch,
                 prepare: rec.clone(),
             };
+            // In a cluster, markers for replicated partitions (all followers until the
+            // cluster says otherwise) or partitions this node does not hold go through
+            // their leaders, which the log can reach only once the cluster runs: later.
+            let through_leaders = clustered
+                && plan
+                    .partitions
+                    .iter()
+                    .any(|(t, p)| self.partition(t, *p).map_or(true, |x| x.is_replica()));
+            if through_leaders {
+                self.inner.unfinished_ends.lock().push((
+                    rec.transactional_id.clone(),
+                    plan,
+                    Completion::Complete,
+                ));
+                continue;
+            }
             // A partition of it may be a replica that another node leads now: the open
             // goes on (the transaction stays unfinished here), it must not fail for good.
             if let Err(e) = self.execute_end(&rec.transactional_id, &plan, Completion::Complete) {
@@ -288,6 +305,12 @@ impl Log {
 
     /// Retries the ends whose markers on other nodes could not be written.
     pub(super) fn retry_unfinished_ends(&self) -> Result<()> {
+        if self.inner.unfinished_ends.lock().is_empty()
+            || (self.inner.remote_markers.read().is_none() && self.has_replicas())
+        {
+            // Nothing to do, or the cluster is not running yet.
+            return Ok(());
+        }
         let ends = std::mem::take(&mut *self.inner.unfinished_ends.lock());
         for (id, plan, completion) in ends {
             if let Err(e) = self.execute_end(&id, &plan, completion) {
@@ -299,6 +322,14 @@ impl Log {
             }
         }
         Ok(())
+    }
+
+    /// Whether some partition here is a replica of a cluster's topic.
+    pub(crate) fn has_replicas(&self) -> bool {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().values().cloned().collect();
+        topics
+            .iter()
+            .any(|t| t.partitions.read().iter().any(|p| p.is_replica()))
     }
 
     /// Aborts the transactions open longer than their timeout; the coordinator bumps their
@@ -474,9 +505,13 @@ impl Log {
         let txns = self.inner.txns.lock();
         // A transaction another node coordinates (a cluster) was checked there: the group's
         // coordinator takes its offsets, and that node ends them (settle_offsets).
-        let elsewhere =
-            self.inner.remote_markers.read().is_some() && !txns.knows_producer(producer_id);
-        if !elsewhere && !txns.includes(producer_id, epoch, &tp) {
+        let clustered = self.inner.remote_markers.read().is_some();
+        let elsewhere = clustered && !txns.knows_producer(producer_id);
+        // Coordinated here in a cluster, the transaction holds the group's partition of the
+        // cluster's offsets topic (AddOffsetsToTxn), not this node's `__consumer_offsets`:
+        // it must be open at this epoch.
+        let open_here = clustered && txns.is_open(producer_id, epoch);
+        if !elsewhere && !open_here && !txns.includes(producer_id, epoch, &tp) {
             return Err(LogError::InvalidTxnState {
                 transactional_id: id.into(),
                 reason: format!(
