@@ -1140,18 +1140,7 @@ impl Partition {
         }
         st.epochs = LeaderEpochs::default();
         st.epochs.save(&self.dir)?;
-        let fresh = Partition::open(
-            Arc::clone(&self.topic),
-            self.id,
-            &self.dir,
-            Arc::clone(&st.config),
-            self.fsync,
-            true,
-        )?;
-        let mut next = fresh.state.into_inner();
-        next.replicated = st.replicated;
-        next.follower = st.follower;
-        next.leader_epoch = st.leader_epoch;
+        let mut next = self.reread(&st)?;
         next.high_watermark = offset;
         *st = next;
         drop(st);
@@ -1362,6 +1351,20 @@ impl Partition {
         };
         checkpoint.write(&self.dir)?;
         cp.last = Some(checkpoint);
+        let mut next = self.reread(&st)?;
+        next.high_watermark = st.high_watermark.min(next.leo());
+        let end = next.leo();
+        *st = next;
+        drop(st);
+        let mut s = self.sync.lock();
+        s.synced_to = s.synced_to.min(end);
+        tracing::info!(topic = %self.topic, partition = self.id, from = leo, to = end, "Truncated the log to the leader's.");
+        Ok(end)
+    }
+
+    /// The state as the files hold it now (after a truncation or a reset rewrote them), with
+    /// the replication role of `st` kept.
+    fn reread(&self, st: &State) -> Result<State> {
         let fresh = Partition::open(
             Arc::clone(&self.topic),
             self.id,
@@ -1374,14 +1377,7 @@ impl Partition {
         next.replicated = st.replicated;
         next.follower = st.follower;
         next.leader_epoch = st.leader_epoch;
-        next.high_watermark = st.high_watermark.min(next.leo());
-        let end = next.leo();
-        *st = next;
-        drop(st);
-        let mut s = self.sync.lock();
-        s.synced_to = s.synced_to.min(end);
-        tracing::info!(topic = %self.topic, partition = self.id, from = leo, to = end, "Truncated the log to the leader's.");
-        Ok(end)
+        Ok(next)
     }
 
     /// Reads whole batches from `offset`, about `max_bytes` (at least one batch if any).

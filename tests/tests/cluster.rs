@@ -196,6 +196,29 @@ impl TestCluster {
         self.nodes[i].api = None;
     }
 
+    /// SIGKILLs the coordinator of `group` (the leader of its `__cluster_offsets`
+    /// partition) and waits for another: the node's index, the partition, and the other
+    /// nodes' addresses to bootstrap from.
+    fn kill_coordinator(&mut self, group: &str) -> (usize, u64, String) {
+        let partition = u64::from(sluice_log::partitioner::partition_for_key(
+            group.as_bytes(),
+            12,
+        ));
+        let coordinator = self.leader_of("__cluster_offsets", partition);
+        let dead = self.nodes[coordinator].id;
+        self.kill(coordinator);
+        self.wait_for("a new coordinator", Duration::from_secs(30), |s| {
+            partition_of(s, "__cluster_offsets", partition)
+                .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
+        });
+        let live = (0..self.nodes.len())
+            .filter(|&i| i != coordinator)
+            .map(|i| format!("127.0.0.1:{}", self.nodes[i].port))
+            .collect::<Vec<_>>()
+            .join(",");
+        (coordinator, partition, live)
+    }
+
     fn bootstrap(&self) -> String {
         self.nodes
             .iter()
@@ -604,19 +627,7 @@ fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
         (Some(4), Some(0)),
         "{read}"
     );
-    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"readers", 12));
-    let coordinator = cluster.leader_of("__cluster_offsets", partition);
-    let dead = cluster.nodes[coordinator].id;
-    cluster.kill(coordinator);
-    cluster.wait_for("a new coordinator", Duration::from_secs(30), |s| {
-        partition_of(s, "__cluster_offsets", partition)
-            .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
-    });
-    let live: String = (0..3)
-        .filter(|&i| i != coordinator)
-        .map(|i| format!("127.0.0.1:{}", cluster.nodes[i].port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (coordinator, partition, live) = cluster.kill_coordinator("readers");
     let offset = clients(&["committed", &live, "events", "readers"]);
     assert_eq!(offset["offset"], 4, "{offset}");
     let rest = clients(&["group_commit", &live, "events", "readers", "6"]);
@@ -630,6 +641,7 @@ fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
     // last had.
     let deleted = clients(&["delete_group", &live, "readers"]);
     assert_eq!(deleted["error"], Value::Null, "{deleted}");
+    let dead = cluster.nodes[coordinator].id;
     cluster.spawn(coordinator);
     cluster.wait_for("the old coordinator back", Duration::from_secs(60), |s| {
         partition_of(s, "__cluster_offsets", partition).is_some_and(|p| p["leader"] == dead)
@@ -750,19 +762,7 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
     let read = clients(&["read_committed", &bootstrap, "ledger", "3", "53"]);
     // The offsets were replicated when the transactions committed: the group's next
     // coordinator has them.
-    let partition = u64::from(sluice_log::partitioner::partition_for_key(b"movers", 12));
-    let coordinator = cluster.leader_of("__cluster_offsets", partition);
-    let dead = cluster.nodes[coordinator].id;
-    cluster.kill(coordinator);
-    cluster.wait_for("a new coordinator", Duration::from_secs(30), |s| {
-        partition_of(s, "__cluster_offsets", partition)
-            .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
-    });
-    let live: String = (0..3)
-        .filter(|&i| i != coordinator)
-        .map(|i| format!("127.0.0.1:{}", cluster.nodes[i].port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (coordinator, partition, live) = cluster.kill_coordinator("movers");
     let offset = clients(&["committed", &live, "requests", "movers"]);
     assert_eq!(
         offset["offset"], 50,
