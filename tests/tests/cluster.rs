@@ -762,7 +762,7 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
     let read = clients(&["read_committed", &bootstrap, "ledger", "3", "53"]);
     // The offsets were replicated when the transactions committed: the group's next
     // coordinator has them.
-    let (coordinator, partition, live) = cluster.kill_coordinator("movers");
+    let (coordinator, _, live) = cluster.kill_coordinator("movers");
     let offset = clients(&["committed", &live, "requests", "movers"]);
     assert_eq!(
         offset["offset"], 50,
