@@ -109,9 +109,9 @@ pub(crate) async fn dispatch(ctx: Ctx, mut body: Bytes) -> Result<Option<BytesMu
             if acks == -1
                 && let Some(reps) = &ctx.broker.replicas
             {
-                for (tp, end) in written {
+                for (tp, end, epoch) in written {
                     if let Err((code, message)) =
-                        reps.wait_replicated(&tp, end, None, timeout).await
+                        reps.wait_replicated(&tp, end, epoch, timeout).await
                     {
                         produce::fail_partition(&mut resp, &tp.0, tp.1, code, message);
                     }

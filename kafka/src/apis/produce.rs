@@ -10,9 +10,9 @@ use sluice_log::is_internal_topic;
 use super::{Ctx, s};
 use crate::errors;
 
-/// A replicated partition written by a request, and the offset its records end before:
-/// what an `acks=all` answer waits for.
-pub(crate) type Written = ((String, u32), i64);
+/// A replicated partition written by a request, the offset its records end before and the
+/// leader epoch they were written in: what an `acks=all` answer waits for.
+pub(crate) type Written = ((String, u32), i64, Option<i32>);
 
 /// Appends the request's batches; the answer, and the replicated partitions written.
 pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> (ProduceResponse, Vec<Written>) {
@@ -67,6 +67,12 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> (ProduceResponse, Vec<W
                         replicas.is_some_and(|r| r.is_replicated(&topic, partition))
                             && !log.coordinates_producer(pid)
                     };
+                    // Read before the append: a leadership change in between fails the
+                    // acks=all wait rather than passing it wrongly.
+                    let epoch = log
+                        .partition(&topic, partition)
+                        .map(|p| p.leader_epoch())
+                        .ok();
                     let appended = match BatchHeader::parse(&records) {
                         Ok(h) if h.is_transactional() && !elsewhere(h.producer_id) => log.append_transactional(
                             &topic,
@@ -80,7 +86,11 @@ pub(crate) fn produce(ctx: &Ctx, req: ProduceRequest) -> (ProduceResponse, Vec<W
                     match appended {
                         Ok(info) => {
                             if replicas.is_some_and(|r| r.is_replicated(&topic, partition)) {
-                                written.push(((topic.clone(), partition), info.last_offset + 1));
+                                written.push((
+                                    (topic.clone(), partition),
+                                    info.last_offset + 1,
+                                    epoch,
+                                ));
                             }
                             let start = log
                                 .partition(&topic, partition)
