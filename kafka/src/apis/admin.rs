@@ -94,18 +94,10 @@ pub(crate) fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopics
             } else {
                 t.num_partitions as u32
             };
-            let mut config = Vec::new();
-            for c in &t.configs {
-                match &c.value {
-                    Some(v) => config.push((c.name.to_string(), v.to_string())),
-                    None => {
-                        return fail(
-                            E::InvalidConfig.code(),
-                            format!("config '{}' has no value", c.name.as_str()),
-                        );
-                    }
-                }
-            }
+            let config: Vec<(String, String)> = match requested_configs(&t) {
+                Ok(c) => c,
+                Err(message) => return fail(E::InvalidConfig.code(), message),
+            };
             let result = if req.validate_only {
                 validate_topic_name(&name).and_then(|()| {
                     TopicConfig::from_overrides(config.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -127,17 +119,7 @@ pub(crate) fn create_topics(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopics
                     };
                     out.with_num_partitions(partitions as i32)
                         .with_replication_factor(1)
-                        .with_configs(Some(
-                            configs
-                                .into_iter()
-                                .map(|(k, v, set)| {
-                                    CreatableTopicConfigs::default()
-                                        .with_name(s(k))
-                                        .with_value(Some(s(v)))
-                                        .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
-                                })
-                                .collect(),
-                        ))
+                        .with_configs(Some(config_answer(configs)))
                 }
                 Err(e) => fail(errors::code(&e), errors::message(&e)),
             }
@@ -154,6 +136,32 @@ pub(crate) fn replicated_refusal(ctx: &Ctx, topic: &str, done: &str) -> Option<S
     replicated.then(|| {
         format!("'{topic}' is replicated in the cluster and cannot be {done} yet (not supported in a cluster)")
     })
+}
+
+/// A CreateTopics topic's config overrides, or which one has no value.
+fn requested_configs<C: FromIterator<(String, String)>>(
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<C, String> {
+    t.configs
+        .iter()
+        .map(|c| match &c.value {
+            Some(v) => Ok((c.name.to_string(), v.to_string())),
+            None => Err(format!("config '{}' has no value", c.name.as_str())),
+        })
+        .collect()
+}
+
+/// A created topic's config as CreateTopics answers it: every key, and whether it was set.
+fn config_answer(entries: Vec<(&'static str, String, bool)>) -> Vec<CreatableTopicConfigs> {
+    entries
+        .into_iter()
+        .map(|(k, v, set)| {
+            CreatableTopicConfigs::default()
+                .with_name(s(k))
+                .with_value(Some(s(v)))
+                .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
+        })
+        .collect()
 }
 
 /// CreateTopics in a cluster: the controller places the replicas and commits the topic
@@ -175,22 +183,14 @@ fn create_replicated(
                 "explicit replica assignments are not supported; give partitions and a replication factor",
             )));
     }
-    let mut configs = std::collections::BTreeMap::new();
-    for c in &t.configs {
-        match &c.value {
-            Some(v) => {
-                configs.insert(c.name.to_string(), v.to_string());
-            }
-            None => {
-                return out
-                    .with_error_code(E::InvalidConfig.code())
-                    .with_error_message(Some(s(format!(
-                        "config '{}' has no value",
-                        c.name.as_str()
-                    ))));
-            }
+    let configs = match requested_configs(t) {
+        Ok(c) => c,
+        Err(message) => {
+            return out
+                .with_error_code(E::InvalidConfig.code())
+                .with_error_message(Some(s(message)));
         }
-    }
+    };
     let request = crate::topics::NewTopic {
         name: t.name.0.to_string(),
         partitions: (t.num_partitions != -1).then_some(i64::from(t.num_partitions)),
@@ -203,19 +203,7 @@ fn create_replicated(
         Ok(created) => out
             .with_num_partitions(created.partitions as i32)
             .with_replication_factor(created.replication_factor as i16)
-            .with_configs(Some(
-                created
-                    .config
-                    .entries()
-                    .into_iter()
-                    .map(|(k, v, set)| {
-                        CreatableTopicConfigs::default()
-                            .with_name(s(k))
-                            .with_value(Some(s(v)))
-                            .with_config_source(if set { TOPIC_CONFIG } else { DEFAULT_CONFIG })
-                    })
-                    .collect(),
-            )),
+            .with_configs(Some(config_answer(created.config.entries()))),
         Err(e) => out
             .with_error_code(e.code)
             .with_error_message(Some(s(e.message))),

@@ -132,6 +132,14 @@ pub(crate) type Committed = (OffsetCommitResponse, Option<crate::coordinators::M
 
 /// Every partition of an OffsetCommit answered with `code`.
 pub(crate) fn commit_failed(req: &OffsetCommitRequest, code: i16) -> OffsetCommitResponse {
+    commit_answer(req, |_, _| code)
+}
+
+/// An OffsetCommit's answer: each partition's code from `code(topic, partition)`.
+fn commit_answer(
+    req: &OffsetCommitRequest,
+    code: impl Fn(&str, i32) -> i16,
+) -> OffsetCommitResponse {
     let topics = req
         .topics
         .iter()
@@ -144,7 +152,7 @@ pub(crate) fn commit_failed(req: &OffsetCommitRequest, code: i16) -> OffsetCommi
                         .map(|p| {
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
-                                .with_error_code(code)
+                                .with_error_code(code(t.name.0.as_str(), p.partition_index))
                         })
                         .collect(),
                 )
@@ -234,32 +242,12 @@ pub(crate) fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Committed {
             }
         }
     }
-    let topics = req
-        .topics
-        .iter()
-        .map(|t| {
-            OffsetCommitResponseTopic::default()
-                .with_name(t.name.clone())
-                .with_partitions(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            let c = bad
-                                .get(&(t.name.0.to_string(), p.partition_index))
-                                .copied()
-                                .unwrap_or(code);
-                            OffsetCommitResponsePartition::default()
-                                .with_partition_index(p.partition_index)
-                                .with_error_code(c)
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    (
-        OffsetCommitResponse::default().with_topics(topics),
-        replicated,
-    )
+    let answer = commit_answer(&req, |topic, partition| {
+        bad.get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(code)
+    });
+    (answer, replicated)
 }
 
 pub(crate) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
