@@ -1,14 +1,19 @@
-//! Consumer-group coordinators in a cluster: a group's coordinator is the leader of its
-//! partition of the replicated topic [`GROUPS_TOPIC`] (Kafka's `__consumer_offsets` rule), so
-//! it moves with that partition's leadership and its committed offsets survive the node.
+//! Coordinators in a cluster: a consumer group's coordinator is the leader of its partition
+//! of the replicated topic [`GROUPS_TOPIC`], and a transactional id's the leader of its
+//! partition of [`TRANSACTIONS_TOPIC`] (Kafka's `__consumer_offsets` and
+//! `__transaction_state` rules), so they move with those partitions' leadership and their
+//! state survives the node.
 //!
-//! The coordinator keeps using the log's own group machinery (membership, validation, the
-//! node's `__consumer_offsets`); what makes it replicated is that every offset commit taken
-//! through the Kafka listener is also appended to the group's partition of [`GROUPS_TOPIC`]
-//! and answered only once every in-sync replica has it. A node that becomes the leader of a
-//! partition imports that partition's latest offsets into its log before it answers for any
-//! of its groups (once per leader epoch), so a client that moves there reads what it last
-//! committed anywhere.
+//! The coordinators keep using the log's own machinery (membership and offsets in the node's
+//! `__consumer_offsets`, the transaction coordinator's state machine); what makes them
+//! replicated is that every offset commit taken through the Kafka listener is also appended
+//! to the group's partition, and every record of a Kafka client's transactional id is
+//! written to the id's partition instead of the node's `__transaction_state`
+//! ([`crate::replica::TxnMirror`]), each answered only once every in-sync replica has it. A
+//! node that becomes the leader of a partition imports its latest state into its log before
+//! it answers for any of its keys (once per leader epoch; transactions at once, as their
+//! decided ends must be carried out even if no client comes back), so a client that moves
+//! there finds what it last did anywhere.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +21,7 @@ use kafka_protocol::ResponseError as E;
 use parking_lot::Mutex;
 use sluice_log::batch::{BatchBuilder, BatchOptions, decode_records};
 use sluice_log::offsets::{offset_record, read_offset_record};
+use sluice_log::txn::TxnRecord;
 use sluice_log::{Log, TopicPartition};
 
 use crate::replica::Refusal;
@@ -26,6 +32,44 @@ pub const GROUPS_TOPIC: &str = "__cluster_offsets";
 /// Its partitions when this node creates it: groups spread over this many coordinators. Its
 /// records are those of `__consumer_offsets`.
 pub const GROUPS_PARTITIONS: u32 = 12;
+
+/// The replicated topic of the transaction coordinators' records (compacted: the latest per
+/// transactional id; the records of `__transaction_state`).
+pub const TRANSACTIONS_TOPIC: &str = "__cluster_transactions";
+
+/// Its partitions when this node creates it.
+pub const TRANSACTIONS_PARTITIONS: u32 = 12;
+
+/// Whether `topic` is one of the coordinators' replicated topics (clients may not create
+/// them).
+pub(crate) fn is_coordinators_topic(topic: &str) -> bool {
+    topic == GROUPS_TOPIC || topic == TRANSACTIONS_TOPIC
+}
+
+/// What a [`Coordinators`] coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Consumer groups: their committed offsets.
+    Groups,
+    /// Transactional ids: their transaction coordinator's records.
+    Transactions,
+}
+
+impl Kind {
+    fn topic(self) -> &'static str {
+        match self {
+            Kind::Groups => GROUPS_TOPIC,
+            Kind::Transactions => TRANSACTIONS_TOPIC,
+        }
+    }
+
+    fn partitions(self) -> u32 {
+        match self {
+            Kind::Groups => GROUPS_PARTITIONS,
+            Kind::Transactions => TRANSACTIONS_PARTITIONS,
+        }
+    }
+}
 
 /// Where a group's coordinator is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,76 +89,102 @@ pub(crate) struct Mirrored {
     pub(crate) epoch: i32,
 }
 
-/// The coordinators' state on one node: which partitions' offsets the log holds.
-#[derive(Debug, Default)]
+/// The coordinators of one [`Kind`] on one node: which partitions' state the log holds.
+#[derive(Debug)]
 pub(crate) struct Coordinators {
-    /// Partition → the leader epoch whose offsets were imported into the log.
+    kind: Kind,
+    /// Partition → the leader epoch whose state was imported into the log.
     loaded: Mutex<HashMap<u32, i32>>,
     /// Serializes the topic's creation and the imports.
     busy: Mutex<()>,
+    /// An import of the partitions led here is under way ([`Self::load_led`]).
+    pub(crate) loading: std::sync::atomic::AtomicBool,
+    /// One lock per partition, held across a request's change of the log's state and its
+    /// replication, and across an import: a failed replication makes the node forget the
+    /// partition's ids and read them again, which must not interleave with another
+    /// request's change of them.
+    partition_locks: Mutex<HashMap<u32, std::sync::Arc<Mutex<()>>>>,
 }
 
-/// The partition of [`GROUPS_TOPIC`] (of `partitions`) holding `group`.
-pub(crate) fn partition_of(group: &str, partitions: usize) -> u32 {
-    sluice_log::partitioner::partition_for_key(group.as_bytes(), partitions.max(1) as u32)
+/// The partition of a coordinators' topic (of `partitions`) holding `key` (a group or a
+/// transactional id).
+pub(crate) fn partition_of(key: &str, partitions: usize) -> u32 {
+    sluice_log::partitioner::partition_for_key(key.as_bytes(), partitions.max(1) as u32)
+}
+
+/// The number of partitions of `topic` in the cluster's metadata (0: not created yet).
+pub(crate) fn partition_count(cluster: &sluice_cluster::Cluster, topic: &str) -> usize {
+    cluster
+        .metadata()
+        .borrow()
+        .topics
+        .get(topic)
+        .map_or(0, |t| t.partitions.len())
 }
 
 impl Coordinators {
-    /// Where `group` is coordinated, creating [`GROUPS_TOPIC`] through the controller at the
-    /// first use (three copies, or one per live node). Blocking.
+    pub(crate) fn new(kind: Kind) -> Coordinators {
+        Coordinators {
+            kind,
+            loaded: Mutex::new(HashMap::new()),
+            busy: Mutex::new(()),
+            loading: std::sync::atomic::AtomicBool::new(false),
+            partition_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lock of `partition` (see the field).
+    pub(crate) fn partition_lock(&self, partition: u32) -> std::sync::Arc<Mutex<()>> {
+        std::sync::Arc::clone(self.partition_locks.lock().entry(partition).or_default())
+    }
+
+    /// Where `key` is coordinated, creating the kind's topic through the controller at the
+    /// first use (three copies, or one per node of a smaller cluster). Blocking.
     pub(crate) fn locate(
         &self,
         cluster: &sluice_cluster::Cluster,
         default_partitions: u32,
-        group: &str,
+        key: &str,
     ) -> Result<(Located, u32), Refusal> {
+        let topic = self.kind.topic();
         let unavailable = |m: String| (E::CoordinatorNotAvailable.code(), m);
-        if !cluster
-            .metadata()
-            .borrow()
-            .topics
-            .contains_key(GROUPS_TOPIC)
-        {
+        if !cluster.metadata().borrow().topics.contains_key(topic) {
             let _busy = self.busy.lock();
-            if !cluster
-                .metadata()
-                .borrow()
-                .topics
-                .contains_key(GROUPS_TOPIC)
-            {
+            if !cluster.metadata().borrow().topics.contains_key(topic) {
                 // Three copies (or one per node of a smaller cluster), never fewer because
                 // some nodes are down now: until that many are alive, no coordinator.
                 let factor =
                     crate::topics::DEFAULT_REPLICATION_FACTOR.min(cluster.voter_ids().len().max(1));
-                let topic = crate::topics::NewTopic {
-                    name: GROUPS_TOPIC.into(),
-                    partitions: Some(i64::from(GROUPS_PARTITIONS)),
+                let mut configs: BTreeMap<String, String> =
+                    [("cleanup.policy".to_string(), "compact".to_string())].into();
+                if self.kind == Kind::Transactions && factor >= 3 {
+                    // Kafka's transaction.state.log.min.isr: a coordinator's record is on
+                    // two nodes before anything acts on it.
+                    configs.insert("min.insync.replicas".into(), "2".into());
+                }
+                let new = crate::topics::NewTopic {
+                    name: topic.into(),
+                    partitions: Some(i64::from(self.kind.partitions())),
                     replication_factor: Some(factor as i64),
-                    configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+                    configs,
                     internal: true,
                 };
-                match crate::topics::create_replicated(cluster, default_partitions, topic, false) {
+                match crate::topics::create_replicated(cluster, default_partitions, new, false) {
                     Ok(_) => {}
                     Err(e) if e.exists() => {}
                     Err(e) => {
-                        return Err(unavailable(format!(
-                            "cannot create {GROUPS_TOPIC}: {}",
-                            e.message
-                        )));
+                        return Err(unavailable(format!("cannot create {topic}: {}", e.message)));
                     }
                 }
             }
         }
         let md = std::sync::Arc::clone(&cluster.metadata().borrow());
         // The topic's own count: one created by hand with fewer partitions still works.
-        let count = md
-            .topics
-            .get(GROUPS_TOPIC)
-            .map_or(0, |t| t.partitions.len());
-        let partition = partition_of(group, count);
-        let p = md.partition(GROUPS_TOPIC, partition).ok_or_else(|| {
+        let count = md.topics.get(topic).map_or(0, |t| t.partitions.len());
+        let partition = partition_of(key, count);
+        let p = md.partition(topic, partition).ok_or_else(|| {
             unavailable(format!(
-                "{GROUPS_TOPIC}-{partition} is not in this node's metadata yet"
+                "{topic}-{partition} is not in this node's metadata yet"
             ))
         })?;
         match p.leader {
@@ -122,66 +192,123 @@ impl Coordinators {
             Some(l) => match md.nodes.get(&l).filter(|n| !n.fenced) {
                 Some(n) => Ok((Located::There(l, n.addr.clone()), partition)),
                 None => Err(unavailable(format!(
-                    "node {l} coordinates '{group}' and is down"
+                    "node {l} coordinates '{key}' and is down"
                 ))),
             },
             None => Err(unavailable(format!(
-                "{GROUPS_TOPIC}-{partition}, which holds '{group}', has no leader"
+                "{topic}-{partition}, which holds '{key}', has no leader"
             ))),
         }
     }
 
-    /// Checks that this node coordinates `group` (else NOT_COORDINATOR, and the client asks
-    /// FindCoordinator again), importing its partition's offsets first when this node took
-    /// the partition's leadership since the last import.
+    /// Checks that this node coordinates `key` (else NOT_COORDINATOR, and the client asks
+    /// FindCoordinator again), importing its partition's state first when this node took
+    /// the partition's leadership since the last import: the partition and its leader
+    /// epoch.
     pub(crate) fn check_here(
         &self,
         cluster: &sluice_cluster::Cluster,
         log: &Log,
-        group: &str,
-    ) -> Result<u32, Refusal> {
+        key: &str,
+    ) -> Result<(u32, i32), Refusal> {
         let (epoch, partition) =
-            match self.locate(cluster, log.options().default_partitions, group)? {
+            match self.locate(cluster, log.options().default_partitions, key)? {
                 (Located::Here(epoch), partition) => (epoch, partition),
                 (Located::There(id, _), _) => {
                     return Err((
                         E::NotCoordinator.code(),
-                        format!("node {id} coordinates '{group}'"),
+                        format!("node {id} coordinates '{key}'"),
                     ));
                 }
             };
+        let count = partition_count(cluster, self.kind.topic());
+        self.load(log, partition, epoch, count)
+            .map_err(|m| (E::CoordinatorLoadInProgress.code(), m))?;
+        Ok((partition, epoch))
+    }
+
+    /// Imports `partition`'s state (led here in `epoch`) unless done in this epoch.
+    fn load(&self, log: &Log, partition: u32, epoch: i32, count: usize) -> Result<(), String> {
+        let topic = self.kind.topic();
         // The metadata says so; the local copy must lead too (its fetcher may still be
-        // copying the former leader's last commits), or the import would miss them.
+        // copying the former leader's last records), or the import would miss them.
         let leads = log
-            .partition(GROUPS_TOPIC, partition)
+            .partition(topic, partition)
             .is_ok_and(|p| p.leads(epoch));
         if !leads {
-            return Err((
-                E::CoordinatorLoadInProgress.code(),
-                format!("{GROUPS_TOPIC}-{partition} is becoming this node's"),
-            ));
+            return Err(format!("{topic}-{partition} is becoming this node's"));
         }
         if self.loaded.lock().get(&partition) == Some(&epoch) {
-            return Ok(partition);
+            return Ok(());
         }
         let _busy = self.busy.lock();
         if self.loaded.lock().get(&partition) == Some(&epoch) {
-            return Ok(partition);
+            return Ok(());
         }
-        let imported = import(log, partition).map_err(|e| {
-            (
-                E::CoordinatorLoadInProgress.code(),
-                format!("loading {GROUPS_TOPIC}-{partition}: {e}"),
-            )
-        })?;
+        let imported = match self.kind {
+            Kind::Groups => import_groups(log, partition),
+            Kind::Transactions => import_transactions(log, partition, count),
+        }
+        .map_err(|e| format!("loading {topic}-{partition}: {e}"))?;
+        if self.kind == Kind::Transactions
+            && !log
+                .partition(topic, partition)
+                .is_ok_and(|p| p.leads(epoch))
+        {
+            // Lost meanwhile: what was read is another node's now.
+            log.forget_transactions(&|id| partition_of(id, count) == partition);
+            return Err(format!("{topic}-{partition} is no longer this node's"));
+        }
         tracing::info!(
             partition,
             epoch,
-            groups = imported,
-            "Coordinating the consumer groups of a partition of {GROUPS_TOPIC}."
+            imported,
+            "Coordinating the {} of a partition of {topic}.",
+            match self.kind {
+                Kind::Groups => "consumer groups",
+                Kind::Transactions => "transactional ids",
+            }
         );
         self.loaded.lock().insert(partition, epoch);
-        Ok(partition)
+        Ok(())
+    }
+
+    /// Whether a partition of the kind's topic led here (as `md` says) is not imported in
+    /// its leader epoch yet: [`Self::load_led`] has work.
+    pub(crate) fn needs_load(&self, md: &sluice_cluster::Metadata, node: u64) -> bool {
+        let Some(t) = md.topics.get(self.kind.topic()) else {
+            return false;
+        };
+        let loaded = self.loaded.lock();
+        t.partitions.iter().enumerate().any(|(i, p)| {
+            p.leader == Some(node) && loaded.get(&(i as u32)) != Some(&p.leader_epoch)
+        })
+    }
+
+    /// Imports every partition of the kind's topic this node leads and has not imported in
+    /// its epoch (a new leader takes its transactions at once: those decided must end even
+    /// if their producers never come back). Blocking.
+    pub(crate) fn load_led(&self, cluster: &sluice_cluster::Cluster, log: &Log) {
+        let md = std::sync::Arc::clone(&cluster.metadata().borrow());
+        let Some(t) = md.topics.get(self.kind.topic()) else {
+            return;
+        };
+        let count = t.partitions.len();
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.leader == Some(cluster.node_id()) {
+                let lock = self.partition_lock(i as u32);
+                let _held = lock.lock();
+                // Not yet: the local copy still catches up (retried at the next tick).
+                if let Err(e) = self.load(log, i as u32, p.leader_epoch, count) {
+                    tracing::debug!(partition = i, error = %e, "A coordinators' partition is not imported yet.");
+                }
+            }
+        }
+    }
+
+    /// Forgets that `partition` was imported: the next request (or tick) imports it again.
+    pub(crate) fn invalidate(&self, partition: u32) {
+        self.loaded.lock().remove(&partition);
     }
 
     /// Appends `group`'s committed offsets (`None`: deleted) to its `partition` of
@@ -249,12 +376,7 @@ pub(crate) fn settle(
     let settled = log
         .settle_offsets(producer_id, epoch, commit)
         .map_err(failed)?;
-    let count = cluster
-        .metadata()
-        .borrow()
-        .topics
-        .get(GROUPS_TOPIC)
-        .map_or(0, |t| t.partitions.len());
+    let count = partition_count(cluster, GROUPS_TOPIC);
     let mut by_group: BTreeMap<String, Vec<(TopicPartition, Option<i64>)>> = BTreeMap::new();
     for (group, tp, offset) in settled {
         by_group.entry(group).or_default().push((tp, Some(offset)));
@@ -268,13 +390,15 @@ pub(crate) fn settle(
     Ok(())
 }
 
-/// Reads this node's copy of `partition` and writes every group's latest offsets into the
-/// log's groups where they differ; the number of groups.
-fn import(log: &Log, partition: u32) -> Result<usize, String> {
-    let p = log
-        .partition(GROUPS_TOPIC, partition)
-        .map_err(|e| e.to_string())?;
-    let mut latest: BTreeMap<(String, TopicPartition), Option<i64>> = BTreeMap::new();
+/// Calls `each` with the key and value of every record of this node's copy of
+/// `topic`-`partition`, in order (transactions' control batches skipped).
+fn read_partition(
+    log: &Log,
+    topic: &str,
+    partition: u32,
+    mut each: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), String> {
+    let p = log.partition(topic, partition).map_err(|e| e.to_string())?;
     let mut at = p.log_start_offset();
     let end = p.log_end_offset();
     while at < end {
@@ -293,17 +417,41 @@ fn import(log: &Log, partition: u32) -> Result<usize, String> {
                 continue;
             }
             for r in decode_records(batch).map_err(|e| e.to_string())? {
-                let read = r
-                    .record
-                    .key
-                    .as_deref()
-                    .and_then(|k| read_offset_record(k, r.record.value.as_deref()));
-                if let Some((group, tp, offset)) = read {
-                    latest.insert((group, tp), offset);
+                if let Some(key) = r.record.key.as_deref() {
+                    each(key, r.record.value.as_deref());
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// Takes the latest record of every transactional id in this node's copy of `partition` (of
+/// `count`) of [`TRANSACTIONS_TOPIC`] as the log's; the number of ids.
+fn import_transactions(log: &Log, partition: u32, count: usize) -> Result<usize, String> {
+    let mut latest: BTreeMap<String, Option<TxnRecord>> = BTreeMap::new();
+    read_partition(log, TRANSACTIONS_TOPIC, partition, |key, value| {
+        let id = String::from_utf8_lossy(key).into_owned();
+        latest.insert(id, value.and_then(TxnRecord::from_value));
+    })?;
+    let mine = |id: &str| partition_of(id, count) == partition;
+    let records: Vec<TxnRecord> = latest
+        .into_values()
+        .flatten()
+        .filter(|r| mine(&r.transactional_id))
+        .collect();
+    Ok(log.import_transactions(&mine, records))
+}
+
+/// Reads this node's copy of `partition` and writes every group's latest offsets into the
+/// log's groups where they differ; the number of groups.
+fn import_groups(log: &Log, partition: u32) -> Result<usize, String> {
+    let mut latest: BTreeMap<(String, TopicPartition), Option<i64>> = BTreeMap::new();
+    read_partition(log, GROUPS_TOPIC, partition, |key, value| {
+        if let Some((group, tp, offset)) = read_offset_record(key, value) {
+            latest.insert((group, tp), offset);
+        }
+    })?;
     type Changes = (Vec<(TopicPartition, i64)>, Vec<TopicPartition>);
     let mut groups: BTreeMap<String, Changes> = BTreeMap::new();
     for ((group, tp), offset) in latest {

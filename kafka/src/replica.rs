@@ -32,6 +32,7 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use sluice_cluster::Cluster;
 use sluice_cluster::metadata::{Command, Metadata, NodeId};
+use sluice_log::batch::{BatchBuilder, BatchOptions};
 use sluice_log::{Log, LogError};
 use tokio::sync::watch;
 
@@ -59,6 +60,9 @@ pub(crate) struct Replicas {
     /// Bumped whenever a high watermark of a partition this node leads moves.
     hw_moved: watch::Sender<u64>,
     runtime: tokio::runtime::Handle,
+    /// The transaction coordinators this node runs (the leaders of
+    /// [`crate::coordinators::TRANSACTIONS_TOPIC`]): imported as soon as it leads one.
+    transactions: Arc<crate::coordinators::Coordinators>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +118,7 @@ impl Replicas {
         cluster: Cluster,
         lag_max: Duration,
         runtime: tokio::runtime::Handle,
+        transactions: Arc<crate::coordinators::Coordinators>,
     ) -> Arc<Replicas> {
         Arc::new(Replicas {
             node: cluster.node_id(),
@@ -123,6 +128,7 @@ impl Replicas {
             state: Mutex::new(State::default()),
             hw_moved: watch::channel(0).0,
             runtime,
+            transactions,
         })
     }
 
@@ -155,14 +161,33 @@ impl Replicas {
                     _ = tick.tick() => {
                         self.update_high_watermarks();
                         self.shrink_lagging_isrs();
+                        self.load_transactions();
                     }
                 }
             }
         }
     }
 
+    /// Imports, off the async threads, the transaction coordinators' partitions this node
+    /// leads and has not imported in their leader epoch.
+    fn load_transactions(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        if !self.transactions.needs_load(&md, self.node)
+            || self.transactions.loading.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            me.transactions.load_led(&me.cluster, &me.log);
+            me.transactions.loading.store(false, Ordering::Release);
+        });
+    }
+
     /// Brings this node's partitions in line with the metadata.
     fn reconcile(&self, md: &Metadata) {
+        let coordinating = self.led(crate::coordinators::TRANSACTIONS_TOPIC);
         for topic in md.topics.values() {
             if !topic
                 .partitions
@@ -270,7 +295,36 @@ impl Replicas {
         st.leading.retain(|tp, _| mine(tp));
         st.following.retain(|tp, _| mine(tp));
         drop(st);
+        // Transaction coordinators moved away: their ids are another node's now (kept,
+        // they would answer the produce path's checks with a stale state).
+        let still = self.led(crate::coordinators::TRANSACTIONS_TOPIC);
+        let count = md
+            .topics
+            .get(crate::coordinators::TRANSACTIONS_TOPIC)
+            .map_or(0, |t| t.partitions.len());
+        for lost in coordinating.difference(&still) {
+            let lost = *lost;
+            tracing::info!(
+                partition = lost,
+                "No longer coordinating the transactional ids of a partition of {}.",
+                crate::coordinators::TRANSACTIONS_TOPIC
+            );
+            self.transactions.invalidate(lost);
+            self.log
+                .forget_transactions(&|id| crate::coordinators::partition_of(id, count) == lost);
+        }
         self.update_high_watermarks();
+    }
+
+    /// The partitions of `topic` this node leads.
+    fn led(&self, topic: &str) -> HashSet<u32> {
+        self.state
+            .lock()
+            .leading
+            .keys()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p)
+            .collect()
     }
 
     /// Starts a fetcher for every leader this node follows a partition of.
@@ -926,6 +980,66 @@ impl Replicas {
                     min,
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the records of Kafka clients' transactional ids in their partition of
+/// [`crate::coordinators::TRANSACTIONS_TOPIC`], which this node leads while it coordinates
+/// them: each is appended there and returns once every in-sync replica has it. A failure
+/// makes the node read the partition again before it answers for its ids (its state may
+/// be ahead of what the partition holds). Holds the replicas weakly, as [`WriteGate`].
+pub(crate) struct TxnMirror(pub(crate) std::sync::Weak<Replicas>);
+
+impl sluice_log::log::TxnReplication for TxnMirror {
+    fn coordinates(&self, transactional_id: &str) -> bool {
+        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
+        self.0.upgrade().is_some_and(|r| {
+            let md = Arc::clone(&r.cluster.metadata().borrow());
+            let count = md
+                .topics
+                .get(TRANSACTIONS_TOPIC)
+                .map_or(0, |t| t.partitions.len());
+            md.partition(TRANSACTIONS_TOPIC, partition_of(transactional_id, count))
+                .is_some_and(|p| p.leader == Some(r.node))
+        })
+    }
+
+    fn replicate(&self, rec: &sluice_log::txn::TxnRecord) -> sluice_log::Result<()> {
+        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
+        let Some(r) = self.0.upgrade() else {
+            return Err(LogError::ClusterUnavailable(
+                "this node is leaving its cluster".into(),
+            ));
+        };
+        let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
+        let partition = partition_of(&rec.transactional_id, count);
+        let written = (|| {
+            r.gate(TRANSACTIONS_TOPIC, partition, true)?;
+            let p = r.log.partition(TRANSACTIONS_TOPIC, partition)?;
+            // Read before the append: a leadership change in between fails the wait.
+            let epoch = p.leader_epoch();
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            let invalid = |source| LogError::Batch {
+                topic: TRANSACTIONS_TOPIC.into(),
+                partition,
+                source,
+            };
+            b.push(&rec.to_record()).map_err(invalid)?;
+            let appended =
+                r.log
+                    .append(TRANSACTIONS_TOPIC, partition, b.build().map_err(invalid)?)?;
+            p.wait_high_watermark(appended.last_offset + 1, epoch, Duration::from_secs(10))
+        })();
+        if let Err(e) = written {
+            r.transactions.invalidate(partition);
+            r.log
+                .forget_transactions(&|id| partition_of(id, count) == partition);
+            return Err(LogError::ClusterUnavailable(format!(
+                "the record of transactional id '{}' was not replicated in {TRANSACTIONS_TOPIC}-{partition}: {e}",
+                rec.transactional_id
+            )));
         }
         Ok(())
     }

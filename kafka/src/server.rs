@@ -57,6 +57,8 @@ pub(crate) struct Broker {
     pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
     /// Which consumer groups this node coordinates, when in a cluster.
     pub(crate) coordinators: crate::coordinators::Coordinators,
+    /// Which transactional ids this node coordinates, when in a cluster.
+    pub(crate) transactions: Arc<crate::coordinators::Coordinators>,
 }
 
 /// A running Kafka listener; dropping it stops it (open connections are cut).
@@ -128,17 +130,22 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
             what: "runtime",
             source,
         })?;
+    let transactions = Arc::new(crate::coordinators::Coordinators::new(
+        crate::coordinators::Kind::Transactions,
+    ));
     let replicas = config.cluster.clone().map(|c| {
         crate::replica::Replicas::new(
             log.clone(),
             c,
             config.replica_lag_max,
             runtime.handle().clone(),
+            Arc::clone(&transactions),
         )
     });
     if let Some(r) = &replicas {
         log.set_write_gate(Arc::new(crate::replica::WriteGate(Arc::downgrade(r))));
         log.set_remote_markers(Arc::new(crate::replica::MarkerSender(Arc::downgrade(r))));
+        log.set_txn_replication(Arc::new(crate::replica::TxnMirror(Arc::downgrade(r))));
     }
     let broker = Arc::new(Broker {
         log: log.clone(),
@@ -150,7 +157,8 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         fetch_sessions: Default::default(),
         cluster: config.cluster.clone(),
         replicas: replicas.clone(),
-        coordinators: Default::default(),
+        coordinators: crate::coordinators::Coordinators::new(crate::coordinators::Kind::Groups),
+        transactions,
     });
     let tls = match &config.tls {
         None => None,

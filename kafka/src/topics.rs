@@ -97,11 +97,11 @@ pub fn create_replicated(
         configs,
         internal,
     } = topic;
-    if name == crate::coordinators::GROUPS_TOPIC && !internal {
+    if crate::coordinators::is_coordinators_topic(&name) && !internal {
         return Err(Refused::new(
             E::InvalidRequest,
             format!(
-                "'{name}' is the cluster's own topic of group offsets; it is created when a group first needs it"
+                "'{name}' is one of the cluster's own topics (of group offsets or transactions); it is created when a coordinator first needs it"
             ),
         ));
     }

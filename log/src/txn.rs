@@ -53,6 +53,31 @@ pub struct TxnRecord {
     pub timeout_ms: u64,
     /// When the open transaction started (ms).
     pub started_ms: i64,
+    /// Kept in a cluster's replicated topic rather than this log's `__transaction_state`: a
+    /// Kafka client's transactional id, whose coordinator moves between nodes
+    /// ([`crate::log::TxnReplication`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicated: bool,
+}
+
+impl TxnRecord {
+    /// The record that persists it (in `__transaction_state`, or a cluster's replicated
+    /// topic): the transactional id as key, JSON as value.
+    pub fn to_record(&self) -> crate::Record {
+        crate::Record {
+            key: Some(bytes::Bytes::from(self.transactional_id.clone())),
+            value: Some(bytes::Bytes::from(
+                serde_json::to_vec(self).unwrap_or_default(),
+            )),
+            headers: Vec::new(),
+            timestamp: crate::record::now_ms(),
+        }
+    }
+
+    /// Reads a record's value written by [`Self::to_record`]; `None` for anything else.
+    pub fn from_value(value: &[u8]) -> Option<TxnRecord> {
+        serde_json::from_slice(value).ok()
+    }
 }
 
 /// Errors of the transaction protocol.
@@ -180,6 +205,7 @@ impl TxnCoordinator {
                 partitions: BTreeSet::new(),
                 timeout_ms,
                 started_ms: 0,
+                replicated: false,
             },
             Some(old) => {
                 if matches!(
@@ -206,8 +232,6 @@ impl TxnCoordinator {
         };
         let abort = if rec.status == TxnStatus::Ongoing {
             let old_pid = self.txns.get(id).map_or(rec.producer_id, |o| o.producer_id);
-            let mut prepare = rec.clone();
-            prepare.status = TxnStatus::PrepareAbort;
             // Markers carry the new epoch when the producer id is unchanged, so the old
             // instance's appends are refused from then on.
             let epoch = if old_pid == rec.producer_id {
@@ -215,6 +239,12 @@ impl TxnCoordinator {
             } else {
                 i16::MAX
             };
+            // The abort's own record names the producer and epoch its markers carry, so
+            // whoever reads it (recovery, a new coordinator) ends the right transaction.
+            let mut prepare = rec.clone();
+            prepare.status = TxnStatus::PrepareAbort;
+            prepare.producer_id = old_pid;
+            prepare.epoch = epoch;
             Some(EndPlan {
                 partitions: rec.partitions.clone(),
                 prepare,
@@ -266,7 +296,7 @@ impl TxnCoordinator {
             return Err(TxnError::InvalidState {
                 id: id.into(),
                 status: rec.status,
-                reason: "cannot add partitions while the transaction is completing",
+                reason: "the previous transaction is still completing; retry",
             });
         }
         if rec.status == TxnStatus::Ongoing && partitions.iter().all(|p| rec.partitions.contains(p))
@@ -323,9 +353,19 @@ impl TxnCoordinator {
         }))
     }
 
-    /// Marks a planned end as done; returns the record to persist.
-    pub fn complete(&mut self, id: &str, commit: bool) -> Option<TxnRecord> {
-        let rec = self.txns.get_mut(id)?;
+    /// Marks a planned end as done; returns the record to persist. `None` when the id's
+    /// record is no longer at that producer and epoch (it moved on meanwhile).
+    pub fn complete(
+        &mut self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Option<TxnRecord> {
+        let rec = self
+            .txns
+            .get_mut(id)
+            .filter(|r| r.producer_id == producer_id && r.epoch == epoch)?;
         rec.status = if commit {
             TxnStatus::CompleteCommit
         } else {
@@ -365,6 +405,21 @@ impl TxnCoordinator {
     pub fn list(&self) -> Vec<TxnRecord> {
         self.txns.values().cloned().collect()
     }
+
+    /// Drops the replicated records of the ids `mine` selects (another node coordinates
+    /// them now, or their records are read again); their ids.
+    pub fn forget_replicated(&mut self, mine: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self
+            .txns
+            .values()
+            .filter(|r| r.replicated && mine(&r.transactional_id))
+            .map(|r| r.transactional_id.clone())
+            .collect();
+        for id in &gone {
+            self.txns.remove(id);
+        }
+        gone
+    }
 }
 
 #[cfg(test)]
@@ -392,8 +447,9 @@ mod tests {
         let plan = c.end("t1", 7, 0, true).unwrap().unwrap();
         assert_eq!(plan.prepare.status, TxnStatus::PrepareCommit);
         assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(c.complete("t1", 7, 1, true), None, "another epoch's end");
         assert_eq!(
-            c.complete("t1", true).unwrap().status,
+            c.complete("t1", 7, 0, true).unwrap().status,
             TxnStatus::CompleteCommit
         );
         assert_eq!(c.end("t1", 7, 0, true).unwrap(), None);

@@ -548,3 +548,109 @@ fn a_replica_with_an_open_transaction_reopens() {
     assert_eq!(log.detach_replicas().unwrap(), 1);
     assert!(!p.is_replica());
 }
+
+/// Where a mock cluster keeps replicated transaction records.
+#[derive(Default)]
+struct Replicated {
+    records: parking_lot::Mutex<Vec<sluice_log::txn::TxnRecord>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl sluice_log::log::TxnReplication for Replicated {
+    fn replicate(&self, rec: &sluice_log::txn::TxnRecord) -> sluice_log::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LogError::ClusterUnavailable("no quorum".into()));
+        }
+        self.records.lock().push(rec.clone());
+        Ok(())
+    }
+
+    fn coordinates(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// With a [`TxnReplication`](sluice_log::log::TxnReplication), a Kafka client's
+/// transactional id keeps its records there, not in the log's `__transaction_state`; another
+/// log that imports them coordinates the id from there (its open transaction fenced by the
+/// next instance, a decided one ended by housekeeping), and the first one forgets them.
+#[test]
+fn a_replicated_transactional_id_moves_to_another_log_with_its_records() {
+    use sluice_log::txn::TxnStatus;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+    let mirror = std::sync::Arc::new(Replicated::default());
+    a.set_txn_replication(mirror.clone());
+    for log in [&a, &b] {
+        log.create_topic("t", 1, &[]).unwrap();
+    }
+    let (pid, epoch) = a
+        .init_producer_id(Some("kc"), Duration::from_secs(60))
+        .unwrap();
+    a.add_partitions_to_txn("kc", pid, epoch, &[("t".into(), 0)])
+        .unwrap();
+    let kept: Vec<TxnStatus> = mirror.records.lock().iter().map(|r| r.status).collect();
+    assert_eq!(kept, [TxnStatus::Empty, TxnStatus::Ongoing]);
+    assert!(mirror.records.lock().iter().all(|r| r.replicated));
+    let local = a.partition(sluice_log::log::TXN_TOPIC, 0).unwrap();
+    assert_eq!(local.log_end_offset(), 0, "nothing in __transaction_state");
+
+    // Another log takes the id: the open transaction is there, and a new instance fences
+    // it (same producer, next epoch).
+    let last = mirror.records.lock().last().cloned().unwrap();
+    assert_eq!(b.import_transactions(&|_| true, vec![last.clone()]), 1);
+    let there = b.transactions();
+    assert_eq!(there.len(), 1);
+    assert_eq!(there[0].status, TxnStatus::Ongoing);
+    assert!(there[0].partitions.contains(&("t".to_string(), 0)));
+    a.forget_transactions(&|id| id == "kc");
+    assert!(a.transactions().is_empty(), "forgotten where it was");
+    let b_mirror = std::sync::Arc::new(Replicated::default());
+    b.set_txn_replication(b_mirror.clone());
+    let (pid2, epoch2) = b
+        .init_producer_id(Some("kc"), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!((pid2, epoch2), (pid, epoch + 1));
+    let kept: Vec<TxnStatus> = b_mirror.records.lock().iter().map(|r| r.status).collect();
+    assert_eq!(
+        kept,
+        [
+            TxnStatus::PrepareAbort,
+            TxnStatus::CompleteAbort,
+            TxnStatus::Empty
+        ]
+    );
+
+    // A decided end imported is carried out by housekeeping.
+    let mut decided = last;
+    decided.transactional_id = "kc2".into();
+    decided.producer_id = pid + 1;
+    decided.status = TxnStatus::PrepareCommit;
+    b.import_transactions(&|id| id == "kc2", vec![decided]);
+    let start = std::time::Instant::now();
+    while b
+        .transactions()
+        .iter()
+        .any(|r| r.transactional_id == "kc2" && r.status != TxnStatus::CompleteCommit)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "not completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        b_mirror
+            .records
+            .lock()
+            .iter()
+            .any(|r| r.transactional_id == "kc2" && r.status == TxnStatus::CompleteCommit)
+    );
+
+    // A record that cannot be replicated fails the request.
+    b_mirror
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = b.init_producer_id(Some("kc3"), Duration::from_secs(60));
+    assert!(
+        matches!(refused, Err(LogError::ClusterUnavailable(_))),
+        "{refused:?}"
+    );
+}

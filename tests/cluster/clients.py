@@ -80,6 +80,19 @@ def produce_one(bootstrap, topic, acks, value="one"):
     return result
 
 
+def produce_to(bootstrap, topic, partition, value):
+    """One record to `partition`, acks=all, idempotent, retried until acknowledged (30 s):
+    {"error": null} or the error's name."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    result = {"error": "not acknowledged"}
+    producer.produce(topic, value=value.encode(), partition=int(partition), on_delivery=lambda err, msg:
+                     result.update(error=None if err is None else err.name()))
+    producer.flush(30)
+    return result
+
+
 def produce_many(bootstrap, topic, n):
     """`n` records of 100 bytes, acks=all: {"error": null} or the first error's name."""
     from confluent_kafka import Producer
@@ -196,6 +209,48 @@ def transact(bootstrap, topic, partitions, transactional_id):
         return {"error": e.args[0].name(), "message": e.args[0].str()}
 
 
+def hold_transaction(bootstrap, topic, partitions, transactional_id, prefix, timeout_ms):
+    """Opens a transaction with one record in each partition, prints {"ready": true}, and
+    waits for a line on stdin: "commit" or "abort" ends it (its error's name, or null, is
+    printed). The test may kill this process instead, abandoning the transaction."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": int(timeout_ms),
+        "message.timeout.ms": int(timeout_ms),
+    })
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        for i in range(int(partitions)):
+            producer.produce(topic, value=("%s-%d" % (prefix, i)).encode(), partition=i)
+        producer.flush(30)
+        print(json.dumps({"ready": True}), flush=True)
+        line = sys.stdin.readline().strip()
+        if line == "commit":
+            producer.commit_transaction(60)
+        elif line == "abort":
+            producer.abort_transaction(60)
+        return {"error": None}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str()}
+
+
+def init_only(bootstrap, transactional_id):
+    """InitProducerId for a transactional id, and nothing more: {"error": null} or the
+    error's name."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+    try:
+        producer.init_transactions(30)
+        return {"error": None}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str()}
+
+
 def transform(bootstrap, source, sink, group, transactional_id, n):
     """Consume-transform-produce, exactly once: reads `n` records of `source` in `group` and
     writes each to `sink` (spread over its partitions), ten per transaction with the
@@ -274,6 +329,9 @@ COMMANDS = {
     "produce_load": produce_load,
     "produce_one": produce_one,
     "produce_many": produce_many,
+    "produce_to": produce_to,
+    "hold_transaction": hold_transaction,
+    "init_only": init_only,
     "group_commit": group_commit,
     "committed": committed,
     "delete_group": delete_group,

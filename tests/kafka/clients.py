@@ -181,7 +181,9 @@ def rebalance_kafka_python(bootstrap, topic, n):
         end = time.time() + seconds
         while time.time() < end:
             for c in consumers:
-                for records in c.poll(timeout_ms=100).values():
+                # Not shorter: kafka-python 3.0.12 can lose a rebalance that completes after
+                # a poll's deadline (the member then never heartbeats again and is expelled).
+                for records in c.poll(timeout_ms=1000).values():
                     seen.update(int(r.value) for r in records)
 
     for i in range(n // 2):

@@ -22,6 +22,8 @@ struct Node {
     child: Option<Child>,
     round: usize,
     api: Option<String>,
+    /// `SLUICE_FAULT` for its process: it aborts at that point of a commit.
+    fault: Option<&'static str>,
 }
 
 /// A TCP proxy to a port that can cut every connection through it (and refuse new ones):
@@ -75,8 +77,19 @@ impl TestCluster {
         Self::start_with(n, false)
     }
 
+    /// `n` nodes, node `i` started with `SLUICE_FAULT=point`.
+    fn start_faulty(n: u64, i: usize, point: &'static str) -> TestCluster {
+        Self::start_inner(n, false, Some((i, point)))
+    }
+
     /// `n` nodes; with `proxied`, each node reaches each other one through a [`Proxy`].
     fn start_with(n: u64, proxied: bool) -> TestCluster {
+        Self::start_inner(n, proxied, None)
+    }
+
+    /// `n` nodes; with `proxied`, each node reaches each other one through a [`Proxy`];
+    /// `fault` arms a fault point in one node.
+    fn start_inner(n: u64, proxied: bool, fault: Option<(usize, &'static str)>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
@@ -87,8 +100,12 @@ impl TestCluster {
                 child: None,
                 round: 0,
                 api: None,
+                fault: None,
             })
             .collect();
+        if let Some((i, point)) = fault {
+            nodes[i].fault = Some(point);
+        }
         let runtime = proxied.then(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -159,6 +176,7 @@ impl TestCluster {
                 "2000",
             ])
             .env("SLUICE_LOG", "info,openraft=warn")
+            .env("SLUICE_FAULT", node.fault.unwrap_or_default())
             .env_remove("SLUICE_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -196,19 +214,21 @@ impl TestCluster {
         self.nodes[i].api = None;
     }
 
-    /// SIGKILLs the coordinator of `group` (the leader of its `__cluster_offsets`
-    /// partition) and waits for another: the node's index, the partition, and the other
-    /// nodes' addresses to bootstrap from.
-    fn kill_coordinator(&mut self, group: &str) -> (usize, u64, String) {
+    /// SIGKILLs the coordinator of `key` (the leader of its partition of `topic`,
+    /// `__cluster_offsets` for a group, `__cluster_transactions` for a transactional id) and
+    /// waits for another: the node's index, the partition, and the other nodes' addresses
+    /// to bootstrap from.
+    fn kill_coordinator(&mut self, topic: &str, key: &str) -> (usize, u64, String) {
         let partition = u64::from(sluice_log::partitioner::partition_for_key(
-            group.as_bytes(),
+            key.as_bytes(),
             12,
         ));
-        let coordinator = self.leader_of("__cluster_offsets", partition);
+        let coordinator = self.leader_of(topic, partition);
         let dead = self.nodes[coordinator].id;
+        eprintln!("killing node {dead}, the coordinator of '{key}' ({topic}-{partition})");
         self.kill(coordinator);
         self.wait_for("a new coordinator", Duration::from_secs(30), |s| {
-            partition_of(s, "__cluster_offsets", partition)
+            partition_of(s, topic, partition)
                 .is_some_and(|p| p["leader"].is_u64() && p["leader"] != dead)
         });
         let live = (0..self.nodes.len())
@@ -627,7 +647,7 @@ fn a_group_moves_with_its_offsets_when_its_coordinator_dies() {
         (Some(4), Some(0)),
         "{read}"
     );
-    let (coordinator, partition, live) = cluster.kill_coordinator("readers");
+    let (coordinator, partition, live) = cluster.kill_coordinator("__cluster_offsets", "readers");
     let offset = clients(&["committed", &live, "events", "readers"]);
     assert_eq!(offset["offset"], 4, "{offset}");
     let rest = clients(&["group_commit", &live, "events", "readers", "6"]);
@@ -762,27 +782,31 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
     let read = clients(&["read_committed", &bootstrap, "ledger", "3", "53"]);
     // The offsets were replicated when the transactions committed: the group's next
     // coordinator has them.
-    let (coordinator, _, live) = cluster.kill_coordinator("movers");
+    let (coordinator, _, live) = cluster.kill_coordinator("__cluster_offsets", "movers");
     let offset = clients(&["committed", &live, "requests", "movers"]);
     assert_eq!(
         offset["offset"], 50,
         "after the coordinator's death: {offset}"
     );
-    // Once more with the transaction's coordinator on the group's coordinator's node (the
-    // id chosen by the hash that places transaction coordinators), where the offsets are
+    // Once more with the transaction's coordinator on the group's coordinator's node (an id
+    // whose partition of `__cluster_transactions` that node leads), where the offsets are
     // settled without a WriteTxnMarkers.
     cluster.spawn(coordinator);
     let partition = u64::from(sluice_log::partitioner::partition_for_key(b"movers-2", 12));
     let group_node = cluster.nodes[cluster.leader_of("__cluster_offsets", partition)].id;
+    let status = cluster.wait_for("every node back", Duration::from_secs(60), |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().all(|n| n["state"] == "alive"))
+    });
     let txn_node = |id: &str| {
-        let hash = id
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        [1u64, 2, 3][hash as usize % 3]
+        let p = sluice_log::partitioner::partition_for_key(id.as_bytes(), 12);
+        partition_of(&status, "__cluster_transactions", u64::from(p))
+            .and_then(|p| p["leader"].as_u64())
     };
-    let same = (0..100)
+    let same = (0..200)
         .map(|i| format!("mover-{i}"))
-        .find(|id| txn_node(id) == group_node)
+        .find(|id| txn_node(id) == Some(group_node))
         .unwrap();
     eprintln!("transactions of {same} and the group movers-2 both on node {group_node}");
     let moved = clients(&[
@@ -804,6 +828,149 @@ fn a_transaction_commits_and_aborts_across_partitions_led_by_other_nodes() {
         .filter(|v| v.as_str().is_some_and(|v| v.starts_with("moved-")))
         .count();
     assert_eq!(moved_values, 50, "each moved once: {read}");
+}
+
+/// A Kafka client's transaction left open in `clients.py hold_transaction` (one record in
+/// each partition of `topic`), its process and the JSON line it printed last.
+struct HeldTransaction(Child);
+
+impl HeldTransaction {
+    fn open(bootstrap: &str, topic: &str, id: &str, prefix: &str, timeout_ms: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(venv().join("bin/python"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/clients.py"))
+            .args([
+                "hold_transaction",
+                bootstrap,
+                topic,
+                "3",
+                id,
+                prefix,
+                timeout_ms,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"ready\": true"), "{id}: {line}");
+        HeldTransaction(child)
+    }
+
+    /// Ends it ("commit" or "abort"): what the client says.
+    fn end(mut self, how: &str) -> Value {
+        use std::io::Write;
+        writeln!(self.0.stdin.take().unwrap(), "{how}").unwrap();
+        let out = self.0.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    }
+
+    /// SIGKILLs the client: the transaction is abandoned.
+    fn abandon(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A transactional id's coordinator is the leader of the id's partition of
+/// `__cluster_transactions`, whose records every in-sync replica has before an answer.
+/// SIGKILLed between a transaction's records and its commit, the partition's next leader
+/// coordinates the id from those records and the commit goes through there; a transaction
+/// whose producer and coordinator both die is aborted by the next coordinator once its
+/// timeout passes (read_committed consumers get past it); and the first id starts again
+/// wherever its coordinator is then.
+#[test]
+fn a_transaction_survives_the_death_of_its_coordinator() {
+    // The third node aborts once a transaction's decision is durable, before any marker.
+    let mut cluster = TestCluster::start_faulty(3, 2, "txn-after-prepare");
+    let bootstrap = cluster.bootstrap();
+    let created = clients(&["create", &bootstrap, "orders", "3", "3"]);
+    assert_eq!(created["error"], Value::Null, "{created}");
+    let warm = clients(&["init_only", &bootstrap, "warm-up"]);
+    assert_eq!(warm["error"], Value::Null, "{warm}");
+    let faulty = cluster.nodes[2].id;
+    let status = cluster.wait_for("transaction coordinators", Duration::from_secs(30), |s| {
+        (0..12).all(|p| {
+            partition_of(s, "__cluster_transactions", p).is_some_and(|p| p["leader"].is_u64())
+        })
+    });
+    let decided = (0..500)
+        .map(|i| format!("till-{i}"))
+        .find(|id| {
+            let p = sluice_log::partitioner::partition_for_key(id.as_bytes(), 12);
+            partition_of(&status, "__cluster_transactions", u64::from(p))
+                .is_some_and(|p| p["leader"] == faulty)
+        })
+        .expect("an id the third node coordinates");
+    // Its commit is decided there, and the node dies: the next coordinator reads the
+    // decision and writes the markers; the client's retried EndTxn then succeeds.
+    let held = HeldTransaction::open(&bootstrap, "orders", &decided, "decided", "60000");
+    let ended = held.end("commit");
+    assert_eq!(
+        ended["error"],
+        Value::Null,
+        "decided, then ended elsewhere: {ended}"
+    );
+    cluster.kill(2);
+    cluster.nodes[2].fault = None;
+    cluster.spawn(2);
+    let held = HeldTransaction::open(&bootstrap, "orders", "clerk-1", "first", "60000");
+    let (dead, _, _) = cluster.kill_coordinator("__cluster_transactions", "clerk-1");
+    let ended = held.end("commit");
+    assert_eq!(
+        ended["error"],
+        Value::Null,
+        "committed at the next coordinator: {ended}"
+    );
+    cluster.spawn(dead);
+    // Abandoned: its records stay open until the next coordinator aborts them at the
+    // timeout; the record after them in partition 0 is readable (read_committed) only then.
+    let held = HeldTransaction::open(&bootstrap, "orders", "clerk-2", "abandoned", "6000");
+    held.abandon();
+    let (dead, _, live) = cluster.kill_coordinator("__cluster_transactions", "clerk-2");
+    let after = clients(&["produce_to", &live, "orders", "0", "after"]);
+    assert_eq!(after["error"], Value::Null, "{after}");
+    let read = clients(&["read_committed", &live, "orders", "3", "7"]);
+    assert_eq!(
+        read["values"],
+        serde_json::json!([
+            "after",
+            "decided-0",
+            "decided-1",
+            "decided-2",
+            "first-0",
+            "first-1",
+            "first-2"
+        ]),
+        "{read}\n{}",
+        cluster.logs()
+    );
+    cluster.spawn(dead);
+    let again = clients(&["transact", &bootstrap, "orders", "3", "clerk-1"]);
+    assert_eq!(again["error"], Value::Null, "{again}");
+    let read = clients(&["read_committed", &bootstrap, "orders", "3", "10"]);
+    assert_eq!(
+        read["values"],
+        serde_json::json!([
+            "after",
+            "committed-0",
+            "committed-1",
+            "committed-2",
+            "decided-0",
+            "decided-1",
+            "decided-2",
+            "first-0",
+            "first-1",
+            "first-2"
+        ]),
+        "{read}"
+    );
 }
 
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and

@@ -1,5 +1,6 @@
-//! Coordinator lookup and committed offsets: FindCoordinator (this node coordinates every
-//! group and transaction), OffsetCommit, OffsetFetch, ListGroups. Groups here are the log's
+//! Coordinator lookup and committed offsets: FindCoordinator (alone this node coordinates
+//! every group and transaction; in a cluster the leaders of the coordinators' topics do),
+//! OffsetCommit, OffsetFetch, ListGroups. Groups here are the log's
 //! groups: offsets a Kafka client commits are the ones `sluice groups` and pipelines see.
 
 use kafka_protocol::ResponseError as E;
@@ -24,11 +25,12 @@ use crate::errors;
 pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let b = &ctx.broker;
     if let Some(cluster) = &b.cluster {
-        let mut answer = if req.key_type == 0 {
-            group_coordinator(ctx, cluster, req.key.as_str())
+        let coordinators = if req.key_type == 0 {
+            &b.coordinators
         } else {
-            clustered_coordinator(cluster, req.key.as_str())
+            &*b.transactions
         };
+        let mut answer = clustered_coordinator(ctx, cluster, coordinators, req.key.as_str());
         if ctx.version == 0 {
             // v0 has no room for a message.
             answer.error_message = None;
@@ -41,19 +43,17 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCo
         .with_port(b.port)
 }
 
-/// In a cluster, a consumer group's coordinator is the leader of the group's partition of
-/// the replicated offsets topic ([`crate::coordinators`]).
-fn group_coordinator(
+/// In a cluster, a consumer group's (a transactional id's) coordinator is the leader of its
+/// partition of the replicated offsets (transactions) topic ([`crate::coordinators`]).
+fn clustered_coordinator(
     ctx: &Ctx,
     cluster: &sluice_cluster::Cluster,
-    group: &str,
+    coordinators: &crate::coordinators::Coordinators,
+    key: &str,
 ) -> FindCoordinatorResponse {
     use crate::coordinators::Located;
     let default_partitions = ctx.broker.log.options().default_partitions;
-    let located = ctx
-        .broker
-        .coordinators
-        .locate(cluster, default_partitions, group);
+    let located = coordinators.locate(cluster, default_partitions, key);
     let at = match located.map(|(l, _)| l) {
         Ok(Located::Here(_)) => Ok((cluster.node_id(), ctx.broker.host.clone(), ctx.broker.port)),
         Ok(Located::There(id, addr)) => crate::config::host_port(&addr)
@@ -95,35 +95,7 @@ pub(crate) fn coordinator_partition(
     ctx.broker
         .coordinators
         .check_here(cluster, &ctx.broker.log, group)
-        .map(Some)
-}
-
-/// In a cluster, a transactional id's coordinator is one node chosen by the key's hash over
-/// every node of `--cluster` — the same answer from every node. Its state
-/// (`__transaction_state`) is that node's own, not replicated yet: while it is down the
-/// answer is COORDINATOR_NOT_AVAILABLE (clients wait).
-fn clustered_coordinator(cluster: &sluice_cluster::Cluster, key: &str) -> FindCoordinatorResponse {
-    let ids = cluster.voter_ids();
-    let hash = key
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    let id = ids[hash as usize % ids.len().max(1)];
-    let metadata = std::sync::Arc::clone(&cluster.metadata().borrow());
-    let node = metadata.nodes.get(&id).filter(|n| !n.fenced);
-    let at = node.and_then(|n| crate::config::host_port(&n.addr));
-    match at {
-        Some((host, port)) => FindCoordinatorResponse::default()
-            .with_node_id(BrokerId(id as i32))
-            .with_host(s(host))
-            .with_port(i32::from(port)),
-        None => FindCoordinatorResponse::default()
-            .with_node_id(BrokerId(-1))
-            .with_port(-1)
-            .with_error_code(E::CoordinatorNotAvailable.code())
-            .with_error_message(Some(s(format!(
-                "node {id} coordinates '{key}' and is down; its groups' offsets come back with it"
-            )))),
-    }
+        .map(|(partition, _)| Some(partition))
 }
 
 /// A commit's answer, and in a cluster the end of its copy in the replicated offsets topic

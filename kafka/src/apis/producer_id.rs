@@ -1,5 +1,5 @@
 //! InitProducerId: ids for idempotent producers, and for transactional ones the id's
-//! producer with its epoch bumped (fencing older instances).
+//! producer with its epoch bumped (fencing older instances), at the id's coordinator.
 
 use std::time::Duration;
 
@@ -12,13 +12,31 @@ pub(crate) fn init_producer_id(ctx: &Ctx, req: InitProducerIdRequest) -> InitPro
     let log = &ctx.broker.log;
     let id = req.transactional_id.as_ref().map(|t| t.0.to_string());
     let timeout = Duration::from_millis(req.transaction_timeout_ms.max(0) as u64);
-    match log.init_producer_id(id.as_deref(), timeout) {
-        Ok((pid, epoch)) => InitProducerIdResponse::default()
+    let refused = |code| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    let mut answer = None;
+    let code = match &id {
+        // A transactional id: only at its coordinator (in a cluster).
+        Some(id) => super::transactions::at_coordinator(ctx, id, || {
+            answer = Some(log.init_producer_id(Some(id), timeout)?);
+            Ok(())
+        }),
+        None => match log.init_producer_id(None, timeout) {
+            Ok(a) => {
+                answer = Some(a);
+                0
+            }
+            Err(e) => errors::code(&e),
+        },
+    };
+    match answer {
+        Some((pid, epoch)) if code == 0 => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(pid))
             .with_producer_epoch(epoch),
-        Err(e) => InitProducerIdResponse::default()
-            .with_error_code(errors::code(&e))
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+        _ => refused(code),
     }
 }

@@ -359,7 +359,10 @@ async fn every_api_answers_at_every_advertised_version() {
         fetch_sessions: Default::default(),
         cluster: None,
         replicas: None,
-        coordinators: Default::default(),
+        coordinators: crate::coordinators::Coordinators::new(crate::coordinators::Kind::Groups),
+        transactions: Arc::new(crate::coordinators::Coordinators::new(
+            crate::coordinators::Kind::Transactions,
+        )),
     });
     let mut round = 0;
     // Produce first, so that fetches and offset lookups find a record; then every answer

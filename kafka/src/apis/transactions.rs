@@ -15,10 +15,78 @@ use kafka_protocol::messages::{
     AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
     TxnOffsetCommitResponse,
 };
+use std::time::Duration;
+
 use sluice_log::{LogError, TopicPartition};
 
 use super::Ctx;
 use crate::errors;
+use crate::replica::Refusal;
+
+/// In a cluster, whether this node coordinates transactional id `id` (reading its partition
+/// of the replicated transactions topic first when it just took it): that partition and
+/// its leader epoch, else why not (NOT_COORDINATOR: the client asks FindCoordinator again).
+fn coordinated_here(ctx: &Ctx, id: &str) -> Result<Option<(u32, i32)>, Refusal> {
+    let Some(cluster) = ctx.broker.cluster.as_ref() else {
+        return Ok(None);
+    };
+    ctx.broker
+        .transactions
+        .check_here(cluster, &ctx.broker.log, id)
+        .map(Some)
+}
+
+/// Waits until every in-sync replica has what this node's copy of the id's partition holds:
+/// no answer rests on a record a new coordinator would lack (an answer that changed
+/// nothing, after a record whose replication failed).
+fn settled(ctx: &Ctx, at: Option<(u32, i32)>) -> Result<(), i16> {
+    let Some((partition, epoch)) = at else {
+        return Ok(());
+    };
+    let unavailable = |_| E::CoordinatorNotAvailable.code();
+    let p = ctx
+        .broker
+        .log
+        .partition(crate::coordinators::TRANSACTIONS_TOPIC, partition)
+        .map_err(unavailable)?;
+    p.wait_high_watermark(p.log_end_offset(), epoch, Duration::from_secs(10))
+        .map_err(unavailable)
+}
+
+/// Runs `op` on transactional id `id` if this node coordinates it (in a cluster, holding
+/// its partition's lock): the answer's error code.
+pub(crate) fn at_coordinator(
+    ctx: &Ctx,
+    id: &str,
+    op: impl FnOnce() -> Result<(), LogError>,
+) -> i16 {
+    let refused = |(code, message): Refusal| {
+        tracing::debug!(transactional_id = id, client = %ctx.client, message, "A transactional request at a node that does not coordinate the id.");
+        code
+    };
+    let tx = &ctx.broker.transactions;
+    let lock = match &ctx.broker.cluster {
+        Some(cluster) => {
+            match tx.locate(cluster, ctx.broker.log.options().default_partitions, id) {
+                Ok((_, partition)) => Some(tx.partition_lock(partition)),
+                Err(refusal) => return refused(refusal),
+            }
+        }
+        None => None,
+    };
+    let _held = lock.as_ref().map(|l| l.lock());
+    let at = match coordinated_here(ctx, id) {
+        Ok(at) => at,
+        Err(refusal) => return refused(refusal),
+    };
+    match op() {
+        Ok(()) => settled(ctx, at).err().unwrap_or(0),
+        // The leadership moved while it ran (the ids were forgotten): the client asks the
+        // next coordinator rather than taking the error as final.
+        Err(_) if at.is_some() && coordinated_here(ctx, id).is_err() => E::NotCoordinator.code(),
+        Err(e) => failed(ctx, id, &e),
+    }
+}
 
 /// The error code of a transactional request's failure, logged when it is the broker's.
 fn failed(ctx: &Ctx, id: &str, e: &LogError) -> i16 {
@@ -49,15 +117,14 @@ pub(crate) fn add_partitions(
     let code = if bad {
         E::UnknownTopicOrPartition.code()
     } else {
-        match ctx.broker.log.add_partitions_to_txn(
-            &id,
-            req.v3_and_below_producer_id.0,
-            req.v3_and_below_producer_epoch,
-            &partitions,
-        ) {
-            Ok(()) => 0,
-            Err(e) => failed(ctx, &id, &e),
-        }
+        at_coordinator(ctx, &id, || {
+            ctx.broker.log.add_partitions_to_txn(
+                &id,
+                req.v3_and_below_producer_id.0,
+                req.v3_and_below_producer_epoch,
+                &partitions,
+            )
+        })
     };
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
         req.v3_and_below_topics
@@ -83,7 +150,7 @@ pub(crate) fn add_partitions(
 pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
     let id = req.transactional_id.0.to_string();
     let log = &ctx.broker.log;
-    let r = match &ctx.broker.cluster {
+    let code = at_coordinator(ctx, &id, || match &ctx.broker.cluster {
         // In a cluster the transaction includes the group's partition of the replicated
         // offsets topic: its marker goes to the group's coordinator, its leader.
         Some(cluster) => {
@@ -103,11 +170,8 @@ pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsT
             }
         }
         None => log.add_offsets_to_txn(&id, req.producer_id.0, req.producer_epoch, &req.group_id.0),
-    };
-    AddOffsetsToTxnResponse::default().with_error_code(match r {
-        Ok(()) => 0,
-        Err(e) => failed(ctx, &id, &e),
-    })
+    });
+    AddOffsetsToTxnResponse::default().with_error_code(code)
 }
 
 pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
@@ -166,14 +230,12 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
 
 pub(crate) fn end_txn(ctx: &Ctx, req: EndTxnRequest) -> EndTxnResponse {
     let id = req.transactional_id.0.to_string();
-    let r = ctx
-        .broker
-        .log
-        .end_txn(&id, req.producer_id.0, req.producer_epoch, req.committed);
-    EndTxnResponse::default().with_error_code(match r {
-        Ok(()) => 0,
-        Err(e) => failed(ctx, &id, &e),
-    })
+    let code = at_coordinator(ctx, &id, || {
+        ctx.broker
+            .log
+            .end_txn(&id, req.producer_id.0, req.producer_epoch, req.committed)
+    });
+    EndTxnResponse::default().with_error_code(code)
 }
 
 /// WriteTxnMarkers: another node's transaction coordinator ends a transaction in partitions
@@ -269,6 +331,6 @@ fn write_marker(
         || (p.log_end_offset(), p.leader_epoch()),
         |(offset, epoch)| (offset + 1, epoch),
     );
-    p.wait_high_watermark(end, epoch, std::time::Duration::from_secs(10))?;
+    p.wait_high_watermark(end, epoch, Duration::from_secs(10))?;
     Ok(())
 }

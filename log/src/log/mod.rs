@@ -96,6 +96,33 @@ pub trait RemoteMarkers: Send + Sync {
     ) -> Result<()>;
 }
 
+/// Keeps the transaction coordinator's records of replicated transactional ids (a Kafka
+/// client's, in a cluster: [`crate::txn::TxnRecord::replicated`]) in the cluster's replicated
+/// topic instead of this log's `__transaction_state`, so that the coordinator can move to
+/// another node with them.
+pub trait TxnReplication: Send + Sync {
+    /// Persists `rec`, returning once every in-sync replica of its partition has it: the
+    /// log acts on the record (writes markers, answers the client) only after that. On an
+    /// error nothing may be assumed of the record, and the implementor makes the log read
+    /// the replicated records again ([`Log::forget_transactions`]) before it answers for
+    /// the id anew.
+    fn replicate(&self, rec: &crate::txn::TxnRecord) -> Result<()>;
+
+    /// Whether this node coordinates `transactional_id` now; a queued end of an id another
+    /// node coordinates is dropped (that node ends it from the replicated records).
+    fn coordinates(&self, transactional_id: &str) -> bool;
+}
+
+/// A [`TxnReplication`] as the log keeps it.
+#[derive(Clone)]
+pub(crate) struct TxnLog(pub(crate) Arc<dyn TxnReplication>);
+
+impl std::fmt::Debug for TxnLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TxnReplication")
+    }
+}
+
 /// A [`RemoteMarkers`] as the log keeps it.
 #[derive(Clone)]
 pub(crate) struct Markers(pub(crate) Arc<dyn RemoteMarkers>);
@@ -146,9 +173,13 @@ pub(crate) struct Inner {
     write_gate: RwLock<Option<Gate>>,
     /// Where markers for partitions led elsewhere go (a cluster).
     remote_markers: RwLock<Option<Markers>>,
+    /// Where replicated transactional ids' records go (a cluster).
+    txn_log: RwLock<Option<TxnLog>>,
     /// Ends whose remote markers could not be written yet: retried by housekeeping (the
     /// decision is durable in the Prepare record already).
-    unfinished_ends: Mutex<Vec<(String, crate::txn::EndPlan, transactions::Completion)>>,
+    unfinished_ends: Mutex<Vec<(String, crate::txn::EndPlan)>>,
+    /// Transactional ids whose end is being carried out (one at a time per id).
+    ending: Mutex<std::collections::HashSet<String>>,
     appended: Mutex<u64>,
     appended_cv: Condvar,
     /// The same counter for async waiters (the Kafka listener's long-polling fetches), which
@@ -230,7 +261,9 @@ impl Log {
             pid_source: RwLock::new(None),
             write_gate: RwLock::new(None),
             remote_markers: RwLock::new(None),
+            txn_log: RwLock::new(None),
             unfinished_ends: Mutex::new(Vec::new()),
+            ending: Mutex::new(std::collections::HashSet::new()),
             options,
             lock: Mutex::new(Some(lock)),
             topics: RwLock::new(topics),

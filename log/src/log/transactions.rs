@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::{Log, Topic};
 use crate::batch::{BatchBuilder, BatchOptions};
 use crate::error::{LogError, Result};
@@ -12,7 +10,7 @@ use crate::group::TopicPartition;
 use crate::offsets::CommittedOffset;
 use crate::offsets::OFFSETS_TOPIC;
 use crate::partition::AppendInfo;
-use crate::record::{Record, now_ms};
+use crate::record::now_ms;
 use crate::segment::write_file;
 use crate::txn::{EndPlan, TxnError, TxnPartition, TxnRecord, TxnStatus};
 
@@ -22,17 +20,6 @@ pub const TXN_TOPIC: &str = "__transaction_state";
 /// Producer ids are handed out in blocks; the end of the current block is persisted before
 /// any id of it is used, so a crash never reuses one.
 const PID_BLOCK: i64 = super::PRODUCER_ID_BLOCK;
-
-/// How [`Log::execute_end`] records a transaction's end once its markers are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Completion {
-    /// The coordinator marks the id complete and the record is persisted: commit, abort,
-    /// timeout and crash recovery.
-    Complete,
-    /// The coordinator has already moved the id on to a new producer instance (the abort
-    /// that fencing starts); the caller persists that instance's record.
-    Superseded,
-}
 
 impl Log {
     pub(super) fn load_pid_block(&self) -> Result<()> {
@@ -68,6 +55,59 @@ impl Log {
     /// from now on (a cluster).
     pub fn set_remote_markers(&self, markers: Arc<dyn super::RemoteMarkers>) {
         *self.inner.remote_markers.write() = Some(super::Markers(markers));
+    }
+
+    /// Keeps the records of replicated transactional ids (a Kafka client's, in a cluster)
+    /// through `replication` from now on.
+    pub fn set_txn_replication(&self, replication: Arc<dyn super::TxnReplication>) {
+        *self.inner.txn_log.write() = Some(super::TxnLog(replication));
+    }
+
+    /// Takes the replicated records of the transactional ids `mine` selects as this node's
+    /// coordinator's (a cluster: this node just took the leadership of their partition),
+    /// replacing what it held of them. Their transactions already decided are ended
+    /// (markers, then completion) by housekeeping, within a second; open ones go on with
+    /// their producers, or are aborted when their timeout passes. The number of ids.
+    pub fn import_transactions(
+        &self,
+        mine: &dyn Fn(&str) -> bool,
+        records: Vec<TxnRecord>,
+    ) -> usize {
+        let n = records.len();
+        let mut coord = self.inner.txns.lock();
+        let mut ends = self.inner.unfinished_ends.lock();
+        coord.forget_replicated(mine);
+        ends.retain(|(id, plan)| !(plan.prepare.replicated && mine(id)));
+        for mut rec in records {
+            rec.replicated = true;
+            if matches!(
+                rec.status,
+                TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+            ) {
+                let plan = EndPlan {
+                    partitions: rec.partitions.clone(),
+                    commit: rec.status == TxnStatus::PrepareCommit,
+                    producer_id: rec.producer_id,
+                    epoch: rec.epoch,
+                    prepare: rec.clone(),
+                };
+                ends.push((rec.transactional_id.clone(), plan));
+            }
+            coord.load(rec);
+        }
+        n
+    }
+
+    /// Drops the replicated records of the transactional ids `mine` selects, and their
+    /// queued ends (a cluster: another node coordinates them now, or they are to be read
+    /// again from the replicated topic).
+    pub fn forget_transactions(&self, mine: &dyn Fn(&str) -> bool) {
+        let mut coord = self.inner.txns.lock();
+        coord.forget_replicated(mine);
+        self.inner
+            .unfinished_ends
+            .lock()
+            .retain(|(id, plan)| !(plan.prepare.replicated && mine(id)));
     }
 
     /// Writes a marker ending `producer_id`'s transaction in `topic`-`partition`, led here,
@@ -147,14 +187,13 @@ impl Log {
     }
 
     fn write_txn_record(&self, rec: &TxnRecord) -> Result<()> {
-        let value = serde_json::to_vec(rec).unwrap_or_default();
-        let r = Record {
-            key: Some(Bytes::from(rec.transactional_id.clone())),
-            value: Some(Bytes::from(value)),
-            headers: Vec::new(),
-            timestamp: now_ms(),
-        };
-        self.append_records(TXN_TOPIC, 0, &[r])?;
+        if rec.replicated {
+            let replication = self.inner.txn_log.read().clone();
+            if let Some(r) = replication {
+                return r.0.replicate(rec);
+            }
+        }
+        self.append_records(TXN_TOPIC, 0, &[rec.to_record()])?;
         Ok(())
     }
 
@@ -162,7 +201,7 @@ impl Log {
         let mut records = Vec::new();
         self.read_all(TXN_TOPIC, 0, |_, r| {
             if let Some(v) = r.value {
-                if let Ok(rec) = serde_json::from_slice::<TxnRecord>(&v) {
+                if let Some(rec) = TxnRecord::from_value(&v) {
                     records.push(rec);
                 }
             }
@@ -193,25 +232,16 @@ impl Log {
                     .iter()
                     .any(|(t, p)| self.partition(t, *p).map_or(true, |x| x.is_replica()));
             if through_leaders {
-                self.inner.unfinished_ends.lock().push((
-                    rec.transactional_id.clone(),
-                    plan,
-                    Completion::Complete,
-                ));
+                self.inner
+                    .unfinished_ends
+                    .lock()
+                    .push((rec.transactional_id.clone(), plan));
                 continue;
             }
             // A partition of it may be a replica that another node leads now: the open
-            // goes on (the transaction stays unfinished here), it must not fail for good.
-            if let Err(e) = self.execute_end(&rec.transactional_id, &plan, Completion::Complete) {
-                // Retried by housekeeping (in a cluster, once the markers can go to the
-                // partitions' leaders).
-                tracing::warn!(transactional_id = %rec.transactional_id, error = %e, "Cannot complete a transaction left open by a crash yet; retrying.");
-                self.inner.unfinished_ends.lock().push((
-                    rec.transactional_id.clone(),
-                    plan,
-                    Completion::Complete,
-                ));
-            }
+            // goes on (a failure is retried by housekeeping; in a cluster, once the markers
+            // can go to the partitions' leaders), it must not fail for good.
+            let _ = self.execute_end(&rec.transactional_id, &plan);
         }
         // Transactions open in partitions that the coordinator never recorded (a crash
         // between the data and its record cannot happen, but a bug must not hang readers
@@ -236,23 +266,67 @@ impl Log {
 
     /// Carries out an end plan of the coordinator: the one sequence that ends every
     /// transaction, whether committed, aborted by its producer, aborted because a new
-    /// instance fenced it, aborted on timeout or finished after a crash.
+    /// instance fenced it, aborted on timeout or finished after a crash or by a new
+    /// coordinator.
     ///
     /// 1. persist the Prepare record (from here the decision survives a crash: recovery
     ///    replays it),
     /// 2. write a marker to each partition of the transaction,
     /// 3. settle the transaction's pending group offsets,
-    /// 4. record the completion as `completion` says, and wake waiting readers.
+    /// 4. record the completion, and wake waiting readers.
+    ///
+    /// Only the plan the coordinator's record still stands at runs, and one at a time per
+    /// id: a copy queued twice (an import while housekeeping runs it) or left from before
+    /// (the record moved on) would otherwise write its marker into the producer's next
+    /// transaction. An error before the Prepare record is durable is returned (and the end
+    /// retried by housekeeping); after it, the end is retried and `Ok` returned, as the
+    /// decision stands.
     ///
     /// Idempotent: markers go only where the producer still has a transaction open, so a
     /// plan replayed after a crash at any step ends the same way.
-    fn execute_end(&self, id: &str, plan: &EndPlan, completion: Completion) -> Result<()> {
+    fn execute_end(&self, id: &str, plan: &EndPlan) -> Result<()> {
+        {
+            let coord = self.inner.txns.lock();
+            let current = coord.get(id).is_some_and(|r| {
+                r.status == plan.prepare.status
+                    && r.producer_id == plan.prepare.producer_id
+                    && r.epoch == plan.prepare.epoch
+            });
+            if !current {
+                tracing::debug!(transactional_id = %id, "Dropping a transaction's end its coordinator has moved past.");
+                return Ok(());
+            }
+            if !self.inner.ending.lock().insert(id.to_string()) {
+                // Under way on another thread, which finishes or queues it.
+                return Ok(());
+            }
+        }
+        let result = self.run_end(id, plan);
+        self.inner.ending.lock().remove(id);
+        if let Err(e) = &result {
+            tracing::warn!(transactional_id = %id, error = %e, "Cannot write or replicate a transaction's end yet; retrying.");
+            self.inner
+                .unfinished_ends
+                .lock()
+                .push((id.to_string(), plan.clone()));
+        }
+        result.map(|_| ())
+    }
+
+    /// [`Self::execute_end`]'s steps: `Err` when the Prepare record did not persist,
+    /// `Ok(false)` when the markers are still to be written or replicated.
+    fn run_end(&self, id: &str, plan: &EndPlan) -> Result<bool> {
         self.write_txn_record(&plan.prepare)?;
         crate::fault::point("txn-after-prepare");
         // In a cluster, partitions led by other nodes (or held only there) get their
         // markers through their leaders.
         let markers = self.inner.remote_markers.read().clone();
         let mut remote = Vec::new();
+        // Markers in replicated partitions led here: the end completes only once their
+        // in-sync replicas have them, or a new leader could lack a marker the coordinator's
+        // record says was written, and its transaction would stay open there.
+        let mut replicated = Vec::new();
+        let mut failed = None;
         for (topic, partition) in &plan.partitions {
             if markers.as_ref().is_some_and(|m| m.0.owns(topic)) {
                 remote.push((topic.clone(), *partition));
@@ -263,7 +337,17 @@ impl Log {
                     remote.push((topic.clone(), *partition));
                 }
                 Ok(p) => {
-                    p.append_marker(plan.producer_id, plan.epoch, plan.commit, 0)?;
+                    let epoch = p.leader_epoch();
+                    match p.append_marker(plan.producer_id, plan.epoch, plan.commit, 0) {
+                        Ok(written) if markers.is_some() && p.is_replica() => {
+                            let end = written.map_or_else(|| p.log_end_offset(), |o| o + 1);
+                            replicated.push((p, end, epoch));
+                        }
+                        Ok(_) => {}
+                        // A newer epoch of the producer ended it there already.
+                        Err(LogError::ProducerFenced { .. }) => {}
+                        Err(e) => failed = Some(e),
+                    }
                 }
                 Err(LogError::UnknownTopic(_)) | Err(LogError::UnknownPartition { .. })
                     if markers.is_some() =>
@@ -272,35 +356,48 @@ impl Log {
                 }
                 // A topic deleted mid-transaction has nothing left to mark.
                 Err(LogError::UnknownTopic(_)) | Err(LogError::UnknownPartition { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => failed = Some(e),
             }
         }
-        if let Some(m) = markers.filter(|_| !remote.is_empty())
-            && let Err(e) =
+        if !replicated.is_empty() {
+            // Wakes the followers' long polls.
+            self.notify_appended();
+        }
+        let local = replicated.iter().try_for_each(|(p, end, epoch)| {
+            p.wait_high_watermark(*end, *epoch, Duration::from_secs(10))
+        });
+        let remote_written = match markers.filter(|_| !remote.is_empty()) {
+            Some(m) => {
                 m.0.write(&remote, plan.producer_id, plan.epoch, plan.commit)
-        {
+            }
+            None => Ok(()),
+        };
+        if let Some(e) = failed.map(Err).unwrap_or(local).and(remote_written).err() {
             // The decision is durable (the Prepare record): the markers are written later,
             // as Kafka's coordinator does, and the transaction completes then.
-            tracing::warn!(transactional_id = %id, error = %e, "Cannot write a transaction's markers on another node yet; retrying.");
+            tracing::warn!(transactional_id = %id, error = %e, "Cannot write or replicate a transaction's markers yet; retrying.");
             self.inner
                 .unfinished_ends
                 .lock()
-                .push((id.to_string(), plan.clone(), completion));
-            return Ok(());
+                .push((id.to_string(), plan.clone()));
+            return Ok(false);
         }
         crate::fault::point("txn-after-markers");
         self.inner
             .offsets
             .lock()
             .end_txn(plan.producer_id, plan.commit);
-        if completion == Completion::Complete {
-            let done = self.inner.txns.lock().complete(id, plan.commit);
-            if let Some(done) = done {
-                self.write_txn_record(&done)?;
-            }
+        let done = self.inner.txns.lock().complete(
+            id,
+            plan.prepare.producer_id,
+            plan.prepare.epoch,
+            plan.commit,
+        );
+        if let Some(done) = done {
+            self.write_txn_record(&done)?;
         }
         self.notify_appended();
-        Ok(())
+        Ok(true)
     }
 
     /// Retries the ends whose markers on other nodes could not be written.
@@ -312,14 +409,17 @@ impl Log {
             return Ok(());
         }
         let ends = std::mem::take(&mut *self.inner.unfinished_ends.lock());
-        for (id, plan, completion) in ends {
-            if let Err(e) = self.execute_end(&id, &plan, completion) {
-                tracing::debug!(transactional_id = %id, error = %e, "A transaction's end failed again; retrying.");
-                self.inner
-                    .unfinished_ends
-                    .lock()
-                    .push((id, plan, completion));
+        let replication = self.inner.txn_log.read().clone();
+        for (id, plan) in ends {
+            if plan.prepare.replicated
+                && replication.as_ref().is_some_and(|r| !r.0.coordinates(&id))
+            {
+                // Another node coordinates the id now, and ends the transaction from its
+                // records.
+                continue;
             }
+            // A failure queues it again.
+            let _ = self.execute_end(&id, &plan);
         }
         Ok(())
     }
@@ -333,12 +433,14 @@ impl Log {
     }
 
     /// Aborts the transactions open longer than their timeout; the coordinator bumps their
-    /// epochs, fencing the producers.
+    /// epochs, fencing the producers. One that cannot end now is retried (its record says
+    /// PrepareAbort already), and the others go on.
     pub(super) fn expire_transactions(&self, now: i64) -> Result<()> {
         let expired = self.inner.txns.lock().expire(now);
         for (id, plan) in expired {
             tracing::warn!(transactional_id = %id, "Aborting a transaction that passed its timeout.");
-            self.execute_end(&id, &plan, Completion::Complete)?;
+            // A failure queues it again.
+            let _ = self.execute_end(&id, &plan);
         }
         Ok(())
     }
@@ -360,7 +462,12 @@ impl Log {
         }
     }
 
-    pub(crate) fn txn_init(&self, id: &str, timeout: Duration) -> Result<(i64, i16)> {
+    pub(crate) fn txn_init(
+        &self,
+        id: &str,
+        timeout: Duration,
+        replicated: bool,
+    ) -> Result<(i64, i16)> {
         self.check_open()?;
         let timeout = timeout.min(self.inner.options.max_transaction_timeout);
         let mut new_pid = None;
@@ -372,16 +479,42 @@ impl Log {
                 } else {
                     None
                 };
-            coord.init(id, timeout.as_millis() as u64, || {
+            let r = coord.init(id, timeout.as_millis() as u64, || {
                 new_pid = pid;
                 pid.unwrap_or(-1)
+            });
+            r.map(|(mut rec, mut abort)| {
+                if replicated && !rec.replicated {
+                    rec.replicated = true;
+                    coord.load(rec.clone());
+                    if let Some(plan) = abort.as_mut() {
+                        plan.prepare.replicated = true;
+                    }
+                }
+                (rec, abort)
             })
         };
         let (rec, abort) = result.map_err(|e| self.txn_error(id, e))?;
         if let Some(plan) = abort {
-            // The transaction of the instance this one fences ends first; the coordinator
-            // already holds the new instance's record, persisted just below.
-            self.execute_end(id, &plan, Completion::Superseded)?;
+            // The transaction of the instance this one fences is aborted first, as an end
+            // of its own (PrepareAbort, markers, CompleteAbort): until that is done the new
+            // instance is told to retry (CONCURRENT_TRANSACTIONS), as Kafka's coordinator
+            // answers, and the id's record says what is left to do wherever it is read.
+            self.inner.txns.lock().load(plan.prepare.clone());
+            self.execute_end(id, &plan)?;
+            let mut coord = self.inner.txns.lock();
+            let aborted = coord.get(id).is_some_and(|r| {
+                r.status == TxnStatus::CompleteAbort
+                    && r.producer_id == plan.prepare.producer_id
+                    && r.epoch == plan.prepare.epoch
+            });
+            if !aborted {
+                return Err(LogError::InvalidTxnState {
+                    transactional_id: id.into(),
+                    reason: "the fenced instance's transaction is still completing; retry".into(),
+                });
+            }
+            coord.load(rec.clone());
         }
         self.write_txn_record(&rec)?;
         Ok((rec.producer_id, rec.epoch))
@@ -420,7 +553,7 @@ impl Log {
     pub(crate) fn txn_end(&self, id: &str, pid: i64, epoch: i16, commit: bool) -> Result<()> {
         let plan = self.inner.txns.lock().end(id, pid, epoch, commit);
         match plan.map_err(|e| self.txn_error(id, e))? {
-            Some(plan) => self.execute_end(id, &plan, Completion::Complete),
+            Some(plan) => self.execute_end(id, &plan),
             None => Ok(()),
         }
     }
@@ -437,7 +570,9 @@ impl Log {
     ) -> Result<(i64, i16)> {
         self.check_open()?;
         match transactional_id {
-            Some(id) => self.txn_init(id, timeout),
+            // In a cluster, a Kafka client's transactional id is replicated: its
+            // coordinator moves with the leadership of the id's partition.
+            Some(id) => self.txn_init(id, timeout, self.inner.txn_log.read().is_some()),
             None => Ok((self.allocate_producer_id()?, 0)),
         }
     }
