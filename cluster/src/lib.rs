@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: the cluster's shared secret and the SCRAM exchange nodes prove it with.
 //! - [`metadata`]: the state machine: the metadata and the commands that change it.
 //! - [`controller`]: the controller's decisions (fencing, leader election, placement), pure.
 //! - [`node`]: this node's part: the Raft group, registration and heartbeats, the
@@ -11,6 +12,7 @@
 //! - [`raft`]: openraft's types, the network between nodes and the storage on disk.
 //! - [`rpc`]: the messages between nodes and their framing on the Kafka listener.
 
+pub mod auth;
 pub mod controller;
 pub mod metadata;
 pub mod node;

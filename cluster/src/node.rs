@@ -57,6 +57,9 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// See [`DEFAULT_SESSION_TIMEOUT`].
     pub session_timeout: Duration,
+    /// The secret the nodes prove to each other on every connection
+    /// ([`crate::auth`]); `None`: they do not authenticate (a trusted network).
+    pub secret: Option<crate::auth::Secret>,
 }
 
 impl ClusterConfig {
@@ -69,6 +72,7 @@ impl ClusterConfig {
             api: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
+            secret: None,
         }
     }
 
@@ -259,6 +263,7 @@ impl Cluster {
         let network = Network {
             from: config.node_id,
             peers: config.voters.clone(),
+            secret: config.secret.clone(),
         };
         let raft = runtime
             .block_on(Raft::new(
@@ -331,6 +336,11 @@ impl Cluster {
     /// How this node reaches node `id` (its `--cluster` entry), if it is a voter.
     pub fn peer_addr(&self, id: NodeId) -> Option<String> {
         self.inner.config.voters.get(&id).cloned()
+    }
+
+    /// The secret the nodes prove to each other, if they do.
+    pub fn secret(&self) -> Option<&crate::auth::Secret> {
+        self.inner.config.secret.as_ref()
     }
 
     /// This node's id.
@@ -535,7 +545,11 @@ async fn propose(
             ))),
             Some(l) => {
                 let client = clients.entry(l).or_insert_with(|| {
-                    PeerClient::new(inner.config.voters[&l].clone(), inner.config.node_id)
+                    PeerClient::new(
+                        inner.config.voters[&l].clone(),
+                        inner.config.node_id,
+                        inner.config.secret.clone(),
+                    )
                 });
                 match client
                     .call(
@@ -631,7 +645,7 @@ async fn heartbeat(
         }
         let mut c = clients
             .remove(&peer)
-            .unwrap_or_else(|| PeerClient::new(addr.clone(), id));
+            .unwrap_or_else(|| PeerClient::new(addr.clone(), id, inner.config.secret.clone()));
         calls.spawn(async move {
             let r = c
                 .call(&PeerRequest::Heartbeat { id, incarnation }, timeout)

@@ -82,16 +82,24 @@ pub(crate) struct PeerClient {
     conn: Option<TcpStream>,
     correlation: i32,
     client_id: String,
+    /// Proven on every new connection ([`crate::auth`]).
+    secret: Option<crate::auth::Secret>,
 }
 
 impl PeerClient {
-    /// A client of the node listening at `addr`, calling itself node `from`.
-    pub(crate) fn new(addr: String, from: NodeId) -> PeerClient {
+    /// A client of the node listening at `addr`, calling itself node `from`, proving
+    /// `secret` on every connection when there is one.
+    pub(crate) fn new(
+        addr: String,
+        from: NodeId,
+        secret: Option<crate::auth::Secret>,
+    ) -> PeerClient {
         PeerClient {
             addr,
             conn: None,
             correlation: 0,
             client_id: format!("sluice-node-{from}"),
+            secret,
         }
     }
 
@@ -117,10 +125,21 @@ impl PeerClient {
 
     async fn call_inner(&mut self, request: &PeerRequest) -> Result<PeerResponse, CallError> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(&self.addr)
+            let mut stream = TcpStream::connect(&self.addr)
                 .await
                 .map_err(CallError::Connect)?;
             let _ = stream.set_nodelay(true);
+            if let Some(secret) = &self.secret {
+                crate::auth::authenticate(
+                    &mut stream,
+                    crate::auth::NODE_USER,
+                    secret,
+                    &self.client_id,
+                    &mut self.correlation,
+                )
+                .await
+                .map_err(CallError::Auth)?;
+            }
             self.conn = Some(stream);
         }
         let conn = self.conn.as_mut().expect("connected");
@@ -166,6 +185,8 @@ pub(crate) enum CallError {
     Timeout(Duration),
     #[error("bad answer: {0}")]
     Protocol(String),
+    #[error("cannot authenticate as a node of the cluster: {0}")]
+    Auth(String),
 }
 
 /// Reads a peer request's body: what follows the request header (API key, version,

@@ -19,6 +19,9 @@ pub struct PeerConnection {
     client_id: String,
     conn: Option<TcpStream>,
     correlation: i32,
+    /// Proven on every new connection: a user and its password (a cluster's node and its
+    /// secret).
+    credentials: Option<(String, sluice_cluster::auth::Secret)>,
 }
 
 impl PeerConnection {
@@ -29,7 +32,21 @@ impl PeerConnection {
             client_id,
             conn: None,
             correlation: 0,
+            credentials: None,
         }
+    }
+
+    /// Authenticates every connection as a node of the cluster with `secret`
+    /// ([`sluice_cluster::auth`]), when there is one.
+    pub fn with_secret(mut self, secret: Option<sluice_cluster::auth::Secret>) -> Self {
+        self.credentials = secret.map(|s| (sluice_cluster::auth::NODE_USER.to_string(), s));
+        self
+    }
+
+    /// Authenticates every connection as `user` (SASL SCRAM-SHA-256).
+    pub fn with_user(mut self, user: &str, password: sluice_cluster::auth::Secret) -> Self {
+        self.credentials = Some((user.to_string(), password));
+        self
     }
 
     /// Sends `request` as `api` `version` and decodes the answer; any failure drops the
@@ -62,10 +79,21 @@ impl PeerConnection {
         request: &Req,
     ) -> Result<Resp, String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect(&self.addr)
+            let mut s = TcpStream::connect(&self.addr)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
             let _ = s.set_nodelay(true);
+            if let Some((user, secret)) = &self.credentials {
+                sluice_cluster::auth::authenticate(
+                    &mut s,
+                    user,
+                    secret,
+                    &self.client_id,
+                    &mut self.correlation,
+                )
+                .await
+                .map_err(|e| format!("cannot authenticate to {} as {user}: {e}", self.addr))?;
+            }
             self.conn = Some(s);
         }
         self.correlation = self.correlation.wrapping_add(1);

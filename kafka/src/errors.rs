@@ -26,6 +26,7 @@ pub(crate) fn code(e: &LogError) -> i16 {
         LogError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
         LogError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber,
         LogError::ProducerFenced { .. } => E::InvalidProducerEpoch,
+        LogError::CoordinatorFenced { .. } => E::TransactionCoordinatorFenced,
         // The previous transaction is still ending (its markers on another node may be
         // queued): the client retries, as Kafka's answer tells it to.
         LogError::InvalidTxnState { reason, .. }

@@ -695,7 +695,9 @@ impl Replicas {
                 continue;
             };
             if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
-                conn = Some((addr.clone(), PeerConnection::new(addr, client_id.clone())));
+                let c = PeerConnection::new(addr.clone(), client_id.clone())
+                    .with_secret(self.cluster.secret().cloned());
+                conn = Some((addr, c));
             }
             let (_, c) = conn.as_mut().expect("set above");
             let untruncated: Vec<(Tp, Following)> = parts
@@ -993,6 +995,29 @@ impl Replicas {
 pub(crate) struct TxnMirror(pub(crate) std::sync::Weak<Replicas>);
 
 impl sluice_log::log::TxnReplication for TxnMirror {
+    fn lock(&self, transactional_id: &str) -> Arc<Mutex<()>> {
+        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
+        match self.0.upgrade() {
+            Some(r) => {
+                let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
+                r.transactions
+                    .partition_lock(partition_of(transactional_id, count))
+            }
+            // Leaving the cluster: nothing else changes the records any more.
+            None => Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn coordinator_epoch(&self, transactional_id: &str) -> i32 {
+        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
+        self.0.upgrade().map_or(0, |r| {
+            let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
+            r.log
+                .partition(TRANSACTIONS_TOPIC, partition_of(transactional_id, count))
+                .map_or(0, |p| p.leader_epoch())
+        })
+    }
+
     fn coordinates(&self, transactional_id: &str) -> bool {
         use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
         self.0.upgrade().is_some_and(|r| {
@@ -1071,13 +1096,14 @@ impl sluice_log::log::RemoteMarkers for MarkerSender {
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        coordinator_epoch: i32,
     ) -> sluice_log::Result<()> {
         let Some(r) = self.0.upgrade() else {
             return Err(LogError::ClusterUnavailable(
                 "this node is leaving its cluster".into(),
             ));
         };
-        r.send_markers(partitions, producer_id, epoch, commit)
+        r.send_markers(partitions, producer_id, epoch, commit, coordinator_epoch)
     }
 }
 
@@ -1090,6 +1116,7 @@ impl Replicas {
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        coordinator_epoch: i32,
     ) -> sluice_log::Result<()> {
         use kafka_protocol::messages::write_txn_markers_request::{
             WritableTxnMarker, WritableTxnMarkerTopic,
@@ -1136,7 +1163,7 @@ impl Replicas {
                 .with_producer_id(ProducerId(producer_id))
                 .with_producer_epoch(epoch)
                 .with_transaction_result(commit)
-                .with_coordinator_epoch(0)
+                .with_coordinator_epoch(coordinator_epoch)
                 .with_topics(
                     topics
                         .into_iter()
@@ -1149,10 +1176,12 @@ impl Replicas {
                 );
             let req = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
             let client_id = format!("sluice-txn-{}", self.node);
+            let secret = self.cluster.secret().cloned();
             let resp: WriteTxnMarkersResponse = self
                 .runtime
                 .block_on(async move {
                     PeerConnection::new(addr, client_id)
+                        .with_secret(secret)
                         .call(ApiKey::WriteTxnMarkers, 1, &req, Duration::from_secs(15))
                         .await
                 })

@@ -115,6 +115,16 @@ impl Users {
         Users { users, decoy }
     }
 
+    /// These users and one more (a cluster's nodes: `name` with `password`).
+    pub fn with_user(&self, name: &str, password: &str) -> Users {
+        let mut users = self.clone();
+        users.users.insert(name.to_string(), credential(password));
+        if users.decoy.is_none() {
+            users.decoy = Some(credential(&B64.encode(random(24))));
+        }
+        users
+    }
+
     /// No users: authentication is off.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
@@ -348,75 +358,46 @@ mod tests {
         assert!(!x.handshake("GSSAPI"));
     }
 
-    /// The client side of RFC 5802, written from the RFC, to drive the server.
+    /// The nodes' SCRAM client ([`sluice_cluster::auth::ScramClient`]) against the server:
+    /// how the exchange ends, the server's last message checked by the client.
     fn scram_client(u: &Users, user: &str, password: &str) -> Step {
+        use sluice_cluster::auth::{ScramClient, Secret};
         let mut x = Exchange::default();
         assert!(x.handshake("SCRAM-SHA-256"));
-        let client_nonce = "rOprNGfwEbeRWgbNEkqO";
-        let first_bare = format!("n={user},r={client_nonce}");
-        let Step::Continue(server_first) = x.step(u, format!("n,,{first_bare}").as_bytes()) else {
+        // Secrets are 16 characters or more; the test's short passwords are padded alike.
+        let secret = Secret::new(&format!("{password:_<16}")).unwrap();
+        let (mut client, first) = ScramClient::start(user, &secret);
+        let Step::Continue(server_first) = x.step(u, &first) else {
             return Step::Failed;
         };
-        let server_first = String::from_utf8(server_first).unwrap();
-        let mut nonce = "";
-        let mut salt = vec![];
-        let mut iterations = 0;
-        for attr in server_first.split(',') {
-            if let Some(v) = attr.strip_prefix("r=") {
-                nonce = v;
-            } else if let Some(v) = attr.strip_prefix("s=") {
-                salt = B64.decode(v).unwrap();
-            } else if let Some(v) = attr.strip_prefix("i=") {
-                iterations = v.parse().unwrap();
-            }
-        }
-        assert!(nonce.starts_with(client_nonce));
-        let mut salted = [0u8; 32];
-        pbkdf2::derive(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(iterations).unwrap(),
-            &salt,
-            password.as_bytes(),
-            &mut salted,
-        );
-        let client_key = hmac256(&salted, b"Client Key");
-        let stored_key = sha256(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{first_bare},{server_first},{without_proof}");
-        let signature = hmac256(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let step = x.step(
-            u,
-            format!("{without_proof},p={}", B64.encode(proof)).as_bytes(),
-        );
+        let proof = client.respond(&server_first).unwrap();
+        let step = x.step(u, &proof);
         if let Step::Done(_, ref last) = step {
-            let server_key = hmac256(&salted, b"Server Key");
-            let expected = format!(
-                "v={}",
-                B64.encode(hmac256(&server_key, auth_message.as_bytes()))
-            );
-            assert_eq!(
-                String::from_utf8(last.clone()).unwrap(),
-                expected,
-                "server signature"
-            );
+            client.finish(last).expect("the server's signature");
         }
         step
     }
 
     #[test]
     fn scram_sha_256_proves_both_sides_and_refuses_wrong_passwords_and_unknown_users() {
-        let u = users();
+        // The client pads passwords as a cluster secret must be.
+        let u = Users::new([("alice".to_string(), "s3cret__________".to_string())]);
         assert!(
             matches!(scram_client(&u, "alice", "s3cret"), Step::Done(ref n, _) if n == "alice")
         );
         assert_eq!(scram_client(&u, "alice", "wrong"), Step::Failed);
         // An unknown user gets a salt too (no enumeration), and fails at the end.
         assert_eq!(scram_client(&u, "bob", "s3cret"), Step::Failed);
+        // A node's user added to the Kafka users.
+        let nodes = u.with_user(sluice_cluster::auth::NODE_USER, "s3cret-of-the-cluster");
+        assert!(matches!(
+            scram_client(
+                &nodes,
+                sluice_cluster::auth::NODE_USER,
+                "s3cret-of-the-cluster"
+            ),
+            Step::Done(..)
+        ));
     }
 
     #[test]

@@ -47,8 +47,12 @@ pub(crate) struct Broker {
     pub(crate) port: i32,
     /// Classic-group requests waiting for a rebalance.
     pub(crate) waiters: parking_lot::Mutex<apis::Waiters>,
-    /// Who may connect; empty: anyone.
+    /// Who may authenticate: the Kafka users, and in a cluster with a secret the nodes
+    /// ([`sluice_cluster::auth::NODE_USER`]).
     pub(crate) users: Users,
+    /// Whether clients must authenticate (Kafka users are configured); otherwise only the
+    /// cluster's own requests need a node's authentication.
+    pub(crate) client_auth: bool,
     /// Incremental fetch sessions (KIP-227).
     pub(crate) fetch_sessions: parking_lot::Mutex<apis::FetchSessions>,
     /// The cluster, when this node is in one.
@@ -153,7 +157,13 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         host,
         port: i32::from(port),
         waiters: Default::default(),
-        users: config.users.clone(),
+        users: match config.cluster.as_ref().and_then(|c| c.secret()) {
+            Some(secret) => config
+                .users
+                .with_user(sluice_cluster::auth::NODE_USER, secret.expose()),
+            None => config.users.clone(),
+        },
+        client_auth: !config.users.is_empty(),
         fetch_sessions: Default::default(),
         cluster: config.cluster.clone(),
         replicas: replicas.clone(),
@@ -337,7 +347,7 @@ where
     let max_request = config.max_request_bytes;
     let idle = config.idle_timeout;
     // Until the connection authenticates (when users are configured), frames stay small.
-    let authenticated = Arc::new(AtomicBool::new(broker.users.is_empty()));
+    let authenticated = Arc::new(AtomicBool::new(!broker.client_auth));
     let unlocked = Arc::clone(&authenticated);
     let reader = async move {
         let mut read = BufReader::with_capacity(64 << 10, read);
@@ -436,7 +446,7 @@ async fn handle(
     if key == sluice_cluster::rpc::API_KEY
         && let Some(cluster) = &broker.cluster
     {
-        let refused = !broker.users.is_empty() && session.auth.user.is_none();
+        let refused = !is_node(cluster, session);
         return peer_request(cluster, refused, correlation, version, frame).await;
     }
     let api = ApiKey::try_from(key).map_err(|()| ConnError::UnknownApi {
@@ -483,6 +493,7 @@ async fn handle(
         correlation,
         client,
         peer: Arc::clone(peer),
+        node: broker.cluster.as_ref().is_some_and(|c| is_node(c, session)),
     };
     if unsupported {
         // A version the codec speaks but this listener does not serve (topic ids, KIP-890
@@ -524,7 +535,7 @@ async fn handle(
             return Ok((ctx.answer(&answer)?, close));
         }
         ApiKey::ApiVersions => {}
-        _ if !broker.users.is_empty() && session.auth.user.is_none() => {
+        _ if broker.client_auth && session.auth.user.is_none() => {
             // Before authenticating, a request gets SASL_AUTHENTICATION_FAILED where its API
             // has room for it, and the connection closes either way.
             let answer = apis::refuse(&ctx, frame, ResponseError::SaslAuthenticationFailed.code())?;
@@ -570,6 +581,13 @@ async fn peer_request(
     }
     let answer = cluster.serve(correlation, &frame).await;
     Ok((Some(BytesMut::from(&answer[..])), None))
+}
+
+/// Whether a connection may make the cluster's own requests: when the nodes share a secret,
+/// only one that authenticated as a node.
+fn is_node(cluster: &sluice_cluster::Cluster, session: &Session) -> bool {
+    cluster.secret().is_none()
+        || session.auth.user.as_deref() == Some(sluice_cluster::auth::NODE_USER)
 }
 
 /// A connection's state between its requests.

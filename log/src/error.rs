@@ -201,6 +201,19 @@ pub enum LogError {
         /// The current epoch.
         current_epoch: i16,
     },
+    /// A transaction marker from a coordinator older than one that already wrote a marker
+    /// for the producer here (a former coordinator's delayed request).
+    #[error(
+        "a marker of producer {producer_id} from coordinator epoch {coordinator_epoch} is fenced: coordinator epoch {current} already wrote here"
+    )]
+    CoordinatorFenced {
+        /// Producer id.
+        producer_id: i64,
+        /// The marker's coordinator epoch.
+        coordinator_epoch: i32,
+        /// The latest coordinator epoch seen for the producer.
+        current: i32,
+    },
     /// A transactional call in the wrong state.
     #[error("transaction '{transactional_id}': {reason}")]
     InvalidTxnState {

@@ -848,12 +848,14 @@ impl Partition {
         self.stats[0].fetch_add(1, Ordering::Relaxed);
         self.stats[1].fetch_add(1, Ordering::Relaxed);
         if header.is_control() {
-            let (kind, _) = crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
+            let (kind, coordinator_epoch) =
+                crate::batch::decode_control(batch).map_err(|e| self.batch_err(e))?;
             st.producers.on_marker(
                 header.producer_id,
                 header.producer_epoch,
                 kind == ControlType::Commit,
                 header.base_offset,
+                coordinator_epoch,
             );
         } else {
             st.producers.on_data(header);
@@ -1014,9 +1016,20 @@ impl Partition {
                     });
                 }
             }
+            // Kafka's coordinator epoch: a marker a former coordinator sent before a newer
+            // one ended the producer's transaction here must not end its next one.
+            let current = st.producers.coordinator_epoch(producer_id);
+            if coordinator_epoch < current {
+                return Err(LogError::CoordinatorFenced {
+                    producer_id,
+                    coordinator_epoch,
+                    current,
+                });
+            }
             if !st.producers.has_open_txn(producer_id) {
-                // Nothing to end, but a zombie must not open a transaction here later.
-                st.producers.fence(producer_id, epoch);
+                // Nothing to end, but a zombie must not open a transaction here later, nor
+                // an older coordinator end the next one.
+                st.producers.fence(producer_id, epoch, coordinator_epoch);
                 return Ok(None);
             }
             let kind = if commit {
@@ -2241,6 +2254,7 @@ fn replay(
                 h.producer_epoch,
                 *kind == ControlType::Commit,
                 h.base_offset,
+                0,
             );
         }
         None => producers.on_data(h),

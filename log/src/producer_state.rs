@@ -44,6 +44,9 @@ struct ProducerEntry {
     batches: VecDeque<BatchMeta>,
     /// First offset of the open transaction, if one is open in this partition.
     txn_first_offset: Option<i64>,
+    /// The latest coordinator epoch of its markers seen since this process appended or
+    /// copied them (not replayed at open: a delayed request does not outlive the process).
+    coordinator_epoch: i32,
 }
 
 /// A transaction that was aborted, for read_committed filtering.
@@ -160,9 +163,18 @@ impl ProducerStates {
             .is_some_and(|e| e.txn_first_offset.is_some())
     }
 
-    /// Records a transaction marker appended at `offset`.
-    pub fn on_marker(&mut self, producer_id: i64, epoch: i16, commit: bool, offset: i64) {
+    /// Records a transaction marker appended at `offset`, written by the coordinator in
+    /// `coordinator_epoch` (0 when unknown).
+    pub fn on_marker(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        offset: i64,
+        coordinator_epoch: i32,
+    ) {
         let entry = self.producers.entry(producer_id).or_default();
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
@@ -182,12 +194,20 @@ impl ProducerStates {
     /// Raises a producer's epoch without a marker (fencing through the coordinator): a
     /// transaction ended by a newer instance or a timeout may include partitions the old
     /// instance has not written yet, and its buffered batches must be refused there too.
-    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+    pub fn fence(&mut self, producer_id: i64, epoch: i16, coordinator_epoch: i32) {
         let entry = self.producers.entry(producer_id).or_default();
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
         }
+    }
+
+    /// The latest coordinator epoch of a producer's markers here (0: none known).
+    pub fn coordinator_epoch(&self, producer_id: i64) -> i32 {
+        self.producers
+            .get(&producer_id)
+            .map_or(0, |e| e.coordinator_epoch)
     }
 
     /// The latest epoch seen for a producer, if it wrote here.

@@ -378,27 +378,44 @@ impl TxnCoordinator {
     /// Transactions open longer than their timeout: each gets its epoch bumped (fencing the
     /// producer) and is planned for abort.
     pub fn expire(&mut self, now_ms: i64) -> Vec<(String, EndPlan)> {
-        let mut out = Vec::new();
-        for rec in self.txns.values_mut() {
-            if rec.status == TxnStatus::Ongoing
-                && now_ms - rec.started_ms > rec.timeout_ms as i64
-                && rec.epoch < i16::MAX
-            {
-                rec.epoch += 1;
-                rec.status = TxnStatus::PrepareAbort;
-                out.push((
-                    rec.transactional_id.clone(),
-                    EndPlan {
-                        prepare: rec.clone(),
-                        partitions: rec.partitions.clone(),
-                        commit: false,
-                        producer_id: rec.producer_id,
-                        epoch: rec.epoch,
-                    },
-                ));
-            }
-        }
-        out
+        self.expired(now_ms)
+            .into_iter()
+            .filter_map(|(id, _)| Some((id.clone(), self.expire_one(&id, now_ms)?)))
+            .collect()
+    }
+
+    /// The ids whose open transaction passed its timeout, and whether each is replicated
+    /// (nothing changes: [`Self::expire_one`] does, one at a time).
+    pub fn expired(&self, now_ms: i64) -> Vec<(String, bool)> {
+        self.txns
+            .values()
+            .filter(|r| Self::is_expired(r, now_ms))
+            .map(|r| (r.transactional_id.clone(), r.replicated))
+            .collect()
+    }
+
+    /// Bumps the epoch of `id` (fencing its producer) and plans the abort, if its open
+    /// transaction (still) passed its timeout.
+    pub fn expire_one(&mut self, id: &str, now_ms: i64) -> Option<EndPlan> {
+        let rec = self
+            .txns
+            .get_mut(id)
+            .filter(|r| Self::is_expired(r, now_ms))?;
+        rec.epoch += 1;
+        rec.status = TxnStatus::PrepareAbort;
+        Some(EndPlan {
+            prepare: rec.clone(),
+            partitions: rec.partitions.clone(),
+            commit: false,
+            producer_id: rec.producer_id,
+            epoch: rec.epoch,
+        })
+    }
+
+    fn is_expired(r: &TxnRecord, now_ms: i64) -> bool {
+        r.status == TxnStatus::Ongoing
+            && now_ms - r.started_ms > r.timeout_ms as i64
+            && r.epoch < i16::MAX
     }
 
     /// All records (for describe).

@@ -554,6 +554,7 @@ fn a_replica_with_an_open_transaction_reopens() {
 struct Replicated {
     records: parking_lot::Mutex<Vec<sluice_log::txn::TxnRecord>>,
     fail: std::sync::atomic::AtomicBool,
+    lock: std::sync::Arc<parking_lot::Mutex<()>>,
 }
 
 impl sluice_log::log::TxnReplication for Replicated {
@@ -567,6 +568,14 @@ impl sluice_log::log::TxnReplication for Replicated {
 
     fn coordinates(&self, _: &str) -> bool {
         true
+    }
+
+    fn lock(&self, _: &str) -> std::sync::Arc<parking_lot::Mutex<()>> {
+        std::sync::Arc::clone(&self.lock)
+    }
+
+    fn coordinator_epoch(&self, _: &str) -> i32 {
+        0
     }
 }
 
@@ -653,4 +662,52 @@ fn a_replicated_transactional_id_moves_to_another_log_with_its_records() {
         matches!(refused, Err(LogError::ClusterUnavailable(_))),
         "{refused:?}"
     );
+}
+
+/// Markers carry their coordinator's epoch: once a coordinator of a newer epoch wrote one
+/// for a producer, a marker from an older one (a former coordinator's delayed request) is
+/// refused, and cannot end the producer's next transaction.
+#[test]
+fn a_marker_from_an_older_coordinator_is_fenced() {
+    use sluice_log::batch::{BatchBuilder, BatchOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", 1, &[]).unwrap();
+    let write = |sequence: i32| {
+        let mut b = BatchBuilder::new(BatchOptions {
+            producer_id: 7,
+            producer_epoch: 0,
+            base_sequence: sequence,
+            transactional: true,
+            ..BatchOptions::default()
+        });
+        b.push(&rec("k", "v")).unwrap();
+        log.append("t", 0, b.build().unwrap()).unwrap();
+    };
+    write(0);
+    assert!(log.write_marker("t", 0, 7, 0, true, 6).unwrap().is_some());
+    write(1);
+    let stale = log.write_marker("t", 0, 7, 0, true, 5);
+    assert!(
+        matches!(
+            stale,
+            Err(LogError::CoordinatorFenced {
+                coordinator_epoch: 5,
+                current: 6,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(
+        p.open_transactions(),
+        vec![7],
+        "the next transaction is still open"
+    );
+    assert!(log.write_marker("t", 0, 7, 0, false, 6).unwrap().is_some());
+    // Where nothing is open, a newer coordinator's (no-op) marker raises the bar too.
+    assert_eq!(log.write_marker("t", 0, 7, 0, false, 8).unwrap(), None);
+    write(2);
+    assert!(log.write_marker("t", 0, 7, 0, true, 7).is_err());
 }

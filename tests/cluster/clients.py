@@ -4,9 +4,21 @@ Each command prints one JSON object as its last line. Usage: clients.py COMMAND 
 """
 
 import json
+import os
 import sys
 import threading
 import time
+
+
+def _auth(config):
+    """`config` with SASL SCRAM-SHA-256 as the user in SLUICE_TEST_SASL (`user:password`),
+    when set."""
+    user = os.environ.get("SLUICE_TEST_SASL")
+    if user:
+        name, password = user.split(":", 1)
+        config = dict(config, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                                 "sasl.username": name, "sasl.password": password})
+    return config
 
 
 def create(bootstrap, topic, partitions, factor, *configs):
@@ -14,7 +26,7 @@ def create(bootstrap, topic, partitions, factor, *configs):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(_auth({"bootstrap.servers": bootstrap}))
     config = dict(c.split("=", 1) for c in configs)
     new = NewTopic(topic, num_partitions=int(partitions), replication_factor=int(factor), config=config)
     try:
@@ -85,7 +97,7 @@ def produce_to(bootstrap, topic, partition, value):
     {"error": null} or the error's name."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(_auth({"bootstrap.servers": bootstrap, "enable.idempotence": True}))
     result = {"error": "not acknowledged"}
     producer.produce(topic, value=value.encode(), partition=int(partition), on_delivery=lambda err, msg:
                      result.update(error=None if err is None else err.name()))
@@ -293,12 +305,12 @@ def read_committed(bootstrap, topic, partitions, expected):
     has `expected` of them and nothing more came for 3 s (or after 30 s)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({
+    consumer = Consumer(_auth({
         "bootstrap.servers": bootstrap,
         "group.id": "reader",
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
-    })
+    }))
     consumer.assign([TopicPartition(topic, i, 0) for i in range(int(partitions))])
     values, deadline, last = [], time.time() + 30, time.time()
     while time.time() < deadline and (len(values) < int(expected) or time.time() - last < 3):

@@ -630,7 +630,7 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
     pg.sql("CREATE TABLE pay (id int PRIMARY KEY, amount int)");
     // Rows there before the source: its snapshot reads them, and the first kills come
     // while it does.
-    const OLD: i64 = 20_000;
+    const OLD: i64 = 50_000;
     pg.sql(&format!(
         "INSERT INTO pay SELECT -i, i FROM generate_series(1, {OLD}) i"
     ));
@@ -664,11 +664,28 @@ fn a_worker_killed_while_transactions_stream_loses_and_repeats_no_change() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         if round == 1 {
-            // The first kill comes once the snapshot has read a few chunks (the slot does
-            // not move while it reads).
-            let reading = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT %ROW(%'";
-            crate::common::wait_for("the snapshot", || pg.sql(reading) != "0");
-            std::thread::sleep(Duration::from_millis(300));
+            // The first kill comes once the snapshot has committed some chunks and not all
+            // (the slot does not move while it reads): a sleep after it started was too
+            // early under load (nothing committed: the next worker starts it again) and too
+            // late on an idle machine.
+            let api = crate::common::worker_api(work.path(), &mut child);
+            let http = reqwest::blocking::Client::new();
+            let committed = || -> i64 {
+                http.get(format!("{api}/topics/pg.pay"))
+                    .send()
+                    .ok()
+                    .and_then(|r| r.text().ok())
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|t| {
+                        t["partitions"].as_array().map(|ps| {
+                            ps.iter()
+                                .filter_map(|p| p["last_stable_offset"].as_i64())
+                                .sum()
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            crate::common::wait_for("a part of the snapshot committed", || committed() > 0);
         } else {
             // The others once they have committed changes (the slot moved), at a random
             // moment after.

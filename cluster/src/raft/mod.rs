@@ -52,6 +52,8 @@ pub(crate) struct Network {
     /// membership is the one of the node that started the group, and a node may reach its
     /// peers by other names.
     pub(crate) peers: std::collections::BTreeMap<NodeId, String>,
+    /// What the connections authenticate with.
+    pub(crate) secret: Option<crate::auth::Secret>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -63,6 +65,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: PeerClient::new(
                 self.peers.get(&target).unwrap_or(&node.addr).clone(),
                 self.from,
+                self.secret.clone(),
             ),
         }
     }

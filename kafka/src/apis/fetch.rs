@@ -155,6 +155,11 @@ fn read(ctx: &Ctx, req: &FetchRequest) -> (FetchResponse, usize, bool) {
                     }
                     if let Some(reps) = replicas {
                         let checked = match follower {
+                            // Copies go only to the cluster's nodes (when they authenticate).
+                            Some(_) if !ctx.node => Err((
+                                E::ClusterAuthorizationFailed.code(),
+                                "a replica fetch from a connection that is not a node's".into(),
+                            )),
                             Some(f) => reps
                                 .follower_fetch(
                                     &(topic.to_string(), partition),

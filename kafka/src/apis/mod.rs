@@ -51,6 +51,9 @@ pub(crate) struct Ctx {
     pub(crate) client: String,
     /// The client's address as Kafka shows it (`/127.0.0.1`).
     pub(crate) peer: Arc<str>,
+    /// Whether the connection may make the cluster's own requests (replica fetches,
+    /// transaction markers): it authenticated as a node, or nodes do not authenticate.
+    pub(crate) node: bool,
 }
 
 impl Ctx {

@@ -356,6 +356,7 @@ async fn every_api_answers_at_every_advertised_version() {
         port: 9092,
         waiters: Default::default(),
         users: Default::default(),
+        client_auth: false,
         fetch_sessions: Default::default(),
         cluster: None,
         replicas: None,
@@ -384,6 +385,7 @@ async fn every_api_answers_at_every_advertised_version() {
                     correlation: 7,
                     client: "test".into(),
                     peer: "/127.0.0.1".into(),
+                    node: false,
                 };
                 let body = request(api, version, round, topic, fail).freeze();
                 let answer = dispatch(ctx, body)
@@ -411,6 +413,7 @@ async fn every_api_answers_at_every_advertised_version() {
                 correlation: 7,
                 client: "test".into(),
                 peer: "/127.0.0.1".into(),
+                node: false,
             };
             let body = request(api, version, 0, "t", false).freeze();
             if let Some(answer) =

@@ -266,6 +266,7 @@ pub(crate) fn write_txn_markers(
                         .map(|&index| {
                             let code = match (replicas, u32::try_from(index)) {
                                 (None, _) => E::ClusterAuthorizationFailed.code(),
+                                (Some(_), _) if !ctx.node => E::ClusterAuthorizationFailed.code(),
                                 (Some(_), Err(_)) => E::UnknownTopicOrPartition.code(),
                                 (Some(r), Ok(partition)) => r
                                     .check_write(&name, partition, 1)

@@ -86,13 +86,15 @@ pub trait RemoteMarkers: Send + Sync {
     /// Whether the cluster has `topic`-`partition` (this node may hold no copy of it).
     fn exists(&self, topic: &str, partition: u32) -> bool;
 
-    /// Ends `producer_id`'s transaction (`commit` or abort) in `partitions`.
+    /// Ends `producer_id`'s transaction (`commit` or abort) in `partitions`, as the
+    /// coordinator of `coordinator_epoch`.
     fn write(
         &self,
         partitions: &[(String, u32)],
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        coordinator_epoch: i32,
     ) -> Result<()>;
 }
 
@@ -111,6 +113,18 @@ pub trait TxnReplication: Send + Sync {
     /// Whether this node coordinates `transactional_id` now; a queued end of an id another
     /// node coordinates is dropped (that node ends it from the replicated records).
     fn coordinates(&self, transactional_id: &str) -> bool;
+
+    /// The lock the implementor holds across its own changes of the ids sharing
+    /// `transactional_id`'s replicated partition (a client's request, an import of the
+    /// partition's records): the log holds it across a change it starts by itself
+    /// (housekeeping's expiry and retried ends), so that no import replaces records under
+    /// a change in flight.
+    fn lock(&self, transactional_id: &str) -> Arc<Mutex<()>>;
+
+    /// The coordinator epoch of `transactional_id` here (its partition's leader epoch),
+    /// carried by the markers: leaders refuse markers of an older coordinator epoch once a
+    /// newer one wrote for the producer.
+    fn coordinator_epoch(&self, transactional_id: &str) -> i32;
 }
 
 /// A [`TxnReplication`] as the log keeps it.

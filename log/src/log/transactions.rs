@@ -327,6 +327,10 @@ impl Log {
         // record says was written, and its transaction would stay open there.
         let mut replicated = Vec::new();
         let mut failed = None;
+        let coordinator_epoch = match self.inner.txn_log.read().as_ref() {
+            Some(r) if plan.prepare.replicated => r.0.coordinator_epoch(id),
+            _ => 0,
+        };
         for (topic, partition) in &plan.partitions {
             if markers.as_ref().is_some_and(|m| m.0.owns(topic)) {
                 remote.push((topic.clone(), *partition));
@@ -338,14 +342,22 @@ impl Log {
                 }
                 Ok(p) => {
                     let epoch = p.leader_epoch();
-                    match p.append_marker(plan.producer_id, plan.epoch, plan.commit, 0) {
+                    let written = p.append_marker(
+                        plan.producer_id,
+                        plan.epoch,
+                        plan.commit,
+                        coordinator_epoch,
+                    );
+                    match written {
                         Ok(written) if markers.is_some() && p.is_replica() => {
                             let end = written.map_or_else(|| p.log_end_offset(), |o| o + 1);
                             replicated.push((p, end, epoch));
                         }
                         Ok(_) => {}
-                        // A newer epoch of the producer ended it there already.
-                        Err(LogError::ProducerFenced { .. }) => {}
+                        // A newer epoch of the producer, or a newer coordinator, ended it
+                        // there already.
+                        Err(LogError::ProducerFenced { .. })
+                        | Err(LogError::CoordinatorFenced { .. }) => {}
                         Err(e) => failed = Some(e),
                     }
                 }
@@ -367,9 +379,13 @@ impl Log {
             p.wait_high_watermark(*end, *epoch, Duration::from_secs(10))
         });
         let remote_written = match markers.filter(|_| !remote.is_empty()) {
-            Some(m) => {
-                m.0.write(&remote, plan.producer_id, plan.epoch, plan.commit)
-            }
+            Some(m) => m.0.write(
+                &remote,
+                plan.producer_id,
+                plan.epoch,
+                plan.commit,
+                coordinator_epoch,
+            ),
             None => Ok(()),
         };
         if let Some(e) = failed.map(Err).unwrap_or(local).and(remote_written).err() {
@@ -411,13 +427,18 @@ impl Log {
         let ends = std::mem::take(&mut *self.inner.unfinished_ends.lock());
         let replication = self.inner.txn_log.read().clone();
         for (id, plan) in ends {
-            if plan.prepare.replicated
-                && replication.as_ref().is_some_and(|r| !r.0.coordinates(&id))
-            {
-                // Another node coordinates the id now, and ends the transaction from its
-                // records.
-                continue;
-            }
+            let lock = match &replication {
+                Some(r) if plan.prepare.replicated => {
+                    if !r.0.coordinates(&id) {
+                        // Another node coordinates the id now, and ends the transaction
+                        // from its records.
+                        continue;
+                    }
+                    Some(r.0.lock(&id))
+                }
+                _ => None,
+            };
+            let _held = lock.as_ref().map(|l| l.lock());
             // A failure queues it again.
             let _ = self.execute_end(&id, &plan);
         }
@@ -436,8 +457,18 @@ impl Log {
     /// epochs, fencing the producers. One that cannot end now is retried (its record says
     /// PrepareAbort already), and the others go on.
     pub(super) fn expire_transactions(&self, now: i64) -> Result<()> {
-        let expired = self.inner.txns.lock().expire(now);
-        for (id, plan) in expired {
+        let expired = self.inner.txns.lock().expired(now);
+        let replication = self.inner.txn_log.read().clone();
+        for (id, replicated) in expired {
+            let lock = replication
+                .as_ref()
+                .filter(|_| replicated)
+                .map(|r| r.0.lock(&id));
+            let _held = lock.as_ref().map(|l| l.lock());
+            // Again under the lock: an import may have changed the record meanwhile.
+            let Some(plan) = self.inner.txns.lock().expire_one(&id, now) else {
+                continue;
+            };
             tracing::warn!(transactional_id = %id, "Aborting a transaction that passed its timeout.");
             // A failure queues it again.
             let _ = self.execute_end(&id, &plan);

@@ -109,6 +109,13 @@ pub struct RunArgs {
     /// majority must be up to change the cluster's metadata.
     #[arg(long, requires = "node_id", help_heading = "Cluster")]
     pub cluster: Option<String>,
+    /// A file holding the cluster's secret (its first line, 16 characters or more), the same
+    /// on every node: the nodes prove it to each other (SASL SCRAM-SHA-256) on every
+    /// connection, and a node takes replica fetches, transaction markers and the metadata
+    /// log's messages only from connections that did. Needed with an API token or Kafka
+    /// users; without it the nodes do not authenticate each other (a trusted network).
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Milliseconds without a heartbeat after which the controller fences a node and moves
     /// its leaderships and pipelines (Kafka's `broker.session.timeout.ms`).
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..), help_heading = "Cluster")]
@@ -154,6 +161,21 @@ impl RunArgs {
                 file.display()
             ))),
         }
+    }
+
+    /// The cluster's secret from --cluster-secret-file; errors name the file, never its
+    /// content.
+    fn cluster_secret(&self) -> Result<Option<sluice_cluster::auth::Secret>, CliError> {
+        let Some(file) = &self.cluster_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            CliError::io(format!("read --cluster-secret-file {}", file.display()), e)
+        })?;
+        let first = text.lines().next().unwrap_or_default();
+        sluice_cluster::auth::Secret::new(first)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("--cluster-secret-file {}: {e}", file.display())))
     }
 
     /// The Kafka listener's users: --kafka-users (or `SLUICE_KAFKA_USERS`), the file, and
@@ -204,10 +226,23 @@ impl RunArgs {
                     "--cluster with --kafka-tls-cert is not supported yet: the nodes talk to each other without TLS".into(),
                 ));
             }
-            if token.is_some() || self.kafka_users.is_some() || self.kafka_users_file.is_some() {
+            let secret = self.cluster_secret()?;
+            let users =
+                token.is_some() || self.kafka_users.is_some() || self.kafka_users_file.is_some();
+            if users && secret.is_none() {
                 return Err(CliError::Usage(
-                    "--cluster with an API token or Kafka users is not supported yet: the nodes do not authenticate to each other (run the cluster on a trusted network without them)".into(),
+                    "--cluster with an API token or Kafka users needs --cluster-secret-file: the nodes must authenticate to each other as the clients do".into(),
                 ));
+            }
+            if self
+                .kafka_user_list(token.as_deref())?
+                .iter()
+                .any(|(u, _)| u == sluice_cluster::auth::NODE_USER)
+            {
+                return Err(CliError::Usage(format!(
+                    "the Kafka user name '{}' is the cluster's nodes' own; choose another",
+                    sluice_cluster::auth::NODE_USER
+                )));
             }
         }
         Ok(())
@@ -235,6 +270,12 @@ impl RunArgs {
         config.api = Some(api.to_string());
         config.session_timeout = Duration::from_millis(self.cluster_session_timeout_ms);
         config.heartbeat_interval = (config.session_timeout / 6).max(Duration::from_millis(100));
+        config.secret = self.cluster_secret()?;
+        if config.secret.is_none() {
+            tracing::warn!(
+                "The nodes of this cluster do not authenticate each other (no --cluster-secret-file): anyone who reaches a node's Kafka port can act as a node. Run it on a trusted network."
+            );
+        }
         sluice_cluster::Cluster::start(config)
             .map(Some)
             .map_err(|e| CliError::Usage(e.to_string()))
