@@ -11,6 +11,7 @@
 //!   controller's loop, answers to peers; [`Cluster`] is its handle.
 //! - [`raft`]: openraft's types, the network between nodes and the storage on disk.
 //! - [`rpc`]: the messages between nodes and their framing on the Kafka listener.
+//! - [`transport`]: a node's connections to the others, plain or TLS.
 
 pub mod auth;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod metadata;
 pub mod node;
 pub mod raft;
 pub mod rpc;
+pub mod transport;
 
 pub use metadata::{Command, Metadata, NodeId};
 pub use node::{Cluster, ClusterConfig, ClusterError, ClusterStatus, NodeStatus, parse_voters};

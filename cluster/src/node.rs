@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     /// The secret the nodes prove to each other on every connection
     /// ([`crate::auth`]); `None`: they do not authenticate (a trusted network).
     pub secret: Option<crate::auth::Secret>,
+    /// TLS to the other nodes (their listeners serve it), verified against the cluster's
+    /// CA; `None`: plain TCP.
+    pub tls: Option<crate::transport::PeerTls>,
 }
 
 impl ClusterConfig {
@@ -73,6 +76,7 @@ impl ClusterConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             secret: None,
+            tls: None,
         }
     }
 
@@ -264,6 +268,7 @@ impl Cluster {
             from: config.node_id,
             peers: config.voters.clone(),
             secret: config.secret.clone(),
+            tls: config.tls.clone(),
         };
         let raft = runtime
             .block_on(Raft::new(
@@ -336,6 +341,11 @@ impl Cluster {
     /// How this node reaches node `id` (its `--cluster` entry), if it is a voter.
     pub fn peer_addr(&self, id: NodeId) -> Option<String> {
         self.inner.config.voters.get(&id).cloned()
+    }
+
+    /// How this node connects to the others over TLS, if it does.
+    pub fn tls(&self) -> Option<&crate::transport::PeerTls> {
+        self.inner.config.tls.as_ref()
     }
 
     /// The secret the nodes prove to each other, if they do.
@@ -549,6 +559,7 @@ async fn propose(
                         inner.config.voters[&l].clone(),
                         inner.config.node_id,
                         inner.config.secret.clone(),
+                        inner.config.tls.clone(),
                     )
                 });
                 match client
@@ -643,9 +654,14 @@ async fn heartbeat(
         if peer == id {
             continue;
         }
-        let mut c = clients
-            .remove(&peer)
-            .unwrap_or_else(|| PeerClient::new(addr.clone(), id, inner.config.secret.clone()));
+        let mut c = clients.remove(&peer).unwrap_or_else(|| {
+            PeerClient::new(
+                addr.clone(),
+                id,
+                inner.config.secret.clone(),
+                inner.config.tls.clone(),
+            )
+        });
         calls.spawn(async move {
             let r = c
                 .call(&PeerRequest::Heartbeat { id, incarnation }, timeout)

@@ -14,7 +14,6 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::metadata::{Applied, Command, NodeId};
 use crate::raft::TypeConfig;
@@ -79,20 +78,23 @@ pub(crate) enum PeerResponse {
 #[derive(Debug)]
 pub(crate) struct PeerClient {
     addr: String,
-    conn: Option<TcpStream>,
+    conn: Option<crate::transport::PeerStream>,
     correlation: i32,
     client_id: String,
     /// Proven on every new connection ([`crate::auth`]).
     secret: Option<crate::auth::Secret>,
+    /// TLS, when the peers' listeners serve it.
+    tls: Option<crate::transport::PeerTls>,
 }
 
 impl PeerClient {
     /// A client of the node listening at `addr`, calling itself node `from`, proving
-    /// `secret` on every connection when there is one.
+    /// `secret` on every connection when there is one, over TLS with `tls`.
     pub(crate) fn new(
         addr: String,
         from: NodeId,
         secret: Option<crate::auth::Secret>,
+        tls: Option<crate::transport::PeerTls>,
     ) -> PeerClient {
         PeerClient {
             addr,
@@ -100,6 +102,7 @@ impl PeerClient {
             correlation: 0,
             client_id: format!("sluice-node-{from}"),
             secret,
+            tls,
         }
     }
 
@@ -125,10 +128,9 @@ impl PeerClient {
 
     async fn call_inner(&mut self, request: &PeerRequest) -> Result<PeerResponse, CallError> {
         if self.conn.is_none() {
-            let mut stream = TcpStream::connect(&self.addr)
+            let mut stream = crate::transport::connect(&self.addr, self.tls.as_ref())
                 .await
                 .map_err(CallError::Connect)?;
-            let _ = stream.set_nodelay(true);
             if let Some(secret) = &self.secret {
                 crate::auth::authenticate(
                     &mut stream,

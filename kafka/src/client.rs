@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_cluster::transport::{PeerStream, PeerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The largest answer taken from a peer (a fetch answer is capped well below).
 const MAX_ANSWER: usize = 128 << 20;
@@ -17,11 +17,13 @@ const MAX_ANSWER: usize = 128 << 20;
 pub struct PeerConnection {
     addr: String,
     client_id: String,
-    conn: Option<TcpStream>,
+    conn: Option<PeerStream>,
     correlation: i32,
     /// Proven on every new connection: a user and its password (a cluster's node and its
     /// secret).
     credentials: Option<(String, sluice_cluster::auth::Secret)>,
+    /// TLS, when the listener serves it.
+    tls: Option<PeerTls>,
 }
 
 impl PeerConnection {
@@ -33,7 +35,14 @@ impl PeerConnection {
             conn: None,
             correlation: 0,
             credentials: None,
+            tls: None,
         }
+    }
+
+    /// Connects with TLS, verified with `tls`, when there is one.
+    pub fn with_tls(mut self, tls: Option<PeerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Authenticates every connection as a node of the cluster with `secret`
@@ -79,10 +88,9 @@ impl PeerConnection {
         request: &Req,
     ) -> Result<Resp, String> {
         if self.conn.is_none() {
-            let mut s = TcpStream::connect(&self.addr)
+            let mut s = sluice_cluster::transport::connect(&self.addr, self.tls.as_ref())
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
-            let _ = s.set_nodelay(true);
             if let Some((user, secret)) = &self.credentials {
                 sluice_cluster::auth::authenticate(
                     &mut s,

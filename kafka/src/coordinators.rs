@@ -364,17 +364,19 @@ pub(crate) fn mirror(
 /// group's `partition` of [`GROUPS_TOPIC`]): another node's transaction coordinator sent the
 /// marker. The offsets pending in this node's `__consumer_offsets` are settled and, when
 /// committed, copied to the group's partition and waited for (10 s), so a later coordinator
-/// has them. Blocking.
+/// has them. `coordinator_epoch` is the transaction coordinator's (an older one's marker is
+/// refused). Blocking.
 pub(crate) fn settle(
     log: &Log,
     cluster: &sluice_cluster::Cluster,
     producer_id: i64,
     epoch: i16,
     commit: bool,
+    coordinator_epoch: i32,
 ) -> Result<(), Refusal> {
     let failed = |e: sluice_log::LogError| (crate::errors::code(&e), crate::errors::message(&e));
     let settled = log
-        .settle_offsets(producer_id, epoch, commit)
+        .settle_offsets(producer_id, epoch, commit, coordinator_epoch)
         .map_err(failed)?;
     let count = partition_count(cluster, GROUPS_TOPIC);
     let mut by_group: BTreeMap<String, Vec<(TopicPartition, Option<i64>)>> = BTreeMap::new();

@@ -696,7 +696,8 @@ impl Replicas {
             };
             if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
                 let c = PeerConnection::new(addr.clone(), client_id.clone())
-                    .with_secret(self.cluster.secret().cloned());
+                    .with_secret(self.cluster.secret().cloned())
+                    .with_tls(self.cluster.tls().cloned());
                 conn = Some((addr, c));
             }
             let (_, c) = conn.as_mut().expect("set above");
@@ -1008,14 +1009,21 @@ impl sluice_log::log::TxnReplication for TxnMirror {
         }
     }
 
-    fn coordinator_epoch(&self, transactional_id: &str) -> i32 {
+    fn coordinator_epoch(&self, transactional_id: &str) -> sluice_log::Result<i32> {
         use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
-        self.0.upgrade().map_or(0, |r| {
-            let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
-            r.log
-                .partition(TRANSACTIONS_TOPIC, partition_of(transactional_id, count))
-                .map_or(0, |p| p.leader_epoch())
-        })
+        let r = self.0.upgrade().ok_or_else(|| {
+            LogError::ClusterUnavailable("this node is leaving its cluster".into())
+        })?;
+        let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
+        let partition = partition_of(transactional_id, count);
+        let p = r.log.partition(TRANSACTIONS_TOPIC, partition)?;
+        let epoch = p.leader_epoch();
+        if !p.leads(epoch) {
+            return Err(LogError::ClusterUnavailable(format!(
+                "{TRANSACTIONS_TOPIC}-{partition} is not led here"
+            )));
+        }
+        Ok(epoch)
     }
 
     fn coordinates(&self, transactional_id: &str) -> bool {
@@ -1148,8 +1156,15 @@ impl Replicas {
                 .push(*partition as i32);
         }
         if settle_here {
-            crate::coordinators::settle(&self.log, &self.cluster, producer_id, epoch, commit)
-                .map_err(|(_, message)| LogError::ClusterUnavailable(message))?;
+            crate::coordinators::settle(
+                &self.log,
+                &self.cluster,
+                producer_id,
+                epoch,
+                commit,
+                coordinator_epoch,
+            )
+            .map_err(|(_, message)| LogError::ClusterUnavailable(message))?;
         }
         for (leader, topics) in by_leader {
             let addr = self
@@ -1177,11 +1192,13 @@ impl Replicas {
             let req = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
             let client_id = format!("sluice-txn-{}", self.node);
             let secret = self.cluster.secret().cloned();
+            let tls = self.cluster.tls().cloned();
             let resp: WriteTxnMarkersResponse = self
                 .runtime
                 .block_on(async move {
                     PeerConnection::new(addr, client_id)
                         .with_secret(secret)
+                        .with_tls(tls)
                         .call(ApiKey::WriteTxnMarkers, 1, &req, Duration::from_secs(15))
                         .await
                 })

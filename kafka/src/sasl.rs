@@ -274,6 +274,10 @@ fn plain(users: &Users, message: &[u8]) -> Step {
     if !authz.is_empty() && authz != user.as_bytes() {
         return Step::Failed;
     }
+    if user == sluice_cluster::auth::NODE_USER {
+        // The nodes' secret never crosses the wire: SCRAM only.
+        return Step::Failed;
+    }
     let given = sha256(password);
     match users.users.get(user) {
         Some(c) if same(&c.plain, &given) => Step::Done(user.to_string(), Vec::new()),

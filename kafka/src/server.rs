@@ -446,7 +446,7 @@ async fn handle(
     if key == sluice_cluster::rpc::API_KEY
         && let Some(cluster) = &broker.cluster
     {
-        let refused = !is_node(cluster, session);
+        let refused = !is_node(broker, cluster, session);
         return peer_request(cluster, refused, correlation, version, frame).await;
     }
     let api = ApiKey::try_from(key).map_err(|()| ConnError::UnknownApi {
@@ -493,7 +493,10 @@ async fn handle(
         correlation,
         client,
         peer: Arc::clone(peer),
-        node: broker.cluster.as_ref().is_some_and(|c| is_node(c, session)),
+        node: broker
+            .cluster
+            .as_ref()
+            .is_some_and(|c| is_node(broker, c, session)),
     };
     if unsupported {
         // A version the codec speaks but this listener does not serve (topic ids, KIP-890
@@ -585,9 +588,12 @@ async fn peer_request(
 
 /// Whether a connection may make the cluster's own requests: when the nodes share a secret,
 /// only one that authenticated as a node.
-fn is_node(cluster: &sluice_cluster::Cluster, session: &Session) -> bool {
-    cluster.secret().is_none()
-        || session.auth.user.as_deref() == Some(sluice_cluster::auth::NODE_USER)
+fn is_node(broker: &Broker, cluster: &sluice_cluster::Cluster, session: &Session) -> bool {
+    match cluster.secret() {
+        Some(_) => session.auth.user.as_deref() == Some(sluice_cluster::auth::NODE_USER),
+        // No secret (a trusted network): at least what a client must be.
+        None => !broker.client_auth || session.auth.user.is_some(),
+    }
 }
 
 /// A connection's state between its requests.

@@ -2244,17 +2244,18 @@ fn replay(
     let h = &b.header;
     match &b.control {
         Some(control) => {
-            let kind = control.as_ref().map_err(|reason| LogError::Corrupt {
-                path: seg.log_path(),
-                position: 0,
-                reason: format!("the marker at offset {}: {reason}", h.base_offset),
-            })?;
+            let (kind, coordinator_epoch) =
+                control.as_ref().map_err(|reason| LogError::Corrupt {
+                    path: seg.log_path(),
+                    position: 0,
+                    reason: format!("the marker at offset {}: {reason}", h.base_offset),
+                })?;
             producers.on_marker(
                 h.producer_id,
                 h.producer_epoch,
                 *kind == ControlType::Commit,
                 h.base_offset,
-                0,
+                *coordinator_epoch,
             );
         }
         None => producers.on_data(h),

@@ -44,8 +44,8 @@ struct ProducerEntry {
     batches: VecDeque<BatchMeta>,
     /// First offset of the open transaction, if one is open in this partition.
     txn_first_offset: Option<i64>,
-    /// The latest coordinator epoch of its markers seen since this process appended or
-    /// copied them (not replayed at open: a delayed request does not outlive the process).
+    /// The latest coordinator epoch of its markers (appended, copied from a leader or
+    /// replayed at open; a marker that found nothing open raises it only in memory).
     coordinator_epoch: i32,
 }
 

@@ -30,9 +30,10 @@ pub(crate) fn file_stem(base_offset: i64) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct BatchPosition {
     pub header: BatchHeader,
-    /// For a control batch: its marker, read during the scan (a partition replays markers
-    /// into its transaction state; reading each one again by offset cost several reads apiece).
-    pub control: Option<Result<crate::batch::ControlType, String>>,
+    /// For a control batch: its marker and coordinator epoch, read during the scan (a
+    /// partition replays markers into its transaction state; reading each one again by
+    /// offset cost several reads apiece).
+    pub control: Option<Result<(crate::batch::ControlType, i32), String>>,
 }
 
 /// What opening a segment found.
@@ -222,11 +223,7 @@ impl Segment {
                 window
                     .bytes(&seg.file, pos, total as usize, file_size)
                     .map_err(|e| e.to_string())
-                    .and_then(|b| {
-                        crate::batch::decode_control(b)
-                            .map(|(kind, _)| kind)
-                            .map_err(|e| e.to_string())
-                    })
+                    .and_then(|b| crate::batch::decode_control(b).map_err(|e| e.to_string()))
             });
             batches.push(BatchPosition { header, control });
             expected = header.next_offset();

@@ -574,8 +574,8 @@ impl sluice_log::log::TxnReplication for Replicated {
         std::sync::Arc::clone(&self.lock)
     }
 
-    fn coordinator_epoch(&self, _: &str) -> i32 {
-        0
+    fn coordinator_epoch(&self, _: &str) -> sluice_log::Result<i32> {
+        Ok(0)
     }
 }
 

@@ -12,12 +12,18 @@ import time
 
 def _auth(config):
     """`config` with SASL SCRAM-SHA-256 as the user in SLUICE_TEST_SASL (`user:password`),
-    when set."""
+    and TLS trusting the CA file in SLUICE_TEST_SSL_CA, when set."""
     user = os.environ.get("SLUICE_TEST_SASL")
+    ca = os.environ.get("SLUICE_TEST_SSL_CA")
     if user:
         name, password = user.split(":", 1)
-        config = dict(config, **{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+        config = dict(config, **{"security.protocol": "SASL_SSL" if ca else "SASL_PLAINTEXT",
+                                 "sasl.mechanism": "SCRAM-SHA-256",
                                  "sasl.username": name, "sasl.password": password})
+    elif ca:
+        config = dict(config, **{"security.protocol": "SSL"})
+    if ca:
+        config["ssl.ca.location"] = ca
     return config
 
 

@@ -1181,10 +1181,11 @@ fn a_partitioned_leader_acknowledges_no_acks_all_write_and_its_tail_is_truncated
 }
 
 /// With `--cluster-secret-file`, the nodes prove the secret to each other (SASL
-/// SCRAM-SHA-256) on every connection: the cluster forms and replicates with Kafka users in
-/// place; a client authenticated as a user, not as a node, gets CLUSTER_AUTHORIZATION_FAILED
-/// for a replica fetch and for transaction markers; a node started with another secret
-/// takes no part (it stays fenced) until it has the right one.
+/// SCRAM-SHA-256) on every connection, here over TLS (`--kafka-tls-cert`, peers verified
+/// with `--cluster-tls-ca`): the cluster forms and replicates with Kafka users in place; a
+/// client authenticated as a user, not as a node, gets CLUSTER_AUTHORIZATION_FAILED for a
+/// replica fetch and for transaction markers; a node started with another secret takes no
+/// part (it stays fenced) until it has the right one.
 #[test]
 fn nodes_with_a_secret_admit_only_each_other_to_the_clusters_requests() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -1203,12 +1204,21 @@ fn nodes_with_a_secret_admit_only_each_other_to_the_clusters_requests() {
     let wrong = secrets.path().join("wrong");
     std::fs::write(&wrong, "another-secret-entirely-here\n").unwrap();
     let alice = "alice-password-123";
+    crate::postgres_cdc::server_cert(secrets.path());
+    let ca = secrets.path().join("ca.crt");
+    let path = |name: &str| secrets.path().join(name).display().to_string();
     let args = |secret: &Path| {
         vec![
             "--cluster-secret-file".to_string(),
             secret.display().to_string(),
             "--kafka-users".to_string(),
             format!("alice:{alice}"),
+            "--kafka-tls-cert".to_string(),
+            path("server.crt"),
+            "--kafka-tls-key".to_string(),
+            path("server.key"),
+            "--cluster-tls-ca".to_string(),
+            path("ca.crt"),
         ]
     };
     let mut cluster = TestCluster::start_inner(3, false, None, &args(&right));
@@ -1219,6 +1229,7 @@ fn nodes_with_a_secret_admit_only_each_other_to_the_clusters_requests() {
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/clients.py"))
             .args(a)
             .env("SLUICE_TEST_SASL", format!("alice:{alice}"))
+            .env("SLUICE_TEST_SSL_CA", &ca)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1244,7 +1255,9 @@ fn nodes_with_a_secret_admit_only_each_other_to_the_clusters_requests() {
         .enable_all()
         .build()
         .unwrap();
+    let tls = sluice_cluster::transport::PeerTls::from_ca_file(&ca).unwrap();
     let mut conn = sluice_kafka::client::PeerConnection::new(addr, "intruder".into())
+        .with_tls(Some(tls))
         .with_user("alice", Secret::new(alice).unwrap());
     let fetch = FetchRequest::default()
         .with_replica_id(BrokerId(2))

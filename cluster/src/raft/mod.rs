@@ -54,6 +54,8 @@ pub(crate) struct Network {
     pub(crate) peers: std::collections::BTreeMap<NodeId, String>,
     /// What the connections authenticate with.
     pub(crate) secret: Option<crate::auth::Secret>,
+    /// TLS to the peers, when their listeners serve it.
+    pub(crate) tls: Option<crate::transport::PeerTls>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -66,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 self.peers.get(&target).unwrap_or(&node.addr).clone(),
                 self.from,
                 self.secret.clone(),
+                self.tls.clone(),
             ),
         }
     }

@@ -283,6 +283,7 @@ pub(crate) fn write_txn_markers(
                                                     m.producer_id.0,
                                                     m.producer_epoch,
                                                     m.transaction_result,
+                                                    m.coordinator_epoch,
                                                 )
                                                 .map_err(|(c, _)| c)
                                             });

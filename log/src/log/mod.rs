@@ -121,10 +121,11 @@ pub trait TxnReplication: Send + Sync {
     /// a change in flight.
     fn lock(&self, transactional_id: &str) -> Arc<Mutex<()>>;
 
-    /// The coordinator epoch of `transactional_id` here (its partition's leader epoch),
-    /// carried by the markers: leaders refuse markers of an older coordinator epoch once a
-    /// newer one wrote for the producer.
-    fn coordinator_epoch(&self, transactional_id: &str) -> i32;
+    /// The coordinator epoch of `transactional_id` here (the leader epoch of its partition,
+    /// which this node leads), carried by the markers: leaders refuse markers of an older
+    /// coordinator epoch once a newer one wrote for the producer. An error when this node
+    /// does not lead the partition (it must not borrow its successor's epoch).
+    fn coordinator_epoch(&self, transactional_id: &str) -> Result<i32>;
 }
 
 /// A [`TxnReplication`] as the log keeps it.

@@ -139,12 +139,15 @@ impl Log {
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        coordinator_epoch: i32,
     ) -> Result<Vec<(String, TopicPartition, i64)>> {
         self.check_open()?;
         let topic = self.topic(OFFSETS_TOPIC)?;
         for p in topic.partitions.read().iter() {
             if p.open_transactions().contains(&producer_id) {
-                p.append_marker(producer_id, epoch, commit, 0)?;
+                // A former coordinator's delayed marker is refused here (before any offset
+                // is settled), as in any partition.
+                p.append_marker(producer_id, epoch, commit, coordinator_epoch)?;
             }
         }
         let settled = self.inner.offsets.lock().end_txn(producer_id, commit);
@@ -328,7 +331,18 @@ impl Log {
         let mut replicated = Vec::new();
         let mut failed = None;
         let coordinator_epoch = match self.inner.txn_log.read().as_ref() {
-            Some(r) if plan.prepare.replicated => r.0.coordinator_epoch(id),
+            Some(r) if plan.prepare.replicated => match r.0.coordinator_epoch(id) {
+                Ok(e) => e,
+                Err(e) => {
+                    // No longer the coordinator: retried, and dropped once another is.
+                    self.inner
+                        .unfinished_ends
+                        .lock()
+                        .push((id.to_string(), plan.clone()));
+                    tracing::debug!(transactional_id = %id, error = %e, "Not writing a transaction's markers: the coordinator moved.");
+                    return Ok(false);
+                }
+            },
             _ => 0,
         };
         for (topic, partition) in &plan.partitions {
@@ -354,10 +368,11 @@ impl Log {
                             replicated.push((p, end, epoch));
                         }
                         Ok(_) => {}
-                        // A newer epoch of the producer, or a newer coordinator, ended it
-                        // there already.
-                        Err(LogError::ProducerFenced { .. })
-                        | Err(LogError::CoordinatorFenced { .. }) => {}
+                        // A newer epoch of the producer ended it there already.
+                        Err(LogError::ProducerFenced { .. }) => {}
+                        // Anything else, a newer coordinator's fence included (this one is
+                        // stale: it must not record the end as done), is retried, and dropped
+                        // once this node sees it no longer coordinates the id.
                         Err(e) => failed = Some(e),
                     }
                 }
@@ -501,19 +516,22 @@ impl Log {
     ) -> Result<(i64, i16)> {
         self.check_open()?;
         let timeout = timeout.min(self.inner.options.max_transaction_timeout);
-        let mut new_pid = None;
+        let needs_pid =
+            |coord: &crate::txn::TxnCoordinator| coord.get(id).is_none_or(|r| r.epoch == i16::MAX);
+        // Taken before the coordinator's lock: in a cluster a new block of ids is a round
+        // trip to the controller, and that lock is on the produce path and the
+        // replication layer's (an id taken and then not needed is simply never used).
+        let mut pid = None;
+        if needs_pid(&self.inner.txns.lock()) {
+            pid = Some(self.allocate_producer_id()?);
+        }
         let result = {
             let mut coord = self.inner.txns.lock();
-            let pid =
-                if coord.get(id).is_none() || coord.get(id).is_some_and(|r| r.epoch == i16::MAX) {
-                    Some(self.allocate_producer_id()?)
-                } else {
-                    None
-                };
-            let r = coord.init(id, timeout.as_millis() as u64, || {
-                new_pid = pid;
-                pid.unwrap_or(-1)
-            });
+            if pid.is_none() && needs_pid(&coord) {
+                // Another init of the id ran meanwhile (not through one client's requests).
+                pid = Some(self.allocate_producer_id()?);
+            }
+            let r = coord.init(id, timeout.as_millis() as u64, || pid.unwrap_or(-1));
             r.map(|(mut rec, mut abort)| {
                 if replicated && !rec.replicated {
                     rec.replicated = true;

@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// users; without it the nodes do not authenticate each other (a trusted network).
     #[arg(long, requires = "cluster", help_heading = "Cluster")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// With --kafka-tls-cert in a cluster: the CA certificates (PEM) the nodes' certificates
+    /// chain to. Each node then reaches the others over TLS and checks that a peer's
+    /// certificate names its address in --cluster.
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Milliseconds without a heartbeat after which the controller fences a node and moves
     /// its leaderships and pipelines (Kafka's `broker.session.timeout.ms`).
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..), help_heading = "Cluster")]
@@ -161,6 +166,17 @@ impl RunArgs {
                 file.display()
             ))),
         }
+    }
+
+    /// TLS to the other nodes, from --cluster-tls-ca.
+    fn peer_tls(&self) -> Result<Option<sluice_cluster::transport::PeerTls>, CliError> {
+        self.cluster_tls_ca
+            .as_deref()
+            .map(|ca| {
+                sluice_cluster::transport::PeerTls::from_ca_file(ca)
+                    .map_err(|e| CliError::Usage(format!("--cluster-tls-ca {e}")))
+            })
+            .transpose()
     }
 
     /// The cluster's secret from --cluster-secret-file; errors name the file, never its
@@ -221,11 +237,12 @@ impl RunArgs {
         }
         if self.cluster.is_some() {
             self.voters()?;
-            if self.kafka_tls_cert.is_some() {
+            if self.kafka_tls_cert.is_some() != self.cluster_tls_ca.is_some() {
                 return Err(CliError::Usage(
-                    "--cluster with --kafka-tls-cert is not supported yet: the nodes talk to each other without TLS".into(),
+                    "in a cluster, --kafka-tls-cert and --cluster-tls-ca go together: the nodes' listeners serve TLS, and each node verifies the others' certificates against the CA".into(),
                 ));
             }
+            self.peer_tls()?;
             let secret = self.cluster_secret()?;
             let users =
                 token.is_some() || self.kafka_users.is_some() || self.kafka_users_file.is_some();
@@ -271,6 +288,7 @@ impl RunArgs {
         config.session_timeout = Duration::from_millis(self.cluster_session_timeout_ms);
         config.heartbeat_interval = (config.session_timeout / 6).max(Duration::from_millis(100));
         config.secret = self.cluster_secret()?;
+        config.tls = self.peer_tls()?;
         if config.secret.is_none() {
             tracing::warn!(
                 "The nodes of this cluster do not authenticate each other (no --cluster-secret-file): anyone who reaches a node's Kafka port can act as a node. Run it on a trusted network."
