@@ -246,7 +246,7 @@ impl Coordinators {
             return Ok(());
         }
         let imported = match self.kind {
-            Kind::Groups => import_groups(log, partition),
+            Kind::Groups => import_groups(log, partition, count),
             Kind::Transactions => import_transactions(log, partition, count),
         }
         .map_err(|e| format!("loading {topic}-{partition}: {e}"))?;
@@ -321,18 +321,29 @@ impl Coordinators {
         partition: u32,
         offsets: &[(TopicPartition, Option<i64>)],
     ) -> Result<Mirrored, Refusal> {
-        mirror(log, group, partition, offsets)
+        mirror(log, group, partition, offsets, None)
     }
 }
 
-/// [`Coordinators::mirror`], for callers without the coordinators at hand.
+/// [`Coordinators::mirror`], for callers without the coordinators at hand; with `producer`
+/// (producer id and epoch) the offsets are a transaction's (TxnOffsetCommit), in a
+/// transactional batch its marker commits or aborts there too.
 pub(crate) fn mirror(
     log: &Log,
     group: &str,
     partition: u32,
     offsets: &[(TopicPartition, Option<i64>)],
+    producer: Option<(i64, i16)>,
 ) -> Result<Mirrored, Refusal> {
-    let mut b = BatchBuilder::new(BatchOptions::default());
+    let mut b = BatchBuilder::new(match producer {
+        Some((producer_id, producer_epoch)) => BatchOptions {
+            producer_id,
+            producer_epoch,
+            transactional: true,
+            ..BatchOptions::default()
+        },
+        None => BatchOptions::default(),
+    });
     for (tp, offset) in offsets {
         b.push(&offset_record(group, tp, *offset))
             .map_err(|e| (E::InvalidCommitOffsetSize.code(), e.to_string()))?;
@@ -362,10 +373,11 @@ pub(crate) fn mirror(
 
 /// Ends a transaction's offset commits at their groups' coordinator (this node leads the
 /// group's `partition` of [`GROUPS_TOPIC`]): another node's transaction coordinator sent the
-/// marker. The offsets pending in this node's `__consumer_offsets` are settled and, when
-/// committed, copied to the group's partition and waited for (10 s), so a later coordinator
-/// has them. `coordinator_epoch` is the transaction coordinator's (an older one's marker is
-/// refused). Blocking.
+/// marker. The marker goes first into every partition of [`GROUPS_TOPIC`] led here where
+/// the transaction's offsets are (their replicated truth, waited for); then the offsets
+/// pending in this node's `__consumer_offsets` are settled and, when committed, copied to
+/// the group's partition and waited for (10 s). `coordinator_epoch` is the transaction
+/// coordinator's (an older one's marker is refused). Blocking.
 pub(crate) fn settle(
     log: &Log,
     cluster: &sluice_cluster::Cluster,
@@ -375,6 +387,27 @@ pub(crate) fn settle(
     coordinator_epoch: i32,
 ) -> Result<(), Refusal> {
     let failed = |e: sluice_log::LogError| (crate::errors::code(&e), crate::errors::message(&e));
+    let wait = std::time::Duration::from_secs(10);
+    let local = log.topic(GROUPS_TOPIC).map_or(0, |t| t.partition_count());
+    for p in (0..local).filter_map(|i| log.partition(GROUPS_TOPIC, i).ok()) {
+        if !p.open_transactions().contains(&producer_id) {
+            continue;
+        }
+        let written = log
+            .write_marker(
+                GROUPS_TOPIC,
+                p.id(),
+                producer_id,
+                epoch,
+                commit,
+                coordinator_epoch,
+            )
+            .map_err(failed)?;
+        if let Some((offset, leader_epoch)) = written {
+            p.wait_high_watermark(offset + 1, leader_epoch, wait)
+                .map_err(failed)?;
+        }
+    }
     let settled = log
         .settle_offsets(producer_id, epoch, commit, coordinator_epoch)
         .map_err(failed)?;
@@ -384,21 +417,29 @@ pub(crate) fn settle(
         by_group.entry(group).or_default().push((tp, Some(offset)));
     }
     for (group, offsets) in by_group {
-        let m = mirror(log, &group, partition_of(&group, count), &offsets)?;
+        let m = mirror(log, &group, partition_of(&group, count), &offsets, None)?;
         log.partition(&m.tp.0, m.tp.1)
-            .and_then(|p| p.wait_high_watermark(m.end, m.epoch, std::time::Duration::from_secs(10)))
+            .and_then(|p| p.wait_high_watermark(m.end, m.epoch, wait))
             .map_err(failed)?;
     }
     Ok(())
 }
 
-/// Calls `each` with the key and value of every record of this node's copy of
-/// `topic`-`partition`, in order (transactions' control batches skipped).
+/// What [`read_partition`] hands over, in the partition's order.
+enum Entry<'a> {
+    /// A record: its key and value, and the producer id of a transactional one.
+    Record(&'a [u8], Option<&'a [u8]>, Option<i64>),
+    /// A transaction's marker: its producer id and whether it commits.
+    Marker(i64, bool),
+}
+
+/// Calls `each` with every record and transaction marker of this node's copy of
+/// `topic`-`partition`, in order.
 fn read_partition(
     log: &Log,
     topic: &str,
     partition: u32,
-    mut each: impl FnMut(&[u8], Option<&[u8]>),
+    mut each: impl FnMut(Entry<'_>),
 ) -> Result<(), String> {
     let p = log.partition(topic, partition).map_err(|e| e.to_string())?;
     let mut at = p.log_start_offset();
@@ -416,11 +457,18 @@ fn read_partition(
             let h = sluice_log::batch::BatchHeader::parse(batch).map_err(|e| e.to_string())?;
             at = h.next_offset();
             if h.is_control() {
+                let (kind, _) =
+                    sluice_log::batch::decode_control(batch).map_err(|e| e.to_string())?;
+                each(Entry::Marker(
+                    h.producer_id,
+                    kind == sluice_log::batch::ControlType::Commit,
+                ));
                 continue;
             }
+            let producer = h.is_transactional().then_some(h.producer_id);
             for r in decode_records(batch).map_err(|e| e.to_string())? {
                 if let Some(key) = r.record.key.as_deref() {
-                    each(key, r.record.value.as_deref());
+                    each(Entry::Record(key, r.record.value.as_deref(), producer));
                 }
             }
         }
@@ -432,9 +480,11 @@ fn read_partition(
 /// `count`) of [`TRANSACTIONS_TOPIC`] as the log's; the number of ids.
 fn import_transactions(log: &Log, partition: u32, count: usize) -> Result<usize, String> {
     let mut latest: BTreeMap<String, Option<TxnRecord>> = BTreeMap::new();
-    read_partition(log, TRANSACTIONS_TOPIC, partition, |key, value| {
-        let id = String::from_utf8_lossy(key).into_owned();
-        latest.insert(id, value.and_then(TxnRecord::from_value));
+    read_partition(log, TRANSACTIONS_TOPIC, partition, |entry| {
+        if let Entry::Record(key, value, _) = entry {
+            let id = String::from_utf8_lossy(key).into_owned();
+            latest.insert(id, value.and_then(TxnRecord::from_value));
+        }
     })?;
     let mine = |id: &str| partition_of(id, count) == partition;
     let records: Vec<TxnRecord> = latest
@@ -445,15 +495,41 @@ fn import_transactions(log: &Log, partition: u32, count: usize) -> Result<usize,
     Ok(log.import_transactions(&mine, records))
 }
 
-/// Reads this node's copy of `partition` and writes every group's latest offsets into the
-/// log's groups where they differ; the number of groups.
-fn import_groups(log: &Log, partition: u32) -> Result<usize, String> {
+/// Reads this node's copy of `partition` and writes every group's latest committed
+/// offsets into the log's groups where they differ, and the offsets of transactions still
+/// open there as pending (their markers settle them here); the number of groups.
+fn import_groups(log: &Log, partition: u32, count: usize) -> Result<usize, String> {
     let mut latest: BTreeMap<(String, TopicPartition), Option<i64>> = BTreeMap::new();
-    read_partition(log, GROUPS_TOPIC, partition, |key, value| {
-        if let Some((group, tp, offset)) = read_offset_record(key, value) {
-            latest.insert((group, tp), offset);
+    // A transaction's offsets count once its commit marker follows (an abort drops them).
+    let mut open: HashMap<i64, Vec<(String, TopicPartition, Option<i64>)>> = HashMap::new();
+    read_partition(log, GROUPS_TOPIC, partition, |entry| match entry {
+        Entry::Record(key, value, producer) => {
+            if let Some((group, tp, offset)) = read_offset_record(key, value) {
+                match producer {
+                    Some(pid) => open.entry(pid).or_default().push((group, tp, offset)),
+                    None => {
+                        latest.insert((group, tp), offset);
+                    }
+                }
+            }
+        }
+        Entry::Marker(pid, commit) => {
+            let ended = open.remove(&pid).unwrap_or_default();
+            if commit {
+                for (group, tp, offset) in ended {
+                    latest.insert((group, tp), offset);
+                }
+            }
         }
     })?;
+    let pending: Vec<(i64, String, TopicPartition, i64)> = open
+        .into_iter()
+        .flat_map(|(pid, list)| {
+            list.into_iter()
+                .filter_map(move |(g, tp, o)| Some((pid, g, tp, o?)))
+        })
+        .collect();
+    log.restore_pending_offsets(&|group| partition_of(group, count) == partition, pending);
     type Changes = (Vec<(TopicPartition, i64)>, Vec<TopicPartition>);
     let mut groups: BTreeMap<String, Changes> = BTreeMap::new();
     for ((group, tp), offset) in latest {

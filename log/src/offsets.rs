@@ -127,6 +127,33 @@ impl OffsetStore {
             .push((group.to_string(), tp, v));
     }
 
+    /// Replaces the pending offsets of the groups `mine` selects with `pending` (producer,
+    /// group, partition, offset): what a cluster's replicated offsets hold of transactions
+    /// still open, taken by their groups' new coordinator.
+    pub fn replace_pending(
+        &mut self,
+        mine: &dyn Fn(&str) -> bool,
+        pending: Vec<(i64, String, TopicPartition, i64)>,
+    ) {
+        for list in self.pending.values_mut() {
+            list.retain(|(g, _, _)| !mine(g));
+        }
+        self.pending.retain(|_, list| !list.is_empty());
+        let commit_timestamp = crate::record::now_ms();
+        for (producer_id, group, tp, offset) in pending {
+            self.add_pending(
+                producer_id,
+                &group,
+                tp,
+                CommittedOffset {
+                    offset,
+                    metadata: String::new(),
+                    commit_timestamp,
+                },
+            );
+        }
+    }
+
     /// Whether a transaction holds an uncommitted offset of `group` on `tp`.
     pub fn has_pending(&self, group: &str, tp: &TopicPartition) -> bool {
         self.pending

@@ -256,6 +256,49 @@ def hold_transaction(bootstrap, topic, partitions, transactional_id, prefix, tim
         return {"error": e.args[0].name(), "message": e.args[0].str()}
 
 
+def _transformer(bootstrap, group, transactional_id):
+    """A read_committed consumer of `group` that commits nothing itself, and a transactional
+    producer: the two halves of a consume-transform-produce loop."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    })
+    return consumer, Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+
+
+def hold_transform(bootstrap, source, sink, group, transactional_id, n):
+    """One consume-transform-produce transaction: reads `n` records of `source` in `group`,
+    writes each to `sink` and adds the consumed offsets to the transaction, prints
+    {"ready": true}, waits for a line on stdin, and commits: {"error": null, "moved": n}
+    or the error's name."""
+    from confluent_kafka import KafkaException
+
+    consumer, producer = _transformer(bootstrap, group, transactional_id)
+    got, deadline = [], time.time() + 60
+    try:
+        producer.init_transactions(30)
+        consumer.subscribe([source])
+        while len(got) < int(n) and time.time() < deadline:
+            got += [m for m in consumer.consume(int(n) - len(got), 1.0) if not m.error()]
+        producer.begin_transaction()
+        for m in got:
+            producer.produce(sink, value=b"moved-" + m.value(), partition=0)
+        producer.send_offsets_to_transaction(
+            consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30)
+        producer.flush(30)
+        print(json.dumps({"ready": True}), flush=True)
+        sys.stdin.readline()
+        producer.commit_transaction(60)
+        return {"error": None, "moved": len(got)}
+    except KafkaException as e:
+        return {"error": e.args[0].name(), "message": e.args[0].str(), "moved": len(got)}
+
+
 def init_only(bootstrap, transactional_id):
     """InitProducerId for a transactional id, and nothing more: {"error": null} or the
     error's name."""
@@ -273,16 +316,9 @@ def transform(bootstrap, source, sink, group, transactional_id, n):
     """Consume-transform-produce, exactly once: reads `n` records of `source` in `group` and
     writes each to `sink` (spread over its partitions), ten per transaction with the
     consumed offsets; {"error": null, "moved": n} or the error's name."""
-    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka import KafkaException
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+    consumer, producer = _transformer(bootstrap, group, transactional_id)
     moved, deadline = 0, time.time() + 90
     try:
         producer.init_transactions(30)
@@ -350,6 +386,7 @@ COMMANDS = {
     "produce_to": produce_to,
     "hold_transaction": hold_transaction,
     "init_only": init_only,
+    "hold_transform": hold_transform,
     "group_commit": group_commit,
     "committed": committed,
     "delete_group": delete_group,

@@ -177,7 +177,7 @@ pub(crate) fn add_offsets(ctx: &Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsT
 pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
     let id = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
-    let refused = super::groups::coordinator_refusal(ctx, &group);
+    let home = super::groups::coordinator_partition(ctx, &group);
     let mut offsets = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {
@@ -192,10 +192,10 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
     // v3 (KIP-447) names the member: its generation must be current.
     let member = (ctx.version >= 3 && req.generation_id >= 0)
         .then(|| (req.member_id.as_str(), req.generation_id));
-    let code = match refused {
+    let code = match home {
         // Another node coordinates the group (a cluster): the client asks again.
-        Some((code, _)) => code,
-        None => match ctx.broker.log.txn_offset_commit(
+        Err((code, _)) => code,
+        Ok(home) => match ctx.broker.log.txn_offset_commit(
             &id,
             req.producer_id.0,
             req.producer_epoch,
@@ -203,7 +203,19 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
             member,
             &offsets,
         ) {
-            Ok(()) => 0,
+            Ok(()) => match home {
+                // In a cluster the pending offsets are replicated too, in a transactional
+                // batch of the producer in the group's partition (its marker ends them
+                // there): a coordinator that takes over before the commit still has them.
+                Some(partition) => mirror_pending(
+                    ctx,
+                    &group,
+                    partition,
+                    (req.producer_id.0, req.producer_epoch),
+                    &offsets,
+                ),
+                None => 0,
+            },
             Err(e) => failed(ctx, &id, &e),
         },
     };
@@ -226,6 +238,35 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
             })
             .collect(),
     )
+}
+
+/// Copies a transaction's pending offsets to the group's `partition` of the replicated
+/// offsets topic and waits for its in-sync replicas (10 s): the answer's error code.
+fn mirror_pending(
+    ctx: &Ctx,
+    group: &str,
+    partition: u32,
+    producer: (i64, i16),
+    offsets: &[(TopicPartition, i64)],
+) -> i16 {
+    let offsets: Vec<(TopicPartition, Option<i64>)> = offsets
+        .iter()
+        .map(|(tp, o)| (tp.clone(), Some(*o)))
+        .collect();
+    let log = &ctx.broker.log;
+    let mirrored = crate::coordinators::mirror(log, group, partition, &offsets, Some(producer));
+    let waited = mirrored.and_then(|m| {
+        log.partition(&m.tp.0, m.tp.1)
+            .and_then(|p| p.wait_high_watermark(m.end, m.epoch, Duration::from_secs(10)))
+            .map_err(|e| (E::CoordinatorNotAvailable.code(), e.to_string()))
+    });
+    match waited {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            tracing::debug!(group, client = %ctx.client, message, "A transaction's offsets were not replicated in time.");
+            code
+        }
+    }
 }
 
 pub(crate) fn end_txn(ctx: &Ctx, req: EndTxnRequest) -> EndTxnResponse {

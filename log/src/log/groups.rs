@@ -240,6 +240,17 @@ impl Log {
         self.write_commit(group, offsets)
     }
 
+    /// Takes `pending` (producer, group, partition, offset) as the offsets of transactions
+    /// still open for the groups `mine` selects, in place of what this log held of them (a
+    /// cluster's group coordinator moving here: the transactions' markers settle them).
+    pub fn restore_pending_offsets(
+        &self,
+        mine: &dyn Fn(&str) -> bool,
+        pending: Vec<(i64, String, TopicPartition, i64)>,
+    ) {
+        self.inner.offsets.lock().replace_pending(mine, pending);
+    }
+
     /// Every committed offset of a group (Kafka's OffsetFetch for all partitions).
     pub fn committed_offsets(&self, group: &str) -> Vec<(TopicPartition, CommittedOffset)> {
         self.inner
