@@ -133,6 +133,11 @@ impl Coordinators {
         }
     }
 
+    /// The topic whose partitions' leaders these coordinators are.
+    pub(crate) fn topic(&self) -> &'static str {
+        self.kind.topic()
+    }
+
     /// The lock of `partition` (see the field).
     pub(crate) fn partition_lock(&self, partition: u32) -> std::sync::Arc<Mutex<()>> {
         std::sync::Arc::clone(self.partition_locks.lock().entry(partition).or_default())
@@ -222,13 +227,24 @@ impl Coordinators {
                 }
             };
         let count = partition_count(cluster, self.kind.topic());
+        // A group's partition is imported under its lock, which a transaction's marker
+        // (`settle`) and TxnOffsetCommit hold too; a transactional id's caller holds it.
+        let lock = (self.kind == Kind::Groups).then(|| self.partition_lock(partition));
+        let _held = lock.as_ref().map(|l| l.lock());
         self.load(log, partition, epoch, count)
             .map_err(|m| (E::CoordinatorLoadInProgress.code(), m))?;
         Ok((partition, epoch))
     }
 
-    /// Imports `partition`'s state (led here in `epoch`) unless done in this epoch.
-    fn load(&self, log: &Log, partition: u32, epoch: i32, count: usize) -> Result<(), String> {
+    /// Imports `partition`'s state (led here in `epoch`) unless done in this epoch; an error
+    /// when the local copy does not lead in `epoch`.
+    pub(crate) fn load(
+        &self,
+        log: &Log,
+        partition: u32,
+        epoch: i32,
+        count: usize,
+    ) -> Result<(), String> {
         let topic = self.kind.topic();
         // The metadata says so; the local copy must lead too (its fetcher may still be
         // copying the former leader's last records), or the import would miss them.
@@ -372,15 +388,22 @@ pub(crate) fn mirror(
 }
 
 /// Ends a transaction's offset commits at their groups' coordinator (this node leads the
-/// group's `partition` of [`GROUPS_TOPIC`]): another node's transaction coordinator sent the
-/// marker. The marker goes first into every partition of [`GROUPS_TOPIC`] led here where
-/// the transaction's offsets are (their replicated truth, waited for); then the offsets
-/// pending in this node's `__consumer_offsets` are settled and, when committed, copied to
-/// the group's partition and waited for (10 s). `coordinator_epoch` is the transaction
-/// coordinator's (an older one's marker is refused). Blocking.
+/// `partitions` of [`GROUPS_TOPIC`] the transaction holds): its transaction coordinator
+/// sent the marker. Under each partition's lock, with the partition's state imported in
+/// this leader epoch (an import after the marker would take the transaction as still
+/// open), the marker goes into the replicated partition first (their replicated truth,
+/// waited for; written even where the producer has nothing open, so that a late
+/// TxnOffsetCommit of its older epoch is refused instead of opening a transaction no marker
+/// ends); then the offsets pending in this node's `__consumer_offsets` are settled and,
+/// when committed, copied to the group's partition and waited for (10 s).
+/// `coordinator_epoch` is the transaction coordinator's (an older one's marker is refused).
+/// Blocking.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn settle(
     log: &Log,
     cluster: &sluice_cluster::Cluster,
+    groups: &Coordinators,
+    partitions: &[u32],
     producer_id: i64,
     epoch: i16,
     commit: bool,
@@ -388,15 +411,19 @@ pub(crate) fn settle(
 ) -> Result<(), Refusal> {
     let failed = |e: sluice_log::LogError| (crate::errors::code(&e), crate::errors::message(&e));
     let wait = std::time::Duration::from_secs(10);
-    let local = log.topic(GROUPS_TOPIC).map_or(0, |t| t.partition_count());
-    for p in (0..local).filter_map(|i| log.partition(GROUPS_TOPIC, i).ok()) {
-        if !p.open_transactions().contains(&producer_id) {
-            continue;
-        }
+    let count = partition_count(cluster, GROUPS_TOPIC);
+    for &partition in partitions {
+        let lock = groups.partition_lock(partition);
+        let _held = lock.lock();
+        let p = log.partition(GROUPS_TOPIC, partition).map_err(failed)?;
+        let leader_epoch = p.leader_epoch();
+        groups
+            .load(log, partition, leader_epoch, count)
+            .map_err(|m| (E::CoordinatorLoadInProgress.code(), m))?;
         let written = log
             .write_marker(
                 GROUPS_TOPIC,
-                p.id(),
+                partition,
                 producer_id,
                 epoch,
                 commit,
@@ -411,7 +438,6 @@ pub(crate) fn settle(
     let settled = log
         .settle_offsets(producer_id, epoch, commit, coordinator_epoch)
         .map_err(failed)?;
-    let count = partition_count(cluster, GROUPS_TOPIC);
     let mut by_group: BTreeMap<String, Vec<(TopicPartition, Option<i64>)>> = BTreeMap::new();
     for (group, tp, offset) in settled {
         by_group.entry(group).or_default().push((tp, Some(offset)));

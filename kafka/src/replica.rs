@@ -63,6 +63,9 @@ pub(crate) struct Replicas {
     /// The transaction coordinators this node runs (the leaders of
     /// [`crate::coordinators::TRANSACTIONS_TOPIC`]): imported as soon as it leads one.
     transactions: Arc<crate::coordinators::Coordinators>,
+    /// The consumer-group coordinators (the leaders of
+    /// [`crate::coordinators::GROUPS_TOPIC`]): their pending offsets go with the leadership.
+    groups: Arc<crate::coordinators::Coordinators>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +121,7 @@ impl Replicas {
         cluster: Cluster,
         lag_max: Duration,
         runtime: tokio::runtime::Handle,
+        groups: Arc<crate::coordinators::Coordinators>,
         transactions: Arc<crate::coordinators::Coordinators>,
     ) -> Arc<Replicas> {
         Arc::new(Replicas {
@@ -129,6 +133,7 @@ impl Replicas {
             hw_moved: watch::channel(0).0,
             runtime,
             transactions,
+            groups,
         })
     }
 
@@ -188,6 +193,7 @@ impl Replicas {
     /// Brings this node's partitions in line with the metadata.
     fn reconcile(&self, md: &Metadata) {
         let coordinating = self.led(crate::coordinators::TRANSACTIONS_TOPIC);
+        let grouping = self.led(crate::coordinators::GROUPS_TOPIC);
         for topic in md.topics.values() {
             if !topic
                 .partitions
@@ -295,25 +301,38 @@ impl Replicas {
         st.leading.retain(|tp, _| mine(tp));
         st.following.retain(|tp, _| mine(tp));
         drop(st);
-        // Transaction coordinators moved away: their ids are another node's now (kept,
-        // they would answer the produce path's checks with a stale state).
-        let still = self.led(crate::coordinators::TRANSACTIONS_TOPIC);
-        let count = md
-            .topics
-            .get(crate::coordinators::TRANSACTIONS_TOPIC)
-            .map_or(0, |t| t.partitions.len());
-        for lost in coordinating.difference(&still) {
-            let lost = *lost;
-            tracing::info!(
-                partition = lost,
-                "No longer coordinating the transactional ids of a partition of {}.",
-                crate::coordinators::TRANSACTIONS_TOPIC
-            );
-            self.transactions.invalidate(lost);
-            self.log
-                .forget_transactions(&|id| crate::coordinators::partition_of(id, count) == lost);
+        for (before, coordinators) in [(coordinating, &self.transactions), (grouping, &self.groups)]
+        {
+            self.release_coordinators(md, &before, coordinators);
         }
         self.update_high_watermarks();
+    }
+
+    /// Lets go of the coordinators of `coordinators`' topic whose partitions this node led
+    /// (`before`) and no longer does: their state is the next leader's now (kept, it would
+    /// answer with a stale state: a transactional id's produce checks, or a group's
+    /// pending offsets that a later commit of the same producer would settle here).
+    fn release_coordinators(
+        &self,
+        md: &Metadata,
+        before: &HashSet<u32>,
+        coordinators: &crate::coordinators::Coordinators,
+    ) {
+        let topic = coordinators.topic();
+        let count = md.topics.get(topic).map_or(0, |t| t.partitions.len());
+        for &lost in before.difference(&self.led(topic)) {
+            tracing::info!(
+                partition = lost,
+                "No longer coordinating a partition of {topic}."
+            );
+            coordinators.invalidate(lost);
+            let mine = |key: &str| crate::coordinators::partition_of(key, count) == lost;
+            if topic == crate::coordinators::TRANSACTIONS_TOPIC {
+                self.log.forget_transactions(&mine);
+            } else {
+                self.log.restore_pending_offsets(&mine, Vec::new());
+            }
+        }
     }
 
     /// The partitions of `topic` this node leads.
@@ -1134,7 +1153,7 @@ impl Replicas {
         };
         let md = Arc::clone(&self.cluster.metadata().borrow());
         let mut by_leader: HashMap<NodeId, HashMap<String, Vec<i32>>> = HashMap::new();
-        let mut settle_here = false;
+        let mut settle_here = Vec::new();
         for (topic, partition) in partitions {
             let Some(p) = md.partition(topic, *partition) else {
                 // Not the cluster's (deleted meanwhile): nothing to mark.
@@ -1145,7 +1164,7 @@ impl Replicas {
             })?;
             if leader == self.node && topic == crate::coordinators::GROUPS_TOPIC {
                 // The groups are coordinated here: their offsets are settled here.
-                settle_here = true;
+                settle_here.push(*partition);
                 continue;
             }
             by_leader
@@ -1155,10 +1174,12 @@ impl Replicas {
                 .or_default()
                 .push(*partition as i32);
         }
-        if settle_here {
+        if !settle_here.is_empty() {
             crate::coordinators::settle(
                 &self.log,
                 &self.cluster,
+                &self.groups,
+                &settle_here,
                 producer_id,
                 epoch,
                 commit,

@@ -60,7 +60,7 @@ pub(crate) struct Broker {
     /// Its replicas of the cluster's partitions, when in a cluster.
     pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
     /// Which consumer groups this node coordinates, when in a cluster.
-    pub(crate) coordinators: crate::coordinators::Coordinators,
+    pub(crate) coordinators: Arc<crate::coordinators::Coordinators>,
     /// Which transactional ids this node coordinates, when in a cluster.
     pub(crate) transactions: Arc<crate::coordinators::Coordinators>,
 }
@@ -137,12 +137,16 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
     let transactions = Arc::new(crate::coordinators::Coordinators::new(
         crate::coordinators::Kind::Transactions,
     ));
+    let groups = Arc::new(crate::coordinators::Coordinators::new(
+        crate::coordinators::Kind::Groups,
+    ));
     let replicas = config.cluster.clone().map(|c| {
         crate::replica::Replicas::new(
             log.clone(),
             c,
             config.replica_lag_max,
             runtime.handle().clone(),
+            Arc::clone(&groups),
             Arc::clone(&transactions),
         )
     });
@@ -167,7 +171,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         fetch_sessions: Default::default(),
         cluster: config.cluster.clone(),
         replicas: replicas.clone(),
-        coordinators: crate::coordinators::Coordinators::new(crate::coordinators::Kind::Groups),
+        coordinators: groups,
         transactions,
     });
     let tls = match &config.tls {

@@ -1001,7 +1001,7 @@ fn a_transactions_offsets_survive_the_death_of_the_groups_coordinator() {
         "carrier-1",
         "10",
     ]);
-    let (dead, _, live) = cluster.kill_coordinator("__cluster_offsets", "carriers");
+    let (dead, partition, live) = cluster.kill_coordinator("__cluster_offsets", "carriers");
     let ended = held.end("commit");
     assert_eq!(
         (&ended["error"], &ended["moved"]),
@@ -1012,7 +1012,18 @@ fn a_transactions_offsets_survive_the_death_of_the_groups_coordinator() {
     assert_eq!(offset["offset"], 10, "at the next coordinator: {offset}");
     let read = clients(&["read_committed", &live, "outbox", "1", "10"]);
     assert_eq!(read["values"].as_array().map(Vec::len), Some(10), "{read}");
+    // Back and leading the group's partition again (the preferred replica), the old
+    // coordinator reads the commit from the partition, not its own stale state.
+    let old = cluster.nodes[dead].id;
     cluster.spawn(dead);
+    cluster.wait_for("the old coordinator back", Duration::from_secs(60), |s| {
+        partition_of(s, "__cluster_offsets", partition).is_some_and(|p| p["leader"] == old)
+    });
+    let offset = clients(&["committed", &bootstrap, "inbox", "carriers"]);
+    assert_eq!(
+        offset["offset"], 10,
+        "at the old coordinator again: {offset}"
+    );
 }
 
 /// With `min.insync.replicas=3`, an acks=all write is refused once a replica is gone, and

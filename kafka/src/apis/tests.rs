@@ -360,7 +360,9 @@ async fn every_api_answers_at_every_advertised_version() {
         fetch_sessions: Default::default(),
         cluster: None,
         replicas: None,
-        coordinators: crate::coordinators::Coordinators::new(crate::coordinators::Kind::Groups),
+        coordinators: Arc::new(crate::coordinators::Coordinators::new(
+            crate::coordinators::Kind::Groups,
+        )),
         transactions: Arc::new(crate::coordinators::Coordinators::new(
             crate::coordinators::Kind::Transactions,
         )),

@@ -192,6 +192,14 @@ pub(crate) fn txn_offset_commit(ctx: &Ctx, req: TxnOffsetCommitRequest) -> TxnOf
     // v3 (KIP-447) names the member: its generation must be current.
     let member = (ctx.version >= 3 && req.generation_id >= 0)
         .then(|| (req.member_id.as_str(), req.generation_id));
+    // The group's partition's lock, across the log's commit and its copy: a marker
+    // (`settle`) or an import of the partition must not come between them.
+    let lock = home
+        .as_ref()
+        .ok()
+        .and_then(|h| *h)
+        .map(|partition| ctx.broker.coordinators.partition_lock(partition));
+    let _held = lock.as_ref().map(|l| l.lock());
     let code = match home {
         // Another node coordinates the group (a cluster): the client asks again.
         Err((code, _)) => code,
@@ -321,6 +329,8 @@ pub(crate) fn write_txn_markers(
                                                 crate::coordinators::settle(
                                                     log,
                                                     c,
+                                                    &ctx.broker.coordinators,
+                                                    &[partition],
                                                     m.producer_id.0,
                                                     m.producer_epoch,
                                                     m.transaction_result,
