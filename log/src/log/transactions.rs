@@ -306,8 +306,14 @@ impl Log {
         }
         let result = self.run_end(id, plan);
         self.inner.ending.lock().remove(id);
-        if let Err(e) = &result {
-            tracing::warn!(transactional_id = %id, error = %e, "Cannot write or replicate a transaction's end yet; retrying.");
+        let done = match result {
+            Ok(done) => done,
+            Err(ref e) => {
+                tracing::warn!(transactional_id = %id, error = %e, "Cannot write or replicate a transaction's end yet; retrying.");
+                false
+            }
+        };
+        if !done {
             self.inner
                 .unfinished_ends
                 .lock()
@@ -335,10 +341,6 @@ impl Log {
                 Ok(e) => e,
                 Err(e) => {
                     // No longer the coordinator: retried, and dropped once another is.
-                    self.inner
-                        .unfinished_ends
-                        .lock()
-                        .push((id.to_string(), plan.clone()));
                     tracing::debug!(transactional_id = %id, error = %e, "Not writing a transaction's markers: the coordinator moved.");
                     return Ok(false);
                 }
@@ -407,10 +409,6 @@ impl Log {
             // The decision is durable (the Prepare record): the markers are written later,
             // as Kafka's coordinator does, and the transaction completes then.
             tracing::warn!(transactional_id = %id, error = %e, "Cannot write or replicate a transaction's markers yet; retrying.");
-            self.inner
-                .unfinished_ends
-                .lock()
-                .push((id.to_string(), plan.clone()));
             return Ok(false);
         }
         crate::fault::point("txn-after-markers");
