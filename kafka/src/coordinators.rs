@@ -138,6 +138,23 @@ impl Coordinators {
         self.kind.topic()
     }
 
+    /// The partition of the kind's topic holding `key`, as the cluster's metadata counts
+    /// them now.
+    pub(crate) fn partition_for(&self, cluster: &sluice_cluster::Cluster, key: &str) -> u32 {
+        partition_of(key, partition_count(cluster, self.kind.topic()))
+    }
+
+    /// In a cluster (`cluster`), whether this node coordinates `key` ([`Self::check_here`]):
+    /// its partition and leader epoch; alone, `None` (this node coordinates everything).
+    pub(crate) fn here(
+        &self,
+        cluster: Option<&sluice_cluster::Cluster>,
+        log: &Log,
+        key: &str,
+    ) -> Result<Option<(u32, i32)>, Refusal> {
+        cluster.map(|c| self.check_here(c, log, key)).transpose()
+    }
+
     /// The lock of `partition` (see the field).
     pub(crate) fn partition_lock(&self, partition: u32) -> std::sync::Arc<Mutex<()>> {
         std::sync::Arc::clone(self.partition_locks.lock().entry(partition).or_default())

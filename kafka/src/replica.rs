@@ -1016,25 +1016,21 @@ pub(crate) struct TxnMirror(pub(crate) std::sync::Weak<Replicas>);
 
 impl sluice_log::log::TxnReplication for TxnMirror {
     fn lock(&self, transactional_id: &str) -> Arc<Mutex<()>> {
-        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
         match self.0.upgrade() {
-            Some(r) => {
-                let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
-                r.transactions
-                    .partition_lock(partition_of(transactional_id, count))
-            }
+            Some(r) => r
+                .transactions
+                .partition_lock(r.transactions.partition_for(&r.cluster, transactional_id)),
             // Leaving the cluster: nothing else changes the records any more.
             None => Arc::new(Mutex::new(())),
         }
     }
 
     fn coordinator_epoch(&self, transactional_id: &str) -> sluice_log::Result<i32> {
-        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
+        use crate::coordinators::TRANSACTIONS_TOPIC;
         let r = self.0.upgrade().ok_or_else(|| {
             LogError::ClusterUnavailable("this node is leaving its cluster".into())
         })?;
-        let count = crate::coordinators::partition_count(&r.cluster, TRANSACTIONS_TOPIC);
-        let partition = partition_of(transactional_id, count);
+        let partition = r.transactions.partition_for(&r.cluster, transactional_id);
         let p = r.log.partition(TRANSACTIONS_TOPIC, partition)?;
         let epoch = p.leader_epoch();
         if !p.leads(epoch) {
@@ -1046,14 +1042,12 @@ impl sluice_log::log::TxnReplication for TxnMirror {
     }
 
     fn coordinates(&self, transactional_id: &str) -> bool {
-        use crate::coordinators::{TRANSACTIONS_TOPIC, partition_of};
         self.0.upgrade().is_some_and(|r| {
-            let md = Arc::clone(&r.cluster.metadata().borrow());
-            let count = md
-                .topics
-                .get(TRANSACTIONS_TOPIC)
-                .map_or(0, |t| t.partitions.len());
-            md.partition(TRANSACTIONS_TOPIC, partition_of(transactional_id, count))
+            let partition = r.transactions.partition_for(&r.cluster, transactional_id);
+            r.cluster
+                .metadata()
+                .borrow()
+                .partition(crate::coordinators::TRANSACTIONS_TOPIC, partition)
                 .is_some_and(|p| p.leader == Some(r.node))
         })
     }

@@ -89,13 +89,10 @@ pub(crate) fn coordinator_partition(
     ctx: &Ctx,
     group: &str,
 ) -> Result<Option<u32>, crate::replica::Refusal> {
-    let Some(cluster) = ctx.broker.cluster.as_ref() else {
-        return Ok(None);
-    };
-    ctx.broker
-        .coordinators
-        .check_here(cluster, &ctx.broker.log, group)
-        .map(|(partition, _)| Some(partition))
+    let b = &ctx.broker;
+    b.coordinators
+        .here(b.cluster.as_ref(), &b.log, group)
+        .map(|here| here.map(|(partition, _)| partition))
 }
 
 /// A commit's answer, and in a cluster the end of its copy in the replicated offsets topic

@@ -27,13 +27,8 @@ use crate::replica::Refusal;
 /// of the replicated transactions topic first when it just took it): that partition and
 /// its leader epoch, else why not (NOT_COORDINATOR: the client asks FindCoordinator again).
 fn coordinated_here(ctx: &Ctx, id: &str) -> Result<Option<(u32, i32)>, Refusal> {
-    let Some(cluster) = ctx.broker.cluster.as_ref() else {
-        return Ok(None);
-    };
-    ctx.broker
-        .transactions
-        .check_here(cluster, &ctx.broker.log, id)
-        .map(Some)
+    let b = &ctx.broker;
+    b.transactions.here(b.cluster.as_ref(), &b.log, id)
 }
 
 /// Waits until every in-sync replica has what this node's copy of the id's partition holds:
