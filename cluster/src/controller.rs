@@ -45,13 +45,31 @@ pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
             });
         }
     }
-    for topic in metadata.topics.values() {
+    // Pipelines' topics last: their leaders follow leaders elected first.
+    let mut leaders: BTreeMap<(&str, u32), Option<NodeId>> = BTreeMap::new();
+    let (anchored, free): (Vec<_>, Vec<_>) =
+        metadata.topics.values().partition(|t| t.anchor.is_some());
+    for topic in free.into_iter().chain(anchored) {
         let unclean = topic
             .configs
             .get(UNCLEAN_ELECTION)
             .is_some_and(|v| v == "true");
+        let followed = topic.anchor.as_ref().map(|a| {
+            leaders
+                .get(&(a.topic.as_str(), a.partition))
+                .copied()
+                .unwrap_or_else(|| metadata.partition(&a.topic, a.partition).and_then(|p| p.leader))
+        });
         for (i, p) in topic.partitions.iter().enumerate() {
-            if let Some((leader, isr)) = elect(p, &alive, unclean, view.rebalance_leaders)
+            let decided = match followed {
+                Some(target) => follow(p, target, &alive, unclean),
+                None => elect(p, &alive, unclean, view.rebalance_leaders),
+            };
+            leaders.insert(
+                (topic.name.as_str(), i as u32),
+                decided.as_ref().map_or(p.leader, |d| d.0),
+            );
+            if let Some((leader, isr)) = decided
                 && (leader != p.leader || isr != p.isr)
             {
                 commands.push(Command::AlterPartition {
@@ -90,6 +108,28 @@ pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
         });
     }
     commands
+}
+
+/// The leader and ISR a pipeline's partition `p` should have: led by `target`, the
+/// followed partition's leader, when that node is alive and in sync; else as [`elect`]
+/// decides (until it is: a follower that caught up rejoins the ISR, and the next plan moves
+/// the leadership to it).
+fn follow(
+    p: &PartitionState,
+    target: Option<NodeId>,
+    alive: &BTreeSet<NodeId>,
+    unclean: bool,
+) -> Option<(Option<NodeId>, Vec<NodeId>)> {
+    let live_isr: Vec<NodeId> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|n| alive.contains(n))
+        .collect();
+    match target {
+        Some(t) if live_isr.contains(&t) => Some((Some(t), live_isr)),
+        _ => elect(p, alive, unclean, false),
+    }
 }
 
 /// The leader and ISR `p` should have with `alive` nodes, or `None` to leave it as is.
@@ -217,6 +257,7 @@ mod tests {
                 name: "orders".into(),
                 replicas,
                 configs: BTreeMap::new(),
+                anchor: None,
             }],
         );
         assert!(plan(&m, &heard(&[1, 2, 3])).is_empty(), "all well");
@@ -241,6 +282,7 @@ mod tests {
                     name: name.into(),
                     replicas: vec![vec![1, 2]],
                     configs: [(UNCLEAN_ELECTION.to_string(), unclean.to_string())].into(),
+                    anchor: None,
                 }],
             );
         }
@@ -282,6 +324,108 @@ mod tests {
     }
 
     #[test]
+    fn a_pipelines_topics_follow_the_leader_of_their_anchor() {
+        let mut m = cluster(3);
+        let anchor = crate::metadata::Anchor {
+            pipeline: "p".into(),
+            topic: "__cluster_transactions".into(),
+            partition: 0,
+        };
+        apply_all(
+            &mut m,
+            &[
+                Command::CreateTopic {
+                    name: "__cluster_transactions".into(),
+                    replicas: vec![vec![2, 3, 1]],
+                    configs: BTreeMap::new(),
+                    anchor: None,
+                },
+                // Placed with node 1 first, but led where the anchor is.
+                Command::CreateTopic {
+                    name: "out".into(),
+                    replicas: vec![vec![1, 2, 3], vec![1, 2, 3]],
+                    configs: BTreeMap::new(),
+                    anchor: Some(anchor),
+                },
+            ],
+        );
+        let leaders = |m: &Metadata| -> Vec<Option<NodeId>> {
+            m.topics["out"].partitions.iter().map(|p| p.leader).collect()
+        };
+        assert_eq!(leaders(&m), [Some(2), Some(2)]);
+        assert!(plan(&m, &heard(&[1, 2, 3])).is_empty(), "settled");
+        // The anchor's leader dies: the pipeline's partitions move with the anchor, in the
+        // same plan.
+        let commands = plan(&m, &heard(&[1, 3]));
+        apply_all(&mut m, &commands);
+        let now = m.partition("__cluster_transactions", 0).unwrap().leader;
+        assert_eq!(now, Some(3));
+        assert_eq!(leaders(&m), [now, now]);
+        // A partition whose copy on the anchor's new leader is not in sync is led as usual
+        // meanwhile, and follows once that copy is back in the ISR.
+        let p = m.partition("out", 1).unwrap().clone();
+        apply_all(
+            &mut m,
+            &[Command::AlterPartition {
+                topic: "out".into(),
+                partition: 1,
+                partition_epoch: p.partition_epoch,
+                leader: Some(1),
+                isr: vec![1],
+            }],
+        );
+        assert!(plan(&m, &heard(&[1, 3])).is_empty(), "node 3 is not in sync");
+        let p = m.partition("out", 1).unwrap().clone();
+        apply_all(
+            &mut m,
+            &[Command::AlterPartition {
+                topic: "out".into(),
+                partition: 1,
+                partition_epoch: p.partition_epoch,
+                leader: Some(1),
+                isr: vec![1, 3],
+            }],
+        );
+        let commands = plan(&m, &heard(&[1, 3]));
+        apply_all(&mut m, &commands);
+        assert_eq!(leaders(&m), [Some(3), Some(3)]);
+        // The preferred replica's return moves the anchor, and its topics with it.
+        apply_all(
+            &mut m,
+            &[Command::RegisterNode {
+                id: 2,
+                addr: "127.0.0.1:9002".into(),
+                api: None,
+            }],
+        );
+        for t in ["__cluster_transactions", "out"] {
+            for i in 0..m.topics[t].partitions.len() {
+                let p = m.partition(t, i as u32).unwrap().clone();
+                let mut isr = p.isr.clone();
+                isr.push(2);
+                apply_all(
+                    &mut m,
+                    &[Command::AlterPartition {
+                        topic: t.into(),
+                        partition: i as u32,
+                        partition_epoch: p.partition_epoch,
+                        leader: p.leader,
+                        isr,
+                    }],
+                );
+            }
+        }
+        let view = View {
+            heard: [(1, 1), (2, 2), (3, 1)].into(),
+            rebalance_leaders: true,
+            ..View::default()
+        };
+        let commands = plan(&m, &view);
+        apply_all(&mut m, &commands);
+        assert_eq!(leaders(&m), [Some(2), Some(2)]);
+    }
+
+    #[test]
     fn a_new_controller_gives_unheard_nodes_a_grace_period() {
         let m = cluster(3);
         let view = View {
@@ -302,6 +446,7 @@ mod tests {
                     name: "t".into(),
                     replicas: vec![vec![1, 2]],
                     configs: BTreeMap::new(),
+                    anchor: None,
                 },
                 Command::AlterPartition {
                     topic: "t".into(),

@@ -56,6 +56,23 @@ pub struct TopicState {
     pub partitions: Vec<PartitionState>,
     /// Topic configs set at creation or altered later (Kafka's names).
     pub configs: BTreeMap<String, String>,
+    /// The pipeline owning it, whose node leads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+}
+
+/// A pipeline's topic: its partitions are led by the node that leads the pipeline's
+/// `partition` of `topic` (the partition of `__cluster_transactions` coordinating the
+/// pipeline's transactions), so that the one node running the pipeline writes all it
+/// writes, and they move together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The topic of the partition followed.
+    pub topic: String,
+    /// The partition followed.
+    pub partition: u32,
 }
 
 /// A change to the metadata, as written to the Raft log.
@@ -86,6 +103,10 @@ pub enum Command {
         replicas: Vec<Vec<NodeId>>,
         /// Its configs.
         configs: BTreeMap<String, String>,
+        /// The pipeline owning it, whose node leads it (its replicas are the followed
+        /// partition's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor: Option<Anchor>,
     },
     /// Deletes a topic.
     DeleteTopic {
@@ -198,6 +219,7 @@ impl Metadata {
                 name,
                 replicas,
                 configs,
+                anchor,
             } => {
                 if self.topics.contains_key(name) {
                     return Applied::refused(format!("topic '{name}' already exists"));
@@ -207,6 +229,11 @@ impl Metadata {
                         "topic '{name}' has a partition without replicas"
                     ));
                 }
+                // A pipeline's topic starts where the pipeline runs, if that node holds it.
+                let followed = anchor
+                    .as_ref()
+                    .and_then(|a| self.partition(&a.topic, a.partition))
+                    .and_then(|p| p.leader);
                 let partitions = replicas
                     .iter()
                     .map(|r| {
@@ -215,9 +242,12 @@ impl Metadata {
                             .copied()
                             .filter(|n| self.nodes.get(n).is_some_and(|s| !s.fenced))
                             .collect();
+                        let leader = followed
+                            .filter(|l| alive.contains(l))
+                            .or_else(|| alive.first().copied());
                         PartitionState {
                             replicas: r.clone(),
-                            leader: alive.first().copied(),
+                            leader,
                             leader_epoch: 0,
                             // A new partition is empty everywhere: every live replica is in sync.
                             isr: alive,
@@ -231,6 +261,7 @@ impl Metadata {
                         name: name.clone(),
                         partitions,
                         configs: configs.clone(),
+                        anchor: anchor.clone(),
                     },
                 );
                 Applied::ok()
@@ -337,6 +368,7 @@ mod tests {
             name: "t".into(),
             replicas: vec![vec![2, 3, 1], vec![1, 2, 3]],
             configs: BTreeMap::new(),
+            anchor: None,
         });
         assert_eq!(r, Applied::ok());
         let p0 = m.partition("t", 0).unwrap();
@@ -355,6 +387,7 @@ mod tests {
             name: "t".into(),
             replicas: vec![vec![1, 2, 3]],
             configs: BTreeMap::new(),
+            anchor: None,
         });
         let shrink = Command::AlterPartition {
             topic: "t".into(),

@@ -190,6 +190,7 @@ impl Coordinators {
                     replication_factor: Some(factor as i64),
                     configs,
                     internal: true,
+                    anchor: None,
                 };
                 match crate::topics::create_replicated(cluster, default_partitions, new, false) {
                     Ok(_) => {}

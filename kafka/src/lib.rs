@@ -25,6 +25,7 @@
 //! - `sasl` (private): PLAIN and SCRAM-SHA-256 exchanges against the configured users.
 //! - [`replica`]: partition replication in a cluster: leaders, followers' fetchers, the
 //!   high watermark and the ISR.
+//! - [`pipelines`]: where a cluster's pipelines run, and their topics' placement.
 //! - [`client`]: the small Kafka client nodes use between them (a follower's fetches), and
 //!   helpers for benchmarks and tools (create a topic, find a leader, produce a batch).
 //! - `apis/` (private): one file per group of APIs: `metadata`, `produce`, `fetch` and
@@ -40,6 +41,7 @@ mod coordinators;
 mod apis;
 pub mod client;
 mod errors;
+pub mod pipelines;
 pub mod replica;
 mod sasl;
 mod server;

@@ -1041,6 +1041,16 @@ impl sluice_log::log::TxnReplication for TxnMirror {
         Ok(epoch)
     }
 
+    fn acquire(&self, transactional_id: &str) -> sluice_log::Result<()> {
+        let r = self.0.upgrade().ok_or_else(|| {
+            LogError::ClusterUnavailable("this node is leaving its cluster".into())
+        })?;
+        r.transactions
+            .check_here(&r.cluster, &r.log, transactional_id)
+            .map(|_| ())
+            .map_err(|(_, reason)| LogError::ClusterUnavailable(reason))
+    }
+
     fn coordinates(&self, transactional_id: &str) -> bool {
         self.0.upgrade().is_some_and(|r| {
             let partition = r.transactions.partition_for(&r.cluster, transactional_id);

@@ -70,6 +70,8 @@ pub(crate) struct Broker {
 pub struct KafkaServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// In a cluster, where pipelines run.
+    pub placement: Option<crate::pipelines::Placement>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -155,6 +157,9 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         log.set_remote_markers(Arc::new(crate::replica::MarkerSender(Arc::downgrade(r))));
         log.set_txn_replication(Arc::new(crate::replica::TxnMirror(Arc::downgrade(r))));
     }
+    let placement = config.cluster.clone().map(|c| {
+        crate::pipelines::Placement::new(c, log.clone(), Arc::clone(&transactions))
+    });
     let broker = Arc::new(Broker {
         log: log.clone(),
         node_id: config.node_id,
@@ -211,6 +216,7 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
     tracing::info!(%addr, "Listening for Kafka clients.");
     Ok(KafkaServer {
         addr,
+        placement,
         stop: Some(stop),
         thread: Some(thread),
     })

@@ -33,6 +33,9 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
     /// Made by Sluice itself: only then may it be the cluster's offsets topic.
     pub internal: bool,
+    /// A pipeline's topic: its partitions get the followed partition's replicas (the
+    /// replication factor is theirs) and follow its leadership.
+    pub anchor: Option<sluice_cluster::metadata::Anchor>,
 }
 
 /// A topic the controller committed (or would, when only validating).
@@ -73,6 +76,14 @@ impl Refused {
     pub fn unavailable(&self) -> bool {
         self.code == E::RequestTimedOut.code()
     }
+
+    /// Whether the cluster's state refused it (no controller in time, a followed partition
+    /// not there yet), not the request: it may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.unavailable()
+            || self.code == E::CoordinatorNotAvailable.code()
+            || self.code == E::UnknownTopicOrPartition.code()
+    }
 }
 
 impl std::fmt::Display for Refused {
@@ -96,6 +107,7 @@ pub fn create_replicated(
         replication_factor,
         configs,
         internal,
+        anchor,
     } = topic;
     if crate::coordinators::is_coordinators_topic(&name) && !internal {
         return Err(Refused::new(
@@ -123,7 +135,25 @@ pub fn create_replicated(
     };
     let metadata = std::sync::Arc::clone(&cluster.metadata().borrow());
     let alive = metadata.alive().count();
+    let followed = match &anchor {
+        None => None,
+        Some(a) => Some(
+            metadata
+                .partition(&a.topic, a.partition)
+                .map(|p| p.replicas.clone())
+                .ok_or_else(|| {
+                    Refused::new(
+                        E::UnknownTopicOrPartition,
+                        format!(
+                            "{}-{}, which pipeline '{}' follows, is not in the metadata",
+                            a.topic, a.partition, a.pipeline
+                        ),
+                    )
+                })?,
+        ),
+    };
     let factor = match replication_factor {
+        _ if followed.is_some() => followed.as_ref().map_or(0, Vec::len),
         None => DEFAULT_REPLICATION_FACTOR.min(alive.max(1)),
         Some(n) if n <= 0 || n > i64::from(i16::MAX) => {
             return Err(Refused::new(
@@ -156,13 +186,17 @@ pub fn create_replicated(
             format!("topic '{name}' already exists"),
         ));
     }
-    let replicas = sluice_cluster::controller::place(&metadata, &name, partitions, factor)
-        .map_err(|e| Refused::new(E::InvalidReplicationFactor, e.to_string()))?;
+    let replicas = match followed {
+        Some(r) => vec![r; partitions],
+        None => sluice_cluster::controller::place(&metadata, &name, partitions, factor)
+            .map_err(|e| Refused::new(E::InvalidReplicationFactor, e.to_string()))?,
+    };
     if !validate_only {
         let command = Command::CreateTopic {
             name: name.clone(),
             replicas,
             configs,
+            anchor,
         };
         match cluster.propose_blocking(command) {
             Ok(_) => {}

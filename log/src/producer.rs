@@ -40,6 +40,12 @@ pub struct ProducerConfig {
     /// How long [`Producer::flush`] waits for the in-sync replicas with [`Acks::All`].
     /// Default 30 s (Kafka's `request.timeout.ms`).
     pub replication_timeout: Duration,
+    /// In a cluster, the transactional id's records are replicated as a Kafka client's are
+    /// ([`crate::log::TxnReplication`]): its coordinator is the leader of the id's partition
+    /// of the cluster's transactions topic, which must be this node, and the node that
+    /// leads it next finishes or aborts what this producer left. Default off (the id is
+    /// this node's alone).
+    pub replicated: bool,
 }
 
 /// When a write counts as done (Kafka's `acks`).
@@ -63,6 +69,7 @@ impl Default for ProducerConfig {
             transaction_timeout: Duration::from_secs(60),
             acks: Acks::All,
             replication_timeout: Duration::from_secs(30),
+            replicated: false,
         }
     }
 }
@@ -183,6 +190,9 @@ impl Producer {
         transactional_id: Option<String>,
     ) -> Result<Producer> {
         let (producer_id, epoch) = match &transactional_id {
+            Some(id) if config.replicated => log.coordinated(id, || {
+                log.txn_init(id, config.transaction_timeout, true)
+            })?,
             Some(id) => log.txn_init(id, config.transaction_timeout, false)?,
             None if config.idempotent => (log.allocate_producer_id()?, 0),
             None => (-1, -1),
@@ -310,12 +320,14 @@ impl Producer {
             if let Some(id) = &self.transactional_id {
                 let tp = (topic.to_string(), partition);
                 if !self.txn_partitions.contains(&tp) {
-                    self.log.txn_add_partitions(
-                        id,
-                        self.producer_id,
-                        self.epoch,
-                        std::slice::from_ref(&tp),
-                    )?;
+                    self.in_coordinator(id, || {
+                        self.log.txn_add_partitions(
+                            id,
+                            self.producer_id,
+                            self.epoch,
+                            std::slice::from_ref(&tp),
+                        )
+                    })?;
                     self.txn_partitions.insert(tp);
                 }
             }
@@ -444,6 +456,16 @@ impl Producer {
         Ok(())
     }
 
+    /// Runs a change of the transaction coordinator's state for this producer's id: for a
+    /// replicated id, where this node coordinates it now (as a Kafka client's request).
+    fn in_coordinator<T>(&self, id: &str, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.config.replicated {
+            self.log.coordinated(id, change)
+        } else {
+            change()
+        }
+    }
+
     fn txn_state_error(&self, reason: &str) -> LogError {
         LogError::InvalidTxnState {
             transactional_id: self.transactional_id.clone().unwrap_or_default(),
@@ -482,12 +504,14 @@ impl Producer {
         let (values, records) = Log::offset_commit(group, offsets);
         let tp = (OFFSETS_TOPIC.to_string(), p);
         if !self.txn_partitions.contains(&tp) {
-            self.log.txn_add_partitions(
-                &id,
-                self.producer_id,
-                self.epoch,
-                std::slice::from_ref(&tp),
-            )?;
+            self.in_coordinator(&id, || {
+                self.log.txn_add_partitions(
+                    &id,
+                    self.producer_id,
+                    self.epoch,
+                    std::slice::from_ref(&tp),
+                )
+            })?;
             self.txn_partitions.insert(tp);
         }
         for r in records {
@@ -514,7 +538,9 @@ impl Producer {
                 marked.push((p, epoch));
             }
         }
-        self.log.txn_end(&id, self.producer_id, self.epoch, true)?;
+        self.in_coordinator(&id, || {
+            self.log.txn_end(&id, self.producer_id, self.epoch, true)
+        })?;
         self.in_txn = false;
         // The commit markers, on every in-sync replica too. (The transaction is committed
         // here whatever this wait says: an error means its markers are not known to be
@@ -537,7 +563,9 @@ impl Producer {
         for state in self.topics.values_mut() {
             state.open.iter_mut().for_each(|b| *b = None);
         }
-        self.log.txn_end(&id, self.producer_id, self.epoch, false)?;
+        self.in_coordinator(&id, || {
+            self.log.txn_end(&id, self.producer_id, self.epoch, false)
+        })?;
         self.in_txn = false;
         // Aborted: nothing of it is waited for.
         self.unreplicated.clear();

@@ -577,6 +577,10 @@ impl sluice_log::log::TxnReplication for Replicated {
     fn coordinator_epoch(&self, _: &str) -> sluice_log::Result<i32> {
         Ok(0)
     }
+
+    fn acquire(&self, _: &str) -> sluice_log::Result<()> {
+        Ok(())
+    }
 }
 
 /// With a [`TxnReplication`](sluice_log::log::TxnReplication), a Kafka client's

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::worker::{DeployError, Worker};
@@ -56,6 +56,17 @@ pub enum DeployerError {
 }
 
 impl DeployerError {
+    /// Whether the pipeline (or the request) is what must change; otherwise trying again
+    /// later may work.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            DeployerError::Deploy(e) => e.is_user_error(),
+            DeployerError::NotRestored { error, .. } => error.is_user_error(),
+            DeployerError::Io { .. } => false,
+            _ => true,
+        }
+    }
+
     fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeployerError {
         let path = path.to_path_buf();
         move |source| DeployerError::Io { op, path, source }
@@ -72,7 +83,26 @@ pub struct Deployer {
     files: BTreeMap<PathBuf, Option<SystemTime>>,
     /// The last load or deploy error per file (shown in status until the file is fixed).
     errors: BTreeMap<PathBuf, String>,
+    /// In a cluster: each file's pipeline, and the node it runs on when not this one.
+    placed: BTreeMap<PathBuf, Placed>,
+    /// In a cluster: when files whose deploy failed for the cluster's state (no
+    /// controller, a leader moving) were last tried again.
+    last_retry: Option<Instant>,
 }
+
+/// A pipeline file's pipeline in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placed {
+    /// The pipeline's name.
+    name: String,
+    /// The node it runs on, when not this one (`Some(None)`: no node can run it now).
+    away: Option<Option<u64>>,
+    /// Its last deploy failed for the cluster's state: it is tried again.
+    transient: bool,
+}
+
+/// How often a deploy that failed for the cluster's state is tried again.
+const CLUSTER_RETRY: Duration = Duration::from_secs(2);
 
 fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
@@ -86,7 +116,57 @@ impl Deployer {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             errors: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            last_retry: None,
         }
+    }
+
+    /// In a cluster, the pipelines of this folder that run on other nodes, with the node
+    /// (`None`: no node can run it now, its partition has no leader).
+    pub fn elsewhere(&self) -> Vec<(String, Option<u64>)> {
+        self.placed
+            .values()
+            .filter_map(|p| Some((p.name.clone(), p.away?)))
+            .collect()
+    }
+
+    /// In a cluster, brings the worker in line with where pipelines run now: a pipeline
+    /// whose node became this one deploys (its former instance is fenced by its
+    /// transactions' first request here), one that moved away stops. Cheap when nothing
+    /// moved (a look at the metadata per pipeline): the run loop calls it every tick.
+    /// Returns what happened, a line each.
+    pub fn follow_placement(&mut self) -> Vec<String> {
+        let Some(placement) = self.worker.placement().cloned() else {
+            return Vec::new();
+        };
+        let retry = self
+            .last_retry
+            .is_none_or(|t| t.elapsed() >= CLUSTER_RETRY);
+        let mut said = Vec::new();
+        let files: Vec<(PathBuf, Placed)> = self
+            .placed
+            .iter()
+            .map(|(f, p)| (f.clone(), p.clone()))
+            .collect();
+        for (f, placed) in files {
+            let deployed = self.worker.pipelines().iter().any(|d| d.path == f);
+            let home = placement.home(&placed.name);
+            let here = home == Some(placement.node());
+            if deployed && !here {
+                said.push(self.deploy_file(&f));
+            } else if !deployed && here && placed.away.is_some() {
+                said.push(self.deploy_file(&f));
+            } else if !deployed && !here && placed.away != Some(home) {
+                if let Some(p) = self.placed.get_mut(&f) {
+                    p.away = Some(home);
+                }
+            } else if !deployed && placed.transient && retry {
+                self.last_retry = Some(Instant::now());
+                said.push(self.deploy_file(&f));
+            }
+        }
+        said.retain(|l| !l.is_empty());
+        said
     }
 
     /// The folder.
@@ -127,6 +207,7 @@ impl Deployer {
             .collect();
         for f in gone {
             self.errors.remove(&f);
+            self.placed.remove(&f);
             if let Some((p, _)) = self.worker.undeploy(&f) {
                 said.push(format!(
                     "Stopped pipeline {}: {} was removed.",
@@ -137,6 +218,7 @@ impl Deployer {
             }
         }
         self.files = now;
+        said.retain(|l| !l.is_empty());
         Ok(said)
     }
 
@@ -157,6 +239,11 @@ impl Deployer {
         loaded: Result<Pipeline, DeployerError>,
     ) -> Result<String, DeployerError> {
         self.files.insert(f.to_path_buf(), modified(f));
+        if let Ok(p) = &loaded
+            && let Some(line) = self.run_elsewhere(f, p)?
+        {
+            return Ok(line);
+        }
         let result = loaded.and_then(|p| {
             self.worker.check(&p)?;
             let was = self.worker.undeploy(f);
@@ -182,10 +269,64 @@ impl Deployer {
                 ))
             }
             Err(e) => {
+                if let Some(p) = self.placed.get_mut(f) {
+                    p.transient = !e.is_user_error();
+                }
                 self.errors.insert(f.to_path_buf(), e.to_string());
                 Err(e)
             }
         }
+    }
+
+    /// In a cluster, for a pipeline that runs on another node: stops it here if it ran
+    /// here, and says where it runs. `None`: it runs here (or there is no cluster).
+    fn run_elsewhere(&mut self, f: &Path, p: &Pipeline) -> Result<Option<String>, DeployerError> {
+        let Some(placement) = self.worker.placement().cloned() else {
+            return Ok(None);
+        };
+        let mut placed = Placed {
+            name: p.name.clone(),
+            away: None,
+            transient: false,
+        };
+        let here = placement.runs_here(&p.name).map_err(|reason| {
+            placed.transient = true;
+            DeployerError::Deploy(DeployError::Cluster {
+                pipeline: p.name.clone(),
+                reason: format!("cannot tell where it runs: {reason}"),
+                user_error: false,
+            })
+        });
+        let here = match here {
+            Ok(h) => h,
+            Err(e) => {
+                self.placed.insert(f.to_path_buf(), placed);
+                self.errors.insert(f.to_path_buf(), e.to_string());
+                return Err(e);
+            }
+        };
+        if here {
+            self.placed.insert(f.to_path_buf(), placed);
+            return Ok(None);
+        }
+        let home = placement.home(&p.name);
+        placed.away = Some(home);
+        self.placed.insert(f.to_path_buf(), placed);
+        self.errors.remove(f);
+        let stopped = self.worker.undeploy(f).is_some();
+        if home == Some(placement.node()) && !stopped {
+            // Led here, its transactions not read yet: the next tick tries again.
+            return Ok(Some(String::new()));
+        }
+        Ok(Some(format!(
+            "{} pipeline {}: it runs on {}.",
+            if stopped { "Stopped" } else { "Not running" },
+            p.name,
+            match home {
+                Some(n) => format!("node {n}"),
+                None => "no node now (its partition of the cluster's transactions has no leader)".into(),
+            }
+        )))
     }
 
     /// Deploys `old` again after its replacement failed, paused if it was.

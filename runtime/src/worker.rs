@@ -120,6 +120,16 @@ pub enum DeployError {
         /// An external system failed (I/O, HTTP): trying again later may work.
         retryable: bool,
     },
+    /// In a cluster: the pipeline cannot run as written, or the cluster cannot place it now.
+    #[error("pipeline {pipeline}: in a cluster, {reason}")]
+    Cluster {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        reason: String,
+        /// The pipeline is what must change, not the cluster's state.
+        user_error: bool,
+    },
     /// No pipeline of that name is deployed.
     #[error("no pipeline named '{0}' is deployed")]
     NotFound(String),
@@ -171,9 +181,9 @@ impl DeployError {
     /// file, statement or name, a name another pipeline holds.
     pub fn is_user_error(&self) -> bool {
         match self {
-            DeployError::Topic { user_error, .. } | DeployError::Sql { user_error, .. } => {
-                *user_error
-            }
+            DeployError::Topic { user_error, .. }
+            | DeployError::Sql { user_error, .. }
+            | DeployError::Cluster { user_error, .. } => *user_error,
             DeployError::Connector { retryable, .. } => !retryable,
             _ => true,
         }
@@ -252,6 +262,15 @@ impl DeployError {
                 reason: r(reason),
                 retryable,
             },
+            DeployError::Cluster {
+                pipeline,
+                reason,
+                user_error,
+            } => DeployError::Cluster {
+                pipeline: r(pipeline),
+                reason: r(reason),
+                user_error,
+            },
             DeployError::NotFound(n) => DeployError::NotFound(n),
             e @ (DeployError::NoSuchTask { .. } | DeployError::WrongState { .. }) => e,
         }
@@ -317,7 +336,11 @@ pub struct Worker {
     engine: Engine,
     pipelines: Vec<Deployed>,
     ingest: IngestRoutes,
-    positions: SharedPositions,
+    /// The committed positions by topic: the worker's one, or in a cluster each
+    /// pipeline's own.
+    positions: Mutex<BTreeMap<String, SharedPositions>>,
+    /// In a cluster, where pipelines run: a pipeline is deployed only on its node.
+    placement: Option<sluice_kafka::pipelines::Placement>,
     board: Arc<crate::status::StatusBoard>,
 }
 
@@ -332,9 +355,50 @@ impl Worker {
             engine,
             pipelines: Vec::new(),
             ingest: IngestRoutes::default(),
-            positions: SharedPositions::default(),
+            positions: Mutex::default(),
+            placement: None,
             board: Arc::default(),
         }
+    }
+
+    /// Runs this worker's pipelines as a cluster node: each only where `placement` says
+    /// (see [`sluice_kafka::pipelines`]), with its topics, transactions, positions and
+    /// sinks' offsets replicated so that it moves to another node with them.
+    pub fn set_placement(&mut self, placement: sluice_kafka::pipelines::Placement) {
+        self.placement = Some(placement);
+    }
+
+    /// In a cluster, where pipelines run.
+    pub fn placement(&self) -> Option<&sluice_kafka::pipelines::Placement> {
+        self.placement.as_ref()
+    }
+
+    /// The topic of `pipeline`'s committed positions.
+    fn positions_topic(&self, pipeline: &str) -> String {
+        match self.placement {
+            Some(_) => crate::tasks::positions::pipeline_positions_topic(pipeline),
+            None => POSITIONS_TOPIC.to_string(),
+        }
+    }
+
+    /// `pipeline`'s committed positions (shared with the other pipelines alone).
+    fn positions_of(&self, pipeline: &str) -> SharedPositions {
+        let topic = self.positions_topic(pipeline);
+        Arc::clone(
+            self.positions
+                .lock()
+                .entry(topic.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(Positions::new(&topic)))),
+        )
+    }
+
+    /// The transactional id of `pipeline`'s task that alone would have `base`: in a
+    /// cluster, one the pipeline's node coordinates.
+    fn transactional_id(&self, pipeline: &str, base: String) -> String {
+        self.placement
+            .as_ref()
+            .and_then(|p| p.transactional_id(pipeline, &base))
+            .unwrap_or(base)
     }
 
     /// The board of running tasks and queries, read by `/metrics` without this worker.
@@ -502,6 +566,15 @@ impl Worker {
     }
 
     fn create(&mut self, p: &Pipeline) -> Result<(), DeployError> {
+        match &self.placement {
+            Some(placement) => self.create_in_cluster(p, placement)?,
+            None => self.create_topics(p)?,
+        }
+        self.create_queries_and_tasks(p)
+    }
+
+    /// The pipeline's topics, its dead letters' and (once for all) the positions topic.
+    fn create_topics(&self, p: &Pipeline) -> Result<(), DeployError> {
         let err = |e: &LogError| DeployError::Topic {
             pipeline: p.name.clone(),
             reason: e.to_string(),
@@ -522,27 +595,75 @@ impl Worker {
             }
         }
         let dlq = dlq_topic(&p.name);
-        for topic in [dlq.as_str(), POSITIONS_TOPIC] {
-            let config: &[(String, String)] = if topic == POSITIONS_TOPIC {
-                &[
-                    ("cleanup.policy", "compact"),
-                    // Small segments that roll at least hourly, so the cleaner gets to work on
-                    // a topic that is written every epoch but stays small.
-                    ("segment.bytes", "1048576"),
-                    ("segment.ms", "3600000"),
-                    // Markers of committed transactions and the few tombstones go a minute
-                    // after their data: only the worker reads this topic, from where it was.
-                    ("delete.retention.ms", "60000"),
-                ]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-            } else {
-                &[]
-            };
-            match self.log.create_topic(topic, 1, config) {
+        for (topic, config) in [(dlq.as_str(), Vec::new()), (POSITIONS_TOPIC, positions_config())] {
+            match self.log.create_topic(topic, 1, &config) {
                 Ok(()) | Err(LogError::TopicExists(_)) => {}
                 Err(e) => return Err(err(&e)),
             }
         }
+        Ok(())
+    }
+
+    /// In a cluster: the pipeline's topics, dead letters' and positions' made through the
+    /// controller, led where the pipeline runs (here); what cannot move yet is refused.
+    fn create_in_cluster(
+        &self,
+        p: &Pipeline,
+        placement: &sluice_kafka::pipelines::Placement,
+    ) -> Result<(), DeployError> {
+        let refuse = |reason: String| DeployError::Cluster {
+            pipeline: p.name.clone(),
+            reason,
+            user_error: true,
+        };
+        if p.config.sql.is_some() {
+            return Err(refuse(
+                "a pipeline's SQL queries cannot run yet (their state stores and internal topics are this node's alone, so they could not move with the pipeline): run pipelines with `sql` on a worker alone".into(),
+            ));
+        }
+        if let Some(s) = p.config.sources.iter().find(|s| s.postgres_cdc.is_some()) {
+            return Err(refuse(format!(
+                "source {}: a postgres-cdc source cannot run yet (it makes a topic per table as tables appear, and keeps a local store): run it on a worker alone",
+                s.name.get_ref()
+            )));
+        }
+        let make = |topic: &str, partitions: u32, config: &[(String, String)]| {
+            placement
+                .create_topic(&p.name, topic, partitions, config)
+                .map_err(|e| DeployError::Topic {
+                    pipeline: p.name.clone(),
+                    reason: format!("topic '{topic}': {e}"),
+                    user_error: !e.is_transient(),
+                })
+        };
+        for t in &p.config.topics {
+            let config: Vec<(String, String)> = t
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            make(t.name.get_ref(), t.partitions, &config)?;
+        }
+        make(&dlq_topic(&p.name), 1, &[])?;
+        make(&self.positions_topic(&p.name), 1, &positions_config())?;
+        for s in &p.config.sources {
+            let owner = placement.owner(&s.topic);
+            if owner.as_deref() != Some(p.name.as_str()) {
+                return Err(refuse(format!(
+                    "source {} writes topic '{}', which {}: a pipeline writes only the topics it declares in [[topics]], which are led where it runs",
+                    s.name.get_ref(),
+                    s.topic,
+                    match owner {
+                        Some(o) => format!("pipeline {o} owns"),
+                        None => "this pipeline does not declare".into(),
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn create_queries_and_tasks(&mut self, p: &Pipeline) -> Result<(), DeployError> {
         if let Some(sql) = &p.config.sql {
             let config = RunnerConfig {
                 commit_interval: p.config.commit_interval.0,
@@ -662,12 +783,16 @@ impl Worker {
                 }
                 routes.push((s.topic.clone(), handle));
             }
+            let key = source_key(&p.name, &name);
             let task = SourceTask {
                 log: self.log.clone(),
-                key: source_key(&p.name, &name),
+                transactional_id: self.transactional_id(&p.name, format!("sluice-source-{key}")),
+                replicated: self.placement.is_some(),
+                key,
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
-                positions: Arc::clone(&self.positions),
+                positions: self.positions_of(&p.name),
+                positions_topic: self.positions_topic(&p.name),
                 guarantee: p.config.guarantee,
                 commit_interval: p.config.commit_interval.0,
                 state: Some(self.engine.queries().env().clone()),
@@ -689,9 +814,12 @@ impl Worker {
             self.log.topic(&s.topic).map_err(|e| topic_err(&what, e))?;
             let mut sink =
                 crate::pipeline::build_sink(s, p.base()).map_err(|e| connector_err(&what, e))?;
+            let group = sink_group(&p.name, &name);
             let task = SinkTask {
                 log: self.log.clone(),
-                group: sink_group(&p.name, &name),
+                transactional_id: self.transactional_id(&p.name, format!("sluice-sink-{group}")),
+                cluster: self.placement.is_some().then(|| self.positions_of(&p.name)),
+                group,
                 legacy_group: legacy_group(&p.name, &name),
                 topic: s.topic.clone(),
                 dlq: dlq.clone(),
@@ -875,12 +1003,10 @@ impl Worker {
     }
 
     /// The source positions as committed now (what was appended since is read first).
-    fn positions_now(
-        &self,
-        pipeline: &str,
-    ) -> Result<parking_lot::MutexGuard<'_, Positions>, DeployError> {
-        let mut positions = self.positions.lock();
+    fn positions_now(&self, pipeline: &str) -> Result<SharedPositions, DeployError> {
+        let positions = self.positions_of(pipeline);
         positions
+            .lock()
             .catch_up(&self.log)
             .map_err(|e| DeployError::Topic {
                 pipeline: pipeline.to_string(),
@@ -899,6 +1025,7 @@ impl Worker {
         let mut out = Vec::new();
         {
             let positions = self.positions_now(name)?;
+            let positions = positions.lock();
             for s in &d.pipeline.config.sources {
                 let source = s.name.get_ref();
                 if let (Some(position), _) = positions.get(&source_key(name, source)) {
@@ -949,6 +1076,7 @@ impl Worker {
         let mut tombstones = Vec::new();
         {
             let positions = self.positions_now(name)?;
+            let positions = positions.lock();
             for s in &d.pipeline.config.sources {
                 let key = source_key(name, s.name.get_ref());
                 let (position, state) = positions.get(&key);
@@ -959,6 +1087,13 @@ impl Worker {
                     tombstones.push(Bytes::from(crate::tasks::positions::state_key(
                         &key, &entry,
                     )));
+                }
+            }
+            // In a cluster the sinks' offsets are kept there too.
+            for s in &d.pipeline.config.sinks {
+                let group = sink_group(name, s.name.get_ref());
+                if self.placement.is_some() && positions.get(&group).0.is_some() {
+                    tombstones.push(Bytes::from(group));
                 }
             }
         }
@@ -974,7 +1109,7 @@ impl Worker {
                 })
                 .collect();
             self.log
-                .append_records(POSITIONS_TOPIC, 0, &records)
+                .append_records(&self.positions_topic(name), 0, &records)
                 .map_err(log_error)?;
         }
         for s in &d.pipeline.config.sinks {
@@ -1087,6 +1222,22 @@ fn normalized(path: &std::path::Path) -> std::path::PathBuf {
         resolved.push(n);
     }
     resolved
+}
+
+/// The positions topic's config.
+fn positions_config() -> Vec<(String, String)> {
+    [
+        ("cleanup.policy", "compact"),
+        // Small segments that roll at least hourly, so the cleaner gets to work on a topic
+        // that is written every epoch but stays small.
+        ("segment.bytes", "1048576"),
+        ("segment.ms", "3600000"),
+        // Markers of committed transactions and the few tombstones go a minute after their
+        // data: only the worker reads this topic, from where it was.
+        ("delete.retention.ms", "60000"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec()
 }
 
 /// The position key and transactional-id suffix of source `source` of pipeline `pipeline`.

@@ -21,10 +21,26 @@ impl Guarantee {
     /// earlier instance and aborting what it left open) for exactly-once, idempotent for
     /// at-least-once.
     pub fn producer(self, log: &Log, transactional_id: &str) -> sluice_log::Result<Producer> {
+        self.producer_in(log, transactional_id, false)
+    }
+
+    /// [`Self::producer`]; with `replicated`, a transactional id the cluster coordinates
+    /// ([`ProducerConfig::replicated`]): the task runs on the node that leads the id's
+    /// partition, and the node that leads it next fences this instance.
+    pub fn producer_in(
+        self,
+        log: &Log,
+        transactional_id: &str,
+        replicated: bool,
+    ) -> sluice_log::Result<Producer> {
         match self {
-            Guarantee::ExactlyOnce => {
-                log.transactional_producer(transactional_id, ProducerConfig::default())
-            }
+            Guarantee::ExactlyOnce => log.transactional_producer(
+                transactional_id,
+                ProducerConfig {
+                    replicated,
+                    ..ProducerConfig::default()
+                },
+            ),
             Guarantee::AtLeastOnce => log.producer(ProducerConfig::default()),
         }
     }

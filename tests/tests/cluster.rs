@@ -1378,3 +1378,195 @@ fn nodes_with_a_secret_admit_only_each_other_to_the_clusters_requests() {
 fn node_state(status: &Value, id: u64) -> Option<&str> {
     status["nodes"].as_array()?.iter().find(|n| n["id"] == id)?["state"].as_str()
 }
+
+/// The nodes (by index) that run pipeline `name` now, as their APIs say.
+fn running(c: &TestCluster, name: &str) -> Vec<usize> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    (0..c.nodes.len())
+        .filter(|&i| {
+            let Some(api) = &c.nodes[i].api else {
+                return false;
+            };
+            http.get(format!("{api}/pipelines"))
+                .send()
+                .ok()
+                .and_then(|r| r.text().ok())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| {
+                    v["pipelines"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["name"] == name))
+                })
+        })
+        .collect()
+}
+
+/// The ids in the file sink's output folder, in the order of the files and their lines.
+fn output_ids(out: &Path) -> Vec<u64> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|f| f.extension().is_some_and(|x| x == "jsonl"));
+    files.sort();
+    let mut ids = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f).unwrap_or_default().lines() {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {line:?}: {e}", f.display()));
+            ids.push(v["id"].as_u64().unwrap());
+        }
+    }
+    ids
+}
+
+/// Appends lines `{"id": from..to}` to `file`, 50 every 100 ms.
+fn append_lines(file: PathBuf, ids: std::ops::Range<u64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .unwrap();
+        for chunk in ids.collect::<Vec<_>>().chunks(50) {
+            let mut text = String::new();
+            for id in chunk {
+                text.push_str(&format!("{{\"id\": {id}, \"k\": \"k{}\"}}\n", id % 7));
+            }
+            f.write_all(text.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Waits until exactly one node runs pipeline `name` and it is not `not`: its index.
+fn wait_running(c: &TestCluster, name: &str, not: Option<usize>, timeout: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let on = running(c, name);
+        assert!(
+            on.len() <= 1,
+            "the pipeline runs on nodes {on:?} at once\n{}",
+            c.logs()
+        );
+        if let [n] = on[..]
+            && Some(n) != not
+        {
+            return n;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no node (but {not:?}) runs the pipeline after {timeout:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pipeline (file source → its topic → file sink, exactly once) runs on one node of
+/// three while lines are appended to its input: SIGKILLed there mid-stream, it moves to
+/// another node and resumes from its committed positions; restarted, the node takes its
+/// partitions' leadership back (the preferred replica) and the pipeline moves home again.
+/// The output holds every line once.
+#[test]
+fn a_pipeline_moved_after_its_node_dies_with_no_lost_or_repeated_output() {
+    const LINES: u64 = 8_000;
+    const MORE: u64 = 1_000;
+    let mut c = TestCluster::start(3);
+    let shared = c._dir.path().join("shared");
+    let (input, out) = (shared.join("in"), shared.join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let pipeline = format!(
+        r#"name = "moving"
+commit-interval = "200ms"
+
+[[topics]]
+name = "events"
+partitions = 2
+
+[[sources]]
+name = "lines"
+topic = "events"
+file = {{ path = "{}/*.jsonl", format = "json", key-field = "k" }}
+
+[[sinks]]
+name = "files"
+topic = "events"
+file = {{ path = "{}", roll-records = 400 }}
+"#,
+        input.display(),
+        out.display()
+    );
+    for n in &c.nodes {
+        std::fs::write(n.work.join("pipelines/moving.toml"), &pipeline).unwrap();
+    }
+    let home = wait_running(&c, "moving", None, Duration::from_secs(60));
+    eprintln!("the pipeline runs on node {}", c.nodes[home].id);
+    let wait_output = |c: &TestCluster, at_least: u64, what: &str| {
+        let start = Instant::now();
+        loop {
+            let ids = output_ids(&out);
+            if ids.len() as u64 >= at_least {
+                return ids;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{what}: {} lines out of {at_least}\n{}",
+                ids.len(),
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let check = |ids: Vec<u64>, total: u64| {
+        let mut seen = vec![0u32; total as usize];
+        for id in &ids {
+            seen[*id as usize] += 1;
+        }
+        let repeated: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] > 1).collect();
+        let lost: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
+        assert!(
+            repeated.is_empty() && lost.is_empty(),
+            "{} lines out of {total}; repeated {:?}…, lost {:?}…",
+            ids.len(),
+            &repeated[..repeated.len().min(10)],
+            &lost[..lost.len().min(10)]
+        );
+    };
+    // 16 s of input: the node dies a second or two in.
+    let writer = append_lines(input.join("a.jsonl"), 0..LINES);
+    let before = wait_output(&c, 800, "output before the kill").len() as u64;
+    let dead = c.nodes[home].id;
+    eprintln!("killing node {dead}, which runs the pipeline, at {before} lines out");
+    let killed = Instant::now();
+    c.kill(home);
+    let next = wait_running(&c, "moving", Some(home), Duration::from_secs(60));
+    eprintln!(
+        "the pipeline runs on node {} {:?} after the kill",
+        c.nodes[next].id,
+        killed.elapsed()
+    );
+    c.spawn(home);
+    check(wait_output(&c, LINES, "every line after the move"), LINES);
+    writer.join().unwrap();
+    assert!(
+        before < LINES / 2,
+        "the node died after {before} lines: too late to show anything"
+    );
+    // The node is back: the controller gives leadership back to preferred replicas (every
+    // 10 s), and the pipeline follows its partition home; lines written then come out
+    // once too.
+    let back = wait_running(&c, "moving", Some(next), Duration::from_secs(40));
+    eprintln!("the pipeline runs on node {} again", c.nodes[back].id);
+    append_lines(input.join("a.jsonl"), LINES..LINES + MORE)
+        .join()
+        .unwrap();
+    check(
+        wait_output(&c, LINES + MORE, "every line after the return"),
+        LINES + MORE,
+    );
+    assert_eq!(running(&c, "moving"), [back]);
+}

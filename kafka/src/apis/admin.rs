@@ -197,6 +197,7 @@ fn create_replicated(
         replication_factor: (t.replication_factor != -1).then_some(i64::from(t.replication_factor)),
         configs,
         internal: false,
+        anchor: None,
     };
     let default_partitions = ctx.broker.log.options().default_partitions;
     match crate::topics::create_replicated(cluster, default_partitions, request, validate_only) {

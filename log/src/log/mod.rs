@@ -126,6 +126,13 @@ pub trait TxnReplication: Send + Sync {
     /// coordinator epoch once a newer one wrote for the producer. An error when this node
     /// does not lead the partition (it must not borrow its successor's epoch).
     fn coordinator_epoch(&self, transactional_id: &str) -> Result<i32>;
+
+    /// Readies this node to change `transactional_id`'s records, for the log's own
+    /// producers (a Kafka client's requests do the same themselves): an error when another
+    /// node coordinates the id, and before `Ok` the records of its partition imported if
+    /// this node took the partition's leadership since it last read them. Called with
+    /// [`Self::lock`] held.
+    fn acquire(&self, transactional_id: &str) -> Result<()>;
 }
 
 /// A [`TxnReplication`] as the log keeps it.

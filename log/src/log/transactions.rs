@@ -63,6 +63,19 @@ impl Log {
         *self.inner.txn_log.write() = Some(super::TxnLog(replication));
     }
 
+    /// Runs `change` of a replicated id's records as the node coordinating it: under the
+    /// replication's lock of its partition, once the node is ready to
+    /// ([`super::TxnReplication::acquire`]). Without a cluster, just `change`.
+    pub(crate) fn coordinated<T>(&self, id: &str, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(hook) = self.inner.txn_log.read().clone() else {
+            return change();
+        };
+        let lock = hook.0.lock(id);
+        let _held = lock.lock();
+        hook.0.acquire(id)?;
+        change()
+    }
+
     /// Takes the replicated records of the transactional ids `mine` selects as this node's
     /// coordinator's (a cluster: this node just took the leadership of their partition),
     /// replacing what it held of them. Their transactions already decided are ended

@@ -250,6 +250,7 @@ fn create_replicated(
         replication_factor: c.replication_factor.map(i64::from),
         configs: c.config,
         internal: false,
+        anchor: None,
     };
     let default_partitions = state.log.options().default_partitions;
     let created =

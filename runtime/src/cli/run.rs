@@ -417,6 +417,9 @@ impl RunArgs {
             .to_string(),
         )
         .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
+        if let Some(placement) = kafka.as_ref().and_then(|k| k.placement.clone()) {
+            deployer.lock().worker.set_placement(placement);
+        }
         for line in deployer.lock().sync()? {
             eprintln!("{line}");
         }
@@ -453,6 +456,10 @@ impl RunArgs {
                     Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
                     Err(e) => eprintln!("error: {e}"),
                 }
+            }
+            // In a cluster, pipelines follow their partitions' leadership.
+            for line in deployer.lock().follow_placement() {
+                eprintln!("{line}");
             }
             if last.elapsed() >= Duration::from_secs(self.progress_secs.max(1)) {
                 last = Instant::now();

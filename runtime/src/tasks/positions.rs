@@ -1,6 +1,8 @@
 //! The committed source positions and keyed source state, as in the compacted topic
 //! `__sluice_source_positions` (key `<pipeline>/<source>` for a position,
 //! `<pipeline>/<source>\0<entry>` for a state entry, such as HTTP ingest's idempotency keys).
+//! In a cluster each pipeline has its own, `__sluice_source_positions.<pipeline>`, which
+//! moves with it and holds its sinks' offsets too (key: the sink's group).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,12 +19,19 @@ use super::TaskError;
 /// The topic holding source positions.
 pub const POSITIONS_TOPIC: &str = "__sluice_source_positions";
 
+/// The positions topic of `pipeline` in a cluster (`.` is in no pipeline name).
+pub fn pipeline_positions_topic(pipeline: &str) -> String {
+    format!("{POSITIONS_TOPIC}.{pipeline}")
+}
+
 /// The committed source positions and keyed source state, as in `__sluice_source_positions`
 /// (key `<pipeline>/<source>` for a position, `<pipeline>/<source>\0<entry>` for a state
 /// entry). The topic is read once, then only what was appended since, so a source's start
 /// does not read the whole topic again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Positions {
+    /// Its topic (one partition).
+    topic: String,
     /// The offset after the last record applied.
     next: i64,
     entries: BTreeMap<Bytes, Bytes>,
@@ -32,13 +41,28 @@ pub struct Positions {
 pub type SharedPositions = Arc<Mutex<Positions>>;
 
 impl Positions {
+    /// The positions kept in `topic`, read from its start at the first
+    /// [`Self::catch_up`].
+    pub fn new(topic: &str) -> Positions {
+        Positions {
+            topic: topic.to_string(),
+            next: 0,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Applies the committed records appended since the last call.
     ///
     /// Call [`wait_stable`] first: other sources' transactions may hold the topic's last
     /// stable offset back for a moment (a position is written just before its transaction
     /// commits), and a later position of a source behind one must not be missed.
     pub(crate) fn catch_up(&mut self, log: &Log) -> Result<(), TaskError> {
-        let partition = log.partition(POSITIONS_TOPIC, 0)?;
+        let partition = log.partition(&self.topic, 0)?;
         let mut offset = self.next.max(partition.info().log_start_offset);
         loop {
             let fetched = partition.fetch(offset, 4 << 20, Isolation::ReadCommitted)?;
@@ -47,7 +71,7 @@ impl Positions {
             }
             let (records, next) =
                 sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
-                    .map_err(|e| TaskError::Retryable(format!("{POSITIONS_TOPIC}: {e}")))?;
+                    .map_err(|e| TaskError::Retryable(format!("{}: {e}", self.topic)))?;
             for r in records {
                 let Some(key) = r.record.key else { continue };
                 match r.record.value {
@@ -77,8 +101,8 @@ impl Positions {
 /// Waits until no transaction holds the positions topic's last stable offset below the end
 /// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
 /// source's start). Woken by appends (a commit marker) and by `stop`.
-pub(crate) fn wait_stable(log: &Log, stop: &StopToken) -> Result<(), TaskError> {
-    let partition = log.partition(POSITIONS_TOPIC, 0)?;
+pub(crate) fn wait_stable(log: &Log, topic: &str, stop: &StopToken) -> Result<(), TaskError> {
+    let partition = log.partition(topic, 0)?;
     let end = partition.info().high_watermark;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -89,7 +113,7 @@ pub(crate) fn wait_stable(log: &Log, stop: &StopToken) -> Result<(), TaskError> 
         let now = Instant::now();
         if now > deadline {
             return Err(TaskError::Retryable(format!(
-                "{POSITIONS_TOPIC}: a transaction stayed open for 60 s; cannot read source positions"
+                "{topic}: a transaction stayed open for 60 s; cannot read source positions"
             )));
         }
         log.wait_for_append(generation, deadline - now);

@@ -12,6 +12,7 @@ use sluice_log::{
 };
 use sluice_task::{Epochs, TaskContext, Wait};
 
+use super::positions::{SharedPositions, wait_stable};
 use super::{TaskError, dead_letter, record_bytes};
 
 /// Records a poll may return.
@@ -22,8 +23,16 @@ const MAX_POLL: usize = 10_000;
 pub struct SinkTask {
     /// The log.
     pub log: Log,
-    /// Its consumer group (and transactional id's suffix).
+    /// Its consumer group.
     pub group: String,
+    /// Its transactional id (`sluice-sink-<group>`, in a cluster made to land in the
+    /// pipeline's partition).
+    pub transactional_id: String,
+    /// In a cluster: the pipeline's positions, where the sink keeps its offsets (key: its
+    /// group), in the transaction of its dead letters, so they move with the pipeline; the
+    /// node's group only mirrors them (for lag and `sluice groups`). The transactional id
+    /// is the cluster's then.
+    pub cluster: Option<SharedPositions>,
     /// The group name older versions used, when it belongs to this sink alone: its
     /// offsets are taken over once.
     pub legacy_group: Option<String>,
@@ -36,6 +45,41 @@ pub struct SinkTask {
 }
 
 impl SinkTask {
+    /// In a cluster, the node's group takes the offsets kept in the pipeline's positions
+    /// (this node may never have run the sink, or run it before another node did).
+    fn restore_offsets(
+        &self,
+        positions: &SharedPositions,
+        tps: &[TopicPartition],
+        stop: &sluice_task::StopToken,
+    ) -> Result<(), TaskError> {
+        let topic = positions.lock().topic().to_string();
+        wait_stable(&self.log, &topic, stop)?;
+        let kept = {
+            let mut p = positions.lock();
+            p.catch_up(&self.log)?;
+            p.get(&self.group).0
+        };
+        let Some(kept) = kept else {
+            return Ok(());
+        };
+        let kept: Durable = serde_json::from_slice(&kept).map_err(|e| {
+            TaskError::Fatal(format!(
+                "{topic}: the offsets kept for sink group {} do not parse: {e}",
+                self.group
+            ))
+        })?;
+        let offsets: Vec<(TopicPartition, i64)> = tps
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), *kept.get(&tp.partition)?)))
+            .filter(|(tp, o)| self.log.committed(&self.group, tp) != Some(*o))
+            .collect();
+        if !offsets.is_empty() {
+            self.log.commit_offsets(&self.group, None, &offsets)?;
+        }
+        Ok(())
+    }
+
     /// A sink first started by an older version committed under its old group name: the
     /// new group starts where the old one was, once.
     fn take_over_legacy_offsets(&self, tps: &[TopicPartition]) -> Result<(), TaskError> {
@@ -127,7 +171,10 @@ impl SinkTask {
                 partition: p,
             })
             .collect();
-        self.take_over_legacy_offsets(&tps)?;
+        match &self.cluster {
+            Some(positions) => self.restore_offsets(positions, &tps, &ctx.stop)?,
+            None => self.take_over_legacy_offsets(&tps)?,
+        }
         self.check_offsets(&tps)?;
         consumer.assign(&tps)?;
         // The schema as of this attempt. When another version is recorded, a sink that
@@ -140,8 +187,11 @@ impl SinkTask {
         sink.open(registered.as_ref().map(|r| &r.schema))?;
         // Offsets and the dead letters of the records they pass commit together.
         let producer = self.log.transactional_producer(
-            &format!("sluice-sink-{}", self.group),
-            ProducerConfig::default(),
+            &self.transactional_id,
+            ProducerConfig {
+                replicated: self.cluster.is_some(),
+                ..ProducerConfig::default()
+            },
         )?;
         *ctx.status.error.lock() = None;
         let mut run = SinkRun {
@@ -285,9 +335,30 @@ impl Epochs for SinkRun<'_> {
                 self.producer
                     .send(&task.dlq, dead_letter(r).into_record(&self.ctx.label))?;
             }
-            self.producer
-                .send_offsets_to_transaction(&task.group, &offsets)?;
+            match &task.cluster {
+                None => self
+                    .producer
+                    .send_offsets_to_transaction(&task.group, &offsets)?,
+                Some(positions) => {
+                    let topic = positions.lock().topic().to_string();
+                    let value = serde_json::to_vec(&next).map_err(|e| {
+                        TaskError::Fatal(format!("sink group {}: offsets: {e}", task.group))
+                    })?;
+                    let record = sluice_log::Record {
+                        key: Some(bytes::Bytes::from(task.group.clone())),
+                        value: Some(bytes::Bytes::from(value)),
+                        headers: Vec::new(),
+                        timestamp: sluice_log::record::now_ms(),
+                    };
+                    self.producer.send(&topic, record)?;
+                }
+            }
             self.producer.commit_transaction()?;
+            if task.cluster.is_some() {
+                // The node's view, for lag and `sluice groups`; the kept offsets are the
+                // pipeline's positions.
+                task.log.commit_offsets(&task.group, None, &offsets)?;
+            }
             self.committed = next;
             self.ctx.status.committed(started);
             // The oldest record this commit made durable: its end-to-end latency.

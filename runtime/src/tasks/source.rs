@@ -11,7 +11,7 @@ use sluice_connectors::Source;
 use sluice_log::{Log, Producer, Record};
 use sluice_task::{Epochs, Guarantee, TaskContext, Wait, send_or_dead_letter};
 
-use super::positions::{POSITIONS_TOPIC, SharedPositions, state_key, wait_stable};
+use super::positions::{SharedPositions, state_key, wait_stable};
 use super::{TaskError, dead_letter, record_bytes};
 
 /// Records a poll may return.
@@ -22,14 +22,21 @@ const MAX_POLL: usize = 10_000;
 pub struct SourceTask {
     /// The log.
     pub log: Log,
-    /// `<pipeline>/<source>`: the position key and the transactional id's suffix.
+    /// `<pipeline>/<source>`: the position key.
     pub key: String,
+    /// Its transactional id (`sluice-source-<key>`, in a cluster made to land in the
+    /// pipeline's partition).
+    pub transactional_id: String,
+    /// In a cluster: the transactional id is coordinated by the cluster.
+    pub replicated: bool,
     /// The topic it writes.
     pub topic: String,
     /// Its dead-letter topic.
     pub dlq: String,
-    /// The worker's committed positions.
+    /// The committed positions (their topic is where this task writes its own).
     pub positions: SharedPositions,
+    /// The positions' topic.
+    pub positions_topic: String,
     /// Exactly-once or at-least-once.
     pub guarantee: Guarantee,
     /// How often an epoch commits.
@@ -84,10 +91,10 @@ impl SourceTask {
     pub fn attempt(&self, ctx: &TaskContext, source: &mut dyn Source) -> Result<(), TaskError> {
         // The producer first: a transactional one aborts what an earlier instance of this
         // task left open, before the position is read.
-        let producer = self
-            .guarantee
-            .producer(&self.log, &format!("sluice-source-{}", self.key))?;
-        wait_stable(&self.log, &ctx.stop)?;
+        let producer =
+            self.guarantee
+                .producer_in(&self.log, &self.transactional_id, self.replicated)?;
+        wait_stable(&self.log, &self.positions_topic, &ctx.stop)?;
         let (position, state) = {
             let mut positions = self.positions.lock();
             positions.catch_up(&self.log)?;
@@ -240,7 +247,7 @@ impl Epochs for SourceRun<'_> {
             self.producer.flush()?;
             sluice_log::fault::point("source-before-commit");
             for r in std::mem::take(&mut records) {
-                self.producer.send(POSITIONS_TOPIC, r)?;
+                self.producer.send(&task.positions_topic, r)?;
             }
             self.producer.flush()?;
         }
@@ -266,7 +273,7 @@ impl Epochs for SourceRun<'_> {
         }
         if exactly_once {
             for r in records {
-                self.producer.send(POSITIONS_TOPIC, r)?;
+                self.producer.send(&task.positions_topic, r)?;
             }
             sluice_log::fault::point("source-before-commit");
             self.producer.commit_transaction()?;

@@ -1,0 +1,184 @@
+//! Where a cluster's pipelines run. Pipeline P runs on the node that leads P's partition of
+//! [`TRANSACTIONS_TOPIC`] (the murmur2 of its name, as a transactional id's): that node
+//! coordinates P's transactions, and P's topics (declared, dead letters, positions) follow
+//! that partition's leadership ([`sluice_cluster::metadata::Anchor`]), so everything P
+//! writes is written where it runs. When the node dies, the controller elects the
+//! partition's next leader and moves P's topics with it in the same plan; the new leader
+//! imports P's transaction records, and P's tasks, started there, fence their former
+//! instances and abort what they left open (or complete what was decided) before writing.
+//!
+//! ```text
+//!  __cluster_transactions-k ── leader: node 2 ──► P runs on node 2
+//!        ▲ follows                                 P's transactional ids land in k
+//!  P's topics (replicas of k, led by k's leader)   P's writes: local, acks=all
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_cluster::metadata::Anchor;
+use sluice_cluster::{Cluster, NodeId};
+use sluice_log::Log;
+
+use crate::coordinators::{Coordinators, TRANSACTIONS_TOPIC, partition_count, partition_of};
+use crate::topics::{NewTopic, Refused};
+
+/// How long [`Placement::create_topic`] waits for this node's copies to lead.
+const LEAD_WAIT: Duration = Duration::from_secs(10);
+
+/// The placement of pipelines on this node's cluster (from [`crate::KafkaServer::placement`]).
+#[derive(Clone)]
+pub struct Placement {
+    cluster: Cluster,
+    log: Log,
+    transactions: Arc<Coordinators>,
+}
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement")
+            .field("node", &self.cluster.node_id())
+            .finish()
+    }
+}
+
+impl Placement {
+    pub(crate) fn new(cluster: Cluster, log: Log, transactions: Arc<Coordinators>) -> Placement {
+        Placement {
+            cluster,
+            log,
+            transactions,
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.cluster.node_id()
+    }
+
+    /// The partition of [`TRANSACTIONS_TOPIC`] `pipeline` follows, once the topic exists.
+    pub fn anchor(&self, pipeline: &str) -> Option<Anchor> {
+        let count = partition_count(&self.cluster, TRANSACTIONS_TOPIC);
+        (count > 0).then(|| Anchor {
+            pipeline: pipeline.to_string(),
+            topic: TRANSACTIONS_TOPIC.to_string(),
+            partition: partition_of(pipeline, count),
+        })
+    }
+
+    /// The node running `pipeline` now (`None`: none can, the partition has no leader or
+    /// the topic is not created yet).
+    pub fn home(&self, pipeline: &str) -> Option<NodeId> {
+        let a = self.anchor(pipeline)?;
+        self.cluster
+            .metadata()
+            .borrow()
+            .partition(&a.topic, a.partition)?
+            .leader
+    }
+
+    /// Whether `pipeline` runs on this node: it leads the pipeline's partition, and has
+    /// read the partition's transaction records in this leader epoch (reading them now if
+    /// not). Creates [`TRANSACTIONS_TOPIC`] at the first call of the cluster. Blocking.
+    pub fn runs_here(&self, pipeline: &str) -> Result<bool, String> {
+        if self.anchor(pipeline).is_none() {
+            // Created (three copies) through the controller, as at a client's first
+            // FindCoordinator for a transaction.
+            let default = self.log.options().default_partitions;
+            self.transactions
+                .locate(&self.cluster, default, pipeline)
+                .map_err(|(_, reason)| reason)?;
+        }
+        if self.home(pipeline) != Some(self.node()) {
+            return Ok(false);
+        }
+        let partition = self.transactions.partition_for(&self.cluster, pipeline);
+        let lock = self.transactions.partition_lock(partition);
+        let _held = lock.lock();
+        Ok(self
+            .transactions
+            .check_here(&self.cluster, &self.log, pipeline)
+            .is_ok())
+    }
+
+    /// The transactional id of `pipeline`'s task whose id alone would be `base`: `base`
+    /// itself when it lands in the pipeline's partition, else `base#n` for the smallest `n`
+    /// that does (a dozen tries on average; the same on every node), so the pipeline's
+    /// transactions are coordinated where it runs. `None` before [`TRANSACTIONS_TOPIC`]
+    /// exists.
+    pub fn transactional_id(&self, pipeline: &str, base: &str) -> Option<String> {
+        let count = partition_count(&self.cluster, TRANSACTIONS_TOPIC);
+        if count == 0 {
+            return None;
+        }
+        let target = partition_of(pipeline, count);
+        if partition_of(base, count) == target {
+            return Some(base.to_string());
+        }
+        (1u64..)
+            .map(|n| format!("{base}#{n}"))
+            .find(|id| partition_of(id, count) == target)
+    }
+
+    /// Creates `pipeline`'s topic `name` through the controller, with the replicas of the
+    /// pipeline's partition, led where the pipeline runs (an existing topic is left as it
+    /// is); returns once this node's copies lead it (up to 10 s), so that the pipeline's
+    /// first writes here are taken. Blocking.
+    pub fn create_topic(
+        &self,
+        pipeline: &str,
+        name: &str,
+        partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<(), Refused> {
+        let anchor = self.anchor(pipeline).ok_or_else(|| Refused {
+            code: kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
+            message: format!("{TRANSACTIONS_TOPIC} is not created yet"),
+        })?;
+        let exists = self.cluster.metadata().borrow().topics.contains_key(name);
+        if !exists {
+            let request = NewTopic {
+                name: name.to_string(),
+                partitions: Some(i64::from(partitions)),
+                replication_factor: None,
+                configs: configs.iter().cloned().collect(),
+                internal: true,
+                anchor: Some(anchor),
+            };
+            let default = self.log.options().default_partitions;
+            match crate::topics::create_replicated(&self.cluster, default, request, false) {
+                Ok(_) => {}
+                Err(e) if e.exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let deadline = Instant::now() + LEAD_WAIT;
+        loop {
+            let leads = self.leads_here(name);
+            if leads || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pipeline owning `topic`, if a pipeline does.
+    pub fn owner(&self, topic: &str) -> Option<String> {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        Some(md.topics.get(topic)?.anchor.as_ref()?.pipeline.clone())
+    }
+
+    /// Whether this node's copy of every partition of `topic` leads it now.
+    pub fn leads_here(&self, topic: &str) -> bool {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        md.topics.get(topic).is_some_and(|t| {
+            t.partitions.iter().enumerate().all(|(i, p)| {
+                p.leader == Some(self.node())
+                    && self
+                        .log
+                        .partition(topic, i as u32)
+                        .is_ok_and(|c| c.leads(p.leader_epoch))
+            })
+        })
+    }
+}
