@@ -239,13 +239,16 @@ impl Deployer {
         loaded: Result<Pipeline, DeployerError>,
     ) -> Result<String, DeployerError> {
         self.files.insert(f.to_path_buf(), modified(f));
-        if let Ok(p) = &loaded
+        let checked = loaded.and_then(|p| {
+            self.worker.check(&p)?;
+            Ok(p)
+        });
+        if let Ok(p) = &checked
             && let Some(line) = self.run_elsewhere(f, p)?
         {
             return Ok(line);
         }
-        let result = loaded.and_then(|p| {
-            self.worker.check(&p)?;
+        let result = checked.and_then(|p| {
             let was = self.worker.undeploy(f);
             match self.worker.deploy(&p) {
                 Ok(()) => Ok((p, was.is_some())),

@@ -463,6 +463,9 @@ impl Worker {
             .redact(&p.secrets));
         }
         crate::pipeline::build_check(p).map_err(|e| e.redact(&p.secrets))?;
+        if self.placement.is_some() {
+            cluster_check(p).map_err(|e| e.redact(&p.secrets))?;
+        }
         let mine = internal_names(p);
         let mut seen = BTreeMap::new();
         for (name, what) in &mine {
@@ -611,22 +614,7 @@ impl Worker {
         p: &Pipeline,
         placement: &sluice_kafka::pipelines::Placement,
     ) -> Result<(), DeployError> {
-        let refuse = |reason: String| DeployError::Cluster {
-            pipeline: p.name.clone(),
-            reason,
-            user_error: true,
-        };
-        if p.config.sql.is_some() {
-            return Err(refuse(
-                "a pipeline's SQL queries cannot run yet (their state stores and internal topics are this node's alone, so they could not move with the pipeline): run pipelines with `sql` on a worker alone".into(),
-            ));
-        }
-        if let Some(s) = p.config.sources.iter().find(|s| s.postgres_cdc.is_some()) {
-            return Err(refuse(format!(
-                "source {}: a postgres-cdc source cannot run yet (it makes a topic per table as tables appear, and keeps a local store): run it on a worker alone",
-                s.name.get_ref()
-            )));
-        }
+        cluster_check(p)?;
         let make = |topic: &str, partitions: u32, config: &[(String, String)]| {
             placement
                 .create_topic(&p.name, topic, partitions, config)
@@ -649,15 +637,19 @@ impl Worker {
         for s in &p.config.sources {
             let owner = placement.owner(&s.topic);
             if owner.as_deref() != Some(p.name.as_str()) {
-                return Err(refuse(format!(
-                    "source {} writes topic '{}', which {}: a pipeline writes only the topics it declares in [[topics]], which are led where it runs",
-                    s.name.get_ref(),
-                    s.topic,
-                    match owner {
-                        Some(o) => format!("pipeline {o} owns"),
-                        None => "this pipeline does not declare".into(),
-                    }
-                )));
+                return Err(DeployError::Cluster {
+                    pipeline: p.name.clone(),
+                    reason: format!(
+                        "source {} writes topic '{}', which {}: a pipeline writes only topics it made, which are led where it runs",
+                        s.name.get_ref(),
+                        s.topic,
+                        match owner {
+                            Some(o) => format!("pipeline {o} made"),
+                            None => "was made outside a pipeline".into(),
+                        }
+                    ),
+                    user_error: true,
+                });
             }
         }
         Ok(())
@@ -1222,6 +1214,36 @@ fn normalized(path: &std::path::Path) -> std::path::PathBuf {
         resolved.push(n);
     }
     resolved
+}
+
+/// What a pipeline in a cluster cannot do yet, whatever the cluster's state.
+fn cluster_check(p: &Pipeline) -> Result<(), DeployError> {
+    let refuse = |reason: String| DeployError::Cluster {
+        pipeline: p.name.clone(),
+        reason,
+        user_error: true,
+    };
+    if p.config.sql.is_some() {
+        return Err(refuse(
+            "a pipeline's SQL queries cannot run yet (their state stores and internal topics are one node's, so they could not move with the pipeline): run pipelines with `sql` on a worker alone".into(),
+        ));
+    }
+    for s in &p.config.sources {
+        if s.postgres_cdc.is_some() {
+            return Err(refuse(format!(
+                "source {}: a postgres-cdc source cannot run yet (it makes a topic per table as tables appear, and keeps a local store): run it on a worker alone",
+                s.name.get_ref()
+            )));
+        }
+        if !p.config.topics.iter().any(|t| *t.name.get_ref() == s.topic) {
+            return Err(refuse(format!(
+                "source {} writes topic '{}', which the pipeline does not declare: declare it in [[topics]], so that it is made where the pipeline runs and moves with it",
+                s.name.get_ref(),
+                s.topic
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The positions topic's config.

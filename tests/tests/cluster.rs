@@ -1379,27 +1379,26 @@ fn node_state(status: &Value, id: u64) -> Option<&str> {
     status["nodes"].as_array()?.iter().find(|n| n["id"] == id)?["state"].as_str()
 }
 
-/// The nodes (by index) that run pipeline `name` now, as their APIs say.
-fn running(c: &TestCluster, name: &str) -> Vec<usize> {
+/// `GET /pipelines` of node `i`, if it answers.
+fn pipelines_of(c: &TestCluster, i: usize) -> Option<Value> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
+    let api = c.nodes[i].api.as_ref()?;
+    let text = http.get(format!("{api}/pipelines")).send().ok()?.text().ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The nodes (by index) that run pipeline `name` now, as their APIs say.
+fn running(c: &TestCluster, name: &str) -> Vec<usize> {
     (0..c.nodes.len())
         .filter(|&i| {
-            let Some(api) = &c.nodes[i].api else {
-                return false;
-            };
-            http.get(format!("{api}/pipelines"))
-                .send()
-                .ok()
-                .and_then(|r| r.text().ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .is_some_and(|v| {
-                    v["pipelines"]
-                        .as_array()
-                        .is_some_and(|ps| ps.iter().any(|p| p["name"] == name))
-                })
+            pipelines_of(c, i).is_some_and(|v| {
+                v["pipelines"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == name))
+            })
         })
         .collect()
 }
@@ -1505,6 +1504,41 @@ file = {{ path = "{}", roll-records = 400 }}
     }
     let home = wait_running(&c, "moving", None, Duration::from_secs(60));
     eprintln!("the pipeline runs on node {}", c.nodes[home].id);
+    for i in (0..3).filter(|&i| i != home) {
+        let elsewhere = pipelines_of(&c, i).unwrap()["elsewhere"].clone();
+        assert_eq!(
+            elsewhere,
+            serde_json::json!([{"name": "moving", "node": c.nodes[home].id}]),
+            "node {}",
+            c.nodes[i].id
+        );
+    }
+    // What cannot move between nodes yet is refused, saying why.
+    let dir = c.nodes[0].work.join("pipelines");
+    std::fs::write(
+        dir.join("queries.toml"),
+        "name = \"queries\"\nsql = \"CREATE STREAM s (id BIGINT) WITH (topic = 'events');\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("undeclared.toml"),
+        format!(
+            "name = \"undeclared\"\n[[sources]]\nname = \"lines\"\ntopic = \"elsewhere\"\nfile = {{ path = \"{}/*.txt\" }}\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let broken = pipelines_of(&c, 0).unwrap()["broken_files"].to_string();
+        if broken.contains("SQL queries cannot run yet")
+            && broken.contains("writes topic 'elsewhere', which the pipeline does not declare")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{broken}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let wait_output = |c: &TestCluster, at_least: u64, what: &str| {
         let start = Instant::now();
         loop {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sluice_task::TaskStatus;
 
 use super::schema::{
-    ActionDoc, BrokenFile, DeployDoc, ErrorBody, Message, OffsetDoc, OffsetsDoc, PipelineDoc,
+    ActionDoc, BrokenFile, DeployDoc, ElsewhereDoc, ErrorBody, Message, OffsetDoc, OffsetsDoc, PipelineDoc,
     PipelineList, PipelineState, QueryDoc, QueryList, TaskDoc, TaskStateDoc, ValidationDoc,
 };
 use super::{ApiError, ApiState, blocking};
@@ -91,6 +91,11 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<PipelineList>, A
                     file: f.display().to_string(),
                     error: e.clone(),
                 })
+                .collect(),
+            elsewhere: d
+                .elsewhere()
+                .into_iter()
+                .map(|(name, node)| ElsewhereDoc { name, node })
                 .collect(),
         }))
     })

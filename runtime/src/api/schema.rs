@@ -164,6 +164,19 @@ pub struct PipelineList {
     pub pipelines: Vec<PipelineDoc>,
     /// Files that failed to load.
     pub broken_files: Vec<BrokenFile>,
+    /// In a cluster: the folder's pipelines that run on other nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<ElsewhereDoc>,
+}
+
+/// A pipeline that runs on another node of the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ElsewhereDoc {
+    /// The pipeline.
+    pub name: String,
+    /// The node running it (`null`: none can now, its partition of `__cluster_transactions`
+    /// has no leader).
+    pub node: Option<u64>,
 }
 
 /// A deploy's answer.
