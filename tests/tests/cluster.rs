@@ -1472,9 +1472,35 @@ fn wait_running(c: &TestCluster, name: &str, not: Option<usize>, timeout: Durati
 /// The output holds every line once.
 #[test]
 fn a_pipeline_moved_after_its_node_dies_with_no_lost_or_repeated_output() {
+    pipeline_moves(None);
+}
+
+/// As above, the node dying at the first commit whose decision is durable and whose
+/// markers are not written: the pipeline's next node completes that commit.
+#[test]
+fn a_pipeline_moved_after_its_node_dies_between_a_commits_decision_and_markers() {
+    pipeline_moves(Some("txn-after-prepare"));
+}
+
+/// As above, the node dying once a sink's files are written and synced, its offsets not
+/// committed: the next node writes the same files again.
+#[test]
+fn a_pipeline_moved_after_its_node_dies_between_a_sinks_flush_and_commit() {
+    pipeline_moves(Some("sink-after-flush"));
+}
+
+/// The node running the test's pipeline `moving` at first: the leader of its partition of
+/// `__cluster_transactions` (the murmur2 of its name, 12 partitions), which is that
+/// partition's preferred replica, placed from the topic's name over nodes 1, 2, 3.
+const MOVING_HOME: usize = 2;
+
+fn pipeline_moves(fault: Option<&'static str>) {
     const LINES: u64 = 8_000;
     const MORE: u64 = 1_000;
-    let mut c = TestCluster::start(3);
+    let mut c = match fault {
+        Some(point) => TestCluster::start_faulty(3, MOVING_HOME, point),
+        None => TestCluster::start(3),
+    };
     let shared = c._dir.path().join("shared");
     let (input, out) = (shared.join("in"), shared.join("out"));
     std::fs::create_dir_all(&input).unwrap();
@@ -1504,6 +1530,7 @@ file = {{ path = "{}", roll-records = 400 }}
     }
     let home = wait_running(&c, "moving", None, Duration::from_secs(60));
     eprintln!("the pipeline runs on node {}", c.nodes[home].id);
+    assert_eq!(home, MOVING_HOME, "the placement of __cluster_transactions changed");
     for i in (0..3).filter(|&i| i != home) {
         let elsewhere = pipelines_of(&c, i).unwrap()["elsewhere"].clone();
         assert_eq!(
@@ -1572,11 +1599,32 @@ file = {{ path = "{}", roll-records = 400 }}
     };
     // 16 s of input: the node dies a second or two in.
     let writer = append_lines(input.join("a.jsonl"), 0..LINES);
-    let before = wait_output(&c, 800, "output before the kill").len() as u64;
     let dead = c.nodes[home].id;
-    eprintln!("killing node {dead}, which runs the pipeline, at {before} lines out");
-    let killed = Instant::now();
-    c.kill(home);
+    let (before, killed) = match fault {
+        None => {
+            let before = wait_output(&c, 800, "output before the kill").len() as u64;
+            eprintln!("killing node {dead}, which runs the pipeline, at {before} lines out");
+            let killed = Instant::now();
+            c.kill(home);
+            (before, killed)
+        }
+        Some(point) => {
+            let start = Instant::now();
+            while c.nodes[home].child.as_mut().unwrap().try_wait().unwrap().is_none() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "node {dead} did not reach {point}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let before = output_ids(&out).len() as u64;
+            eprintln!("node {dead} died at {point}, {before} lines out");
+            let killed = Instant::now();
+            c.kill(home);
+            c.nodes[home].fault = None;
+            (before, killed)
+        }
+    };
     let next = wait_running(&c, "moving", Some(home), Duration::from_secs(60));
     eprintln!(
         "the pipeline runs on node {} {:?} after the kill",
