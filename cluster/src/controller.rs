@@ -1,5 +1,6 @@
 //! The controller's decisions, as pure functions of the metadata and what it heard: which
-//! nodes to fence, which leaders to elect, where to place replicas and pipelines.
+//! nodes to fence, which leaders to elect (pipelines' partitions following their anchors'),
+//! where to place replicas.
 //!
 //! The Raft leader is the controller. Each tick it calls [`plan`] with the nodes whose
 //! heartbeats are recent and proposes the commands it returns; every change is based on a
@@ -27,7 +28,7 @@ pub struct View {
 }
 
 /// The commands that bring the metadata in line with `view`: fences first, then elections
-/// and ISR shrinks (computed as if the fences had applied), then pipeline moves.
+/// and ISR shrinks (computed as if the fences had applied).
 pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
     let mut commands = Vec::new();
     let mut alive: BTreeSet<NodeId> = BTreeSet::new();
@@ -81,31 +82,6 @@ pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
                 });
             }
         }
-    }
-    let mut load: BTreeMap<NodeId, usize> = alive.iter().map(|n| (*n, 0)).collect();
-    for node in metadata.pipelines.values().flatten() {
-        if let Some(l) = load.get_mut(node) {
-            *l += 1;
-        }
-    }
-    for (name, node) in &metadata.pipelines {
-        if node.is_some_and(|n| alive.contains(&n)) {
-            continue;
-        }
-        let target = load
-            .iter()
-            .min_by_key(|(id, l)| (**l, **id))
-            .map(|(id, _)| *id);
-        if target == *node {
-            continue;
-        }
-        if let Some(t) = target {
-            *load.get_mut(&t).expect("a loaded node") += 1;
-        }
-        commands.push(Command::AssignPipeline {
-            name: name.clone(),
-            node: target,
-        });
     }
     commands
 }
@@ -485,18 +461,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pipelines_of_a_dead_node_move_to_the_least_loaded_live_one() {
-        let mut m = cluster(3);
-        for (name, node) in [("a", 1), ("b", 1), ("c", 2), ("d", 3)] {
-            m.apply(&Command::AssignPipeline {
-                name: name.into(),
-                node: Some(node),
-            });
-        }
-        let commands = plan(&m, &heard(&[2, 3]));
-        apply_all(&mut m, &commands);
-        assert_eq!(m.pipelines["a"], Some(2));
-        assert_eq!(m.pipelines["b"], Some(3));
-    }
 }

@@ -1,5 +1,5 @@
 //! A cluster of Sluice nodes: the metadata they share (nodes, topics, each partition's
-//! replicas, leader, leader epoch and in-sync replicas, where each pipeline runs), kept in a
+//! replicas, leader, leader epoch and in-sync replicas, the pipeline owning a topic), kept in a
 //! Raft-replicated log as Kafka's KRaft does, and the controller that acts on node failures.
 //!
 //! # Layout

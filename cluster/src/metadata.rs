@@ -3,7 +3,7 @@
 //!
 //! Like KRaft's metadata log, it holds what a node needs to play its part: the nodes and
 //! whether each is alive (unfenced), the topics with each partition's replicas, leader,
-//! leader epoch and in-sync replicas, and which node runs each pipeline. `apply` is pure
+//! leader epoch and in-sync replicas, and which pipeline owns a topic. `apply` is pure
 //! and deterministic (no clocks, no randomness): the controller decides, the log orders,
 //! every node applies.
 
@@ -134,7 +134,8 @@ pub enum Command {
         /// How many ids.
         count: i64,
     },
-    /// Runs a pipeline on a node (`None`: on none, no node is alive).
+    /// Unused: kept so that metadata logs of earlier versions apply (pipelines now run where
+    /// their partition of `__cluster_transactions` is led; see [`Anchor`]).
     AssignPipeline {
         /// The pipeline's name.
         name: String,
@@ -174,7 +175,7 @@ pub struct Metadata {
     pub nodes: BTreeMap<NodeId, NodeState>,
     /// The topics.
     pub topics: BTreeMap<String, TopicState>,
-    /// Which node runs each pipeline.
+    /// Unused (see [`Command::AssignPipeline`]).
     pub pipelines: BTreeMap<String, Option<NodeId>>,
     /// The first producer id not yet handed out.
     #[serde(default)]

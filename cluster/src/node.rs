@@ -681,7 +681,7 @@ async fn heartbeat(
 }
 
 /// While this node is the Raft leader, acts as the controller: fences silent nodes, elects
-/// leaders, moves pipelines.
+/// leaders (a pipeline's topics with its anchor).
 async fn controller_loop(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };

@@ -1531,6 +1531,20 @@ file = {{ path = "{}", roll-records = 400 }}
     let home = wait_running(&c, "moving", None, Duration::from_secs(60));
     eprintln!("the pipeline runs on node {}", c.nodes[home].id);
     assert_eq!(home, MOVING_HOME, "the placement of __cluster_transactions changed");
+    let status = c.status_from(|_| true).unwrap();
+    assert_eq!(
+        status["pipelines"],
+        serde_json::json!([{"name": "moving", "node": c.nodes[home].id}])
+    );
+    assert!(
+        status["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["pipeline"] == "moving")
+            .all(|p| p["leader"] == c.nodes[home].id),
+        "{status:#}"
+    );
     for i in (0..3).filter(|&i| i != home) {
         let elsewhere = pipelines_of(&c, i).unwrap()["elsewhere"].clone();
         assert_eq!(

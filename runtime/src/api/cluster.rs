@@ -28,6 +28,18 @@ pub struct ClusterDoc {
     pub under_replicated_partitions: usize,
     /// Partitions without a leader.
     pub offline_partitions: usize,
+    /// The pipelines that made topics, with the node running each (the leader of its
+    /// partition of `__cluster_transactions`; absent while none can).
+    pub pipelines: Vec<ClusterPipelineDoc>,
+}
+
+/// One pipeline of [`ClusterDoc`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterPipelineDoc {
+    /// Its name.
+    pub name: String,
+    /// The node running it.
+    pub node: Option<u64>,
 }
 
 /// One node of [`ClusterDoc`].
@@ -62,6 +74,8 @@ pub struct ClusterPartitionDoc {
     pub leader_epoch: i32,
     /// The in-sync replicas.
     pub isr: Vec<u64>,
+    /// The pipeline that made the topic (its leader is the pipeline's node).
+    pub pipeline: Option<String>,
 }
 
 /// The cluster as this node sees it.
@@ -76,6 +90,12 @@ pub async fn cluster(State(state): State<ApiState>) -> Result<Json<ClusterDoc>, 
         ));
     };
     let status = cluster.status();
+    let md = &status.metadata;
+    let mut pipelines = std::collections::BTreeMap::new();
+    for a in md.topics.values().filter_map(|t| t.anchor.as_ref()) {
+        let node = md.partition(&a.topic, a.partition).and_then(|p| p.leader);
+        pipelines.insert(a.pipeline.clone(), node);
+    }
     let mut partitions = Vec::new();
     for topic in status.metadata.topics.values() {
         for (i, p) in topic.partitions.iter().enumerate() {
@@ -86,6 +106,7 @@ pub async fn cluster(State(state): State<ApiState>) -> Result<Json<ClusterDoc>, 
                 leader: p.leader,
                 leader_epoch: p.leader_epoch,
                 isr: p.isr.clone(),
+                pipeline: topic.anchor.as_ref().map(|a| a.pipeline.clone()),
             });
         }
     }
@@ -112,5 +133,9 @@ pub async fn cluster(State(state): State<ApiState>) -> Result<Json<ClusterDoc>, 
             })
             .collect(),
         partitions,
+        pipelines: pipelines
+            .into_iter()
+            .map(|(name, node)| ClusterPipelineDoc { name, node })
+            .collect(),
     }))
 }

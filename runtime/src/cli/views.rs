@@ -239,4 +239,8 @@ pub fn print_cluster(v: &Value) {
         s(&v["under_replicated_partitions"]),
         s(&v["offline_partitions"])
     );
+    let pipelines = rows(v, "pipelines", &["name", "node"]);
+    if !pipelines.is_empty() {
+        print!("{}", table(&["PIPELINE", "RUNS ON NODE"], &pipelines));
+    }
 }
