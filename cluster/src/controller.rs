@@ -59,7 +59,11 @@ pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
             leaders
                 .get(&(a.topic.as_str(), a.partition))
                 .copied()
-                .unwrap_or_else(|| metadata.partition(&a.topic, a.partition).and_then(|p| p.leader))
+                .unwrap_or_else(|| {
+                    metadata
+                        .partition(&a.topic, a.partition)
+                        .and_then(|p| p.leader)
+                })
         });
         for (i, p) in topic.partitions.iter().enumerate() {
             let decided = match followed {
@@ -326,7 +330,11 @@ mod tests {
             ],
         );
         let leaders = |m: &Metadata| -> Vec<Option<NodeId>> {
-            m.topics["out"].partitions.iter().map(|p| p.leader).collect()
+            m.topics["out"]
+                .partitions
+                .iter()
+                .map(|p| p.leader)
+                .collect()
         };
         assert_eq!(leaders(&m), [Some(2), Some(2)]);
         assert!(plan(&m, &heard(&[1, 2, 3])).is_empty(), "settled");
@@ -350,7 +358,10 @@ mod tests {
                 isr: vec![1],
             }],
         );
-        assert!(plan(&m, &heard(&[1, 3])).is_empty(), "node 3 is not in sync");
+        assert!(
+            plan(&m, &heard(&[1, 3])).is_empty(),
+            "node 3 is not in sync"
+        );
         let p = m.partition("out", 1).unwrap().clone();
         apply_all(
             &mut m,
@@ -460,5 +471,4 @@ mod tests {
             })
         );
     }
-
 }

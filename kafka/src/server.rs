@@ -157,9 +157,10 @@ pub fn serve(log: &Log, config: KafkaConfig) -> Result<KafkaServer, ServeError> 
         log.set_remote_markers(Arc::new(crate::replica::MarkerSender(Arc::downgrade(r))));
         log.set_txn_replication(Arc::new(crate::replica::TxnMirror(Arc::downgrade(r))));
     }
-    let placement = config.cluster.clone().map(|c| {
-        crate::pipelines::Placement::new(c, log.clone(), Arc::clone(&transactions))
-    });
+    let placement = config
+        .cluster
+        .clone()
+        .map(|c| crate::pipelines::Placement::new(c, log.clone(), Arc::clone(&transactions)));
     let broker = Arc::new(Broker {
         log: log.clone(),
         node_id: config.node_id,

@@ -190,9 +190,9 @@ impl Producer {
         transactional_id: Option<String>,
     ) -> Result<Producer> {
         let (producer_id, epoch) = match &transactional_id {
-            Some(id) if config.replicated => log.coordinated(id, || {
-                log.txn_init(id, config.transaction_timeout, true)
-            })?,
+            Some(id) if config.replicated => {
+                log.coordinated(id, || log.txn_init(id, config.transaction_timeout, true))?
+            }
             Some(id) => log.txn_init(id, config.transaction_timeout, false)?,
             None if config.idempotent => (log.allocate_producer_id()?, 0),
             None => (-1, -1),

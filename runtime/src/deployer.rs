@@ -139,9 +139,7 @@ impl Deployer {
         let Some(placement) = self.worker.placement().cloned() else {
             return Vec::new();
         };
-        let retry = self
-            .last_retry
-            .is_none_or(|t| t.elapsed() >= CLUSTER_RETRY);
+        let retry = self.last_retry.is_none_or(|t| t.elapsed() >= CLUSTER_RETRY);
         let mut said = Vec::new();
         let files: Vec<(PathBuf, Placed)> = self
             .placed
@@ -152,9 +150,13 @@ impl Deployer {
             let deployed = self.worker.pipelines().iter().any(|d| d.path == f);
             let home = placement.home(&placed.name);
             let here = home == Some(placement.node());
-            if deployed && !here {
-                said.push(self.deploy_file(&f));
-            } else if !deployed && here && placed.away.is_some() {
+            // Moved away (it stops), or moved here (it starts).
+            let moved = if deployed {
+                !here
+            } else {
+                here && placed.away.is_some()
+            };
+            if moved {
                 said.push(self.deploy_file(&f));
             } else if !deployed && !here && placed.away != Some(home) {
                 if let Some(p) = self.placed.get_mut(&f) {
@@ -327,7 +329,8 @@ impl Deployer {
             p.name,
             match home {
                 Some(n) => format!("node {n}"),
-                None => "no node now (its partition of the cluster's transactions has no leader)".into(),
+                None =>
+                    "no node now (its partition of the cluster's transactions has no leader)".into(),
             }
         )))
     }

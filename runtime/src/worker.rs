@@ -598,7 +598,10 @@ impl Worker {
             }
         }
         let dlq = dlq_topic(&p.name);
-        for (topic, config) in [(dlq.as_str(), Vec::new()), (POSITIONS_TOPIC, positions_config())] {
+        for (topic, config) in [
+            (dlq.as_str(), Vec::new()),
+            (POSITIONS_TOPIC, positions_config()),
+        ] {
             match self.log.create_topic(topic, 1, &config) {
                 Ok(()) | Err(LogError::TopicExists(_)) => {}
                 Err(e) => return Err(err(&e)),

@@ -1386,7 +1386,12 @@ fn pipelines_of(c: &TestCluster, i: usize) -> Option<Value> {
         .build()
         .unwrap();
     let api = c.nodes[i].api.as_ref()?;
-    let text = http.get(format!("{api}/pipelines")).send().ok()?.text().ok()?;
+    let text = http
+        .get(format!("{api}/pipelines"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -1530,7 +1535,10 @@ file = {{ path = "{}", roll-records = 400 }}
     }
     let home = wait_running(&c, "moving", None, Duration::from_secs(60));
     eprintln!("the pipeline runs on node {}", c.nodes[home].id);
-    assert_eq!(home, MOVING_HOME, "the placement of __cluster_transactions changed");
+    assert_eq!(
+        home, MOVING_HOME,
+        "the placement of __cluster_transactions changed"
+    );
     let status = c.status_from(|_| true).unwrap();
     assert_eq!(
         status["pipelines"],
@@ -1624,7 +1632,14 @@ file = {{ path = "{}", roll-records = 400 }}
         }
         Some(point) => {
             let start = Instant::now();
-            while c.nodes[home].child.as_mut().unwrap().try_wait().unwrap().is_none() {
+            while c.nodes[home]
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .is_none()
+            {
                 assert!(
                     start.elapsed() < Duration::from_secs(30),
                     "node {dead} did not reach {point}"

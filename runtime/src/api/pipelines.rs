@@ -13,8 +13,9 @@ use serde::Deserialize;
 use sluice_task::TaskStatus;
 
 use super::schema::{
-    ActionDoc, BrokenFile, DeployDoc, ElsewhereDoc, ErrorBody, Message, OffsetDoc, OffsetsDoc, PipelineDoc,
-    PipelineList, PipelineState, QueryDoc, QueryList, TaskDoc, TaskStateDoc, ValidationDoc,
+    ActionDoc, BrokenFile, DeployDoc, ElsewhereDoc, ErrorBody, Message, OffsetDoc, OffsetsDoc,
+    PipelineDoc, PipelineList, PipelineState, QueryDoc, QueryList, TaskDoc, TaskStateDoc,
+    ValidationDoc,
 };
 use super::{ApiError, ApiState, blocking};
 use crate::worker::Deployed;
