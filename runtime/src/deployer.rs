@@ -150,13 +150,19 @@ impl Deployer {
             let deployed = self.worker.pipelines().iter().any(|d| d.path == f);
             let home = placement.home(&placed.name);
             let here = home == Some(placement.node());
-            // Moved away (it stops), or moved here (it starts).
-            let moved = if deployed {
-                !here
-            } else {
-                here && placed.away.is_some()
-            };
-            if moved {
+            if deployed && !here {
+                // Moved away: it stops at once, whatever its file says now.
+                self.worker.undeploy(&f);
+                if let Some(p) = self.placed.get_mut(&f) {
+                    p.away = Some(home);
+                }
+                said.push(format!(
+                    "Stopped pipeline {}: it runs on {} now.",
+                    placed.name,
+                    home.map_or("no node".to_string(), |n| format!("node {n}"))
+                ));
+            } else if !deployed && here && placed.away.is_some() {
+                // Moved here: it starts (or its error is kept until its file changes).
                 said.push(self.deploy_file(&f));
             } else if !deployed && !here && placed.away != Some(home) {
                 if let Some(p) = self.placed.get_mut(&f) {
@@ -276,6 +282,7 @@ impl Deployer {
             Err(e) => {
                 if let Some(p) = self.placed.get_mut(f) {
                     p.transient = !e.is_user_error();
+                    p.away = None;
                 }
                 self.errors.insert(f.to_path_buf(), e.to_string());
                 Err(e)
