@@ -26,6 +26,9 @@ use crate::topics::{NewTopic, Refused};
 /// How long [`Placement::create_topic`] waits for this node's copies to lead.
 const LEAD_WAIT: Duration = Duration::from_secs(10);
 
+/// How long [`Placement::runs_here`] waits for this node to read a partition it leads.
+const READY_WAIT: Duration = Duration::from_secs(3);
+
 /// The placement of pipelines on this node's cluster (from [`crate::KafkaServer::placement`]).
 #[derive(Clone)]
 pub struct Placement {
@@ -89,16 +92,30 @@ impl Placement {
                 .locate(&self.cluster, default, pipeline)
                 .map_err(|(_, reason)| reason)?;
         }
-        if self.home(pipeline) != Some(self.node()) {
-            return Ok(false);
+        // Led here but not read yet (the local copy still takes the former leader's last
+        // records): a moment's wait, as the replication loop reads it within a tick.
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            if self.home(pipeline) != Some(self.node()) {
+                return Ok(false);
+            }
+            let partition = self.transactions.partition_for(&self.cluster, pipeline);
+            let lock = self.transactions.partition_lock(partition);
+            let checked = {
+                let _held = lock.lock();
+                self.transactions
+                    .check_here(&self.cluster, &self.log, pipeline)
+            };
+            match checked {
+                Ok(_) => return Ok(true),
+                Err((_, reason)) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "this node leads its partition {partition} of {TRANSACTIONS_TOPIC} but cannot coordinate it yet: {reason}"
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
-        let partition = self.transactions.partition_for(&self.cluster, pipeline);
-        let lock = self.transactions.partition_lock(partition);
-        let _held = lock.lock();
-        Ok(self
-            .transactions
-            .check_here(&self.cluster, &self.log, pipeline)
-            .is_ok())
     }
 
     /// The transactional id of `pipeline`'s task whose id alone would be `base`: `base`
@@ -120,10 +137,30 @@ impl Placement {
             .find(|id| partition_of(id, count) == target)
     }
 
+    /// Whether `pipeline` may write topic `name`: it does not exist yet, or the pipeline
+    /// made it. Otherwise why not (its partitions are led elsewhere).
+    pub fn check_owner(&self, pipeline: &str, name: &str) -> Result<(), String> {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        let Some(t) = md.topics.get(name) else {
+            return Ok(());
+        };
+        match &t.anchor {
+            Some(a) if a.pipeline == pipeline => Ok(()),
+            Some(a) => Err(format!(
+                "topic '{name}' exists, made by pipeline {}: a pipeline writes only topics it made, which are led where it runs",
+                a.pipeline
+            )),
+            None => Err(format!(
+                "topic '{name}' exists, made outside a pipeline (by a Kafka client or the API): a pipeline writes only topics it made, which are led where it runs"
+            )),
+        }
+    }
+
     /// Creates `pipeline`'s topic `name` through the controller, with the replicas of the
-    /// pipeline's partition, led where the pipeline runs (an existing topic is left as it
-    /// is); returns once this node's copies lead it (up to 10 s), so that the pipeline's
-    /// first writes here are taken. Blocking.
+    /// pipeline's partition, led where the pipeline runs (an existing topic of the pipeline
+    /// is left as it is); returns once this node's copies lead it (up to 10 s), so that the
+    /// pipeline's first writes here are taken, else a transient refusal naming the
+    /// partitions' leaders. Blocking.
     pub fn create_topic(
         &self,
         pipeline: &str,
@@ -135,6 +172,11 @@ impl Placement {
             code: kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
             message: format!("{TRANSACTIONS_TOPIC} is not created yet"),
         })?;
+        self.check_owner(pipeline, name)
+            .map_err(|message| Refused {
+                code: kafka_protocol::ResponseError::InvalidRequest.code(),
+                message,
+            })?;
         let exists = self.cluster.metadata().borrow().topics.contains_key(name);
         if !exists {
             let request = NewTopic {
@@ -153,19 +195,37 @@ impl Placement {
             }
         }
         let deadline = Instant::now() + LEAD_WAIT;
-        loop {
-            let leads = self.leads_here(name);
-            if leads || Instant::now() >= deadline {
-                return Ok(());
+        while !self.leads_here(name) {
+            if Instant::now() >= deadline {
+                let md = Arc::clone(&self.cluster.metadata().borrow());
+                let leaders: Vec<String> = md.topics.get(name).map_or(Vec::new(), |t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| p.leader.map_or("none".into(), |l| l.to_string()))
+                        .collect()
+                });
+                return Err(Refused {
+                    code: kafka_protocol::ResponseError::RequestTimedOut.code(),
+                    message: format!(
+                        "topic '{name}' is not led by this node yet (its partitions' leaders: {}); its copies here are catching up",
+                        leaders.join(", ")
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
-    /// The pipeline owning `topic`, if a pipeline does.
-    pub fn owner(&self, topic: &str) -> Option<String> {
-        let md = Arc::clone(&self.cluster.metadata().borrow());
-        Some(md.topics.get(topic)?.anchor.as_ref()?.pipeline.clone())
+    /// The REST API address node `node` registered, if any.
+    pub fn api_of(&self, node: NodeId) -> Option<String> {
+        self.cluster
+            .metadata()
+            .borrow()
+            .nodes
+            .get(&node)?
+            .api
+            .clone()
     }
 
     /// Whether this node's copy of every partition of `topic` leads it now.

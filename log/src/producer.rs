@@ -500,6 +500,12 @@ impl Producer {
         if !self.in_txn {
             return Err(self.txn_state_error("send_offsets_to_transaction outside a transaction"));
         }
+        if self.config.replicated {
+            // The next coordinator's markers would not reach this node's own offsets.
+            return Err(self.txn_state_error(
+                "a replicated transactional id's offsets cannot go to this node's __consumer_offsets; keep them in a replicated topic of the transaction",
+            ));
+        }
         let p = self.log.offsets_partition(group);
         let (values, records) = Log::offset_commit(group, offsets);
         let tp = (OFFSETS_TOPIC.to_string(), p);

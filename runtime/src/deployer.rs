@@ -90,6 +90,17 @@ pub struct Deployer {
     last_retry: Option<Instant>,
 }
 
+/// A pipeline that runs on another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The node running it (`None`: none can now).
+    pub node: Option<u64>,
+    /// That node's REST API address.
+    pub api: Option<String>,
+}
+
 /// A pipeline file's pipeline in a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Placed {
@@ -99,6 +110,8 @@ struct Placed {
     away: Option<Option<u64>>,
     /// Its last deploy failed for the cluster's state: it is tried again.
     transient: bool,
+    /// The topics its HTTP sources ingest into.
+    ingests: Vec<String>,
 }
 
 /// How often a deploy that failed for the cluster's state is tried again.
@@ -128,6 +141,22 @@ impl Deployer {
             .values()
             .filter_map(|p| Some((p.name.clone(), p.away?)))
             .collect()
+    }
+
+    /// In a cluster, the pipeline of this folder whose HTTP source ingests into `topic`
+    /// and runs on another node.
+    pub fn ingest_elsewhere(&self, topic: &str) -> Option<Elsewhere> {
+        let placement = self.worker.placement()?;
+        let p = self
+            .placed
+            .values()
+            .find(|p| p.away.is_some() && p.ingests.iter().any(|t| t == topic))?;
+        let node = p.away.flatten();
+        Some(Elsewhere {
+            pipeline: p.name.clone(),
+            node,
+            api: node.and_then(|n| placement.api_of(n)),
+        })
     }
 
     /// In a cluster, brings the worker in line with where pipelines run now: a pipeline
@@ -300,6 +329,13 @@ impl Deployer {
             name: p.name.clone(),
             away: None,
             transient: false,
+            ingests: p
+                .config
+                .sources
+                .iter()
+                .filter(|s| s.http.is_some())
+                .map(|s| s.topic.clone())
+                .collect(),
         };
         let here = placement.runs_here(&p.name).map_err(|reason| {
             placed.transient = true;
@@ -326,10 +362,6 @@ impl Deployer {
         self.placed.insert(f.to_path_buf(), placed);
         self.errors.remove(f);
         let stopped = self.worker.undeploy(f).is_some();
-        if home == Some(placement.node()) && !stopped {
-            // Led here, its transactions not read yet: the next tick tries again.
-            return Ok(Some(String::new()));
-        }
         Ok(Some(format!(
             "{} pipeline {}: it runs on {}.",
             if stopped { "Stopped" } else { "Not running" },

@@ -444,6 +444,11 @@ impl Worker {
         let i = self.pipelines.iter().position(|d| d.path == path)?;
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
+        if self.placement.is_some() {
+            // Its positions are read afresh where it runs next: another node may have moved
+            // them meanwhile (and their tombstones may be compacted away by then).
+            self.positions.lock().remove(&self.positions_topic(&d.name));
+        }
         self.publish_status();
         Some((d.pipeline, d.paused))
     }
@@ -558,6 +563,14 @@ impl Worker {
                 tracing::warn!(source = %name, error = %e, "Could not remove a stream or table of a failed deploy.");
             }
         }
+        // In a cluster the topics are the cluster's (made through the controller, copied on
+        // other nodes): deleting this node's copy would leave the metadata naming a copy
+        // that is gone. They stay, for the next deploy.
+        let own = if self.placement.is_some() {
+            BTreeSet::new()
+        } else {
+            own
+        };
         for topic in own.difference(topics_before) {
             if self.log.topic(topic).is_ok() {
                 if let Err(e) = self.log.delete_topic(topic) {
@@ -618,6 +631,28 @@ impl Worker {
         placement: &sluice_kafka::pipelines::Placement,
     ) -> Result<(), DeployError> {
         cluster_check(p)?;
+        if p.config.sources.iter().any(|s| s.file.is_some())
+            || p.config.sinks.iter().any(|s| s.file.is_some())
+        {
+            tracing::warn!(pipeline = %p.name, "In a cluster, a pipeline's file sources and sinks must use paths on a filesystem every node mounts at the same place: a file's position names it by inode and head, and another node must find the files written before.");
+        }
+        // Every topic the pipeline writes is its own, checked before anything is made.
+        let writes: Vec<String> = p
+            .config
+            .topics
+            .iter()
+            .map(|t| t.name.get_ref().clone())
+            .chain([dlq_topic(&p.name), self.positions_topic(&p.name)])
+            .collect();
+        for topic in &writes {
+            placement
+                .check_owner(&p.name, topic)
+                .map_err(|reason| DeployError::Cluster {
+                    pipeline: p.name.clone(),
+                    reason,
+                    user_error: true,
+                })?;
+        }
         let make = |topic: &str, partitions: u32, config: &[(String, String)]| {
             placement
                 .create_topic(&p.name, topic, partitions, config)
@@ -637,24 +672,6 @@ impl Worker {
         }
         make(&dlq_topic(&p.name), 1, &[])?;
         make(&self.positions_topic(&p.name), 1, &positions_config())?;
-        for s in &p.config.sources {
-            let owner = placement.owner(&s.topic);
-            if owner.as_deref() != Some(p.name.as_str()) {
-                return Err(DeployError::Cluster {
-                    pipeline: p.name.clone(),
-                    reason: format!(
-                        "source {} writes topic '{}', which {}: a pipeline writes only topics it made, which are led where it runs",
-                        s.name.get_ref(),
-                        s.topic,
-                        match owner {
-                            Some(o) => format!("pipeline {o} made"),
-                            None => "was made outside a pipeline".into(),
-                        }
-                    ),
-                    user_error: true,
-                });
-            }
-        }
         Ok(())
     }
 
@@ -1103,8 +1120,20 @@ impl Worker {
                     timestamp: sluice_log::record::now_ms(),
                 })
                 .collect();
+            let topic = self.positions_topic(name);
+            let partition = self.log.partition(&topic, 0).map_err(log_error)?;
+            let epoch = partition.leader_epoch();
             self.log
-                .append_records(&self.positions_topic(name), 0, &records)
+                .append_records(&topic, 0, &records)
+                .map_err(log_error)?;
+            // In a cluster, on every in-sync copy before the reset is said done: the node
+            // that runs the pipeline next reads them there.
+            partition
+                .wait_high_watermark(
+                    partition.log_end_offset(),
+                    epoch,
+                    std::time::Duration::from_secs(30),
+                )
                 .map_err(log_error)?;
         }
         for s in &d.pipeline.config.sinks {

@@ -1494,6 +1494,37 @@ fn a_pipeline_moved_after_its_node_dies_between_a_sinks_flush_and_commit() {
     pipeline_moves(Some("sink-after-flush"));
 }
 
+/// A pipeline with an HTTP source runs on one node; the others answer 503 naming it, and
+/// it takes the records.
+fn http_ingest_goes_to_the_pipelines_node(c: &TestCluster) {
+    let pipeline = "name = \"posting\"\n[[topics]]\nname = \"posted\"\npartitions = 1\n[[sources]]\nname = \"http\"\ntopic = \"posted\"\nhttp = { }\n";
+    for n in &c.nodes {
+        std::fs::write(n.work.join("pipelines/posting.toml"), pipeline).unwrap();
+    }
+    let home = wait_running(c, "posting", None, Duration::from_secs(60));
+    let http = reqwest::blocking::Client::new();
+    let post = |i: usize| {
+        let api = c.nodes[i].api.as_ref().unwrap();
+        let r = http
+            .post(format!("{api}/ingest/posted"))
+            .header("content-type", "application/json")
+            .body(r#"{"n": 1}"#)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    for i in (0..3).filter(|&i| i != home) {
+        let (status, body) = post(i);
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains(&format!("runs on node {}", c.nodes[home].id)),
+            "{body}"
+        );
+    }
+    let (status, body) = post(home);
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The node running the test's pipeline `moving` at first: the leader of its partition of
 /// `__cluster_transactions` (the murmur2 of its name, 12 partitions), which is that
 /// partition's preferred replica, placed from the topic's name over nodes 1, 2, 3.
@@ -1577,6 +1608,9 @@ file = {{ path = "{}", roll-records = 400 }}
         ),
     )
     .unwrap();
+    if fault.is_none() {
+        http_ingest_goes_to_the_pipelines_node(&c);
+    }
     let start = Instant::now();
     loop {
         let broken = pipelines_of(&c, 0).unwrap()["broken_files"].to_string();

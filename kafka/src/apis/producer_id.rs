@@ -8,6 +8,9 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use super::Ctx;
 use crate::errors;
 
+/// Transactional ids Kafka clients may not take: the worker's tasks'.
+const RESERVED_PREFIX: &str = "sluice-";
+
 pub(crate) fn init_producer_id(ctx: &Ctx, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let log = &ctx.broker.log;
     let id = req.transactional_id.as_ref().map(|t| t.0.to_string());
@@ -18,6 +21,16 @@ pub(crate) fn init_producer_id(ctx: &Ctx, req: InitProducerIdRequest) -> InitPro
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
+    // The worker's own tasks' ids (`sluice-source-…`, `sluice-sink-…`, `sluice-query-…`): a
+    // client taking one would fence a pipeline's task and abort its transaction.
+    if id
+        .as_deref()
+        .is_some_and(|id| id.starts_with(RESERVED_PREFIX))
+        && !ctx.node
+    {
+        tracing::warn!(client = %ctx.client, peer = %ctx.peer, "A Kafka client asked for a transactional id of the worker's own tasks; refused.");
+        return refused(kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
     let mut answer = None;
     let code = match &id {
         // A transactional id: only at its coordinator (in a cluster).

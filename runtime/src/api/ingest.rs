@@ -77,6 +77,23 @@ pub async fn ingest(
                 "pipeline {p}, whose HTTP source ingests into topic '{topic}', is paused: retry once it is resumed"
             )));
         }
+        // In a cluster the pipeline may run on another node (or be moving).
+        let elsewhere = state
+            .deployer
+            .try_lock_for(Duration::from_millis(200))
+            .and_then(|d| d.ingest_elsewhere(&topic));
+        if let Some(e) = elsewhere {
+            let p = &e.pipeline;
+            return Err(ApiError::retry_later(match e.node {
+                Some(n) => format!(
+                    "pipeline {p}, whose HTTP source ingests into topic '{topic}', runs on node {n}{}: send it there",
+                    e.api.map(|a| format!(" (API {a})")).unwrap_or_default()
+                ),
+                None => format!(
+                    "pipeline {p}, whose HTTP source ingests into topic '{topic}', runs on no node now (the cluster is electing its node): retry"
+                ),
+            }));
+        }
         return Err(ApiError::not_found(format!(
             "no HTTP source ingests into topic '{topic}' (declare one: [[sources]] http = {{ }})"
         )));

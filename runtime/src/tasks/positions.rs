@@ -113,7 +113,7 @@ pub(crate) fn wait_stable(log: &Log, topic: &str, stop: &StopToken) -> Result<()
         let now = Instant::now();
         if now > deadline {
             return Err(TaskError::Retryable(format!(
-                "{topic}: a transaction stayed open for 60 s; cannot read source positions"
+                "{topic}: a transaction stayed open for 60 s (a former instance of a task of this pipeline that is not fenced yet?); cannot read the committed positions"
             )));
         }
         log.wait_for_append(generation, deadline - now);

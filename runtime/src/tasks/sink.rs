@@ -45,6 +45,17 @@ pub struct SinkTask {
 }
 
 impl SinkTask {
+    /// The transactional producer of its commits.
+    fn producer(&self) -> Result<Producer, TaskError> {
+        Ok(self.log.transactional_producer(
+            &self.transactional_id,
+            ProducerConfig {
+                replicated: self.cluster.is_some(),
+                ..ProducerConfig::default()
+            },
+        )?)
+    }
+
     /// In a cluster, the node's group takes the offsets kept in the pipeline's positions
     /// (this node may never have run the sink, or run it before another node did).
     fn restore_offsets(
@@ -60,20 +71,31 @@ impl SinkTask {
             p.catch_up(&self.log)?;
             p.get(&self.group).0
         };
-        let Some(kept) = kept else {
-            return Ok(());
+        // The kept offsets are the truth: a partition without one starts at the beginning,
+        // whatever this node's group says (from when it last ran the sink, or before a
+        // reset made elsewhere).
+        let kept: Durable = match kept {
+            None => Durable::new(),
+            Some(kept) => serde_json::from_slice(&kept).map_err(|e| {
+                TaskError::Fatal(format!(
+                    "{topic}: the offsets kept for sink group {} do not parse: {e}",
+                    self.group
+                ))
+            })?,
         };
-        let kept: Durable = serde_json::from_slice(&kept).map_err(|e| {
-            TaskError::Fatal(format!(
-                "{topic}: the offsets kept for sink group {} do not parse: {e}",
-                self.group
-            ))
-        })?;
-        let offsets: Vec<(TopicPartition, i64)> = tps
-            .iter()
-            .filter_map(|tp| Some((tp.clone(), *kept.get(&tp.partition)?)))
-            .filter(|(tp, o)| self.log.committed(&self.group, tp) != Some(*o))
-            .collect();
+        let mut offsets = Vec::new();
+        for tp in tps {
+            let offset = match kept.get(&tp.partition) {
+                Some(o) => *o,
+                None => self
+                    .log
+                    .partition(&tp.topic, tp.partition)?
+                    .log_start_offset(),
+            };
+            if self.log.committed(&self.group, tp) != Some(offset) {
+                offsets.push((tp.clone(), offset));
+            }
+        }
         if !offsets.is_empty() {
             self.log.commit_offsets(&self.group, None, &offsets)?;
         }
@@ -171,10 +193,20 @@ impl SinkTask {
                 partition: p,
             })
             .collect();
-        match &self.cluster {
-            Some(positions) => self.restore_offsets(positions, &tps, &ctx.stop)?,
-            None => self.take_over_legacy_offsets(&tps)?,
-        }
+        // In a cluster the producer comes first: its start fences the sink's former
+        // instance (on the pipeline's former node) and ends what it left open in the
+        // positions topic, where the offsets are read.
+        let producer = match &self.cluster {
+            Some(positions) => {
+                let producer = self.producer()?;
+                self.restore_offsets(positions, &tps, &ctx.stop)?;
+                Some(producer)
+            }
+            None => {
+                self.take_over_legacy_offsets(&tps)?;
+                None
+            }
+        };
         self.check_offsets(&tps)?;
         consumer.assign(&tps)?;
         // The schema as of this attempt. When another version is recorded, a sink that
@@ -186,13 +218,10 @@ impl SinkTask {
         sink.watch_stop(&ctx.stop);
         sink.open(registered.as_ref().map(|r| &r.schema))?;
         // Offsets and the dead letters of the records they pass commit together.
-        let producer = self.log.transactional_producer(
-            &self.transactional_id,
-            ProducerConfig {
-                replicated: self.cluster.is_some(),
-                ..ProducerConfig::default()
-            },
-        )?;
+        let producer = match producer {
+            Some(p) => p,
+            None => self.producer()?,
+        };
         *ctx.status.error.lock() = None;
         let mut run = SinkRun {
             task: self,
