@@ -340,6 +340,27 @@ mod tests {
         assert_eq!(m.partition("clean", 0).unwrap().leader, Some(1));
     }
 
+    /// Sets a partition's leader and ISR (as its leader's ISR changes and elections do).
+    fn set(
+        m: &mut Metadata,
+        topic: &str,
+        partition: u32,
+        leader: Option<NodeId>,
+        isr: Vec<NodeId>,
+    ) {
+        let p = m.partition(topic, partition).unwrap().clone();
+        apply_all(
+            m,
+            &[Command::AlterPartition {
+                topic: topic.into(),
+                partition,
+                partition_epoch: p.partition_epoch,
+                leader,
+                isr,
+            }],
+        );
+    }
+
     #[test]
     fn a_pipelines_topics_follow_the_leader_of_their_anchor() {
         let mut m = cluster(3);
@@ -384,32 +405,12 @@ mod tests {
         assert_eq!(leaders(&m), [now, now]);
         // A partition whose copy on the anchor's new leader is not in sync is led as usual
         // meanwhile, and follows once that copy is back in the ISR.
-        let p = m.partition("out", 1).unwrap().clone();
-        apply_all(
-            &mut m,
-            &[Command::AlterPartition {
-                topic: "out".into(),
-                partition: 1,
-                partition_epoch: p.partition_epoch,
-                leader: Some(1),
-                isr: vec![1],
-            }],
-        );
+        set(&mut m, "out", 1, Some(1), vec![1]);
         assert!(
             plan(&m, &heard(&[1, 3])).is_empty(),
             "node 3 is not in sync"
         );
-        let p = m.partition("out", 1).unwrap().clone();
-        apply_all(
-            &mut m,
-            &[Command::AlterPartition {
-                topic: "out".into(),
-                partition: 1,
-                partition_epoch: p.partition_epoch,
-                leader: Some(1),
-                isr: vec![1, 3],
-            }],
-        );
+        set(&mut m, "out", 1, Some(1), vec![1, 3]);
         let commands = plan(&m, &heard(&[1, 3]));
         apply_all(&mut m, &commands);
         assert_eq!(leaders(&m), [Some(3), Some(3)]);
@@ -438,16 +439,7 @@ mod tests {
                 let p = m.partition(t, i as u32).unwrap().clone();
                 let mut isr = p.isr.clone();
                 isr.push(2);
-                apply_all(
-                    &mut m,
-                    &[Command::AlterPartition {
-                        topic: t.into(),
-                        partition: i as u32,
-                        partition_epoch: p.partition_epoch,
-                        leader: p.leader,
-                        isr,
-                    }],
-                );
+                set(&mut m, t, i as u32, p.leader, isr);
             }
         }
         let commands = plan(&m, &view);

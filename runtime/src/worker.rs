@@ -596,16 +596,8 @@ impl Worker {
             reason: e.to_string(),
             user_error: e.is_user_error(),
         };
-        for t in &p.config.topics {
-            let config: Vec<(String, String)> = t
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            match self
-                .log
-                .create_topic(t.name.get_ref(), t.partitions, &config)
-            {
+        for (name, partitions, config) in declared_topics(p) {
+            match self.log.create_topic(&name, partitions, &config) {
                 Ok(()) | Err(LogError::TopicExists(_)) => {}
                 Err(e) => return Err(err(&e)),
             }
@@ -662,13 +654,8 @@ impl Worker {
                     user_error: !e.is_transient(),
                 })
         };
-        for t in &p.config.topics {
-            let config: Vec<(String, String)> = t
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            make(t.name.get_ref(), t.partitions, &config)?;
+        for (name, partitions, config) in declared_topics(p) {
+            make(&name, partitions, &config)?;
         }
         make(&dlq_topic(&p.name), 1, &[])?;
         make(&self.positions_topic(&p.name), 1, &positions_config())?;
@@ -1246,6 +1233,25 @@ fn normalized(path: &std::path::Path) -> std::path::PathBuf {
         resolved.push(n);
     }
     resolved
+}
+
+/// A topic's config overrides.
+type Overrides = Vec<(String, String)>;
+
+/// The topics `p` declares: name, partitions, config.
+fn declared_topics(p: &Pipeline) -> Vec<(String, u32, Overrides)> {
+    p.config
+        .topics
+        .iter()
+        .map(|t| {
+            let config = t
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (t.name.get_ref().clone(), t.partitions, config)
+        })
+        .collect()
 }
 
 /// What a pipeline in a cluster cannot do yet, whatever the cluster's state.
