@@ -1592,6 +1592,14 @@ file = {{ path = "{}", roll-records = 400 }}
             "node {}",
             c.nodes[i].id
         );
+        let api = c.nodes[i].api.as_ref().unwrap();
+        let r = reqwest::blocking::get(format!("{api}/pipelines/moving/offsets")).unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let body = r.text().unwrap();
+        assert!(
+            body.contains(&format!("runs on node {}", c.nodes[home].id)),
+            "{body}"
+        );
     }
     // What cannot move between nodes yet is refused, saying why.
     let dir = c.nodes[0].work.join("pipelines");

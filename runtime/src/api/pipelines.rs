@@ -18,6 +18,7 @@ use super::schema::{
     ValidationDoc,
 };
 use super::{ApiError, ApiState, blocking};
+use crate::deployer::Deployer;
 use crate::worker::Deployed;
 
 /// A task's document from its status.
@@ -73,8 +74,22 @@ pub fn pipeline_doc(d: &Deployed) -> PipelineDoc {
     }
 }
 
-fn not_deployed(name: &str) -> ApiError {
-    ApiError::not_found(format!("no pipeline named '{name}' is deployed"))
+/// 404 for a pipeline not deployed here, naming the node that runs it in a cluster.
+fn not_deployed(d: &Deployer, name: &str) -> ApiError {
+    match d.elsewhere().into_iter().find(|(n, _)| n == name) {
+        Some((_, Some(node))) => ApiError::not_found(format!(
+            "pipeline {name} runs on node {node} of the cluster, not here{}: ask there",
+            d.worker
+                .placement()
+                .and_then(|p| p.api_of(node))
+                .map(|a| format!(" (its API: {a})"))
+                .unwrap_or_default()
+        )),
+        Some((_, None)) => ApiError::not_found(format!(
+            "pipeline {name} runs on no node now (the cluster is electing its node)"
+        )),
+        None => ApiError::not_found(format!("no pipeline named '{name}' is deployed")),
+    }
 }
 
 /// Lists the deployed pipelines and the files that failed to load.
@@ -117,7 +132,7 @@ pub async fn status(
         d.worker
             .pipeline(&name)
             .map(|p| Json(pipeline_doc(p)))
-            .ok_or_else(|| not_deployed(&name))
+            .ok_or_else(|| not_deployed(&d, &name))
     })
     .await
 }
@@ -162,7 +177,7 @@ pub async fn config(
         d.worker
             .pipeline(&name)
             .map(|p| p.path.clone())
-            .ok_or_else(|| not_deployed(&name))
+            .ok_or_else(|| not_deployed(&d, &name))
     })
     .await?;
     let text = tokio::fs::read_to_string(&path)
@@ -279,7 +294,7 @@ pub async fn action(
     blocking(move || {
         let mut d = state.deployer.lock();
         if d.worker.pipeline(&name).is_none() {
-            return Err(not_deployed(&name));
+            return Err(not_deployed(&d, &name));
         }
         match action {
             Action::Pause => d.worker.pause(&name),
@@ -305,6 +320,9 @@ pub async fn restart_task(
 ) -> Result<Json<ActionDoc>, ApiError> {
     blocking(move || {
         let mut d = state.deployer.lock();
+        if d.worker.pipeline(&name).is_none() {
+            return Err(not_deployed(&d, &name));
+        }
         d.worker.restart_task(&name, &task)?;
         let pipeline = d.worker.pipeline(&name).map(pipeline_doc);
         Ok(Json(ActionDoc { pipeline }))
@@ -329,6 +347,9 @@ pub async fn offsets(
 ) -> Result<Json<OffsetsDoc>, ApiError> {
     blocking(move || {
         let d = state.deployer.lock();
+        if d.worker.pipeline(&name).is_none() {
+            return Err(not_deployed(&d, &name));
+        }
         let offsets = d
             .worker
             .offsets(&name)?
@@ -366,7 +387,11 @@ pub async fn reset_offsets(
     Path(name): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     blocking(move || {
-        let n = state.deployer.lock().worker.reset_offsets(&name)?;
+        let mut d = state.deployer.lock();
+        if d.worker.pipeline(&name).is_none() {
+            return Err(not_deployed(&d, &name));
+        }
+        let n = d.worker.reset_offsets(&name)?;
         Ok(Json(Message {
             message: format!(
                 "Reset pipeline {name}: {n} committed position(s) forgotten; it starts from the beginning when resumed."
