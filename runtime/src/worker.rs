@@ -394,11 +394,17 @@ impl Worker {
 
     /// The transactional id of `pipeline`'s task that alone would have `base`: in a
     /// cluster, one the pipeline's node coordinates.
-    fn transactional_id(&self, pipeline: &str, base: String) -> String {
-        self.placement
-            .as_ref()
-            .and_then(|p| p.transactional_id(pipeline, &base))
-            .unwrap_or(base)
+    fn transactional_id(&self, pipeline: &str, base: String) -> Result<String, DeployError> {
+        match &self.placement {
+            None => Ok(base),
+            Some(p) => p
+                .transactional_id(pipeline, &base)
+                .ok_or_else(|| DeployError::Cluster {
+                    pipeline: pipeline.to_string(),
+                    reason: "the cluster's transactions topic is not created yet".into(),
+                    user_error: false,
+                }),
+        }
     }
 
     /// The board of running tasks and queries, read by `/metrics` without this worker.
@@ -785,7 +791,7 @@ impl Worker {
             let key = source_key(&p.name, &name);
             let task = SourceTask {
                 log: self.log.clone(),
-                transactional_id: self.transactional_id(&p.name, format!("sluice-source-{key}")),
+                transactional_id: self.transactional_id(&p.name, format!("sluice-source-{key}"))?,
                 replicated: self.placement.is_some(),
                 key,
                 topic: s.topic.clone(),
@@ -816,7 +822,7 @@ impl Worker {
             let group = sink_group(&p.name, &name);
             let task = SinkTask {
                 log: self.log.clone(),
-                transactional_id: self.transactional_id(&p.name, format!("sluice-sink-{group}")),
+                transactional_id: self.transactional_id(&p.name, format!("sluice-sink-{group}"))?,
                 cluster: self.placement.is_some().then(|| self.positions_of(&p.name)),
                 group,
                 legacy_group: legacy_group(&p.name, &name),
