@@ -33,7 +33,7 @@ use sluice_task::{StopToken, TaskHandle, TaskSpec};
 use crate::pipeline::{Pipeline, PipelineError, Secrets};
 pub use crate::tasks::positions::{POSITIONS_TOPIC, Positions, SharedPositions};
 use crate::tasks::sink::SinkTask;
-use crate::tasks::source::SourceTask;
+use crate::tasks::source::{SourceCluster, SourceTask};
 
 /// Why a pipeline did not deploy, pause, resume or restart. Every text is redacted of the
 /// pipeline's `${VAR}` values. [`DeployError::is_user_error`] tells what the pipeline's author
@@ -789,7 +789,12 @@ impl Worker {
                 routes.push((s.topic.clone(), handle));
             }
             let key = source_key(&p.name, &name);
+            let cluster = self.placement.clone().map(|placement| SourceCluster {
+                placement,
+                pipeline: p.name.clone(),
+            });
             let task = SourceTask {
+                cluster,
                 log: self.log.clone(),
                 transactional_id: self.transactional_id(&p.name, format!("sluice-source-{key}"))?,
                 replicated: self.placement.is_some(),
@@ -1273,13 +1278,9 @@ fn cluster_check(p: &Pipeline) -> Result<(), DeployError> {
         ));
     }
     for s in &p.config.sources {
-        if s.postgres_cdc.is_some() {
-            return Err(refuse(format!(
-                "source {}: a postgres-cdc source cannot run yet (it makes a topic per table as tables appear, and keeps a local store): run it on a worker alone",
-                s.name.get_ref()
-            )));
-        }
-        if !p.config.topics.iter().any(|t| *t.name.get_ref() == s.topic) {
+        // A CDC source makes its tables' topics as they appear, as the pipeline's.
+        if s.postgres_cdc.is_none() && !p.config.topics.iter().any(|t| *t.name.get_ref() == s.topic)
+        {
             return Err(refuse(format!(
                 "source {} writes topic '{}', which the pipeline does not declare: declare it in [[topics]], so that it is made where the pipeline runs and moves with it",
                 s.name.get_ref(),

@@ -17,9 +17,21 @@ use super::{TaskError, dead_letter, record_bytes};
 /// Records a poll may return.
 const MAX_POLL: usize = 10_000;
 
+/// In a cluster: where a source makes the topics it writes that did not exist (a CDC
+/// source's per table, its store's changelog): as its pipeline's, led where it runs.
+#[derive(Debug, Clone)]
+pub struct SourceCluster {
+    /// The cluster's placement of pipelines.
+    pub placement: sluice_kafka::pipelines::Placement,
+    /// The source's pipeline.
+    pub pipeline: String,
+}
+
 /// A source task's settings.
 #[derive(Debug)]
 pub struct SourceTask {
+    /// In a cluster, how it makes topics.
+    pub cluster: Option<SourceCluster>,
     /// The log.
     pub log: Log,
     /// `<pipeline>/<source>`: the position key.
@@ -61,6 +73,31 @@ fn state_err(e: sluice_state::StateError) -> TaskError {
 }
 
 impl SourceTask {
+    /// Makes `topic` (one partition, `config`) unless it exists: the pipeline's in a
+    /// cluster, else this log's.
+    fn make_topic(&self, topic: &str, config: &[(String, String)]) -> Result<(), TaskError> {
+        if let Some(c) = &self.cluster {
+            return c
+                .placement
+                .create_topic(&c.pipeline, topic, 1, config)
+                .map_err(|e| {
+                    let reason = format!("topic '{topic}': {e}");
+                    if e.is_transient() {
+                        TaskError::Retryable(reason)
+                    } else {
+                        TaskError::Fatal(reason)
+                    }
+                });
+        }
+        if self.log.topic(topic).is_err() {
+            match self.log.create_topic(topic, 1, config) {
+                Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Gives a source that keeps a store its store as the log has committed it: a new one,
     /// or the last attempt's with what that attempt did not commit undone.
     fn open_store(&self, source: &mut dyn Source) -> Result<(), TaskError> {
@@ -78,6 +115,14 @@ impl SourceTask {
         };
         use sluice_state::StateStore as _;
         let changelog = sluice_state::ChangelogTopic::new(format!("{name}-changelog"), 0, 1);
+        if self.cluster.is_some() {
+            // Made first as the pipeline's, so that it moves with it (the store's restore
+            // then finds it).
+            self.make_topic(
+                &changelog.topic,
+                &[("cleanup.policy".to_string(), "compact".to_string())],
+            )?;
+        }
         let mut store = env
             .open_kv(sluice_state::StoreId::new(&name, 0), changelog)
             .map_err(state_err)?;
@@ -110,6 +155,7 @@ impl SourceTask {
             source,
             producer,
             epoch: None,
+            made: std::collections::HashSet::new(),
         };
         sluice_task::run_epochs(ctx, self.commit_interval, &mut run)
     }
@@ -121,6 +167,8 @@ struct SourceRun<'a> {
     source: &'a mut dyn Source,
     producer: Producer,
     epoch: Option<SourceEpoch>,
+    /// The topics made (or found) since the attempt began.
+    made: std::collections::HashSet<String>,
 }
 
 impl Epochs for SourceRun<'_> {
@@ -162,12 +210,7 @@ impl Epochs for SourceRun<'_> {
         for (topic, schema) in &batch.schemas {
             let registry = self.task.log.schemas();
             let subject = sluice_log::schema::value_subject(topic);
-            if self.task.log.topic(topic).is_err() {
-                match self.task.log.create_topic(topic, 1, &[]) {
-                    Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            self.task.make_topic(topic, &[])?;
             // A subject with no version yet is the source's to set up (also after a crash
             // between the topic's creation and this).
             if registry.versions(&subject).is_empty() {
@@ -179,13 +222,11 @@ impl Epochs for SourceRun<'_> {
             registry.register(&subject, schema)?;
         }
         for (topic, r) in batch.routed {
-            if self.task.log.topic(&topic).is_err() {
-                // A table seen for the first time: its topic is made like the source's
-                // (one partition, the broker's defaults).
-                match self.task.log.create_topic(&topic, 1, &[]) {
-                    Ok(()) | Err(sluice_log::LogError::TopicExists(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            // A table seen for the first time: its topic is made like the source's (one
+            // partition, the broker's defaults).
+            if !self.made.contains(&topic) {
+                self.task.make_topic(&topic, &[])?;
+                self.made.insert(topic.clone());
             }
             e.records += 1;
             let bytes = record_bytes(r.key.as_ref(), r.value.as_ref());
