@@ -57,12 +57,7 @@ pub fn plan(metadata: &Metadata, view: &View) -> Vec<Command> {
     for t in &anchored {
         let a = t.anchor.as_ref().expect("anchored");
         for p in &t.partitions {
-            let in_sync: BTreeSet<NodeId> = p
-                .isr
-                .iter()
-                .copied()
-                .filter(|n| alive.contains(n))
-                .collect();
+            let in_sync: BTreeSet<NodeId> = live_isr(p, &alive).into_iter().collect();
             ready
                 .entry((a.topic.as_str(), a.partition))
                 .and_modify(|r| r.retain(|n| in_sync.contains(n)))
@@ -125,16 +120,20 @@ fn follow(
     alive: &BTreeSet<NodeId>,
     unclean: bool,
 ) -> Option<(Option<NodeId>, Vec<NodeId>)> {
-    let live_isr: Vec<NodeId> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|n| alive.contains(n))
-        .collect();
+    let live_isr = live_isr(p, alive);
     match target {
         Some(t) if live_isr.contains(&t) => Some((Some(t), live_isr)),
         _ => elect(p, alive, unclean, false, None),
     }
+}
+
+/// The members of `p`'s ISR that are `alive`.
+fn live_isr(p: &PartitionState, alive: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    p.isr
+        .iter()
+        .copied()
+        .filter(|n| alive.contains(n))
+        .collect()
 }
 
 /// The leader and ISR `p` should have with `alive` nodes, or `None` to leave it as is.
@@ -148,12 +147,7 @@ fn elect(
     ready: Option<&BTreeSet<NodeId>>,
 ) -> Option<(Option<NodeId>, Vec<NodeId>)> {
     let is_ready = |n: &NodeId| ready.is_none_or(|r| r.contains(n));
-    let live_isr: Vec<NodeId> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|n| alive.contains(n))
-        .collect();
+    let live_isr = live_isr(p, alive);
     let leader_alive = p.leader.is_some_and(|l| alive.contains(&l));
     if leader_alive {
         let leader = p.leader.expect("alive");

@@ -1408,6 +1408,49 @@ fn running(c: &TestCluster, name: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Waits (90 s at most) until the file sink's output in `out` holds `at_least` ids (at
+/// JSON pointer `id`): them.
+fn wait_ids(c: &TestCluster, out: &Path, id: &str, at_least: u64, what: &str) -> Vec<u64> {
+    let start = Instant::now();
+    loop {
+        let ids = output_ids(out, id);
+        if ids.len() as u64 >= at_least {
+            return ids;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what}: {} out of {at_least}\n{}",
+            ids.len(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that `ids` holds each of `expected` once, and nothing else.
+fn assert_once(ids: &[u64], expected: std::ops::Range<u64>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for id in ids {
+        *seen.entry(*id).or_insert(0u32) += 1;
+    }
+    let repeated: Vec<&u64> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(i, _)| i)
+        .collect();
+    let lost: Vec<u64> = expected.clone().filter(|i| !seen.contains_key(i)).collect();
+    let stray: Vec<&u64> = seen.keys().filter(|i| !expected.contains(*i)).collect();
+    assert!(
+        repeated.is_empty() && lost.is_empty() && stray.is_empty(),
+        "{} ids out of {}; repeated {:?}…, lost {:?}…, unexpected {:?}…",
+        ids.len(),
+        expected.end - expected.start,
+        &repeated[..repeated.len().min(10)],
+        &lost[..lost.len().min(10)],
+        &stray[..stray.len().min(10)]
+    );
+}
+
 /// The ids (at JSON pointer `id` in each line) in the file sink's output folder, in the
 /// order of the files and their lines.
 fn output_ids(out: &Path, id: &str) -> Vec<u64> {
@@ -1623,6 +1666,12 @@ file = {{ path = "{}", roll-records = 400 }}
     .unwrap();
     if fault.is_none() {
         http_ingest_goes_to_the_pipelines_node(&c);
+        // No Kafka client may take a task's transactional id (and fence the task).
+        let taken = clients(&["init_only", &c.bootstrap(), "sluice-source-moving/lines"]);
+        assert_eq!(
+            taken["error"], "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+            "{taken}"
+        );
     }
     let start = Instant::now();
     loop {
@@ -1635,37 +1684,9 @@ file = {{ path = "{}", roll-records = 400 }}
         assert!(start.elapsed() < Duration::from_secs(20), "{broken}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let wait_output = |c: &TestCluster, at_least: u64, what: &str| {
-        let start = Instant::now();
-        loop {
-            let ids = output_ids(&out, "/id");
-            if ids.len() as u64 >= at_least {
-                return ids;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "{what}: {} lines out of {at_least}\n{}",
-                ids.len(),
-                c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let check = |ids: Vec<u64>, total: u64| {
-        let mut seen = vec![0u32; total as usize];
-        for id in &ids {
-            seen[*id as usize] += 1;
-        }
-        let repeated: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] > 1).collect();
-        let lost: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
-        assert!(
-            repeated.is_empty() && lost.is_empty(),
-            "{} lines out of {total}; repeated {:?}…, lost {:?}…",
-            ids.len(),
-            &repeated[..repeated.len().min(10)],
-            &lost[..lost.len().min(10)]
-        );
-    };
+    let wait_output =
+        |c: &TestCluster, at_least: u64, what: &str| wait_ids(c, &out, "/id", at_least, what);
+    let check = |ids: Vec<u64>, total: u64| assert_once(&ids, 0..total);
     // 16 s of input: the node dies a second or two in.
     let writer = append_lines(input.join("a.jsonl"), 0..LINES);
     let dead = c.nodes[home].id;
@@ -1807,34 +1828,8 @@ file = {{ path = "{}", roll-records = 400 }}
     let before = killed.expect("the node was killed while rows were inserted");
     let next = wait_running(&c, "moving", Some(home), Duration::from_secs(60));
     eprintln!("the pipeline runs on node {}", c.nodes[next].id);
-    let start = Instant::now();
-    let ids = loop {
-        let ids = output_ids(&out, "/after/id");
-        if ids.len() as u64 >= ROWS {
-            break ids;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{} rows out of {ROWS} after the move\n{}",
-            ids.len(),
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut seen = vec![0u32; ROWS as usize + 1];
-    for id in &ids {
-        seen[*id as usize] += 1;
-    }
-    let wrong: Vec<(usize, u32)> = (1..seen.len())
-        .filter(|&i| seen[i] != 1)
-        .map(|i| (i, seen[i]))
-        .collect();
-    assert!(
-        wrong.is_empty() && ids.len() as u64 == ROWS,
-        "{} rows out; (id, times) not once: {:?}",
-        ids.len(),
-        &wrong[..wrong.len().min(10)]
-    );
+    let ids = wait_ids(&c, &out, "/after/id", ROWS, "every row after the move");
+    assert_once(&ids, 1..ROWS + 1);
     assert!(
         before < ROWS - 1_000,
         "the node died after {before} rows: too late to show anything"

@@ -22,11 +22,11 @@ pub(crate) fn init_producer_id(ctx: &Ctx, req: InitProducerIdRequest) -> InitPro
             .with_producer_epoch(-1)
     };
     // The worker's own tasks' ids (`sluice-source-…`, `sluice-sink-…`, `sluice-query-…`): a
-    // client taking one would fence a pipeline's task and abort its transaction.
+    // client taking one would fence a pipeline's task and abort its transaction. (The
+    // tasks' producers are the log's own: no node asks for one over the wire either.)
     if id
         .as_deref()
         .is_some_and(|id| id.starts_with(RESERVED_PREFIX))
-        && !ctx.node
     {
         tracing::warn!(client = %ctx.client, peer = %ctx.peer, "A Kafka client asked for a transactional id of the worker's own tasks; refused.");
         return refused(kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code());
