@@ -134,29 +134,31 @@ impl Deployer {
         }
     }
 
-    /// In a cluster, the pipelines of this folder that run on other nodes, with the node
-    /// (`None`: no node can run it now, its partition has no leader).
-    pub fn elsewhere(&self) -> Vec<(String, Option<u64>)> {
+    /// `p`, when it runs on another node.
+    fn elsewhere_of(&self, p: &Placed) -> Option<Elsewhere> {
+        let node = p.away?;
+        Some(Elsewhere {
+            pipeline: p.name.clone(),
+            node,
+            api: node.and_then(|n| self.worker.placement()?.api_of(n)),
+        })
+    }
+
+    /// In a cluster, the pipelines of this folder that run on other nodes.
+    pub fn elsewhere(&self) -> Vec<Elsewhere> {
         self.placed
             .values()
-            .filter_map(|p| Some((p.name.clone(), p.away?)))
+            .filter_map(|p| self.elsewhere_of(p))
             .collect()
     }
 
     /// In a cluster, the pipeline of this folder whose HTTP source ingests into `topic`
     /// and runs on another node.
     pub fn ingest_elsewhere(&self, topic: &str) -> Option<Elsewhere> {
-        let placement = self.worker.placement()?;
-        let p = self
-            .placed
+        self.placed
             .values()
-            .find(|p| p.away.is_some() && p.ingests.iter().any(|t| t == topic))?;
-        let node = p.away.flatten();
-        Some(Elsewhere {
-            pipeline: p.name.clone(),
-            node,
-            api: node.and_then(|n| placement.api_of(n)),
-        })
+            .filter(|p| p.ingests.iter().any(|t| t == topic))
+            .find_map(|p| self.elsewhere_of(p))
     }
 
     /// In a cluster, brings the worker in line with where pipelines run now: a pipeline

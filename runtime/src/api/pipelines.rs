@@ -76,16 +76,13 @@ pub fn pipeline_doc(d: &Deployed) -> PipelineDoc {
 
 /// 404 for a pipeline not deployed here, naming the node that runs it in a cluster.
 fn not_deployed(d: &Deployer, name: &str) -> ApiError {
-    match d.elsewhere().into_iter().find(|(n, _)| n == name) {
-        Some((_, Some(node))) => ApiError::not_found(format!(
+    let elsewhere = d.elsewhere().into_iter().find(|e| e.pipeline == name);
+    match elsewhere.map(|e| (e.node, e.api)) {
+        Some((Some(node), api)) => ApiError::not_found(format!(
             "pipeline {name} runs on node {node} of the cluster, not here{}: ask there",
-            d.worker
-                .placement()
-                .and_then(|p| p.api_of(node))
-                .map(|a| format!(" (its API: {a})"))
-                .unwrap_or_default()
+            api.map(|a| format!(" (its API: {a})")).unwrap_or_default()
         )),
-        Some((_, None)) => ApiError::not_found(format!(
+        Some((None, _)) => ApiError::not_found(format!(
             "pipeline {name} runs on no node now (the cluster is electing its node)"
         )),
         None => ApiError::not_found(format!("no pipeline named '{name}' is deployed")),
@@ -111,7 +108,10 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<PipelineList>, A
             elsewhere: d
                 .elsewhere()
                 .into_iter()
-                .map(|(name, node)| ElsewhereDoc { name, node })
+                .map(|e| ElsewhereDoc {
+                    name: e.pipeline,
+                    node: e.node,
+                })
                 .collect(),
         }))
     })

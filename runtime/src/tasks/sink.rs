@@ -57,13 +57,14 @@ impl SinkTask {
     }
 
     /// In a cluster, the node's group takes the offsets kept in the pipeline's positions
-    /// (this node may never have run the sink, or run it before another node did).
+    /// (this node may never have run the sink, or run it before another node did): them,
+    /// every partition's.
     fn restore_offsets(
         &self,
         positions: &SharedPositions,
         tps: &[TopicPartition],
         stop: &sluice_task::StopToken,
-    ) -> Result<(), TaskError> {
+    ) -> Result<Durable, TaskError> {
         let topic = positions.lock().topic().to_string();
         wait_stable(&self.log, &topic, stop)?;
         let kept = {
@@ -84,6 +85,7 @@ impl SinkTask {
             })?,
         };
         let mut offsets = Vec::new();
+        let mut restored = Durable::new();
         for tp in tps {
             let offset = match kept.get(&tp.partition) {
                 Some(o) => *o,
@@ -92,6 +94,7 @@ impl SinkTask {
                     .partition(&tp.topic, tp.partition)?
                     .log_start_offset(),
             };
+            restored.insert(tp.partition, offset);
             if self.log.committed(&self.group, tp) != Some(offset) {
                 offsets.push((tp.clone(), offset));
             }
@@ -99,7 +102,7 @@ impl SinkTask {
         if !offsets.is_empty() {
             self.log.commit_offsets(&self.group, None, &offsets)?;
         }
-        Ok(())
+        Ok(restored)
     }
 
     /// A sink first started by an older version committed under its old group name: the
@@ -196,15 +199,17 @@ impl SinkTask {
         // In a cluster the producer comes first: its start fences the sink's former
         // instance (on the pipeline's former node) and ends what it left open in the
         // positions topic, where the offsets are read.
-        let producer = match &self.cluster {
+        // Each commit keeps every partition's offset (a partition without news keeps the
+        // one restored here), so the record read at the next start is whole.
+        let (producer, committed) = match &self.cluster {
             Some(positions) => {
                 let producer = self.producer()?;
-                self.restore_offsets(positions, &tps, &ctx.stop)?;
-                Some(producer)
+                let restored = self.restore_offsets(positions, &tps, &ctx.stop)?;
+                (Some(producer), restored)
             }
             None => {
                 self.take_over_legacy_offsets(&tps)?;
-                None
+                (None, Durable::new())
             }
         };
         self.check_offsets(&tps)?;
@@ -230,7 +235,7 @@ impl SinkTask {
             consumer,
             producer,
             dead: Vec::new(),
-            committed: Durable::new(),
+            committed,
             last_commit: Instant::now(),
             written: Durable::new(),
             flushed: Durable::new(),
