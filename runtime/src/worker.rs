@@ -595,6 +595,25 @@ impl Worker {
         self.create_queries_and_tasks(p)
     }
 
+    /// The topics `p` writes, to make before it runs: name, partitions, config. Those it
+    /// declares, its dead letters', and its positions' (alone, the worker's one for all).
+    fn pipeline_topics(&self, p: &Pipeline) -> Vec<(String, u32, Overrides)> {
+        let declared = p.config.topics.iter().map(|t| {
+            let config = t
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (t.name.get_ref().clone(), t.partitions, config)
+        });
+        declared
+            .chain([
+                (dlq_topic(&p.name), 1, Vec::new()),
+                (self.positions_topic(&p.name), 1, positions_config()),
+            ])
+            .collect()
+    }
+
     /// The pipeline's topics, its dead letters' and (once for all) the positions topic.
     fn create_topics(&self, p: &Pipeline) -> Result<(), DeployError> {
         let err = |e: &LogError| DeployError::Topic {
@@ -602,18 +621,8 @@ impl Worker {
             reason: e.to_string(),
             user_error: e.is_user_error(),
         };
-        for (name, partitions, config) in declared_topics(p) {
+        for (name, partitions, config) in self.pipeline_topics(p) {
             match self.log.create_topic(&name, partitions, &config) {
-                Ok(()) | Err(LogError::TopicExists(_)) => {}
-                Err(e) => return Err(err(&e)),
-            }
-        }
-        let dlq = dlq_topic(&p.name);
-        for (topic, config) in [
-            (dlq.as_str(), Vec::new()),
-            (POSITIONS_TOPIC, positions_config()),
-        ] {
-            match self.log.create_topic(topic, 1, &config) {
                 Ok(()) | Err(LogError::TopicExists(_)) => {}
                 Err(e) => return Err(err(&e)),
             }
@@ -628,21 +637,15 @@ impl Worker {
         p: &Pipeline,
         placement: &sluice_kafka::pipelines::Placement,
     ) -> Result<(), DeployError> {
-        cluster_check(p)?;
+        // (`check` ran `cluster_check` before the deploy.)
         if p.config.sources.iter().any(|s| s.file.is_some())
             || p.config.sinks.iter().any(|s| s.file.is_some())
         {
             tracing::warn!(pipeline = %p.name, "In a cluster, a pipeline's file sources and sinks must use paths on a filesystem every node mounts at the same place: a file's position names it by inode and head, and another node must find the files written before.");
         }
         // Every topic the pipeline writes is its own, checked before anything is made.
-        let writes: Vec<String> = p
-            .config
-            .topics
-            .iter()
-            .map(|t| t.name.get_ref().clone())
-            .chain([dlq_topic(&p.name), self.positions_topic(&p.name)])
-            .collect();
-        for topic in &writes {
+        let topics = self.pipeline_topics(p);
+        for (topic, _, _) in &topics {
             placement
                 .check_owner(&p.name, topic)
                 .map_err(|reason| DeployError::Cluster {
@@ -660,11 +663,9 @@ impl Worker {
                     user_error: !e.is_transient(),
                 })
         };
-        for (name, partitions, config) in declared_topics(p) {
-            make(&name, partitions, &config)?;
+        for (name, partitions, config) in &topics {
+            make(name, *partitions, config)?;
         }
-        make(&dlq_topic(&p.name), 1, &[])?;
-        make(&self.positions_topic(&p.name), 1, &positions_config())?;
         Ok(())
     }
 
@@ -1248,22 +1249,6 @@ fn normalized(path: &std::path::Path) -> std::path::PathBuf {
 
 /// A topic's config overrides.
 type Overrides = Vec<(String, String)>;
-
-/// The topics `p` declares: name, partitions, config.
-fn declared_topics(p: &Pipeline) -> Vec<(String, u32, Overrides)> {
-    p.config
-        .topics
-        .iter()
-        .map(|t| {
-            let config = t
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (t.name.get_ref().clone(), t.partitions, config)
-        })
-        .collect()
-}
 
 /// What a pipeline in a cluster cannot do yet, whatever the cluster's state.
 fn cluster_check(p: &Pipeline) -> Result<(), DeployError> {
