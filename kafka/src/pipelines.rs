@@ -18,10 +18,68 @@ use std::time::{Duration, Instant};
 
 use sluice_cluster::metadata::Anchor;
 use sluice_cluster::{Cluster, NodeId};
-use sluice_log::Log;
+use sluice_log::{Log, LogError, Owner, OwnerRef};
 
 use crate::coordinators::{Coordinators, TRANSACTIONS_TOPIC, partition_count, partition_of};
 use crate::topics::{NewTopic, Refused};
+
+/// A pipeline's [`Owner`] on this node (from [`Placement::owner`]): its SQL queries and
+/// state stores make topics, take transactional ids and keep positions through it.
+#[derive(Debug)]
+struct PipelineOwner {
+    placement: Placement,
+    pipeline: String,
+    positions_topic: String,
+}
+
+impl PipelineOwner {
+    fn refused(e: Refused) -> LogError {
+        if e.is_transient() {
+            // No controller in time, or this node does not lead the topic yet: the task
+            // tries again (or the pipeline has moved, and this node stops it).
+            LogError::ClusterUnavailable(e.message)
+        } else if e.code == kafka_protocol::ResponseError::InvalidRequest.code() {
+            LogError::NotOwner(e.message)
+        } else {
+            LogError::InvalidRequest(e.message)
+        }
+    }
+}
+
+impl Owner for PipelineOwner {
+    fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: &[(String, String)],
+    ) -> sluice_log::Result<()> {
+        self.placement
+            .create_topic(&self.pipeline, name, partitions, config)
+            .map_err(Self::refused)
+    }
+
+    fn check_writes(&self, name: &str) -> sluice_log::Result<()> {
+        self.placement
+            .check_owner(&self.pipeline, name)
+            .map_err(LogError::NotOwner)
+    }
+
+    fn transactional_id(&self, base: &str) -> sluice_log::Result<String> {
+        self.placement
+            .transactional_id(&self.pipeline, base)
+            .ok_or_else(|| {
+                LogError::ClusterUnavailable(format!("{TRANSACTIONS_TOPIC} is not created yet"))
+            })
+    }
+
+    fn positions_topic(&self) -> &str {
+        &self.positions_topic
+    }
+}
 
 /// How long [`Placement::create_topic`] waits for this node's copies to lead.
 const LEAD_WAIT: Duration = Duration::from_secs(10);
@@ -215,6 +273,16 @@ impl Placement {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// `pipeline`'s [`Owner`] on this node, whose tasks keep their positions in
+    /// `positions_topic`.
+    pub fn owner(&self, pipeline: &str, positions_topic: &str) -> OwnerRef {
+        OwnerRef(Arc::new(PipelineOwner {
+            placement: self.clone(),
+            pipeline: pipeline.to_string(),
+            positions_topic: positions_topic.to_string(),
+        }))
     }
 
     /// The REST API address node `node` registered, if any.

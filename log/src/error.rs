@@ -296,6 +296,9 @@ pub enum LogError {
         /// Which node leads it, when known (` (node 2 at host:port)`), else empty.
         leader: String,
     },
+    /// A pipeline in a cluster would write a topic it did not make ([`crate::Owner`]).
+    #[error("{0}")]
+    NotOwner(String),
     /// A schema (or a subject name) the registry refuses: malformed, too large, too deeply
     /// nested, or using an Avro construct the registry does not support.
     #[error("invalid schema for subject '{subject}': {source}")]
@@ -366,6 +369,7 @@ impl LogError {
                 | LogError::InvalidSchema { .. }
                 | LogError::IncompatibleSchema { .. }
                 | LogError::UnknownSubject(_)
+                | LogError::NotOwner(_)
         )
     }
 }

@@ -42,6 +42,7 @@
 //!   in the compacted topic `__sluice_schemas` and reached through [`Log::schemas`].
 //! - [`remote`]: tiered storage — closed segments of tiered topics in an object store,
 //!   local deletion after upload, reads of old offsets served from the store.
+//! - [`owner`]: [`Owner`], what a task of a pipeline placed by a cluster asks of it.
 //! - [`producer`], [`consumer`]: the client APIs.
 //! - [`error`]: the error type, [`LogError`].
 //! - [`fault`]: fault-injection points for crash tests.
@@ -57,6 +58,7 @@ pub mod fault;
 pub mod group;
 pub mod log;
 pub mod offsets;
+pub mod owner;
 pub mod partition;
 pub mod partitioner;
 pub mod producer;
@@ -77,6 +79,7 @@ pub use crate::group::{Assignor, TopicPartition};
 pub use crate::log::{
     GroupInfo, Log, PartitionReset, ResetTo, TopicDescription, is_internal_topic,
 };
+pub use crate::owner::{Owner, OwnerRef};
 pub use crate::partition::{AppendInfo, Isolation, OffsetSpec, PartitionInfo};
 pub use crate::producer::{Acks, Producer, ProducerConfig};
 pub use crate::producer_state::AbortedTxn;

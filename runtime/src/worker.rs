@@ -366,6 +366,7 @@ impl Worker {
     /// sinks' offsets replicated so that it moves to another node with them.
     pub fn set_placement(&mut self, placement: sluice_kafka::pipelines::Placement) {
         self.placement = Some(placement);
+        self.engine.set_placed(true);
     }
 
     /// In a cluster, where pipelines run.
@@ -451,6 +452,11 @@ impl Worker {
         let mut d = self.pipelines.remove(i);
         d.stop(&self.ingest);
         if self.placement.is_some() {
+            // Its queries run where it does (a redeploy here starts them again).
+            let stopped = self.engine.stop_queries_of(&d.name);
+            if !stopped.is_empty() {
+                tracing::info!(pipeline = %d.name, queries = ?stopped, "Stopped the pipeline's queries.");
+            }
             // Its positions are read afresh where it runs next: another node may have moved
             // them meanwhile (and their tombstones may be compacted away by then).
             self.positions.lock().remove(&self.positions_topic(&d.name));
@@ -556,6 +562,13 @@ impl Worker {
             .map(|t| t.name.get_ref().clone())
             .collect();
         own.insert(dlq_topic(&p.name));
+        if self.placement.is_some() {
+            // The queries' state and topics are the cluster's (another node may have run
+            // them before): they stop, and the next deploy starts them again.
+            self.engine.stop_queries_of(&p.name);
+            self.ingest.lock().retain(|_, (owner, _)| *owner != p.name);
+            return;
+        }
         for id in queries {
             if let Err(e) = self.engine.execute(&format!("TERMINATE {id};")) {
                 tracing::warn!(query = %id, error = %e, "Could not remove a query of a failed deploy.");
@@ -675,6 +688,10 @@ impl Worker {
                 commit_interval: p.config.commit_interval.0,
                 guarantee: p.config.guarantee,
                 cache_max_bytes: p.config.cache_max_bytes,
+                owner: self
+                    .placement
+                    .as_ref()
+                    .map(|pl| pl.owner(&p.name, &self.positions_topic(&p.name))),
                 ..self.engine.queries().config().clone()
             };
             self.engine.execute_with(sql, &config).map_err(|e| {
@@ -1257,11 +1274,6 @@ fn cluster_check(p: &Pipeline) -> Result<(), DeployError> {
         reason,
         user_error: true,
     };
-    if p.config.sql.is_some() {
-        return Err(refuse(
-            "a pipeline's SQL queries cannot run yet (their state stores and internal topics are one node's, so they could not move with the pipeline): run pipelines with `sql` on a worker alone".into(),
-        ));
-    }
     for s in &p.config.sources {
         // A CDC source makes its tables' topics as they appear, as the pipeline's.
         if s.postgres_cdc.is_none() && !p.config.topics.iter().any(|t| *t.name.get_ref() == s.topic)

@@ -557,12 +557,15 @@ impl Catalog {
 
     /// Adds a definition (creating its topic with `partitions` if it does not exist) and
     /// records it in the catalog topic. Returns false when it existed and `if_not_exists`.
+    ///
+    /// In a cluster, `owner` (the pipeline running the statement) makes a missing topic.
     pub fn create(
         &mut self,
         def: SourceDef,
         partitions: Option<u32>,
         if_not_exists: bool,
         or_replace: bool,
+        owner: Option<&sluice_log::OwnerRef>,
     ) -> Result<bool> {
         if let Some(existing) = self.sources.get(&def.name) {
             if if_not_exists {
@@ -606,7 +609,10 @@ impl Catalog {
                         def.topic
                     ))
                 })?;
-                self.log.create_topic(&def.topic, p, &[])?;
+                match owner {
+                    Some(owner) => owner.create_topic(&def.topic, p, &[])?,
+                    None => self.log.create_topic(&def.topic, p, &[])?,
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -785,6 +791,7 @@ mod tests {
             partitions_property(&properties)?,
             if_not_exists,
             or_replace,
+            None,
         )
     }
 

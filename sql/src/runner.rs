@@ -9,6 +9,12 @@
 //!  positions ─────────────────────────────► __consumer_offsets  ┘ (commit interval)
 //! ```
 //!
+//! In a cluster a query belongs to its pipeline ([`RunnerConfig::owner`]): its topics are
+//! made through the cluster and led where the pipeline runs, its transactional id is one
+//! the pipeline's node coordinates, and its positions go to the pipeline's positions topic
+//! (key `query:<id>`, every input partition's) instead of the node's `__consumer_offsets`,
+//! so that the node the pipeline moves to fences it and resumes it where it committed.
+//!
 //! After a crash the transaction of the unfinished epoch is aborted (the new producer
 //! instance fences the old one), the stores restore to the last committed epoch and the
 //! consumer resumes from the positions committed with it: nothing is lost or repeated.
@@ -56,6 +62,9 @@ pub struct RunnerConfig {
     /// key's latest update ([`crate::record_cache`]; ksqlDB's `cache.max.bytes.buffering`).
     /// `0` writes every update.
     pub cache_max_bytes: usize,
+    /// In a cluster, the pipeline the query belongs to (see the module docs); `None` on a
+    /// worker alone.
+    pub owner: Option<sluice_log::OwnerRef>,
 }
 
 impl Default for RunnerConfig {
@@ -65,6 +74,7 @@ impl Default for RunnerConfig {
             max_poll_records: 8192,
             guarantee: Guarantee::ExactlyOnce,
             cache_max_bytes: crate::record_cache::DEFAULT_CACHE_MAX_BYTES,
+            owner: None,
         }
     }
 }
@@ -75,6 +85,11 @@ pub type QueryStats = TaskStatus;
 /// The consumer group holding a query's committed positions.
 pub fn query_group(id: &str) -> String {
     format!("_sluice_query_{id}")
+}
+
+/// The key of query `id`'s positions in its pipeline's positions topic, in a cluster.
+pub fn positions_key(id: &str) -> String {
+    format!("query:{id}")
 }
 
 /// The dead-letter topic of a query writing `sink_topic` (the one rule:
@@ -156,11 +171,17 @@ impl QueryManager {
             return Ok(());
         }
         let dlq = dlq_topic(&sink.topic);
-        match self.log.create_topic(&dlq, 1, &[]) {
-            Ok(()) | Err(LogError::TopicExists(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
         let config = self.overrides.get(&def.id).unwrap_or(&self.config).clone();
+        match &config.owner {
+            Some(owner) => {
+                owner.check_writes(&sink.topic)?;
+                owner.create_topic(&dlq, 1, &[])?;
+            }
+            None => match self.log.create_topic(&dlq, 1, &[]) {
+                Ok(()) | Err(LogError::TopicExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
         let task = Task {
             id: def.id.clone(),
             log: self.log.clone(),
@@ -185,6 +206,33 @@ impl QueryManager {
         if let Some(mut h) = self.running.remove(id) {
             h.task.stop();
         }
+    }
+
+    /// Stops the queries of pipeline `pipeline` in a cluster (each commits its current
+    /// epoch first): the pipeline runs elsewhere now, or not at all. They stay in the
+    /// catalog, to start where the pipeline runs.
+    pub fn stop_owned_by(&mut self, pipeline: &str) -> Vec<String> {
+        let ids: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, h)| {
+                h.config
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| o.pipeline() == pipeline)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.stop(id);
+        }
+        ids
+    }
+
+    /// The pipeline query `id` runs for, in a cluster.
+    pub fn owner_of(&self, id: &str) -> Option<String> {
+        let h = self.running.get(id)?;
+        Some(h.config.owner.as_ref()?.pipeline().to_string())
     }
 
     /// Stops every query.
@@ -248,10 +296,24 @@ impl Task {
     /// One attempt: restore the state to the last committed epoch, resume from the
     /// positions committed with it, and run epochs until the task stops.
     fn attempt(&self, ctx: &TaskContext) -> Result<()> {
+        let owner = self.config.owner.as_ref();
+        // In a cluster the producer comes first: its start fences the query's former
+        // instance (on the pipeline's former node) and ends what it left open, in the
+        // changelogs and the positions topic read below.
+        let base = format!("sluice-query-{}", self.id);
+        let producer = match owner {
+            Some(owner) => self.config.guarantee.producer_in(
+                &self.log,
+                &owner.transactional_id(&base)?,
+                true,
+            )?,
+            None => self.config.guarantee.producer(&self.log, &base)?,
+        };
         let store_name = self.id.to_lowercase();
+        let env = self.env.with_owner(self.config.owner.clone());
         let flow = Dataflow::open(
             self.query.clone(),
-            Some((&self.env, &self.log, store_name.as_str())),
+            Some((&env, &self.log, store_name.as_str())),
         )?;
         let (routes, tps) = crate::merge::inputs(&self.log, &self.query)?;
         let mut consumer = self.log.consumer(ConsumerConfig {
@@ -263,10 +325,10 @@ impl Task {
             ..ConsumerConfig::default()
         });
         consumer.assign(&tps)?;
-        let producer = self
-            .config
-            .guarantee
-            .producer(&self.log, &format!("sluice-query-{}", self.id))?;
+        let positions = match owner {
+            Some(owner) => self.restore_positions(owner, &mut consumer, &tps, ctx)?,
+            None => BTreeMap::new(),
+        };
         *ctx.status.error.lock() = None;
         let mut run = QueryRun {
             task: self,
@@ -276,7 +338,7 @@ impl Task {
             producer,
             lanes: tps.len(),
             routes,
-            positions: BTreeMap::new(),
+            positions,
             merger: Merger::for_query(&self.query)?,
             dropped: 0,
             open_since: None,
@@ -286,6 +348,54 @@ impl Task {
                 .then(|| RecordCache::new(self.config.cache_max_bytes)),
         };
         sluice_task::run_epochs(ctx, self.config.commit_interval, &mut run)
+    }
+}
+
+impl Task {
+    /// In a cluster: the positions kept in the pipeline's positions topic are the truth
+    /// (this node may never have run the query, or ran it before another node did); an
+    /// input partition without one starts at its beginning. The node's group mirrors them.
+    /// Returns them, to be written whole at every commit.
+    fn restore_positions(
+        &self,
+        owner: &sluice_log::OwnerRef,
+        consumer: &mut Consumer,
+        tps: &[TopicPartition],
+        ctx: &TaskContext,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let topic = owner.positions_topic();
+        let key = positions_key(&self.id);
+        let kept: Vec<(String, u32, i64)> =
+            match sluice_task::kept::latest(&self.log, topic, key.as_bytes(), &ctx.stop)? {
+                None => Vec::new(),
+                Some(v) => serde_json::from_slice(&v).map_err(|e| {
+                    SqlError::Invalid(format!(
+                        "{topic}: the positions kept for query {} do not parse: {e}",
+                        self.id
+                    ))
+                })?,
+            };
+        let mut positions = BTreeMap::new();
+        for tp in tps {
+            let offset = match kept
+                .iter()
+                .find(|(t, p, _)| *t == tp.topic && *p == tp.partition)
+            {
+                Some((_, _, o)) => *o,
+                None => self
+                    .log
+                    .partition(&tp.topic, tp.partition)?
+                    .log_start_offset(),
+            };
+            consumer.seek(tp, offset);
+            positions.insert(tp.clone(), offset);
+        }
+        let offsets: Vec<(TopicPartition, i64)> =
+            positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
+        if !offsets.is_empty() {
+            self.log.commit_offsets(&self.group(), None, &offsets)?;
+        }
+        Ok(positions)
     }
 }
 
@@ -570,14 +680,48 @@ impl QueryRun<'_> {
             .iter()
             .map(|(tp, o)| (tp.clone(), *o))
             .collect();
+        // In a cluster, every input partition's position (those without news as restored),
+        // so the record read at the next start is whole.
+        let kept = match &task.config.owner {
+            Some(owner) if !offsets.is_empty() => {
+                let value: Vec<(&str, u32, i64)> = offsets
+                    .iter()
+                    .map(|(tp, o)| (tp.topic.as_str(), tp.partition, *o))
+                    .collect();
+                let value = serde_json::to_vec(&value)
+                    .map_err(|e| SqlError::Invalid(format!("query {}: positions: {e}", task.id)))?;
+                Some((
+                    owner.positions_topic().to_string(),
+                    Record {
+                        key: Some(Bytes::from(positions_key(&task.id))),
+                        value: Some(Bytes::from(value)),
+                        headers: Vec::new(),
+                        timestamp: now,
+                    },
+                ))
+            }
+            _ => None,
+        };
         if task.config.guarantee == Guarantee::AtLeastOnce {
             sluice_log::fault::point("query-before-commit");
-            if !offsets.is_empty() {
-                self.consumer.commit_offsets(&offsets)?;
+            match kept {
+                Some((topic, record)) => {
+                    producer.send(&topic, record)?;
+                    producer.flush()?;
+                    self.consumer.commit_offsets(&offsets)?;
+                }
+                None if !offsets.is_empty() => self.consumer.commit_offsets(&offsets)?,
+                None => {}
             }
         } else {
-            if !offsets.is_empty() {
-                producer.send_offsets_to_transaction(&task.group(), &offsets)?;
+            match kept {
+                Some((topic, record)) => {
+                    producer.send(&topic, record)?;
+                }
+                None if !offsets.is_empty() => {
+                    producer.send_offsets_to_transaction(&task.group(), &offsets)?;
+                }
+                None => {}
             }
             sluice_log::fault::point("query-before-commit");
             if let Err(e) = producer.commit_transaction() {
@@ -590,6 +734,14 @@ impl QueryRun<'_> {
             }
         }
         sluice_log::fault::point("query-after-commit");
+        if task.config.owner.is_some()
+            && task.config.guarantee == Guarantee::ExactlyOnce
+            && !offsets.is_empty()
+        {
+            // The node's view, for lag and `sluice groups`; the kept positions are the
+            // pipeline's.
+            self.consumer.commit_offsets(&offsets)?;
+        }
         for (i, (store, l)) in flow.stores_mut().into_iter().zip(last).enumerate() {
             let next = l.map_or(store.applied_offset(), |l| l + 1);
             store

@@ -85,12 +85,16 @@ pub(crate) fn topic_config(retention_ms: Option<i64>) -> Vec<(String, String)> {
 }
 
 /// Creates the changelog topic unless it exists; another task of the same operator may create
-/// it at the same time, which is fine.
+/// it at the same time, which is fine. In a cluster `owner` makes it.
 pub(crate) fn ensure_topic(
     log: &Log,
     changelog: &ChangelogTopic,
     config: &[(String, String)],
+    owner: Option<&sluice_log::OwnerRef>,
 ) -> Result<(), LogError> {
+    if let Some(owner) = owner {
+        return owner.create_topic(&changelog.topic, changelog.partitions.max(1), config);
+    }
     match log.topic(&changelog.topic) {
         Ok(topic) => {
             if !topic.config().cleanup_policy.compact {

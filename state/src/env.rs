@@ -135,6 +135,9 @@ impl fmt::Display for StoreId {
 #[derive(Clone)]
 pub struct StateEnv {
     inner: Arc<EnvInner>,
+    /// In a cluster, the pipeline whose stores these are: their changelog topics are made
+    /// through it ([`StateEnv::with_owner`]).
+    owner: Option<sluice_log::OwnerRef>,
 }
 
 struct EnvInner {
@@ -173,7 +176,22 @@ impl StateEnv {
                 cache,
                 write_buffers,
             }),
+            owner: None,
         })
+    }
+
+    /// The same environment (and budgets) for the stores of `owner`'s tasks in a cluster:
+    /// their changelog topics are made through it, so they move with the pipeline.
+    pub fn with_owner(&self, owner: Option<sluice_log::OwnerRef>) -> StateEnv {
+        StateEnv {
+            inner: Arc::clone(&self.inner),
+            owner,
+        }
+    }
+
+    /// The pipeline whose stores these are, in a cluster.
+    pub fn owner(&self) -> Option<&sluice_log::OwnerRef> {
+        self.owner.as_ref()
     }
 
     /// The configuration.

@@ -619,7 +619,7 @@ impl Core {
             offset,
             source: Box::new(source),
         };
-        changelog::ensure_topic(log, &self.changelog, &self.topic_config)
+        changelog::ensure_topic(log, &self.changelog, &self.topic_config, self.env.owner())
             .map_err(|e| log_err(self, self.applied, e))?;
         let (start, end) = changelog::committed_range(log, &self.changelog)
             .map_err(|e| log_err(self, self.applied, e))?;

@@ -21,9 +21,12 @@
 //! - [`status`]: [`TaskStatus`], the counters and state of every task.
 //! - [`dead_letter`]: the dead-letter topic name and headers, [`DeadLetter`].
 //! - [`guarantee`]: [`Guarantee`] (exactly-once or at-least-once) and its producer.
+//! - [`kept`]: the committed latest value of a key in a one-partition topic (a pipeline's
+//!   positions in a cluster).
 
 pub mod dead_letter;
 pub mod guarantee;
+pub mod kept;
 pub mod run;
 pub mod status;
 pub mod stop;

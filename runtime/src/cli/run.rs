@@ -424,7 +424,10 @@ impl RunArgs {
             eprintln!("{line}");
         }
         ready.store(true, Ordering::SeqCst);
-        deployer.lock().worker.engine_mut().start_queries();
+        // In a cluster a query runs only with its pipeline, where the cluster places it.
+        if kafka.as_ref().is_none_or(|k| k.placement.is_none()) {
+            deployer.lock().worker.engine_mut().start_queries();
+        }
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = Arc::clone(&stop);

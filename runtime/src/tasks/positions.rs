@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -100,24 +99,9 @@ impl Positions {
 
 /// Waits until no transaction holds the positions topic's last stable offset below the end
 /// it has now (outside the [`Positions`] lock, so one slow transaction holds up only this
-/// source's start). Woken by appends (a commit marker) and by `stop`.
+/// source's start).
 pub(crate) fn wait_stable(log: &Log, topic: &str, stop: &StopToken) -> Result<(), TaskError> {
-    let partition = log.partition(topic, 0)?;
-    let end = partition.info().high_watermark;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let generation = log.append_generation();
-        if partition.info().last_stable_offset >= end || stop.is_stopped() {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now > deadline {
-            return Err(TaskError::Retryable(format!(
-                "{topic}: a transaction stayed open for 60 s (a former instance of a task of this pipeline that is not fenced yet?); cannot read the committed positions"
-            )));
-        }
-        log.wait_for_append(generation, deadline - now);
-    }
+    Ok(sluice_task::kept::wait_stable(log, topic, stop)?)
 }
 
 /// The positions-topic key of state entry `entry` of source `source`.

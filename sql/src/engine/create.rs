@@ -36,11 +36,13 @@ impl Engine {
         let def = source_def(kind, name, columns, properties, text)?;
         let topic = def.topic.clone();
         let schema = def.value_schema()?;
+        let owner = self.owner().cloned();
         let created = self.catalog.create(
             def,
             partitions_property(properties)?,
             if_not_exists,
             or_replace,
+            owner.as_ref(),
         )?;
         if created {
             if let Some(schema) = schema {
@@ -225,17 +227,23 @@ impl Engine {
         if let Some(schema) = &schema {
             self.log.schemas().check_compatibility(&subject, schema)?;
         }
-        self.catalog.create(def, partitions, false, false)?;
+        let owner = self.owner().cloned();
+        if let Some(owner) = &owner {
+            owner.check_writes(&topic)?;
+        }
+        self.catalog
+            .create(def, partitions, false, false, owner.as_ref())?;
         if let Some(schema) = &schema {
             self.log.schemas().register(&subject, schema)?;
         }
-        let id = self.catalog.next_query_id(
+        let id = self.new_query_id(
             if kind == SourceKind::Stream {
                 "CSAS"
             } else {
                 "CTAS"
             },
             name,
+            text,
         );
         let q = QueryDef {
             id: id.clone(),

@@ -100,7 +100,11 @@ impl Engine {
                         .env()
                         .destroy(&sluice_state::StoreId::new(&store, p));
                 }
-                self.log.delete_topic(&changelog)?;
+                // In a cluster the changelog is the cluster's, with copies on other nodes
+                // (this node's alone cannot go): it stays, as do the kept positions.
+                if !self.placed {
+                    self.log.delete_topic(&changelog)?;
+                }
             }
         }
         Ok(())

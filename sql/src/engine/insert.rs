@@ -208,7 +208,7 @@ impl Engine {
                 _ => {}
             }
         }
-        let id = self.catalog.next_query_id("INSERTQUERY", target);
+        let id = self.new_query_id("INSERTQUERY", target, text);
         let q = QueryDef {
             id: id.clone(),
             sink: target.to_string(),

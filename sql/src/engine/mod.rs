@@ -93,6 +93,11 @@ pub struct Engine {
     log: Log,
     catalog: Catalog,
     queries: QueryManager,
+    /// The settings of the persistent queries the statements being run create or name
+    /// ([`Engine::execute_with`]), so that they start with them.
+    running_with: Option<RunnerConfig>,
+    /// In a cluster that places pipelines: persistent queries belong to pipelines.
+    placed: bool,
 }
 
 impl Engine {
@@ -113,11 +118,28 @@ impl Engine {
             log: log.clone(),
             catalog: Catalog::open(log)?,
             queries: QueryManager::new(log, env, config.runner),
+            running_with: None,
+            placed: false,
         };
         if config.start_queries {
             engine.start_queries();
         }
         Ok(engine)
+    }
+
+    /// In a cluster that places pipelines on nodes: a persistent query runs only as part of
+    /// a pipeline (declared in its `sql`, [`RunnerConfig::owner`]), which the cluster
+    /// places and moves; one run outside any (from the shell or the API) is refused, as it
+    /// would be this node's alone and stop when the node does.
+    pub fn set_placed(&mut self, placed: bool) {
+        self.placed = placed;
+    }
+
+    /// Stops the persistent queries of `pipeline` in a cluster (each commits its current
+    /// epoch first): it runs elsewhere now, or not at all. They stay in the catalog; the
+    /// pipeline's next deploy here starts those its `sql` still declares.
+    pub fn stop_queries_of(&mut self, pipeline: &str) -> Vec<String> {
+        self.queries.stop_owned_by(pipeline)
     }
 
     /// Stops the persistent queries (each commits its current epoch first).
@@ -149,7 +171,30 @@ impl Engine {
     }
 
     fn execute_inner(&mut self, sql: &str, config: Option<&RunnerConfig>) -> Result<Vec<Output>> {
-        with_statement_stack(|| self.execute_statements(sql, config))
+        self.running_with = config.cloned();
+        let result = with_statement_stack(|| self.execute_statements(sql, config));
+        self.running_with = None;
+        result
+    }
+
+    /// The pipeline that owns the statements being run, in a cluster.
+    fn owner(&self) -> Option<&sluice_log::OwnerRef> {
+        self.running_with.as_ref()?.owner.as_ref()
+    }
+
+    /// A new id for a persistent query writing `sink` (`CSAS`/`CTAS`/`INSERTQUERY` +
+    /// name + number). A pipeline's query in a cluster gets the same id on every node,
+    /// whatever else their catalogs hold, from a hash of its pipeline and statement: its
+    /// changelogs, transactional id and kept positions are named by it.
+    fn new_query_id(&self, prefix: &str, sink: &str, statement: &str) -> String {
+        match self.owner() {
+            Some(owner) => {
+                let seed = format!("{}\0{}", owner.pipeline(), statement.trim());
+                let n = sluice_log::partitioner::murmur2(seed.as_bytes()) as u32;
+                format!("{prefix}_{}_{n}", sink.to_uppercase())
+            }
+            None => self.catalog.next_query_id(prefix, sink),
+        }
     }
 
     fn execute_statements(
@@ -162,6 +207,17 @@ impl Engine {
         let mut out = Vec::with_capacity(statements.len());
         for (i, s) in statements.into_iter().enumerate() {
             let text = texts.get(i).map_or(sql, String::as_str);
+            if self.placed
+                && config.is_none_or(|c| c.owner.is_none())
+                && matches!(
+                    s,
+                    Statement::CreateAs { .. } | Statement::InsertSelect { .. }
+                )
+            {
+                return Err(SqlError::Invalid(
+                    "in a cluster, persistent queries run as part of a pipeline (declare them in a pipeline file's `sql`), which the cluster places on a node and moves when the node dies".into(),
+                ));
+            }
             let target = match (&s, config) {
                 (Statement::CreateAs { name, .. }, Some(_)) => Some((name.clone(), None)),
                 (Statement::InsertSelect { target, .. }, Some(_)) => {

@@ -140,6 +140,9 @@ impl Engine {
         };
         let compiled = compile(&self.catalog, &select)?;
         let sink = self.catalog.get(&def.sink)?.clone();
+        if let Some(config) = &self.running_with {
+            self.queries.configure(&def.id, config.clone());
+        }
         self.queries.start(def, compiled, sink)
     }
 }
