@@ -202,6 +202,8 @@ struct Inner {
     /// Heartbeats received (every node keeps them; the controller acts on them): node →
     /// (incarnation, when).
     heard: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// The incarnation this run of the node registered as, once it has.
+    registered: Mutex<Option<u64>>,
     /// Since when this node has been the controller.
     controller_since: Mutex<Option<Instant>>,
     /// When leadership was last moved back to preferred replicas.
@@ -301,6 +303,7 @@ impl Cluster {
             raft,
             metadata,
             heard: Mutex::new(BTreeMap::new()),
+            registered: Mutex::new(None),
             controller_since: Mutex::new(None),
             last_rebalance: Mutex::new(None),
             runtime: runtime.handle().clone(),
@@ -361,6 +364,35 @@ impl Cluster {
     /// The metadata as applied on this node, and changes to it.
     pub fn metadata(&self) -> watch::Receiver<Arc<Metadata>> {
         self.inner.metadata.clone()
+    }
+
+    /// Whether this node's copy of the metadata is current enough to act on as a leader:
+    /// it holds this run's registration (so every change the cluster made while the node
+    /// was down or cut off, such as its partitions' new leaders, is applied), and the node
+    /// is not fenced. A restarted node replays its own, older metadata first; until then
+    /// it must not take the leadership that metadata gives it.
+    pub fn is_current(&self) -> bool {
+        let Some(incarnation) = *self.inner.registered.lock() else {
+            return false;
+        };
+        self.inner
+            .metadata
+            .borrow()
+            .nodes
+            .get(&self.inner.config.node_id)
+            .is_some_and(|n| n.incarnation == incarnation && !n.fenced)
+    }
+
+    /// Waits (blocking, up to `timeout`) until [`Self::is_current`]; whether it is.
+    pub fn wait_current(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_current() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// The controller, if one is elected.
@@ -624,6 +656,7 @@ async fn member_loop(weak: std::sync::Weak<Inner>) {
                         let incarnation = applied.incarnation;
                         tracing::info!(node = id, incarnation, "Registered with the cluster.");
                         registered = incarnation;
+                        *inner.registered.lock() = incarnation;
                         if let Some(i) = incarnation {
                             heartbeat(&inner, &mut clients, i).await;
                         }

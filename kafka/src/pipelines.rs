@@ -142,6 +142,13 @@ impl Placement {
     /// read the partition's transaction records in this leader epoch (reading them now if
     /// not). Creates [`TRANSACTIONS_TOPIC`] at the first call of the cluster. Blocking.
     pub fn runs_here(&self, pipeline: &str) -> Result<bool, String> {
+        if !self.cluster.is_current() {
+            // Its copy of the metadata may still say what was true before it went down.
+            return Err(
+                "this node has not caught up with the cluster's metadata yet (it is joining)"
+                    .into(),
+            );
+        }
         if self.anchor(pipeline).is_none() {
             // Created (three copies) through the controller, as at a client's first
             // FindCoordinator for a transaction.
@@ -283,6 +290,12 @@ impl Placement {
             pipeline: pipeline.to_string(),
             positions_topic: positions_topic.to_string(),
         }))
+    }
+
+    /// Waits (blocking, up to `timeout`) until this node has joined the cluster and caught
+    /// up with its metadata, so that where pipelines run is known; whether it has.
+    pub fn wait_current(&self, timeout: Duration) -> bool {
+        self.cluster.wait_current(timeout)
     }
 
     /// The REST API address node `node` registered, if any.

@@ -144,6 +144,7 @@ impl Replicas {
         let mut appends = self.log.watch_appends();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
+            let current = self.cluster.is_current();
             let md = Arc::clone(&metadata.borrow_and_update());
             let me = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || me.reconcile(&md)).await;
@@ -164,6 +165,11 @@ impl Replicas {
                         self.update_high_watermarks();
                     }
                     _ = tick.tick() => {
+                        // The node's registration may be applied here before the member
+                        // loop knows it was answered: no metadata change follows then.
+                        if self.cluster.is_current() != current {
+                            break;
+                        }
                         self.update_high_watermarks();
                         self.shrink_lagging_isrs();
                         self.load_transactions();
@@ -192,6 +198,11 @@ impl Replicas {
 
     /// Brings this node's partitions in line with the metadata.
     fn reconcile(&self, md: &Metadata) {
+        // Until this run's registration is applied here, the metadata may be this node's
+        // own from before it died, naming it leader of partitions led elsewhere since:
+        // it leads nothing until then (following is harmless: a leader refuses a stale
+        // epoch).
+        let current = self.cluster.is_current();
         let coordinating = self.led(crate::coordinators::TRANSACTIONS_TOPIC);
         let grouping = self.led(crate::coordinators::GROUPS_TOPIC);
         for topic in md.topics.values() {
@@ -229,7 +240,7 @@ impl Replicas {
                     continue;
                 };
                 let mut st = self.state.lock();
-                match p.leader {
+                match p.leader.filter(|l| *l != self.node || current) {
                     Some(l) if l == self.node => {
                         st.following.remove(&tp);
                         let fresh = st

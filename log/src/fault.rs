@@ -16,13 +16,27 @@
 //! Reading the variable once keeps the check off the hot path.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-static FAULT: OnceLock<Option<String>> = OnceLock::new();
+static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
 
-/// Aborts the process if `SLUICE_FAULT` names this point.
+/// Times the armed point was reached.
+static REACHED: AtomicU64 = AtomicU64::new(0);
+
+/// Aborts the process if `SLUICE_FAULT` names this point: the first time it is reached, or
+/// with `<point>:<n>` the `n`th time (so that a crash test can let some epochs commit).
 pub fn point(name: &str) {
-    let armed = FAULT.get_or_init(|| std::env::var("SLUICE_FAULT").ok());
-    if armed.as_deref() == Some(name) {
+    let armed = FAULT.get_or_init(|| {
+        let v = std::env::var("SLUICE_FAULT").ok()?;
+        Some(match v.split_once(':') {
+            Some((point, n)) => (point.to_string(), n.parse().unwrap_or(1).max(1)),
+            None => (v, 1),
+        })
+    });
+    if let Some((point, n)) = armed
+        && point == name
+        && REACHED.fetch_add(1, Ordering::Relaxed) + 1 >= *n
+    {
         tracing::error!(point = name, "Injected fault: aborting the process.");
         std::process::abort();
     }

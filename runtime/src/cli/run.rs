@@ -418,6 +418,13 @@ impl RunArgs {
         )
         .map_err(|e| CliError::io(format!("write {}", worker_file.display()), e))?;
         if let Some(placement) = kafka.as_ref().and_then(|k| k.placement.clone()) {
+            // Where pipelines run is known once the node has caught up with the cluster
+            // (until then the deployer retries every 2 s).
+            if !placement.wait_current(Duration::from_secs(15)) {
+                tracing::warn!(
+                    "The node has not joined the cluster within 15 s; its pipelines deploy once it has."
+                );
+            }
             deployer.lock().worker.set_placement(placement);
         }
         for line in deployer.lock().sync()? {
