@@ -172,7 +172,16 @@ impl Placement {
                     .check_here(&self.cluster, &self.log, pipeline)
             };
             match checked {
-                Ok(_) => return Ok(true),
+                // Its topics' copies here must show all that was acknowledged before it
+                // reads its positions from them.
+                Ok(_) if self.settled(pipeline) => return Ok(true),
+                Ok(_) if Instant::now() >= deadline => {
+                    return Err(
+                        "the high watermarks of its topics' copies here have not caught up yet"
+                            .into(),
+                    );
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
                 Err((_, reason)) if Instant::now() >= deadline => {
                     return Err(format!(
                         "this node leads its partition {partition} of {TRANSACTIONS_TOPIC} but cannot coordinate it yet: {reason}"
@@ -296,6 +305,24 @@ impl Placement {
     /// up with its metadata, so that where pipelines run is known; whether it has.
     pub fn wait_current(&self, timeout: Duration) -> bool {
         self.cluster.wait_current(timeout)
+    }
+
+    /// Whether every partition of `pipeline`'s topics that this node leads has a settled
+    /// high watermark ([`sluice_log::partition::Partition::leads_settled`]).
+    fn settled(&self, pipeline: &str) -> bool {
+        let md = Arc::clone(&self.cluster.metadata().borrow());
+        md.topics
+            .values()
+            .filter(|t| t.anchor.as_ref().is_some_and(|a| a.pipeline == pipeline))
+            .all(|t| {
+                t.partitions.iter().enumerate().all(|(i, p)| {
+                    p.leader != Some(self.node())
+                        || self
+                            .log
+                            .partition(&t.name, i as u32)
+                            .is_ok_and(|c| c.leads_settled(p.leader_epoch))
+                })
+            })
     }
 
     /// The REST API address node `node` registered, if any.

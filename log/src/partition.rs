@@ -1187,6 +1187,21 @@ impl Partition {
         st.replicated && !st.follower && st.leader_epoch == epoch
     }
 
+    /// Whether this copy leads in `epoch` with a high watermark at or past where its epoch
+    /// starts: then it covers every record a former leader acknowledged (all of which this
+    /// copy, elected from the in-sync replicas, holds below that start). A new leader's
+    /// high watermark lags until its followers fetch, and a read below it would miss them.
+    pub fn leads_settled(&self, epoch: i32) -> bool {
+        let st = self.state.lock();
+        st.replicated
+            && !st.follower
+            && st.leader_epoch == epoch
+            && st
+                .epochs
+                .start_of(epoch)
+                .is_none_or(|start| st.high_watermark >= start)
+    }
+
     /// Waits until the high watermark reaches `end` (every in-sync replica has the offsets
     /// below it): an `acks=all` write made while this copy led in `epoch`. At once for a
     /// partition of this node alone; refused as soon as this copy is not the leader of that

@@ -713,15 +713,66 @@ impl Worker {
             })?;
         }
         let stop = StopToken::new();
-        let tasks = self.start_tasks(p, &stop)?;
+        // In a cluster a pipeline paused on another node stays paused where it moves.
+        let paused = self.kept_paused(&p.name)?;
+        let tasks = match paused {
+            true => Vec::new(),
+            false => self.start_tasks(p, &stop)?,
+        };
         self.pipelines.push(Deployed {
             name: p.name.clone(),
             path: p.path.clone(),
             tasks,
-            paused: false,
+            paused,
             pipeline: p.clone(),
             stop,
         });
+        Ok(())
+    }
+
+    /// In a cluster, whether pipeline `name` was paused (on any node): the flag kept in its
+    /// positions topic, which moves with it. Alone, false (a redeploy starts it).
+    fn kept_paused(&self, name: &str) -> Result<bool, DeployError> {
+        if self.placement.is_none() {
+            return Ok(false);
+        }
+        let topic = self.positions_topic(name);
+        let kept = sluice_task::kept::latest_written(&self.log, &topic, PAUSED_KEY.as_bytes())
+            .map_err(|e| DeployError::Topic {
+                pipeline: name.to_string(),
+                reason: format!("{topic}: reading whether it is paused: {e}"),
+                user_error: false,
+            })?;
+        Ok(kept.is_some_and(|v| v.as_ref() == b"true"))
+    }
+
+    /// In a cluster, keeps whether pipeline `name` is paused in its positions topic
+    /// (acks=all), so that the node it moves to pauses it too.
+    fn keep_paused(&self, name: &str, paused: bool) -> Result<(), DeployError> {
+        if self.placement.is_none() {
+            return Ok(());
+        }
+        let topic = self.positions_topic(name);
+        let err = |e: LogError| DeployError::Topic {
+            pipeline: name.to_string(),
+            reason: format!("{topic}: keeping whether it is paused: {e}"),
+            user_error: false,
+        };
+        let mut producer = self
+            .log
+            .producer(sluice_log::ProducerConfig {
+                acks: sluice_log::Acks::All,
+                ..sluice_log::ProducerConfig::default()
+            })
+            .map_err(err)?;
+        let record = sluice_log::Record {
+            key: Some(Bytes::from_static(PAUSED_KEY.as_bytes())),
+            value: Some(Bytes::from(paused.to_string())),
+            headers: Vec::new(),
+            timestamp: sluice_log::record::now_ms(),
+        };
+        producer.send_to(&topic, 0, record).map_err(err)?;
+        producer.flush().map_err(err)?;
         Ok(())
     }
 
@@ -900,9 +951,12 @@ impl Worker {
     }
 
     /// Stops a pipeline's sources and sinks (they commit what they have) until
-    /// [`Worker::resume`]; its SQL queries keep running.
+    /// [`Worker::resume`]; its SQL queries keep running. In a cluster the pause is kept in
+    /// the pipeline's positions topic, so it stays paused on the node it moves to.
     pub fn pause(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
+        self.find(name)?;
+        self.keep_paused(name, true)?;
         let d = self.find(name)?;
         d.stop(&ingest);
         d.tasks.clear();
@@ -920,6 +974,9 @@ impl Worker {
     /// restart counts and errors start afresh).
     pub fn restart(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
+        if self.find(name)?.paused {
+            self.keep_paused(name, false)?;
+        }
         let d = self.find(name)?;
         d.stop(&ingest);
         d.tasks.clear();
@@ -1266,6 +1323,10 @@ fn normalized(path: &std::path::Path) -> std::path::PathBuf {
 
 /// A topic's config overrides.
 type Overrides = Vec<(String, String)>;
+
+/// The key of a pipeline's paused flag in its positions topic, in a cluster (a source's key
+/// has a `/`, a sink's is its group, a query's starts `query:`).
+const PAUSED_KEY: &str = "pipeline:paused";
 
 /// What a pipeline in a cluster cannot do yet, whatever the cluster's state.
 fn cluster_check(p: &Pipeline) -> Result<(), DeployError> {

@@ -41,17 +41,32 @@ pub fn latest(
     stop: &StopToken,
 ) -> Result<Option<Bytes>, LogError> {
     wait_stable(log, topic, stop)?;
+    scan(log, topic, key, Isolation::ReadCommitted)
+}
+
+/// The latest value of `key` in `topic` (partition 0), for a key only ever written outside
+/// transactions: read at once, without waiting for other writers' open transactions (which
+/// may be those of tasks not started yet, which alone would end them).
+pub fn latest_written(log: &Log, topic: &str, key: &[u8]) -> Result<Option<Bytes>, LogError> {
+    scan(log, topic, key, Isolation::ReadUncommitted)
+}
+
+fn scan(
+    log: &Log,
+    topic: &str,
+    key: &[u8],
+    isolation: Isolation,
+) -> Result<Option<Bytes>, LogError> {
     let partition = log.partition(topic, 0)?;
     let mut offset = partition.info().log_start_offset;
     let mut value = None;
     loop {
-        let fetched = partition.fetch(offset, 4 << 20, Isolation::ReadCommitted)?;
+        let fetched = partition.fetch(offset, 4 << 20, isolation)?;
         if fetched.data.is_empty() {
             return Ok(value);
         }
-        let (records, next) =
-            sluice_log::consumer::decode_fetch(&fetched, Isolation::ReadCommitted)
-                .map_err(|e| LogError::InvalidRequest(format!("{topic}: {e}")))?;
+        let (records, next) = sluice_log::consumer::decode_fetch(&fetched, isolation)
+            .map_err(|e| LogError::InvalidRequest(format!("{topic}: {e}")))?;
         for r in records {
             if r.record.key.as_deref() == Some(key) {
                 value = r.record.value;

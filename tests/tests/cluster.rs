@@ -1977,6 +1977,35 @@ file = {{ path = "{}", roll-records = 100 }}
         .unwrap();
     sql_output_is_whole(&c, &evens, &counts, LINES + 1_000);
     assert_eq!(running(&c, "moving"), [back]);
+    if fault.is_some() {
+        return;
+    }
+    // Paused, it stays paused where it moves; resumed there, it goes on.
+    let http = reqwest::blocking::Client::new();
+    let action = |api: String, what: &str| {
+        let r = http
+            .post(format!("{api}/pipelines/moving/{what}"))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{what}: {}", r.text().unwrap());
+    };
+    action(c.nodes[back].api.clone().unwrap(), "pause");
+    c.kill(back);
+    let last = wait_running(&c, "moving", Some(back), Duration::from_secs(60));
+    let state = pipelines_of(&c, last).unwrap()["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "moving")
+        .map(|p| p["state"].clone());
+    assert_eq!(state, Some(Value::from("paused")));
+    append_lines(input.join("a.jsonl"), LINES + 1_000..LINES + 1_100)
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(output_ids(&evens, "/ID").len() as u64, (LINES + 1_000) / 2);
+    action(c.nodes[last].api.clone().unwrap(), "resume");
+    sql_output_is_whole(&c, &evens, &counts, LINES + 1_100);
 }
 
 /// Waits until the SQL pipeline's output holds every even line of `0..lines` once (in
