@@ -215,6 +215,26 @@ impl TestCluster {
         assert!(ok, "kill -{signal} {pid}");
     }
 
+    /// Waits (30 s at most) until node `i`, armed with fault `point`, has died there.
+    fn wait_died(&mut self, i: usize, point: &str) {
+        let start = Instant::now();
+        let id = self.nodes[i].id;
+        while self.nodes[i]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "node {id} did not reach {point}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
@@ -1707,21 +1727,7 @@ file = {{ path = "{}", roll-records = 400 }}
             (before, killed)
         }
         Some(point) => {
-            let start = Instant::now();
-            while c.nodes[home]
-                .child
-                .as_mut()
-                .unwrap()
-                .try_wait()
-                .unwrap()
-                .is_none()
-            {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "node {dead} did not reach {point}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            c.wait_died(home, point);
             let before = output_ids(&out, "/id").len() as u64;
             eprintln!("node {dead} died at {point}, {before} lines out");
             let killed = Instant::now();
@@ -1936,21 +1942,7 @@ file = {{ path = "{}", roll-records = 100 }}
             eprintln!("killing node {dead}, which runs the pipeline, at {before} even lines out");
         }
         Some(point) => {
-            let start = Instant::now();
-            while c.nodes[home]
-                .child
-                .as_mut()
-                .unwrap()
-                .try_wait()
-                .unwrap()
-                .is_none()
-            {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "node {dead} did not reach {point}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            c.wait_died(home, point);
             let before = output_ids(&evens, "/ID").len();
             eprintln!("node {dead} died at {point}, {before} even lines out");
             c.nodes[home].fault = None;
