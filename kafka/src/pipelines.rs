@@ -177,7 +177,7 @@ impl Placement {
                 Ok(_) if self.settled(pipeline) => return Ok(true),
                 Ok(_) if Instant::now() >= deadline => {
                     return Err(
-                        "the high watermarks of its topics' copies here have not caught up yet"
+                        "its topics' copies here do not all lead with a settled high watermark yet (catching up)"
                             .into(),
                     );
                 }
@@ -307,8 +307,10 @@ impl Placement {
         self.cluster.wait_current(timeout)
     }
 
-    /// Whether every partition of `pipeline`'s topics that this node leads has a settled
-    /// high watermark ([`sluice_log::partition::Partition::leads_settled`]).
+    /// Whether this node leads every partition of `pipeline`'s topics with a settled high
+    /// watermark ([`sluice_log::partition::Partition::leads_settled`]): its tasks read
+    /// their positions and state from these copies. (A partition whose copy here is not in
+    /// sync yet is led elsewhere meanwhile, and the pipeline waits for it.)
     fn settled(&self, pipeline: &str) -> bool {
         let md = Arc::clone(&self.cluster.metadata().borrow());
         md.topics
@@ -316,8 +318,8 @@ impl Placement {
             .filter(|t| t.anchor.as_ref().is_some_and(|a| a.pipeline == pipeline))
             .all(|t| {
                 t.partitions.iter().enumerate().all(|(i, p)| {
-                    p.leader != Some(self.node())
-                        || self
+                    p.leader == Some(self.node())
+                        && self
                             .log
                             .partition(&t.name, i as u32)
                             .is_ok_and(|c| c.leads_settled(p.leader_epoch))

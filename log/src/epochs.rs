@@ -83,14 +83,6 @@ impl LeaderEpochs {
         true
     }
 
-    /// Where `epoch` starts, if this log knows it.
-    pub(crate) fn start_of(&self, epoch: i32) -> Option<i64> {
-        self.entries
-            .iter()
-            .find(|(e, _)| *e == epoch)
-            .map(|(_, o)| *o)
-    }
-
     /// The latest epoch, if any.
     pub(crate) fn latest(&self) -> Option<i32> {
         self.entries.last().map(|(e, _)| *e)

@@ -186,6 +186,9 @@ struct State {
     /// A follower: only the leader's batches are appended ([`Partition::append_replicated`]);
     /// a write of its own would make this copy diverge from the leader's.
     follower: bool,
+    /// The log end when this copy last became the leader in this process: every record a
+    /// former leader (or this node before a restart) acknowledged is below it.
+    lead_start: i64,
 }
 
 impl State {
@@ -482,6 +485,7 @@ impl Partition {
             epochs,
             replicated: replica_hw.is_some(),
             follower: replica_hw.is_some(),
+            lead_start: i64::MAX,
             producers,
             dirty: false,
             cleaned_up_to: log_start_offset,
@@ -1069,6 +1073,7 @@ impl Partition {
         st.follower = false;
         st.leader_epoch = epoch;
         let leo = st.leo();
+        st.lead_start = leo;
         if st.epochs.assign(epoch, leo) {
             st.epochs.save(&self.dir)?;
         }
@@ -1187,19 +1192,18 @@ impl Partition {
         st.replicated && !st.follower && st.leader_epoch == epoch
     }
 
-    /// Whether this copy leads in `epoch` with a high watermark at or past where its epoch
-    /// starts: then it covers every record a former leader acknowledged (all of which this
-    /// copy, elected from the in-sync replicas, holds below that start). A new leader's
-    /// high watermark lags until its followers fetch, and a read below it would miss them.
+    /// Whether this copy leads in `epoch` with a high watermark at or past its log end when
+    /// it became the leader: then it covers every record a former leader (or this node,
+    /// before a restart) acknowledged, all of which this copy, elected from the in-sync
+    /// replicas, holds below that end. A new leader's high watermark lags until its
+    /// followers fetch (a restarted one's is its checkpoint's), and a read below it would
+    /// miss them.
     pub fn leads_settled(&self, epoch: i32) -> bool {
         let st = self.state.lock();
         st.replicated
             && !st.follower
             && st.leader_epoch == epoch
-            && st
-                .epochs
-                .start_of(epoch)
-                .is_none_or(|start| st.high_watermark >= start)
+            && st.high_watermark >= st.lead_start
     }
 
     /// Waits until the high watermark reaches `end` (every in-sync replica has the offsets

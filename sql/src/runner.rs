@@ -223,6 +223,12 @@ impl QueryManager {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        // All told first, so that they end their epochs together.
+        for id in &ids {
+            if let Some(h) = self.running.get(id) {
+                h.task.signal_stop();
+            }
+        }
         for id in &ids {
             self.stop(id);
         }
@@ -377,15 +383,26 @@ impl Task {
             };
         let mut positions = BTreeMap::new();
         for tp in tps {
+            let partition = self.log.partition(&tp.topic, tp.partition)?;
             let offset = match kept
                 .iter()
                 .find(|(t, p, _)| *t == tp.topic && *p == tp.partition)
             {
+                // An input another pipeline (or a client) writes may be led elsewhere, and
+                // this node's copy behind: a position past its end would be out of range,
+                // and the consumer would start over from the earliest record.
+                Some((_, _, o)) if *o > partition.log_end_offset() => {
+                    return Err(LogError::ClusterUnavailable(format!(
+                        "{}-{}: this node's copy ends at {}, before query {}'s kept position {o}; it starts once the copy has caught up",
+                        tp.topic,
+                        tp.partition,
+                        partition.log_end_offset(),
+                        self.id
+                    ))
+                    .into());
+                }
                 Some((_, _, o)) => *o,
-                None => self
-                    .log
-                    .partition(&tp.topic, tp.partition)?
-                    .log_start_offset(),
+                None => partition.log_start_offset(),
             };
             consumer.seek(tp, offset);
             positions.insert(tp.clone(), offset);

@@ -1934,6 +1934,14 @@ file = {{ path = "{}", roll-records = 100 }}
     let (status, body) = (r.status().as_u16(), r.text().unwrap());
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("run as part of a pipeline"), "{body}");
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{api}/sql"))
+        .body("TERMINATE ALL;")
+        .send()
+        .unwrap();
+    let (status, body) = (r.status().as_u16(), r.text().unwrap());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("remove it from the pipeline file"), "{body}");
     let writer = append_lines(input.join("a.jsonl"), 0..LINES);
     let dead = c.nodes[home].id;
     match fault {

@@ -189,7 +189,10 @@ impl Engine {
     fn new_query_id(&self, prefix: &str, sink: &str, statement: &str) -> String {
         match self.owner() {
             Some(owner) => {
-                let seed = format!("{}\0{}", owner.pipeline(), statement.trim());
+                // Blanks as `IF NOT EXISTS` compares statements: a reformatted statement is
+                // the same query (with the same state) on every node.
+                let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+                let seed = format!("{}\0{statement}", owner.pipeline());
                 let n = sluice_log::partitioner::murmur2(seed.as_bytes()) as u32;
                 format!("{prefix}_{}_{n}", sink.to_uppercase())
             }
@@ -207,16 +210,24 @@ impl Engine {
         let mut out = Vec::with_capacity(statements.len());
         for (i, s) in statements.into_iter().enumerate() {
             let text = texts.get(i).map_or(sql, String::as_str);
-            if self.placed
-                && config.is_none_or(|c| c.owner.is_none())
-                && matches!(
-                    s,
-                    Statement::CreateAs { .. } | Statement::InsertSelect { .. }
-                )
-            {
-                return Err(SqlError::Invalid(
-                    "in a cluster, persistent queries run as part of a pipeline (declare them in a pipeline file's `sql`), which the cluster places on a node and moves when the node dies".into(),
-                ));
+            if self.placed && config.is_none_or(|c| c.owner.is_none()) {
+                let refused = match &s {
+                    Statement::CreateAs { .. } | Statement::InsertSelect { .. } => Some(
+                        "in a cluster, persistent queries run as part of a pipeline (declare them in a pipeline file's `sql`), which the cluster places on a node and moves when the node dies",
+                    ),
+                    Statement::Terminate { .. } => Some(
+                        "in a cluster, a persistent query runs as part of its pipeline, on the node the cluster places it: remove it from the pipeline file's `sql` instead",
+                    ),
+                    Statement::Drop {
+                        delete_topic: true, ..
+                    } => Some(
+                        "in a cluster, DROP ... DELETE TOPIC would delete only this node's copy of a topic the cluster replicates (replicated topics cannot be deleted yet): DROP it without DELETE TOPIC",
+                    ),
+                    _ => None,
+                };
+                if let Some(reason) = refused {
+                    return Err(SqlError::Invalid(reason.into()));
+                }
             }
             let target = match (&s, config) {
                 (Statement::CreateAs { name, .. }, Some(_)) => Some((name.clone(), None)),
@@ -252,6 +263,16 @@ impl Engine {
                     .cloned()
                     .collect();
                 for def in defs {
+                    // Another pipeline's query writing the same result is not this one's.
+                    if let (Some(owner), Some(theirs)) =
+                        (&config.owner, self.queries.owner_of(&def.id))
+                        && theirs != owner.pipeline()
+                    {
+                        return Err(SqlError::Invalid(format!(
+                            "{sink} is written by query {} of pipeline {theirs}: a pipeline writes only streams and tables of its own",
+                            def.id
+                        )));
+                    }
                     if self.queries.configure(&def.id, config.clone()) {
                         tracing::info!(query = %def.id, guarantee = %config.guarantee, commit_interval = ?config.commit_interval, "Restarting the query with its pipeline's settings.");
                         self.queries.stop(&def.id);
