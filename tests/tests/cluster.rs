@@ -1926,22 +1926,22 @@ file = {{ path = "{}", roll-records = 100 }}
     );
     // Persistent queries belong to pipelines, which the cluster places.
     let api = c.nodes[0].api.clone().unwrap();
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{api}/sql"))
-        .body("CREATE STREAM odds AS SELECT id FROM events WHERE id % 2 = 1;")
-        .send()
-        .unwrap();
-    let (status, body) = (r.status().as_u16(), r.text().unwrap());
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("run as part of a pipeline"), "{body}");
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{api}/sql"))
-        .body("TERMINATE ALL;")
-        .send()
-        .unwrap();
-    let (status, body) = (r.status().as_u16(), r.text().unwrap());
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("remove it from the pipeline file"), "{body}");
+    for (sql, why) in [
+        (
+            "CREATE STREAM odds AS SELECT id FROM events WHERE id % 2 = 1;",
+            "run as part of a pipeline",
+        ),
+        ("TERMINATE ALL;", "remove it from the pipeline file"),
+    ] {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{api}/sql"))
+            .body(sql)
+            .send()
+            .unwrap();
+        let (status, body) = (r.status().as_u16(), r.text().unwrap());
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(why), "{body}");
+    }
     let writer = append_lines(input.join("a.jsonl"), 0..LINES);
     let dead = c.nodes[home].id;
     match fault {
