@@ -355,9 +355,7 @@ impl Task {
         };
         sluice_task::run_epochs(ctx, self.config.commit_interval, &mut run)
     }
-}
 
-impl Task {
     /// In a cluster: the positions kept in the pipeline's positions topic are the truth
     /// (this node may never have run the query, or ran it before another node did); an
     /// input partition without one starts at its beginning. The node's group mirrors them.
