@@ -247,7 +247,10 @@ impl Deployer {
         for f in gone {
             self.errors.remove(&f);
             self.placed.remove(&f);
-            if let Some((p, _)) = self.worker.undeploy(&f) {
+            if let Some((p, paused)) = self.worker.undeploy(&f) {
+                if paused {
+                    self.worker.forget_pause(&p.name);
+                }
                 said.push(format!(
                     "Stopped pipeline {}: {} was removed.",
                     p.name,
@@ -447,6 +450,9 @@ impl Deployer {
             .map(|d| d.path.clone())
             .ok_or_else(|| DeployerError::NotFound(name.to_string()))?;
         let removed = self.worker.undeploy(&path);
+        if let Some((p, true)) = &removed {
+            self.worker.forget_pause(&p.name);
+        }
         self.files.remove(&path);
         for line in removed.iter().flat_map(|(p, _)| drop_slots(p)) {
             tracing::info!("{line}");

@@ -974,10 +974,8 @@ impl Worker {
     /// restart counts and errors start afresh).
     pub fn restart(&mut self, name: &str) -> Result<(), DeployError> {
         let ingest = Arc::clone(&self.ingest);
-        if self.find(name)?.paused {
-            self.keep_paused(name, false)?;
-        }
         let d = self.find(name)?;
+        let was_paused = d.paused;
         d.stop(&ingest);
         d.tasks.clear();
         let pipeline = d.pipeline.clone();
@@ -996,7 +994,19 @@ impl Worker {
         d.stop = stop;
         d.paused = false;
         self.publish_status();
+        if was_paused {
+            self.forget_pause(name);
+        }
         Ok(())
+    }
+
+    /// In a cluster, clears the pause kept for pipeline `name` (resumed, or removed: a new
+    /// pipeline of that name starts running). A failure is logged: the pipeline runs here,
+    /// and would only start paused where it moves next.
+    pub fn forget_pause(&self, name: &str) {
+        if let Err(e) = self.keep_paused(name, false) {
+            tracing::warn!(pipeline = %name, error = %e, "Could not clear the pipeline's kept pause; where it moves next it starts paused (resume it there).");
+        }
     }
 
     /// Stops and starts one task of a running pipeline (it resumes from its committed
