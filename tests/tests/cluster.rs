@@ -1489,6 +1489,45 @@ fn output_ids(out: &Path, id: &str) -> Vec<u64> {
     ids
 }
 
+/// Writes pipeline `moving` on every node and waits until one runs it: its index. It takes
+/// the lines appended to `input/*.jsonl` into topic `events` (2 partitions, keyed by `k`),
+/// commits every 200 ms, runs `sql` if given, and has a file sink per `(name, topic,
+/// folder, roll-records)`.
+fn deploy_moving(
+    c: &TestCluster,
+    sql: Option<&str>,
+    input: &Path,
+    sinks: &[(&str, &str, &Path, u32)],
+) -> usize {
+    let mut pipeline = "name = \"moving\"\ncommit-interval = \"200ms\"\n".to_string();
+    if let Some(sql) = sql {
+        pipeline.push_str(&format!("sql = \"\"\"{sql}\"\"\"\n"));
+    }
+    pipeline.push_str(&format!(
+        r#"
+[[topics]]
+name = "events"
+partitions = 2
+
+[[sources]]
+name = "lines"
+topic = "events"
+file = {{ path = "{}/*.jsonl", format = "json", key-field = "k" }}
+"#,
+        input.display()
+    ));
+    for (name, topic, folder, roll) in sinks {
+        pipeline.push_str(&format!(
+            "\n[[sinks]]\nname = \"{name}\"\ntopic = \"{topic}\"\nfile = {{ path = \"{}\", roll-records = {roll} }}\n",
+            folder.display()
+        ));
+    }
+    for n in &c.nodes {
+        std::fs::write(n.work.join("pipelines/moving.toml"), &pipeline).unwrap();
+    }
+    wait_running(c, "moving", None, Duration::from_secs(60))
+}
+
 /// The JSON-lines files of the file sink's output folder `out`, in order.
 fn output_files(out: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(out)
@@ -1623,31 +1662,7 @@ fn pipeline_moves(fault: Option<&'static str>) {
     let shared = c._dir.path().join("shared");
     let (input, out) = (shared.join("in"), shared.join("out"));
     std::fs::create_dir_all(&input).unwrap();
-    let pipeline = format!(
-        r#"name = "moving"
-commit-interval = "200ms"
-
-[[topics]]
-name = "events"
-partitions = 2
-
-[[sources]]
-name = "lines"
-topic = "events"
-file = {{ path = "{}/*.jsonl", format = "json", key-field = "k" }}
-
-[[sinks]]
-name = "files"
-topic = "events"
-file = {{ path = "{}", roll-records = 400 }}
-"#,
-        input.display(),
-        out.display()
-    );
-    for n in &c.nodes {
-        std::fs::write(n.work.join("pipelines/moving.toml"), &pipeline).unwrap();
-    }
-    let home = wait_running(&c, "moving", None, Duration::from_secs(60));
+    let home = deploy_moving(&c, None, &input, &[("files", "events", &out, 400)]);
     eprintln!("the pipeline runs on node {}", c.nodes[home].id);
     assert_eq!(
         home, MOVING_HOME,
@@ -1883,43 +1898,21 @@ fn sql_pipeline_moves(fault: Option<&'static str>) {
     );
     std::fs::create_dir_all(&input).unwrap();
     // Named as the file pipeline's, so that node 3 runs it (see MOVING_HOME).
-    let pipeline = format!(
-        r#"name = "moving"
-commit-interval = "200ms"
-sql = """
+    let sql = "
 CREATE STREAM IF NOT EXISTS events (id BIGINT, k VARCHAR) WITH (topic = 'events', format = 'JSON');
 CREATE STREAM IF NOT EXISTS evens WITH (topic = 'evens') AS SELECT id, k FROM events WHERE id % 2 = 0;
 CREATE TABLE IF NOT EXISTS counts WITH (topic = 'counts') AS
   SELECT k, AS_VALUE(k) AS kk, COUNT(*) AS n FROM events GROUP BY k;
-"""
-
-[[topics]]
-name = "events"
-partitions = 2
-
-[[sources]]
-name = "lines"
-topic = "events"
-file = {{ path = "{}/*.jsonl", format = "json", key-field = "k" }}
-
-[[sinks]]
-name = "evens"
-topic = "evens"
-file = {{ path = "{}", roll-records = 400 }}
-
-[[sinks]]
-name = "counts"
-topic = "counts"
-file = {{ path = "{}", roll-records = 100 }}
-"#,
-        input.display(),
-        evens.display(),
-        counts.display()
+";
+    let home = deploy_moving(
+        &c,
+        Some(sql),
+        &input,
+        &[
+            ("evens", "evens", &evens, 400),
+            ("counts", "counts", &counts, 100),
+        ],
     );
-    for n in &c.nodes {
-        std::fs::write(n.work.join("pipelines/moving.toml"), &pipeline).unwrap();
-    }
-    let home = wait_running(&c, "moving", None, Duration::from_secs(60));
     assert_eq!(
         home, MOVING_HOME,
         "the placement of __cluster_transactions changed"

@@ -72,9 +72,8 @@ impl Engine {
         if self.catalog.get(name).is_ok() && if_not_exists {
             // Re-running the same statement (a redeployed pipeline) keeps the query; a
             // different query under the same name is not silently ignored.
-            let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
             if let Some(q) = self.catalog.queries().find(|q| q.sink == name) {
-                if squash(&q.statement) != squash(text) {
+                if super::words(&q.statement) != super::words(text) {
                     return Err(SqlError::Invalid(format!(
                         "{name} exists and query {} writes it with a different statement; to change it, TERMINATE {} and DROP {} {name} first",
                         q.id,

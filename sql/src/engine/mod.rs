@@ -172,7 +172,7 @@ impl Engine {
 
     fn execute_inner(&mut self, sql: &str, config: Option<&RunnerConfig>) -> Result<Vec<Output>> {
         self.running_with = config.cloned();
-        let result = with_statement_stack(|| self.execute_statements(sql, config));
+        let result = with_statement_stack(|| self.execute_statements(sql));
         self.running_with = None;
         result
     }
@@ -189,10 +189,9 @@ impl Engine {
     fn new_query_id(&self, prefix: &str, sink: &str, statement: &str) -> String {
         match self.owner() {
             Some(owner) => {
-                // Blanks as `IF NOT EXISTS` compares statements: a reformatted statement is
+                // Words as `IF NOT EXISTS` compares statements: a reformatted statement is
                 // the same query (with the same state) on every node.
-                let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
-                let seed = format!("{}\0{statement}", owner.pipeline());
+                let seed = format!("{}\0{}", owner.pipeline(), words(statement));
                 let n = sluice_log::partitioner::murmur2(seed.as_bytes()) as u32;
                 format!("{prefix}_{}_{n}", sink.to_uppercase())
             }
@@ -200,17 +199,17 @@ impl Engine {
         }
     }
 
-    fn execute_statements(
-        &mut self,
-        sql: &str,
-        config: Option<&RunnerConfig>,
-    ) -> Result<Vec<Output>> {
+    /// Runs the statements of `sql`, with [`Self::running_with`] for the queries they
+    /// create or name.
+    fn execute_statements(&mut self, sql: &str) -> Result<Vec<Output>> {
+        let config = self.running_with.clone();
+        let config = config.as_ref();
         let statements = crate::parse(sql)?;
         let texts = split_statement_texts(sql);
         let mut out = Vec::with_capacity(statements.len());
         for (i, s) in statements.into_iter().enumerate() {
             let text = texts.get(i).map_or(sql, String::as_str);
-            if self.placed && config.is_none_or(|c| c.owner.is_none()) {
+            if self.placed && self.owner().is_none() {
                 let refused = match &s {
                     Statement::CreateAs { .. } | Statement::InsertSelect { .. } => Some(
                         "in a cluster, persistent queries run as part of a pipeline (declare them in a pipeline file's `sql`), which the cluster places on a node and moves when the node dies",
@@ -347,6 +346,12 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.queries.stop_all();
     }
+}
+
+/// A statement's words, one space apart: statements that differ only in blanks compare
+/// equal.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn capitalized(kind: SourceKind) -> &'static str {
