@@ -455,10 +455,13 @@ impl Epochs for QueryRun<'_> {
             wait.remaining()
         };
         let stop = wait.stop_token();
-        self.merger
-            .add(self.consumer.poll_until(timeout, &|| stop.is_stopped())?);
-        let behind = crate::merge::behind(&self.consumer, self.lanes)?;
-        let records = self.merger.take(self.task.config.max_poll_records, &behind);
+        let polled = self.consumer.poll_until(timeout, &|| stop.is_stopped())?;
+        let records = self.merger.next(
+            &mut self.consumer,
+            polled,
+            self.lanes,
+            self.task.config.max_poll_records,
+        )?;
         self.full = records.len() == self.task.config.max_poll_records;
         if records.is_empty() {
             return Ok(());

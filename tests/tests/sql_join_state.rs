@@ -154,3 +154,84 @@ fn stream_stream_join_state_stays_within_its_window() {
     assert!(live.len() <= 5, "{} entries left: {live:?}", live.len());
     log.close().unwrap();
 }
+
+/// A join reading a topic whose records cover far more event time each than the other's
+/// (Nexmark's auctions against its bids) reads that topic ahead; its reader then pauses it
+/// rather than process it ahead of the other, so no record of the slower topic comes in
+/// behind the query's stream time: with no grace period, none is late, and each joins once.
+#[test]
+fn a_topic_read_ahead_in_time_makes_no_record_of_the_other_late() {
+    const BIDS_PER_AUCTION: i64 = 15;
+    let bids = crate::common::env_or("SLUICE_JOIN_AHEAD_BIDS", 60_000) as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let base = sluice_log::record::now_ms() / 1000 * 1000;
+    let mut e = Engine::open_with(
+        &log,
+        EngineConfig {
+            runner: RunnerConfig {
+                commit_interval: Duration::from_millis(50),
+                // Buffers fill after a few polls: the pausing happens thousands of times.
+                max_poll_records: 100,
+                ..RunnerConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    e.execute(
+        "CREATE STREAM auctions (id BIGINT KEY, ts BIGINT) \
+         WITH (topic='auctions', partitions=1, timestamp='ts');
+         CREATE STREAM bids (auction BIGINT, ts BIGINT) \
+         WITH (topic='bids', partitions=1, timestamp='ts');",
+    )
+    .unwrap();
+    let mut p = log.producer(ProducerConfig::default()).unwrap();
+    // Auction `a` opens at `a * 15` ms; its 15 bids come in the 15 ms after it (the first at
+    // the same millisecond).
+    for a in 0..bids / BIDS_PER_AUCTION {
+        let ts = base + a * BIDS_PER_AUCTION;
+        p.send(
+            "auctions",
+            record(&a.to_string(), format!(r#"{{"ts": {ts}}}"#), ts),
+        )
+        .unwrap();
+    }
+    for i in 0..bids {
+        let ts = base + i;
+        let v = format!(r#"{{"auction": {}, "ts": {ts}}}"#, i / BIDS_PER_AUCTION);
+        p.send("bids", record(&format!("b{i}"), v, ts)).unwrap();
+    }
+    p.flush().unwrap();
+    e.execute(
+        "CREATE STREAM won WITH (topic='won') AS SELECT a.id AS id, b.ts AS ts FROM bids b \
+         JOIN auctions a WITHIN (1 SECOND, 0 SECONDS) GRACE PERIOD 0 SECONDS \
+         ON b.auction = a.id;",
+    )
+    .unwrap();
+    assert!(e.wait_caught_up(Duration::from_secs(300)).unwrap());
+    drop(e);
+
+    let late = crate::common::read_committed(&log, "won.dlq");
+    assert!(
+        late.is_empty(),
+        "{} records went to the dead-letter topic, the first: {:?}",
+        late.len(),
+        late.first().map(|r| &r.headers)
+    );
+    let out = crate::common::read_committed(&log, "won");
+    let mut seen = HashSet::new();
+    for r in &out {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let ts = v["TS"].as_i64().unwrap();
+        // The join key is the record's key.
+        let id: i64 = std::str::from_utf8(r.key.as_deref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(id, (ts - base) / BIDS_PER_AUCTION);
+        assert!(seen.insert(ts), "the bid at {ts} joined twice");
+    }
+    assert_eq!(out.len() as i64, bids, "every bid joined once");
+    log.close().unwrap();
+}

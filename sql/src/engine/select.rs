@@ -230,9 +230,10 @@ impl PushQuery {
         if self.done() {
             return Ok(None);
         }
-        self.merger.add(self.consumer.poll(timeout)?);
-        let behind = crate::merge::behind(&self.consumer, self.lanes)?;
-        let records = self.merger.take(4096, &behind);
+        let polled = self.consumer.poll(timeout)?;
+        let records = self
+            .merger
+            .next(&mut self.consumer, polled, self.lanes, 4096)?;
         if records.is_empty() {
             return Ok(None);
         }
