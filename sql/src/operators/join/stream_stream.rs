@@ -69,8 +69,63 @@ struct Young {
     /// Side byte and length-prefixed join key (the buffer key's prefix) → its records in
     /// (time, sequence) order.
     by_key: HashMap<Bytes, VecDeque<YoungRec>>,
-    /// Expiry order, as the store's index: (time, sequence, side) and the `by_key` key.
-    by_time: BinaryHeap<Reverse<(i64, u64, u8, Bytes)>>,
+    /// Expiry order, as the store's index.
+    by_time: ExpiryQueue,
+}
+
+/// A young record's place in expiry order: (time, sequence, side) and its `by_key` key.
+type Due = (i64, u64, u8, Bytes);
+
+/// Young records in expiry order. The merger hands a join its records in time order, so
+/// nearly every record is the latest yet: those queue at the end of a sorted deque in
+/// constant time; a record earlier than the last (out of order, within the grace period)
+/// goes to a heap. The first is the smaller of the two fronts.
+#[derive(Debug, Default)]
+struct ExpiryQueue {
+    in_order: VecDeque<Due>,
+    out_of_order: BinaryHeap<Reverse<Due>>,
+}
+
+impl ExpiryQueue {
+    fn len(&self) -> usize {
+        self.in_order.len() + self.out_of_order.len()
+    }
+
+    fn push(&mut self, due: Due) {
+        if self.in_order.back().is_none_or(|last| *last <= due) {
+            self.in_order.push_back(due);
+        } else {
+            self.out_of_order.push(Reverse(due));
+        }
+    }
+
+    /// Whether the first is the heap's.
+    fn first_is_out_of_order(&self) -> bool {
+        match (self.in_order.front(), self.out_of_order.peek()) {
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        }
+    }
+
+    fn peek(&self) -> Option<&Due> {
+        match self.first_is_out_of_order() {
+            true => self.out_of_order.peek().map(|Reverse(d)| d),
+            false => self.in_order.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Due> {
+        match self.first_is_out_of_order() {
+            true => self.out_of_order.pop().map(|Reverse(d)| d),
+            false => self.in_order.pop_front(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.in_order.clear();
+        self.out_of_order.clear();
+    }
 }
 
 #[derive(Debug)]
@@ -100,7 +155,7 @@ impl Young {
     }
 
     fn first(&self) -> Option<(i64, u64)> {
-        self.by_time.peek().map(|Reverse((t, s, _, _))| (*t, *s))
+        self.by_time.peek().map(|(t, s, _, _)| (*t, *s))
     }
 
     fn insert(&mut self, prefix: &[u8], side: u8, rec: YoungRec) {
@@ -113,12 +168,12 @@ impl Young {
         // Sequences only grow, and times mostly: the place is nearly always the end.
         let at = list.partition_point(|r| (r.ts, r.seq) < (t, seq));
         list.insert(at, rec);
-        self.by_time.push(Reverse((t, seq, side, key)));
+        self.by_time.push((t, seq, side, key));
     }
 
     /// Removes the first record in expiry order: its side, key prefix and record.
     fn pop(&mut self) -> Option<(u8, Bytes, YoungRec)> {
-        let Reverse((_, _, side, key)) = self.by_time.pop()?;
+        let (_, _, side, key) = self.by_time.pop()?;
         let list = self.by_key.get_mut(&key)?;
         // The first record of all is the first of its key.
         let rec = list.pop_front()?;
