@@ -619,7 +619,7 @@ impl RecordDecoder {
                 let field = self.schema.field(i);
                 let keys: StringArray = keys
                     .iter()
-                    .map(|k| k.map(|k| String::from_utf8_lossy(k).into_owned()))
+                    .map(|k| k.map(String::from_utf8_lossy))
                     .collect();
                 cast_with_options(&keys, field.data_type(), &STRICT)
                     .map_err(|e| SqlError::Invalid(format!("key column {}: {e}", field.name())))

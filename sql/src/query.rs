@@ -1117,6 +1117,16 @@ impl Dataflow {
                 )
             }
         };
+        let mut join = join;
+        if let Some(j) = join.as_mut() {
+            // Columns of the joined rows nothing after the join reads need not be built.
+            let read: Option<Vec<usize>> = match &op {
+                Running::Stateless(s) => s.read_columns().map(|c| c.into_iter().collect()),
+                Running::Aggregate(a, None) => a.read_columns().map(<[usize]>::to_vec),
+                Running::Aggregate(_, Some(_)) => None,
+            };
+            j.set_read_columns(read.as_deref());
+        }
         Ok(Dataflow {
             remaining: query.limit(),
             query,

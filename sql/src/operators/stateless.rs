@@ -187,14 +187,37 @@ impl Stateless {
                 Stage::Explode(_) => {}
                 Stage::Project(exprs, _) => {
                     exprs.iter().for_each(&mut add);
-                    return Some(match &self.scan_projection {
-                        Some(p) => cols.iter().filter_map(|&c| p.get(c).copied()).collect(),
-                        None => cols,
-                    });
+                    return Some(self.scanned_columns(cols));
                 }
             }
         }
         None
+    }
+
+    /// Whether a stage explodes arrays into rows.
+    pub fn explodes(&self) -> bool {
+        self.stages.iter().any(|s| matches!(s, Stage::Explode(_)))
+    }
+
+    /// The input columns the stages may read, when that is a subset known from a
+    /// projection ([`Stateless::input_columns`]); `None`: any of them.
+    pub fn read_columns(&self) -> Option<std::collections::BTreeSet<usize>> {
+        match self.explodes() {
+            true => None,
+            false => self.input_columns(),
+        }
+    }
+
+    /// Columns of its scan's output as columns of its input (the same without a projection
+    /// pushed into the scan).
+    pub fn scanned_columns(
+        &self,
+        cols: std::collections::BTreeSet<usize>,
+    ) -> std::collections::BTreeSet<usize> {
+        match &self.scan_projection {
+            Some(p) => cols.iter().filter_map(|&c| p.get(c).copied()).collect(),
+            None => cols,
+        }
     }
 
     /// Adds the input columns its filters read (for an operator without projection).

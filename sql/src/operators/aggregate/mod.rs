@@ -415,6 +415,14 @@ impl Aggregate {
         })
     }
 
+    /// The input columns it may read (`None`: any of them).
+    pub fn read_columns(&self) -> Option<&[usize]> {
+        match self.plan.pre.explodes() {
+            true => None,
+            false => self.plan.used_columns.as_deref(),
+        }
+    }
+
     /// Writes the cache into the stores (call before taking their changes).
     pub fn flush(&mut self) -> Result<()> {
         self.flush_cache()

@@ -270,7 +270,8 @@ impl AggregatePlan {
                     );
                 }
                 pre.filter_columns(&mut cols);
-                Some(cols)
+                // Both read the scan's output: its columns by their place in the input.
+                Some(pre.scanned_columns(cols))
             }
         }
         .map(|c| c.into_iter().collect());

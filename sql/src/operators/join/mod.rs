@@ -204,22 +204,41 @@ fn canonical(keys: &ArrayRef, key_type: &DataType) -> Result<Vec<Option<Bytes>>>
         cast(keys, key_type)?
     };
     let n = keys.len();
+    // Every key written into one buffer, each a slice of it: one allocation per batch,
+    // not per row.
+    let sliced = |write: &mut dyn FnMut(usize, &mut Vec<u8>) -> bool| {
+        let mut buf = Vec::with_capacity(n * 8);
+        let spans: Vec<Option<(usize, usize)>> = (0..n)
+            .map(|i| {
+                let start = buf.len();
+                if write(i, &mut buf) {
+                    Some((start, buf.len()))
+                } else {
+                    buf.truncate(start);
+                    None
+                }
+            })
+            .collect();
+        let all = Bytes::from(buf);
+        spans
+            .into_iter()
+            .map(|s| s.map(|(a, b)| all.slice(a..b)))
+            .collect::<Vec<_>>()
+    };
     match key_type {
         DataType::Utf8 => {
             let a = keys.as_string::<i32>();
-            Ok((0..n)
-                .map(|i| {
-                    a.is_valid(i)
-                        .then(|| Bytes::from(serde_json::to_string(a.value(i)).unwrap_or_default()))
-                })
-                .collect())
+            Ok(sliced(&mut |i, buf| {
+                a.is_valid(i) && serde_json::to_writer(buf, a.value(i)).is_ok()
+            }))
         }
         DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => {
             let a = cast(&keys, &DataType::Int64)?;
             let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            Ok((0..n)
-                .map(|i| a.is_valid(i).then(|| Bytes::from(a.value(i).to_string())))
-                .collect())
+            Ok(sliced(&mut |i, buf| {
+                use std::io::Write;
+                a.is_valid(i) && write!(buf, "{}", a.value(i)).is_ok()
+            }))
         }
         _ => {
             let batch = RecordBatch::try_new(
@@ -322,6 +341,8 @@ struct Cx<'a> {
     right_block: (usize, usize),
     /// Hand the results over as rows (the last join of a stream result).
     as_rows: bool,
+    /// With `as_rows`, the columns read after the join (`None`: all); others stay NULL.
+    read: Option<&'a [bool]>,
 }
 
 impl Cx<'_> {
@@ -353,7 +374,8 @@ impl Cx<'_> {
         let (first, count) = self.right_block;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(last + 1);
         for (c, f) in self.j.fields().iter().enumerate() {
-            columns.push(if c == 0 {
+            let unread = self.read.is_some_and(|r| !r[c]);
+            columns.push(if c == 0 || unread {
                 new_null_array(f.data_type(), rows.len())
             } else if c == last {
                 Arc::new(Int64Array::from(ts.clone()))
@@ -666,6 +688,9 @@ pub struct Join {
     j: SchemaRef,
     /// Each source's value format.
     formats: Vec<Format>,
+    /// The columns of J read after the last join, when its results go on as rows (`None`:
+    /// every one); the others are left NULL.
+    read: Option<Vec<bool>>,
 }
 
 impl Join {
@@ -736,7 +761,12 @@ impl Join {
             });
         }
         let formats = plan.sources.iter().map(|s| s.def.format).collect();
-        Ok(Join { steps, j, formats })
+        Ok(Join {
+            steps,
+            j,
+            formats,
+            read: None,
+        })
     }
 
     /// Whether a source holds change envelopes ([`Format::Debezium`]).
@@ -806,20 +836,37 @@ impl Join {
         Ok(out)
     }
 
+    /// Says which columns of J the operators after the joins read (`None`: any): the
+    /// last join builds only those (and the key and time) of the rows it hands them.
+    pub fn set_read_columns(&mut self, read: Option<&[usize]>) {
+        let width = self.j.fields().len();
+        self.read = read.map(|cols| {
+            let mut mask = vec![false; width];
+            for &c in cols.iter().filter(|&&c| c < width) {
+                mask[c] = true;
+            }
+            mask[0] = true;
+            mask[width - 1] = true;
+            mask
+        });
+    }
+
     fn run(&mut self, k: usize, events: &[Event<'_>]) -> Result<JoinOutput> {
         let last = k + 1 == self.steps.len();
         let step = &mut self.steps[k];
+        let as_rows = last
+            && matches!(
+                step.plan.shape,
+                Shape::StreamTable | Shape::StreamStream { .. }
+            );
         let cx = Cx {
             plan: &step.plan,
             j: &self.j,
             left: &step.left,
             right: &step.right,
             right_block: step.right_block,
-            as_rows: last
-                && matches!(
-                    step.plan.shape,
-                    Shape::StreamTable | Shape::StreamStream { .. }
-                ),
+            as_rows,
+            read: self.read.as_deref().filter(|_| as_rows),
         };
         if events.is_empty() {
             return Ok(JoinOutput::default());
