@@ -356,17 +356,23 @@ fn separators_sound(value: &[u8]) -> bool {
         match b {
             b' ' | b'\t' | b'\n' | b'\r' => {}
             b'"' => {
-                loop {
-                    let Some(at) = memchr::memchr2(b'"', b'\\', &value[i.min(value.len())..])
-                    else {
-                        return false;
-                    };
-                    i += at + 1;
-                    if value[i - 1] == b'"' {
-                        break;
-                    }
-                    // An escape: skip the escaped byte.
-                    i += 1;
+                // Most strings are short names and words: a plain look at their first bytes
+                // beats a memchr call; longer ones are jumped.
+                let mut short = value[i..].iter().take(16);
+                match short.position(|&b| b == b'"' || b == b'\\') {
+                    Some(at) if value[i + at] == b'"' => i += at + 1,
+                    _ => loop {
+                        let Some(at) = memchr::memchr2(b'"', b'\\', &value[i.min(value.len())..])
+                        else {
+                            return false;
+                        };
+                        i += at + 1;
+                        if value[i - 1] == b'"' {
+                            break;
+                        }
+                        // An escape: skip the escaped byte.
+                        i += 1;
+                    },
                 }
                 next = match next {
                     Next::Key | Next::KeyOrClose => Next::Colon,
@@ -564,10 +570,24 @@ fn folds_to(key: &str, name: &str) -> bool {
     if key.is_ascii() {
         // Without allocating: an ASCII key upper-cases to `name` exactly when they match
         // ignoring ASCII case and `name` has no lower-case letter.
-        name.eq_ignore_ascii_case(key) && !name.bytes().any(|b| b.is_ascii_lowercase())
+        folds_to_ascii(key.as_bytes(), name)
     } else {
         key.to_uppercase() == name
     }
+}
+
+/// [`folds_to`] of a key's raw bytes (not valid text: no name).
+fn folds_bytes_to(key: &[u8], name: &str) -> bool {
+    if key.is_ascii() {
+        key.len() == name.len() && folds_to_ascii(key, name)
+    } else {
+        std::str::from_utf8(key).is_ok_and(|k| folds_to(k, name))
+    }
+}
+
+/// [`folds_to`] of an ASCII key.
+fn folds_to_ascii(key: &[u8], name: &str) -> bool {
+    name.as_bytes().eq_ignore_ascii_case(key) && !name.bytes().any(|b| b.is_ascii_lowercase())
 }
 
 /// What a key that loses to the exact spelling of its field is renamed to: a NUL, which no
@@ -621,8 +641,13 @@ impl<'a, 'f> KeyScan<'a, '_, 'f> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Long strings (descriptions, URLs) are most of a value's bytes: jump.
-            self.i += memchr::memchr2(b'"', b'\\', self.v.get(self.i..)?)?;
+            // Most are short (names, words): a plain look at the first bytes beats a call;
+            // long strings (descriptions, URLs) are most of a value's bytes: jump.
+            let rest = self.v.get(self.i..)?;
+            self.i += match rest.iter().take(16).position(|&b| b == b'"' || b == b'\\') {
+                Some(at) => at,
+                None => memchr::memchr2(b'"', b'\\', rest)?,
+            };
             if self.v[self.i] == b'"' {
                 break;
             }
@@ -896,7 +921,7 @@ pub fn top_level_i64(value: &[u8], name: &str) -> Option<i64> {
         };
         let slot = if key == name.as_bytes() {
             &mut exact
-        } else if std::str::from_utf8(key).is_ok_and(|k| folds_to(k, name)) {
+        } else if folds_bytes_to(key, name) {
             &mut folded
         } else {
             return;

@@ -566,6 +566,8 @@ struct List {
     recs: Vec<Rec>,
     /// The index of each stored form (see [`Rec::encode_input`]) listed.
     seen: foldhash::HashMap<Bytes, u32>,
+    /// The index of each buffered record listed, by its (time, sequence).
+    buffered: foldhash::HashMap<(i64, u64), u32>,
 }
 
 impl List {
@@ -582,6 +584,18 @@ impl List {
         }
         let i = self.add(Rec::decode(&form, 0)?);
         self.seen.insert(form, i);
+        Ok(i)
+    }
+
+    /// Adds a stream-stream join's buffered record (its time and sequence name it) in its
+    /// stored form, once however often it is added; its index. Cheaper than
+    /// [`List::stored`], which hashes the whole record.
+    fn buffered(&mut self, id: (i64, u64), form: Bytes) -> Result<u32> {
+        if let Some(&i) = self.buffered.get(&id) {
+            return Ok(i);
+        }
+        let i = self.add(Rec::decode(&form, 0)?);
+        self.buffered.insert(id, i);
         Ok(i)
     }
 

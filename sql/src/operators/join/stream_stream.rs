@@ -17,7 +17,7 @@
 //! written to the store then ([`JoinOp::flush`]), in the same transaction as before.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use bytes::{BufMut, Bytes};
 use sluice_log::Log;
@@ -68,7 +68,7 @@ pub(super) struct StreamStream {
 struct Young {
     /// Side byte and length-prefixed join key (the buffer key's prefix) → its records in
     /// (time, sequence) order.
-    by_key: HashMap<Bytes, VecDeque<YoungRec>>,
+    by_key: foldhash::HashMap<Bytes, VecDeque<YoungRec>>,
     /// Expiry order, as the store's index.
     by_time: ExpiryQueue,
 }
@@ -367,10 +367,12 @@ impl StreamStream {
         if from_store > 0 && matches.len() > from_store {
             matches.sort_by_key(|m| (m.0, m.1));
         }
-        for (_, _, v) in &matches {
+        for (m_ts, m_seq, v) in &matches {
             // The later of the two records' own timestamps, as for an outer row.
             let ts = t.max(Rec::decode(v, 1)?.ts);
-            let at = lists.side(!is_left).stored(v.slice(1..))?;
+            let at = lists
+                .side(!is_left)
+                .buffered((*m_ts, *m_seq), v.slice(1..))?;
             let row = sides(is_left, Some(row), Some(at));
             lists
                 .emits
