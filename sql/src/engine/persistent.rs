@@ -1,6 +1,7 @@
 //! Persistent queries' life in the engine: starting the catalog's queries (remembering why
 //! one could not start), and waiting until the running ones have caught up with their source.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sluice_log::{Log, TopicPartition};
@@ -45,6 +46,10 @@ impl Engine {
         // before the other committed its last epoch. Two passes in a row with the same ends
         // are: nothing was written in between.
         let mut clean: Option<Vec<i64>> = None;
+        // The first record found unread in each partition: until a query's position passes
+        // it, it is behind without reading the log again (one pass every 10 ms would
+        // otherwise fetch and decode a chunk of each input all along a long catch-up).
+        let mut unread: HashMap<TopicPartition, i64> = HashMap::new();
         loop {
             let mut behind = false;
             let mut ends = Vec::new();
@@ -70,8 +75,16 @@ impl Engine {
                         partition: p,
                     };
                     let committed = self.log.committed(group, &tp).unwrap_or(start);
+                    if committed >= end {
+                        continue;
+                    }
+                    if unread.get(&tp).is_some_and(|&at| committed <= at) {
+                        behind = true;
+                        continue;
+                    }
                     // The last records may be transaction markers, which are never "read".
-                    if committed < end && has_data(&self.log, &tp, committed, end)? {
+                    if let Some(at) = first_record(&self.log, &tp, committed, end)? {
+                        unread.insert(tp, at);
                         behind = true;
                     }
                 }
@@ -149,7 +162,7 @@ impl Engine {
 
 /// True when `[from, to)` of a partition holds a committed data record (not only markers
 /// or aborted records).
-fn has_data(log: &Log, tp: &TopicPartition, from: i64, to: i64) -> Result<bool> {
+fn first_record(log: &Log, tp: &TopicPartition, from: i64, to: i64) -> Result<Option<i64>> {
     // A fetch may end early (at a segment's end, or after a lone transaction marker): step
     // over batches without records until `to`.
     let mut at = from;
@@ -168,13 +181,13 @@ fn has_data(log: &Log, tp: &TopicPartition, from: i64, to: i64) -> Result<bool> 
                     partition: tp.partition,
                     source,
                 })?;
-        if records.iter().any(|r| r.offset >= at && r.offset < to) {
-            return Ok(true);
+        if let Some(r) = records.iter().find(|r| r.offset >= at && r.offset < to) {
+            return Ok(Some(r.offset));
         }
         if next <= at {
-            return Ok(false);
+            return Ok(None);
         }
         at = next;
     }
-    Ok(false)
+    Ok(None)
 }
