@@ -104,6 +104,8 @@ pub(crate) struct Coordinators {
     /// partition's ids and read them again, which must not interleave with another
     /// request's change of them.
     partition_locks: Mutex<HashMap<u32, std::sync::Arc<Mutex<()>>>>,
+    /// The kind's topic is being created in the background ([`Self::locate_or_start`]).
+    creating: std::sync::atomic::AtomicBool,
 }
 
 /// The partition of a coordinators' topic (of `partitions`) holding `key` (a group or a
@@ -130,7 +132,47 @@ impl Coordinators {
             busy: Mutex::new(()),
             loading: std::sync::atomic::AtomicBool::new(false),
             partition_locks: Mutex::new(HashMap::new()),
+            creating: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// [`Self::locate`] for a client's FindCoordinator, which does not wait for the kind's
+    /// topic to be created: as Kafka answers while it creates `__consumer_offsets`, the
+    /// first request starts the creation in the background and is answered
+    /// COORDINATOR_NOT_AVAILABLE, which clients retry. (Held open for the creation, 1–2 s
+    /// while an election settles, the request kept librdkafka's bootstrap connection
+    /// busy while it replaced that connection, and a consumer's metadata request in flight
+    /// there was lost.)
+    pub(crate) fn locate_or_start(
+        self: &std::sync::Arc<Self>,
+        cluster: &sluice_cluster::Cluster,
+        default_partitions: u32,
+        key: &str,
+    ) -> Result<(Located, u32), Refusal> {
+        use std::sync::atomic::Ordering;
+        let topic = self.kind.topic();
+        if partition_count(cluster, topic) > 0 {
+            return self.locate(cluster, default_partitions, key);
+        }
+        if !self.creating.swap(true, Ordering::SeqCst) {
+            let (me, cluster) = (std::sync::Arc::clone(self), cluster.clone());
+            let started = std::thread::Builder::new()
+                .name("sluice-coordinators".into())
+                .spawn(move || {
+                    // The key does not matter: locating creates the topic first.
+                    if let Err((_, why)) = me.locate(&cluster, default_partitions, "") {
+                        tracing::warn!(topic, reason = %why, "The coordinators' topic could not be created yet; the next FindCoordinator tries again.");
+                    }
+                    me.creating.store(false, Ordering::SeqCst);
+                });
+            if started.is_err() {
+                self.creating.store(false, Ordering::SeqCst);
+            }
+        }
+        Err((
+            E::CoordinatorNotAvailable.code(),
+            format!("{topic} is being created; ask again"),
+        ))
     }
 
     /// The topic whose partitions' leaders these coordinators are.

@@ -28,7 +28,7 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCo
         let coordinators = if req.key_type == 0 {
             &b.coordinators
         } else {
-            &*b.transactions
+            &b.transactions
         };
         let mut answer = clustered_coordinator(ctx, cluster, coordinators, req.key.as_str());
         if ctx.version == 0 {
@@ -48,12 +48,12 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCo
 fn clustered_coordinator(
     ctx: &Ctx,
     cluster: &sluice_cluster::Cluster,
-    coordinators: &crate::coordinators::Coordinators,
+    coordinators: &std::sync::Arc<crate::coordinators::Coordinators>,
     key: &str,
 ) -> FindCoordinatorResponse {
     use crate::coordinators::Located;
     let default_partitions = ctx.broker.log.options().default_partitions;
-    let located = coordinators.locate(cluster, default_partitions, key);
+    let located = coordinators.locate_or_start(cluster, default_partitions, key);
     let at = match located.map(|(l, _)| l) {
         Ok(Located::Here(_)) => Ok((cluster.node_id(), ctx.broker.host.clone(), ctx.broker.port)),
         Ok(Located::There(id, addr)) => crate::config::host_port(&addr)
