@@ -33,24 +33,29 @@ fn record(key: &str, value: String, ts: i64) -> Record {
     }
 }
 
+/// An engine whose queries commit every `commit_ms` and take `max_poll_records` at a time.
+fn engine(log: &Log, commit_ms: u64, max_poll_records: usize) -> Engine {
+    Engine::open_with(
+        log,
+        EngineConfig {
+            runner: RunnerConfig {
+                commit_interval: Duration::from_millis(commit_ms),
+                max_poll_records,
+                ..RunnerConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn stream_stream_join_state_stays_within_its_window() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     // Now, not 1970: the output topic's 7-day retention would delete older records.
     let base = sluice_log::record::now_ms() / 1000 * 1000;
-    let mut e = Engine::open_with(
-        &log,
-        EngineConfig {
-            runner: RunnerConfig {
-                commit_interval: Duration::from_millis(20),
-                max_poll_records: 500,
-                ..RunnerConfig::default()
-            },
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let mut e = engine(&log, 20, 500);
     e.execute(
         "CREATE STREAM l (id VARCHAR KEY, k VARCHAR) WITH (topic='l', partitions=1);
          CREATE STREAM r (id VARCHAR KEY, k VARCHAR) WITH (topic='r', partitions=1);",
@@ -166,19 +171,8 @@ fn a_topic_read_ahead_in_time_makes_no_record_of_the_other_late() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).unwrap();
     let base = sluice_log::record::now_ms() / 1000 * 1000;
-    let mut e = Engine::open_with(
-        &log,
-        EngineConfig {
-            runner: RunnerConfig {
-                commit_interval: Duration::from_millis(50),
-                // Buffers fill after a few polls: the pausing happens thousands of times.
-                max_poll_records: 100,
-                ..RunnerConfig::default()
-            },
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    // Buffers fill after a few polls: the pausing happens thousands of times.
+    let mut e = engine(&log, 50, 100);
     e.execute(
         "CREATE STREAM auctions (id BIGINT KEY, ts BIGINT) \
          WITH (topic='auctions', partitions=1, timestamp='ts');
