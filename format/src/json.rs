@@ -184,10 +184,7 @@ impl JsonDecoder {
             .build_decoder()
             .ok()?;
         for v in values {
-            if might_nest_deeper_than(v, MAX_DEPTH)
-                || v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-                || !separators_sound(v)
-            {
+            if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || !separators_sound(v) {
                 return None;
             }
             if decoder.decode(v).ok()? < v.len() {
@@ -323,8 +320,9 @@ fn is_flat(schema: &Schema) -> bool {
 /// members of an object or array (none before the first or after the last, none doubled
 /// or missing), a colon after each key, one value in all. arrow-json's tape decoder reads
 /// commas as whitespace (`{"a": 1,}` and `[1 2]` pass it) and checks the rest: strings,
-/// literals, brackets. One pass; strings are jumped over with memchr. False also for
-/// values nesting deeper than 512 levels (the caller's fallback says why).
+/// literals, brackets. One pass; strings are jumped over ([`string_end`]). False also for
+/// values nesting deeper than [`MAX_DEPTH`] levels, which the decoder must not see (the
+/// caller's fallback says why).
 fn separators_sound(value: &[u8]) -> bool {
     #[derive(Clone, Copy, PartialEq)]
     enum Next {
@@ -336,7 +334,7 @@ fn separators_sound(value: &[u8]) -> bool {
         CommaOrClose,
         End,
     }
-    // Open containers, one bit each: set for an object.
+    // Open containers, one bit each: set for an object (512 bits, MAX_DEPTH at most).
     let mut objects = [0u64; 8];
     let mut depth = 0usize;
     let in_object = |objects: &[u64; 8], depth: usize| {
@@ -356,24 +354,10 @@ fn separators_sound(value: &[u8]) -> bool {
         match b {
             b' ' | b'\t' | b'\n' | b'\r' => {}
             b'"' => {
-                // Most strings are short names and words: a plain look at their first bytes
-                // beats a memchr call; longer ones are jumped.
-                let mut short = value[i..].iter().take(16);
-                match short.position(|&b| b == b'"' || b == b'\\') {
-                    Some(at) if value[i + at] == b'"' => i += at + 1,
-                    _ => loop {
-                        let Some(at) = memchr::memchr2(b'"', b'\\', &value[i.min(value.len())..])
-                        else {
-                            return false;
-                        };
-                        i += at + 1;
-                        if value[i - 1] == b'"' {
-                            break;
-                        }
-                        // An escape: skip the escaped byte.
-                        i += 1;
-                    },
-                }
+                let Some((end, _)) = string_end(value, i) else {
+                    return false;
+                };
+                i = end + 1;
                 next = match next {
                     Next::Key | Next::KeyOrClose => Next::Colon,
                     Next::Value | Next::ValueOrClose => after_value(depth),
@@ -381,7 +365,7 @@ fn separators_sound(value: &[u8]) -> bool {
                 };
             }
             b'{' | b'[' => {
-                if !matches!(next, Next::Value | Next::ValueOrClose) || depth == 512 {
+                if !matches!(next, Next::Value | Next::ValueOrClose) || depth == MAX_DEPTH {
                     return false;
                 }
                 let bit = 1u64 << (depth % 64);
@@ -441,11 +425,26 @@ fn separators_sound(value: &[u8]) -> bool {
     next == Next::End
 }
 
-/// Whether `value` may open more than `max` nested levels: only if it holds more than
-/// `max` opening brackets (counted at memchr's pace, strings included); most values hold
-/// a few.
-fn might_nest_deeper_than(value: &[u8], max: usize) -> bool {
-    value.len() > max && memchr::memchr2_iter(b'{', b'[', value).nth(max).is_some()
+/// The closing quote of the JSON string whose contents start at byte `from` of `v`, and
+/// whether the string holds escapes; `None` when it never closes. Most strings are short
+/// (names, words): a plain look at their first bytes beats a call; long ones
+/// (descriptions, URLs) are most of a value's bytes and are jumped with memchr.
+fn string_end(v: &[u8], from: usize) -> Option<(usize, bool)> {
+    let mut i = from;
+    let mut escaped = false;
+    loop {
+        let rest = v.get(i..)?;
+        i += match rest.iter().take(16).position(|&b| b == b'"' || b == b'\\') {
+            Some(at) => at,
+            None => memchr::memchr2(b'"', b'\\', rest)?,
+        };
+        if v[i] == b'"' {
+            return Some((i, escaped));
+        }
+        // An escape: skip the escaped byte.
+        escaped = true;
+        i += 2;
+    }
 }
 
 /// The byte at which `value` opens its `max + 1`th nested level, if it does; strings are
@@ -639,23 +638,8 @@ impl<'a, 'f> KeyScan<'a, '_, 'f> {
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
         let start = self.i;
-        let mut escaped = false;
-        loop {
-            // Most are short (names, words): a plain look at the first bytes beats a call;
-            // long strings (descriptions, URLs) are most of a value's bytes: jump.
-            let rest = self.v.get(self.i..)?;
-            self.i += match rest.iter().take(16).position(|&b| b == b'"' || b == b'\\') {
-                Some(at) => at,
-                None => memchr::memchr2(b'"', b'\\', rest)?,
-            };
-            if self.v[self.i] == b'"' {
-                break;
-            }
-            escaped = true;
-            self.i += 2;
-        }
-        let end = self.i;
-        self.i += 1;
+        let (end, escaped) = string_end(self.v, start)?;
+        self.i = end + 1;
         Some((start, end, escaped))
     }
 
@@ -1273,6 +1257,10 @@ mod tests {
         ] {
             assert!(!separators_sound(bad.as_bytes()), "{bad}");
         }
+        // Nesting up to the depth bound passes; one level more is left to the fallback.
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(separators_sound(nested(MAX_DEPTH).as_bytes()));
+        assert!(!separators_sound(nested(MAX_DEPTH + 1).as_bytes()));
         // Valid values with one or two bytes inserted, deleted or replaced, seeded: a
         // value the decoder takes without folding is one it takes with folding, and the
         // other way round.

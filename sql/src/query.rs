@@ -1067,7 +1067,7 @@ impl Dataflow {
     /// opened and restored; without, state lives in memory.
     pub fn open(query: CompiledQuery, state: Option<(&StateEnv, &Log, &str)>) -> Result<Dataflow> {
         let reader = SourceReader::new(&query.source)?;
-        let join = match &query.join {
+        let mut join = match &query.join {
             Some(plan) => Some(Join::open(plan, state)?),
             None => None,
         };
@@ -1117,7 +1117,6 @@ impl Dataflow {
                 )
             }
         };
-        let mut join = join;
         if let Some(j) = join.as_mut() {
             // Columns of the joined rows nothing after the join reads need not be built.
             let read: Option<Vec<usize>> = match &op {
